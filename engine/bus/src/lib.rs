@@ -1,0 +1,1 @@
+//! firebreak bus: one trait, NATS JetStream and embedded implementations, plus run state KV

@@ -1,0 +1,192 @@
+//! The connector contract: what every connector (Kubernetes, Prometheus, traffic, chat, ...)
+//! implements so the runtime can expose its actions to Rhai scripts as journaled steps.
+//!
+//! Types only, no I/O. Start at [`Connector`].
+//!
+//! A connector describes itself ([`ActionSpec`]): its actions, their typed parameters in
+//! positional order, whether each one mutates the world, which parameter names the Kubernetes
+//! namespace it touches (so the *engine*, not the script, can refuse actions outside the
+//! runbook's namespaces), and the RBAC rules it needs. The runtime registers every action of
+//! every connector in the registry as `<connector>::<action>(args...)` in Rhai.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Whether an action only looks (evidence) or changes something (counts against budgets,
+/// is skipped in dry runs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Effect {
+    /// Reads state; the output is attached to the run as evidence.
+    Observe,
+    /// Changes state; refused outside the runbook's namespaces, skipped in dry runs.
+    Mutate,
+}
+
+/// The JSON type of one positional parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParamType {
+    String,
+    Int,
+    Float,
+    Bool,
+    Map,
+    Array,
+    Any,
+}
+
+/// One positional parameter of an action.
+#[derive(Debug, Clone, Serialize)]
+pub struct ParamSpec {
+    pub name: &'static str,
+    pub ty: ParamType,
+    /// Optional parameters come last; a script may omit any trailing optional ones.
+    pub required: bool,
+    pub doc: &'static str,
+}
+
+/// One Kubernetes RBAC rule an action needs (for the least-privilege Role in the docs).
+#[derive(Debug, Clone, Serialize)]
+pub struct RbacRule {
+    pub api_groups: &'static [&'static str],
+    pub resources: &'static [&'static str],
+    pub verbs: &'static [&'static str],
+}
+
+/// Self-description of one action.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActionSpec {
+    /// Name as called from Rhai, e.g. `rollback` in `k8s::rollback(ns, deploy)`.
+    pub name: &'static str,
+    pub doc: &'static str,
+    pub effect: Effect,
+    pub params: Vec<ParamSpec>,
+    /// The parameter holding the namespace the action touches, checked by the engine against
+    /// the runbook's `namespaces`. `None` for cluster-scoped actions (e.g. cordon).
+    pub namespace_param: Option<&'static str>,
+    pub rbac: Vec<RbacRule>,
+    /// Example call, shown by `firebreak connectors` and in docs.
+    pub example: &'static str,
+}
+
+/// Why an action failed; the runtime's retry policy is decided from this, never from text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// Worth retrying with backoff (connection reset, 5xx, 429).
+    Transient,
+    /// Will fail the same way again (bad input, invalid object, nothing to roll back to).
+    Permanent,
+    /// The object does not exist.
+    NotFound,
+    /// Someone else changed the object between our read and our write.
+    Conflict,
+    /// Refused by policy: the engine's tenancy rules or the API server's RBAC.
+    Denied,
+    /// Did not finish in time.
+    Timeout,
+}
+
+impl ErrorKind {
+    /// Only transient failures are retried.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, ErrorKind::Transient)
+    }
+}
+
+/// An action's failure: a kind for the policy, a message for people.
+#[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize)]
+#[error("{message}")]
+pub struct ActionError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl ActionError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// Receives progress lines while a long action runs (rollout waits, canary steps).
+pub type ProgressSink = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// What the engine tells a connector about the call it is making.
+#[derive(Clone)]
+pub struct ActionContext {
+    pub run_id: String,
+    pub runbook: String,
+    pub team: String,
+    /// Namespaces the runbook may act on (already enforced by the engine for `namespace_param`;
+    /// connectors that discover namespaces themselves must check against it too).
+    pub namespaces: Vec<String>,
+    /// When true, mutating actions must describe what they would do and change nothing.
+    pub dry_run: bool,
+    pub progress: ProgressSink,
+}
+
+impl std::fmt::Debug for ActionContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActionContext")
+            .field("run_id", &self.run_id)
+            .field("runbook", &self.runbook)
+            .field("team", &self.team)
+            .field("namespaces", &self.namespaces)
+            .field("dry_run", &self.dry_run)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A connector: a named set of actions backed by some client (kube-rs, reqwest, ...).
+pub trait Connector: Send + Sync + 'static {
+    /// Module name in Rhai, e.g. `k8s`.
+    fn name(&self) -> &'static str;
+    /// Every action this connector offers.
+    fn actions(&self) -> Vec<ActionSpec>;
+    /// Run one action. `args` are the positional arguments by parameter name, already
+    /// type-checked against the spec.
+    fn call<'a>(
+        &'a self,
+        action: &'a str,
+        args: serde_json::Map<String, Value>,
+        cx: &'a ActionContext,
+    ) -> BoxFuture<'a, Result<Value, ActionError>>;
+}
+
+/// The set of connectors the binary wires in, one `register` line each.
+#[derive(Default, Clone)]
+pub struct Registry {
+    connectors: Vec<Arc<dyn Connector>>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a connector. Panics on a duplicate name: that is a wiring bug in the binary.
+    pub fn register(&mut self, connector: Arc<dyn Connector>) -> &mut Self {
+        assert!(
+            self.get(connector.name()).is_none(),
+            "connector {} registered twice",
+            connector.name()
+        );
+        self.connectors.push(connector);
+        self
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Connector>> {
+        self.connectors.iter().find(|c| c.name() == name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Connector>> {
+        self.connectors.iter()
+    }
+}

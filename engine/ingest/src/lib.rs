@@ -1,0 +1,1 @@
+//! firebreak ingest: HTTP endpoints that turn webhooks and triggers into events on the bus

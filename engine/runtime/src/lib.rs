@@ -1,0 +1,1 @@
+//! firebreak runtime: the hardened Rhai sandbox, journaled steps and the connector registry

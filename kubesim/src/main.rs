@@ -1,0 +1,2 @@
+//! The `kubesim` binary.
+fn main() {}

@@ -1,2 +1,112 @@
 //! The `firebreak` binary: the one composition root that wires the stages together.
-fn main() {}
+//!
+//! Start reading at [`Command`]; each subcommand lives in its own module. `serve` builds the
+//! whole pipeline in [`serve::Engine`]: ingest → bus → dispatcher (matcher) → runtime →
+//! connectors → audit.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+mod audit_cmd;
+mod bench;
+mod check;
+mod config;
+mod demo;
+mod dispatch;
+mod progress;
+mod run;
+mod serve;
+
+/// Incident-response runbooks for ML model serving on Kubernetes.
+#[derive(Parser)]
+#[command(name = "firebreak", version, about)]
+struct Cli {
+    /// Configuration file (default: ./firebreak.yaml if present, else built-in defaults).
+    #[arg(long, short, global = true, env = "FIREBREAK_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the engine: HTTP ingest, bus, dispatcher, runbooks, audit.
+    Serve,
+    /// Validate every runbook manifest and compile every script in DIR.
+    Check {
+        #[arg(default_value = "runbooks")]
+        dir: PathBuf,
+    },
+    /// Start a runbook by hand (or replay a recorded event with --event) and follow it.
+    Run(run::RunArgs),
+    /// Read and verify the audit journal.
+    Audit {
+        #[command(subcommand)]
+        command: audit_cmd::AuditCommand,
+    },
+    /// Scenario 1 end to end on a simulated cluster: alert, runbook, rollback, audit trail.
+    Demo(demo::DemoArgs),
+    /// Run kubesim, the Kubernetes API simulator, in the foreground.
+    Sim(kubesim::cli::Args),
+    /// Load-test the engine and print one summary line.
+    Bench(bench::BenchArgs),
+    /// List the connectors' actions, or print the Kubernetes RBAC rules they need.
+    Connectors {
+        /// Print a least-privilege ClusterRole for the Kubernetes connector.
+        #[arg(long)]
+        rbac: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    // reqwest uses rustls without a built-in provider; install ring once, before any client.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve => {
+                init_tracing();
+                let cfg = config::Config::load(cli.config.as_deref())?;
+                serve::serve(cfg).await
+            }
+            Command::Check { dir } => check::check(&dir),
+            Command::Run(args) => {
+                let cfg = config::Config::load(cli.config.as_deref())?;
+                run::run(cfg, args).await
+            }
+            Command::Audit { command } => {
+                let cfg = config::Config::load(cli.config.as_deref())?;
+                audit_cmd::audit(&cfg, command)
+            }
+            Command::Demo(args) => demo::demo(args).await,
+            Command::Sim(args) => {
+                init_tracing();
+                kubesim::cli::run(args).await
+            }
+            Command::Bench(args) => bench::bench(args).await,
+            Command::Connectors { rbac } => {
+                serve::print_connectors(rbac);
+                Ok(())
+            }
+        }
+    })
+}
+
+/// Structured logs to stderr; `RUST_LOG` filters, `FIREBREAK_LOG_FORMAT=json` for JSON lines.
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("FIREBREAK_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

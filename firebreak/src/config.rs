@@ -1,0 +1,197 @@
+//! `firebreak.yaml`: the daemon's configuration, with environment overrides.
+//!
+//! Every field has a default, so with no file at all `firebreak serve` runs the embedded
+//! default (in-process bus, local store under `.firebreak/`). Environment variables win over
+//! the file: `FIREBREAK_LISTEN`, `FIREBREAK_DATA_DIR`, `FIREBREAK_RUNBOOKS`, `FIREBREAK_TEAMS`,
+//! `FIREBREAK_NATS_URL`, `FIREBREAK_ALERTMANAGER_TOKEN`, `FIREBREAK_KUBECONFIG`,
+//! `FIREBREAK_MAX_CONCURRENT_RUNS`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address of the HTTP ingest (Alertmanager webhook, triggers, health, metrics).
+    pub listen: SocketAddr,
+    /// Where the embedded bus, run state and the audit journal live.
+    pub data_dir: PathBuf,
+    /// Directory of `NAME.yaml` + `NAME.rhai` runbooks; reloaded when it changes.
+    pub runbooks: PathBuf,
+    /// Teams file; absent means single-tenant mode (every runbook's own team only).
+    pub teams: Option<PathBuf>,
+    /// NATS JetStream; absent means the embedded bus.
+    pub nats: Option<NatsConfig>,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+    pub kubernetes: KubernetesConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Bearer token Alertmanager must send (`http_config.authorization.credentials`).
+    pub alertmanager_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest request body the ingest accepts.
+    pub max_body_bytes: usize,
+    /// Scripts running at once; more wait for a slot.
+    pub max_concurrent_runs: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1 << 20,
+            max_concurrent_runs: 64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesConfig {
+    /// Path to a kubeconfig; absent means `KUBECONFIG`, `~/.kube/config` or in-cluster, the way
+    /// kubectl finds them. `disabled: true` runs without the Kubernetes connector.
+    pub kubeconfig: Option<PathBuf>,
+    pub disabled: bool,
+    /// Namespaces the event watcher follows (empty: those of the loaded runbooks).
+    pub watch_namespaces: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9095".parse().expect("static address"),
+            data_dir: PathBuf::from(".firebreak"),
+            runbooks: PathBuf::from("runbooks"),
+            teams: None,
+            nats: None,
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+            kubernetes: KubernetesConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path` if given (an error if it does not exist), else `./firebreak.yaml` if present,
+    /// else the defaults; then applies environment overrides.
+    pub fn load(path: Option<&Path>) -> Result<Config> {
+        let mut cfg = match path {
+            Some(p) => Self::from_file(p)?,
+            None if Path::new("firebreak.yaml").exists() => {
+                Self::from_file(Path::new("firebreak.yaml"))?
+            }
+            None => Config::default(),
+        };
+        cfg.apply_env(|k| std::env::var(k).ok())?;
+        Ok(cfg)
+    }
+
+    fn from_file(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        Self::from_yaml(&text).with_context(|| format!("in config {}", path.display()))
+    }
+
+    pub fn from_yaml(text: &str) -> Result<Config> {
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        serde_saphyr::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
+        if let Some(v) = get("FIREBREAK_LISTEN") {
+            self.listen = v
+                .parse()
+                .with_context(|| format!("FIREBREAK_LISTEN={v} is not an address"))?;
+        }
+        if let Some(v) = get("FIREBREAK_DATA_DIR") {
+            self.data_dir = v.into();
+        }
+        if let Some(v) = get("FIREBREAK_RUNBOOKS") {
+            self.runbooks = v.into();
+        }
+        if let Some(v) = get("FIREBREAK_TEAMS") {
+            self.teams = Some(v.into());
+        }
+        if let Some(v) = get("FIREBREAK_NATS_URL") {
+            self.nats = (!v.is_empty()).then_some(NatsConfig { url: v });
+        }
+        if let Some(v) = get("FIREBREAK_ALERTMANAGER_TOKEN") {
+            self.auth.alertmanager_token = (!v.is_empty()).then_some(v);
+        }
+        if let Some(v) = get("FIREBREAK_KUBECONFIG") {
+            self.kubernetes.kubeconfig = Some(v.into());
+        }
+        if let Some(v) = get("FIREBREAK_MAX_CONCURRENT_RUNS") {
+            self.limits.max_concurrent_runs = v
+                .parse()
+                .with_context(|| format!("FIREBREAK_MAX_CONCURRENT_RUNS={v} is not a number"))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_is_the_embedded_default() {
+        let cfg = Config::from_yaml("").unwrap();
+        assert!(cfg.nats.is_none());
+        assert_eq!(cfg.listen.port(), 9095);
+    }
+
+    #[test]
+    fn file_values_and_env_overrides() {
+        let mut cfg = Config::from_yaml(
+            "listen: 127.0.0.1:8080\nnats:\n  url: nats://127.0.0.1:4222\nlimits:\n  max_body_bytes: 10\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.listen.port(), 8080);
+        assert_eq!(cfg.limits.max_body_bytes, 10);
+        assert_eq!(cfg.limits.max_concurrent_runs, 64);
+        cfg.apply_env(|k| match k {
+            "FIREBREAK_NATS_URL" => Some(String::new()),
+            "FIREBREAK_LISTEN" => Some("127.0.0.1:9999".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert!(cfg.nats.is_none(), "an empty FIREBREAK_NATS_URL selects the embedded bus");
+        assert_eq!(cfg.listen.port(), 9999);
+    }
+
+    #[test]
+    fn unknown_field_is_an_error_naming_it() {
+        let err = Config::from_yaml("lisen: 127.0.0.1:1\n").unwrap_err().to_string();
+        assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn bad_env_value_is_an_error_naming_the_variable() {
+        let mut cfg = Config::default();
+        let err = cfg
+            .apply_env(|k| (k == "FIREBREAK_LISTEN").then(|| "nope".to_string()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("FIREBREAK_LISTEN"), "{err}");
+    }
+}

@@ -1,7 +1,13 @@
 //! The event envelope every source produces and every stage consumes, shaped after
 //! CloudEvents 1.0, plus the decoders that turn source payloads into envelopes.
 //!
-//! Pure types and parsing; no I/O. Start at [`Event`].
+//! Pure types and parsing; no I/O. Start at [`Event`], then [`alertmanager::decode`] and
+//! [`manual::trigger`].
+
+pub mod alertmanager;
+pub mod manual;
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -30,9 +36,134 @@ pub struct Event {
     pub data: Value,
 }
 
+/// `source` of events decoded from Alertmanager webhooks.
+pub const SOURCE_ALERTMANAGER: &str = "alertmanager";
+/// `source` of Kubernetes events.
+pub const SOURCE_K8S: &str = "k8s";
+/// `source` of manual triggers (CLI, HTTP, chat).
+pub const SOURCE_MANUAL: &str = "manual";
+
 impl Event {
     /// The NATS subject this event is published on: `firebreak.events.<source>.<type>`.
     pub fn subject_name(&self) -> String {
         format!("firebreak.events.{}.{}", self.source, self.kind)
+    }
+
+    /// One label, borrowed, without building the whole label map (the matcher's hot path).
+    ///
+    /// Same rules as [`Event::labels`]: alerts and Kubernetes events read `data.labels`
+    /// (string values only); a manual trigger has exactly one label, `runbook`.
+    pub fn label(&self, name: &str) -> Option<&str> {
+        if self.source == SOURCE_MANUAL {
+            return match name {
+                "runbook" => self.data.get("runbook").and_then(Value::as_str),
+                _ => None,
+            };
+        }
+        self.data.get("labels")?.get(name)?.as_str()
+    }
+
+    /// The event's labels.
+    ///
+    /// - alerts: `data.labels`;
+    /// - Kubernetes events and other sources: `data.labels` if present, else empty;
+    /// - manual triggers: `{runbook: <data.runbook>}`.
+    ///
+    /// Non-string values are skipped (Alertmanager labels are always strings).
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        if self.source == SOURCE_MANUAL {
+            return self
+                .label("runbook")
+                .map(|r| BTreeMap::from([("runbook".to_owned(), r.to_owned())]))
+                .unwrap_or_default();
+        }
+        string_map(self.data.get("labels"))
+    }
+
+    /// One annotation, borrowed (`data.annotations.<name>`).
+    pub fn annotation(&self, name: &str) -> Option<&str> {
+        self.data.get("annotations")?.get(name)?.as_str()
+    }
+
+    /// The event's annotations (`data.annotations`, string values only; empty when absent).
+    pub fn annotations(&self) -> BTreeMap<String, String> {
+        string_map(self.data.get("annotations"))
+    }
+
+    /// The status used by trigger `status` filters: `data.status` when it is a string
+    /// (alerts: `firing` or `resolved`), otherwise the event's `type`.
+    pub fn status(&self) -> &str {
+        self.data
+            .get("status")
+            .and_then(Value::as_str)
+            .unwrap_or(&self.kind)
+    }
+}
+
+fn string_map(value: Option<&Value>) -> BTreeMap<String, String> {
+    let Some(Value::Object(map)) = value else {
+        return BTreeMap::new();
+    };
+    map.iter()
+        .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(source: &str, data: Value) -> Event {
+        Event {
+            id: "1".into(),
+            source: source.into(),
+            kind: "warning".into(),
+            subject: "s".into(),
+            time: jiff::Timestamp::UNIX_EPOCH,
+            namespace: None,
+            fingerprint: None,
+            data,
+        }
+    }
+
+    #[test]
+    fn labels_read_data_labels_and_skip_non_strings() {
+        let e = event(
+            SOURCE_K8S,
+            json!({"labels": {"app": "fraud", "n": 3}, "annotations": {"a": "b"}}),
+        );
+        assert_eq!(e.labels(), BTreeMap::from([("app".into(), "fraud".into())]));
+        assert_eq!(e.label("app"), Some("fraud"));
+        assert_eq!(e.label("n"), None);
+        assert_eq!(e.annotation("a"), Some("b"));
+        assert_eq!(e.annotations().len(), 1);
+    }
+
+    #[test]
+    fn event_without_labels_has_none() {
+        let e = event(SOURCE_K8S, json!({"reason": "BackOff"}));
+        assert!(e.labels().is_empty());
+        assert!(e.annotations().is_empty());
+        assert_eq!(e.status(), "warning");
+    }
+
+    #[test]
+    fn manual_trigger_has_only_the_runbook_label() {
+        let e = event(
+            SOURCE_MANUAL,
+            json!({"runbook": "rb", "params": {"labels": 1}, "actor": "ann"}),
+        );
+        assert_eq!(
+            e.labels(),
+            BTreeMap::from([("runbook".into(), "rb".into())])
+        );
+        assert_eq!(e.label("actor"), None);
+    }
+
+    #[test]
+    fn subject_name_uses_source_and_type() {
+        let e = event(SOURCE_K8S, json!({}));
+        assert_eq!(e.subject_name(), "firebreak.events.k8s.warning");
     }
 }

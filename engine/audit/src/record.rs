@@ -1,0 +1,414 @@
+//! The typed audit records and the hash chain that links them.
+//!
+//! Start at [`Record`]: one line of the journal. A caller builds a [`RecordDraft`] (who + what);
+//! the journal's writer [`seal`](RecordDraft::seal)s it with a sequence number, a time and the
+//! previous record's hash. [`redact`] runs before sealing, so secrets never reach the hash or
+//! the disk. [`canonical_json`] and [`chain_hash`] define the chain; `verify` recomputes them.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// `prev_hash` of the first record in a journal: 64 zeros.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// What replaces the value of a secret-looking key.
+pub const REDACTED: &str = "[redacted]";
+
+/// One audit record: one line of the journal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Record {
+    /// Position in the journal, starting at 1, without gaps.
+    pub seq: u64,
+    /// When the journal sealed the record.
+    pub time: jiff::Timestamp,
+    pub run_id: String,
+    pub runbook: String,
+    pub team: String,
+    /// Who started the run (`alertmanager`, a user name, ...).
+    pub actor: String,
+    /// The id of the event that triggered the run.
+    pub event_id: String,
+    pub body: RecordBody,
+    /// The previous record's `hash` ([`GENESIS_HASH`] for the first record).
+    pub prev_hash: String,
+    /// `hex(sha256(prev_hash || canonical_json(record without hash)))`.
+    pub hash: String,
+}
+
+/// What a record says happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RecordBody {
+    /// A run began. Holds everything needed to re-run it (see the runtime's `resume`).
+    RunStarted {
+        /// The triggering event, as JSON.
+        event: Value,
+        /// The runbook's parameters for this run.
+        params: Value,
+        dry_run: bool,
+        /// Namespaces the runbook may act on.
+        #[serde(default)]
+        namespaces: Vec<String>,
+        /// The run's timeout in milliseconds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_ms: Option<u64>,
+    },
+    /// An unfinished run was picked up again after a restart; steps already journaled as
+    /// finished are replayed from the journal from here on.
+    RunResumed {
+        /// How many steps of the earlier attempt finished and can be replayed.
+        replayable_steps: u32,
+    },
+    /// A step began; `inputs` are journaled before anything happens.
+    StepStarted {
+        step: u32,
+        name: String,
+        inputs: Value,
+    },
+    /// A step ended.
+    StepFinished {
+        step: u32,
+        name: String,
+        status: StepStatus,
+        outputs: Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<StepError>,
+        duration_ms: u64,
+        attempts: u32,
+    },
+    /// Something an observing step saw, attached to the run.
+    Evidence {
+        step: u32,
+        name: String,
+        data: Value,
+    },
+    /// A progress line from a long action.
+    Progress { step: u32, message: String },
+    /// The engine refused an action (tenancy, namespace scope, policy).
+    Refusal {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        step: Option<u32>,
+        action: String,
+        reason: String,
+    },
+    /// A human decision on a gated action.
+    Approval {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        step: Option<u32>,
+        approver: String,
+        approved: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        comment: Option<String>,
+    },
+    /// A run ended.
+    RunFinished {
+        status: RunStatus,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+}
+
+impl RecordBody {
+    /// The `type` tag as written in the journal.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RecordBody::RunStarted { .. } => "run_started",
+            RecordBody::RunResumed { .. } => "run_resumed",
+            RecordBody::StepStarted { .. } => "step_started",
+            RecordBody::StepFinished { .. } => "step_finished",
+            RecordBody::Evidence { .. } => "evidence",
+            RecordBody::Progress { .. } => "progress",
+            RecordBody::Refusal { .. } => "refusal",
+            RecordBody::Approval { .. } => "approval",
+            RecordBody::RunFinished { .. } => "run_finished",
+        }
+    }
+}
+
+/// How a step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Ok,
+    Error,
+    /// Not executed (e.g. a mutating action in a dry run that the connector chose to skip).
+    Skipped,
+    /// Not executed again on resume: the output comes from the journal.
+    Replayed,
+}
+
+/// Why a step failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepError {
+    /// `transient`, `permanent`, `not_found`, `conflict`, `denied`, `timeout`, `script`,
+    /// `cancelled`, `audit`, ...
+    pub kind: String,
+    pub message: String,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Succeeded,
+    Failed,
+    Cancelled,
+    TimedOut,
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+            RunStatus::TimedOut => "timed_out",
+        })
+    }
+}
+
+/// Who a run is: the fields every record of one run repeats. Built once per run and shared.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunMeta {
+    pub run_id: String,
+    pub runbook: String,
+    pub team: String,
+    pub actor: String,
+    pub event_id: String,
+}
+
+/// A record before the journal gives it a place in the chain.
+#[derive(Debug, Clone)]
+pub struct RecordDraft {
+    pub run: Arc<RunMeta>,
+    pub body: RecordBody,
+}
+
+impl RecordDraft {
+    pub fn new(run: Arc<RunMeta>, body: RecordBody) -> Self {
+        Self { run, body }
+    }
+
+    /// Gives the draft its place in the chain. Returns the record and its journal line
+    /// (canonical JSON with `hash` appended, newline-terminated).
+    pub(crate) fn seal(
+        self,
+        seq: u64,
+        time: jiff::Timestamp,
+        prev_hash: &str,
+    ) -> (Record, Vec<u8>) {
+        let RecordDraft { run, body } = self;
+        let mut record = Record {
+            seq,
+            time,
+            run_id: run.run_id.clone(),
+            runbook: run.runbook.clone(),
+            team: run.team.clone(),
+            actor: run.actor.clone(),
+            event_id: run.event_id.clone(),
+            body,
+            prev_hash: prev_hash.to_owned(),
+            hash: String::new(),
+        };
+        let mut value = serde_json::to_value(&record).expect("records always serialize to JSON");
+        if let Value::Object(map) = &mut value {
+            map.remove("hash");
+        }
+        let mut line = canonical_json(&value);
+        record.hash = chain_hash(prev_hash, &line);
+        // The line is the hashed canonical form with the hash spliced in before the final `}`.
+        line.pop();
+        line.extend_from_slice(b",\"hash\":\"");
+        line.extend_from_slice(record.hash.as_bytes());
+        line.extend_from_slice(b"\"}\n");
+        (record, line)
+    }
+}
+
+/// `hex(sha256(prev_hash || canonical))`, where `prev_hash` is taken as its hex text.
+pub fn chain_hash(prev_hash: &str, canonical: &[u8]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(prev_hash.as_bytes());
+    hasher.update(canonical);
+    let digest = hasher.finalize();
+    let mut out = String::with_capacity(64);
+    for byte in digest.iter() {
+        out.push(char::from(HEX[usize::from(byte >> 4)]));
+        out.push(char::from(HEX[usize::from(byte & 0x0f)]));
+    }
+    out
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Canonical JSON: object keys sorted bytewise, no whitespace, serde_json's escaping and
+/// number formatting. Independent of serde_json's `preserve_order` feature.
+pub fn canonical_json(value: &Value) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    write_canonical(value, &mut out);
+    out
+}
+
+fn write_canonical(value: &Value, out: &mut Vec<u8>) {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            out.push(b'{');
+            for (i, (key, item)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                serde_json::to_writer(&mut *out, key).expect("writing to a Vec cannot fail");
+                out.push(b':');
+                write_canonical(item, out);
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(b']');
+        }
+        scalar => serde_json::to_writer(&mut *out, scalar).expect("writing to a Vec cannot fail"),
+    }
+}
+
+/// Key fragments that mark a value as secret (compared lowercase, without `_`, `-`, `.`).
+const SECRET_KEYS: &[&str] = &[
+    "password",
+    "passwd",
+    "passphrase",
+    "token",
+    "secret",
+    "apikey",
+    "authorization",
+    "credential",
+    "privatekey",
+    "cookie",
+    "sessionid",
+];
+
+/// Whether a map key names something that must not be journaled.
+pub fn is_secret_key(key: &str) -> bool {
+    let folded: String = key
+        .chars()
+        .filter(|c| !matches!(c, '_' | '-' | '.' | ' '))
+        .flat_map(char::to_lowercase)
+        .collect();
+    SECRET_KEYS.iter().any(|k| folded.contains(k))
+}
+
+/// Replaces, at any depth, the value of every secret-looking key with `"[redacted]"`.
+pub fn redact_value(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (key, item) in map.iter_mut() {
+                if is_secret_key(key) {
+                    *item = Value::String(REDACTED.to_owned());
+                } else {
+                    redact_value(item);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact_value),
+        _ => {}
+    }
+}
+
+/// Redacts every free-form JSON payload of a record body (event, params, inputs, outputs,
+/// evidence).
+pub fn redact(body: &mut RecordBody) {
+    match body {
+        RecordBody::RunStarted { event, params, .. } => {
+            redact_value(event);
+            redact_value(params);
+        }
+        RecordBody::StepStarted { inputs, .. } => redact_value(inputs),
+        RecordBody::StepFinished { outputs, .. } => redact_value(outputs),
+        RecordBody::Evidence { data, .. } => redact_value(data),
+        RecordBody::RunResumed { .. }
+        | RecordBody::Progress { .. }
+        | RecordBody::Refusal { .. }
+        | RecordBody::Approval { .. }
+        | RecordBody::RunFinished { .. } => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn meta() -> Arc<RunMeta> {
+        Arc::new(RunMeta {
+            run_id: "r1".into(),
+            runbook: "rb".into(),
+            team: "t".into(),
+            actor: "a".into(),
+            event_id: "e".into(),
+        })
+    }
+
+    #[test]
+    fn canonical_sorts_keys_at_every_depth_and_has_no_whitespace() {
+        let v = json!({"b": 1, "a": {"z": [1, {"y": true, "x": null}], "c": "é\n"}});
+        assert_eq!(
+            String::from_utf8(canonical_json(&v)).unwrap(),
+            r#"{"a":{"c":"é\n","z":[1,{"x":null,"y":true}]},"b":1}"#
+        );
+    }
+
+    #[test]
+    fn sealed_line_round_trips_and_rehashes_to_the_same_hash() {
+        let draft = RecordDraft::new(
+            meta(),
+            RecordBody::StepFinished {
+                step: 1,
+                name: "x".into(),
+                status: StepStatus::Ok,
+                outputs: json!({"f": 1.5, "n": -3, "big": u64::MAX}),
+                error: None,
+                duration_ms: 3,
+                attempts: 1,
+            },
+        );
+        let (record, line) = draft.seal(1, jiff::Timestamp::UNIX_EPOCH, GENESIS_HASH);
+        let parsed: Record = serde_json::from_slice(&line).unwrap();
+        assert_eq!(parsed, record);
+        let mut value: Value = serde_json::from_slice(&line).unwrap();
+        value.as_object_mut().unwrap().remove("hash");
+        assert_eq!(
+            chain_hash(GENESIS_HASH, &canonical_json(&value)),
+            record.hash
+        );
+        assert_eq!(record.hash.len(), 64);
+    }
+
+    #[test]
+    fn secret_keys_are_redacted_at_any_depth_case_insensitively() {
+        let mut v = json!({
+            "Password": "p", "nested": [{"API_KEY": "k", "ok": 1}], "headers": {"Authorization": "Bearer x"},
+            "db_token": {"deep": 1}, "name": "visible", "client-secret": "s"
+        });
+        redact_value(&mut v);
+        assert_eq!(
+            v,
+            json!({
+                "Password": REDACTED, "nested": [{"API_KEY": REDACTED, "ok": 1}],
+                "headers": {"Authorization": REDACTED}, "db_token": REDACTED, "name": "visible",
+                "client-secret": REDACTED
+            })
+        );
+    }
+}

@@ -1,0 +1,223 @@
+//! `firebreak audit show RUN`: one run's records as a step-by-step timeline for a terminal.
+//! Start at [`render_timeline`].
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use crate::record::{Record, RecordBody, RunStatus, StepStatus};
+
+/// Longest rendering of one JSON value before it is cut with `…`.
+const MAX_VALUE_CHARS: usize = 96;
+
+/// Renders the records of one run (in journal order) as a readable timeline: a header with
+/// who/what/when, then one line per event with its offset from the run's start, `✓`/`✗`,
+/// durations, key inputs and outputs, evidence, refusals, and the final status.
+pub fn render_timeline(records: &[Record]) -> String {
+    let mut out = String::new();
+    let Some(first) = records.first() else {
+        return "no records\n".to_owned();
+    };
+    let start = first.time;
+    let _ = writeln!(out, "run {}", first.run_id);
+    let _ = writeln!(
+        out,
+        "  runbook {} · team {} · actor {} · event {}",
+        first.runbook, first.team, first.actor, first.event_id
+    );
+    let _ = writeln!(
+        out,
+        "  started {} · records {}..{}",
+        start.strftime("%Y-%m-%d %H:%M:%S%.3f UTC"),
+        first.seq,
+        records.last().map_or(first.seq, |r| r.seq)
+    );
+    let _ = writeln!(out);
+
+    // Step inputs, shown on the step's finishing line.
+    let mut inputs: std::collections::HashMap<u32, Value> = std::collections::HashMap::new();
+    let mut finished = false;
+    for record in records {
+        let offset = record.time.duration_since(start);
+        let at = format!("+{:>8.3}s", offset.as_secs_f64());
+        let blank = " ".repeat(at.chars().count());
+        match &record.body {
+            RecordBody::RunStarted {
+                event,
+                params,
+                dry_run,
+                namespaces,
+                timeout_ms,
+            } => {
+                let mut line = format!("{at}  ▶ run started");
+                if *dry_run {
+                    line.push_str(" (dry run)");
+                }
+                if !namespaces.is_empty() {
+                    let _ = write!(line, " · namespaces {}", namespaces.join(","));
+                }
+                if let Some(ms) = timeout_ms {
+                    let _ = write!(line, " · timeout {}s", ms / 1000);
+                }
+                let _ = writeln!(out, "{line}");
+                let kind = event.get("type").and_then(Value::as_str).unwrap_or("?");
+                let source = event.get("source").and_then(Value::as_str).unwrap_or("?");
+                let subject = event.get("subject").and_then(Value::as_str).unwrap_or("?");
+                let _ = writeln!(out, "{blank}    event {source}/{kind} {subject}");
+                if params.as_object().is_some_and(|m| !m.is_empty()) {
+                    let _ = writeln!(out, "{blank}    params {}", brief_map(params));
+                }
+            }
+            RecordBody::RunResumed { replayable_steps } => {
+                let _ = writeln!(
+                    out,
+                    "{at}  ↻ resumed after a restart ({replayable_steps} finished steps replay from the journal)"
+                );
+            }
+            RecordBody::StepStarted {
+                step,
+                name,
+                inputs: i,
+            } => {
+                inputs.insert(*step, i.clone());
+                let _ = writeln!(out, "{at}  · #{step} {name} started");
+            }
+            RecordBody::StepFinished {
+                step,
+                name,
+                status,
+                outputs,
+                error,
+                duration_ms,
+                attempts,
+            } => {
+                let mark = match status {
+                    StepStatus::Ok => "✓",
+                    StepStatus::Error => "✗",
+                    StepStatus::Skipped => "–",
+                    StepStatus::Replayed => "↻",
+                };
+                let mut line = format!("{at}  {mark} #{step} {name:<24} {duration_ms:>6} ms");
+                if *attempts > 1 {
+                    let _ = write!(line, " ({attempts} attempts)");
+                }
+                if matches!(status, StepStatus::Replayed) {
+                    line.push_str(" (replayed)");
+                }
+                let _ = writeln!(out, "{line}");
+                if let Some(i) = inputs.get(step).filter(|v| !is_empty(v)) {
+                    let _ = writeln!(out, "{blank}      in  {}", brief_map(i));
+                }
+                if !is_empty(outputs) {
+                    let _ = writeln!(out, "{blank}      out {}", brief(outputs));
+                }
+                if let Some(e) = error {
+                    let _ = writeln!(out, "{blank}      error ({}) {}", e.kind, e.message);
+                }
+            }
+            RecordBody::Evidence { step, name, data } => {
+                let _ = writeln!(out, "{at}  ◆ #{step} evidence {name}: {}", summarize(data));
+            }
+            RecordBody::Progress { step, message } => {
+                let _ = writeln!(out, "{at}  … #{step} {message}");
+            }
+            RecordBody::Refusal {
+                step,
+                action,
+                reason,
+            } => {
+                let step = step.map(|s| format!("#{s} ")).unwrap_or_default();
+                let _ = writeln!(out, "{at}  ⛔ {step}refused {action}: {reason}");
+            }
+            RecordBody::Approval {
+                step,
+                approver,
+                approved,
+                comment,
+            } => {
+                let step = step.map(|s| format!("#{s} ")).unwrap_or_default();
+                let verdict = if *approved { "approved" } else { "rejected" };
+                let comment = comment
+                    .as_deref()
+                    .map(|c| format!(": {c}"))
+                    .unwrap_or_default();
+                let _ = writeln!(out, "{at}  ✋ {step}{verdict} by {approver}{comment}");
+            }
+            RecordBody::RunFinished { status, error } => {
+                finished = true;
+                let mark = match status {
+                    RunStatus::Succeeded => "■ run succeeded",
+                    RunStatus::Failed => "■ run FAILED",
+                    RunStatus::Cancelled => "■ run cancelled",
+                    RunStatus::TimedOut => "■ run TIMED OUT",
+                };
+                let _ = writeln!(out, "{at}  {mark} after {:.3}s", offset.as_secs_f64());
+                if let Some(e) = error {
+                    let _ = writeln!(out, "{blank}      {e}");
+                }
+            }
+        }
+    }
+    if !finished {
+        let _ = writeln!(
+            out,
+            "\n  (no run_finished record: the run is still going or was interrupted)"
+        );
+    }
+    out
+}
+
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Object(m) => m.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        _ => false,
+    }
+}
+
+/// `key=value key=value` for maps, compact JSON otherwise; cut to a terminal-friendly width.
+fn brief_map(v: &Value) -> String {
+    match v {
+        Value::Object(m) => cut(m
+            .iter()
+            .map(|(k, v)| format!("{k}={}", compact(v)))
+            .collect::<Vec<_>>()
+            .join(" ")),
+        other => brief(other),
+    }
+}
+
+fn brief(v: &Value) -> String {
+    cut(compact(v))
+}
+
+fn compact(v: &Value) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+/// Evidence is often large: say what it is rather than print it.
+fn summarize(v: &Value) -> String {
+    match v {
+        Value::Array(a) => format!("{} items", a.len()),
+        Value::Object(m) if compact(v).chars().count() > MAX_VALUE_CHARS => {
+            let keys: Vec<&str> = m.keys().map(String::as_str).take(6).collect();
+            format!(
+                "{{{}{}}}",
+                keys.join(", "),
+                if m.len() > 6 { ", …" } else { "" }
+            )
+        }
+        Value::String(s) if s.lines().count() > 1 => format!("{} lines", s.lines().count()),
+        other => brief(other),
+    }
+}
+
+fn cut(s: String) -> String {
+    if s.chars().count() <= MAX_VALUE_CHARS {
+        return s;
+    }
+    let mut short: String = s.chars().take(MAX_VALUE_CHARS - 1).collect();
+    short.push('…');
+    short
+}

@@ -1,0 +1,265 @@
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use firebreak_audit::{
+    AuditError, AuditMirror, GENESIS_HASH, Journal, JournalReader, REDACTED, Record, RecordBody,
+    RecordDraft, RunStatus, verify,
+};
+use futures::future::BoxFuture;
+use serde_json::json;
+
+use crate::{meta, run_drafts};
+
+#[tokio::test]
+async fn appends_chain_from_genesis_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let journal = Journal::open(&path).unwrap();
+    let first = journal.append_all(run_drafts("r1")).await.unwrap();
+    assert_eq!(first[0].seq, 1);
+    assert_eq!(first[0].prev_hash, GENESIS_HASH);
+    for pair in first.windows(2) {
+        assert_eq!(pair[1].prev_hash, pair[0].hash);
+        assert_eq!(pair[1].seq, pair[0].seq + 1);
+    }
+    drop(journal);
+
+    let journal = Journal::open(&path).unwrap();
+    let next = journal.append_all(run_drafts("r2")).await.unwrap();
+    assert_eq!(next[0].seq, 5);
+    assert_eq!(next[0].prev_hash, first[3].hash);
+    let runs = journal.runs();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0].run_id, "r1");
+    assert_eq!(runs[0].status, Some(RunStatus::Succeeded));
+    assert_eq!(runs[0].records, 4);
+    assert_eq!(journal.records_for_run("r2").unwrap(), next);
+    assert!(journal.records_for_run("nope").unwrap().is_empty());
+    drop(journal);
+    let report = verify(&path).unwrap();
+    assert_eq!(report.records, 8);
+    assert_eq!(report.runs, 2);
+    assert_eq!(report.last_hash, next[3].hash);
+}
+
+#[tokio::test]
+async fn a_second_writer_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let _journal = Journal::open(&path).unwrap();
+    assert!(matches!(
+        Journal::open(&path),
+        Err(AuditError::Locked { .. })
+    ));
+}
+
+#[tokio::test]
+async fn secrets_are_redacted_before_hashing_and_never_reach_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let journal = Journal::open(&path).unwrap();
+    let record = journal
+        .append(RecordDraft::new(
+            meta("r1"),
+            RecordBody::StepStarted {
+                step: 1,
+                name: "http::post".into(),
+                inputs: json!({"url": "https://x", "headers": {"Authorization": "Bearer hunter2"},
+                               "body": [{"db_password": "hunter2"}], "ApiKey": "hunter2"}),
+            },
+        ))
+        .await
+        .unwrap();
+    let RecordBody::StepStarted { inputs, .. } = &record.body else {
+        panic!("wrong body")
+    };
+    assert_eq!(inputs["headers"]["Authorization"], REDACTED);
+    assert_eq!(inputs["body"][0]["db_password"], REDACTED);
+    assert_eq!(inputs["ApiKey"], REDACTED);
+    assert_eq!(inputs["url"], "https://x");
+    drop(journal);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(!text.contains("hunter2"), "{text}");
+    verify(&path).unwrap();
+}
+
+#[tokio::test]
+async fn a_torn_last_line_is_reported_then_truncated_at_open_and_never_chained_onto() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let journal = Journal::open(&path).unwrap();
+    let first = journal.append_all(run_drafts("r1")).await.unwrap();
+    drop(journal);
+    let good_len = std::fs::metadata(&path).unwrap().len();
+    // A crash mid-write: half a record, no newline.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    f.write_all(br#"{"body":{"type":"step_started","step":2,"na"#)
+        .unwrap();
+    drop(f);
+    assert_eq!(verify(&path).unwrap().torn_tail_line, Some(5));
+
+    let journal = Journal::open(&path).unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), good_len);
+    let next = journal.append_all(run_drafts("r2")).await.unwrap();
+    assert_eq!(next[0].seq, 5);
+    assert_eq!(next[0].prev_hash, first[3].hash);
+    drop(journal);
+    let report = verify(&path).unwrap();
+    assert_eq!((report.records, report.torn_tail_line), (8, None));
+}
+
+#[tokio::test]
+async fn a_complete_but_unparsable_last_line_refuses_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let journal = Journal::open(&path).unwrap();
+    journal.append_all(run_drafts("r1")).await.unwrap();
+    drop(journal);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    f.write_all(b"not json at all\n").unwrap();
+    drop(f);
+    let before = std::fs::read(&path).unwrap();
+    match Journal::open(&path) {
+        Err(AuditError::Corrupt { line, .. }) => assert_eq!(line, 5),
+        Err(other) => panic!("wrong error: {other}"),
+        Ok(_) => panic!("opened a journal whose last line is garbage"),
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), before, "nothing was lost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_keep_one_valid_chain_and_each_callers_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let journal = Arc::new(Journal::open(&path).unwrap());
+    let mut tasks = Vec::new();
+    for t in 0..64 {
+        let journal = journal.clone();
+        tasks.push(tokio::spawn(async move {
+            let m = meta(&format!("run-{t}"));
+            let mut seqs = Vec::new();
+            for i in 0..40u32 {
+                let record = journal
+                    .append(RecordDraft::new(
+                        m.clone(),
+                        RecordBody::Progress {
+                            step: i,
+                            message: format!("task {t} message {i}"),
+                        },
+                    ))
+                    .await
+                    .unwrap();
+                seqs.push(record.seq);
+            }
+            seqs
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        let seqs = task.await.unwrap();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "one caller's records are ordered"
+        );
+        all.extend(seqs);
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=64 * 40).collect::<Vec<u64>>());
+    for t in 0..64 {
+        let records = journal.records_for_run(&format!("run-{t}")).unwrap();
+        let steps: Vec<u32> = records
+            .iter()
+            .map(|r| match r.body {
+                RecordBody::Progress { step, .. } => step,
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(steps, (0..40).collect::<Vec<u32>>());
+    }
+    drop(tasks_done(journal));
+    assert_eq!(verify(&path).unwrap().records, 64 * 40);
+}
+
+fn tasks_done(journal: Arc<Journal>) -> Journal {
+    Arc::try_unwrap(journal).unwrap_or_else(|_| panic!("journal still shared"))
+}
+
+#[tokio::test]
+async fn reads_list_runs_export_byte_for_byte_and_iterate() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let journal = Journal::open(&path).unwrap();
+    journal.append_all(run_drafts("r1")).await.unwrap();
+    let unfinished = run_drafts("r2");
+    journal.append_all(unfinished[..2].to_vec()).await.unwrap();
+    let open: Vec<String> = journal
+        .unfinished_runs()
+        .into_iter()
+        .map(|r| r.run_id)
+        .collect();
+    assert_eq!(open, vec!["r2".to_owned()]);
+
+    let mut exported = Vec::new();
+    journal.export(&mut exported).unwrap();
+    assert_eq!(exported, std::fs::read(&path).unwrap());
+    let all: Vec<Record> = journal
+        .iter_all()
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(all.len(), 6);
+    assert_eq!(
+        all.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5, 6]
+    );
+
+    // A read-only reader works beside the live writer and sees the same runs.
+    let reader = JournalReader::open(&path).unwrap();
+    assert_eq!(reader.runs(), journal.runs());
+    assert_eq!(
+        reader.records_for_run("r1").unwrap(),
+        journal.records_for_run("r1").unwrap()
+    );
+}
+
+#[derive(Default)]
+struct RecordingMirror {
+    seen: Mutex<Vec<u64>>,
+    fail_on: Option<u64>,
+}
+
+impl AuditMirror for RecordingMirror {
+    fn publish<'a>(&'a self, record: &'a Record) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            if Some(record.seq) == self.fail_on {
+                return Err("stream unavailable".to_owned());
+            }
+            self.seen.lock().unwrap().push(record.seq);
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test]
+async fn the_mirror_sees_every_record_and_its_failure_fails_the_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let mirror = Arc::new(RecordingMirror {
+        fail_on: Some(3),
+        ..Default::default()
+    });
+    let journal = Journal::open(&path).unwrap().with_mirror(mirror.clone());
+    let drafts = run_drafts("r1");
+    journal.append(drafts[0].clone()).await.unwrap();
+    journal.append(drafts[1].clone()).await.unwrap();
+    let err = journal.append(drafts[2].clone()).await.unwrap_err();
+    assert!(matches!(err, AuditError::Mirror { seq: 3, .. }), "{err}");
+    assert!(err.to_string().contains("stream unavailable"));
+    assert_eq!(*mirror.seen.lock().unwrap(), vec![1, 2]);
+}

@@ -1,0 +1,98 @@
+use firebreak_audit::{
+    Journal, RecordBody, RecordDraft, RunStatus, StepError, StepStatus, render_timeline,
+};
+use serde_json::json;
+
+use crate::meta;
+
+#[tokio::test]
+async fn the_timeline_shows_steps_outcomes_evidence_refusals_and_the_final_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path().join("audit.jsonl")).unwrap();
+    let m = meta("r1");
+    let bodies = vec![
+        RecordBody::RunStarted {
+            event: json!({"source": "alertmanager", "type": "firing", "subject": "HighLatency"}),
+            params: json!({"namespace": "shop"}),
+            dry_run: true,
+            namespaces: vec!["shop".into()],
+            timeout_ms: Some(300_000),
+        },
+        RecordBody::StepStarted {
+            step: 1,
+            name: "k8s::pods".into(),
+            inputs: json!({"namespace": "shop"}),
+        },
+        RecordBody::Evidence {
+            step: 1,
+            name: "k8s::pods".into(),
+            data: json!([{"name": "a"}, {"name": "b"}]),
+        },
+        RecordBody::StepFinished {
+            step: 1,
+            name: "k8s::pods".into(),
+            status: StepStatus::Ok,
+            outputs: json!({"count": 2}),
+            error: None,
+            duration_ms: 14,
+            attempts: 1,
+        },
+        RecordBody::StepStarted {
+            step: 2,
+            name: "k8s::scale".into(),
+            inputs: json!({"namespace": "kube-system"}),
+        },
+        RecordBody::Refusal {
+            step: Some(2),
+            action: "k8s::scale".into(),
+            reason: "namespace kube-system is outside the runbook's namespaces [shop]".into(),
+        },
+        RecordBody::StepFinished {
+            step: 2,
+            name: "k8s::scale".into(),
+            status: StepStatus::Error,
+            outputs: json!(null),
+            error: Some(StepError {
+                kind: "denied".into(),
+                message: "namespace kube-system refused".into(),
+            }),
+            duration_ms: 0,
+            attempts: 1,
+        },
+        RecordBody::RunFinished {
+            status: RunStatus::Failed,
+            error: Some("step 2 failed".into()),
+        },
+    ];
+    let drafts = bodies
+        .into_iter()
+        .map(|b| RecordDraft::new(m.clone(), b))
+        .collect();
+    let records = journal.append_all(drafts).await.unwrap();
+    let text = render_timeline(&records);
+    for expected in [
+        "run r1",
+        "runbook restart-api · team payments · actor alertmanager",
+        "▶ run started (dry run) · namespaces shop · timeout 300s",
+        "event alertmanager/firing HighLatency",
+        "✓ #1 k8s::pods",
+        "14 ms",
+        "in  namespace=\"shop\"",
+        "out {\"count\":2}",
+        "◆ #1 evidence k8s::pods: 2 items",
+        "⛔ #2 refused k8s::scale: namespace kube-system is outside",
+        "✗ #2 k8s::scale",
+        "error (denied) namespace kube-system refused",
+        "■ run FAILED",
+        "step 2 failed",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+    }
+    assert!(!text.contains("no run_finished"));
+    let unfinished = render_timeline(&records[..4]);
+    assert!(
+        unfinished.contains("no run_finished record"),
+        "{unfinished}"
+    );
+    assert_eq!(render_timeline(&[]), "no records\n");
+}

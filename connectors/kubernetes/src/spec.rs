@@ -1,0 +1,479 @@
+//! The self-description of every `k8s::` action (parameters, effect, namespace parameter,
+//! RBAC rules, example) and the least-privilege RBAC derived from it.
+//!
+//! Start at [`actions`]; [`rbac_rules`] merges the rules of all actions and [`rbac_yaml`]
+//! renders them as a `Role` (namespaced resources) plus a `ClusterRole` (nodes).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use firebreak_connector::{ActionSpec, Effect, ParamSpec, ParamType, RbacRule};
+
+const APPS: &[&str] = &["apps"];
+const CORE: &[&str] = &[""];
+const NETWORKING: &[&str] = &["networking.k8s.io"];
+
+fn rule(
+    api_groups: &'static [&'static str],
+    resources: &'static [&'static str],
+    verbs: &'static [&'static str],
+) -> RbacRule {
+    RbacRule {
+        api_groups,
+        resources,
+        verbs,
+    }
+}
+
+fn p(name: &'static str, ty: ParamType, doc: &'static str) -> ParamSpec {
+    ParamSpec {
+        name,
+        ty,
+        required: true,
+        doc,
+    }
+}
+
+fn opt(name: &'static str, ty: ParamType, doc: &'static str) -> ParamSpec {
+    ParamSpec {
+        name,
+        ty,
+        required: false,
+        doc,
+    }
+}
+
+fn ns() -> ParamSpec {
+    p("ns", ParamType::String, "namespace of the object")
+}
+
+fn deploy() -> ParamSpec {
+    p("deploy", ParamType::String, "name of the Deployment")
+}
+
+/// Every action of the Kubernetes connector, in the order `firebreak connectors` lists them.
+pub fn actions() -> Vec<ActionSpec> {
+    use Effect::{Mutate, Observe};
+    let deploy_get = || rule(APPS, &["deployments"], &["get"]);
+    let deploy_patch = || rule(APPS, &["deployments"], &["get", "patch"]);
+    let rs_list = || rule(APPS, &["replicasets"], &["list"]);
+    let scale = || rule(APPS, &["deployments/scale"], &["get", "patch"]);
+    vec![
+        ActionSpec {
+            name: "rollback",
+            doc: "Roll a Deployment back to its previous revision (or the given one), exactly as \
+                  `kubectl rollout undo`: the old ReplicaSet's template is written back with a \
+                  resourceVersion precondition, so a concurrent change fails with a conflict.",
+            effect: Mutate,
+            params: vec![
+                ns(),
+                deploy(),
+                opt(
+                    "revision",
+                    ParamType::Int,
+                    "revision to roll back to; 0 or absent = previous",
+                ),
+            ],
+            namespace_param: Some("ns"),
+            rbac: vec![rule(APPS, &["deployments"], &["get", "update"]), rs_list()],
+            example: r#"k8s::rollback("ml-serving", "fraud-model")"#,
+        },
+        ActionSpec {
+            name: "set_image",
+            doc: "Set one container's image, as `kubectl set image`.",
+            effect: Mutate,
+            params: vec![
+                ns(),
+                deploy(),
+                p("container", ParamType::String, "container name"),
+                p("image", ParamType::String, "new image reference"),
+            ],
+            namespace_param: Some("ns"),
+            rbac: vec![deploy_patch()],
+            example: r#"k8s::set_image("ml-serving", "fraud-model", "model", "registry/fraud:v1")"#,
+        },
+        ActionSpec {
+            name: "scale",
+            doc: "Set the replica count through the scale subresource, as `kubectl scale`.",
+            effect: Mutate,
+            params: vec![
+                ns(),
+                deploy(),
+                p("replicas", ParamType::Int, "desired replicas (>= 0)"),
+            ],
+            namespace_param: Some("ns"),
+            rbac: vec![deploy_get(), scale()],
+            example: r#"k8s::scale("ml-serving", "fraud-model", 5)"#,
+        },
+        ActionSpec {
+            name: "pause",
+            doc: "Pause a Deployment's rollout, as `kubectl rollout pause`.",
+            effect: Mutate,
+            params: vec![ns(), deploy()],
+            namespace_param: Some("ns"),
+            rbac: vec![deploy_patch()],
+            example: r#"k8s::pause("ml-serving", "fraud-model")"#,
+        },
+        ActionSpec {
+            name: "resume",
+            doc: "Resume a paused Deployment, as `kubectl rollout resume`.",
+            effect: Mutate,
+            params: vec![ns(), deploy()],
+            namespace_param: Some("ns"),
+            rbac: vec![deploy_patch()],
+            example: r#"k8s::resume("ml-serving", "fraud-model")"#,
+        },
+        ActionSpec {
+            name: "restart",
+            doc: "Restart a Deployment's pods by stamping the template, as `kubectl rollout restart`.",
+            effect: Mutate,
+            params: vec![ns(), deploy()],
+            namespace_param: Some("ns"),
+            rbac: vec![deploy_patch()],
+            example: r#"k8s::restart("ml-serving", "fraud-model")"#,
+        },
+        ActionSpec {
+            name: "rollout_history",
+            doc: "The Deployment's revisions with change-cause and images, as `kubectl rollout history`.",
+            effect: Observe,
+            params: vec![ns(), deploy()],
+            namespace_param: Some("ns"),
+            rbac: vec![deploy_get(), rs_list()],
+            example: r#"k8s::rollout_history("ml-serving", "fraud-model")"#,
+        },
+        ActionSpec {
+            name: "wait_rollout",
+            doc: "Wait until the rollout finishes, as `kubectl rollout status`; fails when the \
+                  progress deadline is exceeded or the timeout passes.",
+            effect: Observe,
+            params: vec![
+                ns(),
+                deploy(),
+                opt(
+                    "timeout",
+                    ParamType::Any,
+                    "seconds (int) or a duration like \"90s\", \"5m\"; default 5m",
+                ),
+            ],
+            namespace_param: Some("ns"),
+            rbac: vec![rule(APPS, &["deployments"], &["get", "list", "watch"])],
+            example: r#"k8s::wait_rollout("ml-serving", "fraud-model", "5m")"#,
+        },
+        ActionSpec {
+            name: "snapshot",
+            doc: "The Deployment's spec, revision, resourceVersion and images, for the run's \
+                  evidence and for `restore`.",
+            effect: Observe,
+            params: vec![ns(), deploy()],
+            namespace_param: Some("ns"),
+            rbac: vec![deploy_get()],
+            example: r#"let snap = k8s::snapshot("ml-serving", "fraud-model");"#,
+        },
+        ActionSpec {
+            name: "restore",
+            doc: "Put a snapshot's spec back on the same Deployment (checked by uid and \
+                  resourceVersion, so a concurrent change fails with a conflict).",
+            effect: Mutate,
+            params: vec![
+                ns(),
+                p("snapshot", ParamType::Map, "the value `snapshot` returned"),
+            ],
+            namespace_param: Some("ns"),
+            rbac: vec![rule(APPS, &["deployments"], &["get", "update"])],
+            example: r#"k8s::restore("ml-serving", snap)"#,
+        },
+        ActionSpec {
+            name: "pods",
+            doc: "Pods matching a label selector: name, phase, ready, restarts, node, image, reason.",
+            effect: Observe,
+            params: vec![
+                ns(),
+                p(
+                    "selector",
+                    ParamType::String,
+                    "label selector, e.g. app=web",
+                ),
+            ],
+            namespace_param: Some("ns"),
+            rbac: vec![rule(CORE, &["pods"], &["list"])],
+            example: r#"k8s::pods("ml-serving", "app=fraud-model")"#,
+        },
+        ActionSpec {
+            name: "logs",
+            doc: "The last lines of a pod's log (its default container).",
+            effect: Observe,
+            params: vec![
+                ns(),
+                p("pod", ParamType::String, "pod name"),
+                opt(
+                    "tail",
+                    ParamType::Int,
+                    "lines from the end; default 100, at most 10000",
+                ),
+            ],
+            namespace_param: Some("ns"),
+            rbac: vec![
+                rule(CORE, &["pods"], &["get"]),
+                rule(CORE, &["pods/log"], &["get"]),
+            ],
+            example: r#"k8s::logs("ml-serving", "fraud-model-7d9f-abcde", 50)"#,
+        },
+        ActionSpec {
+            name: "events",
+            doc: "Events about one object, oldest first (newest last).",
+            effect: Observe,
+            params: vec![
+                ns(),
+                p(
+                    "kind",
+                    ParamType::String,
+                    "kind of the object, e.g. Deployment or Pod",
+                ),
+                p("name", ParamType::String, "name of the object"),
+            ],
+            namespace_param: Some("ns"),
+            rbac: vec![rule(CORE, &["events"], &["list"])],
+            example: r#"k8s::events("ml-serving", "Deployment", "fraud-model")"#,
+        },
+        ActionSpec {
+            name: "describe",
+            doc: "A `kubectl describe deployment`-style summary: replicas, conditions, images, \
+                  ReplicaSets with revisions, recent events.",
+            effect: Observe,
+            params: vec![ns(), deploy()],
+            namespace_param: Some("ns"),
+            rbac: vec![deploy_get(), rs_list(), rule(CORE, &["events"], &["list"])],
+            example: r#"k8s::describe("ml-serving", "fraud-model")"#,
+        },
+        ActionSpec {
+            name: "quarantine",
+            doc: "Cut the selected pods off the network with a deny-all (ingress and egress) \
+                  NetworkPolicy labelled with the run id. Idempotent.",
+            effect: Mutate,
+            params: vec![
+                ns(),
+                p(
+                    "pod_selector",
+                    ParamType::String,
+                    "label selector of the pods; must not be empty",
+                ),
+            ],
+            namespace_param: Some("ns"),
+            rbac: vec![rule(NETWORKING, &["networkpolicies"], &["get", "create"])],
+            example: r#"let q = k8s::quarantine("ml-serving", "app=fraud-model,pod=bad");"#,
+        },
+        ActionSpec {
+            name: "release",
+            doc: "Delete a quarantine NetworkPolicy firebreak created (others are refused).",
+            effect: Mutate,
+            params: vec![
+                ns(),
+                p(
+                    "name",
+                    ParamType::String,
+                    "the NetworkPolicy name quarantine returned",
+                ),
+            ],
+            namespace_param: Some("ns"),
+            rbac: vec![rule(NETWORKING, &["networkpolicies"], &["get", "delete"])],
+            example: r#"k8s::release("ml-serving", q.name)"#,
+        },
+        ActionSpec {
+            name: "cordon",
+            doc: "Mark a node unschedulable, as `kubectl cordon` (cluster-scoped).",
+            effect: Mutate,
+            params: vec![p("node", ParamType::String, "node name")],
+            namespace_param: None,
+            rbac: vec![rule(CORE, &["nodes"], &["get", "patch"])],
+            example: r#"k8s::cordon("node-3")"#,
+        },
+        ActionSpec {
+            name: "uncordon",
+            doc: "Mark a node schedulable again, as `kubectl uncordon` (cluster-scoped).",
+            effect: Mutate,
+            params: vec![p("node", ParamType::String, "node name")],
+            namespace_param: None,
+            rbac: vec![rule(CORE, &["nodes"], &["get", "patch"])],
+            example: r#"k8s::uncordon("node-3")"#,
+        },
+        ActionSpec {
+            name: "scale_to_zero",
+            doc: "Scale a Deployment to 0 replicas and return the previous count (journaled, so \
+                  a later `scale` can put it back).",
+            effect: Mutate,
+            params: vec![ns(), deploy()],
+            namespace_param: Some("ns"),
+            rbac: vec![deploy_get(), scale()],
+            example: r#"let before = k8s::scale_to_zero("ml-serving", "fraud-model");"#,
+        },
+    ]
+}
+
+/// The rules of every action, merged: one rule per (API group, verb set) listing its
+/// resources, sorted, so the output is stable.
+pub fn rbac_rules() -> Vec<RbacRule> {
+    merge_rules(actions().iter().flat_map(|a| a.rbac.iter().cloned()))
+}
+
+fn merge_rules(rules: impl Iterator<Item = RbacRule>) -> Vec<RbacRule> {
+    // (group, resource) -> verbs
+    let mut by_resource: BTreeMap<(&'static str, &'static str), BTreeSet<&'static str>> =
+        BTreeMap::new();
+    for r in rules {
+        for g in r.api_groups {
+            for res in r.resources {
+                by_resource
+                    .entry((g, res))
+                    .or_default()
+                    .extend(r.verbs.iter().copied());
+            }
+        }
+    }
+    // (group, verbs) -> resources
+    let mut grouped: BTreeMap<(&'static str, Vec<&'static str>), Vec<&'static str>> =
+        BTreeMap::new();
+    for ((g, res), verbs) in by_resource {
+        grouped
+            .entry((g, verbs.into_iter().collect()))
+            .or_default()
+            .push(res);
+    }
+    grouped
+        .into_iter()
+        .map(|((g, verbs), resources)| RbacRule {
+            api_groups: leak(vec![g]),
+            resources: leak(resources),
+            verbs: leak(verbs),
+        })
+        .collect()
+}
+
+// RbacRule holds `&'static` slices (it is built from static specs); the merged rules are
+// computed once per process for docs and the CLI, so leaking these few slices is fine.
+fn leak(v: Vec<&'static str>) -> &'static [&'static str] {
+    Box::leak(v.into_boxed_slice())
+}
+
+fn is_cluster_scoped(resource: &str) -> bool {
+    matches!(resource, "nodes")
+}
+
+/// Renders the least-privilege RBAC for the connector as YAML: a `Role` named `name` in
+/// `namespace` for namespaced resources (bind one per namespace runbooks act on) and a
+/// `ClusterRole` named `name` for cluster-scoped ones (nodes).
+pub fn rbac_yaml(name: &str, namespace: &str) -> String {
+    let rules = rbac_rules();
+    let (cluster, namespaced): (Vec<_>, Vec<_>) = rules
+        .into_iter()
+        .partition(|r| r.resources.iter().all(|res| is_cluster_scoped(res)));
+    let mut out = String::new();
+    out.push_str("# Generated by firebreak from the k8s connector's action specs.\n");
+    out.push_str("apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n");
+    out.push_str(&format!(
+        "  name: {name}\n  namespace: {namespace}\nrules:\n"
+    ));
+    render_rules(&mut out, &namespaced);
+    out.push_str("---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n");
+    out.push_str(&format!("  name: {name}\nrules:\n"));
+    render_rules(&mut out, &cluster);
+    out
+}
+
+fn render_rules(out: &mut String, rules: &[RbacRule]) {
+    let list = |items: &[&str]| {
+        items
+            .iter()
+            .map(|s| format!("\"{s}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for r in rules {
+        out.push_str(&format!("  - apiGroups: [{}]\n", list(r.api_groups)));
+        out.push_str(&format!("    resources: [{}]\n", list(r.resources)));
+        out.push_str(&format!("    verbs: [{}]\n", list(r.verbs)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_optionals_come_last() {
+        let specs = actions();
+        let names: BTreeSet<_> = specs.iter().map(|a| a.name).collect();
+        assert_eq!(names.len(), specs.len());
+        for a in &specs {
+            let first_optional = a.params.iter().position(|p| !p.required);
+            if let Some(i) = first_optional {
+                assert!(a.params[i..].iter().all(|p| !p.required), "{}", a.name);
+            }
+            assert!(!a.rbac.is_empty(), "{} declares no RBAC", a.name);
+            assert!(
+                a.example.contains(&format!("k8s::{}(", a.name)),
+                "{}",
+                a.name
+            );
+        }
+    }
+
+    #[test]
+    fn namespace_param_names_a_string_param_except_for_nodes() {
+        for a in actions() {
+            match a.namespace_param {
+                Some(ns) => {
+                    let param = a.params.iter().find(|p| p.name == ns).expect(a.name);
+                    assert_eq!(param.ty, ParamType::String, "{}", a.name);
+                    assert!(param.required, "{}", a.name);
+                }
+                None => assert!(
+                    a.rbac.iter().all(|r| r.resources == ["nodes"]),
+                    "{} is cluster-scoped but touches namespaced resources",
+                    a.name
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn merged_rules_are_least_privilege() {
+        let rules = rbac_rules();
+        let verbs_of = |group: &str, resource: &str| -> Vec<&str> {
+            rules
+                .iter()
+                .filter(|r| r.api_groups.contains(&group) && r.resources.contains(&resource))
+                .flat_map(|r| r.verbs.iter().copied())
+                .collect()
+        };
+        assert_eq!(
+            verbs_of("apps", "deployments"),
+            ["get", "list", "patch", "update", "watch"]
+        );
+        assert_eq!(verbs_of("apps", "replicasets"), ["list"]);
+        assert_eq!(verbs_of("apps", "deployments/scale"), ["get", "patch"]);
+        assert_eq!(verbs_of("", "pods"), ["get", "list"]);
+        assert_eq!(verbs_of("", "nodes"), ["get", "patch"]);
+        assert_eq!(
+            verbs_of("networking.k8s.io", "networkpolicies"),
+            ["create", "delete", "get"]
+        );
+        // Nothing asks for delete on workloads or for secrets.
+        assert!(rules.iter().all(|r| !r.resources.contains(&"secrets")));
+        assert!(
+            verbs_of("apps", "deployments")
+                .iter()
+                .all(|v| *v != "delete")
+        );
+    }
+
+    #[test]
+    fn yaml_puts_nodes_in_the_cluster_role_only() {
+        let y = rbac_yaml("firebreak", "ml-serving");
+        let (role, cluster) = y.split_once("---\n").unwrap();
+        assert!(role.contains("kind: Role\n") && role.contains("namespace: ml-serving"));
+        assert!(!role.contains("\"nodes\""));
+        assert!(role.contains("resources: [\"deployments/scale\"]"));
+        assert!(cluster.contains("kind: ClusterRole\n"));
+        assert!(cluster.contains("resources: [\"nodes\"]\n    verbs: [\"get\", \"patch\"]"));
+        assert!(!cluster.contains("deployments"));
+    }
+}

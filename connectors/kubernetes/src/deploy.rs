@@ -263,34 +263,77 @@ pub async fn apply_rollback(
     let mut d = prepared.deployment.clone();
     let read_version = d.metadata.resource_version.clone().unwrap_or_default();
     d.metadata.annotations = Some(annotations.clone());
-    // managedFields left out: the API server keeps the stored ones.
-    d.metadata.managed_fields = None;
-    d.status = None;
     if let Some(spec) = d.spec.as_mut() {
         spec.template = (**template).clone();
     }
+    replace_checked(client, &prepared.deployment, d, "rolling back").await?;
+    info!(deployment = %id(&ns, &name), revision, read_version = %read_version, "rolled back");
+    Ok(prepared.describe(false))
+}
+
+/// The fields a write by someone else would have changed: everything but status and the
+/// bookkeeping metadata (resourceVersion, managedFields).
+fn user_fields(d: &Deployment) -> Value {
+    json!({
+        "uid": d.metadata.uid,
+        "labels": d.metadata.labels,
+        "annotations": d.metadata.annotations,
+        "deletionTimestamp": d.metadata.deletion_timestamp,
+        "spec": d.spec,
+    })
+}
+
+/// Replaces the Deployment with `desired`, which carries the resourceVersion of `read`.
+///
+/// On 409 the object is read again: if only its status moved (the controller's own
+/// bookkeeping, which a replace of the main resource does not touch), the write is retried
+/// once with the new resourceVersion; if anything a person or another tool writes changed
+/// (spec, labels, annotations, uid), the result is a Conflict and nothing is written.
+async fn replace_checked(
+    client: &kube::Client,
+    read: &Deployment,
+    mut desired: Deployment,
+    doing: &str,
+) -> Result<(), Error> {
+    let ns = read.metadata.namespace.clone().unwrap_or_default();
+    let name = read.metadata.name.clone().unwrap_or_default();
+    // managedFields left out: the API server keeps the stored ones.
+    desired.metadata.managed_fields = None;
+    desired.status = None;
     let pp = PostParams {
         field_manager: Some(crate::FIELD_MANAGER.to_owned()),
         ..PostParams::default()
     };
-    match api(client, &ns).replace(&name, &pp, &d).await {
-        Ok(_) => {
-            info!(deployment = %id(&ns, &name), revision, "rolled back");
-            Ok(prepared.describe(false))
+    let mut retried = false;
+    loop {
+        match api(client, &ns).replace(&name, &pp, &desired).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                let now = get(client, &ns, &name).await?;
+                let only_status_moved = rollout::same_json(&user_fields(read), &user_fields(&now));
+                if only_status_moved && !retried {
+                    retried = true;
+                    desired.metadata.resource_version = now.metadata.resource_version.clone();
+                    continue;
+                }
+                return Err(Error::refused(
+                    ErrorKind::Conflict,
+                    format!(
+                        "deployment {} changed since it was read (resourceVersion {} is now {}); \
+                         not overwriting someone else's change",
+                        id(&ns, &name),
+                        read.metadata
+                            .resource_version
+                            .as_deref()
+                            .unwrap_or_default(),
+                        now.metadata.resource_version.as_deref().unwrap_or_default(),
+                    ),
+                ));
+            }
+            Err(e) => {
+                return Err(Error::api(format!("{doing} deployment {}", id(&ns, &name)))(e));
+            }
         }
-        Err(kube::Error::Api(status)) if status.code == 409 => Err(Error::refused(
-            ErrorKind::Conflict,
-            format!(
-                "deployment {} changed since it was read (resourceVersion {read_version}); \
-                 not rolling back over someone else's change: {}",
-                id(&ns, &name),
-                status.message
-            ),
-        )),
-        Err(e) => Err(Error::api(format!(
-            "rolling back deployment {}",
-            id(&ns, &name)
-        ))(e)),
     }
 }
 
@@ -755,31 +798,11 @@ pub async fn restore(
     if cx.dry_run || unchanged {
         return Ok(out(false));
     }
+    let read = d.clone();
     d.spec = Some(spec);
-    d.status = None;
-    d.metadata.managed_fields = None;
-    let pp = PostParams {
-        field_manager: Some(crate::FIELD_MANAGER.to_owned()),
-        ..PostParams::default()
-    };
-    match api(client, &args.ns).replace(&snap.name, &pp, &d).await {
-        Ok(_) => {
-            info!(deployment = %id(&args.ns, &snap.name), "restored from snapshot");
-            Ok(out(true))
-        }
-        Err(kube::Error::Api(status)) if status.code == 409 => Err(Error::refused(
-            ErrorKind::Conflict,
-            format!(
-                "deployment {} changed while restoring; not overwriting: {}",
-                id(&args.ns, &snap.name),
-                status.message
-            ),
-        )),
-        Err(e) => Err(Error::api(format!(
-            "restoring deployment {}",
-            id(&args.ns, &snap.name)
-        ))(e)),
-    }
+    replace_checked(client, &read, d, "restoring").await?;
+    info!(deployment = %id(&args.ns, &snap.name), "restored from snapshot");
+    Ok(out(true))
 }
 
 #[cfg(test)]

@@ -1,0 +1,539 @@
+//! The embedded bus: the one-machine default, with no NATS.
+//!
+//! Events are appended to `<dir>/events.log` (JSON lines, group commit, see [`crate::log`]) and
+//! `publish` answers once they are fsync'd. Consumers take events from an in-memory queue that
+//! the writer thread fills only with durable events. An ack appends an ack record (also group
+//! committed). On open the log is replayed: every published event without an ack is queued again,
+//! so unacked work survives a crash or restart. A delivery not acked within the ack wait, or
+//! nak'd, goes back to the queue.
+//!
+//! Start at [`EmbeddedBus::open`]; the queue is [`Queue`]. [`FileStateStore`] (in `state`) is
+//! the matching state store.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use firebreak_event::Event;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tracing::info;
+
+use crate::log::{GroupLog, read_records};
+use crate::{AckHandle, Bus, BusError, Delivery, now_ms};
+
+mod state;
+
+pub use state::FileStateStore;
+
+/// Settings of the embedded bus. `Default` gives production values.
+#[derive(Debug, Clone)]
+pub struct EmbeddedOptions {
+    /// How long a delivery may stay unacked before it is delivered again. Default 60 s.
+    pub ack_wait: Duration,
+    /// How long a published id is remembered for dedupe, besides while it is unacked. Default 2 min.
+    pub duplicate_window: Duration,
+    /// Log size that triggers a compaction. Default 64 MiB.
+    pub compact_at_bytes: u64,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        EmbeddedOptions {
+            ack_wait: Duration::from_secs(60),
+            duplicate_window: Duration::from_secs(120),
+            compact_at_bytes: 64 << 20,
+        }
+    }
+}
+
+/// One line of `events.log`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum Record {
+    /// An event was accepted at `at_ms` (unix ms).
+    Publish { at_ms: i64, event: Event },
+    /// The event with this id is done.
+    Ack { id: String },
+}
+
+/// The in-process bus. Cheap to share behind an `Arc`; see the module docs.
+pub struct EmbeddedBus {
+    shared: Arc<Shared>,
+    dir: PathBuf,
+    lock: Mutex<Option<File>>,
+}
+
+/// What the bus, the writer thread and deliveries share.
+struct Shared {
+    queue: Arc<Mutex<Queue>>,
+    /// Woken whenever an event becomes ready (or the bus closes).
+    notify: Notify,
+    ack_wait: Duration,
+    duplicate_window: Duration,
+    log: GroupLog,
+}
+
+/// Where each event is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// In `ready`, waiting for a consumer.
+    Ready,
+    /// Handed to a consumer; back to ready at `due` unless acked.
+    InFlight,
+    /// Nak'd; back to ready at `due`.
+    Delayed,
+}
+
+struct Entry {
+    event: Event,
+    /// Order of acceptance, kept through compactions.
+    seq: u64,
+    at_ms: i64,
+    /// Deliveries so far.
+    attempts: u32,
+    stage: Stage,
+    /// Identifies the current delivery; a settle with an older token is ignored.
+    token: u64,
+    /// When an in-flight or delayed entry returns to ready.
+    due: Option<Instant>,
+}
+
+/// Unacked events and their delivery state, plus recently published ids for dedupe.
+#[derive(Default)]
+struct Queue {
+    entries: HashMap<String, Entry>,
+    ready: VecDeque<(String, u64)>,
+    timers: BinaryHeap<Reverse<(Instant, String)>>,
+    seen: HashMap<String, i64>,
+    seen_order: VecDeque<(i64, String)>,
+    next_seq: u64,
+    next_token: u64,
+    closed: bool,
+}
+
+impl Queue {
+    fn insert(&mut self, event: Event, at_ms: i64) {
+        let id = event.id.clone();
+        if self.entries.contains_key(&id) {
+            return;
+        }
+        let token = self.token();
+        self.next_seq += 1;
+        self.entries.insert(
+            id.clone(),
+            Entry {
+                event,
+                seq: self.next_seq,
+                at_ms,
+                attempts: 0,
+                stage: Stage::Ready,
+                token,
+                due: None,
+            },
+        );
+        self.ready.push_back((id, token));
+    }
+
+    fn token(&mut self) -> u64 {
+        self.next_token += 1;
+        self.next_token
+    }
+
+    fn remember(&mut self, id: &str, at_ms: i64) {
+        self.seen.insert(id.to_owned(), at_ms);
+        self.seen_order.push_back((at_ms, id.to_owned()));
+    }
+
+    fn forget_seen_before(&mut self, cutoff_ms: i64) {
+        while let Some((at, _)) = self.seen_order.front() {
+            if *at >= cutoff_ms {
+                break;
+            }
+            let (at, id) = self.seen_order.pop_front().expect("front exists");
+            if self.seen.get(&id) == Some(&at) {
+                self.seen.remove(&id);
+            }
+        }
+    }
+
+    /// Moves every in-flight or delayed entry whose time has come back to ready.
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some(Reverse((due, _))) = self.timers.peek() {
+            if *due > now {
+                break;
+            }
+            let Reverse((due, id)) = self.timers.pop().expect("peeked");
+            let token = self.next_token + 1;
+            if let Some(entry) = self.entries.get_mut(&id)
+                && entry.stage != Stage::Ready
+                && entry.due == Some(due)
+            {
+                entry.stage = Stage::Ready;
+                entry.due = None;
+                entry.token = token;
+                self.next_token = token;
+                self.ready.push_back((id, token));
+            }
+        }
+    }
+
+    /// Takes the next ready entry, marks it in flight until `now + ack_wait`.
+    fn take_ready(
+        &mut self,
+        now: Instant,
+        ack_wait: Duration,
+    ) -> Option<(Event, u32, String, u64)> {
+        while let Some((id, token)) = self.ready.pop_front() {
+            let Some(entry) = self.entries.get_mut(&id) else {
+                continue; // acked meanwhile
+            };
+            if entry.token != token || entry.stage != Stage::Ready {
+                continue; // a stale queue slot
+            }
+            let due = now + ack_wait;
+            entry.stage = Stage::InFlight;
+            entry.attempts += 1;
+            entry.due = Some(due);
+            self.timers.push(Reverse((due, id.clone())));
+            return Some((entry.event.clone(), entry.attempts, id, token));
+        }
+        None
+    }
+
+    /// The live state as log records, oldest first (for compaction).
+    fn snapshot(&self) -> Vec<u8> {
+        let mut entries: Vec<&Entry> = self.entries.values().collect();
+        entries.sort_by_key(|e| e.seq);
+        let mut out = Vec::new();
+        for entry in entries {
+            let record = Record::Publish {
+                at_ms: entry.at_ms,
+                event: entry.event.clone(),
+            };
+            // These events were encoded once already when published, so this cannot fail.
+            if serde_json::to_writer(&mut out, &record).is_ok() {
+                out.push(b'\n');
+            }
+        }
+        out
+    }
+}
+
+impl Shared {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        // A panic while holding the lock leaves plain data behind; keep serving.
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Takes `<dir>/<name>` as an exclusive lock for this process.
+pub(crate) fn lock_dir(dir: &Path, name: &str) -> Result<File, BusError> {
+    let path = dir.join(name);
+    let file = File::create(&path).map_err(|source| BusError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(BusError::Locked {
+            path: dir.to_owned(),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(BusError::Io { path, source }),
+    }
+}
+
+impl EmbeddedBus {
+    /// Opens (creating if needed) the bus stored in `dir` with default options.
+    pub fn open(dir: impl AsRef<Path>) -> Result<EmbeddedBus, BusError> {
+        EmbeddedBus::open_with(dir, EmbeddedOptions::default())
+    }
+
+    /// Opens the bus stored in `dir`: replays `events.log`, queues every unacked event, compacts
+    /// the log and starts the writer thread. Fails with [`BusError::Locked`] if another bus has
+    /// `dir` open.
+    pub fn open_with(
+        dir: impl AsRef<Path>,
+        opts: EmbeddedOptions,
+    ) -> Result<EmbeddedBus, BusError> {
+        let dir = dir.as_ref().to_owned();
+        std::fs::create_dir_all(&dir).map_err(|source| BusError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let lock = lock_dir(&dir, "events.lock")?;
+        let path = dir.join("events.log");
+        let mut queue = Queue::default();
+        let cutoff = now_ms() - opts.duplicate_window.as_millis() as i64;
+        for record in read_records::<Record>(&path)? {
+            match record {
+                Record::Publish { at_ms, event } => {
+                    if at_ms >= cutoff {
+                        queue.remember(&event.id, at_ms);
+                    }
+                    queue.insert(event, at_ms);
+                }
+                Record::Ack { id } => {
+                    queue.entries.remove(&id);
+                }
+            }
+        }
+        let pending = queue.entries.len();
+        let initial = queue.snapshot();
+        // The writer thread compacts from a snapshot of the queue; it holds the queue weakly so
+        // that dropping the bus ends the thread.
+        let queue = Arc::new(Mutex::new(queue));
+        let for_snapshot = Arc::downgrade(&queue);
+        let snapshot = Box::new(move || {
+            for_snapshot
+                .upgrade()
+                .map(|q| q.lock().unwrap_or_else(|p| p.into_inner()).snapshot())
+                .unwrap_or_default()
+        });
+        let log = GroupLog::open(&path, initial, snapshot, opts.compact_at_bytes)?;
+        let shared = Arc::new(Shared {
+            queue,
+            notify: Notify::new(),
+            ack_wait: opts.ack_wait,
+            duplicate_window: opts.duplicate_window,
+            log,
+        });
+        info!(dir = %dir.display(), pending, "embedded bus open");
+        Ok(EmbeddedBus {
+            shared,
+            dir,
+            lock: Mutex::new(Some(lock)),
+        })
+    }
+
+    /// The directory this bus stores its log in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Stops the bus: consumer streams end, further calls fail with [`BusError::Closed`], queued
+    /// writes are flushed, and the directory lock is released so the bus can be reopened.
+    pub async fn close(&self) {
+        self.shared.queue().closed = true;
+        self.shared.notify.notify_waiters();
+        self.shared.log.close().await;
+        self.lock.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    /// How many events are accepted but not yet acked.
+    pub fn pending(&self) -> usize {
+        self.shared.queue().entries.len()
+    }
+}
+
+impl Bus for EmbeddedBus {
+    fn publish(&self, events: Vec<Event>) -> BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async move {
+            if events.is_empty() {
+                return Ok(());
+            }
+            // Encode first, so a bad event rejects the whole batch before anything is remembered.
+            let at_ms = now_ms();
+            let mut lines = Vec::with_capacity(events.len());
+            for event in &events {
+                let record = Record::Publish {
+                    at_ms,
+                    event: event.clone(),
+                };
+                let mut line = serde_json::to_vec(&record).map_err(|source| BusError::Codec {
+                    what: format!("event {}", event.id),
+                    source,
+                })?;
+                line.push(b'\n');
+                lines.push(line);
+            }
+            let done = {
+                let mut queue = self.shared.queue();
+                if queue.closed {
+                    return Err(BusError::Closed);
+                }
+                let window_ms = self.shared.duplicate_window.as_millis() as i64;
+                queue.forget_seen_before(at_ms - window_ms);
+                let mut bytes = Vec::new();
+                let mut fresh = Vec::new();
+                for (event, line) in events.into_iter().zip(lines) {
+                    if queue.seen.contains_key(&event.id) || queue.entries.contains_key(&event.id) {
+                        continue; // a duplicate; the barrier below waits for its first copy
+                    }
+                    queue.remember(&event.id, at_ms);
+                    bytes.extend_from_slice(&line);
+                    fresh.push(event);
+                }
+                let shared = Arc::clone(&self.shared);
+                let after: crate::log::After = Box::new(move || {
+                    let mut queue = shared.queue();
+                    let any = !fresh.is_empty();
+                    for event in fresh {
+                        queue.insert(event, at_ms);
+                    }
+                    drop(queue);
+                    if any {
+                        shared.notify.notify_waiters();
+                    }
+                });
+                // Sent under the queue lock, so the log's order is the dedupe order: an append
+                // with only duplicates still waits behind the commit of their first copies.
+                self.shared.log.append(bytes, Some(after))?
+            };
+            done.await.map_err(|_| BusError::Closed)?
+        })
+    }
+
+    fn consume(
+        &self,
+    ) -> BoxFuture<'_, Result<BoxStream<'static, Result<Delivery, BusError>>, BusError>> {
+        Box::pin(async move {
+            if self.shared.queue().closed {
+                return Err(BusError::Closed);
+            }
+            let consumer = Consumer {
+                shared: Arc::clone(&self.shared),
+            };
+            let stream = futures::stream::unfold(consumer, |consumer| async move {
+                let delivery = consumer.next().await?;
+                Some((Ok(delivery), consumer))
+            });
+            Ok(Box::pin(stream) as BoxStream<'static, _>)
+        })
+    }
+
+    fn publish_audit(
+        &self,
+        _subject: String,
+        _payload: Vec<u8>,
+    ) -> BoxFuture<'_, Result<(), BusError>> {
+        // The audit journal file is the durable record in embedded mode.
+        Box::pin(async { Ok(()) })
+    }
+
+    fn ready(&self) -> bool {
+        !self.shared.queue().closed
+    }
+}
+
+/// One consumer stream's state.
+struct Consumer {
+    shared: Arc<Shared>,
+}
+
+impl Consumer {
+    /// Waits for the next ready event; `None` once the bus is closed.
+    async fn next(&self) -> Option<Delivery> {
+        loop {
+            // Register for wake-ups before looking, so a publish between the look and the wait
+            // is not missed.
+            let notified = self.shared.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let wake_at = {
+                let mut queue = self.shared.queue();
+                if queue.closed {
+                    return None;
+                }
+                let now = Instant::now();
+                queue.fire_timers(now);
+                if let Some((event, attempt, id, token)) =
+                    queue.take_ready(now, self.shared.ack_wait)
+                {
+                    let handle = EmbeddedAck {
+                        shared: Arc::clone(&self.shared),
+                        id,
+                        token,
+                    };
+                    return Some(Delivery::new(event, attempt, Box::new(handle)));
+                }
+                queue.timers.peek().map(|Reverse((due, _))| *due)
+            };
+            match wake_at {
+                Some(due) => {
+                    tokio::select! {
+                        () = &mut notified => {}
+                        () = tokio::time::sleep_until(due) => {}
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+}
+
+/// Settles one embedded delivery.
+struct EmbeddedAck {
+    shared: Arc<Shared>,
+    id: String,
+    token: u64,
+}
+
+impl EmbeddedAck {
+    /// Sends the entry back to the queue at `due`, if this delivery is still the current one.
+    fn reschedule(&self, due: Instant, stage: Stage) -> Result<bool, BusError> {
+        let mut queue = self.shared.queue();
+        if queue.closed {
+            return Err(BusError::Closed);
+        }
+        let Some(entry) = queue.entries.get_mut(&self.id) else {
+            return Ok(false);
+        };
+        if entry.token != self.token || entry.stage != Stage::InFlight {
+            return Ok(false);
+        }
+        entry.stage = stage;
+        entry.due = Some(due);
+        queue.timers.push(Reverse((due, self.id.clone())));
+        Ok(true)
+    }
+}
+
+impl AckHandle for EmbeddedAck {
+    fn ack(&self) -> BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async move {
+            let done = {
+                let mut queue = self.shared.queue();
+                if queue.closed {
+                    return Err(BusError::Closed);
+                }
+                if queue.entries.remove(&self.id).is_none() {
+                    return Ok(()); // acked already through another delivery
+                }
+                let record = Record::Ack {
+                    id: self.id.clone(),
+                };
+                let mut line = serde_json::to_vec(&record).map_err(|source| BusError::Codec {
+                    what: format!("ack of {}", self.id),
+                    source,
+                })?;
+                line.push(b'\n');
+                self.shared.log.append(line, None)?
+            };
+            done.await.map_err(|_| BusError::Closed)?
+        })
+    }
+
+    fn nak(&self, delay: Duration) -> BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async move {
+            if self.reschedule(Instant::now() + delay, Stage::Delayed)? {
+                // A consumer waiting on an earlier timer must learn about this one.
+                self.shared.notify.notify_waiters();
+            }
+            Ok(())
+        })
+    }
+
+    fn in_progress(&self) -> BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async move {
+            self.reschedule(Instant::now() + self.shared.ack_wait, Stage::InFlight)?;
+            Ok(())
+        })
+    }
+}

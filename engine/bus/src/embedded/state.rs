@@ -1,0 +1,333 @@
+//! [`FileStateStore`]: the embedded [`StateStore`], in memory with a group-committed log file
+//! (`<dir>/state.log`) behind it.
+//!
+//! Cooldowns, budget timestamps and run records are written to the log and a call returns once
+//! its record is durable; on open the log is replayed and compacted. Locks stay in memory only:
+//! in embedded mode every lock owner lives in this process, so after a restart no owner is left
+//! and every lock is free anyway. Lock expiry uses tokio's clock. Finished runs are kept up to
+//! [`FINISHED_RUNS_KEPT`], oldest forgotten first.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use tracing::info;
+
+use super::lock_dir;
+use crate::log::{GroupLog, read_records};
+use crate::state::{BUDGET_RETENTION, check_key};
+use crate::{BusError, RunRecord, StateStore};
+
+/// How many finished runs the file store remembers.
+pub const FINISHED_RUNS_KEPT: usize = 10_000;
+
+/// One line of `state.log`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum Record {
+    Cooldown {
+        key: String,
+        until: Timestamp,
+    },
+    RunAt {
+        key: String,
+        at: Timestamp,
+    },
+    Run {
+        run_id: String,
+        #[serde(flatten)]
+        record: RunRecord,
+    },
+}
+
+#[derive(Default)]
+struct State {
+    locks: HashMap<String, (String, Instant)>,
+    cooldowns: HashMap<String, Timestamp>,
+    runs_at: HashMap<String, Vec<Timestamp>>,
+    runs: HashMap<String, RunRecord>,
+    finished_order: VecDeque<String>,
+}
+
+impl State {
+    fn apply(&mut self, record: Record) {
+        match record {
+            Record::Cooldown { key, until } => {
+                self.cooldowns.insert(key, until);
+            }
+            Record::RunAt { key, at } => {
+                let cutoff = budget_cutoff();
+                let times = self.runs_at.entry(key).or_default();
+                times.retain(|t| *t >= cutoff);
+                times.push(at);
+            }
+            Record::Run { run_id, record } => {
+                let was_finished = self.runs.get(&run_id).is_some_and(|r| r.finished);
+                if record.finished && !was_finished {
+                    self.finished_order.push_back(run_id.clone());
+                    while self.finished_order.len() > FINISHED_RUNS_KEPT {
+                        let old = self.finished_order.pop_front().expect("non-empty");
+                        if self.runs.get(&old).is_some_and(|r| r.finished) {
+                            self.runs.remove(&old);
+                        }
+                    }
+                }
+                self.runs.insert(run_id, record);
+            }
+        }
+    }
+
+    /// The live state as log records (for compaction).
+    fn snapshot(&self) -> Vec<u8> {
+        let now = Timestamp::now();
+        let cutoff = budget_cutoff();
+        let mut out = Vec::new();
+        let mut write = |record: &Record| {
+            if serde_json::to_writer(&mut out, record).is_ok() {
+                out.push(b'\n');
+            }
+        };
+        for (key, until) in &self.cooldowns {
+            if *until > now {
+                write(&Record::Cooldown {
+                    key: key.clone(),
+                    until: *until,
+                });
+            }
+        }
+        for (key, times) in &self.runs_at {
+            for at in times.iter().filter(|t| **t >= cutoff) {
+                write(&Record::RunAt {
+                    key: key.clone(),
+                    at: *at,
+                });
+            }
+        }
+        // Unfinished first, then finished in the order they finished, so replay keeps the order.
+        for (run_id, record) in self.runs.iter().filter(|(_, r)| !r.finished) {
+            write(&Record::Run {
+                run_id: run_id.clone(),
+                record: record.clone(),
+            });
+        }
+        for run_id in &self.finished_order {
+            if let Some(record) = self.runs.get(run_id).filter(|r| r.finished) {
+                write(&Record::Run {
+                    run_id: run_id.clone(),
+                    record: record.clone(),
+                });
+            }
+        }
+        out
+    }
+}
+
+fn budget_cutoff() -> Timestamp {
+    Timestamp::now()
+        .checked_sub(jiff::SignedDuration::try_from(BUDGET_RETENTION).expect("7 days fits"))
+        .unwrap_or(Timestamp::MIN)
+}
+
+/// The embedded state store; see the module docs.
+pub struct FileStateStore {
+    state: Arc<Mutex<State>>,
+    log: GroupLog,
+    lock: Mutex<Option<File>>,
+}
+
+impl FileStateStore {
+    /// Opens (creating if needed) the state stored in `dir/state.log`. Fails with
+    /// [`BusError::Locked`] if another store has it open.
+    pub fn open(dir: impl AsRef<Path>) -> Result<FileStateStore, BusError> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|source| BusError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let lock = lock_dir(dir, "state.lock")?;
+        let path = dir.join("state.log");
+        let mut state = State::default();
+        for record in read_records::<Record>(&path)? {
+            state.apply(record);
+        }
+        let initial = state.snapshot();
+        info!(dir = %dir.display(), runs = state.runs.len(), "state store open");
+        let state = Arc::new(Mutex::new(state));
+        let weak = Arc::downgrade(&state);
+        let snapshot = Box::new(move || {
+            weak.upgrade()
+                .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).snapshot())
+                .unwrap_or_default()
+        });
+        let log = GroupLog::open(&path, initial, snapshot, 16 << 20)?;
+        Ok(FileStateStore {
+            state,
+            log,
+            lock: Mutex::new(Some(lock)),
+        })
+    }
+
+    /// Flushes queued writes, stops the writer and releases the directory lock; later writes
+    /// fail with [`BusError::Closed`].
+    pub async fn close(&self) {
+        self.log.close().await;
+        self.lock.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies `record` in memory and appends it, under the state lock so the log's order is the
+    /// order of application; resolves once it is durable.
+    fn write(&self, record: Record) -> BoxFuture<'_, Result<(), BusError>> {
+        let line = serde_json::to_vec(&record).map(|mut l| {
+            l.push(b'\n');
+            l
+        });
+        let sent = match line {
+            Err(source) => Err(BusError::Codec {
+                what: format!("state record for {}", self.log.path().display()),
+                source,
+            }),
+            Ok(line) => {
+                let mut state = self.state();
+                self.log.append(line, None).inspect(|_| state.apply(record))
+            }
+        };
+        Box::pin(async move { sent?.await.map_err(|_| BusError::Closed)? })
+    }
+}
+
+impl StateStore for FileStateStore {
+    fn try_lock(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<bool, BusError>> {
+        let result = check_key(key).map(|()| {
+            let mut state = self.state();
+            let now = Instant::now();
+            let free = match state.locks.get(key) {
+                None => true,
+                Some((holder, expires)) => holder == owner || *expires <= now,
+            };
+            if free {
+                state
+                    .locks
+                    .insert(key.to_owned(), (owner.to_owned(), now + ttl));
+            }
+            free
+        });
+        Box::pin(async move { result })
+    }
+
+    fn refresh_lock(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<bool, BusError>> {
+        let result = check_key(key).map(|()| {
+            let mut state = self.state();
+            match state.locks.get_mut(key) {
+                Some((holder, expires)) if holder == owner => {
+                    *expires = Instant::now() + ttl;
+                    true
+                }
+                _ => false,
+            }
+        });
+        Box::pin(async move { result })
+    }
+
+    fn unlock(&self, key: &str, owner: &str) -> BoxFuture<'_, Result<bool, BusError>> {
+        let result = check_key(key).map(|()| {
+            let mut state = self.state();
+            let held = state
+                .locks
+                .get(key)
+                .is_some_and(|(holder, _)| holder == owner);
+            if held {
+                state.locks.remove(key);
+            }
+            held
+        });
+        Box::pin(async move { result })
+    }
+
+    fn set_cooldown(&self, key: &str, until: Timestamp) -> BoxFuture<'_, Result<(), BusError>> {
+        if let Err(e) = check_key(key) {
+            return Box::pin(async move { Err(e) });
+        }
+        self.write(Record::Cooldown {
+            key: key.to_owned(),
+            until,
+        })
+    }
+
+    fn cooldown(&self, key: &str) -> BoxFuture<'_, Result<Option<Timestamp>, BusError>> {
+        let result = check_key(key).map(|()| {
+            let now = Timestamp::now();
+            self.state()
+                .cooldowns
+                .get(key)
+                .copied()
+                .filter(|t| *t > now)
+        });
+        Box::pin(async move { result })
+    }
+
+    fn record_run(&self, key: &str, at: Timestamp) -> BoxFuture<'_, Result<(), BusError>> {
+        if let Err(e) = check_key(key) {
+            return Box::pin(async move { Err(e) });
+        }
+        self.write(Record::RunAt {
+            key: key.to_owned(),
+            at,
+        })
+    }
+
+    fn runs_since(&self, key: &str, since: Timestamp) -> BoxFuture<'_, Result<u32, BusError>> {
+        let result = check_key(key).map(|()| {
+            self.state().runs_at.get(key).map_or(0, |times| {
+                times.iter().filter(|t| **t >= since).count() as u32
+            })
+        });
+        Box::pin(async move { result })
+    }
+
+    fn put_run(&self, run_id: &str, record: RunRecord) -> BoxFuture<'_, Result<(), BusError>> {
+        if let Err(e) = check_key(run_id) {
+            return Box::pin(async move { Err(e) });
+        }
+        self.write(Record::Run {
+            run_id: run_id.to_owned(),
+            record,
+        })
+    }
+
+    fn get_run(&self, run_id: &str) -> BoxFuture<'_, Result<Option<RunRecord>, BusError>> {
+        let result = check_key(run_id).map(|()| self.state().runs.get(run_id).cloned());
+        Box::pin(async move { result })
+    }
+
+    fn list_runs_unfinished(&self) -> BoxFuture<'_, Result<Vec<(String, RunRecord)>, BusError>> {
+        let mut runs: Vec<(String, RunRecord)> = self
+            .state()
+            .runs
+            .iter()
+            .filter(|(_, r)| !r.finished)
+            .map(|(id, r)| (id.clone(), r.clone()))
+            .collect();
+        runs.sort_by(|a, b| a.0.cmp(&b.0));
+        Box::pin(async move { Ok(runs) })
+    }
+}

@@ -1,0 +1,357 @@
+//! An append-only JSON-lines file with group commit: the durable half of the embedded bus and
+//! of the file state store.
+//!
+//! One writer thread owns the file. Callers send records over a channel; the thread takes every
+//! record waiting, writes them with one `write`, makes them durable with one `fdatasync`, and only
+//! then answers each caller, so concurrent publishers share one fsync. A caller may attach an
+//! `after` closure that the thread runs once the record is durable and before it answers (the
+//! embedded bus uses it to hand events to consumers only when they are on disk).
+//!
+//! When the file grows past a threshold the thread rewrites it from a snapshot of the live state
+//! (write to `*.tmp`, fsync, rename, fsync the directory). A failed write or fsync poisons the
+//! log: what is on disk is unknown, so every later write fails until the store is reopened.
+//!
+//! Start at [`GroupLog::open`] and [`read_records`].
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info, warn};
+
+use crate::BusError;
+
+/// Runs in the writer thread once a record is durable.
+pub(crate) type After = Box<dyn FnOnce() + Send>;
+/// Produces the live state as log bytes, for compaction.
+pub(crate) type Snapshot = Box<dyn Fn() -> Vec<u8> + Send>;
+
+/// Most records the writer takes in one group commit.
+const MAX_BATCH: usize = 8192;
+
+enum Cmd {
+    Append {
+        bytes: Vec<u8>,
+        after: Option<After>,
+        done: oneshot::Sender<Result<(), BusError>>,
+    },
+    Close {
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// Handle to the writer thread of one log file.
+pub(crate) struct GroupLog {
+    tx: mpsc::UnboundedSender<Cmd>,
+    path: PathBuf,
+    closed: Arc<AtomicBool>,
+}
+
+/// Reads every record of `path` (missing file = no records). A last line that does not parse is
+/// a write torn by a crash: it is cut off and reported in the log. Any other bad line is an error.
+pub(crate) fn read_records<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, BusError> {
+    let io_err = |source| BusError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(e)),
+    };
+    let mut reader = BufReader::new(file);
+    let mut records = Vec::new();
+    let mut line = Vec::new();
+    let mut good_len: u64 = 0;
+    let mut line_no = 0;
+    let mut bad: Option<(usize, serde_json::Error)> = None;
+    loop {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line).map_err(io_err)?;
+        if n == 0 {
+            break;
+        }
+        line_no += 1;
+        if let Some((bad_line, source)) = bad.take() {
+            // A bad line followed by more lines is corruption, not a torn tail.
+            return Err(BusError::Corrupt {
+                path: path.to_owned(),
+                line: bad_line,
+                source,
+            });
+        }
+        let complete = line.last() == Some(&b'\n');
+        match serde_json::from_slice::<T>(&line) {
+            Ok(record) if complete => {
+                records.push(record);
+                good_len += n as u64;
+            }
+            Ok(_) => {
+                bad = Some((
+                    line_no,
+                    serde_json::Error::io(std::io::Error::other("line has no newline")),
+                ))
+            }
+            Err(e) => bad = Some((line_no, e)),
+        }
+    }
+    if let Some((line, source)) = bad {
+        warn!(path = %path.display(), line, error = %source, "cutting off a torn last record");
+        let file = OpenOptions::new().write(true).open(path).map_err(io_err)?;
+        file.set_len(good_len).map_err(io_err)?;
+        file.sync_all().map_err(io_err)?;
+    }
+    Ok(records)
+}
+
+/// Writes `bytes` to `path` atomically and durably: tmp file, fsync, rename, fsync directory.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+fn open_append(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().append(true).create(true).open(path)
+}
+
+impl GroupLog {
+    /// Replaces `path` with `initial` (the compacted live state), then starts the writer thread.
+    /// The file is compacted again, from `snapshot`, whenever it grows past `compact_at` bytes
+    /// (or twice the last snapshot, whichever is larger).
+    pub(crate) fn open(
+        path: &Path,
+        initial: Vec<u8>,
+        snapshot: Snapshot,
+        compact_at: u64,
+    ) -> Result<GroupLog, BusError> {
+        let io_err = |source| BusError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        write_atomically(path, &initial).map_err(io_err)?;
+        let file = open_append(path).map_err(io_err)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let writer = Writer {
+            file,
+            path: path.to_owned(),
+            size: initial.len() as u64,
+            snapshot,
+            compact_at,
+            poisoned: false,
+        };
+        std::thread::Builder::new()
+            .name("firebreak-log".into())
+            .spawn(move || writer.run(rx))
+            .map_err(io_err)?;
+        Ok(GroupLog {
+            tx,
+            path: path.to_owned(),
+            closed: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Queues `bytes` (whole lines) for the next group commit and returns the receiver of the
+    /// outcome. Synchronous, so callers can order appends under their own lock.
+    pub(crate) fn append(
+        &self,
+        bytes: Vec<u8>,
+        after: Option<After>,
+    ) -> Result<oneshot::Receiver<Result<(), BusError>>, BusError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(BusError::Closed);
+        }
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Append { bytes, after, done })
+            .map_err(|_| BusError::Closed)?;
+        Ok(rx)
+    }
+
+    /// Appends and waits until the bytes are durable.
+    #[cfg(test)]
+    pub(crate) async fn append_durable(&self, bytes: Vec<u8>) -> Result<(), BusError> {
+        self.append(bytes, None)?
+            .await
+            .map_err(|_| BusError::Closed)?
+    }
+
+    /// Flushes what is queued, stops the writer thread and waits for it to close the file.
+    pub(crate) async fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let (done, rx) = oneshot::channel();
+        if self.tx.send(Cmd::Close { done }).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+struct Writer {
+    file: File,
+    path: PathBuf,
+    size: u64,
+    snapshot: Snapshot,
+    compact_at: u64,
+    poisoned: bool,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
+        let mut buf = Vec::new();
+        let mut waiters = Vec::new();
+        while let Some(first) = rx.blocking_recv() {
+            let mut close = None;
+            buf.clear();
+            let mut next = Some(first);
+            while let Some(cmd) = next.take() {
+                match cmd {
+                    Cmd::Append { bytes, after, done } => {
+                        buf.extend_from_slice(&bytes);
+                        waiters.push((after, done));
+                    }
+                    Cmd::Close { done } => {
+                        close = Some(done);
+                        break;
+                    }
+                }
+                if waiters.len() < MAX_BATCH {
+                    next = rx.try_recv().ok();
+                }
+            }
+            let outcome = self.commit(&buf);
+            for (i, (after, done)) in waiters.drain(..).enumerate() {
+                let result = match &outcome {
+                    Ok(()) => {
+                        if let Some(after) = after {
+                            after();
+                        }
+                        Ok(())
+                    }
+                    // The first waiter gets the cause; the rest learn the log is poisoned.
+                    Err(e) if i == 0 => Err(BusError::Io {
+                        path: self.path.clone(),
+                        source: std::io::Error::new(e.kind(), e.to_string()),
+                    }),
+                    Err(_) => Err(BusError::Poisoned {
+                        path: self.path.clone(),
+                    }),
+                };
+                let _ = done.send(result);
+            }
+            if let Some(done) = close {
+                let _ = self.file.sync_all();
+                let _ = done.send(());
+                return;
+            }
+            if outcome.is_ok() && self.size > self.compact_at {
+                self.compact();
+            }
+        }
+    }
+
+    fn commit(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        if self.poisoned {
+            return Err(std::io::Error::other(
+                "log is poisoned by an earlier failure",
+            ));
+        }
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let result = self
+            .file
+            .write_all(buf)
+            .and_then(|()| self.file.sync_data());
+        match &result {
+            Ok(()) => self.size += buf.len() as u64,
+            Err(e) => {
+                error!(path = %self.path.display(), error = %e, "log write failed; refusing further writes");
+                self.poisoned = true;
+            }
+        }
+        result
+    }
+
+    fn compact(&mut self) {
+        let bytes = (self.snapshot)();
+        let result = write_atomically(&self.path, &bytes).and_then(|()| open_append(&self.path));
+        match result {
+            Ok(file) => {
+                info!(path = %self.path.display(), from = self.size, to = bytes.len(), "log compacted");
+                self.file = file;
+                self.size = bytes.len() as u64;
+                self.compact_at = self.compact_at.max(2 * self.size);
+            }
+            Err(e) => {
+                // The old file is still whole (rename is atomic), but our handle may now point at
+                // a replaced file; stop writing rather than guess.
+                error!(path = %self.path.display(), error = %e, "log compaction failed; refusing further writes");
+                self.poisoned = true;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    #[test]
+    fn torn_last_line_is_cut_off_and_earlier_records_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.log");
+        std::fs::write(&path, b"{\"a\":1}\n{\"a\":2}\n{\"a\":").unwrap();
+        let records: Vec<Value> = read_records(&path).unwrap();
+        assert_eq!(records, vec![json!({"a": 1}), json!({"a": 2})]);
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"a\":1}\n{\"a\":2}\n");
+    }
+
+    #[test]
+    fn a_bad_line_in_the_middle_is_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.log");
+        std::fs::write(&path, b"{\"a\":1}\nnot json\n{\"a\":3}\n").unwrap();
+        let err = read_records::<Value>(&path).unwrap_err();
+        assert!(
+            matches!(err, BusError::Corrupt { line: 2, .. }),
+            "unexpected {err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn appends_are_durable_and_compaction_keeps_the_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.log");
+        let snapshot: Snapshot = Box::new(|| b"{\"snap\":true}\n".to_vec());
+        let log = GroupLog::open(&path, b"{\"a\":0}\n".to_vec(), snapshot, 64).unwrap();
+        log.append_durable(b"{\"a\":1}\n".to_vec()).await.unwrap();
+        let records: Vec<Value> = read_records(&path).unwrap();
+        assert_eq!(records, vec![json!({"a": 0}), json!({"a": 1})]);
+        // Past 64 bytes the writer compacts to the snapshot after the commit.
+        log.append_durable(vec![b' '; 80].into_iter().chain(*b"{\"a\":2}\n").collect())
+            .await
+            .unwrap();
+        log.close().await;
+        let records: Vec<Value> = read_records(&path).unwrap();
+        assert_eq!(records, vec![json!({"snap": true})]);
+        assert!(matches!(
+            log.append_durable(b"{}\n".to_vec()).await,
+            Err(BusError::Closed)
+        ));
+    }
+}

@@ -1,0 +1,839 @@
+//! The NATS JetStream bus and its KV state store. Works with nats-server 2.9 and later: it uses
+//! only streams, durable pull consumers, `Nats-Msg-Id` dedupe, expected-last-subject-sequence
+//! publishes (KV create/update) and direct get, all present in 2.9.
+//!
+//! - Events: stream `FIREBREAK_EVENTS` on `firebreak.events.>`, file storage, work-queue
+//!   retention (an acked event is removed), a duplicate window for `Nats-Msg-Id`. One durable
+//!   pull consumer (`firebreak-engine`) is shared by every replica, so replicas split the work.
+//! - Audit: stream `FIREBREAK_AUDIT` on `firebreak.audit.>`, limits retention, kept forever by
+//!   default.
+//! - State: KV buckets `firebreak_locks`, `firebreak_cooldowns`, `firebreak_budgets`,
+//!   `firebreak_runs` ([`NatsStateStore`]).
+//!
+//! `publish` sends every event first and then awaits every PubAck (pipelined). While the client
+//! is not connected it fails at once with [`BusError::NotConnected`], so ingest answers 503 and
+//! the sender retries. The client reconnects by itself; the consumer stream rides through it.
+//!
+//! Start at [`NatsBus::connect`].
+
+use std::time::Duration;
+
+use async_nats::connection::State;
+use async_nats::jetstream::consumer::{self, AckPolicy, pull};
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
+use async_nats::jetstream::message::{AckKind, Acker, PublishMessage};
+use async_nats::jetstream::stream::{self, RetentionPolicy, StorageType};
+use async_nats::jetstream::{self, Context};
+use firebreak_event::Event;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::error::Cause;
+use crate::state::{BUDGET_RETENTION, check_key};
+use crate::{AckHandle, Bus, BusError, BusErrorKind, Delivery, LockValue, RunRecord, StateStore};
+
+/// Settings of the JetStream bus. `Default` gives production values.
+#[derive(Debug, Clone)]
+pub struct NatsOptions {
+    /// Events stream name. Default `FIREBREAK_EVENTS`.
+    pub events_stream: String,
+    /// Audit stream name. Default `FIREBREAK_AUDIT`.
+    pub audit_stream: String,
+    /// The durable consumer every replica shares. Default `firebreak-engine`.
+    pub consumer: String,
+    /// How long a delivery may stay unacked before redelivery. Default 60 s.
+    pub ack_wait: Duration,
+    /// Deliveries before the server gives up on an event (-1: never). Default 20.
+    pub max_deliver: i64,
+    /// Window in which a re-published id is dropped by the server. Default 2 min.
+    pub duplicate_window: Duration,
+    /// Events asked for per pull request. Default 256.
+    pub fetch_batch: usize,
+    /// Bound on each JetStream request and PubAck wait. Default 5 s.
+    pub request_timeout: Duration,
+    /// Age after which audit records are dropped (zero: never). Default zero.
+    pub audit_max_age: Duration,
+    /// Age after which a run record that was not updated is dropped. Default 7 days.
+    pub run_retention: Duration,
+}
+
+impl Default for NatsOptions {
+    fn default() -> Self {
+        NatsOptions {
+            events_stream: "FIREBREAK_EVENTS".into(),
+            audit_stream: "FIREBREAK_AUDIT".into(),
+            consumer: "firebreak-engine".into(),
+            ack_wait: Duration::from_secs(60),
+            max_deliver: 20,
+            duplicate_window: Duration::from_secs(120),
+            fetch_batch: 256,
+            request_timeout: Duration::from_secs(5),
+            audit_max_age: Duration::ZERO,
+            run_retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// The JetStream bus; see the module docs. Cheap to share behind an `Arc`.
+pub struct NatsBus {
+    client: async_nats::Client,
+    js: Context,
+    url: String,
+    opts: NatsOptions,
+    closed: CancellationToken,
+}
+
+/// Maps a publish failure to a kind: no server answer means the bus is unavailable.
+fn publish_kind(kind: PublishErrorKind) -> BusErrorKind {
+    match kind {
+        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => BusErrorKind::Unavailable,
+        PublishErrorKind::StreamNotFound
+        | PublishErrorKind::MaxPayloadExceeded
+        | PublishErrorKind::WrongLastMessageId
+        | PublishErrorKind::WrongLastSequence => BusErrorKind::Permanent,
+        _ => BusErrorKind::Transient,
+    }
+}
+
+/// A subject token from a free-form string: NATS subjects cannot hold `.`, `*`, `>` or spaces
+/// inside a token.
+fn token(s: &str) -> String {
+    let t: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if t.is_empty() { "_".into() } else { t }
+}
+
+/// The subject an event is published on: `firebreak.events.<source>.<type>`.
+pub fn event_subject(event: &Event) -> String {
+    format!(
+        "firebreak.events.{}.{}",
+        token(&event.source),
+        token(&event.kind)
+    )
+}
+
+impl NatsBus {
+    /// Connects to `url` (e.g. `nats://127.0.0.1:4222`) and creates the events and audit
+    /// streams and the shared consumer if they do not exist. Fails if the server cannot be
+    /// reached now; once connected, the client reconnects by itself forever.
+    pub async fn connect(url: &str, opts: NatsOptions) -> Result<NatsBus, BusError> {
+        let client = async_nats::ConnectOptions::new()
+            .name("firebreak")
+            .connection_timeout(opts.request_timeout)
+            .request_timeout(Some(opts.request_timeout))
+            // Reconnect quickly: while disconnected, ingest answers 503.
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis((attempts as u64 * 100).min(1000))
+            })
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Connected => info!("nats connected"),
+                    async_nats::Event::Disconnected => warn!("nats disconnected"),
+                    other => debug!(event = %other, "nats event"),
+                }
+            })
+            .connect(url)
+            .await
+            .map_err(|e| BusError::Connect {
+                url: url.to_owned(),
+                source: Box::new(e),
+            })?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(opts.request_timeout)
+            .build(client.clone());
+        let bus = NatsBus {
+            client,
+            js,
+            url: url.to_owned(),
+            opts,
+            closed: CancellationToken::new(),
+        };
+        bus.events_consumer().await?;
+        bus.audit_stream().await?;
+        info!(url, stream = %bus.opts.events_stream, consumer = %bus.opts.consumer, "nats bus ready");
+        Ok(bus)
+    }
+
+    async fn events_stream(&self) -> Result<stream::Stream, BusError> {
+        let name = &self.opts.events_stream;
+        self.js
+            .get_or_create_stream(stream::Config {
+                name: name.clone(),
+                description: Some("firebreak events, one per alert or trigger".into()),
+                subjects: vec!["firebreak.events.>".into()],
+                retention: RetentionPolicy::WorkQueue,
+                storage: StorageType::File,
+                duplicate_window: self.opts.duplicate_window,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                BusError::nats(
+                    format!("create stream {name}"),
+                    BusErrorKind::Unavailable,
+                    e,
+                )
+            })
+    }
+
+    async fn audit_stream(&self) -> Result<stream::Stream, BusError> {
+        let name = &self.opts.audit_stream;
+        self.js
+            .get_or_create_stream(stream::Config {
+                name: name.clone(),
+                description: Some("firebreak audit records, by team and run".into()),
+                subjects: vec!["firebreak.audit.>".into()],
+                retention: RetentionPolicy::Limits,
+                storage: StorageType::File,
+                max_age: self.opts.audit_max_age,
+                duplicate_window: self.opts.duplicate_window,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                BusError::nats(
+                    format!("create stream {name}"),
+                    BusErrorKind::Unavailable,
+                    e,
+                )
+            })
+    }
+
+    async fn events_consumer(&self) -> Result<consumer::Consumer<pull::Config>, BusError> {
+        let stream = self.events_stream().await?;
+        let name = &self.opts.consumer;
+        stream
+            .get_or_create_consumer(
+                name,
+                pull::Config {
+                    durable_name: Some(name.clone()),
+                    description: Some("shared by every firebreak engine replica".into()),
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait: self.opts.ack_wait,
+                    max_deliver: self.opts.max_deliver,
+                    max_ack_pending: 20_000,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| {
+                BusError::nats(
+                    format!("create consumer {name}"),
+                    BusErrorKind::Unavailable,
+                    e,
+                )
+            })
+    }
+
+    /// Opens the KV state store on this connection, creating its buckets if needed.
+    pub async fn state_store(&self) -> Result<NatsStateStore, BusError> {
+        NatsStateStore::open(self.js.clone(), &self.opts).await
+    }
+
+    /// The server URL this bus connected to.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Ends every consumer stream of this bus. Publishing still works until the bus is dropped.
+    pub fn close(&self) {
+        self.closed.cancel();
+    }
+
+    fn check_connected(&self) -> Result<(), BusError> {
+        if self.client.connection_state() == State::Connected {
+            Ok(())
+        } else {
+            Err(BusError::NotConnected {
+                url: self.url.clone(),
+            })
+        }
+    }
+}
+
+impl Bus for NatsBus {
+    fn publish(&self, events: Vec<Event>) -> BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async move {
+            if events.is_empty() {
+                return Ok(());
+            }
+            self.check_connected()?;
+            // Send all, then await all acks: one round trip for the batch, not one per event.
+            let mut acks = Vec::with_capacity(events.len());
+            for event in &events {
+                let payload = serde_json::to_vec(event).map_err(|source| BusError::Codec {
+                    what: format!("event {}", event.id),
+                    source,
+                })?;
+                let ack = self
+                    .js
+                    .send_publish(
+                        event_subject(event),
+                        PublishMessage::build()
+                            .payload(payload.into())
+                            .message_id(&event.id),
+                    )
+                    .await
+                    .map_err(|e| BusError::nats("publish", publish_kind(e.kind()), e))?;
+                acks.push(ack);
+            }
+            for ack in acks {
+                ack.await
+                    .map_err(|e| BusError::nats("publish ack", publish_kind(e.kind()), e))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn consume(
+        &self,
+    ) -> BoxFuture<'_, Result<BoxStream<'static, Result<Delivery, BusError>>, BusError>> {
+        Box::pin(async move {
+            let consumer = self.events_consumer().await?;
+            let messages = open_messages(&consumer, self.opts.fetch_batch).await?;
+            let state = PullState {
+                consumer,
+                messages: Some(messages),
+                batch: self.opts.fetch_batch,
+                closed: self.closed.clone(),
+            };
+            let stream = futures::stream::unfold(state, |mut state| async move {
+                let delivery = state.next().await?;
+                Some((Ok(delivery), state))
+            });
+            Ok(Box::pin(stream) as BoxStream<'static, _>)
+        })
+    }
+
+    fn publish_audit(
+        &self,
+        subject: String,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async move {
+            self.check_connected()?;
+            self.js
+                .publish(subject, payload.into())
+                .await
+                .map_err(|e| BusError::nats("publish audit", publish_kind(e.kind()), e))?
+                .await
+                .map_err(|e| BusError::nats("publish audit ack", publish_kind(e.kind()), e))?;
+            Ok(())
+        })
+    }
+
+    fn ready(&self) -> bool {
+        self.client.connection_state() == State::Connected
+    }
+}
+
+async fn open_messages(
+    consumer: &consumer::Consumer<pull::Config>,
+    batch: usize,
+) -> Result<pull::Stream, BusError> {
+    consumer
+        .stream()
+        .max_messages_per_batch(batch)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await
+        .map_err(|e| BusError::nats("pull from consumer", BusErrorKind::Unavailable, e))
+}
+
+/// One consumer stream: a pull subscription, reopened when it ends.
+struct PullState {
+    consumer: consumer::Consumer<pull::Config>,
+    messages: Option<pull::Stream>,
+    batch: usize,
+    closed: CancellationToken,
+}
+
+impl PullState {
+    async fn next(&mut self) -> Option<Delivery> {
+        loop {
+            let Some(messages) = self.messages.as_mut() else {
+                tokio::select! {
+                    () = self.closed.cancelled() => return None,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                match open_messages(&self.consumer, self.batch).await {
+                    Ok(m) => self.messages = Some(m),
+                    Err(e) => warn!(error = %e, "cannot reopen the events pull; retrying"),
+                }
+                continue;
+            };
+            let item = tokio::select! {
+                () = self.closed.cancelled() => return None,
+                item = messages.next() => item,
+            };
+            match item {
+                Some(Ok(message)) => {
+                    if let Some(delivery) = decode(message).await {
+                        return Some(delivery);
+                    }
+                }
+                // Missed heartbeats and similar: the pull stream keeps going (and re-pulls after
+                // a reconnect), so log and wait for the next item.
+                Some(Err(e)) => warn!(error = %e, "events pull reported an error"),
+                None => {
+                    warn!("events pull ended; reopening");
+                    self.messages = None;
+                }
+            }
+        }
+    }
+}
+
+/// Turns a JetStream message into a delivery. A payload that is not an event can never be
+/// processed: it is logged and terminated so it stops being redelivered.
+async fn decode(message: jetstream::Message) -> Option<Delivery> {
+    let attempt = message
+        .info()
+        .map(|i| u32::try_from(i.delivered).unwrap_or(u32::MAX))
+        .unwrap_or(1);
+    let (message, acker) = message.split();
+    match serde_json::from_slice::<Event>(&message.payload) {
+        Ok(event) => Some(Delivery::new(event, attempt, Box::new(NatsAck { acker }))),
+        Err(e) => {
+            error!(subject = %message.subject, error = %e, "dropping a message that is not an event");
+            if let Err(e) = acker.ack_with(AckKind::Term).await {
+                warn!(error = %e, "cannot terminate the bad message");
+            }
+            None
+        }
+    }
+}
+
+struct NatsAck {
+    acker: Acker,
+}
+
+impl AckHandle for NatsAck {
+    fn ack(&self) -> BoxFuture<'_, Result<(), BusError>> {
+        // Double ack: Ok only once the server confirmed, so an acked run is not redelivered.
+        Box::pin(async move {
+            self.acker
+                .double_ack()
+                .await
+                .map_err(|e| BusError::nats("ack", BusErrorKind::Transient, e))
+        })
+    }
+
+    fn nak(&self, delay: Duration) -> BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async move {
+            self.acker
+                .ack_with(AckKind::Nak(Some(delay)))
+                .await
+                .map_err(|e| BusError::nats("nak", BusErrorKind::Transient, e))
+        })
+    }
+
+    fn in_progress(&self) -> BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async move {
+            self.acker
+                .ack_with(AckKind::Progress)
+                .await
+                .map_err(|e| BusError::nats("in progress", BusErrorKind::Transient, e))
+        })
+    }
+}
+
+/// Encodes a free-form key for KV: letters, digits, `-`, `_` and `/` stay, every other byte
+/// becomes `=XX` (so `.` never splits a subject and no two keys collide).
+fn kv_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'/' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("={b:02X}"));
+        }
+    }
+    out
+}
+
+/// How many times a compare-and-set loop re-reads after losing a race before it gives up.
+const CAS_ATTEMPTS: usize = 16;
+
+/// A stored run record, with its id so listing needs no key decoding.
+#[derive(Serialize, Deserialize)]
+struct StoredRun {
+    run_id: String,
+    #[serde(flatten)]
+    record: RunRecord,
+}
+
+/// [`StateStore`] on JetStream KV; see the module docs. Locks use revision-checked create and
+/// update, so two replicas never both hold one.
+pub struct NatsStateStore {
+    locks: kv::Store,
+    cooldowns: kv::Store,
+    budgets: kv::Store,
+    runs: kv::Store,
+}
+
+fn kv_err(op: &str, e: impl Into<Cause>) -> BusError {
+    BusError::nats(op.to_owned(), BusErrorKind::Transient, e)
+}
+
+fn codec(what: &str, source: serde_json::Error) -> BusError {
+    BusError::Codec {
+        what: what.to_owned(),
+        source,
+    }
+}
+
+impl NatsStateStore {
+    /// Opens the four buckets, creating them if needed.
+    pub async fn open(js: Context, opts: &NatsOptions) -> Result<NatsStateStore, BusError> {
+        // `Context::create_key_value` first asks for account info, whose 2.9 answer async-nats
+        // 0.51 cannot parse; so create the bucket's stream ourselves, with the stream config a
+        // KV bucket has (the one async-nats would send), then bind to it.
+        let bucket = |name: &str, description: &str, max_age: Duration| {
+            let js = js.clone();
+            let config = stream::Config {
+                name: format!("KV_{name}"),
+                description: Some(description.to_owned()),
+                subjects: vec![format!("$KV.{name}.>")],
+                max_messages_per_subject: 1,
+                max_age,
+                storage: StorageType::File,
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                discard: stream::DiscardPolicy::New,
+                num_replicas: 1,
+                ..Default::default()
+            };
+            let name = name.to_owned();
+            async move {
+                let unavailable = |e: Cause| {
+                    BusError::nats(
+                        format!("create bucket {name}"),
+                        BusErrorKind::Unavailable,
+                        e,
+                    )
+                };
+                js.get_or_create_stream(config)
+                    .await
+                    .map_err(|e| unavailable(Box::new(e)))?;
+                js.get_key_value(name.as_str())
+                    .await
+                    .map_err(|e| unavailable(Box::new(e)))
+            }
+        };
+        Ok(NatsStateStore {
+            locks: bucket("firebreak_locks", "run concurrency locks", Duration::ZERO).await?,
+            cooldowns: bucket("firebreak_cooldowns", "runbook cooldowns", Duration::ZERO).await?,
+            budgets: bucket(
+                "firebreak_budgets",
+                "remediation budget counters",
+                BUDGET_RETENTION,
+            )
+            .await?,
+            runs: bucket("firebreak_runs", "run state", opts.run_retention).await?,
+        })
+    }
+
+    /// Writes `value` at `key` if the key is absent (`revision` None) or still at `revision`.
+    /// `Ok(false)` when another writer got there first.
+    async fn cas(
+        store: &kv::Store,
+        key: &str,
+        value: Vec<u8>,
+        revision: Option<u64>,
+    ) -> Result<bool, BusError> {
+        match revision {
+            None => match store.create(key, value.into()).await {
+                Ok(_) => Ok(true),
+                Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(kv_err("kv create", e)),
+            },
+            Some(revision) => match store.update(key, value.into(), revision).await {
+                Ok(_) => Ok(true),
+                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(false),
+                Err(e) => Err(kv_err("kv update", e)),
+            },
+        }
+    }
+
+    /// The live lock at `key`: its value and revision (`None` if absent or deleted).
+    async fn lock_entry(&self, key: &str) -> Result<(Option<LockValue>, Option<u64>), BusError> {
+        match self
+            .locks
+            .entry(key)
+            .await
+            .map_err(|e| kv_err("kv get lock", e))?
+        {
+            Some(entry) if entry.operation == Operation::Put => {
+                // An unreadable lock value is treated as expired, so it cannot wedge the key.
+                let value = serde_json::from_slice::<LockValue>(&entry.value).ok();
+                Ok((value, Some(entry.revision)))
+            }
+            // A delete marker still has a revision; `create` handles it.
+            _ => Ok((None, None)),
+        }
+    }
+
+    async fn set_lock(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+        take: bool,
+    ) -> Result<bool, BusError> {
+        check_key(key)?;
+        let key = kv_key(key);
+        for _ in 0..CAS_ATTEMPTS {
+            let (current, revision) = self.lock_entry(&key).await?;
+            let now = crate::now_ms();
+            let ours = current.as_ref().is_some_and(|l| l.owner == owner);
+            let free = current.as_ref().is_none_or(|l| l.expires_ms <= now);
+            if !(ours || (take && free)) {
+                return Ok(false);
+            }
+            let value = LockValue {
+                owner: owner.to_owned(),
+                expires_ms: now + ttl.as_millis() as i64,
+            };
+            let bytes = serde_json::to_vec(&value).map_err(|e| codec("lock", e))?;
+            if Self::cas(&self.locks, &key, bytes, revision).await? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
+impl StateStore for NatsStateStore {
+    fn try_lock(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<bool, BusError>> {
+        let (key, owner) = (key.to_owned(), owner.to_owned());
+        Box::pin(async move { self.set_lock(&key, &owner, ttl, true).await })
+    }
+
+    fn refresh_lock(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<bool, BusError>> {
+        let (key, owner) = (key.to_owned(), owner.to_owned());
+        Box::pin(async move { self.set_lock(&key, &owner, ttl, false).await })
+    }
+
+    fn unlock(&self, key: &str, owner: &str) -> BoxFuture<'_, Result<bool, BusError>> {
+        let (key, owner) = (key.to_owned(), owner.to_owned());
+        Box::pin(async move {
+            check_key(&key)?;
+            let key = kv_key(&key);
+            let (current, revision) = self.lock_entry(&key).await?;
+            if current.is_none_or(|l| l.owner != owner) {
+                return Ok(false);
+            }
+            match self.locks.delete_expect_revision(&key, revision).await {
+                Ok(()) => Ok(true),
+                // Someone changed it since we looked: it is no longer ours to release.
+                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(false),
+                Err(e) => Err(kv_err("kv delete lock", e)),
+            }
+        })
+    }
+
+    fn set_cooldown(&self, key: &str, until: Timestamp) -> BoxFuture<'_, Result<(), BusError>> {
+        let key = key.to_owned();
+        Box::pin(async move {
+            check_key(&key)?;
+            let bytes = serde_json::to_vec(&until).map_err(|e| codec("cooldown", e))?;
+            self.cooldowns
+                .put(kv_key(&key), bytes.into())
+                .await
+                .map_err(|e| kv_err("kv put cooldown", e))?;
+            Ok(())
+        })
+    }
+
+    fn cooldown(&self, key: &str) -> BoxFuture<'_, Result<Option<Timestamp>, BusError>> {
+        let key = key.to_owned();
+        Box::pin(async move {
+            check_key(&key)?;
+            let Some(bytes) = self
+                .cooldowns
+                .get(kv_key(&key))
+                .await
+                .map_err(|e| kv_err("kv get cooldown", e))?
+            else {
+                return Ok(None);
+            };
+            let until: Timestamp =
+                serde_json::from_slice(&bytes).map_err(|e| codec("cooldown", e))?;
+            Ok((until > Timestamp::now()).then_some(until))
+        })
+    }
+
+    fn record_run(&self, key: &str, at: Timestamp) -> BoxFuture<'_, Result<(), BusError>> {
+        let key = key.to_owned();
+        Box::pin(async move {
+            check_key(&key)?;
+            let key = kv_key(&key);
+            let cutoff = crate::now_ms() - BUDGET_RETENTION.as_millis() as i64;
+            for _ in 0..CAS_ATTEMPTS {
+                let entry = self
+                    .budgets
+                    .entry(&key)
+                    .await
+                    .map_err(|e| kv_err("kv get budget", e))?
+                    .filter(|e| e.operation == Operation::Put);
+                let mut times: Vec<i64> = match &entry {
+                    Some(e) => serde_json::from_slice(&e.value).map_err(|e| codec("budget", e))?,
+                    None => Vec::new(),
+                };
+                times.retain(|t| *t >= cutoff);
+                times.push(at.as_millisecond());
+                let bytes = serde_json::to_vec(&times).map_err(|e| codec("budget", e))?;
+                if Self::cas(&self.budgets, &key, bytes, entry.map(|e| e.revision)).await? {
+                    return Ok(());
+                }
+            }
+            Err(BusError::nats(
+                "record run",
+                BusErrorKind::Transient,
+                "too many concurrent updates of one budget key",
+            ))
+        })
+    }
+
+    fn runs_since(&self, key: &str, since: Timestamp) -> BoxFuture<'_, Result<u32, BusError>> {
+        let key = key.to_owned();
+        Box::pin(async move {
+            check_key(&key)?;
+            let Some(bytes) = self
+                .budgets
+                .get(kv_key(&key))
+                .await
+                .map_err(|e| kv_err("kv get budget", e))?
+            else {
+                return Ok(0);
+            };
+            let times: Vec<i64> = serde_json::from_slice(&bytes).map_err(|e| codec("budget", e))?;
+            let since = since.as_millisecond();
+            Ok(times.iter().filter(|t| **t >= since).count() as u32)
+        })
+    }
+
+    fn put_run(&self, run_id: &str, record: RunRecord) -> BoxFuture<'_, Result<(), BusError>> {
+        let run_id = run_id.to_owned();
+        Box::pin(async move {
+            check_key(&run_id)?;
+            let key = kv_key(&run_id);
+            let bytes = serde_json::to_vec(&StoredRun { run_id, record })
+                .map_err(|e| codec("run record", e))?;
+            self.runs
+                .put(key, bytes.into())
+                .await
+                .map_err(|e| kv_err("kv put run", e))?;
+            Ok(())
+        })
+    }
+
+    fn get_run(&self, run_id: &str) -> BoxFuture<'_, Result<Option<RunRecord>, BusError>> {
+        let run_id = run_id.to_owned();
+        Box::pin(async move {
+            check_key(&run_id)?;
+            let Some(bytes) = self
+                .runs
+                .get(kv_key(&run_id))
+                .await
+                .map_err(|e| kv_err("kv get run", e))?
+            else {
+                return Ok(None);
+            };
+            let stored: StoredRun =
+                serde_json::from_slice(&bytes).map_err(|e| codec("run record", e))?;
+            Ok(Some(stored.record))
+        })
+    }
+
+    fn list_runs_unfinished(&self) -> BoxFuture<'_, Result<Vec<(String, RunRecord)>, BusError>> {
+        Box::pin(async move {
+            let keys: Vec<String> = match self.runs.keys().await {
+                Ok(keys) => keys
+                    .try_collect()
+                    .await
+                    .map_err(|e| kv_err("kv list runs", e))?,
+                Err(e) => return Err(kv_err("kv list runs", e)),
+            };
+            let runs = &self.runs;
+            let mut out: Vec<(String, RunRecord)> = futures::stream::iter(keys)
+                .map(|key| async move {
+                    let bytes = runs.get(key).await.map_err(|e| kv_err("kv get run", e))?;
+                    match bytes {
+                        Some(b) => serde_json::from_slice::<StoredRun>(&b)
+                            .map(Some)
+                            .map_err(|e| codec("run record", e)),
+                        None => Ok(None),
+                    }
+                })
+                .buffer_unordered(16)
+                .try_filter_map(|run| async move {
+                    Ok(run
+                        .filter(|r| !r.record.finished)
+                        .map(|r| (r.run_id, r.record)))
+                })
+                .try_collect()
+                .await?;
+            out.sort_by(|a, b| a.0.cmp(&b.0));
+            Ok(out)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kv_keys_are_valid_and_distinct() {
+        assert_eq!(kv_key("team-a/fraud-model"), "team-a/fraud-model");
+        assert_eq!(kv_key("a.b"), "a=2Eb");
+        assert_ne!(kv_key("a.b"), kv_key("a=2Eb"));
+        assert_eq!(kv_key("x y>*"), "x=20y=3E=2A");
+    }
+
+    #[test]
+    fn subjects_are_sanitized_tokens() {
+        let event = Event {
+            id: "1".into(),
+            source: "alert.manager".into(),
+            kind: "fir ing>".into(),
+            subject: "s".into(),
+            time: Timestamp::UNIX_EPOCH,
+            namespace: None,
+            fingerprint: None,
+            data: serde_json::Value::Null,
+        };
+        assert_eq!(
+            event_subject(&event),
+            "firebreak.events.alert_manager.fir_ing_"
+        );
+    }
+}

@@ -1,0 +1,81 @@
+//! The dispatcher's shared state: concurrency locks, cooldowns, remediation budgets and run
+//! state. [`StateStore`] is implemented on JetStream KV ([`crate::NatsStateStore`]) and on a
+//! local log file ([`crate::FileStateStore`]); both pass the same tests.
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::BusError;
+
+/// How long [`StateStore::record_run`] timestamps are kept: budgets are counted over windows
+/// shorter than this.
+pub const BUDGET_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The stored state of one run. `state` is the dispatcher's own JSON; the store only looks at
+/// `finished`, to answer [`StateStore::list_runs_unfinished`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// Whether the run is over (succeeded, failed, cancelled, refused...).
+    pub finished: bool,
+    /// Whatever the dispatcher needs to resume or show the run.
+    pub state: serde_json::Value,
+}
+
+/// Locks, cooldowns, budgets and run state shared by every engine replica.
+///
+/// Keys are free-form strings (a concurrency key like `team-a/fraud-model`, a run id); each
+/// implementation encodes them as it needs. Timestamps are wall-clock.
+pub trait StateStore: Send + Sync {
+    /// Takes the lock `key` for `owner` until `ttl` from now, if it is free, expired, or already
+    /// held by `owner` (then it is extended). Returns whether `owner` now holds it. Two callers
+    /// racing for a free lock: exactly one gets `true`.
+    fn try_lock(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<bool, BusError>>;
+
+    /// Extends the lock `key` held by `owner` to `ttl` from now. `false` if `owner` lost it.
+    fn refresh_lock(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<bool, BusError>>;
+
+    /// Releases the lock `key` if `owner` holds it. Returns whether it was released.
+    fn unlock(&self, key: &str, owner: &str) -> BoxFuture<'_, Result<bool, BusError>>;
+
+    /// Puts `key` in cooldown until `until`.
+    fn set_cooldown(&self, key: &str, until: Timestamp) -> BoxFuture<'_, Result<(), BusError>>;
+
+    /// When the cooldown of `key` ends, if it has not ended yet.
+    fn cooldown(&self, key: &str) -> BoxFuture<'_, Result<Option<Timestamp>, BusError>>;
+
+    /// Records that a run for `key` started at `at` (for remediation budgets).
+    fn record_run(&self, key: &str, at: Timestamp) -> BoxFuture<'_, Result<(), BusError>>;
+
+    /// How many runs were recorded for `key` at or after `since`.
+    fn runs_since(&self, key: &str, since: Timestamp) -> BoxFuture<'_, Result<u32, BusError>>;
+
+    /// Stores the state of run `run_id`, replacing what was there. Durable on `Ok`.
+    fn put_run(&self, run_id: &str, record: RunRecord) -> BoxFuture<'_, Result<(), BusError>>;
+
+    /// The state of run `run_id`, if known.
+    fn get_run(&self, run_id: &str) -> BoxFuture<'_, Result<Option<RunRecord>, BusError>>;
+
+    /// Every run whose record says it is not finished, as `(run_id, record)`.
+    fn list_runs_unfinished(&self) -> BoxFuture<'_, Result<Vec<(String, RunRecord)>, BusError>>;
+}
+
+/// Rejects empty keys, which neither store can hold.
+pub(crate) fn check_key(key: &str) -> Result<(), BusError> {
+    if key.is_empty() {
+        return Err(BusError::EmptyKey);
+    }
+    Ok(())
+}

@@ -1,0 +1,207 @@
+//! Test harness: a real `nats-server -js` on a free loopback port with a temporary store
+//! (behind the `test-util` feature; other crates' tests use it too).
+//!
+//! [`NatsServer::start`] spawns the server and waits (bounded) until it logs that it is ready;
+//! [`NatsServer::stop`] shuts it down (SIGTERM, as `kill PID` or systemd would),
+//! [`NatsServer::kill`] kills it (SIGKILL, like a crash), and [`NatsServer::restart`] starts it
+//! again on the same port and store directory. Dropping it kills the server.
+//!
+//! Note for crash tests: nats-server 2.9 writes a stored message to the OS before its PubAck, so
+//! accepted events survive SIGKILL; the removal of an acked message from a work-queue stream is
+//! persisted lazily, so after SIGKILL a recently acked event may be delivered again.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// How long to wait for nats-server to say it is ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What can go wrong starting the test server.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsServerError {
+    /// The binary could not be run.
+    #[error("cannot run {binary}")]
+    Spawn {
+        /// The binary tried.
+        binary: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server did not log "Server is ready" in time, or exited first.
+    #[error(
+        "nats-server on port {port} was not ready within {timeout:?}; its log ends with: {log_tail}"
+    )]
+    NotReady {
+        /// The port it was told to use.
+        port: u16,
+        /// How long we waited.
+        timeout: Duration,
+        /// The last lines it printed.
+        log_tail: String,
+    },
+    /// No free port or temp dir.
+    #[error("cannot prepare the nats-server test environment")]
+    Setup(#[source] std::io::Error),
+}
+
+/// A running (or stopped) `nats-server -js` for tests; see the module docs.
+pub struct NatsServer {
+    port: u16,
+    store: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+/// The nats-server binary: `$NATS_SERVER_BIN`, else `nats-server` on the PATH, else
+/// `/usr/sbin/nats-server` (Debian's location, often not on a user's PATH).
+fn binary() -> String {
+    if let Ok(bin) = std::env::var("NATS_SERVER_BIN") {
+        return bin;
+    }
+    let on_path = std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| dir.join("nats-server").is_file())
+    });
+    if on_path {
+        "nats-server".into()
+    } else {
+        "/usr/sbin/nats-server".into()
+    }
+}
+
+fn free_port() -> Result<u16, NatsServerError> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(NatsServerError::Setup)?;
+    Ok(listener
+        .local_addr()
+        .map_err(NatsServerError::Setup)?
+        .port())
+}
+
+impl NatsServer {
+    /// Starts a server on a free port with a fresh store directory.
+    pub fn start() -> Result<NatsServer, NatsServerError> {
+        let store = tempfile::tempdir().map_err(NatsServerError::Setup)?;
+        let mut server = NatsServer {
+            port: free_port()?,
+            store,
+            child: None,
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The port the server listens on (the same across restarts).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The JetStream store directory (the same across restarts).
+    pub fn store_dir(&self) -> &Path {
+        self.store.path()
+    }
+
+    /// Whether the server process is running.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Kills the server with SIGKILL, as a crash would, and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Asks the server to shut down (SIGTERM, through `kill`, since this crate forbids the
+    /// unsafe a direct signal needs) and waits for it to exit; SIGKILL if `kill` cannot be run.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let sent = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .is_ok_and(|s| s.success());
+            if !sent {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and store directory (stopping it first if it runs).
+    pub fn restart(&mut self) -> Result<(), NatsServerError> {
+        self.stop();
+        self.spawn()
+    }
+
+    fn spawn(&mut self) -> Result<(), NatsServerError> {
+        let binary = binary();
+        let store: PathBuf = self.store.path().to_owned();
+        let mut child = Command::new(&binary)
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(&store)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| NatsServerError::Spawn {
+                binary: binary.clone(),
+                source,
+            })?;
+        // nats-server logs to stderr; a thread reads it to the end (so the pipe never fills)
+        // and reports each line until the ready line.
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (tx, rx) = mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = std::time::Instant::now() + READY_TIMEOUT;
+        let mut tail: Vec<String> = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    let ready = line.contains("Server is ready");
+                    tail.push(line);
+                    if ready {
+                        self.child = Some(child);
+                        return Ok(());
+                    }
+                }
+                // Timed out, or stderr closed because the server exited.
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let start = tail.len().saturating_sub(5);
+                    return Err(NatsServerError::NotReady {
+                        port: self.port,
+                        timeout: READY_TIMEOUT,
+                        log_tail: tail[start..].join(" | "),
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

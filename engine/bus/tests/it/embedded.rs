@@ -1,0 +1,199 @@
+//! The suite against [`EmbeddedBus`] and [`FileStateStore`] in a temp dir, plus what only the
+//! embedded store has (directory lock, torn log tail, bad store files).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use firebreak_bus::{Bus, BusError, EmbeddedBus, EmbeddedOptions, FileStateStore, StateStore};
+use tempfile::TempDir;
+
+use crate::suite::{self, Harness, event, next};
+
+struct Embedded {
+    dir: TempDir,
+    opts: EmbeddedOptions,
+    bus: Option<Arc<EmbeddedBus>>,
+    state: Option<Arc<FileStateStore>>,
+}
+
+impl Embedded {
+    fn new(ack_wait: Duration) -> Embedded {
+        Embedded {
+            dir: tempfile::tempdir().unwrap(),
+            opts: EmbeddedOptions {
+                ack_wait,
+                ..EmbeddedOptions::default()
+            },
+            bus: None,
+            state: None,
+        }
+    }
+}
+
+impl Harness for Embedded {
+    async fn bus(&mut self) -> Arc<dyn Bus> {
+        if self.bus.is_none() {
+            let bus = EmbeddedBus::open_with(self.dir.path(), self.opts.clone()).expect("open bus");
+            self.bus = Some(Arc::new(bus));
+        }
+        self.bus.clone().unwrap()
+    }
+
+    async fn state(&mut self) -> Arc<dyn StateStore> {
+        if self.state.is_none() {
+            let state = FileStateStore::open(self.dir.path()).expect("open state");
+            self.state = Some(Arc::new(state));
+        }
+        self.state.clone().unwrap()
+    }
+
+    async fn restart(&mut self) {
+        if let Some(bus) = self.bus.take() {
+            bus.close().await;
+        }
+        if let Some(state) = self.state.take() {
+            state.close().await;
+        }
+    }
+}
+
+const ACK_WAIT: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn publish_consume_ack() {
+    suite::publish_consume_ack(&mut Embedded::new(ACK_WAIT)).await;
+}
+
+#[tokio::test]
+async fn dedupe_by_id() {
+    suite::dedupe_by_id(&mut Embedded::new(ACK_WAIT)).await;
+}
+
+#[tokio::test]
+async fn unacked_is_redelivered_after_restart() {
+    suite::unacked_is_redelivered_after_restart(&mut Embedded::new(ACK_WAIT)).await;
+}
+
+#[tokio::test]
+async fn unacked_is_redelivered_after_ack_wait_and_nak() {
+    suite::unacked_is_redelivered_after_ack_wait_and_nak(&mut Embedded::new(Duration::from_secs(
+        1,
+    )))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_consumers_split_work() {
+    suite::two_consumers_split_work(&mut Embedded::new(ACK_WAIT)).await;
+}
+
+#[tokio::test]
+async fn audit_publish_is_accepted() {
+    suite::audit_publish_is_accepted(&mut Embedded::new(ACK_WAIT)).await;
+}
+
+#[tokio::test]
+async fn locks() {
+    suite::locks(&mut Embedded::new(ACK_WAIT)).await;
+}
+
+#[tokio::test]
+async fn cooldowns_budgets_runs_survive_restart() {
+    suite::cooldowns_budgets_runs_survive_restart(&mut Embedded::new(ACK_WAIT)).await;
+}
+
+#[tokio::test]
+async fn a_second_open_of_the_same_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = EmbeddedBus::open(dir.path()).unwrap();
+    assert!(matches!(
+        EmbeddedBus::open(dir.path()),
+        Err(BusError::Locked { .. })
+    ));
+    let state = FileStateStore::open(dir.path()).unwrap();
+    assert!(matches!(
+        FileStateStore::open(dir.path()),
+        Err(BusError::Locked { .. })
+    ));
+    bus.close().await;
+    state.close().await;
+    EmbeddedBus::open(dir.path()).expect("reopen after close");
+}
+
+#[tokio::test]
+async fn closed_bus_refuses_work_and_ends_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = EmbeddedBus::open(dir.path()).unwrap();
+    let mut stream = bus.consume().await.unwrap();
+    bus.close().await;
+    assert!(!bus.ready());
+    let err = bus.publish(vec![event("x")]).await.unwrap_err();
+    assert_eq!(err.kind(), firebreak_bus::BusErrorKind::Unavailable);
+    use futures::StreamExt;
+    assert!(stream.next().await.is_none(), "stream ends on close");
+}
+
+#[tokio::test]
+async fn a_torn_last_record_is_dropped_and_the_rest_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = EmbeddedBus::open(dir.path()).unwrap();
+    bus.publish(vec![event("t1"), event("t2")]).await.unwrap();
+    bus.close().await;
+    // A crash in the middle of writing the next record.
+    let log = dir.path().join("events.log");
+    let mut bytes = std::fs::read(&log).unwrap();
+    bytes.extend_from_slice(br#"{"op":"publish","at_ms":1,"event":{"id":"t3","sou"#);
+    std::fs::write(&log, bytes).unwrap();
+
+    let bus = EmbeddedBus::open(dir.path()).unwrap();
+    assert_eq!(bus.pending(), 2);
+    let mut stream = bus.consume().await.unwrap();
+    let mut ids = vec![
+        next(&mut stream).await.event.id,
+        next(&mut stream).await.event.id,
+    ];
+    ids.sort();
+    assert_eq!(ids, ["t1", "t2"]);
+}
+
+#[tokio::test]
+async fn a_corrupt_store_file_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("events.log"),
+        b"{\"op\":\"ack\",\"id\":\"a\"}\ngarbage\n{\"op\":\"ack\",\"id\":\"b\"}\n",
+    )
+    .unwrap();
+    let err = EmbeddedBus::open(dir.path())
+        .err()
+        .expect("corrupt log refused");
+    assert!(matches!(err, BusError::Corrupt { line: 2, .. }), "{err:?}");
+    assert!(err.to_string().contains("events.log"), "{err}");
+}
+
+#[tokio::test]
+async fn the_log_is_compacted_and_keeps_only_unacked_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = EmbeddedOptions {
+        compact_at_bytes: 4096,
+        ..EmbeddedOptions::default()
+    };
+    let bus = EmbeddedBus::open_with(dir.path(), opts.clone()).unwrap();
+    let mut stream = bus.consume().await.unwrap();
+    bus.publish(vec![event("keep")]).await.unwrap();
+    let keep = next(&mut stream).await;
+    for i in 0..100 {
+        bus.publish(vec![event(&format!("c{i}"))]).await.unwrap();
+        next(&mut stream).await.ack().await.unwrap();
+    }
+    let size = std::fs::metadata(dir.path().join("events.log"))
+        .unwrap()
+        .len();
+    assert!(size < 8192, "log compacted, but is {size} bytes");
+    drop(keep);
+    bus.close().await;
+    let bus = EmbeddedBus::open_with(dir.path(), opts).unwrap();
+    assert_eq!(bus.pending(), 1);
+    let mut stream = bus.consume().await.unwrap();
+    assert_eq!(next(&mut stream).await.event.id, "keep");
+}

@@ -26,6 +26,11 @@
 //!
 //! Param `from`: `label`, `annotation`, `event` (with `key` defaulting to the param name)
 //! or absent (given by hand on manual triggers, else the default).
+//!
+//! A trigger is implicitly scoped to the runbook's `namespaces`: an event whose namespace
+//! is known (an alert's `namespace` label, a Kubernetes event's namespace) and not listed
+//! never matches, since every action there would be refused anyway. Events without a
+//! namespace (cluster-scoped objects, alerts without the label) are not filtered.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -43,7 +48,7 @@ use crate::template::Template;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
 /// The YAML shapes, exactly as written, with positions for diagnostics.
-pub mod raw {
+pub(crate) mod raw {
     use std::collections::BTreeMap;
 
     use serde::Deserialize;
@@ -203,7 +208,16 @@ impl Manifest {
     /// Parses and checks a manifest; `file` is used in diagnostics and for the default
     /// script name (`<stem>.rhai`). Collects every problem found, not just the first (only
     /// a YAML syntax or schema error stops early, as nothing after it can be trusted).
-    pub fn parse(file: &Path, text: &str) -> Result<(Manifest, raw::Manifest), Vec<Diagnostic>> {
+    pub fn parse(file: &Path, text: &str) -> Result<Manifest, Vec<Diagnostic>> {
+        Manifest::parse_with_positions(file, text).map(|(manifest, _)| manifest)
+    }
+
+    /// As [`Manifest::parse`], also returning the raw YAML form with positions, for checks
+    /// that need other files (duplicate names, teams, the script file).
+    pub(crate) fn parse_with_positions(
+        file: &Path,
+        text: &str,
+    ) -> Result<(Manifest, raw::Manifest), Vec<Diagnostic>> {
         let raw: raw::Manifest = crate::diag::parse_yaml(file, text).map_err(|d| vec![d])?;
         let mut diags = Vec::new();
         let manifest = check(file, &raw, &mut diags);

@@ -269,6 +269,8 @@ impl RunbookSet {
     /// - `k8s` events (and other non-manual sources): `k8s` triggers; matchers see
     ///   `data.labels`, then the top-level string fields of `data` (e.g. `reason`), then
     ///   `namespace` from the envelope.
+    /// - every source: an event whose `namespace` is set and not one of the runbook's
+    ///   `namespaces` does not match (see [`crate::manifest`]).
     /// - `manual` events: exactly one entry, [`RunbookSet::resolve_manual`] of the event's
     ///   `data.runbook` and `data.params` (any runbook can be started by hand).
     pub fn matches(&self, event: &Event) -> Vec<Result<Match, MatchError>> {
@@ -295,11 +297,17 @@ impl RunbookSet {
             if matched.contains(&entry.runbook) {
                 continue;
             }
-            let trigger = &self.runbooks[entry.runbook].manifest.triggers[entry.trigger];
-            if trigger
-                .matchers
-                .iter()
-                .all(|m| m.matches_value(event_label(event, &m.name)))
+            let manifest = &self.runbooks[entry.runbook].manifest;
+            let in_scope = event
+                .namespace
+                .as_deref()
+                .is_none_or(|ns| manifest.namespaces.iter().any(|n| n == ns));
+            let trigger = &manifest.triggers[entry.trigger];
+            if in_scope
+                && trigger
+                    .matchers
+                    .iter()
+                    .all(|m| m.matches_value(event_label(event, &m.name)))
             {
                 matched.push(entry.runbook);
             }
@@ -458,7 +466,7 @@ fn load_one(
             return None;
         }
     };
-    let (manifest, raw) = match Manifest::parse(file, &text) {
+    let (manifest, raw) = match Manifest::parse_with_positions(file, &text) {
         Ok(parsed) => parsed,
         Err(mut found) => {
             diags.append(&mut found);

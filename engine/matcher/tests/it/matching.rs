@@ -82,6 +82,11 @@ fn a_failing_matcher_excludes_the_runbook() {
     event.data["labels"]["severity"] = "page".into();
     event.data["labels"]["namespace"] = "kube-system".into();
     assert!(set.matches(&event).is_empty());
+    // Outside the runbook's namespaces: no match, even though every matcher holds.
+    let mut elsewhere = fixture("webhook-firing.json").remove(0);
+    elsewhere.namespace = Some("team-b".into());
+    elsewhere.data["labels"]["namespace"] = "team-b".into();
+    assert!(set.matches(&elsewhere).is_empty());
     // Missing severity label counts as "": the anchored regex critical|page rejects it.
     event.data["labels"]
         .as_object_mut()
@@ -122,7 +127,7 @@ fn a_label_of_the_wrong_type_is_reported() {
     let dir = folder(&[
         (
             "scale.yaml",
-            "name: scale\nteam: t\ndescription: d\nnamespaces: [a]\ntriggers:\n  - source: alertmanager\n    match: [alertname=Busy]\nparams:\n  replicas: { from: label, type: int, required: true }\n",
+            "name: scale\nteam: t\ndescription: d\nnamespaces: [team-a]\ntriggers:\n  - source: alertmanager\n    match: [alertname=Busy]\nparams:\n  replicas: { from: label, type: int, required: true }\n",
         ),
         ("scale.rhai", "1"),
     ]);
@@ -144,12 +149,12 @@ fn several_triggers_of_one_runbook_start_it_once_and_any_status_sees_both() {
     let dir = folder(&[
         (
             "both.yaml",
-            "name: both\nteam: t\ndescription: d\nnamespaces: [a]\ntriggers:\n  - source: alertmanager\n    status: any\n    match: ['alertname=\"ModelErrorRateHigh\"']\n  - source: alertmanager\n    status: any\n    match: ['team=ml-platform']\n",
+            "name: both\nteam: t\ndescription: d\nnamespaces: [team-a]\ntriggers:\n  - source: alertmanager\n    status: any\n    match: ['alertname=\"ModelErrorRateHigh\"']\n  - source: alertmanager\n    status: any\n    match: ['team=ml-platform']\n",
         ),
         ("both.rhai", "1"),
         (
             "other.yaml",
-            "name: other\nteam: t\ndescription: d\nnamespaces: [a]\ntriggers:\n  - source: alertmanager\n    match: ['severity=critical']\n",
+            "name: other\nteam: t\ndescription: d\nnamespaces: [team-a]\ntriggers:\n  - source: alertmanager\n    match: ['severity=critical']\n",
         ),
         ("other.rhai", "1"),
     ]);

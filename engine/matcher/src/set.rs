@@ -96,6 +96,18 @@ pub enum MatchError {
 }
 
 impl MatchError {
+    /// The HTTP status for a manual trigger refused with this error: 404 for an unknown
+    /// runbook, 400 for params that do not fit the manifest (and a malformed event).
+    pub fn http_status(&self) -> u16 {
+        match self {
+            MatchError::UnknownRunbook { .. } => 404,
+            MatchError::UnknownParam { .. }
+            | MatchError::MissingParam { .. }
+            | MatchError::BadParam { .. }
+            | MatchError::MalformedManualEvent { .. } => 400,
+        }
+    }
+
     /// The runbook the error is about, when known.
     pub fn runbook(&self) -> Option<&str> {
         match self {

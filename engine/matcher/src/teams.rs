@@ -114,6 +114,16 @@ pub enum Refusal {
     UnknownChatId(String),
 }
 
+impl Refusal {
+    /// The HTTP status for this refusal: 401 for an unknown token, 403 otherwise.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Refusal::UnknownToken => 401,
+            Refusal::NotOwnerTeam { .. } | Refusal::UnknownChatId(_) => 403,
+        }
+    }
+}
+
 /// All teams, loaded from a teams file.
 #[derive(Debug, Clone, Default)]
 pub struct Teams {

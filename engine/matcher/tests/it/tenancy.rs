@@ -37,10 +37,10 @@ fn other_teams_and_strangers_are_refused() {
             .unwrap_err(),
         refusal
     );
-    assert_eq!(
-        teams.authorize_token("guess", runbook).unwrap_err(),
-        Refusal::UnknownToken
-    );
+    assert_eq!(refusal.http_status(), 403);
+    let unknown = teams.authorize_token("guess", runbook).unwrap_err();
+    assert_eq!(unknown, Refusal::UnknownToken);
+    assert_eq!(unknown.http_status(), 401);
     assert_eq!(
         teams.authorize_chat_id("U999", runbook).unwrap_err(),
         Refusal::UnknownChatId("U999".into())

@@ -44,7 +44,7 @@ impl Alertmanager {
         ));
         std::fs::create_dir_all(dir.join("data")).expect("alertmanager temp dir");
         let config = format!(
-            "route:\n  receiver: runbook-engine\n  group_by: [alertname]\n  group_wait: 1s\n  \
+            "route:\n  receiver: runbook-engine\n  group_by: [alertname]\n  group_wait: 2s\n  \
              group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: runbook-engine\n    \
              webhook_configs:\n      - url: http://127.0.0.1:{webhook_port}/alerts\n        \
              send_resolved: true\n"
@@ -187,13 +187,15 @@ fn decodes_what_a_real_alertmanager_sends() {
     let (webhook_port, rx) = webhook_receiver();
     let am = Alertmanager::start(webhook_port);
     let now = jiff::Timestamp::now();
-    let started = (now - jiff::SignedDuration::from_secs(60)).to_string();
-    let ended = (now - jiff::SignedDuration::from_secs(1)).to_string();
+    // Recent start times: Alertmanager flushes a group at once when its alerts started more
+    // than group_wait ago, which could split the two alerts into two notifications.
+    let started = (now - jiff::SignedDuration::from_millis(100)).to_string();
+    let ended = (now - jiff::SignedDuration::from_millis(50)).to_string();
     let labels = |version: &str| {
         json!({"alertname": "ModelErrorRateHigh", "namespace": "team-a",
                "deployment": "fraud-model", "severity": "critical", "version": version})
     };
-    // One group (same alertname): v1 still firing, v2 already over. group_wait (1s) makes
+    // One group (same alertname): v1 still firing, v2 already over. group_wait (2s) makes
     // Alertmanager collect both before its first notification.
     am.post_alerts(&json!([
         {"labels": labels("v1"), "annotations": {"summary": "v1 fails"}, "startsAt": started,

@@ -253,7 +253,61 @@ fn is_identifier(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// Checks a parsed manifest, one concern per function, pushing every problem to `diags`.
 fn check(file: &Path, raw: &raw::Manifest, diags: &mut Vec<Diagnostic>) -> Manifest {
+    check_identity(file, raw, diags);
+    let params = check_params(file, raw, diags);
+    let triggers = check_triggers(file, raw, diags);
+    check_fillable(file, raw, &params, &triggers, diags);
+    let concurrency = check_concurrency(file, raw, &params, diags);
+    let cooldown = duration(
+        file,
+        diags,
+        raw.cooldown.as_ref(),
+        "cooldown",
+        Duration::ZERO,
+    );
+    let timeout = duration(
+        file,
+        diags,
+        raw.timeout.as_ref(),
+        "timeout",
+        DEFAULT_TIMEOUT,
+    );
+    if let Some(node) = &raw.timeout
+        && timeout.is_zero()
+    {
+        diags.push(Diagnostic::spanned(
+            file,
+            node,
+            "timeout must be more than zero",
+        ));
+    }
+    let budget = raw.budget.as_ref().map(|b| check_budget(file, b, diags));
+    let script = check_script(file, raw, diags);
+    Manifest {
+        name: raw.name.value.clone(),
+        team: raw.team.value.clone(),
+        description: raw.description.clone(),
+        namespaces: raw
+            .namespaces
+            .value
+            .iter()
+            .map(|n| n.value.clone())
+            .collect(),
+        triggers,
+        params,
+        concurrency,
+        cooldown,
+        timeout,
+        approval: raw.approval,
+        budget,
+        script,
+    }
+}
+
+/// Name, team and namespaces.
+fn check_identity(file: &Path, raw: &raw::Manifest, diags: &mut Vec<Diagnostic>) {
     for (node, what) in [(&raw.name, "runbook name"), (&raw.team, "team name")] {
         if !is_name(&node.value) {
             diags.push(Diagnostic::spanned(
@@ -282,7 +336,14 @@ fn check(file: &Path, raw: &raw::Manifest, diags: &mut Vec<Diagnostic>) -> Manif
             ));
         }
     }
+}
 
+/// Param names, sources, event field paths and defaults (converted to the declared type).
+fn check_params(
+    file: &Path,
+    raw: &raw::Manifest,
+    diags: &mut Vec<Diagnostic>,
+) -> BTreeMap<String, ParamSpec> {
     let mut params = BTreeMap::new();
     for (name, node) in &raw.params {
         let p = &node.value;
@@ -356,6 +417,11 @@ fn check(file: &Path, raw: &raw::Manifest, diags: &mut Vec<Diagnostic>) -> Manif
         );
     }
 
+    params
+}
+
+/// Sources, status filters and matchers (compiled here, so a bad regex fails the load).
+fn check_triggers(file: &Path, raw: &raw::Manifest, diags: &mut Vec<Diagnostic>) -> Vec<Trigger> {
     let mut triggers = Vec::new();
     for node in &raw.triggers {
         let t = &node.value;
@@ -403,9 +469,20 @@ fn check(file: &Path, raw: &raw::Manifest, diags: &mut Vec<Diagnostic>) -> Manif
         });
     }
 
-    // A param no event can fill makes every event-started run fail: refuse it at load.
+    triggers
+}
+
+/// A required param that no event can fill makes every event-started run fail: refuse it
+/// at load instead.
+fn check_fillable(
+    file: &Path,
+    raw: &raw::Manifest,
+    params: &BTreeMap<String, ParamSpec>,
+    triggers: &[Trigger],
+    diags: &mut Vec<Diagnostic>,
+) {
     if triggers.iter().any(|t| t.source != Source::Manual) {
-        for (name, spec) in &params {
+        for (name, spec) in params {
             if spec.required && spec.from == ParamFrom::Given && spec.default.is_none() {
                 diags.push(Diagnostic::spanned(
                     file,
@@ -417,8 +494,16 @@ fn check(file: &Path, raw: &raw::Manifest, diags: &mut Vec<Diagnostic>) -> Manif
             }
         }
     }
+}
 
-    let concurrency = match &raw.concurrency {
+/// The concurrency template; every `{{params.X}}` must be declared.
+fn check_concurrency(
+    file: &Path,
+    raw: &raw::Manifest,
+    params: &BTreeMap<String, ParamSpec>,
+    diags: &mut Vec<Diagnostic>,
+) -> Template {
+    match &raw.concurrency {
         None => Template::runbook_name(),
         Some(node) => match Template::parse(&node.value, |p| params.contains_key(p)) {
             Ok(t) => t,
@@ -432,73 +517,56 @@ fn check(file: &Path, raw: &raw::Manifest, diags: &mut Vec<Diagnostic>) -> Manif
                 Template::runbook_name()
             }
         },
-    };
-
-    fn duration(
-        file: &Path,
-        diags: &mut Vec<Diagnostic>,
-        node: Option<&serde_saphyr::Spanned<String>>,
-        what: &str,
-        default: Duration,
-    ) -> Duration {
-        let Some(node) = node else { return default };
-        parse_duration(&node.value).unwrap_or_else(|e| {
-            diags.push(Diagnostic::spanned(file, node, format!("{what}: {e}")));
-            default
-        })
     }
-    let cooldown = duration(
+}
+
+/// An optional duration field; `default` when absent or wrong (the latter reported).
+fn duration(
+    file: &Path,
+    diags: &mut Vec<Diagnostic>,
+    node: Option<&serde_saphyr::Spanned<String>>,
+    what: &str,
+    default: Duration,
+) -> Duration {
+    let Some(node) = node else { return default };
+    parse_duration(&node.value).unwrap_or_else(|e| {
+        diags.push(Diagnostic::spanned(file, node, format!("{what}: {e}")));
+        default
+    })
+}
+
+/// `budget`: at least one run per a non-zero window.
+fn check_budget(file: &Path, b: &raw::Budget, diags: &mut Vec<Diagnostic>) -> Budget {
+    let per = duration(
         file,
         diags,
-        raw.cooldown.as_ref(),
-        "cooldown",
-        Duration::ZERO,
+        Some(&b.per),
+        "budget.per",
+        Duration::from_secs(3600),
     );
-    let timeout = duration(
-        file,
-        diags,
-        raw.timeout.as_ref(),
-        "timeout",
-        DEFAULT_TIMEOUT,
-    );
-    if let Some(node) = &raw.timeout
-        && timeout.is_zero()
-    {
+    if b.max_runs.value == 0 {
         diags.push(Diagnostic::spanned(
             file,
-            node,
-            "timeout must be more than zero",
+            &b.max_runs,
+            "budget.max_runs must be at least 1",
         ));
     }
-    let budget = raw.budget.as_ref().map(|b| {
-        let per = duration(
+    if per.is_zero() {
+        diags.push(Diagnostic::spanned(
             file,
-            diags,
-            Some(&b.per),
-            "budget.per",
-            Duration::from_secs(3600),
-        );
-        if b.max_runs.value == 0 {
-            diags.push(Diagnostic::spanned(
-                file,
-                &b.max_runs,
-                "budget.max_runs must be at least 1",
-            ));
-        }
-        if per.is_zero() {
-            diags.push(Diagnostic::spanned(
-                file,
-                &b.per,
-                "budget.per must be more than zero",
-            ));
-        }
-        Budget {
-            max_runs: b.max_runs.value,
-            per,
-        }
-    });
+            &b.per,
+            "budget.per must be more than zero",
+        ));
+    }
+    Budget {
+        max_runs: b.max_runs.value,
+        per,
+    }
+}
 
-    let script = match &raw.script {
+/// The script file name: given (a plain file name, no folder) or `<manifest stem>.rhai`.
+fn check_script(file: &Path, raw: &raw::Manifest, diags: &mut Vec<Diagnostic>) -> String {
+    match &raw.script {
         Some(node) => {
             let name = &node.value;
             let plain = Path::new(name)
@@ -519,26 +587,6 @@ fn check(file: &Path, raw: &raw::Manifest, diags: &mut Vec<Diagnostic>) -> Manif
             let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("");
             format!("{stem}.rhai")
         }
-    };
-
-    Manifest {
-        name: raw.name.value.clone(),
-        team: raw.team.value.clone(),
-        description: raw.description.clone(),
-        namespaces: raw
-            .namespaces
-            .value
-            .iter()
-            .map(|n| n.value.clone())
-            .collect(),
-        triggers,
-        params,
-        concurrency,
-        cooldown,
-        timeout,
-        approval: raw.approval,
-        budget,
-        script,
     }
 }
 

@@ -174,7 +174,7 @@ pub struct RunbookSet {
 
 impl RunbookSet {
     /// Loads every `*.yaml` / `*.yml` manifest of `dir` (except `teams.yaml` / `teams.yml`,
-    /// which may sit beside them) with its script, in single-tenant mode. Returns **all**
+    /// which may sit beside them, and hidden files) with its script, in single-tenant mode. Returns **all**
     /// problems of all files, sorted by file and position.
     pub fn load_dir(dir: &Path) -> Result<RunbookSet, Vec<Diagnostic>> {
         RunbookSet::load_dir_with_teams(dir, None)
@@ -456,7 +456,11 @@ fn manifest_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
         let path = entry?.path();
         let is_yaml = path.extension().is_some_and(|e| e == "yaml" || e == "yml");
         let is_teams = path.file_stem().is_some_and(|s| s == "teams");
-        if is_yaml && !is_teams && path.is_file() {
+        // Editors leave hidden files (`.name.yaml` backups, lock files) beside the real ones.
+        let hidden = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        if is_yaml && !is_teams && !hidden && path.is_file() {
             files.push(path);
         }
     }

@@ -30,9 +30,9 @@ pub struct TemplateError {
 
 impl Template {
     /// Parses the template; every `{{params.NAME}}` must name one of `params`.
-    pub fn parse<'a>(
+    pub fn parse(
         text: &str,
-        mut known_param: impl FnMut(&str) -> bool + 'a,
+        mut known_param: impl FnMut(&str) -> bool,
     ) -> Result<Template, TemplateError> {
         let mut parts = Vec::new();
         let mut rest = text;

@@ -283,6 +283,7 @@ fn all_problems_of_all_files_are_collected_in_order() {
         ),
         ("c.rhai", ""),
         ("teams.yaml", "this is skipped: by load_dir\n"),
+        (".a.yaml", "editor backup: skipped too\n"),
         ("notes.txt", "not yaml"),
     ]);
     let files: Vec<&str> = got.iter().map(|d| d.split(':').next().unwrap()).collect();

@@ -12,6 +12,7 @@
 //! status), [`error`] the mapping from API failures to [`ErrorKind`](firebreak_connector::ErrorKind),
 //! and [`watcher`] the loop that turns Warning events and stalled rollouts into bus events.
 
+pub mod client;
 pub mod deploy;
 pub mod error;
 pub mod evidence;
@@ -27,6 +28,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 pub use error::Error;
+pub use kube::Client;
 pub use spec::{rbac_rules, rbac_yaml};
 
 /// The field manager firebreak's writes are recorded under.

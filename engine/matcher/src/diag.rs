@@ -50,19 +50,19 @@ impl Diagnostic {
     }
 
     /// A diagnostic at a YAML location (1:1 when the location is unknown).
-    pub fn at(file: &Path, location: Location, message: impl Into<String>) -> Self {
+    pub(crate) fn at(file: &Path, location: Location, message: impl Into<String>) -> Self {
         let (line, column) = position(location);
         Diagnostic::new(file, line, column, message)
     }
 
     /// A diagnostic at the node a [`Spanned`] value came from.
-    pub fn spanned<T>(file: &Path, node: &Spanned<T>, message: impl Into<String>) -> Self {
+    pub(crate) fn spanned<T>(file: &Path, node: &Spanned<T>, message: impl Into<String>) -> Self {
         Diagnostic::at(file, node.referenced, message)
     }
 
     /// A diagnostic `offset` characters into a single-line scalar (e.g. a regex inside a
     /// matcher string); skips the opening quote when the scalar was quoted.
-    pub fn inside(file: &Path, node: &Spanned<String>, offset: usize, message: String) -> Self {
+    pub(crate) fn inside(file: &Path, node: &Spanned<String>, offset: usize, message: String) -> Self {
         let (line, column) = position(node.referenced);
         let quoted = node.referenced.span().len() > node.value.chars().count() as u64;
         let column = column + u32::from(quoted) + u32::try_from(offset).unwrap_or(0);

@@ -62,7 +62,12 @@ impl Diagnostic {
 
     /// A diagnostic `offset` characters into a single-line scalar (e.g. a regex inside a
     /// matcher string); skips the opening quote when the scalar was quoted.
-    pub(crate) fn inside(file: &Path, node: &Spanned<String>, offset: usize, message: String) -> Self {
+    pub(crate) fn inside(
+        file: &Path,
+        node: &Spanned<String>,
+        offset: usize,
+        message: String,
+    ) -> Self {
         let (line, column) = position(node.referenced);
         let quoted = node.referenced.span().len() > node.value.chars().count() as u64;
         let column = column + u32::from(quoted) + u32::try_from(offset).unwrap_or(0);

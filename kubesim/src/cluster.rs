@@ -47,8 +47,12 @@ pub trait Cluster {
     /// Replaces the status subresource (and, as the real apiserver allows for Deployments,
     /// annotations); does not bump metadata.generation.
     fn update_status(&mut self, kind: Kind, obj: Value) -> Result<Value, ClusterError>;
-    fn delete(&mut self, kind: Kind, namespace: Option<&str>, name: &str)
-    -> Result<(), ClusterError>;
+    fn delete(
+        &mut self,
+        kind: Kind,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<(), ClusterError>;
     /// The simulator's clock (controllable in tests), RFC 3339 with seconds precision.
     fn now(&self) -> jiff::Timestamp;
 }

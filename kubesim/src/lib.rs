@@ -1,4 +1,37 @@
 //! kubesim: a Kubernetes API simulator with a faithful Deployment controller that the real
 //! kubectl and kube-rs both drive.
+//!
+//! Start at [`Sim::start`] (a server on 127.0.0.1) or [`router`] (in-process). The request path
+//! is `api` (routing and verbs) → `store` (admission, resourceVersions, change log) →
+//! `hook` (the controllers, run after every write and on a tick); `watch` streams the change
+//! log. Discovery, OpenAPI and Table rendering are derived from the one table in `resources`.
+//!
+//! Fidelity notes and the wire behaviour this imitates: `shared/KUBESIM-NOTES.md`.
 
+mod admin;
+mod api;
 pub mod cluster;
+mod convert;
+mod defaults;
+mod discovery;
+pub mod hook;
+pub mod kubeconfig;
+mod logs;
+mod openapi;
+pub mod patch;
+pub mod resources;
+pub mod selectors;
+mod sim;
+pub mod status;
+pub mod store;
+mod table;
+mod validate;
+mod watch;
+
+pub use hook::{ControllerConfig, Fault};
+pub use sim::{AuditEntry, Sim, SimConfig, SimError, SimHandle, parse_manifests};
+
+/// The router of a simulator, for in-process use (same as [`Sim::router`]).
+pub fn router(sim: &Sim) -> axum::Router {
+    sim.router()
+}

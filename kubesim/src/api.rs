@@ -1,0 +1,800 @@
+//! The HTTP surface: path parsing and the REST verbs on resources.
+//!
+//! Start at [`router`]: one fallback handler ([`handle`]) records the request, then
+//! [`route`] maps the path to discovery, OpenAPI, admin or a resource, and the `*_resource`
+//! functions below do get/list/create/update/patch/delete under the state lock. Watches are in
+//! `watch.rs`. Every answer is JSON (protobuf bodies get 415), errors are `Status` objects.
+
+use std::collections::BTreeMap;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, Method, StatusCode, header};
+use serde_json::{Value, json};
+
+use crate::patch::{self, PatchType};
+use crate::resources::{self, ResourceType};
+use crate::selectors::{FieldSelector, LabelSelector, supported_fields};
+use crate::sim::{AuditEntry, Inner, Sim};
+use crate::status::{self, ApiError};
+use crate::store::Propagation;
+use crate::table::{self, IncludeObject, TABLE_CONTENT_TYPE};
+use crate::{admin, discovery, logs, openapi, watch};
+
+const MAX_BODY: usize = 64 * 1024 * 1024;
+const AUDIT_CAPACITY: usize = 10_000;
+
+/// The router: every path goes through [`handle`].
+pub fn router(sim: Sim) -> axum::Router {
+    axum::Router::new().fallback(handle).with_state(sim)
+}
+
+/// Parses a query string (`?&a=b` and `?` alone included), decoding `%XX` and `+`.
+pub fn parse_query(q: &str) -> BTreeMap<String, String> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+fn decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A request, parsed once.
+pub(crate) struct Req {
+    pub method: Method,
+    pub path: String,
+    pub query: BTreeMap<String, String>,
+    pub headers: HeaderMap,
+    pub body: bytes::Bytes,
+}
+
+impl Req {
+    fn header(&self, name: header::HeaderName) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    }
+
+    pub fn accept(&self) -> &str {
+        self.header(header::ACCEPT)
+    }
+
+    pub fn content_type(&self) -> &str {
+        self.header(header::CONTENT_TYPE)
+    }
+
+    pub fn q(&self, key: &str) -> Option<&str> {
+        self.query.get(key).map(String::as_str)
+    }
+
+    pub fn wants_table(&self) -> bool {
+        self.accept().contains("as=Table")
+    }
+}
+
+async fn handle(State(sim): State<Sim>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(e) => return ApiError::bad_request(format!("cannot read body: {e}")).into_response(),
+    };
+    let req = Req {
+        method: parts.method,
+        path: parts.uri.path().to_string(),
+        query: parse_query(parts.uri.query().unwrap_or_default()),
+        headers: parts.headers,
+        body,
+    };
+    let response = route(&sim, &req);
+    record(
+        &sim,
+        &req,
+        parts.uri.query().unwrap_or_default(),
+        response.status().as_u16(),
+    );
+    tracing::debug!(method = %req.method, path = %req.path, code = response.status().as_u16(), "request");
+    response
+}
+
+fn record(sim: &Sim, req: &Req, query: &str, code: u16) {
+    if req.path.starts_with("/_sim/") {
+        return;
+    }
+    let entry = AuditEntry {
+        method: req.method.to_string(),
+        path: req.path.clone(),
+        query: query.to_string(),
+        content_type: req.content_type().to_string(),
+        accept: req.accept().to_string(),
+        kubectl_command: req
+            .headers
+            .get("kubectl-command")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string(),
+        code,
+    };
+    let mut inner = sim.lock();
+    inner.audit.push_back(entry);
+    while inner.audit.len() > AUDIT_CAPACITY {
+        inner.audit.pop_front();
+    }
+}
+
+fn json_response(code: StatusCode, body: &Value) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_vec(body).unwrap_or_default(),
+    )
+        .into_response()
+}
+
+/// A resource path: `/api/v1[/namespaces/NS]/PLURAL[/NAME[/SUB]]` (or `/apis/G/V/...`).
+pub(crate) struct Target {
+    pub rt: &'static ResourceType,
+    pub ns: Option<String>,
+    pub name: Option<String>,
+    pub sub: Option<String>,
+}
+
+fn parse_target(group: &str, version: &str, rest: &[&str]) -> Option<Target> {
+    let find = |plural: &str| resources::by_plural(group, version, plural);
+    let owned = |s: &&str| s.to_string();
+    if rest.len() >= 3 && rest[0] == "namespaces" && !matches!(rest[2], "status" | "finalize") {
+        let rt = find(rest[2]).filter(|r| r.namespaced)?;
+        if rest.len() > 5 {
+            return None;
+        }
+        return Some(Target {
+            rt,
+            ns: Some(rest[1].to_string()),
+            name: rest.get(3).map(owned),
+            sub: rest.get(4).map(owned),
+        });
+    }
+    let rt = find(rest.first()?)?;
+    if rest.len() > 3 {
+        return None;
+    }
+    Some(Target {
+        rt,
+        ns: None,
+        name: rest.get(1).map(owned),
+        sub: rest.get(2).map(owned),
+    })
+}
+
+fn route(sim: &Sim, req: &Req) -> Response {
+    let segs: Vec<&str> = req.path.split('/').filter(|s| !s.is_empty()).collect();
+    let get = req.method == Method::GET;
+    match segs.as_slice() {
+        ["version"] if get => {
+            json_response(StatusCode::OK, &discovery::version(&sim.lock().version))
+        }
+        ["healthz" | "readyz" | "livez"] if get => (StatusCode::OK, "ok").into_response(),
+        ["api"] if get => {
+            let host = req
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("127.0.0.1");
+            json_response(StatusCode::OK, &discovery::api_versions(host))
+        }
+        ["apis"] if get => json_response(StatusCode::OK, &discovery::api_group_list()),
+        ["api", v] if get => found(discovery::resource_list("", v)),
+        ["apis", g] if get => found(discovery::api_group(g)),
+        ["apis", g, v] if get => found(discovery::resource_list(g, v)),
+        ["openapi", "v3"] if get => {
+            json_response(StatusCode::OK, &openapi::index(&sim.lock().version))
+        }
+        ["openapi", "v3", "api", v] if get => {
+            found(openapi::group_version("", v, &sim.lock().version))
+        }
+        ["openapi", "v3", "apis", g, v] if get => {
+            found(openapi::group_version(g, v, &sim.lock().version))
+        }
+        ["_sim", rest @ ..] => admin::handle(sim, req, rest),
+        ["api", v, rest @ ..] => resource(sim, req, parse_target("", v, rest)),
+        ["apis", g, v, rest @ ..] => resource(sim, req, parse_target(g, v, rest)),
+        _ => ApiError::no_route().into_response(),
+    }
+}
+
+fn found(doc: Option<Value>) -> Response {
+    match doc {
+        Some(d) => json_response(StatusCode::OK, &d),
+        None => ApiError::no_route().into_response(),
+    }
+}
+
+fn resource(sim: &Sim, req: &Req, target: Option<Target>) -> Response {
+    let Some(t) = target else {
+        return ApiError::no_route().into_response();
+    };
+    if let Some(sub) = &t.sub
+        && !t.rt.has_sub(sub)
+    {
+        return ApiError::no_route().into_response();
+    }
+    let result = match (&req.method, t.name.is_some()) {
+        (&Method::GET, false) if matches!(req.q("watch"), Some("true" | "1")) => {
+            return watch::start(sim, req, &t);
+        }
+        (&Method::GET, false) => list(sim, req, &t),
+        (&Method::GET, true) => get(sim, req, &t),
+        (&Method::POST, false) => create(sim, req, &t),
+        (&Method::PUT, true) => update(sim, req, &t),
+        (&Method::PATCH, true) => patch_resource(sim, req, &t),
+        (&Method::DELETE, true) => delete(sim, req, &t),
+        (&Method::DELETE, false) => delete_collection(sim, req, &t),
+        (m, _) => Err(ApiError::method_not_supported(
+            t.rt,
+            &m.to_string().to_lowercase(),
+        )),
+    };
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+type Answer = Result<Response, ApiError>;
+
+/// Selectors of a list or watch request, checked against what the resource supports.
+pub(crate) struct Filter {
+    pub labels: LabelSelector,
+    pub fields: FieldSelector,
+}
+
+impl Filter {
+    pub fn from_req(rt: &ResourceType, req: &Req) -> Result<Self, ApiError> {
+        let labels = LabelSelector::parse(req.q("labelSelector").unwrap_or_default())
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let fields = FieldSelector::parse(req.q("fieldSelector").unwrap_or_default())
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        for f in fields.fields() {
+            if f != "metadata.name"
+                && f != "metadata.namespace"
+                && !supported_fields(rt.kind).contains(&f)
+            {
+                return Err(ApiError::bad_request(format!(
+                    "field label not supported: {f}"
+                )));
+            }
+        }
+        Ok(Filter { labels, fields })
+    }
+
+    /// Whether a served-form object is selected.
+    pub fn matches(&self, obj: &Value) -> bool {
+        self.labels.matches_object(obj) && self.fields.matches(obj)
+    }
+}
+
+fn list_kind(rt: &ResourceType) -> String {
+    format!("{}List", rt.kind)
+}
+
+fn hex(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<String> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+fn list(sim: &Sim, req: &Req, t: &Target) -> Answer {
+    let filter = Filter::from_req(t.rt, req)?;
+    let limit: usize = match req.q("limit") {
+        Some(l) => l
+            .parse::<i64>()
+            .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?
+            .max(0) as usize,
+        None => 0,
+    };
+    let start_after = match req.q("continue").filter(|c| !c.is_empty()) {
+        Some(token) => {
+            Some(unhex(token).ok_or_else(|| ApiError::bad_request("continue key is not valid"))?)
+        }
+        None => None,
+    };
+    let inner = sim.lock();
+    let now = inner.store.clock.now();
+    let mut items: Vec<Value> = inner
+        .store
+        .list(t.rt, t.ns.as_deref())
+        .into_iter()
+        .filter(|o| filter.matches(o))
+        .collect();
+    let key = |o: &Value| {
+        format!(
+            "{}/{}",
+            o.pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or_default(),
+            o.pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+        )
+    };
+    if let Some(after) = &start_after {
+        items.retain(|o| key(o).as_str() > after.as_str());
+    }
+    let mut meta = json!({"resourceVersion": inner.store.current_rv().to_string()});
+    if limit > 0 && items.len() > limit {
+        let remaining = items.len() - limit;
+        items.truncate(limit);
+        meta["continue"] = json!(hex(&key(items.last().expect("limit > 0"))));
+        meta["remainingItemCount"] = json!(remaining);
+    }
+    drop(inner);
+    if req.wants_table() {
+        let include = IncludeObject::parse(req.q("includeObject"));
+        let table = table::to_table(t.rt, &items, now, include, meta);
+        return Ok(typed_response(StatusCode::OK, TABLE_CONTENT_TYPE, &table));
+    }
+    if req.accept().contains("as=PartialObjectMetadataList") {
+        let items: Vec<Value> = items.iter().map(partial).collect();
+        let body = json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "items": items});
+        return Ok(typed_response(
+            StatusCode::OK,
+            "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io",
+            &body,
+        ));
+    }
+    let body = json!({"kind": list_kind(t.rt), "apiVersion": t.rt.api_version(), "metadata": meta, "items": items});
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+fn partial(o: &Value) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o.get("metadata").cloned().unwrap_or(json!({}))})
+}
+
+fn typed_response(code: StatusCode, ct: &str, body: &Value) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, ct.to_string())],
+        serde_json::to_vec(body).unwrap_or_default(),
+    )
+        .into_response()
+}
+
+/// An object answer: Table / PartialObjectMetadata when asked, else the object.
+fn object_response(
+    code: StatusCode,
+    req: &Req,
+    rt: &ResourceType,
+    obj: &Value,
+    now: jiff::Timestamp,
+) -> Response {
+    if req.wants_table() {
+        let include = IncludeObject::parse(req.q("includeObject"));
+        let rv = obj
+            .pointer("/metadata/resourceVersion")
+            .cloned()
+            .unwrap_or(json!(""));
+        let table = table::to_table(
+            rt,
+            std::slice::from_ref(obj),
+            now,
+            include,
+            json!({"resourceVersion": rv}),
+        );
+        return typed_response(code, TABLE_CONTENT_TYPE, &table);
+    }
+    if req.accept().contains("as=PartialObjectMetadata") {
+        return typed_response(
+            code,
+            "application/json;as=PartialObjectMetadata;v=v1;g=meta.k8s.io",
+            &partial(obj),
+        );
+    }
+    json_response(code, obj)
+}
+
+fn name_of(t: &Target) -> &str {
+    t.name.as_deref().unwrap_or_default()
+}
+
+fn get(sim: &Sim, req: &Req, t: &Target) -> Answer {
+    let inner = sim.lock();
+    let obj = inner.store.get(t.rt, t.ns.as_deref(), name_of(t))?;
+    let now = inner.store.clock.now();
+    drop(inner);
+    match t.sub.as_deref() {
+        Some("scale") => Ok(json_response(StatusCode::OK, &scale_of(&obj))),
+        Some("log") => {
+            let q = logs::LogQuery::parse(&req.query)?;
+            let text = logs::render(&obj, &q, now)?;
+            Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], text).into_response())
+        }
+        _ => Ok(object_response(StatusCode::OK, req, t.rt, &obj, now)),
+    }
+}
+
+/// The `autoscaling/v1 Scale` view of a Deployment or ReplicaSet.
+fn scale_of(obj: &Value) -> Value {
+    let meta = &obj["metadata"];
+    let selector = crate::selectors::format_label_selector(obj.pointer("/spec/selector"));
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"],
+            "resourceVersion": meta["resourceVersion"], "creationTimestamp": meta["creationTimestamp"],
+        },
+        "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(0))},
+        "status": {"replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)), "selector": selector},
+    })
+}
+
+/// Decodes a POST/PUT body (JSON or YAML; protobuf is refused).
+fn decode_body(req: &Req) -> Result<Value, ApiError> {
+    let ct = req.content_type();
+    if ct.contains("protobuf") {
+        return Err(ApiError::unsupported_media(
+            "application/json, application/yaml",
+        ));
+    }
+    if ct.contains("yaml") {
+        let text =
+            std::str::from_utf8(&req.body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        return serde_saphyr::from_str(text)
+            .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")));
+    }
+    serde_json::from_slice(&req.body)
+        .map_err(|e| ApiError::bad_request(format!("error decoding JSON: {e}")))
+}
+
+fn dry_run(req: &Req) -> bool {
+    req.q("dryRun").is_some_and(|v| v == "All")
+}
+
+/// Runs the controllers after a committed write.
+fn after_write(inner: &mut Inner, dry: bool) {
+    if !dry {
+        inner.reconcile();
+    }
+}
+
+fn create(sim: &Sim, req: &Req, t: &Target) -> Answer {
+    let obj = decode_body(req)?;
+    let dry = dry_run(req);
+    let mut inner = sim.lock();
+    let created = inner.store.create(t.rt, t.ns.as_deref(), obj, dry)?;
+    after_write(&mut inner, dry);
+    let now = inner.store.clock.now();
+    Ok(object_response(
+        StatusCode::CREATED,
+        req,
+        t.rt,
+        &created,
+        now,
+    ))
+}
+
+fn update(sim: &Sim, req: &Req, t: &Target) -> Answer {
+    let obj = decode_body(req)?;
+    let dry = dry_run(req);
+    let mut inner = sim.lock();
+    let name = name_of(t);
+    let out = match t.sub.as_deref() {
+        Some("status") => inner
+            .store
+            .update_status(t.rt, t.ns.as_deref(), name, obj, dry)?,
+        Some("scale") => {
+            let live = inner.store.get(t.rt, t.ns.as_deref(), name)?;
+            let updated = set_scale(&mut inner, t, live, &obj, dry)?;
+            after_write(&mut inner, dry);
+            return Ok(json_response(StatusCode::OK, &scale_of(&updated)));
+        }
+        _ => inner.store.update(t.rt, t.ns.as_deref(), name, obj, dry)?,
+    };
+    after_write(&mut inner, dry);
+    let now = inner.store.clock.now();
+    Ok(object_response(StatusCode::OK, req, t.rt, &out, now))
+}
+
+/// Applies a Scale object's `spec.replicas` (with its resourceVersion precondition).
+fn set_scale(
+    inner: &mut Inner,
+    t: &Target,
+    live: Value,
+    scale: &Value,
+    dry: bool,
+) -> Result<Value, ApiError> {
+    let want_rv = scale
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if !want_rv.is_empty()
+        && Some(want_rv)
+            != live
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+    {
+        return Err(ApiError::conflict(t.rt, name_of(t)));
+    }
+    let replicas = scale.pointer("/spec/replicas").cloned().unwrap_or(json!(0));
+    if !replicas.is_i64() {
+        return Err(ApiError::bad_request("spec.replicas must be an integer"));
+    }
+    let mut next = live;
+    next["spec"]["replicas"] = replicas;
+    inner
+        .store
+        .update(t.rt, t.ns.as_deref(), name_of(t), next, dry)
+}
+
+fn patch_resource(sim: &Sim, req: &Req, t: &Target) -> Answer {
+    let ct = req.content_type();
+    let Some(ty) = PatchType::from_content_type(ct) else {
+        return Err(ApiError::unsupported_media(
+            "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json",
+        ));
+    };
+    if ty == PatchType::Strategic && !t.rt.builtin {
+        return Err(ApiError::unsupported_media(
+            "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+        ));
+    }
+    if ty == PatchType::Apply && req.q("fieldManager").is_none_or(str::is_empty) {
+        return Err(ApiError::bad_request(
+            "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+        ));
+    }
+    let body = patch::parse_body(ty, &req.body)?;
+    let dry = dry_run(req);
+    let name = name_of(t);
+    let mut inner = sim.lock();
+    let live = match inner.store.get(t.rt, t.ns.as_deref(), name) {
+        Ok(live) => live,
+        Err(e) if ty == PatchType::Apply && t.sub.is_none() => {
+            let _ = e;
+            let mut obj = body;
+            if obj.pointer("/metadata/name").is_none() && obj.is_object() {
+                obj["metadata"]["name"] = json!(name);
+            }
+            let body_name = obj
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if body_name != name {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({body_name}) does not match the name on the URL ({name})"
+                )));
+            }
+            let created = inner.store.create(t.rt, t.ns.as_deref(), obj, dry)?;
+            after_write(&mut inner, dry);
+            let now = inner.store.clock.now();
+            return Ok(object_response(
+                StatusCode::CREATED,
+                req,
+                t.rt,
+                &created,
+                now,
+            ));
+        }
+        Err(e) => return Err(e),
+    };
+    let out = match t.sub.as_deref() {
+        Some("scale") => {
+            let patched = patch::apply_patch(ty, &scale_of(&live), &body)?;
+            let updated = set_scale(&mut inner, t, live, &patched, dry)?;
+            after_write(&mut inner, dry);
+            return Ok(json_response(StatusCode::OK, &scale_of(&updated)));
+        }
+        Some("status") => {
+            let patched = patch::apply_patch(ty, &live, &body)?;
+            inner
+                .store
+                .update_status(t.rt, t.ns.as_deref(), name, patched, dry)?
+        }
+        _ => {
+            let patched = patch::apply_patch(ty, &live, &body)?;
+            inner
+                .store
+                .update(t.rt, t.ns.as_deref(), name, patched, dry)?
+        }
+    };
+    after_write(&mut inner, dry);
+    let now = inner.store.clock.now();
+    Ok(object_response(StatusCode::OK, req, t.rt, &out, now))
+}
+
+/// `propagationPolicy` from the DeleteOptions body or the query (default Background).
+fn propagation(req: &Req) -> Result<(Propagation, Option<String>), ApiError> {
+    let opts: Value = if req.body.is_empty() {
+        json!({})
+    } else {
+        serde_json::from_slice(&req.body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding DeleteOptions: {e}")))?
+    };
+    let policy = opts
+        .get("propagationPolicy")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .or_else(|| req.q("propagationPolicy").map(str::to_string))
+        .or_else(|| {
+            (opts.get("orphanDependents") == Some(&json!(true))).then(|| "Orphan".to_string())
+        });
+    let p = match policy.as_deref() {
+        None | Some("Background") => Propagation::Background,
+        Some("Foreground") => Propagation::Foreground,
+        Some("Orphan") => Propagation::Orphan,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "DeleteOptions.meta.k8s.io \"\" is invalid: propagationPolicy: Unsupported value: {other:?}: supported values: \"Foreground\", \"Background\", \"Orphan\", \"nil\""
+            )));
+        }
+    };
+    let rv = opts
+        .pointer("/preconditions/resourceVersion")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    Ok((p, rv))
+}
+
+fn delete(sim: &Sim, req: &Req, t: &Target) -> Answer {
+    let (policy, rv) = propagation(req)?;
+    let dry = dry_run(req);
+    let mut inner = sim.lock();
+    let name = name_of(t);
+    if dry {
+        let obj = inner.store.get(t.rt, t.ns.as_deref(), name)?;
+        return Ok(json_response(StatusCode::OK, &obj));
+    }
+    let deleted = inner
+        .store
+        .delete(t.rt, t.ns.as_deref(), name, policy, rv.as_deref())?;
+    after_write(&mut inner, false);
+    if matches!(t.rt.kind, "Pod" | "Namespace") {
+        return Ok(json_response(StatusCode::OK, &deleted));
+    }
+    let uid = deleted
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    Ok(json_response(
+        StatusCode::OK,
+        &status::delete_success(t.rt, name, uid),
+    ))
+}
+
+fn delete_collection(sim: &Sim, req: &Req, t: &Target) -> Answer {
+    if t.rt.kind == "Namespace" {
+        return Err(ApiError::method_not_supported(t.rt, "deletecollection"));
+    }
+    let filter = Filter::from_req(t.rt, req)?;
+    let (policy, _) = propagation(req)?;
+    let mut inner = sim.lock();
+    let victims: Vec<Value> = inner
+        .store
+        .list(t.rt, t.ns.as_deref())
+        .into_iter()
+        .filter(|o| filter.matches(o))
+        .collect();
+    let mut deleted = Vec::new();
+    for v in victims {
+        let ns = v
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let name = v
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        if let Ok(d) = inner.store.delete(t.rt, ns.as_deref(), &name, policy, None) {
+            deleted.push(d);
+        }
+    }
+    after_write(&mut inner, false);
+    let rv = inner.store.current_rv().to_string();
+    let body = json!({"kind": list_kind(t.rt), "apiVersion": t.rt.api_version(), "metadata": {"resourceVersion": rv}, "items": deleted});
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+/// An empty-bodied answer with a status (used by admin).
+pub(crate) fn ok_json(body: &Value) -> Response {
+    json_response(StatusCode::OK, body)
+}
+
+/// A body-less response for streaming (used by watch).
+pub(crate) fn stream_response(content_type: &str, body: Body) -> Response {
+    let mut r = Response::new(body);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_str(content_type)
+            .unwrap_or(http::HeaderValue::from_static("application/json")),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings_decode_like_go() {
+        let q = parse_query("&labelSelector=app+in+%28web%29&limit=500&");
+        assert_eq!(q["labelSelector"], "app in (web)");
+        assert_eq!(q["limit"], "500");
+        assert!(parse_query("").is_empty());
+        assert_eq!(parse_query("a=%zz")["a"], "%zz");
+        assert_eq!(
+            parse_query("fieldSelector=metadata.name%3Dweb")["fieldSelector"],
+            "metadata.name=web"
+        );
+    }
+
+    #[test]
+    fn paths_resolve_to_targets() {
+        let t = parse_target(
+            "apps",
+            "v1",
+            &["namespaces", "default", "deployments", "web", "scale"],
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                t.rt.plural,
+                t.ns.as_deref(),
+                t.name.as_deref(),
+                t.sub.as_deref()
+            ),
+            ("deployments", Some("default"), Some("web"), Some("scale"))
+        );
+        let t = parse_target("", "v1", &["namespaces", "team-a"]).unwrap();
+        assert_eq!(
+            (t.rt.plural, t.name.as_deref()),
+            ("namespaces", Some("team-a"))
+        );
+        let t = parse_target("", "v1", &["namespaces", "team-a", "status"]).unwrap();
+        assert_eq!(t.sub.as_deref(), Some("status"));
+        let t = parse_target("", "v1", &["pods"]).unwrap();
+        assert!(t.ns.is_none() && t.name.is_none());
+        assert!(parse_target("", "v1", &["namespaces", "x", "nodes"]).is_none());
+        assert!(parse_target("apps", "v1", &["widgets"]).is_none());
+    }
+
+    #[test]
+    fn continue_tokens_round_trip() {
+        assert_eq!(unhex(&hex("default/web")).as_deref(), Some("default/web"));
+        assert!(unhex("zz").is_none());
+    }
+}

@@ -1,0 +1,94 @@
+//! Conversions between a resource's served form and its storage form.
+//!
+//! `events.k8s.io/v1` Events share storage with `core/v1` Events (the apiserver stores one
+//! object and converts on the way out); `networking.istio.io` VirtualServices are stored once
+//! and served in `v1` and `v1beta1`. Start at [`to_storage`] and [`from_storage`].
+
+use serde_json::{Map, Value};
+
+use crate::resources::ResourceType;
+
+/// Field renames between core/v1 Event (left) and events.k8s.io/v1 Event (right).
+const EVENT_FIELDS: &[(&str, &str)] = &[
+    ("involvedObject", "regarding"),
+    ("message", "note"),
+    ("source", "deprecatedSource"),
+    ("firstTimestamp", "deprecatedFirstTimestamp"),
+    ("lastTimestamp", "deprecatedLastTimestamp"),
+    ("count", "deprecatedCount"),
+    ("reportingComponent", "reportingController"),
+];
+
+fn rename(obj: &Value, from_left: bool) -> Value {
+    let Some(map) = obj.as_object() else {
+        return obj.clone();
+    };
+    let mut out = Map::new();
+    for (k, v) in map {
+        let renamed = EVENT_FIELDS.iter().find_map(|(l, r)| {
+            if from_left && k == l {
+                Some(*r)
+            } else if !from_left && k == r {
+                Some(*l)
+            } else {
+                None
+            }
+        });
+        out.insert(renamed.unwrap_or(k).to_string(), v.clone());
+    }
+    Value::Object(out)
+}
+
+/// The object as stored, from the form served by `rt`.
+pub fn to_storage(rt: &ResourceType, obj: Value) -> Value {
+    if rt.group == "events.k8s.io" {
+        let mut out = rename(&obj, false);
+        out["apiVersion"] = Value::from("v1");
+        return out;
+    }
+    obj
+}
+
+/// The object as served by `rt`, from its stored form.
+pub fn from_storage(rt: &ResourceType, obj: &Value) -> Value {
+    if rt.group == "events.k8s.io" {
+        let mut out = rename(obj, true);
+        out["apiVersion"] = Value::from(rt.api_version());
+        return out;
+    }
+    let mut out = obj.clone();
+    if out.get("apiVersion").and_then(Value::as_str) != Some(rt.api_version().as_str())
+        && out.is_object()
+    {
+        out["apiVersion"] = Value::from(rt.api_version());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources;
+    use serde_json::json;
+
+    #[test]
+    fn events_round_trip_between_groups() {
+        let core = json!({"apiVersion": "v1", "kind": "Event", "involvedObject": {"name": "web"}, "message": "hi", "reason": "X"});
+        let ev = resources::by_plural("events.k8s.io", "v1", "events").unwrap();
+        let served = from_storage(ev, &core);
+        assert_eq!(served["regarding"]["name"], "web");
+        assert_eq!(served["note"], "hi");
+        assert_eq!(served["apiVersion"], "events.k8s.io/v1");
+        assert_eq!(to_storage(ev, served), core);
+    }
+
+    #[test]
+    fn virtualservices_are_served_in_each_version() {
+        let vs = resources::by_plural("networking.istio.io", "v1beta1", "virtualservices").unwrap();
+        let stored = json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService"});
+        assert_eq!(
+            from_storage(vs, &stored)["apiVersion"],
+            "networking.istio.io/v1beta1"
+        );
+    }
+}

@@ -1,1 +1,93 @@
-//! firebreak ingest: HTTP endpoints that turn webhooks and triggers into events on the bus
+//! firebreak ingest: the HTTP endpoints that turn webhooks and manual triggers into events on
+//! the bus.
+//!
+//! Start at [`router`] (the routes) and [`IngestState`] (what the binary hands in); the handlers
+//! are in `handlers`, the JSON error shape in [`ApiError`].
+//!
+//! | route | answers |
+//! |---|---|
+//! | `POST /v1/alertmanager` | 202 `{"accepted": [ids]}` once every event is durable on the bus |
+//! | `POST /v1/trigger` | 202 `{"accepted": [id], "actor": ...}` once the event is durable |
+//! | `GET /healthz` | 200 while the process serves |
+//! | `GET /readyz` | 200 when the bus and the engine are ready, else 503 |
+//! | `GET /metrics` | Prometheus text format |
+//!
+//! Every error is JSON `{"error": {"code": "...", "message": "..."}}`: malformed JSON → 400
+//! `malformed_json`, a JSON body that is not the expected shape → 400 `invalid_request`, wrong
+//! webhook `version` → 422 `unsupported_version`, body over the limit → 413 `body_too_large`,
+//! unknown runbook → 404 `unknown_runbook`, missing or wrong token → 401 `unauthorized`, not a
+//! member of the runbook's owner team → 403 `forbidden`, bus unavailable → 503
+//! `bus_unavailable` (with `Retry-After`), so Alertmanager retries and nothing answered 2xx is
+//! ever lost.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use firebreak_bus::Bus;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+mod error;
+mod handlers;
+
+pub use error::ApiError;
+
+/// Decides whether the caller of `POST /v1/trigger` may run a runbook.
+///
+/// Arguments: the bearer token sent (if any), the runbook name (known to exist), and the actor
+/// the request body names (if any). Returns the actor to record (normally the member the token
+/// belongs to), or why the caller is refused.
+pub type AuthorizeTrigger =
+    Arc<dyn Fn(Option<&str>, &str, Option<&str>) -> Result<String, Refused> + Send + Sync>;
+
+/// Why a trigger was refused by [`AuthorizeTrigger`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// No token, or a token that belongs to no one: 401.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A known member who may not run this runbook (not in its owner team): 403.
+    #[error("{0}")]
+    Forbidden(String),
+}
+
+/// Everything the routes need. Built by the binary, cloned into each request.
+#[derive(Clone)]
+pub struct IngestState {
+    /// Where accepted events go; a 2xx is sent only after `publish` returned `Ok`.
+    pub bus: Arc<dyn Bus>,
+    /// When set, `POST /v1/alertmanager` requires `Authorization: Bearer <token>` (what
+    /// Alertmanager's `http_config.authorization.credentials` sends).
+    pub alertmanager_token: Option<String>,
+    /// Largest request body accepted, in bytes; larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// Whether a runbook of this name is loaded (for 404 on `POST /v1/trigger`).
+    pub runbook_exists: Arc<dyn Fn(&str) -> bool + Send + Sync>,
+    /// Who may trigger what; see [`AuthorizeTrigger`].
+    pub authorize_trigger: AuthorizeTrigger,
+    /// Renders `/metrics`. The binary installs the recorder; ingest records through the
+    /// `metrics` facade.
+    pub metrics: PrometheusHandle,
+    /// Whether the rest of the engine is ready (runbooks loaded, consumer running); `/readyz`
+    /// also requires `bus.ready()`.
+    pub ready: Arc<dyn Fn() -> bool + Send + Sync>,
+}
+
+/// Default body limit: 4 MiB, far above any Alertmanager notification of a sane group.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4 << 20;
+
+/// The ingest routes, ready for `axum::serve`.
+pub fn router(state: IngestState) -> Router {
+    let limit = state.max_body_bytes;
+    Router::new()
+        .route("/v1/alertmanager", post(handlers::alertmanager))
+        .route("/v1/trigger", post(handlers::trigger))
+        .route("/healthz", get(handlers::healthz))
+        .route("/readyz", get(handlers::readyz))
+        .route("/metrics", get(handlers::metrics))
+        .fallback(handlers::not_found)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}

@@ -1,0 +1,289 @@
+//! The route handlers. Each turns its input into events, publishes them, and answers 202 only
+//! once the bus said every event is durable; every refusal is an [`ApiError`].
+
+use std::time::Instant;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use firebreak_bus::BusErrorKind;
+use firebreak_event::manual::TriggerRequest;
+use firebreak_event::{Event, alertmanager, manual};
+use serde_json::{Value, json};
+use tracing::{debug, info, warn};
+
+use crate::{ApiError, IngestState, Refused};
+
+type Accepted = (StatusCode, Json<Value>);
+
+/// The body, or 413 when it is over the limit (and 400 when it could not be read).
+fn body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("request body is larger than the limit of {limit} bytes"),
+            )
+        } else {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "unreadable_body",
+                format!("cannot read the request body: {rejection}"),
+            )
+        }
+    })
+}
+
+/// The token of an `Authorization: Bearer <token>` header, if there is one.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Compares in time that does not depend on where the inputs differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Publishes and maps a bus failure to 503 (retry later) or 500.
+async fn publish(
+    state: &IngestState,
+    route: &'static str,
+    events: Vec<Event>,
+) -> Result<(), ApiError> {
+    let count = events.len() as u64;
+    let sources: Vec<String> = events.iter().map(|e| e.source.clone()).collect();
+    let started = Instant::now();
+    let result = state.bus.publish(events).await;
+    metrics::histogram!("firebreak_ingest_publish_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    match result {
+        Ok(()) => {
+            for source in sources {
+                metrics::counter!("firebreak_ingest_events_published_total", "source" => source)
+                    .increment(1);
+            }
+            debug!(route, count, "events published");
+            Ok(())
+        }
+        Err(e) => {
+            warn!(route, count, error = %e, "publish failed");
+            match e.kind() {
+                BusErrorKind::Unavailable | BusErrorKind::Transient => Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "bus_unavailable",
+                    format!("the event bus cannot accept events right now ({e}); retry later"),
+                )),
+                BusErrorKind::Permanent => Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "bus_error",
+                    format!("the event bus refused the events: {e}"),
+                )),
+            }
+        }
+    }
+}
+
+fn accepted(ids: Vec<String>, extra: Option<(&str, Value)>) -> Accepted {
+    let mut body = json!({ "accepted": ids });
+    if let Some((key, value)) = extra {
+        body[key] = value;
+    }
+    (StatusCode::ACCEPTED, Json(body))
+}
+
+/// `POST /v1/alertmanager`: an Alertmanager v4 webhook, one event per alert.
+pub(crate) async fn alertmanager(
+    State(state): State<IngestState>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Accepted, ApiError> {
+    if let Some(expected) = &state.alertmanager_token {
+        let ok =
+            bearer(&headers).is_some_and(|t| constant_time_eq(t.as_bytes(), expected.as_bytes()));
+        if !ok {
+            let message = if headers.contains_key(header::AUTHORIZATION) {
+                "the bearer token is not the configured alertmanager token"
+            } else {
+                "missing Authorization: Bearer header (set http_config.authorization in the alertmanager receiver)"
+            };
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                message,
+            ));
+        }
+    }
+    let raw = body(raw, state.max_body_bytes)?;
+    let events = alertmanager::decode(&raw).map_err(|e| {
+        let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+        let code = match e {
+            alertmanager::DecodeError::Malformed { .. } => "malformed_json",
+            alertmanager::DecodeError::UnsupportedVersion(_) => "unsupported_version",
+            alertmanager::DecodeError::Invalid(_) => "invalid_request",
+        };
+        ApiError::new(status, code, e.to_string())
+    })?;
+    metrics::counter!("firebreak_ingest_alerts_received_total").increment(events.len() as u64);
+    let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+    publish(&state, "alertmanager", events).await?;
+    info!(alerts = ids.len(), "alertmanager notification accepted");
+    Ok(accepted(ids, None))
+}
+
+/// The `Idempotency-Key` header: a retried trigger with the same key is the same event.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| (1..=128).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "Idempotency-Key must be 1 to 128 visible ASCII characters",
+            )
+        })?;
+    Ok(Some(key))
+}
+
+/// `POST /v1/trigger`: a person asks for a runbook to run.
+pub(crate) async fn trigger(
+    State(state): State<IngestState>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Accepted, ApiError> {
+    let raw = body(raw, state.max_body_bytes)?;
+    let request: TriggerRequest = serde_json::from_slice(&raw).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("malformed json: {e}"),
+            )
+        } else {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("not a trigger request: {e}"),
+            )
+        }
+    })?;
+    if request.runbook.trim().is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "runbook must not be empty",
+        ));
+    }
+    let key = idempotency_key(&headers)?;
+    if !(state.runbook_exists)(&request.runbook) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_runbook",
+            format!("no runbook named {:?} is loaded", request.runbook),
+        ));
+    }
+    let actor =
+        (state.authorize_trigger)(bearer(&headers), &request.runbook, request.actor.as_deref())
+            .map_err(|refused| match refused {
+                Refused::Unauthenticated(m) => {
+                    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m)
+                }
+                Refused::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", m),
+            })?;
+    let runbook = request.runbook.clone();
+    let mut event = manual::trigger(&request.runbook, request.params, &actor);
+    if let Some(key) = key {
+        event.id = format!("trigger-{actor}-{key}");
+    }
+    let id = event.id.clone();
+    publish(&state, "trigger", vec![event]).await?;
+    info!(runbook = %runbook, actor = %actor, event_id = %id, "manual trigger accepted");
+    Ok(accepted(vec![id], Some(("actor", Value::String(actor)))))
+}
+
+/// `GET /healthz`: the process is up and serving.
+pub(crate) async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: the bus can take events and the engine says it is ready.
+pub(crate) async fn readyz(State(state): State<IngestState>) -> Response {
+    let bus = state.bus.ready();
+    let engine = (state.ready)();
+    if bus && engine {
+        return Json(json!({"status": "ready"})).into_response();
+    }
+    let what = match (bus, engine) {
+        (false, false) => "the event bus and the engine are not ready",
+        (false, true) => "the event bus is not ready",
+        _ => "the engine is not ready",
+    };
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", what).into_response()
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub(crate) async fn metrics(State(state): State<IngestState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+pub(crate) async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route; see /v1/alertmanager, /v1/trigger, /healthz, /readyz, /metrics",
+    )
+}
+
+pub(crate) async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens_are_parsed_case_insensitively() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(bearer(&headers), None);
+        headers.insert(header::AUTHORIZATION, "Bearer s3cret".parse().unwrap());
+        assert_eq!(bearer(&headers), Some("s3cret"));
+        headers.insert(header::AUTHORIZATION, "bearer  s3cret ".parse().unwrap());
+        assert_eq!(bearer(&headers), Some("s3cret"));
+        headers.insert(header::AUTHORIZATION, "Basic dXNlcjpwYXNz".parse().unwrap());
+        assert_eq!(bearer(&headers), None);
+        headers.insert(header::AUTHORIZATION, "Bearer ".parse().unwrap());
+        assert_eq!(bearer(&headers), None);
+    }
+
+    #[test]
+    fn constant_time_eq_compares_whole_values() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}

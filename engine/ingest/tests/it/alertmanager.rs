@@ -1,0 +1,196 @@
+//! `POST /v1/alertmanager`: real Alertmanager 0.25 payloads in, events on the bus; every bad
+//! input gets its status and code and leaves the server serving.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use firebreak_bus::Bus;
+use serde_json::{Value, json};
+
+use crate::harness::{
+    AM_TOKEN, FIXTURES, LIMIT, accepted, assert_bus_quiet, code, drain, embedded, fixture,
+};
+
+#[tokio::test]
+async fn every_fixture_is_accepted_and_its_events_are_on_the_bus() {
+    let (server, _bus, _dir) = embedded(None).await;
+    let mut want = BTreeSet::new();
+    let mut alerts = 0;
+    for name in FIXTURES {
+        let body = fixture(name);
+        let payload: Value = serde_json::from_slice(&body).unwrap();
+        let count = payload["alerts"].as_array().unwrap().len();
+        alerts += count;
+        let (status, reply) = server.post("/v1/alertmanager", None, body).await;
+        assert_eq!(status, 202, "{name}: {reply}");
+        let ids = accepted(&reply);
+        assert_eq!(ids.len(), count, "{name}: one event per alert");
+        want.extend(ids);
+    }
+    let events = drain(&server.bus, &want).await;
+    assert_eq!(events.len(), want.len());
+    assert!(alerts >= want.len());
+    for event in &events {
+        assert_eq!(event.source, "alertmanager");
+        assert!(
+            ["firing", "resolved"].contains(&event.kind.as_str()),
+            "{}",
+            event.kind
+        );
+        assert!(event.fingerprint.is_some());
+        assert!(event.data["labels"]["alertname"].is_string());
+    }
+    let resolved = events.iter().filter(|e| e.kind == "resolved").count();
+    assert!(
+        resolved >= 2,
+        "the resolved fixtures arrive as resolved events"
+    );
+}
+
+#[tokio::test]
+async fn a_repeated_notification_is_one_event() {
+    let (server, _bus, _dir) = embedded(None).await;
+    let (s1, r1) = server
+        .post("/v1/alertmanager", None, fixture("webhook-firing.json"))
+        .await;
+    let (s2, r2) = server
+        .post("/v1/alertmanager", None, fixture("webhook-firing.json"))
+        .await;
+    assert_eq!((s1, s2), (202, 202));
+    assert_eq!(accepted(&r1), accepted(&r2), "same alert, same id");
+    drain(&server.bus, &accepted(&r1).into_iter().collect()).await;
+    assert_bus_quiet(&server.bus).await;
+}
+
+#[tokio::test]
+async fn malformed_json_is_400_and_names_the_position() {
+    let (server, _bus, _dir) = embedded(None).await;
+    let (status, body) = server
+        .post("/v1/alertmanager", None, "{\"version\": \"4\",")
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(code(&body), "malformed_json");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("line 1"),
+        "{body}"
+    );
+    server.assert_serving().await;
+    let (status, _) = server.post("/v1/alertmanager", None, "").await;
+    assert_eq!(status, 400, "an empty body is malformed too");
+}
+
+#[tokio::test]
+async fn a_wrong_version_is_422() {
+    let (server, _bus, _dir) = embedded(None).await;
+    let mut payload: Value = serde_json::from_slice(&fixture("webhook-firing.json")).unwrap();
+    payload["version"] = json!("3");
+    let (status, body) = server
+        .post("/v1/alertmanager", None, payload.to_string())
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(code(&body), "unsupported_version");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains('3'),
+        "{body}"
+    );
+    server.assert_serving().await;
+    assert_bus_quiet(&server.bus).await;
+}
+
+#[tokio::test]
+async fn json_that_is_not_a_webhook_is_400_naming_the_field() {
+    let (server, _bus, _dir) = embedded(None).await;
+    let (status, body) = server
+        .post(
+            "/v1/alertmanager",
+            None,
+            json!({"version": "4", "status": "firing"}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(code(&body), "invalid_request");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("alerts"),
+        "{body}"
+    );
+    server.assert_serving().await;
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_413() {
+    let (server, _bus, _dir) = embedded(None).await;
+    let mut payload: Value = serde_json::from_slice(&fixture("webhook-firing.json")).unwrap();
+    payload["alerts"][0]["annotations"]["description"] = json!("x".repeat(LIMIT));
+    let (status, body) = server
+        .post("/v1/alertmanager", None, payload.to_string())
+        .await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(code(&body), "body_too_large");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&LIMIT.to_string())
+    );
+    server.assert_serving().await;
+    let (status, _) = server
+        .post("/v1/alertmanager", None, fixture("webhook-firing.json"))
+        .await;
+    assert_eq!(status, 202, "a good body right after is accepted");
+}
+
+#[tokio::test]
+async fn with_a_token_configured_only_the_right_bearer_gets_in() {
+    let (server, _bus, _dir) = embedded(Some(AM_TOKEN)).await;
+    for token in [None, Some("wrong"), Some("am-s3cre")] {
+        let (status, body) = server
+            .post("/v1/alertmanager", token, fixture("webhook-firing.json"))
+            .await;
+        assert_eq!(status, 401, "{token:?}: {body}");
+        assert_eq!(code(&body), "unauthorized");
+    }
+    let response = server
+        .http
+        .post(server.url("/v1/alertmanager"))
+        .body(fixture("webhook-firing.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["www-authenticate"], "Bearer");
+    assert_bus_quiet(&server.bus).await;
+    let (status, body) = server
+        .post(
+            "/v1/alertmanager",
+            Some(AM_TOKEN),
+            fixture("webhook-firing.json"),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+}
+
+#[tokio::test]
+async fn a_closed_bus_is_503_with_retry_after_and_readyz_says_so() {
+    let (server, bus, _dir) = embedded(None).await;
+    bus.close().await;
+    let response = server
+        .http
+        .post(server.url("/v1/alertmanager"))
+        .body(fixture("webhook-firing.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "5");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(code(&body), "bus_unavailable");
+    let ready = server.get("/readyz").await;
+    assert_eq!(ready.status(), 503);
+    server.assert_serving().await;
+    let _: Arc<dyn Bus> = bus;
+}

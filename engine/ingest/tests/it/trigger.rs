@@ -1,0 +1,148 @@
+//! `POST /v1/trigger`: a member of the owner team triggers a runbook; everyone else is refused
+//! with the right status.
+
+use serde_json::{Value, json};
+
+use crate::harness::{LIMIT, accepted, assert_bus_quiet, code, drain, embedded};
+
+fn request(runbook: &str) -> String {
+    json!({"runbook": runbook, "params": {"namespace": "team-a", "replicas": 3}}).to_string()
+}
+
+#[tokio::test]
+async fn a_member_of_the_owner_team_triggers_a_run() {
+    let (server, _bus, _dir) = embedded(None).await;
+    let (status, body) = server
+        .post("/v1/trigger", Some("tok-ann"), request("model-error-rate"))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["actor"], "ann");
+    let ids = accepted(&body);
+    let events = drain(&server.bus, &ids.iter().cloned().collect()).await;
+    let event = &events[0];
+    assert_eq!(
+        (event.source.as_str(), event.kind.as_str()),
+        ("manual", "trigger")
+    );
+    assert_eq!(event.data["runbook"], "model-error-rate");
+    assert_eq!(
+        event.data["actor"], "ann",
+        "the actor is the token's member"
+    );
+    assert_eq!(event.data["params"]["replicas"], 3);
+    assert_eq!(event.namespace.as_deref(), Some("team-a"));
+}
+
+#[tokio::test]
+async fn an_idempotency_key_makes_a_retry_the_same_event() {
+    let (server, _bus, _dir) = embedded(None).await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let response = server
+            .http
+            .post(server.url("/v1/trigger"))
+            .bearer_auth("tok-ann")
+            .header("idempotency-key", "page-4711")
+            .body(request("model-error-rate"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+        ids.push(accepted(&response.json::<Value>().await.unwrap()));
+    }
+    assert_eq!(ids[0], ids[1]);
+    drain(&server.bus, &ids[0].iter().cloned().collect()).await;
+    assert_bus_quiet(&server.bus).await;
+
+    let response = server
+        .http
+        .post(server.url("/v1/trigger"))
+        .bearer_auth("tok-ann")
+        .header("idempotency-key", "has space")
+        .body(request("model-error-rate"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+}
+
+#[tokio::test]
+async fn an_unknown_runbook_is_404() {
+    let (server, _bus, _dir) = embedded(None).await;
+    let (status, body) = server
+        .post("/v1/trigger", Some("tok-ann"), request("no-such-runbook"))
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(code(&body), "unknown_runbook");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no-such-runbook")
+    );
+    server.assert_serving().await;
+}
+
+#[tokio::test]
+async fn a_missing_or_unknown_token_is_401() {
+    let (server, _bus, _dir) = embedded(None).await;
+    for token in [None, Some("tok-nobody")] {
+        let (status, body) = server
+            .post("/v1/trigger", token, request("model-error-rate"))
+            .await;
+        assert_eq!(status, 401, "{token:?}: {body}");
+        assert_eq!(code(&body), "unauthorized");
+    }
+    server.assert_serving().await;
+    assert_bus_quiet(&server.bus).await;
+}
+
+#[tokio::test]
+async fn a_member_of_another_team_is_403() {
+    let (server, _bus, _dir) = embedded(None).await;
+    let (status, body) = server
+        .post("/v1/trigger", Some("tok-bob"), request("model-error-rate"))
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(code(&body), "forbidden");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ml-platform"),
+        "{body}"
+    );
+    server.assert_serving().await;
+    assert_bus_quiet(&server.bus).await;
+}
+
+#[tokio::test]
+async fn bad_bodies_are_400_or_413() {
+    let (server, _bus, _dir) = embedded(None).await;
+    let cases = [
+        ("{\"runbook\": ", 400, "malformed_json"),
+        (
+            "{\"runbook\": \"model-error-rate\", \"parms\": {}}",
+            400,
+            "invalid_request",
+        ),
+        ("{\"params\": {}}", 400, "invalid_request"),
+        ("{\"runbook\": \"\"}", 400, "invalid_request"),
+        ("[1, 2]", 400, "invalid_request"),
+    ];
+    for (body, want_status, want_code) in cases {
+        let (status, reply) = server.post("/v1/trigger", Some("tok-ann"), body).await;
+        assert_eq!(
+            (status, code(&reply)),
+            (want_status, want_code),
+            "{body}: {reply}"
+        );
+    }
+    let huge = json!({"runbook": "model-error-rate", "params": {"blob": "x".repeat(LIMIT)}});
+    let (status, reply) = server
+        .post("/v1/trigger", Some("tok-ann"), huge.to_string())
+        .await;
+    assert_eq!((status, code(&reply)), (413, "body_too_large"));
+    server.assert_serving().await;
+    assert_bus_quiet(&server.bus).await;
+}

@@ -45,9 +45,11 @@ pub async fn connect(kubeconfig: Option<&Path>) -> Result<kube::Client, ClientEr
 
 /// A client for a plain-HTTP API server at `url` with no credentials (kubesim).
 pub fn for_url(url: &str) -> Result<kube::Client, ClientError> {
-    let uri = url.parse().map_err(|e: http::uri::InvalidUri| ClientError::Url {
-        url: url.to_string(),
-        message: e.to_string(),
-    })?;
+    let uri = url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| ClientError::Url {
+            url: url.to_string(),
+            message: e.to_string(),
+        })?;
     kube::Client::try_from(kube::Config::new(uri)).map_err(ClientError::Build)
 }

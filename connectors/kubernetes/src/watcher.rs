@@ -471,9 +471,8 @@ pub async fn run_with(
             |p| Watched::Pod(Box::new(p)),
         ));
     }
-    let mut states = vec![State::Starting; streams.len()];
+    let mut tracker = Tracker::new(streams.len(), config.dedup_window);
     let mut merged = futures::stream::select_all(streams);
-    let mut dedup = Dedup::new(config.dedup_window);
     info!(namespaces = ?config.namespaces, window_secs = config.dedup_window.as_secs(), "k8s watcher started");
     loop {
         // Shutdown: stop reading; nothing is buffered, so nothing is lost but the stream.
@@ -490,48 +489,74 @@ pub async fn run_with(
                 continue;
             }
         };
-        let state = &mut states[idx];
+        for c in tracker.step(idx, event, Instant::now()) {
+            info!(kind = c.kind, subject = %c.subject, namespace = ?c.namespace, fingerprint = %c.fingerprint, "publishing k8s event");
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                sent = sink.send(c.into_event()) => if sent.is_err() {
+                    info!("k8s watcher sink closed; stopping");
+                    return;
+                },
+            }
+        }
+    }
+    info!("k8s watcher stopped");
+}
+
+/// The watcher's decisions, without I/O: the [`State`] of every stream plus the [`Dedup`]
+/// memory. [`Tracker::step`] takes one watcher event and returns what to publish.
+struct Tracker {
+    states: Vec<State>,
+    dedup: Dedup,
+}
+
+impl Tracker {
+    fn new(streams: usize, window: Duration) -> Self {
+        Self {
+            states: vec![State::Starting; streams],
+            dedup: Dedup::new(window),
+        }
+    }
+
+    fn step(
+        &mut self,
+        idx: usize,
+        event: kube_watcher::Event<Watched>,
+        now: Instant,
+    ) -> Vec<Candidate> {
+        let state = &mut self.states[idx];
         let obj = match event {
             kube_watcher::Event::Init => {
                 if *state != State::Starting {
                     *state = State::Relisting;
                 }
-                continue;
+                return Vec::new();
             }
             kube_watcher::Event::InitDone => {
                 if *state == State::Relisting {
                     info!(stream = idx, "k8s watch resumed after re-list");
                 }
                 *state = State::Watching;
-                continue;
+                return Vec::new();
             }
             kube_watcher::Event::Delete(obj) => {
-                dedup.forget(&obj.prefix());
-                continue;
+                self.dedup.forget(&obj.prefix());
+                return Vec::new();
             }
             kube_watcher::Event::Apply(obj) | kube_watcher::Event::InitApply(obj) => obj,
         };
         let initial = *state == State::Starting;
+        let mut out = Vec::new();
         for c in obj.candidates() {
-            match dedup.observe(&c, Instant::now(), initial) {
-                Decision::Publish => {
-                    info!(kind = c.kind, subject = %c.subject, namespace = ?c.namespace, fingerprint = %c.fingerprint, "publishing k8s event");
-                    let ev = c.into_event();
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        sent = sink.send(ev) => if sent.is_err() {
-                            info!("k8s watcher sink closed; stopping");
-                            return;
-                        },
-                    }
-                }
+            match self.dedup.observe(&c, now, initial) {
+                Decision::Publish => out.push(c),
                 other => {
                     debug!(kind = c.kind, subject = %c.subject, decision = ?other, "k8s event not published")
                 }
             }
         }
+        out
     }
-    info!("k8s watcher stopped");
 }
 
 #[cfg(test)]
@@ -662,6 +687,40 @@ mod tests {
         assert_eq!(
             dedup.observe(&c, t0 + Duration::from_secs(5), false),
             Decision::Publish
+        );
+    }
+
+    #[test]
+    fn a_relist_after_a_watch_error_publishes_only_what_changed() {
+        use kube_watcher::Event as E;
+        let mut t = Tracker::new(2, Duration::from_secs(600));
+        let now = Instant::now();
+        let ev = |count, reason| Watched::Event(Box::new(warning(count, reason)));
+        let pod = |n| Watched::Pod(Box::new(crashing_pod(n)));
+        // First list: remembered only.
+        assert!(t.step(0, E::Init, now).is_empty());
+        assert!(t.step(0, E::InitApply(ev(1, "BackOff")), now).is_empty());
+        assert!(t.step(0, E::InitDone, now).is_empty());
+        assert!(t.step(1, E::Init, now).is_empty());
+        assert!(t.step(1, E::InitApply(pod(1)), now).is_empty());
+        assert!(t.step(1, E::InitDone, now).is_empty());
+        // Live: the warning recurs.
+        let got = t.step(0, E::Apply(ev(2, "BackOff")), now);
+        assert_eq!(got.len(), 1);
+        // The watch fails and kube-runtime re-lists: the unchanged warning is not replayed,
+        // the pod that restarted meanwhile (2 → 3) is new since the last look.
+        assert!(t.step(0, E::Init, now).is_empty());
+        assert!(t.step(0, E::InitApply(ev(2, "BackOff")), now).is_empty());
+        assert!(t.step(0, E::InitDone, now).is_empty());
+        assert!(t.step(1, E::Init, now).is_empty());
+        let got = t.step(1, E::InitApply(pod(3)), now);
+        let kinds: Vec<_> = got.iter().map(|c| c.kind).collect();
+        assert_eq!(kinds, ["crashloop", "oomkilled"]);
+        assert!(t.step(1, E::InitDone, now).is_empty());
+        // And more restarts within the window stay quiet.
+        assert!(
+            t.step(1, E::Apply(pod(4)), now + Duration::from_secs(60))
+                .is_empty()
         );
     }
 }

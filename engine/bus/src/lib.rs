@@ -81,7 +81,8 @@ impl Delivery {
         }
     }
 
-    /// Marks the event done: it will not be delivered again.
+    /// Marks the event done: it will not be delivered again (except after a crash that lost the
+    /// ack; consumers must tolerate a second delivery, e.g. through a run-id lock).
     pub async fn ack(self) -> Result<(), BusError> {
         self.handle.ack().await
     }

@@ -92,6 +92,8 @@ fn dispatch(sim: &Sim, req: &Req, rest: &[&str]) -> Result<Value, ApiError> {
         (&Method::POST, ["compact"]) => {
             let mut inner = sim.lock();
             inner.store.compact();
+            inner.watch_reset.cancel();
+            inner.watch_reset = tokio_util::sync::CancellationToken::new();
             Ok(state(&inner))
         }
         (&Method::POST, ["reconcile"]) => {

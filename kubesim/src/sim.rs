@@ -181,6 +181,9 @@ pub(crate) struct Inner {
     pub controllers: ControllerConfig,
     pub version: String,
     pub audit: VecDeque<AuditEntry>,
+    /// Cancelled (and replaced) by `/_sim/compact`, ending every open watch so clients must
+    /// resume from a resourceVersion that is now too old.
+    pub watch_reset: CancellationToken,
 }
 
 impl Inner {
@@ -295,6 +298,7 @@ impl Sim {
             controllers: cfg.controllers,
             version: cfg.version,
             audit: VecDeque::new(),
+            watch_reset: CancellationToken::new(),
         };
         inner.reconcile();
         Ok(Sim {

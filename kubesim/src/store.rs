@@ -205,8 +205,12 @@ impl Store {
     }
 
     /// Forgets the change log: every watch from an older resourceVersion now gets `410`.
+    ///
+    /// The resourceVersion advances by one, so a watch resuming from the version of the last
+    /// change (or of a list taken before) is expired too, while a fresh list's version is not.
     pub fn compact(&mut self) {
         self.log.clear();
+        self.rv += 1;
         self.oldest_watchable = self.rv;
     }
 
@@ -1011,8 +1015,13 @@ mod tests {
         }
         assert_eq!(s.changes_since(0).len(), 3);
         assert_eq!(s.oldest_watchable(), s.current_rv() - 3);
+        let before = s.current_rv();
         s.compact();
         assert_eq!(s.oldest_watchable(), s.current_rv());
+        assert!(
+            before < s.oldest_watchable(),
+            "the last version is now too old"
+        );
     }
 
     #[test]

@@ -183,7 +183,10 @@ pub(crate) fn start(sim: &Sim, req: &Req, t: &Target) -> Response {
                 }
             }
         }
-        (inner.store.subscribe(), sim.shared.cancel.clone())
+        (
+            inner.store.subscribe(),
+            (sim.shared.cancel.clone(), inner.watch_reset.clone()),
+        )
     };
 
     let (tx, out) = mpsc::channel::<Bytes>(256);
@@ -228,7 +231,10 @@ async fn forward(
     view: View,
     mut rx: broadcast::Receiver<Arc<Change>>,
     tx: mpsc::Sender<Bytes>,
-    stop: tokio_util::sync::CancellationToken,
+    (stop, reset): (
+        tokio_util::sync::CancellationToken,
+        tokio_util::sync::CancellationToken,
+    ),
     timeout: Duration,
     bookmark_every: Option<Duration>,
 ) {
@@ -240,6 +246,7 @@ async fn forward(
     loop {
         let line = tokio::select! {
             _ = stop.cancelled() => return,
+            _ = reset.cancelled() => return,
             _ = &mut deadline => return,
             _ = tx.closed() => return,
             _ = bookmark.tick(), if bookmark_every.is_some() => {

@@ -1,0 +1,667 @@
+//! The real kubectl against kubesim: exit codes and the key output a real cluster gives.
+
+use std::time::Duration;
+
+use crate::harness::Kube;
+
+const WEB: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels: {app: web}
+spec:
+  replicas: 3
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: app
+        image: nginx:1.0
+        ports:
+        - containerPort: 80
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  selector: {app: web}
+  ports:
+  - port: 80
+"#;
+
+const ROUTES: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: web
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - backendRefs:
+    - {name: web-stable, port: 80, weight: 90}
+    - {name: web-canary, port: 80, weight: 10}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: web
+spec:
+  hosts: [web]
+  http:
+  - route:
+    - destination: {host: web, subset: stable}
+      weight: 100
+"#;
+
+const EXTRAS: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: settings
+data: {a: "1", b: "2"}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: deny-all
+spec:
+  podSelector: {}
+---
+apiVersion: v1
+kind: ResourceQuota
+metadata:
+  name: quota
+spec:
+  hard: {pods: "10"}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: solo
+  labels: {app: solo}
+spec:
+  containers:
+  - name: main
+    image: busybox:1.36
+"#;
+
+async fn with_web() -> Kube {
+    let k = Kube::start().await;
+    let out = k.kubectl_stdin(&["apply", "-f", "-"], WEB).await;
+    let stdout = out.ok();
+    assert!(stdout.contains("deployment.apps/web created"), "{stdout}");
+    assert!(stdout.contains("service/web created"), "{stdout}");
+    k
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_then_get_and_describe_every_resource() {
+    let k = with_web().await;
+    k.kubectl_stdin(&["apply", "-f", "-"], ROUTES).await.ok();
+    k.kubectl_stdin(&["apply", "-f", "-"], EXTRAS).await.ok();
+
+    let gen_replicas = k
+        .kubectl(&[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.metadata.generation} {.spec.replicas} {.spec.strategy.type}",
+        ])
+        .await;
+    assert_eq!(gen_replicas.ok(), "1 3 RollingUpdate");
+
+    // Re-applying the same manifest changes nothing.
+    let again = k.kubectl_stdin(&["apply", "-f", "-"], WEB).await;
+    assert!(
+        again.ok().contains("deployment.apps/web unchanged"),
+        "{}",
+        again.stdout
+    );
+
+    let table = k.kubectl(&["get", "deploy"]).await;
+    let header = table
+        .ok()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect::<Vec<_>>();
+    assert_eq!(header, ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]);
+    let svc = k.kubectl(&["get", "svc", "web", "-o", "wide"]).await;
+    assert!(svc.ok().contains("ClusterIP"), "{}", svc.stdout);
+    assert!(
+        svc.stdout.contains("80/TCP") && svc.stdout.contains("app=web"),
+        "{}",
+        svc.stdout
+    );
+
+    for kind in [
+        "pods",
+        "deployments",
+        "replicasets",
+        "services",
+        "endpoints",
+        "configmaps",
+        "events",
+        "nodes",
+        "namespaces",
+        "networkpolicies",
+        "resourcequotas",
+        "httproutes",
+        "virtualservices",
+        "events.v1.events.k8s.io",
+        "virtualservices.v1beta1.networking.istio.io",
+    ] {
+        k.kubectl(&["get", kind]).await.ok();
+    }
+    for (kind, name) in [
+        ("deployment", "web"),
+        ("service", "web"),
+        ("configmap", "settings"),
+        ("networkpolicy", "deny-all"),
+        ("resourcequota", "quota"),
+        ("pod", "solo"),
+        ("node", "kubesim-node-1"),
+        ("namespace", "default"),
+        ("httproute", "web"),
+        ("virtualservice", "web"),
+    ] {
+        let out = k.kubectl(&["describe", kind, name]).await;
+        assert!(
+            out.ok().contains(name),
+            "describe {kind} {name}: {}",
+            out.stdout
+        );
+    }
+    let cm = k.kubectl(&["get", "cm", "settings"]).await;
+    assert!(
+        cm.ok()
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.split_whitespace().nth(1) == Some("2")),
+        "{}",
+        cm.stdout
+    );
+    let np = k.kubectl(&["get", "netpol", "deny-all"]).await;
+    assert!(np.ok().contains("<none>"), "{}", np.stdout);
+    let nodes = k.kubectl(&["get", "nodes"]).await;
+    assert!(
+        nodes.ok().contains("kubesim-node-1") && nodes.stdout.contains("Ready"),
+        "{}",
+        nodes.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn label_annotate_and_all_three_patch_types() {
+    let k = with_web().await;
+    assert_eq!(
+        k.kubectl(&["label", "deploy", "web", "tier=front"])
+            .await
+            .ok()
+            .trim(),
+        "deployment.apps/web labeled"
+    );
+    assert_eq!(
+        k.kubectl(&["annotate", "deploy", "web", "note=hello"])
+            .await
+            .ok()
+            .trim(),
+        "deployment.apps/web annotated"
+    );
+    let selected = k
+        .kubectl(&[
+            "get",
+            "deploy",
+            "-l",
+            "tier in (front),app!=api",
+            "-o",
+            "name",
+        ])
+        .await;
+    assert_eq!(selected.ok().trim(), "deployment.apps/web");
+    let none = k
+        .kubectl(&["get", "deploy", "-l", "!tier", "-o", "name"])
+        .await;
+    assert_eq!(none.ok().trim(), "");
+
+    let strategic = k
+        .kubectl(&[
+            "patch",
+            "deploy",
+            "web",
+            "-p",
+            r#"{"spec":{"template":{"spec":{"containers":[{"name":"app","image":"nginx:2.0"}]}}}}"#,
+        ])
+        .await;
+    assert_eq!(strategic.ok().trim(), "deployment.apps/web patched");
+    let merge = k
+        .kubectl(&[
+            "patch",
+            "deploy",
+            "web",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"replicas":2}}"#,
+        ])
+        .await;
+    assert_eq!(merge.ok().trim(), "deployment.apps/web patched");
+    let json = k
+        .kubectl(&[
+            "patch",
+            "deploy",
+            "web",
+            "--type=json",
+            "-p",
+            r#"[{"op":"add","path":"/spec/minReadySeconds","value":5}]"#,
+        ])
+        .await;
+    assert_eq!(json.ok().trim(), "deployment.apps/web patched");
+
+    let got = k
+        .kubectl(&["get", "deploy", "web", "-o", "jsonpath={.spec.template.spec.containers[0].image} {.spec.template.spec.containers[0].ports[0].containerPort} {.spec.replicas} {.spec.minReadySeconds} {.metadata.labels.tier} {.metadata.annotations.note} {.metadata.generation}"])
+        .await;
+    // Strategic merge kept the port; label does not bump generation, annotation and the
+    // three spec patches do.
+    assert_eq!(got.ok(), "nginx:2.0 80 2 5 front hello 5");
+
+    let failing = k
+        .kubectl(&[
+            "patch",
+            "deploy",
+            "web",
+            "--type=json",
+            "-p",
+            r#"[{"op":"test","path":"/spec/replicas","value":9}]"#,
+        ])
+        .await;
+    assert!(
+        failing.failed().contains("The request is invalid"),
+        "{}",
+        failing.stderr
+    );
+    let missing = k
+        .kubectl(&["patch", "deploy", "nope", "--type=merge", "-p", "{}"])
+        .await;
+    assert!(
+        missing
+            .failed()
+            .contains(r#"deployments.apps "nope" not found"#),
+        "{}",
+        missing.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_resources_take_merge_and_json_patches_but_refuse_strategic() {
+    let k = Kube::start().await;
+    k.kubectl_stdin(&["apply", "-f", "-"], ROUTES).await.ok();
+    let merge = k
+        .kubectl(&["patch", "httproute", "web", "--type=merge", "-p", r#"{"spec":{"rules":[{"backendRefs":[{"name":"web-stable","port":80,"weight":50},{"name":"web-canary","port":80,"weight":50}]}]}}"#])
+        .await;
+    assert_eq!(
+        merge.ok().trim(),
+        "httproute.gateway.networking.k8s.io/web patched"
+    );
+    let weights = k
+        .kubectl(&[
+            "get",
+            "httproute",
+            "web",
+            "-o",
+            "jsonpath={.spec.rules[0].backendRefs[*].weight}",
+        ])
+        .await;
+    assert_eq!(weights.ok(), "50 50");
+
+    let strategic = k
+        .kubectl(&[
+            "patch",
+            "httproute",
+            "web",
+            "-p",
+            r#"{"spec":{"rules":[]}}"#,
+        ])
+        .await;
+    assert_eq!(
+        strategic.failed().trim(),
+        "error: application/strategic-merge-patch+json is not supported by gateway.networking.k8s.io/v1, Kind=HTTPRoute: \
+         the body of the request was in an unknown format - accepted media types include: \
+         application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml"
+    );
+
+    let json = k
+        .kubectl(&[
+            "patch",
+            "vs",
+            "web",
+            "--type=json",
+            "-p",
+            r#"[{"op":"replace","path":"/spec/http/0/route/0/weight","value":90}]"#,
+        ])
+        .await;
+    assert_eq!(
+        json.ok().trim(),
+        "virtualservice.networking.istio.io/web patched"
+    );
+    let v1beta1 = k
+        .kubectl(&[
+            "get",
+            "virtualservices.v1beta1.networking.istio.io",
+            "web",
+            "-o",
+            "jsonpath={.apiVersion} {.spec.http[0].route[0].weight}",
+        ])
+        .await;
+    assert_eq!(v1beta1.ok(), "networking.istio.io/v1beta1 90");
+}
+
+/// A ConfigMap manifest controlled by the Deployment `web` with `uid`.
+fn owned(name: &str, uid: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  ownerReferences:\n  - apiVersion: apps/v1\n    kind: Deployment\n    name: web\n    uid: {uid}\n    controller: true\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_collects_garbage_by_owner_references() {
+    let k = with_web().await;
+    let uid = k
+        .kubectl(&["get", "deploy", "web", "-o", "jsonpath={.metadata.uid}"])
+        .await
+        .ok()
+        .to_string();
+    k.kubectl_stdin(&["apply", "-f", "-"], &owned("owned", &uid))
+        .await
+        .ok();
+    let deleted = k.kubectl(&["delete", "deploy", "web"]).await;
+    assert_eq!(deleted.ok().trim(), r#"deployment.apps "web" deleted"#);
+    let gone = k.kubectl(&["get", "cm", "owned"]).await;
+    assert_eq!(
+        gone.failed().trim(),
+        r#"Error from server (NotFound): configmaps "owned" not found"#
+    );
+
+    // --cascade=orphan keeps dependents and strips the owner reference.
+    k.kubectl_stdin(&["apply", "-f", "-"], WEB).await.ok();
+    let uid = k
+        .kubectl(&["get", "deploy", "web", "-o", "jsonpath={.metadata.uid}"])
+        .await
+        .ok()
+        .to_string();
+    k.kubectl_stdin(&["apply", "-f", "-"], &owned("kept", &uid))
+        .await
+        .ok();
+    k.kubectl(&["delete", "deploy", "web", "--cascade=orphan"])
+        .await
+        .ok();
+    let refs = k
+        .kubectl(&[
+            "get",
+            "cm",
+            "kept",
+            "-o",
+            "jsonpath={.metadata.ownerReferences}",
+        ])
+        .await;
+    assert_eq!(refs.ok(), "");
+    let svc_gone = k.kubectl(&["delete", "svc", "web"]).await;
+    assert_eq!(svc_gone.ok().trim(), r#"service "web" deleted"#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_watch_sees_a_change() {
+    let k = with_web().await;
+    let mut watch = k.kubectl_spawn(&["get", "deploy", "web", "-w"]);
+    watch
+        .line_matching(
+            |l| l.starts_with("web") && l.contains("0/3"),
+            Duration::from_secs(30),
+            "the initial row",
+        )
+        .await;
+    k.kubectl(&["scale", "deploy", "web", "--replicas=1"])
+        .await
+        .ok();
+    watch
+        .line_matching(
+            |l| l.starts_with("web") && l.contains("/1 "),
+            Duration::from_secs(30),
+            "the scaled row",
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cordon_and_uncordon_a_node() {
+    let k = Kube::start().await;
+    assert_eq!(
+        k.kubectl(&["cordon", "kubesim-node-1"]).await.ok().trim(),
+        "node/kubesim-node-1 cordoned"
+    );
+    let nodes = k.kubectl(&["get", "nodes"]).await;
+    assert!(
+        nodes.ok().contains("Ready,SchedulingDisabled"),
+        "{}",
+        nodes.stdout
+    );
+    assert_eq!(
+        k.kubectl(&["cordon", "kubesim-node-1"]).await.ok().trim(),
+        "node/kubesim-node-1 already cordoned"
+    );
+    assert_eq!(
+        k.kubectl(&["uncordon", "kubesim-node-1"]).await.ok().trim(),
+        "node/kubesim-node-1 uncordoned"
+    );
+    let flag = k
+        .kubectl(&[
+            "get",
+            "node",
+            "kubesim-node-1",
+            "-o",
+            "jsonpath={.spec.unschedulable}",
+        ])
+        .await;
+    assert_eq!(flag.ok(), "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacing_a_stale_object_is_a_conflict() {
+    let k = with_web().await;
+    let old = k
+        .kubectl(&["get", "deploy", "web", "-o", "yaml"])
+        .await
+        .ok()
+        .to_string();
+    k.kubectl(&["label", "deploy", "web", "bump=1"]).await.ok();
+    let replaced = k.kubectl_stdin(&["replace", "-f", "-"], &old).await;
+    assert_eq!(
+        replaced.failed().trim(),
+        "Error from server (Conflict): error when replacing \"STDIN\": Operation cannot be fulfilled on deployments.apps \"web\": \
+         the object has been modified; please apply your changes to the latest version and try again"
+    );
+    // With the current resourceVersion the same replace works.
+    let fresh = k
+        .kubectl(&["get", "deploy", "web", "-o", "yaml"])
+        .await
+        .ok()
+        .replace("replicas: 3", "replicas: 4");
+    assert_eq!(
+        k.kubectl_stdin(&["replace", "-f", "-"], &fresh)
+            .await
+            .ok()
+            .trim(),
+        "deployment.apps/web replaced"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_objects_are_rejected_with_field_causes() {
+    let k = Kube::start().await;
+    let bad = WEB
+        .split("---")
+        .next()
+        .unwrap_or_default()
+        .replace("replicas: 3", "replicas: -1")
+        .replace(
+            "    matchLabels: {app: web}",
+            "    matchLabels: {app: other}",
+        );
+    let out = k.kubectl_stdin(&["apply", "-f", "-"], &bad).await;
+    assert_eq!(
+        out.failed().trim(),
+        "The Deployment \"web\" is invalid: \n\
+         * spec.replicas: Invalid value: -1: must be greater than or equal to 0\n\
+         * spec.template.metadata.labels: Invalid value: map[string]string{\"app\":\"web\"}: `selector` does not match template `labels`"
+    );
+    let no_selector = WEB
+        .split("---")
+        .next()
+        .unwrap_or_default()
+        .replace("  selector:\n    matchLabels: {app: web}\n", "");
+    let out = k.kubectl_stdin(&["create", "-f", "-"], &no_selector).await;
+    assert!(
+        out.failed().contains("* spec.selector: Required value"),
+        "{}",
+        out.stderr
+    );
+    let bad_name = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Bad_Name\n";
+    let out = k.kubectl_stdin(&["apply", "-f", "-"], bad_name).await;
+    assert!(
+        out.failed().starts_with("The ConfigMap \"Bad_Name\" is invalid: metadata.name: Invalid value: \"Bad_Name\": a lowercase RFC 1123 subdomain"),
+        "{}",
+        out.stderr
+    );
+    let missing = k.kubectl(&["get", "deploy", "nope"]).await;
+    assert_eq!(
+        missing.failed().trim(),
+        r#"Error from server (NotFound): deployments.apps "nope" not found"#
+    );
+    let bad_selector = k.kubectl(&["get", "pods", "-l", "app in web"]).await;
+    assert!(
+        bad_selector
+            .failed()
+            .contains("unable to parse requirement"),
+        "{}",
+        bad_selector.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protobuf_bodies_get_415_as_documented() {
+    let k = Kube::start().await;
+    let out = k
+        .kubectl(&["create", "configmap", "x", "--from-literal=a=b"])
+        .await;
+    assert!(
+        out.failed()
+            .contains("the body of the request was in an unknown format"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_side_apply_creates_then_updates() {
+    let k = Kube::start().await;
+    let np = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: q\nspec:\n  podSelector:\n    matchLabels: {app: web}\n  policyTypes: [Ingress]\n";
+    assert_eq!(
+        k.kubectl_stdin(&["apply", "--server-side", "-f", "-"], np)
+            .await
+            .ok()
+            .trim(),
+        "networkpolicy.networking.k8s.io/q serverside-applied"
+    );
+    let changed = np.replace("app: web", "app: api");
+    k.kubectl_stdin(&["apply", "--server-side", "-f", "-"], &changed)
+        .await
+        .ok();
+    let sel = k
+        .kubectl(&[
+            "get",
+            "netpol",
+            "q",
+            "-o",
+            "jsonpath={.spec.podSelector.matchLabels.app} {.metadata.generation}",
+        ])
+        .await;
+    assert_eq!(sel.ok(), "api 2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_and_events_are_served() {
+    let k = Kube::start().await;
+    k.kubectl_stdin(&["apply", "-f", "-"], EXTRAS).await.ok();
+    let all = k.kubectl(&["logs", "solo"]).await;
+    let lines = all.ok().lines().count();
+    assert!(lines >= 1, "{}", all.stdout);
+    let tail = k.kubectl(&["logs", "solo", "--tail=1"]).await;
+    assert_eq!(tail.ok().lines().count(), 1);
+    let wrong = k.kubectl(&["logs", "solo", "-c", "nope"]).await;
+    assert!(
+        wrong
+            .failed()
+            .contains("container nope is not valid for pod solo"),
+        "{}",
+        wrong.stderr
+    );
+
+    let uid = k
+        .kubectl(&["get", "pod", "solo", "-o", "jsonpath={.metadata.uid}"])
+        .await
+        .ok()
+        .to_string();
+    let event = format!(
+        "apiVersion: v1\nkind: Event\nmetadata:\n  name: solo.1\ninvolvedObject:\n  apiVersion: v1\n  kind: Pod\n  name: solo\n  namespace: default\n  uid: {uid}\nreason: Drill\nmessage: practice event\ntype: Warning\nsource:\n  component: firebreak\ncount: 1\nfirstTimestamp: \"2026-01-01T00:00:00Z\"\nlastTimestamp: \"2026-01-01T00:00:00Z\"\n"
+    );
+    k.kubectl_stdin(&["apply", "-f", "-"], &event).await.ok();
+    let describe = k.kubectl(&["describe", "pod", "solo"]).await;
+    assert!(
+        describe.ok().contains("practice event"),
+        "{}",
+        describe.stdout
+    );
+    let events = k
+        .kubectl(&["get", "events", "--field-selector", "reason=Drill"])
+        .await;
+    assert!(
+        events.ok().contains("pod/solo") && events.stdout.contains("Warning"),
+        "{}",
+        events.stdout
+    );
+    let note = k
+        .kubectl(&[
+            "get",
+            "events.v1.events.k8s.io",
+            "solo.1",
+            "-o",
+            "jsonpath={.note} {.regarding.name}",
+        ])
+        .await;
+    assert_eq!(note.ok(), "practice event solo");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reported_version_picks_the_dispatched_kubectl() {
+    let k = Kube::start().await;
+    k.admin(
+        "/_sim/version",
+        serde_json::json!({"gitVersion": "v1.30.5"}),
+    )
+    .await;
+    let out = k.kubectl(&["version", "-o", "json"]).await;
+    let v: serde_json::Value = serde_json::from_str(out.ok()).expect("kubectl version prints JSON");
+    assert_eq!(v["serverVersion"]["gitVersion"], "v1.30.5");
+    assert!(
+        v["clientVersion"]["gitVersion"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("v1.30.")),
+        "{v}"
+    );
+}

@@ -4,6 +4,7 @@
 //! default (in-process bus, local store under `.firebreak/`). Environment variables win over
 //! the file: `FIREBREAK_LISTEN`, `FIREBREAK_DATA_DIR`, `FIREBREAK_RUNBOOKS`, `FIREBREAK_TEAMS`,
 //! `FIREBREAK_NATS_URL`, `FIREBREAK_ALERTMANAGER_TOKEN`, `FIREBREAK_KUBECONFIG`,
+//! `FIREBREAK_KUBERNETES_DISABLED`,
 //! `FIREBREAK_MAX_CONCURRENT_RUNS`.
 
 use std::net::SocketAddr;
@@ -139,6 +140,9 @@ impl Config {
         }
         if let Some(v) = get("FIREBREAK_KUBECONFIG") {
             self.kubernetes.kubeconfig = Some(v.into());
+        }
+        if let Some(v) = get("FIREBREAK_KUBERNETES_DISABLED") {
+            self.kubernetes.disabled = matches!(v.as_str(), "1" | "true" | "yes");
         }
         if let Some(v) = get("FIREBREAK_MAX_CONCURRENT_RUNS") {
             self.limits.max_concurrent_runs = v

@@ -38,6 +38,9 @@ enum Command {
     Check {
         #[arg(default_value = "runbooks")]
         dir: PathBuf,
+        /// Teams file to check the runbooks' owners and namespaces against.
+        #[arg(long)]
+        teams: Option<PathBuf>,
     },
     /// Start a runbook by hand (or replay a recorded event with --event) and follow it.
     Run(run::RunArgs),
@@ -48,8 +51,6 @@ enum Command {
     },
     /// Scenario 1 end to end on a simulated cluster: alert, runbook, rollback, audit trail.
     Demo(demo::DemoArgs),
-    /// Run kubesim, the Kubernetes API simulator, in the foreground.
-    Sim(kubesim::cli::Args),
     /// Load-test the engine and print one summary line.
     Bench(bench::BenchArgs),
     /// List the connectors' actions, or print the Kubernetes RBAC rules they need.
@@ -57,6 +58,9 @@ enum Command {
         /// Print a least-privilege ClusterRole for the Kubernetes connector.
         #[arg(long)]
         rbac: bool,
+        /// Namespace of the generated Role (bind one per namespace runbooks act on).
+        #[arg(long, default_value = "default")]
+        namespace: String,
     },
 }
 
@@ -74,7 +78,7 @@ fn main() -> Result<()> {
                 let cfg = config::Config::load(cli.config.as_deref())?;
                 serve::serve(cfg).await
             }
-            Command::Check { dir } => check::check(&dir),
+            Command::Check { dir, teams } => check::check(&dir, teams.as_deref()),
             Command::Run(args) => {
                 let cfg = config::Config::load(cli.config.as_deref())?;
                 run::run(cfg, args).await
@@ -84,13 +88,9 @@ fn main() -> Result<()> {
                 audit_cmd::audit(&cfg, command)
             }
             Command::Demo(args) => demo::demo(args).await,
-            Command::Sim(args) => {
-                init_tracing();
-                kubesim::cli::run(args).await
-            }
             Command::Bench(args) => bench::bench(args).await,
-            Command::Connectors { rbac } => {
-                serve::print_connectors(rbac);
+            Command::Connectors { rbac, namespace } => {
+                serve::print_connectors(rbac, &namespace);
                 Ok(())
             }
         }

@@ -1,0 +1,127 @@
+//! `firebreak audit list | show RUN | verify | export`: reading the journal the engine wrote.
+//!
+//! These commands only read: they open the journal through [`JournalReader`], never as a
+//! writer, so they work while `firebreak serve` is running.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use firebreak_audit::{JournalReader, render_timeline, verify};
+
+use crate::config::Config;
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// List runs, newest last.
+    List,
+    /// Print one run's step-by-step timeline (a unique prefix of the run id is enough).
+    Show { run: String },
+    /// Walk the hash chain and name the first broken record.
+    Verify {
+        /// Journal or export to verify (default: the configured journal).
+        file: Option<PathBuf>,
+    },
+    /// Write every record as JSONL.
+    Export {
+        /// Output file (default: stdout).
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// Where the engine keeps its audit journal inside the data dir.
+pub fn journal_path(cfg: &Config) -> PathBuf {
+    cfg.data_dir.join("audit.jsonl")
+}
+
+pub fn audit(cfg: &Config, command: AuditCommand) -> Result<()> {
+    let path = journal_path(cfg);
+    match command {
+        AuditCommand::List => {
+            let reader = open(&path)?;
+            println!(
+                "{:<38} {:<26} {:<14} {:<10} STARTED",
+                "RUN", "RUNBOOK", "TEAM", "STATUS"
+            );
+            for run in reader.runs() {
+                let status = run.status.map_or("running".to_string(), |s| s.to_string());
+                println!(
+                    "{:<38} {:<26} {:<14} {:<10} {}",
+                    run.run_id, run.runbook, run.team, status, run.started
+                );
+            }
+            Ok(())
+        }
+        AuditCommand::Show { run } => {
+            let reader = open(&path)?;
+            let run_id = resolve_run(&reader, &run)?;
+            let records = reader.records_for_run(&run_id)?;
+            print!("{}", render_timeline(&records));
+            Ok(())
+        }
+        AuditCommand::Verify { file } => {
+            let target = file.unwrap_or(path);
+            match verify(&target) {
+                Ok(report) => {
+                    println!(
+                        "ok: {} records in {} runs, chain intact; last hash {}",
+                        report.records, report.runs, report.last_hash
+                    );
+                    if let Some(line) = report.torn_tail_line {
+                        println!(
+                            "note: line {line} is an incomplete write from a crash; it was never acknowledged"
+                        );
+                    }
+                    Ok(())
+                }
+                Err(e) => bail!("audit verify failed: {e}"),
+            }
+        }
+        AuditCommand::Export { out } => {
+            let reader = open(&path)?;
+            let n = match out {
+                Some(file) => {
+                    let f = std::fs::File::create(&file)
+                        .with_context(|| format!("creating {}", file.display()))?;
+                    let mut w = std::io::BufWriter::new(f);
+                    let n = reader.export(&mut w)?;
+                    w.flush()?;
+                    n
+                }
+                None => reader.export(std::io::stdout().lock())?,
+            };
+            eprintln!("exported {n} records");
+            Ok(())
+        }
+    }
+}
+
+fn open(path: &Path) -> Result<JournalReader> {
+    if !path.exists() {
+        bail!(
+            "no audit journal at {} (has the engine run with this data_dir?)",
+            path.display()
+        );
+    }
+    JournalReader::open(path).with_context(|| format!("opening {}", path.display()))
+}
+
+/// Accepts a whole run id or a unique prefix of one.
+fn resolve_run(reader: &JournalReader, wanted: &str) -> Result<String> {
+    if reader.run(wanted).is_some() {
+        return Ok(wanted.to_string());
+    }
+    let hits: Vec<String> = reader
+        .runs()
+        .into_iter()
+        .filter(|r| r.run_id.starts_with(wanted))
+        .map(|r| r.run_id)
+        .collect();
+    match hits.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => bail!("no run {wanted} in the journal (see `firebreak audit list`)"),
+        many => bail!("run prefix {wanted} is ambiguous: {}", many.join(", ")),
+    }
+}

@@ -1,0 +1,383 @@
+//! `firebreak bench`: a load generator against a real `firebreak serve` child process.
+//!
+//! It writes 50 runbooks (one matches, with one `log` step), starts `firebreak serve` on a free
+//! loopback port (embedded bus, or JetStream with `--nats spawn|URL`), and measures:
+//! - **ready**: process start → `GET /readyz` answers 200;
+//! - **idle RSS**: the server's resident memory once ready, before any load;
+//! - **throughput**: `--alerts` Alertmanager v4 webhooks (shaped like the captured fixtures)
+//!   posted by 16 keep-alive clients; alerts/s counts from the first POST until the server's
+//!   `firebreak_runs_finished_total` shows every run finished, and every run's records are
+//!   durable in the audit journal by then (the journal answers only after fsync);
+//! - **latency**: POST → RunStarted (the journal's sealing time) at a paced 1,000 alerts/s;
+//! - **peak RSS**: the server's high-water mark at the end.
+//!
+//! It prints exactly one summary line on stdout (progress goes to stderr).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use tokio::process::{Child, Command};
+
+#[derive(Args, Clone)]
+pub struct BenchArgs {
+    /// Alerts in the throughput phase.
+    #[arg(long, default_value_t = 20_000)]
+    pub alerts: usize,
+    /// Concurrent keep-alive HTTP clients.
+    #[arg(long, default_value_t = 16)]
+    pub clients: usize,
+    /// Seconds of the paced latency phase (at --rate alerts/s).
+    #[arg(long, default_value_t = 5)]
+    pub paced_seconds: u64,
+    /// Alerts per second in the latency phase.
+    #[arg(long, default_value_t = 1_000)]
+    pub rate: u64,
+    /// `spawn` starts a private nats-server -js; a nats:// URL uses that server; absent:
+    /// the embedded bus.
+    #[arg(long)]
+    pub nats: Option<String>,
+}
+
+const RUNBOOKS: usize = 50;
+
+pub async fn bench(args: BenchArgs) -> Result<()> {
+    let dir = tempfile::tempdir().context("creating a temp dir")?;
+    let runbooks = dir.path().join("runbooks");
+    write_runbooks(&runbooks)?;
+    let (nats_url, _nats) = match args.nats.as_deref() {
+        None => (None, None),
+        Some("spawn") => {
+            let server = NatsChild::spawn(dir.path()).await?;
+            (Some(server.url.clone()), Some(server))
+        }
+        Some(url) => (Some(url.to_string()), None),
+    };
+    let bus = if nats_url.is_some() { "jetstream" } else { "embedded" };
+
+    let port = free_port()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    let mut server = spawn_server(dir.path(), &runbooks, port, nats_url.as_deref())?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.clients)
+        .build()?;
+    wait_ready(&http, &base, &mut server).await?;
+    let ready = started.elapsed();
+    let pid = server.id().context("server exited")?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let idle_rss = rss_kib(pid, "VmRSS:")?;
+    eprintln!(
+        "bench: server ready in {:.0} ms, idle RSS {:.1} MiB ({bus} bus)",
+        ms(ready),
+        idle_rss as f64 / 1024.0
+    );
+
+    // Throughput: every alert accepted, run, and its audit records durable.
+    let t0 = Instant::now();
+    post_all(&http, &base, 0, args.alerts, args.clients).await?;
+    let posted = t0.elapsed();
+    wait_finished(&http, &base, args.alerts as u64, &mut server).await?;
+    let total = t0.elapsed();
+    let throughput = args.alerts as f64 / total.as_secs_f64();
+    eprintln!(
+        "bench: {} alerts posted in {:.2}s, all runs finished after {:.2}s",
+        args.alerts,
+        posted.as_secs_f64(),
+        total.as_secs_f64()
+    );
+
+    // Latency at a paced rate.
+    let paced = (args.rate * args.paced_seconds) as usize;
+    let sent = post_paced(&http, &base, args.alerts, paced, args.rate).await?;
+    wait_finished(&http, &base, (args.alerts + paced) as u64, &mut server).await?;
+    let latencies = start_latencies(&dir.path().join("data/audit.jsonl"), &sent)?;
+    let peak_rss = rss_kib(pid, "VmHWM:")?;
+    let _ = server.kill().await;
+
+    let (p50, p99) = percentiles(latencies);
+    println!(
+        "bench[{bus}]: {throughput:.0} alerts/s end to end ({} alerts, {} clients, {RUNBOOKS} runbooks), \
+         start latency p50 {p50:.2} ms p99 {p99:.2} ms at {} alerts/s, idle RSS {:.1} MiB, peak RSS {:.1} MiB, ready in {:.0} ms",
+        args.alerts,
+        args.clients,
+        args.rate,
+        idle_rss as f64 / 1024.0,
+        peak_rss as f64 / 1024.0,
+        ms(ready),
+    );
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// 49 runbooks that never match and one that does, so matching cost is part of the figure.
+fn write_runbooks(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for i in 0..RUNBOOKS {
+        let (name, alert) = if i == 0 {
+            ("bench-hit".to_string(), "BenchAlert".to_string())
+        } else {
+            (format!("bench-miss-{i:02}"), format!("OtherAlert{i:02}"))
+        };
+        std::fs::write(
+            dir.join(format!("{name}.yaml")),
+            format!(
+                "name: {name}\nteam: bench\ndescription: benchmark runbook\nnamespaces: [bench]\n\
+                 triggers:\n  - source: alertmanager\n    status: firing\n    match: ['alertname=\"{alert}\"', 'severity=~\"critical|page\"']\n\
+                 params:\n  seq: {{ from: label, key: seq, type: string, required: true }}\n\
+                 concurrency: \"{{{{params.seq}}}}\"\ntimeout: 30s\n"
+            ),
+        )?;
+        std::fs::write(
+            dir.join(format!("{name}.rhai")),
+            "log(`alert ${ctx.params.seq}`);\n",
+        )?;
+    }
+    Ok(())
+}
+
+fn spawn_server(dir: &Path, runbooks: &Path, port: u16, nats: Option<&str>) -> Result<Child> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("serve")
+        .current_dir(dir)
+        .env("FIREBREAK_LISTEN", format!("127.0.0.1:{port}"))
+        .env("FIREBREAK_DATA_DIR", dir.join("data"))
+        .env("FIREBREAK_RUNBOOKS", runbooks)
+        .env("FIREBREAK_NATS_URL", nats.unwrap_or(""))
+        .env("FIREBREAK_KUBERNETES_DISABLED", "1")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    cmd.spawn().context("starting `firebreak serve`")
+}
+
+async fn wait_ready(http: &reqwest::Client, base: &str, server: &mut Child) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = server.try_wait()? {
+            bail!("`firebreak serve` exited before it was ready: {status}");
+        }
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("`firebreak serve` not ready at {base}/readyz within 20s");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// One Alertmanager v4 webhook with one firing alert, shaped like the captured fixtures.
+fn payload(seq: usize) -> Vec<u8> {
+    let now = jiff::Timestamp::now();
+    serde_json::to_vec(&serde_json::json!({
+        "receiver": "firebreak", "status": "firing",
+        "alerts": [{
+            "status": "firing",
+            "labels": {"alertname": "BenchAlert", "namespace": "bench", "severity": "critical", "seq": seq.to_string()},
+            "annotations": {"summary": format!("bench alert {seq}")},
+            "startsAt": now.to_string(), "endsAt": "0001-01-01T00:00:00Z",
+            "generatorURL": "http://127.0.0.1:9090/graph", "fingerprint": format!("{seq:016x}"),
+        }],
+        "groupLabels": {"alertname": "BenchAlert"},
+        "commonLabels": {"alertname": "BenchAlert", "namespace": "bench", "severity": "critical"},
+        "commonAnnotations": {}, "externalURL": "http://127.0.0.1:9093", "version": "4",
+        "groupKey": format!("{{}}:{{alertname=\"BenchAlert\", seq=\"{seq}\"}}"), "truncatedAlerts": 0,
+    }))
+    .expect("static JSON")
+}
+
+async fn post_one(http: &reqwest::Client, base: &str, seq: usize) -> Result<()> {
+    let r = http
+        .post(format!("{base}/v1/alertmanager"))
+        .header("content-type", "application/json")
+        .body(payload(seq))
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!("alert {seq} refused: {} {}", r.status(), r.text().await?);
+    }
+    Ok(())
+}
+
+async fn post_all(
+    http: &reqwest::Client,
+    base: &str,
+    first: usize,
+    n: usize,
+    clients: usize,
+) -> Result<()> {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(first));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        let (http, base, next) = (http.clone(), base.to_string(), next.clone());
+        tasks.spawn(async move {
+            loop {
+                let seq = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if seq >= first + n {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                post_one(&http, &base, seq).await?;
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    Ok(())
+}
+
+/// Posts `n` alerts at `rate`/s; returns (seq, wall-clock send time).
+async fn post_paced(
+    http: &reqwest::Client,
+    base: &str,
+    first: usize,
+    n: usize,
+    rate: u64,
+) -> Result<Vec<(usize, SystemTime)>> {
+    let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate.max(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut tasks = tokio::task::JoinSet::new();
+    for seq in first..first + n {
+        tick.tick().await;
+        let (http, base) = (http.clone(), base.to_string());
+        tasks.spawn(async move {
+            let at = SystemTime::now();
+            post_one(&http, &base, seq).await.map(|()| (seq, at))
+        });
+    }
+    let mut sent = Vec::with_capacity(n);
+    while let Some(r) = tasks.join_next().await {
+        sent.push(r??);
+    }
+    Ok(sent)
+}
+
+/// Polls `/metrics` until `firebreak_runs_finished_total` reaches `n`.
+async fn wait_finished(
+    http: &reqwest::Client,
+    base: &str,
+    n: u64,
+    server: &mut Child,
+) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        if let Some(status) = server.try_wait()? {
+            bail!("`firebreak serve` exited under load: {status}");
+        }
+        let text = http.get(format!("{base}/metrics")).send().await?.text().await?;
+        let finished: u64 = text
+            .lines()
+            .filter(|l| l.starts_with("firebreak_runs_finished_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64;
+        if finished >= n {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("only {finished} of {n} runs finished within 300s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Latency from each paced POST to its run's RunStarted record.
+fn start_latencies(journal: &Path, sent: &[(usize, SystemTime)]) -> Result<Vec<f64>> {
+    use std::collections::HashMap;
+    let sent: HashMap<String, SystemTime> = sent
+        .iter()
+        .map(|(seq, at)| (seq.to_string(), *at))
+        .collect();
+    let text = std::fs::read_to_string(journal)
+        .with_context(|| format!("reading {}", journal.display()))?;
+    let mut out = Vec::with_capacity(sent.len());
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        if v["body"]["type"] != "run_started" {
+            continue;
+        }
+        let Some(seq) = v["body"]["event"]["data"]["labels"]["seq"].as_str() else {
+            continue;
+        };
+        let Some(at) = sent.get(seq) else { continue };
+        let started: jiff::Timestamp = v["time"].as_str().unwrap_or_default().parse()?;
+        let started = SystemTime::from(started);
+        let latency = started.duration_since(*at).unwrap_or_default();
+        out.push(ms(latency));
+    }
+    if out.len() != sent.len() {
+        bail!(
+            "found {} of {} paced runs in the journal",
+            out.len(),
+            sent.len()
+        );
+    }
+    Ok(out)
+}
+
+fn percentiles(mut v: Vec<f64>) -> (f64, f64) {
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+    (at(0.50), at(0.99))
+}
+
+fn rss_kib(pid: u32, field: &str) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A private `nats-server -js` for `--nats spawn`.
+struct NatsChild {
+    url: String,
+    _child: Child,
+}
+
+impl NatsChild {
+    async fn spawn(dir: &Path) -> Result<NatsChild> {
+        let port = free_port()?;
+        let store: PathBuf = dir.join("nats");
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(&store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting nats-server (apt-get install nats-server)")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            if Instant::now() > deadline {
+                bail!("nats-server did not listen on 127.0.0.1:{port} within 10s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(NatsChild {
+            url: format!("nats://127.0.0.1:{port}"),
+            _child: child,
+        })
+    }
+}

@@ -1,0 +1,205 @@
+//! `firebreak demo`: scenario 1 end to end on one machine, with nothing else running.
+//!
+//! 1. kubesim starts in process; `ml-serving/fraud-model` is deployed at v1 behind a Service,
+//!    then rolled to v2 (revision 2), as a team would ship a new model version.
+//! 2. The engine starts on the embedded bus with the shipped runbooks and the Kubernetes
+//!    connector pointed at kubesim.
+//! 3. A real Alertmanager 0.25 `ModelLatencyHigh` webhook body (captured from the real
+//!    program) is POSTed to the engine's webhook over HTTP.
+//! 4. `model-latency-rollback` runs: evidence, rollback to the previous ReplicaSet, rollout
+//!    wait — progress is drawn as it happens.
+//! 5. The audit timeline and the rollout history are printed: v1 is back, as revision 3, on
+//!    the same ReplicaSet v1 ran on.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use firebreak_connector::{ActionContext, Connector, Registry};
+use firebreak_kubernetes::KubernetesConnector;
+use serde_json::{Value, json};
+
+use crate::config::Config;
+use crate::progress::stdout_sink;
+use crate::serve::Engine;
+
+/// The shipped runbooks, compiled into the binary so the demo runs from any folder.
+pub const SHIPPED_RUNBOOKS: &[(&str, &str)] = &[
+    ("model-latency-rollback.yaml", include_str!("../../runbooks/model-latency-rollback.yaml")),
+    ("model-latency-rollback.rhai", include_str!("../../runbooks/model-latency-rollback.rhai")),
+    ("crashloop-triage.yaml", include_str!("../../runbooks/crashloop-triage.yaml")),
+    ("crashloop-triage.rhai", include_str!("../../runbooks/crashloop-triage.rhai")),
+    ("quarantine-pod.yaml", include_str!("../../runbooks/quarantine-pod.yaml")),
+    ("quarantine-pod.rhai", include_str!("../../runbooks/quarantine-pod.rhai")),
+];
+
+/// The cluster the demo starts with.
+const FRAUD_MODEL: &str = include_str!("../demo/fraud-model.yaml");
+/// A real Alertmanager 0.25 webhook body for ModelLatencyHigh on ml-serving/fraud-model.
+pub const LATENCY_ALERT: &str = include_str!("../fixtures/alertmanager-model-latency-high.json");
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Keep the simulated cluster running afterwards (until Ctrl-C) to look around with kubectl.
+    #[arg(long)]
+    pub keep: bool,
+    /// Where to keep the demo's data (journal, bus); default: a temporary folder.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+pub async fn demo(args: DemoArgs) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let work = args.data_dir.clone().unwrap_or_else(|| tmp.path().to_owned());
+    std::fs::create_dir_all(&work)?;
+
+    heading("1. a simulated cluster: ml-serving/fraud-model, v1 then v2");
+    let sim = kubesim::Sim::start(kubesim::SimConfig {
+        controllers: kubesim::ControllerConfig {
+            pod_ready_delay: Duration::from_millis(400),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await
+    .context("starting kubesim")?;
+    let kubeconfig = work.join("kubeconfig");
+    sim.write_kubeconfig(&kubeconfig)?;
+    sim.apply_yaml(FRAUD_MODEL).context("deploying fraud-model v1")?;
+    let client = firebreak_kubernetes::client::for_url(&sim.url())?;
+    let k8s = KubernetesConnector::new(client.clone());
+    let cx = ActionContext {
+        run_id: "demo-setup".into(),
+        runbook: "demo".into(),
+        team: "ml-platform".into(),
+        namespaces: vec!["ml-serving".into()],
+        dry_run: false,
+        progress: stdout_sink("   "),
+    };
+    call(&k8s, &cx, "wait_rollout", json!({"ns": "ml-serving", "deploy": "fraud-model", "timeout": "60s"})).await?;
+    let v2 = FRAUD_MODEL
+        .replace("fraud-model:v1", "fraud-model:v2")
+        .replace("deploy fraud-model v1", "deploy fraud-model v2");
+    sim.apply_yaml(&v2).context("rolling out fraud-model v2")?;
+    call(&k8s, &cx, "wait_rollout", json!({"ns": "ml-serving", "deploy": "fraud-model", "timeout": "60s"})).await?;
+    print_history(&k8s, &cx).await?;
+
+    heading("2. firebreak on the embedded bus, shipped runbooks, Kubernetes connector → kubesim");
+    let runbooks = work.join("runbooks");
+    write_runbooks(&runbooks)?;
+    let cfg = Config {
+        listen: "127.0.0.1:0".parse()?,
+        data_dir: work.join("data"),
+        runbooks: runbooks.clone(),
+        ..Config::default()
+    };
+    let mut registry = Registry::new();
+    registry.register(Arc::new(KubernetesConnector::new(client.clone())));
+    let engine = Engine::start(&cfg, registry, Some(stdout_sink("   │ "))).await?;
+    println!("   engine listening on http://{}", engine.addr);
+
+    heading("3. Alertmanager fires ModelLatencyHigh (a real Alertmanager 0.25 webhook body)");
+    let http = reqwest::Client::new();
+    let resp = http
+        .post(format!("http://{}/v1/alertmanager", engine.addr))
+        .header("content-type", "application/json")
+        .header("user-agent", "Alertmanager/0.25.0")
+        .body(LATENCY_ALERT)
+        .send()
+        .await?;
+    let status = resp.status();
+    println!("   POST /v1/alertmanager → {status} {}", resp.text().await?);
+    if !status.is_success() {
+        bail!("the engine refused the alert");
+    }
+
+    heading("4. the runbook runs");
+    let journal = engine.dispatcher.journal.clone();
+    let run = wait_for_finished_run(&journal, Duration::from_secs(120)).await?;
+
+    heading("5. the audit trail");
+    print!("{}", firebreak_audit::render_timeline(&journal.records_for_run(&run.run_id)?));
+
+    heading("6. rollout history after the run");
+    print_history(&k8s, &cx).await?;
+    let report = firebreak_audit::verify(journal.path())?;
+    println!(
+        "\n   audit chain verified: {} records, last hash {}",
+        report.records,
+        &report.last_hash[..16]
+    );
+    println!("   journal: {}", journal.path().display());
+
+    engine.stop().await?;
+    if args.keep {
+        heading("the simulated cluster is still up");
+        println!(
+            "   export KUBECONFIG={} KUBECACHEDIR=$(mktemp -d)\n   kubectl -n ml-serving get deploy,rs,pods,svc\n   kubectl -n ml-serving rollout history deployment/fraud-model\n   (Ctrl-C to stop)",
+            kubeconfig.display()
+        );
+        tokio::signal::ctrl_c().await?;
+    } else {
+        println!(
+            "\n   run `firebreak demo --keep` to keep the simulated cluster up and look around with kubectl"
+        );
+    }
+    sim.shutdown().await;
+    if run.status != Some(firebreak_audit::RunStatus::Succeeded) {
+        bail!("the run did not succeed: {:?}", run.status);
+    }
+    Ok(())
+}
+
+fn heading(text: &str) {
+    println!("\n── {text}");
+}
+
+async fn call(k8s: &KubernetesConnector, cx: &ActionContext, action: &str, args: Value) -> Result<Value> {
+    let Value::Object(args) = args else { unreachable!("args are a JSON object") };
+    k8s.call(action, args, cx)
+        .await
+        .map_err(|e| anyhow::anyhow!("{action}: {e}"))
+}
+
+async fn print_history(k8s: &KubernetesConnector, cx: &ActionContext) -> Result<()> {
+    let h = call(k8s, cx, "rollout_history", json!({"ns": "ml-serving", "deploy": "fraud-model"})).await?;
+    println!("   deployment.apps/fraud-model (current revision {})", h["current_revision"]);
+    println!("   {:<9} {:<28} {:<26} IMAGES", "REVISION", "REPLICASET", "CHANGE-CAUSE");
+    for row in h["revisions"].as_array().into_iter().flatten() {
+        let images: Vec<&str> = row["images"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        println!(
+            "   {:<9} {:<28} {:<26} {}",
+            row["revision"],
+            row["replicaset"].as_str().unwrap_or(""),
+            row["change_cause"].as_str().unwrap_or(""),
+            images.join(",")
+        );
+    }
+    Ok(())
+}
+
+pub fn write_runbooks(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for (name, text) in SHIPPED_RUNBOOKS {
+        std::fs::write(dir.join(name), text)?;
+    }
+    Ok(())
+}
+
+async fn wait_for_finished_run(
+    journal: &firebreak_audit::Journal,
+    limit: Duration,
+) -> Result<firebreak_audit::RunSummary> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(run) = journal.runs().into_iter().find(|r| r.runbook == "model-latency-rollback" && r.status.is_some()) {
+            return Ok(run);
+        }
+        if Instant::now() > deadline {
+            bail!("model-latency-rollback did not finish within {}s", limit.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

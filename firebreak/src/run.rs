@@ -1,0 +1,185 @@
+//! `firebreak run`: start a runbook by hand, or replay a recorded event, and follow it.
+//!
+//! In-process (the default), the run uses the configured data dir's journal and the
+//! configured cluster, prints progress as it goes and the audit timeline at the end.
+//! `--dry-run` makes every mutating action describe what it would do and change nothing; with
+//! `--event FILE` (an Alertmanager webhook body or an event envelope) that replays a recorded
+//! alert without side effects. `--server URL` instead asks a running `firebreak serve` through
+//! `POST /v1/trigger`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use firebreak_audit::{Journal, render_timeline};
+use firebreak_connector::Registry;
+use firebreak_event::Event;
+use firebreak_runtime::{CancellationToken, RunPlan, RunStatus, Runner, RunnerConfig};
+use serde_json::{Map, Value};
+
+use crate::config::Config;
+use crate::dispatch::Loaded;
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The runbook to start (omit with --event).
+    pub runbook: Option<String>,
+    /// A parameter, `name=value` (repeatable).
+    #[arg(long = "param", short = 'p', value_parser = parse_kv)]
+    pub params: Vec<(String, String)>,
+    /// Replay a recorded event: an Alertmanager webhook body or a firebreak event (JSON).
+    #[arg(long)]
+    pub event: Option<PathBuf>,
+    /// Mutating actions describe what they would do and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Who is asking (recorded in the audit trail).
+    #[arg(long, env = "USER", default_value = "cli")]
+    pub actor: String,
+    /// Ask a running `firebreak serve` at this URL instead of running in-process.
+    #[arg(long)]
+    pub server: Option<String>,
+    /// API token for --server (or the teams check in-process).
+    #[arg(long, env = "FIREBREAK_TOKEN")]
+    pub token: Option<String>,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected name=value, got {s:?}"))
+}
+
+pub async fn run(cfg: Config, args: RunArgs) -> Result<()> {
+    let params: Map<String, Value> = args
+        .params
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    if let Some(server) = &args.server {
+        let runbook = args.runbook.as_deref().context("--server needs a runbook name")?;
+        return trigger_remote(server, runbook, params, &args).await;
+    }
+
+    let loaded = Loaded::load(&cfg.runbooks, cfg.teams.as_deref()).map_err(|p| {
+        anyhow::anyhow!("runbooks do not load:\n  {}", p.join("\n  "))
+    })?;
+    let matches = match (&args.event, &args.runbook) {
+        (Some(file), _) => {
+            let body = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+            let events = decode_recorded(&body)?;
+            let mut all = Vec::new();
+            for e in events {
+                for m in loaded.set.matches(&e) {
+                    all.push((e.clone(), m?));
+                }
+            }
+            if all.is_empty() {
+                bail!("no runbook matches the event(s) in {}", file.display());
+            }
+            all
+        }
+        (None, Some(runbook)) => {
+            let rb = loaded
+                .set
+                .get(runbook)
+                .with_context(|| format!("unknown runbook {runbook}"))?;
+            if let Some(teams) = loaded.set.teams() {
+                let token = args
+                    .token
+                    .as_deref()
+                    .context("a teams file is configured: give your API token with --token or FIREBREAK_TOKEN")?;
+                teams.authorize_token(token, rb)?;
+            }
+            let event = firebreak_event::manual::trigger(runbook, params.clone(), &args.actor);
+            let m = loaded.set.resolve_manual(runbook, &params)?;
+            vec![(event, m)]
+        }
+        (None, None) => bail!("name a runbook, or give --event FILE"),
+    };
+    let mut registry = Registry::new();
+    if !cfg.kubernetes.disabled {
+        let client = firebreak_kubernetes::client::connect(cfg.kubernetes.kubeconfig.as_deref())
+            .await
+            .context("connecting to Kubernetes (set kubernetes.disabled to run without it)")?;
+        registry.register(Arc::new(firebreak_kubernetes::KubernetesConnector::new(client)));
+    }
+    std::fs::create_dir_all(&cfg.data_dir)?;
+    let journal = Arc::new(
+        Journal::open(crate::audit_cmd::journal_path(&cfg))
+            .context("opening the audit journal (is `firebreak serve` running? then use --server)")?,
+    );
+    let runner = Runner::new(&registry, journal.clone(), RunnerConfig::default());
+    let mut failed = false;
+    for (event, m) in matches {
+        let rb = &m.runbook.manifest;
+        let run_id = uuid::Uuid::now_v7().to_string();
+        println!(
+            "▶ {} (team {}) run {run_id}{}",
+            rb.name,
+            rb.team,
+            if args.dry_run { " [dry run]" } else { "" }
+        );
+        let handle = runner
+            .start(RunPlan {
+                run_id: run_id.clone(),
+                runbook: rb.name.clone(),
+                team: rb.team.clone(),
+                namespaces: rb.namespaces.clone(),
+                ast: loaded.asts[&rb.name].clone(),
+                event,
+                params: m.params,
+                actor: args.actor.clone(),
+                dry_run: args.dry_run,
+                timeout: rb.timeout,
+                progress: Some(crate::progress::stdout_sink("  │ ")),
+                cancel: CancellationToken::new(),
+            })
+            .await?;
+        let outcome = handle.join().await;
+        println!();
+        print!("{}", render_timeline(&journal.records_for_run(&run_id)?));
+        failed |= outcome.status != RunStatus::Succeeded;
+    }
+    runner.drain().await;
+    if failed {
+        bail!("a run did not succeed");
+    }
+    Ok(())
+}
+
+/// An Alertmanager webhook body, or one event envelope / a list of them.
+fn decode_recorded(body: &[u8]) -> Result<Vec<Event>> {
+    let v: Value = serde_json::from_slice(body).context("the event file is not JSON")?;
+    if v.get("alerts").is_some() {
+        return Ok(firebreak_event::alertmanager::decode(body)?);
+    }
+    if v.is_array() {
+        return Ok(serde_json::from_value(v)?);
+    }
+    Ok(vec![serde_json::from_value(v).context("not an Alertmanager webhook nor a firebreak event")?])
+}
+
+async fn trigger_remote(
+    server: &str,
+    runbook: &str,
+    params: Map<String, Value>,
+    args: &RunArgs,
+) -> Result<()> {
+    let http = reqwest::Client::new();
+    let mut req = http
+        .post(format!("{}/v1/trigger", server.trim_end_matches('/')))
+        .json(&serde_json::json!({"runbook": runbook, "params": params, "actor": args.actor}));
+    if let Some(token) = &args.token {
+        req = req.bearer_auth(token);
+    }
+    let resp = req.send().await.with_context(|| format!("posting to {server}"))?;
+    let status = resp.status();
+    let body = resp.text().await?;
+    if !status.is_success() {
+        bail!("{server} refused the trigger: {status} {body}");
+    }
+    println!("accepted: {body}");
+    Ok(())
+}

@@ -1,0 +1,378 @@
+//! `firebreak serve`: builds the pipeline and runs it until SIGINT/SIGTERM.
+//!
+//! [`Engine::start`] is the composition root shared by `serve`, `demo` and the tests:
+//! bus + state store (NATS JetStream when configured, else embedded under `data_dir`), the
+//! audit journal (mirrored to JetStream in NATS mode), the runtime with the connector
+//! registry, the runbooks (hot-reloaded), the dispatcher, and the HTTP ingest.
+//!
+//! Shutdown ([`Engine::stop`]): the ingest stops taking requests, the dispatcher stops taking
+//! deliveries, running scripts are cancelled and journaled as cancelled (a later start resumes
+//! them), then the journal's writer is drained. Nothing acked is left unjournaled.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use firebreak_audit::{AuditMirror, Journal, Record};
+use firebreak_bus::{Bus, EmbeddedBus, FileStateStore, NatsBus, NatsOptions, StateStore};
+use firebreak_connector::{ProgressSink, Registry};
+use firebreak_ingest::{IngestState, Refused};
+use firebreak_runtime::{CancellationToken, Runner, RunnerConfig};
+use futures::future::BoxFuture;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::dispatch::{Dispatcher, Runbooks};
+
+/// How often the runbook folder is checked for changes.
+const RELOAD_EVERY: Duration = Duration::from_secs(1);
+
+/// The metrics recorder is process-wide; install it once.
+fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .install_recorder()
+                .expect("no other metrics recorder is installed")
+        })
+        .clone()
+}
+
+/// A running engine.
+pub struct Engine {
+    pub addr: SocketAddr,
+    pub dispatcher: Arc<Dispatcher>,
+    shutdown: CancellationToken,
+    http: JoinHandle<std::io::Result<()>>,
+    consumer: JoinHandle<Result<()>>,
+    background: TaskTracker,
+}
+
+impl Engine {
+    /// Builds and starts everything. `registry` holds the connectors the caller wired;
+    /// `progress` receives every run's log and progress lines.
+    pub async fn start(
+        cfg: &Config,
+        registry: Registry,
+        progress: Option<ProgressSink>,
+    ) -> Result<Engine> {
+        std::fs::create_dir_all(&cfg.data_dir)
+            .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+        let metrics = metrics_handle();
+
+        let (bus, state): (Arc<dyn Bus>, Arc<dyn StateStore>) = match &cfg.nats {
+            Some(nats) => {
+                let bus = NatsBus::connect(&nats.url, NatsOptions::default())
+                    .await
+                    .with_context(|| format!("connecting to NATS at {}", nats.url))?;
+                let state = bus.state_store().await.context("opening NATS KV buckets")?;
+                (Arc::new(bus), Arc::new(state))
+            }
+            None => {
+                let bus = EmbeddedBus::open(cfg.data_dir.join("bus"))
+                    .context("opening the embedded bus")?;
+                let state = FileStateStore::open(cfg.data_dir.join("state"))
+                    .context("opening the embedded state store")?;
+                (Arc::new(bus), Arc::new(state))
+            }
+        };
+
+        let journal_path = crate::audit_cmd::journal_path(cfg);
+        let mut journal = Journal::open(&journal_path)
+            .with_context(|| format!("opening audit journal {}", journal_path.display()))?;
+        if cfg.nats.is_some() {
+            journal = journal.with_mirror(Arc::new(BusMirror { bus: bus.clone() }));
+        }
+        let journal = Arc::new(journal);
+
+        let runner = Arc::new(Runner::new(
+            &registry,
+            journal.clone(),
+            RunnerConfig {
+                max_concurrent_runs: cfg.limits.max_concurrent_runs,
+                ..RunnerConfig::default()
+            },
+        ));
+        let runbooks = Arc::new(
+            Runbooks::load(&cfg.runbooks, cfg.teams.as_deref()).map_err(|problems| {
+                anyhow!(
+                    "runbooks in {} do not load:\n  {}",
+                    cfg.runbooks.display(),
+                    problems.join("\n  ")
+                )
+            })?,
+        );
+        info!(runbooks = runbooks.current().set.len(), dir = %cfg.runbooks.display(), "runbooks loaded");
+
+        let shutdown = CancellationToken::new();
+        let dispatcher = Arc::new(Dispatcher {
+            bus: bus.clone(),
+            state,
+            runner,
+            journal,
+            runbooks: runbooks.clone(),
+            progress,
+            tasks: TaskTracker::new(),
+            shutdown: shutdown.clone(),
+        });
+        let resumed = dispatcher.resume_unfinished().await;
+        if resumed > 0 {
+            info!(resumed, "resumed runs a previous engine left unfinished");
+        }
+
+        let background = TaskTracker::new();
+        background.spawn(runbooks.clone().watch(RELOAD_EVERY, shutdown.clone()));
+        let consumer = tokio::spawn(dispatcher.clone().run());
+
+        let ingest = IngestState {
+            bus: bus.clone(),
+            alertmanager_token: cfg.auth.alertmanager_token.clone(),
+            max_body_bytes: cfg.limits.max_body_bytes,
+            runbook_exists: {
+                let runbooks = runbooks.clone();
+                Arc::new(move |name: &str| runbooks.current().set.get(name).is_some())
+            },
+            authorize_trigger: authorize_trigger(dispatcher.clone()),
+            metrics,
+            ready: Arc::new(|| true),
+        };
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .with_context(|| format!("binding {}", cfg.listen))?;
+        let addr = listener.local_addr()?;
+        let http = {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                axum::serve(listener, firebreak_ingest::router(ingest))
+                    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                    .await
+            })
+        };
+        info!(%addr, bus = if cfg.nats.is_some() { "jetstream" } else { "embedded" }, "firebreak serving");
+        Ok(Engine {
+            addr,
+            dispatcher,
+            shutdown,
+            http,
+            consumer,
+            background,
+        })
+    }
+
+    /// A token that stops the engine when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Graceful stop; see the module docs for the order.
+    pub async fn stop(self) -> Result<()> {
+        self.shutdown.cancel();
+        // 1. no new requests or deliveries
+        let _ = self.http.await;
+        let _ = self.consumer.await;
+        // 2. running runs see the cancel and journal their end; wait for them
+        self.dispatcher.tasks.close();
+        self.dispatcher.tasks.wait().await;
+        self.dispatcher.runner.drain().await;
+        // 3. background loops (runbook reload, k8s watcher)
+        self.background.close();
+        self.background.wait().await;
+        Ok(())
+    }
+
+    /// Runs `fut` on the engine's background tracker (stopped by [`Engine::stop`]).
+    pub fn spawn_background<F>(&self, fut: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.background.spawn(fut);
+    }
+}
+
+/// `POST /v1/trigger` authorization. Without a teams file every caller may trigger (single-
+/// tenant mode, the actor named in the request is recorded). With one, the bearer token must
+/// belong to a member of the runbook's owner team; every refusal is journaled.
+fn authorize_trigger(
+    dispatcher: Arc<Dispatcher>,
+) -> firebreak_ingest::AuthorizeTrigger {
+    Arc::new(move |token, runbook, actor| {
+        let loaded = dispatcher.runbooks.current();
+        let Some(teams) = loaded.set.teams() else {
+            return Ok(actor.unwrap_or("anonymous").to_string());
+        };
+        let rb = loaded
+            .set
+            .get(runbook)
+            .ok_or_else(|| Refused::Forbidden(format!("unknown runbook {runbook}")))?;
+        let refusal = match token {
+            None => firebreak_matcher::Refusal::UnknownToken,
+            Some(token) => match teams.authorize_token(token, rb) {
+                Ok((_, member)) => return Ok(member.name.clone()),
+                Err(r) => r,
+            },
+        };
+        // Audit the refusal without holding up the answer.
+        let d = dispatcher.clone();
+        let (runbook, team) = (rb.manifest.name.clone(), rb.manifest.team.clone());
+        let who = actor.unwrap_or("unknown").to_string();
+        let reason = refusal.to_string();
+        tokio::spawn(async move { d.journal_manual_refusal(&runbook, &team, &who, reason).await });
+        Err(match refusal.http_status() {
+            401 => Refused::Unauthenticated(refusal.to_string()),
+            _ => Refused::Forbidden(refusal.to_string()),
+        })
+    })
+}
+
+/// Mirrors every audit record into the JetStream audit stream.
+struct BusMirror {
+    bus: Arc<dyn Bus>,
+}
+
+impl AuditMirror for BusMirror {
+    fn publish<'a>(&'a self, record: &'a Record) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let subject = format!(
+                "firebreak.audit.{}.{}",
+                subject_token(&record.team),
+                subject_token(&record.run_id)
+            );
+            let payload = serde_json::to_vec(record).map_err(|e| e.to_string())?;
+            self.bus
+                .publish_audit(subject, payload)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// NATS subject tokens may not contain `.`, `*`, `>` or whitespace.
+fn subject_token(s: &str) -> String {
+    let t: String = s
+        .chars()
+        .map(|c| match c {
+            '.' | '*' | '>' | ' ' | '\t' => '_',
+            c => c,
+        })
+        .collect();
+    if t.is_empty() { "_".into() } else { t }
+}
+
+/// `firebreak serve`.
+pub async fn serve(cfg: Config) -> Result<()> {
+    let mut registry = Registry::new();
+    let kube = if cfg.kubernetes.disabled {
+        None
+    } else {
+        match firebreak_kubernetes::client::connect(cfg.kubernetes.kubeconfig.as_deref()).await {
+            Ok(client) => Some(client),
+            Err(e) => {
+                warn!(error = %e, "no Kubernetes cluster reachable: runbooks calling k8s:: will fail");
+                None
+            }
+        }
+    };
+    if let Some(client) = &kube {
+        registry.register(Arc::new(firebreak_kubernetes::KubernetesConnector::new(
+            client.clone(),
+        )));
+    }
+    let engine = Engine::start(&cfg, registry, None).await?;
+    if let Some(client) = kube {
+        let namespaces = if cfg.kubernetes.watch_namespaces.is_empty() {
+            let mut ns: Vec<String> = engine
+                .dispatcher
+                .runbooks
+                .current()
+                .set
+                .iter()
+                .flat_map(|r| r.manifest.namespaces.clone())
+                .collect();
+            ns.sort();
+            ns.dedup();
+            ns
+        } else {
+            cfg.kubernetes.watch_namespaces.clone()
+        };
+        spawn_watcher(&engine, client, namespaces);
+    }
+    let stop = engine.shutdown_token();
+    tokio::select! {
+        _ = shutdown_signal() => info!("shutdown signal received"),
+        _ = stop.cancelled() => {}
+    }
+    engine.stop().await?;
+    info!("stopped");
+    Ok(())
+}
+
+/// Kubernetes warnings and stalled rollouts → the bus, as `firebreak.events.k8s.*`.
+pub fn spawn_watcher(engine: &Engine, client: firebreak_kubernetes::Client, namespaces: Vec<String>) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+    let shutdown = engine.shutdown_token();
+    engine.spawn_background(firebreak_kubernetes::watcher::run(
+        client,
+        namespaces,
+        tx,
+        shutdown.clone(),
+    ));
+    let bus = engine.dispatcher.bus.clone();
+    engine.spawn_background(async move {
+        while let Some(event) = rx.recv().await {
+            // Retry until the bus takes it: a watcher event is not re-sent by anyone else.
+            let mut delay = Duration::from_millis(100);
+            while let Err(e) = bus.publish(vec![event.clone()]).await {
+                warn!(error = %e, event_id = %event.id, "k8s event not published yet; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    });
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// `firebreak connectors [--rbac]`.
+pub fn print_connectors(rbac: bool, namespace: &str) {
+    if rbac {
+        print!("{}", firebreak_kubernetes::rbac_yaml("firebreak", namespace));
+        return;
+    }
+    for action in firebreak_kubernetes::spec::actions() {
+        let params: Vec<String> = action
+            .params
+            .iter()
+            .map(|p| if p.required { p.name.to_string() } else { format!("[{}]", p.name) })
+            .collect();
+        println!(
+            "k8s::{}({})  [{:?}]\n    {}\n    e.g. {}",
+            action.name,
+            params.join(", "),
+            action.effect,
+            action.doc,
+            action.example
+        );
+    }
+}

@@ -307,3 +307,79 @@ async fn raw_watch_from_a_compacted_version_gets_an_in_stream_410() {
         other => panic!("expected one ERROR 410 event, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_list_watcher_ends_its_initial_events_with_a_bookmark() {
+    let k = Kube::start().await;
+    let api: Api<ConfigMap> = Api::namespaced(k.client(), "default");
+    api.create(&PostParams::default(), &cm("one", json!({"app": "s"})))
+        .await
+        .unwrap();
+    let mut stream = watcher(
+        api.clone(),
+        watcher::Config::default().labels("app=s").streaming_lists(),
+    )
+    .boxed();
+    next_matching(&mut stream, "the initial object", |e| {
+        is_named(e, "init-apply", "one", None)
+    })
+    .await;
+    // Without the `k8s.io/initial-events-end` bookmark the watcher would wait here forever.
+    next_matching(&mut stream, "the end of the initial events", |e| {
+        matches!(e, watcher::Event::InitDone)
+    })
+    .await;
+    api.create(&PostParams::default(), &cm("two", json!({"app": "s"})))
+        .await
+        .unwrap();
+    next_matching(&mut stream, "a live event", |e| {
+        is_named(e, "apply", "two", None)
+    })
+    .await;
+    let requests = k.sim().requests();
+    assert_eq!(
+        list_requests(&k),
+        0,
+        "a streaming list sends no LIST: {requests:?}"
+    );
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.query.contains("sendInitialEvents=true")),
+        "{requests:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_send_bookmarks_when_allowed() {
+    let cfg = kubesim::SimConfig {
+        bookmark_interval: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let k = Kube::start_with(cfg).await;
+    let api: Api<ConfigMap> = Api::namespaced(k.client(), "default");
+    let made = api
+        .create(&PostParams::default(), &cm("b", json!({})))
+        .await
+        .unwrap();
+    let rv = made.metadata.resource_version.clone().unwrap();
+    let mut events = api
+        .watch(&kube::api::WatchParams::default().timeout(10), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    let first = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("a bookmark within 10s")
+        .expect("stream open")
+        .expect("event decodes");
+    match first {
+        kube::api::WatchEvent::Bookmark(b) => {
+            assert_eq!(b.types.kind, "ConfigMap");
+            assert!(
+                b.metadata.resource_version.parse::<u64>().unwrap() >= rv.parse::<u64>().unwrap()
+            );
+        }
+        other => panic!("expected a BOOKMARK, got {other:?}"),
+    }
+}

@@ -11,6 +11,7 @@
 mod admin;
 mod api;
 pub mod cluster;
+pub mod controller;
 mod convert;
 mod defaults;
 mod discovery;

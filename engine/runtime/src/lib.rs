@@ -1,1 +1,31 @@
-//! firebreak runtime: the hardened Rhai sandbox, journaled steps and the connector registry
+//! firebreak runtime: the hardened Rhai sandbox, journaled steps and the bridge to connectors.
+//!
+//! Start at [`Runner`]: [`Runner::start`] journals a run's start, runs its script on a
+//! blocking thread and journals its end; [`Runner::resume`] picks up an unfinished run from
+//! the journal without repeating finished steps. Then:
+//! - [`sandbox`]: [`build_engine`] (every Rhai limit and restriction, in one function),
+//!   [`Limits`], [`compile`];
+//! - `step`: the per-thread run context and the journaling around every step;
+//! - `builtins`: `step(name, || ...)`, `log`, `sleep`, `now`, `fail`, `evidence`;
+//! - `connectors`: `<connector>::<action>(args...)` for every registered connector;
+//! - [`policy`]: the retry policy for connector errors.
+//!
+//! What a script sees: a constant `ctx` map (`event`, `labels`, `annotations`, `params`,
+//! `run_id`, `runbook`, `team`, `actor`, `dry_run`) and the functions above. Functions
+//! defined with `fn` do not see `ctx`; pass it as an argument.
+
+mod builtins;
+mod connectors;
+pub mod policy;
+mod runner;
+pub mod sandbox;
+mod step;
+
+pub use policy::RetryPolicy;
+pub use runner::{RunHandle, RunOutcome, RunPlan, Runner, RunnerConfig, RuntimeError};
+pub use sandbox::{CompileError, Limits, build_engine, compile};
+
+pub use firebreak_audit::RunStatus;
+pub use firebreak_connector::ProgressSink;
+pub use rhai::AST;
+pub use tokio_util::sync::CancellationToken;

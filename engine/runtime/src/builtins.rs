@@ -1,0 +1,203 @@
+//! The functions every script has: `step(name, || ...)` and the built-in steps `log`,
+//! `sleep`, `now`, `fail`, `evidence`. Each one is journaled by Rust through
+//! [`crate::step`]; a script can neither skip nor forge its records.
+
+use std::time::{Duration, Instant};
+
+use firebreak_audit::{RecordBody, StepError, StepStatus};
+use rhai::{Dynamic, Engine, FnPtr, ImmutableString, NativeCallContext};
+use serde_json::{Value, json};
+use tracing::info;
+
+use crate::step::{
+    self, Begin, Durability, LeafResult, ScriptError, begin, current, finish_replayed, run_leaf,
+    to_json,
+};
+
+pub(crate) fn register(engine: &mut Engine) {
+    engine.register_fn(
+        "step",
+        |ctx: NativeCallContext, name: ImmutableString, body: FnPtr| {
+            let inputs = captured_inputs(&body);
+            closure_step(&ctx, &name, inputs, &body)
+        },
+    );
+    engine.register_fn(
+        "step",
+        |ctx: NativeCallContext, name: ImmutableString, inputs: Dynamic, body: FnPtr| {
+            closure_step(&ctx, &name, to_json(&inputs), &body)
+        },
+    );
+    engine.register_fn("log", log);
+    engine.register_fn("sleep", sleep);
+    engine.register_fn("now", now);
+    engine.register_fn("fail", fail);
+    engine.register_fn("evidence", evidence);
+}
+
+/// `step(name, || ...)`: journals the closure's start (durably, first), its return value as
+/// outputs, its duration and outcome. Steps inside it are numbered and journaled on their own.
+/// On resume, a step that finished before re-runs its closure (whose inner steps replay from
+/// the journal) and returns the journaled output.
+fn closure_step(
+    ctx: &NativeCallContext,
+    name: &str,
+    inputs: Value,
+    body: &FnPtr,
+) -> Result<Dynamic, ScriptError> {
+    let cx = current()?;
+    let (step, replayed) = match begin(&cx, name)? {
+        Begin::Replayed(step, outputs) => (step, Some(outputs)),
+        Begin::Live(step) => {
+            cx.journal(vec![RecordBody::StepStarted {
+                step,
+                name: name.to_owned(),
+                inputs,
+            }])?;
+            (step, None)
+        }
+    };
+    let started = Instant::now();
+    let result = body.call_within_context::<Dynamic>(ctx, ());
+    let duration_ms = started.elapsed().as_millis() as u64;
+    match (result, replayed) {
+        (Ok(_), Some(outputs)) => finish_replayed(&cx, step, name, outputs),
+        (Ok(value), None) => {
+            cx.journal(vec![RecordBody::StepFinished {
+                step,
+                name: name.to_owned(),
+                status: StepStatus::Ok,
+                outputs: to_json(&value),
+                error: None,
+                duration_ms,
+                attempts: 1,
+            }])?;
+            Ok(value)
+        }
+        (Err(error), _) => {
+            let kind = match cx.stopped() {
+                Some(step::Stop::Cancelled) => "cancelled",
+                Some(step::Stop::TimedOut) => "timed_out",
+                None => "script",
+            };
+            cx.journal(vec![RecordBody::StepFinished {
+                step,
+                name: name.to_owned(),
+                status: StepStatus::Error,
+                outputs: Value::Null,
+                error: Some(StepError {
+                    kind: kind.to_owned(),
+                    message: error.to_string(),
+                }),
+                duration_ms,
+                attempts: 1,
+            }])?;
+            Err(error)
+        }
+    }
+}
+
+/// What a closure captured, as the step's inputs. The run's `ctx` map is left out: it is in
+/// the `run_started` record already.
+fn captured_inputs(body: &FnPtr) -> Value {
+    let captured: Vec<Value> = body
+        .curry()
+        .iter()
+        .filter(|v| !is_ctx(v))
+        .map(to_json)
+        .collect();
+    if captured.is_empty() {
+        json!({})
+    } else {
+        json!({ "captured": captured })
+    }
+}
+
+fn is_ctx(value: &Dynamic) -> bool {
+    value.read_lock::<rhai::Map>().is_some_and(|m| {
+        m.contains_key("run_id") && m.contains_key("event") && m.contains_key("runbook")
+    })
+}
+
+/// `log(message)`: a journaled line, also sent to tracing and the caller's progress sink.
+fn log(message: Dynamic) -> Result<Dynamic, ScriptError> {
+    let message = message.to_string();
+    run_leaf(
+        "log",
+        json!({ "message": message }),
+        Durability::AfterTheFact,
+        |cx, _| {
+            info!(run_id = %cx.meta.run_id, runbook = %cx.meta.runbook, message = %message, "script log");
+            cx.forward(&message);
+            LeafResult::ok(Value::Null)
+        },
+    )
+}
+
+/// `sleep(ms)`: waits, bounded by `Limits::max_sleep`, ended early by cancel or the deadline.
+fn sleep(ms: rhai::INT) -> Result<Dynamic, ScriptError> {
+    run_leaf(
+        "sleep",
+        json!({ "ms": ms }),
+        Durability::WriteAhead,
+        |cx, _| {
+            let max = cx.max_sleep;
+            let wait = match u64::try_from(ms) {
+                Ok(ms) if Duration::from_millis(ms) <= max => Duration::from_millis(ms),
+                _ => {
+                    return LeafResult::failed(
+                        "invalid_argument",
+                        format!(
+                            "sleep({ms}): the wait must be between 0 and {} ms",
+                            max.as_millis()
+                        ),
+                    );
+                }
+            };
+            match cx
+                .handle
+                .block_on(cx.until_stopped(tokio::time::sleep(wait)))
+            {
+                Ok(()) => LeafResult::ok(Value::Null),
+                Err(stop) => LeafResult::stopped(stop),
+            }
+        },
+    )
+}
+
+/// `now()`: the current time as RFC 3339 text. Journaled, so a resumed run sees the same time.
+fn now() -> Result<Dynamic, ScriptError> {
+    run_leaf("now", json!({}), Durability::AfterTheFact, |_, _| {
+        LeafResult::ok(Value::String(jiff::Timestamp::now().to_string()))
+    })
+}
+
+/// `fail(message)`: ends the run as failed with this message.
+fn fail(message: Dynamic) -> Result<Dynamic, ScriptError> {
+    let message = message.to_string();
+    run_leaf(
+        "fail",
+        json!({ "message": message }),
+        Durability::AfterTheFact,
+        |_, _| LeafResult::failed("fail", message.clone()),
+    )
+}
+
+/// `evidence(name, value)`: attaches a value to the run as evidence.
+fn evidence(name: ImmutableString, value: Dynamic) -> Result<Dynamic, ScriptError> {
+    let data = to_json(&value);
+    run_leaf(
+        "evidence",
+        json!({ "name": name.as_str() }),
+        Durability::AfterTheFact,
+        |_, step| {
+            let mut result = LeafResult::ok(Value::Null);
+            result.extra.push(RecordBody::Evidence {
+                step,
+                name: name.to_string(),
+                data,
+            });
+            result
+        },
+    )
+}

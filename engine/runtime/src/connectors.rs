@@ -1,0 +1,318 @@
+//! The bridge from Rhai to connectors: every action of every connector in the registry
+//! becomes `<connector>::<action>(args...)`, a journaled step. Start at [`register`], then
+//! [`Action::call`].
+//!
+//! Per call: arguments are converted to JSON and checked against the action's [`ParamSpec`]s;
+//! a mutating action whose namespace parameter is outside the run's namespaces is refused
+//! (a `refusal` record, then a script error); the async connector runs through the runtime
+//! handle with a timeout, under cancel and the run's deadline; transient failures are retried
+//! per [`RetryPolicy`](crate::RetryPolicy); progress lines become `progress` records and reach
+//! the caller's sink; an observing action's output is also journaled as evidence.
+
+use std::sync::Arc;
+
+use firebreak_audit::{AuditError, RecordBody, StepStatus};
+use firebreak_connector::{
+    ActionContext, ActionError, ActionSpec, Connector, Effect, ErrorKind, ParamType, Registry,
+};
+use rhai::{Dynamic, Engine, Module};
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use crate::step::{
+    Durability, LeafResult, RunContext, ScriptError, Stop, error_chain, run_leaf, to_json,
+};
+
+/// Most positional parameters an action may have.
+const MAX_ARITY: usize = 8;
+
+/// Registers one static module per connector, one function per allowed arity per action.
+pub(crate) fn register(engine: &mut Engine, registry: &Registry) {
+    for connector in registry.iter() {
+        let mut module = Module::new();
+        for spec in connector.actions() {
+            assert!(
+                spec.params.len() <= MAX_ARITY,
+                "{}::{} has {} parameters; at most {MAX_ARITY} are supported",
+                connector.name(),
+                spec.name,
+                spec.params.len()
+            );
+            let min = spec
+                .params
+                .iter()
+                .rposition(|p| p.required)
+                .map_or(0, |i| i + 1);
+            let action = Arc::new(Action {
+                qualified: format!("{}::{}", connector.name(), spec.name),
+                connector: connector.clone(),
+                spec,
+            });
+            for arity in min..=action.spec.params.len() {
+                set_arity(&mut module, action.clone(), arity);
+            }
+        }
+        engine.register_static_module(connector.name(), module.into());
+    }
+}
+
+/// Rhai functions have a fixed arity; one closure per arity forwards to [`Action::call`].
+fn set_arity(module: &mut Module, action: Arc<Action>, arity: usize) {
+    let name = action.spec.name;
+    macro_rules! arity {
+        ($($arg:ident),*) => {{
+            module.set_native_fn(name, move |$($arg: Dynamic),*| action.call(vec![$($arg),*]));
+        }};
+    }
+    match arity {
+        0 => arity!(),
+        1 => arity!(a),
+        2 => arity!(a, b),
+        3 => arity!(a, b, c),
+        4 => arity!(a, b, c, d),
+        5 => arity!(a, b, c, d, e),
+        6 => arity!(a, b, c, d, e, f),
+        7 => arity!(a, b, c, d, e, f, g),
+        8 => arity!(a, b, c, d, e, f, g, h),
+        _ => unreachable!("arity checked at registration"),
+    }
+}
+
+struct Action {
+    /// `connector::action`, the step's name.
+    qualified: String,
+    connector: Arc<dyn Connector>,
+    spec: ActionSpec,
+}
+
+impl Action {
+    fn call(&self, args: Vec<Dynamic>) -> Result<Dynamic, ScriptError> {
+        let (named, bad_argument) = self.arguments(&args);
+        run_leaf(
+            &self.qualified,
+            Value::Object(named.clone()),
+            Durability::WriteAhead,
+            |cx, step| {
+                if let Some(message) = bad_argument {
+                    return LeafResult::failed("invalid_argument", message);
+                }
+                if let Some(reason) = self.refusal(cx, &named) {
+                    warn!(run_id = %cx.meta.run_id, action = %self.qualified, reason = %reason, "action refused");
+                    let mut result = LeafResult::failed("denied", reason.clone());
+                    result.extra.push(RecordBody::Refusal {
+                        step: Some(step),
+                        action: self.qualified.clone(),
+                        reason,
+                    });
+                    return result;
+                }
+                self.invoke(cx, step, named)
+            },
+        )
+    }
+
+    /// Positional script values → JSON by parameter name, and the first type problem.
+    fn arguments(&self, args: &[Dynamic]) -> (Map<String, Value>, Option<String>) {
+        let mut named = Map::new();
+        let mut problem = None;
+        for (i, (param, arg)) in self.spec.params.iter().zip(args).enumerate() {
+            let value = to_json(arg);
+            if value.is_null() && !param.required {
+                continue;
+            }
+            if problem.is_none() && !type_matches(param.ty, &value) {
+                problem = Some(format!(
+                    "{}: parameter `{}` (#{}) must be {}, got {}",
+                    self.qualified,
+                    param.name,
+                    i + 1,
+                    type_name(param.ty),
+                    describe(&value)
+                ));
+            }
+            named.insert(param.name.to_owned(), value);
+        }
+        (named, problem)
+    }
+
+    /// The engine's tenancy rule: a mutating action only inside the runbook's namespaces.
+    fn refusal(&self, cx: &RunContext, named: &Map<String, Value>) -> Option<String> {
+        if self.spec.effect != Effect::Mutate {
+            return None;
+        }
+        let param = self.spec.namespace_param?;
+        match named.get(param).and_then(Value::as_str) {
+            Some(ns) if cx.namespaces.iter().any(|allowed| allowed == ns) => None,
+            Some(ns) => Some(format!(
+                "namespace `{ns}` is outside runbook {}'s namespaces [{}]",
+                cx.meta.runbook,
+                cx.namespaces.join(", ")
+            )),
+            None => Some(format!("`{param}` (the namespace) is missing")),
+        }
+    }
+
+    /// Calls the connector on the runtime, retrying transient failures.
+    fn invoke(&self, cx: &RunContext, step: u32, args: Map<String, Value>) -> LeafResult {
+        let mutate = self.spec.effect == Effect::Mutate;
+        let (tx, mut lines) = mpsc::unbounded_channel::<String>();
+        let acx = ActionContext {
+            run_id: cx.meta.run_id.clone(),
+            runbook: cx.meta.runbook.clone(),
+            team: cx.meta.team.clone(),
+            namespaces: cx.namespaces.clone(),
+            dry_run: cx.dry_run && mutate,
+            progress: Arc::new(move |line: &str| {
+                let _ = tx.send(line.to_owned());
+            }),
+        };
+        let outcome = cx.handle.block_on(async {
+            let mut attempt = 1;
+            loop {
+                let limit = cx.remaining(cx.action_timeout);
+                let call = tokio::time::timeout(limit, self.connector.call(self.spec.name, args.clone(), &acx));
+                let result = match cx.until_stopped(with_progress(cx, step, call, &mut lines)).await {
+                    Err(stop) => return Outcome::Stopped(stop, attempt),
+                    Ok(Err(audit)) => return Outcome::Audit(audit, attempt),
+                    Ok(Ok(Err(_elapsed))) => Err(ActionError::new(
+                        ErrorKind::Timeout,
+                        format!("no answer within {} ms", limit.as_millis()),
+                    )),
+                    Ok(Ok(Ok(result))) => result,
+                };
+                match result {
+                    Ok(value) => return Outcome::Done(Ok(value), attempt),
+                    Err(error) => match cx.retry.next_delay(error.kind, attempt) {
+                        None => return Outcome::Done(Err(error), attempt),
+                        Some(delay) => {
+                            warn!(run_id = %cx.meta.run_id, action = %self.qualified, attempt, error = %error, "transient failure, retrying");
+                            if let Err(stop) = cx.until_stopped(tokio::time::sleep(delay)).await {
+                                return Outcome::Stopped(stop, attempt);
+                            }
+                            attempt += 1;
+                        }
+                    },
+                }
+            }
+        });
+        let (mut result, attempts) = match outcome {
+            Outcome::Stopped(stop, attempts) => (LeafResult::stopped(stop), attempts),
+            Outcome::Audit(error, attempts) => (
+                LeafResult::failed(
+                    "audit",
+                    format!("audit journal write failed: {}", error_chain(&error)),
+                ),
+                attempts,
+            ),
+            Outcome::Done(Err(error), attempts) => {
+                let kind = serde_json::to_value(error.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_else(|| "permanent".to_owned());
+                let message = if attempts > 1 {
+                    format!("{} (after {attempts} attempts)", error.message)
+                } else {
+                    error.message
+                };
+                (LeafResult::failed(&kind, message), attempts)
+            }
+            Outcome::Done(Ok(value), attempts) => {
+                let mut result = LeafResult::ok(value.clone());
+                if self.spec.effect == Effect::Observe {
+                    result.extra.push(RecordBody::Evidence {
+                        step,
+                        name: self.qualified.clone(),
+                        data: value,
+                    });
+                }
+                if acx.dry_run {
+                    result.status = StepStatus::Skipped;
+                }
+                (result, attempts)
+            }
+        };
+        result.attempts = attempts;
+        result
+    }
+}
+
+enum Outcome {
+    Done(Result<Value, ActionError>, u32),
+    Stopped(Stop, u32),
+    Audit(AuditError, u32),
+}
+
+/// Awaits `call` while journaling (durably) and forwarding each progress line it emits.
+async fn with_progress<F: std::future::Future>(
+    cx: &RunContext,
+    step: u32,
+    call: F,
+    lines: &mut mpsc::UnboundedReceiver<String>,
+) -> Result<F::Output, AuditError> {
+    tokio::pin!(call);
+    loop {
+        tokio::select! {
+            biased;
+            Some(line) = lines.recv() => progress(cx, step, line).await?,
+            out = &mut call => {
+                while let Ok(line) = lines.try_recv() {
+                    progress(cx, step, line).await?;
+                }
+                return Ok(out);
+            }
+        }
+    }
+}
+
+async fn progress(cx: &RunContext, step: u32, line: String) -> Result<(), AuditError> {
+    cx.forward(&line);
+    cx.journal
+        .append(cx.draft(RecordBody::Progress {
+            step,
+            message: line,
+        }))
+        .await
+        .map(drop)
+}
+
+fn type_matches(ty: ParamType, value: &Value) -> bool {
+    match ty {
+        ParamType::String => value.is_string(),
+        ParamType::Int => value.is_i64() || value.is_u64(),
+        ParamType::Float => value.is_number(),
+        ParamType::Bool => value.is_boolean(),
+        ParamType::Map => value.is_object(),
+        ParamType::Array => value.is_array(),
+        ParamType::Any => true,
+    }
+}
+
+fn type_name(ty: ParamType) -> &'static str {
+    match ty {
+        ParamType::String => "a string",
+        ParamType::Int => "an int",
+        ParamType::Float => "a number",
+        ParamType::Bool => "a bool",
+        ParamType::Map => "a map",
+        ParamType::Array => "an array",
+        ParamType::Any => "anything",
+    }
+}
+
+fn describe(value: &Value) -> String {
+    let kind = match value {
+        Value::Null => return "nothing (())".to_owned(),
+        Value::Bool(_) => "a bool",
+        Value::Number(n) if n.is_f64() => "a float",
+        Value::Number(_) => "an int",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "a map",
+    };
+    let mut text = value.to_string();
+    if text.chars().count() > 40 {
+        text = text.chars().take(39).chain(['…']).collect();
+    }
+    format!("{kind} ({text})")
+}

@@ -1,0 +1,454 @@
+//! Starting, resuming and finishing runs. Start at [`Runner::start`].
+//!
+//! One [`Runner`] per process: one shared engine (built once), the journal, a semaphore that
+//! bounds how many scripts run at once, and the tokio handle connectors run on. A run is:
+//! journal `run_started` (durably; only then does `start` return, so the caller may ack the
+//! bus message), then the script on a blocking thread, then `run_finished`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use firebreak_audit::{
+    AuditError, Journal, RecordBody, RecordDraft, RunMeta, RunStatus, StepStatus,
+};
+use firebreak_connector::{ProgressSink, Registry};
+use firebreak_event::Event;
+use rhai::{AST, Dynamic, Engine, EvalAltResult, Scope};
+use serde_json::{Map, Value};
+use tokio::runtime::Handle;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::policy::RetryPolicy;
+use crate::sandbox::{Limits, build_engine};
+use crate::step::{self, Replay, RunContext, Stop, to_dynamic};
+
+/// How the runner runs scripts.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    pub limits: Limits,
+    /// Scripts running at once; further `start`s wait for a slot.
+    pub max_concurrent_runs: usize,
+    /// Longest single connector call (also bounded by the run's deadline).
+    pub action_timeout: Duration,
+    pub retry: RetryPolicy,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        RunnerConfig {
+            limits: Limits::default(),
+            max_concurrent_runs: 256,
+            action_timeout: Duration::from_secs(120),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// Everything one run needs, as plain values (the binary maps its runbook types onto it).
+pub struct RunPlan {
+    pub run_id: String,
+    pub runbook: String,
+    pub team: String,
+    /// Namespaces the runbook may act on; mutating actions elsewhere are refused.
+    pub namespaces: Vec<String>,
+    /// The compiled script (see [`crate::compile`]).
+    pub ast: Arc<AST>,
+    pub event: Event,
+    pub params: Map<String, Value>,
+    /// Who started the run (`alertmanager`, a user).
+    pub actor: String,
+    /// Mutating actions describe what they would do and change nothing.
+    pub dry_run: bool,
+    /// The whole run's time budget; past it the run ends `timed_out`.
+    pub timeout: Duration,
+    /// Receives `log` lines and connectors' progress lines (the CLI prints them).
+    pub progress: Option<ProgressSink>,
+    pub cancel: CancellationToken,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunOutcome {
+    pub run_id: String,
+    pub status: RunStatus,
+    pub error: Option<String>,
+    /// Steps taken (replayed ones included).
+    pub steps: u32,
+}
+
+/// A started run.
+pub struct RunHandle {
+    run_id: String,
+    cancel: CancellationToken,
+    task: JoinHandle<RunOutcome>,
+}
+
+impl RunHandle {
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    /// Asks the run to stop; it ends `cancelled` at its next operation or wait.
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Waits for the run to end (its `run_finished` record is durable by then).
+    pub async fn join(self) -> RunOutcome {
+        let run_id = self.run_id;
+        self.task.await.unwrap_or_else(|e| RunOutcome {
+            run_id,
+            status: RunStatus::Failed,
+            error: Some(format!("run thread panicked: {e}")),
+            steps: 0,
+        })
+    }
+}
+
+/// Why a run could not be started or resumed.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot journal the start of run {run_id}")]
+    Journal {
+        run_id: String,
+        #[source]
+        source: AuditError,
+    },
+    #[error("cannot read run {run_id} from the journal")]
+    ReadJournal {
+        run_id: String,
+        #[source]
+        source: AuditError,
+    },
+    #[error("run {run_id} is not in the journal")]
+    UnknownRun { run_id: String },
+    #[error("run {run_id} has already finished")]
+    AlreadyFinished { run_id: String },
+    #[error("run {run_id} does not begin with a run_started record")]
+    NoStart { run_id: String },
+    #[error("the runner is shutting down")]
+    ShuttingDown,
+}
+
+/// Runs scripts: one shared engine, a bound on concurrent runs, the journal.
+pub struct Runner {
+    engine: Arc<Engine>,
+    journal: Arc<Journal>,
+    slots: Arc<Semaphore>,
+    handle: Handle,
+    config: RunnerConfig,
+}
+
+impl Runner {
+    /// Builds the engine once, with every connector of `registry`. Must be called inside a
+    /// tokio runtime (multi-thread in production); connectors run on it.
+    pub fn new(registry: &Registry, journal: Arc<Journal>, config: RunnerConfig) -> Runner {
+        Runner {
+            engine: Arc::new(build_engine(&config.limits, registry)),
+            journal,
+            slots: Arc::new(Semaphore::new(config.max_concurrent_runs)),
+            handle: Handle::current(),
+            config,
+        }
+    }
+
+    /// The shared engine (e.g. to list registered functions).
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// The journal runs are written to.
+    pub fn journal(&self) -> &Arc<Journal> {
+        &self.journal
+    }
+
+    /// Waits for a slot, journals `run_started` durably, then starts the script on a blocking
+    /// thread. Returns once the start is durable.
+    pub async fn start(&self, plan: RunPlan) -> Result<RunHandle, RuntimeError> {
+        let permit = self.slot().await?;
+        let meta = Arc::new(RunMeta {
+            run_id: plan.run_id,
+            runbook: plan.runbook,
+            team: plan.team,
+            actor: plan.actor,
+            event_id: plan.event.id.clone(),
+        });
+        let event = serde_json::to_value(&plan.event).expect("events always serialize to JSON");
+        let params = Value::Object(plan.params);
+        self.journal
+            .append(RecordDraft::new(
+                meta.clone(),
+                RecordBody::RunStarted {
+                    event: event.clone(),
+                    params: params.clone(),
+                    dry_run: plan.dry_run,
+                    namespaces: plan.namespaces.clone(),
+                    timeout_ms: Some(plan.timeout.as_millis() as u64),
+                },
+            ))
+            .await
+            .map_err(|source| RuntimeError::Journal {
+                run_id: meta.run_id.clone(),
+                source,
+            })?;
+        info!(run_id = %meta.run_id, runbook = %meta.runbook, team = %meta.team, "run started");
+        let cx = self.context(
+            meta,
+            plan.namespaces,
+            plan.dry_run,
+            plan.timeout,
+            plan.cancel,
+            plan.progress,
+            HashMap::new(),
+        );
+        Ok(self.launch(cx, plan.ast, event, params, permit))
+    }
+
+    /// Re-runs an unfinished run (a `run_started` and no `run_finished`) after a restart: the
+    /// context comes from `run_started`, the script runs again from the top, and every step
+    /// that finished before (same number, same name) returns its journaled output without
+    /// running again. A step that had started but not finished runs again. The timeout starts
+    /// afresh. Params journaled as `[redacted]` stay redacted.
+    pub async fn resume(&self, run_id: &str, ast: Arc<AST>) -> Result<RunHandle, RuntimeError> {
+        let records =
+            self.journal
+                .records_for_run(run_id)
+                .map_err(|source| RuntimeError::ReadJournal {
+                    run_id: run_id.to_owned(),
+                    source,
+                })?;
+        let Some(first) = records.first() else {
+            return Err(RuntimeError::UnknownRun {
+                run_id: run_id.to_owned(),
+            });
+        };
+        let RecordBody::RunStarted {
+            event,
+            params,
+            dry_run,
+            namespaces,
+            timeout_ms,
+        } = &first.body
+        else {
+            return Err(RuntimeError::NoStart {
+                run_id: run_id.to_owned(),
+            });
+        };
+        if records
+            .iter()
+            .any(|r| matches!(r.body, RecordBody::RunFinished { .. }))
+        {
+            return Err(RuntimeError::AlreadyFinished {
+                run_id: run_id.to_owned(),
+            });
+        }
+        let mut replay = HashMap::new();
+        for record in &records {
+            if let RecordBody::StepFinished {
+                step,
+                name,
+                status: StepStatus::Ok | StepStatus::Replayed | StepStatus::Skipped,
+                outputs,
+                ..
+            } = &record.body
+            {
+                replay.insert(
+                    *step,
+                    Replay {
+                        name: name.clone(),
+                        outputs: outputs.clone(),
+                    },
+                );
+            }
+        }
+        let permit = self.slot().await?;
+        let meta = Arc::new(RunMeta {
+            run_id: first.run_id.clone(),
+            runbook: first.runbook.clone(),
+            team: first.team.clone(),
+            actor: first.actor.clone(),
+            event_id: first.event_id.clone(),
+        });
+        self.journal
+            .append(RecordDraft::new(
+                meta.clone(),
+                RecordBody::RunResumed {
+                    replayable_steps: replay.len() as u32,
+                },
+            ))
+            .await
+            .map_err(|source| RuntimeError::Journal {
+                run_id: run_id.to_owned(),
+                source,
+            })?;
+        info!(run_id = %run_id, runbook = %meta.runbook, replayable_steps = replay.len(), "run resumed");
+        let timeout = Duration::from_millis(timeout_ms.unwrap_or(3_600_000));
+        let cx = self.context(
+            meta,
+            namespaces.clone(),
+            *dry_run,
+            timeout,
+            CancellationToken::new(),
+            None,
+            replay,
+        );
+        Ok(self.launch(cx, ast, event.clone(), params.clone(), permit))
+    }
+
+    /// Stops taking new runs and waits until every running one has finished.
+    pub async fn drain(&self) {
+        let all = u32::try_from(self.config.max_concurrent_runs).unwrap_or(u32::MAX);
+        if let Ok(permits) = self.slots.acquire_many(all).await {
+            permits.forget();
+        }
+        self.slots.close();
+    }
+
+    async fn slot(&self) -> Result<OwnedSemaphorePermit, RuntimeError> {
+        self.slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| RuntimeError::ShuttingDown)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn context(
+        &self,
+        meta: Arc<RunMeta>,
+        namespaces: Vec<String>,
+        dry_run: bool,
+        timeout: Duration,
+        cancel: CancellationToken,
+        progress: Option<ProgressSink>,
+        replay: HashMap<u32, Replay>,
+    ) -> Arc<RunContext> {
+        Arc::new(RunContext::new(
+            meta,
+            namespaces,
+            dry_run,
+            self.journal.clone(),
+            self.handle.clone(),
+            cancel,
+            Instant::now().checked_add(timeout),
+            progress,
+            &self.config,
+            replay,
+        ))
+    }
+
+    fn launch(
+        &self,
+        cx: Arc<RunContext>,
+        ast: Arc<AST>,
+        event: Value,
+        params: Value,
+        permit: OwnedSemaphorePermit,
+    ) -> RunHandle {
+        let engine = self.engine.clone();
+        let run_id = cx.meta.run_id.clone();
+        let cancel = cx.cancel.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let outcome = execute(&engine, &ast, &cx, &event, &params);
+            drop(permit);
+            outcome
+        });
+        RunHandle {
+            run_id,
+            cancel,
+            task,
+        }
+    }
+}
+
+/// Runs the script on this (blocking) thread, then journals `run_finished`.
+fn execute(
+    engine: &Engine,
+    ast: &AST,
+    cx: &Arc<RunContext>,
+    event: &Value,
+    params: &Value,
+) -> RunOutcome {
+    let result = {
+        let _entered = step::enter(cx.clone());
+        script_ctx(&cx.meta, event, params, cx.dry_run).and_then(|ctx| {
+            let mut scope = Scope::new();
+            scope.push_constant("ctx", ctx);
+            engine.eval_ast_with_scope::<Dynamic>(&mut scope, ast)
+        })
+    };
+    let (status, mut error) = classify(result, cx);
+    let finished = cx
+        .handle
+        .block_on(cx.journal.append(cx.draft(RecordBody::RunFinished {
+            status,
+            error: error.clone(),
+        })));
+    if let Err(e) = finished {
+        error!(run_id = %cx.meta.run_id, error = %step::error_chain(&e), "cannot journal the end of the run; it stays unfinished and resumes after a restart");
+        let note = format!("run_finished not journaled: {}", step::error_chain(&e));
+        error = Some(match error {
+            Some(first) => format!("{first}; {note}"),
+            None => note,
+        });
+    }
+    info!(run_id = %cx.meta.run_id, runbook = %cx.meta.runbook, status = %status, steps = cx.steps(), "run finished");
+    RunOutcome {
+        run_id: cx.meta.run_id.clone(),
+        status,
+        error,
+        steps: cx.steps(),
+    }
+}
+
+/// Script result → run status: a stop from outside wins over the error it caused.
+fn classify(
+    result: Result<Dynamic, Box<EvalAltResult>>,
+    cx: &RunContext,
+) -> (RunStatus, Option<String>) {
+    let error = match result {
+        Ok(_) => return (RunStatus::Succeeded, None),
+        Err(error) => error,
+    };
+    let stop = match &*error {
+        EvalAltResult::ErrorTerminated(token, _) => match token.to_string().as_str() {
+            "timed_out" => Some(Stop::TimedOut),
+            _ => Some(Stop::Cancelled),
+        },
+        _ => cx.check_stop(),
+    };
+    match stop {
+        Some(Stop::Cancelled) => (RunStatus::Cancelled, Some("run cancelled".to_owned())),
+        Some(Stop::TimedOut) => (
+            RunStatus::TimedOut,
+            Some("run exceeded its timeout".to_owned()),
+        ),
+        None => (RunStatus::Failed, Some(error.to_string())),
+    }
+}
+
+/// The `ctx` map a script sees.
+fn script_ctx(
+    meta: &RunMeta,
+    event: &Value,
+    params: &Value,
+    dry_run: bool,
+) -> Result<Dynamic, Box<EvalAltResult>> {
+    let empty = Value::Object(Map::new());
+    let data = |key: &str| event.get("data").and_then(|d| d.get(key)).unwrap_or(&empty);
+    let mut map = rhai::Map::new();
+    map.insert("event".into(), to_dynamic(event)?);
+    map.insert("labels".into(), to_dynamic(data("labels"))?);
+    map.insert("annotations".into(), to_dynamic(data("annotations"))?);
+    map.insert("params".into(), to_dynamic(params)?);
+    map.insert("run_id".into(), meta.run_id.clone().into());
+    map.insert("runbook".into(), meta.runbook.clone().into());
+    map.insert("team".into(), meta.team.clone().into());
+    map.insert("actor".into(), meta.actor.clone().into());
+    map.insert("dry_run".into(), dry_run.into());
+    Ok(map.into())
+}

@@ -1,0 +1,139 @@
+//! The Rhai sandbox, hardened in one place: [`build_engine`]. Start there.
+//!
+//! A raw engine with only the packages scripts need (no clock, no file, no network: those
+//! reach a script only through journaled steps), every limit set from [`Limits`], no `eval`,
+//! no `import`, no custom syntax. `print`/`debug` go to tracing. Cancellation and the run's
+//! deadline reach a running script through `on_progress`, which looks at the run owning the
+//! current (blocking) thread, see [`crate::step`].
+//!
+//! [`compile`] parses a script once at load and reports errors as `file:line:col: message`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use firebreak_connector::Registry;
+use rhai::module_resolvers::DummyModuleResolver;
+use rhai::packages::{
+    BasicArrayPackage, BasicMapPackage, BasicMathPackage, CorePackage, LogicPackage,
+    MoreStringPackage, Package,
+};
+use rhai::{AST, Engine, OptimizationLevel};
+use tracing::{debug, info};
+
+use crate::{builtins, connectors, step};
+
+/// Every bound a script runs under. The defaults suit incident runbooks: generous for real
+/// work, small enough that a runaway script dies in well under a second of CPU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Script operations per run (a `loop {}` ends here if no timeout hits first).
+    pub max_operations: u64,
+    /// Nested function calls (recursion depth).
+    pub max_call_levels: usize,
+    /// Expression nesting at the top level and inside functions.
+    pub max_expr_depth: usize,
+    pub max_function_expr_depth: usize,
+    /// Bytes in one string.
+    pub max_string_size: usize,
+    /// Items in one array.
+    pub max_array_size: usize,
+    /// Entries in one object map.
+    pub max_map_size: usize,
+    /// Variables alive at once.
+    pub max_variables: usize,
+    /// Functions a script may define.
+    pub max_functions: usize,
+    /// Longest single `sleep(ms)`.
+    pub max_sleep: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_operations: 10_000_000,
+            max_call_levels: 32,
+            max_expr_depth: 64,
+            max_function_expr_depth: 32,
+            max_string_size: 1 << 20,
+            max_array_size: 10_000,
+            max_map_size: 10_000,
+            max_variables: 1_000,
+            max_functions: 100,
+            max_sleep: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Builds the one engine every run shares: packages, limits, callbacks, built-in steps and
+/// one static module per connector in `registry` (`<connector>::<action>(args...)`).
+pub fn build_engine(limits: &Limits, registry: &Registry) -> Engine {
+    let mut engine = Engine::new_raw();
+
+    // Only what scripts need: no BasicTimePackage (the clock is the journaled `now()` step).
+    engine.register_global_module(CorePackage::new().as_shared_module());
+    engine.register_global_module(LogicPackage::new().as_shared_module());
+    engine.register_global_module(MoreStringPackage::new().as_shared_module());
+    engine.register_global_module(BasicArrayPackage::new().as_shared_module());
+    engine.register_global_module(BasicMapPackage::new().as_shared_module());
+    engine.register_global_module(BasicMathPackage::new().as_shared_module());
+
+    engine
+        .set_max_operations(limits.max_operations)
+        .set_max_call_levels(limits.max_call_levels)
+        .set_max_expr_depths(limits.max_expr_depth, limits.max_function_expr_depth)
+        .set_max_string_size(limits.max_string_size)
+        .set_max_array_size(limits.max_array_size)
+        .set_max_map_size(limits.max_map_size)
+        .set_max_variables(limits.max_variables)
+        .set_max_functions(limits.max_functions)
+        // No imports of any kind: zero modules, and nothing to resolve them from.
+        .set_max_modules(0)
+        .set_module_resolver(DummyModuleResolver::new())
+        // Simple: never evaluates functions at compile time (steps must run at run time).
+        .set_optimization_level(OptimizationLevel::Simple);
+    engine.disable_symbol("eval");
+
+    engine.on_print(|text| {
+        let run_id = step::current_run_id().unwrap_or_default();
+        info!(run_id = %run_id, script_output = %text, "script print");
+    });
+    engine.on_debug(|text, source, pos| {
+        let run_id = step::current_run_id().unwrap_or_default();
+        debug!(run_id = %run_id, source = source.unwrap_or(""), position = %pos, script_output = %text, "script debug");
+    });
+    engine.on_progress(step::on_progress);
+
+    builtins::register(&mut engine);
+    connectors::register(&mut engine, registry);
+    engine
+}
+
+/// A script that does not compile.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}:{line}:{column}: {message}", path.display())]
+pub struct CompileError {
+    pub path: PathBuf,
+    /// 1-based; 0 when Rhai gives no position.
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+/// Compiles a runbook script once, at load. `path` is only used in error messages.
+pub fn compile(path: &Path, source: &str) -> Result<Arc<AST>, CompileError> {
+    static COMPILER: OnceLock<Engine> = OnceLock::new();
+    let engine = COMPILER.get_or_init(|| build_engine(&Limits::default(), &Registry::new()));
+    engine
+        .compile(source)
+        .map(|mut ast| {
+            ast.set_source(path.display().to_string());
+            Arc::new(ast)
+        })
+        .map_err(|e| CompileError {
+            path: path.to_owned(),
+            line: e.1.line().unwrap_or(0),
+            column: e.1.position().unwrap_or(0),
+            message: e.0.to_string(),
+        })
+}

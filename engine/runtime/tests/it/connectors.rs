@@ -1,0 +1,227 @@
+//! Connector actions as journaled steps: type checks, namespace refusals, dry runs, evidence,
+//! progress, retries, timeouts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use firebreak_audit::{RecordBody, RunStatus};
+use firebreak_connector::Registry;
+use serde_json::json;
+
+use crate::fake::Fake;
+use crate::{Harness, collecting_sink, config, harness, kinds, plan, run};
+
+fn with_fake() -> (Harness, Arc<Fake>) {
+    let fake = Arc::new(Fake::default());
+    let mut registry = Registry::new();
+    registry.register(fake.clone());
+    (harness(registry, config()), fake)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mutating_action_outside_the_runbooks_namespaces_is_refused_and_audited() {
+    let (h, fake) = with_fake();
+    let (outcome, records) = run(
+        &h,
+        plan("r1", r#"fake::scale("kube-system", "coredns", 0)"#),
+    )
+    .await;
+    assert_eq!(outcome.status, RunStatus::Failed);
+    let error = outcome.error.unwrap();
+    assert!(
+        error.contains(
+            "(denied): namespace `kube-system` is outside runbook test-runbook's namespaces [shop]"
+        ),
+        "{error}"
+    );
+    assert_eq!(fake.count("scale"), 0, "the connector was never called");
+    assert_eq!(
+        kinds(&records),
+        vec![
+            "run_started",
+            "started 1 fake::scale",
+            "refusal",
+            "finished 1 fake::scale error",
+            "run_finished"
+        ]
+    );
+    match &records[2].body {
+        RecordBody::Refusal {
+            step,
+            action,
+            reason,
+        } => {
+            assert_eq!((*step, action.as_str()), (Some(1), "fake::scale"));
+            assert!(reason.contains("kube-system"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowed_calls_pass_named_args_and_optional_params_may_be_omitted() {
+    let (h, fake) = with_fake();
+    let (outcome, records) = run(
+        &h,
+        plan(
+            "r1",
+            r#"let r = fake::scale("shop", "api"); if r.scaled != "api" { fail("bad") }"#,
+        ),
+    )
+    .await;
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
+    assert_eq!(fake.count("scale"), 1);
+    match &records[1].body {
+        RecordBody::StepStarted { inputs, .. } => {
+            assert_eq!(inputs, &json!({"namespace": "shop", "name": "api"}))
+        }
+        other => panic!("{other:?}"),
+    }
+    match &records[2].body {
+        RecordBody::StepFinished {
+            outputs, attempts, ..
+        } => {
+            assert_eq!(
+                outputs,
+                &json!({"scaled": "api", "replicas": null, "dry_run": false})
+            );
+            assert_eq!(*attempts, 1);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arguments_of_the_wrong_type_or_count_are_errors_and_the_connector_is_not_called() {
+    let (h, fake) = with_fake();
+    let (outcome, _) = run(&h, plan("r1", r#"fake::scale("shop", 42)"#)).await;
+    let error = outcome.error.unwrap();
+    assert!(
+        error.contains("fake::scale: parameter `name` (#2) must be a string, got an int (42)"),
+        "{error}"
+    );
+    let (outcome, _) = run(&h, plan("r2", r#"fake::scale("shop")"#)).await;
+    let error = outcome.error.unwrap();
+    assert!(error.contains("Function not found: fake::scale"), "{error}");
+    let (outcome, _) = run(&h, plan("r3", r#"fake::nope()"#)).await;
+    assert_eq!(outcome.status, RunStatus::Failed);
+    assert_eq!(fake.count("scale"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_runs_tell_mutating_actions_and_mark_them_skipped() {
+    let (h, fake) = with_fake();
+    let mut p = plan("r1", r#"fake::scale("shop", "api", 5)"#);
+    p.dry_run = true;
+    let (outcome, records) = run(&h, p).await;
+    assert_eq!(outcome.status, RunStatus::Succeeded);
+    assert_eq!(fake.count("scale"), 1);
+    assert_eq!(kinds(&records)[2], "finished 1 fake::scale skipped");
+    match &records[2].body {
+        RecordBody::StepFinished { outputs, .. } => assert_eq!(outputs["dry_run"], true),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observing_actions_journal_evidence_and_progress_reaches_journal_and_sink() {
+    let (h, _fake) = with_fake();
+    let (sink, lines) = collecting_sink();
+    let mut p = plan("r1", r#"let pods = fake::pods("kube-system"); pods.len()"#);
+    p.progress = Some(sink);
+    let (outcome, records) = run(&h, p).await;
+    // Observing outside the namespaces is allowed: only mutations are refused.
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
+    assert_eq!(
+        kinds(&records),
+        vec![
+            "run_started",
+            "started 1 fake::pods",
+            "progress",
+            "progress",
+            "evidence",
+            "finished 1 fake::pods ok",
+            "run_finished"
+        ]
+    );
+    assert_eq!(
+        *lines.lock().unwrap(),
+        vec!["listing pods".to_owned(), "found 2 pods".to_owned()]
+    );
+    match &records[4].body {
+        RecordBody::Evidence { data, .. } => assert_eq!(data.as_array().unwrap().len(), 2),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_errors_retry_with_backoff_and_others_fail_at_once() {
+    let (h, fake) = with_fake();
+    *fake.flaky_failures.lock().unwrap() = 2;
+    let (outcome, records) = run(&h, plan("r1", "fake::flaky()")).await;
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
+    assert_eq!(fake.count("flaky"), 3);
+    match &records[3].body {
+        RecordBody::StepFinished {
+            attempts, outputs, ..
+        } => assert_eq!((*attempts, outputs), (3, &json!("finally"))),
+        other => panic!("{other:?}"),
+    }
+
+    *fake.flaky_failures.lock().unwrap() = 5;
+    let (outcome, _) = run(&h, plan("r2", "fake::flaky()")).await;
+    let error = outcome.error.unwrap();
+    assert!(
+        error.contains("(transient): connection reset (after 3 attempts)"),
+        "{error}"
+    );
+
+    let (outcome, records) = run(&h, plan("r3", "fake::broken()")).await;
+    assert_eq!(fake.count("broken"), 1);
+    assert!(
+        outcome
+            .error
+            .unwrap()
+            .contains("(permanent): nothing to roll back to")
+    );
+    match &records[2].body {
+        RecordBody::StepFinished {
+            attempts, error, ..
+        } => {
+            assert_eq!(*attempts, 1);
+            assert_eq!(error.as_ref().unwrap().kind, "permanent");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_action_ends_with_the_run_timeout_or_a_cancel() {
+    let (h, _fake) = with_fake();
+    let mut p = plan("r1", "fake::hang()");
+    p.timeout = Duration::from_millis(200);
+    let (outcome, records) = run(&h, p).await;
+    assert_eq!(outcome.status, RunStatus::TimedOut, "{outcome:?}");
+    assert_eq!(kinds(&records)[2], "finished 1 fake::hang error");
+
+    let handle = h.runner.start(plan("r2", "fake::hang()")).await.unwrap();
+    crate::wait_for(&h, "r2", "started 1 fake::hang").await;
+    handle.cancel();
+    let outcome = handle.join().await;
+    assert_eq!(outcome.status, RunStatus::Cancelled, "{outcome:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_action_can_be_caught_by_the_script() {
+    let (h, _fake) = with_fake();
+    let (outcome, records) = run(
+        &h,
+        plan(
+            "r1",
+            r#"try { fake::broken() } catch (e) { log(`broken: ${e}`) } 1"#,
+        ),
+    )
+    .await;
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
+    assert_eq!(kinds(&records)[3], "started 2 log");
+}

@@ -1,0 +1,147 @@
+//! Resume: a run interrupted after some steps picks up from the journal without calling a
+//! connector again for any step that finished.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use firebreak_audit::{Journal, RecordBody, RunStatus};
+use firebreak_connector::Registry;
+use firebreak_runtime::{Runner, RuntimeError, compile};
+
+use crate::fake::Fake;
+use crate::{config, kinds, plan};
+
+const SCRIPT: &str = r#"
+    let a = fake::one();
+    let b = step("double", || fake::two(a.n * 2));
+    let c = fake::three(b.n);
+    log(`done ${c.n}`);
+    c.n
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_run_replays_finished_steps_and_calls_each_action_once_overall() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let fake = Arc::new(Fake::default());
+    let mut registry = Registry::new();
+    registry.register(fake.clone());
+
+    // First attempt: the engine stops right after `two` (steps 1-3 finished).
+    let journal = Arc::new(Journal::open(&path).unwrap());
+    let runner = Runner::new(&registry, journal.clone(), config());
+    let p = plan("r1", SCRIPT);
+    *fake.cancel_on_two.lock().unwrap() = Some(p.cancel.clone());
+    let outcome = runner.start(p).await.unwrap().join().await;
+    assert_eq!(outcome.status, RunStatus::Cancelled, "{outcome:?}");
+    assert_eq!(
+        (fake.count("one"), fake.count("two"), fake.count("three")),
+        (1, 1, 0)
+    );
+    *fake.cancel_on_two.lock().unwrap() = None;
+    drop(runner);
+    drop(journal);
+
+    // Make it a crash: the process died before it could journal anything after step 3.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.last().unwrap().contains("\"type\":\"run_finished\""));
+    let mut file = std::fs::File::create(&path).unwrap();
+    for line in &lines[..lines.len() - 1] {
+        writeln!(file, "{line}").unwrap();
+    }
+    drop(file);
+
+    // Restart: a new journal and runner find the unfinished run and resume it.
+    let journal = Arc::new(Journal::open(&path).unwrap());
+    let runner = Runner::new(&registry, journal.clone(), config());
+    let unfinished: Vec<String> = journal
+        .unfinished_runs()
+        .into_iter()
+        .map(|r| r.run_id)
+        .collect();
+    assert_eq!(unfinished, vec!["r1".to_owned()]);
+    let ast = compile(std::path::Path::new("test.rhai"), SCRIPT).unwrap();
+    let outcome = runner.resume("r1", ast.clone()).await.unwrap().join().await;
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
+    assert_eq!(outcome.steps, 5);
+    assert_eq!(
+        (fake.count("one"), fake.count("two"), fake.count("three")),
+        (1, 1, 1)
+    );
+
+    let records = journal.records_for_run("r1").unwrap();
+    let all = kinds(&records);
+    let resumed_at = all.iter().position(|k| k == "run_resumed").unwrap();
+    assert_eq!(
+        all[resumed_at..].to_vec(),
+        vec![
+            "run_resumed",
+            "finished 1 fake::one replayed",
+            "finished 3 fake::two replayed",
+            "finished 2 double replayed",
+            "started 4 fake::three",
+            "finished 4 fake::three ok",
+            "started 5 log",
+            "finished 5 log ok",
+            "run_finished",
+        ]
+    );
+    // `three` got the value computed from the replayed outputs: ((1 * 2) + 10) + 100.
+    match &records[resumed_at + 4].body {
+        RecordBody::StepStarted { inputs, .. } => assert_eq!(inputs["x"], 12),
+        other => panic!("{other:?}"),
+    }
+    match &records.last().unwrap().body {
+        RecordBody::RunFinished { status, .. } => assert_eq!(*status, RunStatus::Succeeded),
+        other => panic!("{other:?}"),
+    }
+
+    // A finished run, or one never started, cannot be resumed.
+    assert!(matches!(
+        runner.resume("r1", ast.clone()).await,
+        Err(RuntimeError::AlreadyFinished { .. })
+    ));
+    assert!(matches!(
+        runner.resume("nope", ast).await,
+        Err(RuntimeError::UnknownRun { .. })
+    ));
+    drop(runner);
+    drop(journal);
+    firebreak_audit::verify(&path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_script_that_diverges_from_the_journal_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let fake = Arc::new(Fake::default());
+    let mut registry = Registry::new();
+    registry.register(fake.clone());
+    let journal = Arc::new(Journal::open(&path).unwrap());
+    let runner = Runner::new(&registry, journal.clone(), config());
+    let p = plan("r1", SCRIPT);
+    *fake.cancel_on_two.lock().unwrap() = Some(p.cancel.clone());
+    runner.start(p).await.unwrap().join().await;
+    drop(runner);
+    drop(journal);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.contains("\"type\":\"run_finished\""))
+        .collect();
+    std::fs::write(&path, kept.join("\n") + "\n").unwrap();
+
+    let journal = Arc::new(Journal::open(&path).unwrap());
+    let runner = Runner::new(&registry, journal.clone(), config());
+    let changed = compile(
+        std::path::Path::new("test.rhai"),
+        r#"log("hello"); fake::one()"#,
+    )
+    .unwrap();
+    let outcome = runner.resume("r1", changed).await.unwrap().join().await;
+    assert_eq!(outcome.status, RunStatus::Failed);
+    let error = outcome.error.unwrap();
+    assert!(error.contains("resume diverged at step 1: the journal has `fake::one` there, the script now calls `log`"), "{error}");
+    assert_eq!(fake.count("one"), 1);
+}

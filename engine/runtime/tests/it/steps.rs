@@ -1,0 +1,161 @@
+//! Built-in steps and `step(name, || ...)` are journaled by Rust around the script.
+
+use firebreak_audit::{RecordBody, RunStatus, StepStatus, verify};
+use firebreak_connector::Registry;
+use serde_json::json;
+
+use crate::{collecting_sink, config, harness, kinds, plan, run};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builtins_and_closure_steps_are_journaled_with_inputs_outputs_and_status() {
+    let h = harness(Registry::new(), config());
+    let (sink, lines) = collecting_sink();
+    let mut p = plan(
+        "r1",
+        r#"
+        log(`alert ${ctx.labels.alertname} in ${ctx.event.namespace}, ${ctx.params.replicas} replicas`);
+        let t = now();
+        let factor = 2;
+        let r = step("compute", || { factor * 21 });
+        let explicit = step("explicit", #{ target: "api" }, || "ok");
+        evidence("numbers", [1, 2, 3]);
+        if ctx.dry_run || ctx.run_id != "r1" || ctx.team != "payments" { fail("wrong ctx") }
+        r
+        "#,
+    );
+    p.progress = Some(sink);
+    let (outcome, records) = run(&h, p).await;
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
+    assert_eq!(outcome.steps, 5);
+    assert_eq!(
+        kinds(&records),
+        vec![
+            "run_started",
+            "started 1 log",
+            "finished 1 log ok",
+            "started 2 now",
+            "finished 2 now ok",
+            "started 3 compute",
+            "finished 3 compute ok",
+            "started 4 explicit",
+            "finished 4 explicit ok",
+            "started 5 evidence",
+            "evidence",
+            "finished 5 evidence ok",
+            "run_finished",
+        ]
+    );
+    assert_eq!(
+        *lines.lock().unwrap(),
+        vec!["alert HighLatency in shop, 3 replicas".to_owned()]
+    );
+    match &records[1].body {
+        RecordBody::StepStarted { inputs, .. } => {
+            assert_eq!(
+                inputs,
+                &json!({"message": "alert HighLatency in shop, 3 replicas"})
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    match &records[4].body {
+        RecordBody::StepFinished { outputs, .. } => {
+            let text = outputs.as_str().unwrap();
+            assert!(text.parse::<jiff::Timestamp>().is_ok(), "{text}")
+        }
+        other => panic!("{other:?}"),
+    }
+    match (&records[5].body, &records[6].body) {
+        (
+            RecordBody::StepStarted { inputs, .. },
+            RecordBody::StepFinished {
+                outputs, status, ..
+            },
+        ) => {
+            assert_eq!(inputs, &json!({"captured": [2]}));
+            assert_eq!(outputs, &json!(42));
+            assert_eq!(*status, StepStatus::Ok);
+        }
+        other => panic!("{other:?}"),
+    }
+    match &records[7].body {
+        RecordBody::StepStarted { inputs, .. } => assert_eq!(inputs, &json!({"target": "api"})),
+        other => panic!("{other:?}"),
+    }
+    match &records[10].body {
+        RecordBody::Evidence { step, name, data } => {
+            assert_eq!(
+                (*step, name.as_str(), data),
+                (5, "numbers", &json!([1, 2, 3]))
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    match &records[0].body {
+        RecordBody::RunStarted {
+            event,
+            params,
+            namespaces,
+            ..
+        } => {
+            assert_eq!(event["subject"], "HighLatency");
+            assert_eq!(params, &json!({"replicas": 3}));
+            assert_eq!(namespaces, &vec!["shop".to_owned()]);
+        }
+        other => panic!("{other:?}"),
+    }
+    let path = h.journal.path().to_owned();
+    drop(h.runner);
+    drop(h.journal);
+    verify(path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_and_script_errors_fail_the_run_and_the_step_that_raised_them() {
+    let h = harness(Registry::new(), config());
+    let (outcome, records) = run(
+        &h,
+        plan(
+            "r1",
+            r#"step("check", || { fail("replicas are not ready") })"#,
+        ),
+    )
+    .await;
+    assert_eq!(outcome.status, RunStatus::Failed);
+    let error = outcome.error.unwrap();
+    assert!(
+        error.contains("step 2 `fail` failed (fail): replicas are not ready"),
+        "{error}"
+    );
+    assert_eq!(
+        kinds(&records),
+        vec![
+            "run_started",
+            "started 1 check",
+            "started 2 fail",
+            "finished 2 fail error",
+            "finished 1 check error",
+            "run_finished"
+        ]
+    );
+    match &records.last().unwrap().body {
+        RecordBody::RunFinished { status, error } => {
+            assert_eq!(*status, RunStatus::Failed);
+            assert!(error.as_deref().unwrap().contains("replicas are not ready"));
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let (outcome, _) = run(&h, plan("r2", "let x = 1; x.no_such_method()")).await;
+    assert_eq!(outcome.status, RunStatus::Failed);
+    assert!(outcome.error.unwrap().contains("no_such_method"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_returns_once_run_started_is_durable() {
+    let h = harness(Registry::new(), config());
+    let handle = h.runner.start(plan("r1", "sleep(200); 1")).await.unwrap();
+    let records = h.journal.records_for_run("r1").unwrap();
+    assert!(matches!(records[0].body, RecordBody::RunStarted { .. }));
+    assert_eq!(handle.join().await.status, RunStatus::Succeeded);
+}

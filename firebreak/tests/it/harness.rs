@@ -1,0 +1,608 @@
+//! The test harness: the real `firebreak` binary, the real Alertmanager and the real `kubectl`,
+//! each on loopback with its own temp dir, killed on drop, with bounded waits that say what they
+//! waited for.
+//!
+//! Start at [`Serve::start`] (a `firebreak serve` process), [`firebreak`] (one CLI command),
+//! [`Alertmanager::start`] and [`kubectl`]. [`Journal`] reads `DATA/audit.jsonl` the way an
+//! operator's script would: line by line, as JSON.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// How long a spawned program may take to say it is ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one CLI command may take.
+const CLI_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The binary under test.
+pub const FIREBREAK: &str = env!("CARGO_BIN_EXE_firebreak");
+
+/// The repository root (the shipped runbooks and fixtures live there).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("firebreak/ has a parent")
+        .to_owned()
+}
+
+/// `firebreak/` (fixtures, demo manifests, golden files).
+pub fn crate_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A reqwest client (the ring provider installed first, as every process must).
+pub fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("reqwest client")
+}
+
+/// Polls `probe` every 50 ms until it yields `Some`, for at most `limit`; panics naming `what`
+/// (and `context()` for diagnostics) otherwise.
+pub async fn wait_for<T, F, Fut>(
+    what: &str,
+    limit: Duration,
+    context: impl Fn() -> String,
+    mut probe: F,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {limit:?} waiting for {what}\n{}", context());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A runbook directory written from `(file name, text)` pairs.
+pub fn write_runbooks(dir: &Path, files: &[(&str, &str)]) {
+    std::fs::create_dir_all(dir).expect("runbook dir");
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text).unwrap_or_else(|e| panic!("writing {name}: {e}"));
+    }
+}
+
+/// The shipped `runbooks/` copied into `dir`.
+pub fn copy_shipped_runbooks(dir: &Path) {
+    std::fs::create_dir_all(dir).expect("runbook dir");
+    for entry in std::fs::read_dir(repo_root().join("runbooks")).expect("runbooks/") {
+        let entry = entry.expect("dir entry");
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).expect("copy runbook");
+    }
+}
+
+/// What a CLI command did.
+#[derive(Debug)]
+pub struct Output {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// Panics with both streams unless the command succeeded.
+    pub fn ok(self, what: &str) -> Output {
+        assert!(self.success(), "{what} failed: {self}");
+        self
+    }
+}
+
+impl std::fmt::Display for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `firebreak ARGS` with `env` (and no inherited FIREBREAK_* settings), bounded.
+pub async fn firebreak(args: &[&str], env: &[(&str, String)]) -> Output {
+    let mut cmd = tokio::process::Command::new(FIREBREAK);
+    cmd.args(args)
+        .env("RUST_BACKTRACE", "0")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("FIREBREAK_") {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    run_bounded(cmd, &format!("firebreak {}", args.join(" "))).await
+}
+
+async fn run_bounded(mut cmd: tokio::process::Command, what: &str) -> Output {
+    let out = tokio::time::timeout(CLI_TIMEOUT, cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("`{what}` did not finish within {CLI_TIMEOUT:?}"))
+        .unwrap_or_else(|e| panic!("cannot run `{what}`: {e}"));
+    Output {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// How to start `firebreak serve`.
+#[derive(Default)]
+pub struct ServeOpts {
+    /// Extra environment (FIREBREAK_NATS_URL, FIREBREAK_KUBECONFIG, ...).
+    pub env: Vec<(&'static str, String)>,
+    /// A `firebreak.yaml` to pass with `--config`.
+    pub config: Option<String>,
+    /// Keep the Kubernetes connector (default: disabled).
+    pub kubernetes: bool,
+}
+
+/// A running `firebreak serve` with its own data dir; killed on drop.
+pub struct Serve {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    pub data_dir: PathBuf,
+    pub runbooks: PathBuf,
+    log: PathBuf,
+    env: Vec<(&'static str, String)>,
+    _tmp: TempDir,
+}
+
+impl Serve {
+    /// Starts `firebreak serve` on a free loopback port with the runbooks in `runbooks` and waits
+    /// until it logs the address it serves on.
+    pub async fn start(runbooks: &Path, opts: ServeOpts) -> Serve {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let data_dir = tmp.path().join("data");
+        let log = tmp.path().join("serve.log");
+        let mut env: Vec<(&'static str, String)> = vec![
+            ("FIREBREAK_DATA_DIR", data_dir.display().to_string()),
+            ("FIREBREAK_RUNBOOKS", runbooks.display().to_string()),
+        ];
+        if !opts.kubernetes {
+            env.push(("FIREBREAK_KUBERNETES_DISABLED", "1".into()));
+        }
+        env.extend(opts.env.iter().cloned());
+        let mut cmd = Command::new(FIREBREAK);
+        if let Some(config) = &opts.config {
+            let path = tmp.path().join("firebreak.yaml");
+            std::fs::write(&path, config).expect("write config");
+            cmd.arg("--config").arg(path);
+        }
+        cmd.arg("serve")
+            .current_dir(tmp.path())
+            .env("FIREBREAK_LISTEN", "127.0.0.1:0")
+            .env("FIREBREAK_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info,firebreak::dispatch=debug")
+            .env("RUST_BACKTRACE", "0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("serve log"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("FIREBREAK_") && k != "FIREBREAK_LISTEN" {
+                cmd.env_remove(k);
+            }
+        }
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn firebreak serve");
+        let mut serve = Serve {
+            child,
+            base: String::new(),
+            data_dir,
+            runbooks: runbooks.to_owned(),
+            log,
+            env,
+            _tmp: tmp,
+        };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let addr = loop {
+            if let Some(addr) = serve.logged_addr() {
+                break addr;
+            }
+            if let Ok(Some(status)) = serve.child.try_wait() {
+                panic!("firebreak serve exited before serving: {status}\n{}", serve.log_tail());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "firebreak serve did not log `firebreak serving` within {READY_TIMEOUT:?}\n{}",
+                serve.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        serve.base = format!("http://{addr}");
+        serve
+    }
+
+    /// The `addr` of the `firebreak serving` log line, once written.
+    fn logged_addr(&self) -> Option<String> {
+        self.log_lines().into_iter().find_map(|line| {
+            (line["fields"]["message"] == "firebreak serving")
+                .then(|| line["fields"]["addr"].as_str().map(str::to_owned))
+                .flatten()
+        })
+    }
+
+    /// The JSON log lines written so far.
+    pub fn log_lines(&self) -> Vec<Value> {
+        let Ok(file) = std::fs::File::open(&self.log) else {
+            return Vec::new();
+        };
+        BufReader::new(file)
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|l| serde_json::from_str(&l).ok())
+            .collect()
+    }
+
+    /// The last 40 log lines, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let start = lines.len().saturating_sub(40);
+        format!("--- serve log (tail)\n{}", lines[start..].join("\n"))
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// POSTs `body` to `path` (JSON content type, optional bearer token); status and JSON body.
+    pub async fn post(&self, path: &str, token: Option<&str>, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let mut req = http()
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        let resp = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}\n{}", self.log_tail()));
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, json)
+    }
+
+    /// `firebreak ARGS` against this engine's data dir and runbooks.
+    pub async fn cli(&self, args: &[&str]) -> Output {
+        let env: Vec<(&str, String)> = self.env.iter().map(|(k, v)| (*k, v.clone())).collect();
+        firebreak(args, &env).await
+    }
+
+    pub fn journal_path(&self) -> PathBuf {
+        self.data_dir.join("audit.jsonl")
+    }
+
+    pub fn journal(&self) -> Journal {
+        Journal::read(&self.journal_path())
+    }
+
+    /// Waits until `pred` holds for the journal; returns that journal.
+    pub async fn wait_journal(
+        &self,
+        what: &str,
+        limit: Duration,
+        pred: impl Fn(&Journal) -> bool,
+    ) -> Journal {
+        wait_for(
+            what,
+            limit,
+            || format!("{}\n{}", self.journal().summary(), self.log_tail()),
+            || {
+                let j = self.journal();
+                std::future::ready(pred(&j).then_some(j))
+            },
+        )
+        .await
+    }
+}
+
+impl Serve {
+    /// Kills the process (SIGKILL) and waits for it; the data dir stays until drop.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The audit journal as an operator reads it: one JSON record per line.
+pub struct Journal {
+    pub records: Vec<Value>,
+}
+
+/// One run's records, in journal order.
+pub struct Run<'a> {
+    pub run_id: String,
+    pub runbook: String,
+    pub records: Vec<&'a Value>,
+}
+
+impl Run<'_> {
+    /// `succeeded`, `failed`, `timed_out`, `cancelled`; `None` while running.
+    pub fn status(&self) -> Option<&str> {
+        self.records
+            .iter()
+            .find(|r| r["body"]["type"] == "run_finished")
+            .and_then(|r| r["body"]["status"].as_str())
+    }
+
+    pub fn started(&self) -> Option<&Value> {
+        self.records
+            .iter()
+            .copied()
+            .find(|r| r["body"]["type"] == "run_started")
+    }
+
+    /// The triggering event's id.
+    pub fn event_id(&self) -> &str {
+        self.records[0]["event_id"].as_str().unwrap_or("")
+    }
+
+    /// `type name` for each record (`run_started`, `step_finished k8s::rollback ok`, ...).
+    pub fn trail(&self) -> Vec<String> {
+        self.records.iter().map(|r| trail_line(r)).collect()
+    }
+}
+
+/// One record as a line of the golden trail: type, step name, status; no time or hash.
+pub fn trail_line(r: &Value) -> String {
+    let body = &r["body"];
+    let kind = body["type"].as_str().unwrap_or("?");
+    let mut line = kind.to_owned();
+    for key in ["name", "action", "status"] {
+        if let Some(v) = body[key].as_str() {
+            line.push(' ');
+            line.push_str(v);
+        }
+    }
+    line
+}
+
+impl Journal {
+    /// Reads the journal; a missing file is empty and a torn last line is skipped.
+    pub fn read(path: &Path) -> Journal {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let records = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .collect();
+        Journal { records }
+    }
+
+    /// Runs that have a `run_started` record, in start order.
+    pub fn runs(&self) -> Vec<Run<'_>> {
+        let mut order: Vec<String> = Vec::new();
+        let mut by_id: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
+        for r in &self.records {
+            let id = r["run_id"].as_str().unwrap_or("").to_owned();
+            if !by_id.contains_key(&id) {
+                order.push(id.clone());
+            }
+            by_id.entry(id).or_default().push(r);
+        }
+        order
+            .into_iter()
+            .filter_map(|id| {
+                let records = by_id.remove(&id)?;
+                records.iter().any(|r| r["body"]["type"] == "run_started").then(|| Run {
+                    runbook: records[0]["runbook"].as_str().unwrap_or("").to_owned(),
+                    run_id: id,
+                    records,
+                })
+            })
+            .collect()
+    }
+
+    pub fn runs_of(&self, runbook: &str) -> Vec<Run<'_>> {
+        self.runs().into_iter().filter(|r| r.runbook == runbook).collect()
+    }
+
+    /// Finished runs of `runbook`.
+    pub fn finished(&self, runbook: &str) -> Vec<Run<'_>> {
+        self.runs_of(runbook)
+            .into_iter()
+            .filter(|r| r.status().is_some())
+            .collect()
+    }
+
+    /// Every `refusal` record.
+    pub fn refusals(&self) -> Vec<&Value> {
+        self.records
+            .iter()
+            .filter(|r| r["body"]["type"] == "refusal")
+            .collect()
+    }
+
+    /// One line per run, for failure messages.
+    pub fn summary(&self) -> String {
+        let mut out = format!("--- journal: {} records\n", self.records.len());
+        for run in self.runs() {
+            out.push_str(&format!(
+                "{} {} {:?} event {}\n",
+                run.run_id,
+                run.runbook,
+                run.status(),
+                run.event_id()
+            ));
+        }
+        for r in self.refusals() {
+            out.push_str(&format!("refusal {} {}\n", r["runbook"], r["body"]["reason"]));
+        }
+        out
+    }
+}
+
+/// A real Alertmanager (`/usr/bin/prometheus-alertmanager`) with a webhook receiver pointing at
+/// `webhook_url`; killed on drop.
+pub struct Alertmanager {
+    child: Child,
+    pub base: String,
+    _dir: TempDir,
+}
+
+impl Alertmanager {
+    /// `group_wait` 1s, `group_interval` 1s, `repeat_interval` as given; `send_resolved`.
+    /// `token`: the bearer credentials the receiver sends.
+    pub async fn start(webhook_url: &str, repeat_interval: &str, token: Option<&str>) -> Alertmanager {
+        let dir = tempfile::tempdir().expect("alertmanager temp dir");
+        let auth = token
+            .map(|t| format!("        http_config:\n          authorization:\n            credentials: {t}\n"))
+            .unwrap_or_default();
+        let config = format!(
+            "route:\n  receiver: firebreak\n  group_by: [alertname]\n  group_wait: 1s\n  \
+             group_interval: 1s\n  repeat_interval: {repeat_interval}\nreceivers:\n  - name: firebreak\n    \
+             webhook_configs:\n      - url: {webhook_url}\n        send_resolved: true\n{auth}"
+        );
+        std::fs::write(dir.path().join("alertmanager.yml"), config).expect("write am config");
+        std::fs::create_dir_all(dir.path().join("data")).expect("am data dir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let log = std::fs::File::create(dir.path().join("am.log")).expect("am log");
+        let child = Command::new("/usr/bin/prometheus-alertmanager")
+            .arg(format!("--config.file={}", dir.path().join("alertmanager.yml").display()))
+            .arg(format!("--storage.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--cluster.listen-address=")
+            .arg("--log.level=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn prometheus-alertmanager");
+        let am = Alertmanager {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        };
+        let client = http();
+        let url = format!("{}/-/ready", am.base);
+        wait_for(
+            "alertmanager /-/ready",
+            READY_TIMEOUT,
+            || am.log_tail(),
+            || {
+                let client = client.clone();
+                let url = url.clone();
+                async move {
+                    let ok = client.get(&url).send().await.ok()?.status().is_success();
+                    ok.then_some(())
+                }
+            },
+        )
+        .await;
+        am
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self._dir.path().join("am.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let start = lines.len().saturating_sub(30);
+        format!("--- alertmanager log (tail)\n{}", lines[start..].join("\n"))
+    }
+
+    /// `POST /api/v2/alerts`.
+    pub async fn post_alerts(&self, alerts: &Value) {
+        let resp = http()
+            .post(format!("{}/api/v2/alerts", self.base))
+            .json(alerts)
+            .send()
+            .await
+            .expect("POST /api/v2/alerts");
+        let status = resp.status();
+        assert!(
+            status.is_success(),
+            "alertmanager refused the alerts: {status} {}",
+            resp.text().await.unwrap_or_default()
+        );
+    }
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An RFC 3339 time `offset_ms` from now.
+pub fn at(offset_ms: i64) -> String {
+    (jiff::Timestamp::now() + jiff::SignedDuration::from_millis(offset_ms)).to_string()
+}
+
+/// A simulated cluster (kubesim in process) with a kubeconfig file for `firebreak` and kubectl.
+pub struct Cluster {
+    pub sim: kubesim::SimHandle,
+    pub kubeconfig: PathBuf,
+    _dir: TempDir,
+}
+
+impl Cluster {
+    pub async fn start(controllers: kubesim::ControllerConfig) -> Cluster {
+        let sim = kubesim::Sim::start(kubesim::SimConfig {
+            controllers,
+            ..Default::default()
+        })
+        .await
+        .expect("start kubesim");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let kubeconfig = dir.path().join("kubeconfig");
+        sim.write_kubeconfig(&kubeconfig).expect("write kubeconfig");
+        Cluster {
+            sim,
+            kubeconfig,
+            _dir: dir,
+        }
+    }
+
+    /// The real `kubectl ARGS` against this cluster, with a fresh cache dir; bounded.
+    pub async fn kubectl(&self, args: &[&str]) -> Output {
+        kubectl(&self.kubeconfig, args).await
+    }
+}
+
+/// The real `kubectl ARGS` with `KUBECONFIG` and a fresh `KUBECACHEDIR`; bounded.
+pub async fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
+    let cache = tempfile::tempdir().expect("kube cache dir");
+    let mut cmd = tokio::process::Command::new("kubectl");
+    cmd.args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env("KUBECACHEDIR", cache.path())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    run_bounded(cmd, &format!("kubectl {}", args.join(" "))).await
+}

@@ -1,0 +1,7 @@
+//! End-to-end tests of the `firebreak` binary, driven as a user would: the real binary, the real
+//! Alertmanager, nats-server and kubectl, kubesim in process. Start at `harness`.
+
+mod alertmanager;
+mod bad_input;
+mod harness;
+mod runaway;

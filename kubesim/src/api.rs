@@ -202,15 +202,27 @@ fn route(sim: &Sim, req: &Req) -> Response {
             json_response(StatusCode::OK, &discovery::version(&sim.lock().version))
         }
         ["healthz" | "readyz" | "livez"] if get => (StatusCode::OK, "ok").into_response(),
-        ["api"] if get => {
-            let host = req
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("127.0.0.1");
-            json_response(StatusCode::OK, &discovery::api_versions(host))
+        ["api" | "apis"] if get => {
+            let legacy = segs[0] == "api";
+            match discovery::negotiate(req.accept()) {
+                discovery::Form::Legacy if legacy => {
+                    let host = req
+                        .headers
+                        .get(header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                        .unwrap_or("127.0.0.1");
+                    json_response(StatusCode::OK, &discovery::api_versions(host))
+                }
+                discovery::Form::Legacy => {
+                    json_response(StatusCode::OK, &discovery::api_group_list())
+                }
+                form @ discovery::Form::Aggregated(v) => typed_response(
+                    StatusCode::OK,
+                    &form.content_type(),
+                    &discovery::aggregated(legacy, v),
+                ),
+            }
         }
-        ["apis"] if get => json_response(StatusCode::OK, &discovery::api_group_list()),
         ["api", v] if get => found(discovery::resource_list("", v)),
         ["apis", g] if get => found(discovery::api_group(g)),
         ["apis", g, v] if get => found(discovery::resource_list(g, v)),

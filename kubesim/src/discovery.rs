@@ -1,8 +1,11 @@
 //! Discovery documents: `/version`, `/api`, `/apis`, `/apis/<group>` and one `APIResourceList`
-//! per group-version. Legacy discovery only: a client asking for aggregated discovery gets plain
-//! JSON and falls back, which kubectl 1.27 through 1.33 all do (KUBESIM-NOTES §0.4).
+//! per group-version, plus aggregated discovery (`APIGroupDiscoveryList`, v2 and v2beta1) for
+//! `/api` and `/apis` when the `Accept` header asks for it first (KUBESIM-NOTES §0.4, §4.1):
+//! kubectl 1.32 asks v2 → v2beta1 → JSON, kubectl 1.27 v2beta1 → JSON, and a client that
+//! lists plain JSON first gets the legacy documents.
 //!
-//! Start at [`resource_list`]; everything is derived from [`crate::resources::RESOURCES`].
+//! Start at [`negotiate`] and [`resource_list`]; everything is derived from
+//! [`crate::resources::RESOURCES`].
 
 use serde_json::{Value, json};
 
@@ -138,8 +141,165 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     )
 }
 
+/// Which discovery form a request's `Accept` header asks for first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// `APIVersions` / `APIGroupList`.
+    Legacy,
+    /// `APIGroupDiscoveryList` in `apidiscovery.k8s.io/<version>` (`v2` or `v2beta1`).
+    Aggregated(&'static str),
+}
+
+impl Form {
+    /// The Content-Type of an answer in this form.
+    pub fn content_type(self) -> String {
+        match self {
+            Form::Legacy => "application/json".to_string(),
+            Form::Aggregated(v) => {
+                format!("application/json;g=apidiscovery.k8s.io;v={v};as=APIGroupDiscoveryList")
+            }
+        }
+    }
+}
+
+/// Picks the first media range of `accept` that kubesim can answer.
+pub fn negotiate(accept: &str) -> Form {
+    for range in accept.split(',') {
+        let mut parts = range.split(';').map(str::trim);
+        let base = parts.next().unwrap_or_default();
+        let params: Vec<(&str, &str)> = parts
+            .filter_map(|p| p.split_once('='))
+            .map(|(k, v)| (k.trim(), v.trim()))
+            .collect();
+        let param = |k: &str| params.iter().find(|(pk, _)| *pk == k).map(|(_, v)| *v);
+        if base == "application/json"
+            && param("g") == Some("apidiscovery.k8s.io")
+            && param("as") == Some("APIGroupDiscoveryList")
+        {
+            match param("v") {
+                Some("v2") => return Form::Aggregated("v2"),
+                Some("v2beta1") => return Form::Aggregated("v2beta1"),
+                _ => continue,
+            }
+        }
+        if matches!(base, "application/json" | "*/*" | "application/*" | "")
+            && param("as").is_none()
+        {
+            return Form::Legacy;
+        }
+    }
+    Form::Legacy
+}
+
+fn discovery_resource(r: &crate::resources::ResourceType) -> Value {
+    let verbs: Vec<&str> = if r.kind == "Namespace" {
+        VERBS
+            .iter()
+            .copied()
+            .filter(|v| *v != "deletecollection")
+            .collect()
+    } else {
+        VERBS.to_vec()
+    };
+    let subresources: Vec<Value> = r
+        .subresources
+        .iter()
+        .map(|sub| match *sub {
+            "scale" => json!({"subresource": "scale", "responseKind": {"group": "autoscaling", "version": "v1", "kind": "Scale"}, "verbs": ["get", "patch", "update"]}),
+            "log" => json!({"subresource": "log", "responseKind": {"group": "", "version": "v1", "kind": r.kind}, "verbs": ["get"]}),
+            other => json!({"subresource": other, "responseKind": {"group": r.group, "version": r.version, "kind": r.kind}, "verbs": ["get", "patch", "update"]}),
+        })
+        .collect();
+    let mut entry = json!({
+        "resource": r.plural,
+        "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
+        "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
+        "singularResource": r.singular,
+        "verbs": verbs,
+    });
+    if !r.short_names.is_empty() {
+        entry["shortNames"] = json!(r.short_names);
+    }
+    if !r.categories.is_empty() {
+        entry["categories"] = json!(r.categories);
+    }
+    if !subresources.is_empty() {
+        entry["subresources"] = json!(subresources);
+    }
+    entry
+}
+
+/// The aggregated document of `/api` (`legacy = true`) or `/apis`, in `apidiscovery.k8s.io/<v>`.
+pub fn aggregated(legacy: bool, version: &str) -> Value {
+    let mut names: Vec<&str> = Vec::new();
+    for (g, _) in resources::group_versions() {
+        if g.is_empty() == legacy && !names.contains(&g) {
+            names.push(g);
+        }
+    }
+    let items: Vec<Value> = names
+        .into_iter()
+        .map(|g| {
+            let versions: Vec<Value> = resources::group_versions()
+                .into_iter()
+                .filter(|(gg, _)| *gg == g)
+                .map(|(_, v)| {
+                    let res: Vec<Value> = RESOURCES
+                        .iter()
+                        .filter(|r| r.group == g && r.version == v)
+                        .map(discovery_resource)
+                        .collect();
+                    json!({"version": v, "resources": res, "freshness": "Current"})
+                })
+                .collect();
+            json!({"metadata": {"name": g, "creationTimestamp": null}, "versions": versions})
+        })
+        .collect();
+    json!({"kind": "APIGroupDiscoveryList", "apiVersion": format!("apidiscovery.k8s.io/{version}"), "metadata": {}, "items": items})
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn negotiation_follows_the_accept_order() {
+        let kubectl_132 = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
+        assert_eq!(negotiate(kubectl_132), Form::Aggregated("v2"));
+        let kubectl_127 = "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
+        assert_eq!(negotiate(kubectl_127), Form::Aggregated("v2beta1"));
+        assert_eq!(negotiate("application/json, */*"), Form::Legacy);
+        assert_eq!(negotiate(""), Form::Legacy);
+        assert_eq!(
+            negotiate(
+                "application/json;g=apidiscovery.k8s.io;v=v3;as=APIGroupDiscoveryList,application/json"
+            ),
+            Form::Legacy
+        );
+        assert_eq!(
+            Form::Aggregated("v2").content_type(),
+            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
+        );
+    }
+
+    #[test]
+    fn aggregated_documents_list_every_resource() {
+        let core = aggregated(true, "v2");
+        assert_eq!(core["items"].as_array().unwrap().len(), 1);
+        assert_eq!(core["items"][0]["metadata"]["name"], "");
+        let apis = aggregated(false, "v2beta1");
+        assert_eq!(apis["apiVersion"], "apidiscovery.k8s.io/v2beta1");
+        let apps = apis["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["metadata"]["name"] == "apps")
+            .unwrap();
+        let deploy = &apps["versions"][0]["resources"][0];
+        assert_eq!(deploy["resource"], "deployments");
+        assert_eq!(deploy["subresources"][1]["responseKind"]["kind"], "Scale");
+    }
+
+    use super::*;
+
     use super::*;
 
     #[test]

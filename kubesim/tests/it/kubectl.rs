@@ -648,6 +648,91 @@ async fn logs_and_events_are_served() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_is_aggregated_for_kubectl_and_legacy_for_plain_json() {
+    let k = with_web().await;
+    let before = k.sim().requests().len();
+    let out = k.kubectl(&["get", "deploy", "-o", "name"]).await;
+    assert_eq!(out.ok().trim(), "deployment.apps/web");
+    let sent: Vec<_> = k.sim().requests().into_iter().skip(before).collect();
+    assert!(
+        sent.iter()
+            .any(|r| r.path == "/apis" && r.accept.contains("v=v2;as=APIGroupDiscoveryList")),
+        "{sent:?}"
+    );
+    assert!(
+        !sent
+            .iter()
+            .any(|r| r.path == "/apis/apps/v1" || r.path == "/api/v1"),
+        "no per-group discovery needed: {sent:?}"
+    );
+
+    let client = k.client();
+    let groups: serde_json::Value = client
+        .request(
+            http::Request::get("/apis")
+                .header("accept", "application/json")
+                .body(Vec::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(groups["kind"], "APIGroupList");
+    let core: serde_json::Value = client
+        .request(http::Request::get("/api").body(Vec::new()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(core["kind"], "APIVersions");
+    let list: serde_json::Value = client
+        .request(http::Request::get("/api/v1").body(Vec::new()).unwrap())
+        .await
+        .unwrap();
+    assert!(
+        list["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == "pods/log")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_1_27_and_1_33_work_too() {
+    let k = with_web().await;
+    for (server, client) in [("v1.27.3", "v1.27."), ("v1.33.0", "v1.33.")] {
+        k.admin("/_sim/version", serde_json::json!({"gitVersion": server}))
+            .await;
+        let v = k.kubectl(&["version", "-o", "json"]).await;
+        assert!(
+            v.ok().contains(&format!("\"gitVersion\": \"{client}")),
+            "{}",
+            v.stdout
+        );
+        let got = k
+            .kubectl(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"])
+            .await;
+        assert_eq!(got.ok(), "3", "kubectl for {server}");
+        let patched = k
+            .kubectl(&[
+                "patch",
+                "deploy",
+                "web",
+                "--type=merge",
+                "-p",
+                &format!(
+                    r#"{{"metadata":{{"labels":{{"seen-by":"{}"}}}}}}"#,
+                    server.replace('.', "-")
+                ),
+            ])
+            .await;
+        assert_eq!(
+            patched.ok().trim(),
+            "deployment.apps/web patched",
+            "kubectl for {server}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reported_version_picks_the_dispatched_kubectl() {
     let k = Kube::start().await;
     k.admin(

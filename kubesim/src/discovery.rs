@@ -260,6 +260,8 @@ pub fn aggregated(legacy: bool, version: &str) -> Value {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn negotiation_follows_the_accept_order() {
         let kubectl_132 = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
@@ -297,10 +299,6 @@ mod tests {
         assert_eq!(deploy["resource"], "deployments");
         assert_eq!(deploy["subresources"][1]["responseKind"]["kind"], "Scale");
     }
-
-    use super::*;
-
-    use super::*;
 
     #[test]
     fn version_splits_major_minor() {

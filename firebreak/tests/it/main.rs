@@ -5,3 +5,4 @@ mod alertmanager;
 mod bad_input;
 mod harness;
 mod runaway;
+mod runbooks;

@@ -59,6 +59,11 @@ pub trait Bus: Send + Sync {
 
     /// Whether the bus can accept events right now (for `/readyz`).
     fn ready(&self) -> bool;
+
+    /// Graceful stop: consumer streams end and pending acks are flushed. The embedded bus also
+    /// fsyncs queued writes, refuses further calls ([`BusError::Closed`]) and releases its
+    /// directory. Call it last on shutdown, after the consumers are done.
+    fn close(&self) -> BoxFuture<'_, ()>;
 }
 
 /// One event handed to a consumer. Call [`Delivery::ack`] once the work it starts is safely

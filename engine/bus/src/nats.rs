@@ -249,11 +249,6 @@ impl NatsBus {
         &self.url
     }
 
-    /// Ends every consumer stream of this bus. Publishing still works until the bus is dropped.
-    pub fn close(&self) {
-        self.closed.cancel();
-    }
-
     fn check_connected(&self) -> Result<(), BusError> {
         if self.client.connection_state() == State::Connected {
             Ok(())
@@ -338,6 +333,20 @@ impl Bus for NatsBus {
 
     fn ready(&self) -> bool {
         self.client.connection_state() == State::Connected
+    }
+
+    /// Ends every consumer stream of this handle and flushes what the client still buffers
+    /// (acks). Publishing keeps working until the bus is dropped.
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.closed.cancel();
+            // Bounded: with the server gone a flush would wait for the reconnect.
+            match tokio::time::timeout(self.opts.request_timeout, self.client.flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(error = %e, "could not flush the nats client on close"),
+                Err(_) => warn!("nats flush on close timed out; unflushed acks mean redeliveries"),
+            }
+        })
     }
 }
 

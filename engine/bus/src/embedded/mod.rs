@@ -420,6 +420,10 @@ impl Bus for EmbeddedBus {
     fn ready(&self) -> bool {
         !self.shared.queue().closed
     }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(EmbeddedBus::close(self))
+    }
 }
 
 /// One consumer stream's state.

@@ -51,7 +51,7 @@ impl Harness for Nats {
 
     async fn restart(&mut self) {
         for bus in self.buses.drain(..) {
-            bus.close();
+            bus.close().await;
         }
         self.server.restart().expect("nats-server restart");
     }

@@ -56,7 +56,11 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
         }
         Some(url) => (Some(url.to_string()), None),
     };
-    let bus = if nats_url.is_some() { "jetstream" } else { "embedded" };
+    let bus = if nats_url.is_some() {
+        "jetstream"
+    } else {
+        "embedded"
+    };
 
     let port = free_port()?;
     let base = format!("http://127.0.0.1:{port}");
@@ -276,7 +280,12 @@ async fn wait_finished(
         if let Some(status) = server.try_wait()? {
             bail!("`firebreak serve` exited under load: {status}");
         }
-        let text = http.get(format!("{base}/metrics")).send().await?.text().await?;
+        let text = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
         let finished: u64 = text
             .lines()
             .filter(|l| l.starts_with("firebreak_runs_finished_total"))

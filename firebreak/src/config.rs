@@ -179,13 +179,18 @@ mod tests {
             _ => None,
         })
         .unwrap();
-        assert!(cfg.nats.is_none(), "an empty FIREBREAK_NATS_URL selects the embedded bus");
+        assert!(
+            cfg.nats.is_none(),
+            "an empty FIREBREAK_NATS_URL selects the embedded bus"
+        );
         assert_eq!(cfg.listen.port(), 9999);
     }
 
     #[test]
     fn unknown_field_is_an_error_naming_it() {
-        let err = Config::from_yaml("lisen: 127.0.0.1:1\n").unwrap_err().to_string();
+        let err = Config::from_yaml("lisen: 127.0.0.1:1\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("lisen"), "{err}");
     }
 

@@ -27,12 +27,30 @@ use crate::serve::Engine;
 
 /// The shipped runbooks, compiled into the binary so the demo runs from any folder.
 pub const SHIPPED_RUNBOOKS: &[(&str, &str)] = &[
-    ("model-latency-rollback.yaml", include_str!("../../runbooks/model-latency-rollback.yaml")),
-    ("model-latency-rollback.rhai", include_str!("../../runbooks/model-latency-rollback.rhai")),
-    ("crashloop-triage.yaml", include_str!("../../runbooks/crashloop-triage.yaml")),
-    ("crashloop-triage.rhai", include_str!("../../runbooks/crashloop-triage.rhai")),
-    ("quarantine-pod.yaml", include_str!("../../runbooks/quarantine-pod.yaml")),
-    ("quarantine-pod.rhai", include_str!("../../runbooks/quarantine-pod.rhai")),
+    (
+        "model-latency-rollback.yaml",
+        include_str!("../../runbooks/model-latency-rollback.yaml"),
+    ),
+    (
+        "model-latency-rollback.rhai",
+        include_str!("../../runbooks/model-latency-rollback.rhai"),
+    ),
+    (
+        "crashloop-triage.yaml",
+        include_str!("../../runbooks/crashloop-triage.yaml"),
+    ),
+    (
+        "crashloop-triage.rhai",
+        include_str!("../../runbooks/crashloop-triage.rhai"),
+    ),
+    (
+        "quarantine-pod.yaml",
+        include_str!("../../runbooks/quarantine-pod.yaml"),
+    ),
+    (
+        "quarantine-pod.rhai",
+        include_str!("../../runbooks/quarantine-pod.rhai"),
+    ),
 ];
 
 /// The cluster the demo starts with.
@@ -52,7 +70,10 @@ pub struct DemoArgs {
 
 pub async fn demo(args: DemoArgs) -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let work = args.data_dir.clone().unwrap_or_else(|| tmp.path().to_owned());
+    let work = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| tmp.path().to_owned());
     std::fs::create_dir_all(&work)?;
 
     heading("1. a simulated cluster: ml-serving/fraud-model, v1 then v2");
@@ -67,7 +88,8 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     .context("starting kubesim")?;
     let kubeconfig = work.join("kubeconfig");
     sim.write_kubeconfig(&kubeconfig)?;
-    sim.apply_yaml(FRAUD_MODEL).context("deploying fraud-model v1")?;
+    sim.apply_yaml(FRAUD_MODEL)
+        .context("deploying fraud-model v1")?;
     let client = firebreak_kubernetes::client::for_url(&sim.url())?;
     let k8s = KubernetesConnector::new(client.clone());
     let cx = ActionContext {
@@ -78,12 +100,24 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
         dry_run: false,
         progress: stdout_sink("   "),
     };
-    call(&k8s, &cx, "wait_rollout", json!({"ns": "ml-serving", "deploy": "fraud-model", "timeout": "60s"})).await?;
+    call(
+        &k8s,
+        &cx,
+        "wait_rollout",
+        json!({"ns": "ml-serving", "deploy": "fraud-model", "timeout": "60s"}),
+    )
+    .await?;
     let v2 = FRAUD_MODEL
         .replace("fraud-model:v1", "fraud-model:v2")
         .replace("deploy fraud-model v1", "deploy fraud-model v2");
     sim.apply_yaml(&v2).context("rolling out fraud-model v2")?;
-    call(&k8s, &cx, "wait_rollout", json!({"ns": "ml-serving", "deploy": "fraud-model", "timeout": "60s"})).await?;
+    call(
+        &k8s,
+        &cx,
+        "wait_rollout",
+        json!({"ns": "ml-serving", "deploy": "fraud-model", "timeout": "60s"}),
+    )
+    .await?;
     print_history(&k8s, &cx).await?;
 
     heading("2. firebreak on the embedded bus, shipped runbooks, Kubernetes connector → kubesim");
@@ -120,7 +154,10 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     let run = wait_for_finished_run(&journal, Duration::from_secs(120)).await?;
 
     heading("5. the audit trail");
-    print!("{}", firebreak_audit::render_timeline(&journal.records_for_run(&run.run_id)?));
+    print!(
+        "{}",
+        firebreak_audit::render_timeline(&journal.records_for_run(&run.run_id)?)
+    );
 
     heading("6. rollout history after the run");
     print_history(&k8s, &cx).await?;
@@ -156,19 +193,43 @@ fn heading(text: &str) {
     println!("\n── {text}");
 }
 
-async fn call(k8s: &KubernetesConnector, cx: &ActionContext, action: &str, args: Value) -> Result<Value> {
-    let Value::Object(args) = args else { unreachable!("args are a JSON object") };
+async fn call(
+    k8s: &KubernetesConnector,
+    cx: &ActionContext,
+    action: &str,
+    args: Value,
+) -> Result<Value> {
+    let Value::Object(args) = args else {
+        unreachable!("args are a JSON object")
+    };
     k8s.call(action, args, cx)
         .await
         .map_err(|e| anyhow::anyhow!("{action}: {e}"))
 }
 
 async fn print_history(k8s: &KubernetesConnector, cx: &ActionContext) -> Result<()> {
-    let h = call(k8s, cx, "rollout_history", json!({"ns": "ml-serving", "deploy": "fraud-model"})).await?;
-    println!("   deployment.apps/fraud-model (current revision {})", h["current_revision"]);
-    println!("   {:<9} {:<28} {:<26} IMAGES", "REVISION", "REPLICASET", "CHANGE-CAUSE");
+    let h = call(
+        k8s,
+        cx,
+        "rollout_history",
+        json!({"ns": "ml-serving", "deploy": "fraud-model"}),
+    )
+    .await?;
+    println!(
+        "   deployment.apps/fraud-model (current revision {})",
+        h["current_revision"]
+    );
+    println!(
+        "   {:<9} {:<28} {:<26} IMAGES",
+        "REVISION", "REPLICASET", "CHANGE-CAUSE"
+    );
     for row in h["revisions"].as_array().into_iter().flatten() {
-        let images: Vec<&str> = row["images"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        let images: Vec<&str> = row["images"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
         println!(
             "   {:<9} {:<28} {:<26} {}",
             row["revision"],
@@ -194,11 +255,18 @@ async fn wait_for_finished_run(
 ) -> Result<firebreak_audit::RunSummary> {
     let deadline = Instant::now() + limit;
     loop {
-        if let Some(run) = journal.runs().into_iter().find(|r| r.runbook == "model-latency-rollback" && r.status.is_some()) {
+        if let Some(run) = journal
+            .runs()
+            .into_iter()
+            .find(|r| r.runbook == "model-latency-rollback" && r.status.is_some())
+        {
             return Ok(run);
         }
         if Instant::now() > deadline {
-            bail!("model-latency-rollback did not finish within {}s", limit.as_secs());
+            bail!(
+                "model-latency-rollback did not finish within {}s",
+                limit.as_secs()
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -86,10 +86,7 @@ impl Runbooks {
     }
 
     pub fn current(&self) -> Arc<Loaded> {
-        self.current
-            .read()
-            .expect("runbook lock poisoned")
-            .clone()
+        self.current.read().expect("runbook lock poisoned").clone()
     }
 
     /// Reloads when the folder changed. A set that fails to load is refused (logged with every
@@ -249,7 +246,11 @@ impl Dispatcher {
             metrics::counter!("firebreak_runs_skipped_total", "reason" => "active").increment(1);
             return Ok(());
         }
-        let ast = loaded.asts.get(&name).cloned().expect("every loaded runbook is compiled");
+        let ast = loaded
+            .asts
+            .get(&name)
+            .cloned()
+            .expect("every loaded runbook is compiled");
         let plan = RunPlan {
             run_id: run_id.clone(),
             runbook: name.clone(),
@@ -299,8 +300,15 @@ impl Dispatcher {
             .get(&runbook)
             .map(|r| r.manifest.team.clone())
             .unwrap_or_default();
-        self.journal_refusal(&runbook, &team, &actor_of(event), event, "start", e.to_string())
-            .await?;
+        self.journal_refusal(
+            &runbook,
+            &team,
+            &actor_of(event),
+            event,
+            "start",
+            e.to_string(),
+        )
+        .await?;
         metrics::counter!("firebreak_runs_skipped_total", "reason" => "params").increment(1);
         Ok(())
     }
@@ -392,7 +400,13 @@ fn actor_of(event: &Event) -> String {
 
 impl Dispatcher {
     /// Journals a refused manual trigger (not a member of the owner team, bad token).
-    pub async fn journal_manual_refusal(&self, runbook: &str, team: &str, actor: &str, reason: String) {
+    pub async fn journal_manual_refusal(
+        &self,
+        runbook: &str,
+        team: &str,
+        actor: &str,
+        reason: String,
+    ) {
         let meta = Arc::new(RunMeta {
             run_id: uuid::Uuid::now_v7().to_string(),
             runbook: runbook.to_string(),
@@ -400,7 +414,14 @@ impl Dispatcher {
             actor: actor.to_string(),
             event_id: "-".to_string(),
         });
-        let draft = RecordDraft::new(meta, RecordBody::Refusal { step: None, action: "trigger".into(), reason });
+        let draft = RecordDraft::new(
+            meta,
+            RecordBody::Refusal {
+                step: None,
+                action: "trigger".into(),
+                reason,
+            },
+        );
         if let Err(e) = self.journal.append(draft).await {
             error!(error = %e, "could not journal a refused trigger");
         }

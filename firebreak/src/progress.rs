@@ -10,7 +10,11 @@ use firebreak_connector::ProgressSink;
 /// "... 2 out of 3 new replicas have been updated...") into (done, total).
 pub fn parse_fraction(message: &str) -> Option<(u32, u32)> {
     let words: Vec<&str> = message.split_whitespace().collect();
-    let number = |w: &str| w.trim_matches(|c: char| !c.is_ascii_digit()).parse::<u32>().ok();
+    let number = |w: &str| {
+        w.trim_matches(|c: char| !c.is_ascii_digit())
+            .parse::<u32>()
+            .ok()
+    };
     (0..words.len()).find_map(|i| {
         let total_at = match (words.get(i + 1), words.get(i + 2)) {
             (Some(&"of"), _) => i + 2,
@@ -25,7 +29,9 @@ pub fn parse_fraction(message: &str) -> Option<(u32, u32)> {
 
 /// A fixed-width bar, e.g. `[██████░░░░░░] 1/2`.
 pub fn bar(done: u32, total: u32, width: usize) -> String {
-    let filled = (done as usize * width).div_ceil(total.max(1) as usize).min(width);
+    let filled = (done as usize * width)
+        .div_ceil(total.max(1) as usize)
+        .min(width);
     format!(
         "[{}{}] {done}/{total}",
         "█".repeat(filled),
@@ -67,7 +73,10 @@ mod tests {
             ),
             Some((2, 3))
         );
-        assert_eq!(parse_fraction("deployment \"fraud-model\" successfully rolled out"), None);
+        assert_eq!(
+            parse_fraction("deployment \"fraud-model\" successfully rolled out"),
+            None
+        );
     }
 
     #[test]

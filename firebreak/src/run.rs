@@ -58,16 +58,19 @@ pub async fn run(cfg: Config, args: RunArgs) -> Result<()> {
         .map(|(k, v)| (k.clone(), Value::String(v.clone())))
         .collect();
     if let Some(server) = &args.server {
-        let runbook = args.runbook.as_deref().context("--server needs a runbook name")?;
+        let runbook = args
+            .runbook
+            .as_deref()
+            .context("--server needs a runbook name")?;
         return trigger_remote(server, runbook, params, &args).await;
     }
 
-    let loaded = Loaded::load(&cfg.runbooks, cfg.teams.as_deref()).map_err(|p| {
-        anyhow::anyhow!("runbooks do not load:\n  {}", p.join("\n  "))
-    })?;
+    let loaded = Loaded::load(&cfg.runbooks, cfg.teams.as_deref())
+        .map_err(|p| anyhow::anyhow!("runbooks do not load:\n  {}", p.join("\n  ")))?;
     let matches = match (&args.event, &args.runbook) {
         (Some(file), _) => {
-            let body = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+            let body =
+                std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
             let events = decode_recorded(&body)?;
             let mut all = Vec::new();
             for e in events {
@@ -103,13 +106,15 @@ pub async fn run(cfg: Config, args: RunArgs) -> Result<()> {
         let client = firebreak_kubernetes::client::connect(cfg.kubernetes.kubeconfig.as_deref())
             .await
             .context("connecting to Kubernetes (set kubernetes.disabled to run without it)")?;
-        registry.register(Arc::new(firebreak_kubernetes::KubernetesConnector::new(client)));
+        registry.register(Arc::new(firebreak_kubernetes::KubernetesConnector::new(
+            client,
+        )));
     }
     std::fs::create_dir_all(&cfg.data_dir)?;
-    let journal = Arc::new(
-        Journal::open(crate::audit_cmd::journal_path(&cfg))
-            .context("opening the audit journal (is `firebreak serve` running? then use --server)")?,
-    );
+    let journal =
+        Arc::new(Journal::open(crate::audit_cmd::journal_path(&cfg)).context(
+            "opening the audit journal (is `firebreak serve` running? then use --server)",
+        )?);
     let runner = Runner::new(&registry, journal.clone(), RunnerConfig::default());
     let mut failed = false;
     for (event, m) in matches {
@@ -158,7 +163,9 @@ fn decode_recorded(body: &[u8]) -> Result<Vec<Event>> {
     if v.is_array() {
         return Ok(serde_json::from_value(v)?);
     }
-    Ok(vec![serde_json::from_value(v).context("not an Alertmanager webhook nor a firebreak event")?])
+    Ok(vec![serde_json::from_value(v).context(
+        "not an Alertmanager webhook nor a firebreak event",
+    )?])
 }
 
 async fn trigger_remote(
@@ -174,7 +181,10 @@ async fn trigger_remote(
     if let Some(token) = &args.token {
         req = req.bearer_auth(token);
     }
-    let resp = req.send().await.with_context(|| format!("posting to {server}"))?;
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("posting to {server}"))?;
     let status = resp.status();
     let body = resp.text().await?;
     if !status.is_success() {

@@ -98,15 +98,15 @@ impl Engine {
                 ..RunnerConfig::default()
             },
         ));
-        let runbooks = Arc::new(
-            Runbooks::load(&cfg.runbooks, cfg.teams.as_deref()).map_err(|problems| {
+        let runbooks = Arc::new(Runbooks::load(&cfg.runbooks, cfg.teams.as_deref()).map_err(
+            |problems| {
                 anyhow!(
                     "runbooks in {} do not load:\n  {}",
                     cfg.runbooks.display(),
                     problems.join("\n  ")
                 )
-            })?,
-        );
+            },
+        )?);
         info!(runbooks = runbooks.current().set.len(), dir = %cfg.runbooks.display(), "runbooks loaded");
 
         let shutdown = CancellationToken::new();
@@ -197,9 +197,7 @@ impl Engine {
 /// `POST /v1/trigger` authorization. Without a teams file every caller may trigger (single-
 /// tenant mode, the actor named in the request is recorded). With one, the bearer token must
 /// belong to a member of the runbook's owner team; every refusal is journaled.
-fn authorize_trigger(
-    dispatcher: Arc<Dispatcher>,
-) -> firebreak_ingest::AuthorizeTrigger {
+fn authorize_trigger(dispatcher: Arc<Dispatcher>) -> firebreak_ingest::AuthorizeTrigger {
     Arc::new(move |token, runbook, actor| {
         let loaded = dispatcher.runbooks.current();
         let Some(teams) = loaded.set.teams() else {
@@ -221,7 +219,10 @@ fn authorize_trigger(
         let (runbook, team) = (rb.manifest.name.clone(), rb.manifest.team.clone());
         let who = actor.unwrap_or("unknown").to_string();
         let reason = refusal.to_string();
-        tokio::spawn(async move { d.journal_manual_refusal(&runbook, &team, &who, reason).await });
+        tokio::spawn(async move {
+            d.journal_manual_refusal(&runbook, &team, &who, reason)
+                .await
+        });
         Err(match refusal.http_status() {
             401 => Refused::Unauthenticated(refusal.to_string()),
             _ => Refused::Forbidden(refusal.to_string()),
@@ -312,7 +313,11 @@ pub async fn serve(cfg: Config) -> Result<()> {
 }
 
 /// Kubernetes warnings and stalled rollouts → the bus, as `firebreak.events.k8s.*`.
-pub fn spawn_watcher(engine: &Engine, client: firebreak_kubernetes::Client, namespaces: Vec<String>) {
+pub fn spawn_watcher(
+    engine: &Engine,
+    client: firebreak_kubernetes::Client,
+    namespaces: Vec<String>,
+) {
     let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
     let shutdown = engine.shutdown_token();
     engine.spawn_background(firebreak_kubernetes::watcher::run(
@@ -357,14 +362,23 @@ async fn shutdown_signal() {
 /// `firebreak connectors [--rbac]`.
 pub fn print_connectors(rbac: bool, namespace: &str) {
     if rbac {
-        print!("{}", firebreak_kubernetes::rbac_yaml("firebreak", namespace));
+        print!(
+            "{}",
+            firebreak_kubernetes::rbac_yaml("firebreak", namespace)
+        );
         return;
     }
     for action in firebreak_kubernetes::spec::actions() {
         let params: Vec<String> = action
             .params
             .iter()
-            .map(|p| if p.required { p.name.to_string() } else { format!("[{}]", p.name) })
+            .map(|p| {
+                if p.required {
+                    p.name.to_string()
+                } else {
+                    format!("[{}]", p.name)
+                }
+            })
             .collect();
         println!(
             "k8s::{}({})  [{:?}]\n    {}\n    e.g. {}",

@@ -1,8 +1,8 @@
 //! The `pods/log` subresource: query parsing (`container`, `tailLines`, `previous`,
 //! `timestamps`, `sinceSeconds`) and the text served.
 //!
-//! Start at [`LogQuery::parse`] and [`render`]. The lines themselves come from [`pod_lines`],
-//! the simulated container's output.
+//! Start at [`LogQuery::parse`] and [`render`]. The lines themselves come from the simulated
+//! kubelet (`controller::kubelet::pod_logs`).
 
 use std::collections::BTreeMap;
 
@@ -42,34 +42,41 @@ impl LogQuery {
     }
 }
 
-/// The simulated output of a pod's container: `(time, line)` pairs, oldest first.
-pub fn pod_lines(pod: &Value, container: &str, now: Timestamp) -> Vec<(Timestamp, String)> {
-    let started = pod
-        .pointer("/status/startTime")
-        .or_else(|| pod.pointer("/metadata/creationTimestamp"))
-        .and_then(Value::as_str)
-        .and_then(|t| t.parse::<Timestamp>().ok())
-        .unwrap_or(now);
-    let image = pod
-        .pointer("/spec/containers")
-        .and_then(Value::as_array)
-        .and_then(|cs| cs.iter().find(|c| c["name"] == container))
-        .and_then(|c| c["image"].as_str())
-        .unwrap_or("unknown");
-    let name = pod
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let mut lines = vec![
-        (started, format!("starting {container} (image {image})")),
-        (started, format!("{name}: listening on :8080")),
-    ];
-    let secs = (now.as_second() - started.as_second()).max(0);
-    for i in (10..=secs).step_by(10).take(1000) {
-        let at = Timestamp::from_second(started.as_second() + i).unwrap_or(now);
-        lines.push((at, format!("GET /healthz 200 ({i}s uptime)")));
+/// The lines of a container's current (or, in crash back-off, last) run, with the time each
+/// line starts with, from the simulated kubelet.
+fn pod_lines(pod: &Value, tail: Option<usize>, now: Timestamp) -> Vec<(Option<Timestamp>, String)> {
+    crate::controller::kubelet::pod_logs(pod, now, tail)
+        .into_iter()
+        .map(|line| {
+            let at = line
+                .split_whitespace()
+                .next()
+                .and_then(|t| t.parse::<Timestamp>().ok());
+            (at, line)
+        })
+        .collect()
+}
+
+/// Why logs cannot be read yet: the container is waiting to start (as the kubelet answers).
+fn waiting_reason(pod: &Value, container: &str) -> Option<String> {
+    let statuses = pod
+        .pointer("/status/containerStatuses")
+        .and_then(Value::as_array);
+    let Some(status) = statuses.and_then(|cs| cs.iter().find(|c| c["name"] == container)) else {
+        return Some("ContainerCreating".to_string());
+    };
+    if status.pointer("/state/running").is_some()
+        || status.pointer("/lastState/terminated").is_some()
+    {
+        return None;
     }
-    lines
+    let reason = status
+        .pointer("/state/waiting/reason")
+        .and_then(Value::as_str)?;
+    Some(match reason {
+        "ErrImagePull" | "ImagePullBackOff" => "trying and failing to pull image".to_string(),
+        other => other.to_string(),
+    })
 }
 
 /// The text of the log answer, or an error naming what is wrong with the request.
@@ -111,9 +118,14 @@ pub fn render(pod: &Value, q: &LogQuery, now: Timestamp) -> Result<String, ApiEr
             )));
         }
     }
-    let mut lines = pod_lines(pod, &container, now);
+    if let Some(reason) = waiting_reason(pod, &container) {
+        return Err(ApiError::bad_request(format!(
+            "container {container:?} in pod {pod_name:?} is waiting to start: {reason}"
+        )));
+    }
+    let mut lines = pod_lines(pod, None, now);
     if let Some(since) = q.since_seconds {
-        lines.retain(|(t, _)| now.as_second() - t.as_second() <= since);
+        lines.retain(|(t, _)| t.is_none_or(|t| now.as_second() - t.as_second() <= since));
     }
     if let Some(tail) = q.tail_lines {
         let skip = lines.len().saturating_sub(tail);
@@ -122,6 +134,7 @@ pub fn render(pod: &Value, q: &LogQuery, now: Timestamp) -> Result<String, ApiEr
     let mut out = String::new();
     for (t, line) in lines {
         if q.timestamps {
+            let t = t.unwrap_or(now);
             out.push_str(&t.strftime("%Y-%m-%dT%H:%M:%S.%fZ").to_string());
             out.push(' ');
         }
@@ -136,35 +149,76 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn pod() -> Value {
+    fn pod(state: Value) -> Value {
         json!({"metadata": {"name": "web-1", "creationTimestamp": "2026-01-01T00:00:00Z"},
-               "spec": {"containers": [{"name": "app", "image": "nginx:1.0"}, {"name": "side", "image": "busybox"}]}})
+               "spec": {"containers": [{"name": "app", "image": "nginx:1.0"}, {"name": "side", "image": "busybox"}]},
+               "status": {"containerStatuses": [{"name": "app", "restartCount": 0, "state": state}, {"name": "side", "restartCount": 0, "state": state}]}})
+    }
+
+    fn running() -> Value {
+        pod(json!({"running": {"startedAt": "2026-01-01T00:00:00Z"}}))
     }
 
     #[test]
     fn tail_and_container_choice() {
         let now: Timestamp = "2026-01-01T00:01:00Z".parse().unwrap();
+        let all = render(
+            &running(),
+            &LogQuery {
+                container: Some("app".into()),
+                ..Default::default()
+            },
+            now,
+        )
+        .unwrap();
+        assert!(all.lines().count() > 2, "{all}");
         let q = LogQuery {
             container: Some("app".into()),
             tail_lines: Some(2),
             ..Default::default()
         };
-        let text = render(&pod(), &q, now).unwrap();
-        assert_eq!(text.lines().count(), 2);
-        assert!(text.ends_with("GET /healthz 200 (60s uptime)\n"));
-        let err = render(&pod(), &LogQuery::default(), now).unwrap_err();
+        let text = render(&running(), &q, now).unwrap();
+        assert_eq!(
+            text.lines().collect::<Vec<_>>(),
+            all.lines()
+                .skip(all.lines().count() - 2)
+                .collect::<Vec<_>>()
+        );
+        let err = render(&running(), &LogQuery::default(), now).unwrap_err();
         assert!(err.message.contains("choose one of: [app side]"));
         let bad = LogQuery {
             container: Some("x".into()),
             ..Default::default()
         };
-        assert_eq!(render(&pod(), &bad, now).unwrap_err().code, 400);
+        assert_eq!(render(&running(), &bad, now).unwrap_err().code, 400);
         let prev = LogQuery {
             container: Some("app".into()),
             previous: true,
             ..Default::default()
         };
-        assert!(render(&pod(), &prev, now).is_err());
+        assert!(render(&running(), &prev, now).is_err());
+    }
+
+    #[test]
+    fn waiting_containers_have_no_logs_yet() {
+        let now: Timestamp = "2026-01-01T00:01:00Z".parse().unwrap();
+        let q = LogQuery {
+            container: Some("app".into()),
+            ..Default::default()
+        };
+        let pulling = pod(json!({"waiting": {"reason": "ImagePullBackOff"}}));
+        assert_eq!(
+            render(&pulling, &q, now).unwrap_err().message,
+            "container \"app\" in pod \"web-1\" is waiting to start: trying and failing to pull image"
+        );
+        let creating =
+            json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "app"}]}});
+        assert!(
+            render(&creating, &q, now)
+                .unwrap_err()
+                .message
+                .ends_with("ContainerCreating")
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::fs::File;
+use std::hash::{BuildHasher, RandomState};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -110,9 +111,14 @@ struct Entry {
 struct Queue {
     entries: HashMap<String, Entry>,
     ready: VecDeque<(String, u64)>,
+    /// When in-flight or delayed entries come due. Entries acked before then leave stale
+    /// timers behind; the heap is rebuilt when those outnumber the live ones.
     timers: BinaryHeap<Reverse<(Instant, String)>>,
-    seen: HashMap<String, i64>,
-    seen_order: VecDeque<(i64, String)>,
+    /// Ids published within the duplicate window, as 128-bit keyed hashes (a third of the
+    /// memory of the strings at 10,000 events/s; a collision is a 2^-128 event).
+    seen: HashMap<u128, i64>,
+    seen_order: VecDeque<(i64, u128)>,
+    hashers: (RandomState, RandomState),
     next_seq: u64,
     next_token: u64,
     closed: bool,
@@ -147,8 +153,18 @@ impl Queue {
     }
 
     fn remember(&mut self, id: &str, at_ms: i64) {
-        self.seen.insert(id.to_owned(), at_ms);
-        self.seen_order.push_back((at_ms, id.to_owned()));
+        let key = self.seen_key(id);
+        self.seen.insert(key, at_ms);
+        self.seen_order.push_back((at_ms, key));
+    }
+
+    fn seen_key(&self, id: &str) -> u128 {
+        (u128::from(self.hashers.0.hash_one(id)) << 64) | u128::from(self.hashers.1.hash_one(id))
+    }
+
+    /// Whether `id` is a duplicate: published within the window, or still unacked.
+    fn is_duplicate(&self, id: &str) -> bool {
+        self.entries.contains_key(id) || self.seen.contains_key(&self.seen_key(id))
     }
 
     fn forget_seen_before(&mut self, cutoff_ms: i64) {
@@ -156,9 +172,9 @@ impl Queue {
             if *at >= cutoff_ms {
                 break;
             }
-            let (at, id) = self.seen_order.pop_front().expect("front exists");
-            if self.seen.get(&id) == Some(&at) {
-                self.seen.remove(&id);
+            let (at, key) = self.seen_order.pop_front().expect("front exists");
+            if self.seen.get(&key) == Some(&at) {
+                self.seen.remove(&key);
             }
         }
     }
@@ -184,6 +200,23 @@ impl Queue {
         }
     }
 
+    fn push_timer(&mut self, due: Instant, id: String) {
+        self.timers.push(Reverse((due, id)));
+        if self.timers.len() > 2 * self.entries.len() + 1024 {
+            let live: Vec<_> = self
+                .entries
+                .iter()
+                .filter_map(|(id, e)| match (e.stage, e.due) {
+                    (Stage::InFlight | Stage::Delayed, Some(due)) => {
+                        Some(Reverse((due, id.clone())))
+                    }
+                    _ => None,
+                })
+                .collect();
+            self.timers = BinaryHeap::from(live);
+        }
+    }
+
     /// Takes the next ready entry, marks it in flight until `now + ack_wait`.
     fn take_ready(
         &mut self,
@@ -201,8 +234,10 @@ impl Queue {
             entry.stage = Stage::InFlight;
             entry.attempts += 1;
             entry.due = Some(due);
-            self.timers.push(Reverse((due, id.clone())));
-            return Some((entry.event.clone(), entry.attempts, id, token));
+            let event = entry.event.clone();
+            let attempts = entry.attempts;
+            self.push_timer(due, id.clone());
+            return Some((event, attempts, id, token));
         }
         None
     }
@@ -363,7 +398,7 @@ impl Bus for EmbeddedBus {
                 let mut bytes = Vec::new();
                 let mut fresh = Vec::new();
                 for (event, line) in events.into_iter().zip(lines) {
-                    if queue.seen.contains_key(&event.id) || queue.entries.contains_key(&event.id) {
+                    if queue.is_duplicate(&event.id) {
                         continue; // a duplicate; the barrier below waits for its first copy
                     }
                     queue.remember(&event.id, at_ms);
@@ -494,7 +529,7 @@ impl EmbeddedAck {
         }
         entry.stage = stage;
         entry.due = Some(due);
-        queue.timers.push(Reverse((due, self.id.clone())));
+        queue.push_timer(due, self.id.clone());
         Ok(true)
     }
 }
@@ -543,5 +578,62 @@ impl AckHandle for EmbeddedAck {
             self.reschedule(Instant::now() + self.shared.ack_wait, Stage::InFlight)?;
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: &str) -> Event {
+        Event {
+            id: id.to_owned(),
+            source: "test".into(),
+            kind: "t".into(),
+            subject: "s".into(),
+            time: jiff::Timestamp::UNIX_EPOCH,
+            namespace: None,
+            fingerprint: None,
+            data: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn acked_deliveries_do_not_pile_up_timers() {
+        let mut queue = Queue::default();
+        let now = Instant::now();
+        for i in 0..5000 {
+            queue.insert(event(&format!("e{i}")), 0);
+            let (_, _, id, _) = queue.take_ready(now, Duration::from_secs(60)).unwrap();
+            queue.entries.remove(&id); // acked
+        }
+        assert!(
+            queue.timers.len() <= 1025,
+            "{} stale timers kept",
+            queue.timers.len()
+        );
+        // A live in-flight entry keeps its timer through a rebuild and comes back when due.
+        queue.insert(event("live"), 0);
+        queue.take_ready(now, Duration::from_secs(1)).unwrap();
+        for i in 0..3000 {
+            queue.insert(event(&format!("f{i}")), 0);
+            let (_, _, id, _) = queue.take_ready(now, Duration::from_secs(60)).unwrap();
+            queue.entries.remove(&id);
+        }
+        queue.fire_timers(now + Duration::from_secs(2));
+        let (event, attempts, _, _) = queue.take_ready(now, Duration::from_secs(60)).unwrap();
+        assert_eq!((event.id.as_str(), attempts), ("live", 2));
+    }
+
+    #[test]
+    fn duplicates_are_known_while_unacked_and_within_the_window() {
+        let mut queue = Queue::default();
+        queue.remember("a", 1_000);
+        assert!(queue.is_duplicate("a"));
+        assert!(!queue.is_duplicate("b"));
+        queue.forget_seen_before(2_000);
+        assert!(!queue.is_duplicate("a"), "out of the window");
+        queue.insert(event("a"), 0);
+        assert!(queue.is_duplicate("a"), "still unacked");
     }
 }

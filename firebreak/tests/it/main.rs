@@ -6,3 +6,4 @@ mod bad_input;
 mod harness;
 mod runaway;
 mod runbooks;
+mod scenario1;

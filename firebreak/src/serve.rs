@@ -182,6 +182,8 @@ impl Engine {
         // 3. background loops (runbook reload, k8s watcher)
         self.background.close();
         self.background.wait().await;
+        // 4. flush the bus's pending acks and release its files
+        self.dispatcher.bus.close().await;
         Ok(())
     }
 

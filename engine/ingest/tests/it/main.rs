@@ -5,4 +5,5 @@ mod alertmanager;
 mod harness;
 mod health;
 mod nats;
+mod real_alertmanager;
 mod trigger;

@@ -109,7 +109,7 @@ fn dispatch(sim: &Sim, req: &Req, rest: &[&str]) -> Result<Value, ApiError> {
                 .ok_or_else(|| ApiError::bad_request("ready must be a boolean"))?;
             let mut inner = sim.lock();
             let node_rt = crate::resources::by_kind("v1", "Node").expect("nodes are served");
-            inner.store.get(node_rt, None, name)?;
+            inner.store.get_resource(node_rt, None, name)?;
             inner.controllers.not_ready_nodes.retain(|n| n != name);
             if !ready {
                 inner.controllers.not_ready_nodes.push(name.to_string());

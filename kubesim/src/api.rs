@@ -348,7 +348,7 @@ fn list(sim: &Sim, req: &Req, t: &Target) -> Answer {
     let now = inner.store.clock.now();
     let mut items: Vec<Value> = inner
         .store
-        .list(t.rt, t.ns.as_deref())
+        .list_resource(t.rt, t.ns.as_deref())
         .into_iter()
         .filter(|o| filter.matches(o))
         .collect();
@@ -444,7 +444,9 @@ fn name_of(t: &Target) -> &str {
 
 fn get(sim: &Sim, req: &Req, t: &Target) -> Answer {
     let inner = sim.lock();
-    let obj = inner.store.get(t.rt, t.ns.as_deref(), name_of(t))?;
+    let obj = inner
+        .store
+        .get_resource(t.rt, t.ns.as_deref(), name_of(t))?;
     let now = inner.store.clock.now();
     drop(inner);
     match t.sub.as_deref() {
@@ -507,7 +509,9 @@ fn create(sim: &Sim, req: &Req, t: &Target) -> Answer {
     let obj = decode_body(req)?;
     let dry = dry_run(req);
     let mut inner = sim.lock();
-    let created = inner.store.create(t.rt, t.ns.as_deref(), obj, dry)?;
+    let created = inner
+        .store
+        .create_resource(t.rt, t.ns.as_deref(), obj, dry)?;
     after_write(&mut inner, dry);
     let now = inner.store.clock.now();
     Ok(object_response(
@@ -525,16 +529,20 @@ fn update(sim: &Sim, req: &Req, t: &Target) -> Answer {
     let mut inner = sim.lock();
     let name = name_of(t);
     let out = match t.sub.as_deref() {
-        Some("status") => inner
-            .store
-            .update_status(t.rt, t.ns.as_deref(), name, obj, dry)?,
+        Some("status") => {
+            inner
+                .store
+                .update_resource_status(t.rt, t.ns.as_deref(), name, obj, dry)?
+        }
         Some("scale") => {
-            let live = inner.store.get(t.rt, t.ns.as_deref(), name)?;
+            let live = inner.store.get_resource(t.rt, t.ns.as_deref(), name)?;
             let updated = set_scale(&mut inner, t, live, &obj, dry)?;
             after_write(&mut inner, dry);
             return Ok(json_response(StatusCode::OK, &scale_of(&updated)));
         }
-        _ => inner.store.update(t.rt, t.ns.as_deref(), name, obj, dry)?,
+        _ => inner
+            .store
+            .update_resource(t.rt, t.ns.as_deref(), name, obj, dry)?,
     };
     after_write(&mut inner, dry);
     let now = inner.store.clock.now();
@@ -569,7 +577,7 @@ fn set_scale(
     next["spec"]["replicas"] = replicas;
     inner
         .store
-        .update(t.rt, t.ns.as_deref(), name_of(t), next, dry)
+        .update_resource(t.rt, t.ns.as_deref(), name_of(t), next, dry)
 }
 
 fn patch_resource(sim: &Sim, req: &Req, t: &Target) -> Answer {
@@ -593,7 +601,7 @@ fn patch_resource(sim: &Sim, req: &Req, t: &Target) -> Answer {
     let dry = dry_run(req);
     let name = name_of(t);
     let mut inner = sim.lock();
-    let live = match inner.store.get(t.rt, t.ns.as_deref(), name) {
+    let live = match inner.store.get_resource(t.rt, t.ns.as_deref(), name) {
         Ok(live) => live,
         Err(e) if ty == PatchType::Apply && t.sub.is_none() => {
             let _ = e;
@@ -610,7 +618,9 @@ fn patch_resource(sim: &Sim, req: &Req, t: &Target) -> Answer {
                     "the name of the object ({body_name}) does not match the name on the URL ({name})"
                 )));
             }
-            let created = inner.store.create(t.rt, t.ns.as_deref(), obj, dry)?;
+            let created = inner
+                .store
+                .create_resource(t.rt, t.ns.as_deref(), obj, dry)?;
             after_write(&mut inner, dry);
             let now = inner.store.clock.now();
             return Ok(object_response(
@@ -634,13 +644,13 @@ fn patch_resource(sim: &Sim, req: &Req, t: &Target) -> Answer {
             let patched = patch::apply_patch(ty, &live, &body)?;
             inner
                 .store
-                .update_status(t.rt, t.ns.as_deref(), name, patched, dry)?
+                .update_resource_status(t.rt, t.ns.as_deref(), name, patched, dry)?
         }
         _ => {
             let patched = patch::apply_patch(ty, &live, &body)?;
             inner
                 .store
-                .update(t.rt, t.ns.as_deref(), name, patched, dry)?
+                .update_resource(t.rt, t.ns.as_deref(), name, patched, dry)?
         }
     };
     after_write(&mut inner, dry);
@@ -687,12 +697,13 @@ fn delete(sim: &Sim, req: &Req, t: &Target) -> Answer {
     let mut inner = sim.lock();
     let name = name_of(t);
     if dry {
-        let obj = inner.store.get(t.rt, t.ns.as_deref(), name)?;
+        let obj = inner.store.get_resource(t.rt, t.ns.as_deref(), name)?;
         return Ok(json_response(StatusCode::OK, &obj));
     }
-    let deleted = inner
-        .store
-        .delete(t.rt, t.ns.as_deref(), name, policy, rv.as_deref())?;
+    let deleted =
+        inner
+            .store
+            .delete_resource(t.rt, t.ns.as_deref(), name, policy, rv.as_deref())?;
     after_write(&mut inner, false);
     if matches!(t.rt.kind, "Pod" | "Namespace") {
         return Ok(json_response(StatusCode::OK, &deleted));
@@ -716,7 +727,7 @@ fn delete_collection(sim: &Sim, req: &Req, t: &Target) -> Answer {
     let mut inner = sim.lock();
     let victims: Vec<Value> = inner
         .store
-        .list(t.rt, t.ns.as_deref())
+        .list_resource(t.rt, t.ns.as_deref())
         .into_iter()
         .filter(|o| filter.matches(o))
         .collect();
@@ -731,7 +742,10 @@ fn delete_collection(sim: &Sim, req: &Req, t: &Target) -> Answer {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
-        if let Ok(d) = inner.store.delete(t.rt, ns.as_deref(), &name, policy, None) {
+        if let Ok(d) = inner
+            .store
+            .delete_resource(t.rt, ns.as_deref(), &name, policy, None)
+        {
             deleted.push(d);
         }
     }

@@ -237,22 +237,22 @@ fn apply_one(store: &mut Store, obj: Value) -> Result<Value, ApiError> {
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
-    match store.get(rt, ns.as_deref(), &name) {
+    match store.get_resource(rt, ns.as_deref(), &name) {
         Ok(live) if !name.is_empty() => {
             let mut merged = crate::patch::apply_merge(&live, &obj);
             merged["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"].clone();
             let with_status = obj.get("status").is_some() && rt.has_sub("status");
-            let updated = store.update(rt, ns.as_deref(), &name, merged.clone(), false)?;
+            let updated = store.update_resource(rt, ns.as_deref(), &name, merged.clone(), false)?;
             if with_status {
                 let mut st = updated;
                 st["status"] = merged["status"].clone();
-                return store.update_status(rt, ns.as_deref(), &name, st, false);
+                return store.update_resource_status(rt, ns.as_deref(), &name, st, false);
             }
             Ok(updated)
         }
         _ => {
             let status = obj.get("status").cloned();
-            let created = store.create(rt, ns.as_deref(), obj, false)?;
+            let created = store.create_resource(rt, ns.as_deref(), obj, false)?;
             // Manifests may carry status (nodes, services); keep it like a restore would.
             match status {
                 Some(st)
@@ -266,7 +266,7 @@ fn apply_one(store: &mut Store, obj: Value) -> Result<Value, ApiError> {
                         .as_str()
                         .unwrap_or_default()
                         .to_string();
-                    store.update_status(rt, ns.as_deref(), &name, with, false)
+                    store.update_resource_status(rt, ns.as_deref(), &name, with, false)
                 }
                 _ => Ok(created),
             }
@@ -402,7 +402,7 @@ impl Sim {
         name: &str,
     ) -> Option<Value> {
         let rt = resources::by_kind(api_version, kind)?;
-        self.lock().store.get(rt, namespace, name).ok()
+        self.lock().store.get_resource(rt, namespace, name).ok()
     }
 
     /// Changes the controllers' knobs (e.g. `pod_ready_delay`, `image_faults`).

@@ -2,8 +2,8 @@
 //! concurrency, one global resourceVersion, the bounded change log that watches replay, and
 //! ownerReference garbage collection on delete.
 //!
-//! Start at [`Store`]: [`Store::create`], [`Store::update`], [`Store::update_status`] and
-//! [`Store::delete`] are the only writes, and each ends in `commit`, which bumps the
+//! Start at [`Store`]: [`Store::create_resource`], [`Store::update_resource`], [`Store::update_resource_status`] and
+//! [`Store::delete_resource`] are the only writes, and each ends in `commit`, which bumps the
 //! resourceVersion, appends a [`Change`] to the log and broadcasts it to live watches. The
 //! controllers reach the same writes through the [`Cluster`] implementation at the bottom.
 
@@ -177,7 +177,7 @@ impl Store {
         for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
             store
-                .create(ns, None, obj, false)
+                .create_resource(ns, None, obj, false)
                 .expect("default namespaces are valid");
         }
         let svc = resources::by_kind("v1", "Service").expect("services are served");
@@ -185,11 +185,11 @@ impl Store {
             "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
             "spec": {"ports": [{"name": "https", "port": 443, "targetPort": 6443}]}});
         store
-            .create(svc, Some("default"), kubernetes, false)
+            .create_resource(svc, Some("default"), kubernetes, false)
             .expect("kubernetes service is valid");
         let node = resources::by_kind("v1", "Node").expect("nodes are served");
         store
-            .create(node, None, default_node(&store.clock), false)
+            .create_resource(node, None, default_node(&store.clock), false)
             .expect("default node is valid");
         store
     }
@@ -239,14 +239,19 @@ impl Store {
     }
 
     /// One object, in the form served by `rt`.
-    pub fn get(&self, rt: &ResourceType, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
+    pub fn get_resource(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<Value, ApiError> {
         self.raw(rt, ns, name)
             .map(|o| convert::from_storage(rt, o))
             .ok_or_else(|| ApiError::not_found(rt, name))
     }
 
     /// Every object of `rt` (in `ns`, or everywhere for `None`), sorted by namespace and name.
-    pub fn list(&self, rt: &ResourceType, ns: Option<&str>) -> Vec<Value> {
+    pub fn list_resource(&self, rt: &ResourceType, ns: Option<&str>) -> Vec<Value> {
         self.objects
             .range((rt.storage, String::new(), String::new())..)
             .take_while(|((s, _, _), _)| *s == rt.storage)
@@ -319,7 +324,7 @@ impl Store {
 
     /// Creates an object (`obj` in the form served by `rt`). `ns` is the namespace from the URL,
     /// if any. With `dry_run` the admitted object is returned but not stored.
-    pub fn create(
+    pub fn create_resource(
         &mut self,
         rt: &'static ResourceType,
         ns: Option<&str>,
@@ -376,7 +381,11 @@ impl Store {
         }
         match rt.kind {
             "Deployment" | "ReplicaSet" => obj["status"] = json!({}),
-            "Pod" if obj.get("status").is_none_or(|s| s.get("phase").is_none()) => {
+            "Pod"
+                if obj
+                    .get("status")
+                    .is_none_or(|s| s.get("phase").is_none()) =>
+            {
                 obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
             }
             "Service" => self.allocate_cluster_ip(&mut obj),
@@ -508,7 +517,7 @@ impl Store {
     /// the stored one (else `409 Conflict`); status is kept for resources with a status
     /// subresource; `metadata.generation` is bumped on spec (and, for Deployments, annotation)
     /// changes. A write that changes nothing is not committed.
-    pub fn update(
+    pub fn update_resource(
         &mut self,
         rt: &'static ResourceType,
         ns: Option<&str>,
@@ -563,7 +572,7 @@ impl Store {
 
     /// Replaces the status subresource (and annotations, as the apiserver allows); never bumps
     /// `metadata.generation`.
-    pub fn update_status(
+    pub fn update_resource_status(
         &mut self,
         rt: &'static ResourceType,
         ns: Option<&str>,
@@ -615,7 +624,7 @@ impl Store {
     }
 
     /// Deletes an object and (by `propagation`) its dependents; returns the deleted object.
-    pub fn delete(
+    pub fn delete_resource(
         &mut self,
         rt: &'static ResourceType,
         ns: Option<&str>,
@@ -648,7 +657,13 @@ impl Store {
                 .collect();
             for (storage, obj_name) in inside {
                 if let Some(t) = resources::by_storage(storage) {
-                    let _ = self.delete(t, Some(name), &obj_name, Propagation::Background, None);
+                    let _ = self.delete_resource(
+                        t,
+                        Some(name),
+                        &obj_name,
+                        Propagation::Background,
+                        None,
+                    );
                 }
             }
         }
@@ -685,7 +700,7 @@ impl Store {
 
     fn delete_dependents(&mut self, uid: &str) {
         for (t, ns, name) in self.dependents(uid) {
-            let _ = self.delete(t, Some(&ns), &name, Propagation::Background, None);
+            let _ = self.delete_resource(t, Some(&ns), &name, Propagation::Background, None);
         }
     }
 
@@ -822,27 +837,28 @@ fn obj_name(obj: &Value) -> String {
 
 impl Cluster for Store {
     fn list(&self, kind: Kind, namespace: Option<&str>) -> Vec<Value> {
-        Store::list(self, kind_type(kind), namespace)
+        Store::list_resource(self, kind_type(kind), namespace)
     }
 
     fn get(&self, kind: Kind, namespace: Option<&str>, name: &str) -> Option<Value> {
-        Store::get(self, kind_type(kind), namespace, name).ok()
+        Store::get_resource(self, kind_type(kind), namespace, name).ok()
     }
 
     fn create(&mut self, kind: Kind, obj: Value) -> Result<Value, ClusterError> {
         let ns = obj_ns(&obj);
-        Store::create(self, kind_type(kind), ns.as_deref(), obj, false).map_err(cluster_error)
+        Store::create_resource(self, kind_type(kind), ns.as_deref(), obj, false)
+            .map_err(cluster_error)
     }
 
     fn update(&mut self, kind: Kind, obj: Value) -> Result<Value, ClusterError> {
         let (ns, name) = (obj_ns(&obj), obj_name(&obj));
-        Store::update(self, kind_type(kind), ns.as_deref(), &name, obj, false)
+        Store::update_resource(self, kind_type(kind), ns.as_deref(), &name, obj, false)
             .map_err(cluster_error)
     }
 
     fn update_status(&mut self, kind: Kind, obj: Value) -> Result<Value, ClusterError> {
         let (ns, name) = (obj_ns(&obj), obj_name(&obj));
-        Store::update_status(self, kind_type(kind), ns.as_deref(), &name, obj, false)
+        Store::update_resource_status(self, kind_type(kind), ns.as_deref(), &name, obj, false)
             .map_err(cluster_error)
     }
 
@@ -852,7 +868,7 @@ impl Cluster for Store {
         namespace: Option<&str>,
         name: &str,
     ) -> Result<(), ClusterError> {
-        Store::delete(
+        Store::delete_resource(
             self,
             kind_type(kind),
             namespace,
@@ -886,7 +902,7 @@ mod tests {
     fn create_sets_server_fields_and_rejects_duplicates() {
         let mut s = Store::new(100);
         let d = s
-            .create(deploy_rt(), Some("default"), web(), false)
+            .create_resource(deploy_rt(), Some("default"), web(), false)
             .unwrap();
         assert_eq!(d["metadata"]["generation"], 1);
         assert_eq!(d["metadata"]["namespace"], "default");
@@ -894,11 +910,11 @@ mod tests {
         assert_eq!(d["metadata"]["resourceVersion"], s.current_rv().to_string());
         assert_eq!(d["spec"]["replicas"], 1);
         let err = s
-            .create(deploy_rt(), Some("default"), web(), false)
+            .create_resource(deploy_rt(), Some("default"), web(), false)
             .unwrap_err();
         assert_eq!((err.code, err.reason), (409, "AlreadyExists"));
         let err = s
-            .create(deploy_rt(), Some("nope"), web(), false)
+            .create_resource(deploy_rt(), Some("nope"), web(), false)
             .unwrap_err();
         assert_eq!(err.message, "namespaces \"nope\" not found");
     }
@@ -908,7 +924,7 @@ mod tests {
         let mut s = Store::new(100);
         let cm = resources::by_kind("v1", "ConfigMap").unwrap();
         let made = s
-            .create(
+            .create_resource(
                 cm,
                 Some("default"),
                 json!({"metadata": {"generateName": "snap-"}}),
@@ -918,7 +934,7 @@ mod tests {
         let name = made["metadata"]["name"].as_str().unwrap();
         assert!(name.starts_with("snap-") && name.len() == 10);
         let err = s
-            .create(cm, Some("default"), json!({"metadata": {}}), false)
+            .create_resource(cm, Some("default"), json!({"metadata": {}}), false)
             .unwrap_err();
         assert_eq!(err.code, 422);
     }
@@ -927,23 +943,23 @@ mod tests {
     fn updates_check_resource_version_and_bump_generation() {
         let mut s = Store::new(100);
         let d = s
-            .create(deploy_rt(), Some("default"), web(), false)
+            .create_resource(deploy_rt(), Some("default"), web(), false)
             .unwrap();
         let mut stale = d.clone();
         let mut changed = d.clone();
         changed["spec"]["replicas"] = json!(3);
         let updated = s
-            .update(deploy_rt(), Some("default"), "web", changed, false)
+            .update_resource(deploy_rt(), Some("default"), "web", changed, false)
             .unwrap();
         assert_eq!(updated["metadata"]["generation"], 2);
         stale["spec"]["replicas"] = json!(5);
         let err = s
-            .update(deploy_rt(), Some("default"), "web", stale, false)
+            .update_resource(deploy_rt(), Some("default"), "web", stale, false)
             .unwrap_err();
         assert_eq!((err.code, err.reason), (409, "Conflict"));
         // A no-op update commits nothing.
         let rv = s.current_rv();
-        s.update(deploy_rt(), Some("default"), "web", updated.clone(), false)
+        s.update_resource(deploy_rt(), Some("default"), "web", updated.clone(), false)
             .unwrap();
         assert_eq!(rv, s.current_rv());
         // Status writes keep spec and generation.
@@ -951,7 +967,7 @@ mod tests {
         st["status"] = json!({"replicas": 3});
         st["spec"]["replicas"] = json!(9);
         let after = s
-            .update_status(deploy_rt(), Some("default"), "web", st, false)
+            .update_resource_status(deploy_rt(), Some("default"), "web", st, false)
             .unwrap();
         assert_eq!(after["spec"]["replicas"], 3);
         assert_eq!(after["status"]["replicas"], 3);
@@ -960,7 +976,7 @@ mod tests {
         let mut main = after.clone();
         main["status"] = json!({});
         let kept = s
-            .update(deploy_rt(), Some("default"), "web", main, false)
+            .update_resource(deploy_rt(), Some("default"), "web", main, false)
             .unwrap();
         assert_eq!(kept["status"]["replicas"], 3);
     }
@@ -969,12 +985,13 @@ mod tests {
     fn delete_cascades_or_orphans_by_owner_uid() {
         let mut s = Store::new(100);
         let d = s
-            .create(deploy_rt(), Some("default"), web(), false)
+            .create_resource(deploy_rt(), Some("default"), web(), false)
             .unwrap();
         let cm = resources::by_kind("v1", "ConfigMap").unwrap();
         let owned = |n: &str| json!({"metadata": {"name": n, "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": d["metadata"]["uid"], "controller": true}]}});
-        s.create(cm, Some("default"), owned("a"), false).unwrap();
-        s.delete(
+        s.create_resource(cm, Some("default"), owned("a"), false)
+            .unwrap();
+        s.delete_resource(
             deploy_rt(),
             Some("default"),
             "web",
@@ -982,13 +999,14 @@ mod tests {
             None,
         )
         .unwrap();
-        assert!(s.get(cm, Some("default"), "a").is_err());
+        assert!(s.get_resource(cm, Some("default"), "a").is_err());
         let d = s
-            .create(deploy_rt(), Some("default"), web(), false)
+            .create_resource(deploy_rt(), Some("default"), web(), false)
             .unwrap();
         let owned = json!({"metadata": {"name": "b", "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": d["metadata"]["uid"]}]}});
-        s.create(cm, Some("default"), owned, false).unwrap();
-        s.delete(
+        s.create_resource(cm, Some("default"), owned, false)
+            .unwrap();
+        s.delete_resource(
             deploy_rt(),
             Some("default"),
             "web",
@@ -996,7 +1014,7 @@ mod tests {
             None,
         )
         .unwrap();
-        let b = s.get(cm, Some("default"), "b").unwrap();
+        let b = s.get_resource(cm, Some("default"), "b").unwrap();
         assert!(b["metadata"].get("ownerReferences").is_none());
     }
 
@@ -1005,7 +1023,7 @@ mod tests {
         let mut s = Store::new(3);
         let cm = resources::by_kind("v1", "ConfigMap").unwrap();
         for i in 0..5 {
-            s.create(
+            s.create_resource(
                 cm,
                 Some("default"),
                 json!({"metadata": {"name": format!("c{i}")}}),

@@ -1,0 +1,1 @@
+//! firebreak Prometheus connector.

@@ -85,8 +85,16 @@ pub struct NatsBus {
     client: async_nats::Client,
     js: Context,
     url: String,
-    opts: NatsOptions,
+    setup: Setup,
     closed: CancellationToken,
+}
+
+/// Creates (or finds) the streams and the shared consumer. Kept apart from [`NatsBus`] so a
+/// consumer stream can recreate them if they vanish (a wiped or replaced nats-server).
+#[derive(Clone)]
+struct Setup {
+    js: Context,
+    opts: NatsOptions,
 }
 
 /// Maps a publish failure to a kind: no server answer means the bus is unavailable.
@@ -155,19 +163,45 @@ impl NatsBus {
         let js = jetstream::ContextBuilder::new()
             .timeout(opts.request_timeout)
             .build(client.clone());
+        let setup = Setup {
+            js: js.clone(),
+            opts,
+        };
+        setup.events_consumer().await?;
+        setup.audit_stream().await?;
+        info!(url, stream = %setup.opts.events_stream, consumer = %setup.opts.consumer, "nats bus ready");
         let bus = NatsBus {
             client,
             js,
             url: url.to_owned(),
-            opts,
+            setup,
             closed: CancellationToken::new(),
         };
-        bus.events_consumer().await?;
-        bus.audit_stream().await?;
-        info!(url, stream = %bus.opts.events_stream, consumer = %bus.opts.consumer, "nats bus ready");
         Ok(bus)
     }
 
+    /// Opens the KV state store on this connection, creating its buckets if needed.
+    pub async fn state_store(&self) -> Result<NatsStateStore, BusError> {
+        NatsStateStore::open(self.js.clone(), &self.setup.opts).await
+    }
+
+    /// The server URL this bus connected to.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn check_connected(&self) -> Result<(), BusError> {
+        if self.client.connection_state() == State::Connected {
+            Ok(())
+        } else {
+            Err(BusError::NotConnected {
+                url: self.url.clone(),
+            })
+        }
+    }
+}
+
+impl Setup {
     async fn events_stream(&self) -> Result<stream::Stream, BusError> {
         let name = &self.opts.events_stream;
         self.js
@@ -238,25 +272,44 @@ impl NatsBus {
                 )
             })
     }
+}
 
-    /// Opens the KV state store on this connection, creating its buckets if needed.
-    pub async fn state_store(&self) -> Result<NatsStateStore, BusError> {
-        NatsStateStore::open(self.js.clone(), &self.opts).await
-    }
+/// The `op` of a publish that found no stream for its subject.
+const STREAM_MISSING: &str = "publish (no stream for the subject)";
 
-    /// The server URL this bus connected to.
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
-    fn check_connected(&self) -> Result<(), BusError> {
-        if self.client.connection_state() == State::Connected {
-            Ok(())
-        } else {
-            Err(BusError::NotConnected {
-                url: self.url.clone(),
-            })
+impl NatsBus {
+    /// Sends every event, then awaits every ack: one round trip for the batch, not one each.
+    async fn publish_all(&self, events: &[Event]) -> Result<(), BusError> {
+        let failed = |stage: &'static str, kind: PublishErrorKind| match kind {
+            PublishErrorKind::StreamNotFound => STREAM_MISSING,
+            _ => stage,
+        };
+        let mut acks = Vec::with_capacity(events.len());
+        for event in events {
+            let payload = serde_json::to_vec(event).map_err(|source| BusError::Codec {
+                what: format!("event {}", event.id),
+                source,
+            })?;
+            let ack = self
+                .js
+                .send_publish(
+                    event_subject(event),
+                    PublishMessage::build()
+                        .payload(payload.into())
+                        .message_id(&event.id),
+                )
+                .await
+                .map_err(|e| {
+                    BusError::nats(failed("publish", e.kind()), publish_kind(e.kind()), e)
+                })?;
+            acks.push(ack);
         }
+        for ack in acks {
+            ack.await.map_err(|e| {
+                BusError::nats(failed("publish ack", e.kind()), publish_kind(e.kind()), e)
+            })?;
+        }
+        Ok(())
     }
 }
 
@@ -267,30 +320,19 @@ impl Bus for NatsBus {
                 return Ok(());
             }
             self.check_connected()?;
-            // Send all, then await all acks: one round trip for the batch, not one per event.
-            let mut acks = Vec::with_capacity(events.len());
-            for event in &events {
-                let payload = serde_json::to_vec(event).map_err(|source| BusError::Codec {
-                    what: format!("event {}", event.id),
-                    source,
-                })?;
-                let ack = self
-                    .js
-                    .send_publish(
-                        event_subject(event),
-                        PublishMessage::build()
-                            .payload(payload.into())
-                            .message_id(&event.id),
-                    )
-                    .await
-                    .map_err(|e| BusError::nats("publish", publish_kind(e.kind()), e))?;
-                acks.push(ack);
+            match self.publish_all(&events).await {
+                // The stream is gone (a wiped server): recreate it and try once more.
+                Err(BusError::Nats {
+                    kind: BusErrorKind::Permanent,
+                    ref op,
+                    ..
+                }) if op == STREAM_MISSING => {
+                    warn!(stream = %self.setup.opts.events_stream, "events stream missing; recreating it");
+                    self.setup.events_consumer().await?;
+                    self.publish_all(&events).await
+                }
+                other => other,
             }
-            for ack in acks {
-                ack.await
-                    .map_err(|e| BusError::nats("publish ack", publish_kind(e.kind()), e))?;
-            }
-            Ok(())
         })
     }
 
@@ -298,12 +340,11 @@ impl Bus for NatsBus {
         &self,
     ) -> BoxFuture<'_, Result<BoxStream<'static, Result<Delivery, BusError>>, BusError>> {
         Box::pin(async move {
-            let consumer = self.events_consumer().await?;
-            let messages = open_messages(&consumer, self.opts.fetch_batch).await?;
+            let consumer = self.setup.events_consumer().await?;
+            let messages = open_messages(&consumer, self.setup.opts.fetch_batch).await?;
             let state = PullState {
-                consumer,
+                setup: self.setup.clone(),
                 messages: Some(messages),
-                batch: self.opts.fetch_batch,
                 closed: self.closed.clone(),
             };
             let stream = futures::stream::unfold(state, |mut state| async move {
@@ -341,7 +382,8 @@ impl Bus for NatsBus {
         Box::pin(async move {
             self.closed.cancel();
             // Bounded: with the server gone a flush would wait for the reconnect.
-            match tokio::time::timeout(self.opts.request_timeout, self.client.flush()).await {
+            let timeout = self.setup.opts.request_timeout;
+            match tokio::time::timeout(timeout, self.client.flush()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => warn!(error = %e, "could not flush the nats client on close"),
                 Err(_) => warn!("nats flush on close timed out; unflushed acks mean redeliveries"),
@@ -364,11 +406,11 @@ async fn open_messages(
         .map_err(|e| BusError::nats("pull from consumer", BusErrorKind::Unavailable, e))
 }
 
-/// One consumer stream: a pull subscription, reopened when it ends.
+/// One consumer stream: a pull subscription, reopened (recreating the stream and consumer if
+/// they vanished) when it ends.
 struct PullState {
-    consumer: consumer::Consumer<pull::Config>,
+    setup: Setup,
     messages: Option<pull::Stream>,
-    batch: usize,
     closed: CancellationToken,
 }
 
@@ -380,7 +422,11 @@ impl PullState {
                     () = self.closed.cancelled() => return None,
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
-                match open_messages(&self.consumer, self.batch).await {
+                let reopened = match self.setup.events_consumer().await {
+                    Ok(consumer) => open_messages(&consumer, self.setup.opts.fetch_batch).await,
+                    Err(e) => Err(e),
+                };
+                match reopened {
                     Ok(m) => self.messages = Some(m),
                     Err(e) => warn!(error = %e, "cannot reopen the events pull; retrying"),
                 }
@@ -395,6 +441,11 @@ impl PullState {
                     if let Some(delivery) = decode(message).await {
                         return Some(delivery);
                     }
+                }
+                // The consumer is gone: reopen, which recreates it.
+                Some(Err(e)) if e.kind() == pull::MessagesErrorKind::ConsumerDeleted => {
+                    warn!("events consumer deleted; recreating it");
+                    self.messages = None;
                 }
                 // Missed heartbeats and similar: the pull stream keeps going (and re-pulls after
                 // a reconnect), so log and wait for the next item.

@@ -223,3 +223,27 @@ async fn a_running_consumer_resumes_after_nats_server_restarts() {
         }
     }
 }
+
+/// Someone deletes the events stream (or nats-server comes back without its store): publish
+/// recreates it, and a running consumer recreates the shared consumer and keeps delivering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_stream_is_recreated_by_publish_and_consume() {
+    let mut h = Nats::new(ACK_WAIT);
+    let bus = h.connect().await;
+    let mut stream = bus.consume().await.expect("consume");
+    bus.publish(vec![event("one")]).await.unwrap();
+    next(&mut stream).await.ack().await.unwrap();
+
+    let admin = async_nats::jetstream::new(async_nats::connect(h.server.url()).await.unwrap());
+    admin
+        .delete_stream("FIREBREAK_EVENTS")
+        .await
+        .expect("delete stream");
+
+    bus.publish(vec![event("two")])
+        .await
+        .expect("publish recreates the stream");
+    let d = next(&mut stream).await;
+    assert_eq!(d.event.id, "two");
+    d.ack().await.unwrap();
+}

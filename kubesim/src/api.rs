@@ -265,6 +265,7 @@ fn resource(sim: &Sim, req: &Req, target: Option<Target>) -> Response {
         (&Method::GET, false) => list(sim, req, &t),
         (&Method::GET, true) => get(sim, req, &t),
         (&Method::POST, false) => create(sim, req, &t),
+        (&Method::POST, true) if t.sub.as_deref() == Some("eviction") => evict(sim, req, &t),
         (&Method::PUT, true) => update(sim, req, &t),
         (&Method::PATCH, true) => patch_resource(sim, req, &t),
         (&Method::DELETE, true) => delete(sim, req, &t),
@@ -716,6 +717,30 @@ fn delete(sim: &Sim, req: &Req, t: &Target) -> Answer {
         StatusCode::OK,
         &status::delete_success(t.rt, name, uid),
     ))
+}
+
+/// `POST …/pods/NAME/eviction` (kubectl drain): deletes the pod (no PodDisruptionBudgets are
+/// simulated, so every eviction is allowed) and answers `201` with a success Status.
+fn evict(sim: &Sim, req: &Req, t: &Target) -> Answer {
+    let body = decode_body(req)?;
+    let kind = body.get("kind").and_then(Value::as_str).unwrap_or_default();
+    if kind != "Eviction" {
+        return Err(ApiError::bad_request(format!(
+            "expected an Eviction, got kind {kind:?}"
+        )));
+    }
+    let mut inner = sim.lock();
+    let name = name_of(t);
+    if dry_run(req) {
+        inner.store.get_resource(t.rt, t.ns.as_deref(), name)?;
+    } else {
+        inner
+            .store
+            .delete_resource(t.rt, t.ns.as_deref(), name, Propagation::Background, None)?;
+        after_write(&mut inner, false);
+    }
+    let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201});
+    Ok(json_response(StatusCode::CREATED, &status))
 }
 
 fn delete_collection(sim: &Sim, req: &Req, t: &Target) -> Answer {

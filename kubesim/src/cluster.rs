@@ -5,6 +5,11 @@
 //! defaulted and normalised), addressed by [`Kind`]. The store implements it; tests of the
 //! controllers may implement it on a plain map. Every write goes through the same admission and
 //! resourceVersion bookkeeping as an API request, and produces watch events.
+//!
+//! Note for the controllers (from the API-server side): `crate::store::Store` implements this
+//! trait; its own HTTP-facing verbs are named `*_resource`, so `store.create(Kind::…, obj)` on a
+//! `Store` resolves to this trait. Deleting through [`Cluster::delete`] cascades to dependents by
+//! `ownerReferences` (background propagation) right away, as the API's DELETE does.
 
 use serde_json::Value;
 

@@ -120,6 +120,10 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
                     json!({"name": format!("{}/log", r.plural), "singularName": "", "namespaced": r.namespaced,
                     "kind": r.kind, "verbs": ["get"]})
                 }
+                "eviction" => {
+                    json!({"name": format!("{}/eviction", r.plural), "singularName": "", "namespaced": r.namespaced,
+                    "group": "policy", "version": "v1", "kind": "Eviction", "verbs": ["create"]})
+                }
                 other => {
                     json!({"name": format!("{}/{other}", r.plural), "singularName": "", "namespaced": r.namespaced,
                     "kind": r.kind, "verbs": ["get", "patch", "update"]})
@@ -207,6 +211,7 @@ fn discovery_resource(r: &crate::resources::ResourceType) -> Value {
         .map(|sub| match *sub {
             "scale" => json!({"subresource": "scale", "responseKind": {"group": "autoscaling", "version": "v1", "kind": "Scale"}, "verbs": ["get", "patch", "update"]}),
             "log" => json!({"subresource": "log", "responseKind": {"group": "", "version": "v1", "kind": r.kind}, "verbs": ["get"]}),
+            "eviction" => json!({"subresource": "eviction", "responseKind": {"group": "policy", "version": "v1", "kind": "Eviction"}, "verbs": ["create"]}),
             other => json!({"subresource": other, "responseKind": {"group": r.group, "version": r.version, "kind": r.kind}, "verbs": ["get", "patch", "update"]}),
         })
         .collect();

@@ -122,7 +122,7 @@ pub static RESOURCES: &[ResourceType] = &[
         true,
         &["po"],
         ALL,
-        &["status", "log"],
+        &["status", "log", "eviction"],
         true,
         "pods",
         false

@@ -761,3 +761,56 @@ async fn reported_version_picks_the_dispatched_kubectl() {
         "{v}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_evicts_pods_and_they_wait_for_a_schedulable_node() {
+    let k = with_web().await;
+    let status = k
+        .kubectl(&["rollout", "status", "deploy/web", "--timeout=30s"])
+        .await;
+    assert!(
+        status.ok().contains("successfully rolled out"),
+        "{}",
+        status.stdout
+    );
+    let before = k
+        .kubectl(&["get", "pods", "-l", "app=web", "-o", "name"])
+        .await
+        .ok()
+        .to_string();
+    let drained = k
+        .kubectl(&[
+            "drain",
+            "kubesim-node-1",
+            "--ignore-daemonsets",
+            "--timeout=30s",
+        ])
+        .await;
+    let out = drained.ok();
+    assert!(
+        out.contains("node/kubesim-node-1 cordoned")
+            && out.trim_end().ends_with("node/kubesim-node-1 drained"),
+        "{out}"
+    );
+    for pod in before.lines() {
+        assert!(
+            out.contains(&format!("{pod} evicted")),
+            "{pod} evicted: {out}"
+        );
+    }
+    let phases = k
+        .kubectl(&[
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={.items[*].status.phase}",
+        ])
+        .await;
+    assert_eq!(
+        phases.ok(),
+        "Pending Pending Pending",
+        "replacements cannot be scheduled on a cordoned node"
+    );
+}

@@ -64,7 +64,7 @@ pub enum AuditError {
         #[source]
         source: io::Error,
     },
-    #[error("audit journal {path} refuses appends after a failed write could not be undone")]
+    #[error("audit journal {path} refuses appends after a write or sync that failed for good")]
     Poisoned {
         path: PathBuf,
         #[source]
@@ -367,10 +367,13 @@ impl Iterator for RecordIter {
     }
 }
 
+/// Where a caller waits for its sealed records.
+type Reply = oneshot::Sender<Result<Vec<Record>, AuditError>>;
+
 /// One caller's records waiting for the writer.
 struct Pending {
     drafts: Vec<RecordDraft>,
-    reply: oneshot::Sender<Result<Vec<Record>, AuditError>>,
+    reply: Reply,
 }
 
 /// The append-only audit journal. Share it as `Arc<Journal>`.
@@ -530,16 +533,37 @@ impl Drop for Journal {
     }
 }
 
-/// The writer thread: batch, seal, write, sync, answer. Runs until every sender is gone.
+/// Set once a write or sync failed in a way that cannot be undone; every later append fails.
+type Poison = Arc<Mutex<Option<Arc<io::Error>>>>;
+
+/// A batch written to the file (not yet synced), waiting for the syncer.
+struct Written {
+    batch: Vec<(Reply, Vec<Record>, Vec<LinePlace>)>,
+    /// File length after this batch.
+    end: u64,
+}
+
+/// The writer thread: take every waiting append, seal them into the chain, write them with one
+/// `write`, hand them to the syncer. While the syncer's `sync_data` runs, the next batch is
+/// already being sealed and written: a two-stage pipeline. Runs until every sender is gone.
 fn writer_loop(
-    mut file: File,
+    file: File,
     mut tail: Tail,
     mut rx: mpsc::UnboundedReceiver<Pending>,
     shared: Arc<Shared>,
 ) {
+    let file = Arc::new(file);
+    let poison: Poison = Arc::default();
+    let (sync_tx, sync_rx) = std::sync::mpsc::channel::<Written>();
+    let syncer = {
+        let (file, shared, poison) = (file.clone(), shared.clone(), poison.clone());
+        std::thread::Builder::new()
+            .name("audit-sync".into())
+            .spawn(move || sync_loop(&file, &sync_rx, &shared, &poison))
+            .expect("cannot spawn the audit sync thread")
+    };
     let mut batch: Vec<Pending> = Vec::new();
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
-    let mut poisoned: Option<Arc<io::Error>> = None;
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -548,23 +572,23 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        if let Some(source) = &poisoned {
+        if let Some(source) = poison.lock().expect("poison lock").clone() {
             for pending in batch.drain(..) {
-                let _ = pending.reply.send(Err(AuditError::Poisoned {
-                    path: shared.path.clone(),
-                    source: source.clone(),
-                }));
+                let _ = pending.reply.send(Err(poisoned(&shared, &source)));
             }
             continue;
         }
 
         buf.clear();
         let mut next = tail.clone();
-        let mut sealed: Vec<(Vec<Record>, Vec<LinePlace>)> = Vec::with_capacity(batch.len());
-        for pending in &mut batch {
+        let mut written = Written {
+            batch: Vec::with_capacity(batch.len()),
+            end: 0,
+        };
+        for pending in batch.drain(..) {
             let mut records = Vec::with_capacity(pending.drafts.len());
             let mut places = Vec::with_capacity(pending.drafts.len());
-            for draft in pending.drafts.drain(..) {
+            for draft in pending.drafts {
                 let (record, line) =
                     draft.seal(next.next_seq, jiff::Timestamp::now(), &next.last_hash);
                 places.push((next.len, line.len() as u32));
@@ -574,45 +598,97 @@ fn writer_loop(
                 buf.extend_from_slice(&line);
                 records.push(record);
             }
-            sealed.push((records, places));
+            written.batch.push((pending.reply, records, places));
         }
+        written.end = next.len;
 
-        match file.write_all(&buf).and_then(|()| file.sync_data()) {
+        match (&*file).write_all(&buf) {
             Ok(()) => {
-                {
-                    let mut index = shared.index.lock().expect("audit index lock poisoned");
-                    for (records, places) in &sealed {
-                        for (record, (offset, len)) in records.iter().zip(places) {
-                            index.add(record, *offset, *len);
-                        }
-                    }
-                }
-                shared.committed.store(next.len, Ordering::Release);
-                debug!(
-                    records = next.next_seq - tail.next_seq,
-                    bytes = buf.len(),
-                    "audit batch durable"
-                );
                 tail = next;
-                for (pending, (records, _)) in batch.drain(..).zip(sealed) {
-                    let _ = pending.reply.send(Ok(records));
+                if sync_tx.send(written).is_err() {
+                    break;
                 }
             }
             Err(error) => {
                 let source = Arc::new(error);
                 warn!(path = %shared.path.display(), error = %source, "audit write failed; undoing the partial batch");
                 // Undo whatever part of the batch reached the file, so the chain stays whole.
-                if let Err(undo) = file.set_len(tail.len).and_then(|()| file.sync_all()) {
+                if let Err(undo) = file.set_len(tail.len) {
                     warn!(path = %shared.path.display(), error = %undo, "cannot undo a failed audit write; refusing further appends");
-                    poisoned = Some(source.clone());
+                    *poison.lock().expect("poison lock") = Some(source.clone());
                 }
-                for pending in batch.drain(..) {
-                    let _ = pending.reply.send(Err(AuditError::Write {
+                for (reply, _, _) in written.batch {
+                    let _ = reply.send(Err(AuditError::Write {
                         path: shared.path.clone(),
                         source: source.clone(),
                     }));
                 }
             }
         }
+    }
+    drop(sync_tx);
+    let _ = syncer.join();
+}
+
+/// The syncer thread: one `sync_data` for every batch written so far, then the answers, in
+/// order. A failed sync poisons the journal: what reached the disk is unknown, so nothing may
+/// be chained onto it.
+fn sync_loop(
+    file: &File,
+    rx: &std::sync::mpsc::Receiver<Written>,
+    shared: &Shared,
+    poison: &Poison,
+) {
+    let mut ready: Vec<Written> = Vec::new();
+    while let Ok(first) = rx.recv() {
+        ready.push(first);
+        ready.extend(rx.try_iter());
+        let poisoned_by = poison.lock().expect("poison lock").clone();
+        let result = match poisoned_by {
+            Some(source) => Err(source),
+            None => file.sync_data().map_err(Arc::new),
+        };
+        match result {
+            Ok(()) => {
+                {
+                    let mut index = shared.index.lock().expect("audit index lock poisoned");
+                    for written in &ready {
+                        for (_, records, places) in &written.batch {
+                            for (record, (offset, len)) in records.iter().zip(places) {
+                                index.add(record, *offset, *len);
+                            }
+                        }
+                    }
+                }
+                let end = ready.last().map_or(0, |w| w.end);
+                shared.committed.store(end, Ordering::Release);
+                let count: usize = ready.iter().map(|w| w.batch.len()).sum();
+                debug!(appends = count, bytes = end, "audit batch durable");
+                for written in ready.drain(..) {
+                    for (reply, records, _) in written.batch {
+                        let _ = reply.send(Ok(records));
+                    }
+                }
+            }
+            Err(source) => {
+                warn!(path = %shared.path.display(), error = %source, "audit sync failed; refusing further appends");
+                poison
+                    .lock()
+                    .expect("poison lock")
+                    .get_or_insert_with(|| source.clone());
+                for written in ready.drain(..) {
+                    for (reply, _, _) in written.batch {
+                        let _ = reply.send(Err(poisoned(shared, &source)));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn poisoned(shared: &Shared, source: &Arc<io::Error>) -> AuditError {
+    AuditError::Poisoned {
+        path: shared.path.clone(),
+        source: source.clone(),
     }
 }

@@ -88,6 +88,16 @@ pub enum BusError {
         /// The log file.
         path: PathBuf,
     },
+    /// One event is larger than the bus takes in one message (nats-server's `max_payload`).
+    #[error("event {id} is {size} bytes, over the bus limit of {max} bytes")]
+    EventTooLarge {
+        /// The event id.
+        id: String,
+        /// Its encoded size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The bus or store was closed.
     #[error("bus is closed")]
     Closed,
@@ -109,6 +119,7 @@ impl BusError {
             | BusError::Corrupt { .. }
             | BusError::Locked { .. }
             | BusError::Poisoned { .. }
+            | BusError::EventTooLarge { .. }
             | BusError::EmptyKey => BusErrorKind::Permanent,
         }
     }

@@ -284,12 +284,27 @@ impl NatsBus {
             PublishErrorKind::StreamNotFound => STREAM_MISSING,
             _ => stage,
         };
-        let mut acks = Vec::with_capacity(events.len());
+        // Encode and size-check everything first, so an oversized event refuses the batch
+        // before any of it is sent.
+        let max = self.client.server_info().max_payload;
+        let mut payloads = Vec::with_capacity(events.len());
         for event in events {
             let payload = serde_json::to_vec(event).map_err(|source| BusError::Codec {
                 what: format!("event {}", event.id),
                 source,
             })?;
+            // Headers (Nats-Msg-Id) need room too.
+            if max > 0 && payload.len() + 256 > max {
+                return Err(BusError::EventTooLarge {
+                    id: event.id.clone(),
+                    size: payload.len(),
+                    max,
+                });
+            }
+            payloads.push(payload);
+        }
+        let mut acks = Vec::with_capacity(events.len());
+        for (event, payload) in events.iter().zip(payloads) {
             let ack = self
                 .js
                 .send_publish(

@@ -74,6 +74,11 @@ async fn publish(
             debug!(route, count, "events published");
             Ok(())
         }
+        Err(e @ firebreak_bus::BusError::EventTooLarge { .. }) => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "event_too_large",
+            format!("{e}; split the notification or shorten its annotations"),
+        )),
         Err(e) => {
             warn!(route, count, error = %e, "publish failed");
             match e.kind() {

@@ -14,7 +14,8 @@
 //!
 //! Every error is JSON `{"error": {"code": "...", "message": "..."}}`: malformed JSON → 400
 //! `malformed_json`, a JSON body that is not the expected shape → 400 `invalid_request`, wrong
-//! webhook `version` → 422 `unsupported_version`, body over the limit → 413 `body_too_large`,
+//! webhook `version` → 422 `unsupported_version`, body over the limit → 413 `body_too_large`
+//! (one alert over the bus's message limit → 413 `event_too_large`),
 //! unknown runbook → 404 `unknown_runbook`, missing or wrong token → 401 `unauthorized`, not a
 //! member of the runbook's owner team → 403 `forbidden`, bus unavailable → 503
 //! `bus_unavailable` (with `Retry-After`), so Alertmanager retries and nothing answered 2xx is

@@ -82,6 +82,11 @@ async fn unacked_is_redelivered_after_ack_wait_and_nak() {
         .await;
 }
 
+#[tokio::test]
+async fn in_progress_extends_the_ack_wait() {
+    suite::in_progress_extends_the_ack_wait(&mut Nats::new(Duration::from_secs(1))).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_consumers_split_work() {
     suite::two_consumers_split_work(&mut Nats::new(ACK_WAIT)).await;

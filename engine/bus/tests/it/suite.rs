@@ -159,6 +159,23 @@ pub async fn unacked_is_redelivered_after_ack_wait_and_nak(h: &mut impl Harness)
     assert_quiet(&mut stream).await;
 }
 
+/// Needs a harness with an ack wait of about 1 s: `in_progress` keeps a long run's event from
+/// being redelivered past the ack wait.
+pub async fn in_progress_extends_the_ack_wait(h: &mut impl Harness) {
+    let bus = h.bus().await;
+    let mut stream = consume(&bus).await;
+    bus.publish(vec![event("p1")]).await.unwrap();
+    let d = next(&mut stream).await;
+    // Three ack waits pass; without the progress signals the event would come back.
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        d.in_progress().await.expect("in progress");
+    }
+    assert_quiet(&mut stream).await;
+    d.ack().await.unwrap();
+    assert_quiet(&mut stream).await;
+}
+
 /// Two consumers (replicas) share the work: together they see every event exactly once, and
 /// each sees some.
 pub async fn two_consumers_split_work(h: &mut impl Harness) {

@@ -88,12 +88,20 @@ pub fn client() -> reqwest::Client {
 
 impl Server {
     pub async fn start(bus: Arc<dyn Bus>, alertmanager_token: Option<&str>) -> Server {
+        Server::start_with_limit(bus, alertmanager_token, LIMIT).await
+    }
+
+    pub async fn start_with_limit(
+        bus: Arc<dyn Bus>,
+        alertmanager_token: Option<&str>,
+        max_body_bytes: usize,
+    ) -> Server {
         let engine_ready = Arc::new(AtomicBool::new(true));
         let ready = Arc::clone(&engine_ready);
         let state = IngestState {
             bus: Arc::clone(&bus),
             alertmanager_token: alertmanager_token.map(str::to_owned),
-            max_body_bytes: LIMIT,
+            max_body_bytes,
             runbook_exists: Arc::new(|name| RUNBOOKS.iter().any(|(r, _)| *r == name)),
             authorize_trigger: Arc::new(authorize),
             metrics: metrics_handle(),

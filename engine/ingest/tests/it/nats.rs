@@ -84,3 +84,27 @@ async fn alerts_answered_2xx_survive_a_nats_server_outage() {
     let events = drain(&server.bus, &answered).await;
     assert!(events.len() >= answered.len());
 }
+
+/// One alert bigger than nats-server's message limit (1 MiB) is 413, not a 500, and the server
+/// keeps serving.
+#[tokio::test]
+async fn an_alert_over_the_nats_message_limit_is_413() {
+    let nats = NatsServer::start().expect("nats-server");
+    let bus = Arc::new(
+        NatsBus::connect(&nats.url(), NatsOptions::default())
+            .await
+            .expect("connect"),
+    );
+    let server = Server::start_with_limit(bus, None, 4 << 20).await;
+    let mut payload: Value = serde_json::from_slice(&fixture("webhook-firing.json")).unwrap();
+    payload["alerts"][0]["annotations"]["description"] = json!("x".repeat(2 << 20));
+    let (status, body) = server
+        .post("/v1/alertmanager", None, payload.to_string())
+        .await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(code(&body), "event_too_large");
+    let (status, _) = server
+        .post("/v1/alertmanager", None, fixture("webhook-firing.json"))
+        .await;
+    assert_eq!(status, 202);
+}

@@ -455,6 +455,16 @@ fn get(sim: &Sim, req: &Req, t: &Target) -> Answer {
         Some("log") => {
             let q = logs::LogQuery::parse(&req.query)?;
             let text = logs::render(&obj, &q, now)?;
+            if req.q("follow") == Some("true") {
+                return Ok(logs::follow(
+                    sim,
+                    t.rt,
+                    t.ns.clone(),
+                    name_of(t).to_string(),
+                    q,
+                    text,
+                ));
+            }
             Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], text).into_response())
         }
         _ => Ok(object_response(StatusCode::OK, req, t.rt, &obj, now)),

@@ -1,7 +1,7 @@
 //! The `pods/log` subresource: query parsing (`container`, `tailLines`, `previous`,
 //! `timestamps`, `sinceSeconds`) and the text served.
 //!
-//! Start at [`LogQuery::parse`] and [`render`]. The lines themselves come from the simulated
+//! Start at [`LogQuery::parse`] and [`render`]; [`follow`] streams (`follow=true`). The lines themselves come from the simulated
 //! kubelet (`controller::kubelet::pod_logs`).
 
 use std::collections::BTreeMap;
@@ -142,6 +142,75 @@ pub fn render(pod: &Value, q: &LogQuery, now: Timestamp) -> Result<String, ApiEr
         out.push('\n');
     }
     Ok(out)
+}
+
+/// How often a followed log is checked for new lines.
+const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Streams a log for `follow=true`: the text rendered so far, then new lines as the simulated
+/// container writes them, until the pod is gone, the server shuts down or the client leaves.
+pub(crate) fn follow(
+    sim: &crate::sim::Sim,
+    rt: &'static crate::resources::ResourceType,
+    ns: Option<String>,
+    name: String,
+    q: LogQuery,
+    first: String,
+) -> axum::response::Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
+    let sim = sim.clone();
+    let stop = sim.shared.cancel.clone();
+    tokio::spawn(async move {
+        let mut sent: Vec<String> = first.lines().map(str::to_string).collect();
+        if tx.send(bytes::Bytes::from(first)).await.is_err() {
+            return;
+        }
+        let mut every = tokio::time::interval(FOLLOW_EVERY);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tx.closed() => return,
+                _ = every.tick() => {}
+            }
+            let text = {
+                let inner = sim.lock();
+                let Ok(pod) = inner.store.get_resource(rt, ns.as_deref(), &name) else {
+                    return;
+                };
+                let all = LogQuery {
+                    tail_lines: None,
+                    since_seconds: None,
+                    ..q.clone()
+                };
+                match render(&pod, &all, inner.store.clock.now()) {
+                    Ok(text) => text,
+                    Err(_) => return,
+                }
+            };
+            let lines: Vec<&str> = text.lines().collect();
+            // New lines are those after the last line already sent.
+            let start = match sent.last() {
+                Some(last) => lines.iter().rposition(|l| l == last).map_or(0, |i| i + 1),
+                None => 0,
+            };
+            let fresh: Vec<&str> = lines[start..].to_vec();
+            if fresh.is_empty() {
+                continue;
+            }
+            let mut chunk = fresh.join("\n");
+            chunk.push('\n');
+            sent.extend(fresh.iter().map(|l| l.to_string()));
+            if tx.send(bytes::Bytes::from(chunk)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+    });
+    crate::api::stream_response("text/plain", axum::body::Body::from_stream(stream))
 }
 
 #[cfg(test)]

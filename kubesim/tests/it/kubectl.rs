@@ -814,3 +814,38 @@ async fn drain_evicts_pods_and_they_wait_for_a_schedulable_node() {
         "replacements cannot be scheduled on a cordoned node"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_follow_streams_new_lines_as_the_clock_moves() {
+    let k = with_web().await;
+    k.kubectl(&["rollout", "status", "deploy/web", "--timeout=30s"])
+        .await
+        .ok();
+    let pod = k
+        .kubectl(&[
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={.items[0].metadata.name}",
+        ])
+        .await
+        .ok()
+        .to_string();
+    let mut follow = k.kubectl_spawn(&["logs", "-f", &pod, "--tail=1"]);
+    let first = follow
+        .line_matching(|_| true, Duration::from_secs(30), "the last line so far")
+        .await;
+    k.admin("/_sim/clock", serde_json::json!({"advanceSeconds": 30}))
+        .await;
+    let next = follow
+        .line_matching(
+            |l| l != first,
+            Duration::from_secs(30),
+            "a line written after the clock moved",
+        )
+        .await;
+    let stamp = |l: &str| l.split_whitespace().next().unwrap_or_default().to_string();
+    assert!(stamp(&next) > stamp(&first), "{first:?} then {next:?}");
+}

@@ -34,13 +34,20 @@ pub fn render_timeline(records: &[Record]) -> String {
     );
     let _ = writeln!(out);
 
-    // Step inputs, shown on the step's finishing line.
-    let mut inputs: std::collections::HashMap<u32, Value> = std::collections::HashMap::new();
+    // Steps started and not yet finished: their inputs and start offset, shown on the
+    // step's finishing line (which is placed at the step's start time).
+    let mut open: std::collections::BTreeMap<u32, OpenStep> = Default::default();
     let mut finished = false;
+    let offset_of = |time: jiff::Timestamp| {
+        format!(
+            "{:>10}",
+            format!("+{:.3}s", time.duration_since(start).as_secs_f64())
+        )
+    };
+    let blank = " ".repeat(10);
     for record in records {
         let offset = record.time.duration_since(start);
-        let at = format!("+{:>8.3}s", offset.as_secs_f64());
-        let blank = " ".repeat(at.chars().count());
+        let at = offset_of(record.time);
         match &record.body {
             RecordBody::RunStarted {
                 event,
@@ -74,13 +81,16 @@ pub fn render_timeline(records: &[Record]) -> String {
                     "{at}  ↻ resumed after a restart ({replayable_steps} finished steps replay from the journal)"
                 );
             }
-            RecordBody::StepStarted {
-                step,
-                name,
-                inputs: i,
-            } => {
-                inputs.insert(*step, i.clone());
-                let _ = writeln!(out, "{at}  · #{step} {name} started");
+            RecordBody::StepStarted { step, name, inputs } => {
+                open.insert(
+                    *step,
+                    OpenStep {
+                        name: name.clone(),
+                        inputs: inputs.clone(),
+                        at,
+                        notes: Vec::new(),
+                    },
+                );
             }
             RecordBody::StepFinished {
                 step,
@@ -97,6 +107,10 @@ pub fn render_timeline(records: &[Record]) -> String {
                     StepStatus::Skipped => "–",
                     StepStatus::Replayed => "↻",
                 };
+                let (inputs, at, notes) = match open.remove(step) {
+                    Some(o) => (Some(o.inputs), o.at, o.notes),
+                    None => (None, at, Vec::new()),
+                };
                 let mut line = format!("{at}  {mark} #{step} {name:<24} {duration_ms:>6} ms");
                 if *attempts > 1 {
                     let _ = write!(line, " ({attempts} attempts)");
@@ -105,7 +119,7 @@ pub fn render_timeline(records: &[Record]) -> String {
                     line.push_str(" (replayed)");
                 }
                 let _ = writeln!(out, "{line}");
-                if let Some(i) = inputs.get(step).filter(|v| !is_empty(v)) {
+                if let Some(i) = inputs.as_ref().filter(|v| !is_empty(v)) {
                     let _ = writeln!(out, "{blank}      in  {}", brief_map(i));
                 }
                 if !is_empty(outputs) {
@@ -114,20 +128,25 @@ pub fn render_timeline(records: &[Record]) -> String {
                 if let Some(e) = error {
                     let _ = writeln!(out, "{blank}      error ({}) {}", e.kind, e.message);
                 }
+                for note in notes {
+                    let _ = writeln!(out, "{note}");
+                }
             }
             RecordBody::Evidence { step, name, data } => {
-                let _ = writeln!(out, "{at}  ◆ #{step} evidence {name}: {}", summarize(data));
+                let note = format!("{at}      ◆ evidence {name}: {}", summarize(data));
+                note_or_print(&mut out, &mut open, Some(*step), note);
             }
             RecordBody::Progress { step, message } => {
-                let _ = writeln!(out, "{at}  … #{step} {message}");
+                let note = format!("{at}      … {message}");
+                note_or_print(&mut out, &mut open, Some(*step), note);
             }
             RecordBody::Refusal {
                 step,
                 action,
                 reason,
             } => {
-                let step = step.map(|s| format!("#{s} ")).unwrap_or_default();
-                let _ = writeln!(out, "{at}  ⛔ {step}refused {action}: {reason}");
+                let note = format!("{at}      ⛔ refused {action}: {reason}");
+                note_or_print(&mut out, &mut open, *step, note);
             }
             RecordBody::Approval {
                 step,
@@ -158,6 +177,16 @@ pub fn render_timeline(records: &[Record]) -> String {
             }
         }
     }
+    for (step, o) in open {
+        let _ = writeln!(
+            out,
+            "{}  ⋯ #{step} {} started, no outcome journaled",
+            o.at, o.name
+        );
+        for note in o.notes {
+            let _ = writeln!(out, "{note}");
+        }
+    }
     if !finished {
         let _ = writeln!(
             out,
@@ -165,6 +194,31 @@ pub fn render_timeline(records: &[Record]) -> String {
         );
     }
     out
+}
+
+/// A step whose `step_started` has been seen and its `step_finished` not yet.
+struct OpenStep {
+    name: String,
+    inputs: Value,
+    /// Offset of the start, where the step's line is placed.
+    at: String,
+    /// Evidence, progress and refusals of the step, printed under its line.
+    notes: Vec<String>,
+}
+
+/// Lines about a step go under the step's line once it finishes; others print now.
+fn note_or_print(
+    out: &mut String,
+    open: &mut std::collections::BTreeMap<u32, OpenStep>,
+    step: Option<u32>,
+    note: String,
+) {
+    match step.and_then(|s| open.get_mut(&s)) {
+        Some(o) => o.notes.push(note),
+        None => {
+            let _ = writeln!(out, "{note}");
+        }
+    }
 }
 
 fn is_empty(v: &Value) -> bool {

@@ -159,3 +159,35 @@ async fn start_returns_once_run_started_is_durable() {
     assert!(matches!(records[0].body, RecordBody::RunStarted { .. }));
     assert_eq!(handle.join().await.status, RunStatus::Succeeded);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closures_may_capture_ctx_and_script_functions_may_take_steps() {
+    let h = harness(Registry::new(), config());
+    let (outcome, records) = run(
+        &h,
+        plan(
+            "r1",
+            r#"
+            fn announce(ctx, what) { log(`${ctx.runbook}: ${what}`); what }
+            let replicas = step("read params", || ctx.params.replicas);
+            announce(ctx, `replicas ${replicas}`);
+            if replicas != 3 { fail("ctx not captured") }
+            "#,
+        ),
+    )
+    .await;
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
+    match (&records[1].body, &records[2].body) {
+        (RecordBody::StepStarted { inputs, .. }, RecordBody::StepFinished { outputs, .. }) => {
+            assert_eq!(inputs, &json!({}), "ctx is left out of captured inputs");
+            assert_eq!(outputs, &json!(3));
+        }
+        other => panic!("{other:?}"),
+    }
+    match &records[3].body {
+        RecordBody::StepStarted { inputs, .. } => {
+            assert_eq!(inputs, &json!({"message": "test-runbook: replicas 3"}))
+        }
+        other => panic!("{other:?}"),
+    }
+}

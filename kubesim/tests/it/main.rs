@@ -3,6 +3,7 @@
 //! `harness` starts kubesim in-process on 127.0.0.1:0 and runs the real kubectl against it;
 //! `kubectl` checks kubectl's output and exit codes; `kube_client` drives it with kube-rs.
 
+mod bad_input;
 mod binary;
 mod harness;
 mod kube_client;

@@ -381,11 +381,7 @@ impl Store {
         }
         match rt.kind {
             "Deployment" | "ReplicaSet" => obj["status"] = json!({}),
-            "Pod"
-                if obj
-                    .get("status")
-                    .is_none_or(|s| s.get("phase").is_none()) =>
-            {
+            "Pod" if obj.get("status").is_none_or(|s| s.get("phase").is_none()) => {
                 obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
             }
             "Service" => self.allocate_cluster_ip(&mut obj),

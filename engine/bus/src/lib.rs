@@ -31,7 +31,7 @@ pub mod testutil;
 pub use embedded::{EmbeddedBus, EmbeddedOptions, FileStateStore};
 pub use error::{BusError, BusErrorKind};
 pub use nats::{NatsBus, NatsOptions, NatsStateStore};
-pub use state::{RunRecord, StateStore};
+pub use state::{BUDGET_RETENTION, RunRecord, StateStore};
 
 /// Where events are published and consumed. Dyn-compatible: the binary holds an `Arc<dyn Bus>`.
 pub trait Bus: Send + Sync {

@@ -1,13 +1,13 @@
 //! The embedded bus: the one-machine default, with no NATS.
 //!
-//! Events are appended to `<dir>/events.log` (JSON lines, group commit, see [`crate::log`]) and
+//! Events are appended to `<dir>/events.log` (JSON lines, group commit, see `src/log.rs`) and
 //! `publish` answers once they are fsync'd. Consumers take events from an in-memory queue that
 //! the writer thread fills only with durable events. An ack appends an ack record to the next
 //! group commit without waiting for it (an ack lost in a crash means one more delivery). On open the log is replayed: every published event without an ack is queued again,
 //! so unacked work survives a crash or restart. A delivery not acked within the ack wait, or
 //! nak'd, goes back to the queue.
 //!
-//! Start at [`EmbeddedBus::open`]; the queue is [`Queue`]. [`FileStateStore`] (in `state`) is
+//! Start at [`EmbeddedBus::open`]; the queue is `Queue`. [`FileStateStore`] (in `state`) is
 //! the matching state store.
 
 use std::cmp::Reverse;
@@ -31,7 +31,7 @@ use crate::{AckHandle, Bus, BusError, Delivery, now_ms};
 
 mod state;
 
-pub use state::FileStateStore;
+pub use state::{FINISHED_RUNS_KEPT, FileStateStore};
 
 /// Settings of the embedded bus. `Default` gives production values.
 #[derive(Debug, Clone)]

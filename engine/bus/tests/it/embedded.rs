@@ -202,3 +202,18 @@ async fn the_log_is_compacted_and_keeps_only_unacked_events() {
     let mut stream = bus.consume().await.unwrap();
     assert_eq!(next(&mut stream).await.event.id, "keep");
 }
+
+#[tokio::test]
+async fn publish_returns_only_once_the_event_is_in_the_log_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = EmbeddedBus::open(dir.path()).unwrap();
+    for i in 0..20 {
+        let id = format!("durable-{i}");
+        bus.publish(vec![event(&id)]).await.unwrap();
+        let log = std::fs::read_to_string(dir.path().join("events.log")).unwrap();
+        assert!(
+            log.contains(&format!("\"id\":\"{id}\"")),
+            "{id} not on disk when publish returned"
+        );
+    }
+}

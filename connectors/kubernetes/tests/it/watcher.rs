@@ -143,6 +143,35 @@ async fn a_crashloop_is_published_once_not_on_every_restart() -> Result<()> {
     Ok(())
 }
 
+/// The watcher gives no signal when its first list is done, so this keeps creating fresh
+/// Warning markers until one is published: from then on it is watching live. Returns what
+/// was received meanwhile.
+async fn wait_watching(
+    events: &kube::Api<k8s_openapi::api::core::v1::Event>,
+    rx: &mut mpsc::Receiver<Event>,
+) -> Result<Vec<Event>> {
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    for i in 0.. {
+        let name = format!("marker{i}");
+        events
+            .create(&Default::default(), &warning(&name, "Marker", 1))
+            .await?;
+        let poll_until = tokio::time::Instant::now() + Duration::from_millis(300);
+        while let Ok(Some(e)) = tokio::time::timeout_at(poll_until, rx.recv()).await {
+            let is_marker = e.data["reason"] == "Marker";
+            seen.push(e);
+            if is_marker {
+                return Ok(seen);
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            break;
+        }
+    }
+    bail!("no marker warning was published within 30s")
+}
+
 fn warning(name: &str, reason: &str, count: i32) -> k8s_openapi::api::core::v1::Event {
     serde_json::from_value(serde_json::json!({
         "metadata": {"name": name, "namespace": "app"},
@@ -175,27 +204,7 @@ async fn what_existed_before_the_watcher_started_is_not_replayed_unless_it_recur
         tx,
         shutdown.clone(),
     ));
-    // The watcher gives no signal when its first list is done, so keep creating fresh
-    // markers until one is published: from then on it is watching live.
-    let mut seen = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    'markers: for i in 0.. {
-        let name = format!("marker{i}");
-        events
-            .create(&Default::default(), &warning(&name, "Marker", 1))
-            .await?;
-        let poll_until = tokio::time::Instant::now() + Duration::from_millis(300);
-        while let Ok(Some(e)) = tokio::time::timeout_at(poll_until, rx.recv()).await {
-            let is_marker = e.data["reason"] == "Marker";
-            seen.push(e);
-            if is_marker {
-                break 'markers;
-            }
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("no marker warning was published within 30s");
-        }
-    }
+    let seen = wait_watching(&events, &mut rx).await?;
     assert!(
         seen.iter().all(|e| e.data["reason"] != "OldTrouble"),
         "a warning that existed before the start was replayed: {seen:?}"
@@ -219,6 +228,142 @@ async fn what_existed_before_the_watcher_started_is_not_replayed_unless_it_recur
     assert_eq!(recurred.kind, "warning");
     assert_eq!(recurred.subject, "deployment/web");
     assert_eq!(recurred.data["count"], 2);
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task).await??;
+    Ok(())
+}
+
+#[tokio::test]
+async fn after_a_watch_error_it_resumes_without_replaying_or_losing() -> Result<()> {
+    let c = Cluster::start().await?;
+    c.create_namespace("app").await?;
+    let events: kube::Api<k8s_openapi::api::core::v1::Event> =
+        kube::Api::namespaced(c.client.clone(), "app");
+    let (tx, mut rx) = mpsc::channel(100);
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(watcher::run(
+        c.client.clone(),
+        vec!["app".into()],
+        tx,
+        shutdown.clone(),
+    ));
+    wait_watching(&events, &mut rx).await?;
+    events
+        .create(&Default::default(), &warning("before", "Before", 1))
+        .await?;
+    receive_until(&c, &mut rx, "the Before warning", |e| {
+        e.data["reason"] == "Before"
+    })
+    .await?;
+
+    // Compaction ends every open watch and expires its resourceVersion: the watcher must
+    // re-list. A warning created right now must still arrive, and nothing seen before may.
+    let lists_before = event_lists(&c);
+    let compact = http::Request::post("/_sim/compact").body(Vec::new())?;
+    c.client.request_text(compact).await?;
+    events
+        .create(&Default::default(), &warning("after", "After", 1))
+        .await?;
+    let got = receive_until(&c, &mut rx, "the After warning", |e| {
+        e.data["reason"] == "After"
+    })
+    .await?;
+    let replayed: Vec<_> = got
+        .iter()
+        .filter(|e| e.data["reason"] == "Before" || e.data["reason"] == "Marker")
+        .collect();
+    assert!(
+        replayed.is_empty(),
+        "replayed after the re-list: {replayed:?}"
+    );
+    assert!(
+        event_lists(&c) > lists_before,
+        "the watcher did not re-list after the watch ended"
+    );
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task).await??;
+    Ok(())
+}
+
+/// How many times the events of `app` were listed (not watched).
+fn event_lists(c: &Cluster) -> usize {
+    c.sim
+        .sim()
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.method == "GET"
+                && r.path == "/api/v1/namespaces/app/events"
+                && !r.query.contains("watch=true")
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn a_stalled_rollout_fails_the_wait_and_is_published() -> Result<()> {
+    let mut config = kubesim::SimConfig::default();
+    config
+        .controllers
+        .image_faults
+        .insert("web:stuck".into(), kubesim::Fault::NeverReady);
+    let c = Cluster::start_with(config).await?;
+    c.deploy_web("app", "web:1").await?;
+    let (tx, mut rx) = mpsc::channel(100);
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(watcher::run(
+        c.client.clone(),
+        vec!["app".into()],
+        tx,
+        shutdown.clone(),
+    ));
+    c.kubectl(&[
+        "patch",
+        "deploy/web",
+        "-n",
+        "app",
+        "-p",
+        r#"{"spec":{"progressDeadlineSeconds":30}}"#,
+    ])
+    .await?;
+    c.kubectl(&["set", "image", "deploy/web", "app=web:stuck", "-n", "app"])
+        .await?;
+    let stalled = receive_until(&c, &mut rx, "rollout_stalled event", |e| {
+        e.kind == "rollout_stalled"
+    })
+    .await?
+    .pop()
+    .unwrap();
+    assert_eq!(stalled.subject, "deployment/web");
+    assert_eq!(stalled.data["reason"], "ProgressDeadlineExceeded");
+    assert_eq!(stalled.data["images"], serde_json::json!(["app=web:stuck"]));
+
+    let (cx, _) = crate::harness::context(false);
+    let err = c
+        .call(
+            &cx,
+            "wait_rollout",
+            serde_json::json!({"ns": "app", "deploy": "web", "timeout": 30}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, firebreak_connector::ErrorKind::Permanent);
+    assert_eq!(
+        err.message,
+        "deployment \"web\" exceeded its progress deadline"
+    );
+    let (ok, _, stderr) = c
+        .kubectl_raw(&[
+            "rollout",
+            "status",
+            "deploy/web",
+            "-n",
+            "app",
+            "--timeout=30s",
+        ])
+        .await?;
+    assert!(!ok && stderr.contains(&err.message), "{stderr}");
 
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(10), task).await??;

@@ -98,6 +98,12 @@ pub enum BusError {
         /// The limit.
         max: usize,
     },
+    /// An event without an id cannot be deduplicated, so it is refused.
+    #[error("event has an empty id (subject {subject})")]
+    EmptyEventId {
+        /// The event's subject, to find it.
+        subject: String,
+    },
     /// The bus or store was closed.
     #[error("bus is closed")]
     Closed,
@@ -120,6 +126,7 @@ impl BusError {
             | BusError::Locked { .. }
             | BusError::Poisoned { .. }
             | BusError::EventTooLarge { .. }
+            | BusError::EmptyEventId { .. }
             | BusError::EmptyKey => BusErrorKind::Permanent,
         }
     }
@@ -134,5 +141,15 @@ impl BusError {
             kind,
             source: source.into(),
         }
+    }
+}
+
+/// Refuses a batch holding an event without an id.
+pub(crate) fn check_ids(events: &[firebreak_event::Event]) -> Result<(), BusError> {
+    match events.iter().find(|e| e.id.is_empty()) {
+        Some(e) => Err(BusError::EmptyEventId {
+            subject: e.subject.clone(),
+        }),
+        None => Ok(()),
     }
 }

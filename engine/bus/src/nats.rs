@@ -334,6 +334,7 @@ impl Bus for NatsBus {
             if events.is_empty() {
                 return Ok(());
             }
+            crate::error::check_ids(&events)?;
             self.check_connected()?;
             match self.publish_all(&events).await {
                 // The stream is gone (a wiped server): recreate it and try once more.

@@ -373,6 +373,7 @@ impl Bus for EmbeddedBus {
             if events.is_empty() {
                 return Ok(());
             }
+            crate::error::check_ids(&events)?;
             // Encode first, so a bad event rejects the whole batch before anything is remembered.
             let at_ms = now_ms();
             let mut lines = Vec::with_capacity(events.len());

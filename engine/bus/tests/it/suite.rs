@@ -98,6 +98,9 @@ pub async fn publish_consume_ack(h: &mut impl Harness) {
 pub async fn dedupe_by_id(h: &mut impl Harness) {
     let bus = h.bus().await;
     let mut stream = consume(&bus).await;
+    let err = bus.publish(vec![event("ok"), event("")]).await.unwrap_err();
+    assert!(matches!(err, BusError::EmptyEventId { .. }), "{err:?}");
+    assert_quiet(&mut stream).await; // the whole batch was refused
     bus.publish(vec![event("d1")]).await.unwrap();
     bus.publish(vec![event("d1")]).await.unwrap();
     bus.publish(vec![event("d1"), event("d2"), event("d2")])

@@ -314,6 +314,15 @@ pub fn rbac_rules() -> Vec<RbacRule> {
     merge_rules(actions().iter().flat_map(|a| a.rbac.iter().cloned()))
 }
 
+/// What the event watcher ([`crate::watcher`]) needs in each namespace it watches (or in a
+/// ClusterRole when it watches all of them).
+pub fn watcher_rules() -> Vec<RbacRule> {
+    vec![
+        rule(CORE, &["events", "pods"], &["list", "watch"]),
+        rule(APPS, &["deployments"], &["list", "watch"]),
+    ]
+}
+
 fn merge_rules(rules: impl Iterator<Item = RbacRule>) -> Vec<RbacRule> {
     // (group, resource) -> verbs
     let mut by_resource: BTreeMap<(&'static str, &'static str), BTreeSet<&'static str>> =
@@ -357,11 +366,17 @@ fn is_cluster_scoped(resource: &str) -> bool {
     matches!(resource, "nodes")
 }
 
-/// Renders the least-privilege RBAC for the connector as YAML: a `Role` named `name` in
-/// `namespace` for namespaced resources (bind one per namespace runbooks act on) and a
-/// `ClusterRole` named `name` for cluster-scoped ones (nodes).
+/// Renders the least-privilege RBAC for the connector and the event watcher as YAML: a
+/// `Role` named `name` in `namespace` for namespaced resources (bind one per namespace
+/// runbooks act on or the watcher watches) and a `ClusterRole` named `name` for
+/// cluster-scoped ones (nodes).
 pub fn rbac_yaml(name: &str, namespace: &str) -> String {
-    let rules = rbac_rules();
+    let rules = merge_rules(
+        actions()
+            .iter()
+            .flat_map(|a| a.rbac.clone())
+            .chain(watcher_rules()),
+    );
     let (cluster, namespaced): (Vec<_>, Vec<_>) = rules
         .into_iter()
         .partition(|r| r.resources.iter().all(|res| is_cluster_scoped(res)));
@@ -475,5 +490,22 @@ mod tests {
         assert!(cluster.contains("kind: ClusterRole\n"));
         assert!(cluster.contains("resources: [\"nodes\"]\n    verbs: [\"get\", \"patch\"]"));
         assert!(!cluster.contains("deployments"));
+    }
+
+    #[test]
+    fn readme_shows_the_current_rbac() {
+        let readme = include_str!("../README.md");
+        let yaml = rbac_yaml("firebreak", "NAMESPACE");
+        assert!(
+            readme.contains(&yaml),
+            "connectors/kubernetes/README.md is stale; the RBAC block should be:\n{yaml}"
+        );
+        for a in actions() {
+            assert!(
+                readme.contains(&format!("`{}(", a.name)),
+                "README does not list {}",
+                a.name
+            );
+        }
     }
 }

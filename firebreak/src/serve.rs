@@ -246,13 +246,35 @@ impl AuditMirror for BusMirror {
                 subject_token(&record.run_id)
             );
             let payload = serde_json::to_vec(record).map_err(|e| e.to_string())?;
-            self.bus
-                .publish_audit(subject, payload)
-                .await
-                .map_err(|e| e.to_string())
+            // The record is already durable in the journal file. While NATS is briefly
+            // unreachable, retry (delaying the run) rather than fail the step; give up after
+            // MIRROR_RETRY_FOR so a lasting outage still fails loudly.
+            let deadline = tokio::time::Instant::now() + MIRROR_RETRY_FOR;
+            let mut delay = Duration::from_millis(50);
+            loop {
+                match self
+                    .bus
+                    .publish_audit(subject.clone(), payload.clone())
+                    .await
+                {
+                    Ok(()) => return Ok(()),
+                    Err(e)
+                        if e.kind() != firebreak_bus::BusErrorKind::Permanent
+                            && tokio::time::Instant::now() + delay < deadline =>
+                    {
+                        warn!(error = %e, seq = record.seq, run_id = %record.run_id, "audit mirror unavailable; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(1));
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
         })
     }
 }
+
+/// How long one record's mirror publish is retried while NATS is unreachable.
+const MIRROR_RETRY_FOR: Duration = Duration::from_secs(30);
 
 /// NATS subject tokens may not contain `.`, `*`, `>` or whitespace.
 fn subject_token(s: &str) -> String {

@@ -63,7 +63,8 @@ async fn alertmanager_fires_and_resolves_runs_are_audited_and_tampering_is_caugh
     let am = Alertmanager::start(&serve.url("/v1/alertmanager"), "1h", None).await;
 
     let starts = at(-100);
-    am.post_alerts(&json!([disk_full("db-1", &starts, None)])).await;
+    am.post_alerts(&json!([disk_full("db-1", &starts, None)]))
+        .await;
     let journal = serve
         .wait_journal("a finished on-firing run for db-1", RUN_WAIT, |j| {
             j.finished("on-firing").len() == 1
@@ -75,8 +76,14 @@ async fn alertmanager_fires_and_resolves_runs_are_audited_and_tampering_is_caugh
     assert_eq!(event["source"], "alertmanager");
     assert_eq!(event["type"], "firing");
     assert_eq!(event["data"]["labels"]["instance"], "db-1");
-    assert_eq!(event["data"]["receiver"], "firebreak", "the webhook came from Alertmanager");
-    assert!(journal.runs_of("on-resolved").is_empty(), "nothing resolved yet");
+    assert_eq!(
+        event["data"]["receiver"], "firebreak",
+        "the webhook came from Alertmanager"
+    );
+    assert!(
+        journal.runs_of("on-resolved").is_empty(),
+        "nothing resolved yet"
+    );
     let fired_id = fired.run_id.clone();
 
     // Resolve it: Alertmanager notifies with status resolved at the next group interval.
@@ -89,8 +96,15 @@ async fn alertmanager_fires_and_resolves_runs_are_audited_and_tampering_is_caugh
         .await;
     let resolved = &journal.finished("on-resolved")[0];
     assert_eq!(resolved.status(), Some("succeeded"));
-    assert_eq!(resolved.started().unwrap()["body"]["event"]["type"], "resolved");
-    assert_eq!(journal.runs_of("on-firing").len(), 1, "the resolve started no firing run");
+    assert_eq!(
+        resolved.started().unwrap()["body"]["event"]["type"],
+        "resolved"
+    );
+    assert_eq!(
+        journal.runs_of("on-firing").len(),
+        1,
+        "the resolve started no firing run"
+    );
 
     // What an operator sees.
     let list = serve.cli(&["audit", "list"]).await.ok("audit list");
@@ -99,13 +113,21 @@ async fn alertmanager_fires_and_resolves_runs_are_audited_and_tampering_is_caugh
         .lines()
         .find(|l| l.starts_with(&fired_id))
         .unwrap_or_else(|| panic!("audit list has no row for {fired_id}:\n{}", list.stdout));
-    assert!(row.contains("on-firing") && row.contains("succeeded"), "{row}");
     assert!(
-        list.stdout.lines().any(|l| l.contains("on-resolved") && l.contains("succeeded")),
+        row.contains("on-firing") && row.contains("succeeded"),
+        "{row}"
+    );
+    assert!(
+        list.stdout
+            .lines()
+            .any(|l| l.contains("on-resolved") && l.contains("succeeded")),
         "{}",
         list.stdout
     );
-    let show = serve.cli(&["audit", "show", &fired_id[..13]]).await.ok("audit show");
+    let show = serve
+        .cli(&["audit", "show", &fired_id[..13]])
+        .await
+        .ok("audit show");
     for expected in [
         "runbook on-firing",
         "actor alertmanager",
@@ -114,7 +136,11 @@ async fn alertmanager_fires_and_resolves_runs_are_audited_and_tampering_is_caugh
         "evidence alert",
         "run succeeded",
     ] {
-        assert!(show.stdout.contains(expected), "audit show lacks {expected:?}:\n{}", show.stdout);
+        assert!(
+            show.stdout.contains(expected),
+            "audit show lacks {expected:?}:\n{}",
+            show.stdout
+        );
     }
     let verify = serve.cli(&["audit", "verify"]).await.ok("audit verify");
     assert!(verify.stdout.starts_with("ok: "), "{verify}");
@@ -143,7 +169,10 @@ async fn tamper_and_verify(mut serve: Serve) {
     std::fs::write(&path, lines.join("\n") + "\n").unwrap();
 
     let verify = serve.cli(&["audit", "verify"]).await;
-    assert!(!verify.success(), "a hand-edited journal must fail verify: {verify}");
+    assert!(
+        !verify.success(),
+        "a hand-edited journal must fail verify: {verify}"
+    );
     let line = index + 1;
     assert!(
         verify.stderr.contains(&format!("audit.jsonl:{line}:"))
@@ -166,7 +195,10 @@ async fn a_resent_alert_starts_one_run_while_the_first_runs_or_cools_down() {
                  params:\n  queue: { from: label, key: queue, type: string, required: true }\n\
                  concurrency: \"{{params.queue}}\"\ncooldown: 1h\ntimeout: 30s\n",
             ),
-            ("slow.rhai", "log(`draining ${ctx.params.queue}`);\nsleep(1000);\n"),
+            (
+                "slow.rhai",
+                "log(`draining ${ctx.params.queue}`);\nsleep(1000);\n",
+            ),
         ],
     );
     let serve = Serve::start(&dir, ServeOpts::default()).await;
@@ -188,17 +220,26 @@ async fn a_resent_alert_starts_one_run_while_the_first_runs_or_cools_down() {
     let (s1, a1) = serve.post("/v1/alertmanager", None, first.clone()).await;
     let (s2, a2) = serve.post("/v1/alertmanager", None, first).await;
     assert_eq!((s1, s2), (202, 202), "{a1} {a2}");
-    assert_eq!(a1["accepted"], a2["accepted"], "a repeat keeps its event id");
-    let (s3, a3) = serve.post("/v1/alertmanager", None, body("2026-11-27T03:05:00Z")).await;
+    assert_eq!(
+        a1["accepted"], a2["accepted"],
+        "a repeat keeps its event id"
+    );
+    let (s3, a3) = serve
+        .post("/v1/alertmanager", None, body("2026-11-27T03:05:00Z"))
+        .await;
     assert_eq!(s3, 202, "{a3}");
     assert_ne!(a3["accepted"], a1["accepted"]);
 
     // While the first run is active (it sleeps 1s) the lock holds; afterwards the cooldown.
     let journal = serve
-        .wait_journal("the slow run to finish", RUN_WAIT, |j| j.finished("slow").len() == 1)
+        .wait_journal("the slow run to finish", RUN_WAIT, |j| {
+            j.finished("slow").len() == 1
+        })
         .await;
     assert_eq!(journal.finished("slow")[0].status(), Some("succeeded"));
-    let (s4, a4) = serve.post("/v1/alertmanager", None, body("2026-11-27T03:10:00Z")).await;
+    let (s4, a4) = serve
+        .post("/v1/alertmanager", None, body("2026-11-27T03:10:00Z"))
+        .await;
     assert_eq!(s4, 202, "{a4}");
     let fourth = a4["accepted"][0].as_str().unwrap().to_owned();
     // The dispatcher logs its decision for each delivery; wait until it has seen both.
@@ -221,5 +262,10 @@ async fn a_resent_alert_starts_one_run_while_the_first_runs_or_cools_down() {
         .await;
     }
     let journal = serve.journal();
-    assert_eq!(journal.runs_of("slow").len(), 1, "one run per incident\n{}", journal.summary());
+    assert_eq!(
+        journal.runs_of("slow").len(),
+        1,
+        "one run per incident\n{}",
+        journal.summary()
+    );
 }

@@ -27,9 +27,15 @@ fn assert_error(what: &str, got: (u16, Value), status: u16, code: &str, words: &
     let (got_status, body) = got;
     assert_eq!(got_status, status, "{what}: {body}");
     assert_eq!(body["error"]["code"], code, "{what}: {body}");
-    let message = body["error"]["message"].as_str().unwrap_or_default().to_lowercase();
+    let message = body["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_lowercase();
     for word in words {
-        assert!(message.contains(word), "{what}: the message should name {word:?}: {body}");
+        assert!(
+            message.contains(word),
+            "{what}: the message should name {word:?}: {body}"
+        );
     }
 }
 
@@ -78,14 +84,18 @@ async fn each_bad_request_gets_its_json_error_and_the_engine_keeps_serving() {
     );
     assert_error(
         "malformed json",
-        serve.post(am, Some(TOKEN), r#"{"version": "4", "alerts": ["#).await,
+        serve
+            .post(am, Some(TOKEN), r#"{"version": "4", "alerts": ["#)
+            .await,
         400,
         "malformed_json",
         &["json"],
     );
     assert_error(
         "wrong version",
-        serve.post(am, Some(TOKEN), webhook("3", "web-1").to_string()).await,
+        serve
+            .post(am, Some(TOKEN), webhook("3", "web-1").to_string())
+            .await,
         422,
         "unsupported_version",
         &["version", "3"],
@@ -102,7 +112,11 @@ async fn each_bad_request_gets_its_json_error_and_the_engine_keeps_serving() {
     assert_error(
         "unknown runbook",
         serve
-            .post("/v1/trigger", None, json!({"runbook": "no-such-runbook", "params": {}}).to_string())
+            .post(
+                "/v1/trigger",
+                None,
+                json!({"runbook": "no-such-runbook", "params": {}}).to_string(),
+            )
             .await,
         404,
         "unknown_runbook",
@@ -117,16 +131,25 @@ async fn each_bad_request_gets_its_json_error_and_the_engine_keeps_serving() {
     );
 
     // Nothing of that reached the dispatcher; the engine still serves a good alert.
-    assert!(serve.journal().runs().is_empty(), "{}", serve.journal().summary());
+    assert!(
+        serve.journal().runs().is_empty(),
+        "{}",
+        serve.journal().summary()
+    );
     let (status, body) = serve.post(am, Some(TOKEN), good).await;
     assert_eq!(status, 202, "{body}");
     let journal = serve
-        .wait_journal("the good alert's run to finish", Duration::from_secs(30), |j| {
-            j.finished("ping").len() == 1
-        })
+        .wait_journal(
+            "the good alert's run to finish",
+            Duration::from_secs(30),
+            |j| j.finished("ping").len() == 1,
+        )
         .await;
     let run = &journal.finished("ping")[0];
     assert_eq!(run.status(), Some("succeeded"));
-    assert_eq!(run.started().unwrap()["body"]["params"]["instance"], "web-1");
+    assert_eq!(
+        run.started().unwrap()["body"]["params"]["instance"],
+        "web-1"
+    );
     assert_eq!(journal.runs().len(), 1, "{}", journal.summary());
 }

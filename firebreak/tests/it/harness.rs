@@ -39,9 +39,14 @@ pub fn crate_dir() -> PathBuf {
 
 /// A reqwest client (the ring provider installed first, as every process must).
 pub fn http() -> reqwest::Client {
+    http_with_timeout(Duration::from_secs(30))
+}
+
+/// [`http`] with another request timeout.
+pub fn http_with_timeout(timeout: Duration) -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
+        .timeout(timeout)
         .build()
         .expect("reqwest client")
 }
@@ -64,7 +69,10 @@ where
             return v;
         }
         if Instant::now() > deadline {
-            panic!("timed out after {limit:?} waiting for {what}\n{}", context());
+            panic!(
+                "timed out after {limit:?} waiting for {what}\n{}",
+                context()
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -225,7 +233,10 @@ impl Serve {
                 break addr;
             }
             if let Ok(Some(status)) = serve.child.try_wait() {
-                panic!("firebreak serve exited before serving: {status}\n{}", serve.log_tail());
+                panic!(
+                    "firebreak serve exited before serving: {status}\n{}",
+                    serve.log_tail()
+                );
             }
             assert!(
                 Instant::now() < deadline,
@@ -272,7 +283,12 @@ impl Serve {
     }
 
     /// POSTs `body` to `path` (JSON content type, optional bearer token); status and JSON body.
-    pub async fn post(&self, path: &str, token: Option<&str>, body: impl Into<reqwest::Body>) -> (u16, Value) {
+    pub async fn post(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, Value) {
         let mut req = http()
             .post(self.url(path))
             .header("content-type", "application/json")
@@ -417,17 +433,23 @@ impl Journal {
             .into_iter()
             .filter_map(|id| {
                 let records = by_id.remove(&id)?;
-                records.iter().any(|r| r["body"]["type"] == "run_started").then(|| Run {
-                    runbook: records[0]["runbook"].as_str().unwrap_or("").to_owned(),
-                    run_id: id,
-                    records,
-                })
+                records
+                    .iter()
+                    .any(|r| r["body"]["type"] == "run_started")
+                    .then(|| Run {
+                        runbook: records[0]["runbook"].as_str().unwrap_or("").to_owned(),
+                        run_id: id,
+                        records,
+                    })
             })
             .collect()
     }
 
     pub fn runs_of(&self, runbook: &str) -> Vec<Run<'_>> {
-        self.runs().into_iter().filter(|r| r.runbook == runbook).collect()
+        self.runs()
+            .into_iter()
+            .filter(|r| r.runbook == runbook)
+            .collect()
     }
 
     /// Finished runs of `runbook`.
@@ -459,7 +481,10 @@ impl Journal {
             ));
         }
         for r in self.refusals() {
-            out.push_str(&format!("refusal {} {}\n", r["runbook"], r["body"]["reason"]));
+            out.push_str(&format!(
+                "refusal {} {}\n",
+                r["runbook"], r["body"]["reason"]
+            ));
         }
         out
     }
@@ -476,10 +501,18 @@ pub struct Alertmanager {
 impl Alertmanager {
     /// `group_wait` 1s, `group_interval` 1s, `repeat_interval` as given; `send_resolved`.
     /// `token`: the bearer credentials the receiver sends.
-    pub async fn start(webhook_url: &str, repeat_interval: &str, token: Option<&str>) -> Alertmanager {
+    pub async fn start(
+        webhook_url: &str,
+        repeat_interval: &str,
+        token: Option<&str>,
+    ) -> Alertmanager {
         let dir = tempfile::tempdir().expect("alertmanager temp dir");
         let auth = token
-            .map(|t| format!("        http_config:\n          authorization:\n            credentials: {t}\n"))
+            .map(|t| {
+                format!(
+                    "        http_config:\n          authorization:\n            credentials: {t}\n"
+                )
+            })
             .unwrap_or_default();
         let config = format!(
             "route:\n  receiver: firebreak\n  group_by: [alertname]\n  group_wait: 1s\n  \
@@ -494,8 +527,14 @@ impl Alertmanager {
             .port();
         let log = std::fs::File::create(dir.path().join("am.log")).expect("am log");
         let child = Command::new("/usr/bin/prometheus-alertmanager")
-            .arg(format!("--config.file={}", dir.path().join("alertmanager.yml").display()))
-            .arg(format!("--storage.path={}", dir.path().join("data").display()))
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("alertmanager.yml").display()
+            ))
+            .arg(format!(
+                "--storage.path={}",
+                dir.path().join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .arg("--cluster.listen-address=")
             .arg("--log.level=debug")

@@ -4,6 +4,8 @@
 mod alertmanager;
 mod bad_input;
 mod harness;
+mod nats_outage;
 mod runaway;
 mod runbooks;
 mod scenario1;
+mod tenancy;

@@ -8,7 +8,9 @@ use serde_json::json;
 use crate::harness::{Serve, ServeOpts, write_runbooks};
 
 fn manual(name: &str, timeout: &str) -> String {
-    format!("name: {name}\nteam: sre\ndescription: started by hand\nnamespaces: [shop]\ntimeout: {timeout}\n")
+    format!(
+        "name: {name}\nteam: sre\ndescription: started by hand\nnamespaces: [shop]\ntimeout: {timeout}\n"
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -23,7 +25,10 @@ async fn runaway_scripts_are_terminated_and_others_keep_running() {
             ("recurse.yaml", &manual("recurse", "30s")),
             ("recurse.rhai", "fn down(n) { down(n + 1) }\ndown(0);\n"),
             ("steady.yaml", &manual("steady", "30s")),
-            ("steady.rhai", "log(\"steady start\");\nsleep(200);\nlog(\"steady done\");\n"),
+            (
+                "steady.rhai",
+                "log(\"steady start\");\nsleep(200);\nlog(\"steady done\");\n",
+            ),
         ],
     );
     let serve = Serve::start(&dir, ServeOpts::default()).await;
@@ -38,15 +43,29 @@ async fn runaway_scripts_are_terminated_and_others_keep_running() {
     tokio::join!(trigger("spin"), trigger("recurse"), trigger("steady"));
 
     let journal = serve
-        .wait_journal("spin, recurse and steady to finish", Duration::from_secs(60), |j| {
-            ["spin", "recurse", "steady"].iter().all(|r| j.finished(r).len() == 1)
-        })
+        .wait_journal(
+            "spin, recurse and steady to finish",
+            Duration::from_secs(60),
+            |j| {
+                ["spin", "recurse", "steady"]
+                    .iter()
+                    .all(|r| j.finished(r).len() == 1)
+            },
+        )
         .await;
     let finished_at = |runbook: &str| {
         let run = &journal.finished(runbook)[0];
-        let rec = run.records.iter().find(|r| r["body"]["type"] == "run_finished").unwrap();
+        let rec = run
+            .records
+            .iter()
+            .find(|r| r["body"]["type"] == "run_finished")
+            .unwrap();
         (
-            rec["time"].as_str().unwrap().parse::<jiff::Timestamp>().unwrap(),
+            rec["time"]
+                .as_str()
+                .unwrap()
+                .parse::<jiff::Timestamp>()
+                .unwrap(),
             rec["body"]["error"].as_str().unwrap_or("").to_owned(),
             run.run_id.clone(),
         )
@@ -56,31 +75,51 @@ async fn runaway_scripts_are_terminated_and_others_keep_running() {
     let (steady_end, _, _) = finished_at("steady");
     let (spin_end, spin_error, spin_id) = finished_at("spin");
     assert!(
-        matches!(journal.finished("spin")[0].status(), Some("timed_out" | "failed")),
+        matches!(
+            journal.finished("spin")[0].status(),
+            Some("timed_out" | "failed")
+        ),
         "{}",
         journal.summary()
     );
-    assert!(steady_end < spin_end, "steady ran to its end while spin was still spinning");
+    assert!(
+        steady_end < spin_end,
+        "steady ran to its end while spin was still spinning"
+    );
     let (_, recurse_error, recurse_id) = finished_at("recurse");
     assert_eq!(journal.finished("recurse")[0].status(), Some("failed"));
 
-    let show = serve.cli(&["audit", "show", &spin_id]).await.ok("audit show spin");
+    let show = serve
+        .cli(&["audit", "show", &spin_id])
+        .await
+        .ok("audit show spin");
     assert!(
         show.stdout.contains("run TIMED OUT") || show.stdout.contains("run FAILED"),
         "{}",
         show.stdout
     );
-    assert!(!spin_error.is_empty() && show.stdout.contains(&spin_error), "{}", show.stdout);
+    assert!(
+        !spin_error.is_empty() && show.stdout.contains(&spin_error),
+        "{}",
+        show.stdout
+    );
     let spin_lower = spin_error.to_lowercase();
     assert!(
-        spin_lower.contains("timed out") || spin_lower.contains("timeout") || spin_lower.contains("operations"),
+        spin_lower.contains("timed out")
+            || spin_lower.contains("timeout")
+            || spin_lower.contains("operations"),
         "spin's error should say why it was stopped: {spin_error}"
     );
-    let show = serve.cli(&["audit", "show", &recurse_id]).await.ok("audit show recurse");
+    let show = serve
+        .cli(&["audit", "show", &recurse_id])
+        .await
+        .ok("audit show recurse");
     assert!(show.stdout.contains("run FAILED"), "{}", show.stdout);
     let recurse_lower = recurse_error.to_lowercase();
     assert!(
-        recurse_lower.contains("call") || recurse_lower.contains("stack") || recurse_lower.contains("depth"),
+        recurse_lower.contains("call")
+            || recurse_lower.contains("stack")
+            || recurse_lower.contains("depth"),
         "recurse's error should name the call depth limit: {recurse_error}"
     );
     assert!(show.stdout.contains(&recurse_error), "{}", show.stdout);
@@ -88,7 +127,14 @@ async fn runaway_scripts_are_terminated_and_others_keep_running() {
     // The engine still serves.
     trigger("steady").await;
     let journal = serve
-        .wait_journal("a second steady run", Duration::from_secs(30), |j| j.finished("steady").len() == 2)
+        .wait_journal("a second steady run", Duration::from_secs(30), |j| {
+            j.finished("steady").len() == 2
+        })
         .await;
-    assert!(journal.finished("steady").iter().all(|r| r.status() == Some("succeeded")));
+    assert!(
+        journal
+            .finished("steady")
+            .iter()
+            .all(|r| r.status() == Some("succeeded"))
+    );
 }

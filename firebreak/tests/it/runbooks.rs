@@ -30,11 +30,17 @@ async fn check_fails(root: &Path, case: &str, yaml: &str, script: &str) -> crate
 /// Asserts a `FILE:LINE:COL: message` line naming `file` at `line` with every word in `words`.
 fn assert_diagnostic(out: &crate::harness::Output, file: &Path, line: u32, words: &[&str]) {
     let prefix = format!("{}:{line}:", file.display());
-    let found = out.stderr.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| {
-        panic!("no `{prefix}COL: message` line: {out}");
-    });
+    let found = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| {
+            panic!("no `{prefix}COL: message` line: {out}");
+        });
     let rest = &found[prefix.len()..];
-    let (col, message) = rest.split_once(": ").unwrap_or_else(|| panic!("no `COL: ` in {found}"));
+    let (col, message) = rest
+        .split_once(": ")
+        .unwrap_or_else(|| panic!("no `COL: ` in {found}"));
     assert!(col.parse::<u32>().is_ok_and(|c| c > 0), "column in {found}");
     for word in words {
         assert!(message.contains(word), "{found} should mention {word:?}");
@@ -48,21 +54,55 @@ async fn check_names_file_line_and_column_of_each_problem() {
     let good = manifest("alertname=\"Hello\"", "");
 
     // Bad YAML: a mapping value where none may be (line 14).
-    let out = check_fails(root, "yaml", &manifest("alertname=\"Hello\"", "cooldown: 5m\n  extra: x\n"), "log(1);").await;
+    let out = check_fails(
+        root,
+        "yaml",
+        &manifest("alertname=\"Hello\"", "cooldown: 5m\n  extra: x\n"),
+        "log(1);",
+    )
+    .await;
     assert_diagnostic(&out, &root.join("yaml/greet.yaml"), 14, &["mapping values"]);
     // An unknown field, named.
-    let out = check_fails(root, "field", &manifest("alertname=\"Hello\"", "colour: red\n"), "log(1);").await;
-    assert_diagnostic(&out, &root.join("field/greet.yaml"), 13, &["unknown field", "colour"]);
+    let out = check_fails(
+        root,
+        "field",
+        &manifest("alertname=\"Hello\"", "colour: red\n"),
+        "log(1);",
+    )
+    .await;
+    assert_diagnostic(
+        &out,
+        &root.join("field/greet.yaml"),
+        13,
+        &["unknown field", "colour"],
+    );
     // A regex that does not compile, at its matcher.
-    let out = check_fails(root, "regex", &manifest("alertname=~\"(Hel\"", ""), "log(1);").await;
-    assert_diagnostic(&out, &root.join("regex/greet.yaml"), 8, &["regex", "alertname"]);
+    let out = check_fails(
+        root,
+        "regex",
+        &manifest("alertname=~\"(Hel\"", ""),
+        "log(1);",
+    )
+    .await;
+    assert_diagnostic(
+        &out,
+        &root.join("regex/greet.yaml"),
+        8,
+        &["regex", "alertname"],
+    );
     // A script syntax error, in the .rhai file at its line.
     let out = check_fails(root, "script", &good, "log(\"hello\");\nlet x = ;\n").await;
     assert_diagnostic(&out, &root.join("script/greet.rhai"), 2, &[]);
 
     let shipped = repo_root().join("runbooks");
-    let out = firebreak(&["check", shipped.to_str().unwrap()], &[]).await.ok("check runbooks/");
-    for name in ["model-latency-rollback", "crashloop-triage", "quarantine-pod"] {
+    let out = firebreak(&["check", shipped.to_str().unwrap()], &[])
+        .await
+        .ok("check runbooks/");
+    for name in [
+        "model-latency-rollback",
+        "crashloop-triage",
+        "quarantine-pod",
+    ] {
         assert!(out.stdout.contains(&format!("ok  {name}")), "{out}");
     }
 }
@@ -72,7 +112,13 @@ async fn a_broken_edit_is_refused_and_a_good_edit_takes_effect() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("runbooks");
     let yaml = manifest("alertname=\"Hello\"", "");
-    write_runbooks(&dir, &[("greet.yaml", &yaml), ("greet.rhai", "log(\"greeting v1\");\n")]);
+    write_runbooks(
+        &dir,
+        &[
+            ("greet.yaml", &yaml),
+            ("greet.rhai", "log(\"greeting v1\");\n"),
+        ],
+    );
     let serve = Serve::start(&dir, ServeOpts::default()).await;
     let hello = |instance: &str| {
         json!({
@@ -93,7 +139,11 @@ async fn a_broken_edit_is_refused_and_a_good_edit_takes_effect() {
                 Duration::from_secs(20),
                 || serve.log_tail(),
                 || {
-                    let n = serve.log_lines().iter().filter(|l| l["fields"]["message"] == message).count();
+                    let n = serve
+                        .log_lines()
+                        .iter()
+                        .filter(|l| l["fields"]["message"] == message)
+                        .count();
                     std::future::ready((n > 0).then_some(()))
                 },
             )
@@ -105,11 +155,15 @@ async fn a_broken_edit_is_refused_and_a_good_edit_takes_effect() {
         let serve = &serve;
         async move {
             let journal = serve
-                .wait_journal(&format!("the greet run for {instance}"), Duration::from_secs(20), |j| {
-                    j.finished("greet")
-                        .iter()
-                        .any(|r| r.started().unwrap()["body"]["params"]["instance"] == instance)
-                })
+                .wait_journal(
+                    &format!("the greet run for {instance}"),
+                    Duration::from_secs(20),
+                    |j| {
+                        j.finished("greet")
+                            .iter()
+                            .any(|r| r.started().unwrap()["body"]["params"]["instance"] == instance)
+                    },
+                )
                 .await;
             let runs = journal.finished("greet");
             let run = runs
@@ -131,10 +185,15 @@ async fn a_broken_edit_is_refused_and_a_good_edit_takes_effect() {
     let refused = serve
         .log_lines()
         .into_iter()
-        .find(|l| l["fields"]["message"] == "runbook change refused; the previous runbooks keep serving")
+        .find(|l| {
+            l["fields"]["message"] == "runbook change refused; the previous runbooks keep serving"
+        })
         .unwrap();
     assert!(
-        refused["fields"]["problem"].as_str().unwrap_or("").contains("greet.rhai:"),
+        refused["fields"]["problem"]
+            .as_str()
+            .unwrap_or("")
+            .contains("greet.rhai:"),
         "the refusal names the file: {refused}"
     );
     let (status, body) = serve.post("/v1/alertmanager", None, hello("a")).await;

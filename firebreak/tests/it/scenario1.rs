@@ -17,7 +17,10 @@ const V2: &str = "registry.example.invalid/ml/fraud-model:v2";
 
 /// `(name, revision, spec.replicas, image)` of every ReplicaSet, by `kubectl get rs -o json`.
 async fn replica_sets(cluster: &Cluster) -> Vec<(String, String, i64, String)> {
-    let out = cluster.kubectl(&["-n", NS, "get", "rs", "-o", "json"]).await.ok("kubectl get rs");
+    let out = cluster
+        .kubectl(&["-n", NS, "get", "rs", "-o", "json"])
+        .await
+        .ok("kubectl get rs");
     let list: Value = serde_json::from_str(&out.stdout).expect("kubectl get rs -o json");
     let mut rows: Vec<_> = list["items"]
         .as_array()
@@ -56,7 +59,15 @@ async fn revisions(cluster: &Cluster) -> Vec<u32> {
 
 async fn service_selector(cluster: &Cluster) -> String {
     cluster
-        .kubectl(&["-n", NS, "get", "svc", "fraud-model", "-o", "jsonpath={.spec.selector}"])
+        .kubectl(&[
+            "-n",
+            NS,
+            "get",
+            "svc",
+            "fraud-model",
+            "-o",
+            "jsonpath={.spec.selector}",
+        ])
         .await
         .ok("kubectl get svc")
         .stdout
@@ -70,10 +81,27 @@ async fn model_latency_alert_rolls_fraud_model_back_to_the_v1_replicaset() {
         .kubectl(&["apply", "-f", manifest.to_str().unwrap()])
         .await
         .ok("kubectl apply fraud-model v1");
-    let rollout_status = ["-n", NS, "rollout", "status", "deployment/fraud-model", "--timeout=60s"];
-    cluster.kubectl(&rollout_status).await.ok("rollout status v1");
+    let rollout_status = [
+        "-n",
+        NS,
+        "rollout",
+        "status",
+        "deployment/fraud-model",
+        "--timeout=60s",
+    ];
     cluster
-        .kubectl(&["-n", NS, "set", "image", "deployment/fraud-model", &format!("model-server={V2}")])
+        .kubectl(&rollout_status)
+        .await
+        .ok("rollout status v1");
+    cluster
+        .kubectl(&[
+            "-n",
+            NS,
+            "set",
+            "image",
+            "deployment/fraud-model",
+            &format!("model-server={V2}"),
+        ])
         .await
         .ok("kubectl set image v2");
     cluster
@@ -87,10 +115,18 @@ async fn model_latency_alert_rolls_fraud_model_back_to_the_v1_replicaset() {
         ])
         .await
         .ok("kubectl annotate change-cause");
-    cluster.kubectl(&rollout_status).await.ok("rollout status v2");
+    cluster
+        .kubectl(&rollout_status)
+        .await
+        .ok("rollout status v2");
     let before = replica_sets(&cluster).await;
     assert_eq!(before.len(), 2, "{before:?}");
-    let v1_rs = before.iter().find(|r| r.3 == V1).expect("the v1 ReplicaSet").0.clone();
+    let v1_rs = before
+        .iter()
+        .find(|r| r.3 == V1)
+        .expect("the v1 ReplicaSet")
+        .0
+        .clone();
     assert_eq!(revisions(&cluster).await, vec![1, 2]);
     let selector = service_selector(&cluster).await;
 
@@ -100,7 +136,10 @@ async fn model_latency_alert_rolls_fraud_model_back_to_the_v1_replicaset() {
     let serve = Serve::start(
         &runbooks,
         ServeOpts {
-            env: vec![("FIREBREAK_KUBECONFIG", cluster.kubeconfig.display().to_string())],
+            env: vec![(
+                "FIREBREAK_KUBECONFIG",
+                cluster.kubeconfig.display().to_string(),
+            )],
             kubernetes: true,
             ..ServeOpts::default()
         },
@@ -109,7 +148,8 @@ async fn model_latency_alert_rolls_fraud_model_back_to_the_v1_replicaset() {
     let am = Alertmanager::start(&serve.url("/v1/alertmanager"), "1h", None).await;
     // The labels and annotations of the captured ModelLatencyHigh notification.
     let fixture: Value = serde_json::from_str(
-        &std::fs::read_to_string(crate_dir().join("fixtures/alertmanager-model-latency-high.json")).unwrap(),
+        &std::fs::read_to_string(crate_dir().join("fixtures/alertmanager-model-latency-high.json"))
+            .unwrap(),
     )
     .unwrap();
     let captured = &fixture["alerts"][0];
@@ -120,20 +160,35 @@ async fn model_latency_alert_rolls_fraud_model_back_to_the_v1_replicaset() {
     .await;
 
     let journal = serve
-        .wait_journal("model-latency-rollback to finish", Duration::from_secs(90), |j| {
-            !j.finished("model-latency-rollback").is_empty()
-        })
+        .wait_journal(
+            "model-latency-rollback to finish",
+            Duration::from_secs(90),
+            |j| !j.finished("model-latency-rollback").is_empty(),
+        )
         .await;
     let runs = journal.finished("model-latency-rollback");
     assert_eq!(runs.len(), 1, "{}", journal.summary());
     let run = &runs[0];
-    assert_eq!(run.status(), Some("succeeded"), "{}\n{}", journal.summary(), serve.log_tail());
+    assert_eq!(
+        run.status(),
+        Some("succeeded"),
+        "{}\n{}",
+        journal.summary(),
+        serve.log_tail()
+    );
     let started = &run.started().unwrap()["body"];
-    assert_eq!(started["event"]["data"]["receiver"], "firebreak", "posted by Alertmanager");
+    assert_eq!(
+        started["event"]["data"]["receiver"], "firebreak",
+        "posted by Alertmanager"
+    );
     assert_eq!(started["params"]["deployment"], "fraud-model");
 
     // What kubectl sees: exactly the state `kubectl rollout undo` leaves.
-    assert_eq!(revisions(&cluster).await, vec![2, 3], "v1's revision 1 became revision 3");
+    assert_eq!(
+        revisions(&cluster).await,
+        vec![2, 3],
+        "v1's revision 1 became revision 3"
+    );
     let after = replica_sets(&cluster).await;
     assert_eq!(after.len(), 2, "no new ReplicaSet: {after:?}");
     let v1_after = after.iter().find(|r| r.3 == V1).expect("the v1 ReplicaSet");
@@ -141,12 +196,25 @@ async fn model_latency_alert_rolls_fraud_model_back_to_the_v1_replicaset() {
     assert_eq!((v1_after.1.as_str(), v1_after.2), ("3", 3), "{after:?}");
     let v2_after = after.iter().find(|r| r.3 == V2).expect("the v2 ReplicaSet");
     assert_eq!((v2_after.1.as_str(), v2_after.2), ("2", 0), "{after:?}");
-    let status = cluster.kubectl(&rollout_status).await.ok("rollout status after the run");
-    assert!(status.stdout.contains("successfully rolled out"), "{status}");
-    assert_eq!(service_selector(&cluster).await, selector, "the Service selector is unchanged");
+    let status = cluster
+        .kubectl(&rollout_status)
+        .await
+        .ok("rollout status after the run");
+    assert!(
+        status.stdout.contains("successfully rolled out"),
+        "{status}"
+    );
+    assert_eq!(
+        service_selector(&cluster).await,
+        selector,
+        "the Service selector is unchanged"
+    );
 
     // The audit shows every step with its evidence.
-    let show = serve.cli(&["audit", "show", &run.run_id]).await.ok("audit show");
+    let show = serve
+        .cli(&["audit", "show", &run.run_id])
+        .await
+        .ok("audit show");
     let steps: Vec<&str> = run
         .records
         .iter()
@@ -177,7 +245,11 @@ async fn model_latency_alert_rolls_fraud_model_back_to_the_v1_replicaset() {
     );
     for (n, name) in steps.iter().enumerate() {
         let line = format!("✓ #{} {name} ", n + 1);
-        assert!(show.stdout.contains(&line), "audit show lacks {line:?}:\n{}", show.stdout);
+        assert!(
+            show.stdout.contains(&line),
+            "audit show lacks {line:?}:\n{}",
+            show.stdout
+        );
     }
     // Every observing action attached its evidence; the script added the images.
     for name in [
@@ -190,16 +262,30 @@ async fn model_latency_alert_rolls_fraud_model_back_to_the_v1_replicaset() {
         "k8s::wait_rollout",
     ] {
         let line = format!("evidence {name}: ");
-        assert!(show.stdout.contains(&line), "audit show lacks {line:?}:\n{}", show.stdout);
+        assert!(
+            show.stdout.contains(&line),
+            "audit show lacks {line:?}:\n{}",
+            show.stdout
+        );
     }
-    assert!(show.stdout.contains("successfully rolled out"), "wait progress:\n{}", show.stdout);
+    assert!(
+        show.stdout.contains("successfully rolled out"),
+        "wait progress:\n{}",
+        show.stdout
+    );
     let images = run
         .records
         .iter()
         .find(|r| r["body"]["type"] == "evidence" && r["body"]["name"] == "images")
         .expect("the images evidence");
-    assert_eq!(images["body"]["data"]["before"], json!([format!("model-server={V2}")]));
-    assert_eq!(images["body"]["data"]["after"], json!([format!("model-server={V1}")]));
+    assert_eq!(
+        images["body"]["data"]["before"],
+        json!([format!("model-server={V2}")])
+    );
+    assert_eq!(
+        images["body"]["data"]["after"],
+        json!([format!("model-server={V1}")])
+    );
     assert!(show.stdout.contains("run succeeded"), "{}", show.stdout);
     let verify = serve.cli(&["audit", "verify"]).await.ok("audit verify");
     assert!(verify.stdout.starts_with("ok: "), "{verify}");

@@ -1,0 +1,200 @@
+//! NATS outage: `serve` on JetStream; alerts are posted continuously while nats-server is
+//! killed for ~3 s and restarted on the same port and store. Every alert answered 2xx gets a
+//! run (maybe late, never lost); posts during the outage are answered 503.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use firebreak_bus::testutil::NatsServer;
+use serde_json::json;
+
+use crate::harness::{Serve, ServeOpts, wait_for, write_runbooks};
+
+/// How long nats-server stays down.
+const OUTAGE: Duration = Duration::from_secs(3);
+
+/// One POST: which alert, when it was sent and answered, and the status (0: no answer).
+#[derive(Debug, Clone)]
+struct Post {
+    n: u32,
+    sent: Instant,
+    answered: Instant,
+    status: u16,
+}
+
+fn alert(n: u32) -> String {
+    json!({
+        "version": "4", "status": "firing", "receiver": "firebreak", "groupKey": "{}:{alertname=\"Tick\"}",
+        "groupLabels": {"alertname": "Tick"}, "commonLabels": {}, "commonAnnotations": {},
+        "externalURL": "http://am.invalid", "truncatedAlerts": 0,
+        "alerts": [{"status": "firing",
+            "labels": {"alertname": "Tick", "namespace": "shop", "n": n.to_string()},
+            "annotations": {}, "startsAt": "2026-11-27T03:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
+            "generatorURL": "", "fingerprint": format!("{n:016x}")}],
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn alerts_answered_2xx_survive_a_nats_outage() {
+    let mut nats = NatsServer::start().expect("nats-server -js");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("runbooks");
+    write_runbooks(
+        &dir,
+        &[
+            (
+                "tick.yaml",
+                "name: tick\nteam: sre\ndescription: one run per tick\nnamespaces: [shop]\n\
+                 triggers:\n  - source: alertmanager\n    status: firing\n    match: ['alertname=\"Tick\"']\n\
+                 params:\n  n: { from: label, key: n, type: string, required: true }\n\
+                 concurrency: \"{{params.n}}\"\ntimeout: 30s\n",
+            ),
+            ("tick.rhai", "log(`tick ${ctx.params.n}`);\n"),
+        ],
+    );
+    let serve = Serve::start(
+        &dir,
+        ServeOpts {
+            env: vec![("FIREBREAK_NATS_URL", nats.url())],
+            ..ServeOpts::default()
+        },
+    )
+    .await;
+
+    // Four posters, each one alert after another until told to stop (a post the outage holds
+    // up does not stop the others).
+    let stop = Arc::new(AtomicBool::new(false));
+    let posters: Vec<_> = (0..4u32)
+        .map(|poster| {
+            let stop = stop.clone();
+            let url = serve.url("/v1/alertmanager");
+            tokio::spawn(async move {
+                let client = crate::harness::http_with_timeout(Duration::from_secs(15));
+                let mut posts = Vec::new();
+                let mut n = poster * 100_000;
+                while !stop.load(Ordering::SeqCst) {
+                    let sent = Instant::now();
+                    let status = match client
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(alert(n))
+                        .send()
+                        .await
+                    {
+                        Ok(resp) => resp.status().as_u16(),
+                        Err(_) => 0,
+                    };
+                    posts.push(Post {
+                        n,
+                        sent,
+                        answered: Instant::now(),
+                        status,
+                    });
+                    n += 1;
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                posts
+            })
+        })
+        .collect();
+    let ok_count = || {
+        let journal = serve.journal();
+        journal.runs().len()
+    };
+    wait_for(
+        "runs before the outage",
+        Duration::from_secs(30),
+        || serve.log_tail(),
+        || std::future::ready((ok_count() >= 5).then_some(())),
+    )
+    .await;
+
+    nats.kill();
+    let down = Instant::now();
+    tokio::time::sleep(OUTAGE).await;
+    nats.restart()
+        .expect("nats-server restarts on the same port and store");
+    let up = Instant::now();
+    let runs_at_restart = ok_count();
+    wait_for(
+        "runs after the restart",
+        Duration::from_secs(60),
+        || serve.log_tail(),
+        || std::future::ready((ok_count() >= runs_at_restart + 5).then_some(())),
+    )
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    let mut posts = Vec::new();
+    for poster in posters {
+        posts.extend(poster.await.unwrap());
+    }
+
+    let accepted: Vec<u32> = posts
+        .iter()
+        .filter(|p| (200..300).contains(&p.status))
+        .map(|p| p.n)
+        .collect();
+    // Posts sent while nats-server was down: the ingest holds each one until its publish
+    // times out, then answers 503 (Alertmanager retries). None may be answered 2xx while the
+    // server is still down.
+    let sent_during: Vec<&Post> = posts
+        .iter()
+        .filter(|p| p.sent > down && p.sent < up)
+        .collect();
+    assert!(
+        sent_during.iter().any(|p| p.status == 503),
+        "no post sent during the outage got 503: {sent_during:?}"
+    );
+    for p in &sent_during {
+        assert!(
+            !((200..300).contains(&p.status) && p.answered < up),
+            "answered 2xx while nats-server was down: {p:?}"
+        );
+        assert!(
+            p.status == 503 || (200..300).contains(&p.status),
+            "a post during the outage got neither 503 nor 2xx: {p:?}"
+        );
+    }
+    assert!(
+        posts.iter().any(|p| p.sent > up && p.status == 202),
+        "posts after the restart succeed"
+    );
+
+    // Every alert answered 2xx has a run, none lost.
+    let journal = serve
+        .wait_journal(
+            "a run for every alert answered 2xx",
+            Duration::from_secs(60),
+            |j| {
+                let ran: std::collections::HashSet<String> = j
+                    .runs()
+                    .iter()
+                    .map(|r| {
+                        r.started().unwrap()["body"]["params"]["n"]
+                            .as_str()
+                            .unwrap_or("")
+                            .to_owned()
+                    })
+                    .collect();
+                accepted.iter().all(|n| ran.contains(&n.to_string()))
+            },
+        )
+        .await;
+    for run in journal.finished("tick") {
+        let end = run
+            .records
+            .iter()
+            .find(|r| r["body"]["type"] == "run_finished")
+            .unwrap();
+        assert_eq!(
+            run.status(),
+            Some("succeeded"),
+            "{end}\n{}",
+            serve.log_tail()
+        );
+    }
+    let verify = serve.cli(&["audit", "verify"]).await.ok("audit verify");
+    assert!(verify.stdout.starts_with("ok: "), "{verify}");
+}

@@ -1,0 +1,170 @@
+//! Tenancy: a runbook owned by team-a that acts in team-b's namespace is refused (audited) and
+//! team-b's Deployment is untouched; a team-b member cannot trigger team-a's runbook (403,
+//! audited).
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::harness::{Cluster, Serve, ServeOpts, write_runbooks};
+
+const TEAMS: &str = "teams:\n  - name: team-a\n    namespaces: [team-a]\n    members:\n      \
+                     - name: alice\n        tokens: [alice-token-0001]\n  - name: team-b\n    \
+                     namespaces: [team-b]\n    members:\n      - name: bob\n        tokens: [bob-token-0002]\n";
+
+fn web(ns: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n---\napiVersion: apps/v1\nkind: Deployment\n\
+         metadata:\n  name: web\n  namespace: {ns}\nspec:\n  replicas: 1\n  selector:\n    matchLabels:\n      app: web\n  \
+         template:\n    metadata:\n      labels:\n        app: web\n    spec:\n      containers:\n        \
+         - name: web\n          image: registry.example.invalid/web:1\n"
+    )
+}
+
+async fn replicas(cluster: &Cluster, ns: &str) -> String {
+    cluster
+        .kubectl(&[
+            "-n",
+            ns,
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.spec.replicas}",
+        ])
+        .await
+        .ok("kubectl get deploy")
+        .stdout
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_team_cannot_act_in_or_trigger_for_another_team() {
+    let cluster = Cluster::start(kubesim::ControllerConfig::default()).await;
+    cluster.sim.apply_yaml(&web("team-a")).expect("team-a web");
+    cluster.sim.apply_yaml(&web("team-b")).expect("team-b web");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let teams = tmp.path().join("teams.yaml");
+    std::fs::write(&teams, TEAMS).unwrap();
+    let dir = tmp.path().join("runbooks");
+    write_runbooks(
+        &dir,
+        &[
+            (
+                "scale-web.yaml",
+                "name: scale-web\nteam: team-a\ndescription: scales web\nnamespaces: [team-a]\ntimeout: 30s\n",
+            ),
+            (
+                "scale-web.rhai",
+                "k8s::scale(\"team-a\", \"web\", 2);\nk8s::scale(\"team-b\", \"web\", 0);\nlog(\"unreachable\");\n",
+            ),
+        ],
+    );
+    let serve = Serve::start(
+        &dir,
+        ServeOpts {
+            env: vec![
+                (
+                    "FIREBREAK_KUBECONFIG",
+                    cluster.kubeconfig.display().to_string(),
+                ),
+                ("FIREBREAK_TEAMS", teams.display().to_string()),
+            ],
+            kubernetes: true,
+            ..ServeOpts::default()
+        },
+    )
+    .await;
+    let trigger = json!({"runbook": "scale-web", "params": {}, "actor": "someone"}).to_string();
+
+    // bob (team-b) may not start team-a's runbook; the refusal is journaled.
+    let (status, body) = serve
+        .post("/v1/trigger", Some("bob-token-0002"), trigger.clone())
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "forbidden", "{body}");
+    let journal = serve
+        .wait_journal(
+            "the refused trigger in the journal",
+            Duration::from_secs(20),
+            |j| {
+                j.refusals()
+                    .iter()
+                    .any(|r| r["body"]["action"] == "trigger")
+            },
+        )
+        .await;
+    let refusal = journal
+        .refusals()
+        .into_iter()
+        .find(|r| r["body"]["action"] == "trigger")
+        .unwrap();
+    assert_eq!(refusal["runbook"], "scale-web");
+    assert_eq!(refusal["team"], "team-a");
+    assert!(
+        refusal["body"]["reason"].as_str().unwrap().contains("bob"),
+        "{refusal}"
+    );
+    assert!(
+        journal.runs().is_empty(),
+        "nothing ran: {}",
+        journal.summary()
+    );
+    // No token at all: 401.
+    let (status, body) = serve.post("/v1/trigger", None, trigger.clone()).await;
+    assert_eq!(status, 401, "{body}");
+
+    // alice may; the script's action in team-b is refused and audited, team-b is untouched.
+    let (status, body) = serve
+        .post("/v1/trigger", Some("alice-token-0001"), trigger)
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["actor"], "alice");
+    let journal = serve
+        .wait_journal(
+            "the scale-web run to finish",
+            Duration::from_secs(30),
+            |j| j.finished("scale-web").len() == 1,
+        )
+        .await;
+    let run = &journal.finished("scale-web")[0];
+    assert_eq!(run.status(), Some("failed"), "{}", journal.summary());
+    let refused = run
+        .records
+        .iter()
+        .find(|r| r["body"]["type"] == "refusal")
+        .unwrap_or_else(|| panic!("no refusal in the run: {}", journal.summary()));
+    assert_eq!(refused["body"]["action"], "k8s::scale", "{refused}");
+    assert!(
+        refused["body"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("team-b"),
+        "{refused}"
+    );
+    assert!(
+        !run.records.iter().any(|r| r["body"]["name"] == "log"),
+        "the script stopped at the refusal"
+    );
+    assert_eq!(
+        replicas(&cluster, "team-a").await,
+        "2",
+        "team-a's own action went through"
+    );
+    assert_eq!(
+        replicas(&cluster, "team-b").await,
+        "1",
+        "team-b's Deployment is untouched"
+    );
+
+    let show = serve
+        .cli(&["audit", "show", &run.run_id])
+        .await
+        .ok("audit show");
+    assert!(
+        show.stdout.contains("refused k8s::scale"),
+        "{}",
+        show.stdout
+    );
+    assert!(show.stdout.contains("run FAILED"), "{}", show.stdout);
+}

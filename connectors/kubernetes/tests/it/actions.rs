@@ -163,8 +163,37 @@ async fn dry_runs_change_nothing() -> Result<()> {
     let c = Cluster::start().await?;
     let (cx, _) = context(true);
     c.deploy_web("app", "web:1").await?;
+    let node: k8s_openapi::api::core::v1::Node =
+        serde_json::from_value(json!({"metadata": {"name": "node-a"}}))?;
+    kube::Api::all(c.client.clone())
+        .create(&Default::default(), &node)
+        .await?;
+    let (real, _) = context(false);
+    let snap = c
+        .call(&real, "snapshot", json!({"ns": "app", "deploy": "web"}))
+        .await?;
+    let q = c
+        .call(
+            &real,
+            "quarantine",
+            json!({"ns": "app", "pod_selector": "app=web"}),
+        )
+        .await?;
+    c.kubectl(&["set", "image", "deploy/web", "app=web:2", "-n", "app"])
+        .await?;
+    c.rollout_status("app").await?;
+    let writes = |c: &Cluster| {
+        c.sim
+            .sim()
+            .requests()
+            .iter()
+            .filter(|r| r.method != "GET")
+            .count()
+    };
+    let before = writes(&c);
     let rv = jsonpath(&c, "app", "deploy/web", "{.metadata.resourceVersion}").await?;
     for (action, args) in [
+        ("rollback", json!({"ns": "app", "deploy": "web"})),
         (
             "set_image",
             json!({"ns": "app", "deploy": "web", "container": "app", "image": "web:9"}),
@@ -176,10 +205,19 @@ async fn dry_runs_change_nothing() -> Result<()> {
         ("scale_to_zero", json!({"ns": "app", "deploy": "web"})),
         ("pause", json!({"ns": "app", "deploy": "web"})),
         ("restart", json!({"ns": "app", "deploy": "web"})),
+        ("restore", json!({"ns": "app", "snapshot": snap})),
+        (
+            "quarantine",
+            json!({"ns": "app", "pod_selector": "tier=db"}),
+        ),
+        ("release", json!({"ns": "app", "name": q["name"]})),
+        ("cordon", json!({"node": "node-a"})),
     ] {
         let out = c.call(&cx, action, args).await?;
         assert_eq!(out["dry_run"], true, "{action}: {out}");
     }
+    // Not a single write request reached the API server.
+    assert_eq!(writes(&c), before, "a dry run wrote to the API server");
     assert_eq!(
         jsonpath(&c, "app", "deploy/web", "{.metadata.resourceVersion}").await?,
         rv

@@ -133,8 +133,16 @@ async fn rollback_to_a_given_revision_reuses_that_replicaset() -> Result<()> {
     let c = Cluster::start().await?;
     let (cx, _) = context(false);
     v1_then_v2(&c, "app").await?;
-    c.kubectl(&["set", "image", "deploy/web", "app=web:3", "-n", "app"])
-        .await?;
+    c.kubectl(&[
+        "set",
+        "image",
+        "deploy/web",
+        "app=web:3",
+        "-n",
+        "app",
+        "--record",
+    ])
+    .await?;
     c.rollout_status("app").await?;
     let out = c
         .call(
@@ -173,6 +181,33 @@ async fn rollback_to_a_given_revision_reuses_that_replicaset() -> Result<()> {
         ]
     );
     assert_eq!(history["current_revision"], 4);
+    // The same rows as `kubectl rollout history`.
+    let table = c
+        .kubectl(&["rollout", "history", "deploy/web", "-n", "app"])
+        .await?;
+    let theirs: Vec<(i64, String)> = table
+        .lines()
+        .filter_map(|l| {
+            let (rev, cause) = l.split_once(char::is_whitespace)?;
+            Some((rev.parse().ok()?, cause.trim().to_owned()))
+        })
+        .collect();
+    let ours: Vec<(i64, String)> = history["revisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["revision"].as_i64().unwrap(),
+                r["change_cause"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(ours, theirs, "{table}");
+    assert!(
+        ours.iter().any(|(_, cause)| cause.contains("app=web:3")),
+        "{table}"
+    );
     Ok(())
 }
 

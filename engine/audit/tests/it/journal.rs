@@ -263,3 +263,26 @@ async fn the_mirror_sees_every_record_and_its_failure_fails_the_append() {
     assert!(err.to_string().contains("stream unavailable"));
     assert_eq!(*mirror.seen.lock().unwrap(), vec![1, 2]);
 }
+
+#[tokio::test]
+async fn bad_paths_get_clear_errors_and_an_empty_journal_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no/such/dir/audit.jsonl");
+    let err = Journal::open(&missing)
+        .err()
+        .expect("opening in a missing directory fails");
+    assert!(matches!(err, AuditError::Open { .. }), "{err}");
+    assert!(err.to_string().contains("no/such/dir/audit.jsonl"), "{err}");
+    let err = JournalReader::open(dir.path().join("absent.jsonl"))
+        .err()
+        .unwrap();
+    assert!(matches!(err, AuditError::Open { .. }), "{err}");
+
+    let path = dir.path().join("audit.jsonl");
+    drop(Journal::open(&path).unwrap());
+    let report = verify(&path).unwrap();
+    assert_eq!(
+        (report.records, report.runs, report.last_hash.as_str()),
+        (0, 0, GENESIS_HASH)
+    );
+}

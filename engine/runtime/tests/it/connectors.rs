@@ -225,3 +225,53 @@ async fn a_failed_action_can_be_caught_by_the_script() {
     assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
     assert_eq!(kinds(&records)[3], "started 2 log");
 }
+
+/// A mirror that refuses the `step_started` of one action, like an audit stream going away.
+struct RefuseStepStarted(&'static str);
+
+impl firebreak_audit::AuditMirror for RefuseStepStarted {
+    fn publish<'a>(
+        &'a self,
+        record: &'a firebreak_audit::Record,
+    ) -> futures::future::BoxFuture<'a, Result<(), String>> {
+        let refuse = matches!(&record.body, RecordBody::StepStarted { name, .. } if name == self.0);
+        Box::pin(async move {
+            if refuse {
+                Err("audit stream unavailable".to_owned())
+            } else {
+                Ok(())
+            }
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_audit_write_fails_the_step_before_the_action_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Arc::new(
+        firebreak_audit::Journal::open(dir.path().join("audit.jsonl"))
+            .unwrap()
+            .with_mirror(Arc::new(RefuseStepStarted("fake::scale"))),
+    );
+    let fake = Arc::new(Fake::default());
+    let mut registry = Registry::new();
+    registry.register(fake.clone());
+    let runner = firebreak_runtime::Runner::new(&registry, journal.clone(), config());
+    let outcome = runner
+        .start(plan(
+            "r1",
+            r#"log("before"); fake::scale("shop", "api", 2)"#,
+        ))
+        .await
+        .unwrap()
+        .join()
+        .await;
+    assert_eq!(outcome.status, RunStatus::Failed);
+    let error = outcome.error.unwrap();
+    assert!(
+        error.contains("audit journal write failed, step aborted"),
+        "{error}"
+    );
+    assert!(error.contains("audit stream unavailable"), "{error}");
+    assert_eq!(fake.count("scale"), 0, "no action without its audit record");
+}

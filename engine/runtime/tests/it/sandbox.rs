@@ -143,3 +143,21 @@ async fn sleep_is_bounded() {
     let error = failure_of("sleep(-1)").await;
     assert!(error.contains("invalid_argument"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn map_growth_by_index_assignment_is_bounded_by_the_operation_limit() {
+    // Rhai checks the size of the assigned item, not of the map, on `m[k] = v`; the operation
+    // limit is the backstop that ends such a script.
+    let error = failure_of("let m = #{}; let i = 0; loop { m[`k${i}`] = i; i += 1; }").await;
+    assert!(error.contains("Too many operations"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn print_and_debug_go_to_tracing_and_ctx_is_read_only() {
+    let h = harness(Registry::new(), config());
+    let (outcome, _) = run(&h, plan("r1", r#"print("hello"); debug(ctx.run_id); 1"#)).await;
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
+    let (outcome, _) = run(&h, plan("r2", "ctx.params.replicas = 0;")).await;
+    assert_eq!(outcome.status, RunStatus::Failed);
+    assert!(outcome.error.unwrap().to_lowercase().contains("constant"));
+}

@@ -32,6 +32,8 @@ const MAX_BATCH: usize = 8192;
 /// A second home for every record, e.g. a NATS JetStream stream. Called after the record is
 /// durable in the journal; an error fails the append.
 pub trait AuditMirror: Send + Sync {
+    /// Publishes one durable record; records arrive in journal order per caller. Bound the
+    /// wait inside: an append waits for this future.
     fn publish<'a>(&'a self, record: &'a Record) -> BoxFuture<'a, Result<(), String>>;
 }
 
@@ -89,6 +91,7 @@ pub struct RunSummary {
     pub finished: Option<jiff::Timestamp>,
     /// `None` while the run has no `RunFinished` record (running, or interrupted by a crash).
     pub status: Option<RunStatus>,
+    /// Records of the run in the journal.
     pub records: usize,
 }
 

@@ -190,6 +190,7 @@ pub struct RecordDraft {
 }
 
 impl RecordDraft {
+    /// A record of `body` about the run `run`.
     pub fn new(run: Arc<RunMeta>, body: RecordBody) -> Self {
         Self { run, body }
     }

@@ -88,6 +88,7 @@ pub struct RunHandle {
 }
 
 impl RunHandle {
+    /// The run's id.
     pub fn run_id(&self) -> &str {
         &self.run_id
     }

@@ -217,3 +217,59 @@ async fn publish_returns_only_once_the_event_is_in_the_log_file() {
         );
     }
 }
+
+/// Publishers and an acking consumer run concurrently while the log compacts every few KiB:
+/// after a reopen exactly the unacked events are pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_under_concurrent_publish_and_ack_keeps_exactly_the_unacked() {
+    use futures::{FutureExt, StreamExt};
+    let dir = tempfile::tempdir().unwrap();
+    let opts = EmbeddedOptions {
+        compact_at_bytes: 8192,
+        ..EmbeddedOptions::default()
+    };
+    let bus = Arc::new(EmbeddedBus::open_with(dir.path(), opts.clone()).unwrap());
+    let mut publishers = Vec::new();
+    for p in 0..8 {
+        let bus = Arc::clone(&bus);
+        publishers.push(tokio::spawn(async move {
+            for i in 0..100 {
+                bus.publish(vec![event(&format!("p{p}-{i}"))])
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    // Ack everything except ids ending in 7, which stay in flight.
+    let mut stream = bus.consume().await.unwrap();
+    let mut kept = Vec::new();
+    for _ in 0..800 {
+        let d = next(&mut stream).await;
+        if d.event.id.ends_with('7') {
+            kept.push(d);
+        } else {
+            d.ack().await.unwrap();
+        }
+    }
+    for p in publishers {
+        p.await.unwrap();
+    }
+    assert!(
+        stream.next().now_or_never().is_none(),
+        "nothing beyond the 800"
+    );
+    let unacked: std::collections::BTreeSet<String> =
+        kept.iter().map(|d| d.event.id.clone()).collect();
+    drop(kept);
+    bus.close().await;
+    drop(bus);
+
+    let bus = EmbeddedBus::open_with(dir.path(), opts).unwrap();
+    assert_eq!(bus.pending(), unacked.len());
+    let mut stream = bus.consume().await.unwrap();
+    let mut again = std::collections::BTreeSet::new();
+    for _ in 0..unacked.len() {
+        again.insert(next(&mut stream).await.event.id);
+    }
+    assert_eq!(again, unacked);
+}

@@ -140,7 +140,8 @@ pub(crate) async fn alertmanager(
     metrics::counter!("firebreak_ingest_alerts_received_total").increment(events.len() as u64);
     let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
     publish(&state, "alertmanager", events).await?;
-    info!(alerts = ids.len(), "alertmanager notification accepted");
+    // Per-notification lines are debug: at thousands of alerts a second info would flood.
+    debug!(alerts = ids.len(), "alertmanager notification accepted");
     Ok(accepted(ids, None))
 }
 

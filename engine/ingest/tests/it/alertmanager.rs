@@ -194,3 +194,38 @@ async fn a_closed_bus_is_503_with_retry_after_and_readyz_says_so() {
     server.assert_serving().await;
     let _: Arc<dyn Bus> = bus;
 }
+
+/// 16 concurrent senders (as the load generator runs): every alert answered 202 is on the bus,
+/// exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_senders_lose_and_duplicate_nothing() {
+    let (server, _bus, _dir) = embedded(None).await;
+    let server = Arc::new(server);
+    let template: Value = serde_json::from_slice(&fixture("webhook-firing.json")).unwrap();
+    let mut senders = Vec::new();
+    for s in 0..16 {
+        let server = Arc::clone(&server);
+        let template = template.clone();
+        senders.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..25 {
+                let mut payload = template.clone();
+                payload["alerts"][0]["fingerprint"] = json!(format!("{s:08x}{i:08x}"));
+                let (status, body) = server
+                    .post("/v1/alertmanager", None, payload.to_string())
+                    .await;
+                assert_eq!(status, 202, "{body}");
+                ids.extend(accepted(&body));
+            }
+            ids
+        }));
+    }
+    let mut want = BTreeSet::new();
+    for sender in senders {
+        want.extend(sender.await.unwrap());
+    }
+    assert_eq!(want.len(), 400, "distinct alerts, distinct ids");
+    let events = drain(&server.bus, &want).await;
+    assert_eq!(events.len(), 400, "each event delivered once");
+    assert_bus_quiet(&server.bus).await;
+}

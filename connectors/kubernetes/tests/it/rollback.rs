@@ -426,6 +426,7 @@ async fn rollback_writes_what_kubectl_rollout_undo_writes() -> Result<()> {
     hand_made_history(&c, "by-firebreak").await?;
     c.kubectl(&["rollout", "undo", "deploy/web", "-n", "by-kubectl"])
         .await?;
+    let mark = c.sim.sim().requests().len();
     let out = c
         .call(
             &cx,
@@ -434,6 +435,32 @@ async fn rollback_writes_what_kubectl_rollout_undo_writes() -> Result<()> {
         )
         .await?;
     assert_eq!(out["to_revision"], 1, "{out}");
+    // On the wire: read the Deployment, list its ReplicaSets by selector, one guarded write.
+    let wire: Vec<(String, String)> = c.sim.sim().requests()[mark..]
+        .iter()
+        .map(|r| (r.method.clone(), format!("{}?{}", r.path, r.query)))
+        .collect();
+    assert_eq!(wire.len(), 3, "{wire:?}");
+    assert_eq!(wire[0].0, "GET");
+    assert!(
+        wire[0]
+            .1
+            .starts_with("/apis/apps/v1/namespaces/by-firebreak/deployments/web?"),
+        "{wire:?}"
+    );
+    assert_eq!(wire[1].0, "GET");
+    assert!(
+        wire[1].1.contains("/namespaces/by-firebreak/replicasets?")
+            && wire[1].1.contains("labelSelector=app%3Dweb"),
+        "{wire:?}"
+    );
+    assert_eq!(wire[2].0, "PUT", "{wire:?}");
+    assert!(
+        wire[2]
+            .1
+            .starts_with("/apis/apps/v1/namespaces/by-firebreak/deployments/web?"),
+        "{wire:?}"
+    );
     assert_eq!(out["to_images"], json!(["app=web:1"]));
     assert_eq!(out["message"], "deployment.apps/web rolled back");
 

@@ -592,13 +592,16 @@ fn writer_loop(
             let mut records = Vec::with_capacity(pending.drafts.len());
             let mut places = Vec::with_capacity(pending.drafts.len());
             for draft in pending.drafts {
-                let (record, line) =
-                    draft.seal(next.next_seq, jiff::Timestamp::now(), &next.last_hash);
-                places.push((next.len, line.len() as u32));
-                next.len += line.len() as u64;
+                let (record, len) = draft.seal(
+                    next.next_seq,
+                    jiff::Timestamp::now(),
+                    &next.last_hash,
+                    &mut buf,
+                );
+                places.push((next.len, len as u32));
+                next.len += len as u64;
                 next.next_seq += 1;
                 next.last_hash.clone_from(&record.hash);
-                buf.extend_from_slice(&line);
                 records.push(record);
             }
             written.batch.push((pending.reply, records, places));

@@ -195,14 +195,16 @@ impl RecordDraft {
         Self { run, body }
     }
 
-    /// Gives the draft its place in the chain. Returns the record and its journal line
-    /// (canonical JSON with `hash` appended, newline-terminated).
+    /// Gives the draft its place in the chain. Appends its journal line (canonical JSON with
+    /// `hash` spliced in, newline-terminated) to `out` and returns the record and the line's
+    /// length.
     pub(crate) fn seal(
         self,
         seq: u64,
         time: jiff::Timestamp,
         prev_hash: &str,
-    ) -> (Record, Vec<u8>) {
+        out: &mut Vec<u8>,
+    ) -> (Record, usize) {
         let RecordDraft { run, body } = self;
         let mut record = Record {
             seq,
@@ -216,21 +218,22 @@ impl RecordDraft {
             prev_hash: prev_hash.to_owned(),
             hash: String::new(),
         };
-        let mut line = canonical_record(&record);
-        record.hash = chain_hash(prev_hash, &line);
+        let start = out.len();
+        write_canonical_record(&record, out);
+        record.hash = chain_hash(prev_hash, &out[start..]);
         // The line is the hashed canonical form with the hash spliced in before the final `}`.
-        line.pop();
-        line.extend_from_slice(b",\"hash\":\"");
-        line.extend_from_slice(record.hash.as_bytes());
-        line.extend_from_slice(b"\"}\n");
-        (record, line)
+        out.pop();
+        out.extend_from_slice(b",\"hash\":\"");
+        out.extend_from_slice(record.hash.as_bytes());
+        out.extend_from_slice(b"\"}\n");
+        (record, out.len() - start)
     }
 }
 
 /// The canonical JSON of a record without its `hash`: the same bytes as
 /// `canonical_json(&to_value(record) minus "hash")`, written directly (this runs once per
 /// record on the journal's writer thread).
-fn canonical_record(record: &Record) -> Vec<u8> {
+fn write_canonical_record(record: &Record, out: &mut Vec<u8>) {
     fn field(out: &mut Vec<u8>, first: bool, key: &str, value: &impl Serialize) {
         if !first {
             out.push(b',');
@@ -241,21 +244,19 @@ fn canonical_record(record: &Record) -> Vec<u8> {
         serde_json::to_writer(&mut *out, value).expect("writing to a Vec cannot fail");
     }
     let body = serde_json::to_value(&record.body).expect("record bodies always serialize to JSON");
-    let mut out = Vec::with_capacity(512);
     out.push(b'{');
     // Keys in sorted order.
-    field(&mut out, true, "actor", &record.actor);
+    field(out, true, "actor", &record.actor);
     out.extend_from_slice(b",\"body\":");
-    write_canonical(&body, &mut out);
-    field(&mut out, false, "event_id", &record.event_id);
-    field(&mut out, false, "prev_hash", &record.prev_hash);
-    field(&mut out, false, "run_id", &record.run_id);
-    field(&mut out, false, "runbook", &record.runbook);
-    field(&mut out, false, "seq", &record.seq);
-    field(&mut out, false, "team", &record.team);
-    field(&mut out, false, "time", &record.time);
+    write_canonical(&body, out);
+    field(out, false, "event_id", &record.event_id);
+    field(out, false, "prev_hash", &record.prev_hash);
+    field(out, false, "run_id", &record.run_id);
+    field(out, false, "runbook", &record.runbook);
+    field(out, false, "seq", &record.seq);
+    field(out, false, "team", &record.team);
+    field(out, false, "time", &record.time);
     out.push(b'}');
-    out
 }
 
 /// `hex(sha256(prev_hash || canonical))`, where `prev_hash` is taken as its hex text.
@@ -411,7 +412,10 @@ mod tests {
                 attempts: 1,
             },
         );
-        let (record, line) = draft.seal(1, jiff::Timestamp::UNIX_EPOCH, GENESIS_HASH);
+        let mut line = b"previous line\n".to_vec();
+        let (record, len) = draft.seal(1, jiff::Timestamp::UNIX_EPOCH, GENESIS_HASH, &mut line);
+        let line = line.split_off(14);
+        assert_eq!(len, line.len());
         let parsed: Record = serde_json::from_slice(&line).unwrap();
         assert_eq!(parsed, record);
         let mut value: Value = serde_json::from_slice(&line).unwrap();

@@ -180,12 +180,14 @@ impl Runner {
         });
         let event = serde_json::to_value(&plan.event).expect("events always serialize to JSON");
         let params = Value::Object(plan.params);
+        // Built before the values move into the journal record: no copy of the event is kept.
+        let ctx = script_ctx(&meta, &event, &params, plan.dry_run);
         self.journal
             .append(RecordDraft::new(
                 meta.clone(),
                 RecordBody::RunStarted {
-                    event: event.clone(),
-                    params: params.clone(),
+                    event,
+                    params,
                     dry_run: plan.dry_run,
                     namespaces: plan.namespaces.clone(),
                     timeout_ms: Some(plan.timeout.as_millis() as u64),
@@ -206,7 +208,7 @@ impl Runner {
             plan.progress,
             HashMap::new(),
         );
-        Ok(self.launch(cx, plan.ast, event, params, permit))
+        Ok(self.launch(cx, plan.ast, ctx, permit))
     }
 
     /// Re-runs an unfinished run (a `run_started` and no `run_finished`) after a restart: the
@@ -297,7 +299,8 @@ impl Runner {
             None,
             replay,
         );
-        Ok(self.launch(cx, ast, event.clone(), params.clone(), permit))
+        let ctx = script_ctx(&cx.meta, event, params, *dry_run);
+        Ok(self.launch(cx, ast, ctx, permit))
     }
 
     /// Stops taking new runs and waits until every running one has finished.
@@ -346,15 +349,14 @@ impl Runner {
         &self,
         cx: Arc<RunContext>,
         ast: Arc<AST>,
-        event: Value,
-        params: Value,
+        ctx: Result<Dynamic, Box<EvalAltResult>>,
         permit: OwnedSemaphorePermit,
     ) -> RunHandle {
         let engine = self.engine.clone();
         let run_id = cx.meta.run_id.clone();
         let cancel = cx.cancel.clone();
         let task = tokio::task::spawn_blocking(move || {
-            let outcome = execute(&engine, &ast, &cx, &event, &params);
+            let outcome = execute(&engine, &ast, &cx, ctx);
             drop(permit);
             outcome
         });
@@ -371,12 +373,11 @@ fn execute(
     engine: &Engine,
     ast: &AST,
     cx: &Arc<RunContext>,
-    event: &Value,
-    params: &Value,
+    ctx: Result<Dynamic, Box<EvalAltResult>>,
 ) -> RunOutcome {
     let result = {
         let _entered = step::enter(cx.clone());
-        script_ctx(&cx.meta, event, params, cx.dry_run).and_then(|ctx| {
+        ctx.and_then(|ctx| {
             let mut scope = Scope::new();
             scope.push_constant("ctx", ctx);
             engine.eval_ast_with_scope::<Dynamic>(&mut scope, ast)

@@ -111,7 +111,12 @@ pub(crate) async fn alertmanager(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Accepted, ApiError> {
-    if let Some(expected) = &state.alertmanager_token {
+    // An empty configured token means none (an unset environment variable, say).
+    if let Some(expected) = state
+        .alertmanager_token
+        .as_deref()
+        .filter(|t| !t.is_empty())
+    {
         let ok =
             bearer(&headers).is_some_and(|t| constant_time_eq(t.as_bytes(), expected.as_bytes()));
         if !ok {

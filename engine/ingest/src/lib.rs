@@ -58,8 +58,8 @@ pub enum Refused {
 pub struct IngestState {
     /// Where accepted events go; a 2xx is sent only after `publish` returned `Ok`.
     pub bus: Arc<dyn Bus>,
-    /// When set, `POST /v1/alertmanager` requires `Authorization: Bearer <token>` (what
-    /// Alertmanager's `http_config.authorization.credentials` sends).
+    /// When set (and not empty), `POST /v1/alertmanager` requires `Authorization: Bearer
+    /// <token>` (what Alertmanager's `http_config.authorization.credentials` sends).
     pub alertmanager_token: Option<String>,
     /// Largest request body accepted, in bytes; larger bodies get 413.
     pub max_body_bytes: usize,

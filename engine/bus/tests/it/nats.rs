@@ -252,3 +252,24 @@ async fn a_deleted_stream_is_recreated_by_publish_and_consume() {
     assert_eq!(d.event.id, "two");
     d.ack().await.unwrap();
 }
+
+/// An audit record lands in the `FIREBREAK_AUDIT` stream under its subject, byte for byte.
+#[tokio::test]
+async fn audit_records_are_stored_in_the_audit_stream() {
+    let mut h = Nats::new(ACK_WAIT);
+    let bus = h.connect().await;
+    let payload = br#"{"kind":"run_started","run_id":"r-1"}"#.to_vec();
+    bus.publish_audit("firebreak.audit.ml-platform.r-1".into(), payload.clone())
+        .await
+        .unwrap();
+    let admin = async_nats::jetstream::new(async_nats::connect(h.server.url()).await.unwrap());
+    let stream = admin
+        .get_stream("FIREBREAK_AUDIT")
+        .await
+        .expect("audit stream");
+    let stored = stream
+        .get_last_raw_message_by_subject("firebreak.audit.ml-platform.r-1")
+        .await
+        .expect("stored record");
+    assert_eq!(stored.payload.as_ref(), payload.as_slice());
+}

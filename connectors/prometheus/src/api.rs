@@ -25,12 +25,24 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 const BODY_EXCERPT: usize = 200;
 
 /// A client for one Prometheus server's HTTP API.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Api {
     /// Ends with `/`, so endpoint paths join below any path prefix (`http://host/prometheus/`).
     base: Url,
+    /// `base` without credentials, for messages and logs.
+    shown: String,
     http: reqwest::Client,
     timeout: Duration,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the base URL itself: it may carry credentials.
+        f.debug_struct("Api")
+            .field("base", &self.shown)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Prometheus's answer envelope (`web/api/v1/api.go`'s `Response`).
@@ -105,8 +117,12 @@ impl Api {
             let path = format!("{}/", base.path());
             base.set_path(&path);
         }
+        let mut shown = base.clone();
+        let _ = shown.set_username("");
+        let _ = shown.set_password(None);
         Ok(Self {
             base,
+            shown: shown.to_string(),
             http,
             timeout: DEFAULT_TIMEOUT,
         })
@@ -184,9 +200,11 @@ impl Api {
             url.query_pairs_mut()
                 .extend_pairs(params.iter().map(|(k, v)| (*k, v.as_str())));
         }
-        let request_error = |source| Error::Request {
-            what: what.to_owned(),
-            source,
+        // reqwest's message would repeat the URL, query and credentials included; the
+        // base URL without credentials says where we were going.
+        let request_error = |source: reqwest::Error| Error::Request {
+            what: format!("{what}: request to {} failed", self.shown),
+            source: source.without_url(),
         };
         let started = Instant::now();
         let response = self
@@ -199,6 +217,7 @@ impl Api {
         let status = response.status();
         let body = response.bytes().await.map_err(request_error)?;
         debug!(
+            prometheus = %self.shown,
             path,
             status = status.as_u16(),
             bytes = body.len(),
@@ -291,6 +310,19 @@ mod tests {
             assert!(matches!(e, Error::InvalidBaseUrl { .. }), "{url}");
             assert!(e.to_string().contains(reason), "{url}: {e}");
         }
+    }
+
+    #[test]
+    fn credentials_never_reach_messages() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let a = api("https://firebreak:s3cret@mon.example/prom").unwrap();
+        assert_eq!(a.shown, "https://mon.example/prom/");
+        assert_eq!(
+            a.base_url().password(),
+            Some("s3cret"),
+            "kept for basic auth"
+        );
+        assert!(!format!("{a:?}").contains("s3cret"));
     }
 
     #[test]

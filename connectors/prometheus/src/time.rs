@@ -43,7 +43,9 @@ pub fn parse_duration(value: &Value) -> Result<Duration, String> {
 }
 
 fn seconds(secs: f64) -> Option<Duration> {
-    (0.0..1e12).contains(&secs).then(|| Duration::from_secs_f64(secs))
+    (0.0..1e12)
+        .contains(&secs)
+        .then(|| Duration::from_secs_f64(secs))
 }
 
 fn parse_duration_text(text: &str) -> Result<Duration, String> {

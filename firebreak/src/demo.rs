@@ -232,7 +232,7 @@ async fn print_history(k8s: &KubernetesConnector, cx: &ActionContext) -> Result<
             .collect();
         println!(
             "   {:<9} {:<28} {:<26} {}",
-            row["revision"],
+            row["revision"].to_string(),
             row["replicaset"].as_str().unwrap_or(""),
             row["change_cause"].as_str().unwrap_or(""),
             images.join(",")

@@ -21,6 +21,10 @@ use crate::time::{duration_to_api, to_api};
 /// The per-request timeout when none is configured.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The largest answer read when none is configured: far above any evidence a runbook should
+/// journal, far below what would hurt the engine.
+pub const DEFAULT_MAX_BODY: usize = 32 << 20;
+
 /// How much of a non-Prometheus error body is kept for the message.
 const BODY_EXCERPT: usize = 200;
 
@@ -33,6 +37,7 @@ pub struct Api {
     shown: String,
     http: reqwest::Client,
     timeout: Duration,
+    max_body: usize,
 }
 
 impl std::fmt::Debug for Api {
@@ -125,12 +130,20 @@ impl Api {
             shown: shown.to_string(),
             http,
             timeout: DEFAULT_TIMEOUT,
+            max_body: DEFAULT_MAX_BODY,
         })
     }
 
     /// Sets the per-request timeout (also sent to Prometheus as the query's own `timeout`).
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Sets the largest answer read, in bytes; a larger one fails (Permanent) instead of
+    /// being buffered.
+    pub fn with_max_body(mut self, bytes: usize) -> Self {
+        self.max_body = bytes;
         self
     }
 
@@ -215,7 +228,24 @@ impl Api {
             .await
             .map_err(request_error)?;
         let status = response.status();
-        let body = response.bytes().await.map_err(request_error)?;
+        let too_large = || Error::TooLarge {
+            what: what.to_owned(),
+            limit: self.max_body,
+        };
+        if response
+            .content_length()
+            .is_some_and(|n| n > self.max_body as u64)
+        {
+            return Err(too_large());
+        }
+        let mut response = response;
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(request_error)? {
+            if body.len() + chunk.len() > self.max_body {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
         debug!(
             prometheus = %self.shown,
             path,

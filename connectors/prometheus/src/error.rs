@@ -68,6 +68,9 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// The answer is larger than the connector reads (see `Api::with_max_body`).
+    #[error("{what}: the answer is larger than {limit} bytes; narrow the query")]
+    TooLarge { what: String, limit: usize },
     /// A check's query returned a result type a check cannot compare (a range vector, a string).
     #[error("{what}: {reason}")]
     Unusable { what: String, reason: String },
@@ -94,6 +97,7 @@ impl Error {
             | Error::InvalidValue { .. }
             | Error::UnknownAction(_)
             | Error::Decode { .. }
+            | Error::TooLarge { .. }
             | Error::Unusable { .. } => ErrorKind::Permanent,
             Error::Prometheus {
                 status, error_type, ..

@@ -54,6 +54,13 @@ impl PrometheusConnector {
         self
     }
 
+    /// Sets the largest answer read, in bytes (default [`api::DEFAULT_MAX_BODY`]); a larger
+    /// one fails as Permanent instead of being buffered.
+    pub fn with_max_body(mut self, bytes: usize) -> Self {
+        self.api = self.api.with_max_body(bytes);
+        self
+    }
+
     /// The HTTP API client (for tests and the binary's health checks).
     pub fn api(&self) -> &Api {
         &self.api

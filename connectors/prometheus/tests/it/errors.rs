@@ -63,6 +63,16 @@ async fn prometheus_errors_keep_its_message() -> Result<()> {
     assert_eq!(e.kind, ErrorKind::Permanent, "{e:?}");
     assert!(e.message.contains(": execution: "), "{}", e.message);
 
+    // An answer larger than the connector reads (streamed, and with a Content-Length).
+    let small = env.prom.connector().with_max_body(300);
+    let e = call(&small, "query", json!({"promql": "model_requests_total"}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Permanent, "{e:?}");
+    assert!(e.message.contains("larger than 300 bytes"), "{}", e.message);
+    let fits = call(&small, "query", json!({"promql": "1"})).await?;
+    assert_eq!(fits["result"][0]["value"], json!(1.0));
+
     // A wrong path prefix: Prometheus answers 404, which retrying will not fix.
     let wrong = PrometheusConnector::new(&format!("{}/not-prometheus", env.prom.url), http())?;
     let e = call(&wrong, "query", json!({"promql": "up"}))
@@ -148,11 +158,31 @@ async fn http_statuses_from_a_proxy_are_classified() -> Result<()> {
             "/odd/api/v1/query",
             axum::routing::get(|| async { (StatusCode::OK, "not json") }),
         );
+    // A chunked answer with no Content-Length, so only the streaming bound can stop it.
+    let app = app.route(
+        "/big/api/v1/query",
+        axum::routing::get(|| async {
+            let chunks = (0..100)
+                .map(|_| Ok::<_, std::io::Error>(axum::body::Bytes::from(vec![b' '; 1024])));
+            axum::body::Body::from_stream(futures::stream::iter(chunks))
+        }),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let server = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
+    let big =
+        PrometheusConnector::new(&format!("http://{addr}/big"), http())?.with_max_body(10_000);
+    let e = call(&big, "query", json!({"promql": "up"}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Permanent, "{e:?}");
+    assert!(
+        e.message.contains("larger than 10000 bytes"),
+        "{}",
+        e.message
+    );
     let cases = [
         ("busy", ErrorKind::Transient, "http status 429: slow down"),
         (

@@ -51,6 +51,8 @@ enum Command {
     },
     /// Scenario 1 end to end on a simulated cluster: alert, runbook, rollback, audit trail.
     Demo(demo::DemoArgs),
+    /// Run kubesim, the Kubernetes API simulator, in the foreground.
+    Sim(kubesim::cli::Args),
     /// Load-test the engine and print one summary line.
     Bench(bench::BenchArgs),
     /// List the connectors' actions, or print the Kubernetes RBAC rules they need.
@@ -88,6 +90,10 @@ fn main() -> Result<()> {
                 audit_cmd::audit(&cfg, command)
             }
             Command::Demo(args) => demo::demo(args).await,
+            Command::Sim(args) => {
+                init_tracing();
+                kubesim::cli::run(args).await
+            }
             Command::Bench(args) => bench::bench(args).await,
             Command::Connectors { rbac, namespace } => {
                 serve::print_connectors(rbac, &namespace);

@@ -22,7 +22,7 @@ fn env(name: &str, default: usize) -> usize {
 
 fn main() {
     let runs = env("RUNS", 50_000);
-    let clients = env("CLIENTS", 512);
+    let clients = env("CLIENTS", 128);
     let per_client = runs / clients;
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("audit.jsonl");

@@ -173,7 +173,6 @@ pub struct Serve {
     /// `http://127.0.0.1:PORT`.
     pub base: String,
     pub data_dir: PathBuf,
-    pub runbooks: PathBuf,
     log: PathBuf,
     env: Vec<(&'static str, String)>,
     _tmp: TempDir,
@@ -222,7 +221,6 @@ impl Serve {
             child,
             base: String::new(),
             data_dir,
-            runbooks: runbooks.to_owned(),
             log,
             env,
             _tmp: tmp,
@@ -385,11 +383,6 @@ impl Run<'_> {
     /// The triggering event's id.
     pub fn event_id(&self) -> &str {
         self.records[0]["event_id"].as_str().unwrap_or("")
-    }
-
-    /// `type name` for each record (`run_started`, `step_finished k8s::rollback ok`, ...).
-    pub fn trail(&self) -> Vec<String> {
-        self.records.iter().map(|r| trail_line(r)).collect()
     }
 }
 

@@ -3,6 +3,8 @@
 
 mod alertmanager;
 mod bad_input;
+mod demo;
+mod golden;
 mod harness;
 mod nats_outage;
 mod runaway;

@@ -1,0 +1,165 @@
+//! Golden replay: every shipped runbook has, under `tests/golden/<runbook>/`, a fixture event
+//! (`event.json`), the cluster it runs against (`cluster.yaml`, then `update.yaml` if present)
+//! and the expected audit trail (`expected.trail`: record types, step names and statuses, one
+//! per line; no times, ids or hashes). One test replays them all with
+//! `firebreak run --event FILE` against kubesim and compares.
+//!
+//! To re-record after an intended change: `FIREBREAK_BLESS=1 cargo test -p firebreak --test it
+//! golden`, then review the diff of the `.trail` files.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::{Cluster, Journal, crate_dir, firebreak, repo_root, wait_for};
+
+/// The image kubesim makes crash-loop (used by `crashloop-triage/cluster.yaml`).
+const CRASHLOOP_IMAGE: &str = "registry.example.invalid/ml/fraud-model:v3-crashloop";
+
+/// Progress lines depend on timing; everything else in a trail is deterministic.
+fn trail(journal: &Journal) -> Vec<String> {
+    journal
+        .runs()
+        .iter()
+        .flat_map(|run| run.records.iter().map(|r| crate::harness::trail_line(r)))
+        .filter(|line| !line.starts_with("progress"))
+        .collect()
+}
+
+/// Waits until every Deployment in ml-serving finished rolling out (all replicas updated,
+/// no old ones left) and every pod is ready or crash-looping.
+async fn settle(cluster: &Cluster) {
+    wait_for(
+        "ml-serving to settle",
+        Duration::from_secs(60),
+        String::new,
+        || async {
+            let deploys = cluster
+                .kubectl(&["-n", "ml-serving", "get", "deploy", "-o", "json"])
+                .await;
+            let pods = cluster
+                .kubectl(&["-n", "ml-serving", "get", "pods", "-o", "json"])
+                .await;
+            let deploys: Value = serde_json::from_str(&deploys.stdout).ok()?;
+            let pods: Value = serde_json::from_str(&pods.stdout).ok()?;
+            let rolled = deploys["items"].as_array()?.iter().all(|d| {
+                let want = &d["spec"]["replicas"];
+                &d["status"]["updatedReplicas"] == want && &d["status"]["replicas"] == want
+            });
+            let pods = pods["items"].as_array()?;
+            let pods_done = !pods.is_empty()
+                && pods.iter().all(|p| {
+                    p["status"]["containerStatuses"]
+                        .as_array()
+                        .is_some_and(|cs| {
+                            cs.iter().all(|c| {
+                                c["ready"] == true
+                                    || c["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+                            })
+                        })
+                });
+            (rolled && pods_done).then_some(())
+        },
+    )
+    .await;
+}
+
+/// Replays one golden case; returns its trail.
+async fn replay(case: &Path) -> Vec<String> {
+    let mut controllers = kubesim::ControllerConfig::default();
+    controllers
+        .image_faults
+        .insert(CRASHLOOP_IMAGE.to_owned(), kubesim::Fault::CrashLoop);
+    let cluster = Cluster::start(controllers).await;
+    for step in ["cluster.yaml", "update.yaml"] {
+        let file = case.join(step);
+        if file.exists() {
+            cluster
+                .kubectl(&["apply", "-f", file.to_str().unwrap()])
+                .await
+                .ok(&format!("kubectl apply {step}"));
+            settle(&cluster).await;
+        }
+    }
+    let data = tempfile::tempdir().unwrap();
+    let env = [
+        (
+            "FIREBREAK_RUNBOOKS",
+            repo_root().join("runbooks").display().to_string(),
+        ),
+        ("FIREBREAK_DATA_DIR", data.path().display().to_string()),
+        (
+            "FIREBREAK_KUBECONFIG",
+            cluster.kubeconfig.display().to_string(),
+        ),
+    ];
+    let event = case.join("event.json");
+    let out = firebreak(
+        &[
+            "run",
+            "--event",
+            event.to_str().unwrap(),
+            "--actor",
+            "golden",
+        ],
+        &env,
+    )
+    .await;
+    let journal = Journal::read(&data.path().join("audit.jsonl"));
+    assert!(out.success(), "replay of {} failed: {out}", case.display());
+    trail(&journal)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_shipped_runbook_replays_to_its_golden_trail() {
+    let golden = crate_dir().join("tests/golden");
+    // Every shipped runbook has a golden case, and every case a shipped runbook.
+    let mut shipped: Vec<String> = std::fs::read_dir(repo_root().join("runbooks"))
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            name.strip_suffix(".yaml").map(str::to_owned)
+        })
+        .collect();
+    let mut cases: Vec<String> = std::fs::read_dir(&golden)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    shipped.sort();
+    cases.sort();
+    assert_eq!(
+        shipped, cases,
+        "each shipped runbook needs tests/golden/<runbook>/"
+    );
+
+    let bless = std::env::var("FIREBREAK_BLESS").is_ok_and(|v| v == "1");
+    let dirs: Vec<PathBuf> = cases.iter().map(|c| golden.join(c)).collect();
+    let trails = futures::future::join_all(dirs.iter().map(|d| replay(d))).await;
+    let mut mismatches = Vec::new();
+    for ((case, dir), got) in cases.iter().zip(&dirs).zip(trails) {
+        assert!(
+            got.first().is_some_and(|l| l == "run_started"),
+            "{case}: no run started: {got:?}"
+        );
+        let file = dir.join("expected.trail");
+        let got_text = got.join("\n") + "\n";
+        if bless {
+            std::fs::write(&file, &got_text).unwrap();
+            continue;
+        }
+        let want = std::fs::read_to_string(&file).unwrap_or_else(|e| {
+            panic!("{}: {e} (record it with FIREBREAK_BLESS=1)", file.display())
+        });
+        if want != got_text {
+            mismatches.push(format!(
+                "--- {case}: expected\n{want}--- {case}: got\n{got_text}"
+            ));
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "golden trails differ:\n{}",
+        mismatches.join("\n")
+    );
+}

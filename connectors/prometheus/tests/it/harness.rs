@@ -86,6 +86,12 @@ impl Exporter {
     pub fn set(&self, body: String) {
         *self.body.lock().unwrap() = body;
     }
+
+    /// A handle that replaces what the next scrape sees, for a task that outlives a borrow.
+    pub fn setter(&self) -> impl Fn(String) + Send + Sync + 'static {
+        let body = self.body.clone();
+        move |text| *body.lock().unwrap() = text
+    }
 }
 
 impl Drop for Exporter {
@@ -242,13 +248,23 @@ pub struct Env {
 impl Env {
     /// Starts both and waits until `model_queue_depth` is queryable with `queue_depth`.
     pub async fn start(queue_depth: f64) -> Result<Self> {
-        let exporter = Exporter::start(exposition(queue_depth)).await?;
+        Self::start_exposing(
+            exposition(queue_depth),
+            "model_queue_depth{model=\"fraud\"}",
+            serde_json::json!(queue_depth),
+        )
+        .await
+    }
+
+    /// Starts both with the exporter serving `body`, and waits until `ready` returns `value`.
+    pub async fn start_exposing(body: String, ready: &str, value: Value) -> Result<Self> {
+        let exporter = Exporter::start(body).await?;
         let prom = Prometheus::start(exporter.addr).await?;
         prom.wait_for(
             "the first scrape of the exporter",
             "query",
-            serde_json::json!({"promql": "model_queue_depth{model=\"fraud\"}"}),
-            |v| v["result"][0]["value"] == serde_json::json!(queue_depth),
+            serde_json::json!({ "promql": ready }),
+            |v| v["result"][0]["value"] == value,
         )
         .await?;
         Ok(Self { exporter, prom })

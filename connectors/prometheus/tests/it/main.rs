@@ -2,6 +2,7 @@
 //! tiny exporter the test controls. One binary; start at `harness`.
 
 mod alerts;
+mod canary;
 mod checks;
 mod errors;
 mod harness;

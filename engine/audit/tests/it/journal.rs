@@ -286,3 +286,33 @@ async fn bad_paths_get_clear_errors_and_an_empty_journal_verifies() {
         (0, 0, GENESIS_HASH)
     );
 }
+
+#[tokio::test]
+async fn a_garbage_line_in_the_middle_is_skipped_at_open_and_named_by_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let journal = Journal::open(&path).unwrap();
+    journal.append_all(run_drafts("r1")).await.unwrap();
+    drop(journal);
+    let mut lines: Vec<String> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines[1] = "garbage".into();
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+
+    let journal = Journal::open(&path).unwrap();
+    assert_eq!(
+        journal.records_for_run("r1").unwrap().len(),
+        3,
+        "the garbage line is not indexed"
+    );
+    let err = journal.iter_all().unwrap().nth(1).unwrap().unwrap_err();
+    assert!(matches!(err, AuditError::Corrupt { line: 2, .. }), "{err}");
+    drop(journal);
+    match verify(&path) {
+        Err(firebreak_audit::VerifyError::Broken { line, .. }) => assert_eq!(line, 2),
+        other => panic!("{other:?}"),
+    }
+}

@@ -1,6 +1,6 @@
 //! The `prom::` actions: typed arguments, validation, and the calls to [`Api`].
 //!
-//! Start at [`query`]; [`query_range`], [`check`] and [`alerts`] follow the same shape:
+//! Start at [`query`]; [`query_range`], [`check()`] and [`alerts`] follow the same shape:
 //! parse and check the arguments (a bad one is a Permanent error naming the parameter), ask
 //! Prometheus, shape the answer as JSON for the script.
 

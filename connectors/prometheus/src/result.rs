@@ -1,7 +1,8 @@
 //! Prometheus query answers: the wire format of `/api/v1/query` and `/api/v1/query_range`
 //! decoded into typed results, and those results as the JSON scripts see.
 //!
-//! Start at [`QueryData`] (the `data` of a successful answer) and [`QueryData::into_output`].
+//! Start at [`QueryData`] (the `data` of a successful answer), then [`QueryData::decode`],
+//! [`bound`] and [`to_output`].
 //! Sample values travel as strings on the wire (`"0.25"`, `"NaN"`, `"+Inf"`); here they are
 //! `f64`, and on the way out a [`SampleValue`] writes finite values as JSON numbers and the
 //! rest as Prometheus spells them, since JSON has no NaN. Pure; no I/O.

@@ -59,8 +59,21 @@ fn disk_full(instance: &str, starts: &str, ends: Option<&str>) -> Value {
 async fn alertmanager_fires_and_resolves_runs_are_audited_and_tampering_is_caught() {
     let tmp = tempfile::tempdir().unwrap();
     runbooks(&tmp.path().join("runbooks"));
-    let serve = Serve::start(&tmp.path().join("runbooks"), ServeOpts::default()).await;
-    let am = Alertmanager::start(&serve.url("/v1/alertmanager"), "1h", None).await;
+    // The webhook needs a bearer token, sent by Alertmanager's own http_config.
+    let serve = Serve::start(
+        &tmp.path().join("runbooks"),
+        ServeOpts {
+            env: vec![("FIREBREAK_ALERTMANAGER_TOKEN", "am-webhook-token".into())],
+            ..ServeOpts::default()
+        },
+    )
+    .await;
+    let am = Alertmanager::start(
+        &serve.url("/v1/alertmanager"),
+        "1h",
+        Some("am-webhook-token"),
+    )
+    .await;
 
     let starts = at(-100);
     am.post_alerts(&json!([disk_full("db-1", &starts, None)]))

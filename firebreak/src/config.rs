@@ -4,7 +4,7 @@
 //! default (in-process bus, local store under `.firebreak/`). Environment variables win over
 //! the file: `FIREBREAK_LISTEN`, `FIREBREAK_DATA_DIR`, `FIREBREAK_RUNBOOKS`, `FIREBREAK_TEAMS`,
 //! `FIREBREAK_NATS_URL`, `FIREBREAK_ALERTMANAGER_TOKEN`, `FIREBREAK_KUBECONFIG`,
-//! `FIREBREAK_KUBERNETES_DISABLED`,
+//! `FIREBREAK_KUBERNETES_DISABLED`, `FIREBREAK_PROMETHEUS_URL`,
 //! `FIREBREAK_MAX_CONCURRENT_RUNS`.
 
 use std::net::SocketAddr;
@@ -30,6 +30,15 @@ pub struct Config {
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
     pub kubernetes: KubernetesConfig,
+    /// Prometheus for `prom::` evidence and checks; absent means no `prom::` connector.
+    pub prometheus: Option<PrometheusConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrometheusConfig {
+    /// Base URL of the Prometheus HTTP API, e.g. `http://prometheus:9090`.
+    pub url: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -85,6 +94,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
             kubernetes: KubernetesConfig::default(),
+            prometheus: None,
         }
     }
 }
@@ -140,6 +150,9 @@ impl Config {
         }
         if let Some(v) = get("FIREBREAK_KUBECONFIG") {
             self.kubernetes.kubeconfig = Some(v.into());
+        }
+        if let Some(v) = get("FIREBREAK_PROMETHEUS_URL") {
+            self.prometheus = (!v.is_empty()).then_some(PrometheusConfig { url: v });
         }
         if let Some(v) = get("FIREBREAK_KUBERNETES_DISABLED") {
             self.kubernetes.disabled = matches!(v.as_str(), "1" | "true" | "yes");

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use firebreak_audit::{Journal, render_timeline};
-use firebreak_connector::Registry;
 use firebreak_event::Event;
 use firebreak_runtime::{CancellationToken, RunPlan, RunStatus, Runner, RunnerConfig};
 use serde_json::{Map, Value};
@@ -101,15 +100,7 @@ pub async fn run(cfg: Config, args: RunArgs) -> Result<()> {
         }
         (None, None) => bail!("name a runbook, or give --event FILE"),
     };
-    let mut registry = Registry::new();
-    if !cfg.kubernetes.disabled {
-        let client = firebreak_kubernetes::client::connect(cfg.kubernetes.kubeconfig.as_deref())
-            .await
-            .context("connecting to Kubernetes (set kubernetes.disabled to run without it)")?;
-        registry.register(Arc::new(firebreak_kubernetes::KubernetesConnector::new(
-            client,
-        )));
-    }
+    let (registry, _) = crate::serve::connectors(&cfg, true).await?;
     std::fs::create_dir_all(&cfg.data_dir)?;
     let journal =
         Arc::new(Journal::open(crate::audit_cmd::journal_path(&cfg)).context(

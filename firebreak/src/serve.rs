@@ -288,14 +288,23 @@ fn subject_token(s: &str) -> String {
     if t.is_empty() { "_".into() } else { t }
 }
 
-/// `firebreak serve`.
-pub async fn serve(cfg: Config) -> Result<()> {
+/// The connectors the configuration asks for, one `register` line each. Without a reachable
+/// cluster the Kubernetes connector is left out (an error when `require_kube`).
+pub async fn connectors(
+    cfg: &Config,
+    require_kube: bool,
+) -> Result<(Registry, Option<firebreak_kubernetes::Client>)> {
     let mut registry = Registry::new();
     let kube = if cfg.kubernetes.disabled {
         None
     } else {
         match firebreak_kubernetes::client::connect(cfg.kubernetes.kubeconfig.as_deref()).await {
             Ok(client) => Some(client),
+            Err(e) if require_kube => {
+                return Err(anyhow::Error::new(e).context(
+                    "connecting to Kubernetes (set kubernetes.disabled to run without it)",
+                ));
+            }
             Err(e) => {
                 warn!(error = %e, "no Kubernetes cluster reachable: runbooks calling k8s:: will fail");
                 None
@@ -307,6 +316,18 @@ pub async fn serve(cfg: Config) -> Result<()> {
             client.clone(),
         )));
     }
+    if let Some(prom) = &cfg.prometheus {
+        let connector =
+            firebreak_prometheus::PrometheusConnector::new(&prom.url, reqwest::Client::new())
+                .with_context(|| format!("prometheus.url {}", prom.url))?;
+        registry.register(Arc::new(connector));
+    }
+    Ok((registry, kube))
+}
+
+/// `firebreak serve`.
+pub async fn serve(cfg: Config) -> Result<()> {
+    let (registry, kube) = connectors(&cfg, false).await?;
     let engine = Engine::start(&cfg, registry, None).await?;
     if let Some(client) = kube {
         let namespaces = if cfg.kubernetes.watch_namespaces.is_empty() {
@@ -392,7 +413,15 @@ pub fn print_connectors(rbac: bool, namespace: &str) {
         );
         return;
     }
-    for action in firebreak_kubernetes::spec::actions() {
+    let all = firebreak_kubernetes::spec::actions()
+        .into_iter()
+        .map(|a| ("k8s", a))
+        .chain(
+            firebreak_prometheus::spec::actions()
+                .into_iter()
+                .map(|a| ("prom", a)),
+        );
+    for (module, action) in all {
         let params: Vec<String> = action
             .params
             .iter()
@@ -405,7 +434,7 @@ pub fn print_connectors(rbac: bool, namespace: &str) {
             })
             .collect();
         println!(
-            "k8s::{}({})  [{:?}]\n    {}\n    e.g. {}",
+            "{module}::{}({})  [{:?}]\n    {}\n    e.g. {}",
             action.name,
             params.join(", "),
             action.effect,

@@ -510,8 +510,19 @@ fn dry_run(req: &Req) -> bool {
 }
 
 /// Runs the controllers after a committed write.
-fn after_write(inner: &mut Inner, dry: bool) {
-    if !dry {
+/// Asks for the controllers to run after a committed write: the ticker coalesces a burst of
+/// writes into one reconcile; without a ticker (a bare [`Sim::router`]) they run right here.
+fn after_write(sim: &Sim, inner: &mut Inner, dry: bool) {
+    if dry {
+        return;
+    }
+    if sim
+        .shared
+        .ticker_running
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        sim.shared.wake.notify_one();
+    } else {
         inner.reconcile();
     }
 }
@@ -523,7 +534,7 @@ fn create(sim: &Sim, req: &Req, t: &Target) -> Answer {
     let created = inner
         .store
         .create_resource(t.rt, t.ns.as_deref(), obj, dry)?;
-    after_write(&mut inner, dry);
+    after_write(sim, &mut inner, dry);
     let now = inner.store.clock.now();
     Ok(object_response(
         StatusCode::CREATED,
@@ -548,14 +559,14 @@ fn update(sim: &Sim, req: &Req, t: &Target) -> Answer {
         Some("scale") => {
             let live = inner.store.get_resource(t.rt, t.ns.as_deref(), name)?;
             let updated = set_scale(&mut inner, t, live, &obj, dry)?;
-            after_write(&mut inner, dry);
+            after_write(sim, &mut inner, dry);
             return Ok(json_response(StatusCode::OK, &scale_of(&updated)));
         }
         _ => inner
             .store
             .update_resource(t.rt, t.ns.as_deref(), name, obj, dry)?,
     };
-    after_write(&mut inner, dry);
+    after_write(sim, &mut inner, dry);
     let now = inner.store.clock.now();
     Ok(object_response(StatusCode::OK, req, t.rt, &out, now))
 }
@@ -632,7 +643,7 @@ fn patch_resource(sim: &Sim, req: &Req, t: &Target) -> Answer {
             let created = inner
                 .store
                 .create_resource(t.rt, t.ns.as_deref(), obj, dry)?;
-            after_write(&mut inner, dry);
+            after_write(sim, &mut inner, dry);
             let now = inner.store.clock.now();
             return Ok(object_response(
                 StatusCode::CREATED,
@@ -648,7 +659,7 @@ fn patch_resource(sim: &Sim, req: &Req, t: &Target) -> Answer {
         Some("scale") => {
             let patched = patch::apply_patch(ty, &scale_of(&live), &body)?;
             let updated = set_scale(&mut inner, t, live, &patched, dry)?;
-            after_write(&mut inner, dry);
+            after_write(sim, &mut inner, dry);
             return Ok(json_response(StatusCode::OK, &scale_of(&updated)));
         }
         Some("status") => {
@@ -664,7 +675,7 @@ fn patch_resource(sim: &Sim, req: &Req, t: &Target) -> Answer {
                 .update_resource(t.rt, t.ns.as_deref(), name, patched, dry)?
         }
     };
-    after_write(&mut inner, dry);
+    after_write(sim, &mut inner, dry);
     let now = inner.store.clock.now();
     Ok(object_response(StatusCode::OK, req, t.rt, &out, now))
 }
@@ -715,7 +726,7 @@ fn delete(sim: &Sim, req: &Req, t: &Target) -> Answer {
         inner
             .store
             .delete_resource(t.rt, t.ns.as_deref(), name, policy, rv.as_deref())?;
-    after_write(&mut inner, false);
+    after_write(sim, &mut inner, false);
     if matches!(t.rt.kind, "Pod" | "Namespace") {
         return Ok(json_response(StatusCode::OK, &deleted));
     }
@@ -747,7 +758,7 @@ fn evict(sim: &Sim, req: &Req, t: &Target) -> Answer {
         inner
             .store
             .delete_resource(t.rt, t.ns.as_deref(), name, Propagation::Background, None)?;
-        after_write(&mut inner, false);
+        after_write(sim, &mut inner, false);
     }
     let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201});
     Ok(json_response(StatusCode::CREATED, &status))
@@ -784,7 +795,7 @@ fn delete_collection(sim: &Sim, req: &Req, t: &Target) -> Answer {
             deleted.push(d);
         }
     }
-    after_write(&mut inner, false);
+    after_write(sim, &mut inner, false);
     let rv = inner.store.current_rv().to_string();
     let body = json!({"kind": list_kind(t.rt), "apiVersion": t.rt.api_version(), "metadata": {"resourceVersion": rv}, "items": deleted});
     Ok(json_response(StatusCode::OK, &body))

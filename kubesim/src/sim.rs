@@ -195,6 +195,10 @@ impl Inner {
 
 pub(crate) struct Shared {
     pub inner: Mutex<Inner>,
+    /// Wakes the ticker after an API write.
+    pub wake: tokio::sync::Notify,
+    /// Whether a ticker runs the controllers (else API writes run them inline).
+    pub ticker_running: std::sync::atomic::AtomicBool,
     pub cancel: CancellationToken,
     pub bookmark_interval: Duration,
     pub tick: Duration,
@@ -304,6 +308,8 @@ impl Sim {
         Ok(Sim {
             shared: Arc::new(Shared {
                 inner: Mutex::new(inner),
+                wake: tokio::sync::Notify::new(),
+                ticker_running: std::sync::atomic::AtomicBool::new(false),
                 cancel: CancellationToken::new(),
                 bookmark_interval: cfg.bookmark_interval,
                 tick: cfg.tick,
@@ -353,18 +359,37 @@ impl Sim {
         })
     }
 
-    /// Runs the controllers every `tick` until shutdown (for in-process use of [`Sim::router`]).
+    /// Runs the controllers every `tick`, and soon after API writes, until shutdown (for
+    /// in-process use of [`Sim::router`]; [`Sim::start`] spawns it).
+    ///
+    /// Pacing: a burst of writes is coalesced into one reconcile, and after a reconcile that
+    /// took `t` the next one waits at least `2t` (timed ticks `max(tick, 3t)`), so API requests
+    /// always get the lock for most of the time however large the cluster grows.
     pub fn spawn_ticker(&self) -> tokio::task::JoinHandle<()> {
+        use std::sync::atomic::Ordering;
         let sim = self.clone();
+        sim.shared.ticker_running.store(true, Ordering::SeqCst);
         tokio::spawn(async move {
-            let mut every = tokio::time::interval(sim.shared.tick.max(Duration::from_millis(1)));
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let tick = sim.shared.tick.max(Duration::from_millis(1));
+            let mut wait = tick;
+            let mut earliest = tokio::time::Instant::now();
             loop {
-                tokio::select! {
+                let woken = tokio::select! {
                     _ = sim.shared.cancel.cancelled() => break,
-                    _ = every.tick() => sim.reconcile(),
+                    _ = tokio::time::sleep(wait) => false,
+                    _ = sim.shared.wake.notified() => true,
+                };
+                if woken {
+                    let settle = tokio::time::Instant::now() + Duration::from_millis(2);
+                    tokio::time::sleep_until(settle.max(earliest)).await;
                 }
+                let started = tokio::time::Instant::now();
+                sim.reconcile();
+                let took = started.elapsed();
+                earliest = tokio::time::Instant::now() + took * 2;
+                wait = tick.max(took * 3);
             }
+            sim.shared.ticker_running.store(false, Ordering::SeqCst);
         })
     }
 

@@ -175,7 +175,42 @@ pub struct Serve {
     pub data_dir: PathBuf,
     log: PathBuf,
     env: Vec<(&'static str, String)>,
+    config: Option<PathBuf>,
+    /// How many times the process was started (each start logs to its own file).
+    starts: u32,
     _tmp: TempDir,
+}
+
+/// Spawns `firebreak serve` in `dir` with JSON logs to `dir/serve-N.log`.
+fn spawn_serve(
+    dir: &Path,
+    config: Option<&Path>,
+    env: &[(&'static str, String)],
+    n: u32,
+) -> (Child, PathBuf) {
+    let log = dir.join(format!("serve-{n}.log"));
+    let mut cmd = Command::new(FIREBREAK);
+    if let Some(config) = config {
+        cmd.arg("--config").arg(config);
+    }
+    cmd.arg("serve")
+        .current_dir(dir)
+        .env("FIREBREAK_LISTEN", "127.0.0.1:0")
+        .env("FIREBREAK_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info,firebreak::dispatch=debug")
+        .env("RUST_BACKTRACE", "0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("serve log"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("FIREBREAK_") {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    (cmd.spawn().expect("spawn firebreak serve"), log)
 }
 
 impl Serve {
@@ -184,7 +219,6 @@ impl Serve {
     pub async fn start(runbooks: &Path, opts: ServeOpts) -> Serve {
         let tmp = tempfile::tempdir().expect("temp dir");
         let data_dir = tmp.path().join("data");
-        let log = tmp.path().join("serve.log");
         let mut env: Vec<(&'static str, String)> = vec![
             ("FIREBREAK_DATA_DIR", data_dir.display().to_string()),
             ("FIREBREAK_RUNBOOKS", runbooks.display().to_string()),
@@ -193,58 +227,62 @@ impl Serve {
             env.push(("FIREBREAK_KUBERNETES_DISABLED", "1".into()));
         }
         env.extend(opts.env.iter().cloned());
-        let mut cmd = Command::new(FIREBREAK);
-        if let Some(config) = &opts.config {
+        let config = opts.config.as_ref().map(|text| {
             let path = tmp.path().join("firebreak.yaml");
-            std::fs::write(&path, config).expect("write config");
-            cmd.arg("--config").arg(path);
-        }
-        cmd.arg("serve")
-            .current_dir(tmp.path())
-            .env("FIREBREAK_LISTEN", "127.0.0.1:0")
-            .env("FIREBREAK_LOG_FORMAT", "json")
-            .env("RUST_LOG", "info,firebreak::dispatch=debug")
-            .env("RUST_BACKTRACE", "0")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("serve log"));
-        for (k, _) in std::env::vars() {
-            if k.starts_with("FIREBREAK_") && k != "FIREBREAK_LISTEN" {
-                cmd.env_remove(k);
-            }
-        }
-        for (k, v) in &env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("spawn firebreak serve");
+            std::fs::write(&path, text).expect("write config");
+            path
+        });
+        let (child, log) = spawn_serve(tmp.path(), config.as_deref(), &env, 1);
         let mut serve = Serve {
             child,
             base: String::new(),
             data_dir,
             log,
             env,
+            config,
+            starts: 1,
             _tmp: tmp,
         };
+        serve.wait_serving().await;
+        serve
+    }
+
+    /// Kills the engine (SIGKILL, like a crash) and starts it again on the same data dir,
+    /// runbooks and settings (on a new port); waits until it serves.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.starts += 1;
+        let (child, log) = spawn_serve(
+            self._tmp.path(),
+            self.config.as_deref(),
+            &self.env,
+            self.starts,
+        );
+        self.child = child;
+        self.log = log;
+        self.wait_serving().await;
+    }
+
+    async fn wait_serving(&mut self) {
         let deadline = Instant::now() + READY_TIMEOUT;
         let addr = loop {
-            if let Some(addr) = serve.logged_addr() {
+            if let Some(addr) = self.logged_addr() {
                 break addr;
             }
-            if let Ok(Some(status)) = serve.child.try_wait() {
+            if let Ok(Some(status)) = self.child.try_wait() {
                 panic!(
                     "firebreak serve exited before serving: {status}\n{}",
-                    serve.log_tail()
+                    self.log_tail()
                 );
             }
             assert!(
                 Instant::now() < deadline,
                 "firebreak serve did not log `firebreak serving` within {READY_TIMEOUT:?}\n{}",
-                serve.log_tail()
+                self.log_tail()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        serve.base = format!("http://{addr}");
-        serve
+        self.base = format!("http://{addr}");
     }
 
     /// The `addr` of the `firebreak serving` log line, once written.

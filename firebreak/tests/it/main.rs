@@ -7,6 +7,7 @@ mod demo;
 mod golden;
 mod harness;
 mod nats_outage;
+mod restart;
 mod runaway;
 mod runbooks;
 mod scenario1;

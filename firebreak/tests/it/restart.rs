@@ -1,0 +1,100 @@
+//! A crash mid-run: `serve` is killed (SIGKILL) while a run sleeps and started again on the
+//! same data dir. The run resumes from the journal (finished steps are replayed, not repeated)
+//! and finishes; the alert starts no second run; the chain still verifies.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::harness::{Serve, ServeOpts, write_runbooks};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_interrupted_by_a_crash_resumes_after_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("runbooks");
+    write_runbooks(
+        &dir,
+        &[
+            (
+                "drain.yaml",
+                "name: drain\nteam: sre\ndescription: drains a node slowly\nnamespaces: [shop]\n\
+                 triggers:\n  - source: alertmanager\n    status: firing\n    match: ['alertname=\"NodeBad\"']\n\
+                 params:\n  node: { from: label, key: node, type: string, required: true }\n\
+                 concurrency: \"{{params.node}}\"\ntimeout: 60s\n",
+            ),
+            (
+                "drain.rhai",
+                "log(`draining ${ctx.params.node}`);\nsleep(1500);\nlog(`drained ${ctx.params.node}`);\n",
+            ),
+        ],
+    );
+    let mut serve = Serve::start(&dir, ServeOpts::default()).await;
+    let alert = json!({
+        "version": "4", "status": "firing", "receiver": "firebreak", "groupKey": "g",
+        "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {}, "externalURL": "",
+        "alerts": [{"status": "firing",
+            "labels": {"alertname": "NodeBad", "namespace": "shop", "node": "n1"},
+            "annotations": {}, "startsAt": "2026-11-27T03:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
+            "generatorURL": "", "fingerprint": "00000000000000aa"}],
+    })
+    .to_string();
+    let (status, body) = serve.post("/v1/alertmanager", None, alert).await;
+    assert_eq!(status, 202, "{body}");
+    serve
+        .wait_journal(
+            "the run to be in its sleep step",
+            Duration::from_secs(20),
+            |j| {
+                j.records
+                    .iter()
+                    .any(|r| r["body"]["type"] == "step_started" && r["body"]["name"] == "sleep")
+            },
+        )
+        .await;
+
+    serve.restart().await;
+    let journal = serve
+        .wait_journal(
+            "the interrupted run to finish",
+            Duration::from_secs(30),
+            |j| j.finished("drain").len() == 1,
+        )
+        .await;
+    let runs = journal.runs_of("drain");
+    assert_eq!(runs.len(), 1, "no second run: {}", journal.summary());
+    let run = &runs[0];
+    assert_eq!(run.status(), Some("succeeded"), "{}", serve.log_tail());
+    assert!(
+        run.records
+            .iter()
+            .any(|r| r["body"]["type"] == "run_resumed"),
+        "the run resumed: {:?}",
+        run.records
+            .iter()
+            .map(|r| crate::harness::trail_line(r))
+            .collect::<Vec<_>>()
+    );
+    // The first log step ran once; after the resume it is replayed from the journal.
+    let first_log_runs = run
+        .records
+        .iter()
+        .filter(|r| {
+            r["body"]["type"] == "step_finished"
+                && r["body"]["name"] == "log"
+                && r["body"]["status"] == "ok"
+                && r["body"]["step"] == 1
+        })
+        .count();
+    assert_eq!(first_log_runs, 1, "a finished step is not repeated");
+    assert!(
+        run.records
+            .iter()
+            .any(|r| r["body"]["type"] == "step_finished"
+                && r["body"]["name"] == "log"
+                && r["body"]["status"] == "ok"
+                && r["body"]["step"] != 1),
+        "the last step ran after the resume"
+    );
+    let verify = serve.cli(&["audit", "verify"]).await.ok("audit verify");
+    assert!(verify.stdout.starts_with("ok: "), "{verify}");
+}

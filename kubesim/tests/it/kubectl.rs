@@ -849,3 +849,75 @@ async fn logs_follow_streams_new_lines_as_the_clock_moves() {
     let stamp = |l: &str| l.split_whitespace().next().unwrap_or_default().to_string();
     assert!(stamp(&next) > stamp(&first), "{first:?} then {next:?}");
 }
+
+/// Polls `kubectl args` until its stdout satisfies `pred` (bounded), returning the last output.
+async fn eventually(k: &Kube, args: &[&str], pred: impl Fn(&str) -> bool, what: &str) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = k.kubectl(args).await;
+        if out.code == 0 && pred(&out.stdout) {
+            return out.stdout;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!(
+                "waited 30s for {what}; last output: {:?} {:?}",
+                out.stdout, out.stderr
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints_drive_node_readiness_and_image_faults() {
+    let k = with_web().await;
+    k.admin(
+        "/_sim/nodes/kubesim-node-1/ready",
+        serde_json::json!({"ready": false}),
+    )
+    .await;
+    eventually(
+        &k,
+        &["get", "nodes"],
+        |o| o.contains("NotReady"),
+        "the node to turn NotReady",
+    )
+    .await;
+    k.admin(
+        "/_sim/nodes/kubesim-node-1/ready",
+        serde_json::json!({"ready": true}),
+    )
+    .await;
+    eventually(
+        &k,
+        &["get", "nodes"],
+        |o| o.contains(" Ready ") && !o.contains("NotReady"),
+        "the node to be Ready again",
+    )
+    .await;
+
+    let state = k
+        .admin(
+            "/_sim/faults",
+            serde_json::json!({"image": "nginx:9.9", "fault": "never-ready"}),
+        )
+        .await;
+    assert!(state["imageFaults"]["nginx:9.9"].is_string(), "{state}");
+    k.kubectl(&["set", "image", "deploy/web", "app=nginx:9.9"])
+        .await
+        .ok();
+    eventually(
+        &k,
+        &["get", "pods", "-l", "app=web"],
+        |o| o.contains("ErrImagePull") || o.contains("ImagePullBackOff"),
+        "a pod of the faulty image failing to pull",
+    )
+    .await;
+    let state = k
+        .admin(
+            "/_sim/config",
+            serde_json::json!({"podReadyDelayMs": 50, "podStartDelayMs": 0}),
+        )
+        .await;
+    assert_eq!(state["podReadyDelayMs"], 50);
+}

@@ -3,6 +3,7 @@
 
 mod alertmanager;
 mod bad_input;
+mod cli;
 mod demo;
 mod golden;
 mod harness;

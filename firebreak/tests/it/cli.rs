@@ -1,0 +1,182 @@
+//! The CLI around a running engine: `firebreak run --server` (accepted / refused), an
+//! in-process `run` refused while `serve` holds the journal and working once it stopped,
+//! `audit` errors that say what is wrong, and `run --dry-run --event` changing nothing.
+
+use std::time::Duration;
+
+use crate::harness::{
+    Cluster, Journal, Serve, ServeOpts, crate_dir, firebreak, repo_root, write_runbooks,
+};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_and_audit_commands_against_a_serving_engine() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("runbooks");
+    write_runbooks(
+        &dir,
+        &[
+            (
+                "note.yaml",
+                "name: note\nteam: sre\ndescription: writes a note\nnamespaces: [shop]\n\
+                 params:\n  text: { type: string, default: \"-\" }\ntimeout: 30s\n",
+            ),
+            ("note.rhai", "log(`note: ${ctx.params.text}`);\n"),
+        ],
+    );
+    let mut serve = Serve::start(&dir, ServeOpts::default()).await;
+
+    let out = serve
+        .cli(&[
+            "run",
+            "--server",
+            &serve.base,
+            "note",
+            "-p",
+            "text=hello",
+            "--actor",
+            "ann",
+        ])
+        .await
+        .ok("run --server");
+    assert!(out.stdout.contains("accepted"), "{out}");
+    let journal = serve
+        .wait_journal("the remote run", Duration::from_secs(20), |j| {
+            j.finished("note").len() == 1
+        })
+        .await;
+    let run = &journal.finished("note")[0];
+    assert_eq!(run.status(), Some("succeeded"));
+    assert_eq!(run.records[0]["actor"], "ann");
+    assert_eq!(run.started().unwrap()["body"]["params"]["text"], "hello");
+
+    let out = serve.cli(&["run", "--server", &serve.base, "nope"]).await;
+    assert!(
+        !out.success() && out.stderr.contains("404") && out.stderr.contains("unknown_runbook"),
+        "{out}"
+    );
+
+    // In process, while serve writes the journal: refused, pointing at --server.
+    let out = serve.cli(&["run", "note"]).await;
+    assert!(!out.success() && out.stderr.contains("--server"), "{out}");
+
+    let out = serve.cli(&["audit", "show", "zzz"]).await;
+    assert!(!out.success() && out.stderr.contains("no run zzz"), "{out}");
+    let out = firebreak(
+        &["audit", "list"],
+        &[(
+            "FIREBREAK_DATA_DIR",
+            tmp.path().join("nowhere").display().to_string(),
+        )],
+    )
+    .await;
+    assert!(
+        !out.success() && out.stderr.contains("no audit journal"),
+        "{out}"
+    );
+
+    // Once serve is gone, an in-process run appends to the same journal and prints its timeline.
+    serve.kill();
+    let out = serve
+        .cli(&["run", "note", "-p", "text=offline", "--actor", "bob"])
+        .await
+        .ok("run in process");
+    assert!(
+        out.stdout.contains("note: offline") && out.stdout.contains("run succeeded"),
+        "{out}"
+    );
+    let journal = serve.journal();
+    assert_eq!(journal.finished("note").len(), 2, "{}", journal.summary());
+    let verify = serve.cli(&["audit", "verify"]).await.ok("audit verify");
+    assert!(verify.stdout.contains("2 runs"), "{verify}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_replay_changes_nothing() {
+    let cluster = Cluster::start(kubesim::ControllerConfig::default()).await;
+    let golden = crate_dir().join("tests/golden/model-latency-rollback");
+    for file in ["cluster.yaml", "update.yaml"] {
+        cluster
+            .kubectl(&["apply", "-f", golden.join(file).to_str().unwrap()])
+            .await
+            .ok(&format!("kubectl apply {file}"));
+        cluster
+            .kubectl(&[
+                "-n",
+                "ml-serving",
+                "rollout",
+                "status",
+                "deployment/fraud-model",
+                "--timeout=60s",
+            ])
+            .await
+            .ok("rollout status");
+    }
+    let data = tempfile::tempdir().unwrap();
+    let env = [
+        (
+            "FIREBREAK_RUNBOOKS",
+            repo_root().join("runbooks").display().to_string(),
+        ),
+        ("FIREBREAK_DATA_DIR", data.path().display().to_string()),
+        (
+            "FIREBREAK_KUBECONFIG",
+            cluster.kubeconfig.display().to_string(),
+        ),
+    ];
+    let event = golden.join("event.json");
+    let out = firebreak(
+        &["run", "--dry-run", "--event", event.to_str().unwrap()],
+        &env,
+    )
+    .await
+    .ok("run --dry-run");
+    assert!(out.stdout.contains("[dry run]"), "{out}");
+
+    let journal = Journal::read(&data.path().join("audit.jsonl"));
+    let runs = journal.runs();
+    assert_eq!(runs.len(), 1, "{}", journal.summary());
+    assert_eq!(runs[0].started().unwrap()["body"]["dry_run"], true);
+    let rollback = runs[0]
+        .records
+        .iter()
+        .find(|r| r["body"]["type"] == "step_finished" && r["body"]["name"] == "k8s::rollback")
+        .expect("the rollback step");
+    assert_eq!(rollback["body"]["status"], "skipped", "{rollback}");
+    let history = cluster
+        .kubectl(&[
+            "-n",
+            "ml-serving",
+            "rollout",
+            "history",
+            "deployment/fraud-model",
+        ])
+        .await
+        .ok("rollout history");
+    let revisions: Vec<&str> = history
+        .stdout
+        .lines()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .next()
+                .filter(|c| c.parse::<u32>().is_ok())
+        })
+        .collect();
+    assert_eq!(
+        revisions,
+        ["1", "2"],
+        "a dry run rolls nothing back: {history}"
+    );
+    let image = cluster
+        .kubectl(&[
+            "-n",
+            "ml-serving",
+            "get",
+            "deploy",
+            "fraud-model",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image}",
+        ])
+        .await
+        .ok("get deploy");
+    assert!(image.stdout.ends_with(":v2"), "{image}");
+}

@@ -26,18 +26,31 @@ pub(crate) fn sync_deployments(cluster: &mut dyn Cluster, now: Timestamp) {
     if deployments.is_empty() {
         return;
     }
-    let mut rs_by_namespace: HashMap<String, Vec<Value>> = HashMap::new();
+    // ReplicaSets by controlling owner uid, orphans by namespace: a Deployment only looks at
+    // the ReplicaSets it controls or could adopt.
+    let mut rs_by_owner: HashMap<String, Vec<Value>> = HashMap::new();
+    let mut orphans: HashMap<String, Vec<Value>> = HashMap::new();
     for rs in cluster.list(Kind::ReplicaSet, None) {
-        let ns = obj::namespace(&rs).unwrap_or("").to_owned();
-        rs_by_namespace.entry(ns).or_default().push(rs);
+        match obj::controller_uid(&rs) {
+            Some(uid) => rs_by_owner.entry(uid.to_owned()).or_default().push(rs),
+            None => {
+                let ns = obj::namespace(&rs).unwrap_or("").to_owned();
+                orphans.entry(ns).or_default().push(rs);
+            }
+        }
     }
     let mut dc = DeploymentController { cluster, now };
     for d in deployments {
-        let ns_rses = rs_by_namespace
+        let owned = rs_by_owner.remove(obj::uid(&d)).unwrap_or_default();
+        let ns_orphans = orphans
             .get(obj::namespace(&d).unwrap_or(""))
             .map_or(&[][..], Vec::as_slice);
+        let candidates: Vec<Value> = owned
+            .into_iter()
+            .chain(ns_orphans.iter().cloned())
+            .collect();
         let key = obj::key(&d);
-        if let Err(error) = dc.sync_deployment(d, ns_rses) {
+        if let Err(error) = dc.sync_deployment(d, &candidates) {
             super::log_error("deployment", &key, &error);
         }
     }

@@ -103,6 +103,9 @@ fn sync_pod(
         },
     };
     let node = &nodes[node_index];
+    if is_settled(&pod, node, cfg) {
+        return Ok(());
+    }
     let status = desired_pod_status(&pod, node, cfg, now);
     let old_status = pod.get("status").cloned().unwrap_or_else(|| json!({}));
     if obj::status_eq(&old_status, &status) {
@@ -113,6 +116,31 @@ fn sync_pod(
     let updated = cluster.update_status(Kind::Pod, updated)?;
     record_transitions(cluster, now, &old_status, &updated, node);
     Ok(())
+}
+
+/// Whether a pod's status can no longer change with time alone: Ready on a Ready node, every
+/// container running, ready and without a fault. Such pods are skipped without computing their
+/// status, which keeps a quiet reconcile cheap.
+fn is_settled(pod: &Value, node: &NodeInfo, cfg: &ControllerConfig) -> bool {
+    if !node.ready || !super::replicaset::is_pod_ready(pod) {
+        return false;
+    }
+    let containers = pod.pointer("/spec/containers").and_then(Value::as_array);
+    let statuses = pod
+        .pointer("/status/containerStatuses")
+        .and_then(Value::as_array);
+    let (Some(containers), Some(statuses)) = (containers, statuses) else {
+        return false;
+    };
+    containers.len() == statuses.len()
+        && containers.iter().zip(statuses).all(|(c, s)| {
+            let image = c.get("image").and_then(Value::as_str).unwrap_or("");
+            container_fault(pod, c, cfg).is_none()
+                && s.get("name") == c.get("name")
+                && s.get("ready").and_then(Value::as_bool) == Some(true)
+                && s.pointer("/state/running").is_some()
+                && s.get("image").and_then(Value::as_str) == Some(full_image(image).as_str())
+        })
 }
 
 /// The scheduler: binds the pod to the Ready, schedulable node with the fewest pods, or records

@@ -28,19 +28,49 @@ pub(crate) fn sync_replica_sets(cluster: &mut dyn Cluster, cfg: &ControllerConfi
     if rses.is_empty() {
         return;
     }
-    let mut pods_by_namespace: HashMap<String, Vec<Value>> = HashMap::new();
-    for pod in cluster.list(Kind::Pod, None) {
-        let ns = obj::namespace(&pod).unwrap_or("").to_owned();
-        pods_by_namespace.entry(ns).or_default().push(pod);
-    }
+    let pods = PodIndex::new(cluster.list(Kind::Pod, None));
     for rs in rses {
-        let pods = pods_by_namespace
-            .get(obj::namespace(&rs).unwrap_or(""))
-            .map_or(&[][..], Vec::as_slice);
         let key = obj::key(&rs);
-        if let Err(error) = sync_replica_set(cluster, now, rs, pods, toleration_seconds) {
+        if let Err(error) = sync_replica_set(cluster, now, rs, &pods, toleration_seconds) {
             super::log_error("replicaset", &key, &error);
         }
+    }
+}
+
+/// Active pods by controlling owner uid, and the orphans (no controller) by namespace, so a
+/// sync looks only at the pods it could own.
+struct PodIndex {
+    by_owner: HashMap<String, Vec<Value>>,
+    orphans: HashMap<String, Vec<Value>>,
+}
+
+impl PodIndex {
+    fn new(pods: Vec<Value>) -> Self {
+        let mut index = PodIndex {
+            by_owner: HashMap::new(),
+            orphans: HashMap::new(),
+        };
+        for pod in pods.into_iter().filter(is_pod_active) {
+            match obj::controller_uid(&pod) {
+                Some(uid) => index.by_owner.entry(uid.to_owned()).or_default().push(pod),
+                None => {
+                    let ns = obj::namespace(&pod).unwrap_or("").to_owned();
+                    index.orphans.entry(ns).or_default().push(pod);
+                }
+            }
+        }
+        index
+    }
+
+    /// The pods `rs` controls or could adopt.
+    fn candidates(&self, rs: &Value) -> Vec<Value> {
+        let owned = self.by_owner.get(obj::uid(rs)).into_iter().flatten();
+        let orphans = self
+            .orphans
+            .get(obj::namespace(rs).unwrap_or(""))
+            .into_iter()
+            .flatten();
+        owned.chain(orphans).cloned().collect()
     }
 }
 
@@ -49,7 +79,7 @@ fn sync_replica_set(
     cluster: &mut dyn Cluster,
     now: Timestamp,
     rs: Value,
-    ns_pods: &[Value],
+    pods: &PodIndex,
     toleration_seconds: u64,
 ) -> Result<(), ClusterError> {
     let selector = rs.pointer("/spec/selector").cloned().unwrap_or(Value::Null);
@@ -57,23 +87,11 @@ fn sync_replica_set(
         // Validation forbids it; the real controller logs and gives up too.
         return Ok(());
     }
-    let all_pods: Vec<Value> = ns_pods
-        .iter()
-        .filter(|p| is_pod_active(p))
-        .cloned()
-        .collect();
-    let filtered_pods = claim_pods(cluster, &rs, &selector, &all_pods)?;
+    let filtered_pods = claim_pods(cluster, &rs, &selector, &pods.candidates(&rs))?;
     let manage_result = if obj::is_being_deleted(&rs) {
         Ok(())
     } else {
-        manage_replicas(
-            cluster,
-            now,
-            &rs,
-            &filtered_pods,
-            ns_pods,
-            toleration_seconds,
-        )
+        manage_replicas(cluster, now, &rs, &filtered_pods, toleration_seconds)
     };
     update_replica_set_status(cluster, now, &rs, &filtered_pods)?;
     manage_result
@@ -178,7 +196,6 @@ fn manage_replicas(
     now: Timestamp,
     rs: &Value,
     filtered_pods: &[Value],
-    ns_pods: &[Value],
     toleration_seconds: u64,
 ) -> Result<(), ClusterError> {
     let desired = obj::i64_at(rs, &["spec", "replicas"]).unwrap_or(1).max(0) as usize;
@@ -207,7 +224,7 @@ fn manage_replicas(
         }
     } else if active > desired {
         let diff = (active - desired).min(BURST_REPLICAS);
-        for pod in get_pods_to_delete(filtered_pods, ns_pods, diff, now) {
+        for pod in get_pods_to_delete(filtered_pods, filtered_pods, diff, now) {
             match cluster.delete(Kind::Pod, obj::namespace(pod), obj::name(pod)) {
                 Ok(()) => {
                     let message = format!("Deleted pod: {}", obj::name(pod));
@@ -343,7 +360,8 @@ fn qos_class(spec: &Value) -> &'static str {
 
 /// `getPodsToDelete`: the `diff` pods ranked first by `ActivePodsWithRanks` (unassigned,
 /// pending, not ready, cheaper, doubled up on a node, ready for less time, more restarts,
-/// newer).
+/// newer). "Doubled up" counts `related_pods` per node; upstream counts the pods of every
+/// ReplicaSet of the same owner, kubesim those of the ReplicaSet itself.
 fn get_pods_to_delete<'a>(
     filtered_pods: &'a [Value],
     related_pods: &[Value],

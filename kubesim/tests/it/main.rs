@@ -8,3 +8,4 @@ mod binary;
 mod harness;
 mod kube_client;
 mod kubectl;
+mod rollout;

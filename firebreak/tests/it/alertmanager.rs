@@ -282,3 +282,40 @@ async fn a_resent_alert_starts_one_run_while_the_first_runs_or_cools_down() {
         journal.summary()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn alertmanager_repeats_of_a_firing_alert_start_one_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("runbooks");
+    runbooks(&dir);
+    let serve = Serve::start(&dir, ServeOpts::default()).await;
+    // repeat_interval 1s: Alertmanager re-sends the still-firing group about every second.
+    let am = Alertmanager::start(&serve.url("/v1/alertmanager"), "1s", None).await;
+    am.post_alerts(&json!([disk_full("db-7", &at(-100), None)]))
+        .await;
+    crate::harness::wait_for(
+        "Alertmanager to deliver the firing group three times",
+        Duration::from_secs(30),
+        || format!("{}\n{}", serve.log_tail(), am.log_tail()),
+        || {
+            let n = serve
+                .log_lines()
+                .iter()
+                .filter(|l| l["fields"]["message"] == "alertmanager notification accepted")
+                .count();
+            std::future::ready((n >= 3).then_some(()))
+        },
+    )
+    .await;
+    let journal = serve
+        .wait_journal("the run to finish", RUN_WAIT, |j| {
+            j.finished("on-firing").len() == 1
+        })
+        .await;
+    assert_eq!(
+        journal.runs().len(),
+        1,
+        "one run for three notifications\n{}",
+        journal.summary()
+    );
+}

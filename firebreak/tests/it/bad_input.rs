@@ -100,6 +100,19 @@ async fn each_bad_request_gets_its_json_error_and_the_engine_keeps_serving() {
         "unsupported_version",
         &["version", "3"],
     );
+    assert_error(
+        "not a webhook",
+        serve
+            .post(
+                am,
+                Some(TOKEN),
+                json!({"version": "4", "alerts": "none"}).to_string(),
+            )
+            .await,
+        400,
+        "invalid_request",
+        &["invalid", "expected a sequence"],
+    );
     let mut big = webhook("4", "web-1");
     big["commonAnnotations"]["padding"] = json!("x".repeat(LIMIT));
     assert_error(

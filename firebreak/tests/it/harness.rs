@@ -197,7 +197,10 @@ fn spawn_serve(
         .current_dir(dir)
         .env("FIREBREAK_LISTEN", "127.0.0.1:0")
         .env("FIREBREAK_LOG_FORMAT", "json")
-        .env("RUST_LOG", "info,firebreak::dispatch=debug")
+        .env(
+            "RUST_LOG",
+            "info,firebreak::dispatch=debug,firebreak_ingest=debug",
+        )
         .env("RUST_BACKTRACE", "0")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -178,7 +178,7 @@ pub struct Serve {
     config: Option<PathBuf>,
     /// How many times the process was started (each start logs to its own file).
     starts: u32,
-    _tmp: TempDir,
+    tmp: TempDir,
 }
 
 /// Spawns `firebreak serve` in `dir` with JSON logs to `dir/serve-N.log`.
@@ -244,7 +244,7 @@ impl Serve {
             env,
             config,
             starts: 1,
-            _tmp: tmp,
+            tmp,
         };
         serve.wait_serving().await;
         serve
@@ -256,7 +256,7 @@ impl Serve {
         self.kill();
         self.starts += 1;
         let (child, log) = spawn_serve(
-            self._tmp.path(),
+            self.tmp.path(),
             self.config.as_deref(),
             &self.env,
             self.starts,
@@ -529,7 +529,7 @@ impl Journal {
 pub struct Alertmanager {
     child: Child,
     pub base: String,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl Alertmanager {
@@ -580,7 +580,7 @@ impl Alertmanager {
         let am = Alertmanager {
             child,
             base: format!("http://127.0.0.1:{port}"),
-            _dir: dir,
+            dir,
         };
         let client = http();
         let url = format!("{}/-/ready", am.base);
@@ -602,7 +602,7 @@ impl Alertmanager {
     }
 
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self._dir.path().join("am.log")).unwrap_or_default();
+        let text = std::fs::read_to_string(self.dir.path().join("am.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         let start = lines.len().saturating_sub(30);
         format!("--- alertmanager log (tail)\n{}", lines[start..].join("\n"))

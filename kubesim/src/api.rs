@@ -527,10 +527,49 @@ fn after_write(sim: &Sim, inner: &mut Inner, dry: bool) {
     }
 }
 
+/// The field manager of a write: `?fieldManager=`, else the User-Agent's product, as the
+/// apiserver derives it.
+fn manager(req: &Req) -> String {
+    match req.q("fieldManager").filter(|m| !m.is_empty()) {
+        Some(m) => m.to_string(),
+        None => {
+            let ua = req
+                .headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            let product = ua.split('/').next().unwrap_or_default().trim();
+            if product.is_empty() {
+                "unknown".to_string()
+            } else {
+                product.to_string()
+            }
+        }
+    }
+}
+
+/// Records which fields this write changed in `metadata.managedFields` (keeping the live
+/// entries when the request did not send any, as kubectl never shows them).
+fn track(req: &Req, t: &Target, live: Option<&Value>, obj: &mut Value, now: jiff::Timestamp) {
+    if !obj.is_object() {
+        return;
+    }
+    if let Some(live_fields) = live.and_then(|l| l.pointer("/metadata/managedFields"))
+        && obj.pointer("/metadata/managedFields").is_none()
+        && obj.get("metadata").is_some_and(Value::is_object)
+    {
+        obj["metadata"]["managedFields"] = live_fields.clone();
+    }
+    let when = crate::store::format_time(now);
+    crate::ssa::record_update(live, obj, &manager(req), &t.rt.api_version(), &when);
+}
+
 fn create(sim: &Sim, req: &Req, t: &Target) -> Answer {
-    let obj = decode_body(req)?;
+    let mut obj = decode_body(req)?;
     let dry = dry_run(req);
     let mut inner = sim.lock();
+    let now = inner.store.clock.now();
+    track(req, t, None, &mut obj, now);
     let created = inner
         .store
         .create_resource(t.rt, t.ns.as_deref(), obj, dry)?;
@@ -562,9 +601,15 @@ fn update(sim: &Sim, req: &Req, t: &Target) -> Answer {
             after_write(sim, &mut inner, dry);
             return Ok(json_response(StatusCode::OK, &scale_of(&updated)));
         }
-        _ => inner
-            .store
-            .update_resource(t.rt, t.ns.as_deref(), name, obj, dry)?,
+        _ => {
+            let mut obj = obj;
+            let live = inner.store.get_resource(t.rt, t.ns.as_deref(), name)?;
+            let now = inner.store.clock.now();
+            track(req, t, Some(&live), &mut obj, now);
+            inner
+                .store
+                .update_resource(t.rt, t.ns.as_deref(), name, obj, dry)?
+        }
     };
     after_write(sim, &mut inner, dry);
     let now = inner.store.clock.now();
@@ -640,6 +685,17 @@ fn patch_resource(sim: &Sim, req: &Req, t: &Target) -> Answer {
                     "the name of the object ({body_name}) does not match the name on the URL ({name})"
                 )));
             }
+            let when = crate::store::format_time(inner.store.clock.now());
+            let force = req.q("force") == Some("true");
+            let obj = crate::ssa::apply(
+                &json!({}),
+                &obj,
+                &manager(req),
+                force,
+                &t.rt.api_version(),
+                &when,
+            )
+            .map_err(|c| crate::ssa::conflict_error(&c, &t.rt.api_version()))?;
             let created = inner
                 .store
                 .create_resource(t.rt, t.ns.as_deref(), obj, dry)?;
@@ -668,8 +724,26 @@ fn patch_resource(sim: &Sim, req: &Req, t: &Target) -> Answer {
                 .store
                 .update_resource_status(t.rt, t.ns.as_deref(), name, patched, dry)?
         }
+        _ if ty == PatchType::Apply => {
+            let when = crate::store::format_time(inner.store.clock.now());
+            let force = req.q("force") == Some("true");
+            let applied = crate::ssa::apply(
+                &live,
+                &body,
+                &manager(req),
+                force,
+                &t.rt.api_version(),
+                &when,
+            )
+            .map_err(|c| crate::ssa::conflict_error(&c, &t.rt.api_version()))?;
+            inner
+                .store
+                .update_resource(t.rt, t.ns.as_deref(), name, applied, dry)?
+        }
         _ => {
-            let patched = patch::apply_patch(ty, &live, &body)?;
+            let mut patched = patch::apply_patch(ty, &live, &body)?;
+            let now = inner.store.clock.now();
+            track(req, t, Some(&live), &mut patched, now);
             inner
                 .store
                 .update_resource(t.rt, t.ns.as_deref(), name, patched, dry)?

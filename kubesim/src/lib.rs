@@ -24,6 +24,7 @@ pub mod patch;
 pub mod resources;
 pub mod selectors;
 mod sim;
+mod ssa;
 pub mod status;
 pub mod store;
 mod table;

@@ -921,3 +921,53 @@ async fn admin_endpoints_drive_node_readiness_and_image_faults() {
         .await;
     assert_eq!(state["podReadyDelayMs"], 50);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_side_apply_conflicts_with_another_manager_unless_forced() {
+    let k = with_web().await;
+    let deploy = WEB.split("---").next().unwrap_or_default();
+    // Same values as the client-side apply: no conflict, kubectl takes co-ownership.
+    let same = k
+        .kubectl_stdin(&["apply", "--server-side", "-f", "-"], deploy)
+        .await;
+    assert_eq!(same.ok().trim(), "deployment.apps/web serverside-applied");
+    let changed = deploy.replace("replicas: 3", "replicas: 4");
+    let conflict = k
+        .kubectl_stdin(&["apply", "--server-side", "-f", "-"], &changed)
+        .await;
+    assert!(
+        conflict.failed().contains(
+            "Apply failed with 1 conflict: conflict with \"kubectl-client-side-apply\" using apps/v1: .spec.replicas"
+        ),
+        "{}",
+        conflict.stderr
+    );
+    let replicas = k
+        .kubectl(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"])
+        .await;
+    assert_eq!(replicas.ok(), "3", "a refused apply changes nothing");
+    let forced = k
+        .kubectl_stdin(
+            &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+            &changed,
+        )
+        .await;
+    assert_eq!(forced.ok().trim(), "deployment.apps/web serverside-applied");
+    let managed = k
+        .kubectl(&[
+            "get",
+            "deploy",
+            "web",
+            "--show-managed-fields",
+            "-o",
+            "jsonpath={.spec.replicas} {.metadata.managedFields[*].manager}",
+        ])
+        .await;
+    assert_eq!(
+        managed.ok(),
+        "4 kubectl-client-side-apply kubectl-last-applied kubectl"
+    );
+    // Managed fields stay hidden by default, as on a real cluster.
+    let yaml = k.kubectl(&["get", "deploy", "web", "-o", "yaml"]).await;
+    assert!(!yaml.ok().contains("managedFields"), "{}", yaml.stdout);
+}

@@ -13,3 +13,4 @@ mod runaway;
 mod runbooks;
 mod scenario1;
 mod tenancy;
+mod watcher;

@@ -383,3 +383,61 @@ async fn watches_send_bookmarks_when_allowed() {
         other => panic!("expected a BOOKMARK, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_discovery_finds_every_group_and_subresource() {
+    let k = Kube::start().await;
+    for aggregated in [false, true] {
+        check_discovery(&k, aggregated).await;
+    }
+    let sent = k.sim().requests();
+    assert!(
+        sent.iter()
+            .any(|r| r.path == "/apis" && r.accept.contains("APIGroupDiscoveryList")),
+        "{sent:?}"
+    );
+    assert!(
+        sent.iter().any(|r| r.path == "/apis/apps/v1"),
+        "the legacy run read each group-version: {sent:?}"
+    );
+}
+
+/// Runs kube-rs discovery (legacy or aggregated) and checks what it found.
+async fn check_discovery(k: &Kube, aggregated: bool) {
+    let run = kube::Discovery::new(k.client());
+    let discovery = if aggregated {
+        run.run_aggregated().await
+    } else {
+        run.run().await
+    };
+    let discovery =
+        discovery.unwrap_or_else(|e| panic!("discovery (aggregated: {aggregated}) fails: {e}"));
+    let gvk = kube::api::GroupVersionKind::gvk("apps", "v1", "Deployment");
+    let (ar, caps) = discovery
+        .resolve_gvk(&gvk)
+        .expect("deployments are discovered");
+    assert_eq!(ar.plural, "deployments");
+    assert_eq!(caps.scope, kube::discovery::Scope::Namespaced);
+    let subs: Vec<&str> = caps
+        .subresources
+        .iter()
+        .map(|(r, _)| r.plural.as_str())
+        .collect();
+    assert!(
+        subs.iter().any(|s| s.ends_with("scale")) && subs.iter().any(|s| s.ends_with("status")),
+        "{subs:?}"
+    );
+    for (group, version, kind) in [
+        ("", "v1", "Pod"),
+        ("events.k8s.io", "v1", "Event"),
+        ("networking.k8s.io", "v1", "NetworkPolicy"),
+        ("gateway.networking.k8s.io", "v1", "HTTPRoute"),
+        ("networking.istio.io", "v1beta1", "VirtualService"),
+    ] {
+        let gvk = kube::api::GroupVersionKind::gvk(group, version, kind);
+        assert!(
+            discovery.resolve_gvk(&gvk).is_some(),
+            "{gvk:?} discovered (aggregated: {aggregated})"
+        );
+    }
+}

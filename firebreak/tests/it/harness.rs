@@ -250,8 +250,8 @@ impl Serve {
         serve
     }
 
-    /// Kills the engine (SIGKILL, like a crash) and starts it again on the same data dir,
-    /// runbooks and settings (on a new port); waits until it serves.
+    /// Kills the engine if it still runs (SIGKILL, like a crash) and starts it again on the
+    /// same data dir, runbooks and settings (on a new port); waits until it serves.
     pub async fn restart(&mut self) {
         self.kill();
         self.starts += 1;
@@ -264,6 +264,29 @@ impl Serve {
         self.child = child;
         self.log = log;
         self.wait_serving().await;
+    }
+
+    /// Asks the engine to stop (SIGTERM, as systemd or Kubernetes would) and waits, bounded,
+    /// until it exits; returns its exit code.
+    pub async fn terminate(&mut self) -> Option<i32> {
+        let pid = self.child.id().to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill -TERM");
+        assert!(sent.success(), "kill -TERM {pid}");
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for serve") {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "firebreak serve did not exit within {READY_TIMEOUT:?} of SIGTERM\n{}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn wait_serving(&mut self) {

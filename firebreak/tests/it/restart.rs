@@ -1,6 +1,8 @@
-//! A crash mid-run: `serve` is killed (SIGKILL) while a run sleeps and started again on the
-//! same data dir. The run resumes from the journal (finished steps are replayed, not repeated)
-//! and finishes; the alert starts no second run; the chain still verifies.
+//! Restarts mid-run. A crash: `serve` is killed (SIGKILL) while a run sleeps and started again
+//! on the same data dir; the run resumes from the journal (finished steps are replayed, not
+//! repeated) and finishes; the alert starts no second run; the chain still verifies. A
+//! graceful stop (SIGTERM, as a deploy does): exit 0, and the interrupted run is resumed by the
+//! next start, as `serve.rs` documents.
 
 use std::time::Duration;
 
@@ -94,6 +96,74 @@ async fn a_run_interrupted_by_a_crash_resumes_after_restart() {
                 && r["body"]["status"] == "ok"
                 && r["body"]["step"] != 1),
         "the last step ran after the resume"
+    );
+    let verify = serve.cli(&["audit", "verify"]).await.ok("audit verify");
+    assert!(verify.stdout.starts_with("ok: "), "{verify}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_stopped_by_sigterm_is_finished_after_the_next_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("runbooks");
+    write_runbooks(
+        &dir,
+        &[
+            (
+                "drain.yaml",
+                "name: drain\nteam: sre\ndescription: drains a node slowly\nnamespaces: [shop]\ntimeout: 60s\n",
+            ),
+            (
+                "drain.rhai",
+                "log(\"draining\");\nsleep(5000);\nlog(\"drained\");\n",
+            ),
+        ],
+    );
+    let mut serve = Serve::start(&dir, ServeOpts::default()).await;
+    let (status, body) = serve
+        .post(
+            "/v1/trigger",
+            None,
+            json!({"runbook": "drain", "params": {}}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    serve
+        .wait_journal(
+            "the run to be in its sleep step",
+            Duration::from_secs(20),
+            |j| {
+                j.records
+                    .iter()
+                    .any(|r| r["body"]["type"] == "step_started" && r["body"]["name"] == "sleep")
+            },
+        )
+        .await;
+    let code = serve.terminate().await;
+    assert_eq!(
+        code,
+        Some(0),
+        "a graceful stop exits 0\n{}",
+        serve.log_tail()
+    );
+    serve.restart().await;
+    let journal = serve
+        .wait_journal(
+            "the drain run to succeed after the restart",
+            Duration::from_secs(30),
+            |j| {
+                j.runs_of("drain")
+                    .iter()
+                    .any(|r| r.status() == Some("succeeded"))
+            },
+        )
+        .await;
+    let runs = journal.runs_of("drain");
+    assert_eq!(runs.len(), 1, "the same run went on: {}", journal.summary());
+    assert!(
+        runs[0]
+            .records
+            .iter()
+            .any(|r| r["body"]["type"] == "run_resumed")
     );
     let verify = serve.cli(&["audit", "verify"]).await.ok("audit verify");
     assert!(verify.stdout.starts_with("ok: "), "{verify}");

@@ -17,40 +17,39 @@ use serde_json::{Map, Value, json};
 
 use super::deployment_util::{self as util, DeploymentSpec, Strategy};
 use super::events::{self, Involved, Source};
-use super::obj;
+use super::{PassCluster, obj};
 use crate::cluster::{Cluster, ClusterError, Kind};
 
 /// Syncs every Deployment once (one pass of the controller's work queue).
-pub(crate) fn sync_deployments(cluster: &mut dyn Cluster, now: Timestamp) {
-    let deployments = cluster.list(Kind::Deployment, None);
+pub(crate) fn sync_deployments(cluster: &mut PassCluster<'_>, now: Timestamp) {
+    let deployments = cluster.all(Kind::Deployment);
     if deployments.is_empty() {
         return;
     }
     // ReplicaSets by controlling owner uid, orphans by namespace: a Deployment only looks at
     // the ReplicaSets it controls or could adopt.
-    let mut rs_by_owner: HashMap<String, Vec<Value>> = HashMap::new();
-    let mut orphans: HashMap<String, Vec<Value>> = HashMap::new();
-    for rs in cluster.list(Kind::ReplicaSet, None) {
-        match obj::controller_uid(&rs) {
-            Some(uid) => rs_by_owner.entry(uid.to_owned()).or_default().push(rs),
-            None => {
-                let ns = obj::namespace(&rs).unwrap_or("").to_owned();
-                orphans.entry(ns).or_default().push(rs);
-            }
+    let all_rses = cluster.all(Kind::ReplicaSet);
+    let mut rs_by_owner: HashMap<&str, Vec<&Value>> = HashMap::new();
+    let mut orphans: HashMap<&str, Vec<&Value>> = HashMap::new();
+    for rs in all_rses.iter() {
+        match obj::controller_uid(rs) {
+            Some(uid) => rs_by_owner.entry(uid).or_default().push(rs),
+            None => orphans
+                .entry(obj::namespace(rs).unwrap_or(""))
+                .or_default()
+                .push(rs),
         }
     }
     let mut dc = DeploymentController { cluster, now };
-    for d in deployments {
-        let owned = rs_by_owner.remove(obj::uid(&d)).unwrap_or_default();
+    for d in deployments.iter() {
+        let owned = rs_by_owner.get(obj::uid(d)).into_iter().flatten();
         let ns_orphans = orphans
-            .get(obj::namespace(&d).unwrap_or(""))
-            .map_or(&[][..], Vec::as_slice);
-        let candidates: Vec<Value> = owned
+            .get(obj::namespace(d).unwrap_or(""))
             .into_iter()
-            .chain(ns_orphans.iter().cloned())
-            .collect();
-        let key = obj::key(&d);
-        if let Err(error) = dc.sync_deployment(d, &candidates) {
+            .flatten();
+        let candidates: Vec<Value> = owned.chain(ns_orphans).map(|rs| (*rs).clone()).collect();
+        let key = obj::key(d);
+        if let Err(error) = dc.sync_deployment(d.clone(), &candidates) {
             super::log_error("deployment", &key, &error);
         }
     }

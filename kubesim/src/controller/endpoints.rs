@@ -7,27 +7,30 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value, json};
 
-use super::obj;
 use super::replicaset::{is_pod_active, is_pod_ready};
+use super::{PassCluster, obj};
 use crate::cluster::{Cluster, ClusterError, Kind};
 
 /// Syncs the Endpoints of every Service once.
-pub(crate) fn sync_endpoints(cluster: &mut dyn Cluster) {
-    let services = cluster.list(Kind::Service, None);
+pub(crate) fn sync_endpoints(cluster: &mut PassCluster<'_>) {
+    let services = cluster.all(Kind::Service);
     if services.is_empty() {
         return;
     }
-    let mut pods_by_namespace: HashMap<String, Vec<Value>> = HashMap::new();
-    for pod in cluster.list(Kind::Pod, None) {
-        let ns = obj::namespace(&pod).unwrap_or("").to_owned();
-        pods_by_namespace.entry(ns).or_default().push(pod);
+    let all_pods = cluster.all(Kind::Pod);
+    let mut pods_by_namespace: HashMap<&str, Vec<&Value>> = HashMap::new();
+    for pod in all_pods.iter() {
+        pods_by_namespace
+            .entry(obj::namespace(pod).unwrap_or(""))
+            .or_default()
+            .push(pod);
     }
-    for service in services {
+    for service in services.iter() {
         let pods = pods_by_namespace
-            .get(obj::namespace(&service).unwrap_or(""))
+            .get(obj::namespace(service).unwrap_or(""))
             .map_or(&[][..], Vec::as_slice);
-        if let Err(error) = sync_service(cluster, &service, pods) {
-            super::log_error("endpoints", &obj::key(&service), &error);
+        if let Err(error) = sync_service(cluster, service, pods) {
+            super::log_error("endpoints", &obj::key(service), &error);
         }
     }
 }
@@ -36,7 +39,7 @@ pub(crate) fn sync_endpoints(cluster: &mut dyn Cluster) {
 fn sync_service(
     cluster: &mut dyn Cluster,
     service: &Value,
-    pods: &[Value],
+    pods: &[&Value],
 ) -> Result<(), ClusterError> {
     let Some(selector) = service
         .pointer("/spec/selector")
@@ -51,6 +54,7 @@ fn sync_service(
     let mut ports = None;
     let mut selected: Vec<&Value> = pods
         .iter()
+        .copied()
         .filter(|p| is_pod_active(p))
         .filter(|p| obj::selector_matches(&selector, obj::labels_at(p, &["metadata", "labels"])))
         .collect();

@@ -7,25 +7,26 @@ use std::collections::HashSet;
 
 use serde_json::Value;
 
-use super::obj;
+use super::{PassCluster, obj};
 use crate::cluster::{Cluster, ClusterError, Kind};
 
 /// Deletes ReplicaSets and Pods whose every ownerReference points at a Deployment or ReplicaSet
 /// that no longer exists.
-pub(crate) fn collect_garbage(cluster: &mut dyn Cluster) {
-    let deployments = uids(&cluster.list(Kind::Deployment, None));
-    let rses = cluster.list(Kind::ReplicaSet, None);
+pub(crate) fn collect_garbage(cluster: &mut PassCluster<'_>) {
+    let deployments = uids(&cluster.all(Kind::Deployment));
+    let rses = cluster.all(Kind::ReplicaSet);
     let mut live_rses = HashSet::new();
-    for rs in &rses {
+    for rs in rses.iter() {
         if is_orphaned(rs, "Deployment", &deployments) {
             delete(cluster, Kind::ReplicaSet, rs);
         } else {
             live_rses.insert(obj::uid(rs).to_owned());
         }
     }
-    for pod in cluster.list(Kind::Pod, None) {
-        if is_orphaned(&pod, "ReplicaSet", &live_rses) {
-            delete(cluster, Kind::Pod, &pod);
+    let pods = cluster.all(Kind::Pod);
+    for pod in pods.iter() {
+        if is_orphaned(pod, "ReplicaSet", &live_rses) {
+            delete(cluster, Kind::Pod, pod);
         }
     }
 }

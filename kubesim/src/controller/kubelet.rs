@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::events::{self, Involved, Source};
 use super::replicaset::is_pod_active;
-use super::{ControllerConfig, Fault, node, obj};
+use super::{ControllerConfig, Fault, PassCluster, node, obj};
 use crate::cluster::{Cluster, ClusterError, Kind};
 
 /// The pod annotation that injects a fault into every container of the pod.
@@ -45,8 +45,8 @@ struct NodeInfo {
 }
 
 /// Schedules pending pods and syncs the status of every pod on a node.
-pub(crate) fn sync_pods(cluster: &mut dyn Cluster, cfg: &ControllerConfig, now: Timestamp) {
-    let pods = cluster.list(Kind::Pod, None);
+pub(crate) fn sync_pods(cluster: &mut PassCluster<'_>, cfg: &ControllerConfig, now: Timestamp) {
+    let pods = cluster.all(Kind::Pod);
     if pods.is_empty() {
         return;
     }
@@ -67,17 +67,21 @@ pub(crate) fn sync_pods(cluster: &mut dyn Cluster, cfg: &ControllerConfig, now: 
         .enumerate()
         .map(|(i, n)| (n.name.clone(), i))
         .collect();
-    for pod in &pods {
+    for pod in pods.iter() {
         if let Some(&i) = obj::str_at(pod, &["spec", "nodeName"]).and_then(|n| by_name.get(n)) {
             nodes[i].pods += usize::from(is_pod_active(pod));
         }
     }
-    for pod in pods {
-        if !is_pod_active(&pod) {
+    for pod in pods.iter() {
+        if !is_pod_active(pod) {
             continue;
         }
-        let key = obj::key(&pod);
-        if let Err(error) = sync_pod(cluster, cfg, now, pod, &mut nodes, &by_name) {
+        let bound = obj::str_at(pod, &["spec", "nodeName"]).and_then(|n| by_name.get(n));
+        if bound.is_some_and(|&i| is_settled(pod, &nodes[i], cfg)) {
+            continue;
+        }
+        let key = obj::key(pod);
+        if let Err(error) = sync_pod(cluster, cfg, now, pod.clone(), &mut nodes, &by_name) {
             super::log_error("kubelet", &key, &error);
         }
     }
@@ -103,9 +107,6 @@ fn sync_pod(
         },
     };
     let node = &nodes[node_index];
-    if is_settled(&pod, node, cfg) {
-        return Ok(());
-    }
     let status = desired_pod_status(&pod, node, cfg, now);
     let old_status = pod.get("status").cloned().unwrap_or_else(|| json!({}));
     if obj::status_eq(&old_status, &status) {

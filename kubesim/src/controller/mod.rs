@@ -52,7 +52,9 @@ mod scenarios;
 #[cfg(test)]
 mod testing;
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -162,16 +164,18 @@ fn image_tag(image: &str) -> Option<&str> {
 /// Runs every controller over the whole cluster until a pass writes nothing (bounded by
 /// [`ControllerConfig::max_passes`]). Called by the server after every write and on a tick.
 pub fn reconcile(cluster: &mut dyn Cluster, cfg: &ControllerConfig) {
+    let mut pass_cluster = PassCluster {
+        inner: cluster,
+        writes: 0,
+        lists: RefCell::new(HashMap::new()),
+    };
     for pass in 0..cfg.max_passes.max(1) {
-        let mut counting = Counting {
-            inner: &mut *cluster,
-            writes: 0,
-        };
-        run_pass(&mut counting, cfg);
-        if counting.writes == 0 {
+        pass_cluster.writes = 0;
+        run_pass(&mut pass_cluster, cfg);
+        if pass_cluster.writes == 0 {
             return;
         }
-        tracing::trace!(pass, writes = counting.writes, "controller pass wrote");
+        tracing::trace!(pass, writes = pass_cluster.writes, "controller pass wrote");
     }
     tracing::debug!(
         max_passes = cfg.max_passes,
@@ -180,7 +184,7 @@ pub fn reconcile(cluster: &mut dyn Cluster, cfg: &ControllerConfig) {
 }
 
 /// One pass of every controller, in the order the objects flow.
-fn run_pass(cluster: &mut dyn Cluster, cfg: &ControllerConfig) {
+fn run_pass(cluster: &mut PassCluster<'_>, cfg: &ControllerConfig) {
     let now = cluster.now();
     node::sync_nodes(cluster, cfg, now);
     gc::collect_garbage(cluster);
@@ -195,39 +199,62 @@ fn log_error(controller: &'static str, key: &str, error: &ClusterError) {
     tracing::debug!(controller, key, error = %error, "sync failed, will retry on the next pass");
 }
 
-/// A [`Cluster`] that counts successful writes, so [`reconcile`] knows when a pass was quiet.
-struct Counting<'a> {
+/// The [`Cluster`] the controllers see during one [`reconcile`]: it counts successful writes
+/// (so a quiet pass ends the loop) and remembers each kind's full list until a write to that
+/// kind, so the controllers of a pass share one sweep of the store per kind, like informers
+/// sharing a cache.
+pub(crate) struct PassCluster<'a> {
     inner: &'a mut dyn Cluster,
     writes: usize,
+    lists: RefCell<HashMap<Kind, Rc<Vec<Value>>>>,
 }
 
-impl Counting<'_> {
-    fn count<T>(&mut self, result: Result<T, ClusterError>) -> Result<T, ClusterError> {
+impl PassCluster<'_> {
+    fn wrote<T>(&mut self, kind: Kind, result: Result<T, ClusterError>) -> Result<T, ClusterError> {
         if result.is_ok() {
             self.writes += 1;
+            self.lists.get_mut().remove(&kind);
         }
         result
     }
+
+    /// Every object of `kind`, shared (not cloned) until a write to that kind.
+    pub(crate) fn all(&self, kind: Kind) -> Rc<Vec<Value>> {
+        let mut lists = self.lists.borrow_mut();
+        Rc::clone(
+            lists
+                .entry(kind)
+                .or_insert_with(|| Rc::new(self.inner.list(kind, None))),
+        )
+    }
 }
 
-impl Cluster for Counting<'_> {
+impl Cluster for PassCluster<'_> {
     fn list(&self, kind: Kind, namespace: Option<&str>) -> Vec<Value> {
-        self.inner.list(kind, namespace)
+        let all = self.all(kind);
+        match namespace {
+            None => all.as_ref().clone(),
+            Some(ns) => all
+                .iter()
+                .filter(|o| obj::namespace(o).is_none_or(|n| n == ns))
+                .cloned()
+                .collect(),
+        }
     }
     fn get(&self, kind: Kind, namespace: Option<&str>, name: &str) -> Option<Value> {
         self.inner.get(kind, namespace, name)
     }
     fn create(&mut self, kind: Kind, obj: Value) -> Result<Value, ClusterError> {
         let result = self.inner.create(kind, obj);
-        self.count(result)
+        self.wrote(kind, result)
     }
     fn update(&mut self, kind: Kind, obj: Value) -> Result<Value, ClusterError> {
         let result = self.inner.update(kind, obj);
-        self.count(result)
+        self.wrote(kind, result)
     }
     fn update_status(&mut self, kind: Kind, obj: Value) -> Result<Value, ClusterError> {
         let result = self.inner.update_status(kind, obj);
-        self.count(result)
+        self.wrote(kind, result)
     }
     fn delete(
         &mut self,
@@ -236,7 +263,11 @@ impl Cluster for Counting<'_> {
         name: &str,
     ) -> Result<(), ClusterError> {
         let result = self.inner.delete(kind, namespace, name);
-        self.count(result)
+        // A delete may cascade (the store's garbage collection): forget every list.
+        if result.is_ok() {
+            self.lists.get_mut().clear();
+        }
+        self.wrote(kind, result)
     }
     fn now(&self) -> jiff::Timestamp {
         self.inner.now()

@@ -13,7 +13,7 @@ use jiff::Timestamp;
 use serde_json::{Value, json};
 
 use super::events::{self, Involved, Source};
-use super::{ControllerConfig, obj};
+use super::{ControllerConfig, PassCluster, obj};
 use crate::cluster::{Cluster, ClusterError, Kind};
 
 /// `burstReplicas`: at most this many creations or deletions per sync.
@@ -22,16 +22,21 @@ const BURST_REPLICAS: usize = 500;
 const POD_DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
 
 /// Syncs every ReplicaSet once.
-pub(crate) fn sync_replica_sets(cluster: &mut dyn Cluster, cfg: &ControllerConfig, now: Timestamp) {
+pub(crate) fn sync_replica_sets(
+    cluster: &mut PassCluster<'_>,
+    cfg: &ControllerConfig,
+    now: Timestamp,
+) {
     let toleration_seconds = cfg.not_ready_toleration.as_secs();
-    let rses = cluster.list(Kind::ReplicaSet, None);
+    let rses = cluster.all(Kind::ReplicaSet);
     if rses.is_empty() {
         return;
     }
-    let pods = PodIndex::new(cluster.list(Kind::Pod, None));
-    for rs in rses {
-        let key = obj::key(&rs);
-        if let Err(error) = sync_replica_set(cluster, now, rs, &pods, toleration_seconds) {
+    let all_pods = cluster.all(Kind::Pod);
+    let pods = PodIndex::new(&all_pods);
+    for rs in rses.iter() {
+        let key = obj::key(rs);
+        if let Err(error) = sync_replica_set(cluster, now, rs.clone(), &pods, toleration_seconds) {
             super::log_error("replicaset", &key, &error);
         }
     }
@@ -39,22 +44,22 @@ pub(crate) fn sync_replica_sets(cluster: &mut dyn Cluster, cfg: &ControllerConfi
 
 /// Active pods by controlling owner uid, and the orphans (no controller) by namespace, so a
 /// sync looks only at the pods it could own.
-struct PodIndex {
-    by_owner: HashMap<String, Vec<Value>>,
-    orphans: HashMap<String, Vec<Value>>,
+struct PodIndex<'a> {
+    by_owner: HashMap<&'a str, Vec<&'a Value>>,
+    orphans: HashMap<&'a str, Vec<&'a Value>>,
 }
 
-impl PodIndex {
-    fn new(pods: Vec<Value>) -> Self {
+impl<'a> PodIndex<'a> {
+    fn new(pods: &'a [Value]) -> Self {
         let mut index = PodIndex {
             by_owner: HashMap::new(),
             orphans: HashMap::new(),
         };
-        for pod in pods.into_iter().filter(is_pod_active) {
-            match obj::controller_uid(&pod) {
-                Some(uid) => index.by_owner.entry(uid.to_owned()).or_default().push(pod),
+        for pod in pods.iter().filter(|p| is_pod_active(p)) {
+            match obj::controller_uid(pod) {
+                Some(uid) => index.by_owner.entry(uid).or_default().push(pod),
                 None => {
-                    let ns = obj::namespace(&pod).unwrap_or("").to_owned();
+                    let ns = obj::namespace(pod).unwrap_or("");
                     index.orphans.entry(ns).or_default().push(pod);
                 }
             }
@@ -70,7 +75,7 @@ impl PodIndex {
             .get(obj::namespace(rs).unwrap_or(""))
             .into_iter()
             .flatten();
-        owned.chain(orphans).cloned().collect()
+        owned.chain(orphans).map(|p| (*p).clone()).collect()
     }
 }
 
@@ -79,7 +84,7 @@ fn sync_replica_set(
     cluster: &mut dyn Cluster,
     now: Timestamp,
     rs: Value,
-    pods: &PodIndex,
+    pods: &PodIndex<'_>,
     toleration_seconds: u64,
 ) -> Result<(), ClusterError> {
     let selector = rs.pointer("/spec/selector").cloned().unwrap_or(Value::Null);

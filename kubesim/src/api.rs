@@ -673,7 +673,15 @@ fn patch_resource(sim: &Sim, req: &Req, t: &Target) -> Answer {
         Err(e) if ty == PatchType::Apply && t.sub.is_none() => {
             let _ = e;
             let mut obj = body;
-            if obj.pointer("/metadata/name").is_none() && obj.is_object() {
+            if !obj.is_object() {
+                return Err(ApiError::bad_request(
+                    "the body of an apply patch must be an object",
+                ));
+            }
+            if !obj.get("metadata").is_some_and(Value::is_object) {
+                obj["metadata"] = json!({});
+            }
+            if obj.pointer("/metadata/name").is_none() {
                 obj["metadata"]["name"] = json!(name);
             }
             let body_name = obj

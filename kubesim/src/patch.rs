@@ -37,6 +37,18 @@ impl PatchType {
 
 /// Parses a patch body as JSON (or YAML for apply).
 pub fn parse_body(ty: PatchType, body: &[u8]) -> Result<Value, ApiError> {
+    let value = parse_value(ty, body)?;
+    if ty == PatchType::Apply
+        && (!value.is_object() || value.get("metadata").is_some_and(|m| !m.is_object()))
+    {
+        return Err(ApiError::bad_request(
+            "an apply patch must be an object with object metadata",
+        ));
+    }
+    Ok(value)
+}
+
+fn parse_value(ty: PatchType, body: &[u8]) -> Result<Value, ApiError> {
     match serde_json::from_slice::<Value>(body) {
         Ok(v) => Ok(v),
         Err(json_err) if ty == PatchType::Apply => {
@@ -413,5 +425,12 @@ mod tests {
                 == 2
         );
         assert_eq!(parse_body(PatchType::Merge, b"{").unwrap_err().code, 400);
+        assert_eq!(parse_body(PatchType::Apply, b"5").unwrap_err().code, 400);
+        assert_eq!(
+            parse_body(PatchType::Apply, b"metadata: x")
+                .unwrap_err()
+                .code,
+            400
+        );
     }
 }

@@ -244,6 +244,9 @@ fn apply_one(store: &mut Store, obj: Value) -> Result<Value, ApiError> {
     match store.get_resource(rt, ns.as_deref(), &name) {
         Ok(live) if !name.is_empty() => {
             let mut merged = crate::patch::apply_merge(&live, &obj);
+            if !merged.get("metadata").is_some_and(Value::is_object) {
+                return Err(ApiError::bad_request("metadata must be an object"));
+            }
             merged["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"].clone();
             let with_status = obj.get("status").is_some() && rt.has_sub("status");
             let updated = store.update_resource(rt, ns.as_deref(), &name, merged.clone(), false)?;

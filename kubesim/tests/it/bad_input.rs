@@ -152,6 +152,13 @@ async fn malformed_requests_get_400_bad_request() {
             "fieldManager: Required value",
         ),
         (
+            "PATCH",
+            format!("{CMS}/c?fieldManager=t"),
+            "application/apply-patch+yaml",
+            b"metadata: x".to_vec(),
+            "an apply patch must be an object",
+        ),
+        (
             "POST",
             "/api/v1/namespaces/default/pods/p/eviction".into(),
             JSON,

@@ -319,3 +319,56 @@ async fn alertmanager_repeats_of_a_firing_alert_start_one_run() {
         journal.summary()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spent_remediation_budget_is_a_journaled_refusal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("runbooks");
+    write_runbooks(
+        &dir,
+        &[
+            (
+                "restart-db.yaml",
+                "name: restart-db\nteam: sre\ndescription: restarts a database\nnamespaces: [shop]\n\
+                 triggers:\n  - source: alertmanager\n    status: firing\n    match: ['alertname=\"DbStuck\"']\n\
+                 params:\n  db: { from: label, key: db, type: string, required: true }\n\
+                 concurrency: \"{{params.db}}\"\ntimeout: 30s\nbudget: { max_runs: 2, per: 1h }\n",
+            ),
+            ("restart-db.rhai", "log(`restarting ${ctx.params.db}`);\n"),
+        ],
+    );
+    let serve = Serve::start(&dir, ServeOpts::default()).await;
+    // The same incident flapping: each notification a new startsAt (a new event), no cooldown.
+    for (i, minute) in ["00", "05", "10"].iter().enumerate() {
+        let body = json!({
+            "version": "4", "status": "firing", "receiver": "firebreak", "groupKey": "g",
+            "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {}, "externalURL": "",
+            "alerts": [{"status": "firing",
+                "labels": {"alertname": "DbStuck", "namespace": "shop", "db": "orders"},
+                "annotations": {}, "startsAt": format!("2026-11-27T03:{minute}:00Z"),
+                "endsAt": "0001-01-01T00:00:00Z", "generatorURL": "", "fingerprint": "00000000000000db"}],
+        });
+        let (status, answer) = serve.post("/v1/alertmanager", None, body.to_string()).await;
+        assert_eq!(status, 202, "{answer}");
+        serve
+            .wait_journal(&format!("alert {} to be handled", i + 1), RUN_WAIT, |j| {
+                j.finished("restart-db").len() + j.refusals().len() == i + 1
+            })
+            .await;
+    }
+    let journal = serve.journal();
+    assert_eq!(
+        journal.finished("restart-db").len(),
+        2,
+        "{}",
+        journal.summary()
+    );
+    let refusals = journal.refusals();
+    assert_eq!(refusals.len(), 1, "{}", journal.summary());
+    assert_eq!(refusals[0]["runbook"], "restart-db");
+    let reason = refusals[0]["body"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("budget") && reason.contains("restart-db/orders"),
+        "{reason}"
+    );
+}

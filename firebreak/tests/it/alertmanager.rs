@@ -210,7 +210,7 @@ async fn a_resent_alert_starts_one_run_while_the_first_runs_or_cools_down() {
             ),
             (
                 "slow.rhai",
-                "log(`draining ${ctx.params.queue}`);\nsleep(1000);\n",
+                "log(`draining ${ctx.params.queue}`);\nsleep(3000);\n",
             ),
         ],
     );
@@ -243,7 +243,7 @@ async fn a_resent_alert_starts_one_run_while_the_first_runs_or_cools_down() {
     assert_eq!(s3, 202, "{a3}");
     assert_ne!(a3["accepted"], a1["accepted"]);
 
-    // While the first run is active (it sleeps 1s) the lock holds; afterwards the cooldown.
+    // While the first run is active (it sleeps 3s) the lock holds; afterwards the cooldown.
     let journal = serve
         .wait_journal("the slow run to finish", RUN_WAIT, |j| {
             j.finished("slow").len() == 1

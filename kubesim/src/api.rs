@@ -527,6 +527,14 @@ fn after_write(sim: &Sim, inner: &mut Inner, dry: bool) {
     }
 }
 
+/// Applies `fieldValidation=Strict` (kubectl's default for apply/create/replace).
+fn strict(req: &Req, t: &Target, obj: &Value) -> Result<(), ApiError> {
+    if req.q("fieldValidation") == Some("Strict") {
+        crate::strict::check(t.rt, obj)?;
+    }
+    Ok(())
+}
+
 /// The field manager of a write: `?fieldManager=`, else the User-Agent's product, as the
 /// apiserver derives it.
 fn manager(req: &Req) -> String {
@@ -566,6 +574,7 @@ fn track(req: &Req, t: &Target, live: Option<&Value>, obj: &mut Value, now: jiff
 
 fn create(sim: &Sim, req: &Req, t: &Target) -> Answer {
     let mut obj = decode_body(req)?;
+    strict(req, t, &obj)?;
     let dry = dry_run(req);
     let mut inner = sim.lock();
     let now = inner.store.clock.now();
@@ -603,6 +612,7 @@ fn update(sim: &Sim, req: &Req, t: &Target) -> Answer {
         }
         _ => {
             let mut obj = obj;
+            strict(req, t, &obj)?;
             let live = inner.store.get_resource(t.rt, t.ns.as_deref(), name)?;
             let now = inner.store.clock.now();
             track(req, t, Some(&live), &mut obj, now);
@@ -704,6 +714,7 @@ fn patch_resource(sim: &Sim, req: &Req, t: &Target) -> Answer {
                 &when,
             )
             .map_err(|c| crate::ssa::conflict_error(&c, &t.rt.api_version()))?;
+            strict(req, t, &obj)?;
             let created = inner
                 .store
                 .create_resource(t.rt, t.ns.as_deref(), obj, dry)?;
@@ -744,12 +755,14 @@ fn patch_resource(sim: &Sim, req: &Req, t: &Target) -> Answer {
                 &when,
             )
             .map_err(|c| crate::ssa::conflict_error(&c, &t.rt.api_version()))?;
+            strict(req, t, &applied)?;
             inner
                 .store
                 .update_resource(t.rt, t.ns.as_deref(), name, applied, dry)?
         }
         _ => {
             let mut patched = patch::apply_patch(ty, &live, &body)?;
+            strict(req, t, &patched)?;
             let now = inner.store.clock.now();
             track(req, t, Some(&live), &mut patched, now);
             inner

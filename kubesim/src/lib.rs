@@ -27,6 +27,7 @@ mod sim;
 mod ssa;
 pub mod status;
 pub mod store;
+mod strict;
 mod table;
 mod validate;
 mod watch;

@@ -971,3 +971,30 @@ async fn server_side_apply_conflicts_with_another_manager_unless_forced() {
     let yaml = k.kubectl(&["get", "deploy", "web", "-o", "yaml"]).await;
     assert!(!yaml.ok().contains("managedFields"), "{}", yaml.stdout);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_fields_are_refused_by_strict_field_validation() {
+    let k = Kube::start().await;
+    let typo = WEB
+        .split("---")
+        .next()
+        .unwrap_or_default()
+        .replace("replicas: 3", "replicaz: 3");
+    let out = k.kubectl_stdin(&["apply", "-f", "-"], &typo).await;
+    assert_eq!(
+        out.failed().trim(),
+        "Error from server (BadRequest): error when creating \"STDIN\": Deployment in version \"v1\" cannot be handled as a Deployment: \
+         strict decoding error: unknown field \"spec.replicaz\""
+    );
+    let missing = k.kubectl(&["get", "deploy", "web"]).await;
+    assert!(
+        missing.failed().contains("not found"),
+        "nothing was created: {}",
+        missing.stderr
+    );
+    // With `--validate=false` (fieldValidation=Ignore) the create goes through.
+    let lax = k
+        .kubectl_stdin(&["apply", "--validate=false", "-f", "-"], &typo)
+        .await;
+    assert_eq!(lax.ok().trim(), "deployment.apps/web created");
+}

@@ -263,7 +263,9 @@ impl Dispatcher {
             dry_run: false,
             timeout: manifest.timeout,
             progress: self.progress.clone(),
-            cancel: self.shutdown.child_token(),
+            // Not a child of `shutdown`: a graceful stop suspends runs between steps (so the
+            // next start resumes them) instead of cancelling them.
+            cancel: CancellationToken::new(),
         };
         let handle = match self.runner.start(plan).await {
             Ok(h) => h,
@@ -281,6 +283,10 @@ impl Dispatcher {
         let state = self.state.clone();
         self.tasks.spawn(async move {
             let outcome = handle.join().await;
+            if outcome.suspended {
+                // Keep the lock: it expires on its own, and the run resumes after the restart.
+                return;
+            }
             finish(&*state, &key, &outcome.run_id, cooldown).await;
             info!(run_id = %outcome.run_id, status = %outcome.status, error = outcome.error.as_deref().unwrap_or(""), "run finished");
             metrics::counter!("firebreak_runs_finished_total", "status" => outcome.status.to_string())
@@ -361,6 +367,9 @@ impl Dispatcher {
                     let state = self.state.clone();
                     self.tasks.spawn(async move {
                         let outcome = handle.join().await;
+                        if outcome.suspended {
+                            return;
+                        }
                         metrics::counter!("firebreak_runs_finished_total", "status" => outcome.status.to_string())
                             .increment(1);
                         // The lock key is not in the journal; the lock expires on its own.

@@ -73,7 +73,7 @@ fn main() -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve => {
                 init_tracing();
@@ -100,7 +100,11 @@ fn main() -> Result<()> {
                 Ok(())
             }
         }
-    })
+    });
+    // Script threads of runs suspended at shutdown may still be inside a step; the journal
+    // already says where they stopped, so do not wait for them.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 /// Structured logs to stderr; `RUST_LOG` filters, `FIREBREAK_LOG_FORMAT=json` for JSON lines.

@@ -6,8 +6,9 @@
 //! registry, the runbooks (hot-reloaded), the dispatcher, and the HTTP ingest.
 //!
 //! Shutdown ([`Engine::stop`]): the ingest stops taking requests, the dispatcher stops taking
-//! deliveries, running scripts are cancelled and journaled as cancelled (a later start resumes
-//! them), then the journal's writer is drained. Nothing acked is left unjournaled.
+//! deliveries, running scripts finish the step in flight and stop before the next one without
+//! journaling an end, so the next start resumes them; then the bus is closed. Nothing acked
+//! is left unjournaled.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -27,6 +28,9 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::dispatch::{Dispatcher, Runbooks};
+
+/// How long a graceful stop waits for steps in flight (Kubernetes' default grace is 30 s).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 /// How often the runbook folder is checked for changes.
 const RELOAD_EVERY: Duration = Duration::from_secs(1);
@@ -175,10 +179,20 @@ impl Engine {
         // 1. no new requests or deliveries
         let _ = self.http.await;
         let _ = self.consumer.await;
-        // 2. running runs see the cancel and journal their end; wait for them
+        // 2. runs finish the step in flight and stop before the next one, unfinished in the
+        //    journal, so the next start resumes them; a step still running after the grace
+        //    period is abandoned like a crash (it runs again on resume).
+        self.dispatcher.runner.suspend();
         self.dispatcher.tasks.close();
-        self.dispatcher.tasks.wait().await;
-        self.dispatcher.runner.drain().await;
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.dispatcher.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                grace_secs = SHUTDOWN_GRACE.as_secs(),
+                "runs still inside a step at shutdown; they resume after the next start"
+            );
+        }
         // 3. background loops (runbook reload, k8s watcher)
         self.background.close();
         self.background.wait().await;

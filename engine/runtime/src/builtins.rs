@@ -78,6 +78,7 @@ fn closure_step(
             let kind = match cx.stopped() {
                 Some(step::Stop::Cancelled) => "cancelled",
                 Some(step::Stop::TimedOut) => "timed_out",
+                Some(step::Stop::Suspended) => "suspended",
                 None => "script",
             };
             cx.journal(vec![RecordBody::StepFinished {

@@ -80,6 +80,9 @@ pub struct RunOutcome {
     pub error: Option<String>,
     /// Steps taken (replayed ones included).
     pub steps: u32,
+    /// The engine shut down between two steps: nothing was journaled as the run's end, and
+    /// the next start resumes it.
+    pub suspended: bool,
 }
 
 /// A started run.
@@ -108,6 +111,7 @@ impl RunHandle {
             status: RunStatus::Failed,
             error: Some(format!("run thread panicked: {e}")),
             steps: 0,
+            suspended: false,
         })
     }
 }
@@ -144,6 +148,8 @@ pub struct Runner {
     slots: Arc<Semaphore>,
     handle: Handle,
     config: RunnerConfig,
+    /// Cancelled by [`Runner::suspend`].
+    suspend: CancellationToken,
 }
 
 impl Runner {
@@ -156,7 +162,14 @@ impl Runner {
             slots: Arc::new(Semaphore::new(config.max_concurrent_runs)),
             handle: Handle::current(),
             config,
+            suspend: CancellationToken::new(),
         }
+    }
+
+    /// For a graceful shutdown: every run stops before its next step without journaling an
+    /// end (the step in flight finishes), so the next start resumes it from the journal.
+    pub fn suspend(&self) {
+        self.suspend.cancel();
     }
 
     /// The shared engine (e.g. to list registered functions).
@@ -340,6 +353,7 @@ impl Runner {
             self.journal.clone(),
             self.handle.clone(),
             cancel,
+            self.suspend.clone(),
             Instant::now().checked_add(timeout),
             progress,
             &self.config,
@@ -367,7 +381,18 @@ impl Runner {
                 Ok(ended) => ended,
                 Err(e) => (RunStatus::Failed, Some(format!("run thread panicked: {e}"))),
             };
-            let outcome = finish(&cx, status, error).await;
+            let outcome = if cx.stopped() == Some(Stop::Suspended) {
+                info!(run_id = %cx.meta.run_id, steps = cx.steps(), "run suspended for shutdown; the next start resumes it");
+                RunOutcome {
+                    run_id: cx.meta.run_id.clone(),
+                    status: RunStatus::Cancelled,
+                    error: Some("suspended for shutdown".to_owned()),
+                    steps: cx.steps(),
+                    suspended: true,
+                }
+            } else {
+                finish(&cx, status, error).await
+            };
             drop(permit);
             outcome
         });
@@ -419,6 +444,7 @@ async fn finish(cx: &RunContext, status: RunStatus, mut error: Option<String>) -
         status,
         error,
         steps: cx.steps(),
+        suspended: false,
     }
 }
 
@@ -434,12 +460,17 @@ fn classify(
     let stop = match &*error {
         EvalAltResult::ErrorTerminated(token, _) => match token.to_string().as_str() {
             "timed_out" => Some(Stop::TimedOut),
+            "suspended" => Some(Stop::Suspended),
             _ => Some(Stop::Cancelled),
         },
         _ => cx.check_stop(),
     };
     match stop {
         Some(Stop::Cancelled) => (RunStatus::Cancelled, Some("run cancelled".to_owned())),
+        Some(Stop::Suspended) => (
+            RunStatus::Cancelled,
+            Some("suspended for shutdown".to_owned()),
+        ),
         Some(Stop::TimedOut) => (
             RunStatus::TimedOut,
             Some("run exceeded its timeout".to_owned()),

@@ -33,6 +33,9 @@ pub(crate) type ScriptError = Box<EvalAltResult>;
 pub(crate) enum Stop {
     Cancelled = 1,
     TimedOut = 2,
+    /// The engine is shutting down: the run stops at a step boundary *without* finishing, so
+    /// the next start resumes it.
+    Suspended = 3,
 }
 
 impl Stop {
@@ -40,6 +43,7 @@ impl Stop {
         match self {
             Stop::Cancelled => "cancelled",
             Stop::TimedOut => "timed_out",
+            Stop::Suspended => "suspended",
         }
     }
 
@@ -64,6 +68,8 @@ pub(crate) struct RunContext {
     pub journal: Arc<Journal>,
     pub handle: Handle,
     pub cancel: CancellationToken,
+    /// Cancelled when the engine shuts down; checked before each new step.
+    pub suspend: CancellationToken,
     pub deadline: Option<Instant>,
     pub progress: Option<ProgressSink>,
     /// Longest single `sleep(ms)`.
@@ -85,6 +91,7 @@ impl RunContext {
         journal: Arc<Journal>,
         handle: Handle,
         cancel: CancellationToken,
+        suspend: CancellationToken,
         deadline: Option<Instant>,
         progress: Option<ProgressSink>,
         settings: &crate::runner::RunnerConfig,
@@ -97,6 +104,7 @@ impl RunContext {
             journal,
             handle,
             cancel,
+            suspend,
             deadline,
             progress,
             max_sleep: settings.limits.max_sleep,
@@ -118,6 +126,7 @@ impl RunContext {
         match self.stop.load(Ordering::Relaxed) {
             1 => Some(Stop::Cancelled),
             2 => Some(Stop::TimedOut),
+            3 => Some(Stop::Suspended),
             _ => None,
         }
     }
@@ -313,6 +322,11 @@ pub(crate) enum Begin {
 pub(crate) fn begin(cx: &RunContext, name: &str) -> Result<Begin, ScriptError> {
     if let Some(stop) = cx.check_stop() {
         return Err(stop.error());
+    }
+    // A shutdown lets the step in flight finish and stops the run before the next one.
+    if cx.suspend.is_cancelled() {
+        cx.set_stop(Stop::Suspended);
+        return Err(Stop::Suspended.error());
     }
     let step = cx.next_step.fetch_add(1, Ordering::Relaxed);
     match cx.replay.get(&step) {

@@ -145,3 +145,51 @@ async fn a_changed_script_that_diverges_from_the_journal_fails_clearly() {
     assert!(error.contains("resume diverged at step 1: the journal has `fake::one` there, the script now calls `log`"), "{error}");
     assert_eq!(fake.count("one"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspended_run_finishes_its_step_journals_no_end_and_resumes() {
+    const SLOW: &str = r#"
+        let a = fake::one();
+        sleep(300);
+        let c = fake::three(a.n);
+        c.n
+    "#;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let fake = Arc::new(Fake::default());
+    let mut registry = Registry::new();
+    registry.register(fake.clone());
+
+    let journal = Arc::new(Journal::open(&path).unwrap());
+    let runner = Runner::new(&registry, journal.clone(), config());
+    let handle = runner.start(plan("s1", SLOW)).await.unwrap();
+    // Suspend while the run is inside its `sleep` step.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !kinds(&journal.records_for_run("s1").unwrap()).contains(&"started 2 sleep".to_owned()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "run never reached its sleep step"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    runner.suspend();
+    let outcome = handle.join().await;
+    assert!(outcome.suspended, "{outcome:?}");
+    assert_eq!((fake.count("one"), fake.count("three")), (1, 0));
+    let first = kinds(&journal.records_for_run("s1").unwrap());
+    assert!(
+        first.contains(&"finished 2 sleep ok".to_owned()),
+        "the step in flight finishes: {first:?}"
+    );
+    assert!(!first.iter().any(|k| k == "run_finished"), "{first:?}");
+    drop(runner);
+    drop(journal);
+
+    let journal = Arc::new(Journal::open(&path).unwrap());
+    let runner = Runner::new(&registry, journal.clone(), config());
+    let ast = compile(std::path::Path::new("slow.rhai"), SLOW).unwrap();
+    let outcome = runner.resume("s1", ast).await.unwrap().join().await;
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
+    assert!(!outcome.suspended);
+    assert_eq!((fake.count("one"), fake.count("three")), (1, 1));
+}

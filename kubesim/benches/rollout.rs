@@ -54,7 +54,8 @@ fn main() {
         pod_ready_delay: Duration::from_secs(1),
         ..ControllerConfig::default()
     };
-    let mut store = Store::new(1_000_000);
+    // The server default watch window (SimConfig::watch_window).
+    let mut store = Store::new(10_000);
     store.clock.freeze(true);
     let rv0 = store.current_rv();
     let started = Instant::now();

@@ -819,7 +819,11 @@ pub fn pod_logs(pod: &Value, now: jiff::Timestamp, tail: Option<usize>) -> Vec<S
                 "allocation of 2.00GiB for kv-cache block failed, retrying",
             ));
         }
-        Some(_) => lines.extend(crash_lines(image, start)),
+        Some(_) => {
+            // It dies loading the model: it never got to "loaded" or "listening".
+            lines.truncate(2);
+            lines.extend(crash_lines(image, start));
+        }
         None if image_crashes(pod) => lines.truncate(2),
         None => lines.extend(request_lines(name, start, end, limit)),
     }

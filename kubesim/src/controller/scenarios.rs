@@ -707,3 +707,45 @@ fn services_get_endpoints_of_ready_pods() {
     assert_eq!(ep["subsets"][0]["addresses"].as_array().unwrap().len(), 2);
     assert_eq!(ep["subsets"][0]["ports"][0]["port"], 8080);
 }
+
+#[test]
+fn orphans_matching_the_selector_are_adopted() {
+    let mut c = FakeCluster::new();
+    // A bare pod with the app label exists before its ReplicaSet does.
+    c.create(Kind::Pod, json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "stray", "namespace": "default", "labels": {"app": "web", "pod-template-hash": "x"}},
+        "spec": {"containers": [{"name": "app", "image": "nginx:1.0"}]}}))
+        .unwrap();
+    c.create(Kind::ReplicaSet, json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {"name": "web-x", "namespace": "default", "labels": {"app": "web", "pod-template-hash": "x"}},
+        "spec": {"replicas": 2,
+                 "selector": {"matchLabels": {"app": "web", "pod-template-hash": "x"}},
+                 "template": {"metadata": {"labels": {"app": "web", "pod-template-hash": "x"}},
+                              "spec": {"containers": [{"name": "app", "image": "nginx:1.0"}]}}}}))
+        .unwrap();
+    c.create_deployment("web", 2, "nginx:1.0");
+    roll_out(&mut c, &cfg());
+    let rses = c.replica_sets("web");
+    assert_eq!(
+        rses.len(),
+        1,
+        "the orphan RS with the same template is the new RS"
+    );
+    assert_eq!(obj::name(&rses[0]), "web-x");
+    assert_eq!(obj::annotation(&rses[0], REVISION_ANNOTATION), Some("1"));
+    let pods = pods_of(&c, &rses[0]);
+    assert_eq!(pods.len(), 2);
+    assert!(
+        pods.iter().any(|p| obj::name(p) == "stray"),
+        "the stray pod was adopted"
+    );
+    let d = c.deployment("web");
+    assert!(
+        d["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["type"] == "Progressing"),
+        "{d:#}"
+    );
+}

@@ -24,30 +24,12 @@ fn rule(
     }
 }
 
-fn p(name: &'static str, ty: ParamType, doc: &'static str) -> ParamSpec {
-    ParamSpec {
-        name,
-        ty,
-        required: true,
-        doc,
-    }
-}
-
-fn opt(name: &'static str, ty: ParamType, doc: &'static str) -> ParamSpec {
-    ParamSpec {
-        name,
-        ty,
-        required: false,
-        doc,
-    }
-}
-
 fn ns() -> ParamSpec {
-    p("ns", ParamType::String, "namespace of the object")
+    ParamSpec::required("ns", ParamType::String, "namespace of the object")
 }
 
 fn deploy() -> ParamSpec {
-    p("deploy", ParamType::String, "name of the Deployment")
+    ParamSpec::required("deploy", ParamType::String, "name of the Deployment")
 }
 
 /// Every action of the Kubernetes connector, in the order `firebreak connectors` lists them.
@@ -67,7 +49,7 @@ pub fn actions() -> Vec<ActionSpec> {
             params: vec![
                 ns(),
                 deploy(),
-                opt(
+                ParamSpec::optional(
                     "revision",
                     ParamType::Int,
                     "revision to roll back to; 0 or absent = previous",
@@ -84,8 +66,8 @@ pub fn actions() -> Vec<ActionSpec> {
             params: vec![
                 ns(),
                 deploy(),
-                p("container", ParamType::String, "container name"),
-                p("image", ParamType::String, "new image reference"),
+                ParamSpec::required("container", ParamType::String, "container name"),
+                ParamSpec::required("image", ParamType::String, "new image reference"),
             ],
             namespace_param: Some("ns"),
             rbac: vec![deploy_patch()],
@@ -98,7 +80,7 @@ pub fn actions() -> Vec<ActionSpec> {
             params: vec![
                 ns(),
                 deploy(),
-                p("replicas", ParamType::Int, "desired replicas (>= 0)"),
+                ParamSpec::required("replicas", ParamType::Int, "desired replicas (>= 0)"),
             ],
             namespace_param: Some("ns"),
             rbac: vec![deploy_get(), scale()],
@@ -148,7 +130,7 @@ pub fn actions() -> Vec<ActionSpec> {
             params: vec![
                 ns(),
                 deploy(),
-                opt(
+                ParamSpec::optional(
                     "timeout",
                     ParamType::Any,
                     "seconds (int) or a duration like \"90s\", \"5m\"; default 5m",
@@ -175,7 +157,7 @@ pub fn actions() -> Vec<ActionSpec> {
             effect: Mutate,
             params: vec![
                 ns(),
-                p("snapshot", ParamType::Map, "the value `snapshot` returned"),
+                ParamSpec::required("snapshot", ParamType::Map, "the value `snapshot` returned"),
             ],
             namespace_param: Some("ns"),
             rbac: vec![rule(APPS, &["deployments"], &["get", "update"])],
@@ -187,7 +169,7 @@ pub fn actions() -> Vec<ActionSpec> {
             effect: Observe,
             params: vec![
                 ns(),
-                p(
+                ParamSpec::required(
                     "selector",
                     ParamType::String,
                     "label selector, e.g. app=web",
@@ -203,8 +185,8 @@ pub fn actions() -> Vec<ActionSpec> {
             effect: Observe,
             params: vec![
                 ns(),
-                p("pod", ParamType::String, "pod name"),
-                opt(
+                ParamSpec::required("pod", ParamType::String, "pod name"),
+                ParamSpec::optional(
                     "tail",
                     ParamType::Int,
                     "lines from the end; default 100, at most 10000",
@@ -223,12 +205,12 @@ pub fn actions() -> Vec<ActionSpec> {
             effect: Observe,
             params: vec![
                 ns(),
-                p(
+                ParamSpec::required(
                     "kind",
                     ParamType::String,
                     "kind of the object, e.g. Deployment or Pod",
                 ),
-                p("name", ParamType::String, "name of the object"),
+                ParamSpec::required("name", ParamType::String, "name of the object"),
             ],
             namespace_param: Some("ns"),
             rbac: vec![rule(CORE, &["events"], &["list"])],
@@ -251,7 +233,7 @@ pub fn actions() -> Vec<ActionSpec> {
             effect: Mutate,
             params: vec![
                 ns(),
-                p(
+                ParamSpec::required(
                     "pod_selector",
                     ParamType::String,
                     "label selector of the pods; must not be empty",
@@ -267,7 +249,7 @@ pub fn actions() -> Vec<ActionSpec> {
             effect: Mutate,
             params: vec![
                 ns(),
-                p(
+                ParamSpec::required(
                     "name",
                     ParamType::String,
                     "the NetworkPolicy name quarantine returned",
@@ -281,7 +263,7 @@ pub fn actions() -> Vec<ActionSpec> {
             name: "cordon",
             doc: "Mark a node unschedulable, as `kubectl cordon` (cluster-scoped).",
             effect: Mutate,
-            params: vec![p("node", ParamType::String, "node name")],
+            params: vec![ParamSpec::required("node", ParamType::String, "node name")],
             namespace_param: None,
             rbac: vec![rule(CORE, &["nodes"], &["get", "patch"])],
             example: r#"k8s::cordon("node-3")"#,
@@ -290,7 +272,7 @@ pub fn actions() -> Vec<ActionSpec> {
             name: "uncordon",
             doc: "Mark a node schedulable again, as `kubectl uncordon` (cluster-scoped).",
             effect: Mutate,
-            params: vec![p("node", ParamType::String, "node name")],
+            params: vec![ParamSpec::required("node", ParamType::String, "node name")],
             namespace_param: None,
             rbac: vec![rule(CORE, &["nodes"], &["get", "patch"])],
             example: r#"k8s::uncordon("node-3")"#,

@@ -6,26 +6,8 @@
 
 use firebreak_connector::{ActionSpec, Effect, ParamSpec, ParamType};
 
-fn p(name: &'static str, ty: ParamType, doc: &'static str) -> ParamSpec {
-    ParamSpec {
-        name,
-        ty,
-        required: true,
-        doc,
-    }
-}
-
-fn opt(name: &'static str, ty: ParamType, doc: &'static str) -> ParamSpec {
-    ParamSpec {
-        name,
-        ty,
-        required: false,
-        doc,
-    }
-}
-
 fn promql() -> ParamSpec {
-    p("promql", ParamType::String, "the PromQL expression")
+    ParamSpec::required("promql", ParamType::String, "the PromQL expression")
 }
 
 fn observe(
@@ -55,7 +37,7 @@ pub fn actions() -> Vec<ActionSpec> {
              NaN and infinities come as the strings \"NaN\", \"+Inf\", \"-Inf\".",
             vec![
                 promql(),
-                opt(
+                ParamSpec::optional(
                     "time",
                     ParamType::Any,
                     "evaluation instant: RFC 3339, Unix seconds, or \"now-10m\"; absent = now",
@@ -70,17 +52,17 @@ pub fn actions() -> Vec<ActionSpec> {
              min, max, avg, last}}], warnings}.",
             vec![
                 promql(),
-                p(
+                ParamSpec::required(
                     "range",
                     ParamType::Any,
                     "how far back, e.g. \"10m\", or seconds",
                 ),
-                p(
+                ParamSpec::required(
                     "step",
                     ParamType::Any,
                     "resolution, e.g. \"30s\", or seconds",
                 ),
-                opt(
+                ParamSpec::optional(
                     "end",
                     ParamType::Any,
                     "newest instant: RFC 3339, Unix seconds, or \"now-10m\"; absent = now",
@@ -96,19 +78,19 @@ pub fn actions() -> Vec<ActionSpec> {
              below min_samples (default 1) is inconclusive, never a silent pass or fail.",
             vec![
                 promql(),
-                p(
+                ParamSpec::required(
                     "op",
                     ParamType::String,
                     "one of \"<\", \"<=\", \">\", \">=\"",
                 ),
-                p("threshold", ParamType::Float, "the number to compare with"),
-                opt(
+                ParamSpec::required("threshold", ParamType::Float, "the number to compare with"),
+                ParamSpec::optional(
                     "min_samples_query",
                     ParamType::String,
                     "PromQL giving the traffic behind the value (e.g. request count); below \
                      min_samples makes the check inconclusive",
                 ),
-                opt(
+                ParamSpec::optional(
                     "min_samples",
                     ParamType::Float,
                     "traffic the min_samples_query must reach; default 1",

@@ -49,6 +49,28 @@ pub struct ParamSpec {
     pub doc: &'static str,
 }
 
+impl ParamSpec {
+    /// A parameter the script must give.
+    pub fn required(name: &'static str, ty: ParamType, doc: &'static str) -> ParamSpec {
+        ParamSpec {
+            name,
+            ty,
+            required: true,
+            doc,
+        }
+    }
+
+    /// A trailing parameter the script may leave out.
+    pub fn optional(name: &'static str, ty: ParamType, doc: &'static str) -> ParamSpec {
+        ParamSpec {
+            name,
+            ty,
+            required: false,
+            doc,
+        }
+    }
+}
+
 /// One Kubernetes RBAC rule an action needs (for the least-privilege Role in the docs).
 #[derive(Debug, Clone, Serialize)]
 pub struct RbacRule {

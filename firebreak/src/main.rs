@@ -97,7 +97,7 @@ fn main() -> Result<()> {
             Command::Demo(args) => demo::demo(args).await,
             Command::Sim(args) => {
                 init_tracing();
-                kubesim::cli::run(args).await
+                Ok(kubesim::cli::run(args).await?)
             }
             Command::Bench(args) => bench::bench(args).await,
             Command::Connectors { rbac, namespace } => {

@@ -5,8 +5,28 @@
 
 use std::path::PathBuf;
 
-use crate::{Sim, SimConfig};
-use anyhow::Context;
+use crate::{Sim, SimConfig, SimError};
+
+/// Why `kubesim` could not serve.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("loading manifests from {path}")]
+    Load {
+        path: PathBuf,
+        #[source]
+        source: SimError,
+    },
+    #[error("starting kubesim")]
+    Start(#[source] SimError),
+    #[error("writing kubeconfig {path}")]
+    Kubeconfig {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("waiting for a shutdown signal")]
+    Signal(#[source] std::io::Error),
+}
 
 /// Command-line options of `kubesim` (and `firebreak sim`).
 #[derive(Debug, clap::Args)]
@@ -29,7 +49,7 @@ pub struct Args {
 }
 
 /// Serves until SIGINT/SIGTERM, then saves `--state` if given. The caller sets up logging.
-pub async fn run(args: Args) -> anyhow::Result<()> {
+pub async fn run(args: Args) -> Result<(), CliError> {
     let mut cfg = SimConfig {
         version: args.version.clone(),
         bind: std::net::SocketAddr::from(([127, 0, 0, 1], args.port)),
@@ -37,15 +57,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ..SimConfig::default()
     };
     if let Some(dir) = &args.load {
-        cfg = cfg
-            .load_dir(dir)
-            .with_context(|| format!("loading manifests from {}", dir.display()))?;
+        cfg = cfg.load_dir(dir).map_err(|source| CliError::Load {
+            path: dir.clone(),
+            source,
+        })?;
     }
-    let handle = Sim::start(cfg).await.context("starting kubesim")?;
+    let handle = Sim::start(cfg).await.map_err(CliError::Start)?;
     if let Some(path) = &args.kubeconfig {
         handle
             .write_kubeconfig(path)
-            .with_context(|| format!("writing kubeconfig {}", path.display()))?;
+            .map_err(|source| CliError::Kubeconfig {
+                path: path.clone(),
+                source,
+            })?;
     }
     println!("{}", handle.url());
     wait_for_signal().await?;
@@ -55,11 +79,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// Waits for SIGINT or SIGTERM.
-async fn wait_for_signal() -> anyhow::Result<()> {
+async fn wait_for_signal() -> Result<(), CliError> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing SIGTERM handler")?;
+        .map_err(CliError::Signal)?;
     tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("waiting for SIGINT")?,
+        r = tokio::signal::ctrl_c() => r.map_err(CliError::Signal)?,
         _ = term.recv() => {}
     }
     Ok(())

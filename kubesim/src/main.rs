@@ -22,5 +22,5 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    kubesim::cli::run(Cli::parse().args).await
+    Ok(kubesim::cli::run(Cli::parse().args).await?)
 }

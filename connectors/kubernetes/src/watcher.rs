@@ -118,7 +118,13 @@ impl Candidate {
 }
 
 fn labels(reason: &str, kind: &str, name: &str, ns: &str) -> Value {
-    json!({"reason": reason, "kind": kind, "name": name, "namespace": ns})
+    let mut labels = json!({"reason": reason, "kind": kind, "name": name, "namespace": ns});
+    // The object's name under its kind too (`pod`, `deployment`, ...), the way
+    // kube-state-metrics labels series, so runbooks read `pod` whichever way it was reported.
+    if !kind.is_empty() {
+        labels[kind.to_ascii_lowercase()] = json!(name);
+    }
+    labels
 }
 
 /// A Warning core/v1 Event → `warning`.
@@ -598,7 +604,7 @@ mod tests {
         assert_eq!(c.data["count"], 3);
         assert_eq!(
             c.data["labels"],
-            json!({"reason": "BackOff", "kind": "Pod", "name": "web-1", "namespace": "prod"})
+            json!({"reason": "BackOff", "kind": "Pod", "name": "web-1", "namespace": "prod", "pod": "web-1"})
         );
         let mut normal = warning(1, "Pulled");
         normal.type_ = Some("Normal".into());

@@ -76,7 +76,17 @@ pub struct Runbooks {
 impl Runbooks {
     pub fn load(dir: &Path, teams: Option<&Path>) -> Result<Runbooks, Vec<String>> {
         let fingerprint = fingerprint_dir(dir).unwrap_or_default();
-        let loaded = Loaded::load(dir, teams)?;
+        // A missing folder is not an error for a server: it starts empty and picks the folder
+        // up when it appears (the reload loop watches it). `firebreak check` still refuses it.
+        let loaded = if dir.exists() {
+            Loaded::load(dir, teams)?
+        } else {
+            warn!(dir = %dir.display(), "no runbook folder: serving with no runbooks until it appears");
+            Loaded {
+                set: RunbookSet::default(),
+                asts: HashMap::new(),
+            }
+        };
         Ok(Runbooks {
             dir: dir.to_owned(),
             teams: teams.map(Path::to_owned),
@@ -434,5 +444,38 @@ impl Dispatcher {
         if let Err(e) = self.journal.append(draft).await {
             error!(error = %e, "could not journal a refused trigger");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_runbook_folder_starts_empty_and_is_picked_up_when_it_appears() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("runbooks");
+        let runbooks = Runbooks::load(&dir, None).unwrap();
+        assert!(runbooks.current().set.is_empty());
+        assert!(
+            !runbooks.reload_if_changed().unwrap(),
+            "nothing changed yet"
+        );
+
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(
+            dir.join("hello.yaml"),
+            "name: hello\nteam: sre\ndescription: d\nnamespaces: [shop]\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("hello.rhai"), "log(\"hi\");\n").unwrap();
+        assert!(runbooks.reload_if_changed().unwrap());
+        assert!(runbooks.current().set.get("hello").is_some());
+
+        // A broken edit is refused and the previous set keeps serving.
+        std::fs::write(dir.join("hello.rhai"), "log(\"hi\";\n").unwrap();
+        let problems = runbooks.reload_if_changed().unwrap_err();
+        assert!(problems[0].contains("hello.rhai:1:"), "{problems:?}");
+        assert!(runbooks.current().set.get("hello").is_some());
     }
 }

@@ -287,7 +287,8 @@ fn user_fields(d: &Deployment) -> Value {
 ///
 /// On 409 the object is read again: if only its status moved (the controller's own
 /// bookkeeping, which a replace of the main resource does not touch), the write is retried
-/// once with the new resourceVersion; if anything a person or another tool writes changed
+/// with the new resourceVersion (a few times: the controller may answer our own status-only
+/// change with another one); if anything a person or another tool writes changed
 /// (spec, labels, annotations, uid), the result is a Conflict and nothing is written.
 async fn replace_checked(
     client: &kube::Client,
@@ -304,15 +305,17 @@ async fn replace_checked(
         field_manager: Some(crate::FIELD_MANAGER.to_owned()),
         ..PostParams::default()
     };
-    let mut retried = false;
+    // A controller busy with the object moves its status a few times in a row.
+    const STATUS_ONLY_RETRIES: u32 = 5;
+    let mut retries = 0;
     loop {
         match api(client, &ns).replace(&name, &pp, &desired).await {
             Ok(_) => return Ok(()),
             Err(kube::Error::Api(status)) if status.code == 409 => {
                 let now = get(client, &ns, &name).await?;
                 let only_status_moved = rollout::same_json(&user_fields(read), &user_fields(&now));
-                if only_status_moved && !retried {
-                    retried = true;
+                if only_status_moved && retries < STATUS_ONLY_RETRIES {
+                    retries += 1;
                     desired.metadata.resource_version = now.metadata.resource_version.clone();
                     continue;
                 }

@@ -505,7 +505,17 @@ async fn a_hand_made_deployment_changed_before_the_write_is_a_conflict() -> Resu
     );
 
     // A change to status only (the controller's bookkeeping) is not someone else's edit:
-    // the write goes through.
+    // the write goes through. Let the controller finish its own bookkeeping of web:3 first
+    // (it writes the revision annotation through /status, which is more than a status change).
+    c.kubectl(&[
+        "rollout",
+        "status",
+        "deploy/web",
+        "-n",
+        "app",
+        "--timeout=60s",
+    ])
+    .await?;
     let prepared = deploy::prepare_rollback(&c.client, "app", "web", 1).await?;
     let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
         kube::Api::namespaced(c.client.clone(), "app");

@@ -574,6 +574,39 @@ fn codec(what: &str, source: serde_json::Error) -> BusError {
     }
 }
 
+/// Reads `key` (already a KV key) from `store` as JSON; `what` names it in errors.
+async fn kv_get_json<T: serde::de::DeserializeOwned>(
+    store: &kv::Store,
+    key: String,
+    what: &str,
+) -> Result<Option<T>, BusError> {
+    let Some(bytes) = store
+        .get(key)
+        .await
+        .map_err(|e| kv_err(&format!("kv get {what}"), e))?
+    else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| codec(what, e))
+}
+
+/// Writes `value` as JSON under `key` (already a KV key); `what` names it in errors.
+async fn kv_put_json<T: Serialize>(
+    store: &kv::Store,
+    key: String,
+    value: &T,
+    what: &str,
+) -> Result<(), BusError> {
+    let bytes = serde_json::to_vec(value).map_err(|e| codec(what, e))?;
+    store
+        .put(key, bytes.into())
+        .await
+        .map_err(|e| kv_err(&format!("kv put {what}"), e))?;
+    Ok(())
+}
+
 impl NatsStateStore {
     /// Opens the four buckets, creating them if needed.
     pub async fn open(js: Context, opts: &NatsOptions) -> Result<NatsStateStore, BusError> {
@@ -739,12 +772,7 @@ impl StateStore for NatsStateStore {
         let key = key.to_owned();
         Box::pin(async move {
             check_key(&key)?;
-            let bytes = serde_json::to_vec(&until).map_err(|e| codec("cooldown", e))?;
-            self.cooldowns
-                .put(kv_key(&key), bytes.into())
-                .await
-                .map_err(|e| kv_err("kv put cooldown", e))?;
-            Ok(())
+            kv_put_json(&self.cooldowns, kv_key(&key), &until, "cooldown").await
         })
     }
 
@@ -752,17 +780,9 @@ impl StateStore for NatsStateStore {
         let key = key.to_owned();
         Box::pin(async move {
             check_key(&key)?;
-            let Some(bytes) = self
-                .cooldowns
-                .get(kv_key(&key))
-                .await
-                .map_err(|e| kv_err("kv get cooldown", e))?
-            else {
-                return Ok(None);
-            };
-            let until: Timestamp =
-                serde_json::from_slice(&bytes).map_err(|e| codec("cooldown", e))?;
-            Ok((until > Timestamp::now()).then_some(until))
+            let until: Option<Timestamp> =
+                kv_get_json(&self.cooldowns, kv_key(&key), "cooldown").await?;
+            Ok(until.filter(|until| *until > Timestamp::now()))
         })
     }
 
@@ -802,15 +822,9 @@ impl StateStore for NatsStateStore {
         let key = key.to_owned();
         Box::pin(async move {
             check_key(&key)?;
-            let Some(bytes) = self
-                .budgets
-                .get(kv_key(&key))
-                .await
-                .map_err(|e| kv_err("kv get budget", e))?
-            else {
-                return Ok(0);
-            };
-            let times: Vec<i64> = serde_json::from_slice(&bytes).map_err(|e| codec("budget", e))?;
+            let times: Vec<i64> = kv_get_json(&self.budgets, kv_key(&key), "budget")
+                .await?
+                .unwrap_or_default();
             let since = since.as_millisecond();
             Ok(times.iter().filter(|t| **t >= since).count() as u32)
         })
@@ -821,13 +835,7 @@ impl StateStore for NatsStateStore {
         Box::pin(async move {
             check_key(&run_id)?;
             let key = kv_key(&run_id);
-            let bytes = serde_json::to_vec(&StoredRun { run_id, record })
-                .map_err(|e| codec("run record", e))?;
-            self.runs
-                .put(key, bytes.into())
-                .await
-                .map_err(|e| kv_err("kv put run", e))?;
-            Ok(())
+            kv_put_json(&self.runs, key, &StoredRun { run_id, record }, "run record").await
         })
     }
 
@@ -835,17 +843,9 @@ impl StateStore for NatsStateStore {
         let run_id = run_id.to_owned();
         Box::pin(async move {
             check_key(&run_id)?;
-            let Some(bytes) = self
-                .runs
-                .get(kv_key(&run_id))
-                .await
-                .map_err(|e| kv_err("kv get run", e))?
-            else {
-                return Ok(None);
-            };
-            let stored: StoredRun =
-                serde_json::from_slice(&bytes).map_err(|e| codec("run record", e))?;
-            Ok(Some(stored.record))
+            let stored: Option<StoredRun> =
+                kv_get_json(&self.runs, kv_key(&run_id), "run record").await?;
+            Ok(stored.map(|s| s.record))
         })
     }
 

@@ -50,6 +50,16 @@ impl Loaded {
         let mut asts = HashMap::new();
         let mut problems = Vec::new();
         for rb in set.iter() {
+            // No approver flow exists yet; running such a runbook unapproved would be worse
+            // than not running it.
+            if rb.manifest.approval {
+                problems.push(format!(
+                    "{}:1:1: runbook {}: `approval: true` is not supported yet (no approval flow); \
+                     refusing to load it rather than run it unapproved",
+                    rb.yaml_path.display(),
+                    rb.manifest.name
+                ));
+            }
             match compile(&rb.script_path, &rb.script) {
                 Ok(ast) => {
                     asts.insert(rb.manifest.name.clone(), ast);
@@ -471,6 +481,18 @@ mod tests {
         std::fs::write(dir.join("hello.rhai"), "log(\"hi\");\n").unwrap();
         assert!(runbooks.reload_if_changed().unwrap());
         assert!(runbooks.current().set.get("hello").is_some());
+
+        // A runbook that asks for approval is refused: there is no approval flow yet.
+        std::fs::write(
+            dir.join("gated.yaml"),
+            "name: gated\nteam: sre\ndescription: d\nnamespaces: [shop]\napproval: true\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("gated.rhai"), "log(\"hi\");\n").unwrap();
+        let problems = runbooks.reload_if_changed().unwrap_err();
+        assert!(problems[0].contains("approval"), "{problems:?}");
+        std::fs::remove_file(dir.join("gated.yaml")).unwrap();
+        std::fs::remove_file(dir.join("gated.rhai")).unwrap();
 
         // A broken edit is refused and the previous set keeps serving.
         std::fs::write(dir.join("hello.rhai"), "log(\"hi\";\n").unwrap();

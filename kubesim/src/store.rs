@@ -7,7 +7,7 @@
 //! resourceVersion, appends a [`Change`] to the log and broadcasts it to live watches. The
 //! controllers reach the same writes through the [`Cluster`] implementation at the bottom.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use jiff::{SignedDuration, Timestamp};
@@ -110,6 +110,16 @@ pub fn format_time(t: Timestamp) -> String {
 
 type Key = (&'static str, String, String);
 
+/// The uids an object's ownerReferences name.
+fn owner_uids(obj: &Value) -> Vec<String> {
+    obj.pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.get("uid").and_then(Value::as_str).map(str::to_owned))
+        .collect()
+}
+
 /// How dependents are treated when their owner is deleted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Propagation {
@@ -122,6 +132,9 @@ pub enum Propagation {
 /// holds that across an `.await`.
 pub struct Store {
     objects: BTreeMap<Key, Value>,
+    /// Owner uid → the objects whose ownerReferences name it, so garbage collection on delete
+    /// does not scan the whole store.
+    owned: HashMap<String, BTreeSet<Key>>,
     rv: u64,
     log: VecDeque<Arc<Change>>,
     log_capacity: usize,
@@ -165,6 +178,7 @@ impl Store {
         let (tx, _) = broadcast::channel(4096);
         let mut store = Store {
             objects: BTreeMap::new(),
+            owned: HashMap::new(),
             rv: 0,
             log: VecDeque::new(),
             log_capacity: log_capacity.max(1),
@@ -280,9 +294,22 @@ impl Store {
             Self::ns_key(rt, Some(&ns)),
             meta_str(&obj, "name").to_string(),
         );
+        if let Some(previous) = self.objects.get(&key) {
+            for uid in owner_uids(previous) {
+                if let Some(keys) = self.owned.get_mut(&uid) {
+                    keys.remove(&key);
+                    if keys.is_empty() {
+                        self.owned.remove(&uid);
+                    }
+                }
+            }
+        }
         if kind == ChangeKind::Deleted {
             self.objects.remove(&key);
         } else {
+            for uid in owner_uids(&obj) {
+                self.owned.entry(uid).or_default().insert(key.clone());
+            }
             self.objects.insert(key, obj.clone());
         }
         let change = Arc::new(Change {
@@ -316,6 +343,9 @@ impl Store {
             meta_str(&obj, "name").to_string(),
         );
         self.rv = self.rv.max(rv);
+        for uid in owner_uids(&obj) {
+            self.owned.entry(uid).or_default().insert(key.clone());
+        }
         self.objects.insert(key, obj);
         self.oldest_watchable = self.rv;
         self.log.clear();
@@ -677,17 +707,11 @@ impl Store {
     }
 
     fn dependents(&self, uid: &str) -> Vec<(&'static ResourceType, String, String)> {
-        self.objects
-            .iter()
-            .filter(|(_, o)| {
-                o.pointer("/metadata/ownerReferences")
-                    .and_then(Value::as_array)
-                    .is_some_and(|refs| {
-                        refs.iter()
-                            .any(|r| r.get("uid").and_then(Value::as_str) == Some(uid))
-                    })
-            })
-            .filter_map(|((s, ns, name), _)| {
+        self.owned
+            .get(uid)
+            .into_iter()
+            .flatten()
+            .filter_map(|(s, ns, name)| {
                 resources::by_storage(s).map(|t| (t, ns.clone(), name.clone()))
             })
             .collect()

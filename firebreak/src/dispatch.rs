@@ -249,7 +249,7 @@ impl Dispatcher {
                     budget.per, budget.max_runs
                 );
                 warn!(runbook = %name, key = %key, "{reason}");
-                self.journal_refusal(&name, &manifest.team, &actor, event, "start", reason)
+                self.journal_refusal(&name, &manifest.team, &actor, &event.id, "start", reason)
                     .await?;
                 metrics::counter!("firebreak_runs_skipped_total", "reason" => "budget")
                     .increment(1);
@@ -330,7 +330,7 @@ impl Dispatcher {
             &runbook,
             &team,
             &actor_of(event),
-            event,
+            &event.id,
             "start",
             e.to_string(),
         )
@@ -344,7 +344,7 @@ impl Dispatcher {
         runbook: &str,
         team: &str,
         actor: &str,
-        event: &Event,
+        event_id: &str,
         action: &str,
         reason: String,
     ) -> Result<(), firebreak_audit::AuditError> {
@@ -353,7 +353,7 @@ impl Dispatcher {
             runbook: runbook.to_string(),
             team: team.to_string(),
             actor: actor.to_string(),
-            event_id: event.id.clone(),
+            event_id: event_id.to_string(),
         });
         self.journal
             .append(RecordDraft::new(
@@ -374,17 +374,17 @@ impl Dispatcher {
         let loaded = self.runbooks.current();
         let mut resumed = 0;
         for run in self.journal.unfinished_runs() {
-            let Some(rb) = loaded.set.get(&run.runbook) else {
+            if loaded.set.get(&run.runbook).is_none() {
                 warn!(run_id = %run.run_id, runbook = %run.runbook, "cannot resume: runbook no longer loaded");
                 continue;
-            };
+            }
             let ast = loaded.asts[&run.runbook].clone();
             match self.runner.resume(&run.run_id, ast).await {
                 Ok(handle) => {
                     resumed += 1;
                     info!(run_id = %run.run_id, runbook = %run.runbook, "run resumed");
-                    let cooldown = rb.manifest.cooldown;
-                    let state = self.state.clone();
+                    // The concurrency key is not in the journal: the lock taken by the first
+                    // attempt expires on its own, and no cooldown is set after a resumed run.
                     self.tasks.spawn(async move {
                         let outcome = handle.join().await;
                         if outcome.suspended {
@@ -392,8 +392,6 @@ impl Dispatcher {
                         }
                         metrics::counter!("firebreak_runs_finished_total", "status" => outcome.status.to_string())
                             .increment(1);
-                        // The lock key is not in the journal; the lock expires on its own.
-                        let _ = (state, cooldown);
                     });
                 }
                 Err(e) => {
@@ -436,22 +434,10 @@ impl Dispatcher {
         actor: &str,
         reason: String,
     ) {
-        let meta = Arc::new(RunMeta {
-            run_id: uuid::Uuid::now_v7().to_string(),
-            runbook: runbook.to_string(),
-            team: team.to_string(),
-            actor: actor.to_string(),
-            event_id: "-".to_string(),
-        });
-        let draft = RecordDraft::new(
-            meta,
-            RecordBody::Refusal {
-                step: None,
-                action: "trigger".into(),
-                reason,
-            },
-        );
-        if let Err(e) = self.journal.append(draft).await {
+        if let Err(e) = self
+            .journal_refusal(runbook, team, actor, "-", "trigger", reason)
+            .await
+        {
             error!(error = %e, "could not journal a refused trigger");
         }
     }

@@ -7,6 +7,11 @@
 //! `after` closure that the thread runs once the record is durable and before it answers (the
 //! embedded bus uses it to hand events to consumers only when they are on disk).
 //!
+//! Records nobody waits for (the embedded bus's acks) go through [`GroupLog::append_lazy`]:
+//! they wait in a buffer that the next commit takes along, and wake the thread only when it
+//! sleeps with nothing due, so under load they cost no wake-up and no fsync of their own. An
+//! idle log writes them within [`LAZY_FLUSH`].
+//!
 //! When the file grows past a threshold the thread rewrites it from a snapshot of the live state
 //! (write to `*.tmp`, fsync, rename, fsync the directory). A failed write or fsync poisons the
 //! log: what is on disk is unknown, so every later write fails until the store is reopened.
@@ -16,11 +21,12 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
 use crate::BusError;
@@ -33,20 +39,34 @@ pub(crate) type Snapshot = Box<dyn Fn() -> Vec<u8> + Send>;
 /// Most records the writer takes in one group commit.
 const MAX_BATCH: usize = 8192;
 
+/// Longest a lazy record waits for a commit to join before it gets one of its own.
+pub(crate) const LAZY_FLUSH: Duration = Duration::from_millis(10);
+
 enum Cmd {
     Append {
         bytes: Vec<u8>,
         after: Option<After>,
         done: oneshot::Sender<Result<(), BusError>>,
     },
+    /// Lazy records arrived while the writer slept with nothing due.
+    Nudge,
     Close {
         done: oneshot::Sender<()>,
     },
 }
 
+/// Lazy records waiting for the next commit.
+#[derive(Default)]
+struct Lazy {
+    bytes: Vec<u8>,
+    /// The writer sleeps until the next command and must be nudged for lazy records.
+    writer_asleep: bool,
+}
+
 /// Handle to the writer thread of one log file.
 pub(crate) struct GroupLog {
-    tx: mpsc::UnboundedSender<Cmd>,
+    tx: mpsc::Sender<Cmd>,
+    lazy: Arc<Mutex<Lazy>>,
     path: PathBuf,
     closed: Arc<AtomicBool>,
 }
@@ -141,8 +161,10 @@ impl GroupLog {
         };
         write_atomically(path, &initial).map_err(io_err)?;
         let file = open_append(path).map_err(io_err)?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel();
+        let lazy = Arc::new(Mutex::new(Lazy::default()));
         let writer = Writer {
+            lazy: lazy.clone(),
             file,
             path: path.to_owned(),
             size: initial.len() as u64,
@@ -156,6 +178,7 @@ impl GroupLog {
             .map_err(io_err)?;
         Ok(GroupLog {
             tx,
+            lazy,
             path: path.to_owned(),
             closed: Arc::new(AtomicBool::new(false)),
         })
@@ -176,6 +199,20 @@ impl GroupLog {
             .send(Cmd::Append { bytes, after, done })
             .map_err(|_| BusError::Closed)?;
         Ok(rx)
+    }
+
+    /// Queues `bytes` (whole lines) to ride along with the next commit; nobody is told when
+    /// they are durable. A failed commit poisons the log, which later appends report.
+    pub(crate) fn append_lazy(&self, bytes: &[u8]) -> Result<(), BusError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(BusError::Closed);
+        }
+        let mut lazy = self.lazy.lock().unwrap_or_else(|p| p.into_inner());
+        lazy.bytes.extend_from_slice(bytes);
+        if std::mem::take(&mut lazy.writer_asleep) {
+            self.tx.send(Cmd::Nudge).map_err(|_| BusError::Closed)?;
+        }
+        Ok(())
     }
 
     /// Appends and waits until the bytes are durable.
@@ -201,6 +238,7 @@ impl GroupLog {
 }
 
 struct Writer {
+    lazy: Arc<Mutex<Lazy>>,
     file: File,
     path: PathBuf,
     size: u64,
@@ -210,10 +248,19 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
+    fn run(mut self, rx: mpsc::Receiver<Cmd>) {
         let mut buf = Vec::new();
         let mut waiters = Vec::new();
-        while let Some(first) = rx.blocking_recv() {
+        loop {
+            let first = match self.next_wait() {
+                None => rx.recv().map_err(|_| ()),
+                Some(wait) => match rx.recv_timeout(wait) {
+                    Ok(cmd) => Ok(cmd),
+                    Err(mpsc::RecvTimeoutError::Timeout) => Ok(Cmd::Nudge),
+                    Err(mpsc::RecvTimeoutError::Disconnected) => Err(()),
+                },
+            };
+            let Ok(first) = first else { break };
             let mut close = None;
             buf.clear();
             let mut next = Some(first);
@@ -223,6 +270,7 @@ impl Writer {
                         buf.extend_from_slice(&bytes);
                         waiters.push((after, done));
                     }
+                    Cmd::Nudge => {}
                     Cmd::Close { done } => {
                         close = Some(done);
                         break;
@@ -232,6 +280,10 @@ impl Writer {
                     next = rx.try_recv().ok();
                 }
             }
+            // Lazy records were queued before the commands taken after them; none of them
+            // depends on the others' order.
+            let lazy = std::mem::take(&mut self.lazy().bytes);
+            buf.extend_from_slice(&lazy);
             let outcome = self.commit(&buf);
             for (i, (after, done)) in waiters.drain(..).enumerate() {
                 let result = match &outcome {
@@ -253,6 +305,8 @@ impl Writer {
                 let _ = done.send(result);
             }
             if let Some(done) = close {
+                let lazy = std::mem::take(&mut self.lazy().bytes);
+                let _ = self.commit(&lazy);
                 let _ = self.file.sync_all();
                 let _ = done.send(());
                 return;
@@ -260,6 +314,22 @@ impl Writer {
             if outcome.is_ok() && self.size > self.compact_at {
                 self.compact();
             }
+        }
+    }
+
+    fn lazy(&self) -> std::sync::MutexGuard<'_, Lazy> {
+        self.lazy.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How long to wait for the next command: at most [`LAZY_FLUSH`] while lazy records wait,
+    /// else until one comes (lazy appends then nudge).
+    fn next_wait(&self) -> Option<Duration> {
+        let mut lazy = self.lazy();
+        if lazy.bytes.is_empty() {
+            lazy.writer_asleep = true;
+            None
+        } else {
+            Some(LAZY_FLUSH)
         }
     }
 
@@ -353,5 +423,39 @@ mod tests {
             log.append_durable(b"{}\n".to_vec()).await,
             Err(BusError::Closed)
         ));
+    }
+
+    fn lines_of(path: &Path) -> Vec<Value> {
+        read_records(path).unwrap()
+    }
+
+    #[tokio::test]
+    async fn lazy_records_ride_with_the_next_commit_or_reach_the_file_on_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.log");
+        let log = GroupLog::open(&path, Vec::new(), Box::new(Vec::new), u64::MAX).unwrap();
+
+        // With a commit: the lazy line is in the file once the commit is durable.
+        log.append_lazy(b"{\"lazy\":1}\n").unwrap();
+        log.append_durable(b"{\"a\":1}\n".to_vec()).await.unwrap();
+        let lines = lines_of(&path);
+        assert!(lines.contains(&json!({"lazy": 1})), "{lines:?}");
+
+        // On an idle log: the writer sleeps with nothing due, is nudged, and writes it alone.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        log.append_lazy(b"{\"lazy\":2}\n").unwrap();
+        while !lines_of(&path).contains(&json!({"lazy": 2})) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "lazy record never written"
+            );
+            tokio::time::sleep(LAZY_FLUSH).await;
+        }
+
+        // Close writes what is still buffered.
+        log.append_lazy(b"{\"lazy\":3}\n").unwrap();
+        log.close().await;
+        assert!(lines_of(&path).contains(&json!({"lazy": 3})));
+        assert!(matches!(log.append_lazy(b"{}\n"), Err(BusError::Closed)));
     }
 }

@@ -2,8 +2,10 @@
 //!
 //! Events are appended to `<dir>/events.log` (JSON lines, group commit, see `src/log.rs`) and
 //! `publish` answers once they are fsync'd. Consumers take events from an in-memory queue that
-//! the writer thread fills only with durable events. An ack appends an ack record to the next
-//! group commit without waiting for it (an ack lost in a crash means one more delivery). On open the log is replayed: every published event without an ack is queued again,
+//! the writer thread fills only with durable events. An ack appends an ack record lazily: it
+//! joins the next group commit without waiting for it or waking the writer (an ack lost in a
+//! crash means one more delivery). On open the log is replayed: every published event without
+//! an ack is queued again,
 //! so unacked work survives a crash or restart. A delivery not acked within the ack wait, or
 //! nak'd, goes back to the queue.
 //!
@@ -538,11 +540,11 @@ impl EmbeddedAck {
 impl AckHandle for EmbeddedAck {
     fn ack(&self) -> BoxFuture<'_, Result<(), BusError>> {
         // Lazy: the ack record joins the next group commit and the call returns at once, so a
-        // consumer that acks one event at a time is not paced by fsync. An ack lost in a crash
-        // only means the event is delivered again; a failed write poisons the log, which fails
-        // every later publish.
+        // consumer that acks one event at a time is not paced by fsync and wakes no writer. An
+        // ack lost in a crash only means the event is delivered again; a failed write poisons
+        // the log, which fails every later publish.
         Box::pin(async move {
-            let _queued = {
+            {
                 let mut queue = self.shared.queue();
                 if queue.closed {
                     return Err(BusError::Closed);
@@ -558,8 +560,8 @@ impl AckHandle for EmbeddedAck {
                     source,
                 })?;
                 line.push(b'\n');
-                self.shared.log.append(line, None)?
-            };
+                self.shared.log.append_lazy(&line)?;
+            }
             Ok(())
         })
     }

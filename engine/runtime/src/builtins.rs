@@ -35,8 +35,8 @@ pub(crate) fn register(engine: &mut Engine) {
     engine.register_fn("evidence", evidence);
 }
 
-/// `step(name, || ...)`: journals the closure's start (durably, first), its return value as
-/// outputs, its duration and outcome. Steps inside it are numbered and journaled on their own.
+/// `step(name, || ...)`: journals the closure's start, its return value as outputs, its
+/// duration and outcome (deferred: an action inside makes them durable before it runs). Steps inside it are numbered and journaled on their own.
 /// On resume, a step that finished before re-runs its closure (whose inner steps replay from
 /// the journal) and returns the journaled output.
 fn closure_step(
@@ -49,11 +49,11 @@ fn closure_step(
     let (step, replayed) = match begin(&cx, name)? {
         Begin::Replayed(step, outputs) => (step, Some(outputs)),
         Begin::Live(step) => {
-            cx.journal(vec![RecordBody::StepStarted {
+            cx.defer(vec![RecordBody::StepStarted {
                 step,
                 name: name.to_owned(),
                 inputs,
-            }])?;
+            }]);
             (step, None)
         }
     };
@@ -63,7 +63,7 @@ fn closure_step(
     match (result, replayed) {
         (Ok(_), Some(outputs)) => finish_replayed(&cx, step, name, outputs),
         (Ok(value), None) => {
-            cx.journal(vec![RecordBody::StepFinished {
+            cx.defer(vec![RecordBody::StepFinished {
                 step,
                 name: name.to_owned(),
                 status: StepStatus::Ok,
@@ -71,7 +71,7 @@ fn closure_step(
                 error: None,
                 duration_ms,
                 attempts: 1,
-            }])?;
+            }]);
             Ok(value)
         }
         (Err(error), _) => {
@@ -81,7 +81,7 @@ fn closure_step(
                 Some(step::Stop::Suspended) => "suspended",
                 None => "script",
             };
-            cx.journal(vec![RecordBody::StepFinished {
+            cx.defer(vec![RecordBody::StepFinished {
                 step,
                 name: name.to_owned(),
                 status: StepStatus::Error,
@@ -92,7 +92,7 @@ fn closure_step(
                 }),
                 duration_ms,
                 attempts: 1,
-            }])?;
+            }]);
             Err(error)
         }
     }
@@ -126,10 +126,17 @@ fn log(message: Dynamic) -> Result<Dynamic, ScriptError> {
     run_leaf(
         "log",
         json!({ "message": message }),
-        Durability::AfterTheFact,
+        Durability::Deferred,
         |cx, _| {
-            info!(run_id = %cx.meta.run_id, runbook = %cx.meta.runbook, message = %message, "script log");
-            cx.forward(&message);
+            let (run_id, runbook, line) = (
+                cx.meta.run_id.clone(),
+                cx.meta.runbook.clone(),
+                message.clone(),
+            );
+            cx.emit(
+                move || info!(run_id = %run_id, runbook = %runbook, message = %line, "script log"),
+            );
+            cx.forward_held(message.clone());
             LeafResult::ok(Value::Null)
         },
     )
@@ -168,7 +175,7 @@ fn sleep(ms: rhai::INT) -> Result<Dynamic, ScriptError> {
 
 /// `now()`: the current time as RFC 3339 text. Journaled, so a resumed run sees the same time.
 fn now() -> Result<Dynamic, ScriptError> {
-    run_leaf("now", json!({}), Durability::AfterTheFact, |_, _| {
+    run_leaf("now", json!({}), Durability::Deferred, |_, _| {
         LeafResult::ok(Value::String(jiff::Timestamp::now().to_string()))
     })
 }
@@ -179,7 +186,7 @@ fn fail(message: Dynamic) -> Result<Dynamic, ScriptError> {
     run_leaf(
         "fail",
         json!({ "message": message }),
-        Durability::AfterTheFact,
+        Durability::Deferred,
         |_, _| LeafResult::failed("fail", message.clone()),
     )
 }
@@ -190,7 +197,7 @@ fn evidence(name: ImmutableString, value: Dynamic) -> Result<Dynamic, ScriptErro
     run_leaf(
         "evidence",
         json!({ "name": name.as_str() }),
-        Durability::AfterTheFact,
+        Durability::Deferred,
         |_, step| {
             let mut result = LeafResult::ok(Value::Null);
             result.extra.push(RecordBody::Evidence {

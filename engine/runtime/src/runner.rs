@@ -1,9 +1,9 @@
 //! Starting, resuming and finishing runs. Start at [`Runner::start`].
 //!
 //! One [`Runner`] per process: one shared engine (built once), the journal, a semaphore that
-//! bounds how many scripts run at once, and the tokio handle connectors run on. A run is:
-//! journal `run_started` (durably; only then does `start` return, so the caller may ack the
-//! bus message), then the script on a blocking thread, then `run_finished`.
+//! bounds how many scripts run at once, and the tokio handle connectors run on. A run is: the
+//! script on a blocking thread, `run_started` durable with the run's first durable write (only
+//! then does `start` return, so the caller may ack the bus message), then `run_finished`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,14 +17,14 @@ use firebreak_event::Event;
 use rhai::{AST, Dynamic, Engine, EvalAltResult, Scope};
 use serde_json::{Map, Value};
 use tokio::runtime::Handle;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::policy::RetryPolicy;
 use crate::sandbox::{Limits, build_engine};
-use crate::step::{self, Replay, RunContext, Stop, to_dynamic};
+use crate::step::{self, Replay, RunContext, START_FLUSH_AFTER, Stop, to_dynamic};
 
 /// How the runner runs scripts.
 #[derive(Debug, Clone)]
@@ -137,6 +137,8 @@ pub enum RuntimeError {
     AlreadyFinished { run_id: String },
     #[error("run {run_id} does not begin with a run_started record")]
     NoStart { run_id: String },
+    #[error("run {run_id} ended before its start was journaled")]
+    Lost { run_id: String },
     #[error("the runner is shutting down")]
     ShuttingDown,
 }
@@ -182,8 +184,13 @@ impl Runner {
         &self.journal
     }
 
-    /// Waits for a slot, journals `run_started` durably, then starts the script on a blocking
-    /// thread. Returns once the start is durable.
+    /// Waits for a slot, starts the script on a blocking thread and returns once its
+    /// `run_started` record is durable. That record joins the run's first durable write (see
+    /// [`crate::step`]): before its first action, at its end, or [`START_FLUSH_AFTER`] in,
+    /// whichever comes first, so a run of local steps costs one journal write, not three.
+    /// If `run_started` cannot be journaled the run is stopped and nothing of it is.
+    ///
+    /// [`START_FLUSH_AFTER`]: crate::step::START_FLUSH_AFTER
     pub async fn start(&self, plan: RunPlan) -> Result<RunHandle, RuntimeError> {
         let permit = self.slot().await?;
         let meta = Arc::new(RunMeta {
@@ -197,23 +204,13 @@ impl Runner {
         let params = Value::Object(plan.params);
         // Built before the values move into the journal record: no copy of the event is kept.
         let ctx = script_ctx(&meta, &event, &params, plan.dry_run);
-        self.journal
-            .append(RecordDraft::new(
-                meta.clone(),
-                RecordBody::RunStarted {
-                    event,
-                    params,
-                    dry_run: plan.dry_run,
-                    namespaces: plan.namespaces.clone(),
-                    timeout_ms: Some(plan.timeout.as_millis() as u64),
-                },
-            ))
-            .await
-            .map_err(|source| RuntimeError::Journal {
-                run_id: meta.run_id.clone(),
-                source,
-            })?;
-        info!(run_id = %meta.run_id, runbook = %meta.runbook, team = %meta.team, "run started");
+        let started = RecordBody::RunStarted {
+            event,
+            params,
+            dry_run: plan.dry_run,
+            namespaces: plan.namespaces.clone(),
+            timeout_ms: Some(plan.timeout.as_millis() as u64),
+        };
         let cx = self.context(
             meta,
             plan.namespaces,
@@ -223,7 +220,18 @@ impl Runner {
             plan.progress,
             HashMap::new(),
         );
-        Ok(self.launch(cx, plan.ast, ctx, permit))
+        let (signal, journaled) = oneshot::channel();
+        cx.pend_start(started, signal);
+        let run_id = cx.meta.run_id.clone();
+        let handle = self.launch(cx, plan.ast, ctx, permit);
+        match journaled.await {
+            Ok(Ok(())) => {
+                info!(run_id = %run_id, "run started");
+                Ok(handle)
+            }
+            Ok(Err(source)) => Err(RuntimeError::Journal { run_id, source }),
+            Err(_) => Err(RuntimeError::Lost { run_id }),
+        }
     }
 
     /// Re-runs an unfinished run (a `run_started` and no `run_finished`) after a restart: the
@@ -374,32 +382,78 @@ impl Runner {
         // The script holds a blocking thread; its end is journaled from a task, so the thread
         // is free as soon as the script is done.
         let task = tokio::spawn(async move {
+            // Fast path: short scripts of local steps finish right here, on the worker.
+            let ctx = match execute_inline(&engine, &ast, &cx, ctx) {
+                Inline::Ended(status, error) => return end(&cx, status, error, permit).await,
+                Inline::NeedsThread(ctx) => ctx,
+            };
             let script_cx = cx.clone();
-            let result =
-                tokio::task::spawn_blocking(move || execute(&engine, &ast, &script_cx, ctx)).await;
+            let script =
+                tokio::task::spawn_blocking(move || execute(&engine, &ast, &script_cx, ctx));
+            tokio::pin!(script);
+            let result = tokio::select! {
+                result = &mut script => result,
+                () = tokio::time::sleep(START_FLUSH_AFTER) => {
+                    // Still running: journal the start now (a failure stops the run).
+                    let _ = cx.flush(Vec::new()).await;
+                    script.await
+                }
+            };
             let (status, error) = match result {
                 Ok(ended) => ended,
                 Err(e) => (RunStatus::Failed, Some(format!("run thread panicked: {e}"))),
             };
-            let outcome = if cx.stopped() == Some(Stop::Suspended) {
-                info!(run_id = %cx.meta.run_id, steps = cx.steps(), "run suspended for shutdown; the next start resumes it");
-                RunOutcome {
-                    run_id: cx.meta.run_id.clone(),
-                    status: RunStatus::Cancelled,
-                    error: Some("suspended for shutdown".to_owned()),
-                    steps: cx.steps(),
-                    suspended: true,
-                }
-            } else {
-                finish(&cx, status, error).await
-            };
-            drop(permit);
-            outcome
+            end(&cx, status, error, permit).await
         });
         RunHandle {
             run_id,
             cancel,
             task,
+        }
+    }
+}
+
+/// How an inline attempt ended.
+enum Inline {
+    /// The run is over (its records are pending, for [`end`] to journal).
+    Ended(RunStatus, Option<String>),
+    /// It needs a blocking thread; here is its `ctx` back, and the run is as if never begun.
+    NeedsThread(Result<Dynamic, Box<EvalAltResult>>),
+}
+
+/// Tries the script on this async worker (see `RunContext::inline`): scripts of local steps
+/// that stay within `INLINE_MAX_OPERATIONS` end here without a thread hand-off.
+fn execute_inline(
+    engine: &Engine,
+    ast: &AST,
+    cx: &Arc<RunContext>,
+    ctx: Result<Dynamic, Box<EvalAltResult>>,
+) -> Inline {
+    let ctx = match ctx {
+        Ok(ctx) => ctx,
+        Err(error) => {
+            let (status, error) = classify(Err(error), cx);
+            return Inline::Ended(status, error);
+        }
+    };
+    let kept = cx.begin_inline();
+    let _entered = step::enter(cx.clone());
+    let mut scope = Scope::new();
+    scope.push_constant("ctx", ctx);
+    let result = engine.eval_ast_with_scope::<Dynamic>(&mut scope, ast);
+    match result {
+        Err(error) if step::is_needs_thread(&error) => {
+            cx.abandon_inline(kept);
+            // A constant: the script could read it, not change it.
+            let ctx = scope
+                .remove::<Dynamic>("ctx")
+                .expect("ctx stays in the scope");
+            Inline::NeedsThread(Ok(ctx))
+        }
+        result => {
+            cx.complete_inline();
+            let (status, error) = classify(result, cx);
+            Inline::Ended(status, error)
         }
     }
 }
@@ -420,19 +474,46 @@ fn execute(
     classify(result, cx)
 }
 
+/// After the script: journals the run's end (or, when suspended, what it did so far), then
+/// frees its slot.
+async fn end(
+    cx: &RunContext,
+    status: RunStatus,
+    error: Option<String>,
+    permit: OwnedSemaphorePermit,
+) -> RunOutcome {
+    let outcome = if cx.stopped() == Some(Stop::Suspended) {
+        // What the run did so far is journaled; its end is not, so it resumes.
+        let flushed = cx.flush(Vec::new()).await;
+        info!(run_id = %cx.meta.run_id, steps = cx.steps(), journaled = flushed.is_ok(), "run suspended for shutdown; the next start resumes it");
+        RunOutcome {
+            run_id: cx.meta.run_id.clone(),
+            status: RunStatus::Cancelled,
+            error: Some("suspended for shutdown".to_owned()),
+            steps: cx.steps(),
+            suspended: true,
+        }
+    } else {
+        finish(cx, status, error).await
+    };
+    drop(permit);
+    outcome
+}
+
 /// Journals `run_finished`; a failure to do so is logged and reported in the outcome (the
 /// run then stays unfinished in the journal and is resumed after a restart).
 async fn finish(cx: &RunContext, status: RunStatus, mut error: Option<String>) -> RunOutcome {
     let finished = cx
-        .journal
-        .append(cx.draft(RecordBody::RunFinished {
+        .flush(vec![RecordBody::RunFinished {
             status,
             error: error.clone(),
-        }))
+        }])
         .await;
     if let Err(e) = finished {
-        error!(run_id = %cx.meta.run_id, error = %step::error_chain(&e), "cannot journal the end of the run; it stays unfinished and resumes after a restart");
-        let note = format!("run_finished not journaled: {}", step::error_chain(&e));
+        if !cx.start_failed() {
+            error!(run_id = %cx.meta.run_id, error = %e, "cannot journal the end of the run; it stays unfinished and resumes after a restart");
+        }
+        let note = format!("run_finished not journaled: {e}");
         error = Some(match error {
             Some(first) => format!("{first}; {note}"),
             None => note,

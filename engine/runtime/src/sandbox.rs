@@ -96,11 +96,13 @@ pub fn build_engine(limits: &Limits, registry: &Registry) -> Engine {
 
     engine.on_print(|text| {
         let run_id = step::current_run_id().unwrap_or_default();
-        info!(run_id = %run_id, script_output = %text, "script print");
+        let text = text.to_owned();
+        step::emit(move || info!(run_id = %run_id, script_output = %text, "script print"));
     });
     engine.on_debug(|text, source, pos| {
         let run_id = step::current_run_id().unwrap_or_default();
-        debug!(run_id = %run_id, source = source.unwrap_or(""), position = %pos, script_output = %text, "script debug");
+        let (text, source) = (text.to_owned(), source.unwrap_or("").to_owned());
+        step::emit(move || debug!(run_id = %run_id, source = %source, position = %pos, script_output = %text, "script debug"));
     });
     engine.on_progress(step::on_progress);
 

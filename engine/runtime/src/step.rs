@@ -4,7 +4,17 @@
 //! whole life; [`enter`] puts its [`RunContext`] in a thread-local so the engine-wide
 //! callbacks (`on_progress`, the step functions, connector modules) find their run without a
 //! per-run engine. Every step gets the next step number; Rust, not the script, journals
-//! `StepStarted` (durably, before anything happens) and `StepFinished` around it.
+//! `StepStarted` and `StepFinished` around it.
+//!
+//! Durability follows the outside world, not the script. A record that precedes an effect
+//! outside the engine (a connector call, a wait) is durable before the effect starts, and a
+//! connector step's end is durable before the script goes on, so a restart never repeats a
+//! finished action. Records of local steps (`log`, `now`, `fail`, `evidence`, the bounds of
+//! `step(name, || ...)`) and the run's own `RunStarted` wait in the run's pending list and join
+//! the next durable write ([`RunContext::flush`]): a step that touches the outside, the run's
+//! end, a suspension, or [`START_FLUSH_AFTER`] into the run. A crash can lose only pending
+//! records; re-running those steps on resume changes nothing outside, and a run whose
+//! `RunStarted` was lost was never acked on the bus, so its event is delivered again.
 //!
 //! Resume: a context built from an earlier attempt's journal holds the outputs of the steps
 //! that finished then ([`Replay`]); a step with the same number and name returns the journaled
@@ -13,14 +23,17 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use firebreak_audit::{Journal, RecordBody, RecordDraft, RunMeta, StepError, StepStatus};
+use firebreak_audit::{
+    AuditError, Journal, RecordBody, RecordDraft, RunMeta, StepError, StepStatus,
+};
 use firebreak_connector::ProgressSink;
 use rhai::{Dynamic, EvalAltResult, Position};
 use serde_json::Value;
 use tokio::runtime::Handle;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::policy::RetryPolicy;
@@ -53,6 +66,20 @@ impl Stop {
     }
 }
 
+/// A run still without a durable write journals its pending `RunStarted` after this long, so
+/// a script busy with local steps does not keep its event unacked on the bus.
+pub const START_FLUSH_AFTER: Duration = Duration::from_millis(50);
+
+/// Most operations a script may take on the async worker before it moves to a blocking thread
+/// (see [`RunContext::inline`]).
+pub const INLINE_MAX_OPERATIONS: u64 = 10_000;
+
+/// The uncatchable error that ends an inline attempt: the script needs a thread of its own.
+const NEEDS_THREAD: &str = "needs_thread";
+
+/// Told once whether the run's `RunStarted` became durable.
+pub(crate) type StartSignal = oneshot::Sender<Result<(), AuditError>>;
+
 /// A step that finished in an earlier attempt of this run.
 #[derive(Debug, Clone)]
 pub(crate) struct Replay {
@@ -80,6 +107,20 @@ pub(crate) struct RunContext {
     pub replay: HashMap<u32, Replay>,
     next_step: AtomicU32,
     stop: AtomicU8,
+    /// Records waiting for the next durable write, in order. Held across that write, so a
+    /// run's records reach the journal in the order they were made.
+    pending: tokio::sync::Mutex<Vec<RecordBody>>,
+    /// Answered by the first durable write (which carries `RunStarted`).
+    start: std::sync::Mutex<Option<StartSignal>>,
+    /// `RunStarted` could not be journaled: nothing more of this run may be.
+    start_failed: AtomicBool,
+    /// The script runs on an async worker (the fast path for short scripts of local steps):
+    /// any step that would block, or more than [`INLINE_MAX_OPERATIONS`], ends the attempt
+    /// with [`NEEDS_THREAD`]; the run then starts over on a blocking thread as if the attempt
+    /// had never happened (its records are dropped and its log lines were held back).
+    inline: AtomicBool,
+    /// Log lines of the inline attempt, emitted only if it completes.
+    held: std::sync::Mutex<Vec<Box<dyn FnOnce() + Send>>>,
 }
 
 impl RunContext {
@@ -113,6 +154,114 @@ impl RunContext {
             replay,
             next_step: AtomicU32::new(1),
             stop: AtomicU8::new(0),
+            pending: tokio::sync::Mutex::new(Vec::new()),
+            start: std::sync::Mutex::new(None),
+            start_failed: AtomicBool::new(false),
+            inline: AtomicBool::new(false),
+            held: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Whether the script runs inline on an async worker.
+    pub(crate) fn inline(&self) -> bool {
+        self.inline.load(Ordering::Relaxed)
+    }
+
+    /// Begins an inline attempt; returns how many pending records precede it.
+    pub(crate) fn begin_inline(&self) -> usize {
+        self.inline.store(true, Ordering::Relaxed);
+        self.pending
+            .try_lock()
+            .expect("nothing flushes before the script runs")
+            .len()
+    }
+
+    /// The inline attempt completed: its held lines go out, the run is done with the worker.
+    pub(crate) fn complete_inline(&self) {
+        self.inline.store(false, Ordering::Relaxed);
+        let held = std::mem::take(&mut *self.held.lock().expect("held lines lock"));
+        for emit in held {
+            emit();
+        }
+    }
+
+    /// The inline attempt needs a thread: forget it (records after `kept`, step numbers, held
+    /// lines) so the run starts over on a blocking thread.
+    pub(crate) fn abandon_inline(&self, kept: usize) {
+        self.inline.store(false, Ordering::Relaxed);
+        self.held.lock().expect("held lines lock").clear();
+        self.pending
+            .try_lock()
+            .expect("an inline attempt never flushes")
+            .truncate(kept);
+        self.next_step.store(1, Ordering::Relaxed);
+    }
+
+    /// Emits a line now, or holds it until the inline attempt completes.
+    pub(crate) fn emit(&self, line: impl FnOnce() + Send + 'static) {
+        if self.inline() {
+            self.held
+                .lock()
+                .expect("held lines lock")
+                .push(Box::new(line));
+        } else {
+            line();
+        }
+    }
+
+    /// Makes `started` the run's first pending record; `signal` learns whether it became
+    /// durable. Called once, before the script runs.
+    pub(crate) fn pend_start(&self, started: RecordBody, signal: StartSignal) {
+        self.pending
+            .try_lock()
+            .expect("nothing else holds a new run's pending list")
+            .push(started);
+        *self.start.lock().expect("start signal lock") = Some(signal);
+    }
+
+    /// Whether `RunStarted` failed to be journaled (then nothing else of the run is).
+    pub(crate) fn start_failed(&self) -> bool {
+        self.start_failed.load(Ordering::Relaxed)
+    }
+
+    /// Writes every pending record, then `more`, with one durable append. The first write
+    /// answers the start signal; if it fails, the run is stopped and journals nothing more.
+    pub(crate) async fn flush(&self, more: Vec<RecordBody>) -> Result<(), String> {
+        let mut pending = self.pending.lock().await;
+        if self.start_failed() {
+            return Err("the run's start could not be journaled".to_owned());
+        }
+        pending.extend(more);
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let drafts = pending.drain(..).map(|b| self.draft(b)).collect();
+        let result = self.journal.append_all(drafts).await.map(drop);
+        let message = result.as_ref().map_err(|e| error_chain(e)).err();
+        let signal = self.start.lock().expect("start signal lock").take();
+        if let Some(signal) = signal {
+            if result.is_err() {
+                self.start_failed.store(true, Ordering::Relaxed);
+                self.set_stop(Stop::Cancelled);
+            }
+            let _ = signal.send(result);
+        }
+        match message {
+            Some(message) => Err(message),
+            None => Ok(()),
+        }
+    }
+
+    /// Adds records to the pending list; the next durable write carries them.
+    pub(crate) fn defer(&self, bodies: Vec<RecordBody>) {
+        if self.inline() {
+            // On an async worker, where nothing flushes while the script runs.
+            self.pending
+                .try_lock()
+                .expect("an inline attempt never flushes")
+                .extend(bodies);
+        } else {
+            self.pending.blocking_lock().extend(bodies);
         }
     }
 
@@ -183,24 +332,27 @@ impl RunContext {
         RecordDraft::new(self.meta.clone(), body)
     }
 
-    /// Appends records durably from the script's (blocking) thread; a failure fails the step.
+    /// Appends the pending records and `bodies` durably from the script's (blocking) thread;
+    /// a failure fails the step.
     pub(crate) fn journal(&self, bodies: Vec<RecordBody>) -> Result<(), ScriptError> {
-        let drafts = bodies.into_iter().map(|b| self.draft(b)).collect();
-        self.handle
-            .block_on(self.journal.append_all(drafts))
-            .map(drop)
-            .map_err(|e| {
-                script_error(format!(
-                    "audit journal write failed, step aborted: {}",
-                    error_chain(&e)
-                ))
-            })
+        self.handle.block_on(self.flush(bodies)).map_err(|message| {
+            script_error(format!(
+                "audit journal write failed, step aborted: {message}"
+            ))
+        })
     }
 
     /// Sends a line to the caller's progress sink, if any.
     pub(crate) fn forward(&self, line: &str) {
         if let Some(sink) = &self.progress {
             sink(line);
+        }
+    }
+
+    /// Sends a line to the progress sink, held back during an inline attempt.
+    pub(crate) fn forward_held(&self, line: String) {
+        if let Some(sink) = self.progress.clone() {
+            self.emit(move || sink(&line));
         }
     }
 }
@@ -234,13 +386,36 @@ pub(crate) fn current_run_id() -> Option<String> {
     CURRENT.with(|c| c.borrow().as_ref().map(|cx| cx.meta.run_id.clone()))
 }
 
-/// `on_progress`: every 256 operations, stop the script if its run is cancelled or late.
+/// `on_progress`: every 256 operations, stop the script if its run is cancelled or late, and
+/// end an inline attempt that ran too long.
 pub(crate) fn on_progress(operations: u64) -> Option<Dynamic> {
     if !operations.is_multiple_of(256) {
         return None;
     }
     let cx = CURRENT.with(|c| c.borrow().clone())?;
+    if cx.inline() && operations > INLINE_MAX_OPERATIONS {
+        return Some(NEEDS_THREAD.into());
+    }
     cx.check_stop().map(|stop| stop.token().into())
+}
+
+/// The error that ends an inline attempt.
+fn needs_thread() -> ScriptError {
+    EvalAltResult::ErrorTerminated(NEEDS_THREAD.into(), Position::NONE).into()
+}
+
+/// Whether `error` ended an inline attempt (rather than the run).
+pub(crate) fn is_needs_thread(error: &EvalAltResult) -> bool {
+    matches!(error, EvalAltResult::ErrorTerminated(token, _) if token.to_string() == NEEDS_THREAD)
+}
+
+/// Runs `line` now, or when the current run's inline attempt completes (so a restarted attempt
+/// does not print twice). Outside a run: now.
+pub(crate) fn emit(line: impl FnOnce() + Send + 'static) {
+    match CURRENT.with(|c| c.borrow().clone()) {
+        Some(cx) => cx.emit(line),
+        None => line(),
+    }
 }
 
 pub(crate) fn script_error(message: String) -> ScriptError {
@@ -304,12 +479,14 @@ impl LeafResult {
     }
 }
 
-/// Whether `StepStarted` must be durable before the step's body runs (anything touching the
-/// outside world), or may be journaled together with `StepFinished` (local, instant steps).
+/// How a leaf step is journaled (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Durability {
+    /// Touches the outside world: `StepStarted` is durable before the body runs and
+    /// `StepFinished` before the script goes on.
     WriteAhead,
-    AfterTheFact,
+    /// Local and instant: both records join the run's next durable write.
+    Deferred,
 }
 
 /// The next step number, or a replayed result when an earlier attempt finished this step.
@@ -347,7 +524,7 @@ pub(crate) fn finish_replayed(
     outputs: Value,
 ) -> Result<Dynamic, ScriptError> {
     let dynamic = to_dynamic(&outputs)?;
-    cx.journal(vec![RecordBody::StepFinished {
+    cx.defer(vec![RecordBody::StepFinished {
         step,
         name: name.to_owned(),
         status: StepStatus::Replayed,
@@ -355,7 +532,7 @@ pub(crate) fn finish_replayed(
         error: None,
         duration_ms: 0,
         attempts: 0,
-    }])?;
+    }]);
     Ok(dynamic)
 }
 
@@ -368,6 +545,10 @@ pub(crate) fn run_leaf(
     body: impl FnOnce(&RunContext, u32) -> LeafResult,
 ) -> Result<Dynamic, ScriptError> {
     let cx = current()?;
+    if durability == Durability::WriteAhead && cx.inline() {
+        // It would block the async worker: start the run over on a thread of its own.
+        return Err(needs_thread());
+    }
     let step = match begin(&cx, name)? {
         Begin::Replayed(step, outputs) => return finish_replayed(&cx, step, name, outputs),
         Begin::Live(step) => step,
@@ -380,7 +561,7 @@ pub(crate) fn run_leaf(
     let mut pending = Vec::with_capacity(3);
     match durability {
         Durability::WriteAhead => cx.journal(vec![started_record])?,
-        Durability::AfterTheFact => pending.push(started_record),
+        Durability::Deferred => pending.push(started_record),
     }
     let started = Instant::now();
     let result = body(&cx, step);
@@ -399,7 +580,10 @@ pub(crate) fn run_leaf(
         duration_ms,
         attempts: result.attempts,
     });
-    cx.journal(pending)?;
+    match durability {
+        Durability::WriteAhead => cx.journal(pending)?,
+        Durability::Deferred => cx.defer(pending),
+    }
     if let Some(stop) = result.stop {
         return Err(stop.error());
     }

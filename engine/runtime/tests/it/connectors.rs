@@ -245,22 +245,30 @@ impl firebreak_audit::AuditMirror for RefuseStepStarted {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_audit_write_fails_the_step_before_the_action_runs() {
+fn refusing_runner(
+    action: &'static str,
+) -> (firebreak_runtime::Runner, Arc<Fake>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let journal = Arc::new(
         firebreak_audit::Journal::open(dir.path().join("audit.jsonl"))
             .unwrap()
-            .with_mirror(Arc::new(RefuseStepStarted("fake::scale"))),
+            .with_mirror(Arc::new(RefuseStepStarted(action))),
     );
     let fake = Arc::new(Fake::default());
     let mut registry = Registry::new();
     registry.register(fake.clone());
-    let runner = firebreak_runtime::Runner::new(&registry, journal.clone(), config());
+    let runner = firebreak_runtime::Runner::new(&registry, journal, config());
+    (runner, fake, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_audit_write_fails_the_step_before_the_action_runs() {
+    let (runner, fake, _dir) = refusing_runner("fake::scale");
+    // `fake::one` makes the start durable; the write before `fake::scale` then fails.
     let outcome = runner
         .start(plan(
             "r1",
-            r#"log("before"); fake::scale("shop", "api", 2)"#,
+            r#"fake::one(); log("before"); fake::scale("shop", "api", 2)"#,
         ))
         .await
         .unwrap()
@@ -273,5 +281,55 @@ async fn a_failed_audit_write_fails_the_step_before_the_action_runs() {
         "{error}"
     );
     assert!(error.contains("audit stream unavailable"), "{error}");
+    assert_eq!(fake.count("one"), 1);
     assert_eq!(fake.count("scale"), 0, "no action without its audit record");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_start_cannot_be_journaled_does_not_start_and_acts_on_nothing() {
+    let (runner, fake, _dir) = refusing_runner("fake::scale");
+    // The first durable write carries run_started with the action's step_started.
+    let error = match runner
+        .start(plan(
+            "r1",
+            r#"log("before"); fake::scale("shop", "api", 2)"#,
+        ))
+        .await
+    {
+        Ok(_) => panic!("the run started although its start was not journaled"),
+        Err(e) => e,
+    };
+    assert!(
+        matches!(error, firebreak_runtime::RuntimeError::Journal { ref run_id, .. } if run_id == "r1"),
+        "{error:?}"
+    );
+    let chain = format!("{:?}", std::error::Error::source(&error));
+    assert!(chain.contains("audit stream unavailable"), "{chain}");
+    assert_eq!(fake.count("scale"), 0, "no action without its audit record");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_steps_before_an_action_are_logged_and_journaled_once() {
+    let (h, fake) = with_fake();
+    let (sink, lines) = collecting_sink();
+    let mut p = plan("r1", r#"log("before"); fake::one(); log("after")"#);
+    p.progress = Some(sink);
+    let (outcome, records) = run(&h, p).await;
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
+    assert_eq!(*lines.lock().unwrap(), vec!["before", "after"]);
+    assert_eq!(fake.count("one"), 1);
+    assert_eq!(
+        kinds(&records),
+        vec![
+            "run_started",
+            "started 1 log",
+            "finished 1 log ok",
+            "started 2 fake::one",
+            "evidence",
+            "finished 2 fake::one ok",
+            "started 3 log",
+            "finished 3 log ok",
+            "run_finished"
+        ]
+    );
 }

@@ -191,3 +191,38 @@ async fn closures_may_capture_ctx_and_script_functions_may_take_steps() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Short scripts of local steps run inline on the async worker; one that outgrows that attempt
+/// starts over on a blocking thread, and nothing of the first attempt shows twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_that_outgrows_the_inline_attempt_starts_over_without_doubling_anything() {
+    let h = harness(Registry::new(), config());
+    let (sink, lines) = collecting_sink();
+    let mut p = plan(
+        "r1",
+        r#"
+        log("first");
+        let n = step("count", || { let n = 0; for i in 0..20000 { n += 1 } n });
+        log(`counted ${n}`);
+        "#,
+    );
+    p.progress = Some(sink);
+    let (outcome, records) = run(&h, p).await;
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
+    assert_eq!(*lines.lock().unwrap(), vec!["first", "counted 20000"]);
+    assert_eq!(
+        kinds(&records),
+        vec![
+            "run_started",
+            "started 1 log",
+            "finished 1 log ok",
+            "started 2 count",
+            "finished 2 count ok",
+            "started 3 log",
+            "finished 3 log ok",
+            "run_finished"
+        ]
+    );
+    let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+}

@@ -75,9 +75,14 @@ fn main() -> Result<()> {
     // reqwest uses rustls without a built-in provider; install ring once, before any client.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    // The load generator shares the machine with the server it measures: one thread, so its
+    // own hand-offs between threads do not eat the server's CPU.
+    let runtime = match cli.command {
+        Command::Bench(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    }
+    .enable_all()
+    .build()?;
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve => {

@@ -36,7 +36,10 @@ use tracing::{debug, error, info, warn};
 
 use crate::error::Cause;
 use crate::state::{BUDGET_RETENTION, check_key};
-use crate::{AckHandle, Bus, BusError, BusErrorKind, Delivery, LockValue, RunRecord, StateStore};
+use crate::{
+    AckHandle, AuditMessage, Bus, BusError, BusErrorKind, Delivery, LockValue, RunRecord,
+    StateStore,
+};
 
 /// Settings of the JetStream bus. `Default` gives production values.
 #[derive(Debug, Clone)]
@@ -371,19 +374,27 @@ impl Bus for NatsBus {
         })
     }
 
-    fn publish_audit(
-        &self,
-        subject: String,
-        payload: Vec<u8>,
-    ) -> BoxFuture<'_, Result<(), BusError>> {
+    fn publish_audit(&self, records: Vec<AuditMessage>) -> BoxFuture<'_, Result<(), BusError>> {
         Box::pin(async move {
             self.check_connected()?;
-            self.js
-                .publish(subject, payload.into())
-                .await
-                .map_err(|e| BusError::nats("publish audit", publish_kind(e.kind()), e))?
-                .await
-                .map_err(|e| BusError::nats("publish audit ack", publish_kind(e.kind()), e))?;
+            let mut acks = Vec::with_capacity(records.len());
+            for record in records {
+                let ack = self
+                    .js
+                    .send_publish(
+                        record.subject,
+                        PublishMessage::build()
+                            .payload(record.payload.into())
+                            .message_id(record.id),
+                    )
+                    .await
+                    .map_err(|e| BusError::nats("publish audit", publish_kind(e.kind()), e))?;
+                acks.push(ack);
+            }
+            for ack in acks {
+                ack.await
+                    .map_err(|e| BusError::nats("publish audit ack", publish_kind(e.kind()), e))?;
+            }
             Ok(())
         })
     }
@@ -561,6 +572,10 @@ pub struct NatsStateStore {
     cooldowns: kv::Store,
     budgets: kv::Store,
     runs: kv::Store,
+    /// The locks this process took: kv key → (owner, revision), so that releasing one is a
+    /// single conditional delete instead of a read and a delete. Only a hint: the revision
+    /// check on the server decides.
+    held: std::sync::Mutex<std::collections::HashMap<String, (String, u64)>>,
 }
 
 fn kv_err(op: &str, e: impl Into<Cause>) -> BusError {
@@ -656,26 +671,31 @@ impl NatsStateStore {
             )
             .await?,
             runs: bucket("firebreak_runs", "run state", opts.run_retention).await?,
+            held: Default::default(),
         })
     }
 
+    fn held(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (String, u64)>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Writes `value` at `key` if the key is absent (`revision` None) or still at `revision`.
-    /// `Ok(false)` when another writer got there first.
+    /// The new revision, or `None` when another writer got there first.
     async fn cas(
         store: &kv::Store,
         key: &str,
         value: Vec<u8>,
         revision: Option<u64>,
-    ) -> Result<bool, BusError> {
+    ) -> Result<Option<u64>, BusError> {
         match revision {
             None => match store.create(key, value.into()).await {
-                Ok(_) => Ok(true),
-                Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Ok(false),
+                Ok(revision) => Ok(Some(revision)),
+                Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Ok(None),
                 Err(e) => Err(kv_err("kv create", e)),
             },
             Some(revision) => match store.update(key, value.into(), revision).await {
-                Ok(_) => Ok(true),
-                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(false),
+                Ok(revision) => Ok(Some(revision)),
+                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(None),
                 Err(e) => Err(kv_err("kv update", e)),
             },
         }
@@ -708,6 +728,22 @@ impl NatsStateStore {
     ) -> Result<bool, BusError> {
         check_key(key)?;
         let key = kv_key(key);
+        let lock = |now: i64| {
+            let value = LockValue {
+                owner: owner.to_owned(),
+                expires_ms: now + ttl.as_millis() as i64,
+            };
+            serde_json::to_vec(&value).map_err(|e| codec("lock", e))
+        };
+        if take {
+            // The common case, a free key: one create, no read first.
+            if let Some(revision) =
+                Self::cas(&self.locks, &key, lock(crate::now_ms())?, None).await?
+            {
+                self.held().insert(key, (owner.to_owned(), revision));
+                return Ok(true);
+            }
+        }
         for _ in 0..CAS_ATTEMPTS {
             let (current, revision) = self.lock_entry(&key).await?;
             let now = crate::now_ms();
@@ -716,16 +752,22 @@ impl NatsStateStore {
             if !(ours || (take && free)) {
                 return Ok(false);
             }
-            let value = LockValue {
-                owner: owner.to_owned(),
-                expires_ms: now + ttl.as_millis() as i64,
-            };
-            let bytes = serde_json::to_vec(&value).map_err(|e| codec("lock", e))?;
-            if Self::cas(&self.locks, &key, bytes, revision).await? {
+            if let Some(revision) = Self::cas(&self.locks, &key, lock(now)?, revision).await? {
+                self.held().insert(key, (owner.to_owned(), revision));
                 return Ok(true);
             }
         }
         Ok(false)
+    }
+
+    /// Deletes the lock at `key` if it is still at `revision`.
+    async fn delete_lock(&self, key: &str, revision: Option<u64>) -> Result<bool, BusError> {
+        match self.locks.delete_expect_revision(key, revision).await {
+            Ok(()) => Ok(true),
+            // Someone changed it since: it is no longer ours to release.
+            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(false),
+            Err(e) => Err(kv_err("kv delete lock", e)),
+        }
     }
 }
 
@@ -755,16 +797,21 @@ impl StateStore for NatsStateStore {
         Box::pin(async move {
             check_key(&key)?;
             let key = kv_key(&key);
+            let known = match self.held().remove(&key) {
+                Some((holder, revision)) if holder == owner => Some(revision),
+                _ => None,
+            };
+            // Our own last write: one conditional delete.
+            if let Some(revision) = known
+                && self.delete_lock(&key, Some(revision)).await?
+            {
+                return Ok(true);
+            }
             let (current, revision) = self.lock_entry(&key).await?;
             if current.is_none_or(|l| l.owner != owner) {
                 return Ok(false);
             }
-            match self.locks.delete_expect_revision(&key, revision).await {
-                Ok(()) => Ok(true),
-                // Someone changed it since we looked: it is no longer ours to release.
-                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(false),
-                Err(e) => Err(kv_err("kv delete lock", e)),
-            }
+            self.delete_lock(&key, revision).await
         })
     }
 
@@ -806,7 +853,10 @@ impl StateStore for NatsStateStore {
                 times.retain(|t| *t >= cutoff);
                 times.push(at.as_millisecond());
                 let bytes = serde_json::to_vec(&times).map_err(|e| codec("budget", e))?;
-                if Self::cas(&self.budgets, &key, bytes, entry.map(|e| e.revision)).await? {
+                if Self::cas(&self.budgets, &key, bytes, entry.map(|e| e.revision))
+                    .await?
+                    .is_some()
+                {
                     return Ok(());
                 }
             }

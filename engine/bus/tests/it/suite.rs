@@ -234,10 +234,11 @@ pub async fn two_consumers_split_work(h: &mut impl Harness) {
 
 pub async fn audit_publish_is_accepted(h: &mut impl Harness) {
     let bus = h.bus().await;
-    bus.publish_audit(
-        "firebreak.audit.ml-platform.run-1".into(),
-        br#"{"kind":"run_started"}"#.to_vec(),
-    )
+    bus.publish_audit(vec![firebreak_bus::AuditMessage {
+        subject: "firebreak.audit.ml-platform.run-1".into(),
+        id: "hash-1".into(),
+        payload: br#"{"kind":"run_started"}"#.to_vec(),
+    }])
     .await
     .expect("audit publish");
 }
@@ -308,6 +309,11 @@ pub async fn locks(h: &mut impl Harness) {
         !s.refresh_lock("short", "o1", ttl).await.unwrap(),
         "o1 lost it"
     );
+    assert!(
+        !s.unlock("short", "o1").await.unwrap(),
+        "o1 cannot release what o2 took over"
+    );
+    assert!(s.unlock("short", "o2").await.unwrap());
 
     // A race for one free lock: exactly one winner.
     let mut racers = Vec::new();

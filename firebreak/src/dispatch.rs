@@ -233,7 +233,11 @@ impl Dispatcher {
         let manifest = &m.runbook.manifest;
         let name = manifest.name.clone();
         let key = format!("{name}/{}", m.concurrency_key);
-        if let Some(until) = self.state.cooldown(&key).await? {
+        // A runbook without a cooldown has none to look up (one state-store read less per
+        // alert); one that had a cooldown before an edit removed it runs again at once.
+        if !manifest.cooldown.is_zero()
+            && let Some(until) = self.state.cooldown(&key).await?
+        {
             info!(runbook = %name, key = %key, until = %until, event_id = %event.id, "skipped: key in cooldown");
             metrics::counter!("firebreak_runs_skipped_total", "reason" => "cooldown").increment(1);
             return Ok(());

@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use firebreak_audit::{AuditMirror, Journal, Record};
-use firebreak_bus::{Bus, EmbeddedBus, FileStateStore, NatsBus, NatsOptions, StateStore};
+use firebreak_bus::{
+    AuditMessage, Bus, EmbeddedBus, FileStateStore, NatsBus, NatsOptions, StateStore,
+};
 use firebreak_connector::{ProgressSink, Registry};
 use firebreak_ingest::{IngestState, Refused};
 use firebreak_runtime::{CancellationToken, Runner, RunnerConfig};
@@ -246,48 +248,87 @@ fn authorize_trigger(dispatcher: Arc<Dispatcher>) -> firebreak_ingest::Authorize
     })
 }
 
-/// Mirrors every audit record into the JetStream audit stream.
+/// Mirrors every audit record into the JetStream audit stream: the journal's own lines, one
+/// message per run per append (the lines of that run's records, in order), so the stream holds
+/// the very bytes `audit verify` checks.
 struct BusMirror {
     bus: Arc<dyn Bus>,
 }
 
+/// Most bytes of journal lines in one audit message (NATS' default max payload is 1 MiB).
+const MIRROR_MESSAGE_BYTES: usize = 512 * 1024;
+
+impl BusMirror {
+    /// The append's records as audit messages: consecutive lines of one run, split so no
+    /// message grows past [`MIRROR_MESSAGE_BYTES`] (a single larger line goes alone).
+    fn messages(records: &[Record], lines: &[u8]) -> Vec<(u64, AuditMessage)> {
+        let mut out: Vec<(u64, AuditMessage)> = Vec::new();
+        let mut last_run: Option<&str> = None;
+        for (record, line) in records.iter().zip(lines.split_inclusive(|b| *b == b'\n')) {
+            let same_run = last_run == Some(record.run_id.as_str());
+            match out.last_mut() {
+                Some((_, message))
+                    if same_run && message.payload.len() + line.len() <= MIRROR_MESSAGE_BYTES =>
+                {
+                    message.payload.extend_from_slice(line);
+                    message.id.clone_from(&record.hash);
+                }
+                _ => out.push((
+                    record.seq,
+                    AuditMessage {
+                        subject: format!(
+                            "firebreak.audit.{}.{}",
+                            subject_token(&record.team),
+                            subject_token(&record.run_id)
+                        ),
+                        id: record.hash.clone(),
+                        payload: line.to_vec(),
+                    },
+                )),
+            }
+            last_run = Some(record.run_id.as_str());
+        }
+        out
+    }
+}
+
 impl AuditMirror for BusMirror {
-    fn publish<'a>(&'a self, record: &'a Record) -> BoxFuture<'a, Result<(), String>> {
+    fn publish<'a>(
+        &'a self,
+        records: &'a [Record],
+        lines: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), (u64, String)>> {
         Box::pin(async move {
-            let subject = format!(
-                "firebreak.audit.{}.{}",
-                subject_token(&record.team),
-                subject_token(&record.run_id)
-            );
-            let payload = serde_json::to_vec(record).map_err(|e| e.to_string())?;
-            // The record is already durable in the journal file. While NATS is briefly
+            let messages = Self::messages(records, lines);
+            let Some((first_seq, _)) = messages.first().cloned() else {
+                return Ok(());
+            };
+            let batch: Vec<AuditMessage> = messages.into_iter().map(|(_, m)| m).collect();
+            // The records are already durable in the journal file. While NATS is briefly
             // unreachable, retry (delaying the run) rather than fail the step; give up after
-            // MIRROR_RETRY_FOR so a lasting outage still fails loudly.
+            // MIRROR_RETRY_FOR so a lasting outage still fails loudly. A retry re-sends the
+            // whole batch: message ids keep the stream from storing anything twice.
             let deadline = tokio::time::Instant::now() + MIRROR_RETRY_FOR;
             let mut delay = Duration::from_millis(50);
             loop {
-                match self
-                    .bus
-                    .publish_audit(subject.clone(), payload.clone())
-                    .await
-                {
+                match self.bus.publish_audit(batch.clone()).await {
                     Ok(()) => return Ok(()),
                     Err(e)
                         if e.kind() != firebreak_bus::BusErrorKind::Permanent
                             && tokio::time::Instant::now() + delay < deadline =>
                     {
-                        warn!(error = %e, seq = record.seq, run_id = %record.run_id, "audit mirror unavailable; retrying");
+                        warn!(error = %e, seq = first_seq, "audit mirror unavailable; retrying");
                         tokio::time::sleep(delay).await;
                         delay = (delay * 2).min(Duration::from_secs(1));
                     }
-                    Err(e) => return Err(e.to_string()),
+                    Err(e) => return Err((first_seq, e.to_string())),
                 }
             }
         })
     }
 }
 
-/// How long one record's mirror publish is retried while NATS is unreachable.
+/// How long one append's mirror publish is retried while NATS is unreachable.
 const MIRROR_RETRY_FOR: Duration = Duration::from_secs(30);
 
 /// NATS subject tokens may not contain `.`, `*`, `>` or whitespace.
@@ -455,5 +496,83 @@ pub fn print_connectors(rbac: bool, namespace: &str) {
             action.doc,
             action.example
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use firebreak_audit::{RecordDraft, RunMeta};
+
+    /// Records of two runs sealed through a real journal, with their lines.
+    async fn sealed(runs: &[(&str, usize)]) -> (Vec<Record>, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path().join("audit.jsonl")).unwrap();
+        let mut drafts = Vec::new();
+        for (run, evidence_bytes) in runs {
+            let meta = Arc::new(RunMeta {
+                run_id: (*run).into(),
+                runbook: "rb".into(),
+                team: "ml.platform".into(),
+                actor: "tester".into(),
+                event_id: "e1".into(),
+            });
+            drafts.push(RecordDraft::new(
+                meta,
+                firebreak_audit::RecordBody::Evidence {
+                    step: 1,
+                    name: "blob".into(),
+                    data: serde_json::Value::String("x".repeat(*evidence_bytes)),
+                },
+            ));
+        }
+        let records = journal.append_all(drafts).await.unwrap();
+        let lines = std::fs::read(journal.path()).unwrap();
+        (records, lines)
+    }
+
+    #[tokio::test]
+    async fn audit_messages_group_one_runs_lines_and_stay_under_the_size_cap() {
+        let (records, lines) = sealed(&[("r1", 10), ("r1", 10), ("r2", 10), ("r1", 10)]).await;
+        let messages = BusMirror::messages(&records, &lines);
+        let shape: Vec<(u64, &str, usize)> = messages
+            .iter()
+            .map(|(seq, m)| {
+                (
+                    *seq,
+                    m.subject.as_str(),
+                    m.payload.split(|b| *b == b'\n').count() - 1,
+                )
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                (1, "firebreak.audit.ml_platform.r1", 2),
+                (3, "firebreak.audit.ml_platform.r2", 1),
+                (4, "firebreak.audit.ml_platform.r1", 1)
+            ]
+        );
+        assert_eq!(
+            messages[0].1.id, records[1].hash,
+            "id: the last record's hash"
+        );
+        let joined: Vec<u8> = messages
+            .iter()
+            .flat_map(|(_, m)| m.payload.clone())
+            .collect();
+        assert_eq!(joined, lines);
+
+        // Big records of one run are split at line boundaries.
+        let big = MIRROR_MESSAGE_BYTES / 2;
+        let (records, lines) = sealed(&[("r1", big), ("r1", big), ("r1", 10)]).await;
+        let messages = BusMirror::messages(&records, &lines);
+        assert_eq!(messages.len(), 2);
+        assert!(messages.iter().all(|(_, m)| m.payload.ends_with(b"\n")));
+        let joined: Vec<u8> = messages
+            .iter()
+            .flat_map(|(_, m)| m.payload.clone())
+            .collect();
+        assert_eq!(joined, lines);
     }
 }

@@ -29,12 +29,18 @@ use crate::record::{GENESIS_HASH, Record, RecordBody, RecordDraft, RunStatus, re
 /// Most appends sealed into one write + fsync.
 const MAX_BATCH: usize = 8192;
 
-/// A second home for every record, e.g. a NATS JetStream stream. Called after the record is
+/// A second home for every record, e.g. a NATS JetStream stream. Called after the records are
 /// durable in the journal; an error fails the append.
 pub trait AuditMirror: Send + Sync {
-    /// Publishes one durable record; records arrive in journal order per caller. Bound the
-    /// wait inside: an append waits for this future.
-    fn publish<'a>(&'a self, record: &'a Record) -> BoxFuture<'a, Result<(), String>>;
+    /// Publishes the records of one append, in journal order. `lines` holds them exactly as the
+    /// journal file does (one newline-terminated line each), so a mirror can store the very
+    /// bytes `audit verify` checks. On failure: the `seq` of the first record not taken, and
+    /// why. Bound the wait inside: the append waits for this future.
+    fn publish<'a>(
+        &'a self,
+        records: &'a [Record],
+        lines: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), (u64, String)>>;
 }
 
 /// Why the journal could not do what was asked.
@@ -371,11 +377,14 @@ impl Iterator for RecordIter {
 }
 
 /// Where a caller waits for its sealed records.
-type Reply = oneshot::Sender<Result<Vec<Record>, AuditError>>;
+/// The sealed records and, if asked for, their journal lines.
+type Reply = oneshot::Sender<Result<(Vec<Record>, Vec<u8>), AuditError>>;
 
 /// One caller's records waiting for the writer.
 struct Pending {
     drafts: Vec<RecordDraft>,
+    /// Hand the journal lines back with the records (for the mirror).
+    keep_lines: bool,
     reply: Reply,
 }
 
@@ -472,19 +481,18 @@ impl Journal {
         self.tx
             .as_ref()
             .ok_or(AuditError::Closed)?
-            .send(Pending { drafts, reply })
+            .send(Pending {
+                drafts,
+                keep_lines: self.mirror.is_some(),
+                reply,
+            })
             .map_err(|_| AuditError::Closed)?;
-        let records = answer.await.map_err(|_| AuditError::Closed)??;
+        let (records, lines) = answer.await.map_err(|_| AuditError::Closed)??;
         if let Some(mirror) = &self.mirror {
-            for record in &records {
-                mirror
-                    .publish(record)
-                    .await
-                    .map_err(|message| AuditError::Mirror {
-                        seq: record.seq,
-                        message,
-                    })?;
-            }
+            mirror
+                .publish(&records, &lines)
+                .await
+                .map_err(|(seq, message)| AuditError::Mirror { seq, message })?;
         }
         Ok(records)
     }
@@ -539,9 +547,13 @@ impl Drop for Journal {
 /// Set once a write or sync failed in a way that cannot be undone; every later append fails.
 type Poison = Arc<Mutex<Option<Arc<io::Error>>>>;
 
+/// One append of a written batch: its waiter, sealed records, their places in the file and
+/// (if asked for) their lines.
+type WrittenAppend = (Reply, Vec<Record>, Vec<LinePlace>, Vec<u8>);
+
 /// A batch written to the file (not yet synced), waiting for the syncer.
 struct Written {
-    batch: Vec<(Reply, Vec<Record>, Vec<LinePlace>)>,
+    batch: Vec<WrittenAppend>,
     /// File length after this batch.
     end: u64,
 }
@@ -591,6 +603,7 @@ fn writer_loop(
         for pending in batch.drain(..) {
             let mut records = Vec::with_capacity(pending.drafts.len());
             let mut places = Vec::with_capacity(pending.drafts.len());
+            let start = buf.len();
             for draft in pending.drafts {
                 let (record, len) = draft.seal(
                     next.next_seq,
@@ -604,7 +617,12 @@ fn writer_loop(
                 next.last_hash.clone_from(&record.hash);
                 records.push(record);
             }
-            written.batch.push((pending.reply, records, places));
+            let lines = if pending.keep_lines {
+                buf[start..].to_vec()
+            } else {
+                Vec::new()
+            };
+            written.batch.push((pending.reply, records, places, lines));
         }
         written.end = next.len;
 
@@ -623,7 +641,7 @@ fn writer_loop(
                     warn!(path = %shared.path.display(), error = %undo, "cannot undo a failed audit write; refusing further appends");
                     *poison.lock().expect("poison lock") = Some(source.clone());
                 }
-                for (reply, _, _) in written.batch {
+                for (reply, ..) in written.batch {
                     let _ = reply.send(Err(AuditError::Write {
                         path: shared.path.clone(),
                         source: source.clone(),
@@ -659,7 +677,7 @@ fn sync_loop(
                 {
                     let mut index = shared.index.lock().expect("audit index lock poisoned");
                     for written in &ready {
-                        for (_, records, places) in &written.batch {
+                        for (_, records, places, _) in &written.batch {
                             for (record, (offset, len)) in records.iter().zip(places) {
                                 index.add(record, *offset, *len);
                             }
@@ -671,8 +689,8 @@ fn sync_loop(
                 let count: usize = ready.iter().map(|w| w.batch.len()).sum();
                 debug!(appends = count, bytes = end, "audit batch durable");
                 for written in ready.drain(..) {
-                    for (reply, records, _) in written.batch {
-                        let _ = reply.send(Ok(records));
+                    for (reply, records, _, lines) in written.batch {
+                        let _ = reply.send(Ok((records, lines)));
                     }
                 }
             }
@@ -683,7 +701,7 @@ fn sync_loop(
                     .expect("poison lock")
                     .get_or_insert_with(|| source.clone());
                 for written in ready.drain(..) {
-                    for (reply, _, _) in written.batch {
+                    for (reply, ..) in written.batch {
                         let _ = reply.send(Err(poisoned(shared, &source)));
                     }
                 }

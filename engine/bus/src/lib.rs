@@ -48,14 +48,12 @@ pub trait Bus: Send + Sync {
         &self,
     ) -> BoxFuture<'_, Result<BoxStream<'static, Result<Delivery, BusError>>, BusError>>;
 
-    /// Appends one audit record to the audit stream (`FIREBREAK_AUDIT`, subject
-    /// `firebreak.audit.<team>.<run_id>`). The embedded bus has no audit stream (the journal file
-    /// is the record) and returns `Ok` without doing anything.
-    fn publish_audit(
-        &self,
-        subject: String,
-        payload: Vec<u8>,
-    ) -> BoxFuture<'_, Result<(), BusError>>;
+    /// Appends audit records to the audit stream (`FIREBREAK_AUDIT`, subject
+    /// `firebreak.audit.<team>.<run_id>`), in order, one message each: all are sent, then every
+    /// ack awaited. A record's `id` is its message id, so publishing a batch again after a
+    /// failure stores nothing twice. The embedded bus has no audit stream (the journal file is
+    /// the record) and returns `Ok` without doing anything.
+    fn publish_audit(&self, records: Vec<AuditMessage>) -> BoxFuture<'_, Result<(), BusError>>;
 
     /// Whether the bus can accept events right now (for `/readyz`).
     fn ready(&self) -> bool;
@@ -64,6 +62,15 @@ pub trait Bus: Send + Sync {
     /// fsyncs queued writes, refuses further calls ([`BusError::Closed`]) and releases its
     /// directory. Call it last on shutdown, after the consumers are done.
     fn close(&self) -> BoxFuture<'_, ()>;
+}
+
+/// One audit record for the audit stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditMessage {
+    pub subject: String,
+    /// Unique per record (its hash): the `Nats-Msg-Id`.
+    pub id: String,
+    pub payload: Vec<u8>,
 }
 
 /// One event handed to a consumer. Call [`Delivery::ack`] once the work it starts is safely

@@ -197,4 +197,42 @@ async fn alerts_answered_2xx_survive_a_nats_outage() {
     }
     let verify = serve.cli(&["audit", "verify"]).await.ok("audit verify");
     assert!(verify.stdout.starts_with("ok: "), "{verify}");
+
+    // The audit stream holds every journal line exactly once, byte for byte, retries and the
+    // outage notwithstanding.
+    let journal_lines: Vec<Vec<u8>> = std::fs::read(serve.journal_path())
+        .unwrap()
+        .split_inclusive(|b| *b == b'\n')
+        .map(<[u8]>::to_vec)
+        .collect();
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let mut stream = js
+        .get_stream("FIREBREAK_AUDIT")
+        .await
+        .expect("audit stream");
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let mut mirrored: Vec<Vec<u8>> = Vec::new();
+    for seq in 1..=last {
+        let message = stream.get_raw_message(seq).await.expect("audit message");
+        mirrored.extend(
+            message
+                .payload
+                .split_inclusive(|b| *b == b'\n')
+                .map(<[u8]>::to_vec),
+        );
+    }
+    let mut expected = journal_lines.clone();
+    expected.sort();
+    mirrored.sort();
+    assert_eq!(
+        mirrored.len(),
+        expected.len(),
+        "{} journal lines, {} in the audit stream",
+        expected.len(),
+        mirrored.len()
+    );
+    assert!(
+        mirrored == expected,
+        "the audit stream differs from the journal"
+    );
 }

@@ -231,37 +231,52 @@ async fn reads_list_runs_export_byte_for_byte_and_iterate() {
 #[derive(Default)]
 struct RecordingMirror {
     seen: Mutex<Vec<u64>>,
+    /// Every `lines` handed over, concatenated.
+    lines: Mutex<Vec<u8>>,
     fail_on: Option<u64>,
 }
 
 impl AuditMirror for RecordingMirror {
-    fn publish<'a>(&'a self, record: &'a Record) -> BoxFuture<'a, Result<(), String>> {
+    fn publish<'a>(
+        &'a self,
+        records: &'a [Record],
+        lines: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), (u64, String)>> {
         Box::pin(async move {
-            if Some(record.seq) == self.fail_on {
-                return Err("stream unavailable".to_owned());
+            if let Some(r) = records.iter().find(|r| Some(r.seq) == self.fail_on) {
+                return Err((r.seq, "stream unavailable".to_owned()));
             }
-            self.seen.lock().unwrap().push(record.seq);
+            self.seen
+                .lock()
+                .unwrap()
+                .extend(records.iter().map(|r| r.seq));
+            self.lines.lock().unwrap().extend_from_slice(lines);
             Ok(())
         })
     }
 }
 
 #[tokio::test]
-async fn the_mirror_sees_every_record_and_its_failure_fails_the_append() {
+async fn the_mirror_gets_every_record_with_its_journal_line_and_its_failure_fails_the_append() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");
     let mirror = Arc::new(RecordingMirror {
-        fail_on: Some(3),
+        fail_on: Some(4),
         ..Default::default()
     });
     let journal = Journal::open(&path).unwrap().with_mirror(mirror.clone());
     let drafts = run_drafts("r1");
     journal.append(drafts[0].clone()).await.unwrap();
-    journal.append(drafts[1].clone()).await.unwrap();
-    let err = journal.append(drafts[2].clone()).await.unwrap_err();
-    assert!(matches!(err, AuditError::Mirror { seq: 3, .. }), "{err}");
+    journal.append_all(drafts[1..3].to_vec()).await.unwrap();
+    assert_eq!(*mirror.seen.lock().unwrap(), vec![1, 2, 3]);
+    assert_eq!(
+        *mirror.lines.lock().unwrap(),
+        std::fs::read(&path).unwrap(),
+        "the mirror gets the journal's own bytes"
+    );
+    let err = journal.append(drafts[3].clone()).await.unwrap_err();
+    assert!(matches!(err, AuditError::Mirror { seq: 4, .. }), "{err}");
     assert!(err.to_string().contains("stream unavailable"));
-    assert_eq!(*mirror.seen.lock().unwrap(), vec![1, 2]);
 }
 
 #[tokio::test]

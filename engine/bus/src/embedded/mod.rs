@@ -448,8 +448,7 @@ impl Bus for EmbeddedBus {
 
     fn publish_audit(
         &self,
-        _subject: String,
-        _payload: Vec<u8>,
+        _records: Vec<crate::AuditMessage>,
     ) -> BoxFuture<'_, Result<(), BusError>> {
         // The audit journal file is the durable record in embedded mode.
         Box::pin(async { Ok(()) })

@@ -253,23 +253,37 @@ async fn a_deleted_stream_is_recreated_by_publish_and_consume() {
     d.ack().await.unwrap();
 }
 
-/// An audit record lands in the `FIREBREAK_AUDIT` stream under its subject, byte for byte.
+/// Audit records land in the `FIREBREAK_AUDIT` stream under their subjects, byte for byte, in
+/// order; publishing the same batch again (a retry) stores nothing twice.
 #[tokio::test]
-async fn audit_records_are_stored_in_the_audit_stream() {
+async fn audit_records_are_stored_in_the_audit_stream_once_and_in_order() {
     let mut h = Nats::new(ACK_WAIT);
     let bus = h.connect().await;
-    let payload = br#"{"kind":"run_started","run_id":"r-1"}"#.to_vec();
-    bus.publish_audit("firebreak.audit.ml-platform.r-1".into(), payload.clone())
-        .await
-        .unwrap();
+    let batch: Vec<firebreak_bus::AuditMessage> = (1..=3)
+        .map(|seq| firebreak_bus::AuditMessage {
+            subject: "firebreak.audit.ml-platform.r-1".into(),
+            id: format!("hash-{seq}"),
+            payload: format!(r#"{{"seq":{seq},"run_id":"r-1"}}"#).into_bytes(),
+        })
+        .collect();
+    bus.publish_audit(batch.clone()).await.unwrap();
+    bus.publish_audit(batch.clone()).await.unwrap();
     let admin = async_nats::jetstream::new(async_nats::connect(h.server.url()).await.unwrap());
-    let stream = admin
+    let mut stream = admin
         .get_stream("FIREBREAK_AUDIT")
         .await
         .expect("audit stream");
-    let stored = stream
-        .get_last_raw_message_by_subject("firebreak.audit.ml-platform.r-1")
-        .await
-        .expect("stored record");
-    assert_eq!(stored.payload.as_ref(), payload.as_slice());
+    assert_eq!(
+        stream.info().await.unwrap().state.messages,
+        3,
+        "retry deduplicated"
+    );
+    for (i, record) in batch.iter().enumerate() {
+        let stored = stream
+            .get_raw_message(i as u64 + 1)
+            .await
+            .expect("stored record");
+        assert_eq!(stored.subject.as_str(), record.subject);
+        assert_eq!(stored.payload.as_ref(), record.payload.as_slice());
+    }
 }

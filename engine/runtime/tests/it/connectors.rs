@@ -232,16 +232,17 @@ struct RefuseStepStarted(&'static str);
 impl firebreak_audit::AuditMirror for RefuseStepStarted {
     fn publish<'a>(
         &'a self,
-        record: &'a firebreak_audit::Record,
-    ) -> futures::future::BoxFuture<'a, Result<(), String>> {
-        let refuse = matches!(&record.body, RecordBody::StepStarted { name, .. } if name == self.0);
-        Box::pin(async move {
-            if refuse {
-                Err("audit stream unavailable".to_owned())
-            } else {
-                Ok(())
-            }
-        })
+        records: &'a [firebreak_audit::Record],
+        _lines: &'a [u8],
+    ) -> futures::future::BoxFuture<'a, Result<(), (u64, String)>> {
+        let refused = records
+            .iter()
+            .find(|r| matches!(&r.body, RecordBody::StepStarted { name, .. } if name == self.0));
+        let result = match refused {
+            Some(r) => Err((r.seq, "audit stream unavailable".to_owned())),
+            None => Ok(()),
+        };
+        Box::pin(async move { result })
     }
 }
 

@@ -330,6 +330,22 @@ const SECRET_KEYS: &[&str] = &[
 
 /// Whether a map key names something that must not be journaled.
 pub fn is_secret_key(key: &str) -> bool {
+    // Most keys are short ASCII: fold them on the stack (this runs for every key journaled).
+    if key.len() <= 64 && key.is_ascii() {
+        let mut buf = [0u8; 64];
+        let mut len = 0;
+        for b in key
+            .bytes()
+            .filter(|b| !matches!(b, b'_' | b'-' | b'.' | b' '))
+        {
+            buf[len] = b.to_ascii_lowercase();
+            len += 1;
+        }
+        let folded = &buf[..len];
+        return SECRET_KEYS
+            .iter()
+            .any(|k| folded.windows(k.len()).any(|w| w == k.as_bytes()));
+    }
     let folded: String = key
         .chars()
         .filter(|c| !matches!(c, '_' | '-' | '.' | ' '))
@@ -425,6 +441,26 @@ mod tests {
             record.hash
         );
         assert_eq!(record.hash.len(), 64);
+    }
+
+    #[test]
+    fn secret_key_detection_is_the_same_for_short_long_and_non_ascii_keys() {
+        let long = format!("{}_Session-Id", "x".repeat(70));
+        for (key, secret) in [
+            ("x-Auth.TOKEN", true),
+            ("PRIVATE_KEY", true),
+            ("privatekeyid", true),
+            ("tok_en", true),
+            ("name", false),
+            ("", false),
+            (long.as_str(), true),
+            ("x".repeat(80).as_str(), false),
+            // U+212A KELVIN SIGN lowercases to an ASCII `k`.
+            ("api\u{212A}ey", true),
+            ("pässwort", false),
+        ] {
+            assert_eq!(is_secret_key(key), secret, "{key:?}");
+        }
     }
 
     #[test]

@@ -29,6 +29,9 @@ use crate::record::{GENESIS_HASH, Record, RecordBody, RecordDraft, RunStatus, re
 /// Most appends sealed into one write + fsync.
 const MAX_BATCH: usize = 8192;
 
+/// How long a sync under load waits for more appends to share it.
+const LINGER: std::time::Duration = std::time::Duration::from_micros(250);
+
 /// A second home for every record, e.g. a NATS JetStream stream. Called after the records are
 /// durable in the journal; an error fails the append.
 pub trait AuditMirror: Send + Sync {
@@ -107,6 +110,8 @@ struct Index {
     runs: HashMap<String, RunEntry>,
     /// Run ids in order of first appearance.
     order: Vec<String>,
+    /// Trigger event id → ids of the runs it started.
+    by_event: HashMap<String, Vec<String>>,
 }
 
 /// (byte offset, length including the newline) of one record line.
@@ -142,6 +147,12 @@ impl Index {
         };
         entry.lines.push((offset, len));
         entry.summary.records += 1;
+        if let RecordBody::RunStarted { .. } = &record.body {
+            self.by_event
+                .entry(record.event_id.clone())
+                .or_default()
+                .push(record.run_id.clone());
+        }
         if let RecordBody::RunFinished { status, .. } = &record.body {
             entry.summary.finished = Some(record.time);
             entry.summary.status = Some(*status);
@@ -303,6 +314,18 @@ impl JournalReader {
     pub fn run(&self, run_id: &str) -> Option<RunSummary> {
         let index = self.shared.index.lock().expect("audit index lock poisoned");
         index.runs.get(run_id).map(|e| e.summary.clone())
+    }
+
+    /// The runs the event `event_id` started (by their `run_started` records), oldest first.
+    pub fn runs_for_event(&self, event_id: &str) -> Vec<RunSummary> {
+        let index = self.shared.index.lock().expect("audit index lock poisoned");
+        index
+            .by_event
+            .get(event_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|run_id| index.runs.get(run_id).map(|e| e.summary.clone()))
+            .collect()
     }
 
     /// Runs with a `RunStarted` but no `RunFinished`: what a restarted engine resumes.
@@ -517,6 +540,11 @@ impl Journal {
         self.reader.runs()
     }
 
+    /// See [`JournalReader::runs_for_event`].
+    pub fn runs_for_event(&self, event_id: &str) -> Vec<RunSummary> {
+        self.reader.runs_for_event(event_id)
+    }
+
     /// See [`JournalReader::unfinished_runs`].
     pub fn unfinished_runs(&self) -> Vec<RunSummary> {
         self.reader.unfinished_runs()
@@ -664,9 +692,25 @@ fn sync_loop(
     poison: &Poison,
 ) {
     let mut ready: Vec<Written> = Vec::new();
+    let mut last_count = 0;
     while let Ok(first) = rx.recv() {
         ready.push(first);
         ready.extend(rx.try_iter());
+        // Under load (the last sync served several appends) wait a moment for as many as last
+        // time, so one sync serves them all; a lone append is synced at once.
+        if last_count > 1 {
+            let until = std::time::Instant::now() + LINGER;
+            let count = |ready: &[Written]| ready.iter().map(|w| w.batch.len()).sum::<usize>();
+            while count(&ready) < last_count
+                && let Some(left) = until.checked_duration_since(std::time::Instant::now())
+            {
+                match rx.recv_timeout(left) {
+                    Ok(written) => ready.push(written),
+                    Err(_) => break,
+                }
+            }
+        }
+        last_count = ready.iter().map(|w| w.batch.len()).sum();
         let poisoned_by = poison.lock().expect("poison lock").clone();
         let result = match poisoned_by {
             Some(source) => Err(source),

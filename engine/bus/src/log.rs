@@ -23,7 +23,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
@@ -38,6 +38,10 @@ pub(crate) type Snapshot = Box<dyn Fn() -> Vec<u8> + Send>;
 
 /// Most records the writer takes in one group commit.
 const MAX_BATCH: usize = 8192;
+
+/// How long a commit under load waits for more callers to share its fsync (group commit
+/// delay, like PostgreSQL's `commit_delay`).
+pub(crate) const LINGER: Duration = Duration::from_micros(250);
 
 /// Longest a lazy record waits for a commit to join before it gets one of its own.
 pub(crate) const LAZY_FLUSH: Duration = Duration::from_millis(10);
@@ -251,6 +255,7 @@ impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Cmd>) {
         let mut buf = Vec::new();
         let mut waiters = Vec::new();
+        let mut last_batch = 0;
         loop {
             let first = match self.next_wait() {
                 None => rx.recv().map_err(|_| ()),
@@ -264,6 +269,9 @@ impl Writer {
             let mut close = None;
             buf.clear();
             let mut next = Some(first);
+            // Under load (the last commit served several callers) wait a moment for as many
+            // as last time, so one fsync serves them all; a lone caller is committed at once.
+            let linger_until = (last_batch > 1).then(|| Instant::now() + LINGER);
             while let Some(cmd) = next.take() {
                 match cmd {
                     Cmd::Append { bytes, after, done } => {
@@ -277,9 +285,17 @@ impl Writer {
                     }
                 }
                 if waiters.len() < MAX_BATCH {
-                    next = rx.try_recv().ok();
+                    next = match rx.try_recv() {
+                        Ok(cmd) => Some(cmd),
+                        Err(_) if waiters.len() >= last_batch => None,
+                        Err(_) => linger_until.and_then(|until| {
+                            rx.recv_timeout(until.saturating_duration_since(Instant::now()))
+                                .ok()
+                        }),
+                    };
                 }
             }
+            last_batch = waiters.len();
             // Lazy records were queued before the commands taken after them; none of them
             // depends on the others' order.
             let lazy = std::mem::take(&mut self.lazy().bytes);

@@ -2,10 +2,11 @@
 //!
 //! Start at [`Dispatcher::handle`]. For each event:
 //! 1. match it against the loaded runbooks (or resolve a manual trigger by name);
-//! 2. per matched runbook, with key `<runbook>/<concurrency key>`: skip it while the key is in
-//!    cooldown, refuse it (audited) when the remediation budget for the key is spent, skip it
-//!    while another run holds the key's lock (one run per incident: Alertmanager re-sends a
-//!    firing group every `repeat_interval`);
+//! 2. per matched runbook, with key `<runbook>/<concurrency key>`: skip it if the journal shows
+//!    this very message started it already (a redelivery after a lost ack); skip it while the
+//!    key is in cooldown, refuse it (audited) when the remediation budget for the key is spent,
+//!    skip it while another run holds the key's lock (one run per incident: Alertmanager
+//!    re-sends a firing group every `repeat_interval`);
 //! 3. start the run; the runtime answers once `RunStarted` is durable in the journal;
 //! 4. only then ack the delivery. If a start fails, the delivery is nak'ed and comes back.
 //!
@@ -206,7 +207,7 @@ impl Dispatcher {
         for m in matches {
             match m {
                 Ok(m) => {
-                    if let Err(e) = self.start(&loaded, event, m).await {
+                    if let Err(e) = self.start(&loaded, event, delivery.published, m).await {
                         error!(event_id = %event.id, error = %e, cause = ?std::error::Error::source(&e), "run could not start; the event will be redelivered");
                         retry = true;
                     }
@@ -229,9 +230,30 @@ impl Dispatcher {
         }
     }
 
-    async fn start(&self, loaded: &Loaded, event: &Event, m: Match) -> Result<(), StartError> {
+    async fn start(
+        &self,
+        loaded: &Loaded,
+        event: &Arc<Event>,
+        published: jiff::Timestamp,
+        m: Match,
+    ) -> Result<(), StartError> {
         let manifest = &m.runbook.manifest;
         let name = manifest.name.clone();
+        // A redelivery of a message whose run already started (the engine stopped after
+        // journaling the start but before the bus had the ack): that run, resumed from the
+        // journal if it did not finish, is this delivery's run. A later publish of the same
+        // event (Alertmanager repeating it past the bus' duplicate window) is new work.
+        if let Some(run) = self
+            .journal
+            .runs_for_event(&event.id)
+            .into_iter()
+            .find(|r| r.runbook == name && r.started >= published)
+        {
+            info!(runbook = %name, run_id = %run.run_id, event_id = %event.id, "skipped: this delivery's run was started before");
+            metrics::counter!("firebreak_runs_skipped_total", "reason" => "redelivered")
+                .increment(1);
+            return Ok(());
+        }
         let key = format!("{name}/{}", m.concurrency_key);
         // A runbook without a cooldown has none to look up (one state-store read less per
         // alert); one that had a cooldown before an edit removed it runs again at once.

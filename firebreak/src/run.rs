@@ -124,7 +124,7 @@ pub async fn run(cfg: Config, args: RunArgs) -> Result<()> {
                 team: rb.team.clone(),
                 namespaces: rb.namespaces.clone(),
                 ast: loaded.asts[&rb.name].clone(),
-                event,
+                event: Arc::new(event),
                 params: m.params,
                 actor: args.actor.clone(),
                 dry_run: args.dry_run,

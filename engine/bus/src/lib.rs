@@ -13,6 +13,7 @@
 //! that is not acked is delivered again (after the ack wait, and after a restart); an event may
 //! be delivered twice, but an accepted event is never lost.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use firebreak_event::Event;
@@ -77,18 +78,27 @@ pub struct AuditMessage {
 /// recorded; [`Delivery::nak`] to have it delivered again later. A delivery dropped without
 /// either is delivered again after the ack wait.
 pub struct Delivery {
-    /// The event.
-    pub event: Event,
+    /// The event (shared: consumers hand it on without copying it).
+    pub event: Arc<Event>,
     /// 1 on the first delivery, 2 on the first redelivery, and so on.
     pub attempt: u32,
+    /// When the bus accepted the event. Work started after this instant for this event was
+    /// started by an earlier delivery of this very message (a redelivery after a lost ack).
+    pub published: jiff::Timestamp,
     handle: Box<dyn AckHandle>,
 }
 
 impl Delivery {
-    pub(crate) fn new(event: Event, attempt: u32, handle: Box<dyn AckHandle>) -> Self {
+    pub(crate) fn new(
+        event: Arc<Event>,
+        attempt: u32,
+        published: jiff::Timestamp,
+        handle: Box<dyn AckHandle>,
+    ) -> Self {
         Delivery {
             event,
             attempt,
+            published,
             handle,
         }
     }

@@ -16,6 +16,7 @@
 //!
 //! Start at [`NatsBus::connect`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::connection::State;
@@ -489,13 +490,22 @@ impl PullState {
 /// Turns a JetStream message into a delivery. A payload that is not an event can never be
 /// processed: it is logged and terminated so it stops being redelivered.
 async fn decode(message: jetstream::Message) -> Option<Delivery> {
-    let attempt = message
-        .info()
-        .map(|i| u32::try_from(i.delivered).unwrap_or(u32::MAX))
-        .unwrap_or(1);
+    let (attempt, published) = match message.info() {
+        Ok(info) => (
+            u32::try_from(info.delivered).unwrap_or(u32::MAX),
+            Timestamp::from_nanosecond(info.published.unix_timestamp_nanos())
+                .unwrap_or_else(|_| Timestamp::now()),
+        ),
+        Err(_) => (1, Timestamp::now()),
+    };
     let (message, acker) = message.split();
     match serde_json::from_slice::<Event>(&message.payload) {
-        Ok(event) => Some(Delivery::new(event, attempt, Box::new(NatsAck { acker }))),
+        Ok(event) => Some(Delivery::new(
+            Arc::new(event),
+            attempt,
+            published,
+            Box::new(NatsAck { acker }),
+        )),
         Err(e) => {
             error!(subject = %message.subject, error = %e, "dropping a message that is not an event");
             if let Err(e) = acker.ack_with(AckKind::Term).await {

@@ -71,7 +71,7 @@ fn main() {
                         team: "perf".into(),
                         namespaces: vec!["shop".into()],
                         ast: ast.clone(),
-                        event: event.clone(),
+                        event: Arc::new(event.clone()),
                         params: serde_json::Map::new(),
                         actor: "bench".into(),
                         dry_run: false,

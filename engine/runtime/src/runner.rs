@@ -59,7 +59,7 @@ pub struct RunPlan {
     pub namespaces: Vec<String>,
     /// The compiled script (see [`crate::compile`]).
     pub ast: Arc<AST>,
-    pub event: Event,
+    pub event: Arc<Event>,
     pub params: Map<String, Value>,
     /// Who started the run (`alertmanager`, a user).
     pub actor: String,
@@ -200,7 +200,7 @@ impl Runner {
             actor: plan.actor,
             event_id: plan.event.id.clone(),
         });
-        let event = serde_json::to_value(&plan.event).expect("events always serialize to JSON");
+        let event = serde_json::to_value(&*plan.event).expect("events always serialize to JSON");
         let params = Value::Object(plan.params);
         // Built before the values move into the journal record: no copy of the event is kept.
         let ctx = script_ctx(&meta, &event, &params, plan.dry_run);

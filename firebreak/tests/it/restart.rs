@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::harness::{Serve, ServeOpts, write_runbooks};
+use crate::harness::{Serve, ServeOpts, wait_for, write_runbooks};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_run_interrupted_by_a_crash_resumes_after_restart() {
@@ -167,4 +167,90 @@ async fn a_run_stopped_by_sigterm_is_finished_after_the_next_start() {
     );
     let verify = serve.cli(&["audit", "verify"]).await.ok("audit verify");
     assert!(verify.stdout.starts_with("ok: "), "{verify}");
+}
+
+/// The engine crashed after journaling a run's start but before the bus had the ack (here the
+/// ack line is cut from the bus log, which is what a crash in that window leaves): on restart
+/// the run resumes from the journal and the redelivered alert starts no second run.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redelivery_after_a_lost_ack_starts_no_second_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("runbooks");
+    write_runbooks(
+        &dir,
+        &[
+            (
+                "drain.yaml",
+                "name: drain\nteam: sre\ndescription: drains a node slowly\nnamespaces: [shop]\n\
+                 triggers:\n  - source: alertmanager\n    status: firing\n    match: ['alertname=\"NodeBad\"']\n\
+                 params:\n  node: { from: label, key: node, type: string, required: true }\n\
+                 concurrency: \"{{params.node}}\"\ntimeout: 60s\n",
+            ),
+            (
+                "drain.rhai",
+                "log(`draining ${ctx.params.node}`);\nsleep(1000);\nlog(`drained ${ctx.params.node}`);\n",
+            ),
+        ],
+    );
+    let mut serve = Serve::start(&dir, ServeOpts::default()).await;
+    let alert = json!({
+        "version": "4", "status": "firing", "receiver": "firebreak", "groupKey": "g",
+        "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {}, "externalURL": "",
+        "alerts": [{"status": "firing",
+            "labels": {"alertname": "NodeBad", "namespace": "shop", "node": "n2"},
+            "annotations": {}, "startsAt": "2026-11-27T03:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
+            "generatorURL": "", "fingerprint": "00000000000000ab"}],
+    })
+    .to_string();
+    let (status, body) = serve.post("/v1/alertmanager", None, alert).await;
+    assert_eq!(status, 202, "{body}");
+    serve
+        .wait_journal(
+            "the run to be in its sleep step",
+            Duration::from_secs(20),
+            |j| {
+                j.records
+                    .iter()
+                    .any(|r| r["body"]["type"] == "step_started" && r["body"]["name"] == "sleep")
+            },
+        )
+        .await;
+    serve.kill();
+    let log = serve.data_dir.join("bus/events.log");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains(r#""op":"publish""#), "{text}");
+    let without_acks: String = text
+        .lines()
+        .filter(|l| !l.contains(r#""op":"ack""#))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&log, without_acks).unwrap();
+
+    serve.restart().await;
+    let journal = serve
+        .wait_journal("the resumed run to finish", Duration::from_secs(30), |j| {
+            j.finished("drain").len() == 1
+        })
+        .await;
+    assert_eq!(
+        journal.runs_of("drain").len(),
+        1,
+        "no second run: {}",
+        journal.summary()
+    );
+    wait_for(
+        "the redelivery to be skipped",
+        Duration::from_secs(10),
+        || serve.log_tail(),
+        || async {
+            serve
+                .log_lines()
+                .iter()
+                .any(|l| {
+                    l["fields"]["message"] == "skipped: this delivery's run was started before"
+                })
+                .then_some(())
+        },
+    )
+    .await;
 }

@@ -66,6 +66,14 @@ enum Record {
     Ack { id: String },
 }
 
+/// A `Record::Publish` line written from a borrowed event (the same JSON, no copy).
+#[derive(Serialize)]
+#[serde(tag = "op", rename = "publish")]
+struct PublishRef<'a> {
+    at_ms: i64,
+    event: &'a Event,
+}
+
 /// The in-process bus. Cheap to share behind an `Arc`; see the module docs.
 pub struct EmbeddedBus {
     shared: Arc<Shared>,
@@ -95,7 +103,7 @@ enum Stage {
 }
 
 struct Entry {
-    event: Event,
+    event: Arc<Event>,
     /// Order of acceptance, kept through compactions.
     seq: u64,
     at_ms: i64,
@@ -128,6 +136,7 @@ struct Queue {
 
 impl Queue {
     fn insert(&mut self, event: Event, at_ms: i64) {
+        let event = Arc::new(event);
         let id = event.id.clone();
         if self.entries.contains_key(&id) {
             return;
@@ -224,7 +233,7 @@ impl Queue {
         &mut self,
         now: Instant,
         ack_wait: Duration,
-    ) -> Option<(Event, u32, String, u64)> {
+    ) -> Option<(Arc<Event>, u32, i64, String, u64)> {
         while let Some((id, token)) = self.ready.pop_front() {
             let Some(entry) = self.entries.get_mut(&id) else {
                 continue; // acked meanwhile
@@ -237,9 +246,9 @@ impl Queue {
             entry.attempts += 1;
             entry.due = Some(due);
             let event = entry.event.clone();
-            let attempts = entry.attempts;
+            let (attempts, at_ms) = (entry.attempts, entry.at_ms);
             self.push_timer(due, id.clone());
-            return Some((event, attempts, id, token));
+            return Some((event, attempts, at_ms, id, token));
         }
         None
     }
@@ -250,9 +259,9 @@ impl Queue {
         entries.sort_by_key(|e| e.seq);
         let mut out = Vec::new();
         for entry in entries {
-            let record = Record::Publish {
+            let record = PublishRef {
                 at_ms: entry.at_ms,
-                event: entry.event.clone(),
+                event: &entry.event,
             };
             // These events were encoded once already when published, so this cannot fail.
             if serde_json::to_writer(&mut out, &record).is_ok() {
@@ -380,10 +389,7 @@ impl Bus for EmbeddedBus {
             let at_ms = now_ms();
             let mut lines = Vec::with_capacity(events.len());
             for event in &events {
-                let record = Record::Publish {
-                    at_ms,
-                    event: event.clone(),
-                };
+                let record = PublishRef { at_ms, event };
                 let mut line = serde_json::to_vec(&record).map_err(|source| BusError::Codec {
                     what: format!("event {}", event.id),
                     source,
@@ -484,7 +490,7 @@ impl Consumer {
                 }
                 let now = Instant::now();
                 queue.fire_timers(now);
-                if let Some((event, attempt, id, token)) =
+                if let Some((event, attempt, at_ms, id, token)) =
                     queue.take_ready(now, self.shared.ack_wait)
                 {
                     let handle = EmbeddedAck {
@@ -492,7 +498,9 @@ impl Consumer {
                         id,
                         token,
                     };
-                    return Some(Delivery::new(event, attempt, Box::new(handle)));
+                    let published = jiff::Timestamp::from_millisecond(at_ms)
+                        .unwrap_or_else(|_| jiff::Timestamp::now());
+                    return Some(Delivery::new(event, attempt, published, Box::new(handle)));
                 }
                 queue.timers.peek().map(|Reverse((due, _))| *due)
             };
@@ -601,12 +609,32 @@ mod tests {
     }
 
     #[test]
+    fn a_publish_line_written_from_a_borrowed_event_reads_back_as_a_publish_record() {
+        let e = event("e1");
+        let line = serde_json::to_vec(&PublishRef {
+            at_ms: 7,
+            event: &e,
+        })
+        .unwrap();
+        let owned = serde_json::to_vec(&Record::Publish {
+            at_ms: 7,
+            event: e.clone(),
+        })
+        .unwrap();
+        assert_eq!(line, owned);
+        match serde_json::from_slice::<Record>(&line).unwrap() {
+            Record::Publish { at_ms, event } => assert_eq!((at_ms, event), (7, e)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn acked_deliveries_do_not_pile_up_timers() {
         let mut queue = Queue::default();
         let now = Instant::now();
         for i in 0..5000 {
             queue.insert(event(&format!("e{i}")), 0);
-            let (_, _, id, _) = queue.take_ready(now, Duration::from_secs(60)).unwrap();
+            let (_, _, _, id, _) = queue.take_ready(now, Duration::from_secs(60)).unwrap();
             queue.entries.remove(&id); // acked
         }
         assert!(
@@ -619,11 +647,11 @@ mod tests {
         queue.take_ready(now, Duration::from_secs(1)).unwrap();
         for i in 0..3000 {
             queue.insert(event(&format!("f{i}")), 0);
-            let (_, _, id, _) = queue.take_ready(now, Duration::from_secs(60)).unwrap();
+            let (_, _, _, id, _) = queue.take_ready(now, Duration::from_secs(60)).unwrap();
             queue.entries.remove(&id);
         }
         queue.fire_timers(now + Duration::from_secs(2));
-        let (event, attempts, _, _) = queue.take_ready(now, Duration::from_secs(60)).unwrap();
+        let (event, attempts, _, _, _) = queue.take_ready(now, Duration::from_secs(60)).unwrap();
         assert_eq!((event.id.as_str(), attempts), ("live", 2));
     }
 

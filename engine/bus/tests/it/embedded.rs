@@ -154,8 +154,8 @@ async fn a_torn_last_record_is_dropped_and_the_rest_kept() {
     assert_eq!(bus.pending(), 2);
     let mut stream = bus.consume().await.unwrap();
     let mut ids = vec![
-        next(&mut stream).await.event.id,
-        next(&mut stream).await.event.id,
+        next(&mut stream).await.event.id.clone(),
+        next(&mut stream).await.event.id.clone(),
     ];
     ids.sort();
     assert_eq!(ids, ["t1", "t2"]);
@@ -269,7 +269,7 @@ async fn compaction_under_concurrent_publish_and_ack_keeps_exactly_the_unacked()
     let mut stream = bus.consume().await.unwrap();
     let mut again = std::collections::BTreeSet::new();
     for _ in 0..unacked.len() {
-        again.insert(next(&mut stream).await.event.id);
+        again.insert(next(&mut stream).await.event.id.clone());
     }
     assert_eq!(again, unacked);
 }

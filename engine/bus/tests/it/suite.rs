@@ -56,7 +56,10 @@ pub async fn next(stream: &mut Deliveries) -> Delivery {
 /// Asserts nothing is delivered for [`QUIET_FOR`].
 pub async fn assert_quiet(stream: &mut Deliveries) {
     if let Ok(Some(item)) = tokio::time::timeout(QUIET_FOR, stream.next()).await {
-        panic!("expected no delivery, got {:?}", item.map(|d| d.event.id));
+        panic!(
+            "expected no delivery, got {:?}",
+            item.map(|d| d.event.id.clone())
+        );
     }
 }
 
@@ -69,12 +72,20 @@ pub async fn publish_consume_ack(h: &mut impl Harness) {
     assert!(bus.ready());
     let mut stream = consume(&bus).await;
     let sent = vec![event("a1"), event("a2"), event("a3")];
+    // Millisecond resolution on the embedded bus; allow that much before and after.
+    let before = jiff::Timestamp::now() - jiff::SignedDuration::from_millis(1);
     bus.publish(sent.clone()).await.expect("publish");
+    let after = jiff::Timestamp::now() + jiff::SignedDuration::from_millis(1);
     let mut got = Vec::new();
     for _ in 0..3 {
         let d = next(&mut stream).await;
         assert_eq!(d.attempt, 1);
-        got.push(d.event.clone());
+        assert!(
+            before <= d.published && d.published <= after,
+            "published {} not within the publish call [{before}, {after}]",
+            d.published
+        );
+        got.push((*d.event).clone());
         d.ack().await.expect("ack");
     }
     got.sort_by(|a, b| a.id.cmp(&b.id));
@@ -133,6 +144,7 @@ pub async fn unacked_is_redelivered_after_restart(h: &mut impl Harness) {
     };
     acked.ack().await.unwrap();
     let kept_id = kept.event.id.clone();
+    let kept_published = kept.published;
     // A crash: the delivery is never settled.
     drop((kept, stream, bus));
 
@@ -141,6 +153,10 @@ pub async fn unacked_is_redelivered_after_restart(h: &mut impl Harness) {
     let mut stream = consume(&bus).await;
     let again = next(&mut stream).await;
     assert_eq!(again.event.id, kept_id);
+    assert_eq!(
+        again.published, kept_published,
+        "a redelivery keeps the time the event was accepted"
+    );
     again.ack().await.unwrap();
     assert_quiet(&mut stream).await;
 }

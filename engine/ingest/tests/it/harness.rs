@@ -208,7 +208,7 @@ pub async fn drain(bus: &Arc<dyn Bus>, want: &BTreeSet<String>) -> Vec<Event> {
             });
         let delivery = item.expect("stream open").expect("delivery");
         seen.insert(delivery.event.id.clone());
-        events.push(delivery.event.clone());
+        events.push((*delivery.event).clone());
         delivery.ack().await.expect("ack");
     }
     events
@@ -220,7 +220,7 @@ pub async fn assert_bus_quiet(bus: &Arc<dyn Bus>) {
     if let Ok(Some(item)) = tokio::time::timeout(Duration::from_millis(500), stream.next()).await {
         panic!(
             "unexpected event on the bus: {:?}",
-            item.map(|d| d.event.id)
+            item.map(|d| d.event.id.clone())
         );
     }
 }

@@ -70,7 +70,7 @@ pub fn plan(run_id: &str, source: &str) -> RunPlan {
         team: "payments".into(),
         namespaces: vec!["shop".into()],
         ast: compile(Path::new("test.rhai"), source).unwrap_or_else(|e| panic!("{e}")),
-        event: event(),
+        event: Arc::new(event()),
         params: json!({"replicas": 3}).as_object().unwrap().clone(),
         actor: "alertmanager".into(),
         dry_run: false,

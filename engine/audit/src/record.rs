@@ -243,12 +243,11 @@ fn write_canonical_record(record: &Record, out: &mut Vec<u8>) {
         out.extend_from_slice(b"\":");
         serde_json::to_writer(&mut *out, value).expect("writing to a Vec cannot fail");
     }
-    let body = serde_json::to_value(&record.body).expect("record bodies always serialize to JSON");
     out.push(b'{');
     // Keys in sorted order.
     field(out, true, "actor", &record.actor);
     out.extend_from_slice(b",\"body\":");
-    write_canonical(&body, out);
+    write_canonical_body(&record.body, out);
     field(out, false, "event_id", &record.event_id);
     field(out, false, "prev_hash", &record.prev_hash);
     field(out, false, "run_id", &record.run_id);
@@ -257,6 +256,128 @@ fn write_canonical_record(record: &Record, out: &mut Vec<u8>) {
     field(out, false, "team", &record.team);
     field(out, false, "time", &record.time);
     out.push(b'}');
+}
+
+/// An object written key by key; the caller gives the keys in sorted order.
+struct CanonicalObject<'a> {
+    out: &'a mut Vec<u8>,
+    first: bool,
+}
+
+impl<'a> CanonicalObject<'a> {
+    fn new(out: &'a mut Vec<u8>) -> Self {
+        out.push(b'{');
+        CanonicalObject { out, first: true }
+    }
+
+    fn key(&mut self, key: &str) -> &mut Vec<u8> {
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+        self.out.push(b'"');
+        self.out.extend_from_slice(key.as_bytes());
+        self.out.extend_from_slice(b"\":");
+        self.out
+    }
+
+    /// A scalar, string, enum or flat struct whose own keys are already sorted.
+    fn plain(&mut self, key: &str, value: &impl Serialize) -> &mut Self {
+        let out = self.key(key);
+        serde_json::to_writer(out, value).expect("writing to a Vec cannot fail");
+        self
+    }
+
+    fn plain_opt(&mut self, key: &str, value: Option<&impl Serialize>) -> &mut Self {
+        if let Some(value) = value {
+            self.plain(key, value);
+        }
+        self
+    }
+
+    fn json(&mut self, key: &str, value: &Value) -> &mut Self {
+        let out = self.key(key);
+        write_canonical(value, out);
+        self
+    }
+
+    fn end(&mut self) {
+        self.out.push(b'}');
+    }
+}
+
+/// The canonical JSON of a record body: the same bytes as `canonical_json(&to_value(body))`,
+/// written without building a JSON tree (the body holds the whole triggering event). Each arm
+/// lists its keys in sorted order, `type` included; a test holds every variant to the
+/// generic form.
+fn write_canonical_body(body: &RecordBody, out: &mut Vec<u8>) {
+    let mut o = CanonicalObject::new(out);
+    let kind = body.kind();
+    match body {
+        RecordBody::RunStarted {
+            event,
+            params,
+            dry_run,
+            namespaces,
+            timeout_ms,
+        } => o
+            .plain("dry_run", dry_run)
+            .json("event", event)
+            .plain("namespaces", namespaces)
+            .json("params", params)
+            .plain_opt("timeout_ms", timeout_ms.as_ref()),
+        RecordBody::RunResumed { replayable_steps } => {
+            o.plain("replayable_steps", replayable_steps)
+        }
+        RecordBody::StepStarted { step, name, inputs } => o
+            .json("inputs", inputs)
+            .plain("name", name)
+            .plain("step", step),
+        RecordBody::StepFinished {
+            step,
+            name,
+            status,
+            outputs,
+            error,
+            duration_ms,
+            attempts,
+        } => o
+            .plain("attempts", attempts)
+            .plain("duration_ms", duration_ms)
+            // StepError's keys, `kind` and `message`, are in sorted order already.
+            .plain_opt("error", error.as_ref())
+            .plain("name", name)
+            .json("outputs", outputs)
+            .plain("status", status)
+            .plain("step", step),
+        RecordBody::Evidence { step, name, data } => {
+            o.json("data", data).plain("name", name).plain("step", step)
+        }
+        RecordBody::Progress { step, message } => o.plain("message", message).plain("step", step),
+        RecordBody::Refusal {
+            step,
+            action,
+            reason,
+        } => o
+            .plain("action", action)
+            .plain("reason", reason)
+            .plain_opt("step", step.as_ref()),
+        RecordBody::Approval {
+            step,
+            approver,
+            approved,
+            comment,
+        } => o
+            .plain("approved", approved)
+            .plain("approver", approver)
+            .plain_opt("comment", comment.as_ref())
+            .plain_opt("step", step.as_ref()),
+        RecordBody::RunFinished { status, error } => {
+            o.plain_opt("error", error.as_ref()).plain("status", status)
+        }
+    }
+    .plain("type", &kind)
+    .end();
 }
 
 /// `hex(sha256(prev_hash || canonical))`, where `prev_hash` is taken as its hex text.
@@ -441,6 +562,107 @@ mod tests {
             record.hash
         );
         assert_eq!(record.hash.len(), 64);
+    }
+
+    #[test]
+    fn the_direct_body_writer_matches_the_generic_canonical_form_for_every_variant() {
+        let v =
+            json!({"z": [1, {"b": "\u{e9}\"\n", "a": null}], "a": 1.5, "m": {"y": true, "x": -3}});
+        let error = StepError {
+            kind: "permanent".into(),
+            message: "no \"such\" thing".into(),
+        };
+        let bodies = vec![
+            RecordBody::RunStarted {
+                event: v.clone(),
+                params: json!({"replicas": 3}),
+                dry_run: true,
+                namespaces: vec!["shop".into(), "b\u{f6}rse".into()],
+                timeout_ms: Some(60_000),
+            },
+            RecordBody::RunStarted {
+                event: json!({}),
+                params: json!(null),
+                dry_run: false,
+                namespaces: vec![],
+                timeout_ms: None,
+            },
+            RecordBody::RunResumed {
+                replayable_steps: 2,
+            },
+            RecordBody::StepStarted {
+                step: 1,
+                name: "k8s::rollback".into(),
+                inputs: v.clone(),
+            },
+            RecordBody::StepFinished {
+                step: 1,
+                name: "log".into(),
+                status: StepStatus::Ok,
+                outputs: v.clone(),
+                error: None,
+                duration_ms: 12,
+                attempts: 1,
+            },
+            RecordBody::StepFinished {
+                step: 2,
+                name: "x".into(),
+                status: StepStatus::Error,
+                outputs: Value::Null,
+                error: Some(error),
+                duration_ms: 0,
+                attempts: 3,
+            },
+            RecordBody::Evidence {
+                step: 3,
+                name: "p99".into(),
+                data: v.clone(),
+            },
+            RecordBody::Progress {
+                step: 4,
+                message: "2/3 ready".into(),
+            },
+            RecordBody::Refusal {
+                step: Some(5),
+                action: "k8s::scale".into(),
+                reason: "outside".into(),
+            },
+            RecordBody::Refusal {
+                step: None,
+                action: "trigger".into(),
+                reason: "not a member".into(),
+            },
+            RecordBody::Approval {
+                step: Some(6),
+                approver: "ana".into(),
+                approved: true,
+                comment: Some("ok".into()),
+            },
+            RecordBody::Approval {
+                step: None,
+                approver: "bo".into(),
+                approved: false,
+                comment: None,
+            },
+            RecordBody::RunFinished {
+                status: RunStatus::Failed,
+                error: Some("boom".into()),
+            },
+            RecordBody::RunFinished {
+                status: RunStatus::Succeeded,
+                error: None,
+            },
+        ];
+        for body in bodies {
+            let mut direct = Vec::new();
+            write_canonical_body(&body, &mut direct);
+            let generic = canonical_json(&serde_json::to_value(&body).unwrap());
+            assert_eq!(
+                String::from_utf8(direct).unwrap(),
+                String::from_utf8(generic).unwrap(),
+                "{body:?}"
+            );
+        }
     }
 
     #[test]

@@ -262,33 +262,43 @@ impl BusMirror {
     /// The append's records as audit messages: consecutive lines of one run, split so no
     /// message grows past [`MIRROR_MESSAGE_BYTES`] (a single larger line goes alone).
     fn messages(records: &[Record], lines: &[u8]) -> Vec<(u64, AuditMessage)> {
-        let mut out: Vec<(u64, AuditMessage)> = Vec::new();
-        let mut last_run: Option<&str> = None;
+        // (first seq, subject, id, byte range of its lines)
+        let mut spans: Vec<(u64, &Record, String, std::ops::Range<usize>)> = Vec::new();
+        let mut at = 0;
         for (record, line) in records.iter().zip(lines.split_inclusive(|b| *b == b'\n')) {
-            let same_run = last_run == Some(record.run_id.as_str());
-            match out.last_mut() {
-                Some((_, message))
-                    if same_run && message.payload.len() + line.len() <= MIRROR_MESSAGE_BYTES =>
+            let end = at + line.len();
+            match spans.last_mut() {
+                Some((_, first, id, range))
+                    if first.run_id == record.run_id
+                        && end - range.start <= MIRROR_MESSAGE_BYTES =>
                 {
-                    message.payload.extend_from_slice(line);
-                    message.id.clone_from(&record.hash);
+                    range.end = end;
+                    id.clone_from(&record.hash);
                 }
-                _ => out.push((
-                    record.seq,
-                    AuditMessage {
-                        subject: format!(
-                            "firebreak.audit.{}.{}",
-                            subject_token(&record.team),
-                            subject_token(&record.run_id)
-                        ),
-                        id: record.hash.clone(),
-                        payload: line.to_vec(),
-                    },
-                )),
+                _ => spans.push((record.seq, record, record.hash.clone(), at..end)),
             }
-            last_run = Some(record.run_id.as_str());
+            at = end;
         }
-        out
+        let lines = bytes::Bytes::copy_from_slice(lines);
+        spans
+            .into_iter()
+            .map(|(seq, first, id, range)| {
+                let subject = format!(
+                    "firebreak.audit.{}.{}",
+                    subject_token(&first.team),
+                    subject_token(&first.run_id)
+                );
+                let payload = lines.slice(range);
+                (
+                    seq,
+                    AuditMessage {
+                        subject,
+                        id,
+                        payload,
+                    },
+                )
+            })
+            .collect()
     }
 }
 

@@ -71,7 +71,8 @@ pub struct AuditMessage {
     pub subject: String,
     /// Unique per record (its hash): the `Nats-Msg-Id`.
     pub id: String,
-    pub payload: Vec<u8>,
+    /// Shared, so a retried batch is re-sent without copying it.
+    pub payload: bytes::Bytes,
 }
 
 /// One event handed to a consumer. Call [`Delivery::ack`] once the work it starts is safely

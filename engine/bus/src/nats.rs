@@ -385,7 +385,7 @@ impl Bus for NatsBus {
                     .send_publish(
                         record.subject,
                         PublishMessage::build()
-                            .payload(record.payload.into())
+                            .payload(record.payload)
                             .message_id(record.id),
                     )
                     .await

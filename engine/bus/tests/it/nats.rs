@@ -263,7 +263,9 @@ async fn audit_records_are_stored_in_the_audit_stream_once_and_in_order() {
         .map(|seq| firebreak_bus::AuditMessage {
             subject: "firebreak.audit.ml-platform.r-1".into(),
             id: format!("hash-{seq}"),
-            payload: format!(r#"{{"seq":{seq},"run_id":"r-1"}}"#).into_bytes(),
+            payload: format!(r#"{{"seq":{seq},"run_id":"r-1"}}"#)
+                .into_bytes()
+                .into(),
         })
         .collect();
     bus.publish_audit(batch.clone()).await.unwrap();
@@ -284,6 +286,6 @@ async fn audit_records_are_stored_in_the_audit_stream_once_and_in_order() {
             .await
             .expect("stored record");
         assert_eq!(stored.subject.as_str(), record.subject);
-        assert_eq!(stored.payload.as_ref(), record.payload.as_slice());
+        assert_eq!(stored.payload.as_ref(), record.payload.as_ref());
     }
 }

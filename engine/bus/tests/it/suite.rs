@@ -253,7 +253,7 @@ pub async fn audit_publish_is_accepted(h: &mut impl Harness) {
     bus.publish_audit(vec![firebreak_bus::AuditMessage {
         subject: "firebreak.audit.ml-platform.run-1".into(),
         id: "hash-1".into(),
-        payload: br#"{"kind":"run_started"}"#.to_vec(),
+        payload: br#"{"kind":"run_started"}"#.to_vec().into(),
     }])
     .await
     .expect("audit publish");

@@ -19,7 +19,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
+use bytes::Bytes;
 use clap::Args;
+use http_body_util::{BodyExt, Full};
 use tokio::process::{Child, Command};
 
 #[derive(Args, Clone)]
@@ -82,7 +84,8 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
 
     // Throughput: every alert accepted, run, and its audit records durable.
     let t0 = Instant::now();
-    post_all(&http, &base, 0, args.alerts, args.clients).await?;
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    post_all(addr, 0, args.alerts, args.clients).await?;
     let posted = t0.elapsed();
     wait_finished(&http, &base, args.alerts as u64, &mut server).await?;
     let total = t0.elapsed();
@@ -96,7 +99,7 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
 
     // Latency at a paced rate.
     let paced = (args.rate * args.paced_seconds) as usize;
-    let sent = post_paced(&http, &base, args.alerts, paced, args.rate).await?;
+    let sent = post_paced(addr, args.alerts, paced, args.rate, args.clients).await?;
     wait_finished(&http, &base, (args.alerts + paced) as u64, &mut server).await?;
     let latencies = start_latencies(&dir.path().join("data/audit.jsonl"), &sent)?;
     let peak_rss = rss_kib(pid, "VmHWM:")?;
@@ -193,22 +196,54 @@ fn payload(seq: usize) -> Vec<u8> {
     .into_bytes()
 }
 
-async fn post_one(http: &reqwest::Client, base: &str, seq: usize) -> Result<()> {
-    let r = http
-        .post(format!("{base}/v1/alertmanager"))
-        .header("content-type", "application/json")
-        .body(payload(seq))
-        .send()
-        .await?;
-    if !r.status().is_success() {
-        bail!("alert {seq} refused: {} {}", r.status(), r.text().await?);
+/// One keep-alive HTTP/1.1 connection to the server, driven by hyper directly: the load
+/// generator shares two cores with the server it measures, so it does as little per request
+/// as it can (no URL parsing, pooling or redirect handling per request).
+struct Conn {
+    send: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    host: http::HeaderValue,
+}
+
+impl Conn {
+    async fn open(addr: std::net::SocketAddr) -> Result<Conn> {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        stream.set_nodelay(true)?;
+        let (send, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(Conn {
+            send,
+            host: http::HeaderValue::from_str(&addr.to_string())?,
+        })
     }
-    Ok(())
+
+    /// Posts alert `seq`; an answer other than 2xx is an error.
+    async fn post(&mut self, seq: usize) -> Result<()> {
+        self.send.ready().await.context("connection closed")?;
+        let request = http::Request::post("/v1/alertmanager")
+            .header(http::header::HOST, self.host.clone())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(payload(seq))))?;
+        let response = self.send.send_request(request).await?;
+        let status = response.status();
+        // Read the whole answer, so the connection is free for the next request.
+        let body = response.into_body().collect().await?.to_bytes();
+        if !status.is_success() {
+            bail!(
+                "alert {seq} refused: {status} {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        Ok(())
+    }
 }
 
 async fn post_all(
-    http: &reqwest::Client,
-    base: &str,
+    addr: std::net::SocketAddr,
     first: usize,
     n: usize,
     clients: usize,
@@ -216,14 +251,15 @@ async fn post_all(
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(first));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..clients {
-        let (http, base, next) = (http.clone(), base.to_string(), next.clone());
+        let mut conn = Conn::open(addr).await?;
+        let next = next.clone();
         tasks.spawn(async move {
             loop {
                 let seq = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if seq >= first + n {
                     return Ok::<_, anyhow::Error>(());
                 }
-                post_one(&http, &base, seq).await?;
+                conn.post(seq).await?;
             }
         });
     }
@@ -233,23 +269,37 @@ async fn post_all(
     Ok(())
 }
 
-/// Posts `n` alerts at `rate`/s; returns (seq, wall-clock send time).
+/// Posts `n` alerts at `rate`/s over a pool of `clients` connections; returns (seq, wall-clock
+/// send time). A send waiting for a free connection counts that wait in its latency.
 async fn post_paced(
-    http: &reqwest::Client,
-    base: &str,
+    addr: std::net::SocketAddr,
     first: usize,
     n: usize,
     rate: u64,
+    clients: usize,
 ) -> Result<Vec<(usize, SystemTime)>> {
+    let (give_back, pool) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..clients {
+        give_back.send(Conn::open(addr).await?)?;
+    }
+    let pool = Arc::new(tokio::sync::Mutex::new(pool));
     let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate.max(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut tasks = tokio::task::JoinSet::new();
     for seq in first..first + n {
         tick.tick().await;
-        let (http, base) = (http.clone(), base.to_string());
+        let (pool, give_back) = (pool.clone(), give_back.clone());
         tasks.spawn(async move {
             let at = SystemTime::now();
-            post_one(&http, &base, seq).await.map(|()| (seq, at))
+            let mut conn = pool
+                .lock()
+                .await
+                .recv()
+                .await
+                .context("connection pool closed")?;
+            conn.post(seq).await?;
+            let _ = give_back.send(conn);
+            Ok::<_, anyhow::Error>((seq, at))
         });
     }
     let mut sent = Vec::with_capacity(n);

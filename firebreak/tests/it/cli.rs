@@ -180,3 +180,45 @@ async fn a_dry_run_replay_changes_nothing() {
         .ok("get deploy");
     assert!(image.stdout.ends_with(":v2"), "{image}");
 }
+
+/// `firebreak bench`, small: it drives a real `serve` child and prints one summary line whose
+/// figures add up (the real figures are in the README, from a full-size run).
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_prints_one_summary_line() {
+    let out = firebreak(
+        &[
+            "bench",
+            "--alerts",
+            "300",
+            "--clients",
+            "4",
+            "--paced-seconds",
+            "1",
+            "--rate",
+            "100",
+        ],
+        &[],
+    )
+    .await
+    .ok("bench");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    let line = lines[0];
+    assert!(line.starts_with("bench[embedded]: "), "{line}");
+    let alerts_per_s: f64 = line["bench[embedded]: ".len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert!(alerts_per_s > 0.0, "{line}");
+    for part in [
+        "(300 alerts, 4 clients, 50 runbooks)",
+        "p50 ",
+        "p99 ",
+        "idle RSS ",
+        "ready in ",
+    ] {
+        assert!(line.contains(part), "{part:?} missing: {line}");
+    }
+}

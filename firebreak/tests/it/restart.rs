@@ -10,9 +10,14 @@ use serde_json::json;
 
 use crate::harness::{Serve, ServeOpts, wait_for, write_runbooks};
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_run_interrupted_by_a_crash_resumes_after_restart() {
-    let tmp = tempfile::tempdir().unwrap();
+/// A `serve` with the `drain` runbook (log, sleep `sleep_ms`, log), and one `NodeBad` alert for
+/// `node` posted to it; returns once the run is in its sleep step.
+async fn serve_with_a_run_in_its_sleep(
+    tmp: &tempfile::TempDir,
+    node: &str,
+    fingerprint: &str,
+    sleep_ms: u32,
+) -> Serve {
     let dir = tmp.path().join("runbooks");
     write_runbooks(
         &dir,
@@ -26,18 +31,20 @@ async fn a_run_interrupted_by_a_crash_resumes_after_restart() {
             ),
             (
                 "drain.rhai",
-                "log(`draining ${ctx.params.node}`);\nsleep(1500);\nlog(`drained ${ctx.params.node}`);\n",
+                &format!(
+                    "log(`draining ${{ctx.params.node}}`);\nsleep({sleep_ms});\nlog(`drained ${{ctx.params.node}}`);\n"
+                ),
             ),
         ],
     );
-    let mut serve = Serve::start(&dir, ServeOpts::default()).await;
+    let serve = Serve::start(&dir, ServeOpts::default()).await;
     let alert = json!({
         "version": "4", "status": "firing", "receiver": "firebreak", "groupKey": "g",
         "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {}, "externalURL": "",
         "alerts": [{"status": "firing",
-            "labels": {"alertname": "NodeBad", "namespace": "shop", "node": "n1"},
+            "labels": {"alertname": "NodeBad", "namespace": "shop", "node": node},
             "annotations": {}, "startsAt": "2026-11-27T03:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
-            "generatorURL": "", "fingerprint": "00000000000000aa"}],
+            "generatorURL": "", "fingerprint": fingerprint}],
     })
     .to_string();
     let (status, body) = serve.post("/v1/alertmanager", None, alert).await;
@@ -53,6 +60,13 @@ async fn a_run_interrupted_by_a_crash_resumes_after_restart() {
             },
         )
         .await;
+    serve
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_interrupted_by_a_crash_resumes_after_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut serve = serve_with_a_run_in_its_sleep(&tmp, "n1", "00000000000000aa", 1500).await;
 
     serve.restart().await;
     let journal = serve
@@ -175,46 +189,7 @@ async fn a_run_stopped_by_sigterm_is_finished_after_the_next_start() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_redelivery_after_a_lost_ack_starts_no_second_run() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("runbooks");
-    write_runbooks(
-        &dir,
-        &[
-            (
-                "drain.yaml",
-                "name: drain\nteam: sre\ndescription: drains a node slowly\nnamespaces: [shop]\n\
-                 triggers:\n  - source: alertmanager\n    status: firing\n    match: ['alertname=\"NodeBad\"']\n\
-                 params:\n  node: { from: label, key: node, type: string, required: true }\n\
-                 concurrency: \"{{params.node}}\"\ntimeout: 60s\n",
-            ),
-            (
-                "drain.rhai",
-                "log(`draining ${ctx.params.node}`);\nsleep(1000);\nlog(`drained ${ctx.params.node}`);\n",
-            ),
-        ],
-    );
-    let mut serve = Serve::start(&dir, ServeOpts::default()).await;
-    let alert = json!({
-        "version": "4", "status": "firing", "receiver": "firebreak", "groupKey": "g",
-        "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {}, "externalURL": "",
-        "alerts": [{"status": "firing",
-            "labels": {"alertname": "NodeBad", "namespace": "shop", "node": "n2"},
-            "annotations": {}, "startsAt": "2026-11-27T03:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
-            "generatorURL": "", "fingerprint": "00000000000000ab"}],
-    })
-    .to_string();
-    let (status, body) = serve.post("/v1/alertmanager", None, alert).await;
-    assert_eq!(status, 202, "{body}");
-    serve
-        .wait_journal(
-            "the run to be in its sleep step",
-            Duration::from_secs(20),
-            |j| {
-                j.records
-                    .iter()
-                    .any(|r| r["body"]["type"] == "step_started" && r["body"]["name"] == "sleep")
-            },
-        )
-        .await;
+    let mut serve = serve_with_a_run_in_its_sleep(&tmp, "n2", "00000000000000ab", 1000).await;
     serve.kill();
     let log = serve.data_dir.join("bus/events.log");
     let text = std::fs::read_to_string(&log).unwrap();

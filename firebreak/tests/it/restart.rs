@@ -10,6 +10,21 @@ use serde_json::json;
 
 use crate::harness::{Serve, ServeOpts, wait_for, write_runbooks};
 
+/// Returns once the journal shows a run in its `sleep` step.
+async fn wait_until_sleeping(serve: &Serve) {
+    serve
+        .wait_journal(
+            "the run to be in its sleep step",
+            Duration::from_secs(20),
+            |j| {
+                j.records
+                    .iter()
+                    .any(|r| r["body"]["type"] == "step_started" && r["body"]["name"] == "sleep")
+            },
+        )
+        .await;
+}
+
 /// A `serve` with the `drain` runbook (log, sleep `sleep_ms`, log), and one `NodeBad` alert for
 /// `node` posted to it; returns once the run is in its sleep step.
 async fn serve_with_a_run_in_its_sleep(
@@ -49,17 +64,7 @@ async fn serve_with_a_run_in_its_sleep(
     .to_string();
     let (status, body) = serve.post("/v1/alertmanager", None, alert).await;
     assert_eq!(status, 202, "{body}");
-    serve
-        .wait_journal(
-            "the run to be in its sleep step",
-            Duration::from_secs(20),
-            |j| {
-                j.records
-                    .iter()
-                    .any(|r| r["body"]["type"] == "step_started" && r["body"]["name"] == "sleep")
-            },
-        )
-        .await;
+    wait_until_sleeping(&serve).await;
     serve
 }
 
@@ -141,17 +146,7 @@ async fn a_run_stopped_by_sigterm_is_finished_after_the_next_start() {
         )
         .await;
     assert_eq!(status, 202, "{body}");
-    serve
-        .wait_journal(
-            "the run to be in its sleep step",
-            Duration::from_secs(20),
-            |j| {
-                j.records
-                    .iter()
-                    .any(|r| r["body"]["type"] == "step_started" && r["body"]["name"] == "sleep")
-            },
-        )
-        .await;
+    wait_until_sleeping(&serve).await;
     let code = serve.terminate().await;
     assert_eq!(
         code,

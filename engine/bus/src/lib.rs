@@ -49,10 +49,10 @@ pub trait Bus: Send + Sync {
         &self,
     ) -> BoxFuture<'_, Result<BoxStream<'static, Result<Delivery, BusError>>, BusError>>;
 
-    /// Appends audit records to the audit stream (`FIREBREAK_AUDIT`, subject
-    /// `firebreak.audit.<team>.<run_id>`), in order, one message each: all are sent, then every
-    /// ack awaited. A record's `id` is its message id, so publishing a batch again after a
-    /// failure stores nothing twice. The embedded bus has no audit stream (the journal file is
+    /// Appends messages to the audit stream (`FIREBREAK_AUDIT`, subject
+    /// `firebreak.audit.<team>.<run_id>`), in order: all are sent, then every ack awaited. A
+    /// message's `id` is its `Nats-Msg-Id`, so publishing a batch again after a failure is
+    /// deduplicated by the server within its duplicate window. The embedded bus has no audit stream (the journal file is
     /// the record) and returns `Ok` without doing anything.
     fn publish_audit(&self, records: Vec<AuditMessage>) -> BoxFuture<'_, Result<(), BusError>>;
 
@@ -65,11 +65,11 @@ pub trait Bus: Send + Sync {
     fn close(&self) -> BoxFuture<'_, ()>;
 }
 
-/// One audit record for the audit stream.
+/// One message for the audit stream: journal lines of one run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditMessage {
     pub subject: String,
-    /// Unique per record (its hash): the `Nats-Msg-Id`.
+    /// Unique per message (the hash of its last record): the `Nats-Msg-Id`.
     pub id: String,
     /// Shared, so a retried batch is re-sent without copying it.
     pub payload: bytes::Bytes,

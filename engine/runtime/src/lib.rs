@@ -1,7 +1,8 @@
 //! firebreak runtime: the hardened Rhai sandbox, journaled steps and the bridge to connectors.
 //!
-//! Start at [`Runner`]: [`Runner::start`] journals a run's start, runs its script on a
-//! blocking thread and journals its end; [`Runner::resume`] picks up an unfinished run from
+//! Start at [`Runner`]: [`Runner::start`] runs a script (short ones of local steps inline on
+//! the async worker, the rest on a blocking thread), returns once its start is journaled and
+//! journals its end; [`Runner::resume`] picks up an unfinished run from
 //! the journal without repeating finished steps. Then:
 //! - [`sandbox`]: [`build_engine`] (every Rhai limit and restriction, in one function),
 //!   [`Limits`], [`compile`];

@@ -261,7 +261,7 @@ const MIRROR_MESSAGE_BYTES: usize = 512 * 1024;
 impl BusMirror {
     /// The append's records as audit messages: consecutive lines of one run, split so no
     /// message grows past [`MIRROR_MESSAGE_BYTES`] (a single larger line goes alone).
-    fn messages(records: &[Record], lines: &[u8]) -> Vec<(u64, AuditMessage)> {
+    fn messages(records: &[Record], lines: &bytes::Bytes) -> Vec<(u64, AuditMessage)> {
         // (first seq, subject, id, byte range of its lines)
         let mut spans: Vec<(u64, &Record, String, std::ops::Range<usize>)> = Vec::new();
         let mut at = 0;
@@ -279,7 +279,6 @@ impl BusMirror {
             }
             at = end;
         }
-        let lines = bytes::Bytes::copy_from_slice(lines);
         spans
             .into_iter()
             .map(|(seq, first, id, range)| {
@@ -306,10 +305,10 @@ impl AuditMirror for BusMirror {
     fn publish<'a>(
         &'a self,
         records: &'a [Record],
-        lines: &'a [u8],
+        lines: bytes::Bytes,
     ) -> BoxFuture<'a, Result<(), (u64, String)>> {
         Box::pin(async move {
-            let messages = Self::messages(records, lines);
+            let messages = Self::messages(records, &lines);
             let Some((first_seq, _)) = messages.first().cloned() else {
                 return Ok(());
             };
@@ -515,7 +514,7 @@ mod tests {
     use firebreak_audit::{RecordDraft, RunMeta};
 
     /// Records of two runs sealed through a real journal, with their lines.
-    async fn sealed(runs: &[(&str, usize)]) -> (Vec<Record>, Vec<u8>) {
+    async fn sealed(runs: &[(&str, usize)]) -> (Vec<Record>, bytes::Bytes) {
         let dir = tempfile::tempdir().unwrap();
         let journal = Journal::open(dir.path().join("audit.jsonl")).unwrap();
         let mut drafts = Vec::new();
@@ -537,7 +536,7 @@ mod tests {
             ));
         }
         let records = journal.append_all(drafts).await.unwrap();
-        let lines = std::fs::read(journal.path()).unwrap();
+        let lines = bytes::Bytes::from(std::fs::read(journal.path()).unwrap());
         (records, lines)
     }
 

@@ -44,7 +44,7 @@ pub trait AuditMirror: Send + Sync {
     fn publish<'a>(
         &'a self,
         records: &'a [Record],
-        lines: &'a [u8],
+        lines: bytes::Bytes,
     ) -> BoxFuture<'a, Result<(), (u64, String)>>;
 }
 
@@ -515,7 +515,7 @@ impl Journal {
         let (records, lines) = answer.await.map_err(|_| AuditError::Closed)??;
         if let Some(mirror) = &self.mirror {
             mirror
-                .publish(&records, &lines)
+                .publish(&records, bytes::Bytes::from(lines))
                 .await
                 .map_err(|(seq, message)| AuditError::Mirror { seq, message })?;
         }

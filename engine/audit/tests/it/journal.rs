@@ -240,7 +240,7 @@ impl AuditMirror for RecordingMirror {
     fn publish<'a>(
         &'a self,
         records: &'a [Record],
-        lines: &'a [u8],
+        lines: bytes::Bytes,
     ) -> BoxFuture<'a, Result<(), (u64, String)>> {
         Box::pin(async move {
             if let Some(r) = records.iter().find(|r| Some(r.seq) == self.fail_on) {
@@ -250,7 +250,7 @@ impl AuditMirror for RecordingMirror {
                 .lock()
                 .unwrap()
                 .extend(records.iter().map(|r| r.seq));
-            self.lines.lock().unwrap().extend_from_slice(lines);
+            self.lines.lock().unwrap().extend_from_slice(&lines);
             Ok(())
         })
     }

@@ -233,7 +233,7 @@ impl firebreak_audit::AuditMirror for RefuseStepStarted {
     fn publish<'a>(
         &'a self,
         records: &'a [firebreak_audit::Record],
-        _lines: &'a [u8],
+        _lines: bytes::Bytes,
     ) -> futures::future::BoxFuture<'a, Result<(), (u64, String)>> {
         let refused = records
             .iter()

@@ -15,7 +15,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -77,7 +77,9 @@ pub enum AuditError {
         #[source]
         source: io::Error,
     },
-    #[error("audit journal {path} refuses appends after a write or sync that failed for good")]
+    #[error(
+        "audit journal {path} refuses appends after a write or sync failed; it retries on its own"
+    )]
     Poisoned {
         path: PathBuf,
         #[source]
@@ -89,10 +91,26 @@ pub enum AuditError {
     Mirror { seq: u64, message: String },
 }
 
-/// One run as the journal knows it, for listings.
+/// What an entry of the journal is: a run, or a notice that is not one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    /// A run: begins with `run_started`.
+    Run,
+    /// A refusal before any run started (a trigger by a non-member, a spent budget).
+    Refused,
+    /// A matched event that started no run (cooldown, its incident handled elsewhere).
+    Skipped,
+    /// A message from the bus that could not be processed, kept in the journal.
+    Parked,
+}
+
+/// One run (or notice) as the journal knows it, for listings.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunSummary {
     pub run_id: String,
+    /// A run, or a notice that is listed but never resumed.
+    pub kind: EntryKind,
     pub runbook: String,
     pub team: String,
     pub actor: String,
@@ -131,9 +149,16 @@ impl Index {
             Some(entry) => entry,
             None => {
                 self.order.push(record.run_id.clone());
+                let kind = match &record.body {
+                    RecordBody::Refusal { step: None, .. } => EntryKind::Refused,
+                    RecordBody::Skipped { .. } => EntryKind::Skipped,
+                    RecordBody::Parked { .. } => EntryKind::Parked,
+                    _ => EntryKind::Run,
+                };
                 self.runs.entry(record.run_id.clone()).or_insert(RunEntry {
                     summary: RunSummary {
                         run_id: record.run_id.clone(),
+                        kind,
                         runbook: record.runbook.clone(),
                         team: record.team.clone(),
                         actor: record.actor.clone(),
@@ -239,6 +264,32 @@ struct Shared {
     index: Mutex<Index>,
     /// Bytes of the file that hold complete, synced records.
     committed: AtomicU64,
+    /// Whether the last write or sync succeeded (see [`Journal::healthy`]).
+    healthy: AtomicBool,
+    /// Failures to inject, for tests and drills (see [`Journal::inject_failures`]).
+    faults: Faults,
+}
+
+/// Injected failures: the next `writes` writes and `syncs` syncs fail as a full disk would.
+#[derive(Default)]
+struct Faults {
+    writes: AtomicU32,
+    syncs: AtomicU32,
+}
+
+impl Faults {
+    /// Takes one injected failure of `counter`, if any is left.
+    fn take(counter: &AtomicU32) -> Option<io::Error> {
+        counter
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .ok()
+            .map(|_| {
+                io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    "injected failure: no space left on device",
+                )
+            })
+    }
 }
 
 /// Read access to a journal file: listings, one run's records, the whole file.
@@ -263,6 +314,8 @@ impl JournalReader {
                 file,
                 index: Mutex::new(scan.index),
                 committed: AtomicU64::new(scan.tail.len),
+                healthy: AtomicBool::new(true),
+                faults: Faults::default(),
             }),
         })
     }
@@ -331,10 +384,11 @@ impl JournalReader {
     }
 
     /// Runs with a `RunStarted` but no `RunFinished`: what a restarted engine resumes.
+    /// Notices (refusals, skipped events, parked messages) are never among them.
     pub fn unfinished_runs(&self) -> Vec<RunSummary> {
         self.runs()
             .into_iter()
-            .filter(|r| r.status.is_none())
+            .filter(|r| r.kind == EntryKind::Run && r.status.is_none())
             .collect()
     }
 
@@ -413,6 +467,9 @@ struct Pending {
     reply: Reply,
 }
 
+/// How often a journal that cannot write retries on its own (see [`Journal::probe`]).
+pub const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The append-only audit journal. Share it as `Arc<Journal>`.
 pub struct Journal {
     reader: JournalReader,
@@ -466,6 +523,8 @@ impl Journal {
             file: read_file,
             index: Mutex::new(scan.index),
             committed: AtomicU64::new(scan.tail.len),
+            healthy: AtomicBool::new(true),
+            faults: Faults::default(),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let writer_shared = shared.clone();
@@ -522,6 +581,42 @@ impl Journal {
         Ok(records)
     }
 
+    /// Whether the journal can write: `false` from a failed write or sync until a later one
+    /// (or a [`Journal::probe`]) succeeds. While it is `false` the engine takes no new work
+    /// (`/readyz` and the ingest answer 503), so nothing is accepted that cannot be journaled.
+    pub fn healthy(&self) -> bool {
+        self.reader.shared.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Checks whether the journal can write again and repairs it if it can: a journal
+    /// poisoned by a failed sync is cut back to its last durable record, synced and reopened
+    /// for appends; then a small write and sync next to it tests the disk. Returns
+    /// [`Journal::healthy`] afterwards. The engine calls this every [`PROBE_EVERY`] while the
+    /// journal is unhealthy, so it recovers by itself once the disk has room again.
+    pub async fn probe(&self) -> bool {
+        let (reply, answer) = oneshot::channel();
+        let sent = self.tx.as_ref().is_some_and(|tx| {
+            tx.send(Pending {
+                drafts: Vec::new(),
+                keep_lines: false,
+                reply,
+            })
+            .is_ok()
+        });
+        if sent {
+            let _ = answer.await;
+        }
+        self.healthy()
+    }
+
+    /// Makes the next `writes` batch writes and the next `syncs` syncs fail as if the disk
+    /// were full (for tests and fire drills; nothing else calls it).
+    pub fn inject_failures(&self, writes: u32, syncs: u32) {
+        let faults = &self.reader.shared.faults;
+        faults.writes.store(writes, Ordering::Relaxed);
+        faults.syncs.store(syncs, Ordering::Relaxed);
+    }
+
     /// Read access sharing this journal's live index.
     pub fn reader(&self) -> JournalReader {
         self.reader.clone()
@@ -574,7 +669,8 @@ impl Drop for Journal {
     }
 }
 
-/// Set once a write or sync failed in a way that cannot be undone; every later append fails.
+/// Set once a write or sync failed in a way that cannot be undone; appends fail until
+/// [`recover`] cuts the file back to its last durable record.
 type Poison = Arc<Mutex<Option<Arc<io::Error>>>>;
 
 /// One append of a written batch: its waiter, sealed records, their places in the file and
@@ -584,13 +680,31 @@ type WrittenAppend = (Reply, Vec<Record>, Vec<LinePlace>, Vec<u8>);
 /// A batch written to the file (not yet synced), waiting for the syncer.
 struct Written {
     batch: Vec<WrittenAppend>,
-    /// File length after this batch.
-    end: u64,
+    /// Where the chain ends after this batch.
+    tail: Tail,
+}
+
+/// What the writer hands the syncer.
+enum ToSyncer {
+    Written(Written),
+    /// Answered once every batch sent before it has been synced or failed.
+    Barrier(std::sync::mpsc::Sender<()>),
+}
+
+/// State the writer and the syncer share.
+struct Pipeline {
+    poison: Poison,
+    /// The chain's end as far as it is durable (updated by the syncer).
+    durable: Mutex<Tail>,
 }
 
 /// The writer thread: take every waiting append, seal them into the chain, write them with one
 /// `write`, hand them to the syncer. While the syncer's `sync_data` runs, the next batch is
 /// already being sealed and written: a two-stage pipeline. Runs until every sender is gone.
+///
+/// After a failure: a failed write is undone (the file cut back to where the batch began); a
+/// failed sync, or an undo that fails, poisons the journal. A poisoned journal is repaired
+/// ([`recover`]) before the next batch, at most once per [`PROBE_EVERY`], or on a probe.
 fn writer_loop(
     file: File,
     mut tail: Tail,
@@ -598,17 +712,22 @@ fn writer_loop(
     shared: Arc<Shared>,
 ) {
     let file = Arc::new(file);
-    let poison: Poison = Arc::default();
-    let (sync_tx, sync_rx) = std::sync::mpsc::channel::<Written>();
+    let pipeline = Arc::new(Pipeline {
+        poison: Arc::default(),
+        durable: Mutex::new(tail.clone()),
+    });
+    let (sync_tx, sync_rx) = std::sync::mpsc::channel::<ToSyncer>();
     let syncer = {
-        let (file, shared, poison) = (file.clone(), shared.clone(), poison.clone());
+        let (file, shared, pipeline) = (file.clone(), shared.clone(), pipeline.clone());
         std::thread::Builder::new()
             .name("audit-sync".into())
-            .spawn(move || sync_loop(&file, &sync_rx, &shared, &poison))
+            .spawn(move || sync_loop(&file, &sync_rx, &shared, &pipeline))
             .expect("cannot spawn the audit sync thread")
     };
     let mut batch: Vec<Pending> = Vec::new();
+    let mut probes: Vec<Reply> = Vec::new();
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+    let mut last_recovery: Option<std::time::Instant> = None;
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -617,66 +736,36 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        if let Some(source) = poison.lock().expect("poison lock").clone() {
-            for pending in batch.drain(..) {
+        // Probes carry no records: they ask for a repair and a disk test.
+        let (appends, asked): (Vec<Pending>, Vec<Pending>) =
+            batch.drain(..).partition(|p| !p.drafts.is_empty());
+        probes.extend(asked.into_iter().map(|p| p.reply));
+        let probing = !probes.is_empty();
+        let poisoned_now = pipeline.poison.lock().expect("poison lock").is_some();
+        if poisoned_now && (probing || last_recovery.is_none_or(|at| at.elapsed() >= PROBE_EVERY)) {
+            last_recovery = Some(std::time::Instant::now());
+            if let Some(durable) = recover(&file, &sync_tx, &shared, &pipeline) {
+                tail = durable;
+            }
+        }
+        if let Some(source) = pipeline.poison.lock().expect("poison lock").clone() {
+            for pending in appends {
                 let _ = pending.reply.send(Err(poisoned(&shared, &source)));
             }
-            continue;
+        } else if !appends.is_empty() {
+            tail = write_batch(&file, tail, appends, &mut buf, &sync_tx, &shared, &pipeline);
         }
-
-        buf.clear();
-        let mut next = tail.clone();
-        let mut written = Written {
-            batch: Vec::with_capacity(batch.len()),
-            end: 0,
-        };
-        for pending in batch.drain(..) {
-            let mut records = Vec::with_capacity(pending.drafts.len());
-            let mut places = Vec::with_capacity(pending.drafts.len());
-            let start = buf.len();
-            for draft in pending.drafts {
-                let (record, len) = draft.seal(
-                    next.next_seq,
-                    jiff::Timestamp::now(),
-                    &next.last_hash,
-                    &mut buf,
-                );
-                places.push((next.len, len as u32));
-                next.len += len as u64;
-                next.next_seq += 1;
-                next.last_hash.clone_from(&record.hash);
-                records.push(record);
+        if probing {
+            let poisoned = pipeline.poison.lock().expect("poison lock").is_some();
+            let disk = test_disk(&shared.path);
+            if let Err(e) = &disk {
+                debug!(path = %shared.path.display(), error = %e, "audit disk test failed");
             }
-            let lines = if pending.keep_lines {
-                buf[start..].to_vec()
-            } else {
-                Vec::new()
-            };
-            written.batch.push((pending.reply, records, places, lines));
-        }
-        written.end = next.len;
-
-        match (&*file).write_all(&buf) {
-            Ok(()) => {
-                tail = next;
-                if sync_tx.send(written).is_err() {
-                    break;
-                }
+            if !poisoned && disk.is_ok() {
+                shared.healthy.store(true, Ordering::Relaxed);
             }
-            Err(error) => {
-                let source = Arc::new(error);
-                warn!(path = %shared.path.display(), error = %source, "audit write failed; undoing the partial batch");
-                // Undo whatever part of the batch reached the file, so the chain stays whole.
-                if let Err(undo) = file.set_len(tail.len) {
-                    warn!(path = %shared.path.display(), error = %undo, "cannot undo a failed audit write; refusing further appends");
-                    *poison.lock().expect("poison lock") = Some(source.clone());
-                }
-                for (reply, ..) in written.batch {
-                    let _ = reply.send(Err(AuditError::Write {
-                        path: shared.path.clone(),
-                        source: source.clone(),
-                    }));
-                }
+            for reply in probes.drain(..) {
+                let _ = reply.send(Ok((Vec::new(), Vec::new())));
             }
         }
     }
@@ -684,72 +773,215 @@ fn writer_loop(
     let _ = syncer.join();
 }
 
+/// Seals and writes one batch and hands it to the syncer; returns the chain's new end (the
+/// old one if the write failed and was undone).
+fn write_batch(
+    file: &File,
+    tail: Tail,
+    appends: Vec<Pending>,
+    buf: &mut Vec<u8>,
+    sync_tx: &std::sync::mpsc::Sender<ToSyncer>,
+    shared: &Shared,
+    pipeline: &Pipeline,
+) -> Tail {
+    buf.clear();
+    let mut next = tail.clone();
+    let mut batch = Vec::with_capacity(appends.len());
+    for pending in appends {
+        let mut records = Vec::with_capacity(pending.drafts.len());
+        let mut places = Vec::with_capacity(pending.drafts.len());
+        let start = buf.len();
+        for draft in pending.drafts {
+            let (record, len) =
+                draft.seal(next.next_seq, jiff::Timestamp::now(), &next.last_hash, buf);
+            places.push((next.len, len as u32));
+            next.len += len as u64;
+            next.next_seq += 1;
+            next.last_hash.clone_from(&record.hash);
+            records.push(record);
+        }
+        let lines = if pending.keep_lines {
+            buf[start..].to_vec()
+        } else {
+            Vec::new()
+        };
+        batch.push((pending.reply, records, places, lines));
+    }
+    let written = match Faults::take(&shared.faults.writes) {
+        Some(injected) => Err(injected),
+        None => {
+            let mut out: &File = file;
+            out.write_all(buf)
+        }
+    };
+    match written {
+        Ok(()) => {
+            let written = Written {
+                batch,
+                tail: next.clone(),
+            };
+            if sync_tx.send(ToSyncer::Written(written)).is_err() {
+                return tail;
+            }
+            next
+        }
+        Err(error) => {
+            let source = Arc::new(error);
+            shared.healthy.store(false, Ordering::Relaxed);
+            warn!(path = %shared.path.display(), error = %source, "audit write failed; undoing the partial batch");
+            // Undo whatever part of the batch reached the file, so the chain stays whole.
+            if let Err(undo) = file.set_len(tail.len) {
+                warn!(path = %shared.path.display(), error = %undo, "cannot undo a failed audit write; refusing appends until the journal is repaired");
+                *pipeline.poison.lock().expect("poison lock") = Some(source.clone());
+            }
+            for (reply, ..) in batch {
+                let _ = reply.send(Err(AuditError::Write {
+                    path: shared.path.clone(),
+                    source: source.clone(),
+                }));
+            }
+            tail
+        }
+    }
+}
+
+/// Repairs a poisoned journal: waits until the syncer has answered everything written before,
+/// cuts the file back to the last durable record, syncs it and lifts the poison. Returns the
+/// chain's end to continue from, or `None` (still poisoned) when the disk refuses.
+fn recover(
+    file: &File,
+    sync_tx: &std::sync::mpsc::Sender<ToSyncer>,
+    shared: &Shared,
+    pipeline: &Pipeline,
+) -> Option<Tail> {
+    let (done, wait) = std::sync::mpsc::channel();
+    if sync_tx.send(ToSyncer::Barrier(done)).is_ok() {
+        let _ = wait.recv();
+    }
+    let durable = pipeline.durable.lock().expect("durable tail lock").clone();
+    let repaired = file
+        .set_len(durable.len)
+        .and_then(|()| Faults::take(&shared.faults.syncs).map_or_else(|| file.sync_all(), Err));
+    match repaired {
+        Ok(()) => {
+            *pipeline.poison.lock().expect("poison lock") = None;
+            warn!(path = %shared.path.display(), seq = durable.next_seq - 1, bytes = durable.len, "audit journal repaired: cut back to its last durable record; appends resume");
+            Some(durable)
+        }
+        Err(e) => {
+            debug!(path = %shared.path.display(), error = %e, "audit journal still cannot be repaired");
+            None
+        }
+    }
+}
+
+/// Writes and syncs a small file beside the journal, then removes it: can the disk take
+/// writes again?
+fn test_disk(journal: &Path) -> io::Result<()> {
+    let mut name = journal.file_name().unwrap_or_default().to_owned();
+    name.push(".probe");
+    let path = journal.with_file_name(name);
+    let result = (|| {
+        let mut f = File::create(&path)?;
+        f.write_all(&[0u8; 4096])?;
+        f.sync_all()
+    })();
+    let _ = std::fs::remove_file(&path);
+    result
+}
+
 /// The syncer thread: one `sync_data` for every batch written so far, then the answers, in
 /// order. A failed sync poisons the journal: what reached the disk is unknown, so nothing may
-/// be chained onto it.
+/// be chained onto it until [`recover`] cuts it back.
 fn sync_loop(
     file: &File,
-    rx: &std::sync::mpsc::Receiver<Written>,
+    rx: &std::sync::mpsc::Receiver<ToSyncer>,
     shared: &Shared,
-    poison: &Poison,
+    pipeline: &Pipeline,
 ) {
     let mut ready: Vec<Written> = Vec::new();
+    let mut barriers: Vec<std::sync::mpsc::Sender<()>> = Vec::new();
     let mut last_count = 0;
+    let take = |message: ToSyncer, ready: &mut Vec<Written>, barriers: &mut Vec<_>| match message {
+        ToSyncer::Written(w) => ready.push(w),
+        ToSyncer::Barrier(b) => barriers.push(b),
+    };
     while let Ok(first) = rx.recv() {
-        ready.push(first);
-        ready.extend(rx.try_iter());
+        take(first, &mut ready, &mut barriers);
+        for message in rx.try_iter() {
+            take(message, &mut ready, &mut barriers);
+        }
         // Under load (the last sync served several appends) wait a moment for as many as last
         // time, so one sync serves them all; a lone append is synced at once.
-        if last_count > 1 {
+        if last_count > 1 && barriers.is_empty() {
             let until = std::time::Instant::now() + LINGER;
             let count = |ready: &[Written]| ready.iter().map(|w| w.batch.len()).sum::<usize>();
             while count(&ready) < last_count
                 && let Some(left) = until.checked_duration_since(std::time::Instant::now())
             {
                 match rx.recv_timeout(left) {
-                    Ok(written) => ready.push(written),
+                    Ok(message) => take(message, &mut ready, &mut barriers),
                     Err(_) => break,
                 }
             }
         }
-        last_count = ready.iter().map(|w| w.batch.len()).sum();
-        let poisoned_by = poison.lock().expect("poison lock").clone();
-        let result = match poisoned_by {
-            Some(source) => Err(source),
-            None => file.sync_data().map_err(Arc::new),
-        };
-        match result {
-            Ok(()) => {
-                {
-                    let mut index = shared.index.lock().expect("audit index lock poisoned");
-                    for written in &ready {
-                        for (_, records, places, _) in &written.batch {
-                            for (record, (offset, len)) in records.iter().zip(places) {
-                                index.add(record, *offset, *len);
-                            }
+        if !ready.is_empty() {
+            last_count = ready.iter().map(|w| w.batch.len()).sum();
+            sync_ready(file, &mut ready, shared, pipeline);
+        }
+        for barrier in barriers.drain(..) {
+            let _ = barrier.send(());
+        }
+    }
+}
+
+/// Syncs the written batches and answers their appends.
+fn sync_ready(file: &File, ready: &mut Vec<Written>, shared: &Shared, pipeline: &Pipeline) {
+    let poisoned_by = pipeline.poison.lock().expect("poison lock").clone();
+    let result = match poisoned_by {
+        Some(source) => Err(source),
+        None => Faults::take(&shared.faults.syncs)
+            .map_or_else(|| file.sync_data(), Err)
+            .map_err(Arc::new),
+    };
+    match result {
+        Ok(()) => {
+            {
+                let mut index = shared.index.lock().expect("audit index lock poisoned");
+                for written in ready.iter() {
+                    for (_, records, places, _) in &written.batch {
+                        for (record, (offset, len)) in records.iter().zip(places) {
+                            index.add(record, *offset, *len);
                         }
                     }
                 }
-                let end = ready.last().map_or(0, |w| w.end);
-                shared.committed.store(end, Ordering::Release);
-                let count: usize = ready.iter().map(|w| w.batch.len()).sum();
-                debug!(appends = count, bytes = end, "audit batch durable");
-                for written in ready.drain(..) {
-                    for (reply, records, _, lines) in written.batch {
-                        let _ = reply.send(Ok((records, lines)));
-                    }
+            }
+            let tail = ready
+                .last()
+                .map(|w| w.tail.clone())
+                .expect("ready is not empty");
+            shared.committed.store(tail.len, Ordering::Release);
+            shared.healthy.store(true, Ordering::Relaxed);
+            let count: usize = ready.iter().map(|w| w.batch.len()).sum();
+            debug!(appends = count, bytes = tail.len, "audit batch durable");
+            *pipeline.durable.lock().expect("durable tail lock") = tail;
+            for written in ready.drain(..) {
+                for (reply, records, _, lines) in written.batch {
+                    let _ = reply.send(Ok((records, lines)));
                 }
             }
-            Err(source) => {
-                warn!(path = %shared.path.display(), error = %source, "audit sync failed; refusing further appends");
-                poison
-                    .lock()
-                    .expect("poison lock")
-                    .get_or_insert_with(|| source.clone());
-                for written in ready.drain(..) {
-                    for (reply, ..) in written.batch {
-                        let _ = reply.send(Err(poisoned(shared, &source)));
-                    }
+        }
+        Err(source) => {
+            shared.healthy.store(false, Ordering::Relaxed);
+            warn!(path = %shared.path.display(), error = %source, "audit sync failed; refusing appends until the journal is repaired");
+            pipeline
+                .poison
+                .lock()
+                .expect("poison lock")
+                .get_or_insert_with(|| source.clone());
+            for written in ready.drain(..) {
+                for (reply, ..) in written.batch {
+                    let _ = reply.send(Err(poisoned(shared, &source)));
                 }
             }
         }

@@ -11,7 +11,9 @@ pub mod record;
 pub mod timeline;
 pub mod verify;
 
-pub use journal::{AuditError, AuditMirror, Journal, JournalReader, RecordIter, RunSummary};
+pub use journal::{
+    AuditError, AuditMirror, EntryKind, Journal, JournalReader, PROBE_EVERY, RecordIter, RunSummary,
+};
 pub use record::{
     GENESIS_HASH, REDACTED, Record, RecordBody, RecordDraft, RunMeta, RunStatus, StepError,
     StepStatus, canonical_json, chain_hash, is_secret_key, redact, redact_value,

@@ -56,6 +56,17 @@ pub enum RecordBody {
         /// The run's timeout in milliseconds.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         timeout_ms: Option<u64>,
+        /// The concurrency lock the run holds (`<runbook>/<key>`): a resumed run takes it again
+        /// before it goes on, so a repeat of its incident starts no second run.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lock_key: Option<String>,
+        /// The cooldown put on `lock_key` when the run ends, in milliseconds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cooldown_ms: Option<u64>,
+        /// Started by a person's terminal (`firebreak run`). Left unfinished, it is closed as
+        /// abandoned by the next engine, never resumed behind the person's back.
+        #[serde(default, skip_serializing_if = "is_false")]
+        interactive: bool,
     },
     /// An unfinished run was picked up again after a restart; steps already journaled as
     /// finished are replayed from the journal from here on.
@@ -63,11 +74,16 @@ pub enum RecordBody {
         /// How many steps of the earlier attempt finished and can be replayed.
         replayable_steps: u32,
     },
-    /// A step began; `inputs` are journaled before anything happens.
+    /// A step began; `inputs` are journaled before anything happens. A mutating action
+    /// journals its `intent` here too (what it resolved to do: the target revision and template
+    /// hash, the replica count, ...), so a retry or a resume finishes that very intent instead
+    /// of deciding again.
     StepStarted {
         step: u32,
         name: String,
         inputs: Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        intent: Option<Value>,
     },
     /// A step ended.
     StepFinished {
@@ -110,6 +126,36 @@ pub enum RecordBody {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// An event about this run's incident arrived while the run was active (the alert
+    /// resolved, or fired again) and was handed to the run instead of starting another.
+    EventJoined {
+        event_id: String,
+        /// `firing`, `resolved`, `trigger`, ...
+        status: String,
+        /// What the event was, for people (`alertmanager/resolved ModelLatencyHigh`).
+        summary: String,
+    },
+    /// A matched event that started no run (the key in cooldown, its incident handled by a
+    /// run elsewhere). Its own entry in the journal, never a run.
+    Skipped {
+        reason: String,
+        /// The run that handles the incident, when one does.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        active_run: Option<String>,
+    },
+    /// A message the bus delivered that can never be processed (not an event): kept here,
+    /// whole, instead of being dropped.
+    Parked {
+        /// Where it came from (the NATS subject, the bus log).
+        origin: String,
+        reason: String,
+        /// The message as text (lossy UTF-8).
+        payload: String,
+    },
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl RecordBody {
@@ -125,7 +171,21 @@ impl RecordBody {
             RecordBody::Refusal { .. } => "refusal",
             RecordBody::Approval { .. } => "approval",
             RecordBody::RunFinished { .. } => "run_finished",
+            RecordBody::EventJoined { .. } => "event_joined",
+            RecordBody::Skipped { .. } => "skipped",
+            RecordBody::Parked { .. } => "parked",
         }
+    }
+
+    /// Whether this record starts an entry of its own that is not a run (a refusal before any
+    /// run, a skipped event, a parked message): such entries are listed, never resumed.
+    pub fn is_notice(&self) -> bool {
+        matches!(
+            self,
+            RecordBody::Refusal { step: None, .. }
+                | RecordBody::Skipped { .. }
+                | RecordBody::Parked { .. }
+        )
     }
 }
 
@@ -301,6 +361,13 @@ impl<'a> CanonicalObject<'a> {
         self
     }
 
+    fn json_opt(&mut self, key: &str, value: Option<&Value>) -> &mut Self {
+        if let Some(value) = value {
+            self.json(key, value);
+        }
+        self
+    }
+
     fn end(&mut self) {
         self.out.push(b'}');
     }
@@ -320,17 +387,29 @@ fn write_canonical_body(body: &RecordBody, out: &mut Vec<u8>) {
             dry_run,
             namespaces,
             timeout_ms,
+            lock_key,
+            cooldown_ms,
+            interactive,
         } => o
+            .plain_opt("cooldown_ms", cooldown_ms.as_ref())
             .plain("dry_run", dry_run)
             .json("event", event)
+            .plain_opt("interactive", interactive.then_some(&true))
+            .plain_opt("lock_key", lock_key.as_ref())
             .plain("namespaces", namespaces)
             .json("params", params)
             .plain_opt("timeout_ms", timeout_ms.as_ref()),
         RecordBody::RunResumed { replayable_steps } => {
             o.plain("replayable_steps", replayable_steps)
         }
-        RecordBody::StepStarted { step, name, inputs } => o
+        RecordBody::StepStarted {
+            step,
+            name,
+            inputs,
+            intent,
+        } => o
             .json("inputs", inputs)
+            .json_opt("intent", intent.as_ref())
             .plain("name", name)
             .plain("step", step),
         RecordBody::StepFinished {
@@ -375,6 +454,25 @@ fn write_canonical_body(body: &RecordBody, out: &mut Vec<u8>) {
         RecordBody::RunFinished { status, error } => {
             o.plain_opt("error", error.as_ref()).plain("status", status)
         }
+        RecordBody::EventJoined {
+            event_id,
+            status,
+            summary,
+        } => o
+            .plain("event_id", event_id)
+            .plain("status", status)
+            .plain("summary", summary),
+        RecordBody::Skipped { reason, active_run } => o
+            .plain_opt("active_run", active_run.as_ref())
+            .plain("reason", reason),
+        RecordBody::Parked {
+            origin,
+            reason,
+            payload,
+        } => o
+            .plain("origin", origin)
+            .plain("payload", payload)
+            .plain("reason", reason),
     }
     .plain("type", &kind)
     .end();
@@ -500,14 +598,22 @@ pub fn redact(body: &mut RecordBody) {
             redact_value(event);
             redact_value(params);
         }
-        RecordBody::StepStarted { inputs, .. } => redact_value(inputs),
+        RecordBody::StepStarted { inputs, intent, .. } => {
+            redact_value(inputs);
+            if let Some(intent) = intent {
+                redact_value(intent);
+            }
+        }
         RecordBody::StepFinished { outputs, .. } => redact_value(outputs),
         RecordBody::Evidence { data, .. } => redact_value(data),
         RecordBody::RunResumed { .. }
         | RecordBody::Progress { .. }
         | RecordBody::Refusal { .. }
         | RecordBody::Approval { .. }
-        | RecordBody::RunFinished { .. } => {}
+        | RecordBody::RunFinished { .. }
+        | RecordBody::EventJoined { .. }
+        | RecordBody::Skipped { .. }
+        | RecordBody::Parked { .. } => {}
     }
 }
 
@@ -579,6 +685,9 @@ mod tests {
                 dry_run: true,
                 namespaces: vec!["shop".into(), "b\u{f6}rse".into()],
                 timeout_ms: Some(60_000),
+                lock_key: Some("rb/shop/web".into()),
+                cooldown_ms: Some(600_000),
+                interactive: true,
             },
             RecordBody::RunStarted {
                 event: json!({}),
@@ -586,6 +695,9 @@ mod tests {
                 dry_run: false,
                 namespaces: vec![],
                 timeout_ms: None,
+                lock_key: None,
+                cooldown_ms: None,
+                interactive: false,
             },
             RecordBody::RunResumed {
                 replayable_steps: 2,
@@ -594,6 +706,13 @@ mod tests {
                 step: 1,
                 name: "k8s::rollback".into(),
                 inputs: v.clone(),
+                intent: None,
+            },
+            RecordBody::StepStarted {
+                step: 2,
+                name: "k8s::scale".into(),
+                inputs: json!({}),
+                intent: Some(v.clone()),
             },
             RecordBody::StepFinished {
                 step: 1,
@@ -651,6 +770,24 @@ mod tests {
             RecordBody::RunFinished {
                 status: RunStatus::Succeeded,
                 error: None,
+            },
+            RecordBody::EventJoined {
+                event_id: "e2".into(),
+                status: "resolved".into(),
+                summary: "alertmanager/resolved X".into(),
+            },
+            RecordBody::Skipped {
+                reason: "cooldown".into(),
+                active_run: None,
+            },
+            RecordBody::Skipped {
+                reason: "busy".into(),
+                active_run: Some("r9".into()),
+            },
+            RecordBody::Parked {
+                origin: "firebreak.events.x.y".into(),
+                reason: "not json".into(),
+                payload: "\u{0}garbage".into(),
             },
         ];
         for body in bodies {

@@ -55,6 +55,8 @@ pub fn render_timeline(records: &[Record]) -> String {
                 dry_run,
                 namespaces,
                 timeout_ms,
+                lock_key,
+                ..
             } => {
                 let mut line = format!("{at}  ▶ run started");
                 if *dry_run {
@@ -65,6 +67,9 @@ pub fn render_timeline(records: &[Record]) -> String {
                 }
                 if let Some(ms) = timeout_ms {
                     let _ = write!(line, " · timeout {}s", ms / 1000);
+                }
+                if let Some(key) = lock_key {
+                    let _ = write!(line, " · key {key}");
                 }
                 let _ = writeln!(out, "{line}");
                 let kind = event.get("type").and_then(Value::as_str).unwrap_or("?");
@@ -81,14 +86,27 @@ pub fn render_timeline(records: &[Record]) -> String {
                     "{at}  ↻ resumed after a restart ({replayable_steps} finished steps replay from the journal)"
                 );
             }
-            RecordBody::StepStarted { step, name, inputs } => {
+            RecordBody::StepStarted {
+                step,
+                name,
+                inputs,
+                intent,
+            } => {
+                let mut notes = Vec::new();
+                if let Some(intent) = intent {
+                    let what = intent
+                        .get("summary")
+                        .and_then(Value::as_str)
+                        .map_or_else(|| brief(intent), str::to_owned);
+                    notes.push(format!("{blank}      intent {what}"));
+                }
                 open.insert(
                     *step,
                     OpenStep {
                         name: name.clone(),
                         inputs: inputs.clone(),
                         at,
-                        notes: Vec::new(),
+                        notes,
                     },
                 );
             }
@@ -145,6 +163,7 @@ pub fn render_timeline(records: &[Record]) -> String {
                 action,
                 reason,
             } => {
+                finished |= step.is_none();
                 let note = format!("{at}      ⛔ refused {action}: {reason}");
                 note_or_print(&mut out, &mut open, *step, note);
             }
@@ -174,6 +193,23 @@ pub fn render_timeline(records: &[Record]) -> String {
                 if let Some(e) = error {
                     let _ = writeln!(out, "{blank}      {e}");
                 }
+            }
+            RecordBody::EventJoined {
+                event_id, summary, ..
+            } => {
+                let _ = writeln!(out, "{at}  ⇢ joined {summary} (event {event_id})");
+            }
+            RecordBody::Skipped { reason, active_run } => {
+                finished = true;
+                let run = active_run
+                    .as_deref()
+                    .map(|r| format!(" (handled by run {r})"))
+                    .unwrap_or_default();
+                let _ = writeln!(out, "{at}  ⤼ skipped: {reason}{run}");
+            }
+            RecordBody::Parked { origin, reason, .. } => {
+                finished = true;
+                let _ = writeln!(out, "{at}  ⚑ parked a message from {origin}: {reason}");
             }
         }
     }

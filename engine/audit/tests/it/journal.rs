@@ -66,6 +66,7 @@ async fn secrets_are_redacted_before_hashing_and_never_reach_the_disk() {
                 name: "http::post".into(),
                 inputs: json!({"url": "https://x", "headers": {"Authorization": "Bearer hunter2"},
                                "body": [{"db_password": "hunter2"}], "ApiKey": "hunter2"}),
+                intent: None,
             },
         ))
         .await
@@ -330,4 +331,126 @@ async fn a_garbage_line_in_the_middle_is_skipped_at_open_and_named_by_verify() {
         Err(firebreak_audit::VerifyError::Broken { line, .. }) => assert_eq!(line, 2),
         other => panic!("{other:?}"),
     }
+}
+
+/// A sync that fails (a full or failing disk) poisons the journal: appends fail and it says it
+/// is unhealthy. A probe cuts the file back to the last durable record and appends resume,
+/// chained onto that record; nothing the failed sync held is in the file.
+#[tokio::test]
+async fn a_failed_sync_poisons_the_journal_until_a_probe_repairs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let journal = Journal::open(&path).unwrap();
+    let first = journal.append_all(run_drafts("r1")).await.unwrap();
+    assert!(journal.healthy());
+
+    // The batch's sync fails, and so does the repair the next append tries first.
+    journal.inject_failures(0, 2);
+    let err = journal.append_all(run_drafts("r2")).await.unwrap_err();
+    assert!(matches!(err, AuditError::Poisoned { .. }), "{err}");
+    assert!(!journal.healthy());
+    let err = journal.append_all(run_drafts("r3")).await.unwrap_err();
+    assert!(matches!(err, AuditError::Poisoned { .. }), "{err}");
+    // Within PROBE_EVERY of that attempt, appends are refused without another one.
+    let err = journal.append_all(run_drafts("r3")).await.unwrap_err();
+    assert!(matches!(err, AuditError::Poisoned { .. }), "{err}");
+    assert!(!journal.healthy());
+
+    assert!(journal.probe().await, "the probe repairs the journal");
+    let next = journal.append_all(run_drafts("r4")).await.unwrap();
+    assert_eq!(next[0].seq, first[3].seq + 1, "the chain goes on after r1");
+    assert_eq!(next[0].prev_hash, first[3].hash);
+    drop(journal);
+    let report = verify(&path).unwrap();
+    assert_eq!(report.records, 8, "r1 and r4 only");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        !text.contains("\"r2\"") && !text.contains("\"r3\""),
+        "{text}"
+    );
+}
+
+/// A write that fails is undone; the journal says it is unhealthy until a write (or a probe's
+/// disk test) succeeds again.
+#[tokio::test]
+async fn a_failed_write_is_undone_and_health_returns_with_the_next_good_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let journal = Journal::open(&path).unwrap();
+    journal.inject_failures(1, 0);
+    let err = journal.append_all(run_drafts("r1")).await.unwrap_err();
+    assert!(matches!(err, AuditError::Write { .. }), "{err}");
+    assert!(!journal.healthy());
+    assert!(
+        journal.probe().await,
+        "the disk takes writes: healthy again"
+    );
+    let records = journal.append_all(run_drafts("r2")).await.unwrap();
+    assert_eq!(records[0].seq, 1, "nothing of r1 stayed in the chain");
+    drop(journal);
+    assert_eq!(verify(&path).unwrap().records, 4);
+}
+
+/// Refusals, skipped events and parked messages are entries of their own: listed with their
+/// kind, never among the runs a restart resumes.
+#[tokio::test]
+async fn notices_are_listed_by_kind_and_never_resumed() {
+    use firebreak_audit::EntryKind;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let journal = Journal::open(&path).unwrap();
+    let notices = [
+        (
+            "refused",
+            RecordBody::Refusal {
+                step: None,
+                action: "trigger".into(),
+                reason: "not a member".into(),
+            },
+        ),
+        (
+            "skipped",
+            RecordBody::Skipped {
+                reason: "in cooldown".into(),
+                active_run: None,
+            },
+        ),
+        (
+            "parked",
+            RecordBody::Parked {
+                origin: "firebreak.events.x.y".into(),
+                reason: "not an event".into(),
+                payload: "garbage".into(),
+            },
+        ),
+    ];
+    for (id, body) in notices {
+        journal
+            .append(RecordDraft::new(meta(id), body))
+            .await
+            .unwrap();
+    }
+    let mut unfinished = run_drafts("running");
+    unfinished.pop();
+    journal.append_all(unfinished).await.unwrap();
+    let kinds: Vec<_> = journal
+        .runs()
+        .iter()
+        .map(|r| (r.run_id.clone(), r.kind))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("refused".to_owned(), EntryKind::Refused),
+            ("skipped".to_owned(), EntryKind::Skipped),
+            ("parked".to_owned(), EntryKind::Parked),
+            ("running".to_owned(), EntryKind::Run),
+        ]
+    );
+    let resumable: Vec<_> = journal
+        .unfinished_runs()
+        .into_iter()
+        .map(|r| r.run_id)
+        .collect();
+    assert_eq!(resumable, vec!["running".to_owned()]);
 }

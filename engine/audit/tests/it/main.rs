@@ -31,6 +31,9 @@ pub fn run_drafts(run: &str) -> Vec<RecordDraft> {
                 dry_run: false,
                 namespaces: vec!["shop".into()],
                 timeout_ms: Some(60_000),
+                lock_key: None,
+                cooldown_ms: None,
+                interactive: false,
             },
         ),
         RecordDraft::new(
@@ -39,6 +42,7 @@ pub fn run_drafts(run: &str) -> Vec<RecordDraft> {
                 step: 1,
                 name: "k8s::scale".into(),
                 inputs: json!({"namespace": "shop", "deployment": "api", "replicas": 3}),
+                intent: None,
             },
         ),
         RecordDraft::new(

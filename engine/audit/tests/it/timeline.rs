@@ -17,11 +17,15 @@ async fn the_timeline_shows_steps_outcomes_evidence_refusals_and_the_final_statu
             dry_run: true,
             namespaces: vec!["shop".into()],
             timeout_ms: Some(300_000),
+            lock_key: None,
+            cooldown_ms: None,
+            interactive: false,
         },
         RecordBody::StepStarted {
             step: 1,
             name: "k8s::pods".into(),
             inputs: json!({"namespace": "shop"}),
+            intent: None,
         },
         RecordBody::Evidence {
             step: 1,
@@ -41,6 +45,7 @@ async fn the_timeline_shows_steps_outcomes_evidence_refusals_and_the_final_statu
             step: 2,
             name: "k8s::scale".into(),
             inputs: json!({"namespace": "kube-system"}),
+            intent: None,
         },
         RecordBody::Refusal {
             step: Some(2),

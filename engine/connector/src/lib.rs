@@ -8,6 +8,17 @@
 //! namespace it touches (so the *engine*, not the script, can refuse actions outside the
 //! runbook's namespaces), and the RBAC rules it needs. The runtime registers every action of
 //! every connector in the registry as `<connector>::<action>(args...)` in Rhai.
+//!
+//! Observing actions run through [`Connector::call`]. Mutating actions run in two halves, so
+//! that the engine, not the connector, keeps the guarantees every action needs:
+//! 1. [`Connector::plan`] reads the world and resolves an [`Intent`] (the target revision and
+//!    its template hash, the replica count, the exact pods) and writes nothing;
+//! 2. the engine journals the intent in the step's write-ahead record; in a dry run it stops
+//!    here and answers the intent;
+//! 3. [`Connector::apply`] brings the world to the intent: it first checks whether the world
+//!    already holds it (then it writes nothing), writes otherwise, and confirms the effect
+//!    before it answers. A retry, or a resume after a crash between the write and the step's
+//!    end, applies the journaled intent again, which finds it done: nothing acts twice.
 
 use std::sync::Arc;
 
@@ -149,8 +160,6 @@ pub struct ActionContext {
     /// Namespaces the runbook may act on (already enforced by the engine for `namespace_param`;
     /// connectors that discover namespaces themselves must check against it too).
     pub namespaces: Vec<String>,
-    /// When true, mutating actions must describe what they would do and change nothing.
-    pub dry_run: bool,
     pub progress: ProgressSink,
 }
 
@@ -161,8 +170,77 @@ impl std::fmt::Debug for ActionContext {
             .field("runbook", &self.runbook)
             .field("team", &self.team)
             .field("namespaces", &self.namespaces)
-            .field("dry_run", &self.dry_run)
             .finish_non_exhaustive()
+    }
+}
+
+/// What a mutating action resolved to do, before doing it (see the module docs).
+///
+/// Serialized flat: `{"summary": ..., "noop": ..., <detail>...}`. The detail holds everything
+/// [`Connector::apply`] needs, and the same fields the action's real answer has, because a dry
+/// run answers with the intent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Intent {
+    /// One line for people, in the future tense of a dry run: what will change.
+    pub summary: String,
+    /// The world already holds the intent (or the action no longer applies): applying it
+    /// writes nothing.
+    #[serde(default)]
+    pub noop: bool,
+    #[serde(flatten)]
+    pub detail: serde_json::Map<String, Value>,
+}
+
+impl Intent {
+    /// An intent whose `detail` is `detail` (a JSON object; anything else is kept under
+    /// `value`).
+    pub fn new(summary: impl Into<String>, detail: Value) -> Intent {
+        let detail = match detail {
+            Value::Object(map) => map,
+            other => {
+                let mut map = serde_json::Map::new();
+                map.insert("value".into(), other);
+                map
+            }
+        };
+        Intent {
+            summary: summary.into(),
+            noop: false,
+            detail,
+        }
+    }
+
+    /// The same intent, marked as changing nothing.
+    pub fn noop(mut self) -> Intent {
+        self.noop = true;
+        self
+    }
+
+    /// A field of the detail.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.detail.get(key)
+    }
+
+    /// A field of the detail, parsed; a missing or malformed field is a permanent error
+    /// (the intent was journaled by this connector, so that is a bug or a hand edit).
+    pub fn field<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<T, ActionError> {
+        let value = self.detail.get(key).cloned().unwrap_or(Value::Null);
+        serde_json::from_value(value).map_err(|e| {
+            ActionError::new(
+                ErrorKind::Permanent,
+                format!("journaled intent has no usable `{key}`: {e}"),
+            )
+        })
+    }
+
+    /// What a dry run answers: the detail, plus `dry_run: true`, `changed: false` and the
+    /// summary under `would`.
+    pub fn dry_run_answer(&self) -> Value {
+        let mut out = self.detail.clone();
+        out.insert("dry_run".into(), Value::Bool(true));
+        out.insert("changed".into(), Value::Bool(false));
+        out.insert("would".into(), Value::String(self.summary.clone()));
+        Value::Object(out)
     }
 }
 
@@ -172,14 +250,48 @@ pub trait Connector: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// Every action this connector offers.
     fn actions(&self) -> Vec<ActionSpec>;
-    /// Run one action. `args` are the positional arguments by parameter name, already
-    /// type-checked against the spec.
+    /// Runs an observing action. `args` are the positional arguments by parameter name,
+    /// already type-checked against the spec.
     fn call<'a>(
         &'a self,
         action: &'a str,
         args: serde_json::Map<String, Value>,
         cx: &'a ActionContext,
     ) -> BoxFuture<'a, Result<Value, ActionError>>;
+
+    /// A mutating action, first half: reads the world and resolves what the action will do.
+    /// Writes nothing. The default refuses: a connector with mutating actions implements it.
+    fn plan<'a>(
+        &'a self,
+        action: &'a str,
+        args: serde_json::Map<String, Value>,
+        cx: &'a ActionContext,
+    ) -> BoxFuture<'a, Result<Intent, ActionError>> {
+        let _ = (args, cx);
+        Box::pin(std::future::ready(Err(not_mutating(self.name(), action))))
+    }
+
+    /// A mutating action, second half: brings the world to `intent`. Checks first whether the
+    /// world already holds it (then answers at once, writing nothing), and confirms the effect
+    /// before answering (the route carries the weights, the policy selects the pods): an
+    /// effect that is not there is an error, never a success.
+    fn apply<'a>(
+        &'a self,
+        action: &'a str,
+        args: serde_json::Map<String, Value>,
+        intent: &'a Intent,
+        cx: &'a ActionContext,
+    ) -> BoxFuture<'a, Result<Value, ActionError>> {
+        let _ = (args, intent, cx);
+        Box::pin(std::future::ready(Err(not_mutating(self.name(), action))))
+    }
+}
+
+fn not_mutating(connector: &str, action: &str) -> ActionError {
+    ActionError::new(
+        ErrorKind::Permanent,
+        format!("{connector}::{action} is not a mutating action of this connector"),
+    )
 }
 
 /// The set of connectors the binary wires in, one `register` line each.

@@ -78,6 +78,9 @@ fn main() {
                         timeout: Duration::from_secs(30),
                         progress: None,
                         cancel: CancellationToken::new(),
+                        lock_key: None,
+                        cooldown: Duration::ZERO,
+                        interactive: false,
                     };
                     let outcome = runner.start(plan).await.expect("start").join().await;
                     if outcome.status != RunStatus::Succeeded {

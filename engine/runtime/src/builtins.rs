@@ -1,6 +1,7 @@
-//! The functions every script has: `step(name, || ...)` and the built-in steps `log`,
-//! `sleep`, `now`, `fail`, `evidence`. Each one is journaled by Rust through
-//! [`crate::step`]; a script can neither skip nor forge its records.
+//! The functions every script has: `step(name, || ...)`, `once(name, || ...)` and the
+//! built-in steps `log`, `sleep`, `now`, `fail`, `evidence`, `resolved`, `wait_resolved`.
+//! Each one is journaled by Rust through [`crate::step`]; a script can neither skip nor forge
+//! its records.
 
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,12 @@ pub(crate) fn register(engine: &mut Engine) {
             closure_step(&ctx, &name, to_json(&inputs), &body)
         },
     );
+    engine.register_fn(
+        "once",
+        |ctx: NativeCallContext, name: ImmutableString, body: FnPtr| once(&ctx, &name, &body),
+    );
+    engine.register_fn("resolved", resolved);
+    engine.register_fn("wait_resolved", wait_resolved);
     engine.register_fn("log", log);
     engine.register_fn("sleep", sleep);
     engine.register_fn("now", now);
@@ -48,11 +55,12 @@ fn closure_step(
     let cx = current()?;
     let (step, replayed) = match begin(&cx, name)? {
         Begin::Replayed(step, outputs) => (step, Some(outputs)),
-        Begin::Live(step) => {
+        Begin::Live(step) | Begin::Resumed(step, _) => {
             cx.defer(vec![RecordBody::StepStarted {
                 step,
                 name: name.to_owned(),
                 inputs,
+                intent: None,
             }]);
             (step, None)
         }
@@ -206,6 +214,117 @@ fn evidence(name: ImmutableString, value: Dynamic) -> Result<Dynamic, ScriptErro
                 data,
             });
             result
+        },
+    )
+}
+
+/// The step name `once(name, ...)` is journaled under.
+fn once_step(name: &str) -> String {
+    format!("once:{name}")
+}
+
+/// `once(name, || ...)`: a value decided once per incident. The first run for an event
+/// evaluates the closure (a step named `once:NAME`, its inner steps journaled as usual); a
+/// later run of the same runbook for the same event (the alert fired again after the
+/// cooldown) gets the value the first run decided, without evaluating the closure. For
+/// example the revision an alert blamed when the incident began: a second run must not roll
+/// back the rollback.
+fn once(ctx: &NativeCallContext, name: &str, body: &FnPtr) -> Result<Dynamic, ScriptError> {
+    let cx = current()?;
+    let step_name = once_step(name);
+    match earlier_decision(&cx, &step_name) {
+        Some((run_id, value)) => run_leaf(
+            &step_name,
+            json!({ "decided_by_run": run_id }),
+            Durability::Deferred,
+            move |_, _| LeafResult::ok(value.clone()),
+        ),
+        None => closure_step(ctx, &step_name, json!({}), body),
+    }
+}
+
+/// The output of step `step_name` in the earliest other run of this runbook for this event.
+fn earlier_decision(cx: &step::RunContext, step_name: &str) -> Option<(String, Value)> {
+    let runs = cx.journal.runs_for_event(&cx.meta.event_id);
+    runs.iter()
+        .filter(|r| r.runbook == cx.meta.runbook && r.run_id != cx.meta.run_id)
+        .find_map(|r| {
+            let records = cx.journal.records_for_run(&r.run_id).ok()?;
+            records.into_iter().find_map(|record| match record.body {
+                RecordBody::StepFinished {
+                    name,
+                    status: StepStatus::Ok | StepStatus::Replayed,
+                    outputs,
+                    ..
+                } if name == step_name => Some((r.run_id.clone(), outputs)),
+                _ => None,
+            })
+        })
+}
+
+/// `resolved()`: whether an event that joined the run said its incident resolved.
+fn resolved() -> Result<Dynamic, ScriptError> {
+    run_leaf("resolved", json!({}), Durability::Deferred, |cx, _| {
+        LeafResult::ok(Value::Bool(cx.resolved()))
+    })
+}
+
+/// Parses a wait: whole milliseconds, or text like `"90s"`, `"5m"`, `"1h"`, `"500ms"`.
+fn parse_wait(value: &Dynamic) -> Result<Duration, String> {
+    if let Ok(ms) = value.as_int() {
+        return u64::try_from(ms)
+            .map(Duration::from_millis)
+            .map_err(|_| format!("{ms} is not a wait in milliseconds"));
+    }
+    let text = value.to_string();
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{t:?} is not a wait like 30000, \"90s\" or \"5m\""))?;
+    let ms = match unit {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(format!("{t:?} has an unknown unit (ms, s, m or h)")),
+    };
+    Ok(Duration::from_millis(n.saturating_mul(ms)))
+}
+
+/// `wait_resolved(timeout)`: waits until an event joins the run saying its incident resolved,
+/// at most `timeout` (ms, or `"5m"`); returns whether it did. Bounded like `sleep`.
+fn wait_resolved(timeout: Dynamic) -> Result<Dynamic, ScriptError> {
+    let wait = parse_wait(&timeout);
+    let shown = timeout.to_string();
+    run_leaf(
+        "wait_resolved",
+        json!({ "timeout": shown }),
+        Durability::WriteAhead,
+        |cx, _| {
+            let wait = match wait {
+                Ok(w) if w <= cx.max_sleep => w,
+                Ok(_) => {
+                    return LeafResult::failed(
+                        "invalid_argument",
+                        format!(
+                            "wait_resolved({shown}): the wait must be at most {} ms",
+                            cx.max_sleep.as_millis()
+                        ),
+                    );
+                }
+                Err(message) => {
+                    return LeafResult::failed(
+                        "invalid_argument",
+                        format!("wait_resolved: {message}"),
+                    );
+                }
+            };
+            match cx.handle.block_on(cx.until_stopped(cx.wait_resolved(wait))) {
+                Ok(resolved) => LeafResult::ok(Value::Bool(resolved)),
+                Err(stop) => LeafResult::stopped(stop),
+            }
         },
     )
 }

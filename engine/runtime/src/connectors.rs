@@ -8,12 +8,18 @@
 //! handle with a timeout, under cancel and the run's deadline; transient failures are retried
 //! per [`RetryPolicy`](crate::RetryPolicy); progress lines become `progress` records and reach
 //! the caller's sink; an observing action's output is also journaled as evidence.
+//!
+//! A mutating action runs in two halves ([`crate::step::run_mutation`]): the connector's
+//! `plan` resolves an intent, which is journaled before anything is written; a dry run answers
+//! the intent and never reaches the connector's `apply`; a retry, or a resume, applies the
+//! journaled intent again and never plans twice.
 
 use std::sync::Arc;
 
-use firebreak_audit::{AuditError, RecordBody, StepStatus};
+use firebreak_audit::{AuditError, RecordBody};
 use firebreak_connector::{
-    ActionContext, ActionError, ActionSpec, Connector, Effect, ErrorKind, ParamType, Registry,
+    ActionContext, ActionError, ActionSpec, Connector, Effect, ErrorKind, Intent, ParamType,
+    Registry,
 };
 use rhai::{Dynamic, Engine, Module};
 use serde_json::{Map, Value};
@@ -21,7 +27,8 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use crate::step::{
-    Durability, LeafResult, RunContext, ScriptError, Stop, error_chain, run_leaf, to_json,
+    Durability, LeafResult, Planned, RunContext, ScriptError, Stop, error_chain, run_leaf,
+    run_mutation, to_json,
 };
 
 /// Most positional parameters an action may have.
@@ -89,26 +96,45 @@ struct Action {
 impl Action {
     fn call(&self, args: Vec<Dynamic>) -> Result<Dynamic, ScriptError> {
         let (named, bad_argument) = self.arguments(&args);
-        run_leaf(
+        let checked = |cx: &RunContext, step: u32| -> Result<(), LeafResult> {
+            if let Some(message) = bad_argument.clone() {
+                return Err(LeafResult::failed("invalid_argument", message));
+            }
+            if let Some(reason) = self.refusal(cx, &named) {
+                warn!(run_id = %cx.meta.run_id, action = %self.qualified, reason = %reason, "action refused");
+                let mut result = LeafResult::failed("denied", reason.clone());
+                result.extra.push(RecordBody::Refusal {
+                    step: Some(step),
+                    action: self.qualified.clone(),
+                    reason,
+                });
+                return Err(result);
+            }
+            Ok(())
+        };
+        if self.spec.effect == Effect::Observe {
+            return run_leaf(
+                &self.qualified,
+                Value::Object(named.clone()),
+                Durability::WriteAhead,
+                |cx, step| match checked(cx, step) {
+                    Err(refused) => refused,
+                    Ok(()) => self.observe(cx, step, named.clone()),
+                },
+            );
+        }
+        run_mutation(
             &self.qualified,
             Value::Object(named.clone()),
-            Durability::WriteAhead,
             |cx, step| {
-                if let Some(message) = bad_argument {
-                    return LeafResult::failed("invalid_argument", message);
-                }
-                if let Some(reason) = self.refusal(cx, &named) {
-                    warn!(run_id = %cx.meta.run_id, action = %self.qualified, reason = %reason, "action refused");
-                    let mut result = LeafResult::failed("denied", reason.clone());
-                    result.extra.push(RecordBody::Refusal {
-                        step: Some(step),
-                        action: self.qualified.clone(),
-                        reason,
-                    });
-                    return result;
-                }
-                self.invoke(cx, step, named)
+                checked(cx, step)?;
+                self.plan(cx, step, named.clone())
             },
+            |intent| match serde_json::from_value::<Intent>(intent.clone()) {
+                Ok(intent) => intent.dry_run_answer(),
+                Err(_) => intent.clone(),
+            },
+            |cx, step, intent| self.apply(cx, step, named.clone(), intent),
         )
     }
 
@@ -153,26 +179,103 @@ impl Action {
         }
     }
 
-    /// Calls the connector on the runtime, retrying transient failures.
-    fn invoke(&self, cx: &RunContext, step: u32, args: Map<String, Value>) -> LeafResult {
-        let mutate = self.spec.effect == Effect::Mutate;
-        let (tx, mut lines) = mpsc::unbounded_channel::<String>();
+    /// The context a connector sees, with a progress sink whose lines are journaled.
+    fn context(&self, cx: &RunContext) -> (ActionContext, mpsc::UnboundedReceiver<String>) {
+        let (tx, lines) = mpsc::unbounded_channel::<String>();
         let acx = ActionContext {
             run_id: cx.meta.run_id.clone(),
             runbook: cx.meta.runbook.clone(),
             team: cx.meta.team.clone(),
             namespaces: cx.namespaces.clone(),
-            dry_run: cx.dry_run && mutate,
             progress: Arc::new(move |line: &str| {
                 let _ = tx.send(line.to_owned());
             }),
         };
-        let outcome = cx.handle.block_on(async {
+        (acx, lines)
+    }
+
+    /// An observing action: its answer is the step's output and the run's evidence.
+    fn observe(&self, cx: &RunContext, step: u32, args: Map<String, Value>) -> LeafResult {
+        let (acx, mut lines) = self.context(cx);
+        let outcome = self.with_retries(cx, step, &mut lines, || {
+            self.connector.call(self.spec.name, args.clone(), &acx)
+        });
+        self.result(outcome, |value, result| {
+            result.extra.push(RecordBody::Evidence {
+                step,
+                name: self.qualified.clone(),
+                data: value,
+            });
+        })
+    }
+
+    /// A mutation's first half: the connector's plan, as journalable JSON.
+    fn plan(&self, cx: &RunContext, step: u32, args: Map<String, Value>) -> Planned {
+        let (acx, mut lines) = self.context(cx);
+        let outcome = self.with_retries(cx, step, &mut lines, || {
+            let args = args.clone();
+            let acx = &acx;
+            async move {
+                let intent = self.connector.plan(self.spec.name, args, acx).await?;
+                serde_json::to_value(&intent).map_err(|e| {
+                    ActionError::new(ErrorKind::Permanent, format!("intent is not JSON: {e}"))
+                })
+            }
+        });
+        let result = self.result(outcome, |_, _| {});
+        match result.outcome {
+            Ok(intent) => Ok(intent),
+            Err(_) => Err(result),
+        }
+    }
+
+    /// A mutation's second half: the connector applies the journaled intent.
+    fn apply(
+        &self,
+        cx: &RunContext,
+        step: u32,
+        args: Map<String, Value>,
+        intent: &Value,
+    ) -> LeafResult {
+        let intent: Intent = match serde_json::from_value(intent.clone()) {
+            Ok(intent) => intent,
+            Err(e) => {
+                return LeafResult::failed(
+                    "permanent",
+                    format!(
+                        "the journaled intent of {} does not parse: {e}",
+                        self.qualified
+                    ),
+                );
+            }
+        };
+        let (acx, mut lines) = self.context(cx);
+        let outcome = self.with_retries(cx, step, &mut lines, || {
+            self.connector
+                .apply(self.spec.name, args.clone(), &intent, &acx)
+        });
+        self.result(outcome, |_, _| {})
+    }
+
+    /// Runs `attempt` on the runtime, retrying transient failures per the run's policy, under
+    /// the action timeout, cancel and the run's deadline; journals its progress lines.
+    fn with_retries<F, Fut>(
+        &self,
+        cx: &RunContext,
+        step: u32,
+        lines: &mut mpsc::UnboundedReceiver<String>,
+        mut attempt_once: F,
+    ) -> Outcome
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Value, ActionError>>,
+    {
+        cx.handle.block_on(async {
             let mut attempt = 1;
             loop {
                 let limit = cx.remaining(cx.action_timeout);
-                let call = tokio::time::timeout(limit, self.connector.call(self.spec.name, args.clone(), &acx));
-                let result = match cx.until_stopped(with_progress(cx, step, call, &mut lines)).await {
+                let call = tokio::time::timeout(limit, attempt_once());
+                let result = match cx.until_stopped(with_progress(cx, step, call, lines)).await {
                     Err(stop) => return Outcome::Stopped(stop, attempt),
                     Ok(Err(audit)) => return Outcome::Audit(audit, attempt),
                     Ok(Ok(Err(_elapsed))) => Err(ActionError::new(
@@ -195,7 +298,11 @@ impl Action {
                     },
                 }
             }
-        });
+        })
+    }
+
+    /// An outcome as the step's result; `on_ok` may add records (evidence) to a success.
+    fn result(&self, outcome: Outcome, on_ok: impl FnOnce(Value, &mut LeafResult)) -> LeafResult {
         let (mut result, attempts) = match outcome {
             Outcome::Stopped(stop, attempts) => (LeafResult::stopped(stop), attempts),
             Outcome::Audit(error, attempts) => (
@@ -219,16 +326,7 @@ impl Action {
             }
             Outcome::Done(Ok(value), attempts) => {
                 let mut result = LeafResult::ok(value.clone());
-                if self.spec.effect == Effect::Observe {
-                    result.extra.push(RecordBody::Evidence {
-                        step,
-                        name: self.qualified.clone(),
-                        data: value,
-                    });
-                }
-                if acx.dry_run {
-                    result.status = StepStatus::Skipped;
-                }
+                on_ok(value, &mut result);
                 (result, attempts)
             }
         };

@@ -23,8 +23,11 @@ pub mod sandbox;
 mod step;
 
 pub use policy::RetryPolicy;
-pub use runner::{RunHandle, RunOutcome, RunPlan, Runner, RunnerConfig, RuntimeError};
+pub use runner::{
+    ResumePlan, RunHandle, RunLink, RunOutcome, RunPlan, Runner, RunnerConfig, RuntimeError,
+};
 pub use sandbox::{CompileError, Limits, build_engine, compile};
+pub use step::{JoinError, JoinedEvent};
 
 pub use firebreak_audit::RunStatus;
 pub use firebreak_connector::ProgressSink;

@@ -5,7 +5,6 @@
 //! script on a blocking thread, `run_started` durable with the run's first durable write (only
 //! then does `start` return, so the caller may ack the bus message), then `run_finished`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +23,9 @@ use tracing::{error, info};
 
 use crate::policy::RetryPolicy;
 use crate::sandbox::{Limits, build_engine};
-use crate::step::{self, Replay, RunContext, START_FLUSH_AFTER, Stop, to_dynamic};
+use crate::step::{
+    self, Earlier, JoinError, JoinedEvent, Replay, RunContext, START_FLUSH_AFTER, Stop, to_dynamic,
+};
 
 /// How the runner runs scripts.
 #[derive(Debug, Clone)]
@@ -70,6 +71,13 @@ pub struct RunPlan {
     /// Receives `log` lines and connectors' progress lines (the CLI prints them).
     pub progress: Option<ProgressSink>,
     pub cancel: CancellationToken,
+    /// The concurrency lock the run holds, journaled so a resumed run can take it again.
+    pub lock_key: Option<String>,
+    /// The cooldown put on `lock_key` when the run ends (zero: none).
+    pub cooldown: Duration,
+    /// Started from a person's terminal: never resumed by someone else (see
+    /// [`Runner::abandon`]).
+    pub interactive: bool,
 }
 
 /// How a run ended.
@@ -90,12 +98,39 @@ pub struct RunHandle {
     run_id: String,
     cancel: CancellationToken,
     task: JoinHandle<RunOutcome>,
+    link: RunLink,
+}
+
+/// A cheap, cloneable way to reach a running run: hand it events about its incident.
+#[derive(Clone)]
+pub struct RunLink {
+    cx: Arc<RunContext>,
+}
+
+impl RunLink {
+    /// The run's id.
+    pub fn run_id(&self) -> &str {
+        &self.cx.meta.run_id
+    }
+
+    /// Hands an event about the run's incident to the run (the alert resolved, or fired
+    /// again). `Ok` once an `event_joined` record is durable in the run's trail; the script
+    /// sees it through `resolved()` and `wait_resolved(timeout)`. `Err(Finished)` when the run
+    /// ended first.
+    pub async fn join(&self, event: JoinedEvent) -> Result<(), JoinError> {
+        self.cx.join(event).await
+    }
 }
 
 impl RunHandle {
     /// The run's id.
     pub fn run_id(&self) -> &str {
         &self.run_id
+    }
+
+    /// A link to hand the running run events (see [`RunLink::join`]).
+    pub fn link(&self) -> RunLink {
+        self.link.clone()
     }
 
     /// Asks the run to stop; it ends `cancelled` at its next operation or wait.
@@ -137,6 +172,8 @@ pub enum RuntimeError {
     AlreadyFinished { run_id: String },
     #[error("run {run_id} does not begin with a run_started record")]
     NoStart { run_id: String },
+    #[error("run {run_id} was started by `firebreak run` and is not resumed by anyone else")]
+    Interactive { run_id: String },
     #[error("run {run_id} ended before its start was journaled")]
     Lost { run_id: String },
     #[error("the runner is shutting down")]
@@ -210,6 +247,9 @@ impl Runner {
             dry_run: plan.dry_run,
             namespaces: plan.namespaces.clone(),
             timeout_ms: Some(plan.timeout.as_millis() as u64),
+            lock_key: plan.lock_key,
+            cooldown_ms: (!plan.cooldown.is_zero()).then(|| plan.cooldown.as_millis() as u64),
+            interactive: plan.interactive,
         };
         let cx = self.context(
             meta,
@@ -218,7 +258,7 @@ impl Runner {
             plan.timeout,
             plan.cancel,
             plan.progress,
-            HashMap::new(),
+            Earlier::default(),
         );
         let (signal, journaled) = oneshot::channel();
         cx.pend_start(started, signal);
@@ -234,12 +274,10 @@ impl Runner {
         }
     }
 
-    /// Re-runs an unfinished run (a `run_started` and no `run_finished`) after a restart: the
-    /// context comes from `run_started`, the script runs again from the top, and every step
-    /// that finished before (same number, same name) returns its journaled output without
-    /// running again. A step that had started but not finished runs again. The timeout starts
-    /// afresh. Params journaled as `[redacted]` stay redacted.
-    pub async fn resume(&self, run_id: &str, ast: Arc<AST>) -> Result<RunHandle, RuntimeError> {
+    /// Reads an unfinished run (a `run_started` and no `run_finished`) back from the journal,
+    /// for [`Runner::resume`] or [`Runner::abandon`]. The caller learns what the run held (its
+    /// lock and cooldown) before it goes on.
+    pub fn prepare_resume(&self, run_id: &str) -> Result<ResumePlan, RuntimeError> {
         let records =
             self.journal
                 .records_for_run(run_id)
@@ -258,6 +296,9 @@ impl Runner {
             dry_run,
             namespaces,
             timeout_ms,
+            lock_key,
+            cooldown_ms,
+            interactive,
         } = &first.body
         else {
             return Err(RuntimeError::NoStart {
@@ -272,58 +313,122 @@ impl Runner {
                 run_id: run_id.to_owned(),
             });
         }
-        let mut replay = HashMap::new();
+        let mut earlier = Earlier::default();
         for record in &records {
-            if let RecordBody::StepFinished {
-                step,
-                name,
-                status: StepStatus::Ok | StepStatus::Replayed | StepStatus::Skipped,
-                outputs,
-                ..
-            } = &record.body
-            {
-                replay.insert(
-                    *step,
-                    Replay {
-                        name: name.clone(),
-                        outputs: outputs.clone(),
-                    },
-                );
+            match &record.body {
+                RecordBody::StepFinished {
+                    step,
+                    name,
+                    status: StepStatus::Ok | StepStatus::Replayed | StepStatus::Skipped,
+                    outputs,
+                    ..
+                } => {
+                    earlier.finished.insert(
+                        *step,
+                        Replay {
+                            name: name.clone(),
+                            outputs: outputs.clone(),
+                        },
+                    );
+                }
+                RecordBody::StepStarted {
+                    step,
+                    name,
+                    intent: Some(intent),
+                    ..
+                } => {
+                    earlier
+                        .intents
+                        .insert(*step, (name.clone(), intent.clone()));
+                }
+                RecordBody::EventJoined { status, .. } if status == "resolved" => {
+                    earlier.resolved = true;
+                }
+                _ => {}
             }
         }
+        // An intent whose step ended (in any way) is not pending any more.
+        for record in &records {
+            if let RecordBody::StepFinished { step, .. } = &record.body {
+                earlier.intents.remove(step);
+            }
+        }
+        Ok(ResumePlan {
+            meta: Arc::new(RunMeta {
+                run_id: first.run_id.clone(),
+                runbook: first.runbook.clone(),
+                team: first.team.clone(),
+                actor: first.actor.clone(),
+                event_id: first.event_id.clone(),
+            }),
+            event: event.clone(),
+            params: params.clone(),
+            dry_run: *dry_run,
+            namespaces: namespaces.clone(),
+            timeout: Duration::from_millis(timeout_ms.unwrap_or(3_600_000)),
+            lock_key: lock_key.clone(),
+            cooldown: Duration::from_millis(cooldown_ms.unwrap_or(0)),
+            interactive: *interactive,
+            earlier,
+        })
+    }
+
+    /// Re-runs an unfinished run after a restart: the context comes from `run_started`, the
+    /// script runs again from the top, every step that finished before (same number, same
+    /// name) returns its journaled output without running again, and a mutation whose intent
+    /// was journaled but whose end was not applies that intent (finding it done if its write
+    /// happened). The timeout starts afresh. Params journaled as `[redacted]` stay redacted.
+    /// An interactive run is refused: see [`Runner::abandon`].
+    pub async fn resume(&self, plan: ResumePlan, ast: Arc<AST>) -> Result<RunHandle, RuntimeError> {
+        let run_id = plan.meta.run_id.clone();
+        if plan.interactive {
+            return Err(RuntimeError::Interactive { run_id });
+        }
         let permit = self.slot().await?;
-        let meta = Arc::new(RunMeta {
-            run_id: first.run_id.clone(),
-            runbook: first.runbook.clone(),
-            team: first.team.clone(),
-            actor: first.actor.clone(),
-            event_id: first.event_id.clone(),
-        });
+        let replayable = plan.earlier.finished.len();
         self.journal
             .append(RecordDraft::new(
-                meta.clone(),
+                plan.meta.clone(),
                 RecordBody::RunResumed {
-                    replayable_steps: replay.len() as u32,
+                    replayable_steps: replayable as u32,
                 },
             ))
             .await
             .map_err(|source| RuntimeError::Journal {
-                run_id: run_id.to_owned(),
+                run_id: run_id.clone(),
                 source,
             })?;
-        info!(run_id = %run_id, runbook = %meta.runbook, replayable_steps = replay.len(), "run resumed");
-        let timeout = Duration::from_millis(timeout_ms.unwrap_or(3_600_000));
+        info!(run_id = %run_id, runbook = %plan.meta.runbook, replayable_steps = replayable, pending_intents = plan.earlier.intents.len(), "run resumed");
+        let ctx = script_ctx(&plan.meta, &plan.event, &plan.params, plan.dry_run);
         let cx = self.context(
-            meta,
-            namespaces.clone(),
-            *dry_run,
-            timeout,
+            plan.meta,
+            plan.namespaces,
+            plan.dry_run,
+            plan.timeout,
             CancellationToken::new(),
             None,
-            replay,
+            plan.earlier,
         );
-        let ctx = script_ctx(&cx.meta, event, params, *dry_run);
         Ok(self.launch(cx, ast, ctx, permit))
+    }
+
+    /// Closes an unfinished run that must not be resumed (one started from a terminal that
+    /// went away): journals its end as cancelled with `reason`.
+    pub async fn abandon(&self, plan: &ResumePlan, reason: &str) -> Result<(), RuntimeError> {
+        self.journal
+            .append(RecordDraft::new(
+                plan.meta.clone(),
+                RecordBody::RunFinished {
+                    status: RunStatus::Cancelled,
+                    error: Some(reason.to_owned()),
+                },
+            ))
+            .await
+            .map(drop)
+            .map_err(|source| RuntimeError::Journal {
+                run_id: plan.meta.run_id.clone(),
+                source,
+            })
     }
 
     /// Stops taking new runs and waits until every running one has finished.
@@ -352,7 +457,7 @@ impl Runner {
         timeout: Duration,
         cancel: CancellationToken,
         progress: Option<ProgressSink>,
-        replay: HashMap<u32, Replay>,
+        earlier: Earlier,
     ) -> Arc<RunContext> {
         Arc::new(RunContext::new(
             meta,
@@ -365,7 +470,7 @@ impl Runner {
             Instant::now().checked_add(timeout),
             progress,
             &self.config,
-            replay,
+            earlier,
         ))
     }
 
@@ -379,6 +484,7 @@ impl Runner {
         let engine = self.engine.clone();
         let run_id = cx.meta.run_id.clone();
         let cancel = cx.cancel.clone();
+        let link = RunLink { cx: cx.clone() };
         // The script holds a blocking thread; its end is journaled from a task, so the thread
         // is free as soon as the script is done.
         let task = tokio::spawn(async move {
@@ -388,8 +494,10 @@ impl Runner {
                 Inline::NeedsThread(ctx) => ctx,
             };
             let script_cx = cx.clone();
-            let script =
-                tokio::task::spawn_blocking(move || execute(&engine, &ast, &script_cx, ctx));
+            let script = tokio::task::spawn_blocking(move || {
+                script_cx.set_on_thread();
+                execute(&engine, &ast, &script_cx, ctx)
+            });
             tokio::pin!(script);
             let result = tokio::select! {
                 result = &mut script => result,
@@ -409,7 +517,52 @@ impl Runner {
             run_id,
             cancel,
             task,
+            link,
         }
+    }
+}
+
+/// An unfinished run read back from the journal (see [`Runner::prepare_resume`]).
+pub struct ResumePlan {
+    meta: Arc<RunMeta>,
+    event: Value,
+    params: Value,
+    dry_run: bool,
+    namespaces: Vec<String>,
+    timeout: Duration,
+    lock_key: Option<String>,
+    cooldown: Duration,
+    interactive: bool,
+    earlier: Earlier,
+}
+
+impl ResumePlan {
+    pub fn run_id(&self) -> &str {
+        &self.meta.run_id
+    }
+
+    pub fn runbook(&self) -> &str {
+        &self.meta.runbook
+    }
+
+    /// The concurrency lock the run held.
+    pub fn lock_key(&self) -> Option<&str> {
+        self.lock_key.as_deref()
+    }
+
+    /// The cooldown to put on the lock's key when the run ends.
+    pub fn cooldown(&self) -> Duration {
+        self.cooldown
+    }
+
+    /// The run's whole time budget (the lock is held that long plus some slack).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Started from `firebreak run`: never resumed by anyone else.
+    pub fn interactive(&self) -> bool {
+        self.interactive
     }
 }
 

@@ -87,6 +87,46 @@ pub(crate) struct Replay {
     pub outputs: Value,
 }
 
+/// What an earlier attempt of this run left in the journal.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Earlier {
+    /// Steps that finished, by number: they return their journaled output.
+    pub finished: HashMap<u32, Replay>,
+    /// Mutating steps that journaled an intent but no end, by number: `(name, intent)`. They
+    /// apply that intent again (which finds it done if the write happened) instead of planning.
+    pub intents: HashMap<u32, (String, Value)>,
+    /// An event that joined the run said its incident resolved.
+    pub resolved: bool,
+}
+
+/// An event handed to a running run (see [`RunContext::join`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinedEvent {
+    pub event_id: String,
+    /// `resolved`, `firing`, ...
+    pub status: String,
+    /// For people: `alertmanager/resolved ModelLatencyHigh`.
+    pub summary: String,
+}
+
+/// Why an event could not be joined to a run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    /// The run ended before the event could be journaled in it.
+    #[error("the run has already finished")]
+    Finished,
+    /// The journal refused the record.
+    #[error("cannot journal the joined event: {0}")]
+    Journal(String),
+}
+
+/// A joined event waiting for the run's next durable write.
+type QueuedJoin = (
+    RecordBody,
+    JoinedEvent,
+    oneshot::Sender<Result<(), JoinError>>,
+);
+
 /// Everything the step functions need to know about the run on this thread.
 pub(crate) struct RunContext {
     pub meta: Arc<RunMeta>,
@@ -105,6 +145,8 @@ pub(crate) struct RunContext {
     pub action_timeout: Duration,
     /// Finished steps of an earlier attempt, by step number.
     pub replay: HashMap<u32, Replay>,
+    /// Intents journaled by an earlier attempt whose steps never finished, by step number.
+    pub intents: HashMap<u32, (String, Value)>,
     next_step: AtomicU32,
     stop: AtomicU8,
     /// Records waiting for the next durable write, in order. Held across that write, so a
@@ -121,6 +163,16 @@ pub(crate) struct RunContext {
     inline: AtomicBool,
     /// Log lines of the inline attempt, emitted only if it completes.
     held: std::sync::Mutex<Vec<Box<dyn FnOnce() + Send>>>,
+    /// The script runs on a blocking thread of its own: a joined event may flush at once.
+    on_thread: AtomicBool,
+    /// `RunFinished` is journaled: nothing more may be.
+    finished: AtomicBool,
+    /// Joined events waiting for the next durable write.
+    joins: std::sync::Mutex<Vec<QueuedJoin>>,
+    /// Whether a joined event said the incident resolved.
+    resolved: AtomicBool,
+    /// Woken when an event joins.
+    joined: tokio::sync::Notify,
 }
 
 impl RunContext {
@@ -136,7 +188,7 @@ impl RunContext {
         deadline: Option<Instant>,
         progress: Option<ProgressSink>,
         settings: &crate::runner::RunnerConfig,
-        replay: HashMap<u32, Replay>,
+        earlier: Earlier,
     ) -> Self {
         RunContext {
             meta,
@@ -151,7 +203,8 @@ impl RunContext {
             max_sleep: settings.limits.max_sleep,
             retry: settings.retry,
             action_timeout: settings.action_timeout,
-            replay,
+            replay: earlier.finished,
+            intents: earlier.intents,
             next_step: AtomicU32::new(1),
             stop: AtomicU8::new(0),
             pending: tokio::sync::Mutex::new(Vec::new()),
@@ -159,7 +212,63 @@ impl RunContext {
             start_failed: AtomicBool::new(false),
             inline: AtomicBool::new(false),
             held: std::sync::Mutex::new(Vec::new()),
+            on_thread: AtomicBool::new(false),
+            finished: AtomicBool::new(false),
+            joins: std::sync::Mutex::new(Vec::new()),
+            resolved: AtomicBool::new(earlier.resolved),
+            joined: tokio::sync::Notify::new(),
         }
+    }
+
+    /// The script now runs on a blocking thread of its own (after any inline attempt).
+    pub(crate) fn set_on_thread(&self) {
+        self.on_thread.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a joined event said the run's incident resolved.
+    pub(crate) fn resolved(&self) -> bool {
+        self.resolved.load(Ordering::SeqCst)
+    }
+
+    /// Waits up to `limit` for a joined event saying the incident resolved; whether one did.
+    pub(crate) async fn wait_resolved(&self, limit: Duration) -> bool {
+        let until = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.joined.notified();
+            tokio::pin!(notified);
+            // Registered before looking, so a join between the look and the wait is not missed.
+            notified.as_mut().enable();
+            if self.resolved() {
+                return true;
+            }
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(until) => return self.resolved(),
+            }
+        }
+    }
+
+    /// Hands an event about the run's incident to the run: an `event_joined` record, durable
+    /// in the run's trail (in order with its other records) before this returns `Ok`. While the
+    /// script still runs inline on the async worker, the record waits for the run's next
+    /// durable write (its end, or its hand-over to a thread), which comes within moments.
+    pub(crate) async fn join(&self, event: JoinedEvent) -> Result<(), JoinError> {
+        let (done, answer) = oneshot::channel();
+        let record = RecordBody::EventJoined {
+            event_id: event.event_id.clone(),
+            status: event.status.clone(),
+            summary: event.summary.clone(),
+        };
+        self.joins
+            .lock()
+            .expect("joins lock")
+            .push((record, event, done));
+        // Queue first, then look: a run that moved to its thread after the look would
+        // otherwise not flush what was queued after its last write.
+        if self.on_thread.load(Ordering::SeqCst) {
+            let _ = self.flush(Vec::new()).await;
+        }
+        answer.await.unwrap_or(Err(JoinError::Finished))
     }
 
     /// Whether the script runs inline on an async worker.
@@ -224,12 +333,30 @@ impl RunContext {
         self.start_failed.load(Ordering::Relaxed)
     }
 
-    /// Writes every pending record, then `more`, with one durable append. The first write
-    /// answers the start signal; if it fails, the run is stopped and journals nothing more.
+    /// Writes every pending record, the events that joined meanwhile, then `more`, with one
+    /// durable append. The first write answers the start signal; if it fails, the run is
+    /// stopped and journals nothing more. Once `more` carried `RunFinished`, nothing is written.
     pub(crate) async fn flush(&self, more: Vec<RecordBody>) -> Result<(), String> {
         let mut pending = self.pending.lock().await;
-        if self.start_failed() {
+        let joins = std::mem::take(&mut *self.joins.lock().expect("joins lock"));
+        if self.start_failed() || self.finished.load(Ordering::SeqCst) {
+            let refusal = if self.start_failed() {
+                JoinError::Journal("the run's start could not be journaled".to_owned())
+            } else {
+                JoinError::Finished
+            };
+            for (_, _, done) in joins {
+                let _ = done.send(Err(refusal.clone()));
+            }
             return Err("the run's start could not be journaled".to_owned());
+        }
+        let ends = more
+            .iter()
+            .any(|b| matches!(b, RecordBody::RunFinished { .. }));
+        let mut answers = Vec::with_capacity(joins.len());
+        for (record, event, done) in joins {
+            pending.push(record);
+            answers.push((event, done));
         }
         pending.extend(more);
         if pending.is_empty() {
@@ -238,6 +365,9 @@ impl RunContext {
         let drafts = pending.drain(..).map(|b| self.draft(b)).collect();
         let result = self.journal.append_all(drafts).await.map(drop);
         let message = result.as_ref().map_err(|e| error_chain(e)).err();
+        if ends && result.is_ok() {
+            self.finished.store(true, Ordering::SeqCst);
+        }
         let signal = self.start.lock().expect("start signal lock").take();
         if let Some(signal) = signal {
             if result.is_err() {
@@ -245,6 +375,23 @@ impl RunContext {
                 self.set_stop(Stop::Cancelled);
             }
             let _ = signal.send(result);
+        }
+        let joined = !answers.is_empty();
+        for (event, done) in answers {
+            match &message {
+                None => {
+                    if event.status == "resolved" {
+                        self.resolved.store(true, Ordering::SeqCst);
+                    }
+                    let _ = done.send(Ok(()));
+                }
+                Some(m) => {
+                    let _ = done.send(Err(JoinError::Journal(m.clone())));
+                }
+            }
+        }
+        if joined {
+            self.joined.notify_waiters();
         }
         match message {
             Some(message) => Err(message),
@@ -489,10 +636,12 @@ pub(crate) enum Durability {
     Deferred,
 }
 
-/// The next step number, or a replayed result when an earlier attempt finished this step.
+/// The next step number, or a replayed result when an earlier attempt finished this step, or
+/// the intent an earlier attempt journaled for it without finishing it.
 pub(crate) enum Begin {
     Live(u32),
     Replayed(u32, Value),
+    Resumed(u32, Value),
 }
 
 /// Numbers the next step and, on resume, looks it up in the earlier attempt.
@@ -506,13 +655,22 @@ pub(crate) fn begin(cx: &RunContext, name: &str) -> Result<Begin, ScriptError> {
         return Err(Stop::Suspended.error());
     }
     let step = cx.next_step.fetch_add(1, Ordering::Relaxed);
+    let diverged = |journaled: &str| {
+        script_error(format!(
+            "resume diverged at step {step}: the journal has `{journaled}` there, the script now calls `{name}`"
+        ))
+    };
+    if let Some((journaled, intent)) = cx.intents.get(&step) {
+        return if journaled == name {
+            Ok(Begin::Resumed(step, intent.clone()))
+        } else {
+            Err(diverged(journaled))
+        };
+    }
     match cx.replay.get(&step) {
         None => Ok(Begin::Live(step)),
         Some(replay) if replay.name == name => Ok(Begin::Replayed(step, replay.outputs.clone())),
-        Some(replay) => Err(script_error(format!(
-            "resume diverged at step {step}: the journal has `{}` there, the script now calls `{name}`",
-            replay.name
-        ))),
+        Some(replay) => Err(diverged(&replay.name)),
     }
 }
 
@@ -551,12 +709,14 @@ pub(crate) fn run_leaf(
     }
     let step = match begin(&cx, name)? {
         Begin::Replayed(step, outputs) => return finish_replayed(&cx, step, name, outputs),
-        Begin::Live(step) => step,
+        // Only mutations journal intents; another step by that number runs again.
+        Begin::Live(step) | Begin::Resumed(step, _) => step,
     };
     let started_record = RecordBody::StepStarted {
         step,
         name: name.to_owned(),
         inputs,
+        intent: None,
     };
     let mut pending = Vec::with_capacity(3);
     match durability {
@@ -584,6 +744,102 @@ pub(crate) fn run_leaf(
         Durability::WriteAhead => cx.journal(pending)?,
         Durability::Deferred => cx.defer(pending),
     }
+    if let Some(stop) = result.stop {
+        return Err(stop.error());
+    }
+    match result.outcome {
+        Ok(v) => to_dynamic(&v),
+        Err(e) => Err(script_error(format!(
+            "step {step} `{name}` failed ({}): {}",
+            e.kind, e.message
+        ))),
+    }
+}
+
+/// How a mutation's first half ended: the intent, or the step's failure.
+pub(crate) type Planned = Result<Value, LeafResult>;
+
+/// Runs a mutating step in two halves (see `firebreak_connector`): `plan` resolves the
+/// intent (reads only); the intent is journaled in the write-ahead `StepStarted`; in a dry run
+/// the step ends there with `dry_answer(intent)`; otherwise `apply` brings the world to the
+/// intent. On resume, a step whose intent is journaled but whose end is not skips `plan` and
+/// applies that intent again; a step that finished returns its journaled output.
+pub(crate) fn run_mutation(
+    name: &str,
+    inputs: Value,
+    plan: impl FnOnce(&RunContext, u32) -> Planned,
+    dry_answer: impl FnOnce(&Value) -> Value,
+    apply: impl FnOnce(&RunContext, u32, &Value) -> LeafResult,
+) -> Result<Dynamic, ScriptError> {
+    let cx = current()?;
+    if cx.inline() {
+        return Err(needs_thread());
+    }
+    let (step, intent) = match begin(&cx, name)? {
+        Begin::Replayed(step, outputs) => return finish_replayed(&cx, step, name, outputs),
+        // The write-ahead record with this intent is in the journal already.
+        Begin::Resumed(step, intent) => (step, intent),
+        Begin::Live(step) => {
+            let started = Instant::now();
+            match plan(&cx, step) {
+                Ok(intent) => {
+                    cx.journal(vec![RecordBody::StepStarted {
+                        step,
+                        name: name.to_owned(),
+                        inputs,
+                        intent: Some(intent.clone()),
+                    }])?;
+                    (step, intent)
+                }
+                Err(failed) => {
+                    let started_record = RecordBody::StepStarted {
+                        step,
+                        name: name.to_owned(),
+                        inputs,
+                        intent: None,
+                    };
+                    return finish_leaf(&cx, step, name, started, failed, vec![started_record]);
+                }
+            }
+        }
+    };
+    let started = Instant::now();
+    let result = if cx.dry_run {
+        let mut result = LeafResult::ok(dry_answer(&intent));
+        result.status = StepStatus::Skipped;
+        result
+    } else {
+        apply(&cx, step, &intent)
+    };
+    finish_leaf(&cx, step, name, started, result, Vec::new())
+}
+
+/// Journals a write-ahead step's end (after `before`, records not yet journaled) and turns
+/// its outcome into a script value or error.
+fn finish_leaf(
+    cx: &RunContext,
+    step: u32,
+    name: &str,
+    started: Instant,
+    result: LeafResult,
+    mut before: Vec<RecordBody>,
+) -> Result<Dynamic, ScriptError> {
+    let duration_ms = started.elapsed().as_millis() as u64;
+    before.extend(result.extra);
+    let (outputs, error) = match &result.outcome {
+        Ok(v) => (v.clone(), None),
+        Err(e) => (Value::Null, Some(e.clone())),
+    };
+    before.push(RecordBody::StepFinished {
+        step,
+        name: name.to_owned(),
+        status: result.status,
+        outputs,
+        error,
+        duration_ms,
+        attempts: result.attempts,
+    });
+    cx.journal(before)?;
     if let Some(stop) = result.stop {
         return Err(stop.error());
     }

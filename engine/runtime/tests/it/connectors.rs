@@ -35,6 +35,7 @@ async fn a_mutating_action_outside_the_runbooks_namespaces_is_refused_and_audite
         "{error}"
     );
     assert_eq!(fake.count("scale"), 0, "the connector was never called");
+    assert_eq!(fake.count("plan:scale"), 0, "not even to plan");
     assert_eq!(
         kinds(&records),
         vec![
@@ -70,10 +71,13 @@ async fn allowed_calls_pass_named_args_and_optional_params_may_be_omitted() {
     )
     .await;
     assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
-    assert_eq!(fake.count("scale"), 1);
+    assert_eq!((fake.count("plan:scale"), fake.count("scale")), (1, 1));
     match &records[1].body {
-        RecordBody::StepStarted { inputs, .. } => {
-            assert_eq!(inputs, &json!({"namespace": "shop", "name": "api"}))
+        RecordBody::StepStarted { inputs, intent, .. } => {
+            assert_eq!(inputs, &json!({"namespace": "shop", "name": "api"}));
+            let intent = intent.as_ref().expect("a mutation journals its intent");
+            assert_eq!(intent["summary"], "scale api from 1 to 1");
+            assert_eq!(intent["replicas"], 1);
         }
         other => panic!("{other:?}"),
     }
@@ -83,7 +87,7 @@ async fn allowed_calls_pass_named_args_and_optional_params_may_be_omitted() {
         } => {
             assert_eq!(
                 outputs,
-                &json!({"scaled": "api", "replicas": null, "dry_run": false})
+                &json!({"scaled": "api", "replicas": 1, "changed": true})
             );
             assert_eq!(*attempts, 1);
         }
@@ -115,10 +119,43 @@ async fn dry_runs_tell_mutating_actions_and_mark_them_skipped() {
     p.dry_run = true;
     let (outcome, records) = run(&h, p).await;
     assert_eq!(outcome.status, RunStatus::Succeeded);
-    assert_eq!(fake.count("scale"), 1);
+    // The engine plans and never applies: no connector can write in a dry run.
+    assert_eq!((fake.count("plan:scale"), fake.count("scale")), (1, 0));
+    assert_eq!(fake.writes(), 0);
+    assert!(fake.world.lock().unwrap().is_empty());
     assert_eq!(kinds(&records)[2], "finished 1 fake::scale skipped");
     match &records[2].body {
-        RecordBody::StepFinished { outputs, .. } => assert_eq!(outputs["dry_run"], true),
+        RecordBody::StepFinished { outputs, .. } => {
+            assert_eq!(outputs["dry_run"], true);
+            assert_eq!(outputs["changed"], false);
+            assert_eq!(outputs["would"], "scale api from 1 to 5");
+            assert_eq!(
+                outputs["replicas"], 5,
+                "the answer has the real answer's fields"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The answer to a write is lost (a connection reset after the cluster took it): the retry
+/// applies the same journaled intent, finds it done and writes nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_mutation_applies_its_intent_once() {
+    let (h, fake) = with_fake();
+    *fake.lose_answers.lock().unwrap() = 1;
+    let (outcome, records) = run(&h, plan("r1", r#"fake::scale("shop", "api", 3)"#)).await;
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
+    assert_eq!(fake.count("plan:scale"), 1, "planned once");
+    assert_eq!(fake.count("scale"), 2, "applied twice");
+    assert_eq!(fake.writes(), 1, "written once");
+    match &records[2].body {
+        RecordBody::StepFinished {
+            outputs, attempts, ..
+        } => {
+            assert_eq!(*attempts, 2);
+            assert_eq!(outputs["changed"], false, "the retry found it done");
+        }
         other => panic!("{other:?}"),
     }
 }
@@ -177,7 +214,7 @@ async fn transient_errors_retry_with_backoff_and_others_fail_at_once() {
     );
 
     let (outcome, records) = run(&h, plan("r3", "fake::broken()")).await;
-    assert_eq!(fake.count("broken"), 1);
+    assert_eq!((fake.count("plan:broken"), fake.count("broken")), (1, 0));
     assert!(
         outcome
             .error

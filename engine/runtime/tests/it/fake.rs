@@ -1,10 +1,13 @@
 //! A fake connector that counts calls and can fail, hang, report progress or cancel a run.
+//! Its mutations plan and apply like a real connector's: `scale` keeps a replica count per
+//! name in [`Fake::world`], and applying an intent that already holds writes nothing.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use firebreak_connector::{
-    ActionContext, ActionError, ActionSpec, Connector, Effect, ErrorKind, ParamSpec, ParamType,
+    ActionContext, ActionError, ActionSpec, Connector, Effect, ErrorKind, Intent, ParamSpec,
+    ParamType,
 };
 use firebreak_runtime::CancellationToken;
 use futures::future::BoxFuture;
@@ -17,11 +20,31 @@ pub struct Fake {
     pub cancel_on_two: Mutex<Option<CancellationToken>>,
     /// Transient failures `flaky` still has to give.
     pub flaky_failures: Mutex<u32>,
+    /// Replicas per name, as `scale` leaves them.
+    pub world: Mutex<HashMap<String, i64>>,
+    /// Writes `scale` made to the world.
+    pub writes: Mutex<usize>,
+    /// Times `scale`'s apply still has to fail transiently *after* writing (a lost answer).
+    pub lose_answers: Mutex<u32>,
 }
 
 impl Fake {
+    /// Calls of `action` (for mutations: of its `apply`; `plan:<action>` counts its plans).
     pub fn count(&self, action: &str) -> usize {
         self.calls.lock().unwrap().get(action).copied().unwrap_or(0)
+    }
+
+    fn counted(&self, key: &str) {
+        *self
+            .calls
+            .lock()
+            .unwrap()
+            .entry(key.to_owned())
+            .or_default() += 1;
+    }
+
+    pub fn writes(&self) -> usize {
+        *self.writes.lock().unwrap()
     }
 }
 
@@ -85,22 +108,45 @@ impl Connector for Fake {
         ]
     }
 
-    fn call<'a>(
+    fn plan<'a>(
         &'a self,
         action: &'a str,
         args: Map<String, Value>,
-        cx: &'a ActionContext,
+        _cx: &'a ActionContext,
+    ) -> BoxFuture<'a, Result<Intent, ActionError>> {
+        self.counted(&format!("plan:{action}"));
+        Box::pin(async move {
+            match action {
+                "scale" => {
+                    let name = args["name"].as_str().unwrap_or_default().to_owned();
+                    let to = args.get("replicas").and_then(Value::as_i64).unwrap_or(1);
+                    let from = self.world.lock().unwrap().get(&name).copied().unwrap_or(1);
+                    let intent = Intent::new(
+                        format!("scale {name} from {from} to {to}"),
+                        json!({"scaled": name, "replicas": to, "from": from}),
+                    );
+                    Ok(if from == to { intent.noop() } else { intent })
+                }
+                "broken" => Err(ActionError::new(
+                    ErrorKind::Permanent,
+                    "nothing to roll back to",
+                )),
+                _ => Ok(Intent::new(format!("{action} it"), Value::Object(args))),
+            }
+        })
+    }
+
+    fn apply<'a>(
+        &'a self,
+        action: &'a str,
+        args: Map<String, Value>,
+        intent: &'a Intent,
+        _cx: &'a ActionContext,
     ) -> BoxFuture<'a, Result<Value, ActionError>> {
-        *self
-            .calls
-            .lock()
-            .unwrap()
-            .entry(action.to_owned())
-            .or_default() += 1;
+        self.counted(action);
         Box::pin(async move {
             let x = args.get("x").and_then(Value::as_i64).unwrap_or(0);
             match action {
-                "one" => Ok(json!({"n": 1})),
                 "two" => {
                     if let Some(token) = self.cancel_on_two.lock().unwrap().as_ref() {
                         token.cancel();
@@ -108,9 +154,42 @@ impl Connector for Fake {
                     Ok(json!({"n": x + 10}))
                 }
                 "three" => Ok(json!({"n": x + 100})),
-                "scale" => Ok(
-                    json!({"scaled": args["name"], "replicas": args.get("replicas"), "dry_run": cx.dry_run}),
-                ),
+                "scale" => {
+                    let name: String = intent.field("scaled")?;
+                    let to: i64 = intent.field("replicas")?;
+                    let already = self.world.lock().unwrap().get(&name) == Some(&to);
+                    if !already {
+                        self.world.lock().unwrap().insert(name.clone(), to);
+                        *self.writes.lock().unwrap() += 1;
+                        let mut lose = self.lose_answers.lock().unwrap();
+                        if *lose > 0 {
+                            *lose -= 1;
+                            return Err(ActionError::new(
+                                ErrorKind::Transient,
+                                "connection reset after the write",
+                            ));
+                        }
+                    }
+                    Ok(json!({"scaled": name, "replicas": to, "changed": !already}))
+                }
+                other => Err(ActionError::new(
+                    ErrorKind::Permanent,
+                    format!("no mutation {other}"),
+                )),
+            }
+        })
+    }
+
+    fn call<'a>(
+        &'a self,
+        action: &'a str,
+        _args: Map<String, Value>,
+        cx: &'a ActionContext,
+    ) -> BoxFuture<'a, Result<Value, ActionError>> {
+        self.counted(action);
+        Box::pin(async move {
+            match action {
+                "one" => Ok(json!({"n": 1})),
                 "pods" => {
                     (cx.progress)("listing pods");
                     (cx.progress)("found 2 pods");
@@ -124,10 +203,6 @@ impl Connector for Fake {
                     }
                     Ok(json!("finally"))
                 }
-                "broken" => Err(ActionError::new(
-                    ErrorKind::Permanent,
-                    "nothing to roll back to",
-                )),
                 "hang" => std::future::pending().await,
                 other => Err(ActionError::new(
                     ErrorKind::Permanent,

@@ -77,7 +77,20 @@ pub fn plan(run_id: &str, source: &str) -> RunPlan {
         timeout: Duration::from_secs(30),
         progress: None,
         cancel: CancellationToken::new(),
+        lock_key: None,
+        cooldown: Duration::ZERO,
+        interactive: false,
     }
+}
+
+/// Resumes run `run_id` from the runner's journal.
+pub async fn resume(
+    runner: &firebreak_runtime::Runner,
+    run_id: &str,
+    ast: Arc<firebreak_runtime::AST>,
+) -> Result<firebreak_runtime::RunHandle, firebreak_runtime::RuntimeError> {
+    let plan = runner.prepare_resume(run_id)?;
+    runner.resume(plan, ast).await
 }
 
 /// Runs a plan to its end; returns the outcome and the run's records.

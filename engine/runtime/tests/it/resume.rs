@@ -9,7 +9,7 @@ use firebreak_connector::Registry;
 use firebreak_runtime::{Runner, RuntimeError, compile};
 
 use crate::fake::Fake;
-use crate::{config, kinds, plan};
+use crate::{config, kinds, plan, resume};
 
 const SCRIPT: &str = r#"
     let a = fake::one();
@@ -62,7 +62,11 @@ async fn a_resumed_run_replays_finished_steps_and_calls_each_action_once_overall
         .collect();
     assert_eq!(unfinished, vec!["r1".to_owned()]);
     let ast = compile(std::path::Path::new("test.rhai"), SCRIPT).unwrap();
-    let outcome = runner.resume("r1", ast.clone()).await.unwrap().join().await;
+    let outcome = resume(&runner, "r1", ast.clone())
+        .await
+        .unwrap()
+        .join()
+        .await;
     assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
     assert_eq!(outcome.steps, 5);
     assert_eq!(
@@ -99,11 +103,11 @@ async fn a_resumed_run_replays_finished_steps_and_calls_each_action_once_overall
 
     // A finished run, or one never started, cannot be resumed.
     assert!(matches!(
-        runner.resume("r1", ast.clone()).await,
+        resume(&runner, "r1", ast.clone()).await,
         Err(RuntimeError::AlreadyFinished { .. })
     ));
     assert!(matches!(
-        runner.resume("nope", ast).await,
+        resume(&runner, "nope", ast).await,
         Err(RuntimeError::UnknownRun { .. })
     ));
     drop(runner);
@@ -139,7 +143,7 @@ async fn a_changed_script_that_diverges_from_the_journal_fails_clearly() {
         r#"log("hello"); fake::one()"#,
     )
     .unwrap();
-    let outcome = runner.resume("r1", changed).await.unwrap().join().await;
+    let outcome = resume(&runner, "r1", changed).await.unwrap().join().await;
     assert_eq!(outcome.status, RunStatus::Failed);
     let error = outcome.error.unwrap();
     assert!(error.contains("resume diverged at step 1: the journal has `fake::one` there, the script now calls `log`"), "{error}");
@@ -188,8 +192,75 @@ async fn a_suspended_run_finishes_its_step_journals_no_end_and_resumes() {
     let journal = Arc::new(Journal::open(&path).unwrap());
     let runner = Runner::new(&registry, journal.clone(), config());
     let ast = compile(std::path::Path::new("slow.rhai"), SLOW).unwrap();
-    let outcome = runner.resume("s1", ast).await.unwrap().join().await;
+    let outcome = resume(&runner, "s1", ast).await.unwrap().join().await;
     assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
     assert!(!outcome.suspended);
     assert_eq!((fake.count("one"), fake.count("three")), (1, 1));
+}
+
+/// A crash between a mutation's write and its journaled end (here: the journal is cut right
+/// after the step's write-ahead record, once the write happened). The resumed run applies the
+/// journaled intent again: it finds the world already there, writes nothing and does not plan
+/// again; the run goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mutation_interrupted_after_its_write_is_not_repeated_on_resume() {
+    const SCRIPT: &str = r#"fake::scale("shop", "api", 3); log("scaled")"#;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let fake = Arc::new(Fake::default());
+    let mut registry = Registry::new();
+    registry.register(fake.clone());
+
+    let journal = Arc::new(Journal::open(&path).unwrap());
+    let runner = Runner::new(&registry, journal.clone(), config());
+    let outcome = runner.start(plan("m1", SCRIPT)).await.unwrap().join().await;
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
+    assert_eq!(fake.writes(), 1);
+    drop(runner);
+    drop(journal);
+
+    // Keep everything up to the write-ahead record of step 1: the crash came after the write.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut kept = Vec::new();
+    for line in text.lines() {
+        kept.push(line);
+        if line.contains("\"type\":\"step_started\"") && line.contains("fake::scale") {
+            assert!(line.contains("\"intent\":"), "{line}");
+            break;
+        }
+    }
+    std::fs::write(&path, kept.join("\n") + "\n").unwrap();
+
+    let journal = Arc::new(Journal::open(&path).unwrap());
+    let runner = Runner::new(&registry, journal.clone(), config());
+    let ast = compile(std::path::Path::new("m.rhai"), SCRIPT).unwrap();
+    let outcome = resume(&runner, "m1", ast).await.unwrap().join().await;
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
+    assert_eq!(fake.writes(), 1, "the write was not repeated");
+    assert_eq!(
+        fake.count("plan:scale"),
+        1,
+        "the intent was not decided again"
+    );
+    assert_eq!(fake.count("scale"), 2, "applied again, found done");
+    let records = journal.records_for_run("m1").unwrap();
+    let all = kinds(&records);
+    let resumed_at = all.iter().position(|k| k == "run_resumed").unwrap();
+    assert_eq!(
+        all[resumed_at..].to_vec(),
+        vec![
+            "run_resumed",
+            "finished 1 fake::scale ok",
+            "started 2 log",
+            "finished 2 log ok",
+            "run_finished"
+        ]
+    );
+    match &records[resumed_at + 1].body {
+        RecordBody::StepFinished { outputs, .. } => assert_eq!(outputs["changed"], false),
+        other => panic!("{other:?}"),
+    }
+    drop(runner);
+    drop(journal);
+    firebreak_audit::verify(&path).unwrap();
 }

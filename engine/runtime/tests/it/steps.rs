@@ -1,7 +1,10 @@
 //! Built-in steps and `step(name, || ...)` are journaled by Rust around the script.
 
+use std::sync::Arc;
+
 use firebreak_audit::{RecordBody, RunStatus, StepStatus, verify};
 use firebreak_connector::Registry;
+use firebreak_runtime::{JoinError, JoinedEvent};
 use serde_json::json;
 
 use crate::{collecting_sink, config, harness, kinds, plan, run};
@@ -225,4 +228,114 @@ async fn a_script_that_outgrows_the_inline_attempt_starts_over_without_doubling_
     );
     let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+}
+
+/// An event handed to a running run is journaled in the run's trail before `join` returns,
+/// wakes `wait_resolved`, and shows in `resolved()`; after the run ends, a join is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joined_resolved_event_wakes_wait_resolved_and_is_journaled_in_the_run() {
+    let h = harness(Registry::new(), config());
+    let handle = h
+        .runner
+        .start(plan(
+            "j1",
+            r#"let before = resolved(); let r = wait_resolved("20s"); log(`resolved ${r}`); [before, r, resolved()]"#,
+        ))
+        .await
+        .unwrap();
+    let link = handle.link();
+    crate::wait_for(&h, "j1", "started 2 wait_resolved").await;
+    let joined = JoinedEvent {
+        event_id: "ev-2".into(),
+        status: "resolved".into(),
+        summary: "alertmanager/resolved HighLatency".into(),
+    };
+    link.join(joined.clone()).await.expect("joined");
+    let outcome = handle.join().await;
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
+    let records = h.journal.records_for_run("j1").unwrap();
+    let all = kinds(&records);
+    let joined_at = all.iter().position(|k| k == "event_joined").unwrap();
+    let woke_at = all
+        .iter()
+        .position(|k| k == "finished 2 wait_resolved ok")
+        .unwrap();
+    assert!(joined_at < woke_at, "{all:?}");
+    match &records[woke_at].body {
+        RecordBody::StepFinished { outputs, .. } => assert_eq!(outputs, &json!(true)),
+        other => panic!("{other:?}"),
+    }
+    match &records[joined_at].body {
+        RecordBody::EventJoined {
+            event_id, status, ..
+        } => assert_eq!((event_id.as_str(), status.as_str()), ("ev-2", "resolved")),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(link.join(joined).await, Err(JoinError::Finished));
+}
+
+/// `wait_resolved` without a resolution returns false after its timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_resolved_times_out_false() {
+    let h = harness(Registry::new(), config());
+    let (outcome, records) = run(&h, plan("j2", r#"wait_resolved(50)"#)).await;
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
+    match &records[2].body {
+        RecordBody::StepFinished { outputs, name, .. } => {
+            assert_eq!((name.as_str(), outputs), ("wait_resolved", &json!(false)))
+        }
+        other => panic!("{other:?}"),
+    }
+    let (outcome, _) = run(&h, plan("j3", r#"wait_resolved("1x")"#)).await;
+    assert!(
+        outcome.error.unwrap().contains("unknown unit"),
+        "a bad wait is a clear error"
+    );
+}
+
+/// `once(name, ..)` decides a value once per incident: a later run of the same runbook for the
+/// same event gets the first run's value without evaluating the closure; another event
+/// decides afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_decides_a_value_once_per_incident() {
+    let fake = Arc::new(crate::fake::Fake::default());
+    let mut registry = Registry::new();
+    registry.register(fake.clone());
+    let h = harness(registry, config());
+    const SCRIPT: &str = r#"once("blamed", || fake::one().n + 41)"#;
+    let (first, _) = run(&h, plan("o1", SCRIPT)).await;
+    assert_eq!(first.status, RunStatus::Succeeded, "{first:?}");
+    assert_eq!(fake.count("one"), 1);
+
+    let (second, records) = run(&h, plan("o2", SCRIPT)).await;
+    assert_eq!(second.status, RunStatus::Succeeded, "{second:?}");
+    assert_eq!(fake.count("one"), 1, "the closure did not run again");
+    let decided = records
+        .iter()
+        .find_map(|r| match &r.body {
+            RecordBody::StepStarted { name, inputs, .. } if name == "once:blamed" => {
+                Some(inputs.clone())
+            }
+            _ => None,
+        })
+        .expect("once:blamed step");
+    assert_eq!(decided, json!({"decided_by_run": "o1"}));
+    let out = records
+        .iter()
+        .find_map(|r| match &r.body {
+            RecordBody::StepFinished { name, outputs, .. } if name == "once:blamed" => {
+                Some(outputs.clone())
+            }
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(out, json!(42));
+
+    let mut other = plan("o3", SCRIPT);
+    let mut event = crate::event();
+    event.id = "ev-other".into();
+    other.event = Arc::new(event);
+    let (third, _) = run(&h, other).await;
+    assert_eq!(third.status, RunStatus::Succeeded, "{third:?}");
+    assert_eq!(fake.count("one"), 2, "a new incident decides afresh");
 }

@@ -2,14 +2,18 @@
 //! wait_rollout, snapshot, restore and scale_to_zero.
 //!
 //! Each one sends what the matching `kubectl` command sends (see KUBESIM-NOTES §1); the
-//! decisions come from [`crate::rollout`]. Start at [`rollback`]: it is split into
-//! [`prepare_rollback`] (read and plan) and [`apply_rollback`] (one write with a
-//! resourceVersion precondition), so a concurrent change in between is a Conflict, never an
-//! overwrite. Mutating actions honour `cx.dry_run` by reading, planning and not writing.
+//! decisions come from [`crate::rollout`]. Every mutation comes in two halves (see
+//! `firebreak_connector`): `plan_*` reads and resolves an [`Intent`] (for a rollback: the
+//! target ReplicaSet's revision and pod-template-hash, and a digest of the template it rolls
+//! back from), and `apply_*` brings the Deployment to that intent: if it is already there it
+//! writes nothing; otherwise it writes with a resourceVersion precondition, re-reads on a
+//! conflict and writes again only while the change in between leaves the intent valid (an
+//! autoscaler moved the replicas, the controller moved the status), and confirms the effect
+//! before it answers. Start at [`plan_rollback`] and [`apply_rollback`].
 
 use std::time::Duration;
 
-use firebreak_connector::{ActionContext, ErrorKind};
+use firebreak_connector::{ActionContext, ErrorKind, Intent};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, ReplicaSet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -20,7 +24,7 @@ use serde_json::{Value, json};
 use tracing::info;
 
 use crate::Error;
-use crate::rollout::{self, RollbackPlan};
+use crate::rollout;
 
 /// `(ns, deploy)`: the arguments of most Deployment actions.
 #[derive(Debug, Clone, Deserialize)]
@@ -30,7 +34,7 @@ pub struct DeployArgs {
     pub deploy: String,
 }
 
-/// `rollback(ns, deploy[, revision])`.
+/// `rollback(ns, deploy[, revision[, from]])`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RollbackArgs {
@@ -39,6 +43,10 @@ pub struct RollbackArgs {
     /// 0 or absent: the previous revision.
     #[serde(default)]
     pub revision: Option<i64>,
+    /// What the incident blames: roll back only while the Deployment still runs it (its
+    /// pod-template-hash, revision number, an image, or an image tag). Absent: whatever runs.
+    #[serde(default)]
+    pub from: Option<String>,
 }
 
 /// `set_image(ns, deploy, container, image)`.
@@ -169,135 +177,235 @@ pub async fn owned_replicasets(
     Ok(rollout::owned_replicasets(d, list.items))
 }
 
-/// A planned rollback: the Deployment as read (its resourceVersion is the precondition) and
-/// what will be written.
-#[derive(Debug, Clone)]
-pub struct PreparedRollback {
-    pub deployment: Deployment,
-    pub plan: RollbackPlan,
-}
+/// How many times an apply re-reads and writes again after a 409 whose change left the
+/// intent valid (a controller busy with the object moves its status a few times in a row).
+const CONFLICT_RETRIES: u32 = 6;
 
-impl PreparedRollback {
-    fn name(&self) -> &str {
-        self.deployment.metadata.name.as_deref().unwrap_or_default()
-    }
-
-    fn ns(&self) -> &str {
-        self.deployment
-            .metadata
-            .namespace
-            .as_deref()
-            .unwrap_or_default()
-    }
-
-    /// The step output, before or after the write.
-    pub fn describe(&self, dry_run: bool) -> Value {
-        let from_images = rollout::deployment_images(&self.deployment);
-        let mut out = json!({
-            "deployment": id(self.ns(), self.name()),
-            "from_revision": rollout::deployment_revision(&self.deployment),
-            "from_images": from_images,
-            "dry_run": dry_run,
-        });
-        match &self.plan {
-            RollbackPlan::Skip { revision } => {
-                out["rolled_back"] = json!(false);
-                out["to_revision"] = json!(revision);
-                out["to_images"] = out["from_images"].clone();
-                out["message"] = json!(format!(
-                    "deployment.apps/{} skipped rollback (current template already matches revision {revision})",
-                    self.name()
-                ));
-            }
-            RollbackPlan::Apply {
-                revision, template, ..
-            } => {
-                out["rolled_back"] = json!(!dry_run);
-                out["to_revision"] = json!(revision);
-                out["to_images"] = json!(rollout::images(Some(&**template)));
-                out["message"] = json!(if dry_run {
-                    format!(
-                        "deployment.apps/{} would roll back to revision {revision}",
-                        self.name()
-                    )
-                } else {
-                    format!("deployment.apps/{} rolled back", self.name())
-                });
-            }
-        }
-        out
-    }
-}
-
-/// Reads the Deployment and its ReplicaSets and plans `kubectl rollout undo
-/// [--to-revision=N]` (0 = previous). Nothing is written.
-pub async fn prepare_rollback(
-    client: &kube::Client,
-    ns: &str,
-    name: &str,
-    to_revision: i64,
-) -> Result<PreparedRollback, Error> {
-    let deployment = get(client, ns, name).await?;
-    let owned = owned_replicasets(client, &deployment).await?;
-    let plan = rollout::plan_rollback(&deployment, &owned, to_revision)
-        .map_err(|e| Error::refused(ErrorKind::Permanent, e.to_string()))?;
-    Ok(PreparedRollback { deployment, plan })
-}
-
-/// Writes a prepared rollback: the template and annotations, with the resourceVersion that
-/// was read as precondition. A Deployment changed since then is a Conflict and is left as
-/// it is.
-pub async fn apply_rollback(
-    client: &kube::Client,
-    prepared: PreparedRollback,
-) -> Result<Value, Error> {
-    let RollbackPlan::Apply {
-        template,
-        annotations,
-        revision,
-    } = &prepared.plan
-    else {
-        return Ok(prepared.describe(false));
-    };
-    let (ns, name) = (prepared.ns().to_owned(), prepared.name().to_owned());
-    let mut d = prepared.deployment.clone();
-    let read_version = d.metadata.resource_version.clone().unwrap_or_default();
-    d.metadata.annotations = Some(annotations.clone());
-    if let Some(spec) = d.spec.as_mut() {
-        spec.template = (**template).clone();
-    }
-    replace_checked(client, &prepared.deployment, d, "rolling back").await?;
-    info!(deployment = %id(&ns, &name), revision, read_version = %read_version, "rolled back");
-    Ok(prepared.describe(false))
-}
-
-/// The fields a write by someone else would have changed: everything but status and the
-/// bookkeeping metadata (resourceVersion, managedFields).
-fn user_fields(d: &Deployment) -> Value {
-    json!({
-        "uid": d.metadata.uid,
-        "labels": d.metadata.labels,
-        "annotations": d.metadata.annotations,
-        "deletionTimestamp": d.metadata.deletion_timestamp,
-        "spec": d.spec,
+/// The ReplicaSet of the Deployment whose template is the Deployment's current one.
+fn current_replicaset<'a>(d: &Deployment, owned: &'a [ReplicaSet]) -> Option<&'a ReplicaSet> {
+    let template = &d.spec.as_ref()?.template;
+    owned.iter().find(|rs| {
+        rs.spec
+            .as_ref()
+            .and_then(|s| s.template.as_ref())
+            .is_some_and(|t| rollout::equal_ignore_hash(t, template))
     })
 }
 
-/// Replaces the Deployment with `desired`, which carries the resourceVersion of `read`.
-///
-/// On 409 the object is read again: if only its status moved (the controller's own
-/// bookkeeping, which a replace of the main resource does not touch), the write is retried
-/// with the new resourceVersion (a few times: the controller may answer our own status-only
-/// change with another one); if anything a person or another tool writes changed
-/// (spec, labels, annotations, uid), the result is a Conflict and nothing is written.
-async fn replace_checked(
+/// A ReplicaSet's `pod-template-hash` label.
+fn template_hash(rs: &ReplicaSet) -> Option<String> {
+    rs.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(rollout::POD_TEMPLATE_HASH))
+        .cloned()
+}
+
+/// The Deployment's pod template.
+fn template_of(d: &Deployment) -> Option<&k8s_openapi::api::core::v1::PodTemplateSpec> {
+    d.spec.as_ref().map(|s| &s.template)
+}
+
+/// Whether the Deployment runs what `blame` names: its current ReplicaSet's
+/// pod-template-hash, its revision number, one of its images, or one of its image tags.
+pub fn runs_blamed(d: &Deployment, current: Option<&ReplicaSet>, blame: &str) -> bool {
+    let blame = blame.trim();
+    if blame.is_empty() {
+        return true;
+    }
+    if current.and_then(template_hash).as_deref() == Some(blame) {
+        return true;
+    }
+    if rollout::deployment_revision(d).to_string() == blame {
+        return true;
+    }
+    rollout::deployment_images(d).iter().any(|pair| {
+        let image = pair.split_once('=').map_or(pair.as_str(), |(_, i)| i);
+        image == blame || image.rsplit_once(':').is_some_and(|(_, tag)| tag == blame)
+    })
+}
+
+/// `rollback(ns, deploy[, revision[, from]])`, first half: `kubectl rollout undo
+/// [--to-revision=N]` decided, not done. The intent names the target by its ReplicaSet's
+/// pod-template-hash (its revision number changes when it is rolled back to) and the
+/// template it rolls back from by a digest. Refuses what kubectl refuses (no history, a
+/// paused Deployment, an unknown revision). With `from`, a Deployment that no longer runs the
+/// blamed version gets a no-op intent: a second run for the same incident does not roll back
+/// the rollback.
+pub async fn plan_rollback(client: &kube::Client, args: &RollbackArgs) -> Result<Intent, Error> {
+    let (ns, name) = (args.ns.as_str(), args.deploy.as_str());
+    let d = get(client, ns, name).await?;
+    let owned = owned_replicasets(client, &d).await?;
+    let current = current_replicaset(&d, &owned);
+    let from_revision = rollout::deployment_revision(&d);
+    let from_images = rollout::deployment_images(&d);
+    let mut detail = json!({
+        "deployment": id(ns, name),
+        "from_revision": from_revision,
+        "from_images": from_images,
+        "from_hash": current.and_then(template_hash),
+        "from_template": rollout::template_digest(template_of(&d)),
+    });
+    if let Some(blame) = args.from.as_deref()
+        && !runs_blamed(&d, current, blame)
+    {
+        let reason = format!(
+            "deployment {} no longer runs {blame:?} (it runs revision {from_revision}: {}); nothing to roll back",
+            id(ns, name),
+            from_images.join(", ")
+        );
+        detail["rolled_back"] = json!(false);
+        detail["blamed"] = json!(blame);
+        detail["to_revision"] = json!(from_revision);
+        detail["to_images"] = json!(from_images);
+        detail["message"] = json!(reason);
+        return Ok(Intent::new(format!("do nothing: {reason}"), detail).noop());
+    }
+    let plan = rollout::plan_rollback(&d, &owned, args.revision.unwrap_or(0))
+        .map_err(|e| Error::refused(ErrorKind::Permanent, e.to_string()))?;
+    match plan {
+        rollout::RollbackPlan::Skip { revision } => {
+            let message = format!(
+                "deployment.apps/{name} skipped rollback (current template already matches revision {revision})"
+            );
+            detail["rolled_back"] = json!(false);
+            detail["to_revision"] = json!(revision);
+            detail["to_images"] = json!(from_images);
+            detail["message"] = json!(message);
+            Ok(Intent::new(message, detail).noop())
+        }
+        rollout::RollbackPlan::Apply {
+            revision, template, ..
+        } => {
+            let target = rollout::select_target(name, &owned, revision)
+                .map_err(|e| Error::refused(ErrorKind::Permanent, e.to_string()))?;
+            let to_images = rollout::images(Some(&template));
+            let summary = format!(
+                "roll {} back from revision {from_revision} ({}) to the template of revision {revision} ({})",
+                id(ns, name),
+                from_images.join(", "),
+                to_images.join(", ")
+            );
+            detail["rolled_back"] = json!(true);
+            detail["to_revision"] = json!(revision);
+            detail["to_hash"] = json!(template_hash(target));
+            detail["to_images"] = json!(to_images);
+            detail["message"] = json!(format!("deployment.apps/{name} rolled back"));
+            Ok(Intent::new(summary, detail))
+        }
+    }
+}
+
+/// `rollback`, second half: brings the Deployment to the intent's target template. Already
+/// there: answers at once, writing nothing (a retry or a resume after the write). Still on the
+/// template it rolls back from: writes the target's template and annotations (what `kubectl
+/// rollout undo` writes) with the resourceVersion just read; on a 409 it reads again and
+/// writes again while the template is unchanged (replicas, status or unrelated annotations
+/// moved, as an autoscaler does), and refuses with a Conflict once someone changed the
+/// template. The answer is given only when the written Deployment carries the target template.
+pub async fn apply_rollback(
     client: &kube::Client,
-    read: &Deployment,
+    args: &RollbackArgs,
+    intent: &Intent,
+) -> Result<Value, Error> {
+    let mut answer = Value::Object(intent.detail.clone());
+    if intent.noop {
+        answer["changed"] = json!(false);
+        return Ok(answer);
+    }
+    let (ns, name) = (args.ns.as_str(), args.deploy.as_str());
+    let to_hash: String = intent.field("to_hash").map_err(Error::from_action)?;
+    let from_template: String = intent.field("from_template").map_err(Error::from_action)?;
+    for _ in 0..=CONFLICT_RETRIES {
+        let d = get(client, ns, name).await?;
+        let owned = owned_replicasets(client, &d).await?;
+        let Some(target) = owned
+            .iter()
+            .find(|rs| template_hash(rs).as_deref() == Some(to_hash.as_str()))
+        else {
+            return Err(Error::refused(
+                ErrorKind::Conflict,
+                format!(
+                    "the ReplicaSet to roll {} back to (pod-template-hash {to_hash}) is gone; not rolling back",
+                    id(ns, name)
+                ),
+            ));
+        };
+        let target_template = target.spec.as_ref().and_then(|s| s.template.clone());
+        let current = template_of(&d);
+        if let (Some(t), Some(c)) = (&target_template, current)
+            && rollout::equal_ignore_hash(t, c)
+        {
+            answer["changed"] = json!(false);
+            answer["revision"] = json!(rollout::deployment_revision(&d));
+            return Ok(answer);
+        }
+        if rollout::template_digest(current) != from_template {
+            return Err(Error::refused(
+                ErrorKind::Conflict,
+                format!(
+                    "deployment {} changed since the rollback was planned: it now runs revision {} ({}), neither the template it rolls back from nor the target; not overwriting someone else's change",
+                    id(ns, name),
+                    rollout::deployment_revision(&d),
+                    rollout::deployment_images(&d).join(", ")
+                ),
+            ));
+        }
+        let revision = rollout::revision_of(target.metadata.annotations.as_ref()).unwrap_or(0);
+        let rollout::RollbackPlan::Apply {
+            template,
+            annotations,
+            ..
+        } = rollout::plan_rollback(&d, &owned, revision)
+            .map_err(|e| Error::refused(ErrorKind::Permanent, e.to_string()))?
+        else {
+            continue;
+        };
+        let mut desired = d.clone();
+        desired.metadata.annotations = Some(annotations);
+        if let Some(spec) = desired.spec.as_mut() {
+            spec.template = *template;
+        }
+        match replace_once(client, ns, name, desired).await? {
+            Some(written) => {
+                let ok = target_template
+                    .as_ref()
+                    .zip(template_of(&written))
+                    .is_some_and(|(t, w)| rollout::equal_ignore_hash(t, w));
+                if !ok {
+                    return Err(Error::refused(
+                        ErrorKind::Permanent,
+                        format!(
+                            "the API server accepted the rollback of {} but the Deployment does not carry the target template",
+                            id(ns, name)
+                        ),
+                    ));
+                }
+                info!(deployment = %id(ns, name), revision, "rolled back");
+                answer["changed"] = json!(true);
+                answer["revision"] = json!(rollout::deployment_revision(&written));
+                return Ok(answer);
+            }
+            // 409: read again; the checks above decide whether to write again.
+            None => continue,
+        }
+    }
+    Err(Error::refused(
+        ErrorKind::Conflict,
+        format!(
+            "deployment {} kept changing; gave up after {CONFLICT_RETRIES} attempts",
+            id(ns, name)
+        ),
+    ))
+}
+
+/// PUTs `desired` (carrying the resourceVersion it was read at). `Ok(None)` on 409.
+async fn replace_once(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
     mut desired: Deployment,
-    doing: &str,
-) -> Result<(), Error> {
-    let ns = read.metadata.namespace.clone().unwrap_or_default();
-    let name = read.metadata.name.clone().unwrap_or_default();
+) -> Result<Option<Deployment>, Error> {
     // managedFields left out: the API server keeps the stored ones.
     desired.metadata.managed_fields = None;
     desired.status = None;
@@ -305,61 +413,30 @@ async fn replace_checked(
         field_manager: Some(crate::FIELD_MANAGER.to_owned()),
         ..PostParams::default()
     };
-    // A controller busy with the object moves its status a few times in a row.
-    const STATUS_ONLY_RETRIES: u32 = 5;
-    let mut retries = 0;
-    loop {
-        match api(client, &ns).replace(&name, &pp, &desired).await {
-            Ok(_) => return Ok(()),
-            Err(kube::Error::Api(status)) if status.code == 409 => {
-                let now = get(client, &ns, &name).await?;
-                let only_status_moved = rollout::same_json(&user_fields(read), &user_fields(&now));
-                if only_status_moved && retries < STATUS_ONLY_RETRIES {
-                    retries += 1;
-                    desired.metadata.resource_version = now.metadata.resource_version.clone();
-                    continue;
-                }
-                return Err(Error::refused(
-                    ErrorKind::Conflict,
-                    format!(
-                        "deployment {} changed since it was read (resourceVersion {} is now {}); \
-                         not overwriting someone else's change",
-                        id(&ns, &name),
-                        read.metadata
-                            .resource_version
-                            .as_deref()
-                            .unwrap_or_default(),
-                        now.metadata.resource_version.as_deref().unwrap_or_default(),
-                    ),
-                ));
-            }
-            Err(e) => {
-                return Err(Error::api(format!("{doing} deployment {}", id(&ns, &name)))(e));
-            }
-        }
+    match api(client, ns).replace(name, &pp, &desired).await {
+        Ok(written) => Ok(Some(written)),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(None),
+        Err(e) => Err(Error::api(format!("writing deployment {}", id(ns, name)))(
+            e,
+        )),
     }
 }
 
-/// `rollback(ns, deploy[, revision])`: `kubectl rollout undo`.
-pub async fn rollback(
-    client: &kube::Client,
-    args: RollbackArgs,
-    cx: &ActionContext,
-) -> Result<Value, Error> {
-    let prepared =
-        prepare_rollback(client, &args.ns, &args.deploy, args.revision.unwrap_or(0)).await?;
-    if cx.dry_run {
-        return Ok(prepared.describe(true));
-    }
-    apply_rollback(client, prepared).await
+/// The container's image in the Deployment's template.
+fn container_image(d: &Deployment, container: &str) -> Option<String> {
+    d.spec
+        .as_ref()?
+        .template
+        .spec
+        .as_ref()?
+        .containers
+        .iter()
+        .find(|c| c.name == container)
+        .map(|c| c.image.clone().unwrap_or_default())
 }
 
-/// `set_image(ns, deploy, container, image)`: `kubectl set image` (strategic merge patch).
-pub async fn set_image(
-    client: &kube::Client,
-    args: SetImageArgs,
-    cx: &ActionContext,
-) -> Result<Value, Error> {
+/// `set_image(ns, deploy, container, image)`, first half.
+pub async fn plan_set_image(client: &kube::Client, args: &SetImageArgs) -> Result<Intent, Error> {
     if args.image.trim().is_empty() {
         return Err(Error::InvalidValue {
             action: "set_image",
@@ -368,122 +445,170 @@ pub async fn set_image(
         });
     }
     let d = get(client, &args.ns, &args.deploy).await?;
+    let Some(from) = container_image(&d, &args.container) else {
+        return Err(Error::refused(
+            ErrorKind::Permanent,
+            format!("unable to find container named \"{}\"", args.container),
+        ));
+    };
+    let detail = json!({
+        "deployment": id(&args.ns, &args.deploy),
+        "container": args.container,
+        "from_image": from,
+        "to_image": args.image,
+    });
+    let intent = Intent::new(
+        format!(
+            "set {} container {} from {from} to {}",
+            id(&args.ns, &args.deploy),
+            args.container,
+            args.image
+        ),
+        detail,
+    );
+    Ok(if from == args.image {
+        intent.noop()
+    } else {
+        intent
+    })
+}
+
+/// `set_image`, second half: `kubectl set image` (strategic merge patch), unless the container
+/// already runs the image.
+pub async fn apply_set_image(
+    client: &kube::Client,
+    args: &SetImageArgs,
+    intent: &Intent,
+) -> Result<Value, Error> {
+    let mut answer = Value::Object(intent.detail.clone());
+    let d = get(client, &args.ns, &args.deploy).await?;
     let containers = d
         .spec
         .as_ref()
         .and_then(|s| s.template.spec.as_ref())
         .map(|s| s.containers.clone())
         .unwrap_or_default();
-    let Some(current) = containers.iter().find(|c| c.name == args.container) else {
-        return Err(Error::refused(
-            ErrorKind::Permanent,
-            format!("unable to find container named \"{}\"", args.container),
-        ));
-    };
-    let from = current.image.clone().unwrap_or_default();
-    let changed = from != args.image;
-    let out = json!({
-        "deployment": id(&args.ns, &args.deploy),
-        "container": args.container,
-        "from_image": from,
-        "to_image": args.image,
-        "changed": changed && !cx.dry_run,
-        "dry_run": cx.dry_run,
-    });
-    if cx.dry_run || !changed {
-        return Ok(out);
+    if container_image(&d, &args.container).as_deref() == Some(args.image.as_str()) {
+        answer["changed"] = json!(false);
+        return Ok(answer);
     }
     let order: Vec<Value> = containers.iter().map(|c| json!({"name": c.name})).collect();
     let patch = json!({"spec": {"template": {"spec": {
         "$setElementOrder/containers": order,
         "containers": [{"image": args.image, "name": args.container}],
     }}}});
-    api(client, &args.ns)
+    let written = api(client, &args.ns)
         .patch(&args.deploy, &params(), &Patch::Strategic(&patch))
         .await
         .map_err(Error::api(format!(
             "setting image on deployment {}",
             id(&args.ns, &args.deploy)
         )))?;
+    if container_image(&written, &args.container).as_deref() != Some(args.image.as_str()) {
+        return Err(Error::refused(
+            ErrorKind::Permanent,
+            format!(
+                "the patch was accepted but container {} of {} does not run {}",
+                args.container,
+                id(&args.ns, &args.deploy),
+                args.image
+            ),
+        ));
+    }
     info!(deployment = %id(&args.ns, &args.deploy), container = %args.container, image = %args.image, "image set");
-    Ok(out)
+    answer["changed"] = json!(true);
+    Ok(answer)
 }
 
 fn replicas_of(d: &Deployment) -> i32 {
     d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
 }
 
-async fn patch_replicas(
-    client: &kube::Client,
-    ns: &str,
-    name: &str,
-    replicas: i32,
-) -> Result<(), Error> {
-    api(client, ns)
-        .patch_scale(
-            name,
-            &params(),
-            &Patch::Merge(json!({"spec": {"replicas": replicas}})),
-        )
-        .await
-        .map_err(Error::api(format!("scaling deployment {}", id(ns, name))))?;
-    Ok(())
-}
-
-/// `scale(ns, deploy, replicas)`: `kubectl scale` (merge patch on the scale subresource).
-pub async fn scale(
-    client: &kube::Client,
-    args: ScaleArgs,
-    cx: &ActionContext,
-) -> Result<Value, Error> {
-    let replicas = i32::try_from(args.replicas)
+/// A replica count from a script, refused unless it fits.
+fn replica_count(replicas: i64) -> Result<i32, Error> {
+    i32::try_from(replicas)
         .ok()
         .filter(|r| *r >= 0)
         .ok_or_else(|| Error::InvalidValue {
             action: "scale",
             param: "replicas",
-            reason: format!("{} is not a replica count (0..=2147483647)", args.replicas),
-        })?;
-    let d = get(client, &args.ns, &args.deploy).await?;
+            reason: format!("{replicas} is not a replica count (0..=2147483647)"),
+        })
+}
+
+/// `scale(ns, deploy, replicas)` / `scale_to_zero(ns, deploy)`, first half.
+pub async fn plan_scale(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    to: i32,
+) -> Result<Intent, Error> {
+    let d = get(client, ns, name).await?;
     let from = replicas_of(&d);
-    if !cx.dry_run {
-        patch_replicas(client, &args.ns, &args.deploy, replicas).await?;
-        info!(deployment = %id(&args.ns, &args.deploy), from, to = replicas, "scaled");
-    }
-    Ok(json!({
-        "deployment": id(&args.ns, &args.deploy),
-        "from_replicas": from,
-        "to_replicas": replicas,
-        "dry_run": cx.dry_run,
-    }))
+    let intent = Intent::new(
+        format!("scale {} from {from} to {to} replicas", id(ns, name)),
+        json!({
+            "deployment": id(ns, name),
+            "from_replicas": from,
+            "to_replicas": to,
+            // scale_to_zero's names, so its answer keeps its shape
+            "previous_replicas": from,
+            "replicas": to,
+        }),
+    );
+    Ok(if from == to { intent.noop() } else { intent })
 }
 
-/// `scale_to_zero(ns, deploy)`: scale to 0, returning the previous count.
-pub async fn scale_to_zero(
+/// `scale`, second half: `kubectl scale` (merge patch on the scale subresource) unless the
+/// count is already set; confirmed by the scale subresource's answer.
+pub async fn apply_scale(
     client: &kube::Client,
-    args: DeployArgs,
-    cx: &ActionContext,
+    ns: &str,
+    name: &str,
+    intent: &Intent,
 ) -> Result<Value, Error> {
-    let d = get(client, &args.ns, &args.deploy).await?;
-    let previous = replicas_of(&d);
-    if !cx.dry_run && previous != 0 {
-        patch_replicas(client, &args.ns, &args.deploy, 0).await?;
-        info!(deployment = %id(&args.ns, &args.deploy), previous, "scaled to zero");
+    let mut answer = Value::Object(intent.detail.clone());
+    let to: i32 = intent.field("to_replicas").map_err(Error::from_action)?;
+    let d = get(client, ns, name).await?;
+    if replicas_of(&d) == to {
+        answer["changed"] = json!(false);
+        return Ok(answer);
     }
-    Ok(json!({
-        "deployment": id(&args.ns, &args.deploy),
-        "previous_replicas": previous,
-        "replicas": 0,
-        "dry_run": cx.dry_run,
-    }))
+    let scale = api(client, ns)
+        .patch_scale(
+            name,
+            &params(),
+            &Patch::Merge(json!({"spec": {"replicas": to}})),
+        )
+        .await
+        .map_err(Error::api(format!("scaling deployment {}", id(ns, name))))?;
+    let now = scale.spec.and_then(|s| s.replicas);
+    if now != Some(to) {
+        return Err(Error::refused(
+            ErrorKind::Permanent,
+            format!(
+                "scaled {} to {to}, but its scale reads {now:?}",
+                id(ns, name)
+            ),
+        ));
+    }
+    info!(deployment = %id(ns, name), to, "scaled");
+    answer["changed"] = json!(true);
+    Ok(answer)
 }
 
-async fn set_paused(
+/// `scale`'s replica count from its arguments.
+pub fn scale_target(args: &ScaleArgs) -> Result<i32, Error> {
+    replica_count(args.replicas)
+}
+
+/// `pause`/`resume`, first half: kubectl refuses to pause a paused Deployment (and to resume
+/// one that is not paused), and so does a fresh plan.
+pub async fn plan_paused(
     client: &kube::Client,
-    args: DeployArgs,
-    cx: &ActionContext,
+    args: &DeployArgs,
     pause: bool,
-) -> Result<Value, Error> {
+) -> Result<Intent, Error> {
     let d = get(client, &args.ns, &args.deploy).await?;
     let paused = d.spec.as_ref().and_then(|s| s.paused) == Some(true);
     if paused == pause {
@@ -497,46 +622,56 @@ async fn set_paused(
             format!("deployments.apps \"{}\" is {state}", args.deploy),
         ));
     }
-    if !cx.dry_run {
-        // kubectl sends `null` to resume: the field is removed, not set to false.
-        let value = if pause { json!(true) } else { Value::Null };
-        api(client, &args.ns)
-            .patch(
-                &args.deploy,
-                &params(),
-                &Patch::Strategic(json!({"spec": {"paused": value}})),
-            )
-            .await
-            .map_err(Error::api(format!(
-                "{} deployment {}",
-                if pause { "pausing" } else { "resuming" },
-                id(&args.ns, &args.deploy)
-            )))?;
-        info!(deployment = %id(&args.ns, &args.deploy), paused = pause, "pause changed");
+    Ok(Intent::new(
+        format!(
+            "{} {}",
+            if pause { "pause" } else { "resume" },
+            id(&args.ns, &args.deploy)
+        ),
+        json!({"deployment": id(&args.ns, &args.deploy), "paused": pause}),
+    ))
+}
+
+/// `pause`/`resume`, second half; a Deployment already in that state is done.
+pub async fn apply_paused(
+    client: &kube::Client,
+    args: &DeployArgs,
+    intent: &Intent,
+) -> Result<Value, Error> {
+    let mut answer = Value::Object(intent.detail.clone());
+    let pause: bool = intent.field("paused").map_err(Error::from_action)?;
+    let d = get(client, &args.ns, &args.deploy).await?;
+    if (d.spec.as_ref().and_then(|s| s.paused) == Some(true)) == pause {
+        answer["changed"] = json!(false);
+        return Ok(answer);
     }
-    Ok(json!({
-        "deployment": id(&args.ns, &args.deploy),
-        "paused": pause,
-        "dry_run": cx.dry_run,
-    }))
-}
-
-/// `pause(ns, deploy)`: `kubectl rollout pause`.
-pub async fn pause(
-    client: &kube::Client,
-    args: DeployArgs,
-    cx: &ActionContext,
-) -> Result<Value, Error> {
-    set_paused(client, args, cx, true).await
-}
-
-/// `resume(ns, deploy)`: `kubectl rollout resume`.
-pub async fn resume(
-    client: &kube::Client,
-    args: DeployArgs,
-    cx: &ActionContext,
-) -> Result<Value, Error> {
-    set_paused(client, args, cx, false).await
+    // kubectl sends `null` to resume: the field is removed, not set to false.
+    let value = if pause { json!(true) } else { Value::Null };
+    let written = api(client, &args.ns)
+        .patch(
+            &args.deploy,
+            &params(),
+            &Patch::Strategic(json!({"spec": {"paused": value}})),
+        )
+        .await
+        .map_err(Error::api(format!(
+            "{} deployment {}",
+            if pause { "pausing" } else { "resuming" },
+            id(&args.ns, &args.deploy)
+        )))?;
+    if (written.spec.as_ref().and_then(|s| s.paused) == Some(true)) != pause {
+        return Err(Error::refused(
+            ErrorKind::Permanent,
+            format!(
+                "the patch was accepted but {} is not {}",
+                id(&args.ns, &args.deploy),
+                if pause { "paused" } else { "resumed" }
+            ),
+        ));
+    }
+    info!(deployment = %id(&args.ns, &args.deploy), paused = pause, "pause changed");
+    answer["changed"] = json!(true);
+    Ok(answer)
 }
 
 /// RFC 3339 in UTC with seconds precision, as kubectl stamps `restartedAt`.
@@ -546,13 +681,22 @@ fn now_rfc3339() -> String {
         .to_string()
 }
 
-/// `restart(ns, deploy)`: `kubectl rollout restart` (stamps the template's
-/// `kubectl.kubernetes.io/restartedAt`, so the controller rolls out new pods).
-pub async fn restart(
-    client: &kube::Client,
-    args: DeployArgs,
-    cx: &ActionContext,
-) -> Result<Value, Error> {
+/// The template's `restartedAt` annotation.
+fn restarted_at(d: &Deployment) -> Option<String> {
+    d.spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(rollout::RESTARTED_AT)
+        .cloned()
+}
+
+/// `restart(ns, deploy)`, first half: the stamp is decided here, once, so a retry or a resume
+/// finds its own stamp and does not restart the pods a second time.
+pub async fn plan_restart(client: &kube::Client, args: &DeployArgs) -> Result<Intent, Error> {
     let d = get(client, &args.ns, &args.deploy).await?;
     if d.spec.as_ref().and_then(|s| s.paused) == Some(true) {
         return Err(Error::refused(
@@ -561,24 +705,51 @@ pub async fn restart(
         ));
     }
     let at = now_rfc3339();
-    if !cx.dry_run {
-        let patch = json!({"spec": {"template": {"metadata": {"annotations": {
-            rollout::RESTARTED_AT: at,
-        }}}}});
-        api(client, &args.ns)
-            .patch(&args.deploy, &params(), &Patch::Strategic(&patch))
-            .await
-            .map_err(Error::api(format!(
-                "restarting deployment {}",
-                id(&args.ns, &args.deploy)
-            )))?;
-        info!(deployment = %id(&args.ns, &args.deploy), "restarted");
+    Ok(Intent::new(
+        format!(
+            "restart the pods of {} (restartedAt {at})",
+            id(&args.ns, &args.deploy)
+        ),
+        json!({"deployment": id(&args.ns, &args.deploy), "restarted_at": at}),
+    ))
+}
+
+/// `restart`, second half: `kubectl rollout restart` stamps the template's `restartedAt`,
+/// unless it already carries this intent's stamp.
+pub async fn apply_restart(
+    client: &kube::Client,
+    args: &DeployArgs,
+    intent: &Intent,
+) -> Result<Value, Error> {
+    let mut answer = Value::Object(intent.detail.clone());
+    let at: String = intent.field("restarted_at").map_err(Error::from_action)?;
+    let d = get(client, &args.ns, &args.deploy).await?;
+    if restarted_at(&d).as_deref() == Some(at.as_str()) {
+        answer["changed"] = json!(false);
+        return Ok(answer);
     }
-    Ok(json!({
-        "deployment": id(&args.ns, &args.deploy),
-        "restarted_at": at,
-        "dry_run": cx.dry_run,
-    }))
+    let patch = json!({"spec": {"template": {"metadata": {"annotations": {
+        rollout::RESTARTED_AT: at,
+    }}}}});
+    let written = api(client, &args.ns)
+        .patch(&args.deploy, &params(), &Patch::Strategic(&patch))
+        .await
+        .map_err(Error::api(format!(
+            "restarting deployment {}",
+            id(&args.ns, &args.deploy)
+        )))?;
+    if restarted_at(&written).as_deref() != Some(at.as_str()) {
+        return Err(Error::refused(
+            ErrorKind::Permanent,
+            format!(
+                "the patch was accepted but {} carries no restart stamp {at}",
+                id(&args.ns, &args.deploy)
+            ),
+        ));
+    }
+    info!(deployment = %id(&args.ns, &args.deploy), "restarted");
+    answer["changed"] = json!(true);
+    Ok(answer)
 }
 
 /// `rollout_history(ns, deploy)`: `kubectl rollout history`.
@@ -738,15 +909,9 @@ pub async fn snapshot(client: &kube::Client, args: DeployArgs) -> Result<Value, 
     Ok(serde_json::to_value(snap).unwrap_or(Value::Null))
 }
 
-/// `restore(ns, snapshot)`: writes the snapshot's spec back onto the same Deployment. The
-/// write carries the resourceVersion just read, so a change made in between is a Conflict;
-/// a Deployment recreated since the snapshot (other uid) is a Conflict too.
-pub async fn restore(
-    client: &kube::Client,
-    args: RestoreArgs,
-    cx: &ActionContext,
-) -> Result<Value, Error> {
-    let snap = args.snapshot;
+/// The snapshot's spec, after the checks every restore makes.
+fn restorable(args: &RestoreArgs) -> Result<DeploymentSpec, Error> {
+    let snap = &args.snapshot;
     if snap.kind != "Deployment" {
         return Err(Error::InvalidValue {
             action: "restore",
@@ -764,13 +929,17 @@ pub async fn restore(
             ),
         });
     }
-    let spec: DeploymentSpec =
-        serde_json::from_value(snap.spec.clone()).map_err(|e| Error::InvalidValue {
-            action: "restore",
-            param: "snapshot",
-            reason: format!("spec is not a Deployment spec: {e}"),
-        })?;
-    let mut d = get(client, &args.ns, &snap.name).await?;
+    serde_json::from_value(snap.spec.clone()).map_err(|e| Error::InvalidValue {
+        action: "restore",
+        param: "snapshot",
+        reason: format!("spec is not a Deployment spec: {e}"),
+    })
+}
+
+/// The Deployment the snapshot was taken of, refused when it was recreated since.
+async fn snapshot_target(client: &kube::Client, args: &RestoreArgs) -> Result<Deployment, Error> {
+    let snap = &args.snapshot;
+    let d = get(client, &args.ns, &snap.name).await?;
     let uid = d.metadata.uid.clone().unwrap_or_default();
     if uid != snap.uid {
         return Err(Error::refused(
@@ -782,30 +951,105 @@ pub async fn restore(
             ),
         ));
     }
-    let from_images = rollout::deployment_images(&d);
+    Ok(d)
+}
+
+/// A digest of a Deployment's spec, to tell whether someone changed it.
+fn spec_digest(d: &Deployment) -> String {
+    rollout::json_digest(&serde_json::to_value(&d.spec).unwrap_or_default())
+}
+
+/// `restore(ns, snapshot)`, first half: the snapshot's spec goes back onto the same
+/// Deployment; the intent remembers the spec it replaces (by digest).
+pub async fn plan_restore(client: &kube::Client, args: &RestoreArgs) -> Result<Intent, Error> {
+    restorable(args)?;
+    let d = snapshot_target(client, args).await?;
+    let snap = &args.snapshot;
     let unchanged = rollout::same_json(
         &serde_json::to_value(&d.spec).unwrap_or_default(),
         &snap.spec,
     );
-    let out = |restored: bool| {
+    let intent = Intent::new(
+        format!(
+            "restore {} to its snapshot (revision {}: {})",
+            id(&args.ns, &snap.name),
+            snap.revision,
+            snap.images.join(", ")
+        ),
         json!({
             "deployment": id(&args.ns, &snap.name),
-            "from_images": from_images,
+            "from_images": rollout::deployment_images(&d),
             "to_images": snap.images,
             "to_replicas": snap.replicas,
-            "restored": restored,
+            "from_spec": spec_digest(&d),
             "unchanged": unchanged,
-            "dry_run": cx.dry_run,
-        })
-    };
-    if cx.dry_run || unchanged {
-        return Ok(out(false));
+            "restored": !unchanged,
+        }),
+    );
+    Ok(if unchanged { intent.noop() } else { intent })
+}
+
+/// `restore`, second half: writes the snapshot's spec with the resourceVersion just read,
+/// unless the Deployment already has it. On a 409, reads again and writes again only if its
+/// spec is still the one the plan saw (the controller moved the status); a spec someone
+/// changed meanwhile is a Conflict.
+pub async fn apply_restore(
+    client: &kube::Client,
+    args: &RestoreArgs,
+    intent: &Intent,
+) -> Result<Value, Error> {
+    let mut answer = Value::Object(intent.detail.clone());
+    if intent.noop {
+        answer["changed"] = json!(false);
+        return Ok(answer);
     }
-    let read = d.clone();
-    d.spec = Some(spec);
-    replace_checked(client, &read, d, "restoring").await?;
-    info!(deployment = %id(&args.ns, &snap.name), "restored from snapshot");
-    Ok(out(true))
+    let spec = restorable(args)?;
+    let from_spec: String = intent.field("from_spec").map_err(Error::from_action)?;
+    let name = args.snapshot.name.as_str();
+    for _ in 0..=CONFLICT_RETRIES {
+        let d = snapshot_target(client, args).await?;
+        let current = serde_json::to_value(&d.spec).unwrap_or_default();
+        if rollout::same_json(&current, &args.snapshot.spec) {
+            answer["changed"] = json!(false);
+            return Ok(answer);
+        }
+        if spec_digest(&d) != from_spec {
+            return Err(Error::refused(
+                ErrorKind::Conflict,
+                format!(
+                    "deployment {} changed since the restore was planned; not overwriting someone else's change",
+                    id(&args.ns, name)
+                ),
+            ));
+        }
+        let mut desired = d;
+        desired.spec = Some(spec.clone());
+        if let Some(written) = replace_once(client, &args.ns, name, desired).await? {
+            let ok = rollout::same_json(
+                &serde_json::to_value(&written.spec).unwrap_or_default(),
+                &args.snapshot.spec,
+            );
+            if !ok {
+                return Err(Error::refused(
+                    ErrorKind::Permanent,
+                    format!(
+                        "the API server accepted the restore of {} but its spec differs from the snapshot",
+                        id(&args.ns, name)
+                    ),
+                ));
+            }
+            info!(deployment = %id(&args.ns, name), "restored from snapshot");
+            answer["changed"] = json!(true);
+            return Ok(answer);
+        }
+    }
+    Err(Error::refused(
+        ErrorKind::Conflict,
+        format!(
+            "deployment {} kept changing; gave up after {CONFLICT_RETRIES} attempts",
+            id(&args.ns, name)
+        ),
+    ))
 }
 
 #[cfg(test)]

@@ -66,6 +66,14 @@ impl Error {
         }
     }
 
+    /// An error the engine's types produced (a journaled intent that does not parse).
+    pub(crate) fn from_action(e: ActionError) -> Self {
+        Error::Refused {
+            kind: e.kind,
+            message: e.message,
+        }
+    }
+
     /// The engine's classification of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {

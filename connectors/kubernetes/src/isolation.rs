@@ -1,14 +1,19 @@
-//! Isolation actions: `quarantine`/`release` (a deny-all NetworkPolicy for selected pods)
-//! and `cordon`/`uncordon` (a node's `spec.unschedulable`, as kubectl does it).
+//! Isolation actions: `quarantine_pod` (one pod, by name), `quarantine` (the pods a selector
+//! picks) and `release` (a deny-all NetworkPolicy and its label), and `cordon`/`uncordon` (a
+//! node's `spec.unschedulable`, as kubectl does it).
 //!
-//! Start at [`quarantine`]. The policy's shape is built by the pure [`quarantine_policy`]
-//! from a selector parsed by [`parse_selector`]; its name is derived from the selector so
-//! that quarantining the same pods twice finds the existing policy.
+//! Start at [`plan_quarantine_pod`]: a pod carries no label of its own, so the action labels
+//! it `firebreak.dev/quarantine=<pod>` and creates the policy selecting that label. Every
+//! isolation is checked before it is reported: the policy exists, is ours, and selects the
+//! intended pods (at least one) — a quarantine that isolates nothing is an error, not a
+//! success. The policy's shape is built by the pure [`quarantine_policy`] from a selector
+//! parsed by [`parse_selector`]; its name is derived from the selector so that quarantining
+//! the same pods twice finds the existing policy.
 
 use std::collections::BTreeMap;
 
-use firebreak_connector::{ActionContext, ErrorKind};
-use k8s_openapi::api::core::v1::Node;
+use firebreak_connector::{ActionContext, ErrorKind, Intent};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicySpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector, LabelSelectorRequirement, ObjectMeta,
@@ -27,6 +32,18 @@ pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const RUN_ID: &str = "firebreak.dev/run-id";
 /// Annotation keeping the selector as the script gave it.
 pub const SELECTOR_ANNOTATION: &str = "firebreak.dev/pod-selector";
+/// Annotation naming the pod a `quarantine_pod` policy isolates.
+pub const POD_ANNOTATION: &str = "firebreak.dev/quarantined-pod";
+/// The label `quarantine_pod` puts on the pod its policy selects.
+pub const QUARANTINE_LABEL: &str = "firebreak.dev/quarantine";
+
+/// `quarantine_pod(ns, pod)`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuarantinePodArgs {
+    pub ns: String,
+    pub pod: String,
+}
 
 /// `quarantine(ns, pod_selector)`.
 #[derive(Debug, Clone, Deserialize)]
@@ -200,59 +217,345 @@ fn is_ours(np: &NetworkPolicy) -> bool {
         .is_some_and(|v| v == "firebreak")
 }
 
-/// `quarantine(ns, pod_selector)`: creates the deny-all policy, or finds the one already
-/// there. Returns its name, whether it was created now, and the run that created it.
-pub async fn quarantine(
+fn pods_api(client: &kube::Client, ns: &str) -> Api<Pod> {
+    Api::namespaced(client.clone(), ns)
+}
+
+fn policies_api(client: &kube::Client, ns: &str) -> Api<NetworkPolicy> {
+    Api::namespaced(client.clone(), ns)
+}
+
+/// The names of the pods `selector` picks, sorted.
+async fn selected_pods(
     client: &kube::Client,
-    args: QuarantineArgs,
-    cx: &ActionContext,
-) -> Result<Value, Error> {
-    let selector = parse_selector(&args.pod_selector)?;
-    let policy = quarantine_policy(&args.ns, &args.pod_selector, selector, &cx.run_id);
-    let name = policy.metadata.name.clone().unwrap_or_default();
-    let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), &args.ns);
-    let out = |created: bool, run_id: &str, dry_run: bool| {
-        json!({
-            "name": name,
-            "namespace": args.ns,
-            "pod_selector": args.pod_selector,
-            "created": created,
-            "run_id": run_id,
-            "dry_run": dry_run,
-        })
-    };
-    let existing = api.get_opt(&name).await.map_err(Error::api(format!(
-        "getting networkpolicy {}/{name}",
-        args.ns
-    )))?;
-    if let Some(np) = existing {
-        return existing_policy(&np, &args.ns, &name).map(|run| out(false, &run, cx.dry_run));
+    ns: &str,
+    selector: &LabelSelector,
+) -> Result<Vec<String>, Error> {
+    let text = crate::deploy::selector_string(selector);
+    let list = pods_api(client, ns)
+        .list(&kube::api::ListParams::default().labels(&text))
+        .await
+        .map_err(Error::api(format!("listing pods {ns}/{text}")))?;
+    let mut names: Vec<String> = list
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// The label value marking one pod: its name, or a digest when the name is longer than a
+/// label value may be.
+pub fn quarantine_value(pod: &str) -> String {
+    if pod.len() <= 63
+        && pod
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return pod.to_owned();
     }
-    if cx.dry_run {
-        return Ok(out(false, &cx.run_id, true));
+    let digest = Sha256::digest(pod.as_bytes());
+    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Creates the policy unless it exists (ours). Returns whether it was created now.
+async fn ensure_policy(
+    client: &kube::Client,
+    ns: &str,
+    policy: &NetworkPolicy,
+) -> Result<bool, Error> {
+    let name = policy.metadata.name.clone().unwrap_or_default();
+    let api = policies_api(client, ns);
+    let get = |api: Api<NetworkPolicy>, name: String| async move {
+        api.get_opt(&name)
+            .await
+            .map_err(Error::api(format!("getting networkpolicy {ns}/{name}")))
+    };
+    if let Some(np) = get(api.clone(), name.clone()).await? {
+        existing_policy(&np, ns, &name)?;
+        return Ok(false);
     }
     let pp = PostParams {
         field_manager: Some(crate::FIELD_MANAGER.to_owned()),
         ..PostParams::default()
     };
-    match api.create(&pp, &policy).await {
-        Ok(_) => {
-            info!(run_id = %cx.run_id, namespace = %args.ns, policy = %name, selector = %args.pod_selector, "pods quarantined");
-            Ok(out(true, &cx.run_id, false))
-        }
+    match api.create(&pp, policy).await {
+        Ok(_) => Ok(true),
         // Created by a concurrent run between our get and create: that one is ours as well.
         Err(kube::Error::Api(s)) if s.code == 409 => {
-            let np = api.get(&name).await.map_err(Error::api(format!(
-                "getting networkpolicy {}/{name}",
-                args.ns
-            )))?;
-            existing_policy(&np, &args.ns, &name).map(|run| out(false, &run, false))
+            let np = get(api, name.clone()).await?.ok_or_else(|| {
+                Error::refused(
+                    ErrorKind::Transient,
+                    format!("networkpolicy {ns}/{name} vanished"),
+                )
+            })?;
+            existing_policy(&np, ns, &name)?;
+            Ok(false)
         }
-        Err(e) => Err(Error::api(format!(
-            "creating networkpolicy {}/{name}",
-            args.ns
-        ))(e)),
+        Err(e) => Err(Error::api(format!("creating networkpolicy {ns}/{name}"))(e)),
     }
+}
+
+/// The isolation check: the policy exists, is ours, selects with `selector`, and the pods it
+/// selects are exactly `expected` (when given) and at least one.
+async fn check_isolation(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    selector: &LabelSelector,
+    expected: Option<&[String]>,
+) -> Result<Vec<String>, Error> {
+    let np = policies_api(client, ns)
+        .get_opt(name)
+        .await
+        .map_err(Error::api(format!("getting networkpolicy {ns}/{name}")))?
+        .ok_or_else(|| {
+            Error::refused(
+                ErrorKind::Permanent,
+                format!("isolation not in effect: networkpolicy {ns}/{name} does not exist"),
+            )
+        })?;
+    existing_policy(&np, ns, name)?;
+    let spec = np.spec.unwrap_or_default();
+    let denies_all = spec
+        .policy_types
+        .as_ref()
+        .is_some_and(|t| t.iter().any(|x| x == "Ingress") && t.iter().any(|x| x == "Egress"))
+        && spec.ingress.as_ref().is_none_or(Vec::is_empty)
+        && spec.egress.as_ref().is_none_or(Vec::is_empty);
+    if spec.pod_selector.as_ref() != Some(selector) || !denies_all {
+        return Err(Error::refused(
+            ErrorKind::Permanent,
+            format!(
+                "isolation not in effect: networkpolicy {ns}/{name} is not the deny-all policy for {}",
+                crate::deploy::selector_string(selector)
+            ),
+        ));
+    }
+    let pods = selected_pods(client, ns, selector).await?;
+    if pods.is_empty() {
+        return Err(Error::refused(
+            ErrorKind::Permanent,
+            format!(
+                "isolation not in effect: networkpolicy {ns}/{name} selects no pod ({})",
+                crate::deploy::selector_string(selector)
+            ),
+        ));
+    }
+    if let Some(expected) = expected
+        && pods != expected
+    {
+        return Err(Error::refused(
+            ErrorKind::Permanent,
+            format!(
+                "isolation not as intended: networkpolicy {ns}/{name} selects [{}], not [{}]",
+                pods.join(", "),
+                expected.join(", ")
+            ),
+        ));
+    }
+    Ok(pods)
+}
+
+/// `quarantine_pod(ns, pod)`, first half: which pod (by uid), the label it will carry and
+/// the policy that will select exactly it.
+pub async fn plan_quarantine_pod(
+    client: &kube::Client,
+    args: &QuarantinePodArgs,
+    cx: &ActionContext,
+) -> Result<Intent, Error> {
+    let pod = pods_api(client, &args.ns)
+        .get(&args.pod)
+        .await
+        .map_err(Error::api(format!("getting pod {}/{}", args.ns, args.pod)))?;
+    let value = quarantine_value(&args.pod);
+    let selector_text = format!("{QUARANTINE_LABEL}={value}");
+    let selector = parse_selector(&selector_text)?;
+    let name = policy_name(&selector);
+    let labelled = pod
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(QUARANTINE_LABEL))
+        .is_some_and(|v| *v == value);
+    let exists = policies_api(client, &args.ns)
+        .get_opt(&name)
+        .await
+        .map_err(Error::api(format!(
+            "getting networkpolicy {}/{name}",
+            args.ns
+        )))?;
+    if let Some(np) = &exists {
+        existing_policy(np, &args.ns, &name)?;
+    }
+    let intent = Intent::new(
+        format!(
+            "cut pod {}/{} off the network: label it {selector_text} and deny all its traffic with networkpolicy {name}",
+            args.ns, args.pod
+        ),
+        json!({
+            "name": name,
+            "namespace": args.ns,
+            "pod": args.pod,
+            "pod_uid": pod.metadata.uid,
+            "pod_selector": selector_text,
+            "isolated_pods": [args.pod],
+            "run_id": cx.run_id,
+        }),
+    );
+    Ok(if labelled && exists.is_some() {
+        intent.noop()
+    } else {
+        intent
+    })
+}
+
+/// `quarantine_pod`, second half: labels the pod (the same pod: checked by uid), creates the
+/// policy, and answers only once the policy selects exactly that pod.
+pub async fn apply_quarantine_pod(
+    client: &kube::Client,
+    args: &QuarantinePodArgs,
+    intent: &Intent,
+    cx: &ActionContext,
+) -> Result<Value, Error> {
+    let mut answer = Value::Object(intent.detail.clone());
+    let uid: Option<String> = intent.field("pod_uid").map_err(Error::from_action)?;
+    let selector_text: String = intent.field("pod_selector").map_err(Error::from_action)?;
+    let selector = parse_selector(&selector_text)?;
+    let value = quarantine_value(&args.pod);
+    let pods = pods_api(client, &args.ns);
+    let pod = pods
+        .get(&args.pod)
+        .await
+        .map_err(Error::api(format!("getting pod {}/{}", args.ns, args.pod)))?;
+    if pod.metadata.uid != uid {
+        return Err(Error::refused(
+            ErrorKind::Conflict,
+            format!(
+                "pod {}/{} was replaced since the quarantine was planned (uid {:?}, planned {:?}); not isolating a different pod",
+                args.ns, args.pod, pod.metadata.uid, uid
+            ),
+        ));
+    }
+    let labelled = pod
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(QUARANTINE_LABEL))
+        .is_some_and(|v| *v == value);
+    if !labelled {
+        let pp = PatchParams {
+            field_manager: Some(crate::FIELD_MANAGER.to_owned()),
+            ..PatchParams::default()
+        };
+        pods.patch(
+            &args.pod,
+            &pp,
+            &Patch::Merge(json!({"metadata": {"labels": {QUARANTINE_LABEL: value}}})),
+        )
+        .await
+        .map_err(Error::api(format!(
+            "labelling pod {}/{}",
+            args.ns, args.pod
+        )))?;
+    }
+    let mut policy = quarantine_policy(&args.ns, &selector_text, selector.clone(), &cx.run_id);
+    policy
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(POD_ANNOTATION.to_owned(), args.pod.clone());
+    let name = policy.metadata.name.clone().unwrap_or_default();
+    let created = ensure_policy(client, &args.ns, &policy).await?;
+    let isolated = check_isolation(
+        client,
+        &args.ns,
+        &name,
+        &selector,
+        Some(std::slice::from_ref(&args.pod)),
+    )
+    .await?;
+    info!(run_id = %cx.run_id, namespace = %args.ns, pod = %args.pod, policy = %name, "pod quarantined");
+    answer["created"] = json!(created);
+    answer["isolated_pods"] = json!(isolated);
+    answer["changed"] = json!(created || !labelled);
+    Ok(answer)
+}
+
+/// `quarantine(ns, pod_selector)`, first half: the pods the selector picks now (a selector
+/// that picks none is refused: it would isolate nothing) and the policy's name.
+pub async fn plan_quarantine(
+    client: &kube::Client,
+    args: &QuarantineArgs,
+    cx: &ActionContext,
+) -> Result<Intent, Error> {
+    let selector = parse_selector(&args.pod_selector)?;
+    let name = policy_name(&selector);
+    let pods = selected_pods(client, &args.ns, &selector).await?;
+    if pods.is_empty() {
+        return Err(Error::refused(
+            ErrorKind::Permanent,
+            format!(
+                "selector {:?} picks no pod in namespace {}; a quarantine would isolate nothing",
+                args.pod_selector, args.ns
+            ),
+        ));
+    }
+    let exists = policies_api(client, &args.ns)
+        .get_opt(&name)
+        .await
+        .map_err(Error::api(format!(
+            "getting networkpolicy {}/{name}",
+            args.ns
+        )))?;
+    if let Some(np) = &exists {
+        existing_policy(np, &args.ns, &name)?;
+    }
+    let intent = Intent::new(
+        format!(
+            "deny all traffic of {} pod(s) in {} ({}) with networkpolicy {name}",
+            pods.len(),
+            args.ns,
+            pods.join(", ")
+        ),
+        json!({
+            "name": name,
+            "namespace": args.ns,
+            "pod_selector": args.pod_selector,
+            "isolated_pods": pods,
+            "run_id": cx.run_id,
+        }),
+    );
+    Ok(if exists.is_some() {
+        intent.noop()
+    } else {
+        intent
+    })
+}
+
+/// `quarantine`, second half: creates the deny-all policy (or finds ours) and answers only
+/// once it selects at least one pod.
+pub async fn apply_quarantine(
+    client: &kube::Client,
+    args: &QuarantineArgs,
+    intent: &Intent,
+    cx: &ActionContext,
+) -> Result<Value, Error> {
+    let mut answer = Value::Object(intent.detail.clone());
+    let selector = parse_selector(&args.pod_selector)?;
+    let policy = quarantine_policy(&args.ns, &args.pod_selector, selector.clone(), &cx.run_id);
+    let name = policy.metadata.name.clone().unwrap_or_default();
+    let created = ensure_policy(client, &args.ns, &policy).await?;
+    let isolated = check_isolation(client, &args.ns, &name, &selector, None).await?;
+    if created {
+        info!(run_id = %cx.run_id, namespace = %args.ns, policy = %name, selector = %args.pod_selector, "pods quarantined");
+    }
+    answer["created"] = json!(created);
+    answer["isolated_pods"] = json!(isolated);
+    answer["changed"] = json!(created);
+    Ok(answer)
 }
 
 /// The run id of an existing quarantine policy, or a refusal when someone else owns the name.
@@ -272,25 +575,20 @@ fn existing_policy(np: &NetworkPolicy, ns: &str, name: &str) -> Result<String, E
         .unwrap_or_default())
 }
 
-/// `release(ns, name)`: deletes a quarantine policy firebreak created. A policy that is
-/// already gone is reported, not an error, so cleanup steps can run twice; a policy
-/// firebreak did not create is refused.
-pub async fn release(
-    client: &kube::Client,
-    args: ReleaseArgs,
-    cx: &ActionContext,
-) -> Result<Value, Error> {
-    let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), &args.ns);
+/// `release(ns, name)`, first half: a policy already gone is a no-op (cleanup steps may run
+/// twice); one firebreak did not create is refused.
+pub async fn plan_release(client: &kube::Client, args: &ReleaseArgs) -> Result<Intent, Error> {
     let what = format!("networkpolicy {}/{}", args.ns, args.name);
-    let Some(np) = api
+    let np = policies_api(client, &args.ns)
         .get_opt(&args.name)
         .await
-        .map_err(Error::api(format!("getting {what}")))?
-    else {
-        return Ok(
-            json!({"name": args.name, "namespace": args.ns, "released": false,
-                         "reason": "not found", "dry_run": cx.dry_run}),
-        );
+        .map_err(Error::api(format!("getting {what}")))?;
+    let Some(np) = np else {
+        return Ok(Intent::new(
+            format!("nothing to release: {what} does not exist"),
+            json!({"name": args.name, "namespace": args.ns, "released": false, "reason": "not found"}),
+        )
+        .noop());
     };
     if !is_ours(&np) {
         return Err(Error::refused(
@@ -298,62 +596,168 @@ pub async fn release(
             format!("{what} was not created by firebreak; not deleting it"),
         ));
     }
-    if !cx.dry_run {
-        match api.delete(&args.name, &DeleteParams::background()).await {
-            Ok(_) => info!(run_id = %cx.run_id, policy = %what, "quarantine released"),
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(Error::api(format!("deleting {what}"))(e)),
-        }
-    }
-    Ok(
-        json!({"name": args.name, "namespace": args.ns, "released": !cx.dry_run,
-              "dry_run": cx.dry_run}),
-    )
+    let pod = np
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(POD_ANNOTATION))
+        .cloned();
+    Ok(Intent::new(
+        format!(
+            "delete {what}{}",
+            pod.as_deref()
+                .map(|p| format!(" and the quarantine label of pod {p}"))
+                .unwrap_or_default()
+        ),
+        json!({"name": args.name, "namespace": args.ns, "released": true, "pod": pod}),
+    ))
 }
 
-/// `cordon(node)` (`cordon = true`) / `uncordon(node)`: as kubectl, reads the node and
-/// patches `spec.unschedulable` only when it differs (`true`, or `null` to uncordon).
-pub async fn cordon(
+/// `release`, second half: deletes the policy (gone already is fine) and takes the quarantine
+/// label off the pod it isolated; answers once the policy is gone.
+pub async fn apply_release(
     client: &kube::Client,
-    args: NodeArgs,
+    args: &ReleaseArgs,
+    intent: &Intent,
     cx: &ActionContext,
-    cordon: bool,
 ) -> Result<Value, Error> {
-    let api: Api<Node> = Api::all(client.clone());
-    let node = api
+    let mut answer = Value::Object(intent.detail.clone());
+    if intent.noop {
+        answer["changed"] = json!(false);
+        return Ok(answer);
+    }
+    let what = format!("networkpolicy {}/{}", args.ns, args.name);
+    let api = policies_api(client, &args.ns);
+    let deleted = match api.delete(&args.name, &DeleteParams::background()).await {
+        Ok(_) => true,
+        Err(kube::Error::Api(s)) if s.code == 404 => false,
+        Err(e) => return Err(Error::api(format!("deleting {what}"))(e)),
+    };
+    let pod: Option<String> = intent.field("pod").map_err(Error::from_action)?;
+    if let Some(pod) = pod {
+        let pp = PatchParams {
+            field_manager: Some(crate::FIELD_MANAGER.to_owned()),
+            ..PatchParams::default()
+        };
+        match pods_api(client, &args.ns)
+            .patch(
+                &pod,
+                &pp,
+                &Patch::Merge(json!({"metadata": {"labels": {QUARANTINE_LABEL: null}}})),
+            )
+            .await
+        {
+            Ok(_) => {}
+            // The pod is gone: nothing left to unlabel.
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(Error::api(format!("unlabelling pod {}/{pod}", args.ns))(e)),
+        }
+    }
+    if api
+        .get_opt(&args.name)
+        .await
+        .map_err(Error::api(format!("getting {what}")))?
+        .is_some_and(|np| np.metadata.deletion_timestamp.is_none())
+    {
+        return Err(Error::refused(
+            ErrorKind::Permanent,
+            format!("{what} was deleted but is still there"),
+        ));
+    }
+    info!(run_id = %cx.run_id, policy = %what, "quarantine released");
+    answer["changed"] = json!(deleted);
+    Ok(answer)
+}
+
+/// `cordon(node)` / `uncordon(node)`, first half.
+pub async fn plan_cordon(
+    client: &kube::Client,
+    args: &NodeArgs,
+    cordon: bool,
+) -> Result<Intent, Error> {
+    let node = Api::<Node>::all(client.clone())
         .get(&args.node)
         .await
         .map_err(Error::api(format!("getting node {}", args.node)))?;
     let current = node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true);
     let verb = if cordon { "cordoned" } else { "uncordoned" };
-    let changed = current != cordon;
-    if changed && !cx.dry_run {
-        let value = if cordon { json!(true) } else { Value::Null };
-        let pp = PatchParams {
-            field_manager: Some(crate::FIELD_MANAGER.to_owned()),
-            ..PatchParams::default()
-        };
-        api.patch(
+    let intent = Intent::new(
+        if current == cordon {
+            format!("node/{} already {verb}", args.node)
+        } else {
+            format!(
+                "mark node/{} {}",
+                args.node,
+                if cordon {
+                    "unschedulable"
+                } else {
+                    "schedulable"
+                }
+            )
+        },
+        json!({
+            "node": args.node,
+            "unschedulable": cordon,
+            "message": if current == cordon {
+                format!("node/{} already {verb}", args.node)
+            } else {
+                format!("node/{} {verb}", args.node)
+            },
+        }),
+    );
+    Ok(if current == cordon {
+        intent.noop()
+    } else {
+        intent
+    })
+}
+
+/// `cordon`/`uncordon`, second half: as kubectl, patches `spec.unschedulable` only when it
+/// differs (`true`, or `null` to uncordon).
+pub async fn apply_cordon(
+    client: &kube::Client,
+    args: &NodeArgs,
+    intent: &Intent,
+    cx: &ActionContext,
+) -> Result<Value, Error> {
+    let mut answer = Value::Object(intent.detail.clone());
+    let cordon: bool = intent.field("unschedulable").map_err(Error::from_action)?;
+    let api: Api<Node> = Api::all(client.clone());
+    let node = api
+        .get(&args.node)
+        .await
+        .map_err(Error::api(format!("getting node {}", args.node)))?;
+    let unschedulable = |n: &Node| n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true);
+    if unschedulable(&node) == cordon {
+        answer["changed"] = json!(false);
+        return Ok(answer);
+    }
+    let value = if cordon { json!(true) } else { Value::Null };
+    let pp = PatchParams {
+        field_manager: Some(crate::FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
+    let written = api
+        .patch(
             &args.node,
             &pp,
             &Patch::Strategic(json!({"spec": {"unschedulable": value}})),
         )
         .await
         .map_err(Error::api(format!("patching node {}", args.node)))?;
-        info!(run_id = %cx.run_id, node = %args.node, verb, "node schedulability changed");
+    if unschedulable(&written) != cordon {
+        return Err(Error::refused(
+            ErrorKind::Permanent,
+            format!(
+                "the patch was accepted but node/{} is not {}",
+                args.node,
+                if cordon { "cordoned" } else { "uncordoned" }
+            ),
+        ));
     }
-    let message = if changed {
-        format!("node/{} {verb}", args.node)
-    } else {
-        format!("node/{} already {verb}", args.node)
-    };
-    Ok(json!({
-        "node": args.node,
-        "unschedulable": if cx.dry_run { current } else { cordon },
-        "changed": changed && !cx.dry_run,
-        "message": message,
-        "dry_run": cx.dry_run,
-    }))
+    info!(run_id = %cx.run_id, node = %args.node, cordon, "node schedulability changed");
+    answer["changed"] = json!(true);
+    Ok(answer)
 }
 
 #[cfg(test)]

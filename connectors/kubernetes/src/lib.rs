@@ -6,7 +6,11 @@
 //! - [`deploy`]: rollback, set_image, scale, pause/resume/restart, history, wait, snapshot,
 //!   restore, scale_to_zero, each doing on the wire what the matching `kubectl` command does;
 //! - [`evidence`]: pods, logs, events, describe;
-//! - [`isolation`]: quarantine/release NetworkPolicies, cordon/uncordon.
+//! - [`isolation`]: quarantine_pod/quarantine/release NetworkPolicies, cordon/uncordon.
+//!
+//! Mutating actions come in two halves (`plan_*` resolves an intent, `apply_*` brings the
+//! cluster to it, checking first whether it already holds and confirming the effect after);
+//! the runtime journals the intent between them and never applies in a dry run.
 //!
 //! [`rollout`] holds the pure kubectl logic (revision selection, template comparison, rollout
 //! status), [`error`] the mapping from API failures to [`ErrorKind`](firebreak_connector::ErrorKind),
@@ -21,7 +25,7 @@ pub mod rollout;
 pub mod spec;
 pub mod watcher;
 
-use firebreak_connector::{ActionContext, ActionError, ActionSpec, Connector};
+use firebreak_connector::{ActionContext, ActionError, ActionSpec, Connector, Intent};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
@@ -51,7 +55,8 @@ impl KubernetesConnector {
         &self.client
     }
 
-    async fn dispatch(
+    /// Runs an observing action.
+    async fn observe(
         &self,
         action: &str,
         args: serde_json::Map<String, Value>,
@@ -60,28 +65,97 @@ impl KubernetesConnector {
         let c = &self.client;
         let args = Value::Object(args);
         match action {
-            "rollback" => deploy::rollback(c, parse(action, args)?, cx).await,
-            "set_image" => deploy::set_image(c, parse(action, args)?, cx).await,
-            "scale" => deploy::scale(c, parse(action, args)?, cx).await,
-            "pause" => deploy::pause(c, parse(action, args)?, cx).await,
-            "resume" => deploy::resume(c, parse(action, args)?, cx).await,
-            "restart" => deploy::restart(c, parse(action, args)?, cx).await,
             "rollout_history" => deploy::rollout_history(c, parse(action, args)?).await,
             "wait_rollout" => deploy::wait_rollout(c, parse(action, args)?, cx).await,
             "snapshot" => deploy::snapshot(c, parse(action, args)?).await,
-            "restore" => deploy::restore(c, parse(action, args)?, cx).await,
-            "scale_to_zero" => deploy::scale_to_zero(c, parse(action, args)?, cx).await,
             "pods" => evidence::pods(c, parse(action, args)?).await,
             "logs" => evidence::logs(c, parse(action, args)?).await,
             "events" => evidence::events(c, parse(action, args)?).await,
             "describe" => evidence::describe(c, parse(action, args)?).await,
-            "quarantine" => isolation::quarantine(c, parse(action, args)?, cx).await,
-            "release" => isolation::release(c, parse(action, args)?, cx).await,
-            "cordon" => isolation::cordon(c, parse(action, args)?, cx, true).await,
-            "uncordon" => isolation::cordon(c, parse(action, args)?, cx, false).await,
             other => Err(Error::UnknownAction(other.to_owned())),
         }
     }
+
+    /// A mutating action's first half: what it will do.
+    async fn plan_action(
+        &self,
+        action: &str,
+        args: serde_json::Map<String, Value>,
+        cx: &ActionContext,
+    ) -> Result<Intent, Error> {
+        let c = &self.client;
+        let args = Value::Object(args);
+        match action {
+            "rollback" => deploy::plan_rollback(c, &parse(action, args)?).await,
+            "set_image" => deploy::plan_set_image(c, &parse(action, args)?).await,
+            "scale" => {
+                let a: deploy::ScaleArgs = parse(action, args)?;
+                deploy::plan_scale(c, &a.ns, &a.deploy, deploy::scale_target(&a)?).await
+            }
+            "scale_to_zero" => {
+                let a: deploy::DeployArgs = parse(action, args)?;
+                deploy::plan_scale(c, &a.ns, &a.deploy, 0).await
+            }
+            "pause" => deploy::plan_paused(c, &parse(action, args)?, true).await,
+            "resume" => deploy::plan_paused(c, &parse(action, args)?, false).await,
+            "restart" => deploy::plan_restart(c, &parse(action, args)?).await,
+            "restore" => deploy::plan_restore(c, &parse(action, args)?).await,
+            "quarantine_pod" => isolation::plan_quarantine_pod(c, &parse(action, args)?, cx).await,
+            "quarantine" => isolation::plan_quarantine(c, &parse(action, args)?, cx).await,
+            "release" => isolation::plan_release(c, &parse(action, args)?).await,
+            "cordon" => isolation::plan_cordon(c, &parse(action, args)?, true).await,
+            "uncordon" => isolation::plan_cordon(c, &parse(action, args)?, false).await,
+            other => Err(Error::UnknownAction(other.to_owned())),
+        }
+    }
+
+    /// A mutating action's second half: brings the cluster to the intent.
+    async fn apply_action(
+        &self,
+        action: &str,
+        args: serde_json::Map<String, Value>,
+        intent: &Intent,
+        cx: &ActionContext,
+    ) -> Result<Value, Error> {
+        let c = &self.client;
+        let args = Value::Object(args);
+        match action {
+            "rollback" => deploy::apply_rollback(c, &parse(action, args)?, intent).await,
+            "set_image" => deploy::apply_set_image(c, &parse(action, args)?, intent).await,
+            "scale" => {
+                let a: deploy::ScaleArgs = parse(action, args)?;
+                deploy::apply_scale(c, &a.ns, &a.deploy, intent).await
+            }
+            "scale_to_zero" => {
+                let a: deploy::DeployArgs = parse(action, args)?;
+                deploy::apply_scale(c, &a.ns, &a.deploy, intent).await
+            }
+            "pause" | "resume" => deploy::apply_paused(c, &parse(action, args)?, intent).await,
+            "restart" => deploy::apply_restart(c, &parse(action, args)?, intent).await,
+            "restore" => deploy::apply_restore(c, &parse(action, args)?, intent).await,
+            "quarantine_pod" => {
+                isolation::apply_quarantine_pod(c, &parse(action, args)?, intent, cx).await
+            }
+            "quarantine" => isolation::apply_quarantine(c, &parse(action, args)?, intent, cx).await,
+            "release" => isolation::apply_release(c, &parse(action, args)?, intent, cx).await,
+            "cordon" | "uncordon" => {
+                isolation::apply_cordon(c, &parse(action, args)?, intent, cx).await
+            }
+            other => Err(Error::UnknownAction(other.to_owned())),
+        }
+    }
+}
+
+/// Logs a failed action and converts its error for the runtime.
+fn reported<T>(
+    result: Result<T, Error>,
+    action: &str,
+    cx: &ActionContext,
+) -> Result<T, ActionError> {
+    if let Err(e) = &result {
+        tracing::warn!(run_id = %cx.run_id, action, kind = ?e.kind(), error = %e.message(), "k8s action failed");
+    }
+    result.map_err(Error::into_action_error)
 }
 
 impl std::fmt::Debug for KubernetesConnector {
@@ -114,12 +188,31 @@ impl Connector for KubernetesConnector {
         args: serde_json::Map<String, Value>,
         cx: &'a ActionContext,
     ) -> BoxFuture<'a, Result<Value, ActionError>> {
+        async move { reported(self.observe(action, args, cx).await, action, cx) }.boxed()
+    }
+
+    fn plan<'a>(
+        &'a self,
+        action: &'a str,
+        args: serde_json::Map<String, Value>,
+        cx: &'a ActionContext,
+    ) -> BoxFuture<'a, Result<Intent, ActionError>> {
+        async move { reported(self.plan_action(action, args, cx).await, action, cx) }.boxed()
+    }
+
+    fn apply<'a>(
+        &'a self,
+        action: &'a str,
+        args: serde_json::Map<String, Value>,
+        intent: &'a Intent,
+        cx: &'a ActionContext,
+    ) -> BoxFuture<'a, Result<Value, ActionError>> {
         async move {
-            let result = self.dispatch(action, args, cx).await;
-            if let Err(e) = &result {
-                tracing::warn!(run_id = %cx.run_id, action, kind = ?e.kind(), error = %e.message(), "k8s action failed");
-            }
-            result.map_err(Error::into_action_error)
+            reported(
+                self.apply_action(action, args, intent, cx).await,
+                action,
+                cx,
+            )
         }
         .boxed()
     }

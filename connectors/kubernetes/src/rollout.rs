@@ -196,6 +196,24 @@ fn normalized(t: &PodTemplateSpec) -> Value {
     v
 }
 
+/// A digest of a pod template as the controller compares templates (without
+/// `pod-template-hash`, null/empty/absent alike): equal templates, equal digests.
+pub fn template_digest(t: Option<&PodTemplateSpec>) -> String {
+    match t {
+        Some(t) => json_digest(&normalized(t)),
+        None => json_digest(&Value::Null),
+    }
+}
+
+/// A short hex digest of a JSON value where null, empty and absent are the same.
+pub fn json_digest(v: &Value) -> String {
+    use sha2::{Digest, Sha256};
+    let mut v = v.clone();
+    prune_empty(&mut v);
+    let digest = Sha256::digest(serde_json::to_vec(&v).unwrap_or_default());
+    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
 /// Semantic JSON equality where null, empty and absent are the same.
 pub fn same_json(a: &Value, b: &Value) -> bool {
     let (mut a, mut b) = (a.clone(), b.clone());

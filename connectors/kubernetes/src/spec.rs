@@ -44,7 +44,10 @@ pub fn actions() -> Vec<ActionSpec> {
             name: "rollback",
             doc: "Roll a Deployment back to its previous revision (or the given one), exactly as \
                   `kubectl rollout undo`: the old ReplicaSet's template is written back with a \
-                  resourceVersion precondition, so a concurrent change fails with a conflict.",
+                  resourceVersion precondition. A change that leaves the template alone (an \
+                  autoscaler's replicas) is written through; a changed template is a conflict. \
+                  With `from`, nothing happens unless the Deployment still runs what `from` \
+                  names, so a second run for the same incident never rolls the rollback back.",
             effect: Mutate,
             params: vec![
                 ns(),
@@ -53,6 +56,12 @@ pub fn actions() -> Vec<ActionSpec> {
                     "revision",
                     ParamType::Int,
                     "revision to roll back to; 0 or absent = previous",
+                ),
+                ParamSpec::optional(
+                    "from",
+                    ParamType::String,
+                    "what the incident blames: a pod-template-hash, revision number, image or \
+                     image tag; roll back only while the Deployment runs it",
                 ),
             ],
             namespace_param: Some("ns"),
@@ -227,9 +236,27 @@ pub fn actions() -> Vec<ActionSpec> {
             example: r#"k8s::describe("ml-serving", "fraud-model")"#,
         },
         ActionSpec {
+            name: "quarantine_pod",
+            doc: "Cut one pod off the network: label it `firebreak.dev/quarantine=<pod>` and \
+                  create a deny-all (ingress and egress) NetworkPolicy selecting that label. \
+                  Reported only once the policy selects exactly that pod.",
+            effect: Mutate,
+            params: vec![
+                ns(),
+                ParamSpec::required("pod", ParamType::String, "name of the pod"),
+            ],
+            namespace_param: Some("ns"),
+            rbac: vec![
+                rule(CORE, &["pods"], &["get", "list", "patch"]),
+                rule(NETWORKING, &["networkpolicies"], &["get", "create"]),
+            ],
+            example: r#"let q = k8s::quarantine_pod("ml-serving", "fraud-model-7d9c-x2x");"#,
+        },
+        ActionSpec {
             name: "quarantine",
-            doc: "Cut the selected pods off the network with a deny-all (ingress and egress) \
-                  NetworkPolicy labelled with the run id. Idempotent.",
+            doc: "Cut the pods a selector picks off the network with a deny-all (ingress and \
+                  egress) NetworkPolicy labelled with the run id. A selector that picks no pod \
+                  is refused. Idempotent.",
             effect: Mutate,
             params: vec![
                 ns(),
@@ -240,7 +267,10 @@ pub fn actions() -> Vec<ActionSpec> {
                 ),
             ],
             namespace_param: Some("ns"),
-            rbac: vec![rule(NETWORKING, &["networkpolicies"], &["get", "create"])],
+            rbac: vec![
+                rule(CORE, &["pods"], &["list"]),
+                rule(NETWORKING, &["networkpolicies"], &["get", "create"]),
+            ],
             example: r#"let q = k8s::quarantine("ml-serving", "app=fraud-model,pod=bad");"#,
         },
         ActionSpec {
@@ -256,7 +286,10 @@ pub fn actions() -> Vec<ActionSpec> {
                 ),
             ],
             namespace_param: Some("ns"),
-            rbac: vec![rule(NETWORKING, &["networkpolicies"], &["get", "delete"])],
+            rbac: vec![
+                rule(NETWORKING, &["networkpolicies"], &["get", "delete"]),
+                rule(CORE, &["pods"], &["patch"]),
+            ],
             example: r#"k8s::release("ml-serving", q.name)"#,
         },
         ActionSpec {
@@ -447,7 +480,7 @@ mod tests {
         );
         assert_eq!(verbs_of("apps", "replicasets"), ["list"]);
         assert_eq!(verbs_of("apps", "deployments/scale"), ["get", "patch"]);
-        assert_eq!(verbs_of("", "pods"), ["get", "list"]);
+        assert_eq!(verbs_of("", "pods"), ["get", "list", "patch"]);
         assert_eq!(verbs_of("", "nodes"), ["get", "patch"]);
         assert_eq!(
             verbs_of("networking.k8s.io", "networkpolicies"),

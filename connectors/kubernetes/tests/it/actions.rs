@@ -208,7 +208,7 @@ async fn dry_runs_change_nothing() -> Result<()> {
         ("restore", json!({"ns": "app", "snapshot": snap})),
         (
             "quarantine",
-            json!({"ns": "app", "pod_selector": "tier=db"}),
+            json!({"ns": "app", "pod_selector": "app=web,pod-template-hash"}),
         ),
         ("release", json!({"ns": "app", "name": q["name"]})),
         ("cordon", json!({"node": "node-a"})),

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use firebreak_connector::{ActionContext, ActionError, Connector};
+use firebreak_connector::{ActionContext, ActionError, Connector, Effect, Intent};
 use firebreak_kubernetes::KubernetesConnector;
 use serde_json::{Value, json};
 
@@ -77,17 +77,48 @@ impl Cluster {
         ))
     }
 
-    /// Calls a `k8s::` action as the runtime would.
-    pub async fn call(
+    /// Calls a `k8s::` action as the runtime would: an observing action once; a mutating one
+    /// planned, then (unless the run is a dry run, which answers the intent) applied.
+    pub async fn call(&self, cx: &Cx, action: &str, args: Value) -> Result<Value, ActionError> {
+        let Value::Object(map) = args else {
+            panic!("args must be an object")
+        };
+        let effect = self
+            .k8s
+            .actions()
+            .into_iter()
+            .find(|a| a.name == action)
+            .map(|a| a.effect);
+        if effect != Some(Effect::Mutate) {
+            return self.k8s.call(action, map, &cx.action).await;
+        }
+        let intent = self.k8s.plan(action, map.clone(), &cx.action).await?;
+        if cx.dry_run {
+            return Ok(intent.dry_run_answer());
+        }
+        self.k8s.apply(action, map, &intent, &cx.action).await
+    }
+
+    /// A mutating action's first half alone.
+    pub async fn plan(&self, cx: &Cx, action: &str, args: Value) -> Result<Intent, ActionError> {
+        let Value::Object(map) = args else {
+            panic!("args must be an object")
+        };
+        self.k8s.plan(action, map, &cx.action).await
+    }
+
+    /// A mutating action's second half alone, for a journaled `intent`.
+    pub async fn apply(
         &self,
-        cx: &ActionContext,
+        cx: &Cx,
         action: &str,
         args: Value,
+        intent: &Intent,
     ) -> Result<Value, ActionError> {
         let Value::Object(map) = args else {
             panic!("args must be an object")
         };
-        self.k8s.call(action, map, cx).await
+        self.k8s.apply(action, map, intent, &cx.action).await
     }
 
     /// Creates a namespace, a Deployment `web` (3 replicas, image `image`, label app=web)
@@ -139,17 +170,22 @@ impl Cluster {
     }
 }
 
-/// An ActionContext for run `run-1` allowed in every namespace, recording progress lines.
-pub fn context(dry_run: bool) -> (ActionContext, Arc<Mutex<Vec<String>>>) {
+/// What the runtime knows about a call: the connector's context, and whether the run is dry.
+pub struct Cx {
+    pub action: ActionContext,
+    pub dry_run: bool,
+}
+
+/// A context for run `run-1` allowed in every namespace, recording progress lines.
+pub fn context(dry_run: bool) -> (Cx, Arc<Mutex<Vec<String>>>) {
     let lines = Arc::new(Mutex::new(Vec::new()));
     let sink = lines.clone();
-    let cx = ActionContext {
+    let action = ActionContext {
         run_id: "run-1".into(),
         runbook: "test".into(),
         team: "team-a".into(),
         namespaces: vec!["*".into()],
-        dry_run,
         progress: Arc::new(move |l: &str| sink.lock().unwrap().push(l.to_owned())),
     };
-    (cx, lines)
+    (Cx { action, dry_run }, lines)
 }

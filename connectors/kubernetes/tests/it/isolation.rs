@@ -10,7 +10,18 @@ use crate::harness::{Cluster, context};
 async fn quarantine_is_idempotent_and_release_removes_only_ours() -> Result<()> {
     let c = Cluster::start().await?;
     let (cx, _) = context(false);
-    c.create_namespace("app").await?;
+    c.deploy_web("app", "web:1").await?;
+    // A selector that picks no pod would isolate nothing: refused, nothing created.
+    let err = c
+        .call(
+            &cx,
+            "quarantine",
+            json!({"ns": "app", "pod_selector": "app=nothing-here"}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Permanent);
+    assert!(err.message.contains("picks no pod"), "{}", err.message);
     let q = c
         .call(
             &cx,
@@ -119,5 +130,102 @@ async fn cordon_and_uncordon_match_kubectl() -> Result<()> {
         .await
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::NotFound);
+    Ok(())
+}
+
+/// `quarantine_pod` isolates exactly one pod: kubectl sees the pod labelled, the policy's
+/// selector picks that pod and no other, and `release` undoes both. Applying the journaled
+/// intent again (a resume after the write) finds it done.
+#[tokio::test]
+async fn quarantine_pod_isolates_exactly_that_pod() -> Result<()> {
+    let c = Cluster::start().await?;
+    let (cx, _) = context(false);
+    c.deploy_web("app", "web:1").await?;
+    let pods = c
+        .kubectl(&["get", "pods", "-n", "app", "-l", "app=web", "-o=name"])
+        .await?;
+    let pods: Vec<&str> = pods.lines().map(|l| l.trim_start_matches("pod/")).collect();
+    assert_eq!(pods.len(), 3, "{pods:?}");
+    let target = pods[1];
+    let args = json!({"ns": "app", "pod": target});
+    let intent = c.plan(&cx, "quarantine_pod", args.clone()).await?;
+    let q = c
+        .apply(&cx, "quarantine_pod", args.clone(), &intent)
+        .await?;
+    assert_eq!(q["isolated_pods"], json!([target]), "{q}");
+    let name = q["name"].as_str().unwrap().to_owned();
+
+    let np: Value = serde_json::from_str(
+        &c.kubectl(&["get", "networkpolicy", &name, "-n", "app", "-o=json"])
+            .await?,
+    )?;
+    assert_eq!(np["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+    assert!(np["spec"].get("ingress").is_none() && np["spec"].get("egress").is_none());
+    let labels = np["spec"]["podSelector"]["matchLabels"]
+        .as_object()
+        .expect("matchLabels");
+    let selector: Vec<String> = labels
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap()))
+        .collect();
+    let selected = c
+        .kubectl(&[
+            "get",
+            "pods",
+            "-n",
+            "app",
+            "-l",
+            &selector.join(","),
+            "-o=name",
+        ])
+        .await?;
+    assert_eq!(
+        selected.trim(),
+        format!("pod/{target}"),
+        "the policy selects exactly the pod"
+    );
+
+    // A resume after the write applies the intent again: nothing new is written.
+    let writes = |c: &Cluster| {
+        c.sim
+            .sim()
+            .requests()
+            .iter()
+            .filter(|r| r.method != "GET")
+            .count()
+    };
+    let before = writes(&c);
+    let again = c.apply(&cx, "quarantine_pod", args, &intent).await?;
+    assert_eq!(again["changed"], false, "{again}");
+    assert_eq!(writes(&c), before);
+
+    c.call(&cx, "release", json!({"ns": "app", "name": name}))
+        .await?;
+    let left = c
+        .kubectl(&[
+            "get",
+            "pods",
+            "-n",
+            "app",
+            "-l",
+            &selector.join(","),
+            "-o=name",
+        ])
+        .await?;
+    assert!(left.trim().is_empty(), "label removed: {left}");
+    let all = c
+        .kubectl(&["get", "networkpolicy", "-n", "app", "-o=name"])
+        .await?;
+    assert!(all.trim().is_empty(), "{all}");
+
+    let err = c
+        .call(
+            &cx,
+            "quarantine_pod",
+            json!({"ns": "app", "pod": "no-such-pod"}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::NotFound, "{}", err.message);
     Ok(())
 }

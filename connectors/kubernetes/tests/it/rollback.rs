@@ -3,7 +3,6 @@
 
 use anyhow::Result;
 use firebreak_connector::ErrorKind;
-use firebreak_kubernetes::deploy;
 use serde_json::{Value, json};
 
 use crate::harness::{Cluster, context};
@@ -215,18 +214,19 @@ async fn rollback_to_a_given_revision_reuses_that_replicaset() -> Result<()> {
 async fn a_deployment_changed_between_read_and_write_is_not_overwritten() -> Result<()> {
     let c = Cluster::start().await?;
     v1_then_v2(&c, "app").await?;
-    let prepared = deploy::prepare_rollback(&c.client, "app", "web", 0).await?;
+    let (cx, _) = context(false);
+    let args = json!({"ns": "app", "deploy": "web"});
+    let planned = c.plan(&cx, "rollback", args.clone()).await?;
     // Someone else ships web:3 while the runbook is between its read and its write.
     c.kubectl(&["set", "image", "deploy/web", "app=web:3", "-n", "app"])
         .await?;
-    let err = deploy::apply_rollback(&c.client, prepared)
-        .await
-        .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Conflict, "{}", err.message());
+    let err = c.apply(&cx, "rollback", args, &planned).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Conflict, "{}", err.message);
     assert!(
-        err.message().contains("changed since it was read"),
+        err.message
+            .contains("changed since the rollback was planned"),
         "{}",
-        err.message()
+        err.message
     );
     let d = json_of(&c, &["get", "deploy/web", "-n", "app"]).await?;
     assert_eq!(
@@ -332,7 +332,11 @@ async fn dry_run_plans_the_rollback_and_writes_nothing() -> Result<()> {
         .call(&cx, "rollback", json!({"ns": "app", "deploy": "web"}))
         .await?;
     assert_eq!(out["dry_run"], true);
-    assert_eq!(out["rolled_back"], false);
+    assert_eq!(out["changed"], false);
+    assert_eq!(
+        out["would"],
+        "roll app/web back from revision 2 (app=web:2) to the template of revision 1 (app=web:1)"
+    );
     assert_eq!(out["to_images"], json!(["app=web:1"]));
     let after = json_of(&c, &["get", "deploy/web", "-n", "app"]).await?;
     assert_eq!(
@@ -435,12 +439,15 @@ async fn rollback_writes_what_kubectl_rollout_undo_writes() -> Result<()> {
         )
         .await?;
     assert_eq!(out["to_revision"], 1, "{out}");
-    // On the wire: read the Deployment, list its ReplicaSets by selector, one guarded write.
+    // On the wire: the plan reads the Deployment and lists its ReplicaSets by selector; the
+    // apply reads both again (is the intent already there?) and makes one guarded write.
     let wire: Vec<(String, String)> = c.sim.sim().requests()[mark..]
         .iter()
         .map(|r| (r.method.clone(), format!("{}?{}", r.path, r.query)))
         .collect();
-    assert_eq!(wire.len(), 3, "{wire:?}");
+    assert_eq!(wire.len(), 5, "{wire:?}");
+    assert_eq!(wire[..2], wire[2..4], "apply reads what the plan read");
+    let wire = wire[2..].to_vec();
     assert_eq!(wire[0].0, "GET");
     assert!(
         wire[0]
@@ -491,13 +498,22 @@ async fn rollback_writes_what_kubectl_rollout_undo_writes() -> Result<()> {
 async fn a_hand_made_deployment_changed_before_the_write_is_a_conflict() -> Result<()> {
     let c = Cluster::start().await?;
     hand_made_history(&c, "app").await?;
-    let prepared = deploy::prepare_rollback(&c.client, "app", "web", 0).await?;
+    let (cx, _) = context(false);
+    let planned = c
+        .plan(&cx, "rollback", json!({"ns": "app", "deploy": "web"}))
+        .await?;
     c.kubectl(&["set", "image", "deploy/web", "app=web:3", "-n", "app"])
         .await?;
-    let err = deploy::apply_rollback(&c.client, prepared)
+    let err = c
+        .apply(
+            &cx,
+            "rollback",
+            json!({"ns": "app", "deploy": "web"}),
+            &planned,
+        )
         .await
         .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Conflict, "{}", err.message());
+    assert_eq!(err.kind, ErrorKind::Conflict, "{}", err.message);
     let d = json_of(&c, &["get", "deploy/web", "-n", "app"]).await?;
     assert_eq!(
         d["spec"]["template"]["spec"]["containers"][0]["image"],
@@ -516,9 +532,11 @@ async fn a_hand_made_deployment_changed_before_the_write_is_a_conflict() -> Resu
         "--timeout=60s",
     ])
     .await?;
-    let prepared = deploy::prepare_rollback(&c.client, "app", "web", 1).await?;
+    let args = json!({"ns": "app", "deploy": "web", "revision": 1});
+    let planned = c.plan(&cx, "rollback", args.clone()).await?;
     let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
         kube::Api::namespaced(c.client.clone(), "app");
+    let read = api.get("web").await?.metadata.resource_version;
     api.patch_status(
         "web",
         &kube::api::PatchParams::default(),
@@ -526,15 +544,156 @@ async fn a_hand_made_deployment_changed_before_the_write_is_a_conflict() -> Resu
     )
     .await?;
     let moved = api.get("web").await?.metadata.resource_version;
-    assert_ne!(
-        moved, prepared.deployment.metadata.resource_version,
-        "status patch did not bump the resourceVersion"
-    );
-    deploy::apply_rollback(&c.client, prepared).await?;
+    assert_ne!(moved, read, "status patch did not bump the resourceVersion");
+    c.apply(&cx, "rollback", args, &planned).await?;
     let d = json_of(&c, &["get", "deploy/web", "-n", "app"]).await?;
     assert_eq!(
         d["spec"]["template"]["spec"]["containers"][0]["image"],
         "web:1"
     );
+    Ok(())
+}
+
+/// The REVISION column of `kubectl rollout history deploy/web`.
+async fn history(c: &Cluster, ns: &str) -> Result<Vec<i64>> {
+    let out = c
+        .kubectl(&["rollout", "history", "deploy/web", "-n", ns])
+        .await?;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect())
+}
+
+/// The image `deploy/web` runs, as kubectl reads it.
+async fn image(c: &Cluster, ns: &str) -> Result<String> {
+    Ok(c.kubectl(&[
+        "get",
+        "deploy/web",
+        "-n",
+        ns,
+        "-o=jsonpath={.spec.template.spec.containers[0].image}",
+    ])
+    .await?)
+}
+
+/// A rollback applied twice (a retry after a lost answer, or a resume after a crash between
+/// the write and the step's end) does not roll the rollback back: the second apply of the
+/// same journaled intent finds the target template there and writes nothing.
+#[tokio::test]
+async fn a_replayed_rollback_does_not_undo_itself() -> Result<()> {
+    let c = Cluster::start().await?;
+    v1_then_v2(&c, "app").await?;
+    let (cx, _) = context(false);
+    let args = json!({"ns": "app", "deploy": "web"});
+    let intent = c.plan(&cx, "rollback", args.clone()).await?;
+    let first = c.apply(&cx, "rollback", args.clone(), &intent).await?;
+    assert_eq!(first["changed"], true, "{first}");
+    c.rollout_status("app").await?;
+    let revisions = history(&c, "app").await?;
+    assert_eq!(image(&c, "app").await?, "web:1");
+
+    let again = c.apply(&cx, "rollback", args, &intent).await?;
+    assert_eq!(again["changed"], false, "{again}");
+    assert_eq!(
+        image(&c, "app").await?,
+        "web:1",
+        "not flipped back to web:2"
+    );
+    assert_eq!(history(&c, "app").await?, revisions, "no new revision");
+    Ok(())
+}
+
+/// A second, separate run for the same incident (the alert fired again after the cooldown)
+/// blames what the incident blamed (web:2): the Deployment no longer runs it, so the plan is
+/// a no-op that says so, and nothing is written.
+#[tokio::test]
+async fn a_rollback_from_a_version_no_longer_running_does_nothing() -> Result<()> {
+    let c = Cluster::start().await?;
+    v1_then_v2(&c, "app").await?;
+    let (cx, _) = context(false);
+    let args = json!({"ns": "app", "deploy": "web", "from": "web:2"});
+    let first = c.call(&cx, "rollback", args.clone()).await?;
+    assert_eq!(first["changed"], true, "{first}");
+    c.rollout_status("app").await?;
+    let revisions = history(&c, "app").await?;
+
+    let intent = c.plan(&cx, "rollback", args.clone()).await?;
+    assert!(intent.noop, "{intent:?}");
+    assert!(
+        intent.summary.contains("no longer runs \"web:2\""),
+        "{}",
+        intent.summary
+    );
+    let second = c.apply(&cx, "rollback", args, &intent).await?;
+    assert_eq!(second["rolled_back"], false, "{second}");
+    assert_eq!(image(&c, "app").await?, "web:1");
+    assert_eq!(history(&c, "app").await?, revisions);
+
+    // Blame by pod-template-hash works the same way: the current ReplicaSet's hash is blamed,
+    // so it rolls back; a hash no longer running is a no-op.
+    let rs: Value =
+        serde_json::from_str(&c.kubectl(&["get", "rs", "-n", "app", "-o=json"]).await?)?;
+    let hash_of = |img: &str| {
+        rs["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["spec"]["template"]["spec"]["containers"][0]["image"] == img)
+            .and_then(|r| r["metadata"]["labels"]["pod-template-hash"].as_str())
+            .unwrap()
+            .to_owned()
+    };
+    let stale = c
+        .plan(
+            &cx,
+            "rollback",
+            json!({"ns": "app", "deploy": "web", "from": hash_of("web:2")}),
+        )
+        .await?;
+    assert!(stale.noop);
+    let live = c
+        .plan(
+            &cx,
+            "rollback",
+            json!({"ns": "app", "deploy": "web", "from": hash_of("web:1")}),
+        )
+        .await?;
+    assert!(!live.noop, "web:1 runs now: blaming it rolls back to web:2");
+    Ok(())
+}
+
+/// The two races of defect 11, between the plan's read and the apply: an autoscaler changing
+/// the replicas leaves the intent valid (the rollback goes through and keeps their replicas,
+/// as `kubectl rollout undo` does); someone changing the template is refused.
+#[tokio::test]
+async fn a_replica_change_before_the_write_is_kept_and_a_template_change_is_refused() -> Result<()>
+{
+    let c = Cluster::start().await?;
+    v1_then_v2(&c, "app").await?;
+    let (cx, _) = context(false);
+    let args = json!({"ns": "app", "deploy": "web"});
+    let intent = c.plan(&cx, "rollback", args.clone()).await?;
+    c.kubectl(&["scale", "deploy/web", "--replicas=5", "-n", "app"])
+        .await?;
+    let out = c.apply(&cx, "rollback", args.clone(), &intent).await?;
+    assert_eq!(out["changed"], true, "{out}");
+    let d = json_of(&c, &["get", "deploy/web", "-n", "app"]).await?;
+    assert_eq!(
+        d["spec"]["replicas"], 5,
+        "the autoscaler's replicas are kept"
+    );
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        "web:1"
+    );
+    c.rollout_status("app").await?;
+
+    let intent = c.plan(&cx, "rollback", args.clone()).await?;
+    c.kubectl(&["set", "image", "deploy/web", "app=web:3", "-n", "app"])
+        .await?;
+    let err = c.apply(&cx, "rollback", args, &intent).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Conflict, "{}", err.message);
+    assert_eq!(image(&c, "app").await?, "web:3", "their change stands");
     Ok(())
 }

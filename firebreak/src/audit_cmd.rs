@@ -33,7 +33,10 @@ pub enum AuditCommand {
 
 /// Where the engine keeps its audit journal inside the data dir.
 pub fn journal_path(cfg: &Config) -> PathBuf {
-    cfg.data_dir.join("audit.jsonl")
+    cfg.audit
+        .path
+        .clone()
+        .unwrap_or_else(|| cfg.data_dir.join("audit.jsonl"))
 }
 
 pub fn audit(cfg: &Config, command: AuditCommand) -> Result<()> {

@@ -5,7 +5,7 @@
 //! the file: `FIREBREAK_LISTEN`, `FIREBREAK_DATA_DIR`, `FIREBREAK_RUNBOOKS`, `FIREBREAK_TEAMS`,
 //! `FIREBREAK_NATS_URL`, `FIREBREAK_ALERTMANAGER_TOKEN`, `FIREBREAK_KUBECONFIG`,
 //! `FIREBREAK_KUBERNETES_DISABLED`, `FIREBREAK_PROMETHEUS_URL`,
-//! `FIREBREAK_MAX_CONCURRENT_RUNS`.
+//! `FIREBREAK_MAX_CONCURRENT_RUNS`, `FIREBREAK_AUDIT_PATH`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -32,6 +32,15 @@ pub struct Config {
     pub kubernetes: KubernetesConfig,
     /// Prometheus for `prom::` evidence and checks; absent means no `prom::` connector.
     pub prometheus: Option<PrometheusConfig>,
+    pub audit: AuditConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// The audit journal file; default `<data_dir>/audit.jsonl`. Put it on a volume of its
+    /// own to keep it apart from the bus (a full disk then stops runs, not ingest).
+    pub path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -95,6 +104,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             kubernetes: KubernetesConfig::default(),
             prometheus: None,
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -156,6 +166,9 @@ impl Config {
         }
         if let Some(v) = get("FIREBREAK_KUBERNETES_DISABLED") {
             self.kubernetes.disabled = matches!(v.as_str(), "1" | "true" | "yes");
+        }
+        if let Some(v) = get("FIREBREAK_AUDIT_PATH") {
+            self.audit.path = (!v.is_empty()).then(|| v.into());
         }
         if let Some(v) = get("FIREBREAK_MAX_CONCURRENT_RUNS") {
             self.limits.max_concurrent_runs = v

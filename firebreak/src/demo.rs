@@ -97,7 +97,6 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
         runbook: "demo".into(),
         team: "ml-platform".into(),
         namespaces: vec!["ml-serving".into()],
-        dry_run: false,
         progress: stdout_sink("   "),
     };
     call(

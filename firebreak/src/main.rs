@@ -14,7 +14,6 @@ mod bench;
 mod check;
 mod config;
 mod demo;
-mod dispatch;
 mod progress;
 mod run;
 mod serve;

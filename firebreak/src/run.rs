@@ -17,8 +17,9 @@ use firebreak_event::Event;
 use firebreak_runtime::{CancellationToken, RunPlan, RunStatus, Runner, RunnerConfig};
 use serde_json::{Map, Value};
 
+use firebreak_dispatch::Loaded;
+
 use crate::config::Config;
-use crate::dispatch::Loaded;
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -64,8 +65,12 @@ pub async fn run(cfg: Config, args: RunArgs) -> Result<()> {
         return trigger_remote(server, runbook, params, &args).await;
     }
 
-    let loaded = Loaded::load(&cfg.runbooks, cfg.teams.as_deref())
-        .map_err(|p| anyhow::anyhow!("runbooks do not load:\n  {}", p.join("\n  ")))?;
+    let loaded = Loaded::load(
+        &cfg.runbooks,
+        cfg.teams.as_deref(),
+        &crate::serve::connector_specs(),
+    )
+    .map_err(|p| anyhow::anyhow!("runbooks do not load:\n  {}", p.join("\n  ")))?;
     let matches = match (&args.event, &args.runbook) {
         (Some(file), _) => {
             let body =
@@ -94,7 +99,12 @@ pub async fn run(cfg: Config, args: RunArgs) -> Result<()> {
                     .context("a teams file is configured: give your API token with --token or FIREBREAK_TOKEN")?;
                 teams.authorize_token(token, rb)?;
             }
-            let event = firebreak_event::manual::trigger(runbook, params.clone(), &args.actor);
+            let event = firebreak_event::manual::trigger(
+                runbook,
+                params.clone(),
+                &args.actor,
+                args.dry_run,
+            );
             let m = loaded.set.resolve_manual(runbook, &params)?;
             vec![(event, m)]
         }
@@ -131,9 +141,17 @@ pub async fn run(cfg: Config, args: RunArgs) -> Result<()> {
                 timeout: rb.timeout,
                 progress: Some(crate::progress::stdout_sink("  │ ")),
                 cancel: CancellationToken::new(),
+                lock_key: None,
+                cooldown: std::time::Duration::ZERO,
+                // Never resumed by a server behind the operator's back (see below).
+                interactive: true,
             })
             .await?;
-        let outcome = handle.join().await;
+        // Ctrl-C cancels the run, journaled as cancelled by the operator: an interrupted
+        // `firebreak run` never leaves a remediation for someone else to finish. (A run whose
+        // process dies outright is closed as abandoned by the next engine, not resumed.)
+        let join = handle_join_or_interrupt(handle, &args.actor);
+        let outcome = join.await;
         println!();
         print!("{}", render_timeline(&journal.records_for_run(&run_id)?));
         failed |= outcome.status != RunStatus::Succeeded;
@@ -143,6 +161,31 @@ pub async fn run(cfg: Config, args: RunArgs) -> Result<()> {
         bail!("a run did not succeed");
     }
     Ok(())
+}
+
+/// Waits for the run; on Ctrl-C cancels it (the step in flight ends, the run journals
+/// `cancelled by ACTOR (Ctrl-C)`) and waits for that end. A second Ctrl-C stops waiting: the
+/// run is then left unfinished, and the next engine closes it as abandoned.
+async fn handle_join_or_interrupt(
+    handle: firebreak_runtime::RunHandle,
+    actor: &str,
+) -> firebreak_runtime::RunOutcome {
+    let link = handle.link();
+    let join = handle.join();
+    tokio::pin!(join);
+    tokio::select! {
+        outcome = &mut join => return outcome,
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    eprintln!("\n  interrupted: cancelling the run (Ctrl-C again to stop waiting)");
+    link.cancel_because(&format!("cancelled by {actor} (Ctrl-C)"));
+    tokio::select! {
+        outcome = &mut join => outcome,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("  stopped waiting; the run is closed as abandoned by the next engine");
+            std::process::exit(130);
+        }
+    }
 }
 
 /// An Alertmanager webhook body, or one event envelope / a list of them.
@@ -168,7 +211,9 @@ async fn trigger_remote(
     let http = reqwest::Client::new();
     let mut req = http
         .post(format!("{}/v1/trigger", server.trim_end_matches('/')))
-        .json(&serde_json::json!({"runbook": runbook, "params": params, "actor": args.actor}));
+        .json(&serde_json::json!({
+            "runbook": runbook, "params": params, "actor": args.actor, "dry_run": args.dry_run,
+        }));
     if let Some(token) = &args.token {
         req = req.bearer_auth(token);
     }
@@ -179,8 +224,34 @@ async fn trigger_remote(
     let status = resp.status();
     let body = resp.text().await?;
     if !status.is_success() {
-        bail!("{server} refused the trigger: {status} {body}");
+        let error = serde_json::from_str::<Value>(&body).unwrap_or(Value::Null);
+        match (
+            error["error"]["code"].as_str(),
+            error["error"]["message"].as_str(),
+        ) {
+            (Some(code), Some(message)) => {
+                bail!("{server} refused the trigger ({status}, {code}): {message}")
+            }
+            _ => bail!("{server} refused the trigger ({status}): {body}"),
+        }
     }
-    println!("accepted: {body}");
+    let answer: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    let ids = answer["accepted"]
+        .as_array()
+        .map(|ids| {
+            ids.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
+    println!(
+        "accepted{}: {runbook} (event {ids}); follow it with `firebreak audit list`",
+        if answer["dry_run"] == true {
+            " as a dry run"
+        } else {
+            ""
+        }
+    );
     Ok(())
 }

@@ -20,7 +20,8 @@ use firebreak_bus::{
     AuditMessage, Bus, EmbeddedBus, FileStateStore, NatsBus, NatsOptions, StateStore,
 };
 use firebreak_connector::{ProgressSink, Registry};
-use firebreak_ingest::{IngestState, Refused};
+use firebreak_dispatch::{ConnectorSpecs, Dispatcher, Runbooks};
+use firebreak_ingest::{IngestState, Invalid, Refused};
 use firebreak_runtime::{CancellationToken, Runner, RunnerConfig};
 use futures::future::BoxFuture;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -29,7 +30,6 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::dispatch::{Dispatcher, Runbooks};
 
 /// How long a graceful stop waits for steps in flight (Kubernetes' default grace is 30 s).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
@@ -55,7 +55,7 @@ pub struct Engine {
     pub dispatcher: Arc<Dispatcher>,
     shutdown: CancellationToken,
     http: JoinHandle<std::io::Result<()>>,
-    consumer: JoinHandle<Result<()>>,
+    consumer: JoinHandle<Result<(), firebreak_bus::BusError>>,
     background: TaskTracker,
 }
 
@@ -89,6 +89,10 @@ impl Engine {
         };
 
         let journal_path = crate::audit_cmd::journal_path(cfg);
+        if let Some(parent) = journal_path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
         let mut journal = Journal::open(&journal_path)
             .with_context(|| format!("opening audit journal {}", journal_path.display()))?;
         if cfg.nats.is_some() {
@@ -104,28 +108,29 @@ impl Engine {
                 ..RunnerConfig::default()
             },
         ));
-        let runbooks = Arc::new(Runbooks::load(&cfg.runbooks, cfg.teams.as_deref()).map_err(
-            |problems| {
-                anyhow!(
-                    "runbooks in {} do not load:\n  {}",
-                    cfg.runbooks.display(),
-                    problems.join("\n  ")
-                )
-            },
-        )?);
+        let runbooks = Arc::new(
+            Runbooks::load(&cfg.runbooks, cfg.teams.as_deref(), connector_specs()).map_err(
+                |problems| {
+                    anyhow!(
+                        "runbooks in {} do not load:\n  {}",
+                        cfg.runbooks.display(),
+                        problems.join("\n  ")
+                    )
+                },
+            )?,
+        );
         info!(runbooks = runbooks.current().set.len(), dir = %cfg.runbooks.display(), "runbooks loaded");
 
         let shutdown = CancellationToken::new();
-        let dispatcher = Arc::new(Dispatcher {
-            bus: bus.clone(),
+        let dispatcher = Arc::new(Dispatcher::new(
+            bus.clone(),
             state,
             runner,
-            journal,
-            runbooks: runbooks.clone(),
+            journal.clone(),
+            runbooks.clone(),
             progress,
-            tasks: TaskTracker::new(),
-            shutdown: shutdown.clone(),
-        });
+            shutdown.clone(),
+        ));
         let resumed = dispatcher.resume_unfinished().await;
         if resumed > 0 {
             info!(resumed, "resumed runs a previous engine left unfinished");
@@ -133,19 +138,21 @@ impl Engine {
 
         let background = TaskTracker::new();
         background.spawn(runbooks.clone().watch(RELOAD_EVERY, shutdown.clone()));
+        background.spawn(dispatcher.clone().summarize_refusals(shutdown.clone()));
+        background.spawn(probe_journal(journal.clone(), shutdown.clone()));
         let consumer = tokio::spawn(dispatcher.clone().run());
 
         let ingest = IngestState {
             bus: bus.clone(),
             alertmanager_token: cfg.auth.alertmanager_token.clone(),
             max_body_bytes: cfg.limits.max_body_bytes,
-            runbook_exists: {
-                let runbooks = runbooks.clone();
-                Arc::new(move |name: &str| runbooks.current().set.get(name).is_some())
-            },
+            validate_trigger: validate_trigger(runbooks.clone()),
             authorize_trigger: authorize_trigger(dispatcher.clone()),
             metrics,
-            ready: Arc::new(|| true),
+            ready: {
+                let journal = journal.clone();
+                Arc::new(move || journal.healthy())
+            },
         };
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
@@ -212,9 +219,73 @@ impl Engine {
     }
 }
 
+/// While the audit journal cannot write, probes it every [`firebreak_audit::PROBE_EVERY`]
+/// (repairing it when the disk takes writes again), so the engine becomes ready again by
+/// itself; `/readyz` and the ingest answer 503 until then.
+async fn probe_journal(journal: Arc<Journal>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(firebreak_audit::PROBE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut was_healthy = true;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let healthy = journal.healthy() || journal.probe().await;
+        if healthy != was_healthy {
+            if healthy {
+                info!(path = %journal.path().display(), "audit journal writes again; taking work");
+            } else {
+                warn!(path = %journal.path().display(), "audit journal cannot write; refusing work (503) until it can");
+            }
+            was_healthy = healthy;
+        }
+    }
+}
+
+/// Every connector's actions, by Rhai module, for checking scripts' calls at load. Static:
+/// a runbook is checked against every connector firebreak has, configured here or not.
+pub fn connector_specs() -> ConnectorSpecs {
+    vec![
+        ("k8s", firebreak_kubernetes::spec::actions()),
+        ("prom", firebreak_prometheus::spec::actions()),
+    ]
+}
+
+/// `POST /v1/trigger` validation: the runbook exists and the params fit its manifest.
+fn validate_trigger(runbooks: Arc<Runbooks>) -> firebreak_ingest::ValidateTrigger {
+    Arc::new(move |runbook, params| {
+        use firebreak_matcher::MatchError;
+        match runbooks.current().set.resolve_manual(runbook, params) {
+            Ok(_) => Ok(()),
+            Err(MatchError::UnknownRunbook { runbook }) => Err(Invalid::UnknownRunbook(format!(
+                "no runbook named {runbook:?} is loaded"
+            ))),
+            Err(MatchError::UnknownParam { param, .. }) => Err(Invalid::Param {
+                field: param,
+                reason: "the runbook declares no such param".into(),
+            }),
+            Err(MatchError::MissingParam { param, from, .. }) => Err(Invalid::Param {
+                field: param,
+                reason: format!("required, and {from}"),
+            }),
+            Err(MatchError::BadParam { param, message, .. }) => Err(Invalid::Param {
+                field: param,
+                reason: message,
+            }),
+            Err(e @ MatchError::MalformedManualEvent { .. }) => Err(Invalid::Param {
+                field: "-".into(),
+                reason: e.to_string(),
+            }),
+        }
+    })
+}
+
 /// `POST /v1/trigger` authorization. Without a teams file every caller may trigger (single-
 /// tenant mode, the actor named in the request is recorded). With one, the bearer token must
-/// belong to a member of the runbook's owner team; every refusal is journaled.
+/// belong to a member of the runbook's owner team. A known member refused is journaled at
+/// once; requests without a valid token are counted and journaled as one refusal every few
+/// seconds, so anyone who can reach the port cannot make the engine fsync at will.
 fn authorize_trigger(dispatcher: Arc<Dispatcher>) -> firebreak_ingest::AuthorizeTrigger {
     Arc::new(move |token, runbook, actor| {
         let loaded = dispatcher.runbooks.current();
@@ -232,6 +303,10 @@ fn authorize_trigger(dispatcher: Arc<Dispatcher>) -> firebreak_ingest::Authorize
                 Err(r) => r,
             },
         };
+        if refusal.http_status() == 401 {
+            dispatcher.note_unauthenticated(&rb.manifest.name);
+            return Err(Refused::Unauthenticated(refusal.to_string()));
+        }
         // Audit the refusal without holding up the answer.
         let d = dispatcher.clone();
         let (runbook, team) = (rb.manifest.name.clone(), rb.manifest.team.clone());
@@ -241,10 +316,7 @@ fn authorize_trigger(dispatcher: Arc<Dispatcher>) -> firebreak_ingest::Authorize
             d.journal_manual_refusal(&runbook, &team, &who, reason)
                 .await
         });
-        Err(match refusal.http_status() {
-            401 => Refused::Unauthenticated(refusal.to_string()),
-            _ => Refused::Forbidden(refusal.to_string()),
-        })
+        Err(Refused::Forbidden(refusal.to_string()))
     })
 }
 

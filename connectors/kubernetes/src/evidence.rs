@@ -47,6 +47,27 @@ pub const DEFAULT_TAIL: i64 = 100;
 pub const MAX_TAIL: i64 = 10_000;
 
 /// One pod as evidence: name, phase, ready, restarts, node, image, reason.
+/// The Deployment a pod belongs to, read from its controller: a ReplicaSet the Deployment
+/// controller named `<deployment>-<pod-template-hash>`.
+pub fn pod_deployment(p: &Pod) -> Option<String> {
+    let owner = p
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true) && o.kind == "ReplicaSet")?;
+    let hash = p
+        .metadata
+        .labels
+        .as_ref()?
+        .get(crate::rollout::POD_TEMPLATE_HASH)?;
+    owner
+        .name
+        .strip_suffix(hash.as_str())?
+        .strip_suffix('-')
+        .map(str::to_owned)
+}
+
 pub fn pod_summary(p: &Pod) -> Value {
     let status = p.status.clone().unwrap_or_default();
     let statuses = status.container_statuses.clone().unwrap_or_default();
@@ -85,6 +106,7 @@ pub fn pod_summary(p: &Pod) -> Value {
         "images": images,
         "reason": reason,
         "last_termination_reason": last_termination,
+        "deployment": pod_deployment(p),
     })
 }
 

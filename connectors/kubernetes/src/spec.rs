@@ -174,7 +174,8 @@ pub fn actions() -> Vec<ActionSpec> {
         },
         ActionSpec {
             name: "pods",
-            doc: "Pods matching a label selector: name, phase, ready, restarts, node, image, reason.",
+            doc: "Pods matching a label selector: name, phase, ready, restarts, node, image, reason, \
+                  and the Deployment each belongs to.",
             effect: Observe,
             params: vec![
                 ns(),

@@ -74,7 +74,9 @@ impl Default for NatsOptions {
             audit_stream: "FIREBREAK_AUDIT".into(),
             consumer: "firebreak-engine".into(),
             ack_wait: Duration::from_secs(60),
-            max_deliver: 20,
+            // Unlimited: an accepted event stays until it is acked. One that can never be
+            // processed is parked in the audit journal and acked, not dropped by a counter.
+            max_deliver: -1,
             duplicate_window: Duration::from_secs(120),
             fetch_batch: 256,
             request_timeout: Duration::from_secs(5),
@@ -488,7 +490,8 @@ impl PullState {
 }
 
 /// Turns a JetStream message into a delivery. A payload that is not an event can never be
-/// processed: it is logged and terminated so it stops being redelivered.
+/// processed: it is delivered as a [`firebreak_event::unprocessable`] event, for the consumer
+/// to park (keep in the audit journal) and ack, so it is neither lost nor redelivered forever.
 async fn decode(message: jetstream::Message) -> Option<Delivery> {
     let (attempt, published) = match message.info() {
         Ok(info) => (
@@ -507,11 +510,18 @@ async fn decode(message: jetstream::Message) -> Option<Delivery> {
             Box::new(NatsAck { acker }),
         )),
         Err(e) => {
-            error!(subject = %message.subject, error = %e, "dropping a message that is not an event");
-            if let Err(e) = acker.ack_with(AckKind::Term).await {
-                warn!(error = %e, "cannot terminate the bad message");
-            }
-            None
+            error!(subject = %message.subject, error = %e, "a message that is not an event; handing it on to be parked");
+            let event = firebreak_event::unprocessable(
+                message.subject.as_str(),
+                &e.to_string(),
+                &message.payload,
+            );
+            Some(Delivery::new(
+                Arc::new(event),
+                attempt,
+                published,
+                Box::new(NatsAck { acker }),
+            ))
         }
     }
 }
@@ -800,6 +810,17 @@ impl StateStore for NatsStateStore {
     ) -> BoxFuture<'_, Result<bool, BusError>> {
         let (key, owner) = (key.to_owned(), owner.to_owned());
         Box::pin(async move { self.set_lock(&key, &owner, ttl, false).await })
+    }
+
+    fn lock_holder(&self, key: &str) -> BoxFuture<'_, Result<Option<String>, BusError>> {
+        let key = key.to_owned();
+        Box::pin(async move {
+            check_key(&key)?;
+            let (current, _) = self.lock_entry(&kv_key(&key)).await?;
+            Ok(current
+                .filter(|l| l.expires_ms > crate::now_ms())
+                .map(|l| l.owner))
+        })
     }
 
     fn unlock(&self, key: &str, owner: &str) -> BoxFuture<'_, Result<bool, BusError>> {

@@ -50,6 +50,9 @@ pub trait StateStore: Send + Sync {
     /// Releases the lock `key` if `owner` holds it. Returns whether it was released.
     fn unlock(&self, key: &str, owner: &str) -> BoxFuture<'_, Result<bool, BusError>>;
 
+    /// Who holds the lock `key`, if someone does and it has not expired.
+    fn lock_holder(&self, key: &str) -> BoxFuture<'_, Result<Option<String>, BusError>>;
+
     /// Puts `key` in cooldown until `until`.
     fn set_cooldown(&self, key: &str, until: Timestamp) -> BoxFuture<'_, Result<(), BusError>>;
 

@@ -205,3 +205,43 @@ impl Drop for NatsServer {
         self.kill();
     }
 }
+
+/// How a hand-made [`crate::Delivery`] was settled (see [`delivery`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    Ack,
+    Nak,
+}
+
+/// A delivery made by hand, for consumers' tests (the same message delivered twice at once,
+/// say): how it is settled lands in the returned list.
+pub fn delivery(
+    event: std::sync::Arc<firebreak_event::Event>,
+    attempt: u32,
+    published: jiff::Timestamp,
+) -> (
+    crate::Delivery,
+    std::sync::Arc<std::sync::Mutex<Vec<Settled>>>,
+) {
+    struct Probe(std::sync::Arc<std::sync::Mutex<Vec<Settled>>>);
+    impl crate::AckHandle for Probe {
+        fn ack(&self) -> futures::future::BoxFuture<'_, Result<(), crate::BusError>> {
+            self.0.lock().expect("probe lock").push(Settled::Ack);
+            Box::pin(async { Ok(()) })
+        }
+        fn nak(
+            &self,
+            _delay: Duration,
+        ) -> futures::future::BoxFuture<'_, Result<(), crate::BusError>> {
+            self.0.lock().expect("probe lock").push(Settled::Nak);
+            Box::pin(async { Ok(()) })
+        }
+        fn in_progress(&self) -> futures::future::BoxFuture<'_, Result<(), crate::BusError>> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+    let settled = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let delivery =
+        crate::Delivery::new(event, attempt, published, Box::new(Probe(settled.clone())));
+    (delivery, settled)
+}

@@ -42,6 +42,34 @@ pub const SOURCE_ALERTMANAGER: &str = "alertmanager";
 pub const SOURCE_K8S: &str = "k8s";
 /// `source` of manual triggers (CLI, HTTP, chat).
 pub const SOURCE_MANUAL: &str = "manual";
+/// `source` of events firebreak makes about itself (a bus message that was not an event).
+pub const SOURCE_FIREBREAK: &str = "firebreak";
+/// `type` of an event standing for a bus message that could not be decoded.
+pub const KIND_UNPROCESSABLE: &str = "unprocessable";
+
+/// Largest part of an undecodable message's payload kept in its event.
+const MAX_PARKED_PAYLOAD: usize = 64 * 1024;
+
+/// The event that stands for a bus message that could not be decoded: `source = "firebreak"`,
+/// `type = "unprocessable"`, `data = {origin, reason, payload}` (the payload as lossy UTF-8,
+/// cut at 64 KiB). Consumers park it (keep it in the audit journal) and ack the message.
+pub fn unprocessable(origin: &str, reason: &str, payload: &[u8]) -> Event {
+    let cut = payload.len().min(MAX_PARKED_PAYLOAD);
+    let mut text = String::from_utf8_lossy(&payload[..cut]).into_owned();
+    if cut < payload.len() {
+        text.push_str(&format!("… ({} bytes in all)", payload.len()));
+    }
+    Event {
+        id: uuid::Uuid::now_v7().to_string(),
+        source: SOURCE_FIREBREAK.to_owned(),
+        kind: KIND_UNPROCESSABLE.to_owned(),
+        subject: origin.to_owned(),
+        time: jiff::Timestamp::now(),
+        namespace: None,
+        fingerprint: None,
+        data: serde_json::json!({ "origin": origin, "reason": reason, "payload": text }),
+    }
+}
 
 impl Event {
     /// The NATS subject this event is published on: `firebreak.events.<source>.<type>`.

@@ -23,13 +23,17 @@ pub struct TriggerRequest {
     /// the ingest decides which wins.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actor: Option<String>,
+    /// Run it as a dry run: mutating actions answer what they would do and change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 /// Builds the event for a manual trigger: `source = "manual"`, `type = "trigger"`,
 /// `subject` = the runbook name, a fresh UUIDv7 id, the current time,
 /// `namespace` = `params.namespace` when it is a string, and
-/// `data = {runbook, params, actor}`.
-pub fn trigger(runbook: &str, params: Map<String, Value>, actor: &str) -> Event {
+/// `data = {runbook, params, actor, dry_run}`. The dry run travels with the event to
+/// whichever engine replica runs it.
+pub fn trigger(runbook: &str, params: Map<String, Value>, actor: &str, dry_run: bool) -> Event {
     let namespace = params
         .get("namespace")
         .and_then(Value::as_str)
@@ -42,7 +46,7 @@ pub fn trigger(runbook: &str, params: Map<String, Value>, actor: &str) -> Event 
         time: jiff::Timestamp::now(),
         namespace,
         fingerprint: None,
-        data: json!({ "runbook": runbook, "params": params, "actor": actor }),
+        data: json!({ "runbook": runbook, "params": params, "actor": actor, "dry_run": dry_run }),
     }
 }
 
@@ -58,6 +62,16 @@ impl Event {
         let actor = self.data.get("actor")?.as_str()?;
         Some((runbook, params, actor))
     }
+
+    /// For a manual trigger: whether it asks for a dry run. `false` for other events.
+    pub fn dry_run(&self) -> bool {
+        self.source == SOURCE_MANUAL
+            && self
+                .data
+                .get("dry_run")
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+    }
 }
 
 #[cfg(test)]
@@ -69,8 +83,12 @@ mod tests {
         let mut params = Map::new();
         params.insert("namespace".into(), "team-a".into());
         params.insert("replicas".into(), 3.into());
-        let a = trigger("scale-up", params.clone(), "ann");
-        let b = trigger("scale-up", params.clone(), "ann");
+        let a = trigger("scale-up", params.clone(), "ann", false);
+        let b = trigger("scale-up", params.clone(), "ann", true);
+        assert!(
+            !a.dry_run() && b.dry_run(),
+            "the dry run travels with the event"
+        );
         assert_ne!(a.id, b.id);
         assert_eq!(uuid::Uuid::parse_str(&a.id).unwrap().get_version_num(), 7);
         assert_eq!(a.subject_name(), "firebreak.events.manual.trigger");

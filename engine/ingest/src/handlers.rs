@@ -15,7 +15,7 @@ use firebreak_event::{Event, alertmanager, manual};
 use serde_json::{Value, json};
 use tracing::{debug, info, warn};
 
-use crate::{ApiError, IngestState, Refused};
+use crate::{ApiError, IngestState, Invalid, Refused};
 
 type Accepted = (StatusCode, Json<Value>);
 
@@ -105,6 +105,19 @@ fn accepted(ids: Vec<String>, extra: Option<(&str, Value)>) -> Accepted {
     (StatusCode::ACCEPTED, Json(body))
 }
 
+/// 503 while the engine cannot journal runs (its audit journal cannot write): accepting now
+/// would only pile up work it cannot do.
+fn engine_ready(state: &IngestState) -> Result<(), ApiError> {
+    if (state.ready)() {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not_ready",
+        "the engine cannot journal runs right now (see /readyz); retry later",
+    ))
+}
+
 /// `POST /v1/alertmanager`: an Alertmanager v4 webhook, one event per alert.
 pub(crate) async fn alertmanager(
     State(state): State<IngestState>,
@@ -132,6 +145,7 @@ pub(crate) async fn alertmanager(
             ));
         }
     }
+    engine_ready(&state)?;
     let raw = body(raw, state.max_body_bytes)?;
     let events = alertmanager::decode(&raw).map_err(|e| {
         let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
@@ -199,11 +213,13 @@ pub(crate) async fn trigger(
         ));
     }
     let key = idempotency_key(&headers)?;
-    if !(state.runbook_exists)(&request.runbook) {
+    if let Err(Invalid::UnknownRunbook(message)) =
+        (state.validate_trigger)(&request.runbook, &serde_json::Map::new())
+    {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "unknown_runbook",
-            format!("no runbook named {:?} is loaded", request.runbook),
+            message,
         ));
     }
     let actor =
@@ -214,15 +230,32 @@ pub(crate) async fn trigger(
                 }
                 Refused::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", m),
             })?;
+    // Checked now, not when the run would start: 202 means it will run.
+    (state.validate_trigger)(&request.runbook, &request.params).map_err(
+        |invalid| match invalid {
+            Invalid::UnknownRunbook(m) => {
+                ApiError::new(StatusCode::NOT_FOUND, "unknown_runbook", m)
+            }
+            Invalid::Param { .. } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_params",
+                invalid.to_string(),
+            ),
+        },
+    )?;
+    engine_ready(&state)?;
     let runbook = request.runbook.clone();
-    let mut event = manual::trigger(&request.runbook, request.params, &actor);
+    let dry_run = request.dry_run;
+    let mut event = manual::trigger(&request.runbook, request.params, &actor, dry_run);
     if let Some(key) = key {
         event.id = format!("trigger-{actor}-{key}");
     }
     let id = event.id.clone();
     publish(&state, "trigger", vec![event]).await?;
-    info!(runbook = %runbook, actor = %actor, event_id = %id, "manual trigger accepted");
-    Ok(accepted(vec![id], Some(("actor", Value::String(actor)))))
+    info!(runbook = %runbook, actor = %actor, event_id = %id, dry_run, "manual trigger accepted");
+    let (status, Json(mut body)) = accepted(vec![id], Some(("actor", Value::String(actor))));
+    body["dry_run"] = Value::Bool(dry_run);
+    Ok((status, Json(body)))
 }
 
 /// `GET /healthz`: the process is up and serving.

@@ -16,10 +16,11 @@
 //! `malformed_json`, a JSON body that is not the expected shape → 400 `invalid_request`, wrong
 //! webhook `version` → 422 `unsupported_version`, body over the limit → 413 `body_too_large`
 //! (one alert over the bus's message limit → 413 `event_too_large`),
-//! unknown runbook → 404 `unknown_runbook`, missing or wrong token → 401 `unauthorized`, not a
+//! unknown runbook → 404 `unknown_runbook`, params that do not fit the manifest → 422
+//! `invalid_params` (naming the param), missing or wrong token → 401 `unauthorized`, not a
 //! member of the runbook's owner team → 403 `forbidden`, bus unavailable → 503
-//! `bus_unavailable` (with `Retry-After`), so Alertmanager retries and nothing answered 2xx is
-//! ever lost.
+//! `bus_unavailable`, engine not ready (its audit journal cannot write) → 503 `not_ready` (both
+//! with `Retry-After`), so Alertmanager retries and nothing answered 2xx is ever lost.
 
 use std::sync::Arc;
 
@@ -42,6 +43,22 @@ pub use error::ApiError;
 pub type AuthorizeTrigger =
     Arc<dyn Fn(Option<&str>, &str, Option<&str>) -> Result<String, Refused> + Send + Sync>;
 
+/// Checks a trigger against the runbook's manifest before it is accepted: `Ok` or why not.
+pub type ValidateTrigger = Arc<
+    dyn Fn(&str, &serde_json::Map<String, serde_json::Value>) -> Result<(), Invalid> + Send + Sync,
+>;
+
+/// Why a trigger does not fit the runbook it names ([`ValidateTrigger`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    /// No runbook of that name is loaded: 404.
+    #[error("{0}")]
+    UnknownRunbook(String),
+    /// A param is unknown, missing or of the wrong type: 422, naming the field.
+    #[error("param `{field}`: {reason}")]
+    Param { field: String, reason: String },
+}
+
 /// Why a trigger was refused by [`AuthorizeTrigger`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
@@ -63,15 +80,17 @@ pub struct IngestState {
     pub alertmanager_token: Option<String>,
     /// Largest request body accepted, in bytes; larger bodies get 413.
     pub max_body_bytes: usize,
-    /// Whether a runbook of this name is loaded (for 404 on `POST /v1/trigger`).
-    pub runbook_exists: Arc<dyn Fn(&str) -> bool + Send + Sync>,
+    /// Whether the trigger fits a loaded runbook (404 for an unknown one, 422 for bad params),
+    /// checked before it is accepted, so `202` means it will run.
+    pub validate_trigger: ValidateTrigger,
     /// Who may trigger what; see [`AuthorizeTrigger`].
     pub authorize_trigger: AuthorizeTrigger,
     /// Renders `/metrics`. The binary installs the recorder; ingest records through the
     /// `metrics` facade.
     pub metrics: PrometheusHandle,
-    /// Whether the rest of the engine is ready (runbooks loaded, consumer running); `/readyz`
-    /// also requires `bus.ready()`.
+    /// Whether the rest of the engine is ready (runbooks loaded, consumer running, the audit
+    /// journal writable); `/readyz` also requires `bus.ready()`. While it is `false`, alerts and
+    /// triggers are answered 503: nothing is accepted that could not be journaled.
     pub ready: Arc<dyn Fn() -> bool + Send + Sync>,
 }
 

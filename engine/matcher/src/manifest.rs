@@ -16,7 +16,7 @@
 //! params:                               # optional
 //!   namespace: { from: label, key: namespace, type: string, required: true }
 //!   max_wait: { type: duration, default: 2m, description: how long to wait }
-//! concurrency: "{{params.namespace}}/{{params.deployment}}"  # default: {{runbook}}
+//! concurrency: "{{params.namespace}}/{{params.deployment}}"  # default: the incident
 //! cooldown: 10m                         # default 0 (none)
 //! timeout: 5m                           # default 5m
 //! approval: false                       # default false
@@ -190,8 +190,9 @@ pub struct Manifest {
     pub triggers: Vec<Trigger>,
     /// Declared params by name.
     pub params: BTreeMap<String, ParamSpec>,
-    /// The concurrency key template (default `{{runbook}}`).
-    pub concurrency: Template,
+    /// The concurrency key template. `None`: one run per incident (the alert's fingerprint, or
+    /// the values of the params of a manual trigger); see [`crate::Match::concurrency_key`].
+    pub concurrency: Option<Template>,
     /// Quiet time per concurrency key after a run (zero: none).
     pub cooldown: Duration,
     /// Longest a run may take.
@@ -502,21 +503,19 @@ fn check_concurrency(
     raw: &raw::Manifest,
     params: &BTreeMap<String, ParamSpec>,
     diags: &mut Vec<Diagnostic>,
-) -> Template {
-    match &raw.concurrency {
-        None => Template::runbook_name(),
-        Some(node) => match Template::parse(&node.value, |p| params.contains_key(p)) {
-            Ok(t) => t,
-            Err(e) => {
-                diags.push(Diagnostic::inside(
-                    file,
-                    node,
-                    e.offset,
-                    format!("concurrency: {}", e.message),
-                ));
-                Template::runbook_name()
-            }
-        },
+) -> Option<Template> {
+    let node = raw.concurrency.as_ref()?;
+    match Template::parse(&node.value, |p| params.contains_key(p)) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            diags.push(Diagnostic::inside(
+                file,
+                node,
+                e.offset,
+                format!("concurrency: {}", e.message),
+            ));
+            None
+        }
     }
 }
 

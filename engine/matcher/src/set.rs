@@ -47,6 +47,9 @@ pub struct Match {
     pub params: Map<String, Value>,
     /// The rendered `concurrency` template. Not prefixed with the runbook name: two runbooks
     /// rendering the same key (same Deployment) exclude each other, which is the point.
+    /// Without a template, the incident: `incident:<fingerprint>` for an event that has one
+    /// (an alert), else `params:<name>=<value>,...` (a manual trigger for one target), else the
+    /// runbook's name.
     pub concurrency_key: String,
 }
 
@@ -331,6 +334,42 @@ impl RunbookSet {
             .collect()
     }
 
+    /// Warnings about runbooks that load but may not do what their authors expect: a runbook
+    /// that acts on a target taken from the event (a `from:` param) without a `concurrency`
+    /// key runs once per alert fingerprint, so two different alerts about the same target can
+    /// start two runs side by side.
+    pub fn warnings(&self) -> Vec<String> {
+        self.runbooks
+            .iter()
+            .filter(|rb| rb.manifest.concurrency.is_none())
+            .filter_map(|rb| {
+                let targets: Vec<&str> = rb
+                    .manifest
+                    .params
+                    .iter()
+                    .filter(|(_, p)| !matches!(p.from, ParamFrom::Given))
+                    .map(|(name, _)| name.as_str())
+                    .collect();
+                (!targets.is_empty()).then(|| {
+                    format!(
+                        "{}: runbook {} acts on a target taken from the event ({}) but has no \
+                         `concurrency` key: each alert fingerprint gets its own run, so two \
+                         alerts about the same target can run side by side; set e.g. \
+                         concurrency: \"{}\"",
+                        rb.yaml_path.display(),
+                        rb.manifest.name,
+                        targets.join(", "),
+                        targets
+                            .iter()
+                            .map(|t| format!("{{{{params.{t}}}}}"))
+                            .collect::<Vec<_>>()
+                            .join("/")
+                    )
+                })
+            })
+            .collect()
+    }
+
     /// The run a person asks for: the runbook by name, with hand-given params checked
     /// against the manifest (unknown param, missing required param and wrong type are
     /// errors; strings are converted to the declared type, so `--param replicas=3` works).
@@ -376,7 +415,7 @@ impl RunbookSet {
                 None => {}
             }
         }
-        Ok(self.finish(rb, params))
+        Ok(self.finish(rb, params, None))
     }
 
     fn fill(&self, rb: &Arc<Runbook>, event: &Event) -> Result<Match, MatchError> {
@@ -422,11 +461,30 @@ impl RunbookSet {
                 None => {}
             }
         }
-        Ok(self.finish(rb, params))
+        Ok(self.finish(rb, params, event.fingerprint.as_deref()))
     }
 
-    fn finish(&self, rb: &Arc<Runbook>, params: Map<String, Value>) -> Match {
-        let concurrency_key = rb.manifest.concurrency.render(&rb.manifest.name, &params);
+    fn finish(
+        &self,
+        rb: &Arc<Runbook>,
+        params: Map<String, Value>,
+        fingerprint: Option<&str>,
+    ) -> Match {
+        let concurrency_key = match (&rb.manifest.concurrency, fingerprint) {
+            (Some(template), _) => template.render(&rb.manifest.name, &params),
+            (None, Some(fingerprint)) => format!("incident:{fingerprint}"),
+            (None, None) if !params.is_empty() => {
+                let pairs: Vec<String> = params
+                    .iter()
+                    .map(|(k, v)| match v {
+                        Value::String(s) => format!("{k}={s}"),
+                        other => format!("{k}={other}"),
+                    })
+                    .collect();
+                format!("params:{}", pairs.join(","))
+            }
+            (None, None) => rb.manifest.name.clone(),
+        };
         Match {
             runbook: Arc::clone(rb),
             params,

@@ -82,6 +82,8 @@ fn closure_step(
             }]);
             Ok(value)
         }
+        // Suspended inside: no end, the closure runs again (its finished inner steps replay).
+        (Err(error), _) if cx.stopped() == Some(step::Stop::Suspended) => Err(error),
         (Err(error), _) => {
             let kind = match cx.stopped() {
                 Some(step::Stop::Cancelled) => "cancelled",
@@ -156,10 +158,13 @@ fn sleep(ms: rhai::INT) -> Result<Dynamic, ScriptError> {
         "sleep",
         json!({ "ms": ms }),
         Durability::WriteAhead,
-        |cx, _| {
+        |cx, step| {
             let max = cx.max_sleep;
             let wait = match u64::try_from(ms) {
-                Ok(ms) if Duration::from_millis(ms) <= max => Duration::from_millis(ms),
+                // Resumed inside this sleep: only what was left of it.
+                Ok(ms) if Duration::from_millis(ms) <= max => {
+                    Duration::from_millis(ms).saturating_sub(cx.already_waited(step))
+                }
                 _ => {
                     return LeafResult::failed(
                         "invalid_argument",
@@ -302,9 +307,9 @@ fn wait_resolved(timeout: Dynamic) -> Result<Dynamic, ScriptError> {
         "wait_resolved",
         json!({ "timeout": shown }),
         Durability::WriteAhead,
-        |cx, _| {
+        |cx, step| {
             let wait = match wait {
-                Ok(w) if w <= cx.max_sleep => w,
+                Ok(w) if w <= cx.max_sleep => w.saturating_sub(cx.already_waited(step)),
                 Ok(_) => {
                     return LeafResult::failed(
                         "invalid_argument",

@@ -26,7 +26,7 @@ pub use policy::RetryPolicy;
 pub use runner::{
     ResumePlan, RunHandle, RunLink, RunOutcome, RunPlan, Runner, RunnerConfig, RuntimeError,
 };
-pub use sandbox::{CompileError, Limits, build_engine, compile};
+pub use sandbox::{CompileError, Limits, build_engine, check_calls, compile};
 pub use step::{JoinError, JoinedEvent};
 
 pub use firebreak_audit::RunStatus;

@@ -120,6 +120,12 @@ impl RunLink {
     pub async fn join(&self, event: JoinedEvent) -> Result<(), JoinError> {
         self.cx.join(event).await
     }
+
+    /// Asks the run to stop; it ends `cancelled` with `reason` at its next operation or wait.
+    pub fn cancel_because(&self, reason: &str) {
+        *self.cx.cancel_reason.lock().expect("cancel reason lock") = Some(reason.to_owned());
+        self.cx.cancel.cancel();
+    }
 }
 
 impl RunHandle {
@@ -136,6 +142,12 @@ impl RunHandle {
     /// Asks the run to stop; it ends `cancelled` at its next operation or wait.
     pub fn cancel(&self) {
         self.cancel.cancel();
+    }
+
+    /// Like [`RunHandle::cancel`], with the reason its end record gives
+    /// (`cancelled by ann (Ctrl-C)`).
+    pub fn cancel_because(&self, reason: &str) {
+        self.link.cancel_because(reason);
     }
 
     /// Waits for the run to end (its `run_finished` record is durable by then).
@@ -332,14 +344,14 @@ impl Runner {
                     );
                 }
                 RecordBody::StepStarted {
-                    step,
-                    name,
-                    intent: Some(intent),
-                    ..
+                    step, name, intent, ..
                 } => {
-                    earlier
-                        .intents
-                        .insert(*step, (name.clone(), intent.clone()));
+                    earlier.started_at.insert(*step, record.time);
+                    if let Some(intent) = intent {
+                        earlier
+                            .intents
+                            .insert(*step, (name.clone(), intent.clone()));
+                    }
                 }
                 RecordBody::EventJoined { status, .. } if status == "resolved" => {
                     earlier.resolved = true;
@@ -347,10 +359,11 @@ impl Runner {
                 _ => {}
             }
         }
-        // An intent whose step ended (in any way) is not pending any more.
+        // An intent (or a wait) whose step ended, in any way, is not pending any more.
         for record in &records {
             if let RecordBody::StepFinished { step, .. } = &record.body {
                 earlier.intents.remove(step);
+                earlier.started_at.remove(step);
             }
         }
         Ok(ResumePlan {
@@ -700,7 +713,15 @@ fn classify(
         _ => cx.check_stop(),
     };
     match stop {
-        Some(Stop::Cancelled) => (RunStatus::Cancelled, Some("run cancelled".to_owned())),
+        Some(Stop::Cancelled) => {
+            let reason = cx
+                .cancel_reason
+                .lock()
+                .expect("cancel reason lock")
+                .clone()
+                .unwrap_or_else(|| "run cancelled".to_owned());
+            (RunStatus::Cancelled, Some(reason))
+        }
         Some(Stop::Suspended) => (
             RunStatus::Cancelled,
             Some("suspended for shutdown".to_owned()),

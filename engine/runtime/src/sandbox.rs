@@ -139,3 +139,94 @@ pub fn compile(path: &Path, source: &str) -> Result<Arc<AST>, CompileError> {
             message: e.0.to_string(),
         })
 }
+
+/// Every connector call in `ast` that cannot succeed: an action the connector does not have,
+/// or a number of arguments it does not take. Each is `file:line:col: message`, found before
+/// any incident needs the script (`k8s::rolback(...)` would otherwise fail mid-incident).
+/// `connectors` names each connector's Rhai module and its actions.
+pub fn check_calls(
+    path: &Path,
+    ast: &AST,
+    connectors: &[(&str, Vec<firebreak_connector::ActionSpec>)],
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    ast.walk(&mut |nodes: &[rhai::ASTNode]| {
+        // A call is an expression, or a statement of its own (`k8s::rollback(..);`).
+        let (call, pos) = match nodes.last() {
+            Some(rhai::ASTNode::Expr(rhai::Expr::FnCall(call, pos)))
+            | Some(rhai::ASTNode::Stmt(rhai::Stmt::FnCall(call, pos))) => (call, pos),
+            _ => return true,
+        };
+        if call.namespace.is_empty() {
+            return true;
+        }
+        let module = call.namespace.root();
+        let at = format!(
+            "{}:{}:{}",
+            path.display(),
+            pos.line().unwrap_or(0),
+            pos.position().unwrap_or(0)
+        );
+        let Some((_, actions)) = connectors.iter().find(|(name, _)| *name == module) else {
+            let known: Vec<&str> = connectors.iter().map(|(name, _)| *name).collect();
+            problems.push(format!(
+                "{at}: `{module}::{}`: no connector `{module}` (known: {})",
+                call.name,
+                known.join(", ")
+            ));
+            return true;
+        };
+        let Some(action) = actions.iter().find(|a| a.name == call.name.as_str()) else {
+            let near = actions
+                .iter()
+                .map(|a| a.name)
+                .min_by_key(|name| edit_distance(name, &call.name))
+                .filter(|name| edit_distance(name, &call.name) <= 3)
+                .map(|name| format!("; did you mean `{module}::{name}`?"))
+                .unwrap_or_default();
+            problems.push(format!(
+                "{at}: `{module}::{}` is not an action of the {module} connector{near}",
+                call.name
+            ));
+            return true;
+        };
+        let max = action.params.len();
+        let min = action
+            .params
+            .iter()
+            .rposition(|p| p.required)
+            .map_or(0, |i| i + 1);
+        let given = call.args.len();
+        if given < min || given > max {
+            let takes = if min == max {
+                format!("{max}")
+            } else {
+                format!("{min} to {max}")
+            };
+            let names: Vec<&str> = action.params.iter().map(|p| p.name).collect();
+            problems.push(format!(
+                "{at}: `{module}::{}` takes {takes} arguments ({}), not {given}",
+                call.name,
+                names.join(", ")
+            ));
+        }
+        true
+    });
+    problems
+}
+
+/// Levenshtein distance, for "did you mean" hints.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}

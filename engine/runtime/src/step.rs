@@ -97,6 +97,9 @@ pub(crate) struct Earlier {
     pub intents: HashMap<u32, (String, Value)>,
     /// An event that joined the run said its incident resolved.
     pub resolved: bool,
+    /// When each step that started but never finished began (a wait interrupted by a stop
+    /// goes on for the time it had left).
+    pub started_at: HashMap<u32, jiff::Timestamp>,
 }
 
 /// An event handed to a running run (see [`RunContext::join`]).
@@ -147,6 +150,8 @@ pub(crate) struct RunContext {
     pub replay: HashMap<u32, Replay>,
     /// Intents journaled by an earlier attempt whose steps never finished, by step number.
     pub intents: HashMap<u32, (String, Value)>,
+    /// When steps of an earlier attempt that never finished began, by step number.
+    started_at: HashMap<u32, jiff::Timestamp>,
     next_step: AtomicU32,
     stop: AtomicU8,
     /// Records waiting for the next durable write, in order. Held across that write, so a
@@ -173,6 +178,8 @@ pub(crate) struct RunContext {
     resolved: AtomicBool,
     /// Woken when an event joins.
     joined: tokio::sync::Notify,
+    /// Who or what cancelled the run, for its end record.
+    pub(crate) cancel_reason: std::sync::Mutex<Option<String>>,
 }
 
 impl RunContext {
@@ -205,6 +212,7 @@ impl RunContext {
             action_timeout: settings.action_timeout,
             replay: earlier.finished,
             intents: earlier.intents,
+            started_at: earlier.started_at,
             next_step: AtomicU32::new(1),
             stop: AtomicU8::new(0),
             pending: tokio::sync::Mutex::new(Vec::new()),
@@ -217,7 +225,17 @@ impl RunContext {
             joins: std::sync::Mutex::new(Vec::new()),
             resolved: AtomicBool::new(earlier.resolved),
             joined: tokio::sync::Notify::new(),
+            cancel_reason: std::sync::Mutex::new(None),
         }
+    }
+
+    /// How long step `step` already ran in an earlier attempt that was stopped inside it (a
+    /// resumed wait waits only for what was left); zero for a step that is new.
+    pub(crate) fn already_waited(&self, step: u32) -> Duration {
+        self.started_at
+            .get(&step)
+            .and_then(|at| Duration::try_from(jiff::Timestamp::now().duration_since(*at)).ok())
+            .unwrap_or_default()
     }
 
     /// The script now runs on a blocking thread of its own (after any inline attempt).
@@ -472,6 +490,11 @@ impl RunContext {
             out = future => Ok(out),
             () = self.cancel.cancelled() => { self.set_stop(Stop::Cancelled); Err(Stop::Cancelled) }
             () = deadline => { self.set_stop(Stop::TimedOut); Err(Stop::TimedOut) }
+            // A stop suspends at once, even inside a wait or a connector call: the step is
+            // left unfinished in the journal and runs again on resume (a wait for the time it
+            // had left; a mutation applies its journaled intent, which finds it done if its
+            // write happened).
+            () = self.suspend.cancelled() => { self.set_stop(Stop::Suspended); Err(Stop::Suspended) }
         }
     }
 
@@ -731,15 +754,18 @@ pub(crate) fn run_leaf(
         Ok(v) => (v.clone(), None),
         Err(e) => (Value::Null, Some(e.clone())),
     };
-    pending.push(RecordBody::StepFinished {
-        step,
-        name: name.to_owned(),
-        status: result.status,
-        outputs,
-        error,
-        duration_ms,
-        attempts: result.attempts,
-    });
+    // A step stopped by a suspension has no end: it runs again when the run resumes.
+    if result.stop != Some(Stop::Suspended) {
+        pending.push(RecordBody::StepFinished {
+            step,
+            name: name.to_owned(),
+            status: result.status,
+            outputs,
+            error,
+            duration_ms,
+            attempts: result.attempts,
+        });
+    }
     match durability {
         Durability::WriteAhead => cx.journal(pending)?,
         Durability::Deferred => cx.defer(pending),
@@ -830,15 +856,18 @@ fn finish_leaf(
         Ok(v) => (v.clone(), None),
         Err(e) => (Value::Null, Some(e.clone())),
     };
-    before.push(RecordBody::StepFinished {
-        step,
-        name: name.to_owned(),
-        status: result.status,
-        outputs,
-        error,
-        duration_ms,
-        attempts: result.attempts,
-    });
+    // A step stopped by a suspension has no end: it runs again when the run resumes.
+    if result.stop != Some(Stop::Suspended) {
+        before.push(RecordBody::StepFinished {
+            step,
+            name: name.to_owned(),
+            status: result.status,
+            outputs,
+            error,
+            duration_ms,
+            attempts: result.attempts,
+        });
+    }
     cx.journal(before)?;
     if let Some(stop) = result.stop {
         return Err(stop.error());

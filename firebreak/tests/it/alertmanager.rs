@@ -255,31 +255,32 @@ async fn a_resent_alert_starts_one_run_while_the_first_runs_or_cools_down() {
         .await;
     assert_eq!(s4, 202, "{a4}");
     let fourth = a4["accepted"][0].as_str().unwrap().to_owned();
-    // The dispatcher logs its decision for each delivery; wait until it has seen both.
     let third = a3["accepted"][0].as_str().unwrap().to_owned();
-    for (message, id) in [
-        ("skipped: a run for this key is active", &third),
-        ("skipped: key in cooldown", &fourth),
-    ] {
-        crate::harness::wait_for(
-            &format!("the dispatcher to log `{message}` for event {id}"),
-            RUN_WAIT,
-            || serve.log_tail(),
-            || {
-                let seen = serve.log_lines().iter().any(|l| {
-                    l["fields"]["message"] == message && l["fields"]["event_id"] == id.as_str()
-                });
-                std::future::ready(seen.then_some(()))
-            },
-        )
+    // Each decision is in the journal: the third alert (same incident, while the run was
+    // active) joined the run's trail; the fourth (in the cooldown) is a skipped notice.
+    let journal = serve
+        .wait_journal("both decisions journaled", RUN_WAIT, |j| {
+            let joined = j.records.iter().any(|r| {
+                r["body"]["type"] == "event_joined" && r["body"]["event_id"] == third.as_str()
+            });
+            let skipped = j.records.iter().any(|r| {
+                r["body"]["type"] == "skipped"
+                    && r["event_id"] == fourth.as_str()
+                    && r["body"]["reason"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("cooldown"))
+            });
+            joined && skipped
+        })
         .await;
-    }
-    let journal = serve.journal();
-    assert_eq!(
-        journal.runs_of("slow").len(),
-        1,
-        "one run per incident\n{}",
-        journal.summary()
+    let runs = journal.runs_of("slow");
+    assert_eq!(runs.len(), 1, "one run per incident\n{}", journal.summary());
+    assert!(
+        runs[0]
+            .records
+            .iter()
+            .any(|r| r["body"]["type"] == "event_joined"),
+        "the joined alert is in the run's own trail"
     );
 }
 

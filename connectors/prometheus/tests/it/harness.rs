@@ -278,7 +278,6 @@ pub fn cx() -> ActionContext {
         runbook: "canary".into(),
         team: "ml-platform".into(),
         namespaces: vec!["ml-serving".into()],
-        dry_run: false,
         progress: Arc::new(|_| {}),
     }
 }

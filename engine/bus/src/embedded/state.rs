@@ -273,6 +273,18 @@ impl StateStore for FileStateStore {
         Box::pin(async move { result })
     }
 
+    fn lock_holder(&self, key: &str) -> BoxFuture<'_, Result<Option<String>, BusError>> {
+        let result = check_key(key).map(|()| {
+            let state = self.state();
+            state
+                .locks
+                .get(key)
+                .filter(|(_, expires)| *expires > Instant::now())
+                .map(|(holder, _)| holder.clone())
+        });
+        Box::pin(async move { result })
+    }
+
     fn set_cooldown(&self, key: &str, until: Timestamp) -> BoxFuture<'_, Result<(), BusError>> {
         if let Err(e) = check_key(key) {
             return Box::pin(async move { Err(e) });

@@ -289,3 +289,45 @@ async fn audit_records_are_stored_in_the_audit_stream_once_and_in_order() {
         assert_eq!(stored.payload.as_ref(), record.payload.as_ref());
     }
 }
+
+/// A message on the events stream that is not an event is handed on as an `unprocessable`
+/// event (for the consumer to park), never dropped; and nothing is given up after a number of
+/// deliveries: the 25th delivery of a nak'ed message still comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_message_is_handed_on_and_no_delivery_limit_drops_anything() {
+    let mut h = Nats::new(ACK_WAIT);
+    let bus = h.connect().await;
+    let mut stream = bus.consume().await.expect("consume");
+    let client = async_nats::connect(h.server.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    js.publish(
+        "firebreak.events.alertmanager.firing",
+        "not json at all".into(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("stored");
+    let first = next(&mut stream).await;
+    assert_eq!(first.event.source, firebreak_event::SOURCE_FIREBREAK);
+    assert_eq!(first.event.kind, firebreak_event::KIND_UNPROCESSABLE);
+    assert_eq!(first.event.data["payload"], "not json at all");
+    assert_eq!(
+        first.event.data["origin"],
+        "firebreak.events.alertmanager.firing"
+    );
+    first.ack().await.expect("ack");
+
+    bus.publish(vec![event("stubborn")]).await.unwrap();
+    let mut attempt = 0;
+    for _ in 0..25 {
+        let d = next(&mut stream).await;
+        assert_eq!(d.event.id, "stubborn");
+        attempt = d.attempt;
+        d.nak(Duration::ZERO).await.expect("nak");
+    }
+    assert!(attempt >= 25, "delivered {attempt} times");
+    let last = next(&mut stream).await;
+    assert_eq!(last.event.id, "stubborn");
+    last.ack().await.expect("ack");
+}

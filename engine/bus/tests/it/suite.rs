@@ -262,10 +262,18 @@ pub async fn audit_publish_is_accepted(h: &mut impl Harness) {
 pub async fn locks(h: &mut impl Harness) {
     let s = h.state().await;
     let ttl = Duration::from_secs(60);
+    assert_eq!(s.lock_holder("team-a/fraud-model").await.unwrap(), None);
     assert!(s.try_lock("team-a/fraud-model", "o1", ttl).await.unwrap());
     assert!(
         !s.try_lock("team-a/fraud-model", "o2", ttl).await.unwrap(),
         "held by o1"
+    );
+    assert_eq!(
+        s.lock_holder("team-a/fraud-model")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("o1")
     );
     assert!(
         s.try_lock("team-a/fraud-model", "o1", ttl).await.unwrap(),

@@ -62,6 +62,45 @@ fn authorize(token: Option<&str>, runbook: &str, _actor: Option<&str>) -> Result
     Ok((*member).to_owned())
 }
 
+/// The runbooks' params: `namespace` (a string) and `replicas` (an int), both optional;
+/// anything else is unknown.
+fn validate(
+    runbook: &str,
+    params: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(), firebreak_ingest::Invalid> {
+    use firebreak_ingest::Invalid;
+    if !RUNBOOKS.iter().any(|(r, _)| *r == runbook) {
+        return Err(Invalid::UnknownRunbook(format!(
+            "no runbook named {runbook:?} is loaded"
+        )));
+    }
+    for (name, value) in params {
+        match name.as_str() {
+            "replicas" if value.is_i64() => {}
+            "namespace" if value.is_string() => {}
+            "namespace" => {
+                return Err(Invalid::Param {
+                    field: name.clone(),
+                    reason: format!("must be a string, got {value}"),
+                });
+            }
+            "replicas" => {
+                return Err(Invalid::Param {
+                    field: name.clone(),
+                    reason: format!("must be an int, got {value}"),
+                });
+            }
+            _ => {
+                return Err(Invalid::Param {
+                    field: name.clone(),
+                    reason: "not a param of this runbook".into(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 pub struct Server {
     pub base: String,
     pub http: reqwest::Client,
@@ -102,7 +141,7 @@ impl Server {
             bus: Arc::clone(&bus),
             alertmanager_token: alertmanager_token.map(str::to_owned),
             max_body_bytes,
-            runbook_exists: Arc::new(|name| RUNBOOKS.iter().any(|(r, _)| *r == name)),
+            validate_trigger: Arc::new(validate),
             authorize_trigger: Arc::new(authorize),
             metrics: metrics_handle(),
             ready: Arc::new(move || ready.load(Ordering::SeqCst)),

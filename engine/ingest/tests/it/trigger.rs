@@ -146,3 +146,69 @@ async fn bad_bodies_are_400_or_413() {
     server.assert_serving().await;
     assert_bus_quiet(&server.bus).await;
 }
+
+/// Params are checked against the manifest before the trigger is accepted: a param of the
+/// wrong type or an unknown one is 422 naming it, and nothing reaches the bus.
+#[tokio::test]
+async fn params_that_do_not_fit_the_manifest_are_422_naming_the_field() {
+    let (server, _bus, _dir) = embedded(None).await;
+    for (params, field) in [
+        (json!({"replicas": "three"}), "replicas"),
+        (json!({"replicaz": 3}), "replicaz"),
+    ] {
+        let (status, body) = server
+            .post(
+                "/v1/trigger",
+                Some("tok-ann"),
+                json!({"runbook": "model-error-rate", "params": params}).to_string(),
+            )
+            .await;
+        assert_eq!(status, 422, "{body}");
+        assert_eq!(code(&body), "invalid_params");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(&format!("`{field}`")), "{message}");
+    }
+    assert_bus_quiet(&server.bus).await;
+}
+
+/// A dry run asked for over HTTP travels with the event to whichever engine runs it.
+#[tokio::test]
+async fn a_dry_run_travels_with_the_trigger() {
+    let (server, _bus, _dir) = embedded(None).await;
+    let (status, body) = server
+        .post(
+            "/v1/trigger",
+            Some("tok-ann"),
+            json!({"runbook": "model-error-rate", "params": {"replicas": 3}, "dry_run": true})
+                .to_string(),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["dry_run"], true);
+    let ids = accepted(&body);
+    let events = drain(&server.bus, &ids.iter().cloned().collect()).await;
+    assert!(events[0].dry_run(), "{:?}", events[0].data);
+}
+
+/// While the engine is not ready (its audit journal cannot write), triggers and alerts are
+/// answered 503 with Retry-After and nothing is accepted.
+#[tokio::test]
+async fn an_engine_that_cannot_journal_takes_nothing() {
+    let (server, _bus, _dir) = embedded(None).await;
+    server
+        .engine_ready
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let (status, body) = server
+        .post("/v1/trigger", Some("tok-ann"), request("model-error-rate"))
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(code(&body), "not_ready");
+    let alert = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/it/fixtures/alertmanager/webhook-firing.json"),
+    )
+    .unwrap();
+    let (status, body) = server.post("/v1/alertmanager", None, alert).await;
+    assert_eq!(status, 503, "{body}");
+    assert_bus_quiet(&server.bus).await;
+}

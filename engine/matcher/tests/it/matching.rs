@@ -61,8 +61,9 @@ fn resolved_fixtures_match_only_the_resolved_trigger() {
         assert_eq!(names(&set, &events[0]), ["model-recovered"], "{name}");
         let m = set.matches(&events[0]).remove(0).unwrap();
         assert_eq!(m.params["versions"], json!(["v2"]));
-        // No concurrency template: the key is the runbook name.
-        assert_eq!(m.concurrency_key, "model-recovered");
+        // No concurrency template: the key is the incident, the alert's fingerprint.
+        let fingerprint = events[0].fingerprint.as_deref().unwrap();
+        assert_eq!(m.concurrency_key, format!("incident:{fingerprint}"));
     }
 }
 
@@ -216,6 +217,7 @@ fn manual_trigger_types_hand_given_params() {
         "model-error-rate",
         given(json!({"namespace": "team-a", "deployment": "fraud"})),
         "ann",
+        false,
     );
     let matches = set.matches(&event);
     assert_eq!(matches.len(), 1);
@@ -256,8 +258,30 @@ fn manual_trigger_errors() {
             .starts_with("runbook model-error-rate: param `max_wait`: invalid duration"),
         "{err}"
     );
-    let mut event = manual::trigger("model-error-rate", given(ok), "ann");
+    let mut event = manual::trigger("model-error-rate", given(ok), "ann", false);
     event.data.as_object_mut().unwrap().remove("params");
     let err = set.matches(&event).remove(0).unwrap_err();
     assert!(matches!(err, MatchError::MalformedManualEvent { .. }));
+}
+
+/// Without a `concurrency` template, a manual trigger is keyed on its params (two targets
+/// run side by side), and a runbook without params on its name.
+#[test]
+fn the_default_key_of_a_manual_trigger_is_its_target() {
+    let set = data_set();
+    let mut given = serde_json::Map::new();
+    given.insert("namespace".into(), json!("team-a"));
+    given.insert("versions".into(), json!(["v3"]));
+    let m = set.resolve_manual("model-recovered", &given).unwrap();
+    assert_eq!(
+        m.concurrency_key,
+        "params:namespace=team-a,versions=[\"v3\"]"
+    );
+    let warnings = set.warnings();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("model-recovered") && w.contains("no `concurrency` key")),
+        "{warnings:?}"
+    );
 }

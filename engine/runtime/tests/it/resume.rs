@@ -150,11 +150,14 @@ async fn a_changed_script_that_diverges_from_the_journal_fails_clearly() {
     assert_eq!(fake.count("one"), 1);
 }
 
+/// A stop (SIGTERM) suspends a run at once, even inside a wait: the `sleep` step is left
+/// without an end, nothing journals the run's end, and the resumed run sleeps only for what
+/// was left of the wait (here nothing: the restart came after the wait would have ended).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_suspended_run_finishes_its_step_journals_no_end_and_resumes() {
+async fn a_suspended_run_stops_inside_its_wait_and_resumes_with_the_time_left() {
     const SLOW: &str = r#"
         let a = fake::one();
-        sleep(300);
+        sleep(3000);
         let c = fake::three(a.n);
         c.n
     "#;
@@ -177,18 +180,22 @@ async fn a_suspended_run_finishes_its_step_journals_no_end_and_resumes() {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     runner.suspend();
-    let outcome = handle.join().await;
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(2), handle.join())
+        .await
+        .expect("a stop does not wait for the sleep to end");
     assert!(outcome.suspended, "{outcome:?}");
     assert_eq!((fake.count("one"), fake.count("three")), (1, 0));
     let first = kinds(&journal.records_for_run("s1").unwrap());
     assert!(
-        first.contains(&"finished 2 sleep ok".to_owned()),
-        "the step in flight finishes: {first:?}"
+        !first.iter().any(|k| k.starts_with("finished 2")),
+        "the interrupted wait has no end: {first:?}"
     );
     assert!(!first.iter().any(|k| k == "run_finished"), "{first:?}");
     drop(runner);
     drop(journal);
 
+    // Come back after the wait would have ended.
+    tokio::time::sleep(std::time::Duration::from_millis(3200)).await;
     let journal = Arc::new(Journal::open(&path).unwrap());
     let runner = Runner::new(&registry, journal.clone(), config());
     let ast = compile(std::path::Path::new("slow.rhai"), SLOW).unwrap();
@@ -196,6 +203,23 @@ async fn a_suspended_run_finishes_its_step_journals_no_end_and_resumes() {
     assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
     assert!(!outcome.suspended);
     assert_eq!((fake.count("one"), fake.count("three")), (1, 1));
+    let resumed_sleep = journal
+        .records_for_run("s1")
+        .unwrap()
+        .into_iter()
+        .find_map(|r| match r.body {
+            RecordBody::StepFinished {
+                step: 2,
+                duration_ms,
+                ..
+            } => Some(duration_ms),
+            _ => None,
+        })
+        .expect("the sleep finished after the resume");
+    assert!(
+        resumed_sleep < 1000,
+        "the resumed sleep waited only for what was left, not 3 s again: {resumed_sleep} ms"
+    );
 }
 
 /// A crash between a mutation's write and its journaled end (here: the journal is cut right

@@ -1,0 +1,791 @@
+//! The dispatcher: takes events off the bus and starts each matched runbook once per incident.
+//!
+//! Start at [`Dispatcher::handle`]. For each delivery:
+//! 1. a bus message that was not an event is parked: kept whole in the journal, then acked;
+//! 2. a resolved alert is handed to every running run of its incident (its fingerprint), which
+//!    journals it and sees it through `resolved()` / `wait_resolved()`;
+//! 3. each runbook it matches (or the one a manual trigger names) goes through
+//!    [`Dispatcher::start`] with key `<runbook>/<concurrency key>`:
+//!    - take the key's lock. Held: the incident has a run already. A redelivery of that run's
+//!      own message is dropped; another event is *joined* to the run (journaled in its trail)
+//!      or, when the run is elsewhere, journaled as skipped naming it;
+//!    - holding the lock, look in the journal: a run of this runbook for this very message
+//!      (started after the bus accepted it) means a redelivery after a lost ack; skip. Taking
+//!      the lock first makes "this message started this runbook" one decision: a second
+//!      delivery either finds the lock held by that run or, once it is released, the run in
+//!      the journal;
+//!    - a key in cooldown: journaled as skipped; a spent remediation budget: a refusal;
+//!    - start the run, with its lock key and cooldown in its `run_started` record; the
+//!      runtime answers once that record is durable;
+//! 4. only then is the delivery acked; a failed start naks it (it comes back).
+//!
+//! When a run ends its key is put in cooldown, then unlocked. [`Dispatcher::resume_unfinished`]
+//! picks up runs a crash or a stop interrupted: each takes its lock again before it goes on
+//! (and sets its cooldown when it ends); a run started from a terminal (`firebreak run`) is
+//! closed as abandoned instead. Dry runs take a lock of their own (`dry-run:` keys), set no
+//! cooldown and spend no budget: a rehearsal never blocks the real remediation.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use firebreak_audit::{Journal, RecordBody, RecordDraft, RunMeta};
+use firebreak_bus::{Bus, Delivery, StateStore};
+use firebreak_event::{Event, KIND_UNPROCESSABLE, SOURCE_FIREBREAK};
+use firebreak_matcher::{Match, MatchError};
+use firebreak_runtime::{
+    CancellationToken, JoinError, JoinedEvent, ProgressSink, RunLink, RunPlan, Runner,
+};
+use futures::StreamExt;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::runbooks::{Loaded, Runbooks};
+
+/// Extra time a concurrency lock outlives the run's own timeout, so a crashed engine's lock
+/// expires on its own.
+const LOCK_SLACK: Duration = Duration::from_secs(60);
+
+/// How often failed trigger authentications are journaled, as one record for the period.
+pub const REFUSAL_SUMMARY_EVERY: Duration = Duration::from_secs(10);
+
+/// Why a start must be retried later (the delivery is nak'ed).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("state store")]
+    State(#[from] firebreak_bus::BusError),
+    #[error("runtime")]
+    Runtime(#[from] firebreak_runtime::RuntimeError),
+    #[error("audit")]
+    Audit(#[from] firebreak_audit::AuditError),
+    #[error("the event could not be joined to run {run_id}: {source}")]
+    Join {
+        run_id: String,
+        #[source]
+        source: JoinError,
+    },
+}
+
+/// A run this engine is running: where to hand it the events of its incident.
+#[derive(Clone)]
+struct ActiveRun {
+    link: RunLink,
+    runbook: String,
+    /// The message that started it.
+    event_id: String,
+    /// Its incident, when its event had one (an alert's fingerprint).
+    fingerprint: Option<String>,
+}
+
+/// What became of one matched runbook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Started {
+    /// A new run.
+    Run(String),
+    /// Handed to the run already handling the incident.
+    Joined(String),
+    /// Nothing to do: a redelivery of a message whose run exists.
+    Redelivery,
+    /// Journaled as skipped (cooldown, a run elsewhere) or refused (budget).
+    Skipped,
+}
+
+pub struct Dispatcher {
+    pub bus: Arc<dyn Bus>,
+    pub state: Arc<dyn StateStore>,
+    pub runner: Arc<Runner>,
+    pub journal: Arc<Journal>,
+    pub runbooks: Arc<Runbooks>,
+    /// Receives every run's log and progress lines (the CLI prints them).
+    pub progress: Option<ProgressSink>,
+    /// Every run task, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+    pub shutdown: CancellationToken,
+    /// Runs in progress here, by run id.
+    active: Arc<Mutex<HashMap<String, ActiveRun>>>,
+    /// Failed trigger authentications since the last summary, by runbook.
+    unauthenticated: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Dispatcher {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        bus: Arc<dyn Bus>,
+        state: Arc<dyn StateStore>,
+        runner: Arc<Runner>,
+        journal: Arc<Journal>,
+        runbooks: Arc<Runbooks>,
+        progress: Option<ProgressSink>,
+        shutdown: CancellationToken,
+    ) -> Dispatcher {
+        Dispatcher {
+            bus,
+            state,
+            runner,
+            journal,
+            runbooks,
+            progress,
+            tasks: TaskTracker::new(),
+            shutdown,
+            active: Arc::default(),
+            unauthenticated: Mutex::default(),
+        }
+    }
+
+    /// Consumes the bus until `shutdown`; each delivery is handled on its own task.
+    pub async fn run(self: Arc<Self>) -> Result<(), firebreak_bus::BusError> {
+        let mut deliveries = self.bus.consume().await?;
+        loop {
+            let next = tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                next = deliveries.next() => next,
+            };
+            match next {
+                Some(Ok(delivery)) => {
+                    let me = self.clone();
+                    self.tasks.spawn(async move { me.handle(delivery).await });
+                }
+                Some(Err(e)) => {
+                    warn!(error = %e, "bus delivery failed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles one delivery (see the module docs); acks only once everything it started or
+    /// joined is journaled, naks otherwise.
+    pub async fn handle(self: Arc<Self>, delivery: Delivery) {
+        let event = delivery.event.clone();
+        metrics::counter!("firebreak_events_consumed_total", "source" => event.source.clone())
+            .increment(1);
+        let done = if event.source == SOURCE_FIREBREAK && event.kind == KIND_UNPROCESSABLE {
+            self.park(&event).await
+        } else {
+            self.dispatch(&event, delivery.published).await
+        };
+        let settled = if done {
+            delivery.ack().await
+        } else {
+            // Backs off with the attempts, so a long outage (a full disk) is not hammered.
+            let delay = Duration::from_secs(u64::from(delivery.attempt.clamp(1, 30)));
+            delivery.nak(delay).await
+        };
+        if let Err(e) = settled {
+            warn!(error = %e, "could not settle a delivery; it will be redelivered");
+        }
+    }
+
+    /// Joins and starts what the event asks for; whether all of it is journaled.
+    async fn dispatch(&self, event: &Arc<Event>, published: jiff::Timestamp) -> bool {
+        let mut done = true;
+        let mut joined: Vec<String> = Vec::new();
+        if event.status() == "resolved"
+            && let Some(fingerprint) = event.fingerprint.as_deref()
+        {
+            for run in self.runs_of_incident(fingerprint) {
+                match self.join(&run, event).await {
+                    Ok(()) => joined.push(run.link.run_id().to_owned()),
+                    Err(e) => {
+                        warn!(event_id = %event.id, run_id = %run.link.run_id(), error = %e, "resolved alert not joined to its run");
+                        done &= matches!(
+                            e,
+                            StartError::Join {
+                                source: JoinError::Finished,
+                                ..
+                            }
+                        );
+                    }
+                }
+            }
+        }
+        let loaded = self.runbooks.current();
+        for m in loaded.set.matches(event) {
+            let result = match m {
+                Ok(m) => self.start(&loaded, event, published, m, &joined).await,
+                Err(e) => self
+                    .refuse_unstartable(event, &e)
+                    .await
+                    .map(|()| Started::Skipped),
+            };
+            match result {
+                Ok(Started::Joined(run)) => joined.push(run),
+                Ok(_) => {}
+                Err(e) => {
+                    error!(event_id = %event.id, error = %e, cause = ?std::error::Error::source(&e), "event not handled; it will be redelivered");
+                    done = false;
+                }
+            }
+        }
+        done
+    }
+
+    /// The runs here whose incident is `fingerprint`.
+    fn runs_of_incident(&self, fingerprint: &str) -> Vec<ActiveRun> {
+        self.active
+            .lock()
+            .expect("active runs lock")
+            .values()
+            .filter(|r| r.fingerprint.as_deref() == Some(fingerprint))
+            .cloned()
+            .collect()
+    }
+
+    async fn join(&self, run: &ActiveRun, event: &Event) -> Result<(), StartError> {
+        let joined = JoinedEvent {
+            event_id: event.id.clone(),
+            status: event.status().to_owned(),
+            summary: format!("{}/{} {}", event.source, event.kind, event.subject),
+        };
+        run.link
+            .join(joined)
+            .await
+            .map_err(|source| StartError::Join {
+                run_id: run.link.run_id().to_owned(),
+                source,
+            })?;
+        info!(run_id = %run.link.run_id(), event_id = %event.id, status = %event.status(), "event joined to its incident's run");
+        metrics::counter!("firebreak_events_joined_total").increment(1);
+        Ok(())
+    }
+
+    /// Starts `m` for `event` once per incident; see the module docs for the order.
+    /// `joined`: runs this event was already handed to (not joined twice).
+    pub async fn start(
+        &self,
+        loaded: &Loaded,
+        event: &Arc<Event>,
+        published: jiff::Timestamp,
+        m: Match,
+        joined: &[String],
+    ) -> Result<Started, StartError> {
+        let manifest = &m.runbook.manifest;
+        let name = manifest.name.clone();
+        let dry_run = event.dry_run();
+        let key = if dry_run {
+            format!("dry-run:{name}/{}", m.concurrency_key)
+        } else {
+            format!("{name}/{}", m.concurrency_key)
+        };
+        let actor = actor_of(event);
+        let run_id = uuid::Uuid::now_v7().to_string();
+        // Twice at most: the holder may finish between our failed lock and the join.
+        for _ in 0..2 {
+            if self
+                .state
+                .try_lock(&key, &run_id, manifest.timeout + LOCK_SLACK)
+                .await?
+            {
+                break;
+            }
+            let holder = self.state.lock_holder(&key).await?;
+            let local = holder.as_deref().and_then(|h| {
+                self.active
+                    .lock()
+                    .expect("active runs lock")
+                    .get(h)
+                    .cloned()
+            });
+            match (holder, local) {
+                // Lock released meanwhile: try again.
+                (None, _) => continue,
+                (Some(_), Some(run)) if run.event_id == event.id => {
+                    info!(runbook = %name, run_id = %run.link.run_id(), event_id = %event.id, "skipped: this delivery's run was started before");
+                    metrics::counter!("firebreak_runs_skipped_total", "reason" => "redelivered")
+                        .increment(1);
+                    return Ok(Started::Redelivery);
+                }
+                (Some(holder), Some(_)) if joined.contains(&holder) => {
+                    return Ok(Started::Joined(holder));
+                }
+                (Some(holder), Some(run)) => match self.join(&run, event).await {
+                    Ok(()) => return Ok(Started::Joined(holder)),
+                    Err(StartError::Join {
+                        source: JoinError::Finished,
+                        ..
+                    }) => continue,
+                    Err(e) => return Err(e),
+                },
+                (Some(holder), None) => {
+                    let reason = format!(
+                        "a run for {key} is active (run {holder}, on another engine replica)"
+                    );
+                    self.journal_notice(
+                        &name,
+                        &manifest.team,
+                        &actor,
+                        &event.id,
+                        RecordBody::Skipped {
+                            reason,
+                            active_run: Some(holder),
+                        },
+                    )
+                    .await?;
+                    metrics::counter!("firebreak_runs_skipped_total", "reason" => "active")
+                        .increment(1);
+                    return Ok(Started::Skipped);
+                }
+            }
+        }
+        // From here on we hold the lock; every way out but a start releases it.
+        let outcome = self
+            .start_locked(loaded, event, published, &m, &key, &run_id, &actor, dry_run)
+            .await;
+        match &outcome {
+            Ok(Started::Run(_)) => {}
+            _ => {
+                let _ = self.state.unlock(&key, &run_id).await;
+            }
+        }
+        outcome
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn start_locked(
+        &self,
+        loaded: &Loaded,
+        event: &Arc<Event>,
+        published: jiff::Timestamp,
+        m: &Match,
+        key: &str,
+        run_id: &str,
+        actor: &str,
+        dry_run: bool,
+    ) -> Result<Started, StartError> {
+        let manifest = &m.runbook.manifest;
+        let name = &manifest.name;
+        // A redelivery of a message whose run already started (the engine stopped after
+        // journaling the start but before the bus had the ack): that run, resumed from the
+        // journal if it did not finish, is this delivery's run. A later publish of the same
+        // event (Alertmanager repeating it past the bus' duplicate window) is new work.
+        if let Some(run) = self
+            .journal
+            .runs_for_event(&event.id)
+            .into_iter()
+            .find(|r| &r.runbook == name && r.started >= published)
+        {
+            info!(runbook = %name, run_id = %run.run_id, event_id = %event.id, "skipped: this delivery's run was started before");
+            metrics::counter!("firebreak_runs_skipped_total", "reason" => "redelivered")
+                .increment(1);
+            return Ok(Started::Redelivery);
+        }
+        // A runbook without a cooldown has none to look up (one state-store read less per
+        // alert); one that had a cooldown before an edit removed it runs again at once.
+        if !dry_run
+            && !manifest.cooldown.is_zero()
+            && let Some(until) = self.state.cooldown(key).await?
+        {
+            info!(runbook = %name, key = %key, until = %until, event_id = %event.id, "skipped: key in cooldown");
+            self.journal_notice(
+                name,
+                &manifest.team,
+                actor,
+                &event.id,
+                RecordBody::Skipped {
+                    reason: format!("{key} is in cooldown until {until}"),
+                    active_run: None,
+                },
+            )
+            .await?;
+            metrics::counter!("firebreak_runs_skipped_total", "reason" => "cooldown").increment(1);
+            return Ok(Started::Skipped);
+        }
+        if !dry_run && let Some(budget) = manifest.budget {
+            let since = jiff::Timestamp::now()
+                - jiff::SignedDuration::try_from(budget.per).unwrap_or(jiff::SignedDuration::MAX);
+            let used = self.state.runs_since(key, since).await?;
+            if used >= budget.max_runs {
+                let reason = format!(
+                    "remediation budget spent: {used} runs for {key} within {:?} (max {})",
+                    budget.per, budget.max_runs
+                );
+                warn!(runbook = %name, key = %key, "{reason}");
+                self.journal_notice(
+                    name,
+                    &manifest.team,
+                    actor,
+                    &event.id,
+                    RecordBody::Refusal {
+                        step: None,
+                        action: "start".into(),
+                        reason,
+                    },
+                )
+                .await?;
+                metrics::counter!("firebreak_runs_skipped_total", "reason" => "budget")
+                    .increment(1);
+                return Ok(Started::Skipped);
+            }
+        }
+        let ast = loaded
+            .asts
+            .get(name)
+            .cloned()
+            .expect("every loaded runbook is compiled");
+        let cooldown = if dry_run {
+            Duration::ZERO
+        } else {
+            manifest.cooldown
+        };
+        let plan = RunPlan {
+            run_id: run_id.to_owned(),
+            runbook: name.clone(),
+            team: manifest.team.clone(),
+            namespaces: manifest.namespaces.clone(),
+            ast,
+            event: event.clone(),
+            params: m.params.clone(),
+            actor: actor.to_owned(),
+            dry_run,
+            timeout: manifest.timeout,
+            progress: self.progress.clone(),
+            // Not a child of `shutdown`: a graceful stop suspends runs between steps (so the
+            // next start resumes them) instead of cancelling them.
+            cancel: CancellationToken::new(),
+            lock_key: Some(key.to_owned()),
+            cooldown,
+            interactive: false,
+        };
+        let handle = self.runner.start(plan).await?;
+        metrics::counter!("firebreak_runs_started_total").increment(1);
+        info!(run_id = %run_id, runbook = %name, key = %key, event_id = %event.id, dry_run, "run started");
+        if !dry_run && manifest.budget.is_some() {
+            self.state.record_run(key, jiff::Timestamp::now()).await?;
+        }
+        let run = ActiveRun {
+            link: handle.link(),
+            runbook: name.clone(),
+            event_id: event.id.clone(),
+            fingerprint: event.fingerprint.clone(),
+        };
+        self.track(handle, run, key.to_owned(), cooldown);
+        Ok(Started::Run(run_id.to_owned()))
+    }
+
+    /// Registers a running run and, when it ends, sets its key's cooldown, unlocks it and
+    /// forgets the run.
+    fn track(
+        &self,
+        handle: firebreak_runtime::RunHandle,
+        run: ActiveRun,
+        key: String,
+        cooldown: Duration,
+    ) {
+        let run_id = handle.run_id().to_owned();
+        self.active
+            .lock()
+            .expect("active runs lock")
+            .insert(run_id.clone(), run);
+        let state = self.state.clone();
+        let active = self.active.clone();
+        self.tasks.spawn(async move {
+            let outcome = handle.join().await;
+            active.lock().expect("active runs lock").remove(&run_id);
+            if outcome.suspended {
+                // Keep the lock: it expires on its own, and the run resumes after the restart
+                // (taking it again).
+                return;
+            }
+            finish(&*state, &key, &outcome.run_id, cooldown).await;
+            info!(run_id = %outcome.run_id, status = %outcome.status, error = outcome.error.as_deref().unwrap_or(""), "run finished");
+            metrics::counter!("firebreak_runs_finished_total", "status" => outcome.status.to_string())
+                .increment(1);
+        });
+    }
+}
+
+impl Dispatcher {
+    /// A matched runbook whose params cannot be filled: refused, and the refusal audited.
+    async fn refuse_unstartable(&self, event: &Event, e: &MatchError) -> Result<(), StartError> {
+        warn!(event_id = %event.id, error = %e, "matched runbook cannot start");
+        let runbook = e.runbook().unwrap_or("-").to_string();
+        let team = self
+            .runbooks
+            .current()
+            .set
+            .get(&runbook)
+            .map(|r| r.manifest.team.clone())
+            .unwrap_or_default();
+        self.journal_notice(
+            &runbook,
+            &team,
+            &actor_of(event),
+            &event.id,
+            RecordBody::Refusal {
+                step: None,
+                action: "start".into(),
+                reason: e.to_string(),
+            },
+        )
+        .await?;
+        metrics::counter!("firebreak_runs_skipped_total", "reason" => "params").increment(1);
+        Ok(())
+    }
+
+    /// Journals an entry that is not a run (a refusal, a skipped event, a parked message).
+    async fn journal_notice(
+        &self,
+        runbook: &str,
+        team: &str,
+        actor: &str,
+        event_id: &str,
+        body: RecordBody,
+    ) -> Result<(), firebreak_audit::AuditError> {
+        let meta = Arc::new(RunMeta {
+            run_id: uuid::Uuid::now_v7().to_string(),
+            runbook: runbook.to_string(),
+            team: team.to_string(),
+            actor: actor.to_string(),
+            event_id: event_id.to_string(),
+        });
+        self.journal
+            .append(RecordDraft::new(meta, body))
+            .await
+            .map(|_| ())
+    }
+
+    /// Keeps a bus message that is not an event in the journal; whether it is journaled (then
+    /// the message may be acked).
+    async fn park(&self, event: &Event) -> bool {
+        let text = |key: &str| {
+            event
+                .data
+                .get(key)
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let body = RecordBody::Parked {
+            origin: text("origin"),
+            reason: text("reason"),
+            payload: text("payload"),
+        };
+        match self
+            .journal_notice("-", "-", SOURCE_FIREBREAK, &event.id, body)
+            .await
+        {
+            Ok(()) => {
+                warn!(origin = %text("origin"), reason = %text("reason"), "parked a bus message that is not an event (kept in the audit journal)");
+                metrics::counter!("firebreak_events_parked_total").increment(1);
+                true
+            }
+            Err(e) => {
+                error!(error = %e, "cannot park a bad bus message; it stays on the bus");
+                false
+            }
+        }
+    }
+
+    /// Journals a refused manual trigger by a known caller (not a member of the owner team).
+    pub async fn journal_manual_refusal(
+        &self,
+        runbook: &str,
+        team: &str,
+        actor: &str,
+        reason: String,
+    ) {
+        let body = RecordBody::Refusal {
+            step: None,
+            action: "trigger".into(),
+            reason,
+        };
+        if let Err(e) = self.journal_notice(runbook, team, actor, "-", body).await {
+            error!(error = %e, "could not journal a refused trigger");
+        }
+    }
+
+    /// Counts a trigger that failed authentication. Such requests cost no write each (anyone
+    /// can send them): they are journaled as one refusal per [`REFUSAL_SUMMARY_EVERY`] by
+    /// [`Dispatcher::summarize_refusals`].
+    pub fn note_unauthenticated(&self, runbook: &str) {
+        *self
+            .unauthenticated
+            .lock()
+            .expect("refusal counter lock")
+            .entry(runbook.to_owned())
+            .or_default() += 1;
+        metrics::counter!("firebreak_triggers_unauthenticated_total").increment(1);
+    }
+
+    /// Journals the failed authentications counted since the last call, as one refusal.
+    pub async fn flush_refusals(&self) {
+        let counts =
+            std::mem::take(&mut *self.unauthenticated.lock().expect("refusal counter lock"));
+        if counts.is_empty() {
+            return;
+        }
+        let total: u64 = counts.values().sum();
+        let detail: Vec<String> = counts.iter().map(|(rb, n)| format!("{rb}: {n}")).collect();
+        let body = RecordBody::Refusal {
+            step: None,
+            action: "trigger".into(),
+            reason: format!(
+                "{total} trigger request(s) without a valid token ({})",
+                detail.join(", ")
+            ),
+        };
+        if let Err(e) = self
+            .journal_notice("-", "-", "unauthenticated", "-", body)
+            .await
+        {
+            error!(error = %e, "could not journal refused triggers");
+        }
+    }
+
+    /// Journals counted authentication failures every [`REFUSAL_SUMMARY_EVERY`] until
+    /// `shutdown` (and once more then).
+    pub async fn summarize_refusals(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(REFUSAL_SUMMARY_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => self.flush_refusals().await,
+            }
+        }
+        self.flush_refusals().await;
+    }
+
+    /// Resumes every run the journal shows as started but not finished (a crash or a stop
+    /// interrupted it): each takes its concurrency lock again first, so a repeat of its
+    /// incident starts no second run, and sets its cooldown when it ends. Finished steps are
+    /// replayed from the journal, not repeated. A run started from a terminal is closed as
+    /// abandoned, never resumed behind its operator's back.
+    pub async fn resume_unfinished(&self) -> usize {
+        let loaded = self.runbooks.current();
+        let mut resumed = 0;
+        for run in self.journal.unfinished_runs() {
+            let plan = match self.runner.prepare_resume(&run.run_id) {
+                Ok(plan) => plan,
+                Err(e) => {
+                    error!(run_id = %run.run_id, error = %e, "cannot read run to resume");
+                    continue;
+                }
+            };
+            if plan.interactive() {
+                let reason = "abandoned: started by `firebreak run`, which stopped before the run \
+                              finished; not resumed behind its operator's back";
+                match self.runner.abandon(&plan, reason).await {
+                    Ok(()) => {
+                        warn!(run_id = %run.run_id, runbook = %run.runbook, "closed an abandoned interactive run")
+                    }
+                    Err(e) => {
+                        error!(run_id = %run.run_id, error = %e, "cannot close an abandoned run")
+                    }
+                }
+                continue;
+            }
+            let Some(ast) = loaded.asts.get(plan.runbook()).cloned() else {
+                warn!(run_id = %run.run_id, runbook = %run.runbook, "cannot resume: runbook no longer loaded");
+                continue;
+            };
+            let key = plan.lock_key().map(str::to_owned);
+            let cooldown = plan.cooldown();
+            if let Some(key) = &key {
+                match self
+                    .state
+                    .try_lock(key, &run.run_id, plan.timeout() + LOCK_SLACK)
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let holder = self.state.lock_holder(key).await.ok().flatten();
+                        warn!(run_id = %run.run_id, key = %key, holder = ?holder, "resuming a run whose key another run holds");
+                    }
+                    Err(e) => {
+                        error!(run_id = %run.run_id, key = %key, error = %e, "cannot take a resumed run's lock; it resumes at the next start");
+                        continue;
+                    }
+                }
+            }
+            let event = run_event(&self.journal, &run.run_id);
+            match self.runner.resume(plan, ast).await {
+                Ok(handle) => {
+                    resumed += 1;
+                    info!(run_id = %run.run_id, runbook = %run.runbook, "run resumed");
+                    let active = ActiveRun {
+                        link: handle.link(),
+                        runbook: run.runbook.clone(),
+                        event_id: run.event_id.clone(),
+                        fingerprint: event.and_then(|e| e.fingerprint),
+                    };
+                    match key {
+                        Some(key) => self.track(handle, active, key, cooldown),
+                        None => self.track_unkeyed(handle, active),
+                    }
+                }
+                Err(e) => {
+                    if let Some(key) = &key {
+                        let _ = self.state.unlock(key, &run.run_id).await;
+                    }
+                    error!(run_id = %run.run_id, error = %e, "cannot resume run");
+                }
+            }
+        }
+        resumed
+    }
+
+    /// [`Dispatcher::track`] for a run journaled before runs recorded their lock key.
+    fn track_unkeyed(&self, handle: firebreak_runtime::RunHandle, run: ActiveRun) {
+        let run_id = handle.run_id().to_owned();
+        self.active
+            .lock()
+            .expect("active runs lock")
+            .insert(run_id.clone(), run);
+        let active = self.active.clone();
+        self.tasks.spawn(async move {
+            let outcome = handle.join().await;
+            active.lock().expect("active runs lock").remove(&run_id);
+            if !outcome.suspended {
+                metrics::counter!("firebreak_runs_finished_total", "status" => outcome.status.to_string())
+                    .increment(1);
+            }
+        });
+    }
+
+    /// Runs in progress in this engine, with their runbooks (for status pages and tests).
+    pub fn active_runs(&self) -> Vec<(String, String)> {
+        let mut runs: Vec<(String, String)> = self
+            .active
+            .lock()
+            .expect("active runs lock")
+            .iter()
+            .map(|(id, r)| (id.clone(), r.runbook.clone()))
+            .collect();
+        runs.sort();
+        runs
+    }
+}
+
+/// The event a journaled run was started by.
+fn run_event(journal: &Journal, run_id: &str) -> Option<Event> {
+    let records = journal.records_for_run(run_id).ok()?;
+    match &records.first()?.body {
+        RecordBody::RunStarted { event, .. } => serde_json::from_value(event.clone()).ok(),
+        _ => None,
+    }
+}
+
+/// After a run: cooldown first, then unlock, so no second run slips in between.
+async fn finish(state: &dyn StateStore, key: &str, run_id: &str, cooldown: Duration) {
+    if !cooldown.is_zero() {
+        let until = jiff::Timestamp::now()
+            + jiff::SignedDuration::try_from(cooldown).unwrap_or(jiff::SignedDuration::MAX);
+        if let Err(e) = state.set_cooldown(key, until).await {
+            warn!(key = %key, error = %e, "could not set cooldown");
+        }
+    }
+    if let Err(e) = state.unlock(key, run_id).await {
+        warn!(key = %key, error = %e, "could not release concurrency lock; it expires on its own");
+    }
+}
+
+/// Who a run is started by: the trigger's actor, else the event's source.
+fn actor_of(event: &Event) -> String {
+    event
+        .manual_request()
+        .map(|(_, _, actor)| actor.to_string())
+        .unwrap_or_else(|| event.source.clone())
+}

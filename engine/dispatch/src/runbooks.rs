@@ -1,0 +1,249 @@
+//! The runbooks in force: every manifest checked, every script compiled and its connector
+//! calls checked, swapped whole on reload. Start at [`Loaded::load`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use firebreak_connector::ActionSpec;
+use firebreak_matcher::{RunbookSet, fingerprint_dir};
+use firebreak_runtime::{AST, CancellationToken, check_calls, compile};
+use tracing::{error, info, warn};
+
+/// The actions scripts may call, by connector module (`k8s`, `prom`, ...): what `load` checks
+/// every `module::action(...)` call against.
+pub type ConnectorSpecs = Vec<(&'static str, Vec<ActionSpec>)>;
+
+/// Runbooks with their compiled scripts: what one reload produces.
+pub struct Loaded {
+    pub set: RunbookSet,
+    pub asts: HashMap<String, Arc<AST>>,
+    /// Things that load but deserve a look (see [`RunbookSet::warnings`]).
+    pub warnings: Vec<String>,
+}
+
+impl Loaded {
+    /// Loads and checks every manifest, compiles every script and checks each connector call
+    /// against `connectors` (an unknown action or a wrong number of arguments is an error
+    /// here, not mid-incident). All problems are returned, each as `file:line:col: message`.
+    pub fn load(
+        dir: &Path,
+        teams: Option<&Path>,
+        connectors: &ConnectorSpecs,
+    ) -> Result<Loaded, Vec<String>> {
+        let teams = match teams {
+            Some(path) => Some(
+                firebreak_matcher::Teams::load(path)
+                    .map_err(|d| d.iter().map(ToString::to_string).collect::<Vec<_>>())?,
+            ),
+            None => None,
+        };
+        let set = RunbookSet::load_dir_with_teams(dir, teams.as_ref())
+            .map_err(|d| d.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+        let mut asts = HashMap::new();
+        let mut problems = Vec::new();
+        for rb in set.iter() {
+            // No approver flow exists yet; running such a runbook unapproved would be worse
+            // than not running it.
+            if rb.manifest.approval {
+                problems.push(format!(
+                    "{}:1:1: runbook {}: `approval: true` is not supported yet (no approval flow); \
+                     refusing to load it rather than run it unapproved",
+                    rb.yaml_path.display(),
+                    rb.manifest.name
+                ));
+            }
+            match compile(&rb.script_path, &rb.script) {
+                Ok(ast) => {
+                    problems.extend(check_calls(&rb.script_path, &ast, connectors));
+                    asts.insert(rb.manifest.name.clone(), ast);
+                }
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        if problems.is_empty() {
+            let warnings = set.warnings();
+            Ok(Loaded {
+                set,
+                asts,
+                warnings,
+            })
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// No runbooks at all.
+    pub fn empty() -> Loaded {
+        Loaded {
+            set: RunbookSet::default(),
+            asts: HashMap::new(),
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// The runbooks in force, swapped whole on reload; a broken edit keeps the previous set.
+pub struct Runbooks {
+    dir: PathBuf,
+    teams: Option<PathBuf>,
+    connectors: ConnectorSpecs,
+    current: RwLock<Arc<Loaded>>,
+    fingerprint: AtomicU64,
+}
+
+impl Runbooks {
+    pub fn load(
+        dir: &Path,
+        teams: Option<&Path>,
+        connectors: ConnectorSpecs,
+    ) -> Result<Runbooks, Vec<String>> {
+        let fingerprint = fingerprint_dir(dir).unwrap_or_default();
+        // A missing folder is not an error for a server: it starts empty and picks the folder
+        // up when it appears (the reload loop watches it). `firebreak check` still refuses it.
+        let loaded = if dir.exists() {
+            Loaded::load(dir, teams, &connectors)?
+        } else {
+            warn!(dir = %dir.display(), "no runbook folder: serving with no runbooks until it appears");
+            Loaded::empty()
+        };
+        for w in &loaded.warnings {
+            warn!(warning = %w, "runbook warning");
+        }
+        Ok(Runbooks {
+            dir: dir.to_owned(),
+            teams: teams.map(Path::to_owned),
+            connectors,
+            current: RwLock::new(Arc::new(loaded)),
+            fingerprint: AtomicU64::new(fingerprint),
+        })
+    }
+
+    pub fn current(&self) -> Arc<Loaded> {
+        self.current.read().expect("runbook lock poisoned").clone()
+    }
+
+    /// Reloads when the folder changed. A set that fails to load is refused (logged with every
+    /// problem) and the previous one keeps serving.
+    pub fn reload_if_changed(&self) -> Result<bool, Vec<String>> {
+        let now = fingerprint_dir(&self.dir).unwrap_or_default();
+        if self.fingerprint.swap(now, Ordering::SeqCst) == now {
+            return Ok(false);
+        }
+        let loaded = Loaded::load(&self.dir, self.teams.as_deref(), &self.connectors)?;
+        info!(runbooks = loaded.set.len(), "runbooks reloaded");
+        *self.current.write().expect("runbook lock poisoned") = Arc::new(loaded);
+        Ok(true)
+    }
+
+    /// Polls the folder every `every` until `shutdown`.
+    pub async fn watch(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if let Err(problems) = self.reload_if_changed() {
+                metrics::counter!("firebreak_runbook_reload_failures_total").increment(1);
+                for p in &problems {
+                    error!(problem = %p, "runbook change refused; the previous runbooks keep serving");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_runbook_folder_starts_empty_and_is_picked_up_when_it_appears() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("runbooks");
+        let runbooks = Runbooks::load(&dir, None, Vec::new()).unwrap();
+        assert!(runbooks.current().set.is_empty());
+        assert!(
+            !runbooks.reload_if_changed().unwrap(),
+            "nothing changed yet"
+        );
+
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(
+            dir.join("hello.yaml"),
+            "name: hello\nteam: sre\ndescription: d\nnamespaces: [shop]\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("hello.rhai"), "log(\"hi\");\n").unwrap();
+        assert!(runbooks.reload_if_changed().unwrap());
+        assert!(runbooks.current().set.get("hello").is_some());
+
+        // A runbook that asks for approval is refused: there is no approval flow yet.
+        std::fs::write(
+            dir.join("gated.yaml"),
+            "name: gated\nteam: sre\ndescription: d\nnamespaces: [shop]\napproval: true\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("gated.rhai"), "log(\"hi\");\n").unwrap();
+        let problems = runbooks.reload_if_changed().unwrap_err();
+        assert!(problems[0].contains("approval"), "{problems:?}");
+        std::fs::remove_file(dir.join("gated.yaml")).unwrap();
+        std::fs::remove_file(dir.join("gated.rhai")).unwrap();
+
+        // A broken edit is refused and the previous set keeps serving.
+        std::fs::write(dir.join("hello.rhai"), "log(\"hi\";\n").unwrap();
+        let problems = runbooks.reload_if_changed().unwrap_err();
+        assert!(problems[0].contains("hello.rhai:1:"), "{problems:?}");
+        assert!(runbooks.current().set.get("hello").is_some());
+    }
+
+    #[test]
+    fn connector_calls_are_checked_against_the_actions_at_load() {
+        use firebreak_connector::{Effect, ParamSpec, ParamType};
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        std::fs::write(
+            dir.join("undo.yaml"),
+            "name: undo\nteam: sre\ndescription: d\nnamespaces: [shop]\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("undo.rhai"),
+            "k8s::rollback(\"shop\", \"web\");\nk8s::rolback(\"shop\", \"web\");\nk8s::rollback(\"shop\");\nhelm::upgrade(1);\n",
+        )
+        .unwrap();
+        let specs: ConnectorSpecs = vec![(
+            "k8s",
+            vec![ActionSpec {
+                name: "rollback",
+                doc: "",
+                effect: Effect::Mutate,
+                params: vec![
+                    ParamSpec::required("ns", ParamType::String, ""),
+                    ParamSpec::required("deploy", ParamType::String, ""),
+                    ParamSpec::optional("revision", ParamType::Int, ""),
+                ],
+                namespace_param: Some("ns"),
+                rbac: vec![],
+                example: "",
+            }],
+        )];
+        let problems = Loaded::load(dir, None, &specs).err().expect("refused");
+        let path = dir.join("undo.rhai").display().to_string();
+        assert_eq!(
+            problems,
+            vec![
+                format!(
+                    "{path}:2:6: `k8s::rolback` is not an action of the k8s connector; did you mean `k8s::rollback`?"
+                ),
+                format!(
+                    "{path}:3:6: `k8s::rollback` takes 2 to 3 arguments (ns, deploy, revision), not 1"
+                ),
+                format!("{path}:4:7: `helm::upgrade`: no connector `helm` (known: k8s)"),
+            ]
+        );
+    }
+}

@@ -1,0 +1,382 @@
+//! The dispatcher's guarantees, each on the embedded state store and on JetStream KV.
+
+use std::time::Duration;
+
+use firebreak_audit::RecordBody;
+use firebreak_bus::testutil::Settled;
+use serde_json::json;
+
+use crate::{Backend, H, alert, all_records, finished, started, summary};
+
+const QUICK: &[(&str, &str)] = &[
+    (
+        "quick.yaml",
+        "name: quick\nteam: sre\ndescription: d\nnamespaces: [shop]\n\
+         triggers:\n  - source: alertmanager\n    status: firing\n    match: ['alertname=\"Slow\"']\n\
+         params:\n  target: { from: label, key: target, type: string, required: true }\n\
+         concurrency: \"{{params.target}}\"\ntimeout: 30s\n",
+    ),
+    ("quick.rhai", "log(`handled ${ctx.params.target}`);\n"),
+];
+
+/// One message delivered twice at once (a redelivery racing the first delivery, as after a
+/// NATS reconnect), many times over, with a runbook that finishes at once: exactly one run per
+/// message. A third delivery after the run finished starts none either: the lock is taken
+/// before the journal is asked, so either the lock is held by the run or the run is in the
+/// journal.
+async fn one_message_starts_one_run(backend: Backend) {
+    let h = H::new(backend, QUICK).await;
+    const ROUNDS: usize = 40;
+    for i in 0..ROUNDS {
+        let event = alert(
+            &format!("ev-{i}"),
+            "firing",
+            &format!("{i:016x}"),
+            json!({"target": format!("t{i}")}),
+        );
+        let published = jiff::Timestamp::now();
+        let (a, b) = tokio::join!(h.deliver(&event, published), h.deliver(&event, published));
+        assert_eq!(a, vec![Settled::Ack]);
+        assert_eq!(b, vec![Settled::Ack]);
+    }
+    let records = h
+        .wait("every run to finish", |r| finished(r, "quick") == ROUNDS)
+        .await;
+    for i in 0..ROUNDS {
+        let event = alert(
+            &format!("ev-{i}"),
+            "firing",
+            &format!("{i:016x}"),
+            json!({"target": format!("t{i}")}),
+        );
+        // Redelivered long after: the bus accepted it before the run started.
+        let published = records
+            .iter()
+            .find(|r| r.event_id == event.id)
+            .map(|r| r.time - jiff::SignedDuration::from_millis(1))
+            .unwrap();
+        assert_eq!(h.deliver(&event, published).await, vec![Settled::Ack]);
+    }
+    let records = all_records(&h.journal);
+    let runs = started(&records, "quick");
+    assert_eq!(
+        runs.len(),
+        ROUNDS,
+        "one run per message:\n{}",
+        summary(&records)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_message_starts_one_run_embedded() {
+    one_message_starts_one_run(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_message_starts_one_run_nats() {
+    one_message_starts_one_run(Backend::Nats).await;
+}
+
+const WAITS: &[(&str, &str)] = &[
+    (
+        "waits.yaml",
+        "name: waits\nteam: sre\ndescription: d\nnamespaces: [shop]\n\
+         triggers:\n  - source: alertmanager\n    status: firing\n    match: ['alertname=\"Slow\"']\n\
+         params:\n  target: { from: label, key: target, type: string, required: true }\n\
+         concurrency: \"{{params.target}}\"\ncooldown: 10m\ntimeout: 60s\n",
+    ),
+    (
+        "waits.rhai",
+        "log(\"acting\");\nlet r = wait_resolved(\"30s\");\nlog(`resolved: ${r}`);\n",
+    ),
+];
+
+/// A run stopped mid-way (SIGTERM) is resumed by the next engine, which takes its lock again
+/// first: a repeat of its incident, and another alert for the same target, start no second run
+/// (they are joined to it). When it ends its cooldown is set: a later alert is skipped, and
+/// the skip is journaled.
+async fn a_resumed_run_holds_its_lock_and_sets_its_cooldown(backend: Backend) {
+    let h = H::new(backend, WAITS).await;
+    let first = alert(
+        "ev-1",
+        "firing",
+        "00000000000000f1",
+        json!({"target": "api"}),
+    );
+    assert_eq!(
+        h.deliver(&first, jiff::Timestamp::now()).await,
+        vec![Settled::Ack]
+    );
+    h.wait("the run to wait for its resolution", |r| {
+        r.iter().any(
+            |r| matches!(&r.body, RecordBody::StepStarted { name, .. } if name == "wait_resolved"),
+        )
+    })
+    .await;
+    let (dir, nats) = h.stop().await;
+
+    let h = H::open(dir, nats).await;
+    assert_eq!(h.dispatcher.resume_unfinished().await, 1);
+    // The same incident again, and another alert for the same target.
+    let again = alert(
+        "ev-1",
+        "firing",
+        "00000000000000f1",
+        json!({"target": "api"}),
+    );
+    let other = alert(
+        "ev-2",
+        "firing",
+        "00000000000000f2",
+        json!({"target": "api"}),
+    );
+    assert_eq!(
+        h.deliver(&again, jiff::Timestamp::now()).await,
+        vec![Settled::Ack]
+    );
+    assert_eq!(
+        h.deliver(&other, jiff::Timestamp::now()).await,
+        vec![Settled::Ack]
+    );
+    let records = all_records(&h.journal);
+    assert_eq!(
+        started(&records, "waits").len(),
+        1,
+        "one run for the target:\n{}",
+        summary(&records)
+    );
+    assert!(
+        records.iter().any(
+            |r| matches!(&r.body, RecordBody::EventJoined { event_id, .. } if event_id == "ev-2")
+        ),
+        "the other alert joined the resumed run:\n{}",
+        summary(&records)
+    );
+    // The incident resolves: the resumed run hears it and ends.
+    let resolved = alert(
+        "ev-3",
+        "resolved",
+        "00000000000000f1",
+        json!({"target": "api"}),
+    );
+    assert_eq!(
+        h.deliver(&resolved, jiff::Timestamp::now()).await,
+        vec![Settled::Ack]
+    );
+    let records = h
+        .wait("the run to end", |r| finished(r, "waits") == 1)
+        .await;
+    let run = &started(&records, "waits")[0];
+    let logs: Vec<String> = records
+        .iter()
+        .filter(|r| &r.run_id == run)
+        .filter_map(|r| match &r.body {
+            RecordBody::StepFinished { name, outputs, .. } if name == "wait_resolved" => {
+                Some(outputs.to_string())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(logs, vec!["true"], "{}", summary(&records));
+    // Its cooldown holds after the resume.
+    let later = alert(
+        "ev-4",
+        "firing",
+        "00000000000000f4",
+        json!({"target": "api"}),
+    );
+    for _ in 0..100 {
+        if h.state.cooldown("waits/api").await.unwrap().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        h.deliver(&later, jiff::Timestamp::now()).await,
+        vec![Settled::Ack]
+    );
+    let records = all_records(&h.journal);
+    assert_eq!(started(&records, "waits").len(), 1, "{}", summary(&records));
+    assert!(
+        records.iter().any(
+            |r| matches!(&r.body, RecordBody::Skipped { reason, .. } if reason.contains("cooldown"))
+        ),
+        "the skip is journaled:\n{}",
+        summary(&records)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_run_holds_its_lock_and_sets_its_cooldown_embedded() {
+    a_resumed_run_holds_its_lock_and_sets_its_cooldown(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_run_holds_its_lock_and_sets_its_cooldown_nats() {
+    a_resumed_run_holds_its_lock_and_sets_its_cooldown(Backend::Nats).await;
+}
+
+const BY_INCIDENT: &[(&str, &str)] = &[
+    (
+        "triage.yaml",
+        "name: triage\nteam: sre\ndescription: d\nnamespaces: [shop]\n\
+         triggers:\n  - source: alertmanager\n    status: any\n    match: ['alertname=\"Slow\"']\n\
+         timeout: 60s\n",
+    ),
+    (
+        "triage.rhai",
+        "if ctx.event.type == \"firing\" { wait_resolved(\"30s\"); }\n",
+    ),
+];
+
+/// Without a `concurrency` key the key is the incident: alerts with other fingerprints run
+/// side by side (they used to be skipped while any run of the runbook was active), and the
+/// resolved notification of a `status: any` runbook's incident is joined to its run instead
+/// of being dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_key_is_the_incident_and_its_resolution_reaches_its_run() {
+    let h = H::new(Backend::Embedded, BY_INCIDENT).await;
+    for (id, fp) in [("a", "000000000000000a"), ("b", "000000000000000b")] {
+        let event = alert(id, "firing", fp, json!({}));
+        assert_eq!(
+            h.deliver(&event, jiff::Timestamp::now()).await,
+            vec![Settled::Ack]
+        );
+    }
+    h.wait("two runs waiting", |r| {
+        r.iter()
+            .filter(|r| matches!(&r.body, RecordBody::StepStarted { name, .. } if name == "wait_resolved"))
+            .count()
+            == 2
+    })
+    .await;
+    let resolved = alert("a-resolved", "resolved", "000000000000000a", json!({}));
+    assert_eq!(
+        h.deliver(&resolved, jiff::Timestamp::now()).await,
+        vec![Settled::Ack]
+    );
+    let records = h
+        .wait("incident a's run to end", |r| finished(r, "triage") == 1)
+        .await;
+    let joined: Vec<_> = records
+        .iter()
+        .filter(|r| matches!(&r.body, RecordBody::EventJoined { .. }))
+        .collect();
+    assert_eq!(joined.len(), 1, "joined once:\n{}", summary(&records));
+    assert_eq!(joined[0].event_id, "a", "joined to incident a's run");
+    assert_eq!(
+        started(&records, "triage").len(),
+        2,
+        "the resolution started no run of its own"
+    );
+}
+
+/// A run started from a terminal (`firebreak run`) that was left unfinished is closed as
+/// abandoned by the next engine, never resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interactive_run_left_unfinished_is_abandoned_not_resumed() {
+    use std::sync::Arc;
+
+    use firebreak_audit::{RecordDraft, RunMeta};
+    let h = H::new(Backend::Embedded, WAITS).await;
+    let meta = Arc::new(RunMeta {
+        run_id: "cli-1".into(),
+        runbook: "waits".into(),
+        team: "sre".into(),
+        actor: "ann".into(),
+        event_id: "manual-1".into(),
+    });
+    h.journal
+        .append(RecordDraft::new(
+            meta,
+            RecordBody::RunStarted {
+                event: json!({"id": "manual-1", "source": "manual", "type": "trigger", "subject": "waits",
+                              "time": "2026-12-01T00:00:00Z", "data": {}}),
+                params: json!({"target": "api"}),
+                dry_run: false,
+                namespaces: vec!["shop".into()],
+                timeout_ms: Some(60_000),
+                lock_key: None,
+                cooldown_ms: None,
+                interactive: true,
+            },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(h.dispatcher.resume_unfinished().await, 0);
+    let records = h.journal.records_for_run("cli-1").unwrap();
+    match &records.last().unwrap().body {
+        RecordBody::RunFinished { status, error } => {
+            assert_eq!(*status, firebreak_audit::RunStatus::Cancelled);
+            assert!(error.as_deref().unwrap().contains("abandoned"), "{error:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(h.journal.unfinished_runs().is_empty());
+}
+
+/// A bus message that is not an event is parked: kept whole in the journal (a notice, never
+/// a run), then acked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_bus_message_is_parked_in_the_journal() {
+    use std::sync::Arc;
+    let h = H::new(Backend::Embedded, QUICK).await;
+    let bad = Arc::new(firebreak_event::unprocessable(
+        "firebreak.events.alertmanager.firing",
+        "expected value at line 1 column 1",
+        b"garbage",
+    ));
+    assert_eq!(
+        h.deliver(&bad, jiff::Timestamp::now()).await,
+        vec![Settled::Ack]
+    );
+    let records = all_records(&h.journal);
+    match &records[0].body {
+        RecordBody::Parked {
+            origin, payload, ..
+        } => {
+            assert_eq!(origin, "firebreak.events.alertmanager.firing");
+            assert_eq!(payload, "garbage");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(h.journal.unfinished_runs().is_empty());
+}
+
+/// A dry run takes a lock of its own and sets no cooldown: it never blocks the real
+/// remediation of the same incident.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_neither_blocks_nor_cools_down_the_real_run() {
+    use std::sync::Arc;
+    let h = H::new(Backend::Embedded, WAITS).await;
+    let mut params = serde_json::Map::new();
+    params.insert("target".into(), json!("api"));
+    let dry = Arc::new(firebreak_event::manual::trigger(
+        "waits", params, "ann", true,
+    ));
+    assert_eq!(
+        h.deliver(&dry, jiff::Timestamp::now()).await,
+        vec![Settled::Ack]
+    );
+    let real = alert(
+        "ev-9",
+        "firing",
+        "00000000000000f9",
+        json!({"target": "api"}),
+    );
+    assert_eq!(
+        h.deliver(&real, jiff::Timestamp::now()).await,
+        vec![Settled::Ack]
+    );
+    let records = all_records(&h.journal);
+    let runs = started(&records, "waits");
+    assert_eq!(runs.len(), 2, "{}", summary(&records));
+    let dry_runs: Vec<bool> = records
+        .iter()
+        .filter_map(|r| match &r.body {
+            RecordBody::RunStarted { dry_run, .. } => Some(*dry_run),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dry_runs, vec![true, false]);
+}

@@ -49,7 +49,14 @@ pub fn audit(cfg: &Config, command: AuditCommand) -> Result<()> {
                 "RUN", "RUNBOOK", "TEAM", "STATUS"
             );
             for run in reader.runs() {
-                let status = run.status.map_or("running".to_string(), |s| s.to_string());
+                use firebreak_audit::EntryKind;
+                let status = match (run.kind, run.status) {
+                    (EntryKind::Refused, _) => "refused".to_string(),
+                    (EntryKind::Skipped, _) => "skipped".to_string(),
+                    (EntryKind::Parked, _) => "parked".to_string(),
+                    (EntryKind::Run, Some(s)) => s.to_string(),
+                    (EntryKind::Run, None) => "running".to_string(),
+                };
                 println!(
                     "{:<38} {:<26} {:<14} {:<10} {}",
                     run.run_id, run.runbook, run.team, status, run.started
@@ -84,7 +91,8 @@ pub fn audit(cfg: &Config, command: AuditCommand) -> Result<()> {
         }
         AuditCommand::Export { out } => {
             let reader = open(&path)?;
-            let n = match out {
+            let records: usize = reader.runs().iter().map(|r| r.records).sum();
+            let bytes = match out {
                 Some(file) => {
                     let f = std::fs::File::create(&file)
                         .with_context(|| format!("creating {}", file.display()))?;
@@ -95,7 +103,7 @@ pub fn audit(cfg: &Config, command: AuditCommand) -> Result<()> {
                 }
                 None => reader.export(std::io::stdout().lock())?,
             };
-            eprintln!("exported {n} records");
+            eprintln!("exported {records} records ({bytes} bytes)");
             Ok(())
         }
     }

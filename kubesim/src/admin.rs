@@ -1,5 +1,6 @@
 //! Admin endpoints under `/_sim/` (not Kubernetes API): reported version, clock, watch-window
-//! expiry, node readiness, per-image faults, controller delays, the request log.
+//! expiry, node readiness, per-image faults, controller delays, held-back answers (a write
+//! committed whose answer waits, for clients' crash tests), the request log.
 //!
 //! Start at [`handle`]; the table of endpoints is its `match`. Bodies are JSON; answers are JSON.
 //! Every change runs the controllers before answering.
@@ -181,6 +182,29 @@ fn dispatch(sim: &Sim, req: &Req, rest: &[&str]) -> Result<Value, ApiError> {
                 ApiError::bad_request(msg)
             })?;
             Ok(json!({"applied": objs.len()}))
+        }
+        (&Method::POST, ["delay-answers"]) => {
+            let b = body(req)?;
+            let text = |k: &str| {
+                b.get(k)
+                    .and_then(Value::as_str)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .ok_or_else(|| ApiError::bad_request(format!("{k} is required")))
+            };
+            let delay = b
+                .get("ms")
+                .and_then(Value::as_u64)
+                .ok_or_else(|| ApiError::bad_request("ms must be a non-negative integer"))?;
+            let count = b.get("count").and_then(Value::as_u64).unwrap_or(1);
+            let fault = crate::sim::AnswerDelay {
+                method: text("method")?.to_ascii_uppercase(),
+                path: text("path")?,
+                delay: Duration::from_millis(delay),
+                count: u32::try_from(count).unwrap_or(u32::MAX),
+            };
+            sim.lock().answer_delays.push(fault);
+            Ok(json!({"held": count}))
         }
         (&Method::GET, ["requests"]) => Ok(json!(sim.lock().audit.iter().collect::<Vec<_>>())),
         (&Method::DELETE, ["requests"]) => {

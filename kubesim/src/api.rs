@@ -122,7 +122,26 @@ async fn handle(State(sim): State<Sim>, request: Request) -> Response {
         response.status().as_u16(),
     );
     tracing::debug!(method = %req.method, path = %req.path, code = response.status().as_u16(), "request");
+    if let Some(delay) = held_back(&sim, &req) {
+        tracing::info!(method = %req.method, path = %req.path, delay_ms = delay.as_millis() as u64, "answer held back (fault injection)");
+        tokio::time::sleep(delay).await;
+    }
     response
+}
+
+/// How long to hold back the answer to `req` (an `/_sim/delay-answers` fault), if at all.
+fn held_back(sim: &Sim, req: &Req) -> Option<std::time::Duration> {
+    if req.path.starts_with("/_sim/") {
+        return None;
+    }
+    let mut inner = sim.lock();
+    let fault = inner.answer_delays.iter_mut().find(|d| {
+        d.count > 0 && d.method == req.method.as_str() && req.path.contains(d.path.as_str())
+    })?;
+    fault.count -= 1;
+    let delay = fault.delay;
+    inner.answer_delays.retain(|d| d.count > 0);
+    Some(delay)
 }
 
 fn record(sim: &Sim, req: &Req, query: &str, code: u16) {

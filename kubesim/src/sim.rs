@@ -175,12 +175,26 @@ pub struct AuditEntry {
     pub code: u16,
 }
 
+/// A fault for clients' crash tests: the next `count` requests with this method whose path
+/// contains `path` are carried out (a write is committed) and their answer is held back for
+/// `delay`, so a test can kill the client between the server's commit and the client hearing
+/// of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnswerDelay {
+    pub method: String,
+    pub path: String,
+    pub delay: std::time::Duration,
+    pub count: u32,
+}
+
 /// Everything behind the lock.
 pub(crate) struct Inner {
     pub store: Store,
     pub controllers: ControllerConfig,
     pub version: String,
     pub audit: VecDeque<AuditEntry>,
+    /// Answers to hold back (see [`AnswerDelay`]).
+    pub answer_delays: Vec<AnswerDelay>,
     /// Cancelled (and replaced) by `/_sim/compact`, ending every open watch so clients must
     /// resume from a resourceVersion that is now too old.
     pub watch_reset: CancellationToken,
@@ -305,6 +319,7 @@ impl Sim {
             controllers: cfg.controllers,
             version: cfg.version,
             audit: VecDeque::new(),
+            answer_delays: Vec::new(),
             watch_reset: CancellationToken::new(),
         };
         inner.reconcile();
@@ -453,6 +468,17 @@ impl Sim {
     /// The current simulated time.
     pub fn now(&self) -> jiff::Timestamp {
         self.lock().store.clock.now()
+    }
+
+    /// Holds back the answers of the next `count` requests with `method` whose path contains
+    /// `path` (see [`AnswerDelay`]; `POST /_sim/delay-answers` does the same over HTTP).
+    pub fn delay_answers(&self, method: &str, path: &str, delay: std::time::Duration, count: u32) {
+        self.lock().answer_delays.push(AnswerDelay {
+            method: method.to_ascii_uppercase(),
+            path: path.to_owned(),
+            delay,
+            count,
+        });
     }
 
     /// The requests served so far, oldest first (bounded to the last 10,000).

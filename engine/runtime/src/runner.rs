@@ -260,7 +260,7 @@ impl Runner {
             namespaces: plan.namespaces.clone(),
             timeout_ms: Some(plan.timeout.as_millis() as u64),
             lock_key: plan.lock_key,
-            cooldown_ms: (!plan.cooldown.is_zero()).then(|| plan.cooldown.as_millis() as u64),
+            cooldown_ms: (!plan.cooldown.is_zero()).then_some(plan.cooldown.as_millis() as u64),
             interactive: plan.interactive,
         };
         let cx = self.context(

@@ -373,3 +373,59 @@ async fn a_spent_remediation_budget_is_a_journaled_refusal() {
         "{reason}"
     );
 }
+
+/// The real Alertmanager fires and then resolves an alert while the run handling it waits for
+/// the resolution: the resolved notification reaches that run (joined, in its trail) and
+/// wakes its `wait_resolved`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resolved_alert_reaches_the_run_handling_its_incident() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("runbooks");
+    write_runbooks(
+        &dir,
+        &[
+            (
+                "watch.yaml",
+                "name: watch\nteam: sre\ndescription: acts, then waits for the alert to clear\nnamespaces: [shop]\n\
+                 triggers:\n  - source: alertmanager\n    status: firing\n    match: ['alertname=\"DiskFull\"']\n\
+                 params:\n  instance: { from: label, key: instance, type: string, required: true }\n\
+                 concurrency: \"{{params.instance}}\"\ntimeout: 60s\n",
+            ),
+            (
+                "watch.rhai",
+                "log(`cleaning ${ctx.params.instance}`);\n\
+                 let cleared = wait_resolved(\"50s\");\n\
+                 log(`cleared: ${cleared}`);\n\
+                 if !cleared { fail(\"the alert did not clear\"); }\n",
+            ),
+        ],
+    );
+    let serve = Serve::start(&dir, ServeOpts::default()).await;
+    let am = Alertmanager::start(&serve.url("/v1/alertmanager"), "1h", None).await;
+    let starts = at(-100);
+    am.post_alerts(&json!([disk_full("db-9", &starts, None)]))
+        .await;
+    serve
+        .wait_journal("the run to wait for the resolution", RUN_WAIT, |j| {
+            j.records.iter().any(|r| {
+                r["body"]["type"] == "step_started" && r["body"]["name"] == "wait_resolved"
+            })
+        })
+        .await;
+    am.post_alerts(&json!([disk_full("db-9", &starts, Some(&at(-1)))]))
+        .await;
+    let journal = serve
+        .wait_journal("the run to end", RUN_WAIT, |j| {
+            j.finished("watch").len() == 1
+        })
+        .await;
+    let run = &journal.runs_of("watch")[0];
+    assert_eq!(run.status(), Some("succeeded"), "{}", serve.log_tail());
+    let joined = run
+        .records
+        .iter()
+        .find(|r| r["body"]["type"] == "event_joined")
+        .expect("the resolved alert joined the run");
+    assert_eq!(joined["body"]["status"], "resolved");
+    assert_eq!(journal.runs_of("watch").len(), 1, "{}", journal.summary());
+}

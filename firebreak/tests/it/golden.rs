@@ -163,3 +163,81 @@ async fn every_shipped_runbook_replays_to_its_golden_trail() {
         mismatches.join("\n")
     );
 }
+
+/// A crash loop is reported twice, in either order: as a pod's Warning event (which names only
+/// the pod) and as the watcher's crash-loop report (which names its Deployment too). Whichever
+/// starts `crashloop-triage`, the run gathers the same evidence.
+#[tokio::test(flavor = "multi_thread")]
+async fn crashloop_triage_gathers_the_same_evidence_whichever_report_comes_first() {
+    let mut controllers = kubesim::ControllerConfig::default();
+    controllers
+        .image_faults
+        .insert(CRASHLOOP_IMAGE.to_owned(), kubesim::Fault::CrashLoop);
+    let cluster = Cluster::start(controllers).await;
+    let case = crate_dir().join("tests/golden/crashloop-triage");
+    cluster
+        .kubectl(&["apply", "-f", case.join("cluster.yaml").to_str().unwrap()])
+        .await
+        .ok("kubectl apply");
+    settle(&cluster).await;
+    let pods: Value = serde_json::from_str(
+        &cluster
+            .kubectl(&["-n", "ml-serving", "get", "pods", "-o", "json"])
+            .await
+            .stdout,
+    )
+    .unwrap();
+    let pod = pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| {
+            p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+        })
+        .and_then(|p| p["metadata"]["name"].as_str())
+        .expect("a crash-looping pod")
+        .to_owned();
+    let warning = serde_json::json!({
+        "id": "k8s-warning-1", "source": "k8s", "type": "warning", "subject": format!("pod/{pod}"),
+        "time": "2026-11-27T03:41:02Z", "namespace": "ml-serving",
+        "data": {"reason": "BackOff", "labels": {"reason": "BackOff", "kind": "Pod", "name": pod,
+                                                  "namespace": "ml-serving", "pod": pod}}
+    });
+    let report = serde_json::json!({
+        "id": "k8s-crashloop-1", "source": "k8s", "type": "crashloop", "subject": format!("pod/{pod}"),
+        "time": "2026-11-27T03:41:02Z", "namespace": "ml-serving",
+        "data": {"reason": "CrashLoopBackOff", "labels": {"reason": "CrashLoopBackOff", "kind": "Pod",
+                 "name": pod, "namespace": "ml-serving", "pod": pod, "container": "model-server",
+                 "deployment": "fraud-model"}}
+    });
+    let runbooks = tempfile::tempdir().unwrap();
+    crate::harness::copy_shipped_runbooks(runbooks.path());
+    let mut trails = Vec::new();
+    for event in [warning, report] {
+        let data = tempfile::tempdir().unwrap();
+        let file = data.path().join("event.json");
+        std::fs::write(&file, event.to_string()).unwrap();
+        let env = vec![
+            ("FIREBREAK_DATA_DIR", data.path().display().to_string()),
+            ("FIREBREAK_RUNBOOKS", runbooks.path().display().to_string()),
+            (
+                "FIREBREAK_KUBECONFIG",
+                cluster.kubeconfig.display().to_string(),
+            ),
+        ];
+        firebreak(&["run", "--event", file.to_str().unwrap()], &env)
+            .await
+            .ok("replay");
+        trails.push(trail(&Journal::read(&data.path().join("audit.jsonl"))));
+    }
+    assert!(
+        trails[0]
+            .iter()
+            .filter(|l| l.starts_with("evidence"))
+            .count()
+            >= 7,
+        "{:?}",
+        trails[0]
+    );
+    assert_eq!(trails[0], trails[1], "the same evidence either way");
+}

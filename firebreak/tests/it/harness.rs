@@ -702,3 +702,80 @@ pub async fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
         .kill_on_drop(true);
     run_bounded(cmd, &format!("kubectl {}", args.join(" "))).await
 }
+
+/// `ml-serving/fraud-model` (the demo's manifest) at v1, then rolled to v2, both rollouts
+/// finished: the start of scenario 1.
+pub async fn fraud_model_at_v2(cluster: &Cluster) {
+    let manifest =
+        std::fs::read_to_string(crate_dir().join("demo/fraud-model.yaml")).expect("demo manifest");
+    let status = [
+        "-n",
+        "ml-serving",
+        "rollout",
+        "status",
+        "deployment/fraud-model",
+        "--timeout=60s",
+    ];
+    cluster.sim.apply_yaml(&manifest).expect("apply v1");
+    cluster.kubectl(&status).await.ok("rollout status v1");
+    let v2 = manifest
+        .replace("fraud-model:v1", "fraud-model:v2")
+        .replace("deploy fraud-model v1", "deploy fraud-model v2");
+    cluster.sim.apply_yaml(&v2).expect("apply v2");
+    cluster.kubectl(&status).await.ok("rollout status v2");
+}
+
+impl Cluster {
+    /// The REVISION column of `kubectl rollout history deployment/fraud-model`.
+    pub async fn fraud_model_revisions(&self) -> Vec<u32> {
+        self.kubectl(&[
+            "-n",
+            "ml-serving",
+            "rollout",
+            "history",
+            "deployment/fraud-model",
+        ])
+        .await
+        .ok("kubectl rollout history")
+        .stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect()
+    }
+
+    /// The image fraud-model's template runs, as kubectl reads it.
+    pub async fn fraud_model_image(&self) -> String {
+        self.kubectl(&[
+            "-n",
+            "ml-serving",
+            "get",
+            "deployment/fraud-model",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image}",
+        ])
+        .await
+        .ok("kubectl get deployment")
+        .stdout
+    }
+
+    /// fraud-model's resourceVersion (changes with any write to it).
+    pub async fn fraud_model_version(&self) -> String {
+        self.kubectl(&[
+            "-n",
+            "ml-serving",
+            "get",
+            "deployment/fraud-model",
+            "-o",
+            "jsonpath={.metadata.resourceVersion}",
+        ])
+        .await
+        .ok("kubectl get deployment")
+        .stdout
+    }
+}
+
+/// The captured ModelLatencyHigh notification (Alertmanager 0.25), as a webhook body.
+pub fn latency_alert() -> String {
+    std::fs::read_to_string(crate_dir().join("fixtures/alertmanager-model-latency-high.json"))
+        .expect("fixture")
+}

@@ -1,6 +1,7 @@
 //! NATS outage: `serve` on JetStream; alerts are posted continuously while nats-server is
-//! killed for ~3 s and restarted on the same port and store. Every alert answered 2xx gets a
-//! run (maybe late, never lost); posts during the outage are answered 503.
+//! killed (SIGKILL) for 5 s and restarted on the same port and store, twice. Every alert
+//! answered 2xx gets exactly one run (maybe late, never lost, never twice); posts during the
+//! outage are answered 503.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +13,10 @@ use serde_json::json;
 use crate::harness::{Serve, ServeOpts, wait_for, write_runbooks};
 
 /// How long nats-server stays down.
-const OUTAGE: Duration = Duration::from_secs(3);
+const OUTAGE: Duration = Duration::from_secs(5);
+
+/// How many outages one test goes through.
+const OUTAGES: usize = 2;
 
 /// One POST: which alert, when it was sent and answered, and the status (0: no answer).
 #[derive(Debug, Clone)]
@@ -107,25 +111,30 @@ async fn alerts_answered_2xx_survive_a_nats_outage() {
         "runs before the outage",
         Duration::from_secs(30),
         || serve.log_tail(),
-        || std::future::ready((ok_count() >= 5).then_some(())),
+        || std::future::ready((ok_count() >= 40).then_some(())),
     )
     .await;
 
-    let killed_at = jiff::Timestamp::now();
-    nats.kill();
-    let down = Instant::now();
-    tokio::time::sleep(OUTAGE).await;
-    nats.restart()
-        .expect("nats-server restarts on the same port and store");
-    let up = Instant::now();
-    let runs_at_restart = ok_count();
-    wait_for(
-        "runs after the restart",
-        Duration::from_secs(60),
-        || serve.log_tail(),
-        || std::future::ready((ok_count() >= runs_at_restart + 5).then_some(())),
-    )
-    .await;
+    let mut outages = Vec::new();
+    let mut killed_at = jiff::Timestamp::now();
+    for _ in 0..OUTAGES {
+        killed_at = jiff::Timestamp::now();
+        nats.kill();
+        let down = Instant::now();
+        tokio::time::sleep(OUTAGE).await;
+        nats.restart()
+            .expect("nats-server restarts on the same port and store");
+        let up = Instant::now();
+        outages.push((down, up));
+        let runs_at_restart = ok_count();
+        wait_for(
+            "runs after the restart",
+            Duration::from_secs(60),
+            || serve.log_tail(),
+            || std::future::ready((ok_count() >= runs_at_restart + 40).then_some(())),
+        )
+        .await;
+    }
     stop.store(true, Ordering::SeqCst);
     let mut posts = Vec::new();
     for poster in posters {
@@ -140,28 +149,30 @@ async fn alerts_answered_2xx_survive_a_nats_outage() {
     // Posts sent while nats-server was down: the ingest holds each one until its publish
     // times out, then answers 503 (Alertmanager retries). None may be answered 2xx while the
     // server is still down.
-    let sent_during: Vec<&Post> = posts
-        .iter()
-        .filter(|p| p.sent > down && p.sent < up)
-        .collect();
-    assert!(
-        sent_during.iter().any(|p| p.status == 503),
-        "no post sent during the outage got 503: {sent_during:?}"
-    );
-    for p in &sent_during {
+    for (down, up) in &outages {
+        let sent_during: Vec<&Post> = posts
+            .iter()
+            .filter(|p| p.sent > *down && p.sent < *up)
+            .collect();
         assert!(
-            !((200..300).contains(&p.status) && p.answered < up),
-            "answered 2xx while nats-server was down: {p:?}"
+            sent_during.iter().any(|p| p.status == 503),
+            "no post sent during the outage got 503: {sent_during:?}"
         );
+        for p in &sent_during {
+            assert!(
+                !((200..300).contains(&p.status) && p.answered < *up),
+                "answered 2xx while nats-server was down: {p:?}"
+            );
+            assert!(
+                p.status == 503 || (200..300).contains(&p.status),
+                "a post during the outage got neither 503 nor 2xx: {p:?}"
+            );
+        }
         assert!(
-            p.status == 503 || (200..300).contains(&p.status),
-            "a post during the outage got neither 503 nor 2xx: {p:?}"
+            posts.iter().any(|p| p.sent > *up && p.status == 202),
+            "posts after the restart succeed"
         );
     }
-    assert!(
-        posts.iter().any(|p| p.sent > up && p.status == 202),
-        "posts after the restart succeed"
-    );
 
     // Every alert answered 2xx has a run, none lost.
     let journal = serve
@@ -183,6 +194,23 @@ async fn alerts_answered_2xx_survive_a_nats_outage() {
             },
         )
         .await;
+    // ... and exactly one: no alert ran twice.
+    let mut per_alert: std::collections::HashMap<String, usize> = Default::default();
+    for run in journal.runs_of("tick") {
+        let n = run.started().unwrap()["body"]["params"]["n"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        *per_alert.entry(n).or_default() += 1;
+    }
+    let twice: Vec<_> = per_alert.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(twice.is_empty(), "alerts that ran twice: {twice:?}");
+    eprintln!(
+        "nats outage: {} posts, {} answered 2xx, {} runs, 0 lost, 0 twice",
+        posts.len(),
+        accepted.len(),
+        per_alert.len()
+    );
     for run in journal.finished("tick") {
         let end = run
             .records

@@ -224,3 +224,64 @@ async fn a_redelivery_after_a_lost_ack_starts_no_second_run() {
     )
     .await;
 }
+
+/// A run stopped by SIGTERM is resumed by the next start, which takes its concurrency lock
+/// again first: an alert for the same incident posted after the restart starts no second,
+/// concurrent remediation; it is joined to the resumed run (in its trail).
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_restart_the_same_incident_joins_the_resumed_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut serve = serve_with_a_run_in_its_sleep(&tmp, "n3", "00000000000000ac", 4000).await;
+    assert_eq!(serve.terminate().await, Some(0), "{}", serve.log_tail());
+    serve.restart().await;
+    // Same node (the concurrency key), a new alert (another fingerprint, so a new event).
+    let alert = json!({
+        "version": "4", "status": "firing", "receiver": "firebreak", "groupKey": "g",
+        "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {}, "externalURL": "",
+        "alerts": [{"status": "firing",
+            "labels": {"alertname": "NodeBad", "namespace": "shop", "node": "n3", "zone": "b"},
+            "annotations": {}, "startsAt": "2026-11-27T03:05:00Z", "endsAt": "0001-01-01T00:00:00Z",
+            "generatorURL": "", "fingerprint": "00000000000000ad"}],
+    })
+    .to_string();
+    let (status, body) = serve.post("/v1/alertmanager", None, alert).await;
+    assert_eq!(status, 202, "{body}");
+    let journal = serve
+        .wait_journal("the resumed run to finish", Duration::from_secs(30), |j| {
+            j.finished("drain").len() == 1
+        })
+        .await;
+    let runs = journal.runs_of("drain");
+    assert_eq!(runs.len(), 1, "one run for the node: {}", journal.summary());
+    assert!(
+        runs[0]
+            .records
+            .iter()
+            .any(|r| r["body"]["type"] == "event_joined"),
+        "the second alert joined the resumed run: {}",
+        serve.log_tail()
+    );
+}
+
+/// A SIGTERM during a long wait stops the engine at once (not at the end of the wait); the
+/// next start resumes the run with the wait's remaining time.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_during_a_long_sleep_stops_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut serve = serve_with_a_run_in_its_sleep(&tmp, "n4", "00000000000000ae", 20_000).await;
+    assert_eq!(serve.terminate().await, Some(0), "{}", serve.log_tail());
+    let journal = serve.journal();
+    assert!(
+        journal.finished("drain").is_empty(),
+        "suspended, not finished: {}",
+        journal.summary()
+    );
+    // Stopped inside the sleep, not after waiting it out: the step has no end.
+    assert!(
+        !journal
+            .records
+            .iter()
+            .any(|r| { r["body"]["type"] == "step_finished" && r["body"]["name"] == "sleep" }),
+        "the sleep was interrupted"
+    );
+}

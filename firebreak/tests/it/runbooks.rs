@@ -93,6 +93,46 @@ async fn check_names_file_line_and_column_of_each_problem() {
     // A script syntax error, in the .rhai file at its line.
     let out = check_fails(root, "script", &good, "log(\"hello\");\nlet x = ;\n").await;
     assert_diagnostic(&out, &root.join("script/greet.rhai"), 2, &[]);
+    // A misspelt connector action, and one called with too few arguments: found at check
+    // time, against the real connectors' actions, not mid-incident.
+    let out = check_fails(
+        root,
+        "action",
+        &good,
+        "log(1);\nk8s::rolback(\"shop\", \"web\");\nk8s::scale(\"shop\", \"web\");\n",
+    )
+    .await;
+    assert_diagnostic(
+        &out,
+        &root.join("action/greet.rhai"),
+        2,
+        &["k8s::rolback", "did you mean `k8s::rollback`"],
+    );
+    assert_diagnostic(
+        &out,
+        &root.join("action/greet.rhai"),
+        3,
+        &["k8s::scale", "takes 3 arguments", "not 2"],
+    );
+    // A runbook acting on a target from the alert without a concurrency key: loads, warned.
+    let dir = root.join("unkeyed");
+    write_runbooks(
+        &dir,
+        &[
+            (
+                "greet.yaml",
+                &good.replace("concurrency: \"{{params.instance}}\"\n", ""),
+            ),
+            ("greet.rhai", "log(1);"),
+        ],
+    );
+    let out = firebreak(&["check", dir.to_str().unwrap()], &[])
+        .await
+        .ok("check warns");
+    assert!(
+        out.stderr.contains("warning:") && out.stderr.contains("no `concurrency` key"),
+        "{out}"
+    );
 
     let shipped = repo_root().join("runbooks");
     let out = firebreak(&["check", shipped.to_str().unwrap()], &[])

@@ -168,3 +168,81 @@ async fn a_team_cannot_act_in_or_trigger_for_another_team() {
     );
     assert!(show.stdout.contains("run FAILED"), "{}", show.stdout);
 }
+
+/// Requests without a valid token cost no write each: fifty of them end up as one journaled
+/// refusal (written at the latest when the engine stops). Refusals are listed as refused, never
+/// as running runs, and a restart does not try to resume them.
+#[tokio::test(flavor = "multi_thread")]
+async fn unauthenticated_triggers_are_journaled_together_and_refusals_are_not_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let teams = tmp.path().join("teams.yaml");
+    std::fs::write(&teams, TEAMS).unwrap();
+    let dir = tmp.path().join("runbooks");
+    write_runbooks(
+        &dir,
+        &[
+            (
+                "note.yaml",
+                "name: note\nteam: team-a\ndescription: logs\nnamespaces: [team-a]\ntimeout: 30s\n",
+            ),
+            ("note.rhai", "log(\"hi\");\n"),
+        ],
+    );
+    let mut serve = Serve::start(
+        &dir,
+        ServeOpts {
+            env: vec![("FIREBREAK_TEAMS", teams.display().to_string())],
+            ..ServeOpts::default()
+        },
+    )
+    .await;
+    let trigger = json!({"runbook": "note", "params": {}}).to_string();
+    for i in 0..50 {
+        let token = format!("guess-{i}");
+        let (status, body) = serve
+            .post("/v1/trigger", Some(&token), trigger.clone())
+            .await;
+        assert_eq!(status, 401, "{body}");
+    }
+    let (status, body) = serve
+        .post("/v1/trigger", Some("bob-token-0002"), trigger.clone())
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(serve.terminate().await, Some(0), "{}", serve.log_tail());
+
+    let journal = serve.journal();
+    let refusals = journal.refusals();
+    let unauthenticated: Vec<_> = refusals
+        .iter()
+        .filter(|r| r["actor"] == "unauthenticated")
+        .collect();
+    assert_eq!(unauthenticated.len(), 1, "{}", journal.summary());
+    assert!(
+        unauthenticated[0]["body"]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("50 trigger request(s) without a valid token (note: 50)"),
+        "{}",
+        unauthenticated[0]
+    );
+    assert_eq!(refusals.len(), 2, "one for bob: {}", journal.summary());
+
+    let list = serve.cli(&["audit", "list"]).await.ok("audit list");
+    let statuses: Vec<&str> = list
+        .stdout
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .collect();
+    assert_eq!(statuses, vec!["refused", "refused"], "{list}");
+
+    serve.restart().await;
+    serve.terminate().await;
+    assert!(
+        !serve.log_lines().iter().any(|l| l["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("resume"))),
+        "refusals are never resumed: {}",
+        serve.log_tail()
+    );
+}

@@ -119,8 +119,7 @@ impl H {
     pub async fn deliver(&self, event: &Arc<Event>, published: jiff::Timestamp) -> Vec<Settled> {
         let (d, settled) = delivery(event.clone(), 1, published);
         self.dispatcher.clone().handle(d).await;
-        let s = settled.lock().unwrap().clone();
-        s
+        settled.lock().unwrap().clone()
     }
 
     /// Waits (bounded) until `pred` holds for the journal's records.

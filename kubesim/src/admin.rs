@@ -1,6 +1,7 @@
 //! Admin endpoints under `/_sim/` (not Kubernetes API): reported version, clock, watch-window
-//! expiry, node readiness, per-image faults, controller delays, held-back answers (a write
-//! committed whose answer waits, for clients' crash tests), the request log.
+//! expiry, node readiness, per-image faults, controller delays, per-image traffic behavior
+//! (error rate, latency), held-back answers (a write committed whose answer waits, for
+//! clients' crash tests), the request log.
 //!
 //! Start at [`handle`]; the table of endpoints is its `match`. Bodies are JSON; answers are JSON.
 //! Every change runs the controllers before answering.
@@ -182,6 +183,42 @@ fn dispatch(sim: &Sim, req: &Req, rest: &[&str]) -> Result<Value, ApiError> {
                 ApiError::bad_request(msg)
             })?;
             Ok(json!({"applied": objs.len()}))
+        }
+        (&Method::GET, ["traffic"]) => {
+            let inner = sim.lock();
+            Ok(
+                json!({"behaviors": inner.traffic.behaviors.iter().map(|(image, b)| {
+                (image.clone(), json!({"errorRate": b.error_rate, "latencyMs": b.latency_ms}))
+            }).collect::<serde_json::Map<_, _>>()}),
+            )
+        }
+        (&Method::POST, ["traffic"]) => {
+            let b = body(req)?;
+            let image = b
+                .get("image")
+                .and_then(Value::as_str)
+                .filter(|i| !i.is_empty())
+                .ok_or_else(|| ApiError::bad_request("image is required"))?
+                .to_owned();
+            let number = |k: &str, default: f64| -> Result<f64, ApiError> {
+                match b.get(k) {
+                    None => Ok(default),
+                    Some(v) => v
+                        .as_f64()
+                        .filter(|n| n.is_finite() && *n >= 0.0)
+                        .ok_or_else(|| ApiError::bad_request(format!("{k} must be a number >= 0"))),
+                }
+            };
+            let behavior = crate::traffic::Behavior {
+                error_rate: number("errorRate", 0.0)?.min(1.0),
+                latency_ms: number("latencyMs", 40.0)?,
+            };
+            let mut inner = sim.lock();
+            let now = std::time::Instant::now();
+            let Inner { traffic, store, .. } = &mut *inner;
+            traffic.advance(store, now);
+            traffic.behaviors.insert(image, behavior);
+            Ok(json!({"errorRate": behavior.error_rate, "latencyMs": behavior.latency_ms}))
         }
         (&Method::POST, ["delay-answers"]) => {
             let b = body(req)?;

@@ -221,6 +221,15 @@ fn route(sim: &Sim, req: &Req) -> Response {
             json_response(StatusCode::OK, &discovery::version(&sim.lock().version))
         }
         ["healthz" | "readyz" | "livez"] if get => (StatusCode::OK, "ok").into_response(),
+        ["metrics"] if get => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            sim.lock().metrics(),
+        )
+            .into_response(),
         ["api" | "apis"] if get => {
             let legacy = segs[0] == "api";
             match discovery::negotiate(req.accept()) {

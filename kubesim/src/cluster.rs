@@ -24,6 +24,10 @@ pub enum Kind {
     Namespace,
     Service,
     Endpoints,
+    /// gateway.networking.k8s.io/v1 HTTPRoute.
+    HttpRoute,
+    /// networking.istio.io/v1 VirtualService.
+    VirtualService,
 }
 
 /// A write the store refused.

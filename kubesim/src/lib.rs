@@ -29,6 +29,7 @@ pub mod status;
 pub mod store;
 mod strict;
 mod table;
+pub mod traffic;
 mod validate;
 mod watch;
 

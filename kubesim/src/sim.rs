@@ -195,15 +195,25 @@ pub(crate) struct Inner {
     pub audit: VecDeque<AuditEntry>,
     /// Answers to hold back (see [`AnswerDelay`]).
     pub answer_delays: Vec<AnswerDelay>,
+    /// Simulated request traffic and its metrics (`crate::traffic`).
+    pub traffic: crate::traffic::Traffic,
     /// Cancelled (and replaced) by `/_sim/compact`, ending every open watch so clients must
     /// resume from a resourceVersion that is now too old.
     pub watch_reset: CancellationToken,
 }
 
 impl Inner {
-    /// Runs the controllers once.
+    /// Runs the controllers once. Traffic is counted up to now first, with the routes and
+    /// pods as they were, so what the controllers change applies from this moment on.
     pub fn reconcile(&mut self) {
+        self.traffic.advance(&self.store, std::time::Instant::now());
         hook::reconcile(&mut self.store, &self.controllers);
+    }
+
+    /// The traffic metrics up to now (`GET /metrics`).
+    pub fn metrics(&mut self) -> String {
+        self.traffic.advance(&self.store, std::time::Instant::now());
+        self.traffic.render()
     }
 }
 
@@ -320,6 +330,7 @@ impl Sim {
             version: cfg.version,
             audit: VecDeque::new(),
             answer_delays: Vec::new(),
+            traffic: crate::traffic::Traffic::default(),
             watch_reset: CancellationToken::new(),
         };
         inner.reconcile();

@@ -831,6 +831,8 @@ fn kind_type(kind: Kind) -> &'static ResourceType {
         Kind::Namespace => ("v1", "Namespace"),
         Kind::Service => ("v1", "Service"),
         Kind::Endpoints => ("v1", "Endpoints"),
+        Kind::HttpRoute => ("gateway.networking.k8s.io/v1", "HTTPRoute"),
+        Kind::VirtualService => ("networking.istio.io/v1", "VirtualService"),
     };
     resources::by_kind(av, k).expect("every Kind is served")
 }

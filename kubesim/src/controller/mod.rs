@@ -15,6 +15,7 @@
 //! | [`node`] | node registration and status, node-lifecycle (NotReady, taints, eviction) |
 //! | [`gc`] | the garbage collector for controller ownerReferences |
 //! | [`endpoints`] | the endpoints controller |
+//! | [`gateway`] | a Gateway API implementation's HTTPRoute status (`Accepted`, `ResolvedRefs`) |
 //!
 //! Time comes only from [`Cluster::now`], so tests drive every delay with a controllable clock.
 //!
@@ -42,10 +43,11 @@ pub mod deployment;
 pub mod deployment_util;
 pub mod endpoints;
 mod events;
+pub mod gateway;
 pub mod gc;
 pub mod kubelet;
 pub mod node;
-mod obj;
+pub(crate) mod obj;
 pub mod replicaset;
 #[cfg(test)]
 mod scenarios;
@@ -192,6 +194,7 @@ fn run_pass(cluster: &mut PassCluster<'_>, cfg: &ControllerConfig) {
     replicaset::sync_replica_sets(cluster, cfg, now);
     kubelet::sync_pods(cluster, cfg, now);
     endpoints::sync_endpoints(cluster);
+    gateway::sync_routes(cluster);
 }
 
 /// Logs a failed controller write the way a work queue would before requeueing.

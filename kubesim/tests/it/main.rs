@@ -9,3 +9,4 @@ mod harness;
 mod kube_client;
 mod kubectl;
 mod rollout;
+mod traffic;

@@ -30,13 +30,15 @@ fn kind_name(kind: Kind) -> &'static str {
         Kind::Namespace => "Namespace",
         Kind::Service => "Service",
         Kind::Endpoints => "Endpoints",
+        Kind::HttpRoute => "HTTPRoute",
+        Kind::VirtualService => "VirtualService",
     }
 }
 
 fn has_status_subresource(kind: Kind) -> bool {
     matches!(
         kind,
-        Kind::Deployment | Kind::ReplicaSet | Kind::Pod | Kind::Node
+        Kind::Deployment | Kind::ReplicaSet | Kind::Pod | Kind::Node | Kind::HttpRoute
     )
 }
 

@@ -1,0 +1,99 @@
+//! The self-description of every `traffic::` action. Start at [`actions`].
+
+use firebreak_connector::{ActionSpec, Effect, ParamSpec, ParamType, RbacRule};
+
+fn ns() -> ParamSpec {
+    ParamSpec::required("ns", ParamType::String, "namespace of the route")
+}
+
+fn route() -> ParamSpec {
+    ParamSpec::required(
+        "route",
+        ParamType::String,
+        "httproute/NAME, virtualservice/NAME, service/NAME (two Deployments behind one \
+         Service, split by replicas), or a bare NAME looked up in that order",
+    )
+}
+
+fn rule(
+    api_groups: &'static [&'static str],
+    resources: &'static [&'static str],
+    verbs: &'static [&'static str],
+) -> RbacRule {
+    RbacRule {
+        api_groups,
+        resources,
+        verbs,
+    }
+}
+
+fn read_rules() -> Vec<RbacRule> {
+    vec![
+        rule(&["gateway.networking.k8s.io"], &["httproutes"], &["get"]),
+        rule(&["networking.istio.io"], &["virtualservices"], &["get"]),
+        rule(&[""], &["services"], &["get"]),
+        rule(&["apps"], &["deployments"], &["get", "list"]),
+    ]
+}
+
+fn write_rules() -> Vec<RbacRule> {
+    let mut rules = read_rules();
+    rules.extend([
+        rule(&["gateway.networking.k8s.io"], &["httproutes"], &["update"]),
+        rule(&["networking.istio.io"], &["virtualservices"], &["update"]),
+        rule(&["apps"], &["deployments/scale"], &["patch"]),
+    ]);
+    rules
+}
+
+/// Every action of the traffic connector.
+pub fn actions() -> Vec<ActionSpec> {
+    vec![
+        ActionSpec {
+            name: "split",
+            doc: "The route's backends and their weights (percent), its generation, and whether \
+                  its status accepts them (HTTPRoute: every parent Accepted and ResolvedRefs at \
+                  the current generation). For a Service: each Deployment's replicas and ready \
+                  pods, and its share of the ready pods.",
+            effect: Effect::Observe,
+            params: vec![ns(), route()],
+            namespace_param: Some("ns"),
+            rbac: read_rules(),
+            example: r#"traffic::split("ml-serving", "httproute/fraud-model")"#,
+        },
+        ActionSpec {
+            name: "shift",
+            doc: "Sets the backends' weights (percentages; written summing to 100, backends not \
+                  named get 0) with a resourceVersion precondition. An HTTPRoute is done once \
+                  every parent accepts it at the new generation; a backend that does not resolve \
+                  fails the step. A Service's two Deployments are scaled to the ratio (Argo \
+                  Rollouts' rounding) and waited for.",
+            effect: Effect::Mutate,
+            params: vec![
+                ns(),
+                route(),
+                ParamSpec::required(
+                    "weights",
+                    ParamType::Map,
+                    "backend name → weight, e.g. #{\"model-v1\": 90, \"model-v2\": 10}",
+                ),
+            ],
+            namespace_param: Some("ns"),
+            rbac: write_rules(),
+            example: r#"traffic::shift("ml-serving", "httproute/fraud-model", #{"fraud-model-v1": 90, "fraud-model-v2": 10})"#,
+        },
+        ActionSpec {
+            name: "reset",
+            doc: "All traffic back to the stable backend, in one write.",
+            effect: Effect::Mutate,
+            params: vec![
+                ns(),
+                route(),
+                ParamSpec::required("stable", ParamType::String, "the backend that gets it all"),
+            ],
+            namespace_param: Some("ns"),
+            rbac: write_rules(),
+            example: r#"traffic::reset("ml-serving", "httproute/fraud-model", "fraud-model-v1")"#,
+        },
+    ]
+}

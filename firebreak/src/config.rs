@@ -4,9 +4,11 @@
 //! default (in-process bus, local store under `.firebreak/`). Environment variables win over
 //! the file: `FIREBREAK_LISTEN`, `FIREBREAK_DATA_DIR`, `FIREBREAK_RUNBOOKS`, `FIREBREAK_TEAMS`,
 //! `FIREBREAK_NATS_URL`, `FIREBREAK_ALERTMANAGER_TOKEN`, `FIREBREAK_KUBECONFIG`,
-//! `FIREBREAK_KUBERNETES_DISABLED`, `FIREBREAK_PROMETHEUS_URL`,
-//! `FIREBREAK_MAX_CONCURRENT_RUNS`, `FIREBREAK_AUDIT_PATH`.
+//! `FIREBREAK_KUBERNETES_DISABLED`, `FIREBREAK_MAX_CONCURRENT_RUNS`, `FIREBREAK_AUDIT_PATH`,
+//! and, for each connector's settings, `FIREBREAK_<SECTION>_<KEY>` (`FIREBREAK_PROMETHEUS_URL`
+//! sets `connectors.prometheus.url`; see `serve::plugins`).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -30,8 +32,9 @@ pub struct Config {
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
     pub kubernetes: KubernetesConfig,
-    /// Prometheus for `prom::` evidence and checks; absent means no `prom::` connector.
-    pub prometheus: Option<PrometheusConfig>,
+    /// Each connector's own settings, by its section (`prometheus: {url: ...}`,
+    /// `alertmanager: {url: ...}`); a connector reads only its own.
+    pub connectors: BTreeMap<String, serde_json::Value>,
     pub audit: AuditConfig,
 }
 
@@ -41,13 +44,6 @@ pub struct AuditConfig {
     /// The audit journal file; default `<data_dir>/audit.jsonl`. Put it on a volume of its
     /// own to keep it apart from the bus (a full disk then stops runs, not ingest).
     pub path: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PrometheusConfig {
-    /// Base URL of the Prometheus HTTP API, e.g. `http://prometheus:9090`.
-    pub url: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -103,13 +99,42 @@ impl Default for Config {
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
             kubernetes: KubernetesConfig::default(),
-            prometheus: None,
+            connectors: BTreeMap::new(),
             audit: AuditConfig::default(),
         }
     }
 }
 
 impl Config {
+    /// Connector `section`'s settings with `FIREBREAK_<SECTION>_<KEY>` applied for each of
+    /// `keys`; `Null` when there are none.
+    pub fn connector_settings(&self, section: &str, keys: &[&str]) -> serde_json::Value {
+        self.connector_settings_from(section, keys, |k| std::env::var(k).ok())
+    }
+
+    fn connector_settings_from(
+        &self,
+        section: &str,
+        keys: &[&str],
+        get: impl Fn(&str) -> Option<String>,
+    ) -> serde_json::Value {
+        let mut settings = self
+            .connectors
+            .get(section)
+            .cloned()
+            .unwrap_or(serde_json::Value::Null);
+        for key in keys {
+            let var = format!("FIREBREAK_{}_{}", section, key).to_ascii_uppercase();
+            if let Some(v) = get(&var) {
+                if !settings.is_object() {
+                    settings = serde_json::json!({});
+                }
+                settings[*key] = serde_json::Value::String(v);
+            }
+        }
+        settings
+    }
+
     /// Loads `path` if given (an error if it does not exist), else `./firebreak.yaml` if present,
     /// else the defaults; then applies environment overrides.
     pub fn load(path: Option<&Path>) -> Result<Config> {
@@ -161,9 +186,6 @@ impl Config {
         if let Some(v) = get("FIREBREAK_KUBECONFIG") {
             self.kubernetes.kubeconfig = Some(v.into());
         }
-        if let Some(v) = get("FIREBREAK_PROMETHEUS_URL") {
-            self.prometheus = (!v.is_empty()).then_some(PrometheusConfig { url: v });
-        }
         if let Some(v) = get("FIREBREAK_KUBERNETES_DISABLED") {
             self.kubernetes.disabled = matches!(v.as_str(), "1" | "true" | "yes");
         }
@@ -210,6 +232,29 @@ mod tests {
             "an empty FIREBREAK_NATS_URL selects the embedded bus"
         );
         assert_eq!(cfg.listen.port(), 9999);
+    }
+
+    #[test]
+    fn connector_settings_come_from_their_section_and_the_environment() {
+        let cfg = Config::from_yaml(
+            "connectors:\n  prometheus: { url: http://prom:9090 }\n  alertmanager: { url: http://am:9093 }\n",
+        )
+        .unwrap();
+        let get =
+            |k: &str| (k == "FIREBREAK_ALERTMANAGER_URL").then(|| "http://other:9093".to_owned());
+        assert_eq!(
+            cfg.connector_settings_from("prometheus", &["url"], get),
+            serde_json::json!({"url": "http://prom:9090"})
+        );
+        assert_eq!(
+            cfg.connector_settings_from("alertmanager", &["url"], get),
+            serde_json::json!({"url": "http://other:9093"}),
+            "the environment wins"
+        );
+        assert_eq!(
+            cfg.connector_settings_from("traffic", &[], get),
+            serde_json::Value::Null
+        );
     }
 
     #[test]

@@ -118,6 +118,9 @@ pub async fn run(cfg: Config, args: RunArgs) -> Result<()> {
         )?);
     let runner = Runner::new(&registry, journal.clone(), RunnerConfig::default());
     let mut failed = false;
+    // Ctrl-C is caught from here on (before any run starts, so none can miss it).
+    let mut interrupts = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("installing the Ctrl-C handler")?;
     for (event, m) in matches {
         let rb = &m.runbook.manifest;
         let run_id = uuid::Uuid::now_v7().to_string();
@@ -150,7 +153,7 @@ pub async fn run(cfg: Config, args: RunArgs) -> Result<()> {
         // Ctrl-C cancels the run, journaled as cancelled by the operator: an interrupted
         // `firebreak run` never leaves a remediation for someone else to finish. (A run whose
         // process dies outright is closed as abandoned by the next engine, not resumed.)
-        let join = handle_join_or_interrupt(handle, &args.actor);
+        let join = handle_join_or_interrupt(handle, &args.actor, &mut interrupts);
         let outcome = join.await;
         println!();
         print!("{}", render_timeline(&journal.records_for_run(&run_id)?));
@@ -169,19 +172,20 @@ pub async fn run(cfg: Config, args: RunArgs) -> Result<()> {
 async fn handle_join_or_interrupt(
     handle: firebreak_runtime::RunHandle,
     actor: &str,
+    interrupts: &mut tokio::signal::unix::Signal,
 ) -> firebreak_runtime::RunOutcome {
     let link = handle.link();
     let join = handle.join();
     tokio::pin!(join);
     tokio::select! {
         outcome = &mut join => return outcome,
-        _ = tokio::signal::ctrl_c() => {}
+        _ = interrupts.recv() => {}
     }
     eprintln!("\n  interrupted: cancelling the run (Ctrl-C again to stop waiting)");
     link.cancel_because(&format!("cancelled by {actor} (Ctrl-C)"));
     tokio::select! {
         outcome = &mut join => outcome,
-        _ = tokio::signal::ctrl_c() => {
+        _ = interrupts.recv() => {
             eprintln!("  stopped waiting; the run is closed as abandoned by the next engine");
             std::process::exit(130);
         }

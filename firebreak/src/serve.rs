@@ -19,6 +19,7 @@ use firebreak_audit::{AuditMirror, Journal, Record};
 use firebreak_bus::{
     AuditMessage, Bus, EmbeddedBus, FileStateStore, NatsBus, NatsOptions, StateStore,
 };
+use firebreak_connector::plugin::{BuildContext, Plugin, Shared};
 use firebreak_connector::{ProgressSink, Registry};
 use firebreak_dispatch::{ConnectorSpecs, Dispatcher, Runbooks};
 use firebreak_ingest::{IngestState, Invalid, Refused};
@@ -243,13 +244,24 @@ async fn probe_journal(journal: Arc<Journal>, shutdown: CancellationToken) {
     }
 }
 
+/// Every connector firebreak has, one line each: its module, configuration, actions and how
+/// to build it come from the connector itself (see `firebreak_connector::plugin`).
+pub fn plugins() -> Vec<Box<dyn Plugin>> {
+    vec![
+        Box::new(firebreak_kubernetes::Plugin),
+        Box::new(firebreak_prometheus::Plugin),
+        Box::new(firebreak_traffic::Plugin),
+        Box::new(firebreak_alertmanager::Plugin),
+    ]
+}
+
 /// Every connector's actions, by Rhai module, for checking scripts' calls at load. Static:
 /// a runbook is checked against every connector firebreak has, configured here or not.
 pub fn connector_specs() -> ConnectorSpecs {
-    vec![
-        ("k8s", firebreak_kubernetes::spec::actions()),
-        ("prom", firebreak_prometheus::spec::actions()),
-    ]
+    plugins()
+        .iter()
+        .map(|p| (p.module(), p.actions()))
+        .collect()
 }
 
 /// `POST /v1/trigger` validation: the runbook exists and the params fit its manifest.
@@ -424,13 +436,12 @@ fn subject_token(s: &str) -> String {
     if t.is_empty() { "_".into() } else { t }
 }
 
-/// The connectors the configuration asks for, one `register` line each. Without a reachable
-/// cluster the Kubernetes connector is left out (an error when `require_kube`).
+/// The connectors the configuration asks for (see [`plugins`]). Without a reachable cluster
+/// the Kubernetes connectors are left out (an error when `require_kube`).
 pub async fn connectors(
     cfg: &Config,
     require_kube: bool,
 ) -> Result<(Registry, Option<firebreak_kubernetes::Client>)> {
-    let mut registry = Registry::new();
     let kube = if cfg.kubernetes.disabled {
         None
     } else {
@@ -447,16 +458,33 @@ pub async fn connectors(
             }
         }
     };
+    let mut shared = Shared::default();
+    shared.insert(reqwest::Client::new());
     if let Some(client) = &kube {
-        registry.register(Arc::new(firebreak_kubernetes::KubernetesConnector::new(
-            client.clone(),
-        )));
+        shared.insert(client.clone());
     }
-    if let Some(prom) = &cfg.prometheus {
-        let connector =
-            firebreak_prometheus::PrometheusConnector::new(&prom.url, reqwest::Client::new())
-                .with_context(|| format!("prometheus.url {}", prom.url))?;
-        registry.register(Arc::new(connector));
+    let mut registry = Registry::new();
+    for plugin in plugins() {
+        let keys: Vec<&str> = plugin.settings().iter().map(|s| s.key).collect();
+        let settings = cfg.connector_settings(plugin.section(), &keys);
+        let built = plugin
+            .build(BuildContext {
+                settings: &settings,
+                shared: &shared,
+            })
+            .await
+            .map_err(|e| anyhow!("connector {}: {e}", plugin.module()))?;
+        match built {
+            Some(connector) => {
+                info!(connector = plugin.module(), "connector ready");
+                registry.register(connector);
+            }
+            None => info!(
+                connector = plugin.module(),
+                section = plugin.section(),
+                "connector not configured"
+            ),
+        }
     }
     Ok((registry, kube))
 }
@@ -540,43 +568,72 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-/// `firebreak connectors [--rbac]`.
+/// `firebreak connectors [--rbac]`: every connector's actions, or the least-privilege RBAC
+/// that all of them (and the event watcher) need.
 pub fn print_connectors(rbac: bool, namespace: &str) {
+    let plugins = plugins();
     if rbac {
+        let rules = plugins
+            .iter()
+            .flat_map(|p| p.actions())
+            .flat_map(|a| a.rbac)
+            .chain(firebreak_kubernetes::spec::watcher_rules());
         print!(
             "{}",
-            firebreak_kubernetes::rbac_yaml("firebreak", namespace)
+            firebreak_connector::rbac::render(
+                "the connectors' action specs",
+                "firebreak",
+                namespace,
+                rules
+            )
         );
         return;
     }
-    let all = firebreak_kubernetes::spec::actions()
-        .into_iter()
-        .map(|a| ("k8s", a))
-        .chain(
-            firebreak_prometheus::spec::actions()
-                .into_iter()
-                .map(|a| ("prom", a)),
-        );
-    for (module, action) in all {
-        let params: Vec<String> = action
-            .params
+    for plugin in &plugins {
+        let module = plugin.module();
+        let settings: Vec<String> = plugin
+            .settings()
             .iter()
-            .map(|p| {
-                if p.required {
-                    p.name.to_string()
-                } else {
-                    format!("[{}]", p.name)
-                }
+            .map(|s| {
+                format!(
+                    "connectors.{}.{} (FIREBREAK_{}_{}): {}",
+                    plugin.section(),
+                    s.key,
+                    plugin.section().to_ascii_uppercase(),
+                    s.key.to_ascii_uppercase(),
+                    s.doc
+                )
             })
             .collect();
         println!(
-            "{module}::{}({})  [{:?}]\n    {}\n    e.g. {}",
-            action.name,
-            params.join(", "),
-            action.effect,
-            action.doc,
-            action.example
+            "## {module}{}",
+            if settings.is_empty() {
+                String::new()
+            } else {
+                format!("  [{}]", settings.join("; "))
+            }
         );
+        for action in plugin.actions() {
+            let params: Vec<String> = action
+                .params
+                .iter()
+                .map(|p| {
+                    if p.required {
+                        p.name.to_string()
+                    } else {
+                        format!("[{}]", p.name)
+                    }
+                })
+                .collect();
+            println!(
+                "{module}::{}({})  [{:?}]\n    {}\n    e.g. {}",
+                action.name,
+                params.join(", "),
+                action.effect,
+                action.doc,
+                action.example
+            );
+        }
     }
 }
 

@@ -478,6 +478,44 @@ impl Connector for AlertmanagerConnector {
     }
 }
 
+/// The connector's entry point for the binary: `am::` on the Alertmanager at
+/// `connectors.alertmanager.url` (`FIREBREAK_ALERTMANAGER_URL`); no URL, no connector.
+pub struct Plugin;
+
+impl firebreak_connector::plugin::Plugin for Plugin {
+    fn module(&self) -> &'static str {
+        "am"
+    }
+
+    fn section(&self) -> &'static str {
+        "alertmanager"
+    }
+
+    fn settings(&self) -> Vec<firebreak_connector::plugin::Setting> {
+        vec![firebreak_connector::plugin::Setting {
+            key: "url",
+            doc: "base URL of Alertmanager, e.g. http://alertmanager:9093",
+        }]
+    }
+
+    fn actions(&self) -> Vec<ActionSpec> {
+        spec::actions()
+    }
+
+    fn build<'a>(
+        &'a self,
+        cx: firebreak_connector::plugin::BuildContext<'a>,
+    ) -> BoxFuture<'a, Result<Option<std::sync::Arc<dyn Connector>>, String>> {
+        let built = match (cx.text("url"), cx.shared.get::<reqwest::Client>()) {
+            (Some(url), Some(http)) => AlertmanagerConnector::new(url, http.clone())
+                .map(|c| Some(std::sync::Arc::new(c) as _))
+                .map_err(|e| format!("alertmanager.url {url}: {}", e.message)),
+            _ => Ok(None),
+        };
+        Box::pin(std::future::ready(built))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -116,3 +116,41 @@ impl Connector for PrometheusConnector {
         .boxed()
     }
 }
+
+/// The connector's entry point for the binary: `prom::` on the Prometheus at
+/// `connectors.prometheus.url` (`FIREBREAK_PROMETHEUS_URL`); no URL, no connector.
+pub struct Plugin;
+
+impl firebreak_connector::plugin::Plugin for Plugin {
+    fn module(&self) -> &'static str {
+        "prom"
+    }
+
+    fn section(&self) -> &'static str {
+        "prometheus"
+    }
+
+    fn settings(&self) -> Vec<firebreak_connector::plugin::Setting> {
+        vec![firebreak_connector::plugin::Setting {
+            key: "url",
+            doc: "base URL of the Prometheus HTTP API, e.g. http://prometheus:9090",
+        }]
+    }
+
+    fn actions(&self) -> Vec<ActionSpec> {
+        spec::actions()
+    }
+
+    fn build<'a>(
+        &'a self,
+        cx: firebreak_connector::plugin::BuildContext<'a>,
+    ) -> BoxFuture<'a, Result<Option<std::sync::Arc<dyn Connector>>, String>> {
+        let built = match (cx.text("url"), cx.shared.get::<reqwest::Client>()) {
+            (Some(url), Some(http)) => PrometheusConnector::new(url, http.clone())
+                .map(|c| Some(std::sync::Arc::new(c) as _))
+                .map_err(|e| format!("prometheus.url {url}: {}", e.message())),
+            _ => Ok(None),
+        };
+        Box::pin(std::future::ready(built))
+    }
+}

@@ -438,3 +438,36 @@ impl Connector for TrafficConnector {
         .boxed()
     }
 }
+
+/// The connector's entry point for the binary: `traffic::` on the cluster the engine connected
+/// to (no cluster, no connector).
+pub struct Plugin;
+
+impl firebreak_connector::plugin::Plugin for Plugin {
+    fn module(&self) -> &'static str {
+        "traffic"
+    }
+
+    fn section(&self) -> &'static str {
+        "traffic"
+    }
+
+    fn settings(&self) -> Vec<firebreak_connector::plugin::Setting> {
+        Vec::new()
+    }
+
+    fn actions(&self) -> Vec<ActionSpec> {
+        spec::actions()
+    }
+
+    fn build<'a>(
+        &'a self,
+        cx: firebreak_connector::plugin::BuildContext<'a>,
+    ) -> BoxFuture<'a, Result<Option<std::sync::Arc<dyn Connector>>, String>> {
+        let connector = cx
+            .shared
+            .get::<kube::Client>()
+            .map(|c| std::sync::Arc::new(TrafficConnector::new(c.clone())) as _);
+        Box::pin(std::future::ready(Ok(connector)))
+    }
+}

@@ -20,6 +20,9 @@
 //!    before it answers. A retry, or a resume after a crash between the write and the step's
 //!    end, applies the journaled intent again, which finds it done: nothing acts twice.
 
+pub mod plugin;
+pub mod rbac;
+
 use std::sync::Arc;
 
 use futures::future::BoxFuture;

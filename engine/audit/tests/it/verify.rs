@@ -178,3 +178,42 @@ async fn each_kind_of_break_is_named() {
     let err = verify(dir.path().join("nope.jsonl")).unwrap_err();
     assert!(matches!(err, VerifyError::Io { .. }), "{err}");
 }
+
+/// Metric values are floats with every digit they have (Prometheus answers with 17 significant
+/// digits). The journal line must read back to the very value that was hashed, or a true
+/// record fails verification.
+#[tokio::test]
+async fn records_carrying_metric_floats_verify() {
+    use firebreak_audit::{RecordBody, RecordDraft};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let journal = Journal::open(&path).unwrap();
+    let mut drafts = run_drafts("r1");
+    let meta = crate::meta("r1");
+    // Values seen in real prom::check answers, and others the shortest-digits printer emits.
+    let values = [
+        0.029513378397636347,
+        0.018333333333333424,
+        5.241e-2,
+        1994.8333333333333,
+        0.1 + 0.2,
+        1e-7,
+        123456789.12345679,
+        f64::MIN_POSITIVE,
+        f64::MAX,
+    ];
+    for (i, v) in values.iter().enumerate() {
+        drafts.push(RecordDraft::new(
+            meta.clone(),
+            RecordBody::Evidence {
+                step: 1,
+                name: format!("value {i}"),
+                data: serde_json::json!({ "value": v, "samples": v * 3.0 }),
+            },
+        ));
+    }
+    journal.append_all(drafts).await.unwrap();
+    drop(journal);
+    let report = verify(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(report.records, 4 + values.len() as u64);
+}

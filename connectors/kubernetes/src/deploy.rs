@@ -1,5 +1,5 @@
 //! Deployment actions: rollback, set_image, scale, pause, resume, restart, rollout_history,
-//! wait_rollout, snapshot, restore and scale_to_zero.
+//! wait_rollout, snapshot, restore, promote and scale_to_zero.
 //!
 //! Each one sends what the matching `kubectl` command sends (see KUBESIM-NOTES §1); the
 //! decisions come from [`crate::rollout`]. Every mutation comes in two halves (see
@@ -57,6 +57,15 @@ pub struct SetImageArgs {
     pub deploy: String,
     pub container: String,
     pub image: String,
+}
+
+/// `promote(ns, canary, stable)`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromoteArgs {
+    pub ns: String,
+    pub canary: String,
+    pub stable: String,
 }
 
 /// `scale(ns, deploy, replicas)`.
@@ -1048,6 +1057,125 @@ pub async fn apply_restore(
         format!(
             "deployment {} kept changing; gave up after {CONFLICT_RETRIES} attempts",
             id(&args.ns, name)
+        ),
+    ))
+}
+
+/// The stable Deployment's template once the canary is promoted: the canary's template (its
+/// containers, volumes, annotations) under the stable template's labels, so the stable
+/// selector still matches (what Flagger copies on promotion).
+fn promoted_template(
+    canary: &Deployment,
+    stable: &Deployment,
+) -> Result<k8s_openapi::api::core::v1::PodTemplateSpec, Error> {
+    let (Some(from), Some(into)) = (template_of(canary), template_of(stable)) else {
+        return Err(Error::refused(
+            ErrorKind::Permanent,
+            "a Deployment without a pod template cannot be promoted",
+        ));
+    };
+    let mut desired = from.clone();
+    let labels = into.metadata.as_ref().and_then(|m| m.labels.clone());
+    desired.metadata.get_or_insert_with(Default::default).labels = labels;
+    Ok(desired)
+}
+
+fn template_json(t: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>) -> Value {
+    serde_json::to_value(t).unwrap_or_default()
+}
+
+/// `promote(ns, canary, stable)`, first half: the template the stable Deployment will run
+/// (decided here, once, and journaled: a resume applies this template even if the canary
+/// changed since), and a digest of the one it replaces.
+pub async fn plan_promote(client: &kube::Client, args: &PromoteArgs) -> Result<Intent, Error> {
+    if args.canary == args.stable {
+        return Err(Error::InvalidValue {
+            action: "promote",
+            param: "stable",
+            reason: "the canary and the stable Deployment are the same".into(),
+        });
+    }
+    let canary = get(client, &args.ns, &args.canary).await?;
+    let stable = get(client, &args.ns, &args.stable).await?;
+    let desired = promoted_template(&canary, &stable)?;
+    let current = template_json(template_of(&stable));
+    let to = template_json(Some(&desired));
+    let unchanged = rollout::same_json(&current, &to);
+    let intent = Intent::new(
+        format!(
+            "promote {} onto {}: {} -> {}",
+            id(&args.ns, &args.canary),
+            id(&args.ns, &args.stable),
+            rollout::deployment_images(&stable).join(", "),
+            rollout::deployment_images(&canary).join(", ")
+        ),
+        json!({
+            "deployment": id(&args.ns, &args.stable),
+            "canary": id(&args.ns, &args.canary),
+            "from_images": rollout::deployment_images(&stable),
+            "to_images": rollout::deployment_images(&canary),
+            "from_template": rollout::json_digest(&current),
+            "template": to,
+        }),
+    );
+    Ok(if unchanged { intent.noop() } else { intent })
+}
+
+/// `promote`, second half: writes the planned template onto the stable Deployment with the
+/// resourceVersion just read, unless it already runs it; a template someone else changed since
+/// the plan is a Conflict (never overwritten).
+pub async fn apply_promote(
+    client: &kube::Client,
+    args: &PromoteArgs,
+    intent: &Intent,
+) -> Result<Value, Error> {
+    let mut answer = Value::Object(intent.detail.clone());
+    answer.as_object_mut().map(|a| a.remove("template"));
+    let to: Value = intent.field("template").map_err(Error::from_action)?;
+    let template: k8s_openapi::api::core::v1::PodTemplateSpec = serde_json::from_value(to.clone())
+        .map_err(|e| Error::refused(ErrorKind::Permanent, format!("the planned template: {e}")))?;
+    let from: String = intent.field("from_template").map_err(Error::from_action)?;
+    for _ in 0..=CONFLICT_RETRIES {
+        let d = get(client, &args.ns, &args.stable).await?;
+        let current = template_json(template_of(&d));
+        if rollout::same_json(&current, &to) {
+            answer["changed"] = json!(false);
+            return Ok(answer);
+        }
+        if rollout::json_digest(&current) != from {
+            return Err(Error::refused(
+                ErrorKind::Conflict,
+                format!(
+                    "deployment {} changed its template since the promotion was planned; not \
+                     overwriting someone else's change",
+                    id(&args.ns, &args.stable)
+                ),
+            ));
+        }
+        let mut desired = d;
+        if let Some(spec) = desired.spec.as_mut() {
+            spec.template = template.clone();
+        }
+        if let Some(written) = replace_once(client, &args.ns, &args.stable, desired).await? {
+            if !rollout::same_json(&template_json(template_of(&written)), &to) {
+                return Err(Error::refused(
+                    ErrorKind::Permanent,
+                    format!(
+                        "the API server accepted the promotion but {} runs another template",
+                        id(&args.ns, &args.stable)
+                    ),
+                ));
+            }
+            info!(deployment = %id(&args.ns, &args.stable), canary = %args.canary, "canary promoted");
+            answer["changed"] = json!(true);
+            return Ok(answer);
+        }
+    }
+    Err(Error::refused(
+        ErrorKind::Conflict,
+        format!(
+            "deployment {} kept changing; gave up after {CONFLICT_RETRIES} attempts",
+            id(&args.ns, &args.stable)
         ),
     ))
 }

@@ -100,6 +100,7 @@ impl KubernetesConnector {
             "resume" => deploy::plan_paused(c, &parse(action, args)?, false).await,
             "restart" => deploy::plan_restart(c, &parse(action, args)?).await,
             "restore" => deploy::plan_restore(c, &parse(action, args)?).await,
+            "promote" => deploy::plan_promote(c, &parse(action, args)?).await,
             "quarantine_pod" => isolation::plan_quarantine_pod(c, &parse(action, args)?, cx).await,
             "quarantine" => isolation::plan_quarantine(c, &parse(action, args)?, cx).await,
             "release" => isolation::plan_release(c, &parse(action, args)?).await,
@@ -133,6 +134,7 @@ impl KubernetesConnector {
             "pause" | "resume" => deploy::apply_paused(c, &parse(action, args)?, intent).await,
             "restart" => deploy::apply_restart(c, &parse(action, args)?, intent).await,
             "restore" => deploy::apply_restore(c, &parse(action, args)?, intent).await,
+            "promote" => deploy::apply_promote(c, &parse(action, args)?, intent).await,
             "quarantine_pod" => {
                 isolation::apply_quarantine_pod(c, &parse(action, args)?, intent, cx).await
             }

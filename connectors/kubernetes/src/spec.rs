@@ -171,6 +171,23 @@ pub fn actions() -> Vec<ActionSpec> {
             example: r#"k8s::restore("ml-serving", snap)"#,
         },
         ActionSpec {
+            name: "promote",
+            doc: "Promote a canary the way Flagger does: the canary Deployment's pod template \
+                  (containers, volumes, annotations) is written onto the stable Deployment, \
+                  keeping the stable template's labels so its selector still matches. The \
+                  template is decided when planned; a stable template someone else changed \
+                  since is a conflict, never overwritten.",
+            effect: Mutate,
+            params: vec![
+                ns(),
+                ParamSpec::required("canary", ParamType::String, "the canary Deployment"),
+                ParamSpec::required("stable", ParamType::String, "the stable Deployment"),
+            ],
+            namespace_param: Some("ns"),
+            rbac: vec![rule(APPS, &["deployments"], &["get", "update"])],
+            example: r#"k8s::promote("ml-serving", "fraud-model-v2", "fraud-model-v1")"#,
+        },
+        ActionSpec {
             name: "pods",
             doc: "Pods matching a label selector: name, phase, ready, restarts, node, image, reason, \
                   and the Deployment each belongs to.",

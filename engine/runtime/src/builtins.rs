@@ -40,17 +40,31 @@ pub(crate) fn register(engine: &mut Engine) {
     engine.register_fn("now", now);
     engine.register_fn("fail", fail);
     engine.register_fn("evidence", evidence);
+    engine.register_fn("ms", ms);
 }
 
 /// `step(name, || ...)`: journals the closure's start, its return value as outputs, its
-/// duration and outcome (deferred: an action inside makes them durable before it runs). Steps inside it are numbered and journaled on their own.
-/// On resume, a step that finished before re-runs its closure (whose inner steps replay from
-/// the journal) and returns the journaled output.
+/// duration and outcome (deferred: an action inside makes them durable before it runs). Steps
+/// inside it are numbered and journaled on their own. On resume, a step that finished before
+/// re-runs its closure (whose inner steps replay from the journal) and returns the journaled
+/// output.
 fn closure_step(
     ctx: &NativeCallContext,
     name: &str,
     inputs: Value,
     body: &FnPtr,
+) -> Result<Dynamic, ScriptError> {
+    composite_step(name, inputs, || {
+        body.call_within_context::<Dynamic>(ctx, ())
+    })
+}
+
+/// A step made of steps (a closure, a canary analysis): numbered and journaled around `body`,
+/// whose own steps are numbered and journaled inside it (see [`closure_step`]).
+pub(crate) fn composite_step(
+    name: &str,
+    inputs: Value,
+    body: impl FnOnce() -> Result<Dynamic, ScriptError>,
 ) -> Result<Dynamic, ScriptError> {
     let cx = current()?;
     let (step, replayed) = match begin(&cx, name)? {
@@ -66,7 +80,7 @@ fn closure_step(
         }
     };
     let started = Instant::now();
-    let result = body.call_within_context::<Dynamic>(ctx, ());
+    let result = body();
     let duration_ms = started.elapsed().as_millis() as u64;
     match (result, replayed) {
         (Ok(_), Some(outputs)) => finish_replayed(&cx, step, name, outputs),
@@ -82,7 +96,7 @@ fn closure_step(
             }]);
             Ok(value)
         }
-        // Suspended inside: no end, the closure runs again (its finished inner steps replay).
+        // Suspended inside: no end, the body runs again (its finished inner steps replay).
         (Err(error), _) if cx.stopped() == Some(step::Stop::Suspended) => Err(error),
         (Err(error), _) => {
             let kind = match cx.stopped() {
@@ -153,7 +167,7 @@ fn log(message: Dynamic) -> Result<Dynamic, ScriptError> {
 }
 
 /// `sleep(ms)`: waits, bounded by `Limits::max_sleep`, ended early by cancel or the deadline.
-fn sleep(ms: rhai::INT) -> Result<Dynamic, ScriptError> {
+pub(crate) fn sleep(ms: rhai::INT) -> Result<Dynamic, ScriptError> {
     run_leaf(
         "sleep",
         json!({ "ms": ms }),
@@ -205,7 +219,7 @@ fn fail(message: Dynamic) -> Result<Dynamic, ScriptError> {
 }
 
 /// `evidence(name, value)`: attaches a value to the run as evidence.
-fn evidence(name: ImmutableString, value: Dynamic) -> Result<Dynamic, ScriptError> {
+pub(crate) fn evidence(name: ImmutableString, value: Dynamic) -> Result<Dynamic, ScriptError> {
     let data = to_json(&value);
     run_leaf(
         "evidence",
@@ -274,8 +288,9 @@ fn resolved() -> Result<Dynamic, ScriptError> {
     })
 }
 
-/// Parses a wait: whole milliseconds, or text like `"90s"`, `"5m"`, `"1h"`, `"500ms"`.
-fn parse_wait(value: &Dynamic) -> Result<Duration, String> {
+/// Parses a wait: whole milliseconds, or text like `"90s"`, `"5m"`, `"1h30m"`, `"500ms"` (a
+/// duration param's text).
+pub(crate) fn parse_wait(value: &Dynamic) -> Result<Duration, String> {
     if let Ok(ms) = value.as_int() {
         return u64::try_from(ms)
             .map(Duration::from_millis)
@@ -283,19 +298,41 @@ fn parse_wait(value: &Dynamic) -> Result<Duration, String> {
     }
     let text = value.to_string();
     let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (n, unit) = t.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("{t:?} is not a wait like 30000, \"90s\" or \"5m\""))?;
-    let ms = match unit {
-        "ms" => 1,
-        "" | "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => return Err(format!("{t:?} has an unknown unit (ms, s, m or h)")),
-    };
-    Ok(Duration::from_millis(n.saturating_mul(ms)))
+    let unlike = || format!("{t:?} is not a wait like 30000, \"90s\", \"5m\" or \"1h30m\"");
+    if t.is_empty() {
+        return Err(unlike());
+    }
+    if let Ok(n) = t.parse::<u64>() {
+        return Ok(Duration::from_secs(n));
+    }
+    let mut total: u64 = 0;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let n: u64 = rest[..digits].parse().map_err(|_| unlike())?;
+        rest = &rest[digits..];
+        let letters = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let ms = match &rest[..letters] {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            _ => return Err(format!("{t:?} has an unknown unit (ms, s, m or h)")),
+        };
+        rest = &rest[letters..];
+        total = total.saturating_add(n.saturating_mul(ms));
+    }
+    Ok(Duration::from_millis(total))
+}
+
+/// `ms(wait)`: a wait (`"90s"`, `"1h30m"`, a duration param) in milliseconds.
+fn ms(value: Dynamic) -> Result<rhai::INT, ScriptError> {
+    let wait = parse_wait(&value).map_err(|e| step::script_error(format!("ms: {e}")))?;
+    Ok(rhai::INT::try_from(wait.as_millis()).unwrap_or(rhai::INT::MAX))
 }
 
 /// `wait_resolved(timeout)`: waits until an event joins the run saying its incident resolved,
@@ -332,4 +369,33 @@ fn wait_resolved(timeout: Dynamic) -> Result<Dynamic, ScriptError> {
             }
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_parse_as_duration_params_write_them() {
+        for (text, ms) in [
+            ("500ms", 500),
+            ("90s", 90_000),
+            ("5m", 300_000),
+            ("1h30m", 5_400_000),
+            ("2", 2_000),
+        ] {
+            assert_eq!(
+                parse_wait(&Dynamic::from(text.to_owned())),
+                Ok(Duration::from_millis(ms)),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            parse_wait(&Dynamic::from_int(250)),
+            Ok(Duration::from_millis(250))
+        );
+        for bad in ["", "soon", "5 m", "m5", "3d", "-1s"] {
+            assert!(parse_wait(&Dynamic::from(bad.to_owned())).is_err(), "{bad}");
+        }
+    }
 }

@@ -36,6 +36,7 @@ const MAX_ARITY: usize = 8;
 
 /// Registers one static module per connector, one function per allowed arity per action.
 pub(crate) fn register(engine: &mut Engine, registry: &Registry) {
+    let mut tools = crate::canary::Tools::default();
     for connector in registry.iter() {
         let mut module = Module::new();
         for spec in connector.actions() {
@@ -59,9 +60,21 @@ pub(crate) fn register(engine: &mut Engine, registry: &Registry) {
             for arity in min..=action.spec.params.len() {
                 set_arity(&mut module, action.clone(), arity);
             }
+            match action.qualified.as_str() {
+                "traffic::shift" => tools.shift = Some(action),
+                "traffic::reset" => tools.reset = Some(action),
+                "prom::check" => tools.check = Some(action),
+                _ => {}
+            }
         }
         engine.register_static_module(connector.name(), module.into());
     }
+    crate::canary::register(engine, tools);
+    // `connected("am")`: whether a connector is configured, for steps a runbook can do without.
+    let names: Vec<String> = registry.iter().map(|c| c.name().to_owned()).collect();
+    engine.register_fn("connected", move |name: &str| {
+        names.iter().any(|n| n == name)
+    });
 }
 
 /// Rhai functions have a fixed arity; one closure per arity forwards to [`Action::call`].
@@ -86,7 +99,7 @@ fn set_arity(module: &mut Module, action: Arc<Action>, arity: usize) {
     }
 }
 
-struct Action {
+pub(crate) struct Action {
     /// `connector::action`, the step's name.
     qualified: String,
     connector: Arc<dyn Connector>,
@@ -94,7 +107,8 @@ struct Action {
 }
 
 impl Action {
-    fn call(&self, args: Vec<Dynamic>) -> Result<Dynamic, ScriptError> {
+    /// Runs the action as a journaled step of the current run (positional arguments).
+    pub(crate) fn call(&self, args: Vec<Dynamic>) -> Result<Dynamic, ScriptError> {
         let (named, bad_argument) = self.arguments(&args);
         let checked = |cx: &RunContext, step: u32| -> Result<(), LeafResult> {
             if let Some(message) = bad_argument.clone() {

@@ -8,7 +8,9 @@
 //!   [`Limits`], [`compile`];
 //! - `step`: the per-thread run context and the journaling around every step;
 //! - `builtins`: `step(name, || ...)`, `log`, `sleep`, `now`, `fail`, `evidence`;
-//! - `connectors`: `<connector>::<action>(args...)` for every registered connector;
+//! - `connectors`: `<connector>::<action>(args...)` for every registered connector, and
+//!   `connected(name)`, whether one is configured;
+//! - `canary`: `canary(opts)`, a progressive canary analysis over `traffic::` and `prom::`;
 //! - [`policy`]: the retry policy for connector errors.
 //!
 //! What a script sees: a constant `ctx` map (`event`, `labels`, `annotations`, `params`,
@@ -16,6 +18,7 @@
 //! defined with `fn` do not see `ctx`; pass it as an argument.
 
 mod builtins;
+mod canary;
 mod connectors;
 pub mod policy;
 mod runner;

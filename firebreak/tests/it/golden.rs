@@ -2,7 +2,9 @@
 //! (`event.json`), the cluster it runs against (`cluster.yaml`, then `update.yaml` if present)
 //! and the expected audit trail (`expected.trail`: record types, step names and statuses, one
 //! per line; no times, ids or hashes). One test replays them all with
-//! `firebreak run --event FILE` against kubesim and compares.
+//! `firebreak run --event FILE` against kubesim and compares. A case with a `prometheus` file
+//! also gets the real Prometheus, scraping kubesim's traffic metrics every second (the canary
+//! analysis needs them); the replay starts once Prometheus has seen traffic.
 //!
 //! To re-record after an intended change: `FIREBREAK_BLESS=1 cargo test -p firebreak --test it
 //! golden`, then review the diff of the `.trail` files.
@@ -12,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Cluster, Journal, crate_dir, firebreak, repo_root, wait_for};
+use crate::harness::{Cluster, Journal, Prometheus, crate_dir, firebreak, repo_root, wait_for};
 
 /// The image kubesim makes crash-loop (used by `crashloop-triage/cluster.yaml`).
 const CRASHLOOP_IMAGE: &str = "registry.example.invalid/ml/fraud-model:v3-crashloop";
@@ -83,7 +85,7 @@ async fn replay(case: &Path) -> Vec<String> {
         }
     }
     let data = tempfile::tempdir().unwrap();
-    let env = [
+    let mut env = vec![
         (
             "FIREBREAK_RUNBOOKS",
             repo_root().join("runbooks").display().to_string(),
@@ -94,6 +96,21 @@ async fn replay(case: &Path) -> Vec<String> {
             cluster.kubeconfig.display().to_string(),
         ),
     ];
+    let _prometheus = if case.join("prometheus").exists() {
+        let prom =
+            Prometheus::start(&[("kubesim", cluster.sim.addr())], "groups: []\n", None).await;
+        wait_for(
+            "Prometheus to see traffic",
+            Duration::from_secs(30),
+            || prom.log_tail(),
+            || prom.value("sum(rate(istio_requests_total[5s])) > 0"),
+        )
+        .await;
+        env.push(("FIREBREAK_PROMETHEUS_URL", prom.base.clone()));
+        Some(prom)
+    } else {
+        None
+    };
     let event = case.join("event.json");
     let out = firebreak(
         &[
@@ -107,8 +124,16 @@ async fn replay(case: &Path) -> Vec<String> {
     )
     .await;
     let journal = Journal::read(&data.path().join("audit.jsonl"));
-    assert!(out.success(), "replay of {} failed: {out}", case.display());
-    trail(&journal)
+    let trail = trail(&journal);
+    // A run that fails on purpose says so in its trail (compared below); anything else is not
+    // a replay.
+    let failed_run = trail.last().is_some_and(|l| l == "run_finished failed");
+    assert!(
+        out.success() || (out.code == Some(1) && failed_run),
+        "replay of {} failed: {out}",
+        case.display()
+    );
+    trail
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -5,7 +5,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::harness::{FIREBREAK, Journal, Serve, ServeOpts, wait_for, write_runbooks};
+use crate::harness::{Journal, Serve, ServeOpts, wait_for, write_runbooks};
 
 const SLOW: &[(&str, &str)] = &[
     (
@@ -20,7 +20,7 @@ const SLOW: &[(&str, &str)] = &[
 
 /// `firebreak run slow` as a child process on `data`, with the given runbooks.
 fn spawn_run(runbooks: &std::path::Path, data: &std::path::Path) -> tokio::process::Child {
-    let mut cmd = tokio::process::Command::new(FIREBREAK);
+    let mut cmd = tokio::process::Command::new(crate::harness::firebreak_bin());
     cmd.args(["run", "slow", "--actor", "ann"])
         .env("FIREBREAK_DATA_DIR", data)
         .env("FIREBREAK_RUNBOOKS", runbooks)

@@ -1,5 +1,8 @@
 //! End-to-end tests of the `firebreak` binary, driven as a user would: the real binary, the real
-//! Alertmanager, nats-server and kubectl, kubesim in process. Start at `harness`.
+//! Alertmanager, nats-server and kubectl, kubesim in process. Start at `harness` (the
+//! `firebreak-tests` crate, shared with the scenario tests in `tests/`).
+
+use firebreak_tests as harness;
 
 mod alertmanager;
 mod bad_input;
@@ -7,13 +10,11 @@ mod cli;
 mod demo;
 mod full_disk;
 mod golden;
-mod harness;
 mod interactive;
 mod nats_outage;
 mod restart;
 mod runaway;
 mod runbooks;
 mod safe_runs;
-mod scenario1;
 mod tenancy;
 mod watcher;

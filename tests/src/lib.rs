@@ -1,6 +1,7 @@
-//! The test harness: the real `firebreak` binary, the real Alertmanager and the real `kubectl`,
-//! each on loopback with its own temp dir, killed on drop, with bounded waits that say what they
-//! waited for.
+//! The end-to-end test harness: the real `firebreak` binary, the real Alertmanager, Prometheus
+//! and `kubectl`, each on loopback with its own temp dir, killed on drop, with bounded waits that
+//! say what they waited for. Used by the scenario tests in this crate (`scenarios/`) and by the
+//! binary's own end-to-end tests (`firebreak/tests/it`).
 //!
 //! Start at [`Serve::start`] (a `firebreak serve` process), [`firebreak`] (one CLI command),
 //! [`Alertmanager::start`] and [`kubectl`]. [`Journal`] reads `DATA/audit.jsonl` the way an
@@ -21,20 +22,43 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long one CLI command may take.
 const CLI_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The binary under test.
-pub const FIREBREAK: &str = env!("CARGO_BIN_EXE_firebreak");
+/// The binary under test: `FIREBREAK_BIN`, else `firebreak` in the target directory the test
+/// executable was built into (`target/<profile>/deps/TEST` → `target/<profile>/firebreak`),
+/// which `cargo test --workspace` and `./scripts/test` build first.
+pub fn firebreak_bin() -> &'static Path {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let bin = std::env::var_os("FIREBREAK_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                let exe = std::env::current_exe().expect("the test executable's path");
+                let profile = exe
+                    .parent()
+                    .and_then(Path::parent)
+                    .expect("the test executable lives in target/<profile>/deps");
+                profile.join(format!("firebreak{}", std::env::consts::EXE_SUFFIX))
+            });
+        assert!(
+            bin.is_file(),
+            "{} is missing: build it first (`cargo build -p firebreak`; ./scripts/test and \
+             `cargo test --workspace` do) or point FIREBREAK_BIN at it",
+            bin.display()
+        );
+        bin
+    })
+}
 
 /// The repository root (the shipped runbooks and fixtures live there).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .expect("firebreak/ has a parent")
+        .expect("tests/ has a parent")
         .to_owned()
 }
 
 /// `firebreak/` (fixtures, demo manifests, golden files).
 pub fn crate_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    repo_root().join("firebreak")
 }
 
 /// A reqwest client (the ring provider installed first, as every process must).
@@ -127,7 +151,7 @@ impl std::fmt::Display for Output {
 
 /// Runs `firebreak ARGS` with `env` (and no inherited FIREBREAK_* settings), bounded.
 pub async fn firebreak(args: &[&str], env: &[(&str, String)]) -> Output {
-    let mut cmd = tokio::process::Command::new(FIREBREAK);
+    let mut cmd = tokio::process::Command::new(firebreak_bin());
     cmd.args(args)
         .env("RUST_BACKTRACE", "0")
         .env("NO_COLOR", "1")
@@ -189,7 +213,7 @@ fn spawn_serve(
     n: u32,
 ) -> (Child, PathBuf) {
     let log = dir.join(format!("serve-{n}.log"));
-    let mut cmd = Command::new(FIREBREAK);
+    let mut cmd = Command::new(firebreak_bin());
     if let Some(config) = config {
         cmd.arg("--config").arg(config);
     }
@@ -778,4 +802,163 @@ impl Cluster {
 pub fn latency_alert() -> String {
     std::fs::read_to_string(crate_dir().join("fixtures/alertmanager-model-latency-high.json"))
         .expect("fixture")
+}
+
+/// A real Prometheus (`/usr/bin/prometheus`) scraping `targets` (`job` → `host:port`, path
+/// `/metrics`) every second, evaluating `rules` every second and sending alerts to
+/// `alertmanager` (a base URL) if given; killed on drop.
+pub struct Prometheus {
+    child: Child,
+    pub base: String,
+    dir: TempDir,
+}
+
+impl Prometheus {
+    pub async fn start(
+        targets: &[(&str, std::net::SocketAddr)],
+        rules: &str,
+        alertmanager: Option<&str>,
+    ) -> Prometheus {
+        let dir = tempfile::tempdir().expect("prometheus temp dir");
+        std::fs::write(dir.path().join("rules.yml"), rules).expect("write rules");
+        let mut config = String::from(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [rules.yml]\n",
+        );
+        if let Some(am) = alertmanager {
+            let host = am.trim_start_matches("http://");
+            config.push_str(&format!(
+                "alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['{host}']\n"
+            ));
+        }
+        config.push_str("scrape_configs:\n");
+        for (job, addr) in targets {
+            config.push_str(&format!(
+                "  - job_name: {job}\n    static_configs:\n      - targets: ['{addr}']\n"
+            ));
+        }
+        let file = dir.path().join("prometheus.yml");
+        std::fs::write(&file, config).expect("write prometheus.yml");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("prom log");
+        let child = Command::new("/usr/bin/prometheus")
+            .arg(format!("--config.file={}", file.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn prometheus");
+        let prom = Prometheus {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            dir,
+        };
+        let client = http();
+        let url = format!("{}/-/ready", prom.base);
+        wait_for(
+            "prometheus /-/ready",
+            READY_TIMEOUT,
+            || prom.log_tail(),
+            || {
+                let client = client.clone();
+                let url = url.clone();
+                async move {
+                    let ok = client.get(&url).send().await.ok()?.status().is_success();
+                    ok.then_some(())
+                }
+            },
+        )
+        .await;
+        prom
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text =
+            std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let start = lines.len().saturating_sub(30);
+        format!("--- prometheus log (tail)\n{}", lines[start..].join("\n"))
+    }
+
+    /// An instant query's single value; `None` for no data (or an error, logged).
+    pub async fn value(&self, promql: &str) -> Option<f64> {
+        let encoded: String = promql
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                other => format!("%{other:02X}"),
+            })
+            .collect();
+        let resp = http()
+            .post(format!("{}/api/v1/query", self.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("query={encoded}"))
+            .send()
+            .await
+            .ok()?;
+        let body: Value = resp.json().await.ok()?;
+        let result = body["data"]["result"].as_array()?;
+        match result.as_slice() {
+            [one] => one["value"][1].as_str()?.parse().ok(),
+            _ => None,
+        }
+    }
+
+    /// The alerts Prometheus holds (`/api/v1/alerts`): `(alertname, state)`.
+    pub async fn alerts(&self) -> Vec<(String, String)> {
+        let Ok(resp) = http()
+            .get(format!("{}/api/v1/alerts", self.base))
+            .send()
+            .await
+        else {
+            return Vec::new();
+        };
+        let body: Value = resp.json().await.unwrap_or_default();
+        body["data"]["alerts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| {
+                (
+                    a["labels"]["alertname"].as_str().unwrap_or("").to_owned(),
+                    a["state"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Alertmanager {
+    /// The active alerts Alertmanager holds (`/api/v2/alerts`): each one's labels.
+    pub async fn active(&self) -> Vec<Value> {
+        let Ok(resp) = http()
+            .get(format!("{}/api/v2/alerts", self.base))
+            .send()
+            .await
+        else {
+            return Vec::new();
+        };
+        let body: Value = resp.json().await.unwrap_or_default();
+        body.as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| a["labels"].clone())
+            .collect()
+    }
 }

@@ -1,4 +1,9 @@
-//! `firebreak demo`: scenario 1 end to end on one machine, with nothing else running.
+//! `firebreak demo`: the mission's scenarios end to end on one machine. `--scenario 1` needs
+//! nothing else running; `--scenario 2` (in `demo_canary`) also starts the real Prometheus and
+//! Alertmanager; without a flag both run (scenario 2 is skipped, saying what to install, where
+//! they are missing).
+//!
+//! Scenario 1:
 //!
 //! 1. kubesim starts in process; `ml-serving/fraud-model` is deployed at v1 behind a Service,
 //!    then rolled to v2 (revision 2), as a team would ship a new model version.
@@ -51,6 +56,22 @@ pub const SHIPPED_RUNBOOKS: &[(&str, &str)] = &[
         "quarantine-pod.rhai",
         include_str!("../../runbooks/quarantine-pod.rhai"),
     ),
+    (
+        "canary-rollback.yaml",
+        include_str!("../../runbooks/canary-rollback.yaml"),
+    ),
+    (
+        "canary-rollback.rhai",
+        include_str!("../../runbooks/canary-rollback.rhai"),
+    ),
+    (
+        "canary-progressive.yaml",
+        include_str!("../../runbooks/canary-progressive.yaml"),
+    ),
+    (
+        "canary-progressive.rhai",
+        include_str!("../../runbooks/canary-progressive.rhai"),
+    ),
 ];
 
 /// The cluster the demo starts with.
@@ -60,6 +81,10 @@ pub const LATENCY_ALERT: &str = include_str!("../fixtures/alertmanager-model-lat
 
 #[derive(Args)]
 pub struct DemoArgs {
+    /// Which scenario: 1 (a bad model version rolled back), 2 (a canary shifted back when its
+    /// error rate breaches), or both (the default).
+    #[arg(long, value_parser = ["1", "2", "all"], default_value = "all")]
+    pub scenario: String,
     /// Keep the simulated cluster running afterwards (until Ctrl-C) to look around with kubectl.
     #[arg(long)]
     pub keep: bool,
@@ -75,7 +100,32 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| tmp.path().to_owned());
     std::fs::create_dir_all(&work)?;
+    let (one, two) = match args.scenario.as_str() {
+        "1" => (true, false),
+        "2" => (false, true),
+        _ => (true, true),
+    };
+    if one {
+        println!(
+            "\n━━ scenario 1: a new model version raised latency → back to the previous ReplicaSet"
+        );
+        scenario1(&args, &work).await?;
+    }
+    if two {
+        println!(
+            "\n━━ scenario 2: a canary's error rate breaches → traffic shifted back, canary rolled back"
+        );
+        match crate::demo_canary::missing() {
+            Some(why) if one => println!("\n   skipped: {why}"),
+            Some(why) => bail!("{why}"),
+            None => crate::demo_canary::scenario2(&work.join("scenario2")).await?,
+        }
+    }
+    Ok(())
+}
 
+/// Scenario 1 in `work`.
+async fn scenario1(args: &DemoArgs, work: &Path) -> Result<()> {
     heading("1. a simulated cluster: ml-serving/fraud-model, v1 then v2");
     let sim = kubesim::Sim::start(kubesim::SimConfig {
         controllers: kubesim::ControllerConfig {
@@ -188,7 +238,7 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     Ok(())
 }
 
-fn heading(text: &str) {
+pub(crate) fn heading(text: &str) {
     println!("\n── {text}");
 }
 

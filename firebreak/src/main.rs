@@ -14,6 +14,7 @@ mod bench;
 mod check;
 mod config;
 mod demo;
+mod demo_canary;
 mod progress;
 mod run;
 mod serve;

@@ -1,5 +1,6 @@
-//! `firebreak demo`, the README's first command, runs to completion and ends with fraud-model
-//! back on v1 as revision 3.
+//! `firebreak demo`, the README's first command, runs to completion: scenario 1 ends with
+//! fraud-model back on v1 as revision 3; scenario 2 (with the real Prometheus and
+//! Alertmanager) ends with the bad canary shifted back, at zero, and its alert resolved.
 
 use crate::harness::firebreak;
 
@@ -7,7 +8,17 @@ use crate::harness::firebreak;
 async fn demo_rolls_fraud_model_back_to_v1_as_revision_3() {
     let work = tempfile::tempdir().unwrap();
     let data = work.path().join("demo");
-    let out = firebreak(&["demo", "--data-dir", data.to_str().unwrap()], &[]).await;
+    let out = firebreak(
+        &[
+            "demo",
+            "--scenario",
+            "1",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await;
     assert!(out.success(), "firebreak demo failed: {out}");
     let history = out
         .stdout
@@ -37,6 +48,59 @@ async fn demo_rolls_fraud_model_back_to_v1_as_revision_3() {
         &[(
             "FIREBREAK_DATA_DIR",
             data.join("data").display().to_string(),
+        )],
+    )
+    .await;
+    assert!(verify.success(), "{verify}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_whole_demo_runs_both_scenarios_and_the_canary_is_shifted_back() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("demo");
+    let out = firebreak(&["demo", "--data-dir", data.to_str().unwrap()], &[]).await;
+    assert!(out.success(), "firebreak demo failed: {out}");
+    let (one, two) = out
+        .stdout
+        .split_once("━━ scenario 2")
+        .unwrap_or_else(|| panic!("no scenario 2 in the demo: {out}"));
+    assert!(one.contains("━━ scenario 1"), "{out}");
+    assert!(one.contains("current revision 3"), "{one}");
+    // The weights stepped up through passing gates, then a gate failed at 50%.
+    let gates: Vec<&str> = two
+        .lines()
+        .filter(|l| l.contains("│ canary ") && l.contains("% │"))
+        .collect();
+    assert!(gates.len() >= 3, "{two}");
+    assert!(
+        gates[0].contains(" 10% ") && gates[0].ends_with("pass"),
+        "{gates:?}"
+    );
+    assert!(
+        gates
+            .iter()
+            .any(|g| g.contains(" 50% ") && g.ends_with("fail")),
+        "{gates:?}"
+    );
+    assert!(
+        !gates.iter().any(|g| g.contains(" 100% ")),
+        "never promoted: {gates:?}"
+    );
+    assert!(
+        two.contains("recommender-primary 100, recommender-canary 0"),
+        "{two}"
+    );
+    assert!(
+        two.contains("the breach, the shift back, the recovery"),
+        "{two}"
+    );
+    assert!(two.contains("canary-rollback: Succeeded"), "{two}");
+    assert!(two.contains("audit chain verified"), "{two}");
+    let verify = firebreak(
+        &["audit", "verify"],
+        &[(
+            "FIREBREAK_DATA_DIR",
+            data.join("scenario2/data").display().to_string(),
         )],
     )
     .await;

@@ -42,11 +42,24 @@ pub struct BenchArgs {
     /// the embedded bus.
     #[arg(long)]
     pub nats: Option<String>,
+    /// Measure alert arrival → remedy written for the shipped scenario-1 and scenario-2
+    /// runbooks against kubesim instead (see `bench_remedy`).
+    #[arg(long)]
+    pub remedy: bool,
+    /// `--remedy`: incidents per scenario (one alert each).
+    #[arg(long, default_value_t = 100)]
+    pub incidents: usize,
+    /// `--remedy`: alerts per second.
+    #[arg(long, default_value_t = 20)]
+    pub remedy_rate: u64,
 }
 
 const RUNBOOKS: usize = 50;
 
 pub async fn bench(args: BenchArgs) -> Result<()> {
+    if args.remedy {
+        return crate::bench_remedy::bench(args).await;
+    }
     let dir = tempfile::tempdir().context("creating a temp dir")?;
     let runbooks = dir.path().join("runbooks");
     write_runbooks(&runbooks)?;
@@ -150,6 +163,23 @@ fn write_runbooks(dir: &Path) -> Result<()> {
 }
 
 fn spawn_server(dir: &Path, runbooks: &Path, port: u16, nats: Option<&str>) -> Result<Child> {
+    spawn_server_with(
+        dir,
+        runbooks,
+        port,
+        nats,
+        &[("FIREBREAK_KUBERNETES_DISABLED", "1".into())],
+    )
+}
+
+/// `firebreak serve` on `port` with `env` added.
+pub(crate) fn spawn_server_with(
+    dir: &Path,
+    runbooks: &Path,
+    port: u16,
+    nats: Option<&str>,
+    env: &[(&str, String)],
+) -> Result<Child> {
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
     cmd.arg("serve")
@@ -158,16 +188,22 @@ fn spawn_server(dir: &Path, runbooks: &Path, port: u16, nats: Option<&str>) -> R
         .env("FIREBREAK_DATA_DIR", dir.join("data"))
         .env("FIREBREAK_RUNBOOKS", runbooks)
         .env("FIREBREAK_NATS_URL", nats.unwrap_or(""))
-        .env("FIREBREAK_KUBERNETES_DISABLED", "1")
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
     cmd.spawn().context("starting `firebreak serve`")
 }
 
-async fn wait_ready(http: &reqwest::Client, base: &str, server: &mut Child) -> Result<()> {
+pub(crate) async fn wait_ready(
+    http: &reqwest::Client,
+    base: &str,
+    server: &mut Child,
+) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(status) = server.try_wait()? {
@@ -376,7 +412,7 @@ fn start_latencies(journal: &Path, sent: &[(usize, SystemTime)]) -> Result<Vec<f
     Ok(out)
 }
 
-fn percentiles(mut v: Vec<f64>) -> (f64, f64) {
+pub(crate) fn percentiles(mut v: Vec<f64>) -> (f64, f64) {
     v.sort_by(f64::total_cmp);
     let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
     (at(0.50), at(0.99))
@@ -391,20 +427,20 @@ fn rss_kib(pid: u32, field: &str) -> Result<u64> {
         .with_context(|| format!("no {field} in /proc/{pid}/status"))
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
 }
 
 /// A private `nats-server -js` for `--nats spawn`.
-struct NatsChild {
-    url: String,
+pub(crate) struct NatsChild {
+    pub(crate) url: String,
     _child: Child,
 }
 
 impl NatsChild {
-    async fn spawn(dir: &Path) -> Result<NatsChild> {
+    pub(crate) async fn spawn(dir: &Path) -> Result<NatsChild> {
         let port = free_port()?;
         let store: PathBuf = dir.join("nats");
         let child = Command::new("nats-server")

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 mod audit_cmd;
 mod bench;
+mod bench_remedy;
 mod check;
 mod config;
 mod demo;

@@ -161,6 +161,7 @@ fn record(sim: &Sim, req: &Req, query: &str, code: u16) {
             .unwrap_or_default()
             .to_string(),
         code,
+        at: jiff::Timestamp::now(),
     };
     let mut inner = sim.lock();
     inner.audit.push_back(entry);

@@ -173,6 +173,8 @@ pub struct AuditEntry {
     pub accept: String,
     pub kubectl_command: String,
     pub code: u16,
+    /// When the answer was ready (a write: committed).
+    pub at: jiff::Timestamp,
 }
 
 /// A fault for clients' crash tests: the next `count` requests with this method whose path
@@ -415,6 +417,7 @@ impl Sim {
                 let started = tokio::time::Instant::now();
                 sim.reconcile();
                 let took = started.elapsed();
+                tracing::trace!(?took, "reconcile");
                 earliest = tokio::time::Instant::now() + took * 2;
                 wait = tick.max(took * 3);
             }
@@ -442,8 +445,10 @@ impl Sim {
                 apply_one(&mut inner.store, obj)
                     .map_err(|source| SimError::Refused { what, source })?,
             );
-            inner.reconcile();
         }
+        // Once for the whole text: the controllers see every object at once, as after a
+        // `kubectl apply -f` of many files (and a large manifest costs one pass, not one each).
+        inner.reconcile();
         Ok(out)
     }
 

@@ -222,3 +222,45 @@ async fn bench_prints_one_summary_line() {
         assert!(line.contains(part), "{part:?} missing: {line}");
     }
 }
+
+/// `firebreak bench --remedy`, small: alert → remedy written for both scenarios' shipped
+/// runbooks against kubesim, one summary line with a p50 and p99 of each.
+#[tokio::test(flavor = "multi_thread")]
+async fn remedy_bench_prints_one_summary_line() {
+    let out = firebreak(
+        &[
+            "bench",
+            "--remedy",
+            "--incidents",
+            "10",
+            "--remedy-rate",
+            "50",
+        ],
+        &[],
+    )
+    .await
+    .ok("bench --remedy");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    let line = lines[0];
+    assert!(
+        line.starts_with("bench[embedded] alert → remedy written (10 incidents each, 50/s): "),
+        "{line}"
+    );
+    let figures: Vec<f64> = line
+        .split(' ')
+        .zip(line.split(' ').skip(1))
+        .filter(|(k, _)| *k == "p50" || *k == "p99")
+        .map(|(_, v)| v.parse().unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    assert_eq!(figures.len(), 4, "{line}");
+    assert!(figures.iter().all(|ms| *ms > 0.0), "{line}");
+    assert!(
+        figures[0] <= figures[1] && figures[2] <= figures[3],
+        "{line}"
+    );
+    assert!(
+        line.contains("rollback p50") && line.contains("shift back p50"),
+        "{line}"
+    );
+}

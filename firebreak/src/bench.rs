@@ -63,19 +63,7 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
     let dir = tempfile::tempdir().context("creating a temp dir")?;
     let runbooks = dir.path().join("runbooks");
     write_runbooks(&runbooks)?;
-    let (nats_url, _nats) = match args.nats.as_deref() {
-        None => (None, None),
-        Some("spawn") => {
-            let server = NatsChild::spawn(dir.path()).await?;
-            (Some(server.url.clone()), Some(server))
-        }
-        Some(url) => (Some(url.to_string()), None),
-    };
-    let bus = if nats_url.is_some() {
-        "jetstream"
-    } else {
-        "embedded"
-    };
+    let (nats_url, _nats, bus) = bus_for(&args, dir.path()).await?;
 
     let port = free_port()?;
     let base = format!("http://127.0.0.1:{port}");
@@ -130,6 +118,22 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
         ms(ready),
     );
     Ok(())
+}
+
+/// The bus `--nats` asks for: its URL (none: embedded), the private nats-server to keep alive
+/// for `spawn`, and its name for the summary line.
+pub(crate) async fn bus_for(
+    args: &BenchArgs,
+    dir: &Path,
+) -> Result<(Option<String>, Option<NatsChild>, &'static str)> {
+    Ok(match args.nats.as_deref() {
+        None => (None, None, "embedded"),
+        Some("spawn") => {
+            let server = NatsChild::spawn(dir).await?;
+            (Some(server.url.clone()), Some(server), "jetstream")
+        }
+        Some(url) => (Some(url.to_string()), None, "jetstream"),
+    })
 }
 
 fn ms(d: Duration) -> f64 {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::bench::{BenchArgs, NatsChild, free_port, percentiles, spawn_server_with, wait_ready};
+use crate::bench::{BenchArgs, bus_for, free_port, percentiles, spawn_server_with, wait_ready};
 
 const NS: &str = "ml-serving";
 
@@ -27,19 +27,7 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
     let dir = tempfile::tempdir().context("creating a temp dir")?;
     let runbooks = dir.path().join("runbooks");
     write_runbooks(&runbooks)?;
-    let (nats_url, _nats) = match args.nats.as_deref() {
-        None => (None, None),
-        Some("spawn") => {
-            let server = NatsChild::spawn(dir.path()).await?;
-            (Some(server.url.clone()), Some(server))
-        }
-        Some(url) => (Some(url.to_string()), None),
-    };
-    let bus = if nats_url.is_some() {
-        "jetstream"
-    } else {
-        "embedded"
-    };
+    let (nats_url, _nats, bus) = bus_for(&args, dir.path()).await?;
     let mut lines = Vec::new();
     for scenario in [Scenario::Rollback, Scenario::ShiftBack] {
         let latencies =

@@ -606,46 +606,27 @@ impl Alertmanager {
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
-        let log = std::fs::File::create(dir.path().join("am.log")).expect("am log");
-        let child = Command::new("/usr/bin/prometheus-alertmanager")
-            .arg(format!(
-                "--config.file={}",
-                dir.path().join("alertmanager.yml").display()
-            ))
-            .arg(format!(
-                "--storage.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--cluster.listen-address=")
-            .arg("--log.level=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn prometheus-alertmanager");
-        let am = Alertmanager {
+        let child = spawn_ready(
+            "/usr/bin/prometheus-alertmanager",
+            &[
+                format!(
+                    "--config.file={}",
+                    dir.path().join("alertmanager.yml").display()
+                ),
+                format!("--storage.path={}", dir.path().join("data").display()),
+                format!("--web.listen-address=127.0.0.1:{port}"),
+                "--cluster.listen-address=".into(),
+                "--log.level=debug".into(),
+            ],
+            &dir.path().join("am.log"),
+            &format!("http://127.0.0.1:{port}/-/ready"),
+        )
+        .await;
+        Alertmanager {
             child,
             base: format!("http://127.0.0.1:{port}"),
             dir,
-        };
-        let client = http();
-        let url = format!("{}/-/ready", am.base);
-        wait_for(
-            "alertmanager /-/ready",
-            READY_TIMEOUT,
-            || am.log_tail(),
-            || {
-                let client = client.clone();
-                let url = url.clone();
-                async move {
-                    let ok = client.get(&url).send().await.ok()?.status().is_success();
-                    ok.then_some(())
-                }
-            },
-        )
-        .await;
-        am
+        }
     }
 
     pub fn log_tail(&self) -> String {
@@ -804,6 +785,48 @@ pub fn latency_alert() -> String {
         .expect("fixture")
 }
 
+/// Spawns `program ARGS` (stderr and stdout to `log`) and waits until `ready` answers 2xx;
+/// panics with the log's tail if it does not within [`READY_TIMEOUT`].
+async fn spawn_ready(program: &str, args: &[String], log: &Path, ready: &str) -> Child {
+    let out = std::fs::File::create(log).expect("program log");
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("program log"))
+        .stderr(out)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
+    let tail = || {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        format!(
+            "--- {program} log (tail)\n{}",
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        )
+    };
+    let client = http();
+    wait_for(
+        &format!("{program} at {ready}"),
+        READY_TIMEOUT,
+        tail,
+        || {
+            let client = client.clone();
+            async move {
+                let ok = client.get(ready).send().await.ok()?.status().is_success();
+                ok.then_some(())
+            }
+        },
+    )
+    .await;
+    if let Ok(Some(status)) = child.try_wait() {
+        panic!(
+            "{program} exited ({status}) right after it answered\n{}",
+            tail()
+        );
+    }
+    child
+}
+
 /// A real Prometheus (`/usr/bin/prometheus`) scraping `targets` (`job` → `host:port`, path
 /// `/metrics`) every second, evaluating `rules` every second and sending alerts to
 /// `alertmanager` (a base URL) if given; killed on drop.
@@ -842,41 +865,22 @@ impl Prometheus {
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
-        let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("prom log");
-        let child = Command::new("/usr/bin/prometheus")
-            .arg(format!("--config.file={}", file.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn prometheus");
-        let prom = Prometheus {
+        let child = spawn_ready(
+            "/usr/bin/prometheus",
+            &[
+                format!("--config.file={}", file.display()),
+                format!("--storage.tsdb.path={}", dir.path().join("data").display()),
+                format!("--web.listen-address=127.0.0.1:{port}"),
+            ],
+            &dir.path().join("prometheus.log"),
+            &format!("http://127.0.0.1:{port}/-/ready"),
+        )
+        .await;
+        Prometheus {
             child,
             base: format!("http://127.0.0.1:{port}"),
             dir,
-        };
-        let client = http();
-        let url = format!("{}/-/ready", prom.base);
-        wait_for(
-            "prometheus /-/ready",
-            READY_TIMEOUT,
-            || prom.log_tail(),
-            || {
-                let client = client.clone();
-                let url = url.clone();
-                async move {
-                    let ok = client.get(&url).send().await.ok()?.status().is_success();
-                    ok.then_some(())
-                }
-            },
-        )
-        .await;
-        prom
+        }
     }
 
     pub fn log_tail(&self) -> String {

@@ -998,6 +998,60 @@ pub async fn plan_restore(client: &kube::Client, args: &RestoreArgs) -> Result<I
     Ok(if unchanged { intent.noop() } else { intent })
 }
 
+/// The write half shared by `restore` and `promote`: brings Deployment `ns/name` to a state
+/// `holds` accepts by applying `change` to what was just read, with its resourceVersion.
+/// Already there: no write (`Ok(false)`). A Deployment that `untouched` says someone changed
+/// since the plan is a Conflict, never overwritten; a 409 from a harmless change (the
+/// controller moved the status) reads again and retries. The written object must satisfy
+/// `holds`, or the write did not take effect. `what` names the change in errors.
+async fn write_unless_changed(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    what: &str,
+    holds: impl Fn(&Deployment) -> bool,
+    untouched: impl Fn(&Deployment) -> bool,
+    change: impl Fn(&mut Deployment),
+) -> Result<bool, Error> {
+    for _ in 0..=CONFLICT_RETRIES {
+        let d = get(client, ns, name).await?;
+        if holds(&d) {
+            return Ok(false);
+        }
+        if !untouched(&d) {
+            return Err(Error::refused(
+                ErrorKind::Conflict,
+                format!(
+                    "deployment {} changed since the {what} was planned; not overwriting someone \
+                     else's change",
+                    id(ns, name)
+                ),
+            ));
+        }
+        let mut desired = d;
+        change(&mut desired);
+        if let Some(written) = replace_once(client, ns, name, desired).await? {
+            if !holds(&written) {
+                return Err(Error::refused(
+                    ErrorKind::Permanent,
+                    format!(
+                        "the API server accepted the {what} of {} but does not show it",
+                        id(ns, name)
+                    ),
+                ));
+            }
+            return Ok(true);
+        }
+    }
+    Err(Error::refused(
+        ErrorKind::Conflict,
+        format!(
+            "deployment {} kept changing; gave up after {CONFLICT_RETRIES} attempts",
+            id(ns, name)
+        ),
+    ))
+}
+
 /// `restore`, second half: writes the snapshot's spec with the resourceVersion just read,
 /// unless the Deployment already has it. On a 409, reads again and writes again only if its
 /// spec is still the one the plan saw (the controller moved the status); a spec someone
@@ -1014,51 +1068,25 @@ pub async fn apply_restore(
     }
     let spec = restorable(args)?;
     let from_spec: String = intent.field("from_spec").map_err(Error::from_action)?;
-    let name = args.snapshot.name.as_str();
-    for _ in 0..=CONFLICT_RETRIES {
-        let d = snapshot_target(client, args).await?;
-        let current = serde_json::to_value(&d.spec).unwrap_or_default();
-        if rollout::same_json(&current, &args.snapshot.spec) {
-            answer["changed"] = json!(false);
-            return Ok(answer);
-        }
-        if spec_digest(&d) != from_spec {
-            return Err(Error::refused(
-                ErrorKind::Conflict,
-                format!(
-                    "deployment {} changed since the restore was planned; not overwriting someone else's change",
-                    id(&args.ns, name)
-                ),
-            ));
-        }
-        let mut desired = d;
-        desired.spec = Some(spec.clone());
-        if let Some(written) = replace_once(client, &args.ns, name, desired).await? {
-            let ok = rollout::same_json(
-                &serde_json::to_value(&written.spec).unwrap_or_default(),
-                &args.snapshot.spec,
-            );
-            if !ok {
-                return Err(Error::refused(
-                    ErrorKind::Permanent,
-                    format!(
-                        "the API server accepted the restore of {} but its spec differs from the snapshot",
-                        id(&args.ns, name)
-                    ),
-                ));
-            }
-            info!(deployment = %id(&args.ns, name), "restored from snapshot");
-            answer["changed"] = json!(true);
-            return Ok(answer);
-        }
+    // A recreated Deployment is not the one the snapshot was taken of: refused by name first,
+    // then on every read inside the write.
+    snapshot_target(client, args).await?;
+    let (snap, uid) = (&args.snapshot.spec, &args.snapshot.uid);
+    let changed = write_unless_changed(
+        client,
+        &args.ns,
+        &args.snapshot.name,
+        "restore",
+        |d| rollout::same_json(&serde_json::to_value(&d.spec).unwrap_or_default(), snap),
+        |d| d.metadata.uid.as_ref() == Some(uid) && spec_digest(d) == from_spec,
+        |d| d.spec = Some(spec.clone()),
+    )
+    .await?;
+    if changed {
+        info!(deployment = %id(&args.ns, &args.snapshot.name), "restored from snapshot");
     }
-    Err(Error::refused(
-        ErrorKind::Conflict,
-        format!(
-            "deployment {} kept changing; gave up after {CONFLICT_RETRIES} attempts",
-            id(&args.ns, name)
-        ),
-    ))
+    answer["changed"] = json!(changed);
+    Ok(answer)
 }
 
 /// The stable Deployment's template once the canary is promoted: the canary's template (its
@@ -1135,49 +1163,25 @@ pub async fn apply_promote(
     let template: k8s_openapi::api::core::v1::PodTemplateSpec = serde_json::from_value(to.clone())
         .map_err(|e| Error::refused(ErrorKind::Permanent, format!("the planned template: {e}")))?;
     let from: String = intent.field("from_template").map_err(Error::from_action)?;
-    for _ in 0..=CONFLICT_RETRIES {
-        let d = get(client, &args.ns, &args.stable).await?;
-        let current = template_json(template_of(&d));
-        if rollout::same_json(&current, &to) {
-            answer["changed"] = json!(false);
-            return Ok(answer);
-        }
-        if rollout::json_digest(&current) != from {
-            return Err(Error::refused(
-                ErrorKind::Conflict,
-                format!(
-                    "deployment {} changed its template since the promotion was planned; not \
-                     overwriting someone else's change",
-                    id(&args.ns, &args.stable)
-                ),
-            ));
-        }
-        let mut desired = d;
-        if let Some(spec) = desired.spec.as_mut() {
-            spec.template = template.clone();
-        }
-        if let Some(written) = replace_once(client, &args.ns, &args.stable, desired).await? {
-            if !rollout::same_json(&template_json(template_of(&written)), &to) {
-                return Err(Error::refused(
-                    ErrorKind::Permanent,
-                    format!(
-                        "the API server accepted the promotion but {} runs another template",
-                        id(&args.ns, &args.stable)
-                    ),
-                ));
+    let changed = write_unless_changed(
+        client,
+        &args.ns,
+        &args.stable,
+        "promotion",
+        |d| rollout::same_json(&template_json(template_of(d)), &to),
+        |d| rollout::json_digest(&template_json(template_of(d))) == from,
+        |d| {
+            if let Some(spec) = d.spec.as_mut() {
+                spec.template = template.clone();
             }
-            info!(deployment = %id(&args.ns, &args.stable), canary = %args.canary, "canary promoted");
-            answer["changed"] = json!(true);
-            return Ok(answer);
-        }
+        },
+    )
+    .await?;
+    if changed {
+        info!(deployment = %id(&args.ns, &args.stable), canary = %args.canary, "canary promoted");
     }
-    Err(Error::refused(
-        ErrorKind::Conflict,
-        format!(
-            "deployment {} kept changing; gave up after {CONFLICT_RETRIES} attempts",
-            id(&args.ns, &args.stable)
-        ),
-    ))
+    answer["changed"] = json!(changed);
+    Ok(answer)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! Every field has a default, so with no file at all `firebreak serve` runs the embedded
 //! default (in-process bus, local store under `.firebreak/`). Environment variables win over
 //! the file: `FIREBREAK_LISTEN`, `FIREBREAK_DATA_DIR`, `FIREBREAK_RUNBOOKS`, `FIREBREAK_TEAMS`,
-//! `FIREBREAK_NATS_URL`, `FIREBREAK_ALERTMANAGER_TOKEN`, `FIREBREAK_KUBECONFIG`,
+//! `FIREBREAK_NATS_URL`, `FIREBREAK_ALERTMANAGER_TOKEN`, `FIREBREAK_API_TOKEN`, `FIREBREAK_KUBECONFIG`,
 //! `FIREBREAK_KUBERNETES_DISABLED`, `FIREBREAK_MAX_CONCURRENT_RUNS`, `FIREBREAK_AUDIT_PATH`,
 //! and, for each connector's settings, `FIREBREAK_<SECTION>_<KEY>` (`FIREBREAK_PROMETHEUS_URL`
 //! sets `connectors.prometheus.url`; see `serve::plugins`).
@@ -57,6 +57,41 @@ pub struct NatsConfig {
 pub struct AuthConfig {
     /// Bearer token Alertmanager must send (`http_config.authorization.credentials`).
     pub alertmanager_token: Option<String>,
+    /// Without a teams file: the bearer token every `POST /v1/trigger` must send; runs it
+    /// starts are recorded with the actor `api`. Absent (and no teams file): triggers are taken
+    /// only because `serve` listens on loopback alone, recorded as `local`.
+    pub api_token: Option<String>,
+}
+
+impl Config {
+    /// Why `serve` must not listen where it is configured to, if it must not: beyond loopback,
+    /// anyone who reaches the port could post alerts and start runbooks unless both the
+    /// webhook and the triggers are authenticated (Redis' protected mode, for the same reason).
+    pub fn exposure_problem(&self) -> Option<String> {
+        if self.listen.ip().is_loopback() {
+            return None;
+        }
+        let webhook = self.auth.alertmanager_token.is_some();
+        let triggers = self.auth.api_token.is_some() || self.teams.is_some();
+        if webhook && triggers {
+            return None;
+        }
+        let mut missing = Vec::new();
+        if !webhook {
+            missing.push("auth.alertmanager_token (FIREBREAK_ALERTMANAGER_TOKEN) for the webhook");
+        }
+        if !triggers {
+            missing.push(
+                "auth.api_token (FIREBREAK_API_TOKEN) or a teams file (FIREBREAK_TEAMS) for triggers",
+            );
+        }
+        Some(format!(
+            "refusing to listen on {} without authentication: anyone who reaches it could post \
+             alerts and start runbooks. Set {}; or listen on 127.0.0.1",
+            self.listen,
+            missing.join(", and ")
+        ))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -182,6 +217,9 @@ impl Config {
         }
         if let Some(v) = get("FIREBREAK_ALERTMANAGER_TOKEN") {
             self.auth.alertmanager_token = (!v.is_empty()).then_some(v);
+        }
+        if let Some(v) = get("FIREBREAK_API_TOKEN") {
+            self.auth.api_token = (!v.is_empty()).then_some(v);
         }
         if let Some(v) = get("FIREBREAK_KUBECONFIG") {
             self.kubernetes.kubeconfig = Some(v.into());

@@ -68,6 +68,9 @@ impl Engine {
         registry: Registry,
         progress: Option<ProgressSink>,
     ) -> Result<Engine> {
+        if let Some(problem) = cfg.exposure_problem() {
+            anyhow::bail!("{problem}");
+        }
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
         let metrics = metrics_handle();
@@ -148,7 +151,7 @@ impl Engine {
             alertmanager_token: cfg.auth.alertmanager_token.clone(),
             max_body_bytes: cfg.limits.max_body_bytes,
             validate_trigger: validate_trigger(runbooks.clone()),
-            authorize_trigger: authorize_trigger(dispatcher.clone()),
+            authorize_trigger: authorize_trigger(dispatcher.clone(), cfg.auth.api_token.clone()),
             metrics,
             ready: {
                 let journal = journal.clone();
@@ -298,31 +301,56 @@ fn validate_trigger(runbooks: Arc<Runbooks>) -> firebreak_ingest::ValidateTrigge
 /// belong to a member of the runbook's owner team. A known member refused is journaled at
 /// once; requests without a valid token are counted and journaled as one refusal every few
 /// seconds, so anyone who can reach the port cannot make the engine fsync at will.
-fn authorize_trigger(dispatcher: Arc<Dispatcher>) -> firebreak_ingest::AuthorizeTrigger {
-    Arc::new(move |token, runbook, actor| {
+fn authorize_trigger(
+    dispatcher: Arc<Dispatcher>,
+    api_token: Option<String>,
+) -> firebreak_ingest::AuthorizeTrigger {
+    Arc::new(move |token, runbook| {
         let loaded = dispatcher.runbooks.current();
+        let unknown = || Refused::UnknownRunbook(format!("no runbook named {runbook:?} is loaded"));
         let Some(teams) = loaded.set.teams() else {
-            return Ok(actor.unwrap_or("anonymous").to_string());
+            // Single-tenant: the API token, or (on loopback only, see `exposure_problem`) no
+            // authentication at all. Either way the actor is fixed, never the body's.
+            let actor = match &api_token {
+                Some(expected) => {
+                    let ok = token.is_some_and(|t| {
+                        firebreak_matcher::teams::constant_time_eq(
+                            t.as_bytes(),
+                            expected.as_bytes(),
+                        )
+                    });
+                    if !ok {
+                        dispatcher.note_unauthenticated(runbook);
+                        return Err(Refused::Unauthenticated(
+                            "missing or wrong bearer token (auth.api_token)".into(),
+                        ));
+                    }
+                    "api"
+                }
+                None => "local",
+            };
+            return loaded
+                .set
+                .get(runbook)
+                .map(|_| actor.to_owned())
+                .ok_or_else(unknown);
         };
-        let rb = loaded
-            .set
-            .get(runbook)
-            .ok_or_else(|| Refused::Forbidden(format!("unknown runbook {runbook}")))?;
-        let refusal = match token {
-            None => firebreak_matcher::Refusal::UnknownToken,
-            Some(token) => match teams.authorize_token(token, rb) {
-                Ok((_, member)) => return Ok(member.name.clone()),
-                Err(r) => r,
-            },
+        // The token before the runbook: names cannot be probed without a token.
+        let Some(actor) = token.and_then(|t| teams.member_by_token(t)) else {
+            dispatcher.note_unauthenticated(runbook);
+            return Err(Refused::Unauthenticated(
+                firebreak_matcher::Refusal::UnknownToken.to_string(),
+            ));
         };
-        if refusal.http_status() == 401 {
-            dispatcher.note_unauthenticated(&rb.manifest.name);
-            return Err(Refused::Unauthenticated(refusal.to_string()));
-        }
+        let rb = loaded.set.get(runbook).ok_or_else(unknown)?;
+        let refusal = match teams.can_trigger(actor, rb) {
+            Ok(()) => return Ok(actor.1.name.clone()),
+            Err(r) => r,
+        };
         // Audit the refusal without holding up the answer.
         let d = dispatcher.clone();
         let (runbook, team) = (rb.manifest.name.clone(), rb.manifest.team.clone());
-        let who = actor.unwrap_or("unknown").to_string();
+        let who = actor.1.name.clone();
         let reason = refusal.to_string();
         tokio::spawn(async move {
             d.journal_manual_refusal(&runbook, &team, &who, reason)
@@ -491,6 +519,10 @@ pub async fn connectors(
 
 /// `firebreak serve`.
 pub async fn serve(cfg: Config) -> Result<()> {
+    // Before anything connects anywhere.
+    if let Some(problem) = cfg.exposure_problem() {
+        anyhow::bail!("{problem}");
+    }
     let (registry, kube) = connectors(&cfg, false).await?;
     let engine = Engine::start(&cfg, registry, None).await?;
     if let Some(client) = kube {

@@ -48,6 +48,8 @@ const LOCK_SLACK: Duration = Duration::from_secs(60);
 
 /// How often failed trigger authentications are journaled, as one record for the period.
 pub const REFUSAL_SUMMARY_EVERY: Duration = Duration::from_secs(10);
+/// Most distinct runbook names counted apart between two refusal summaries.
+const REFUSAL_NAMES: usize = 64;
 
 /// Why a start must be retried later (the delivery is nak'ed).
 #[derive(Debug, thiserror::Error)]
@@ -599,13 +601,18 @@ impl Dispatcher {
     /// Counts a trigger that failed authentication. Such requests cost no write each (anyone
     /// can send them): they are journaled as one refusal per [`REFUSAL_SUMMARY_EVERY`] by
     /// [`Dispatcher::summarize_refusals`].
+    /// The runbook is whatever name the request gave (it is not looked up for an
+    /// unauthenticated caller): past [`REFUSAL_NAMES`] distinct names the rest are counted
+    /// together, so made-up names cannot grow the counter without bound.
     pub fn note_unauthenticated(&self, runbook: &str) {
-        *self
-            .unauthenticated
-            .lock()
-            .expect("refusal counter lock")
-            .entry(runbook.to_owned())
-            .or_default() += 1;
+        let mut counts = self.unauthenticated.lock().expect("refusal counter lock");
+        let key = if counts.contains_key(runbook) || counts.len() < REFUSAL_NAMES {
+            runbook
+        } else {
+            "(other names)"
+        };
+        *counts.entry(key.to_owned()).or_default() += 1;
+        drop(counts);
         metrics::counter!("firebreak_triggers_unauthenticated_total").increment(1);
     }
 

@@ -48,6 +48,50 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// The browser guard of both POST routes: a JSON body (415 otherwise) from no other site (403).
+/// A browser may send `text/plain` or a form to any address without asking first (no CORS
+/// preflight), and marks what it sends on another page's behalf with `Sec-Fetch-Site` and
+/// `Origin`; Alertmanager, curl and the CLI send neither.
+fn browser_guard(headers: &HeaderMap) -> Result<(), ApiError> {
+    let cross_site = |what: String| {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "cross_site",
+            format!(
+                "{what}: firebreak does not take requests a browser sends on another site's behalf"
+            ),
+        ))
+    };
+    if let Some(site) = headers.get("sec-fetch-site") {
+        let site = site.to_str().unwrap_or("?");
+        if !matches!(site, "same-origin" | "none") {
+            return cross_site(format!("Sec-Fetch-Site: {site}"));
+        }
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("?");
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        let own = host
+            .is_some_and(|h| origin == format!("http://{h}") || origin == format!("https://{h}"));
+        if !own {
+            return cross_site(format!("Origin: {origin}"));
+        }
+    }
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as Content-Type: application/json",
+        ));
+    }
+    Ok(())
+}
+
 /// Compares in time that does not depend on where the inputs differ.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -124,6 +168,7 @@ pub(crate) async fn alertmanager(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Accepted, ApiError> {
+    browser_guard(&headers)?;
     // An empty configured token means none (an unset environment variable, say).
     if let Some(expected) = state
         .alertmanager_token
@@ -189,6 +234,7 @@ pub(crate) async fn trigger(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Accepted, ApiError> {
+    browser_guard(&headers)?;
     let raw = body(raw, state.max_body_bytes)?;
     let request: TriggerRequest = serde_json::from_slice(&raw).map_err(|e| {
         if e.is_syntax() || e.is_eof() {
@@ -213,23 +259,19 @@ pub(crate) async fn trigger(
         ));
     }
     let key = idempotency_key(&headers)?;
-    if let Err(Invalid::UnknownRunbook(message)) =
-        (state.validate_trigger)(&request.runbook, &serde_json::Map::new())
-    {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_runbook",
-            message,
-        ));
-    }
+    // The token first, then the runbook: names cannot be probed without a token.
     let actor =
-        (state.authorize_trigger)(bearer(&headers), &request.runbook, request.actor.as_deref())
-            .map_err(|refused| match refused {
+        (state.authorize_trigger)(bearer(&headers), &request.runbook).map_err(|refused| {
+            match refused {
                 Refused::Unauthenticated(m) => {
                     ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m)
                 }
+                Refused::UnknownRunbook(m) => {
+                    ApiError::new(StatusCode::NOT_FOUND, "unknown_runbook", m)
+                }
                 Refused::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", m),
-            })?;
+            }
+        })?;
     // Checked now, not when the run would start: 202 means it will run.
     (state.validate_trigger)(&request.runbook, &request.params).map_err(
         |invalid| match invalid {

@@ -12,11 +12,16 @@
 //! | `GET /readyz` | 200 when the bus and the engine are ready, else 503 |
 //! | `GET /metrics` | Prometheus text format |
 //!
+//! Both POST routes take only `Content-Type: application/json` (else 415
+//! `unsupported_media_type`: a browser can send a form or text/plain cross-site without a CORS
+//! preflight) and refuse what a browser marks as cross-site (`Sec-Fetch-Site: cross-site` or
+//! `same-site`, or an `Origin` other than this server: 403 `cross_site`), before reading the body.
+//!
 //! Every error is JSON `{"error": {"code": "...", "message": "..."}}`: malformed JSON → 400
 //! `malformed_json`, a JSON body that is not the expected shape → 400 `invalid_request`, wrong
 //! webhook `version` → 422 `unsupported_version`, body over the limit → 413 `body_too_large`
 //! (one alert over the bus's message limit → 413 `event_too_large`),
-//! unknown runbook → 404 `unknown_runbook`, params that do not fit the manifest → 422
+//! unknown runbook (to an authenticated caller) → 404 `unknown_runbook`, params that do not fit the manifest → 422
 //! `invalid_params` (naming the param), missing or wrong token → 401 `unauthorized`, not a
 //! member of the runbook's owner team → 403 `forbidden`, bus unavailable → 503
 //! `bus_unavailable`, engine not ready (its audit journal cannot write) → 503 `not_ready` (both
@@ -37,11 +42,12 @@ pub use error::ApiError;
 
 /// Decides whether the caller of `POST /v1/trigger` may run a runbook.
 ///
-/// Arguments: the bearer token sent (if any), the runbook name (known to exist), and the actor
-/// the request body names (if any). Returns the actor to record (normally the member the token
-/// belongs to), or why the caller is refused.
+/// Arguments: the bearer token sent (if any) and the runbook name the body asks for. The token
+/// is checked first, so an unauthenticated caller learns nothing about which runbooks exist
+/// ([`Refused::Unauthenticated`] before [`Refused::UnknownRunbook`]). Returns the actor to
+/// record: the identity the token belongs to, never a name the body gives.
 pub type AuthorizeTrigger =
-    Arc<dyn Fn(Option<&str>, &str, Option<&str>) -> Result<String, Refused> + Send + Sync>;
+    Arc<dyn Fn(Option<&str>, &str) -> Result<String, Refused> + Send + Sync>;
 
 /// Checks a trigger against the runbook's manifest before it is accepted: `Ok` or why not.
 pub type ValidateTrigger = Arc<
@@ -65,6 +71,9 @@ pub enum Refused {
     /// No token, or a token that belongs to no one: 401.
     #[error("{0}")]
     Unauthenticated(String),
+    /// An authenticated caller names a runbook that is not loaded: 404.
+    #[error("{0}")]
+    UnknownRunbook(String),
     /// A known member who may not run this runbook (not in its owner team): 403.
     #[error("{0}")]
     Forbidden(String),

@@ -46,7 +46,8 @@ async fn run_and_audit_commands_against_a_serving_engine() {
         .await;
     let run = &journal.finished("note")[0];
     assert_eq!(run.status(), Some("succeeded"));
-    assert_eq!(run.records[0]["actor"], "ann");
+    // No authentication configured (loopback): the actor is `local`, not the `--actor` sent.
+    assert_eq!(run.records[0]["actor"], "local");
     assert_eq!(run.started().unwrap()["body"]["params"]["text"], "hello");
 
     let out = serve.cli(&["run", "--server", &serve.base, "nope"]).await;

@@ -16,5 +16,6 @@ mod restart;
 mod runaway;
 mod runbooks;
 mod safe_runs;
+mod secure;
 mod tenancy;
 mod watcher;

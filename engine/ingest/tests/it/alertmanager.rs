@@ -158,6 +158,7 @@ async fn with_a_token_configured_only_the_right_bearer_gets_in() {
     let response = server
         .http
         .post(server.url("/v1/alertmanager"))
+        .header("content-type", "application/json")
         .body(fixture("webhook-firing.json"))
         .send()
         .await
@@ -181,6 +182,7 @@ async fn a_closed_bus_is_503_with_retry_after_and_readyz_says_so() {
     let response = server
         .http
         .post(server.url("/v1/alertmanager"))
+        .header("content-type", "application/json")
         .body(fixture("webhook-firing.json"))
         .send()
         .await
@@ -228,4 +230,73 @@ async fn concurrent_senders_lose_and_duplicate_nothing() {
     let events = drain(&server.bus, &want).await;
     assert_eq!(events.len(), 400, "each event delivered once");
     assert_bus_quiet(&server.bus).await;
+}
+
+/// A browser page elsewhere cannot post alerts or triggers: a JSON endpoint takes only
+/// `application/json` (a form or text/plain post, which needs no CORS preflight, is 415), and
+/// a request a browser marks as cross-site (`Sec-Fetch-Site`, or an `Origin` that is not this
+/// server) is 403, before anything is read or published.
+#[tokio::test]
+async fn cross_site_and_non_json_posts_are_refused() {
+    let (server, _bus, _dir) = embedded(None).await;
+    let alert = fixture("webhook-firing.json");
+    for path in ["/v1/alertmanager", "/v1/trigger"] {
+        for content_type in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+        ] {
+            let response = server
+                .http
+                .post(server.url(path))
+                .bearer_auth("tok-ann")
+                .header("content-type", content_type)
+                .body(alert.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 415, "{path} {content_type}");
+            let body: serde_json::Value = response.json().await.unwrap();
+            assert_eq!(code(&body), "unsupported_media_type", "{body}");
+        }
+        let no_type = server
+            .http
+            .post(server.url(path))
+            .body(alert.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(no_type.status(), 415, "{path} without a content type");
+        for (header, value) in [
+            ("sec-fetch-site", "cross-site"),
+            ("sec-fetch-site", "same-site"),
+            ("origin", "https://evil.example"),
+            ("origin", "null"),
+        ] {
+            let response = server
+                .http
+                .post(server.url(path))
+                .bearer_auth("tok-ann")
+                .header("content-type", "application/json")
+                .header(header, value)
+                .body(alert.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 403, "{path} {header}: {value}");
+            let body: serde_json::Value = response.json().await.unwrap();
+            assert_eq!(code(&body), "cross_site", "{body}");
+        }
+    }
+    // application/json with a charset, and a same-origin request, are fine.
+    let response = server
+        .http
+        .post(server.url("/v1/alertmanager"))
+        .header("content-type", "application/json; charset=utf-8")
+        .header("sec-fetch-site", "same-origin")
+        .body(alert)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
 }

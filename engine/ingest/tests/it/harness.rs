@@ -43,7 +43,7 @@ fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-fn authorize(token: Option<&str>, runbook: &str, _actor: Option<&str>) -> Result<String, Refused> {
+fn authorize(token: Option<&str>, runbook: &str) -> Result<String, Refused> {
     let token = token.ok_or_else(|| Refused::Unauthenticated("missing bearer token".into()))?;
     let (_, member, team) = MEMBERS
         .iter()
@@ -52,11 +52,14 @@ fn authorize(token: Option<&str>, runbook: &str, _actor: Option<&str>) -> Result
     let owner = RUNBOOKS
         .iter()
         .find(|(r, _)| *r == runbook)
-        .map(|(_, o)| *o);
-    if owner != Some(*team) {
+        .map(|(_, o)| *o)
+        .ok_or_else(|| {
+            Refused::UnknownRunbook(format!("no runbook named {runbook:?} is loaded"))
+        })?;
+    if owner != *team {
         return Err(Refused::Forbidden(format!(
             "{member} is not a member of team {}, which owns {runbook}",
-            owner.unwrap_or("?")
+            owner
         )));
     }
     Ok((*member).to_owned())

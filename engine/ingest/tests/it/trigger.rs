@@ -41,6 +41,7 @@ async fn an_idempotency_key_makes_a_retry_the_same_event() {
         let response = server
             .http
             .post(server.url("/v1/trigger"))
+            .header("content-type", "application/json")
             .bearer_auth("tok-ann")
             .header("idempotency-key", "page-4711")
             .body(request("model-error-rate"))
@@ -57,6 +58,7 @@ async fn an_idempotency_key_makes_a_retry_the_same_event() {
     let response = server
         .http
         .post(server.url("/v1/trigger"))
+        .header("content-type", "application/json")
         .bearer_auth("tok-ann")
         .header("idempotency-key", "has space")
         .body(request("model-error-rate"))
@@ -211,4 +213,33 @@ async fn an_engine_that_cannot_journal_takes_nothing() {
     let (status, body) = server.post("/v1/alertmanager", None, alert).await;
     assert_eq!(status, 503, "{body}");
     assert_bus_quiet(&server.bus).await;
+}
+
+/// Runbook names cannot be probed without a token: authentication comes before the lookup.
+#[tokio::test]
+async fn an_unknown_runbook_without_a_token_is_401_not_404() {
+    let (server, _bus, _dir) = embedded(None).await;
+    for token in [None, Some("tok-nobody")] {
+        let (status, body) = server
+            .post("/v1/trigger", token, request("no-such-runbook"))
+            .await;
+        assert_eq!(status, 401, "{token:?}: {body}");
+        assert_eq!(code(&body), "unauthorized");
+    }
+}
+
+/// The actor is whoever the token belongs to; an `actor` in the body is not believed.
+#[tokio::test]
+async fn a_forged_actor_in_the_body_is_ignored() {
+    let (server, _bus, _dir) = embedded(None).await;
+    let body = serde_json::json!({
+        "runbook": "model-error-rate", "params": {}, "actor": "mallory",
+    })
+    .to_string();
+    let (status, answer) = server.post("/v1/trigger", Some("tok-ann"), body).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["actor"], "ann");
+    let want = accepted(&answer).into_iter().collect();
+    let events = drain(&server.bus, &want).await;
+    assert_eq!(events[0].data["actor"], "ann");
 }

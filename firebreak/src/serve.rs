@@ -150,7 +150,7 @@ impl Engine {
             bus: bus.clone(),
             alertmanager_token: cfg.auth.alertmanager_token.clone(),
             max_body_bytes: cfg.limits.max_body_bytes,
-            validate_trigger: validate_trigger(runbooks.clone()),
+            validate_trigger: validate_trigger(dispatcher.clone()),
             authorize_trigger: authorize_trigger(dispatcher.clone(), cfg.auth.api_token.clone()),
             metrics,
             ready: {
@@ -267,12 +267,32 @@ pub fn connector_specs() -> ConnectorSpecs {
         .collect()
 }
 
-/// `POST /v1/trigger` validation: the runbook exists and the params fit its manifest.
-fn validate_trigger(runbooks: Arc<Runbooks>) -> firebreak_ingest::ValidateTrigger {
-    Arc::new(move |runbook, params| {
+/// `POST /v1/trigger` validation: the runbook exists and the params fit its manifest; a
+/// namespace outside the runbook's is refused (403) and the refusal journaled.
+fn validate_trigger(dispatcher: Arc<Dispatcher>) -> firebreak_ingest::ValidateTrigger {
+    Arc::new(move |actor, runbook, params| {
         use firebreak_matcher::MatchError;
-        match runbooks.current().set.resolve_manual(runbook, params) {
+        let loaded = dispatcher.runbooks.current();
+        match loaded.set.resolve_manual(runbook, params) {
             Ok(_) => Ok(()),
+            Err(e @ MatchError::NamespaceNotAllowed { .. }) => {
+                let team = loaded
+                    .set
+                    .get(runbook)
+                    .map(|r| r.manifest.team.clone())
+                    .unwrap_or_default();
+                let (d, runbook, who, reason) = (
+                    dispatcher.clone(),
+                    runbook.to_owned(),
+                    actor.to_owned(),
+                    e.to_string(),
+                );
+                tokio::spawn(async move {
+                    d.journal_manual_refusal(&runbook, &team, &who, reason)
+                        .await
+                });
+                Err(Invalid::Forbidden(e.to_string()))
+            }
             Err(MatchError::UnknownRunbook { runbook }) => Err(Invalid::UnknownRunbook(format!(
                 "no runbook named {runbook:?} is loaded"
             ))),
@@ -296,11 +316,10 @@ fn validate_trigger(runbooks: Arc<Runbooks>) -> firebreak_ingest::ValidateTrigge
     })
 }
 
-/// `POST /v1/trigger` authorization. Without a teams file every caller may trigger (single-
-/// tenant mode, the actor named in the request is recorded). With one, the bearer token must
-/// belong to a member of the runbook's owner team. A known member refused is journaled at
-/// once; requests without a valid token are counted and journaled as one refusal every few
-/// seconds, so anyone who can reach the port cannot make the engine fsync at will.
+/// `POST /v1/trigger` authorization: who the bearer token belongs to (a member of the teams
+/// file, `api` for `auth.api_token`, `local` where nothing is configured and only loopback can
+/// reach the engine), then whether that identity may run the runbook (its owner team). The
+/// token is checked before the runbook is looked up; 403s are journaled, 401s counted.
 fn authorize_trigger(
     dispatcher: Arc<Dispatcher>,
     api_token: Option<String>,

@@ -273,18 +273,19 @@ pub(crate) async fn trigger(
             }
         })?;
     // Checked now, not when the run would start: 202 means it will run.
-    (state.validate_trigger)(&request.runbook, &request.params).map_err(
-        |invalid| match invalid {
+    (state.validate_trigger)(&actor, &request.runbook, &request.params).map_err(|invalid| {
+        match invalid {
             Invalid::UnknownRunbook(m) => {
                 ApiError::new(StatusCode::NOT_FOUND, "unknown_runbook", m)
             }
+            Invalid::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", m),
             Invalid::Param { .. } => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_params",
                 invalid.to_string(),
             ),
-        },
-    )?;
+        }
+    })?;
     engine_ready(&state)?;
     let runbook = request.runbook.clone();
     let dry_run = request.dry_run;

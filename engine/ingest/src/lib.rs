@@ -23,7 +23,7 @@
 //! (one alert over the bus's message limit → 413 `event_too_large`),
 //! unknown runbook (to an authenticated caller) → 404 `unknown_runbook`, params that do not fit the manifest → 422
 //! `invalid_params` (naming the param), missing or wrong token → 401 `unauthorized`, not a
-//! member of the runbook's owner team → 403 `forbidden`, bus unavailable → 503
+//! member of the runbook's owner team, or a namespace param outside the runbook's → 403 `forbidden`, bus unavailable → 503
 //! `bus_unavailable`, engine not ready (its audit journal cannot write) → 503 `not_ready` (both
 //! with `Retry-After`), so Alertmanager retries and nothing answered 2xx is ever lost.
 
@@ -50,8 +50,11 @@ pub type AuthorizeTrigger =
     Arc<dyn Fn(Option<&str>, &str) -> Result<String, Refused> + Send + Sync>;
 
 /// Checks a trigger against the runbook's manifest before it is accepted: `Ok` or why not.
+/// Arguments: the authenticated actor (for the audit of a refusal), the runbook, the params.
 pub type ValidateTrigger = Arc<
-    dyn Fn(&str, &serde_json::Map<String, serde_json::Value>) -> Result<(), Invalid> + Send + Sync,
+    dyn Fn(&str, &str, &serde_json::Map<String, serde_json::Value>) -> Result<(), Invalid>
+        + Send
+        + Sync,
 >;
 
 /// Why a trigger does not fit the runbook it names ([`ValidateTrigger`]).
@@ -63,6 +66,10 @@ pub enum Invalid {
     /// A param is unknown, missing or of the wrong type: 422, naming the field.
     #[error("param `{field}`: {reason}")]
     Param { field: String, reason: String },
+    /// The params ask for something the runbook may not touch (a namespace outside its
+    /// list): 403.
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 /// Why a trigger was refused by [`AuthorizeTrigger`].

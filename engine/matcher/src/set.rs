@@ -90,6 +90,17 @@ pub enum MatchError {
         /// Why the value does not fit.
         message: String,
     },
+    /// A hand-given namespace (the `namespace` or `ns` param) outside the runbook's
+    /// `namespaces` (HTTP 403).
+    #[error("runbook {runbook}: namespace `{namespace}` is outside its namespaces [{allowed}]")]
+    NamespaceNotAllowed {
+        /// The runbook.
+        runbook: String,
+        /// The namespace asked for.
+        namespace: String,
+        /// The runbook's namespaces, joined.
+        allowed: String,
+    },
     /// A `manual` event without `data.runbook`, `data.params` or `data.actor`.
     #[error("manual event {event_id} lacks data.runbook, data.params or data.actor")]
     MalformedManualEvent {
@@ -100,10 +111,12 @@ pub enum MatchError {
 
 impl MatchError {
     /// The HTTP status for a manual trigger refused with this error: 404 for an unknown
-    /// runbook, 400 for params that do not fit the manifest (and a malformed event).
+    /// runbook, 403 for a namespace the runbook may not touch, 400 for params that do not fit
+    /// the manifest (and a malformed event).
     pub fn http_status(&self) -> u16 {
         match self {
             MatchError::UnknownRunbook { .. } => 404,
+            MatchError::NamespaceNotAllowed { .. } => 403,
             MatchError::UnknownParam { .. }
             | MatchError::MissingParam { .. }
             | MatchError::BadParam { .. }
@@ -117,7 +130,8 @@ impl MatchError {
             MatchError::UnknownRunbook { runbook }
             | MatchError::UnknownParam { runbook, .. }
             | MatchError::MissingParam { runbook, .. }
-            | MatchError::BadParam { runbook, .. } => Some(runbook),
+            | MatchError::BadParam { runbook, .. }
+            | MatchError::NamespaceNotAllowed { runbook, .. } => Some(runbook),
             MatchError::MalformedManualEvent { .. } => None,
         }
     }
@@ -413,6 +427,18 @@ impl RunbookSet {
                     });
                 }
                 None => {}
+            }
+        }
+        // The person asks for a target; the runbook's namespaces bound what it may touch.
+        for key in ["namespace", "ns"] {
+            if let Some(ns) = params.get(key).and_then(Value::as_str)
+                && !manifest.namespaces.iter().any(|allowed| allowed == ns)
+            {
+                return Err(MatchError::NamespaceNotAllowed {
+                    runbook: runbook.to_owned(),
+                    namespace: ns.to_owned(),
+                    allowed: manifest.namespaces.join(", "),
+                });
             }
         }
         Ok(self.finish(rb, params, None))

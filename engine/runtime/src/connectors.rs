@@ -3,7 +3,7 @@
 //! [`Action::call`].
 //!
 //! Per call: arguments are converted to JSON and checked against the action's [`ParamSpec`]s;
-//! a mutating action whose namespace parameter is outside the run's namespaces is refused
+//! an action whose namespace parameter is outside the run's namespaces is refused
 //! (a `refusal` record, then a script error); the async connector runs through the runtime
 //! handle with a timeout, under cancel and the run's deadline; transient failures are retried
 //! per [`RetryPolicy`](crate::RetryPolicy); progress lines become `progress` records and reach
@@ -176,11 +176,9 @@ impl Action {
         (named, problem)
     }
 
-    /// The engine's tenancy rule: a mutating action only inside the runbook's namespaces.
+    /// The engine's tenancy rule: an action that names a namespace, reading or writing, only
+    /// inside the runbook's namespaces (another team's logs and events are theirs too).
     fn refusal(&self, cx: &RunContext, named: &Map<String, Value>) -> Option<String> {
-        if self.spec.effect != Effect::Mutate {
-            return None;
-        }
         let param = self.spec.namespace_param?;
         match named.get(param).and_then(Value::as_str) {
             Some(ns) if cx.namespaces.iter().any(|allowed| allowed == ns) => None,

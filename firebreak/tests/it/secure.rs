@@ -171,3 +171,68 @@ async fn without_authentication_the_actor_is_local_not_the_body() {
         .await;
     assert_eq!(journal.finished("note")[0].records[0]["actor"], "local");
 }
+
+/// A trigger whose namespace param is outside the runbook's namespaces is refused before it
+/// is accepted (403), and the refusal is in the audit with who asked.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trigger_for_a_namespace_outside_the_runbook_is_403_and_audited() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("runbooks");
+    write_runbooks(
+        &dir,
+        &[
+            (
+                "scale.yaml",
+                "name: scale\nteam: sre\ndescription: scales\nnamespaces: [shop]\n\
+                 params:\n  namespace: { type: string, required: true }\ntimeout: 30s\n",
+            ),
+            ("scale.rhai", "log(ctx.params.namespace);\n"),
+        ],
+    );
+    let serve = Serve::start(
+        &dir,
+        ServeOpts {
+            env: vec![("FIREBREAK_API_TOKEN", "api-secret".to_owned())],
+            ..ServeOpts::default()
+        },
+    )
+    .await;
+    let (status, body) = serve
+        .post(
+            "/v1/trigger",
+            Some("api-secret"),
+            json!({"runbook": "scale", "params": {"namespace": "kube-system"}}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "forbidden");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("namespace `kube-system` is outside"),
+        "{body}"
+    );
+    let journal = serve
+        .wait_journal("the refusal", Duration::from_secs(10), |j| {
+            !j.refusals().is_empty()
+        })
+        .await;
+    let refusal = journal.refusals()[0];
+    assert_eq!(refusal["actor"], "api");
+    assert_eq!(refusal["runbook"], "scale");
+    assert!(
+        journal
+            .runs_of("scale")
+            .iter()
+            .all(|r| r.status() != Some("succeeded"))
+    );
+    let (status, body) = serve
+        .post(
+            "/v1/trigger",
+            Some("api-secret"),
+            json!({"runbook": "scale", "params": {"namespace": "shop"}}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+}

@@ -68,6 +68,7 @@ fn authorize(token: Option<&str>, runbook: &str) -> Result<String, Refused> {
 /// The runbooks' params: `namespace` (a string) and `replicas` (an int), both optional;
 /// anything else is unknown.
 fn validate(
+    _actor: &str,
     runbook: &str,
     params: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<(), firebreak_ingest::Invalid> {

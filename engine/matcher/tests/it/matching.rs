@@ -285,3 +285,26 @@ fn the_default_key_of_a_manual_trigger_is_its_target() {
         "{warnings:?}"
     );
 }
+
+/// A hand-given namespace outside the runbook's `namespaces` is refused before anything
+/// starts (403), by hand and through a manual event on the bus alike.
+#[test]
+fn a_manual_trigger_for_another_namespace_is_refused() {
+    let set = data_set();
+    let outside = given(json!({"namespace": "team-b", "deployment": "fraud"}));
+    let err = set
+        .resolve_manual("model-error-rate", &outside)
+        .unwrap_err();
+    assert_eq!(err.http_status(), 403, "{err}");
+    assert!(
+        matches!(&err, MatchError::NamespaceNotAllowed { namespace, .. } if namespace == "team-b"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("outside"), "{err}");
+    let event = manual::trigger("model-error-rate", outside, "ann", false);
+    let err = set.matches(&event).remove(0).unwrap_err();
+    assert!(
+        matches!(err, MatchError::NamespaceNotAllowed { .. }),
+        "{err:?}"
+    );
+}

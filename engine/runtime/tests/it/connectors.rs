@@ -164,10 +164,9 @@ async fn a_retried_mutation_applies_its_intent_once() {
 async fn observing_actions_journal_evidence_and_progress_reaches_journal_and_sink() {
     let (h, _fake) = with_fake();
     let (sink, lines) = collecting_sink();
-    let mut p = plan("r1", r#"let pods = fake::pods("kube-system"); pods.len()"#);
+    let mut p = plan("r1", r#"let pods = fake::pods("shop"); pods.len()"#);
     p.progress = Some(sink);
     let (outcome, records) = run(&h, p).await;
-    // Observing outside the namespaces is allowed: only mutations are refused.
     assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
     assert_eq!(
         kinds(&records),
@@ -189,6 +188,27 @@ async fn observing_actions_journal_evidence_and_progress_reaches_journal_and_sin
         RecordBody::Evidence { data, .. } => assert_eq!(data.as_array().unwrap().len(), 2),
         other => panic!("{other:?}"),
     }
+}
+
+/// Reading is tenancy too: another team's pods, logs and events are refused like its writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observing_action_outside_the_runbooks_namespaces_is_refused_and_audited() {
+    let (h, fake) = with_fake();
+    let (outcome, records) = run(&h, plan("r1", r#"fake::pods("kube-system")"#)).await;
+    assert_eq!(outcome.status, RunStatus::Failed, "{outcome:?}");
+    assert!(
+        outcome.error.as_deref().is_some_and(|e| e.contains(
+            "namespace `kube-system` is outside runbook test-runbook's namespaces [shop]"
+        )),
+        "{outcome:?}"
+    );
+    assert_eq!(fake.count("pods"), 0, "the connector was never called");
+    assert!(
+        records.iter().any(
+            |r| matches!(&r.body, RecordBody::Refusal { action, .. } if action == "fake::pods")
+        ),
+        "{records:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

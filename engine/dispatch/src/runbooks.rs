@@ -85,6 +85,18 @@ impl Loaded {
     }
 }
 
+/// What a reload watches: the runbook folder's entries, and the teams file (a revoked token
+/// must stop working without a restart).
+fn fingerprint(dir: &Path, teams: Option<&Path>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    fingerprint_dir(dir).unwrap_or_default().hash(&mut hasher);
+    if let Some(teams) = teams {
+        std::fs::read(teams).ok().hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
 /// The runbooks in force, swapped whole on reload; a broken edit keeps the previous set.
 pub struct Runbooks {
     dir: PathBuf,
@@ -100,7 +112,7 @@ impl Runbooks {
         teams: Option<&Path>,
         connectors: ConnectorSpecs,
     ) -> Result<Runbooks, Vec<String>> {
-        let fingerprint = fingerprint_dir(dir).unwrap_or_default();
+        let fingerprint = fingerprint(dir, teams);
         // A missing folder is not an error for a server: it starts empty and picks the folder
         // up when it appears (the reload loop watches it). `firebreak check` still refuses it.
         let loaded = if dir.exists() {
@@ -125,10 +137,10 @@ impl Runbooks {
         self.current.read().expect("runbook lock poisoned").clone()
     }
 
-    /// Reloads when the folder changed. A set that fails to load is refused (logged with every
+    /// Reloads when the folder or the teams file changed. A set that fails to load is refused (logged with every
     /// problem) and the previous one keeps serving.
     pub fn reload_if_changed(&self) -> Result<bool, Vec<String>> {
-        let now = fingerprint_dir(&self.dir).unwrap_or_default();
+        let now = fingerprint(&self.dir, self.teams.as_deref());
         if self.fingerprint.swap(now, Ordering::SeqCst) == now {
             return Ok(false);
         }
@@ -245,5 +257,43 @@ mod tests {
                 format!("{path}:4:7: `helm::upgrade`: no connector `helm` (known: k8s)"),
             ]
         );
+    }
+
+    /// The teams file is reloaded with the runbooks: a revoked token stops working at the next
+    /// poll, without a restart.
+    #[test]
+    fn a_changed_teams_file_is_reloaded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("runbooks");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(
+            dir.join("hello.yaml"),
+            "name: hello\nteam: sre\ndescription: d\nnamespaces: [shop]\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("hello.rhai"), "log(\"hi\");\n").unwrap();
+        let teams = tmp.path().join("teams.yaml");
+        let with = |tokens: &str| {
+            format!(
+                "teams:\n  - name: sre\n    namespaces: [shop]\n    members:\n      \
+                 - name: ann\n        tokens: [{tokens}]\n"
+            )
+        };
+        std::fs::write(&teams, with("ann-token-0001")).unwrap();
+        let runbooks = Runbooks::load(&dir, Some(&teams), Vec::new()).unwrap();
+        let member = |rb: &Runbooks, token: &str| {
+            rb.current()
+                .set
+                .teams()
+                .and_then(|t| t.member_by_token(token).map(|(_, m)| m.name.clone()))
+        };
+        assert_eq!(member(&runbooks, "ann-token-0001").as_deref(), Some("ann"));
+        std::fs::write(&teams, with("ann-token-0002")).unwrap();
+        assert!(
+            runbooks.reload_if_changed().unwrap(),
+            "the teams file changed"
+        );
+        assert_eq!(member(&runbooks, "ann-token-0001"), None, "revoked");
+        assert_eq!(member(&runbooks, "ann-token-0002").as_deref(), Some("ann"));
     }
 }

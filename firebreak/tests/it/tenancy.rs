@@ -246,3 +246,57 @@ async fn unauthenticated_triggers_are_journaled_together_and_refusals_are_not_ru
         serve.log_tail()
     );
 }
+
+/// The teams file is reloaded like the runbooks: a token removed from it stops working within
+/// seconds, without a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_token_stops_working_without_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let teams = tmp.path().join("teams.yaml");
+    std::fs::write(&teams, TEAMS).unwrap();
+    let dir = tmp.path().join("runbooks");
+    write_runbooks(
+        &dir,
+        &[
+            (
+                "note.yaml",
+                "name: note\nteam: team-a\ndescription: notes\nnamespaces: [team-a]\ntimeout: 30s\n",
+            ),
+            ("note.rhai", "log(\"noted\");\n"),
+        ],
+    );
+    let serve = Serve::start(
+        &dir,
+        ServeOpts {
+            env: vec![("FIREBREAK_TEAMS", teams.display().to_string())],
+            ..ServeOpts::default()
+        },
+    )
+    .await;
+    let trigger = json!({"runbook": "note", "params": {}}).to_string();
+    let (status, body) = serve
+        .post("/v1/trigger", Some("alice-token-0001"), trigger.clone())
+        .await;
+    assert_eq!(status, 202, "{body}");
+    std::fs::write(
+        &teams,
+        TEAMS.replace("alice-token-0001", "alice-token-0003"),
+    )
+    .unwrap();
+    crate::harness::wait_for(
+        "the revoked token to be refused",
+        Duration::from_secs(10),
+        || serve.log_tail(),
+        || async {
+            let (status, _) = serve
+                .post("/v1/trigger", Some("alice-token-0001"), trigger.clone())
+                .await;
+            (status == 401).then_some(())
+        },
+    )
+    .await;
+    let (status, body) = serve
+        .post("/v1/trigger", Some("alice-token-0003"), trigger.clone())
+        .await;
+    assert_eq!(status, 202, "the new token works: {body}");
+}

@@ -18,7 +18,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -200,7 +200,9 @@ async fn scenario1(args: &DemoArgs, work: &Path) -> Result<()> {
 
     heading("4. the runbook runs");
     let journal = engine.dispatcher.journal.clone();
-    let run = wait_for_finished_run(&journal, Duration::from_secs(120)).await?;
+    let run =
+        crate::demo_canary::wait_run(&journal, "model-latency-rollback", Duration::from_secs(120))
+            .await?;
 
     heading("5. the audit trail");
     print!(
@@ -296,27 +298,4 @@ pub fn write_runbooks(dir: &Path) -> Result<()> {
         std::fs::write(dir.join(name), text)?;
     }
     Ok(())
-}
-
-async fn wait_for_finished_run(
-    journal: &firebreak_audit::Journal,
-    limit: Duration,
-) -> Result<firebreak_audit::RunSummary> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(run) = journal
-            .runs()
-            .into_iter()
-            .find(|r| r.runbook == "model-latency-rollback" && r.status.is_some())
-        {
-            return Ok(run);
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "model-latency-rollback did not finish within {}s",
-                limit.as_secs()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }

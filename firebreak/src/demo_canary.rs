@@ -266,13 +266,21 @@ pub async fn scenario2(work: &Path) -> Result<()> {
     println!("   ⚡ v2 goes bad at 50%: 30% of its answers are errors");
 
     let progressive = wait_run(&journal, "canary-progressive", Duration::from_secs(120)).await?;
+    println!(
+        "   canary-progressive: {:?}",
+        progressive.status.unwrap_or(RunStatus::Failed)
+    );
     heading("4. the alert: canary-rollback finds traffic back on v1 and waits for recovery");
     let rollback = wait_run(&journal, "canary-rollback", Duration::from_secs(180)).await?;
+    println!(
+        "   canary-rollback: {:?}",
+        rollback.status.unwrap_or(RunStatus::Failed)
+    );
 
     heading("5. the route's error rate through the demo (Prometheus, 1 s steps)");
     let chart = error_rate_chart(&prom_url, started).await?;
     println!("{chart}");
-    let route = engine_route(&sim)?;
+    let route = route_weights(&sim)?;
     println!("   HTTPRoute ml-serving/recommender now: {route}");
 
     heading("6. the audit trails");
@@ -309,7 +317,7 @@ pub async fn scenario2(work: &Path) -> Result<()> {
 }
 
 /// The route's weights, read from kubesim.
-fn engine_route(sim: &kubesim::SimHandle) -> Result<String> {
+fn route_weights(sim: &kubesim::SimHandle) -> Result<String> {
     let route = sim
         .sim()
         .get(
@@ -461,7 +469,8 @@ async fn wait_until(
     Ok(())
 }
 
-async fn wait_run(
+/// The first finished run of `runbook`, or an error after `limit`.
+pub(crate) async fn wait_run(
     journal: &Journal,
     runbook: &str,
     limit: Duration,

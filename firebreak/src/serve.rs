@@ -281,16 +281,7 @@ fn validate_trigger(dispatcher: Arc<Dispatcher>) -> firebreak_ingest::ValidateTr
                     .get(runbook)
                     .map(|r| r.manifest.team.clone())
                     .unwrap_or_default();
-                let (d, runbook, who, reason) = (
-                    dispatcher.clone(),
-                    runbook.to_owned(),
-                    actor.to_owned(),
-                    e.to_string(),
-                );
-                tokio::spawn(async move {
-                    d.journal_manual_refusal(&runbook, &team, &who, reason)
-                        .await
-                });
+                journal_refusal_later(&dispatcher, runbook, &team, actor, e.to_string());
                 Err(Invalid::Forbidden(e.to_string()))
             }
             Err(MatchError::UnknownRunbook { runbook }) => Err(Invalid::UnknownRunbook(format!(
@@ -314,6 +305,22 @@ fn validate_trigger(dispatcher: Arc<Dispatcher>) -> firebreak_ingest::ValidateTr
             }),
         }
     })
+}
+
+/// Journals a refused trigger without holding up the answer to it.
+fn journal_refusal_later(
+    dispatcher: &Arc<Dispatcher>,
+    runbook: &str,
+    team: &str,
+    actor: &str,
+    reason: String,
+) {
+    let d = dispatcher.clone();
+    let (runbook, team, actor) = (runbook.to_owned(), team.to_owned(), actor.to_owned());
+    tokio::spawn(async move {
+        d.journal_manual_refusal(&runbook, &team, &actor, reason)
+            .await
+    });
 }
 
 /// `POST /v1/trigger` authorization: who the bearer token belongs to (a member of the teams
@@ -366,15 +373,13 @@ fn authorize_trigger(
             Ok(()) => return Ok(actor.1.name.clone()),
             Err(r) => r,
         };
-        // Audit the refusal without holding up the answer.
-        let d = dispatcher.clone();
-        let (runbook, team) = (rb.manifest.name.clone(), rb.manifest.team.clone());
-        let who = actor.1.name.clone();
-        let reason = refusal.to_string();
-        tokio::spawn(async move {
-            d.journal_manual_refusal(&runbook, &team, &who, reason)
-                .await
-        });
+        journal_refusal_later(
+            &dispatcher,
+            &rb.manifest.name,
+            &rb.manifest.team,
+            &actor.1.name,
+            refusal.to_string(),
+        );
         Err(Refused::Forbidden(refusal.to_string()))
     })
 }

@@ -233,10 +233,6 @@ impl firebreak_connector::plugin::Plugin for Plugin {
         "kubernetes"
     }
 
-    fn settings(&self) -> Vec<firebreak_connector::plugin::Setting> {
-        Vec::new()
-    }
-
     fn actions(&self) -> Vec<ActionSpec> {
         spec::actions()
     }

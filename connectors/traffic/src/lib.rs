@@ -452,10 +452,6 @@ impl firebreak_connector::plugin::Plugin for Plugin {
         "traffic"
     }
 
-    fn settings(&self) -> Vec<firebreak_connector::plugin::Setting> {
-        Vec::new()
-    }
-
     fn actions(&self) -> Vec<ActionSpec> {
         spec::actions()
     }

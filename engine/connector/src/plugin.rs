@@ -61,8 +61,10 @@ pub trait Plugin: Send + Sync {
     fn module(&self) -> &'static str;
     /// Its configuration section, e.g. `prometheus` (`connectors.prometheus`).
     fn section(&self) -> &'static str;
-    /// Its settings.
-    fn settings(&self) -> Vec<Setting>;
+    /// Its settings (none by default: a connector built from shared clients only).
+    fn settings(&self) -> Vec<Setting> {
+        Vec::new()
+    }
     /// Its actions, whether or not it is configured here.
     fn actions(&self) -> Vec<ActionSpec>;
     /// Builds it; `Ok(None)` when it is not configured (then scripts calling it fail with a

@@ -196,6 +196,27 @@ struct Analysis<'a> {
     check: &'a Action,
 }
 
+/// What `canary()` answers: the outcome, the weight it ended at, the counts
+/// (`[failed checks, inconclusive intervals, intervals]`), why, and each interval's decision.
+fn summary(
+    outcome: &str,
+    weight: u32,
+    counts: [u32; 3],
+    reason: String,
+    history: &[Value],
+) -> Value {
+    let [failed, inconclusive, intervals] = counts;
+    json!({
+        "outcome": outcome,
+        "weight": weight,
+        "failed_checks": failed,
+        "inconclusive_intervals": inconclusive,
+        "intervals": intervals,
+        "reason": reason,
+        "history": history,
+    })
+}
+
 /// How one interval went.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Decision {
@@ -245,15 +266,13 @@ impl Analysis<'_> {
                 )?;
                 self.progress(weight, decision, &checks);
                 let end = |outcome: &str, weight: u32, reason: String| {
-                    json!({
-                        "outcome": outcome,
-                        "weight": weight,
-                        "failed_checks": failed,
-                        "inconclusive_intervals": inconclusive,
-                        "intervals": intervals,
-                        "reason": reason,
-                        "history": history,
-                    })
+                    summary(
+                        outcome,
+                        weight,
+                        [failed, inconclusive, intervals],
+                        reason,
+                        &history,
+                    )
                 };
                 if failed >= o.threshold {
                     self.roll_back()?;
@@ -276,15 +295,14 @@ impl Analysis<'_> {
             }
         }
         let last = steps.last().copied().unwrap_or_default();
-        Ok(json!({
-            "outcome": "passed",
-            "weight": last,
-            "failed_checks": failed,
-            "inconclusive_intervals": inconclusive,
-            "intervals": intervals,
-            "reason": format!("every gate passed up to {last}%"),
-            "history": history,
-        }))
+        let reason = format!("every gate passed up to {last}%");
+        Ok(summary(
+            "passed",
+            last,
+            [failed, inconclusive, intervals],
+            reason,
+            &history,
+        ))
     }
 
     fn set_weight(&self, weight: u32) -> Result<(), ScriptError> {

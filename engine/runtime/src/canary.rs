@@ -440,6 +440,36 @@ mod tests {
     }
 
     #[test]
+    fn bad_options_are_refused_with_a_reason() {
+        let base = json!({
+            "namespace": "ns", "route": "httproute/r", "stable": "v1", "canary": "v2",
+            "steps": [10, 50], "interval": "1s",
+            "metrics": [{"name": "errors", "query": "x", "op": "<", "threshold": 0.05}],
+        });
+        let with = |key: &str, value: Value| {
+            let mut o = base.clone();
+            o[key] = value;
+            crate::step::to_dynamic(&o).unwrap().cast::<RhaiMap>()
+        };
+        for (opts, says) in [
+            (with("colour", json!("red")), "unknown field `colour`"),
+            (with("interval", json!("soon")), "interval"),
+            (with("interval", json!(0)), "interval must be above 0"),
+            (with("metrics", json!([])), "metrics is empty"),
+            (with("canary", json!("v1")), "stable and canary are both"),
+            (with("threshold", json!(0)), "at least 1"),
+            (
+                with("inconclusive", json!({"then": "pray"})),
+                "unknown variant `pray`",
+            ),
+        ] {
+            let e = parse(opts).unwrap_err();
+            assert!(e.contains(says), "{says}: {e}");
+        }
+        assert!(parse(crate::step::to_dynamic(&base).unwrap().cast()).is_ok());
+    }
+
+    #[test]
     fn bad_steps_are_refused_with_a_reason() {
         for (extra, says) in [
             (json!({}), "give steps"),

@@ -391,3 +391,27 @@ async fn local_steps_before_an_action_are_logged_and_journaled_once() {
         ]
     );
 }
+
+/// `canary()` on an engine without the traffic and prom connectors fails the run with what to
+/// configure, before it shifts or sleeps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_without_its_connectors_fails_saying_what_to_configure() {
+    let (h, _fake) = with_fake();
+    let (outcome, _) = run(
+        &h,
+        plan(
+            "r1",
+            r#"canary(#{namespace: "shop", route: "httproute/web", stable: "v1", canary: "v2",
+                        steps: [10], interval: "1s", metrics: []})"#,
+        ),
+    )
+    .await;
+    assert_eq!(outcome.status, RunStatus::Failed, "{outcome:?}");
+    assert!(
+        outcome
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("canary() needs the traffic and prom connectors")),
+        "{outcome:?}"
+    );
+}

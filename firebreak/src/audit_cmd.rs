@@ -8,7 +8,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
-use firebreak_audit::{JournalReader, render_timeline, verify};
+use std::sync::Arc;
+
+use firebreak_audit::{
+    Journal, JournalOptions, JournalReader, SigningKey, VerifyOptions, render_timeline, verify_with,
+};
 
 use crate::config::Config;
 
@@ -18,10 +22,15 @@ pub enum AuditCommand {
     List,
     /// Print one run's step-by-step timeline (a unique prefix of the run id is enough).
     Show { run: String },
-    /// Walk the hash chain and name the first broken record.
+    /// Walk the hash chain, check every signed checkpoint and the head file, and name the
+    /// first broken record.
     Verify {
-        /// Journal or export to verify (default: the configured journal).
+        /// Journal or export to verify (default: the configured journal, every segment).
         file: Option<PathBuf>,
+        /// The public key checkpoints must be signed with: 64 hex digits or a file holding
+        /// them (default: the `.pub` file beside the journal).
+        #[arg(long)]
+        key: Option<String>,
     },
     /// Write every record as JSONL.
     Export {
@@ -37,6 +46,41 @@ pub fn journal_path(cfg: &Config) -> PathBuf {
         .path
         .clone()
         .unwrap_or_else(|| cfg.data_dir.join("audit.jsonl"))
+}
+
+/// The checkpoint signing key's path: configured, or beside the journal.
+pub fn signing_key_path(cfg: &Config) -> PathBuf {
+    cfg.audit
+        .signing_key
+        .clone()
+        .unwrap_or_else(|| journal_path(cfg).with_extension("key"))
+}
+
+/// Opens the configured journal for writing, signing checkpoints with the configured key
+/// (generated on first use).
+pub fn open_journal(cfg: &Config) -> Result<Journal> {
+    let path = journal_path(cfg);
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let key_path = signing_key_path(cfg);
+    let (key, created) = SigningKey::load_or_create(&key_path)?;
+    if created {
+        tracing::info!(key = %key_path.display(), public = %key.public_hex(), "generated the audit signing key; keep a copy of its .pub elsewhere to verify against");
+    }
+    let defaults = JournalOptions::default();
+    let options = JournalOptions {
+        signing_key: Some(Arc::new(key)),
+        segment_bytes: cfg
+            .audit
+            .segment_mib
+            .map_or(defaults.segment_bytes, |mib| mib.max(1) << 20),
+        relink_broken: cfg.audit.relink_broken,
+        ..defaults
+    };
+    Journal::open_with(&path, options)
+        .with_context(|| format!("opening audit journal {}", path.display()))
 }
 
 pub fn audit(cfg: &Config, command: AuditCommand) -> Result<()> {
@@ -71,14 +115,46 @@ pub fn audit(cfg: &Config, command: AuditCommand) -> Result<()> {
             print!("{}", render_timeline(&records));
             Ok(())
         }
-        AuditCommand::Verify { file } => {
+        AuditCommand::Verify { file, key } => {
             let target = file.unwrap_or(path);
-            match verify(&target) {
+            match verify_with(&target, &VerifyOptions { key }) {
                 Ok(report) => {
                     println!(
-                        "ok: {} records in {} runs, chain intact; last hash {}",
-                        report.records, report.runs, report.last_hash
+                        "ok: {} records in {} runs, {} file(s), chain intact; last hash {}",
+                        report.records,
+                        report.runs,
+                        report.files.len(),
+                        report.last_hash
                     );
+                    match &report.key {
+                        Some((key, trusted)) => println!(
+                            "signed: {} checkpoint(s), every signature holds for key {key}{}; anchored through seq {}{}",
+                            report.checkpoints,
+                            if *trusted {
+                                ""
+                            } else {
+                                " (the key the journal names: pass --key to check against one you hold)"
+                            },
+                            report.anchored_through,
+                            if report.closed {
+                                ", closed by the engine's stop"
+                            } else {
+                                ""
+                            },
+                        ),
+                        None => {
+                            println!("unsigned: no checkpoints; the chain cannot prove its tail")
+                        }
+                    }
+                    if let Some((file, line, first, last)) = &report.unanchored {
+                        println!(
+                            "unanchored tail: {}:{line}: seq {first}–{last} came after the last checkpoint (a running engine signs them within seconds; after a crash, the next start does)",
+                            file.display()
+                        );
+                    }
+                    for relink in &report.relinks {
+                        println!("relinked: {relink}");
+                    }
                     if let Some(line) = report.torn_tail_line {
                         println!(
                             "note: line {line} is an incomplete write from a crash; it was never acknowledged"

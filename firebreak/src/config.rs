@@ -44,6 +44,15 @@ pub struct AuditConfig {
     /// The audit journal file; default `<data_dir>/audit.jsonl`. Put it on a volume of its
     /// own to keep it apart from the bus (a full disk then stops runs, not ingest).
     pub path: Option<PathBuf>,
+    /// The Ed25519 key that signs the journal's checkpoints; generated on first start.
+    /// Default: beside the journal (`audit.key`, public half `audit.pub`).
+    pub signing_key: Option<PathBuf>,
+    /// A journal segment is sealed once it holds this many MiB. Default 64.
+    pub segment_mib: Option<u64>,
+    /// Set by `serve --audit-relink`: a journal whose tail does not verify is set aside and
+    /// the engine goes on from its last good record, instead of refusing to start.
+    #[serde(skip)]
+    pub relink_broken: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -101,13 +110,39 @@ pub struct LimitsConfig {
     pub max_body_bytes: usize,
     /// Scripts running at once; more wait for a slot.
     pub max_concurrent_runs: usize,
+    /// Per run: bytes the script's variables may hold. The engine's script memory stays under
+    /// about `max_concurrent_runs × (max_script_bytes + 1 MiB)`.
+    pub max_script_bytes: u64,
+    /// Per run: audit records it may write (its end record is always written).
+    pub max_run_records: u64,
+    /// Per run: bytes of audit records it may write.
+    pub max_run_journal_bytes: u64,
+    /// Bytes of one evidence record.
+    pub max_evidence_bytes: u64,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
+        let budget = firebreak_runtime::Budget::default();
         Self {
             max_body_bytes: 1 << 20,
             max_concurrent_runs: 64,
+            max_script_bytes: budget.max_script_bytes,
+            max_run_records: budget.max_records,
+            max_run_journal_bytes: budget.max_journal_bytes,
+            max_evidence_bytes: budget.max_evidence_bytes,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The per-run budget these limits set.
+    pub fn budget(&self) -> firebreak_runtime::Budget {
+        firebreak_runtime::Budget {
+            max_script_bytes: self.max_script_bytes,
+            max_records: self.max_run_records,
+            max_journal_bytes: self.max_run_journal_bytes,
+            max_evidence_bytes: self.max_evidence_bytes,
         }
     }
 }

@@ -39,7 +39,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the engine: HTTP ingest, bus, dispatcher, runbooks, audit.
-    Serve,
+    Serve {
+        /// If the audit journal's tail does not verify, set the broken file aside (kept whole)
+        /// and go on from its last good record, journaling the break; without this flag the
+        /// engine refuses to start on it.
+        #[arg(long)]
+        audit_relink: bool,
+    },
     /// Validate every runbook manifest and compile every script in DIR.
     Check {
         #[arg(default_value = "runbooks")]
@@ -86,9 +92,10 @@ fn main() -> Result<()> {
     .build()?;
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve => {
+            Command::Serve { audit_relink } => {
                 init_tracing();
-                let cfg = config::Config::load(cli.config.as_deref())?;
+                let mut cfg = config::Config::load(cli.config.as_deref())?;
+                cfg.audit.relink_broken = audit_relink;
                 serve::serve(cfg).await
             }
             Command::Check { dir, teams } => check::check(&dir, teams.as_deref()),

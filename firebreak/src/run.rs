@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use firebreak_audit::{Journal, render_timeline};
+use firebreak_audit::render_timeline;
 use firebreak_event::Event;
 use firebreak_runtime::{CancellationToken, RunPlan, RunStatus, Runner, RunnerConfig};
 use serde_json::{Map, Value};
@@ -113,10 +113,17 @@ pub async fn run(cfg: Config, args: RunArgs) -> Result<()> {
     let (registry, _) = crate::serve::connectors(&cfg, true).await?;
     std::fs::create_dir_all(&cfg.data_dir)?;
     let journal =
-        Arc::new(Journal::open(crate::audit_cmd::journal_path(&cfg)).context(
+        Arc::new(crate::audit_cmd::open_journal(&cfg).context(
             "opening the audit journal (is `firebreak serve` running? then use --server)",
         )?);
-    let runner = Runner::new(&registry, journal.clone(), RunnerConfig::default());
+    let runner = Runner::new(
+        &registry,
+        journal.clone(),
+        RunnerConfig {
+            budget: cfg.limits.budget(),
+            ..RunnerConfig::default()
+        },
+    );
     let mut failed = false;
     // Ctrl-C is caught from here on (before any run starts, so none can miss it).
     let mut interrupts = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())

@@ -92,13 +92,7 @@ impl Engine {
             }
         };
 
-        let journal_path = crate::audit_cmd::journal_path(cfg);
-        if let Some(parent) = journal_path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("creating {}", parent.display()))?;
-        }
-        let mut journal = Journal::open(&journal_path)
-            .with_context(|| format!("opening audit journal {}", journal_path.display()))?;
+        let mut journal = crate::audit_cmd::open_journal(cfg)?;
         if cfg.nats.is_some() {
             journal = journal.with_mirror(Arc::new(BusMirror { bus: bus.clone() }));
         }
@@ -109,6 +103,7 @@ impl Engine {
             journal.clone(),
             RunnerConfig {
                 max_concurrent_runs: cfg.limits.max_concurrent_runs,
+                budget: cfg.limits.budget(),
                 ..RunnerConfig::default()
             },
         ));
@@ -144,6 +139,7 @@ impl Engine {
         background.spawn(runbooks.clone().watch(RELOAD_EVERY, shutdown.clone()));
         background.spawn(dispatcher.clone().summarize_refusals(shutdown.clone()));
         background.spawn(probe_journal(journal.clone(), shutdown.clone()));
+        background.spawn(checkpoint_journal(journal.clone(), shutdown.clone()));
         let consumer = tokio::spawn(dispatcher.clone().run());
 
         let ingest = IngestState {
@@ -209,7 +205,11 @@ impl Engine {
         // 3. background loops (runbook reload, k8s watcher)
         self.background.close();
         self.background.wait().await;
-        // 4. flush the bus's pending acks and release its files
+        // 4. sign the journal's tail: nothing but the next engine may append after this
+        if let Err(e) = self.dispatcher.journal.checkpoint(true).await {
+            warn!(error = %e, "cannot sign the audit journal's closing checkpoint");
+        }
+        // 5. flush the bus's pending acks and release its files
         self.dispatcher.bus.close().await;
         Ok(())
     }
@@ -220,6 +220,28 @@ impl Engine {
         F: std::future::Future<Output = ()> + Send + 'static,
     {
         self.background.spawn(fut);
+    }
+}
+
+/// How often the journal signs a checkpoint while records arrive.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
+
+/// Signs a checkpoint every [`CHECKPOINT_EVERY`] when records came since the last one, so
+/// at most a few seconds of the journal are unanchored.
+async fn checkpoint_journal(journal: Arc<Journal>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if journal.healthy()
+            && let Err(e) = journal.checkpoint(false).await
+        {
+            warn!(error = %e, "cannot sign an audit checkpoint");
+        }
     }
 }
 

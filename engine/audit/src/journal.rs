@@ -9,22 +9,37 @@
 //! Crash safety: a crash can leave a torn last line (no trailing newline). [`Journal::open`]
 //! truncates it with a warning; records before it were each written and synced whole. A
 //! complete last line that does not parse is refused: chaining onto it would hide damage.
+//!
+//! Segments: the journal is the active file (`audit.jsonl`) plus sealed segments named by
+//! their first seq (`audit.000000000001.jsonl`), oldest first; the chain runs across them.
+//! The writer seals the active file once it holds [`JournalOptions::segment_bytes`]. Sealing
+//! also writes the *carried index* (`audit.index.json`): every run not finished yet or with
+//! records in the segment just sealed, with where its records are. [`Journal::open`] reads
+//! that index and the active file, which is all it needs to resume and to tell a redelivery
+//! from new work; the rest of the history is indexed on a background thread.
+//!
+//! Tamper evidence: with a [`SigningKey`], the writer signs checkpoints (see
+//! [`crate::checkpoint`]). `open` checks the tail against the head file and recomputes the
+//! chain from the last checkpoint; a tail that does not verify is refused, or with
+//! [`JournalOptions::relink_broken`] set aside and journaled (`relinked`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::thread::JoinHandle;
 
 use futures::future::BoxFuture;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use crate::record::{GENESIS_HASH, Record, RecordBody, RecordDraft, RunStatus, redact};
+use crate::checkpoint::{CHECKPOINT_EVERY, SigningKey, write_atomic};
+use crate::record::{GENESIS_HASH, Record, RecordBody, RecordDraft, RunMeta, RunStatus, redact};
+use crate::verify::{Checker, Problem, read_head};
 
 /// Most appends sealed into one write + fsync.
 const MAX_BATCH: usize = 8192;
@@ -89,10 +104,20 @@ pub enum AuditError {
     Closed,
     #[error("audit mirror did not take record {seq}: {message}")]
     Mirror { seq: u64, message: String },
+    #[error("audit signing key {path}: {reason}")]
+    Key { path: PathBuf, reason: String },
+    #[error(
+        "audit journal {path} line {line} does not verify: {problem}. Nothing is appended to a chain that does not verify: inspect it with `firebreak audit verify`; to go on, start with --audit-relink (the broken file is set aside whole and the break journaled)"
+    )]
+    Tampered {
+        path: PathBuf,
+        line: u64,
+        problem: String,
+    },
 }
 
 /// What an entry of the journal is: a run, or a notice that is not one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EntryKind {
     /// A run: begins with `run_started`.
@@ -106,7 +131,7 @@ pub enum EntryKind {
 }
 
 /// One run (or notice) as the journal knows it, for listings.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunSummary {
     pub run_id: String,
     /// A run, or a notice that is listed but never resumed.
@@ -134,17 +159,24 @@ struct Index {
     by_event: HashMap<String, Vec<String>>,
 }
 
-/// (byte offset, length including the newline) of one record line.
-type LinePlace = (u64, u32);
+/// (segment number, byte offset, length including the newline) of one record line. Segment
+/// numbers index [`Shared::segments`]: sealed segments oldest first, the active one last.
+type LinePlace = (u32, u64, u32);
 
+#[derive(Serialize, Deserialize)]
 struct RunEntry {
     summary: RunSummary,
-    /// (byte offset, length including the newline) of each record line.
-    lines: Vec<(u64, u32)>,
+    lines: Vec<LinePlace>,
 }
 
 impl Index {
-    fn add(&mut self, record: &Record, offset: u64, len: u32) {
+    fn add(&mut self, record: &Record, place: LinePlace) {
+        if matches!(
+            record.body,
+            RecordBody::Checkpoint { .. } | RecordBody::Relinked { .. }
+        ) {
+            return;
+        }
         let entry = match self.runs.get_mut(&record.run_id) {
             Some(entry) => entry,
             None => {
@@ -172,7 +204,7 @@ impl Index {
                 })
             }
         };
-        entry.lines.push((offset, len));
+        entry.lines.push(place);
         entry.summary.records += 1;
         if let RecordBody::RunStarted { .. } = &record.body {
             self.by_event
@@ -185,6 +217,57 @@ impl Index {
             entry.summary.status = Some(*status);
         }
     }
+
+    /// Adds a run known whole (from the carried index).
+    fn insert(&mut self, entry: RunEntry) {
+        let id = entry.summary.run_id.clone();
+        if entry.summary.kind == EntryKind::Run {
+            self.by_event
+                .entry(entry.summary.event_id.clone())
+                .or_default()
+                .push(id.clone());
+        }
+        self.order.push(id.clone());
+        self.runs.insert(id, entry);
+    }
+
+    /// Puts `older` (runs indexed from older segments) before this index's runs. Runs this
+    /// index already knows stay as they are.
+    fn prepend(&mut self, older: Index) {
+        let Index {
+            mut runs,
+            order,
+            by_event,
+        } = older;
+        let mut merged_order = Vec::with_capacity(order.len() + self.order.len());
+        for id in order {
+            if !self.runs.contains_key(&id)
+                && let Some(entry) = runs.remove(&id)
+            {
+                merged_order.push(id.clone());
+                self.runs.insert(id, entry);
+            }
+        }
+        for (event, ids) in by_event {
+            let known = self.by_event.entry(event).or_default();
+            let mut ids: Vec<String> = ids.into_iter().filter(|id| !known.contains(id)).collect();
+            ids.append(known);
+            *known = ids;
+        }
+        merged_order.append(&mut self.order);
+        // Runs carried across a sealing began before the history around them.
+        merged_order.sort_by_key(|id| self.runs[id].summary.started);
+        self.order = merged_order;
+    }
+}
+
+/// The carried index: written when a segment is sealed, read by [`Journal::open`].
+#[derive(Serialize, Deserialize)]
+struct Carried {
+    /// First seq of each sealed segment, oldest first, when this was written; segment
+    /// numbers in `runs` index this list (the active segment is the one after it).
+    sealed: Vec<u64>,
+    runs: Vec<RunEntry>,
 }
 
 /// Where the chain ends.
@@ -192,36 +275,62 @@ impl Index {
 struct Tail {
     next_seq: u64,
     last_hash: String,
+    /// Bytes in the active segment.
     len: u64,
+    /// The active segment's number and first seq.
+    segment: u32,
+    first_seq: u64,
+    /// Records since the last checkpoint.
+    since_checkpoint: u64,
 }
 
-/// What reading the file from the start found.
+/// What reading one segment found.
 struct Scan {
-    index: Index,
-    tail: Tail,
+    /// The chain's end after this segment (`len`: bytes of complete lines).
+    next_seq: u64,
+    last_hash: String,
+    len: u64,
     /// Byte offset and 1-based line number of a trailing incomplete line.
     torn: Option<(u64, u64)>,
     /// 1-based line number and parse error of the last complete line, when it does not parse.
     bad_last_line: Option<(u64, String)>,
+    /// Byte offset, line number and seq of the last checkpoint line (where the chain must be
+    /// recomputed from at open), and whether it was written at a stop.
+    last_checkpoint: Option<(u64, u64, u64, bool)>,
+    /// Records after the last checkpoint (or in the whole segment, without one).
+    since_checkpoint: u64,
+    /// Hashes of the checkpoint records by seq (to find the head file's).
+    checkpoints: HashMap<u64, String>,
 }
 
-fn scan(path: &Path, file: &File) -> Result<Scan, AuditError> {
+/// Reads one segment, adding its runs to `index` as segment `segment`. `keep`: which runs to
+/// index (all of them when `None`).
+fn scan(
+    path: &Path,
+    file: &File,
+    segment: u32,
+    index: &mut Index,
+    keep: Option<&dyn Fn(&str) -> bool>,
+) -> Result<Scan, AuditError> {
     let read_err = |source| AuditError::Read {
         path: path.to_owned(),
         source,
     };
     let mut reader = BufReader::with_capacity(1 << 20, file);
-    let mut index = Index::default();
-    let mut tail = Tail {
-        next_seq: 1,
-        last_hash: GENESIS_HASH.to_owned(),
+    let mut out = Scan {
+        next_seq: 0,
+        last_hash: String::new(),
         len: 0,
+        torn: None,
+        bad_last_line: None,
+        last_checkpoint: None,
+        since_checkpoint: 0,
+        checkpoints: HashMap::new(),
     };
-    let mut torn = None;
-    let mut bad_last_line = None;
     let mut offset = 0u64;
     let mut line_no = 0u64;
     let mut buf = Vec::new();
+    (&*file).seek(SeekFrom::Start(0)).map_err(read_err)?;
     loop {
         buf.clear();
         let n = reader.read_until(b'\n', &mut buf).map_err(read_err)?;
@@ -230,44 +339,212 @@ fn scan(path: &Path, file: &File) -> Result<Scan, AuditError> {
         }
         line_no += 1;
         if buf.last() != Some(&b'\n') {
-            torn = Some((offset, line_no));
+            out.torn = Some((offset, line_no));
             break;
         }
         match serde_json::from_slice::<Record>(&buf) {
             Ok(record) => {
-                index.add(&record, offset, n as u32);
-                tail.next_seq = record.seq + 1;
-                tail.last_hash = record.hash;
-                bad_last_line = None;
+                if keep.is_none_or(|keep| keep(&record.run_id)) {
+                    index.add(&record, (segment, offset, n as u32));
+                }
+                if let RecordBody::Checkpoint { last, .. } = record.body {
+                    out.last_checkpoint = Some((offset, line_no, record.seq, last));
+                    out.checkpoints.insert(record.seq, record.hash.clone());
+                    out.since_checkpoint = 0;
+                } else {
+                    out.since_checkpoint += 1;
+                }
+                out.next_seq = record.seq + 1;
+                out.last_hash = record.hash;
+                out.bad_last_line = None;
             }
             Err(e) => {
                 warn!(path = %path.display(), line = line_no, error = %e, "unparsable audit record");
-                bad_last_line = Some((line_no, e.to_string()));
+                out.bad_last_line = Some((line_no, e.to_string()));
+                out.since_checkpoint += 1;
             }
         }
         offset += n as u64;
     }
-    tail.len = offset;
-    Ok(Scan {
-        index,
-        tail,
-        torn,
-        bad_last_line,
-    })
+    out.len = offset;
+    Ok(out)
+}
+
+/// The seq and hash of the last complete record of `file` (reads backwards from the end).
+fn last_record(path: &Path, file: &File) -> Result<Option<(u64, String)>, AuditError> {
+    #[derive(Deserialize)]
+    struct Place {
+        seq: u64,
+        hash: String,
+    }
+    let read_err = |source| AuditError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let len = file.metadata().map_err(read_err)?.len();
+    let mut window = 64 * 1024u64;
+    loop {
+        let start = len.saturating_sub(window);
+        let mut buf = vec![0u8; (len - start) as usize];
+        file.read_exact_at(&mut buf, start).map_err(read_err)?;
+        // Complete lines only: drop a torn end.
+        let end = buf.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let body = &buf[..end];
+        let line_start = body[..body.len().saturating_sub(1)]
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map(|i| i + 1);
+        match line_start {
+            Some(i) if end > 0 => {
+                return Ok(serde_json::from_slice::<Place>(&body[i..])
+                    .ok()
+                    .map(|p| (p.seq, p.hash)));
+            }
+            _ if start == 0 => {
+                return Ok(serde_json::from_slice::<Place>(body)
+                    .ok()
+                    .map(|p| (p.seq, p.hash)));
+            }
+            _ => window *= 4,
+        }
+    }
+}
+
+/// Where the files of a journal live, named after its active file `DIR/STEM.EXT`.
+#[derive(Debug, Clone)]
+pub(crate) struct Layout {
+    active: PathBuf,
+    dir: PathBuf,
+    stem: String,
+    ext: String,
+}
+
+impl Layout {
+    pub(crate) fn new(active: &Path) -> Layout {
+        let dir = match active.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let name = active
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let (stem, ext) = match name.rsplit_once('.') {
+            Some((stem, ext)) if !stem.is_empty() => (stem.to_owned(), format!(".{ext}")),
+            _ => (name, String::new()),
+        };
+        Layout {
+            active: active.to_owned(),
+            dir,
+            stem,
+            ext,
+        }
+    }
+
+    fn sibling(&self, suffix: &str) -> PathBuf {
+        self.dir.join(format!("{}.{suffix}", self.stem))
+    }
+
+    /// `STEM.<first seq, 12 digits>.EXT`.
+    pub(crate) fn sealed_path(&self, first_seq: u64) -> PathBuf {
+        self.sibling(&format!("{first_seq:012}{}", self.ext))
+    }
+
+    /// The sealed segments, oldest first: (first seq, path).
+    pub(crate) fn sealed(&self) -> io::Result<Vec<(u64, PathBuf)>> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let prefix = format!("{}.", self.stem);
+        let mut out = Vec::new();
+        for entry in entries {
+            let name = entry?.file_name();
+            let name = name.to_string_lossy();
+            let Some(middle) = name
+                .strip_prefix(&prefix)
+                .and_then(|rest| rest.strip_suffix(self.ext.as_str()))
+            else {
+                continue;
+            };
+            if middle.len() == 12
+                && middle.bytes().all(|b| b.is_ascii_digit())
+                && let Ok(seq) = middle.parse()
+            {
+                out.push((seq, self.dir.join(name.as_ref())));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    pub(crate) fn head(&self) -> PathBuf {
+        self.sibling("head")
+    }
+
+    pub(crate) fn public_key(&self) -> PathBuf {
+        self.sibling("pub")
+    }
+
+    fn lock(&self) -> PathBuf {
+        self.sibling("lock")
+    }
+
+    fn carried(&self) -> PathBuf {
+        self.sibling("index.json")
+    }
+
+    fn set_aside(&self) -> PathBuf {
+        let millis = jiff::Timestamp::now().as_millisecond();
+        self.sibling(&format!("broken-{millis}{}", self.ext))
+    }
+}
+
+/// One segment file as readers see it.
+struct SegmentFile {
+    path: PathBuf,
+    /// Its first seq (the active one's: where it began, even while empty).
+    first_seq: u64,
+    file: Arc<File>,
+}
+
+/// The segments readers can read: sealed ones oldest first, the active one last.
+struct Segments {
+    files: Vec<SegmentFile>,
+    /// Bytes of the active segment that hold complete, synced records.
+    committed: u64,
 }
 
 /// State shared by the writer thread and readers.
 struct Shared {
+    layout: Layout,
+    /// The active file.
     path: PathBuf,
-    /// Read-only handle for positional reads.
-    file: File,
+    segments: RwLock<Segments>,
     index: Mutex<Index>,
-    /// Bytes of the file that hold complete, synced records.
-    committed: AtomicU64,
     /// Whether the last write or sync succeeded (see [`Journal::healthy`]).
     healthy: AtomicBool,
     /// Failures to inject, for tests and drills (see [`Journal::inject_failures`]).
     faults: Faults,
+}
+
+impl Shared {
+    /// Every segment's read handle with the bytes to read of it (the active one: committed
+    /// bytes only), oldest first.
+    fn snapshot(&self) -> Vec<(PathBuf, Arc<File>, Option<u64>)> {
+        let segments = self.segments.read().expect("segments lock poisoned");
+        let last = segments.files.len() - 1;
+        segments
+            .files
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let limit = (i == last).then_some(segments.committed);
+                (s.path.clone(), s.file.clone(), limit)
+            })
+            .collect()
+    }
 }
 
 /// Injected failures: the next `writes` writes and `syncs` syncs fail as a full disk would.
@@ -292,7 +569,7 @@ impl Faults {
     }
 }
 
-/// Read access to a journal file: listings, one run's records, the whole file.
+/// Read access to a journal: listings, one run's records, the whole history.
 #[derive(Clone)]
 pub struct JournalReader {
     shared: Arc<Shared>,
@@ -300,27 +577,43 @@ pub struct JournalReader {
 
 impl JournalReader {
     /// Opens a journal for reading only (e.g. `firebreak audit show` while a server writes
-    /// it). The index is a snapshot as of opening; a torn tail is ignored, not truncated.
+    /// it): indexes every segment. The index is a snapshot as of opening; a torn tail is
+    /// ignored, not truncated.
     pub fn open(path: impl AsRef<Path>) -> Result<JournalReader, AuditError> {
         let path = path.as_ref().to_owned();
-        let file = File::open(&path).map_err(|source| AuditError::Open {
+        let layout = Layout::new(&path);
+        let open_err = |source| AuditError::Open {
             path: path.clone(),
             source,
-        })?;
-        let scan = scan(&path, &file)?;
+        };
+        let file = File::open(&path).map_err(open_err)?;
+        let mut files = open_sealed(&layout, &path)?;
+        let mut index = Index::default();
+        for (i, segment) in files.iter().enumerate() {
+            scan(&segment.path, &segment.file, i as u32, &mut index, None)?;
+        }
+        let active = scan(&path, &file, files.len() as u32, &mut index, None)?;
+        files.push(SegmentFile {
+            path: path.clone(),
+            first_seq: 0,
+            file: Arc::new(file),
+        });
         Ok(JournalReader {
             shared: Arc::new(Shared {
+                layout,
                 path,
-                file,
-                index: Mutex::new(scan.index),
-                committed: AtomicU64::new(scan.tail.len),
+                segments: RwLock::new(Segments {
+                    files,
+                    committed: active.len,
+                }),
+                index: Mutex::new(index),
                 healthy: AtomicBool::new(true),
                 faults: Faults::default(),
             }),
         })
     }
 
-    /// The journal's path.
+    /// The journal's (active file's) path.
     pub fn path(&self) -> &Path {
         &self.shared.path
     }
@@ -334,19 +627,26 @@ impl JournalReader {
                 None => return Ok(Vec::new()),
             }
         };
+        let files: Vec<(PathBuf, Arc<File>)> = {
+            let segments = self.shared.segments.read().expect("segments lock poisoned");
+            segments
+                .files
+                .iter()
+                .map(|s| (s.path.clone(), s.file.clone()))
+                .collect()
+        };
         let mut records = Vec::with_capacity(lines.len());
         let mut buf = Vec::new();
-        for (offset, len) in lines {
+        for (segment, offset, len) in lines {
+            let (path, file) = &files[segment as usize];
             buf.resize(len as usize, 0);
-            self.shared
-                .file
-                .read_exact_at(&mut buf, offset)
+            file.read_exact_at(&mut buf, offset)
                 .map_err(|source| AuditError::Read {
-                    path: self.shared.path.clone(),
+                    path: path.clone(),
                     source,
                 })?;
             let record = serde_json::from_slice(&buf).map_err(|e| AuditError::Corrupt {
-                path: self.shared.path.clone(),
+                path: path.clone(),
                 line: 0,
                 reason: format!("record at byte {offset} no longer parses: {e}"),
             })?;
@@ -392,40 +692,69 @@ impl JournalReader {
             .collect()
     }
 
-    /// Every committed record, in order. Unparsable lines come out as `Err(Corrupt)`.
+    /// Every committed record of every segment, in order. Unparsable lines come out as
+    /// `Err(Corrupt)`.
     pub fn iter_all(&self) -> Result<RecordIter, AuditError> {
-        let file = File::open(&self.shared.path).map_err(|source| AuditError::Read {
-            path: self.shared.path.clone(),
-            source,
-        })?;
-        let committed = self.shared.committed.load(Ordering::Acquire);
+        let mut files = VecDeque::new();
+        for (path, file, limit) in self.shared.snapshot() {
+            let len = match limit {
+                Some(limit) => limit,
+                None => file
+                    .metadata()
+                    .map_err(|source| AuditError::Read {
+                        path: path.clone(),
+                        source,
+                    })?
+                    .len(),
+            };
+            files.push_back((path, ReadAt { file, at: 0 }.take(len)));
+        }
         Ok(RecordIter {
-            path: self.shared.path.clone(),
-            reader: BufReader::with_capacity(1 << 16, file.take(committed)),
+            files,
+            reader: None,
             line: 0,
             buf: Vec::new(),
         })
     }
 
-    /// Writes every committed record as JSONL, byte for byte as journaled, so the export
-    /// verifies like the journal itself.
+    /// Writes every committed record of every segment as JSONL, byte for byte as journaled,
+    /// so the export verifies like the journal itself.
     pub fn export(&self, mut writer: impl Write) -> Result<u64, AuditError> {
-        let file = File::open(&self.shared.path).map_err(|source| AuditError::Read {
-            path: self.shared.path.clone(),
-            source,
-        })?;
-        let committed = self.shared.committed.load(Ordering::Acquire);
-        io::copy(&mut file.take(committed), &mut writer).map_err(|source| AuditError::Read {
-            path: self.shared.path.clone(),
-            source,
-        })
+        let mut total = 0;
+        for (path, file, limit) in self.shared.snapshot() {
+            let read_err = |source| AuditError::Read {
+                path: path.clone(),
+                source,
+            };
+            let len = match limit {
+                Some(limit) => limit,
+                None => file.metadata().map_err(read_err)?.len(),
+            };
+            total +=
+                io::copy(&mut ReadAt { file, at: 0 }.take(len), &mut writer).map_err(read_err)?;
+        }
+        Ok(total)
+    }
+}
+
+/// Reads a shared file from a position of its own (the writer appends to the same file).
+struct ReadAt {
+    file: Arc<File>,
+    at: u64,
+}
+
+impl Read for ReadAt {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read_at(buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
     }
 }
 
 /// Iterator over a journal's records, from [`JournalReader::iter_all`].
 pub struct RecordIter {
-    path: PathBuf,
-    reader: BufReader<io::Take<File>>,
+    files: VecDeque<(PathBuf, io::Take<ReadAt>)>,
+    reader: Option<(PathBuf, BufReader<io::Take<ReadAt>>)>,
     line: u64,
     buf: Vec<u8>,
 }
@@ -434,33 +763,80 @@ impl Iterator for RecordIter {
     type Item = Result<Record, AuditError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.buf.clear();
-        match self.reader.read_until(b'\n', &mut self.buf) {
-            Ok(0) => None,
-            Ok(_) => {
-                self.line += 1;
-                Some(
-                    serde_json::from_slice(&self.buf).map_err(|e| AuditError::Corrupt {
-                        path: self.path.clone(),
-                        line: self.line,
-                        reason: e.to_string(),
-                    }),
-                )
+        loop {
+            if self.reader.is_none() {
+                let (path, file) = self.files.pop_front()?;
+                self.reader = Some((path, BufReader::with_capacity(1 << 16, file)));
+                self.line = 0;
             }
-            Err(source) => Some(Err(AuditError::Read {
-                path: self.path.clone(),
-                source,
-            })),
+            let (path, reader) = self.reader.as_mut().expect("set above");
+            self.buf.clear();
+            match reader.read_until(b'\n', &mut self.buf) {
+                Ok(0) => self.reader = None,
+                Ok(_) => {
+                    self.line += 1;
+                    return Some(serde_json::from_slice(&self.buf).map_err(|e| {
+                        AuditError::Corrupt {
+                            path: path.clone(),
+                            line: self.line,
+                            reason: e.to_string(),
+                        }
+                    }));
+                }
+                Err(source) => {
+                    return Some(Err(AuditError::Read {
+                        path: path.clone(),
+                        source,
+                    }));
+                }
+            }
         }
     }
+}
+
+/// Opens the sealed segments of `layout` for reading.
+fn open_sealed(layout: &Layout, path: &Path) -> Result<Vec<SegmentFile>, AuditError> {
+    let open_err = |source| AuditError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    layout
+        .sealed()
+        .map_err(open_err)?
+        .into_iter()
+        .map(|(first_seq, path)| {
+            let file = File::open(&path).map_err(|source| AuditError::Open {
+                path: path.clone(),
+                source,
+            })?;
+            Ok(SegmentFile {
+                path,
+                first_seq,
+                file: Arc::new(file),
+            })
+        })
+        .collect()
 }
 
 /// Where a caller waits for its sealed records.
 /// The sealed records and, if asked for, their journal lines.
 type Reply = oneshot::Sender<Result<(Vec<Record>, Vec<u8>), AuditError>>;
 
+/// What a caller asks of the writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Request {
+    Append,
+    /// Repair if poisoned and test the disk.
+    Probe,
+    /// Sign a checkpoint if records came since the last one (always when `last`).
+    Checkpoint {
+        last: bool,
+    },
+}
+
 /// One caller's records waiting for the writer.
 struct Pending {
+    request: Request,
     drafts: Vec<RecordDraft>,
     /// Hand the journal lines back with the records (for the mirror).
     keep_lines: bool,
@@ -470,74 +846,210 @@ struct Pending {
 /// How often a journal that cannot write retries on its own (see [`Journal::probe`]).
 pub const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How a journal is opened for writing. `Default`: no signing, 64 MiB segments.
+#[derive(Debug, Clone)]
+pub struct JournalOptions {
+    /// Signs checkpoints; `None`: no checkpoints (a journal with a head file refuses to open
+    /// without its key).
+    pub signing_key: Option<Arc<SigningKey>>,
+    /// Records between checkpoints, at most.
+    pub checkpoint_every: u64,
+    /// The active segment is sealed once it holds this many bytes.
+    pub segment_bytes: u64,
+    /// A tail that does not verify at open: set the file aside and go on from the last
+    /// record that verifies (journaled as `relinked`), instead of refusing to open.
+    pub relink_broken: bool,
+}
+
+impl Default for JournalOptions {
+    fn default() -> Self {
+        JournalOptions {
+            signing_key: None,
+            checkpoint_every: CHECKPOINT_EVERY,
+            segment_bytes: 64 << 20,
+            relink_broken: false,
+        }
+    }
+}
+
 /// The append-only audit journal. Share it as `Arc<Journal>`.
 pub struct Journal {
     reader: JournalReader,
     tx: Option<mpsc::UnboundedSender<Pending>>,
     writer: Option<JoinHandle<()>>,
     mirror: Option<Arc<dyn AuditMirror>>,
+    /// Records `open` wrote itself (the opening checkpoint, a relink notice) and their lines,
+    /// until the first publish takes them to the mirror.
+    opening: Mutex<Option<(Vec<Record>, Vec<u8>)>>,
+    /// Held for the journal's life: one writer per journal.
+    _lock: File,
+}
+
+/// A break found at open: where, what, and the last record before it that verified.
+struct Break {
+    line: u64,
+    problem: Problem,
+    /// Bytes of the active file up to the last good record.
+    good_len: u64,
 }
 
 impl Journal {
-    /// Opens (or creates) the journal at `path` for appending. Takes an exclusive lock on the
-    /// file, finds the chain's tail, indexes runs, truncates a torn last line (with a warning)
-    /// and starts the writer thread. Verifies nothing: that is [`crate::verify`].
+    /// Opens (or creates) the journal at `path` without signing; see [`Journal::open_with`].
     pub fn open(path: impl AsRef<Path>) -> Result<Journal, AuditError> {
+        Journal::open_with(path, JournalOptions::default())
+    }
+
+    /// Opens (or creates) the journal at `path` for appending. Takes the journal's lock file,
+    /// indexes the runs to resume (carried index + active file; older history on a
+    /// background thread), recomputes the chain from the last checkpoint and checks the head
+    /// file, truncates a torn last line of a crash (with a warning), signs an opening
+    /// checkpoint, and starts the writer thread.
+    pub fn open_with(
+        path: impl AsRef<Path>,
+        options: JournalOptions,
+    ) -> Result<Journal, AuditError> {
         let path = path.as_ref().to_owned();
+        let layout = Layout::new(&path);
         let open_err = |source| AuditError::Open {
             path: path.clone(),
             source,
         };
-        let file = OpenOptions::new()
+        let lock = OpenOptions::new()
             .read(true)
-            .append(true)
+            .write(true)
             .create(true)
-            .open(&path)
+            .truncate(false)
+            .open(layout.lock())
             .map_err(open_err)?;
-        match file.try_lock() {
+        match lock.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => return Err(AuditError::Locked { path }),
             Err(std::fs::TryLockError::Error(source)) => return Err(open_err(source)),
         }
-        let scan = scan(&path, &file)?;
-        if let Some((line, reason)) = scan.bad_last_line {
-            return Err(AuditError::Corrupt { path, line, reason });
+        let key = options
+            .signing_key
+            .as_ref()
+            .map(|k| k.public_hex().to_owned());
+        let head = read_head(&layout.head(), key.as_deref());
+        if options.signing_key.is_none() && matches!(head, Ok(Some(_)) | Err(_)) {
+            return Err(AuditError::Key {
+                path: layout.head(),
+                reason: "this journal is signed (it has a head file); open it with its signing key"
+                    .into(),
+            });
         }
-        if let Some((offset, line)) = scan.torn {
+        let mut opened = load(&layout, &path)?;
+        let mut relinked = None;
+        if let Some(found) = check_tail(&layout, &opened, key.clone(), head)? {
+            if !options.relink_broken {
+                return Err(AuditError::Tampered {
+                    path,
+                    line: found.line,
+                    problem: found.problem.to_string(),
+                });
+            }
+            let set_aside = layout.set_aside();
+            warn!(path = %path.display(), line = found.line, problem = %found.problem, set_aside = %set_aside.display(), "audit journal tail does not verify; setting it aside and going on from the last good record");
+            relink(&path, &set_aside, found.good_len).map_err(open_err)?;
+            relinked = Some(RecordBody::Relinked {
+                set_aside: set_aside.display().to_string(),
+                problem: format!("line {}: {}", found.line, found.problem),
+            });
+            opened = load(&layout, &path)?;
+        } else if let Some((offset, line)) = opened.scan.torn {
             warn!(
                 path = %path.display(),
                 line,
                 offset,
                 "audit journal ends in a torn record (crash mid-write); truncating it"
             );
-            file.set_len(offset)
-                .and_then(|()| file.sync_all())
+            opened
+                .file
+                .set_len(offset)
+                .and_then(|()| opened.file.sync_all())
                 .map_err(|source| AuditError::Write {
                     path: path.clone(),
                     source: Arc::new(source),
                 })?;
         }
+        let Opened {
+            file,
+            files,
+            index,
+            scan,
+            history,
+            chain_start,
+        } = opened;
+        let segment = (files.len() - 1) as u32;
+        let mut tail = Tail {
+            next_seq: if scan.next_seq == 0 {
+                chain_start.0
+            } else {
+                scan.next_seq
+            },
+            last_hash: if scan.next_seq == 0 {
+                chain_start.1.clone()
+            } else {
+                scan.last_hash.clone()
+            },
+            len: scan.len,
+            segment,
+            first_seq: chain_start.0,
+            since_checkpoint: scan.since_checkpoint,
+        };
+        // The opening checkpoint (and the relink notice): before any other append, so a
+        // record after a stop's checkpoint is always this engine's.
+        let mut opening = None;
+        if let Some(signer) = &options.signing_key {
+            let mut buf = Vec::new();
+            let mut records = vec![seal_checkpoint(signer, false, &mut tail, &mut buf)];
+            let checkpoint_line = buf.clone();
+            if let Some(body) = relinked.take() {
+                records.push(seal_notice(body, &mut tail, &mut buf));
+            }
+            let write_err = |source| AuditError::Write {
+                path: path.clone(),
+                source: Arc::new(source),
+            };
+            (&file).write_all(&buf).map_err(write_err)?;
+            file.sync_data().map_err(write_err)?;
+            write_atomic(&layout.head(), &checkpoint_line).map_err(write_err)?;
+            opening = Some((records, buf));
+        }
         let read_file = File::open(&path).map_err(open_err)?;
+        let mut segments = files;
+        segments.last_mut().expect("the active segment").file = Arc::new(read_file);
         let shared = Arc::new(Shared {
+            layout,
             path: path.clone(),
-            file: read_file,
-            index: Mutex::new(scan.index),
-            committed: AtomicU64::new(scan.tail.len),
+            segments: RwLock::new(Segments {
+                files: segments,
+                committed: tail.len,
+            }),
+            index: Mutex::new(index),
             healthy: AtomicBool::new(true),
             faults: Faults::default(),
         });
+        if let Some(history) = history {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("audit-history".into())
+                .spawn(move || load_history(&shared, history))
+                .map_err(open_err)?;
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let writer_shared = shared.clone();
-        let tail = scan.tail;
         let writer = std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || writer_loop(file, tail, rx, writer_shared))
+            .spawn(move || writer_loop(file, tail, rx, writer_shared, options))
             .map_err(open_err)?;
         Ok(Journal {
             reader: JournalReader { shared },
             tx: Some(tx),
             writer: Some(writer),
             mirror: None,
+            opening: Mutex::new(opening),
+            _lock: lock,
         })
     }
 
@@ -561,22 +1073,60 @@ impl Journal {
         for draft in &mut drafts {
             redact(&mut draft.body);
         }
+        let mut records = self.send(Request::Append, drafts).await?;
+        // A checkpoint the writer added to this append was mirrored with it; it is not the
+        // caller's.
+        records.retain(|r| !matches!(r.body, RecordBody::Checkpoint { .. }));
+        Ok(records)
+    }
+
+    /// Signs a checkpoint now if records were appended since the last one; `last`: the
+    /// engine is stopping (always signed; nothing but a new engine's records may follow).
+    /// The engine calls this every few seconds and as it stops. Returns the checkpoint, if
+    /// one was written (none without a signing key).
+    pub async fn checkpoint(&self, last: bool) -> Result<Option<Record>, AuditError> {
+        let records = self.send(Request::Checkpoint { last }, Vec::new()).await?;
+        Ok(records.into_iter().next())
+    }
+
+    async fn send(
+        &self,
+        request: Request,
+        drafts: Vec<RecordDraft>,
+    ) -> Result<Vec<Record>, AuditError> {
         let (reply, answer) = oneshot::channel();
         self.tx
             .as_ref()
             .ok_or(AuditError::Closed)?
             .send(Pending {
+                request,
                 drafts,
                 keep_lines: self.mirror.is_some(),
                 reply,
             })
             .map_err(|_| AuditError::Closed)?;
         let (records, lines) = answer.await.map_err(|_| AuditError::Closed)??;
-        if let Some(mirror) = &self.mirror {
-            mirror
-                .publish(&records, bytes::Bytes::from(lines))
-                .await
-                .map_err(|(seq, message)| AuditError::Mirror { seq, message })?;
+        if let Some(mirror) = &self.mirror
+            && !records.is_empty()
+        {
+            let opening = self.opening.lock().expect("opening lock").clone();
+            let published = match opening {
+                // What `open` wrote goes out first, with the first records after it (until a
+                // publish takes them; a reader drops repeats by `seq`).
+                Some((mut first, mut first_lines)) => {
+                    first.extend(records.iter().cloned());
+                    first_lines.extend_from_slice(&lines);
+                    let published = mirror
+                        .publish(&first, bytes::Bytes::from(first_lines))
+                        .await;
+                    if published.is_ok() {
+                        *self.opening.lock().expect("opening lock") = None;
+                    }
+                    published
+                }
+                None => mirror.publish(&records, bytes::Bytes::from(lines)).await,
+            };
+            published.map_err(|(seq, message)| AuditError::Mirror { seq, message })?;
         }
         Ok(records)
     }
@@ -597,6 +1147,7 @@ impl Journal {
         let (reply, answer) = oneshot::channel();
         let sent = self.tx.as_ref().is_some_and(|tx| {
             tx.send(Pending {
+                request: Request::Probe,
                 drafts: Vec::new(),
                 keep_lines: false,
                 reply,
@@ -669,6 +1220,304 @@ impl Drop for Journal {
     }
 }
 
+/// What [`load`] found: the active file, the segments, the index and the chain's shape.
+struct Opened {
+    /// The active file, for appending.
+    file: File,
+    /// Sealed segments, then the active one.
+    files: Vec<SegmentFile>,
+    index: Index,
+    /// The active file's scan.
+    scan: Scan,
+    /// Sealed segments left for the background thread, when the carried index stood in
+    /// for them.
+    history: Option<History>,
+    /// The active segment's first seq and the hash before it.
+    chain_start: (u64, String),
+}
+
+/// Sealed segments to index in the background, and the runs the carried index already has.
+struct History {
+    segments: Vec<(u32, PathBuf, Arc<File>)>,
+    carried: HashSet<String>,
+}
+
+/// Opens the active file and the sealed segments and builds the index: from the carried
+/// index when it matches the sealed segments (the rest in the background), else from every
+/// segment.
+fn load(layout: &Layout, path: &Path) -> Result<Opened, AuditError> {
+    let open_err = |source| AuditError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(open_err)?;
+    let mut files = open_sealed(layout, path)?;
+    let chain_start = match files.last() {
+        None => (1, GENESIS_HASH.to_owned()),
+        Some(sealed) => match last_record(&sealed.path, &sealed.file)? {
+            Some((seq, hash)) => (seq + 1, hash),
+            None => {
+                return Err(AuditError::Corrupt {
+                    path: sealed.path.clone(),
+                    line: 0,
+                    reason: "the sealed segment's last record does not parse".into(),
+                });
+            }
+        },
+    };
+    let mut index = Index::default();
+    let first_seqs: Vec<u64> = files.iter().map(|s| s.first_seq).collect();
+    let carried = std::fs::read(layout.carried())
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Carried>(&bytes).ok())
+        .filter(|c| !files.is_empty() && c.sealed == first_seqs);
+    let history = match carried {
+        Some(carried) => {
+            let mut ids = HashSet::new();
+            for entry in carried.runs {
+                ids.insert(entry.summary.run_id.clone());
+                index.insert(entry);
+            }
+            Some(History {
+                segments: files
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| (i as u32, s.path.clone(), s.file.clone()))
+                    .collect(),
+                carried: ids,
+            })
+        }
+        None => {
+            for (i, segment) in files.iter().enumerate() {
+                scan(&segment.path, &segment.file, i as u32, &mut index, None)?;
+            }
+            None
+        }
+    };
+    let scan = scan(path, &file, files.len() as u32, &mut index, None)?;
+    files.push(SegmentFile {
+        path: path.to_owned(),
+        first_seq: chain_start.0,
+        file: Arc::new(file.try_clone().map_err(open_err)?),
+    });
+    Ok(Opened {
+        file,
+        files,
+        index,
+        scan,
+        history,
+        chain_start,
+    })
+}
+
+/// Indexes the sealed segments the carried index stood in for, then puts them before the
+/// runs the engine already knows.
+fn load_history(shared: &Shared, history: History) {
+    let started = std::time::Instant::now();
+    let mut older = Index::default();
+    let keep = |run_id: &str| !history.carried.contains(run_id);
+    for (segment, path, file) in &history.segments {
+        if let Err(e) = scan(path, file, *segment, &mut older, Some(&keep)) {
+            warn!(path = %path.display(), error = %e, "cannot index an audit segment; its runs are not listed");
+        }
+    }
+    let runs = older.order.len();
+    shared
+        .index
+        .lock()
+        .expect("audit index lock poisoned")
+        .prepend(older);
+    debug!(runs, segments = history.segments.len(), elapsed = ?started.elapsed(), "audit history indexed");
+}
+
+/// Recomputes the chain of the active file from its last checkpoint (from its start without
+/// one) and holds the head file against it. Returns the first break.
+fn check_tail(
+    layout: &Layout,
+    opened: &Opened,
+    key: Option<String>,
+    head: Result<Option<Record>, Problem>,
+) -> Result<Option<Break>, AuditError> {
+    let scan = &opened.scan;
+    let path = &layout.active;
+    let read_err = |source| AuditError::Read {
+        path: path.clone(),
+        source,
+    };
+    let head = match head {
+        Ok(head) => head,
+        Err(problem) => {
+            return Ok(Some(Break {
+                line: 0,
+                problem,
+                good_len: scan.len,
+            }));
+        }
+    };
+    let (start, first_line) = scan.last_checkpoint.map_or((0, 1), |(o, l, ..)| (o, l));
+    let mut reader = BufReader::new(ReadAt {
+        file: Arc::new(opened.file.try_clone().map_err(read_err)?),
+        at: start,
+    })
+    .take(scan.len - start);
+    let mut checker: Option<Checker> = scan.last_checkpoint.is_none().then(|| {
+        Checker::new(
+            opened.chain_start.0,
+            opened.chain_start.1.clone(),
+            key.clone(),
+        )
+    });
+    let mut buf = Vec::new();
+    let mut offset = start;
+    let mut line = first_line;
+    loop {
+        buf.clear();
+        let n = reader.read_until(b'\n', &mut buf).map_err(read_err)?;
+        if n == 0 {
+            break;
+        }
+        let checker = match &mut checker {
+            Some(checker) => checker,
+            None => {
+                // Start at the checkpoint itself: its signature vouches for seq and hash.
+                let first: Record =
+                    serde_json::from_slice(&buf).map_err(|e| AuditError::Corrupt {
+                        path: path.clone(),
+                        line,
+                        reason: e.to_string(),
+                    })?;
+                checker.insert(Checker::new(first.seq, first.prev_hash, key.clone()))
+            }
+        };
+        if let Err((_, problem)) = checker.check(&buf) {
+            return Ok(Some(Break {
+                line,
+                problem,
+                good_len: offset,
+            }));
+        }
+        offset += n as u64;
+        line += 1;
+    }
+    let last_seq = checker.map_or(opened.chain_start.0 - 1, |c| c.expected_seq - 1);
+    let Some(head) = head else {
+        return Ok(None);
+    };
+    let end_line = scan.torn.map_or(line, |(_, torn)| torn);
+    if head.seq > last_seq {
+        return Ok(Some(Break {
+            line: end_line,
+            problem: Problem::TailMissing {
+                head_seq: head.seq,
+                last_seq,
+            },
+            good_len: scan.len,
+        }));
+    }
+    let stored = match scan.checkpoints.get(&head.seq) {
+        Some(hash) => Some(hash.clone()),
+        None if head.seq < opened.chain_start.0 && head.seq + 1 == opened.chain_start.0 => {
+            Some(opened.chain_start.1.clone())
+        }
+        // A checkpoint further back: `audit verify` checks it.
+        None if head.seq < opened.chain_start.0 => None,
+        None => Some(String::new()),
+    };
+    if let Some(stored) = stored
+        && stored != head.hash
+    {
+        return Ok(Some(Break {
+            line: end_line,
+            problem: Problem::HeadMismatch {
+                seq: head.seq,
+                head_hash: head.hash.clone(),
+                hash: stored,
+            },
+            good_len: scan.len,
+        }));
+    }
+    if let RecordBody::Checkpoint { last: true, .. } = head.body
+        && let Some((offset, torn)) = scan.torn
+    {
+        return Ok(Some(Break {
+            line: torn,
+            problem: Problem::AfterClose {
+                last_checkpoint: head.seq,
+            },
+            good_len: offset,
+        }));
+    }
+    Ok(None)
+}
+
+/// Moves the active file to `set_aside` (kept whole, as evidence) and starts a new active
+/// file holding its first `good_len` bytes.
+fn relink(path: &Path, set_aside: &Path, good_len: u64) -> io::Result<()> {
+    std::fs::rename(path, set_aside)?;
+    let mut good = File::open(set_aside)?.take(good_len);
+    let mut fresh = OpenOptions::new().write(true).create_new(true).open(path)?;
+    io::copy(&mut good, &mut fresh)?;
+    fresh.sync_all()?;
+    sync_dir(path)
+}
+
+fn sync_dir(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => File::open(dir)?.sync_all(),
+        _ => File::open(".")?.sync_all(),
+    }
+}
+
+/// Who journal-level records (checkpoints, relinks) are by: the engine, no run.
+fn engine_meta() -> Arc<RunMeta> {
+    static META: OnceLock<Arc<RunMeta>> = OnceLock::new();
+    META.get_or_init(|| {
+        Arc::new(RunMeta {
+            run_id: String::new(),
+            runbook: String::new(),
+            team: String::new(),
+            actor: "firebreak".into(),
+            event_id: String::new(),
+        })
+    })
+    .clone()
+}
+
+/// Seals a checkpoint over the chain so far into `buf` and moves `tail` past it.
+fn seal_checkpoint(signer: &SigningKey, last: bool, tail: &mut Tail, buf: &mut Vec<u8>) -> Record {
+    let covers = tail.next_seq - 1;
+    let body = RecordBody::Checkpoint {
+        covers,
+        head: tail.last_hash.clone(),
+        key: signer.public_hex().to_owned(),
+        signature: signer.sign(covers, &tail.last_hash, last),
+        last,
+    };
+    let record = seal_notice(body, tail, buf);
+    tail.since_checkpoint = 0;
+    record
+}
+
+/// Seals a journal-level record into `buf` and moves `tail` past it.
+fn seal_notice(body: RecordBody, tail: &mut Tail, buf: &mut Vec<u8>) -> Record {
+    let (record, len) = RecordDraft::new(engine_meta(), body).seal(
+        tail.next_seq,
+        jiff::Timestamp::now(),
+        &tail.last_hash,
+        buf,
+    );
+    tail.next_seq += 1;
+    tail.len += len as u64;
+    tail.last_hash.clone_from(&record.hash);
+    tail.since_checkpoint += 1;
+    record
+}
+
 /// Set once a write or sync failed in a way that cannot be undone; appends fail until
 /// [`recover`] cuts the file back to its last durable record.
 type Poison = Arc<Mutex<Option<Arc<io::Error>>>>;
@@ -679,9 +1528,13 @@ type WrittenAppend = (Reply, Vec<Record>, Vec<LinePlace>, Vec<u8>);
 
 /// A batch written to the file (not yet synced), waiting for the syncer.
 struct Written {
+    /// The segment it was written to.
+    file: Arc<File>,
     batch: Vec<WrittenAppend>,
     /// Where the chain ends after this batch.
     tail: Tail,
+    /// The line of a checkpoint in the batch: the head file once the batch is durable.
+    head_line: Option<Vec<u8>>,
 }
 
 /// What the writer hands the syncer.
@@ -710,18 +1563,19 @@ fn writer_loop(
     mut tail: Tail,
     mut rx: mpsc::UnboundedReceiver<Pending>,
     shared: Arc<Shared>,
+    options: JournalOptions,
 ) {
-    let file = Arc::new(file);
+    let mut file = Arc::new(file);
     let pipeline = Arc::new(Pipeline {
         poison: Arc::default(),
         durable: Mutex::new(tail.clone()),
     });
     let (sync_tx, sync_rx) = std::sync::mpsc::channel::<ToSyncer>();
     let syncer = {
-        let (file, shared, pipeline) = (file.clone(), shared.clone(), pipeline.clone());
+        let (shared, pipeline) = (shared.clone(), pipeline.clone());
         std::thread::Builder::new()
             .name("audit-sync".into())
-            .spawn(move || sync_loop(&file, &sync_rx, &shared, &pipeline))
+            .spawn(move || sync_loop(&sync_rx, &shared, &pipeline))
             .expect("cannot spawn the audit sync thread")
     };
     let mut batch: Vec<Pending> = Vec::new();
@@ -736,9 +1590,11 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        // Probes carry no records: they ask for a repair and a disk test.
-        let (appends, asked): (Vec<Pending>, Vec<Pending>) =
-            batch.drain(..).partition(|p| !p.drafts.is_empty());
+        // Probes carry no records: they ask for a repair and a disk test. Checkpoint requests
+        // go last, so the checkpoint signs everything in the batch.
+        let (mut work, asked): (Vec<Pending>, Vec<Pending>) =
+            batch.drain(..).partition(|p| p.request != Request::Probe);
+        work.sort_by_key(|p| matches!(p.request, Request::Checkpoint { .. }));
         probes.extend(asked.into_iter().map(|p| p.reply));
         let probing = !probes.is_empty();
         let poisoned_now = pipeline.poison.lock().expect("poison lock").is_some();
@@ -749,11 +1605,20 @@ fn writer_loop(
             }
         }
         if let Some(source) = pipeline.poison.lock().expect("poison lock").clone() {
-            for pending in appends {
+            for pending in work {
                 let _ = pending.reply.send(Err(poisoned(&shared, &source)));
             }
-        } else if !appends.is_empty() {
-            tail = write_batch(&file, tail, appends, &mut buf, &sync_tx, &shared, &pipeline);
+        } else if !work.is_empty() {
+            let out = Out {
+                file: &file,
+                sync_tx: &sync_tx,
+                shared: &shared,
+                pipeline: &pipeline,
+            };
+            tail = write_batch(&out, tail, work, &mut buf, &options);
+            if tail.len >= options.segment_bytes {
+                rotate(&mut file, &mut tail, &sync_tx, &shared, &pipeline);
+            }
         }
         if probing {
             let poisoned = pipeline.poison.lock().expect("poison lock").is_some();
@@ -773,32 +1638,69 @@ fn writer_loop(
     let _ = syncer.join();
 }
 
-/// Seals and writes one batch and hands it to the syncer; returns the chain's new end (the
-/// old one if the write failed and was undone).
+/// Where the writer writes to.
+struct Out<'a> {
+    file: &'a Arc<File>,
+    sync_tx: &'a std::sync::mpsc::Sender<ToSyncer>,
+    shared: &'a Shared,
+    pipeline: &'a Pipeline,
+}
+
+/// Seals and writes one batch (with a checkpoint when one is due or asked for) and hands it
+/// to the syncer; returns the chain's new end (the old one if the write failed and was
+/// undone).
 fn write_batch(
-    file: &File,
+    out: &Out<'_>,
     tail: Tail,
-    appends: Vec<Pending>,
+    work: Vec<Pending>,
     buf: &mut Vec<u8>,
-    sync_tx: &std::sync::mpsc::Sender<ToSyncer>,
-    shared: &Shared,
-    pipeline: &Pipeline,
+    options: &JournalOptions,
 ) -> Tail {
+    let Out {
+        file,
+        sync_tx,
+        shared,
+        pipeline,
+    } = *out;
     buf.clear();
     let mut next = tail.clone();
-    let mut batch = Vec::with_capacity(appends.len());
-    for pending in appends {
-        let mut records = Vec::with_capacity(pending.drafts.len());
-        let mut places = Vec::with_capacity(pending.drafts.len());
+    let asked = work.iter().fold(None, |asked, p| match p.request {
+        Request::Checkpoint { last } => Some(last || asked == Some(true)),
+        _ => asked,
+    });
+    let mut batch = Vec::with_capacity(work.len());
+    let count = work.len();
+    let mut head_line = None;
+    for (i, pending) in work.into_iter().enumerate() {
+        let mut records = Vec::with_capacity(pending.drafts.len() + 1);
+        let mut places = Vec::with_capacity(pending.drafts.len() + 1);
         let start = buf.len();
         for draft in pending.drafts {
+            let at = next.len;
             let (record, len) =
                 draft.seal(next.next_seq, jiff::Timestamp::now(), &next.last_hash, buf);
-            places.push((next.len, len as u32));
+            places.push((next.segment, at, len as u32));
             next.len += len as u64;
             next.next_seq += 1;
+            next.since_checkpoint += 1;
             next.last_hash.clone_from(&record.hash);
             records.push(record);
+        }
+        // The checkpoint goes with the batch's last caller (and its mirror).
+        if i + 1 == count
+            && let Some(signer) = &options.signing_key
+        {
+            let due = next.since_checkpoint >= options.checkpoint_every
+                || next.len >= options.segment_bytes
+                || asked == Some(true)
+                || (asked == Some(false) && next.since_checkpoint > 0);
+            if due {
+                let (at, line_start) = (next.len, buf.len());
+                let record = seal_checkpoint(signer, asked == Some(true), &mut next, buf);
+                places.push((next.segment, at, (buf.len() - line_start) as u32));
+                head_line = Some(buf[line_start..].to_vec());
+                records.push(record);
+            }
         }
         let lines = if pending.keep_lines {
             buf[start..].to_vec()
@@ -817,8 +1719,10 @@ fn write_batch(
     match written {
         Ok(()) => {
             let written = Written {
+                file: file.clone(),
                 batch,
                 tail: next.clone(),
+                head_line,
             };
             if sync_tx.send(ToSyncer::Written(written)).is_err() {
                 return tail;
@@ -841,6 +1745,99 @@ fn write_batch(
                 }));
             }
             tail
+        }
+    }
+}
+
+/// Seals the active segment once everything written to it is durable: renames it after its
+/// first seq, starts a new active file and writes the carried index. On failure the active
+/// file stays as it is (it grows past the limit; sealing is tried after the next batch).
+fn rotate(
+    file: &mut Arc<File>,
+    tail: &mut Tail,
+    sync_tx: &std::sync::mpsc::Sender<ToSyncer>,
+    shared: &Shared,
+    pipeline: &Pipeline,
+) {
+    let (done, wait) = std::sync::mpsc::channel();
+    if sync_tx.send(ToSyncer::Barrier(done)).is_ok() {
+        let _ = wait.recv();
+    }
+    if pipeline.poison.lock().expect("poison lock").is_some() {
+        return;
+    }
+    let sealed = shared.layout.sealed_path(tail.first_seq);
+    let path = &shared.path;
+    let opened = (|| {
+        std::fs::rename(path, &sealed)?;
+        let fresh = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create_new(true)
+            .open(path)
+            .inspect_err(|_| {
+                let _ = std::fs::rename(&sealed, path);
+            })?;
+        let read = File::open(path)?;
+        sync_dir(path)?;
+        Ok::<_, io::Error>((fresh, read))
+    })();
+    let (fresh, read) = match opened {
+        Ok(files) => files,
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "cannot seal the audit segment; the active file grows on");
+            return;
+        }
+    };
+    let old = tail.segment;
+    tail.segment += 1;
+    tail.first_seq = tail.next_seq;
+    tail.len = 0;
+    *file = Arc::new(fresh);
+    *pipeline.durable.lock().expect("durable tail lock") = tail.clone();
+    let sealed_seqs = {
+        let mut segments = shared.segments.write().expect("segments lock poisoned");
+        let active = segments.files.last_mut().expect("the active segment");
+        active.path.clone_from(&sealed);
+        segments.files.push(SegmentFile {
+            path: path.clone(),
+            first_seq: tail.first_seq,
+            file: Arc::new(read),
+        });
+        segments.committed = 0;
+        segments.files[..segments.files.len() - 1]
+            .iter()
+            .map(|s| s.first_seq)
+            .collect::<Vec<_>>()
+    };
+    let carried = {
+        #[derive(Serialize)]
+        struct CarriedRef<'a> {
+            sealed: Vec<u64>,
+            runs: Vec<&'a RunEntry>,
+        }
+        let index = shared.index.lock().expect("audit index lock poisoned");
+        let runs = index
+            .order
+            .iter()
+            .map(|id| &index.runs[id])
+            .filter(|e| {
+                (e.summary.kind == EntryKind::Run && e.summary.status.is_none())
+                    || e.lines.iter().any(|(segment, ..)| *segment == old)
+            })
+            .collect();
+        serde_json::to_vec(&CarriedRef {
+            sealed: sealed_seqs,
+            runs,
+        })
+        .expect("the index serializes")
+    };
+    match write_atomic(&shared.layout.carried(), &carried) {
+        Ok(()) => {
+            debug!(sealed = %sealed.display(), "audit segment sealed");
+        }
+        Err(e) => {
+            warn!(path = %shared.layout.carried().display(), error = %e, "cannot write the carried audit index; the next start indexes every segment");
         }
     }
 }
@@ -893,12 +1890,7 @@ fn test_disk(journal: &Path) -> io::Result<()> {
 /// The syncer thread: one `sync_data` for every batch written so far, then the answers, in
 /// order. A failed sync poisons the journal: what reached the disk is unknown, so nothing may
 /// be chained onto it until [`recover`] cuts it back.
-fn sync_loop(
-    file: &File,
-    rx: &std::sync::mpsc::Receiver<ToSyncer>,
-    shared: &Shared,
-    pipeline: &Pipeline,
-) {
+fn sync_loop(rx: &std::sync::mpsc::Receiver<ToSyncer>, shared: &Shared, pipeline: &Pipeline) {
     let mut ready: Vec<Written> = Vec::new();
     let mut barriers: Vec<std::sync::mpsc::Sender<()>> = Vec::new();
     let mut last_count = 0;
@@ -927,7 +1919,7 @@ fn sync_loop(
         }
         if !ready.is_empty() {
             last_count = ready.iter().map(|w| w.batch.len()).sum();
-            sync_ready(file, &mut ready, shared, pipeline);
+            sync_ready(&mut ready, shared, pipeline);
         }
         for barrier in barriers.drain(..) {
             let _ = barrier.send(());
@@ -935,9 +1927,11 @@ fn sync_loop(
     }
 }
 
-/// Syncs the written batches and answers their appends.
-fn sync_ready(file: &File, ready: &mut Vec<Written>, shared: &Shared, pipeline: &Pipeline) {
+/// Syncs the written batches and answers their appends. (All of one segment: the writer
+/// seals a segment only after a barrier.)
+fn sync_ready(ready: &mut Vec<Written>, shared: &Shared, pipeline: &Pipeline) {
     let poisoned_by = pipeline.poison.lock().expect("poison lock").clone();
+    let file = ready[0].file.clone();
     let result = match poisoned_by {
         Some(source) => Err(source),
         None => Faults::take(&shared.faults.syncs)
@@ -950,8 +1944,8 @@ fn sync_ready(file: &File, ready: &mut Vec<Written>, shared: &Shared, pipeline: 
                 let mut index = shared.index.lock().expect("audit index lock poisoned");
                 for written in ready.iter() {
                     for (_, records, places, _) in &written.batch {
-                        for (record, (offset, len)) in records.iter().zip(places) {
-                            index.add(record, *offset, *len);
+                        for (record, place) in records.iter().zip(places) {
+                            index.add(record, *place);
                         }
                     }
                 }
@@ -960,8 +1954,17 @@ fn sync_ready(file: &File, ready: &mut Vec<Written>, shared: &Shared, pipeline: 
                 .last()
                 .map(|w| w.tail.clone())
                 .expect("ready is not empty");
-            shared.committed.store(tail.len, Ordering::Release);
+            shared
+                .segments
+                .write()
+                .expect("segments lock poisoned")
+                .committed = tail.len;
             shared.healthy.store(true, Ordering::Relaxed);
+            if let Some(line) = ready.iter().rev().find_map(|w| w.head_line.as_deref())
+                && let Err(e) = write_atomic(&shared.layout.head(), line)
+            {
+                warn!(path = %shared.layout.head().display(), error = %e, "cannot write the audit head file");
+            }
             let count: usize = ready.iter().map(|w| w.batch.len()).sum();
             debug!(appends = count, bytes = tail.len, "audit batch durable");
             *pipeline.durable.lock().expect("durable tail lock") = tail;

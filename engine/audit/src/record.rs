@@ -152,6 +152,30 @@ pub enum RecordBody {
         /// The message as text (lossy UTF-8).
         payload: String,
     },
+    /// The journal's signature over the chain up to the record before it (see
+    /// [`crate::checkpoint`]). Belongs to no run.
+    Checkpoint {
+        /// `seq` of the last record signed: the one right before this checkpoint.
+        covers: u64,
+        /// That record's hash.
+        head: String,
+        /// The Ed25519 public key, hex.
+        key: String,
+        /// The signature of [`crate::checkpoint::checkpoint_message`], hex.
+        signature: String,
+        /// Written as the engine stopped: nothing may follow but a new engine's opening
+        /// checkpoint.
+        #[serde(default, skip_serializing_if = "is_false")]
+        last: bool,
+    },
+    /// The engine found the journal's tail broken at start and, told to, set the broken file
+    /// aside and went on from the last record that verified. Belongs to no run.
+    Relinked {
+        /// Where the broken journal file was moved, whole.
+        set_aside: String,
+        /// What was wrong, as `audit verify` would say.
+        problem: String,
+    },
 }
 
 fn is_false(b: &bool) -> bool {
@@ -174,6 +198,8 @@ impl RecordBody {
             RecordBody::EventJoined { .. } => "event_joined",
             RecordBody::Skipped { .. } => "skipped",
             RecordBody::Parked { .. } => "parked",
+            RecordBody::Checkpoint { .. } => "checkpoint",
+            RecordBody::Relinked { .. } => "relinked",
         }
     }
 
@@ -473,6 +499,21 @@ fn write_canonical_body(body: &RecordBody, out: &mut Vec<u8>) {
             .plain("origin", origin)
             .plain("payload", payload)
             .plain("reason", reason),
+        RecordBody::Checkpoint {
+            covers,
+            head,
+            key,
+            signature,
+            last,
+        } => o
+            .plain("covers", covers)
+            .plain("head", head)
+            .plain("key", key)
+            .plain_opt("last", last.then_some(&true))
+            .plain("signature", signature),
+        RecordBody::Relinked { set_aside, problem } => {
+            o.plain("problem", problem).plain("set_aside", set_aside)
+        }
     }
     .plain("type", &kind)
     .end();
@@ -613,7 +654,9 @@ pub fn redact(body: &mut RecordBody) {
         | RecordBody::RunFinished { .. }
         | RecordBody::EventJoined { .. }
         | RecordBody::Skipped { .. }
-        | RecordBody::Parked { .. } => {}
+        | RecordBody::Parked { .. }
+        | RecordBody::Checkpoint { .. }
+        | RecordBody::Relinked { .. } => {}
     }
 }
 
@@ -788,6 +831,24 @@ mod tests {
                 origin: "firebreak.events.x.y".into(),
                 reason: "not json".into(),
                 payload: "\u{0}garbage".into(),
+            },
+            RecordBody::Checkpoint {
+                covers: 7,
+                head: "ab".into(),
+                key: "cd".into(),
+                signature: "ef".into(),
+                last: false,
+            },
+            RecordBody::Checkpoint {
+                covers: 8,
+                head: "ab".into(),
+                key: "cd".into(),
+                signature: "ef".into(),
+                last: true,
+            },
+            RecordBody::Relinked {
+                set_aside: "audit.broken-1.jsonl".into(),
+                problem: "line 3: hash mismatch".into(),
             },
         ];
         for body in bodies {

@@ -211,6 +211,8 @@ pub fn render_timeline(records: &[Record]) -> String {
                 finished = true;
                 let _ = writeln!(out, "{at}  ⚑ parked a message from {origin}: {reason}");
             }
+            // Not part of any run's story.
+            RecordBody::Checkpoint { .. } | RecordBody::Relinked { .. } => {}
         }
     }
     for (step, o) in open {

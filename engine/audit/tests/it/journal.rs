@@ -2,8 +2,8 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use firebreak_audit::{
-    AuditError, AuditMirror, GENESIS_HASH, Journal, JournalReader, REDACTED, Record, RecordBody,
-    RecordDraft, RunStatus, verify,
+    AuditError, AuditMirror, GENESIS_HASH, Journal, JournalOptions, JournalReader, REDACTED,
+    Record, RecordBody, RecordDraft, RunStatus, SigningKey, verify,
 };
 use futures::future::BoxFuture;
 use serde_json::json;
@@ -127,7 +127,10 @@ async fn a_complete_but_unparsable_last_line_refuses_the_open() {
     drop(f);
     let before = std::fs::read(&path).unwrap();
     match Journal::open(&path) {
-        Err(AuditError::Corrupt { line, .. }) => assert_eq!(line, 5),
+        Err(AuditError::Tampered { line, problem, .. }) => {
+            assert_eq!(line, 5);
+            assert!(problem.contains("unparsable"), "{problem}");
+        }
         Err(other) => panic!("wrong error: {other}"),
         Ok(_) => panic!("opened a journal whose last line is garbage"),
     }
@@ -303,12 +306,15 @@ async fn bad_paths_get_clear_errors_and_an_empty_journal_verifies() {
     );
 }
 
+/// A garbage line in the middle: `verify` names it, the engine refuses to chain onto it, and
+/// told to go on it sets the file aside whole and continues from the record before it, with
+/// the break journaled.
 #[tokio::test]
-async fn a_garbage_line_in_the_middle_is_skipped_at_open_and_named_by_verify() {
+async fn a_garbage_line_in_the_middle_is_refused_at_open_named_by_verify_and_can_be_set_aside() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");
     let journal = Journal::open(&path).unwrap();
-    journal.append_all(run_drafts("r1")).await.unwrap();
+    let first = journal.append_all(run_drafts("r1")).await.unwrap();
     drop(journal);
     let mut lines: Vec<String> = std::fs::read_to_string(&path)
         .unwrap()
@@ -316,21 +322,54 @@ async fn a_garbage_line_in_the_middle_is_skipped_at_open_and_named_by_verify() {
         .map(str::to_owned)
         .collect();
     lines[1] = "garbage".into();
-    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    let broken = lines.join("\n") + "\n";
+    std::fs::write(&path, &broken).unwrap();
 
-    let journal = Journal::open(&path).unwrap();
-    assert_eq!(
-        journal.records_for_run("r1").unwrap().len(),
-        3,
-        "the garbage line is not indexed"
-    );
-    let err = journal.iter_all().unwrap().nth(1).unwrap().unwrap_err();
-    assert!(matches!(err, AuditError::Corrupt { line: 2, .. }), "{err}");
-    drop(journal);
     match verify(&path) {
         Err(firebreak_audit::VerifyError::Broken { line, .. }) => assert_eq!(line, 2),
         other => panic!("{other:?}"),
     }
+    let err = Journal::open(&path)
+        .err()
+        .expect("a broken chain is refused");
+    assert!(matches!(err, AuditError::Tampered { line: 2, .. }), "{err}");
+    assert!(err.to_string().contains("--audit-relink"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        broken,
+        "nothing changed"
+    );
+
+    let key = Arc::new(
+        SigningKey::load_or_create(&dir.path().join("audit.key"))
+            .unwrap()
+            .0,
+    );
+    let options = JournalOptions {
+        signing_key: Some(key),
+        relink_broken: true,
+        ..JournalOptions::default()
+    };
+    let journal = Journal::open_with(&path, options).unwrap();
+    let next = journal.append_all(run_drafts("r2")).await.unwrap();
+    // Record 1 survived; checkpoint (2), relinked (3), then r2.
+    assert_eq!(next[0].seq, 4);
+    assert_eq!(journal.records_for_run("r1").unwrap(), first[..1].to_vec());
+    drop(journal);
+    let report = verify(&path).unwrap();
+    assert_eq!(report.relinks.len(), 1, "{report:?}");
+    assert!(report.relinks[0].contains("line 2"), "{report:?}");
+    let set_aside: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("audit.broken-"))
+        .collect();
+    assert_eq!(set_aside.len(), 1, "{set_aside:?}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join(&set_aside[0])).unwrap(),
+        broken,
+        "the broken file is kept whole"
+    );
 }
 
 /// A sync that fails (a full or failing disk) poisons the journal: appends fail and it says it

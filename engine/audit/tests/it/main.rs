@@ -1,6 +1,8 @@
 //! Integration tests of the audit journal: chain, tampering, crashes, concurrency, reads.
 
 mod journal;
+mod segments;
+mod tamper;
 mod timeline;
 mod verify;
 

@@ -103,6 +103,7 @@ pub(crate) fn composite_step(
                 Some(step::Stop::Cancelled) => "cancelled",
                 Some(step::Stop::TimedOut) => "timed_out",
                 Some(step::Stop::Suspended) => "suspended",
+                Some(step::Stop::OverBudget) => "over_budget",
                 None => "script",
             };
             cx.defer(vec![RecordBody::StepFinished {

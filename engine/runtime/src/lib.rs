@@ -27,7 +27,7 @@ mod step;
 
 pub use policy::RetryPolicy;
 pub use runner::{
-    ResumePlan, RunHandle, RunLink, RunOutcome, RunPlan, Runner, RunnerConfig, RuntimeError,
+    Budget, ResumePlan, RunHandle, RunLink, RunOutcome, RunPlan, Runner, RunnerConfig, RuntimeError,
 };
 pub use sandbox::{CompileError, Limits, build_engine, check_calls, compile};
 pub use step::{JoinError, JoinedEvent};

@@ -36,6 +36,34 @@ pub struct RunnerConfig {
     /// Longest single connector call (also bounded by the run's deadline).
     pub action_timeout: Duration,
     pub retry: RetryPolicy,
+    pub budget: Budget,
+}
+
+/// What one run may use; spending any of it ends the run (failed, with the reason journaled)
+/// and leaves every other run alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Bytes the script's variables hold (strings, arrays, maps, blobs, measured whenever a
+    /// variable is defined). With the per-value limits in [`Limits`] this bounds a run's
+    /// memory at about this plus one value.
+    pub max_script_bytes: u64,
+    /// Audit records the run may write (its end record is always written).
+    pub max_records: u64,
+    /// Bytes of audit records the run may write.
+    pub max_journal_bytes: u64,
+    /// Bytes of one evidence record.
+    pub max_evidence_bytes: u64,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget {
+            max_script_bytes: 16 << 20,
+            max_records: 10_000,
+            max_journal_bytes: 16 << 20,
+            max_evidence_bytes: 1 << 20,
+        }
+    }
 }
 
 impl Default for RunnerConfig {
@@ -47,6 +75,7 @@ impl Default for RunnerConfig {
             max_concurrent_runs: 128,
             action_timeout: Duration::from_secs(120),
             retry: RetryPolicy::default(),
+            budget: Budget::default(),
         }
     }
 }
@@ -701,6 +730,8 @@ fn classify(
     cx: &RunContext,
 ) -> (RunStatus, Option<String>) {
     let error = match result {
+        // A record the script made past its budget was dropped: the run did not do all it said.
+        Ok(_) if cx.stopped() == Some(Stop::OverBudget) => Stop::OverBudget.error(),
         Ok(_) => return (RunStatus::Succeeded, None),
         Err(error) => error,
     };
@@ -708,6 +739,7 @@ fn classify(
         EvalAltResult::ErrorTerminated(token, _) => match token.to_string().as_str() {
             "timed_out" => Some(Stop::TimedOut),
             "suspended" => Some(Stop::Suspended),
+            "over_budget" => Some(Stop::OverBudget),
             _ => Some(Stop::Cancelled),
         },
         _ => cx.check_stop(),
@@ -729,6 +761,14 @@ fn classify(
         Some(Stop::TimedOut) => (
             RunStatus::TimedOut,
             Some("run exceeded its timeout".to_owned()),
+        ),
+        Some(Stop::OverBudget) => (
+            RunStatus::Failed,
+            cx.cancel_reason
+                .lock()
+                .expect("cancel reason lock")
+                .clone()
+                .or_else(|| Some("run over budget".to_owned())),
         ),
         None => (RunStatus::Failed, Some(error.to_string())),
     }

@@ -18,7 +18,7 @@ use rhai::packages::{
     BasicArrayPackage, BasicMapPackage, BasicMathPackage, CorePackage, LogicPackage,
     MoreStringPackage, Package,
 };
-use rhai::{AST, Engine, OptimizationLevel};
+use rhai::{AST, Dynamic, Engine, OptimizationLevel};
 use tracing::{debug, info};
 
 use crate::{builtins, connectors, step};
@@ -105,10 +105,48 @@ pub fn build_engine(limits: &Limits, registry: &Registry) -> Engine {
         step::emit(move || debug!(run_id = %run_id, source = %source, position = %pos, script_output = %text, "script debug"));
     });
     engine.on_progress(step::on_progress);
+    // The run's memory budget: every variable defined at run time measures what the
+    // script's variables hold (the per-value limits above bound each one).
+    #[allow(deprecated)] // volatile, not deprecated: rhai marks its unstable APIs this way
+    engine.on_def_var(|is_runtime, _, context| {
+        if is_runtime && let Ok(cx) = step::current() {
+            let held: u64 = context.scope().iter_raw().map(|(_, _, v)| held_bytes(v)).sum();
+            if held > cx.budget.max_script_bytes {
+                return Err(cx.over_budget(format!(
+                    "run budget: the script's variables hold {held} bytes, more than the {} allowed (limits.max_script_bytes)",
+                    cx.budget.max_script_bytes
+                )));
+            }
+        }
+        Ok(true)
+    });
 
     builtins::register(&mut engine);
     connectors::register(&mut engine, registry);
     engine
+}
+
+/// Bytes a value holds, about: string and blob bytes, plus a slot per array item and map
+/// entry. Strings shared between variables count once per variable (an upper bound).
+pub(crate) fn held_bytes(value: &Dynamic) -> u64 {
+    const SLOT: u64 = 16;
+    if let Some(s) = value.read_lock::<rhai::ImmutableString>() {
+        return s.len() as u64 + SLOT;
+    }
+    if let Some(items) = value.read_lock::<rhai::Array>() {
+        return items.iter().map(|v| held_bytes(v) + SLOT).sum::<u64>() + SLOT;
+    }
+    if let Some(map) = value.read_lock::<rhai::Map>() {
+        return map
+            .iter()
+            .map(|(k, v)| k.len() as u64 + held_bytes(v) + SLOT)
+            .sum::<u64>()
+            + SLOT;
+    }
+    if let Some(blob) = value.read_lock::<rhai::Blob>() {
+        return blob.len() as u64 + SLOT;
+    }
+    SLOT
 }
 
 /// A script that does not compile.

@@ -35,6 +35,7 @@ use serde_json::Value;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 use crate::policy::RetryPolicy;
 
@@ -49,6 +50,9 @@ pub(crate) enum Stop {
     /// The engine is shutting down: the run stops at a step boundary *without* finishing, so
     /// the next start resumes it.
     Suspended = 3,
+    /// The run spent one of its budgets (see [`crate::Budget`]); the reason is in
+    /// `cancel_reason`. The run fails.
+    OverBudget = 4,
 }
 
 impl Stop {
@@ -57,6 +61,7 @@ impl Stop {
             Stop::Cancelled => "cancelled",
             Stop::TimedOut => "timed_out",
             Stop::Suspended => "suspended",
+            Stop::OverBudget => "over_budget",
         }
     }
 
@@ -180,6 +185,9 @@ pub(crate) struct RunContext {
     joined: tokio::sync::Notify,
     /// Who or what cancelled the run, for its end record.
     pub(crate) cancel_reason: std::sync::Mutex<Option<String>>,
+    pub(crate) budget: crate::Budget,
+    /// Records and bytes journaled so far.
+    journaled: std::sync::Mutex<(u64, u64)>,
 }
 
 impl RunContext {
@@ -226,7 +234,59 @@ impl RunContext {
             resolved: AtomicBool::new(earlier.resolved),
             joined: tokio::sync::Notify::new(),
             cancel_reason: std::sync::Mutex::new(None),
+            budget: settings.budget,
+            journaled: std::sync::Mutex::new((0, 0)),
         }
+    }
+
+    /// Ends the run as over budget: the reason goes into its end record.
+    pub(crate) fn over_budget(&self, reason: String) -> ScriptError {
+        warn!(run_id = %self.meta.run_id, reason = %reason, "run over budget; ending it");
+        self.cancel_reason
+            .lock()
+            .expect("cancel reason lock")
+            .get_or_insert(reason);
+        self.set_stop(Stop::OverBudget);
+        Stop::OverBudget.error()
+    }
+
+    /// Charges `bodies` to the run's journal budget (records, bytes, evidence bytes per
+    /// record); the run's end record is never refused.
+    fn charge(&self, bodies: &[RecordBody]) -> Result<(), String> {
+        let budget = &self.budget;
+        let mut added = (0u64, 0u64);
+        for body in bodies {
+            if let RecordBody::RunFinished { .. } = body {
+                continue;
+            }
+            let bytes = serde_json::to_vec(body).map_or(0, |v| v.len() as u64);
+            if let RecordBody::Evidence { name, .. } = body
+                && bytes > budget.max_evidence_bytes
+            {
+                return Err(format!(
+                    "run budget: evidence '{name}' is {bytes} bytes, more than the {} allowed per record (limits.max_evidence_bytes)",
+                    budget.max_evidence_bytes
+                ));
+            }
+            added.0 += 1;
+            added.1 += bytes;
+        }
+        let mut used = self.journaled.lock().expect("journaled lock");
+        let (records, bytes) = (used.0 + added.0, used.1 + added.1);
+        if records > budget.max_records {
+            return Err(format!(
+                "run budget: {records} audit records, more than the {} a run may write (limits.max_run_records)",
+                budget.max_records
+            ));
+        }
+        if bytes > budget.max_journal_bytes {
+            return Err(format!(
+                "run budget: {bytes} bytes of audit records, more than the {} a run may write (limits.max_run_journal_bytes)",
+                budget.max_journal_bytes
+            ));
+        }
+        *used = (records, bytes);
+        Ok(())
     }
 
     /// How long step `step` already ran in an earlier attempt that was stopped inside it (a
@@ -322,6 +382,7 @@ impl RunContext {
             .expect("an inline attempt never flushes")
             .truncate(kept);
         self.next_step.store(1, Ordering::Relaxed);
+        *self.journaled.lock().expect("journaled lock") = (0, 0);
     }
 
     /// Emits a line now, or holds it until the inline attempt completes.
@@ -376,6 +437,14 @@ impl RunContext {
             pending.push(record);
             answers.push((event, done));
         }
+        if let Err(reason) = self.charge(&more) {
+            // Nothing past the budget is written; the run ends and says why.
+            for (_, done) in answers {
+                let _ = done.send(Err(JoinError::Journal(reason.clone())));
+            }
+            let _ = self.over_budget(reason.clone());
+            return Err(reason);
+        }
         pending.extend(more);
         if pending.is_empty() {
             return Ok(());
@@ -417,8 +486,13 @@ impl RunContext {
         }
     }
 
-    /// Adds records to the pending list; the next durable write carries them.
+    /// Adds records to the pending list; the next durable write carries them. Past the run's
+    /// budget they are dropped and the run stops.
     pub(crate) fn defer(&self, bodies: Vec<RecordBody>) {
+        if let Err(reason) = self.charge(&bodies) {
+            let _ = self.over_budget(reason);
+            return;
+        }
         if self.inline() {
             // On an async worker, where nothing flushes while the script runs.
             self.pending
@@ -441,6 +515,7 @@ impl RunContext {
             1 => Some(Stop::Cancelled),
             2 => Some(Stop::TimedOut),
             3 => Some(Stop::Suspended),
+            4 => Some(Stop::OverBudget),
             _ => None,
         }
     }
@@ -769,6 +844,9 @@ pub(crate) fn run_leaf(
     match durability {
         Durability::WriteAhead => cx.journal(pending)?,
         Durability::Deferred => cx.defer(pending),
+    }
+    if cx.stopped() == Some(Stop::OverBudget) {
+        return Err(Stop::OverBudget.error());
     }
     if let Some(stop) = result.stop {
         return Err(stop.error());

@@ -1,6 +1,7 @@
 //! Integration tests of the runtime: the sandbox's limits, journaled steps, the connector
 //! bridge (a fake connector), cancellation, timeouts and resume.
 
+mod budget;
 mod connectors;
 mod fake;
 mod resume;

@@ -152,7 +152,8 @@ impl NatsConfig {
         let password = self.password.is_some() || self.password_file.is_some();
         match (&self.user, password) {
             (Some(user), false) => anyhow::bail!(
-                "nats.user {user:?} is set without a password: set nats.password_file,                  nats.password or FIREBREAK_NATS_PASSWORD"
+                "nats.user {user:?} is set without a password: set nats.password_file, \
+                 nats.password or FIREBREAK_NATS_PASSWORD"
             ),
             (None, true) => {
                 anyhow::bail!("a NATS password is set without nats.user (FIREBREAK_NATS_USER)")
@@ -584,9 +585,8 @@ mod tests {
 
     fn nats_error(yaml: &str, vars: &[(&str, &str)]) -> String {
         let mut cfg = Config::from_yaml(yaml).unwrap();
-        match cfg.apply_env(env(vars)) {
-            Err(e) => return format!("{e:#}"),
-            Ok(()) => {}
+        if let Err(e) = cfg.apply_env(env(vars)) {
+            return format!("{e:#}");
         }
         cfg.nats
             .expect("nats configured")
@@ -676,7 +676,7 @@ mod tests {
             (
                 "nats:\n  url: nats://n:4222\n  user: engine\n",
                 vec![],
-                "nats.user \"engine\" is set without a password",
+                "nats.user \"engine\" is set without a password: set nats.password_file, nats.password or",
             ),
             (
                 url,

@@ -202,8 +202,7 @@ mod tests {
         let err = bad_seed
             .apply(async_nats::ConnectOptions::new())
             .await
-            .err()
-            .expect("refused")
+            .expect_err("refused")
             .to_string();
         assert!(err.contains("nkey seed") && err.contains("SU"), "{err}");
 
@@ -216,8 +215,7 @@ mod tests {
         }
         .apply(async_nats::ConnectOptions::new())
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
         let text = err.to_string();
         assert!(
             text.contains(&creds.display().to_string()) && text.contains("credentials file"),
@@ -234,8 +232,7 @@ mod tests {
         }
         .apply(async_nats::ConnectOptions::new())
         .await
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
         assert!(
             err.contains("TLS CA file") && err.contains("missing-ca.pem"),

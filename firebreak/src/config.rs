@@ -3,7 +3,8 @@
 //! Every field has a default, so with no file at all `firebreak serve` runs the embedded
 //! default (in-process bus, local store under `.firebreak/`). Environment variables win over
 //! the file: `FIREBREAK_LISTEN`, `FIREBREAK_DATA_DIR`, `FIREBREAK_RUNBOOKS`, `FIREBREAK_TEAMS`,
-//! `FIREBREAK_NATS_URL`, `FIREBREAK_ALERTMANAGER_TOKEN`, `FIREBREAK_API_TOKEN`, `FIREBREAK_KUBECONFIG`,
+//! `FIREBREAK_NATS_URL` (and the NATS security settings, see [`NatsConfig`]),
+//! `FIREBREAK_ALERTMANAGER_TOKEN`, `FIREBREAK_API_TOKEN`, `FIREBREAK_KUBECONFIG`,
 //! `FIREBREAK_KUBERNETES_DISABLED`, `FIREBREAK_MAX_CONCURRENT_RUNS`, `FIREBREAK_AUDIT_PATH`,
 //! and, for each connector's settings, `FIREBREAK_<SECTION>_<KEY>` (`FIREBREAK_PROMETHEUS_URL`
 //! sets `connectors.prometheus.url`; see `serve::plugins`).
@@ -13,6 +14,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use firebreak_bus::{NatsAuth, NatsSecurity, NatsTls};
 use serde::Deserialize;
 
 /// The whole configuration.
@@ -55,10 +57,258 @@ pub struct AuditConfig {
     pub relink_broken: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// NATS JetStream, and how firebreak authenticates to it: at most one of user/password,
+/// token, NKey seed and creds file, plus TLS. Every secret can come from a file (`*_file`, e.g.
+/// a mounted Kubernetes secret) or the environment instead of this file. Each environment
+/// variable replaces its key, and the `_FILE` variant of a secret replaces the value and the
+/// other way round: `FIREBREAK_NATS_URL`, `FIREBREAK_NATS_USER`, `FIREBREAK_NATS_PASSWORD`,
+/// `FIREBREAK_NATS_PASSWORD_FILE`, `FIREBREAK_NATS_TOKEN`, `FIREBREAK_NATS_TOKEN_FILE`,
+/// `FIREBREAK_NATS_NKEY` (the seed), `FIREBREAK_NATS_NKEY_FILE`, `FIREBREAK_NATS_CREDS`,
+/// `FIREBREAK_NATS_TLS_CA`, `FIREBREAK_NATS_TLS_CERT`, `FIREBREAK_NATS_TLS_KEY`,
+/// `FIREBREAK_NATS_TLS_REQUIRED`. An empty variable unsets its key.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsConfig {
+    /// Server URL, e.g. `nats://nats:4222` (`tls://` requires TLS).
     pub url: String,
+    /// User name, with `password` or `password_file` (a `users` entry of the server).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The user's password. Prefer `password_file` or `FIREBREAK_NATS_PASSWORD`.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// File holding the user's password (one line; surrounding whitespace is dropped).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Token (the server's `authorization { token }`). Prefer `token_file`.
+    #[serde(default)]
+    pub token: Option<Secret>,
+    /// File holding the token.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// NKey user seed (`SU...`; the server lists its public key `U...`). Prefer
+    /// `nkey_seed_file`.
+    #[serde(default)]
+    pub nkey_seed: Option<Secret>,
+    /// File holding the NKey user seed (as `nk -gen user > engine.nk` writes it).
+    #[serde(default)]
+    pub nkey_seed_file: Option<PathBuf>,
+    /// `.creds` file (user JWT and seed) for a server in operator (JWT) mode.
+    #[serde(default)]
+    pub creds_file: Option<PathBuf>,
+    /// TLS towards the server.
+    #[serde(default)]
+    pub tls: NatsTlsConfig,
+}
+
+/// TLS towards nats-server. With nothing set, TLS is used only if the server requires it,
+/// verified against the system's roots.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsTlsConfig {
+    /// PEM CA file that signs the server's certificate (instead of the system roots).
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate, for a server that verifies clients (`verify: true`); needs
+    /// `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// Refuse a connection without TLS. Implied by `ca_file` and `cert_file`.
+    pub required: bool,
+}
+
+/// A secret from the config file: read like a string, never printed by `Debug`.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl NatsConfig {
+    /// Refuses settings that cannot mean what the operator wants: a user without a password
+    /// (or the reverse), a secret given twice, two authentication methods at once, a client
+    /// certificate without its key (or the reverse). Reads no file.
+    pub fn check(&self) -> Result<()> {
+        if self.url.trim().is_empty() {
+            anyhow::bail!(
+                "nats.url is empty: set it (or FIREBREAK_NATS_URL), or drop `nats` for the embedded bus"
+            );
+        }
+        let both = |a: bool, b: bool, what: &str| {
+            if a && b {
+                Err(anyhow::anyhow!(
+                    "nats.{what} and nats.{what}_file are both set: keep one"
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        both(
+            self.password.is_some(),
+            self.password_file.is_some(),
+            "password",
+        )?;
+        both(self.token.is_some(), self.token_file.is_some(), "token")?;
+        both(
+            self.nkey_seed.is_some(),
+            self.nkey_seed_file.is_some(),
+            "nkey_seed",
+        )?;
+        let password = self.password.is_some() || self.password_file.is_some();
+        match (&self.user, password) {
+            (Some(user), false) => anyhow::bail!(
+                "nats.user {user:?} is set without a password: set nats.password_file, \
+                 nats.password or FIREBREAK_NATS_PASSWORD"
+            ),
+            (None, true) => {
+                anyhow::bail!("a NATS password is set without nats.user (FIREBREAK_NATS_USER)")
+            }
+            _ => {}
+        }
+        let methods: Vec<&str> = [
+            (self.user.is_some(), "user/password"),
+            (self.token.is_some() || self.token_file.is_some(), "token"),
+            (
+                self.nkey_seed.is_some() || self.nkey_seed_file.is_some(),
+                "nkey seed",
+            ),
+            (self.creds_file.is_some(), "creds file"),
+        ]
+        .into_iter()
+        .filter_map(|(set, name)| set.then_some(name))
+        .collect();
+        if methods.len() > 1 {
+            anyhow::bail!(
+                "more than one NATS authentication method is set ({}): nats-server takes one per \
+                 connection, keep one",
+                methods.join(", ")
+            );
+        }
+        match (&self.tls.cert_file, &self.tls.key_file) {
+            (Some(cert), None) => anyhow::bail!(
+                "nats.tls.cert_file {} is set without nats.tls.key_file (FIREBREAK_NATS_TLS_KEY)",
+                cert.display()
+            ),
+            (None, Some(key)) => anyhow::bail!(
+                "nats.tls.key_file {} is set without nats.tls.cert_file (FIREBREAK_NATS_TLS_CERT)",
+                key.display()
+            ),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The bus's security settings: [`NatsConfig::check`], then each secret read from its file.
+    pub fn security(&self) -> Result<NatsSecurity> {
+        self.check()?;
+        let secret =
+            |value: &Option<Secret>, file: &Option<PathBuf>, key: &str| -> Result<Option<String>> {
+                if let Some(Secret(v)) = value {
+                    return Ok(Some(v.clone()));
+                }
+                let Some(path) = file else { return Ok(None) };
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading nats.{key}_file {}", path.display()))?;
+                let text = text.trim();
+                anyhow::ensure!(
+                    !text.is_empty(),
+                    "nats.{key}_file {} is empty",
+                    path.display()
+                );
+                Ok(Some(text.to_owned()))
+            };
+        let auth = if let Some(user) = &self.user {
+            NatsAuth::UserPassword {
+                user: user.clone(),
+                password: secret(&self.password, &self.password_file, "password")?
+                    .unwrap_or_default(),
+            }
+        } else if let Some(token) = secret(&self.token, &self.token_file, "token")? {
+            NatsAuth::Token(token)
+        } else if let Some(seed) = secret(&self.nkey_seed, &self.nkey_seed_file, "nkey_seed")? {
+            NatsAuth::NKey { seed }
+        } else if let Some(path) = &self.creds_file {
+            NatsAuth::CredsFile(path.clone())
+        } else {
+            NatsAuth::None
+        };
+        let tls = NatsTls {
+            ca_file: self.tls.ca_file.clone(),
+            client_cert: self.tls.cert_file.clone().zip(self.tls.key_file.clone()),
+            required: self.tls.required,
+        };
+        Ok(NatsSecurity { auth, tls })
+    }
+
+    /// Applies the `FIREBREAK_NATS_*` security variables (not the URL); see the type's docs.
+    fn apply_env(&mut self, get: &impl Fn(&str) -> Option<String>) -> Result<()> {
+        let text = |v: String| (!v.is_empty()).then_some(v);
+        let path = |v: String| (!v.is_empty()).then(|| PathBuf::from(v));
+        if let Some(v) = get("FIREBREAK_NATS_USER") {
+            self.user = text(v);
+        }
+        // A secret's value and its file replace each other: the environment wins over the file.
+        let pairs: [(&str, &mut Option<Secret>, &mut Option<PathBuf>); 3] = [
+            ("PASSWORD", &mut self.password, &mut self.password_file),
+            ("TOKEN", &mut self.token, &mut self.token_file),
+            ("NKEY", &mut self.nkey_seed, &mut self.nkey_seed_file),
+        ];
+        for (name, value, file) in pairs {
+            if let Some(v) = get(&format!("FIREBREAK_NATS_{name}")) {
+                *value = text(v).map(Secret);
+                *file = None;
+            }
+            if let Some(v) = get(&format!("FIREBREAK_NATS_{name}_FILE")) {
+                *file = path(v);
+                *value = None;
+            }
+        }
+        if let Some(v) = get("FIREBREAK_NATS_CREDS") {
+            self.creds_file = path(v);
+        }
+        if let Some(v) = get("FIREBREAK_NATS_TLS_CA") {
+            self.tls.ca_file = path(v);
+        }
+        if let Some(v) = get("FIREBREAK_NATS_TLS_CERT") {
+            self.tls.cert_file = path(v);
+        }
+        if let Some(v) = get("FIREBREAK_NATS_TLS_KEY") {
+            self.tls.key_file = path(v);
+        }
+        if let Some(v) = get("FIREBREAK_NATS_TLS_REQUIRED") {
+            self.tls.required = parse_bool(&v)
+                .with_context(|| format!("FIREBREAK_NATS_TLS_REQUIRED={v} is not true or false"))?;
+        }
+        Ok(())
+    }
+}
+
+/// The NATS security variables, for refusing them when NATS is not configured.
+const NATS_SECURITY_VARS: [&str; 12] = [
+    "FIREBREAK_NATS_USER",
+    "FIREBREAK_NATS_PASSWORD",
+    "FIREBREAK_NATS_PASSWORD_FILE",
+    "FIREBREAK_NATS_TOKEN",
+    "FIREBREAK_NATS_TOKEN_FILE",
+    "FIREBREAK_NATS_NKEY",
+    "FIREBREAK_NATS_NKEY_FILE",
+    "FIREBREAK_NATS_CREDS",
+    "FIREBREAK_NATS_TLS_CA",
+    "FIREBREAK_NATS_TLS_CERT",
+    "FIREBREAK_NATS_TLS_KEY",
+    "FIREBREAK_NATS_TLS_REQUIRED",
+];
+
+fn parse_bool(v: &str) -> Result<bool> {
+    match v {
+        "1" | "true" | "yes" => Ok(true),
+        "0" | "false" | "no" | "" => Ok(false),
+        _ => anyhow::bail!("not a boolean"),
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -216,6 +466,9 @@ impl Config {
             None => Config::default(),
         };
         cfg.apply_env(|k| std::env::var(k).ok())?;
+        if let Some(nats) = &cfg.nats {
+            nats.check()?;
+        }
         Ok(cfg)
     }
 
@@ -248,7 +501,25 @@ impl Config {
             self.teams = Some(v.into());
         }
         if let Some(v) = get("FIREBREAK_NATS_URL") {
-            self.nats = (!v.is_empty()).then_some(NatsConfig { url: v });
+            if v.is_empty() {
+                self.nats = None;
+            } else {
+                self.nats.get_or_insert_with(NatsConfig::default).url = v;
+            }
+        }
+        match &mut self.nats {
+            Some(nats) => nats.apply_env(&get)?,
+            None => {
+                if let Some(var) = NATS_SECURITY_VARS
+                    .iter()
+                    .find(|k| get(k).is_some_and(|v| !v.is_empty()))
+                {
+                    anyhow::bail!(
+                        "{var} is set but NATS is not configured: set nats.url (or \
+                         FIREBREAK_NATS_URL), or unset {var}"
+                    );
+                }
+            }
         }
         if let Some(v) = get("FIREBREAK_ALERTMANAGER_TOKEN") {
             self.auth.alertmanager_token = (!v.is_empty()).then_some(v);
@@ -336,6 +607,192 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("lisen"), "{err}");
+    }
+
+    /// `FIREBREAK_*` variables from a list, for `apply_env`.
+    fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+    }
+
+    fn nats_error(yaml: &str, vars: &[(&str, &str)]) -> String {
+        let mut cfg = Config::from_yaml(yaml).unwrap();
+        if let Err(e) = cfg.apply_env(env(vars)) {
+            return format!("{e:#}");
+        }
+        cfg.nats
+            .expect("nats configured")
+            .security()
+            .map(|s| format!("accepted: {s:?}"))
+            .unwrap_or_else(|e| format!("{e:#}"))
+    }
+
+    #[test]
+    fn nats_security_from_the_file_and_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("nats-password");
+        std::fs::write(&pw, "s3cret\n").unwrap();
+        let mut cfg = Config::from_yaml(&format!(
+            "nats:\n  url: nats://nats:4222\n  user: engine\n  password_file: {}\n  tls: {{ ca_file: /etc/nats/ca.pem }}\n",
+            pw.display()
+        ))
+        .unwrap();
+        cfg.apply_env(env(&[])).unwrap();
+        let nats = cfg.nats.clone().unwrap();
+        let security = nats.security().unwrap();
+        match &security.auth {
+            NatsAuth::UserPassword { user, password } => {
+                assert_eq!((user.as_str(), password.as_str()), ("engine", "s3cret"))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(security.tls.wanted(), "a CA file means TLS is required");
+        assert!(
+            !format!("{nats:?}{security:?}").contains("s3cret"),
+            "secrets are never printed"
+        );
+
+        // The environment wins: FIREBREAK_NATS_PASSWORD replaces the file, the URL is kept
+        // with the rest of the section, and client certificates come in.
+        cfg.apply_env(env(&[
+            ("FIREBREAK_NATS_URL", "tls://nats-2:4222"),
+            ("FIREBREAK_NATS_PASSWORD", "from-env"),
+            ("FIREBREAK_NATS_TLS_CERT", "/etc/nats/client.pem"),
+            ("FIREBREAK_NATS_TLS_KEY", "/etc/nats/client.key"),
+        ]))
+        .unwrap();
+        let nats = cfg.nats.unwrap();
+        assert_eq!(nats.url, "tls://nats-2:4222");
+        assert_eq!(nats.password_file, None);
+        let security = nats.security().unwrap();
+        assert!(
+            matches!(&security.auth, NatsAuth::UserPassword { password, .. } if password == "from-env")
+        );
+        assert_eq!(
+            security.tls.client_cert,
+            Some(("/etc/nats/client.pem".into(), "/etc/nats/client.key".into()))
+        );
+        assert_eq!(
+            security.tls.ca_file,
+            Some(PathBuf::from("/etc/nats/ca.pem"))
+        );
+
+        // Each method on its own, from the environment.
+        let url = "nats:\n  url: nats://nats:4222\n";
+        let seed = dir.path().join("engine.nk");
+        std::fs::write(&seed, "SUAPRETENDSEED\n").unwrap();
+        for (vars, method) in [
+            (vec![("FIREBREAK_NATS_TOKEN", "t0ken")], "token"),
+            (
+                vec![("FIREBREAK_NATS_NKEY_FILE", seed.to_str().unwrap())],
+                "nkey",
+            ),
+            (vec![("FIREBREAK_NATS_NKEY", "SUAPRETENDSEED")], "nkey"),
+            (
+                vec![("FIREBREAK_NATS_CREDS", "/etc/nats/engine.creds")],
+                "creds file",
+            ),
+            (vec![], "none"),
+        ] {
+            let mut cfg = Config::from_yaml(url).unwrap();
+            cfg.apply_env(env(&vars)).unwrap();
+            let auth = cfg.nats.unwrap().security().unwrap().auth;
+            assert_eq!(auth.method(), method, "{vars:?}");
+        }
+    }
+
+    #[test]
+    fn nats_security_combinations_that_cannot_work_are_refused_saying_why() {
+        let url = "nats:\n  url: nats://nats:4222\n";
+        for (yaml, vars, expect) in [
+            (
+                "nats:\n  url: nats://n:4222\n  user: engine\n",
+                vec![],
+                "nats.user \"engine\" is set without a password: set nats.password_file, nats.password or",
+            ),
+            (
+                url,
+                vec![("FIREBREAK_NATS_PASSWORD", "pw")],
+                "without nats.user",
+            ),
+            (
+                url,
+                vec![
+                    ("FIREBREAK_NATS_USER", "engine"),
+                    ("FIREBREAK_NATS_PASSWORD", "pw"),
+                    ("FIREBREAK_NATS_TOKEN", "t"),
+                ],
+                "more than one NATS authentication method is set (user/password, token)",
+            ),
+            (
+                url,
+                vec![
+                    ("FIREBREAK_NATS_NKEY", "SU..."),
+                    ("FIREBREAK_NATS_CREDS", "/x.creds"),
+                ],
+                "(nkey seed, creds file)",
+            ),
+            (
+                "nats:\n  url: nats://n:4222\n  token: a\n  token_file: /b\n",
+                vec![],
+                "nats.token and nats.token_file are both set",
+            ),
+            (
+                url,
+                vec![("FIREBREAK_NATS_TLS_CERT", "/c.pem")],
+                "nats.tls.cert_file /c.pem is set without nats.tls.key_file",
+            ),
+            (
+                url,
+                vec![("FIREBREAK_NATS_TLS_KEY", "/c.key")],
+                "nats.tls.key_file /c.key is set without nats.tls.cert_file",
+            ),
+            (
+                url,
+                vec![("FIREBREAK_NATS_TLS_REQUIRED", "maybe")],
+                "FIREBREAK_NATS_TLS_REQUIRED=maybe",
+            ),
+            (
+                url,
+                vec![("FIREBREAK_NATS_TOKEN_FILE", "/nonexistent/token")],
+                "reading nats.token_file /nonexistent/token",
+            ),
+            (
+                "",
+                vec![("FIREBREAK_NATS_USER", "engine")],
+                "FIREBREAK_NATS_USER is set but NATS is not configured",
+            ),
+            (
+                "nats:\n  url: nats://n:4222\n  pasword: x\n",
+                vec![],
+                "pasword",
+            ),
+        ] {
+            let err = if yaml.contains("pasword") {
+                Config::from_yaml(yaml).unwrap_err().to_string()
+            } else {
+                nats_error(yaml, &vars)
+            };
+            assert!(err.contains(expect), "{vars:?}: {err}");
+        }
+        // An empty secret file is refused, naming it.
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        let err = nats_error(
+            url,
+            &[
+                ("FIREBREAK_NATS_USER", "engine"),
+                ("FIREBREAK_NATS_PASSWORD_FILE", empty.to_str().unwrap()),
+            ],
+        );
+        assert!(
+            err.contains("nats.password_file") && err.contains("is empty"),
+            "{err}"
+        );
     }
 
     #[test]

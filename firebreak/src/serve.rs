@@ -77,7 +77,11 @@ impl Engine {
 
         let (bus, state): (Arc<dyn Bus>, Arc<dyn StateStore>) = match &cfg.nats {
             Some(nats) => {
-                let bus = NatsBus::connect(&nats.url, NatsOptions::default())
+                let opts = NatsOptions {
+                    security: nats.security()?,
+                    ..NatsOptions::default()
+                };
+                let bus = NatsBus::connect(&nats.url, opts)
                     .await
                     .with_context(|| format!("connecting to NATS at {}", nats.url))?;
                 let state = bus.state_store().await.context("opening NATS KV buckets")?;

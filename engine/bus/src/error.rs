@@ -34,6 +34,42 @@ pub enum BusError {
         #[source]
         source: Cause,
     },
+    /// nats-server refused the client's credentials (wrong or missing; or a user it does not
+    /// know). Retrying with the same credentials will not help.
+    #[error(
+        "nats at {url} refused authorization (authenticating with {method}): check the \
+         credentials and the server's users"
+    )]
+    Unauthorized {
+        /// The server URL.
+        url: String,
+        /// How the client authenticated (`user/password`, `token`, `nkey`, `creds file`, `none`).
+        method: &'static str,
+        /// What the server said.
+        #[source]
+        source: Cause,
+    },
+    /// The TLS handshake with nats-server failed (an untrusted server certificate, a client
+    /// certificate the server does not accept, or a server without TLS while TLS is required).
+    #[error("TLS with nats at {url} failed")]
+    Tls {
+        /// The server URL.
+        url: String,
+        /// The cause.
+        #[source]
+        source: Cause,
+    },
+    /// A credential or TLS file given for NATS is unusable.
+    #[error("nats {what}: {reason}")]
+    Credentials {
+        /// Which one, e.g. `creds file /run/secrets/firebreak.creds`.
+        what: String,
+        /// What is wrong with it.
+        reason: String,
+        /// The cause, if there is one.
+        #[source]
+        source: Option<Cause>,
+    },
     /// A NATS or JetStream operation failed.
     #[error("nats {op} failed")]
     Nats {
@@ -120,7 +156,10 @@ impl BusError {
                 BusErrorKind::Unavailable
             }
             BusError::Nats { kind, .. } => *kind,
-            BusError::Codec { .. }
+            BusError::Unauthorized { .. }
+            | BusError::Tls { .. }
+            | BusError::Credentials { .. }
+            | BusError::Codec { .. }
             | BusError::Io { .. }
             | BusError::Corrupt { .. }
             | BusError::Locked { .. }

@@ -25,6 +25,7 @@ pub mod embedded;
 mod error;
 mod log;
 pub mod nats;
+mod security;
 mod state;
 #[cfg(feature = "test-util")]
 pub mod testutil;
@@ -32,6 +33,7 @@ pub mod testutil;
 pub use embedded::{EmbeddedBus, EmbeddedOptions, FileStateStore};
 pub use error::{BusError, BusErrorKind};
 pub use nats::{NatsBus, NatsOptions, NatsStateStore};
+pub use security::{NatsAuth, NatsSecurity, NatsTls};
 pub use state::{BUDGET_RETENTION, RunRecord, StateStore};
 
 /// Where events are published and consumed. Dyn-compatible: the binary holds an `Arc<dyn Bus>`.

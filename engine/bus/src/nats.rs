@@ -36,11 +36,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::error::Cause;
+use crate::security::NatsSecurity;
 use crate::state::{BUDGET_RETENTION, check_key};
 use crate::{
     AckHandle, AuditMessage, Bus, BusError, BusErrorKind, Delivery, LockValue, RunRecord,
     StateStore,
 };
+
+/// The inbox prefix of firebreak's NATS client: the engine's permissions subscribe to
+/// `_INBOX_firebreak.>` only (see `deploy/nats/permissions.conf`).
+pub const INBOX_PREFIX: &str = "_INBOX_firebreak";
 
 /// Settings of the JetStream bus. `Default` gives production values.
 #[derive(Debug, Clone)]
@@ -65,6 +70,9 @@ pub struct NatsOptions {
     pub audit_max_age: Duration,
     /// Age after which a run record that was not updated is dropped. Default 7 days.
     pub run_retention: Duration,
+    /// Credentials and TLS. Default none: a server without authorization, plain text unless
+    /// the server asks for TLS.
+    pub security: NatsSecurity,
 }
 
 impl Default for NatsOptions {
@@ -82,6 +90,7 @@ impl Default for NatsOptions {
             request_timeout: Duration::from_secs(5),
             audit_max_age: Duration::ZERO,
             run_retention: Duration::from_secs(7 * 24 * 3600),
+            security: NatsSecurity::default(),
         }
     }
 }
@@ -140,13 +149,66 @@ pub fn event_subject(event: &Event) -> String {
     )
 }
 
+/// Names an authorization refusal and a TLS failure; anything else is the server not reachable.
+fn connect_error(url: &str, method: &'static str, e: async_nats::ConnectError) -> BusError {
+    use async_nats::ConnectErrorKind as Kind;
+    let url = url.to_owned();
+    match e.kind() {
+        // `Authentication`: async-nats could not sign the server's nonce with the seed.
+        Kind::AuthorizationViolation | Kind::Authentication => BusError::Unauthorized {
+            url,
+            method,
+            source: Box::new(e),
+        },
+        Kind::Tls => BusError::Tls {
+            url,
+            source: Box::new(e),
+        },
+        // A failed handshake comes as an I/O error holding the rustls error.
+        Kind::Io if tls_failure(&e) => BusError::Tls {
+            url,
+            source: Box::new(e),
+        },
+        _ => BusError::Connect {
+            url,
+            source: Box::new(e),
+        },
+    }
+}
+
+/// Whether a rustls error is among the causes of `e`.
+fn tls_failure(e: &async_nats::ConnectError) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let inner = cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+        if cause.is::<async_nats::rustls::Error>()
+            || inner.is_some_and(|i| i.is::<async_nats::rustls::Error>())
+        {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
 impl NatsBus {
-    /// Connects to `url` (e.g. `nats://127.0.0.1:4222`) and creates the events and audit
-    /// streams and the shared consumer if they do not exist. Fails if the server cannot be
-    /// reached now; once connected, the client reconnects by itself forever.
+    /// Connects to `url` (e.g. `nats://127.0.0.1:4222`) with `opts.security`, and creates the
+    /// events and audit streams and the shared consumer if they do not exist. Fails if the
+    /// server cannot be reached now, and at once ([`BusError::Unauthorized`], no retry) if it
+    /// refuses the credentials; once connected, the client reconnects by itself forever.
     pub async fn connect(url: &str, opts: NatsOptions) -> Result<NatsBus, BusError> {
-        let client = async_nats::ConnectOptions::new()
+        let method = opts.security.auth.method();
+        let client = opts
+            .security
+            .apply(async_nats::ConnectOptions::new())
+            .await?
             .name("firebreak")
+            // Replies to firebreak (JetStream answers, pulled events, KV values) apart from
+            // other clients' `_INBOX.>`: a publisher allowed that cannot read them.
+            .custom_inbox_prefix(INBOX_PREFIX)
             .connection_timeout(opts.request_timeout)
             .request_timeout(Some(opts.request_timeout))
             // Reconnect quickly: while disconnected, ingest answers 503.
@@ -157,15 +219,17 @@ impl NatsBus {
                 match event {
                     async_nats::Event::Connected => info!("nats connected"),
                     async_nats::Event::Disconnected => warn!("nats disconnected"),
+                    // A permissions violation (a subject the user may not use) or a refused
+                    // reconnect: the server says what it refused; the request waiting for an
+                    // answer only times out.
+                    async_nats::Event::ServerError(e) => error!(error = %e, "nats server error"),
+                    async_nats::Event::ClientError(e) => warn!(error = %e, "nats client error"),
                     other => debug!(event = %other, "nats event"),
                 }
             })
             .connect(url)
             .await
-            .map_err(|e| BusError::Connect {
-                url: url.to_owned(),
-                source: Box::new(e),
-            })?;
+            .map_err(|e| connect_error(url, method, e))?;
         let js = jetstream::ContextBuilder::new()
             .timeout(opts.request_timeout)
             .build(client.clone());
@@ -175,7 +239,7 @@ impl NatsBus {
         };
         setup.events_consumer().await?;
         setup.audit_stream().await?;
-        info!(url, stream = %setup.opts.events_stream, consumer = %setup.opts.consumer, "nats bus ready");
+        info!(url, auth = method, tls = setup.opts.security.tls.wanted(), stream = %setup.opts.events_stream, consumer = %setup.opts.consumer, "nats bus ready");
         let bus = NatsBus {
             client,
             js,
@@ -489,8 +553,8 @@ impl PullState {
     }
 }
 
-/// Turns a JetStream message into a delivery. A payload that is not an event can never be
-/// processed: it is delivered as a [`firebreak_event::unprocessable`] event, for the consumer
+/// Turns a JetStream message into a delivery. A payload that is not an event, or an event
+/// published on another subject than its own source and type, can never be processed: it is delivered as a [`firebreak_event::unprocessable`] event, for the consumer
 /// to park (keep in the audit journal) and ack, so it is neither lost nor redelivered forever.
 async fn decode(message: jetstream::Message) -> Option<Delivery> {
     let (attempt, published) = match message.info() {
@@ -502,7 +566,23 @@ async fn decode(message: jetstream::Message) -> Option<Delivery> {
         Err(_) => (1, Timestamp::now()),
     };
     let (message, acker) = message.split();
-    match serde_json::from_slice::<Event>(&message.payload) {
+    let parsed = serde_json::from_slice::<Event>(&message.payload)
+        .map_err(|e| e.to_string())
+        .and_then(|event| {
+            // Who may publish on which subject is the server's permissions; the event must
+            // say the same source and type as its subject, or a publisher allowed only
+            // `firebreak.events.alertmanager.>` could send a manual trigger.
+            let expected = event_subject(&event);
+            if message.subject.as_str() == expected {
+                Ok(event)
+            } else {
+                Err(format!(
+                    "published on {} but its source and type belong on {expected}",
+                    message.subject
+                ))
+            }
+        });
+    match parsed {
         Ok(event) => Some(Delivery::new(
             Arc::new(event),
             attempt,
@@ -510,12 +590,9 @@ async fn decode(message: jetstream::Message) -> Option<Delivery> {
             Box::new(NatsAck { acker }),
         )),
         Err(e) => {
-            error!(subject = %message.subject, error = %e, "a message that is not an event; handing it on to be parked");
-            let event = firebreak_event::unprocessable(
-                message.subject.as_str(),
-                &e.to_string(),
-                &message.payload,
-            );
+            error!(subject = %message.subject, error = %e, "a message that is not an event of its subject; handing it on to be parked");
+            let event =
+                firebreak_event::unprocessable(message.subject.as_str(), &e, &message.payload);
             Some(Delivery::new(
                 Arc::new(event),
                 attempt,

@@ -5,6 +5,8 @@
 //! [`NatsServer::stop`] shuts it down (SIGTERM, as `kill PID` or systemd would),
 //! [`NatsServer::kill`] kills it (SIGKILL, like a crash), and [`NatsServer::restart`] starts it
 //! again on the same port and store directory. Dropping it kills the server.
+//! [`NatsServer::start_with_config`] adds a server config file (accounts, users and their
+//! permissions, TLS) next to files it includes.
 //!
 //! Note for crash tests: nats-server 2.9 writes a stored message to the OS before its PubAck, so
 //! accepted events survive SIGKILL; the removal of an acked message from a work-queue stream is
@@ -52,6 +54,8 @@ pub enum NatsServerError {
 pub struct NatsServer {
     port: u16,
     store: tempfile::TempDir,
+    /// `-c` file, if started with a config.
+    config: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -86,6 +90,34 @@ impl NatsServer {
         let mut server = NatsServer {
             port: free_port()?,
             store,
+            config: None,
+            child: None,
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    /// Starts a server as [`NatsServer::start`] does, with `config` (nats-server's config
+    /// format: `accounts`, `authorization`, `tls`, ...) as its config file; `files` (name,
+    /// contents) are written beside it first, for the config to `include` by name. The port,
+    /// address, JetStream and store directory come from the command line, which wins over
+    /// the file.
+    pub fn start_with_config(
+        config: &str,
+        files: &[(&str, &str)],
+    ) -> Result<NatsServer, NatsServerError> {
+        let store = tempfile::tempdir().map_err(NatsServerError::Setup)?;
+        let dir = store.path().join("conf");
+        std::fs::create_dir_all(&dir).map_err(NatsServerError::Setup)?;
+        for (name, contents) in files {
+            std::fs::write(dir.join(name), contents).map_err(NatsServerError::Setup)?;
+        }
+        let path = dir.join("nats.conf");
+        std::fs::write(&path, config).map_err(NatsServerError::Setup)?;
+        let mut server = NatsServer {
+            port: free_port()?,
+            store,
+            config: Some(path),
             child: None,
         };
         server.spawn()?;
@@ -144,7 +176,11 @@ impl NatsServer {
     fn spawn(&mut self) -> Result<(), NatsServerError> {
         let binary = binary();
         let store: PathBuf = self.store.path().to_owned();
-        let mut child = Command::new(&binary)
+        let mut command = Command::new(&binary);
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
+        }
+        let mut child = command
             .args([
                 "-js",
                 "-a",
@@ -244,4 +280,128 @@ pub fn delivery(
     let delivery =
         crate::Delivery::new(event, attempt, published, Box::new(Probe(settled.clone())));
     (delivery, settled)
+}
+
+/// Certificates for TLS tests, made by the `openssl` CLI in a temp dir: a CA, a server
+/// certificate for `IP:127.0.0.1` and a client certificate (`CN=firebreak-engine`), both
+/// signed by the CA, and a second CA that signed neither. PEM files, keys in PKCS#8.
+pub struct TlsFiles {
+    dir: tempfile::TempDir,
+}
+
+impl TlsFiles {
+    /// Makes the certificates; fails naming the command if `openssl` cannot run or fails
+    /// (Debian package `openssl`).
+    pub fn generate() -> Result<TlsFiles, NatsServerError> {
+        let dir = tempfile::tempdir().map_err(NatsServerError::Setup)?;
+        let files = TlsFiles { dir };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        for (ca, cn) in [("ca", "firebreak test CA"), ("other-ca", "some other CA")] {
+            files.openssl(
+                &[
+                    &["req", "-x509"][..],
+                    &ec,
+                    &[
+                        "-keyout",
+                        &format!("{ca}.key"),
+                        "-out",
+                        &format!("{ca}.pem"),
+                    ],
+                    &["-days", "2", "-subj", &format!("/CN={cn}")],
+                ]
+                .concat(),
+            )?;
+        }
+        for (name, cn, ext) in [
+            (
+                "server",
+                "127.0.0.1",
+                "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+            ),
+            (
+                "client",
+                "firebreak-engine",
+                "extendedKeyUsage=clientAuth\n",
+            ),
+        ] {
+            std::fs::write(files.dir.path().join(format!("{name}.ext")), ext)
+                .map_err(NatsServerError::Setup)?;
+            files.openssl(
+                &[
+                    &["req"][..],
+                    &ec,
+                    &[
+                        "-keyout",
+                        &format!("{name}.key"),
+                        "-out",
+                        &format!("{name}.csr"),
+                    ],
+                    &["-subj", &format!("/CN={cn}")],
+                ]
+                .concat(),
+            )?;
+            files.openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                &format!("{name}.pem"),
+                "-extfile",
+                &format!("{name}.ext"),
+            ])?;
+        }
+        Ok(files)
+    }
+
+    fn openssl(&self, args: &[&str]) -> Result<(), NatsServerError> {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| NatsServerError::Spawn {
+                binary: "openssl".into(),
+                source,
+            })?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(NatsServerError::Setup(std::io::Error::other(format!(
+                "`openssl {}` failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            ))))
+        }
+    }
+
+    /// `NAME.pem` or `NAME.key` in the temp dir: `ca.pem`, `other-ca.pem`, `server.pem`,
+    /// `server.key`, `client.pem`, `client.key`.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A nats-server `tls` block serving `server.pem` and requiring a client certificate signed
+    /// by `ca.pem` (`verify: true`).
+    pub fn server_block(&self) -> String {
+        format!(
+            "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n  ca_file: {:?}\n  verify: true\n  timeout: 2\n}}\n",
+            self.path("server.pem"),
+            self.path("server.key"),
+            self.path("ca.pem"),
+        )
+    }
 }

@@ -12,6 +12,7 @@ mod full_disk;
 mod golden;
 mod interactive;
 mod nats_outage;
+mod nats_secure;
 mod restart;
 mod runaway;
 mod runbooks;

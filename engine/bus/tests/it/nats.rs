@@ -10,26 +10,36 @@ use firebreak_bus::{Bus, BusErrorKind, NatsBus, NatsOptions, StateStore};
 
 use crate::suite::{self, EXPECT_WITHIN, Harness, event, next};
 
-struct Nats {
-    server: NatsServer,
-    opts: NatsOptions,
+/// The suite's harness on a nats-server; each bus or state handle is a new connection with
+/// `opts` (the secure tests give it credentials).
+pub(crate) struct Nats {
+    pub(crate) server: NatsServer,
+    pub(crate) opts: NatsOptions,
     buses: Vec<Arc<NatsBus>>,
 }
 
 impl Nats {
     fn new(ack_wait: Duration) -> Nats {
-        Nats {
-            server: NatsServer::start().expect("nats-server"),
-            opts: NatsOptions {
+        Nats::on(
+            NatsServer::start().expect("nats-server"),
+            NatsOptions {
                 ack_wait,
                 fetch_batch: 10,
                 ..NatsOptions::default()
             },
+        )
+    }
+
+    /// The harness on `server`, connecting with `opts`.
+    pub(crate) fn on(server: NatsServer, opts: NatsOptions) -> Nats {
+        Nats {
+            server,
+            opts,
             buses: Vec::new(),
         }
     }
 
-    async fn connect(&mut self) -> Arc<NatsBus> {
+    pub(crate) async fn connect(&mut self) -> Arc<NatsBus> {
         let bus = NatsBus::connect(&self.server.url(), self.opts.clone())
             .await
             .expect("connect");

@@ -49,7 +49,7 @@ pub struct AuditConfig {
     /// The Ed25519 key that signs the journal's checkpoints; generated on first start.
     /// Default: beside the journal (`audit.key`, public half `audit.pub`).
     pub signing_key: Option<PathBuf>,
-    /// A journal segment is sealed once it holds this many MiB. Default 64.
+    /// A journal segment is sealed once it holds this many MiB. Default 16 (a start scans the active segment whole: about 3.5 ms per MiB here).
     pub segment_mib: Option<u64>,
     /// Set by `serve --audit-relink`: a journal whose tail does not verify is set aside and
     /// the engine goes on from its last good record, instead of refusing to start.

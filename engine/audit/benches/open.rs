@@ -5,7 +5,7 @@
 //! to keep the generated journal somewhere other than a temporary folder).
 //!
 //! The history is written through the journal itself (runs of 6 records, a few hundred bytes
-//! each, signed checkpoints, 64 MiB segments), with 20 runs left unfinished along the way, so
+//! each, signed checkpoints, the default segment size), with a few runs left unfinished along the way, so
 //! the open has runs to resume from old segments.
 
 use std::sync::Arc;
@@ -110,7 +110,25 @@ fn options(dir: &std::path::Path) -> JournalOptions {
     }
 }
 
+/// The child: open the journal once, wait for the history, print the times in µs.
+fn open_once(path: &std::path::Path, runs: usize) {
+    let dir = path.parent().expect("journal dir");
+    let started = Instant::now();
+    let journal = Journal::open_with(path, options(dir)).expect("reopen");
+    let ready = started.elapsed();
+    let unfinished = journal.unfinished_runs().len();
+    while journal.runs().len() < runs {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let history = started.elapsed();
+    println!("{} {} {unfinished}", ready.as_micros(), history.as_micros());
+}
+
 fn main() {
+    if let Ok(path) = std::env::var("OPEN_ONCE") {
+        let runs = env("OPEN_RUNS", 0) as usize;
+        return open_once(std::path::Path::new(&path), runs);
+    }
     let history = env("HISTORY_MIB", 1024) << 20;
     let tmp = tempfile::tempdir().expect("temp dir");
     let dir = std::env::var("OPEN_DIR")
@@ -123,27 +141,32 @@ fn main() {
         .build()
         .expect("tokio runtime");
     let written = Instant::now();
-    let runs = rt.block_on(async {
-        let journal = Journal::open_with(&path, options(&dir)).expect("open journal");
-        let mut size = 0u64;
-        let mut n = 0u64;
-        while size < history {
-            // 256 runs per batch of appends, one of every 50k left unfinished.
-            let appends: Vec<_> = (n..n + 256)
-                .map(|r| journal.append_all(run(r, r % 50_000 != 7)))
-                .collect();
-            n += 256;
-            for records in futures::future::join_all(appends).await {
-                records.expect("append");
+    let runs = if path.exists() {
+        // A journal left from an earlier run (OPEN_DIR): measure it as it is.
+        JournalReader::open(&path).expect("reader").runs().len() as u64
+    } else {
+        rt.block_on(async {
+            let journal = Journal::open_with(&path, options(&dir)).expect("open journal");
+            let mut size = 0u64;
+            let mut n = 0u64;
+            while size < history {
+                // 256 runs per batch of appends, one of every 50k left unfinished.
+                let appends: Vec<_> = (n..n + 256)
+                    .map(|r| journal.append_all(run(r, r % 50_000 != 7)))
+                    .collect();
+                n += 256;
+                for records in futures::future::join_all(appends).await {
+                    records.expect("append");
+                }
+                size = std::fs::read_dir(&dir)
+                    .expect("dir")
+                    .map(|e| e.expect("entry").metadata().expect("meta").len())
+                    .sum();
             }
-            size = std::fs::read_dir(&dir)
-                .expect("dir")
-                .map(|e| e.expect("entry").metadata().expect("meta").len())
-                .sum();
-        }
-        journal.checkpoint(true).await.expect("closing checkpoint");
-        n
-    });
+            journal.checkpoint(true).await.expect("closing checkpoint");
+            n
+        })
+    };
     let write_time = written.elapsed();
     let size: u64 = std::fs::read_dir(&dir)
         .expect("dir")
@@ -156,19 +179,26 @@ fn main() {
                 .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".jsonl"))
         })
         .count();
+    // Each open in a fresh process, as an engine restarts: one that has just freed a big
+    // index (or written a gigabyte) measures its allocator, not the journal.
     let mut opens = Vec::new();
     let mut unfinished = 0;
     let mut history_ready = Duration::ZERO;
     for _ in 0..5 {
-        let started = Instant::now();
-        let journal = Journal::open_with(&path, options(&dir)).expect("reopen");
-        opens.push(started.elapsed());
-        unfinished = journal.unfinished_runs().len();
-        while journal.runs().len() < runs as usize {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        history_ready = started.elapsed();
-        drop(journal);
+        let out = std::process::Command::new(std::env::current_exe().expect("bench binary"))
+            .env("OPEN_ONCE", &path)
+            .env("OPEN_RUNS", runs.to_string())
+            .output()
+            .expect("open child");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let fields: Vec<u64> = text
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        assert!(out.status.success() && fields.len() == 3, "{text}");
+        opens.push(Duration::from_micros(fields[0]));
+        history_ready = Duration::from_micros(fields[1]);
+        unfinished = fields[2];
     }
     opens.sort();
     let full = Instant::now();

@@ -846,7 +846,7 @@ struct Pending {
 /// How often a journal that cannot write retries on its own (see [`Journal::probe`]).
 pub const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// How a journal is opened for writing. `Default`: no signing, 64 MiB segments.
+/// How a journal is opened for writing. `Default`: no signing, 16 MiB segments.
 #[derive(Debug, Clone)]
 pub struct JournalOptions {
     /// Signs checkpoints; `None`: no checkpoints (a journal with a head file refuses to open
@@ -866,7 +866,7 @@ impl Default for JournalOptions {
         JournalOptions {
             signing_key: None,
             checkpoint_every: CHECKPOINT_EVERY,
-            segment_bytes: 64 << 20,
+            segment_bytes: 16 << 20,
             relink_broken: false,
         }
     }

@@ -945,6 +945,76 @@ fn restorable(args: &RestoreArgs) -> Result<DeploymentSpec, Error> {
     })
 }
 
+/// Whether any string in `v` is the audit journal's redaction marker.
+fn holds_redacted(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s == firebreak_audit::REDACTED,
+        Value::Array(items) => items.iter().any(holds_redacted),
+        Value::Object(map) => map.values().any(holds_redacted),
+        _ => false,
+    }
+}
+
+/// Puts back, at the same place, every redacted value of `target` from `source`; `false` if
+/// one has no counterpart.
+fn fill_redacted(target: &mut Value, source: &Value) -> bool {
+    match target {
+        Value::String(s) if s == firebreak_audit::REDACTED => match source {
+            Value::Null => false,
+            value => {
+                *target = value.clone();
+                true
+            }
+        },
+        Value::Array(items) => items.iter_mut().enumerate().all(|(i, item)| {
+            !holds_redacted(item) || source.get(i).is_some_and(|s| fill_redacted(item, s))
+        }),
+        Value::Object(map) => map.iter_mut().all(|(key, item)| {
+            !holds_redacted(item) || source.get(key).is_some_and(|s| fill_redacted(item, s))
+        }),
+        _ => true,
+    }
+}
+
+/// A snapshot read back from the audit journal (a resumed run replays its `snapshot` step)
+/// has its secret values redacted. The cluster still holds them, in the ReplicaSet of the
+/// snapshot's revision: they are filled from there, never from the journal. Refused when that
+/// ReplicaSet is gone or a redacted value lies outside the pod template.
+async fn unredacted(
+    client: &kube::Client,
+    args: &RestoreArgs,
+    d: &Deployment,
+) -> Result<RestoreArgs, Error> {
+    let snap = &args.snapshot;
+    if !holds_redacted(&snap.spec) {
+        return Ok(args.clone());
+    }
+    let owned = owned_replicasets(client, d).await?;
+    let template = owned
+        .iter()
+        .find(|rs| rollout::revision_of(rs.metadata.annotations.as_ref()) == Some(snap.revision))
+        .and_then(|rs| rs.spec.as_ref()?.template.as_ref())
+        .and_then(|t| serde_json::to_value(t).ok());
+    let mut spec = snap.spec.clone();
+    let filled = match (&template, spec.get_mut("template")) {
+        (Some(source), Some(target)) => fill_redacted(target, source) && !holds_redacted(&spec),
+        _ => false,
+    };
+    if !filled {
+        return Err(Error::refused(
+            ErrorKind::Permanent,
+            format!(
+                "the snapshot of {} holds values the audit journal redacted, and the cluster no                  longer has them (the ReplicaSet of revision {} is gone); not restoring",
+                id(&args.ns, &snap.name),
+                snap.revision
+            ),
+        ));
+    }
+    let mut args = args.clone();
+    args.snapshot.spec = spec;
+    Ok(args)
+}
+
 /// The Deployment the snapshot was taken of, refused when it was recreated since.
 async fn snapshot_target(client: &kube::Client, args: &RestoreArgs) -> Result<Deployment, Error> {
     let snap = &args.snapshot;
@@ -973,6 +1043,7 @@ fn spec_digest(d: &Deployment) -> String {
 pub async fn plan_restore(client: &kube::Client, args: &RestoreArgs) -> Result<Intent, Error> {
     restorable(args)?;
     let d = snapshot_target(client, args).await?;
+    let args = &unredacted(client, args, &d).await?;
     let snap = &args.snapshot;
     let unchanged = rollout::same_json(
         &serde_json::to_value(&d.spec).unwrap_or_default(),
@@ -1066,11 +1137,12 @@ pub async fn apply_restore(
         answer["changed"] = json!(false);
         return Ok(answer);
     }
-    let spec = restorable(args)?;
-    let from_spec: String = intent.field("from_spec").map_err(Error::from_action)?;
     // A recreated Deployment is not the one the snapshot was taken of: refused by name first,
     // then on every read inside the write.
-    snapshot_target(client, args).await?;
+    let d = snapshot_target(client, args).await?;
+    let args = &unredacted(client, args, &d).await?;
+    let spec = restorable(args)?;
+    let from_spec: String = intent.field("from_spec").map_err(Error::from_action)?;
     let (snap, uid) = (&args.snapshot.spec, &args.snapshot.uid);
     let changed = write_unless_changed(
         client,

@@ -20,7 +20,7 @@ pub use journal::{
 };
 pub use record::{
     GENESIS_HASH, REDACTED, Record, RecordBody, RecordDraft, RunMeta, RunStatus, StepError,
-    StepStatus, canonical_json, chain_hash, is_secret_key, redact, redact_value,
+    StepStatus, canonical_json, chain_hash, is_secret_key, redact, redact_text, redact_value,
 };
 pub use timeline::render_timeline;
 pub use verify::{Problem, VerifyError, VerifyOptions, VerifyReport, verify, verify_with};

@@ -573,8 +573,10 @@ fn write_canonical(value: &Value, out: &mut Vec<u8>) {
     }
 }
 
-/// Key fragments that mark a value as secret (compared lowercase, without `_`, `-`, `.`).
-const SECRET_KEYS: &[&str] = &[
+/// Words (or runs of up to three words, joined) that make a key name a secret. Keys are split
+/// into words at `_`, `-`, `.`, spaces and camelCase humps, so `tokenizer` and `max_tokens` are
+/// not secrets while `accessToken`, `DB_PASSWORD` and `private-key` are.
+const SECRET_WORDS: &[&str] = &[
     "password",
     "passwd",
     "passphrase",
@@ -583,43 +585,135 @@ const SECRET_KEYS: &[&str] = &[
     "apikey",
     "authorization",
     "credential",
+    "credentials",
     "privatekey",
     "cookie",
     "sessionid",
 ];
 
+/// A last word that makes the key a reference to a secret, not its value (`secretKeyRef`,
+/// `secretName`, `password_file`).
+const REFERENCE_WORDS: &[&str] = &["ref", "name", "file", "path"];
+
 /// Whether a map key names something that must not be journaled.
 pub fn is_secret_key(key: &str) -> bool {
     // Most keys are short ASCII: fold them on the stack (this runs for every key journaled).
     if key.len() <= 64 && key.is_ascii() {
-        let mut buf = [0u8; 64];
-        let mut len = 0;
-        for b in key
-            .bytes()
-            .filter(|b| !matches!(b, b'_' | b'-' | b'.' | b' '))
-        {
-            buf[len] = b.to_ascii_lowercase();
+        let mut folded = [0u8; 64];
+        let mut starts = [0usize; 65];
+        let (mut len, mut words) = (0, 0);
+        let bytes = key.as_bytes();
+        let mut new_word = true;
+        for (i, &b) in bytes.iter().enumerate() {
+            if !b.is_ascii_alphanumeric() {
+                new_word = true;
+                continue;
+            }
+            let hump = b.is_ascii_uppercase()
+                && i > 0
+                && (bytes[i - 1].is_ascii_lowercase()
+                    || bytes[i - 1].is_ascii_digit()
+                    || (bytes[i - 1].is_ascii_uppercase()
+                        && bytes.get(i + 1).is_some_and(u8::is_ascii_lowercase)));
+            if new_word || hump {
+                starts[words] = len;
+                words += 1;
+                new_word = false;
+            }
+            folded[len] = b.to_ascii_lowercase();
             len += 1;
         }
-        let folded = &buf[..len];
-        return SECRET_KEYS
-            .iter()
-            .any(|k| folded.windows(k.len()).any(|w| w == k.as_bytes()));
+        let text = std::str::from_utf8(&folded[..len]).expect("ASCII");
+        return secret_words(text, &starts[..words]);
     }
-    let folded: String = key
-        .chars()
-        .filter(|c| !matches!(c, '_' | '-' | '.' | ' '))
-        .flat_map(char::to_lowercase)
-        .collect();
-    SECRET_KEYS.iter().any(|k| folded.contains(k))
+    let chars: Vec<char> = key.chars().collect();
+    let mut text = String::new();
+    let mut starts = Vec::new();
+    let mut new_word = true;
+    for (i, &c) in chars.iter().enumerate() {
+        if !c.is_alphanumeric() {
+            new_word = true;
+            continue;
+        }
+        let hump = c.is_uppercase()
+            && i > 0
+            && (chars[i - 1].is_lowercase()
+                || chars[i - 1].is_numeric()
+                || (chars[i - 1].is_uppercase()
+                    && chars.get(i + 1).is_some_and(|n| n.is_lowercase())));
+        if new_word || hump {
+            starts.push(text.len());
+            new_word = false;
+        }
+        text.extend(c.to_lowercase());
+    }
+    secret_words(&text, &starts)
 }
 
-/// Replaces, at any depth, the value of every secret-looking key with `"[redacted]"`.
+/// `text`: the key's words lowercased and joined; `starts`: where each word begins.
+fn secret_words(text: &str, starts: &[usize]) -> bool {
+    let n = starts.len();
+    let end = |i: usize| starts.get(i + 1).copied().unwrap_or(text.len());
+    if n > 1 && REFERENCE_WORDS.contains(&&text[starts[n - 1]..]) {
+        return false;
+    }
+    (0..n).any(|i| (i..n.min(i + 3)).any(|j| SECRET_WORDS.contains(&&text[starts[i]..end(j)])))
+}
+
+/// Secrets recognisable by their shape wherever they appear: bearer and basic credentials,
+/// JWTs, PEM private keys, AWS access key ids, GitHub and Slack tokens, NATS seeds, and the
+/// password in a URL.
+static SECRET_SHAPES: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+    regex::Regex::new(
+        r"(?x)
+          (?P<scheme>\b(?:Bearer|Basic|Token)\ +)[A-Za-z0-9._~+/=-]{8,}
+        | \beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}
+        | -----BEGIN[A-Z\ ]*PRIVATE\ KEY-----(?s:.*?)(?:-----END[A-Z\ ]*PRIVATE\ KEY-----|\z)
+        | \b(?:AKIA|ASIA)[0-9A-Z]{16}\b
+        | \bgh[pousr]_[A-Za-z0-9]{30,}
+        | \bxox[abposr]-[A-Za-z0-9-]{10,}
+        | \bS[UAOCN][A-Z2-7]{55,}
+        | (?P<url>\b[a-z][a-z0-9+.-]*://[^/\s:@]+:)[^/\s@]+@
+        ",
+    )
+    .expect("the secret shapes compile")
+});
+
+/// `text` with every secret-shaped part replaced by `[redacted]` (`None` when it has none).
+pub fn redact_text(text: &str) -> Option<String> {
+    if !SECRET_SHAPES.is_match(text) {
+        return None;
+    }
+    let redacted = SECRET_SHAPES.replace_all(text, |caps: &regex::Captures<'_>| {
+        if let Some(scheme) = caps.name("scheme") {
+            format!("{}{REDACTED}", scheme.as_str())
+        } else if let Some(url) = caps.name("url") {
+            format!("{}{REDACTED}@", url.as_str())
+        } else {
+            REDACTED.to_owned()
+        }
+    });
+    Some(redacted.into_owned())
+}
+
+fn redact_string(text: &mut String) {
+    if let Some(redacted) = redact_text(text) {
+        *text = redacted;
+    }
+}
+
+/// Replaces, at any depth, the value of every secret-looking key with `"[redacted]"`, the
+/// `value` of a `{name, value}` entry whose name looks secret (a container's `env`, a list of
+/// headers), and every secret-shaped part of a string ([`redact_text`]).
 pub fn redact_value(value: &mut Value) {
     match value {
         Value::Object(map) => {
+            let named_secret = map
+                .get("name")
+                .and_then(Value::as_str)
+                .is_some_and(is_secret_key);
             for (key, item) in map.iter_mut() {
-                if is_secret_key(key) {
+                if is_secret_key(key) || (named_secret && key == "value") {
                     *item = Value::String(REDACTED.to_owned());
                 } else {
                     redact_value(item);
@@ -627,6 +721,7 @@ pub fn redact_value(value: &mut Value) {
             }
         }
         Value::Array(items) => items.iter_mut().for_each(redact_value),
+        Value::String(text) => redact_string(text),
         _ => {}
     }
 }
@@ -645,16 +740,30 @@ pub fn redact(body: &mut RecordBody) {
                 redact_value(intent);
             }
         }
-        RecordBody::StepFinished { outputs, .. } => redact_value(outputs),
+        RecordBody::StepFinished { outputs, error, .. } => {
+            redact_value(outputs);
+            if let Some(error) = error {
+                redact_string(&mut error.message);
+            }
+        }
         RecordBody::Evidence { data, .. } => redact_value(data),
+        RecordBody::Progress { message, .. } => redact_string(message),
+        RecordBody::Refusal { reason, .. } | RecordBody::Skipped { reason, .. } => {
+            redact_string(reason)
+        }
+        RecordBody::Approval { comment, .. } => {
+            if let Some(comment) = comment {
+                redact_string(comment);
+            }
+        }
+        RecordBody::RunFinished { error, .. } => {
+            if let Some(error) = error {
+                redact_string(error);
+            }
+        }
+        RecordBody::EventJoined { summary, .. } => redact_string(summary),
+        RecordBody::Parked { payload, .. } => redact_string(payload),
         RecordBody::RunResumed { .. }
-        | RecordBody::Progress { .. }
-        | RecordBody::Refusal { .. }
-        | RecordBody::Approval { .. }
-        | RecordBody::RunFinished { .. }
-        | RecordBody::EventJoined { .. }
-        | RecordBody::Skipped { .. }
-        | RecordBody::Parked { .. }
         | RecordBody::Checkpoint { .. }
         | RecordBody::Relinked { .. } => {}
     }
@@ -869,8 +978,17 @@ mod tests {
         for (key, secret) in [
             ("x-Auth.TOKEN", true),
             ("PRIVATE_KEY", true),
-            ("privatekeyid", true),
+            ("private_key_id", true),
             ("tok_en", true),
+            ("DB_PASSWORD", true),
+            ("DBPassword", true),
+            ("accessToken", true),
+            ("client-secret", true),
+            ("tokenizer", false),
+            ("max_tokens", false),
+            ("secretKeyRef", false),
+            ("secretName", false),
+            ("password_file", false),
             ("name", false),
             ("", false),
             (long.as_str(), true),
@@ -881,6 +999,65 @@ mod tests {
         ] {
             assert_eq!(is_secret_key(key), secret, "{key:?}");
         }
+    }
+
+    /// The issue's cases: an env entry named like a secret, secrets inside free text (errors,
+    /// messages, URLs), and the harmless keys that were redacted before.
+    #[test]
+    fn secrets_are_redacted_by_value_and_harmless_keys_are_kept() {
+        let mut v = json!({
+            "spec": {"containers": [{"env": [
+                {"name": "DB_PASSWORD", "value": "hunter2"},
+                {"name": "MODEL_NAME", "value": "fraud-v2"},
+                {"name": "API_TOKEN", "valueFrom": {"secretKeyRef": {"name": "api", "key": "token"}}}
+            ]}]},
+            "tokenizer": "bpe", "max_tokens": 512,
+            "url": "postgres://svc:s3cr3t-pw@db:5432/models",
+            "note": "sent Authorization: Bearer abcdefghijklmnop1234 to the API",
+            "jwt": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhZG1pbiJ9.c2lnbmF0dXJlLXZhbHVl",
+            "aws": "key AKIAIOSFODNN7EXAMPLE leaked",
+            "pem": "-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY-----",
+            "seed": "SUAIBDPBAUTWCWBKIO6XHQNINK5FWJW4OHLXC3HQ2KFE4PEJUA44CNHTAY",
+        });
+        redact_value(&mut v);
+        assert_eq!(
+            v["spec"]["containers"][0]["env"],
+            json!([
+                {"name": "DB_PASSWORD", "value": REDACTED},
+                {"name": "MODEL_NAME", "value": "fraud-v2"},
+                {"name": "API_TOKEN", "valueFrom": {"secretKeyRef": {"name": "api", "key": "token"}}}
+            ])
+        );
+        assert_eq!(
+            (v["tokenizer"].as_str(), v["max_tokens"].as_i64()),
+            (Some("bpe"), Some(512))
+        );
+        assert_eq!(v["url"], "postgres://svc:[redacted]@db:5432/models");
+        assert_eq!(
+            v["note"],
+            "sent Authorization: Bearer [redacted] to the API"
+        );
+        assert_eq!(v["jwt"], REDACTED);
+        assert_eq!(v["aws"], "key [redacted] leaked");
+        assert_eq!(v["pem"], REDACTED);
+        assert_eq!(v["seed"], REDACTED);
+
+        let mut body = RecordBody::RunFinished {
+            status: RunStatus::Failed,
+            error: Some("GET https://admin:pa55word@registry.example/v2 failed: 401".into()),
+        };
+        redact(&mut body);
+        assert_eq!(
+            body,
+            RecordBody::RunFinished {
+                status: RunStatus::Failed,
+                error: Some("GET https://admin:[redacted]@registry.example/v2 failed: 401".into()),
+            }
+        );
+        assert_eq!(
+            redact_text("nothing to see at https://example.com/a:b"),
+            None
+        );
     }
 
     #[test]

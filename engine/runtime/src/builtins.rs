@@ -19,7 +19,7 @@ pub(crate) fn register(engine: &mut Engine) {
     engine.register_fn(
         "step",
         |ctx: NativeCallContext, name: ImmutableString, body: FnPtr| {
-            let inputs = captured_inputs(&body);
+            let inputs = captured_inputs(&ctx, &body);
             closure_step(&ctx, &name, inputs, &body)
         },
     );
@@ -125,12 +125,31 @@ pub(crate) fn composite_step(
 
 /// What a closure captured, as the step's inputs. The run's `ctx` map is left out: it is in
 /// the `run_started` record already.
-fn captured_inputs(body: &FnPtr) -> Value {
-    let captured: Vec<Value> = body
-        .curry()
+/// Captures are journaled by their variable names, so a captured `db_password` is redacted
+/// like any secret-named key.
+fn captured_inputs(ctx: &NativeCallContext, body: &FnPtr) -> Value {
+    let curry = body.curry();
+    // A closure is a script function whose first parameters are its captures.
+    let names: Vec<String> = ctx
+        .iter_namespaces()
+        .find_map(|module| {
+            module
+                .iter_script_fn_info()
+                .find(|(_, _, name, params, _)| *name == body.fn_name() && *params >= curry.len())
+                .map(|(.., def)| def.params.iter().map(ToString::to_string).collect())
+        })
+        .unwrap_or_default();
+    let captured: serde_json::Map<String, Value> = curry
         .iter()
-        .filter(|v| !is_ctx(v))
-        .map(to_json)
+        .enumerate()
+        .filter(|(_, v)| !is_ctx(v))
+        .map(|(i, v)| {
+            let name = names
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| format!("captured_{i}"));
+            (name, to_json(v))
+        })
         .collect();
     if captured.is_empty() {
         json!({})

@@ -456,3 +456,71 @@ async fn wait_rollout_times_out_on_a_stuck_rollout() -> Result<()> {
     let _: Value = json!(lines);
     Ok(())
 }
+
+/// A snapshot read back from the audit journal has its secrets redacted (a resumed run
+/// replays its `snapshot` step from there): restore fills them from the ReplicaSet of the
+/// snapshot's revision, never writes the marker, and refuses when the cluster lost them.
+#[tokio::test]
+async fn a_snapshot_with_redacted_secrets_restores_the_real_values() -> Result<()> {
+    let c = Cluster::start().await?;
+    let (cx, _) = context(false);
+    c.deploy_web("app", "web:1").await?;
+    c.kubectl(&[
+        "set",
+        "env",
+        "deploy/web",
+        "DB_PASSWORD=hunter2",
+        "MODEL=fraud",
+        "-n",
+        "app",
+    ])
+    .await?;
+    c.rollout_status("app").await?;
+    let mut snap = c
+        .call(&cx, "snapshot", json!({"ns": "app", "deploy": "web"}))
+        .await?;
+    firebreak_audit::redact_value(&mut snap);
+    let env = &snap["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert_eq!(
+        env[0],
+        json!({"name": "DB_PASSWORD", "value": "[redacted]"}),
+        "{env}"
+    );
+
+    c.kubectl(&["set", "image", "deploy/web", "app=web:3", "-n", "app"])
+        .await?;
+    c.rollout_status("app").await?;
+    let out = c
+        .call(&cx, "restore", json!({"ns": "app", "snapshot": snap}))
+        .await?;
+    assert_eq!(out["restored"], true, "{out}");
+    c.rollout_status("app").await?;
+    let env = jsonpath(
+        &c,
+        "app",
+        "deploy/web",
+        "{.spec.template.spec.containers[0].env[*].value}",
+    )
+    .await?;
+    assert_eq!(env, "hunter2 fraud");
+    assert_eq!(
+        jsonpath(
+            &c,
+            "app",
+            "deploy/web",
+            "{.spec.template.spec.containers[0].image}"
+        )
+        .await?,
+        "web:1"
+    );
+
+    let mut lost = snap.clone();
+    lost["revision"] = json!(99);
+    let err = c
+        .call(&cx, "restore", json!({"ns": "app", "snapshot": lost}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Permanent);
+    assert!(err.message.contains("redacted"), "{}", err.message);
+    Ok(())
+}

@@ -75,7 +75,7 @@ async fn builtins_and_closure_steps_are_journaled_with_inputs_outputs_and_status
                 outputs, status, ..
             },
         ) => {
-            assert_eq!(inputs, &json!({"captured": [2]}));
+            assert_eq!(inputs, &json!({"captured": {"factor": 2}}));
             assert_eq!(outputs, &json!(42));
             assert_eq!(*status, StepStatus::Ok);
         }
@@ -338,4 +338,38 @@ async fn once_decides_a_value_once_per_incident() {
     let (third, _) = run(&h, other).await;
     assert_eq!(third.status, RunStatus::Succeeded, "{third:?}");
     assert_eq!(fake.count("one"), 2, "a new incident decides afresh");
+}
+
+/// A closure's captures are journaled by name, so a captured secret is redacted by its name;
+/// a secret-shaped value in an error is redacted too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captured_secrets_and_secrets_in_errors_are_redacted() {
+    let h = harness(Registry::new(), config());
+    let (outcome, records) = run(
+        &h,
+        plan(
+            "r1",
+            r#"
+            let db_password = "hunter2";
+            let replicas = 3;
+            step("connect", || { db_password.len() + replicas });
+            fail("could not reach postgres://svc:hunter2@db:5432");
+            "#,
+        ),
+    )
+    .await;
+    assert_eq!(outcome.status, RunStatus::Failed);
+    let text = std::fs::read_to_string(h.dir.path().join("audit.jsonl")).unwrap();
+    assert!(!text.contains("hunter2"), "{text}");
+    let inputs = records
+        .iter()
+        .find_map(|r| match &r.body {
+            RecordBody::StepStarted { name, inputs, .. } if name == "connect" => Some(inputs),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        inputs,
+        &json!({"captured": {"db_password": "[redacted]", "replicas": 3}})
+    );
 }

@@ -1,5 +1,5 @@
-//! The `pods/log` subresource: query parsing (`container`, `tailLines`, `previous`,
-//! `timestamps`, `sinceSeconds`) and the text served.
+//! The `pods/log` subresource: query parsing (`container`, `tailLines`, `limitBytes`,
+//! `previous`, `timestamps`, `sinceSeconds`) and the text served.
 //!
 //! Start at [`LogQuery::parse`] and [`render`]; [`follow`] streams (`follow=true`). The lines themselves come from the simulated
 //! kubelet (`controller::kubelet::pod_logs`).
@@ -16,6 +16,8 @@ use crate::status::ApiError;
 pub struct LogQuery {
     pub container: Option<String>,
     pub tail_lines: Option<usize>,
+    /// Stop after this many bytes (the kubelet may cut a line in the middle).
+    pub limit_bytes: Option<usize>,
     pub previous: bool,
     pub timestamps: bool,
     pub since_seconds: Option<i64>,
@@ -35,6 +37,14 @@ impl LogQuery {
         Ok(LogQuery {
             container: q.get("container").cloned(),
             tail_lines: num("tailLines")?.map(|n| n.max(0) as usize),
+            limit_bytes: match num("limitBytes")? {
+                Some(n) if n < 1 => {
+                    return Err(ApiError::bad_request(format!(
+                        "limitBytes: Invalid value: {n}: must be greater than 0"
+                    )));
+                }
+                n => n.map(|n| n as usize),
+            },
             previous: q.get("previous").is_some_and(|v| v == "true"),
             timestamps: q.get("timestamps").is_some_and(|v| v == "true"),
             since_seconds: num("sinceSeconds")?,
@@ -140,6 +150,15 @@ pub fn render(pod: &Value, q: &LogQuery, now: Timestamp) -> Result<String, ApiEr
         }
         out.push_str(&line);
         out.push('\n');
+    }
+    if let Some(limit) = q.limit_bytes
+        && out.len() > limit
+    {
+        let mut cut = limit;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
     }
     Ok(out)
 }
@@ -253,6 +272,12 @@ mod tests {
                 .skip(all.lines().count() - 2)
                 .collect::<Vec<_>>()
         );
+        let cut = LogQuery {
+            container: Some("app".into()),
+            limit_bytes: Some(10),
+            ..Default::default()
+        };
+        assert_eq!(render(&running(), &cut, now).unwrap(), all[..10]);
         let err = render(&running(), &LogQuery::default(), now).unwrap_err();
         assert!(err.message.contains("choose one of: [app side]"));
         let bad = LogQuery {

@@ -46,6 +46,10 @@ pub const DEFAULT_TAIL: i64 = 100;
 /// The most lines `logs` returns.
 pub const MAX_TAIL: i64 = 10_000;
 
+/// Most bytes of log `logs` reads (the API server's `limitBytes`; cut again here in case a
+/// server ignores it).
+pub const MAX_LOG_BYTES: usize = 256 * 1024;
+
 /// One pod as evidence: name, phase, ready, restarts, node, image, reason.
 /// The Deployment a pod belongs to, read from its controller: a ReplicaSet the Deployment
 /// controller named `<deployment>-<pod-template-hash>`.
@@ -159,18 +163,28 @@ pub async fn logs(client: &kube::Client, args: LogsArgs) -> Result<Value, Error>
     let lp = LogParams {
         container: container.clone(),
         tail_lines: Some(tail),
+        limit_bytes: Some(MAX_LOG_BYTES as i64),
         ..LogParams::default()
     };
-    let text = api.logs(&args.pod, &lp).await.map_err(Error::api(format!(
+    let mut text = api.logs(&args.pod, &lp).await.map_err(Error::api(format!(
         "reading logs of pod {}/{}",
         args.ns, args.pod
     )))?;
+    let truncated = text.len() >= MAX_LOG_BYTES;
+    if text.len() > MAX_LOG_BYTES {
+        let mut cut = MAX_LOG_BYTES;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
     let lines: Vec<&str> = text.lines().collect();
     Ok(json!({
         "pod": format!("{}/{}", args.ns, args.pod),
         "container": container,
         "tail": tail,
         "lines": lines,
+        "truncated": truncated,
     }))
 }
 

@@ -371,6 +371,22 @@ async fn evidence_reads_pods_logs_events_and_describe() -> Result<()> {
     let theirs = c.kubectl(&["logs", pod, "-n", "app", "--tail=2"]).await?;
     assert_eq!(ours, theirs.lines().collect::<Vec<_>>());
     assert!(ours.len() <= 2);
+    assert_eq!(logs["truncated"], false);
+    // The read is bounded by the API server too, whatever the tail.
+    let asked = c
+        .sim
+        .sim()
+        .requests()
+        .into_iter()
+        .rev()
+        .find(|r| r.path.ends_with("/log") && r.kubectl_command.is_empty())
+        .expect("the connector's log request");
+    assert!(asked.query.contains("limitBytes=262144"), "{}", asked.query);
+    // kubesim cuts where kubectl's --limit-bytes asks, as the kubelet does.
+    let cut = c
+        .kubectl(&["logs", pod, "-n", "app", "--limit-bytes=7"])
+        .await?;
+    assert_eq!(cut.len(), 7, "{cut:?}");
     let err = c
         .call(&cx, "logs", json!({"ns": "app", "pod": pod, "tail": 0}))
         .await

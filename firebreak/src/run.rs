@@ -143,6 +143,12 @@ pub async fn run(cfg: Config, args: RunArgs) -> Result<()> {
                 runbook: rb.name.clone(),
                 team: rb.team.clone(),
                 namespaces: rb.namespaces.clone(),
+                cluster_actions: loaded.set.teams().map(|teams| {
+                    teams
+                        .get(&rb.team)
+                        .map(|t| t.cluster_grants())
+                        .unwrap_or_default()
+                }),
                 ast: loaded.asts[&rb.name].clone(),
                 event: Arc::new(event),
                 params: m.params,

@@ -45,6 +45,7 @@ fn run(run: u64, finished: bool) -> Vec<RecordDraft> {
                 params: json!({"namespace": "ml-serving", "deployment": "recommender"}),
                 dry_run: false,
                 namespaces: vec!["ml-serving".into()],
+                cluster_actions: None,
                 timeout_ms: Some(600_000),
                 lock_key: Some("model-latency-rollback/ml-serving/recommender".into()),
                 cooldown_ms: None,

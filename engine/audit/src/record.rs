@@ -53,6 +53,10 @@ pub enum RecordBody {
         /// Namespaces the runbook may act on.
         #[serde(default)]
         namespaces: Vec<String>,
+        /// Cluster-scoped mutating actions the runbook's team is granted (teams file
+        /// `cluster_actions`); absent: no teams file, no such restriction.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cluster_actions: Option<Vec<String>>,
         /// The run's timeout in milliseconds.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         timeout_ms: Option<u64>,
@@ -412,11 +416,13 @@ fn write_canonical_body(body: &RecordBody, out: &mut Vec<u8>) {
             params,
             dry_run,
             namespaces,
+            cluster_actions,
             timeout_ms,
             lock_key,
             cooldown_ms,
             interactive,
         } => o
+            .plain_opt("cluster_actions", cluster_actions.as_ref())
             .plain_opt("cooldown_ms", cooldown_ms.as_ref())
             .plain("dry_run", dry_run)
             .json("event", event)
@@ -836,6 +842,7 @@ mod tests {
                 params: json!({"replicas": 3}),
                 dry_run: true,
                 namespaces: vec!["shop".into(), "b\u{f6}rse".into()],
+                cluster_actions: Some(vec!["k8s::cordon".into()]),
                 timeout_ms: Some(60_000),
                 lock_key: Some("rb/shop/web".into()),
                 cooldown_ms: Some(600_000),
@@ -846,6 +853,7 @@ mod tests {
                 params: json!(null),
                 dry_run: false,
                 namespaces: vec![],
+                cluster_actions: None,
                 timeout_ms: None,
                 lock_key: None,
                 cooldown_ms: None,

@@ -44,6 +44,8 @@ mod raw {
         pub namespaces: Vec<String>,
         #[serde(default)]
         pub members: Vec<Member>,
+        #[serde(default)]
+        pub cluster_actions: Vec<Spanned<String>>,
     }
 
     #[derive(Deserialize)]
@@ -66,6 +68,16 @@ pub struct Team {
     pub namespaces: Vec<String>,
     /// People (or bots) of the team.
     pub members: Vec<Member>,
+    /// Mutating actions on the whole cluster (no namespace) the team's runbooks may take,
+    /// by qualified name (`k8s::cordon`, `am::silence`); every other one is refused.
+    pub cluster_actions: Vec<String>,
+}
+
+impl Team {
+    /// What a run of this team's runbook may do outside namespaces (see `RunPlan`).
+    pub fn cluster_grants(&self) -> Vec<String> {
+        self.cluster_actions.clone()
+    }
 }
 
 /// A member of a team. `Debug` does not print tokens.
@@ -192,10 +204,24 @@ impl Teams {
                     chat_ids: member.chat_ids.into_iter().map(|t| t.value).collect(),
                 });
             }
+            for action in &team.cluster_actions {
+                let qualified = action.value.split_once("::");
+                if !qualified.is_some_and(|(c, a)| !c.is_empty() && !a.is_empty()) {
+                    diags.push(Diagnostic::spanned(
+                        file,
+                        action,
+                        format!(
+                            "cluster action {:?} is not a qualified action name like k8s::cordon",
+                            action.value
+                        ),
+                    ));
+                }
+            }
             teams.push(Team {
                 name: team.name.value,
                 namespaces: team.namespaces,
                 members,
+                cluster_actions: team.cluster_actions.into_iter().map(|a| a.value).collect(),
             });
         }
         if diags.is_empty() {
@@ -364,6 +390,30 @@ teams:
                 "teams.yaml:11:18: token of bob is already used by another member",
                 "teams.yaml:12:23: chat id \"7\" is already used by another member",
             ]
+        );
+    }
+
+    #[test]
+    fn cluster_actions_are_granted_by_qualified_name() {
+        let teams = Teams::from_str(
+            "teams:\n  - name: platform\n    namespaces: [infra]\n    cluster_actions: [k8s::cordon, am::silence]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            teams.get("platform").unwrap().cluster_grants(),
+            vec!["k8s::cordon", "am::silence"]
+        );
+        let diags = Teams::from_str(
+            "teams:\n  - name: a\n    namespaces: [x]\n    cluster_actions: [cordon]\n",
+        )
+        .unwrap_err();
+        assert_eq!(diags.len(), 1);
+        assert!(
+            diags[0]
+                .to_string()
+                .contains("\"cordon\" is not a qualified action name"),
+            "{}",
+            diags[0]
         );
     }
 

@@ -70,6 +70,7 @@ fn main() {
                         runbook: "bench".into(),
                         team: "perf".into(),
                         namespaces: vec!["shop".into()],
+                        cluster_actions: None,
                         ast: ast.clone(),
                         event: Arc::new(event.clone()),
                         params: serde_json::Map::new(),

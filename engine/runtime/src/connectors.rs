@@ -177,9 +177,24 @@ impl Action {
     }
 
     /// The engine's tenancy rule: an action that names a namespace, reading or writing, only
-    /// inside the runbook's namespaces (another team's logs and events are theirs too).
+    /// inside the runbook's namespaces (another team's logs and events are theirs too); a
+    /// mutation of the whole cluster (no namespace: cordon a node, silence alerts) only with
+    /// the team's grant in the teams file.
     fn refusal(&self, cx: &RunContext, named: &Map<String, Value>) -> Option<String> {
-        let param = self.spec.namespace_param?;
+        let Some(param) = self.spec.namespace_param else {
+            return match &cx.cluster_actions {
+                Some(granted)
+                    if self.spec.effect == Effect::Mutate
+                        && !granted.iter().any(|a| *a == self.qualified) =>
+                {
+                    Some(format!(
+                        "`{}` acts on the whole cluster and team {} has no grant for it (teams file: cluster_actions)",
+                        self.qualified, cx.meta.team
+                    ))
+                }
+                _ => None,
+            };
+        };
         match named.get(param).and_then(Value::as_str) {
             Some(ns) if cx.namespaces.iter().any(|allowed| allowed == ns) => None,
             Some(ns) => Some(format!(

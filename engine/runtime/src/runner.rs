@@ -80,6 +80,12 @@ impl Default for RunnerConfig {
     }
 }
 
+/// Where a run may act: its runbook's namespaces and its team's cluster-scoped grants.
+pub(crate) struct RunScope {
+    pub namespaces: Vec<String>,
+    pub cluster_actions: Option<Vec<String>>,
+}
+
 /// Everything one run needs, as plain values (the binary maps its runbook types onto it).
 pub struct RunPlan {
     pub run_id: String,
@@ -87,6 +93,9 @@ pub struct RunPlan {
     pub team: String,
     /// Namespaces the runbook may act on; mutating actions elsewhere are refused.
     pub namespaces: Vec<String>,
+    /// Cluster-scoped mutating actions (`k8s::cordon`, ...) the runbook's team is granted
+    /// by the teams file; `None` without a teams file (single tenant: no restriction).
+    pub cluster_actions: Option<Vec<String>>,
     /// The compiled script (see [`crate::compile`]).
     pub ast: Arc<AST>,
     pub event: Arc<Event>,
@@ -287,6 +296,7 @@ impl Runner {
             params,
             dry_run: plan.dry_run,
             namespaces: plan.namespaces.clone(),
+            cluster_actions: plan.cluster_actions.clone(),
             timeout_ms: Some(plan.timeout.as_millis() as u64),
             lock_key: plan.lock_key,
             cooldown_ms: (!plan.cooldown.is_zero()).then_some(plan.cooldown.as_millis() as u64),
@@ -294,7 +304,10 @@ impl Runner {
         };
         let cx = self.context(
             meta,
-            plan.namespaces,
+            RunScope {
+                namespaces: plan.namespaces,
+                cluster_actions: plan.cluster_actions,
+            },
             plan.dry_run,
             plan.timeout,
             plan.cancel,
@@ -336,6 +349,7 @@ impl Runner {
             params,
             dry_run,
             namespaces,
+            cluster_actions,
             timeout_ms,
             lock_key,
             cooldown_ms,
@@ -406,7 +420,10 @@ impl Runner {
             event: event.clone(),
             params: params.clone(),
             dry_run: *dry_run,
-            namespaces: namespaces.clone(),
+            scope: RunScope {
+                namespaces: namespaces.clone(),
+                cluster_actions: cluster_actions.clone(),
+            },
             timeout: Duration::from_millis(timeout_ms.unwrap_or(3_600_000)),
             lock_key: lock_key.clone(),
             cooldown: Duration::from_millis(cooldown_ms.unwrap_or(0)),
@@ -444,7 +461,7 @@ impl Runner {
         let ctx = script_ctx(&plan.meta, &plan.event, &plan.params, plan.dry_run);
         let cx = self.context(
             plan.meta,
-            plan.namespaces,
+            plan.scope,
             plan.dry_run,
             plan.timeout,
             CancellationToken::new(),
@@ -494,7 +511,7 @@ impl Runner {
     fn context(
         &self,
         meta: Arc<RunMeta>,
-        namespaces: Vec<String>,
+        scope: RunScope,
         dry_run: bool,
         timeout: Duration,
         cancel: CancellationToken,
@@ -503,7 +520,7 @@ impl Runner {
     ) -> Arc<RunContext> {
         Arc::new(RunContext::new(
             meta,
-            namespaces,
+            scope,
             dry_run,
             self.journal.clone(),
             self.handle.clone(),
@@ -570,7 +587,7 @@ pub struct ResumePlan {
     event: Value,
     params: Value,
     dry_run: bool,
-    namespaces: Vec<String>,
+    scope: RunScope,
     timeout: Duration,
     lock_key: Option<String>,
     cooldown: Duration,

@@ -139,6 +139,8 @@ type QueuedJoin = (
 pub(crate) struct RunContext {
     pub meta: Arc<RunMeta>,
     pub namespaces: Vec<String>,
+    /// Cluster-scoped mutations the team is granted; `None`: no teams file.
+    pub cluster_actions: Option<Vec<String>>,
     pub dry_run: bool,
     pub journal: Arc<Journal>,
     pub handle: Handle,
@@ -194,7 +196,7 @@ impl RunContext {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         meta: Arc<RunMeta>,
-        namespaces: Vec<String>,
+        scope: crate::runner::RunScope,
         dry_run: bool,
         journal: Arc<Journal>,
         handle: Handle,
@@ -207,7 +209,8 @@ impl RunContext {
     ) -> Self {
         RunContext {
             meta,
-            namespaces,
+            namespaces: scope.namespaces,
+            cluster_actions: scope.cluster_actions,
             dry_run,
             journal,
             handle,

@@ -32,6 +32,7 @@ pub fn run_drafts(run: &str) -> Vec<RecordDraft> {
                 params: json!({"namespace": "shop", "replicas": 3}),
                 dry_run: false,
                 namespaces: vec!["shop".into()],
+                cluster_actions: None,
                 timeout_ms: Some(60_000),
                 lock_key: None,
                 cooldown_ms: None,

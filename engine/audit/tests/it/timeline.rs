@@ -16,6 +16,7 @@ async fn the_timeline_shows_steps_outcomes_evidence_refusals_and_the_final_statu
             params: json!({"namespace": "shop"}),
             dry_run: true,
             namespaces: vec!["shop".into()],
+            cluster_actions: None,
             timeout_ms: Some(300_000),
             lock_key: None,
             cooldown_ms: None,

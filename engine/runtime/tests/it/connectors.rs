@@ -415,3 +415,45 @@ async fn a_canary_without_its_connectors_fails_saying_what_to_configure() {
         "{outcome:?}"
     );
 }
+
+/// With a teams file, a mutation of the whole cluster (an action without a namespace, like
+/// cordoning a node) runs only with the team's grant; observing is not a mutation, and
+/// without a teams file (single tenant) there is nothing to grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_wide_mutation_needs_the_teams_grant() {
+    let (h, fake) = with_fake();
+    let script = r#"fake::one(); fake::two(7)"#;
+
+    let mut ungranted = plan("no-grant", script);
+    ungranted.cluster_actions = Some(vec!["fake::three".into()]);
+    let (outcome, records) = run(&h, ungranted).await;
+    assert_eq!(outcome.status, RunStatus::Failed);
+    let error = outcome.error.unwrap();
+    assert!(
+        error.contains("`fake::two` acts on the whole cluster and team payments has no grant"),
+        "{error}"
+    );
+    assert_eq!(fake.count("plan:two"), 0, "never planned");
+    assert!(
+        records.iter().any(|r| matches!(&r.body,
+            RecordBody::Refusal { action, .. } if action == "fake::two")),
+        "{:?}",
+        kinds(&records)
+    );
+    // The grant is journaled with the run, so a resumed run keeps the same limits.
+    match &records[0].body {
+        RecordBody::RunStarted {
+            cluster_actions, ..
+        } => assert_eq!(cluster_actions, &Some(vec!["fake::three".to_owned()])),
+        other => panic!("{other:?}"),
+    }
+
+    let mut granted = plan("grant", script);
+    granted.cluster_actions = Some(vec!["fake::two".into()]);
+    let (outcome, _) = run(&h, granted).await;
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
+
+    let (outcome, _) = run(&h, plan("single-tenant", script)).await;
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
+    assert_eq!(fake.count("plan:two"), 2);
+}

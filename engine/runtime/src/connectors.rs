@@ -184,8 +184,7 @@ impl Action {
         let Some(param) = self.spec.namespace_param else {
             return match &cx.cluster_actions {
                 Some(granted)
-                    if self.spec.effect == Effect::Mutate
-                        && !granted.iter().any(|a| *a == self.qualified) =>
+                    if self.spec.effect == Effect::Mutate && !granted.contains(&self.qualified) =>
                 {
                     Some(format!(
                         "`{}` acts on the whole cluster and team {} has no grant for it (teams file: cluster_actions)",

@@ -83,7 +83,7 @@ pub fn open_journal(cfg: &Config) -> Result<Journal> {
         .with_context(|| format!("opening audit journal {}", path.display()))
 }
 
-pub fn audit(cfg: &Config, command: AuditCommand) -> Result<()> {
+pub async fn audit(cfg: &Config, command: AuditCommand) -> Result<()> {
     let path = journal_path(cfg);
     match command {
         AuditCommand::List => {
@@ -117,7 +117,11 @@ pub fn audit(cfg: &Config, command: AuditCommand) -> Result<()> {
         }
         AuditCommand::Verify { file, key } => {
             let target = file.unwrap_or(path);
-            match verify_with(&target, &VerifyOptions { key }) {
+            let published = match &cfg.nats {
+                Some(nats) => Some(published_checkpoints(nats).await?),
+                None => None,
+            };
+            match verify_with(&target, &VerifyOptions { key, published }) {
                 Ok(report) => {
                     println!(
                         "ok: {} records in {} runs, {} file(s), chain intact; last hash {}",
@@ -152,6 +156,11 @@ pub fn audit(cfg: &Config, command: AuditCommand) -> Result<()> {
                             file.display()
                         );
                     }
+                    for (anchor, seq) in &report.anchors {
+                        println!(
+                            "anchored: {anchor} holds a signed checkpoint at seq {seq}, and so does the journal"
+                        );
+                    }
                     for relink in &report.relinks {
                         println!("relinked: {relink}");
                     }
@@ -183,6 +192,29 @@ pub fn audit(cfg: &Config, command: AuditCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The newest checkpoint the engine published on the NATS audit stream (none yet: empty), to
+/// verify the local journal against.
+async fn published_checkpoints(nats: &crate::config::NatsConfig) -> Result<(String, Vec<u8>)> {
+    let opts = firebreak_bus::NatsOptions {
+        security: nats.security()?,
+        ..firebreak_bus::NatsOptions::default()
+    };
+    let bus = firebreak_bus::NatsBus::connect(&nats.url, opts)
+        .await
+        .with_context(|| {
+            format!(
+                "connecting to NATS at {} to read the published checkpoints",
+                nats.url
+            )
+        })?;
+    let lines = bus
+        .last_audit_message(firebreak_bus::nats::CHECKPOINT_SUBJECT)
+        .await?
+        .map(|b| b.to_vec())
+        .unwrap_or_default();
+    Ok((format!("the NATS audit stream at {}", nats.url), lines))
 }
 
 fn open(path: &Path) -> Result<JournalReader> {

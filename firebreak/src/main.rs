@@ -105,7 +105,7 @@ fn main() -> Result<()> {
             }
             Command::Audit { command } => {
                 let cfg = config::Config::load(cli.config.as_deref())?;
-                audit_cmd::audit(&cfg, command)
+                audit_cmd::audit(&cfg, command).await
             }
             Command::Demo(args) => demo::demo(args).await,
             Command::Sim(args) => {

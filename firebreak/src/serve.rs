@@ -444,11 +444,21 @@ impl BusMirror {
         spans
             .into_iter()
             .map(|(seq, first, id, range)| {
-                let subject = format!(
-                    "firebreak.audit.{}.{}",
-                    subject_token(&first.team),
-                    subject_token(&first.run_id)
-                );
+                // The journal's own records (no run) on a subject of their own, so the
+                // newest checkpoint can be read back directly.
+                let subject = if first.run_id.is_empty() {
+                    format!(
+                        "{}.{}",
+                        firebreak_bus::nats::JOURNAL_SUBJECT_PREFIX,
+                        first.body.kind()
+                    )
+                } else {
+                    format!(
+                        "firebreak.audit.{}.{}",
+                        subject_token(&first.team),
+                        subject_token(&first.run_id)
+                    )
+                };
                 let payload = lines.slice(range);
                 (
                     seq,

@@ -1413,6 +1413,7 @@ fn check_tail(
         return Ok(Some(Break {
             line: end_line,
             problem: Problem::TailMissing {
+                anchor: "the head file".into(),
                 head_seq: head.seq,
                 last_seq,
             },
@@ -1434,6 +1435,7 @@ fn check_tail(
         return Ok(Some(Break {
             line: end_line,
             problem: Problem::HeadMismatch {
+                anchor: "the head file".into(),
                 seq: head.seq,
                 head_hash: head.hash.clone(),
                 hash: stored,

@@ -45,6 +45,8 @@ pub struct VerifyReport {
     pub closed: bool,
     /// Breaks the engine found at start and journaled before going on (`relinked` records).
     pub relinks: Vec<String>,
+    /// Checkpoints kept outside the journal that it was held against: (where, seq).
+    pub anchors: Vec<(String, u64)>,
 }
 
 /// What is wrong with a record.
@@ -76,17 +78,23 @@ pub enum Problem {
     #[error("checkpoint signed by key {found}, not by the trusted key {trusted}")]
     UntrustedKey { found: String, trusted: String },
     #[error(
-        "the signed head file vouches for a checkpoint at seq {head_seq}, but the journal ends at seq {last_seq}: records were removed or the tail was cut off"
+        "{anchor} vouches for a signed checkpoint at seq {head_seq}, but the journal ends at seq {last_seq}: records were removed or the tail was cut off"
     )]
-    TailMissing { head_seq: u64, last_seq: u64 },
+    TailMissing {
+        /// Where the checkpoint was kept: the head file, the NATS audit stream.
+        anchor: String,
+        head_seq: u64,
+        last_seq: u64,
+    },
     #[error(
         "written after the checkpoint the engine wrote as it stopped (seq {last_checkpoint}): firebreak did not write it"
     )]
     AfterClose { last_checkpoint: u64 },
     #[error(
-        "the signed head file's checkpoint seq {seq} (hash {head_hash}) is not the journal's record seq {seq} (hash {hash})"
+        "the signed checkpoint in {anchor}, seq {seq} (hash {head_hash}), is not the journal's record seq {seq} (hash {hash})"
     )]
     HeadMismatch {
+        anchor: String,
         seq: u64,
         head_hash: String,
         hash: String,
@@ -123,6 +131,9 @@ pub struct VerifyOptions {
     /// The public key checkpoints must be signed with (hex, or a file holding it). Default:
     /// `<stem>.pub` beside the journal, else the key the checkpoints name.
     pub key: Option<String>,
+    /// Checkpoints published elsewhere: (where, the published journal lines). The newest
+    /// checkpoint among the lines must be in the journal, like the head file's.
+    pub published: Option<(String, Vec<u8>)>,
 }
 
 /// Checks records one line at a time, carrying the chain between them.
@@ -226,8 +237,35 @@ pub(crate) fn read_head(path: &Path, key: Option<&str>) -> Result<Option<Record>
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Problem::BadHead(format!("{}: {e}", path.display()))),
     };
-    let record: Record = serde_json::from_slice(&text)
-        .map_err(|e| Problem::BadHead(format!("{} does not parse: {e}", path.display())))?;
+    parse_anchor(&text, &path.display().to_string(), key).map(Some)
+}
+
+/// The newest checkpoint among journal `lines` kept at `source`, its signature checked.
+fn newest_checkpoint(
+    lines: &[u8],
+    source: &str,
+    key: Option<&str>,
+) -> Result<Option<Record>, Problem> {
+    let newest = lines
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| serde_json::from_slice::<Record>(l).ok())
+        .filter(|r| matches!(r.body, RecordBody::Checkpoint { .. }))
+        .max_by_key(|r| r.seq);
+    match newest {
+        Some(record) => {
+            let line = serde_json::to_vec(&record).map_err(|e| Problem::BadHead(e.to_string()))?;
+            parse_anchor(&line, source, key).map(Some)
+        }
+        None => Ok(None),
+    }
+}
+
+/// A checkpoint kept outside the journal, its signature checked (against `key` if given).
+fn parse_anchor(text: &[u8], source: &str, key: Option<&str>) -> Result<Record, Problem> {
+    let path = source;
+    let record: Record = serde_json::from_slice(text)
+        .map_err(|e| Problem::BadHead(format!("{path} does not parse: {e}")))?;
     let RecordBody::Checkpoint {
         covers,
         head,
@@ -237,24 +275,21 @@ pub(crate) fn read_head(path: &Path, key: Option<&str>) -> Result<Option<Record>
     } = &record.body
     else {
         return Err(Problem::BadHead(format!(
-            "{} holds a {} record, not a checkpoint",
-            path.display(),
+            "{path} holds a {} record, not a checkpoint",
             record.body.kind()
         )));
     };
     if key.is_some_and(|k| k != signer) {
         return Err(Problem::BadHead(format!(
-            "{} is signed by key {signer}, not by the trusted key",
-            path.display()
+            "{path} is signed by key {signer}, not by the trusted key"
         )));
     }
     if !signature_holds(signer, *covers, head, *last, signature) {
         return Err(Problem::BadHead(format!(
-            "{}: its signature does not hold",
-            path.display()
+            "{path}: its signature does not hold"
         )));
     }
-    Ok(Some(record))
+    Ok(record)
 }
 
 /// Verifies the whole chain of the journal (or export) at `path`, with the default options.
@@ -348,8 +383,23 @@ pub fn verify_with(
         last_place = (file_path.clone(), line_no);
     }
     let last_seq = checker.expected_seq - 1;
-    let head = head?;
-    if let Some(head) = &head {
+    let mut anchors: Vec<(PathBuf, String, Record)> = Vec::new();
+    if let Some(head) = head? {
+        anchors.push((layout.head(), "the head file".to_owned(), head));
+    }
+    if let Some((source, lines)) = &options.published {
+        let published =
+            newest_checkpoint(lines, source, checker.key.as_deref()).map_err(|problem| {
+                VerifyError::Broken {
+                    path: PathBuf::from(source),
+                    line: 1,
+                    seq: None,
+                    problem,
+                }
+            })?;
+        anchors.extend(published.map(|r| (PathBuf::from(source), source.clone(), r)));
+    }
+    for (anchor_path, anchor, head) in &anchors {
         let at_end = |problem| VerifyError::Broken {
             path: last_place.0.clone(),
             line: torn_tail_line.unwrap_or(last_place.1 + 1),
@@ -361,7 +411,7 @@ pub fn verify_with(
             && signer != trusted
         {
             return Err(VerifyError::Broken {
-                path: layout.head(),
+                path: anchor_path.clone(),
                 line: 1,
                 seq: Some(head.seq),
                 problem: Problem::UntrustedKey {
@@ -372,6 +422,7 @@ pub fn verify_with(
         }
         if head.seq > last_seq {
             return Err(at_end(Problem::TailMissing {
+                anchor: anchor.clone(),
                 head_seq: head.seq,
                 last_seq,
             }));
@@ -388,10 +439,11 @@ pub fn verify_with(
         })?;
         if stored.as_deref() != Some(head.hash.as_str()) {
             return Err(VerifyError::Broken {
-                path: layout.head(),
+                path: anchor_path.clone(),
                 line: 1,
                 seq: Some(head.seq),
                 problem: Problem::HeadMismatch {
+                    anchor: anchor.clone(),
                     seq: head.seq,
                     head_hash: head.hash.clone(),
                     hash: stored.unwrap_or_default(),
@@ -415,6 +467,10 @@ pub fn verify_with(
         unanchored: after_checkpoint.map(|(file, line, seq)| (file, line, seq, last_seq)),
         closed: matches!(checker.last_checkpoint, Some((seq, true)) if seq == last_seq),
         relinks,
+        anchors: anchors
+            .into_iter()
+            .map(|(_, anchor, record)| (anchor, record.seq))
+            .collect(),
     })
 }
 

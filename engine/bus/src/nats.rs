@@ -140,6 +140,12 @@ fn token(s: &str) -> String {
     if t.is_empty() { "_".into() } else { t }
 }
 
+/// Where the audit journal's own records (checkpoints, relinks: no run) are mirrored.
+pub const JOURNAL_SUBJECT_PREFIX: &str = "firebreak.audit._journal";
+
+/// Where the journal's signed checkpoints are mirrored; `audit verify` reads the newest.
+pub const CHECKPOINT_SUBJECT: &str = "firebreak.audit._journal.checkpoint";
+
 /// The subject an event is published on: `firebreak.events.<source>.<type>`.
 pub fn event_subject(event: &Event) -> String {
     format!(
@@ -258,6 +264,28 @@ impl NatsBus {
     /// The server URL this bus connected to.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The newest message the audit stream holds on `subject` (e.g. [`CHECKPOINT_SUBJECT`]),
+    /// if any.
+    pub async fn last_audit_message(
+        &self,
+        subject: &str,
+    ) -> Result<Option<bytes::Bytes>, BusError> {
+        let stream = self
+            .js
+            .get_stream(&self.setup.opts.audit_stream)
+            .await
+            .map_err(|e| BusError::nats("get the audit stream", BusErrorKind::Unavailable, e))?;
+        match stream.get_last_raw_message_by_subject(subject).await {
+            Ok(message) => Ok(Some(message.payload)),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(BusError::nats(
+                format!("read the last message on {subject}"),
+                BusErrorKind::Unavailable,
+                e,
+            )),
+        }
     }
 
     fn check_connected(&self) -> Result<(), BusError> {

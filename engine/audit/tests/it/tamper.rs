@@ -90,7 +90,8 @@ async fn a_truncated_last_line_is_caught() {
             p,
             Problem::TailMissing {
                 head_seq: 10,
-                last_seq: 9
+                last_seq: 9,
+                ..
             }
         )
     });
@@ -183,6 +184,7 @@ async fn a_journal_resigned_with_another_key_fails_against_the_trusted_key() {
         &path,
         &VerifyOptions {
             key: Some(trusted.trim().to_owned()),
+            ..VerifyOptions::default()
         },
     );
     assert!(err.is_ok(), "the old key still verifies it: {err:?}");
@@ -191,6 +193,7 @@ async fn a_journal_resigned_with_another_key_fails_against_the_trusted_key() {
         &path,
         &VerifyOptions {
             key: Some(other.trim().to_owned()),
+            ..VerifyOptions::default()
         },
     )
     .unwrap_err();
@@ -251,4 +254,44 @@ async fn a_checkpoint_is_signed_every_n_records() {
     // Opening, after 8 records, after 16, and the one asked for.
     assert_eq!(report.checkpoints, 4, "{report:?}");
     assert_eq!(report.records, 17 + 4);
+}
+
+/// Checkpoints published elsewhere (the NATS audit stream) anchor the tail even when the
+/// local head file is gone with the records.
+#[tokio::test]
+async fn a_published_checkpoint_catches_a_tail_removed_with_the_head_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, lines) = closed_journal(dir.path()).await;
+    let published = (lines.join("\n") + "\n").into_bytes();
+    write(&path, &(lines[..6].join("\n") + "\n"));
+    std::fs::remove_file(dir.path().join("audit.head")).unwrap();
+    assert!(
+        verify(&path).is_ok(),
+        "without an anchor the cut cannot be seen"
+    );
+    let options = VerifyOptions {
+        published: Some(("the NATS audit stream".into(), published.clone())),
+        ..VerifyOptions::default()
+    };
+    let err = verify_with(&path, &options).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            VerifyError::Broken {
+                line: 7,
+                problem: Problem::TailMissing { head_seq: 10, last_seq: 6, anchor },
+                ..
+            } if anchor == "the NATS audit stream"
+        ),
+        "{err}"
+    );
+    // A published checkpoint that was forged does not count as one.
+    let mut forged: serde_json::Value = serde_json::from_str(&lines[9]).unwrap();
+    forged["body"]["covers"] = 20.into();
+    let options = VerifyOptions {
+        published: Some(("nats".into(), serde_json::to_vec(&forged).unwrap())),
+        ..VerifyOptions::default()
+    };
+    let err = verify_with(&path, &options).unwrap_err();
+    assert!(err.to_string().contains("signature does not hold"), "{err}");
 }

@@ -293,11 +293,14 @@ fn parse_anchor(text: &[u8], source: &str, key: Option<&str>) -> Result<Record, 
 }
 
 /// Verifies the whole chain of the journal (or export) at `path`, with the default options.
+// Runs once per command, and callers match on the problem: not worth a box.
+#[allow(clippy::result_large_err)]
 pub fn verify(path: impl AsRef<Path>) -> Result<VerifyReport, VerifyError> {
     verify_with(path, &VerifyOptions::default())
 }
 
 /// Verifies the journal (every segment, oldest first) or export at `path`.
+#[allow(clippy::result_large_err)]
 pub fn verify_with(
     path: impl AsRef<Path>,
     options: &VerifyOptions,

@@ -471,3 +471,117 @@ async fn a_malformed_creds_file_is_refused_naming_it() {
     assert!(text.contains(&path.display().to_string()), "{text}");
     assert!(took < Duration::from_secs(1));
 }
+
+/// A base64url (no padding) encoding, as JWTs use.
+fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+        }
+    }
+    out
+}
+
+/// A NATS JWT (v2) for `subject`, signed by `issuer`: what `nsc` writes.
+fn nats_jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
+    let header = base64url(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let claims = serde_json::json!({
+        "jti": format!("{name}-{}", std::process::id()),
+        "iat": 1_700_000_000,
+        "iss": issuer.public_key(),
+        "name": name,
+        "sub": subject,
+        "nats": nats,
+    });
+    let body = format!("{header}.{}", base64url(claims.to_string().as_bytes()));
+    let signature = issuer.sign(body.as_bytes()).expect("sign the JWT");
+    format!("{body}.{}", base64url(&signature))
+}
+
+fn creds_file(jwt: &str, seed: &str) -> String {
+    format!(
+        "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n\
+         ************************* IMPORTANT *************************\n\
+         NKEY Seed printed below can be used to sign and prove identity.\n\n\
+         -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+    )
+}
+
+/// A server in operator (decentralized JWT) mode, as `nsc` sets one up: an operator, the
+/// firebreak account (JetStream on) preloaded in a memory resolver, and a `.creds` file for an
+/// engine user the account signed. The replica logs in with the creds file and passes the
+/// suite; a user signed by an account the operator does not know is refused.
+#[tokio::test]
+async fn an_engine_replica_logs_in_with_a_creds_file_in_operator_mode() {
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    let user = nkeys::KeyPair::new_user();
+    let operator_jwt = nats_jwt(
+        &operator,
+        &operator.public_key(),
+        "firebreak-operator",
+        serde_json::json!({"type": "operator", "version": 2}),
+    );
+    let unlimited = serde_json::json!({
+        "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+        "wildcards": true, "conn": -1, "leaf": -1,
+        "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1
+    });
+    let account_jwt = nats_jwt(
+        &operator,
+        &account.public_key(),
+        "FIREBREAK",
+        serde_json::json!({"type": "account", "version": 2, "limits": unlimited}),
+    );
+    let user_claims = serde_json::json!({
+        "type": "user", "version": 2, "pub": {}, "sub": {},
+        "subs": -1, "data": -1, "payload": -1
+    });
+    let user_jwt = nats_jwt(&account, &user.public_key(), "engine", user_claims.clone());
+    // JetStream needs the server's system account.
+    let system = nkeys::KeyPair::new_account();
+    let system_jwt = nats_jwt(
+        &operator,
+        &system.public_key(),
+        "SYS",
+        serde_json::json!({"type": "account", "version": 2}),
+    );
+    let config = format!(
+        "operator: {operator_jwt}\nsystem_account: {sys}\nresolver: MEMORY\n\
+         resolver_preload: {{\n  {sys}: {system_jwt}\n  {acc}: {account_jwt}\n}}\n",
+        sys = system.public_key(),
+        acc = account.public_key()
+    );
+    let server = NatsServer::start_with_config(&config, &[])
+        .unwrap_or_else(|e| panic!("nats-server in operator mode: {e}\n{config}"));
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("engine.creds");
+    std::fs::write(&creds, creds_file(&user_jwt, &user.seed().unwrap())).unwrap();
+    let mut h = Nats::on(
+        server,
+        secured(NatsAuth::CredsFile(creds), NatsTls::default(), ACK_WAIT),
+    );
+    suite::publish_consume_ack(&mut h).await;
+
+    // A user of an account the operator never signed.
+    let stranger = nkeys::KeyPair::new_account();
+    let intruder = nkeys::KeyPair::new_user();
+    let forged = nats_jwt(&stranger, &intruder.public_key(), "intruder", user_claims);
+    let path = dir.path().join("intruder.creds");
+    std::fs::write(&path, creds_file(&forged, &intruder.seed().unwrap())).unwrap();
+    let (err, took) = refused(
+        &h.server.url(),
+        secured(NatsAuth::CredsFile(path), NatsTls::default(), ACK_WAIT),
+    )
+    .await;
+    let text = chain(&err);
+    assert!(matches!(err, BusError::Unauthorized { .. }), "{text}");
+    assert!(text.contains("creds file"), "{text}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+}

@@ -143,12 +143,7 @@ pub async fn run(cfg: Config, args: RunArgs) -> Result<()> {
                 runbook: rb.name.clone(),
                 team: rb.team.clone(),
                 namespaces: rb.namespaces.clone(),
-                cluster_actions: loaded.set.teams().map(|teams| {
-                    teams
-                        .get(&rb.team)
-                        .map(|t| t.cluster_grants())
-                        .unwrap_or_default()
-                }),
+                cluster_actions: loaded.set.cluster_grants(&rb.team),
                 ast: loaded.asts[&rb.name].clone(),
                 event: Arc::new(event),
                 params: m.params,

@@ -1016,9 +1016,7 @@ impl Journal {
             write_atomic(&layout.head(), &checkpoint_line).map_err(write_err)?;
             opening = Some((records, buf));
         }
-        let read_file = File::open(&path).map_err(open_err)?;
-        let mut segments = files;
-        segments.last_mut().expect("the active segment").file = Arc::new(read_file);
+        let segments = files;
         let shared = Arc::new(Shared {
             layout,
             path: path.clone(),
@@ -1303,7 +1301,7 @@ fn load(layout: &Layout, path: &Path) -> Result<Opened, AuditError> {
     files.push(SegmentFile {
         path: path.to_owned(),
         first_seq: chain_start.0,
-        file: Arc::new(file.try_clone().map_err(open_err)?),
+        file: Arc::new(File::open(path).map_err(open_err)?),
     });
     Ok(Opened {
         file,
@@ -1361,7 +1359,12 @@ fn check_tail(
     };
     let (start, first_line) = scan.last_checkpoint.map_or((0, 1), |(o, l, ..)| (o, l));
     let mut reader = BufReader::new(ReadAt {
-        file: Arc::new(opened.file.try_clone().map_err(read_err)?),
+        file: opened
+            .files
+            .last()
+            .expect("the active segment")
+            .file
+            .clone(),
         at: start,
     })
     .take(scan.len - start);

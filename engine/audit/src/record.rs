@@ -530,16 +530,8 @@ pub fn chain_hash(prev_hash: &str, canonical: &[u8]) -> String {
     let mut hasher = Sha256::new();
     hasher.update(prev_hash.as_bytes());
     hasher.update(canonical);
-    let digest = hasher.finalize();
-    let mut out = String::with_capacity(64);
-    for byte in digest.iter() {
-        out.push(char::from(HEX[usize::from(byte >> 4)]));
-        out.push(char::from(HEX[usize::from(byte & 0x0f)]));
-    }
-    out
+    crate::checkpoint::to_hex(&hasher.finalize())
 }
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Canonical JSON: object keys sorted bytewise, no whitespace, serde_json's escaping and
 /// number formatting. Independent of serde_json's `preserve_order` feature.

@@ -237,7 +237,9 @@ pub(crate) fn read_head(path: &Path, key: Option<&str>) -> Result<Option<Record>
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Problem::BadHead(format!("{}: {e}", path.display()))),
     };
-    parse_anchor(&text, &path.display().to_string(), key).map(Some)
+    let record: Record = serde_json::from_slice(&text)
+        .map_err(|e| Problem::BadHead(format!("{} does not parse: {e}", path.display())))?;
+    check_anchor(record, &path.display().to_string(), key).map(Some)
 }
 
 /// The newest checkpoint among journal `lines` kept at `source`, its signature checked.
@@ -252,20 +254,14 @@ fn newest_checkpoint(
         .filter_map(|l| serde_json::from_slice::<Record>(l).ok())
         .filter(|r| matches!(r.body, RecordBody::Checkpoint { .. }))
         .max_by_key(|r| r.seq);
-    match newest {
-        Some(record) => {
-            let line = serde_json::to_vec(&record).map_err(|e| Problem::BadHead(e.to_string()))?;
-            parse_anchor(&line, source, key).map(Some)
-        }
-        None => Ok(None),
-    }
+    newest
+        .map(|record| check_anchor(record, source, key))
+        .transpose()
 }
 
-/// A checkpoint kept outside the journal, its signature checked (against `key` if given).
-fn parse_anchor(text: &[u8], source: &str, key: Option<&str>) -> Result<Record, Problem> {
-    let path = source;
-    let record: Record = serde_json::from_slice(text)
-        .map_err(|e| Problem::BadHead(format!("{path} does not parse: {e}")))?;
+/// A checkpoint kept outside the journal (at `path`), its signature checked (against `key`
+/// if given).
+fn check_anchor(record: Record, path: &str, key: Option<&str>) -> Result<Record, Problem> {
     let RecordBody::Checkpoint {
         covers,
         head,
@@ -335,6 +331,8 @@ pub fn verify_with(
     let mut runs = std::collections::HashSet::new();
     let mut torn_tail_line = None;
     let mut checkpoints = 0u64;
+    // seq → hash of every checkpoint, for the anchors kept outside the journal.
+    let mut checkpoint_hashes = std::collections::HashMap::new();
     let mut relinks = Vec::new();
     // The first record after the last checkpoint: (file, line, seq).
     let mut after_checkpoint: Option<(PathBuf, u64, u64)> = None;
@@ -369,6 +367,7 @@ pub fn verify_with(
             match &record.body {
                 RecordBody::Checkpoint { .. } => {
                     checkpoints += 1;
+                    checkpoint_hashes.insert(record.seq, record.hash);
                     after_checkpoint = None;
                 }
                 body => {
@@ -436,11 +435,8 @@ pub fn verify_with(
                 last_checkpoint: head.seq,
             }));
         }
-        let stored = find_hash(&files, head.seq).map_err(|source| VerifyError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        if stored.as_deref() != Some(head.hash.as_str()) {
+        let stored = checkpoint_hashes.get(&head.seq);
+        if stored != Some(&head.hash) {
             return Err(VerifyError::Broken {
                 path: anchor_path.clone(),
                 line: 1,
@@ -449,7 +445,7 @@ pub fn verify_with(
                     anchor: anchor.clone(),
                     seq: head.seq,
                     head_hash: head.hash.clone(),
-                    hash: stored.unwrap_or_default(),
+                    hash: stored.cloned().unwrap_or_default(),
                 },
             });
         }
@@ -475,30 +471,4 @@ pub fn verify_with(
             .map(|(_, anchor, record)| (anchor, record.seq))
             .collect(),
     })
-}
-
-/// The hash of record `seq` in `files` (read again: the head check runs once per verify).
-fn find_hash(files: &[PathBuf], seq: u64) -> io::Result<Option<String>> {
-    #[derive(serde::Deserialize)]
-    struct Place {
-        seq: u64,
-        hash: String,
-    }
-    for file in files.iter().rev() {
-        let reader = BufReader::new(File::open(file)?);
-        let mut first = true;
-        for line in reader.split(b'\n') {
-            let Ok(place) = serde_json::from_slice::<Place>(&line?) else {
-                continue;
-            };
-            if first && place.seq > seq {
-                break;
-            }
-            first = false;
-            if place.seq == seq {
-                return Ok(Some(place.hash));
-            }
-        }
-    }
-    Ok(None)
 }

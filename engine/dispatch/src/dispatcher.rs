@@ -436,12 +436,7 @@ impl Dispatcher {
             runbook: name.clone(),
             team: manifest.team.clone(),
             namespaces: manifest.namespaces.clone(),
-            cluster_actions: loaded.set.teams().map(|teams| {
-                teams
-                    .get(&manifest.team)
-                    .map(|t| t.cluster_grants())
-                    .unwrap_or_default()
-            }),
+            cluster_actions: loaded.set.cluster_grants(&manifest.team),
             ast,
             event: event.clone(),
             params: m.params.clone(),

@@ -286,6 +286,17 @@ impl RunbookSet {
         self.teams.as_ref()
     }
 
+    /// The cluster-scoped actions `team` is granted (teams file `cluster_actions`); `None`
+    /// without a teams file (single tenant: nothing to grant).
+    pub fn cluster_grants(&self, team: &str) -> Option<Vec<String>> {
+        self.teams.as_ref().map(|teams| {
+            teams
+                .get(team)
+                .map(|t| t.cluster_actions.clone())
+                .unwrap_or_default()
+        })
+    }
+
     /// The runbooks to start for `event`, one entry per runbook (several matching triggers
     /// of one runbook start it once), in runbook-name order.
     ///

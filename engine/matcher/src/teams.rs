@@ -73,13 +73,6 @@ pub struct Team {
     pub cluster_actions: Vec<String>,
 }
 
-impl Team {
-    /// What a run of this team's runbook may do outside namespaces (see `RunPlan`).
-    pub fn cluster_grants(&self) -> Vec<String> {
-        self.cluster_actions.clone()
-    }
-}
-
 /// A member of a team. `Debug` does not print tokens.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Member {
@@ -400,7 +393,7 @@ teams:
         )
         .unwrap();
         assert_eq!(
-            teams.get("platform").unwrap().cluster_grants(),
+            teams.get("platform").unwrap().cluster_actions,
             vec!["k8s::cordon", "am::silence"]
         );
         let diags = Teams::from_str(

@@ -262,7 +262,7 @@ impl RunContext {
             if let RecordBody::RunFinished { .. } = body {
                 continue;
             }
-            let bytes = serde_json::to_vec(body).map_or(0, |v| v.len() as u64);
+            let bytes = json_len(body);
             if let RecordBody::Evidence { name, .. } = body
                 && bytes > budget.max_evidence_bytes
             {
@@ -645,6 +645,23 @@ pub(crate) fn on_progress(operations: u64) -> Option<Dynamic> {
         return Some(NEEDS_THREAD.into());
     }
     cx.check_stop().map(|stop| stop.token().into())
+}
+
+/// Bytes of `value` as JSON, counted without building them.
+fn json_len(value: &impl serde::Serialize) -> u64 {
+    struct Count(u64);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len() as u64;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 /// The error that ends an inline attempt.

@@ -19,7 +19,14 @@ use crate::config::Config;
 #[derive(Subcommand)]
 pub enum AuditCommand {
     /// List runs, newest last.
-    List,
+    List {
+        /// Only this team's runs.
+        #[arg(long)]
+        team: Option<String>,
+        /// Only this runbook's runs.
+        #[arg(long)]
+        runbook: Option<String>,
+    },
     /// Print one run's step-by-step timeline (a unique prefix of the run id is enough).
     Show { run: String },
     /// Walk the hash chain, check every signed checkpoint and the head file, and name the
@@ -86,13 +93,17 @@ pub fn open_journal(cfg: &Config) -> Result<Journal> {
 pub async fn audit(cfg: &Config, command: AuditCommand) -> Result<()> {
     let path = journal_path(cfg);
     match command {
-        AuditCommand::List => {
+        AuditCommand::List { team, runbook } => {
             let reader = open(&path)?;
             println!(
                 "{:<38} {:<26} {:<14} {:<10} STARTED",
                 "RUN", "RUNBOOK", "TEAM", "STATUS"
             );
-            for run in reader.runs() {
+            let runs = reader.runs().into_iter().filter(|r| {
+                team.as_ref().is_none_or(|t| r.team == *t)
+                    && runbook.as_ref().is_none_or(|rb| r.runbook == *rb)
+            });
+            for run in runs {
                 use firebreak_audit::EntryKind;
                 let status = match (run.kind, run.status) {
                     (EntryKind::Refused, _) => "refused".to_string(),

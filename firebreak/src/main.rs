@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod api;
 mod audit_cmd;
 mod bench;
 mod bench_remedy;

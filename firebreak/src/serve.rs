@@ -158,6 +158,10 @@ impl Engine {
                 Arc::new(move || journal.healthy())
             },
         };
+        let routes = firebreak_ingest::router(ingest).merge(crate::api::router(
+            dispatcher.clone(),
+            cfg.auth.api_token.clone(),
+        ));
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .with_context(|| format!("binding {}", cfg.listen))?;
@@ -165,7 +169,7 @@ impl Engine {
         let http = {
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
-                axum::serve(listener, firebreak_ingest::router(ingest))
+                axum::serve(listener, routes)
                     .with_graceful_shutdown(async move { shutdown.cancelled().await })
                     .await
             })

@@ -386,6 +386,22 @@ impl Serve {
     }
 
     /// POSTs `body` to `path` (JSON content type, optional bearer token); status and JSON body.
+    /// `GET path` with an optional bearer token; the status and the JSON answer.
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut req = http().get(self.url(path));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        let resp = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}\n{}", self.log_tail()));
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, json)
+    }
+
     pub async fn post(
         &self,
         path: &str,

@@ -300,3 +300,112 @@ async fn a_revoked_token_stops_working_without_a_restart() {
         .await;
     assert_eq!(status, 202, "the new token works: {body}");
 }
+
+/// One central audit, each team's view of it: a member's token lists and opens only its
+/// team's runs (another team's run is not found, asking for another team is forbidden), the
+/// operator's `auth.api_token` sees both, no token sees nothing; `audit list --team` filters.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_team_reads_only_its_own_runs_and_the_operator_reads_all() {
+    let tmp = tempfile::tempdir().unwrap();
+    let teams = tmp.path().join("teams.yaml");
+    std::fs::write(&teams, TEAMS).unwrap();
+    let dir = tmp.path().join("runbooks");
+    write_runbooks(
+        &dir,
+        &[
+            (
+                "note-a.yaml",
+                "name: note-a\nteam: team-a\ndescription: logs\nnamespaces: [team-a]\ntimeout: 30s\n",
+            ),
+            ("note-a.rhai", "log(\"a\");\n"),
+            (
+                "note-b.yaml",
+                "name: note-b\nteam: team-b\ndescription: logs\nnamespaces: [team-b]\ntimeout: 30s\n",
+            ),
+            ("note-b.rhai", "log(\"b\");\n"),
+        ],
+    );
+    let serve = Serve::start(
+        &dir,
+        ServeOpts {
+            env: vec![
+                ("FIREBREAK_TEAMS", teams.display().to_string()),
+                ("FIREBREAK_API_TOKEN", "operator-token-9".into()),
+            ],
+            ..ServeOpts::default()
+        },
+    )
+    .await;
+    for (runbook, token) in [("note-a", "alice-token-0001"), ("note-b", "bob-token-0002")] {
+        let body = json!({"runbook": runbook}).to_string();
+        let (status, answer) = serve.post("/v1/trigger", Some(token), body).await;
+        assert_eq!(status, 202, "{answer}");
+    }
+    serve
+        .wait_journal("both runs", Duration::from_secs(30), |j| {
+            j.finished("note-a").len() == 1 && j.finished("note-b").len() == 1
+        })
+        .await;
+
+    let teams_of = |answer: &serde_json::Value| -> Vec<String> {
+        answer["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["team"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (status, alice) = serve.get("/v1/runs", Some("alice-token-0001")).await;
+    assert_eq!(status, 200, "{alice}");
+    assert_eq!(teams_of(&alice), vec!["team-a"], "{alice}");
+    let (status, all) = serve.get("/v1/runs", Some("operator-token-9")).await;
+    assert_eq!(status, 200, "{all}");
+    let mut both = teams_of(&all);
+    both.sort();
+    assert_eq!(both, vec!["team-a", "team-b"]);
+    let (status, only_b) = serve
+        .get(
+            "/v1/runs?team=team-b&status=succeeded",
+            Some("operator-token-9"),
+        )
+        .await;
+    assert_eq!(
+        (status, teams_of(&only_b)),
+        (200, vec!["team-b".to_owned()])
+    );
+
+    let (status, body) = serve
+        .get("/v1/runs?team=team-b", Some("alice-token-0001"))
+        .await;
+    assert_eq!(status, 403, "{body}");
+    let (status, _) = serve.get("/v1/runs", None).await;
+    assert_eq!(status, 401);
+    let (status, _) = serve.get("/v1/runs", Some("guess-0000")).await;
+    assert_eq!(status, 401);
+
+    let b_run = only_b["runs"][0]["run_id"].as_str().unwrap().to_owned();
+    let (status, run) = serve
+        .get(&format!("/v1/runs/{b_run}"), Some("bob-token-0002"))
+        .await;
+    assert_eq!(status, 200, "{run}");
+    assert!(
+        run["records"].as_array().is_some_and(|r| r.len() >= 4),
+        "{run}"
+    );
+    let (status, _) = serve
+        .get(&format!("/v1/runs/{b_run}"), Some("alice-token-0001"))
+        .await;
+    assert_eq!(status, 404, "another team's run is not found");
+
+    let list = serve
+        .cli(&["audit", "list", "--team", "team-a"])
+        .await
+        .ok("audit list --team");
+    let teams_listed: Vec<&str> = list
+        .stdout
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    assert_eq!(teams_listed, vec!["team-a"], "{}", list.stdout);
+}

@@ -1,0 +1,150 @@
+//! The read API over the audit journal: `GET /v1/runs` (filter by team, runbook, status) and
+//! `GET /v1/runs/{id}` (a run's records). One central audit, each team's view of it: a
+//! member's token sees only its team's runs; the operator's `auth.api_token` sees every team's;
+//! without a teams file the single tenant sees all (with `auth.api_token` when one is set).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use firebreak_dispatch::Dispatcher;
+use serde::Deserialize;
+use serde_json::json;
+
+/// Who is reading: every team, or one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Viewer {
+    All,
+    Team(String),
+}
+
+#[derive(Clone)]
+struct ApiState {
+    dispatcher: Arc<Dispatcher>,
+    api_token: Option<String>,
+}
+
+/// The read routes, merged into the engine's router by `serve`.
+pub fn router(dispatcher: Arc<Dispatcher>, api_token: Option<String>) -> axum::Router {
+    axum::Router::new()
+        .route("/v1/runs", get(list))
+        .route("/v1/runs/{id}", get(show))
+        .with_state(ApiState {
+            dispatcher,
+            api_token,
+        })
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({"error": message.into()}))).into_response()
+}
+
+/// The viewer the bearer token stands for, checked like a trigger's token.
+fn viewer(state: &ApiState, headers: &HeaderMap) -> Result<Viewer, Box<Response>> {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let operator = |t: &str| {
+        state.api_token.as_deref().is_some_and(|expected| {
+            firebreak_matcher::teams::constant_time_eq(t.as_bytes(), expected.as_bytes())
+        })
+    };
+    let loaded = state.dispatcher.runbooks.current();
+    match (loaded.set.teams(), token) {
+        (_, Some(t)) if operator(t) => Ok(Viewer::All),
+        (Some(teams), Some(t)) => teams
+            .member_by_token(t)
+            .map(|(team, _)| Viewer::Team(team.name.clone()))
+            .ok_or_else(|| Box::new(error(StatusCode::UNAUTHORIZED, "unknown api token"))),
+        // Single tenant, loopback only (see `Config::exposure_problem`).
+        (None, _) if state.api_token.is_none() => Ok(Viewer::All),
+        _ => Err(Box::new(error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token (a member's token, or auth.api_token)",
+        ))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    team: Option<String>,
+    runbook: Option<String>,
+    /// `succeeded`, `failed`, `cancelled`, `timed_out`, or `running` (no end yet).
+    status: Option<String>,
+    /// Newest N (default 100, at most 1,000).
+    limit: Option<usize>,
+}
+
+async fn list(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let viewer = match viewer(&state, &headers) {
+        Ok(viewer) => viewer,
+        Err(response) => return *response,
+    };
+    let Ok(Query(q)) = query else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "query parameters: team, runbook, status, limit",
+        );
+    };
+    let team = match (&viewer, q.team) {
+        (Viewer::Team(own), Some(asked)) if *own != asked => {
+            return error(
+                StatusCode::FORBIDDEN,
+                format!("your token is team {own}'s: it reads only that team's runs"),
+            );
+        }
+        (Viewer::Team(own), _) => Some(own.clone()),
+        (Viewer::All, asked) => asked,
+    };
+    let limit = q.limit.unwrap_or(100).min(1000);
+    let runs: Vec<_> = state
+        .dispatcher
+        .journal
+        .runs()
+        .into_iter()
+        .filter(|r| team.as_ref().is_none_or(|t| r.team == *t))
+        .filter(|r| q.runbook.as_ref().is_none_or(|rb| r.runbook == *rb))
+        .filter(|r| {
+            q.status.as_deref().is_none_or(|s| match r.status {
+                Some(status) => status.to_string() == s,
+                None => s == "running",
+            })
+        })
+        .collect();
+    let newest = &runs[runs.len().saturating_sub(limit)..];
+    Json(json!({"runs": newest, "total": runs.len()})).into_response()
+}
+
+async fn show(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let viewer = match viewer(&state, &headers) {
+        Ok(viewer) => viewer,
+        Err(response) => return *response,
+    };
+    let journal = &state.dispatcher.journal;
+    // Another team's run is answered like a missing one: its existence is theirs too.
+    let Some(run) = journal
+        .reader()
+        .run(&id)
+        .filter(|r| viewer == Viewer::All || viewer == Viewer::Team(r.team.clone()))
+    else {
+        return error(StatusCode::NOT_FOUND, format!("no run {id}"));
+    };
+    match journal.records_for_run(&id) {
+        Ok(records) => Json(json!({"run": run, "records": records})).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}

@@ -27,7 +27,9 @@ async fn runaway_scripts_are_terminated_and_others_keep_running() {
             ("steady.yaml", &manual("steady", "30s")),
             (
                 "steady.rhai",
-                "log(\"steady start\");\nsleep(200);\nlog(\"steady done\");\n",
+                // Far shorter than any spin: 10M operations take >100 ms even alone on this
+                // machine (a 200 ms sleep here raced it when the machine was quiet).
+                "log(\"steady start\");\nsleep(20);\nlog(\"steady done\");\n",
             ),
         ],
     );
@@ -223,4 +225,15 @@ async fn scripts_that_fill_memory_or_the_journal_end_at_their_budget() {
         )
         .await;
     assert_eq!(status, 202, "the engine still takes work");
+    // Single tenant on loopback: the read API needs no token and lists every run.
+    let (status, failed) = serve.get("/v1/runs?status=failed", None).await;
+    assert_eq!(status, 200, "{failed}");
+    let mut names: Vec<&str> = failed["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["runbook"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["flood", "hog"], "{failed}");
 }

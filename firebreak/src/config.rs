@@ -320,6 +320,9 @@ pub struct AuthConfig {
     /// starts are recorded with the actor `api`. Absent (and no teams file): triggers are taken
     /// only because `serve` listens on loopback alone, recorded as `local`.
     pub api_token: Option<String>,
+    /// Slack app's signing secret: enables `POST /v1/chat/slack/commands` (requests are
+    /// verified with it; chat users are mapped to members by the teams file's `chat_ids`).
+    pub slack_signing_secret: Option<String>,
 }
 
 impl Config {
@@ -526,6 +529,9 @@ impl Config {
         }
         if let Some(v) = get("FIREBREAK_API_TOKEN") {
             self.auth.api_token = (!v.is_empty()).then_some(v);
+        }
+        if let Some(v) = get("FIREBREAK_SLACK_SIGNING_SECRET") {
+            self.auth.slack_signing_secret = (!v.is_empty()).then_some(v);
         }
         if let Some(v) = get("FIREBREAK_KUBECONFIG") {
             self.kubernetes.kubeconfig = Some(v.into());

@@ -13,6 +13,7 @@ mod api;
 mod audit_cmd;
 mod bench;
 mod bench_remedy;
+mod chat;
 mod check;
 mod config;
 mod demo;

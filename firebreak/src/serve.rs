@@ -158,10 +158,16 @@ impl Engine {
                 Arc::new(move || journal.healthy())
             },
         };
-        let routes = firebreak_ingest::router(ingest).merge(crate::api::router(
-            dispatcher.clone(),
-            cfg.auth.api_token.clone(),
-        ));
+        let routes = firebreak_ingest::router(ingest)
+            .merge(crate::api::router(
+                dispatcher.clone(),
+                cfg.auth.api_token.clone(),
+            ))
+            .merge(crate::chat::router(
+                dispatcher.clone(),
+                bus.clone(),
+                cfg.auth.slack_signing_secret.as_deref(),
+            ));
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .with_context(|| format!("binding {}", cfg.listen))?;
@@ -299,7 +305,7 @@ pub fn connector_specs() -> ConnectorSpecs {
 
 /// `POST /v1/trigger` validation: the runbook exists and the params fit its manifest; a
 /// namespace outside the runbook's is refused (403) and the refusal journaled.
-fn validate_trigger(dispatcher: Arc<Dispatcher>) -> firebreak_ingest::ValidateTrigger {
+pub(crate) fn validate_trigger(dispatcher: Arc<Dispatcher>) -> firebreak_ingest::ValidateTrigger {
     Arc::new(move |actor, runbook, params| {
         use firebreak_matcher::MatchError;
         let loaded = dispatcher.runbooks.current();
@@ -338,7 +344,7 @@ fn validate_trigger(dispatcher: Arc<Dispatcher>) -> firebreak_ingest::ValidateTr
 }
 
 /// Journals a refused trigger without holding up the answer to it.
-fn journal_refusal_later(
+pub(crate) fn journal_refusal_later(
     dispatcher: &Arc<Dispatcher>,
     runbook: &str,
     team: &str,

@@ -7,6 +7,7 @@ use firebreak_tests as harness;
 mod alertmanager;
 mod audit_anchor;
 mod bad_input;
+mod chat;
 mod cli;
 mod demo;
 mod full_disk;

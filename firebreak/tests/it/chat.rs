@@ -1,0 +1,171 @@
+//! Slack slash commands from the outside: signed requests (made here with a secret the engine
+//! was given), the ways a request is not Slack's (wrong signature, replayed after 5 minutes,
+//! from the future, a valid signature over another body), chat users mapped to members, and a
+//! run started from chat with the member as its actor.
+
+use std::time::Duration;
+
+use reqwest::header::CONTENT_TYPE;
+use serde_json::Value;
+
+use crate::harness::{Serve, ServeOpts, http, write_runbooks};
+
+const SECRET: &str = "test-signing-secret-4f0c2";
+
+const TEAMS: &str = "teams:\n  - name: team-a\n    namespaces: [team-a]\n    members:\n      \
+                     - name: alice\n        tokens: [alice-token-0001]\n        chat_ids: [U0ALICE]\n  \
+                     - name: team-b\n    namespaces: [team-b]\n    members:\n      - name: bob\n        \
+                     tokens: [bob-token-0002]\n        chat_ids: [U0BOB]\n";
+
+fn sign(secret: &str, ts: i64, body: &str) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    let tag = ring::hmac::sign(&key, format!("v0:{ts}:{body}").as_bytes());
+    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("v0={hex}")
+}
+
+fn command(user: &str, text: &str) -> String {
+    serde_urlencoded::to_string([
+        ("team_id", "T1"),
+        ("channel_id", "C1"),
+        ("user_id", user),
+        ("command", "/firebreak"),
+        ("text", text),
+        ("response_url", "http://127.0.0.1:9/unused"),
+    ])
+    .unwrap()
+}
+
+/// Posts `body` to the slash command endpoint with a timestamp and signature; status, JSON.
+async fn post(serve: &Serve, ts: i64, signature: &str, body: String) -> (u16, Value) {
+    let resp = http()
+        .post(serve.url("/v1/chat/slack/commands"))
+        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header("X-Slack-Request-Timestamp", ts.to_string())
+        .header("X-Slack-Signature", signature)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn signed(serve: &Serve, user: &str, text: &str) -> String {
+    let body = command(user, text);
+    let now = jiff::Timestamp::now().as_second();
+    let (status, answer) = post(serve, now, &sign(SECRET, now, &body), body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["response_type"], "ephemeral", "{answer}");
+    answer["text"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slack_commands_are_verified_mapped_to_members_and_start_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let teams = tmp.path().join("teams.yaml");
+    std::fs::write(&teams, TEAMS).unwrap();
+    let dir = tmp.path().join("runbooks");
+    write_runbooks(
+        &dir,
+        &[
+            (
+                "note-a.yaml",
+                "name: note-a\nteam: team-a\ndescription: notes for team a\nnamespaces: [team-a]\ntimeout: 30s\n\
+                 params:\n  n: { type: int, default: 1 }\n",
+            ),
+            ("note-a.rhai", "log(`noted ${ctx.params.n}`);\n"),
+        ],
+    );
+    let serve = Serve::start(
+        &dir,
+        ServeOpts {
+            env: vec![
+                ("FIREBREAK_TEAMS", teams.display().to_string()),
+                ("FIREBREAK_SLACK_SIGNING_SECRET", SECRET.into()),
+            ],
+            ..ServeOpts::default()
+        },
+    )
+    .await;
+
+    let list = signed(&serve, "U0ALICE", "list").await;
+    assert!(list.contains("`note-a`: notes for team a"), "{list}");
+    assert!(
+        signed(&serve, "U0BOB", "list")
+            .await
+            .contains("no runbooks")
+    );
+    let stranger = signed(&serve, "U0NOBODY", "run note-a").await;
+    assert!(stranger.contains("not a member of any team"), "{stranger}");
+    let refused = signed(&serve, "U0BOB", "run note-a").await;
+    assert!(refused.starts_with("refused:"), "{refused}");
+
+    let started = signed(&serve, "U0ALICE", "run note-a n=7").await;
+    assert!(started.contains("accepted for alice"), "{started}");
+    let journal = serve
+        .wait_journal("alice's run from chat", Duration::from_secs(30), |j| {
+            j.finished("note-a").len() == 1
+        })
+        .await;
+    let run = &journal.finished("note-a")[0];
+    assert_eq!(run.status(), Some("succeeded"), "{}", journal.summary());
+    assert_eq!(run.records[0]["actor"], "alice");
+    assert_eq!(run.records[0]["body"]["params"]["n"], 7);
+    let status = signed(&serve, "U0ALICE", "status").await;
+    assert!(
+        status.contains("note-a") && status.contains("succeeded"),
+        "{status}"
+    );
+    // bob's refusal is in the audit trail.
+    assert!(
+        journal
+            .refusals()
+            .iter()
+            .any(|r| r["actor"] == "bob" && r["runbook"] == "note-a"),
+        "{}",
+        journal.summary()
+    );
+
+    // Requests that are not Slack's: each 401, none runs anything. (310 s, not 301: the
+    // engine's clock may read a second later than this test's; the 300 s edge is unit-tested.)
+    let now = jiff::Timestamp::now().as_second();
+    let body = command("U0ALICE", "run note-a");
+    let cases = [
+        (
+            "wrong secret",
+            now,
+            sign("not-the-secret", now, &body),
+            body.clone(),
+        ),
+        (
+            "replayed after 5 minutes",
+            now - 310,
+            sign(SECRET, now - 310, &body),
+            body.clone(),
+        ),
+        (
+            "from the future",
+            now + 310,
+            sign(SECRET, now + 310, &body),
+            body.clone(),
+        ),
+        (
+            "signature over another body",
+            now,
+            sign(SECRET, now, &command("U0ALICE", "list")),
+            body.clone(),
+        ),
+        ("no signature", now, String::new(), body.clone()),
+    ];
+    for (what, ts, signature, body) in cases {
+        let (status, answer) = post(&serve, ts, &signature, body).await;
+        assert_eq!(status, 401, "{what}: {answer}");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        serve.journal().finished("note-a").len(),
+        1,
+        "nothing else ran"
+    );
+}

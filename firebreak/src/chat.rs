@@ -1,4 +1,8 @@
-//! Slack slash commands: `POST /v1/chat/slack/commands`.
+//! Chat slash commands: `POST /v1/chat/slack/commands` and `POST /v1/chat/mattermost/commands`.
+//!
+//! Mattermost does not sign requests: its slash command's token (form field `token`, or
+//! `Authorization: Token …`) is compared in constant time; put it behind TLS. The commands and
+//! answers are Slack's.
 //!
 //! A request is taken only with a valid `X-Slack-Signature` (v0, HMAC-SHA256 of
 //! `v0:<timestamp>:<raw body>` with the app's signing secret, compared in constant time) and a
@@ -64,6 +68,7 @@ struct ChatState {
     dispatcher: Arc<Dispatcher>,
     bus: Arc<dyn Bus>,
     secret: Option<Arc<[u8]>>,
+    mattermost_token: Option<Arc<str>>,
     validate: firebreak_ingest::ValidateTrigger,
 }
 
@@ -71,16 +76,68 @@ struct ChatState {
 pub fn router(
     dispatcher: Arc<Dispatcher>,
     bus: Arc<dyn Bus>,
-    signing_secret: Option<&str>,
+    slack_signing_secret: Option<&str>,
+    mattermost_token: Option<&str>,
 ) -> axum::Router {
     axum::Router::new()
         .route("/v1/chat/slack/commands", post(slack_command))
+        .route("/v1/chat/mattermost/commands", post(mattermost_command))
         .with_state(ChatState {
             validate: crate::serve::validate_trigger(dispatcher.clone()),
             dispatcher,
             bus,
-            secret: signing_secret.map(|s| Arc::from(s.as_bytes())),
+            secret: slack_signing_secret.map(|s| Arc::from(s.as_bytes())),
+            mattermost_token: mattermost_token.map(Arc::from),
         })
+}
+
+/// The fields of a Mattermost slash command firebreak reads.
+#[derive(Debug, Deserialize)]
+struct MattermostCommand {
+    #[serde(default)]
+    token: String,
+    user_id: String,
+    #[serde(default)]
+    text: String,
+}
+
+async fn mattermost_command(
+    State(st): State<ChatState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(expected) = &st.mattermost_token else {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "mattermost is not configured (auth.mattermost_token)"})),
+        )
+            .into_response();
+    };
+    let form = serde_urlencoded::from_bytes::<MattermostCommand>(&body);
+    let header_token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Token "));
+    let sent = header_token.or(form.as_ref().ok().map(|f| f.token.as_str()));
+    let valid = sent.is_some_and(|t| {
+        firebreak_matcher::teams::constant_time_eq(t.as_bytes(), expected.as_bytes())
+    });
+    if !valid {
+        st.dispatcher.note_unauthenticated("chat:mattermost");
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "missing or wrong slash command token"})),
+        )
+            .into_response();
+    }
+    let Ok(command) = form else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "not a slash command (form fields token, user_id, text)"})),
+        )
+            .into_response();
+    };
+    ephemeral(answer(&st, &command.user_id, &command.text).await)
 }
 
 /// The fields of a slash command firebreak reads (Slack sends more).

@@ -323,6 +323,9 @@ pub struct AuthConfig {
     /// Slack app's signing secret: enables `POST /v1/chat/slack/commands` (requests are
     /// verified with it; chat users are mapped to members by the teams file's `chat_ids`).
     pub slack_signing_secret: Option<String>,
+    /// The Mattermost slash command's token: enables `POST /v1/chat/mattermost/commands`
+    /// (Mattermost does not sign requests; its token is compared in constant time).
+    pub mattermost_token: Option<String>,
 }
 
 impl Config {
@@ -532,6 +535,9 @@ impl Config {
         }
         if let Some(v) = get("FIREBREAK_SLACK_SIGNING_SECRET") {
             self.auth.slack_signing_secret = (!v.is_empty()).then_some(v);
+        }
+        if let Some(v) = get("FIREBREAK_MATTERMOST_TOKEN") {
+            self.auth.mattermost_token = (!v.is_empty()).then_some(v);
         }
         if let Some(v) = get("FIREBREAK_KUBECONFIG") {
             self.kubernetes.kubeconfig = Some(v.into());

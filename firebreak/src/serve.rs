@@ -167,6 +167,7 @@ impl Engine {
                 dispatcher.clone(),
                 bus.clone(),
                 cfg.auth.slack_signing_secret.as_deref(),
+                cfg.auth.mattermost_token.as_deref(),
             ));
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await

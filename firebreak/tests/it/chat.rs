@@ -1,4 +1,4 @@
-//! Slack slash commands from the outside: signed requests (made here with a secret the engine
+//! Slack and Mattermost slash commands from the outside: signed requests (made here with a secret the engine
 //! was given), the ways a request is not Slack's (wrong signature, replayed after 5 minutes,
 //! from the future, a valid signature over another body), chat users mapped to members, and a
 //! run started from chat with the member as its actor.
@@ -167,5 +167,90 @@ async fn slack_commands_are_verified_mapped_to_members_and_start_runs() {
         serve.journal().finished("note-a").len(),
         1,
         "nothing else ran"
+    );
+}
+
+/// Mattermost slash commands: the command's token (form field or `Authorization: Token`)
+/// decides, compared in constant time; a wrong or missing one is 401 and runs nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn mattermost_commands_need_the_command_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let teams = tmp.path().join("teams.yaml");
+    std::fs::write(&teams, TEAMS).unwrap();
+    let dir = tmp.path().join("runbooks");
+    write_runbooks(
+        &dir,
+        &[
+            (
+                "note-a.yaml",
+                "name: note-a\nteam: team-a\ndescription: notes for team a\nnamespaces: [team-a]\ntimeout: 30s\n",
+            ),
+            ("note-a.rhai", "log(\"noted\");\n"),
+        ],
+    );
+    let serve = Serve::start(
+        &dir,
+        ServeOpts {
+            env: vec![
+                ("FIREBREAK_TEAMS", teams.display().to_string()),
+                ("FIREBREAK_MATTERMOST_TOKEN", "mm-command-token-7".into()),
+            ],
+            ..ServeOpts::default()
+        },
+    )
+    .await;
+    let post = |token: Option<&'static str>, header: Option<&'static str>, text: &'static str| {
+        let serve = &serve;
+        async move {
+            let mut fields = vec![
+                ("user_id", "U0ALICE"),
+                ("command", "/firebreak"),
+                ("text", text),
+            ];
+            if let Some(token) = token {
+                fields.push(("token", token));
+            }
+            let mut req = http()
+                .post(serve.url("/v1/chat/mattermost/commands"))
+                .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(serde_urlencoded::to_string(&fields).unwrap());
+            if let Some(header) = header {
+                req = req.header("Authorization", format!("Token {header}"));
+            }
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (status, answer) = post(Some("mm-command-token-7"), None, "list").await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        answer["text"].as_str().unwrap().contains("`note-a`"),
+        "{answer}"
+    );
+    let (status, _) = post(None, Some("mm-command-token-7"), "list").await;
+    assert_eq!(status, 200, "the token in the Authorization header");
+    for (token, header) in [
+        (Some("mm-command-token-8"), None),
+        (None, None),
+        (None, Some("guess")),
+        (Some(""), None),
+    ] {
+        let (status, answer) = post(token, header, "run note-a").await;
+        assert_eq!(status, 401, "{token:?} {header:?}: {answer}");
+    }
+    let (status, answer) = post(Some("mm-command-token-7"), None, "run note-a").await;
+    assert_eq!(status, 200, "{answer}");
+    let journal = serve
+        .wait_journal("the one accepted run", Duration::from_secs(30), |j| {
+            j.finished("note-a").len() == 1
+        })
+        .await;
+    assert_eq!(journal.finished("note-a")[0].records[0]["actor"], "alice");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        serve.journal().runs_of("note-a").len(),
+        1,
+        "refused ones ran nothing"
     );
 }

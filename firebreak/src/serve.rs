@@ -44,10 +44,80 @@ fn metrics_handle() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             PrometheusBuilder::new()
+                // Runs last from milliseconds (a triage) to half an hour (a canary).
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(
+                        "firebreak_run_duration_seconds".into(),
+                    ),
+                    &[0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0],
+                )
+                .expect("the buckets are not empty")
                 .install_recorder()
+                .inspect(|_| describe_metrics())
                 .expect("no other metrics recorder is installed")
         })
         .clone()
+}
+
+/// The help text of every metric the engine records (`promtool check metrics` wants one each).
+fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "firebreak_ingest_alerts_received_total",
+        "Alerts received on the Alertmanager webhook."
+    );
+    describe_counter!(
+        "firebreak_ingest_events_published_total",
+        "Events the ingest published onto the bus (answered 2xx)."
+    );
+    describe_counter!(
+        "firebreak_ingest_errors_total",
+        "Requests the ingest refused or could not take, by reason."
+    );
+    describe_histogram!(
+        "firebreak_ingest_publish_seconds",
+        metrics::Unit::Seconds,
+        "Time to publish one request's events onto the bus."
+    );
+    describe_counter!(
+        "firebreak_events_consumed_total",
+        "Events the dispatcher took from the bus."
+    );
+    describe_counter!(
+        "firebreak_events_joined_total",
+        "Events handed to the run already handling their incident."
+    );
+    describe_counter!(
+        "firebreak_events_parked_total",
+        "Bus messages that could not be processed, kept in the journal."
+    );
+    describe_counter!("firebreak_runs_started_total", "Runs started.");
+    describe_counter!(
+        "firebreak_runs_skipped_total",
+        "Matched events that started no run, by reason (cooldown, redelivered, budget)."
+    );
+    describe_counter!("firebreak_runs_finished_total", "Runs ended, by status.");
+    describe_counter!(
+        "firebreak_runs_total",
+        "Runs ended, by runbook, team and outcome."
+    );
+    describe_histogram!(
+        "firebreak_run_duration_seconds",
+        metrics::Unit::Seconds,
+        "How long runs took, by runbook."
+    );
+    describe_gauge!(
+        "firebreak_runs_in_progress",
+        "Runs this engine is running now."
+    );
+    describe_counter!(
+        "firebreak_runbook_reload_failures_total",
+        "Runbook reloads refused (the last good set stays in force)."
+    );
+    describe_counter!(
+        "firebreak_triggers_unauthenticated_total",
+        "Trigger and chat requests refused for a missing or wrong credential."
+    );
 }
 
 /// A running engine.

@@ -73,10 +73,44 @@ pub enum StartError {
 struct ActiveRun {
     link: RunLink,
     runbook: String,
+    team: String,
     /// The message that started it.
     event_id: String,
     /// Its incident, when its event had one (an alert's fingerprint).
     fingerprint: Option<String>,
+}
+
+/// A tracked run's metrics: in progress from [`RunEnded::begin`], counted by runbook, team
+/// and outcome with its duration when it ends (a run suspended for a shutdown only leaves
+/// the in-progress gauge).
+struct RunEnded {
+    runbook: String,
+    team: String,
+    started: std::time::Instant,
+}
+
+impl RunEnded {
+    fn begin(run: &ActiveRun) -> RunEnded {
+        metrics::gauge!("firebreak_runs_in_progress").increment(1.0);
+        RunEnded {
+            runbook: run.runbook.clone(),
+            team: run.team.clone(),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    fn record(self, outcome: &firebreak_runtime::RunOutcome) {
+        metrics::gauge!("firebreak_runs_in_progress").decrement(1.0);
+        if outcome.suspended {
+            return;
+        }
+        let status = outcome.status.to_string();
+        metrics::counter!("firebreak_runs_finished_total", "status" => status.clone()).increment(1);
+        metrics::counter!("firebreak_runs_total", "runbook" => self.runbook.clone(), "team" => self.team.clone(), "outcome" => status)
+            .increment(1);
+        metrics::histogram!("firebreak_run_duration_seconds", "runbook" => self.runbook)
+            .record(self.started.elapsed().as_secs_f64());
+    }
 }
 
 /// What became of one matched runbook.
@@ -460,6 +494,7 @@ impl Dispatcher {
         let run = ActiveRun {
             link: handle.link(),
             runbook: name.clone(),
+            team: manifest.team.clone(),
             event_id: event.id.clone(),
             fingerprint: event.fingerprint.clone(),
         };
@@ -477,6 +512,7 @@ impl Dispatcher {
         cooldown: Duration,
     ) {
         let run_id = handle.run_id().to_owned();
+        let ended = RunEnded::begin(&run);
         self.active
             .lock()
             .expect("active runs lock")
@@ -486,6 +522,7 @@ impl Dispatcher {
         self.tasks.spawn(async move {
             let outcome = handle.join().await;
             active.lock().expect("active runs lock").remove(&run_id);
+            ended.record(&outcome);
             if outcome.suspended {
                 // Keep the lock: it expires on its own, and the run resumes after the restart
                 // (taking it again).
@@ -493,8 +530,6 @@ impl Dispatcher {
             }
             finish(&*state, &key, &outcome.run_id, cooldown).await;
             info!(run_id = %outcome.run_id, status = %outcome.status, error = outcome.error.as_deref().unwrap_or(""), "run finished");
-            metrics::counter!("firebreak_runs_finished_total", "status" => outcome.status.to_string())
-                .increment(1);
         });
     }
 }
@@ -716,6 +751,7 @@ impl Dispatcher {
                     let active = ActiveRun {
                         link: handle.link(),
                         runbook: run.runbook.clone(),
+                        team: run.team.clone(),
                         event_id: run.event_id.clone(),
                         fingerprint: event.and_then(|e| e.fingerprint),
                     };
@@ -738,6 +774,7 @@ impl Dispatcher {
     /// [`Dispatcher::track`] for a run journaled before runs recorded their lock key.
     fn track_unkeyed(&self, handle: firebreak_runtime::RunHandle, run: ActiveRun) {
         let run_id = handle.run_id().to_owned();
+        let ended = RunEnded::begin(&run);
         self.active
             .lock()
             .expect("active runs lock")
@@ -746,10 +783,7 @@ impl Dispatcher {
         self.tasks.spawn(async move {
             let outcome = handle.join().await;
             active.lock().expect("active runs lock").remove(&run_id);
-            if !outcome.suspended {
-                metrics::counter!("firebreak_runs_finished_total", "status" => outcome.status.to_string())
-                    .increment(1);
-            }
+            ended.record(&outcome);
         });
     }
 

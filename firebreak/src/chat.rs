@@ -46,21 +46,11 @@ pub fn verify_slack(
     let tag = signature
         .and_then(|s| s.trim().strip_prefix("v0="))
         .ok_or("missing X-Slack-Signature, or not a v0 signature")?;
-    let tag = decode_hex(tag).ok_or("malformed X-Slack-Signature")?;
+    let tag = firebreak_audit::checkpoint::from_hex(tag).ok_or("malformed X-Slack-Signature")?;
     let mut signed = format!("v0:{ts}:").into_bytes();
     signed.extend_from_slice(body);
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
     ring::hmac::verify(&key, &signed, &tag).map_err(|_| "X-Slack-Signature does not match")
-}
-
-fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[derive(Clone)]

@@ -167,7 +167,8 @@ pub(crate) fn to_hex(bytes: &[u8]) -> String {
     out
 }
 
-fn from_hex(text: &str) -> Option<Vec<u8>> {
+/// Bytes from lowercase or uppercase hex (`None` if it is not hex).
+pub fn from_hex(text: &str) -> Option<Vec<u8>> {
     if !text.len().is_multiple_of(2) {
         return None;
     }

@@ -60,8 +60,9 @@ async fn signed(serve: &Serve, user: &str, text: &str) -> String {
     answer["text"].as_str().unwrap().to_owned()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn slack_commands_are_verified_mapped_to_members_and_start_runs() {
+/// An engine with the two teams and team-a's `note-a` runbook, plus `chat` (the chat
+/// credential); the temporary folder holds the runbooks and teams file.
+async fn team_a_engine(chat: (&'static str, String)) -> (tempfile::TempDir, Serve) {
     let tmp = tempfile::tempdir().unwrap();
     let teams = tmp.path().join("teams.yaml");
     std::fs::write(&teams, TEAMS).unwrap();
@@ -80,14 +81,17 @@ async fn slack_commands_are_verified_mapped_to_members_and_start_runs() {
     let serve = Serve::start(
         &dir,
         ServeOpts {
-            env: vec![
-                ("FIREBREAK_TEAMS", teams.display().to_string()),
-                ("FIREBREAK_SLACK_SIGNING_SECRET", SECRET.into()),
-            ],
+            env: vec![("FIREBREAK_TEAMS", teams.display().to_string()), chat],
             ..ServeOpts::default()
         },
     )
     .await;
+    (tmp, serve)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slack_commands_are_verified_mapped_to_members_and_start_runs() {
+    let (_tmp, serve) = team_a_engine(("FIREBREAK_SLACK_SIGNING_SECRET", SECRET.into())).await;
 
     let list = signed(&serve, "U0ALICE", "list").await;
     assert!(list.contains("`note-a`: notes for team a"), "{list}");
@@ -174,31 +178,8 @@ async fn slack_commands_are_verified_mapped_to_members_and_start_runs() {
 /// decides, compared in constant time; a wrong or missing one is 401 and runs nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn mattermost_commands_need_the_command_token() {
-    let tmp = tempfile::tempdir().unwrap();
-    let teams = tmp.path().join("teams.yaml");
-    std::fs::write(&teams, TEAMS).unwrap();
-    let dir = tmp.path().join("runbooks");
-    write_runbooks(
-        &dir,
-        &[
-            (
-                "note-a.yaml",
-                "name: note-a\nteam: team-a\ndescription: notes for team a\nnamespaces: [team-a]\ntimeout: 30s\n",
-            ),
-            ("note-a.rhai", "log(\"noted\");\n"),
-        ],
-    );
-    let serve = Serve::start(
-        &dir,
-        ServeOpts {
-            env: vec![
-                ("FIREBREAK_TEAMS", teams.display().to_string()),
-                ("FIREBREAK_MATTERMOST_TOKEN", "mm-command-token-7".into()),
-            ],
-            ..ServeOpts::default()
-        },
-    )
-    .await;
+    let (_tmp, serve) =
+        team_a_engine(("FIREBREAK_MATTERMOST_TOKEN", "mm-command-token-7".into())).await;
     let post = |token: Option<&'static str>, header: Option<&'static str>, text: &'static str| {
         let serve = &serve;
         async move {

@@ -2,6 +2,11 @@
 //! `GET /v1/runs/{id}` (a run's records). One central audit, each team's view of it: a
 //! member's token sees only its team's runs; the operator's `auth.api_token` sees every team's;
 //! without a teams file the single tenant sees all (with `auth.api_token` when one is set).
+//!
+//! Approvals: `GET /v1/approvals` (the requests runs wait on), `POST /v1/runs/{id}/approve`
+//! and `POST /v1/runs/{id}/deny` (`{"comment": "why", "seen": "what I was shown"}`). A
+//! decision is a person's: a member's token (the operator's token is no one); without a teams
+//! file the body names the `approver`.
 
 use std::sync::Arc;
 
@@ -9,7 +14,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use firebreak_dispatch::Dispatcher;
 use serde::Deserialize;
 use serde_json::json;
@@ -32,6 +37,9 @@ pub fn router(dispatcher: Arc<Dispatcher>, api_token: Option<String>) -> axum::R
     axum::Router::new()
         .route("/v1/runs", get(list))
         .route("/v1/runs/{id}", get(show))
+        .route("/v1/runs/{id}/approve", post(approve))
+        .route("/v1/runs/{id}/deny", post(deny))
+        .route("/v1/approvals", get(approvals))
         .with_state(ApiState {
             dispatcher,
             api_token,
@@ -147,4 +155,143 @@ async fn show(
         Ok(records) => Json(json!({"run": run, "records": records})).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
+}
+
+/// A decision's body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecisionBody {
+    comment: Option<String>,
+    seen: Option<String>,
+    /// Without a teams file only: who decides.
+    approver: Option<String>,
+    /// `api` unless a client says it is the CLI.
+    channel: Option<String>,
+}
+
+/// The person a request speaks for, as a decision's approver and teams.
+fn decider(
+    state: &ApiState,
+    headers: &HeaderMap,
+    named: Option<&str>,
+) -> Result<(String, Option<Vec<String>>), Box<Response>> {
+    let loaded = state.dispatcher.runbooks.current();
+    let viewer = viewer(state, headers)?;
+    match (loaded.set.teams(), viewer) {
+        (Some(teams), Viewer::Team(_)) => {
+            let token = bearer(headers).unwrap_or_default();
+            let (_, member) = teams
+                .member_by_token(token)
+                .ok_or_else(|| Box::new(error(StatusCode::UNAUTHORIZED, "unknown api token")))?;
+            Ok((member.name.clone(), Some(teams.teams_of(&member.name))))
+        }
+        (Some(_), Viewer::All) => Err(Box::new(error(
+            StatusCode::FORBIDDEN,
+            "the operator token is not a person: approve or deny with a member's token",
+        ))),
+        (None, _) => match named.map(str::trim).filter(|n| !n.is_empty()) {
+            Some(name) => Ok((name.to_owned(), None)),
+            None => Err(Box::new(error(
+                StatusCode::BAD_REQUEST,
+                "without a teams file, say who decides: {\"approver\": \"name\"}",
+            ))),
+        },
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+async fn approve(
+    state: State<ApiState>,
+    headers: HeaderMap,
+    id: Path<String>,
+    body: Option<Json<DecisionBody>>,
+) -> Response {
+    decide(state, headers, id, body, true).await
+}
+
+async fn deny(
+    state: State<ApiState>,
+    headers: HeaderMap,
+    id: Path<String>,
+    body: Option<Json<DecisionBody>>,
+) -> Response {
+    decide(state, headers, id, body, false).await
+}
+
+async fn decide(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Option<Json<DecisionBody>>,
+    approved: bool,
+) -> Response {
+    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let (approver, teams) = match decider(&state, &headers, body.approver.as_deref()) {
+        Ok(who) => who,
+        Err(response) => return *response,
+    };
+    let comment = body.comment.filter(|c| !c.trim().is_empty());
+    if !approved && comment.is_none() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "a deny needs a reason: {\"comment\": \"why\"}",
+        );
+    }
+    let channel = match body.channel.as_deref() {
+        Some("cli") => "cli",
+        _ => "api",
+    };
+    let decision = firebreak_runtime::Decision {
+        approver,
+        teams,
+        approved,
+        comment,
+        channel: channel.to_owned(),
+        seen: body.seen,
+    };
+    match state.dispatcher.decide(&id, decision).await {
+        Ok(standing) => Json(standing).into_response(),
+        Err(e) => error(
+            StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::CONFLICT),
+            e.to_string(),
+        ),
+    }
+}
+
+/// The approval requests the viewer's team's runs wait on (all for the operator), and those
+/// the viewer may decide on.
+async fn approvals(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    let viewer = match viewer(&state, &headers) {
+        Ok(viewer) => viewer,
+        Err(response) => return *response,
+    };
+    let loaded = state.dispatcher.runbooks.current();
+    let mine = match (&viewer, loaded.set.teams()) {
+        (Viewer::Team(_), Some(teams)) => bearer(&headers)
+            .and_then(|t| teams.member_by_token(t))
+            .map(|(_, m)| teams.teams_of(&m.name)),
+        _ => None,
+    };
+    let pending: Vec<_> = state
+        .dispatcher
+        .pending_approvals()
+        .into_iter()
+        .filter(|p| match (&viewer, &mine) {
+            (Viewer::All, _) => true,
+            (Viewer::Team(own), mine) => {
+                p.team == *own
+                    || mine
+                        .as_ref()
+                        .is_some_and(|m| m.iter().any(|t| p.approvers.contains(t)))
+            }
+        })
+        .collect();
+    Json(json!({ "approvals": pending })).into_response()
 }

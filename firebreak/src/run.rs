@@ -124,6 +124,18 @@ pub async fn run(cfg: Config, args: RunArgs) -> Result<()> {
             ..RunnerConfig::default()
         },
     );
+    if !args.dry_run
+        && let Some((_, m)) = matches
+            .iter()
+            .find(|(_, m)| m.runbook.manifest.approval.is_some())
+    {
+        bail!(
+            "runbook {} needs approval before it changes anything; start it through the server \
+             (`firebreak trigger`, POST /v1/trigger or chat) so its approvers can decide, or try \
+             it here with --dry-run",
+            m.runbook.manifest.name
+        );
+    }
     let mut failed = false;
     // Ctrl-C is caught from here on (before any run starts, so none can miss it).
     let mut interrupts = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
@@ -144,6 +156,7 @@ pub async fn run(cfg: Config, args: RunArgs) -> Result<()> {
                 team: rb.team.clone(),
                 namespaces: rb.namespaces.clone(),
                 cluster_actions: loaded.set.cluster_grants(&rb.team),
+                approval: None,
                 ast: loaded.asts[&rb.name].clone(),
                 event: Arc::new(event),
                 params: m.params,

@@ -50,6 +50,7 @@ fn run(run: u64, finished: bool) -> Vec<RecordDraft> {
                 lock_key: Some("model-latency-rollback/ml-serving/recommender".into()),
                 cooldown_ms: None,
                 interactive: false,
+                approval: None,
             },
         ),
         RecordDraft::new(

@@ -19,8 +19,9 @@ pub use journal::{
     RecordIter, RunSummary,
 };
 pub use record::{
-    GENESIS_HASH, REDACTED, Record, RecordBody, RecordDraft, RunMeta, RunStatus, StepError,
-    StepStatus, canonical_json, chain_hash, is_secret_key, redact, redact_text, redact_value,
+    ApprovalPolicy, GENESIS_HASH, REDACTED, Record, RecordBody, RecordDraft, RunMeta, RunStatus,
+    StepError, StepStatus, canonical_json, chain_hash, is_secret_key, redact, redact_text,
+    redact_value,
 };
 pub use timeline::render_timeline;
 pub use verify::{Problem, VerifyError, VerifyOptions, VerifyReport, verify, verify_with};

@@ -71,6 +71,10 @@ pub enum RecordBody {
         /// abandoned by the next engine, never resumed behind the person's back.
         #[serde(default, skip_serializing_if = "is_false")]
         interactive: bool,
+        /// Who must approve before the run's first mutating action (the manifest's
+        /// `approval`); absent: none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        approval: Option<ApprovalPolicy>,
     },
     /// An unfinished run was picked up again after a restart; steps already journaled as
     /// finished are replayed from the journal from here on.
@@ -115,7 +119,22 @@ pub enum RecordBody {
         action: String,
         reason: String,
     },
-    /// A human decision on a gated action.
+    /// The run paused for people to approve what it will do next.
+    ApprovalRequested {
+        /// The mutating step it waits before, or the `approve(..)` step.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        step: Option<u32>,
+        /// The action it will take (`k8s::rollback`), or `approve`.
+        action: String,
+        /// Why, in the script's words (`approve("why")`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        /// What it will do: the action's resolved intent and its dry-run answer.
+        plan: Value,
+        /// Past this, the run ends as expired.
+        expires_at: jiff::Timestamp,
+    },
+    /// A person's decision on a paused run.
     Approval {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         step: Option<u32>,
@@ -123,6 +142,12 @@ pub enum RecordBody {
         approved: bool,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         comment: Option<String>,
+        /// Where the decision came from: `api`, `cli`, `slack`, `mattermost`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        channel: Option<String>,
+        /// What the approver was shown when deciding.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seen: Option<String>,
     },
     /// A run ended.
     RunFinished {
@@ -186,6 +211,23 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
+/// Who must approve a run before it changes anything (a manifest's `approval`), as its
+/// start record keeps it, so a resumed run asks the same people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalPolicy {
+    // Fields in sorted order: the record's canonical form writes them as declared.
+    /// Teams whose members may approve.
+    pub approvers: Vec<String>,
+    /// How long a request waits before the run ends as expired.
+    pub expires_ms: u64,
+    /// Distinct people who must approve.
+    pub required: u32,
+    /// Whoever started the run may be one of the approvers.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub self_approval: bool,
+}
+
 impl RecordBody {
     /// The `type` tag as written in the journal.
     pub fn kind(&self) -> &'static str {
@@ -197,6 +239,7 @@ impl RecordBody {
             RecordBody::Evidence { .. } => "evidence",
             RecordBody::Progress { .. } => "progress",
             RecordBody::Refusal { .. } => "refusal",
+            RecordBody::ApprovalRequested { .. } => "approval_requested",
             RecordBody::Approval { .. } => "approval",
             RecordBody::RunFinished { .. } => "run_finished",
             RecordBody::EventJoined { .. } => "event_joined",
@@ -249,6 +292,10 @@ pub enum RunStatus {
     Failed,
     Cancelled,
     TimedOut,
+    /// An approver said no.
+    Denied,
+    /// Nobody decided before the approval request expired.
+    Expired,
 }
 
 impl std::fmt::Display for RunStatus {
@@ -258,6 +305,8 @@ impl std::fmt::Display for RunStatus {
             RunStatus::Failed => "failed",
             RunStatus::Cancelled => "cancelled",
             RunStatus::TimedOut => "timed_out",
+            RunStatus::Denied => "denied",
+            RunStatus::Expired => "expired",
         })
     }
 }
@@ -421,7 +470,9 @@ fn write_canonical_body(body: &RecordBody, out: &mut Vec<u8>) {
             lock_key,
             cooldown_ms,
             interactive,
+            approval,
         } => o
+            .plain_opt("approval", approval.as_ref())
             .plain_opt("cluster_actions", cluster_actions.as_ref())
             .plain_opt("cooldown_ms", cooldown_ms.as_ref())
             .plain("dry_run", dry_run)
@@ -473,15 +524,31 @@ fn write_canonical_body(body: &RecordBody, out: &mut Vec<u8>) {
             .plain("action", action)
             .plain("reason", reason)
             .plain_opt("step", step.as_ref()),
+        RecordBody::ApprovalRequested {
+            step,
+            action,
+            reason,
+            plan,
+            expires_at,
+        } => o
+            .plain("action", action)
+            .plain("expires_at", expires_at)
+            .json("plan", plan)
+            .plain_opt("reason", reason.as_ref())
+            .plain_opt("step", step.as_ref()),
         RecordBody::Approval {
             step,
             approver,
             approved,
             comment,
+            channel,
+            seen,
         } => o
             .plain("approved", approved)
             .plain("approver", approver)
+            .plain_opt("channel", channel.as_ref())
             .plain_opt("comment", comment.as_ref())
+            .plain_opt("seen", seen.as_ref())
             .plain_opt("step", step.as_ref()),
         RecordBody::RunFinished { status, error } => {
             o.plain_opt("error", error.as_ref()).plain("status", status)
@@ -749,9 +816,15 @@ pub fn redact(body: &mut RecordBody) {
         RecordBody::Refusal { reason, .. } | RecordBody::Skipped { reason, .. } => {
             redact_string(reason)
         }
-        RecordBody::Approval { comment, .. } => {
-            if let Some(comment) = comment {
-                redact_string(comment);
+        RecordBody::ApprovalRequested { reason, plan, .. } => {
+            redact_value(plan);
+            if let Some(reason) = reason {
+                redact_string(reason);
+            }
+        }
+        RecordBody::Approval { comment, seen, .. } => {
+            for text in [comment, seen].into_iter().flatten() {
+                redact_string(text);
             }
         }
         RecordBody::RunFinished { error, .. } => {
@@ -839,6 +912,12 @@ mod tests {
                 lock_key: Some("rb/shop/web".into()),
                 cooldown_ms: Some(600_000),
                 interactive: true,
+                approval: Some(ApprovalPolicy {
+                    approvers: vec!["sre".into()],
+                    required: 2,
+                    expires_ms: 1_800_000,
+                    self_approval: true,
+                }),
             },
             RecordBody::RunStarted {
                 event: json!({}),
@@ -850,6 +929,7 @@ mod tests {
                 lock_key: None,
                 cooldown_ms: None,
                 interactive: false,
+                approval: None,
             },
             RecordBody::RunResumed {
                 replayable_steps: 2,
@@ -903,17 +983,35 @@ mod tests {
                 action: "trigger".into(),
                 reason: "not a member".into(),
             },
+            RecordBody::ApprovalRequested {
+                step: Some(6),
+                action: "k8s::rollback".into(),
+                reason: Some("bad model".into()),
+                plan: serde_json::json!({"intent": {"revision": 2}, "would": "roll back"}),
+                expires_at: "2026-12-03T06:00:00Z".parse().unwrap(),
+            },
+            RecordBody::ApprovalRequested {
+                step: None,
+                action: "approve".into(),
+                reason: None,
+                plan: Value::Null,
+                expires_at: "2026-12-03T06:00:00Z".parse().unwrap(),
+            },
             RecordBody::Approval {
                 step: Some(6),
                 approver: "ana".into(),
                 approved: true,
                 comment: Some("ok".into()),
+                channel: Some("slack".into()),
+                seen: Some("roll back shop/model to revision 2".into()),
             },
             RecordBody::Approval {
                 step: None,
                 approver: "bo".into(),
                 approved: false,
                 comment: None,
+                channel: None,
+                seen: None,
             },
             RecordBody::RunFinished {
                 status: RunStatus::Failed,

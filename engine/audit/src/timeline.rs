@@ -167,19 +167,42 @@ pub fn render_timeline(records: &[Record]) -> String {
                 let note = format!("{at}      ⛔ refused {action}: {reason}");
                 note_or_print(&mut out, &mut open, *step, note);
             }
+            RecordBody::ApprovalRequested {
+                step,
+                action,
+                reason,
+                expires_at,
+                ..
+            } => {
+                let step = step.map(|s| format!("#{s} ")).unwrap_or_default();
+                let reason = reason
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "{at}  ⏸ {step}waiting for approval of {action}{reason} (expires {expires_at})"
+                );
+            }
             RecordBody::Approval {
                 step,
                 approver,
                 approved,
                 comment,
+                channel,
+                ..
             } => {
                 let step = step.map(|s| format!("#{s} ")).unwrap_or_default();
-                let verdict = if *approved { "approved" } else { "rejected" };
+                let verdict = if *approved { "approved" } else { "denied" };
                 let comment = comment
                     .as_deref()
                     .map(|c| format!(": {c}"))
                     .unwrap_or_default();
-                let _ = writeln!(out, "{at}  ✋ {step}{verdict} by {approver}{comment}");
+                let via = channel
+                    .as_deref()
+                    .map(|c| format!(" via {c}"))
+                    .unwrap_or_default();
+                let _ = writeln!(out, "{at}  ✋ {step}{verdict} by {approver}{via}{comment}");
             }
             RecordBody::RunFinished { status, error } => {
                 finished = true;
@@ -188,6 +211,8 @@ pub fn render_timeline(records: &[Record]) -> String {
                     RunStatus::Failed => "■ run FAILED",
                     RunStatus::Cancelled => "■ run cancelled",
                     RunStatus::TimedOut => "■ run TIMED OUT",
+                    RunStatus::Denied => "■ run DENIED",
+                    RunStatus::Expired => "■ run EXPIRED (no approval in time)",
                 };
                 let _ = writeln!(out, "{at}  {mark} after {:.3}s", offset.as_secs_f64());
                 if let Some(e) = error {

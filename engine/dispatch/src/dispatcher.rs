@@ -68,6 +68,21 @@ pub enum StartError {
     },
 }
 
+/// A manifest's approval policy as a run journals it.
+pub fn approval_policy(
+    manifest: &firebreak_matcher::Manifest,
+) -> Option<firebreak_runtime::ApprovalPolicy> {
+    manifest
+        .approval
+        .as_ref()
+        .map(|a| firebreak_runtime::ApprovalPolicy {
+            approvers: a.approvers.clone(),
+            required: a.required,
+            expires_ms: a.expires.as_millis() as u64,
+            self_approval: a.self_approval,
+        })
+}
+
 /// A run this engine is running: where to hand it the events of its incident.
 #[derive(Clone)]
 struct ActiveRun {
@@ -471,12 +486,18 @@ impl Dispatcher {
             team: manifest.team.clone(),
             namespaces: manifest.namespaces.clone(),
             cluster_actions: loaded.set.cluster_grants(&manifest.team),
+            approval: approval_policy(manifest),
             ast,
             event: event.clone(),
             params: m.params.clone(),
             actor: actor.to_owned(),
             dry_run,
-            timeout: manifest.timeout,
+            // Waiting for people is not the run's work: the request's expiry comes on top.
+            timeout: manifest.timeout
+                + manifest
+                    .approval
+                    .as_ref()
+                    .map_or(Duration::ZERO, |a| a.expires),
             progress: self.progress.clone(),
             // Not a child of `shutdown`: a graceful stop suspends runs between steps (so the
             // next start resumes them) instead of cancelling them.
@@ -785,6 +806,41 @@ impl Dispatcher {
             active.lock().expect("active runs lock").remove(&run_id);
             ended.record(&outcome);
         });
+    }
+
+    /// One person's decision on run `run_id`'s approval request (see
+    /// [`firebreak_runtime::approval`]). A run that is not running here is not waiting here.
+    pub async fn decide(
+        &self,
+        run_id: &str,
+        decision: firebreak_runtime::Decision,
+    ) -> Result<firebreak_runtime::Standing, firebreak_runtime::DecisionError> {
+        let link = self
+            .active
+            .lock()
+            .expect("active runs lock")
+            .get(run_id)
+            .map(|r| r.link.clone());
+        match link {
+            Some(link) => link.decide(decision).await,
+            None => Err(firebreak_runtime::DecisionError::NotWaiting(
+                run_id.to_owned(),
+            )),
+        }
+    }
+
+    /// The approval requests runs here wait on, oldest first.
+    pub fn pending_approvals(&self) -> Vec<firebreak_runtime::Pending> {
+        let links: Vec<RunLink> = self
+            .active
+            .lock()
+            .expect("active runs lock")
+            .values()
+            .map(|r| r.link.clone())
+            .collect();
+        let mut pending: Vec<_> = links.iter().filter_map(RunLink::pending).collect();
+        pending.sort_by(|a, b| a.run_id.cmp(&b.run_id));
+        pending
     }
 
     /// Runs in progress in this engine, with their runbooks (for status pages and tests).

@@ -11,5 +11,5 @@
 mod dispatcher;
 mod runbooks;
 
-pub use dispatcher::{Dispatcher, REFUSAL_SUMMARY_EVERY, StartError, Started};
+pub use dispatcher::{Dispatcher, REFUSAL_SUMMARY_EVERY, StartError, Started, approval_policy};
 pub use runbooks::{ConnectorSpecs, Loaded, Runbooks};

@@ -45,16 +45,6 @@ impl Loaded {
         let mut asts = HashMap::new();
         let mut problems = Vec::new();
         for rb in set.iter() {
-            // No approver flow exists yet; running such a runbook unapproved would be worse
-            // than not running it.
-            if rb.manifest.approval {
-                problems.push(format!(
-                    "{}:1:1: runbook {}: `approval: true` is not supported yet (no approval flow); \
-                     refusing to load it rather than run it unapproved",
-                    rb.yaml_path.display(),
-                    rb.manifest.name
-                ));
-            }
             match compile(&rb.script_path, &rb.script) {
                 Ok(ast) => {
                     problems.extend(check_calls(&rb.script_path, &ast, connectors));
@@ -193,17 +183,39 @@ mod tests {
         assert!(runbooks.reload_if_changed().unwrap());
         assert!(runbooks.current().set.get("hello").is_some());
 
-        // A runbook that asks for approval is refused: there is no approval flow yet.
+        // A policy that could never let anything run is refused with its reasons.
+        std::fs::write(
+            dir.join("gated.yaml"),
+            "name: gated\nteam: sre\ndescription: d\nnamespaces: [shop]\n\
+             approval: { required: 0, expires: 0s, on_expiry: approve }\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("gated.rhai"), "log(\"hi\");\n").unwrap();
+        let problems = runbooks.reload_if_changed().unwrap_err().join("\n");
+        assert!(problems.contains("approval.required"), "{problems}");
+        assert!(problems.contains("approval.expires"), "{problems}");
+        assert!(problems.contains("on_expiry: deny"), "{problems}");
+        // `approval: true` is one member of the team within 30 minutes.
         std::fs::write(
             dir.join("gated.yaml"),
             "name: gated\nteam: sre\ndescription: d\nnamespaces: [shop]\napproval: true\n",
         )
         .unwrap();
-        std::fs::write(dir.join("gated.rhai"), "log(\"hi\");\n").unwrap();
-        let problems = runbooks.reload_if_changed().unwrap_err();
-        assert!(problems[0].contains("approval"), "{problems:?}");
+        assert!(runbooks.reload_if_changed().unwrap());
+        let current = runbooks.current();
+        let approval = current.set.get("gated").unwrap().manifest.approval.clone();
+        assert_eq!(
+            approval,
+            Some(firebreak_matcher::Approval {
+                approvers: vec!["sre".into()],
+                required: 1,
+                expires: firebreak_matcher::DEFAULT_APPROVAL_EXPIRY,
+                self_approval: false,
+            })
+        );
         std::fs::remove_file(dir.join("gated.yaml")).unwrap();
         std::fs::remove_file(dir.join("gated.rhai")).unwrap();
+        assert!(runbooks.reload_if_changed().unwrap());
 
         // A broken edit is refused and the previous set keeps serving.
         std::fs::write(dir.join("hello.rhai"), "log(\"hi\";\n").unwrap();

@@ -21,7 +21,10 @@ pub mod template;
 pub use diag::{Diagnostic, MAX_YAML_BYTES};
 pub use duration::{DurationError, parse_duration};
 pub use labels::{LabelMatcher, MatchOp, MatcherError, parse_matchers};
-pub use manifest::{Budget, DEFAULT_TIMEOUT, Manifest, Source, StatusFilter, Trigger};
+pub use manifest::{
+    Approval, Budget, DEFAULT_APPROVAL_EXPIRY, DEFAULT_TIMEOUT, Manifest, Source, StatusFilter,
+    Trigger,
+};
 pub use params::{ParamFrom, ParamSpec, ParamType};
 pub use set::{MAX_SCRIPT_BYTES, Match, MatchError, Runbook, RunbookSet, fingerprint_dir};
 pub use teams::{Member, Refusal, Team, Teams};

@@ -19,7 +19,14 @@
 //! concurrency: "{{params.namespace}}/{{params.deployment}}"  # default: the incident
 //! cooldown: 10m                         # default 0 (none)
 //! timeout: 5m                           # default 5m
-//! approval: false                       # default false
+//! approval: false                       # default false; true = one member of the team, 30m
+//! approval:                             # or a policy:
+//!   approvers: [ml-platform, sre]       #   teams whose members may approve; default: team
+//!   required: 2                         #   distinct people; default 1
+//!   expires: 30m                        #   default 30m; then the run ends as expired
+//!   on_expiry: deny                     #   the only choice: nothing runs unapproved
+//!   self_approval: false                #   may the requester approve; default false
+//! allow_during_freeze: false            # may run mutations in a freeze window (approved)
 //! budget: { max_runs: 3, per: 1h }      # optional
 //! script: model-latency-rollback.rhai   # default: <file stem>.rhai, beside the manifest
 //! ```
@@ -72,10 +79,32 @@ pub(crate) mod raw {
         pub concurrency: Option<Spanned<String>>,
         pub cooldown: Option<Spanned<String>>,
         pub timeout: Option<Spanned<String>>,
+        pub approval: Option<Spanned<Approval>>,
         #[serde(default)]
-        pub approval: bool,
+        pub allow_during_freeze: bool,
         pub budget: Option<Budget>,
         pub script: Option<Spanned<String>>,
+    }
+
+    /// `approval`: a flag or a policy.
+    #[derive(Debug, Deserialize)]
+    #[serde(untagged)]
+    pub enum Approval {
+        Flag(bool),
+        Policy(ApprovalPolicy),
+    }
+
+    /// `approval` as a policy.
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ApprovalPolicy {
+        #[serde(default)]
+        pub approvers: Vec<String>,
+        pub required: Option<u32>,
+        pub expires: Option<String>,
+        pub on_expiry: Option<String>,
+        #[serde(default)]
+        pub self_approval: bool,
     }
 
     /// One entry of `triggers`.
@@ -197,8 +226,10 @@ pub struct Manifest {
     pub cooldown: Duration,
     /// Longest a run may take.
     pub timeout: Duration,
-    /// A person must approve before the first mutating action.
-    pub approval: bool,
+    /// People must approve before the first mutating action (or at `approve("why")`).
+    pub approval: Option<Approval>,
+    /// Mutations may run inside a freeze window (once approved).
+    pub allow_during_freeze: bool,
     /// Optional run budget per concurrency key.
     pub budget: Option<Budget>,
     /// Script file name, relative to the manifest's folder.
@@ -301,7 +332,8 @@ fn check(file: &Path, raw: &raw::Manifest, diags: &mut Vec<Diagnostic>) -> Manif
         concurrency,
         cooldown,
         timeout,
-        approval: raw.approval,
+        approval: check_approval(file, raw, diags),
+        allow_during_freeze: raw.allow_during_freeze,
         budget,
         script,
     }
@@ -531,6 +563,82 @@ fn duration(
     parse_duration(&node.value).unwrap_or_else(|e| {
         diags.push(Diagnostic::spanned(file, node, format!("{what}: {e}")));
         default
+    })
+}
+
+/// Who must approve a run of a runbook before it changes anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approval {
+    /// Teams whose members may approve (the owner team unless the manifest names others).
+    pub approvers: Vec<String>,
+    /// Distinct people who must approve.
+    pub required: u32,
+    /// How long a request waits; then the run ends as expired.
+    pub expires: Duration,
+    /// The person who started the run may approve it.
+    pub self_approval: bool,
+}
+
+/// Default `approval.expires`.
+pub const DEFAULT_APPROVAL_EXPIRY: Duration = Duration::from_secs(30 * 60);
+
+/// `approval`: `true`, `false` or a policy with sane numbers.
+fn check_approval(
+    file: &Path,
+    raw: &raw::Manifest,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Approval> {
+    let node = raw.approval.as_ref()?;
+    let owner = || vec![raw.team.value.clone()];
+    let policy = match &node.value {
+        raw::Approval::Flag(false) => return None,
+        raw::Approval::Flag(true) => {
+            return Some(Approval {
+                approvers: owner(),
+                required: 1,
+                expires: DEFAULT_APPROVAL_EXPIRY,
+                self_approval: false,
+            });
+        }
+        raw::Approval::Policy(policy) => policy,
+    };
+    let mut problem = |message: String| diags.push(Diagnostic::spanned(file, node, message));
+    for team in &policy.approvers {
+        if !is_name(team) {
+            problem(format!("approval.approvers: {team:?} is not a team name"));
+        }
+    }
+    let required = policy.required.unwrap_or(1);
+    if required == 0 {
+        problem("approval.required must be at least 1 (or leave approval out)".into());
+    }
+    let expires = match policy.expires.as_deref().map(parse_duration) {
+        None => DEFAULT_APPROVAL_EXPIRY,
+        Some(Ok(d)) if !d.is_zero() => d,
+        Some(Ok(_)) => {
+            problem("approval.expires must be more than zero".into());
+            DEFAULT_APPROVAL_EXPIRY
+        }
+        Some(Err(e)) => {
+            problem(format!("approval.expires: {e}"));
+            DEFAULT_APPROVAL_EXPIRY
+        }
+    };
+    if let Some(other) = policy.on_expiry.as_deref().filter(|o| *o != "deny") {
+        problem(format!(
+            "approval.on_expiry: {other:?} is not supported: an unanswered request is denied \
+             (on_expiry: deny), so nothing runs that nobody approved"
+        ));
+    }
+    Some(Approval {
+        approvers: if policy.approvers.is_empty() {
+            owner()
+        } else {
+            policy.approvers.clone()
+        },
+        required,
+        expires,
+        self_approval: policy.self_approval,
     })
 }
 

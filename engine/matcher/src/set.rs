@@ -563,6 +563,40 @@ fn manifest_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// An approval policy's teams exist and have enough people to ever approve.
+fn check_approvers<T>(
+    file: &Path,
+    node: &serde_saphyr::Spanned<T>,
+    approval: &crate::manifest::Approval,
+    teams: &Teams,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let mut people = std::collections::BTreeSet::new();
+    for name in &approval.approvers {
+        match teams.get(name) {
+            None => diags.push(Diagnostic::spanned(
+                file,
+                node,
+                format!("approval.approvers: unknown team {name:?} (not in the teams file)"),
+            )),
+            Some(team) => people.extend(team.members.iter().map(|m| m.name.as_str())),
+        }
+    }
+    if (people.len() as u64) < u64::from(approval.required) {
+        diags.push(Diagnostic::spanned(
+            file,
+            node,
+            format!(
+                "approval.required is {} but the approver teams ({}) have {} member(s): \
+                 no run could ever be approved",
+                approval.required,
+                approval.approvers.join(", "),
+                people.len()
+            ),
+        ));
+    }
+}
+
 fn load_one(
     dir: &Path,
     file: &Path,
@@ -619,6 +653,9 @@ fn load_one(
                     }
                 }
             }
+        }
+        if let (Some(approval), Some(node)) = (&manifest.approval, &raw.approval) {
+            check_approvers(file, node, approval, teams, diags);
         }
     }
     let script_path = dir.join(&manifest.script);

@@ -257,6 +257,14 @@ impl Teams {
     }
 
     /// The member with this chat user id.
+    /// The teams `person` (a member name) belongs to.
+    pub fn teams_of(&self, person: &str) -> Vec<String> {
+        self.iter()
+            .filter(|t| t.members.iter().any(|m| m.name == person))
+            .map(|t| t.name.clone())
+            .collect()
+    }
+
     pub fn member_by_chat_id(&self, chat_id: &str) -> Option<(&Team, &Member)> {
         self.teams.iter().find_map(|team| {
             team.members

@@ -71,6 +71,7 @@ fn main() {
                         team: "perf".into(),
                         namespaces: vec!["shop".into()],
                         cluster_actions: None,
+                        approval: None,
                         ast: ast.clone(),
                         event: Arc::new(event.clone()),
                         params: serde_json::Map::new(),

@@ -37,6 +37,7 @@ pub(crate) fn register(engine: &mut Engine) {
     engine.register_fn("wait_resolved", wait_resolved);
     engine.register_fn("log", log);
     engine.register_fn("sleep", sleep);
+    engine.register_fn("approve", approve);
     engine.register_fn("now", now);
     engine.register_fn("fail", fail);
     engine.register_fn("evidence", evidence);
@@ -99,13 +100,7 @@ pub(crate) fn composite_step(
         // Suspended inside: no end, the body runs again (its finished inner steps replay).
         (Err(error), _) if cx.stopped() == Some(step::Stop::Suspended) => Err(error),
         (Err(error), _) => {
-            let kind = match cx.stopped() {
-                Some(step::Stop::Cancelled) => "cancelled",
-                Some(step::Stop::TimedOut) => "timed_out",
-                Some(step::Stop::Suspended) => "suspended",
-                Some(step::Stop::OverBudget) => "over_budget",
-                None => "script",
-            };
+            let kind = cx.stopped().map_or("script", step::Stop::token);
             cx.defer(vec![RecordBody::StepFinished {
                 step,
                 name: name.to_owned(),
@@ -215,6 +210,28 @@ pub(crate) fn sleep(ms: rhai::INT) -> Result<Dynamic, ScriptError> {
             {
                 Ok(()) => LeafResult::ok(Value::Null),
                 Err(stop) => LeafResult::stopped(stop),
+            }
+        },
+    )
+}
+
+/// `approve(why)`: asks for the run's approval here, before anything is decided (the
+/// runbook's `approval` policy, or a member of its team within 30 minutes). Returns who
+/// approved; a deny or the request's expiry ends the run. A run is approved once: later
+/// mutations and `approve` calls go on without asking again. In a dry run it says it would ask.
+fn approve(why: ImmutableString) -> Result<Dynamic, ScriptError> {
+    run_leaf(
+        "approve",
+        json!({ "reason": why.as_str() }),
+        Durability::WriteAhead,
+        |cx, step| {
+            if cx.dry_run {
+                return LeafResult::ok(json!({ "dry_run": true, "would": "wait for approval" }));
+            }
+            let plan = json!({ "action": "approve", "reason": why.as_str() });
+            match cx.await_approval(Some(step), "approve", Some(why.to_string()), plan) {
+                Ok(approved_by) => LeafResult::ok(json!({ "approved_by": approved_by })),
+                Err(_) => LeafResult::stopped(cx.stopped().unwrap_or(step::Stop::Cancelled)),
             }
         },
     )

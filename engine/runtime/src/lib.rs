@@ -17,6 +17,7 @@
 //! `run_id`, `runbook`, `team`, `actor`, `dry_run`) and the functions above. Functions
 //! defined with `fn` do not see `ctx`; pass it as an argument.
 
+pub mod approval;
 mod builtins;
 mod canary;
 mod connectors;
@@ -25,6 +26,7 @@ mod runner;
 pub mod sandbox;
 mod step;
 
+pub use approval::{Decision, DecisionError, Pending, Standing};
 pub use policy::RetryPolicy;
 pub use runner::{
     Budget, ResumePlan, RunHandle, RunLink, RunOutcome, RunPlan, Runner, RunnerConfig, RuntimeError,
@@ -32,7 +34,7 @@ pub use runner::{
 pub use sandbox::{CompileError, Limits, build_engine, check_calls, compile};
 pub use step::{JoinError, JoinedEvent};
 
-pub use firebreak_audit::RunStatus;
+pub use firebreak_audit::{ApprovalPolicy, RunStatus};
 pub use firebreak_connector::ProgressSink;
 pub use rhai::AST;
 pub use tokio_util::sync::CancellationToken;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use firebreak_audit::{
-    AuditError, Journal, RecordBody, RecordDraft, RunMeta, RunStatus, StepStatus,
+    ApprovalPolicy, AuditError, Journal, RecordBody, RecordDraft, RunMeta, RunStatus, StepStatus,
 };
 use firebreak_connector::{ProgressSink, Registry};
 use firebreak_event::Event;
@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
+use crate::approval::{Decision, DecisionError, Pending, Standing};
 use crate::policy::RetryPolicy;
 use crate::sandbox::{Limits, build_engine};
 use crate::step::{
@@ -84,6 +85,7 @@ impl Default for RunnerConfig {
 pub(crate) struct RunScope {
     pub namespaces: Vec<String>,
     pub cluster_actions: Option<Vec<String>>,
+    pub approval: Option<ApprovalPolicy>,
 }
 
 /// Everything one run needs, as plain values (the binary maps its runbook types onto it).
@@ -96,6 +98,9 @@ pub struct RunPlan {
     /// Cluster-scoped mutating actions (`k8s::cordon`, ...) the runbook's team is granted
     /// by the teams file; `None` without a teams file (single tenant: no restriction).
     pub cluster_actions: Option<Vec<String>>,
+    /// Who must approve before the run's first mutating action (see [`crate::approval`]);
+    /// `None`: nobody. Its expiry should be part of `timeout`.
+    pub approval: Option<ApprovalPolicy>,
     /// The compiled script (see [`crate::compile`]).
     pub ast: Arc<AST>,
     pub event: Arc<Event>,
@@ -157,6 +162,16 @@ impl RunLink {
     /// ended first.
     pub async fn join(&self, event: JoinedEvent) -> Result<(), JoinError> {
         self.cx.join(event).await
+    }
+
+    /// One person's decision on the run's approval request (see [`crate::approval`]).
+    pub async fn decide(&self, decision: Decision) -> Result<Standing, DecisionError> {
+        self.cx.decide(decision).await
+    }
+
+    /// The approval request the run waits on, if it does.
+    pub fn pending(&self) -> Option<Pending> {
+        self.cx.pending()
     }
 
     /// Asks the run to stop; it ends `cancelled` with `reason` at its next operation or wait.
@@ -301,12 +316,14 @@ impl Runner {
             lock_key: plan.lock_key,
             cooldown_ms: (!plan.cooldown.is_zero()).then_some(plan.cooldown.as_millis() as u64),
             interactive: plan.interactive,
+            approval: plan.approval.clone(),
         };
         let cx = self.context(
             meta,
             RunScope {
                 namespaces: plan.namespaces,
                 cluster_actions: plan.cluster_actions,
+                approval: plan.approval,
             },
             plan.dry_run,
             plan.timeout,
@@ -354,6 +371,7 @@ impl Runner {
             lock_key,
             cooldown_ms,
             interactive,
+            approval,
         } = &first.body
         else {
             return Err(RuntimeError::NoStart {
@@ -368,7 +386,10 @@ impl Runner {
                 run_id: run_id.to_owned(),
             });
         }
-        let mut earlier = Earlier::default();
+        let mut earlier = Earlier {
+            gate: crate::approval::Gate::replay(&records),
+            ..Earlier::default()
+        };
         for record in &records {
             match &record.body {
                 RecordBody::StepFinished {
@@ -423,6 +444,7 @@ impl Runner {
             scope: RunScope {
                 namespaces: namespaces.clone(),
                 cluster_actions: cluster_actions.clone(),
+                approval: approval.clone(),
             },
             timeout: Duration::from_millis(timeout_ms.unwrap_or(3_600_000)),
             lock_key: lock_key.clone(),
@@ -757,6 +779,8 @@ fn classify(
             "timed_out" => Some(Stop::TimedOut),
             "suspended" => Some(Stop::Suspended),
             "over_budget" => Some(Stop::OverBudget),
+            "denied" => Some(Stop::Denied),
+            "expired" => Some(Stop::Expired),
             _ => Some(Stop::Cancelled),
         },
         _ => cx.check_stop(),
@@ -778,6 +802,14 @@ fn classify(
         Some(Stop::TimedOut) => (
             RunStatus::TimedOut,
             Some("run exceeded its timeout".to_owned()),
+        ),
+        Some(stop @ (Stop::Denied | Stop::Expired)) => (
+            if stop == Stop::Denied {
+                RunStatus::Denied
+            } else {
+                RunStatus::Expired
+            },
+            cx.cancel_reason.lock().expect("cancel reason lock").clone(),
         ),
         Some(Stop::OverBudget) => (
             RunStatus::Failed,

@@ -53,15 +53,21 @@ pub(crate) enum Stop {
     /// The run spent one of its budgets (see [`crate::Budget`]); the reason is in
     /// `cancel_reason`. The run fails.
     OverBudget = 4,
+    /// An approver said no (see [`crate::approval`]); who and why is in `cancel_reason`.
+    Denied = 5,
+    /// Nobody approved in time.
+    Expired = 6,
 }
 
 impl Stop {
-    fn token(self) -> &'static str {
+    pub(crate) fn token(self) -> &'static str {
         match self {
             Stop::Cancelled => "cancelled",
             Stop::TimedOut => "timed_out",
             Stop::Suspended => "suspended",
             Stop::OverBudget => "over_budget",
+            Stop::Denied => "denied",
+            Stop::Expired => "expired",
         }
     }
 
@@ -105,6 +111,8 @@ pub(crate) struct Earlier {
     /// When each step that started but never finished began (a wait interrupted by a stop
     /// goes on for the time it had left).
     pub started_at: HashMap<u32, jiff::Timestamp>,
+    /// The approval request and decisions journaled so far.
+    pub gate: crate::approval::Gate,
 }
 
 /// An event handed to a running run (see [`RunContext::join`]).
@@ -141,6 +149,14 @@ pub(crate) struct RunContext {
     pub namespaces: Vec<String>,
     /// Cluster-scoped mutations the team is granted; `None`: no teams file.
     pub cluster_actions: Option<Vec<String>>,
+    /// Who must approve before the first mutation; `None`: nobody.
+    pub approval: Option<firebreak_audit::ApprovalPolicy>,
+    /// The approval request and its decisions (see [`crate::approval`]).
+    pub(crate) gate: std::sync::Mutex<crate::approval::Gate>,
+    /// Woken when a decision is taken.
+    pub(crate) gate_changed: tokio::sync::Notify,
+    /// Decisions are taken one at a time.
+    pub(crate) deciding: tokio::sync::Mutex<()>,
     pub dry_run: bool,
     pub journal: Arc<Journal>,
     pub handle: Handle,
@@ -211,6 +227,10 @@ impl RunContext {
             meta,
             namespaces: scope.namespaces,
             cluster_actions: scope.cluster_actions,
+            approval: scope.approval,
+            gate: std::sync::Mutex::new(earlier.gate),
+            gate_changed: tokio::sync::Notify::new(),
+            deciding: tokio::sync::Mutex::new(()),
             dry_run,
             journal,
             handle,
@@ -299,6 +319,11 @@ impl RunContext {
             .get(&step)
             .and_then(|at| Duration::try_from(jiff::Timestamp::now().duration_since(*at)).ok())
             .unwrap_or_default()
+    }
+
+    /// `RunFinished` is journaled.
+    pub(crate) fn finished(&self) -> bool {
+        self.finished.load(Ordering::SeqCst)
     }
 
     /// The script now runs on a blocking thread of its own (after any inline attempt).
@@ -519,6 +544,8 @@ impl RunContext {
             2 => Some(Stop::TimedOut),
             3 => Some(Stop::Suspended),
             4 => Some(Stop::OverBudget),
+            5 => Some(Stop::Denied),
+            6 => Some(Stop::Expired),
             _ => None,
         }
     }
@@ -892,7 +919,7 @@ pub(crate) fn run_mutation(
     name: &str,
     inputs: Value,
     plan: impl FnOnce(&RunContext, u32) -> Planned,
-    dry_answer: impl FnOnce(&Value) -> Value,
+    dry_answer: impl Fn(&Value) -> Value,
     apply: impl FnOnce(&RunContext, u32, &Value) -> LeafResult,
 ) -> Result<Dynamic, ScriptError> {
     let cx = current()?;
@@ -907,6 +934,15 @@ pub(crate) fn run_mutation(
             let started = Instant::now();
             match plan(&cx, step) {
                 Ok(intent) => {
+                    if cx.needs_approval() {
+                        let plan = serde_json::json!({
+                            "action": name,
+                            "inputs": inputs.clone(),
+                            "intent": intent,
+                            "would": dry_answer(&intent),
+                        });
+                        cx.await_approval(Some(step), name, None, plan)?;
+                    }
                     cx.journal(vec![RecordBody::StepStarted {
                         step,
                         name: name.to_owned(),

@@ -5,6 +5,7 @@
 use firebreak_tests as harness;
 
 mod alertmanager;
+mod approvals;
 mod audit_anchor;
 mod bad_input;
 mod chat;

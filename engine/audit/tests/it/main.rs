@@ -37,6 +37,7 @@ pub fn run_drafts(run: &str) -> Vec<RecordDraft> {
                 lock_key: None,
                 cooldown_ms: None,
                 interactive: false,
+                approval: None,
             },
         ),
         RecordDraft::new(

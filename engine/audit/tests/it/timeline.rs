@@ -21,6 +21,7 @@ async fn the_timeline_shows_steps_outcomes_evidence_refusals_and_the_final_statu
             lock_key: None,
             cooldown_ms: None,
             interactive: false,
+            approval: None,
         },
         RecordBody::StepStarted {
             step: 1,

@@ -296,6 +296,7 @@ async fn an_interactive_run_left_unfinished_is_abandoned_not_resumed() {
                 dry_run: false,
                 namespaces: vec!["shop".into()],
                 cluster_actions: None,
+                approval: None,
                 timeout_ms: Some(60_000),
                 lock_key: None,
                 cooldown_ms: None,

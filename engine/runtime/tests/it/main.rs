@@ -71,6 +71,7 @@ pub fn plan(run_id: &str, source: &str) -> RunPlan {
         team: "payments".into(),
         namespaces: vec!["shop".into()],
         cluster_actions: None,
+        approval: None,
         ast: compile(Path::new("test.rhai"), source).unwrap_or_else(|e| panic!("{e}")),
         event: Arc::new(event()),
         params: json!({"replicas": 3}).as_object().unwrap().clone(),

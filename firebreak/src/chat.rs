@@ -1,4 +1,12 @@
-//! Chat slash commands: `POST /v1/chat/slack/commands` and `POST /v1/chat/mattermost/commands`.
+//! Chat slash commands and buttons: `POST /v1/chat/slack/commands`,
+//! `POST /v1/chat/slack/interactions` (Block Kit `block_actions`: the Approve / Deny buttons of
+//! an approval request), `POST /v1/chat/mattermost/commands` and
+//! `POST /v1/chat/mattermost/actions` (its buttons' clicks).
+//!
+//! Mattermost signs neither commands nor clicks: a button's `context` carries the run, the
+//! decision, the request's expiry and what the approver is shown, with firebreak's own
+//! HMAC-SHA256 over them ([`ActionKey`], a key kept in `<data_dir>/chat.key`); a click whose
+//! context does not verify, or came after the expiry, is refused (401) and counted.
 //!
 //! Mattermost does not sign requests: its slash command's token (form field `token`, or
 //! `Authorization: Token …`) is compared in constant time; put it behind TLS. The commands and
@@ -9,7 +17,8 @@
 //! `X-Slack-Request-Timestamp` within 5 minutes either way; anything else is 401 and counted
 //! in the journal's unauthenticated-request notice. The Slack user is the teams file member
 //! whose `chat_ids` hold its id; an unknown user can do nothing. Commands: `help`, `list`,
-//! `run RUNBOOK key=value … [--dry-run]`, `status [RUN]`. The answer is ephemeral and
+//! `run RUNBOOK key=value … [--dry-run]`, `status [RUN]`, `approve RUN [why]`,
+//! `deny RUN REASON`. The answer is ephemeral and
 //! immediate (Slack waits 3 s): a run is accepted onto the bus like `POST /v1/trigger`, with
 //! the member as its actor.
 
@@ -53,10 +62,93 @@ pub fn verify_slack(
     ring::hmac::verify(&key, &signed, &tag).map_err(|_| "X-Slack-Signature does not match")
 }
 
+/// firebreak's key for the contexts of its Mattermost buttons.
+pub struct ActionKey(ring::hmac::Key);
+
+impl ActionKey {
+    /// Loads `<dir>/chat.key` (32 random bytes, hex), or creates it (mode 0600).
+    pub fn load_or_create(dir: &std::path::Path) -> anyhow::Result<ActionKey> {
+        use anyhow::Context as _;
+        let path = dir.join("chat.key");
+        let bytes = match std::fs::read_to_string(&path) {
+            Ok(text) => firebreak_audit::checkpoint::from_hex(text.trim())
+                .filter(|b| b.len() == 32)
+                .with_context(|| format!("{} is not 32 bytes of hex", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut bytes = [0u8; 32];
+                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+                    .map_err(|_| anyhow::anyhow!("no randomness for {}", path.display()))?;
+                use std::io::Write as _;
+                use std::os::unix::fs::OpenOptionsExt as _;
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .with_context(|| format!("creating {}", path.display()))?;
+                file.write_all(firebreak_audit::checkpoint::to_hex(&bytes).as_bytes())?;
+                file.sync_all()?;
+                bytes.to_vec()
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        Ok(ActionKey(ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            &bytes,
+        )))
+    }
+
+    fn message(run: &str, action: &str, expires: i64, seen: &str) -> Vec<u8> {
+        format!("firebreak-action-v1\n{run}\n{action}\n{expires}\n{seen}").into_bytes()
+    }
+
+    /// A button's signed context.
+    pub fn context(&self, run: &str, action: &str, expires: i64, seen: &str) -> Value {
+        let tag = ring::hmac::sign(&self.0, &Self::message(run, action, expires, seen));
+        json!({"run": run, "action": action, "expires": expires, "seen": seen,
+               "sig": firebreak_audit::checkpoint::to_hex(tag.as_ref())})
+    }
+
+    /// The run, decision and what was seen, if `context` is one firebreak signed and it has
+    /// not expired.
+    pub fn verify(
+        &self,
+        context: &Value,
+        now_unix: i64,
+    ) -> Result<(String, bool, String), &'static str> {
+        let text = |k: &str| context.get(k).and_then(Value::as_str);
+        let (Some(run), Some(action), Some(expires), Some(seen), Some(sig)) = (
+            text("run"),
+            text("action"),
+            context.get("expires").and_then(Value::as_i64),
+            text("seen"),
+            text("sig"),
+        ) else {
+            return Err("the button's context is not firebreak's");
+        };
+        let tag =
+            firebreak_audit::checkpoint::from_hex(sig).ok_or("malformed context signature")?;
+        ring::hmac::verify(&self.0, &Self::message(run, action, expires, seen), &tag)
+            .map_err(|_| "the button's context signature does not hold")?;
+        if now_unix >= expires {
+            return Err("the approval request has expired");
+        }
+        let approved = match action {
+            "approve" => true,
+            "deny" => false,
+            _ => return Err("unknown action"),
+        };
+        Ok((run.to_owned(), approved, seen.to_owned()))
+    }
+}
+
 #[derive(Clone)]
 struct ChatState {
     dispatcher: Arc<Dispatcher>,
     bus: Arc<dyn Bus>,
+    key: Arc<ActionKey>,
+    follow_ups: crate::notify::FollowUps,
+    http: reqwest::Client,
     secret: Option<Arc<[u8]>>,
     mattermost_token: Option<Arc<str>>,
     validate: firebreak_ingest::ValidateTrigger,
@@ -66,16 +158,26 @@ struct ChatState {
 pub fn router(
     dispatcher: Arc<Dispatcher>,
     bus: Arc<dyn Bus>,
+    key: Arc<ActionKey>,
+    follow_ups: crate::notify::FollowUps,
     slack_signing_secret: Option<&str>,
     mattermost_token: Option<&str>,
 ) -> axum::Router {
     axum::Router::new()
         .route("/v1/chat/slack/commands", post(slack_command))
+        .route("/v1/chat/slack/interactions", post(slack_interaction))
         .route("/v1/chat/mattermost/commands", post(mattermost_command))
+        .route("/v1/chat/mattermost/actions", post(mattermost_action))
         .with_state(ChatState {
             validate: crate::serve::validate_trigger(dispatcher.clone()),
             dispatcher,
             bus,
+            key,
+            follow_ups,
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(10))
+                .build()
+                .expect("an HTTP client"),
             secret: slack_signing_secret.map(|s| Arc::from(s.as_bytes())),
             mattermost_token: mattermost_token.map(Arc::from),
         })
@@ -89,6 +191,7 @@ struct MattermostCommand {
     user_id: String,
     #[serde(default)]
     text: String,
+    response_url: Option<String>,
 }
 
 async fn mattermost_command(
@@ -127,7 +230,8 @@ async fn mattermost_command(
         )
             .into_response();
     };
-    ephemeral(answer(&st, &command.user_id, &command.text).await)
+    let reply = command.response_url.as_deref();
+    ephemeral(answer(&st, &command.user_id, &command.text, reply, "mattermost").await)
 }
 
 /// The fields of a slash command firebreak reads (Slack sends more).
@@ -136,6 +240,7 @@ struct SlashCommand {
     user_id: String,
     #[serde(default)]
     text: String,
+    response_url: Option<String>,
 }
 
 fn ephemeral(text: impl Into<String>) -> Response {
@@ -143,24 +248,8 @@ fn ephemeral(text: impl Into<String>) -> Response {
 }
 
 async fn slack_command(State(st): State<ChatState>, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(secret) = &st.secret else {
-        return (
-            StatusCode::NOT_FOUND,
-            Json(json!({"error": "slack is not configured (auth.slack_signing_secret)"})),
-        )
-            .into_response();
-    };
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let now = jiff::Timestamp::now().as_second();
-    if let Err(why) = verify_slack(
-        secret,
-        header("x-slack-request-timestamp"),
-        header("x-slack-signature"),
-        &body,
-        now,
-    ) {
-        st.dispatcher.note_unauthenticated("chat:slack");
-        return (StatusCode::UNAUTHORIZED, Json(json!({"error": why}))).into_response();
+    if let Err(response) = slack_verified(&st, &headers, &body) {
+        return *response;
     }
     let Ok(command) = serde_urlencoded::from_bytes::<SlashCommand>(&body) else {
         return (
@@ -169,17 +258,205 @@ async fn slack_command(State(st): State<ChatState>, headers: HeaderMap, body: By
         )
             .into_response();
     };
-    ephemeral(answer(&st, &command.user_id, &command.text).await)
+    let reply = command.response_url.as_deref();
+    ephemeral(answer(&st, &command.user_id, &command.text, reply, "slack").await)
+}
+
+/// Checks a request is Slack's (see the module docs); the 401 to answer if not.
+fn slack_verified(st: &ChatState, headers: &HeaderMap, body: &[u8]) -> Result<(), Box<Response>> {
+    let Some(secret) = &st.secret else {
+        return Err(Box::new(
+            (
+                StatusCode::NOT_FOUND,
+                Json(json!({"error": "slack is not configured (auth.slack_signing_secret)"})),
+            )
+                .into_response(),
+        ));
+    };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    verify_slack(
+        secret,
+        header("x-slack-request-timestamp"),
+        header("x-slack-signature"),
+        body,
+        jiff::Timestamp::now().as_second(),
+    )
+    .map_err(|why| {
+        st.dispatcher.note_unauthenticated("chat:slack");
+        Box::new((StatusCode::UNAUTHORIZED, Json(json!({"error": why}))).into_response())
+    })
+}
+
+/// The form of an interaction: one field, `payload`, holding JSON.
+#[derive(Debug, Deserialize)]
+struct InteractionForm {
+    payload: String,
+}
+
+/// A click on an approval message's Approve or Deny button in Slack. Answered at once; the
+/// clicker hears the outcome on the interaction's `response_url`, and a decided request's
+/// message is replaced by the decision (so its buttons cannot be clicked again).
+async fn slack_interaction(
+    State(st): State<ChatState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(response) = slack_verified(&st, &headers, &body) {
+        return *response;
+    }
+    let payload = serde_urlencoded::from_bytes::<InteractionForm>(&body)
+        .ok()
+        .and_then(|f| serde_json::from_str::<Value>(&f.payload).ok());
+    let Some(payload) = payload.filter(|p| p["type"] == "block_actions") else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "not a block_actions interaction (form field payload)"})),
+        )
+            .into_response();
+    };
+    let user = payload["user"]["id"].as_str().unwrap_or_default();
+    let action = &payload["actions"][0];
+    let run = action["value"].as_str().unwrap_or_default();
+    let approved = match action["action_id"].as_str() {
+        Some("approve") => true,
+        Some("deny") => false,
+        _ => return StatusCode::OK.into_response(),
+    };
+    let seen = payload["message"]["text"].as_str().map(str::to_owned);
+    let comment = (!approved).then(|| "denied with the button in Slack".to_owned());
+    let (text, settled) = decide(&st, user, run, approved, comment, "slack", seen).await;
+    if let Some(url) = payload["response_url"].as_str() {
+        let reply = if settled {
+            json!({"replace_original": true, "text": text})
+        } else {
+            json!({"response_type": "ephemeral", "replace_original": false, "text": text})
+        };
+        let (http, url) = (st.http.clone(), url.to_owned());
+        tokio::spawn(async move {
+            if let Err(e) = http.post(&url).json(&reply).send().await {
+                tracing::warn!(error = %e, "slack interaction reply not sent");
+            }
+        });
+    }
+    StatusCode::OK.into_response()
+}
+
+/// A click on a Mattermost button: its context must be one firebreak signed, unexpired.
+async fn mattermost_action(State(st): State<ChatState>, body: Bytes) -> Response {
+    let Ok(click) = serde_json::from_slice::<Value>(&body) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "not a Mattermost button click (JSON with user_id, context)"})),
+        )
+            .into_response();
+    };
+    let now = jiff::Timestamp::now().as_second();
+    let (run, approved, seen) = match st.key.verify(&click["context"], now) {
+        Ok(v) => v,
+        Err(why) => {
+            st.dispatcher.note_unauthenticated("chat:mattermost-action");
+            return (StatusCode::UNAUTHORIZED, Json(json!({"error": why}))).into_response();
+        }
+    };
+    let user = click["user_id"].as_str().unwrap_or_default();
+    let comment = (!approved).then(|| "denied with the button in Mattermost".to_owned());
+    let (text, settled) =
+        decide(&st, user, &run, approved, comment, "mattermost", Some(seen)).await;
+    if settled {
+        Json(json!({"update": {"message": text, "props": {"attachments": []}}})).into_response()
+    } else {
+        Json(json!({"ephemeral_text": text})).into_response()
+    }
+}
+
+/// A chat user's decision on a run: what to tell them, and whether the request is settled
+/// (approved or denied: its message loses its buttons).
+async fn decide(
+    st: &ChatState,
+    chat_id: &str,
+    run: &str,
+    approved: bool,
+    comment: Option<String>,
+    channel: &str,
+    seen: Option<String>,
+) -> (String, bool) {
+    let loaded = st.dispatcher.runbooks.current();
+    let Some(teams) = loaded.set.teams() else {
+        return (
+            "firebreak maps chat users to team members through its teams file; none is configured"
+                .into(),
+            false,
+        );
+    };
+    let Some((_, member)) = teams.member_by_chat_id(chat_id) else {
+        return (
+            format!("you ({chat_id}) are not a member of any team: you cannot decide on runs"),
+            false,
+        );
+    };
+    // A run id may be given by its first characters, as `status` shows them.
+    let pending = st.dispatcher.pending_approvals();
+    let matching: Vec<&firebreak_runtime::Pending> = pending
+        .iter()
+        .filter(|p| !run.is_empty() && p.run_id.starts_with(run))
+        .collect();
+    let run_id = match matching.as_slice() {
+        [one] => one.run_id.clone(),
+        [] => run.to_owned(),
+        _ => {
+            return (
+                format!("`{run}` names more than one waiting run; give more of its id"),
+                false,
+            );
+        }
+    };
+    let decision = firebreak_runtime::Decision {
+        approver: member.name.clone(),
+        teams: Some(teams.teams_of(&member.name)),
+        approved,
+        comment,
+        channel: channel.to_owned(),
+        seen,
+    };
+    match st.dispatcher.decide(&run_id, decision).await {
+        Ok(standing) => match standing.state {
+            "denied" => (format!("🛑 run {run_id} denied by {}", member.name), true),
+            "approved" => (
+                format!(
+                    "✅ run {run_id} approved by {}: it goes on",
+                    standing.approved_by.join(", ")
+                ),
+                true,
+            ),
+            _ => (
+                format!(
+                    "✔ your approval of run {run_id} is counted ({} of {})",
+                    standing.approved_by.len(),
+                    standing.required
+                ),
+                false,
+            ),
+        },
+        Err(e) => (format!("not taken: {e}"), false),
+    }
 }
 
 const HELP: &str = "firebreak commands:\n\
   • `list`: the runbooks you may run\n\
   • `run RUNBOOK key=value … [--dry-run]`: start one\n\
   • `status [RUN]`: your team's latest runs, or one run\n\
+  • `approve RUN [why]` / `deny RUN REASON`: decide on a run waiting for approval\n\
   • `help`: this";
 
-/// What firebreak says to chat user `user_id` for `text`.
-async fn answer(st: &ChatState, user_id: &str, text: &str) -> String {
+/// What firebreak says to chat user `user_id` for `text`; `reply`: the command's response URL,
+/// for follow-ups on a run it starts.
+async fn answer(
+    st: &ChatState,
+    user_id: &str,
+    text: &str,
+    reply: Option<&str>,
+    channel: &str,
+) -> String {
     let loaded = st.dispatcher.runbooks.current();
     let Some(teams) = loaded.set.teams() else {
         return "firebreak maps chat users to team members through its teams file; none is configured".into();
@@ -219,10 +496,33 @@ async fn answer(st: &ChatState, user_id: &str, text: &str) -> String {
                     None => return format!("`{word}` is not key=value"),
                 }
             }
-            run(st, &loaded, (team, member), runbook, params, dry_run).await
+            run(st, &loaded, (team, member), runbook, params, dry_run, reply).await
         }
         "status" => status(st, &team.name, words.next()),
-        "approve" | "deny" => "approvals are not available from chat yet".into(),
+        verb @ ("approve" | "deny") => {
+            let Some(run) = words.next() else {
+                return format!(
+                    "usage: `{verb} RUN{}`",
+                    if verb == "deny" { " REASON" } else { " [why]" }
+                );
+            };
+            let comment = words.collect::<Vec<_>>().join(" ");
+            if verb == "deny" && comment.is_empty() {
+                return "a deny needs a reason: `deny RUN REASON`".into();
+            }
+            let comment = (!comment.is_empty()).then_some(comment);
+            decide(
+                st,
+                user_id,
+                run,
+                verb == "approve",
+                comment,
+                channel,
+                Some(text.to_owned()),
+            )
+            .await
+            .0
+        }
         _ => HELP.into(),
     }
 }
@@ -246,6 +546,7 @@ async fn run(
     runbook: &str,
     params: Map<String, Value>,
     dry_run: bool,
+    reply: Option<&str>,
 ) -> String {
     let Some(rb) = loaded.set.get(runbook) else {
         return format!("no runbook named `{runbook}`; `list` shows yours");
@@ -267,6 +568,12 @@ async fn run(
     }
     let event = firebreak_event::manual::trigger(runbook, params, name, dry_run);
     let id = event.id.clone();
+    if let Some(url) = reply.filter(|u| u.starts_with("http://") || u.starts_with("https://")) {
+        st.follow_ups
+            .lock()
+            .expect("follow-ups lock")
+            .insert(id.clone(), crate::notify::FollowUp::new(url.to_owned()));
+    }
     match st.bus.publish(vec![event]).await {
         Ok(()) => format!(
             "▶ `{runbook}` accepted{} for {name} (event {id}); `status` follows it",

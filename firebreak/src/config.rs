@@ -32,6 +32,7 @@ pub struct Config {
     /// NATS JetStream; absent means the embedded bus.
     pub nats: Option<NatsConfig>,
     pub auth: AuthConfig,
+    pub chat: ChatConfig,
     pub limits: LimitsConfig,
     pub kubernetes: KubernetesConfig,
     /// Each connector's own settings, by its section (`prometheus: {url: ...}`,
@@ -328,6 +329,26 @@ pub struct AuthConfig {
     pub mattermost_token: Option<String>,
 }
 
+/// Where firebreak posts to chat: team notifications (run started, waiting for approval with
+/// Approve / Deny buttons, finished, refused) go to each team's `slack_channel` /
+/// `mattermost_channel` from the teams file. Env: `FIREBREAK_SLACK_BOT_TOKEN`,
+/// `FIREBREAK_SLACK_API_URL`, `FIREBREAK_MATTERMOST_URL`, `FIREBREAK_MATTERMOST_BOT_TOKEN`,
+/// `FIREBREAK_PUBLIC_URL`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChatConfig {
+    /// Slack bot token (`xoxb-…`, scope `chat:write`) for `chat.postMessage` / `chat.update`.
+    pub slack_bot_token: Option<String>,
+    /// Slack Web API base; default `https://slack.com/api`.
+    pub slack_api_url: Option<String>,
+    /// Mattermost server URL (`https://chat.example.com`), for its REST API.
+    pub mattermost_url: Option<String>,
+    /// A Mattermost bot's access token, to post and update messages.
+    pub mattermost_bot_token: Option<String>,
+    /// How Mattermost reaches this engine for button clicks; default `http://<listen>`.
+    pub public_url: Option<String>,
+}
+
 impl Config {
     /// Why `serve` must not listen where it is configured to, if it must not: beyond loopback,
     /// anyone who reaches the port could post alerts and start runbooks unless both the
@@ -423,6 +444,7 @@ impl Default for Config {
             teams: None,
             nats: None,
             auth: AuthConfig::default(),
+            chat: ChatConfig::default(),
             limits: LimitsConfig::default(),
             kubernetes: KubernetesConfig::default(),
             connectors: BTreeMap::new(),
@@ -538,6 +560,20 @@ impl Config {
         }
         if let Some(v) = get("FIREBREAK_MATTERMOST_TOKEN") {
             self.auth.mattermost_token = (!v.is_empty()).then_some(v);
+        }
+        for (var, slot) in [
+            ("FIREBREAK_SLACK_BOT_TOKEN", &mut self.chat.slack_bot_token),
+            ("FIREBREAK_SLACK_API_URL", &mut self.chat.slack_api_url),
+            ("FIREBREAK_MATTERMOST_URL", &mut self.chat.mattermost_url),
+            (
+                "FIREBREAK_MATTERMOST_BOT_TOKEN",
+                &mut self.chat.mattermost_bot_token,
+            ),
+            ("FIREBREAK_PUBLIC_URL", &mut self.chat.public_url),
+        ] {
+            if let Some(v) = get(var) {
+                *slot = (!v.is_empty()).then_some(v);
+            }
         }
         if let Some(v) = get("FIREBREAK_KUBECONFIG") {
             self.kubernetes.kubeconfig = Some(v.into());

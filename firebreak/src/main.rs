@@ -18,6 +18,7 @@ mod check;
 mod config;
 mod demo;
 mod demo_canary;
+mod notify;
 mod progress;
 mod run;
 mod serve;

@@ -172,15 +172,6 @@ impl Engine {
         }
         let journal = Arc::new(journal);
 
-        let runner = Arc::new(Runner::new(
-            &registry,
-            journal.clone(),
-            RunnerConfig {
-                max_concurrent_runs: cfg.limits.max_concurrent_runs,
-                budget: cfg.limits.budget(),
-                ..RunnerConfig::default()
-            },
-        ));
         let runbooks = Arc::new(
             Runbooks::load(&cfg.runbooks, cfg.teams.as_deref(), connector_specs()).map_err(
                 |problems| {
@@ -191,6 +182,18 @@ impl Engine {
                     )
                 },
             )?,
+        );
+        let runner = Arc::new(
+            Runner::new(
+                &registry,
+                journal.clone(),
+                RunnerConfig {
+                    max_concurrent_runs: cfg.limits.max_concurrent_runs,
+                    budget: cfg.limits.budget(),
+                    ..RunnerConfig::default()
+                },
+            )
+            .with_guard(firebreak_dispatch::engine_guard(runbooks.clone())),
         );
         info!(runbooks = runbooks.current().set.len(), dir = %cfg.runbooks.display(), "runbooks loaded");
 
@@ -228,6 +231,11 @@ impl Engine {
                 Arc::new(move || journal.healthy())
             },
         };
+        let action_key = Arc::new(
+            crate::chat::ActionKey::load_or_create(&cfg.data_dir)
+                .context("loading the chat action key")?,
+        );
+        let follow_ups = crate::notify::FollowUps::default();
         let routes = firebreak_ingest::router(ingest)
             .merge(crate::api::router(
                 dispatcher.clone(),
@@ -236,6 +244,8 @@ impl Engine {
             .merge(crate::chat::router(
                 dispatcher.clone(),
                 bus.clone(),
+                action_key.clone(),
+                follow_ups.clone(),
                 cfg.auth.slack_signing_secret.as_deref(),
                 cfg.auth.mattermost_token.as_deref(),
             ));
@@ -243,6 +253,14 @@ impl Engine {
             .await
             .with_context(|| format!("binding {}", cfg.listen))?;
         let addr = listener.local_addr()?;
+        let notifier = crate::notify::Notifier::new(
+            cfg,
+            addr,
+            dispatcher.clone(),
+            action_key.clone(),
+            follow_ups.clone(),
+        );
+        tokio::spawn(notifier.follow(journal.subscribe(), shutdown.clone()));
         let http = {
             let shutdown = shutdown.clone();
             tokio::spawn(async move {

@@ -6,3 +6,4 @@ use firebreak_tests as harness;
 
 mod scenario1;
 mod scenario2;
+mod scenario3;

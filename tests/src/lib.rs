@@ -6,6 +6,9 @@
 //! Start at [`Serve::start`] (a `firebreak serve` process), [`firebreak`] (one CLI command),
 //! [`Alertmanager::start`] and [`kubectl`]. [`Journal`] reads `DATA/audit.jsonl` the way an
 //! operator's script would: line by line, as JSON.
+//! [`chat::ChatStandIn`] stands in for Slack and Mattermost.
+
+pub mod chat;
 
 use std::collections::BTreeMap;
 use std::future::Future;

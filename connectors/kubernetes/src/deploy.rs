@@ -444,6 +444,36 @@ fn container_image(d: &Deployment, container: &str) -> Option<String> {
         .map(|c| c.image.clone().unwrap_or_default())
 }
 
+/// What the Deployment's pods will run once `container` runs `image`: per container its
+/// image, whether it has a readiness probe and resource requests and limits. The engine checks
+/// a team's deployment policies on it before the write (the way an admission controller
+/// would).
+fn workload(d: &Deployment, container: &str, image: &str) -> Value {
+    let containers = d
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .map(|s| s.containers.as_slice())
+        .unwrap_or_default();
+    let list: Vec<Value> = containers
+        .iter()
+        .map(|c| {
+            let resources = c.resources.as_ref();
+            let has = |m: Option<&std::collections::BTreeMap<String, _>>| {
+                m.is_some_and(|m| m.contains_key("cpu") && m.contains_key("memory"))
+            };
+            json!({
+                "name": c.name,
+                "image": if c.name == container { image.to_owned() } else { c.image.clone().unwrap_or_default() },
+                "readiness_probe": c.readiness_probe.is_some(),
+                "requests": has(resources.and_then(|r| r.requests.as_ref())),
+                "limits": has(resources.and_then(|r| r.limits.as_ref())),
+            })
+        })
+        .collect();
+    json!({ "containers": list })
+}
+
 /// `set_image(ns, deploy, container, image)`, first half.
 pub async fn plan_set_image(client: &kube::Client, args: &SetImageArgs) -> Result<Intent, Error> {
     if args.image.trim().is_empty() {
@@ -465,6 +495,7 @@ pub async fn plan_set_image(client: &kube::Client, args: &SetImageArgs) -> Resul
         "container": args.container,
         "from_image": from,
         "to_image": args.image,
+        "workload": workload(&d, &args.container, &args.image),
     });
     let intent = Intent::new(
         format!(

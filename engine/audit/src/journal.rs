@@ -49,6 +49,9 @@ const MAX_BATCH: usize = 8192;
 /// run starts and steps, and an fsync costs this VM about as much CPU as a whole alert.
 const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 
+/// Records a live follower may fall behind before it loses the oldest.
+pub const WATCH_BACKLOG: usize = 4096;
+
 /// A second home for every record, e.g. a NATS JetStream stream. Called after the records are
 /// durable in the journal; an error fails the append.
 pub trait AuditMirror: Send + Sync {
@@ -878,6 +881,8 @@ pub struct Journal {
     tx: Option<mpsc::UnboundedSender<Pending>>,
     writer: Option<JoinHandle<()>>,
     mirror: Option<Arc<dyn AuditMirror>>,
+    /// Every durable record, for whoever follows the journal live (see [`Journal::subscribe`]).
+    watch: tokio::sync::broadcast::Sender<Arc<Record>>,
     /// Records `open` wrote itself (the opening checkpoint, a relink notice) and their lines,
     /// until the first publish takes them to the mirror.
     opening: Mutex<Option<(Vec<Record>, Vec<u8>)>>,
@@ -1046,6 +1051,7 @@ impl Journal {
             tx: Some(tx),
             writer: Some(writer),
             mirror: None,
+            watch: tokio::sync::broadcast::channel(WATCH_BACKLOG).0,
             opening: Mutex::new(opening),
             _lock: lock,
         })
@@ -1126,7 +1132,20 @@ impl Journal {
             };
             published.map_err(|(seq, message)| AuditError::Mirror { seq, message })?;
         }
+        if self.watch.receiver_count() > 0 {
+            for record in &records {
+                let _ = self.watch.send(Arc::new(record.clone()));
+            }
+        }
         Ok(records)
+    }
+
+    /// Follows the journal live: every record appended from now on, once durable (and
+    /// mirrored). Records of one caller arrive in order; callers racing may interleave. A
+    /// follower more than [`WATCH_BACKLOG`] records behind loses the oldest (it is told, as
+    /// `RecvError::Lagged`); the journal itself never waits for followers.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Record>> {
+        self.watch.subscribe()
     }
 
     /// Whether the journal can write: `false` from a failed write or sync until a later one

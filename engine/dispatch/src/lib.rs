@@ -11,5 +11,7 @@
 mod dispatcher;
 mod runbooks;
 
+mod guards;
 pub use dispatcher::{Dispatcher, REFUSAL_SUMMARY_EVERY, StartError, Started, approval_policy};
+pub use guards::engine_guard;
 pub use runbooks::{ConnectorSpecs, Loaded, Runbooks};

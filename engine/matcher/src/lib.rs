@@ -18,6 +18,7 @@ mod set;
 pub mod teams;
 pub mod template;
 
+pub mod guards;
 pub use diag::{Diagnostic, MAX_YAML_BYTES};
 pub use duration::{DurationError, parse_duration};
 pub use labels::{LabelMatcher, MatchOp, MatcherError, parse_matchers};

@@ -5,6 +5,12 @@
 //! teams:
 //!   - name: ml-platform
 //!     namespaces: [ml-serving, team-a]
+//!     slack_channel: C0ML           # where notifications go (optional)
+//!     mattermost_channel: 4xp9mlchan # (optional)
+//!     deploy_policy:                 # checked before firebreak deploys (optional)
+//!       readiness_probe: true
+//!       resources: true              # cpu and memory requests and limits
+//!       registries: [registry.example.com/ml/]
 //!     members:
 //!       - name: ann
 //!         tokens: [s3cret-token]      # API bearer tokens
@@ -35,6 +41,9 @@ mod raw {
     #[serde(deny_unknown_fields)]
     pub struct File {
         pub teams: Vec<Team>,
+        #[serde(default)]
+        pub freezes: Vec<crate::guards::raw::Freeze>,
+        pub blast_radius: Option<crate::guards::BlastRadiusSpec>,
     }
 
     #[derive(Deserialize)]
@@ -46,6 +55,9 @@ mod raw {
         pub members: Vec<Member>,
         #[serde(default)]
         pub cluster_actions: Vec<Spanned<String>>,
+        pub slack_channel: Option<String>,
+        pub mattermost_channel: Option<String>,
+        pub deploy_policy: Option<crate::guards::DeployPolicy>,
     }
 
     #[derive(Deserialize)]
@@ -71,6 +83,12 @@ pub struct Team {
     /// Mutating actions on the whole cluster (no namespace) the team's runbooks may take,
     /// by qualified name (`k8s::cordon`, `am::silence`); every other one is refused.
     pub cluster_actions: Vec<String>,
+    /// Slack channel id the team's notifications go to.
+    pub slack_channel: Option<String>,
+    /// Mattermost channel id the team's notifications go to.
+    pub mattermost_channel: Option<String>,
+    /// What the team's Deployments must look like before firebreak deploys them.
+    pub deploy_policy: Option<crate::guards::DeployPolicy>,
 }
 
 /// A member of a team. `Debug` does not print tokens.
@@ -133,6 +151,10 @@ impl Refusal {
 #[derive(Debug, Clone, Default)]
 pub struct Teams {
     teams: Vec<Team>,
+    /// Freeze windows (see [`crate::guards`]).
+    pub freezes: Vec<crate::guards::Freeze>,
+    /// Caps on mutating actions in a sliding window.
+    pub blast_radius: Option<crate::guards::BlastRadiusSpec>,
 }
 
 impl Teams {
@@ -151,6 +173,7 @@ impl Teams {
         let mut tokens = HashSet::new();
         let mut chat_ids = HashSet::new();
         let mut teams = Vec::new();
+        let freezes = crate::guards::check_freezes(file, raw.freezes, &mut diags);
         for team in raw.teams {
             if !names.insert(team.name.value.clone()) {
                 diags.push(Diagnostic::spanned(
@@ -215,10 +238,17 @@ impl Teams {
                 namespaces: team.namespaces,
                 members,
                 cluster_actions: team.cluster_actions.into_iter().map(|a| a.value).collect(),
+                slack_channel: team.slack_channel,
+                mattermost_channel: team.mattermost_channel,
+                deploy_policy: team.deploy_policy,
             });
         }
         if diags.is_empty() {
-            Ok(Teams { teams })
+            Ok(Teams {
+                teams,
+                freezes,
+                blast_radius: raw.blast_radius,
+            })
         } else {
             Err(diags)
         }

@@ -190,6 +190,11 @@ pub(crate) fn default_policy(team: &str) -> ApprovalPolicy {
 }
 
 impl RunContext {
+    /// Whether people approved this run (its runbook asks for approval and they gave it).
+    pub(crate) fn approved(&self) -> bool {
+        self.approval.is_some() && self.gate.lock().expect("gate lock").granted
+    }
+
     /// Whether a mutating action must wait for people first.
     pub(crate) fn needs_approval(&self) -> bool {
         !self.dry_run && self.approval.is_some() && !self.gate.lock().expect("gate lock").granted

@@ -137,8 +137,15 @@ impl Action {
                 },
             );
         }
+        let namespace = self
+            .spec
+            .namespace_param
+            .and_then(|p| named.get(p))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         run_mutation(
             &self.qualified,
+            namespace,
             Value::Object(named.clone()),
             |cx, step| {
                 checked(cx, step)?;

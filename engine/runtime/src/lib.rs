@@ -21,12 +21,14 @@ pub mod approval;
 mod builtins;
 mod canary;
 mod connectors;
+pub mod guard;
 pub mod policy;
 mod runner;
 pub mod sandbox;
 mod step;
 
 pub use approval::{Decision, DecisionError, Pending, Standing};
+pub use guard::{Guard, MutationQuery};
 pub use policy::RetryPolicy;
 pub use runner::{
     Budget, ResumePlan, RunHandle, RunLink, RunOutcome, RunPlan, Runner, RunnerConfig, RuntimeError,

@@ -254,6 +254,7 @@ pub struct Runner {
     config: RunnerConfig,
     /// Cancelled by [`Runner::suspend`].
     suspend: CancellationToken,
+    guard: Option<crate::Guard>,
 }
 
 impl Runner {
@@ -267,7 +268,14 @@ impl Runner {
             handle: Handle::current(),
             config,
             suspend: CancellationToken::new(),
+            guard: None,
         }
+    }
+
+    /// Asks `guard` before every mutation of every run (see [`crate::guard`]).
+    pub fn with_guard(mut self, guard: crate::Guard) -> Runner {
+        self.guard = Some(guard);
+        self
     }
 
     /// For a graceful shutdown: every run stops before its next step without journaling an
@@ -551,6 +559,7 @@ impl Runner {
             Instant::now().checked_add(timeout),
             progress,
             &self.config,
+            self.guard.clone(),
             earlier,
         ))
     }

@@ -149,6 +149,8 @@ pub(crate) struct RunContext {
     pub namespaces: Vec<String>,
     /// Cluster-scoped mutations the team is granted; `None`: no teams file.
     pub cluster_actions: Option<Vec<String>>,
+    /// The engine's guard rails on mutations (freeze windows, blast radius).
+    pub guard: Option<crate::Guard>,
     /// Who must approve before the first mutation; `None`: nobody.
     pub approval: Option<firebreak_audit::ApprovalPolicy>,
     /// The approval request and its decisions (see [`crate::approval`]).
@@ -221,6 +223,7 @@ impl RunContext {
         deadline: Option<Instant>,
         progress: Option<ProgressSink>,
         settings: &crate::runner::RunnerConfig,
+        settings_guard: Option<crate::Guard>,
         earlier: Earlier,
     ) -> Self {
         RunContext {
@@ -228,6 +231,7 @@ impl RunContext {
             namespaces: scope.namespaces,
             cluster_actions: scope.cluster_actions,
             approval: scope.approval,
+            guard: settings_guard,
             gate: std::sync::Mutex::new(earlier.gate),
             gate_changed: tokio::sync::Notify::new(),
             deciding: tokio::sync::Mutex::new(()),
@@ -917,6 +921,7 @@ pub(crate) type Planned = Result<Value, LeafResult>;
 /// applies that intent again; a step that finished returns its journaled output.
 pub(crate) fn run_mutation(
     name: &str,
+    namespace: Option<String>,
     inputs: Value,
     plan: impl FnOnce(&RunContext, u32) -> Planned,
     dry_answer: impl Fn(&Value) -> Value,
@@ -942,6 +947,29 @@ pub(crate) fn run_mutation(
                             "would": dry_answer(&intent),
                         });
                         cx.await_approval(Some(step), name, None, plan)?;
+                    }
+                    if let Some(reason) = cx.guard_refusal(name, namespace.as_deref(), &intent) {
+                        warn!(run_id = %cx.meta.run_id, action = %name, reason = %reason, "action refused by a guard rail");
+                        let mut refused = LeafResult::failed("denied", reason.clone());
+                        refused.extra.push(RecordBody::Refusal {
+                            step: Some(step),
+                            action: name.to_owned(),
+                            reason,
+                        });
+                        let started_record = RecordBody::StepStarted {
+                            step,
+                            name: name.to_owned(),
+                            inputs,
+                            intent: None,
+                        };
+                        return finish_leaf(
+                            &cx,
+                            step,
+                            name,
+                            started,
+                            refused,
+                            vec![started_record],
+                        );
                     }
                     cx.journal(vec![RecordBody::StepStarted {
                         step,

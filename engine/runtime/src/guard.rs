@@ -1,0 +1,49 @@
+//! The engine's guard rails on mutating actions (freeze windows, blast-radius caps): a check
+//! the embedding engine supplies ([`Runner::with_guard`](crate::Runner::with_guard)), asked
+//! before every mutation is journaled and applied, after its approval. A refusal fails the
+//! step with `denied` and is journaled as a `refusal`; the script cannot skip it.
+
+use std::sync::Arc;
+
+use crate::step::RunContext;
+
+/// A mutation about to happen.
+#[derive(Debug, Clone, Copy)]
+pub struct MutationQuery<'a> {
+    pub run_id: &'a str,
+    pub runbook: &'a str,
+    pub team: &'a str,
+    /// `k8s::rollback`.
+    pub action: &'a str,
+    /// The namespace it acts in; `None` for the whole cluster.
+    pub namespace: Option<&'a str>,
+    /// People approved the run (its runbook has an approval policy and it was met).
+    pub approved: bool,
+    /// What the action resolved to do (the connector's intent).
+    pub intent: &'a serde_json::Value,
+}
+
+/// `Err(reason)` refuses the mutation.
+pub type Guard = Arc<dyn Fn(&MutationQuery<'_>) -> Result<(), String> + Send + Sync>;
+
+impl RunContext {
+    /// Why the guard refuses `action` in `namespace` now, if it does (never in a dry run).
+    pub(crate) fn guard_refusal(
+        &self,
+        action: &str,
+        namespace: Option<&str>,
+        intent: &serde_json::Value,
+    ) -> Option<String> {
+        let guard = self.guard.as_ref().filter(|_| !self.dry_run)?;
+        guard(&MutationQuery {
+            run_id: &self.meta.run_id,
+            runbook: &self.meta.runbook,
+            team: &self.meta.team,
+            action,
+            namespace,
+            approved: self.approved(),
+            intent,
+        })
+        .err()
+    }
+}

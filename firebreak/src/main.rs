@@ -16,6 +16,7 @@ mod bench_remedy;
 mod chat;
 mod check;
 mod config;
+mod decide;
 mod demo;
 mod demo_canary;
 mod notify;
@@ -41,6 +42,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Approve a run waiting for approval (through a running server, with your token).
+    Approve(decide::DecideArgs),
+    /// Deny a run waiting for approval; it stops (`--reason` required).
+    Deny(decide::DecideArgs),
+    /// List the runs waiting for approval that you can see.
+    Approvals(decide::ListArgs),
     /// Run the engine: HTTP ingest, bus, dispatcher, runbooks, audit.
     Serve {
         /// If the audit journal's tail does not verify, set the broken file aside (kept whole)
@@ -116,6 +123,9 @@ fn main() -> Result<()> {
                 Ok(kubesim::cli::run(args).await?)
             }
             Command::Bench(args) => bench::bench(args).await,
+            Command::Approve(args) => decide::decide(args, true).await,
+            Command::Deny(args) => decide::decide(args, false).await,
+            Command::Approvals(args) => decide::list(args).await,
             Command::Connectors { rbac, namespace } => {
                 serve::print_connectors(rbac, &namespace);
                 Ok(())

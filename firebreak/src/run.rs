@@ -131,8 +131,8 @@ pub async fn run(cfg: Config, args: RunArgs) -> Result<()> {
     {
         bail!(
             "runbook {} needs approval before it changes anything; start it through the server \
-             (`firebreak trigger`, POST /v1/trigger or chat) so its approvers can decide, or try \
-             it here with --dry-run",
+             (`firebreak run --server URL`, POST /v1/trigger or chat) so its approvers can decide \
+             (`firebreak approve RUN`), or try it here with --dry-run",
             m.runbook.manifest.name
         );
     }

@@ -160,10 +160,37 @@ async fn two_distinct_approvers_release_the_rollback_and_nobody_else_counts() {
         "one approval of two"
     );
 
-    let (status, body) = decide(&serve, &run, "approve", "sam-token-0004", seen).await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["state"], "approved");
-    assert_eq!(body["approved_by"], json!(["ben", "sam"]));
+    // sam decides from his terminal: the CLI lists the request and approves through the API.
+    let listed = serve
+        .cli(&[
+            "approvals",
+            "--server",
+            &serve.base,
+            "--token",
+            "sam-token-0004",
+        ])
+        .await
+        .ok("firebreak approvals");
+    assert!(
+        listed.stdout.contains(&run) && listed.stdout.contains("1 of 2"),
+        "{listed}"
+    );
+    let approved = serve
+        .cli(&[
+            "approve",
+            &run,
+            "--server",
+            &serve.base,
+            "--token",
+            "sam-token-0004",
+        ])
+        .await
+        .ok("firebreak approve");
+    assert!(
+        approved.stdout.contains("approved by ben, sam"),
+        "{approved}"
+    );
+    drop(seen);
 
     let journal = serve
         .wait_journal("the approved run to finish", WAIT, |j| {
@@ -203,7 +230,7 @@ async fn two_distinct_approvers_release_the_rollback_and_nobody_else_counts() {
         "{kinds:?}"
     );
     assert!(
-        at("approval:sam:api") < at("start:k8s::rollback"),
+        at("approval:sam:cli") < at("start:k8s::rollback"),
         "{kinds:?}"
     );
     let approvals: Vec<&Value> = runs[0]

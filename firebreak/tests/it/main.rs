@@ -13,6 +13,7 @@ mod cli;
 mod demo;
 mod full_disk;
 mod golden;
+mod guards;
 mod interactive;
 mod nats_outage;
 mod nats_secure;

@@ -1,7 +1,7 @@
 //! `firebreak demo`: the mission's scenarios end to end on one machine. `--scenario 1` needs
 //! nothing else running; `--scenario 2` (in `demo_canary`) also starts the real Prometheus and
-//! Alertmanager; without a flag both run (scenario 2 is skipped, saying what to install, where
-//! they are missing).
+//! Alertmanager; `--scenario 3` (in `demo_teams`) the real Prometheus; without a flag all run
+//! (2 and 3 are skipped, saying what to install, where those are missing).
 //!
 //! Scenario 1:
 //!
@@ -72,7 +72,24 @@ pub const SHIPPED_RUNBOOKS: &[(&str, &str)] = &[
         "canary-progressive.rhai",
         include_str!("../../runbooks/canary-progressive.rhai"),
     ),
+    (
+        "model-deploy.yaml",
+        include_str!("../../runbooks/model-deploy.yaml"),
+    ),
+    (
+        "model-deploy.rhai",
+        include_str!("../../runbooks/model-deploy.rhai"),
+    ),
 ];
+
+/// A shipped runbook file's text.
+pub fn shipped(name: &str) -> &'static str {
+    SHIPPED_RUNBOOKS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, text)| *text)
+        .expect("a shipped runbook file")
+}
 
 /// The cluster the demo starts with.
 const FRAUD_MODEL: &str = include_str!("../demo/fraud-model.yaml");
@@ -82,8 +99,9 @@ pub const LATENCY_ALERT: &str = include_str!("../fixtures/alertmanager-model-lat
 #[derive(Args)]
 pub struct DemoArgs {
     /// Which scenario: 1 (a bad model version rolled back), 2 (a canary shifted back when its
-    /// error rate breaches), or both (the default).
-    #[arg(long, value_parser = ["1", "2", "all"], default_value = "all")]
+    /// error rate breaches), 3 (three teams deploy and roll back from chat, with approvals), or
+    /// all (the default).
+    #[arg(long, value_parser = ["1", "2", "3", "all"], default_value = "all")]
     pub scenario: String,
     /// Keep the simulated cluster running afterwards (until Ctrl-C) to look around with kubectl.
     #[arg(long)]
@@ -100,10 +118,11 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| tmp.path().to_owned());
     std::fs::create_dir_all(&work)?;
-    let (one, two) = match args.scenario.as_str() {
-        "1" => (true, false),
-        "2" => (false, true),
-        _ => (true, true),
+    let (one, two, three) = match args.scenario.as_str() {
+        "1" => (true, false, false),
+        "2" => (false, true, false),
+        "3" => (false, false, true),
+        _ => (true, true, true),
     };
     if one {
         println!(
@@ -119,6 +138,20 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
             Some(why) if one => println!("\n   skipped: {why}"),
             Some(why) => bail!("{why}"),
             None => crate::demo_canary::scenario2(&work.join("scenario2")).await?,
+        }
+    }
+    if three {
+        println!(
+            "\n━━ scenario 3: three teams deploy and roll back their models from chat, through one audited process"
+        );
+        match crate::demo_canary::find("prometheus") {
+            None if one || two => println!(
+                "\n   skipped: scenario 3 gates deploys with the real prometheus: install it (Debian: apt-get install prometheus)"
+            ),
+            None => bail!(
+                "scenario 3 gates deploys with the real prometheus: install it (Debian: apt-get install prometheus)"
+            ),
+            Some(_) => crate::demo_teams::scenario3(&work.join("scenario3")).await?,
         }
     }
     Ok(())

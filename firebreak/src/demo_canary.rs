@@ -56,7 +56,7 @@ const RULES: &str = r#"groups:
 "#;
 
 /// Where the two programs are: on `PATH`, or where Debian puts them.
-fn find(program: &str) -> Option<PathBuf> {
+pub(crate) fn find(program: &str) -> Option<PathBuf> {
     let on_path = std::env::var_os("PATH")
         .into_iter()
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
@@ -83,14 +83,14 @@ pub fn missing() -> Option<String> {
 }
 
 /// A child process killed when dropped.
-struct Program {
+pub(crate) struct Program {
     child: Child,
     name: &'static str,
     log: PathBuf,
 }
 
 impl Program {
-    fn spawn(name: &'static str, dir: &Path, args: &[String]) -> Result<Program> {
+    pub(crate) fn spawn(name: &'static str, dir: &Path, args: &[String]) -> Result<Program> {
         let path = find(name).with_context(|| format!("{name} is not installed"))?;
         let log = dir.join(format!("{name}.log"));
         let child = Command::new(&path)
@@ -104,7 +104,7 @@ impl Program {
         Ok(Program { child, name, log })
     }
 
-    async fn wait_ready(&mut self, url: &str) -> Result<()> {
+    pub(crate) async fn wait_ready(&mut self, url: &str) -> Result<()> {
         let http = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -135,7 +135,7 @@ impl Drop for Program {
     }
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())

@@ -19,6 +19,7 @@ mod config;
 mod decide;
 mod demo;
 mod demo_canary;
+mod demo_teams;
 mod notify;
 mod progress;
 mod run;

@@ -16,7 +16,9 @@ use firebreak_bus::testutil::NatsServer;
 use serde_json::{Value, json};
 
 use crate::harness::chat::{ChatStandIn, post_signed};
-use crate::harness::{Cluster, Journal, Prometheus, Serve, ServeOpts, repo_root, wait_for};
+use crate::harness::{
+    Cluster, Journal, Prometheus, Serve, ServeOpts, crate_dir, repo_root, wait_for,
+};
 
 const SECRET: &str = "scenario3-signing-secret-9d1e";
 const MM_TOKEN: &str = "scenario3-mattermost-cmd-token";
@@ -26,81 +28,21 @@ fn image(team: &str, version: &str) -> String {
     format!("registry.local/{team}/model:{version}")
 }
 
-/// A team's model: a Deployment that passes the deployment policy (readiness probe, requests
-/// and limits) behind a Service with 50 simulated requests a second.
+/// A team's model at `version` (firebreak/demo/teams/model.yaml).
 fn model(team: &str, version: &str) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: Namespace
-metadata:
-  name: {team}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: model
-  namespace: {team}
-  annotations:
-    kubernetes.io/change-cause: "deploy model {version}"
-spec:
-  replicas: 2
-  selector:
-    matchLabels: {{app: model}}
-  template:
-    metadata:
-      labels: {{app: model}}
-    spec:
-      containers:
-        - name: model-server
-          image: {image}
-          ports: [{{name: http, containerPort: 8080}}]
-          readinessProbe:
-            httpGet: {{path: /ready, port: http}}
-          resources:
-            requests: {{cpu: 100m, memory: 256Mi}}
-            limits: {{cpu: "1", memory: 512Mi}}
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: model
-  namespace: {team}
-  annotations:
-    kubesim.io/rps: "50"
-spec:
-  selector: {{app: model}}
-  ports: [{{name: http, port: 80, targetPort: http}}]
-"#,
-        image = image(team, version)
-    )
+    std::fs::read_to_string(crate_dir().join("demo/teams/model.yaml"))
+        .unwrap()
+        .replace("TEAM", team)
+        .replace("VERSION", version)
 }
 
-fn teams(freeze: &str) -> String {
-    let policy = "    deploy_policy: { readiness_probe: true, resources: true, registries: [registry.local/] }\n";
-    format!(
-        r#"teams:
-  - name: team-a
-    namespaces: [team-a]
-    slack_channel: CTEAMA
-{policy}    members:
-      - {{ name: ann, tokens: [ann-token-0001], chat_ids: [U0ANN] }}
-  - name: team-b
-    namespaces: [team-b]
-    slack_channel: CTEAMB
-{policy}    members:
-      - {{ name: bob, tokens: [bob-token-0002], chat_ids: [U0BOB] }}
-  - name: team-c
-    namespaces: [team-c]
-    mattermost_channel: mmteamc
-{policy}    members:
-      - {{ name: cat, tokens: [cat-token-0003], chat_ids: [mm-cat] }}
-      - {{ name: dan, tokens: [dan-token-0004], chat_ids: [mm-dan] }}
-      - {{ name: eve, tokens: [eve-token-0005], chat_ids: [mm-eve] }}
-{freeze}"#
-    )
+/// The teams file (firebreak/demo/teams/teams.yaml), with `extra` appended.
+fn teams(extra: &str) -> String {
+    std::fs::read_to_string(crate_dir().join("demo/teams/teams.yaml")).unwrap() + extra
 }
 
-/// The shipped `model-deploy` as team `team`'s own runbook, plus team C's gated rollback.
+/// The shipped `model-deploy` as teams A's and B's own runbooks, plus team C's gated
+/// rollback (firebreak/demo/teams/).
 fn runbooks(dir: &std::path::Path) {
     std::fs::create_dir_all(dir).unwrap();
     let shipped = repo_root().join("runbooks");
@@ -118,21 +60,9 @@ fn runbooks(dir: &std::path::Path) {
         std::fs::write(dir.join(format!("{name}.yaml")), ours).unwrap();
         std::fs::write(dir.join(format!("{name}.rhai")), &script).unwrap();
     }
-    std::fs::write(
-        dir.join("c-rollback.yaml"),
-        "name: c-rollback\nteam: team-c\ndescription: roll team C's model back, two approvals\n\
-         namespaces: [team-c]\ntimeout: 5m\n\
-         params:\n  namespace: { type: string, required: true }\n  deployment: { type: string, required: true }\n\
-         approval: { approvers: [team-c], required: 2, expires: 10m, on_expiry: deny }\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("c-rollback.rhai"),
-        "let undo = k8s::rollback(ctx.params.namespace, ctx.params.deployment);\n\
-         k8s::wait_rollout(ctx.params.namespace, ctx.params.deployment, \"60s\");\n\
-         log(`rolled back to revision ${undo.to_revision}`);\n",
-    )
-    .unwrap();
+    for file in ["c-rollback.yaml", "c-rollback.rhai"] {
+        std::fs::copy(crate_dir().join("demo/teams").join(file), dir.join(file)).unwrap();
+    }
 }
 
 fn slash(user: &str, text: &str, response_url: &str) -> String {

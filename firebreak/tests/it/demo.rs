@@ -55,15 +55,32 @@ async fn demo_rolls_fraud_model_back_to_v1_as_revision_3() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_whole_demo_runs_both_scenarios_and_the_canary_is_shifted_back() {
+async fn the_whole_demo_runs_every_scenario_and_the_canary_is_shifted_back() {
     let work = tempfile::tempdir().unwrap();
     let data = work.path().join("demo");
     let out = firebreak(&["demo", "--data-dir", data.to_str().unwrap()], &[]).await;
     assert!(out.success(), "firebreak demo failed: {out}");
-    let (one, two) = out
+    let (one, rest) = out
         .stdout
         .split_once("━━ scenario 2")
         .unwrap_or_else(|| panic!("no scenario 2 in the demo: {out}"));
+    let (two, three) = rest
+        .split_once("━━ scenario 3")
+        .unwrap_or_else(|| panic!("no scenario 3 in the demo: {out}"));
+    // Scenario 3: the chat exchange, the refusal, the approvals, each team's audit.
+    for said in [
+        "ann (Slack) ▸ /firebreak run a-model-deploy",
+        "refused: bob (team team-b) may not start runbook a-model-deploy",
+        "not taken: cat started this run and may not approve it",
+        "is counted (1 of 2)",
+        "approved by dan, eve",
+        "the gate failed (error rate 0.5",
+        "── team-a",
+        "── team-c",
+        "audit chain verified",
+    ] {
+        assert!(three.contains(said), "scenario 3 says {said:?}: {three}");
+    }
     assert!(one.contains("━━ scenario 1"), "{out}");
     assert!(one.contains("current revision 3"), "{one}");
     // The weights stepped up through passing gates, then a gate failed at 50%.

@@ -128,10 +128,21 @@ pub async fn list(args: ListArgs) -> Result<()> {
                 .unwrap_or_default(),
             p["expires_at"].as_str().unwrap_or(""),
             p["action"].as_str().unwrap_or(""),
-            p["plan"]["would"]
-                .as_str()
-                .map_or_else(|| p["plan"]["would"].to_string(), str::to_owned),
+            what_it_will_do(&p),
         );
     }
     Ok(())
+}
+
+/// A request's plan for people: the dry-run answer, else the script's reason.
+fn what_it_will_do(pending: &Value) -> String {
+    let plan = &pending["plan"];
+    match (&plan["would"], pending["reason"].as_str()) {
+        (Value::String(s), _) => s.clone(),
+        (Value::Object(o), _) if o.contains_key("would") => {
+            o["would"].as_str().unwrap_or_default().to_owned()
+        }
+        (Value::Null, Some(reason)) => reason.to_owned(),
+        (other, _) => other.to_string(),
+    }
 }

@@ -1,7 +1,8 @@
 //! Slack and Mattermost stood in for by a local HTTP server that records what firebreak posts:
 //! Slack's Web API (`/slack/api/chat.postMessage`, `/slack/api/chat.update`), Mattermost's REST
 //! API (`/mm/api/v4/posts`), and response URLs (`/response/NAME`). It answers as they do
-//! (`{"ok": true, "ts": …}`, a post with its `id`) and, when told to, throttles the next Slack
+//! (`{"ok": true, "ts": …}`, a post with its `id`; `{"ok": false, "error":
+//! "channel_not_found"}` for channel `CGONE`) and, when told to, throttles the next Slack
 //! call with a 429 and `Retry-After: 1`. Requests made to Slack and Mattermost by the tests
 //! themselves are signed here as Slack signs them.
 
@@ -135,6 +136,10 @@ async fn slack(
         return axum::Json(json!({"ok": false, "error": "not_authed"})).into_response();
     }
     let channel = serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null)["channel"].clone();
+    // A channel the bot is not in, as Slack answers it: HTTP 200, `ok: false`.
+    if channel == "CGONE" {
+        return axum::Json(json!({"ok": false, "error": "channel_not_found"})).into_response();
+    }
     axum::Json(json!({"ok": true, "channel": channel, "ts": format!("1700000000.{n:06}")}))
         .into_response()
 }

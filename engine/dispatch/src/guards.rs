@@ -97,3 +97,96 @@ pub fn engine_guard(runbooks: Arc<Runbooks>) -> Guard {
         Ok(())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn query<'a>(
+        runbook: &'a str,
+        approved: bool,
+        intent: &'a serde_json::Value,
+    ) -> MutationQuery<'a> {
+        MutationQuery {
+            run_id: "r1",
+            runbook,
+            team: "ml",
+            action: "k8s::scale",
+            namespace: Some("ml-serving"),
+            approved,
+            intent,
+        }
+    }
+
+    fn guard(teams_extra: &str) -> (tempfile::TempDir, Guard) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("runbooks");
+        std::fs::create_dir(&dir).unwrap();
+        let teams = tmp.path().join("teams.yaml");
+        std::fs::write(
+            &teams,
+            format!(
+                "teams:\n  - name: ml\n    namespaces: [ml-serving]\n    \
+                 deploy_policy: {{ readiness_probe: true }}\n    members:\n      \
+                 - {{ name: ann }}\n      - {{ name: ben }}\n{teams_extra}"
+            ),
+        )
+        .unwrap();
+        for (name, extra) in [
+            ("frozen", ""),
+            ("allowed", "allow_during_freeze: true\napproval: true\n"),
+        ] {
+            std::fs::write(
+                dir.join(format!("{name}.yaml")),
+                format!(
+                    "name: {name}\nteam: ml\ndescription: d\nnamespaces: [ml-serving]\n{extra}"
+                ),
+            )
+            .unwrap();
+            std::fs::write(dir.join(format!("{name}.rhai")), "log(\"x\");\n").unwrap();
+        }
+        let runbooks = Runbooks::load(&dir, Some(&teams), Vec::new()).unwrap();
+        (tmp, engine_guard(Arc::new(runbooks)))
+    }
+
+    #[test]
+    fn a_freeze_stops_every_runbook_but_an_approved_one_allowed_during_freezes() {
+        let now = jiff::Timestamp::now();
+        let (_tmp, guard) = guard(&format!(
+            "freezes:\n  - {{ name: release, from: {}, until: {}, teams: [ml] }}\n",
+            now - jiff::SignedDuration::from_secs(3600),
+            now + jiff::SignedDuration::from_secs(3600)
+        ));
+        let none = json!({});
+        let refused = guard(&query("frozen", true, &none)).unwrap_err();
+        assert!(
+            refused.contains("freeze window \"release\"")
+                && refused.contains("not allow_during_freeze"),
+            "{refused}"
+        );
+        let refused = guard(&query("allowed", false, &none)).unwrap_err();
+        assert!(refused.contains("only once approved"), "{refused}");
+        assert_eq!(guard(&query("allowed", true, &none)), Ok(()));
+    }
+
+    #[test]
+    fn the_deployment_policy_reads_the_intent_and_the_blast_radius_counts_what_it_let_through() {
+        let (_tmp, guard) = guard("blast_radius: { per_cluster: 2, window: 1h }\n");
+        let bad = json!({"workload": {"containers": [{"name": "m", "image": "x", "readiness_probe": false}]}});
+        let refused = guard(&query("frozen", false, &bad)).unwrap_err();
+        assert_eq!(
+            refused,
+            "deployment policy of team ml: container m has no readinessProbe"
+        );
+        let none = json!({});
+        assert_eq!(guard(&query("frozen", false, &none)), Ok(()));
+        assert_eq!(guard(&query("frozen", false, &none)), Ok(()));
+        let refused = guard(&query("frozen", false, &none)).unwrap_err();
+        assert!(
+            refused.starts_with("blast radius: 2 mutating actions in the cluster within 3600s"),
+            "{refused}"
+        );
+    }
+}

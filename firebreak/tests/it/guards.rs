@@ -24,6 +24,7 @@ const TEAMS: &str = r#"teams:
       - { name: ben, tokens: [ben-token-0002], chat_ids: [U0BEN] }
   - name: web
     namespaces: [web]
+    slack_channel: CGONE
     members:
       - { name: wes, tokens: [wes-token-0005], chat_ids: [U0WES] }
 blast_radius: { per_namespace: 1, per_cluster: 5, window: 10m }
@@ -68,6 +69,11 @@ async fn engine(cluster: &Cluster, chat: &ChatStandIn) -> (tempfile::TempDir, Se
                 "gated.rhai",
                 "approve(\"restart the model?\");\nlog(\"approved\");\n",
             ),
+            (
+                "web-note.yaml",
+                "name: web-note\nteam: web\ndescription: d\nnamespaces: [web]\n",
+            ),
+            ("web-note.rhai", "log(\"noted\");\n"),
         ],
     );
     let serve = Serve::start(
@@ -314,5 +320,41 @@ async fn an_approval_is_clicked_in_slack_once() {
             .iter()
             .any(|u| u["blocks"].as_array().is_some_and(|b| b.len() == 1)),
         "{updated:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chat_that_answers_ok_false_is_logged_and_the_run_goes_on() {
+    let cluster = Cluster::start(kubesim::ControllerConfig::default()).await;
+    let chat = ChatStandIn::start().await;
+    let (_tmp, serve) = engine(&cluster, &chat).await;
+    let (status, body) = serve
+        .post(
+            "/v1/trigger",
+            Some("wes-token-0005"),
+            json!({"runbook": "web-note"}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let journal = serve
+        .wait_journal("web's run", WAIT, |j| j.finished("web-note").len() == 1)
+        .await;
+    assert_eq!(journal.finished("web-note")[0].status(), Some("succeeded"));
+    let warned = wait_for(
+        "the chat failure in the log",
+        WAIT,
+        || serve.log_tail(),
+        || async {
+            serve.log_lines().into_iter().find(|l| {
+                l["fields"]["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("slack says channel_not_found"))
+            })
+        },
+    )
+    .await;
+    assert_eq!(
+        warned["fields"]["message"], "slack notification not posted",
+        "{warned}"
     );
 }

@@ -114,6 +114,14 @@ fn describe_metrics() {
         "firebreak_runbook_reload_failures_total",
         "Runbook reloads refused (the last good set stays in force)."
     );
+    describe_gauge!(
+        "firebreak_approvals_pending",
+        "Runs waiting for people to approve them."
+    );
+    describe_counter!(
+        "firebreak_refusals_total",
+        "Actions and triggers the engine refused, by reason (namespace, tenancy, cluster_grant, freeze, blast_radius, deploy_policy, budget, other)."
+    );
     describe_counter!(
         "firebreak_triggers_unauthenticated_total",
         "Trigger and chat requests refused for a missing or wrong credential."

@@ -1002,3 +1002,37 @@ impl Alertmanager {
             .collect()
     }
 }
+
+/// `GET /metrics` of `serve`, checked clean by the real `promtool check metrics`.
+pub async fn scrape_checked(serve: &Serve) -> String {
+    let metrics = http()
+        .get(serve.url("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (installed with prometheus)");
+    use std::io::Write as _;
+    promtool
+        .stdin
+        .take()
+        .expect("promtool stdin")
+        .write_all(metrics.as_bytes())
+        .expect("feed promtool");
+    let checked = promtool.wait_with_output().expect("promtool ran");
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    metrics
+}

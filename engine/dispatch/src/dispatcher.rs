@@ -465,6 +465,7 @@ impl Dispatcher {
                     },
                 )
                 .await?;
+                metrics::counter!("firebreak_refusals_total", "reason" => "budget").increment(1);
                 metrics::counter!("firebreak_runs_skipped_total", "reason" => "budget")
                     .increment(1);
                 return Ok(Started::Skipped);
@@ -645,6 +646,7 @@ impl Dispatcher {
         actor: &str,
         reason: String,
     ) {
+        firebreak_runtime::guard::count_refusal(&reason);
         let body = RecordBody::Refusal {
             step: None,
             action: "trigger".into(),

@@ -179,6 +179,22 @@ fn denial(approver: &str, comment: Option<&str>) -> String {
     }
 }
 
+/// Counts a run in `firebreak_approvals_pending` while it waits.
+struct Waiting;
+
+impl Waiting {
+    fn begin() -> Waiting {
+        metrics::gauge!("firebreak_approvals_pending").increment(1.0);
+        Waiting
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        metrics::gauge!("firebreak_approvals_pending").decrement(1.0);
+    }
+}
+
 /// The policy `approve("why")` uses in a runbook without one: a member of the owner team.
 pub(crate) fn default_policy(team: &str) -> ApprovalPolicy {
     ApprovalPolicy {
@@ -243,6 +259,7 @@ impl RunContext {
         if let Some(record) = journal {
             self.journal(vec![record])?;
         }
+        let _waiting = Waiting::begin();
         self.forward(&format!(
             "⏸ waiting for {} approval(s) from {} before {action}",
             policy.required,

@@ -116,6 +116,7 @@ impl Action {
             }
             if let Some(reason) = self.refusal(cx, &named) {
                 warn!(run_id = %cx.meta.run_id, action = %self.qualified, reason = %reason, "action refused");
+                crate::guard::count_refusal(&reason);
                 let mut result = LeafResult::failed("denied", reason.clone());
                 result.extra.push(RecordBody::Refusal {
                     step: Some(step),

@@ -47,3 +47,29 @@ impl RunContext {
         .err()
     }
 }
+
+/// The kind of a refusal, from its reason, for `firebreak_refusals_total{reason}`.
+pub fn refusal_kind(reason: &str) -> &'static str {
+    if reason.starts_with("freeze window") {
+        "freeze"
+    } else if reason.starts_with("blast radius") {
+        "blast_radius"
+    } else if reason.starts_with("deployment policy") {
+        "deploy_policy"
+    } else if reason.contains("outside runbook") || reason.contains("(the namespace) is missing") {
+        "namespace"
+    } else if reason.contains("has no grant") {
+        "cluster_grant"
+    } else if reason.contains("may not start runbook") || reason.contains("not a member") {
+        "tenancy"
+    } else if reason.contains("budget") {
+        "budget"
+    } else {
+        "other"
+    }
+}
+
+/// Counts a refusal in `firebreak_refusals_total{reason}`.
+pub fn count_refusal(reason: &str) {
+    metrics::counter!("firebreak_refusals_total", "reason" => refusal_kind(reason)).increment(1);
+}

@@ -950,6 +950,7 @@ pub(crate) fn run_mutation(
                     }
                     if let Some(reason) = cx.guard_refusal(name, namespace.as_deref(), &intent) {
                         warn!(run_id = %cx.meta.run_id, action = %name, reason = %reason, "action refused by a guard rail");
+                        crate::guard::count_refusal(&reason);
                         let mut refused = LeafResult::failed("denied", reason.clone());
                         refused.extra.push(RecordBody::Refusal {
                             step: Some(step),

@@ -199,6 +199,13 @@ async fn two_distinct_approvers_release_the_rollback_and_nobody_else_counts() {
         .await;
     let runs = journal.finished("gated-rollback");
     assert_eq!(runs[0].status(), Some("succeeded"), "{}", serve.log_tail());
+    let metrics = crate::harness::scrape_checked(&serve).await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "firebreak_approvals_pending 0"),
+        "{metrics}"
+    );
     assert_eq!(cluster.fraud_model_revisions().await, vec![2, 3]);
     assert!(cluster.fraud_model_image().await.ends_with(":v1"));
 

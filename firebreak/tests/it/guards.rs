@@ -186,6 +186,18 @@ async fn the_deployment_policy_and_the_blast_radius_refuse_whatever_the_script_s
         .ok("kubectl get replicas");
     assert_eq!(out.stdout.trim(), "3", "the refused scale changed nothing");
 
+    // Counted by reason; promtool finds the metrics clean.
+    let metrics = crate::harness::scrape_checked(&serve).await;
+    for line in [
+        r#"firebreak_refusals_total{reason="deploy_policy"} 1"#,
+        r#"firebreak_refusals_total{reason="blast_radius"} 1"#,
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in:\n{metrics}"
+        );
+    }
+
     // The team's channel heard of both refusals.
     let texts = chat.texts("slack/chat.postMessage");
     assert!(

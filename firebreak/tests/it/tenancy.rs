@@ -398,14 +398,7 @@ async fn each_team_reads_only_its_own_runs_and_the_operator_reads_all() {
     assert_eq!(status, 404, "another team's run is not found");
 
     // The same runs in the metrics, by runbook, team and outcome; promtool finds them clean.
-    let metrics = crate::harness::http()
-        .get(serve.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::harness::scrape_checked(&serve).await;
     for line in [
         r#"firebreak_runs_total{runbook="note-a",team="team-a",outcome="succeeded"} 1"#,
         r#"firebreak_runs_total{runbook="note-b",team="team-b",outcome="succeeded"} 1"#,
@@ -417,27 +410,6 @@ async fn each_team_reads_only_its_own_runs_and_the_operator_reads_all() {
             "{line} not in:\n{metrics}"
         );
     }
-    let mut promtool = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (installed with prometheus)");
-    use std::io::Write as _;
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(metrics.as_bytes())
-        .unwrap();
-    let checked = promtool.wait_with_output().unwrap();
-    assert!(
-        checked.status.success(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&checked.stdout),
-        String::from_utf8_lossy(&checked.stderr)
-    );
 
     let list = serve
         .cli(&["audit", "list", "--team", "team-a"])

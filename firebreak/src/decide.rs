@@ -46,24 +46,16 @@ pub async fn decide(args: DecideArgs, approved: bool) -> Result<()> {
     }
     let server = args.server.trim_end_matches('/');
     let verb = if approved { "approve" } else { "deny" };
-    let mut req = reqwest::Client::new()
+    let req = reqwest::Client::new()
         .post(format!("{server}/v1/runs/{}/{verb}", args.run))
         .json(&json!({"comment": args.reason, "approver": args.approver, "channel": "cli"}));
-    if let Some(token) = &args.token {
-        req = req.bearer_auth(token);
-    }
-    let resp = req
-        .send()
-        .await
-        .with_context(|| format!("posting to {server}"))?;
-    let status = resp.status();
-    let body: Value = resp.json().await.unwrap_or(Value::Null);
-    if !status.is_success() {
-        bail!(
-            "{server} did not take the decision ({status}): {}",
-            body["error"].as_str().unwrap_or("no reason given")
-        );
-    }
+    let body = call(
+        server,
+        req,
+        args.token.as_deref(),
+        "did not take the decision",
+    )
+    .await?;
     let by = body["approved_by"]
         .as_array()
         .map(|a| {
@@ -89,22 +81,8 @@ pub async fn decide(args: DecideArgs, approved: bool) -> Result<()> {
 /// Prints the approval requests the caller can see.
 pub async fn list(args: ListArgs) -> Result<()> {
     let server = args.server.trim_end_matches('/');
-    let mut req = reqwest::Client::new().get(format!("{server}/v1/approvals"));
-    if let Some(token) = &args.token {
-        req = req.bearer_auth(token);
-    }
-    let resp = req
-        .send()
-        .await
-        .with_context(|| format!("asking {server}"))?;
-    let status = resp.status();
-    let body: Value = resp.json().await.unwrap_or(Value::Null);
-    if !status.is_success() {
-        bail!(
-            "{server} answered {status}: {}",
-            body["error"].as_str().unwrap_or("")
-        );
-    }
+    let req = reqwest::Client::new().get(format!("{server}/v1/approvals"));
+    let body = call(server, req, args.token.as_deref(), "did not answer").await?;
     let pending = body["approvals"].as_array().cloned().unwrap_or_default();
     if pending.is_empty() {
         println!("no run is waiting for approval");
@@ -145,4 +123,29 @@ fn what_it_will_do(pending: &Value) -> String {
         (Value::Null, Some(reason)) => reason.to_owned(),
         (other, _) => other.to_string(),
     }
+}
+
+/// Sends `req` with the bearer `token`; the JSON answer, or an error with the server's reason.
+async fn call(
+    server: &str,
+    mut req: reqwest::RequestBuilder,
+    token: Option<&str>,
+    failed: &str,
+) -> Result<Value> {
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("asking {server}"))?;
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        bail!(
+            "{server} {failed} ({status}): {}",
+            body["error"].as_str().unwrap_or("no reason given")
+        );
+    }
+    Ok(body)
 }

@@ -245,12 +245,7 @@ async fn scenario1(args: &DemoArgs, work: &Path) -> Result<()> {
 
     heading("6. rollout history after the run");
     print_history(&k8s, &cx).await?;
-    let report = firebreak_audit::verify(journal.path())?;
-    println!(
-        "\n   audit chain verified: {} records, last hash {}",
-        report.records,
-        &report.last_hash[..16]
-    );
+    crate::demo::print_verified(&journal)?;
     println!("   journal: {}", journal.path().display());
 
     engine.stop().await?;
@@ -270,6 +265,17 @@ async fn scenario1(args: &DemoArgs, work: &Path) -> Result<()> {
     if run.status != Some(firebreak_audit::RunStatus::Succeeded) {
         bail!("the run did not succeed: {:?}", run.status);
     }
+    Ok(())
+}
+
+/// Verifies the demo's journal and says so.
+pub(crate) fn print_verified(journal: &firebreak_audit::Journal) -> Result<()> {
+    let report = firebreak_audit::verify(journal.path())?;
+    println!(
+        "\n   audit chain verified: {} records, last hash {}",
+        report.records,
+        &report.last_hash[..16]
+    );
     Ok(())
 }
 

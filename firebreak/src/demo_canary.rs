@@ -104,6 +104,32 @@ impl Program {
         Ok(Program { child, name, log })
     }
 
+    /// The real Prometheus in `dir` on `port`, scraping kubesim at `kubesim` every second;
+    /// `extra` is more of its configuration (rules, alerting).
+    pub(crate) fn prometheus(
+        dir: &Path,
+        port: u16,
+        kubesim: std::net::SocketAddr,
+        extra: &str,
+    ) -> Result<Program> {
+        std::fs::write(
+            dir.join("prometheus.yml"),
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n{extra}\
+                 scrape_configs:\n  - job_name: kubesim\n    static_configs:\n      - targets: ['{kubesim}']\n"
+            ),
+        )?;
+        Program::spawn(
+            "prometheus",
+            dir,
+            &[
+                "--config.file=prometheus.yml".into(),
+                "--storage.tsdb.path=tsdb".into(),
+                format!("--web.listen-address=127.0.0.1:{port}"),
+            ],
+        )
+    }
+
     pub(crate) async fn wait_ready(&mut self, url: &str) -> Result<()> {
         let http = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -182,24 +208,10 @@ pub async fn scenario2(work: &Path) -> Result<()> {
         ],
     )?;
     std::fs::write(dir.join("rules.yml"), RULES)?;
-    std::fs::write(
-        dir.join("prometheus.yml"),
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [rules.yml]\n\
-             alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{am_port}']\n\
-             scrape_configs:\n  - job_name: kubesim\n    static_configs:\n      - targets: ['{}']\n",
-            sim.addr()
-        ),
-    )?;
-    let mut prom = Program::spawn(
-        "prometheus",
-        &dir,
-        &[
-            "--config.file=prometheus.yml".into(),
-            "--storage.tsdb.path=tsdb".into(),
-            format!("--web.listen-address=127.0.0.1:{prom_port}"),
-        ],
-    )?;
+    let alerting = format!(
+        "rule_files: [rules.yml]\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{am_port}']\n"
+    );
+    let mut prom = Program::prometheus(&dir, prom_port, sim.addr(), &alerting)?;
     let prom_url = format!("http://127.0.0.1:{prom_port}");
     let am_url = format!("http://127.0.0.1:{am_port}");
     am.wait_ready(&format!("{am_url}/-/ready")).await?;
@@ -290,12 +302,7 @@ pub async fn scenario2(work: &Path) -> Result<()> {
             firebreak_audit::render_timeline(&journal.records_for_run(&run.run_id)?)
         );
     }
-    let report = firebreak_audit::verify(journal.path())?;
-    println!(
-        "\n   audit chain verified: {} records, last hash {}",
-        report.records,
-        &report.last_hash[..16]
-    );
+    crate::demo::print_verified(&journal)?;
     engine.stop().await?;
     sim.shutdown().await;
     drop((prom, am));

@@ -214,22 +214,7 @@ pub async fn scenario3(work: &Path) -> Result<()> {
     let prom_port = free_port()?;
     let dir = work.join("monitoring");
     std::fs::create_dir_all(&dir)?;
-    std::fs::write(
-        dir.join("prometheus.yml"),
-        format!(
-            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: kubesim\n    static_configs:\n      - targets: ['{}']\n",
-            sim.addr()
-        ),
-    )?;
-    let mut prom = Program::spawn(
-        "prometheus",
-        &dir,
-        &[
-            "--config.file=prometheus.yml".into(),
-            "--storage.tsdb.path=tsdb".into(),
-            format!("--web.listen-address=127.0.0.1:{prom_port}"),
-        ],
-    )?;
+    let mut prom = Program::prometheus(&dir, prom_port, sim.addr(), "")?;
     let prom_url = format!("http://127.0.0.1:{prom_port}");
     prom.wait_ready(&format!("{prom_url}/-/ready")).await?;
 
@@ -367,12 +352,7 @@ pub async fn scenario3(work: &Path) -> Result<()> {
             );
         }
     }
-    let report = firebreak_audit::verify(journal.path())?;
-    println!(
-        "\n   audit chain verified: {} records, last hash {}",
-        report.records,
-        &report.last_hash[..16]
-    );
+    crate::demo::print_verified(&journal)?;
     engine.stop().await?;
     chat_server.abort();
     sim.shutdown().await;

@@ -52,6 +52,25 @@ fn metrics_handle() -> PrometheusHandle {
                     &[0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0],
                 )
                 .expect("the buckets are not empty")
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(
+                        "firebreak_step_duration_seconds".into(),
+                    ),
+                    &[0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0],
+                )
+                .expect("the buckets are not empty")
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full("firebreak_bus_lag_seconds".into()),
+                    &[0.001, 0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0],
+                )
+                .expect("the buckets are not empty")
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(
+                        "firebreak_journal_fsync_seconds".into(),
+                    ),
+                    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 1.0],
+                )
+                .expect("the buckets are not empty")
                 .install_recorder()
                 .inspect(|_| describe_metrics())
                 .expect("no other metrics recorder is installed")
@@ -114,6 +133,29 @@ fn describe_metrics() {
         "firebreak_runbook_reload_failures_total",
         "Runbook reloads refused (the last good set stays in force)."
     );
+    describe_histogram!(
+        "firebreak_step_duration_seconds",
+        metrics::Unit::Seconds,
+        "How long connector actions took, by connector and action."
+    );
+    describe_histogram!(
+        "firebreak_bus_lag_seconds",
+        metrics::Unit::Seconds,
+        "Time from the bus accepting an event to the dispatcher taking it."
+    );
+    describe_counter!(
+        "firebreak_bus_redeliveries_total",
+        "Events the bus delivered again (a lost ack, a nak, a restart)."
+    );
+    describe_histogram!(
+        "firebreak_journal_fsync_seconds",
+        metrics::Unit::Seconds,
+        "Time of one audit journal sync (one per group commit)."
+    );
+    describe_gauge!(
+        "firebreak_journal_healthy",
+        "1 while the audit journal can write; 0 after a failed write or sync (no new work is taken)."
+    );
     describe_gauge!(
         "firebreak_approvals_pending",
         "Runs waiting for people to approve them."
@@ -126,6 +168,22 @@ fn describe_metrics() {
         "firebreak_triggers_unauthenticated_total",
         "Trigger and chat requests refused for a missing or wrong credential."
     );
+    // Exported from the start at zero, so `rate()` and alerts see them before they first move.
+    for counter in [
+        "firebreak_ingest_alerts_received_total",
+        "firebreak_events_parked_total",
+        "firebreak_bus_redeliveries_total",
+        "firebreak_runbook_reload_failures_total",
+        "firebreak_triggers_unauthenticated_total",
+    ] {
+        metrics::counter!(counter).absolute(0);
+    }
+    for reason in firebreak_runtime::guard::REFUSAL_KINDS {
+        metrics::counter!("firebreak_refusals_total", "reason" => *reason).absolute(0);
+    }
+    for gauge in ["firebreak_runs_in_progress", "firebreak_approvals_pending"] {
+        metrics::gauge!(gauge).set(0.0);
+    }
 }
 
 /// A running engine.

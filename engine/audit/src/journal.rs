@@ -1046,6 +1046,7 @@ impl Journal {
             .name("audit-writer".into())
             .spawn(move || writer_loop(file, tail, rx, writer_shared, options))
             .map_err(open_err)?;
+        metrics::gauge!("firebreak_journal_healthy").set(1.0);
         Ok(Journal {
             reader: JournalReader { shared },
             tx: Some(tx),
@@ -1651,7 +1652,7 @@ fn writer_loop(
                 debug!(path = %shared.path.display(), error = %e, "audit disk test failed");
             }
             if !poisoned && disk.is_ok() {
-                shared.healthy.store(true, Ordering::Relaxed);
+                set_healthy(&shared.healthy, true);
             }
             for reply in probes.drain(..) {
                 let _ = reply.send(Ok((Vec::new(), Vec::new())));
@@ -1755,7 +1756,7 @@ fn write_batch(
         }
         Err(error) => {
             let source = Arc::new(error);
-            shared.healthy.store(false, Ordering::Relaxed);
+            set_healthy(&shared.healthy, false);
             warn!(path = %shared.path.display(), error = %source, "audit write failed; undoing the partial batch");
             // Undo whatever part of the batch reached the file, so the chain stays whole.
             if let Err(undo) = file.set_len(tail.len) {
@@ -1951,17 +1952,25 @@ fn sync_loop(rx: &std::sync::mpsc::Receiver<ToSyncer>, shared: &Shared, pipeline
     }
 }
 
+/// Records whether the journal can write, in `firebreak_journal_healthy` too (1 or 0).
+fn set_healthy(healthy: &AtomicBool, now: bool) {
+    healthy.store(now, Ordering::Relaxed);
+    metrics::gauge!("firebreak_journal_healthy").set(if now { 1.0 } else { 0.0 });
+}
+
 /// Syncs the written batches and answers their appends. (All of one segment: the writer
 /// seals a segment only after a barrier.)
 fn sync_ready(ready: &mut Vec<Written>, shared: &Shared, pipeline: &Pipeline) {
     let poisoned_by = pipeline.poison.lock().expect("poison lock").clone();
     let file = ready[0].file.clone();
+    let started = std::time::Instant::now();
     let result = match poisoned_by {
         Some(source) => Err(source),
         None => Faults::take(&shared.faults.syncs)
             .map_or_else(|| file.sync_data(), Err)
             .map_err(Arc::new),
     };
+    metrics::histogram!("firebreak_journal_fsync_seconds").record(started.elapsed().as_secs_f64());
     match result {
         Ok(()) => {
             {
@@ -1983,7 +1992,7 @@ fn sync_ready(ready: &mut Vec<Written>, shared: &Shared, pipeline: &Pipeline) {
                 .write()
                 .expect("segments lock poisoned")
                 .committed = tail.len;
-            shared.healthy.store(true, Ordering::Relaxed);
+            set_healthy(&shared.healthy, true);
             if let Some(line) = ready.iter().rev().find_map(|w| w.head_line.as_deref())
                 && let Err(e) = write_atomic(&shared.layout.head(), line)
             {
@@ -1999,7 +2008,7 @@ fn sync_ready(ready: &mut Vec<Written>, shared: &Shared, pipeline: &Pipeline) {
             }
         }
         Err(source) => {
-            shared.healthy.store(false, Ordering::Relaxed);
+            set_healthy(&shared.healthy, false);
             warn!(path = %shared.path.display(), error = %source, "audit sync failed; refusing appends until the journal is repaired");
             pipeline
                 .poison

@@ -212,6 +212,11 @@ impl Dispatcher {
         let event = delivery.event.clone();
         metrics::counter!("firebreak_events_consumed_total", "source" => event.source.clone())
             .increment(1);
+        let lag = jiff::Timestamp::now().duration_since(delivery.published);
+        metrics::histogram!("firebreak_bus_lag_seconds").record(lag.as_secs_f64().max(0.0));
+        if delivery.attempt > 1 {
+            metrics::counter!("firebreak_bus_redeliveries_total").increment(1);
+        }
         let done = if event.source == SOURCE_FIREBREAK && event.kind == KIND_UNPROCESSABLE {
             self.park(&event).await
         } else {

@@ -328,9 +328,71 @@ pub(crate) async fn metrics(State(state): State<IngestState>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(),
+        state.metrics.render() + &process_metrics(),
     )
         .into_response()
+}
+
+/// The standard `process_*` metrics (Prometheus client conventions), read from `/proc/self`
+/// at each scrape; empty where there is no `/proc`.
+fn process_metrics() -> String {
+    // /proc reports CPU times in USER_HZ, 100 on every Linux architecture.
+    const TICKS: f64 = 100.0;
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return String::new();
+    };
+    // Fields after the command name (which may hold spaces) from `) `: state is field 3.
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<f64>().ok());
+    let (Some(utime), Some(stime), Some(threads), Some(start), Some(vsize), Some(rss_pages)) = (
+        field(14),
+        field(15),
+        field(20),
+        field(22),
+        field(23),
+        field(24),
+    ) else {
+        return String::new();
+    };
+    let boot = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<f64>().ok())
+        })
+        .unwrap_or(0.0);
+    let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
+    let max_fds = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3)?.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0);
+    let page = 4096.0;
+    format!(
+        "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n\
+         # TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {}\n\
+         # HELP process_resident_memory_bytes Resident memory size in bytes.\n\
+         # TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}\n\
+         # HELP process_virtual_memory_bytes Virtual memory size in bytes.\n\
+         # TYPE process_virtual_memory_bytes gauge\nprocess_virtual_memory_bytes {vsize}\n\
+         # HELP process_open_fds Number of open file descriptors.\n\
+         # TYPE process_open_fds gauge\nprocess_open_fds {fds}\n\
+         # HELP process_max_fds Maximum number of open file descriptors.\n\
+         # TYPE process_max_fds gauge\nprocess_max_fds {max_fds}\n\
+         # HELP process_threads Number of OS threads in the process.\n\
+         # TYPE process_threads gauge\nprocess_threads {threads}\n\
+         # HELP process_start_time_seconds Start time of the process since unix epoch in seconds.\n\
+         # TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {}\n",
+        (utime + stime) / TICKS,
+        rss_pages * page,
+        boot + start / TICKS,
+    )
 }
 
 pub(crate) async fn not_found() -> ApiError {

@@ -48,6 +48,18 @@ impl RunContext {
     }
 }
 
+/// Every kind [`refusal_kind`] answers.
+pub const REFUSAL_KINDS: &[&str] = &[
+    "namespace",
+    "tenancy",
+    "cluster_grant",
+    "freeze",
+    "blast_radius",
+    "deploy_policy",
+    "budget",
+    "other",
+];
+
 /// The kind of a refusal, from its reason, for `firebreak_refusals_total{reason}`.
 pub fn refusal_kind(reason: &str) -> &'static str {
     if reason.starts_with("freeze window") {

@@ -874,7 +874,7 @@ pub(crate) fn run_leaf(
     }
     let started = Instant::now();
     let result = body(&cx, step);
-    let duration_ms = started.elapsed().as_millis() as u64;
+    let duration_ms = record_duration(name, started);
     pending.extend(result.extra);
     let (outputs, error) = match &result.outcome {
         Ok(v) => (v.clone(), None),
@@ -909,6 +909,20 @@ pub(crate) fn run_leaf(
             e.kind, e.message
         ))),
     }
+}
+
+/// A step's duration in ms; a connector action's also in `firebreak_step_duration_seconds`.
+fn record_duration(name: &str, started: Instant) -> u64 {
+    let elapsed = started.elapsed();
+    if let Some((connector, action)) = name.split_once("::") {
+        metrics::histogram!(
+            "firebreak_step_duration_seconds",
+            "connector" => connector.to_owned(),
+            "action" => action.to_owned()
+        )
+        .record(elapsed.as_secs_f64());
+    }
+    elapsed.as_millis() as u64
 }
 
 /// How a mutation's first half ended: the intent, or the step's failure.
@@ -1013,7 +1027,7 @@ fn finish_leaf(
     result: LeafResult,
     mut before: Vec<RecordBody>,
 ) -> Result<Dynamic, ScriptError> {
-    let duration_ms = started.elapsed().as_millis() as u64;
+    let duration_ms = record_duration(name, started);
     before.extend(result.extra);
     let (outputs, error) = match &result.outcome {
         Ok(v) => (v.clone(), None),

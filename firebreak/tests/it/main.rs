@@ -15,6 +15,7 @@ mod full_disk;
 mod golden;
 mod guards;
 mod interactive;
+mod monitoring;
 mod nats_outage;
 mod nats_secure;
 mod restart;

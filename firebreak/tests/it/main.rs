@@ -11,6 +11,7 @@ mod bad_input;
 mod chat;
 mod cli;
 mod demo;
+mod deploy;
 mod full_disk;
 mod golden;
 mod guards;

@@ -1,0 +1,198 @@
+//! `deploy/kustomize`: its generated parts have not drifted (the RBAC rules are what
+//! `firebreak connectors --rbac` prints, the runbooks ConfigMap holds the shipped runbooks), and
+//! each overlay renders with the real `kubectl kustomize` and applies with `kubectl apply
+//! --dry-run=server` against kubesim, with the properties an SRE checks before installing it.
+
+use serde_json::Value;
+
+use crate::harness::{Cluster, firebreak, repo_root};
+
+fn base() -> std::path::PathBuf {
+    repo_root().join("deploy/kustomize/base")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rbac_is_what_the_connectors_declare() {
+    let out = firebreak(&["connectors", "--rbac", "--namespace", "ml-serving"], &[])
+        .await
+        .ok("firebreak connectors --rbac");
+    let shipped = std::fs::read_to_string(base().join("rbac.yaml")).unwrap();
+    assert_eq!(
+        shipped, out.stdout,
+        "deploy/kustomize/base/rbac.yaml drifted: regenerate it with \
+         `firebreak connectors --rbac --namespace ml-serving > deploy/kustomize/base/rbac.yaml`"
+    );
+}
+
+#[test]
+fn the_runbooks_configmap_holds_the_shipped_runbooks() {
+    let names = |dir: std::path::PathBuf| {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    };
+    let shipped = names(repo_root().join("runbooks"));
+    assert_eq!(
+        names(base().join("runbooks")),
+        shipped,
+        "copy runbooks/ to deploy/kustomize/base/runbooks/"
+    );
+    let kustomization = std::fs::read_to_string(base().join("kustomization.yaml")).unwrap();
+    for name in &shipped {
+        let ours = std::fs::read_to_string(base().join("runbooks").join(name)).unwrap();
+        let theirs = std::fs::read_to_string(repo_root().join("runbooks").join(name)).unwrap();
+        assert_eq!(
+            ours, theirs,
+            "deploy/kustomize/base/runbooks/{name} drifted from runbooks/{name}"
+        );
+        assert!(
+            kustomization.contains(&format!("- runbooks/{name}\n")),
+            "kustomization.yaml does not list runbooks/{name}"
+        );
+    }
+}
+
+/// `kubectl kustomize OVERLAY` as JSON objects (through `kubectl create --dry-run=client`).
+async fn render(cluster: &Cluster, overlay: &str) -> (std::path::PathBuf, Vec<Value>) {
+    let dir = repo_root().join("deploy/kustomize/overlays").join(overlay);
+    let rendered = cluster
+        .kubectl(&["kustomize", dir.to_str().unwrap()])
+        .await
+        .ok("kubectl kustomize");
+    let file =
+        std::env::temp_dir().join(format!("firebreak-{overlay}-{}.yaml", std::process::id()));
+    std::fs::write(&file, &rendered.stdout).unwrap();
+    let json = cluster
+        .kubectl(&[
+            "create",
+            "--dry-run=client",
+            "-o",
+            "json",
+            "-f",
+            file.to_str().unwrap(),
+        ])
+        .await
+        .ok("kubectl create --dry-run=client -o json");
+    // One JSON object after another.
+    let objects: Vec<Value> = serde_json::Deserializer::from_str(&json.stdout)
+        .into_iter::<Value>()
+        .map(Result::unwrap)
+        .collect();
+    (file, objects)
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} rendered"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn both_overlays_render_and_apply_to_a_cluster() {
+    let cluster = Cluster::start(kubesim::ControllerConfig::default()).await;
+    cluster
+        .sim
+        .apply_yaml(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: firebreak}\n---\n\
+             apiVersion: v1\nkind: Namespace\nmetadata: {name: ml-serving}\n",
+        )
+        .unwrap();
+    for (overlay, replicas) in [("single", 1), ("jetstream", 3)] {
+        let (file, objects) = render(&cluster, overlay).await;
+        let applied = cluster
+            .kubectl(&["apply", "--dry-run=server", "-f", file.to_str().unwrap()])
+            .await
+            .ok("kubectl apply --dry-run=server");
+        for kind in [
+            "serviceaccount/firebreak",
+            "role.rbac.authorization.k8s.io/firebreak",
+            "clusterrole.rbac.authorization.k8s.io/firebreak",
+            "rolebinding.rbac.authorization.k8s.io/firebreak",
+            "deployment.apps/firebreak",
+            "poddisruptionbudget.policy/firebreak",
+            "networkpolicy.networking.k8s.io/firebreak",
+        ] {
+            assert!(
+                applied
+                    .stdout
+                    .contains(&format!("{kind} created (server dry run)")),
+                "{overlay}: {kind} in {applied}"
+            );
+        }
+        let _ = std::fs::remove_file(&file);
+
+        let deployment = find(&objects, "Deployment");
+        assert_eq!(deployment["spec"]["replicas"], replicas, "{overlay}");
+        let pod = &deployment["spec"]["template"]["spec"];
+        assert_eq!(pod["serviceAccountName"], "firebreak");
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        let container = &pod["containers"][0];
+        assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+        assert_eq!(
+            container["securityContext"]["allowPrivilegeEscalation"],
+            false
+        );
+        assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+        assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+        let volume = |name: &str| {
+            pod["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == name)
+                .cloned()
+                .unwrap_or_else(|| panic!("{overlay}: no volume {name}"))
+        };
+        // The ConfigMaps it mounts are the ones rendered (kustomize's hashed names).
+        for (volume_name, prefix) in [
+            ("config", "firebreak-config-"),
+            ("runbooks", "firebreak-runbooks-"),
+        ] {
+            let name = volume(volume_name)["configMap"]["name"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            assert!(name.starts_with(prefix), "{name}");
+            assert!(
+                objects
+                    .iter()
+                    .any(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == name.as_str()),
+                "{overlay}: {name} is mounted but not rendered"
+            );
+        }
+        let env: Vec<&str> = container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap())
+            .collect();
+        let pdb = find(&objects, "PodDisruptionBudget");
+        match overlay {
+            "single" => {
+                assert_eq!(
+                    volume("data")["persistentVolumeClaim"]["claimName"],
+                    "firebreak-data"
+                );
+                assert_eq!(
+                    find(&objects, "PersistentVolumeClaim")["metadata"]["name"],
+                    "firebreak-data"
+                );
+                assert_eq!(deployment["spec"]["strategy"]["type"], "Recreate");
+                assert!(!env.contains(&"FIREBREAK_NATS_URL"), "{env:?}");
+                assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+            }
+            _ => {
+                assert!(
+                    env.contains(&"FIREBREAK_NATS_URL") && env.contains(&"FIREBREAK_NATS_CREDS"),
+                    "{env:?}"
+                );
+                assert_eq!(volume("nats")["secret"]["secretName"], "firebreak-nats");
+                assert_eq!(pdb["spec"]["minAvailable"], 2);
+            }
+        }
+    }
+}

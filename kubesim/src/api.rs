@@ -265,10 +265,51 @@ fn route(sim: &Sim, req: &Req) -> Response {
             found(openapi::group_version(g, v, &sim.lock().version))
         }
         ["_sim", rest @ ..] => admin::handle(sim, req, rest),
+        [
+            "apis",
+            "authorization.k8s.io",
+            "v1",
+            "selfsubjectaccessreviews" | "subjectaccessreviews",
+        ] if req.method == Method::POST => access_review(sim, req),
         ["api", v, rest @ ..] => resource(sim, req, parse_target("", v, rest)),
         ["apis", g, v, rest @ ..] => resource(sim, req, parse_target(g, v, rest)),
         _ => ApiError::no_route().into_response(),
     }
+}
+
+/// `kubectl auth can-i`: a (Self)SubjectAccessReview answered from the RBAC objects (see
+/// `authz`); the caller is whoever `Impersonate-User` names, else the admin.
+fn access_review(sim: &Sim, req: &Req) -> Response {
+    let body = if req.content_type().contains("protobuf") {
+        match crate::authz::decode_protobuf(&req.body) {
+            Some(body) => body,
+            None => {
+                return ApiError::bad_request("cannot decode the protobuf access review")
+                    .into_response();
+            }
+        }
+    } else {
+        match decode_body(req) {
+            Ok(body) => body,
+            Err(e) => return e.into_response(),
+        }
+    };
+    let caller = req
+        .headers
+        .get("impersonate-user")
+        .and_then(|v| v.to_str().ok())
+        .map(|user| crate::authz::Subject {
+            user: user.to_owned(),
+            groups: req
+                .headers
+                .get_all("impersonate-group")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .map(str::to_owned)
+                .collect(),
+        });
+    let answer = crate::authz::review(&sim.lock().store, body, caller);
+    json_response(StatusCode::CREATED, &answer)
 }
 
 fn found(doc: Option<Value>) -> Response {

@@ -10,6 +10,7 @@
 
 mod admin;
 mod api;
+mod authz;
 pub mod cli;
 pub mod cluster;
 pub mod controller;

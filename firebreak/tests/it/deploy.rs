@@ -196,3 +196,95 @@ async fn both_overlays_render_and_apply_to_a_cluster() {
         }
     }
 }
+
+/// `kubectl auth can-i ARGS --as=firebreak's service account`: whether kubectl says yes.
+async fn can_i(cluster: &Cluster, args: &[&str]) -> bool {
+    let mut all = vec!["auth", "can-i"];
+    all.extend_from_slice(args);
+    all.push("--as=system:serviceaccount:firebreak:firebreak");
+    let out = cluster.kubectl(&all).await;
+    match out.stdout.trim() {
+        "yes" => true,
+        "no" => false,
+        _ => panic!("kubectl auth can-i {}: {out}", args.join(" ")),
+    }
+}
+
+/// Installed from the single overlay, firebreak's service account may do what the connectors
+/// declare they need (every verb of every rule of the generated Role and ClusterRole), and
+/// nothing around it, as `kubectl auth can-i --as=…` reads kubesim's RBAC objects.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_service_account_may_do_what_the_runbooks_need_and_no_more() {
+    let cluster = Cluster::start(kubesim::ControllerConfig::default()).await;
+    cluster
+        .sim
+        .apply_yaml(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: firebreak}\n---\n\
+             apiVersion: v1\nkind: Namespace\nmetadata: {name: ml-serving}\n",
+        )
+        .unwrap();
+    let (file, objects) = render(&cluster, "single").await;
+    cluster
+        .kubectl(&["apply", "-f", file.to_str().unwrap()])
+        .await
+        .ok("kubectl apply the single overlay");
+    let _ = std::fs::remove_file(&file);
+
+    let mut asked = 0;
+    for role in objects
+        .iter()
+        .filter(|o| o["kind"] == "Role" || o["kind"] == "ClusterRole")
+    {
+        let ns = role["metadata"]["namespace"].as_str();
+        for rule in role["rules"].as_array().unwrap() {
+            for group in rule["apiGroups"].as_array().unwrap() {
+                for resource in rule["resources"].as_array().unwrap() {
+                    for verb in rule["verbs"].as_array().unwrap() {
+                        let (resource, sub) = resource
+                            .as_str()
+                            .unwrap()
+                            .split_once('/')
+                            .map_or((resource.as_str().unwrap(), None), |(r, s)| (r, Some(s)));
+                        let group = group.as_str().unwrap();
+                        let qualified = if group.is_empty() {
+                            resource.to_owned()
+                        } else {
+                            format!("{resource}.{group}")
+                        };
+                        let mut args = vec![verb.as_str().unwrap(), qualified.as_str()];
+                        let sub_arg = sub.map(|s| format!("--subresource={s}"));
+                        if let Some(s) = &sub_arg {
+                            args.push(s);
+                        }
+                        if let Some(ns) = ns {
+                            args.extend(["-n", ns]);
+                        }
+                        assert!(can_i(&cluster, &args).await, "may not {args:?}");
+                        asked += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(asked >= 20, "every declared permission was asked: {asked}");
+
+    for args in [
+        &["delete", "deployments.apps", "-n", "ml-serving"][..],
+        &["create", "pods", "-n", "ml-serving"],
+        &["delete", "pods", "-n", "ml-serving"],
+        &["get", "secrets", "-n", "ml-serving"],
+        &["list", "secrets", "-n", "firebreak"],
+        &["get", "deployments.apps", "-n", "default"],
+        &["patch", "deployments.apps", "-n", "kube-system"],
+        &[
+            "create",
+            "roles.rbac.authorization.k8s.io",
+            "-n",
+            "ml-serving",
+        ],
+        &["create", "clusterrolebindings.rbac.authorization.k8s.io"],
+        &["delete", "nodes"],
+    ] {
+        assert!(!can_i(&cluster, args).await, "may {args:?}, and should not");
+    }
+}

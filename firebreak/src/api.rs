@@ -40,6 +40,9 @@ pub fn router(dispatcher: Arc<Dispatcher>, api_token: Option<String>) -> axum::R
         .route("/v1/runs/{id}/approve", post(approve))
         .route("/v1/runs/{id}/deny", post(deny))
         .route("/v1/approvals", get(approvals))
+        .route("/v1/runs/{id}/events", get(events))
+        .route("/v1/runs/{id}/export", get(export))
+        .route("/v1/audit/verify", get(verify_journal))
         .with_state(ApiState {
             dispatcher,
             api_token,
@@ -52,11 +55,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 
 /// The viewer the bearer token stands for, checked like a trigger's token.
 fn viewer(state: &ApiState, headers: &HeaderMap) -> Result<Viewer, Box<Response>> {
-    let token = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+    let token = bearer(headers);
     let operator = |t: &str| {
         state.api_token.as_deref().is_some_and(|expected| {
             firebreak_matcher::teams::constant_time_eq(t.as_bytes(), expected.as_bytes())
@@ -87,6 +86,8 @@ struct ListQuery {
     status: Option<String>,
     /// Newest N (default 100, at most 1,000).
     limit: Option<usize>,
+    /// Only runs started at or after this instant (RFC 3339).
+    since: Option<jiff::Timestamp>,
 }
 
 async fn list(
@@ -101,7 +102,7 @@ async fn list(
     let Ok(Query(q)) = query else {
         return error(
             StatusCode::BAD_REQUEST,
-            "query parameters: team, runbook, status, limit",
+            "query parameters: team, runbook, status, limit, since (RFC 3339)",
         );
     };
     let team = match (&viewer, q.team) {
@@ -122,6 +123,7 @@ async fn list(
         .into_iter()
         .filter(|r| team.as_ref().is_none_or(|t| r.team == *t))
         .filter(|r| q.runbook.as_ref().is_none_or(|rb| r.runbook == *rb))
+        .filter(|r| q.since.is_none_or(|since| r.started >= since))
         .filter(|r| {
             q.status.as_deref().is_none_or(|s| match r.status {
                 Some(status) => status.to_string() == s,
@@ -143,12 +145,7 @@ async fn show(
         Err(response) => return *response,
     };
     let journal = &state.dispatcher.journal;
-    // Another team's run is answered like a missing one: its existence is theirs too.
-    let Some(run) = journal
-        .reader()
-        .run(&id)
-        .filter(|r| viewer == Viewer::All || viewer == Viewer::Team(r.team.clone()))
-    else {
+    let Some(run) = visible_run(&state, &viewer, &id) else {
         return error(StatusCode::NOT_FOUND, format!("no run {id}"));
     };
     match journal.records_for_run(&id) {
@@ -232,6 +229,11 @@ async fn decide(
     body: Option<Json<DecisionBody>>,
     approved: bool,
 ) -> Response {
+    // A decision is a write: what a browser sends on another site's behalf is refused, as for
+    // triggers.
+    if let Err(refused) = firebreak_ingest::browser_guard(&headers) {
+        return refused.into_response();
+    }
     let body = body.map(|Json(b)| b).unwrap_or_default();
     let (approver, teams) = match decider(&state, &headers, body.approver.as_deref()) {
         Ok(who) => who,
@@ -294,4 +296,143 @@ async fn approvals(State(state): State<ApiState>, headers: HeaderMap) -> Respons
         })
         .collect();
     Json(json!({ "approvals": pending })).into_response()
+}
+
+/// The run `id` if `viewer` may see it. Another team's run is answered like a missing one:
+/// its existence is theirs too.
+fn visible_run(state: &ApiState, viewer: &Viewer, id: &str) -> Option<firebreak_audit::RunSummary> {
+    state
+        .dispatcher
+        .journal
+        .reader()
+        .run(id)
+        .filter(|r| *viewer == Viewer::All || *viewer == Viewer::Team(r.team.clone()))
+}
+
+/// `GET /v1/runs/{id}/events`: the run's records as server-sent events (`record`, one JSON
+/// record each), those journaled so far and then each as it becomes durable, and `end` after
+/// its `run_finished`. What a run page follows live.
+async fn events(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let viewer = match viewer(&state, &headers) {
+        Ok(viewer) => viewer,
+        Err(response) => return *response,
+    };
+    if visible_run(&state, &viewer, &id).is_none() {
+        return error(StatusCode::NOT_FOUND, format!("no run {id}"));
+    }
+    let journal = state.dispatcher.journal.clone();
+    // Subscribed before reading, so nothing falls between the two.
+    let live = journal.subscribe();
+    let earlier = match journal.records_for_run(&id) {
+        Ok(records) => records,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let last = earlier.last().map_or(0, |r| r.seq);
+    let done = earlier
+        .iter()
+        .any(|r| matches!(r.body, firebreak_audit::RecordBody::RunFinished { .. }));
+    let record_event = |r: &firebreak_audit::Record| {
+        Event::default()
+            .event("record")
+            .json_data(r)
+            .expect("records serialize")
+    };
+    let first: Vec<Result<Event, std::convert::Infallible>> =
+        earlier.iter().map(|r| Ok(record_event(r))).collect();
+    let tail = futures::stream::unfold((live, done), move |(mut live, done)| {
+        let id = id.clone();
+        async move {
+            if done {
+                return None;
+            }
+            loop {
+                match live.recv().await {
+                    Ok(r) if r.run_id == id && r.seq > last => {
+                        let end = matches!(r.body, firebreak_audit::RecordBody::RunFinished { .. });
+                        return Some((Ok(record_event(&r)), (live, end)));
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        // Fell behind: the page reloads the run from the journal.
+                        return Some((
+                            Ok(Event::default().event("lagged").data("reload")),
+                            (live, true),
+                        ));
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        }
+    });
+    let end = futures::stream::once(async { Ok(Event::default().event("end").data("")) });
+    use futures::StreamExt as _;
+    let stream = futures::stream::iter(first).chain(tail).chain(end);
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// `GET /v1/runs/{id}/export`: the run's records as JSON lines, exactly as journaled (with
+/// their hashes), for whoever may see the run.
+async fn export(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let viewer = match viewer(&state, &headers) {
+        Ok(viewer) => viewer,
+        Err(response) => return *response,
+    };
+    if visible_run(&state, &viewer, &id).is_none() {
+        return error(StatusCode::NOT_FOUND, format!("no run {id}"));
+    }
+    match state.dispatcher.journal.records_for_run(&id) {
+        Ok(records) => {
+            let mut out = String::new();
+            for r in &records {
+                out.push_str(&serde_json::to_string(r).expect("records serialize"));
+                out.push('\n');
+            }
+            (
+                [
+                    (
+                        axum::http::header::CONTENT_TYPE,
+                        "application/x-ndjson".to_owned(),
+                    ),
+                    (
+                        axum::http::header::CONTENT_DISPOSITION,
+                        format!("attachment; filename=\"firebreak-run-{id}.jsonl\""),
+                    ),
+                ],
+                out,
+            )
+                .into_response()
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// `GET /v1/audit/verify`: whether the journal's hash chain and signed checkpoints hold, as
+/// `firebreak audit verify` says it.
+async fn verify_journal(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    if let Err(response) = viewer(&state, &headers) {
+        return *response;
+    }
+    let path = state.dispatcher.journal.path().to_owned();
+    let verified = tokio::task::spawn_blocking(move || firebreak_audit::verify(&path)).await;
+    match verified {
+        Ok(Ok(report)) => Json(json!({
+            "ok": true,
+            "records": report.records,
+            "last_hash": report.last_hash,
+        }))
+        .into_response(),
+        Ok(Err(e)) => Json(json!({"ok": false, "problem": e.to_string()})).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }

@@ -24,6 +24,7 @@ mod notify;
 mod progress;
 mod run;
 mod serve;
+mod ui;
 
 /// glibc's malloc spends a sixth of the engine's CPU under load on arena locking and
 /// consolidation (measured with perf); mimalloc's per-thread heaps avoid most of it.

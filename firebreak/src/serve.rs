@@ -307,6 +307,7 @@ impl Engine {
                 dispatcher.clone(),
                 cfg.auth.api_token.clone(),
             ))
+            .merge(crate::ui::router())
             .merge(crate::chat::router(
                 dispatcher.clone(),
                 bus.clone(),

@@ -567,6 +567,30 @@ async fn a_healthy_canary_is_stepped_up_through_its_gates_and_promoted() {
         2,
         "the promotion is the primary's second revision: {history}"
     );
+
+    // The run console draws the canary's weight per interval (a real headless Chromium).
+    let browser = crate::harness::browser::Browser::start().await;
+    let run_id = run.records[0]["run_id"].as_str().unwrap();
+    browser
+        .goto(&lp.serve.url(&format!("/ui#/runs/{run_id}")))
+        .await;
+    let drawn = wait_for(
+        "the canary chart",
+        Duration::from_secs(30),
+        || lp.context(),
+        || async {
+            let text = browser
+                .exec(
+                    "const c = document.querySelector('#canary-chart'); return c ? c.textContent : ''",
+                    json!([]),
+                )
+                .await;
+            let text = text.as_str().unwrap_or_default().to_owned();
+            (!text.is_empty()).then_some(text)
+        },
+    )
+    .await;
+    assert_eq!(drawn.trim(), "10%50%100%", "one point per shift: {drawn}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

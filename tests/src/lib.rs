@@ -8,6 +8,7 @@
 //! operator's script would: line by line, as JSON.
 //! [`chat::ChatStandIn`] stands in for Slack and Mattermost.
 
+pub mod browser;
 pub mod chat;
 
 use std::collections::BTreeMap;

@@ -52,7 +52,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// A browser may send `text/plain` or a form to any address without asking first (no CORS
 /// preflight), and marks what it sends on another page's behalf with `Sec-Fetch-Site` and
 /// `Origin`; Alertmanager, curl and the CLI send neither.
-fn browser_guard(headers: &HeaderMap) -> Result<(), ApiError> {
+pub fn browser_guard(headers: &HeaderMap) -> Result<(), ApiError> {
     let cross_site = |what: String| {
         Err(ApiError::new(
             StatusCode::FORBIDDEN,

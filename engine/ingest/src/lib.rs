@@ -39,6 +39,7 @@ mod error;
 mod handlers;
 
 pub use error::ApiError;
+pub use handlers::browser_guard;
 
 /// Decides whether the caller of `POST /v1/trigger` may run a runbook.
 ///

@@ -25,4 +25,5 @@ mod runbooks;
 mod safe_runs;
 mod secure;
 mod tenancy;
+mod ui;
 mod watcher;

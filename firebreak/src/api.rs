@@ -424,7 +424,10 @@ async fn verify_journal(State(state): State<ApiState>, headers: HeaderMap) -> Re
         return *response;
     }
     let path = state.dispatcher.journal.path().to_owned();
-    let verified = tokio::task::spawn_blocking(move || firebreak_audit::verify(&path)).await;
+    let verified = tokio::task::spawn_blocking(move || {
+        firebreak_audit::verify(&path).map_err(|e| e.to_string())
+    })
+    .await;
     match verified {
         Ok(Ok(report)) => Json(json!({
             "ok": true,
@@ -432,7 +435,7 @@ async fn verify_journal(State(state): State<ApiState>, headers: HeaderMap) -> Re
             "last_hash": report.last_hash,
         }))
         .into_response(),
-        Ok(Err(e)) => Json(json!({"ok": false, "problem": e.to_string()})).into_response(),
+        Ok(Err(problem)) => Json(json!({"ok": false, "problem": problem})).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

@@ -275,12 +275,13 @@ async fn approvals(State(state): State<ApiState>, headers: HeaderMap) -> Respons
         Err(response) => return *response,
     };
     let loaded = state.dispatcher.runbooks.current();
-    let mine = match (&viewer, loaded.set.teams()) {
+    let member = match (&viewer, loaded.set.teams()) {
         (Viewer::Team(_), Some(teams)) => bearer(&headers)
             .and_then(|t| teams.member_by_token(t))
-            .map(|(_, m)| teams.teams_of(&m.name)),
+            .map(|(_, m)| (m.name.clone(), teams.teams_of(&m.name))),
         _ => None,
     };
+    let mine = member.as_ref().map(|(_, teams)| teams.clone());
     let pending: Vec<_> = state
         .dispatcher
         .pending_approvals()
@@ -294,7 +295,22 @@ async fn approvals(State(state): State<ApiState>, headers: HeaderMap) -> Respons
                         .is_some_and(|m| m.iter().any(|t| p.approvers.contains(t)))
             }
         })
-        .collect();
+        .map(|p| {
+            // What the page offers: the server decides anyway.
+            let may_decide = match (&member, loaded.set.teams()) {
+                (Some((name, teams)), _) => {
+                    teams.iter().any(|t| p.approvers.contains(t))
+                        && (p.self_approval || *name != p.requester)
+                }
+                // The operator's token is no one; a single tenant names who decides.
+                (None, Some(_)) => false,
+                (None, None) => true,
+            };
+            let mut value = serde_json::to_value(&p).expect("pending approvals serialize");
+            value["may_decide"] = json!(may_decide);
+            value
+        })
+        .collect::<Vec<_>>();
     Json(json!({ "approvals": pending })).into_response()
 }
 

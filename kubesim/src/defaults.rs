@@ -100,6 +100,11 @@ fn container(c: &mut Map<String, Value>) {
     default(c, "resources", json!({}));
     let image = c.get("image").and_then(Value::as_str).unwrap_or_default();
     default(c, "imagePullPolicy", json!(pull_policy(image)));
+    for kind in ["readinessProbe", "livenessProbe", "startupProbe"] {
+        if let Some(probe) = c.get_mut(kind).and_then(Value::as_object_mut) {
+            probe_defaults(probe);
+        }
+    }
     if let Some(ports) = c.get_mut("ports").and_then(Value::as_array_mut) {
         for p in ports.iter_mut().filter_map(Value::as_object_mut) {
             default(p, "protocol", json!("TCP"));
@@ -108,6 +113,18 @@ fn container(c: &mut Map<String, Value>) {
 }
 
 /// `Always` for `:latest` or untagged images, else `IfNotPresent`.
+/// What the apiserver fills in on a probe (`SetDefaults_Probe`, `SetDefaults_HTTPGetAction`).
+fn probe_defaults(p: &mut Map<String, Value>) {
+    default(p, "timeoutSeconds", json!(1));
+    default(p, "periodSeconds", json!(10));
+    default(p, "successThreshold", json!(1));
+    default(p, "failureThreshold", json!(3));
+    if let Some(get) = p.get_mut("httpGet").and_then(Value::as_object_mut) {
+        default(get, "path", json!("/"));
+        default(get, "scheme", json!("HTTP"));
+    }
+}
+
 fn pull_policy(image: &str) -> &'static str {
     if image.contains('@') {
         return "IfNotPresent";
@@ -208,6 +225,24 @@ mod tests {
         assert_eq!(c[1]["imagePullPolicy"], "Always");
         assert_eq!(c[0]["ports"][0]["protocol"], "TCP");
         assert_eq!(d["spec"]["template"]["spec"]["dnsPolicy"], "ClusterFirst");
+    }
+
+    #[test]
+    fn probes_get_the_apiservers_defaults() {
+        let mut d = json!({"spec": {"template": {"spec": {"containers": [{"name": "m", "image": "x:1",
+            "readinessProbe": {"httpGet": {"port": 8080}}, "livenessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 5}}]}}}});
+        apply(resources::by_kind("apps/v1", "Deployment").unwrap(), &mut d);
+        let c = &d["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(
+            c["readinessProbe"],
+            json!({"httpGet": {"port": 8080, "path": "/", "scheme": "HTTP"}, "timeoutSeconds": 1,
+                   "periodSeconds": 10, "successThreshold": 1, "failureThreshold": 3})
+        );
+        assert_eq!(
+            c["livenessProbe"]["periodSeconds"], 5,
+            "a given value stays"
+        );
+        assert_eq!(c["livenessProbe"]["failureThreshold"], 3);
     }
 
     #[test]

@@ -97,6 +97,8 @@ pub struct Pending {
     pub required: u32,
     /// Teams whose members may decide.
     pub approvers: Vec<String>,
+    /// Whether the requester may be one of them.
+    pub self_approval: bool,
 }
 
 /// A run's approval state: granted once and for all, or one request at a time.
@@ -358,6 +360,7 @@ impl RunContext {
             approved_by: request.approved_by.iter().cloned().collect(),
             required: policy.required,
             approvers: policy.approvers,
+            self_approval: policy.self_approval,
         })
     }
 

@@ -139,8 +139,19 @@ async fn the_console_lists_follows_and_approves_runs_in_a_real_browser() {
         "a real PNG"
     );
 
-    // ann asks; ben, an approver, approves from the list.
+    // ann asks: her page shows the request without buttons (she may not approve her own run);
+    // ben, an approver, approves from the list.
     trigger(&serve, "ann-token-0001", "gated").await;
+    as_member(&browser, &serve, "ann-token-0001", "#/").await;
+    browser
+        .wait_text(".approval", "you may not decide on this run", WAIT)
+        .await;
+    assert!(
+        browser
+            .find_all(".approval button.approve")
+            .await
+            .is_empty()
+    );
     as_member(&browser, &serve, "ben-token-0002", "#/").await;
     let approve = browser
         .wait_text(".approval button.approve", "Approve", WAIT)

@@ -24,6 +24,7 @@ mod notify;
 mod progress;
 mod run;
 mod serve;
+mod telemetry;
 mod ui;
 
 /// glibc's malloc spends a sixth of the engine's CPU under load on arena locking and
@@ -105,7 +106,7 @@ fn main() -> Result<()> {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve { audit_relink } => {
-                init_tracing();
+                let _telemetry = telemetry::init();
                 let mut cfg = config::Config::load(cli.config.as_deref())?;
                 cfg.audit.relink_broken = audit_relink;
                 serve::serve(cfg).await
@@ -121,7 +122,7 @@ fn main() -> Result<()> {
             }
             Command::Demo(args) => demo::demo(args).await,
             Command::Sim(args) => {
-                init_tracing();
+                let _telemetry = telemetry::init();
                 Ok(kubesim::cli::run(args).await?)
             }
             Command::Bench(args) => bench::bench(args).await,
@@ -138,18 +139,4 @@ fn main() -> Result<()> {
     // already says where they stopped, so do not wait for them.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     result
-}
-
-/// Structured logs to stderr; `RUST_LOG` filters, `FIREBREAK_LOG_FORMAT=json` for JSON lines.
-fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::env::var("FIREBREAK_LOG_FORMAT").as_deref() == Ok("json") {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }

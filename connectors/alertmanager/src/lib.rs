@@ -53,7 +53,19 @@ impl AlertmanagerConnector {
 
     /// Sends `req` and reads a JSON answer (or `Null` for an empty body).
     async fn send(&self, req: reqwest::RequestBuilder, what: &str) -> Result<Value, ActionError> {
-        let resp = req.timeout(TIMEOUT).send().await.map_err(|e| {
+        // A child of the step's span when traces are exported (see firebreak_runtime::trace).
+        let span = tracing::info_span!(
+            target: "firebreak::trace",
+            "HTTP",
+            otel.name = %format!("alertmanager {what}"),
+            otel.kind = "client",
+            http.response.status_code = tracing::field::Empty,
+        );
+        let sent = tracing::Instrument::instrument(req.timeout(TIMEOUT).send(), span.clone()).await;
+        if let Ok(resp) = &sent {
+            span.record("http.response.status_code", resp.status().as_u16());
+        }
+        let resp = sent.map_err(|e| {
             let kind = if e.is_timeout() {
                 ErrorKind::Timeout
             } else if e.is_connect() || e.is_request() {

@@ -112,6 +112,7 @@ impl Candidate {
             time: self.time.unwrap_or_else(jiff::Timestamp::now),
             namespace: self.namespace,
             fingerprint: Some(self.fingerprint),
+            traceparent: None,
             data: self.data,
         }
     }

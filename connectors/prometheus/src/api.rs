@@ -227,14 +227,24 @@ impl Api {
             source: source.without_url(),
         };
         let started = Instant::now();
-        let mut response = self
-            .http
-            .get(url)
-            .timeout(self.timeout)
-            .send()
-            .await
-            .map_err(request_error)?;
+        // A child of the step's span when traces are exported (see firebreak_runtime::trace).
+        let span = tracing::info_span!(
+            target: "firebreak::trace",
+            "HTTP",
+            otel.name = %format!("GET {path}"),
+            otel.kind = "client",
+            http.request.method = "GET",
+            url.path = %path,
+            http.response.status_code = tracing::field::Empty,
+        );
+        let mut response = tracing::Instrument::instrument(
+            self.http.get(url).timeout(self.timeout).send(),
+            span.clone(),
+        )
+        .await
+        .map_err(request_error)?;
         let status = response.status();
+        span.record("http.response.status_code", status.as_u16());
         let too_large = || Error::TooLarge {
             what: what.to_owned(),
             limit: self.max_body,

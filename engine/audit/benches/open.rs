@@ -51,6 +51,7 @@ fn run(run: u64, finished: bool) -> Vec<RecordDraft> {
                 cooldown_ms: None,
                 interactive: false,
                 approval: None,
+                trace_id: None,
             },
         ),
         RecordDraft::new(

@@ -75,6 +75,9 @@ pub enum RecordBody {
         /// `approval`); absent: none.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         approval: Option<ApprovalPolicy>,
+        /// The run's OpenTelemetry trace id (hex), when traces are exported.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        trace_id: Option<String>,
     },
     /// An unfinished run was picked up again after a restart; steps already journaled as
     /// finished are replayed from the journal from here on.
@@ -471,6 +474,7 @@ fn write_canonical_body(body: &RecordBody, out: &mut Vec<u8>) {
             cooldown_ms,
             interactive,
             approval,
+            trace_id,
         } => o
             .plain_opt("approval", approval.as_ref())
             .plain_opt("cluster_actions", cluster_actions.as_ref())
@@ -481,7 +485,8 @@ fn write_canonical_body(body: &RecordBody, out: &mut Vec<u8>) {
             .plain_opt("lock_key", lock_key.as_ref())
             .plain("namespaces", namespaces)
             .json("params", params)
-            .plain_opt("timeout_ms", timeout_ms.as_ref()),
+            .plain_opt("timeout_ms", timeout_ms.as_ref())
+            .plain_opt("trace_id", trace_id.as_ref()),
         RecordBody::RunResumed { replayable_steps } => {
             o.plain("replayable_steps", replayable_steps)
         }
@@ -918,6 +923,7 @@ mod tests {
                     expires_ms: 1_800_000,
                     self_approval: true,
                 }),
+                trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
             },
             RecordBody::RunStarted {
                 event: json!({}),
@@ -930,6 +936,7 @@ mod tests {
                 cooldown_ms: None,
                 interactive: false,
                 approval: None,
+                trace_id: None,
             },
             RecordBody::RunResumed {
                 replayable_steps: 2,

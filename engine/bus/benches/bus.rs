@@ -22,6 +22,7 @@ fn event(i: usize) -> Event {
         time: jiff::Timestamp::now(),
         namespace: Some("team-a".into()),
         fingerprint: Some(format!("{i:016x}")),
+        traceparent: None,
         data: serde_json::json!({
             "labels": {"alertname": "ModelErrorRateHigh", "namespace": "team-a",
                        "deployment": "fraud-model", "severity": "critical", "n": i.to_string()},

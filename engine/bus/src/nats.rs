@@ -1091,6 +1091,7 @@ mod tests {
             time: Timestamp::UNIX_EPOCH,
             namespace: None,
             fingerprint: None,
+            traceparent: None,
             data: serde_json::Value::Null,
         };
         assert_eq!(

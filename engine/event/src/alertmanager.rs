@@ -194,6 +194,7 @@ fn to_event(hook: &Webhook, alert: &Alert) -> Result<Event, String> {
         time,
         namespace: labels.get("namespace").cloned(),
         fingerprint: Some(fingerprint),
+        traceparent: None,
         data: json!({
             "labels": labels,
             "annotations": alert.annotations,

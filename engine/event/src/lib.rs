@@ -32,6 +32,9 @@ pub struct Event {
     /// Stable identity of the incident (Alertmanager's alert fingerprint), where known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
+    /// The W3C `traceparent` the event arrived with, if any: its run's trace links to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     /// Source-specific payload: for alerts `{labels, annotations, startsAt, endsAt, ...}`.
     pub data: Value,
 }
@@ -67,6 +70,7 @@ pub fn unprocessable(origin: &str, reason: &str, payload: &[u8]) -> Event {
         time: jiff::Timestamp::now(),
         namespace: None,
         fingerprint: None,
+        traceparent: None,
         data: serde_json::json!({ "origin": origin, "reason": reason, "payload": text }),
     }
 }
@@ -151,6 +155,7 @@ mod tests {
             time: jiff::Timestamp::UNIX_EPOCH,
             namespace: None,
             fingerprint: None,
+            traceparent: None,
             data,
         }
     }

@@ -46,6 +46,7 @@ pub fn trigger(runbook: &str, params: Map<String, Value>, actor: &str, dry_run: 
         time: jiff::Timestamp::now(),
         namespace,
         fingerprint: None,
+        traceparent: None,
         data: json!({ "runbook": runbook, "params": params, "actor": actor, "dry_run": dry_run }),
     }
 }

@@ -38,6 +38,21 @@ fn body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiE
     })
 }
 
+/// A well-formed W3C `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`), if there is one:
+/// the trace of whatever sent the request, which the run's trace links to.
+fn traceparent(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get("traceparent")?.to_str().ok()?.trim();
+    let parts: Vec<&str> = value.split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    (parts.len() == 4
+        && hex(parts[0], 2)
+        && hex(parts[1], 32)
+        && hex(parts[2], 16)
+        && hex(parts[3], 2)
+        && parts[1] != "00000000000000000000000000000000")
+        .then(|| value.to_ascii_lowercase())
+}
+
 /// The token of an `Authorization: Bearer <token>` header, if there is one.
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
@@ -202,6 +217,12 @@ pub(crate) async fn alertmanager(
         ApiError::new(status, code, e.to_string())
     })?;
     metrics::counter!("firebreak_ingest_alerts_received_total").increment(events.len() as u64);
+    let mut events = events;
+    if let Some(parent) = traceparent(&headers) {
+        for event in &mut events {
+            event.traceparent = Some(parent.clone());
+        }
+    }
     let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
     publish(&state, "alertmanager", events).await?;
     // Per-notification lines are debug: at thousands of alerts a second info would flood.
@@ -290,6 +311,7 @@ pub(crate) async fn trigger(
     let runbook = request.runbook.clone();
     let dry_run = request.dry_run;
     let mut event = manual::trigger(&request.runbook, request.params, &actor, dry_run);
+    event.traceparent = traceparent(&headers);
     if let Some(key) = key {
         event.id = format!("trigger-{actor}-{key}");
     }

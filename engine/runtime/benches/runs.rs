@@ -45,6 +45,7 @@ fn main() {
         time: jiff::Timestamp::now(),
         namespace: Some("shop".into()),
         fingerprint: Some("f00d".into()),
+        traceparent: None,
         data: json!({"labels": {"alertname": "HighLatency", "namespace": "shop", "severity": "page"},
                      "annotations": {"summary": "p99 latency above 2s"}}),
     };

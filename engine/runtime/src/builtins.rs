@@ -80,9 +80,20 @@ pub(crate) fn composite_step(
             (step, None)
         }
     };
+    let span = cx.step_span(step, name);
+    cx.open_span(span.clone());
     let started = Instant::now();
-    let result = body();
+    let result = span.in_scope(body);
+    cx.close_span();
     let duration_ms = started.elapsed().as_millis() as u64;
+    crate::trace::record_outcome(
+        &span,
+        if result.is_ok() { "ok" } else { "error" },
+        result
+            .as_ref()
+            .err()
+            .map(|_| cx.stopped().map_or("script", step::Stop::token)),
+    );
     match (result, replayed) {
         (Ok(_), Some(outputs)) => finish_replayed(&cx, step, name, outputs),
         (Ok(value), None) => {

@@ -26,6 +26,7 @@ pub mod policy;
 mod runner;
 pub mod sandbox;
 mod step;
+pub mod trace;
 
 pub use approval::{Decision, DecisionError, Pending, Standing};
 pub use guard::{Guard, MutationQuery};

@@ -310,6 +310,7 @@ impl Runner {
             actor: plan.actor,
             event_id: plan.event.id.clone(),
         });
+        let (span, trace_id) = crate::trace::run_span(&meta, plan.event.traceparent.as_deref());
         let event = serde_json::to_value(&*plan.event).expect("events always serialize to JSON");
         let params = Value::Object(plan.params);
         // Built before the values move into the journal record: no copy of the event is kept.
@@ -325,6 +326,7 @@ impl Runner {
             cooldown_ms: (!plan.cooldown.is_zero()).then_some(plan.cooldown.as_millis() as u64),
             interactive: plan.interactive,
             approval: plan.approval.clone(),
+            trace_id,
         };
         let cx = self.context(
             meta,
@@ -337,6 +339,7 @@ impl Runner {
             plan.timeout,
             plan.cancel,
             plan.progress,
+            span,
             Earlier::default(),
         );
         let (signal, journaled) = oneshot::channel();
@@ -380,6 +383,7 @@ impl Runner {
             cooldown_ms,
             interactive,
             approval,
+            ..
         } = &first.body
         else {
             return Err(RuntimeError::NoStart {
@@ -489,6 +493,8 @@ impl Runner {
             })?;
         info!(run_id = %run_id, runbook = %plan.meta.runbook, replayable_steps = replayable, pending_intents = plan.earlier.intents.len(), "run resumed");
         let ctx = script_ctx(&plan.meta, &plan.event, &plan.params, plan.dry_run);
+        let traceparent = plan.event.get("traceparent").and_then(Value::as_str);
+        let (span, _) = crate::trace::run_span(&plan.meta, traceparent);
         let cx = self.context(
             plan.meta,
             plan.scope,
@@ -496,6 +502,7 @@ impl Runner {
             plan.timeout,
             CancellationToken::new(),
             None,
+            span,
             plan.earlier,
         );
         Ok(self.launch(cx, ast, ctx, permit))
@@ -546,6 +553,7 @@ impl Runner {
         timeout: Duration,
         cancel: CancellationToken,
         progress: Option<ProgressSink>,
+        span: tracing::Span,
         earlier: Earlier,
     ) -> Arc<RunContext> {
         Arc::new(RunContext::new(
@@ -560,6 +568,7 @@ impl Runner {
             progress,
             &self.config,
             self.guard.clone(),
+            span,
             earlier,
         ))
     }
@@ -762,6 +771,14 @@ async fn finish(cx: &RunContext, status: RunStatus, mut error: Option<String>) -
             None => note,
         });
     }
+    crate::trace::record_outcome(
+        &cx.span,
+        &status.to_string(),
+        (status != RunStatus::Succeeded).then_some(match status {
+            RunStatus::TimedOut => "timeout",
+            _ => "run",
+        }),
+    );
     info!(run_id = %cx.meta.run_id, runbook = %cx.meta.runbook, status = %status, steps = cx.steps(), "run finished");
     RunOutcome {
         run_id: cx.meta.run_id.clone(),

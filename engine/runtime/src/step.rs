@@ -151,6 +151,10 @@ pub(crate) struct RunContext {
     pub cluster_actions: Option<Vec<String>>,
     /// The engine's guard rails on mutations (freeze windows, blast radius).
     pub guard: Option<crate::Guard>,
+    /// The run's trace span (see [`crate::trace`]).
+    pub(crate) span: tracing::Span,
+    /// Spans of the composite steps open now, innermost last: a new step's parent.
+    open_spans: std::sync::Mutex<Vec<tracing::Span>>,
     /// Who must approve before the first mutation; `None`: nobody.
     pub approval: Option<firebreak_audit::ApprovalPolicy>,
     /// The approval request and its decisions (see [`crate::approval`]).
@@ -224,6 +228,7 @@ impl RunContext {
         progress: Option<ProgressSink>,
         settings: &crate::runner::RunnerConfig,
         settings_guard: Option<crate::Guard>,
+        span: tracing::Span,
         earlier: Earlier,
     ) -> Self {
         RunContext {
@@ -232,6 +237,8 @@ impl RunContext {
             cluster_actions: scope.cluster_actions,
             approval: scope.approval,
             guard: settings_guard,
+            span,
+            open_spans: std::sync::Mutex::new(Vec::new()),
             gate: std::sync::Mutex::new(earlier.gate),
             gate_changed: tokio::sync::Notify::new(),
             deciding: tokio::sync::Mutex::new(()),
@@ -323,6 +330,21 @@ impl RunContext {
             .get(&step)
             .and_then(|at| Duration::try_from(jiff::Timestamp::now().duration_since(*at)).ok())
             .unwrap_or_default()
+    }
+
+    /// A span for step `step` under the innermost open composite step, or the run.
+    pub(crate) fn step_span(&self, step: u32, name: &str) -> tracing::Span {
+        let open = self.open_spans.lock().expect("spans lock");
+        crate::trace::step_span(open.last().unwrap_or(&self.span), step, name)
+    }
+
+    /// Makes `span` the parent of the steps begun until [`RunContext::close_span`].
+    pub(crate) fn open_span(&self, span: tracing::Span) {
+        self.open_spans.lock().expect("spans lock").push(span);
+    }
+
+    pub(crate) fn close_span(&self) {
+        self.open_spans.lock().expect("spans lock").pop();
     }
 
     /// `RunFinished` is journaled.
@@ -872,9 +894,11 @@ pub(crate) fn run_leaf(
         Durability::WriteAhead => cx.journal(vec![started_record])?,
         Durability::Deferred => pending.push(started_record),
     }
+    let span = cx.step_span(step, name);
     let started = Instant::now();
-    let result = body(&cx, step);
+    let result = span.in_scope(|| body(&cx, step));
     let duration_ms = record_duration(name, started);
+    trace_outcome(&span, &result);
     pending.extend(result.extra);
     let (outputs, error) = match &result.outcome {
         Ok(v) => (v.clone(), None),
@@ -911,6 +935,16 @@ pub(crate) fn run_leaf(
     }
 }
 
+/// Records a step's outcome on its span.
+fn trace_outcome(span: &tracing::Span, result: &LeafResult) {
+    let kind = result.outcome.as_ref().err().map(|e| e.kind.as_str());
+    let status = serde_json::to_value(result.status)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    crate::trace::record_outcome(span, &status, kind);
+}
+
 /// A step's duration in ms; a connector action's also in `firebreak_step_duration_seconds`.
 fn record_duration(name: &str, started: Instant) -> u64 {
     let elapsed = started.elapsed();
@@ -945,8 +979,18 @@ pub(crate) fn run_mutation(
     if cx.inline() {
         return Err(needs_thread());
     }
-    let (step, intent) = match begin(&cx, name)? {
-        Begin::Replayed(step, outputs) => return finish_replayed(&cx, step, name, outputs),
+    let begun = begin(&cx, name)?;
+    let (Begin::Live(step) | Begin::Resumed(step, _)) = &begun else {
+        let Begin::Replayed(step, outputs) = begun else {
+            unreachable!("the other two are matched above")
+        };
+        return finish_replayed(&cx, step, name, outputs);
+    };
+    // Planning, the approval wait, the guard and the write, all inside the step's span.
+    let span = cx.step_span(*step, name);
+    let _entered = span.enter();
+    let (step, intent) = match begun {
+        Begin::Replayed(..) => unreachable!("returned above"),
         // The write-ahead record with this intent is in the journal already.
         Begin::Resumed(step, intent) => (step, intent),
         Begin::Live(step) => {
@@ -1028,6 +1072,7 @@ fn finish_leaf(
     mut before: Vec<RecordBody>,
 ) -> Result<Dynamic, ScriptError> {
     let duration_ms = record_duration(name, started);
+    trace_outcome(&tracing::Span::current(), &result);
     before.extend(result.extra);
     let (outputs, error) = match &result.outcome {
         Ok(v) => (v.clone(), None),

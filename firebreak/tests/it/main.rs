@@ -19,6 +19,7 @@ mod interactive;
 mod monitoring;
 mod nats_outage;
 mod nats_secure;
+mod otel;
 mod restart;
 mod runaway;
 mod runbooks;

@@ -38,6 +38,7 @@ pub fn run_drafts(run: &str) -> Vec<RecordDraft> {
                 cooldown_ms: None,
                 interactive: false,
                 approval: None,
+                trace_id: None,
             },
         ),
         RecordDraft::new(

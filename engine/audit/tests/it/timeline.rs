@@ -22,6 +22,7 @@ async fn the_timeline_shows_steps_outcomes_evidence_refusals_and_the_final_statu
             cooldown_ms: None,
             interactive: false,
             approval: None,
+            trace_id: None,
         },
         RecordBody::StepStarted {
             step: 1,

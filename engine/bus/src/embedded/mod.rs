@@ -604,6 +604,7 @@ mod tests {
             time: jiff::Timestamp::UNIX_EPOCH,
             namespace: None,
             fingerprint: None,
+            traceparent: None,
             data: serde_json::Value::Null,
         }
     }

@@ -39,6 +39,7 @@ pub fn event(id: &str) -> Event {
         time: "2026-11-26T22:03:25.277Z".parse().unwrap(),
         namespace: Some("team-a".into()),
         fingerprint: Some(format!("fp-{id}")),
+        traceparent: None,
         data: json!({"labels": {"alertname": "ModelErrorRateHigh", "n": id}}),
     }
 }

@@ -301,6 +301,7 @@ async fn an_interactive_run_left_unfinished_is_abandoned_not_resumed() {
                 lock_key: None,
                 cooldown_ms: None,
                 interactive: true,
+                trace_id: None,
             },
         ))
         .await

@@ -180,6 +180,7 @@ pub fn alert(id: &str, status: &str, fingerprint: &str, labels: Value) -> Arc<Ev
         time: jiff::Timestamp::now(),
         namespace: Some("shop".into()),
         fingerprint: Some(fingerprint.into()),
+        traceparent: None,
         data: json!({"status": status, "labels": labels, "annotations": {}}),
     })
 }

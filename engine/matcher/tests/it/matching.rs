@@ -184,6 +184,7 @@ fn k8s_events_match_on_data_fields_and_labels() {
         time: jiff::Timestamp::UNIX_EPOCH,
         namespace: Some("ml-serving".into()),
         fingerprint: None,
+        traceparent: None,
         data: json!({"reason": "BackOff", "pod": "fraud-1", "labels": {"app": "fraud"}}),
     };
     let m = set.matches(&event).remove(0).unwrap();

@@ -58,6 +58,7 @@ pub fn event() -> Event {
         time: jiff::Timestamp::UNIX_EPOCH,
         namespace: Some("shop".into()),
         fingerprint: Some("f00d".into()),
+        traceparent: None,
         data: json!({"labels": {"alertname": "HighLatency", "namespace": "shop"},
                      "annotations": {"summary": "p99 above 2s"}}),
     }

@@ -62,6 +62,18 @@ pub fn verify_slack(
     ring::hmac::verify(&key, &signed, &tag).map_err(|_| "X-Slack-Signature does not match")
 }
 
+/// The HTTP client chat calls go out on (Slack and Mattermost APIs, response URLs), made on
+/// first use: an engine without chat never builds it.
+pub fn http_client() -> &'static reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .expect("an HTTP client")
+    })
+}
+
 /// firebreak's key for the contexts of its Mattermost buttons.
 pub struct ActionKey(ring::hmac::Key);
 
@@ -148,7 +160,6 @@ struct ChatState {
     bus: Arc<dyn Bus>,
     key: Arc<ActionKey>,
     follow_ups: crate::notify::FollowUps,
-    http: reqwest::Client,
     secret: Option<Arc<[u8]>>,
     mattermost_token: Option<Arc<str>>,
     validate: firebreak_ingest::ValidateTrigger,
@@ -174,10 +185,6 @@ pub fn router(
             bus,
             key,
             follow_ups,
-            http: reqwest::Client::builder()
-                .timeout(std::time::Duration::from_secs(10))
-                .build()
-                .expect("an HTTP client"),
             secret: slack_signing_secret.map(|s| Arc::from(s.as_bytes())),
             mattermost_token: mattermost_token.map(Arc::from),
         })
@@ -331,7 +338,7 @@ async fn slack_interaction(
         } else {
             json!({"response_type": "ephemeral", "replace_original": false, "text": text})
         };
-        let (http, url) = (st.http.clone(), url.to_owned());
+        let (http, url) = (http_client(), url.to_owned());
         tokio::spawn(async move {
             if let Err(e) = http.post(&url).json(&reply).send().await {
                 tracing::warn!(error = %e, "slack interaction reply not sent");

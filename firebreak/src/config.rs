@@ -350,6 +350,14 @@ pub struct ChatConfig {
 }
 
 impl Config {
+    /// Whether any chat is configured: slash commands (their follow-ups) or a bot to post with.
+    pub fn chat_enabled(&self) -> bool {
+        self.auth.slack_signing_secret.is_some()
+            || self.auth.mattermost_token.is_some()
+            || self.chat.slack_bot_token.is_some()
+            || self.chat.mattermost_bot_token.is_some()
+    }
+
     /// Why `serve` must not listen where it is configured to, if it must not: beyond loopback,
     /// anyone who reaches the port could post alerts and start runbooks unless both the
     /// webhook and the triggers are authenticated (Redis' protected mode, for the same reason).

@@ -75,7 +75,6 @@ struct RunNote {
 }
 
 pub struct Notifier {
-    http: reqwest::Client,
     slack: Option<Api>,
     mattermost: Option<Api>,
     /// Base URL Mattermost posts button clicks to.
@@ -112,10 +111,6 @@ impl Notifier {
             _ => None,
         };
         Notifier {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .expect("an HTTP client"),
             slack,
             mattermost,
             public_url: cfg
@@ -437,7 +432,12 @@ impl Notifier {
             f.url.clone()
         };
         let body = json!({"response_type": "ephemeral", "replace_original": false, "text": text});
-        match self.http.post(&url).json(&body).send().await {
+        match crate::chat::http_client()
+            .post(&url)
+            .json(&body)
+            .send()
+            .await
+        {
             Ok(r) if r.status().is_success() => {}
             Ok(r) => warn!(run_id = %run, status = %r.status(), "slash command follow-up refused"),
             Err(e) => warn!(run_id = %run, error = %e, "slash command follow-up not sent"),
@@ -462,8 +462,7 @@ impl Notifier {
     /// error naming Slack's reason.
     async fn slack_call(&self, api: &Api, method: &str, body: &Value) -> Result<Value, String> {
         for _ in 0..3 {
-            let resp = self
-                .http
+            let resp = crate::chat::http_client()
                 .post(format!("{}/{method}", api.base))
                 .bearer_auth(&api.token)
                 .json(body)
@@ -499,8 +498,7 @@ impl Notifier {
         body: &Value,
     ) -> Result<Value, String> {
         for _ in 0..3 {
-            let resp = self
-                .http
+            let resp = crate::chat::http_client()
                 .request(method.clone(), format!("{}{path}", api.base))
                 .bearer_auth(&api.token)
                 .json(body)

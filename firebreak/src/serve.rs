@@ -320,14 +320,18 @@ impl Engine {
             .await
             .with_context(|| format!("binding {}", cfg.listen))?;
         let addr = listener.local_addr()?;
-        let notifier = crate::notify::Notifier::new(
-            cfg,
-            addr,
-            dispatcher.clone(),
-            action_key.clone(),
-            follow_ups.clone(),
-        );
-        tokio::spawn(notifier.follow(journal.subscribe(), shutdown.clone()));
+        // Only with chat configured: otherwise nothing follows the journal (and no record is
+        // copied for a follower).
+        if cfg.chat_enabled() {
+            let notifier = crate::notify::Notifier::new(
+                cfg,
+                addr,
+                dispatcher.clone(),
+                action_key.clone(),
+                follow_ups.clone(),
+            );
+            tokio::spawn(notifier.follow(journal.subscribe(), shutdown.clone()));
+        }
         let http = {
             let shutdown = shutdown.clone();
             tokio::spawn(async move {

@@ -140,14 +140,11 @@ async fn show(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let viewer = match viewer(&state, &headers) {
-        Ok(viewer) => viewer,
+    let run = match run_for(&state, &headers, &id) {
+        Ok(run) => run,
         Err(response) => return *response,
     };
     let journal = &state.dispatcher.journal;
-    let Some(run) = visible_run(&state, &viewer, &id) else {
-        return error(StatusCode::NOT_FOUND, format!("no run {id}"));
-    };
     match journal.records_for_run(&id) {
         Ok(records) => Json(json!({"run": run, "records": records})).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -314,6 +311,18 @@ async fn approvals(State(state): State<ApiState>, headers: HeaderMap) -> Respons
     Json(json!({ "approvals": pending })).into_response()
 }
 
+/// The run `id` as the caller may see it; the answer to give otherwise (401, or 404 for a run
+/// that is not theirs).
+fn run_for(
+    state: &ApiState,
+    headers: &HeaderMap,
+    id: &str,
+) -> Result<firebreak_audit::RunSummary, Box<Response>> {
+    let viewer = viewer(state, headers)?;
+    visible_run(state, &viewer, id)
+        .ok_or_else(|| Box::new(error(StatusCode::NOT_FOUND, format!("no run {id}"))))
+}
+
 /// The run `id` if `viewer` may see it. Another team's run is answered like a missing one:
 /// its existence is theirs too.
 fn visible_run(state: &ApiState, viewer: &Viewer, id: &str) -> Option<firebreak_audit::RunSummary> {
@@ -334,12 +343,8 @@ async fn events(
     Path(id): Path<String>,
 ) -> Response {
     use axum::response::sse::{Event, KeepAlive, Sse};
-    let viewer = match viewer(&state, &headers) {
-        Ok(viewer) => viewer,
-        Err(response) => return *response,
-    };
-    if visible_run(&state, &viewer, &id).is_none() {
-        return error(StatusCode::NOT_FOUND, format!("no run {id}"));
+    if let Err(response) = run_for(&state, &headers, &id) {
+        return *response;
     }
     let journal = state.dispatcher.journal.clone();
     // Subscribed before reading, so nothing falls between the two.
@@ -400,12 +405,8 @@ async fn export(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let viewer = match viewer(&state, &headers) {
-        Ok(viewer) => viewer,
-        Err(response) => return *response,
-    };
-    if visible_run(&state, &viewer, &id).is_none() {
-        return error(StatusCode::NOT_FOUND, format!("no run {id}"));
+    if let Err(response) = run_for(&state, &headers, &id) {
+        return *response;
     }
     match state.dispatcher.journal.records_for_run(&id) {
         Ok(records) => {

@@ -160,17 +160,7 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
 /// Scenario 1 in `work`.
 async fn scenario1(args: &DemoArgs, work: &Path) -> Result<()> {
     heading("1. a simulated cluster: ml-serving/fraud-model, v1 then v2");
-    let sim = kubesim::Sim::start(kubesim::SimConfig {
-        controllers: kubesim::ControllerConfig {
-            pod_ready_delay: Duration::from_millis(400),
-            ..Default::default()
-        },
-        ..Default::default()
-    })
-    .await
-    .context("starting kubesim")?;
-    let kubeconfig = work.join("kubeconfig");
-    sim.write_kubeconfig(&kubeconfig)?;
+    let (sim, kubeconfig) = start_sim(work, Duration::from_millis(400)).await?;
     sim.apply_yaml(FRAUD_MODEL)
         .context("deploying fraud-model v1")?;
     let client = firebreak_kubernetes::client::for_url(&sim.url())?;
@@ -266,6 +256,26 @@ async fn scenario1(args: &DemoArgs, work: &Path) -> Result<()> {
         bail!("the run did not succeed: {:?}", run.status);
     }
     Ok(())
+}
+
+/// kubesim in process with pods ready after `ready_delay`, and its kubeconfig in `work`.
+pub(crate) async fn start_sim(
+    work: &Path,
+    ready_delay: Duration,
+) -> Result<(kubesim::SimHandle, PathBuf)> {
+    let sim = kubesim::Sim::start(kubesim::SimConfig {
+        controllers: kubesim::ControllerConfig {
+            pod_ready_delay: ready_delay,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await
+    .context("starting kubesim")?;
+    std::fs::create_dir_all(work)?;
+    let kubeconfig = work.join("kubeconfig");
+    sim.write_kubeconfig(&kubeconfig)?;
+    Ok((sim, kubeconfig))
 }
 
 /// Verifies the demo's journal and says so.

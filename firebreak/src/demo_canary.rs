@@ -169,17 +169,7 @@ pub(crate) fn free_port() -> Result<u16> {
 
 pub async fn scenario2(work: &Path) -> Result<()> {
     heading("1. a simulated cluster: recommender v1 (primary) and a v2 canary at 10% of 200 req/s");
-    let sim = kubesim::Sim::start(kubesim::SimConfig {
-        controllers: kubesim::ControllerConfig {
-            pod_ready_delay: Duration::from_millis(300),
-            ..Default::default()
-        },
-        ..Default::default()
-    })
-    .await
-    .context("starting kubesim")?;
-    let kubeconfig = work.join("kubeconfig");
-    sim.write_kubeconfig(&kubeconfig)?;
+    let (sim, kubeconfig) = crate::demo::start_sim(work, Duration::from_millis(300)).await?;
     sim.apply_yaml(RECOMMENDER)
         .context("deploying recommender")?;
     println!("   HTTPRoute ml-serving/recommender: {PRIMARY} 90, {CANARY} 10");

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use axum::body::Bytes;
 use axum::extract::{Path as UrlPath, State};
 use firebreak_audit::RunStatus;
@@ -183,18 +183,7 @@ impl Chat {
 
 pub async fn scenario3(work: &Path) -> Result<()> {
     heading("1. a simulated cluster: three teams, each with its model behind a Service");
-    let sim = kubesim::Sim::start(kubesim::SimConfig {
-        controllers: kubesim::ControllerConfig {
-            pod_ready_delay: Duration::from_millis(300),
-            ..Default::default()
-        },
-        ..Default::default()
-    })
-    .await
-    .context("starting kubesim")?;
-    let kubeconfig = work.join("kubeconfig");
-    std::fs::create_dir_all(work)?;
-    sim.write_kubeconfig(&kubeconfig)?;
+    let (sim, kubeconfig) = crate::demo::start_sim(work, Duration::from_millis(300)).await?;
     for team in ["team-a", "team-b", "team-c"] {
         sim.apply_yaml(&model(team, "v1"))?;
     }

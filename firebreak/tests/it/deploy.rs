@@ -84,6 +84,19 @@ async fn render(cluster: &Cluster, overlay: &str) -> (std::path::PathBuf, Vec<Va
     (file, objects)
 }
 
+/// kubesim with the namespaces the manifests name.
+async fn cluster_with_namespaces() -> Cluster {
+    let cluster = Cluster::start(kubesim::ControllerConfig::default()).await;
+    cluster
+        .sim
+        .apply_yaml(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: firebreak}\n---\n\
+             apiVersion: v1\nkind: Namespace\nmetadata: {name: ml-serving}\n",
+        )
+        .unwrap();
+    cluster
+}
+
 fn find<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
     objects
         .iter()
@@ -93,14 +106,7 @@ fn find<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn both_overlays_render_and_apply_to_a_cluster() {
-    let cluster = Cluster::start(kubesim::ControllerConfig::default()).await;
-    cluster
-        .sim
-        .apply_yaml(
-            "apiVersion: v1\nkind: Namespace\nmetadata: {name: firebreak}\n---\n\
-             apiVersion: v1\nkind: Namespace\nmetadata: {name: ml-serving}\n",
-        )
-        .unwrap();
+    let cluster = cluster_with_namespaces().await;
     for (overlay, replicas) in [("single", 1), ("jetstream", 3)] {
         let (file, objects) = render(&cluster, overlay).await;
         let applied = cluster
@@ -215,14 +221,7 @@ async fn can_i(cluster: &Cluster, args: &[&str]) -> bool {
 /// nothing around it, as `kubectl auth can-i --as=…` reads kubesim's RBAC objects.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_service_account_may_do_what_the_runbooks_need_and_no_more() {
-    let cluster = Cluster::start(kubesim::ControllerConfig::default()).await;
-    cluster
-        .sim
-        .apply_yaml(
-            "apiVersion: v1\nkind: Namespace\nmetadata: {name: firebreak}\n---\n\
-             apiVersion: v1\nkind: Namespace\nmetadata: {name: ml-serving}\n",
-        )
-        .unwrap();
+    let cluster = cluster_with_namespaces().await;
     let (file, objects) = render(&cluster, "single").await;
     cluster
         .kubectl(&["apply", "-f", file.to_str().unwrap()])

@@ -62,7 +62,7 @@ pub fn engine_guard(runbooks: Arc<Runbooks>) -> Guard {
                 }
             }
         }
-        let Some(caps) = teams.blast_radius else {
+        let Some(caps) = teams.blast_radius.filter(|_| !q.preview) else {
             return Ok(());
         };
         let mut recent = recent.lock().expect("blast radius lock");
@@ -117,6 +117,7 @@ mod tests {
             namespace: Some("ml-serving"),
             approved,
             intent,
+            preview: false,
         }
     }
 

@@ -21,6 +21,9 @@ pub struct MutationQuery<'a> {
     pub approved: bool,
     /// What the action resolved to do (the connector's intent).
     pub intent: &'a serde_json::Value,
+    /// Asked before the approval request, as if it will be approved: refuse now what no
+    /// approval could allow, and count nothing.
+    pub preview: bool,
 }
 
 /// `Err(reason)` refuses the mutation.
@@ -33,6 +36,7 @@ impl RunContext {
         action: &str,
         namespace: Option<&str>,
         intent: &serde_json::Value,
+        preview: bool,
     ) -> Option<String> {
         let guard = self.guard.as_ref().filter(|_| !self.dry_run)?;
         guard(&MutationQuery {
@@ -41,8 +45,9 @@ impl RunContext {
             team: &self.meta.team,
             action,
             namespace,
-            approved: self.approved(),
+            approved: preview || self.approved(),
             intent,
+            preview,
         })
         .err()
     }

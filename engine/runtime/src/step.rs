@@ -997,7 +997,13 @@ pub(crate) fn run_mutation(
             let started = Instant::now();
             match plan(&cx, step) {
                 Ok(intent) => {
-                    if cx.needs_approval() {
+                    // What no approval could allow is refused before anyone is asked.
+                    let needs_approval = cx.needs_approval();
+                    let refusal = match needs_approval {
+                        true => cx.guard_refusal(name, namespace.as_deref(), &intent, true),
+                        false => None,
+                    };
+                    if refusal.is_none() && needs_approval {
                         let plan = serde_json::json!({
                             "action": name,
                             "inputs": inputs.clone(),
@@ -1006,7 +1012,9 @@ pub(crate) fn run_mutation(
                         });
                         cx.await_approval(Some(step), name, None, plan)?;
                     }
-                    if let Some(reason) = cx.guard_refusal(name, namespace.as_deref(), &intent) {
+                    let refusal = refusal
+                        .or_else(|| cx.guard_refusal(name, namespace.as_deref(), &intent, false));
+                    if let Some(reason) = refusal {
                         warn!(run_id = %cx.meta.run_id, action = %name, reason = %reason, "action refused by a guard rail");
                         crate::guard::count_refusal(&reason);
                         let mut refused = LeafResult::failed("denied", reason.clone());

@@ -47,9 +47,14 @@ log(`rolled back: ${undo.rolled_back}`);\n";
 const WAIT: Duration = Duration::from_secs(60);
 
 async fn engine(cluster: &Cluster, expires: &str) -> (tempfile::TempDir, Serve) {
+    engine_with(cluster, expires, "").await
+}
+
+/// As [`engine`], with `extra` appended to the teams file.
+async fn engine_with(cluster: &Cluster, expires: &str, extra: &str) -> (tempfile::TempDir, Serve) {
     let tmp = tempfile::tempdir().unwrap();
     let teams = tmp.path().join("teams.yaml");
-    std::fs::write(&teams, TEAMS).unwrap();
+    std::fs::write(&teams, format!("{TEAMS}{extra}")).unwrap();
     let dir = tmp.path().join("runbooks");
     write_runbooks(
         &dir,
@@ -361,5 +366,55 @@ async fn an_unanswered_request_expires_and_nothing_runs() {
     );
     let (status, body) = decide(&serve, &run, "approve", "sam-token-0004", json!({})).await;
     assert_eq!(status, 409, "too late: {body}");
+    assert_eq!(cluster.fraud_model_revisions().await, vec![1, 2]);
+}
+
+/// In a freeze, a runbook not allowed to act during freezes is refused before anyone is asked
+/// to approve it: no approval could let it act.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_freeze_refuses_before_asking_for_approval() {
+    let cluster = Cluster::start(kubesim::ControllerConfig::default()).await;
+    fraud_model_at_v2(&cluster).await;
+    let now = jiff::Timestamp::now();
+    let freeze = format!(
+        "freezes:\n  - {{ name: model-freeze, from: {}, until: {}, namespaces: [ml-serving] }}\n",
+        now - jiff::SignedDuration::from_secs(60),
+        now + jiff::SignedDuration::from_secs(3600)
+    );
+    let (_tmp, serve) = engine_with(&cluster, "5m", &freeze).await;
+    let trigger = json!({"runbook": "gated-rollback",
+                         "params": {"namespace": "ml-serving", "deployment": "fraud-model"}});
+    let (status, body) = serve
+        .post("/v1/trigger", Some("ann-token-0001"), trigger.to_string())
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let journal = serve
+        .wait_journal("the frozen run to end", WAIT, |j| {
+            j.finished("gated-rollback").len() == 1
+        })
+        .await;
+    let run = &journal.finished("gated-rollback")[0];
+    assert_eq!(run.status(), Some("failed"));
+    let kinds: Vec<&str> = run
+        .records
+        .iter()
+        .map(|r| r["body"]["type"].as_str().unwrap())
+        .collect();
+    assert!(
+        !kinds.contains(&"approval_requested"),
+        "nobody was asked: {kinds:?}"
+    );
+    let refusal = run
+        .records
+        .iter()
+        .find(|r| r["body"]["type"] == "refusal")
+        .unwrap();
+    assert!(
+        refusal["body"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("freeze window \"model-freeze\""),
+        "{refusal}"
+    );
     assert_eq!(cluster.fraud_model_revisions().await, vec![1, 2]);
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 use firebreak_audit::{AuditMirror, Journal, Record};
 use firebreak_bus::{
-    AuditMessage, Bus, EmbeddedBus, FileStateStore, NatsBus, NatsOptions, StateStore,
+    AuditMessage, Bus, DeferredNats, EmbeddedBus, FileStateStore, NatsOptions, StateStore,
 };
 use firebreak_connector::plugin::{BuildContext, Plugin, Shared};
 use firebreak_connector::{ProgressSink, Registry};
@@ -211,17 +211,20 @@ impl Engine {
             .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
         let metrics = metrics_handle();
 
+        let shutdown = CancellationToken::new();
+        // With NATS unreachable the engine still starts: not ready (503) until it connects.
+        let mut deferred = None;
         let (bus, state): (Arc<dyn Bus>, Arc<dyn StateStore>) = match &cfg.nats {
             Some(nats) => {
                 let opts = NatsOptions {
                     security: nats.security()?,
                     ..NatsOptions::default()
                 };
-                let bus = NatsBus::connect(&nats.url, opts)
+                let nats_bus = DeferredNats::connect(&nats.url, opts, shutdown.clone())
                     .await
                     .with_context(|| format!("connecting to NATS at {}", nats.url))?;
-                let state = bus.state_store().await.context("opening NATS KV buckets")?;
-                (Arc::new(bus), Arc::new(state))
+                deferred = Some(nats_bus.clone());
+                (nats_bus.clone(), nats_bus)
             }
             None => {
                 let bus = EmbeddedBus::open(cfg.data_dir.join("bus"))
@@ -263,7 +266,6 @@ impl Engine {
         );
         info!(runbooks = runbooks.current().set.len(), dir = %cfg.runbooks.display(), "runbooks loaded");
 
-        let shutdown = CancellationToken::new();
         let dispatcher = Arc::new(Dispatcher::new(
             bus.clone(),
             state,
@@ -273,9 +275,24 @@ impl Engine {
             progress,
             shutdown.clone(),
         ));
-        let resumed = dispatcher.resume_unfinished().await;
-        if resumed > 0 {
-            info!(resumed, "resumed runs a previous engine left unfinished");
+        match deferred.filter(|d| !d.is_connected()) {
+            None => {
+                let resumed = dispatcher.resume_unfinished().await;
+                if resumed > 0 {
+                    info!(resumed, "resumed runs a previous engine left unfinished");
+                }
+            }
+            // Resuming takes locks in NATS: once it is there.
+            Some(nats) => {
+                let dispatcher = dispatcher.clone();
+                tokio::spawn(async move {
+                    nats.connected().await;
+                    let resumed = dispatcher.resume_unfinished().await;
+                    if resumed > 0 {
+                        info!(resumed, "resumed runs a previous engine left unfinished");
+                    }
+                });
+            }
         }
 
         let background = TaskTracker::new();

@@ -21,6 +21,7 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
+pub mod deferred;
 pub mod embedded;
 mod error;
 mod log;
@@ -30,6 +31,7 @@ mod state;
 #[cfg(feature = "test-util")]
 pub mod testutil;
 
+pub use deferred::DeferredNats;
 pub use embedded::{EmbeddedBus, EmbeddedOptions, FileStateStore};
 pub use error::{BusError, BusErrorKind};
 pub use nats::{NatsBus, NatsOptions, NatsStateStore};

@@ -302,3 +302,55 @@ async fn audit_stream_lines(js: &async_nats::jetstream::Context) -> Vec<Vec<u8>>
     }
     lines
 }
+
+/// `serve` starts while NATS is unreachable: it is not ready (`/readyz` 503) and answers
+/// alerts 503 so Alertmanager retries, then takes work once nats-server comes up.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_starts_without_nats_and_takes_work_once_it_connects() {
+    let mut nats = NatsServer::start().expect("nats-server -js");
+    let url = nats.url();
+    nats.kill();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("runbooks");
+    write_runbooks(
+        &dir,
+        &[
+            (
+                "tick.yaml",
+                "name: tick\nteam: sre\ndescription: d\nnamespaces: [shop]\n\
+                 triggers:\n  - source: alertmanager\n    match: ['alertname=\"Tick\"']\n",
+            ),
+            ("tick.rhai", "log(\"tick\");\n"),
+        ],
+    );
+    let serve = Serve::start(
+        &dir,
+        ServeOpts {
+            env: vec![("FIREBREAK_NATS_URL", url)],
+            ..ServeOpts::default()
+        },
+    )
+    .await;
+    let (status, _) = serve.get("/readyz", None).await;
+    assert_eq!(status, 503, "not ready without NATS");
+    let (status, body) = serve.post("/v1/alertmanager", None, alert(1)).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "bus_unavailable", "{body}");
+
+    nats.restart().expect("nats-server comes up");
+    wait_for(
+        "serve to connect",
+        Duration::from_secs(30),
+        || serve.log_tail(),
+        || async { (serve.get("/readyz", None).await.0 == 200).then_some(()) },
+    )
+    .await;
+    let (status, body) = serve.post("/v1/alertmanager", None, alert(2)).await;
+    assert_eq!(status, 202, "{body}");
+    let journal = serve
+        .wait_journal("the run", Duration::from_secs(30), |j| {
+            j.finished("tick").len() == 1
+        })
+        .await;
+    assert_eq!(journal.finished("tick")[0].status(), Some("succeeded"));
+}

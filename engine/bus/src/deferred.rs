@@ -1,0 +1,222 @@
+//! A NATS bus that connects in the background: `serve` starts while NATS is unreachable, says
+//! it is not ready (`/readyz` 503, alerts and triggers 503 `bus_unavailable` so senders retry)
+//! and takes work once it connects. Start at [`DeferredNats::connect`].
+//!
+//! Until connected, every call answers [`BusError::NotConnected`], except
+//! [`Bus::consume`], which waits for the connection. A refused login or a failed TLS handshake
+//! is not retried: the engine's start fails with it, as before.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use firebreak_event::Event;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use jiff::Timestamp;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{
+    AuditMessage, Bus, BusError, Delivery, NatsBus, NatsOptions, NatsStateStore, RunRecord,
+    StateStore,
+};
+
+/// How long between connection attempts.
+pub const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+/// The bus and its state store once NATS answered.
+pub struct DeferredNats {
+    url: String,
+    inner: OnceLock<(NatsBus, NatsStateStore)>,
+    connected: Notify,
+}
+
+impl DeferredNats {
+    /// Connects to `url`: at once if NATS answers (`Ok` connected), else in the background until
+    /// it does or `shutdown`. A refused login or TLS failure is an error now.
+    pub async fn connect(
+        url: &str,
+        opts: NatsOptions,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<DeferredNats>, BusError> {
+        let deferred = Arc::new(DeferredNats {
+            url: url.to_owned(),
+            inner: OnceLock::new(),
+            connected: Notify::new(),
+        });
+        match open(url, opts.clone()).await {
+            Ok(both) => {
+                deferred.set(both);
+                return Ok(deferred);
+            }
+            Err(e @ (BusError::Unauthorized { .. } | BusError::Tls { .. })) => return Err(e),
+            Err(e) => {
+                warn!(url, error = %e, "nats is unreachable: serving 503 until it connects");
+            }
+        }
+        let retrying = deferred.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(RETRY_EVERY) => {}
+                }
+                match open(&retrying.url, opts.clone()).await {
+                    Ok(both) => {
+                        info!(url = %retrying.url, "nats reachable: taking work");
+                        retrying.set(both);
+                        return;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "nats still unreachable"),
+                }
+            }
+        });
+        Ok(deferred)
+    }
+
+    fn set(&self, both: (NatsBus, NatsStateStore)) {
+        let _ = self.inner.set(both);
+        self.connected.notify_waiters();
+    }
+
+    /// Whether NATS answered.
+    pub fn is_connected(&self) -> bool {
+        self.inner.get().is_some()
+    }
+
+    /// Waits until NATS answered.
+    pub async fn connected(&self) {
+        loop {
+            let notified = self.connected.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_connected() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn bus(&self) -> Result<&NatsBus, BusError> {
+        self.inner
+            .get()
+            .map(|(b, _)| b)
+            .ok_or_else(|| self.not_connected())
+    }
+
+    fn state(&self) -> Result<&NatsStateStore, BusError> {
+        self.inner
+            .get()
+            .map(|(_, s)| s)
+            .ok_or_else(|| self.not_connected())
+    }
+
+    fn not_connected(&self) -> BusError {
+        BusError::NotConnected {
+            url: self.url.clone(),
+        }
+    }
+}
+
+async fn open(url: &str, opts: NatsOptions) -> Result<(NatsBus, NatsStateStore), BusError> {
+    let bus = NatsBus::connect(url, opts).await?;
+    let state = bus.state_store().await?;
+    Ok((bus, state))
+}
+
+/// A call on the connected part, or `NotConnected` now.
+macro_rules! forward {
+    ($self:ident . $part:ident () . $call:ident ( $($arg:expr),* )) => {
+        match $self.$part() {
+            Ok(inner) => inner.$call($($arg),*),
+            Err(e) => Box::pin(async move { Err(e) }),
+        }
+    };
+}
+
+impl Bus for DeferredNats {
+    fn publish(&self, events: Vec<Event>) -> BoxFuture<'_, Result<(), BusError>> {
+        forward!(self.bus().publish(events))
+    }
+
+    fn consume(
+        &self,
+    ) -> BoxFuture<'_, Result<BoxStream<'static, Result<Delivery, BusError>>, BusError>> {
+        Box::pin(async move {
+            self.connected().await;
+            self.bus()?.consume().await
+        })
+    }
+
+    fn publish_audit(&self, records: Vec<AuditMessage>) -> BoxFuture<'_, Result<(), BusError>> {
+        forward!(self.bus().publish_audit(records))
+    }
+
+    fn ready(&self) -> bool {
+        self.bus().is_ok_and(Bus::ready)
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        match self.bus() {
+            Ok(bus) => bus.close(),
+            Err(_) => Box::pin(async {}),
+        }
+    }
+}
+
+impl StateStore for DeferredNats {
+    fn try_lock(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<bool, BusError>> {
+        forward!(self.state().try_lock(key, owner, ttl))
+    }
+
+    fn refresh_lock(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<bool, BusError>> {
+        forward!(self.state().refresh_lock(key, owner, ttl))
+    }
+
+    fn unlock(&self, key: &str, owner: &str) -> BoxFuture<'_, Result<bool, BusError>> {
+        forward!(self.state().unlock(key, owner))
+    }
+
+    fn lock_holder(&self, key: &str) -> BoxFuture<'_, Result<Option<String>, BusError>> {
+        forward!(self.state().lock_holder(key))
+    }
+
+    fn set_cooldown(&self, key: &str, until: Timestamp) -> BoxFuture<'_, Result<(), BusError>> {
+        forward!(self.state().set_cooldown(key, until))
+    }
+
+    fn cooldown(&self, key: &str) -> BoxFuture<'_, Result<Option<Timestamp>, BusError>> {
+        forward!(self.state().cooldown(key))
+    }
+
+    fn record_run(&self, key: &str, at: Timestamp) -> BoxFuture<'_, Result<(), BusError>> {
+        forward!(self.state().record_run(key, at))
+    }
+
+    fn runs_since(&self, key: &str, since: Timestamp) -> BoxFuture<'_, Result<u32, BusError>> {
+        forward!(self.state().runs_since(key, since))
+    }
+
+    fn put_run(&self, run_id: &str, record: RunRecord) -> BoxFuture<'_, Result<(), BusError>> {
+        forward!(self.state().put_run(run_id, record))
+    }
+
+    fn get_run(&self, run_id: &str) -> BoxFuture<'_, Result<Option<RunRecord>, BusError>> {
+        forward!(self.state().get_run(run_id))
+    }
+
+    fn list_runs_unfinished(&self) -> BoxFuture<'_, Result<Vec<(String, RunRecord)>, BusError>> {
+        forward!(self.state().list_runs_unfinished())
+    }
+}

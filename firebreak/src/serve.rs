@@ -275,6 +275,7 @@ impl Engine {
             progress,
             shutdown.clone(),
         ));
+        let nats = deferred.clone();
         match deferred.filter(|d| !d.is_connected()) {
             None => {
                 let resumed = dispatcher.resume_unfinished().await;
@@ -300,6 +301,9 @@ impl Engine {
         background.spawn(dispatcher.clone().summarize_refusals(shutdown.clone()));
         background.spawn(probe_journal(journal.clone(), shutdown.clone()));
         background.spawn(checkpoint_journal(journal.clone(), shutdown.clone()));
+        if let Some(nats) = nats {
+            background.spawn(sweep_buckets(nats, shutdown.clone()));
+        }
         let consumer = tokio::spawn(dispatcher.clone().run());
 
         let ingest = IngestState {
@@ -456,6 +460,26 @@ async fn probe_journal(journal: Arc<Journal>, shutdown: CancellationToken) {
                 warn!(path = %journal.path().display(), "audit journal cannot write; refusing work (503) until it can");
             }
             was_healthy = healthy;
+        }
+    }
+}
+
+/// How often the lock and cooldown buckets are swept of dead keys.
+const SWEEP_EVERY: Duration = Duration::from_secs(300);
+
+/// Sweeps released locks and ended cooldowns (tombstones included) out of the NATS buckets, so
+/// they do not grow with every incident ever handled. Every replica sweeps; a key swept twice
+/// is no harm.
+async fn sweep_buckets(nats: Arc<DeferredNats>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(SWEEP_EVERY) => {}
+        }
+        match nats.sweep(jiff::Timestamp::now()).await {
+            Ok(0) => {}
+            Ok(swept) => info!(swept, "swept dead locks and cooldowns from the NATS buckets"),
+            Err(e) => warn!(error = %e, "cannot sweep the NATS buckets; trying again later"),
         }
     }
 }

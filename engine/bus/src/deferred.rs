@@ -98,6 +98,15 @@ impl DeferredNats {
         }
     }
 
+    /// Housekeeping of the lock and cooldown buckets (see [`NatsStateStore::sweep`]); nothing
+    /// before NATS answered.
+    pub async fn sweep(&self, now: Timestamp) -> Result<u64, BusError> {
+        match self.inner.get() {
+            Some((_, state)) => state.sweep(now).await,
+            None => Ok(0),
+        }
+    }
+
     fn bus(&self) -> Result<&NatsBus, BusError> {
         self.inner
             .get()

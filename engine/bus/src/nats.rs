@@ -747,6 +747,58 @@ async fn kv_put_json<T: Serialize>(
     Ok(())
 }
 
+/// How long after its expiry a lock nobody released is swept away.
+pub const LOCK_GRACE: Duration = Duration::from_secs(3600);
+
+/// Purges every key of `store` whose last entry is a tombstone or whose value `live` says is
+/// dead, up to that entry.
+async fn sweep_bucket(store: &kv::Store, live: impl Fn(&[u8]) -> bool) -> Result<u64, BusError> {
+    use futures::TryStreamExt as _;
+    let unavailable = |what: &str, e: Cause| {
+        BusError::nats(
+            format!("sweep {}: {what}", store.name),
+            BusErrorKind::Unavailable,
+            e,
+        )
+    };
+    let mut subjects = store
+        .stream
+        .info_with_subjects(format!("{}>", store.prefix))
+        .await
+        .map_err(|e| unavailable("stream info", Box::new(e)))?;
+    let mut names = Vec::new();
+    while let Some((subject, _)) = subjects
+        .try_next()
+        .await
+        .map_err(|e| unavailable("subjects", Box::new(e)))?
+    {
+        names.push(subject);
+    }
+    let mut purged = 0;
+    for subject in names {
+        let Ok(last) = store
+            .stream
+            .direct_get_last_for_subject(subject.clone())
+            .await
+        else {
+            continue;
+        };
+        let tombstone = last.headers.get("KV-Operation").is_some();
+        if !tombstone && live(&last.payload) {
+            continue;
+        }
+        store
+            .stream
+            .purge()
+            .filter(subject)
+            .sequence(last.sequence + 1)
+            .await
+            .map_err(|e| unavailable("purge", Box::new(e)))?;
+        purged += 1;
+    }
+    Ok(purged)
+}
+
 impl NatsStateStore {
     /// Opens the four buckets, creating them if needed.
     pub async fn open(js: Context, opts: &NatsOptions) -> Result<NatsStateStore, BusError> {
@@ -886,6 +938,26 @@ impl NatsStateStore {
     }
 
     /// Deletes the lock at `key` if it is still at `revision`.
+    /// Housekeeping: removes what no longer means anything from the lock and cooldown
+    /// buckets, tombstones included (a deleted KV key leaves a marker that lives as long as the
+    /// bucket): released locks, locks that expired more than [`LOCK_GRACE`] ago, cooldowns
+    /// that ended. Each subject is purged only up to the entry read, so a write racing the sweep
+    /// survives. Returns how many keys were removed.
+    pub async fn sweep(&self, now: jiff::Timestamp) -> Result<u64, BusError> {
+        let now_ms = now.as_millisecond();
+        let grace_ms = i64::try_from(LOCK_GRACE.as_millis()).unwrap_or(i64::MAX);
+        let locks = sweep_bucket(&self.locks, |payload| {
+            serde_json::from_slice::<LockValue>(payload)
+                .is_ok_and(|lock| lock.expires_ms.saturating_add(grace_ms) > now_ms)
+        })
+        .await?;
+        let cooldowns = sweep_bucket(&self.cooldowns, |payload| {
+            serde_json::from_slice::<jiff::Timestamp>(payload).is_ok_and(|until| until > now)
+        })
+        .await?;
+        Ok(locks + cooldowns)
+    }
+
     async fn delete_lock(&self, key: &str, revision: Option<u64>) -> Result<bool, BusError> {
         match self.locks.delete_expect_revision(key, revision).await {
             Ok(()) => Ok(true),

@@ -341,3 +341,70 @@ async fn a_bad_message_is_handed_on_and_no_delivery_limit_drops_anything() {
     assert_eq!(last.event.id, "stubborn");
     last.ack().await.expect("ack");
 }
+
+/// Subjects (keys, tombstones included) held by the KV bucket `bucket`.
+async fn keys_stored(url: &str, bucket: &str) -> usize {
+    use futures::TryStreamExt as _;
+    let client = async_nats::connect(url).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let stream = js.get_stream(format!("KV_{bucket}")).await.expect("bucket");
+    let subjects: Vec<(String, usize)> = stream
+        .info_with_subjects(">")
+        .await
+        .expect("subjects")
+        .try_collect()
+        .await
+        .expect("subjects");
+    subjects.len()
+}
+
+/// Housekeeping: released locks and ended cooldowns go, tombstones included; what still means
+/// something stays, and a swept lock can be taken again.
+#[tokio::test]
+async fn the_sweep_removes_released_locks_and_ended_cooldowns_and_keeps_the_rest() {
+    let mut nats = Nats::new(ACK_WAIT);
+    let url = nats.server.url();
+    let bus = nats.connect().await;
+    let state = bus.state_store().await.expect("state store");
+    let now = jiff::Timestamp::now();
+    let minute = Duration::from_secs(60);
+    assert!(
+        state
+            .try_lock("rb/released", "run-1", minute)
+            .await
+            .unwrap()
+    );
+    assert!(state.unlock("rb/released", "run-1").await.unwrap());
+    assert!(state.try_lock("rb/held", "run-2", minute).await.unwrap());
+    state
+        .set_cooldown("rb/ended", now - jiff::SignedDuration::from_secs(1))
+        .await
+        .unwrap();
+    state
+        .set_cooldown("rb/running", now + jiff::SignedDuration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(
+        keys_stored(&url, "firebreak_locks").await,
+        2,
+        "a tombstone and a lock"
+    );
+    assert_eq!(keys_stored(&url, "firebreak_cooldowns").await, 2);
+
+    assert_eq!(state.sweep(now).await.unwrap(), 2);
+    assert_eq!(keys_stored(&url, "firebreak_locks").await, 1);
+    assert_eq!(keys_stored(&url, "firebreak_cooldowns").await, 1);
+    assert_eq!(
+        state.lock_holder("rb/held").await.unwrap().as_deref(),
+        Some("run-2")
+    );
+    assert!(state.cooldown("rb/running").await.unwrap().is_some());
+    assert!(
+        state
+            .try_lock("rb/released", "run-3", minute)
+            .await
+            .unwrap(),
+        "a swept lock is free"
+    );
+    assert_eq!(state.sweep(now).await.unwrap(), 0, "nothing left to sweep");
+}

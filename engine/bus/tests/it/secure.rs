@@ -417,15 +417,20 @@ async fn the_ingest_set_publishes_alertmanager_events_and_nothing_else() {
 /// The engine set is least privilege too: an engine replica cannot delete or purge the
 /// streams, nor reach another account's.
 #[tokio::test]
-async fn the_engine_set_cannot_delete_or_purge_streams() {
+async fn the_engine_set_cannot_delete_or_purge_streams_but_sweeps_its_buckets() {
     let server = accounts_server(None, "");
     let url = server.url();
-    NatsBus::connect(
+    let bus = NatsBus::connect(
         &url,
         secured(engine_user(ENGINE_PASSWORD), NatsTls::default(), ACK_WAIT),
     )
     .await
     .expect("engine connects and creates the streams");
+    // It may sweep its own lock and cooldown buckets, and nothing more.
+    let state = bus.state_store().await.expect("the buckets");
+    assert!(state.try_lock("rb/k", "run-1", ACK_WAIT).await.unwrap());
+    assert!(state.unlock("rb/k", "run-1").await.unwrap());
+    assert_eq!(state.sweep(jiff::Timestamp::now()).await.unwrap(), 1);
     let (js, _client, mut errors) = client_as(&url, "engine", ENGINE_PASSWORD).await;
     assert!(js.delete_stream("FIREBREAK_AUDIT").await.is_err());
     violation(&mut errors, "$JS.API.STREAM.DELETE.FIREBREAK_AUDIT").await;

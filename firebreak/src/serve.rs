@@ -478,7 +478,10 @@ async fn sweep_buckets(nats: Arc<DeferredNats>, shutdown: CancellationToken) {
         }
         match nats.sweep(jiff::Timestamp::now()).await {
             Ok(0) => {}
-            Ok(swept) => info!(swept, "swept dead locks and cooldowns from the NATS buckets"),
+            Ok(swept) => info!(
+                swept,
+                "swept dead locks and cooldowns from the NATS buckets"
+            ),
             Err(e) => warn!(error = %e, "cannot sweep the NATS buckets; trying again later"),
         }
     }

@@ -3,7 +3,8 @@
 //! Start at [`router`]: one fallback handler ([`handle`]) records the request, then
 //! [`route`] maps the path to discovery, OpenAPI, admin or a resource, and the `*_resource`
 //! functions below do get/list/create/update/patch/delete under the state lock. Watches are in
-//! `watch.rs`. Every answer is JSON (protobuf bodies get 415), errors are `Status` objects.
+//! `watch.rs`. Every answer is JSON; bodies may be JSON, YAML or protobuf (`protobuf.rs`); errors are
+//! `Status` objects.
 
 use std::collections::BTreeMap;
 
@@ -280,19 +281,9 @@ fn route(sim: &Sim, req: &Req) -> Response {
 /// `kubectl auth can-i`: a (Self)SubjectAccessReview answered from the RBAC objects (see
 /// `authz`); the caller is whoever `Impersonate-User` names, else the admin.
 fn access_review(sim: &Sim, req: &Req) -> Response {
-    let body = if req.content_type().contains("protobuf") {
-        match crate::authz::decode_protobuf(&req.body) {
-            Some(body) => body,
-            None => {
-                return ApiError::bad_request("cannot decode the protobuf access review")
-                    .into_response();
-            }
-        }
-    } else {
-        match decode_body(req) {
-            Ok(body) => body,
-            Err(e) => return e.into_response(),
-        }
+    let body = match decode_body(req) {
+        Ok(body) => body,
+        Err(e) => return e.into_response(),
     };
     let caller = req
         .headers
@@ -557,13 +548,16 @@ fn scale_of(obj: &Value) -> Value {
     })
 }
 
-/// Decodes a POST/PUT body (JSON or YAML; protobuf is refused).
+/// Decodes a POST/PUT body: JSON, YAML, or the protobuf kubectl's typed client sends.
 fn decode_body(req: &Req) -> Result<Value, ApiError> {
     let ct = req.content_type();
     if ct.contains("protobuf") {
-        return Err(ApiError::unsupported_media(
-            "application/json, application/yaml",
-        ));
+        return crate::protobuf::decode(&req.body).map_err(|e| match e {
+            crate::protobuf::DecodeError::Unsupported(_) => {
+                ApiError::new(415, "UnsupportedMediaType", e.to_string())
+            }
+            crate::protobuf::DecodeError::Malformed(_) => ApiError::bad_request(e.to_string()),
+        });
     }
     if ct.contains("yaml") {
         let text =

@@ -7,9 +7,8 @@
 //! without impersonation the caller is kubesim's admin and everything is allowed.
 //! `subjectaccessreviews` names the user and groups in its spec. Nothing is stored.
 //!
-//! kubectl 1.32+ sends these bodies as protobuf from its typed client (KUBESIM-NOTES §3): the
-//! few fields a review has are decoded by hand ([`decode_protobuf`]); the answer is JSON, which
-//! kubectl accepts.
+//! kubectl 1.32+ sends these bodies as protobuf from its typed client (KUBESIM-NOTES §3),
+//! decoded like any other body (`protobuf.rs`); the answer is JSON, which kubectl accepts.
 //!
 //! Evaluation follows Kubernetes' RBAC authorizer: the ClusterRoleBindings, then the
 //! RoleBindings of the request's namespace, whose subjects name the user (kind `User`), one of
@@ -213,159 +212,9 @@ pub fn review(store: &Store, mut body: Value, caller: Option<Subject>) -> Value 
     body
 }
 
-/// Reads protobuf varint at `*at`.
-fn varint(buf: &[u8], at: &mut usize) -> Option<u64> {
-    let mut value = 0u64;
-    for shift in (0..64).step_by(7) {
-        let byte = *buf.get(*at)?;
-        *at += 1;
-        value |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Some(value);
-        }
-    }
-    None
-}
-
-/// The fields of one protobuf message: (field number, bytes) for length-delimited ones (the
-/// only kind a review's fields are); other wire types are skipped.
-fn fields(buf: &[u8]) -> Option<Vec<(u64, &[u8])>> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at < buf.len() {
-        let key = varint(buf, &mut at)?;
-        match key & 7 {
-            0 => {
-                varint(buf, &mut at)?;
-            }
-            1 => at += 8,
-            5 => at += 4,
-            2 => {
-                let len = usize::try_from(varint(buf, &mut at)?).ok()?;
-                let end = at.checked_add(len)?;
-                out.push((key >> 3, buf.get(at..end)?));
-                at = end;
-            }
-            _ => return None,
-        }
-    }
-    Some(out)
-}
-
-fn strings(msg: &[u8], names: &[&str]) -> Option<Value> {
-    let mut obj = serde_json::Map::new();
-    for (n, bytes) in fields(msg)? {
-        if let Some(name) = usize::try_from(n).ok().and_then(|n| names.get(n - 1)) {
-            obj.insert(
-                (*name).to_owned(),
-                Value::String(String::from_utf8_lossy(bytes).into_owned()),
-            );
-        }
-    }
-    Some(Value::Object(obj))
-}
-
-/// A `k8s\0`-enveloped protobuf (Self)SubjectAccessReview as the JSON it stands for.
-pub fn decode_protobuf(body: &[u8]) -> Option<Value> {
-    let unknown = body.strip_prefix(b"k8s\0")?;
-    let mut kind = String::new();
-    let mut raw: &[u8] = &[];
-    for (n, bytes) in fields(unknown)? {
-        match n {
-            1 => {
-                let meta = strings(bytes, &["apiVersion", "kind"])?;
-                kind = meta["kind"].as_str().unwrap_or_default().to_owned();
-            }
-            2 => raw = bytes,
-            _ => {}
-        }
-    }
-    let mut spec = serde_json::Map::new();
-    let mut groups = Vec::new();
-    for (n, bytes) in fields(raw)? {
-        if n != 2 {
-            continue;
-        }
-        for (f, value) in fields(bytes)? {
-            match f {
-                1 => {
-                    spec.insert(
-                        "resourceAttributes".into(),
-                        strings(
-                            value,
-                            &[
-                                "namespace",
-                                "verb",
-                                "group",
-                                "version",
-                                "resource",
-                                "subresource",
-                                "name",
-                            ],
-                        )?,
-                    );
-                }
-                2 => {
-                    spec.insert(
-                        "nonResourceAttributes".into(),
-                        strings(value, &["path", "verb"])?,
-                    );
-                }
-                3 => {
-                    spec.insert(
-                        "user".into(),
-                        Value::String(String::from_utf8_lossy(value).into_owned()),
-                    );
-                }
-                4 => groups.push(Value::String(String::from_utf8_lossy(value).into_owned())),
-                _ => {}
-            }
-        }
-    }
-    if !groups.is_empty() {
-        spec.insert("groups".into(), Value::Array(groups));
-    }
-    Some(json!({"kind": kind, "apiVersion": "authorization.k8s.io/v1", "spec": spec}))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Encodes a length-delimited field, as protobuf does.
-    fn field(n: u64, bytes: &[u8]) -> Vec<u8> {
-        let mut out = vec![u8::try_from((n << 3) | 2).unwrap()];
-        out.push(u8::try_from(bytes.len()).unwrap());
-        out.extend_from_slice(bytes);
-        out
-    }
-
-    #[test]
-    fn a_protobuf_review_decodes_to_its_json() {
-        let attrs = [
-            field(1, b"ml-serving"),
-            field(2, b"patch"),
-            field(3, b"apps"),
-            field(5, b"deployments"),
-            field(6, b"scale"),
-        ]
-        .concat();
-        let spec = field(1, &attrs);
-        let review = [field(1, &[]), field(2, &spec)].concat();
-        let type_meta = [
-            field(1, b"authorization.k8s.io/v1"),
-            field(2, b"SelfSubjectAccessReview"),
-        ]
-        .concat();
-        let body = [b"k8s\0".to_vec(), field(1, &type_meta), field(2, &review)].concat();
-        let decoded = decode_protobuf(&body).unwrap();
-        assert_eq!(decoded["kind"], "SelfSubjectAccessReview");
-        assert_eq!(
-            decoded["spec"]["resourceAttributes"],
-            json!({"namespace": "ml-serving", "verb": "patch", "group": "apps",
-                   "resource": "deployments", "subresource": "scale"})
-        );
-    }
 
     #[test]
     fn rules_match_like_the_rbac_authorizer() {

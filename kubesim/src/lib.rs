@@ -22,6 +22,7 @@ pub mod kubeconfig;
 mod logs;
 mod openapi;
 pub mod patch;
+mod protobuf;
 pub mod resources;
 pub mod selectors;
 mod sim;

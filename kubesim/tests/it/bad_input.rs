@@ -242,12 +242,13 @@ async fn unsupported_bodies_and_paths_get_their_codes() {
         .apply_yaml("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n")
         .unwrap();
     let cases: Vec<(&str, String, &str, u16, &str)> = vec![
+        // `{}` is not an enveloped protobuf object.
         (
             "POST",
             CMS.into(),
             "application/vnd.kubernetes.protobuf",
-            415,
-            "UnsupportedMediaType",
+            400,
+            "BadRequest",
         ),
         (
             "PATCH",
@@ -297,4 +298,47 @@ async fn unsupported_bodies_and_paths_get_their_codes() {
             got.2
         );
     }
+}
+
+/// An enveloped protobuf body: `k8s\0`, then runtime.Unknown {typeMeta {apiVersion, kind}, raw}.
+fn protobuf_body(api_version: &str, kind: &str, raw: &[u8]) -> Vec<u8> {
+    fn field(n: u8, bytes: &[u8]) -> Vec<u8> {
+        let len = u8::try_from(bytes.len()).expect("short test fields");
+        [vec![(n << 3) | 2, len], bytes.to_vec()].concat()
+    }
+    let type_meta = [field(1, api_version.as_bytes()), field(2, kind.as_bytes())].concat();
+    [b"k8s\0".to_vec(), field(1, &type_meta), field(2, raw)].concat()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protobuf_bodies_kubesim_cannot_read_are_refused_and_nothing_is_stored() {
+    let k = Kube::start().await;
+    const PB: &str = "application/vnd.kubernetes.protobuf";
+    let meta = [vec![0x0a, 1], b"c".to_vec()].concat(); // ObjectMeta { name: "c" }
+    let cm = |raw: &[u8]| protobuf_body("v1", "ConfigMap", raw);
+    let cases: Vec<(Vec<u8>, u16, &str, &str)> = vec![
+        // A field number ConfigMap does not have: refused, not dropped.
+        (
+            cm(&[&[0x0a, 3][..], &meta, &[0xfa, 0x01, 1, b'x']].concat()),
+            400,
+            "BadRequest",
+            "field 31 of k8s.io.api.core.v1.ConfigMap is not known to kubesim",
+        ),
+        // Truncated.
+        (cm(&[0x0a, 9, 0x0a]), 400, "BadRequest", "truncated"),
+        // A kind kubesim has no schema for.
+        (
+            protobuf_body("example.com/v1", "Widget", &[]),
+            415,
+            "UnsupportedMediaType",
+            "kubesim cannot decode protobuf example.com/v1 Widget",
+        ),
+    ];
+    for (body, code, reason, message) in cases {
+        let got = fail(&k, "POST", CMS, PB, &body).await;
+        assert_eq!((got.0, got.1.as_str()), (code, reason), "{}", got.2);
+        assert!(got.2.contains(message), "{}", got.2);
+    }
+    let listed = k.kubectl(&["get", "configmaps", "-o", "name"]).await;
+    assert_eq!(listed.ok().trim(), "", "nothing was stored");
 }

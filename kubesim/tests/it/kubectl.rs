@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use serde_json::Value;
+
 use crate::harness::Kube;
 
 const WEB: &str = r#"
@@ -564,18 +566,180 @@ async fn invalid_objects_are_rejected_with_field_causes() {
     );
 }
 
+/// Whether every value `sent` sets is in `stored` (which also has the server's defaults).
+fn contains(stored: &Value, sent: &Value, at: &str, diffs: &mut Vec<String>) {
+    match (stored, sent) {
+        (Value::Object(stored), Value::Object(sent)) => {
+            for (k, v) in sent {
+                contains(
+                    stored.get(k).unwrap_or(&Value::Null),
+                    v,
+                    &format!("{at}.{k}"),
+                    diffs,
+                );
+            }
+        }
+        (Value::Array(stored), Value::Array(sent)) if stored.len() == sent.len() => {
+            for (i, (a, b)) in stored.iter().zip(sent).enumerate() {
+                contains(a, b, &format!("{at}[{i}]"), diffs);
+            }
+        }
+        // What Go's JSON writes for an unset time or an empty struct carries nothing.
+        (_, Value::Null) => {}
+        (_, Value::Object(sent)) if sent.is_empty() => {}
+        (stored, sent) if stored == sent => {}
+        (stored, sent) => diffs.push(format!("{at}: sent {sent}, stored {stored}")),
+    }
+}
+
+/// kubectl 1.32's imperative commands send protobuf (KUBESIM-NOTES §3). Each one creates what
+/// the same command prints with `--dry-run=client -o json`: every field it sets is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn protobuf_bodies_get_415_as_documented() {
+async fn imperative_commands_send_protobuf_and_store_what_they_mean() {
     let k = Kube::start().await;
-    let out = k
-        .kubectl(&["create", "configmap", "x", "--from-literal=a=b"])
+    let ns = ["-n", "team-a"];
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["create", "namespace", "team-a"],
+        vec![
+            "create",
+            "deployment",
+            "web",
+            "--image=nginx:1.27",
+            "--replicas=2",
+            "--port=8080",
+        ],
+        vec![
+            "create",
+            "deployment",
+            "idle",
+            "--image=nginx:1.27",
+            "--replicas=0",
+        ],
+        vec![
+            "create",
+            "configmap",
+            "cm",
+            "--from-literal=a=b",
+            "--from-literal=empty=",
+        ],
+        vec![
+            "create",
+            "secret",
+            "generic",
+            "s",
+            "--from-literal=password=hunter2",
+        ],
+        vec!["create", "serviceaccount", "bot"],
+        vec!["create", "service", "clusterip", "api", "--tcp=80:8080"],
+        vec![
+            "run",
+            "one",
+            "--image=busybox",
+            "--env=A=1",
+            "--labels=x=y",
+            "--",
+            "sleep",
+            "10",
+        ],
+        vec![
+            "create",
+            "role",
+            "reader",
+            "--verb=get,list",
+            "--resource=pods,deployments.apps",
+        ],
+        vec![
+            "create",
+            "rolebinding",
+            "bot-reads",
+            "--role=reader",
+            "--serviceaccount=team-a:bot",
+        ],
+        vec![
+            "create",
+            "clusterrole",
+            "nodes",
+            "--verb=get",
+            "--resource=nodes",
+        ],
+        vec![
+            "create",
+            "clusterrolebinding",
+            "bob-nodes",
+            "--clusterrole=nodes",
+            "--user=bob",
+        ],
+        vec!["create", "quota", "q", "--hard=pods=10,requests.cpu=2"],
+        vec![
+            "create",
+            "pdb",
+            "web",
+            "--selector=app=web",
+            "--min-available=1",
+        ],
+        vec![
+            "create",
+            "pdb",
+            "half",
+            "--selector=app=web",
+            "--max-unavailable=50%",
+        ],
+    ];
+    for command in commands {
+        // Flags go before a `--` (what follows it is the container's command).
+        let split = command
+            .iter()
+            .position(|a| *a == "--")
+            .unwrap_or(command.len());
+        let (head, tail) = command.split_at(split);
+        let args = [head, &ns, tail].concat();
+        let preview = k
+            .kubectl(&[head, &ns, &["--dry-run=client", "-o", "json"], tail].concat())
+            .await;
+        let mut sent: Value = serde_json::from_str(preview.ok()).unwrap();
+        // The server owns status; a create's status is dropped.
+        sent.as_object_mut().unwrap().remove("status");
+        let created = k.kubectl(&args).await;
+        created.ok();
+        let kind = sent["kind"].as_str().unwrap().to_ascii_lowercase();
+        let name = sent["metadata"]["name"].as_str().unwrap();
+        let stored = k
+            .kubectl(&[&["get", &kind, name, "-o", "json"][..], &ns].concat())
+            .await;
+        let stored: Value = serde_json::from_str(stored.ok()).unwrap();
+        let mut diffs = Vec::new();
+        contains(&stored, &sent, "", &mut diffs);
+        assert!(
+            diffs.is_empty(),
+            "kubectl {}: {diffs:#?}",
+            command.join(" ")
+        );
+    }
+    // The Deployment's controller acts on what was decoded.
+    let replicas = k
+        .kubectl(&[
+            "get",
+            "deploy",
+            "-n",
+            "team-a",
+            "-o",
+            "jsonpath={.items[*].spec.replicas}",
+        ])
         .await;
-    assert!(
-        out.failed()
-            .contains("the body of the request was in an unknown format"),
-        "{}",
-        out.stderr
-    );
+    assert_eq!(replicas.ok().trim(), "0 2");
+    // Access reviews come as protobuf too.
+    let can = k
+        .kubectl(&[
+            "auth",
+            "can-i",
+            "list",
+            "pods",
+            "-n",
+            "team-a",
+            "--as=system:serviceaccount:team-a:bot",
+        ])
+        .await;
+    assert_eq!(can.ok().trim(), "yes");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -256,6 +256,21 @@ fn route(sim: &Sim, req: &Req) -> Response {
         ["api", v] if get => found(discovery::resource_list("", v)),
         ["apis", g] if get => found(discovery::api_group(g)),
         ["apis", g, v] if get => found(discovery::resource_list(g, v)),
+        ["openapi", "v2"] if get => {
+            let version = sim.lock().version.clone();
+            if req.accept().contains("protobuf") {
+                (
+                    StatusCode::OK,
+                    // As kube-openapi's handler answers it (the requested type has an `@`
+                    // that mime parsers refuse).
+                    [(http::header::CONTENT_TYPE, "application/octet-stream")],
+                    openapi::v2_protobuf(&version),
+                )
+                    .into_response()
+            } else {
+                json_response(StatusCode::OK, &openapi::v2_json(&version))
+            }
+        }
         ["openapi", "v3"] if get => {
             json_response(StatusCode::OK, &openapi::index(&sim.lock().version))
         }

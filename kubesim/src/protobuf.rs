@@ -283,6 +283,50 @@ fn each_field<'a>(
     Ok(())
 }
 
+/// Builds a protobuf message (for the documents kubesim serves as protobuf: `/openapi/v2`).
+#[derive(Debug, Default)]
+pub(crate) struct Writer(Vec<u8>);
+
+impl Writer {
+    fn varint(&mut self, mut v: u64) {
+        loop {
+            let byte = u8::try_from(v & 0x7f).expect("seven bits");
+            v >>= 7;
+            if v == 0 {
+                self.0.push(byte);
+                return;
+            }
+            self.0.push(byte | 0x80);
+        }
+    }
+
+    /// A length-delimited field (string, bytes or message).
+    pub(crate) fn bytes(mut self, number: u64, bytes: &[u8]) -> Self {
+        self.varint((number << 3) | 2);
+        self.varint(bytes.len() as u64);
+        self.0.extend_from_slice(bytes);
+        self
+    }
+
+    pub(crate) fn string(self, number: u64, s: &str) -> Self {
+        self.bytes(number, s.as_bytes())
+    }
+
+    pub(crate) fn message(self, number: u64, m: Writer) -> Self {
+        self.bytes(number, &m.0)
+    }
+
+    pub(crate) fn varint_field(mut self, number: u64, v: u64) -> Self {
+        self.varint(number << 3);
+        self.varint(v);
+        self
+    }
+
+    pub(crate) fn finish(self) -> Vec<u8> {
+        self.0
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Decoding
 
@@ -574,31 +618,12 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    /// Encodes a length-delimited field.
-    pub(crate) fn field(n: u64, bytes: &[u8]) -> Vec<u8> {
-        let mut out = varint((n << 3) | 2);
-        out.extend(varint(bytes.len() as u64));
-        out.extend_from_slice(bytes);
-        out
+    fn field(n: u64, bytes: &[u8]) -> Vec<u8> {
+        Writer::default().bytes(n, bytes).finish()
     }
 
     fn int(n: u64, v: u64) -> Vec<u8> {
-        let mut out = varint(n << 3);
-        out.extend(varint(v));
-        out
-    }
-
-    fn varint(mut v: u64) -> Vec<u8> {
-        let mut out = Vec::new();
-        loop {
-            let byte = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                out.push(byte);
-                return out;
-            }
-            out.push(byte | 0x80);
-        }
+        Writer::default().varint_field(n, v).finish()
     }
 
     fn envelope(api_version: &str, kind: &str, raw: &[u8]) -> Vec<u8> {

@@ -22,6 +22,7 @@ mod demo_canary;
 mod demo_teams;
 mod notify;
 mod progress;
+mod replay;
 mod run;
 mod serve;
 mod telemetry;
@@ -69,6 +70,9 @@ enum Command {
     },
     /// Start a runbook by hand (or replay a recorded event with --event) and follow it.
     Run(run::RunArgs),
+    /// Replay each runbook's fixtures (DIR/tests/CASE/) as a dry run against an in-process
+    /// kubesim and compare the audit trail with its golden file.
+    Test(replay::TestArgs),
     /// Read and verify the audit journal.
     Audit {
         #[command(subcommand)]
@@ -115,6 +119,10 @@ fn main() -> Result<()> {
             Command::Run(args) => {
                 let cfg = config::Config::load(cli.config.as_deref())?;
                 run::run(cfg, args).await
+            }
+            Command::Test(args) => {
+                let cfg = config::Config::load(cli.config.as_deref())?;
+                replay::run(cfg, args).await
             }
             Command::Audit { command } => {
                 let cfg = config::Config::load(cli.config.as_deref())?;

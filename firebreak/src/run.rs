@@ -214,7 +214,7 @@ async fn handle_join_or_interrupt(
 }
 
 /// An Alertmanager webhook body, or one event envelope / a list of them.
-fn decode_recorded(body: &[u8]) -> Result<Vec<Event>> {
+pub(crate) fn decode_recorded(body: &[u8]) -> Result<Vec<Event>> {
     let v: Value = serde_json::from_slice(body).context("the event file is not JSON")?;
     if v.get("alerts").is_some() {
         return Ok(firebreak_event::alertmanager::decode(body)?);

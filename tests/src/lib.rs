@@ -119,7 +119,10 @@ pub fn copy_shipped_runbooks(dir: &Path) {
     std::fs::create_dir_all(dir).expect("runbook dir");
     for entry in std::fs::read_dir(repo_root().join("runbooks")).expect("runbooks/") {
         let entry = entry.expect("dir entry");
-        std::fs::copy(entry.path(), dir.join(entry.file_name())).expect("copy runbook");
+        // The runbooks, not their test fixtures (tests/).
+        if entry.path().is_file() {
+            std::fs::copy(entry.path(), dir.join(entry.file_name())).expect("copy runbook");
+        }
     }
 }
 

@@ -271,6 +271,55 @@ mod tests {
         );
     }
 
+    /// Runbooks reach a cluster as a mounted ConfigMap (the kubelet writes each version into a
+    /// new `..<timestamp>` folder and swaps the `..data` symlink the file links go through) or
+    /// through a git-sync sidecar (each commit a new worktree, a `current` symlink swapped to
+    /// it). Either swap is a reload, even when the edited file keeps its size.
+    #[test]
+    fn configmap_and_git_sync_symlink_swaps_are_reloaded() {
+        use std::os::unix::fs::symlink;
+        let manifest = "name: hello\nteam: sre\ndescription: d\nnamespaces: [shop]\n";
+        let version = |dir: &Path, word: &str| {
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::write(dir.join("hello.yaml"), manifest).unwrap();
+            std::fs::write(dir.join("hello.rhai"), format!("log(\"{word}\");\n")).unwrap();
+        };
+        let swap = |link: &Path, to: &str| {
+            let tmp = link.parent().unwrap().join("link-being-swapped");
+            symlink(to, &tmp).unwrap();
+            std::fs::rename(&tmp, link).unwrap();
+        };
+        let script = |rb: &Runbooks| rb.current().set.get("hello").unwrap().script.clone();
+
+        // The ConfigMap volume's layout.
+        let tmp = tempfile::tempdir().unwrap();
+        let mount = tmp.path().join("configmap");
+        version(&mount.join("..2026_12_03_08_00_00.1"), "one");
+        symlink("..2026_12_03_08_00_00.1", mount.join("..data")).unwrap();
+        for file in ["hello.yaml", "hello.rhai"] {
+            symlink(format!("..data/{file}"), mount.join(file)).unwrap();
+        }
+        let runbooks = Runbooks::load(&mount, None, Vec::new()).unwrap();
+        assert!(script(&runbooks).contains("one"));
+        version(&mount.join("..2026_12_03_08_01_00.2"), "two");
+        swap(&mount.join("..data"), "..2026_12_03_08_01_00.2");
+        std::fs::remove_dir_all(mount.join("..2026_12_03_08_00_00.1")).unwrap();
+        assert!(runbooks.reload_if_changed().unwrap(), "the ConfigMap update");
+        assert!(script(&runbooks).contains("two"));
+
+        // git-sync's layout: --root=/git --link=current, runbooks/ inside the repository.
+        let root = tmp.path().join("git");
+        version(&root.join(".worktrees/aaaa/runbooks"), "one");
+        symlink(".worktrees/aaaa", root.join("current")).unwrap();
+        let runbooks = Runbooks::load(&root.join("current/runbooks"), None, Vec::new()).unwrap();
+        assert!(script(&runbooks).contains("one"));
+        assert!(!runbooks.reload_if_changed().unwrap(), "nothing synced yet");
+        version(&root.join(".worktrees/bbbb/runbooks"), "two");
+        swap(&root.join("current"), ".worktrees/bbbb");
+        assert!(runbooks.reload_if_changed().unwrap(), "the new commit");
+        assert!(script(&runbooks).contains("two"));
+    }
+
     /// The teams file is reloaded with the runbooks: a revoked token stops working at the next
     /// poll, without a restart.
     #[test]

@@ -692,10 +692,15 @@ fn load_one(
     })
 }
 
-/// A cheap change detector for hot reload: a hash of the names, sizes and modification
-/// times of every file in `dir` (not recursive). Poll it; when it changes, call
+/// A cheap change detector for hot reload: a hash of where `dir` really is (symlinks
+/// resolved) and of the names, sizes and modification times of every file in it (not
+/// recursive). Poll it; when it changes, call
 /// [`RunbookSet::load_dir`] and keep the previous set if that fails.
 pub fn fingerprint_dir(dir: &Path) -> io::Result<u64> {
+    let mut hasher = DefaultHasher::new();
+    // Where the folder really is: git-sync publishes each commit as a new worktree and swaps a
+    // symlink to it, so a sync changes this even when every file kept its size and time.
+    std::fs::canonicalize(dir)?.hash(&mut hasher);
     let mut entries = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -708,7 +713,6 @@ pub fn fingerprint_dir(dir: &Path) -> io::Result<u64> {
         entries.push((entry.file_name(), meta.len(), modified));
     }
     entries.sort();
-    let mut hasher = DefaultHasher::new();
     entries.hash(&mut hasher);
     Ok(hasher.finish())
 }

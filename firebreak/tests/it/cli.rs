@@ -4,9 +4,7 @@
 
 use std::time::Duration;
 
-use crate::harness::{
-    Cluster, Journal, Serve, ServeOpts, crate_dir, firebreak, repo_root, write_runbooks,
-};
+use crate::harness::{Cluster, Journal, Serve, ServeOpts, firebreak, repo_root, write_runbooks};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn run_and_audit_commands_against_a_serving_engine() {
@@ -94,7 +92,7 @@ async fn run_and_audit_commands_against_a_serving_engine() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dry_run_replay_changes_nothing() {
     let cluster = Cluster::start(kubesim::ControllerConfig::default()).await;
-    let golden = crate_dir().join("tests/golden/model-latency-rollback");
+    let golden = repo_root().join("runbooks/tests/model-latency-rollback");
     for file in ["cluster.yaml", "update.yaml"] {
         cluster
             .kubectl(&["apply", "-f", golden.join(file).to_str().unwrap()])

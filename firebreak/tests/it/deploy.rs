@@ -27,9 +27,12 @@ async fn the_rbac_is_what_the_connectors_declare() {
 #[test]
 fn the_runbooks_configmap_holds_the_shipped_runbooks() {
     let names = |dir: std::path::PathBuf| {
+        // The runbooks themselves; their fixtures (tests/) stay in the repository.
         let mut names: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_file())
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
             .collect();
         names.sort();
         names
@@ -153,11 +156,16 @@ async fn both_overlays_render_and_apply_to_a_cluster() {
                 .cloned()
                 .unwrap_or_else(|| panic!("{overlay}: no volume {name}"))
         };
-        // The ConfigMaps it mounts are the ones rendered (kustomize's hashed names).
-        for (volume_name, prefix) in [
-            ("config", "firebreak-config-"),
-            ("runbooks", "firebreak-runbooks-"),
-        ] {
+        // The ConfigMaps it mounts are the ones rendered (kustomize's hashed names). Runbooks
+        // reach the pod as a ConfigMap (single) or from Git through git-sync (jetstream).
+        let mounted: &[(&str, &str)] = match overlay {
+            "single" => &[
+                ("config", "firebreak-config-"),
+                ("runbooks", "firebreak-runbooks-"),
+            ],
+            _ => &[("config", "firebreak-config-")],
+        };
+        for &(volume_name, prefix) in mounted {
             let name = volume(volume_name)["configMap"]["name"]
                 .as_str()
                 .unwrap()
@@ -192,6 +200,43 @@ async fn both_overlays_render_and_apply_to_a_cluster() {
                 assert_eq!(pdb["spec"]["maxUnavailable"], 1);
             }
             _ => {
+                // git-sync checks the repository out into the runbooks volume; firebreak reads
+                // runbooks/ through the link it swaps, and nothing else mounts a ConfigMap of
+                // runbooks.
+                assert_eq!(volume("runbooks")["emptyDir"], serde_json::json!({}));
+                assert!(volume("runbooks").get("configMap").is_none());
+                let sync = pod["initContainers"]
+                    .as_array()
+                    .and_then(|c| c.iter().find(|c| c["name"] == "git-sync"))
+                    .expect("a git-sync sidecar");
+                assert_eq!(sync["restartPolicy"], "Always", "a native sidecar");
+                assert_eq!(sync["volumeMounts"][0]["name"], "runbooks");
+                assert_eq!(sync["securityContext"]["readOnlyRootFilesystem"], true);
+                let runbooks_env = container["env"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|e| e["name"] == "FIREBREAK_RUNBOOKS")
+                    .expect("FIREBREAK_RUNBOOKS");
+                assert_eq!(
+                    runbooks_env["value"],
+                    "/etc/firebreak/runbooks/current/runbooks"
+                );
+                let repo = sync["envFrom"][0]["configMapRef"]["name"].as_str().unwrap();
+                assert!(
+                    objects.iter().any(|o| o["kind"] == "ConfigMap"
+                        && o["metadata"]["name"] == repo
+                        && o["data"]["GITSYNC_REPO"].is_string()),
+                    "the git-sync settings are rendered"
+                );
+                assert!(
+                    !objects.iter().any(|o| o["kind"] == "ConfigMap"
+                        && o["metadata"]["name"]
+                            .as_str()
+                            .unwrap()
+                            .starts_with("firebreak-runbooks-")),
+                    "no unused runbooks ConfigMap"
+                );
                 assert!(
                     env.contains(&"FIREBREAK_NATS_URL") && env.contains(&"FIREBREAK_NATS_CREDS"),
                     "{env:?}"

@@ -1,20 +1,25 @@
-//! Golden replay: every shipped runbook has, under `tests/golden/<runbook>/`, a fixture event
+//! Golden replay: every shipped runbook has, under `runbooks/tests/<runbook>/`, a fixture event
 //! (`event.json`), the cluster it runs against (`cluster.yaml`, then `update.yaml` if present)
-//! and the expected audit trail (`expected.trail`: record types, step names and statuses, one
-//! per line; no times, ids or hashes). One test replays them all with
-//! `firebreak run --event FILE` against kubesim and compares. A case with a `prometheus` file
-//! also gets the real Prometheus, scraping kubesim's traffic metrics every second (the canary
-//! analysis needs them); the replay starts once Prometheus has seen traffic.
+//! and the expected audit trail of a real run (`expected.trail`: record types, step names and
+//! statuses, one per line; no times, ids or hashes). One test replays them all with
+//! `firebreak run --event FILE` against kubesim and compares. A case that queries Prometheus
+//! (it has recorded answers in `prometheus.json`, for `firebreak test`'s dry runs) gets the
+//! real Prometheus here, scraping kubesim's traffic metrics every second (the canary analysis
+//! needs them); the replay starts once Prometheus has seen traffic.
+//!
+//! The same fixtures drive `firebreak test runbooks/` (dry runs against an in-process kubesim,
+//! compared with each case's `dry-run.trail`): the last test here runs it.
 //!
 //! To re-record after an intended change: `FIREBREAK_BLESS=1 cargo test -p firebreak --test it
-//! golden`, then review the diff of the `.trail` files.
+//! golden` (and `firebreak test runbooks --update` for the dry runs), then review the diff of
+//! the `.trail` files.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Cluster, Journal, Prometheus, crate_dir, firebreak, repo_root, wait_for};
+use crate::harness::{Cluster, Journal, Prometheus, firebreak, repo_root, wait_for};
 
 /// The image kubesim makes crash-loop (used by `crashloop-triage/cluster.yaml`).
 const CRASHLOOP_IMAGE: &str = "registry.example.invalid/ml/fraud-model:v3-crashloop";
@@ -96,7 +101,7 @@ async fn replay(case: &Path) -> Vec<String> {
             cluster.kubeconfig.display().to_string(),
         ),
     ];
-    let _prometheus = if case.join("prometheus").exists() {
+    let _prometheus = if case.join("prometheus.json").exists() {
         let prom =
             Prometheus::start(&[("kubesim", cluster.sim.addr())], "groups: []\n", None).await;
         wait_for(
@@ -138,7 +143,7 @@ async fn replay(case: &Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_shipped_runbook_replays_to_its_golden_trail() {
-    let golden = crate_dir().join("tests/golden");
+    let golden = repo_root().join("runbooks/tests");
     // Every shipped runbook has a golden case, and every case a shipped runbook.
     let mut shipped: Vec<String> = std::fs::read_dir(repo_root().join("runbooks"))
         .unwrap()
@@ -155,7 +160,7 @@ async fn every_shipped_runbook_replays_to_its_golden_trail() {
     cases.sort();
     assert_eq!(
         shipped, cases,
-        "each shipped runbook needs tests/golden/<runbook>/"
+        "each shipped runbook needs runbooks/tests/<runbook>/"
     );
 
     let bless = std::env::var("FIREBREAK_BLESS").is_ok_and(|v| v == "1");
@@ -199,7 +204,7 @@ async fn crashloop_triage_gathers_the_same_evidence_whichever_report_comes_first
         .image_faults
         .insert(CRASHLOOP_IMAGE.to_owned(), kubesim::Fault::CrashLoop);
     let cluster = Cluster::start(controllers).await;
-    let case = crate_dir().join("tests/golden/crashloop-triage");
+    let case = repo_root().join("runbooks/tests/crashloop-triage");
     cluster
         .kubectl(&["apply", "-f", case.join("cluster.yaml").to_str().unwrap()])
         .await
@@ -265,4 +270,100 @@ async fn crashloop_triage_gathers_the_same_evidence_whichever_report_comes_first
         trails[0]
     );
     assert_eq!(trails[0], trails[1], "the same evidence either way");
+}
+
+/// Copies the shipped runbooks and their fixtures (runbooks/tests/) into `dir`.
+fn copy_runbooks_with_fixtures(dir: &Path) {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let path = entry.unwrap().path();
+            let target = to.join(path.file_name().unwrap());
+            if path.is_dir() {
+                copy(&path, &target);
+            } else {
+                std::fs::copy(&path, &target).unwrap();
+            }
+        }
+    }
+    copy(&repo_root().join("runbooks"), dir);
+}
+
+/// `firebreak test runbooks/`: every shipped runbook's fixtures replay as dry runs against an
+/// in-process kubesim (no cluster, no Prometheus: recorded answers) to their golden trails.
+#[tokio::test(flavor = "multi_thread")]
+async fn firebreak_test_replays_the_shipped_runbooks_as_dry_runs_to_their_golden_trails() {
+    let dir = repo_root().join("runbooks");
+    let out = firebreak(&["test", dir.to_str().unwrap()], &[]).await;
+    assert!(out.success(), "{out}");
+    for case in std::fs::read_dir(dir.join("tests")).unwrap() {
+        let name = case.unwrap().file_name().into_string().unwrap();
+        assert!(
+            out.stdout.contains(&format!("ok       {name} (")),
+            "{name} not replayed: {out}"
+        );
+    }
+    assert!(
+        !out.stdout.contains("note"),
+        "a shipped runbook has no case: {out}"
+    );
+    // What the dry runs say they would do is in the golden files, and nothing was changed.
+    let rollback =
+        std::fs::read_to_string(dir.join("tests/model-latency-rollback/dry-run.trail")).unwrap();
+    assert!(
+        rollback.contains(
+            "step_finished k8s::rollback skipped: would roll ml-serving/fraud-model back from \
+             revision 2"
+        ),
+        "{rollback}"
+    );
+}
+
+/// A change in behaviour fails the case with a diff (exit 1); `--update` records the new
+/// trail; a query without a recorded answer is named in the trail.
+#[tokio::test(flavor = "multi_thread")]
+async fn firebreak_test_fails_on_a_changed_trail_and_update_records_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("runbooks");
+    copy_runbooks_with_fixtures(&dir);
+    let dir_arg = dir.to_str().unwrap();
+    // A team edits its runbook: quarantine-pod no longer collects logs first.
+    let script = dir.join("quarantine-pod.rhai");
+    let text = std::fs::read_to_string(&script).unwrap();
+    let edited: String = text
+        .lines()
+        .filter(|l| !l.contains("k8s::logs("))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(edited, text, "the edit removes the logs step");
+    std::fs::write(&script, edited).unwrap();
+    let out = firebreak(&["test", dir_arg, "--case", "quarantine"], &[]).await;
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(
+        out.stdout
+            .contains("FAILED   quarantine-pod: the trail differs"),
+        "{out}"
+    );
+    assert!(out.stdout.contains("  - step_started k8s::logs"), "{out}");
+    assert!(
+        out.stderr.contains("1 of 1 cases failed: quarantine-pod"),
+        "{out}"
+    );
+
+    let updated = firebreak(&["test", dir_arg, "--case", "quarantine", "--update"], &[]).await;
+    assert!(updated.success(), "{updated}");
+    let again = firebreak(&["test", dir_arg, "--case", "quarantine"], &[]).await;
+    assert!(again.success(), "{again}");
+    let trail = std::fs::read_to_string(dir.join("tests/quarantine-pod/dry-run.trail")).unwrap();
+    assert!(!trail.contains("k8s::logs"), "{trail}");
+
+    // A recorded answer goes missing: the check fails and says which query to record.
+    std::fs::write(dir.join("tests/canary-progressive/prometheus.json"), "{}").unwrap();
+    let out = firebreak(&["test", dir_arg, "--case", "canary-progressive"], &[]).await;
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(
+        out.stdout
+            .contains("prometheus.json has no recorded answer for \"histogram_quantile(0.99"),
+        "{out}"
+    );
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::harness::{Cluster, Serve, ServeOpts, copy_shipped_runbooks, crate_dir};
+use crate::harness::{Cluster, Serve, ServeOpts, copy_shipped_runbooks, repo_root};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_crash_looping_deployment_starts_crashloop_triage() {
@@ -39,7 +39,7 @@ async fn a_crash_looping_deployment_starts_crashloop_triage() {
     .await;
     // One replica of fraud-model on an image that crash-loops.
     let manifest =
-        std::fs::read_to_string(crate_dir().join("tests/golden/crashloop-triage/cluster.yaml"))
+        std::fs::read_to_string(repo_root().join("runbooks/tests/crashloop-triage/cluster.yaml"))
             .unwrap()
             .replace("replicas: 2", "replicas: 1");
     let file = tmp.path().join("crashloop.yaml");

@@ -480,7 +480,7 @@ impl Config {
             .cloned()
             .unwrap_or(serde_json::Value::Null);
         for key in keys {
-            let var = format!("FIREBREAK_{}_{}", section, key).to_ascii_uppercase();
+            let var = firebreak_connector::plugin::env_var(section, key);
             if let Some(v) = get(&var) {
                 if !settings.is_object() {
                     settings = serde_json::json!({});

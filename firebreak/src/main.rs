@@ -22,6 +22,7 @@ mod demo_canary;
 mod demo_teams;
 mod notify;
 mod progress;
+mod reference;
 mod replay;
 mod run;
 mod serve;
@@ -84,11 +85,16 @@ enum Command {
     Sim(kubesim::cli::Args),
     /// Load-test the engine and print one summary line.
     Bench(bench::BenchArgs),
-    /// List the connectors' actions, or print the Kubernetes RBAC rules they need.
+    /// List the connectors' actions, print the Kubernetes RBAC rules they need, or print the
+    /// whole runbook reference (docs/RUNBOOKS.md).
     Connectors {
         /// Print a least-privilege ClusterRole for the Kubernetes connector.
         #[arg(long)]
         rbac: bool,
+        /// Print the runbook scripting reference as Markdown (`ctx`, the sandbox, built-ins,
+        /// errors, every connector action), as docs/RUNBOOKS.md holds it.
+        #[arg(long, conflicts_with = "rbac")]
+        markdown: bool,
         /// Namespace of the generated Role (bind one per namespace runbooks act on).
         #[arg(long, default_value = "default")]
         namespace: String,
@@ -137,7 +143,13 @@ fn main() -> Result<()> {
             Command::Approve(args) => decide::decide(args, true).await,
             Command::Deny(args) => decide::decide(args, false).await,
             Command::Approvals(args) => decide::list(args).await,
-            Command::Connectors { rbac, namespace } => {
+            Command::Connectors { markdown: true, .. } => {
+                print!("{}", reference::markdown(&serve::plugins()));
+                Ok(())
+            }
+            Command::Connectors {
+                rbac, namespace, ..
+            } => {
                 serve::print_connectors(rbac, &namespace);
                 Ok(())
             }

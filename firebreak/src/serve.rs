@@ -902,11 +902,10 @@ pub fn print_connectors(rbac: bool, namespace: &str) {
             .iter()
             .map(|s| {
                 format!(
-                    "connectors.{}.{} (FIREBREAK_{}_{}): {}",
+                    "connectors.{}.{} ({}): {}",
                     plugin.section(),
                     s.key,
-                    plugin.section().to_ascii_uppercase(),
-                    s.key.to_ascii_uppercase(),
+                    firebreak_connector::plugin::env_var(plugin.section(), s.key),
                     s.doc
                 )
             })

@@ -503,6 +503,12 @@ impl firebreak_connector::plugin::Plugin for Plugin {
         "alertmanager"
     }
 
+    fn doc(&self) -> &'static str {
+        "Silences (create, expire) and the alerts Alertmanager holds, on its v2 API. On when \
+         `url` is set; each request is bounded by 10 s. Its mutations name no namespace: with a \
+         teams file, a team needs a `cluster_actions` grant for them."
+    }
+
     fn settings(&self) -> Vec<firebreak_connector::plugin::Setting> {
         vec![firebreak_connector::plugin::Setting {
             key: "url",

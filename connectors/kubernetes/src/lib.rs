@@ -233,6 +233,14 @@ impl firebreak_connector::plugin::Plugin for Plugin {
         "kubernetes"
     }
 
+    fn doc(&self) -> &'static str {
+        "Deployments (rollback, image, scale, pause/resume/restart, history, rollout wait, \
+         snapshot/restore, canary promotion), evidence (pods, logs, events, describe) and \
+         isolation (quarantine NetworkPolicies, cordon). On when the engine reaches a cluster: \
+         the top-level `kubernetes` section of firebreak.yaml (`kubeconfig`, else `KUBECONFIG`, \
+         `~/.kube/config` or in-cluster; `disabled: true` turns it off)."
+    }
+
     fn actions(&self) -> Vec<ActionSpec> {
         spec::actions()
     }

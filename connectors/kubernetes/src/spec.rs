@@ -4,7 +4,10 @@
 //! Start at [`actions`]; [`rbac_rules`] merges the rules of all actions and [`rbac_yaml`]
 //! renders them as a `Role` (namespaced resources) plus a `ClusterRole` (nodes).
 
-use firebreak_connector::{ActionSpec, Effect, ParamSpec, ParamType, RbacRule};
+use firebreak_connector::ErrorKind::{Conflict, Denied, NotFound, Permanent, Timeout};
+use firebreak_connector::{
+    ActionSpec, Effect, ErrorDoc, ErrorKind, ParamSpec, ParamType, RbacRule,
+};
 
 const APPS: &[&str] = &["apps"];
 const CORE: &[&str] = &[""];
@@ -20,6 +23,20 @@ fn rule(
         resources,
         verbs,
     }
+}
+
+const NO_DEPLOYMENT: ErrorDoc = e(NotFound, "the Deployment does not exist");
+const NO_NODE: ErrorDoc = e(NotFound, "the node does not exist");
+/// A write guarded by the resourceVersion it read met a 409 on every attempt, though each
+/// re-read found the change harmless (see `deploy::CONFLICT_RETRIES`).
+const KEPT_CHANGING: ErrorDoc = e(
+    Conflict,
+    "the Deployment kept changing: each re-read found a harmless change, and each write met a \
+     409 again, up to the retry limit",
+);
+
+const fn e(kind: ErrorKind, when: &'static str) -> ErrorDoc {
+    ErrorDoc::new(kind, when)
 }
 
 fn ns() -> ParamSpec {
@@ -64,6 +81,37 @@ pub fn actions() -> Vec<ActionSpec> {
             ],
             namespace_param: Some("ns"),
             rbac: vec![rule(APPS, &["deployments"], &["get", "update"]), rs_list()],
+            errors: vec![
+                NO_DEPLOYMENT,
+                e(
+                    Permanent,
+                    "no rollout history: the Deployment has no earlier revision to roll back to",
+                ),
+                e(
+                    Permanent,
+                    "`revision` is not in the Deployment's history (or is negative)",
+                ),
+                e(
+                    Permanent,
+                    "the Deployment is paused (`kubectl rollout undo` refuses it too; `resume` \
+                     first)",
+                ),
+                e(
+                    Conflict,
+                    "the Deployment's template changed between plan and write (someone else's \
+                     change is never overwritten)",
+                ),
+                e(
+                    Conflict,
+                    "the ReplicaSet to roll back to was deleted between plan and write",
+                ),
+                KEPT_CHANGING,
+                e(
+                    Permanent,
+                    "the API server accepted the write but the Deployment does not carry the \
+                     target template",
+                ),
+            ],
             example: r#"k8s::rollback("ml-serving", "fraud-model")"#,
         },
         ActionSpec {
@@ -78,6 +126,18 @@ pub fn actions() -> Vec<ActionSpec> {
             ],
             namespace_param: Some("ns"),
             rbac: vec![deploy_patch()],
+            errors: vec![
+                e(Permanent, "`image` is empty"),
+                NO_DEPLOYMENT,
+                e(
+                    Permanent,
+                    "the Deployment has no container named `container`",
+                ),
+                e(
+                    Permanent,
+                    "the API server accepted the patch but the container does not run `image`",
+                ),
+            ],
             example: r#"k8s::set_image("ml-serving", "fraud-model", "model", "registry/fraud:v1")"#,
         },
         ActionSpec {
@@ -91,6 +151,15 @@ pub fn actions() -> Vec<ActionSpec> {
             ],
             namespace_param: Some("ns"),
             rbac: vec![deploy_get(), scale()],
+            errors: vec![
+                e(Permanent, "`replicas` is negative or above 2147483647"),
+                NO_DEPLOYMENT,
+                e(
+                    Permanent,
+                    "the API server accepted the patch but the scale subresource reads another \
+                     count",
+                ),
+            ],
             example: r#"k8s::scale("ml-serving", "fraud-model", 5)"#,
         },
         ActionSpec {
@@ -100,6 +169,17 @@ pub fn actions() -> Vec<ActionSpec> {
             params: vec![ns(), deploy()],
             namespace_param: Some("ns"),
             rbac: vec![deploy_patch()],
+            errors: vec![
+                NO_DEPLOYMENT,
+                e(
+                    Permanent,
+                    "the Deployment is already paused (as `kubectl rollout pause` says)",
+                ),
+                e(
+                    Permanent,
+                    "the API server accepted the patch but the Deployment is not paused",
+                ),
+            ],
             example: r#"k8s::pause("ml-serving", "fraud-model")"#,
         },
         ActionSpec {
@@ -109,6 +189,17 @@ pub fn actions() -> Vec<ActionSpec> {
             params: vec![ns(), deploy()],
             namespace_param: Some("ns"),
             rbac: vec![deploy_patch()],
+            errors: vec![
+                NO_DEPLOYMENT,
+                e(
+                    Permanent,
+                    "the Deployment is not paused (as `kubectl rollout resume` says)",
+                ),
+                e(
+                    Permanent,
+                    "the API server accepted the patch but the Deployment is still paused",
+                ),
+            ],
             example: r#"k8s::resume("ml-serving", "fraud-model")"#,
         },
         ActionSpec {
@@ -118,6 +209,17 @@ pub fn actions() -> Vec<ActionSpec> {
             params: vec![ns(), deploy()],
             namespace_param: Some("ns"),
             rbac: vec![deploy_patch()],
+            errors: vec![
+                NO_DEPLOYMENT,
+                e(
+                    Permanent,
+                    "the Deployment is paused (`resume` it first, as kubectl says)",
+                ),
+                e(
+                    Permanent,
+                    "the API server accepted the patch but the template carries no restart stamp",
+                ),
+            ],
             example: r#"k8s::restart("ml-serving", "fraud-model")"#,
         },
         ActionSpec {
@@ -127,6 +229,7 @@ pub fn actions() -> Vec<ActionSpec> {
             params: vec![ns(), deploy()],
             namespace_param: Some("ns"),
             rbac: vec![deploy_get(), rs_list()],
+            errors: vec![NO_DEPLOYMENT],
             example: r#"k8s::rollout_history("ml-serving", "fraud-model")"#,
         },
         ActionSpec {
@@ -145,6 +248,26 @@ pub fn actions() -> Vec<ActionSpec> {
             ],
             namespace_param: Some("ns"),
             rbac: vec![rule(APPS, &["deployments"], &["get", "list", "watch"])],
+            errors: vec![
+                e(
+                    Permanent,
+                    "`timeout` is not whole seconds or a duration like \"90s\", \"5m\", \"1h\", \
+                     or is outside 1s..6h",
+                ),
+                e(
+                    NotFound,
+                    "the Deployment does not exist, or was deleted while waiting",
+                ),
+                e(
+                    Permanent,
+                    "the rollout exceeded its progress deadline (`ProgressDeadlineExceeded`)",
+                ),
+                e(
+                    Timeout,
+                    "the rollout did not finish within `timeout` (the message gives the last \
+                     status line)",
+                ),
+            ],
             example: r#"k8s::wait_rollout("ml-serving", "fraud-model", "5m")"#,
         },
         ActionSpec {
@@ -155,6 +278,7 @@ pub fn actions() -> Vec<ActionSpec> {
             params: vec![ns(), deploy()],
             namespace_param: Some("ns"),
             rbac: vec![deploy_get()],
+            errors: vec![NO_DEPLOYMENT],
             example: r#"let snap = k8s::snapshot("ml-serving", "fraud-model");"#,
         },
         ActionSpec {
@@ -168,6 +292,33 @@ pub fn actions() -> Vec<ActionSpec> {
             ],
             namespace_param: Some("ns"),
             rbac: vec![rule(APPS, &["deployments"], &["get", "update"])],
+            errors: vec![
+                e(
+                    Permanent,
+                    "`snapshot` is not what `snapshot` returned: another kind, another namespace, \
+                     or a spec that is not a Deployment spec",
+                ),
+                NO_DEPLOYMENT,
+                e(
+                    Conflict,
+                    "the Deployment was deleted and recreated since the snapshot (another uid)",
+                ),
+                e(
+                    Permanent,
+                    "the snapshot was read back from the audit journal with redacted values (a \
+                     resumed run) and the ReplicaSet of its revision, which holds them, is gone",
+                ),
+                e(
+                    Conflict,
+                    "the Deployment's spec changed between plan and write",
+                ),
+                KEPT_CHANGING,
+                e(
+                    Permanent,
+                    "the API server accepted the write but the Deployment does not show the \
+                     snapshot's spec",
+                ),
+            ],
             example: r#"k8s::restore("ml-serving", snap)"#,
         },
         ActionSpec {
@@ -185,6 +336,23 @@ pub fn actions() -> Vec<ActionSpec> {
             ],
             namespace_param: Some("ns"),
             rbac: vec![rule(APPS, &["deployments"], &["get", "update"])],
+            errors: vec![
+                e(Permanent, "`canary` and `stable` name the same Deployment"),
+                e(
+                    NotFound,
+                    "the canary or the stable Deployment does not exist",
+                ),
+                e(
+                    Conflict,
+                    "the stable Deployment's template changed between plan and write",
+                ),
+                KEPT_CHANGING,
+                e(
+                    Permanent,
+                    "the API server accepted the write but the stable Deployment does not show \
+                     the canary's template",
+                ),
+            ],
             example: r#"k8s::promote("ml-serving", "fraud-model-v2", "fraud-model-v1")"#,
         },
         ActionSpec {
@@ -202,6 +370,10 @@ pub fn actions() -> Vec<ActionSpec> {
             ],
             namespace_param: Some("ns"),
             rbac: vec![rule(CORE, &["pods"], &["list"])],
+            errors: vec![e(
+                Permanent,
+                "the API server rejects the selector (400: not a label selector)",
+            )],
             example: r#"k8s::pods("ml-serving", "app=fraud-model")"#,
         },
         ActionSpec {
@@ -222,6 +394,15 @@ pub fn actions() -> Vec<ActionSpec> {
                 rule(CORE, &["pods"], &["get"]),
                 rule(CORE, &["pods/log"], &["get"]),
             ],
+            errors: vec![
+                e(Permanent, "`tail` is outside 1..10000"),
+                e(NotFound, "the pod does not exist"),
+                e(
+                    Permanent,
+                    "the API server cannot give the log (400: e.g. the container has not started \
+                     yet)",
+                ),
+            ],
             example: r#"k8s::logs("ml-serving", "fraud-model-7d9f-abcde", 50)"#,
         },
         ActionSpec {
@@ -239,6 +420,7 @@ pub fn actions() -> Vec<ActionSpec> {
             ],
             namespace_param: Some("ns"),
             rbac: vec![rule(CORE, &["events"], &["list"])],
+            errors: vec![],
             example: r#"k8s::events("ml-serving", "Deployment", "fraud-model")"#,
         },
         ActionSpec {
@@ -249,6 +431,7 @@ pub fn actions() -> Vec<ActionSpec> {
             params: vec![ns(), deploy()],
             namespace_param: Some("ns"),
             rbac: vec![deploy_get(), rs_list(), rule(CORE, &["events"], &["list"])],
+            errors: vec![NO_DEPLOYMENT],
             example: r#"k8s::describe("ml-serving", "fraud-model")"#,
         },
         ActionSpec {
@@ -265,6 +448,24 @@ pub fn actions() -> Vec<ActionSpec> {
             rbac: vec![
                 rule(CORE, &["pods"], &["get", "list", "patch"]),
                 rule(NETWORKING, &["networkpolicies"], &["get", "create"]),
+            ],
+            errors: vec![
+                e(NotFound, "the pod does not exist"),
+                e(
+                    Conflict,
+                    "a NetworkPolicy by the quarantine's name exists and was not created by \
+                     firebreak",
+                ),
+                e(
+                    Conflict,
+                    "the pod was replaced (another uid) between plan and write; a different pod \
+                     is never isolated",
+                ),
+                e(
+                    Permanent,
+                    "isolation is not in effect after the write: the policy is missing, is not \
+                     the deny-all policy for the label, or selects other pods than that one",
+                ),
             ],
             example: r#"let q = k8s::quarantine_pod("ml-serving", "fraud-model-7d9c-x2x");"#,
         },
@@ -287,6 +488,27 @@ pub fn actions() -> Vec<ActionSpec> {
                 rule(CORE, &["pods"], &["list"]),
                 rule(NETWORKING, &["networkpolicies"], &["get", "create"]),
             ],
+            errors: vec![
+                e(
+                    Permanent,
+                    "`pod_selector` is empty (it would select every pod) or not a label selector \
+                     (a bad key or value, a label given twice)",
+                ),
+                e(
+                    Permanent,
+                    "the selector picks no pod in the namespace: the quarantine would isolate \
+                     nothing",
+                ),
+                e(
+                    Conflict,
+                    "a NetworkPolicy by the derived name exists and was not created by firebreak",
+                ),
+                e(
+                    Permanent,
+                    "isolation is not in effect after the write: the policy selects no pod, or is \
+                     not the deny-all policy",
+                ),
+            ],
             example: r#"let q = k8s::quarantine("ml-serving", "app=fraud-model,pod=bad");"#,
         },
         ActionSpec {
@@ -306,6 +528,17 @@ pub fn actions() -> Vec<ActionSpec> {
                 rule(NETWORKING, &["networkpolicies"], &["get", "delete"]),
                 rule(CORE, &["pods"], &["patch"]),
             ],
+            errors: vec![
+                e(
+                    Denied,
+                    "the NetworkPolicy was not created by firebreak (a policy already gone is no \
+                     error: nothing to release)",
+                ),
+                e(
+                    Permanent,
+                    "the NetworkPolicy is still there after the delete",
+                ),
+            ],
             example: r#"k8s::release("ml-serving", q.name)"#,
         },
         ActionSpec {
@@ -315,6 +548,13 @@ pub fn actions() -> Vec<ActionSpec> {
             params: vec![ParamSpec::required("node", ParamType::String, "node name")],
             namespace_param: None,
             rbac: vec![rule(CORE, &["nodes"], &["get", "patch"])],
+            errors: vec![
+                NO_NODE,
+                e(
+                    Permanent,
+                    "the API server accepted the patch but the node is not unschedulable",
+                ),
+            ],
             example: r#"k8s::cordon("node-3")"#,
         },
         ActionSpec {
@@ -324,6 +564,13 @@ pub fn actions() -> Vec<ActionSpec> {
             params: vec![ParamSpec::required("node", ParamType::String, "node name")],
             namespace_param: None,
             rbac: vec![rule(CORE, &["nodes"], &["get", "patch"])],
+            errors: vec![
+                NO_NODE,
+                e(
+                    Permanent,
+                    "the API server accepted the patch but the node is still unschedulable",
+                ),
+            ],
             example: r#"k8s::uncordon("node-3")"#,
         },
         ActionSpec {
@@ -334,6 +581,14 @@ pub fn actions() -> Vec<ActionSpec> {
             params: vec![ns(), deploy()],
             namespace_param: Some("ns"),
             rbac: vec![deploy_get(), scale()],
+            errors: vec![
+                NO_DEPLOYMENT,
+                e(
+                    Permanent,
+                    "the API server accepted the patch but the scale subresource reads another \
+                     count",
+                ),
+            ],
             example: r#"let before = k8s::scale_to_zero("ml-serving", "fraud-model");"#,
         },
     ]
@@ -387,6 +642,11 @@ mod tests {
                 assert!(a.params[i..].iter().all(|p| !p.required), "{}", a.name);
             }
             assert!(!a.rbac.is_empty(), "{} declares no RBAC", a.name);
+            assert!(
+                a.errors.iter().all(|e| e.kind != ErrorKind::Transient),
+                "{}: transient errors are common to every action",
+                a.name
+            );
             assert!(
                 a.example.contains(&format!("k8s::{}(", a.name)),
                 "{}",

@@ -130,6 +130,11 @@ impl firebreak_connector::plugin::Plugin for Plugin {
         "prometheus"
     }
 
+    fn doc(&self) -> &'static str {
+        "PromQL queries as evidence and metric checks that answer pass, fail or inconclusive. \
+         Every action only reads. On when `url` is set; each request is bounded by 10 s."
+    }
+
     fn settings(&self) -> Vec<firebreak_connector::plugin::Setting> {
         vec![firebreak_connector::plugin::Setting {
             key: "url",

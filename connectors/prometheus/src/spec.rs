@@ -4,16 +4,42 @@
 //!
 //! Start at [`actions`].
 
-use firebreak_connector::{ActionSpec, Effect, ParamSpec, ParamType};
+use firebreak_connector::ErrorKind::{Permanent, Timeout};
+use firebreak_connector::{ActionSpec, Effect, ErrorDoc, ErrorKind, ParamSpec, ParamType};
 
 fn promql() -> ParamSpec {
     ParamSpec::required("promql", ParamType::String, "the PromQL expression")
+}
+
+const fn e(kind: ErrorKind, when: &'static str) -> ErrorDoc {
+    ErrorDoc::new(kind, when)
+}
+
+/// What Prometheus itself says about a query it will not answer (its `errorType`).
+fn query_errors() -> [ErrorDoc; 3] {
+    [
+        e(
+            Permanent,
+            "Prometheus rejects the query: `bad_data` (PromQL that does not parse, a bad \
+             parameter) or `execution` (e.g. many-to-many matching)",
+        ),
+        e(
+            Timeout,
+            "Prometheus gave up on the query (its own query timeout, `errorType: timeout`)",
+        ),
+        e(
+            Permanent,
+            "the answer is larger than the connector reads (32 MiB) or holds native histograms, \
+             which the connector does not read",
+        ),
+    ]
 }
 
 fn observe(
     name: &'static str,
     doc: &'static str,
     params: Vec<ParamSpec>,
+    errors: Vec<ErrorDoc>,
     example: &'static str,
 ) -> ActionSpec {
     ActionSpec {
@@ -23,6 +49,7 @@ fn observe(
         params,
         namespace_param: None,
         rbac: Vec::new(),
+        errors,
         example,
     }
 }
@@ -43,6 +70,17 @@ pub fn actions() -> Vec<ActionSpec> {
                     "evaluation instant: RFC 3339, Unix seconds, or \"now-10m\"; absent = now",
                 ),
             ],
+            [
+                vec![
+                    e(Permanent, "`promql` is empty"),
+                    e(
+                        Permanent,
+                        "`time` is not RFC 3339, Unix seconds or \"now-<duration>\"",
+                    ),
+                ],
+                query_errors().to_vec(),
+            ]
+            .concat(),
             r#"prom::query("histogram_quantile(0.99, sum by (le) (rate(model_request_duration_seconds_bucket{deployment=\"fraud-model\"}[5m])))")"#,
         ),
         observe(
@@ -68,6 +106,22 @@ pub fn actions() -> Vec<ActionSpec> {
                     "newest instant: RFC 3339, Unix seconds, or \"now-10m\"; absent = now",
                 ),
             ],
+            [
+                vec![
+                    e(Permanent, "`promql` is empty"),
+                    e(
+                        Permanent,
+                        "`range` or `step` is not a duration, or `end` not an instant",
+                    ),
+                    e(
+                        Permanent,
+                        "`range` every `step` is more than 10000 points per series (use a larger \
+                         step)",
+                    ),
+                ],
+                query_errors().to_vec(),
+            ]
+            .concat(),
             r#"prom::query_range("sum(rate(model_requests_total{code=~\"5..\"}[1m]))", "10m", "30s")"#,
         ),
         observe(
@@ -96,12 +150,31 @@ pub fn actions() -> Vec<ActionSpec> {
                     "traffic the min_samples_query must reach; default 1",
                 ),
             ],
+            [
+                vec![
+                    e(
+                        Permanent,
+                        "`promql` or `min_samples_query` is empty, `op` is not one of \"<\", \
+                         \"<=\", \">\", \">=\", `threshold` is not finite, or `min_samples` is \
+                         negative",
+                    ),
+                    e(
+                        Permanent,
+                        "a query returns a range vector or a string: a check compares one number \
+                         (no data, NaN and several series are not errors: they are \
+                         `inconclusive`)",
+                    ),
+                ],
+                query_errors().to_vec(),
+            ]
+            .concat(),
             r#"prom::check("histogram_quantile(0.99, sum by (le) (rate(model_request_duration_seconds_bucket[5m])))", "<", 0.5, "sum(increase(model_requests_total[5m]))", 100)"#,
         ),
         observe(
             "alerts",
             "Alerts currently firing in Prometheus (GET /api/v1/alerts), as evidence. Returns \
              {count, alerts: [{labels, annotations, state, activeAt, value}]}.",
+            vec![],
             vec![],
             "prom::alerts()",
         ),

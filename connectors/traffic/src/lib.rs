@@ -452,6 +452,12 @@ impl firebreak_connector::plugin::Plugin for Plugin {
         "traffic"
     }
 
+    fn doc(&self) -> &'static str {
+        "Canary traffic weights on a Gateway API HTTPRoute, an Istio VirtualService, or the \
+         replica counts of two Deployments behind one Service. On with the Kubernetes \
+         connector (the same cluster)."
+    }
+
     fn actions(&self) -> Vec<ActionSpec> {
         spec::actions()
     }

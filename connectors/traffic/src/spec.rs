@@ -1,6 +1,9 @@
 //! The self-description of every `traffic::` action. Start at [`actions`].
 
-use firebreak_connector::{ActionSpec, Effect, ParamSpec, ParamType, RbacRule};
+use firebreak_connector::ErrorKind::{Conflict, NotFound, Permanent, Timeout};
+use firebreak_connector::{
+    ActionSpec, Effect, ErrorDoc, ErrorKind, ParamSpec, ParamType, RbacRule,
+};
 
 fn ns() -> ParamSpec {
     ParamSpec::required("ns", ParamType::String, "namespace of the route")
@@ -13,6 +16,57 @@ fn route() -> ParamSpec {
         "httproute/NAME, virtualservice/NAME, service/NAME (two Deployments behind one \
          Service, split by replicas), or a bare NAME looked up in that order",
     )
+}
+
+const fn e(kind: ErrorKind, when: &'static str) -> ErrorDoc {
+    ErrorDoc::new(kind, when)
+}
+
+/// Finding the route, for every action.
+fn read_errors() -> Vec<ErrorDoc> {
+    vec![
+        e(
+            Permanent,
+            "`route` names an unknown kind (not httproute/, virtualservice/ or service/) or \
+             nothing",
+        ),
+        e(
+            NotFound,
+            "no such route: no HTTPRoute, VirtualService (v1, then v1beta1) or Service by that \
+             name (a kind the cluster does not serve counts as absent)",
+        ),
+        e(
+            Permanent,
+            "a Service route has no selector, or selects no Deployment",
+        ),
+    ]
+}
+
+/// Moving the weights, for `shift` and `reset` (see `TrafficConnector::apply_weights`).
+fn write_errors() -> Vec<ErrorDoc> {
+    vec![
+        e(
+            Permanent,
+            "a Service route selects more than two Deployments (a replica-ratio canary splits \
+             between two)",
+        ),
+        e(
+            Conflict,
+            "the route's backends changed between plan and write, or it kept changing (a 409 \
+             on every write, up to the retry limit)",
+        ),
+        e(
+            Permanent,
+            "a parent of the HTTPRoute reports that a backend does not resolve (`ResolvedRefs` \
+             false at the new generation); the message names it",
+        ),
+        e(
+            Timeout,
+            "the HTTPRoute's parents did not accept the new generation, or the Service's \
+             Deployments did not have their replicas ready, within 60 s",
+        ),
+        e(Permanent, "the route was written but carries other weights"),
+    ]
 }
 
 fn rule(
@@ -59,6 +113,7 @@ pub fn actions() -> Vec<ActionSpec> {
             params: vec![ns(), route()],
             namespace_param: Some("ns"),
             rbac: read_rules(),
+            errors: read_errors(),
             example: r#"traffic::split("ml-serving", "httproute/fraud-model")"#,
         },
         ActionSpec {
@@ -80,6 +135,22 @@ pub fn actions() -> Vec<ActionSpec> {
             ],
             namespace_param: Some("ns"),
             rbac: write_rules(),
+            errors: [
+                read_errors(),
+                vec![
+                    e(
+                        Permanent,
+                        "`weights` is not a map of backend name to a whole number, a weight is \
+                         negative, or all are zero",
+                    ),
+                    e(
+                        Permanent,
+                        "a weight names a backend the route does not have",
+                    ),
+                ],
+                write_errors(),
+            ]
+            .concat(),
             example: r#"traffic::shift("ml-serving", "httproute/fraud-model", #{"fraud-model-v1": 90, "fraud-model-v2": 10})"#,
         },
         ActionSpec {
@@ -93,6 +164,12 @@ pub fn actions() -> Vec<ActionSpec> {
             ],
             namespace_param: Some("ns"),
             rbac: write_rules(),
+            errors: [
+                read_errors(),
+                vec![e(Permanent, "`stable` is not a backend of the route")],
+                write_errors(),
+            ]
+            .concat(),
             example: r#"traffic::reset("ml-serving", "httproute/fraud-model", "fraud-model-v1")"#,
         },
     ]

@@ -63,6 +63,22 @@ pub struct ParamSpec {
     pub doc: &'static str,
 }
 
+impl ParamType {
+    /// The type as the reference names it: `string`, `int`, `float`, `bool`, `map`, `array`,
+    /// `any`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ParamType::String => "string",
+            ParamType::Int => "int",
+            ParamType::Float => "float",
+            ParamType::Bool => "bool",
+            ParamType::Map => "map",
+            ParamType::Array => "array",
+            ParamType::Any => "any",
+        }
+    }
+}
+
 impl ParamSpec {
     /// A parameter the script must give.
     pub fn required(name: &'static str, ty: ParamType, doc: &'static str) -> ParamSpec {
@@ -105,8 +121,52 @@ pub struct ActionSpec {
     /// the runbook's `namespaces`. `None` for cluster-scoped actions (e.g. cordon).
     pub namespace_param: Option<&'static str>,
     pub rbac: Vec<RbacRule>,
+    /// The errors this action can return beyond the ones every action can ([`common_errors`]),
+    /// each with the condition that causes it, for the runbook reference.
+    pub errors: Vec<ErrorDoc>,
     /// Example call, shown by `firebreak connectors` and in docs.
     pub example: &'static str,
+}
+
+/// One error an action can return: its kind and, for people, when it happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ErrorDoc {
+    pub kind: ErrorKind,
+    /// The condition, e.g. "the Deployment does not exist".
+    pub when: &'static str,
+}
+
+impl ErrorDoc {
+    pub const fn new(kind: ErrorKind, when: &'static str) -> ErrorDoc {
+        ErrorDoc { kind, when }
+    }
+}
+
+/// The errors any action of any connector can return, whatever it does: the services they
+/// talk to fail, refuse or are slow the same way for every action.
+pub fn common_errors() -> Vec<ErrorDoc> {
+    vec![
+        ErrorDoc::new(
+            ErrorKind::Transient,
+            "the service could not be reached or answered 429 or 5xx (connection refused or \
+             reset, an API server or Prometheus restarting, a proxy without a backend)",
+        ),
+        ErrorDoc::new(
+            ErrorKind::Denied,
+            "the service refused the connector's credentials (401/403: the Kubernetes RBAC of \
+             firebreak's service account, an auth proxy in front of Prometheus or Alertmanager)",
+        ),
+        ErrorDoc::new(
+            ErrorKind::Timeout,
+            "a request got no answer in time (the connector's own limit per request, or a \
+             408/504 from the API server)",
+        ),
+        ErrorDoc::new(
+            ErrorKind::Permanent,
+            "the service answered with an error that a retry would get again (another 4xx) or \
+             with something that is not its documented answer",
+        ),
+    ]
 }
 
 /// Why an action failed; the runtime's retry policy is decided from this, never from text.
@@ -128,9 +188,48 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, in the order the reference lists them.
+    pub const ALL: [ErrorKind; 6] = [
+        ErrorKind::Transient,
+        ErrorKind::Permanent,
+        ErrorKind::NotFound,
+        ErrorKind::Conflict,
+        ErrorKind::Denied,
+        ErrorKind::Timeout,
+    ];
+
     /// Only transient failures are retried.
     pub fn is_retryable(self) -> bool {
         matches!(self, ErrorKind::Transient)
+    }
+
+    /// The kind as journaled and shown to scripts: `transient`, `not_found`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Transient => "transient",
+            ErrorKind::Permanent => "permanent",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Denied => "denied",
+            ErrorKind::Timeout => "timeout",
+        }
+    }
+
+    /// What the kind means, for people (the reference's table of kinds).
+    pub fn meaning(self) -> &'static str {
+        match self {
+            ErrorKind::Transient => "worth trying again: the service failed, not the request",
+            ErrorKind::Permanent => {
+                "will fail the same way again: bad input, an object in a state the action \
+                 refuses, an effect the cluster does not show"
+            }
+            ErrorKind::NotFound => "the object the action needs does not exist",
+            ErrorKind::Conflict => {
+                "someone else changed the object between the action's read and its write"
+            }
+            ErrorKind::Denied => "refused by policy: the engine's rules or the service's",
+            ErrorKind::Timeout => "did not finish in time",
+        }
     }
 }
 
@@ -325,5 +424,35 @@ impl Registry {
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Connector>> {
         self.connectors.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_for_people_are_the_serialized_names() {
+        for kind in ErrorKind::ALL {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
+        for ty in [
+            ParamType::String,
+            ParamType::Int,
+            ParamType::Float,
+            ParamType::Bool,
+            ParamType::Map,
+            ParamType::Array,
+            ParamType::Any,
+        ] {
+            assert_eq!(serde_json::to_value(ty).unwrap(), ty.as_str());
+        }
+    }
+
+    #[test]
+    fn every_kind_is_listed_once() {
+        let listed: std::collections::BTreeSet<_> =
+            ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(listed.len(), ErrorKind::ALL.len());
     }
 }

@@ -20,6 +20,12 @@ pub struct Setting {
     pub doc: &'static str,
 }
 
+/// The environment variable that sets `connectors.<section>.<key>`:
+/// `FIREBREAK_<SECTION>_<KEY>`, upper case.
+pub fn env_var(section: &str, key: &str) -> String {
+    format!("FIREBREAK_{section}_{key}").to_ascii_uppercase()
+}
+
 /// Clients the engine shares between connectors (a Kubernetes client, an HTTP client), by
 /// type, so this crate needs to know none of them.
 #[derive(Default)]
@@ -64,6 +70,11 @@ pub trait Plugin: Send + Sync {
     /// Its settings (none by default: a connector built from shared clients only).
     fn settings(&self) -> Vec<Setting> {
         Vec::new()
+    }
+    /// What it is for and what turns it on, in a sentence or two, for the runbook reference
+    /// (`firebreak connectors --markdown`).
+    fn doc(&self) -> &'static str {
+        ""
     }
     /// Its actions, whether or not it is configured here.
     fn actions(&self) -> Vec<ActionSpec>;

@@ -252,6 +252,7 @@ mod tests {
                 ],
                 namespace_param: Some("ns"),
                 rbac: vec![],
+                errors: vec![],
                 example: "",
             }],
         )];
@@ -304,7 +305,10 @@ mod tests {
         version(&mount.join("..2026_12_03_08_01_00.2"), "two");
         swap(&mount.join("..data"), "..2026_12_03_08_01_00.2");
         std::fs::remove_dir_all(mount.join("..2026_12_03_08_00_00.1")).unwrap();
-        assert!(runbooks.reload_if_changed().unwrap(), "the ConfigMap update");
+        assert!(
+            runbooks.reload_if_changed().unwrap(),
+            "the ConfigMap update"
+        );
         assert!(script(&runbooks).contains("two"));
 
         // git-sync's layout: --root=/git --link=current, runbooks/ inside the repository.

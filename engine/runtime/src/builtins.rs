@@ -10,10 +10,162 @@ use rhai::{Dynamic, Engine, FnPtr, ImmutableString, NativeCallContext};
 use serde_json::{Value, json};
 use tracing::info;
 
+use crate::reference::{BuiltinSpec, Journaled, StepErrorDoc};
 use crate::step::{
     self, Begin, Durability, LeafResult, ScriptError, begin, current, finish_replayed, run_leaf,
     to_json,
 };
+
+/// A closure's error, as `step` and `once` pass it on.
+const CLOSURE_FAILED: StepErrorDoc = StepErrorDoc {
+    kind: "script",
+    when: "the closure raised an error: the step is journaled as failed (an inner step keeps \
+           its own record and kind) and the error goes on to the caller",
+};
+
+/// What [`register`] gives every script, for the reference (`crate::reference`); a test there
+/// holds the names and arities to what is registered.
+pub(crate) const SPECS: &[BuiltinSpec] = &[
+    BuiltinSpec {
+        name: "step",
+        signatures: &["step(name, || ...)", "step(name, inputs, || ...)"],
+        doc: "Runs the closure as one named step: its start, its return value (the step's \
+              output), its duration and outcome are journaled around it. The inputs journaled \
+              are the variables the closure captured, by name (a captured `db_password` is \
+              redacted like any secret-named key), or `inputs` when given. On resume, a step \
+              that finished runs its closure again, its inner steps replaying from the journal, \
+              and returns the journaled output.",
+        journaled: Journaled::Composite,
+        returns: "the closure's value",
+        errors: &[CLOSURE_FAILED],
+    },
+    BuiltinSpec {
+        name: "once",
+        signatures: &["once(name, || ...)"],
+        doc: "A value decided once per incident. The first run for an event evaluates the \
+              closure as the step `once:NAME`; a later run of the same runbook for the same \
+              event (the alert fired again after the cooldown) gets the value the first run \
+              decided, without evaluating the closure: the version an alert blamed when the \
+              incident began, say, so that a second run does not roll back the rollback.",
+        journaled: Journaled::Composite,
+        returns: "the closure's value, or the value the first run decided",
+        errors: &[CLOSURE_FAILED],
+    },
+    BuiltinSpec {
+        name: "log",
+        signatures: &["log(message)"],
+        doc: "A line in the run's audit trail, also in the engine's log and in the output of \
+              `firebreak run`. Any value; it is shown as text.",
+        journaled: Journaled::Deferred,
+        returns: "`()`",
+        errors: &[],
+    },
+    BuiltinSpec {
+        name: "evidence",
+        signatures: &["evidence(name, value)"],
+        doc: "Attaches `value` (any value: a map, an action's answer) to the run as a named \
+              evidence record. Observing connector actions attach their answers by themselves.",
+        journaled: Journaled::Deferred,
+        returns: "`()`",
+        errors: &[StepErrorDoc {
+            kind: "over_budget",
+            when: "the value, as JSON, is larger than `limits.max_evidence_bytes`: the run ends \
+                   `failed` (not catchable)",
+        }],
+    },
+    BuiltinSpec {
+        name: "sleep",
+        signatures: &["sleep(ms)"],
+        doc: "Waits `ms` milliseconds (an int: `sleep(ms(\"5m\"))` for text). A cancel or the \
+              run's timeout ends it early; a run suspended for a shutdown waits only what was \
+              left of it when it resumes.",
+        journaled: Journaled::WriteAhead,
+        returns: "`()`",
+        errors: &[StepErrorDoc {
+            kind: "invalid_argument",
+            when: "`ms` is negative or longer than the longest wait (see the limits)",
+        }],
+    },
+    BuiltinSpec {
+        name: "now",
+        signatures: &["now()"],
+        doc: "The current time, the sandbox's only clock. Journaled, so a resumed run sees the \
+              time its first attempt saw.",
+        journaled: Journaled::Deferred,
+        returns: "RFC 3339 text in UTC, e.g. `\"2025-06-01T12:00:00.123456Z\"`",
+        errors: &[],
+    },
+    BuiltinSpec {
+        name: "ms",
+        signatures: &["ms(wait)"],
+        doc: "A wait in milliseconds: an int is milliseconds already; text is like \
+              `\"500ms\"`, `\"90s\"`, `\"5m\"`, `\"1h30m\"` (a duration param's text), and \
+              bare digits in text are seconds.",
+        journaled: Journaled::No,
+        returns: "int (milliseconds)",
+        errors: &[StepErrorDoc {
+            kind: "script",
+            when: "`wait` is not like that (an unknown unit, a space, a sign)",
+        }],
+    },
+    BuiltinSpec {
+        name: "fail",
+        signatures: &["fail(message)"],
+        doc: "Fails the run with `message`: a failed step of kind `fail`, and an error that, \
+              uncaught, ends the run `failed` with that message.",
+        journaled: Journaled::Deferred,
+        returns: "never returns",
+        errors: &[StepErrorDoc {
+            kind: "fail",
+            when: "always",
+        }],
+    },
+    BuiltinSpec {
+        name: "approve",
+        signatures: &["approve(why)"],
+        doc: "Asks people to approve the run here, before anything is decided: by the \
+              runbook's `approval` policy, or without one a member of its team within 30 \
+              minutes. The request is journaled with `why`; decisions come through the API, the \
+              CLI or chat. A run is approved once: later mutations and `approve` calls go on \
+              without asking again. In a dry run it asks nobody.",
+        journaled: Journaled::WriteAhead,
+        returns: "`#{approved_by: [names]}` (empty when the run was approved already); in a dry \
+                  run `#{dry_run: true, would: \"wait for approval\"}`",
+        errors: &[
+            StepErrorDoc {
+                kind: "denied",
+                when: "an approver said no: the run ends `denied` (not catchable)",
+            },
+            StepErrorDoc {
+                kind: "expired",
+                when: "nobody approved before the request expired: the run ends `expired` (not \
+                       catchable)",
+            },
+        ],
+    },
+    BuiltinSpec {
+        name: "resolved",
+        signatures: &["resolved()"],
+        doc: "Whether an event that joined this run said its incident resolved (Alertmanager's \
+              `resolved` notification of the same alert).",
+        journaled: Journaled::Deferred,
+        returns: "bool",
+        errors: &[],
+    },
+    BuiltinSpec {
+        name: "wait_resolved",
+        signatures: &["wait_resolved(timeout)"],
+        doc: "Waits until an event joins the run saying its incident resolved, at most \
+              `timeout` (milliseconds, or text like `\"5m\"`). Ended early like `sleep`; a \
+              resumed run waits only what was left.",
+        journaled: Journaled::WriteAhead,
+        returns: "bool: whether the incident resolved in time",
+        errors: &[StepErrorDoc {
+            kind: "invalid_argument",
+            when: "`timeout` is not a wait, or is longer than the longest wait (see the limits)",
+        }],
+    },
+];
 
 pub(crate) fn register(engine: &mut Engine) {
     engine.register_fn(

@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 
 use crate::builtins::{composite_step, evidence, parse_wait, sleep};
 use crate::connectors::Action;
+use crate::reference::{BuiltinSpec, Journaled, StepErrorDoc};
 use crate::step::{ScriptError, current, script_error, to_dynamic, to_json};
 
 /// The connector actions an analysis drives; absent when their connector is not configured.
@@ -33,6 +34,55 @@ pub(crate) struct Tools {
     pub(crate) reset: Option<Arc<Action>>,
     pub(crate) check: Option<Arc<Action>>,
 }
+
+/// `canary(opts)`, registered in [`register`], for the reference.
+pub(crate) const SPEC: BuiltinSpec = BuiltinSpec {
+    name: "canary",
+    signatures: &["canary(opts)"],
+    doc: "A progressive canary analysis, the way Flagger runs one. `opts` is a map: \
+          `namespace`; `route` (as `traffic::shift` takes it); `stable` and `canary` (backend \
+          names); `steps`, rising weights like `[10, 25, 50, 100]`, or `step_weight` (with \
+          `max_weight`, default 100); `interval` (ms, or text like `\"30s\"`); `threshold`, \
+          failed checks before the canary is rolled back (default 1); `metrics`, a list of \
+          `#{name, query, op, threshold, requests, min_requests}`, each checked as \
+          `prom::check(query, op, threshold, requests, min_requests)`; `inconclusive`, \
+          `#{limit: 3, then: \"rollback\" | \"halt\"}`. At each weight it waits `interval` and \
+          checks every metric: only an interval where every metric passes advances the weight; \
+          a failed check counts toward `threshold`, which rolls the canary back \
+          (`traffic::reset` to `stable`); an inconclusive interval (no data, NaN, several \
+          series, too little traffic, Prometheus unreachable or the query refused) holds the \
+          weight and counts toward `inconclusive.limit`. Every shift, wait and check is a \
+          journaled step inside it and every interval an evidence record, so a resumed run \
+          goes on at the same weight and interval without shifting twice. Promotion is the \
+          runbook's own (`k8s::promote`).",
+    journaled: Journaled::Composite,
+    returns: "`#{outcome: \"passed\" | \"rolled_back\" | \"halted\", weight, failed_checks, \
+              inconclusive_intervals, intervals, reason, history}`",
+    errors: &[
+        StepErrorDoc {
+            kind: "script",
+            when: "`opts` do not fit: an unknown key, both or neither of `steps` and \
+                   `step_weight`, steps that do not rise strictly within 1..100, a zero \
+                   `interval`, no metrics, `stable` equal to `canary`, a zero `threshold` or \
+                   `inconclusive.limit`",
+        },
+        StepErrorDoc {
+            kind: "script",
+            when: "the traffic or prom connector is not configured",
+        },
+        StepErrorDoc {
+            kind: "invalid_argument",
+            when: "`interval` is longer than the longest wait (see the limits): the first \
+                   interval's `sleep` fails",
+        },
+        StepErrorDoc {
+            kind: "any",
+            when: "`traffic::shift` or `traffic::reset` failed (see the traffic connector): the \
+                   analysis stops with that error. A check that fails to run is inconclusive, \
+                   never an error.",
+        },
+    ],
+};
 
 /// Registers `canary(opts)`.
 pub(crate) fn register(engine: &mut Engine, tools: Tools) {

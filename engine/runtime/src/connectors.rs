@@ -26,6 +26,7 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tracing::warn;
 
+use crate::reference::{BuiltinSpec, Journaled};
 use crate::step::{
     Durability, LeafResult, Planned, RunContext, ScriptError, Stop, error_chain, run_leaf,
     run_mutation, to_json,
@@ -33,6 +34,18 @@ use crate::step::{
 
 /// Most positional parameters an action may have.
 const MAX_ARITY: usize = 8;
+
+/// `connected(module)`, registered in [`register`], for the reference.
+pub(crate) const CONNECTED: BuiltinSpec = BuiltinSpec {
+    name: "connected",
+    signatures: &["connected(module)"],
+    doc: "Whether the connector `module` (`\"k8s\"`, `\"prom\"`, `\"traffic\"`, `\"am\"`) is \
+          configured on this engine, for steps a runbook can do without. Calling an action of a \
+          connector that is not configured is an error (function not found).",
+    journaled: Journaled::No,
+    returns: "bool",
+    errors: &[],
+};
 
 /// Registers one static module per connector, one function per allowed arity per action.
 pub(crate) fn register(engine: &mut Engine, registry: &Registry) {

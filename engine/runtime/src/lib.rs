@@ -11,7 +11,8 @@
 //! - `connectors`: `<connector>::<action>(args...)` for every registered connector, and
 //!   `connected(name)`, whether one is configured;
 //! - `canary`: `canary(opts)`, a progressive canary analysis over `traffic::` and `prom::`;
-//! - [`policy`]: the retry policy for connector errors.
+//! - [`policy`]: the retry policy for connector errors;
+//! - [`reference`]: all of the above as data, for the runbook reference (docs/RUNBOOKS.md).
 //!
 //! What a script sees: a constant `ctx` map (`event`, `labels`, `annotations`, `params`,
 //! `run_id`, `runbook`, `team`, `actor`, `dry_run`) and the functions above. Functions
@@ -23,6 +24,7 @@ mod canary;
 mod connectors;
 pub mod guard;
 pub mod policy;
+pub mod reference;
 mod runner;
 pub mod sandbox;
 mod step;

@@ -23,6 +23,7 @@ use tracing::{error, info};
 
 use crate::approval::{Decision, DecisionError, Pending, Standing};
 use crate::policy::RetryPolicy;
+use crate::reference::{self, CtxKey, LimitDoc};
 use crate::sandbox::{Limits, build_engine};
 use crate::step::{
     self, Earlier, JoinError, JoinedEvent, Replay, RunContext, START_FLUSH_AFTER, Stop, to_dynamic,
@@ -64,6 +65,39 @@ impl Default for Budget {
             max_journal_bytes: 16 << 20,
             max_evidence_bytes: 1 << 20,
         }
+    }
+}
+
+impl Budget {
+    /// Each budget, its value and its setting in firebreak.yaml, for the reference.
+    pub fn docs(&self) -> Vec<LimitDoc> {
+        vec![
+            LimitDoc {
+                name: "script memory",
+                value: reference::bytes(self.max_script_bytes),
+                setting: Some("limits.max_script_bytes"),
+                doc: "bytes the script's variables hold, measured whenever one is defined",
+            },
+            LimitDoc {
+                name: "audit records",
+                value: reference::count(self.max_records),
+                setting: Some("limits.max_run_records"),
+                doc: "records one run may write (its end record is always written)",
+            },
+            LimitDoc {
+                name: "audit bytes",
+                value: reference::bytes(self.max_journal_bytes),
+                setting: Some("limits.max_run_journal_bytes"),
+                doc: "bytes of records one run may write",
+            },
+            LimitDoc {
+                name: "evidence record",
+                value: reference::bytes(self.max_evidence_bytes),
+                setting: Some("limits.max_evidence_bytes"),
+                doc: "bytes of one evidence record: an `evidence(...)` value, or an observing \
+                      action's answer",
+            },
+        ]
     }
 }
 
@@ -849,6 +883,62 @@ fn classify(
     }
 }
 
+/// The keys [`script_ctx`] fills, for the reference; a test holds them to it.
+pub(crate) const CTX_KEYS: &[CtxKey] = &[
+    CtxKey {
+        name: "event",
+        ty: "map",
+        doc: "the event that started the run, whole: `id`, `source` (`alertmanager`, `k8s`, \
+              `manual`), `type` (`firing`, `resolved`, `warning`, `trigger`, ...), `subject` \
+              (the alert name, the object), `time`, `namespace` and `fingerprint` where known, \
+              `data` (an alert's `labels`, `annotations`, `startsAt`, `generatorURL`, ...; a \
+              manual trigger's `runbook`, `params`, `actor`)",
+    },
+    CtxKey {
+        name: "labels",
+        ty: "map",
+        doc: "`event.data.labels` (an alert's labels); `#{}` when the event has none",
+    },
+    CtxKey {
+        name: "annotations",
+        ty: "map",
+        doc: "`event.data.annotations`; `#{}` when the event has none",
+    },
+    CtxKey {
+        name: "params",
+        ty: "map",
+        doc: "the manifest's `params`, resolved from the event (a label, an annotation, a \
+              manual trigger's params) or their defaults; a duration param is its text \
+              (`\"2m\"`: `ms(ctx.params.wait)` makes it milliseconds)",
+    },
+    CtxKey {
+        name: "run_id",
+        ty: "string",
+        doc: "this run's id, as every record of its audit trail carries it",
+    },
+    CtxKey {
+        name: "runbook",
+        ty: "string",
+        doc: "the runbook's name",
+    },
+    CtxKey {
+        name: "team",
+        ty: "string",
+        doc: "the runbook's owner team",
+    },
+    CtxKey {
+        name: "actor",
+        ty: "string",
+        doc: "who started the run: the authenticated caller of a manual trigger, else the \
+              event's source (`alertmanager`, `k8s`)",
+    },
+    CtxKey {
+        name: "dry_run",
+        ty: "bool",
+        doc: "whether this is a dry run: mutating actions answer their plan and change nothing",
+    },
+];
+
 /// The `ctx` map a script sees.
 fn script_ctx(
     meta: &RunMeta,
@@ -869,4 +959,28 @@ fn script_ctx(
     map.insert("actor".into(), meta.actor.clone().into());
     map.insert("dry_run".into(), dry_run.into());
     Ok(map.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ctx_table_names_every_key_a_script_gets() {
+        let meta = RunMeta {
+            run_id: "r".into(),
+            runbook: "b".into(),
+            team: "t".into(),
+            actor: "a".into(),
+            event_id: "e".into(),
+        };
+        let ctx = script_ctx(&meta, &serde_json::json!({"data": {}}), &Value::Null, false)
+            .unwrap()
+            .cast::<rhai::Map>();
+        let mut given: Vec<&str> = ctx.keys().map(|k| k.as_str()).collect();
+        let mut documented: Vec<&str> = CTX_KEYS.iter().map(|k| k.name).collect();
+        given.sort_unstable();
+        documented.sort_unstable();
+        assert_eq!(given, documented);
+    }
 }

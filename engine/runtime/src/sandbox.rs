@@ -21,6 +21,7 @@ use rhai::packages::{
 use rhai::{AST, Dynamic, Engine, OptimizationLevel};
 use tracing::{debug, info};
 
+use crate::reference::{self, LimitDoc};
 use crate::{builtins, connectors, step};
 
 /// Every bound a script runs under. The defaults suit incident runbooks: generous for real
@@ -47,6 +48,83 @@ pub struct Limits {
     /// Longest single `sleep(ms)`.
     pub max_sleep: Duration,
 }
+
+impl Limits {
+    /// Each limit and its value, for the reference (`crate::reference`).
+    pub fn docs(&self) -> Vec<LimitDoc> {
+        let doc = |name, value, doc| LimitDoc {
+            name,
+            value,
+            setting: None,
+            doc,
+        };
+        vec![
+            doc(
+                "operations",
+                reference::count(self.max_operations),
+                "script operations per run: a `loop {}` ends here",
+            ),
+            doc(
+                "call depth",
+                reference::count(self.max_call_levels as u64),
+                "nested function calls (recursion)",
+            ),
+            doc(
+                "expression depth",
+                format!(
+                    "{} ({} in functions)",
+                    self.max_expr_depth, self.max_function_expr_depth
+                ),
+                "nesting of one expression; checked when the script compiles",
+            ),
+            doc(
+                "string",
+                reference::bytes(self.max_string_size as u64),
+                "bytes in one string",
+            ),
+            doc(
+                "array",
+                reference::count(self.max_array_size as u64),
+                "items in one array",
+            ),
+            doc(
+                "map",
+                reference::count(self.max_map_size as u64),
+                "entries in one object map",
+            ),
+            doc(
+                "variables",
+                reference::count(self.max_variables as u64),
+                "variables alive at once",
+            ),
+            doc(
+                "functions",
+                reference::count(self.max_functions as u64),
+                "functions a script may define with `fn`; checked when it compiles",
+            ),
+            doc(
+                "longest wait",
+                reference::seconds(self.max_sleep),
+                "one `sleep(ms)` or `wait_resolved(timeout)`",
+            ),
+        ]
+    }
+}
+
+/// What [`build_engine`] allows and refuses, one rule a sentence, for the reference.
+pub(crate) const RULES: &[&str] = &[
+    "No `eval`, no `import` (no modules at all), no custom syntax.",
+    "No clock, file or network: Rhai's core, logic, string, array, map and math packages only. \
+     Time comes from the journaled `now()`, the world through connector actions.",
+    "`print(x)` and `debug(x)` write to the engine's log, not the audit trail: `log(x)` is what \
+     the run's record keeps.",
+    "Functions defined with `fn` do not see `ctx`: pass it as an argument.",
+    "A script compiles once, when the runbooks load: a syntax error, an unknown connector \
+     action or a wrong number of arguments is a `file:line:col` error in `firebreak check` and \
+     on reload, not a failure mid-incident.",
+    "Going past a limit below ends the run `failed`, and a script cannot catch it: `loop {}` \
+     is terminated, not obeyed.",
+];
 
 impl Default for Limits {
     fn default() -> Self {

@@ -18,6 +18,22 @@ fn manifest(matcher: &str, tail: &str) -> String {
     )
 }
 
+/// The scripting reference is what the binary prints: `docs/RUNBOOKS.md` is generated from the
+/// connectors' specs and the runtime's tables (`firebreak/src/reference.rs`).
+#[tokio::test(flavor = "multi_thread")]
+async fn docs_runbooks_md_is_what_connectors_markdown_prints() {
+    let out = firebreak(&["connectors", "--markdown"], &[])
+        .await
+        .ok("firebreak connectors --markdown");
+    let committed =
+        std::fs::read_to_string(repo_root().join("docs/RUNBOOKS.md")).unwrap_or_default();
+    assert!(
+        committed == out.stdout,
+        "docs/RUNBOOKS.md is out of date: run `cargo run -q -- connectors --markdown > \
+         docs/RUNBOOKS.md` from the repository's root"
+    );
+}
+
 /// Runs `firebreak check DIR` on one runbook and returns its output; it must fail.
 async fn check_fails(root: &Path, case: &str, yaml: &str, script: &str) -> crate::harness::Output {
     let dir = root.join(case);

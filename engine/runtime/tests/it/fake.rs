@@ -70,6 +70,7 @@ fn action(
         params,
         namespace_param: ns,
         rbac: vec![],
+        errors: vec![],
         example: "",
     }
 }

@@ -15,7 +15,7 @@ use http::{HeaderMap, Method, StatusCode, header};
 use serde_json::{Value, json};
 
 use crate::patch::{self, PatchType};
-use crate::resources::{self, ResourceType};
+use crate::resources::{Registry, ResourceType};
 use crate::selectors::{FieldSelector, LabelSelector, supported_fields};
 use crate::sim::{AuditEntry, Inner, Sim};
 use crate::status::{self, ApiError};
@@ -188,8 +188,8 @@ pub(crate) struct Target {
     pub sub: Option<String>,
 }
 
-fn parse_target(group: &str, version: &str, rest: &[&str]) -> Option<Target> {
-    let find = |plural: &str| resources::by_plural(group, version, plural);
+fn parse_target(types: &Registry, group: &str, version: &str, rest: &[&str]) -> Option<Target> {
+    let find = |plural: &str| types.by_plural(group, version, plural);
     let owned = |s: &&str| s.to_string();
     if rest.len() >= 3 && rest[0] == "namespaces" && !matches!(rest[2], "status" | "finalize") {
         let rt = find(rest[2]).filter(|r| r.namespaced)?;
@@ -243,42 +243,60 @@ fn route(sim: &Sim, req: &Req) -> Response {
                         .unwrap_or("127.0.0.1");
                     json_response(StatusCode::OK, &discovery::api_versions(host))
                 }
-                discovery::Form::Legacy => {
-                    json_response(StatusCode::OK, &discovery::api_group_list())
-                }
+                discovery::Form::Legacy => json_response(
+                    StatusCode::OK,
+                    &discovery::api_group_list(sim.lock().store.types()),
+                ),
                 form @ discovery::Form::Aggregated(v) => typed_response(
                     StatusCode::OK,
                     &form.content_type(),
-                    &discovery::aggregated(legacy, v),
+                    &discovery::aggregated(sim.lock().store.types(), legacy, v),
                 ),
             }
         }
-        ["api", v] if get => found(discovery::resource_list("", v)),
-        ["apis", g] if get => found(discovery::api_group(g)),
-        ["apis", g, v] if get => found(discovery::resource_list(g, v)),
+        ["api", v] if get => found(discovery::resource_list(sim.lock().store.types(), "", v)),
+        ["apis", g] if get => found(discovery::api_group(sim.lock().store.types(), g)),
+        ["apis", g, v] if get => found(discovery::resource_list(sim.lock().store.types(), g, v)),
         ["openapi", "v2"] if get => {
-            let version = sim.lock().version.clone();
+            let inner = sim.lock();
+            let (types, version) = (inner.store.types(), &inner.version);
             if req.accept().contains("protobuf") {
                 (
                     StatusCode::OK,
                     // As kube-openapi's handler answers it (the requested type has an `@`
                     // that mime parsers refuse).
                     [(http::header::CONTENT_TYPE, "application/octet-stream")],
-                    openapi::v2_protobuf(&version),
+                    openapi::v2_protobuf(types, version),
                 )
                     .into_response()
             } else {
-                json_response(StatusCode::OK, &openapi::v2_json(&version))
+                json_response(StatusCode::OK, &openapi::v2_json(types, version))
             }
         }
         ["openapi", "v3"] if get => {
-            json_response(StatusCode::OK, &openapi::index(&sim.lock().version))
+            let inner = sim.lock();
+            json_response(
+                StatusCode::OK,
+                &openapi::index(inner.store.types(), &inner.version),
+            )
         }
         ["openapi", "v3", "api", v] if get => {
-            found(openapi::group_version("", v, &sim.lock().version))
+            let inner = sim.lock();
+            found(openapi::group_version(
+                inner.store.types(),
+                "",
+                v,
+                &inner.version,
+            ))
         }
         ["openapi", "v3", "apis", g, v] if get => {
-            found(openapi::group_version(g, v, &sim.lock().version))
+            let inner = sim.lock();
+            found(openapi::group_version(
+                inner.store.types(),
+                g,
+                v,
+                &inner.version,
+            ))
         }
         ["_sim", rest @ ..] => admin::handle(sim, req, rest),
         [
@@ -287,8 +305,14 @@ fn route(sim: &Sim, req: &Req) -> Response {
             "v1",
             "selfsubjectaccessreviews" | "subjectaccessreviews",
         ] if req.method == Method::POST => access_review(sim, req),
-        ["api", v, rest @ ..] => resource(sim, req, parse_target("", v, rest)),
-        ["apis", g, v, rest @ ..] => resource(sim, req, parse_target(g, v, rest)),
+        ["api", v, rest @ ..] => {
+            let target = parse_target(sim.lock().store.types(), "", v, rest);
+            resource(sim, req, target)
+        }
+        ["apis", g, v, rest @ ..] => {
+            let target = parse_target(sim.lock().store.types(), g, v, rest);
+            resource(sim, req, target)
+        }
         _ => ApiError::no_route().into_response(),
     }
 }
@@ -527,7 +551,7 @@ fn get(sim: &Sim, req: &Req, t: &Target) -> Answer {
     let now = inner.store.clock.now();
     drop(inner);
     match t.sub.as_deref() {
-        Some("scale") => Ok(json_response(StatusCode::OK, &scale_of(&obj))),
+        Some("scale") => Ok(json_response(StatusCode::OK, &scale_of(t.rt, &obj))),
         Some("log") => {
             let q = logs::LogQuery::parse(&req.query)?;
             let text = logs::render(&obj, &q, now)?;
@@ -547,10 +571,55 @@ fn get(sim: &Sim, req: &Req, t: &Target) -> Answer {
     }
 }
 
-/// The `autoscaling/v1 Scale` view of a Deployment or ReplicaSet.
-fn scale_of(obj: &Value) -> Value {
+/// `.spec.replicas` → `/spec/replicas` (a CRD's scale paths are simple dotted paths).
+fn dotted_pointer(path: &str) -> String {
+    path.split('.')
+        .filter(|p| !p.is_empty())
+        .map(|p| format!("/{}", p.replace('~', "~0").replace('/', "~1")))
+        .collect()
+}
+
+/// Sets the value at a JSON pointer, creating the objects on the way.
+fn set_pointer(obj: &mut Value, pointer: &str, value: Value) {
+    let mut at = obj;
+    let parts: Vec<String> = pointer
+        .split('/')
+        .skip(1)
+        .map(|p| p.replace("~1", "/").replace("~0", "~"))
+        .collect();
+    for (i, part) in parts.iter().enumerate() {
+        if !at.is_object() {
+            *at = json!({});
+        }
+        if i + 1 == parts.len() {
+            at[part.as_str()] = value;
+            return;
+        }
+        at = &mut at[part.as_str()];
+    }
+}
+
+/// The `autoscaling/v1 Scale` view of a Deployment, a ReplicaSet, or a custom resource whose
+/// CRD has a scale subresource (read at its paths; the selector is then a string already).
+fn scale_of(rt: &ResourceType, obj: &Value) -> Value {
     let meta = &obj["metadata"];
-    let selector = crate::selectors::format_label_selector(obj.pointer("/spec/selector"));
+    let (spec_replicas, status_replicas, selector) = match rt.scale {
+        Some(paths) => (
+            dotted_pointer(paths.spec_replicas),
+            dotted_pointer(paths.status_replicas),
+            paths
+                .label_selector
+                .and_then(|p| obj.pointer(&dotted_pointer(p)))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+        ),
+        None => (
+            "/spec/replicas".to_owned(),
+            "/status/replicas".to_owned(),
+            crate::selectors::format_label_selector(obj.pointer("/spec/selector")),
+        ),
+    };
     json!({
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
@@ -558,8 +627,8 @@ fn scale_of(obj: &Value) -> Value {
             "name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"],
             "resourceVersion": meta["resourceVersion"], "creationTimestamp": meta["creationTimestamp"],
         },
-        "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(0))},
-        "status": {"replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)), "selector": selector},
+        "spec": {"replicas": obj.pointer(&spec_replicas).cloned().unwrap_or(json!(0))},
+        "status": {"replicas": obj.pointer(&status_replicas).cloned().unwrap_or(json!(0)), "selector": selector},
     })
 }
 
@@ -687,7 +756,7 @@ fn update(sim: &Sim, req: &Req, t: &Target) -> Answer {
             let live = inner.store.get_resource(t.rt, t.ns.as_deref(), name)?;
             let updated = set_scale(&mut inner, t, live, &obj, dry)?;
             after_write(sim, &mut inner, dry);
-            return Ok(json_response(StatusCode::OK, &scale_of(&updated)));
+            return Ok(json_response(StatusCode::OK, &scale_of(t.rt, &updated)));
         }
         _ => {
             let mut obj = obj;
@@ -730,7 +799,10 @@ fn set_scale(
         return Err(ApiError::bad_request("spec.replicas must be an integer"));
     }
     let mut next = live;
-    next["spec"]["replicas"] = replicas;
+    match t.rt.scale {
+        Some(paths) => set_pointer(&mut next, &dotted_pointer(paths.spec_replicas), replicas),
+        None => next["spec"]["replicas"] = replicas,
+    }
     inner
         .store
         .update_resource(t.rt, t.ns.as_deref(), name_of(t), next, dry)
@@ -811,10 +883,10 @@ fn patch_resource(sim: &Sim, req: &Req, t: &Target) -> Answer {
     };
     let out = match t.sub.as_deref() {
         Some("scale") => {
-            let patched = patch::apply_patch(ty, &scale_of(&live), &body)?;
+            let patched = patch::apply_patch(ty, &scale_of(t.rt, &live), &body)?;
             let updated = set_scale(&mut inner, t, live, &patched, dry)?;
             after_write(sim, &mut inner, dry);
-            return Ok(json_response(StatusCode::OK, &scale_of(&updated)));
+            return Ok(json_response(StatusCode::OK, &scale_of(t.rt, &updated)));
         }
         Some("status") => {
             let patched = patch::apply_patch(ty, &live, &body)?;
@@ -1010,7 +1082,9 @@ mod tests {
 
     #[test]
     fn paths_resolve_to_targets() {
+        let types = Registry::default();
         let t = parse_target(
+            &types,
             "apps",
             "v1",
             &["namespaces", "default", "deployments", "web", "scale"],
@@ -1025,17 +1099,17 @@ mod tests {
             ),
             ("deployments", Some("default"), Some("web"), Some("scale"))
         );
-        let t = parse_target("", "v1", &["namespaces", "team-a"]).unwrap();
+        let t = parse_target(&types, "", "v1", &["namespaces", "team-a"]).unwrap();
         assert_eq!(
             (t.rt.plural, t.name.as_deref()),
             ("namespaces", Some("team-a"))
         );
-        let t = parse_target("", "v1", &["namespaces", "team-a", "status"]).unwrap();
+        let t = parse_target(&types, "", "v1", &["namespaces", "team-a", "status"]).unwrap();
         assert_eq!(t.sub.as_deref(), Some("status"));
-        let t = parse_target("", "v1", &["pods"]).unwrap();
+        let t = parse_target(&types, "", "v1", &["pods"]).unwrap();
         assert!(t.ns.is_none() && t.name.is_none());
-        assert!(parse_target("", "v1", &["namespaces", "x", "nodes"]).is_none());
-        assert!(parse_target("apps", "v1", &["widgets"]).is_none());
+        assert!(parse_target(&types, "", "v1", &["namespaces", "x", "nodes"]).is_none());
+        assert!(parse_target(&types, "apps", "v1", &["widgets"]).is_none());
     }
 
     #[test]

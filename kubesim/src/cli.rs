@@ -1,7 +1,7 @@
 //! kubesim's command line, shared by the `kubesim` binary and `firebreak sim`: serves a
 //! simulated Kubernetes API on 127.0.0.1 until SIGINT/SIGTERM.
 //!
-//! `kubesim --port 0 --kubeconfig ./kubeconfig --load ./manifests --state ./state.json`
+//! `kubesim --port 0 --kubeconfig ./kubeconfig --load ./manifests --state ./state.json [--no-crds]`
 
 use std::path::PathBuf;
 
@@ -46,6 +46,10 @@ pub struct Args {
     /// The Kubernetes gitVersion to report (it also picks the dispatched kubectl).
     #[arg(long, default_value = "v1.32.4")]
     pub version: String,
+    /// Start without the bundled CRDs (Gateway API HTTPRoute, Istio VirtualService): those
+    /// kinds are served only once their CustomResourceDefinitions are applied.
+    #[arg(long)]
+    pub no_crds: bool,
 }
 
 /// Serves until SIGINT/SIGTERM, then saves `--state` if given. The caller sets up logging.
@@ -54,6 +58,7 @@ pub async fn run(args: Args) -> Result<(), CliError> {
         version: args.version.clone(),
         bind: std::net::SocketAddr::from(([127, 0, 0, 1], args.port)),
         state_file: args.state.clone(),
+        bundled_crds: !args.no_crds,
         ..SimConfig::default()
     };
     if let Some(dir) = &args.load {

@@ -1,8 +1,9 @@
 //! Conversions between a resource's served form and its storage form.
 //!
 //! `events.k8s.io/v1` Events share storage with `core/v1` Events (the apiserver stores one
-//! object and converts on the way out); `networking.istio.io` VirtualServices are stored once
-//! and served in `v1` and `v1beta1`. Start at [`to_storage`] and [`from_storage`].
+//! object and converts on the way out). A custom resource is stored once, in its CRD's storage
+//! version, and served in every served version with nothing converted but `apiVersion` (a CRD
+//! with `conversion.strategy: None`). Start at [`to_storage`] and [`from_storage`].
 
 use serde_json::{Map, Value};
 
@@ -46,6 +47,11 @@ pub fn to_storage(rt: &ResourceType, obj: Value) -> Value {
         out["apiVersion"] = Value::from("v1");
         return out;
     }
+    if !rt.builtin && rt.storage_version != rt.version && obj.is_object() {
+        let mut out = obj;
+        out["apiVersion"] = Value::from(format!("{}/{}", rt.group, rt.storage_version));
+        return out;
+    }
     obj
 }
 
@@ -83,12 +89,21 @@ mod tests {
     }
 
     #[test]
-    fn virtualservices_are_served_in_each_version() {
-        let vs = resources::by_plural("networking.istio.io", "v1beta1", "virtualservices").unwrap();
-        let stored = json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService"});
+    fn custom_resources_are_stored_in_the_storage_version_and_served_in_each() {
+        let crd = crate::crd::bundled()
+            .into_iter()
+            .find(|c| c["spec"]["group"] == "networking.istio.io")
+            .unwrap();
+        let (served, _) = crate::crd::types_of(&crd).unwrap();
+        let v1beta1 = served.iter().find(|t| t.version == "v1beta1").unwrap();
+        let written =
+            json!({"apiVersion": "networking.istio.io/v1beta1", "kind": "VirtualService"});
+        let stored = to_storage(v1beta1, written);
+        assert_eq!(stored["apiVersion"], "networking.istio.io/v1alpha3");
+        let v1 = served.iter().find(|t| t.version == "v1").unwrap();
         assert_eq!(
-            from_storage(vs, &stored)["apiVersion"],
-            "networking.istio.io/v1beta1"
+            from_storage(v1, &stored)["apiVersion"],
+            "networking.istio.io/v1"
         );
     }
 }

@@ -16,6 +16,7 @@ pub fn apply(rt: &ResourceType, obj: &mut Value) {
         ("", "Service") => service(obj),
         ("", "Namespace") => namespace(obj),
         ("networking.k8s.io", "NetworkPolicy") => network_policy(obj),
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => crate::crd::default(obj),
         _ => {}
     }
 }

@@ -4,12 +4,13 @@
 //! kubectl 1.32 asks v2 → v2beta1 → JSON, kubectl 1.27 v2beta1 → JSON, and a client that
 //! lists plain JSON first gets the legacy documents.
 //!
-//! Start at [`negotiate`] and [`resource_list`]; everything is derived from
-//! [`crate::resources::RESOURCES`].
+//! Start at [`negotiate`] and [`resource_list`]; everything is derived from the store's
+//! [`Registry`]: the built-in resources, then the served versions of its CRDs (their groups
+//! after the built-in ones, versions in Kubernetes' priority order, so the preferred one first).
 
 use serde_json::{Value, json};
 
-use crate::resources::{self, RESOURCES};
+use crate::resources::{Registry, ResourceType};
 
 /// The `/version` answer for a `gitVersion` like `v1.32.4`.
 pub fn version(git_version: &str) -> Value {
@@ -39,8 +40,9 @@ pub fn api_versions(server_address: &str) -> Value {
     })
 }
 
-fn group(name: &str) -> Option<Value> {
-    let versions: Vec<Value> = resources::group_versions()
+fn group(types: &Registry, name: &str) -> Option<Value> {
+    let versions: Vec<Value> = types
+        .group_versions()
         .into_iter()
         .filter(|(g, _)| *g == name)
         .map(|(g, v)| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
@@ -50,20 +52,20 @@ fn group(name: &str) -> Option<Value> {
 }
 
 /// `/apis`.
-pub fn api_group_list() -> Value {
+pub fn api_group_list(types: &Registry) -> Value {
     let mut names: Vec<&str> = Vec::new();
-    for (g, _) in resources::group_versions() {
+    for (g, _) in types.group_versions() {
         if !g.is_empty() && !names.contains(&g) {
             names.push(g);
         }
     }
-    let groups: Vec<Value> = names.into_iter().filter_map(group).collect();
+    let groups: Vec<Value> = names.into_iter().filter_map(|n| group(types, n)).collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
 /// `/apis/<group>`.
-pub fn api_group(name: &str) -> Option<Value> {
-    let mut g = group(name)?;
+pub fn api_group(types: &Registry, name: &str) -> Option<Value> {
+    let mut g = group(types, name)?;
     g["kind"] = json!("APIGroup");
     g["apiVersion"] = json!("v1");
     Some(g)
@@ -81,10 +83,10 @@ const VERBS: &[&str] = &[
 ];
 
 /// The `APIResourceList` of one group-version, or `None` if kubesim serves no such version.
-pub fn resource_list(group: &str, version: &str) -> Option<Value> {
+pub fn resource_list(types: &Registry, group: &str, version: &str) -> Option<Value> {
     let mut out: Vec<Value> = Vec::new();
-    for r in RESOURCES
-        .iter()
+    for r in types
+        .all()
         .filter(|r| r.group == group && r.version == version)
     {
         let verbs: Vec<&str> = if r.kind == "Namespace" {
@@ -195,7 +197,7 @@ pub fn negotiate(accept: &str) -> Form {
     Form::Legacy
 }
 
-fn discovery_resource(r: &crate::resources::ResourceType) -> Value {
+fn discovery_resource(r: &ResourceType) -> Value {
     let verbs: Vec<&str> = if r.kind == "Namespace" {
         VERBS
             .iter()
@@ -235,9 +237,9 @@ fn discovery_resource(r: &crate::resources::ResourceType) -> Value {
 }
 
 /// The aggregated document of `/api` (`legacy = true`) or `/apis`, in `apidiscovery.k8s.io/<v>`.
-pub fn aggregated(legacy: bool, version: &str) -> Value {
+pub fn aggregated(types: &Registry, legacy: bool, version: &str) -> Value {
     let mut names: Vec<&str> = Vec::new();
-    for (g, _) in resources::group_versions() {
+    for (g, _) in types.group_versions() {
         if g.is_empty() == legacy && !names.contains(&g) {
             names.push(g);
         }
@@ -245,12 +247,13 @@ pub fn aggregated(legacy: bool, version: &str) -> Value {
     let items: Vec<Value> = names
         .into_iter()
         .map(|g| {
-            let versions: Vec<Value> = resources::group_versions()
+            let versions: Vec<Value> = types
+                .group_versions()
                 .into_iter()
                 .filter(|(gg, _)| *gg == g)
                 .map(|(_, v)| {
-                    let res: Vec<Value> = RESOURCES
-                        .iter()
+                    let res: Vec<Value> = types
+                        .all()
                         .filter(|r| r.group == g && r.version == v)
                         .map(discovery_resource)
                         .collect();
@@ -287,12 +290,24 @@ mod tests {
         );
     }
 
+    /// The registry of a simulator with the bundled CRDs.
+    fn with_crds() -> Registry {
+        let mut store = crate::store::Store::new(10);
+        let crd = crate::resources::by_kind("apiextensions.k8s.io/v1", "CustomResourceDefinition")
+            .unwrap();
+        for obj in crate::crd::bundled() {
+            store.create_resource(crd, None, obj, false).unwrap();
+        }
+        store.types().clone()
+    }
+
     #[test]
     fn aggregated_documents_list_every_resource() {
-        let core = aggregated(true, "v2");
+        let types = with_crds();
+        let core = aggregated(&types, true, "v2");
         assert_eq!(core["items"].as_array().unwrap().len(), 1);
         assert_eq!(core["items"][0]["metadata"]["name"], "");
-        let apis = aggregated(false, "v2beta1");
+        let apis = aggregated(&types, false, "v2beta1");
         assert_eq!(apis["apiVersion"], "apidiscovery.k8s.io/v2beta1");
         let apps = apis["items"]
             .as_array()
@@ -303,6 +318,26 @@ mod tests {
         let deploy = &apps["versions"][0]["resources"][0];
         assert_eq!(deploy["resource"], "deployments");
         assert_eq!(deploy["subresources"][1]["responseKind"]["kind"], "Scale");
+        let routes = apis["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["metadata"]["name"] == "gateway.networking.k8s.io")
+            .unwrap();
+        assert_eq!(routes["versions"][0]["version"], "v1");
+        let route = &routes["versions"][0]["resources"][0];
+        assert_eq!(
+            (
+                &route["resource"],
+                &route["categories"],
+                &route["subresources"][0]["subresource"]
+            ),
+            (
+                &json!("httproutes"),
+                &json!(["gateway-api"]),
+                &json!("status")
+            )
+        );
     }
 
     #[test]
@@ -316,7 +351,7 @@ mod tests {
 
     #[test]
     fn apps_lists_deployments_with_scale_subresource() {
-        let list = resource_list("apps", "v1").unwrap();
+        let list = resource_list(&Registry::default(), "apps", "v1").unwrap();
         let res = list["resources"].as_array().unwrap();
         let deploy = res.iter().find(|r| r["name"] == "deployments").unwrap();
         assert_eq!(deploy["shortNames"], json!(["deploy"]));
@@ -328,12 +363,21 @@ mod tests {
             (scale["group"].as_str(), scale["kind"].as_str()),
             (Some("autoscaling"), Some("Scale"))
         );
-        assert!(resource_list("apps", "v2").is_none());
+        assert!(resource_list(&Registry::default(), "apps", "v2").is_none());
     }
 
     #[test]
     fn istio_group_prefers_v1() {
-        let list = api_group_list();
+        let types = with_crds();
+        assert!(
+            api_group_list(&Registry::default())["groups"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|g| g["name"] != "networking.istio.io"),
+            "only with its CRD"
+        );
+        let list = api_group_list(&types);
         let istio = list["groups"]
             .as_array()
             .unwrap()
@@ -341,6 +385,14 @@ mod tests {
             .find(|g| g["name"] == "networking.istio.io")
             .unwrap();
         assert_eq!(istio["preferredVersion"]["version"], "v1");
-        assert_eq!(istio["versions"].as_array().unwrap().len(), 2);
+        let versions: Vec<&Value> = istio["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| &v["version"])
+            .collect();
+        assert_eq!(versions, ["v1", "v1beta1", "v1alpha3"]);
+        let vs = resource_list(&types, "networking.istio.io", "v1beta1").unwrap();
+        assert_eq!(vs["resources"][0]["shortNames"], json!(["vs"]));
     }
 }

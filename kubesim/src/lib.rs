@@ -4,7 +4,9 @@
 //! Start at [`Sim::start`] (a server on 127.0.0.1) or [`router`] (in-process). The request path
 //! is `api` (routing and verbs) → `store` (admission, resourceVersions, change log) →
 //! `hook` (the controllers, run after every write and on a tick); `watch` streams the change
-//! log. Discovery, OpenAPI and Table rendering are derived from the one table in `resources`.
+//! log. Discovery, OpenAPI and Table rendering are derived from the served resources in
+//! `resources`: the built-in table plus the kinds the stored CustomResourceDefinitions define
+//! (`crd`).
 //!
 //! Fidelity notes and the wire behaviour this imitates: `shared/KUBESIM-NOTES.md`.
 
@@ -15,9 +17,11 @@ pub mod cli;
 pub mod cluster;
 pub mod controller;
 mod convert;
+mod crd;
 mod defaults;
 mod discovery;
 pub mod hook;
+mod jsonpath;
 pub mod kubeconfig;
 mod logs;
 mod openapi;

@@ -8,11 +8,14 @@
 //! protobuf (gnostic's `openapi.v2.Document`), to find the `fieldValidation` parameter on a
 //! kind's PATCH operation; without the document `kubectl apply` fails. [`v2_protobuf`] is the
 //! same operations in that form (and [`v2_json`] in JSON for other clients).
+//!
+//! The documents cover every served resource of the store's [`Registry`], so a CRD's kinds
+//! appear in them once it is established.
 
 use serde_json::{Map, Value, json};
 
 use crate::protobuf::Writer;
-use crate::resources::{self, RESOURCES};
+use crate::resources::{Registry, ResourceType};
 
 fn gv_key(group: &str, version: &str) -> String {
     if group.is_empty() {
@@ -33,10 +36,10 @@ fn hash(doc: &Value) -> String {
 }
 
 /// `/openapi/v3`: the index of group-version documents.
-pub fn index(git_version: &str) -> Value {
+pub fn index(types: &Registry, git_version: &str) -> Value {
     let mut paths = Map::new();
-    for (g, v) in resources::group_versions() {
-        let doc = group_version(g, v, git_version).unwrap_or_default();
+    for (g, v) in types.group_versions() {
+        let doc = group_version(types, g, v, git_version).unwrap_or_default();
         let key = gv_key(g, v);
         paths.insert(
             key.clone(),
@@ -47,7 +50,12 @@ pub fn index(git_version: &str) -> Value {
 }
 
 /// `/openapi/v3/<api/v1 | apis/g/v>`, or `None` for an unknown group-version.
-pub fn group_version(group: &str, version: &str, git_version: &str) -> Option<Value> {
+pub fn group_version(
+    types: &Registry,
+    group: &str,
+    version: &str,
+    git_version: &str,
+) -> Option<Value> {
     let mut paths = Map::new();
     let params = json!([
         {"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
@@ -55,8 +63,8 @@ pub fn group_version(group: &str, version: &str, git_version: &str) -> Option<Va
         {"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
         {"name": "force", "in": "query", "schema": {"type": "boolean", "uniqueItems": true}}
     ]);
-    for r in RESOURCES
-        .iter()
+    for r in types
+        .all()
         .filter(|r| r.group == group && r.version == version)
     {
         let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind});
@@ -84,9 +92,9 @@ pub fn group_version(group: &str, version: &str, git_version: &str) -> Option<Va
 }
 
 /// The operations of the v2 document: (path, method, GVK) for every resource.
-fn v2_operations() -> Vec<(String, &'static str, &'static resources::ResourceType)> {
+fn v2_operations(types: &Registry) -> Vec<(String, &'static str, &'static ResourceType)> {
     let mut ops = Vec::new();
-    for r in RESOURCES {
+    for r in types.all() {
         let base = if r.namespaced {
             format!("{}/namespaces/{{namespace}}/{}", r.gv_path(), r.plural)
         } else {
@@ -107,9 +115,9 @@ const V2_PARAMS: [(&str, &str); 4] = [
 ];
 
 /// `/openapi/v2` as JSON (`Accept: application/json`).
-pub fn v2_json(git_version: &str) -> Value {
+pub fn v2_json(types: &Registry, git_version: &str) -> Value {
     let mut paths = Map::new();
-    for (path, method, r) in v2_operations() {
+    for (path, method, r) in v2_operations(types) {
         let params: Vec<Value> = V2_PARAMS
             .iter()
             .map(|(name, ty)| json!({"name": name, "in": "query", "type": ty, "uniqueItems": true}))
@@ -133,7 +141,7 @@ pub fn v2_json(git_version: &str) -> Value {
 
 /// `/openapi/v2` as gnostic's protobuf `openapi.v2.Document`, which kubectl 1.27 and 1.28
 /// ask for (`Accept: application/com.github.proto-openapi.spec.v2@v1.0+protobuf`).
-pub fn v2_protobuf(git_version: &str) -> Vec<u8> {
+pub fn v2_protobuf(types: &Registry, git_version: &str) -> Vec<u8> {
     // Field numbers from gnostic's OpenAPIv2.proto.
     let named_any = |name: &str, yaml: &str| {
         Writer::default()
@@ -141,7 +149,7 @@ pub fn v2_protobuf(git_version: &str) -> Vec<u8> {
             .message(2, Writer::default().string(2, yaml)) // .value: Any.yaml
     };
     let mut items: Vec<(String, Writer)> = Vec::new();
-    for (path, method, r) in v2_operations() {
+    for (path, method, r) in v2_operations(types) {
         let mut op = Writer::default().string(5, &format!("{method}{}", r.kind)); // operation_id
         for (name, ty) in V2_PARAMS {
             let query = Writer::default()
@@ -194,18 +202,19 @@ mod tests {
 
     #[test]
     fn index_points_at_each_group_version() {
-        let idx = index("v1.32.4");
+        let types = Registry::default();
+        let idx = index(&types, "v1.32.4");
         let url = idx["paths"]["apis/apps/v1"]["serverRelativeURL"]
             .as_str()
             .unwrap();
         assert!(url.starts_with("/openapi/v3/apis/apps/v1?hash="));
-        let doc = group_version("apps", "v1", "v1.32.4").unwrap();
+        let doc = group_version(&types, "apps", "v1", "v1.32.4").unwrap();
         let patch =
             &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
         assert_eq!(
             patch["x-kubernetes-group-version-kind"]["kind"],
             "Deployment"
         );
-        assert!(group_version("nope", "v1", "v1.32.4").is_none());
+        assert!(group_version(&types, "nope", "v1", "v1.32.4").is_none());
     }
 }

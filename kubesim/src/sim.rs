@@ -19,7 +19,6 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::hook::{self, ControllerConfig};
-use crate::resources;
 use crate::status::ApiError;
 use crate::store::Store;
 
@@ -76,6 +75,10 @@ pub struct SimConfig {
     pub controllers: ControllerConfig,
     /// Loaded at start when it exists, saved by [`SimHandle::shutdown`].
     pub state_file: Option<PathBuf>,
+    /// Install the bundled CRDs at start (Gateway API HTTPRoute, Istio VirtualService, from
+    /// `kubesim/crds/`), as on a cluster with Gateway API and Istio; `false` (`--no-crds`)
+    /// starts without them, so those kinds are served only once their CRDs are applied.
+    pub bundled_crds: bool,
 }
 
 impl Default for SimConfig {
@@ -89,6 +92,7 @@ impl Default for SimConfig {
             bookmark_interval: Duration::from_secs(10),
             controllers: ControllerConfig::default(),
             state_file: None,
+            bundled_crds: true,
         }
     }
 }
@@ -250,7 +254,7 @@ fn apply_one(store: &mut Store, obj: Value) -> Result<Value, ApiError> {
         .and_then(Value::as_str)
         .unwrap_or_default();
     let kind = obj.get("kind").and_then(Value::as_str).unwrap_or_default();
-    let rt = resources::by_kind(av, kind).ok_or_else(|| {
+    let rt = store.types().by_kind(av, kind).ok_or_else(|| {
         ApiError::bad_request(format!("no resource for apiVersion {av:?} kind {kind:?}"))
     })?;
     let ns = obj
@@ -308,10 +312,17 @@ fn apply_one(store: &mut Store, obj: Value) -> Result<Value, ApiError> {
 }
 
 impl Sim {
-    /// Builds a simulator's state: default namespaces and node, then the state file (if it
-    /// exists), then the manifests, then one controller pass. Starts no task.
+    /// Builds a simulator's state: default namespaces and node, the bundled CRDs (unless
+    /// `bundled_crds` is off), then the state file (if it exists), then the manifests, then one
+    /// controller pass. Starts no task.
     pub fn new(cfg: SimConfig) -> Result<Sim, SimError> {
         let mut store = Store::new(cfg.watch_window);
+        if cfg.bundled_crds {
+            for crd in crate::crd::bundled() {
+                let what = format!("bundled CRD {}", crd["metadata"]["name"]);
+                apply_one(&mut store, crd).map_err(|source| SimError::Refused { what, source })?;
+            }
+        }
         if let Some(path) = cfg.state_file.as_ref().filter(|p| p.exists()) {
             load_state(&mut store, path)?;
         }
@@ -460,8 +471,9 @@ impl Sim {
         namespace: Option<&str>,
         name: &str,
     ) -> Option<Value> {
-        let rt = resources::by_kind(api_version, kind)?;
-        self.lock().store.get_resource(rt, namespace, name).ok()
+        let inner = self.lock();
+        let rt = inner.store.types().by_kind(api_version, kind)?;
+        inner.store.get_resource(rt, namespace, name).ok()
     }
 
     /// Changes the controllers' knobs (e.g. `pod_ready_delay`, `image_faults`).
@@ -530,12 +542,15 @@ fn load_state(store: &mut Store, path: &Path) -> Result<(), SimError> {
     if doc.get("kind").and_then(Value::as_str) != Some("KubesimState") {
         return Err(bad("kind is not KubesimState".into()));
     }
-    for obj in doc
+    let mut objects = doc
         .get("objects")
         .and_then(Value::as_array)
         .cloned()
-        .unwrap_or_default()
-    {
+        .unwrap_or_default();
+    // CRDs first: their objects can only be read back once they are.
+    objects
+        .sort_by_key(|o| o.get("kind").and_then(Value::as_str) != Some("CustomResourceDefinition"));
+    for obj in objects {
         store.restore(obj).map_err(|e| bad(e.message))?;
     }
     Ok(())

@@ -44,6 +44,29 @@ impl Cause {
         }
     }
 
+    /// `field: Unsupported value: <value>: supported values: "a", "b"`.
+    pub fn not_supported(field: &str, value: &Value, supported: &[&str]) -> Self {
+        let list: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
+        Cause {
+            reason: "FieldValueNotSupported",
+            field: field.to_string(),
+            message: format!(
+                "Unsupported value: {}: supported values: {}",
+                go_repr(value),
+                list.join(", ")
+            ),
+        }
+    }
+
+    /// `field: Duplicate value: <value>`.
+    pub fn duplicate(field: &str, value: &Value) -> Self {
+        Cause {
+            reason: "FieldValueDuplicate",
+            field: field.to_string(),
+            message: format!("Duplicate value: {}", go_repr(value)),
+        }
+    }
+
     /// `field: Forbidden: detail`.
     pub fn forbidden(field: &str, detail: &str) -> Self {
         Cause {

@@ -6,6 +6,9 @@
 //! [`Store::delete_resource`] are the only writes, and each ends in `commit`, which bumps the
 //! resourceVersion, appends a [`Change`] to the log and broadcasts it to live watches. The
 //! controllers reach the same writes through the [`Cluster`] implementation at the bottom.
+//!
+//! The store also owns the [`Registry`] of served resources: `commit` keeps it in step with the
+//! CustomResourceDefinition objects (`crd.rs`), and deleting a CRD deletes its objects first.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -15,9 +18,9 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use crate::cluster::{Cluster, ClusterError, Kind};
-use crate::resources::{self, ResourceType};
+use crate::resources::{self, Registry, ResourceType};
 use crate::status::{ApiError, Cause};
-use crate::{convert, defaults, validate};
+use crate::{convert, crd, defaults, validate};
 
 /// What happened to an object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,6 +147,8 @@ pub struct Store {
     /// The simulated clock.
     pub clock: Clock,
     next_cluster_ip: u32,
+    /// The served resources: the built-ins and those of the stored CRDs.
+    types: Registry,
 }
 
 fn meta_str<'a>(obj: &'a Value, field: &str) -> &'a str {
@@ -186,6 +191,7 @@ impl Store {
             tx,
             clock: Clock::default(),
             next_cluster_ip: 0,
+            types: Registry::default(),
         };
         let ns = resources::by_kind("v1", "Namespace").expect("namespaces are served");
         for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
@@ -206,6 +212,11 @@ impl Store {
             .create_resource(node, None, default_node(&store.clock), false)
             .expect("default node is valid");
         store
+    }
+
+    /// The resources this store serves: the built-ins and those its CRDs define.
+    pub fn types(&self) -> &Registry {
+        &self.types
     }
 
     /// The current (latest committed) resourceVersion.
@@ -312,6 +323,9 @@ impl Store {
             }
             self.objects.insert(key, obj.clone());
         }
+        if crd::is_crd(rt) {
+            self.sync_crd(&obj, kind == ChangeKind::Deleted);
+        }
         let change = Arc::new(Change {
             rv: self.rv,
             storage: rt.storage,
@@ -331,10 +345,22 @@ impl Store {
         obj
     }
 
+    /// Serves what a written CRD defines, or stops serving it once deleted.
+    fn sync_crd(&mut self, obj: &Value, deleted: bool) {
+        let name = meta_str(obj, "name");
+        match crd::types_of(obj) {
+            Some((served, stored)) if !deleted => self.types.set_crd(name, served, stored),
+            _ => self.types.remove_crd(name),
+        }
+    }
+
     /// Restores an object saved earlier (storage form), keeping its metadata; used when loading
-    /// a state file.
+    /// a state file (CRDs before the objects of their kinds).
     pub fn restore(&mut self, obj: Value) -> Result<(), ApiError> {
-        let rt = storage_type(&obj)?;
+        let rt = self.storage_type(&obj)?;
+        if crd::is_crd(rt) {
+            self.sync_crd(&obj, false);
+        }
         let rv: u64 = meta_str(&obj, "resourceVersion").parse().unwrap_or(0);
         let ns = meta_str(&obj, "namespace").to_string();
         let key = (
@@ -361,6 +387,10 @@ impl Store {
         obj: Value,
         dry_run: bool,
     ) -> Result<Value, ApiError> {
+        if !self.types.serves(rt) {
+            // The CRD went away after the request was routed.
+            return Err(ApiError::no_route());
+        }
         let mut obj = self.admit_identity(rt, ns, obj)?;
         let mut name = meta_str(&obj, "name").to_string();
         if name.is_empty() {
@@ -420,6 +450,9 @@ impl Store {
         let causes = validate::validate(rt, &obj, None);
         if !causes.is_empty() {
             return Err(ApiError::invalid(rt, &name, causes));
+        }
+        if crd::is_crd(rt) {
+            crd::set_status(&mut obj, None, &format_time(now));
         }
         if dry_run {
             return Ok(convert::from_storage(rt, &obj));
@@ -584,6 +617,9 @@ impl Store {
         if !causes.is_empty() {
             return Err(ApiError::invalid(rt, name, causes));
         }
+        if crd::is_crd(rt) {
+            crd::set_status(&mut new, Some(&old), &format_time(self.clock.now()));
+        }
         if rt.generation && spec_changed(rt, &old, &new) {
             let generation = old
                 .pointer("/metadata/generation")
@@ -624,6 +660,10 @@ impl Store {
                     m.remove("annotations");
                 }
             }
+        }
+        if crd::is_crd(rt) {
+            // The apiextensions controllers own a CRD's status; they set it right back.
+            crd::set_status(&mut new, Some(&old), &format_time(self.clock.now()));
         }
         self.finish_update(rt, old, new, dry_run)
     }
@@ -681,7 +721,7 @@ impl Store {
                 .map(|(s, _, o)| (*s, o.clone()))
                 .collect();
             for (storage, obj_name) in inside {
-                if let Some(t) = resources::by_storage(storage) {
+                if let Some(t) = self.types.by_storage(storage) {
                     let _ = self.delete_resource(
                         t,
                         Some(name),
@@ -691,6 +731,10 @@ impl Store {
                     );
                 }
             }
+        }
+        if crd::is_crd(rt) {
+            // The apiextensions server deletes every object of the kind before the CRD.
+            self.delete_all_stored(name);
         }
         let uid = meta_str(&old, "uid").to_string();
         match propagation {
@@ -706,15 +750,78 @@ impl Store {
         Ok(convert::from_storage(rt, &deleted))
     }
 
+    /// Deletes every object stored under `storage` (a CRD's name), dependents included.
+    fn delete_all_stored(&mut self, storage: &str) {
+        let Some(t) = self.types.by_storage(storage) else {
+            return;
+        };
+        let storage = t.storage;
+        let victims: Vec<(String, String)> = self
+            .objects
+            .range((storage, String::new(), String::new())..)
+            .take_while(|((s, _, _), _)| *s == storage)
+            .map(|((_, ns, name), _)| (ns.clone(), name.clone()))
+            .collect();
+        for (ns, name) in victims {
+            let _ = self.delete_resource(t, Some(&ns), &name, Propagation::Background, None);
+        }
+    }
+
     fn dependents(&self, uid: &str) -> Vec<(&'static ResourceType, String, String)> {
         self.owned
             .get(uid)
             .into_iter()
             .flatten()
             .filter_map(|(s, ns, name)| {
-                resources::by_storage(s).map(|t| (t, ns.clone(), name.clone()))
+                self.types
+                    .by_storage(s)
+                    .map(|t| (t, ns.clone(), name.clone()))
             })
             .collect()
+    }
+
+    /// The resource type a stored object belongs to, by its apiVersion and kind.
+    fn storage_type(&self, obj: &Value) -> Result<&'static ResourceType, ApiError> {
+        let av = obj
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let kind = obj.get("kind").and_then(Value::as_str).unwrap_or_default();
+        self.types.for_stored(av, kind).ok_or_else(|| {
+            ApiError::bad_request(format!("no resource for apiVersion {av:?} kind {kind:?}"))
+        })
+    }
+
+    /// The resource the controllers mean by `kind`; `None` for a custom kind whose CRD is not
+    /// installed.
+    fn kind_type(&self, kind: Kind) -> Option<&'static ResourceType> {
+        let (av, k) = match kind {
+            Kind::Deployment => ("apps/v1", "Deployment"),
+            Kind::ReplicaSet => ("apps/v1", "ReplicaSet"),
+            Kind::Pod => ("v1", "Pod"),
+            Kind::Event => ("v1", "Event"),
+            Kind::Node => ("v1", "Node"),
+            Kind::Namespace => ("v1", "Namespace"),
+            Kind::Service => ("v1", "Service"),
+            Kind::Endpoints => ("v1", "Endpoints"),
+            Kind::HttpRoute => {
+                return self
+                    .types
+                    .by_group_kind("gateway.networking.k8s.io", "HTTPRoute");
+            }
+            Kind::VirtualService => {
+                return self
+                    .types
+                    .by_group_kind("networking.istio.io", "VirtualService");
+            }
+        };
+        resources::by_kind(av, k)
+    }
+
+    /// [`Store::kind_type`], or the error a write to an uninstalled custom kind gets.
+    fn writable(&self, kind: Kind) -> Result<&'static ResourceType, ClusterError> {
+        self.kind_type(kind)
+            .ok_or_else(|| ClusterError::NotFound(format!("{kind:?} (its CRD is not installed)")))
     }
 
     fn delete_dependents(&mut self, uid: &str) {
@@ -746,13 +853,17 @@ impl Store {
 }
 
 /// Whether an update changes what bumps `metadata.generation`: everything but metadata and
-/// status, plus annotations for Deployments (they are copied to ReplicaSets).
+/// status, plus annotations for Deployments (they are copied to ReplicaSets). A custom resource
+/// without a status subresource counts status changes too, as the apiextensions server does.
 fn spec_changed(rt: &ResourceType, old: &Value, new: &Value) -> bool {
+    let keep_status = !rt.builtin && !rt.has_sub("status");
     let strip = |v: &Value| {
         let mut v = v.clone();
         if let Some(m) = v.as_object_mut() {
             m.remove("metadata");
-            m.remove("status");
+            if !keep_status {
+                m.remove("status");
+            }
         }
         v
     };
@@ -761,18 +872,6 @@ fn spec_changed(rt: &ResourceType, old: &Value, new: &Value) -> bool {
     }
     rt.kind == "Deployment"
         && old.pointer("/metadata/annotations") != new.pointer("/metadata/annotations")
-}
-
-/// The resource type a stored object belongs to, by its apiVersion and kind.
-fn storage_type(obj: &Value) -> Result<&'static ResourceType, ApiError> {
-    let av = obj
-        .get("apiVersion")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let kind = obj.get("kind").and_then(Value::as_str).unwrap_or_default();
-    resources::by_kind(av, kind).ok_or_else(|| {
-        ApiError::bad_request(format!("no resource for apiVersion {av:?} kind {kind:?}"))
-    })
 }
 
 /// The one node of a fresh cluster.
@@ -821,22 +920,6 @@ fn default_node(clock: &Clock) -> Value {
     })
 }
 
-fn kind_type(kind: Kind) -> &'static ResourceType {
-    let (av, k) = match kind {
-        Kind::Deployment => ("apps/v1", "Deployment"),
-        Kind::ReplicaSet => ("apps/v1", "ReplicaSet"),
-        Kind::Pod => ("v1", "Pod"),
-        Kind::Event => ("v1", "Event"),
-        Kind::Node => ("v1", "Node"),
-        Kind::Namespace => ("v1", "Namespace"),
-        Kind::Service => ("v1", "Service"),
-        Kind::Endpoints => ("v1", "Endpoints"),
-        Kind::HttpRoute => ("gateway.networking.k8s.io/v1", "HTTPRoute"),
-        Kind::VirtualService => ("networking.istio.io/v1", "VirtualService"),
-    };
-    resources::by_kind(av, k).expect("every Kind is served")
-}
-
 fn cluster_error(e: ApiError) -> ClusterError {
     match e.reason {
         "NotFound" => ClusterError::NotFound(e.message),
@@ -858,28 +941,32 @@ fn obj_name(obj: &Value) -> String {
 
 impl Cluster for Store {
     fn list(&self, kind: Kind, namespace: Option<&str>) -> Vec<Value> {
-        Store::list_resource(self, kind_type(kind), namespace)
+        match self.kind_type(kind) {
+            Some(rt) => Store::list_resource(self, rt, namespace),
+            None => Vec::new(),
+        }
     }
 
     fn get(&self, kind: Kind, namespace: Option<&str>, name: &str) -> Option<Value> {
-        Store::get_resource(self, kind_type(kind), namespace, name).ok()
+        Store::get_resource(self, self.kind_type(kind)?, namespace, name).ok()
     }
 
     fn create(&mut self, kind: Kind, obj: Value) -> Result<Value, ClusterError> {
         let ns = obj_ns(&obj);
-        Store::create_resource(self, kind_type(kind), ns.as_deref(), obj, false)
-            .map_err(cluster_error)
+        let rt = self.writable(kind)?;
+        Store::create_resource(self, rt, ns.as_deref(), obj, false).map_err(cluster_error)
     }
 
     fn update(&mut self, kind: Kind, obj: Value) -> Result<Value, ClusterError> {
         let (ns, name) = (obj_ns(&obj), obj_name(&obj));
-        Store::update_resource(self, kind_type(kind), ns.as_deref(), &name, obj, false)
-            .map_err(cluster_error)
+        let rt = self.writable(kind)?;
+        Store::update_resource(self, rt, ns.as_deref(), &name, obj, false).map_err(cluster_error)
     }
 
     fn update_status(&mut self, kind: Kind, obj: Value) -> Result<Value, ClusterError> {
         let (ns, name) = (obj_ns(&obj), obj_name(&obj));
-        Store::update_resource_status(self, kind_type(kind), ns.as_deref(), &name, obj, false)
+        let rt = self.writable(kind)?;
+        Store::update_resource_status(self, rt, ns.as_deref(), &name, obj, false)
             .map_err(cluster_error)
     }
 
@@ -889,16 +976,10 @@ impl Cluster for Store {
         namespace: Option<&str>,
         name: &str,
     ) -> Result<(), ClusterError> {
-        Store::delete_resource(
-            self,
-            kind_type(kind),
-            namespace,
-            name,
-            Propagation::Background,
-            None,
-        )
-        .map(|_| ())
-        .map_err(cluster_error)
+        let rt = self.writable(kind)?;
+        Store::delete_resource(self, rt, namespace, name, Propagation::Background, None)
+            .map(|_| ())
+            .map_err(cluster_error)
     }
 
     fn now(&self) -> Timestamp {

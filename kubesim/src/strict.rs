@@ -20,6 +20,7 @@ fn round_trip<T: DeserializeOwned + Serialize>(obj: &Value) -> Result<Value, Str
 /// The object as its `k8s-openapi` type reads it, or `None` for kinds without a type here.
 fn typed(rt: &ResourceType, obj: &Value) -> Option<Result<Value, String>> {
     use k8s_openapi::api::{apps, core, networking};
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions;
     Some(match (rt.group, rt.kind) {
         ("apps", "Deployment") => round_trip::<apps::v1::Deployment>(obj),
         ("apps", "ReplicaSet") => round_trip::<apps::v1::ReplicaSet>(obj),
@@ -32,6 +33,9 @@ fn typed(rt: &ResourceType, obj: &Value) -> Option<Result<Value, String>> {
         ("", "Event") => round_trip::<core::v1::Event>(obj),
         ("", "ResourceQuota") => round_trip::<core::v1::ResourceQuota>(obj),
         ("networking.k8s.io", "NetworkPolicy") => round_trip::<networking::v1::NetworkPolicy>(obj),
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => {
+            round_trip::<apiextensions::v1::CustomResourceDefinition>(obj)
+        }
         _ => return None,
     })
 }
@@ -124,8 +128,21 @@ mod tests {
         let ok = json!({"metadata": {"name": "web", "labels": {"a": "b"}}, "spec": {"replicas": 2, "strategy": {"rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}}, "selector": {"matchLabels": {"app": "web"}},
             "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "app", "image": "nginx", "resources": {"limits": {"cpu": "1"}}, "ports": [{"containerPort": 80}]}]}}}, "status": {}});
         check(deploy(), &ok).unwrap();
-        let route = resources::by_kind("gateway.networking.k8s.io/v1", "HTTPRoute").unwrap();
-        check(route, &json!({"spec": {"anything": 1}})).unwrap();
+        let crd =
+            resources::by_kind("apiextensions.k8s.io/v1", "CustomResourceDefinition").unwrap();
+        for bundled in crate::crd::bundled() {
+            check(crd, &bundled).unwrap();
+            let (served, _) = crate::crd::types_of(&bundled).unwrap();
+            check(served[0], &json!({"spec": {"anything": 1}})).unwrap();
+        }
+        let mut typo = crate::crd::bundled().remove(0);
+        typo["spec"]["versions"][0]["servd"] = json!(true);
+        assert!(
+            check(crd, &typo)
+                .unwrap_err()
+                .message
+                .ends_with("strict decoding error: unknown field \"spec.versions[0].servd\"")
+        );
         let wrong = json!({"metadata": {"name": "web"}, "spec": {"replicas": "three"}});
         assert!(
             check(deploy(), &wrong)

@@ -1,13 +1,15 @@
 //! `meta.k8s.io/v1 Table` responses: what `kubectl get` prints, computed server-side as the
 //! apiserver's printers do (`pkg/printers/internalversion/printers.go`, always `Wide`).
 //!
-//! Start at [`to_table`]. Each resource with special columns has a `columns_*`/`row_*` pair;
-//! everything else gets `NAME AGE`, as custom resources without printer columns do.
+//! Start at [`to_table`]. Each built-in resource with special columns has its arm in
+//! `columns`/`cells`; a custom resource gets `Name` plus its CRD version's
+//! `additionalPrinterColumns` (JSONPath on the object, as the apiextensions server's
+//! `tableconvertor` renders them; `Age` when the CRD has none); everything else `NAME AGE`.
 
 use jiff::Timestamp;
 use serde_json::{Value, json};
 
-use crate::resources::ResourceType;
+use crate::resources::{PrinterColumn, ResourceType};
 use crate::selectors::format_label_selector;
 
 /// The Content-Type of a Table answer.
@@ -137,7 +139,22 @@ fn containers_and_images(obj: &Value, pointer: &str) -> (String, String) {
     (names.join(","), images.join(","))
 }
 
+/// `metadata.name`'s description, the `Name` column's in custom resource Tables.
+const NAME_DOC: &str = "Name must be unique within a namespace. Is required when creating resources, although some resources may allow a client to request the generation of an appropriate name automatically. Name is primarily intended for creation idempotence and configuration definition. Cannot be updated. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/names#names";
+
+/// `metadata.creationTimestamp`'s description.
+const CREATED_DOC: &str = "CreationTimestamp is a timestamp representing the server time when this object was created. It is not guaranteed to be set in happens-before order across separate operations. Clients may not set this value. It is represented in RFC3339 form and is in UTC.\n\nPopulated by the system. Read-only. Null for lists. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata";
+
 fn columns(rt: &ResourceType) -> Vec<Value> {
+    if !rt.printer_columns.is_empty() {
+        let mut out = vec![
+            json!({"name": "Name", "type": "string", "format": "name", "description": NAME_DOC, "priority": 0}),
+        ];
+        out.extend(rt.printer_columns.iter().map(|c| {
+            json!({"name": c.name, "type": c.type_, "format": c.format, "description": c.description, "priority": c.priority})
+        }));
+        return out;
+    }
     match (rt.group, rt.kind) {
         ("", "Pod") => vec![
             col("Name", "string", 0),
@@ -231,11 +248,21 @@ fn columns(rt: &ResourceType) -> Vec<Value> {
             col("Request", "string", 0),
             col("Limit", "string", 0),
         ],
+        // The apiserver's default table convertor.
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => vec![
+            json!({"name": "Name", "type": "string", "format": "name", "description": NAME_DOC, "priority": 0}),
+            json!({"name": "Created At", "type": "date", "format": "", "description": CREATED_DOC, "priority": 0}),
+        ],
         _ => vec![col("Name", "string", 0), col("Age", "string", 0)],
     }
 }
 
 fn cells(rt: &ResourceType, obj: &Value, now: Timestamp) -> Vec<Value> {
+    if !rt.printer_columns.is_empty() {
+        let mut out = vec![name(obj)];
+        out.extend(rt.printer_columns.iter().map(|c| custom_cell(c, obj, now)));
+        return out;
+    }
     match (rt.group, rt.kind) {
         ("", "Pod") => pod_cells(obj, now),
         ("apps", "Deployment") => {
@@ -310,7 +337,57 @@ fn cells(rt: &ResourceType, obj: &Value, now: Timestamp) -> Vec<Value> {
             let (req, lim) = quota(obj);
             vec![name(obj), json!(age(obj, now)), json!(req), json!(lim)]
         }
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => {
+            vec![name(obj), json!(s(obj, "/metadata/creationTimestamp"))]
+        }
         _ => vec![name(obj), json!(age(obj, now))],
+    }
+}
+
+/// One printer column's cell (`tableconvertor.go`): the first value the JSONPath finds, as
+/// the column's type (`null` when there is none, which kubectl prints as `<none>`). A `string`
+/// column prints a list or map as compact JSON, as client-go's jsonpath does (HTTPRoute
+/// HOSTNAMES: `["web.example.com"]`); a `date` column is an age.
+fn custom_cell(column: &PrinterColumn, obj: &Value, now: Timestamp) -> Value {
+    let Some(value) = crate::jsonpath::first(column.json_path, obj).filter(|v| !v.is_null()) else {
+        return Value::Null;
+    };
+    match (column.type_, value) {
+        ("string", Value::String(text)) => json!(text),
+        ("string", Value::Array(_) | Value::Object(_)) => json!(go_json(value)),
+        ("string", Value::Number(n)) => json!(go_number(n)),
+        ("string", Value::Bool(b)) => json!(b.to_string()),
+        ("integer", Value::Number(n)) => n
+            .as_i64()
+            .or_else(|| n.as_f64().map(|f| f as i64))
+            .map_or(Value::Null, |i| json!(i)),
+        ("number", Value::Number(n)) => n.as_f64().map_or(Value::Null, |f| json!(f)),
+        ("boolean", Value::Bool(b)) => json!(b),
+        ("date", Value::String(text)) => match text.parse::<Timestamp>() {
+            Ok(t) => json!(human_duration(now.as_second() - t.as_second())),
+            Err(_) => json!("<invalid>"),
+        },
+        _ => Value::Null,
+    }
+}
+
+/// Compact JSON as Go's `json.Marshal` writes it (HTML characters escaped).
+fn go_json(value: &Value) -> String {
+    value
+        .to_string()
+        .replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+        .replace('&', "\\u0026")
+        .replace('\u{2028}', "\\u2028")
+        .replace('\u{2029}', "\\u2029")
+}
+
+/// A JSON number as Go's `fmt` prints the int64 or float64 it decodes to.
+fn go_number(n: &serde_json::Number) -> String {
+    match (n.as_i64(), n.as_f64()) {
+        (Some(i), _) => i.to_string(),
+        (None, Some(f)) if f.fract() == 0.0 && f.abs() < 1e21 => format!("{f:.0}"),
+        _ => n.to_string(),
     }
 }
 
@@ -754,6 +831,63 @@ mod tests {
         assert_eq!(c[1], "0/1");
         assert_eq!(c[2], "CrashLoopBackOff");
         assert_eq!(c[3], "3 (10s ago)");
+    }
+
+    #[test]
+    fn custom_resources_show_their_printer_columns() {
+        let crd = crate::crd::bundled()
+            .into_iter()
+            .find(|c| c["spec"]["group"] == "networking.istio.io")
+            .unwrap();
+        let (served, _) = crate::crd::types_of(&crd).unwrap();
+        let now: Timestamp = "2026-01-01T00:01:00Z".parse().unwrap();
+        let vs = json!({"metadata": {"name": "web", "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"hosts": ["web.shop.svc", "a<b"]}});
+        let t = to_table(served[0], &[vs], now, IncludeObject::None, json!({}));
+        let names: Vec<&str> = t["columnDefinitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["Name", "Gateways", "Hosts", "Age"]);
+        assert_eq!(
+            t["rows"][0]["cells"],
+            json!(["web", null, "[\"web.shop.svc\",\"a\\u003cb\"]", "60s"])
+        );
+        let column = |type_: &'static str, json_path: &'static str| PrinterColumn {
+            name: "X",
+            type_,
+            format: "",
+            description: "",
+            priority: 0,
+            json_path,
+        };
+        let obj = json!({"spec": {"replicas": 3.0, "ratio": 0.5, "on": true, "when": "nope"}});
+        assert_eq!(
+            custom_cell(&column("integer", ".spec.replicas"), &obj, now),
+            json!(3)
+        );
+        assert_eq!(
+            custom_cell(&column("string", ".spec.replicas"), &obj, now),
+            json!("3")
+        );
+        assert_eq!(
+            custom_cell(&column("string", ".spec.ratio"), &obj, now),
+            json!("0.5")
+        );
+        assert_eq!(
+            custom_cell(&column("boolean", ".spec.on"), &obj, now),
+            json!(true)
+        );
+        assert_eq!(
+            custom_cell(&column("integer", ".spec.on"), &obj, now),
+            Value::Null
+        );
+        assert_eq!(
+            custom_cell(&column("date", ".spec.when"), &obj, now),
+            json!("<invalid>")
+        );
     }
 
     #[test]

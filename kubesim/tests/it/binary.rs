@@ -1,4 +1,5 @@
-//! The `kubesim` binary: `--load`, `--kubeconfig`, `--state` saved on SIGTERM and loaded again.
+//! The `kubesim` binary: `--load`, `--kubeconfig`, `--state` saved on SIGTERM and loaded again,
+//! `--no-crds`.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -168,4 +169,66 @@ async fn binary_rejects_a_bad_manifest_folder_with_a_clear_error() {
         .await
         .unwrap();
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read /nonexistent/kubesim"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_without_crds_serves_loaded_crds_and_keeps_them_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    // `apples.example.com` sorts before `customresourcedefinitions`, so the state file lists
+    // the Apple before its CRD: loading must still read the CRD first.
+    std::fs::write(
+        manifests.join("a-crd.yaml"),
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: apples.example.com\n\
+         spec:\n  group: example.com\n  names: {kind: Apple, plural: apples}\n  scope: Cluster\n  versions:\n  \
+         - name: v1\n    served: true\n    storage: true\n    schema:\n      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        manifests.join("b-apple.yaml"),
+        "apiVersion: example.com/v1\nkind: Apple\nmetadata:\n  name: gala\nspec: {sweet: true}\n",
+    )
+    .unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    let state = dir.path().join("state.json");
+    let (kc, st, load) = (
+        kubeconfig.display().to_string(),
+        state.display().to_string(),
+        manifests.display().to_string(),
+    );
+    let (child, _) = start(&[
+        "--port",
+        "0",
+        "--kubeconfig",
+        &kc,
+        "--state",
+        &st,
+        "--load",
+        &load,
+        "--no-crds",
+    ])
+    .await;
+    let (code, _) = kubectl(&kubeconfig, &dir.path().join("c1"), &["get", "httproutes"]).await;
+    assert_ne!(code, 0, "no HTTPRoute kind without its CRD");
+    let (code, out) = kubectl(
+        &kubeconfig,
+        &dir.path().join("c2"),
+        &["get", "apples", "-o", "name"],
+    )
+    .await;
+    assert_eq!((code, out.trim()), (0, "apple.example.com/gala"));
+    terminate(child).await;
+
+    let (child, _) = start(&["--port", "0", "--kubeconfig", &kc, "--state", &st]).await;
+    let (code, out) = kubectl(
+        &kubeconfig,
+        &dir.path().join("c3"),
+        &["get", "apple", "gala", "-o", "jsonpath={.spec.sweet}"],
+    )
+    .await;
+    assert_eq!((code, out.as_str()), (0, "true"));
+    let (code, _) = kubectl(&kubeconfig, &dir.path().join("c4"), &["get", "httproutes"]).await;
+    assert_eq!(code, 0, "the bundled CRDs are back without --no-crds");
+    terminate(child).await;
 }

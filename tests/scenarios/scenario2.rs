@@ -568,7 +568,8 @@ async fn a_healthy_canary_is_stepped_up_through_its_gates_and_promoted() {
         "the promotion is the primary's second revision: {history}"
     );
 
-    // The run console draws the canary's weight per interval (a real headless Chromium).
+    // The run console draws the analysis from its evidence (a real headless Chromium): one
+    // point per interval at its weight, coloured by its decision, and where it ended.
     let browser = crate::harness::browser::Browser::start().await;
     let run_id = run.records[0]["run_id"].as_str().unwrap();
     browser
@@ -579,18 +580,29 @@ async fn a_healthy_canary_is_stepped_up_through_its_gates_and_promoted() {
         Duration::from_secs(30),
         || lp.context(),
         || async {
-            let text = browser
+            let drawn = browser
                 .exec(
-                    "const c = document.querySelector('#canary-chart'); return c ? c.textContent : ''",
+                    "const c = document.querySelector('#canary-chart'); if (!c) return null; \
+                     return {points: [...c.querySelectorAll('circle.interval')].map((p) => \
+                       [Number(p.dataset.weight), p.dataset.decision]), \
+                     outcome: c.querySelector('text.outcome')?.textContent, \
+                     gates: c.querySelectorAll('polyline.gate').length}",
                     json!([]),
                 )
                 .await;
-            let text = text.as_str().unwrap_or_default().to_owned();
-            (!text.is_empty()).then_some(text)
+            (!drawn.is_null()).then_some(drawn)
         },
     )
     .await;
-    assert_eq!(drawn.trim(), "10%50%100%", "one point per shift: {drawn}");
+    let points: Vec<(i64, String)> = drawn["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_i64().unwrap(), p[1].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(points, seen, "one point per interval, as journaled");
+    assert_eq!(drawn["outcome"], "100% promoted", "{drawn}");
+    assert_eq!(drawn["gates"], 2, "error rate and p99: {drawn}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

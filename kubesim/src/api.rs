@@ -217,6 +217,11 @@ fn parse_target(types: &Registry, group: &str, version: &str, rest: &[&str]) -> 
 
 fn route(sim: &Sim, req: &Req) -> Response {
     let segs: Vec<&str> = req.path.split('/').filter(|s| !s.is_empty()).collect();
+    // A ServiceAccount's token: authenticated, then authorized by RBAC (`authn`).
+    let who = match crate::authn::check(&sim.lock(), req, &segs) {
+        Ok(who) => who,
+        Err(e) => return e.into_response(),
+    };
     let get = req.method == Method::GET;
     match segs.as_slice() {
         ["version"] if get => {
@@ -304,7 +309,7 @@ fn route(sim: &Sim, req: &Req) -> Response {
             "authorization.k8s.io",
             "v1",
             "selfsubjectaccessreviews" | "subjectaccessreviews",
-        ] if req.method == Method::POST => access_review(sim, req),
+        ] if req.method == Method::POST => access_review(sim, req, who),
         ["api", v, rest @ ..] => {
             let target = parse_target(sim.lock().store.types(), "", v, rest);
             resource(sim, req, target)
@@ -318,8 +323,9 @@ fn route(sim: &Sim, req: &Req) -> Response {
 }
 
 /// `kubectl auth can-i`: a (Self)SubjectAccessReview answered from the RBAC objects (see
-/// `authz`); the caller is whoever `Impersonate-User` names, else the admin.
-fn access_review(sim: &Sim, req: &Req) -> Response {
+/// `authz`); the caller is the token's ServiceAccount, else whoever `Impersonate-User` names,
+/// else the admin.
+fn access_review(sim: &Sim, req: &Req, who: Option<crate::authz::Subject>) -> Response {
     let body = match decode_body(req) {
         Ok(body) => body,
         Err(e) => return e.into_response(),
@@ -338,7 +344,7 @@ fn access_review(sim: &Sim, req: &Req) -> Response {
                 .map(str::to_owned)
                 .collect(),
         });
-    let answer = crate::authz::review(&sim.lock().store, body, caller);
+    let answer = crate::authz::review(&sim.lock().store, body, who.or(caller));
     json_response(StatusCode::CREATED, &answer)
 }
 
@@ -366,6 +372,7 @@ fn resource(sim: &Sim, req: &Req, target: Option<Target>) -> Response {
         (&Method::GET, true) => get(sim, req, &t),
         (&Method::POST, false) => create(sim, req, &t),
         (&Method::POST, true) if t.sub.as_deref() == Some("eviction") => evict(sim, req, &t),
+        (&Method::POST, true) if t.sub.as_deref() == Some("token") => token(sim, req, &t),
         (&Method::PUT, true) => update(sim, req, &t),
         (&Method::PATCH, true) => patch_resource(sim, req, &t),
         (&Method::DELETE, true) => delete(sim, req, &t),
@@ -739,6 +746,19 @@ fn create(sim: &Sim, req: &Req, t: &Target) -> Answer {
         &created,
         now,
     ))
+}
+
+/// `kubectl create token SA`: a TokenRequest for the ServiceAccount (`authn`).
+fn token(sim: &Sim, req: &Req, t: &Target) -> Answer {
+    let request = decode_body(req)?;
+    let mut inner = sim.lock();
+    let answer = crate::authn::issue(
+        &mut inner,
+        t.ns.as_deref().unwrap_or_default(),
+        name_of(t),
+        request,
+    )?;
+    Ok(json_response(StatusCode::CREATED, &answer))
 }
 
 fn update(sim: &Sim, req: &Req, t: &Target) -> Answer {

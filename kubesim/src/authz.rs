@@ -61,14 +61,15 @@ impl Subject {
 
 /// A review's question: a resource request or a non-resource path.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct Attributes {
-    namespace: String,
-    verb: String,
-    group: String,
-    resource: String,
-    subresource: String,
-    name: String,
-    path: Option<String>,
+pub(crate) struct Attributes {
+    pub namespace: String,
+    pub verb: String,
+    pub group: String,
+    pub resource: String,
+    pub subresource: String,
+    pub name: String,
+    /// A non-resource request's path (`/version`); `None` for a resource request.
+    pub path: Option<String>,
 }
 
 impl Attributes {
@@ -132,8 +133,35 @@ fn kind(kind: &str) -> &'static ResourceType {
         .expect("kubesim serves the RBAC kinds")
 }
 
+/// What the bootstrap ClusterRoles every cluster has grant anyone authenticated:
+/// `system:discovery` and `system:public-info-viewer` (discovery, `/version`, OpenAPI, health)
+/// and `system:basic-user` (asking what oneself may do).
+pub(crate) fn bootstrap_allows(a: &Attributes) -> bool {
+    match &a.path {
+        Some(path) => {
+            a.verb == "get"
+                && (["/api", "/apis", "/version", "/healthz", "/livez", "/readyz"]
+                    .iter()
+                    .any(|p| path == p || path.strip_prefix(p) == Some("/"))
+                    || ["/api/", "/apis/", "/openapi/", "/version/"]
+                        .iter()
+                        .any(|p| path.starts_with(p)))
+        }
+        None => {
+            a.verb == "create"
+                && matches!(
+                    (a.group.as_str(), a.resource.as_str()),
+                    (
+                        "authorization.k8s.io",
+                        "selfsubjectaccessreviews" | "selfsubjectrulesreviews"
+                    ) | ("authentication.k8s.io", "selfsubjectreviews")
+                )
+        }
+    }
+}
+
 /// Whether `who` may do `a`, and which binding allowed it.
-fn allowed(store: &Store, who: &Subject, a: &Attributes) -> Option<String> {
+pub(crate) fn allowed(store: &Store, who: &Subject, a: &Attributes) -> Option<String> {
     let role_rules = |role_ref: &Value, ns: Option<&str>| -> Vec<Value> {
         let name = role_ref["name"].as_str().unwrap_or_default();
         let role = match role_ref["kind"].as_str() {

@@ -12,6 +12,7 @@
 
 mod admin;
 mod api;
+mod authn;
 mod authz;
 pub mod cli;
 pub mod cluster;

@@ -225,7 +225,7 @@ pub static RESOURCES: &[ResourceType] = &[
         true,
         &["sa"],
         NONE,
-        NONE,
+        &["token"],
         true,
         "serviceaccounts",
         false

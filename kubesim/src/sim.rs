@@ -206,6 +206,8 @@ pub(crate) struct Inner {
     /// Cancelled (and replaced) by `/_sim/compact`, ending every open watch so clients must
     /// resume from a resourceVersion that is now too old.
     pub watch_reset: CancellationToken,
+    /// The ServiceAccount tokens issued (`authn`).
+    pub tokens: crate::authn::Tokens,
 }
 
 impl Inner {
@@ -345,6 +347,7 @@ impl Sim {
             answer_delays: Vec::new(),
             traffic: crate::traffic::Traffic::default(),
             watch_reset: CancellationToken::new(),
+            tokens: crate::authn::Tokens::default(),
         };
         inner.reconcile();
         Ok(Sim {

@@ -332,3 +332,140 @@ async fn the_service_account_may_do_what_the_runbooks_need_and_no_more() {
         assert!(!can_i(&cluster, args).await, "may {args:?}, and should not");
     }
 }
+
+/// A kubeconfig for the cluster that authenticates as firebreak's ServiceAccount, with a
+/// token from `kubectl create token` (kubesim then authorizes every request by RBAC).
+async fn service_account_kubeconfig(
+    cluster: &Cluster,
+    dir: &std::path::Path,
+) -> std::path::PathBuf {
+    let token = cluster
+        .kubectl(&[
+            "create",
+            "token",
+            "firebreak",
+            "-n",
+            "firebreak",
+            "--duration=1h",
+        ])
+        .await
+        .ok("kubectl create token");
+    let admin = std::fs::read_to_string(&cluster.kubeconfig).unwrap();
+    let config = admin.replace(
+        "  user: {}",
+        &format!("  user:\n    token: {}", token.stdout.trim()),
+    );
+    assert_ne!(config, admin, "the kubeconfig's user is replaced");
+    let path = dir.join("firebreak-sa.kubeconfig");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+/// Installed from the single overlay and running with its ServiceAccount's token (not as the
+/// admin), firebreak does scenario 1 end to end: the permissions `deploy/` grants are enough.
+/// Without the RoleBinding in the runbook's namespace, the same run is refused by the API
+/// server, and the audit trail says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn firebreak_runs_scenario_1_with_only_the_permissions_deploy_grants() {
+    let cluster = cluster_with_namespaces().await;
+    let (file, _) = render(&cluster, "single").await;
+    cluster
+        .kubectl(&["apply", "-f", file.to_str().unwrap()])
+        .await
+        .ok("kubectl apply the single overlay");
+    let _ = std::fs::remove_file(&file);
+    let case = repo_root().join("runbooks/tests/model-latency-rollback");
+    for step in ["cluster.yaml", "update.yaml"] {
+        cluster
+            .kubectl(&["apply", "-f", case.join(step).to_str().unwrap()])
+            .await
+            .ok(&format!("kubectl apply {step}"));
+        cluster
+            .kubectl(&[
+                "-n",
+                "ml-serving",
+                "rollout",
+                "status",
+                "deploy/fraud-model",
+                "--timeout=60s",
+            ])
+            .await
+            .ok("rollout status");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let kubeconfig = service_account_kubeconfig(&cluster, tmp.path()).await;
+    let run = |data: std::path::PathBuf| {
+        let env = vec![
+            (
+                "FIREBREAK_RUNBOOKS",
+                repo_root().join("runbooks").display().to_string(),
+            ),
+            ("FIREBREAK_DATA_DIR", data.display().to_string()),
+            ("FIREBREAK_KUBECONFIG", kubeconfig.display().to_string()),
+        ];
+        let event = case.join("event.json");
+        async move {
+            let out = firebreak(
+                &["run", "--event", event.to_str().unwrap(), "--actor", "sre"],
+                &env,
+            )
+            .await;
+            (
+                out,
+                crate::harness::Journal::read(&data.join("audit.jsonl")),
+            )
+        }
+    };
+    let (out, journal) = run(tmp.path().join("allowed")).await;
+    assert!(out.success(), "{out}");
+    let records = &journal.runs()[0].records;
+    assert!(
+        records.iter().any(|r| r["body"]["type"] == "step_finished"
+            && r["body"]["name"] == "k8s::rollback"
+            && r["body"]["status"] == "ok"),
+        "the rollback ran: {out}"
+    );
+    let image = cluster
+        .kubectl(&[
+            "-n",
+            "ml-serving",
+            "get",
+            "deploy",
+            "fraud-model",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image}",
+        ])
+        .await;
+    assert!(image.stdout.ends_with(":v1"), "rolled back: {image}");
+    // Every request was the ServiceAccount's: kubesim logs none refused.
+    let refused: Vec<Value> = cluster
+        .sim
+        .sim()
+        .requests()
+        .into_iter()
+        .filter(|r| r.code == 403)
+        .map(|r| serde_json::json!({"method": r.method, "path": r.path}))
+        .collect();
+    assert!(refused.is_empty(), "refused: {refused:?}");
+
+    // Take the namespace's RoleBinding away: the API server refuses, the run fails, denied.
+    cluster
+        .kubectl(&["-n", "ml-serving", "delete", "rolebinding", "firebreak"])
+        .await
+        .ok("delete the RoleBinding");
+    let (out, journal) = run(tmp.path().join("refused")).await;
+    assert!(!out.success(), "{out}");
+    let errors: Vec<&Value> = journal.runs()[0]
+        .records
+        .iter()
+        .filter(|r| r["body"]["type"] == "step_finished" && r["body"]["status"] == "error")
+        .map(|r| &r["body"]["error"])
+        .collect();
+    assert!(
+        errors.iter().any(|e| e["kind"] == "denied"
+            && e["message"].as_str().unwrap().contains(
+                r#"User "system:serviceaccount:firebreak:firebreak" cannot get resource "deployments" in API group "apps" in the namespace "ml-serving""#
+            )),
+        "{errors:?}"
+    );
+}

@@ -11,4 +11,5 @@ mod harness;
 mod kube_client;
 mod kubectl;
 mod rollout;
+mod tokens;
 mod traffic;

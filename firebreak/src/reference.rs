@@ -1,7 +1,8 @@
 //! The runbook reference, `docs/RUNBOOKS.md`: `firebreak connectors --markdown` renders the
-//! connectors' own specs (each plugin's settings and actions, with their parameters, RBAC
-//! rules, errors and examples) and the runtime's tables (`firebreak_runtime::reference`:
-//! built-ins, `ctx`, the sandbox, limits, how errors are handled) as Markdown.
+//! connectors' own specs (each plugin's settings and actions, with their parameters, how long
+//! they wait, RBAC rules, errors and examples) and the runtime's tables
+//! (`firebreak_runtime::reference`: built-ins, `ctx`, the sandbox, limits, how errors are
+//! handled) as Markdown.
 //!
 //! Start at [`markdown`]. Nothing here describes an action or a built-in: what a script can
 //! call is described where it is defined, and the test below fails until the committed file
@@ -29,7 +30,7 @@ pub fn markdown(plugins: &[Box<dyn Plugin>]) -> String {
     sandbox(&mut out, &config);
     builtins(&mut out);
     errors(&mut out, &config);
-    connectors(&mut out, plugins);
+    connectors(&mut out, plugins, &config);
     out
 }
 
@@ -168,7 +169,7 @@ fn errors(out: &mut String, config: &RunnerConfig) {
     out.push('\n');
 }
 
-fn connectors(out: &mut String, plugins: &[Box<dyn Plugin>]) {
+fn connectors(out: &mut String, plugins: &[Box<dyn Plugin>], config: &RunnerConfig) {
     out.push_str("## Connectors\n\n");
     out.push_str(
         "Each connector is a Rhai module: `k8s::rollback(ns, deploy)`. Parameters are \
@@ -186,11 +187,11 @@ fn connectors(out: &mut String, plugins: &[Box<dyn Plugin>]) {
     }
     out.push('\n');
     for plugin in plugins {
-        connector(out, plugin.as_ref());
+        connector(out, plugin.as_ref(), config);
     }
 }
 
-fn connector(out: &mut String, plugin: &dyn Plugin) {
+fn connector(out: &mut String, plugin: &dyn Plugin, config: &RunnerConfig) {
     let module = plugin.module();
     let _ = writeln!(out, "### `{module}`\n");
     if !plugin.doc().is_empty() {
@@ -219,16 +220,19 @@ fn connector(out: &mut String, plugin: &dyn Plugin) {
         .collect();
     let _ = writeln!(out, "- **Actions:** {}\n", index.join(", "));
     for action in &actions {
-        action_section(out, module, action);
+        action_section(out, module, action, config);
     }
 }
 
-fn action_section(out: &mut String, module: &str, a: &ActionSpec) {
+fn action_section(out: &mut String, module: &str, a: &ActionSpec, config: &RunnerConfig) {
     let qualified = format!("{module}::{}", a.name);
     let _ = writeln!(out, "#### {qualified}\n");
     let _ = writeln!(out, "```rhai\n{}\n```\n", signature(module, a));
     let _ = writeln!(out, "{}\n", a.doc);
     let _ = writeln!(out, "- **Effect:** {}", rt::effect(a.effect).short);
+    if let Some(waits) = &a.waits {
+        let _ = writeln!(out, "- **Waits:** {}", rt::wait_rule(waits, config));
+    }
     let _ = writeln!(
         out,
         "- **Namespace:** {}\n",
@@ -384,5 +388,28 @@ mod tests {
                 b.name
             );
         }
+    }
+
+    /// The engine lets an action that waits run longer than its limit per call: the reference
+    /// says so where the action is, and nowhere else.
+    #[test]
+    fn an_action_that_waits_says_how_long_the_engine_lets_it() {
+        let text = markdown(&crate::serve::plugins());
+        let section = |heading: &str| {
+            let start = text.find(heading).unwrap_or_else(|| panic!("{heading}"));
+            let rest = &text[start + heading.len()..];
+            rest[..rest.find("\n#### ").unwrap_or(rest.len())].to_owned()
+        };
+        let wait_rollout = section("\n#### k8s::wait_rollout\n");
+        assert!(
+            wait_rollout.contains(
+                "- **Waits:** up to `timeout` (default 300 s); the engine lets one attempt run \
+                 that plus 30 s, or 120 s when that is longer"
+            ),
+            "{wait_rollout}"
+        );
+        assert!(section("\n#### traffic::shift\n").contains("- **Waits:** up to 60 s; "));
+        assert!(!section("\n#### k8s::rollback\n").contains("**Waits:**"));
+        assert!(!section("\n#### am::silence\n").contains("**Waits:**"));
     }
 }

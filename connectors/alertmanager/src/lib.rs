@@ -394,29 +394,13 @@ fn show_matchers(ms: &[Value]) -> String {
     )
 }
 
-/// A duration: whole seconds, or `"90s"`, `"30m"`, `"2h"`; between 1 s and 7 days.
+/// A duration: whole seconds, or `"90s"`, `"30m"`, `"2h"`
+/// ([`firebreak_connector::parse_duration`]); between 1 s and 7 days.
 pub fn duration(v: &Value) -> Result<Duration, ActionError> {
     let bad = |m: String| ActionError::new(ErrorKind::Permanent, format!("duration: {m}"));
-    let secs = match v {
-        Value::Number(n) => n
-            .as_u64()
-            .ok_or_else(|| bad(format!("{n} is not a whole number of seconds")))?,
-        Value::String(s) => {
-            let s = s.trim();
-            let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-            let (n, unit) = s.split_at(split);
-            let n: u64 = n
-                .parse()
-                .map_err(|_| bad(format!("{s:?} is not like \"30m\"")))?;
-            n.saturating_mul(match unit {
-                "" | "s" => 1,
-                "m" => 60,
-                "h" => 3600,
-                _ => return Err(bad(format!("{s:?} has an unknown unit (s, m or h)"))),
-            })
-        }
-        other => return Err(bad(format!("{other} is not a duration"))),
-    };
+    let secs = firebreak_connector::parse_duration(v)
+        .map_err(bad)?
+        .as_secs();
     if secs == 0 || secs > 7 * 24 * 3600 {
         return Err(bad(format!("{secs}s is out of range (1s to 7 days)")));
     }

@@ -17,6 +17,9 @@ fn action(
         effect,
         params,
         namespace_param: None,
+        // No action waits: a silence's `duration` is how long it lasts, not how long the
+        // call takes.
+        waits: None,
         rbac: Vec::new(),
         errors,
         example,

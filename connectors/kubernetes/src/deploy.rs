@@ -804,7 +804,10 @@ pub async fn rollout_history(client: &kube::Client, args: DeployArgs) -> Result<
     }))
 }
 
-/// Parses a `wait_rollout` timeout: whole seconds, or a number with an `s`, `m` or `h` suffix.
+/// Parses a `wait_rollout` timeout as the engine reads it from the action's
+/// [`WaitSpec`](firebreak_connector::WaitSpec) ([`firebreak_connector::parse_duration`]:
+/// whole seconds, or a number with an `s`, `m` or `h` suffix), [`DEFAULT_WAIT`] when absent;
+/// 1 s to [`MAX_WAIT`].
 pub fn parse_timeout(v: Option<&Value>) -> Result<Duration, Error> {
     let bad = |reason: String| Error::InvalidValue {
         action: "wait_rollout",
@@ -813,28 +816,7 @@ pub fn parse_timeout(v: Option<&Value>) -> Result<Duration, Error> {
     };
     let d = match v {
         None | Some(Value::Null) => DEFAULT_WAIT,
-        Some(Value::Number(n)) => {
-            let secs = n
-                .as_u64()
-                .ok_or_else(|| bad(format!("{n} is not a whole number of seconds")))?;
-            Duration::from_secs(secs)
-        }
-        Some(Value::String(s)) => {
-            let s = s.trim();
-            let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-            let (num, unit) = s.split_at(split);
-            let n: u64 = num
-                .parse()
-                .map_err(|_| bad(format!("{s:?} is not a duration like \"90s\" or \"5m\"")))?;
-            let mult = match unit {
-                "" | "s" => 1,
-                "m" => 60,
-                "h" => 3600,
-                _ => return Err(bad(format!("{s:?} has an unknown unit (use s, m or h)"))),
-            };
-            Duration::from_secs(n.saturating_mul(mult))
-        }
-        Some(other) => return Err(bad(format!("{other} is not a duration"))),
+        Some(v) => firebreak_connector::parse_duration(v).map_err(bad)?,
     };
     if d.is_zero() || d > MAX_WAIT {
         return Err(bad(format!(

@@ -6,7 +6,7 @@
 
 use firebreak_connector::ErrorKind::{Conflict, Denied, NotFound, Permanent, Timeout};
 use firebreak_connector::{
-    ActionSpec, Effect, ErrorDoc, ErrorKind, ParamSpec, ParamType, RbacRule,
+    ActionSpec, Effect, ErrorDoc, ErrorKind, ParamSpec, ParamType, RbacRule, WaitSpec,
 };
 
 const APPS: &[&str] = &["apps"];
@@ -80,6 +80,7 @@ pub fn actions() -> Vec<ActionSpec> {
                 ),
             ],
             namespace_param: Some("ns"),
+            waits: None,
             rbac: vec![rule(APPS, &["deployments"], &["get", "update"]), rs_list()],
             errors: vec![
                 NO_DEPLOYMENT,
@@ -125,6 +126,7 @@ pub fn actions() -> Vec<ActionSpec> {
                 ParamSpec::required("image", ParamType::String, "new image reference"),
             ],
             namespace_param: Some("ns"),
+            waits: None,
             rbac: vec![deploy_patch()],
             errors: vec![
                 e(Permanent, "`image` is empty"),
@@ -150,6 +152,7 @@ pub fn actions() -> Vec<ActionSpec> {
                 ParamSpec::required("replicas", ParamType::Int, "desired replicas (>= 0)"),
             ],
             namespace_param: Some("ns"),
+            waits: None,
             rbac: vec![deploy_get(), scale()],
             errors: vec![
                 e(Permanent, "`replicas` is negative or above 2147483647"),
@@ -168,6 +171,7 @@ pub fn actions() -> Vec<ActionSpec> {
             effect: Mutate,
             params: vec![ns(), deploy()],
             namespace_param: Some("ns"),
+            waits: None,
             rbac: vec![deploy_patch()],
             errors: vec![
                 NO_DEPLOYMENT,
@@ -188,6 +192,7 @@ pub fn actions() -> Vec<ActionSpec> {
             effect: Mutate,
             params: vec![ns(), deploy()],
             namespace_param: Some("ns"),
+            waits: None,
             rbac: vec![deploy_patch()],
             errors: vec![
                 NO_DEPLOYMENT,
@@ -208,6 +213,7 @@ pub fn actions() -> Vec<ActionSpec> {
             effect: Mutate,
             params: vec![ns(), deploy()],
             namespace_param: Some("ns"),
+            waits: None,
             rbac: vec![deploy_patch()],
             errors: vec![
                 NO_DEPLOYMENT,
@@ -228,6 +234,7 @@ pub fn actions() -> Vec<ActionSpec> {
             effect: Observe,
             params: vec![ns(), deploy()],
             namespace_param: Some("ns"),
+            waits: None,
             rbac: vec![deploy_get(), rs_list()],
             errors: vec![NO_DEPLOYMENT],
             example: r#"k8s::rollout_history("ml-serving", "fraud-model")"#,
@@ -247,6 +254,7 @@ pub fn actions() -> Vec<ActionSpec> {
                 ),
             ],
             namespace_param: Some("ns"),
+            waits: Some(WaitSpec::by_param("timeout", crate::deploy::DEFAULT_WAIT)),
             rbac: vec![rule(APPS, &["deployments"], &["get", "list", "watch"])],
             errors: vec![
                 e(
@@ -277,6 +285,7 @@ pub fn actions() -> Vec<ActionSpec> {
             effect: Observe,
             params: vec![ns(), deploy()],
             namespace_param: Some("ns"),
+            waits: None,
             rbac: vec![deploy_get()],
             errors: vec![NO_DEPLOYMENT],
             example: r#"let snap = k8s::snapshot("ml-serving", "fraud-model");"#,
@@ -291,6 +300,7 @@ pub fn actions() -> Vec<ActionSpec> {
                 ParamSpec::required("snapshot", ParamType::Map, "the value `snapshot` returned"),
             ],
             namespace_param: Some("ns"),
+            waits: None,
             rbac: vec![rule(APPS, &["deployments"], &["get", "update"])],
             errors: vec![
                 e(
@@ -335,6 +345,7 @@ pub fn actions() -> Vec<ActionSpec> {
                 ParamSpec::required("stable", ParamType::String, "the stable Deployment"),
             ],
             namespace_param: Some("ns"),
+            waits: None,
             rbac: vec![rule(APPS, &["deployments"], &["get", "update"])],
             errors: vec![
                 e(Permanent, "`canary` and `stable` name the same Deployment"),
@@ -369,6 +380,7 @@ pub fn actions() -> Vec<ActionSpec> {
                 ),
             ],
             namespace_param: Some("ns"),
+            waits: None,
             rbac: vec![rule(CORE, &["pods"], &["list"])],
             errors: vec![e(
                 Permanent,
@@ -390,6 +402,7 @@ pub fn actions() -> Vec<ActionSpec> {
                 ),
             ],
             namespace_param: Some("ns"),
+            waits: None,
             rbac: vec![
                 rule(CORE, &["pods"], &["get"]),
                 rule(CORE, &["pods/log"], &["get"]),
@@ -419,6 +432,7 @@ pub fn actions() -> Vec<ActionSpec> {
                 ParamSpec::required("name", ParamType::String, "name of the object"),
             ],
             namespace_param: Some("ns"),
+            waits: None,
             rbac: vec![rule(CORE, &["events"], &["list"])],
             errors: vec![],
             example: r#"k8s::events("ml-serving", "Deployment", "fraud-model")"#,
@@ -430,6 +444,7 @@ pub fn actions() -> Vec<ActionSpec> {
             effect: Observe,
             params: vec![ns(), deploy()],
             namespace_param: Some("ns"),
+            waits: None,
             rbac: vec![deploy_get(), rs_list(), rule(CORE, &["events"], &["list"])],
             errors: vec![NO_DEPLOYMENT],
             example: r#"k8s::describe("ml-serving", "fraud-model")"#,
@@ -445,6 +460,7 @@ pub fn actions() -> Vec<ActionSpec> {
                 ParamSpec::required("pod", ParamType::String, "name of the pod"),
             ],
             namespace_param: Some("ns"),
+            waits: None,
             rbac: vec![
                 rule(CORE, &["pods"], &["get", "list", "patch"]),
                 rule(NETWORKING, &["networkpolicies"], &["get", "create"]),
@@ -484,6 +500,7 @@ pub fn actions() -> Vec<ActionSpec> {
                 ),
             ],
             namespace_param: Some("ns"),
+            waits: None,
             rbac: vec![
                 rule(CORE, &["pods"], &["list"]),
                 rule(NETWORKING, &["networkpolicies"], &["get", "create"]),
@@ -524,6 +541,7 @@ pub fn actions() -> Vec<ActionSpec> {
                 ),
             ],
             namespace_param: Some("ns"),
+            waits: None,
             rbac: vec![
                 rule(NETWORKING, &["networkpolicies"], &["get", "delete"]),
                 rule(CORE, &["pods"], &["patch"]),
@@ -547,6 +565,7 @@ pub fn actions() -> Vec<ActionSpec> {
             effect: Mutate,
             params: vec![ParamSpec::required("node", ParamType::String, "node name")],
             namespace_param: None,
+            waits: None,
             rbac: vec![rule(CORE, &["nodes"], &["get", "patch"])],
             errors: vec![
                 NO_NODE,
@@ -563,6 +582,7 @@ pub fn actions() -> Vec<ActionSpec> {
             effect: Mutate,
             params: vec![ParamSpec::required("node", ParamType::String, "node name")],
             namespace_param: None,
+            waits: None,
             rbac: vec![rule(CORE, &["nodes"], &["get", "patch"])],
             errors: vec![
                 NO_NODE,
@@ -580,6 +600,7 @@ pub fn actions() -> Vec<ActionSpec> {
             effect: Mutate,
             params: vec![ns(), deploy()],
             namespace_param: Some("ns"),
+            waits: None,
             rbac: vec![deploy_get(), scale()],
             errors: vec![
                 NO_DEPLOYMENT,
@@ -671,6 +692,39 @@ mod tests {
                 ),
             }
         }
+    }
+
+    /// The engine reads how long `wait_rollout` waits from its spec: it must read the
+    /// `timeout` the way the connector does, default included.
+    #[test]
+    fn wait_rollout_declares_the_wait_it_does() {
+        use serde_json::{Value, json};
+        let specs = actions();
+        let waits: Vec<_> = specs.iter().filter(|a| a.waits.is_some()).collect();
+        assert_eq!(waits.len(), 1, "only wait_rollout waits");
+        let spec = waits[0].waits.unwrap();
+        assert_eq!(waits[0].name, "wait_rollout");
+        let param = spec.param.expect("the wait is a parameter");
+        assert!(waits[0].params.iter().any(|p| p.name == param));
+        for timeout in [
+            Value::Null,
+            json!(30),
+            json!("90s"),
+            json!("5m"),
+            json!("2h"),
+            json!("45"),
+        ] {
+            let args = json!({"ns": "a", "deploy": "b", param: timeout});
+            assert_eq!(
+                spec.wait(args.as_object().unwrap()).ok(),
+                crate::deploy::parse_timeout(Some(&timeout)).ok(),
+                "{timeout}"
+            );
+        }
+        assert_eq!(
+            spec.wait(&serde_json::Map::new()),
+            Ok(crate::deploy::DEFAULT_WAIT)
+        );
     }
 
     #[test]

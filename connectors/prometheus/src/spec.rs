@@ -48,6 +48,9 @@ fn observe(
         effect: Effect::Observe,
         params,
         namespace_param: None,
+        // No action waits: each is one query (or two), bounded by the connector's timeout;
+        // a `range` is a span of the past, not a wait.
+        waits: None,
         rbac: Vec::new(),
         errors,
         example,

@@ -2,7 +2,7 @@
 
 use firebreak_connector::ErrorKind::{Conflict, NotFound, Permanent, Timeout};
 use firebreak_connector::{
-    ActionSpec, Effect, ErrorDoc, ErrorKind, ParamSpec, ParamType, RbacRule,
+    ActionSpec, Effect, ErrorDoc, ErrorKind, ParamSpec, ParamType, RbacRule, WaitSpec,
 };
 
 fn ns() -> ParamSpec {
@@ -112,6 +112,7 @@ pub fn actions() -> Vec<ActionSpec> {
             effect: Effect::Observe,
             params: vec![ns(), route()],
             namespace_param: Some("ns"),
+            waits: None,
             rbac: read_rules(),
             errors: read_errors(),
             example: r#"traffic::split("ml-serving", "httproute/fraud-model")"#,
@@ -134,6 +135,8 @@ pub fn actions() -> Vec<ActionSpec> {
                 ),
             ],
             namespace_param: Some("ns"),
+            // Applying waits for the route's status (or the replicas) to follow.
+            waits: Some(WaitSpec::fixed(crate::SETTLE_WAIT)),
             rbac: write_rules(),
             errors: [
                 read_errors(),
@@ -163,6 +166,7 @@ pub fn actions() -> Vec<ActionSpec> {
                 ParamSpec::required("stable", ParamType::String, "the backend that gets it all"),
             ],
             namespace_param: Some("ns"),
+            waits: Some(WaitSpec::fixed(crate::SETTLE_WAIT)),
             rbac: write_rules(),
             errors: [
                 read_errors(),

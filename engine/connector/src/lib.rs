@@ -6,8 +6,10 @@
 //! A connector describes itself ([`ActionSpec`]): its actions, their typed parameters in
 //! positional order, whether each one mutates the world, which parameter names the Kubernetes
 //! namespace it touches (so the *engine*, not the script, can refuse actions outside the
-//! runbook's namespaces), and the RBAC rules it needs. The runtime registers every action of
-//! every connector in the registry as `<connector>::<action>(args...)` in Rhai.
+//! runbook's namespaces), how long it waits by design if it does ([`WaitSpec`], so the engine
+//! does not cut a wait the script asked for), and the RBAC rules it needs. The runtime
+//! registers every action of every connector in the registry as `<connector>::<action>(args...)`
+//! in Rhai.
 //!
 //! Observing actions run through [`Connector::call`]. Mutating actions run in two halves, so
 //! that the engine, not the connector, keeps the guarantees every action needs:
@@ -24,6 +26,7 @@ pub mod plugin;
 pub mod rbac;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -120,12 +123,82 @@ pub struct ActionSpec {
     /// The parameter holding the namespace the action touches, checked by the engine against
     /// the runbook's `namespaces`. `None` for cluster-scoped actions (e.g. cordon).
     pub namespace_param: Option<&'static str>,
+    /// How long the action waits by design (a rollout to finish, a route to settle), so that
+    /// the engine lets it; `None` for an action that only makes requests.
+    pub waits: Option<WaitSpec>,
     pub rbac: Vec<RbacRule>,
     /// The errors this action can return beyond the ones every action can ([`common_errors`]),
     /// each with the condition that causes it, for the runbook reference.
     pub errors: Vec<ErrorDoc>,
     /// Example call, shown by `firebreak connectors` and in docs.
     pub example: &'static str,
+}
+
+/// How long an action waits on purpose. The engine limits one attempt of a connector call, and
+/// lets an action that waits run for its wait plus a margin when that is longer; the run's
+/// own `timeout` still bounds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct WaitSpec {
+    /// The parameter that says how long, read as [`parse_duration`] reads it (the connector
+    /// must read it the same way); `None`: the action always waits up to `default`.
+    pub param: Option<&'static str>,
+    /// How long it waits when the parameter is left out (or there is none).
+    pub default: Duration,
+}
+
+impl WaitSpec {
+    /// Waits as long as parameter `param` says, `default` when the script leaves it out.
+    pub const fn by_param(param: &'static str, default: Duration) -> WaitSpec {
+        WaitSpec {
+            param: Some(param),
+            default,
+        }
+    }
+
+    /// Always waits up to `wait`.
+    pub const fn fixed(wait: Duration) -> WaitSpec {
+        WaitSpec {
+            param: None,
+            default: wait,
+        }
+    }
+
+    /// How long a call with `args` (by parameter name) waits; an error names what is wrong
+    /// with the parameter (the connector refuses such a call).
+    pub fn wait(&self, args: &serde_json::Map<String, Value>) -> Result<Duration, String> {
+        match self.param.and_then(|p| args.get(p)) {
+            None | Some(Value::Null) => Ok(self.default),
+            Some(value) => parse_duration(value),
+        }
+    }
+}
+
+/// A duration as runbooks give one to a connector: whole seconds (`90`, `"90"`), or whole
+/// seconds, minutes or hours (`"90s"`, `"5m"`, `"1h"`). The error says why not, for a message
+/// that names the parameter. Range checks are the caller's.
+pub fn parse_duration(value: &Value) -> Result<Duration, String> {
+    match value {
+        Value::Number(n) => n
+            .as_u64()
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("{n} is not a whole number of seconds")),
+        Value::String(s) => {
+            let s = s.trim();
+            let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+            let (num, unit) = s.split_at(split);
+            let n: u64 = num
+                .parse()
+                .map_err(|_| format!("{s:?} is not a duration like \"90s\" or \"5m\""))?;
+            let mult = match unit {
+                "" | "s" => 1,
+                "m" => 60,
+                "h" => 3600,
+                _ => return Err(format!("{s:?} has an unknown unit (use s, m or h)")),
+            };
+            Ok(Duration::from_secs(n.saturating_mul(mult)))
+        }
+        other => Err(format!("{other} is not a duration")),
+    }
 }
 
 /// One error an action can return: its kind and, for people, when it happens.
@@ -447,6 +520,57 @@ mod tests {
         ] {
             assert_eq!(serde_json::to_value(ty).unwrap(), ty.as_str());
         }
+    }
+
+    #[test]
+    fn durations_read_like_runbooks_write_them() {
+        use serde_json::json;
+        for (value, secs) in [
+            (json!(30), 30),
+            (json!("45"), 45),
+            (json!("90s"), 90),
+            (json!(" 5m "), 300),
+            (json!("2h"), 7200),
+            (json!(0), 0),
+        ] {
+            assert_eq!(
+                parse_duration(&value),
+                Ok(Duration::from_secs(secs)),
+                "{value}"
+            );
+        }
+        for bad in [
+            json!(-1),
+            json!(1.5),
+            json!("5d"),
+            json!("m"),
+            json!("1h30m"),
+            json!([1]),
+        ] {
+            assert!(parse_duration(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_wait_is_its_parameter_or_its_default() {
+        use serde_json::json;
+        let args = |v: Value| v.as_object().unwrap().clone();
+        let spec = WaitSpec::by_param("timeout", Duration::from_secs(300));
+        assert_eq!(spec.wait(&args(json!({}))), Ok(Duration::from_secs(300)));
+        assert_eq!(
+            spec.wait(&args(json!({"timeout": null}))),
+            Ok(Duration::from_secs(300))
+        );
+        assert_eq!(
+            spec.wait(&args(json!({"timeout": "10m"}))),
+            Ok(Duration::from_secs(600))
+        );
+        assert!(spec.wait(&args(json!({"timeout": "soon"}))).is_err());
+        let fixed = WaitSpec::fixed(Duration::from_secs(60));
+        assert_eq!(
+            fixed.wait(&args(json!({"timeout": "10m"}))),
+            Ok(Duration::from_secs(60))
+        );
     }
 
     #[test]

@@ -251,6 +251,7 @@ mod tests {
                     ParamSpec::optional("revision", ParamType::Int, ""),
                 ],
                 namespace_param: Some("ns"),
+                waits: None,
                 rbac: vec![],
                 errors: vec![],
                 example: "",

@@ -5,9 +5,11 @@
 //! Per call: arguments are converted to JSON and checked against the action's [`ParamSpec`]s;
 //! an action whose namespace parameter is outside the run's namespaces is refused
 //! (a `refusal` record, then a script error); the async connector runs through the runtime
-//! handle with a timeout, under cancel and the run's deadline; transient failures are retried
-//! per [`RetryPolicy`](crate::RetryPolicy); progress lines become `progress` records and reach
-//! the caller's sink; an observing action's output is also journaled as evidence.
+//! handle with a timeout ([`attempt_limit`]: the engine's limit per call, or for an action that
+//! waits by design, its wait plus [`WAIT_MARGIN`]), under cancel and the run's deadline;
+//! transient failures are retried per [`RetryPolicy`](crate::RetryPolicy); progress lines
+//! become `progress` records and reach the caller's sink; an observing action's output is also
+//! journaled as evidence.
 //!
 //! A mutating action runs in two halves ([`crate::step::run_mutation`]): the connector's
 //! `plan` resolves an intent, which is journaled before anything is written; a dry run answers
@@ -15,11 +17,12 @@
 //! journaled intent again and never plans twice.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use firebreak_audit::{AuditError, RecordBody};
 use firebreak_connector::{
     ActionContext, ActionError, ActionSpec, Connector, Effect, ErrorKind, Intent, ParamType,
-    Registry,
+    Registry, WaitSpec,
 };
 use rhai::{Dynamic, Engine, Module};
 use serde_json::{Map, Value};
@@ -34,6 +37,26 @@ use crate::step::{
 
 /// Most positional parameters an action may have.
 const MAX_ARITY: usize = 8;
+
+/// What an action that waits by design gets beyond its wait: the requests before and after
+/// it, and time for the connector to answer that the wait ran out (its own `timeout` error
+/// says more than the engine's).
+pub(crate) const WAIT_MARGIN: Duration = Duration::from_secs(30);
+
+/// The longest one attempt of an action may run, before the run's deadline caps it:
+/// `action_timeout`, or for an action that waits ([`ActionSpec::waits`]) its wait for these
+/// `args` plus [`WAIT_MARGIN`] when that is longer. A wait that does not parse leaves
+/// `action_timeout`: the connector refuses such a call at once.
+pub(crate) fn attempt_limit(
+    action_timeout: Duration,
+    waits: Option<&WaitSpec>,
+    args: &Map<String, Value>,
+) -> Duration {
+    match waits.and_then(|w| w.wait(args).ok()) {
+        Some(wait) => action_timeout.max(wait.saturating_add(WAIT_MARGIN)),
+        None => action_timeout,
+    }
+}
 
 /// `connected(module)`, registered in [`register`], for the reference.
 pub(crate) const CONNECTED: BuiltinSpec = BuiltinSpec {
@@ -244,7 +267,8 @@ impl Action {
     /// An observing action: its answer is the step's output and the run's evidence.
     fn observe(&self, cx: &RunContext, step: u32, args: Map<String, Value>) -> LeafResult {
         let (acx, mut lines) = self.context(cx);
-        let outcome = self.with_retries(cx, step, &mut lines, || {
+        let limit = attempt_limit(cx.action_timeout, self.spec.waits.as_ref(), &args);
+        let outcome = self.with_retries(cx, step, limit, &mut lines, || {
             self.connector.call(self.spec.name, args.clone(), &acx)
         });
         self.result(outcome, |value, result| {
@@ -256,10 +280,11 @@ impl Action {
         })
     }
 
-    /// A mutation's first half: the connector's plan, as journalable JSON.
+    /// A mutation's first half: the connector's plan, as journalable JSON. Planning reads and
+    /// never waits, so it gets the engine's limit per call whatever the action declares.
     fn plan(&self, cx: &RunContext, step: u32, args: Map<String, Value>) -> Planned {
         let (acx, mut lines) = self.context(cx);
-        let outcome = self.with_retries(cx, step, &mut lines, || {
+        let outcome = self.with_retries(cx, step, cx.action_timeout, &mut lines, || {
             let args = args.clone();
             let acx = &acx;
             async move {
@@ -297,19 +322,22 @@ impl Action {
             }
         };
         let (acx, mut lines) = self.context(cx);
-        let outcome = self.with_retries(cx, step, &mut lines, || {
+        let limit = attempt_limit(cx.action_timeout, self.spec.waits.as_ref(), &args);
+        let outcome = self.with_retries(cx, step, limit, &mut lines, || {
             self.connector
                 .apply(self.spec.name, args.clone(), &intent, &acx)
         });
         self.result(outcome, |_, _| {})
     }
 
-    /// Runs `attempt` on the runtime, retrying transient failures per the run's policy, under
-    /// the action timeout, cancel and the run's deadline; journals its progress lines.
+    /// Runs `attempt` on the runtime, retrying transient failures per the run's policy, each
+    /// attempt under `limit` (see [`attempt_limit`]), all under cancel and the run's deadline;
+    /// journals its progress lines.
     fn with_retries<F, Fut>(
         &self,
         cx: &RunContext,
         step: u32,
+        limit: Duration,
         lines: &mut mpsc::UnboundedReceiver<String>,
         mut attempt_once: F,
     ) -> Outcome
@@ -320,14 +348,14 @@ impl Action {
         cx.handle.block_on(async {
             let mut attempt = 1;
             loop {
-                let limit = cx.remaining(cx.action_timeout);
-                let call = tokio::time::timeout(limit, attempt_once());
+                let bound = cx.remaining(limit);
+                let call = tokio::time::timeout(bound, attempt_once());
                 let result = match cx.until_stopped(with_progress(cx, step, call, lines)).await {
                     Err(stop) => return Outcome::Stopped(stop, attempt),
                     Ok(Err(audit)) => return Outcome::Audit(audit, attempt),
                     Ok(Ok(Err(_elapsed))) => Err(ActionError::new(
                         ErrorKind::Timeout,
-                        format!("no answer within {} ms", limit.as_millis()),
+                        format!("no answer within {} ms", bound.as_millis()),
                     )),
                     Ok(Ok(Ok(result))) => result,
                 };
@@ -460,4 +488,39 @@ fn describe(value: &Value) -> String {
         text = text.chars().take(39).chain(['…']).collect();
     }
     format!("{kind} ({text})")
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn args(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn a_declared_wait_lengthens_the_limit_and_nothing_else_does() {
+        let per_call = Duration::from_secs(120);
+        let waits = WaitSpec::by_param("timeout", Duration::from_secs(300));
+        let limit = |w: Option<&WaitSpec>, a: Value| attempt_limit(per_call, w, &args(a));
+        // The default wait, a longer one, one in seconds.
+        assert_eq!(limit(Some(&waits), json!({})), Duration::from_secs(330));
+        assert_eq!(
+            limit(Some(&waits), json!({"timeout": "10m"})),
+            Duration::from_secs(630)
+        );
+        assert_eq!(
+            limit(Some(&waits), json!({"timeout": 200})),
+            Duration::from_secs(230)
+        );
+        // A short wait keeps the limit per call; so does one the connector will refuse.
+        assert_eq!(limit(Some(&waits), json!({"timeout": "30s"})), per_call);
+        assert_eq!(limit(Some(&waits), json!({"timeout": "soon"})), per_call);
+        // An action that does not wait, whatever its arguments say.
+        assert_eq!(limit(None, json!({"timeout": "10m"})), per_call);
+        let fixed = WaitSpec::fixed(Duration::from_secs(600));
+        assert_eq!(limit(Some(&fixed), json!({})), Duration::from_secs(630));
+    }
 }

@@ -11,8 +11,9 @@
 
 use std::time::Duration;
 
-use firebreak_connector::{Effect, ErrorKind};
+use firebreak_connector::{Effect, ErrorKind, WaitSpec};
 
+use crate::connectors::WAIT_MARGIN;
 use crate::{RetryPolicy, RunnerConfig};
 
 /// One function every script has (not a connector action).
@@ -135,10 +136,16 @@ pub fn limits(config: &RunnerConfig) -> Vec<LimitDoc> {
     all.extend(config.budget.docs());
     all.push(LimitDoc {
         name: "connector call",
-        value: seconds(config.action_timeout),
+        value: format!(
+            "{}, or for an action that waits, its wait plus {}",
+            seconds(config.action_timeout),
+            seconds(WAIT_MARGIN)
+        ),
         setting: None,
-        doc: "one attempt of one connector action (a `timeout` argument above it is cut here); \
-              the run's `timeout` bounds it too",
+        doc: "one attempt of one connector action. An action that waits by design (its \
+              reference says **Waits**, e.g. `k8s::wait_rollout`'s `timeout`) may run for its \
+              wait plus the margin when that is longer, so the wait the script asked for is \
+              kept; the run's `timeout` bounds every call",
     });
     all
 }
@@ -243,9 +250,11 @@ pub fn action_errors(config: &RunnerConfig) -> Vec<EngineError> {
         EngineError {
             kind: "timeout",
             when: format!(
-                "no answer within {} for one attempt (the engine's limit per connector call), \
-                 or before the run's `timeout`",
-                seconds(config.action_timeout)
+                "no answer within {} for one attempt (the engine's limit per connector call; \
+                 for an action that waits, its wait plus {} when that is longer), or before the \
+                 run's `timeout`",
+                seconds(config.action_timeout),
+                seconds(WAIT_MARGIN)
             ),
         },
         EngineError {
@@ -288,6 +297,21 @@ pub fn effect(effect: Effect) -> EffectDoc {
                    the runbook asks for one, and the teams file's guard rails can refuse it.",
         },
     }
+}
+
+/// How long an action that waits by design may run, for people: what sets its wait and the
+/// engine's limit on one attempt of it ([`crate::connectors::attempt_limit`]).
+pub fn wait_rule(waits: &WaitSpec, config: &RunnerConfig) -> String {
+    let wait = match waits.param {
+        Some(p) => format!("up to `{p}` (default {})", seconds(waits.default)),
+        None => format!("up to {}", seconds(waits.default)),
+    };
+    format!(
+        "{wait}; the engine lets one attempt run that plus {}, or {} when that is longer, and \
+         never past the run's `timeout`",
+        seconds(WAIT_MARGIN),
+        seconds(config.action_timeout)
+    )
 }
 
 /// Which namespace an action may touch, for people: the engine's tenancy rule applied to
@@ -424,6 +448,25 @@ mod tests {
         assert_eq!(bytes(1500), "1,500 bytes");
         assert_eq!(seconds(Duration::from_secs(300)), "300 s");
         assert_eq!(seconds(Duration::from_millis(200)), "200 ms");
+    }
+
+    #[test]
+    fn the_wait_rule_says_what_the_engine_allows() {
+        let config = RunnerConfig::default();
+        let by_param = WaitSpec::by_param("timeout", Duration::from_secs(300));
+        assert_eq!(
+            wait_rule(&by_param, &config),
+            "up to `timeout` (default 300 s); the engine lets one attempt run that plus 30 s, \
+             or 120 s when that is longer, and never past the run's `timeout`"
+        );
+        let fixed = WaitSpec::fixed(Duration::from_secs(60));
+        assert!(wait_rule(&fixed, &config).starts_with("up to 60 s; "));
+        let limits = limits(&config);
+        let call = limits.iter().find(|l| l.name == "connector call").unwrap();
+        assert_eq!(
+            call.value,
+            "120 s, or for an action that waits, its wait plus 30 s"
+        );
     }
 
     #[test]

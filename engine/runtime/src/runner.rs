@@ -35,7 +35,10 @@ pub struct RunnerConfig {
     pub limits: Limits,
     /// Scripts running at once; further `start`s wait for a slot.
     pub max_concurrent_runs: usize,
-    /// Longest single connector call (also bounded by the run's deadline).
+    /// Longest single attempt of a connector call; an action that waits by design
+    /// ([`firebreak_connector::ActionSpec::waits`]) gets its wait plus a margin
+    /// (`connectors::WAIT_MARGIN`) instead when that is longer. The run's deadline bounds
+    /// every call.
     pub action_timeout: Duration,
     pub retry: RetryPolicy,
     pub budget: Budget,

@@ -457,3 +457,70 @@ async fn a_cluster_wide_mutation_needs_the_teams_grant() {
     assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
     assert_eq!(fake.count("plan:two"), 2);
 }
+
+/// A runner whose limit per connector call is 200 ms, so the waits below outlast it.
+fn with_fake_and_short_calls() -> (Harness, Arc<Fake>) {
+    let fake = Arc::new(Fake::default());
+    let mut registry = Registry::new();
+    registry.register(fake.clone());
+    let config = firebreak_runtime::RunnerConfig {
+        action_timeout: Duration::from_millis(200),
+        ..config()
+    };
+    (harness(registry, config), fake)
+}
+
+/// An action that waits by design (`k8s::wait_rollout(ns, d, "5m")`) gets the wait the script
+/// asked for, or its default, not the engine's shorter limit per call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_action_that_waits_gets_its_wait_beyond_the_limit_per_call() {
+    let (h, fake) = with_fake_and_short_calls();
+    for (run_id, call) in [
+        ("r1", r#"fake::wait_ready(600, "1s")"#),
+        ("r2", "fake::wait_ready(600, 1)"),
+        // The declared default, 1 s.
+        ("r3", "fake::wait_ready(600)"),
+    ] {
+        let (outcome, records) = run(&h, plan(run_id, call)).await;
+        assert_eq!(outcome.status, RunStatus::Succeeded, "{call}: {outcome:?}");
+        match &records[3].body {
+            RecordBody::StepFinished {
+                outputs, attempts, ..
+            } => assert_eq!((*attempts, &outputs["ready"]), (1, &json!(true)), "{call}"),
+            other => panic!("{call}: {other:?}"),
+        }
+    }
+    assert_eq!(fake.count("wait_ready"), 3);
+}
+
+/// Only a declared wait lengthens the limit: any other action is cut at it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_action_that_does_not_wait_is_still_cut_at_the_limit_per_call() {
+    let (h, fake) = with_fake_and_short_calls();
+    let (outcome, records) = run(&h, plan("r1", "fake::slow(600)")).await;
+    assert_eq!(outcome.status, RunStatus::Failed, "{outcome:?}");
+    let error = outcome.error.unwrap();
+    assert!(
+        error.contains("(timeout): no answer within 200 ms"),
+        "{error}"
+    );
+    assert_eq!(fake.count("slow"), 1, "a timeout is not retried");
+    assert_eq!(kinds(&records)[2], "finished 1 fake::slow error");
+}
+
+/// A declared wait longer than what is left of the run ends with the run's `timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runs_deadline_still_bounds_an_action_that_waits() {
+    let (h, _fake) = with_fake_and_short_calls();
+    let mut p = plan("r1", r#"fake::wait_ready(5000, "10s")"#);
+    p.timeout = Duration::from_millis(500);
+    let started = std::time::Instant::now();
+    let (outcome, records) = run(&h, p).await;
+    assert_eq!(outcome.status, RunStatus::TimedOut, "{outcome:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "ended after {:?}, not at the run's deadline",
+        started.elapsed()
+    );
+    assert_eq!(kinds(&records)[2], "finished 1 fake::wait_ready error");
+}

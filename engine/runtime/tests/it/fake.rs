@@ -1,13 +1,15 @@
-//! A fake connector that counts calls and can fail, hang, report progress or cancel a run.
+//! A fake connector that counts calls and can fail, hang, be slow, wait by design, report
+//! progress or cancel a run.
 //! Its mutations plan and apply like a real connector's: `scale` keeps a replica count per
 //! name in [`Fake::world`], and applying an intent that already holds writes nothing.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use firebreak_connector::{
     ActionContext, ActionError, ActionSpec, Connector, Effect, ErrorKind, Intent, ParamSpec,
-    ParamType,
+    ParamType, WaitSpec,
 };
 use firebreak_runtime::CancellationToken;
 use futures::future::BoxFuture;
@@ -48,6 +50,9 @@ impl Fake {
     }
 }
 
+/// How long `wait_ready` waits.
+const WAIT_READY: WaitSpec = WaitSpec::by_param("timeout", Duration::from_secs(1));
+
 fn param(name: &'static str, ty: ParamType, required: bool) -> ParamSpec {
     ParamSpec {
         name,
@@ -69,6 +74,7 @@ fn action(
         effect,
         params,
         namespace_param: ns,
+        waits: None,
         rbac: vec![],
         errors: vec![],
         example: "",
@@ -82,7 +88,7 @@ impl Connector for Fake {
 
     fn actions(&self) -> Vec<ActionSpec> {
         use Effect::{Mutate, Observe};
-        use ParamType::{Int, String};
+        use ParamType::{Any, Int, String};
         vec![
             action("one", Observe, vec![], None),
             action("two", Mutate, vec![param("x", Int, true)], None),
@@ -106,6 +112,18 @@ impl Connector for Fake {
             action("flaky", Observe, vec![], None),
             action("broken", Mutate, vec![], None),
             action("hang", Observe, vec![], None),
+            // Ready after `after_ms`; waits up to `timeout` (default 1 s) for it, by design.
+            ActionSpec {
+                waits: Some(WAIT_READY),
+                ..action(
+                    "wait_ready",
+                    Observe,
+                    vec![param("after_ms", Int, true), param("timeout", Any, false)],
+                    None,
+                )
+            },
+            // Answers after `ms`; does not declare a wait.
+            action("slow", Observe, vec![param("ms", Int, true)], None),
         ]
     }
 
@@ -184,7 +202,7 @@ impl Connector for Fake {
     fn call<'a>(
         &'a self,
         action: &'a str,
-        _args: Map<String, Value>,
+        args: Map<String, Value>,
         cx: &'a ActionContext,
     ) -> BoxFuture<'a, Result<Value, ActionError>> {
         self.counted(action);
@@ -205,6 +223,27 @@ impl Connector for Fake {
                     Ok(json!("finally"))
                 }
                 "hang" => std::future::pending().await,
+                "wait_ready" => {
+                    // Like a real connector: reads its `timeout` as its spec declares it.
+                    let timeout = WAIT_READY
+                        .wait(&args)
+                        .map_err(|e| ActionError::new(ErrorKind::Permanent, e))?;
+                    let after = Duration::from_millis(args["after_ms"].as_u64().unwrap_or(0));
+                    if after > timeout {
+                        tokio::time::sleep(timeout).await;
+                        return Err(ActionError::new(
+                            ErrorKind::Timeout,
+                            format!("not ready within {} ms", timeout.as_millis()),
+                        ));
+                    }
+                    tokio::time::sleep(after).await;
+                    Ok(json!({"ready": true, "waited_ms": after.as_millis() as u64}))
+                }
+                "slow" => {
+                    let ms = args["ms"].as_u64().unwrap_or(0);
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    Ok(json!({"slept_ms": ms}))
+                }
                 other => Err(ActionError::new(
                     ErrorKind::Permanent,
                     format!("no action {other}"),

@@ -208,10 +208,7 @@ pub async fn audit(cfg: &Config, command: AuditCommand) -> Result<()> {
 /// The newest checkpoint the engine published on the NATS audit stream (none yet: empty), to
 /// verify the local journal against.
 async fn published_checkpoints(nats: &crate::config::NatsConfig) -> Result<(String, Vec<u8>)> {
-    let opts = firebreak_bus::NatsOptions {
-        security: nats.security()?,
-        ..firebreak_bus::NatsOptions::default()
-    };
+    let opts = nats.options()?;
     let bus = firebreak_bus::NatsBus::connect(&nats.url, opts)
         .await
         .with_context(|| {

@@ -70,7 +70,8 @@ pub struct AuditConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsConfig {
-    /// Server URL, e.g. `nats://nats:4222` (`tls://` requires TLS).
+    /// Server URL, e.g. `nats://nats:4222` (`tls://` requires TLS); a cluster's servers
+    /// comma-separated (`nats://n1:4222,nats://n2:4222,nats://n3:4222`).
     pub url: String,
     /// User name, with `password` or `password_file` (a `users` entry of the server).
     #[serde(default)]
@@ -100,6 +101,41 @@ pub struct NatsConfig {
     /// TLS towards the server.
     #[serde(default)]
     pub tls: NatsTlsConfig,
+    /// Replicas, limits and retention of the streams and buckets firebreak creates.
+    #[serde(default)]
+    pub storage: NatsStorageConfig,
+}
+
+/// What firebreak asks JetStream to keep (it creates the streams and buckets with these, and
+/// brings existing ones to them at start). Sizes per million alerts: README, "Scaling out".
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsStorageConfig {
+    /// Copies of every stream and bucket (1, 3 or 5; at most the cluster's size). 3 on a
+    /// three-node cluster survives a node. `FIREBREAK_NATS_REPLICAS`.
+    pub replicas: usize,
+    /// MiB the events stream may hold before new alerts are refused (503, retried by
+    /// Alertmanager); unset: unlimited. Accepted events are never discarded.
+    pub events_max_mib: Option<u64>,
+    /// How long the audit stream keeps records (e.g. `90d`); unset: for ever. The engines'
+    /// local journals are not affected.
+    pub audit_max_age: Option<String>,
+    /// MiB the audit stream keeps, the oldest records going first; unset: unlimited.
+    pub audit_max_mib: Option<u64>,
+    /// How long a finished run's state stays in the `firebreak_runs` bucket. Default `7d`.
+    pub run_retention: String,
+}
+
+impl Default for NatsStorageConfig {
+    fn default() -> Self {
+        NatsStorageConfig {
+            replicas: 1,
+            events_max_mib: None,
+            audit_max_age: None,
+            audit_max_mib: None,
+            run_retention: "7d".into(),
+        }
+    }
 }
 
 /// TLS towards nats-server. With nothing set, TLS is used only if the server requires it,
@@ -203,6 +239,37 @@ impl NatsConfig {
         Ok(())
     }
 
+    /// The bus's options: its security settings, then the storage settings, checked.
+    pub fn options(&self) -> Result<firebreak_bus::NatsOptions> {
+        let storage = &self.storage;
+        anyhow::ensure!(
+            matches!(storage.replicas, 1..=5),
+            "nats.storage.replicas is {}: JetStream keeps 1 to 5 copies (3 on a three-node cluster)",
+            storage.replicas
+        );
+        let duration = |key: &str, text: &str| {
+            firebreak_matcher::parse_duration(text)
+                .map_err(|e| anyhow::anyhow!("nats.storage.{key}: {e}"))
+        };
+        let mib = |v: Option<u64>| {
+            v.map_or(-1, |m| {
+                i64::try_from(m.saturating_mul(1 << 20)).unwrap_or(i64::MAX)
+            })
+        };
+        Ok(firebreak_bus::NatsOptions {
+            security: self.security()?,
+            replicas: storage.replicas,
+            events_max_bytes: mib(storage.events_max_mib),
+            audit_max_bytes: mib(storage.audit_max_mib),
+            audit_max_age: match &storage.audit_max_age {
+                Some(text) => duration("audit_max_age", text)?,
+                None => std::time::Duration::ZERO,
+            },
+            run_retention: duration("run_retention", &storage.run_retention)?,
+            ..firebreak_bus::NatsOptions::default()
+        })
+    }
+
     /// The bus's security settings: [`NatsConfig::check`], then each secret read from its file.
     pub fn security(&self) -> Result<NatsSecurity> {
         self.check()?;
@@ -270,6 +337,11 @@ impl NatsConfig {
         }
         if let Some(v) = get("FIREBREAK_NATS_CREDS") {
             self.creds_file = path(v);
+        }
+        if let Some(v) = get("FIREBREAK_NATS_REPLICAS") {
+            self.storage.replicas = v
+                .parse()
+                .with_context(|| format!("FIREBREAK_NATS_REPLICAS={v} is not a number"))?;
         }
         if let Some(v) = get("FIREBREAK_NATS_TLS_CA") {
             self.tls.ca_file = path(v);
@@ -632,6 +704,44 @@ mod tests {
             "an empty FIREBREAK_NATS_URL selects the embedded bus"
         );
         assert_eq!(cfg.listen.port(), 9999);
+    }
+
+    #[test]
+    fn nats_storage_settings_become_the_bus_options_and_bad_ones_are_refused() {
+        let mut cfg = Config::from_yaml(
+            "nats:\n  url: nats://nats:4222\n  storage:\n    replicas: 3\n    events_max_mib: 512\n    \
+             audit_max_age: 90d\n    audit_max_mib: 2048\n    run_retention: 2d\n",
+        )
+        .unwrap();
+        let opts = cfg.nats.as_ref().unwrap().options().unwrap();
+        assert_eq!(opts.replicas, 3);
+        assert_eq!(opts.events_max_bytes, 512 << 20);
+        assert_eq!(opts.audit_max_bytes, 2048 << 20);
+        assert_eq!(opts.audit_max_age.as_secs(), 90 * 86_400);
+        assert_eq!(opts.run_retention.as_secs(), 2 * 86_400);
+        cfg.apply_env(|k| (k == "FIREBREAK_NATS_REPLICAS").then(|| "5".into()))
+            .unwrap();
+        assert_eq!(cfg.nats.as_ref().unwrap().options().unwrap().replicas, 5);
+        // Unset: one copy, unlimited, kept for ever, runs for a week.
+        let defaults = Config::from_yaml("nats: { url: nats://nats:4222 }\n").unwrap();
+        let opts = defaults.nats.unwrap().options().unwrap();
+        assert_eq!(
+            (opts.replicas, opts.events_max_bytes, opts.audit_max_bytes),
+            (1, -1, -1)
+        );
+        assert_eq!(opts.run_retention.as_secs(), 7 * 86_400);
+        for (yaml, says) in [
+            ("replicas: 0", "nats.storage.replicas is 0"),
+            ("replicas: 7", "nats.storage.replicas is 7"),
+            ("audit_max_age: soon", "nats.storage.audit_max_age"),
+        ] {
+            let cfg = Config::from_yaml(&format!(
+                "nats:\n  url: nats://nats:4222\n  storage: {{ {yaml} }}\n"
+            ))
+            .unwrap();
+            let err = cfg.nats.unwrap().options().unwrap_err().to_string();
+            assert!(err.contains(says), "{yaml}: {err}");
+        }
     }
 
     #[test]

@@ -16,9 +16,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use firebreak_audit::{AuditMirror, Journal, Record};
-use firebreak_bus::{
-    AuditMessage, Bus, DeferredNats, EmbeddedBus, FileStateStore, NatsOptions, StateStore,
-};
+use firebreak_bus::{AuditMessage, Bus, DeferredNats, EmbeddedBus, FileStateStore, StateStore};
 use firebreak_connector::plugin::{BuildContext, Plugin, Shared};
 use firebreak_connector::{ProgressSink, Registry};
 use firebreak_dispatch::{ConnectorSpecs, Dispatcher, Runbooks};
@@ -216,10 +214,7 @@ impl Engine {
         let mut deferred = None;
         let (bus, state): (Arc<dyn Bus>, Arc<dyn StateStore>) = match &cfg.nats {
             Some(nats) => {
-                let opts = NatsOptions {
-                    security: nats.security()?,
-                    ..NatsOptions::default()
-                };
+                let opts = nats.options()?;
                 let nats_bus = DeferredNats::connect(&nats.url, opts, shutdown.clone())
                     .await
                     .with_context(|| format!("connecting to NATS at {}", nats.url))?;

@@ -70,6 +70,15 @@ pub struct NatsOptions {
     pub audit_max_age: Duration,
     /// Age after which a run record that was not updated is dropped. Default 7 days.
     pub run_retention: Duration,
+    /// Copies of every stream and bucket kept by a NATS cluster (1, 3 or 5). Default 1; use 3
+    /// on a three-node cluster so a node can fail without losing or stopping anything.
+    pub replicas: usize,
+    /// Bytes the events stream may hold (-1: unlimited). When it is full a new alert is
+    /// refused (answered 503, so Alertmanager retries); nothing accepted is ever discarded.
+    pub events_max_bytes: i64,
+    /// Bytes the audit stream keeps (-1: unlimited); past it the oldest records go (the
+    /// engines' local journals stay whole).
+    pub audit_max_bytes: i64,
     /// Credentials and TLS. Default none: a server without authorization, plain text unless
     /// the server asks for TLS.
     pub security: NatsSecurity,
@@ -90,6 +99,9 @@ impl Default for NatsOptions {
             request_timeout: Duration::from_secs(5),
             audit_max_age: Duration::ZERO,
             run_retention: Duration::from_secs(7 * 24 * 3600),
+            replicas: 1,
+            events_max_bytes: -1,
+            audit_max_bytes: -1,
             security: NatsSecurity::default(),
         }
     }
@@ -233,7 +245,15 @@ impl NatsBus {
                     other => debug!(event = %other, "nats event"),
                 }
             })
-            .connect(url)
+            // A cluster's servers, comma-separated; the client also learns the others from
+            // the one it reaches, and fails over between them.
+            .connect(
+                url.split(',')
+                    .map(str::trim)
+                    .filter(|u| !u.is_empty())
+                    .map(str::to_owned)
+                    .collect::<Vec<String>>(),
+            )
             .await
             .map_err(|e| connect_error(url, method, e))?;
         let js = jetstream::ContextBuilder::new()
@@ -299,50 +319,86 @@ impl NatsBus {
     }
 }
 
+/// Creates a stream, or brings an existing one to `config`'s replicas and limits (changed in
+/// firebreak.yaml since it was created): the server keeps what it holds and applies the new
+/// settings from then on.
+async fn ensure_stream(js: &Context, config: stream::Config) -> Result<stream::Stream, Cause> {
+    let mut stream = js.get_or_create_stream(config.clone()).await?;
+    let current = stream.info().await?.config.clone();
+    // The server writes "unlimited" as -1 where a config may say 0.
+    let bytes = |b: i64| if b <= 0 { -1 } else { b };
+    let changed = current.num_replicas != config.num_replicas
+        || bytes(current.max_bytes) != bytes(config.max_bytes)
+        || current.max_age != config.max_age
+        || current.discard != config.discard;
+    if changed {
+        tracing::info!(
+            stream = %config.name,
+            replicas = config.num_replicas,
+            max_bytes = config.max_bytes,
+            max_age_s = config.max_age.as_secs(),
+            "updating the stream's replicas and limits"
+        );
+        js.update_stream(config.clone()).await?;
+        stream = js.get_stream(&config.name).await?;
+    }
+    Ok(stream)
+}
+
 impl Setup {
     async fn events_stream(&self) -> Result<stream::Stream, BusError> {
         let name = &self.opts.events_stream;
-        self.js
-            .get_or_create_stream(stream::Config {
+        ensure_stream(
+            &self.js,
+            stream::Config {
                 name: name.clone(),
                 description: Some("firebreak events, one per alert or trigger".into()),
                 subjects: vec!["firebreak.events.>".into()],
                 retention: RetentionPolicy::WorkQueue,
                 storage: StorageType::File,
                 duplicate_window: self.opts.duplicate_window,
+                num_replicas: self.opts.replicas,
+                max_bytes: self.opts.events_max_bytes,
+                // Full: refuse the new event, never drop an accepted one.
+                discard: stream::DiscardPolicy::New,
                 ..Default::default()
-            })
-            .await
-            .map_err(|e| {
-                BusError::nats(
-                    format!("create stream {name}"),
-                    BusErrorKind::Unavailable,
-                    e,
-                )
-            })
+            },
+        )
+        .await
+        .map_err(|e| {
+            BusError::nats(
+                format!("create stream {name}"),
+                BusErrorKind::Unavailable,
+                e,
+            )
+        })
     }
 
     async fn audit_stream(&self) -> Result<stream::Stream, BusError> {
         let name = &self.opts.audit_stream;
-        self.js
-            .get_or_create_stream(stream::Config {
+        ensure_stream(
+            &self.js,
+            stream::Config {
                 name: name.clone(),
                 description: Some("firebreak audit records, by team and run".into()),
                 subjects: vec!["firebreak.audit.>".into()],
                 retention: RetentionPolicy::Limits,
                 storage: StorageType::File,
                 max_age: self.opts.audit_max_age,
+                max_bytes: self.opts.audit_max_bytes,
                 duplicate_window: self.opts.duplicate_window,
+                num_replicas: self.opts.replicas,
                 ..Default::default()
-            })
-            .await
-            .map_err(|e| {
-                BusError::nats(
-                    format!("create stream {name}"),
-                    BusErrorKind::Unavailable,
-                    e,
-                )
-            })
+            },
+        )
+        .await
+        .map_err(|e| {
+            BusError::nats(
+                format!("create stream {name}"),
+                BusErrorKind::Unavailable,
+                e,
+            )
+        })
     }
 
     async fn events_consumer(&self) -> Result<consumer::Consumer<pull::Config>, BusError> {
@@ -818,7 +874,7 @@ impl NatsStateStore {
                 deny_delete: true,
                 allow_direct: true,
                 discard: stream::DiscardPolicy::New,
-                num_replicas: 1,
+                num_replicas: opts.replicas,
                 ..Default::default()
             };
             let name = name.to_owned();
@@ -830,9 +886,7 @@ impl NatsStateStore {
                         e,
                     )
                 };
-                js.get_or_create_stream(config)
-                    .await
-                    .map_err(|e| unavailable(Box::new(e)))?;
+                ensure_stream(&js, config).await.map_err(unavailable)?;
                 js.get_key_value(name.as_str())
                     .await
                     .map_err(|e| unavailable(Box::new(e)))

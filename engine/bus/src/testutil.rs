@@ -124,6 +124,28 @@ impl NatsServer {
         Ok(server)
     }
 
+    /// Starts `n` servers on loopback forming one JetStream cluster (`server_name` `n1`…,
+    /// cluster `firebreak`, each routed to the others). Restarted nodes rejoin on the same
+    /// ports and stores. The cluster may still be electing its meta leader on return.
+    pub fn start_cluster(n: usize) -> Result<Vec<NatsServer>, NatsServerError> {
+        let routes: Vec<u16> = (0..n).map(|_| free_port()).collect::<Result<_, _>>()?;
+        let route_list = routes
+            .iter()
+            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        // Spawned together: a node logs ready only once it could reach the others' routes.
+        let mut nodes = Vec::new();
+        for (i, port) in routes.iter().enumerate() {
+            let config = format!(
+                "server_name: n{}\ncluster {{\n  name: firebreak\n  listen: 127.0.0.1:{port}\n  routes: [{route_list}]\n}}\n",
+                i + 1
+            );
+            nodes.push(NatsServer::start_with_config(&config, &[])?);
+        }
+        Ok(nodes)
+    }
+
     /// `nats://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)

@@ -1,5 +1,5 @@
-//! Durations as runbooks write them: `500ms`, `30s`, `5m`, `1h`, and sums like `1h30m`
-//! (Go/Prometheus style, integer amounts). `0` alone means zero. Start at [`parse_duration`].
+//! Durations as runbooks write them: `500ms`, `30s`, `5m`, `1h`, `7d`, and sums like `1h30m`
+//! (Prometheus style, integer amounts). `0` alone means zero. Start at [`parse_duration`].
 
 use std::time::Duration;
 
@@ -13,7 +13,8 @@ pub struct DurationError {
     pub reason: &'static str,
 }
 
-/// Parses `500ms`, `30s`, `5m`, `1h`, `1h30m`, `2h45m10s`, `0`. Units: `ms`, `s`, `m`, `h`.
+/// Parses `500ms`, `30s`, `5m`, `1h`, `1h30m`, `2h45m10s`, `7d`, `2w`, `0`. Units: `ms`, `s`,
+/// `m`, `h`, `d` (24 h), `w` (7 d), as Prometheus writes them.
 pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     let err = |reason| DurationError {
         text: text.to_owned(),
@@ -47,8 +48,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
             "s" => 1_000,
             "m" => 60_000,
             "h" => 3_600_000,
-            "" => return Err(err("missing unit (ms, s, m or h)")),
-            _ => return Err(err("unknown unit; use ms, s, m or h")),
+            "d" => 86_400_000,
+            "w" => 604_800_000,
+            "" => return Err(err("missing unit (ms, s, m, h, d or w)")),
+            _ => return Err(err("unknown unit; use ms, s, m, h, d or w")),
         };
         total_ms = amount
             .checked_mul(unit_ms)
@@ -73,6 +76,8 @@ mod tests {
         assert_eq!(ms("2h45m10s500ms"), 9_910_500);
         assert_eq!(ms("0"), 0);
         assert_eq!(ms(" 10m "), 600_000);
+        assert_eq!(ms("7d"), 7 * 86_400_000);
+        assert_eq!(ms("2w1d"), 15 * 86_400_000);
     }
 
     #[test]
@@ -82,7 +87,7 @@ mod tests {
             ("10", "missing unit"),
             ("5 minutes", "missing unit"),
             ("5min", "unknown unit"),
-            ("1d", "unknown unit"),
+            ("1y", "unknown unit"),
             ("m5", "expected a number"),
             ("1.5h", "missing unit"),
             ("-5m", "expected a number"),

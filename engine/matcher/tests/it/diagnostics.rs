@@ -131,17 +131,17 @@ fn bad_durations() {
     let got = problems(&[
         (
             "a.yaml",
-            &with_head("cooldown: 10 minutes\ntimeout: 0\nbudget: { max_runs: 0, per: 1d }\n"),
+            &with_head("cooldown: 10 minutes\ntimeout: 0\nbudget: { max_runs: 0, per: 1y }\n"),
         ),
         ("a.rhai", ""),
     ]);
     assert_eq!(
         got,
         [
-            "a.yaml:5:11: cooldown: invalid duration \"10 minutes\": missing unit (ms, s, m or h)",
+            "a.yaml:5:11: cooldown: invalid duration \"10 minutes\": missing unit (ms, s, m, h, d or w)",
             "a.yaml:6:10: timeout must be more than zero",
             "a.yaml:7:21: budget.max_runs must be at least 1",
-            "a.yaml:7:29: budget.per: invalid duration \"1d\": unknown unit; use ms, s, m or h",
+            "a.yaml:7:29: budget.per: invalid duration \"1y\": unknown unit; use ms, s, m, h, d or w",
         ]
     );
 }

@@ -84,6 +84,8 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
     );
 
     // Throughput: every alert accepted, run, and its audit records durable.
+    let nats_pid = _nats.as_ref().and_then(NatsChild::pid);
+    let cpu_before = (cpu_seconds(pid)?, nats_pid.map(cpu_seconds).transpose()?);
     let t0 = Instant::now();
     let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
     post_all(addr, 0, args.alerts, args.clients).await?;
@@ -91,6 +93,13 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
     wait_finished(&http, &base, args.alerts as u64, &mut server).await?;
     let total = t0.elapsed();
     let throughput = args.alerts as f64 / total.as_secs_f64();
+    // Server CPU per alert over the throughput phase (the load generator's own is not in it).
+    let per_alert = |before: f64, after: f64| (after - before) * 1e6 / args.alerts as f64;
+    let engine_cpu = per_alert(cpu_before.0, cpu_seconds(pid)?);
+    let nats_cpu = match (cpu_before.1, nats_pid) {
+        (Some(before), Some(p)) => Some(per_alert(before, cpu_seconds(p)?)),
+        _ => None,
+    };
     eprintln!(
         "bench: {} alerts posted in {:.2}s, all runs finished after {:.2}s",
         args.alerts,
@@ -107,8 +116,12 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
     let _ = server.kill().await;
 
     let (p50, p99) = percentiles(latencies);
+    let nats_cpu = nats_cpu
+        .map(|c| format!(" + nats-server {c:.0} µs"))
+        .unwrap_or_default();
     println!(
         "bench[{bus}]: {throughput:.0} alerts/s end to end ({} alerts, {} clients, {RUNBOOKS} runbooks), \
+         server CPU {engine_cpu:.0} µs/alert{nats_cpu}, \
          start latency p50 {p50:.2} ms p99 {p99:.2} ms at {} alerts/s, idle RSS {:.1} MiB, peak RSS {:.1} MiB, ready in {:.0} ms",
         args.alerts,
         args.clients,
@@ -422,6 +435,26 @@ pub(crate) fn percentiles(mut v: Vec<f64>) -> (f64, f64) {
     (at(0.50), at(0.99))
 }
 
+/// A process's CPU time so far (user + system), from `/proc/PID/stat` (in USER_HZ ticks,
+/// 100 per second on Linux).
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name may hold spaces: the fields that follow start after its `)`.
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("no ')' in /proc/PID/stat")?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime are the 14th and 15th fields; `after` starts at the 3rd.
+    let ticks = |i: usize| -> Result<f64> {
+        Ok(fields
+            .get(i)
+            .context("short /proc/PID/stat")?
+            .parse::<f64>()?)
+    };
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
+}
+
 fn rss_kib(pid: u32, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
@@ -440,7 +473,7 @@ pub(crate) fn free_port() -> Result<u16> {
 /// A private `nats-server -js` for `--nats spawn`.
 pub(crate) struct NatsChild {
     pub(crate) url: String,
-    _child: Child,
+    child: Child,
 }
 
 impl NatsChild {
@@ -467,14 +500,32 @@ impl NatsChild {
         }
         Ok(NatsChild {
             url: format!("nats://127.0.0.1:{port}"),
-            _child: child,
+            child,
         })
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_time_is_read_from_proc_and_grows_with_work() {
+        let me = std::process::id();
+        let before = cpu_seconds(me).unwrap();
+        let mut x = 0u64;
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(300) {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        }
+        std::hint::black_box(x);
+        let spent = cpu_seconds(me).unwrap() - before;
+        assert!((0.1..5.0).contains(&spent), "{spent}");
+    }
 
     #[test]
     fn the_bench_payload_is_a_valid_alertmanager_webhook() {

@@ -5,11 +5,14 @@
 //! - [`journal`]: the append-only JSONL segments with group commit and a run index;
 //! - [`checkpoint`]: Ed25519-signed checkpoints that let the journal prove its own tail;
 //! - [`verify`](verify()): recompute the chain and name the first broken record;
-//! - [`timeline`]: render one run for `firebreak audit show`.
+//! - [`timeline`]: render one run for `firebreak audit show`;
+//! - [`stream`]: check the central audit stream, every replica's journal interleaved, with the
+//!   links of runs taken over from one replica by another.
 
 pub mod checkpoint;
 pub mod journal;
 pub mod record;
+pub mod stream;
 pub mod timeline;
 pub mod verify;
 
@@ -23,5 +26,8 @@ pub use record::{
     StepError, StepStatus, canonical_json, chain_hash, is_secret_key, redact, redact_text,
     redact_value,
 };
+pub use stream::{Chain, StreamReport, verify_stream};
 pub use timeline::render_timeline;
-pub use verify::{Problem, VerifyError, VerifyOptions, VerifyReport, verify, verify_with};
+pub use verify::{
+    Problem, VerifyError, VerifyOptions, VerifyReport, read_line, verify, verify_with,
+};

@@ -85,6 +85,22 @@ pub enum RecordBody {
         /// How many steps of the earlier attempt finished and can be replayed.
         replayable_steps: u32,
     },
+    /// This replica took the run over from another whose lease ran out (it died, or stopped
+    /// and let go). The run's earlier records are on the audit stream, in the other replica's
+    /// journal; this record links to the last of them by its hash, so the run's whole trail
+    /// can be followed and checked across journals. A `run_resumed` follows.
+    RunTakenOver {
+        /// This replica.
+        by_replica: String,
+        /// The replica whose lease ran out.
+        from_replica: String,
+        /// The hash of the run's last record the stream held.
+        last_hash: String,
+        /// That record's seq in the other replica's journal.
+        last_seq: u64,
+        /// How many of the run's records the stream held.
+        records: u32,
+    },
     /// A step began; `inputs` are journaled before anything happens. A mutating action
     /// journals its `intent` here too (what it resolved to do: the target revision and template
     /// hash, the replica count, ...), so a retry or a resume finishes that very intent instead
@@ -237,6 +253,7 @@ impl RecordBody {
         match self {
             RecordBody::RunStarted { .. } => "run_started",
             RecordBody::RunResumed { .. } => "run_resumed",
+            RecordBody::RunTakenOver { .. } => "run_taken_over",
             RecordBody::StepStarted { .. } => "step_started",
             RecordBody::StepFinished { .. } => "step_finished",
             RecordBody::Evidence { .. } => "evidence",
@@ -490,6 +507,18 @@ fn write_canonical_body(body: &RecordBody, out: &mut Vec<u8>) {
         RecordBody::RunResumed { replayable_steps } => {
             o.plain("replayable_steps", replayable_steps)
         }
+        RecordBody::RunTakenOver {
+            by_replica,
+            from_replica,
+            last_hash,
+            last_seq,
+            records,
+        } => o
+            .plain("by_replica", by_replica)
+            .plain("from_replica", from_replica)
+            .plain("last_hash", last_hash)
+            .plain("last_seq", last_seq)
+            .plain("records", records),
         RecordBody::StepStarted {
             step,
             name,
@@ -840,6 +869,7 @@ pub fn redact(body: &mut RecordBody) {
         RecordBody::EventJoined { summary, .. } => redact_string(summary),
         RecordBody::Parked { payload, .. } => redact_string(payload),
         RecordBody::RunResumed { .. }
+        | RecordBody::RunTakenOver { .. }
         | RecordBody::Checkpoint { .. }
         | RecordBody::Relinked { .. } => {}
     }
@@ -940,6 +970,13 @@ mod tests {
             },
             RecordBody::RunResumed {
                 replayable_steps: 2,
+            },
+            RecordBody::RunTakenOver {
+                by_replica: "b".into(),
+                from_replica: "a".into(),
+                last_hash: "ab".repeat(32),
+                last_seq: 7,
+                records: 5,
             },
             RecordBody::StepStarted {
                 step: 1,

@@ -80,6 +80,17 @@ pub fn render_timeline(records: &[Record]) -> String {
                     let _ = writeln!(out, "{blank}    params {}", brief_map(params));
                 }
             }
+            RecordBody::RunTakenOver {
+                by_replica,
+                from_replica,
+                records,
+                ..
+            } => {
+                let _ = writeln!(
+                    out,
+                    "{at}  ⇄ taken over by {by_replica} from {from_replica}, whose lease ran out ({records} records read back from the audit stream)"
+                );
+            }
             RecordBody::RunResumed { replayable_steps } => {
                 let _ = writeln!(
                     out,

@@ -137,6 +137,32 @@ pub struct VerifyOptions {
 }
 
 /// Checks records one line at a time, carrying the chain between them.
+/// Reads one journal line found outside its journal (the audit stream) and checks that its
+/// content hashes to the hash it carries; where it sits in its chain is not checked here.
+pub fn read_line(line: &[u8]) -> Result<Record, Problem> {
+    let value: Value =
+        serde_json::from_slice(line).map_err(|e| Problem::Unparsable(e.to_string()))?;
+    let record: Record =
+        serde_json::from_value(value.clone()).map_err(|e| Problem::Unparsable(e.to_string()))?;
+    hash_holds(value, &record)?;
+    Ok(record)
+}
+
+/// Whether `record` (parsed from `value`, its line) hashes to the hash it carries.
+fn hash_holds(mut value: Value, record: &Record) -> Result<(), Problem> {
+    if let Value::Object(map) = &mut value {
+        map.remove("hash");
+    }
+    let computed = chain_hash(&record.prev_hash, &canonical_json(&value));
+    if computed != record.hash {
+        return Err(Problem::HashMismatch {
+            stored: record.hash.clone(),
+            computed,
+        });
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct Checker {
     pub(crate) expected_seq: u64,
@@ -160,7 +186,7 @@ impl Checker {
     /// Checks one complete line and moves the chain on. On failure: the record's seq (when
     /// readable) and what is wrong.
     pub(crate) fn check(&mut self, line: &[u8]) -> Result<Record, (Option<u64>, Problem)> {
-        let mut value: Value =
+        let value: Value =
             serde_json::from_slice(line).map_err(|e| (None, Problem::Unparsable(e.to_string())))?;
         let seq = value.get("seq").and_then(Value::as_u64);
         // The typed parse catches unknown fields and wrong shapes with a precise message.
@@ -186,15 +212,8 @@ impl Checker {
                 found: record.prev_hash,
             });
         }
-        if let Value::Object(map) = &mut value {
-            map.remove("hash");
-        }
-        let computed = chain_hash(&record.prev_hash, &canonical_json(&value));
-        if computed != record.hash {
-            return broken(Problem::HashMismatch {
-                stored: record.hash,
-                computed,
-            });
+        if let Err(problem) = hash_holds(value, &record) {
+            return broken(problem);
         }
         if let RecordBody::Checkpoint {
             covers,

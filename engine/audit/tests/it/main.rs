@@ -2,6 +2,7 @@
 
 mod journal;
 mod segments;
+mod stream;
 mod tamper;
 mod timeline;
 mod verify;

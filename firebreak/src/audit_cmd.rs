@@ -38,6 +38,11 @@ pub enum AuditCommand {
         /// them (default: the `.pub` file beside the journal).
         #[arg(long)]
         key: Option<String>,
+        /// Verify the central NATS audit stream instead: every replica's journal as mirrored
+        /// there, each line's hash, each journal's chain, and the link of every run one
+        /// replica took over from another.
+        #[arg(long, conflicts_with_all = ["file", "key"])]
+        stream: bool,
     },
     /// Write every record as JSONL.
     Export {
@@ -126,10 +131,11 @@ pub async fn audit(cfg: &Config, command: AuditCommand) -> Result<()> {
             print!("{}", render_timeline(&records));
             Ok(())
         }
-        AuditCommand::Verify { file, key } => {
+        AuditCommand::Verify { stream: true, .. } => verify_stream(cfg).await,
+        AuditCommand::Verify { file, key, .. } => {
             let target = file.unwrap_or(path);
             let published = match &cfg.nats {
-                Some(nats) => Some(published_checkpoints(nats).await?),
+                Some(nats) => Some(published_checkpoints(cfg, nats).await?),
                 None => None,
             };
             match verify_with(&target, &VerifyOptions { key, published }) {
@@ -205,9 +211,57 @@ pub async fn audit(cfg: &Config, command: AuditCommand) -> Result<()> {
     }
 }
 
-/// The newest checkpoint the engine published on the NATS audit stream (none yet: empty), to
-/// verify the local journal against.
-async fn published_checkpoints(nats: &crate::config::NatsConfig) -> Result<(String, Vec<u8>)> {
+/// `firebreak audit verify --stream`.
+async fn verify_stream(cfg: &Config) -> Result<()> {
+    let Some(nats) = &cfg.nats else {
+        bail!("--stream reads the NATS audit stream: set nats.url (or FIREBREAK_NATS_URL)");
+    };
+    let bus = firebreak_bus::NatsBus::connect(&nats.url, nats.options()?)
+        .await
+        .with_context(|| format!("connecting to NATS at {}", nats.url))?;
+    let messages = bus.audit_messages().await?;
+    let lines = messages
+        .iter()
+        .flat_map(|m| m.split(|b| *b == b'\n'))
+        .filter(|l| !l.is_empty());
+    let report = firebreak_audit::verify_stream(lines)
+        .map_err(|e| anyhow::anyhow!("audit verify --stream failed: {e}"))?;
+    println!(
+        "ok: the audit stream at {} holds {} records of {} runs from {} journal(s), every hash holds, every chain is whole",
+        nats.url,
+        report.records,
+        report.runs,
+        report.chains.len()
+    );
+    for chain in &report.chains {
+        println!(
+            "journal: seq {}–{} ({} records), last hash {}",
+            chain.first_seq, chain.last_seq, chain.records, chain.last_hash
+        );
+    }
+    for (run, from, by) in &report.takeovers {
+        println!("taken over: run {run} from {from} by {by}, linked by hash to its last record");
+    }
+    for seq in &report.relinks {
+        println!("relinked: a journal was set aside and continued at seq {seq}");
+    }
+    Ok(())
+}
+
+/// The newest checkpoint this replica (the one whose data dir `cfg` names) published on the
+/// NATS audit stream (none yet: empty), to verify the local journal against.
+async fn published_checkpoints(
+    cfg: &Config,
+    nats: &crate::config::NatsConfig,
+) -> Result<(String, Vec<u8>)> {
+    let replica = match &nats.replica {
+        Some(replica) => replica.clone(),
+        None => match std::fs::read_to_string(cfg.data_dir.join("replica-id")) {
+            Ok(id) => id.trim().to_owned(),
+            // This data dir never served with NATS: nothing of it was published.
+            Err(_) => return Ok((format!("the NATS audit stream at {}", nats.url), Vec::new())),
+        },
+    };
     let opts = nats.options()?;
     let bus = firebreak_bus::NatsBus::connect(&nats.url, opts)
         .await
@@ -218,7 +272,7 @@ async fn published_checkpoints(nats: &crate::config::NatsConfig) -> Result<(Stri
             )
         })?;
     let lines = bus
-        .last_audit_message(firebreak_bus::nats::CHECKPOINT_SUBJECT)
+        .last_audit_message(&firebreak_bus::nats::checkpoint_subject(&replica))
         .await?
         .map(|b| b.to_vec())
         .unwrap_or_default();

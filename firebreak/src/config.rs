@@ -104,6 +104,16 @@ pub struct NatsConfig {
     /// Replicas, limits and retention of the streams and buckets firebreak creates.
     #[serde(default)]
     pub storage: NatsStorageConfig,
+    /// This engine replica's name in the run leases it holds. Default: kept in the data dir
+    /// (`replica-id`, made once from the host name), so a restarted replica finds its own runs.
+    /// Two replicas must not share one. `FIREBREAK_REPLICA`.
+    #[serde(default)]
+    pub replica: Option<String>,
+    /// How long a run lease lasts unless its replica renews it (every third of it): when a
+    /// replica dies, another takes its runs over this long after its last renewal. Default
+    /// `15s`. `FIREBREAK_NATS_RUN_LEASE`.
+    #[serde(default)]
+    pub run_lease: Option<String>,
 }
 
 /// What firebreak asks JetStream to keep (it creates the streams and buckets with these, and
@@ -266,6 +276,19 @@ impl NatsConfig {
                 None => std::time::Duration::ZERO,
             },
             run_retention: duration("run_retention", &storage.run_retention)?,
+            run_lease: match &self.run_lease {
+                Some(text) => {
+                    let lease = firebreak_matcher::parse_duration(text)
+                        .map_err(|e| anyhow::anyhow!("nats.run_lease: {e}"))?;
+                    anyhow::ensure!(
+                        lease >= std::time::Duration::from_secs(1),
+                        "nats.run_lease is {text}: at least 1s (it is renewed every third of it)"
+                    );
+                    lease
+                }
+                None => firebreak_bus::NatsOptions::default().run_lease,
+            },
+            replica: self.replica.clone(),
             ..firebreak_bus::NatsOptions::default()
         })
     }
@@ -342,6 +365,12 @@ impl NatsConfig {
             self.storage.replicas = v
                 .parse()
                 .with_context(|| format!("FIREBREAK_NATS_REPLICAS={v} is not a number"))?;
+        }
+        if let Some(v) = get("FIREBREAK_NATS_RUN_LEASE") {
+            self.run_lease = text(v);
+        }
+        if let Some(v) = get("FIREBREAK_REPLICA") {
+            self.replica = text(v);
         }
         if let Some(v) = get("FIREBREAK_NATS_TLS_CA") {
             self.tls.ca_file = path(v);

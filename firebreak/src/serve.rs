@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use firebreak_audit::{AuditMirror, Journal, Record};
-use firebreak_bus::{AuditMessage, Bus, DeferredNats, EmbeddedBus, FileStateStore, StateStore};
+use firebreak_bus::{
+    AuditMessage, Bus, DeferredNats, EmbeddedBus, FileStateStore, RunLeases, StateStore,
+};
 use firebreak_connector::plugin::{BuildContext, Plugin, Shared};
 use firebreak_connector::{ProgressSink, Registry};
 use firebreak_dispatch::{ConnectorSpecs, Dispatcher, Runbooks};
@@ -214,7 +216,10 @@ impl Engine {
         let mut deferred = None;
         let (bus, state): (Arc<dyn Bus>, Arc<dyn StateStore>) = match &cfg.nats {
             Some(nats) => {
-                let opts = nats.options()?;
+                let mut opts = nats.options()?;
+                if opts.replica.is_none() {
+                    opts.replica = Some(replica_id(&cfg.data_dir)?);
+                }
                 let nats_bus = DeferredNats::connect(&nats.url, opts, shutdown.clone())
                     .await
                     .with_context(|| format!("connecting to NATS at {}", nats.url))?;
@@ -231,8 +236,11 @@ impl Engine {
         };
 
         let mut journal = crate::audit_cmd::open_journal(cfg)?;
-        if cfg.nats.is_some() {
-            journal = journal.with_mirror(Arc::new(BusMirror { bus: bus.clone() }));
+        if let Some(nats) = &deferred {
+            journal = journal.with_mirror(Arc::new(BusMirror {
+                bus: bus.clone(),
+                replica: nats.replica().to_owned(),
+            }));
         }
         let journal = Arc::new(journal);
 
@@ -261,7 +269,7 @@ impl Engine {
         );
         info!(runbooks = runbooks.current().set.len(), dir = %cfg.runbooks.display(), "runbooks loaded");
 
-        let dispatcher = Arc::new(Dispatcher::new(
+        let mut dispatcher = Dispatcher::new(
             bus.clone(),
             state,
             runner,
@@ -269,7 +277,11 @@ impl Engine {
             runbooks.clone(),
             progress,
             shutdown.clone(),
-        ));
+        );
+        if let Some(nats) = &deferred {
+            dispatcher = dispatcher.with_leases(nats.clone());
+        }
+        let dispatcher = Arc::new(dispatcher);
         let nats = deferred.clone();
         match deferred.filter(|d| !d.is_connected()) {
             None => {
@@ -297,7 +309,14 @@ impl Engine {
         background.spawn(probe_journal(journal.clone(), shutdown.clone()));
         background.spawn(checkpoint_journal(journal.clone(), shutdown.clone()));
         if let Some(nats) = nats {
-            background.spawn(sweep_buckets(nats, shutdown.clone()));
+            background.spawn(sweep_buckets(nats.clone(), shutdown.clone()));
+            let dispatcher = dispatcher.clone();
+            let shutdown = shutdown.clone();
+            // Leases are kept once NATS is there (the resume above takes them first).
+            background.spawn(async move {
+                nats.connected().await;
+                dispatcher.keep_leases(shutdown).await;
+            });
         }
         let consumer = tokio::spawn(dispatcher.clone().run());
 
@@ -457,6 +476,28 @@ async fn probe_journal(journal: Arc<Journal>, shutdown: CancellationToken) {
             was_healthy = healthy;
         }
     }
+}
+
+/// This replica's name in run leases: kept in `data_dir/replica-id`, made once from the host
+/// name and a random suffix, so a restart on the same data dir finds its own runs and two
+/// replicas never share a name.
+pub fn replica_id(data_dir: &std::path::Path) -> Result<String> {
+    let path = data_dir.join("replica-id");
+    if let Ok(text) = std::fs::read_to_string(&path)
+        && !text.trim().is_empty()
+    {
+        return Ok(text.trim().to_owned());
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "firebreak".into());
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let id = format!("{host}-{}", &suffix[..8]);
+    std::fs::write(&path, format!("{id}\n"))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
 }
 
 /// How often the lock and cooldown buckets are swept of dead keys.
@@ -624,6 +665,8 @@ fn authorize_trigger(
 /// the very bytes `audit verify` checks.
 struct BusMirror {
     bus: Arc<dyn Bus>,
+    /// This replica's name: its journal's own records go on a subject of its own.
+    replica: String,
 }
 
 /// Most bytes of journal lines in one audit message (NATS' default max payload is 1 MiB).
@@ -632,7 +675,11 @@ const MIRROR_MESSAGE_BYTES: usize = 512 * 1024;
 impl BusMirror {
     /// The append's records as audit messages: consecutive lines of one run, split so no
     /// message grows past [`MIRROR_MESSAGE_BYTES`] (a single larger line goes alone).
-    fn messages(records: &[Record], lines: &bytes::Bytes) -> Vec<(u64, AuditMessage)> {
+    fn messages(
+        replica: &str,
+        records: &[Record],
+        lines: &bytes::Bytes,
+    ) -> Vec<(u64, AuditMessage)> {
         // (first seq, subject, id, byte range of its lines)
         let mut spans: Vec<(u64, &Record, String, std::ops::Range<usize>)> = Vec::new();
         let mut at = 0;
@@ -656,17 +703,9 @@ impl BusMirror {
                 // The journal's own records (no run) on a subject of their own, so the
                 // newest checkpoint can be read back directly.
                 let subject = if first.run_id.is_empty() {
-                    format!(
-                        "{}.{}",
-                        firebreak_bus::nats::JOURNAL_SUBJECT_PREFIX,
-                        first.body.kind()
-                    )
+                    firebreak_bus::nats::journal_subject(replica, first.body.kind())
                 } else {
-                    format!(
-                        "firebreak.audit.{}.{}",
-                        subject_token(&first.team),
-                        subject_token(&first.run_id)
-                    )
+                    firebreak_bus::nats::audit_run_subject(&first.team, &first.run_id)
                 };
                 let payload = lines.slice(range);
                 (
@@ -689,7 +728,7 @@ impl AuditMirror for BusMirror {
         lines: bytes::Bytes,
     ) -> BoxFuture<'a, Result<(), (u64, String)>> {
         Box::pin(async move {
-            let messages = Self::messages(records, &lines);
+            let messages = Self::messages(&self.replica, records, &lines);
             let Some((first_seq, _)) = messages.first().cloned() else {
                 return Ok(());
             };
@@ -720,18 +759,6 @@ impl AuditMirror for BusMirror {
 
 /// How long one append's mirror publish is retried while NATS is unreachable.
 const MIRROR_RETRY_FOR: Duration = Duration::from_secs(30);
-
-/// NATS subject tokens may not contain `.`, `*`, `>` or whitespace.
-fn subject_token(s: &str) -> String {
-    let t: String = s
-        .chars()
-        .map(|c| match c {
-            '.' | '*' | '>' | ' ' | '\t' => '_',
-            c => c,
-        })
-        .collect();
-    if t.is_empty() { "_".into() } else { t }
-}
 
 /// The connectors the configuration asks for (see [`plugins`]). Without a reachable cluster
 /// the Kubernetes connectors are left out (an error when `require_kube`).
@@ -972,7 +999,7 @@ mod tests {
     #[tokio::test]
     async fn audit_messages_group_one_runs_lines_and_stay_under_the_size_cap() {
         let (records, lines) = sealed(&[("r1", 10), ("r1", 10), ("r2", 10), ("r1", 10)]).await;
-        let messages = BusMirror::messages(&records, &lines);
+        let messages = BusMirror::messages("r", &records, &lines);
         let shape: Vec<(u64, &str, usize)> = messages
             .iter()
             .map(|(seq, m)| {
@@ -1004,7 +1031,7 @@ mod tests {
         // Big records of one run are split at line boundaries.
         let big = MIRROR_MESSAGE_BYTES / 2;
         let (records, lines) = sealed(&[("r1", big), ("r1", big), ("r1", 10)]).await;
-        let messages = BusMirror::messages(&records, &lines);
+        let messages = BusMirror::messages("r", &records, &lines);
         assert_eq!(messages.len(), 2);
         assert!(messages.iter().all(|(_, m)| m.payload.ends_with(b"\n")));
         let joined: Vec<u8> = messages

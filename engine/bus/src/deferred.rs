@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    AuditMessage, Bus, BusError, Delivery, NatsBus, NatsOptions, NatsStateStore, RunRecord,
-    StateStore,
+    AuditMessage, Bus, BusError, Delivery, NatsBus, NatsOptions, NatsStateStore, Orphan, RunLeases,
+    RunRecord, StateStore,
 };
 
 /// How long between connection attempts.
@@ -28,6 +28,9 @@ pub const RETRY_EVERY: Duration = Duration::from_secs(1);
 /// The bus and its state store once NATS answered.
 pub struct DeferredNats {
     url: String,
+    /// This replica's name and lease length (from the options), known before NATS answers.
+    replica: String,
+    lease: Duration,
     inner: OnceLock<(NatsBus, NatsStateStore)>,
     connected: Notify,
 }
@@ -42,6 +45,8 @@ impl DeferredNats {
     ) -> Result<Arc<DeferredNats>, BusError> {
         let deferred = Arc::new(DeferredNats {
             url: url.to_owned(),
+            replica: opts.replica.clone().unwrap_or_default(),
+            lease: opts.run_lease,
             inner: OnceLock::new(),
             connected: Notify::new(),
         });
@@ -227,5 +232,35 @@ impl StateStore for DeferredNats {
 
     fn list_runs_unfinished(&self) -> BoxFuture<'_, Result<Vec<(String, RunRecord)>, BusError>> {
         forward!(self.state().list_runs_unfinished())
+    }
+}
+
+impl RunLeases for DeferredNats {
+    fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    fn renew(&self, key: &str, owner: &str) -> BoxFuture<'_, Result<bool, BusError>> {
+        forward!(self.state().renew(key, owner))
+    }
+
+    fn release(&self, key: &str, owner: &str) -> BoxFuture<'_, Result<bool, BusError>> {
+        forward!(self.state().release(key, owner))
+    }
+
+    fn orphans(&self) -> BoxFuture<'_, Result<Vec<Orphan>, BusError>> {
+        forward!(self.state().orphans())
+    }
+
+    fn take_over(&self, orphan: &Orphan, ttl: Duration) -> BoxFuture<'_, Result<bool, BusError>> {
+        forward!(self.state().take_over(orphan, ttl))
+    }
+
+    fn run_lines(&self, run_id: &str) -> BoxFuture<'_, Result<Vec<bytes::Bytes>, BusError>> {
+        forward!(self.state().run_lines(run_id))
     }
 }

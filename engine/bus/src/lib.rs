@@ -36,7 +36,7 @@ pub use embedded::{EmbeddedBus, EmbeddedOptions, FileStateStore};
 pub use error::{BusError, BusErrorKind};
 pub use nats::{NatsBus, NatsOptions, NatsStateStore};
 pub use security::{NatsAuth, NatsSecurity, NatsTls};
-pub use state::{BUDGET_RETENTION, RunRecord, StateStore};
+pub use state::{BUDGET_RETENTION, Orphan, RunLeases, RunRecord, StateStore};
 
 /// Where events are published and consumed. Dyn-compatible: the binary holds an `Arc<dyn Bus>`.
 pub trait Bus: Send + Sync {
@@ -151,4 +151,10 @@ pub(crate) fn now_ms() -> i64 {
 pub(crate) struct LockValue {
     pub owner: String,
     pub expires_ms: i64,
+    /// The replica running the lock's run, on a shared store (see [`RunLeases`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
+    /// Until when that replica's lease runs (unix ms); it renews it while the run goes on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_ms: Option<i64>,
 }

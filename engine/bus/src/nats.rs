@@ -39,8 +39,8 @@ use crate::error::Cause;
 use crate::security::NatsSecurity;
 use crate::state::{BUDGET_RETENTION, check_key};
 use crate::{
-    AckHandle, AuditMessage, Bus, BusError, BusErrorKind, Delivery, LockValue, RunRecord,
-    StateStore,
+    AckHandle, AuditMessage, Bus, BusError, BusErrorKind, Delivery, LockValue, Orphan, RunLeases,
+    RunRecord, StateStore,
 };
 
 /// The inbox prefix of firebreak's NATS client: the engine's permissions subscribe to
@@ -82,6 +82,12 @@ pub struct NatsOptions {
     /// Credentials and TLS. Default none: a server without authorization, plain text unless
     /// the server asks for TLS.
     pub security: NatsSecurity,
+    /// This replica's name in the run leases it holds ([`crate::RunLeases`]). `None`: locks
+    /// carry no lease (a single engine, or a tool that only reads).
+    pub replica: Option<String>,
+    /// How long a run lease lasts unless renewed: after a replica dies, others take its runs
+    /// over this long after its last renewal. Default 15 s.
+    pub run_lease: Duration,
 }
 
 impl Default for NatsOptions {
@@ -103,6 +109,8 @@ impl Default for NatsOptions {
             events_max_bytes: -1,
             audit_max_bytes: -1,
             security: NatsSecurity::default(),
+            replica: None,
+            run_lease: Duration::from_secs(15),
         }
     }
 }
@@ -152,11 +160,46 @@ fn token(s: &str) -> String {
     if t.is_empty() { "_".into() } else { t }
 }
 
+/// A run's subject on the audit stream: `firebreak.audit.<team>.<run_id>`.
+pub fn audit_run_subject(team: &str, run_id: &str) -> String {
+    format!(
+        "firebreak.audit.{}.{}",
+        audit_token(team),
+        audit_token(run_id)
+    )
+}
+
+/// A subject token for the audit stream (only what NATS cannot carry in a token is replaced,
+/// so team names and run ids stay readable).
+pub fn audit_token(s: &str) -> String {
+    let t: String = s
+        .chars()
+        .map(|c| match c {
+            '.' | '*' | '>' | ' ' | '\t' => '_',
+            c => c,
+        })
+        .collect();
+    if t.is_empty() { "_".into() } else { t }
+}
+
 /// Where the audit journal's own records (checkpoints, relinks: no run) are mirrored.
 pub const JOURNAL_SUBJECT_PREFIX: &str = "firebreak.audit._journal";
 
-/// Where the journal's signed checkpoints are mirrored; `audit verify` reads the newest.
-pub const CHECKPOINT_SUBJECT: &str = "firebreak.audit._journal.checkpoint";
+/// Where the journal records of `replica` that belong to no run go, by kind
+/// (`firebreak.audit._journal.<replica>.<kind>`): each replica's own, so `audit verify` of one
+/// replica's journal reads that replica's newest signed checkpoint.
+pub fn journal_subject(replica: &str, kind: &str) -> String {
+    format!(
+        "{JOURNAL_SUBJECT_PREFIX}.{}.{}",
+        audit_token(replica),
+        audit_token(kind)
+    )
+}
+
+/// Where `replica`'s journal mirrors its signed checkpoints; `audit verify` reads the newest.
+pub fn checkpoint_subject(replica: &str) -> String {
+    journal_subject(replica, "checkpoint")
+}
 
 /// The subject an event is published on: `firebreak.events.<source>.<type>`.
 pub fn event_subject(event: &Event) -> String {
@@ -286,7 +329,7 @@ impl NatsBus {
         &self.url
     }
 
-    /// The newest message the audit stream holds on `subject` (e.g. [`CHECKPOINT_SUBJECT`]),
+    /// The newest message the audit stream holds on `subject` (e.g. [`checkpoint_subject`]),
     /// if any.
     pub async fn last_audit_message(
         &self,
@@ -306,6 +349,12 @@ impl NatsBus {
                 e,
             )),
         }
+    }
+
+    /// Every message the audit stream holds, oldest first (one request each: for `audit
+    /// verify --stream`, not for a hot path).
+    pub async fn audit_messages(&self) -> Result<Vec<bytes::Bytes>, BusError> {
+        read_subject(&self.js, &self.setup.opts.audit_stream, "firebreak.audit.>").await
     }
 
     fn check_connected(&self) -> Result<(), BusError> {
@@ -757,6 +806,11 @@ pub struct NatsStateStore {
     /// single conditional delete instead of a read and a delete. Only a hint: the revision
     /// check on the server decides.
     held: std::sync::Mutex<std::collections::HashMap<String, (String, u64)>>,
+    /// This replica's name and lease length, written into every lock it takes.
+    replica: Option<(String, Duration)>,
+    /// For reading a run's journal lines back ([`RunLeases::run_lines`]).
+    js: Context,
+    audit_stream: String,
 }
 
 fn kv_err(op: &str, e: impl Into<Cause>) -> BusError {
@@ -903,6 +957,9 @@ impl NatsStateStore {
             .await?,
             runs: bucket("firebreak_runs", "run state", opts.run_retention).await?,
             held: Default::default(),
+            replica: opts.replica.clone().map(|r| (r, opts.run_lease)),
+            js,
+            audit_stream: opts.audit_stream.clone(),
         })
     }
 
@@ -932,6 +989,58 @@ impl NatsStateStore {
         }
     }
 
+    /// A lock's stored form: `owner` until `expires_ms`, with this replica's lease from `now`.
+    fn lock_value(&self, owner: &str, expires_ms: i64, now: i64) -> Result<Vec<u8>, BusError> {
+        let value = LockValue {
+            owner: owner.to_owned(),
+            expires_ms,
+            replica: self.replica.as_ref().map(|(name, _)| name.clone()),
+            lease_ms: self
+                .replica
+                .as_ref()
+                .map(|(_, lease)| now + lease.as_millis() as i64),
+        };
+        serde_json::to_vec(&value).map_err(|e| codec("lock", e))
+    }
+
+    /// Whether `lock` is `owner`'s here: the same owner and, where the lock names a replica
+    /// and this store is one, the same replica (a run another replica took over is not ours).
+    fn ours(&self, lock: &LockValue, owner: &str) -> bool {
+        let replica = self.replica.as_ref().map(|(name, _)| name.as_str());
+        lock.owner == owner
+            && match (lock.replica.as_deref(), replica) {
+                (Some(theirs), Some(mine)) => theirs == mine,
+                _ => true,
+            }
+    }
+
+    /// Rewrites the lock at `key` (a KV key) while `keep` says the current value may be
+    /// replaced, with `make(current, now)` as the new value. `false` when `keep` refuses.
+    async fn update_lock(
+        &self,
+        key: &str,
+        keep: impl Fn(&LockValue, i64) -> bool,
+        make: impl Fn(&LockValue, i64) -> Result<Vec<u8>, BusError>,
+    ) -> Result<bool, BusError> {
+        for _ in 0..CAS_ATTEMPTS {
+            let (current, revision) = self.lock_entry(key).await?;
+            let Some(current) = current else {
+                return Ok(false);
+            };
+            let now = crate::now_ms();
+            if !keep(&current, now) {
+                return Ok(false);
+            }
+            let value = make(&current, now)?;
+            if let Some(revision) = Self::cas(&self.locks, key, value, revision).await? {
+                self.held()
+                    .insert(key.to_owned(), (current.owner.clone(), revision));
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// The live lock at `key`: its value and revision (`None` if absent or deleted).
     async fn lock_entry(&self, key: &str) -> Result<(Option<LockValue>, Option<u64>), BusError> {
         match self
@@ -959,13 +1068,7 @@ impl NatsStateStore {
     ) -> Result<bool, BusError> {
         check_key(key)?;
         let key = kv_key(key);
-        let lock = |now: i64| {
-            let value = LockValue {
-                owner: owner.to_owned(),
-                expires_ms: now + ttl.as_millis() as i64,
-            };
-            serde_json::to_vec(&value).map_err(|e| codec("lock", e))
-        };
+        let lock = |now: i64| self.lock_value(owner, now + ttl.as_millis() as i64, now);
         if take {
             // The common case, a free key: one create, no read first.
             if let Some(revision) =
@@ -978,7 +1081,7 @@ impl NatsStateStore {
         for _ in 0..CAS_ATTEMPTS {
             let (current, revision) = self.lock_entry(&key).await?;
             let now = crate::now_ms();
-            let ours = current.as_ref().is_some_and(|l| l.owner == owner);
+            let ours = current.as_ref().is_some_and(|l| self.ours(l, owner));
             let free = current.as_ref().is_none_or(|l| l.expires_ms <= now);
             if !(ours || (take && free)) {
                 return Ok(false);
@@ -1070,7 +1173,7 @@ impl StateStore for NatsStateStore {
                 return Ok(true);
             }
             let (current, revision) = self.lock_entry(&key).await?;
-            if current.is_none_or(|l| l.owner != owner) {
+            if current.is_none_or(|l| !self.ours(&l, &owner)) {
                 return Ok(false);
             }
             self.delete_lock(&key, revision).await
@@ -1195,12 +1298,210 @@ impl StateStore for NatsStateStore {
     }
 }
 
+/// Decodes [`kv_key`].
+fn kv_key_decode(key: &str) -> String {
+    let bytes = key.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'=' && i + 2 < bytes.len())
+            .then(|| std::str::from_utf8(&bytes[i + 1..i + 3]).ok())
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Every message of `stream` on `subject` (wildcards allowed), oldest first.
+async fn read_subject(
+    js: &Context,
+    stream: &str,
+    subject: &str,
+) -> Result<Vec<bytes::Bytes>, BusError> {
+    let unavailable = |what: &str, e: Cause| {
+        BusError::nats(
+            format!("read {subject} from stream {stream}: {what}"),
+            BusErrorKind::Unavailable,
+            e,
+        )
+    };
+    let stream = js
+        .get_stream_no_info(stream)
+        .await
+        .map_err(|e| unavailable("stream", Box::new(e)))?;
+    let mut messages = Vec::new();
+    let mut next = 1;
+    loop {
+        match stream
+            .raw_message_builder()
+            .next_by_subject(subject.to_owned())
+            .sequence(next)
+            .send()
+            .await
+        {
+            Ok(message) => {
+                next = message.sequence + 1;
+                messages.push(message.payload);
+            }
+            Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => {
+                return Ok(messages);
+            }
+            Err(e) => return Err(unavailable("message", Box::new(e))),
+        }
+    }
+}
+
+/// Bound on listing the lock bucket for orphans.
+const LIST_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl RunLeases for NatsStateStore {
+    fn replica(&self) -> &str {
+        self.replica.as_ref().map_or("", |(name, _)| name.as_str())
+    }
+
+    fn lease(&self) -> Duration {
+        self.replica
+            .as_ref()
+            .map_or(Duration::ZERO, |(_, lease)| *lease)
+    }
+
+    fn renew(&self, key: &str, owner: &str) -> BoxFuture<'_, Result<bool, BusError>> {
+        let (key, owner) = (kv_key(key), owner.to_owned());
+        Box::pin(async move {
+            self.update_lock(
+                &key,
+                |lock, _| self.ours(lock, &owner),
+                |lock, now| self.lock_value(&owner, lock.expires_ms, now),
+            )
+            .await
+        })
+    }
+
+    fn release(&self, key: &str, owner: &str) -> BoxFuture<'_, Result<bool, BusError>> {
+        let (key, owner) = (kv_key(key), owner.to_owned());
+        Box::pin(async move {
+            self.update_lock(
+                &key,
+                |lock, _| self.ours(lock, &owner),
+                |lock, _| {
+                    let released = LockValue {
+                        lease_ms: Some(0),
+                        ..lock.clone()
+                    };
+                    serde_json::to_vec(&released).map_err(|e| codec("lock", e))
+                },
+            )
+            .await
+        })
+    }
+
+    fn orphans(&self) -> BoxFuture<'_, Result<Vec<Orphan>, BusError>> {
+        Box::pin(async move {
+            // Fresh stream info (a bound bucket's status is its info when bound).
+            let info = self
+                .locks
+                .stream
+                .get_info()
+                .await
+                .map_err(|e| kv_err("kv lock bucket info", e))?;
+            if info.state.messages == 0 {
+                return Ok(Vec::new());
+            }
+            // The newest entry of every key, then stop once caught up (`delta` 0).
+            let mut watch = self
+                .locks
+                .watch_with_history(">")
+                .await
+                .map_err(|e| kv_err("kv list locks", e))?;
+            let now = crate::now_ms();
+            let mut orphans = Vec::new();
+            let listing = async {
+                while let Some(entry) = watch.next().await {
+                    let entry = entry.map_err(|e| kv_err("kv list locks", e))?;
+                    if entry.operation == Operation::Put
+                        && let Ok(lock) = serde_json::from_slice::<LockValue>(&entry.value)
+                        && let (Some(replica), Some(lease_ms)) = (lock.replica, lock.lease_ms)
+                        && lease_ms <= now
+                    {
+                        orphans.push(Orphan {
+                            key: kv_key_decode(&entry.key),
+                            run_id: lock.owner,
+                            replica,
+                            lease_ended: Timestamp::from_millisecond(lease_ms)
+                                .unwrap_or(Timestamp::UNIX_EPOCH),
+                        });
+                    }
+                    if entry.delta == 0 {
+                        break;
+                    }
+                }
+                Ok::<_, BusError>(())
+            };
+            match tokio::time::timeout(LIST_TIMEOUT, listing).await {
+                Ok(listed) => listed?,
+                Err(_) => {
+                    return Err(BusError::nats(
+                        "kv list locks",
+                        BusErrorKind::Unavailable,
+                        "timed out",
+                    ));
+                }
+            }
+            Ok(orphans)
+        })
+    }
+
+    fn take_over(&self, orphan: &Orphan, ttl: Duration) -> BoxFuture<'_, Result<bool, BusError>> {
+        let orphan = orphan.clone();
+        Box::pin(async move {
+            self.update_lock(
+                &kv_key(&orphan.key),
+                |lock, now| {
+                    lock.owner == orphan.run_id
+                        && lock.replica.as_deref() == Some(orphan.replica.as_str())
+                        && lock.lease_ms.is_some_and(|l| l <= now)
+                },
+                |lock, now| {
+                    let expires = lock.expires_ms.max(now + ttl.as_millis() as i64);
+                    self.lock_value(&orphan.run_id, expires, now)
+                },
+            )
+            .await
+        })
+    }
+
+    fn run_lines(&self, run_id: &str) -> BoxFuture<'_, Result<Vec<bytes::Bytes>, BusError>> {
+        let subject = format!("firebreak.audit.*.{}", audit_token(run_id));
+        Box::pin(async move { read_subject(&self.js, &self.audit_stream, &subject).await })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn kv_keys_are_valid_and_distinct() {
+        for key in [
+            "team-a/fraud-model",
+            "a.b",
+            "a=2Eb",
+            "x y>*",
+            "dry-run:r/k=1",
+            "é",
+        ] {
+            assert_eq!(kv_key_decode(&kv_key(key)), key);
+        }
         assert_eq!(kv_key("team-a/fraud-model"), "team-a/fraud-model");
         assert_eq!(kv_key("a.b"), "a=2Eb");
         assert_ne!(kv_key("a.b"), kv_key("a=2Eb"));

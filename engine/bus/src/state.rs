@@ -82,3 +82,51 @@ pub(crate) fn check_key(key: &str) -> Result<(), BusError> {
     }
     Ok(())
 }
+
+/// A run whose replica stopped renewing its lease: see [`RunLeases::orphans`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Orphan {
+    /// The run's concurrency lock, which carries the lease.
+    pub key: String,
+    /// The run (the lock's owner).
+    pub run_id: String,
+    /// The replica that held the lease.
+    pub replica: String,
+    /// When the lease ran out.
+    pub lease_ended: Timestamp,
+}
+
+/// Run leases, on a state store several replicas share (JetStream KV).
+///
+/// A run's concurrency lock (owned by the run id, see [`StateStore::try_lock`]) also names the
+/// replica running it and a lease that replica renews while the run goes on. A replica that
+/// dies stops renewing; once its lease has run out another replica takes the lock over (a
+/// revision-checked write: one taker wins), rebuilds the run from the audit stream
+/// ([`RunLeases::run_lines`]) and resumes it. The lock itself (the incident's "one run at a
+/// time") never lapses in between.
+pub trait RunLeases: Send + Sync {
+    /// This replica's name, as its leases carry it.
+    fn replica(&self) -> &str;
+
+    /// How long a lease lasts without renewal.
+    fn lease(&self) -> Duration;
+
+    /// Renews this replica's lease on run `owner`'s lock `key`. `false`: the lease is not ours
+    /// any more (another replica took the run over, or the run's lock is gone).
+    fn renew(&self, key: &str, owner: &str) -> BoxFuture<'_, Result<bool, BusError>>;
+
+    /// Ends this replica's lease on the lock at once, keeping the lock (a stop suspended the
+    /// run): another replica may take the run over without waiting for the lease to run out.
+    fn release(&self, key: &str, owner: &str) -> BoxFuture<'_, Result<bool, BusError>>;
+
+    /// Every held lock whose lease ran out: runs their replica left.
+    fn orphans(&self) -> BoxFuture<'_, Result<Vec<Orphan>, BusError>>;
+
+    /// Moves `orphan`'s lease to this replica if it is still out and still the same replica's,
+    /// and extends the lock to `ttl` from now. Of replicas racing, exactly one gets `true`.
+    fn take_over(&self, orphan: &Orphan, ttl: Duration) -> BoxFuture<'_, Result<bool, BusError>>;
+
+    /// The journal lines of run `run_id` on the audit stream, in the order they were
+    /// published (each message one or more newline-terminated lines).
+    fn run_lines(&self, run_id: &str) -> BoxFuture<'_, Result<Vec<bytes::Bytes>, BusError>>;
+}

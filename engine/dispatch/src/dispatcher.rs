@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use firebreak_audit::{Journal, RecordBody, RecordDraft, RunMeta};
-use firebreak_bus::{Bus, Delivery, StateStore};
+use firebreak_bus::{Bus, Delivery, RunLeases, StateStore};
 use firebreak_event::{Event, KIND_UNPROCESSABLE, SOURCE_FIREBREAK};
 use firebreak_matcher::{Match, MatchError};
 use firebreak_runtime::{
@@ -44,7 +44,7 @@ use crate::runbooks::{Loaded, Runbooks};
 
 /// Extra time a concurrency lock outlives the run's own timeout, so a crashed engine's lock
 /// expires on its own.
-const LOCK_SLACK: Duration = Duration::from_secs(60);
+pub(crate) const LOCK_SLACK: Duration = Duration::from_secs(60);
 
 /// How often failed trigger authentications are journaled, as one record for the period.
 pub const REFUSAL_SUMMARY_EVERY: Duration = Duration::from_secs(10);
@@ -85,14 +85,16 @@ pub fn approval_policy(
 
 /// A run this engine is running: where to hand it the events of its incident.
 #[derive(Clone)]
-struct ActiveRun {
-    link: RunLink,
+pub(crate) struct ActiveRun {
+    pub(crate) link: RunLink,
     runbook: String,
     team: String,
     /// The message that started it.
     event_id: String,
     /// Its incident, when its event had one (an alert's fingerprint).
     fingerprint: Option<String>,
+    /// Its concurrency lock, which carries its lease on a shared store.
+    pub(crate) key: Option<String>,
 }
 
 /// A tracked run's metrics: in progress from [`RunEnded::begin`], counted by runbook, team
@@ -153,7 +155,9 @@ pub struct Dispatcher {
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
     /// Runs in progress here, by run id.
-    active: Arc<Mutex<HashMap<String, ActiveRun>>>,
+    pub(crate) active: Arc<Mutex<HashMap<String, ActiveRun>>>,
+    /// Run leases, when replicas share the state store (see [`crate::takeover`]).
+    pub(crate) leases: Option<Arc<dyn RunLeases>>,
     /// Failed trigger authentications since the last summary, by runbook.
     unauthenticated: Mutex<BTreeMap<String, u64>>,
 }
@@ -179,8 +183,17 @@ impl Dispatcher {
             tasks: TaskTracker::new(),
             shutdown,
             active: Arc::default(),
+            leases: None,
             unauthenticated: Mutex::default(),
         }
+    }
+
+    /// Runs hold leases in `leases` (replicas sharing a JetStream KV store): they are renewed
+    /// while the runs go on, given up when a stop suspends them, and other replicas' runs whose
+    /// lease ran out are taken over ([`Dispatcher::keep_leases`]).
+    pub fn with_leases(mut self, leases: Arc<dyn RunLeases>) -> Dispatcher {
+        self.leases = Some(leases);
+        self
     }
 
     /// Consumes the bus until `shutdown`; each delivery is handled on its own task.
@@ -524,6 +537,7 @@ impl Dispatcher {
             team: manifest.team.clone(),
             event_id: event.id.clone(),
             fingerprint: event.fingerprint.clone(),
+            key: Some(key.to_owned()),
         };
         self.track(handle, run, key.to_owned(), cooldown);
         Ok(Started::Run(run_id.to_owned()))
@@ -545,6 +559,7 @@ impl Dispatcher {
             .expect("active runs lock")
             .insert(run_id.clone(), run);
         let state = self.state.clone();
+        let leases = self.leases.clone();
         let active = self.active.clone();
         self.tasks.spawn(async move {
             let outcome = handle.join().await;
@@ -552,7 +567,13 @@ impl Dispatcher {
             ended.record(&outcome);
             if outcome.suspended {
                 // Keep the lock: it expires on its own, and the run resumes after the restart
-                // (taking it again).
+                // (taking it again). With leases, give this replica's up, so another replica
+                // takes the run over now (a no-op when the lease went to another already).
+                if let Some(leases) = leases
+                    && let Err(e) = leases.release(&key, &run_id).await
+                {
+                    warn!(run_id = %run_id, error = %e, "cannot give a suspended run's lease up; another replica takes it over when it runs out");
+                }
                 return;
             }
             finish(&*state, &key, &outcome.run_id, cooldown).await;
@@ -724,11 +745,14 @@ impl Dispatcher {
     /// incident starts no second run, and sets its cooldown when it ends. Finished steps are
     /// replayed from the journal, not repeated. A run started from a terminal is closed as
     /// abandoned, never resumed behind its operator's back.
+    ///
+    /// With run leases (replicas sharing NATS), a run another replica took over meanwhile is
+    /// left to it, one that ended there is closed here too, and one that went on there
+    /// resumes from the audit stream's records, which hold what it did there.
     pub async fn resume_unfinished(&self) -> usize {
-        let loaded = self.runbooks.current();
         let mut resumed = 0;
         for run in self.journal.unfinished_runs() {
-            let plan = match self.runner.prepare_resume(&run.run_id) {
+            let mut plan = match self.runner.prepare_resume(&run.run_id) {
                 Ok(plan) => plan,
                 Err(e) => {
                     error!(run_id = %run.run_id, error = %e, "cannot read run to resume");
@@ -748,12 +772,11 @@ impl Dispatcher {
                 }
                 continue;
             }
-            let Some(ast) = loaded.asts.get(plan.runbook()).cloned() else {
+            if !self.runbooks.current().asts.contains_key(plan.runbook()) {
                 warn!(run_id = %run.run_id, runbook = %run.runbook, "cannot resume: runbook no longer loaded");
                 continue;
-            };
+            }
             let key = plan.lock_key().map(str::to_owned);
-            let cooldown = plan.cooldown();
             if let Some(key) = &key {
                 match self
                     .state
@@ -763,6 +786,10 @@ impl Dispatcher {
                     Ok(true) => {}
                     Ok(false) => {
                         let holder = self.state.lock_holder(key).await.ok().flatten();
+                        if self.leases.is_some() && holder.as_deref() == Some(run.run_id.as_str()) {
+                            info!(run_id = %run.run_id, key = %key, "another replica took this run over; leaving it to it");
+                            continue;
+                        }
                         warn!(run_id = %run.run_id, key = %key, holder = ?holder, "resuming a run whose key another run holds");
                     }
                     Err(e) => {
@@ -771,23 +798,19 @@ impl Dispatcher {
                     }
                 }
             }
-            let event = run_event(&self.journal, &run.run_id);
-            match self.runner.resume(plan, ast).await {
-                Ok(handle) => {
-                    resumed += 1;
-                    info!(run_id = %run.run_id, runbook = %run.runbook, "run resumed");
-                    let active = ActiveRun {
-                        link: handle.link(),
-                        runbook: run.runbook.clone(),
-                        team: run.team.clone(),
-                        event_id: run.event_id.clone(),
-                        fingerprint: event.and_then(|e| e.fingerprint),
-                    };
-                    match key {
-                        Some(key) => self.track(handle, active, key, cooldown),
-                        None => self.track_unkeyed(handle, active),
+            if let Some(leases) = self.leases.clone() {
+                match self.settle_with_stream(&*leases, plan).await {
+                    Some(settled) => plan = settled,
+                    None => {
+                        if let Some(key) = &key {
+                            let _ = self.state.unlock(key, &run.run_id).await;
+                        }
+                        continue;
                     }
                 }
+            }
+            match self.resume_plan(plan, key.clone()).await {
+                Ok(()) => resumed += 1,
                 Err(e) => {
                     if let Some(key) = &key {
                         let _ = self.state.unlock(key, &run.run_id).await;
@@ -797,6 +820,97 @@ impl Dispatcher {
             }
         }
         resumed
+    }
+
+    /// A local run to resume, set against what the audit stream holds of it: `None` when it
+    /// must not resume here (it ended on another replica: closed here too; or the stream
+    /// cannot be read: it resumes at the next start), else the plan to resume, from the
+    /// stream's records when another replica went on with it after this one.
+    async fn settle_with_stream(
+        &self,
+        leases: &dyn RunLeases,
+        plan: firebreak_runtime::ResumePlan,
+    ) -> Option<firebreak_runtime::ResumePlan> {
+        let run_id = plan.run_id().to_owned();
+        match self.read_stream(leases, &run_id).await {
+            Ok(crate::takeover::Stream::Nothing) => Some(plan),
+            Ok(crate::takeover::Stream::Finished { status, by }) => {
+                let replica = last_replica(&by).unwrap_or_else(|| "another replica".into());
+                let reason = format!(
+                    "ended {status} on {replica}, which took the run over (its records are on the audit stream)"
+                );
+                info!(run_id = %run_id, "{reason}");
+                if let Err(e) = self.runner.close(&plan, status, &reason).await {
+                    error!(run_id = %run_id, error = %e, "cannot close a run that ended elsewhere");
+                }
+                None
+            }
+            Ok(crate::takeover::Stream::Unfinished {
+                plan: from_stream,
+                last,
+                records,
+                taken_by,
+            }) => {
+                let ours = self
+                    .journal
+                    .records_for_run(&run_id)
+                    .ok()
+                    .and_then(|r| r.last().map(|r| r.hash.clone()));
+                if ours.as_deref() == Some(last.hash.as_str()) {
+                    return Some(plan);
+                }
+                // Another replica went on with the run after this one stopped: link to its
+                // records and resume from them.
+                let from = taken_by.unwrap_or_else(|| "another replica".into());
+                let linked = self
+                    .journal_takeover(&plan, leases, &from, &last, records)
+                    .await;
+                match linked {
+                    Ok(_) => Some(*from_stream),
+                    Err(e) => {
+                        error!(run_id = %run_id, error = %e, "cannot journal the takeover");
+                        None
+                    }
+                }
+            }
+            Err(e) => {
+                error!(run_id = %run_id, error = %e, "cannot read the run back from the audit stream; it resumes at the next start");
+                None
+            }
+        }
+    }
+
+    /// Resumes `plan` (its lock, `key`, already held) and tracks it.
+    pub(crate) async fn resume_plan(
+        &self,
+        plan: firebreak_runtime::ResumePlan,
+        key: Option<String>,
+    ) -> Result<(), firebreak_runtime::RuntimeError> {
+        let Some(ast) = self.runbooks.current().asts.get(plan.runbook()).cloned() else {
+            return Err(firebreak_runtime::RuntimeError::UnknownRun {
+                run_id: plan.run_id().to_owned(),
+            });
+        };
+        let meta = plan.meta().clone();
+        let fingerprint = serde_json::from_value::<Event>(plan.event().clone())
+            .ok()
+            .and_then(|e| e.fingerprint);
+        let cooldown = plan.cooldown();
+        let handle = self.runner.resume(plan, ast).await?;
+        info!(run_id = %meta.run_id, runbook = %meta.runbook, "run resumed");
+        let active = ActiveRun {
+            link: handle.link(),
+            runbook: meta.runbook.clone(),
+            team: meta.team.clone(),
+            event_id: meta.event_id.clone(),
+            fingerprint,
+            key: key.clone(),
+        };
+        match key {
+            Some(key) => self.track(handle, active, key, cooldown),
+            None => self.track_unkeyed(handle, active),
+        }
+        Ok(())
     }
 
     /// [`Dispatcher::track`] for a run journaled before runs recorded their lock key.
@@ -864,13 +978,12 @@ impl Dispatcher {
     }
 }
 
-/// The event a journaled run was started by.
-fn run_event(journal: &Journal, run_id: &str) -> Option<Event> {
-    let records = journal.records_for_run(run_id).ok()?;
-    match &records.first()?.body {
-        RecordBody::RunStarted { event, .. } => serde_json::from_value(event.clone()).ok(),
+/// The replica that last took a run over, from its records.
+pub(crate) fn last_replica(records: &[firebreak_audit::Record]) -> Option<String> {
+    records.iter().rev().find_map(|r| match &r.body {
+        RecordBody::RunTakenOver { by_replica, .. } => Some(by_replica.clone()),
         _ => None,
-    }
+    })
 }
 
 /// After a run: cooldown first, then unlock, so no second run slips in between.

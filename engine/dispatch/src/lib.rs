@@ -10,6 +10,7 @@
 
 mod dispatcher;
 mod runbooks;
+mod takeover;
 
 mod guards;
 pub use dispatcher::{Dispatcher, REFUSAL_SUMMARY_EVERY, StartError, Started, approval_policy};

@@ -125,7 +125,9 @@ struct Request {
 
 impl Gate {
     /// The gate as an earlier attempt's records left it.
-    pub(crate) fn replay(records: &[firebreak_audit::Record]) -> Gate {
+    pub(crate) fn replay<'a>(
+        records: impl IntoIterator<Item = &'a firebreak_audit::Record>,
+    ) -> Gate {
         let mut gate = Gate::default();
         for record in records {
             match &record.body {

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use firebreak_audit::{
-    ApprovalPolicy, AuditError, Journal, RecordBody, RecordDraft, RunMeta, RunStatus, StepStatus,
+    ApprovalPolicy, AuditError, Journal, Record, RecordBody, RecordDraft, RunMeta, RunStatus,
+    StepStatus,
 };
 use firebreak_connector::{ProgressSink, Registry};
 use firebreak_event::Event;
@@ -211,6 +212,12 @@ impl RunLink {
         self.cx.pending()
     }
 
+    /// Stops the run here at once, even inside a wait, without journaling an end (as a
+    /// shutdown does): another replica that took the run over goes on with it.
+    pub fn suspend(&self) {
+        self.cx.suspend.cancel();
+    }
+
     /// Asks the run to stop; it ends `cancelled` with `reason` at its next operation or wait.
     pub fn cancel_because(&self, reason: &str) {
         *self.cx.cancel_reason.lock().expect("cancel reason lock") = Some(reason.to_owned());
@@ -404,6 +411,13 @@ impl Runner {
                     run_id: run_id.to_owned(),
                     source,
                 })?;
+        Self::plan_from_records(run_id, &records)
+    }
+
+    /// [`Runner::prepare_resume`] from a run's records read elsewhere: the audit stream, when
+    /// this replica takes over a run another one left (records of other runs are ignored).
+    pub fn plan_from_records(run_id: &str, records: &[Record]) -> Result<ResumePlan, RuntimeError> {
+        let records: Vec<&Record> = records.iter().filter(|r| r.run_id == run_id).collect();
         let Some(first) = records.first() else {
             return Err(RuntimeError::UnknownRun {
                 run_id: run_id.to_owned(),
@@ -436,7 +450,7 @@ impl Runner {
             });
         }
         let mut earlier = Earlier {
-            gate: crate::approval::Gate::replay(&records),
+            gate: crate::approval::Gate::replay(records.iter().copied()),
             ..Earlier::default()
         };
         for record in &records {
@@ -545,14 +559,19 @@ impl Runner {
         Ok(self.launch(cx, ast, ctx, permit))
     }
 
-    /// Closes an unfinished run that must not be resumed (one started from a terminal that
-    /// went away): journals its end as cancelled with `reason`.
-    pub async fn abandon(&self, plan: &ResumePlan, reason: &str) -> Result<(), RuntimeError> {
+    /// Journals the end of an unfinished run that ended elsewhere (another replica took it
+    /// over and finished it): `status` as it ended there, with `reason`.
+    pub async fn close(
+        &self,
+        plan: &ResumePlan,
+        status: RunStatus,
+        reason: &str,
+    ) -> Result<(), RuntimeError> {
         self.journal
             .append(RecordDraft::new(
                 plan.meta.clone(),
                 RecordBody::RunFinished {
-                    status: RunStatus::Cancelled,
+                    status,
                     error: Some(reason.to_owned()),
                 },
             ))
@@ -562,6 +581,12 @@ impl Runner {
                 run_id: plan.meta.run_id.clone(),
                 source,
             })
+    }
+
+    /// Closes an unfinished run that must not be resumed (one started from a terminal that
+    /// went away): journals its end as cancelled with `reason`.
+    pub async fn abandon(&self, plan: &ResumePlan, reason: &str) -> Result<(), RuntimeError> {
+        self.close(plan, RunStatus::Cancelled, reason).await
     }
 
     /// Stops taking new runs and waits until every running one has finished.
@@ -600,7 +625,9 @@ impl Runner {
             self.journal.clone(),
             self.handle.clone(),
             cancel,
-            self.suspend.clone(),
+            // Its own, so one run can be suspended (its lease went to another replica), and
+            // a child of the runner's, so a shutdown suspends them all.
+            self.suspend.child_token(),
             Instant::now().checked_add(timeout),
             progress,
             &self.config,
@@ -675,6 +702,16 @@ pub struct ResumePlan {
 impl ResumePlan {
     pub fn run_id(&self) -> &str {
         &self.meta.run_id
+    }
+
+    /// The event that started the run, as journaled.
+    pub fn event(&self) -> &Value {
+        &self.event
+    }
+
+    /// Who and what the run is (for records about it).
+    pub fn meta(&self) -> &Arc<RunMeta> {
+        &self.meta
     }
 
     pub fn runbook(&self) -> &str {
@@ -774,7 +811,7 @@ async fn end(
     let outcome = if cx.stopped() == Some(Stop::Suspended) {
         // What the run did so far is journaled; its end is not, so it resumes.
         let flushed = cx.flush(Vec::new()).await;
-        info!(run_id = %cx.meta.run_id, steps = cx.steps(), journaled = flushed.is_ok(), "run suspended for shutdown; the next start resumes it");
+        info!(run_id = %cx.meta.run_id, steps = cx.steps(), journaled = flushed.is_ok(), "run suspended (a shutdown, or its lease went to another replica); it resumes elsewhere or at the next start");
         RunOutcome {
             run_id: cx.meta.run_id.clone(),
             status: RunStatus::Cancelled,

@@ -25,6 +25,7 @@ mod runaway;
 mod runbooks;
 mod safe_runs;
 mod secure;
+mod takeover;
 mod tenancy;
 mod ui;
 mod watcher;

@@ -408,3 +408,143 @@ async fn the_sweep_removes_released_locks_and_ended_cooldowns_and_keeps_the_rest
     );
     assert_eq!(state.sweep(now).await.unwrap(), 0, "nothing left to sweep");
 }
+
+/// A state store on `server` for replica `name` with run leases of `lease`.
+async fn replica_store(
+    server: &NatsServer,
+    name: &str,
+    lease: Duration,
+) -> (Arc<NatsBus>, firebreak_bus::NatsStateStore) {
+    let opts = NatsOptions {
+        replica: Some(name.to_owned()),
+        run_lease: lease,
+        ..NatsOptions::default()
+    };
+    let bus = Arc::new(
+        NatsBus::connect(&server.url(), opts)
+            .await
+            .expect("connect"),
+    );
+    let store = bus.state_store().await.expect("state store");
+    (bus, store)
+}
+
+/// Run leases: a lock taken by replica a carries a's lease; while a renews it nobody may take
+/// it; once it runs out it is an orphan, one of two racing replicas takes it over, a's renewal
+/// and unlock then fail (the run is not a's any more), and a release makes it an orphan at
+/// once without freeing the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_lease_that_runs_out_is_taken_over_by_exactly_one_replica() {
+    use firebreak_bus::RunLeases;
+    let server = NatsServer::start().expect("nats-server");
+    let lease = Duration::from_secs(1);
+    let (_a_bus, a) = replica_store(&server, "a", lease).await;
+    let (_b_bus, b) = replica_store(&server, "b", lease).await;
+    let (_c_bus, c) = replica_store(&server, "c", lease).await;
+    let key = "model-latency-rollback/ml.serving fraud";
+    assert!(
+        a.try_lock(key, "run-1", Duration::from_secs(600))
+            .await
+            .unwrap()
+    );
+    assert!(
+        a.try_lock("other/key", "run-2", Duration::from_secs(600))
+            .await
+            .unwrap()
+    );
+    assert!(b.orphans().await.unwrap().is_empty(), "leases are live");
+
+    // a renews run-1 only; run-2's lease runs out.
+    for _ in 0..4 {
+        tokio::time::sleep(lease / 3).await;
+        assert!(a.renew(key, "run-1").await.unwrap());
+    }
+    let orphans = b.orphans().await.unwrap();
+    assert_eq!(orphans.len(), 1, "{orphans:?}");
+    let orphan = &orphans[0];
+    assert_eq!(
+        (
+            orphan.key.as_str(),
+            orphan.run_id.as_str(),
+            orphan.replica.as_str()
+        ),
+        ("other/key", "run-2", "a")
+    );
+    // b and c race for it: one wins.
+    let (by_b, by_c) = tokio::join!(
+        b.take_over(orphan, Duration::from_secs(600)),
+        c.take_over(orphan, Duration::from_secs(600))
+    );
+    let (by_b, by_c) = (by_b.unwrap(), by_c.unwrap());
+    assert!(by_b ^ by_c, "exactly one replica takes the run over");
+    let (winner, loser) = if by_b { (&b, &c) } else { (&c, &b) };
+    assert!(winner.renew("other/key", "run-2").await.unwrap());
+    assert!(!loser.renew("other/key", "run-2").await.unwrap());
+    assert!(!a.renew("other/key", "run-2").await.unwrap(), "a lost it");
+    assert!(
+        !a.unlock("other/key", "run-2").await.unwrap(),
+        "not a's to release"
+    );
+    assert!(
+        !a.try_lock("other/key", "run-2", Duration::from_secs(600))
+            .await
+            .unwrap(),
+        "a cannot take it back while the new lease is live"
+    );
+    assert_eq!(
+        a.lock_holder("other/key").await.unwrap().as_deref(),
+        Some("run-2"),
+        "the incident's lock never lapsed"
+    );
+    assert!(b.orphans().await.unwrap().is_empty());
+
+    // A release (a stop suspended the run): an orphan at once, the lock still held.
+    assert!(winner.release("other/key", "run-2").await.unwrap());
+    let orphans = a.orphans().await.unwrap();
+    assert_eq!(orphans.len(), 1, "{orphans:?}");
+    assert!(
+        a.take_over(&orphans[0], Duration::from_secs(600))
+            .await
+            .unwrap()
+    );
+    assert!(a.unlock("other/key", "run-2").await.unwrap());
+    assert!(a.unlock(key, "run-1").await.unwrap());
+    assert_eq!(a.lock_holder("other/key").await.unwrap(), None);
+}
+
+/// A run's journal lines come back from the audit stream in the order they were published,
+/// and only that run's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runs_journal_lines_are_read_back_from_the_audit_stream() {
+    use firebreak_bus::{AuditMessage, RunLeases};
+    let server = NatsServer::start().expect("nats-server");
+    let (bus, store) = replica_store(&server, "a", Duration::from_secs(5)).await;
+    assert!(store.run_lines("r-1").await.unwrap().is_empty());
+    let message = |team: &str, run: &str, n: u32| AuditMessage {
+        subject: firebreak_bus::nats::audit_run_subject(team, run),
+        id: format!("{run}-{n}"),
+        payload: bytes::Bytes::from(format!("{{\"run\":\"{run}\",\"n\":{n}}}\n")),
+    };
+    bus.publish_audit(vec![
+        message("team-a", "r-1", 1),
+        message("team-a", "r-2", 1),
+        message("team-a", "r-1", 2),
+        message("team.b", "r-10", 1),
+        message("team-a", "r-1", 3),
+    ])
+    .await
+    .unwrap();
+    let lines = store.run_lines("r-1").await.unwrap();
+    let lines: Vec<&str> = lines
+        .iter()
+        .map(|b| std::str::from_utf8(b).unwrap().trim())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            r#"{"run":"r-1","n":1}"#,
+            r#"{"run":"r-1","n":2}"#,
+            r#"{"run":"r-1","n":3}"#
+        ]
+    );
+}

@@ -101,6 +101,52 @@ async fn engine_permissions_suffice_for_audit_and_state() {
     suite::cooldowns_budgets_runs_survive_restart(&mut h).await;
 }
 
+/// Run takeover with only the engine's permissions: listing the lock bucket for leases that
+/// ran out, taking one over, and reading the run's lines back from the audit stream.
+#[tokio::test]
+async fn engine_permissions_suffice_for_run_takeover() {
+    use firebreak_bus::{AuditMessage, RunLeases};
+    let mut h = engine(ACK_WAIT);
+    h.opts.run_lease = Duration::from_secs(1);
+    h.opts.replica = Some("a".into());
+    let a_bus = h.connect().await;
+    let a = a_bus.state_store().await.expect("a's state store");
+    h.opts.replica = Some("b".into());
+    let b = h
+        .connect()
+        .await
+        .state_store()
+        .await
+        .expect("b's state store");
+    assert!(
+        a.try_lock("rb/key", "run-9", Duration::from_secs(600))
+            .await
+            .unwrap()
+    );
+    a_bus
+        .publish_audit(vec![AuditMessage {
+            subject: firebreak_bus::nats::audit_run_subject("team-a", "run-9"),
+            id: "run-9-1".into(),
+            payload: bytes::Bytes::from_static(b"{\"line\":1}\n"),
+        }])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let orphans = b.orphans().await.expect("listing the locks");
+    assert_eq!(orphans.len(), 1, "{orphans:?}");
+    assert!(
+        b.take_over(&orphans[0], Duration::from_secs(600))
+            .await
+            .unwrap()
+    );
+    let lines = b
+        .run_lines("run-9")
+        .await
+        .expect("reading the audit stream");
+    assert_eq!(lines, vec![bytes::Bytes::from_static(b"{\"line\":1}\n")]);
+    assert!(b.unlock("rb/key", "run-9").await.unwrap());
+}
+
 /// Connects, expecting a refusal; returns the error and how long it took.
 async fn refused(url: &str, opts: NatsOptions) -> (BusError, Duration) {
     let started = Instant::now();

@@ -1,0 +1,270 @@
+//! Run takeover between replicas sharing a JetStream KV store (see [`RunLeases`]).
+//!
+//! Every run's concurrency lock names the replica running it and a lease that replica renews
+//! every third of its length ([`Dispatcher::keep_leases`]). A replica that dies stops
+//! renewing; every other replica looks for leases that ran out as often, and one of them (a
+//! revision-checked write decides which) takes the run over:
+//! 1. it reads the run's journal lines back from the audit stream (the journal publishes each
+//!    record there before the step that wrote it goes on, so the stream holds everything the
+//!    dead replica did) and checks each line's hash;
+//! 2. it journals `run_taken_over`, linking to the last of those records by its hash;
+//! 3. it resumes the run as a restart would ([`firebreak_runtime::Runner::resume`]): finished
+//!    steps replay their journaled outputs, a mutation whose intent was journaled finishes that
+//!    very intent, waits go on with the time they had left, and the run keeps its lock.
+//!
+//! A replica that finds its lease gone (it was cut off long enough for another to take over)
+//! suspends the run at once without journaling an end. A replica told to stop suspends its
+//! runs and gives their leases up, so another replica takes them over without waiting.
+
+use std::sync::Arc;
+
+use firebreak_audit::{Record, RecordBody, RecordDraft};
+use firebreak_bus::{Orphan, RunLeases};
+use firebreak_runtime::{ResumePlan, Runner};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::dispatcher::{ActiveRun, Dispatcher, LOCK_SLACK};
+
+/// What the audit stream says about a run.
+pub(crate) enum Stream {
+    /// The stream holds nothing of it (the mirror was off, or its records aged out).
+    Nothing,
+    /// It ended (on another replica, after a takeover).
+    Finished {
+        status: firebreak_audit::RunStatus,
+        by: Vec<Record>,
+    },
+    /// Unfinished: the plan to resume it, the last record the stream holds, how many it
+    /// holds, and the replica that last took the run over (if one did).
+    Unfinished {
+        plan: Box<ResumePlan>,
+        last: Box<Record>,
+        records: u32,
+        taken_by: Option<String>,
+    },
+}
+
+impl Dispatcher {
+    /// Renews the leases of the runs running here and takes over runs whose lease ran out,
+    /// every third of the lease, until `shutdown`.
+    pub async fn keep_leases(self: Arc<Self>, shutdown: CancellationToken) {
+        let Some(leases) = self.leases.clone() else {
+            return;
+        };
+        let every = leases.lease() / 3;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            self.renew_leases(&*leases).await;
+            if shutdown.is_cancelled() {
+                return;
+            }
+            match leases.orphans().await {
+                Ok(orphans) => {
+                    for orphan in orphans {
+                        // This replica's own runs (a restart on the same data dir) are
+                        // resumed from its journal at start, not taken over from itself.
+                        if orphan.replica == leases.replica()
+                            || self.is_active(&orphan.run_id)
+                            || shutdown.is_cancelled()
+                        {
+                            continue;
+                        }
+                        self.take_over(&*leases, orphan).await;
+                    }
+                }
+                Err(e) => warn!(error = %e, "cannot list run leases; trying again"),
+            }
+        }
+    }
+
+    /// One renewal of every lease held here. A run whose lease another replica took stops here.
+    async fn renew_leases(&self, leases: &dyn RunLeases) {
+        for (run_id, key, link) in self.leased_runs() {
+            match leases.renew(&key, &run_id).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    warn!(run_id = %run_id, key = %key, "run lease lost: another replica took the run over; stopping it here");
+                    metrics::counter!("firebreak_run_leases_lost_total").increment(1);
+                    link.suspend();
+                }
+                // Transient: the lease runs on; if NATS stays away past it, another replica
+                // takes over and the next renewal here finds it gone.
+                Err(e) => warn!(run_id = %run_id, error = %e, "cannot renew the run's lease"),
+            }
+        }
+    }
+
+    /// Takes `orphan` over if this replica wins it and can run it.
+    async fn take_over(&self, leases: &dyn RunLeases, orphan: Orphan) {
+        let run_id = orphan.run_id.clone();
+        // Read first (nothing is taken yet), so a run this replica cannot resume is left to one
+        // that can.
+        let stream = match self.read_stream(leases, &run_id).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                warn!(run_id = %run_id, error = %e, "cannot read a left run back from the audit stream");
+                return;
+            }
+        };
+        let ttl = match &stream {
+            Stream::Unfinished { plan, .. } => plan.timeout() + LOCK_SLACK,
+            _ => LOCK_SLACK,
+        };
+        if let Stream::Unfinished { plan, .. } = &stream
+            && !self.runbooks.current().asts.contains_key(plan.runbook())
+        {
+            warn!(run_id = %run_id, runbook = %plan.runbook(), "a left run's runbook is not loaded here; leaving it to another replica");
+            return;
+        }
+        match leases.take_over(&orphan, ttl).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                warn!(run_id = %run_id, error = %e, "cannot take a left run over");
+                return;
+            }
+        }
+        info!(run_id = %run_id, from = %orphan.replica, key = %orphan.key, lease_ended = %orphan.lease_ended, "run lease ran out: taking the run over");
+        metrics::counter!("firebreak_runs_taken_over_total").increment(1);
+        // Read again now that it is ours: a replica that was only slow may have written more.
+        let stream = match self.read_stream(leases, &run_id).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                error!(run_id = %run_id, error = %e, "cannot read a taken-over run back; giving the lease up");
+                let _ = leases.release(&orphan.key, &run_id).await;
+                return;
+            }
+        };
+        match stream {
+            Stream::Unfinished {
+                plan,
+                last,
+                records,
+                ..
+            } => {
+                self.resume_taken_over(leases, &orphan, *plan, &last, records)
+                    .await;
+            }
+            // Started nowhere (its replica died between the lock and the start) or ended
+            // without unlocking: the incident's key is free again.
+            Stream::Nothing | Stream::Finished { .. } => {
+                info!(run_id = %run_id, key = %orphan.key, "a left lock's run never started or already ended; releasing the lock");
+                let _ = self.state.unlock(&orphan.key, &run_id).await;
+            }
+        }
+    }
+
+    async fn resume_taken_over(
+        &self,
+        leases: &dyn RunLeases,
+        orphan: &Orphan,
+        plan: ResumePlan,
+        last: &Record,
+        records: u32,
+    ) {
+        let run_id = orphan.run_id.clone();
+        let linked = self
+            .journal_takeover(&plan, leases, &orphan.replica, last, records)
+            .await;
+        if let Err(e) = linked {
+            error!(run_id = %run_id, error = %e, "cannot journal the takeover; giving the lease up");
+            let _ = leases.release(&orphan.key, &run_id).await;
+            return;
+        }
+        if let Err(e) = self.resume_plan(plan, Some(orphan.key.clone())).await {
+            error!(run_id = %run_id, error = %e, "cannot resume a taken-over run; giving the lease up");
+            let _ = leases.release(&orphan.key, &run_id).await;
+        }
+    }
+
+    /// Journals that this replica takes `plan`'s run over from `from`, linking to `last`, the
+    /// last of the `records` the audit stream holds of it.
+    pub(crate) async fn journal_takeover(
+        &self,
+        plan: &ResumePlan,
+        leases: &dyn RunLeases,
+        from: &str,
+        last: &Record,
+        records: u32,
+    ) -> Result<Record, firebreak_audit::AuditError> {
+        self.journal
+            .append(RecordDraft::new(
+                plan.meta().clone(),
+                RecordBody::RunTakenOver {
+                    by_replica: leases.replica().to_owned(),
+                    from_replica: from.to_owned(),
+                    last_hash: last.hash.clone(),
+                    last_seq: last.seq,
+                    records,
+                },
+            ))
+            .await
+    }
+
+    /// What the audit stream holds of run `run_id`, each line's hash checked.
+    pub(crate) async fn read_stream(
+        &self,
+        leases: &dyn RunLeases,
+        run_id: &str,
+    ) -> Result<Stream, String> {
+        let messages = leases.run_lines(run_id).await.map_err(|e| e.to_string())?;
+        let mut records = Vec::new();
+        for message in &messages {
+            for line in message.split_inclusive(|b| *b == b'\n') {
+                let line = line.strip_suffix(b"\n").unwrap_or(line);
+                if line.is_empty() {
+                    continue;
+                }
+                let record = firebreak_audit::read_line(line)
+                    .map_err(|p| format!("a record of run {run_id} on the audit stream: {p}"))?;
+                if record.run_id == run_id {
+                    records.push(record);
+                }
+            }
+        }
+        let Some(last) = records.last().cloned().map(Box::new) else {
+            return Ok(Stream::Nothing);
+        };
+        if let Some(status) = records.iter().find_map(|r| match &r.body {
+            RecordBody::RunFinished { status, .. } => Some(*status),
+            _ => None,
+        }) {
+            return Ok(Stream::Finished {
+                status,
+                by: records,
+            });
+        }
+        let plan = Runner::plan_from_records(run_id, &records).map_err(|e| e.to_string())?;
+        Ok(Stream::Unfinished {
+            plan: Box::new(plan),
+            last,
+            records: records.len() as u32,
+            taken_by: crate::dispatcher::last_replica(&records),
+        })
+    }
+
+    fn is_active(&self, run_id: &str) -> bool {
+        self.active
+            .lock()
+            .expect("active runs lock")
+            .contains_key(run_id)
+    }
+
+    /// `(run id, lock key, link)` of every run here that holds a lock.
+    fn leased_runs(&self) -> Vec<(String, String, firebreak_runtime::RunLink)> {
+        self.active
+            .lock()
+            .expect("active runs lock")
+            .iter()
+            .filter_map(|(id, run): (&String, &ActiveRun)| {
+                run.key
+                    .as_ref()
+                    .map(|key| (id.clone(), key.clone(), run.link.clone()))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,311 @@
+//! Run takeover between replicas on one nats-server: three `firebreak serve` replicas share
+//! the events, the KV store and the audit stream. The replica running scenario 1's rollback is
+//! killed (SIGKILL) while the run waits for the rollout; another replica takes the run over
+//! once its lease ran out; that one is then told to stop (SIGTERM) mid-wait and the third takes
+//! the run over at once and finishes it, without rolling back twice. The killed replica,
+//! started again, does not run it again.
+
+use std::time::{Duration, Instant};
+
+use firebreak_bus::testutil::NatsServer;
+use serde_json::Value;
+
+use crate::harness::{
+    Cluster, Serve, ServeOpts, copy_shipped_runbooks, fraud_model_at_v2, latency_alert, wait_for,
+};
+
+const ROLLBACK: &str = "model-latency-rollback";
+/// The run lease the replicas use (production: 15 s).
+const LEASE: Duration = Duration::from_secs(3);
+/// How long a rolled-out pod takes to be Ready: the rollout wait the replica dies in.
+const POD_READY: Duration = Duration::from_secs(6);
+
+async fn replica(cluster: &Cluster, nats: &NatsServer, runbooks: &std::path::Path) -> Serve {
+    Serve::start(
+        runbooks,
+        ServeOpts {
+            env: vec![
+                ("FIREBREAK_NATS_URL", nats.url()),
+                ("FIREBREAK_NATS_RUN_LEASE", format!("{}s", LEASE.as_secs())),
+                (
+                    "FIREBREAK_KUBECONFIG",
+                    cluster.kubeconfig.display().to_string(),
+                ),
+            ],
+            kubernetes: true,
+            ..ServeOpts::default()
+        },
+    )
+    .await
+}
+
+/// The records of run `run_id` in `serve`'s journal.
+fn records_of(serve: &Serve, run_id: &str) -> Vec<Value> {
+    serve
+        .journal()
+        .records
+        .into_iter()
+        .filter(|r| r["run_id"] == run_id)
+        .collect()
+}
+
+fn replica_id(serve: &Serve) -> String {
+    std::fs::read_to_string(serve.data_dir.join("replica-id"))
+        .expect("the replica's id in its data dir")
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_killed_in_the_rollout_wait_has_its_run_finished_by_another() {
+    let nats = NatsServer::start().expect("nats-server -js");
+    let cluster = Cluster::start(kubesim::ControllerConfig {
+        pod_ready_delay: POD_READY,
+        ..kubesim::ControllerConfig::default()
+    })
+    .await;
+    fraud_model_at_v2(&cluster).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let runbooks = tmp.path().join("runbooks");
+    copy_shipped_runbooks(&runbooks);
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(replica(&cluster, &nats, &runbooks).await);
+    }
+
+    let (status, body) = replicas[0]
+        .post("/v1/alertmanager", None, latency_alert())
+        .await;
+    assert_eq!(status, 202, "{body}");
+
+    // Whichever replica the shared consumer gave the alert to: wait until its run is in the
+    // rollout wait, after the rollback's write.
+    let (owner, run_id) = wait_for(
+        "a replica's run to wait for the rollout",
+        Duration::from_secs(60),
+        || replicas.iter().map(Serve::log_tail).collect::<String>(),
+        || {
+            let found = replicas.iter().enumerate().find_map(|(i, serve)| {
+                serve.journal().records.iter().find_map(|r| {
+                    (r["body"]["type"] == "step_started"
+                        && r["body"]["name"] == "k8s::wait_rollout")
+                        .then(|| (i, r["run_id"].as_str().unwrap().to_owned()))
+                })
+            });
+            std::future::ready(found)
+        },
+    )
+    .await;
+    assert_eq!(
+        cluster.fraud_model_revisions().await,
+        vec![2, 3],
+        "the rollback's write happened before the kill"
+    );
+    let dead_replica = replica_id(&replicas[owner]);
+    replicas[owner].kill();
+    let killed = Instant::now();
+    let last_before = records_of(&replicas[owner], &run_id)
+        .last()
+        .cloned()
+        .expect("the killed replica journaled the run");
+
+    // Another replica takes the run over once the lease ran out and finishes it.
+    let (taker, taken_after) = wait_for(
+        "another replica to take the run over",
+        LEASE + Duration::from_secs(15),
+        || replicas.iter().map(Serve::log_tail).collect::<String>(),
+        || {
+            let found = (0..3).filter(|i| *i != owner).find(|i| {
+                records_of(&replicas[*i], &run_id)
+                    .iter()
+                    .any(|r| r["body"]["type"] == "run_taken_over")
+            });
+            std::future::ready(found.map(|i| (i, killed.elapsed())))
+        },
+    )
+    .await;
+    eprintln!(
+        "taken over by replica {taker} {:.1} s after the kill (lease {} s)",
+        taken_after.as_secs_f64(),
+        LEASE.as_secs()
+    );
+    assert!(
+        taken_after < LEASE + Duration::from_secs(5),
+        "taken over within the lease plus a few seconds: {taken_after:?}"
+    );
+    // The taker is told to stop (SIGTERM, as Kubernetes does) while it waits for the rollout:
+    // it suspends the run at once and lets the lease go, and the third replica takes the run
+    // over without waiting for the lease to run out.
+    let first_taker = taker;
+    wait_for(
+        "the taker to wait for the rollout",
+        Duration::from_secs(20),
+        || replicas[first_taker].log_tail(),
+        || {
+            let waiting = records_of(&replicas[first_taker], &run_id).iter().any(|r| {
+                r["body"]["type"] == "step_started" && r["body"]["name"] == "k8s::wait_rollout"
+            });
+            std::future::ready(waiting.then_some(()))
+        },
+    )
+    .await;
+    let stopping = Instant::now();
+    let code = replicas[first_taker].terminate().await;
+    let stopped_in = stopping.elapsed();
+    assert_eq!(code, Some(0), "{}", replicas[first_taker].log_tail());
+    assert!(
+        stopped_in < Duration::from_secs(5),
+        "stopped at once, mid-wait: {stopped_in:?}"
+    );
+    let stopped = Instant::now();
+    let taker = 3 - owner - first_taker;
+    let handed_over = wait_for(
+        "the third replica to take the run over",
+        LEASE + Duration::from_secs(10),
+        || replicas[taker].log_tail(),
+        || {
+            let taken = records_of(&replicas[taker], &run_id)
+                .iter()
+                .any(|r| r["body"]["type"] == "run_taken_over");
+            std::future::ready(taken.then(|| stopped.elapsed()))
+        },
+    )
+    .await;
+    eprintln!(
+        "replica {first_taker} stopped in {:.1} s mid-wait; replica {taker} took the run over {:.1} s later",
+        stopped_in.as_secs_f64(),
+        handed_over.as_secs_f64()
+    );
+    assert!(
+        handed_over < LEASE - Duration::from_secs(1),
+        "a released lease is taken over without waiting for it to run out: {handed_over:?}"
+    );
+    let handed = records_of(&replicas[taker], &run_id)
+        .into_iter()
+        .find(|r| r["body"]["type"] == "run_taken_over")
+        .unwrap();
+    assert_eq!(
+        handed["body"]["from_replica"],
+        replica_id(&replicas[first_taker]).as_str()
+    );
+    assert_eq!(
+        handed["body"]["last_hash"],
+        records_of(&replicas[first_taker], &run_id).last().unwrap()["hash"],
+        "linked to the stopped replica's last record of the run"
+    );
+
+    // The taking replica's journal holds the run from its takeover on (no `run_started`).
+    let end = wait_for(
+        "the taken-over run to finish",
+        Duration::from_secs(60),
+        || replicas[taker].log_tail(),
+        || {
+            let end = records_of(&replicas[taker], &run_id)
+                .into_iter()
+                .find(|r| r["body"]["type"] == "run_finished");
+            std::future::ready(end)
+        },
+    )
+    .await;
+    assert_eq!(
+        end["body"]["status"],
+        "succeeded",
+        "{}",
+        replicas[taker].log_tail()
+    );
+    eprintln!(
+        "finished {:.1} s after the kill",
+        killed.elapsed().as_secs_f64()
+    );
+
+    // The first takeover links to the dead replica's last record of the run, by hash.
+    let records = records_of(&replicas[first_taker], &run_id);
+    let link = records
+        .iter()
+        .find(|r| r["body"]["type"] == "run_taken_over")
+        .unwrap();
+    assert_eq!(link["body"]["from_replica"], dead_replica.as_str());
+    assert_eq!(
+        link["body"]["by_replica"],
+        replica_id(&replicas[first_taker]).as_str()
+    );
+    assert_eq!(link["body"]["last_hash"], last_before["hash"], "{link}");
+    assert_eq!(link["body"]["last_seq"], last_before["seq"]);
+    let kinds: Vec<&str> = records
+        .iter()
+        .map(|r| r["body"]["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(&kinds[..2], ["run_taken_over", "run_resumed"], "{kinds:?}");
+    // The rollback is not repeated: it started once, on the dead replica; here it replays.
+    let rollbacks_started: usize = replicas
+        .iter()
+        .map(|serve| {
+            records_of(serve, &run_id)
+                .iter()
+                .filter(|r| {
+                    r["body"]["type"] == "step_started" && r["body"]["name"] == "k8s::rollback"
+                })
+                .count()
+        })
+        .sum();
+    assert_eq!(rollbacks_started, 1, "one rollback action in all journals");
+    assert_eq!(
+        cluster.fraud_model_revisions().await,
+        vec![2, 3],
+        "exactly one rollback in kubectl rollout history"
+    );
+    assert!(cluster.fraud_model_image().await.ends_with(":v1"));
+    let verify = replicas[taker]
+        .cli(&["audit", "verify"])
+        .await
+        .ok("audit verify");
+    assert!(verify.stdout.starts_with("ok: "), "{verify}");
+    // The central stream: three journals interleaved, the takeover's link checked.
+    let central = replicas[taker]
+        .cli(&["audit", "verify", "--stream"])
+        .await
+        .ok("audit verify --stream");
+    assert!(central.stdout.starts_with("ok: "), "{central}");
+    assert!(
+        central.stdout.contains(&format!(
+            "taken over: run {run_id} from {dead_replica} by {}",
+            replica_id(&replicas[first_taker])
+        )) && central.stdout.contains(&format!(
+            "taken over: run {run_id} from {} by {}",
+            replica_id(&replicas[first_taker]),
+            replica_id(&replicas[taker])
+        )),
+        "{central}"
+    );
+
+    // The killed replica comes back: it finds the run ended on the other replica, closes it
+    // in its own journal and does nothing to the cluster.
+    replicas[owner].restart().await;
+    let closed = replicas[owner]
+        .wait_journal(
+            "the restarted replica to close the run",
+            Duration::from_secs(30),
+            |j| !j.finished(ROLLBACK).is_empty(),
+        )
+        .await;
+    let end = closed.finished(ROLLBACK)[0]
+        .records
+        .last()
+        .cloned()
+        .cloned()
+        .unwrap();
+    assert_eq!(end["body"]["status"], "succeeded", "{end}");
+    assert!(
+        end["body"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("took the run over")),
+        "{end}"
+    );
+    assert!(
+        !records_of(&replicas[owner], &run_id)
+            .iter()
+            .any(|r| r["body"]["type"] == "run_resumed"),
+        "not resumed by the replica that came back"
+    );
+    assert_eq!(cluster.fraud_model_revisions().await, vec![2, 3]);
+}

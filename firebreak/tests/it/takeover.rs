@@ -260,6 +260,20 @@ async fn a_replica_killed_in_the_rollout_wait_has_its_run_finished_by_another() 
         .await
         .ok("audit verify");
     assert!(verify.stdout.starts_with("ok: "), "{verify}");
+    // The taking replica's API (and run console) shows the run with its takeover.
+    let (status, shown) = replicas[taker]
+        .get(&format!("/v1/runs/{run_id}"), None)
+        .await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(shown["run"]["status"], "succeeded", "{shown}");
+    assert!(
+        shown["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["body"]["type"] == "run_taken_over"),
+        "{shown}"
+    );
     // The central stream: three journals interleaved, the takeover's link checked.
     let central = replicas[taker]
         .cli(&["audit", "verify", "--stream"])

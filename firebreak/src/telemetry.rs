@@ -47,7 +47,13 @@ pub fn init() -> Telemetry {
     let logs = if std::env::var("FIREBREAK_LOG_FORMAT").as_deref() == Ok("json") {
         fmt::layer().json().with_writer(std::io::stderr).boxed()
     } else {
-        fmt::layer().with_writer(std::io::stderr).boxed()
+        // Colours only on a terminal: a log file or a pod's log gets plain lines (and the
+        // engine does not spend time on escape codes nobody sees).
+        use std::io::IsTerminal as _;
+        fmt::layer()
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .boxed()
     };
     let registry = tracing_subscriber::registry().with(logs.with_filter(filter));
     if !wanted() {

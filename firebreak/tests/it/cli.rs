@@ -263,3 +263,54 @@ async fn remedy_bench_prints_one_summary_line() {
         "{line}"
     );
 }
+
+/// Text logs written to a file or a pipe (a pod's log, `2> serve.log`) carry no terminal
+/// colour codes.
+#[tokio::test(flavor = "multi_thread")]
+async fn text_logs_to_a_pipe_have_no_colour_codes() {
+    use std::io::BufRead as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("runbooks");
+    write_runbooks(
+        &dir,
+        &[
+            (
+                "note.yaml",
+                "name: note\nteam: sre\ndescription: writes a note\nnamespaces: [shop]\n",
+            ),
+            ("note.rhai", "log(`note`);\n"),
+        ],
+    );
+    let mut child = std::process::Command::new(crate::harness::firebreak_bin())
+        .arg("serve")
+        .env("FIREBREAK_LISTEN", "127.0.0.1:0")
+        .env("FIREBREAK_RUNBOOKS", &dir)
+        .env("FIREBREAK_DATA_DIR", tmp.path().join("data"))
+        .env("FIREBREAK_KUBERNETES_DISABLED", "1")
+        .env("RUST_LOG", "info")
+        .env_remove("FIREBREAK_LOG_FORMAT")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn firebreak serve");
+    let mut lines = Vec::new();
+    for line in std::io::BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let serving = line.contains("serving");
+        lines.push(line);
+        if serving || lines.len() > 50 {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        lines.iter().any(|l| l.contains(" INFO ")),
+        "info lines: {lines:?}"
+    );
+    assert!(
+        lines.iter().all(|l| !l.contains('\u{1b}')),
+        "no escape codes: {lines:?}"
+    );
+}

@@ -66,7 +66,8 @@ pub struct AuditConfig {
 /// `FIREBREAK_NATS_PASSWORD_FILE`, `FIREBREAK_NATS_TOKEN`, `FIREBREAK_NATS_TOKEN_FILE`,
 /// `FIREBREAK_NATS_NKEY` (the seed), `FIREBREAK_NATS_NKEY_FILE`, `FIREBREAK_NATS_CREDS`,
 /// `FIREBREAK_NATS_TLS_CA`, `FIREBREAK_NATS_TLS_CERT`, `FIREBREAK_NATS_TLS_KEY`,
-/// `FIREBREAK_NATS_TLS_REQUIRED`. An empty variable unsets its key.
+/// `FIREBREAK_NATS_TLS_REQUIRED`, `FIREBREAK_NATS_RUN_LEASE`, `FIREBREAK_REPLICA`. An empty
+/// variable unsets its key.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsConfig {

@@ -772,6 +772,33 @@ mod tests {
             let err = cfg.nats.unwrap().options().unwrap_err().to_string();
             assert!(err.contains(says), "{yaml}: {err}");
         }
+        // Run leases: 15 s unless set; at least a second; the replica's name as given.
+        assert_eq!(opts.run_lease.as_secs(), 15);
+        assert_eq!(opts.replica, None);
+        let mut cfg = Config::from_yaml(
+            "nats: { url: nats://nats:4222, run_lease: 30s, replica: engine-0 }\n",
+        )
+        .unwrap();
+        let opts = cfg.nats.as_ref().unwrap().options().unwrap();
+        assert_eq!(
+            (opts.run_lease.as_secs(), opts.replica.as_deref()),
+            (30, Some("engine-0"))
+        );
+        for (lease, says) in [
+            ("500ms", "nats.run_lease is 500ms: at least 1s"),
+            ("soon", "nats.run_lease:"),
+        ] {
+            cfg.apply_env(|k| (k == "FIREBREAK_NATS_RUN_LEASE").then(|| lease.into()))
+                .unwrap();
+            let err = cfg
+                .nats
+                .as_ref()
+                .unwrap()
+                .options()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says), "{lease}: {err}");
+        }
     }
 
     #[test]

@@ -25,8 +25,12 @@ impl Browser {
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
+        // Its own process group, so dropping the browser ends Chromium's processes too (they
+        // outlive a killed chromedriver otherwise).
+        use std::os::unix::process::CommandExt as _;
         let driver = Command::new("/usr/bin/chromedriver")
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -168,6 +172,10 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // The whole group: chromedriver and the Chromium it started.
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.driver.id())])
+            .status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }

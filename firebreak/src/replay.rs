@@ -25,7 +25,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use firebreak_dispatch::Loaded;
-use firebreak_runtime::{CancellationToken, RunPlan, Runner, RunnerConfig};
+use firebreak_runtime::{Runner, RunnerConfig};
 use serde_json::Value;
 
 use crate::config::Config;
@@ -191,28 +191,17 @@ async fn replay(cfg: &Config, loaded: &Loaded, case: &Path) -> Result<Vec<String
             ));
         }
         for m in matches {
-            let rb = &m.runbook.manifest;
             let run_id = uuid::Uuid::now_v7().to_string();
             let handle = runner
-                .start(RunPlan {
-                    run_id: run_id.clone(),
-                    runbook: rb.name.clone(),
-                    team: rb.team.clone(),
-                    namespaces: rb.namespaces.clone(),
-                    cluster_actions: loaded.set.cluster_grants(&rb.team),
-                    approval: None,
-                    ast: loaded.asts[&rb.name].clone(),
-                    event: Arc::new(event.clone()),
-                    params: m.params,
-                    actor: "firebreak-test".into(),
-                    dry_run: true,
-                    timeout: rb.timeout,
-                    progress: None,
-                    cancel: CancellationToken::new(),
-                    lock_key: None,
-                    cooldown: Duration::ZERO,
-                    interactive: true,
-                })
+                .start(crate::run::terminal_plan(
+                    loaded,
+                    &run_id,
+                    m,
+                    event.clone(),
+                    "firebreak-test",
+                    true,
+                    None,
+                ))
                 .await?;
             handle.join().await;
             for record in journal.records_for_run(&run_id)? {

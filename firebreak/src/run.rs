@@ -150,26 +150,15 @@ pub async fn run(cfg: Config, args: RunArgs) -> Result<()> {
             if args.dry_run { " [dry run]" } else { "" }
         );
         let handle = runner
-            .start(RunPlan {
-                run_id: run_id.clone(),
-                runbook: rb.name.clone(),
-                team: rb.team.clone(),
-                namespaces: rb.namespaces.clone(),
-                cluster_actions: loaded.set.cluster_grants(&rb.team),
-                approval: None,
-                ast: loaded.asts[&rb.name].clone(),
-                event: Arc::new(event),
-                params: m.params,
-                actor: args.actor.clone(),
-                dry_run: args.dry_run,
-                timeout: rb.timeout,
-                progress: Some(crate::progress::stdout_sink("  │ ")),
-                cancel: CancellationToken::new(),
-                lock_key: None,
-                cooldown: std::time::Duration::ZERO,
-                // Never resumed by a server behind the operator's back (see below).
-                interactive: true,
-            })
+            .start(terminal_plan(
+                &loaded,
+                &run_id,
+                m,
+                event,
+                &args.actor,
+                args.dry_run,
+                Some(crate::progress::stdout_sink("  │ ")),
+            ))
             .await?;
         // Ctrl-C cancels the run, journaled as cancelled by the operator: an interrupted
         // `firebreak run` never leaves a remediation for someone else to finish. (A run whose
@@ -279,4 +268,38 @@ async fn trigger_remote(
         }
     );
     Ok(())
+}
+
+/// The plan of a run started from a terminal (`firebreak run`, `firebreak test`): no lock, no
+/// cooldown, no approval, and marked interactive, so no server ever resumes it behind the
+/// operator's back.
+pub(crate) fn terminal_plan(
+    loaded: &Loaded,
+    run_id: &str,
+    m: firebreak_matcher::Match,
+    event: Event,
+    actor: &str,
+    dry_run: bool,
+    progress: Option<firebreak_runtime::ProgressSink>,
+) -> RunPlan {
+    let rb = &m.runbook.manifest;
+    RunPlan {
+        run_id: run_id.to_owned(),
+        runbook: rb.name.clone(),
+        team: rb.team.clone(),
+        namespaces: rb.namespaces.clone(),
+        cluster_actions: loaded.set.cluster_grants(&rb.team),
+        approval: None,
+        ast: loaded.asts[&rb.name].clone(),
+        event: Arc::new(event),
+        timeout: rb.timeout,
+        params: m.params,
+        actor: actor.to_owned(),
+        dry_run,
+        progress,
+        cancel: CancellationToken::new(),
+        lock_key: None,
+        cooldown: std::time::Duration::ZERO,
+        interactive: true,
+    }
 }

@@ -653,14 +653,16 @@ impl Runner {
         let task = tokio::spawn(async move {
             // Fast path: short scripts of local steps finish right here, on the worker.
             let ctx = match execute_inline(&engine, &ast, &cx, ctx) {
-                Inline::Ended(status, error) => return end(&cx, status, error, permit).await,
+                Inline::Ended(status, error) => {
+                    cx.leave_inline(true).await;
+                    return end(&cx, status, error, permit).await;
+                }
                 Inline::NeedsThread(ctx) => ctx,
             };
+            cx.leave_inline(false).await;
             let script_cx = cx.clone();
-            let script = tokio::task::spawn_blocking(move || {
-                script_cx.set_on_thread();
-                execute(&engine, &ast, &script_cx, ctx)
-            });
+            let script =
+                tokio::task::spawn_blocking(move || execute(&engine, &ast, &script_cx, ctx));
             tokio::pin!(script);
             let result = tokio::select! {
                 result = &mut script => result,

@@ -197,8 +197,9 @@ pub(crate) struct RunContext {
     inline: AtomicBool,
     /// Log lines of the inline attempt, emitted only if it completes.
     held: std::sync::Mutex<Vec<Box<dyn FnOnce() + Send>>>,
-    /// The script runs on a blocking thread of its own: a joined event may flush at once.
-    on_thread: AtomicBool,
+    /// The script is past its inline attempt (it moved to a blocking thread, or it ended): a
+    /// joined event may flush at once. Before, a queued join waits for the attempt's end.
+    past_inline: AtomicBool,
     /// `RunFinished` is journaled: nothing more may be.
     finished: AtomicBool,
     /// Joined events waiting for the next durable write.
@@ -262,7 +263,7 @@ impl RunContext {
             start_failed: AtomicBool::new(false),
             inline: AtomicBool::new(false),
             held: std::sync::Mutex::new(Vec::new()),
-            on_thread: AtomicBool::new(false),
+            past_inline: AtomicBool::new(false),
             finished: AtomicBool::new(false),
             joins: std::sync::Mutex::new(Vec::new()),
             resolved: AtomicBool::new(earlier.resolved),
@@ -352,9 +353,16 @@ impl RunContext {
         self.finished.load(Ordering::SeqCst)
     }
 
-    /// The script now runs on a blocking thread of its own (after any inline attempt).
-    pub(crate) fn set_on_thread(&self) {
-        self.on_thread.store(true, Ordering::SeqCst);
+    /// The inline attempt is over (the script ended, or it goes on a blocking thread): from
+    /// now on a join flushes at once, and the joins queued during the attempt are written
+    /// now. A run that ended journals them with its end, which comes next.
+    pub(crate) async fn leave_inline(&self, ended: bool) {
+        // Set, then look (a join queues, then looks): one of the two sees the other.
+        self.past_inline.store(true, Ordering::SeqCst);
+        let queued = !self.joins.lock().expect("joins lock").is_empty();
+        if queued && !ended {
+            let _ = self.flush(Vec::new()).await;
+        }
     }
 
     /// Whether a joined event said the run's incident resolved.
@@ -395,9 +403,9 @@ impl RunContext {
             .lock()
             .expect("joins lock")
             .push((record, event, done));
-        // Queue first, then look: a run that moved to its thread after the look would
-        // otherwise not flush what was queued after its last write.
-        if self.on_thread.load(Ordering::SeqCst) {
+        // Queue first, then look: a run that left its inline attempt after the look flushes
+        // what was queued (see `leave_inline`).
+        if self.past_inline.load(Ordering::SeqCst) {
             let _ = self.flush(Vec::new()).await;
         }
         answer.await.unwrap_or(Err(JoinError::Finished))

@@ -1,6 +1,7 @@
 //! Built-in steps and `step(name, || ...)` are journaled by Rust around the script.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use firebreak_audit::{RecordBody, RunStatus, StepStatus, verify};
 use firebreak_connector::Registry;
@@ -272,6 +273,26 @@ async fn a_joined_resolved_event_wakes_wait_resolved_and_is_journaled_in_the_run
         other => panic!("{other:?}"),
     }
     assert_eq!(link.join(joined).await, Err(JoinError::Finished));
+}
+
+/// A run whose script ended on the async worker (no thread hand-off) refuses a late join as
+/// finished, at once: the join must not wait for a flush that will never come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_after_an_inline_run_ended_is_refused_as_finished() {
+    let h = harness(Registry::new(), config());
+    let handle = h.runner.start(plan("j4", r#"log("quick")"#)).await.unwrap();
+    let link = handle.link();
+    let outcome = handle.join().await;
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
+    let joined = JoinedEvent {
+        event_id: "ev-9".into(),
+        status: "firing".into(),
+        summary: "alertmanager/firing QueueBacklog".into(),
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(5), link.join(joined))
+        .await
+        .expect("a join after the run's end is answered");
+    assert_eq!(answer, Err(JoinError::Finished));
 }
 
 /// `wait_resolved` without a resolution returns false after its timeout.

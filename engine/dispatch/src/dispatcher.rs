@@ -60,6 +60,10 @@ pub enum StartError {
     Runtime(#[from] firebreak_runtime::RuntimeError),
     #[error("audit")]
     Audit(#[from] firebreak_audit::AuditError),
+    #[error(
+        "the lock {key} is held by a run of this engine that is starting or ending; the event is retried"
+    )]
+    Busy { key: String },
     #[error("the event could not be joined to run {run_id}: {source}")]
     Join {
         run_id: String,
@@ -95,6 +99,9 @@ pub(crate) struct ActiveRun {
     fingerprint: Option<String>,
     /// Its concurrency lock, which carries its lease on a shared store.
     pub(crate) key: Option<String>,
+    /// Cancelled once the run ended and its lock is released (or kept, when it was
+    /// suspended) and the run is forgotten here.
+    released: CancellationToken,
 }
 
 /// A tracked run's metrics: in progress from [`RunEnded::begin`], counted by runbook, team
@@ -154,8 +161,11 @@ pub struct Dispatcher {
     /// Every run task, so shutdown can wait for them.
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
-    /// Runs in progress here, by run id.
+    /// Runs in progress here, by run id. A run stays until its lock is released.
     pub(crate) active: Arc<Mutex<HashMap<String, ActiveRun>>>,
+    /// Runs being started here (from before their lock to their tracking), by run id;
+    /// each token is cancelled when its start is over, either way.
+    starting: Mutex<HashMap<String, CancellationToken>>,
     /// Run leases, when replicas share the state store (see [`crate::takeover`]).
     pub(crate) leases: Option<Arc<dyn RunLeases>>,
     /// Failed trigger authentications since the last summary, by runbook.
@@ -183,6 +193,7 @@ impl Dispatcher {
             tasks: TaskTracker::new(),
             shutdown,
             active: Arc::default(),
+            starting: Mutex::default(),
             leases: None,
             unauthenticated: Mutex::default(),
         }
@@ -340,63 +351,81 @@ impl Dispatcher {
         };
         let actor = actor_of(event);
         let run_id = uuid::Uuid::now_v7().to_string();
-        // Twice at most: the holder may finish between our failed lock and the join.
-        for _ in 0..2 {
+        // Registered before the lock is tried: whoever finds the lock held by this run knows
+        // it is starting here, not running on another replica.
+        let _starting = StartingGuard::new(&self.starting, &run_id);
+        let mut locked = false;
+        // The lock's holder may be a run of this engine that is starting or ending: wait for
+        // that, then look again; a few times at most, then the delivery comes back later.
+        for _ in 0..START_TRIES {
             if self
                 .state
                 .try_lock(&key, &run_id, manifest.timeout + LOCK_SLACK)
                 .await?
             {
+                locked = true;
                 break;
             }
-            let holder = self.state.lock_holder(&key).await?;
-            let local = holder.as_deref().and_then(|h| {
-                self.active
-                    .lock()
-                    .expect("active runs lock")
-                    .get(h)
-                    .cloned()
-            });
-            match (holder, local) {
-                // Lock released meanwhile: try again.
-                (None, _) => continue,
-                (Some(_), Some(run)) if run.event_id == event.id => {
+            let Some(holder) = self.state.lock_holder(&key).await? else {
+                // Released meanwhile: try again.
+                continue;
+            };
+            let local = self
+                .active
+                .lock()
+                .expect("active runs lock")
+                .get(&holder)
+                .cloned();
+            if let Some(run) = local {
+                if run.event_id == event.id {
                     info!(runbook = %name, run_id = %run.link.run_id(), event_id = %event.id, "skipped: this delivery's run was started before");
                     metrics::counter!("firebreak_runs_skipped_total", "reason" => "redelivered")
                         .increment(1);
                     return Ok(Started::Redelivery);
                 }
-                (Some(holder), Some(_)) if joined.contains(&holder) => {
+                if joined.contains(&holder) {
                     return Ok(Started::Joined(holder));
                 }
-                (Some(holder), Some(run)) => match self.join(&run, event).await {
+                match self.join(&run, event).await {
                     Ok(()) => return Ok(Started::Joined(holder)),
                     Err(StartError::Join {
                         source: JoinError::Finished,
                         ..
-                    }) => continue,
+                    }) => {
+                        wait_for_holder(&run.released, &key).await?;
+                        continue;
+                    }
                     Err(e) => return Err(e),
-                },
-                (Some(holder), None) => {
-                    let reason = format!(
-                        "a run for {key} is active (run {holder}, on another engine replica)"
-                    );
-                    self.journal_notice(
-                        &name,
-                        &manifest.team,
-                        &actor,
-                        &event.id,
-                        RecordBody::Skipped {
-                            reason,
-                            active_run: Some(holder),
-                        },
-                    )
-                    .await?;
-                    metrics::counter!("firebreak_runs_skipped_total", "reason" => "active")
-                        .increment(1);
-                    return Ok(Started::Skipped);
                 }
             }
+            let starting = self
+                .starting
+                .lock()
+                .expect("starting runs lock")
+                .get(&holder)
+                .cloned();
+            if let Some(starting) = starting {
+                wait_for_holder(&starting, &key).await?;
+                continue;
+            }
+            let reason =
+                format!("a run for {key} is active (run {holder}, on another engine replica)");
+            self.journal_notice(
+                &name,
+                &manifest.team,
+                &actor,
+                &event.id,
+                RecordBody::Skipped {
+                    reason,
+                    active_run: Some(holder),
+                },
+            )
+            .await?;
+            metrics::counter!("firebreak_runs_skipped_total", "reason" => "active").increment(1);
+            return Ok(Started::Skipped);
+        }
+        if !locked {
+            return Err(StartError::Busy { key });
         }
         // From here on we hold the lock; every way out but a start releases it.
         let outcome = self
@@ -538,6 +567,7 @@ impl Dispatcher {
             event_id: event.id.clone(),
             fingerprint: event.fingerprint.clone(),
             key: Some(key.to_owned()),
+            released: CancellationToken::new(),
         };
         self.track(handle, run, key.to_owned(), cooldown);
         Ok(Started::Run(run_id.to_owned()))
@@ -554,6 +584,7 @@ impl Dispatcher {
     ) {
         let run_id = handle.run_id().to_owned();
         let ended = RunEnded::begin(&run);
+        let released = run.released.clone();
         self.active
             .lock()
             .expect("active runs lock")
@@ -563,8 +594,15 @@ impl Dispatcher {
         let active = self.active.clone();
         self.tasks.spawn(async move {
             let outcome = handle.join().await;
-            active.lock().expect("active runs lock").remove(&run_id);
             ended.record(&outcome);
+            // Forgotten only once its lock is released: an event for its key meanwhile finds
+            // it here ended and waits for `released` instead of taking it for another
+            // replica's run.
+            let _forget = Forget {
+                active,
+                run_id: run_id.clone(),
+                released,
+            };
             if outcome.suspended {
                 // Keep the lock: it expires on its own, and the run resumes after the restart
                 // (taking it again). With leases, give this replica's up, so another replica
@@ -905,6 +943,7 @@ impl Dispatcher {
             event_id: meta.event_id.clone(),
             fingerprint,
             key: key.clone(),
+            released: CancellationToken::new(),
         };
         match key {
             Some(key) => self.track(handle, active, key, cooldown),
@@ -917,6 +956,7 @@ impl Dispatcher {
     fn track_unkeyed(&self, handle: firebreak_runtime::RunHandle, run: ActiveRun) {
         let run_id = handle.run_id().to_owned();
         let ended = RunEnded::begin(&run);
+        let released = run.released.clone();
         self.active
             .lock()
             .expect("active runs lock")
@@ -924,8 +964,12 @@ impl Dispatcher {
         let active = self.active.clone();
         self.tasks.spawn(async move {
             let outcome = handle.join().await;
-            active.lock().expect("active runs lock").remove(&run_id);
             ended.record(&outcome);
+            drop(Forget {
+                active,
+                run_id,
+                released,
+            });
         });
     }
 
@@ -984,6 +1028,72 @@ pub(crate) fn last_replica(records: &[firebreak_audit::Record]) -> Option<String
         RecordBody::RunTakenOver { by_replica, .. } => Some(by_replica.clone()),
         _ => None,
     })
+}
+
+/// How often [`Dispatcher::start`] looks at a lock held by a run of this engine that is
+/// starting or ending before the delivery is nak'ed.
+const START_TRIES: usize = 3;
+
+/// How long a start waits for such a run to get going or to release its lock.
+const HOLDER_WAIT: Duration = Duration::from_secs(10);
+
+/// Waits until `token` (a run's start, or its release) is done; `Busy` after [`HOLDER_WAIT`].
+async fn wait_for_holder(token: &CancellationToken, key: &str) -> Result<(), StartError> {
+    tokio::time::timeout(HOLDER_WAIT, token.cancelled())
+        .await
+        .map_err(|_| StartError::Busy {
+            key: key.to_owned(),
+        })
+}
+
+/// A run id in [`Dispatcher`]'s `starting` map while its start lasts.
+struct StartingGuard<'a> {
+    starting: &'a Mutex<HashMap<String, CancellationToken>>,
+    run_id: String,
+}
+
+impl<'a> StartingGuard<'a> {
+    fn new(starting: &'a Mutex<HashMap<String, CancellationToken>>, run_id: &str) -> Self {
+        starting
+            .lock()
+            .expect("starting runs lock")
+            .insert(run_id.to_owned(), CancellationToken::new());
+        StartingGuard {
+            starting,
+            run_id: run_id.to_owned(),
+        }
+    }
+}
+
+impl Drop for StartingGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(token) = self
+            .starting
+            .lock()
+            .expect("starting runs lock")
+            .remove(&self.run_id)
+        {
+            token.cancel();
+        }
+    }
+}
+
+/// Forgets an ended run when dropped (after its lock's fate is settled) and tells whoever
+/// waits on it.
+struct Forget {
+    active: Arc<Mutex<HashMap<String, ActiveRun>>>,
+    run_id: String,
+    released: CancellationToken,
+}
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        self.active
+            .lock()
+            .expect("active runs lock")
+            .remove(&self.run_id);
+        self.released.cancel();
+    }
 }
 
 /// After a run: cooldown first, then unlock, so no second run slips in between.

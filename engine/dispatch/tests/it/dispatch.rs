@@ -1,12 +1,13 @@
 //! The dispatcher's guarantees, each on the embedded state store and on JetStream KV.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use firebreak_audit::RecordBody;
 use firebreak_bus::testutil::Settled;
 use serde_json::json;
 
-use crate::{Backend, H, alert, all_records, finished, started, summary};
+use crate::{Backend, Gated, H, alert, all_records, finished, started, summary};
 
 const QUICK: &[(&str, &str)] = &[
     (
@@ -382,4 +383,134 @@ async fn a_dry_run_neither_blocks_nor_cools_down_the_real_run() {
         })
         .collect();
     assert_eq!(dry_runs, vec![true, false]);
+}
+
+/// A second alert for a key whose run has just ended, while the run's lock is being released
+/// (the state store is slow to answer), waits for the release and starts its own run. It used
+/// to be skipped as "active on another engine replica": the run was forgotten before its lock
+/// was released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_while_the_last_run_releases_its_lock_starts_its_own_run() {
+    let mut gated = None;
+    let h = H::wrapped(QUICK, |state| {
+        let g = Gated::new(state);
+        gated = Some(g.clone());
+        g
+    })
+    .await;
+    let gated = gated.unwrap();
+    gated.unlock.arm();
+    let first = alert(
+        "first",
+        "firing",
+        "00000000000000f1",
+        json!({"target": "a"}),
+    );
+    assert_eq!(
+        h.deliver(&first, jiff::Timestamp::now()).await,
+        vec![Settled::Ack]
+    );
+    // The run ended; its unlock is held.
+    gated.unlock.reached().await;
+    let second = alert(
+        "second",
+        "firing",
+        "00000000000000f2",
+        json!({"target": "a"}),
+    );
+    let h = Arc::new(h);
+    let delivering = {
+        let h = h.clone();
+        tokio::spawn(async move { h.deliver(&second, jiff::Timestamp::now()).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gated.unlock.open();
+    assert_eq!(delivering.await.unwrap(), vec![Settled::Ack]);
+    let records = h
+        .wait("two runs to finish", |r| finished(r, "quick") == 2)
+        .await;
+    let starters: Vec<&str> = records
+        .iter()
+        .filter(|r| matches!(r.body, RecordBody::RunStarted { .. }))
+        .map(|r| r.event_id.as_str())
+        .collect();
+    assert_eq!(starters, ["first", "second"], "{}", summary(&records));
+    assert!(
+        !records
+            .iter()
+            .any(|r| matches!(r.body, RecordBody::Skipped { .. })),
+        "nothing skipped:\n{}",
+        summary(&records)
+    );
+}
+
+const WAITING: &[(&str, &str)] = &[
+    (
+        "waiting.yaml",
+        "name: waiting\nteam: sre\ndescription: d\nnamespaces: [shop]\n\
+         triggers:\n  - source: alertmanager\n    status: firing\n    match: ['alertname=\"Slow\"']\n\
+         params:\n  target: { from: label, key: target, type: string, required: true }\n\
+         concurrency: \"{{params.target}}\"\ncooldown: 1m\ntimeout: 30s\n",
+    ),
+    ("waiting.rhai", "wait_resolved(\"20s\");\n"),
+];
+
+/// A second alert for a key whose run is still starting (it holds the lock, it is not yet
+/// running) waits for the start and joins the run. It used to be skipped as "active on another
+/// engine replica".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_while_its_keys_run_starts_joins_that_run() {
+    let mut gated = None;
+    let h = H::wrapped(WAITING, |state| {
+        let g = Gated::new(state);
+        gated = Some(g.clone());
+        g
+    })
+    .await;
+    let gated = gated.unwrap();
+    let h = Arc::new(h);
+    gated.cooldown.arm();
+    let first = alert(
+        "first",
+        "firing",
+        "00000000000000f1",
+        json!({"target": "a"}),
+    );
+    let starting = {
+        let h = h.clone();
+        tokio::spawn(async move { h.deliver(&first, jiff::Timestamp::now()).await })
+    };
+    // The first start holds the lock and looks up the cooldown: held there.
+    gated.cooldown.reached().await;
+    let second = alert(
+        "second",
+        "firing",
+        "00000000000000f2",
+        json!({"target": "a"}),
+    );
+    let joining = {
+        let h = h.clone();
+        tokio::spawn(async move { h.deliver(&second, jiff::Timestamp::now()).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gated.cooldown.open();
+    assert_eq!(starting.await.unwrap(), vec![Settled::Ack]);
+    assert_eq!(joining.await.unwrap(), vec![Settled::Ack]);
+    let records = all_records(&h.journal);
+    let joined: Vec<_> = records
+        .iter()
+        .filter(
+            |r| matches!(&r.body, RecordBody::EventJoined { event_id, .. } if event_id == "second"),
+        )
+        .collect();
+    assert_eq!(joined.len(), 1, "joined:\n{}", summary(&records));
+    assert_eq!(joined[0].event_id, "first", "in the first alert's run");
+    assert!(
+        !records
+            .iter()
+            .any(|r| matches!(r.body, RecordBody::Skipped { .. })),
+        "nothing skipped:\n{}",
+        summary(&records)
+    );
+    assert_eq!(started(&records, "waiting").len(), 1);
 }

@@ -58,8 +58,26 @@ impl H {
         H::open(dir, nats).await
     }
 
+    /// A fresh embedded engine whose state store is `wrap` of the file store.
+    pub async fn wrapped(
+        files: &[(&str, &str)],
+        wrap: impl FnOnce(Arc<dyn StateStore>) -> Arc<dyn StateStore>,
+    ) -> H {
+        let dir = tempfile::tempdir().unwrap();
+        runbooks(dir.path(), files);
+        H::open_with(dir, None, wrap).await
+    }
+
     /// The engine on `dir` (a restart: the journal and state as left; in-memory locks gone).
     pub async fn open(dir: TempDir, nats: Option<Arc<NatsServer>>) -> H {
+        H::open_with(dir, nats, |state| state).await
+    }
+
+    async fn open_with(
+        dir: TempDir,
+        nats: Option<Arc<NatsServer>>,
+        wrap: impl FnOnce(Arc<dyn StateStore>) -> Arc<dyn StateStore>,
+    ) -> H {
         let journal = Arc::new(Journal::open(dir.path().join("audit.jsonl")).unwrap());
         let (bus, state): (Arc<dyn Bus>, Arc<dyn StateStore>) = match &nats {
             Some(server) => {
@@ -74,6 +92,7 @@ impl H {
                 Arc::new(FileStateStore::open(dir.path().join("state")).unwrap()),
             ),
         };
+        let state = wrap(state);
         let runner = Arc::new(Runner::new(
             &Registry::new(),
             journal.clone(),
@@ -183,4 +202,113 @@ pub fn alert(id: &str, status: &str, fingerprint: &str, labels: Value) -> Arc<Ev
         traceparent: None,
         data: json!({"status": status, "labels": labels, "annotations": {}}),
     })
+}
+
+/// A point in a state-store call the test holds: the call waits there until released.
+pub struct Gate {
+    entered: tokio::sync::Semaphore,
+    release: tokio::sync::Semaphore,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl Default for Gate {
+    fn default() -> Gate {
+        Gate {
+            entered: tokio::sync::Semaphore::new(0),
+            release: tokio::sync::Semaphore::new(0),
+            armed: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+}
+
+impl Gate {
+    /// The next call through the gate waits until [`Gate::open`].
+    pub fn arm(&self) {
+        self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Waits until a call is held at the gate.
+    pub async fn reached(&self) {
+        tokio::time::timeout(Duration::from_secs(10), self.entered.acquire())
+            .await
+            .expect("a call reaches the gate within 10 s")
+            .unwrap()
+            .forget();
+    }
+
+    /// Lets the held call go on.
+    pub fn open(&self) {
+        self.release.add_permits(1);
+    }
+
+    async fn pass(&self) {
+        if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            self.entered.add_permits(1);
+            self.release.acquire().await.unwrap().forget();
+        }
+    }
+}
+
+/// A state store whose `unlock` and `cooldown` calls can be held at a [`Gate`], to play the
+/// interleavings around a run's start and end deterministically.
+pub struct Gated {
+    pub inner: Arc<dyn StateStore>,
+    pub unlock: Gate,
+    pub cooldown: Gate,
+}
+
+impl Gated {
+    pub fn new(inner: Arc<dyn StateStore>) -> Arc<Gated> {
+        Arc::new(Gated {
+            inner,
+            unlock: Gate::default(),
+            cooldown: Gate::default(),
+        })
+    }
+}
+
+type Fut<'a, T> = futures::future::BoxFuture<'a, Result<T, firebreak_bus::BusError>>;
+
+impl StateStore for Gated {
+    fn try_lock(&self, key: &str, owner: &str, ttl: Duration) -> Fut<'_, bool> {
+        self.inner.try_lock(key, owner, ttl)
+    }
+    fn refresh_lock(&self, key: &str, owner: &str, ttl: Duration) -> Fut<'_, bool> {
+        self.inner.refresh_lock(key, owner, ttl)
+    }
+    fn unlock(&self, key: &str, owner: &str) -> Fut<'_, bool> {
+        let (key, owner) = (key.to_owned(), owner.to_owned());
+        Box::pin(async move {
+            self.unlock.pass().await;
+            self.inner.unlock(&key, &owner).await
+        })
+    }
+    fn lock_holder(&self, key: &str) -> Fut<'_, Option<String>> {
+        self.inner.lock_holder(key)
+    }
+    fn set_cooldown(&self, key: &str, until: jiff::Timestamp) -> Fut<'_, ()> {
+        self.inner.set_cooldown(key, until)
+    }
+    fn cooldown(&self, key: &str) -> Fut<'_, Option<jiff::Timestamp>> {
+        let key = key.to_owned();
+        Box::pin(async move {
+            self.cooldown.pass().await;
+            self.inner.cooldown(&key).await
+        })
+    }
+    fn record_run(&self, key: &str, at: jiff::Timestamp) -> Fut<'_, ()> {
+        self.inner.record_run(key, at)
+    }
+    fn runs_since(&self, key: &str, since: jiff::Timestamp) -> Fut<'_, u32> {
+        self.inner.runs_since(key, since)
+    }
+    fn put_run(&self, run_id: &str, record: firebreak_bus::RunRecord) -> Fut<'_, ()> {
+        self.inner.put_run(run_id, record)
+    }
+    fn get_run(&self, run_id: &str) -> Fut<'_, Option<firebreak_bus::RunRecord>> {
+        self.inner.get_run(run_id)
+    }
+    fn list_runs_unfinished(&self) -> Fut<'_, Vec<(String, firebreak_bus::RunRecord)>> {
+        self.inner.list_runs_unfinished()
+    }
 }

@@ -52,6 +52,10 @@ pub struct BenchArgs {
     /// `--remedy`: alerts per second.
     #[arg(long, default_value_t = 20)]
     pub remedy_rate: u64,
+    /// Measure N runs waiting in a step at once, a SIGTERM and their resume after a restart
+    /// instead (see `bench_waiting`).
+    #[arg(long, value_name = "N")]
+    pub waiting: Option<usize>,
 }
 
 const RUNBOOKS: usize = 50;
@@ -59,6 +63,9 @@ const RUNBOOKS: usize = 50;
 pub async fn bench(args: BenchArgs) -> Result<()> {
     if args.remedy {
         return crate::bench_remedy::bench(args).await;
+    }
+    if let Some(n) = args.waiting {
+        return crate::bench_waiting::bench(args, n).await;
     }
     let dir = tempfile::tempdir().context("creating a temp dir")?;
     let runbooks = dir.path().join("runbooks");
@@ -295,7 +302,7 @@ impl Conn {
     }
 }
 
-async fn post_all(
+pub(crate) async fn post_all(
     addr: std::net::SocketAddr,
     first: usize,
     n: usize,
@@ -455,7 +462,7 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok((ticks(11)? + ticks(12)?) / 100.0)
 }
 
-fn rss_kib(pid: u32, field: &str) -> Result<u64> {
+pub(crate) fn rss_kib(pid: u32, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()

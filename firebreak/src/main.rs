@@ -13,6 +13,7 @@ mod api;
 mod audit_cmd;
 mod bench;
 mod bench_remedy;
+mod bench_waiting;
 mod chat;
 mod check;
 mod config;
@@ -101,25 +102,39 @@ enum Command {
     },
 }
 
+/// Blocking threads beyond one per concurrent run, for file and fsync work (tokio's own
+/// default for the whole pool).
+const BLOCKING_SPARE: usize = 512;
+
 fn main() -> Result<()> {
     // reqwest uses rustls without a built-in provider; install ring once, before any client.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     // The load generator shares the machine with the server it measures: one thread, so its
     // own hand-offs between threads do not eat the server's CPU.
-    let runtime = match cli.command {
+    // `serve` reads its configuration first: a script waiting in a step holds a blocking
+    // thread, so the pool must fit every run it may run at once besides the file work.
+    let serve_config = match &cli.command {
+        Command::Serve { audit_relink } => {
+            let mut cfg = config::Config::load(cli.config.as_deref())?;
+            cfg.audit.relink_broken = *audit_relink;
+            Some(cfg)
+        }
+        _ => None,
+    };
+    let mut builder = match cli.command {
         Command::Bench(_) => tokio::runtime::Builder::new_current_thread(),
         _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if let Some(cfg) = &serve_config {
+        builder.max_blocking_threads(cfg.limits.max_concurrent_runs + BLOCKING_SPARE);
     }
-    .enable_all()
-    .build()?;
+    let runtime = builder.enable_all().build()?;
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve { audit_relink } => {
+            Command::Serve { .. } => {
                 let _telemetry = telemetry::init();
-                let mut cfg = config::Config::load(cli.config.as_deref())?;
-                cfg.audit.relink_broken = audit_relink;
-                serve::serve(cfg).await
+                serve::serve(serve_config.expect("loaded above")).await
             }
             Command::Check { dir, teams } => check::check(&dir, teams.as_deref()),
             Command::Run(args) => {

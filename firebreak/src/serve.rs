@@ -129,6 +129,10 @@ fn describe_metrics() {
         "firebreak_runs_in_progress",
         "Runs this engine is running now."
     );
+    describe_gauge!(
+        "firebreak_runs_waiting",
+        "Runs waiting in a step now (sleep, wait_resolved)."
+    );
     describe_counter!(
         "firebreak_runbook_reload_failures_total",
         "Runbook reloads refused (the last good set stays in force)."
@@ -181,7 +185,11 @@ fn describe_metrics() {
     for reason in firebreak_runtime::guard::REFUSAL_KINDS {
         metrics::counter!("firebreak_refusals_total", "reason" => *reason).absolute(0);
     }
-    for gauge in ["firebreak_runs_in_progress", "firebreak_approvals_pending"] {
+    for gauge in [
+        "firebreak_runs_in_progress",
+        "firebreak_runs_waiting",
+        "firebreak_approvals_pending",
+    ] {
         metrics::gauge!(gauge).set(0.0);
     }
 }

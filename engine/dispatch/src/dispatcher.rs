@@ -788,13 +788,24 @@ impl Dispatcher {
     /// left to it, one that ended there is closed here too, and one that went on there
     /// resumes from the audit stream's records, which hold what it did there.
     pub async fn resume_unfinished(&self) -> usize {
-        let mut resumed = 0;
-        for run in self.journal.unfinished_runs() {
+        // Many at once: each journals its `run_resumed`, and concurrent appends share one
+        // fsync (10,000 runs resumed one by one took 10,000 fsyncs).
+        futures::stream::iter(self.journal.unfinished_runs())
+            .map(|run| self.resume_one(run))
+            .buffer_unordered(RESUME_AT_ONCE)
+            .filter(|resumed| std::future::ready(*resumed))
+            .count()
+            .await
+    }
+
+    /// Resumes (or closes) one unfinished run; whether it runs again here.
+    async fn resume_one(&self, run: firebreak_audit::RunSummary) -> bool {
+        {
             let mut plan = match self.runner.prepare_resume(&run.run_id) {
                 Ok(plan) => plan,
                 Err(e) => {
                     error!(run_id = %run.run_id, error = %e, "cannot read run to resume");
-                    continue;
+                    return false;
                 }
             };
             if plan.interactive() {
@@ -808,11 +819,11 @@ impl Dispatcher {
                         error!(run_id = %run.run_id, error = %e, "cannot close an abandoned run")
                     }
                 }
-                continue;
+                return false;
             }
             if !self.runbooks.current().asts.contains_key(plan.runbook()) {
                 warn!(run_id = %run.run_id, runbook = %run.runbook, "cannot resume: runbook no longer loaded");
-                continue;
+                return false;
             }
             let key = plan.lock_key().map(str::to_owned);
             if let Some(key) = &key {
@@ -826,13 +837,13 @@ impl Dispatcher {
                         let holder = self.state.lock_holder(key).await.ok().flatten();
                         if self.leases.is_some() && holder.as_deref() == Some(run.run_id.as_str()) {
                             info!(run_id = %run.run_id, key = %key, "another replica took this run over; leaving it to it");
-                            continue;
+                            return false;
                         }
                         warn!(run_id = %run.run_id, key = %key, holder = ?holder, "resuming a run whose key another run holds");
                     }
                     Err(e) => {
                         error!(run_id = %run.run_id, key = %key, error = %e, "cannot take a resumed run's lock; it resumes at the next start");
-                        continue;
+                        return false;
                     }
                 }
             }
@@ -843,21 +854,21 @@ impl Dispatcher {
                         if let Some(key) = &key {
                             let _ = self.state.unlock(key, &run.run_id).await;
                         }
-                        continue;
+                        return false;
                     }
                 }
             }
             match self.resume_plan(plan, key.clone()).await {
-                Ok(()) => resumed += 1,
+                Ok(()) => true,
                 Err(e) => {
                     if let Some(key) = &key {
                         let _ = self.state.unlock(key, &run.run_id).await;
                     }
                     error!(run_id = %run.run_id, error = %e, "cannot resume run");
+                    false
                 }
             }
         }
-        resumed
     }
 
     /// A local run to resume, set against what the audit stream holds of it: `None` when it
@@ -1033,6 +1044,9 @@ pub(crate) fn last_replica(records: &[firebreak_audit::Record]) -> Option<String
 /// How often [`Dispatcher::start`] looks at a lock held by a run of this engine that is
 /// starting or ending before the delivery is nak'ed.
 const START_TRIES: usize = 3;
+
+/// Unfinished runs resumed at once after a start.
+const RESUME_AT_ONCE: usize = 256;
 
 /// How long a start waits for such a run to get going or to release its lock.
 const HOLDER_WAIT: Duration = Duration::from_secs(10);

@@ -367,6 +367,7 @@ pub(crate) fn sleep(ms: rhai::INT) -> Result<Dynamic, ScriptError> {
                     );
                 }
             };
+            let _waiting = step::Waiting::begin();
             match cx
                 .handle
                 .block_on(cx.until_stopped(tokio::time::sleep(wait)))
@@ -563,6 +564,7 @@ fn wait_resolved(timeout: Dynamic) -> Result<Dynamic, ScriptError> {
                     );
                 }
             };
+            let _waiting = step::Waiting::begin();
             match cx.handle.block_on(cx.until_stopped(cx.wait_resolved(wait))) {
                 Ok(resolved) => LeafResult::ok(Value::Bool(resolved)),
                 Err(stop) => LeafResult::stopped(stop),

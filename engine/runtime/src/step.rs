@@ -115,6 +115,23 @@ pub(crate) struct Earlier {
     pub gate: crate::approval::Gate,
 }
 
+/// A run waiting in a step (`sleep`, `wait_resolved`) while it lives: counted in the
+/// `firebreak_runs_waiting` gauge.
+pub(crate) struct Waiting;
+
+impl Waiting {
+    pub(crate) fn begin() -> Waiting {
+        metrics::gauge!("firebreak_runs_waiting").increment(1.0);
+        Waiting
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        metrics::gauge!("firebreak_runs_waiting").decrement(1.0);
+    }
+}
+
 /// An event handed to a running run (see [`RunContext::join`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JoinedEvent {

@@ -269,6 +269,20 @@ async fn after_a_restart_the_same_incident_joins_the_resumed_run() {
 async fn sigterm_during_a_long_sleep_stops_at_once() {
     let tmp = tempfile::tempdir().unwrap();
     let mut serve = serve_with_a_run_in_its_sleep(&tmp, "n4", "00000000000000ae", 20_000).await;
+    // The run is counted as waiting in a step.
+    wait_for(
+        "firebreak_runs_waiting 1",
+        Duration::from_secs(10),
+        || serve.log_tail(),
+        || async {
+            let metrics = crate::harness::scrape_checked(&serve).await;
+            metrics
+                .lines()
+                .any(|l| l == "firebreak_runs_waiting 1")
+                .then_some(())
+        },
+    )
+    .await;
     assert_eq!(serve.terminate().await, Some(0), "{}", serve.log_tail());
     let journal = serve.journal();
     assert!(

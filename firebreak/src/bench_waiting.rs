@@ -1,0 +1,137 @@
+//! `firebreak bench --waiting N`: many runs at once, each waiting in a step, and their resume.
+//!
+//! It writes one runbook whose script logs, then sleeps four minutes, starts `firebreak serve`
+//! (embedded bus, `limits.max_concurrent_runs` = N) and posts N alerts, one incident each.
+//! Measured:
+//! - **waiting**: time until the server's `firebreak_runs_waiting` gauge shows all N runs in
+//!   their `sleep` step, and the server's RSS and thread count then;
+//! - **stop**: SIGTERM → exit (every run suspends at once, mid-sleep);
+//! - **resume**: a new server on the same data dir, from its spawn until all N runs wait in
+//!   their `sleep` again (each resumed from the journal with the sleep's remaining time), its
+//!   RSS then.
+//!
+//! One summary line on stdout.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tokio::process::Child;
+
+use crate::bench::{BenchArgs, free_port, post_all, rss_kib, spawn_server_with, wait_ready};
+
+pub async fn bench(args: BenchArgs, n: usize) -> Result<()> {
+    let dir = tempfile::tempdir().context("creating a temp dir")?;
+    let runbooks = dir.path().join("runbooks");
+    std::fs::create_dir_all(&runbooks)?;
+    std::fs::write(
+        runbooks.join("bench-wait.yaml"),
+        "name: bench-wait\nteam: bench\ndescription: waits in a step\nnamespaces: [bench]\n\
+         triggers:\n  - source: alertmanager\n    status: firing\n    match: ['alertname=\"BenchAlert\"']\n\
+         params:\n  seq: { from: label, key: seq, type: string, required: true }\n\
+         concurrency: \"{{params.seq}}\"\ntimeout: 10m\n",
+    )?;
+    std::fs::write(
+        runbooks.join("bench-wait.rhai"),
+        "log(`waiting for ${ctx.params.seq}`);\nsleep(240000);\n",
+    )?;
+    let env = [
+        ("FIREBREAK_KUBERNETES_DISABLED", "1".to_owned()),
+        ("FIREBREAK_MAX_CONCURRENT_RUNS", n.to_string()),
+    ];
+    let http = reqwest::Client::new();
+
+    let port = free_port()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let mut server = spawn_server_with(dir.path(), &runbooks, port, None, &env)?;
+    wait_ready(&http, &base, &mut server).await?;
+    let pid = server.id().context("server exited")?;
+    let t0 = Instant::now();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    post_all(addr, 0, n, args.clients).await?;
+    wait_waiting(&http, &base, n, &mut server).await?;
+    let all_waiting = t0.elapsed();
+    let rss = rss_kib(pid, "VmRSS:")?;
+    let threads = rss_kib(pid, "Threads:")?;
+    eprintln!(
+        "bench: {n} runs waiting after {:.2}s, RSS {:.0} MiB, {threads} threads",
+        all_waiting.as_secs_f64(),
+        rss as f64 / 1024.0
+    );
+
+    let stop = Instant::now();
+    terminate(&mut server).await?;
+    let stopped = stop.elapsed();
+
+    let port = free_port()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let restart = Instant::now();
+    let mut server = spawn_server_with(dir.path(), &runbooks, port, None, &env)?;
+    wait_ready(&http, &base, &mut server).await?;
+    let ready = restart.elapsed();
+    wait_waiting(&http, &base, n, &mut server).await?;
+    let resumed = restart.elapsed();
+    let pid = server.id().context("server exited")?;
+    let rss_after = rss_kib(pid, "VmRSS:")?;
+    let _ = server.kill().await;
+    println!(
+        "bench[waiting]: {n} runs waiting in a step at once: RSS {:.0} MiB ({threads} threads), \
+         all waiting {:.2}s after the first alert; SIGTERM stopped them in {:.2}s; after a restart \
+         all {n} resumed and waiting again in {:.2}s (ready in {:.0} ms), RSS {:.0} MiB",
+        rss as f64 / 1024.0,
+        all_waiting.as_secs_f64(),
+        stopped.as_secs_f64(),
+        resumed.as_secs_f64(),
+        ready.as_secs_f64() * 1000.0,
+        rss_after as f64 / 1024.0,
+    );
+    Ok(())
+}
+
+/// SIGTERM (as Kubernetes stops a pod), then waits for the exit (bounded).
+async fn terminate(server: &mut Child) -> Result<()> {
+    let pid = server.id().context("server exited")?;
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .context("running kill")?;
+    if !status.success() {
+        bail!("kill -TERM {pid} failed: {status}");
+    }
+    tokio::time::timeout(Duration::from_secs(60), server.wait())
+        .await
+        .context("the server did not stop within 60 s of SIGTERM")??;
+    Ok(())
+}
+
+/// Polls `/metrics` until `firebreak_runs_waiting` reaches `n`.
+async fn wait_waiting(
+    http: &reqwest::Client,
+    base: &str,
+    n: usize,
+    server: &mut Child,
+) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        if let Some(status) = server.try_wait()? {
+            bail!("`firebreak serve` exited: {status}");
+        }
+        let text = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let waiting = text
+            .lines()
+            .find_map(|l| l.strip_prefix("firebreak_runs_waiting "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0) as usize;
+        if waiting >= n {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("only {waiting} of {n} runs waiting within 300s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

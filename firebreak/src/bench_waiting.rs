@@ -1,7 +1,8 @@
 //! `firebreak bench --waiting N`: many runs at once, each waiting in a step, and their resume.
 //!
 //! It writes one runbook whose script logs, then sleeps four minutes, starts `firebreak serve`
-//! (embedded bus, `limits.max_concurrent_runs` = N) and posts N alerts, one incident each.
+//! (embedded bus, default limits: a sleeping run is parked, holding neither a thread nor one of
+//! the `max_concurrent_runs` slots) and posts N alerts, one incident each.
 //! Measured:
 //! - **waiting**: time until the server's `firebreak_runs_waiting` gauge shows all N runs in
 //!   their `sleep` step, and the server's RSS and thread count then;
@@ -34,10 +35,7 @@ pub async fn bench(args: BenchArgs, n: usize) -> Result<()> {
         runbooks.join("bench-wait.rhai"),
         "log(`waiting for ${ctx.params.seq}`);\nsleep(240000);\n",
     )?;
-    let env = [
-        ("FIREBREAK_KUBERNETES_DISABLED", "1".to_owned()),
-        ("FIREBREAK_MAX_CONCURRENT_RUNS", n.to_string()),
-    ];
+    let env = [("FIREBREAK_KUBERNETES_DISABLED", "1".to_owned())];
     let http = reqwest::Client::new();
 
     let port = free_port()?;

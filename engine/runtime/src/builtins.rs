@@ -78,7 +78,8 @@ pub(crate) const SPECS: &[BuiltinSpec] = &[
         signatures: &["sleep(ms)"],
         doc: "Waits `ms` milliseconds (an int: `sleep(ms(\"5m\"))` for text). A cancel or the \
               run's timeout ends it early; a run suspended for a shutdown waits only what was \
-              left of it when it resumes.",
+              left of it when it resumes. A wait of 2 s or more parks the run: it holds no \
+              thread and no run slot while it waits.",
         journaled: Journaled::WriteAhead,
         returns: "`()`",
         errors: &[StepErrorDoc {
@@ -223,12 +224,14 @@ pub(crate) fn composite_step(
     let (step, replayed) = match begin(&cx, name)? {
         Begin::Replayed(step, outputs) => (step, Some(outputs)),
         Begin::Live(step) | Begin::Resumed(step, _) => {
-            cx.defer(vec![RecordBody::StepStarted {
-                step,
-                name: name.to_owned(),
-                inputs,
-                intent: None,
-            }]);
+            if cx.journals_start(step) {
+                cx.defer(vec![RecordBody::StepStarted {
+                    step,
+                    name: name.to_owned(),
+                    inputs,
+                    intent: None,
+                }]);
+            }
             (step, None)
         }
     };
@@ -260,8 +263,16 @@ pub(crate) fn composite_step(
             }]);
             Ok(value)
         }
-        // Suspended inside: no end, the body runs again (its finished inner steps replay).
-        (Err(error), _) if cx.stopped() == Some(step::Stop::Suspended) => Err(error),
+        // Suspended or parked inside: no end, the body runs again (its finished inner steps
+        // replay).
+        (Err(error), _)
+            if matches!(
+                cx.stopped(),
+                Some(step::Stop::Suspended | step::Stop::Parked)
+            ) =>
+        {
+            Err(error)
+        }
         (Err(error), _) => {
             let kind = cx.stopped().map_or("script", step::Stop::token);
             cx.defer(vec![RecordBody::StepFinished {
@@ -345,38 +356,51 @@ fn log(message: Dynamic) -> Result<Dynamic, ScriptError> {
 }
 
 /// `sleep(ms)`: waits, bounded by `Limits::max_sleep`, ended early by cancel or the deadline.
+/// A wait of at least `park_after` parks the run instead of holding a thread (see
+/// [`crate::RunnerConfig::park_after`]); such a sleep (or one replayed) may run on the async
+/// worker, its start journaled by the park's write, before the wait.
 pub(crate) fn sleep(ms: rhai::INT) -> Result<Dynamic, ScriptError> {
-    run_leaf(
-        "sleep",
-        json!({ "ms": ms }),
-        Durability::WriteAhead,
-        |cx, step| {
-            let max = cx.max_sleep;
-            let wait = match u64::try_from(ms) {
-                // Resumed inside this sleep: only what was left of it.
-                Ok(ms) if Duration::from_millis(ms) <= max => {
-                    Duration::from_millis(ms).saturating_sub(cx.already_waited(step))
-                }
-                _ => {
-                    return LeafResult::failed(
-                        "invalid_argument",
-                        format!(
-                            "sleep({ms}): the wait must be between 0 and {} ms",
-                            max.as_millis()
-                        ),
-                    );
-                }
-            };
-            let _waiting = step::Waiting::begin();
-            match cx
-                .handle
-                .block_on(cx.until_stopped(tokio::time::sleep(wait)))
-            {
-                Ok(()) => LeafResult::ok(Value::Null),
-                Err(stop) => LeafResult::stopped(stop),
-            }
-        },
-    )
+    let cx = current()?;
+    let max = cx.max_sleep;
+    let step = cx.peek_step();
+    // Resumed inside this sleep: only what was left of it.
+    let wait = u64::try_from(ms)
+        .ok()
+        .map(Duration::from_millis)
+        .filter(|wait| *wait <= max)
+        .map(|wait| wait.saturating_sub(cx.already_waited(step)));
+    let parks = wait.is_some_and(|wait| cx.park_after.is_some_and(|after| wait >= after));
+    let durability = if parks || cx.replays(step) {
+        Durability::Deferred
+    } else {
+        Durability::WriteAhead
+    };
+    drop(cx);
+    run_leaf("sleep", json!({ "ms": ms }), durability, |cx, step| {
+        let Some(wait) = wait else {
+            return LeafResult::failed(
+                "invalid_argument",
+                format!(
+                    "sleep({ms}): the wait must be between 0 and {} ms",
+                    max.as_millis()
+                ),
+            );
+        };
+        if parks {
+            let began = Instant::now()
+                .checked_sub(cx.already_waited(step))
+                .unwrap_or_else(Instant::now);
+            return cx.park(step, "sleep", wait, began);
+        }
+        let _waiting = step::Waiting::begin();
+        match cx
+            .handle
+            .block_on(cx.until_stopped(tokio::time::sleep(wait)))
+        {
+            Ok(()) => LeafResult::ok(Value::Null),
+            Err(stop) => LeafResult::stopped(stop),
+        }
+    })
 }
 
 /// `approve(why)`: asks for the run's approval here, before anything is decided (the

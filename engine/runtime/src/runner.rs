@@ -20,7 +20,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::approval::{Decision, DecisionError, Pending, Standing};
 use crate::policy::RetryPolicy;
@@ -43,6 +43,10 @@ pub struct RunnerConfig {
     pub action_timeout: Duration,
     pub retry: RetryPolicy,
     pub budget: Budget,
+    /// A `sleep` at least this long parks its run instead of holding a blocking thread: the
+    /// script unwinds, the run waits on a timer, then replays its finished steps from the
+    /// journal (quietly) up to the sleep and goes on. `None`: every sleep holds its thread.
+    pub park_after: Option<Duration>,
 }
 
 /// What one run may use; spending any of it ends the run (failed, with the reason journaled)
@@ -115,9 +119,13 @@ impl Default for RunnerConfig {
             action_timeout: Duration::from_secs(120),
             retry: RetryPolicy::default(),
             budget: Budget::default(),
+            park_after: Some(PARK_AFTER),
         }
     }
 }
+
+/// The default [`RunnerConfig::park_after`]: a thread costs more than a replay past this.
+pub const PARK_AFTER: Duration = Duration::from_secs(2);
 
 /// Where a run may act: its runbook's namespaces and its team's cluster-scoped grants.
 pub(crate) struct RunScope {
@@ -449,50 +457,7 @@ impl Runner {
                 run_id: run_id.to_owned(),
             });
         }
-        let mut earlier = Earlier {
-            gate: crate::approval::Gate::replay(records.iter().copied()),
-            ..Earlier::default()
-        };
-        for record in &records {
-            match &record.body {
-                RecordBody::StepFinished {
-                    step,
-                    name,
-                    status: StepStatus::Ok | StepStatus::Replayed | StepStatus::Skipped,
-                    outputs,
-                    ..
-                } => {
-                    earlier.finished.insert(
-                        *step,
-                        Replay {
-                            name: name.clone(),
-                            outputs: outputs.clone(),
-                        },
-                    );
-                }
-                RecordBody::StepStarted {
-                    step, name, intent, ..
-                } => {
-                    earlier.started_at.insert(*step, record.time);
-                    if let Some(intent) = intent {
-                        earlier
-                            .intents
-                            .insert(*step, (name.clone(), intent.clone()));
-                    }
-                }
-                RecordBody::EventJoined { status, .. } if status == "resolved" => {
-                    earlier.resolved = true;
-                }
-                _ => {}
-            }
-        }
-        // An intent (or a wait) whose step ended, in any way, is not pending any more.
-        for record in &records {
-            if let RecordBody::StepFinished { step, .. } = &record.body {
-                earlier.intents.remove(step);
-                earlier.started_at.remove(step);
-            }
-        }
+        let earlier = earlier_from(&records);
         Ok(ResumePlan {
             meta: Arc::new(RunMeta {
                 run_id: first.run_id.clone(),
@@ -650,33 +615,71 @@ impl Runner {
         let link = RunLink { cx: cx.clone() };
         // The script holds a blocking thread; its end is journaled from a task, so the thread
         // is free as soon as the script is done.
+        let slots = self.slots.clone();
         let task = tokio::spawn(async move {
+            let mut permit = Some(permit);
             // Fast path: short scripts of local steps finish right here, on the worker.
-            let ctx = match execute_inline(&engine, &ast, &cx, ctx) {
+            // `first`: the attempt on a thread may still owe the run's first durable write.
+            let (ctx, mut first) = match execute_inline(&engine, &ast, &cx, ctx) {
                 Inline::Ended(status, error) => {
                     cx.leave_inline(true).await;
-                    return end(&cx, status, error, permit).await;
+                    return end(&cx, status, error, permit.take()).await;
                 }
-                Inline::NeedsThread(ctx) => ctx,
+                Inline::NeedsThread(ctx) => {
+                    cx.leave_inline(false).await;
+                    match ctx {
+                        Ok(ctx) => (ctx, true),
+                        Err(error) => {
+                            let (status, error) = classify(Err(error), &cx);
+                            return end(&cx, status, error, permit.take()).await;
+                        }
+                    }
+                }
+                // Parked without ever needing a thread: woken, it goes on on one.
+                Inline::Parked(ctx) => {
+                    cx.leave_inline(false).await;
+                    if let Err(stop) = park_without_slot(&cx, &mut permit, &slots).await {
+                        let (status, error) = classify(Err(stop.error()), &cx);
+                        return end(&cx, status, error, permit.take()).await;
+                    }
+                    (ctx, false)
+                }
             };
-            cx.leave_inline(false).await;
-            let script_cx = cx.clone();
-            let script =
-                tokio::task::spawn_blocking(move || execute(&engine, &ast, &script_cx, ctx));
-            tokio::pin!(script);
-            let result = tokio::select! {
-                result = &mut script => result,
-                () = tokio::time::sleep(START_FLUSH_AFTER) => {
-                    // Still running: journal the start now (a failure stops the run).
-                    let _ = cx.flush(Vec::new()).await;
+            loop {
+                let (script_cx, engine, ast, ctx) =
+                    (cx.clone(), engine.clone(), ast.clone(), ctx.clone());
+                let script = tokio::task::spawn_blocking(move || {
+                    execute(&engine, &ast, &script_cx, Ok(ctx))
+                });
+                tokio::pin!(script);
+                let result = if std::mem::take(&mut first) {
+                    tokio::select! {
+                        result = &mut script => result,
+                        () = tokio::time::sleep(START_FLUSH_AFTER) => {
+                            // Still running: journal the start now (a failure stops the run).
+                            let _ = cx.flush(Vec::new()).await;
+                            script.await
+                        }
+                    }
+                } else {
                     script.await
+                };
+                let (status, error) = match result {
+                    Ok(ended) => ended,
+                    Err(e) => (RunStatus::Failed, Some(format!("run thread panicked: {e}"))),
+                };
+                if cx.stopped() == Some(Stop::Parked) {
+                    match park_without_slot(&cx, &mut permit, &slots).await {
+                        // Woken: the script runs again, replaying up to its sleep.
+                        Ok(()) => continue,
+                        Err(stop) => {
+                            let (status, error) = classify(Err(stop.error()), &cx);
+                            return end(&cx, status, error, permit.take()).await;
+                        }
+                    }
                 }
-            };
-            let (status, error) = match result {
-                Ok(ended) => ended,
-                Err(e) => (RunStatus::Failed, Some(format!("run thread panicked: {e}"))),
-            };
-            end(&cx, status, error, permit).await
+                return end(&cx, status, error, permit.take()).await;
+            }
         });
         RunHandle {
             run_id,
@@ -741,12 +744,64 @@ impl ResumePlan {
     }
 }
 
+/// What a run's records say an attempt resuming it must replay (finished steps), apply
+/// again (journaled intents), and wait for what is left (waits begun).
+fn earlier_from(records: &[&Record]) -> Earlier {
+    let mut earlier = Earlier {
+        gate: crate::approval::Gate::replay(records.iter().copied()),
+        ..Earlier::default()
+    };
+    for record in records {
+        match &record.body {
+            RecordBody::StepFinished {
+                step,
+                name,
+                status: StepStatus::Ok | StepStatus::Replayed | StepStatus::Skipped,
+                outputs,
+                ..
+            } => {
+                earlier.finished.insert(
+                    *step,
+                    Replay {
+                        name: name.clone(),
+                        outputs: outputs.clone(),
+                    },
+                );
+            }
+            RecordBody::StepStarted {
+                step, name, intent, ..
+            } => {
+                earlier.started_at.insert(*step, record.time);
+                if let Some(intent) = intent {
+                    earlier
+                        .intents
+                        .insert(*step, (name.clone(), intent.clone()));
+                }
+            }
+            RecordBody::EventJoined { status, .. } if status == "resolved" => {
+                earlier.resolved = true;
+            }
+            _ => {}
+        }
+    }
+    // An intent (or a wait) whose step ended, in any way, is not pending any more.
+    for record in records {
+        if let RecordBody::StepFinished { step, .. } = &record.body {
+            earlier.intents.remove(step);
+            earlier.started_at.remove(step);
+        }
+    }
+    earlier
+}
+
 /// How an inline attempt ended.
 enum Inline {
     /// The run is over (its records are pending, for [`end`] to journal).
     Ended(RunStatus, Option<String>),
     /// It needs a blocking thread; here is its `ctx` back, and the run is as if never begun.
     NeedsThread(Result<Dynamic, Box<EvalAltResult>>),
+    /// It parked in a long sleep (see [`park`]); here is its `ctx` for the attempt after.
+    Parked(Dynamic),
 }
 
 /// Tries the script on this async worker (see `RunContext::inline`): scripts of local steps
@@ -778,12 +833,94 @@ fn execute_inline(
                 .expect("ctx stays in the scope");
             Inline::NeedsThread(Ok(ctx))
         }
+        Err(_) if cx.stopped() == Some(Stop::Parked) => {
+            // What it did up to its sleep happened: its held lines go out.
+            cx.complete_inline();
+            let ctx = scope
+                .remove::<Dynamic>("ctx")
+                .expect("ctx stays in the scope");
+            Inline::Parked(ctx)
+        }
         result => {
             cx.complete_inline();
             let (status, error) = classify(result, cx);
             Inline::Ended(status, error)
         }
     }
+}
+
+/// [`park`], giving the run's slot back while it waits (a parked run has no script in
+/// memory) and taking one again before its next attempt. A runner that stopped taking runs
+/// meanwhile suspends it (it resumes at the next start).
+async fn park_without_slot(
+    cx: &RunContext,
+    permit: &mut Option<OwnedSemaphorePermit>,
+    slots: &Arc<Semaphore>,
+) -> Result<(), Stop> {
+    permit.take();
+    park(cx).await?;
+    match slots.clone().acquire_owned().await {
+        Ok(slot) => {
+            *permit = Some(slot);
+            Ok(())
+        }
+        Err(_) => {
+            cx.set_stop(Stop::Suspended);
+            Err(Stop::Suspended)
+        }
+    }
+}
+
+/// Waits, without a thread, for the sleep the script parked in (see [`RunnerConfig::park_after`]),
+/// then rewinds the run to replay its journal up to that sleep. A stop meanwhile ends the wait:
+/// the sleep is journaled as stopped (a suspension leaves it open, to resume), and the stop is
+/// returned.
+async fn park(cx: &RunContext) -> Result<(), Stop> {
+    let Some(parked) = cx.unpark() else {
+        return Err(Stop::Cancelled);
+    };
+    // What the script did up to its sleep is durable before the thread-less wait.
+    if let Err(message) = cx.flush(Vec::new()).await {
+        // Nothing goes on that the journal does not hold.
+        warn!(run_id = %cx.meta.run_id, error = %message, "a parked run's records could not be journaled; stopping it");
+        cx.set_stop(Stop::Cancelled);
+        return Err(cx.stopped().unwrap_or(Stop::Cancelled));
+    }
+    let waited = {
+        let _waiting = step::Waiting::begin();
+        cx.until_stopped(tokio::time::sleep_until(tokio::time::Instant::from_std(
+            parked.until,
+        )))
+        .await
+    };
+    if let Err(stop) = waited {
+        if stop != Stop::Suspended {
+            let stopped = step::LeafResult::stopped(stop);
+            let _ = cx
+                .flush(vec![RecordBody::StepFinished {
+                    step: parked.step,
+                    name: parked.name,
+                    status: stopped.status,
+                    outputs: Value::Null,
+                    error: stopped.outcome.err(),
+                    duration_ms: parked.began.elapsed().as_millis() as u64,
+                    attempts: stopped.attempts,
+                }])
+                .await;
+        }
+        return Err(stop);
+    }
+    let records = cx
+        .journal
+        .records_for_run(&cx.meta.run_id)
+        .map_err(|e| {
+            error!(run_id = %cx.meta.run_id, error = %e, "cannot read a parked run back from the journal; cancelling it");
+            cx.set_stop(Stop::Cancelled);
+            Stop::Cancelled
+        })?;
+    let records: Vec<&Record> = records.iter().collect();
+    cx.rewind(earlier_from(&records));
+    Ok(())
 }
 
 /// Runs the script on this (blocking) thread; returns how it ended.
@@ -808,7 +945,7 @@ async fn end(
     cx: &RunContext,
     status: RunStatus,
     error: Option<String>,
-    permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
 ) -> RunOutcome {
     let outcome = if cx.stopped() == Some(Stop::Suspended) {
         // What the run did so far is journaled; its end is not, so it resumes.
@@ -883,6 +1020,7 @@ fn classify(
             "over_budget" => Some(Stop::OverBudget),
             "denied" => Some(Stop::Denied),
             "expired" => Some(Stop::Expired),
+            "parked" => Some(Stop::Parked),
             _ => Some(Stop::Cancelled),
         },
         _ => cx.check_stop(),
@@ -900,6 +1038,11 @@ fn classify(
         Some(Stop::Suspended) => (
             RunStatus::Cancelled,
             Some("suspended for shutdown".to_owned()),
+        ),
+        // The runner wakes a parked run; a script never ends parked.
+        Some(Stop::Parked) => (
+            RunStatus::Failed,
+            Some("the run parked where it cannot be woken".to_owned()),
         ),
         Some(Stop::TimedOut) => (
             RunStatus::TimedOut,

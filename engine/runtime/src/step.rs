@@ -57,6 +57,9 @@ pub(crate) enum Stop {
     Denied = 5,
     /// Nobody approved in time.
     Expired = 6,
+    /// A long `sleep` gave its thread back: the script unwinds and the run waits without
+    /// one, then replays to the sleep (see `Runner` `park`). Not an end.
+    Parked = 7,
 }
 
 impl Stop {
@@ -68,6 +71,7 @@ impl Stop {
             Stop::OverBudget => "over_budget",
             Stop::Denied => "denied",
             Stop::Expired => "expired",
+            Stop::Parked => "parked",
         }
     }
 
@@ -96,6 +100,31 @@ pub(crate) type StartSignal = oneshot::Sender<Result<(), AuditError>>;
 pub(crate) struct Replay {
     pub name: String,
     pub outputs: Value,
+}
+
+/// An earlier attempt's steps, as the running attempt replays them.
+#[derive(Debug, Default)]
+pub(crate) struct Replaying {
+    /// Steps that finished, by number: they return their journaled output.
+    pub finished: HashMap<u32, Replay>,
+    /// Intents journaled whose steps never finished, by number.
+    pub intents: HashMap<u32, (String, Value)>,
+    /// When steps that never finished began, by number (a wait goes on for what it had left).
+    pub started_at: HashMap<u32, jiff::Timestamp>,
+    /// Replaying after a park: replayed steps and the parked step's start are in the trail
+    /// already and are not journaled again.
+    pub quiet: bool,
+}
+
+/// A `sleep` that gave its thread back (see [`RunContext::park`]).
+#[derive(Debug, Clone)]
+pub(crate) struct ParkedStep {
+    pub step: u32,
+    pub name: String,
+    /// When the wait ends.
+    pub until: Instant,
+    /// When the step began (for its duration).
+    pub began: Instant,
 }
 
 /// What an earlier attempt of this run left in the journal.
@@ -192,12 +221,12 @@ pub(crate) struct RunContext {
     pub max_sleep: Duration,
     pub retry: RetryPolicy,
     pub action_timeout: Duration,
-    /// Finished steps of an earlier attempt, by step number.
-    pub replay: HashMap<u32, Replay>,
-    /// Intents journaled by an earlier attempt whose steps never finished, by step number.
-    pub intents: HashMap<u32, (String, Value)>,
-    /// When steps of an earlier attempt that never finished began, by step number.
-    started_at: HashMap<u32, jiff::Timestamp>,
+    /// What earlier attempts of the run left: replayed, not run again.
+    replaying: std::sync::Mutex<Replaying>,
+    /// Sleeps at least this long give their thread back while they wait (`None`: never).
+    pub(crate) park_after: Option<Duration>,
+    /// The sleep the script parked in, until the runner wakes it.
+    parked: std::sync::Mutex<Option<ParkedStep>>,
     next_step: AtomicU32,
     stop: AtomicU8,
     /// Records waiting for the next durable write, in order. Held across that write, so a
@@ -270,9 +299,14 @@ impl RunContext {
             max_sleep: settings.limits.max_sleep,
             retry: settings.retry,
             action_timeout: settings.action_timeout,
-            replay: earlier.finished,
-            intents: earlier.intents,
-            started_at: earlier.started_at,
+            replaying: std::sync::Mutex::new(Replaying {
+                finished: earlier.finished,
+                intents: earlier.intents,
+                started_at: earlier.started_at,
+                quiet: false,
+            }),
+            park_after: settings.park_after,
+            parked: std::sync::Mutex::new(None),
             next_step: AtomicU32::new(1),
             stop: AtomicU8::new(0),
             pending: tokio::sync::Mutex::new(Vec::new()),
@@ -344,10 +378,72 @@ impl RunContext {
     /// How long step `step` already ran in an earlier attempt that was stopped inside it (a
     /// resumed wait waits only for what was left); zero for a step that is new.
     pub(crate) fn already_waited(&self, step: u32) -> Duration {
-        self.started_at
+        self.replaying
+            .lock()
+            .expect("replay lock")
+            .started_at
             .get(&step)
             .and_then(|at| Duration::try_from(jiff::Timestamp::now().duration_since(*at)).ok())
             .unwrap_or_default()
+    }
+
+    /// The number the next step will get.
+    pub(crate) fn peek_step(&self) -> u32 {
+        self.next_step.load(Ordering::Relaxed)
+    }
+
+    /// Whether step `step` finished in an earlier attempt (it replays its output).
+    pub(crate) fn replays(&self, step: u32) -> bool {
+        self.replaying
+            .lock()
+            .expect("replay lock")
+            .finished
+            .contains_key(&step)
+    }
+
+    /// Whether step `step`'s `StepStarted` is journaled: not when the script replays to a
+    /// step it parked in (that start is in the trail already).
+    pub(crate) fn journals_start(&self, step: u32) -> bool {
+        let replaying = self.replaying.lock().expect("replay lock");
+        !(replaying.quiet && replaying.started_at.contains_key(&step))
+    }
+
+    /// Parks the script in step `step` (a sleep of `wait`): the script unwinds, its thread is
+    /// free, and the runner wakes the run when the wait is over.
+    pub(crate) fn park(&self, step: u32, name: &str, wait: Duration, began: Instant) -> LeafResult {
+        *self.parked.lock().expect("parked lock") = Some(ParkedStep {
+            step,
+            name: name.to_owned(),
+            until: Instant::now() + wait,
+            began,
+        });
+        self.set_stop(Stop::Parked);
+        if self.stopped() != Some(Stop::Parked) {
+            // Stopped for real meanwhile: that stop wins.
+            self.parked.lock().expect("parked lock").take();
+            return LeafResult::stopped(self.stopped().unwrap_or(Stop::Cancelled));
+        }
+        LeafResult::stopped(Stop::Parked)
+    }
+
+    /// The step the script parked in, if it did; the run is no longer stopped by it.
+    pub(crate) fn unpark(&self) -> Option<ParkedStep> {
+        let parked = self.parked.lock().expect("parked lock").take()?;
+        let _ =
+            self.stop
+                .compare_exchange(Stop::Parked as u8, 0, Ordering::Relaxed, Ordering::Relaxed);
+        Some(parked)
+    }
+
+    /// Makes the next attempt replay what the journal holds of the run, quietly, from step 1.
+    pub(crate) fn rewind(&self, earlier: Earlier) {
+        *self.replaying.lock().expect("replay lock") = Replaying {
+            finished: earlier.finished,
+            intents: earlier.intents,
+            started_at: earlier.started_at,
+            quiet: true,
+        };
+        self.next_step.store(1, Ordering::Relaxed);
     }
 
     /// A span for step `step` under the innermost open composite step, or the run.
@@ -597,6 +693,7 @@ impl RunContext {
             4 => Some(Stop::OverBudget),
             5 => Some(Stop::Denied),
             6 => Some(Stop::Expired),
+            7 => Some(Stop::Parked),
             _ => None,
         }
     }
@@ -856,14 +953,15 @@ pub(crate) fn begin(cx: &RunContext, name: &str) -> Result<Begin, ScriptError> {
             "resume diverged at step {step}: the journal has `{journaled}` there, the script now calls `{name}`"
         ))
     };
-    if let Some((journaled, intent)) = cx.intents.get(&step) {
+    let replaying = cx.replaying.lock().expect("replay lock");
+    if let Some((journaled, intent)) = replaying.intents.get(&step) {
         return if journaled == name {
             Ok(Begin::Resumed(step, intent.clone()))
         } else {
             Err(diverged(journaled))
         };
     }
-    match cx.replay.get(&step) {
+    match replaying.finished.get(&step) {
         None => Ok(Begin::Live(step)),
         Some(replay) if replay.name == name => Ok(Begin::Replayed(step, replay.outputs.clone())),
         Some(replay) => Err(diverged(&replay.name)),
@@ -878,6 +976,10 @@ pub(crate) fn finish_replayed(
     outputs: Value,
 ) -> Result<Dynamic, ScriptError> {
     let dynamic = to_dynamic(&outputs)?;
+    if cx.replaying.lock().expect("replay lock").quiet {
+        // Replaying after a park: the step is in the trail once already.
+        return Ok(dynamic);
+    }
     cx.defer(vec![RecordBody::StepFinished {
         step,
         name: name.to_owned(),
@@ -916,6 +1018,7 @@ pub(crate) fn run_leaf(
     };
     let mut pending = Vec::with_capacity(3);
     match durability {
+        _ if !cx.journals_start(step) => {}
         Durability::WriteAhead => cx.journal(vec![started_record])?,
         Durability::Deferred => pending.push(started_record),
     }
@@ -929,8 +1032,9 @@ pub(crate) fn run_leaf(
         Ok(v) => (v.clone(), None),
         Err(e) => (Value::Null, Some(e.clone())),
     };
-    // A step stopped by a suspension has no end: it runs again when the run resumes.
-    if result.stop != Some(Stop::Suspended) {
+    // A step stopped by a suspension has no end: it runs again when the run resumes. A
+    // parked one ends when the run, woken, replays to it.
+    if !matches!(result.stop, Some(Stop::Suspended | Stop::Parked)) {
         pending.push(RecordBody::StepFinished {
             step,
             name: name.to_owned(),

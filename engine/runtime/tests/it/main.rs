@@ -4,6 +4,7 @@
 mod budget;
 mod connectors;
 mod fake;
+mod park;
 mod resume;
 mod sandbox;
 mod steps;

@@ -771,7 +771,9 @@ fn earlier_from(records: &[&Record]) -> Earlier {
             RecordBody::StepStarted {
                 step, name, intent, ..
             } => {
-                earlier.started_at.insert(*step, record.time);
+                // The wait began at the step's first start: a resumed or woken step journals
+                // its start again, and waits only what is left of the first.
+                earlier.started_at.entry(*step).or_insert(record.time);
                 if let Some(intent) = intent {
                     earlier
                         .intents

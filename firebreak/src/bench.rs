@@ -52,6 +52,10 @@ pub struct BenchArgs {
     /// `--remedy`: alerts per second.
     #[arg(long, default_value_t = 20)]
     pub remedy_rate: u64,
+    /// Engine replicas sharing the work (with `--nats`): alerts go to them round-robin, by
+    /// client connection; the figures are for all of them together.
+    #[arg(long, default_value_t = 1)]
+    pub replicas: usize,
     /// Measure N runs waiting in a step at once, a SIGTERM and their resume after a restart
     /// instead (see `bench_waiting`).
     #[arg(long, value_name = "N")]
@@ -67,42 +71,67 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
     if let Some(n) = args.waiting {
         return crate::bench_waiting::bench(args, n).await;
     }
+    let replicas = args.replicas.max(1);
+    if replicas > 1 && args.nats.is_none() {
+        bail!("--replicas needs --nats: replicas share the work through JetStream");
+    }
     let dir = tempfile::tempdir().context("creating a temp dir")?;
     let runbooks = dir.path().join("runbooks");
     write_runbooks(&runbooks)?;
     let (nats_url, _nats, bus) = bus_for(&args, dir.path()).await?;
 
-    let port = free_port()?;
-    let base = format!("http://127.0.0.1:{port}");
-    let started = Instant::now();
-    let mut server = spawn_server(dir.path(), &runbooks, port, nats_url.as_deref())?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.clients)
         .build()?;
-    wait_ready(&http, &base, &mut server).await?;
+    let started = Instant::now();
+    let mut servers = Vec::with_capacity(replicas);
+    for i in 0..replicas {
+        // Each replica has its own data dir (journal, replica id); the first keeps `data`.
+        let home = if i == 0 {
+            dir.path().to_path_buf()
+        } else {
+            dir.path().join(format!("replica-{i}"))
+        };
+        std::fs::create_dir_all(&home)?;
+        let port = free_port()?;
+        let child = spawn_server(&home, &runbooks, port, nats_url.as_deref())?;
+        servers.push(Replica {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            addr: ([127, 0, 0, 1], port).into(),
+            journal: home.join("data/audit.jsonl"),
+        });
+    }
+    for server in &mut servers {
+        wait_ready(&http, &server.base, &mut server.child).await?;
+    }
     let ready = started.elapsed();
-    let pid = server.id().context("server exited")?;
+    let pids = servers
+        .iter()
+        .map(|s| s.child.id().context("server exited"))
+        .collect::<Result<Vec<u32>>>()?;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let idle_rss = rss_kib(pid, "VmRSS:")?;
+    let idle_rss = rss_kib(pids[0], "VmRSS:")?;
     eprintln!(
-        "bench: server ready in {:.0} ms, idle RSS {:.1} MiB ({bus} bus)",
+        "bench: {replicas} server(s) ready in {:.0} ms, idle RSS {:.1} MiB ({bus} bus)",
         ms(ready),
         idle_rss as f64 / 1024.0
     );
 
     // Throughput: every alert accepted, run, and its audit records durable.
     let nats_pid = _nats.as_ref().and_then(NatsChild::pid);
-    let cpu_before = (cpu_seconds(pid)?, nats_pid.map(cpu_seconds).transpose()?);
+    let engines_cpu = |pids: &[u32]| -> Result<f64> { pids.iter().map(|p| cpu_seconds(*p)).sum() };
+    let cpu_before = (engines_cpu(&pids)?, nats_pid.map(cpu_seconds).transpose()?);
+    let addrs: Vec<std::net::SocketAddr> = servers.iter().map(|s| s.addr).collect();
     let t0 = Instant::now();
-    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-    post_all(addr, 0, args.alerts, args.clients).await?;
+    post_all(&addrs, 0, args.alerts, args.clients).await?;
     let posted = t0.elapsed();
-    wait_finished(&http, &base, args.alerts as u64, &mut server).await?;
+    wait_finished(&http, &mut servers, args.alerts as u64).await?;
     let total = t0.elapsed();
     let throughput = args.alerts as f64 / total.as_secs_f64();
     // Server CPU per alert over the throughput phase (the load generator's own is not in it).
     let per_alert = |before: f64, after: f64| (after - before) * 1e6 / args.alerts as f64;
-    let engine_cpu = per_alert(cpu_before.0, cpu_seconds(pid)?);
+    let engine_cpu = per_alert(cpu_before.0, engines_cpu(&pids)?);
     let nats_cpu = match (cpu_before.1, nats_pid) {
         (Some(before), Some(p)) => Some(per_alert(before, cpu_seconds(p)?)),
         _ => None,
@@ -116,18 +145,26 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
 
     // Latency at a paced rate.
     let paced = (args.rate * args.paced_seconds) as usize;
-    let sent = post_paced(addr, args.alerts, paced, args.rate, args.clients).await?;
-    wait_finished(&http, &base, (args.alerts + paced) as u64, &mut server).await?;
-    let latencies = start_latencies(&dir.path().join("data/audit.jsonl"), &sent)?;
-    let peak_rss = rss_kib(pid, "VmHWM:")?;
-    let _ = server.kill().await;
+    let sent = post_paced(&addrs, args.alerts, paced, args.rate, args.clients).await?;
+    wait_finished(&http, &mut servers, (args.alerts + paced) as u64).await?;
+    let journals: Vec<&Path> = servers.iter().map(|s| s.journal.as_path()).collect();
+    let latencies = start_latencies(&journals, &sent)?;
+    let peak_rss = rss_kib(pids[0], "VmHWM:")?;
+    for server in &mut servers {
+        let _ = server.child.kill().await;
+    }
 
     let (p50, p99) = percentiles(latencies);
     let nats_cpu = nats_cpu
         .map(|c| format!(" + nats-server {c:.0} µs"))
         .unwrap_or_default();
+    let label = if replicas > 1 {
+        format!("{bus} x{replicas}")
+    } else {
+        bus.to_owned()
+    };
     println!(
-        "bench[{bus}]: {throughput:.0} alerts/s end to end ({} alerts, {} clients, {RUNBOOKS} runbooks), \
+        "bench[{label}]: {throughput:.0} alerts/s end to end ({} alerts, {} clients, {RUNBOOKS} runbooks), \
          server CPU {engine_cpu:.0} µs/alert{nats_cpu}, \
          start latency p50 {p50:.2} ms p99 {p99:.2} ms at {} alerts/s, idle RSS {:.1} MiB, peak RSS {:.1} MiB, ready in {:.0} ms",
         args.alerts,
@@ -138,6 +175,14 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
         ms(ready),
     );
     Ok(())
+}
+
+/// One `firebreak serve` under load.
+struct Replica {
+    child: Child,
+    base: String,
+    addr: std::net::SocketAddr,
+    journal: PathBuf,
 }
 
 /// The bus `--nats` asks for: its URL (none: embedded), the private nats-server to keep alive
@@ -302,16 +347,18 @@ impl Conn {
     }
 }
 
+/// Posts alerts `first..first + n` as fast as `clients` keep-alive connections go; client `k`
+/// talks to `addrs[k % addrs.len()]`.
 pub(crate) async fn post_all(
-    addr: std::net::SocketAddr,
+    addrs: &[std::net::SocketAddr],
     first: usize,
     n: usize,
     clients: usize,
 ) -> Result<()> {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(first));
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..clients {
-        let mut conn = Conn::open(addr).await?;
+    for k in 0..clients {
+        let mut conn = Conn::open(addrs[k % addrs.len()]).await?;
         let next = next.clone();
         tasks.spawn(async move {
             loop {
@@ -332,15 +379,15 @@ pub(crate) async fn post_all(
 /// Posts `n` alerts at `rate`/s over a pool of `clients` connections; returns (seq, wall-clock
 /// send time). A send waiting for a free connection counts that wait in its latency.
 async fn post_paced(
-    addr: std::net::SocketAddr,
+    addrs: &[std::net::SocketAddr],
     first: usize,
     n: usize,
     rate: u64,
     clients: usize,
 ) -> Result<Vec<(usize, SystemTime)>> {
     let (give_back, pool) = tokio::sync::mpsc::unbounded_channel();
-    for _ in 0..clients {
-        give_back.send(Conn::open(addr).await?)?;
+    for k in 0..clients {
+        give_back.send(Conn::open(addrs[k % addrs.len()]).await?)?;
     }
     let pool = Arc::new(tokio::sync::Mutex::new(pool));
     let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate.max(1)));
@@ -369,29 +416,27 @@ async fn post_paced(
     Ok(sent)
 }
 
-/// Polls `/metrics` until `firebreak_runs_finished_total` reaches `n`.
-async fn wait_finished(
-    http: &reqwest::Client,
-    base: &str,
-    n: u64,
-    server: &mut Child,
-) -> Result<()> {
+/// Polls every server's `/metrics` until their `firebreak_runs_finished_total` add up to `n`.
+async fn wait_finished(http: &reqwest::Client, servers: &mut [Replica], n: u64) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        if let Some(status) = server.try_wait()? {
-            bail!("`firebreak serve` exited under load: {status}");
+        let mut finished = 0;
+        for server in servers.iter_mut() {
+            if let Some(status) = server.child.try_wait()? {
+                bail!("`firebreak serve` exited under load: {status}");
+            }
+            let text = http
+                .get(format!("{}/metrics", server.base))
+                .send()
+                .await?
+                .text()
+                .await?;
+            finished += text
+                .lines()
+                .filter(|l| l.starts_with("firebreak_runs_finished_total"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>() as u64;
         }
-        let text = http
-            .get(format!("{base}/metrics"))
-            .send()
-            .await?
-            .text()
-            .await?;
-        let finished: u64 = text
-            .lines()
-            .filter(|l| l.starts_with("firebreak_runs_finished_total"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64;
         if finished >= n {
             return Ok(());
         }
@@ -403,28 +448,30 @@ async fn wait_finished(
 }
 
 /// Latency from each paced POST to its run's RunStarted record.
-fn start_latencies(journal: &Path, sent: &[(usize, SystemTime)]) -> Result<Vec<f64>> {
+fn start_latencies(journals: &[&Path], sent: &[(usize, SystemTime)]) -> Result<Vec<f64>> {
     use std::collections::HashMap;
     let sent: HashMap<String, SystemTime> = sent
         .iter()
         .map(|(seq, at)| (seq.to_string(), *at))
         .collect();
-    let text = std::fs::read_to_string(journal)
-        .with_context(|| format!("reading {}", journal.display()))?;
     let mut out = Vec::with_capacity(sent.len());
-    for line in text.lines() {
-        let v: serde_json::Value = serde_json::from_str(line)?;
-        if v["body"]["type"] != "run_started" {
-            continue;
+    // Every segment of every replica's journal: a busy run seals segments as it goes.
+    for journal in journals {
+        let reader = firebreak_audit::JournalReader::open(journal)
+            .with_context(|| format!("reading {}", journal.display()))?;
+        for record in reader.iter_all()? {
+            let record = record?;
+            let firebreak_audit::RecordBody::RunStarted { event, .. } = &record.body else {
+                continue;
+            };
+            let Some(seq) = event["data"]["labels"]["seq"].as_str() else {
+                continue;
+            };
+            let Some(at) = sent.get(seq) else { continue };
+            let started = SystemTime::from(record.time);
+            let latency = started.duration_since(*at).unwrap_or_default();
+            out.push(ms(latency));
         }
-        let Some(seq) = v["body"]["event"]["data"]["labels"]["seq"].as_str() else {
-            continue;
-        };
-        let Some(at) = sent.get(seq) else { continue };
-        let started: jiff::Timestamp = v["time"].as_str().unwrap_or_default().parse()?;
-        let started = SystemTime::from(started);
-        let latency = started.duration_since(*at).unwrap_or_default();
-        out.push(ms(latency));
     }
     if out.len() != sent.len() {
         bail!(

@@ -45,7 +45,7 @@ pub async fn bench(args: BenchArgs, n: usize) -> Result<()> {
     let pid = server.id().context("server exited")?;
     let t0 = Instant::now();
     let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-    post_all(addr, 0, n, args.clients).await?;
+    post_all(&[addr], 0, n, args.clients).await?;
     wait_waiting(&http, &base, n, &mut server).await?;
     let all_waiting = t0.elapsed();
     let rss = rss_kib(pid, "VmRSS:")?;

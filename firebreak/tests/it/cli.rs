@@ -222,6 +222,57 @@ async fn bench_prints_one_summary_line() {
     }
 }
 
+/// `firebreak bench --waiting`, small: runs waiting at once, a SIGTERM, a restart that
+/// resumes them all; one summary line.
+#[tokio::test(flavor = "multi_thread")]
+async fn waiting_bench_prints_one_summary_line() {
+    let out = firebreak(&["bench", "--waiting", "40", "--clients", "4"], &[])
+        .await
+        .ok("bench --waiting");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    for part in [
+        "bench[waiting]: 40 runs waiting in a step at once: RSS ",
+        "SIGTERM stopped them in ",
+        "all 40 resumed and waiting again in ",
+    ] {
+        assert!(lines[0].contains(part), "{part:?} missing: {}", lines[0]);
+    }
+}
+
+/// `firebreak bench --replicas 2` shares the alerts between two engines on one JetStream and
+/// counts the runs of both.
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_with_two_replicas_counts_both() {
+    let out = firebreak(
+        &[
+            "bench",
+            "--nats",
+            "spawn",
+            "--replicas",
+            "2",
+            "--alerts",
+            "200",
+            "--clients",
+            "4",
+            "--paced-seconds",
+            "1",
+            "--rate",
+            "50",
+        ],
+        &[],
+    )
+    .await
+    .ok("bench --replicas 2");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    assert!(
+        lines[0].starts_with("bench[jetstream x2]: ") && lines[0].contains("+ nats-server "),
+        "{}",
+        lines[0]
+    );
+}
+
 /// `firebreak bench --remedy`, small: alert → remedy written for both scenarios' shipped
 /// runbooks against kubesim, one summary line with a p50 and p99 of each.
 #[tokio::test(flavor = "multi_thread")]

@@ -158,7 +158,8 @@ pub(crate) const SPECS: &[BuiltinSpec] = &[
         signatures: &["wait_resolved(timeout)"],
         doc: "Waits until an event joins the run saying its incident resolved, at most \
               `timeout` (milliseconds, or text like `\"5m\"`). Ended early like `sleep`; a \
-              resumed run waits only what was left.",
+              resumed run waits only what was left. Like `sleep`, a wait of 2 s or more parks \
+              the run (no thread, no run slot) until the resolution or the timeout.",
         journaled: Journaled::WriteAhead,
         returns: "bool: whether the incident resolved in time",
         errors: &[StepErrorDoc {
@@ -563,31 +564,46 @@ fn ms(value: Dynamic) -> Result<rhai::INT, ScriptError> {
 /// `wait_resolved(timeout)`: waits until an event joins the run saying its incident resolved,
 /// at most `timeout` (ms, or `"5m"`); returns whether it did. Bounded like `sleep`.
 fn wait_resolved(timeout: Dynamic) -> Result<Dynamic, ScriptError> {
-    let wait = parse_wait(&timeout);
+    let parsed = parse_wait(&timeout);
     let shown = timeout.to_string();
+    let cx = current()?;
+    let step = cx.peek_step();
+    // Resumed inside this wait: only what was left of it.
+    let wait = match parsed {
+        Ok(w) if w <= cx.max_sleep => Ok(w.saturating_sub(cx.already_waited(step))),
+        Ok(_) => Err(format!(
+            "wait_resolved({shown}): the wait must be at most {} ms",
+            cx.max_sleep.as_millis()
+        )),
+        Err(message) => Err(format!("wait_resolved: {message}")),
+    };
+    // A long wait for an incident still open parks, as a long `sleep` does; a joined event
+    // saying it resolved wakes the run early.
+    let parks = !cx.resolved()
+        && wait
+            .as_ref()
+            .is_ok_and(|wait| cx.park_after.is_some_and(|after| *wait >= after));
+    let durability = if parks || cx.replays(step) {
+        Durability::Deferred
+    } else {
+        Durability::WriteAhead
+    };
+    drop(cx);
     run_leaf(
         "wait_resolved",
         json!({ "timeout": shown }),
-        Durability::WriteAhead,
+        durability,
         |cx, step| {
             let wait = match wait {
-                Ok(w) if w <= cx.max_sleep => w.saturating_sub(cx.already_waited(step)),
-                Ok(_) => {
-                    return LeafResult::failed(
-                        "invalid_argument",
-                        format!(
-                            "wait_resolved({shown}): the wait must be at most {} ms",
-                            cx.max_sleep.as_millis()
-                        ),
-                    );
-                }
-                Err(message) => {
-                    return LeafResult::failed(
-                        "invalid_argument",
-                        format!("wait_resolved: {message}"),
-                    );
-                }
+                Ok(wait) => wait,
+                Err(message) => return LeafResult::failed("invalid_argument", message),
             };
+            if parks {
+                let began = Instant::now()
+                    .checked_sub(cx.already_waited(step))
+                    .unwrap_or_else(Instant::now);
+                return cx.park(step, "wait_resolved", wait, began);
+            }
             let _waiting = step::Waiting::begin();
             match cx.handle.block_on(cx.until_stopped(cx.wait_resolved(wait))) {
                 Ok(resolved) => LeafResult::ok(Value::Bool(resolved)),

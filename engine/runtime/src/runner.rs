@@ -890,10 +890,15 @@ async fn park(cx: &RunContext) -> Result<(), Stop> {
     }
     let waited = {
         let _waiting = step::Waiting::begin();
-        cx.until_stopped(tokio::time::sleep_until(tokio::time::Instant::from_std(
-            parked.until,
-        )))
-        .await
+        let left = parked
+            .until
+            .saturating_duration_since(std::time::Instant::now());
+        if parked.name == "wait_resolved" {
+            // A joined event saying the incident resolved ends it early.
+            cx.until_stopped(cx.wait_resolved(left)).await.map(drop)
+        } else {
+            cx.until_stopped(tokio::time::sleep(left)).await
+        }
     };
     if let Err(stop) = waited {
         if stop != Stop::Suspended {

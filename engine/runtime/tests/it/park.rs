@@ -224,3 +224,73 @@ fn a_run_parks_without_ever_taking_a_thread() {
         );
     });
 }
+
+/// A long `wait_resolved` parks too, and a joined event saying the incident resolved wakes
+/// the run at once: it returns `true`, the event in the trail before the wait's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_wait_resolved_wakes_when_its_incident_resolves() {
+    let h = harness(Registry::new(), parking());
+    let handle = h
+        .runner
+        .start(plan(
+            "p5",
+            r#"let r = wait_resolved("20s"); log(`resolved ${r}`); r"#,
+        ))
+        .await
+        .unwrap();
+    let link = handle.link();
+    wait_for(&h, "p5", "started 1 wait_resolved").await;
+    let joined_at = Instant::now();
+    link.join(firebreak_runtime::JoinedEvent {
+        event_id: "ev-r".into(),
+        status: "resolved".into(),
+        summary: "alertmanager/resolved HighLatency".into(),
+    })
+    .await
+    .expect("joined");
+    let outcome = tokio::time::timeout(Duration::from_secs(5), handle.join())
+        .await
+        .expect("woken by the resolution");
+    assert!(joined_at.elapsed() < Duration::from_secs(3));
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
+    let records = h.journal.records_for_run("p5").unwrap();
+    assert_eq!(
+        kinds(&records),
+        [
+            "run_started",
+            "started 1 wait_resolved",
+            "event_joined",
+            "finished 1 wait_resolved ok",
+            "started 2 log",
+            "finished 2 log ok",
+            "run_finished"
+        ]
+    );
+    match &records[3].body {
+        RecordBody::StepFinished { outputs, .. } => assert_eq!(outputs, &serde_json::json!(true)),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A parked `wait_resolved` whose incident stays open returns `false` after its timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_wait_resolved_times_out_false() {
+    let h = harness(Registry::new(), parking());
+    let started = Instant::now();
+    let (outcome, records) = run(&h, plan("p6", r#"wait_resolved(900)"#)).await;
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
+    assert_eq!(
+        kinds(&records),
+        [
+            "run_started",
+            "started 1 wait_resolved",
+            "finished 1 wait_resolved ok",
+            "run_finished"
+        ]
+    );
+    match &records[2].body {
+        RecordBody::StepFinished { outputs, .. } => assert_eq!(outputs, &serde_json::json!(false)),
+        other => panic!("{other:?}"),
+    }
+}

@@ -38,7 +38,7 @@ use firebreak_runtime::{
 };
 use futures::StreamExt;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::runbooks::{Loaded, Runbooks};
 
@@ -615,7 +615,8 @@ impl Dispatcher {
                 return;
             }
             finish(&*state, &key, &outcome.run_id, cooldown).await;
-            info!(run_id = %outcome.run_id, status = %outcome.status, error = outcome.error.as_deref().unwrap_or(""), "run finished");
+            // The runtime logged the end; this is the key's release after it.
+            debug!(run_id = %outcome.run_id, key = %key, "run's key released");
         });
     }
 }

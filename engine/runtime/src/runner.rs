@@ -20,7 +20,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::approval::{Decision, DecisionError, Pending, Standing};
 use crate::policy::RetryPolicy;
@@ -400,7 +400,8 @@ impl Runner {
         let handle = self.launch(cx, plan.ast, ctx, permit);
         match journaled.await {
             Ok(Ok(())) => {
-                info!(run_id = %run_id, "run started");
+                // The dispatcher logs the start with its runbook, key and event.
+                debug!(run_id = %run_id, "run started");
                 Ok(handle)
             }
             Ok(Err(source)) => Err(RuntimeError::Journal { run_id, source }),
@@ -999,7 +1000,7 @@ async fn finish(cx: &RunContext, status: RunStatus, mut error: Option<String>) -
             _ => "run",
         }),
     );
-    info!(run_id = %cx.meta.run_id, runbook = %cx.meta.runbook, status = %status, steps = cx.steps(), "run finished");
+    info!(run_id = %cx.meta.run_id, runbook = %cx.meta.runbook, status = %status, steps = cx.steps(), error = error.as_deref().unwrap_or(""), "run finished");
     RunOutcome {
         run_id: cx.meta.run_id.clone(),
         status,

@@ -76,7 +76,7 @@ pub(crate) const SPECS: &[BuiltinSpec] = &[
     BuiltinSpec {
         name: "sleep",
         signatures: &["sleep(ms)"],
-        doc: "Waits `ms` milliseconds (an int: `sleep(ms(\"5m\"))` for text). A cancel or the \
+        doc: "Waits `ms` milliseconds (an int, or text like `\"20s\"`, `\"5m\"`). A cancel or the \
               run's timeout ends it early; a run suspended for a shutdown waits only what was \
               left of it when it resumes. A wait of 2 s or more parks the run: it holds no \
               thread and no run slot while it waits.",
@@ -84,7 +84,7 @@ pub(crate) const SPECS: &[BuiltinSpec] = &[
         returns: "`()`",
         errors: &[StepErrorDoc {
             kind: "invalid_argument",
-            when: "`ms` is negative or longer than the longest wait (see the limits)",
+            when: "`ms` is negative, not a wait, or longer than the longest wait (see the limits)",
         }],
     },
     BuiltinSpec {
@@ -191,6 +191,7 @@ pub(crate) fn register(engine: &mut Engine) {
     engine.register_fn("wait_resolved", wait_resolved);
     engine.register_fn("log", log);
     engine.register_fn("sleep", sleep);
+    engine.register_fn("sleep", sleep_text);
     engine.register_fn("approve", approve);
     engine.register_fn("now", now);
     engine.register_fn("fail", fail);
@@ -402,6 +403,19 @@ pub(crate) fn sleep(ms: rhai::INT) -> Result<Dynamic, ScriptError> {
             Err(stop) => LeafResult::stopped(stop),
         }
     })
+}
+
+/// `sleep("20s")`: [`sleep`] with the wait as text, as `wait_resolved` takes it.
+fn sleep_text(wait: ImmutableString) -> Result<Dynamic, ScriptError> {
+    match parse_wait(&Dynamic::from(wait.clone())) {
+        Ok(wait) => sleep(rhai::INT::try_from(wait.as_millis()).unwrap_or(rhai::INT::MAX)),
+        Err(message) => run_leaf(
+            "sleep",
+            json!({ "ms": wait.as_str() }),
+            Durability::Deferred,
+            |_, _| LeafResult::failed("invalid_argument", format!("sleep: {message}")),
+        ),
+    }
 }
 
 /// `approve(why)`: asks for the run's approval here, before anything is decided (the

@@ -295,6 +295,27 @@ async fn a_join_after_an_inline_run_ended_is_refused_as_finished() {
     assert_eq!(answer, Err(JoinError::Finished));
 }
 
+/// `sleep` takes its wait as text too (`sleep("20s")` used to fail with Rhai's bare "Function
+/// not found"); text that is no wait is a clear step error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sleep_takes_text_and_refuses_text_that_is_no_wait() {
+    let h = harness(Registry::new(), config());
+    let started = std::time::Instant::now();
+    let (outcome, records) = run(&h, plan("s1", r#"sleep("300ms"); 1"#)).await;
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(
+        kinds(&records).contains(&"finished 1 sleep ok".to_owned()),
+        "{records:?}"
+    );
+    let (outcome, _) = run(&h, plan("s2", r#"sleep("soon")"#)).await;
+    let error = outcome.error.unwrap_or_default();
+    assert!(
+        error.contains("invalid_argument") && error.contains("\"soon\" is not a wait like"),
+        "{error}"
+    );
+}
+
 /// `wait_resolved` without a resolution returns false after its timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_resolved_times_out_false() {

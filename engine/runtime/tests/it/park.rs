@@ -47,7 +47,7 @@ async fn a_parked_sleep_leaves_the_same_trail_as_a_slept_one() {
             "run_finished"
         ]
     );
-    verify(&h.journal.path()).expect("the chain verifies");
+    verify(h.journal.path()).expect("the chain verifies");
 }
 
 /// Twenty runs sleeping at once on a runtime with two blocking threads and two run slots:

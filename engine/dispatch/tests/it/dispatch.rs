@@ -7,7 +7,7 @@ use firebreak_audit::RecordBody;
 use firebreak_bus::testutil::Settled;
 use serde_json::json;
 
-use crate::{Backend, Gated, H, alert, all_records, finished, started, summary};
+use crate::{Backend, H, alert, all_records, finished, started, summary};
 
 const QUICK: &[(&str, &str)] = &[
     (
@@ -391,14 +391,7 @@ async fn a_dry_run_neither_blocks_nor_cools_down_the_real_run() {
 /// was released.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alert_while_the_last_run_releases_its_lock_starts_its_own_run() {
-    let mut gated = None;
-    let h = H::wrapped(QUICK, |state| {
-        let g = Gated::new(state);
-        gated = Some(g.clone());
-        g
-    })
-    .await;
-    let gated = gated.unwrap();
+    let (h, gated) = H::gated(QUICK).await;
     gated.unlock.arm();
     let first = alert(
         "first",
@@ -460,14 +453,7 @@ const WAITING: &[(&str, &str)] = &[
 /// engine replica".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alert_while_its_keys_run_starts_joins_that_run() {
-    let mut gated = None;
-    let h = H::wrapped(WAITING, |state| {
-        let g = Gated::new(state);
-        gated = Some(g.clone());
-        g
-    })
-    .await;
-    let gated = gated.unwrap();
+    let (h, gated) = H::gated(WAITING).await;
     let h = Arc::new(h);
     gated.cooldown.arm();
     let first = alert(

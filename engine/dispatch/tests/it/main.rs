@@ -68,6 +68,18 @@ impl H {
         H::open_with(dir, None, wrap).await
     }
 
+    /// A fresh embedded engine whose state store calls the test can hold (see [`Gated`]).
+    pub async fn gated(files: &[(&str, &str)]) -> (H, Arc<Gated>) {
+        let mut gated = None;
+        let h = H::wrapped(files, |state| {
+            let g = Gated::new(state);
+            gated = Some(g.clone());
+            g
+        })
+        .await;
+        (h, gated.expect("the store was wrapped"))
+    }
+
     /// The engine on `dir` (a restart: the journal and state as left; in-memory locks gone).
     pub async fn open(dir: TempDir, nats: Option<Arc<NatsServer>>) -> H {
         H::open_with(dir, nats, |state| state).await

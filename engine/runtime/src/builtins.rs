@@ -371,12 +371,7 @@ pub(crate) fn sleep(ms: rhai::INT) -> Result<Dynamic, ScriptError> {
         .map(Duration::from_millis)
         .filter(|wait| *wait <= max)
         .map(|wait| wait.saturating_sub(cx.already_waited(step)));
-    let parks = wait.is_some_and(|wait| cx.park_after.is_some_and(|after| wait >= after));
-    let durability = if parks || cx.replays(step) {
-        Durability::Deferred
-    } else {
-        Durability::WriteAhead
-    };
+    let (parks, durability) = cx.plan_wait(step, wait, true);
     drop(cx);
     run_leaf("sleep", json!({ "ms": ms }), durability, |cx, step| {
         let Some(wait) = wait else {
@@ -389,10 +384,7 @@ pub(crate) fn sleep(ms: rhai::INT) -> Result<Dynamic, ScriptError> {
             );
         };
         if parks {
-            let began = Instant::now()
-                .checked_sub(cx.already_waited(step))
-                .unwrap_or_else(Instant::now);
-            return cx.park(step, "sleep", wait, began);
+            return cx.park(step, "sleep", wait);
         }
         let _waiting = step::Waiting::begin();
         match cx
@@ -593,15 +585,7 @@ fn wait_resolved(timeout: Dynamic) -> Result<Dynamic, ScriptError> {
     };
     // A long wait for an incident still open parks, as a long `sleep` does; a joined event
     // saying it resolved wakes the run early.
-    let parks = !cx.resolved()
-        && wait
-            .as_ref()
-            .is_ok_and(|wait| cx.park_after.is_some_and(|after| *wait >= after));
-    let durability = if parks || cx.replays(step) {
-        Durability::Deferred
-    } else {
-        Durability::WriteAhead
-    };
+    let (parks, durability) = cx.plan_wait(step, wait.as_ref().ok().copied(), !cx.resolved());
     drop(cx);
     run_leaf(
         "wait_resolved",
@@ -613,10 +597,7 @@ fn wait_resolved(timeout: Dynamic) -> Result<Dynamic, ScriptError> {
                 Err(message) => return LeafResult::failed("invalid_argument", message),
             };
             if parks {
-                let began = Instant::now()
-                    .checked_sub(cx.already_waited(step))
-                    .unwrap_or_else(Instant::now);
-                return cx.park(step, "wait_resolved", wait, began);
+                return cx.park(step, "wait_resolved", wait);
             }
             let _waiting = step::Waiting::begin();
             match cx.handle.block_on(cx.until_stopped(cx.wait_resolved(wait))) {

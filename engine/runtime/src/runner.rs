@@ -621,32 +621,30 @@ impl Runner {
             let mut permit = Some(permit);
             // Fast path: short scripts of local steps finish right here, on the worker.
             // `first`: the attempt on a thread may still owe the run's first durable write.
-            let (ctx, mut first) = match execute_inline(&engine, &ast, &cx, ctx) {
+            // `parked`: the last attempt parked in a long wait (see `park`).
+            let (ctx, mut first, mut parked) = match execute_inline(&engine, &ast, &cx, ctx) {
                 Inline::Ended(status, error) => {
                     cx.leave_inline(true).await;
                     return end(&cx, status, error, permit.take()).await;
                 }
-                Inline::NeedsThread(ctx) => {
+                Inline::NeedsThread(Ok(ctx)) => (ctx, true, false),
+                Inline::NeedsThread(Err(error)) => {
                     cx.leave_inline(false).await;
-                    match ctx {
-                        Ok(ctx) => (ctx, true),
-                        Err(error) => {
-                            let (status, error) = classify(Err(error), &cx);
-                            return end(&cx, status, error, permit.take()).await;
-                        }
-                    }
+                    let (status, error) = classify(Err(error), &cx);
+                    return end(&cx, status, error, permit.take()).await;
                 }
                 // Parked without ever needing a thread: woken, it goes on on one.
-                Inline::Parked(ctx) => {
-                    cx.leave_inline(false).await;
+                Inline::Parked(ctx) => (ctx, false, true),
+            };
+            cx.leave_inline(false).await;
+            loop {
+                if std::mem::take(&mut parked) {
+                    // Woken, the script runs again, replaying up to its wait.
                     if let Err(stop) = park_without_slot(&cx, &mut permit, &slots).await {
                         let (status, error) = classify(Err(stop.error()), &cx);
                         return end(&cx, status, error, permit.take()).await;
                     }
-                    (ctx, false)
                 }
-            };
-            loop {
                 let (script_cx, engine, ast, ctx) =
                     (cx.clone(), engine.clone(), ast.clone(), ctx.clone());
                 let script = tokio::task::spawn_blocking(move || {
@@ -670,14 +668,8 @@ impl Runner {
                     Err(e) => (RunStatus::Failed, Some(format!("run thread panicked: {e}"))),
                 };
                 if cx.stopped() == Some(Stop::Parked) {
-                    match park_without_slot(&cx, &mut permit, &slots).await {
-                        // Woken: the script runs again, replaying up to its sleep.
-                        Ok(()) => continue,
-                        Err(stop) => {
-                            let (status, error) = classify(Err(stop.error()), &cx);
-                            return end(&cx, status, error, permit.take()).await;
-                        }
-                    }
+                    parked = true;
+                    continue;
                 }
                 return end(&cx, status, error, permit.take()).await;
             }

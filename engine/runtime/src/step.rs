@@ -408,14 +408,33 @@ impl RunContext {
         !(replaying.quiet && replaying.started_at.contains_key(&step))
     }
 
-    /// Parks the script in step `step` (a sleep of `wait`): the script unwinds, its thread is
-    /// free, and the runner wakes the run when the wait is over.
-    pub(crate) fn park(&self, step: u32, name: &str, wait: Duration, began: Instant) -> LeafResult {
+    /// How the wait of step `step` with `wait` left is journaled, and whether it parks: a
+    /// wait that parks (if `may_park` and it is long enough), or one replayed, may run on the
+    /// async worker, its start journaled by the park's write before the wait.
+    pub(crate) fn plan_wait(
+        &self,
+        step: u32,
+        wait: Option<Duration>,
+        may_park: bool,
+    ) -> (bool, Durability) {
+        let parks = may_park && wait.is_some_and(|w| self.park_after.is_some_and(|a| w >= a));
+        let durability = if parks || self.replays(step) {
+            Durability::Deferred
+        } else {
+            Durability::WriteAhead
+        };
+        (parks, durability)
+    }
+
+    /// Parks the script in step `step` (a wait with `wait` left): the script unwinds, its
+    /// thread is free, and the runner wakes the run when the wait is over.
+    pub(crate) fn park(&self, step: u32, name: &str, wait: Duration) -> LeafResult {
+        let now = Instant::now();
         *self.parked.lock().expect("parked lock") = Some(ParkedStep {
             step,
             name: name.to_owned(),
-            until: Instant::now() + wait,
-            began,
+            until: now + wait,
+            began: now.checked_sub(self.already_waited(step)).unwrap_or(now),
         });
         self.set_stop(Stop::Parked);
         if self.stopped() != Some(Stop::Parked) {

@@ -93,14 +93,12 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
             dir.path().join(format!("replica-{i}"))
         };
         std::fs::create_dir_all(&home)?;
-        let port = free_port()?;
-        let child = spawn_server(&home, &runbooks, port, nats_url.as_deref())?;
-        servers.push(Replica {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            addr: ([127, 0, 0, 1], port).into(),
-            journal: home.join("data/audit.jsonl"),
-        });
+        servers.push(Replica::spawn(
+            &home,
+            &runbooks,
+            nats_url.as_deref(),
+            &[("FIREBREAK_KUBERNETES_DISABLED", "1".into())],
+        )?);
     }
     for server in &mut servers {
         wait_ready(&http, &server.base, &mut server.child).await?;
@@ -111,7 +109,7 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
         .map(|s| s.child.id().context("server exited"))
         .collect::<Result<Vec<u32>>>()?;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let idle_rss = rss_kib(pids[0], "VmRSS:")?;
+    let idle_rss = status_field(pids[0], "VmRSS:")?;
     eprintln!(
         "bench: {replicas} server(s) ready in {:.0} ms, idle RSS {:.1} MiB ({bus} bus)",
         ms(ready),
@@ -126,7 +124,7 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
     let t0 = Instant::now();
     post_all(&addrs, 0, args.alerts, args.clients).await?;
     let posted = t0.elapsed();
-    wait_finished(&http, &mut servers, args.alerts as u64).await?;
+    wait_metric(&http, &mut servers, RUNS_FINISHED, args.alerts as u64).await?;
     let total = t0.elapsed();
     let throughput = args.alerts as f64 / total.as_secs_f64();
     // Server CPU per alert over the throughput phase (the load generator's own is not in it).
@@ -146,10 +144,16 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
     // Latency at a paced rate.
     let paced = (args.rate * args.paced_seconds) as usize;
     let sent = post_paced(&addrs, args.alerts, paced, args.rate, args.clients).await?;
-    wait_finished(&http, &mut servers, (args.alerts + paced) as u64).await?;
+    wait_metric(
+        &http,
+        &mut servers,
+        RUNS_FINISHED,
+        (args.alerts + paced) as u64,
+    )
+    .await?;
     let journals: Vec<&Path> = servers.iter().map(|s| s.journal.as_path()).collect();
     let latencies = start_latencies(&journals, &sent)?;
-    let peak_rss = rss_kib(pids[0], "VmHWM:")?;
+    let peak_rss = status_field(pids[0], "VmHWM:")?;
     for server in &mut servers {
         let _ = server.child.kill().await;
     }
@@ -178,12 +182,33 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
 }
 
 /// One `firebreak serve` under load.
-struct Replica {
-    child: Child,
-    base: String,
-    addr: std::net::SocketAddr,
+pub(crate) struct Replica {
+    pub(crate) child: Child,
+    pub(crate) base: String,
+    pub(crate) addr: std::net::SocketAddr,
     journal: PathBuf,
 }
+
+impl Replica {
+    /// `firebreak serve` on a free port with its data in `home/data`, `env` added.
+    pub(crate) fn spawn(
+        home: &Path,
+        runbooks: &Path,
+        nats: Option<&str>,
+        env: &[(&str, String)],
+    ) -> Result<Replica> {
+        let port = free_port()?;
+        Ok(Replica {
+            child: spawn_server_with(home, runbooks, port, nats, env)?,
+            base: format!("http://127.0.0.1:{port}"),
+            addr: ([127, 0, 0, 1], port).into(),
+            journal: home.join("data/audit.jsonl"),
+        })
+    }
+}
+
+/// The counter the throughput waits on.
+const RUNS_FINISHED: &str = "firebreak_runs_finished_total";
 
 /// The bus `--nats` asks for: its URL (none: embedded), the private nats-server to keep alive
 /// for `spawn`, and its name for the summary line.
@@ -229,16 +254,6 @@ fn write_runbooks(dir: &Path) -> Result<()> {
         )?;
     }
     Ok(())
-}
-
-fn spawn_server(dir: &Path, runbooks: &Path, port: u16, nats: Option<&str>) -> Result<Child> {
-    spawn_server_with(
-        dir,
-        runbooks,
-        port,
-        nats,
-        &[("FIREBREAK_KUBERNETES_DISABLED", "1".into())],
-    )
 }
 
 /// `firebreak serve` on `port` with `env` added.
@@ -416,11 +431,17 @@ async fn post_paced(
     Ok(sent)
 }
 
-/// Polls every server's `/metrics` until their `firebreak_runs_finished_total` add up to `n`.
-async fn wait_finished(http: &reqwest::Client, servers: &mut [Replica], n: u64) -> Result<()> {
+/// Polls every server's `/metrics` until `metric` (summed over its label sets and the
+/// servers) reaches `n`.
+pub(crate) async fn wait_metric(
+    http: &reqwest::Client,
+    servers: &mut [Replica],
+    metric: &str,
+    n: u64,
+) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let mut finished = 0;
+        let mut total = 0;
         for server in servers.iter_mut() {
             if let Some(status) = server.child.try_wait()? {
                 bail!("`firebreak serve` exited under load: {status}");
@@ -431,17 +452,20 @@ async fn wait_finished(http: &reqwest::Client, servers: &mut [Replica], n: u64) 
                 .await?
                 .text()
                 .await?;
-            finished += text
+            total += text
                 .lines()
-                .filter(|l| l.starts_with("firebreak_runs_finished_total"))
+                .filter(|l| {
+                    l.strip_prefix(metric)
+                        .is_some_and(|rest| rest.starts_with([' ', '{']))
+                })
                 .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
                 .sum::<f64>() as u64;
         }
-        if finished >= n {
+        if total >= n {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("only {finished} of {n} runs finished within 300s");
+            bail!("{metric} reached only {total} of {n} within 300s");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -509,7 +533,8 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok((ticks(11)? + ticks(12)?) / 100.0)
 }
 
-pub(crate) fn rss_kib(pid: u32, field: &str) -> Result<u64> {
+/// A number field of `/proc/PID/status` (`VmRSS:` and `VmHWM:` in KiB, `Threads:`).
+pub(crate) fn status_field(pid: u32, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use tokio::process::Child;
 
-use crate::bench::{BenchArgs, free_port, post_all, rss_kib, spawn_server_with, wait_ready};
+use crate::bench::{BenchArgs, Replica, post_all, status_field, wait_metric, wait_ready};
 
 pub async fn bench(args: BenchArgs, n: usize) -> Result<()> {
     let dir = tempfile::tempdir().context("creating a temp dir")?;
@@ -38,18 +38,15 @@ pub async fn bench(args: BenchArgs, n: usize) -> Result<()> {
     let env = [("FIREBREAK_KUBERNETES_DISABLED", "1".to_owned())];
     let http = reqwest::Client::new();
 
-    let port = free_port()?;
-    let base = format!("http://127.0.0.1:{port}");
-    let mut server = spawn_server_with(dir.path(), &runbooks, port, None, &env)?;
-    wait_ready(&http, &base, &mut server).await?;
-    let pid = server.id().context("server exited")?;
+    let mut server = Replica::spawn(dir.path(), &runbooks, None, &env)?;
+    wait_ready(&http, &server.base, &mut server.child).await?;
+    let pid = server.child.id().context("server exited")?;
     let t0 = Instant::now();
-    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-    post_all(&[addr], 0, n, args.clients).await?;
-    wait_waiting(&http, &base, n, &mut server).await?;
+    post_all(&[server.addr], 0, n, args.clients).await?;
+    wait_metric(&http, std::slice::from_mut(&mut server), WAITING, n as u64).await?;
     let all_waiting = t0.elapsed();
-    let rss = rss_kib(pid, "VmRSS:")?;
-    let threads = rss_kib(pid, "Threads:")?;
+    let rss = status_field(pid, "VmRSS:")?;
+    let threads = status_field(pid, "Threads:")?;
     eprintln!(
         "bench: {n} runs waiting after {:.2}s, RSS {:.0} MiB, {threads} threads",
         all_waiting.as_secs_f64(),
@@ -57,20 +54,18 @@ pub async fn bench(args: BenchArgs, n: usize) -> Result<()> {
     );
 
     let stop = Instant::now();
-    terminate(&mut server).await?;
+    terminate(&mut server.child).await?;
     let stopped = stop.elapsed();
 
-    let port = free_port()?;
-    let base = format!("http://127.0.0.1:{port}");
     let restart = Instant::now();
-    let mut server = spawn_server_with(dir.path(), &runbooks, port, None, &env)?;
-    wait_ready(&http, &base, &mut server).await?;
+    let mut server = Replica::spawn(dir.path(), &runbooks, None, &env)?;
+    wait_ready(&http, &server.base, &mut server.child).await?;
     let ready = restart.elapsed();
-    wait_waiting(&http, &base, n, &mut server).await?;
+    wait_metric(&http, std::slice::from_mut(&mut server), WAITING, n as u64).await?;
     let resumed = restart.elapsed();
-    let pid = server.id().context("server exited")?;
-    let rss_after = rss_kib(pid, "VmRSS:")?;
-    let _ = server.kill().await;
+    let pid = server.child.id().context("server exited")?;
+    let rss_after = status_field(pid, "VmRSS:")?;
+    let _ = server.child.kill().await;
     println!(
         "bench[waiting]: {n} runs waiting in a step at once: RSS {:.0} MiB ({threads} threads), \
          all waiting {:.2}s after the first alert; SIGTERM stopped them in {:.2}s; after a restart \
@@ -101,35 +96,5 @@ async fn terminate(server: &mut Child) -> Result<()> {
     Ok(())
 }
 
-/// Polls `/metrics` until `firebreak_runs_waiting` reaches `n`.
-async fn wait_waiting(
-    http: &reqwest::Client,
-    base: &str,
-    n: usize,
-    server: &mut Child,
-) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        if let Some(status) = server.try_wait()? {
-            bail!("`firebreak serve` exited: {status}");
-        }
-        let text = http
-            .get(format!("{base}/metrics"))
-            .send()
-            .await?
-            .text()
-            .await?;
-        let waiting = text
-            .lines()
-            .find_map(|l| l.strip_prefix("firebreak_runs_waiting "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0) as usize;
-        if waiting >= n {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("only {waiting} of {n} runs waiting within 300s");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+/// The gauge of runs waiting in a step.
+const WAITING: &str = "firebreak_runs_waiting";

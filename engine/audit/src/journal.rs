@@ -530,6 +530,11 @@ struct Shared {
     healthy: AtomicBool,
     /// Failures to inject, for tests and drills (see [`Journal::inject_failures`]).
     faults: Faults,
+    /// Every durable record, for whoever follows the journal live (see [`Journal::subscribe`]).
+    watch: tokio::sync::broadcast::Sender<Arc<Record>>,
+    /// With a mirror: where the syncer hands durable appends, in journal order, for
+    /// [`mirror_loop`] to publish before they are answered.
+    mirror: Mutex<Option<mpsc::UnboundedSender<Vec<DurableAppend>>>>,
 }
 
 impl Shared {
@@ -612,6 +617,8 @@ impl JournalReader {
                 index: Mutex::new(index),
                 healthy: AtomicBool::new(true),
                 faults: Faults::default(),
+                watch: tokio::sync::broadcast::channel(1).0,
+                mirror: Mutex::new(None),
             }),
         })
     }
@@ -823,7 +830,10 @@ fn open_sealed(layout: &Layout, path: &Path) -> Result<Vec<SegmentFile>, AuditEr
 
 /// Where a caller waits for its sealed records.
 /// The sealed records and, if asked for, their journal lines.
-type Reply = oneshot::Sender<Result<(Vec<Record>, Vec<u8>), AuditError>>;
+type Reply = oneshot::Sender<Result<Vec<Record>, AuditError>>;
+
+/// One append made durable: its waiter, its records and (with a mirror) their lines.
+type DurableAppend = (Reply, Vec<Record>, Vec<u8>);
 
 /// What a caller asks of the writer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -880,12 +890,11 @@ pub struct Journal {
     reader: JournalReader,
     tx: Option<mpsc::UnboundedSender<Pending>>,
     writer: Option<JoinHandle<()>>,
-    mirror: Option<Arc<dyn AuditMirror>>,
-    /// Every durable record, for whoever follows the journal live (see [`Journal::subscribe`]).
-    watch: tokio::sync::broadcast::Sender<Arc<Record>>,
+    /// Whether a mirror takes the records (their lines are kept for it).
+    mirrored: bool,
     /// Records `open` wrote itself (the opening checkpoint, a relink notice) and their lines,
-    /// until the first publish takes them to the mirror.
-    opening: Mutex<Option<(Vec<Record>, Vec<u8>)>>,
+    /// for a mirror to publish before anything else.
+    opening: Option<(Vec<Record>, Vec<u8>)>,
     /// Held for the journal's life: one writer per journal.
     _lock: File,
 }
@@ -1032,6 +1041,8 @@ impl Journal {
             index: Mutex::new(index),
             healthy: AtomicBool::new(true),
             faults: Faults::default(),
+            watch: tokio::sync::broadcast::channel(WATCH_BACKLOG).0,
+            mirror: Mutex::new(None),
         });
         if let Some(history) = history {
             let shared = shared.clone();
@@ -1051,16 +1062,26 @@ impl Journal {
             reader: JournalReader { shared },
             tx: Some(tx),
             writer: Some(writer),
-            mirror: None,
-            watch: tokio::sync::broadcast::channel(WATCH_BACKLOG).0,
-            opening: Mutex::new(opening),
+            mirrored: false,
+            opening,
             _lock: lock,
         })
     }
 
-    /// Also publishes every appended record to `mirror`; a mirror failure fails the append.
+    /// Also publishes every appended record to `mirror`, in journal order, before the append
+    /// is answered; a mirror failure fails the append. A record is published (and followers
+    /// get it) even when its caller stopped waiting. Call within a Tokio runtime: the
+    /// publishing runs on a task of its own.
     pub fn with_mirror(mut self, mirror: Arc<dyn AuditMirror>) -> Journal {
-        self.mirror = Some(mirror);
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(mirror_loop(
+            mirror,
+            rx,
+            self.reader.shared.clone(),
+            self.opening.take(),
+        ));
+        *self.reader.shared.mirror.lock().expect("mirror lock") = Some(tx);
+        self.mirrored = true;
         self
     }
 
@@ -1085,6 +1106,12 @@ impl Journal {
         Ok(records)
     }
 
+    /// Waits until every append made before this call is durable and mirrored (also those
+    /// whose callers stopped waiting), so whoever reads the mirror next sees all of them.
+    pub async fn settled(&self) -> Result<(), AuditError> {
+        self.send(Request::Append, Vec::new()).await.map(drop)
+    }
+
     /// Signs a checkpoint now if records were appended since the last one; `last`: the
     /// engine is stopping (always signed; nothing but a new engine's records may follow).
     /// The engine calls this every few seconds and as it stops. Returns the checkpoint, if
@@ -1106,47 +1133,19 @@ impl Journal {
             .send(Pending {
                 request,
                 drafts,
-                keep_lines: self.mirror.is_some(),
+                keep_lines: self.mirrored,
                 reply,
             })
             .map_err(|_| AuditError::Closed)?;
-        let (records, lines) = answer.await.map_err(|_| AuditError::Closed)??;
-        if let Some(mirror) = &self.mirror
-            && !records.is_empty()
-        {
-            let opening = self.opening.lock().expect("opening lock").clone();
-            let published = match opening {
-                // What `open` wrote goes out first, with the first records after it (until a
-                // publish takes them; a reader drops repeats by `seq`).
-                Some((mut first, mut first_lines)) => {
-                    first.extend(records.iter().cloned());
-                    first_lines.extend_from_slice(&lines);
-                    let published = mirror
-                        .publish(&first, bytes::Bytes::from(first_lines))
-                        .await;
-                    if published.is_ok() {
-                        *self.opening.lock().expect("opening lock") = None;
-                    }
-                    published
-                }
-                None => mirror.publish(&records, bytes::Bytes::from(lines)).await,
-            };
-            published.map_err(|(seq, message)| AuditError::Mirror { seq, message })?;
-        }
-        if self.watch.receiver_count() > 0 {
-            for record in &records {
-                let _ = self.watch.send(Arc::new(record.clone()));
-            }
-        }
-        Ok(records)
+        answer.await.map_err(|_| AuditError::Closed)?
     }
 
     /// Follows the journal live: every record appended from now on, once durable (and
-    /// mirrored). Records of one caller arrive in order; callers racing may interleave. A
+    /// mirrored), in journal order. A
     /// follower more than [`WATCH_BACKLOG`] records behind loses the oldest (it is told, as
     /// `RecvError::Lagged`); the journal itself never waits for followers.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Record>> {
-        self.watch.subscribe()
+        self.reader.shared.watch.subscribe()
     }
 
     /// Whether the journal can write: `false` from a failed write or sync until a later one
@@ -1235,6 +1234,13 @@ impl Drop for Journal {
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
         }
+        // The mirror task publishes what it holds, then ends.
+        self.reader
+            .shared
+            .mirror
+            .lock()
+            .expect("mirror lock")
+            .take();
     }
 }
 
@@ -1655,7 +1661,7 @@ fn writer_loop(
                 set_healthy(&shared.healthy, true);
             }
             for reply in probes.drain(..) {
-                let _ = reply.send(Ok((Vec::new(), Vec::new())));
+                let _ = reply.send(Ok(Vec::new()));
             }
         }
     }
@@ -2001,11 +2007,12 @@ fn sync_ready(ready: &mut Vec<Written>, shared: &Shared, pipeline: &Pipeline) {
             let count: usize = ready.iter().map(|w| w.batch.len()).sum();
             debug!(appends = count, bytes = tail.len, "audit batch durable");
             *pipeline.durable.lock().expect("durable tail lock") = tail;
-            for written in ready.drain(..) {
-                for (reply, records, _, lines) in written.batch {
-                    let _ = reply.send(Ok((records, lines)));
-                }
-            }
+            let durable = ready
+                .drain(..)
+                .flat_map(|w| w.batch)
+                .map(|(reply, records, _, lines)| (reply, records, lines))
+                .collect();
+            deliver(shared, durable);
         }
         Err(source) => {
             set_healthy(&shared.healthy, false);
@@ -2020,6 +2027,105 @@ fn sync_ready(ready: &mut Vec<Written>, shared: &Shared, pipeline: &Pipeline) {
                     let _ = reply.send(Err(poisoned(shared, &source)));
                 }
             }
+        }
+    }
+}
+
+/// Durable appends, in journal order: to the mirror when there is one (it answers them once
+/// published), else to their followers and callers now.
+fn deliver(shared: &Shared, durable: Vec<DurableAppend>) {
+    let mirror = shared.mirror.lock().expect("mirror lock").clone();
+    let Some(mirror) = mirror else {
+        for (reply, records, _) in durable {
+            follow(shared, &records);
+            let _ = reply.send(Ok(records));
+        }
+        return;
+    };
+    if let Err(mpsc::error::SendError(durable)) = mirror.send(durable) {
+        // The runtime that ran the mirror is gone: nothing can publish them.
+        for (reply, records, _) in durable {
+            let seq = records.first().map_or(0, |r| r.seq);
+            let _ = reply.send(Err(AuditError::Mirror {
+                seq,
+                message: "the audit mirror stopped".into(),
+            }));
+        }
+    }
+}
+
+/// Hands `records` to the journal's followers.
+fn follow(shared: &Shared, records: &[Record]) {
+    if shared.watch.receiver_count() > 0 {
+        for record in records {
+            let _ = shared.watch.send(Arc::new(record.clone()));
+        }
+    }
+}
+
+/// Publishes durable appends to the mirror one group at a time, in journal order (whatever
+/// arrived while the last publish ran goes in one publish), then answers them and hands their
+/// records to followers. `opening` goes out with the first group. Runs until the journal is
+/// dropped, whether or not the appends' callers still wait.
+async fn mirror_loop(
+    mirror: Arc<dyn AuditMirror>,
+    mut rx: mpsc::UnboundedReceiver<Vec<DurableAppend>>,
+    shared: Arc<Shared>,
+    mut opening: Option<(Vec<Record>, Vec<u8>)>,
+) {
+    let mut records: Vec<Record> = Vec::new();
+    let mut lines: Vec<u8> = Vec::new();
+    while let Some(mut group) = rx.recv().await {
+        while let Ok(more) = rx.try_recv() {
+            group.extend(more);
+        }
+        records.clear();
+        lines.clear();
+        if let Some((first, first_lines)) = &opening {
+            records.extend(first.iter().cloned());
+            lines.extend_from_slice(first_lines);
+        }
+        let mut counts = Vec::with_capacity(group.len());
+        let mut answers = Vec::with_capacity(group.len());
+        for (reply, mut own, own_lines) in group {
+            counts.push(own.len());
+            answers.push(reply);
+            records.append(&mut own);
+            lines.extend_from_slice(&own_lines);
+        }
+        let published = if records.is_empty() {
+            Ok(())
+        } else {
+            mirror
+                .publish(&records, bytes::Bytes::from(std::mem::take(&mut lines)))
+                .await
+        };
+        let failed = published.err();
+        let mut rest = records.drain(..);
+        if let Some((first, _)) = &opening {
+            rest.by_ref().take(first.len()).for_each(drop);
+            if failed
+                .as_ref()
+                .is_none_or(|(seq, _)| first.iter().all(|r| r.seq < *seq))
+            {
+                opening = None;
+            }
+        }
+        for (reply, count) in answers.into_iter().zip(counts) {
+            let own: Vec<Record> = rest.by_ref().take(count).collect();
+            let answer = match &failed {
+                Some((seq, message)) if own.iter().any(|r| r.seq >= *seq) => {
+                    Err(AuditError::Mirror {
+                        seq: *seq,
+                        message: message.clone(),
+                    })
+                }
+                _ => {
+                    follow(&shared, &own);
+                    Ok(own)
+                }
+            };
+            let _ = reply.send(answer);
         }
     }
 }

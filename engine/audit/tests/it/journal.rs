@@ -283,6 +283,126 @@ async fn the_mirror_gets_every_record_with_its_journal_line_and_its_failure_fail
     assert!(err.to_string().contains("stream unavailable"));
 }
 
+/// A mirror whose publishes wait at a gate the test opens, and that notes each record's seq
+/// as its publish completes.
+struct GatedMirror {
+    gate: tokio::sync::Semaphore,
+    /// Each publish first waits this long (the first call only), to let a later one overtake.
+    slow_first: std::time::Duration,
+    calls: std::sync::atomic::AtomicU32,
+    seen: Mutex<Vec<u64>>,
+}
+
+impl GatedMirror {
+    fn new(open: bool, slow_first: std::time::Duration) -> Arc<GatedMirror> {
+        Arc::new(GatedMirror {
+            gate: tokio::sync::Semaphore::new(if open {
+                tokio::sync::Semaphore::MAX_PERMITS
+            } else {
+                0
+            }),
+            slow_first,
+            calls: Default::default(),
+            seen: Mutex::default(),
+        })
+    }
+
+    async fn wait_seen(&self, seqs: &[u64]) -> Vec<u64> {
+        for _ in 0..500 {
+            if self.seen.lock().unwrap().len() >= seqs.len() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl AuditMirror for GatedMirror {
+    fn publish<'a>(
+        &'a self,
+        records: &'a [Record],
+        _lines: bytes::Bytes,
+    ) -> BoxFuture<'a, Result<(), (u64, String)>> {
+        Box::pin(async move {
+            if self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                tokio::time::sleep(self.slow_first).await;
+            }
+            self.gate.acquire().await.unwrap().forget();
+            self.seen
+                .lock()
+                .unwrap()
+                .extend(records.iter().map(|r| r.seq));
+            Ok(())
+        })
+    }
+}
+
+/// A caller that stops waiting for its append (a step cancelled or suspended mid-append)
+/// does not take the record's publication with it: what the journal holds, the mirror gets,
+/// and so does whoever follows the journal.
+#[tokio::test]
+async fn an_append_given_up_by_its_caller_still_reaches_the_mirror_and_followers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = GatedMirror::new(false, std::time::Duration::ZERO);
+    let journal = Journal::open(dir.path().join("audit.jsonl"))
+        .unwrap()
+        .with_mirror(mirror.clone());
+    let mut follower = journal.subscribe();
+    let drafts = run_drafts("r1");
+    let given_up = tokio::time::timeout(
+        std::time::Duration::from_millis(200),
+        journal.append(drafts[0].clone()),
+    )
+    .await;
+    assert!(given_up.is_err(), "the append waits for the gated mirror");
+    assert_eq!(journal.records_for_run("r1").unwrap().len(), 1, "durable");
+    mirror.gate.add_permits(tokio::sync::Semaphore::MAX_PERMITS);
+    assert_eq!(mirror.wait_seen(&[1]).await, vec![1], "the mirror got it");
+    let followed = tokio::time::timeout(std::time::Duration::from_secs(5), follower.recv())
+        .await
+        .expect("the follower gets the record")
+        .unwrap();
+    assert_eq!(followed.seq, 1);
+    journal.append(drafts[1].clone()).await.unwrap();
+    assert_eq!(mirror.wait_seen(&[1, 2]).await, vec![1, 2]);
+}
+
+/// Two callers appending one after the other: the mirror and the followers get the records
+/// in the journal's order even when the first publish is the slower one, so the last record a
+/// stream holds of a run is the journal's last.
+#[tokio::test]
+async fn the_mirror_and_followers_get_records_in_journal_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = GatedMirror::new(true, std::time::Duration::from_millis(300));
+    let journal = Arc::new(
+        Journal::open(dir.path().join("audit.jsonl"))
+            .unwrap()
+            .with_mirror(mirror.clone()),
+    );
+    let mut follower = journal.subscribe();
+    let drafts = run_drafts("r1");
+    let first = tokio::spawn({
+        let (journal, draft) = (journal.clone(), drafts[0].clone());
+        async move { journal.append(draft).await.unwrap().seq }
+    });
+    // The first record is durable (its publish is under way) before the second is appended.
+    for _ in 0..100 {
+        if !journal.records_for_run("r1").unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let second = journal.append(drafts[1].clone()).await.unwrap().seq;
+    assert_eq!((first.await.unwrap(), second), (1, 2));
+    assert_eq!(mirror.wait_seen(&[1, 2]).await, vec![1, 2]);
+    let followed = [
+        follower.recv().await.unwrap().seq,
+        follower.recv().await.unwrap().seq,
+    ];
+    assert_eq!(followed, [1, 2]);
+}
+
 #[tokio::test]
 async fn bad_paths_get_clear_errors_and_an_empty_journal_verifies() {
     let dir = tempfile::tempdir().unwrap();

@@ -948,8 +948,13 @@ async fn end(
     permit: Option<OwnedSemaphorePermit>,
 ) -> RunOutcome {
     let outcome = if cx.stopped() == Some(Stop::Suspended) {
-        // What the run did so far is journaled; its end is not, so it resumes.
-        let flushed = cx.flush(Vec::new()).await;
+        // What the run did so far is journaled; its end is not, so it resumes. Settled: a
+        // record of a step dropped mid-append reaches the mirror too, before the run's lease
+        // goes to a replica that reads the mirror.
+        let flushed = match cx.flush(Vec::new()).await {
+            Ok(()) => cx.journal.settled().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
         info!(run_id = %cx.meta.run_id, steps = cx.steps(), journaled = flushed.is_ok(), "run suspended (a shutdown, or its lease went to another replica); it resumes elsewhere or at the next start");
         RunOutcome {
             run_id: cx.meta.run_id.clone(),

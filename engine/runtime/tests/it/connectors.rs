@@ -319,6 +319,103 @@ fn refusing_runner(
     (runner, fake, dir)
 }
 
+/// A mirror that holds every `progress` record's publish until the test opens its gate, and
+/// keeps the seqs it published.
+#[derive(Default)]
+struct HoldProgress {
+    gate: tokio::sync::Notify,
+    open: std::sync::atomic::AtomicBool,
+    seen: std::sync::Mutex<Vec<u64>>,
+}
+
+impl firebreak_audit::AuditMirror for HoldProgress {
+    fn publish<'a>(
+        &'a self,
+        records: &'a [firebreak_audit::Record],
+        _lines: bytes::Bytes,
+    ) -> futures::future::BoxFuture<'a, Result<(), (u64, String)>> {
+        Box::pin(async move {
+            let progress = records
+                .iter()
+                .any(|r| matches!(r.body, RecordBody::Progress { .. }));
+            while progress && !self.open.load(std::sync::atomic::Ordering::SeqCst) {
+                let opened = self.gate.notified();
+                if self.open.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                opened.await;
+            }
+            self.seen
+                .lock()
+                .unwrap()
+                .extend(records.iter().map(|r| r.seq));
+            Ok(())
+        })
+    }
+}
+
+/// A run suspended while a record it journaled is still on its way to the audit stream (its
+/// step was dropped mid-append) reports its suspension only once the stream has everything
+/// the journal holds of it: another replica takes it over from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspended_runs_records_all_reach_the_mirror_before_it_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = Arc::new(HoldProgress::default());
+    let journal = Arc::new(
+        firebreak_audit::Journal::open(dir.path().join("audit.jsonl"))
+            .unwrap()
+            .with_mirror(mirror.clone()),
+    );
+    let fake = Arc::new(Fake::default());
+    let mut registry = Registry::new();
+    registry.register(fake.clone());
+    let runner = firebreak_runtime::Runner::new(&registry, journal.clone(), config());
+    let handle = runner
+        .start(plan("r1", r#"fake::one(); fake::report_then_hang()"#))
+        .await
+        .unwrap();
+    // The progress line is durable in the journal; its publish is held.
+    let has_progress = || {
+        journal
+            .records_for_run("r1")
+            .unwrap()
+            .iter()
+            .any(|r| matches!(r.body, RecordBody::Progress { .. }))
+    };
+    for _ in 0..500 {
+        if has_progress() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(has_progress(), "the run reported progress");
+    runner.suspend();
+    let opener = tokio::spawn({
+        let mirror = mirror.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            mirror.open.store(true, std::sync::atomic::Ordering::SeqCst);
+            mirror.gate.notify_waiters();
+        }
+    });
+    let outcome = tokio::time::timeout(Duration::from_secs(10), handle.join())
+        .await
+        .expect("the suspended run reports");
+    assert!(outcome.suspended, "{outcome:?}");
+    let published = mirror.seen.lock().unwrap().clone();
+    let journaled: Vec<u64> = journal
+        .records_for_run("r1")
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    assert!(
+        journaled.iter().all(|seq| published.contains(seq)),
+        "reported before the mirror had all of it: journaled {journaled:?}, published {published:?}"
+    );
+    opener.await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_audit_write_fails_the_step_before_the_action_runs() {
     let (runner, fake, _dir) = refusing_runner("fake::scale");

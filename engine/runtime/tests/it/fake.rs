@@ -112,6 +112,8 @@ impl Connector for Fake {
             action("flaky", Observe, vec![], None),
             action("broken", Mutate, vec![], None),
             action("hang", Observe, vec![], None),
+            // Reports one line of progress, then hangs.
+            action("report_then_hang", Observe, vec![], None),
             // Ready after `after_ms`; waits up to `timeout` (default 1 s) for it, by design.
             ActionSpec {
                 waits: Some(WAIT_READY),
@@ -223,6 +225,10 @@ impl Connector for Fake {
                     Ok(json!("finally"))
                 }
                 "hang" => std::future::pending().await,
+                "report_then_hang" => {
+                    (cx.progress)("waiting for ever");
+                    std::future::pending().await
+                }
                 "wait_ready" => {
                     // Like a real connector: reads its `timeout` as its spec declares it.
                     let timeout = WAIT_READY

@@ -29,3 +29,23 @@ mod takeover;
 mod tenancy;
 mod ui;
 mod watcher;
+
+/// Every line of every message in the audit stream, in stream order.
+pub async fn audit_stream_lines(js: &async_nats::jetstream::Context) -> Vec<Vec<u8>> {
+    let mut stream = js
+        .get_stream("FIREBREAK_AUDIT")
+        .await
+        .expect("audit stream");
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let mut lines = Vec::new();
+    for seq in 1..=last {
+        let message = stream.get_raw_message(seq).await.expect("audit message");
+        lines.extend(
+            message
+                .payload
+                .split_inclusive(|b| *b == b'\n')
+                .map(<[u8]>::to_vec),
+        );
+    }
+    lines
+}

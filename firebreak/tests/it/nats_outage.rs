@@ -290,7 +290,7 @@ async fn alerts_answered_2xx_survive_a_nats_outage() {
     let mut mirrored: Vec<Vec<u8>> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        mirrored = audit_stream_lines(&js).await;
+        mirrored = crate::audit_stream_lines(&js).await;
         expected = journal_lines();
         mirrored.sort();
         mirrored.dedup();
@@ -315,26 +315,6 @@ async fn alerts_answered_2xx_survive_a_nats_outage() {
         expected.len(),
         mirrored.len()
     );
-}
-
-/// Every line of every message in the audit stream, in stream order.
-async fn audit_stream_lines(js: &async_nats::jetstream::Context) -> Vec<Vec<u8>> {
-    let mut stream = js
-        .get_stream("FIREBREAK_AUDIT")
-        .await
-        .expect("audit stream");
-    let last = stream.info().await.unwrap().state.last_sequence;
-    let mut lines = Vec::new();
-    for seq in 1..=last {
-        let message = stream.get_raw_message(seq).await.expect("audit message");
-        lines.extend(
-            message
-                .payload
-                .split_inclusive(|b| *b == b'\n')
-                .map(<[u8]>::to_vec),
-        );
-    }
-    lines
 }
 
 /// `serve` starts while NATS is unreachable: it is not ready (`/readyz` 503) and answers

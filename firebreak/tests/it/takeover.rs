@@ -104,10 +104,7 @@ async fn a_replica_killed_in_the_rollout_wait_has_its_run_finished_by_another() 
     let dead_replica = replica_id(&replicas[owner]);
     replicas[owner].kill();
     let killed = Instant::now();
-    let last_before = records_of(&replicas[owner], &run_id)
-        .last()
-        .cloned()
-        .expect("the killed replica journaled the run");
+    let dead_records = records_of(&replicas[owner], &run_id);
 
     // Another replica takes the run over once the lease ran out and finishes it.
     let (taker, taken_after) = wait_for(
@@ -188,10 +185,16 @@ async fn a_replica_killed_in_the_rollout_wait_has_its_run_finished_by_another() 
         handed["body"]["from_replica"],
         replica_id(&replicas[first_taker]).as_str()
     );
+    let stopped_records = records_of(&replicas[first_taker], &run_id);
     assert_eq!(
         handed["body"]["last_hash"],
-        records_of(&replicas[first_taker], &run_id).last().unwrap()["hash"],
-        "linked to the stopped replica's last record of the run"
+        stopped_records.last().unwrap()["hash"],
+        "linked to the stopped replica's last record of the run: {handed}\nthe stopped replica's: {}",
+        stopped_records
+            .iter()
+            .map(|r| format!("{} {} {}", r["seq"], r["body"]["type"], r["hash"]))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 
     // The taking replica's journal holds the run from its takeover on (no `run_started`).
@@ -218,7 +221,28 @@ async fn a_replica_killed_in_the_rollout_wait_has_its_run_finished_by_another() 
         killed.elapsed().as_secs_f64()
     );
 
-    // The first takeover links to the dead replica's last record of the run, by hash.
+    // The first takeover links, by hash, to the dead replica's last record of the run that
+    // reached the stream. Killed at any instant, it may have held one last record it had made
+    // durable but not yet published; whatever reached the stream is its journal's records in
+    // order.
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let on_stream: Vec<Value> = crate::audit_stream_lines(&js)
+        .await
+        .iter()
+        .map(|line| serde_json::from_slice::<Value>(line).unwrap())
+        .filter(|r| r["run_id"] == run_id)
+        .take_while(|r| r["body"]["type"] != "run_taken_over")
+        .collect();
+    assert!(
+        !on_stream.is_empty() && dead_records.starts_with(&on_stream),
+        "the stream holds the dead replica's records in its journal's order"
+    );
+    eprintln!(
+        "the dead replica journaled {} records of the run, the stream held {}",
+        dead_records.len(),
+        on_stream.len()
+    );
+    let last_before = on_stream.last().unwrap();
     let records = records_of(&replicas[first_taker], &run_id);
     let link = records
         .iter()

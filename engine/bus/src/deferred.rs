@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    AuditMessage, Bus, BusError, Delivery, NatsBus, NatsOptions, NatsStateStore, Orphan, RunLeases,
-    RunRecord, StateStore,
+    AuditMessage, Bus, BusError, Decision, Delivery, NatsBus, NatsOptions, NatsStateStore, Orphan,
+    RunLeases, RunRecord, StateStore,
 };
 
 /// How long between connection attempts.
@@ -258,6 +258,14 @@ impl RunLeases for DeferredNats {
 
     fn take_over(&self, orphan: &Orphan, ttl: Duration) -> BoxFuture<'_, Result<bool, BusError>> {
         forward!(self.state().take_over(orphan, ttl))
+    }
+
+    fn decision(&self, key: &str) -> BoxFuture<'_, Result<Option<Decision>, BusError>> {
+        forward!(self.state().decision(key))
+    }
+
+    fn decide(&self, key: &str, decision: Decision) -> BoxFuture<'_, Result<Decision, BusError>> {
+        forward!(self.state().decide(key, decision))
     }
 
     fn run_lines(&self, run_id: &str) -> BoxFuture<'_, Result<Vec<bytes::Bytes>, BusError>> {

@@ -36,7 +36,7 @@ pub use embedded::{EmbeddedBus, EmbeddedOptions, FileStateStore};
 pub use error::{BusError, BusErrorKind};
 pub use nats::{NatsBus, NatsOptions, NatsStateStore};
 pub use security::{NatsAuth, NatsSecurity, NatsTls};
-pub use state::{BUDGET_RETENTION, Orphan, RunLeases, RunRecord, StateStore};
+pub use state::{BUDGET_RETENTION, Decision, Orphan, RunLeases, RunRecord, StateStore};
 
 /// Where events are published and consumed. Dyn-compatible: the binary holds an `Arc<dyn Bus>`.
 pub trait Bus: Send + Sync {

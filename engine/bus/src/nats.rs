@@ -8,7 +8,7 @@
 //! - Audit: stream `FIREBREAK_AUDIT` on `firebreak.audit.>`, limits retention, kept forever by
 //!   default.
 //! - State: KV buckets `firebreak_locks`, `firebreak_cooldowns`, `firebreak_budgets`,
-//!   `firebreak_runs` ([`NatsStateStore`]).
+//!   `firebreak_runs` (run records and the runs' `once` decisions) ([`NatsStateStore`]).
 //!
 //! `publish` sends every event first and then awaits every PubAck (pipelined). While the client
 //! is not connected it fails at once with [`BusError::NotConnected`], so ingest answers 503 and
@@ -39,8 +39,8 @@ use crate::error::Cause;
 use crate::security::NatsSecurity;
 use crate::state::{BUDGET_RETENTION, check_key};
 use crate::{
-    AckHandle, AuditMessage, Bus, BusError, BusErrorKind, Delivery, LockValue, Orphan, RunLeases,
-    RunRecord, StateStore,
+    AckHandle, AuditMessage, Bus, BusError, BusErrorKind, Decision, Delivery, LockValue, Orphan,
+    RunLeases, RunRecord, StateStore,
 };
 
 /// The inbox prefix of firebreak's NATS client: the engine's permissions subscribe to
@@ -1268,6 +1268,7 @@ impl StateStore for NatsStateStore {
         Box::pin(async move {
             let keys: Vec<String> = match self.runs.keys().await {
                 Ok(keys) => keys
+                    .try_filter(|key| std::future::ready(!key.starts_with(DECISION_PREFIX)))
                     .try_collect()
                     .await
                     .map_err(|e| kv_err("kv list runs", e))?,
@@ -1484,7 +1485,45 @@ impl RunLeases for NatsStateStore {
         let subject = format!("firebreak.audit.*.{}", audit_token(run_id));
         Box::pin(async move { read_subject(&self.js, &self.audit_stream, &subject).await })
     }
+
+    fn decision(&self, key: &str) -> BoxFuture<'_, Result<Option<Decision>, BusError>> {
+        let key = key.to_owned();
+        Box::pin(async move {
+            check_key(&key)?;
+            kv_get_json(&self.runs, decision_key(&key), "decision").await
+        })
+    }
+
+    fn decide(&self, key: &str, decision: Decision) -> BoxFuture<'_, Result<Decision, BusError>> {
+        let key = key.to_owned();
+        Box::pin(async move {
+            check_key(&key)?;
+            let bytes = serde_json::to_vec(&decision).map_err(|e| codec("decision", e))?;
+            match self.runs.create(decision_key(&key), bytes.into()).await {
+                Ok(_) => Ok(decision),
+                Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
+                    kv_get_json(&self.runs, decision_key(&key), "decision")
+                        .await?
+                        .ok_or_else(|| {
+                            kv_err(
+                                "kv get decision",
+                                std::io::Error::other("a decision that existed is gone"),
+                            )
+                        })
+                }
+                Err(e) => Err(kv_err("kv create decision", e)),
+            }
+        })
+    }
 }
+
+/// Where decision `key` lives in the runs bucket: run records' keys have no `.` (see
+/// [`kv_key`]), so the prefix keeps the two apart.
+fn decision_key(key: &str) -> String {
+    format!("{DECISION_PREFIX}{}", kv_key(key))
+}
+
+const DECISION_PREFIX: &str = "decision.";
 
 #[cfg(test)]
 mod tests {

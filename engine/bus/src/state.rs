@@ -83,6 +83,15 @@ pub(crate) fn check_key(key: &str) -> Result<(), BusError> {
     Ok(())
 }
 
+/// A value a run decided once for its incident (a runbook's `once(name, ...)`), shared by every
+/// replica so that a later run for the same incident, wherever it runs, gets the same value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// The run that decided it.
+    pub run_id: String,
+    pub value: serde_json::Value,
+}
+
 /// A run whose replica stopped renewing its lease: see [`RunLeases::orphans`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Orphan {
@@ -129,4 +138,11 @@ pub trait RunLeases: Send + Sync {
     /// The journal lines of run `run_id` on the audit stream, in the order they were
     /// published (each message one or more newline-terminated lines).
     fn run_lines(&self, run_id: &str) -> BoxFuture<'_, Result<Vec<bytes::Bytes>, BusError>>;
+
+    /// The decision stored under `key`, if one is (see [`Decision`]).
+    fn decision(&self, key: &str) -> BoxFuture<'_, Result<Option<Decision>, BusError>>;
+
+    /// Stores `decision` under `key` unless one is stored already, and returns the one that is
+    /// stored now: of replicas racing, the first writer's.
+    fn decide(&self, key: &str, decision: Decision) -> BoxFuture<'_, Result<Decision, BusError>>;
 }

@@ -548,3 +548,48 @@ async fn a_runs_journal_lines_are_read_back_from_the_audit_stream() {
         ]
     );
 }
+
+/// A run's `once` decision is shared: the first replica to decide wins, every replica reads
+/// that one, and decisions never show up as runs to resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_decision_for_a_key_is_the_one_every_replica_reads() {
+    use firebreak_bus::{Decision, RunLeases, RunRecord};
+    let server = NatsServer::start().expect("nats-server");
+    let (_a_bus, a) = replica_store(&server, "a", Duration::from_secs(5)).await;
+    let (_b_bus, b) = replica_store(&server, "b", Duration::from_secs(5)).await;
+    let key = "model-latency-rollback\u{1f}alertmanager/1a2b.c\u{1f}blamed";
+    assert_eq!(b.decision(key).await.unwrap(), None);
+    let first = Decision {
+        run_id: "run-1".into(),
+        value: serde_json::json!("3"),
+    };
+    let second = Decision {
+        run_id: "run-2".into(),
+        value: serde_json::json!("4"),
+    };
+    assert_eq!(a.decide(key, first.clone()).await.unwrap(), first);
+    assert_eq!(
+        b.decide(key, second).await.unwrap(),
+        first,
+        "the first decision stands"
+    );
+    assert_eq!(b.decision(key).await.unwrap(), Some(first.clone()));
+    assert_eq!(a.decision("another key").await.unwrap(), None);
+    a.put_run(
+        "run-1",
+        RunRecord {
+            finished: false,
+            state: serde_json::json!({}),
+        },
+    )
+    .await
+    .unwrap();
+    let unfinished = b.list_runs_unfinished().await.unwrap();
+    assert_eq!(
+        unfinished
+            .iter()
+            .map(|(id, _)| id.as_str())
+            .collect::<Vec<_>>(),
+        ["run-1"]
+    );
+}

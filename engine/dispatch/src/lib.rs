@@ -9,10 +9,12 @@
 //! connector calls). The binary wires it to a bus, a state store, a runner and a journal.
 
 mod dispatcher;
+mod memory;
 mod runbooks;
 mod takeover;
 
 mod guards;
 pub use dispatcher::{Dispatcher, REFUSAL_SUMMARY_EVERY, StartError, Started, approval_policy};
 pub use guards::engine_guard;
+pub use memory::SharedMemory;
 pub use runbooks::{ConnectorSpecs, Loaded, Runbooks};

@@ -46,7 +46,10 @@ pub(crate) const SPECS: &[BuiltinSpec] = &[
               closure as the step `once:NAME`; a later run of the same runbook for the same \
               event (the alert fired again after the cooldown) gets the value the first run \
               decided, without evaluating the closure: the version an alert blamed when the \
-              incident began, say, so that a second run does not roll back the rollback.",
+              incident began, say, so that a second run does not roll back the rollback. With \
+              several replicas on NATS the decision is kept in the KV store they share, so the \
+              later run gets it on whichever replica it runs; a store that cannot be read or \
+              written fails the step before the closure's value is used.",
         journaled: Journaled::Composite,
         returns: "the closure's value, or the value the first run decided",
         errors: &[CLOSURE_FAILED],
@@ -479,19 +482,81 @@ fn once_step(name: &str) -> String {
 /// later run of the same runbook for the same event (the alert fired again after the
 /// cooldown) gets the value the first run decided, without evaluating the closure. For
 /// example the revision an alert blamed when the incident began: a second run must not roll
-/// back the rollback.
+/// back the rollback. With several replicas the decision is shared through the engine's
+/// [`crate::IncidentMemory`], since the first run may have run on another replica.
 fn once(ctx: &NativeCallContext, name: &str, body: &FnPtr) -> Result<Dynamic, ScriptError> {
     let cx = current()?;
     let step_name = once_step(name);
-    match earlier_decision(&cx, &step_name) {
+    let memory = cx.memory.clone().map(|m| (m, once_key(&cx.meta, name)));
+    let shared = match &memory {
+        Some((memory, key)) => {
+            // A network call: on a thread of its own, not inline on an async worker.
+            if cx.inline() {
+                return Err(step::needs_thread());
+            }
+            match cx.handle.block_on(cx.until_stopped(memory.recall(key))) {
+                // This run's own decision (a resume): its step replays below.
+                Ok(Ok(found)) => found.filter(|(run_id, _)| *run_id != cx.meta.run_id),
+                Ok(Err(message)) => {
+                    let message = format!("cannot read the incident's decision: {message}");
+                    return run_leaf(&step_name, json!({}), Durability::Deferred, move |_, _| {
+                        LeafResult::failed("unavailable", message.clone())
+                    });
+                }
+                Err(stop) => {
+                    return run_leaf(&step_name, json!({}), Durability::Deferred, move |_, _| {
+                        LeafResult::stopped(stop)
+                    });
+                }
+            }
+        }
+        None => None,
+    };
+    match shared.or_else(|| earlier_decision(&cx, &step_name)) {
         Some((run_id, value)) => run_leaf(
             &step_name,
             json!({ "decided_by_run": run_id }),
             Durability::Deferred,
             move |_, _| LeafResult::ok(value.clone()),
         ),
-        None => closure_step(ctx, &step_name, json!({}), body),
+        None => composite_step(&step_name, json!({}), || {
+            let value = body.call_within_context::<Dynamic>(ctx, ())?;
+            if let Some((memory, key)) = &memory {
+                share_decision(&cx, memory.as_ref(), key, &value)?;
+            }
+            Ok(value)
+        }),
     }
+}
+
+/// The key a `once` decision is shared under: the runbook, the incident, the name.
+fn once_key(meta: &firebreak_audit::RunMeta, name: &str) -> String {
+    format!("{}\u{1f}{}\u{1f}{name}", meta.runbook, meta.event_id)
+}
+
+/// Stores this run's decision for the replicas that handle the incident's later runs; a
+/// decision that cannot be stored fails the step (a later run elsewhere would decide again).
+fn share_decision(
+    cx: &step::RunContext,
+    memory: &dyn crate::IncidentMemory,
+    key: &str,
+    value: &Dynamic,
+) -> Result<(), ScriptError> {
+    let value: Value = rhai::serde::from_dynamic(value)
+        .map_err(|e| step::script_error(format!("once: the value cannot be kept: {e}")))?;
+    let stored = cx
+        .handle
+        .block_on(cx.until_stopped(memory.remember(key, &cx.meta.run_id, value)))
+        .map_err(|stop| step::script_error(format!("once: run {}", stop.token())))?
+        .map_err(|message| {
+            step::script_error(format!(
+                "once: cannot share the incident's decision: {message}"
+            ))
+        })?;
+    if stored.0 != cx.meta.run_id {
+        tracing::warn!(run_id = %cx.meta.run_id, decided_by = %stored.0, key, "another run decided this incident's value at the same time; this run goes on with its own");
+    }
+    Ok(())
 }
 
 /// The output of step `step_name` in the earliest other run of this runbook for this event.

@@ -23,6 +23,7 @@ mod builtins;
 mod canary;
 mod connectors;
 pub mod guard;
+pub mod memory;
 pub mod policy;
 pub mod reference;
 mod runner;
@@ -32,6 +33,7 @@ pub mod trace;
 
 pub use approval::{Decision, DecisionError, Pending, Standing};
 pub use guard::{Guard, MutationQuery};
+pub use memory::IncidentMemory;
 pub use policy::RetryPolicy;
 pub use runner::{
     Budget, ResumePlan, RunHandle, RunLink, RunOutcome, RunPlan, Runner, RunnerConfig, RuntimeError,

@@ -307,6 +307,8 @@ pub struct Runner {
     /// Cancelled by [`Runner::suspend`].
     suspend: CancellationToken,
     guard: Option<crate::Guard>,
+    /// Where `once` decisions are shared with other replicas (see [`crate::memory`]).
+    memory: Option<Arc<dyn crate::IncidentMemory>>,
 }
 
 impl Runner {
@@ -321,12 +323,20 @@ impl Runner {
             config,
             suspend: CancellationToken::new(),
             guard: None,
+            memory: None,
         }
     }
 
     /// Asks `guard` before every mutation of every run (see [`crate::guard`]).
     pub fn with_guard(mut self, guard: crate::Guard) -> Runner {
         self.guard = Some(guard);
+        self
+    }
+
+    /// Shares `once` decisions through `memory` instead of finding them in the local journal
+    /// only (see [`crate::memory`]).
+    pub fn with_memory(mut self, memory: Arc<dyn crate::IncidentMemory>) -> Runner {
+        self.memory = Some(memory);
         self
     }
 
@@ -598,6 +608,7 @@ impl Runner {
             progress,
             &self.config,
             self.guard.clone(),
+            self.memory.clone(),
             span,
             earlier,
         ))

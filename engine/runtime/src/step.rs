@@ -197,6 +197,8 @@ pub(crate) struct RunContext {
     pub cluster_actions: Option<Vec<String>>,
     /// The engine's guard rails on mutations (freeze windows, blast radius).
     pub guard: Option<crate::Guard>,
+    /// Where `once` decisions are shared with other replicas, if they are.
+    pub memory: Option<std::sync::Arc<dyn crate::IncidentMemory>>,
     /// The run's trace span (see [`crate::trace`]).
     pub(crate) span: tracing::Span,
     /// Spans of the composite steps open now, innermost last: a new step's parent.
@@ -275,6 +277,7 @@ impl RunContext {
         progress: Option<ProgressSink>,
         settings: &crate::runner::RunnerConfig,
         settings_guard: Option<crate::Guard>,
+        memory: Option<std::sync::Arc<dyn crate::IncidentMemory>>,
         span: tracing::Span,
         earlier: Earlier,
     ) -> Self {
@@ -284,6 +287,7 @@ impl RunContext {
             cluster_actions: scope.cluster_actions,
             approval: scope.approval,
             guard: settings_guard,
+            memory,
             span,
             open_spans: std::sync::Mutex::new(Vec::new()),
             gate: std::sync::Mutex::new(earlier.gate),
@@ -859,7 +863,7 @@ fn json_len(value: &impl serde::Serialize) -> u64 {
 }
 
 /// The error that ends an inline attempt.
-fn needs_thread() -> ScriptError {
+pub(crate) fn needs_thread() -> ScriptError {
     EvalAltResult::ErrorTerminated(NEEDS_THREAD.into(), Position::NONE).into()
 }
 

@@ -382,6 +382,92 @@ async fn once_decides_a_value_once_per_incident() {
     assert_eq!(fake.count("one"), 2, "a new incident decides afresh");
 }
 
+/// An [`firebreak_runtime::IncidentMemory`] in memory; `fail` makes every call fail.
+#[derive(Default)]
+struct Memory {
+    decided: std::sync::Mutex<std::collections::HashMap<String, (String, serde_json::Value)>>,
+    fail: bool,
+}
+
+impl firebreak_runtime::IncidentMemory for Memory {
+    fn recall(
+        &self,
+        key: &str,
+    ) -> firebreak_runtime::memory::BoxFuture<'_, Result<Option<(String, serde_json::Value)>, String>>
+    {
+        let found = self.decided.lock().unwrap().get(key).cloned();
+        let fail = self.fail;
+        Box::pin(async move {
+            if fail {
+                return Err("state store unreachable".into());
+            }
+            Ok(found)
+        })
+    }
+
+    fn remember(
+        &self,
+        key: &str,
+        run_id: &str,
+        value: serde_json::Value,
+    ) -> firebreak_runtime::memory::BoxFuture<'_, Result<(String, serde_json::Value), String>> {
+        let stored = self
+            .decided
+            .lock()
+            .unwrap()
+            .entry(key.to_owned())
+            .or_insert((run_id.to_owned(), value))
+            .clone();
+        Box::pin(async move { Ok(stored) })
+    }
+}
+
+/// Two replicas (two runners with their own journals) sharing an incident memory: the second
+/// replica's run for the same incident gets the first one's decision, which its own journal
+/// never held. A memory that cannot be read fails the step before the closure acts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_shares_its_decision_with_another_replica_through_the_memory() {
+    let fake = Arc::new(crate::fake::Fake::default());
+    let memory = Arc::new(Memory::default());
+    let replica = |memory: Arc<Memory>| {
+        let mut registry = Registry::new();
+        registry.register(fake.clone());
+        let mut h = harness(registry, config());
+        h.runner = h.runner.with_memory(memory);
+        h
+    };
+    let (a, b) = (replica(memory.clone()), replica(memory.clone()));
+    const SCRIPT: &str = r#"once("blamed", || fake::one().n + 41)"#;
+    let (first, _) = run(&a, plan("o1", SCRIPT)).await;
+    assert_eq!(first.status, RunStatus::Succeeded, "{first:?}");
+    let (second, records) = run(&b, plan("o2", SCRIPT)).await;
+    assert_eq!(second.status, RunStatus::Succeeded, "{second:?}");
+    assert_eq!(fake.count("one"), 1, "the closure did not run again");
+    let decided = records
+        .iter()
+        .find_map(|r| match &r.body {
+            RecordBody::StepStarted { name, inputs, .. } if name == "once:blamed" => {
+                Some(inputs.clone())
+            }
+            _ => None,
+        })
+        .expect("once:blamed step");
+    assert_eq!(decided, json!({"decided_by_run": "o1"}));
+
+    let down = replica(Arc::new(Memory {
+        fail: true,
+        ..Memory::default()
+    }));
+    let (failed, _) = run(&down, plan("o3", SCRIPT)).await;
+    assert_eq!(failed.status, RunStatus::Failed, "{failed:?}");
+    let error = failed.error.unwrap();
+    assert!(
+        error.contains("cannot read the incident's decision: state store unreachable"),
+        "{error}"
+    );
+    assert_eq!(fake.count("one"), 1, "nothing ran after the failed read");
+}
+
 /// A closure's captures are journaled by name, so a captured secret is redacted by its name;
 /// a secret-shaped value in an error is redacted too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -66,8 +66,8 @@ pub struct AuditConfig {
 /// `FIREBREAK_NATS_PASSWORD_FILE`, `FIREBREAK_NATS_TOKEN`, `FIREBREAK_NATS_TOKEN_FILE`,
 /// `FIREBREAK_NATS_NKEY` (the seed), `FIREBREAK_NATS_NKEY_FILE`, `FIREBREAK_NATS_CREDS`,
 /// `FIREBREAK_NATS_TLS_CA`, `FIREBREAK_NATS_TLS_CERT`, `FIREBREAK_NATS_TLS_KEY`,
-/// `FIREBREAK_NATS_TLS_REQUIRED`, `FIREBREAK_NATS_RUN_LEASE`, `FIREBREAK_REPLICA`. An empty
-/// variable unsets its key.
+/// `FIREBREAK_NATS_TLS_REQUIRED`, `FIREBREAK_NATS_RUN_LEASE`, `FIREBREAK_NATS_DUPLICATE_WINDOW`,
+/// `FIREBREAK_REPLICA`. An empty variable unsets its key.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsConfig {
@@ -135,6 +135,10 @@ pub struct NatsStorageConfig {
     pub audit_max_mib: Option<u64>,
     /// How long a finished run's state stays in the `firebreak_runs` bucket. Default `7d`.
     pub run_retention: String,
+    /// How long the events stream recognizes a resent event (the same alert: fingerprint,
+    /// status and start) as a duplicate and keeps it out. Default `2m`.
+    /// `FIREBREAK_NATS_DUPLICATE_WINDOW`.
+    pub duplicate_window: String,
 }
 
 impl Default for NatsStorageConfig {
@@ -145,6 +149,7 @@ impl Default for NatsStorageConfig {
             audit_max_age: None,
             audit_max_mib: None,
             run_retention: "7d".into(),
+            duplicate_window: "2m".into(),
         }
     }
 }
@@ -277,6 +282,7 @@ impl NatsConfig {
                 None => std::time::Duration::ZERO,
             },
             run_retention: duration("run_retention", &storage.run_retention)?,
+            duplicate_window: duration("duplicate_window", &storage.duplicate_window)?,
             run_lease: match &self.run_lease {
                 Some(text) => {
                     let lease = firebreak_matcher::parse_duration(text)
@@ -366,6 +372,9 @@ impl NatsConfig {
             self.storage.replicas = v
                 .parse()
                 .with_context(|| format!("FIREBREAK_NATS_REPLICAS={v} is not a number"))?;
+        }
+        if let Some(v) = get("FIREBREAK_NATS_DUPLICATE_WINDOW") {
+            self.storage.duplicate_window = v;
         }
         if let Some(v) = get("FIREBREAK_NATS_RUN_LEASE") {
             self.run_lease = text(v);
@@ -749,9 +758,15 @@ mod tests {
         assert_eq!(opts.audit_max_bytes, 2048 << 20);
         assert_eq!(opts.audit_max_age.as_secs(), 90 * 86_400);
         assert_eq!(opts.run_retention.as_secs(), 2 * 86_400);
-        cfg.apply_env(|k| (k == "FIREBREAK_NATS_REPLICAS").then(|| "5".into()))
-            .unwrap();
-        assert_eq!(cfg.nats.as_ref().unwrap().options().unwrap().replicas, 5);
+        assert_eq!(opts.duplicate_window.as_secs(), 120, "2m unless set");
+        cfg.apply_env(|k| match k {
+            "FIREBREAK_NATS_REPLICAS" => Some("5".into()),
+            "FIREBREAK_NATS_DUPLICATE_WINDOW" => Some("30s".into()),
+            _ => None,
+        })
+        .unwrap();
+        let opts = cfg.nats.as_ref().unwrap().options().unwrap();
+        assert_eq!((opts.replicas, opts.duplicate_window.as_secs()), (5, 30));
         // Unset: one copy, unlimited, kept for ever, runs for a week.
         let defaults = Config::from_yaml("nats: { url: nats://nats:4222 }\n").unwrap();
         let opts = defaults.nats.unwrap().options().unwrap();
@@ -764,6 +779,7 @@ mod tests {
             ("replicas: 0", "nats.storage.replicas is 0"),
             ("replicas: 7", "nats.storage.replicas is 7"),
             ("audit_max_age: soon", "nats.storage.audit_max_age"),
+            ("duplicate_window: 1x", "nats.storage.duplicate_window"),
         ] {
             let cfg = Config::from_yaml(&format!(
                 "nats:\n  url: nats://nats:4222\n  storage: {{ {yaml} }}\n"

@@ -263,18 +263,22 @@ impl Engine {
                 },
             )?,
         );
-        let runner = Arc::new(
-            Runner::new(
-                &registry,
-                journal.clone(),
-                RunnerConfig {
-                    max_concurrent_runs: cfg.limits.max_concurrent_runs,
-                    budget: cfg.limits.budget(),
-                    ..RunnerConfig::default()
-                },
-            )
-            .with_guard(firebreak_dispatch::engine_guard(runbooks.clone())),
-        );
+        let mut runner = Runner::new(
+            &registry,
+            journal.clone(),
+            RunnerConfig {
+                max_concurrent_runs: cfg.limits.max_concurrent_runs,
+                budget: cfg.limits.budget(),
+                ..RunnerConfig::default()
+            },
+        )
+        .with_guard(firebreak_dispatch::engine_guard(runbooks.clone()));
+        // With replicas, an incident's later run may run on another one: `once` decisions go
+        // where all of them read.
+        if let Some(nats) = &deferred {
+            runner = runner.with_memory(Arc::new(firebreak_dispatch::SharedMemory(nats.clone())));
+        }
+        let runner = Arc::new(runner);
         info!(runbooks = runbooks.current().set.len(), dir = %cfg.runbooks.display(), "runbooks loaded");
 
         let mut dispatcher = Dispatcher::new(

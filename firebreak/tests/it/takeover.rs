@@ -347,3 +347,102 @@ async fn a_replica_killed_in_the_rollout_wait_has_its_run_finished_by_another() 
     );
     assert_eq!(cluster.fraud_model_revisions().await, vec![2, 3]);
 }
+
+/// The same incident handled twice by two replicas (the alert fired again after the cooldown,
+/// and the shared consumer gave it to another replica): the second run gets the version the
+/// first one blamed through the state they share, finds the Deployment no longer runs it, and
+/// does nothing. Decided again on the second replica, it would blame the rollback's revision
+/// and roll the rollback back (v2 → v1 → v2).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_incidents_later_run_on_another_replica_keeps_the_first_runs_decision() {
+    let nats = NatsServer::start().expect("nats-server -js");
+    let cluster = Cluster::start(kubesim::ControllerConfig::default()).await;
+    fraud_model_at_v2(&cluster).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let runbooks = tmp.path().join("runbooks");
+    copy_shipped_runbooks(&runbooks);
+    // A cooldown and a duplicate window short enough to send the alert again.
+    let manifest = runbooks.join(format!("{ROLLBACK}.yaml"));
+    let yaml = std::fs::read_to_string(&manifest).unwrap();
+    assert!(yaml.contains("cooldown: 10m"));
+    std::fs::write(&manifest, yaml.replace("cooldown: 10m", "cooldown: 1s")).unwrap();
+    // Without its `version` label: the blamed version is the revision running when the
+    // incident began, decided by the first run.
+    let mut alert: Value = serde_json::from_str(&latency_alert()).unwrap();
+    alert["alerts"][0]["labels"]
+        .as_object_mut()
+        .unwrap()
+        .remove("version");
+    let alert = alert.to_string();
+    let start = || {
+        Serve::start(
+            &runbooks,
+            ServeOpts {
+                env: vec![
+                    ("FIREBREAK_NATS_URL", nats.url()),
+                    ("FIREBREAK_NATS_DUPLICATE_WINDOW", "1s".into()),
+                    (
+                        "FIREBREAK_KUBECONFIG",
+                        cluster.kubeconfig.display().to_string(),
+                    ),
+                ],
+                kubernetes: true,
+                ..ServeOpts::default()
+            },
+        )
+    };
+    let finished = |serve: &Serve| serve.journal().finished(ROLLBACK).len();
+
+    let first = start().await;
+    let (status, body) = first.post("/v1/alertmanager", None, alert.clone()).await;
+    assert_eq!(status, 202, "{body}");
+    first
+        .wait_journal("the first run", Duration::from_secs(60), |j| {
+            !j.finished(ROLLBACK).is_empty()
+        })
+        .await;
+    assert_eq!(finished(&first), 1);
+    assert_eq!(cluster.fraud_model_revisions().await, vec![2, 3]);
+    assert!(cluster.fraud_model_image().await.ends_with(":v1"));
+    let first_run = first.journal().finished(ROLLBACK)[0].run_id.clone();
+    let mut first = first;
+    assert_eq!(first.terminate().await, Some(0));
+
+    let second = start().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, body) = second.post("/v1/alertmanager", None, alert).await;
+    assert_eq!(status, 202, "{body}");
+    let journal = second
+        .wait_journal("the second run", Duration::from_secs(60), |j| {
+            !j.finished(ROLLBACK).is_empty()
+        })
+        .await;
+    let run = &journal.finished(ROLLBACK)[0];
+    let trail: Vec<String> = run
+        .records
+        .iter()
+        .map(|r| crate::harness::trail_line(r))
+        .collect();
+    let decided = run
+        .records
+        .iter()
+        .find(|r| r["body"]["type"] == "step_started" && r["body"]["name"] == "once:blamed")
+        .unwrap_or_else(|| panic!("{trail:#?}"));
+    assert_eq!(
+        decided["body"]["inputs"]["decided_by_run"],
+        first_run.as_str(),
+        "{trail:#?}"
+    );
+    assert!(
+        run.records
+            .iter()
+            .any(|r| r.to_string().contains("nothing rolled back")),
+        "{trail:#?}"
+    );
+    assert_eq!(
+        cluster.fraud_model_revisions().await,
+        vec![2, 3],
+        "not rolled back again"
+    );
+    assert!(cluster.fraud_model_image().await.ends_with(":v1"));
+}

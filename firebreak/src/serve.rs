@@ -738,34 +738,74 @@ impl AuditMirror for BusMirror {
         &'a self,
         records: &'a [Record],
         lines: bytes::Bytes,
-    ) -> BoxFuture<'a, Result<(), (u64, String)>> {
+    ) -> BoxFuture<'a, Result<firebreak_audit::MirrorStored, (u64, String)>> {
         Box::pin(async move {
             let messages = Self::messages(&self.replica, records, &lines);
             let Some((first_seq, _)) = messages.first().cloned() else {
-                return Ok(());
+                return Ok(Box::pin(async { Ok(()) }) as firebreak_audit::MirrorStored);
             };
             let batch: Vec<AuditMessage> = messages.into_iter().map(|(_, m)| m).collect();
             // The records are already durable in the journal file. While NATS is briefly
-            // unreachable, retry (delaying the run) rather than fail the step; give up after
+            // unreachable, retry (delaying the runs) rather than fail the steps; give up after
             // MIRROR_RETRY_FOR so a lasting outage still fails loudly. A retry re-sends the
-            // whole batch: message ids keep the stream from storing anything twice.
+            // whole batch: message ids keep the stream from storing anything twice. Sending is
+            // retried here, in journal order; a batch sent but not stored is sent again while
+            // later ones may already be on their way (only then can the stream's order differ
+            // from the journal's).
             let deadline = tokio::time::Instant::now() + MIRROR_RETRY_FOR;
-            let mut delay = Duration::from_millis(50);
-            loop {
+            let mut retry = Retry::new(deadline, first_seq);
+            let stored = loop {
                 match self.bus.publish_audit(batch.clone()).await {
-                    Ok(()) => return Ok(()),
-                    Err(e)
-                        if e.kind() != firebreak_bus::BusErrorKind::Permanent
-                            && tokio::time::Instant::now() + delay < deadline =>
-                    {
-                        warn!(error = %e, seq = first_seq, "audit mirror unavailable; retrying");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(1));
-                    }
-                    Err(e) => return Err((first_seq, e.to_string())),
+                    Ok(stored) => break stored,
+                    Err(e) => retry.after(e).await?,
                 }
-            }
+            };
+            let bus = self.bus.clone();
+            Ok(Box::pin(async move {
+                let mut stored = stored;
+                loop {
+                    match stored.await {
+                        Ok(()) => return Ok(()),
+                        Err(e) => retry.after(e).await?,
+                    }
+                    stored = match bus.publish_audit(batch.clone()).await {
+                        Ok(stored) => stored,
+                        Err(e) => Box::pin(async move { Err(e) }),
+                    };
+                }
+            }) as firebreak_audit::MirrorStored)
         })
+    }
+}
+
+/// The mirror's retries of one batch: a growing delay, up to a deadline.
+struct Retry {
+    deadline: tokio::time::Instant,
+    delay: Duration,
+    first_seq: u64,
+}
+
+impl Retry {
+    fn new(deadline: tokio::time::Instant, first_seq: u64) -> Retry {
+        Retry {
+            deadline,
+            delay: Duration::from_millis(50),
+            first_seq,
+        }
+    }
+
+    /// Waits before the next try after `e`, or gives up (a permanent error, or past the
+    /// deadline) with what the journal reports.
+    async fn after(&mut self, e: firebreak_bus::BusError) -> Result<(), (u64, String)> {
+        if e.kind() == firebreak_bus::BusErrorKind::Permanent
+            || tokio::time::Instant::now() + self.delay >= self.deadline
+        {
+            return Err((self.first_seq, e.to_string()));
+        }
+        warn!(error = %e, seq = self.first_seq, "audit mirror unavailable; retrying");
+        tokio::time::sleep(self.delay).await;
+        self.delay = (self.delay * 2).min(Duration::from_secs(1));
+        Ok(())
     }
 }
 

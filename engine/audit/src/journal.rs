@@ -53,18 +53,26 @@ const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 pub const WATCH_BACKLOG: usize = 4096;
 
 /// A second home for every record, e.g. a NATS JetStream stream. Called after the records are
-/// durable in the journal; an error fails the append.
+/// durable in the journal, in journal order; an error fails the appends.
 pub trait AuditMirror: Send + Sync {
-    /// Publishes the records of one append, in journal order. `lines` holds them exactly as the
-    /// journal file does (one newline-terminated line each), so a mirror can store the very
-    /// bytes `audit verify` checks. On failure: the `seq` of the first record not taken, and
-    /// why. Bound the wait inside: the append waits for this future.
+    /// Sends records (of one or more appends), in journal order. `lines` holds them exactly as
+    /// the journal file does (one newline-terminated line each), so a mirror can store the very
+    /// bytes `audit verify` checks. Resolves once they are sent (what is published next lands
+    /// after them) to a [`MirrorStored`] that resolves once the mirror stored them; the journal
+    /// sends the next records meanwhile. On failure: the `seq` of the first record not taken,
+    /// and why. Bound both waits inside: the appends wait for them.
     fn publish<'a>(
         &'a self,
         records: &'a [Record],
         lines: bytes::Bytes,
-    ) -> BoxFuture<'a, Result<(), (u64, String)>>;
+    ) -> BoxFuture<'a, Result<MirrorStored, (u64, String)>>;
 }
+
+/// Resolves once the mirror stored what [`AuditMirror::publish`] sent; an error as there.
+pub type MirrorStored = BoxFuture<'static, Result<(), (u64, String)>>;
+
+/// Sends to the mirror that may wait for their storing at once, before the next waits.
+const MIRROR_IN_FLIGHT: usize = 64;
 
 /// Why the journal could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -2063,70 +2071,97 @@ fn follow(shared: &Shared, records: &[Record]) {
     }
 }
 
-/// Publishes durable appends to the mirror one group at a time, in journal order (whatever
-/// arrived while the last publish ran goes in one publish), then answers them and hands their
-/// records to followers. `opening` goes out with the first group. Runs until the journal is
-/// dropped, whether or not the appends' callers still wait.
+/// Appends the mirror sent and now stores, with their callers.
+struct Sent {
+    answers: Vec<Reply>,
+    /// How many of `records` each answer gets, in order.
+    counts: Vec<usize>,
+    records: Vec<Record>,
+}
+
+/// Sends durable appends to the mirror in journal order, one group at a time (whatever arrived
+/// while the last send ran goes in one), without waiting for the last group to be stored
+/// before sending the next (up to [`MIRROR_IN_FLIGHT`]); as each group is stored, in order,
+/// answers its appends and hands their records to followers. `opening` goes out with the first
+/// group. Runs until the journal is dropped, whether or not the appends' callers still wait.
 async fn mirror_loop(
     mirror: Arc<dyn AuditMirror>,
     mut rx: mpsc::UnboundedReceiver<Vec<DurableAppend>>,
     shared: Arc<Shared>,
     mut opening: Option<(Vec<Record>, Vec<u8>)>,
 ) {
-    let mut records: Vec<Record> = Vec::new();
-    let mut lines: Vec<u8> = Vec::new();
-    while let Some(mut group) = rx.recv().await {
-        while let Ok(more) = rx.try_recv() {
-            group.extend(more);
-        }
-        records.clear();
-        lines.clear();
-        if let Some((first, first_lines)) = &opening {
-            records.extend(first.iter().cloned());
-            lines.extend_from_slice(first_lines);
-        }
-        let mut counts = Vec::with_capacity(group.len());
-        let mut answers = Vec::with_capacity(group.len());
-        for (reply, mut own, own_lines) in group {
-            counts.push(own.len());
-            answers.push(reply);
-            records.append(&mut own);
-            lines.extend_from_slice(&own_lines);
-        }
-        let published = if records.is_empty() {
-            Ok(())
-        } else {
-            mirror
-                .publish(&records, bytes::Bytes::from(std::mem::take(&mut lines)))
-                .await
-        };
-        let failed = published.err();
-        let mut rest = records.drain(..);
-        if let Some((first, _)) = &opening {
-            rest.by_ref().take(first.len()).for_each(drop);
-            if failed
-                .as_ref()
-                .is_none_or(|(seq, _)| first.iter().all(|r| r.seq < *seq))
-            {
-                opening = None;
+    use futures::StreamExt;
+    let mut storing = futures::stream::FuturesOrdered::new();
+    let mut open = true;
+    while open || !storing.is_empty() {
+        tokio::select! {
+            biased;
+            Some((stored, sent)) = storing.next(), if !storing.is_empty() => {
+                answer(&shared, sent, stored);
+            }
+            group = rx.recv(), if open && storing.len() < MIRROR_IN_FLIGHT => {
+                let Some(mut group) = group else {
+                    open = false;
+                    continue;
+                };
+                while let Ok(more) = rx.try_recv() {
+                    group.extend(more);
+                }
+                let mut records = Vec::new();
+                let mut lines = Vec::new();
+                let opened = opening.as_ref().map_or(0, |(first, first_lines)| {
+                    records.extend(first.iter().cloned());
+                    lines.extend_from_slice(first_lines);
+                    first.len()
+                });
+                let mut sent = Sent {
+                    answers: Vec::with_capacity(group.len()),
+                    counts: Vec::with_capacity(group.len()),
+                    records: Vec::new(),
+                };
+                for (reply, mut own, own_lines) in group {
+                    sent.counts.push(own.len());
+                    sent.answers.push(reply);
+                    records.append(&mut own);
+                    lines.extend_from_slice(&own_lines);
+                }
+                let stored: MirrorStored = if records.is_empty() {
+                    Box::pin(async { Ok(()) })
+                } else {
+                    match mirror.publish(&records, bytes::Bytes::from(lines)).await {
+                        Ok(stored) => {
+                            opening = None;
+                            stored
+                        }
+                        Err(failed) => Box::pin(async move { Err(failed) }),
+                    }
+                };
+                records.drain(..opened);
+                sent.records = records;
+                storing.push_back(async move { (stored.await, sent) });
             }
         }
-        for (reply, count) in answers.into_iter().zip(counts) {
-            let own: Vec<Record> = rest.by_ref().take(count).collect();
-            let answer = match &failed {
-                Some((seq, message)) if own.iter().any(|r| r.seq >= *seq) => {
-                    Err(AuditError::Mirror {
-                        seq: *seq,
-                        message: message.clone(),
-                    })
-                }
-                _ => {
-                    follow(&shared, &own);
-                    Ok(own)
-                }
-            };
-            let _ = reply.send(answer);
-        }
+    }
+}
+
+/// Answers the appends of a group the mirror stored (or failed to: those with a record at or
+/// after the failed one get the error), handing the records of those it took to followers.
+fn answer(shared: &Shared, sent: Sent, stored: Result<(), (u64, String)>) {
+    let failed = stored.err();
+    let mut rest = sent.records.into_iter();
+    for (reply, count) in sent.answers.into_iter().zip(sent.counts) {
+        let own: Vec<Record> = rest.by_ref().take(count).collect();
+        let answer = match &failed {
+            Some((seq, message)) if own.iter().any(|r| r.seq >= *seq) => Err(AuditError::Mirror {
+                seq: *seq,
+                message: message.clone(),
+            }),
+            _ => {
+                follow(shared, &own);
+                Ok(own)
+            }
+        };
+        let _ = reply.send(answer);
     }
 }
 

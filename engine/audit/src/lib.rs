@@ -18,8 +18,8 @@ pub mod verify;
 
 pub use checkpoint::SigningKey;
 pub use journal::{
-    AuditError, AuditMirror, EntryKind, Journal, JournalOptions, JournalReader, PROBE_EVERY,
-    RecordIter, RunSummary,
+    AuditError, AuditMirror, EntryKind, Journal, JournalOptions, JournalReader, MirrorStored,
+    PROBE_EVERY, RecordIter, RunSummary,
 };
 pub use record::{
     ApprovalPolicy, GENESIS_HASH, REDACTED, Record, RecordBody, RecordDraft, RunMeta, RunStatus,

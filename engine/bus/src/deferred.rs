@@ -163,7 +163,10 @@ impl Bus for DeferredNats {
         })
     }
 
-    fn publish_audit(&self, records: Vec<AuditMessage>) -> BoxFuture<'_, Result<(), BusError>> {
+    fn publish_audit(
+        &self,
+        records: Vec<AuditMessage>,
+    ) -> BoxFuture<'_, Result<crate::AuditStored, BusError>> {
         forward!(self.bus().publish_audit(records))
     }
 

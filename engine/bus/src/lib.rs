@@ -36,6 +36,9 @@ pub use embedded::{EmbeddedBus, EmbeddedOptions, FileStateStore};
 pub use error::{BusError, BusErrorKind};
 pub use nats::{NatsBus, NatsOptions, NatsStateStore};
 pub use security::{NatsAuth, NatsSecurity, NatsTls};
+/// Resolves once the audit stream stored what [`Bus::publish_audit`] sent.
+pub type AuditStored = BoxFuture<'static, Result<(), BusError>>;
+
 pub use state::{BUDGET_RETENTION, Decision, Orphan, RunLeases, RunRecord, StateStore};
 
 /// Where events are published and consumed. Dyn-compatible: the binary holds an `Arc<dyn Bus>`.
@@ -54,11 +57,16 @@ pub trait Bus: Send + Sync {
     ) -> BoxFuture<'_, Result<BoxStream<'static, Result<Delivery, BusError>>, BusError>>;
 
     /// Appends messages to the audit stream (`FIREBREAK_AUDIT`, subject
-    /// `firebreak.audit.<team>.<run_id>`), in order: all are sent, then every ack awaited. A
-    /// message's `id` is its `Nats-Msg-Id`, so publishing a batch again after a failure is
-    /// deduplicated by the server within its duplicate window. The embedded bus has no audit stream (the journal file is
-    /// the record) and returns `Ok` without doing anything.
-    fn publish_audit(&self, records: Vec<AuditMessage>) -> BoxFuture<'_, Result<(), BusError>>;
+    /// `firebreak.audit.<team>.<run_id>`), in order. Resolves once all are sent (so what is
+    /// published after it lands after them) to a future that resolves once the server stored
+    /// every one; the caller may send more meanwhile. A message's `id` is its `Nats-Msg-Id`,
+    /// so publishing a batch again after a failure is deduplicated by the server within its
+    /// duplicate window. The embedded bus has no audit stream (the journal file is the record)
+    /// and does nothing.
+    fn publish_audit(
+        &self,
+        records: Vec<AuditMessage>,
+    ) -> BoxFuture<'_, Result<AuditStored, BusError>>;
 
     /// Whether the bus can accept events right now (for `/readyz`).
     fn ready(&self) -> bool;

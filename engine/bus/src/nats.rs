@@ -574,7 +574,10 @@ impl Bus for NatsBus {
         })
     }
 
-    fn publish_audit(&self, records: Vec<AuditMessage>) -> BoxFuture<'_, Result<(), BusError>> {
+    fn publish_audit(
+        &self,
+        records: Vec<AuditMessage>,
+    ) -> BoxFuture<'_, Result<crate::AuditStored, BusError>> {
         Box::pin(async move {
             self.check_connected()?;
             let mut acks = Vec::with_capacity(records.len());
@@ -591,11 +594,14 @@ impl Bus for NatsBus {
                     .map_err(|e| BusError::nats("publish audit", publish_kind(e.kind()), e))?;
                 acks.push(ack);
             }
-            for ack in acks {
-                ack.await
-                    .map_err(|e| BusError::nats("publish audit ack", publish_kind(e.kind()), e))?;
-            }
-            Ok(())
+            Ok(Box::pin(async move {
+                for ack in acks {
+                    ack.await.map_err(|e| {
+                        BusError::nats("publish audit ack", publish_kind(e.kind()), e)
+                    })?;
+                }
+                Ok(())
+            }) as crate::AuditStored)
         })
     }
 

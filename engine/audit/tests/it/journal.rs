@@ -245,7 +245,7 @@ impl AuditMirror for RecordingMirror {
         &'a self,
         records: &'a [Record],
         lines: bytes::Bytes,
-    ) -> BoxFuture<'a, Result<(), (u64, String)>> {
+    ) -> BoxFuture<'a, Result<firebreak_audit::MirrorStored, (u64, String)>> {
         Box::pin(async move {
             if let Some(r) = records.iter().find(|r| Some(r.seq) == self.fail_on) {
                 return Err((r.seq, "stream unavailable".to_owned()));
@@ -255,7 +255,7 @@ impl AuditMirror for RecordingMirror {
                 .unwrap()
                 .extend(records.iter().map(|r| r.seq));
             self.lines.lock().unwrap().extend_from_slice(&lines);
-            Ok(())
+            Ok(Box::pin(async { Ok(()) }) as firebreak_audit::MirrorStored)
         })
     }
 }
@@ -323,7 +323,7 @@ impl AuditMirror for GatedMirror {
         &'a self,
         records: &'a [Record],
         _lines: bytes::Bytes,
-    ) -> BoxFuture<'a, Result<(), (u64, String)>> {
+    ) -> BoxFuture<'a, Result<firebreak_audit::MirrorStored, (u64, String)>> {
         Box::pin(async move {
             if self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
                 tokio::time::sleep(self.slow_first).await;
@@ -333,7 +333,7 @@ impl AuditMirror for GatedMirror {
                 .lock()
                 .unwrap()
                 .extend(records.iter().map(|r| r.seq));
-            Ok(())
+            Ok(Box::pin(async { Ok(()) }) as firebreak_audit::MirrorStored)
         })
     }
 }
@@ -396,6 +396,87 @@ async fn the_mirror_and_followers_get_records_in_journal_order() {
     let second = journal.append(drafts[1].clone()).await.unwrap().seq;
     assert_eq!((first.await.unwrap(), second), (1, 2));
     assert_eq!(mirror.wait_seen(&[1, 2]).await, vec![1, 2]);
+    let followed = [
+        follower.recv().await.unwrap().seq,
+        follower.recv().await.unwrap().seq,
+    ];
+    assert_eq!(followed, [1, 2]);
+}
+
+/// A mirror that notes what it was sent at once and reports it stored only when the test
+/// opens its gate.
+struct SlowStoring {
+    sent: Mutex<Vec<u64>>,
+    stored: Arc<tokio::sync::Semaphore>,
+}
+
+impl AuditMirror for SlowStoring {
+    fn publish<'a>(
+        &'a self,
+        records: &'a [Record],
+        _lines: bytes::Bytes,
+    ) -> BoxFuture<'a, Result<firebreak_audit::MirrorStored, (u64, String)>> {
+        self.sent
+            .lock()
+            .unwrap()
+            .extend(records.iter().map(|r| r.seq));
+        let stored = self.stored.clone();
+        Box::pin(async move {
+            Ok(Box::pin(async move {
+                stored.acquire().await.unwrap().forget();
+                Ok(())
+            }) as firebreak_audit::MirrorStored)
+        })
+    }
+}
+
+/// The journal sends the next records while the last ones are still being stored (a stream's
+/// round trip does not hold every other run's appends back), and still answers them, and
+/// hands them to followers, in journal order.
+#[tokio::test]
+async fn the_mirror_is_sent_the_next_records_before_the_last_are_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = Arc::new(SlowStoring {
+        sent: Mutex::default(),
+        stored: Arc::new(tokio::sync::Semaphore::new(0)),
+    });
+    let journal = Arc::new(
+        Journal::open(dir.path().join("audit.jsonl"))
+            .unwrap()
+            .with_mirror(mirror.clone()),
+    );
+    let mut follower = journal.subscribe();
+    let drafts = run_drafts("r1");
+    let append = |draft: RecordDraft| {
+        let journal = journal.clone();
+        tokio::spawn(async move { journal.append(draft).await.unwrap().seq })
+    };
+    let sent = |n: usize| {
+        let mirror = mirror.clone();
+        async move {
+            for _ in 0..200 {
+                if mirror.sent.lock().unwrap().len() >= n {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            mirror.sent.lock().unwrap().clone()
+        }
+    };
+    let first = append(drafts[0].clone());
+    assert_eq!(sent(1).await, vec![1]);
+    let second = append(drafts[1].clone());
+    assert_eq!(
+        sent(2).await,
+        vec![1, 2],
+        "sent before the first was stored"
+    );
+    assert!(
+        !first.is_finished() && !second.is_finished(),
+        "nothing stored yet"
+    );
+    mirror.stored.add_permits(2);
+    assert_eq!((first.await.unwrap(), second.await.unwrap()), (1, 2));
     let followed = [
         follower.recv().await.unwrap().seq,
         follower.recv().await.unwrap().seq,

@@ -455,9 +455,9 @@ impl Bus for EmbeddedBus {
     fn publish_audit(
         &self,
         _records: Vec<crate::AuditMessage>,
-    ) -> BoxFuture<'_, Result<(), BusError>> {
+    ) -> BoxFuture<'_, Result<crate::AuditStored, BusError>> {
         // The audit journal file is the durable record in embedded mode.
-        Box::pin(async { Ok(()) })
+        Box::pin(async { Ok(Box::pin(async { Ok(()) }) as crate::AuditStored) })
     }
 
     fn ready(&self) -> bool {

@@ -278,8 +278,16 @@ async fn audit_records_are_stored_in_the_audit_stream_once_and_in_order() {
                 .into(),
         })
         .collect();
-    bus.publish_audit(batch.clone()).await.unwrap();
-    bus.publish_audit(batch.clone()).await.unwrap();
+    bus.publish_audit(batch.clone())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    bus.publish_audit(batch.clone())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     let admin = async_nats::jetstream::new(async_nats::connect(h.server.url()).await.unwrap());
     let mut stream = admin
         .get_stream("FIREBREAK_AUDIT")
@@ -532,6 +540,8 @@ async fn a_runs_journal_lines_are_read_back_from_the_audit_stream() {
         message("team.b", "r-10", 1),
         message("team-a", "r-1", 3),
     ])
+    .await
+    .unwrap()
     .await
     .unwrap();
     let lines = store.run_lines("r-1").await.unwrap();

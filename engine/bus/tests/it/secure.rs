@@ -130,6 +130,8 @@ async fn engine_permissions_suffice_for_run_takeover() {
             payload: bytes::Bytes::from_static(b"{\"line\":1}\n"),
         }])
         .await
+        .unwrap()
+        .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let orphans = b.orphans().await.expect("listing the locks");

@@ -257,7 +257,9 @@ pub async fn audit_publish_is_accepted(h: &mut impl Harness) {
         payload: br#"{"kind":"run_started"}"#.to_vec().into(),
     }])
     .await
-    .expect("audit publish");
+    .expect("audit sent")
+    .await
+    .expect("audit stored");
 }
 
 pub async fn locks(h: &mut impl Harness) {

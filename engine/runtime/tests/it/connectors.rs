@@ -291,13 +291,13 @@ impl firebreak_audit::AuditMirror for RefuseStepStarted {
         &'a self,
         records: &'a [firebreak_audit::Record],
         _lines: bytes::Bytes,
-    ) -> futures::future::BoxFuture<'a, Result<(), (u64, String)>> {
+    ) -> futures::future::BoxFuture<'a, Result<firebreak_audit::MirrorStored, (u64, String)>> {
         let refused = records
             .iter()
             .find(|r| matches!(&r.body, RecordBody::StepStarted { name, .. } if name == self.0));
         let result = match refused {
             Some(r) => Err((r.seq, "audit stream unavailable".to_owned())),
-            None => Ok(()),
+            None => Ok(Box::pin(async { Ok(()) }) as firebreak_audit::MirrorStored),
         };
         Box::pin(async move { result })
     }
@@ -333,7 +333,7 @@ impl firebreak_audit::AuditMirror for HoldProgress {
         &'a self,
         records: &'a [firebreak_audit::Record],
         _lines: bytes::Bytes,
-    ) -> futures::future::BoxFuture<'a, Result<(), (u64, String)>> {
+    ) -> futures::future::BoxFuture<'a, Result<firebreak_audit::MirrorStored, (u64, String)>> {
         Box::pin(async move {
             let progress = records
                 .iter()
@@ -349,7 +349,7 @@ impl firebreak_audit::AuditMirror for HoldProgress {
                 .lock()
                 .unwrap()
                 .extend(records.iter().map(|r| r.seq));
-            Ok(())
+            Ok(Box::pin(async { Ok(()) }) as firebreak_audit::MirrorStored)
         })
     }
 }

@@ -147,10 +147,14 @@ async fn every_accepted_alert_ran_once(
             .unwrap_or("")
             .to_owned()
     };
+    // A delivery that went down with a node (pulled but never received, or its ack lost) is
+    // redelivered once the consumer's ack wait has passed: not lost, but up to that late.
+    let redelivered_within =
+        firebreak_bus::NatsOptions::default().ack_wait + Duration::from_secs(30);
     let journal = serve
         .wait_journal(
             "a run for every alert answered 2xx",
-            Duration::from_secs(60),
+            redelivered_within,
             |j| {
                 let ran: std::collections::HashSet<String> = j.runs().iter().map(n_of).collect();
                 accepted.iter().all(|n| ran.contains(&n.to_string()))

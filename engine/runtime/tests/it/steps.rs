@@ -335,6 +335,19 @@ async fn wait_resolved_times_out_false() {
     );
 }
 
+/// The inputs journaled with the `once:blamed` step.
+fn once_inputs(records: &[firebreak_audit::Record]) -> serde_json::Value {
+    records
+        .iter()
+        .find_map(|r| match &r.body {
+            RecordBody::StepStarted { name, inputs, .. } if name == "once:blamed" => {
+                Some(inputs.clone())
+            }
+            _ => None,
+        })
+        .expect("once:blamed step")
+}
+
 /// `once(name, ..)` decides a value once per incident: a later run of the same runbook for the
 /// same event gets the first run's value without evaluating the closure; another event
 /// decides afresh.
@@ -352,16 +365,7 @@ async fn once_decides_a_value_once_per_incident() {
     let (second, records) = run(&h, plan("o2", SCRIPT)).await;
     assert_eq!(second.status, RunStatus::Succeeded, "{second:?}");
     assert_eq!(fake.count("one"), 1, "the closure did not run again");
-    let decided = records
-        .iter()
-        .find_map(|r| match &r.body {
-            RecordBody::StepStarted { name, inputs, .. } if name == "once:blamed" => {
-                Some(inputs.clone())
-            }
-            _ => None,
-        })
-        .expect("once:blamed step");
-    assert_eq!(decided, json!({"decided_by_run": "o1"}));
+    assert_eq!(once_inputs(&records), json!({"decided_by_run": "o1"}));
     let out = records
         .iter()
         .find_map(|r| match &r.body {
@@ -443,16 +447,7 @@ async fn once_shares_its_decision_with_another_replica_through_the_memory() {
     let (second, records) = run(&b, plan("o2", SCRIPT)).await;
     assert_eq!(second.status, RunStatus::Succeeded, "{second:?}");
     assert_eq!(fake.count("one"), 1, "the closure did not run again");
-    let decided = records
-        .iter()
-        .find_map(|r| match &r.body {
-            RecordBody::StepStarted { name, inputs, .. } if name == "once:blamed" => {
-                Some(inputs.clone())
-            }
-            _ => None,
-        })
-        .expect("once:blamed step");
-    assert_eq!(decided, json!({"decided_by_run": "o1"}));
+    assert_eq!(once_inputs(&records), json!({"decided_by_run": "o1"}));
 
     let down = replica(Arc::new(Memory {
         fail: true,

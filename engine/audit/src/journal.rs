@@ -12,9 +12,9 @@
 //!
 //! Segments: the journal is the active file (`audit.jsonl`) plus sealed segments named by
 //! their first seq (`audit.000000000001.jsonl`), oldest first; the chain runs across them.
-//! The writer seals the active file once it holds [`JournalOptions::segment_bytes`]. Sealing
-//! also has a thread of its own write the *carried index* (`audit.index.json`): every run not finished yet or with
-//! records in the segment just sealed, with where its records are. [`Journal::open`] reads
+//! The writer seals the active file once it holds [`JournalOptions::segment_bytes`]; a thread
+//! of its own then writes the *carried index* (`audit.index.json`): every run not finished yet
+//! or with records in the segment just sealed, with where its records are. [`Journal::open`] reads
 //! that index and the active file, which is all it needs to resume and to tell a redelivery
 //! from new work; the rest of the history is indexed on a background thread.
 //!
@@ -223,10 +223,12 @@ impl Index {
         if entry.summary.kind == EntryKind::Run && entry.summary.status.is_none() {
             self.open.insert(record.run_id.clone());
         }
-        match entry.lines.last() {
-            Some((segment, ..)) if *segment == place.0 => {}
-            Some((segment, ..)) if *segment > place.0 => {}
-            _ => self.in_last_segment.push(record.run_id.clone()),
+        if entry
+            .lines
+            .last()
+            .is_none_or(|(segment, ..)| *segment < place.0)
+        {
+            self.in_last_segment.push(record.run_id.clone());
         }
         entry.lines.push(place);
         entry.summary.records += 1;
@@ -247,13 +249,9 @@ impl Index {
     /// those with records in it, oldest first. Starts the next segment's list.
     fn carried_runs(&mut self, sealed: u32) -> Vec<RunEntry> {
         let mut ids = std::mem::take(&mut self.in_last_segment);
+        // Only records of the active segment are indexed between two sealings.
+        ids.retain(|id| self.runs[id].lines.iter().any(|l| l.0 == sealed));
         let mut seen: HashSet<&String> = HashSet::with_capacity(ids.len());
-        ids.retain(|id| {
-            self.runs[id]
-                .lines
-                .iter()
-                .any(|(segment, ..)| *segment == sealed)
-        });
         let mut runs: Vec<RunEntry> = Vec::with_capacity(ids.len() + self.open.len());
         for id in ids.iter().chain(self.open.iter()) {
             if seen.insert(id) {

@@ -345,11 +345,7 @@ impl AuditMirror for GatedMirror {
 async fn an_append_given_up_by_its_caller_still_reaches_the_mirror_and_followers() {
     let dir = tempfile::tempdir().unwrap();
     let mirror = GatedMirror::new(false, std::time::Duration::ZERO);
-    let journal = Journal::open(dir.path().join("audit.jsonl"))
-        .unwrap()
-        .with_mirror(mirror.clone());
-    let mut follower = journal.subscribe();
-    let drafts = run_drafts("r1");
+    let (journal, mut follower, drafts) = mirrored(dir.path(), mirror.clone());
     let given_up = tokio::time::timeout(
         std::time::Duration::from_millis(200),
         journal.append(drafts[0].clone()),
@@ -375,13 +371,8 @@ async fn an_append_given_up_by_its_caller_still_reaches_the_mirror_and_followers
 async fn the_mirror_and_followers_get_records_in_journal_order() {
     let dir = tempfile::tempdir().unwrap();
     let mirror = GatedMirror::new(true, std::time::Duration::from_millis(300));
-    let journal = Arc::new(
-        Journal::open(dir.path().join("audit.jsonl"))
-            .unwrap()
-            .with_mirror(mirror.clone()),
-    );
-    let mut follower = journal.subscribe();
-    let drafts = run_drafts("r1");
+    let (journal, mut follower, drafts) = mirrored(dir.path(), mirror.clone());
+    let journal = Arc::new(journal);
     let first = tokio::spawn({
         let (journal, draft) = (journal.clone(), drafts[0].clone());
         async move { journal.append(draft).await.unwrap().seq }
@@ -440,13 +431,8 @@ async fn the_mirror_is_sent_the_next_records_before_the_last_are_stored() {
         sent: Mutex::default(),
         stored: Arc::new(tokio::sync::Semaphore::new(0)),
     });
-    let journal = Arc::new(
-        Journal::open(dir.path().join("audit.jsonl"))
-            .unwrap()
-            .with_mirror(mirror.clone()),
-    );
-    let mut follower = journal.subscribe();
-    let drafts = run_drafts("r1");
+    let (journal, mut follower, drafts) = mirrored(dir.path(), mirror.clone());
+    let journal = Arc::new(journal);
     let append = |draft: RecordDraft| {
         let journal = journal.clone();
         tokio::spawn(async move { journal.append(draft).await.unwrap().seq })
@@ -693,4 +679,20 @@ async fn notices_are_listed_by_kind_and_never_resumed() {
         .map(|r| r.run_id)
         .collect();
     assert_eq!(resumable, vec!["running".to_owned()]);
+}
+
+/// A journal in `dir` publishing to `mirror`, a follower of it, and one run's drafts.
+fn mirrored(
+    dir: &std::path::Path,
+    mirror: Arc<dyn AuditMirror>,
+) -> (
+    Journal,
+    tokio::sync::broadcast::Receiver<Arc<Record>>,
+    Vec<RecordDraft>,
+) {
+    let journal = Journal::open(dir.join("audit.jsonl"))
+        .unwrap()
+        .with_mirror(mirror);
+    let follower = journal.subscribe();
+    (journal, follower, run_drafts("r1"))
 }

@@ -100,21 +100,28 @@ pub(crate) fn read_records<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, B
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(io_err(e)),
     };
-    let mut reader = BufReader::new(file).take(u64::MAX);
+    let mut reader = BufReader::new(file);
     let mut records = Vec::new();
     let mut line = Vec::new();
     let mut good_len: u64 = 0;
     let mut line_no = 0;
     let mut bad: Option<(usize, serde_json::Error)> = None;
-    loop {
+    let mut at_zeros = false;
+    while !at_zeros {
         line.clear();
         let mut n = reader.read_until(b'\n', &mut line).map_err(io_err)?;
         if let Some(zero) = line.iter().position(|&b| b == 0) {
             // The preallocated zeros (or a write torn inside them): nothing after them was
             // ever committed, since every commit is durable before the next one is written.
-            line.truncate(zero);
+            // What follows is dropped, and said so when it is more than zeros.
+            let mut rest = line.split_off(zero);
+            reader.read_to_end(&mut rest).map_err(io_err)?;
+            let dropped = rest.iter().filter(|&&b| b != 0).count();
+            if dropped > 0 {
+                warn!(path = %path.display(), bytes = dropped, "dropping bytes after the records' end: a commit torn by a crash, never acknowledged");
+            }
             n = zero;
-            reader.set_limit(0);
+            at_zeros = true;
         }
         if n == 0 {
             break;

@@ -122,6 +122,29 @@ impl Event {
         string_map(self.data.get("annotations"))
     }
 
+    /// The event as JSON, the same as `serde_json::to_value(&event)` (a test holds it to
+    /// that), built directly: each run's `run_started` record and `ctx` start from it, and
+    /// the serde path re-serialized the whole payload value by value.
+    pub fn to_json(&self) -> Value {
+        let mut map = serde_json::Map::new();
+        map.insert("id".into(), self.id.clone().into());
+        map.insert("source".into(), self.source.clone().into());
+        map.insert("type".into(), self.kind.clone().into());
+        map.insert("subject".into(), self.subject.clone().into());
+        map.insert("time".into(), self.time.to_string().into());
+        for (key, value) in [
+            ("namespace", &self.namespace),
+            ("fingerprint", &self.fingerprint),
+            ("traceparent", &self.traceparent),
+        ] {
+            if let Some(value) = value {
+                map.insert(key.into(), value.clone().into());
+            }
+        }
+        map.insert("data".into(), self.data.clone());
+        Value::Object(map)
+    }
+
     /// The status used by trigger `status` filters: `data.status` when it is a string
     /// (alerts: `firing` or `resolved`), otherwise the event's `type`.
     pub fn status(&self) -> &str {
@@ -145,6 +168,30 @@ fn string_map(value: Option<&Value>) -> BTreeMap<String, String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn to_json_is_what_serde_makes_of_the_event() {
+        let bare = event(
+            "alertmanager",
+            json!({"labels": {"a": "1"}, "n": [1, 2.5, null]}),
+        );
+        let full = Event {
+            namespace: Some("team-a".into()),
+            fingerprint: Some("14ec0898ad0f9755".into()),
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            time: "2026-11-26T22:01:43.277123456Z".parse().unwrap(),
+            ..bare.clone()
+        };
+        let odd = Event {
+            data: Value::Null,
+            subject: "quote \" é".into(),
+            time: jiff::Timestamp::UNIX_EPOCH,
+            ..bare.clone()
+        };
+        for e in [bare, full, odd] {
+            assert_eq!(e.to_json(), serde_json::to_value(&e).unwrap());
+        }
+    }
 
     fn event(source: &str, data: Value) -> Event {
         Event {

@@ -196,8 +196,7 @@ fn parse(opts: RhaiMap) -> Result<(Options, Vec<u32>, i64), String> {
     let opts: Options = serde_json::from_value(to_json(&Dynamic::from_map(opts)))
         .map_err(|e| format!("options: {e}"))?;
     let steps = weights(&opts)?;
-    let interval = parse_wait(&to_dynamic(&opts.interval).map_err(|e| e.to_string())?)
-        .map_err(|e| format!("interval: {e}"))?;
+    let interval = parse_wait(&to_dynamic(&opts.interval)).map_err(|e| format!("interval: {e}"))?;
     if interval.is_zero() {
         return Err("interval must be above 0".into());
     }
@@ -235,7 +234,7 @@ fn canary(tools: &Tools, opts: RhaiMap) -> Result<Dynamic, ScriptError> {
             check,
         }
         .run(&steps, interval_ms)
-        .and_then(|out| to_dynamic(&out))
+        .map(|out| to_dynamic(&out))
     })
 }
 
@@ -312,7 +311,7 @@ impl Analysis<'_> {
                 });
                 let _ = evidence(
                     format!("canary interval {intervals}").into(),
-                    to_dynamic(&record)?,
+                    to_dynamic(&record),
                 )?;
                 self.progress(weight, decision, &checks);
                 let end = |outcome: &str, weight: u32, reason: String| {
@@ -499,7 +498,7 @@ mod tests {
         let with = |key: &str, value: Value| {
             let mut o = base.clone();
             o[key] = value;
-            crate::step::to_dynamic(&o).unwrap().cast::<RhaiMap>()
+            crate::step::to_dynamic(&o).cast::<RhaiMap>()
         };
         for (opts, says) in [
             (with("colour", json!("red")), "unknown field `colour`"),
@@ -516,7 +515,7 @@ mod tests {
             let e = parse(opts).unwrap_err();
             assert!(e.contains(says), "{says}: {e}");
         }
-        assert!(parse(crate::step::to_dynamic(&base).unwrap().cast()).is_ok());
+        assert!(parse(crate::step::to_dynamic(&base).cast()).is_ok());
     }
 
     #[test]

@@ -373,7 +373,7 @@ impl Runner {
             event_id: plan.event.id.clone(),
         });
         let (span, trace_id) = crate::trace::run_span(&meta, plan.event.traceparent.as_deref());
-        let event = serde_json::to_value(&*plan.event).expect("events always serialize to JSON");
+        let event = plan.event.to_json();
         let params = Value::Object(plan.params);
         // Built before the values move into the journal record: no copy of the event is kept.
         let ctx = script_ctx(&meta, &event, &params, plan.dry_run);
@@ -618,7 +618,7 @@ impl Runner {
         &self,
         cx: Arc<RunContext>,
         ast: Arc<AST>,
-        ctx: Result<Dynamic, Box<EvalAltResult>>,
+        ctx: Dynamic,
         permit: OwnedSemaphorePermit,
     ) -> RunHandle {
         let engine = self.engine.clone();
@@ -658,9 +658,8 @@ impl Runner {
                 }
                 let (script_cx, engine, ast, ctx) =
                     (cx.clone(), engine.clone(), ast.clone(), ctx.clone());
-                let script = tokio::task::spawn_blocking(move || {
-                    execute(&engine, &ast, &script_cx, Ok(ctx))
-                });
+                let script =
+                    tokio::task::spawn_blocking(move || execute(&engine, &ast, &script_cx, ctx));
                 tokio::pin!(script);
                 let result = if std::mem::take(&mut first) {
                     tokio::select! {
@@ -812,19 +811,7 @@ enum Inline {
 
 /// Tries the script on this async worker (see `RunContext::inline`): scripts of local steps
 /// that stay within `INLINE_MAX_OPERATIONS` end here without a thread hand-off.
-fn execute_inline(
-    engine: &Engine,
-    ast: &AST,
-    cx: &Arc<RunContext>,
-    ctx: Result<Dynamic, Box<EvalAltResult>>,
-) -> Inline {
-    let ctx = match ctx {
-        Ok(ctx) => ctx,
-        Err(error) => {
-            let (status, error) = classify(Err(error), cx);
-            return Inline::Ended(status, error);
-        }
-    };
+fn execute_inline(engine: &Engine, ast: &AST, cx: &Arc<RunContext>, ctx: Dynamic) -> Inline {
     let kept = cx.begin_inline();
     let _entered = step::enter(cx.clone());
     let mut scope = Scope::new();
@@ -939,14 +926,12 @@ fn execute(
     engine: &Engine,
     ast: &AST,
     cx: &Arc<RunContext>,
-    ctx: Result<Dynamic, Box<EvalAltResult>>,
+    ctx: Dynamic,
 ) -> (RunStatus, Option<String>) {
     let _entered = step::enter(cx.clone());
-    let result = ctx.and_then(|ctx| {
-        let mut scope = Scope::new();
-        scope.push_constant("ctx", ctx);
-        engine.eval_ast_with_scope::<Dynamic>(&mut scope, ast)
-    });
+    let mut scope = Scope::new();
+    scope.push_constant("ctx", ctx);
+    let result = engine.eval_ast_with_scope::<Dynamic>(&mut scope, ast);
     classify(result, cx)
 }
 
@@ -1141,25 +1126,20 @@ pub(crate) const CTX_KEYS: &[CtxKey] = &[
 ];
 
 /// The `ctx` map a script sees.
-fn script_ctx(
-    meta: &RunMeta,
-    event: &Value,
-    params: &Value,
-    dry_run: bool,
-) -> Result<Dynamic, Box<EvalAltResult>> {
+fn script_ctx(meta: &RunMeta, event: &Value, params: &Value, dry_run: bool) -> Dynamic {
     let empty = Value::Object(Map::new());
     let data = |key: &str| event.get("data").and_then(|d| d.get(key)).unwrap_or(&empty);
     let mut map = rhai::Map::new();
-    map.insert("event".into(), to_dynamic(event)?);
-    map.insert("labels".into(), to_dynamic(data("labels"))?);
-    map.insert("annotations".into(), to_dynamic(data("annotations"))?);
-    map.insert("params".into(), to_dynamic(params)?);
+    map.insert("event".into(), to_dynamic(event));
+    map.insert("labels".into(), to_dynamic(data("labels")));
+    map.insert("annotations".into(), to_dynamic(data("annotations")));
+    map.insert("params".into(), to_dynamic(params));
     map.insert("run_id".into(), meta.run_id.clone().into());
     map.insert("runbook".into(), meta.runbook.clone().into());
     map.insert("team".into(), meta.team.clone().into());
     map.insert("actor".into(), meta.actor.clone().into());
     map.insert("dry_run".into(), dry_run.into());
-    Ok(map.into())
+    map.into()
 }
 
 #[cfg(test)]
@@ -1176,7 +1156,6 @@ mod tests {
             event_id: "e".into(),
         };
         let ctx = script_ctx(&meta, &serde_json::json!({"data": {}}), &Value::Null, false)
-            .unwrap()
             .cast::<rhai::Map>();
         let mut given: Vec<&str> = ctx.keys().map(|k| k.as_str()).collect();
         let mut documented: Vec<&str> = CTX_KEYS.iter().map(|k| k.name).collect();

@@ -10,16 +10,24 @@
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::filter::{EnvFilter, Targets};
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{Layer as _, fmt};
 
-/// Flushes and stops the trace exporter when dropped (at the end of `main`).
-pub struct Telemetry(Option<SdkTracerProvider>);
+use crate::logwriter::LogWriter;
+
+/// Flushes and stops the trace exporter and writes the last log lines when dropped (at the
+/// end of `main`).
+pub struct Telemetry {
+    traces: Option<SdkTracerProvider>,
+    /// Declared last: dropped after the exporter, which may log while it stops.
+    _logs: Option<LogWriter>,
+}
 
 impl Drop for Telemetry {
     fn drop(&mut self) {
-        if let Some(provider) = self.0.take()
+        if let Some(provider) = self.traces.take()
             && let Err(e) = provider.shutdown()
         {
             eprintln!("firebreak: flushing traces failed: {e}");
@@ -44,21 +52,35 @@ pub fn init() -> Telemetry {
             .parse()
             .expect("a static directive"),
     );
+    // Lines leave from a thread of their own (see `logwriter`); if it cannot start, each
+    // logger writes to stderr itself, as before.
+    let writer = LogWriter::spawn(std::io::stderr())
+        .inspect_err(|e| {
+            eprintln!("firebreak: no log writer thread ({e}); logging to stderr directly")
+        })
+        .ok();
+    let sink = match &writer {
+        Some(writer) => BoxMakeWriter::new(writer.handle()),
+        None => BoxMakeWriter::new(std::io::stderr),
+    };
     let logs = if std::env::var("FIREBREAK_LOG_FORMAT").as_deref() == Ok("json") {
-        fmt::layer().json().with_writer(std::io::stderr).boxed()
+        fmt::layer().json().with_writer(sink).boxed()
     } else {
         // Colours only on a terminal: a log file or a pod's log gets plain lines (and the
         // engine does not spend time on escape codes nobody sees).
         use std::io::IsTerminal as _;
         fmt::layer()
             .with_ansi(std::io::stderr().is_terminal())
-            .with_writer(std::io::stderr)
+            .with_writer(sink)
             .boxed()
     };
     let registry = tracing_subscriber::registry().with(logs.with_filter(filter));
     if !wanted() {
         registry.init();
-        return Telemetry(None);
+        return Telemetry {
+            traces: None,
+            _logs: writer,
+        };
     }
     let exporter = match opentelemetry_otlp::SpanExporter::builder()
         .with_http()
@@ -68,7 +90,10 @@ pub fn init() -> Telemetry {
         Err(e) => {
             registry.init();
             tracing::error!(error = %e, "cannot build the OTLP trace exporter; traces are off");
-            return Telemetry(None);
+            return Telemetry {
+                traces: None,
+                _logs: writer,
+            };
         }
     };
     let mut resource = opentelemetry_sdk::Resource::builder();
@@ -92,5 +117,8 @@ pub fn init() -> Telemetry {
         )
         .init();
     tracing::info!("exporting traces over OTLP");
-    Telemetry(Some(provider))
+    Telemetry {
+        traces: Some(provider),
+        _logs: writer,
+    }
 }

@@ -21,7 +21,8 @@ use crate::logwriter::LogWriter;
 /// end of `main`).
 pub struct Telemetry {
     traces: Option<SdkTracerProvider>,
-    /// Declared last: dropped after the exporter, which may log while it stops.
+    /// Dropped after `drop` has stopped the exporter (which may log while it stops): its
+    /// drop writes the last lines and joins the log thread.
     _logs: Option<LogWriter>,
 }
 

@@ -1,7 +1,8 @@
 //! Log lines leave on a thread of their own, so an async worker never waits on stderr.
 //!
-//! Written straight to stderr, every line was a `write` on the worker that logged it: 5–20 µs
-//! on a log file on this VM's disk (59 µs per alert in a slow hour, three lines per run), and
+//! Written straight to stderr, every line was a `write` on the worker that logged it: 2–20 µs
+//! on a log file on this VM's disk (default logging cost 7–11 µs per alert over `warn` in one
+//! `run.sh` session, 59 µs in a slow hour; three lines per run), and
 //! a stderr nobody drains (a full pipe to a stalled log collector) would hold every task on
 //! that worker. Here a line is copied into a shared buffer; the writer thread, woken by the
 //! first line, waits [`LINGER`] and writes whatever has gathered with one `write`, so under

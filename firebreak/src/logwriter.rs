@@ -2,16 +2,15 @@
 //!
 //! Written straight to stderr, every line was a `write` on the worker that logged it: 2–20 µs
 //! on a log file on this VM's disk (default logging cost 7–11 µs per alert over `warn` in one
-//! `run.sh` session, 59 µs in a slow hour; three lines per run), and
-//! a stderr nobody drains (a full pipe to a stalled log collector) would hold every task on
-//! that worker. Here a line is copied into a shared buffer; the writer thread, woken by the
+//! `run.sh` session, 59 µs in a slow hour; three lines per run), and a stderr nobody drains (a
+//! full pipe to a stalled log collector) would hold every task on that worker. Here a line is copied into a shared buffer; the writer thread, woken by the
 //! first line, waits [`LINGER`] and writes whatever has gathered with one `write`, so under
 //! load many lines share one call and one wake-up.
 //!
 //! Nothing is dropped: past [`CAPACITY`] buffered bytes a logger waits for the thread (as it
 //! would have waited on stderr). What a crash can lose is what the thread had not written yet
-//! (it writes as soon as lines come, so microseconds' worth when it keeps up); the
-//! [`LogWriter`]'s drop (at the end of `main`) writes the rest.
+//! (about [`LINGER`]'s worth of lines when it keeps up); the [`LogWriter`]'s drop (at the end
+//! of `main`) writes the rest.
 
 use std::io::{self, Write};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};

@@ -1264,8 +1264,8 @@ fn finish_leaf(
 }
 
 /// JSON as a script value, the same as `rhai::serde::to_dynamic` makes of it (`null` is `()`,
-/// an integer beyond `i64` a float), built directly: every run's `ctx` holds its event, and the
-/// serde path cost about 4 % of the engine's CPU per alert.
+/// an integer beyond `i64` a float), built directly: every run's `ctx` holds its event, which
+/// takes about 4 % of the engine's CPU per alert, a tenth less this way than through serde.
 pub(crate) fn to_dynamic(value: &Value) -> Dynamic {
     match value {
         Value::Null => Dynamic::UNIT,

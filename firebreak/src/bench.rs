@@ -13,6 +13,7 @@
 //!
 //! It prints exactly one summary line on stdout (progress goes to stderr).
 
+use firebreak_bus::port::free_loopback_port;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -197,7 +198,7 @@ impl Replica {
         nats: Option<&str>,
         env: &[(&str, String)],
     ) -> Result<Replica> {
-        let port = free_port()?;
+        let port = free_loopback_port()?;
         Ok(Replica {
             child: spawn_server_with(home, runbooks, port, nats, env)?,
             base: format!("http://127.0.0.1:{port}"),
@@ -543,12 +544,6 @@ pub(crate) fn status_field(pid: u32, field: &str) -> Result<u64> {
         .with_context(|| format!("no {field} in /proc/{pid}/status"))
 }
 
-pub(crate) fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 /// A private `nats-server -js` for `--nats spawn`.
 pub(crate) struct NatsChild {
     pub(crate) url: String,
@@ -557,7 +552,7 @@ pub(crate) struct NatsChild {
 
 impl NatsChild {
     pub(crate) async fn spawn(dir: &Path) -> Result<NatsChild> {
-        let port = free_port()?;
+        let port = free_loopback_port()?;
         let store: PathBuf = dir.join("nats");
         let child = Command::new("nats-server")
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])

@@ -10,13 +10,14 @@
 //! rollback's PUT of `model-N` (`model-latency-rollback`), the shift back's PUT of `route-N`
 //! (`canary-rollback`). It prints one summary line with p50 and p99 of each.
 
+use firebreak_bus::port::free_loopback_port;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::bench::{BenchArgs, bus_for, free_port, percentiles, spawn_server_with, wait_ready};
+use crate::bench::{BenchArgs, bus_for, percentiles, spawn_server_with, wait_ready};
 
 const NS: &str = "ml-serving";
 
@@ -100,7 +101,7 @@ async fn measure(
             sim.apply_yaml(&routes(n))?;
         }
     }
-    let port = free_port()?;
+    let port = free_loopback_port()?;
     let base = format!("http://127.0.0.1:{port}");
     let mut server = spawn_server_with(
         &work,

@@ -13,6 +13,7 @@
 //!    alert resolved.
 //! 5. The route's error rate over the demo, as a chart; the route, as kubectl would show it.
 
+use firebreak_bus::port::free_loopback_port;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -161,12 +162,6 @@ impl Drop for Program {
     }
 }
 
-pub(crate) fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 pub async fn scenario2(work: &Path) -> Result<()> {
     heading("1. a simulated cluster: recommender v1 (primary) and a v2 canary at 10% of 200 req/s");
     let (sim, kubeconfig) = crate::demo::start_sim(work, Duration::from_millis(300)).await?;
@@ -175,7 +170,11 @@ pub async fn scenario2(work: &Path) -> Result<()> {
     println!("   HTTPRoute ml-serving/recommender: {PRIMARY} 90, {CANARY} 10");
 
     heading("2. the real Prometheus (scraping kubesim every second) and Alertmanager");
-    let (engine_port, prom_port, am_port) = (free_port()?, free_port()?, free_port()?);
+    let (engine_port, prom_port, am_port) = (
+        free_loopback_port()?,
+        free_loopback_port()?,
+        free_loopback_port()?,
+    );
     let dir = work.join("monitoring");
     std::fs::create_dir_all(dir.join("am"))?;
     std::fs::write(

@@ -12,6 +12,7 @@
 //!    and eve click Approve.
 //! 4. Each team's audit trail, and the verified central journal.
 
+use firebreak_bus::port::free_loopback_port;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,7 +25,7 @@ use serde_json::{Value, json};
 
 use crate::config::Config;
 use crate::demo::{heading, write_runbooks};
-use crate::demo_canary::{Program, free_port, wait_run};
+use crate::demo_canary::{Program, wait_run};
 use crate::progress::stdout_sink;
 use crate::serve::Engine;
 
@@ -200,7 +201,7 @@ pub async fn scenario3(work: &Path) -> Result<()> {
     );
 
     heading("2. Prometheus scraping kubesim; firebreak with the teams file and chat");
-    let prom_port = free_port()?;
+    let prom_port = free_loopback_port()?;
     let dir = work.join("monitoring");
     std::fs::create_dir_all(&dir)?;
     let mut prom = Program::prometheus(&dir, prom_port, sim.addr(), "")?;

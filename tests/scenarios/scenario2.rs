@@ -146,10 +146,7 @@ impl Loop {
         let nats = NatsServer::start().expect("nats-server -js");
         // Alertmanager needs the webhook's address before serve starts, and serve needs
         // Alertmanager's and Prometheus's: serve's port is chosen first.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = firebreak_bus::port::free_loopback_port().expect("free port");
         let am = Alertmanager::start(
             &format!("http://127.0.0.1:{port}/v1/alertmanager"),
             "1h",

@@ -21,10 +21,7 @@ pub struct Browser {
 impl Browser {
     /// chromedriver on a free loopback port and one headless Chromium session.
     pub async fn start() -> Browser {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = firebreak_bus::port::free_loopback_port().expect("free port");
         // Its own process group, so dropping the browser ends Chromium's processes too (they
         // outlive a killed chromedriver otherwise).
         use std::os::unix::process::CommandExt as _;

@@ -642,10 +642,7 @@ impl Alertmanager {
         );
         std::fs::write(dir.path().join("alertmanager.yml"), config).expect("write am config");
         std::fs::create_dir_all(dir.path().join("data")).expect("am data dir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = firebreak_bus::port::free_loopback_port().expect("free port");
         let child = spawn_ready(
             "/usr/bin/prometheus-alertmanager",
             &[
@@ -901,10 +898,7 @@ impl Prometheus {
         }
         let file = dir.path().join("prometheus.yml");
         std::fs::write(&file, config).expect("write prometheus.yml");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = firebreak_bus::port::free_loopback_port().expect("free port");
         let child = spawn_ready(
             "/usr/bin/prometheus",
             &[

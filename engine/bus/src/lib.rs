@@ -26,6 +26,7 @@ pub mod embedded;
 mod error;
 mod log;
 pub mod nats;
+pub mod port;
 mod security;
 mod state;
 #[cfg(feature = "test-util")]

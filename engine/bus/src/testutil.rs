@@ -76,11 +76,7 @@ fn binary() -> String {
 }
 
 fn free_port() -> Result<u16, NatsServerError> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(NatsServerError::Setup)?;
-    Ok(listener
-        .local_addr()
-        .map_err(NatsServerError::Setup)?
-        .port())
+    crate::port::free_loopback_port().map_err(NatsServerError::Setup)
 }
 
 impl NatsServer {

@@ -22,10 +22,7 @@ fn binary() -> String {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
+    firebreak_bus::port::free_loopback_port().expect("a free loopback port")
 }
 
 /// A running Alertmanager with its own temp dir; killed and cleaned up on drop.

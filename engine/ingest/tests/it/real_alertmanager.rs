@@ -25,8 +25,7 @@ impl Drop for Alertmanager {
 }
 
 fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
+    firebreak_bus::port::free_loopback_port().unwrap()
 }
 
 fn binary() -> String {

@@ -1127,12 +1127,19 @@ pub(crate) const CTX_KEYS: &[CtxKey] = &[
 
 /// The `ctx` map a script sees.
 fn script_ctx(meta: &RunMeta, event: &Value, params: &Value, dry_run: bool) -> Dynamic {
-    let empty = Value::Object(Map::new());
-    let data = |key: &str| event.get("data").and_then(|d| d.get(key)).unwrap_or(&empty);
+    let event = to_dynamic(event);
+    // `labels` and `annotations` are copies of the event's own: a clone shares their strings
+    // instead of converting them from JSON a second time.
+    let data = |key: &str| {
+        event
+            .read_lock::<rhai::Map>()
+            .and_then(|e| e.get("data")?.read_lock::<rhai::Map>()?.get(key).cloned())
+            .unwrap_or_else(|| Dynamic::from_map(rhai::Map::new()))
+    };
     let mut map = rhai::Map::new();
-    map.insert("event".into(), to_dynamic(event));
-    map.insert("labels".into(), to_dynamic(data("labels")));
-    map.insert("annotations".into(), to_dynamic(data("annotations")));
+    map.insert("labels".into(), data("labels"));
+    map.insert("annotations".into(), data("annotations"));
+    map.insert("event".into(), event);
     map.insert("params".into(), to_dynamic(params));
     map.insert("run_id".into(), meta.run_id.clone().into());
     map.insert("runbook".into(), meta.runbook.clone().into());
@@ -1162,5 +1169,43 @@ mod tests {
         given.sort_unstable();
         documented.sort_unstable();
         assert_eq!(given, documented);
+    }
+
+    #[test]
+    fn labels_and_annotations_are_the_events_own_or_empty_maps() {
+        let meta = RunMeta {
+            run_id: "r".into(),
+            runbook: "b".into(),
+            team: "t".into(),
+            actor: "a".into(),
+            event_id: "e".into(),
+        };
+        let ctx_of = |event: Value| {
+            let ctx = script_ctx(&meta, &event, &Value::Null, false).cast::<rhai::Map>();
+            let json = |key: &str| crate::step::to_json(&ctx[key]);
+            (json("labels"), json("annotations"), json("event"))
+        };
+        let event = serde_json::json!({
+            "id": "e",
+            "data": {"labels": {"alertname": "ModelLatencyHigh", "namespace": "team-a"},
+                     "annotations": {"summary": "p99 above 250 ms"}},
+        });
+        let (labels, annotations, whole) = ctx_of(event.clone());
+        assert_eq!(labels, event["data"]["labels"]);
+        assert_eq!(annotations, event["data"]["annotations"]);
+        assert_eq!(whole, event);
+        // A manual trigger's event has no labels; a malformed one has no data at all.
+        for event in [
+            serde_json::json!({"data": {"note": "by hand"}}),
+            serde_json::json!({"data": "text"}),
+            serde_json::json!({}),
+        ] {
+            let (labels, annotations, whole) = ctx_of(event.clone());
+            assert_eq!(
+                (labels, annotations),
+                (serde_json::json!({}), serde_json::json!({}))
+            );
+            assert_eq!(whole, event);
+        }
     }
 }

@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::{Event, SOURCE_ALERTMANAGER};
@@ -101,23 +101,30 @@ struct Alert {
 /// commonLabels}` with the timestamps as Alertmanager sent them. The `id` is derived from
 /// (fingerprint, status, startsAt), so a repeated notification yields the same id.
 pub fn decode(body: &[u8]) -> Result<Vec<Event>, DecodeError> {
-    let hook: Webhook = match serde_json::from_slice(body) {
+    let mut hook: Webhook = match serde_json::from_slice(body) {
         Ok(hook) => hook,
         Err(e) => return Err(classify(body, e)),
     };
     check_version(hook.version.as_ref())?;
     let alerts = hook
         .alerts
-        .as_ref()
+        .take()
         .ok_or_else(|| DecodeError::Invalid("missing field `alerts`".into()))?;
     if alerts.is_empty() {
         return Err(DecodeError::Invalid("`alerts` is empty".into()));
     }
+    let mut group = Group::of(hook);
+    let last = alerts.len() - 1;
     alerts
-        .iter()
+        .into_iter()
         .enumerate()
         .map(|(i, alert)| {
-            to_event(&hook, alert).map_err(|m| DecodeError::Invalid(format!("alerts[{i}]: {m}")))
+            let group = if i == last {
+                std::mem::take(&mut group)
+            } else {
+                group.clone()
+            };
+            to_event(group, alert).map_err(|m| DecodeError::Invalid(format!("alerts[{i}]: {m}")))
         })
         .collect()
 }
@@ -157,28 +164,58 @@ fn check_version(version: Option<&Value>) -> Result<(), DecodeError> {
     }
 }
 
-fn to_event(hook: &Webhook, alert: &Alert) -> Result<Event, String> {
-    let status = alert.status.as_deref().ok_or("missing field `status`")?;
+/// What every event of one webhook carries about the notified group, as JSON values.
+#[derive(Clone, Default)]
+struct Group {
+    receiver: Value,
+    group_key: Value,
+    external_url: Value,
+    group_labels: Value,
+    common_labels: Value,
+}
+
+impl Group {
+    fn of(hook: Webhook) -> Group {
+        Group {
+            receiver: Value::String(hook.receiver),
+            group_key: Value::String(hook.group_key),
+            external_url: Value::String(hook.external_url),
+            group_labels: string_map(hook.group_labels),
+            common_labels: string_map(hook.common_labels),
+        }
+    }
+}
+
+/// A map of strings as a JSON object; the strings move, none is copied.
+fn string_map(map: BTreeMap<String, String>) -> Value {
+    Value::Object(
+        map.into_iter()
+            .map(|(k, v)| (k, Value::String(v)))
+            .collect(),
+    )
+}
+
+/// One alert's event. Its strings move into the event's `data`; only the few the event also
+/// names on its own (subject, namespace, fingerprint) are copied.
+fn to_event(group: Group, alert: Alert) -> Result<Event, String> {
+    let status = alert.status.ok_or("missing field `status`")?;
     if status != "firing" && status != "resolved" {
         return Err(format!(
             "status must be \"firing\" or \"resolved\", got {status:?}"
         ));
     }
-    let labels = alert.labels.as_ref().ok_or("missing field `labels`")?;
-    let starts_at = alert
-        .starts_at
-        .as_deref()
-        .ok_or("missing field `startsAt`")?;
-    let started = parse_time("startsAt", starts_at)?;
+    let labels = alert.labels.ok_or("missing field `labels`")?;
+    let starts_at = alert.starts_at.ok_or("missing field `startsAt`")?;
+    let started = parse_time("startsAt", &starts_at)?;
     let ended = match alert.ends_at.as_deref() {
         Some(ends_at) => Some(parse_time("endsAt", ends_at)?),
         None => None,
     };
-    let fingerprint = match &alert.fingerprint {
-        Some(fp) => fp.clone(),
-        None => label_set_fingerprint(labels),
+    let fingerprint = match alert.fingerprint {
+        Some(fp) => fp,
+        None => label_set_fingerprint(&labels),
     };
-    let time = match (status, ended) {
+    let time = match (status.as_str(), ended) {
         ("resolved", Some(end)) if end != zero_time() => end,
         _ => started,
     };
@@ -186,28 +223,31 @@ fn to_event(hook: &Webhook, alert: &Alert) -> Result<Event, String> {
         .get("alertname")
         .cloned()
         .unwrap_or_else(|| fingerprint.clone());
+    let namespace = labels.get("namespace").cloned();
+    let id = event_id(&fingerprint, &status, &starts_at);
+    let data = [
+        ("labels", string_map(labels)),
+        ("annotations", string_map(alert.annotations)),
+        ("startsAt", Value::String(starts_at)),
+        ("endsAt", alert.ends_at.map_or(Value::Null, Value::String)),
+        ("generatorURL", Value::String(alert.generator_url)),
+        ("status", Value::String(status.clone())),
+        ("receiver", group.receiver),
+        ("groupKey", group.group_key),
+        ("externalURL", group.external_url),
+        ("groupLabels", group.group_labels),
+        ("commonLabels", group.common_labels),
+    ];
     Ok(Event {
-        id: event_id(&fingerprint, status, starts_at),
+        id,
         source: SOURCE_ALERTMANAGER.to_owned(),
-        kind: status.to_owned(),
+        kind: status,
         subject,
         time,
-        namespace: labels.get("namespace").cloned(),
+        namespace,
         fingerprint: Some(fingerprint),
         traceparent: None,
-        data: json!({
-            "labels": labels,
-            "annotations": alert.annotations,
-            "startsAt": starts_at,
-            "endsAt": alert.ends_at,
-            "generatorURL": alert.generator_url,
-            "status": status,
-            "receiver": hook.receiver,
-            "groupKey": hook.group_key,
-            "externalURL": hook.external_url,
-            "groupLabels": hook.group_labels,
-            "commonLabels": hook.common_labels,
-        }),
+        data: Value::Object(data.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()),
     })
 }
 
@@ -263,6 +303,7 @@ pub fn label_set_fingerprint(labels: &BTreeMap<String, String>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     const FIXTURES: &str = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -325,6 +366,11 @@ mod tests {
                 ] {
                     assert_eq!(event.data[key], raw[key], "{name}: {key}");
                 }
+                assert_eq!(
+                    event.data.as_object().unwrap().len(),
+                    11,
+                    "{name}: no other keys"
+                );
                 let expected_time = if event.kind == "firing" {
                     &alert["startsAt"]
                 } else {

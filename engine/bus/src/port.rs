@@ -9,10 +9,11 @@
 //! "address already in use" now and then.
 //!
 //! [`free_loopback_port`] chooses below the ephemeral range instead, where the kernel hands out
-//! nothing by itself, and holds an advisory lock on `<tmp>/firebreak-ports/<port>.lock` for the
-//! rest of the process's life so that two processes using this function (two tests running in
-//! parallel) never choose the same port. A port some other program already listens on is
-//! skipped. Without room below the ephemeral range it falls back to a port-0 bind.
+//! nothing by itself, and holds an advisory lock on `<tmp>/firebreak-ports-<uid>/<port>.lock`
+//! for the rest of the process's life so that two processes of one user calling this function
+//! (two tests running in parallel) never choose the same port. A port some other program already listens on is
+//! skipped. Without room below the ephemeral range, or without a lock directory, it falls back
+//! to a port-0 bind.
 
 use std::fs::{File, OpenOptions};
 use std::hash::{BuildHasher, RandomState};
@@ -31,10 +32,16 @@ static HELD: Mutex<Vec<File>> = Mutex::new(Vec::new());
 /// ephemeral port, and that no other caller of this function (in any process) gets while this
 /// process lives.
 pub fn free_loopback_port() -> std::io::Result<u16> {
-    let Some(range) = below_ephemeral() else {
-        return ephemeral();
-    };
-    let dir = std::env::temp_dir().join("firebreak-ports");
+    match below_ephemeral().and_then(|range| locked(range).ok().flatten()) {
+        Some(port) => Ok(port),
+        // No room below the ephemeral range, or no lock directory: what binding 0 gives.
+        None => ephemeral(),
+    }
+}
+
+/// A port of `range` claimed for the rest of the process, starting at a random one.
+fn locked(range: Range<u16>) -> std::io::Result<Option<u16>> {
+    let dir = lock_dir()?;
     std::fs::create_dir_all(&dir)?;
     let span = u64::from(range.end - range.start);
     let start = RandomState::new().hash_one(std::process::id()) % span;
@@ -42,10 +49,18 @@ pub fn free_loopback_port() -> std::io::Result<u16> {
         let port = range.start + ((start + i) % span) as u16;
         if let Some(lock) = claim(&dir, port)? {
             HELD.lock().unwrap_or_else(|p| p.into_inner()).push(lock);
-            return Ok(port);
+            return Ok(Some(port));
         }
     }
-    ephemeral()
+    Ok(None)
+}
+
+/// `<tmp>/firebreak-ports-<uid>`: one per user, so another user's lock files (which this one
+/// may not open) are never in the way.
+fn lock_dir() -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt as _;
+    let uid = std::fs::metadata("/proc/self")?.uid();
+    Ok(std::env::temp_dir().join(format!("firebreak-ports-{uid}")))
 }
 
 /// The ports from [`LOWEST`] up to the ephemeral range's start; `None` if that is too few.
@@ -97,8 +112,7 @@ mod tests {
 
     #[test]
     fn a_port_another_process_holds_is_not_chosen_and_a_listened_port_is_skipped() {
-        let dir = std::env::temp_dir().join("firebreak-ports");
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = lock_dir().unwrap();
         let port = free_loopback_port().unwrap();
         // A second open of the lock file, as another process would make, cannot take it.
         assert!(claim(&dir, port).unwrap().is_none());

@@ -1153,15 +1153,19 @@ fn script_ctx(meta: &RunMeta, event: &Value, params: &Value, dry_run: bool) -> D
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_ctx_table_names_every_key_a_script_gets() {
-        let meta = RunMeta {
+    fn meta() -> RunMeta {
+        RunMeta {
             run_id: "r".into(),
             runbook: "b".into(),
             team: "t".into(),
             actor: "a".into(),
             event_id: "e".into(),
-        };
+        }
+    }
+
+    #[test]
+    fn the_ctx_table_names_every_key_a_script_gets() {
+        let meta = meta();
         let ctx = script_ctx(&meta, &serde_json::json!({"data": {}}), &Value::Null, false)
             .cast::<rhai::Map>();
         let mut given: Vec<&str> = ctx.keys().map(|k| k.as_str()).collect();
@@ -1173,13 +1177,7 @@ mod tests {
 
     #[test]
     fn labels_and_annotations_are_the_events_own_or_empty_maps() {
-        let meta = RunMeta {
-            run_id: "r".into(),
-            runbook: "b".into(),
-            team: "t".into(),
-            actor: "a".into(),
-            event_id: "e".into(),
-        };
+        let meta = meta();
         let ctx_of = |event: Value| {
             let ctx = script_ctx(&meta, &event, &Value::Null, false).cast::<rhai::Map>();
             let json = |key: &str| crate::step::to_json(&ctx[key]);

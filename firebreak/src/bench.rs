@@ -13,7 +13,6 @@
 //!
 //! It prints exactly one summary line on stdout (progress goes to stderr).
 
-use firebreak_bus::port::free_loopback_port;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -22,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use clap::Args;
+use firebreak_bus::port::free_loopback_port;
 use http_body_util::{BodyExt, Full};
 use tokio::process::{Child, Command};
 

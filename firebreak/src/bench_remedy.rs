@@ -10,11 +10,11 @@
 //! rollback's PUT of `model-N` (`model-latency-rollback`), the shift back's PUT of `route-N`
 //! (`canary-rollback`). It prints one summary line with p50 and p99 of each.
 
-use firebreak_bus::port::free_loopback_port;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use firebreak_bus::port::free_loopback_port;
 use serde_json::Value;
 
 use crate::bench::{BenchArgs, bus_for, percentiles, spawn_server_with, wait_ready};

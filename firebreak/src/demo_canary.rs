@@ -13,13 +13,13 @@
 //!    alert resolved.
 //! 5. The route's error rate over the demo, as a chart; the route, as kubectl would show it.
 
-use firebreak_bus::port::free_loopback_port;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use firebreak_audit::{Journal, RecordBody, RunStatus};
+use firebreak_bus::port::free_loopback_port;
 use serde_json::{Value, json};
 
 use crate::config::Config;

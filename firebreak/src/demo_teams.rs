@@ -12,7 +12,6 @@
 //!    and eve click Approve.
 //! 4. Each team's audit trail, and the verified central journal.
 
-use firebreak_bus::port::free_loopback_port;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,6 +20,7 @@ use anyhow::{Result, bail};
 use axum::body::Bytes;
 use axum::extract::{Path as UrlPath, State};
 use firebreak_audit::RunStatus;
+use firebreak_bus::port::free_loopback_port;
 use serde_json::{Value, json};
 
 use crate::config::Config;

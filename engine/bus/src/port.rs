@@ -10,10 +10,10 @@
 //!
 //! [`free_loopback_port`] chooses below the ephemeral range instead, where the kernel hands out
 //! nothing by itself, and holds an advisory lock on `<tmp>/firebreak-ports-<uid>/<port>.lock`
-//! for the rest of the process's life so that two processes of one user calling this function
-//! (two tests running in parallel) never choose the same port. A port some other program already listens on is
-//! skipped. Without room below the ephemeral range, or without a lock directory, it falls back
-//! to a port-0 bind.
+//! for the rest of the process's life, so that two processes of one user calling it (two tests
+//! running in parallel) never choose the same port. A port some other program already listens
+//! on is skipped. Without room below the ephemeral range, or without a lock directory, it falls
+//! back to a port-0 bind.
 
 use std::fs::{File, OpenOptions};
 use std::hash::{BuildHasher, RandomState};
@@ -29,8 +29,8 @@ const LOWEST: u16 = 10_000;
 static HELD: Mutex<Vec<File>> = Mutex::new(Vec::new());
 
 /// A loopback port no other process is listening on, that the kernel will not hand out as an
-/// ephemeral port, and that no other caller of this function (in any process) gets while this
-/// process lives.
+/// ephemeral port, and that no other caller of this function (in any process of the same user)
+/// gets while this process lives.
 pub fn free_loopback_port() -> std::io::Result<u16> {
     match below_ephemeral().and_then(|range| locked(range).ok().flatten()) {
         Some(port) => Ok(port),

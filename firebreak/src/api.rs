@@ -140,14 +140,9 @@ async fn show(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let run = match run_for(&state, &headers, &id) {
-        Ok(run) => run,
-        Err(response) => return *response,
-    };
-    let journal = &state.dispatcher.journal;
-    match journal.records_for_run(&id) {
-        Ok(records) => Json(json!({"run": run, "records": records})).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    match run_for(&state, &headers, &id).await {
+        Ok((run, records)) => Json(json!({"run": run, "records": records})).into_response(),
+        Err(response) => *response,
     }
 }
 
@@ -313,25 +308,32 @@ async fn approvals(State(state): State<ApiState>, headers: HeaderMap) -> Respons
 
 /// The run `id` as the caller may see it; the answer to give otherwise (401, or 404 for a run
 /// that is not theirs).
-fn run_for(
+/// Another team's run is answered like a missing one: its existence is theirs too. A run
+/// the journal's index no longer holds is looked up on disk, off the async workers.
+async fn run_for(
     state: &ApiState,
     headers: &HeaderMap,
     id: &str,
-) -> Result<firebreak_audit::RunSummary, Box<Response>> {
+) -> Result<(firebreak_audit::RunSummary, Vec<firebreak_audit::Record>), Box<Response>> {
     let viewer = viewer(state, headers)?;
-    visible_run(state, &viewer, id)
-        .ok_or_else(|| Box::new(error(StatusCode::NOT_FOUND, format!("no run {id}"))))
-}
-
-/// The run `id` if `viewer` may see it. Another team's run is answered like a missing one:
-/// its existence is theirs too.
-fn visible_run(state: &ApiState, viewer: &Viewer, id: &str) -> Option<firebreak_audit::RunSummary> {
-    state
-        .dispatcher
-        .journal
-        .reader()
-        .run(id)
-        .filter(|r| *viewer == Viewer::All || *viewer == Viewer::Team(r.team.clone()))
+    let reader = state.dispatcher.journal.reader();
+    let wanted = id.to_owned();
+    let found = tokio::task::spawn_blocking(move || reader.run_with_records(&wanted))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|found| found.map_err(|e| e.to_string()));
+    match found {
+        Ok(Some((run, records)))
+            if viewer == Viewer::All || viewer == Viewer::Team(run.team.clone()) =>
+        {
+            Ok((run, records))
+        }
+        Ok(_) => Err(Box::new(error(
+            StatusCode::NOT_FOUND,
+            format!("no run {id}"),
+        ))),
+        Err(e) => Err(Box::new(error(StatusCode::INTERNAL_SERVER_ERROR, e))),
+    }
 }
 
 /// `GET /v1/runs/{id}/events`: the run's records as server-sent events (`record`, one JSON
@@ -343,15 +345,11 @@ async fn events(
     Path(id): Path<String>,
 ) -> Response {
     use axum::response::sse::{Event, KeepAlive, Sse};
-    if let Err(response) = run_for(&state, &headers, &id) {
-        return *response;
-    }
-    let journal = state.dispatcher.journal.clone();
     // Subscribed before reading, so nothing falls between the two.
-    let live = journal.subscribe();
-    let earlier = match journal.records_for_run(&id) {
-        Ok(records) => records,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    let live = state.dispatcher.journal.subscribe();
+    let earlier = match run_for(&state, &headers, &id).await {
+        Ok((_, records)) => records,
+        Err(response) => return *response,
     };
     let last = earlier.last().map_or(0, |r| r.seq);
     let done = earlier
@@ -405,11 +403,8 @@ async fn export(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(response) = run_for(&state, &headers, &id) {
-        return *response;
-    }
-    match state.dispatcher.journal.records_for_run(&id) {
-        Ok(records) => {
+    match run_for(&state, &headers, &id).await {
+        Ok((_, records)) => {
             let mut out = String::new();
             for r in &records {
                 out.push_str(&serde_json::to_string(r).expect("records serialize"));
@@ -430,7 +425,7 @@ async fn export(
             )
                 .into_response()
         }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(response) => *response,
     }
 }
 

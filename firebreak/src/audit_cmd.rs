@@ -89,6 +89,10 @@ pub fn open_journal(cfg: &Config) -> Result<Journal> {
             .segment_mib
             .map_or(defaults.segment_bytes, |mib| mib.max(1) << 20),
         relink_broken: cfg.audit.relink_broken,
+        finished_runs_kept: cfg
+            .audit
+            .finished_runs_kept
+            .unwrap_or(defaults.finished_runs_kept),
         ..defaults
     };
     Journal::open_with(&path, options)
@@ -291,7 +295,7 @@ fn open(path: &Path) -> Result<JournalReader> {
 
 /// Accepts a whole run id or a unique prefix of one.
 fn resolve_run(reader: &JournalReader, wanted: &str) -> Result<String> {
-    if reader.run(wanted).is_some() {
+    if reader.run(wanted)?.is_some() {
         return Ok(wanted.to_string());
     }
     let hits: Vec<String> = reader

@@ -52,6 +52,10 @@ pub struct AuditConfig {
     pub signing_key: Option<PathBuf>,
     /// A journal segment is sealed once it holds this many MiB. Default 16 (a start scans the active segment whole: about 3.5 ms per MiB here).
     pub segment_mib: Option<u64>,
+    /// Finished runs the engine keeps indexed in memory (listed by `/v1/runs` and chat
+    /// `status`), beside every unfinished one; default 10,000 (about 13 MB). Older runs stay in
+    /// the journal: `/v1/runs/{id}` and `firebreak audit` find them on disk.
+    pub finished_runs_kept: Option<usize>,
     /// Set by `serve --audit-relink`: a journal whose tail does not verify is set aside and
     /// the engine goes on from its last good record, instead of refusing to start.
     #[serde(skip)]

@@ -109,6 +109,8 @@ fn options(dir: &std::path::Path) -> JournalOptions {
         .0;
     JournalOptions {
         signing_key: Some(Arc::new(key)),
+        // Every run stays indexed, so the child can tell when the whole history is.
+        finished_runs_kept: usize::MAX,
         ..JournalOptions::default()
     }
 }

@@ -160,11 +160,13 @@ pub struct RunSummary {
     pub records: usize,
 }
 
-/// run id → where its records are, plus a summary per run.
-#[derive(Default)]
+/// run id → where its records are, plus a summary per run: every open run and the newest
+/// `keep_closed` closed ones (finished runs and notices). Older ones are forgotten, oldest
+/// first, and looked up on disk when asked for ([`JournalReader::run`]).
 struct Index {
     runs: HashMap<String, RunEntry>,
-    /// Run ids in order of first appearance.
+    /// Run ids in order of first appearance; may still hold forgotten ones (skipped, and
+    /// dropped once they are half of it).
     order: Vec<String>,
     /// Trigger event id → ids of the runs it started.
     by_event: HashMap<String, Vec<String>>,
@@ -173,6 +175,18 @@ struct Index {
     /// Runs with records in the newest segment indexed, each once: with `open`, what the
     /// carried index holds when that segment is sealed, found without a pass over every run.
     in_last_segment: Vec<String>,
+    /// Runs that change no more (finished runs, notices), oldest first: the next to forget.
+    closed: VecDeque<String>,
+    /// Closed runs kept.
+    keep_closed: usize,
+    /// Runs forgotten so far.
+    forgotten: u64,
+}
+
+impl Default for Index {
+    fn default() -> Index {
+        Index::keeping(usize::MAX)
+    }
 }
 
 /// (segment number, byte offset, length including the newline) of one record line. Segment
@@ -183,9 +197,27 @@ type LinePlace = (u32, u64, u32);
 struct RunEntry {
     summary: RunSummary,
     lines: Vec<LinePlace>,
+    /// Indexed from a late record, without the run's start: a run that began in history not
+    /// indexed yet (or forgotten). Never resumed; merged with its start when that is indexed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    partial: bool,
 }
 
 impl Index {
+    /// An empty index that keeps `keep_closed` closed runs.
+    fn keeping(keep_closed: usize) -> Index {
+        Index {
+            runs: HashMap::new(),
+            order: Vec::new(),
+            by_event: HashMap::new(),
+            open: HashSet::new(),
+            in_last_segment: Vec::new(),
+            closed: VecDeque::new(),
+            keep_closed,
+            forgotten: 0,
+        }
+    }
+
     fn add(&mut self, record: &Record, place: LinePlace) {
         if matches!(
             record.body,
@@ -196,13 +228,27 @@ impl Index {
         let entry = match self.runs.get_mut(&record.run_id) {
             Some(entry) => entry,
             None => {
-                self.order.push(record.run_id.clone());
                 let kind = match &record.body {
                     RecordBody::Refusal { step: None, .. } => EntryKind::Refused,
                     RecordBody::Skipped { .. } => EntryKind::Skipped,
                     RecordBody::Parked { .. } => EntryKind::Parked,
                     _ => EntryKind::Run,
                 };
+                let partial = kind == EntryKind::Run
+                    && !matches!(
+                        record.body,
+                        RecordBody::RunStarted { .. } | RecordBody::RunTakenOver { .. }
+                    );
+                // A late record of a run this index forgot: the run is looked up on disk.
+                if partial && self.forgotten > 0 {
+                    return;
+                }
+                self.order.push(record.run_id.clone());
+                // Late records are few (only before anything is forgotten) and wait for
+                // their start: not counted among the runs to forget.
+                if kind != EntryKind::Run {
+                    self.closed.push_back(record.run_id.clone());
+                }
                 self.runs.entry(record.run_id.clone()).or_insert(RunEntry {
                     summary: RunSummary {
                         run_id: record.run_id.clone(),
@@ -217,10 +263,12 @@ impl Index {
                         records: 0,
                     },
                     lines: Vec::new(),
+                    partial,
                 })
             }
         };
-        if entry.summary.kind == EntryKind::Run && entry.summary.status.is_none() {
+        if entry.summary.kind == EntryKind::Run && entry.summary.status.is_none() && !entry.partial
+        {
             self.open.insert(record.run_id.clone());
         }
         if entry
@@ -241,7 +289,40 @@ impl Index {
         if let RecordBody::RunFinished { status, .. } = &record.body {
             entry.summary.finished = Some(record.time);
             entry.summary.status = Some(*status);
-            self.open.remove(&record.run_id);
+            if entry.summary.kind == EntryKind::Run && !entry.partial {
+                self.open.remove(&record.run_id);
+                self.closed.push_back(record.run_id.clone());
+                self.shed();
+            }
+        } else if entry.summary.kind != EntryKind::Run && entry.summary.records == 1 {
+            self.shed();
+        }
+    }
+
+    /// Forgets the oldest closed runs past `keep_closed`.
+    fn shed(&mut self) {
+        while self.closed.len() > self.keep_closed {
+            let Some(id) = self.closed.pop_front() else {
+                break;
+            };
+            if self.open.contains(&id) {
+                continue;
+            }
+            let Some(entry) = self.runs.remove(&id) else {
+                continue;
+            };
+            let event = &entry.summary.event_id;
+            if let Some(ids) = self.by_event.get_mut(event) {
+                ids.retain(|r| *r != id);
+                if ids.is_empty() {
+                    self.by_event.remove(event);
+                }
+            }
+            self.forgotten += 1;
+        }
+        if self.order.len() > 2 * self.runs.len() + 1024 {
+            let runs = &self.runs;
+            self.order.retain(|id| runs.contains_key(id));
         }
     }
 
@@ -250,7 +331,11 @@ impl Index {
     fn carried_runs(&mut self, sealed: u32) -> Vec<RunEntry> {
         let mut ids = std::mem::take(&mut self.in_last_segment);
         // Only records of the active segment are indexed between two sealings.
-        ids.retain(|id| self.runs[id].lines.iter().any(|l| l.0 == sealed));
+        ids.retain(|id| {
+            self.runs
+                .get(id)
+                .is_some_and(|e| e.lines.iter().any(|l| l.0 == sealed))
+        });
         let mut seen: HashSet<&String> = HashSet::with_capacity(ids.len());
         let mut runs: Vec<RunEntry> = Vec::with_capacity(ids.len() + self.open.len());
         for id in ids.iter().chain(self.open.iter()) {
@@ -271,11 +356,15 @@ impl Index {
                 .or_default()
                 .push(id.clone());
         }
-        if entry.summary.kind == EntryKind::Run && entry.summary.status.is_none() {
+        if entry.summary.kind == EntryKind::Run && entry.summary.status.is_none() && !entry.partial
+        {
             self.open.insert(id.clone());
+        } else if !entry.partial {
+            self.closed.push_back(id.clone());
         }
         self.order.push(id.clone());
         self.runs.insert(id, entry);
+        self.shed();
     }
 
     /// Puts `older` (runs indexed from older segments) before this index's runs. Runs this
@@ -287,6 +376,9 @@ impl Index {
             by_event,
             open,
             in_last_segment: _,
+            closed,
+            keep_closed: _,
+            forgotten,
         } = older;
         for id in open {
             if !self.runs.contains_key(&id) {
@@ -294,14 +386,48 @@ impl Index {
             }
         }
         let mut merged_order = Vec::with_capacity(order.len() + self.order.len());
+        let mut added = HashSet::new();
+        // Runs whose late records were indexed first, now whole and finished.
+        let mut joined = Vec::new();
         for id in order {
-            if !self.runs.contains_key(&id)
-                && let Some(entry) = runs.remove(&id)
-            {
-                merged_order.push(id.clone());
-                self.runs.insert(id, entry);
+            let Some(older_entry) = runs.remove(&id) else {
+                continue;
+            };
+            match self.runs.get_mut(&id) {
+                None => {
+                    merged_order.push(id.clone());
+                    added.insert(id.clone());
+                    self.runs.insert(id, older_entry);
+                }
+                // Late records indexed before the run's start: one entry, from its start.
+                Some(late) if late.partial => {
+                    let mut entry = older_entry;
+                    entry.lines.append(&mut late.lines);
+                    entry.summary.records += late.summary.records;
+                    if late.summary.status.is_some() {
+                        entry.summary.status = late.summary.status;
+                        entry.summary.finished = late.summary.finished;
+                    }
+                    if entry.summary.status.is_none() {
+                        self.open.insert(id);
+                    } else {
+                        joined.push(id);
+                    }
+                    *late = entry;
+                }
+                Some(_) => {}
             }
         }
+        // Late records of runs the older history forgot: looked up on disk like those.
+        if forgotten > 0 {
+            self.runs.retain(|_, e| !e.partial);
+        }
+        // The older closed runs are the first to forget.
+        let mut merged_closed: VecDeque<String> = joined.into();
+        merged_closed.extend(closed.into_iter().filter(|id| added.contains(id)));
+        merged_closed.append(&mut self.closed);
+        self.closed = merged_closed;
+        self.forgotten += forgotten;
         for (event, ids) in by_event {
             let known = self.by_event.entry(event).or_default();
             let mut ids: Vec<String> = ids.into_iter().filter(|id| !known.contains(id)).collect();
@@ -309,9 +435,11 @@ impl Index {
             *known = ids;
         }
         merged_order.append(&mut self.order);
+        merged_order.retain(|id| self.runs.contains_key(id));
         // Runs carried across a sealing began before the history around them.
         merged_order.sort_by_key(|id| self.runs[id].summary.started);
         self.order = merged_order;
+        self.shed();
     }
 }
 
@@ -679,15 +807,41 @@ impl JournalReader {
         &self.shared.path
     }
 
-    /// Every record of one run, in journal order (empty for an unknown run).
+    /// Every record of one run, in journal order (empty for an unknown run). A run the index
+    /// no longer holds is looked up on disk (see [`JournalReader::run`]).
     pub fn records_for_run(&self, run_id: &str) -> Result<Vec<Record>, AuditError> {
-        let lines = {
+        match self.entry(run_id)? {
+            Some(entry) => self.read_lines(entry.lines),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// One run's summary and records, with one lookup (see [`JournalReader::run`]).
+    pub fn run_with_records(
+        &self,
+        run_id: &str,
+    ) -> Result<Option<(RunSummary, Vec<Record>)>, AuditError> {
+        match self.entry(run_id)? {
+            Some(entry) => Ok(Some((entry.summary, self.read_lines(entry.lines)?))),
+            None => Ok(None),
+        }
+    }
+
+    /// A run's entry: from the index, else (once the index has forgotten runs) from disk.
+    fn entry(&self, run_id: &str) -> Result<Option<RunEntry>, AuditError> {
+        {
             let index = self.shared.index.lock().expect("audit index lock poisoned");
-            match index.runs.get(run_id) {
-                Some(entry) => entry.lines.clone(),
-                None => return Ok(Vec::new()),
+            if let Some(entry) = index.runs.get(run_id) {
+                return Ok(Some(entry.clone()));
             }
-        };
+            if index.forgotten == 0 {
+                return Ok(None);
+            }
+        }
+        self.find_on_disk(run_id)
+    }
+
+    fn read_lines(&self, lines: Vec<LinePlace>) -> Result<Vec<Record>, AuditError> {
         let files: Vec<(PathBuf, Arc<File>)> = {
             let segments = self.shared.segments.read().expect("segments lock poisoned");
             segments
@@ -716,20 +870,61 @@ impl JournalReader {
         Ok(records)
     }
 
-    /// Every run, in order of first appearance.
+    /// The runs the index holds, in order of first appearance: every unfinished run and the
+    /// newest [`JournalOptions::finished_runs_kept`] others (a reader opened with
+    /// [`JournalReader::open`] holds them all).
     pub fn runs(&self) -> Vec<RunSummary> {
         let index = self.shared.index.lock().expect("audit index lock poisoned");
         index
             .order
             .iter()
-            .map(|id| index.runs[id].summary.clone())
+            .filter_map(|id| index.runs.get(id))
+            .map(|e| e.summary.clone())
             .collect()
     }
 
-    /// One run's summary.
-    pub fn run(&self, run_id: &str) -> Option<RunSummary> {
-        let index = self.shared.index.lock().expect("audit index lock poisoned");
-        index.runs.get(run_id).map(|e| e.summary.clone())
+    /// One run's summary; a run the index no longer holds is looked up on disk (a read of
+    /// the whole history, skipping lines without its id).
+    pub fn run(&self, run_id: &str) -> Result<Option<RunSummary>, AuditError> {
+        Ok(self.entry(run_id)?.map(|e| e.summary))
+    }
+
+    /// Indexes the one run `run_id` from every committed line that mentions it.
+    fn find_on_disk(&self, run_id: &str) -> Result<Option<RunEntry>, AuditError> {
+        let needle = format!(
+            "\"run_id\":{}",
+            serde_json::to_string(run_id).expect("a string serializes")
+        );
+        let finder = memchr::memmem::Finder::new(needle.as_bytes());
+        let mut found = Index::default();
+        for (segment, (path, file, limit)) in self.shared.snapshot().into_iter().enumerate() {
+            let read_err = |source| AuditError::Read {
+                path: path.clone(),
+                source,
+            };
+            let len = match limit {
+                Some(limit) => limit,
+                None => file.metadata().map_err(read_err)?.len(),
+            };
+            let mut reader = BufReader::with_capacity(1 << 20, ReadAt { file, at: 0 }.take(len));
+            let mut buf = Vec::new();
+            let mut offset = 0u64;
+            loop {
+                buf.clear();
+                let n = reader.read_until(b'\n', &mut buf).map_err(read_err)?;
+                if n == 0 {
+                    break;
+                }
+                if finder.find(&buf).is_some()
+                    && let Ok(record) = serde_json::from_slice::<Record>(&buf)
+                    && record.run_id == run_id
+                {
+                    found.add(&record, (segment as u32, offset, n as u32));
+                }
+                offset += n as u64;
+            }
+        }
+        Ok(found.runs.remove(run_id))
     }
 
     /// The runs the event `event_id` started (by their `run_started` records), oldest first.
@@ -747,9 +942,13 @@ impl JournalReader {
     /// Runs with a `RunStarted` but no `RunFinished`: what a restarted engine resumes.
     /// Notices (refusals, skipped events, parked messages) are never among them.
     pub fn unfinished_runs(&self) -> Vec<RunSummary> {
-        self.runs()
-            .into_iter()
-            .filter(|r| r.kind == EntryKind::Run && r.status.is_none())
+        let index = self.shared.index.lock().expect("audit index lock poisoned");
+        index
+            .order
+            .iter()
+            .filter(|id| index.open.contains(*id))
+            .filter_map(|id| index.runs.get(id))
+            .map(|e| e.summary.clone())
             .collect()
     }
 
@@ -923,7 +1122,14 @@ pub struct JournalOptions {
     /// A tail that does not verify at open: set the file aside and go on from the last
     /// record that verifies (journaled as `relinked`), instead of refusing to open.
     pub relink_broken: bool,
+    /// Finished runs (and notices) whose summaries and record places stay in memory, newest
+    /// first, beside every unfinished run; older ones are looked up on disk when asked for
+    /// (see [`JournalReader::run`]) and no longer listed by [`JournalReader::runs`].
+    pub finished_runs_kept: usize,
 }
+
+/// [`JournalOptions::finished_runs_kept`] by default: about 13 MB of index.
+pub const FINISHED_RUNS_KEPT: usize = 10_000;
 
 impl Default for JournalOptions {
     fn default() -> Self {
@@ -932,6 +1138,7 @@ impl Default for JournalOptions {
             checkpoint_every: CHECKPOINT_EVERY,
             segment_bytes: 16 << 20,
             relink_broken: false,
+            finished_runs_kept: FINISHED_RUNS_KEPT,
         }
     }
 }
@@ -1003,7 +1210,8 @@ impl Journal {
                     .into(),
             });
         }
-        let mut opened = load(&layout, &path)?;
+        let keep = options.finished_runs_kept;
+        let mut opened = load(&layout, &path, keep)?;
         let mut relinked = None;
         if let Some(found) = check_tail(&layout, &opened, key.clone(), head)? {
             if !options.relink_broken {
@@ -1020,7 +1228,7 @@ impl Journal {
                 set_aside: set_aside.display().to_string(),
                 problem: format!("line {}: {}", found.line, found.problem),
             });
-            opened = load(&layout, &path)?;
+            opened = load(&layout, &path, keep)?;
         } else if let Some((offset, line)) = opened.scan.torn {
             warn!(
                 path = %path.display(),
@@ -1315,12 +1523,14 @@ struct Opened {
 struct History {
     segments: Vec<(u32, PathBuf, Arc<File>)>,
     carried: HashSet<String>,
+    /// [`JournalOptions::finished_runs_kept`].
+    keep: usize,
 }
 
 /// Opens the active file and the sealed segments and builds the index: from the carried
 /// index when it matches the sealed segments (the rest in the background), else from every
 /// segment.
-fn load(layout: &Layout, path: &Path) -> Result<Opened, AuditError> {
+fn load(layout: &Layout, path: &Path, keep: usize) -> Result<Opened, AuditError> {
     let open_err = |source| AuditError::Open {
         path: path.to_owned(),
         source,
@@ -1345,7 +1555,7 @@ fn load(layout: &Layout, path: &Path) -> Result<Opened, AuditError> {
             }
         },
     };
-    let mut index = Index::default();
+    let mut index = Index::keeping(keep);
     let first_seqs: Vec<u64> = files.iter().map(|s| s.first_seq).collect();
     let carried = std::fs::read(layout.carried())
         .ok()
@@ -1365,6 +1575,7 @@ fn load(layout: &Layout, path: &Path) -> Result<Opened, AuditError> {
                     .map(|(i, s)| (i as u32, s.path.clone(), s.file.clone()))
                     .collect(),
                 carried: ids,
+                keep,
             })
         }
         None => {
@@ -1394,7 +1605,7 @@ fn load(layout: &Layout, path: &Path) -> Result<Opened, AuditError> {
 /// runs the engine already knows.
 fn load_history(shared: &Shared, history: History) {
     let started = std::time::Instant::now();
-    let mut older = Index::default();
+    let mut older = Index::keeping(history.keep);
     let keep = |run_id: &str| !history.carried.contains(run_id);
     for (segment, path, file) in &history.segments {
         if let Err(e) = scan(path, file, *segment, &mut older, Some(&keep)) {
@@ -2239,7 +2450,15 @@ fn poisoned(shared: &Shared, source: &Arc<io::Error>) -> AuditError {
 mod tests {
     use super::*;
 
-    fn record(run: &str, seq: u64, finished: bool) -> Record {
+    /// A run's start, a record on its way, or its end.
+    #[derive(Clone, Copy, PartialEq)]
+    enum What {
+        Start,
+        Progress,
+        Finish,
+    }
+
+    fn record(run: &str, seq: u64, what: What) -> Record {
         let meta = Arc::new(RunMeta {
             run_id: run.into(),
             runbook: "rb".into(),
@@ -2247,16 +2466,28 @@ mod tests {
             actor: "a".into(),
             event_id: format!("e-{run}"),
         });
-        let body = if finished {
-            RecordBody::RunFinished {
-                status: RunStatus::Succeeded,
-                error: None,
-            }
-        } else {
-            RecordBody::Progress {
+        let body = match what {
+            What::Start => RecordBody::RunStarted {
+                event: serde_json::json!({"id": format!("e-{run}")}),
+                params: serde_json::json!({}),
+                dry_run: false,
+                namespaces: Vec::new(),
+                cluster_actions: None,
+                timeout_ms: None,
+                lock_key: None,
+                cooldown_ms: None,
+                interactive: false,
+                approval: None,
+                trace_id: None,
+            },
+            What::Progress => RecordBody::Progress {
                 step: 1,
                 message: "going on".into(),
-            }
+            },
+            What::Finish => RecordBody::RunFinished {
+                status: RunStatus::Succeeded,
+                error: None,
+            },
         };
         let time = jiff::Timestamp::from_second(1_700_000_000 + seq as i64).unwrap();
         RecordDraft::new(meta, body)
@@ -2283,17 +2514,17 @@ mod tests {
     fn a_sealing_carries_the_open_runs_and_those_with_records_in_the_sealed_segment() {
         let mut index = Index::default();
         let mut seq = 0;
-        let mut add = |index: &mut Index, run: &str, segment: u32, finished: bool| {
+        let mut add = |index: &mut Index, run: &str, segment: u32, what: What| {
             seq += 1;
-            index.add(&record(run, seq, finished), (segment, seq * 100, 100));
+            index.add(&record(run, seq, what), (segment, seq * 100, 100));
         };
         for segment in 0..5u32 {
             for r in 0..40 {
                 let run = format!("s{segment}-r{r}");
-                add(&mut index, &run, segment, false);
+                add(&mut index, &run, segment, What::Start);
                 // Two in three finish in the segment they start in; the rest go on.
                 if r % 3 != 0 {
-                    add(&mut index, &run, segment, true);
+                    add(&mut index, &run, segment, What::Finish);
                 }
             }
             // Runs begun earlier: some get a record here, some finish here, some wait on.
@@ -2304,8 +2535,8 @@ mod tests {
                         continue;
                     }
                     match (r + segment as usize) % 4 {
-                        0 => add(&mut index, &run, segment, true),
-                        1 => add(&mut index, &run, segment, false),
+                        0 => add(&mut index, &run, segment, What::Finish),
+                        1 => add(&mut index, &run, segment, What::Progress),
                         _ => {}
                     }
                 }
@@ -2318,5 +2549,60 @@ mod tests {
                 .collect();
             assert_eq!(carried, expected, "sealing segment {segment}");
         }
+    }
+
+    /// However long the history, the index holds the open runs and the newest `keep_closed`
+    /// others, and every map of it stays that size; forgotten runs' late records are not
+    /// indexed, and a run's start and its late records indexed first become one entry.
+    #[test]
+    fn the_index_stays_bounded_and_late_records_join_their_runs() {
+        let mut index = Index::keeping(100);
+        let mut seq = 0;
+        let mut add = |index: &mut Index, run: &str, what: What| {
+            seq += 1;
+            index.add(&record(run, seq, what), (seq as u32 / 1000, seq * 100, 100));
+        };
+        add(&mut index, "open", What::Start);
+        for r in 0..20_000 {
+            let run = format!("r{r}");
+            add(&mut index, &run, What::Start);
+            add(&mut index, &run, What::Progress);
+            add(&mut index, &run, What::Finish);
+            assert!(index.runs.len() <= 101 && index.by_event.len() <= 101);
+            assert!(index.order.len() <= 2 * index.runs.len() + 1024 && index.closed.len() <= 100);
+        }
+        assert_eq!(index.forgotten, 19_900);
+        assert!(index.runs.contains_key("open") && index.open.contains("open"));
+        assert!(index.runs.contains_key("r19900") && !index.runs.contains_key("r19899"));
+        add(&mut index, "r5", What::Progress);
+        assert!(
+            !index.runs.contains_key("r5"),
+            "a forgotten run's late record"
+        );
+
+        // Late records first (a restart reads the newest segment before the history): the
+        // run is not open, and joins its start when the history is indexed.
+        let mut newer = Index::keeping(100);
+        let mut older = Index::keeping(100);
+        older.add(&record("x", 1, What::Start), (0, 0, 10));
+        older.add(&record("y", 2, What::Start), (0, 10, 10));
+        newer.add(&record("x", 3, What::Progress), (1, 0, 10));
+        newer.add(&record("x", 4, What::Finish), (1, 10, 10));
+        newer.add(&record("y", 5, What::Progress), (1, 20, 10));
+        assert!(
+            newer.open.is_empty(),
+            "a run without its start is never resumed"
+        );
+        newer.prepend(older);
+        let x = &newer.runs["x"];
+        assert_eq!(x.lines, vec![(0, 0, 10), (1, 0, 10), (1, 10, 10)]);
+        assert_eq!(
+            (x.summary.records, x.summary.status),
+            (3, Some(RunStatus::Succeeded))
+        );
+        assert!(!x.partial && !newer.open.contains("x"));
+        assert_eq!(newer.runs["y"].summary.records, 2);
+        assert!(newer.open.contains("y"), "y started and has not finished");
+        assert_eq!(newer.order, vec!["x", "y"]);
     }
 }

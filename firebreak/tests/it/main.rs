@@ -15,6 +15,7 @@ mod deploy;
 mod full_disk;
 mod golden;
 mod guards;
+mod history;
 mod interactive;
 mod monitoring;
 mod nats_outage;

@@ -23,8 +23,12 @@ fn options(dir: &std::path::Path) -> JournalOptions {
 }
 
 fn long_step(step: u32) -> RecordDraft {
+    long_step_of("long", step)
+}
+
+fn long_step_of(run: &str, step: u32) -> RecordDraft {
     RecordDraft::new(
-        meta("long"),
+        meta(run),
         RecordBody::StepFinished {
             step,
             name: "k8s::wait_rollout".into(),
@@ -239,4 +243,79 @@ fn drain_fifo(path: &std::path::Path) -> std::thread::JoinHandle<Vec<u8>> {
         std::io::Read::read_to_end(&mut fifo, &mut bytes).unwrap();
         bytes
     })
+}
+
+/// A server that runs for months: the index holds every unfinished run and the newest
+/// `finished_runs_kept` others, not every run ever; an older run is still found, on disk, with
+/// all its records, before and after a restart, and a late record of one is not listed as a
+/// run of its own.
+#[tokio::test]
+async fn the_index_keeps_open_and_recent_runs_and_finds_older_ones_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let options = JournalOptions {
+        finished_runs_kept: 20,
+        ..options(dir.path())
+    };
+    let journal = Journal::open_with(&path, options.clone()).unwrap();
+    let long_started = run_drafts("long").swap_remove(0);
+    journal.append(long_started).await.unwrap();
+    let mut written = Vec::new();
+    for i in 0..200 {
+        written.push(
+            journal
+                .append_all(run_drafts(&format!("r{i}")))
+                .await
+                .unwrap(),
+        );
+        if i % 50 == 0 {
+            journal.append(long_step(i)).await.unwrap();
+        }
+    }
+    let expected: Vec<String> = std::iter::once("long".to_owned())
+        .chain((180..200).map(|i| format!("r{i}")))
+        .collect();
+    let listed = |journal: &Journal| -> Vec<String> {
+        journal.runs().into_iter().map(|r| r.run_id).collect()
+    };
+    assert_eq!(listed(&journal), expected);
+    assert_eq!(journal.unfinished_runs()[0].run_id, "long");
+    assert_eq!(journal.unfinished_runs().len(), 1);
+    assert_eq!(journal.records_for_run("long").unwrap().len(), 5);
+    let reader = journal.reader();
+    let check_old = |reader: &JournalReader| {
+        for i in [0usize, 7, 150, 179] {
+            let id = format!("r{i}");
+            assert_eq!(reader.records_for_run(&id).unwrap(), written[i], "{id}");
+            let summary = reader
+                .run(&id)
+                .unwrap()
+                .expect("an old run is found on disk");
+            assert_eq!(summary.records, 4);
+            assert_eq!(summary.status, Some(firebreak_audit::RunStatus::Succeeded));
+        }
+        assert_eq!(reader.run("r1").unwrap().unwrap().run_id, "r1");
+        assert!(reader.run("r1x").unwrap().is_none());
+        assert!(reader.records_for_run("nope").unwrap().is_empty());
+    };
+    check_old(&reader);
+    assert_eq!(journal.runs_for_event("ev-r199")[0].run_id, "r199");
+    // A late record of a forgotten run joins its records on disk, not the listing.
+    journal.append(long_step_of("r3", 9)).await.unwrap();
+    assert_eq!(listed(&journal), expected);
+    assert_eq!(journal.records_for_run("r3").unwrap().len(), 5);
+    drop(reader);
+    drop(journal);
+
+    // After a restart the history indexed in the background is bounded the same way.
+    let journal = Journal::open_with(&path, options).unwrap();
+    assert_eq!(journal.unfinished_runs().len(), 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while listed(&journal) != expected {
+        assert!(Instant::now() < deadline, "listed {:?}", listed(&journal));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    check_old(&journal.reader());
+    // A reader of the files (`firebreak audit list`) still lists the whole history.
+    assert_eq!(JournalReader::open(&path).unwrap().runs().len(), 201);
 }

@@ -320,9 +320,13 @@ impl Index {
             }
             self.forgotten += 1;
         }
-        if self.order.len() > 2 * self.runs.len() + 1024 {
-            let runs = &self.runs;
+        let runs = &self.runs;
+        if self.order.len() > 2 * runs.len() + 1024 {
             self.order.retain(|id| runs.contains_key(id));
+        }
+        // Only an index that seals segments empties this; one indexing history never does.
+        if self.in_last_segment.len() > 2 * runs.len() + 1024 {
+            self.in_last_segment.retain(|id| runs.contains_key(id));
         }
     }
 
@@ -2570,6 +2574,7 @@ mod tests {
             add(&mut index, &run, What::Finish);
             assert!(index.runs.len() <= 101 && index.by_event.len() <= 101);
             assert!(index.order.len() <= 2 * index.runs.len() + 1024 && index.closed.len() <= 100);
+            assert!(index.in_last_segment.len() <= 2 * index.runs.len() + 1024);
         }
         assert_eq!(index.forgotten, 19_900);
         assert!(index.runs.contains_key("open") && index.open.contains("open"));

@@ -219,79 +219,79 @@ impl Index {
     }
 
     fn add(&mut self, record: &Record, place: LinePlace) {
-        if matches!(
-            record.body,
-            RecordBody::Checkpoint { .. } | RecordBody::Relinked { .. }
-        ) {
+        self.add_line(&Indexed::of(record), place);
+    }
+
+    fn add_line(&mut self, record: &Indexed<'_>, place: LinePlace) {
+        if matches!(record.body, Kind::Checkpoint { .. } | Kind::Relinked) {
             return;
         }
-        let entry = match self.runs.get_mut(&record.run_id) {
+        let entry = match self.runs.get_mut(record.run_id) {
             Some(entry) => entry,
             None => {
-                let kind = match &record.body {
-                    RecordBody::Refusal { step: None, .. } => EntryKind::Refused,
-                    RecordBody::Skipped { .. } => EntryKind::Skipped,
-                    RecordBody::Parked { .. } => EntryKind::Parked,
+                let kind = match record.body {
+                    Kind::Refused => EntryKind::Refused,
+                    Kind::Skipped => EntryKind::Skipped,
+                    Kind::Parked => EntryKind::Parked,
                     _ => EntryKind::Run,
                 };
                 let partial = kind == EntryKind::Run
-                    && !matches!(
-                        record.body,
-                        RecordBody::RunStarted { .. } | RecordBody::RunTakenOver { .. }
-                    );
+                    && !matches!(record.body, Kind::RunStarted | Kind::RunTakenOver);
                 // A late record of a run this index forgot: the run is looked up on disk.
                 if partial && self.forgotten > 0 {
                     return;
                 }
-                self.order.push(record.run_id.clone());
+                self.order.push(record.run_id.to_owned());
                 // Late records are few (only before anything is forgotten) and wait for
                 // their start: not counted among the runs to forget.
                 if kind != EntryKind::Run {
-                    self.closed.push_back(record.run_id.clone());
+                    self.closed.push_back(record.run_id.to_owned());
                 }
-                self.runs.entry(record.run_id.clone()).or_insert(RunEntry {
-                    summary: RunSummary {
-                        run_id: record.run_id.clone(),
-                        kind,
-                        runbook: record.runbook.clone(),
-                        team: record.team.clone(),
-                        actor: record.actor.clone(),
-                        event_id: record.event_id.clone(),
-                        started: record.time,
-                        finished: None,
-                        status: None,
-                        records: 0,
-                    },
-                    lines: Vec::new(),
-                    partial,
-                })
+                self.runs
+                    .entry(record.run_id.to_owned())
+                    .or_insert(RunEntry {
+                        summary: RunSummary {
+                            run_id: record.run_id.to_owned(),
+                            kind,
+                            runbook: record.runbook.to_owned(),
+                            team: record.team.to_owned(),
+                            actor: record.actor.to_owned(),
+                            event_id: record.event_id.to_owned(),
+                            started: record.time,
+                            finished: None,
+                            status: None,
+                            records: 0,
+                        },
+                        lines: Vec::new(),
+                        partial,
+                    })
             }
         };
         if entry.summary.kind == EntryKind::Run && entry.summary.status.is_none() && !entry.partial
         {
-            self.open.insert(record.run_id.clone());
+            self.open.insert(record.run_id.to_owned());
         }
         if entry
             .lines
             .last()
             .is_none_or(|(segment, ..)| *segment < place.0)
         {
-            self.in_last_segment.push(record.run_id.clone());
+            self.in_last_segment.push(record.run_id.to_owned());
         }
         entry.lines.push(place);
         entry.summary.records += 1;
-        if let RecordBody::RunStarted { .. } = &record.body {
+        if record.body == Kind::RunStarted {
             self.by_event
-                .entry(record.event_id.clone())
+                .entry(record.event_id.to_owned())
                 .or_default()
-                .push(record.run_id.clone());
+                .push(record.run_id.to_owned());
         }
-        if let RecordBody::RunFinished { status, .. } = &record.body {
+        if let Kind::RunFinished(status) = record.body {
             entry.summary.finished = Some(record.time);
-            entry.summary.status = Some(*status);
+            entry.summary.status = Some(status);
             if entry.summary.kind == EntryKind::Run && !entry.partial {
-                self.open.remove(&record.run_id);
-                self.closed.push_back(record.run_id.clone());
+                self.open.remove(record.run_id);
+                self.closed.push_back(record.run_id.to_owned());
                 self.shed();
             }
         } else if entry.summary.kind != EntryKind::Run && entry.summary.records == 1 {
@@ -447,6 +447,148 @@ impl Index {
     }
 }
 
+/// What the index and a scan take from a record.
+struct Indexed<'a> {
+    seq: u64,
+    time: jiff::Timestamp,
+    run_id: &'a str,
+    runbook: &'a str,
+    team: &'a str,
+    actor: &'a str,
+    event_id: &'a str,
+    body: Kind,
+    hash: &'a str,
+}
+
+/// The kinds of record body the index tells apart.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    RunStarted,
+    RunTakenOver,
+    RunFinished(RunStatus),
+    /// A refusal before any step: a notice of its own.
+    Refused,
+    Skipped,
+    Parked,
+    Checkpoint {
+        last: bool,
+    },
+    Relinked,
+    Other,
+}
+
+impl<'a> Indexed<'a> {
+    fn of(record: &'a Record) -> Indexed<'a> {
+        let body = match &record.body {
+            RecordBody::RunStarted { .. } => Kind::RunStarted,
+            RecordBody::RunTakenOver { .. } => Kind::RunTakenOver,
+            RecordBody::RunFinished { status, .. } => Kind::RunFinished(*status),
+            RecordBody::Refusal { step: None, .. } => Kind::Refused,
+            RecordBody::Skipped { .. } => Kind::Skipped,
+            RecordBody::Parked { .. } => Kind::Parked,
+            RecordBody::Checkpoint { last, .. } => Kind::Checkpoint { last: *last },
+            RecordBody::Relinked { .. } => Kind::Relinked,
+            _ => Kind::Other,
+        };
+        Indexed {
+            seq: record.seq,
+            time: record.time,
+            run_id: &record.run_id,
+            runbook: &record.runbook,
+            team: &record.team,
+            actor: &record.actor,
+            event_id: &record.event_id,
+            body,
+            hash: &record.hash,
+        }
+    }
+}
+
+/// A record line read for the index only: strings borrowed from the line, the body's other
+/// fields skipped. Indexing history this way allocates a few bytes per line instead of the
+/// whole record.
+#[derive(Deserialize)]
+struct Line<'a> {
+    seq: u64,
+    time: jiff::Timestamp,
+    #[serde(borrow)]
+    run_id: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    runbook: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    team: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    actor: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    event_id: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    body: LineBody<'a>,
+    #[serde(borrow)]
+    hash: std::borrow::Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+struct LineBody<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    /// A run's or a step's status (only a run's is read).
+    #[serde(default)]
+    status: Option<serde_json::Value>,
+    #[serde(default)]
+    step: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    last: Option<serde_json::Value>,
+}
+
+impl Line<'_> {
+    fn indexed(&self) -> Result<Indexed<'_>, String> {
+        let body = match &*self.body.kind {
+            "run_started" => Kind::RunStarted,
+            "run_taken_over" => Kind::RunTakenOver,
+            "run_finished" => Kind::RunFinished(
+                self.body
+                    .status
+                    .as_ref()
+                    .ok_or("run_finished without a status")
+                    .and_then(|s| RunStatus::deserialize(s).map_err(|_| "an unknown run status"))?,
+            ),
+            "refusal" if self.body.step.is_none() => Kind::Refused,
+            "skipped" => Kind::Skipped,
+            "parked" => Kind::Parked,
+            // `last` is written only when true.
+            "checkpoint" => Kind::Checkpoint {
+                last: match &self.body.last {
+                    None => false,
+                    Some(last) => last
+                        .as_bool()
+                        .ok_or("a checkpoint's `last` is not a bool")?,
+                },
+            },
+            "relinked" => Kind::Relinked,
+            _ => Kind::Other,
+        };
+        Ok(Indexed {
+            seq: self.seq,
+            time: self.time,
+            run_id: &self.run_id,
+            runbook: &self.runbook,
+            team: &self.team,
+            actor: &self.actor,
+            event_id: &self.event_id,
+            body,
+            hash: &self.hash,
+        })
+    }
+}
+
+/// How a scan reads each line: whole (what the writer resumes from must be a record), or only
+/// what the index needs (history).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Parse {
+    Whole,
+    ForIndex,
+}
+
 /// The carried index: written when a segment is sealed, read by [`Journal::open`].
 #[derive(Serialize, Deserialize)]
 struct Carried {
@@ -497,6 +639,7 @@ fn scan(
     segment: u32,
     index: &mut Index,
     keep: Option<&dyn Fn(&str) -> bool>,
+    parse: Parse,
 ) -> Result<Scan, AuditError> {
     let read_err = |source| AuditError::Read {
         path: path.to_owned(),
@@ -528,25 +671,38 @@ fn scan(
             out.torn = Some((offset, line_no));
             break;
         }
-        match serde_json::from_slice::<Record>(&buf) {
+        let mut whole: Option<Record> = None;
+        let mut line: Option<Line> = None;
+        let parsed = match parse {
+            Parse::Whole => match serde_json::from_slice::<Record>(&buf) {
+                Ok(record) => Ok(Indexed::of(whole.insert(record))),
+                Err(e) => Err(e.to_string()),
+            },
+            Parse::ForIndex => match serde_json::from_slice::<Line>(&buf) {
+                Ok(parsed) => line.insert(parsed).indexed(),
+                Err(e) => Err(e.to_string()),
+            },
+        };
+        match parsed {
             Ok(record) => {
-                if keep.is_none_or(|keep| keep(&record.run_id)) {
-                    index.add(&record, (segment, offset, n as u32));
+                if keep.is_none_or(|keep| keep(record.run_id)) {
+                    index.add_line(&record, (segment, offset, n as u32));
                 }
-                if let RecordBody::Checkpoint { last, .. } = record.body {
+                if let Kind::Checkpoint { last } = record.body {
                     out.last_checkpoint = Some((offset, line_no, record.seq, last));
-                    out.checkpoints.insert(record.seq, record.hash.clone());
+                    out.checkpoints.insert(record.seq, record.hash.to_owned());
                     out.since_checkpoint = 0;
                 } else {
                     out.since_checkpoint += 1;
                 }
                 out.next_seq = record.seq + 1;
-                out.last_hash = record.hash;
+                out.last_hash.clear();
+                out.last_hash.push_str(record.hash);
                 out.bad_last_line = None;
             }
             Err(e) => {
                 warn!(path = %path.display(), line = line_no, error = %e, "unparsable audit record");
-                out.bad_last_line = Some((line_no, e.to_string()));
+                out.bad_last_line = Some((line_no, e));
                 out.since_checkpoint += 1;
             }
         }
@@ -781,9 +937,23 @@ impl JournalReader {
         let mut files = open_sealed(&layout, &path)?;
         let mut index = Index::default();
         for (i, segment) in files.iter().enumerate() {
-            scan(&segment.path, &segment.file, i as u32, &mut index, None)?;
+            scan(
+                &segment.path,
+                &segment.file,
+                i as u32,
+                &mut index,
+                None,
+                Parse::ForIndex,
+            )?;
         }
-        let active = scan(&path, &file, files.len() as u32, &mut index, None)?;
+        let active = scan(
+            &path,
+            &file,
+            files.len() as u32,
+            &mut index,
+            None,
+            Parse::ForIndex,
+        )?;
         files.push(SegmentFile {
             path: path.clone(),
             first_seq: 0,
@@ -1584,12 +1754,26 @@ fn load(layout: &Layout, path: &Path, keep: usize) -> Result<Opened, AuditError>
         }
         None => {
             for (i, segment) in files.iter().enumerate() {
-                scan(&segment.path, &segment.file, i as u32, &mut index, None)?;
+                scan(
+                    &segment.path,
+                    &segment.file,
+                    i as u32,
+                    &mut index,
+                    None,
+                    Parse::ForIndex,
+                )?;
             }
             None
         }
     };
-    let scan = scan(path, &file, files.len() as u32, &mut index, None)?;
+    let scan = scan(
+        path,
+        &file,
+        files.len() as u32,
+        &mut index,
+        None,
+        Parse::Whole,
+    )?;
     files.push(SegmentFile {
         path: path.to_owned(),
         first_seq: chain_start.0,
@@ -1612,11 +1796,18 @@ fn load_history(shared: &Shared, history: History) {
     let mut older = Index::keeping(history.keep);
     let keep = |run_id: &str| !history.carried.contains(run_id);
     for (segment, path, file) in &history.segments {
-        if let Err(e) = scan(path, file, *segment, &mut older, Some(&keep)) {
+        if let Err(e) = scan(
+            path,
+            file,
+            *segment,
+            &mut older,
+            Some(&keep),
+            Parse::ForIndex,
+        ) {
             warn!(path = %path.display(), error = %e, "cannot index an audit segment; its runs are not listed");
         }
     }
-    let runs = older.order.len();
+    let runs = older.runs.len();
     shared
         .index
         .lock()
@@ -2609,5 +2800,142 @@ mod tests {
         assert_eq!(newer.runs["y"].summary.records, 2);
         assert!(newer.open.contains("y"), "y started and has not finished");
         assert_eq!(newer.order, vec!["x", "y"]);
+    }
+
+    /// History is indexed from only the fields the index needs; it must come out exactly as
+    /// from whole records, for every kind of body (checkpoints with and without `last`, a
+    /// step's status beside a run's, refusals with and without a step, escaped ids).
+    #[test]
+    fn indexing_for_the_index_only_matches_indexing_whole_records() {
+        use crate::record::{StepError, StepStatus};
+        let bodies = |i: u64| -> Vec<RecordBody> {
+            vec![
+                RecordBody::StepFinished {
+                    step: 1,
+                    name: "k8s::scale".into(),
+                    status: StepStatus::Ok,
+                    outputs: serde_json::json!({"status": "fine", "last": 3}),
+                    error: None,
+                    duration_ms: 5,
+                    attempts: 1,
+                },
+                RecordBody::StepFinished {
+                    step: 2,
+                    name: "k8s::rollback".into(),
+                    status: StepStatus::Error,
+                    outputs: serde_json::json!(null),
+                    error: Some(StepError {
+                        kind: "permanent".into(),
+                        message: "no".into(),
+                    }),
+                    duration_ms: 5,
+                    attempts: 2,
+                },
+                RecordBody::Refusal {
+                    step: i.is_multiple_of(2).then_some(3),
+                    action: "k8s::scale".into(),
+                    reason: "outside the runbook's namespaces".into(),
+                },
+                RecordBody::Checkpoint {
+                    covers: i,
+                    head: "ab".into(),
+                    key: "cd".into(),
+                    signature: "ef".into(),
+                    last: i.is_multiple_of(3),
+                },
+                RecordBody::RunFinished {
+                    status: if i.is_multiple_of(2) {
+                        RunStatus::Succeeded
+                    } else {
+                        RunStatus::Denied
+                    },
+                    error: None,
+                },
+            ]
+        };
+        let mut lines = Vec::new();
+        let mut seq = 0;
+        let mut prev = GENESIS_HASH.to_owned();
+        let mut seal = |run: &str, body: RecordBody, lines: &mut Vec<u8>| {
+            seq += 1;
+            let meta = Arc::new(RunMeta {
+                run_id: run.into(),
+                runbook: "rb".into(),
+                team: "t\"eam".into(),
+                actor: "a".into(),
+                event_id: format!("e-{run}"),
+            });
+            let time = jiff::Timestamp::from_second(1_700_000_000 + seq as i64).unwrap();
+            let (record, _) = RecordDraft::new(meta, body).seal(seq, time, &prev, lines);
+            prev = record.hash;
+        };
+        for i in 0..30u64 {
+            let run = format!("r{i}\"\\x");
+            let started = record(&run, 0, What::Start).body;
+            seal(&run, started, &mut lines);
+            for body in bodies(i).into_iter().take(1 + (i as usize % 5)) {
+                seal(&run, body, &mut lines);
+            }
+            let notice = match i % 3 {
+                0 => RecordBody::Skipped {
+                    reason: "cooldown".into(),
+                    active_run: None,
+                },
+                1 => RecordBody::Parked {
+                    origin: "bus".into(),
+                    reason: "not an event".into(),
+                    payload: "{}".into(),
+                },
+                _ => RecordBody::Refusal {
+                    step: None,
+                    action: "trigger".into(),
+                    reason: "not a member".into(),
+                },
+            };
+            seal(&format!("n{i}"), notice, &mut lines);
+        }
+        let dir = std::env::temp_dir().join(format!("firebreak-scan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("audit.jsonl");
+        std::fs::write(&path, &lines).unwrap();
+        let file = File::open(&path).unwrap();
+        let (mut whole, mut for_index) = (Index::keeping(7), Index::keeping(7));
+        let a = scan(&path, &file, 0, &mut whole, None, Parse::Whole).unwrap();
+        let b = scan(&path, &file, 0, &mut for_index, None, Parse::ForIndex).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(a.bad_last_line.is_none() && b.bad_last_line.is_none());
+        assert_eq!(
+            (a.next_seq, &a.last_hash, a.len),
+            (b.next_seq, &b.last_hash, b.len)
+        );
+        assert_eq!(a.last_checkpoint, b.last_checkpoint);
+        assert_eq!(a.checkpoints, b.checkpoints);
+        assert_eq!(a.since_checkpoint, b.since_checkpoint);
+        let view = |index: &Index| {
+            let mut runs: Vec<(RunSummary, Vec<LinePlace>, bool)> = index
+                .runs
+                .values()
+                .map(|e| (e.summary.clone(), e.lines.clone(), e.partial))
+                .collect();
+            runs.sort_by(|x, y| x.0.run_id.cmp(&y.0.run_id));
+            let mut open: Vec<String> = index.open.iter().cloned().collect();
+            open.sort();
+            let mut by_event: Vec<(String, Vec<String>)> = index
+                .by_event
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            by_event.sort();
+            (
+                runs,
+                index.order.clone(),
+                open,
+                by_event,
+                index.closed.clone(),
+                index.forgotten,
+            )
+        };
+        assert_eq!(view(&whole), view(&for_index));
+        assert!(whole.forgotten > 0 && !whole.open.is_empty());
     }
 }

@@ -114,6 +114,20 @@ pub fn write_runbooks(dir: &Path, files: &[(&str, &str)]) {
     }
 }
 
+/// The `note` runbook of team `sre` in `dir`: started by hand, it logs one line.
+pub fn write_note_runbook(dir: &Path) {
+    write_runbooks(
+        dir,
+        &[
+            (
+                "note.yaml",
+                "name: note\nteam: sre\ndescription: started by hand\nnamespaces: [shop]\ntimeout: 30s\n",
+            ),
+            ("note.rhai", "log(\"noted\");\n"),
+        ],
+    );
+}
+
 /// The shipped `runbooks/` copied into `dir`.
 pub fn copy_shipped_runbooks(dir: &Path) {
     std::fs::create_dir_all(dir).expect("runbook dir");

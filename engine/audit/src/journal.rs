@@ -712,6 +712,15 @@ fn scan(
     Ok(out)
 }
 
+/// Indexes every sealed segment of `files`, oldest first.
+fn scan_sealed(files: &[SegmentFile], index: &mut Index) -> Result<(), AuditError> {
+    for (i, segment) in files.iter().enumerate() {
+        let path = &segment.path;
+        scan(path, &segment.file, i as u32, index, None, Parse::ForIndex)?;
+    }
+    Ok(())
+}
+
 /// The seq and hash of the last complete record of `file` (reads backwards from the end).
 fn last_record(path: &Path, file: &File) -> Result<Option<(u64, String)>, AuditError> {
     #[derive(Deserialize)]
@@ -877,6 +886,23 @@ struct Shared {
 }
 
 impl Shared {
+    /// A reader of each segment's committed bytes (all of a sealed one, the synced records of
+    /// the active one), oldest first.
+    fn committed(&self) -> Result<Vec<(PathBuf, io::Take<ReadAt>)>, AuditError> {
+        let mut out = Vec::new();
+        for (path, file, limit) in self.snapshot() {
+            let len = match limit {
+                Some(limit) => limit,
+                None => match file.metadata() {
+                    Ok(meta) => meta.len(),
+                    Err(source) => return Err(AuditError::Read { path, source }),
+                },
+            };
+            out.push((path, ReadAt { file, at: 0 }.take(len)));
+        }
+        Ok(out)
+    }
+
     /// Every segment's read handle with the bytes to read of it (the active one: committed
     /// bytes only), oldest first.
     fn snapshot(&self) -> Vec<(PathBuf, Arc<File>, Option<u64>)> {
@@ -936,16 +962,7 @@ impl JournalReader {
         let file = File::open(&path).map_err(open_err)?;
         let mut files = open_sealed(&layout, &path)?;
         let mut index = Index::default();
-        for (i, segment) in files.iter().enumerate() {
-            scan(
-                &segment.path,
-                &segment.file,
-                i as u32,
-                &mut index,
-                None,
-                Parse::ForIndex,
-            )?;
-        }
+        scan_sealed(&files, &mut index)?;
         let active = scan(
             &path,
             &file,
@@ -1071,16 +1088,12 @@ impl JournalReader {
         );
         let finder = memchr::memmem::Finder::new(needle.as_bytes());
         let mut found = Index::default();
-        for (segment, (path, file, limit)) in self.shared.snapshot().into_iter().enumerate() {
+        for (segment, (path, committed)) in self.shared.committed()?.into_iter().enumerate() {
             let read_err = |source| AuditError::Read {
                 path: path.clone(),
                 source,
             };
-            let len = match limit {
-                Some(limit) => limit,
-                None => file.metadata().map_err(read_err)?.len(),
-            };
-            let mut reader = BufReader::with_capacity(1 << 20, ReadAt { file, at: 0 }.take(len));
+            let mut reader = BufReader::with_capacity(1 << 20, committed);
             let mut buf = Vec::new();
             let mut offset = 0u64;
             loop {
@@ -1129,22 +1142,8 @@ impl JournalReader {
     /// Every committed record of every segment, in order. Unparsable lines come out as
     /// `Err(Corrupt)`.
     pub fn iter_all(&self) -> Result<RecordIter, AuditError> {
-        let mut files = VecDeque::new();
-        for (path, file, limit) in self.shared.snapshot() {
-            let len = match limit {
-                Some(limit) => limit,
-                None => file
-                    .metadata()
-                    .map_err(|source| AuditError::Read {
-                        path: path.clone(),
-                        source,
-                    })?
-                    .len(),
-            };
-            files.push_back((path, ReadAt { file, at: 0 }.take(len)));
-        }
         Ok(RecordIter {
-            files,
+            files: self.shared.committed()?.into(),
             reader: None,
             line: 0,
             buf: Vec::new(),
@@ -1155,17 +1154,9 @@ impl JournalReader {
     /// so the export verifies like the journal itself.
     pub fn export(&self, mut writer: impl Write) -> Result<u64, AuditError> {
         let mut total = 0;
-        for (path, file, limit) in self.shared.snapshot() {
-            let read_err = |source| AuditError::Read {
-                path: path.clone(),
-                source,
-            };
-            let len = match limit {
-                Some(limit) => limit,
-                None => file.metadata().map_err(read_err)?.len(),
-            };
-            total +=
-                io::copy(&mut ReadAt { file, at: 0 }.take(len), &mut writer).map_err(read_err)?;
+        for (path, mut segment) in self.shared.committed()? {
+            total += io::copy(&mut segment, &mut writer)
+                .map_err(|source| AuditError::Read { path, source })?;
         }
         Ok(total)
     }
@@ -1753,16 +1744,7 @@ fn load(layout: &Layout, path: &Path, keep: usize) -> Result<Opened, AuditError>
             })
         }
         None => {
-            for (i, segment) in files.iter().enumerate() {
-                scan(
-                    &segment.path,
-                    &segment.file,
-                    i as u32,
-                    &mut index,
-                    None,
-                    Parse::ForIndex,
-                )?;
-            }
+            scan_sealed(&files, &mut index)?;
             None
         }
     };
@@ -2662,19 +2644,7 @@ mod tests {
             event_id: format!("e-{run}"),
         });
         let body = match what {
-            What::Start => RecordBody::RunStarted {
-                event: serde_json::json!({"id": format!("e-{run}")}),
-                params: serde_json::json!({}),
-                dry_run: false,
-                namespaces: Vec::new(),
-                cluster_actions: None,
-                timeout_ms: None,
-                lock_key: None,
-                cooldown_ms: None,
-                interactive: false,
-                approval: None,
-                trace_id: None,
-            },
+            What::Start => crate::record::bare_run_started(),
             What::Progress => RecordBody::Progress {
                 step: 1,
                 message: "going on".into(),

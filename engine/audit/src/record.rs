@@ -875,6 +875,24 @@ pub fn redact(body: &mut RecordBody) {
     }
 }
 
+/// A `run_started` body with nothing in it, for tests.
+#[cfg(test)]
+pub(crate) fn bare_run_started() -> RecordBody {
+    RecordBody::RunStarted {
+        event: serde_json::json!({}),
+        params: Value::Null,
+        dry_run: false,
+        namespaces: vec![],
+        cluster_actions: None,
+        timeout_ms: None,
+        lock_key: None,
+        cooldown_ms: None,
+        interactive: false,
+        approval: None,
+        trace_id: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -955,19 +973,7 @@ mod tests {
                 }),
                 trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
             },
-            RecordBody::RunStarted {
-                event: json!({}),
-                params: json!(null),
-                dry_run: false,
-                namespaces: vec![],
-                cluster_actions: None,
-                timeout_ms: None,
-                lock_key: None,
-                cooldown_ms: None,
-                interactive: false,
-                approval: None,
-                trace_id: None,
-            },
+            bare_run_started(),
             RecordBody::RunResumed {
                 replayable_steps: 2,
             },

@@ -5,23 +5,14 @@
 use firebreak_bus::testutil::NatsServer;
 use serde_json::json;
 
-use crate::harness::{Serve, ServeOpts, write_runbooks};
+use crate::harness::{Serve, ServeOpts, write_note_runbook};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn verify_catches_a_cut_tail_against_the_checkpoints_published_on_nats() {
     let nats = NatsServer::start().expect("nats-server -js");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("runbooks");
-    write_runbooks(
-        &dir,
-        &[
-            (
-                "note.yaml",
-                "name: note\nteam: sre\ndescription: started by hand\nnamespaces: [shop]\ntimeout: 30s\n",
-            ),
-            ("note.rhai", "log(\"noted\");\n"),
-        ],
-    );
+    write_note_runbook(&dir);
     let mut serve = Serve::start(
         &dir,
         ServeOpts {

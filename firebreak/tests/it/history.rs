@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{Serve, ServeOpts, wait_for, write_runbooks};
+use crate::harness::{Serve, ServeOpts, wait_for, write_note_runbook};
 
 fn listed(answer: &Value) -> Vec<String> {
     answer["runs"]
@@ -21,16 +21,7 @@ fn listed(answer: &Value) -> Vec<String> {
 async fn old_runs_leave_the_listing_but_are_still_answered_by_id() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("runbooks");
-    write_runbooks(
-        &dir,
-        &[
-            (
-                "note.yaml",
-                "name: note\nteam: sre\ndescription: started by hand\nnamespaces: [shop]\ntimeout: 30s\n",
-            ),
-            ("note.rhai", "log(\"noted\");\n"),
-        ],
-    );
+    write_note_runbook(&dir);
     let mut serve = Serve::start(
         &dir,
         ServeOpts {

@@ -817,7 +817,98 @@ pub struct NatsStateStore {
     /// For reading a run's journal lines back ([`RunLeases::run_lines`]).
     js: Context,
     audit_stream: String,
+    /// With run leases: every lock's newest entry, kept up by a watch (see [`LockView`]).
+    view: Option<Arc<LockView>>,
+    /// Stops that watch when the store goes.
+    _view_guard: Option<tokio_util::sync::DropGuard>,
 }
+
+/// Every lock's newest entry, kept up by a watch of the lock bucket, so the lease scan every
+/// third of a lease reads memory instead of the bucket. The bucket holds a delete marker per
+/// released lock until the sweep (every 5 minutes): at 1,000 runs/s each scan read thousands
+/// and run starts, writing to the same bucket, waited behind it (start latency p99 31-64 ms
+/// at 1,000 alerts/s, 2.7-3.2 ms without the scan).
+#[derive(Default)]
+struct LockView {
+    state: std::sync::Mutex<LockViewState>,
+    /// Woken at every entry applied.
+    applied: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct LockViewState {
+    /// KV key → the lock stored there (keys whose newest entry is a delete are absent).
+    locks: std::collections::HashMap<String, LockValue>,
+    /// The stream sequence of the newest entry applied.
+    seq: u64,
+}
+
+impl LockView {
+    fn state(&self) -> std::sync::MutexGuard<'_, LockViewState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until the view has applied the bucket's entries up to `seq`; `false` after
+    /// `limit` (the watch is down or behind, or the newest entry was purged).
+    async fn caught_up(&self, seq: u64, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let applied = self.applied.notified();
+            if self.state().seq >= seq {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, applied).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Follows the lock bucket from its history on until `stop`, starting over after an error.
+    async fn follow(self: Arc<Self>, locks: kv::Store, stop: CancellationToken) {
+        loop {
+            match locks.watch_with_history(">").await {
+                Ok(mut watch) => {
+                    *self.state() = LockViewState::default();
+                    loop {
+                        let entry = tokio::select! {
+                            () = stop.cancelled() => return,
+                            entry = watch.next() => entry,
+                        };
+                        match entry {
+                            Some(Ok(entry)) => {
+                                let mut state = self.state();
+                                match serde_json::from_slice::<LockValue>(&entry.value) {
+                                    Ok(lock) if entry.operation == Operation::Put => {
+                                        state.locks.insert(entry.key, lock);
+                                    }
+                                    _ => {
+                                        state.locks.remove(&entry.key);
+                                    }
+                                }
+                                state.seq = state.seq.max(entry.revision);
+                                drop(state);
+                                self.applied.notify_waiters();
+                            }
+                            Some(Err(e)) => {
+                                warn!(error = %e, "lock bucket watch failed; starting over");
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                }
+                Err(e) => warn!(error = %e, "cannot watch the lock bucket; trying again"),
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+}
+
+/// How long a lease scan waits for the lock view to catch up before it reads the bucket.
+const VIEW_WAIT: Duration = Duration::from_millis(200);
 
 fn kv_err(op: &str, e: impl Into<Cause>) -> BusError {
     BusError::nats(op.to_owned(), BusErrorKind::Transient, e)
@@ -966,7 +1057,22 @@ impl NatsStateStore {
             replica: opts.replica.clone().map(|r| (r, opts.run_lease)),
             js,
             audit_stream: opts.audit_stream.clone(),
-        })
+            view: None,
+            _view_guard: None,
+        }
+        .with_view())
+    }
+
+    /// With run leases, starts following the lock bucket (see [`LockView`]).
+    fn with_view(mut self) -> NatsStateStore {
+        if self.replica.is_some() {
+            let view = Arc::new(LockView::default());
+            let stop = CancellationToken::new();
+            tokio::spawn(view.clone().follow(self.locks.clone(), stop.clone()));
+            self.view = Some(view);
+            self._view_guard = Some(stop.drop_guard());
+        }
+        self
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (String, u64)>> {
@@ -1424,29 +1530,43 @@ impl RunLeases for NatsStateStore {
             if info.state.messages == 0 {
                 return Ok(Vec::new());
             }
+            let now = crate::now_ms();
+            let orphan = |key: &str, lock: &LockValue| match (&lock.replica, lock.lease_ms) {
+                (Some(replica), Some(lease_ms)) if lease_ms <= now => Some(Orphan {
+                    key: kv_key_decode(key),
+                    run_id: lock.owner.clone(),
+                    replica: replica.clone(),
+                    lease_ended: Timestamp::from_millisecond(lease_ms)
+                        .unwrap_or(Timestamp::UNIX_EPOCH),
+                }),
+                _ => None,
+            };
+            // Everything written before this scan began is in the view: read it there.
+            if let Some(view) = &self.view
+                && view.caught_up(info.state.last_sequence, VIEW_WAIT).await
+            {
+                let state = view.state();
+                return Ok(state
+                    .locks
+                    .iter()
+                    .filter_map(|(key, lock)| orphan(key, lock))
+                    .collect());
+            }
             // The newest entry of every key, then stop once caught up (`delta` 0).
             let mut watch = self
                 .locks
                 .watch_with_history(">")
                 .await
                 .map_err(|e| kv_err("kv list locks", e))?;
-            let now = crate::now_ms();
             let mut orphans = Vec::new();
             let listing = async {
                 while let Some(entry) = watch.next().await {
                     let entry = entry.map_err(|e| kv_err("kv list locks", e))?;
                     if entry.operation == Operation::Put
                         && let Ok(lock) = serde_json::from_slice::<LockValue>(&entry.value)
-                        && let (Some(replica), Some(lease_ms)) = (lock.replica, lock.lease_ms)
-                        && lease_ms <= now
+                        && let Some(orphan) = orphan(&entry.key, &lock)
                     {
-                        orphans.push(Orphan {
-                            key: kv_key_decode(&entry.key),
-                            run_id: lock.owner,
-                            replica,
-                            lease_ended: Timestamp::from_millisecond(lease_ms)
-                                .unwrap_or(Timestamp::UNIX_EPOCH),
-                        });
+                        orphans.push(orphan);
                     }
                     if entry.delta == 0 {
                         break;

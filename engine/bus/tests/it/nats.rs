@@ -520,6 +520,49 @@ async fn a_run_lease_that_runs_out_is_taken_over_by_exactly_one_replica() {
     assert_eq!(a.lock_holder("other/key").await.unwrap(), None);
 }
 
+/// The lease scan reads a view the store keeps up by one watch of the lock bucket, not the
+/// bucket: a released lock leaves a delete marker there until the sweep, and reading every key
+/// every third of a lease made run starts wait behind the scan. However many scans and
+/// markers, the bucket has the one consumer of the view; another replica's lock that ran out
+/// is seen, and one taken over a moment ago is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_scan_reads_a_view_kept_up_by_one_watch() {
+    use firebreak_bus::RunLeases;
+    let server = NatsServer::start().expect("nats-server");
+    let lease = Duration::from_secs(1);
+    let (_a_bus, a) = replica_store(&server, "a", lease).await;
+    let (_b_bus, b) = replica_store(&server, "b", lease).await;
+    let minute = Duration::from_secs(60);
+    for i in 0..200 {
+        let key = format!("rb/incident-{i}");
+        assert!(a.try_lock(&key, &format!("run-{i}"), minute).await.unwrap());
+        assert!(a.unlock(&key, &format!("run-{i}")).await.unwrap());
+    }
+    assert!(a.try_lock("rb/left", "run-left", minute).await.unwrap());
+    assert!(b.orphans().await.unwrap().is_empty(), "the lease is live");
+    tokio::time::sleep(lease + Duration::from_millis(100)).await;
+    for _ in 0..5 {
+        let orphans = b.orphans().await.unwrap();
+        assert_eq!(orphans.len(), 1, "{orphans:?}");
+        assert_eq!(orphans[0].run_id, "run-left");
+    }
+    let orphan = b.orphans().await.unwrap().remove(0);
+    assert!(b.take_over(&orphan, minute).await.unwrap());
+    assert!(
+        a.orphans().await.unwrap().is_empty(),
+        "a sees b's takeover at once"
+    );
+
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let mut locks = js
+        .get_stream("KV_firebreak_locks")
+        .await
+        .expect("lock bucket");
+    let consumers = locks.info().await.expect("info").state.consumer_count;
+    assert_eq!(consumers, 2, "one watch per store, none per scan");
+}
+
 /// A run's journal lines come back from the audit stream in the order they were published,
 /// and only that run's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

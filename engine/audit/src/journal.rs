@@ -1287,9 +1287,9 @@ pub struct JournalOptions {
     /// A tail that does not verify at open: set the file aside and go on from the last
     /// record that verifies (journaled as `relinked`), instead of refusing to open.
     pub relink_broken: bool,
-    /// Finished runs (and notices) whose summaries and record places stay in memory, newest
-    /// first, beside every unfinished run; older ones are looked up on disk when asked for
-    /// (see [`JournalReader::run`]) and no longer listed by [`JournalReader::runs`].
+    /// How many finished runs (and notices), the newest, keep their summaries and record
+    /// places in memory beside every unfinished run; older ones are looked up on disk when
+    /// asked for (see [`JournalReader::run`]) and no longer listed by [`JournalReader::runs`].
     pub finished_runs_kept: usize,
 }
 

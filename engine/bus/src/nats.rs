@@ -817,10 +817,9 @@ pub struct NatsStateStore {
     /// For reading a run's journal lines back ([`RunLeases::run_lines`]).
     js: Context,
     audit_stream: String,
-    /// With run leases: every lock's newest entry, kept up by a watch (see [`LockView`]).
-    view: Option<Arc<LockView>>,
-    /// Stops that watch when the store goes.
-    _view_guard: Option<tokio_util::sync::DropGuard>,
+    /// With run leases: every lock's newest entry, kept up by a watch (see [`LockView`]) that
+    /// stops when the store goes.
+    view: Option<(Arc<LockView>, tokio_util::sync::DropGuard)>,
 }
 
 /// Every lock's newest entry, kept up by a watch of the lock bucket, so the lease scan every
@@ -1058,7 +1057,6 @@ impl NatsStateStore {
             js,
             audit_stream: opts.audit_stream.clone(),
             view: None,
-            _view_guard: None,
         }
         .with_view())
     }
@@ -1069,8 +1067,7 @@ impl NatsStateStore {
             let view = Arc::new(LockView::default());
             let stop = CancellationToken::new();
             tokio::spawn(view.clone().follow(self.locks.clone(), stop.clone()));
-            self.view = Some(view);
-            self._view_guard = Some(stop.drop_guard());
+            self.view = Some((view, stop.drop_guard()));
         }
         self
     }
@@ -1542,7 +1539,7 @@ impl RunLeases for NatsStateStore {
                 _ => None,
             };
             // Everything written before this scan began is in the view: read it there.
-            if let Some(view) = &self.view
+            if let Some((view, _)) = &self.view
                 && view.caught_up(info.state.last_sequence, VIEW_WAIT).await
             {
                 let state = view.state();

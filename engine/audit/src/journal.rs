@@ -536,8 +536,9 @@ struct LineBody<'a> {
     status: Option<serde_json::Value>,
     #[serde(default)]
     step: Option<serde::de::IgnoredAny>,
+    /// A checkpoint's, written only when true.
     #[serde(default)]
-    last: Option<serde_json::Value>,
+    last: bool,
 }
 
 impl Line<'_> {
@@ -555,14 +556,8 @@ impl Line<'_> {
             "refusal" if self.body.step.is_none() => Kind::Refused,
             "skipped" => Kind::Skipped,
             "parked" => Kind::Parked,
-            // `last` is written only when true.
             "checkpoint" => Kind::Checkpoint {
-                last: match &self.body.last {
-                    None => false,
-                    Some(last) => last
-                        .as_bool()
-                        .ok_or("a checkpoint's `last` is not a bool")?,
-                },
+                last: self.body.last,
             },
             "relinked" => Kind::Relinked,
             _ => Kind::Other,

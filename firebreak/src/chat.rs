@@ -505,7 +505,7 @@ async fn answer(
             }
             run(st, &loaded, (team, member), runbook, params, dry_run, reply).await
         }
-        "status" => status(st, &team.name, words.next()),
+        "status" => status(st, &team.name, words.next()).await,
         verb @ ("approve" | "deny") => {
             let Some(run) = words.next() else {
                 return format!(
@@ -590,7 +590,10 @@ async fn run(
     }
 }
 
-fn status(st: &ChatState, team: &str, run: Option<&str>) -> String {
+/// The team's latest runs, or one run by its id or the first characters of one it lists; a
+/// run older than the listing (see `audit.finished_runs_kept`) is read from the journal on
+/// disk, by its full id.
+async fn status(st: &ChatState, team: &str, run: Option<&str>) -> String {
     let line = |r: &firebreak_audit::RunSummary| {
         format!(
             "• `{}` {} {} ({})",
@@ -600,18 +603,32 @@ fn status(st: &ChatState, team: &str, run: Option<&str>) -> String {
             r.actor
         )
     };
+    let ours = |r: &firebreak_audit::RunSummary| {
+        r.team == team && r.kind == firebreak_audit::EntryKind::Run
+    };
     let runs: Vec<_> = st
         .dispatcher
         .journal
         .runs()
         .into_iter()
-        .filter(|r| r.team == team && r.kind == firebreak_audit::EntryKind::Run)
+        .filter(|r| ours(r))
         .collect();
     match run {
-        Some(id) => runs
-            .iter()
-            .find(|r| r.run_id.starts_with(id))
-            .map_or_else(|| format!("no run {id} of team {team}"), line),
+        Some(id) => match runs.iter().find(|r| r.run_id.starts_with(id)) {
+            Some(found) => line(found),
+            None => {
+                let reader = st.dispatcher.journal.reader();
+                let wanted = id.to_owned();
+                let on_disk = tokio::task::spawn_blocking(move || reader.run(&wanted)).await;
+                match on_disk {
+                    Ok(Ok(Some(found))) if ours(&found) => line(&found),
+                    Ok(Err(e)) => format!("could not read the audit journal: {e}"),
+                    _ => format!(
+                        "no run {id} of team {team} (a run older than `status` lists is found by its full id)"
+                    ),
+                }
+            }
+        },
         None if runs.is_empty() => format!("team {team} has no runs yet"),
         None => {
             let latest: Vec<String> = runs.iter().rev().take(5).map(line).collect();

@@ -63,6 +63,14 @@ async fn signed(serve: &Serve, user: &str, text: &str) -> String {
 /// An engine with the two teams and team-a's `note-a` runbook, plus `chat` (the chat
 /// credential); the temporary folder holds the runbooks and teams file.
 async fn team_a_engine(chat: (&'static str, String)) -> (tempfile::TempDir, Serve) {
+    team_a_engine_with(chat, None).await
+}
+
+/// [`team_a_engine`] with a config file's text.
+async fn team_a_engine_with(
+    chat: (&'static str, String),
+    config: Option<String>,
+) -> (tempfile::TempDir, Serve) {
     let tmp = tempfile::tempdir().unwrap();
     let teams = tmp.path().join("teams.yaml");
     std::fs::write(&teams, TEAMS).unwrap();
@@ -82,6 +90,7 @@ async fn team_a_engine(chat: (&'static str, String)) -> (tempfile::TempDir, Serv
         &dir,
         ServeOpts {
             env: vec![("FIREBREAK_TEAMS", teams.display().to_string()), chat],
+            config,
             ..ServeOpts::default()
         },
     )
@@ -234,4 +243,53 @@ async fn mattermost_commands_need_the_command_token() {
         1,
         "refused ones ran nothing"
     );
+}
+
+/// `status RUN` answers a run the server no longer lists (older than
+/// `audit.finished_runs_kept`) from the journal on disk, by its full id, and only to its team.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_finds_a_run_older_than_the_listing_by_its_full_id() {
+    let (_tmp, serve) = team_a_engine_with(
+        ("FIREBREAK_SLACK_SIGNING_SECRET", SECRET.into()),
+        Some("audit:\n  finished_runs_kept: 1\n".into()),
+    )
+    .await;
+    for n in 1..=2 {
+        let started = signed(&serve, "U0ALICE", &format!("run note-a n={n}")).await;
+        assert!(started.contains("accepted for alice"), "{started}");
+        serve
+            .wait_journal("alice's run from chat", Duration::from_secs(30), |j| {
+                j.finished("note-a").len() == n
+            })
+            .await;
+    }
+    let journal = serve.journal();
+    let oldest = journal.finished("note-a")[0].run_id.clone();
+    let newest = journal.finished("note-a")[1].run_id.clone();
+    let listed = signed(&serve, "U0ALICE", "status").await;
+    assert!(
+        listed.contains(&newest) && !listed.contains(&oldest),
+        "{listed}"
+    );
+
+    let found = signed(&serve, "U0ALICE", &format!("status {oldest}")).await;
+    assert!(
+        found.contains(&oldest) && found.contains("succeeded") && found.contains("alice"),
+        "{found}"
+    );
+    // Run ids are UUIDv7s: the two share their first characters (the time).
+    let shared = oldest
+        .chars()
+        .zip(newest.chars())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let prefix = &oldest[..=shared];
+    let prefix = signed(&serve, "U0ALICE", &format!("status {prefix}")).await;
+    assert!(
+        prefix.starts_with("no run") && prefix.contains("full id"),
+        "{prefix}"
+    );
+    // Another team's member is not told about it.
+    let other = signed(&serve, "U0BOB", &format!("status {oldest}")).await;
+    assert!(other.starts_with("no run"), "{other}");
 }

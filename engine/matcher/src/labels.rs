@@ -5,7 +5,9 @@
 //! `^(?:re)$`, and a missing label equals the empty string, so `team=""` matches an alert
 //! without a `team` label and `team!=""` requires one.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 use regex::Regex;
 
@@ -42,8 +44,9 @@ pub struct LabelMatcher {
     pub op: MatchOp,
     /// The value or the (unanchored, as written) regex.
     pub value: String,
-    /// The anchored, compiled regex for `=~` and `!~`.
-    regex: Option<Regex>,
+    /// The anchored, compiled regex for `=~` and `!~`, shared by every matcher of the
+    /// pattern (see [`compiled`]).
+    regex: Option<Arc<Regex>>,
 }
 
 impl PartialEq for LabelMatcher {
@@ -81,7 +84,7 @@ impl LabelMatcher {
     /// Builds a matcher, compiling `=~`/`!~` values as `^(?:value)$`.
     pub fn new(name: &str, op: MatchOp, value: &str) -> Result<Self, regex::Error> {
         let regex = match op {
-            MatchOp::Regex | MatchOp::NotRegex => Some(Regex::new(&format!("^(?:{value})$"))?),
+            MatchOp::Regex | MatchOp::NotRegex => Some(compiled(&format!("^(?:{value})$"))?),
             MatchOp::Equal | MatchOp::NotEqual => None,
         };
         Ok(LabelMatcher {
@@ -120,11 +123,52 @@ impl LabelMatcher {
         self.matches_value(lookup(&self.name))
     }
 
-    fn regex(&self) -> &Regex {
+    fn regex(&self) -> &Arc<Regex> {
         self.regex
             .as_ref()
             .expect("regex operators are built with a compiled regex")
     }
+}
+
+/// The compiled regexes of the patterns some matcher holds. Runbooks repeat patterns
+/// (`severity=~"critical|page"` in most of a team's), and each compiled regex holds about
+/// 12 KB, so a server with many runbooks keeps one per pattern instead of one per matcher.
+struct Compiled {
+    patterns: HashMap<String, Weak<Regex>>,
+    /// The size at which patterns no matcher holds any more are dropped (twice the live
+    /// ones after the last sweep), so reloading runbooks does not grow the map.
+    sweep_at: usize,
+}
+
+static COMPILED: LazyLock<Mutex<Compiled>> = LazyLock::new(|| {
+    Mutex::new(Compiled {
+        patterns: HashMap::new(),
+        sweep_at: 64,
+    })
+});
+
+/// `pattern` compiled, shared with every other matcher of the same pattern.
+fn compiled(pattern: &str) -> Result<Arc<Regex>, regex::Error> {
+    let mut compiled = COMPILED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(regex) = compiled.patterns.get(pattern).and_then(Weak::upgrade) {
+        return Ok(regex);
+    }
+    let regex = Arc::new(Regex::new(pattern)?);
+    if compiled.patterns.len() >= compiled.sweep_at {
+        compiled.patterns.retain(|_, held| held.strong_count() > 0);
+        compiled.sweep_at = (compiled.patterns.len() * 2).max(64);
+    }
+    compiled
+        .patterns
+        .insert(pattern.to_owned(), Arc::downgrade(&regex));
+    Ok(regex)
+}
+
+/// How many cached patterns satisfy `which`.
+#[cfg(test)]
+fn compiled_patterns(which: impl Fn(&str) -> bool) -> usize {
+    let compiled = COMPILED.lock().unwrap_or_else(|e| e.into_inner());
+    compiled.patterns.keys().filter(|p| which(p)).count()
 }
 
 /// Parses one matcher or a `{...}` list of comma-separated matchers. Values may be
@@ -413,5 +457,27 @@ mod tests {
         assert_eq!(e.offset, 7);
         assert!(LabelMatcher::parse("").is_err());
         assert!(LabelMatcher::parse("a=b, c=d").is_err());
+    }
+
+    /// Runbooks often repeat a pattern (`severity=~"critical|page"`); every matcher of one
+    /// pattern shares one compiled regex (about 12 KB each), and patterns no matcher holds any
+    /// more are forgotten as new ones come, so reloads do not grow the cache.
+    #[test]
+    fn matchers_of_one_pattern_share_one_compiled_regex() {
+        let a = LabelMatcher::parse(r#"severity=~"critical|page""#).unwrap();
+        let b = &parse_matchers(r#"{team="ml", severity=~"critical|page"}"#).unwrap()[1];
+        let c = LabelMatcher::parse(r#"severity!~"critical|page""#).unwrap();
+        let other = LabelMatcher::parse(r#"severity=~"critical|warning""#).unwrap();
+        let (a, b, c, other) = (a.regex(), b.regex(), c.regex(), other.regex());
+        assert!(std::sync::Arc::ptr_eq(a, b) && std::sync::Arc::ptr_eq(a, c));
+        assert!(!std::sync::Arc::ptr_eq(a, other));
+
+        let prefix = "interning-test-";
+        for n in 0..5_000 {
+            let m = LabelMatcher::new("x", MatchOp::Regex, &format!("{prefix}{n}")).unwrap();
+            assert!(m.matches_value(Some(&format!("{prefix}{n}"))));
+        }
+        let held = compiled_patterns(|p| p.contains(prefix));
+        assert!(held < 1_000, "{held} dropped patterns still cached");
     }
 }

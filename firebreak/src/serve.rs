@@ -835,7 +835,7 @@ pub async fn connectors(
         }
     };
     let mut shared = Shared::default();
-    shared.insert(reqwest::Client::new());
+    shared.insert_with(reqwest::Client::new);
     if let Some(client) = &kube {
         shared.insert(client.clone());
     }
@@ -1020,6 +1020,39 @@ pub fn print_connectors(rbac: bool, namespace: &str) {
 mod tests {
     use super::*;
     use firebreak_audit::{RecordDraft, RunMeta};
+
+    /// The shared HTTP client reads every system root certificate when it is made: a
+    /// connector left unconfigured must not ask for it (the idle server never makes it).
+    #[tokio::test]
+    async fn unconfigured_connectors_do_not_make_the_shared_http_client() {
+        static MADE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut shared = Shared::default();
+        shared.insert_with(|| {
+            MADE.store(true, std::sync::atomic::Ordering::SeqCst);
+            reqwest::Client::new()
+        });
+        for plugin in plugins() {
+            let built = plugin
+                .build(BuildContext {
+                    settings: &serde_json::Value::Null,
+                    shared: &shared,
+                })
+                .await;
+            assert!(matches!(built, Ok(None)), "{}", plugin.module());
+        }
+        assert!(!MADE.load(std::sync::atomic::Ordering::SeqCst));
+        // Configured, a connector gets it.
+        let settings = serde_json::json!({"url": "http://127.0.0.1:9"});
+        let built = firebreak_prometheus::Plugin
+            .build(BuildContext {
+                settings: &settings,
+                shared: &shared,
+            })
+            .await;
+        assert!(matches!(built, Ok(Some(_))));
+        assert!(MADE.load(std::sync::atomic::Ordering::SeqCst));
+    }
 
     /// Records of two runs sealed through a real journal, with their lines.
     async fn sealed(runs: &[(&str, usize)]) -> (Vec<Record>, bytes::Bytes) {

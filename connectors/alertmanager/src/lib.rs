@@ -508,8 +508,12 @@ impl firebreak_connector::plugin::Plugin for Plugin {
         &'a self,
         cx: firebreak_connector::plugin::BuildContext<'a>,
     ) -> BoxFuture<'a, Result<Option<std::sync::Arc<dyn Connector>>, String>> {
-        let built = match (cx.text("url"), cx.shared.get::<reqwest::Client>()) {
-            (Some(url), Some(http)) => AlertmanagerConnector::new(url, http.clone())
+        // Ask for the shared HTTP client only when configured: it is made on first use.
+        let built = match cx
+            .text("url")
+            .map(|url| (url, cx.shared.get::<reqwest::Client>()))
+        {
+            Some((url, Some(http))) => AlertmanagerConnector::new(url, http.clone())
                 .map(|c| Some(std::sync::Arc::new(c) as _))
                 .map_err(|e| format!("alertmanager.url {url}: {}", e.message)),
             _ => Ok(None),

@@ -5,7 +5,7 @@
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use futures::future::BoxFuture;
 use serde_json::Value;
@@ -33,13 +33,29 @@ pub struct Shared {
     items: HashMap<TypeId, Box<dyn Any + Send + Sync>>,
 }
 
+/// A shared client made on first use.
+type Lazy<T> = LazyLock<T, Box<dyn FnOnce() -> T + Send + Sync>>;
+
 impl Shared {
     pub fn insert<T: Any + Send + Sync>(&mut self, value: T) {
         self.items.insert(TypeId::of::<T>(), Box::new(value));
     }
 
+    /// Shares the value `make` makes when a connector first asks for it: a client no
+    /// configured connector uses costs nothing (an HTTP client reads and parses every system
+    /// root certificate when it is made).
+    pub fn insert_with<T: Any + Send + Sync>(
+        &mut self,
+        make: impl FnOnce() -> T + Send + Sync + 'static,
+    ) {
+        let lazy: Lazy<T> = LazyLock::new(Box::new(make));
+        self.items.insert(TypeId::of::<T>(), Box::new(lazy));
+    }
+
     pub fn get<T: Any + Send + Sync>(&self) -> Option<&T> {
-        self.items.get(&TypeId::of::<T>())?.downcast_ref()
+        let item = self.items.get(&TypeId::of::<T>())?;
+        item.downcast_ref()
+            .or_else(|| item.downcast_ref::<Lazy<T>>().map(|lazy| &**lazy))
     }
 }
 
@@ -85,4 +101,32 @@ pub trait Plugin: Send + Sync {
         &'a self,
         cx: BuildContext<'a>,
     ) -> BoxFuture<'a, Result<Option<Arc<dyn Connector>>, String>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[test]
+    fn a_lazy_shared_value_is_made_once_on_first_use() {
+        static MADE: AtomicUsize = AtomicUsize::new(0);
+        let mut shared = Shared::default();
+        shared.insert(7u32);
+        shared.insert_with(|| {
+            MADE.fetch_add(1, Ordering::SeqCst);
+            String::from("client")
+        });
+        assert_eq!(shared.get::<u32>(), Some(&7));
+        assert_eq!(
+            MADE.load(Ordering::SeqCst),
+            0,
+            "made before it was asked for"
+        );
+        assert_eq!(shared.get::<String>().map(String::as_str), Some("client"));
+        assert_eq!(shared.get::<String>().map(String::as_str), Some("client"));
+        assert_eq!(MADE.load(Ordering::SeqCst), 1);
+        assert_eq!(shared.get::<u64>(), None);
+    }
 }

@@ -143,18 +143,31 @@ impl Default for Limits {
     }
 }
 
+/// The packages scripts get, made once and shared by every engine (the one runs share, the
+/// one that compiles at load): only what scripts need, no BasicTimePackage (the clock is the
+/// journaled `now()` step).
+fn packages() -> &'static [rhai::Shared<rhai::Module>] {
+    static PACKAGES: OnceLock<Vec<rhai::Shared<rhai::Module>>> = OnceLock::new();
+    PACKAGES.get_or_init(|| {
+        vec![
+            CorePackage::new().as_shared_module(),
+            LogicPackage::new().as_shared_module(),
+            MoreStringPackage::new().as_shared_module(),
+            BasicArrayPackage::new().as_shared_module(),
+            BasicMapPackage::new().as_shared_module(),
+            BasicMathPackage::new().as_shared_module(),
+        ]
+    })
+}
+
 /// Builds the one engine every run shares: packages, limits, callbacks, built-in steps and
 /// one static module per connector in `registry` (`<connector>::<action>(args...)`).
 pub fn build_engine(limits: &Limits, registry: &Registry) -> Engine {
     let mut engine = Engine::new_raw();
 
-    // Only what scripts need: no BasicTimePackage (the clock is the journaled `now()` step).
-    engine.register_global_module(CorePackage::new().as_shared_module());
-    engine.register_global_module(LogicPackage::new().as_shared_module());
-    engine.register_global_module(MoreStringPackage::new().as_shared_module());
-    engine.register_global_module(BasicArrayPackage::new().as_shared_module());
-    engine.register_global_module(BasicMapPackage::new().as_shared_module());
-    engine.register_global_module(BasicMathPackage::new().as_shared_module());
+    for package in packages() {
+        engine.register_global_module(package.clone());
+    }
 
     engine
         .set_max_operations(limits.max_operations)

@@ -88,28 +88,37 @@ impl Load {
                 let url = serve.url("/v1/alertmanager");
                 tokio::spawn(async move {
                     let client = crate::harness::http_with_timeout(Duration::from_secs(15));
-                    let mut posts = Vec::new();
+                    // Open loop: a post every 25 ms whether or not the last was answered, so
+                    // posts are sent during an outage even while earlier ones are held.
+                    let mut sent = Vec::new();
                     let mut n = poster * 100_000;
                     while !stop.load(Ordering::SeqCst) {
-                        let sent = Instant::now();
-                        let status = match client
-                            .post(&url)
-                            .header("content-type", "application/json")
-                            .body(alert(n))
-                            .send()
-                            .await
-                        {
-                            Ok(resp) => resp.status().as_u16(),
-                            Err(_) => 0,
-                        };
-                        posts.push(Post {
-                            n,
-                            sent,
-                            answered: Instant::now(),
-                            status,
-                        });
+                        let (client, url) = (client.clone(), url.clone());
+                        sent.push(tokio::spawn(async move {
+                            let sent = Instant::now();
+                            let status = match client
+                                .post(&url)
+                                .header("content-type", "application/json")
+                                .body(alert(n))
+                                .send()
+                                .await
+                            {
+                                Ok(resp) => resp.status().as_u16(),
+                                Err(_) => 0,
+                            };
+                            Post {
+                                n,
+                                sent,
+                                answered: Instant::now(),
+                                status,
+                            }
+                        }));
                         n += 1;
                         tokio::time::sleep(Duration::from_millis(25)).await;
+                    }
+                    let mut posts = Vec::with_capacity(sent.len());
+                    for post in sent {
+                        posts.push(post.await.expect("a post task"));
                     }
                     posts
                 })

@@ -38,6 +38,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::checkpoint::{CHECKPOINT_EVERY, SigningKey, write_atomic};
+use crate::handoff::Handoff;
 use crate::record::{GENESIS_HASH, Record, RecordBody, RecordDraft, RunMeta, RunStatus, redact};
 use crate::verify::{Checker, Problem, read_head};
 
@@ -2035,9 +2036,9 @@ fn writer_loop(
         poison: Arc::default(),
         durable: Mutex::new(tail.clone()),
     });
-    let (sync_tx, sync_rx) = std::sync::mpsc::channel::<ToSyncer>();
+    let sync_tx = Arc::new(Handoff::<ToSyncer>::new());
     let syncer = {
-        let (shared, pipeline) = (shared.clone(), pipeline.clone());
+        let (sync_rx, shared, pipeline) = (sync_tx.clone(), shared.clone(), pipeline.clone());
         std::thread::Builder::new()
             .name("audit-sync".into())
             .spawn(move || sync_loop(&sync_rx, &shared, &pipeline))
@@ -2109,7 +2110,7 @@ fn writer_loop(
             }
         }
     }
-    drop(sync_tx);
+    sync_tx.close();
     let _ = syncer.join();
     drop(carry_tx);
     let _ = carrier.join();
@@ -2143,7 +2144,7 @@ fn carry_loop(rx: &std::sync::mpsc::Receiver<Carried>, path: &Path) {
 /// Where the writer writes to.
 struct Out<'a> {
     file: &'a Arc<File>,
-    sync_tx: &'a std::sync::mpsc::Sender<ToSyncer>,
+    sync_tx: &'a Handoff<ToSyncer>,
     shared: &'a Shared,
     pipeline: &'a Pipeline,
 }
@@ -2226,7 +2227,11 @@ fn write_batch(
                 tail: next.clone(),
                 head_line,
             };
-            if sync_tx.send(ToSyncer::Written(written)).is_err() {
+            let appends = written.batch.len();
+            if sync_tx
+                .push(ToSyncer::Written(written), appends, false)
+                .is_err()
+            {
                 return tail;
             }
             next
@@ -2258,13 +2263,13 @@ fn write_batch(
 fn rotate(
     file: &mut Arc<File>,
     tail: &mut Tail,
-    sync_tx: &std::sync::mpsc::Sender<ToSyncer>,
+    sync_tx: &Handoff<ToSyncer>,
     carry_tx: &std::sync::mpsc::Sender<Carried>,
     shared: &Shared,
     pipeline: &Pipeline,
 ) {
     let (done, wait) = std::sync::mpsc::channel();
-    if sync_tx.send(ToSyncer::Barrier(done)).is_ok() {
+    if sync_tx.push(ToSyncer::Barrier(done), 0, true).is_ok() {
         let _ = wait.recv();
     }
     if pipeline.poison.lock().expect("poison lock").is_some() {
@@ -2332,12 +2337,12 @@ fn rotate(
 /// chain's end to continue from, or `None` (still poisoned) when the disk refuses.
 fn recover(
     file: &File,
-    sync_tx: &std::sync::mpsc::Sender<ToSyncer>,
+    sync_tx: &Handoff<ToSyncer>,
     shared: &Shared,
     pipeline: &Pipeline,
 ) -> Option<Tail> {
     let (done, wait) = std::sync::mpsc::channel();
-    if sync_tx.send(ToSyncer::Barrier(done)).is_ok() {
+    if sync_tx.push(ToSyncer::Barrier(done), 0, true).is_ok() {
         let _ = wait.recv();
     }
     let durable = pipeline.durable.lock().expect("durable tail lock").clone();
@@ -2375,31 +2380,22 @@ fn test_disk(journal: &Path) -> io::Result<()> {
 /// The syncer thread: one `sync_data` for every batch written so far, then the answers, in
 /// order. A failed sync poisons the journal: what reached the disk is unknown, so nothing may
 /// be chained onto it until [`recover`] cuts it back.
-fn sync_loop(rx: &std::sync::mpsc::Receiver<ToSyncer>, shared: &Shared, pipeline: &Pipeline) {
+fn sync_loop(rx: &Handoff<ToSyncer>, shared: &Shared, pipeline: &Pipeline) {
+    let mut messages: Vec<ToSyncer> = Vec::new();
     let mut ready: Vec<Written> = Vec::new();
     let mut barriers: Vec<std::sync::mpsc::Sender<()>> = Vec::new();
     let mut last_count = 0;
-    let take = |message: ToSyncer, ready: &mut Vec<Written>, barriers: &mut Vec<_>| match message {
-        ToSyncer::Written(w) => ready.push(w),
-        ToSyncer::Barrier(b) => barriers.push(b),
-    };
-    while let Ok(first) = rx.recv() {
-        take(first, &mut ready, &mut barriers);
-        for message in rx.try_iter() {
-            take(message, &mut ready, &mut barriers);
-        }
-        // Under load (the last sync served several appends) wait a moment for as many as last
-        // time, so one sync serves them all; a lone append is synced at once.
-        if last_count > 1 && barriers.is_empty() {
-            let until = std::time::Instant::now() + LINGER;
-            let count = |ready: &[Written]| ready.iter().map(|w| w.batch.len()).sum::<usize>();
-            while count(&ready) < last_count
-                && let Some(left) = until.checked_duration_since(std::time::Instant::now())
-            {
-                match rx.recv_timeout(left) {
-                    Ok(message) => take(message, &mut ready, &mut barriers),
-                    Err(_) => break,
-                }
+    // Under load (the last sync served several appends) wait a moment for as many as last
+    // time, so one sync serves them all; a lone append is synced at once, and a barrier ends
+    // the wait.
+    while rx.take(
+        &mut messages,
+        (last_count > 1).then_some((last_count, LINGER)),
+    ) {
+        for message in messages.drain(..) {
+            match message {
+                ToSyncer::Written(w) => ready.push(w),
+                ToSyncer::Barrier(b) => barriers.push(b),
             }
         }
         if !ready.is_empty() {

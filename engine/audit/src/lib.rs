@@ -10,6 +10,7 @@
 //!   links of runs taken over from one replica by another.
 
 pub mod checkpoint;
+mod handoff;
 pub mod journal;
 pub mod record;
 pub mod stream;

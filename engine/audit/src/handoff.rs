@@ -114,13 +114,29 @@ impl<T> Handoff<T> {
     }
 }
 
+/// Held by the consumer for as long as it takes: when it ends, by returning or by a panic,
+/// the queue closes and drops what it holds, so a producer waiting for a queued item's answer
+/// learns that none will come (as from a channel whose receiver is gone).
+pub(crate) struct ConsumerEnd<'a, T>(pub(crate) &'a Handoff<T>);
+
+impl<T> Drop for ConsumerEnd<'_, T> {
+    fn drop(&mut self) {
+        let items = {
+            let mut state = self.0.lock();
+            state.closed = true;
+            std::mem::take(&mut state.items)
+        };
+        drop(items);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
     use std::sync::mpsc;
     use std::time::{Duration, Instant};
 
-    use super::Handoff;
+    use super::{ConsumerEnd, Handoff};
 
     /// A consumer whose next `take` lingers for `target` (up to `most`); its batches arrive on
     /// the receiver.
@@ -231,5 +247,24 @@ mod tests {
         assert_eq!(rx.recv().expect("a batch"), vec![5]);
         queue.close();
         consumer.join().expect("consumer ends once closed");
+    }
+
+    #[test]
+    fn a_consumer_that_ends_drops_what_is_queued_and_refuses_more() {
+        let queue = Arc::new(Handoff::<mpsc::Sender<()>>::new());
+        let (answer, waiting) = mpsc::channel();
+        queue.push(answer, 0, true).expect("open");
+        let consumer = {
+            let queue = queue.clone();
+            std::thread::spawn(move || {
+                let _end = ConsumerEnd(&*queue);
+                panic!("the consumer dies before taking anything");
+            })
+        };
+        assert!(consumer.join().is_err());
+        // The queued sender was dropped: its waiter is told instead of waiting for ever.
+        assert!(waiting.recv().is_err());
+        let (answer, _waiting) = mpsc::channel();
+        assert!(queue.push(answer, 0, true).is_err());
     }
 }

@@ -38,7 +38,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::checkpoint::{CHECKPOINT_EVERY, SigningKey, write_atomic};
-use crate::handoff::Handoff;
+use crate::handoff::{ConsumerEnd, Handoff};
 use crate::record::{GENESIS_HASH, Record, RecordBody, RecordDraft, RunMeta, RunStatus, redact};
 use crate::verify::{Checker, Problem, read_head};
 
@@ -2381,6 +2381,7 @@ fn test_disk(journal: &Path) -> io::Result<()> {
 /// order. A failed sync poisons the journal: what reached the disk is unknown, so nothing may
 /// be chained onto it until [`recover`] cuts it back.
 fn sync_loop(rx: &Handoff<ToSyncer>, shared: &Shared, pipeline: &Pipeline) {
+    let _end = ConsumerEnd(rx);
     let mut messages: Vec<ToSyncer> = Vec::new();
     let mut ready: Vec<Written> = Vec::new();
     let mut barriers: Vec<std::sync::mpsc::Sender<()>> = Vec::new();

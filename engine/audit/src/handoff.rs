@@ -18,6 +18,17 @@ pub(crate) struct Handoff<T> {
     wake: Condvar,
 }
 
+/// What a sleeping consumer waits for.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Waiting {
+    /// It is awake.
+    No,
+    /// Any item.
+    First,
+    /// The queued weight to reach this, or something urgent.
+    Weight(usize),
+}
+
 struct State<T> {
     items: Vec<T>,
     /// Sum of the queued items' weights.
@@ -25,8 +36,8 @@ struct State<T> {
     /// An urgent item is queued: the consumer stops lingering.
     urgent: bool,
     closed: bool,
-    /// The weight at which the sleeping consumer is to be woken; 0 while it is awake.
-    wake_at: usize,
+    /// What the sleeping consumer is to be woken for.
+    waiting: Waiting,
     /// Wake-ups sent so far.
     wakes: u64,
 }
@@ -39,7 +50,7 @@ impl<T> Handoff<T> {
                 weight: 0,
                 urgent: false,
                 closed: false,
-                wake_at: 0,
+                waiting: Waiting::No,
                 wakes: 0,
             }),
             wake: Condvar::new(),
@@ -61,9 +72,13 @@ impl<T> Handoff<T> {
         state.items.push(item);
         state.weight += weight;
         state.urgent |= urgent;
-        let wake = state.wake_at != 0 && (state.urgent || state.weight >= state.wake_at);
+        let wake = match state.waiting {
+            Waiting::No => false,
+            Waiting::First => true,
+            Waiting::Weight(target) => state.urgent || state.weight >= target,
+        };
         if wake {
-            state.wake_at = 0;
+            state.waiting = Waiting::No;
             state.wakes += 1;
         }
         drop(state);
@@ -86,7 +101,7 @@ impl<T> Handoff<T> {
     pub(crate) fn take(&self, out: &mut Vec<T>, linger: Option<(usize, Duration)>) -> bool {
         let mut state = self.lock();
         while state.items.is_empty() && !state.closed {
-            state.wake_at = 1;
+            state.waiting = Waiting::First;
             state = self.wake.wait(state).unwrap_or_else(|p| p.into_inner());
         }
         if state.items.is_empty() {
@@ -98,7 +113,7 @@ impl<T> Handoff<T> {
                 let Some(left) = until.checked_duration_since(Instant::now()) else {
                     break;
                 };
-                state.wake_at = target;
+                state.waiting = Waiting::Weight(target);
                 state = self
                     .wake
                     .wait_timeout(state, left)
@@ -106,7 +121,7 @@ impl<T> Handoff<T> {
                     .0;
             }
         }
-        state.wake_at = 0;
+        state.waiting = Waiting::No;
         state.weight = 0;
         state.urgent = false;
         out.append(&mut state.items);
@@ -136,7 +151,7 @@ mod tests {
     use std::sync::mpsc;
     use std::time::{Duration, Instant};
 
-    use super::{ConsumerEnd, Handoff};
+    use super::{ConsumerEnd, Handoff, Waiting};
 
     /// A consumer whose next `take` lingers for `target` (up to `most`); its batches arrive on
     /// the receiver.
@@ -164,7 +179,7 @@ mod tests {
         let batches = consumer(&queue, 100, Duration::from_secs(60));
         queue.push(0, 1, false).expect("open");
         // Wait until the consumer lingers for the rest, so every push below finds it asleep.
-        while queue.lock().wake_at != 100 {
+        while queue.lock().waiting != Waiting::Weight(100) {
             std::thread::sleep(Duration::from_millis(1));
         }
         let before = queue.lock().wakes;
@@ -194,14 +209,13 @@ mod tests {
         let batches = consumer(&queue, 100, Duration::from_secs(60));
         queue.push(1, 1, false).expect("open");
         queue.push(2, 0, true).expect("open");
-        let started = Instant::now();
+        // Sooner than the minute it lingers for: the urgent item ended the wait.
         assert_eq!(
             batches
                 .recv_timeout(Duration::from_secs(30))
                 .expect("a batch"),
             vec![1, 2]
         );
-        assert!(started.elapsed() < Duration::from_secs(30));
         queue.close();
     }
 
@@ -266,5 +280,22 @@ mod tests {
         assert!(waiting.recv().is_err());
         let (answer, _waiting) = mpsc::channel();
         assert!(queue.push(answer, 0, true).is_err());
+    }
+
+    #[test]
+    fn an_item_without_weight_wakes_a_consumer_waiting_for_its_first() {
+        let queue = Arc::new(Handoff::new());
+        let batches = consumer(&queue, 100, Duration::from_millis(10));
+        while queue.lock().waiting != Waiting::First {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        queue.push(3, 0, false).expect("open");
+        assert_eq!(
+            batches
+                .recv_timeout(Duration::from_secs(30))
+                .expect("woken by the item"),
+            vec![3]
+        );
+        queue.close();
     }
 }

@@ -556,7 +556,6 @@ impl Dispatcher {
         };
         let handle = self.runner.start(plan).await?;
         metrics::counter!("firebreak_runs_started_total").increment(1);
-        info!(run_id = %run_id, runbook = %name, key = %key, event_id = %event.id, dry_run, "run started");
         if !dry_run && manifest.budget.is_some() {
             self.state.record_run(key, jiff::Timestamp::now()).await?;
         }

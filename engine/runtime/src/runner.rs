@@ -20,7 +20,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use crate::approval::{Decision, DecisionError, Pending, Standing};
 use crate::policy::RetryPolicy;
@@ -372,6 +372,9 @@ impl Runner {
             actor: plan.actor,
             event_id: plan.event.id.clone(),
         });
+        // Logged here, before the script runs, so the run's lines read in the order it ran;
+        // a start that fails to be journaled is logged as such after it.
+        info!(run_id = %meta.run_id, runbook = %meta.runbook, key = plan.lock_key.as_deref().unwrap_or(""), event_id = %meta.event_id, dry_run = plan.dry_run, "run started");
         let (span, trace_id) = crate::trace::run_span(&meta, plan.event.traceparent.as_deref());
         let event = plan.event.to_json();
         let params = Value::Object(plan.params);
@@ -409,11 +412,7 @@ impl Runner {
         let run_id = cx.meta.run_id.clone();
         let handle = self.launch(cx, plan.ast, ctx, permit);
         match journaled.await {
-            Ok(Ok(())) => {
-                // The dispatcher logs the start with its runbook, key and event.
-                debug!(run_id = %run_id, "run started");
-                Ok(handle)
-            }
+            Ok(Ok(())) => Ok(handle),
             Ok(Err(source)) => Err(RuntimeError::Journal { run_id, source }),
             Err(_) => Err(RuntimeError::Lost { run_id }),
         }

@@ -269,3 +269,77 @@ async fn a_broken_edit_is_refused_and_a_good_edit_takes_effect() {
     assert_eq!(status, 202, "{body}");
     assert_eq!(greeting_for("b").await, "greeting v2, edited");
 }
+
+/// A run's log lines come in the order it ran: `run started` first, then what its script
+/// logged, `run finished` last. (The start used to be logged once journaled, which for a
+/// run that needs no thread is with its finish: after both other lines.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runs_log_lines_come_in_the_order_it_ran() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("runbooks");
+    let yaml = manifest("alertname=\"Hello\"", "");
+    write_runbooks(
+        &dir,
+        &[
+            ("greet.yaml", &yaml),
+            ("greet.rhai", "log(\"hello from the script\");\n"),
+        ],
+    );
+    let serve = Serve::start(&dir, ServeOpts::default()).await;
+    let alert = json!({
+        "version": "4", "status": "firing", "receiver": "firebreak", "groupKey": "g",
+        "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {}, "externalURL": "",
+        "alerts": [{"status": "firing",
+            "labels": {"alertname": "Hello", "namespace": "shop", "instance": "i1"},
+            "annotations": {}, "startsAt": "2026-11-27T03:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
+            "generatorURL": "", "fingerprint": "00000000000000i1"}],
+    });
+    let (status, body) = serve
+        .post("/v1/alertmanager", None, alert.to_string())
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let journal = serve
+        .wait_journal("the greet run", Duration::from_secs(20), |j| {
+            !j.finished("greet").is_empty()
+        })
+        .await;
+    let run_id = journal.finished("greet")[0].run_id.clone();
+    let lines = || {
+        serve
+            .log_lines()
+            .into_iter()
+            .filter(|l| l["fields"]["run_id"] == run_id.as_str())
+            .map(|l| l.to_string())
+            .collect::<Vec<_>>()
+    };
+    wait_for(
+        "the run's finish to be logged",
+        Duration::from_secs(20),
+        || serve.log_tail(),
+        || {
+            std::future::ready(
+                lines()
+                    .iter()
+                    .any(|l| l.contains("run finished"))
+                    .then_some(()),
+            )
+        },
+    )
+    .await;
+    let lines = lines();
+    let at = |text: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(text))
+            .unwrap_or_else(|| panic!("no line of run {run_id} with `{text}`: {lines:#?}"))
+    };
+    let (started, logged, finished) = (
+        at("run started"),
+        at("hello from the script"),
+        at("run finished"),
+    );
+    assert!(
+        started < logged && logged < finished,
+        "the run's lines out of order: {lines:#?}"
+    );
+}

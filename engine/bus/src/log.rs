@@ -430,7 +430,7 @@ impl Writer {
         match result {
             Ok(file) => {
                 info!(path = %self.path.display(), from = self.size, to = bytes.len(), "log compacted");
-                self.file = file;
+                close_elsewhere(std::mem::replace(&mut self.file, file));
                 self.size = bytes.len() as u64;
                 self.allocated = self.size;
                 self.compact_at = self.compact_at.max(2 * self.size);
@@ -442,6 +442,19 @@ impl Writer {
                 self.poisoned = true;
             }
         }
+    }
+}
+
+/// Closes a log file the compaction replaced, on a thread of its own. The rename unlinked it,
+/// so its last close frees its blocks: 20 ms for a 64 MiB bus log on this project's VM
+/// (`strace -T` of the writer thread under `wrk -c16`), during which every publisher waited
+/// for its commit.
+fn close_elsewhere(file: File) {
+    let spawned = std::thread::Builder::new()
+        .name("log-close".into())
+        .spawn(move || drop(file));
+    if let Err(e) = spawned {
+        warn!(error = %e, "cannot start a thread to close the replaced log; closing it here");
     }
 }
 

@@ -992,7 +992,7 @@ async fn finish(cx: &RunContext, status: RunStatus, mut error: Option<String>) -
             _ => "run",
         }),
     );
-    info!(run_id = %cx.meta.run_id, runbook = %cx.meta.runbook, status = %status, steps = cx.steps(), error = error.as_deref().unwrap_or(""), "run finished");
+    info!(run_id = %cx.meta.run_id, runbook = %cx.meta.runbook, status = %status, steps = cx.steps(), error = error.as_deref(), "run finished");
     RunOutcome {
         run_id: cx.meta.run_id.clone(),
         status,

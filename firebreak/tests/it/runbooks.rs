@@ -271,7 +271,7 @@ async fn a_broken_edit_is_refused_and_a_good_edit_takes_effect() {
 }
 
 /// A run's log lines come in the order it ran: `run started` first, then what its script
-/// logged, `run finished` last. (The start used to be logged once journaled, which for a
+/// logged, `run finished` last, without an `error` field when it succeeded. (The start used to be logged once journaled, which for a
 /// run that needs no thread is with its finish: after both other lines.)
 #[tokio::test(flavor = "multi_thread")]
 async fn a_runs_log_lines_come_in_the_order_it_ran() {
@@ -342,4 +342,8 @@ async fn a_runs_log_lines_come_in_the_order_it_ran() {
         started < logged && logged < finished,
         "the run's lines out of order: {lines:#?}"
     );
+    // A run that succeeded has no error to name, not an empty one.
+    let finish: serde_json::Value = serde_json::from_str(&lines[finished]).unwrap();
+    assert_eq!(finish["fields"]["status"], "succeeded", "{finish}");
+    assert!(finish["fields"].get("error").is_none(), "{finish}");
 }

@@ -374,7 +374,7 @@ impl Runner {
         });
         // Logged here, before the script runs, so the run's lines read in the order it ran;
         // a start that fails to be journaled is logged as such after it.
-        info!(run_id = %meta.run_id, runbook = %meta.runbook, key = plan.lock_key.as_deref().unwrap_or(""), event_id = %meta.event_id, dry_run = plan.dry_run, "run started");
+        info!(run_id = %meta.run_id, runbook = %meta.runbook, key = plan.lock_key.as_deref(), event_id = %meta.event_id, dry_run = plan.dry_run, "run started");
         let (span, trace_id) = crate::trace::run_span(&meta, plan.event.traceparent.as_deref());
         let event = plan.event.to_json();
         let params = Value::Object(plan.params);

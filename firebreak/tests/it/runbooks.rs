@@ -18,6 +18,27 @@ fn manifest(matcher: &str, tail: &str) -> String {
     )
 }
 
+/// `serve` with one runbook, `greet` (matches `alertname="Hello"`), running `script`.
+async fn serve_greet(root: &Path, script: &str) -> (Serve, std::path::PathBuf) {
+    let dir = root.join("runbooks");
+    let yaml = manifest("alertname=\"Hello\"", "");
+    write_runbooks(&dir, &[("greet.yaml", &yaml), ("greet.rhai", script)]);
+    (Serve::start(&dir, ServeOpts::default()).await, dir)
+}
+
+/// A webhook with one firing `Hello` alert for `instance`.
+fn hello(instance: &str) -> String {
+    json!({
+        "version": "4", "status": "firing", "receiver": "firebreak", "groupKey": "g",
+        "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {}, "externalURL": "",
+        "alerts": [{"status": "firing",
+            "labels": {"alertname": "Hello", "namespace": "shop", "instance": instance},
+            "annotations": {}, "startsAt": "2026-11-27T03:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
+            "generatorURL": "", "fingerprint": format!("{:0>16}", instance)}],
+    })
+    .to_string()
+}
+
 /// The scripting reference is what the binary prints: `docs/RUNBOOKS.md` is generated from the
 /// connectors' specs and the runtime's tables (`firebreak/src/reference.rs`).
 #[tokio::test(flavor = "multi_thread")]
@@ -166,27 +187,7 @@ async fn check_names_file_line_and_column_of_each_problem() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broken_edit_is_refused_and_a_good_edit_takes_effect() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("runbooks");
-    let yaml = manifest("alertname=\"Hello\"", "");
-    write_runbooks(
-        &dir,
-        &[
-            ("greet.yaml", &yaml),
-            ("greet.rhai", "log(\"greeting v1\");\n"),
-        ],
-    );
-    let serve = Serve::start(&dir, ServeOpts::default()).await;
-    let hello = |instance: &str| {
-        json!({
-            "version": "4", "status": "firing", "receiver": "firebreak", "groupKey": "g",
-            "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {}, "externalURL": "",
-            "alerts": [{"status": "firing",
-                "labels": {"alertname": "Hello", "namespace": "shop", "instance": instance},
-                "annotations": {}, "startsAt": "2026-11-27T03:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
-                "generatorURL": "", "fingerprint": format!("{:0>16}", instance)}],
-        })
-        .to_string()
-    };
+    let (serve, dir) = serve_greet(tmp.path(), "log(\"greeting v1\");\n").await;
     let logged = |message: &'static str| {
         let serve = &serve;
         async move {
@@ -271,32 +272,14 @@ async fn a_broken_edit_is_refused_and_a_good_edit_takes_effect() {
 }
 
 /// A run's log lines come in the order it ran: `run started` first, then what its script
-/// logged, `run finished` last, without an `error` field when it succeeded. (The start used to be logged once journaled, which for a
-/// run that needs no thread is with its finish: after both other lines.)
+/// logged, `run finished` last, without an `error` field when it succeeded. (The start used to
+/// be logged once journaled, which for a run that needs no thread is with its finish: after
+/// both other lines.)
 #[tokio::test(flavor = "multi_thread")]
 async fn a_runs_log_lines_come_in_the_order_it_ran() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("runbooks");
-    let yaml = manifest("alertname=\"Hello\"", "");
-    write_runbooks(
-        &dir,
-        &[
-            ("greet.yaml", &yaml),
-            ("greet.rhai", "log(\"hello from the script\");\n"),
-        ],
-    );
-    let serve = Serve::start(&dir, ServeOpts::default()).await;
-    let alert = json!({
-        "version": "4", "status": "firing", "receiver": "firebreak", "groupKey": "g",
-        "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {}, "externalURL": "",
-        "alerts": [{"status": "firing",
-            "labels": {"alertname": "Hello", "namespace": "shop", "instance": "i1"},
-            "annotations": {}, "startsAt": "2026-11-27T03:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
-            "generatorURL": "", "fingerprint": "00000000000000i1"}],
-    });
-    let (status, body) = serve
-        .post("/v1/alertmanager", None, alert.to_string())
-        .await;
+    let (serve, _) = serve_greet(tmp.path(), "log(\"hello from the script\");\n").await;
+    let (status, body) = serve.post("/v1/alertmanager", None, hello("i1")).await;
     assert_eq!(status, 202, "{body}");
     let journal = serve
         .wait_journal("the greet run", Duration::from_secs(20), |j| {

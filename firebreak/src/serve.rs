@@ -172,6 +172,14 @@ fn describe_metrics() {
         "firebreak_triggers_unauthenticated_total",
         "Trigger and chat requests refused for a missing or wrong credential."
     );
+    describe_counter!(
+        "firebreak_run_leases_lost_total",
+        "Runs stopped here because another replica took their lease over."
+    );
+    describe_counter!(
+        "firebreak_runs_taken_over_total",
+        "Runs this replica took over from a replica whose lease ran out."
+    );
     // Exported from the start at zero, so `rate()` and alerts see them before they first move.
     for counter in [
         "firebreak_ingest_alerts_received_total",
@@ -179,6 +187,8 @@ fn describe_metrics() {
         "firebreak_bus_redeliveries_total",
         "firebreak_runbook_reload_failures_total",
         "firebreak_triggers_unauthenticated_total",
+        "firebreak_run_leases_lost_total",
+        "firebreak_runs_taken_over_total",
     ] {
         metrics::counter!(counter).absolute(0);
     }
@@ -1020,6 +1030,68 @@ pub fn print_connectors(rbac: bool, namespace: &str) {
 mod tests {
     use super::*;
     use firebreak_audit::{RecordDraft, RunMeta};
+
+    /// `(macro, name)` of every metric recorded with a literal name under `dir`.
+    fn recorded_metrics(dir: &std::path::Path, out: &mut Vec<(&'static str, String)>) {
+        for entry in std::fs::read_dir(dir).expect("source dir") {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                recorded_metrics(&path, out);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("source file");
+            for kind in ["counter!(", "gauge!(", "histogram!("] {
+                for (at, _) in text.match_indices(kind) {
+                    if text[..at].ends_with("describe_") {
+                        continue;
+                    }
+                    let rest = text[at + kind.len()..].trim_start();
+                    let name = rest.strip_prefix('"').and_then(|r| r.split('"').next());
+                    if let Some(name) = name.filter(|n| {
+                        n.starts_with("firebreak_")
+                            && n.bytes()
+                                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                    }) {
+                        out.push((kind, name.to_owned()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every metric the engine records has help text: `promtool check metrics` refuses one
+    /// without, and it would appear only once it first moves (a lost lease, a takeover).
+    #[test]
+    fn every_metric_the_engine_records_is_described() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut recorded = Vec::new();
+        for dir in ["engine", "connectors", "firebreak/src"] {
+            recorded_metrics(&root.join(dir), &mut recorded);
+        }
+        assert!(recorded.len() > 20, "{recorded:?}");
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            describe_metrics();
+            for (kind, name) in &recorded {
+                match *kind {
+                    "counter!(" => metrics::counter!(name.clone()).increment(1),
+                    "gauge!(" => metrics::gauge!(name.clone()).set(1.0),
+                    _ => metrics::histogram!(name.clone()).record(1.0),
+                }
+            }
+        });
+        let text = handle.render();
+        let undescribed: Vec<&String> = recorded
+            .iter()
+            .map(|(_, name)| name)
+            .filter(|name| !text.contains(&format!("# HELP {name} ")))
+            .collect();
+        assert!(undescribed.is_empty(), "no help text: {undescribed:?}");
+    }
 
     /// The shared HTTP client reads every system root certificate when it is made: a
     /// connector left unconfigured must not ask for it (the idle server never makes it).

@@ -173,6 +173,10 @@ fn describe_metrics() {
         "Trigger and chat requests refused for a missing or wrong credential."
     );
     describe_counter!(
+        "firebreak_run_lease_renewals_total",
+        "Run leases this replica renewed on the NATS KV store (one update per run in flight per third of nats.run_lease)."
+    );
+    describe_counter!(
         "firebreak_run_leases_lost_total",
         "Runs stopped here because another replica took their lease over."
     );

@@ -99,6 +99,10 @@ pub(crate) struct ActiveRun {
     fingerprint: Option<String>,
     /// Its concurrency lock, which carries its lease on a shared store.
     pub(crate) key: Option<String>,
+    /// Cancelled once the run's script ended (finished or suspended), before its lock is
+    /// released or kept: a lease renewal that then finds the lock gone or given up is looking at
+    /// the run's own end, not at another replica taking it.
+    pub(crate) ended: CancellationToken,
     /// Cancelled once the run ended and its lock is released (or kept, when it was
     /// suspended) and the run is forgotten here.
     released: CancellationToken,
@@ -566,6 +570,7 @@ impl Dispatcher {
             event_id: event.id.clone(),
             fingerprint: event.fingerprint.clone(),
             key: Some(key.to_owned()),
+            ended: CancellationToken::new(),
             released: CancellationToken::new(),
         };
         self.track(handle, run, key.to_owned(), cooldown);
@@ -584,6 +589,7 @@ impl Dispatcher {
         let run_id = handle.run_id().to_owned();
         let ended = RunEnded::begin(&run);
         let released = run.released.clone();
+        let script_ended = run.ended.clone();
         self.active
             .lock()
             .expect("active runs lock")
@@ -593,6 +599,7 @@ impl Dispatcher {
         let active = self.active.clone();
         self.tasks.spawn(async move {
             let outcome = handle.join().await;
+            script_ended.cancel();
             ended.record(&outcome);
             // Forgotten only once its lock is released: an event for its key meanwhile finds
             // it here ended and waits for `released` instead of taking it for another
@@ -954,6 +961,7 @@ impl Dispatcher {
             event_id: meta.event_id.clone(),
             fingerprint,
             key: key.clone(),
+            ended: CancellationToken::new(),
             released: CancellationToken::new(),
         };
         match key {
@@ -968,6 +976,7 @@ impl Dispatcher {
         let run_id = handle.run_id().to_owned();
         let ended = RunEnded::begin(&run);
         let released = run.released.clone();
+        let script_ended = run.ended.clone();
         self.active
             .lock()
             .expect("active runs lock")
@@ -975,6 +984,7 @@ impl Dispatcher {
         let active = self.active.clone();
         self.tasks.spawn(async move {
             let outcome = handle.join().await;
+            script_ended.cancel();
             ended.record(&outcome);
             drop(Forget {
                 active,

@@ -85,7 +85,10 @@ impl Dispatcher {
     async fn renew_leases(&self, leases: &dyn RunLeases) {
         for (run_id, key, link) in self.leased_runs() {
             match leases.renew(&key, &run_id).await {
-                Ok(true) => {}
+                Ok(true) => metrics::counter!("firebreak_run_lease_renewals_total").increment(1),
+                // The run ended since the list was taken and released its lock (or gave its
+                // lease up): its own doing.
+                Ok(false) if self.has_ended(&run_id) => {}
                 Ok(false) => {
                     warn!(run_id = %run_id, key = %key, "run lease lost: another replica took the run over; stopping it here");
                     metrics::counter!("firebreak_run_leases_lost_total").increment(1);
@@ -254,17 +257,27 @@ impl Dispatcher {
             .contains_key(run_id)
     }
 
-    /// `(run id, lock key, link)` of every run here that holds a lock.
+    /// `(run id, lock key, link)` of every run here that holds a lock and has not ended.
     fn leased_runs(&self) -> Vec<(String, String, firebreak_runtime::RunLink)> {
         self.active
             .lock()
             .expect("active runs lock")
             .iter()
+            .filter(|(_, run)| !run.ended.is_cancelled())
             .filter_map(|(id, run): (&String, &ActiveRun)| {
                 run.key
                     .as_ref()
                     .map(|key| (id.clone(), key.clone(), run.link.clone()))
             })
             .collect()
+    }
+
+    /// Whether run `run_id` ended here (or is forgotten already).
+    fn has_ended(&self, run_id: &str) -> bool {
+        self.active
+            .lock()
+            .expect("active runs lock")
+            .get(run_id)
+            .is_none_or(|run| run.ended.is_cancelled())
     }
 }

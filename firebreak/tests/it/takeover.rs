@@ -446,3 +446,101 @@ async fn an_incidents_later_run_on_another_replica_keeps_the_first_runs_decision
     );
     assert!(cluster.fraud_model_image().await.ends_with(":v1"));
 }
+
+/// A run that ends between a lease renewal's look at the runs in flight and its own renewal
+/// has released its lock: that is its end, not a lease another replica took. One replica,
+/// short runs ending all the time, a renewal every third of a second: no run's lease is
+/// reported lost (each report is a warning an operator is paged for, and a metric).
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_ending_during_a_lease_renewal_are_not_reported_as_lost() {
+    let nats = NatsServer::start().expect("nats-server -js");
+    let tmp = tempfile::tempdir().unwrap();
+    let runbooks = tmp.path().join("runbooks");
+    crate::harness::write_runbooks(
+        &runbooks,
+        &[
+            (
+                "probe.yaml",
+                "name: probe\nteam: sre\ndescription: a short run per alert\nnamespaces: [shop]\n\
+                 triggers:\n  - source: alertmanager\n    status: firing\n    match: ['alertname=\"Probe\"']\n\
+                 params:\n  fp: { from: event, key: fingerprint, type: string, required: true }\n\
+                 concurrency: \"{{params.fp}}\"\n",
+            ),
+            ("probe.rhai", "sleep(40);\n"),
+        ],
+    );
+    let serve = Serve::start(
+        &runbooks,
+        ServeOpts {
+            env: vec![
+                ("FIREBREAK_NATS_URL", nats.url()),
+                ("FIREBREAK_NATS_RUN_LEASE", "1s".into()),
+            ],
+            ..ServeOpts::default()
+        },
+    )
+    .await;
+    // 20 webhooks of 40 alerts each, one every 150 ms: about 270 runs a second, each 40 ms
+    // long, so every renewal (every 333 ms) finds a dozen runs in flight, several of which end
+    // before their turn.
+    let (webhooks, per_webhook) = (20, 40);
+    for w in 0..webhooks {
+        let alerts: Vec<Value> = (0..per_webhook)
+            .map(|a| {
+                serde_json::json!({"status": "firing",
+                    "labels": {"alertname": "Probe", "namespace": "shop", "n": format!("{w}-{a}")},
+                    "annotations": {}, "startsAt": "2026-11-27T03:00:00Z",
+                    "endsAt": "0001-01-01T00:00:00Z", "generatorURL": "",
+                    "fingerprint": format!("{:016x}", w * 1000 + a)})
+            })
+            .collect();
+        let body = serde_json::json!({
+            "version": "4", "status": "firing", "receiver": "firebreak", "groupKey": format!("g{w}"),
+            "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {}, "externalURL": "",
+            "alerts": alerts,
+        });
+        let (status, answer) = serve.post("/v1/alertmanager", None, body.to_string()).await;
+        assert_eq!(status, 202, "{answer}");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let journal = serve
+        .wait_journal("every run finished", Duration::from_secs(60), |j| {
+            j.finished("probe").len() == webhooks * per_webhook
+        })
+        .await;
+    let succeeded = journal
+        .finished("probe")
+        .iter()
+        .filter(|r| r.status() == Some("succeeded"))
+        .count();
+    assert_eq!(succeeded, webhooks * per_webhook, "{}", serve.log_tail());
+    // Two more renewals after the last run, so a late report would be counted too.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let lost: Vec<Value> = serve
+        .log_lines()
+        .into_iter()
+        .filter(|l| {
+            l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("run lease lost"))
+        })
+        .collect();
+    let metrics = crate::harness::scrape_checked(&serve).await;
+    let sum = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+            .sum()
+    };
+    // Renewals did run while runs were in flight (else nothing was tested).
+    let renewed = sum("firebreak_run_lease_renewals_total");
+    assert!(renewed >= 10.0, "{renewed} lease renewals");
+    let counted = sum("firebreak_run_leases_lost_total");
+    assert!(
+        lost.is_empty() && counted == 0.0,
+        "{} runs reported as lost ({counted} counted), on one replica: {:#?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+}

@@ -271,7 +271,11 @@ impl RunLeases for DeferredNats {
         forward!(self.state().decide(key, decision))
     }
 
-    fn run_lines(&self, run_id: &str) -> BoxFuture<'_, Result<Vec<bytes::Bytes>, BusError>> {
-        forward!(self.state().run_lines(run_id))
+    fn run_lines(
+        &self,
+        run_id: &str,
+        team: Option<&str>,
+    ) -> BoxFuture<'_, Result<Vec<bytes::Bytes>, BusError>> {
+        forward!(self.state().run_lines(run_id, team))
     }
 }

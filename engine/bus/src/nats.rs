@@ -1604,9 +1604,25 @@ impl RunLeases for NatsStateStore {
         })
     }
 
-    fn run_lines(&self, run_id: &str) -> BoxFuture<'_, Result<Vec<bytes::Bytes>, BusError>> {
-        let subject = format!("firebreak.audit.*.{}", audit_token(run_id));
-        Box::pin(async move { read_subject(&self.js, &self.audit_stream, &subject).await })
+    fn run_lines(
+        &self,
+        run_id: &str,
+        team: Option<&str>,
+    ) -> BoxFuture<'_, Result<Vec<bytes::Bytes>, BusError>> {
+        // A literal subject is found through the stream's subject index; a wildcard one makes
+        // nats-server match every subject it holds, for every message read (measured: seconds
+        // a run on a stream of 30,000 runs, against milliseconds).
+        let own = team.map(|team| audit_run_subject(team, run_id));
+        let any = format!("firebreak.audit.*.{}", audit_token(run_id));
+        Box::pin(async move {
+            if let Some(own) = own {
+                let lines = read_subject(&self.js, &self.audit_stream, &own).await?;
+                if !lines.is_empty() {
+                    return Ok(lines);
+                }
+            }
+            read_subject(&self.js, &self.audit_stream, &any).await
+        })
     }
 
     fn decision(&self, key: &str) -> BoxFuture<'_, Result<Option<Decision>, BusError>> {

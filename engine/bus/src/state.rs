@@ -136,8 +136,15 @@ pub trait RunLeases: Send + Sync {
     fn take_over(&self, orphan: &Orphan, ttl: Duration) -> BoxFuture<'_, Result<bool, BusError>>;
 
     /// The journal lines of run `run_id` on the audit stream, in the order they were
-    /// published (each message one or more newline-terminated lines).
-    fn run_lines(&self, run_id: &str) -> BoxFuture<'_, Result<Vec<bytes::Bytes>, BusError>>;
+    /// published (each message one or more newline-terminated lines). With the run's `team`
+    /// they are read from the run's own subject; without it, or when that subject holds
+    /// nothing (the runbook changed teams since), they are searched for under every team,
+    /// which costs the stream a scan of all its subjects.
+    fn run_lines(
+        &self,
+        run_id: &str,
+        team: Option<&str>,
+    ) -> BoxFuture<'_, Result<Vec<bytes::Bytes>, BusError>>;
 
     /// The decision stored under `key`, if one is (see [`Decision`]).
     fn decision(&self, key: &str) -> BoxFuture<'_, Result<Option<Decision>, BusError>>;

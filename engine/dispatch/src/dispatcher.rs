@@ -888,7 +888,8 @@ impl Dispatcher {
         plan: firebreak_runtime::ResumePlan,
     ) -> Option<firebreak_runtime::ResumePlan> {
         let run_id = plan.run_id().to_owned();
-        match self.read_stream(leases, &run_id).await {
+        let team = plan.meta().team.clone();
+        match self.read_stream(leases, &run_id, Some(&team)).await {
             Ok(crate::takeover::Stream::Nothing) => Some(plan),
             Ok(crate::takeover::Stream::Finished { status, by }) => {
                 let replica = last_replica(&by).unwrap_or_else(|| "another replica".into());

@@ -104,9 +104,14 @@ impl Dispatcher {
     /// Takes `orphan` over if this replica wins it and can run it.
     async fn take_over(&self, leases: &dyn RunLeases, orphan: Orphan) {
         let run_id = orphan.run_id.clone();
+        // Its records are on its team's subject: the team of the runbook its lock names.
+        let team = orphan.key.split_once('/').and_then(|(runbook, _)| {
+            let runbooks = self.runbooks.current();
+            runbooks.set.get(runbook).map(|r| r.manifest.team.clone())
+        });
         // Read first (nothing is taken yet), so a run this replica cannot resume is left to one
         // that can.
-        let stream = match self.read_stream(leases, &run_id).await {
+        let stream = match self.read_stream(leases, &run_id, team.as_deref()).await {
             Ok(stream) => stream,
             Err(e) => {
                 warn!(run_id = %run_id, error = %e, "cannot read a left run back from the audit stream");
@@ -134,7 +139,11 @@ impl Dispatcher {
         info!(run_id = %run_id, from = %orphan.replica, key = %orphan.key, lease_ended = %orphan.lease_ended, "run lease ran out: taking the run over");
         metrics::counter!("firebreak_runs_taken_over_total").increment(1);
         // Read again now that it is ours: a replica that was only slow may have written more.
-        let stream = match self.read_stream(leases, &run_id).await {
+        let team = match &stream {
+            Stream::Unfinished { plan, .. } => Some(plan.meta().team.clone()),
+            _ => team,
+        };
+        let stream = match self.read_stream(leases, &run_id, team.as_deref()).await {
             Ok(stream) => stream,
             Err(e) => {
                 error!(run_id = %run_id, error = %e, "cannot read a taken-over run back; giving the lease up");
@@ -213,8 +222,12 @@ impl Dispatcher {
         &self,
         leases: &dyn RunLeases,
         run_id: &str,
+        team: Option<&str>,
     ) -> Result<Stream, String> {
-        let messages = leases.run_lines(run_id).await.map_err(|e| e.to_string())?;
+        let messages = leases
+            .run_lines(run_id, team)
+            .await
+            .map_err(|e| e.to_string())?;
         let mut records = Vec::new();
         for message in &messages {
             for line in message.split_inclusive(|b| *b == b'\n') {

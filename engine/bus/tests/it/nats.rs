@@ -570,7 +570,14 @@ async fn a_runs_journal_lines_are_read_back_from_the_audit_stream() {
     use firebreak_bus::{AuditMessage, RunLeases};
     let server = NatsServer::start().expect("nats-server");
     let (bus, store) = replica_store(&server, "a", Duration::from_secs(5)).await;
-    assert!(store.run_lines("r-1").await.unwrap().is_empty());
+    assert!(store.run_lines("r-1", None).await.unwrap().is_empty());
+    assert!(
+        store
+            .run_lines("r-1", Some("team-a"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let message = |team: &str, run: &str, n: u32| AuditMessage {
         subject: firebreak_bus::nats::audit_run_subject(team, run),
         id: format!("{run}-{n}"),
@@ -587,18 +594,28 @@ async fn a_runs_journal_lines_are_read_back_from_the_audit_stream() {
     .unwrap()
     .await
     .unwrap();
-    let lines = store.run_lines("r-1").await.unwrap();
-    let lines: Vec<&str> = lines
-        .iter()
-        .map(|b| std::str::from_utf8(b).unwrap().trim())
-        .collect();
+    // Searched for under every team, read from its team's subject, and searched for when
+    // the team given is not the one its records were published under.
+    for team in [None, Some("team-a"), Some("team-z")] {
+        let lines = store.run_lines("r-1", team).await.unwrap();
+        let lines: Vec<&str> = lines
+            .iter()
+            .map(|b| std::str::from_utf8(b).unwrap().trim())
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                r#"{"run":"r-1","n":1}"#,
+                r#"{"run":"r-1","n":2}"#,
+                r#"{"run":"r-1","n":3}"#
+            ],
+            "team {team:?}"
+        );
+    }
+    let lines = store.run_lines("r-10", Some("team.b")).await.unwrap();
     assert_eq!(
         lines,
-        [
-            r#"{"run":"r-1","n":1}"#,
-            r#"{"run":"r-1","n":2}"#,
-            r#"{"run":"r-1","n":3}"#
-        ]
+        [bytes::Bytes::from_static(b"{\"run\":\"r-10\",\"n\":1}\n")]
     );
 }
 

@@ -26,6 +26,10 @@ use tracing::{error, info, warn};
 
 use crate::dispatcher::{ActiveRun, Dispatcher, LOCK_SLACK};
 
+/// Lease renewals in flight at once: thousands of runs renew within a fraction of the lease,
+/// without a burst that would hold NATS up for everything else.
+const RENEW_AT_ONCE: usize = 32;
+
 /// What the audit stream says about a run.
 pub(crate) enum Stream {
     /// The stream holds nothing of it (the mirror was off, or its records aged out).
@@ -47,58 +51,87 @@ pub(crate) enum Stream {
 
 impl Dispatcher {
     /// Renews the leases of the runs running here and takes over runs whose lease ran out,
-    /// every third of the lease, until `shutdown`.
+    /// every third of the lease, until `shutdown`. The two go on side by side: taking runs over
+    /// waits on the audit stream (a few milliseconds a run, more when NATS is busy), and a
+    /// replica taking over thousands of a dead replica's runs must not let its own runs' leases
+    /// run out meanwhile (other replicas would take over runs that are alive here).
     pub async fn keep_leases(self: Arc<Self>, shutdown: CancellationToken) {
         let Some(leases) = self.leases.clone() else {
             return;
         };
         let every = leases.lease() / 3;
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(every) => {}
-            }
-            self.renew_leases(&*leases).await;
-            if shutdown.is_cancelled() {
-                return;
-            }
-            match leases.orphans().await {
-                Ok(orphans) => {
-                    for orphan in orphans {
-                        // This replica's own runs (a restart on the same data dir) are
-                        // resumed from its journal at start, not taken over from itself.
-                        if orphan.replica == leases.replica()
-                            || self.is_active(&orphan.run_id)
-                            || shutdown.is_cancelled()
-                        {
-                            continue;
-                        }
-                        self.take_over(&*leases, orphan).await;
-                    }
+        let tick = || {
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks
+        };
+        let renewing = async {
+            let mut ticks = tick();
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    _ = ticks.tick() => {}
                 }
-                Err(e) => warn!(error = %e, "cannot list run leases; trying again"),
+                self.renew_leases(&*leases).await;
             }
+        };
+        let taking_over = async {
+            let mut ticks = tick();
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    _ = ticks.tick() => {}
+                }
+                self.take_over_orphans(&*leases, &shutdown).await;
+            }
+        };
+        tokio::join!(renewing, taking_over);
+    }
+
+    /// Takes over every run whose lease ran out that another replica left.
+    async fn take_over_orphans(&self, leases: &dyn RunLeases, shutdown: &CancellationToken) {
+        match leases.orphans().await {
+            Ok(orphans) => {
+                for orphan in orphans {
+                    if shutdown.is_cancelled() {
+                        return;
+                    }
+                    // This replica's own runs (a restart on the same data dir) are resumed
+                    // from its journal at start, not taken over from itself.
+                    if orphan.replica == leases.replica() || self.is_active(&orphan.run_id) {
+                        continue;
+                    }
+                    self.take_over(leases, orphan).await;
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot list run leases; trying again"),
         }
     }
 
-    /// One renewal of every lease held here. A run whose lease another replica took stops here.
+    /// One renewal of every lease held here, [`RENEW_AT_ONCE`] at a time. A run whose lease
+    /// another replica took stops here.
     async fn renew_leases(&self, leases: &dyn RunLeases) {
-        for (run_id, key, link) in self.leased_runs() {
-            match leases.renew(&key, &run_id).await {
-                Ok(true) => metrics::counter!("firebreak_run_lease_renewals_total").increment(1),
-                // The run ended since the list was taken and released its lock (or gave its
-                // lease up): its own doing.
-                Ok(false) if self.has_ended(&run_id) => {}
-                Ok(false) => {
-                    warn!(run_id = %run_id, key = %key, "run lease lost: another replica took the run over; stopping it here");
-                    metrics::counter!("firebreak_run_leases_lost_total").increment(1);
-                    link.suspend();
+        use futures::StreamExt as _;
+        futures::stream::iter(self.leased_runs())
+            .for_each_concurrent(RENEW_AT_ONCE, |(run_id, key, link)| async move {
+                match leases.renew(&key, &run_id).await {
+                    Ok(true) => {
+                        metrics::counter!("firebreak_run_lease_renewals_total").increment(1)
+                    }
+                    // The run ended since the list was taken and released its lock (or gave
+                    // its lease up): its own doing.
+                    Ok(false) if self.has_ended(&run_id) => {}
+                    Ok(false) => {
+                        warn!(run_id = %run_id, key = %key, "run lease lost: another replica took the run over; stopping it here");
+                        metrics::counter!("firebreak_run_leases_lost_total").increment(1);
+                        link.suspend();
+                    }
+                    // Transient: the lease runs on; if NATS stays away past it, another
+                    // replica takes over and the next renewal here finds it gone.
+                    Err(e) => warn!(run_id = %run_id, error = %e, "cannot renew the run's lease"),
                 }
-                // Transient: the lease runs on; if NATS stays away past it, another replica
-                // takes over and the next renewal here finds it gone.
-                Err(e) => warn!(run_id = %run_id, error = %e, "cannot renew the run's lease"),
-            }
-        }
+            })
+            .await;
     }
 
     /// Takes `orphan` over if this replica wins it and can run it.

@@ -4,6 +4,7 @@
 //! that matter are played deterministically.
 
 mod dispatch;
+mod leases;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,7 +12,9 @@ use std::time::Duration;
 
 use firebreak_audit::{Journal, Record, RecordBody};
 use firebreak_bus::testutil::{NatsServer, Settled, delivery};
-use firebreak_bus::{Bus, EmbeddedBus, FileStateStore, NatsBus, NatsOptions, StateStore};
+use firebreak_bus::{
+    Bus, EmbeddedBus, FileStateStore, NatsBus, NatsOptions, RunLeases, StateStore,
+};
 use firebreak_connector::Registry;
 use firebreak_dispatch::{Dispatcher, Runbooks};
 use firebreak_event::Event;
@@ -65,7 +68,7 @@ impl H {
     ) -> H {
         let dir = tempfile::tempdir().unwrap();
         runbooks(dir.path(), files);
-        H::open_with(dir, None, wrap).await
+        H::open_with(dir, None, wrap, None).await
     }
 
     /// A fresh embedded engine whose state store calls the test can hold (see [`Gated`]).
@@ -82,13 +85,21 @@ impl H {
 
     /// The engine on `dir` (a restart: the journal and state as left; in-memory locks gone).
     pub async fn open(dir: TempDir, nats: Option<Arc<NatsServer>>) -> H {
-        H::open_with(dir, nats, |state| state).await
+        H::open_with(dir, nats, |state| state, None).await
+    }
+
+    /// An embedded engine with `files` as its runbooks whose runs hold leases in `leases`.
+    pub async fn leased(files: &[(&str, &str)], leases: Arc<dyn RunLeases>) -> H {
+        let dir = tempfile::tempdir().unwrap();
+        runbooks(dir.path(), files);
+        H::open_with(dir, None, |state| state, Some(leases)).await
     }
 
     async fn open_with(
         dir: TempDir,
         nats: Option<Arc<NatsServer>>,
         wrap: impl FnOnce(Arc<dyn StateStore>) -> Arc<dyn StateStore>,
+        leases: Option<Arc<dyn RunLeases>>,
     ) -> H {
         let journal = Arc::new(Journal::open(dir.path().join("audit.jsonl")).unwrap());
         let (bus, state): (Arc<dyn Bus>, Arc<dyn StateStore>) = match &nats {
@@ -113,7 +124,7 @@ impl H {
         let runbooks = Arc::new(
             Runbooks::load(&dir.path().join("runbooks"), None, Vec::new()).expect("runbooks"),
         );
-        let dispatcher = Arc::new(Dispatcher::new(
+        let mut dispatcher = Dispatcher::new(
             bus.clone(),
             state.clone(),
             runner.clone(),
@@ -121,7 +132,11 @@ impl H {
             runbooks,
             None,
             CancellationToken::new(),
-        ));
+        );
+        if let Some(leases) = leases {
+            dispatcher = dispatcher.with_leases(leases);
+        }
+        let dispatcher = Arc::new(dispatcher);
         H {
             dir,
             journal,

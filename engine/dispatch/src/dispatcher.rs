@@ -167,9 +167,8 @@ pub struct Dispatcher {
     pub shutdown: CancellationToken,
     /// Runs in progress here, by run id. A run stays until its lock is released.
     pub(crate) active: Arc<Mutex<HashMap<String, ActiveRun>>>,
-    /// Runs being started here (from before their lock to their tracking), by run id;
-    /// each token is cancelled when its start is over, either way.
-    starting: Mutex<HashMap<String, CancellationToken>>,
+    /// Runs being started here (from before their lock to their tracking), by run id.
+    pub(crate) starting: Mutex<HashMap<String, Starting>>,
     /// Run leases, when replicas share the state store (see [`crate::takeover`]).
     pub(crate) leases: Option<Arc<dyn RunLeases>>,
     /// Failed trigger authentications since the last summary, by runbook.
@@ -407,7 +406,7 @@ impl Dispatcher {
                 .lock()
                 .expect("starting runs lock")
                 .get(&holder)
-                .cloned();
+                .map(|s| s.done.clone());
             if let Some(starting) = starting {
                 wait_for_holder(&starting, &key).await?;
                 continue;
@@ -431,13 +430,16 @@ impl Dispatcher {
         if !locked {
             return Err(StartError::Busy { key });
         }
-        // From here on we hold the lock; every way out but a start releases it.
+        // From here on we hold the lock, and its lease is renewed (a start may wait long for a
+        // run slot); every way out but a start releases it.
+        _starting.holds(Some(&key));
         let outcome = self
             .start_locked(loaded, event, published, &m, &key, &run_id, &actor, dry_run)
             .await;
         match &outcome {
             Ok(Started::Run(_)) => {}
             _ => {
+                _starting.holds(None);
                 let _ = self.state.unlock(&key, &run_id).await;
             }
         }
@@ -594,6 +596,16 @@ impl Dispatcher {
             .lock()
             .expect("active runs lock")
             .insert(run_id.clone(), run);
+        // Its lease is renewed as an active run's from here on (first in `active`, then out
+        // of `starting`: never in neither while it holds its lock).
+        if let Some(start) = self
+            .starting
+            .lock()
+            .expect("starting runs lock")
+            .get_mut(&run_id)
+        {
+            start.key = None;
+        }
         let state = self.state.clone();
         let leases = self.leases.clone();
         let active = self.active.clone();
@@ -1071,34 +1083,56 @@ async fn wait_for_holder(token: &CancellationToken, key: &str) -> Result<(), Sta
         })
 }
 
+/// A run being started.
+#[derive(Default)]
+pub(crate) struct Starting {
+    /// Cancelled when its start is over, either way.
+    done: CancellationToken,
+    /// The lock it holds, from when it took it until its start failed (it is then released)
+    /// or the run is tracked in `active`.
+    pub(crate) key: Option<String>,
+}
+
 /// A run id in [`Dispatcher`]'s `starting` map while its start lasts.
 struct StartingGuard<'a> {
-    starting: &'a Mutex<HashMap<String, CancellationToken>>,
+    starting: &'a Mutex<HashMap<String, Starting>>,
     run_id: String,
 }
 
 impl<'a> StartingGuard<'a> {
-    fn new(starting: &'a Mutex<HashMap<String, CancellationToken>>, run_id: &str) -> Self {
+    fn new(starting: &'a Mutex<HashMap<String, Starting>>, run_id: &str) -> Self {
         starting
             .lock()
             .expect("starting runs lock")
-            .insert(run_id.to_owned(), CancellationToken::new());
+            .insert(run_id.to_owned(), Starting::default());
         StartingGuard {
             starting,
             run_id: run_id.to_owned(),
+        }
+    }
+
+    /// The start holds lock `key` (its lease is renewed) or, with `None`, is letting it go.
+    fn holds(&self, key: Option<&str>) {
+        if let Some(starting) = self
+            .starting
+            .lock()
+            .expect("starting runs lock")
+            .get_mut(&self.run_id)
+        {
+            starting.key = key.map(str::to_owned);
         }
     }
 }
 
 impl Drop for StartingGuard<'_> {
     fn drop(&mut self) {
-        if let Some(token) = self
+        if let Some(starting) = self
             .starting
             .lock()
             .expect("starting runs lock")
             .remove(&self.run_id)
         {
-            token.cancel();
+            starting.done.cancel();
         }
     }
 }

@@ -124,7 +124,10 @@ impl Dispatcher {
                     Ok(false) => {
                         warn!(run_id = %run_id, key = %key, "run lease lost: another replica took the run over; stopping it here");
                         metrics::counter!("firebreak_run_leases_lost_total").increment(1);
-                        link.suspend();
+                        // A run still starting is stopped at its next renewal, once it runs.
+                        if let Some(link) = link {
+                            link.suspend();
+                        }
                     }
                     // Transient: the lease runs on; if NATS stays away past it, another
                     // replica takes over and the next renewal here finds it gone.
@@ -303,27 +306,37 @@ impl Dispatcher {
             .contains_key(run_id)
     }
 
-    /// `(run id, lock key, link)` of every run here that holds a lock and has not ended.
-    fn leased_runs(&self) -> Vec<(String, String, firebreak_runtime::RunLink)> {
-        self.active
-            .lock()
-            .expect("active runs lock")
+    /// `(run id, lock key, link)` of every run here that holds a lock and has not ended,
+    /// started or still starting (waiting for a run slot, journaling its start: no link yet).
+    fn leased_runs(&self) -> Vec<(String, String, Option<firebreak_runtime::RunLink>)> {
+        let active = self.active.lock().expect("active runs lock");
+        let mut runs: Vec<_> = active
             .iter()
             .filter(|(_, run)| !run.ended.is_cancelled())
             .filter_map(|(id, run): (&String, &ActiveRun)| {
                 run.key
                     .as_ref()
-                    .map(|key| (id.clone(), key.clone(), run.link.clone()))
+                    .map(|key| (id.clone(), key.clone(), Some(run.link.clone())))
             })
-            .collect()
+            .collect();
+        let starting = self.starting.lock().expect("starting runs lock");
+        runs.extend(starting.iter().filter_map(|(id, start)| {
+            let key = start.key.as_ref()?;
+            (!active.contains_key(id)).then(|| (id.clone(), key.clone(), None))
+        }));
+        runs
     }
 
-    /// Whether run `run_id` ended here (or is forgotten already).
+    /// Whether run `run_id` ended here (or is forgotten already, or its start failed).
     fn has_ended(&self, run_id: &str) -> bool {
-        self.active
+        if let Some(run) = self.active.lock().expect("active runs lock").get(run_id) {
+            return run.ended.is_cancelled();
+        }
+        // Tracked runs leave `starting` only once they are in `active` (see `track`).
+        self.starting
             .lock()
-            .expect("active runs lock")
+            .expect("starting runs lock")
             .get(run_id)
-            .is_none_or(|run| run.ended.is_cancelled())
+            .is_none_or(|start| start.key.is_none())
     }
 }

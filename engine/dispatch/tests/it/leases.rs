@@ -15,8 +15,10 @@ use crate::{H, alert, started};
 struct SlowStream {
     lease: Duration,
     read: Duration,
-    /// `(run id, when)` of every renewal.
-    renewals: Mutex<Vec<(String, Instant)>>,
+    /// A left run to offer every time orphans are listed.
+    orphan: bool,
+    /// `(lock key, run id, when)` of every renewal.
+    renewals: Mutex<Vec<(String, String, Instant)>>,
 }
 
 impl RunLeases for SlowStream {
@@ -28,11 +30,11 @@ impl RunLeases for SlowStream {
         self.lease
     }
 
-    fn renew(&self, _key: &str, owner: &str) -> BoxFuture<'_, Result<bool, BusError>> {
+    fn renew(&self, key: &str, owner: &str) -> BoxFuture<'_, Result<bool, BusError>> {
         self.renewals
             .lock()
             .unwrap()
-            .push((owner.to_owned(), Instant::now()));
+            .push((key.to_owned(), owner.to_owned(), Instant::now()));
         Box::pin(async { Ok(true) })
     }
 
@@ -41,14 +43,17 @@ impl RunLeases for SlowStream {
     }
 
     fn orphans(&self) -> BoxFuture<'_, Result<Vec<Orphan>, BusError>> {
-        Box::pin(async {
-            Ok(vec![Orphan {
+        let orphans = if self.orphan {
+            vec![Orphan {
                 key: "hold/left".into(),
                 run_id: "left-run".into(),
                 replica: "gone".into(),
                 lease_ended: jiff::Timestamp::now(),
-            }])
-        })
+            }]
+        } else {
+            Vec::new()
+        };
+        Box::pin(async { Ok(orphans) })
     }
 
     fn take_over(&self, _orphan: &Orphan, _ttl: Duration) -> BoxFuture<'_, Result<bool, BusError>> {
@@ -94,9 +99,10 @@ async fn own_leases_are_renewed_while_a_takeover_waits_on_the_stream() {
     let leases = Arc::new(SlowStream {
         lease,
         read: Duration::from_secs(5),
+        orphan: true,
         renewals: Mutex::new(Vec::new()),
     });
-    let h = H::leased(HOLD, leases.clone()).await;
+    let h = H::leased(HOLD, leases.clone(), 4).await;
     let event = alert("ev-1", "firing", "00000000000000f1", json!({}));
     h.deliver(&event, jiff::Timestamp::now()).await;
     let records = h
@@ -115,8 +121,8 @@ async fn own_leases_are_renewed_while_a_takeover_waits_on_the_stream() {
         .lock()
         .unwrap()
         .iter()
-        .filter(|(owner, _)| *owner == run_id)
-        .map(|(_, at)| at.saturating_duration_since(from))
+        .filter(|(_, owner, _)| *owner == run_id)
+        .map(|(_, _, at)| at.saturating_duration_since(from))
         .collect();
     assert!(
         renewed.len() >= 3,
@@ -125,5 +131,52 @@ async fn own_leases_are_renewed_while_a_takeover_waits_on_the_stream() {
         lease * 2,
         lease / 3
     );
+    keeping.abort();
+}
+
+/// A run holds its lock, and with it a lease, from the moment it takes it, also while it waits
+/// for a run slot (`max_concurrent_runs`) before it starts. A lease not renewed then runs out,
+/// another replica finds no trail of the run on the stream, releases the lock as left by a run
+/// that never started, and the run then starts here without its lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_waiting_for_a_slot_keeps_its_lease() {
+    let lease = Duration::from_millis(600);
+    let leases = Arc::new(SlowStream {
+        lease,
+        read: Duration::ZERO,
+        orphan: false,
+        renewals: Mutex::new(Vec::new()),
+    });
+    // One slot: the second alert's run waits for the first to end (1.9 s).
+    let h = Arc::new(H::leased(HOLD, leases.clone(), 1).await);
+    let first = alert("ev-1", "firing", "00000000000000f1", json!({}));
+    h.deliver(&first, jiff::Timestamp::now()).await;
+    h.wait("the first run to start", |r| started(r, "hold").len() == 1)
+        .await;
+    let shutdown = firebreak_runtime::CancellationToken::new();
+    let keeping = tokio::spawn(h.dispatcher.clone().keep_leases(shutdown.clone()));
+    let second = alert("ev-2", "firing", "00000000000000f2", json!({}));
+    let waiting = tokio::spawn({
+        let h = h.clone();
+        async move { h.deliver(&second, jiff::Timestamp::now()).await }
+    });
+    tokio::time::sleep(lease * 2).await;
+    let records = crate::all_records(&h.journal);
+    assert_eq!(
+        started(&records, "hold").len(),
+        1,
+        "the second run waits for the slot"
+    );
+    let renewals = leases.renewals.lock().unwrap().clone();
+    let keys: Vec<&str> = renewals.iter().map(|(key, ..)| key.as_str()).collect();
+    let waiting_key = "hold/incident:00000000000000f2";
+    let renewed = keys.iter().filter(|k| **k == waiting_key).count();
+    assert!(
+        renewed >= 3,
+        "the waiting run's lease was renewed {renewed} times in {:?}: {keys:?}",
+        lease * 2
+    );
+    shutdown.cancel();
+    waiting.await.unwrap();
     keeping.abort();
 }

@@ -88,18 +88,23 @@ impl H {
         H::open_with(dir, nats, |state| state, None).await
     }
 
-    /// An embedded engine with `files` as its runbooks whose runs hold leases in `leases`.
-    pub async fn leased(files: &[(&str, &str)], leases: Arc<dyn RunLeases>) -> H {
+    /// An embedded engine with `files` as its runbooks whose runs hold leases in `leases`,
+    /// running at most `slots` runs at once.
+    pub async fn leased(files: &[(&str, &str)], leases: Arc<dyn RunLeases>, slots: usize) -> H {
         let dir = tempfile::tempdir().unwrap();
         runbooks(dir.path(), files);
-        H::open_with(dir, None, |state| state, Some(leases)).await
+        let config = RunnerConfig {
+            max_concurrent_runs: slots,
+            ..RunnerConfig::default()
+        };
+        H::open_with(dir, None, |state| state, Some((leases, config))).await
     }
 
     async fn open_with(
         dir: TempDir,
         nats: Option<Arc<NatsServer>>,
         wrap: impl FnOnce(Arc<dyn StateStore>) -> Arc<dyn StateStore>,
-        leases: Option<Arc<dyn RunLeases>>,
+        leases: Option<(Arc<dyn RunLeases>, RunnerConfig)>,
     ) -> H {
         let journal = Arc::new(Journal::open(dir.path().join("audit.jsonl")).unwrap());
         let (bus, state): (Arc<dyn Bus>, Arc<dyn StateStore>) = match &nats {
@@ -116,11 +121,11 @@ impl H {
             ),
         };
         let state = wrap(state);
-        let runner = Arc::new(Runner::new(
-            &Registry::new(),
-            journal.clone(),
-            RunnerConfig::default(),
-        ));
+        let (leases, config) = match leases {
+            Some((leases, config)) => (Some(leases), config),
+            None => (None, RunnerConfig::default()),
+        };
+        let runner = Arc::new(Runner::new(&Registry::new(), journal.clone(), config));
         let runbooks = Arc::new(
             Runbooks::load(&dir.path().join("runbooks"), None, Vec::new()).expect("runbooks"),
         );

@@ -26,6 +26,10 @@ use tracing::{error, info, warn};
 
 use crate::dispatcher::{ActiveRun, Dispatcher, LOCK_SLACK};
 
+/// Takeovers in flight at once: each waits mostly on NATS (two reads of the run's trail, a
+/// lock write, a journal write).
+const TAKE_OVER_AT_ONCE: usize = 8;
+
 /// Lease renewals in flight at once: thousands of runs renew within a fraction of the lease,
 /// without a burst that would hold NATS up for everything else.
 const RENEW_AT_ONCE: usize = 32;
@@ -88,24 +92,32 @@ impl Dispatcher {
         tokio::join!(renewing, taking_over);
     }
 
-    /// Takes over every run whose lease ran out that another replica left.
+    /// Takes over every run whose lease ran out that another replica left,
+    /// [`TAKE_OVER_AT_ONCE`] at a time. Each replica goes through them in an order of its own,
+    /// so replicas sharing the work of a dead one mostly read different runs back instead of
+    /// racing for the same ones (one wins each race; the others' reads were for nothing).
     async fn take_over_orphans(&self, leases: &dyn RunLeases, shutdown: &CancellationToken) {
-        match leases.orphans().await {
-            Ok(orphans) => {
-                for orphan in orphans {
-                    if shutdown.is_cancelled() {
-                        return;
-                    }
-                    // This replica's own runs (a restart on the same data dir) are resumed
-                    // from its journal at start, not taken over from itself.
-                    if orphan.replica == leases.replica() || self.is_active(&orphan.run_id) {
-                        continue;
-                    }
-                    self.take_over(leases, orphan).await;
-                }
+        use futures::StreamExt as _;
+        let mut orphans = match leases.orphans().await {
+            Ok(orphans) => orphans,
+            Err(e) => {
+                warn!(error = %e, "cannot list run leases; trying again");
+                return;
             }
-            Err(e) => warn!(error = %e, "cannot list run leases; trying again"),
-        }
+        };
+        // This replica's own runs (a restart on the same data dir) are resumed from its
+        // journal at start, not taken over from itself.
+        orphans.retain(|o| o.replica != leases.replica() && !self.is_active(&o.run_id));
+        orphans.sort_by_cached_key(|o| {
+            use std::hash::{Hash as _, Hasher as _};
+            let mut hasher = std::hash::DefaultHasher::new();
+            (leases.replica(), &o.run_id).hash(&mut hasher);
+            hasher.finish()
+        });
+        futures::stream::iter(orphans)
+            .take_until(shutdown.cancelled())
+            .for_each_concurrent(TAKE_OVER_AT_ONCE, |orphan| self.take_over(leases, orphan))
+            .await;
     }
 
     /// One renewal of every lease held here, [`RENEW_AT_ONCE`] at a time. A run whose lease

@@ -34,6 +34,24 @@ const TAKE_OVER_AT_ONCE: usize = 8;
 /// without a burst that would hold NATS up for everything else.
 const RENEW_AT_ONCE: usize = 32;
 
+/// Runs `work` every `period` (the first time one period from now; a round that overruns
+/// delays the next instead of bunching them up) until `shutdown`.
+async fn periodically<F: std::future::Future<Output = ()>>(
+    period: std::time::Duration,
+    shutdown: &CancellationToken,
+    mut work: impl FnMut() -> F,
+) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        work().await;
+    }
+}
+
 /// What the audit stream says about a run.
 pub(crate) enum Stream {
     /// The stream holds nothing of it (the mirror was off, or its records aged out).
@@ -64,32 +82,11 @@ impl Dispatcher {
             return;
         };
         let every = leases.lease() / 3;
-        let tick = || {
-            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            ticks
-        };
-        let renewing = async {
-            let mut ticks = tick();
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    _ = ticks.tick() => {}
-                }
-                self.renew_leases(&*leases).await;
-            }
-        };
-        let taking_over = async {
-            let mut ticks = tick();
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    _ = ticks.tick() => {}
-                }
-                self.take_over_orphans(&*leases, &shutdown).await;
-            }
-        };
-        tokio::join!(renewing, taking_over);
+        tokio::join!(
+            periodically(every, &shutdown, || self.renew_leases(&*leases)),
+            periodically(every, &shutdown, || self
+                .take_over_orphans(&*leases, &shutdown)),
+        );
     }
 
     /// Takes over every run whose lease ran out that another replica left,

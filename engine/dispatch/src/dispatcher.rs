@@ -363,7 +363,7 @@ impl Dispatcher {
         for _ in 0..START_TRIES {
             if self
                 .state
-                .try_lock(&key, &run_id, manifest.timeout + LOCK_SLACK)
+                .try_lock(&key, &run_id, run_timeout(manifest) + LOCK_SLACK)
                 .await?
             {
                 locked = true;
@@ -546,12 +546,7 @@ impl Dispatcher {
             params: m.params.clone(),
             actor: actor.to_owned(),
             dry_run,
-            // Waiting for people is not the run's work: the request's expiry comes on top.
-            timeout: manifest.timeout
-                + manifest
-                    .approval
-                    .as_ref()
-                    .map_or(Duration::ZERO, |a| a.expires),
+            timeout: run_timeout(manifest),
             progress: self.progress.clone(),
             // Not a child of `shutdown`: a graceful stop suspends runs between steps (so the
             // next start resumes them) instead of cancelling them.
@@ -1167,6 +1162,16 @@ async fn finish(state: &dyn StateStore, key: &str, run_id: &str, cooldown: Durat
     if let Err(e) = state.unlock(key, run_id).await {
         warn!(key = %key, error = %e, "could not release concurrency lock; it expires on its own");
     }
+}
+
+/// How long a run of `manifest` may last: its `timeout`, and on top the approval's expiry
+/// (waiting for people is not the run's work). Its lock lasts that long and [`LOCK_SLACK`].
+fn run_timeout(manifest: &firebreak_matcher::Manifest) -> Duration {
+    manifest.timeout
+        + manifest
+            .approval
+            .as_ref()
+            .map_or(Duration::ZERO, |a| a.expires)
 }
 
 /// Who a run is started by: the trigger's actor, else the event's source.

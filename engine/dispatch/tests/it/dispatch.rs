@@ -500,3 +500,32 @@ async fn an_alert_while_its_keys_run_starts_joins_that_run() {
     );
     assert_eq!(started(&records, "waiting").len(), 1);
 }
+
+/// A run that asks for approval may wait for it as long as the approval's `expires`, on top of
+/// its own `timeout`: its lock must last that long too, or a repeat of the alert while people
+/// decide starts a second run (and a second approval request) for the same incident.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_may_wait_for_approval_holds_its_lock_for_that_wait_too() {
+    let (h, gated) = H::gated(&[
+        (
+            "gate.yaml",
+            "name: gate\nteam: sre\ndescription: asks first\nnamespaces: [shop]\ntimeout: 5m\n\
+             approval: { expires: 30m }\n\
+             triggers:\n  - source: alertmanager\n    match: ['alertname=\"Slow\"']\n",
+        ),
+        ("gate.rhai", "log(\"asked\");\n"),
+    ])
+    .await;
+    let event = alert("ev-1", "firing", "00000000000000a1", json!({}));
+    assert_eq!(
+        h.deliver(&event, jiff::Timestamp::now()).await,
+        vec![Settled::Ack]
+    );
+    let locked = gated.locked.lock().unwrap().clone();
+    let (key, ttl) = locked.first().expect("the run took its lock").clone();
+    assert!(key.starts_with("gate/"), "{key}");
+    assert!(
+        ttl >= Duration::from_secs(35 * 60),
+        "lock {key} taken for {ttl:?}: less than the run's timeout (5m) and approval wait (30m)"
+    );
+}

@@ -287,6 +287,8 @@ pub struct Gated {
     pub inner: Arc<dyn StateStore>,
     pub unlock: Gate,
     pub cooldown: Gate,
+    /// `(key, ttl)` of every lock taken.
+    pub locked: std::sync::Mutex<Vec<(String, Duration)>>,
 }
 
 impl Gated {
@@ -295,6 +297,7 @@ impl Gated {
             inner,
             unlock: Gate::default(),
             cooldown: Gate::default(),
+            locked: std::sync::Mutex::default(),
         })
     }
 }
@@ -303,6 +306,7 @@ type Fut<'a, T> = futures::future::BoxFuture<'a, Result<T, firebreak_bus::BusErr
 
 impl StateStore for Gated {
     fn try_lock(&self, key: &str, owner: &str, ttl: Duration) -> Fut<'_, bool> {
+        self.locked.lock().unwrap().push((key.to_owned(), ttl));
         self.inner.try_lock(key, owner, ttl)
     }
     fn refresh_lock(&self, key: &str, owner: &str, ttl: Duration) -> Fut<'_, bool> {

@@ -46,6 +46,9 @@ use crate::runbooks::{Loaded, Runbooks};
 /// expires on its own.
 pub(crate) const LOCK_SLACK: Duration = Duration::from_secs(60);
 
+/// A start that took this long after its lock (waiting for a run slot) extends the lock.
+const START_WAIT_EXTENDS_LOCK: Duration = Duration::from_secs(1);
+
 /// How often failed trigger authentications are journaled, as one record for the period.
 pub const REFUSAL_SUMMARY_EVERY: Duration = Duration::from_secs(10);
 /// Most distinct runbook names counted apart between two refusal summaries.
@@ -433,10 +436,20 @@ impl Dispatcher {
         // From here on we hold the lock, and its lease is renewed (a start may wait long for a
         // run slot); every way out but a start releases it.
         _starting.holds(Some(&key));
+        let locked_at = std::time::Instant::now();
         let outcome = self
             .start_locked(loaded, event, published, &m, &key, &run_id, &actor, dry_run)
             .await;
         match &outcome {
+            // The run's timeout counts from its start: a start that waited (for a run slot)
+            // extends the lock to the run's whole time from now. A start that did not costs no
+            // extra write. A run that ended meanwhile no longer holds the lock: nothing done.
+            Ok(Started::Run(_)) if locked_at.elapsed() >= START_WAIT_EXTENDS_LOCK => {
+                let ttl = run_timeout(manifest) + LOCK_SLACK;
+                if let Err(e) = self.state.refresh_lock(&key, &run_id, ttl).await {
+                    warn!(run_id = %run_id, key = %key, error = %e, "cannot extend the lock of a run that waited to start; it expires its wait early");
+                }
+            }
             Ok(Started::Run(_)) => {}
             _ => {
                 _starting.holds(None);

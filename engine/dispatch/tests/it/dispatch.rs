@@ -529,3 +529,52 @@ async fn a_run_that_may_wait_for_approval_holds_its_lock_for_that_wait_too() {
         "lock {key} taken for {ttl:?}: less than the run's timeout (5m) and approval wait (30m)"
     );
 }
+
+/// A run takes its lock before it waits for a run slot (`max_concurrent_runs`), and its
+/// timeout counts from when it starts: a run that waited long has its lock extended when it
+/// starts, or the lock would run out before the run may end (a queue longer than the lock's
+/// slack lets a second run of the same incident start beside it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_waited_for_a_slot_has_its_lock_extended_when_it_starts() {
+    // One slot: the second alert's run waits 1.5 s for the first to end.
+    let (h, gated) = H::gated_slots(
+        &[
+            (
+                "hold.yaml",
+                "name: hold\nteam: sre\ndescription: d\nnamespaces: [shop]\ntimeout: 5m\n\
+                 triggers:\n  - source: alertmanager\n    match: ['alertname=\"Slow\"']\n",
+            ),
+            ("hold.rhai", "sleep(1500);\n"),
+        ],
+        1,
+    )
+    .await;
+    let h = Arc::new(h);
+    let first = alert("ev-1", "firing", "00000000000000b1", json!({}));
+    let second = alert("ev-2", "firing", "00000000000000b2", json!({}));
+    h.deliver(&first, jiff::Timestamp::now()).await;
+    let waiting = tokio::spawn({
+        let h = h.clone();
+        async move { h.deliver(&second, jiff::Timestamp::now()).await }
+    });
+    assert_eq!(waiting.await.unwrap(), vec![Settled::Ack]);
+    let started_at = std::time::Instant::now();
+    let refreshed = gated.refreshed.lock().unwrap().clone();
+    let waited_key = "hold/incident:00000000000000b2";
+    let extended: Vec<_> = refreshed.iter().filter(|(k, ..)| k == waited_key).collect();
+    assert_eq!(extended.len(), 1, "{refreshed:?}");
+    let (_, at, ttl) = extended[0];
+    assert!(
+        *ttl >= Duration::from_secs(5 * 60)
+            && started_at.duration_since(*at) < Duration::from_secs(1),
+        "{waited_key} extended by {ttl:?}, {:?} before its start returned",
+        started_at.duration_since(*at)
+    );
+    // A run that did not wait keeps the lock it took: no extra write.
+    assert!(
+        !refreshed
+            .iter()
+            .any(|(k, ..)| k == "hold/incident:00000000000000b1"),
+        "{refreshed:?}"
+    );
+}

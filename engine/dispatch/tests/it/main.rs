@@ -61,31 +61,29 @@ impl H {
         H::open(dir, nats).await
     }
 
-    /// A fresh embedded engine whose state store is `wrap` of the file store.
-    pub async fn wrapped(
-        files: &[(&str, &str)],
-        wrap: impl FnOnce(Arc<dyn StateStore>) -> Arc<dyn StateStore>,
-    ) -> H {
-        let dir = tempfile::tempdir().unwrap();
-        runbooks(dir.path(), files);
-        H::open_with(dir, None, wrap, None).await
-    }
-
     /// A fresh embedded engine whose state store calls the test can hold (see [`Gated`]).
     pub async fn gated(files: &[(&str, &str)]) -> (H, Arc<Gated>) {
+        H::gated_slots(files, RunnerConfig::default().max_concurrent_runs).await
+    }
+
+    /// [`H::gated`], running at most `slots` runs at once.
+    pub async fn gated_slots(files: &[(&str, &str)], slots: usize) -> (H, Arc<Gated>) {
+        let dir = tempfile::tempdir().unwrap();
+        runbooks(dir.path(), files);
         let mut gated = None;
-        let h = H::wrapped(files, |state| {
+        let wrap = |state| {
             let g = Gated::new(state);
             gated = Some(g.clone());
-            g
-        })
-        .await;
+            g as Arc<dyn StateStore>
+        };
+        let h = H::open_with(dir, None, wrap, None, slots).await;
         (h, gated.expect("the store was wrapped"))
     }
 
     /// The engine on `dir` (a restart: the journal and state as left; in-memory locks gone).
     pub async fn open(dir: TempDir, nats: Option<Arc<NatsServer>>) -> H {
-        H::open_with(dir, nats, |state| state, None).await
+        let slots = RunnerConfig::default().max_concurrent_runs;
+        H::open_with(dir, nats, |state| state, None, slots).await
     }
 
     /// An embedded engine with `files` as its runbooks whose runs hold leases in `leases`,
@@ -93,18 +91,15 @@ impl H {
     pub async fn leased(files: &[(&str, &str)], leases: Arc<dyn RunLeases>, slots: usize) -> H {
         let dir = tempfile::tempdir().unwrap();
         runbooks(dir.path(), files);
-        let config = RunnerConfig {
-            max_concurrent_runs: slots,
-            ..RunnerConfig::default()
-        };
-        H::open_with(dir, None, |state| state, Some((leases, config))).await
+        H::open_with(dir, None, |state| state, Some(leases), slots).await
     }
 
     async fn open_with(
         dir: TempDir,
         nats: Option<Arc<NatsServer>>,
         wrap: impl FnOnce(Arc<dyn StateStore>) -> Arc<dyn StateStore>,
-        leases: Option<(Arc<dyn RunLeases>, RunnerConfig)>,
+        leases: Option<Arc<dyn RunLeases>>,
+        slots: usize,
     ) -> H {
         let journal = Arc::new(Journal::open(dir.path().join("audit.jsonl")).unwrap());
         let (bus, state): (Arc<dyn Bus>, Arc<dyn StateStore>) = match &nats {
@@ -121,9 +116,9 @@ impl H {
             ),
         };
         let state = wrap(state);
-        let (leases, config) = match leases {
-            Some((leases, config)) => (Some(leases), config),
-            None => (None, RunnerConfig::default()),
+        let config = RunnerConfig {
+            max_concurrent_runs: slots,
+            ..RunnerConfig::default()
         };
         let runner = Arc::new(Runner::new(&Registry::new(), journal.clone(), config));
         let runbooks = Arc::new(
@@ -289,6 +284,8 @@ pub struct Gated {
     pub cooldown: Gate,
     /// `(key, ttl)` of every lock taken.
     pub locked: std::sync::Mutex<Vec<(String, Duration)>>,
+    /// `(key, when, ttl)` of every lock refreshed.
+    pub refreshed: std::sync::Mutex<Vec<(String, std::time::Instant, Duration)>>,
 }
 
 impl Gated {
@@ -298,6 +295,7 @@ impl Gated {
             unlock: Gate::default(),
             cooldown: Gate::default(),
             locked: std::sync::Mutex::default(),
+            refreshed: std::sync::Mutex::default(),
         })
     }
 }
@@ -310,6 +308,11 @@ impl StateStore for Gated {
         self.inner.try_lock(key, owner, ttl)
     }
     fn refresh_lock(&self, key: &str, owner: &str, ttl: Duration) -> Fut<'_, bool> {
+        let now = std::time::Instant::now();
+        self.refreshed
+            .lock()
+            .unwrap()
+            .push((key.to_owned(), now, ttl));
         self.inner.refresh_lock(key, owner, ttl)
     }
     fn unlock(&self, key: &str, owner: &str) -> Fut<'_, bool> {

@@ -359,7 +359,7 @@ impl Dispatcher {
         let run_id = uuid::Uuid::now_v7().to_string();
         // Registered before the lock is tried: whoever finds the lock held by this run knows
         // it is starting here, not running on another replica.
-        let _starting = StartingGuard::new(&self.starting, &run_id);
+        let start_guard = StartingGuard::new(&self.starting, &run_id);
         let mut locked = false;
         // The lock's holder may be a run of this engine that is starting or ending: wait for
         // that, then look again; a few times at most, then the delivery comes back later.
@@ -435,7 +435,7 @@ impl Dispatcher {
         }
         // From here on we hold the lock, and its lease is renewed (a start may wait long for a
         // run slot); every way out but a start releases it.
-        _starting.holds(Some(&key));
+        start_guard.holds(Some(&key));
         let locked_at = std::time::Instant::now();
         let outcome = self
             .start_locked(loaded, event, published, &m, &key, &run_id, &actor, dry_run)
@@ -452,7 +452,7 @@ impl Dispatcher {
             }
             Ok(Started::Run(_)) => {}
             _ => {
-                _starting.holds(None);
+                start_guard.holds(None);
                 let _ = self.state.unlock(&key, &run_id).await;
             }
         }

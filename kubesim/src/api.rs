@@ -456,10 +456,7 @@ fn list(sim: &Sim, req: &Req, t: &Target) -> Answer {
     let now = inner.store.clock.now();
     let mut items: Vec<Value> = inner
         .store
-        .list_resource(t.rt, t.ns.as_deref())
-        .into_iter()
-        .filter(|o| filter.matches(o))
-        .collect();
+        .list_resource_where(t.rt, t.ns.as_deref(), |o| filter.matches(o));
     let key = |o: &Value| {
         format!(
             "{}/{}",
@@ -1039,10 +1036,7 @@ fn delete_collection(sim: &Sim, req: &Req, t: &Target) -> Answer {
     let mut inner = sim.lock();
     let victims: Vec<Value> = inner
         .store
-        .list_resource(t.rt, t.ns.as_deref())
-        .into_iter()
-        .filter(|o| filter.matches(o))
-        .collect();
+        .list_resource_where(t.rt, t.ns.as_deref(), |o| filter.matches(o));
     let mut deleted = Vec::new();
     for v in victims {
         let ns = v

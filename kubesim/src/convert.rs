@@ -55,6 +55,13 @@ pub fn to_storage(rt: &ResourceType, obj: Value) -> Value {
     obj
 }
 
+/// Whether a selector sees the same in `rt`'s stored form as in its served form: every kind
+/// but events.k8s.io's (whose fields are renamed) is served as stored but for `apiVersion`,
+/// which no label or field selector reads.
+pub fn selects_as_stored(rt: &ResourceType) -> bool {
+    rt.group != "events.k8s.io"
+}
+
 /// The object as served by `rt`, from its stored form.
 pub fn from_storage(rt: &ResourceType, obj: &Value) -> Value {
     if rt.group == "events.k8s.io" {

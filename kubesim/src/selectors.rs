@@ -248,7 +248,18 @@ pub fn format_label_selector(sel: Option<&Value>) -> String {
 /// A parsed field selector: `a.b=v,c!=w`.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct FieldSelector {
-    reqs: Vec<(String, bool, String)>,
+    reqs: Vec<FieldReq>,
+}
+
+/// One `field=value` (or `!=`) of a field selector.
+#[derive(Debug, Clone, PartialEq)]
+struct FieldReq {
+    field: String,
+    /// The field as a JSON pointer (`/involvedObject/name`), made once: a list tests it
+    /// against every object of its kind.
+    pointer: String,
+    eq: bool,
+    value: String,
 }
 
 impl FieldSelector {
@@ -271,28 +282,33 @@ impl FieldSelector {
                     "invalid selector: '{part}'; can't understand '{part}'"
                 )));
             };
-            reqs.push((field.trim().to_string(), eq, value.trim().to_string()));
+            let field = field.trim();
+            reqs.push(FieldReq {
+                field: field.to_string(),
+                pointer: format!("/{}", field.replace('.', "/")),
+                eq,
+                value: value.trim().to_string(),
+            });
         }
         Ok(FieldSelector { reqs })
     }
 
     /// The fields used, to check them against what a resource supports.
     pub fn fields(&self) -> impl Iterator<Item = &str> {
-        self.reqs.iter().map(|(f, _, _)| f.as_str())
+        self.reqs.iter().map(|r| r.field.as_str())
     }
 
     /// Whether the object is selected. Fields are read by their JSON path; a missing field reads
     /// as the empty string, as in the apiserver's field sets.
     pub fn matches(&self, obj: &Value) -> bool {
-        self.reqs.iter().all(|(field, eq, value)| {
-            let pointer = format!("/{}", field.replace('.', "/"));
-            let actual = match obj.pointer(&pointer) {
-                Some(Value::String(s)) => s.clone(),
-                Some(Value::Bool(b)) => b.to_string(),
-                Some(Value::Number(n)) => n.to_string(),
-                _ => String::new(),
+        self.reqs.iter().all(|r| {
+            let equal = match obj.pointer(&r.pointer) {
+                Some(Value::String(s)) => *s == r.value,
+                Some(Value::Bool(b)) => r.value == if *b { "true" } else { "false" },
+                Some(Value::Number(n)) => n.to_string() == r.value,
+                _ => r.value.is_empty(),
             };
-            (actual == *value) == *eq
+            equal == r.eq
         })
     }
 }
@@ -397,5 +413,12 @@ mod tests {
                 .unwrap()
                 .matches(&ev)
         );
+        // Booleans and numbers compare as the text they print as.
+        let node = json!({"spec": {"unschedulable": true}, "count": 2});
+        let selects = |text: &str| FieldSelector::parse(text).unwrap().matches(&node);
+        assert!(selects("spec.unschedulable=true,count=2"));
+        assert!(!selects("spec.unschedulable=false"));
+        assert!(selects("spec.unschedulable!=false,count!=3"));
+        assert!(!selects("count="));
     }
 }

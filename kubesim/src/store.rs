@@ -277,12 +277,36 @@ impl Store {
 
     /// Every object of `rt` (in `ns`, or everywhere for `None`), sorted by namespace and name.
     pub fn list_resource(&self, rt: &ResourceType, ns: Option<&str>) -> Vec<Value> {
-        self.objects
+        self.list_resource_where(rt, ns, |_| true)
+    }
+
+    /// The objects of `rt` (in `ns`, or everywhere for `None`) that `keep` selects, sorted by
+    /// namespace and name. Only those are copied out of the store: a selective list of a kind
+    /// with thousands of objects (a namespace's Pods, Events, ReplicaSets) is made under the
+    /// simulator's lock, which every other request and controller pass waits for.
+    pub fn list_resource_where(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        keep: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
+        let stored = self
+            .objects
             .range((rt.storage, String::new(), String::new())..)
             .take_while(|((s, _, _), _)| *s == rt.storage)
             .filter(|((_, n, _), _)| ns.is_none() || !rt.namespaced || Some(n.as_str()) == ns)
-            .map(|(_, o)| convert::from_storage(rt, o))
-            .collect()
+            .map(|(_, o)| o);
+        if convert::selects_as_stored(rt) {
+            stored
+                .filter(|o| keep(o))
+                .map(|o| convert::from_storage(rt, o))
+                .collect()
+        } else {
+            stored
+                .map(|o| convert::from_storage(rt, o))
+                .filter(|o| keep(o))
+                .collect()
+        }
     }
 
     /// Every stored object (storage form), for saving state.
@@ -1019,6 +1043,40 @@ mod tests {
             .create_resource(deploy_rt(), Some("nope"), web(), false)
             .unwrap_err();
         assert_eq!(err.message, "namespaces \"nope\" not found");
+    }
+
+    #[test]
+    fn a_selective_list_selects_on_the_served_form() {
+        let mut s = Store::new(100);
+        let mut api = web();
+        api["metadata"]["name"] = json!("api");
+        api["metadata"]["labels"] = json!({"app": "api"});
+        for d in [web(), api] {
+            s.create_resource(deploy_rt(), Some("default"), d, false)
+                .unwrap();
+        }
+        let is_api = |o: &Value| o.pointer("/metadata/labels/app") == Some(&json!("api"));
+        let kept = s.list_resource_where(deploy_rt(), Some("default"), is_api);
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0]["metadata"]["name"], "api");
+        assert_eq!(kept[0]["apiVersion"], "apps/v1");
+        assert_eq!(s.list_resource(deploy_rt(), Some("default")).len(), 2);
+
+        // events.k8s.io serves core Events with renamed fields: its selectors see those.
+        let core = resources::by_kind("v1", "Event").unwrap();
+        for name in ["web", "api"] {
+            let event = json!({"apiVersion": "v1", "kind": "Event",
+                "metadata": {"name": format!("{name}.1")},
+                "involvedObject": {"kind": "Deployment", "name": name}, "reason": "Scaled"});
+            s.create_resource(core, Some("default"), event, false)
+                .unwrap();
+        }
+        let events = resources::by_plural("events.k8s.io", "v1", "events").unwrap();
+        let about_web = |o: &Value| o.pointer("/regarding/name") == Some(&json!("web"));
+        let kept = s.list_resource_where(events, Some("default"), about_web);
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0]["metadata"]["name"], "web.1");
+        assert_eq!(kept[0]["apiVersion"], "events.k8s.io/v1");
     }
 
     #[test]

@@ -160,10 +160,11 @@ pub(crate) fn start(sim: &Sim, req: &Req, t: &Target) -> Response {
         let current = inner.store.current_rv();
         let synthetic = send_initial || from_rv.is_none_or(|rv| rv == 0);
         if synthetic {
-            for obj in inner.store.list_resource(view.rt, view.ns.as_deref()) {
-                if view.selects(&obj) {
-                    first.push(view.line("ADDED", &obj, now));
-                }
+            let selected = inner
+                .store
+                .list_resource_where(view.rt, view.ns.as_deref(), |o| view.selects(o));
+            for obj in selected {
+                first.push(view.line("ADDED", &obj, now));
             }
             if send_initial {
                 first.push(view.bookmark(current, true));

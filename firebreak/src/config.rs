@@ -122,7 +122,8 @@ pub struct NatsConfig {
 }
 
 /// What firebreak asks JetStream to keep (it creates the streams and buckets with these, and
-/// brings existing ones to them at start). Sizes per million alerts: README, "Scaling out".
+/// brings existing ones to them at start). Sizes per million alerts: README, "JetStream
+/// storage and a NATS cluster".
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsStorageConfig {

@@ -606,14 +606,7 @@ impl Dispatcher {
             .insert(run_id.clone(), run);
         // Its lease is renewed as an active run's from here on (first in `active`, then out
         // of `starting`: never in neither while it holds its lock).
-        if let Some(start) = self
-            .starting
-            .lock()
-            .expect("starting runs lock")
-            .get_mut(&run_id)
-        {
-            start.key = None;
-        }
+        set_starting_key(&self.starting, &run_id, None);
         let state = self.state.clone();
         let leases = self.leases.clone();
         let active = self.active.clone();
@@ -1121,14 +1114,14 @@ impl<'a> StartingGuard<'a> {
 
     /// The start holds lock `key` (its lease is renewed) or, with `None`, is letting it go.
     fn holds(&self, key: Option<&str>) {
-        if let Some(starting) = self
-            .starting
-            .lock()
-            .expect("starting runs lock")
-            .get_mut(&self.run_id)
-        {
-            starting.key = key.map(str::to_owned);
-        }
+        set_starting_key(self.starting, &self.run_id, key);
+    }
+}
+
+/// Records that starting run `run_id` holds lock `key` (renewed as its lease), or no lock.
+fn set_starting_key(starting: &Mutex<HashMap<String, Starting>>, run_id: &str, key: Option<&str>) {
+    if let Some(start) = starting.lock().expect("starting runs lock").get_mut(run_id) {
+        start.key = key.map(str::to_owned);
     }
 }
 

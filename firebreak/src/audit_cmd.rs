@@ -220,10 +220,11 @@ async fn verify_stream(cfg: &Config) -> Result<()> {
     let Some(nats) = &cfg.nats else {
         bail!("--stream reads the NATS audit stream: set nats.url (or FIREBREAK_NATS_URL)");
     };
-    let bus = firebreak_bus::NatsBus::connect(&nats.url, nats.options()?)
+    let opts = nats.options()?;
+    let bus = patiently(|| firebreak_bus::NatsBus::connect(&nats.url, opts.clone()))
         .await
         .with_context(|| format!("connecting to NATS at {}", nats.url))?;
-    let messages = bus.audit_messages().await?;
+    let messages = patiently(|| bus.audit_messages()).await?;
     let lines = messages
         .iter()
         .flat_map(|m| m.split(|b| *b == b'\n'))
@@ -267,7 +268,7 @@ async fn published_checkpoints(
         },
     };
     let opts = nats.options()?;
-    let bus = firebreak_bus::NatsBus::connect(&nats.url, opts)
+    let bus = patiently(|| firebreak_bus::NatsBus::connect(&nats.url, opts.clone()))
         .await
         .with_context(|| {
             format!(
@@ -275,12 +276,39 @@ async fn published_checkpoints(
                 nats.url
             )
         })?;
-    let lines = bus
-        .last_audit_message(&firebreak_bus::nats::checkpoint_subject(&replica))
+    let subject = firebreak_bus::nats::checkpoint_subject(&replica);
+    let lines = patiently(|| bus.last_audit_message(&subject))
         .await?
         .map(|b| b.to_vec())
         .unwrap_or_default();
     Ok((format!("the NATS audit stream at {}", nats.url), lines))
+}
+
+/// A read of NATS that waits out a cluster electing its leaders (a node just failed or
+/// returned) for up to [`firebreak_bus::nats::ELECTION_PATIENCE`], saying so once on stderr.
+async fn patiently<T, Fut>(attempt: impl FnMut() -> Fut) -> Result<T, firebreak_bus::BusError>
+where
+    Fut: std::future::Future<Output = Result<T, firebreak_bus::BusError>>,
+{
+    let mut said = false;
+    firebreak_bus::nats::wait_out_elections(
+        firebreak_bus::nats::ELECTION_PATIENCE,
+        |e| {
+            if !std::mem::replace(&mut said, true) {
+                let causes: Vec<String> =
+                    std::iter::successors(Some(e as &dyn std::error::Error), |e| e.source())
+                        .map(ToString::to_string)
+                        .collect();
+                eprintln!(
+                    "waiting for JetStream (up to {} s): {}",
+                    firebreak_bus::nats::ELECTION_PATIENCE.as_secs(),
+                    causes.join(": ")
+                );
+            }
+        },
+        attempt,
+    )
+    .await
 }
 
 fn open(path: &Path) -> Result<JournalReader> {

@@ -368,6 +368,38 @@ impl NatsBus {
     }
 }
 
+/// How long a one-off reader (the `audit` commands) waits out a JetStream cluster that cannot
+/// answer: nats-server's raft takes 4 to 9 s to elect a stream's leader after its node fails.
+pub const ELECTION_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Runs `attempt` until it succeeds, fails for good, or `patience` has passed. JetStream
+/// answering "temporarily unavailable" (a cluster electing), a request timing out and a lost
+/// connection are waited out, with `waiting` told of each such failure (to say so); a server
+/// nothing answered on ([`BusError::Connect`]) and refused credentials fail at once.
+pub async fn wait_out_elections<T, Fut>(
+    patience: Duration,
+    mut waiting: impl FnMut(&BusError),
+    mut attempt: impl FnMut() -> Fut,
+) -> Result<T, BusError>
+where
+    Fut: std::future::Future<Output = Result<T, BusError>>,
+{
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        match attempt().await {
+            Err(e)
+                if !matches!(e, BusError::Connect { .. })
+                    && e.kind() != BusErrorKind::Permanent
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                waiting(&e);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            done => return done,
+        }
+    }
+}
+
 /// Creates a stream, or brings an existing one to `config`'s replicas and limits (changed in
 /// firebreak.yaml since it was created): the server keeps what it holds and applies the new
 /// settings from then on.
@@ -1668,6 +1700,54 @@ const DECISION_PREFIX: &str = "decision.";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An election is waited out; a server that never answered, or bad data, is not.
+    #[tokio::test(start_paused = true)]
+    async fn only_a_cluster_that_cannot_answer_yet_is_waited_out() {
+        let electing = || BusError::nats("get stream", BusErrorKind::Unavailable, "10008");
+        let mut tries = 0;
+        let mut waited = 0;
+        let got = wait_out_elections(
+            ELECTION_PATIENCE,
+            |_| waited += 1,
+            || {
+                tries += 1;
+                let n = tries;
+                async move { if n < 4 { Err(electing()) } else { Ok(n) } }
+            },
+        )
+        .await;
+        assert_eq!((got.unwrap(), waited), (4, 3));
+
+        let started = tokio::time::Instant::now();
+        let got: Result<(), _> =
+            wait_out_elections(ELECTION_PATIENCE, |_| {}, || async { Err(electing()) }).await;
+        assert_eq!(got.unwrap_err().kind(), BusErrorKind::Unavailable);
+        assert!(started.elapsed() >= ELECTION_PATIENCE, "gave up early");
+
+        for now in [
+            BusError::Connect {
+                url: "nats://127.0.0.1:1".into(),
+                source: "connection refused".into(),
+            },
+            BusError::nats("decode", BusErrorKind::Permanent, "bad json"),
+        ] {
+            let mut waited = 0;
+            let started = tokio::time::Instant::now();
+            let mut once = Some(now);
+            let got: Result<(), _> = wait_out_elections(
+                ELECTION_PATIENCE,
+                |_| waited += 1,
+                || {
+                    let e = once.take().expect("tried once only");
+                    async move { Err(e) }
+                },
+            )
+            .await;
+            assert!(got.is_err());
+            assert_eq!((waited, started.elapsed()), (0, Duration::ZERO));
+        }
+    }
 
     #[test]
     fn kv_keys_are_valid_and_distinct() {

@@ -513,3 +513,57 @@ async fn a_three_node_cluster_loses_no_alert_when_a_node_or_the_leader_fails() {
     let verify = serve.cli(&["audit", "verify"]).await.ok("audit verify");
     assert!(verify.stdout.starts_with("ok: "), "{verify}");
 }
+
+/// `audit verify` reads the replica's published checkpoints from the audit stream. While the
+/// cluster has no quorum (and so no stream leader), JetStream answers "temporarily
+/// unavailable" or nothing: verify waits for the cluster to elect instead of failing at the
+/// first answer, and says that it waited.
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_verify_waits_for_a_cluster_that_is_electing() {
+    let mut nodes = NatsServer::start_cluster(3).expect("three nats-server nodes");
+    let urls: Vec<String> = nodes.iter().map(NatsServer::url).collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tick_runbook(&tmp);
+    let serve = Serve::start(
+        &dir,
+        ServeOpts {
+            env: vec![
+                ("FIREBREAK_NATS_URL", urls.join(",")),
+                ("FIREBREAK_NATS_REPLICAS", "3".into()),
+            ],
+            ..ServeOpts::default()
+        },
+    )
+    .await;
+    wait_for(
+        "serve to connect to the cluster",
+        Duration::from_secs(30),
+        || serve.log_tail(),
+        || async { (serve.get("/readyz", None).await.0 == 200).then_some(()) },
+    )
+    .await;
+    let (status, body) = serve.post("/v1/alertmanager", None, alert(1)).await;
+    assert_eq!(status, 202, "{body}");
+    serve
+        .wait_journal("the run", Duration::from_secs(30), |j| {
+            j.finished("tick").len() == 1
+        })
+        .await;
+    let before = serve.cli(&["audit", "verify"]).await.ok("audit verify");
+    assert!(before.stdout.starts_with("ok: "), "{before}");
+
+    // Two of three nodes down: the one left cannot elect a leader for anything.
+    nodes[1].kill();
+    nodes[2].kill();
+    let (verify, ()) = tokio::join!(serve.cli(&["audit", "verify"]), async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        nodes[1].restart().expect("node 2 restarts");
+        nodes[2].restart().expect("node 3 restarts");
+    });
+    let verify = verify.ok("audit verify while the cluster elects");
+    assert!(verify.stdout.starts_with("ok: "), "{verify}");
+    assert!(
+        verify.stderr.contains("waiting for JetStream"),
+        "verify did not say it waited: {verify}"
+    );
+}

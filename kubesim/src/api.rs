@@ -661,7 +661,6 @@ fn dry_run(req: &Req) -> bool {
     req.q("dryRun").is_some_and(|v| v == "All")
 }
 
-/// Runs the controllers after a committed write.
 /// Asks for the controllers to run after a committed write: the ticker coalesces a burst of
 /// writes into one reconcile; without a ticker (a bare [`Sim::router`]) they run right here.
 fn after_write(sim: &Sim, inner: &mut Inner, dry: bool) {

@@ -47,6 +47,14 @@ pub enum ClusterError {
 pub trait Cluster {
     /// All objects of `kind`, in `namespace` (or every namespace for `None`).
     fn list(&self, kind: Kind, namespace: Option<&str>) -> Vec<Value>;
+    /// All objects of `kind` in every namespace, for reading only: a store shares them
+    /// instead of copying.
+    fn list_shared(&self, kind: Kind) -> Vec<std::sync::Arc<Value>> {
+        self.list(kind, None)
+            .into_iter()
+            .map(std::sync::Arc::new)
+            .collect()
+    }
     fn get(&self, kind: Kind, namespace: Option<&str>, name: &str) -> Option<Value>;
     /// Creates an object (metadata.generateName honoured); returns it as stored.
     fn create(&mut self, kind: Kind, obj: Value) -> Result<Value, ClusterError>;

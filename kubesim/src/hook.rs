@@ -12,3 +12,8 @@ use crate::cluster::Cluster;
 pub fn reconcile(cluster: &mut dyn Cluster, cfg: &ControllerConfig) {
     crate::controller::reconcile(cluster, cfg);
 }
+
+/// One pass of the controllers; the writes it made (none: settled).
+pub fn reconcile_pass(cluster: &mut dyn Cluster, cfg: &ControllerConfig) -> usize {
+    crate::controller::reconcile_pass(cluster, cfg)
+}

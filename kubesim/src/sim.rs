@@ -218,6 +218,13 @@ impl Inner {
         hook::reconcile(&mut self.store, &self.controllers);
     }
 
+    /// One controller pass (traffic counted up to now first, as in [`Inner::reconcile`]); the
+    /// writes it made.
+    pub fn reconcile_pass(&mut self) -> usize {
+        self.traffic.advance(&self.store, std::time::Instant::now());
+        hook::reconcile_pass(&mut self.store, &self.controllers)
+    }
+
     /// The traffic metrics up to now (`GET /metrics`).
     pub fn metrics(&mut self) -> String {
         self.traffic.advance(&self.store, std::time::Instant::now());
@@ -407,9 +414,11 @@ impl Sim {
     /// Runs the controllers every `tick`, and soon after API writes, until shutdown (for
     /// in-process use of [`Sim::router`]; [`Sim::start`] spawns it).
     ///
-    /// Pacing: a burst of writes is coalesced into one reconcile, and after a reconcile that
-    /// took `t` the next one waits at least `2t` (timed ticks `max(tick, 3t)`), so API requests
-    /// always get the lock for most of the time however large the cluster grows.
+    /// Pacing: a burst of writes is coalesced into one reconcile; each of its passes holds the
+    /// lock alone and is followed by a pause as long as it took; after a reconcile whose passes
+    /// took `t` the next one waits at least `2t` (timed ticks `max(tick, 3t)`). So an API
+    /// request waits for one pass at most, and gets the lock for most of the time however
+    /// large the cluster grows.
     pub fn spawn_ticker(&self) -> tokio::task::JoinHandle<()> {
         use std::sync::atomic::Ordering;
         let sim = self.clone();
@@ -428,9 +437,21 @@ impl Sim {
                     let settle = tokio::time::Instant::now() + Duration::from_millis(2);
                     tokio::time::sleep_until(settle.max(earliest)).await;
                 }
-                let started = tokio::time::Instant::now();
-                sim.reconcile();
-                let took = started.elapsed();
+                // Until the controllers settle, one pass per hold of the lock, each followed
+                // by a pause as long as it took: a request arriving meanwhile waits for one
+                // pass at most, not for all of them.
+                let mut took = Duration::ZERO;
+                let max_passes = sim.lock().controllers.max_passes.max(1);
+                for _ in 0..max_passes {
+                    let started = tokio::time::Instant::now();
+                    let wrote = sim.lock().reconcile_pass();
+                    let pass = started.elapsed();
+                    took += pass;
+                    if wrote == 0 {
+                        break;
+                    }
+                    tokio::time::sleep(pass).await;
+                }
                 tracing::trace!(?took, "reconcile");
                 earliest = tokio::time::Instant::now() + took * 2;
                 wait = tick.max(took * 3);

@@ -134,7 +134,8 @@ pub enum Propagation {
 /// The object store. Not thread-safe by itself: the server keeps it behind a mutex and never
 /// holds that across an `.await`.
 pub struct Store {
-    objects: BTreeMap<Key, Value>,
+    /// Shared, so a controller pass lists a kind without copying it (see [`Store::list_shared`]).
+    objects: BTreeMap<Key, Arc<Value>>,
     /// Owner uid → the objects whose ownerReferences name it, so garbage collection on delete
     /// does not scan the whole store.
     owned: HashMap<String, BTreeSet<Key>>,
@@ -261,6 +262,7 @@ impl Store {
     fn raw(&self, rt: &ResourceType, ns: Option<&str>, name: &str) -> Option<&Value> {
         self.objects
             .get(&(rt.storage, Self::ns_key(rt, ns), name.to_string()))
+            .map(|o| &**o)
     }
 
     /// One object, in the form served by `rt`.
@@ -295,7 +297,7 @@ impl Store {
             .range((rt.storage, String::new(), String::new())..)
             .take_while(|((s, _, _), _)| *s == rt.storage)
             .filter(|((_, n, _), _)| ns.is_none() || !rt.namespaced || Some(n.as_str()) == ns)
-            .map(|(_, o)| o);
+            .map(|(_, o)| &**o);
         if convert::selects_as_stored(rt) {
             stored
                 .filter(|o| keep(o))
@@ -311,7 +313,27 @@ impl Store {
 
     /// Every stored object (storage form), for saving state.
     pub fn all_objects(&self) -> impl Iterator<Item = &Value> {
-        self.objects.values()
+        self.objects.values().map(|o| &**o)
+    }
+
+    /// Every object of `rt` (everywhere), sorted by namespace and name, shared with the store
+    /// where its served form is its stored form: a controller pass reads each kind whole, and
+    /// copying thousands of Pods for it held the simulator's lock for most of the pass.
+    pub fn list_shared(&self, rt: &ResourceType) -> Vec<Arc<Value>> {
+        let api_version = rt.api_version();
+        self.objects
+            .range((rt.storage, String::new(), String::new())..)
+            .take_while(|((s, _, _), _)| *s == rt.storage)
+            .map(|(_, o)| {
+                let served = convert::selects_as_stored(rt)
+                    && o.get("apiVersion").and_then(Value::as_str) == Some(api_version.as_str());
+                if served {
+                    Arc::clone(o)
+                } else {
+                    Arc::new(convert::from_storage(rt, o))
+                }
+            })
+            .collect()
     }
 
     fn commit(
@@ -345,7 +367,7 @@ impl Store {
             for uid in owner_uids(&obj) {
                 self.owned.entry(uid).or_default().insert(key.clone());
             }
-            self.objects.insert(key, obj.clone());
+            self.objects.insert(key, Arc::new(obj.clone()));
         }
         if crd::is_crd(rt) {
             self.sync_crd(&obj, kind == ChangeKind::Deleted);
@@ -396,7 +418,7 @@ impl Store {
         for uid in owner_uids(&obj) {
             self.owned.entry(uid).or_default().insert(key.clone());
         }
-        self.objects.insert(key, obj);
+        self.objects.insert(key, Arc::new(obj));
         self.oldest_watchable = self.rv;
         self.log.clear();
         Ok(())
@@ -971,6 +993,13 @@ impl Cluster for Store {
         }
     }
 
+    fn list_shared(&self, kind: Kind) -> Vec<Arc<Value>> {
+        match self.kind_type(kind) {
+            Some(rt) => Store::list_shared(self, rt),
+            None => Vec::new(),
+        }
+    }
+
     fn get(&self, kind: Kind, namespace: Option<&str>, name: &str) -> Option<Value> {
         Store::get_resource(self, self.kind_type(kind)?, namespace, name).ok()
     }
@@ -1077,6 +1106,39 @@ mod tests {
         assert_eq!(kept.len(), 1);
         assert_eq!(kept[0]["metadata"]["name"], "web.1");
         assert_eq!(kept[0]["apiVersion"], "events.k8s.io/v1");
+    }
+
+    /// A controller pass reads each kind whole: the objects are the store's own (no copy), and
+    /// a write after the list replaces the stored object without changing what was listed.
+    #[test]
+    fn a_shared_list_is_the_stored_objects_and_stays_as_listed() {
+        let mut s = Store::new(100);
+        s.create_resource(deploy_rt(), Some("default"), web(), false)
+            .unwrap();
+        let first = s.list_shared(deploy_rt());
+        let again = s.list_shared(deploy_rt());
+        assert_eq!(first.len(), 1);
+        assert!(Arc::ptr_eq(&first[0], &again[0]), "listed by copying");
+        assert_eq!(*first[0], s.list_resource(deploy_rt(), None)[0]);
+
+        let mut scaled = s.get_resource(deploy_rt(), Some("default"), "web").unwrap();
+        scaled["spec"]["replicas"] = json!(5);
+        s.update_resource(deploy_rt(), Some("default"), "web", scaled, false)
+            .unwrap();
+        let after = s.list_shared(deploy_rt());
+        assert_eq!(after[0]["spec"]["replicas"], 5);
+        assert_ne!(first[0]["spec"]["replicas"], 5, "a listed object changed under its reader");
+
+        // A kind served under another name is converted, as any list of it is.
+        let core = resources::by_kind("v1", "Event").unwrap();
+        let event = json!({"apiVersion": "v1", "kind": "Event", "metadata": {"name": "web.1"},
+            "involvedObject": {"kind": "Deployment", "name": "web"}, "reason": "Scaled"});
+        s.create_resource(core, Some("default"), event, false)
+            .unwrap();
+        let events = resources::by_plural("events.k8s.io", "v1", "events").unwrap();
+        let listed = s.list_shared(events);
+        assert_eq!(listed[0]["apiVersion"], "events.k8s.io/v1");
+        assert_eq!(listed[0]["regarding"]["name"], "web");
     }
 
     #[test]

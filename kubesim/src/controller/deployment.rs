@@ -49,7 +49,7 @@ pub(crate) fn sync_deployments(cluster: &mut PassCluster<'_>, now: Timestamp) {
             .flatten();
         let candidates: Vec<Value> = owned.chain(ns_orphans).map(|rs| (*rs).clone()).collect();
         let key = obj::key(d);
-        if let Err(error) = dc.sync_deployment(d.clone(), &candidates) {
+        if let Err(error) = dc.sync_deployment(Value::clone(d), &candidates) {
             super::log_error("deployment", &key, &error);
         }
     }

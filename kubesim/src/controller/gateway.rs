@@ -5,6 +5,8 @@
 //! exists and False with reason `BackendNotFound` (naming the missing ones) otherwise.
 //! Routes without parents get no status, as no controller would claim them.
 
+use std::sync::Arc;
+
 use serde_json::{Value, json};
 
 use super::{PassCluster, obj};
@@ -30,7 +32,7 @@ pub(crate) fn sync_routes(cluster: &mut PassCluster<'_>) {
 fn sync_route(
     cluster: &mut dyn Cluster,
     route: &Value,
-    services: &[Value],
+    services: &[Arc<Value>],
 ) -> Result<(), ClusterError> {
     let ns = obj::namespace(route).unwrap_or("default");
     let parents = route

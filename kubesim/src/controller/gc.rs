@@ -4,6 +4,7 @@
 //! orphaning delete (which strips ownerReferences) leaves nothing for it to do.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -31,7 +32,7 @@ pub(crate) fn collect_garbage(cluster: &mut PassCluster<'_>) {
     }
 }
 
-fn uids(objects: &[Value]) -> HashSet<String> {
+fn uids(objects: &[Arc<Value>]) -> HashSet<String> {
     objects.iter().map(|o| obj::uid(o).to_owned()).collect()
 }
 

@@ -81,7 +81,7 @@ pub(crate) fn sync_pods(cluster: &mut PassCluster<'_>, cfg: &ControllerConfig, n
             continue;
         }
         let key = obj::key(pod);
-        if let Err(error) = sync_pod(cluster, cfg, now, pod.clone(), &mut nodes, &by_name) {
+        if let Err(error) = sync_pod(cluster, cfg, now, Value::clone(pod), &mut nodes, &by_name) {
             super::log_error("kubelet", &key, &error);
         }
     }

@@ -57,6 +57,7 @@ mod testing;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -166,23 +167,29 @@ fn image_tag(image: &str) -> Option<&str> {
 /// Runs every controller over the whole cluster until a pass writes nothing (bounded by
 /// [`ControllerConfig::max_passes`]). Called by the server after every write and on a tick.
 pub fn reconcile(cluster: &mut dyn Cluster, cfg: &ControllerConfig) {
-    let mut pass_cluster = PassCluster {
-        inner: cluster,
-        writes: 0,
-        lists: RefCell::new(HashMap::new()),
-    };
     for pass in 0..cfg.max_passes.max(1) {
-        pass_cluster.writes = 0;
-        run_pass(&mut pass_cluster, cfg);
-        if pass_cluster.writes == 0 {
+        let writes = reconcile_pass(cluster, cfg);
+        if writes == 0 {
             return;
         }
-        tracing::trace!(pass, writes = pass_cluster.writes, "controller pass wrote");
+        tracing::trace!(pass, writes, "controller pass wrote");
     }
     tracing::debug!(
         max_passes = cfg.max_passes,
         "controllers still writing after the last pass"
     );
+}
+
+/// One pass of every controller over the whole cluster; how many writes it made (none: the
+/// controllers have settled).
+pub fn reconcile_pass(cluster: &mut dyn Cluster, cfg: &ControllerConfig) -> usize {
+    let mut pass_cluster = PassCluster {
+        inner: cluster,
+        writes: 0,
+        lists: RefCell::new(HashMap::new()),
+    };
+    run_pass(&mut pass_cluster, cfg);
+    pass_cluster.writes
 }
 
 /// One pass of every controller, in the order the objects flow.
@@ -202,14 +209,14 @@ fn log_error(controller: &'static str, key: &str, error: &ClusterError) {
     tracing::debug!(controller, key, error = %error, "sync failed, will retry on the next pass");
 }
 
-/// The [`Cluster`] the controllers see during one [`reconcile`]: it counts successful writes
-/// (so a quiet pass ends the loop) and remembers each kind's full list until a write to that
-/// kind, so the controllers of a pass share one sweep of the store per kind, like informers
-/// sharing a cache.
+/// The [`Cluster`] the controllers see during one pass: it counts successful writes (so a
+/// quiet pass ends the loop) and remembers each kind's full list until a write to that kind,
+/// so the controllers of a pass share one sweep of the store per kind, like informers sharing
+/// a cache.
 pub(crate) struct PassCluster<'a> {
     inner: &'a mut dyn Cluster,
     writes: usize,
-    lists: RefCell<HashMap<Kind, Rc<Vec<Value>>>>,
+    lists: RefCell<HashMap<Kind, Rc<Vec<Arc<Value>>>>>,
 }
 
 impl PassCluster<'_> {
@@ -221,13 +228,14 @@ impl PassCluster<'_> {
         result
     }
 
-    /// Every object of `kind`, shared (not cloned) until a write to that kind.
-    pub(crate) fn all(&self, kind: Kind) -> Rc<Vec<Value>> {
+    /// Every object of `kind`, shared with the store (not copied), listed again after a
+    /// write to that kind.
+    pub(crate) fn all(&self, kind: Kind) -> Rc<Vec<Arc<Value>>> {
         let mut lists = self.lists.borrow_mut();
         Rc::clone(
             lists
                 .entry(kind)
-                .or_insert_with(|| Rc::new(self.inner.list(kind, None))),
+                .or_insert_with(|| Rc::new(self.inner.list_shared(kind))),
         )
     }
 }
@@ -236,11 +244,11 @@ impl Cluster for PassCluster<'_> {
     fn list(&self, kind: Kind, namespace: Option<&str>) -> Vec<Value> {
         let all = self.all(kind);
         match namespace {
-            None => all.as_ref().clone(),
+            None => all.iter().map(|o| Value::clone(o)).collect(),
             Some(ns) => all
                 .iter()
                 .filter(|o| obj::namespace(o).is_none_or(|n| n == ns))
-                .cloned()
+                .map(|o| Value::clone(o))
                 .collect(),
         }
     }

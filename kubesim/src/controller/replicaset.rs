@@ -8,6 +8,7 @@
 
 use std::cmp::Reverse;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use jiff::Timestamp;
 use serde_json::{Value, json};
@@ -36,7 +37,9 @@ pub(crate) fn sync_replica_sets(
     let pods = PodIndex::new(&all_pods);
     for rs in rses.iter() {
         let key = obj::key(rs);
-        if let Err(error) = sync_replica_set(cluster, now, rs.clone(), &pods, toleration_seconds) {
+        if let Err(error) =
+            sync_replica_set(cluster, now, Value::clone(rs), &pods, toleration_seconds)
+        {
             super::log_error("replicaset", &key, &error);
         }
     }
@@ -50,7 +53,7 @@ struct PodIndex<'a> {
 }
 
 impl<'a> PodIndex<'a> {
-    fn new(pods: &'a [Value]) -> Self {
+    fn new(pods: &'a [Arc<Value>]) -> Self {
         let mut index = PodIndex {
             by_owner: HashMap::new(),
             orphans: HashMap::new(),

@@ -1127,7 +1127,10 @@ mod tests {
             .unwrap();
         let after = s.list_shared(deploy_rt());
         assert_eq!(after[0]["spec"]["replicas"], 5);
-        assert_ne!(first[0]["spec"]["replicas"], 5, "a listed object changed under its reader");
+        assert_ne!(
+            first[0]["spec"]["replicas"], 5,
+            "a listed object changed under its reader"
+        );
 
         // A kind served under another name is converted, as any list of it is.
         let core = resources::by_kind("v1", "Event").unwrap();

@@ -23,7 +23,7 @@ use async_nats::connection::State;
 use async_nats::jetstream::consumer::{self, AckPolicy, pull};
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
-use async_nats::jetstream::message::{AckKind, Acker, PublishMessage};
+use async_nats::jetstream::message::{AckKind, PublishMessage};
 use async_nats::jetstream::stream::{self, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self, Context};
 use firebreak_event::Event;
@@ -736,7 +736,11 @@ async fn decode(message: jetstream::Message) -> Option<Delivery> {
         ),
         Err(_) => (1, Timestamp::now()),
     };
-    let (message, acker) = message.split();
+    let ack = NatsAck {
+        client: message.context.client(),
+        reply: message.reply.clone(),
+    };
+    let message = message.message;
     let parsed = serde_json::from_slice::<Event>(&message.payload)
         .map_err(|e| e.to_string())
         .and_then(|event| {
@@ -758,7 +762,7 @@ async fn decode(message: jetstream::Message) -> Option<Delivery> {
             Arc::new(event),
             attempt,
             published,
-            Box::new(NatsAck { acker }),
+            Box::new(ack),
         )),
         Err(e) => {
             error!(subject = %message.subject, error = %e, "a message that is not an event of its subject; handing it on to be parked");
@@ -768,43 +772,57 @@ async fn decode(message: jetstream::Message) -> Option<Delivery> {
                 Arc::new(event),
                 attempt,
                 published,
-                Box::new(NatsAck { acker }),
+                Box::new(ack),
             ))
         }
     }
 }
 
+/// Acks a delivery on its reply subject. Not `Acker`: its double ack subscribes to a new
+/// inbox for each ack (a SUB and an UNSUB per event, and nats-server's subject cache rebuilt
+/// each time); a request on the client's shared inbox waits for the same confirmation.
 struct NatsAck {
-    acker: Acker,
+    client: async_nats::Client,
+    reply: Option<async_nats::Subject>,
+}
+
+impl NatsAck {
+    fn reply(&self, op: &'static str) -> Result<async_nats::Subject, BusError> {
+        self.reply.clone().ok_or_else(|| {
+            BusError::nats(
+                op,
+                BusErrorKind::Permanent,
+                "not a JetStream message (no reply subject)",
+            )
+        })
+    }
+
+    async fn send(&self, op: &'static str, kind: AckKind) -> Result<(), BusError> {
+        self.client
+            .publish(self.reply(op)?, kind.into())
+            .await
+            .map_err(|e| BusError::nats(op, BusErrorKind::Transient, e))
+    }
 }
 
 impl AckHandle for NatsAck {
     fn ack(&self) -> BoxFuture<'_, Result<(), BusError>> {
         // Double ack: Ok only once the server confirmed, so an acked run is not redelivered.
         Box::pin(async move {
-            self.acker
-                .double_ack()
+            self.client
+                .request(self.reply("ack")?, AckKind::Ack.into())
                 .await
+                .map(drop)
                 .map_err(|e| BusError::nats("ack", BusErrorKind::Transient, e))
         })
     }
 
     fn nak(&self, delay: Duration) -> BoxFuture<'_, Result<(), BusError>> {
-        Box::pin(async move {
-            self.acker
-                .ack_with(AckKind::Nak(Some(delay)))
-                .await
-                .map_err(|e| BusError::nats("nak", BusErrorKind::Transient, e))
-        })
+        Box::pin(self.send("nak", AckKind::Nak(Some(delay))))
     }
 
     fn in_progress(&self) -> BoxFuture<'_, Result<(), BusError>> {
-        Box::pin(async move {
-            self.acker
-                .ack_with(AckKind::Progress)
-                .await
-                .map_err(|e| BusError::nats("in progress", BusErrorKind::Transient, e))
-        })
+        Box::pin(self.send("in progress", AckKind::Progress))
     }
 }
 

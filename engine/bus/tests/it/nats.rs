@@ -74,6 +74,56 @@ async fn publish_consume_ack() {
     suite::publish_consume_ack(&mut Nats::new(ACK_WAIT)).await;
 }
 
+/// nats-server's subscription statistics (`/subsz` on its monitoring port).
+async fn subsz(http: u16) -> serde_json::Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", http))
+        .await
+        .expect("monitoring port");
+    conn.write_all(b"GET /subsz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).await.unwrap();
+    let (_, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    serde_json::from_str(body).expect("JSON")
+}
+
+/// An ack is confirmed by the server (a double ack) on the connection's shared reply inbox:
+/// acking many events adds no subscription per event to nats-server (each would be a SUB, an
+/// UNSUB and its subject cache rebuilt).
+#[tokio::test]
+async fn acks_are_confirmed_without_a_subscription_each() {
+    let http = firebreak_bus::port::free_loopback_port().unwrap();
+    let server =
+        NatsServer::start_with_config(&format!("http: \"127.0.0.1:{http}\"\n"), &[]).unwrap();
+    let mut nats = Nats::on(
+        server,
+        NatsOptions {
+            ack_wait: ACK_WAIT,
+            fetch_batch: 10,
+            ..NatsOptions::default()
+        },
+    );
+    let bus = nats.connect().await;
+    let mut stream = bus.consume().await.expect("consume");
+    const EVENTS: u64 = 50;
+    let events: Vec<_> = (0..EVENTS).map(|n| event(&format!("ack-{n}"))).collect();
+    bus.publish(events).await.expect("publish");
+    let first = next(&mut stream).await;
+    let before = subsz(http).await["num_inserts"].as_u64().unwrap();
+    first.ack().await.expect("ack");
+    for _ in 1..EVENTS {
+        next(&mut stream).await.ack().await.expect("ack");
+    }
+    let inserts = subsz(http).await["num_inserts"].as_u64().unwrap() - before;
+    assert!(
+        inserts < EVENTS / 5,
+        "{inserts} subscriptions made while acking {EVENTS} events"
+    );
+    suite::assert_quiet(&mut stream).await;
+}
+
 #[tokio::test]
 async fn dedupe_by_id() {
     suite::dedupe_by_id(&mut Nats::new(ACK_WAIT)).await;

@@ -365,13 +365,7 @@ async fn serve_starts_without_nats_and_takes_work_once_it_connects() {
     assert_eq!(body["error"]["code"], "bus_unavailable", "{body}");
 
     nats.restart().expect("nats-server comes up");
-    wait_for(
-        "serve to connect",
-        Duration::from_secs(30),
-        || serve.log_tail(),
-        || async { (serve.get("/readyz", None).await.0 == 200).then_some(()) },
-    )
-    .await;
+    connected(&serve).await;
     let (status, body) = serve.post("/v1/alertmanager", None, alert(2)).await;
     assert_eq!(status, 202, "{body}");
     let journal = serve
@@ -380,6 +374,32 @@ async fn serve_starts_without_nats_and_takes_work_once_it_connects() {
         })
         .await;
     assert_eq!(journal.finished("tick")[0].status(), Some("succeeded"));
+}
+
+/// Waits until `serve` says it is ready (`/readyz` 200): it has connected to NATS.
+async fn connected(serve: &Serve) {
+    wait_for(
+        "serve to connect to NATS",
+        Duration::from_secs(30),
+        || serve.log_tail(),
+        || async { (serve.get("/readyz", None).await.0 == 200).then_some(()) },
+    )
+    .await;
+}
+
+/// `serve` with the tick runbook on the cluster at `urls`, everything at three replicas.
+async fn serve_on_cluster(tmp: &tempfile::TempDir, urls: &[String]) -> Serve {
+    Serve::start(
+        &tick_runbook(tmp),
+        ServeOpts {
+            env: vec![
+                ("FIREBREAK_NATS_URL", urls.join(",")),
+                ("FIREBREAK_NATS_REPLICAS", "3".into()),
+            ],
+            ..ServeOpts::default()
+        },
+    )
+    .await
 }
 
 /// Which node of `nodes` leads `stream` (by `server_name`, `n1`…), once it has a leader.
@@ -413,18 +433,7 @@ async fn a_three_node_cluster_loses_no_alert_when_a_node_or_the_leader_fails() {
     let mut nodes = NatsServer::start_cluster(3).expect("three nats-server nodes");
     let urls: Vec<String> = nodes.iter().map(NatsServer::url).collect();
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tick_runbook(&tmp);
-    let serve = Serve::start(
-        &dir,
-        ServeOpts {
-            env: vec![
-                ("FIREBREAK_NATS_URL", urls.join(",")),
-                ("FIREBREAK_NATS_REPLICAS", "3".into()),
-            ],
-            ..ServeOpts::default()
-        },
-    )
-    .await;
+    let serve = serve_on_cluster(&tmp, &urls).await;
     let load = Load::start(&serve);
     let runs = || serve.journal().runs().len();
     let grown = |by: usize, what: &'static str| {
@@ -523,25 +532,8 @@ async fn audit_verify_waits_for_a_cluster_that_is_electing() {
     let mut nodes = NatsServer::start_cluster(3).expect("three nats-server nodes");
     let urls: Vec<String> = nodes.iter().map(NatsServer::url).collect();
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tick_runbook(&tmp);
-    let serve = Serve::start(
-        &dir,
-        ServeOpts {
-            env: vec![
-                ("FIREBREAK_NATS_URL", urls.join(",")),
-                ("FIREBREAK_NATS_REPLICAS", "3".into()),
-            ],
-            ..ServeOpts::default()
-        },
-    )
-    .await;
-    wait_for(
-        "serve to connect to the cluster",
-        Duration::from_secs(30),
-        || serve.log_tail(),
-        || async { (serve.get("/readyz", None).await.0 == 200).then_some(()) },
-    )
-    .await;
+    let serve = serve_on_cluster(&tmp, &urls).await;
+    connected(&serve).await;
     let (status, body) = serve.post("/v1/alertmanager", None, alert(1)).await;
     assert_eq!(status, 202, "{body}");
     serve

@@ -62,6 +62,13 @@ pub fn selects_as_stored(rt: &ResourceType) -> bool {
     rt.group != "events.k8s.io"
 }
 
+/// Whether `obj`, as stored, is already the form `rt` serves (nothing to convert).
+pub fn served_as_stored(rt: &ResourceType, obj: &Value) -> bool {
+    selects_as_stored(rt)
+        && (!obj.is_object()
+            || obj.get("apiVersion").and_then(Value::as_str) == Some(rt.api_version().as_str()))
+}
+
 /// The object as served by `rt`, from its stored form.
 pub fn from_storage(rt: &ResourceType, obj: &Value) -> Value {
     if rt.group == "events.k8s.io" {
@@ -70,9 +77,7 @@ pub fn from_storage(rt: &ResourceType, obj: &Value) -> Value {
         return out;
     }
     let mut out = obj.clone();
-    if out.get("apiVersion").and_then(Value::as_str) != Some(rt.api_version().as_str())
-        && out.is_object()
-    {
+    if !served_as_stored(rt, &out) {
         out["apiVersion"] = Value::from(rt.api_version());
     }
     out

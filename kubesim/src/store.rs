@@ -293,9 +293,7 @@ impl Store {
         keep: impl Fn(&Value) -> bool,
     ) -> Vec<Value> {
         let stored = self
-            .objects
-            .range((rt.storage, String::new(), String::new())..)
-            .take_while(|((s, _, _), _)| *s == rt.storage)
+            .stored(rt)
             .filter(|((_, n, _), _)| ns.is_none() || !rt.namespaced || Some(n.as_str()) == ns)
             .map(|(_, o)| &**o);
         if convert::selects_as_stored(rt) {
@@ -320,20 +318,22 @@ impl Store {
     /// where its served form is its stored form: a controller pass reads each kind whole, and
     /// copying thousands of Pods for it held the simulator's lock for most of the pass.
     pub fn list_shared(&self, rt: &ResourceType) -> Vec<Arc<Value>> {
-        let api_version = rt.api_version();
-        self.objects
-            .range((rt.storage, String::new(), String::new())..)
-            .take_while(|((s, _, _), _)| *s == rt.storage)
+        self.stored(rt)
             .map(|(_, o)| {
-                let served = convert::selects_as_stored(rt)
-                    && o.get("apiVersion").and_then(Value::as_str) == Some(api_version.as_str());
-                if served {
+                if convert::served_as_stored(rt, o) {
                     Arc::clone(o)
                 } else {
                     Arc::new(convert::from_storage(rt, o))
                 }
             })
             .collect()
+    }
+
+    /// Every stored object of `rt`'s storage, by key (namespace, name).
+    fn stored(&self, rt: &ResourceType) -> impl Iterator<Item = (&Key, &Arc<Value>)> {
+        self.objects
+            .range((rt.storage, String::new(), String::new())..)
+            .take_while(move |((s, _, _), _)| *s == rt.storage)
     }
 
     fn commit(
@@ -801,11 +801,8 @@ impl Store {
         let Some(t) = self.types.by_storage(storage) else {
             return;
         };
-        let storage = t.storage;
         let victims: Vec<(String, String)> = self
-            .objects
-            .range((storage, String::new(), String::new())..)
-            .take_while(|((s, _, _), _)| *s == storage)
+            .stored(t)
             .map(|((_, ns, name), _)| (ns.clone(), name.clone()))
             .collect();
         for (ns, name) in victims {

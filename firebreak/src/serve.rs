@@ -437,9 +437,12 @@ impl Engine {
                 "runs still inside a step at shutdown; they resume after the next start"
             );
         }
-        // 3. background loops (runbook reload, k8s watcher)
+        // 3. background loops (runbook reload, k8s watcher, lease renewal); then, with leases,
+        //    this replica's heartbeat ends, so the others read its locks at their next scan
+        //    and take the runs suspended above over
         self.background.close();
         self.background.wait().await;
+        self.dispatcher.leave().await;
         // 4. sign the journal's tail: nothing but the next engine may append after this
         if let Err(e) = self.dispatcher.journal.checkpoint(true).await {
             warn!(error = %e, "cannot sign the audit journal's closing checkpoint");

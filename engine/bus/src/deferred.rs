@@ -259,6 +259,14 @@ impl RunLeases for DeferredNats {
         forward!(self.state().orphans())
     }
 
+    fn beat(&self) -> BoxFuture<'_, Result<(), BusError>> {
+        forward!(self.state().beat())
+    }
+
+    fn leave(&self) -> BoxFuture<'_, Result<(), BusError>> {
+        forward!(self.state().leave())
+    }
+
     fn take_over(&self, orphan: &Orphan, ttl: Duration) -> BoxFuture<'_, Result<bool, BusError>> {
         forward!(self.state().take_over(orphan, ttl))
     }

@@ -166,4 +166,7 @@ pub(crate) struct LockValue {
     /// Until when that replica's lease runs (unix ms); it renews it while the run goes on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_ms: Option<i64>,
+    /// The replica's incarnation that wrote the lease (see `nats::Beat`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incarnation: Option<String>,
 }

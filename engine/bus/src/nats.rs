@@ -867,97 +867,55 @@ pub struct NatsStateStore {
     /// For reading a run's journal lines back ([`RunLeases::run_lines`]).
     js: Context,
     audit_stream: String,
-    /// With run leases: every lock's newest entry, kept up by a watch (see [`LockView`]) that
-    /// stops when the store goes.
-    view: Option<(Arc<LockView>, tokio_util::sync::DropGuard)>,
+    /// Replicas' heartbeats (see [`Beat`]).
+    replicas: kv::Store,
+    /// This process's heartbeat key and incarnation (see [`Beat`]).
+    beat_key: String,
+    incarnation: String,
+    /// The heartbeat last written: until when, and how many leases were given up.
+    beat: std::sync::Mutex<(i64, u64)>,
+    /// Lease scans: how many so far, and each other incarnation's `released` as last seen.
+    scans: std::sync::Mutex<(u64, std::collections::HashMap<String, u64>)>,
 }
 
-/// Every lock's newest entry, kept up by a watch of the lock bucket, so the lease scan every
-/// third of a lease reads memory instead of the bucket. The bucket holds a delete marker per
-/// released lock until the sweep (every 5 minutes): at 1,000 runs/s each scan read thousands
-/// and run starts, writing to the same bucket, waited behind it (start latency p99 31-64 ms
-/// at 1,000 alerts/s, 2.7-3.2 ms without the scan).
-#[derive(Default)]
-struct LockView {
-    state: std::sync::Mutex<LockViewState>,
-    /// Woken at every entry applied.
-    applied: tokio::sync::Notify,
+/// A replica's heartbeat in the `firebreak_replicas` bucket, under `<replica>/<incarnation>`.
+///
+/// Replicas do not follow each other's lock writes (a watch of the lock bucket per replica
+/// cost a delivery of every lock write to every replica, which with many replicas becomes the
+/// cluster's limit; `docs/SCALING.md`). Instead each replica renews one heartbeat, after a
+/// round in which it renewed every lease it holds, so a lease can run out only once its
+/// replica's heartbeat has; and a lease scan reads the lock bucket only when a heartbeat ended,
+/// when a replica gave a lease up (`released` changed), and at a replica's first scan.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Beat {
+    replica: String,
+    incarnation: String,
+    /// Until when the replica vouches for its leases (unix ms); 0 once it left.
+    until_ms: i64,
+    /// How many leases this incarnation gave up so far.
+    #[serde(default)]
+    released: u64,
 }
 
-#[derive(Default)]
-struct LockViewState {
-    /// KV key → the lock stored there (keys whose newest entry is a delete are absent).
-    locks: std::collections::HashMap<String, LockValue>,
-    /// The stream sequence of the newest entry applied.
-    seq: u64,
+/// A lease scan of every [`SAFETY_EVERY`]th round reads the lock bucket even with every
+/// heartbeat live, by one replica (the one whose heartbeat key sorts first): a lock left by an
+/// engine that keeps no heartbeat (an older version) is found within that many rounds.
+const SAFETY_EVERY: u64 = 20;
+
+/// How long a heartbeat nobody deleted (its replica left, and nobody scanned since) stays.
+const BEAT_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// A name for this process's run of a replica: a restarted replica (the same name) is a new
+/// incarnation, so its old heartbeat ends while the new one goes on.
+fn incarnation() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(
+        "{:x}-{:x}-{n}",
+        Timestamp::now().as_nanosecond(),
+        std::process::id()
+    )
 }
-
-impl LockView {
-    fn state(&self) -> std::sync::MutexGuard<'_, LockViewState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Waits until the view has applied the bucket's entries up to `seq`; `false` after
-    /// `limit` (the watch is down or behind, or the newest entry was purged).
-    async fn caught_up(&self, seq: u64, limit: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let applied = self.applied.notified();
-            if self.state().seq >= seq {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline, applied).await.is_err() {
-                return false;
-            }
-        }
-    }
-
-    /// Follows the lock bucket from its history on until `stop`, starting over after an error.
-    async fn follow(self: Arc<Self>, locks: kv::Store, stop: CancellationToken) {
-        loop {
-            match locks.watch_with_history(">").await {
-                Ok(mut watch) => {
-                    *self.state() = LockViewState::default();
-                    loop {
-                        let entry = tokio::select! {
-                            () = stop.cancelled() => return,
-                            entry = watch.next() => entry,
-                        };
-                        match entry {
-                            Some(Ok(entry)) => {
-                                let mut state = self.state();
-                                match serde_json::from_slice::<LockValue>(&entry.value) {
-                                    Ok(lock) if entry.operation == Operation::Put => {
-                                        state.locks.insert(entry.key, lock);
-                                    }
-                                    _ => {
-                                        state.locks.remove(&entry.key);
-                                    }
-                                }
-                                state.seq = state.seq.max(entry.revision);
-                                drop(state);
-                                self.applied.notify_waiters();
-                            }
-                            Some(Err(e)) => {
-                                warn!(error = %e, "lock bucket watch failed; starting over");
-                                break;
-                            }
-                            None => break,
-                        }
-                    }
-                }
-                Err(e) => warn!(error = %e, "cannot watch the lock bucket; trying again"),
-            }
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-        }
-    }
-}
-
-/// How long a lease scan waits for the lock view to catch up before it reads the bucket.
-const VIEW_WAIT: Duration = Duration::from_millis(200);
 
 fn kv_err(op: &str, e: impl Into<Cause>) -> BusError {
     BusError::nats(op.to_owned(), BusErrorKind::Transient, e)
@@ -1092,7 +1050,7 @@ impl NatsStateStore {
                     .map_err(|e| unavailable(Box::new(e)))
             }
         };
-        Ok(NatsStateStore {
+        let mut store = NatsStateStore {
             locks: bucket("firebreak_locks", "run concurrency locks", Duration::ZERO).await?,
             cooldowns: bucket("firebreak_cooldowns", "runbook cooldowns", Duration::ZERO).await?,
             budgets: bucket(
@@ -1102,24 +1060,85 @@ impl NatsStateStore {
             )
             .await?,
             runs: bucket("firebreak_runs", "run state", opts.run_retention).await?,
+            replicas: bucket("firebreak_replicas", "replica heartbeats", BEAT_RETENTION).await?,
             held: Default::default(),
             replica: opts.replica.clone().map(|r| (r, opts.run_lease)),
             js,
             audit_stream: opts.audit_stream.clone(),
-            view: None,
+            beat_key: String::new(),
+            incarnation: incarnation(),
+            beat: Default::default(),
+            scans: Default::default(),
+        };
+        store.beat_key = kv_key(&format!("{}/{}", store.replica(), store.incarnation));
+        // Before this replica takes its first lock: a lease can only run out after this ends.
+        if store.replica.is_some() {
+            store
+                .write_beat(
+                    Some(crate::now_ms() + opts.run_lease.as_millis() as i64),
+                    false,
+                )
+                .await?;
         }
-        .with_view())
+        Ok(store)
     }
 
-    /// With run leases, starts following the lock bucket (see [`LockView`]).
-    fn with_view(mut self) -> NatsStateStore {
-        if self.replica.is_some() {
-            let view = Arc::new(LockView::default());
-            let stop = CancellationToken::new();
-            tokio::spawn(view.clone().follow(self.locks.clone(), stop.clone()));
-            self.view = Some((view, stop.drop_guard()));
+    /// Writes this replica's heartbeat: valid `until` (unix ms; keeps the last one when
+    /// `None`), one more lease given up when `released`.
+    async fn write_beat(&self, until: Option<i64>, released: bool) -> Result<(), BusError> {
+        let beat = {
+            let mut beat = self.beat.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(until) = until {
+                beat.0 = until;
+            }
+            beat.1 += u64::from(released);
+            Beat {
+                replica: self.replica().to_owned(),
+                incarnation: self.incarnation.clone(),
+                until_ms: beat.0,
+                released: beat.1,
+            }
+        };
+        kv_put_json(&self.replicas, self.beat_key.clone(), &beat, "heartbeat").await
+    }
+
+    /// Every replica's heartbeat but this one's: (key, revision, beat).
+    async fn beats(&self) -> Result<Vec<(String, u64, Beat)>, BusError> {
+        let mut beats = Vec::new();
+        for (key, revision, value) in list_bucket(&self.replicas, "kv list heartbeats").await? {
+            if key == self.beat_key {
+                continue;
+            }
+            if let Ok(beat) = serde_json::from_slice::<Beat>(&value) {
+                beats.push((key, revision, beat));
+            }
         }
-        self
+        Ok(beats)
+    }
+
+    /// Whether this lease scan must read the lock bucket, given the other replicas' `beats`:
+    /// at the first scan, when a heartbeat ended or a replica gave a lease up since the last
+    /// scan, and every [`SAFETY_EVERY`]th round on the replica whose key sorts first.
+    fn must_read_locks(&self, beats: &[(String, u64, Beat)], now: i64) -> bool {
+        let mut scans = self.scans.lock().unwrap_or_else(|p| p.into_inner());
+        let (round, seen) = &mut *scans;
+        let first = *round == 0;
+        *round += 1;
+        let mut read = first || beats.iter().any(|(_, _, beat)| beat.until_ms <= now);
+        let mut now_seen = std::collections::HashMap::with_capacity(beats.len());
+        for (key, _, beat) in beats {
+            // A replica first seen here may have given a lease up before this scan saw it.
+            read |= seen
+                .get(key)
+                .map_or(beat.released > 0, |&released| released != beat.released);
+            now_seen.insert(key.clone(), beat.released);
+        }
+        *seen = now_seen;
+        let first_live = beats
+            .iter()
+            .filter(|(_, _, beat)| beat.until_ms > now)
+            .all(|(key, _, _)| *key > self.beat_key);
+        read || (*round % SAFETY_EVERY == 0 && first_live)
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (String, u64)>> {
@@ -1158,6 +1177,7 @@ impl NatsStateStore {
                 .replica
                 .as_ref()
                 .map(|(_, lease)| now + lease.as_millis() as i64),
+            incarnation: self.replica.as_ref().map(|_| self.incarnation.clone()),
         };
         serde_json::to_vec(&value).map_err(|e| codec("lock", e))
     }
@@ -1521,8 +1541,56 @@ async fn read_subject(
     }
 }
 
-/// Bound on listing the lock bucket for orphans.
+/// Bound on listing a bucket ([`list_bucket`]).
 const LIST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Every live key of `store`: (key, revision, value), its newest entry a put. `what` names
+/// the listing in errors.
+async fn list_bucket(
+    store: &kv::Store,
+    what: &str,
+) -> Result<Vec<(String, u64, bytes::Bytes)>, BusError> {
+    // Fresh stream info (a bound bucket's status is its info when bound): a watch of an empty
+    // bucket would wait for its first entry.
+    let info = store.stream.get_info().await.map_err(|e| kv_err(what, e))?;
+    if info.state.messages == 0 {
+        return Ok(Vec::new());
+    }
+    // The newest entry of every key, then stop once caught up (`delta` 0).
+    let mut watch = store
+        .watch_with_history(">")
+        .await
+        .map_err(|e| kv_err(what, e))?;
+    let mut live = std::collections::HashMap::new();
+    let listing = async {
+        while let Some(entry) = watch.next().await {
+            let entry = entry.map_err(|e| kv_err(what, e))?;
+            if entry.operation == Operation::Put {
+                live.insert(entry.key, (entry.revision, entry.value));
+            } else {
+                live.remove(&entry.key);
+            }
+            if entry.delta == 0 {
+                break;
+            }
+        }
+        Ok::<_, BusError>(())
+    };
+    match tokio::time::timeout(LIST_TIMEOUT, listing).await {
+        Ok(listed) => listed?,
+        Err(_) => {
+            return Err(BusError::nats(
+                what.to_owned(),
+                BusErrorKind::Unavailable,
+                "timed out",
+            ));
+        }
+    }
+    Ok(live
+        .into_iter()
+        .map(|(key, (revision, value))| (key, revision, value))
+        .collect())
+}
 
 impl RunLeases for NatsStateStore {
     fn replica(&self) -> &str {
@@ -1550,89 +1618,79 @@ impl RunLeases for NatsStateStore {
     fn release(&self, key: &str, owner: &str) -> BoxFuture<'_, Result<bool, BusError>> {
         let (key, owner) = (kv_key(key), owner.to_owned());
         Box::pin(async move {
-            self.update_lock(
-                &key,
-                |lock, _| self.ours(lock, &owner),
-                |lock, _| {
-                    let released = LockValue {
-                        lease_ms: Some(0),
-                        ..lock.clone()
-                    };
-                    serde_json::to_vec(&released).map_err(|e| codec("lock", e))
-                },
-            )
-            .await
+            let released = self
+                .update_lock(
+                    &key,
+                    |lock, _| self.ours(lock, &owner),
+                    |lock, _| {
+                        let released = LockValue {
+                            lease_ms: Some(0),
+                            ..lock.clone()
+                        };
+                        serde_json::to_vec(&released).map_err(|e| codec("lock", e))
+                    },
+                )
+                .await?;
+            // Others read the locks at their next scan (see [`Beat`]).
+            if released {
+                self.write_beat(None, true).await?;
+            }
+            Ok(released)
         })
     }
 
     fn orphans(&self) -> BoxFuture<'_, Result<Vec<Orphan>, BusError>> {
         Box::pin(async move {
-            // Fresh stream info (a bound bucket's status is its info when bound).
-            let info = self
-                .locks
-                .stream
-                .get_info()
-                .await
-                .map_err(|e| kv_err("kv lock bucket info", e))?;
-            if info.state.messages == 0 {
+            let beats = self.beats().await?;
+            let now = crate::now_ms();
+            if !self.must_read_locks(&beats, now) {
                 return Ok(Vec::new());
             }
-            let now = crate::now_ms();
-            let orphan = |key: &str, lock: &LockValue| match (&lock.replica, lock.lease_ms) {
-                (Some(replica), Some(lease_ms)) if lease_ms <= now => Some(Orphan {
-                    key: kv_key_decode(key),
-                    run_id: lock.owner.clone(),
-                    replica: replica.clone(),
-                    lease_ended: Timestamp::from_millisecond(lease_ms)
-                        .unwrap_or(Timestamp::UNIX_EPOCH),
-                }),
-                _ => None,
-            };
-            // Everything written before this scan began is in the view: read it there.
-            if let Some((view, _)) = &self.view
-                && view.caught_up(info.state.last_sequence, VIEW_WAIT).await
-            {
-                let state = view.state();
-                return Ok(state
-                    .locks
+            let locks: Vec<(String, LockValue)> = list_bucket(&self.locks, "kv list locks")
+                .await?
+                .into_iter()
+                .filter_map(|(key, _, value)| Some((key, serde_json::from_slice(&value).ok()?)))
+                .collect();
+            // A heartbeat that ended goes once no lock of its incarnation is left (taken over,
+            // released, or never taken); until then its locks are read at every scan.
+            for (key, revision, beat) in beats.iter().filter(|(_, _, b)| b.until_ms <= now) {
+                let left = locks
                     .iter()
-                    .filter_map(|(key, lock)| orphan(key, lock))
-                    .collect());
-            }
-            // The newest entry of every key, then stop once caught up (`delta` 0).
-            let mut watch = self
-                .locks
-                .watch_with_history(">")
-                .await
-                .map_err(|e| kv_err("kv list locks", e))?;
-            let mut orphans = Vec::new();
-            let listing = async {
-                while let Some(entry) = watch.next().await {
-                    let entry = entry.map_err(|e| kv_err("kv list locks", e))?;
-                    if entry.operation == Operation::Put
-                        && let Ok(lock) = serde_json::from_slice::<LockValue>(&entry.value)
-                        && let Some(orphan) = orphan(&entry.key, &lock)
-                    {
-                        orphans.push(orphan);
-                    }
-                    if entry.delta == 0 {
-                        break;
-                    }
-                }
-                Ok::<_, BusError>(())
-            };
-            match tokio::time::timeout(LIST_TIMEOUT, listing).await {
-                Ok(listed) => listed?,
-                Err(_) => {
-                    return Err(BusError::nats(
-                        "kv list locks",
-                        BusErrorKind::Unavailable,
-                        "timed out",
-                    ));
+                    .any(|(_, lock)| lock.incarnation.as_deref() == Some(&beat.incarnation));
+                if !left
+                    && let Err(e) = self
+                        .replicas
+                        .delete_expect_revision(key, Some(*revision))
+                        .await
+                {
+                    debug!(key = %key, error = %e, "an ended heartbeat was not deleted");
                 }
             }
-            Ok(orphans)
+            Ok(locks
+                .iter()
+                .filter_map(|(key, lock)| match (&lock.replica, lock.lease_ms) {
+                    (Some(replica), Some(lease_ms)) if lease_ms <= now => Some(Orphan {
+                        key: kv_key_decode(key),
+                        run_id: lock.owner.clone(),
+                        replica: replica.clone(),
+                        lease_ended: Timestamp::from_millisecond(lease_ms)
+                            .unwrap_or(Timestamp::UNIX_EPOCH),
+                    }),
+                    _ => None,
+                })
+                .collect())
         })
+    }
+
+    fn beat(&self) -> BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async move {
+            let until = crate::now_ms() + self.lease().as_millis() as i64;
+            self.write_beat(Some(until), false).await
+        })
+    }
+
+    fn leave(&self) -> BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async move { self.write_beat(Some(0), false).await })
     }
 
     fn take_over(&self, orphan: &Orphan, ttl: Duration) -> BoxFuture<'_, Result<bool, BusError>> {

@@ -128,8 +128,18 @@ pub trait RunLeases: Send + Sync {
     /// run): another replica may take the run over without waiting for the lease to run out.
     fn release(&self, key: &str, owner: &str) -> BoxFuture<'_, Result<bool, BusError>>;
 
-    /// Every held lock whose lease ran out: runs their replica left.
+    /// Every held lock whose lease ran out: runs their replica left. Reads the locks only
+    /// when a replica's heartbeat ended or it gave a lease up (and at the first scan, and now
+    /// and then on one replica); otherwise no lease can have run out, and it finds none.
     fn orphans(&self) -> BoxFuture<'_, Result<Vec<Orphan>, BusError>>;
+
+    /// Renews this replica's heartbeat for a lease from now. Call it after renewing every
+    /// lease this replica holds, and only if each renewal was answered: a lease then runs out
+    /// only after the heartbeat has, and a lease scan does not miss it.
+    fn beat(&self) -> BoxFuture<'_, Result<(), BusError>>;
+
+    /// Ends this replica's heartbeat (it stops): the others read its locks at their next scan.
+    fn leave(&self) -> BoxFuture<'_, Result<(), BusError>>;
 
     /// Moves `orphan`'s lease to this replica if it is still out and still the same replica's,
     /// and extends the lock to `ttl` from now. Of replicas racing, exactly one gets `true`.

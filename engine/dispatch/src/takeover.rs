@@ -89,6 +89,16 @@ impl Dispatcher {
         );
     }
 
+    /// Ends this replica's heartbeat (it stops, its runs suspended and their leases given
+    /// up): the other replicas read its locks at their next scan.
+    pub async fn leave(&self) {
+        if let Some(leases) = &self.leases
+            && let Err(e) = leases.leave().await
+        {
+            warn!(error = %e, "cannot end this replica's heartbeat; the others take its runs over when it runs out");
+        }
+    }
+
     /// Takes over every run whose lease ran out that another replica left,
     /// [`TAKE_OVER_AT_ONCE`] at a time. Each replica goes through them in an order of its own,
     /// so replicas sharing the work of a dead one mostly read different runs back instead of
@@ -117,12 +127,16 @@ impl Dispatcher {
             .await;
     }
 
-    /// One renewal of every lease held here, [`RENEW_AT_ONCE`] at a time. A run whose lease
-    /// another replica took stops here.
+    /// One renewal of every lease held here, [`RENEW_AT_ONCE`] at a time, then this
+    /// replica's heartbeat if every renewal was answered (see [`RunLeases::beat`]). A run whose
+    /// lease another replica took stops here.
     async fn renew_leases(&self, leases: &dyn RunLeases) {
         use futures::StreamExt as _;
+        let unanswered = std::sync::atomic::AtomicBool::new(false);
         futures::stream::iter(self.leased_runs())
-            .for_each_concurrent(RENEW_AT_ONCE, |(run_id, key, link)| async move {
+            .for_each_concurrent(RENEW_AT_ONCE, |(run_id, key, link)| {
+                let unanswered = &unanswered;
+                async move {
                 match leases.renew(&key, &run_id).await {
                     Ok(true) => {
                         metrics::counter!("firebreak_run_lease_renewals_total").increment(1)
@@ -140,10 +154,19 @@ impl Dispatcher {
                     }
                     // Transient: the lease runs on; if NATS stays away past it, another
                     // replica takes over and the next renewal here finds it gone.
-                    Err(e) => warn!(run_id = %run_id, error = %e, "cannot renew the run's lease"),
+                    Err(e) => {
+                        unanswered.store(true, std::sync::atomic::Ordering::Relaxed);
+                        warn!(run_id = %run_id, error = %e, "cannot renew the run's lease");
+                    }
+                }
                 }
             })
             .await;
+        if !unanswered.into_inner()
+            && let Err(e) = leases.beat().await
+        {
+            warn!(error = %e, "cannot renew this replica's heartbeat");
+        }
     }
 
     /// Takes `orphan` over if this replica wins it and can run it.

@@ -74,13 +74,13 @@ async fn publish_consume_ack() {
     suite::publish_consume_ack(&mut Nats::new(ACK_WAIT)).await;
 }
 
-/// nats-server's subscription statistics (`/subsz` on its monitoring port).
-async fn subsz(http: u16) -> serde_json::Value {
+/// `GET path` on nats-server's monitoring port (`/subsz`, `/varz`), as JSON.
+async fn monitor(http: u16, path: &str) -> serde_json::Value {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", http))
         .await
         .expect("monitoring port");
-    conn.write_all(b"GET /subsz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+    conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
         .await
         .unwrap();
     let mut response = String::new();
@@ -111,12 +111,17 @@ async fn acks_are_confirmed_without_a_subscription_each() {
     let events: Vec<_> = (0..EVENTS).map(|n| event(&format!("ack-{n}"))).collect();
     bus.publish(events).await.expect("publish");
     let first = next(&mut stream).await;
-    let before = subsz(http).await["num_inserts"].as_u64().unwrap();
+    let before = monitor(http, "/subsz").await["num_inserts"]
+        .as_u64()
+        .unwrap();
     first.ack().await.expect("ack");
     for _ in 1..EVENTS {
         next(&mut stream).await.ack().await.expect("ack");
     }
-    let inserts = subsz(http).await["num_inserts"].as_u64().unwrap() - before;
+    let inserts = monitor(http, "/subsz").await["num_inserts"]
+        .as_u64()
+        .unwrap()
+        - before;
     assert!(
         inserts < EVENTS / 5,
         "{inserts} subscriptions made while acking {EVENTS} events"
@@ -570,47 +575,147 @@ async fn a_run_lease_that_runs_out_is_taken_over_by_exactly_one_replica() {
     assert_eq!(a.lock_holder("other/key").await.unwrap(), None);
 }
 
-/// The lease scan reads a view the store keeps up by one watch of the lock bucket, not the
-/// bucket: a released lock leaves a delete marker there until the sweep, and reading every key
-/// every third of a lease made run starts wait behind the scan. However many scans and
-/// markers, the bucket has the one consumer of the view; another replica's lock that ran out
-/// is seen, and one taken over a moment ago is not.
+/// Replicas do not follow each other's lock writes: while every replica's heartbeat is live
+/// and none gave a lease up, a lease scan reads the small replica bucket, not the locks. A
+/// watch of the lock bucket per replica cost nats-server a delivery of every lock write to
+/// every replica (`scripts/lockwatch-bench`: +16 to +42 µs of its CPU and +47 to +72 µs of
+/// the replicas' per alert, for each replica).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_lease_scan_reads_a_view_kept_up_by_one_watch() {
+async fn a_lease_scan_with_every_replica_alive_reads_no_lock() {
     use firebreak_bus::RunLeases;
-    let server = NatsServer::start().expect("nats-server");
-    let lease = Duration::from_secs(1);
+    let http = firebreak_bus::port::free_loopback_port().unwrap();
+    let server =
+        NatsServer::start_with_config(&format!("http: \"127.0.0.1:{http}\"\n"), &[]).unwrap();
+    let lease = Duration::from_secs(60);
     let (_a_bus, a) = replica_store(&server, "a", lease).await;
     let (_b_bus, b) = replica_store(&server, "b", lease).await;
     let minute = Duration::from_secs(60);
-    for i in 0..200 {
+    // A first scan reads everything (what a replica left before this one started).
+    assert!(b.orphans().await.unwrap().is_empty());
+    let out = || async { monitor(http, "/varz").await["out_msgs"].as_u64().unwrap() };
+    let before = out().await;
+    const RUNS: u64 = 200;
+    for i in 0..RUNS {
         let key = format!("rb/incident-{i}");
         assert!(a.try_lock(&key, &format!("run-{i}"), minute).await.unwrap());
         assert!(a.unlock(&key, &format!("run-{i}")).await.unwrap());
     }
-    assert!(a.try_lock("rb/left", "run-left", minute).await.unwrap());
-    assert!(b.orphans().await.unwrap().is_empty(), "the lease is live");
-    tokio::time::sleep(lease + Duration::from_millis(100)).await;
     for _ in 0..5 {
-        let orphans = b.orphans().await.unwrap();
-        assert_eq!(orphans.len(), 1, "{orphans:?}");
-        assert_eq!(orphans[0].run_id, "run-left");
+        assert!(b.orphans().await.unwrap().is_empty(), "every lease is live");
     }
-    let orphan = b.orphans().await.unwrap().remove(0);
-    assert!(b.take_over(&orphan, minute).await.unwrap());
+    let sent = out().await - before;
+    // Each lock write is answered once (its PubAck); a watch would add one delivery per
+    // write and watching replica, a listing one per lock and delete marker.
     assert!(
-        a.orphans().await.unwrap().is_empty(),
-        "a sees b's takeover at once"
+        sent < 2 * RUNS + RUNS / 2,
+        "nats-server sent {sent} messages for {RUNS} runs' lock writes and five scans"
     );
+}
+
+/// A replica whose heartbeat ended (it died, or was cut off for a lease) gets its locks read:
+/// each whose lease ran out is an orphan, and its heartbeat goes once none of its locks is
+/// left. A lease given up by a live replica (a stop, a takeover it could not finish) is seen at
+/// once, and a lock nothing heartbeats for (left by an older engine) by a replica's first scan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_scan_reads_the_locks_of_replicas_that_ended_or_gave_a_lease_up() {
+    use firebreak_bus::RunLeases;
+    use futures::TryStreamExt as _;
+    let server = NatsServer::start().expect("nats-server");
+    let lease = Duration::from_secs(1);
+    let minute = Duration::from_secs(60);
+    let (_a_bus, a) = replica_store(&server, "a", lease).await;
+    let (_b_bus, b) = replica_store(&server, "b", Duration::from_secs(60)).await;
+    assert!(a.try_lock("rb/left", "run-left", minute).await.unwrap());
+    assert!(b.orphans().await.unwrap().is_empty(), "a's lease is live");
+    // a stops beating (as a replica killed): its heartbeat and lease end together.
+    tokio::time::sleep(lease + Duration::from_millis(200)).await;
+    let orphans = b.orphans().await.unwrap();
+    assert_eq!(orphans.len(), 1, "{orphans:?}");
+    assert_eq!(
+        (orphans[0].run_id.as_str(), orphans[0].replica.as_str()),
+        ("run-left", "a")
+    );
+    assert!(b.take_over(&orphans[0], minute).await.unwrap());
+    assert!(b.orphans().await.unwrap().is_empty(), "taken over");
 
     let client = async_nats::connect(server.url()).await.expect("connect");
     let js = async_nats::jetstream::new(client);
-    let mut locks = js
-        .get_stream("KV_firebreak_locks")
+    let beats = js
+        .get_key_value("firebreak_replicas")
+        .await
+        .expect("replica bucket");
+    let keys = || async {
+        let mut keys: Vec<String> = beats.keys().await.unwrap().try_collect().await.unwrap();
+        keys.sort();
+        keys
+    };
+    let listed = keys().await;
+    assert_eq!(
+        listed.len(),
+        1,
+        "a's heartbeat is gone with its last lock: {listed:?}"
+    );
+    assert!(listed[0].starts_with("b/"), "{listed:?}");
+
+    // b is alive and beating, and gives a lease up: the lock is an orphan at once.
+    b.beat().await.unwrap();
+    let (_c_bus, c) = replica_store(&server, "c", Duration::from_secs(60)).await;
+    assert!(c.orphans().await.unwrap().is_empty(), "b's lease is live");
+    assert!(b.release("rb/left", "run-left").await.unwrap());
+    let orphans = c.orphans().await.unwrap();
+    assert_eq!(orphans.len(), 1, "{orphans:?}");
+    assert_eq!(orphans[0].replica, "b");
+    assert!(c.take_over(&orphans[0], minute).await.unwrap());
+
+    // A lock written by an engine without heartbeats, its lease long over.
+    let locks = js
+        .get_key_value("firebreak_locks")
         .await
         .expect("lock bucket");
-    let consumers = locks.info().await.expect("info").state.consumer_count;
-    assert_eq!(consumers, 2, "one watch per store, none per scan");
+    let old = serde_json::json!({
+        "owner": "run-old", "expires_ms": i64::MAX / 2, "replica": "old", "lease_ms": 1
+    });
+    locks
+        .put("rb/old", serde_json::to_vec(&old).unwrap().into())
+        .await
+        .unwrap();
+    let (_d_bus, d) = replica_store(&server, "d", Duration::from_secs(60)).await;
+    let orphans = d.orphans().await.unwrap();
+    assert_eq!(orphans.len(), 1, "{orphans:?}");
+    assert_eq!(
+        (orphans[0].run_id.as_str(), orphans[0].replica.as_str()),
+        ("run-old", "old")
+    );
+    assert!(d.take_over(&orphans[0], minute).await.unwrap());
+    assert!(d.orphans().await.unwrap().is_empty());
+
+    // A replica that starts and gives a lease up between two scans of another.
+    let (_e_bus, e) = replica_store(&server, "e", Duration::from_secs(60)).await;
+    assert!(e.try_lock("rb/new", "run-new", minute).await.unwrap());
+    assert!(e.release("rb/new", "run-new").await.unwrap());
+    let orphans = d.orphans().await.unwrap();
+    assert_eq!(orphans.len(), 1, "{orphans:?}");
+    assert_eq!(orphans[0].replica, "e");
+}
+
+/// A replica told to stop ends its heartbeat after giving its runs' leases up: the others read
+/// its locks at their next scan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_leaves_has_its_locks_read() {
+    use firebreak_bus::RunLeases;
+    let server = NatsServer::start().expect("nats-server");
+    let minute = Duration::from_secs(60);
+    let (_a_bus, a) = replica_store(&server, "a", minute).await;
+    let (_b_bus, b) = replica_store(&server, "b", minute).await;
+    assert!(a.try_lock("rb/held", "run-held", minute).await.unwrap());
+    assert!(b.orphans().await.unwrap().is_empty());
+    assert!(b.orphans().await.unwrap().is_empty(), "a is alive");
+    a.leave().await.unwrap();
+    // Its lease still runs (the run was not suspended): not an orphan yet, but read.
+    assert!(b.orphans().await.unwrap().is_empty());
+    assert!(a.release("rb/held", "run-held").await.unwrap());
+    let orphans = b.orphans().await.unwrap();
+    assert_eq!(orphans.len(), 1, "{orphans:?}");
 }
 
 /// A run's journal lines come back from the audit stream in the order they were published,

@@ -19,6 +19,23 @@ struct SlowStream {
     orphan: bool,
     /// `(lock key, run id, when)` of every renewal.
     renewals: Mutex<Vec<(String, String, Instant)>>,
+    /// Renewals fail (NATS unreachable) while set.
+    failing: std::sync::atomic::AtomicBool,
+    /// When each heartbeat was written.
+    beats: Mutex<Vec<Instant>>,
+}
+
+impl SlowStream {
+    fn new(lease: Duration, read: Duration, orphan: bool) -> SlowStream {
+        SlowStream {
+            lease,
+            read,
+            orphan,
+            renewals: Mutex::new(Vec::new()),
+            failing: Default::default(),
+            beats: Mutex::new(Vec::new()),
+        }
+    }
 }
 
 impl RunLeases for SlowStream {
@@ -35,7 +52,25 @@ impl RunLeases for SlowStream {
             .lock()
             .unwrap()
             .push((key.to_owned(), owner.to_owned(), Instant::now()));
-        Box::pin(async { Ok(true) })
+        let failing = self.failing.load(std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async move {
+            if failing {
+                Err(BusError::NotConnected {
+                    url: "nats://gone".into(),
+                })
+            } else {
+                Ok(true)
+            }
+        })
+    }
+
+    fn beat(&self) -> BoxFuture<'_, Result<(), BusError>> {
+        self.beats.lock().unwrap().push(Instant::now());
+        Box::pin(async { Ok(()) })
+    }
+
+    fn leave(&self) -> BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async { Ok(()) })
     }
 
     fn release(&self, _key: &str, _owner: &str) -> BoxFuture<'_, Result<bool, BusError>> {
@@ -96,12 +131,7 @@ const HOLD: &[(&str, &str)] = &[
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn own_leases_are_renewed_while_a_takeover_waits_on_the_stream() {
     let lease = Duration::from_millis(600);
-    let leases = Arc::new(SlowStream {
-        lease,
-        read: Duration::from_secs(5),
-        orphan: true,
-        renewals: Mutex::new(Vec::new()),
-    });
+    let leases = Arc::new(SlowStream::new(lease, Duration::from_secs(5), true));
     let h = H::leased(HOLD, leases.clone(), 4).await;
     let event = alert("ev-1", "firing", "00000000000000f1", json!({}));
     h.deliver(&event, jiff::Timestamp::now()).await;
@@ -141,12 +171,7 @@ async fn own_leases_are_renewed_while_a_takeover_waits_on_the_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_waiting_for_a_slot_keeps_its_lease() {
     let lease = Duration::from_millis(600);
-    let leases = Arc::new(SlowStream {
-        lease,
-        read: Duration::ZERO,
-        orphan: false,
-        renewals: Mutex::new(Vec::new()),
-    });
+    let leases = Arc::new(SlowStream::new(lease, Duration::ZERO, false));
     // One slot: the second alert's run waits for the first to end (1.9 s).
     let h = Arc::new(H::leased(HOLD, leases.clone(), 1).await);
     let first = alert("ev-1", "firing", "00000000000000f1", json!({}));
@@ -178,5 +203,51 @@ async fn a_run_waiting_for_a_slot_keeps_its_lease() {
     );
     shutdown.cancel();
     waiting.await.unwrap();
+    keeping.abort();
+}
+
+/// The heartbeat vouches for every lease this replica holds: a renewal round beats only when
+/// each of its renewals was answered. While a lease cannot be renewed (NATS away) the
+/// heartbeat ends with it, and other replicas then look for the lease that ran out; when the
+/// renewals succeed again, so do the heartbeats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_heartbeat_stops_while_a_lease_cannot_be_renewed() {
+    let lease = Duration::from_millis(600);
+    let leases = Arc::new(SlowStream::new(lease, Duration::ZERO, false));
+    let h = H::leased(HOLD, leases.clone(), 4).await;
+    let event = alert("ev-1", "firing", "00000000000000f1", json!({}));
+    h.deliver(&event, jiff::Timestamp::now()).await;
+    h.wait("the run to start", |r| !started(r, "hold").is_empty())
+        .await;
+    let shutdown = firebreak_runtime::CancellationToken::new();
+    let keeping = tokio::spawn(h.dispatcher.clone().keep_leases(shutdown.clone()));
+    let beats = || leases.beats.lock().unwrap().len();
+    tokio::time::sleep(lease).await;
+    let beating = beats();
+    assert!(
+        beating >= 2,
+        "{beating} heartbeats in {lease:?}, every {:?} expected",
+        lease / 3
+    );
+    leases
+        .failing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(lease / 3).await;
+    let stopped = beats();
+    tokio::time::sleep(lease).await;
+    assert_eq!(
+        beats(),
+        stopped,
+        "no heartbeat while the run's lease cannot be renewed"
+    );
+    leases
+        .failing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(lease).await;
+    assert!(
+        beats() > stopped,
+        "heartbeats again once the renewals succeed"
+    );
+    shutdown.cancel();
     keeping.abort();
 }

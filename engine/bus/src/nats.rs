@@ -885,7 +885,7 @@ pub struct NatsStateStore {
 /// cluster's limit; `docs/SCALING.md`). Instead each replica renews one heartbeat, after a
 /// round in which it renewed every lease it holds, so a lease can run out only once its
 /// replica's heartbeat has; and a lease scan reads the lock bucket only when a heartbeat ended,
-/// when a replica gave a lease up (`released` changed), and at a replica's first scan.
+/// when a replica gave a lease up (`released` changed), and now and then ([`SAFETY_EVERY`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Beat {
     replica: String,
@@ -898,11 +898,14 @@ struct Beat {
 }
 
 /// A lease scan of every [`SAFETY_EVERY`]th round reads the lock bucket even with every
-/// heartbeat live, by one replica (the one whose heartbeat key sorts first): a lock left by an
-/// engine that keeps no heartbeat (an older version) is found within that many rounds.
+/// heartbeat live, on one replica (the one whose heartbeat key sorts first), for a lease that
+/// ran out with no heartbeat ending: a lock an engine without heartbeats left, or one whose
+/// run ended while NATS failed its unlock. Not at every replica's start: the bucket holds a
+/// delete marker per run until the sweep, and run starts wait behind a listing of them.
 const SAFETY_EVERY: u64 = 20;
 
-/// How long a heartbeat nobody deleted (its replica left, and nobody scanned since) stays.
+/// How long a heartbeat nobody deleted stays (its replica left, and no replica scanned since;
+/// or its locks could not be taken over for that long, and the safety scans take over).
 const BEAT_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 /// A name for this process's run of a replica: a restarted replica (the same name) is a new
@@ -1117,14 +1120,13 @@ impl NatsStateStore {
     }
 
     /// Whether this lease scan must read the lock bucket, given the other replicas' `beats`:
-    /// at the first scan, when a heartbeat ended or a replica gave a lease up since the last
-    /// scan, and every [`SAFETY_EVERY`]th round on the replica whose key sorts first.
+    /// when a heartbeat ended or a replica gave a lease up since the last scan, and every
+    /// [`SAFETY_EVERY`]th round on the live replica whose key sorts first.
     fn must_read_locks(&self, beats: &[(String, u64, Beat)], now: i64) -> bool {
         let mut scans = self.scans.lock().unwrap_or_else(|p| p.into_inner());
         let (round, seen) = &mut *scans;
-        let first = *round == 0;
         *round += 1;
-        let mut read = first || beats.iter().any(|(_, _, beat)| beat.until_ms <= now);
+        let mut read = beats.iter().any(|(_, _, beat)| beat.until_ms <= now);
         let mut now_seen = std::collections::HashMap::with_capacity(beats.len());
         for (key, _, beat) in beats {
             // A replica first seen here may have given a lease up before this scan saw it.

@@ -876,6 +876,12 @@ pub struct NatsStateStore {
     beat: std::sync::Mutex<(i64, u64)>,
     /// Lease scans: how many so far, and each other incarnation's `released` as last seen.
     scans: std::sync::Mutex<(u64, std::collections::HashMap<String, u64>)>,
+    /// Unlocks and lease releases NATS failed, `(key, owner, unlock)`: retried before each
+    /// heartbeat ([`RunLeases::beat`]), since a lock this replica no longer renews would
+    /// otherwise keep its incident's key held with no heartbeat ending to have it found.
+    dangling: std::sync::Mutex<Vec<(String, String, bool)>>,
+    /// Writes to one lock from this process go one at a time ([`Self::one_at_a_time`]).
+    writing: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// A replica's heartbeat in the `firebreak_replicas` bucket, under `<replica>/<incarnation>`.
@@ -1017,7 +1023,7 @@ async fn sweep_bucket(store: &kv::Store, live: impl Fn(&[u8]) -> bool) -> Result
 }
 
 impl NatsStateStore {
-    /// Opens the four buckets, creating them if needed.
+    /// Opens the five buckets, creating them if needed.
     pub async fn open(js: Context, opts: &NatsOptions) -> Result<NatsStateStore, BusError> {
         // `Context::create_key_value` first asks for account info, whose 2.9 answer async-nats
         // 0.51 cannot parse; so create the bucket's stream ourselves, with the stream config a
@@ -1072,6 +1078,8 @@ impl NatsStateStore {
             incarnation: incarnation(),
             beat: Default::default(),
             scans: Default::default(),
+            dangling: Default::default(),
+            writing: Default::default(),
         };
         store.beat_key = kv_key(&format!("{}/{}", store.replica(), store.incarnation));
         // Before this replica takes its first lock: a lease can only run out after this ends.
@@ -1121,8 +1129,14 @@ impl NatsStateStore {
 
     /// Whether this lease scan must read the lock bucket, given the other replicas' `beats`:
     /// when a heartbeat ended or a replica gave a lease up since the last scan, and every
-    /// [`SAFETY_EVERY`]th round on the live replica whose key sorts first.
-    fn must_read_locks(&self, beats: &[(String, u64, Beat)], now: i64) -> bool {
+    /// [`SAFETY_EVERY`]th round on the live replica whose key sorts first. With it, the
+    /// `released` counts to remember once the locks were read ([`Self::saw`]): a listing that
+    /// fails leaves the old ones, so the next scan reads again.
+    fn must_read_locks(
+        &self,
+        beats: &[(String, u64, Beat)],
+        now: i64,
+    ) -> (bool, std::collections::HashMap<String, u64>) {
         let mut scans = self.scans.lock().unwrap_or_else(|p| p.into_inner());
         let (round, seen) = &mut *scans;
         *round += 1;
@@ -1135,12 +1149,32 @@ impl NatsStateStore {
                 .map_or(beat.released > 0, |&released| released != beat.released);
             now_seen.insert(key.clone(), beat.released);
         }
-        *seen = now_seen;
         let first_live = beats
             .iter()
             .filter(|(_, _, beat)| beat.until_ms > now)
             .all(|(key, _, _)| *key > self.beat_key);
-        read || (*round % SAFETY_EVERY == 0 && first_live)
+        (read || (*round % SAFETY_EVERY == 0 && first_live), now_seen)
+    }
+
+    /// Remembers the heartbeats' `released` counts a scan acted on.
+    fn saw(&self, released: std::collections::HashMap<String, u64>) {
+        self.scans.lock().unwrap_or_else(|p| p.into_inner()).1 = released;
+    }
+
+    /// Writes this replica's heartbeat again if it ended (NATS was away for a lease, and
+    /// another replica may have deleted it), before this replica takes a lock: a lock must
+    /// never be written under no heartbeat.
+    async fn revive_beat(&self) -> Result<(), BusError> {
+        let Some((_, lease)) = &self.replica else {
+            return Ok(());
+        };
+        let now = crate::now_ms();
+        let ended = self.beat.lock().unwrap_or_else(|p| p.into_inner()).0 <= now;
+        if ended {
+            self.write_beat(Some(now + lease.as_millis() as i64), false)
+                .await?;
+        }
+        Ok(())
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (String, u64)>> {
@@ -1169,6 +1203,27 @@ impl NatsStateStore {
         }
     }
 
+    /// Keeps an unlock (or, `unlock` false, a lease release) that failed with `result`, to be
+    /// retried before the next heartbeat.
+    fn keep_dangling<T>(
+        &self,
+        key: &str,
+        owner: &str,
+        unlock: bool,
+        result: Result<T, BusError>,
+    ) -> Result<T, BusError> {
+        if self.replica.is_some()
+            && let Err(e) = &result
+            && e.kind() != BusErrorKind::Permanent
+        {
+            self.dangling
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((key.to_owned(), owner.to_owned(), unlock));
+        }
+        result
+    }
+
     /// A lock's stored form: `owner` until `expires_ms`, with this replica's lease from `now`.
     fn lock_value(&self, owner: &str, expires_ms: i64, now: i64) -> Result<Vec<u8>, BusError> {
         let value = LockValue {
@@ -1195,6 +1250,30 @@ impl NatsStateStore {
             }
     }
 
+    /// Runs `write`, a read and compare-and-set of the lock at `key`, after any other this
+    /// process started on it. nats-server 2.9 on a cluster let two compare-and-sets expecting
+    /// the same revision both pass when they arrived together: a run's end deleted its lock
+    /// while the lease renewal racing it wrote the lock back, and the finished run's incident
+    /// stayed locked (10 to 13 of 300 such races in
+    /// `a_run_that_ends_during_its_renewal_leaves_no_lock_on_a_cluster`; none on one server).
+    /// Between replicas the bucket's revision checks still decide.
+    async fn one_at_a_time<T>(&self, key: &str, write: impl std::future::Future<Output = T>) -> T {
+        let turn = {
+            let mut writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+            writing.entry(key.to_owned()).or_default().clone()
+        };
+        let done = {
+            let _turn = turn.lock().await;
+            write.await
+        };
+        let mut writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        // The map's and this one: nobody else waits.
+        if Arc::strong_count(&turn) == 2 {
+            writing.remove(key);
+        }
+        done
+    }
+
     /// Rewrites the lock at `key` (a KV key) while `keep` says the current value may be
     /// replaced, with `make(current, now)` as the new value. `false` when `keep` refuses.
     async fn update_lock(
@@ -1203,40 +1282,58 @@ impl NatsStateStore {
         keep: impl Fn(&LockValue, i64) -> bool,
         make: impl Fn(&LockValue, i64) -> Result<Vec<u8>, BusError>,
     ) -> Result<bool, BusError> {
-        for _ in 0..CAS_ATTEMPTS {
-            let (current, revision) = self.lock_entry(key).await?;
-            let Some(current) = current else {
-                return Ok(false);
-            };
-            let now = crate::now_ms();
-            if !keep(&current, now) {
-                return Ok(false);
+        self.one_at_a_time(key, async {
+            for _ in 0..CAS_ATTEMPTS {
+                let (current, revision) = self.lock_entry(key).await?;
+                let Some(current) = current else {
+                    return Ok(false);
+                };
+                let now = crate::now_ms();
+                if !keep(&current, now) {
+                    return Ok(false);
+                }
+                let value = make(&current, now)?;
+                if let Some(revision) = Self::cas(&self.locks, key, value, revision).await? {
+                    self.held()
+                        .insert(key.to_owned(), (current.owner.clone(), revision));
+                    return Ok(true);
+                }
             }
-            let value = make(&current, now)?;
-            if let Some(revision) = Self::cas(&self.locks, key, value, revision).await? {
-                self.held()
-                    .insert(key.to_owned(), (current.owner.clone(), revision));
-                return Ok(true);
-            }
-        }
-        Ok(false)
+            Ok(false)
+        })
+        .await
     }
 
-    /// The live lock at `key`: its value and revision (`None` if absent or deleted).
+    /// The live lock at `key`: its value and revision (`None` if absent or deleted), read from
+    /// the bucket's leader. A direct get may be answered by a follower that has not applied the
+    /// newest write yet, and a compare-and-set on what it answered fails: an unlock that lost
+    /// to a renewal then gave up and left an ended run's lock held (on three nodes, 17 to 31
+    /// of 20,000 runs).
     async fn lock_entry(&self, key: &str) -> Result<(Option<LockValue>, Option<u64>), BusError> {
+        let subject = format!("{}{key}", self.locks.prefix);
         match self
             .locks
-            .entry(key)
+            .stream
+            .get_last_raw_message_by_subject(&subject)
             .await
-            .map_err(|e| kv_err("kv get lock", e))?
         {
-            Some(entry) if entry.operation == Operation::Put => {
+            Ok(message) => {
+                let put = message
+                    .headers
+                    .get("KV-Operation")
+                    .is_none_or(|op| op.as_str() == "PUT");
+                if !put {
+                    // A delete marker still has a revision; `create` handles it.
+                    return Ok((None, None));
+                }
                 // An unreadable lock value is treated as expired, so it cannot wedge the key.
-                let value = serde_json::from_slice::<LockValue>(&entry.value).ok();
-                Ok((value, Some(entry.revision)))
+                let value = serde_json::from_slice::<LockValue>(&message.payload).ok();
+                Ok((value, Some(message.sequence)))
             }
-            // A delete marker still has a revision; `create` handles it.
-            _ => Ok((None, None)),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
+                Ok((None, None))
+            }
+            Err(e) => Err(kv_err("kv get lock", e)),
         }
     }
 
@@ -1248,31 +1345,87 @@ impl NatsStateStore {
         take: bool,
     ) -> Result<bool, BusError> {
         check_key(key)?;
+        self.revive_beat().await?;
         let key = kv_key(key);
-        let lock = |now: i64| self.lock_value(owner, now + ttl.as_millis() as i64, now);
-        if take {
-            // The common case, a free key: one create, no read first.
-            if let Some(revision) =
-                Self::cas(&self.locks, &key, lock(crate::now_ms())?, None).await?
+        self.one_at_a_time(&key.clone(), async {
+            let lock = |now: i64| self.lock_value(owner, now + ttl.as_millis() as i64, now);
+            if take {
+                // The common case, a free key: one create, no read first.
+                if let Some(revision) =
+                    Self::cas(&self.locks, &key, lock(crate::now_ms())?, None).await?
+                {
+                    self.held().insert(key, (owner.to_owned(), revision));
+                    return Ok(true);
+                }
+            }
+            for _ in 0..CAS_ATTEMPTS {
+                let (current, revision) = self.lock_entry(&key).await?;
+                let now = crate::now_ms();
+                let ours = current.as_ref().is_some_and(|l| self.ours(l, owner));
+                let free = current.as_ref().is_none_or(|l| l.expires_ms <= now);
+                if !(ours || (take && free)) {
+                    return Ok(false);
+                }
+                if let Some(revision) = Self::cas(&self.locks, &key, lock(now)?, revision).await? {
+                    self.held().insert(key, (owner.to_owned(), revision));
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        })
+        .await
+    }
+
+    /// Releases `owner`'s lock at `key` (not yet a KV key).
+    async fn unlock_now(&self, key: &str, owner: &str) -> Result<bool, BusError> {
+        let key = kv_key(key);
+        self.one_at_a_time(&key, async {
+            let known = match self.held().remove(&key) {
+                Some((holder, revision)) if holder == owner => Some(revision),
+                _ => None,
+            };
+            // Our own last write: one conditional delete.
+            if let Some(revision) = known
+                && self.delete_lock(&key, Some(revision)).await?
             {
-                self.held().insert(key, (owner.to_owned(), revision));
                 return Ok(true);
             }
-        }
-        for _ in 0..CAS_ATTEMPTS {
-            let (current, revision) = self.lock_entry(&key).await?;
-            let now = crate::now_ms();
-            let ours = current.as_ref().is_some_and(|l| self.ours(l, owner));
-            let free = current.as_ref().is_none_or(|l| l.expires_ms <= now);
-            if !(ours || (take && free)) {
-                return Ok(false);
+            // Written since (a renewal of this very run racing its end): delete what is there now.
+            for _ in 0..CAS_ATTEMPTS {
+                let (current, revision) = self.lock_entry(&key).await?;
+                if current.is_none_or(|l| !self.ours(&l, owner)) {
+                    return Ok(false);
+                }
+                if self.delete_lock(&key, revision).await? {
+                    return Ok(true);
+                }
             }
-            if let Some(revision) = Self::cas(&self.locks, &key, lock(now)?, revision).await? {
-                self.held().insert(key, (owner.to_owned(), revision));
-                return Ok(true);
-            }
+            Ok(false)
+        })
+        .await
+    }
+
+    /// Ends this replica's lease on `owner`'s lock at `key` (not yet a KV key), keeping the
+    /// lock; counts it in the heartbeat so the others read the locks at their next scan.
+    async fn release_now(&self, key: &str, owner: &str) -> Result<bool, BusError> {
+        let released = self
+            .update_lock(
+                &kv_key(key),
+                |lock, _| self.ours(lock, owner),
+                |lock, _| {
+                    let released = LockValue {
+                        lease_ms: Some(0),
+                        ..lock.clone()
+                    };
+                    serde_json::to_vec(&released).map_err(|e| codec("lock", e))
+                },
+            )
+            .await?;
+        // The release holds without the heartbeat: its count goes out with the next one.
+        if released && let Err(e) = self.write_beat(None, true).await {
+            warn!(key = %key, error = %e, "cannot count a lease given up in the heartbeat; the next heartbeat does");
         }
-        Ok(false)
+        Ok(released)
     }
 
     /// Deletes the lock at `key` if it is still at `revision`.
@@ -1342,22 +1495,8 @@ impl StateStore for NatsStateStore {
         let (key, owner) = (key.to_owned(), owner.to_owned());
         Box::pin(async move {
             check_key(&key)?;
-            let key = kv_key(&key);
-            let known = match self.held().remove(&key) {
-                Some((holder, revision)) if holder == owner => Some(revision),
-                _ => None,
-            };
-            // Our own last write: one conditional delete.
-            if let Some(revision) = known
-                && self.delete_lock(&key, Some(revision)).await?
-            {
-                return Ok(true);
-            }
-            let (current, revision) = self.lock_entry(&key).await?;
-            if current.is_none_or(|l| !self.ours(&l, &owner)) {
-                return Ok(false);
-            }
-            self.delete_lock(&key, revision).await
+            let unlocked = self.unlock_now(&key, &owner).await;
+            self.keep_dangling(&key, &owner, true, unlocked)
         })
     }
 
@@ -1618,41 +1757,39 @@ impl RunLeases for NatsStateStore {
     }
 
     fn release(&self, key: &str, owner: &str) -> BoxFuture<'_, Result<bool, BusError>> {
-        let (key, owner) = (kv_key(key), owner.to_owned());
+        let (key, owner) = (key.to_owned(), owner.to_owned());
         Box::pin(async move {
-            let released = self
-                .update_lock(
-                    &key,
-                    |lock, _| self.ours(lock, &owner),
-                    |lock, _| {
-                        let released = LockValue {
-                            lease_ms: Some(0),
-                            ..lock.clone()
-                        };
-                        serde_json::to_vec(&released).map_err(|e| codec("lock", e))
-                    },
-                )
-                .await?;
-            // Others read the locks at their next scan (see [`Beat`]).
-            if released {
-                self.write_beat(None, true).await?;
-            }
-            Ok(released)
+            let released = self.release_now(&key, &owner).await;
+            self.keep_dangling(&key, &owner, false, released)
         })
     }
 
     fn orphans(&self) -> BoxFuture<'_, Result<Vec<Orphan>, BusError>> {
         Box::pin(async move {
-            let beats = self.beats().await?;
             let now = crate::now_ms();
-            if !self.must_read_locks(&beats, now) {
-                return Ok(Vec::new());
-            }
+            // Heartbeats that cannot be read (their bucket has no leader yet): read the locks.
+            let (beats, seen) = match self.beats().await {
+                Ok(beats) => {
+                    let (read, seen) = self.must_read_locks(&beats, now);
+                    if !read {
+                        self.saw(seen);
+                        return Ok(Vec::new());
+                    }
+                    (beats, Some(seen))
+                }
+                Err(e) => {
+                    debug!(error = %e, "cannot read the heartbeats; reading the locks");
+                    (Vec::new(), None)
+                }
+            };
             let locks: Vec<(String, LockValue)> = list_bucket(&self.locks, "kv list locks")
                 .await?
                 .into_iter()
                 .filter_map(|(key, _, value)| Some((key, serde_json::from_slice(&value).ok()?)))
                 .collect();
+            if let Some(seen) = seen {
+                self.saw(seen);
+            }
             // A heartbeat that ended goes once no lock of its incarnation is left (taken over,
             // released, or never taken); until then its locks are read at every scan.
             for (key, revision, beat) in beats.iter().filter(|(_, _, b)| b.until_ms <= now) {
@@ -1686,6 +1823,23 @@ impl RunLeases for NatsStateStore {
 
     fn beat(&self) -> BoxFuture<'_, Result<(), BusError>> {
         Box::pin(async move {
+            let dangling =
+                std::mem::take(&mut *self.dangling.lock().unwrap_or_else(|p| p.into_inner()));
+            for (key, owner, unlock) in dangling {
+                let done = if unlock {
+                    self.unlock_now(&key, &owner).await
+                } else {
+                    self.release_now(&key, &owner).await
+                };
+                match self.keep_dangling(&key, &owner, unlock, done) {
+                    Ok(_) => {
+                        info!(key = %key, run_id = %owner, unlock, "a lock release NATS failed earlier is done")
+                    }
+                    Err(e) => {
+                        debug!(key = %key, error = %e, "a lock release NATS failed still fails")
+                    }
+                }
+            }
             let until = crate::now_ms() + self.lease().as_millis() as i64;
             self.write_beat(Some(until), false).await
         })
@@ -1698,6 +1852,7 @@ impl RunLeases for NatsStateStore {
     fn take_over(&self, orphan: &Orphan, ttl: Duration) -> BoxFuture<'_, Result<bool, BusError>> {
         let orphan = orphan.clone();
         Box::pin(async move {
+            self.revive_beat().await?;
             self.update_lock(
                 &kv_key(&orphan.key),
                 |lock, now| {

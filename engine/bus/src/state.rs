@@ -129,8 +129,10 @@ pub trait RunLeases: Send + Sync {
     fn release(&self, key: &str, owner: &str) -> BoxFuture<'_, Result<bool, BusError>>;
 
     /// Every held lock whose lease ran out: runs their replica left. Reads the locks only
-    /// when a replica's heartbeat ended or it gave a lease up (and now and then on one
-    /// replica); otherwise no lease can have run out, and it finds none.
+    /// when a replica's heartbeat ended or it gave a lease up, and now and then on one
+    /// replica: a lease of a run its replica tracks runs out only after that replica's
+    /// heartbeat has (see [`RunLeases::beat`]); other stale locks (an unlock NATS failed,
+    /// retried at each heartbeat; an engine without heartbeats) wait for the occasional read.
     fn orphans(&self) -> BoxFuture<'_, Result<Vec<Orphan>, BusError>>;
 
     /// Renews this replica's heartbeat for a lease from now. Call it after renewing every

@@ -214,7 +214,9 @@ async fn a_run_waiting_for_a_slot_keeps_its_lease() {
 async fn the_heartbeat_stops_while_a_lease_cannot_be_renewed() {
     let lease = Duration::from_millis(600);
     let leases = Arc::new(SlowStream::new(lease, Duration::ZERO, false));
-    let h = H::leased(HOLD, leases.clone(), 4).await;
+    // Longer than the test: the run's lease is renewed (or not) throughout.
+    let long: &[(&str, &str)] = &[(HOLD[0].0, HOLD[0].1), ("hold.rhai", "sleep(8000);\n")];
+    let h = H::leased(long, leases.clone(), 4).await;
     let event = alert("ev-1", "firing", "00000000000000f1", json!({}));
     h.deliver(&event, jiff::Timestamp::now()).await;
     h.wait("the run to start", |r| !started(r, "hold").is_empty())

@@ -492,6 +492,25 @@ async fn replica_store(
     (bus, store)
 }
 
+/// A JetStream client of the test's own on `server`, to look into the buckets.
+async fn inspect(server: &NatsServer) -> async_nats::jetstream::Context {
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    async_nats::jetstream::new(client)
+}
+
+/// How many heartbeats of replica `name` the replica bucket holds.
+async fn heartbeats_of(js: &async_nats::jetstream::Context, name: &str) -> usize {
+    use futures::TryStreamExt as _;
+    let beats = js
+        .get_key_value("firebreak_replicas")
+        .await
+        .expect("replica bucket");
+    let keys: Vec<String> = beats.keys().await.unwrap().try_collect().await.unwrap();
+    keys.iter()
+        .filter(|k| k.starts_with(&format!("{name}/")))
+        .count()
+}
+
 /// Run leases: a lock taken by replica a carries a's lease; while a renews it nobody may take
 /// it; once it runs out it is an orphan, one of two racing replicas takes it over, a's renewal
 /// and unlock then fail (the run is not a's any more), and a release makes it an orphan at
@@ -619,7 +638,6 @@ async fn a_lease_scan_with_every_replica_alive_reads_no_lock() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_scan_reads_the_locks_of_replicas_that_ended_or_gave_a_lease_up() {
     use firebreak_bus::RunLeases;
-    use futures::TryStreamExt as _;
     let server = NatsServer::start().expect("nats-server");
     let lease = Duration::from_secs(1);
     let minute = Duration::from_secs(60);
@@ -638,24 +656,12 @@ async fn a_lease_scan_reads_the_locks_of_replicas_that_ended_or_gave_a_lease_up(
     assert!(b.take_over(&orphans[0], minute).await.unwrap());
     assert!(b.orphans().await.unwrap().is_empty(), "taken over");
 
-    let client = async_nats::connect(server.url()).await.expect("connect");
-    let js = async_nats::jetstream::new(client);
-    let beats = js
-        .get_key_value("firebreak_replicas")
-        .await
-        .expect("replica bucket");
-    let keys = || async {
-        let mut keys: Vec<String> = beats.keys().await.unwrap().try_collect().await.unwrap();
-        keys.sort();
-        keys
-    };
-    let listed = keys().await;
+    let js = inspect(&server).await;
     assert_eq!(
-        listed.len(),
-        1,
-        "a's heartbeat is gone with its last lock: {listed:?}"
+        (heartbeats_of(&js, "a").await, heartbeats_of(&js, "b").await),
+        (0, 1),
+        "a's heartbeat is gone with its last lock"
     );
-    assert!(listed[0].starts_with("b/"), "{listed:?}");
 
     // b is alive and beating, and gives a lease up: the lock is an orphan at once.
     b.beat().await.unwrap();
@@ -711,31 +717,25 @@ async fn a_lease_scan_reads_the_locks_of_replicas_that_ended_or_gave_a_lease_up(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_that_leaves_has_its_locks_read() {
     use firebreak_bus::RunLeases;
-    use futures::TryStreamExt as _;
     let server = NatsServer::start().expect("nats-server");
     let minute = Duration::from_secs(60);
     let (_a_bus, a) = replica_store(&server, "a", minute).await;
     let (_b_bus, b) = replica_store(&server, "b", minute).await;
-    let client = async_nats::connect(server.url()).await.expect("connect");
-    let js = async_nats::jetstream::new(client);
-    let beats = js
-        .get_key_value("firebreak_replicas")
-        .await
-        .expect("replica bucket");
-    let a_beats = || async {
-        let keys: Vec<String> = beats.keys().await.unwrap().try_collect().await.unwrap();
-        keys.iter().filter(|k| k.starts_with("a/")).count()
-    };
+    let js = inspect(&server).await;
     assert!(a.try_lock("rb/held", "run-held", minute).await.unwrap());
     assert!(a.unlock("rb/held", "run-held").await.unwrap());
     for _ in 0..3 {
         assert!(b.orphans().await.unwrap().is_empty());
     }
-    assert_eq!(a_beats().await, 1, "a beats: its heartbeat stays");
+    assert_eq!(
+        heartbeats_of(&js, "a").await,
+        1,
+        "a beats: its heartbeat stays"
+    );
     a.leave().await.unwrap();
     assert!(b.orphans().await.unwrap().is_empty(), "a left no lock");
     assert_eq!(
-        a_beats().await,
+        heartbeats_of(&js, "a").await,
         0,
         "read a's locks, found none, deleted its heartbeat"
     );
@@ -751,8 +751,7 @@ async fn an_unlock_nats_failed_is_done_before_the_next_heartbeat() {
     let minute = Duration::from_secs(60);
     let (_a_bus, a) = replica_store(&server, "a", minute).await;
     assert!(a.try_lock("rb/ended", "run-ended", minute).await.unwrap());
-    let client = async_nats::connect(server.url()).await.expect("connect");
-    let js = async_nats::jetstream::new(client);
+    let js = inspect(&server).await;
     let mut bucket = js
         .get_stream("KV_firebreak_locks")
         .await
@@ -783,27 +782,25 @@ async fn an_unlock_nats_failed_is_done_before_the_next_heartbeat() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_whose_heartbeat_ended_beats_again_before_it_takes_a_lock() {
     use firebreak_bus::RunLeases;
-    use futures::TryStreamExt as _;
     let server = NatsServer::start().expect("nats-server");
     let lease = Duration::from_secs(1);
     let minute = Duration::from_secs(60);
     let (_a_bus, a) = replica_store(&server, "a", lease).await;
     let (_b_bus, b) = replica_store(&server, "b", minute).await;
-    let client = async_nats::connect(server.url()).await.expect("connect");
-    let js = async_nats::jetstream::new(client);
-    let beats = js
-        .get_key_value("firebreak_replicas")
-        .await
-        .expect("replica bucket");
-    let a_beats = || async {
-        let keys: Vec<String> = beats.keys().await.unwrap().try_collect().await.unwrap();
-        keys.iter().filter(|k| k.starts_with("a/")).count()
-    };
+    let js = inspect(&server).await;
     tokio::time::sleep(lease + Duration::from_millis(200)).await;
     assert!(b.orphans().await.unwrap().is_empty());
-    assert_eq!(a_beats().await, 0, "b deleted a's ended heartbeat");
+    assert_eq!(
+        heartbeats_of(&js, "a").await,
+        0,
+        "b deleted a's ended heartbeat"
+    );
     assert!(a.try_lock("rb/new", "run-new", minute).await.unwrap());
-    assert_eq!(a_beats().await, 1, "a beats again with its lock");
+    assert_eq!(
+        heartbeats_of(&js, "a").await,
+        1,
+        "a beats again with its lock"
+    );
     assert!(
         b.orphans().await.unwrap().is_empty(),
         "a's new lock is not an orphan"

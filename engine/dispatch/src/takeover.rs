@@ -132,41 +132,45 @@ impl Dispatcher {
     /// lease another replica took stops here.
     async fn renew_leases(&self, leases: &dyn RunLeases) {
         use futures::StreamExt as _;
-        let unanswered = std::sync::atomic::AtomicBool::new(false);
-        futures::stream::iter(self.leased_runs())
-            .for_each_concurrent(RENEW_AT_ONCE, |(run_id, key, link)| {
-                let unanswered = &unanswered;
-                async move {
-                match leases.renew(&key, &run_id).await {
-                    Ok(true) => {
-                        metrics::counter!("firebreak_run_lease_renewals_total").increment(1)
-                    }
-                    // The run ended since the list was taken and released its lock (or gave
-                    // its lease up): its own doing.
-                    Ok(false) if self.has_ended(&run_id) => {}
-                    Ok(false) => {
-                        warn!(run_id = %run_id, key = %key, "run lease lost: another replica took the run over; stopping it here");
-                        metrics::counter!("firebreak_run_leases_lost_total").increment(1);
-                        // A run still starting is stopped at its next renewal, once it runs.
-                        if let Some(link) = link {
-                            link.suspend();
-                        }
-                    }
-                    // Transient: the lease runs on; if NATS stays away past it, another
-                    // replica takes over and the next renewal here finds it gone.
-                    Err(e) => {
-                        unanswered.store(true, std::sync::atomic::Ordering::Relaxed);
-                        warn!(run_id = %run_id, error = %e, "cannot renew the run's lease");
-                    }
-                }
-                }
-            })
+        let answered = futures::stream::iter(self.leased_runs())
+            .map(|(run_id, key, link)| self.renew_lease(leases, run_id, key, link))
+            .buffer_unordered(RENEW_AT_ONCE)
+            .fold(true, |all, answered| async move { all && answered })
             .await;
-        if !unanswered.into_inner()
-            && let Err(e) = leases.beat().await
-        {
+        if answered && let Err(e) = leases.beat().await {
             warn!(error = %e, "cannot renew this replica's heartbeat");
         }
+    }
+
+    /// Renews the lease of run `run_id` on lock `key`; whether NATS answered.
+    async fn renew_lease(
+        &self,
+        leases: &dyn RunLeases,
+        run_id: String,
+        key: String,
+        link: Option<firebreak_runtime::RunLink>,
+    ) -> bool {
+        match leases.renew(&key, &run_id).await {
+            Ok(true) => metrics::counter!("firebreak_run_lease_renewals_total").increment(1),
+            // The run ended since the list was taken and released its lock (or gave its lease
+            // up): its own doing.
+            Ok(false) if self.has_ended(&run_id) => {}
+            Ok(false) => {
+                warn!(run_id = %run_id, key = %key, "run lease lost: another replica took the run over; stopping it here");
+                metrics::counter!("firebreak_run_leases_lost_total").increment(1);
+                // A run still starting is stopped at its next renewal, once it runs.
+                if let Some(link) = link {
+                    link.suspend();
+                }
+            }
+            // Transient: the lease runs on; if NATS stays away past it, another replica takes
+            // over and the next renewal here finds it gone.
+            Err(e) => {
+                warn!(run_id = %run_id, error = %e, "cannot renew the run's lease");
+                return false;
+            }
+        }
+        true
     }
 
     /// Takes `orphan` over if this replica wins it and can run it.

@@ -1347,14 +1347,15 @@ impl NatsStateStore {
         check_key(key)?;
         self.revive_beat().await?;
         let key = kv_key(key);
-        self.one_at_a_time(&key.clone(), async {
+        self.one_at_a_time(&key, async {
             let lock = |now: i64| self.lock_value(owner, now + ttl.as_millis() as i64, now);
             if take {
                 // The common case, a free key: one create, no read first.
                 if let Some(revision) =
                     Self::cas(&self.locks, &key, lock(crate::now_ms())?, None).await?
                 {
-                    self.held().insert(key, (owner.to_owned(), revision));
+                    self.held()
+                        .insert(key.clone(), (owner.to_owned(), revision));
                     return Ok(true);
                 }
             }
@@ -1367,7 +1368,8 @@ impl NatsStateStore {
                     return Ok(false);
                 }
                 if let Some(revision) = Self::cas(&self.locks, &key, lock(now)?, revision).await? {
-                    self.held().insert(key, (owner.to_owned(), revision));
+                    self.held()
+                        .insert(key.clone(), (owner.to_owned(), revision));
                     return Ok(true);
                 }
             }

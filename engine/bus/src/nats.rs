@@ -872,8 +872,12 @@ pub struct NatsStateStore {
     /// This process's heartbeat key and incarnation (see [`Beat`]).
     beat_key: String,
     incarnation: String,
-    /// The heartbeat last written: until when, and how many leases were given up.
+    /// The heartbeat as it is to be written: until when, and how many leases were given up.
     beat: std::sync::Mutex<(i64, u64)>,
+    /// Heartbeat writes go one at a time, each with the newest state: a later write never
+    /// lands before an earlier one, and releases that come while one is under way share the
+    /// next ([`Self::count_release`]).
+    beat_writing: tokio::sync::Mutex<()>,
     /// Lease scans: how many so far, and each other incarnation's `released` as last seen.
     scans: std::sync::Mutex<(u64, std::collections::HashMap<String, u64>)>,
     /// Unlocks and lease releases NATS failed, `(key, owner, unlock)`: retried before each
@@ -1077,6 +1081,7 @@ impl NatsStateStore {
             beat_key: String::new(),
             incarnation: incarnation(),
             beat: Default::default(),
+            beat_writing: Default::default(),
             scans: Default::default(),
             dangling: Default::default(),
             writing: Default::default(),
@@ -1085,32 +1090,61 @@ impl NatsStateStore {
         // Before this replica takes its first lock: a lease can only run out after this ends.
         if store.replica.is_some() {
             store
-                .write_beat(
-                    Some(crate::now_ms() + opts.run_lease.as_millis() as i64),
-                    false,
-                )
+                .write_beat(Some(crate::now_ms() + opts.run_lease.as_millis() as i64))
                 .await?;
         }
         Ok(store)
     }
 
-    /// Writes this replica's heartbeat: valid `until` (unix ms; keeps the last one when
-    /// `None`), one more lease given up when `released`.
-    async fn write_beat(&self, until: Option<i64>, released: bool) -> Result<(), BusError> {
-        let beat = {
-            let mut beat = self.beat.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(until) = until {
-                beat.0 = until;
+    /// Writes this replica's heartbeat, valid `until` (unix ms; keeps the last one when
+    /// `None`), after any write under way.
+    async fn write_beat(&self, until: Option<i64>) -> Result<(), BusError> {
+        if let Some(until) = until {
+            self.beat.lock().unwrap_or_else(|p| p.into_inner()).0 = until;
+        }
+        let writing = self.beat_writing.lock().await;
+        self.put_beats(writing).await
+    }
+
+    /// Counts one more lease given up and gets the count into the heartbeat. A release that
+    /// finds a heartbeat write under way leaves its count to that writer (see
+    /// [`Self::put_beats`]): a replica stopping with thousands of runs gives their leases up
+    /// with a handful of heartbeat writes, not one each.
+    async fn count_release(&self) -> Result<(), BusError> {
+        self.beat.lock().unwrap_or_else(|p| p.into_inner()).1 += 1;
+        match self.beat_writing.try_lock() {
+            Ok(writing) => self.put_beats(writing).await,
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Puts the heartbeat as it stands, holding `writing`; again while releases counted
+    /// meanwhile left their count to this writer. It looks after letting go, so a release
+    /// counted during a put is either seen here or finds nobody writing and writes itself.
+    async fn put_beats(
+        &self,
+        mut writing: tokio::sync::MutexGuard<'_, ()>,
+    ) -> Result<(), BusError> {
+        loop {
+            let beat = {
+                let beat = self.beat.lock().unwrap_or_else(|p| p.into_inner());
+                Beat {
+                    replica: self.replica().to_owned(),
+                    incarnation: self.incarnation.clone(),
+                    until_ms: beat.0,
+                    released: beat.1,
+                }
+            };
+            kv_put_json(&self.replicas, self.beat_key.clone(), &beat, "heartbeat").await?;
+            drop(writing);
+            if self.beat.lock().unwrap_or_else(|p| p.into_inner()).1 == beat.released {
+                return Ok(());
             }
-            beat.1 += u64::from(released);
-            Beat {
-                replica: self.replica().to_owned(),
-                incarnation: self.incarnation.clone(),
-                until_ms: beat.0,
-                released: beat.1,
-            }
-        };
-        kv_put_json(&self.replicas, self.beat_key.clone(), &beat, "heartbeat").await
+            writing = match self.beat_writing.try_lock() {
+                Ok(writing) => writing,
+                Err(_) => return Ok(()),
+            };
+        }
     }
 
     /// Every replica's heartbeat but this one's: (key, revision, beat).
@@ -1171,7 +1205,7 @@ impl NatsStateStore {
         let now = crate::now_ms();
         let ended = self.beat.lock().unwrap_or_else(|p| p.into_inner()).0 <= now;
         if ended {
-            self.write_beat(Some(now + lease.as_millis() as i64), false)
+            self.write_beat(Some(now + lease.as_millis() as i64))
                 .await?;
         }
         Ok(())
@@ -1424,7 +1458,7 @@ impl NatsStateStore {
             )
             .await?;
         // The release holds without the heartbeat: its count goes out with the next one.
-        if released && let Err(e) = self.write_beat(None, true).await {
+        if released && let Err(e) = self.count_release().await {
             warn!(key = %key, error = %e, "cannot count a lease given up in the heartbeat; the next heartbeat does");
         }
         Ok(released)
@@ -1843,12 +1877,12 @@ impl RunLeases for NatsStateStore {
                 }
             }
             let until = crate::now_ms() + self.lease().as_millis() as i64;
-            self.write_beat(Some(until), false).await
+            self.write_beat(Some(until)).await
         })
     }
 
     fn leave(&self) -> BoxFuture<'_, Result<(), BusError>> {
-        Box::pin(async move { self.write_beat(Some(0), false).await })
+        Box::pin(async move { self.write_beat(Some(0)).await })
     }
 
     fn take_over(&self, orphan: &Orphan, ttl: Duration) -> BoxFuture<'_, Result<bool, BusError>> {

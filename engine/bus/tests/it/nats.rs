@@ -712,6 +712,57 @@ async fn a_lease_scan_reads_the_locks_of_replicas_that_ended_or_gave_a_lease_up(
     assert_eq!(orphans[0].replica, "e");
 }
 
+/// A replica giving many leases up at once (a stopping replica suspends all its runs) counts
+/// them in a few heartbeat writes, not one each; the heartbeat ends up counting all of them,
+/// and another replica finds every lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_given_up_together_share_heartbeat_writes() {
+    use firebreak_bus::RunLeases;
+    const RUNS: usize = 200;
+    let server = NatsServer::start().expect("nats-server");
+    let minute = Duration::from_secs(60);
+    let (_a_bus, a) = replica_store(&server, "a", minute).await;
+    let (_b_bus, b) = replica_store(&server, "b", minute).await;
+    for i in 0..RUNS {
+        let (key, run) = (format!("rb/{i}"), format!("run-{i}"));
+        assert!(a.try_lock(&key, &run, minute).await.unwrap());
+    }
+    let js = inspect(&server).await;
+    let beat_writes = async || {
+        let mut bucket = js.get_stream("KV_firebreak_replicas").await.unwrap();
+        bucket.info().await.unwrap().state.last_sequence
+    };
+    let before = beat_writes().await;
+    let a = &a;
+    let releases =
+        (0..RUNS).map(|i| async move { a.release(&format!("rb/{i}"), &format!("run-{i}")).await });
+    for released in futures::future::join_all(releases).await {
+        assert!(released.unwrap(), "a held every lease");
+    }
+    let writes = beat_writes().await - before;
+    assert!(
+        writes < (RUNS / 10) as u64,
+        "{writes} heartbeat writes for {RUNS} leases given up"
+    );
+    let beats = js.get_key_value("firebreak_replicas").await.unwrap();
+    let mut counted = None;
+    {
+        use futures::TryStreamExt as _;
+        let keys: Vec<String> = beats.keys().await.unwrap().try_collect().await.unwrap();
+        for key in keys.iter().filter(|k| k.starts_with("a/")) {
+            let beat: serde_json::Value =
+                serde_json::from_slice(&beats.get(key).await.unwrap().unwrap()).unwrap();
+            counted = beat["released"].as_u64();
+        }
+    }
+    assert_eq!(
+        counted,
+        Some(RUNS as u64),
+        "a's heartbeat counts every release"
+    );
+    assert_eq!(b.orphans().await.unwrap().len(), RUNS, "b finds every lock");
+}
+
 /// A replica told to stop ends its heartbeat: the others read its locks at their next scan,
 /// and delete the heartbeat once none of its locks is left. While it beats, nobody does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

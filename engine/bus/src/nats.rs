@@ -878,8 +878,8 @@ pub struct NatsStateStore {
     /// lands before an earlier one, and releases that come while one is under way share the
     /// next ([`Self::count_release`]).
     beat_writing: tokio::sync::Mutex<()>,
-    /// Lease scans: how many so far, and each other incarnation's `released` as last seen.
-    scans: std::sync::Mutex<(u64, std::collections::HashMap<String, u64>)>,
+    /// Lease scans: how many so far, and what the last one that read the locks saw.
+    scans: std::sync::Mutex<(u64, Seen)>,
     /// Unlocks and lease releases NATS failed, `(key, owner, unlock)`: retried before each
     /// heartbeat ([`RunLeases::beat`]), since a lock this replica no longer renews would
     /// otherwise keep its incident's key held with no heartbeat ending to have it found.
@@ -905,6 +905,16 @@ struct Beat {
     /// How many leases this incarnation gave up so far.
     #[serde(default)]
     released: u64,
+}
+
+/// What lease scans remember of the other replicas' heartbeats (see
+/// [`NatsStateStore::must_read_locks`]).
+#[derive(Debug, Default)]
+struct Seen {
+    /// Each incarnation's `released` count.
+    released: std::collections::HashMap<String, u64>,
+    /// Each ended heartbeat's next round to read the locks for, and the gap after that.
+    ended: std::collections::HashMap<String, (u64, u64)>,
 }
 
 /// A lease scan of every [`SAFETY_EVERY`]th round reads the lock bucket even with every
@@ -1162,26 +1172,38 @@ impl NatsStateStore {
     }
 
     /// Whether this lease scan must read the lock bucket, given the other replicas' `beats`:
-    /// when a heartbeat ended or a replica gave a lease up since the last scan, and every
-    /// [`SAFETY_EVERY`]th round on the live replica whose key sorts first. With it, the
-    /// `released` counts to remember once the locks were read ([`Self::saw`]): a listing that
-    /// fails leaves the old ones, so the next scan reads again.
-    fn must_read_locks(
-        &self,
-        beats: &[(String, u64, Beat)],
-        now: i64,
-    ) -> (bool, std::collections::HashMap<String, u64>) {
+    /// when a replica gave a lease up since the last scan, when a heartbeat ended, and every
+    /// [`SAFETY_EVERY`]th round on the live replica whose key sorts first. An ended heartbeat
+    /// is read for at once and at the next scan (its leases run out just after it), then
+    /// after gaps that double up to [`SAFETY_EVERY`] rounds: its locks stay while no replica
+    /// can resume their runs (none has their runbook), and every replica listing every lock
+    /// every round for as long would cost the cluster what the heartbeats save. With it, what
+    /// to remember once the locks were read ([`Self::saw`]): a listing that fails leaves the
+    /// old, so the next scan reads again.
+    fn must_read_locks(&self, beats: &[(String, u64, Beat)], now: i64) -> (bool, Seen) {
         let mut scans = self.scans.lock().unwrap_or_else(|p| p.into_inner());
         let (round, seen) = &mut *scans;
         *round += 1;
-        let mut read = beats.iter().any(|(_, _, beat)| beat.until_ms <= now);
-        let mut now_seen = std::collections::HashMap::with_capacity(beats.len());
+        let mut read = false;
+        let mut now_seen = Seen::default();
         for (key, _, beat) in beats {
             // A replica first seen here may have given a lease up before this scan saw it.
             read |= seen
+                .released
                 .get(key)
                 .map_or(beat.released > 0, |&released| released != beat.released);
-            now_seen.insert(key.clone(), beat.released);
+            now_seen.released.insert(key.clone(), beat.released);
+            if beat.until_ms <= now {
+                let (next, gap) = seen.ended.get(key).copied().unwrap_or((*round, 1));
+                let due = *round >= next;
+                read |= due;
+                let later = if due {
+                    (*round + gap, (2 * gap).min(SAFETY_EVERY))
+                } else {
+                    (next, gap)
+                };
+                now_seen.ended.insert(key.clone(), later);
+            }
         }
         let first_live = beats
             .iter()
@@ -1190,9 +1212,9 @@ impl NatsStateStore {
         (read || (*round % SAFETY_EVERY == 0 && first_live), now_seen)
     }
 
-    /// Remembers the heartbeats' `released` counts a scan acted on.
-    fn saw(&self, released: std::collections::HashMap<String, u64>) {
-        self.scans.lock().unwrap_or_else(|p| p.into_inner()).1 = released;
+    /// Remembers what a scan acted on.
+    fn saw(&self, seen: Seen) {
+        self.scans.lock().unwrap_or_else(|p| p.into_inner()).1 = seen;
     }
 
     /// Writes this replica's heartbeat again if it ended (NATS was away for a lease, and
@@ -1823,15 +1845,22 @@ impl RunLeases for NatsStateStore {
                 .into_iter()
                 .filter_map(|(key, _, value)| Some((key, serde_json::from_slice(&value).ok()?)))
                 .collect();
-            if let Some(seen) = seen {
-                self.saw(seen);
-            }
+            let mut seen = seen;
             // A heartbeat that ended goes once no lock of its incarnation is left (taken over,
-            // released, or never taken); until then its locks are read at every scan.
+            // released, or never taken); until then its locks are read for (see
+            // `must_read_locks`), at the next scan while one of its leases still runs (a lock
+            // taken after its last heartbeat runs out up to a renewal round after it).
             for (key, revision, beat) in beats.iter().filter(|(_, _, b)| b.until_ms <= now) {
-                let left = locks
-                    .iter()
-                    .any(|(_, lock)| lock.incarnation.as_deref() == Some(&beat.incarnation));
+                let (mut left, mut running) = (false, false);
+                for (_, lock) in &locks {
+                    if lock.incarnation.as_deref() == Some(&beat.incarnation) {
+                        left = true;
+                        running |= lock.lease_ms.is_some_and(|l| l > now);
+                    }
+                }
+                if running && let Some(seen) = &mut seen {
+                    seen.ended.insert(key.clone(), (0, 1));
+                }
                 if !left
                     && let Err(e) = self
                         .replicas
@@ -1840,6 +1869,9 @@ impl RunLeases for NatsStateStore {
                 {
                     debug!(key = %key, error = %e, "an ended heartbeat was not deleted");
                 }
+            }
+            if let Some(seen) = seen {
+                self.saw(seen);
             }
             Ok(locks
                 .iter()

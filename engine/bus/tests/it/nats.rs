@@ -763,6 +763,90 @@ async fn leases_given_up_together_share_heartbeat_writes() {
     assert_eq!(b.orphans().await.unwrap().len(), RUNS, "b finds every lock");
 }
 
+/// A dead replica's lock that no replica takes over (none can resume its run: its runbook is
+/// loaded nowhere) is read for at the first two scans after the heartbeat ended, then after
+/// gaps that double up to the safety round's: not at every scan of every replica until the
+/// heartbeat's retention ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_nobody_takes_over_is_read_for_less_and_less_often() {
+    use firebreak_bus::RunLeases;
+    let server = NatsServer::start().expect("nats-server");
+    let lease = Duration::from_secs(1);
+    let minute = Duration::from_secs(60);
+    let (_a_bus, a) = replica_store(&server, "a", lease).await;
+    let (_b_bus, b) = replica_store(&server, "b", minute).await;
+    assert!(a.try_lock("rb/stuck", "run-stuck", minute).await.unwrap());
+    // a dies: its heartbeat and lease end together.
+    tokio::time::sleep(lease + Duration::from_millis(200)).await;
+    let mut found = Vec::new();
+    for scan in 1..=40 {
+        if !b.orphans().await.unwrap().is_empty() {
+            found.push(scan);
+        }
+    }
+    // 20 and 40: b, the first live replica, reads the locks every 20th round anyway.
+    assert_eq!(
+        found,
+        [1, 2, 4, 8, 16, 20, 32, 40],
+        "the scans that read the locks"
+    );
+    let js = inspect(&server).await;
+    assert_eq!(heartbeats_of(&js, "a").await, 1, "a's lock is still there");
+}
+
+/// A lock a dead replica took after its last heartbeat has a lease that outlives the
+/// heartbeat (by up to a renewal round): its locks are read for at every scan until that lease
+/// ran out, not only after the growing gaps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_that_outlives_its_heartbeat_is_read_for_until_it_runs_out() {
+    use firebreak_bus::RunLeases;
+    use futures::TryStreamExt as _;
+    let server = NatsServer::start().expect("nats-server");
+    let lease = Duration::from_secs(1);
+    let minute = Duration::from_secs(60);
+    let (_a_bus, a) = replica_store(&server, "a", lease).await;
+    let (_b_bus, b) = replica_store(&server, "b", minute).await;
+    let js = inspect(&server).await;
+    let beats = js.get_key_value("firebreak_replicas").await.unwrap();
+    let keys: Vec<String> = beats.keys().await.unwrap().try_collect().await.unwrap();
+    let incarnation = keys
+        .iter()
+        .find_map(|k| k.strip_prefix("a/"))
+        .expect("a's heartbeat")
+        .to_owned();
+    drop(a);
+    tokio::time::sleep(lease + Duration::from_millis(200)).await;
+    // As if a took it just before it died: its lease runs out 1.5 s after the heartbeat.
+    let lease_ends = jiff::Timestamp::now().as_millisecond() + 1_500;
+    let late = serde_json::json!({
+        "owner": "run-late", "expires_ms": i64::MAX / 2, "replica": "a",
+        "lease_ms": lease_ends, "incarnation": incarnation,
+    });
+    js.get_key_value("firebreak_locks")
+        .await
+        .unwrap()
+        .put("rb/late", serde_json::to_vec(&late).unwrap().into())
+        .await
+        .unwrap();
+    assert!(
+        b.orphans().await.unwrap().is_empty(),
+        "scan 1: the lease runs"
+    );
+    assert!(
+        b.orphans().await.unwrap().is_empty(),
+        "scan 2: the lease runs"
+    );
+    tokio::time::sleep(Duration::from_millis(1_700)).await;
+    // Scan 3 is in no gap's schedule: read because the lease still ran at scan 2.
+    let orphans = b.orphans().await.unwrap();
+    assert_eq!(
+        orphans.len(),
+        1,
+        "scan 3 finds the lease ended: {orphans:?}"
+    );
+    assert!(b.take_over(&orphans[0], minute).await.unwrap());
+}
+
 /// A replica told to stop ends its heartbeat: the others read its locks at their next scan,
 /// and delete the heartbeat once none of its locks is left. While it beats, nobody does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

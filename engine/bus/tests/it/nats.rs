@@ -492,6 +492,21 @@ async fn replica_store(
     (bus, store)
 }
 
+/// How long replica a's heartbeat and leases last in [`a_dying_and_b_alive`].
+const DYING_LEASE: Duration = Duration::from_secs(1);
+
+/// Replica a, whose heartbeat and leases run out [`DYING_LEASE`] after it last beat (the tests
+/// do not renew them: it is as good as dead by then), and replica b, beating for a minute.
+async fn a_dying_and_b_alive(
+    server: &NatsServer,
+) -> (
+    (Arc<NatsBus>, firebreak_bus::NatsStateStore),
+    (Arc<NatsBus>, firebreak_bus::NatsStateStore),
+) {
+    let a = replica_store(server, "a", DYING_LEASE).await;
+    (a, replica_store(server, "b", Duration::from_secs(60)).await)
+}
+
 /// A JetStream client of the test's own on `server`, to look into the buckets.
 async fn inspect(server: &NatsServer) -> async_nats::jetstream::Context {
     let client = async_nats::connect(server.url()).await.expect("connect");
@@ -639,10 +654,8 @@ async fn a_lease_scan_with_every_replica_alive_reads_no_lock() {
 async fn a_lease_scan_reads_the_locks_of_replicas_that_ended_or_gave_a_lease_up() {
     use firebreak_bus::RunLeases;
     let server = NatsServer::start().expect("nats-server");
-    let lease = Duration::from_secs(1);
-    let minute = Duration::from_secs(60);
-    let (_a_bus, a) = replica_store(&server, "a", lease).await;
-    let (_b_bus, b) = replica_store(&server, "b", Duration::from_secs(60)).await;
+    let (lease, minute) = (DYING_LEASE, Duration::from_secs(60));
+    let ((_a_bus, a), (_b_bus, b)) = a_dying_and_b_alive(&server).await;
     assert!(a.try_lock("rb/left", "run-left", minute).await.unwrap());
     assert!(b.orphans().await.unwrap().is_empty(), "a's lease is live");
     // a stops beating (as a replica killed): its heartbeat and lease end together.
@@ -771,10 +784,8 @@ async fn leases_given_up_together_share_heartbeat_writes() {
 async fn a_lock_nobody_takes_over_is_read_for_less_and_less_often() {
     use firebreak_bus::RunLeases;
     let server = NatsServer::start().expect("nats-server");
-    let lease = Duration::from_secs(1);
-    let minute = Duration::from_secs(60);
-    let (_a_bus, a) = replica_store(&server, "a", lease).await;
-    let (_b_bus, b) = replica_store(&server, "b", minute).await;
+    let (lease, minute) = (DYING_LEASE, Duration::from_secs(60));
+    let ((_a_bus, a), (_b_bus, b)) = a_dying_and_b_alive(&server).await;
     assert!(a.try_lock("rb/stuck", "run-stuck", minute).await.unwrap());
     // a dies: its heartbeat and lease end together.
     tokio::time::sleep(lease + Duration::from_millis(200)).await;
@@ -802,10 +813,8 @@ async fn a_lease_that_outlives_its_heartbeat_is_read_for_until_it_runs_out() {
     use firebreak_bus::RunLeases;
     use futures::TryStreamExt as _;
     let server = NatsServer::start().expect("nats-server");
-    let lease = Duration::from_secs(1);
-    let minute = Duration::from_secs(60);
-    let (_a_bus, a) = replica_store(&server, "a", lease).await;
-    let (_b_bus, b) = replica_store(&server, "b", minute).await;
+    let (lease, minute) = (DYING_LEASE, Duration::from_secs(60));
+    let ((_a_bus, a), (_b_bus, b)) = a_dying_and_b_alive(&server).await;
     let js = inspect(&server).await;
     let beats = js.get_key_value("firebreak_replicas").await.unwrap();
     let keys: Vec<String> = beats.keys().await.unwrap().try_collect().await.unwrap();
@@ -918,10 +927,8 @@ async fn an_unlock_nats_failed_is_done_before_the_next_heartbeat() {
 async fn a_replica_whose_heartbeat_ended_beats_again_before_it_takes_a_lock() {
     use firebreak_bus::RunLeases;
     let server = NatsServer::start().expect("nats-server");
-    let lease = Duration::from_secs(1);
-    let minute = Duration::from_secs(60);
-    let (_a_bus, a) = replica_store(&server, "a", lease).await;
-    let (_b_bus, b) = replica_store(&server, "b", minute).await;
+    let (lease, minute) = (DYING_LEASE, Duration::from_secs(60));
+    let ((_a_bus, a), (_b_bus, b)) = a_dying_and_b_alive(&server).await;
     let js = inspect(&server).await;
     tokio::time::sleep(lease + Duration::from_millis(200)).await;
     assert!(b.orphans().await.unwrap().is_empty());

@@ -1826,7 +1826,7 @@ impl RunLeases for NatsStateStore {
         Box::pin(async move {
             let now = crate::now_ms();
             // Heartbeats that cannot be read (their bucket has no leader yet): read the locks.
-            let (beats, seen) = match self.beats().await {
+            let (beats, mut seen) = match self.beats().await {
                 Ok(beats) => {
                     let (read, seen) = self.must_read_locks(&beats, now);
                     if !read {
@@ -1845,7 +1845,6 @@ impl RunLeases for NatsStateStore {
                 .into_iter()
                 .filter_map(|(key, _, value)| Some((key, serde_json::from_slice(&value).ok()?)))
                 .collect();
-            let mut seen = seen;
             // A heartbeat that ended goes once no lock of its incarnation is left (taken over,
             // released, or never taken); until then its locks are read for (see
             // `must_read_locks`), at the next scan while one of its leases still runs (a lock

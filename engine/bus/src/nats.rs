@@ -309,6 +309,10 @@ impl NatsBus {
         setup.events_consumer().await?;
         setup.audit_stream().await?;
         info!(url, auth = method, tls = setup.opts.security.tls.wanted(), stream = %setup.opts.events_stream, consumer = %setup.opts.consumer, "nats bus ready");
+        let server = client.server_info().version;
+        if setup.opts.replicas > 1 && !serializes_compare_and_set(&server) {
+            warn!(server = %server, "this nats-server checks a compare-and-set before it goes through the cluster's raft log (nats-server#4320, fixed upstream in 2023, 2.10 and later): two replicas may both take one incident's lock when its alerts reach them within milliseconds of each other (run takeovers are confirmed and go to one); use a current nats-server for a cluster");
+        }
         let bus = NatsBus {
             client,
             js,
@@ -840,6 +844,17 @@ fn kv_key(key: &str) -> String {
     out
 }
 
+/// Whether nats-server `version` checks a write's expected revision inside its raft log on a
+/// cluster (2.10 and later; nats-server#4320), so concurrent compare-and-sets of one key
+/// cannot both pass. Unparsable versions are taken as current.
+fn serializes_compare_and_set(version: &str) -> bool {
+    let mut parts = version.split(['.', '-']).map(|p| p.parse::<u32>());
+    match (parts.next(), parts.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) => (major, minor) >= (2, 10),
+        _ => true,
+    }
+}
+
 /// How many times a compare-and-set loop re-reads after losing a race before it gives up.
 const CAS_ATTEMPTS: usize = 16;
 
@@ -884,6 +899,9 @@ pub struct NatsStateStore {
     /// heartbeat ([`RunLeases::beat`]), since a lock this replica no longer renews would
     /// otherwise keep its incident's key held with no heartbeat ending to have it found.
     dangling: std::sync::Mutex<Vec<(String, String, bool)>>,
+    /// The buckets are replicated (a NATS cluster): a takeover is confirmed
+    /// ([`Self::still_ours_after_writes_in_flight`]).
+    replicated: bool,
     /// Writes to one lock from this process go one at a time ([`Self::one_at_a_time`]).
     writing: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -1094,6 +1112,7 @@ impl NatsStateStore {
             beat_writing: Default::default(),
             scans: Default::default(),
             dangling: Default::default(),
+            replicated: opts.replicas > 1,
             writing: Default::default(),
         };
         store.beat_key = kv_key(&format!("{}/{}", store.replica(), store.incarnation));
@@ -1358,6 +1377,36 @@ impl NatsStateStore {
             Ok(false)
         })
         .await
+    }
+
+    /// Whether the lock write that got `revision` at `key` is still the lock once every write
+    /// proposed before it was answered is applied. On a cluster, nats-server before 2.9.21
+    /// checks a write's expected revision before the write goes through the stream's raft
+    /// log, not in it (nats-server#4320): two replicas' takeovers of one lock, both expecting
+    /// its old revision, can both pass (65 of 300 on three 2.9.10 nodes), and the later one is
+    /// the lock. A write of our own to the same stream after ours was answered is ordered after
+    /// any such write in the log, and the leader applies in log order: once it is answered,
+    /// the lock read from the leader says who came last. A write proposed later is checked
+    /// against ours and refused.
+    async fn still_ours_after_writes_in_flight(
+        &self,
+        key: &str,
+        revision: u64,
+    ) -> Result<bool, BusError> {
+        // `.` never occurs in a lock's key (`kv_key` escapes it): no lock is ever here.
+        let barrier = format!("barrier.{}", kv_key(self.replica()));
+        self.locks
+            .put(barrier, bytes::Bytes::new())
+            .await
+            .map_err(|e| {
+                BusError::nats(
+                    "kv put lock barrier",
+                    BusErrorKind::Unavailable,
+                    Box::new(e),
+                )
+            })?;
+        let (_, now) = self.lock_entry(key).await?;
+        Ok(now == Some(revision))
     }
 
     /// The live lock at `key`: its value and revision (`None` if absent or deleted), read from
@@ -1920,19 +1969,37 @@ impl RunLeases for NatsStateStore {
         let orphan = orphan.clone();
         Box::pin(async move {
             self.revive_beat().await?;
-            self.update_lock(
-                &kv_key(&orphan.key),
-                |lock, now| {
-                    lock.owner == orphan.run_id
-                        && lock.replica.as_deref() == Some(orphan.replica.as_str())
-                        && lock.lease_ms.is_some_and(|l| l <= now)
-                },
-                |lock, now| {
-                    let expires = lock.expires_ms.max(now + ttl.as_millis() as i64);
-                    self.lock_value(&orphan.run_id, expires, now)
-                },
-            )
-            .await
+            let key = kv_key(&orphan.key);
+            let taken = self
+                .update_lock(
+                    &key,
+                    |lock, now| {
+                        lock.owner == orphan.run_id
+                            && lock.replica.as_deref() == Some(orphan.replica.as_str())
+                            && lock.lease_ms.is_some_and(|l| l <= now)
+                    },
+                    |lock, now| {
+                        let expires = lock.expires_ms.max(now + ttl.as_millis() as i64);
+                        self.lock_value(&orphan.run_id, expires, now)
+                    },
+                )
+                .await?;
+            if !taken || !self.replicated {
+                return Ok(taken);
+            }
+            let Some(revision) = self.held().get(&key).map(|(_, revision)| *revision) else {
+                return Ok(false);
+            };
+            if self
+                .still_ours_after_writes_in_flight(&key, revision)
+                .await?
+            {
+                return Ok(true);
+            }
+            // Another replica's takeover passed beside ours and came after it: the run is its.
+            self.held().remove(&key);
+            info!(key = %orphan.key, run_id = %orphan.run_id, "another replica's takeover of this run came after ours; it is theirs");
+            Ok(false)
         })
     }
 
@@ -2000,6 +2067,16 @@ const DECISION_PREFIX: &str = "decision.";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn servers_before_2_10_are_known_not_to_serialize_compare_and_set() {
+        for old in ["2.9.10", "2.9.25", "2.2.0", "1.4.1"] {
+            assert!(!serializes_compare_and_set(old), "{old}");
+        }
+        for current in ["2.10.0", "2.10.26-RC.1", "2.14.6", "3.0.0", "nightly"] {
+            assert!(serializes_compare_and_set(current), "{current}");
+        }
+    }
 
     /// An election is waited out; a server that never answered, or bad data, is not.
     #[tokio::test(start_paused = true)]

@@ -1112,3 +1112,67 @@ async fn a_run_that_ends_during_its_renewal_leaves_no_lock_on_a_cluster() {
         held.len()
     );
 }
+
+/// Two replicas taking the same orphan over at once on a three-node cluster: exactly one gets
+/// it. nats-server 2.9.10 (Debian's) checks a write's expected revision outside its raft log
+/// (nats-server#4320), and both compare-and-sets passed in 65 of 300 races; the takeover now
+/// confirms it came last before it counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_taking_one_orphan_over_on_a_cluster_leave_it_to_one() {
+    use firebreak_bus::RunLeases;
+    const RUNS: usize = 300;
+    let nodes = NatsServer::start_cluster(3).expect("three nats-server nodes");
+    let replica = async |name: &str, node: &NatsServer, lease: Duration| {
+        let opts = NatsOptions {
+            replica: Some(name.to_owned()),
+            run_lease: lease,
+            replicas: 3,
+            ..NatsOptions::default()
+        };
+        // A new cluster answers JetStream requests once it has elected its leaders.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let opened = async {
+                let bus = NatsBus::connect(&node.url(), opts.clone()).await?;
+                let store = bus.state_store().await?;
+                Ok::<_, firebreak_bus::BusError>((bus, store))
+            };
+            match opened.await {
+                Ok(opened) => break opened,
+                Err(e) if tries < 30 => {
+                    eprintln!("cluster not ready: {e}");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => panic!("no JetStream on the cluster after {tries} tries: {e}"),
+            }
+        }
+    };
+    let minute = Duration::from_secs(60);
+    let (_z_bus, z) = replica("z", &nodes[0], DYING_LEASE).await;
+    let (_x_bus, x) = replica("x", &nodes[1], minute).await;
+    let (_y_bus, y) = replica("y", &nodes[2], minute).await;
+    for i in 0..RUNS {
+        let (key, run) = (format!("rb/incident-{i}"), format!("run-{i}"));
+        assert!(z.try_lock(&key, &run, minute).await.unwrap());
+    }
+    // z dies: its heartbeat and leases run out.
+    tokio::time::sleep(DYING_LEASE + Duration::from_millis(500)).await;
+    let orphans = x.orphans().await.unwrap();
+    assert_eq!(orphans.len(), RUNS);
+    let mut takers = std::collections::BTreeMap::new();
+    for orphan in &orphans {
+        let (by_x, by_y) = tokio::join!(x.take_over(orphan, minute), y.take_over(orphan, minute));
+        *takers.entry((by_x.unwrap(), by_y.unwrap())).or_insert(0) += 1;
+    }
+    assert_eq!(
+        takers.get(&(true, true)),
+        None,
+        "runs taken over by both replicas; (by x, by y) → count: {takers:?}"
+    );
+    assert_eq!(
+        takers.get(&(false, false)),
+        None,
+        "runs taken over by neither: {takers:?}"
+    );
+}

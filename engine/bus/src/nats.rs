@@ -1990,11 +1990,15 @@ impl RunLeases for NatsStateStore {
             let Some(revision) = self.held().get(&key).map(|(_, revision)| *revision) else {
                 return Ok(false);
             };
-            if self
-                .still_ours_after_writes_in_flight(&key, revision)
-                .await?
-            {
-                return Ok(true);
+            match self.still_ours_after_writes_in_flight(&key, revision).await {
+                Ok(true) => return Ok(true),
+                Ok(false) => {}
+                Err(e) => {
+                    // Taken, maybe not last: give the lease up, so that whoever can confirm
+                    // takes the run over (a failed release is retried before each heartbeat).
+                    let _ = RunLeases::release(self, &orphan.key, &orphan.run_id).await;
+                    return Err(e);
+                }
             }
             // Another replica's takeover passed beside ours and came after it: the run is its.
             self.held().remove(&key);

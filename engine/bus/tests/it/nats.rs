@@ -1050,6 +1050,38 @@ async fn the_first_decision_for_a_key_is_the_one_every_replica_reads() {
     );
 }
 
+/// Replica `name` on the cluster at `url` (servers, comma-separated), its buckets at three
+/// replicas, once the new cluster answers JetStream requests (it has elected its leaders).
+async fn cluster_replica(
+    url: &str,
+    name: &str,
+    lease: Duration,
+) -> (NatsBus, firebreak_bus::NatsStateStore) {
+    let opts = NatsOptions {
+        replica: Some(name.to_owned()),
+        run_lease: lease,
+        replicas: 3,
+        ..NatsOptions::default()
+    };
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let opened = async {
+            let bus = NatsBus::connect(url, opts.clone()).await?;
+            let store = bus.state_store().await?;
+            Ok::<_, firebreak_bus::BusError>((bus, store))
+        };
+        match opened.await {
+            Ok(opened) => return opened,
+            Err(e) if tries < 30 => {
+                eprintln!("cluster not ready: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("no JetStream on the cluster after {tries} tries: {e}"),
+        }
+    }
+}
+
 /// A run that ends while its lease is being renewed: the unlock that loses to the renewal reads
 /// the lock again and deletes that. In a cluster a read feeding such a compare-and-set must
 /// come from the bucket's leader: a direct get may be answered by a follower that has not
@@ -1066,30 +1098,7 @@ async fn a_run_that_ends_during_its_renewal_leaves_no_lock_on_a_cluster() {
         .map(NatsServer::url)
         .collect::<Vec<_>>()
         .join(",");
-    let opts = NatsOptions {
-        replica: Some("a".to_owned()),
-        run_lease: Duration::from_secs(60),
-        replicas: 3,
-        ..NatsOptions::default()
-    };
-    // A new cluster answers JetStream requests once it has elected its leaders.
-    let mut tries = 0;
-    let (_bus, store) = loop {
-        tries += 1;
-        let opened = async {
-            let bus = NatsBus::connect(&url, opts.clone()).await?;
-            let store = bus.state_store().await?;
-            Ok::<_, firebreak_bus::BusError>((bus, store))
-        };
-        match opened.await {
-            Ok(opened) => break opened,
-            Err(e) if tries < 30 => {
-                eprintln!("cluster not ready: {e}");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => panic!("no JetStream on the cluster after {tries} tries: {e}"),
-        }
-    };
+    let (_bus, store) = cluster_replica(&url, "a", Duration::from_secs(60)).await;
     const RUNS: usize = 300;
     let minute = Duration::from_secs(60);
     for i in 0..RUNS {
@@ -1122,36 +1131,10 @@ async fn two_replicas_taking_one_orphan_over_on_a_cluster_leave_it_to_one() {
     use firebreak_bus::RunLeases;
     const RUNS: usize = 300;
     let nodes = NatsServer::start_cluster(3).expect("three nats-server nodes");
-    let replica = async |name: &str, node: &NatsServer, lease: Duration| {
-        let opts = NatsOptions {
-            replica: Some(name.to_owned()),
-            run_lease: lease,
-            replicas: 3,
-            ..NatsOptions::default()
-        };
-        // A new cluster answers JetStream requests once it has elected its leaders.
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            let opened = async {
-                let bus = NatsBus::connect(&node.url(), opts.clone()).await?;
-                let store = bus.state_store().await?;
-                Ok::<_, firebreak_bus::BusError>((bus, store))
-            };
-            match opened.await {
-                Ok(opened) => break opened,
-                Err(e) if tries < 30 => {
-                    eprintln!("cluster not ready: {e}");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                Err(e) => panic!("no JetStream on the cluster after {tries} tries: {e}"),
-            }
-        }
-    };
     let minute = Duration::from_secs(60);
-    let (_z_bus, z) = replica("z", &nodes[0], DYING_LEASE).await;
-    let (_x_bus, x) = replica("x", &nodes[1], minute).await;
-    let (_y_bus, y) = replica("y", &nodes[2], minute).await;
+    let (_z_bus, z) = cluster_replica(&nodes[0].url(), "z", DYING_LEASE).await;
+    let (_x_bus, x) = cluster_replica(&nodes[1].url(), "x", minute).await;
+    let (_y_bus, y) = cluster_replica(&nodes[2].url(), "y", minute).await;
     for i in 0..RUNS {
         let (key, run) = (format!("rb/incident-{i}"), format!("run-{i}"));
         assert!(z.try_lock(&key, &run, minute).await.unwrap());

@@ -311,7 +311,7 @@ impl NatsBus {
         info!(url, auth = method, tls = setup.opts.security.tls.wanted(), stream = %setup.opts.events_stream, consumer = %setup.opts.consumer, "nats bus ready");
         let server = client.server_info().version;
         if setup.opts.replicas > 1 && !serializes_compare_and_set(&server) {
-            warn!(server = %server, "this nats-server checks a compare-and-set before it goes through the cluster's raft log (nats-server#4320, fixed upstream in 2023, 2.10 and later): two replicas may both take one incident's lock when its alerts reach them within milliseconds of each other (run takeovers are confirmed and go to one); use a current nats-server for a cluster");
+            warn!(server = %server, "this nats-server checks a compare-and-set before it goes through the cluster's raft log (nats-server#4320, fixed upstream in 2023, 2.10 and later): firebreak confirms each run takeover and each expired lock it takes, at two more round trips each; use a current nats-server for a cluster");
         }
         let bus = NatsBus {
             client,
@@ -902,6 +902,9 @@ pub struct NatsStateStore {
     /// The buckets are replicated (a NATS cluster): a takeover is confirmed
     /// ([`Self::still_ours_after_writes_in_flight`]).
     replicated: bool,
+    /// ... and the server checks a compare-and-set outside its raft log
+    /// ([`serializes_compare_and_set`]): a lock taken for a run's start is confirmed too.
+    confirm_starts: bool,
     /// Writes to one lock from this process go one at a time ([`Self::one_at_a_time`]).
     writing: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -1057,6 +1060,7 @@ async fn sweep_bucket(store: &kv::Store, live: impl Fn(&[u8]) -> bool) -> Result
 impl NatsStateStore {
     /// Opens the five buckets, creating them if needed.
     pub async fn open(js: Context, opts: &NatsOptions) -> Result<NatsStateStore, BusError> {
+        let server = js.client().server_info().version;
         // `Context::create_key_value` first asks for account info, whose 2.9 answer async-nats
         // 0.51 cannot parse; so create the bucket's stream ourselves, with the stream config a
         // KV bucket has (the one async-nats would send), then bind to it.
@@ -1113,6 +1117,7 @@ impl NatsStateStore {
             scans: Default::default(),
             dangling: Default::default(),
             replicated: opts.replicas > 1,
+            confirm_starts: opts.replicas > 1 && !serializes_compare_and_set(&server),
             writing: Default::default(),
         };
         store.beat_key = kv_key(&format!("{}/{}", store.replica(), store.incarnation));
@@ -1459,6 +1464,8 @@ impl NatsStateStore {
                 if let Some(revision) =
                     Self::cas(&self.locks, &key, lock(crate::now_ms())?, None).await?
                 {
+                    // A create is checked where it is applied, on every server: no one else's
+                    // passed beside it.
                     self.held()
                         .insert(key.clone(), (owner.to_owned(), revision));
                     return Ok(true);
@@ -1473,14 +1480,43 @@ impl NatsStateStore {
                     return Ok(false);
                 }
                 if let Some(revision) = Self::cas(&self.locks, &key, lock(now)?, revision).await? {
-                    self.held()
-                        .insert(key.clone(), (owner.to_owned(), revision));
-                    return Ok(true);
+                    if ours {
+                        self.held()
+                            .insert(key.clone(), (owner.to_owned(), revision));
+                        return Ok(true);
+                    }
+                    return self.taken(&key, owner, revision).await;
                 }
             }
             Ok(false)
         })
         .await
+    }
+
+    /// Records a lock `owner` took over from an expired one at `key` with `revision`; on a
+    /// cluster whose server checks a compare-and-set outside its raft log, only once it is
+    /// confirmed to be the lock (two replicas taking one expired lock at once both passed in 81
+    /// of 300: see [`Self::still_ours_after_writes_in_flight`]). Whether it is `owner`'s.
+    async fn taken(&self, key: &str, owner: &str, revision: u64) -> Result<bool, BusError> {
+        self.held()
+            .insert(key.to_owned(), (owner.to_owned(), revision));
+        if !self.confirm_starts {
+            return Ok(true);
+        }
+        match self.still_ours_after_writes_in_flight(key, revision).await {
+            Ok(true) => Ok(true),
+            Ok(false) => {
+                self.held().remove(key);
+                info!(key = %kv_key_decode(key), run_id = %owner, "another replica took this lock at the same time, after us; it is theirs");
+                Ok(false)
+            }
+            Err(e) => {
+                // Not confirmed: no run starts under it, so it goes (if it is still ours).
+                self.held().remove(key);
+                let _ = self.delete_lock(key, Some(revision)).await;
+                Err(e)
+            }
+        }
     }
 
     /// Releases `owner`'s lock at `key` (not yet a KV key).

@@ -544,9 +544,24 @@ async fn audit_verify_waits_for_a_cluster_that_is_electing() {
     let before = serve.cli(&["audit", "verify"]).await.ok("audit verify");
     assert!(before.stdout.starts_with("ok: "), "{before}");
 
-    // Two of three nodes down: the one left cannot elect a leader for anything.
+    // Two of three nodes down: the one left cannot elect a leader for anything. A leader left
+    // alone still answers until it notices it lost its quorum: verify starts once it did.
     nodes[1].kill();
     nodes[2].kill();
+    let js = async_nats::jetstream::new(async_nats::connect(nodes[0].url()).await.unwrap());
+    wait_for(
+        "the audit stream to lose its leader",
+        Duration::from_secs(30),
+        String::new,
+        || async {
+            let leaderless = match js.get_stream("FIREBREAK_AUDIT").await {
+                Err(_) => true,
+                Ok(mut stream) => stream.info().await.is_err(),
+            };
+            leaderless.then_some(())
+        },
+    )
+    .await;
     let (verify, ()) = tokio::join!(serve.cli(&["audit", "verify"]), async {
         tokio::time::sleep(Duration::from_secs(2)).await;
         nodes[1].restart().expect("node 2 restarts");

@@ -899,12 +899,10 @@ pub struct NatsStateStore {
     /// heartbeat ([`RunLeases::beat`]), since a lock this replica no longer renews would
     /// otherwise keep its incident's key held with no heartbeat ending to have it found.
     dangling: std::sync::Mutex<Vec<(String, String, bool)>>,
-    /// The buckets are replicated (a NATS cluster): a takeover is confirmed
-    /// ([`Self::still_ours_after_writes_in_flight`]).
-    replicated: bool,
-    /// ... and the server checks a compare-and-set outside its raft log
-    /// ([`serializes_compare_and_set`]): a lock taken for a run's start is confirmed too.
-    confirm_starts: bool,
+    /// The buckets are replicated (a NATS cluster) on a server that checks a compare-and-set
+    /// outside its raft log ([`serializes_compare_and_set`]): a run takeover and a lock taken
+    /// over from an expired one are confirmed ([`Self::still_ours_after_writes_in_flight`]).
+    confirm_takes: bool,
     /// Writes to one lock from this process go one at a time ([`Self::one_at_a_time`]).
     writing: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -1116,8 +1114,7 @@ impl NatsStateStore {
             beat_writing: Default::default(),
             scans: Default::default(),
             dangling: Default::default(),
-            replicated: opts.replicas > 1,
-            confirm_starts: opts.replicas > 1 && !serializes_compare_and_set(&server),
+            confirm_takes: opts.replicas > 1 && !serializes_compare_and_set(&server),
             writing: Default::default(),
         };
         store.beat_key = kv_key(&format!("{}/{}", store.replica(), store.incarnation));
@@ -1385,7 +1382,7 @@ impl NatsStateStore {
     }
 
     /// Whether the lock write that got `revision` at `key` is still the lock once every write
-    /// proposed before it was answered is applied. On a cluster, nats-server before 2.9.21
+    /// proposed before it was answered is applied. On a cluster, nats-server before 2.10
     /// checks a write's expected revision before the write goes through the stream's raft
     /// log, not in it (nats-server#4320): two replicas' takeovers of one lock, both expecting
     /// its old revision, can both pass (65 of 300 on three 2.9.10 nodes), and the later one is
@@ -1500,7 +1497,7 @@ impl NatsStateStore {
     async fn taken(&self, key: &str, owner: &str, revision: u64) -> Result<bool, BusError> {
         self.held()
             .insert(key.to_owned(), (owner.to_owned(), revision));
-        if !self.confirm_starts {
+        if !self.confirm_takes {
             return Ok(true);
         }
         match self.still_ours_after_writes_in_flight(key, revision).await {
@@ -2020,7 +2017,7 @@ impl RunLeases for NatsStateStore {
                     },
                 )
                 .await?;
-            if !taken || !self.replicated {
+            if !taken || !self.confirm_takes {
                 return Ok(taken);
             }
             let Some(revision) = self.held().get(&key).map(|(_, revision)| *revision) else {

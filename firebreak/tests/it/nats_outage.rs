@@ -544,13 +544,20 @@ async fn audit_verify_waits_for_a_cluster_that_is_electing() {
     let before = serve.cli(&["audit", "verify"]).await.ok("audit verify");
     assert!(before.stdout.starts_with("ok: "), "{before}");
 
-    // Two of three nodes down: the one left cannot elect a leader for anything. A leader left
-    // alone still answers until it notices it lost its quorum: verify starts once it did.
-    nodes[1].kill();
-    nodes[2].kill();
+    // Two of three nodes down, the audit stream's leader among them: the follower left alone
+    // cannot elect a leader, so the stream has none from the kill on. (Were the leader the
+    // one left, it would answer until it noticed it lost its quorum, after ten seconds or
+    // more: verify could finish before that.)
     let js = async_nats::jetstream::new(async_nats::connect(nodes[0].url()).await.unwrap());
+    let leader = leader_of(&js, "FIREBREAK_AUDIT").await;
+    let kept = (leader + 1) % nodes.len();
+    let killed: Vec<usize> = (0..nodes.len()).filter(|&i| i != kept).collect();
+    for &i in &killed {
+        nodes[i].kill();
+    }
+    let js = async_nats::jetstream::new(async_nats::connect(nodes[kept].url()).await.unwrap());
     wait_for(
-        "the audit stream to lose its leader",
+        "the audit stream to have no leader",
         Duration::from_secs(30),
         String::new,
         || async {
@@ -564,8 +571,9 @@ async fn audit_verify_waits_for_a_cluster_that_is_electing() {
     .await;
     let (verify, ()) = tokio::join!(serve.cli(&["audit", "verify"]), async {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        nodes[1].restart().expect("node 2 restarts");
-        nodes[2].restart().expect("node 3 restarts");
+        for &i in &killed {
+            nodes[i].restart().expect("a killed node restarts");
+        }
     });
     let verify = verify.ok("audit verify while the cluster elects");
     assert!(verify.stdout.starts_with("ok: "), "{verify}");

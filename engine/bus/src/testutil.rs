@@ -124,6 +124,12 @@ impl NatsServer {
     /// cluster `firebreak`, each routed to the others). Restarted nodes rejoin on the same
     /// ports and stores. The cluster may still be electing its meta leader on return.
     pub fn start_cluster(n: usize) -> Result<Vec<NatsServer>, NatsServerError> {
+        NatsServer::start_cluster_with(n, "")
+    }
+
+    /// [`NatsServer::start_cluster`] with `config` (users and their permissions, say) added to
+    /// every node's config file.
+    pub fn start_cluster_with(n: usize, config: &str) -> Result<Vec<NatsServer>, NatsServerError> {
         let routes: Vec<u16> = (0..n).map(|_| free_port()).collect::<Result<_, _>>()?;
         let route_list = routes
             .iter()
@@ -133,11 +139,11 @@ impl NatsServer {
         // Spawned together: a node logs ready only once it could reach the others' routes.
         let mut nodes = Vec::new();
         for (i, port) in routes.iter().enumerate() {
-            let config = format!(
-                "server_name: n{}\ncluster {{\n  name: firebreak\n  listen: 127.0.0.1:{port}\n  routes: [{route_list}]\n}}\n",
+            let node = format!(
+                "server_name: n{}\ncluster {{\n  name: firebreak\n  listen: 127.0.0.1:{port}\n  routes: [{route_list}]\n}}\n{config}",
                 i + 1
             );
-            nodes.push(NatsServer::start_with_config(&config, &[])?);
+            nodes.push(NatsServer::start_with_config(&node, &[])?);
         }
         Ok(nodes)
     }

@@ -1057,12 +1057,23 @@ async fn cluster_replica(
     name: &str,
     lease: Duration,
 ) -> (NatsBus, firebreak_bus::NatsStateStore) {
-    let opts = NatsOptions {
-        replica: Some(name.to_owned()),
-        run_lease: lease,
-        replicas: 3,
-        ..NatsOptions::default()
-    };
+    cluster_replica_with(
+        url,
+        NatsOptions {
+            replica: Some(name.to_owned()),
+            run_lease: lease,
+            replicas: 3,
+            ..NatsOptions::default()
+        },
+    )
+    .await
+}
+
+/// [`cluster_replica`] with `opts` as given (credentials, timeouts).
+async fn cluster_replica_with(
+    url: &str,
+    opts: NatsOptions,
+) -> (NatsBus, firebreak_bus::NatsStateStore) {
     let mut tries = 0;
     loop {
         tries += 1;
@@ -1201,4 +1212,122 @@ async fn two_replicas_locking_one_incident_at_once_on_a_cluster_leave_it_to_one(
         None,
         "incidents locked by neither: {lockers:?}"
     );
+}
+
+/// Users of a cluster where replica x may not write the lock stream's barrier keys, so every
+/// confirmation x makes fails (NATS refuses the write; its PubAck never comes).
+const BARRIER_REFUSED_TO_X: &str = r#"
+authorization {
+  users = [
+    { user: engine, password: engine }
+    { user: x, password: x, permissions: { publish: { allow: ">", deny: "$KV.firebreak_locks.barrier.>" }, subscribe: ">" } }
+  ]
+}
+"#;
+
+/// Replicas z, x and y on `nodes` (`BARRIER_REFUSED_TO_X`'s users), z's leases lasting
+/// `z_lease`; and whether the servers confirm takes at all (before 2.10 only: from 2.10 a
+/// compare-and-set is checked in the raft log and needs no confirmation).
+async fn z_x_and_y(
+    nodes: &[NatsServer],
+    z_lease: Duration,
+) -> (bool, [(NatsBus, firebreak_bus::NatsStateStore); 3]) {
+    async fn replica(
+        node: &NatsServer,
+        name: &str,
+        lease: Duration,
+    ) -> (NatsBus, firebreak_bus::NatsStateStore) {
+        let user = if name == "x" { "x" } else { "engine" };
+        let opts = NatsOptions {
+            replica: Some(name.to_owned()),
+            run_lease: lease,
+            replicas: 3,
+            // The refused barrier write fails when its PubAck is given up on.
+            request_timeout: Duration::from_secs(1),
+            security: firebreak_bus::NatsSecurity {
+                auth: firebreak_bus::NatsAuth::UserPassword {
+                    user: user.into(),
+                    password: user.into(),
+                },
+                ..Default::default()
+            },
+            ..NatsOptions::default()
+        };
+        cluster_replica_with(&node.url(), opts).await
+    }
+    let minute = Duration::from_secs(60);
+    let z = replica(&nodes[0], "z", z_lease).await;
+    let x = replica(&nodes[1], "x", minute).await;
+    let y = replica(&nodes[2], "y", minute).await;
+    let client =
+        async_nats::ConnectOptions::with_user_and_password("engine".into(), "engine".into())
+            .connect(nodes[0].url())
+            .await
+            .expect("connect");
+    let version = client.server_info().version;
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    ((major, minor) < (2, 10), [z, x, y])
+}
+
+/// An incident's lock taken from an expired one whose confirmation fails is not the taker's:
+/// the take is an error (no run starts) and the lock is deleted, so the next alert of the
+/// incident, on any replica, takes it at once instead of after the taker's full timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_lock_taken_without_confirmation_is_let_go() {
+    let nodes =
+        NatsServer::start_cluster_with(3, BARRIER_REFUSED_TO_X).expect("three nats-server nodes");
+    let minute = Duration::from_secs(60);
+    let (confirms, [(_zb, z), (_xb, x), (_yb, y)]) = z_x_and_y(&nodes, minute).await;
+    let key = "rb/incident";
+    assert!(
+        z.try_lock(key, "run-z", Duration::from_millis(500))
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let taken = x.try_lock(key, "run-x", minute).await;
+    if !confirms {
+        // A current server: nothing to confirm, the take is x's.
+        assert!(taken.unwrap());
+        return;
+    }
+    assert!(taken.is_err(), "x's take was not confirmed, yet: {taken:?}");
+    assert!(
+        y.try_lock(key, "run-y", minute).await.unwrap(),
+        "the lock x could not confirm is still held"
+    );
+}
+
+/// A run taken over whose confirmation fails is given up at once: its lease ends, so another
+/// replica takes it over at its next scan instead of after the failed taker's lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_without_confirmation_gives_the_lease_up() {
+    use firebreak_bus::RunLeases;
+    let nodes =
+        NatsServer::start_cluster_with(3, BARRIER_REFUSED_TO_X).expect("three nats-server nodes");
+    let minute = Duration::from_secs(60);
+    let (confirms, [(_zb, z), (_xb, x), (_yb, y)]) = z_x_and_y(&nodes, DYING_LEASE).await;
+    let key = "rb/incident";
+    assert!(z.try_lock(key, "run-1", minute).await.unwrap());
+    // z dies: its heartbeat and lease run out.
+    tokio::time::sleep(DYING_LEASE + Duration::from_millis(500)).await;
+    let orphans = x.orphans().await.unwrap();
+    assert_eq!(orphans.len(), 1, "{orphans:?}");
+    let taken = x.take_over(&orphans[0], minute).await;
+    if !confirms {
+        assert!(taken.unwrap());
+        return;
+    }
+    assert!(
+        taken.is_err(),
+        "x's takeover was not confirmed, yet: {taken:?}"
+    );
+    let orphans = y.orphans().await.unwrap();
+    assert_eq!(
+        orphans.len(),
+        1,
+        "the run x could not confirm is not an orphan again: {orphans:?}"
+    );
+    assert!(y.take_over(&orphans[0], minute).await.unwrap());
 }

@@ -1215,7 +1215,8 @@ async fn two_replicas_locking_one_incident_at_once_on_a_cluster_leave_it_to_one(
 }
 
 /// Users of a cluster where replica x may not write the lock stream's barrier keys, so every
-/// confirmation x makes fails (NATS refuses the write; its PubAck never comes).
+/// confirmation x makes fails (NATS refuses the write; its PubAck never comes, and x gives up
+/// on it after `request_timeout`, 5 s).
 const BARRIER_REFUSED_TO_X: &str = r#"
 authorization {
   users = [
@@ -1242,8 +1243,6 @@ async fn z_x_and_y(
             replica: Some(name.to_owned()),
             run_lease: lease,
             replicas: 3,
-            // The refused barrier write fails when its PubAck is given up on.
-            request_timeout: Duration::from_secs(1),
             security: firebreak_bus::NatsSecurity {
                 auth: firebreak_bus::NatsAuth::UserPassword {
                     user: user.into(),

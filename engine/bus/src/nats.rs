@@ -847,7 +847,7 @@ fn kv_key(key: &str) -> String {
 /// Whether nats-server `version` checks a write's expected revision inside its raft log on a
 /// cluster (2.10 and later; nats-server#4320), so concurrent compare-and-sets of one key
 /// cannot both pass. Unparsable versions are taken as current.
-fn serializes_compare_and_set(version: &str) -> bool {
+pub fn serializes_compare_and_set(version: &str) -> bool {
     let mut parts = version.split(['.', '-']).map(|p| p.parse::<u32>());
     match (parts.next(), parts.next()) {
         (Some(Ok(major)), Some(Ok(minor))) => (major, minor) >= (2, 10),

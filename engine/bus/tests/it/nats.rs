@@ -1263,10 +1263,8 @@ async fn z_x_and_y(
             .connect(nodes[0].url())
             .await
             .expect("connect");
-    let version = client.server_info().version;
-    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    ((major, minor) < (2, 10), [z, x, y])
+    let confirms = !firebreak_bus::nats::serializes_compare_and_set(&client.server_info().version);
+    (confirms, [z, x, y])
 }
 
 /// An incident's lock taken from an expired one whose confirmation fails is not the taker's:

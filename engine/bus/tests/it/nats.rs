@@ -1093,6 +1093,36 @@ async fn cluster_replica_with(
     }
 }
 
+/// Replicas z, x and y, one on each of the three `nodes` in that order, z's leases lasting
+/// `z_lease` and the others' a minute; `auth` gives each replica's credentials by its name.
+async fn z_x_and_y(
+    nodes: &[NatsServer],
+    z_lease: Duration,
+    auth: impl Fn(&str) -> firebreak_bus::NatsAuth,
+) -> [(NatsBus, firebreak_bus::NatsStateStore); 3] {
+    let minute = Duration::from_secs(60);
+    let mut replicas = Vec::new();
+    for (node, (name, lease)) in nodes
+        .iter()
+        .zip([("z", z_lease), ("x", minute), ("y", minute)])
+    {
+        let opts = NatsOptions {
+            replica: Some(name.to_owned()),
+            run_lease: lease,
+            replicas: 3,
+            security: firebreak_bus::NatsSecurity {
+                auth: auth(name),
+                ..Default::default()
+            },
+            ..NatsOptions::default()
+        };
+        replicas.push(cluster_replica_with(&node.url(), opts).await);
+    }
+    replicas
+        .try_into()
+        .unwrap_or_else(|_| panic!("three nodes"))
+}
+
 /// A run that ends while its lease is being renewed: the unlock that loses to the renewal reads
 /// the lock again and deletes that. In a cluster a read feeding such a compare-and-set must
 /// come from the bucket's leader: a direct get may be answered by a follower that has not
@@ -1143,9 +1173,8 @@ async fn two_replicas_taking_one_orphan_over_on_a_cluster_leave_it_to_one() {
     const RUNS: usize = 300;
     let nodes = NatsServer::start_cluster(3).expect("three nats-server nodes");
     let minute = Duration::from_secs(60);
-    let (_z_bus, z) = cluster_replica(&nodes[0].url(), "z", DYING_LEASE).await;
-    let (_x_bus, x) = cluster_replica(&nodes[1].url(), "x", minute).await;
-    let (_y_bus, y) = cluster_replica(&nodes[2].url(), "y", minute).await;
+    let [(_zb, z), (_xb, x), (_yb, y)] =
+        z_x_and_y(&nodes, DYING_LEASE, |_| Default::default()).await;
     for i in 0..RUNS {
         let (key, run) = (format!("rb/incident-{i}"), format!("run-{i}"));
         assert!(z.try_lock(&key, &run, minute).await.unwrap());
@@ -1180,9 +1209,7 @@ async fn two_replicas_locking_one_incident_at_once_on_a_cluster_leave_it_to_one(
     const RUNS: usize = 300;
     let nodes = NatsServer::start_cluster(3).expect("three nats-server nodes");
     let minute = Duration::from_secs(60);
-    let (_z_bus, z) = cluster_replica(&nodes[0].url(), "z", minute).await;
-    let (_x_bus, x) = cluster_replica(&nodes[1].url(), "x", minute).await;
-    let (_y_bus, y) = cluster_replica(&nodes[2].url(), "y", minute).await;
+    let [(_zb, z), (_xb, x), (_yb, y)] = z_x_and_y(&nodes, minute, |_| Default::default()).await;
     // Locks whose time ran out (their runs' timeouts), left for the next alerts to take.
     for i in 0..RUNS {
         let key = format!("rb/incident-{i}");
@@ -1226,45 +1253,25 @@ authorization {
 }
 "#;
 
-/// Replicas z, x and y on `nodes` (`BARRIER_REFUSED_TO_X`'s users), z's leases lasting
-/// `z_lease`; and whether the servers confirm takes at all (before 2.10 only: from 2.10 a
-/// compare-and-set is checked in the raft log and needs no confirmation).
-async fn z_x_and_y(
-    nodes: &[NatsServer],
-    z_lease: Duration,
-) -> (bool, [(NatsBus, firebreak_bus::NatsStateStore); 3]) {
-    async fn replica(
-        node: &NatsServer,
-        name: &str,
-        lease: Duration,
-    ) -> (NatsBus, firebreak_bus::NatsStateStore) {
-        let user = if name == "x" { "x" } else { "engine" };
-        let opts = NatsOptions {
-            replica: Some(name.to_owned()),
-            run_lease: lease,
-            replicas: 3,
-            security: firebreak_bus::NatsSecurity {
-                auth: firebreak_bus::NatsAuth::UserPassword {
-                    user: user.into(),
-                    password: user.into(),
-                },
-                ..Default::default()
-            },
-            ..NatsOptions::default()
-        };
-        cluster_replica_with(&node.url(), opts).await
+/// Each replica's credentials on a cluster with `BARRIER_REFUSED_TO_X`'s users.
+fn barrier_user(replica: &str) -> firebreak_bus::NatsAuth {
+    let user = if replica == "x" { "x" } else { "engine" };
+    firebreak_bus::NatsAuth::UserPassword {
+        user: user.into(),
+        password: user.into(),
     }
-    let minute = Duration::from_secs(60);
-    let z = replica(&nodes[0], "z", z_lease).await;
-    let x = replica(&nodes[1], "x", minute).await;
-    let y = replica(&nodes[2], "y", minute).await;
+}
+
+/// Whether the servers of `node`'s cluster (`BARRIER_REFUSED_TO_X`'s users) confirm takes at
+/// all: before 2.10 only; from 2.10 a compare-and-set is checked in the raft log and needs no
+/// confirmation.
+async fn confirms_takes(node: &NatsServer) -> bool {
     let client =
         async_nats::ConnectOptions::with_user_and_password("engine".into(), "engine".into())
-            .connect(nodes[0].url())
+            .connect(node.url())
             .await
             .expect("connect");
-    let confirms = !firebreak_bus::nats::serializes_compare_and_set(&client.server_info().version);
-    (confirms, [z, x, y])
+    !firebreak_bus::nats::serializes_compare_and_set(&client.server_info().version)
 }
 
 /// An incident's lock taken from an expired one whose confirmation fails is not the taker's:
@@ -1275,7 +1282,8 @@ async fn an_expired_lock_taken_without_confirmation_is_let_go() {
     let nodes =
         NatsServer::start_cluster_with(3, BARRIER_REFUSED_TO_X).expect("three nats-server nodes");
     let minute = Duration::from_secs(60);
-    let (confirms, [(_zb, z), (_xb, x), (_yb, y)]) = z_x_and_y(&nodes, minute).await;
+    let [(_zb, z), (_xb, x), (_yb, y)] = z_x_and_y(&nodes, minute, barrier_user).await;
+    let confirms = confirms_takes(&nodes[0]).await;
     let key = "rb/incident";
     assert!(
         z.try_lock(key, "run-z", Duration::from_millis(500))
@@ -1304,7 +1312,8 @@ async fn a_takeover_without_confirmation_gives_the_lease_up() {
     let nodes =
         NatsServer::start_cluster_with(3, BARRIER_REFUSED_TO_X).expect("three nats-server nodes");
     let minute = Duration::from_secs(60);
-    let (confirms, [(_zb, z), (_xb, x), (_yb, y)]) = z_x_and_y(&nodes, DYING_LEASE).await;
+    let [(_zb, z), (_xb, x), (_yb, y)] = z_x_and_y(&nodes, DYING_LEASE, barrier_user).await;
+    let confirms = confirms_takes(&nodes[0]).await;
     let key = "rb/incident";
     assert!(z.try_lock(key, "run-1", minute).await.unwrap());
     // z dies: its heartbeat and lease run out.

@@ -28,16 +28,16 @@ use tokio::process::{Child, Command};
 #[derive(Args, Clone)]
 pub struct BenchArgs {
     /// Alerts in the throughput phase.
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 20_000, value_parser = at_least_one::<usize>)]
     pub alerts: usize,
     /// Concurrent keep-alive HTTP clients.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = at_least_one::<usize>)]
     pub clients: usize,
     /// Seconds of the paced latency phase (at --rate alerts/s).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = at_least_one::<u64>)]
     pub paced_seconds: u64,
     /// Alerts per second in the latency phase.
-    #[arg(long, default_value_t = 1_000)]
+    #[arg(long, default_value_t = 1_000, value_parser = at_least_one::<u64>)]
     pub rate: u64,
     /// `spawn` starts a private nats-server -js; a nats:// URL uses that server; absent:
     /// the embedded bus.
@@ -48,19 +48,33 @@ pub struct BenchArgs {
     #[arg(long)]
     pub remedy: bool,
     /// `--remedy`: incidents per scenario (one alert each).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = at_least_one::<usize>)]
     pub incidents: usize,
     /// `--remedy`: alerts per second.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = at_least_one::<u64>)]
     pub remedy_rate: u64,
     /// Engine replicas sharing the work (with `--nats`): alerts go to them round-robin, by
     /// client connection; the figures are for all of them together.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = at_least_one::<usize>)]
     pub replicas: usize,
     /// Measure N runs waiting in a step at once, a SIGTERM and their resume after a restart
     /// instead (see `bench_waiting`).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = at_least_one::<usize>)]
     pub waiting: Option<usize>,
+}
+
+/// A size or rate of the benchmark: zero would measure nothing (an empty sample, a phase
+/// that never starts), so clap refuses it with the flag's name.
+fn at_least_one<T>(arg: &str) -> Result<T, String>
+where
+    T: std::str::FromStr + From<u8> + PartialOrd,
+    T::Err: std::fmt::Display,
+{
+    let n: T = arg.parse().map_err(|e: T::Err| e.to_string())?;
+    if n < T::from(1) {
+        return Err("must be at least 1".into());
+    }
+    Ok(n)
 }
 
 const RUNBOOKS: usize = 50;

@@ -222,6 +222,31 @@ async fn bench_prints_one_summary_line() {
     }
 }
 
+/// A count of zero for any of `bench`'s sizes is refused up front with the flag's name: it
+/// used to panic on an empty sample (`--rate 0`, `--paced-seconds 0`, `--incidents 0`), wait
+/// for ever (`--clients 0`, `--remedy-rate 0`) or print `NaN` figures (`--alerts 0`).
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_refuses_zero_sizes_with_a_clear_error() {
+    for flag in [
+        "--alerts",
+        "--clients",
+        "--paced-seconds",
+        "--rate",
+        "--incidents",
+        "--remedy-rate",
+        "--replicas",
+        "--waiting",
+    ] {
+        let out = firebreak(&["bench", flag, "0"], &[]).await;
+        assert_eq!(out.code, Some(2), "bench {flag} 0: {out}");
+        assert!(
+            out.stderr.contains(flag) && out.stderr.contains("at least 1"),
+            "bench {flag} 0 does not say what is wrong: {out}"
+        );
+        assert!(!out.stderr.contains("panicked"), "bench {flag} 0: {out}");
+    }
+}
+
 /// `firebreak bench --waiting`, small: runs waiting at once, a SIGTERM, a restart that
 /// resumes them all; one summary line.
 #[tokio::test(flavor = "multi_thread")]

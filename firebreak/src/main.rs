@@ -21,6 +21,7 @@ mod decide;
 mod demo;
 mod demo_canary;
 mod demo_teams;
+mod logformat;
 mod logwriter;
 mod notify;
 mod progress;

@@ -696,7 +696,14 @@ const REFERENCE_WORDS: &[&str] = &["ref", "name", "file", "path"];
 
 /// Whether a map key names something that must not be journaled.
 pub fn is_secret_key(key: &str) -> bool {
-    // Most keys are short ASCII: fold them on the stack (this runs for every key journaled).
+    // Most keys are one lower-case word (`alertname`, `namespace`, `summary`): nothing to fold.
+    if key
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    {
+        return SECRET_WORDS.contains(&key);
+    }
+    // Other short ASCII keys are folded on the stack (this runs for every key journaled).
     if key.len() <= 64 && key.is_ascii() {
         let mut folded = [0u8; 64];
         let mut starts = [0usize; 65];
@@ -1138,6 +1145,14 @@ mod tests {
             ("secretName", false),
             ("password_file", false),
             ("name", false),
+            // One lower-case word (the common case, checked without folding).
+            ("password", true),
+            ("apikey", true),
+            ("credentials", true),
+            ("sessionid", true),
+            ("tokens", false),
+            ("token2", false),
+            ("alertname", false),
             ("", false),
             (long.as_str(), true),
             ("x".repeat(80).as_str(), false),

@@ -1223,6 +1223,40 @@ mod tests {
         );
     }
 
+    /// Each of the secret shapes, alone in a string, is redacted; an event's ordinary text
+    /// is not.
+    #[test]
+    fn every_secret_shape_is_redacted() {
+        let shapes = [
+            "Authorization: Bearer abcdefghijklmnop1234",
+            "Basic dXNlcjpwYXNzd29yZA==",
+            "Token 0123456789abcdef",
+            "jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhZG1pbiJ9.c2lnbmF0dXJlLXZhbHVl",
+            "-----BEGIN EC PRIVATE KEY-----\nMHcC",
+            "AKIAIOSFODNN7EXAMPLE",
+            "ASIAIOSFODNN7EXAMPLE",
+            "ghp_0123456789abcdefghijklmnopqrstuvwxyz",
+            "gho_0123456789abcdefghijklmnopqrstuvwxyz",
+            "xoxb-1234567890-abcdefghij",
+            "SUAIBDPBAUTWCWBKIO6XHQNINK5FWJW4OHLXC3HQ2KFE4PEJUA44CNHTAY",
+            "SNAIBDPBAUTWCWBKIO6XHQNINK5FWJW4OHLXC3HQ2KFE4PEJUA44CNHTAY",
+            "postgres://svc:s3cr3t-pw@db:5432/models",
+        ];
+        for text in shapes {
+            let redacted = redact_text(text).unwrap_or_else(|| panic!("kept: {text}"));
+            assert!(redacted.contains(REDACTED), "{text} -> {redacted}");
+        }
+        for text in [
+            "p99 latency of team-a/fraud-model version v2 is above 250ms over the last 10s.",
+            "http://127.0.0.1:9090/graph?g0.expr=up",
+            "2026-11-26T22:01:43.277Z",
+            "ModelLatencyHigh",
+            "",
+        ] {
+            assert_eq!(redact_text(text), None, "{text}");
+        }
+    }
+
     #[test]
     fn secret_keys_are_redacted_at_any_depth_case_insensitively() {
         let mut v = json!({

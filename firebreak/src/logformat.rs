@@ -105,8 +105,9 @@ fn write_now(out: &mut Writer<'_>) -> fmt::Result {
     out.write_str(std::str::from_utf8(&digits).expect("ASCII"))
 }
 
-/// An event's fields as the default format's visitor writes them: the message first as it is
-/// (escaped), then ` name=value` with each value's `Debug` (a `%` field's `Display`).
+/// An event's fields as the default format's visitor writes them, in the order recorded and
+/// separated by spaces: the message without its name (escaped), every other field as
+/// `name=value` with the value's `Debug` (a `%` field's `Display`).
 struct Fields<'a, 'w> {
     out: &'a mut Writer<'w>,
     first: bool,

@@ -47,8 +47,8 @@ const MAX_BATCH: usize = 8192;
 
 /// How long the writer, under load, waits for more appends to share its write and the next
 /// sync. Longer than the bus log's wait: no HTTP answer waits on the journal, only run starts
-/// and steps, and an fsync costs this VM about as much CPU as a whole alert. (Records are
-/// timed when they are sealed, after the wait: at most this much after their append.)
+/// and steps, and an fsync costs this VM about as much CPU as a whole alert. Records are timed
+/// when their append was asked for, before the wait.
 const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// Records a live follower may fall behind before it loses the oldest.
@@ -607,6 +607,9 @@ struct Tail {
     first_seq: u64,
     /// Records since the last checkpoint.
     since_checkpoint: u64,
+    /// The time of the last record sealed by this writer (`MIN` before the first): a record
+    /// is never timed before the one it follows.
+    last_time: jiff::Timestamp,
 }
 
 /// What reading one segment found.
@@ -1262,6 +1265,9 @@ enum Request {
 /// One caller's records waiting for the writer.
 struct Pending {
     request: Request,
+    /// When the caller asked: what its records are timed (the writer may linger before it
+    /// seals them).
+    at: jiff::Timestamp,
     drafts: Vec<RecordDraft>,
     /// Hand the journal lines back with the records (for the mirror).
     keep_lines: bool,
@@ -1429,6 +1435,7 @@ impl Journal {
                 scan.last_hash.clone()
             },
             len: scan.len,
+            last_time: jiff::Timestamp::MIN,
             segment,
             first_seq: chain_start.0,
             since_checkpoint: scan.since_checkpoint,
@@ -1555,6 +1562,7 @@ impl Journal {
         let urgent = request != Request::Append;
         let pending = Pending {
             request,
+            at: jiff::Timestamp::now(),
             drafts,
             keep_lines: self.mirrored,
             reply,
@@ -1589,6 +1597,7 @@ impl Journal {
         let (reply, answer) = oneshot::channel();
         let probe = Pending {
             request: Request::Probe,
+            at: jiff::Timestamp::now(),
             drafts: Vec::new(),
             keep_lines: false,
             reply,
@@ -1974,12 +1983,10 @@ fn seal_checkpoint(signer: &SigningKey, last: bool, tail: &mut Tail, buf: &mut V
 
 /// Seals a journal-level record into `buf` and moves `tail` past it.
 fn seal_notice(body: RecordBody, tail: &mut Tail, buf: &mut Vec<u8>) -> Record {
-    let (record, len) = RecordDraft::new(engine_meta(), body).seal(
-        tail.next_seq,
-        jiff::Timestamp::now(),
-        &tail.last_hash,
-        buf,
-    );
+    let time = jiff::Timestamp::now().max(tail.last_time);
+    tail.last_time = time;
+    let (record, len) =
+        RecordDraft::new(engine_meta(), body).seal(tail.next_seq, time, &tail.last_hash, buf);
     tail.next_seq += 1;
     tail.len += len as u64;
     tail.last_hash.clone_from(&record.hash);
@@ -2194,10 +2201,11 @@ fn write_batch(
         let mut records = Vec::with_capacity(pending.drafts.len() + 1);
         let mut places = Vec::with_capacity(pending.drafts.len() + 1);
         let start = buf.len();
+        let time = pending.at.max(next.last_time);
+        next.last_time = time;
         for draft in pending.drafts {
             let at = next.len;
-            let (record, len) =
-                draft.seal(next.next_seq, jiff::Timestamp::now(), &next.last_hash, buf);
+            let (record, len) = draft.seal(next.next_seq, time, &next.last_hash, buf);
             places.push((next.segment, at, len as u32));
             next.len += len as u64;
             next.next_seq += 1;
@@ -2943,10 +2951,11 @@ mod tests {
         .await
         .unwrap();
         // Then one run's steps 50 µs apart, each queued (polled once) before the next is made.
-        let mut waiting = Vec::new();
+        let (mut waiting, mut asked) = (Vec::new(), Vec::new());
         for step in 0..100 {
             let mut append = Box::pin(journal.append(draft("steady".into(), step)));
             assert!(futures::poll!(&mut append).is_pending());
+            asked.push(jiff::Timestamp::now());
             waiting.push(append);
             let sent = std::time::Instant::now();
             while sent.elapsed() < std::time::Duration::from_micros(50) {
@@ -2970,6 +2979,15 @@ mod tests {
             })
             .collect();
         assert_eq!(steps, (0..100).collect::<Vec<_>>());
+        // Timed when asked for, not after the writer's wait, and never before the record before.
+        for (record, asked) in records.iter().zip(&asked) {
+            assert!(
+                record.time <= *asked,
+                "step {:?} timed after it was asked for",
+                record.body
+            );
+        }
+        assert!(records.windows(2).all(|w| w[0].time <= w[1].time));
         drop(journal);
         let report = crate::verify::verify(&path).unwrap();
         assert_eq!(report.records, 164, "{report:?}");

@@ -3,7 +3,10 @@
 //! It writes 50 runbooks (one matches, with one `log` step), starts `firebreak serve` on a free
 //! loopback port (embedded bus, or JetStream with `--nats spawn|URL`), and measures:
 //! - **ready**: process start → `GET /readyz` answers 200;
-//! - **idle RSS**: the server's resident memory once ready, before any load;
+//! - **idle RSS**: the server's resident memory once ready, before any load, and the part of
+//!   it that is anonymous (the heap and stacks; the rest is the binary's code and read-only
+//!   data, shared page cache, and depends on how the kernel cached the file: a freshly
+//!   written binary maps about 2 MiB more of its code than one read back from disk);
 //! - **throughput**: `--alerts` Alertmanager v4 webhooks (shaped like the captured fixtures)
 //!   posted by 16 keep-alive clients; alerts/s counts from the first POST until the server's
 //!   `firebreak_runs_finished_total` shows every run finished, and every run's records are
@@ -125,6 +128,7 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
         .collect::<Result<Vec<u32>>>()?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle_rss = status_field(pids[0], "VmRSS:")?;
+    let idle_anon = status_field(pids[0], "RssAnon:")?;
     eprintln!(
         "bench: {replicas} server(s) ready in {:.0} ms, idle RSS {:.1} MiB ({bus} bus)",
         ms(ready),
@@ -185,11 +189,12 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
     println!(
         "bench[{label}]: {throughput:.0} alerts/s end to end ({} alerts, {} clients, {RUNBOOKS} runbooks), \
          server CPU {engine_cpu:.0} µs/alert{nats_cpu}, \
-         start latency p50 {p50:.2} ms p99 {p99:.2} ms at {} alerts/s, idle RSS {:.1} MiB, peak RSS {:.1} MiB, ready in {:.0} ms",
+         start latency p50 {p50:.2} ms p99 {p99:.2} ms at {} alerts/s, idle RSS {:.1} MiB ({:.1} anonymous), peak RSS {:.1} MiB, ready in {:.0} ms",
         args.alerts,
         args.clients,
         args.rate,
         idle_rss as f64 / 1024.0,
+        idle_anon as f64 / 1024.0,
         peak_rss as f64 / 1024.0,
         ms(ready),
     );

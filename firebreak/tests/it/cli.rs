@@ -216,6 +216,7 @@ async fn bench_prints_one_summary_line() {
         "p50 ",
         "p99 ",
         "idle RSS ",
+        " anonymous), peak RSS ",
         "ready in ",
     ] {
         assert!(line.contains(part), "{part:?} missing: {line}");

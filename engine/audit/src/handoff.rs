@@ -2,13 +2,14 @@
 //! item.
 //!
 //! The journal's writer waits a moment under load for as many appends as the last `fsync`
-//! served, so that one write and one `fsync` serve them all. Over a channel, every append sent
-//! in that moment would wake it only for it to see the count is not reached and sleep again
-//! (when the syncer lingered instead and the writer took a channel: 8 wake-ups of the syncer
-//! per `fsync` and 11 of the writer, together 0.7 context switches per alert under `wrk
-//! -c16`). Here the producer counts for the consumer and wakes it only when what it waits for
-//! is there: the first item, the weight it lingers for, something urgent, or the end. The
-//! appenders hand to the writer through one, the writer to the syncer through another.
+//! served, so that one write and one `fsync` serve them all. Over a channel, every item sent
+//! in that moment wakes the consumer only for it to see the count is not reached and sleep
+//! again. Measured under `wrk -c16`: the syncer, lingering behind a channel, 8 wake-ups per
+//! `fsync` (0.39 context switches per alert); the writer, woken by every append over a
+//! channel, 11 per `fsync` (0.42 per alert). Here the producer counts for the consumer and
+//! wakes it only when what it waits for is there: the first item, the weight it lingers for,
+//! something urgent, or the end. The appenders hand to the writer through one, the writer to
+//! the syncer through another.
 
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};

@@ -2080,10 +2080,9 @@ fn writer_loop(
     };
     while queue.take(&mut taken, linger()) {
         // At most MAX_BATCH appends per write; the rest go in the next.
-        let mut rest = std::mem::take(&mut taken);
-        while !rest.is_empty() {
-            let mut batch = rest;
-            rest = batch.split_off(batch.len().min(MAX_BATCH));
+        while !taken.is_empty() {
+            let rest = taken.split_off(taken.len().min(MAX_BATCH));
+            let mut batch = std::mem::replace(&mut taken, rest);
             // Probes carry no records: they ask for a repair and a disk test. Checkpoint requests
             // go last, so the checkpoint signs everything in the batch.
             let (mut work, asked): (Vec<Pending>, Vec<Pending>) =

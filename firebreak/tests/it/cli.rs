@@ -215,12 +215,21 @@ async fn bench_prints_one_summary_line() {
         "(300 alerts, 4 clients, 50 runbooks)",
         "p50 ",
         "p99 ",
-        "idle RSS ",
+        "alerts/s (a 1 ms sleep on this host ends p99 ",
+        " ms late), idle RSS ",
         " anonymous), peak RSS ",
         "ready in ",
     ] {
         assert!(line.contains(part), "{part:?} missing: {line}");
     }
+    // The host's wake-up noise is a measured figure: a 1 ms sleep never ends early.
+    let overshoot: f64 = line
+        .split("(a 1 ms sleep on this host ends p99 ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no overshoot figure: {line}"));
+    assert!((0.0..1000.0).contains(&overshoot), "{line}");
 }
 
 /// A count of zero for any of `bench`'s sizes is refused up front with the flag's name: it

@@ -44,6 +44,7 @@ fn main() {
                     let body = RecordBody::StepFinished {
                         step: i as u32,
                         name: "log".into(),
+                        inputs: None,
                         status: StepStatus::Ok,
                         outputs: json!({"message": "hello from the bench", "i": i}),
                         error: None,

@@ -68,6 +68,7 @@ fn run(run: u64, finished: bool) -> Vec<RecordDraft> {
             RecordBody::StepFinished {
                 step: 1,
                 name: "k8s::rollback".into(),
+                inputs: None,
                 status: StepStatus::Ok,
                 outputs: json!({"from_revision": 5, "to_revision": 6, "image": "registry.example/recommender:v1"}),
                 error: None,

@@ -2793,6 +2793,7 @@ mod tests {
                 RecordBody::StepFinished {
                     step: 1,
                     name: "k8s::scale".into(),
+                    inputs: None,
                     status: StepStatus::Ok,
                     outputs: serde_json::json!({"status": "fine", "last": 3}),
                     error: None,
@@ -2802,6 +2803,7 @@ mod tests {
                 RecordBody::StepFinished {
                     step: 2,
                     name: "k8s::rollback".into(),
+                    inputs: None,
                     status: StepStatus::Error,
                     outputs: serde_json::json!(null),
                     error: Some(StepError {

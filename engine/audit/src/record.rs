@@ -116,6 +116,12 @@ pub enum RecordBody {
     StepFinished {
         step: u32,
         name: String,
+        /// The inputs of a local step that ended at once (`log`, `now`, `fail`, ...): such a
+        /// step journals this one record and no `step_started` (it would join the same durable
+        /// write; its start is this record's time less `duration_ms`). Absent when a
+        /// `step_started` holds them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        inputs: Option<Value>,
         status: StepStatus,
         outputs: Value,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -532,6 +538,7 @@ fn write_canonical_body(body: &RecordBody, out: &mut Vec<u8>) {
         RecordBody::StepFinished {
             step,
             name,
+            inputs,
             status,
             outputs,
             error,
@@ -542,6 +549,7 @@ fn write_canonical_body(body: &RecordBody, out: &mut Vec<u8>) {
             .plain("duration_ms", duration_ms)
             // StepError's keys, `kind` and `message`, are in sorted order already.
             .plain_opt("error", error.as_ref())
+            .json_opt("inputs", inputs.as_ref())
             .plain("name", name)
             .json("outputs", outputs)
             .plain("status", status)
@@ -846,7 +854,15 @@ pub fn redact(body: &mut RecordBody) {
                 redact_value(intent);
             }
         }
-        RecordBody::StepFinished { outputs, error, .. } => {
+        RecordBody::StepFinished {
+            inputs,
+            outputs,
+            error,
+            ..
+        } => {
+            if let Some(inputs) = inputs {
+                redact_value(inputs);
+            }
             redact_value(outputs);
             if let Some(error) = error {
                 redact_string(&mut error.message);
@@ -931,6 +947,7 @@ mod tests {
             RecordBody::StepFinished {
                 step: 1,
                 name: "x".into(),
+                inputs: None,
                 status: StepStatus::Ok,
                 outputs: json!({"f": 1.5, "n": -3, "big": u64::MAX}),
                 error: None,
@@ -1006,6 +1023,7 @@ mod tests {
             RecordBody::StepFinished {
                 step: 1,
                 name: "log".into(),
+                inputs: None,
                 status: StepStatus::Ok,
                 outputs: v.clone(),
                 error: None,
@@ -1014,7 +1032,18 @@ mod tests {
             },
             RecordBody::StepFinished {
                 step: 2,
+                name: "log".into(),
+                inputs: Some(v.clone()),
+                status: StepStatus::Ok,
+                outputs: Value::Null,
+                error: None,
+                duration_ms: 0,
+                attempts: 1,
+            },
+            RecordBody::StepFinished {
+                step: 2,
                 name: "x".into(),
+                inputs: None,
                 status: StepStatus::Error,
                 outputs: Value::Null,
                 error: Some(error),

@@ -124,6 +124,7 @@ pub fn render_timeline(records: &[Record]) -> String {
             RecordBody::StepFinished {
                 step,
                 name,
+                inputs: own_inputs,
                 status,
                 outputs,
                 error,
@@ -136,9 +137,22 @@ pub fn render_timeline(records: &[Record]) -> String {
                     StepStatus::Skipped => "–",
                     StepStatus::Replayed => "↻",
                 };
-                let (inputs, at, notes) = match open.remove(step) {
-                    Some(o) => (Some(o.inputs), o.at, o.notes),
-                    None => (None, at, Vec::new()),
+                let (inputs, at, notes) = match (open.remove(step), own_inputs) {
+                    (Some(o), _) => (Some(o.inputs), o.at, o.notes),
+                    // A local step's one record: placed at its start, the record's time
+                    // less its duration.
+                    (None, Some(inputs)) => {
+                        let began = record.time
+                            - jiff::SignedDuration::from_millis(
+                                i64::try_from(*duration_ms).unwrap_or(i64::MAX),
+                            );
+                        (
+                            Some(inputs.clone()),
+                            offset_of(began.max(start)),
+                            Vec::new(),
+                        )
+                    }
+                    (None, None) => (None, at, Vec::new()),
                 };
                 let mut line = format!("{at}  {mark} #{step} {name:<24} {duration_ms:>6} ms");
                 if *attempts > 1 {

@@ -260,6 +260,7 @@ pub(crate) fn composite_step(
             cx.defer(vec![RecordBody::StepFinished {
                 step,
                 name: name.to_owned(),
+                inputs: None,
                 status: StepStatus::Ok,
                 outputs: to_json(&value),
                 error: None,
@@ -283,6 +284,7 @@ pub(crate) fn composite_step(
             cx.defer(vec![RecordBody::StepFinished {
                 step,
                 name: name.to_owned(),
+                inputs: None,
                 status: StepStatus::Error,
                 outputs: Value::Null,
                 error: Some(StepError {

@@ -897,6 +897,7 @@ async fn park(cx: &RunContext) -> Result<(), Stop> {
                 .flush(vec![RecordBody::StepFinished {
                     step: parked.step,
                     name: parked.name,
+                    inputs: None,
                     status: stopped.status,
                     outputs: Value::Null,
                     error: stopped.outcome.err(),

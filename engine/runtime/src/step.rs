@@ -1006,6 +1006,7 @@ pub(crate) fn finish_replayed(
     cx.defer(vec![RecordBody::StepFinished {
         step,
         name: name.to_owned(),
+        inputs: None,
         status: StepStatus::Replayed,
         outputs,
         error: None,
@@ -1033,34 +1034,37 @@ pub(crate) fn run_leaf(
         // Only mutations journal intents; another step by that number runs again.
         Begin::Live(step) | Begin::Resumed(step, _) => step,
     };
-    let started_record = RecordBody::StepStarted {
-        step,
-        name: name.to_owned(),
-        inputs,
-        intent: None,
-    };
+    let journals_start = cx.journals_start(step);
     let mut pending = Vec::with_capacity(3);
-    match durability {
-        _ if !cx.journals_start(step) => {}
-        Durability::WriteAhead => cx.journal(vec![started_record])?,
-        Durability::Deferred => pending.push(started_record),
+    // A deferred step's start would join the same durable write as its end: it is journaled
+    // only if something comes between them (records the step made, or no end: a suspension,
+    // a parking). Otherwise its inputs go into the one `StepFinished`.
+    let mut inputs = Some(inputs);
+    if journals_start && durability == Durability::WriteAhead {
+        cx.journal(vec![started_record(step, name, &mut inputs)])?;
     }
     let span = cx.step_span(step, name);
     let started = Instant::now();
     let result = span.in_scope(|| body(&cx, step));
     let duration_ms = record_duration(name, started);
     trace_outcome(&span, &result);
+    // A step stopped by a suspension has no end: it runs again when the run resumes. A
+    // parked one ends when the run, woken, replays to it.
+    let ends = !matches!(result.stop, Some(Stop::Suspended | Stop::Parked));
+    if journals_start && durability == Durability::Deferred && (!ends || !result.extra.is_empty()) {
+        pending.push(started_record(step, name, &mut inputs));
+    }
     pending.extend(result.extra);
     let (outputs, error) = match &result.outcome {
         Ok(v) => (v.clone(), None),
         Err(e) => (Value::Null, Some(e.clone())),
     };
-    // A step stopped by a suspension has no end: it runs again when the run resumes. A
-    // parked one ends when the run, woken, replays to it.
-    if !matches!(result.stop, Some(Stop::Suspended | Stop::Parked)) {
+    if ends {
         pending.push(RecordBody::StepFinished {
             step,
             name: name.to_owned(),
+            // Still here only for a deferred step journaled as this one record.
+            inputs: inputs.filter(|_| journals_start),
             status: result.status,
             outputs,
             error,
@@ -1084,6 +1088,16 @@ pub(crate) fn run_leaf(
             "step {step} `{name}` failed ({}): {}",
             e.kind, e.message
         ))),
+    }
+}
+
+/// A leaf step's `StepStarted`, taking its inputs (none are left for its `StepFinished`).
+fn started_record(step: u32, name: &str, inputs: &mut Option<Value>) -> RecordBody {
+    RecordBody::StepStarted {
+        step,
+        name: name.to_owned(),
+        inputs: inputs.take().unwrap_or(Value::Null),
+        intent: None,
     }
 }
 
@@ -1243,6 +1257,7 @@ fn finish_leaf(
         before.push(RecordBody::StepFinished {
             step,
             name: name.to_owned(),
+            inputs: None,
             status: result.status,
             outputs,
             error,

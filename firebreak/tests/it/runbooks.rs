@@ -230,7 +230,7 @@ async fn a_broken_edit_is_refused_and_a_good_edit_takes_effect() {
             assert_eq!(run.status(), Some("succeeded"), "{}", journal.summary());
             run.records
                 .iter()
-                .find(|r| r["body"]["type"] == "step_started" && r["body"]["name"] == "log")
+                .find(|r| r["body"]["type"] == "step_finished" && r["body"]["name"] == "log")
                 .map(|r| r["body"]["inputs"]["message"].as_str().unwrap().to_owned())
                 .unwrap()
         }

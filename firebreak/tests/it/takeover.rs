@@ -426,7 +426,7 @@ async fn an_incidents_later_run_on_another_replica_keeps_the_first_runs_decision
     let decided = run
         .records
         .iter()
-        .find(|r| r["body"]["type"] == "step_started" && r["body"]["name"] == "once:blamed")
+        .find(|r| r["body"]["type"] == "step_finished" && r["body"]["name"] == "once:blamed")
         .unwrap_or_else(|| panic!("{trail:#?}"));
     assert_eq!(
         decided["body"]["inputs"]["decided_by_run"],

@@ -114,6 +114,8 @@ async fn the_console_lists_follows_and_approves_runs_in_a_real_browser() {
     browser.click(&row).await;
     browser.wait_text("#run-status", "succeeded", WAIT).await;
     browser.wait_text("#timeline .step", "log", WAIT).await;
+    // The `log` step is one record, `step_finished` with its inputs: they show.
+    browser.wait_text("#timeline .step", "noted", WAIT).await;
 
     // A running run's page follows it live to its end.
     trigger(&serve, "ann-token-0001", "slow").await;

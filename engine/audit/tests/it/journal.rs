@@ -84,6 +84,49 @@ async fn secrets_are_redacted_before_hashing_and_never_reach_the_disk() {
     verify(&path).unwrap();
 }
 
+/// A local step's one record carries its inputs in `step_finished`: redacted the same way.
+#[tokio::test]
+async fn the_inputs_of_a_one_record_step_are_redacted_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let journal = Journal::open(&path).unwrap();
+    let record = journal
+        .append(RecordDraft::new(
+            meta("r1"),
+            RecordBody::StepFinished {
+                step: 1,
+                name: "log".into(),
+                inputs: Some(
+                    json!({"message": "token ghp_0123456789abcdefghijABCDEFGHIJ012345",
+                                    "api_token": "hunter2"}),
+                ),
+                status: firebreak_audit::StepStatus::Ok,
+                outputs: serde_json::Value::Null,
+                error: None,
+                duration_ms: 0,
+                attempts: 1,
+            },
+        ))
+        .await
+        .unwrap();
+    let RecordBody::StepFinished {
+        inputs: Some(inputs),
+        ..
+    } = &record.body
+    else {
+        panic!("wrong body: {:?}", record.body)
+    };
+    assert_eq!(inputs["api_token"], REDACTED);
+    assert_eq!(inputs["message"], format!("token {REDACTED}"));
+    drop(journal);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        !text.contains("hunter2") && !text.contains("ghp_"),
+        "{text}"
+    );
+    verify(&path).unwrap();
+}
+
 #[tokio::test]
 async fn a_torn_last_line_is_reported_then_truncated_at_open_and_never_chained_onto() {
     let dir = tempfile::tempdir().unwrap();

@@ -56,6 +56,7 @@ pub fn run_drafts(run: &str) -> Vec<RecordDraft> {
             RecordBody::StepFinished {
                 step: 1,
                 name: "k8s::scale".into(),
+                inputs: None,
                 status: StepStatus::Ok,
                 outputs: json!({"from": 1, "to": 3, "ratio": 0.5}),
                 error: None,

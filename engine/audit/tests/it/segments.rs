@@ -32,6 +32,7 @@ fn long_step_of(run: &str, step: u32) -> RecordDraft {
         RecordBody::StepFinished {
             step,
             name: "k8s::wait_rollout".into(),
+            inputs: None,
             status: StepStatus::Ok,
             outputs: json!({"ready": step}),
             error: None,

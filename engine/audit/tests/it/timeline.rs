@@ -38,6 +38,7 @@ async fn the_timeline_shows_steps_outcomes_evidence_refusals_and_the_final_statu
         RecordBody::StepFinished {
             step: 1,
             name: "k8s::pods".into(),
+            inputs: None,
             status: StepStatus::Ok,
             outputs: json!({"count": 2}),
             error: None,
@@ -58,6 +59,7 @@ async fn the_timeline_shows_steps_outcomes_evidence_refusals_and_the_final_statu
         RecordBody::StepFinished {
             step: 2,
             name: "k8s::scale".into(),
+            inputs: None,
             status: StepStatus::Error,
             outputs: json!(null),
             error: Some(StepError {
@@ -103,4 +105,56 @@ async fn the_timeline_shows_steps_outcomes_evidence_refusals_and_the_final_statu
         "{unfinished}"
     );
     assert_eq!(render_timeline(&[]), "no records\n");
+}
+
+/// A local step journaled as one record (`step_finished` with its inputs) shows its inputs,
+/// on a line placed at its start: the record's time less its duration, never before the run.
+#[tokio::test]
+async fn a_one_record_step_shows_its_inputs_at_its_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path().join("audit.jsonl")).unwrap();
+    let m = meta("r1");
+    let bodies = vec![
+        RecordBody::RunStarted {
+            event: json!({"source": "alertmanager", "type": "firing", "subject": "HighLatency"}),
+            params: json!({}),
+            dry_run: false,
+            namespaces: vec![],
+            cluster_actions: None,
+            timeout_ms: None,
+            lock_key: None,
+            cooldown_ms: None,
+            interactive: false,
+            approval: None,
+            trace_id: None,
+        },
+        RecordBody::StepFinished {
+            step: 1,
+            name: "log".into(),
+            inputs: Some(json!({"message": "noted"})),
+            status: StepStatus::Ok,
+            outputs: json!(null),
+            error: None,
+            // Longer than the run so far: the line is placed at the run's start.
+            duration_ms: 60_000,
+            attempts: 1,
+        },
+        RecordBody::RunFinished {
+            status: RunStatus::Succeeded,
+            error: None,
+        },
+    ];
+    let drafts = bodies
+        .into_iter()
+        .map(|b| RecordDraft::new(m.clone(), b))
+        .collect();
+    let records = journal.append_all(drafts).await.unwrap();
+    let text = render_timeline(&records);
+    let step = text
+        .lines()
+        .position(|l| l.contains("✓ #1 log"))
+        .unwrap_or_else(|| panic!("no step line in\n{text}"));
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[step].trim_start().starts_with("+0.000s"), "{text}");
+    assert!(lines[step + 1].contains("in  message=\"noted\""), "{text}");
 }

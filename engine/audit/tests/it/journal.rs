@@ -3,10 +3,10 @@ use std::sync::{Arc, Mutex};
 
 use firebreak_audit::{
     AuditError, AuditMirror, GENESIS_HASH, Journal, JournalOptions, JournalReader, REDACTED,
-    Record, RecordBody, RecordDraft, RunStatus, SigningKey, verify,
+    Record, RecordBody, RecordDraft, RunStatus, SigningKey, StepStatus, verify,
 };
 use futures::future::BoxFuture;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::{meta, run_drafts};
 
@@ -96,12 +96,12 @@ async fn the_inputs_of_a_one_record_step_are_redacted_too() {
             RecordBody::StepFinished {
                 step: 1,
                 name: "log".into(),
-                inputs: Some(
-                    json!({"message": "token ghp_0123456789abcdefghijABCDEFGHIJ012345",
-                                    "api_token": "hunter2"}),
-                ),
-                status: firebreak_audit::StepStatus::Ok,
-                outputs: serde_json::Value::Null,
+                inputs: Some(json!({
+                    "message": "token ghp_0123456789abcdefghijABCDEFGHIJ012345",
+                    "api_token": "hunter2",
+                })),
+                status: StepStatus::Ok,
+                outputs: Value::Null,
                 error: None,
                 duration_ms: 0,
                 attempts: 1,

@@ -1,16 +1,25 @@
 use firebreak_audit::{
-    Journal, RecordBody, RecordDraft, RunStatus, StepError, StepStatus, render_timeline,
+    Journal, Record, RecordBody, RecordDraft, RunStatus, StepError, StepStatus, render_timeline,
 };
 use serde_json::json;
 
 use crate::meta;
 
-#[tokio::test]
-async fn the_timeline_shows_steps_outcomes_evidence_refusals_and_the_final_status() {
+/// `bodies` appended as run r1's records to a fresh journal, as it sealed them.
+async fn journaled(bodies: Vec<RecordBody>) -> Vec<Record> {
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(dir.path().join("audit.jsonl")).unwrap();
     let m = meta("r1");
-    let bodies = vec![
+    let drafts = bodies
+        .into_iter()
+        .map(|b| RecordDraft::new(m.clone(), b))
+        .collect();
+    journal.append_all(drafts).await.unwrap()
+}
+
+#[tokio::test]
+async fn the_timeline_shows_steps_outcomes_evidence_refusals_and_the_final_status() {
+    let records = journaled(vec![
         RecordBody::RunStarted {
             event: json!({"source": "alertmanager", "type": "firing", "subject": "HighLatency"}),
             params: json!({"namespace": "shop"}),
@@ -73,12 +82,8 @@ async fn the_timeline_shows_steps_outcomes_evidence_refusals_and_the_final_statu
             status: RunStatus::Failed,
             error: Some("step 2 failed".into()),
         },
-    ];
-    let drafts = bodies
-        .into_iter()
-        .map(|b| RecordDraft::new(m.clone(), b))
-        .collect();
-    let records = journal.append_all(drafts).await.unwrap();
+    ])
+    .await;
     let text = render_timeline(&records);
     for expected in [
         "run r1",
@@ -111,10 +116,7 @@ async fn the_timeline_shows_steps_outcomes_evidence_refusals_and_the_final_statu
 /// on a line placed at its start: the record's time less its duration, never before the run.
 #[tokio::test]
 async fn a_one_record_step_shows_its_inputs_at_its_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(dir.path().join("audit.jsonl")).unwrap();
-    let m = meta("r1");
-    let bodies = vec![
+    let records = journaled(vec![
         RecordBody::RunStarted {
             event: json!({"source": "alertmanager", "type": "firing", "subject": "HighLatency"}),
             params: json!({}),
@@ -143,12 +145,8 @@ async fn a_one_record_step_shows_its_inputs_at_its_start() {
             status: RunStatus::Succeeded,
             error: None,
         },
-    ];
-    let drafts = bodies
-        .into_iter()
-        .map(|b| RecordDraft::new(m.clone(), b))
-        .collect();
-    let records = journal.append_all(drafts).await.unwrap();
+    ])
+    .await;
     let text = render_timeline(&records);
     let step = text
         .lines()

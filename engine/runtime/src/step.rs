@@ -1034,14 +1034,16 @@ pub(crate) fn run_leaf(
         // Only mutations journal intents; another step by that number runs again.
         Begin::Live(step) | Begin::Resumed(step, _) => step,
     };
-    let journals_start = cx.journals_start(step);
     let mut pending = Vec::with_capacity(3);
-    // A deferred step's start would join the same durable write as its end: it is journaled
-    // only if something comes between them (records the step made, or no end: a suspension,
-    // a parking). Otherwise its inputs go into the one `StepFinished`.
-    let mut inputs = Some(inputs);
-    if journals_start && durability == Durability::WriteAhead {
-        cx.journal(vec![started_record(step, name, &mut inputs)])?;
+    // The inputs, until a record takes them; none when this step's start is in the trail
+    // already. A deferred step's start would join the same durable write as its end: it is
+    // journaled only if something comes between them (records the step made, or no end: a
+    // suspension, a parking). Otherwise the inputs go into the one `StepFinished`.
+    let mut inputs = cx.journals_start(step).then_some(inputs);
+    if durability == Durability::WriteAhead
+        && let Some(inputs) = inputs.take()
+    {
+        cx.journal(vec![started_record(step, name, inputs)])?;
     }
     let span = cx.step_span(step, name);
     let started = Instant::now();
@@ -1051,8 +1053,11 @@ pub(crate) fn run_leaf(
     // A step stopped by a suspension has no end: it runs again when the run resumes. A
     // parked one ends when the run, woken, replays to it.
     let ends = !matches!(result.stop, Some(Stop::Suspended | Stop::Parked));
-    if journals_start && durability == Durability::Deferred && (!ends || !result.extra.is_empty()) {
-        pending.push(started_record(step, name, &mut inputs));
+    if durability == Durability::Deferred
+        && (!ends || !result.extra.is_empty())
+        && let Some(inputs) = inputs.take()
+    {
+        pending.push(started_record(step, name, inputs));
     }
     pending.extend(result.extra);
     let (outputs, error) = match &result.outcome {
@@ -1064,7 +1069,7 @@ pub(crate) fn run_leaf(
             step,
             name: name.to_owned(),
             // Still here only for a deferred step journaled as this one record.
-            inputs: inputs.filter(|_| journals_start),
+            inputs,
             status: result.status,
             outputs,
             error,
@@ -1091,12 +1096,12 @@ pub(crate) fn run_leaf(
     }
 }
 
-/// A leaf step's `StepStarted`, taking its inputs (none are left for its `StepFinished`).
-fn started_record(step: u32, name: &str, inputs: &mut Option<Value>) -> RecordBody {
+/// A leaf step's `StepStarted`.
+fn started_record(step: u32, name: &str, inputs: Value) -> RecordBody {
     RecordBody::StepStarted {
         step,
         name: name.to_owned(),
-        inputs: inputs.take().unwrap_or(Value::Null),
+        inputs,
         intent: None,
     }
 }

@@ -272,10 +272,16 @@ pub fn event_id(fingerprint: &str, status: &str, starts_at: &str) -> String {
         hash.update(part.as_bytes());
         hash.update([0u8]);
     }
-    hash.finalize()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    // Written digit by digit: this runs for every alert, and a `format!` per byte was 2 % of
+    // the instructions an alert costs.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digest = hash.finalize();
+    let mut id = String::with_capacity(32);
+    for b in &digest[..16] {
+        id.push(char::from(HEX[usize::from(b >> 4)]));
+        id.push(char::from(HEX[usize::from(b & 0x0f)]));
+    }
+    id
 }
 
 /// Alertmanager's alert fingerprint of a label set: Prometheus' `LabelSet.Fingerprint()`,
@@ -410,6 +416,18 @@ mod tests {
         let again = decode(&fixture("webhook-grouped-firing.json")).unwrap();
         assert_eq!(events[0].id, again[0].id);
         assert_eq!(events[0].id.len(), 32);
+    }
+
+    /// The id is the first half of `sha256(fingerprint \0 status \0 startsAt \0)` in
+    /// lowercase hex: ids already on a bus or in a journal stay the same across versions.
+    #[test]
+    fn an_event_id_is_the_first_128_bits_of_its_sha256_in_hex() {
+        // python3 -c "import hashlib; print(hashlib.sha256(
+        //   b'4a1b2c3d4e5f6071\x00firing\x002026-11-26T22:01:43.277Z\x00').hexdigest()[:32])"
+        assert_eq!(
+            event_id("4a1b2c3d4e5f6071", "firing", "2026-11-26T22:01:43.277Z"),
+            "69701c136286ddf416d1d4e5d3342ed7"
+        );
     }
 
     #[test]

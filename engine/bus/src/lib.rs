@@ -26,6 +26,7 @@ pub mod embedded;
 mod error;
 mod log;
 pub mod nats;
+mod own_events;
 pub mod port;
 mod security;
 mod state;

@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::error::Cause;
+use crate::own_events::OwnEvents;
 use crate::security::NatsSecurity;
 use crate::state::{BUDGET_RETENTION, check_key};
 use crate::{
@@ -122,6 +123,8 @@ pub struct NatsBus {
     url: String,
     setup: Setup,
     closed: CancellationToken,
+    /// What this process published, until its own consumer is handed it (not decoded again).
+    own: Arc<OwnEvents>,
 }
 
 /// Creates (or finds) the streams and the shared consumer. Kept apart from [`NatsBus`] so a
@@ -319,6 +322,7 @@ impl NatsBus {
             url: url.to_owned(),
             setup,
             closed: CancellationToken::new(),
+            own: Arc::default(),
         };
         Ok(bus)
     }
@@ -518,7 +522,7 @@ const STREAM_MISSING: &str = "publish (no stream for the subject)";
 
 impl NatsBus {
     /// Sends every event, then awaits every ack: one round trip for the batch, not one each.
-    async fn publish_all(&self, events: &[Event]) -> Result<(), BusError> {
+    async fn publish_all(&self, events: &[Arc<Event>]) -> Result<(), BusError> {
         let failed = |stage: &'static str, kind: PublishErrorKind| match kind {
             PublishErrorKind::StreamNotFound => STREAM_MISSING,
             _ => stage,
@@ -528,7 +532,7 @@ impl NatsBus {
         let max = self.client.server_info().max_payload;
         let mut payloads = Vec::with_capacity(events.len());
         for event in events {
-            let payload = serde_json::to_vec(event).map_err(|source| BusError::Codec {
+            let payload = serde_json::to_vec(&**event).map_err(|source| BusError::Codec {
                 what: format!("event {}", event.id),
                 source,
             })?;
@@ -540,30 +544,41 @@ impl NatsBus {
                     max,
                 });
             }
-            payloads.push(payload);
+            payloads.push(bytes::Bytes::from(payload));
         }
-        let mut acks = Vec::with_capacity(events.len());
-        for (event, payload) in events.iter().zip(payloads) {
-            let ack = self
-                .js
-                .send_publish(
-                    event_subject(event),
-                    PublishMessage::build()
-                        .payload(payload.into())
-                        .message_id(&event.id),
-                )
-                .await
-                .map_err(|e| {
-                    BusError::nats(failed("publish", e.kind()), publish_kind(e.kind()), e)
+        // Kept before they are sent: the delivery may come back before the publish's ack.
+        for (event, payload) in events.iter().zip(&payloads) {
+            self.own.keep(event.clone(), payload.clone());
+        }
+        let sent = async {
+            let mut acks = Vec::with_capacity(events.len());
+            for (event, payload) in events.iter().zip(payloads) {
+                let ack = self
+                    .js
+                    .send_publish(
+                        event_subject(event),
+                        PublishMessage::build()
+                            .payload(payload)
+                            .message_id(&event.id),
+                    )
+                    .await
+                    .map_err(|e| {
+                        BusError::nats(failed("publish", e.kind()), publish_kind(e.kind()), e)
+                    })?;
+                acks.push(ack);
+            }
+            for ack in acks {
+                ack.await.map_err(|e| {
+                    BusError::nats(failed("publish ack", e.kind()), publish_kind(e.kind()), e)
                 })?;
-            acks.push(ack);
+            }
+            Ok(())
         }
-        for ack in acks {
-            ack.await.map_err(|e| {
-                BusError::nats(failed("publish ack", e.kind()), publish_kind(e.kind()), e)
-            })?;
+        .await;
+        if sent.is_err() {
+            self.own.forget(events.iter().map(|e| e.id.as_str()));
         }
-        Ok(())
+        sent
     }
 }
 
@@ -575,6 +590,7 @@ impl Bus for NatsBus {
             }
             crate::error::check_ids(&events)?;
             self.check_connected()?;
+            let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
             match self.publish_all(&events).await {
                 // The stream is gone (a wiped server): recreate it and try once more.
                 Err(BusError::Nats {
@@ -601,6 +617,7 @@ impl Bus for NatsBus {
                 setup: self.setup.clone(),
                 messages: Some(messages),
                 closed: self.closed.clone(),
+                own: self.own.clone(),
             };
             let stream = futures::stream::unfold(state, |mut state| async move {
                 let delivery = state.next().await?;
@@ -681,6 +698,7 @@ struct PullState {
     setup: Setup,
     messages: Option<pull::Stream>,
     closed: CancellationToken,
+    own: Arc<OwnEvents>,
 }
 
 impl PullState {
@@ -707,7 +725,7 @@ impl PullState {
             };
             match item {
                 Some(Ok(message)) => {
-                    if let Some(delivery) = decode(message).await {
+                    if let Some(delivery) = decode(message, &self.own).await {
                         return Some(delivery);
                     }
                 }
@@ -731,7 +749,9 @@ impl PullState {
 /// Turns a JetStream message into a delivery. A payload that is not an event, or an event
 /// published on another subject than its own source and type, can never be processed: it is delivered as a [`firebreak_event::unprocessable`] event, for the consumer
 /// to park (keep in the audit journal) and ack, so it is neither lost nor redelivered forever.
-async fn decode(message: jetstream::Message) -> Option<Delivery> {
+/// An event this process published, delivered as the bytes it went out as, is not decoded
+/// again ([`OwnEvents`]).
+async fn decode(message: jetstream::Message, own: &OwnEvents) -> Option<Delivery> {
     let (attempt, published) = match message.info() {
         Ok(info) => (
             u32::try_from(info.delivered).unwrap_or(u32::MAX),
@@ -745,29 +765,33 @@ async fn decode(message: jetstream::Message) -> Option<Delivery> {
         reply: message.reply.clone(),
     };
     let message = message.message;
-    let parsed = serde_json::from_slice::<Event>(&message.payload)
-        .map_err(|e| e.to_string())
-        .and_then(|event| {
-            // Who may publish on which subject is the server's permissions; the event must
-            // say the same source and type as its subject, or a publisher allowed only
-            // `firebreak.events.alertmanager.>` could send a manual trigger.
-            let expected = event_subject(&event);
-            if message.subject.as_str() == expected {
-                Ok(event)
-            } else {
-                Err(format!(
-                    "published on {} but its source and type belong on {expected}",
-                    message.subject
-                ))
-            }
-        });
+    let kept = message
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get(async_nats::header::NATS_MESSAGE_ID))
+        .and_then(|id| own.take(id.as_str(), &message.payload));
+    let parsed = match kept {
+        Some(event) => Ok(event),
+        None => serde_json::from_slice::<Event>(&message.payload)
+            .map(Arc::new)
+            .map_err(|e| e.to_string()),
+    }
+    .and_then(|event| {
+        // Who may publish on which subject is the server's permissions; the event must
+        // say the same source and type as its subject, or a publisher allowed only
+        // `firebreak.events.alertmanager.>` could send a manual trigger.
+        let expected = event_subject(&event);
+        if message.subject.as_str() == expected {
+            Ok(event)
+        } else {
+            Err(format!(
+                "published on {} but its source and type belong on {expected}",
+                message.subject
+            ))
+        }
+    });
     match parsed {
-        Ok(event) => Some(Delivery::new(
-            Arc::new(event),
-            attempt,
-            published,
-            Box::new(ack),
-        )),
+        Ok(event) => Some(Delivery::new(event, attempt, published, Box::new(ack))),
         Err(e) => {
             error!(subject = %message.subject, error = %e, "a message that is not an event of its subject; handing it on to be parked");
             let event =

@@ -405,6 +405,42 @@ async fn a_bad_message_is_handed_on_and_no_delivery_limit_drops_anything() {
     last.ack().await.expect("ack");
 }
 
+/// A replica hands the events it published to its own consumer without decoding them again,
+/// but only as the bytes it sent: when another publisher stored a message under the same id
+/// first (so the stream dropped this replica's as a duplicate), the delivery is that message,
+/// decoded as stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_stored_under_an_own_events_id_is_delivered_as_stored() {
+    let mut h = Nats::new(ACK_WAIT);
+    let bus = h.connect().await;
+    let mut stream = bus.consume().await.expect("consume");
+    let client = async_nats::connect(h.server.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let mut theirs = event("shared-id");
+    theirs.subject = "stored first".into();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "shared-id");
+    js.publish_with_headers(
+        theirs.subject_name(),
+        headers,
+        serde_json::to_vec(&theirs).unwrap().into(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("stored");
+    let mut ours = event("shared-id");
+    ours.subject = "published second".into();
+    bus.publish(vec![ours, event("own")]).await.expect("publish");
+    let first = next(&mut stream).await;
+    assert_eq!(first.event.id, "shared-id");
+    assert_eq!(first.event.subject, "stored first");
+    first.ack().await.expect("ack");
+    let second = next(&mut stream).await;
+    assert_eq!(*second.event, event("own"));
+    second.ack().await.expect("ack");
+}
+
 /// Subjects (keys, tombstones included) held by the KV bucket `bucket`.
 async fn keys_stored(url: &str, bucket: &str) -> usize {
     use futures::TryStreamExt as _;

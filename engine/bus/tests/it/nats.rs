@@ -363,16 +363,27 @@ async fn audit_records_are_stored_in_the_audit_stream_once_and_in_order() {
     }
 }
 
+/// A bus consuming the events stream, and a JetStream client of its own on the same server
+/// (to publish what a bus would not).
+async fn consuming_with_a_raw_client() -> (
+    Nats,
+    Arc<NatsBus>,
+    suite::Deliveries,
+    async_nats::jetstream::Context,
+) {
+    let mut h = Nats::new(ACK_WAIT);
+    let bus = h.connect().await;
+    let stream = bus.consume().await.expect("consume");
+    let client = async_nats::connect(h.server.url()).await.expect("connect");
+    (h, bus, stream, async_nats::jetstream::new(client))
+}
+
 /// A message on the events stream that is not an event is handed on as an `unprocessable`
 /// event (for the consumer to park), never dropped; and nothing is given up after a number of
 /// deliveries: the 25th delivery of a nak'ed message still comes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_message_is_handed_on_and_no_delivery_limit_drops_anything() {
-    let mut h = Nats::new(ACK_WAIT);
-    let bus = h.connect().await;
-    let mut stream = bus.consume().await.expect("consume");
-    let client = async_nats::connect(h.server.url()).await.expect("connect");
-    let js = async_nats::jetstream::new(client);
+    let (_h, bus, mut stream, js) = consuming_with_a_raw_client().await;
     js.publish(
         "firebreak.events.alertmanager.firing",
         "not json at all".into(),
@@ -411,11 +422,7 @@ async fn a_bad_message_is_handed_on_and_no_delivery_limit_drops_anything() {
 /// decoded as stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_stored_under_an_own_events_id_is_delivered_as_stored() {
-    let mut h = Nats::new(ACK_WAIT);
-    let bus = h.connect().await;
-    let mut stream = bus.consume().await.expect("consume");
-    let client = async_nats::connect(h.server.url()).await.expect("connect");
-    let js = async_nats::jetstream::new(client);
+    let (_h, bus, mut stream, js) = consuming_with_a_raw_client().await;
     let mut theirs = event("shared-id");
     theirs.subject = "stored first".into();
     let mut headers = async_nats::HeaderMap::new();
@@ -431,7 +438,9 @@ async fn a_message_stored_under_an_own_events_id_is_delivered_as_stored() {
     .expect("stored");
     let mut ours = event("shared-id");
     ours.subject = "published second".into();
-    bus.publish(vec![ours, event("own")]).await.expect("publish");
+    bus.publish(vec![ours, event("own")])
+        .await
+        .expect("publish");
     let first = next(&mut stream).await;
     assert_eq!(first.event.id, "shared-id");
     assert_eq!(first.event.subject, "stored first");

@@ -16,6 +16,10 @@ pub(crate) const OWN_EVENTS_BYTES: usize = 2 * 1024 * 1024;
 /// Oldest event kept.
 pub(crate) const OWN_EVENTS_AGE: Duration = Duration::from_secs(30);
 
+/// Most publishes remembered in order, handed out or not (what bounds the bookkeeping behind
+/// an event that is never delivered here).
+pub(crate) const OWN_EVENTS_COUNT: usize = 16 * 1024;
+
 /// The events this process published, by id, with the payload each went out as. A delivery
 /// is taken to be one of them only when its payload is the same bytes, so whatever a message
 /// holds is what its consumer gets: a later publish of the same id by another process, or a
@@ -68,6 +72,7 @@ impl OwnEvents {
             let current = kept.by_id.get(id).is_some_and(|e| e.serial == *serial);
             if current
                 && kept.bytes <= OWN_EVENTS_BYTES
+                && kept.order.len() <= OWN_EVENTS_COUNT
                 && now.duration_since(*at) <= OWN_EVENTS_AGE
             {
                 break;
@@ -80,15 +85,13 @@ impl OwnEvents {
     }
 
     /// The event published with `id` as exactly `payload`, if this process kept it; it is
-    /// handed out once.
+    /// handed out once. A delivery under its id with other bytes means the stream kept
+    /// another message under that id and dropped this one: it is forgotten.
     pub(crate) fn take(&self, id: &str, payload: &[u8]) -> Option<Arc<Event>> {
         let mut kept = self.inner.lock().expect("own events lock");
-        if kept.by_id.get(id)?.payload != payload {
-            return None;
-        }
         let entry = kept.by_id.remove(id)?;
         kept.bytes -= entry.payload.len();
-        Some(entry.event)
+        (entry.payload == payload).then_some(entry.event)
     }
 
     /// Forgets the events of a publish that failed.
@@ -127,13 +130,18 @@ mod tests {
         let own = OwnEvents::default();
         let e = event("e1");
         own.keep(e.clone(), payload(&e));
-        let mut other = payload(&e).to_vec();
-        other.push(b' ');
-        assert!(own.take("e1", &other).is_none(), "other bytes");
         assert!(own.take("e2", &payload(&e)).is_none(), "another id");
         let taken = own.take("e1", &payload(&e)).expect("its own bytes");
         assert!(Arc::ptr_eq(&taken, &e));
         assert!(own.take("e1", &payload(&e)).is_none(), "handed out once");
+        assert_eq!(own.held().2, 0);
+
+        // Another message under its id: the stream kept that one, this one is forgotten.
+        own.keep(e.clone(), payload(&e));
+        let mut other = payload(&e).to_vec();
+        other.push(b' ');
+        assert!(own.take("e1", &other).is_none(), "other bytes");
+        assert!(own.take("e1", &payload(&e)).is_none(), "forgotten");
         assert_eq!(own.held().2, 0);
     }
 
@@ -169,6 +177,21 @@ mod tests {
         own.keep_at(e.clone(), payload(&e), later);
         assert_eq!(own.held().0, 1);
         assert_eq!(own.held().1, 1);
+    }
+
+    #[test]
+    fn events_never_delivered_here_hold_back_no_more_than_the_count() {
+        let own = OwnEvents::default();
+        let stuck = event("stuck");
+        own.keep(stuck.clone(), payload(&stuck));
+        for i in 0..OWN_EVENTS_COUNT + 10 {
+            let e = event(&format!("e{i}"));
+            own.keep(e.clone(), payload(&e));
+            assert!(own.take(&e.id, &payload(&e)).is_some());
+        }
+        let (entries, order, _) = own.held();
+        assert!(order <= OWN_EVENTS_COUNT + 1, "{order}");
+        assert_eq!(entries, 0, "the stuck one went with the count");
     }
 
     #[test]

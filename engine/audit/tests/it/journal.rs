@@ -53,24 +53,32 @@ async fn a_second_writer_is_refused() {
     ));
 }
 
-#[tokio::test]
-async fn secrets_are_redacted_before_hashing_and_never_reach_the_disk() {
+/// `body` appended alone to a new journal: the record the append returned and the journal's
+/// text on disk, its chain verified.
+async fn journaled_alone(body: RecordBody) -> (firebreak_audit::Record, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");
     let journal = Journal::open(&path).unwrap();
     let record = journal
-        .append(RecordDraft::new(
-            meta("r1"),
-            RecordBody::StepStarted {
-                step: 1,
-                name: "http::post".into(),
-                inputs: json!({"url": "https://x", "headers": {"Authorization": "Bearer hunter2"},
-                               "body": [{"db_password": "hunter2"}], "ApiKey": "hunter2"}),
-                intent: None,
-            },
-        ))
+        .append(RecordDraft::new(meta("r1"), body))
         .await
         .unwrap();
+    drop(journal);
+    let text = std::fs::read_to_string(&path).unwrap();
+    verify(&path).unwrap();
+    (record, text)
+}
+
+#[tokio::test]
+async fn secrets_are_redacted_before_hashing_and_never_reach_the_disk() {
+    let (record, text) = journaled_alone(RecordBody::StepStarted {
+        step: 1,
+        name: "http::post".into(),
+        inputs: json!({"url": "https://x", "headers": {"Authorization": "Bearer hunter2"},
+                       "body": [{"db_password": "hunter2"}], "ApiKey": "hunter2"}),
+        intent: None,
+    })
+    .await;
     let RecordBody::StepStarted { inputs, .. } = &record.body else {
         panic!("wrong body")
     };
@@ -78,37 +86,26 @@ async fn secrets_are_redacted_before_hashing_and_never_reach_the_disk() {
     assert_eq!(inputs["body"][0]["db_password"], REDACTED);
     assert_eq!(inputs["ApiKey"], REDACTED);
     assert_eq!(inputs["url"], "https://x");
-    drop(journal);
-    let text = std::fs::read_to_string(&path).unwrap();
     assert!(!text.contains("hunter2"), "{text}");
-    verify(&path).unwrap();
 }
 
 /// A local step's one record carries its inputs in `step_finished`: redacted the same way.
 #[tokio::test]
 async fn the_inputs_of_a_one_record_step_are_redacted_too() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("audit.jsonl");
-    let journal = Journal::open(&path).unwrap();
-    let record = journal
-        .append(RecordDraft::new(
-            meta("r1"),
-            RecordBody::StepFinished {
-                step: 1,
-                name: "log".into(),
-                inputs: Some(json!({
-                    "message": "token ghp_0123456789abcdefghijABCDEFGHIJ012345",
-                    "api_token": "hunter2",
-                })),
-                status: StepStatus::Ok,
-                outputs: Value::Null,
-                error: None,
-                duration_ms: 0,
-                attempts: 1,
-            },
-        ))
-        .await
-        .unwrap();
+    let (record, text) = journaled_alone(RecordBody::StepFinished {
+        step: 1,
+        name: "log".into(),
+        inputs: Some(json!({
+            "message": "token ghp_0123456789abcdefghijABCDEFGHIJ012345",
+            "api_token": "hunter2",
+        })),
+        status: StepStatus::Ok,
+        outputs: Value::Null,
+        error: None,
+        duration_ms: 0,
+        attempts: 1,
+    })
+    .await;
     let RecordBody::StepFinished {
         inputs: Some(inputs),
         ..
@@ -118,13 +115,10 @@ async fn the_inputs_of_a_one_record_step_are_redacted_too() {
     };
     assert_eq!(inputs["api_token"], REDACTED);
     assert_eq!(inputs["message"], format!("token {REDACTED}"));
-    drop(journal);
-    let text = std::fs::read_to_string(&path).unwrap();
     assert!(
         !text.contains("hunter2") && !text.contains("ghp_"),
         "{text}"
     );
-    verify(&path).unwrap();
 }
 
 #[tokio::test]

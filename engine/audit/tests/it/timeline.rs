@@ -3,7 +3,7 @@ use firebreak_audit::{
 };
 use serde_json::json;
 
-use crate::meta;
+use crate::{meta, run_drafts};
 
 /// `bodies` appended as run r1's records to a fresh journal, as it sealed them.
 async fn journaled(bodies: Vec<RecordBody>) -> Vec<Record> {
@@ -117,19 +117,7 @@ async fn the_timeline_shows_steps_outcomes_evidence_refusals_and_the_final_statu
 #[tokio::test]
 async fn a_one_record_step_shows_its_inputs_at_its_start() {
     let records = journaled(vec![
-        RecordBody::RunStarted {
-            event: json!({"source": "alertmanager", "type": "firing", "subject": "HighLatency"}),
-            params: json!({}),
-            dry_run: false,
-            namespaces: vec![],
-            cluster_actions: None,
-            timeout_ms: None,
-            lock_key: None,
-            cooldown_ms: None,
-            interactive: false,
-            approval: None,
-            trace_id: None,
-        },
+        run_drafts("r1").swap_remove(0).body,
         RecordBody::StepFinished {
             step: 1,
             name: "log".into(),

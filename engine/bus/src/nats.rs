@@ -521,6 +521,32 @@ impl Setup {
 const STREAM_MISSING: &str = "publish (no stream for the subject)";
 
 impl NatsBus {
+    /// [`Bus::publish`]. Its future is built on the stack and moved into a box for every
+    /// publish, so what only a rare path needs is boxed apart (`a_publish_future_stays_small`).
+    async fn publish_events(&self, events: Vec<Event>) -> Result<(), BusError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        crate::error::check_ids(&events)?;
+        self.check_connected()?;
+        let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
+        match self.publish_all(&events).await {
+            // The stream is gone (a wiped server): recreate it and try once more.
+            Err(BusError::Nats {
+                kind: BusErrorKind::Permanent,
+                ref op,
+                ..
+            }) if op == STREAM_MISSING => {
+                warn!(stream = %self.setup.opts.events_stream, "events stream missing; recreating it");
+                // Inline, the stream and consumer set-up would make every publish's future
+                // kilobytes larger.
+                Box::pin(self.setup.events_consumer()).await?;
+                self.publish_all(&events).await
+            }
+            other => other,
+        }
+    }
+
     /// Sends every event, then awaits every ack: one round trip for the batch, not one each.
     async fn publish_all(&self, events: &[Arc<Event>]) -> Result<(), BusError> {
         let failed = |stage: &'static str, kind: PublishErrorKind| match kind {
@@ -584,27 +610,7 @@ impl NatsBus {
 
 impl Bus for NatsBus {
     fn publish(&self, events: Vec<Event>) -> BoxFuture<'_, Result<(), BusError>> {
-        Box::pin(async move {
-            if events.is_empty() {
-                return Ok(());
-            }
-            crate::error::check_ids(&events)?;
-            self.check_connected()?;
-            let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
-            match self.publish_all(&events).await {
-                // The stream is gone (a wiped server): recreate it and try once more.
-                Err(BusError::Nats {
-                    kind: BusErrorKind::Permanent,
-                    ref op,
-                    ..
-                }) if op == STREAM_MISSING => {
-                    warn!(stream = %self.setup.opts.events_stream, "events stream missing; recreating it");
-                    self.setup.events_consumer().await?;
-                    self.publish_all(&events).await
-                }
-                other => other,
-            }
-        })
+        Box::pin(self.publish_events(events))
     }
 
     fn consume(
@@ -2121,6 +2127,21 @@ const DECISION_PREFIX: &str = "decision.";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A publish's future is moved into its box on every publish: it stays about a kilobyte,
+    /// not the 9 KB that the stream and consumer set-up (needed only after a wiped server)
+    /// made it.
+    #[tokio::test]
+    async fn a_publish_future_stays_small() {
+        let server = crate::testutil::NatsServer::start().expect("nats-server");
+        let bus = NatsBus::connect(&server.url(), NatsOptions::default())
+            .await
+            .expect("connect");
+        let future = bus.publish_events(Vec::new());
+        let size = std::mem::size_of_val(&future);
+        assert!(size <= 2048, "a publish's future is {size} bytes");
+        future.await.expect("an empty publish");
+    }
 
     #[test]
     fn servers_before_2_10_are_known_not_to_serialize_compare_and_set() {

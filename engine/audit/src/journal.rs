@@ -2569,7 +2569,9 @@ async fn mirror_loop(
                     group.extend(more);
                 }
                 let mut records = Vec::new();
-                let mut lines = Vec::new();
+                let size = opening.as_ref().map_or(0, |(_, first)| first.len())
+                    + group.iter().map(|(_, _, own)| own.len()).sum::<usize>();
+                let mut lines = Vec::with_capacity(size);
                 let opened = opening.as_ref().map_or(0, |(first, first_lines)| {
                     records.extend(first.iter().cloned());
                     lines.extend_from_slice(first_lines);

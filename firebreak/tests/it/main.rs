@@ -17,6 +17,7 @@ mod golden;
 mod guards;
 mod history;
 mod interactive;
+mod layout;
 mod monitoring;
 mod nats_outage;
 mod nats_secure;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use firebreak_connector::ActionSpec;
 use firebreak_matcher::{RunbookSet, fingerprint_dir};
-use firebreak_runtime::{AST, CancellationToken, check_calls, compile};
+use firebreak_runtime::{CancellationToken, Script, check_calls, compile};
 use tracing::{error, info, warn};
 
 /// The actions scripts may call, by connector module (`k8s`, `prom`, ...): what `load` checks
@@ -19,7 +19,7 @@ pub type ConnectorSpecs = Vec<(&'static str, Vec<ActionSpec>)>;
 /// Runbooks with their compiled scripts: what one reload produces.
 pub struct Loaded {
     pub set: RunbookSet,
-    pub asts: HashMap<String, Arc<AST>>,
+    pub asts: HashMap<String, Arc<Script>>,
     /// Things that load but deserve a look (see [`RunbookSet::warnings`]).
     pub warnings: Vec<String>,
 }

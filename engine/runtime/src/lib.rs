@@ -28,6 +28,7 @@ pub mod policy;
 pub mod reference;
 mod runner;
 pub mod sandbox;
+mod script;
 mod step;
 pub mod trace;
 
@@ -39,6 +40,7 @@ pub use runner::{
     Budget, ResumePlan, RunHandle, RunLink, RunOutcome, RunPlan, Runner, RunnerConfig, RuntimeError,
 };
 pub use sandbox::{CompileError, Limits, build_engine, check_calls, compile};
+pub use script::Script;
 pub use step::{JoinError, JoinedEvent};
 
 pub use firebreak_audit::{ApprovalPolicy, RunStatus};

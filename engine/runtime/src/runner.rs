@@ -26,6 +26,7 @@ use crate::approval::{Decision, DecisionError, Pending, Standing};
 use crate::policy::RetryPolicy;
 use crate::reference::{self, CtxKey, LimitDoc};
 use crate::sandbox::{Limits, build_engine};
+use crate::script::{CtxReads, Script};
 use crate::step::{
     self, Earlier, JoinError, JoinedEvent, Replay, RunContext, START_FLUSH_AFTER, Stop, to_dynamic,
 };
@@ -148,7 +149,7 @@ pub struct RunPlan {
     /// `None`: nobody. Its expiry should be part of `timeout`.
     pub approval: Option<ApprovalPolicy>,
     /// The compiled script (see [`crate::compile`]).
-    pub ast: Arc<AST>,
+    pub ast: Arc<Script>,
     pub event: Arc<Event>,
     pub params: Map<String, Value>,
     /// Who started the run (`alertmanager`, a user).
@@ -379,7 +380,7 @@ impl Runner {
         let event = plan.event.to_json();
         let params = Value::Object(plan.params);
         // Built before the values move into the journal record: no copy of the event is kept.
-        let ctx = script_ctx(&meta, &event, &params, plan.dry_run);
+        let ctx = script_ctx(&meta, &event, &params, plan.dry_run, plan.ast.reads());
         let started = RecordBody::RunStarted {
             event,
             params,
@@ -498,7 +499,11 @@ impl Runner {
     /// was journaled but whose end was not applies that intent (finding it done if its write
     /// happened). The timeout starts afresh. Params journaled as `[redacted]` stay redacted.
     /// An interactive run is refused: see [`Runner::abandon`].
-    pub async fn resume(&self, plan: ResumePlan, ast: Arc<AST>) -> Result<RunHandle, RuntimeError> {
+    pub async fn resume(
+        &self,
+        plan: ResumePlan,
+        ast: Arc<Script>,
+    ) -> Result<RunHandle, RuntimeError> {
         let run_id = plan.meta.run_id.clone();
         if plan.interactive {
             return Err(RuntimeError::Interactive { run_id });
@@ -518,7 +523,13 @@ impl Runner {
                 source,
             })?;
         info!(run_id = %run_id, runbook = %plan.meta.runbook, replayable_steps = replayable, pending_intents = plan.earlier.intents.len(), "run resumed");
-        let ctx = script_ctx(&plan.meta, &plan.event, &plan.params, plan.dry_run);
+        let ctx = script_ctx(
+            &plan.meta,
+            &plan.event,
+            &plan.params,
+            plan.dry_run,
+            ast.reads(),
+        );
         let traceparent = plan.event.get("traceparent").and_then(Value::as_str);
         let (span, _) = crate::trace::run_span(&plan.meta, traceparent);
         let cx = self.context(
@@ -616,7 +627,7 @@ impl Runner {
     fn launch(
         &self,
         cx: Arc<RunContext>,
-        ast: Arc<AST>,
+        ast: Arc<Script>,
         ctx: Dynamic,
         permit: OwnedSemaphorePermit,
     ) -> RunHandle {
@@ -1125,22 +1136,39 @@ pub(crate) const CTX_KEYS: &[CtxKey] = &[
     },
 ];
 
-/// The `ctx` map a script sees.
-fn script_ctx(meta: &RunMeta, event: &Value, params: &Value, dry_run: bool) -> Dynamic {
-    let event = to_dynamic(event);
-    // `labels` and `annotations` are copies of the event's own: a clone shares their strings
-    // instead of converting them from JSON a second time.
-    let data = |key: &str| {
-        event
-            .read_lock::<rhai::Map>()
-            .and_then(|e| e.get("data")?.read_lock::<rhai::Map>()?.get(key).cloned())
-            .unwrap_or_else(|| Dynamic::from_map(rhai::Map::new()))
-    };
+/// The `ctx` map a script sees: of the keys built from the event and the parameters, those
+/// the script can read ([`CtxReads`]); the others always.
+fn script_ctx(
+    meta: &RunMeta,
+    event: &Value,
+    params: &Value,
+    dry_run: bool,
+    reads: &CtxReads,
+) -> Dynamic {
+    let empty = || Dynamic::from_map(rhai::Map::new());
     let mut map = rhai::Map::new();
-    map.insert("labels".into(), data("labels"));
-    map.insert("annotations".into(), data("annotations"));
-    map.insert("event".into(), event);
-    map.insert("params".into(), to_dynamic(params));
+    if reads.wants("event") {
+        let event = to_dynamic(event);
+        // `labels` and `annotations` are copies of the event's own: a clone shares their
+        // strings instead of converting them from JSON a second time.
+        for key in ["labels", "annotations"] {
+            let of_event = event
+                .read_lock::<rhai::Map>()
+                .and_then(|e| e.get("data")?.read_lock::<rhai::Map>()?.get(key).cloned());
+            map.insert(key.into(), of_event.unwrap_or_else(empty));
+        }
+        map.insert("event".into(), event);
+    } else {
+        for key in ["labels", "annotations"] {
+            if reads.wants(key) {
+                let of_event = event.get("data").and_then(|data| data.get(key));
+                map.insert(key.into(), of_event.map_or_else(empty, to_dynamic));
+            }
+        }
+    }
+    if reads.wants("params") {
+        map.insert("params".into(), to_dynamic(params));
+    }
     map.insert("run_id".into(), meta.run_id.clone().into());
     map.insert("runbook".into(), meta.runbook.clone().into());
     map.insert("team".into(), meta.team.clone().into());
@@ -1166,8 +1194,14 @@ mod tests {
     #[test]
     fn the_ctx_table_names_every_key_a_script_gets() {
         let meta = meta();
-        let ctx = script_ctx(&meta, &serde_json::json!({"data": {}}), &Value::Null, false)
-            .cast::<rhai::Map>();
+        let ctx = script_ctx(
+            &meta,
+            &serde_json::json!({"data": {}}),
+            &Value::Null,
+            false,
+            &CtxReads::Whole,
+        )
+        .cast::<rhai::Map>();
         let mut given: Vec<&str> = ctx.keys().map(|k| k.as_str()).collect();
         let mut documented: Vec<&str> = CTX_KEYS.iter().map(|k| k.name).collect();
         given.sort_unstable();
@@ -1179,7 +1213,8 @@ mod tests {
     fn labels_and_annotations_are_the_events_own_or_empty_maps() {
         let meta = meta();
         let ctx_of = |event: Value| {
-            let ctx = script_ctx(&meta, &event, &Value::Null, false).cast::<rhai::Map>();
+            let ctx = script_ctx(&meta, &event, &Value::Null, false, &CtxReads::Whole)
+                .cast::<rhai::Map>();
             let json = |key: &str| crate::step::to_json(&ctx[key]);
             (json("labels"), json("annotations"), json("event"))
         };
@@ -1204,6 +1239,51 @@ mod tests {
                 (serde_json::json!({}), serde_json::json!({}))
             );
             assert_eq!(whole, event);
+        }
+    }
+
+    /// A script that names only some keys gets those exactly as a whole `ctx` holds them,
+    /// and the cheap keys always.
+    #[test]
+    fn a_ctx_of_named_keys_holds_what_the_whole_one_does() {
+        let meta = meta();
+        let params = serde_json::json!({"deployment": "fraud-model", "max": 3});
+        let events = [
+            serde_json::json!({
+                "id": "e",
+                "data": {"labels": {"alertname": "ModelLatencyHigh", "namespace": "team-a"},
+                         "annotations": {"summary": "p99 above 250 ms"}, "status": "firing"},
+            }),
+            serde_json::json!({"data": {"labels": "not a map", "annotations": [1]}}),
+            serde_json::json!({"data": "text"}),
+            serde_json::json!({}),
+        ];
+        let costly = ["event", "labels", "annotations", "params"];
+        for event in &events {
+            let whole =
+                script_ctx(&meta, event, &params, true, &CtxReads::Whole).cast::<rhai::Map>();
+            for subset in 0..(1 << costly.len()) {
+                let named: Vec<String> = (0..costly.len())
+                    .filter(|i| subset & (1 << i) != 0)
+                    .map(|i| costly[i].to_owned())
+                    .collect();
+                let part = script_ctx(&meta, event, &params, true, &CtxReads::Keys(named.clone()))
+                    .cast::<rhai::Map>();
+                for (key, value) in &whole {
+                    let cheap = !costly.contains(&key.as_str());
+                    match part.get(key) {
+                        Some(got) => assert_eq!(
+                            (got.type_name(), crate::step::to_json(got)),
+                            (value.type_name(), crate::step::to_json(value)),
+                            "{key} of {event} with {named:?}"
+                        ),
+                        None => assert!(
+                            !cheap && !named.contains(&key.to_string()),
+                            "{key} missing with {named:?}"
+                        ),
+                    }
+                }
+            }
         }
     }
 }

@@ -22,6 +22,7 @@ use rhai::{AST, Dynamic, Engine, OptimizationLevel};
 use tracing::{debug, info};
 
 use crate::reference::{self, LimitDoc};
+use crate::script::Script;
 use crate::{builtins, connectors, step};
 
 /// Every bound a script runs under. The defaults suit incident runbooks: generous for real
@@ -252,14 +253,14 @@ pub struct CompileError {
 }
 
 /// Compiles a runbook script once, at load. `path` is only used in error messages.
-pub fn compile(path: &Path, source: &str) -> Result<Arc<AST>, CompileError> {
+pub fn compile(path: &Path, source: &str) -> Result<Arc<Script>, CompileError> {
     static COMPILER: OnceLock<Engine> = OnceLock::new();
     let engine = COMPILER.get_or_init(|| build_engine(&Limits::default(), &Registry::new()));
     engine
         .compile(source)
         .map(|mut ast| {
             ast.set_source(path.display().to_string());
-            Arc::new(ast)
+            Arc::new(Script::new(ast))
         })
         .map_err(|e| CompileError {
             path: path.to_owned(),

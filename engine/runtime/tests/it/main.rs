@@ -92,7 +92,7 @@ pub fn plan(run_id: &str, source: &str) -> RunPlan {
 pub async fn resume(
     runner: &firebreak_runtime::Runner,
     run_id: &str,
-    ast: Arc<firebreak_runtime::AST>,
+    ast: Arc<firebreak_runtime::Script>,
 ) -> Result<firebreak_runtime::RunHandle, firebreak_runtime::RuntimeError> {
     let plan = runner.prepare_resume(run_id)?;
     runner.resume(plan, ast).await

@@ -67,9 +67,9 @@ struct Webhook {
     receiver: String,
     alerts: Option<Vec<Alert>>,
     #[serde(default)]
-    group_labels: BTreeMap<String, String>,
+    group_labels: Strings,
     #[serde(default)]
-    common_labels: BTreeMap<String, String>,
+    common_labels: Strings,
     #[serde(rename = "externalURL", default)]
     external_url: String,
     #[serde(default)]
@@ -80,9 +80,9 @@ struct Webhook {
 #[serde(rename_all = "camelCase")]
 struct Alert {
     status: Option<String>,
-    labels: Option<BTreeMap<String, String>>,
+    labels: Option<Strings>,
     #[serde(default)]
-    annotations: BTreeMap<String, String>,
+    annotations: Strings,
     starts_at: Option<String>,
     ends_at: Option<String>,
     #[serde(rename = "generatorURL", default)]
@@ -180,19 +180,47 @@ impl Group {
             receiver: Value::String(hook.receiver),
             group_key: Value::String(hook.group_key),
             external_url: Value::String(hook.external_url),
-            group_labels: string_map(hook.group_labels),
-            common_labels: string_map(hook.common_labels),
+            group_labels: Value::Object(hook.group_labels.0),
+            common_labels: Value::Object(hook.common_labels.0),
         }
     }
 }
 
-/// A map of strings as a JSON object; the strings move, none is copied.
-fn string_map(map: BTreeMap<String, String>) -> Value {
-    Value::Object(
-        map.into_iter()
-            .map(|(k, v)| (k, Value::String(v)))
-            .collect(),
-    )
+/// A JSON object of strings (labels, annotations), read straight into the object the event's
+/// `data` holds: no map of its own first, converted after. A value that is not a string is
+/// refused with serde's own message, as a `BTreeMap<String, String>` refuses it.
+#[derive(Default)]
+struct Strings(serde_json::Map<String, Value>);
+
+impl<'de> Deserialize<'de> for Strings {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Strings;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Strings, A::Error> {
+                let mut strings = serde_json::Map::new();
+                while let Some((key, value)) = map.next_entry::<String, String>()? {
+                    strings.insert(key, Value::String(value));
+                }
+                Ok(Strings(strings))
+            }
+        }
+        deserializer.deserialize_map(Visit)
+    }
+}
+
+impl Strings {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).and_then(Value::as_str)
+    }
 }
 
 /// One alert's event. Its strings move into the event's `data`; only the few the event also
@@ -213,7 +241,14 @@ fn to_event(group: Group, alert: Alert) -> Result<Event, String> {
     };
     let fingerprint = match alert.fingerprint {
         Some(fp) => fp,
-        None => label_set_fingerprint(&labels),
+        // Alertmanager always sends one; computed, in the names' byte order, only when not.
+        None => {
+            let mut pairs: Vec<(&str, &str)> = (labels.0.iter())
+                .map(|(k, v)| (k.as_str(), v.as_str().unwrap_or_default()))
+                .collect();
+            pairs.sort_unstable_by_key(|(name, _)| name.as_bytes());
+            fingerprint_of(pairs.into_iter())
+        }
     };
     let time = match (status.as_str(), ended) {
         ("resolved", Some(end)) if end != zero_time() => end,
@@ -221,13 +256,12 @@ fn to_event(group: Group, alert: Alert) -> Result<Event, String> {
     };
     let subject = labels
         .get("alertname")
-        .cloned()
-        .unwrap_or_else(|| fingerprint.clone());
-    let namespace = labels.get("namespace").cloned();
+        .map_or_else(|| fingerprint.clone(), str::to_owned);
+    let namespace = labels.get("namespace").map(str::to_owned);
     let id = event_id(&fingerprint, &status, &starts_at);
     let data = [
-        ("labels", string_map(labels)),
-        ("annotations", string_map(alert.annotations)),
+        ("labels", Value::Object(labels.0)),
+        ("annotations", Value::Object(alert.annotations.0)),
         ("startsAt", Value::String(starts_at)),
         ("endsAt", alert.ends_at.map_or(Value::Null, Value::String)),
         ("generatorURL", Value::String(alert.generator_url)),
@@ -287,6 +321,12 @@ pub fn event_id(fingerprint: &str, status: &str, starts_at: &str) -> String {
 /// Alertmanager's alert fingerprint of a label set: Prometheus' `LabelSet.Fingerprint()`,
 /// FNV-1a 64 over the sorted `name 0xff value 0xff` pairs, printed as 16 hex digits.
 pub fn label_set_fingerprint(labels: &BTreeMap<String, String>) -> String {
+    fingerprint_of(labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+}
+
+/// [`label_set_fingerprint`] of name-value pairs given in byte order of the names (a
+/// `BTreeMap` iterates in that order).
+fn fingerprint_of<'a>(labels: impl Iterator<Item = (&'a str, &'a str)>) -> String {
     const OFFSET: u64 = 14_695_981_039_346_656_037;
     const PRIME: u64 = 1_099_511_628_211;
     let mut sum = OFFSET;
@@ -296,7 +336,7 @@ pub fn label_set_fingerprint(labels: &BTreeMap<String, String>) -> String {
             sum = sum.wrapping_mul(PRIME);
         }
     };
-    // BTreeMap iterates in byte order of the names, which is Go's sort.Strings order.
+    // The names' byte order is Go's sort.Strings order.
     for (name, value) in labels {
         add(name.as_bytes());
         add(&[0xff]);
@@ -571,6 +611,18 @@ mod tests {
             (
                 "invalid type: integer `3`, expected a string",
                 Box::new(|v| v["alerts"][0]["labels"]["x"] = 3.into()),
+            ),
+            (
+                "invalid type: sequence, expected a map",
+                Box::new(|v| v["alerts"][0]["labels"] = json!(["x"])),
+            ),
+            (
+                "invalid type: null, expected a map",
+                Box::new(|v| v["alerts"][1]["annotations"] = Value::Null),
+            ),
+            (
+                "invalid type: boolean `true`, expected a string",
+                Box::new(|v| v["commonLabels"]["x"] = true.into()),
             ),
             (
                 "invalid type: string",

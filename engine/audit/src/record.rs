@@ -820,6 +820,42 @@ fn redact_string(text: &mut String) {
 /// `value` of a `{name, value}` entry whose name looks secret (a container's `env`, a list of
 /// headers), and every secret-shaped part of a string ([`redact_text`]).
 pub fn redact_value(value: &mut Value) {
+    let mut strings = String::new();
+    if has_secret_key(value, &mut strings) || SECRET_SHAPES.is_match(&strings) {
+        redact_each(value);
+    }
+}
+
+/// Whether `value` has a key [`redact_each`] would redact the value of; meanwhile collects its
+/// strings into `strings`, one per line. One search of them all for [`SECRET_SHAPES`] then
+/// stands for one per string (an event holds about forty): a shape found in a string is found
+/// in the lines too, as a line break is neither a word character (`\b` holds at each end) nor
+/// one any shape's own characters include, and the private key's "up to the end" reaches
+/// the last line's. A match across lines only costs the search string by string.
+fn has_secret_key(value: &Value, strings: &mut String) -> bool {
+    match value {
+        Value::Object(map) => {
+            let named_secret = map
+                .get("name")
+                .and_then(Value::as_str)
+                .is_some_and(is_secret_key);
+            (named_secret && map.contains_key("value"))
+                || map
+                    .iter()
+                    .any(|(key, item)| is_secret_key(key) || has_secret_key(item, strings))
+        }
+        Value::Array(items) => items.iter().any(|item| has_secret_key(item, strings)),
+        Value::String(text) => {
+            strings.push_str(text);
+            strings.push('\n');
+            false
+        }
+        _ => false,
+    }
+}
+
+/// [`redact_value`], string by string.
+fn redact_each(value: &mut Value) {
     match value {
         Value::Object(map) => {
             let named_secret = map
@@ -830,11 +866,11 @@ pub fn redact_value(value: &mut Value) {
                 if is_secret_key(key) || (named_secret && key == "value") {
                     *item = Value::String(REDACTED.to_owned());
                 } else {
-                    redact_value(item);
+                    redact_each(item);
                 }
             }
         }
-        Value::Array(items) => items.iter_mut().for_each(redact_value),
+        Value::Array(items) => items.iter_mut().for_each(redact_each),
         Value::String(text) => redact_string(text),
         _ => {}
     }
@@ -1284,6 +1320,86 @@ mod tests {
         ] {
             assert_eq!(redact_text(text), None, "{text}");
         }
+    }
+
+    /// The one search over all of a value's strings decides as the search string by string
+    /// would: random values of shape pieces, plain text, secret and ordinary keys and
+    /// `{name, value}` entries come out of both the same, and many of them need redacting.
+    #[test]
+    fn one_search_over_all_strings_redacts_what_one_per_string_does() {
+        let texts = [
+            "Bearer ",
+            "abcdefgh12",
+            "eyJhbGciOiJ",
+            ".",
+            "-----BEGIN RSA PRIVATE KEY-----",
+            "AKIA",
+            "IOSFODNN7EXAMPLE",
+            "ghp_",
+            "0123456789abcdefghijklmnopqrstuvwxyz",
+            "xoxb-",
+            "https://",
+            "svc:",
+            "pw@db",
+            "SUAIBDPBAUTWCWBKIO6XHQNINK5FWJW4OHLXC3HQ2KFE4PEJUA44CNHTAY",
+            " ",
+            "\n",
+            "team-a",
+            "p99 above 250ms",
+            "é",
+            "",
+        ];
+        let keys = [
+            "alertname",
+            "summary",
+            "password",
+            "apiKey",
+            "name",
+            "value",
+            "x-token",
+            "env",
+        ];
+        let mut state: u64 = 0x853c_49e6_748f_ea9b;
+        let mut next = move |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        fn build(
+            next: &mut impl FnMut(usize) -> usize,
+            depth: u32,
+            texts: &[&str],
+            keys: &[&str],
+        ) -> Value {
+            match next(if depth == 0 { 2 } else { 4 }) {
+                0 => Value::String((0..next(4)).map(|_| texts[next(texts.len())]).collect()),
+                1 => Value::from(next(100)),
+                2 => Value::Array(
+                    (0..next(4))
+                        .map(|_| build(next, depth - 1, texts, keys))
+                        .collect(),
+                ),
+                _ => Value::Object(
+                    (0..next(5))
+                        .map(|_| {
+                            let key = keys[next(keys.len())].to_owned();
+                            (key, build(next, depth - 1, texts, keys))
+                        })
+                        .collect(),
+                ),
+            }
+        }
+        let mut redacted = 0;
+        for _ in 0..20_000 {
+            let value = build(&mut next, 3, &texts, &keys);
+            let (mut fast, mut slow) = (value.clone(), value.clone());
+            redact_value(&mut fast);
+            redact_each(&mut slow);
+            assert_eq!(fast, slow, "{value}");
+            redacted += usize::from(slow != value);
+        }
+        assert!(redacted > 2_000, "only {redacted} values needed redacting");
     }
 
     #[test]

@@ -835,10 +835,7 @@ pub fn redact_value(value: &mut Value) {
 fn has_secret_key(value: &Value, strings: &mut String) -> bool {
     match value {
         Value::Object(map) => {
-            let named_secret = map
-                .get("name")
-                .and_then(Value::as_str)
-                .is_some_and(is_secret_key);
+            let named_secret = names_a_secret(map);
             (named_secret && map.contains_key("value"))
                 || map
                     .iter()
@@ -854,14 +851,18 @@ fn has_secret_key(value: &Value, strings: &mut String) -> bool {
     }
 }
 
+/// Whether `map` is a `{name, value}` entry whose name looks secret (its `value` is redacted).
+fn names_a_secret(map: &serde_json::Map<String, Value>) -> bool {
+    map.get("name")
+        .and_then(Value::as_str)
+        .is_some_and(is_secret_key)
+}
+
 /// [`redact_value`], string by string.
 fn redact_each(value: &mut Value) {
     match value {
         Value::Object(map) => {
-            let named_secret = map
-                .get("name")
-                .and_then(Value::as_str)
-                .is_some_and(is_secret_key);
+            let named_secret = names_a_secret(map);
             for (key, item) in map.iter_mut() {
                 if is_secret_key(key) || (named_secret && key == "value") {
                     *item = Value::String(REDACTED.to_owned());

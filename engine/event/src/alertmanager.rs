@@ -243,7 +243,9 @@ fn to_event(group: Group, alert: Alert) -> Result<Event, String> {
         Some(fp) => fp,
         // Alertmanager always sends one; computed, in the names' byte order, only when not.
         None => {
-            let mut pairs: Vec<(&str, &str)> = (labels.0.iter())
+            let mut pairs: Vec<(&str, &str)> = labels
+                .0
+                .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str().unwrap_or_default()))
                 .collect();
             pairs.sort_unstable_by_key(|(name, _)| name.as_bytes());

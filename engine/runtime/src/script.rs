@@ -1,8 +1,8 @@
 //! A compiled runbook script, with the parts of `ctx` it can read.
 //!
 //! Building `ctx` turns the whole triggering event into Rhai values (every label, annotation
-//! and group field, twice for labels and annotations) and drops them after the run: about an
-//! eighth of the instructions an alert costs. Most scripts read `ctx.params`, `ctx.labels` and
+//! and group field, with `labels` and `annotations` as maps of their own besides) and drops
+//! them after the run: 8 % of the instructions an alert cost (callgrind, 38,000 of 469,000). Most scripts read `ctx.params`, `ctx.labels` and
 //! `ctx.dry_run` and never `ctx.event`, so [`CtxReads`] finds, once at load, which of the
 //! costly keys a script names; a run builds only those. A script that uses `ctx` as a whole
 //! (passes it to a function, indexes it, calls a method on it) gets all of it. Nothing else

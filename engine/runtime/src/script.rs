@@ -2,18 +2,19 @@
 //!
 //! Building `ctx` turns the whole triggering event into Rhai values (every label, annotation
 //! and group field, with `labels` and `annotations` as maps of their own besides) and drops
-//! them after the run: 8 % of the instructions an alert cost (callgrind, 38,000 of 469,000). Most scripts read `ctx.params`, `ctx.labels` and
-//! `ctx.dry_run` and never `ctx.event`, so [`CtxReads`] finds, once at load, which of the
-//! costly keys a script names; a run builds only those. A script that uses `ctx` as a whole
-//! (passes it to a function, indexes it, calls a method on it) gets all of it. Nothing else
-//! can reach `ctx`: the sandbox has no `eval`, and Rhai functions see no outer variables.
+//! them after the run: 8 % of the instructions an alert cost (callgrind, 38,000 of 469,000).
+//! Most scripts read `ctx.params`, `ctx.labels` and `ctx.dry_run` and never `ctx.event`, so
+//! [`CtxReads`] finds, once at load, which of the costly keys a script names; a run builds
+//! only those. A script that uses `ctx` as a whole (passes it to a function, indexes it,
+//! calls a method on it) gets all of it. Nothing else can reach `ctx`: the sandbox has no
+//! `eval`, and Rhai functions see no outer variables.
 
 use std::ops::Deref;
 
 use rhai::{AST, ASTNode, Expr, Stmt};
 
 /// The name scripts know the run's context by.
-pub(crate) const CTX: &str = "ctx";
+const CTX: &str = "ctx";
 
 /// A compiled script ([`crate::compile`]); derefs to its [`AST`].
 #[derive(Debug)]

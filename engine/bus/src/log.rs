@@ -20,9 +20,15 @@
 //! ([`read_records`]) take the first zero byte as the end of the records (JSON lines never hold
 //! one); a clean close cuts the zeros off.
 //!
-//! When the file grows past a threshold the thread rewrites it from a snapshot of the live state
-//! (write to `*.tmp`, fsync, rename, fsync the directory). A failed write or fsync poisons the
-//! log: what is on disk is unknown, so every later write fails until the store is reopened.
+//! When the file grows past a threshold it is rewritten from a snapshot of the live state. The
+//! writer thread takes the snapshot between two commits, so it holds what the file held up to
+//! there; a thread of its own encodes it into `*.tmp` and fsyncs it while commits go on. Then
+//! the writer copies the records committed since the snapshot after it, fsyncs, renames over
+//! the log and fsyncs the directory. Encoding and writing a large backlog (64 MiB of unacked
+//! events) took the writer away from its commits for a third of a second, during which every
+//! publisher waited. A failed write or fsync of the log poisons it: what is on disk is unknown,
+//! so every later write fails until the store is reopened. A compaction that fails before its
+//! rename leaves the log as it was.
 //!
 //! Start at [`GroupLog::open`] and [`read_records`].
 
@@ -42,8 +48,12 @@ use crate::BusError;
 
 /// Runs in the writer thread once a record is durable.
 pub(crate) type After = Box<dyn FnOnce() + Send>;
-/// Produces the live state as log bytes, for compaction.
-pub(crate) type Snapshot = Box<dyn Fn() -> Vec<u8> + Send>;
+/// Captures the live state for a compaction, on the writer thread between two commits: it
+/// should take only what it needs (`Arc` clones) and leave the encoding to the [`Encode`] it
+/// returns, which runs on the compaction's own thread while commits go on.
+pub(crate) type Snapshot = Box<dyn Fn() -> Encode + Send>;
+/// Encodes a captured state as log records.
+pub(crate) type Encode = Box<dyn FnOnce() -> Vec<u8> + Send>;
 
 /// Most records the writer takes in one group commit.
 const MAX_BATCH: usize = 8192;
@@ -57,6 +67,9 @@ pub(crate) const PREALLOCATE: u64 = 256 << 10;
 
 /// Longest a lazy record waits for a commit to join before it gets one of its own.
 pub(crate) const LAZY_FLUSH: Duration = Duration::from_millis(10);
+
+/// How often an idle writer looks whether a compaction's snapshot is written.
+const COMPACTION_POLL: Duration = Duration::from_millis(10);
 
 enum Cmd {
     Append {
@@ -175,7 +188,8 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// Opens the file just written by [`write_atomically`] for positioned writes (records go where
 /// the zeros are, not at the file's end).
 fn open_for_writes(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new().write(true).open(path)
+    // Read too: a compaction copies the records committed while it ran from here.
+    OpenOptions::new().read(true).write(true).open(path)
 }
 
 /// Writes zeros over `from..to` of `file`.
@@ -216,6 +230,7 @@ impl GroupLog {
             allocated: initial.len() as u64,
             snapshot,
             compact_at,
+            compaction: None,
             poisoned: false,
         };
         std::thread::Builder::new()
@@ -293,7 +308,16 @@ struct Writer {
     allocated: u64,
     snapshot: Snapshot,
     compact_at: u64,
+    compaction: Option<Compaction>,
     poisoned: bool,
+}
+
+/// A compaction under way: the snapshot of what the file held up to `from`, being written to
+/// `*.tmp` by `thread`.
+struct Compaction {
+    from: u64,
+    written: mpsc::Receiver<std::io::Result<(File, u64)>>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl Writer {
@@ -368,6 +392,14 @@ impl Writer {
             if let Some(done) = close {
                 let lazy = std::mem::take(&mut self.lazy().bytes);
                 let _ = self.commit(&lazy);
+                if let Some(compaction) = self.compaction.take() {
+                    if self.poisoned {
+                        self.abandon(compaction);
+                    } else {
+                        let written = compaction.written.recv();
+                        self.finish_compaction(compaction, written);
+                    }
+                }
                 if !self.poisoned {
                     let _ = self.file.set_len(self.size);
                 }
@@ -375,10 +407,20 @@ impl Writer {
                 let _ = done.send(());
                 return;
             }
-            if outcome.is_ok() && self.size > self.compact_at {
+            if outcome.is_ok() {
                 self.compact();
             }
         }
+        // Dropped without a close: the log stays as it is.
+        if let Some(compaction) = self.compaction.take() {
+            self.abandon(compaction);
+        }
+    }
+
+    /// Waits for a compaction's thread and throws its snapshot away.
+    fn abandon(&self, compaction: Compaction) {
+        let _ = compaction.thread.join();
+        let _ = std::fs::remove_file(self.path.with_extension("tmp"));
     }
 
     fn lazy(&self) -> std::sync::MutexGuard<'_, Lazy> {
@@ -386,14 +428,17 @@ impl Writer {
     }
 
     /// How long to wait for the next command: at most [`LAZY_FLUSH`] while lazy records wait,
-    /// else until one comes (lazy appends then nudge).
+    /// [`COMPACTION_POLL`] while a compaction runs, else until one comes (lazy appends then
+    /// nudge).
     fn next_wait(&self) -> Option<Duration> {
         let mut lazy = self.lazy();
-        if lazy.bytes.is_empty() {
+        if !lazy.bytes.is_empty() {
+            Some(LAZY_FLUSH)
+        } else if self.compaction.is_some() {
+            Some(COMPACTION_POLL)
+        } else {
             lazy.writer_asleep = true;
             None
-        } else {
-            Some(LAZY_FLUSH)
         }
     }
 
@@ -423,26 +468,128 @@ impl Writer {
         result
     }
 
+    /// Starts a compaction once the file has grown past `compact_at`, or switches to the one
+    /// under way once its snapshot is written. Runs between commits only.
     fn compact(&mut self) {
-        let bytes = (self.snapshot)();
-        let result =
-            write_atomically(&self.path, &bytes).and_then(|()| open_for_writes(&self.path));
-        match result {
-            Ok(file) => {
-                info!(path = %self.path.display(), from = self.size, to = bytes.len(), "log compacted");
-                close_elsewhere(std::mem::replace(&mut self.file, file));
-                self.size = bytes.len() as u64;
-                self.allocated = self.size;
-                self.compact_at = self.compact_at.max(2 * self.size);
+        if self.poisoned {
+            return;
+        }
+        match &self.compaction {
+            None if self.size > self.compact_at => self.start_compaction(),
+            None => {}
+            Some(compaction) => match compaction.written.try_recv() {
+                Err(mpsc::TryRecvError::Empty) => {}
+                Ok(written) => {
+                    let compaction = self.compaction.take().expect("matched above");
+                    self.finish_compaction(compaction, Ok(written));
+                }
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    let compaction = self.compaction.take().expect("matched above");
+                    self.finish_compaction(compaction, Err(mpsc::RecvError));
+                }
+            },
+        }
+    }
+
+    /// Captures the state as the file holds it now and writes it to `*.tmp` on a thread of
+    /// its own.
+    fn start_compaction(&mut self) {
+        let encode = (self.snapshot)();
+        let tmp = self.path.with_extension("tmp");
+        let (done, written) = mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("log-compact".into())
+            .spawn(move || {
+                let result = (|| {
+                    let bytes = encode();
+                    let mut file = OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .open(&tmp)?;
+                    file.write_all(&bytes)?;
+                    file.sync_data()?;
+                    Ok((file, bytes.len() as u64))
+                })();
+                let _ = done.send(result);
+            });
+        match spawned {
+            Ok(thread) => {
+                self.compaction = Some(Compaction {
+                    from: self.size,
+                    written,
+                    thread,
+                })
             }
             Err(e) => {
-                // The old file is still whole (rename is atomic), but our handle may now point at
-                // a replaced file; stop writing rather than guess.
-                error!(path = %self.path.display(), error = %e, "log compaction failed; refusing further writes");
-                self.poisoned = true;
+                warn!(path = %self.path.display(), error = %e, "cannot start a thread to compact the log; trying again when it has doubled");
+                self.compact_at = self.compact_at.max(2 * self.size);
             }
         }
     }
+
+    /// Puts the written snapshot in the log's place: the records committed since it was
+    /// taken follow it, then fsync, rename and fsync the directory.
+    fn finish_compaction(
+        &mut self,
+        compaction: Compaction,
+        written: Result<std::io::Result<(File, u64)>, mpsc::RecvError>,
+    ) {
+        let _ = compaction.thread.join();
+        let tmp = self.path.with_extension("tmp");
+        let since = self.size - compaction.from;
+        let copied = match written {
+            Ok(Ok((file, len))) => copy_at(&self.file, compaction.from, since, &file, len)
+                .and_then(|()| file.sync_data())
+                .map(|()| (file, len + since)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(std::io::Error::other("the compaction thread panicked")),
+        };
+        let renamed = copied.and_then(|(file, size)| {
+            std::fs::rename(&tmp, &self.path)?;
+            Ok((file, size))
+        });
+        let (file, size) = match renamed {
+            Ok(done) => done,
+            Err(e) => {
+                // Nothing replaced the log: it goes on as it is, and is compacted again once
+                // it has doubled.
+                warn!(path = %self.path.display(), error = %e, "log compaction failed; the log is kept as it was");
+                let _ = std::fs::remove_file(&tmp);
+                self.compact_at = self.compact_at.max(2 * self.size);
+                return;
+            }
+        };
+        info!(path = %self.path.display(), from = self.size, to = size, "log compacted");
+        close_elsewhere(std::mem::replace(&mut self.file, file));
+        self.size = size;
+        self.allocated = size;
+        self.compact_at = self.compact_at.max(2 * size);
+        let dir_synced = match self.path.parent() {
+            Some(dir) => File::open(dir).and_then(|dir| dir.sync_all()),
+            None => Ok(()),
+        };
+        if let Err(e) = dir_synced {
+            // The rename may not survive a crash, and the records written from now on would
+            // then be lost with the new file; stop writing rather than guess.
+            error!(path = %self.path.display(), error = %e, "log compaction's rename not durable; refusing further writes");
+            self.poisoned = true;
+        }
+    }
+}
+
+/// Copies `len` bytes at `from` in `src` to `at` in `dst`.
+fn copy_at(src: &File, from: u64, len: u64, dst: &File, at: u64) -> std::io::Result<()> {
+    let mut buf = vec![0; len.min(1 << 20) as usize];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(buf.len() as u64) as usize;
+        src.read_exact_at(&mut buf[..n], from + done)?;
+        dst.write_all_at(&buf[..n], at + done)?;
+        done += n as u64;
+    }
+    Ok(())
 }
 
 /// Closes a log file the compaction replaced, on a thread of its own. The rename unlinked it,
@@ -501,8 +648,13 @@ mod tests {
     async fn commits_overwrite_preallocated_zeros_and_a_clean_close_cuts_them_off() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.log");
-        let log =
-            GroupLog::open(&path, b"{\"a\":0}\n".to_vec(), Box::new(Vec::new), u64::MAX).unwrap();
+        let log = GroupLog::open(
+            &path,
+            b"{\"a\":0}\n".to_vec(),
+            Box::new(|| Box::new(Vec::new)),
+            u64::MAX,
+        )
+        .unwrap();
         let len = || std::fs::metadata(&path).unwrap().len();
         log.append_durable(b"{\"a\":1}\n".to_vec()).await.unwrap();
         let allocated = len();
@@ -546,7 +698,7 @@ mod tests {
     async fn appends_are_durable_and_compaction_keeps_the_snapshot() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.log");
-        let snapshot: Snapshot = Box::new(|| b"{\"snap\":true}\n".to_vec());
+        let snapshot: Snapshot = Box::new(|| Box::new(|| b"{\"snap\":true}\n".to_vec()));
         let log = GroupLog::open(&path, b"{\"a\":0}\n".to_vec(), snapshot, 64).unwrap();
         log.append_durable(b"{\"a\":1}\n".to_vec()).await.unwrap();
         let records: Vec<Value> = read_records(&path).unwrap();
@@ -564,6 +716,78 @@ mod tests {
         ));
     }
 
+    /// The snapshot is encoded and written off the writer thread: commits made meanwhile are
+    /// durable at once, and follow the snapshot in the compacted file.
+    #[tokio::test]
+    async fn commits_go_on_while_a_compaction_writes_and_follow_its_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.log");
+        let (open_gate, gate) = mpsc::channel::<()>();
+        let gate = Mutex::new(Some(gate));
+        let snapshot: Snapshot = Box::new(move || {
+            let gate = gate.lock().unwrap().take();
+            Box::new(move || {
+                // Held until the test has committed behind the compaction's back.
+                if let Some(gate) = gate {
+                    let _ = gate.recv();
+                }
+                b"{\"snap\":true}\n".to_vec()
+            })
+        });
+        let log = GroupLog::open(&path, Vec::new(), snapshot, 64).unwrap();
+        // Past 64 bytes: the compaction starts after this commit and waits at the gate.
+        log.append_durable(vec![b' '; 80].into_iter().chain(*b"{\"a\":1}\n").collect())
+            .await
+            .unwrap();
+        for a in 2..5 {
+            let line = format!("{{\"a\":{a}}}\n").into_bytes();
+            let committed =
+                tokio::time::timeout(Duration::from_secs(10), log.append_durable(line)).await;
+            assert!(committed.is_ok(), "commit {a} waited for the compaction");
+            assert!(lines_of(&path).contains(&json!({"a": a})));
+        }
+        open_gate.send(()).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while lines_of(&path).first() != Some(&json!({"snap": true})) {
+            assert!(std::time::Instant::now() < deadline, "never compacted");
+            tokio::time::sleep(COMPACTION_POLL).await;
+        }
+        let compacted = vec![
+            json!({"snap": true}),
+            json!({"a": 2}),
+            json!({"a": 3}),
+            json!({"a": 4}),
+        ];
+        assert_eq!(lines_of(&path), compacted);
+        assert!(!path.with_extension("tmp").exists());
+        // The writer goes on in the new file.
+        log.append_durable(b"{\"a\":5}\n".to_vec()).await.unwrap();
+        log.close().await;
+        let mut expected = compacted;
+        expected.push(json!({"a": 5}));
+        assert_eq!(lines_of(&path), expected);
+    }
+
+    /// A compaction that fails before its rename (here its encoder panics) leaves the log whole
+    /// and writable.
+    #[tokio::test]
+    async fn a_failed_compaction_keeps_the_log_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.log");
+        let snapshot: Snapshot = Box::new(|| Box::new(|| panic!("encoding failed")));
+        let log = GroupLog::open(&path, b"{\"a\":0}\n".to_vec(), snapshot, 64).unwrap();
+        let mut expected = vec![json!({"a": 0})];
+        for a in 1..20 {
+            let line = format!("{{\"a\":{a},\"pad\":\"{}\"}}\n", "x".repeat(40));
+            log.append_durable(line.into_bytes()).await.unwrap();
+            expected.push(json!({"a": a, "pad": "x".repeat(40)}));
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        log.close().await;
+        assert_eq!(lines_of(&path), expected);
+        assert!(!path.with_extension("tmp").exists());
+    }
+
     fn lines_of(path: &Path) -> Vec<Value> {
         read_records(path).unwrap()
     }
@@ -572,7 +796,8 @@ mod tests {
     async fn lazy_records_ride_with_the_next_commit_or_reach_the_file_on_their_own() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.log");
-        let log = GroupLog::open(&path, Vec::new(), Box::new(Vec::new), u64::MAX).unwrap();
+        let log =
+            GroupLog::open(&path, Vec::new(), Box::new(|| Box::new(Vec::new)), u64::MAX).unwrap();
 
         // With a commit: the lazy line is in the file once the commit is durable.
         log.append_lazy(b"{\"lazy\":1}\n").unwrap();

@@ -28,7 +28,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::info;
 
-use crate::log::{GroupLog, read_records};
+use crate::log::{Encode, GroupLog, Snapshot, read_records};
 use crate::{AckHandle, Bus, BusError, Delivery, now_ms};
 
 mod state;
@@ -253,22 +253,29 @@ impl Queue {
         None
     }
 
-    /// The live state as log records, oldest first (for compaction).
-    fn snapshot(&self) -> Vec<u8> {
-        let mut entries: Vec<&Entry> = self.entries.values().collect();
-        entries.sort_by_key(|e| e.seq);
-        let mut out = Vec::new();
-        for entry in entries {
-            let record = PublishRef {
-                at_ms: entry.at_ms,
-                event: &entry.event,
-            };
-            // These events were encoded once already when published, so this cannot fail.
-            if serde_json::to_writer(&mut out, &record).is_ok() {
-                out.push(b'\n');
+    /// The live state, to be encoded as log records, oldest first (for compaction). Takes
+    /// only the events' `Arc`s under the lock; the encoding runs without it.
+    fn snapshot(&self) -> Encode {
+        let mut entries: Vec<(u64, i64, Arc<Event>)> = self
+            .entries
+            .values()
+            .map(|e| (e.seq, e.at_ms, e.event.clone()))
+            .collect();
+        Box::new(move || {
+            entries.sort_unstable_by_key(|(seq, ..)| *seq);
+            let mut out = Vec::new();
+            for (_, at_ms, event) in &entries {
+                let record = PublishRef {
+                    at_ms: *at_ms,
+                    event,
+                };
+                // These events were encoded once already when published, so this cannot fail.
+                if serde_json::to_writer(&mut out, &record).is_ok() {
+                    out.push(b'\n');
+                }
             }
-        }
-        out
+            out
+        })
     }
 }
 
@@ -331,16 +338,14 @@ impl EmbeddedBus {
             }
         }
         let pending = queue.entries.len();
-        let initial = queue.snapshot();
+        let initial = queue.snapshot()();
         // The writer thread compacts from a snapshot of the queue; it holds the queue weakly so
         // that dropping the bus ends the thread.
         let queue = Arc::new(Mutex::new(queue));
         let for_snapshot = Arc::downgrade(&queue);
-        let snapshot = Box::new(move || {
-            for_snapshot
-                .upgrade()
-                .map(|q| q.lock().unwrap_or_else(|p| p.into_inner()).snapshot())
-                .unwrap_or_default()
+        let snapshot: Snapshot = Box::new(move || match for_snapshot.upgrade() {
+            Some(queue) => queue.lock().unwrap_or_else(|p| p.into_inner()).snapshot(),
+            None => Box::new(Vec::new),
         });
         let log = GroupLog::open(&path, initial, snapshot, opts.compact_at_bytes)?;
         let shared = Arc::new(Shared {

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tracing::info;
 
 use super::lock_dir;
-use crate::log::{GroupLog, read_records};
+use crate::log::{GroupLog, Snapshot, read_records};
 use crate::state::{BUDGET_RETENTION, check_key};
 use crate::{BusError, RunRecord, StateStore};
 
@@ -163,10 +163,13 @@ impl FileStateStore {
         info!(dir = %dir.display(), runs = state.runs.len(), "state store open");
         let state = Arc::new(Mutex::new(state));
         let weak = Arc::downgrade(&state);
-        let snapshot = Box::new(move || {
-            weak.upgrade()
+        // The state is small: encoded under its lock, written on the compaction's thread.
+        let snapshot: Snapshot = Box::new(move || {
+            let bytes = weak
+                .upgrade()
                 .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).snapshot())
-                .unwrap_or_default()
+                .unwrap_or_default();
+            Box::new(move || bytes)
         });
         let log = GroupLog::open(&path, initial, snapshot, compact_at)?;
         Ok(FileStateStore {

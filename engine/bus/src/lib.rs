@@ -100,6 +100,7 @@ pub struct Delivery {
     /// When the bus accepted the event. Work started after this instant for this event was
     /// started by an earlier delivery of this very message (a redelivery after a lost ack).
     pub published: jiff::Timestamp,
+    ack_wait: std::time::Duration,
     handle: Box<dyn AckHandle>,
 }
 
@@ -108,14 +109,22 @@ impl Delivery {
         event: Arc<Event>,
         attempt: u32,
         published: jiff::Timestamp,
+        ack_wait: std::time::Duration,
         handle: Box<dyn AckHandle>,
     ) -> Self {
         Delivery {
             event,
             attempt,
             published,
+            ack_wait,
             handle,
         }
+    }
+
+    /// How long the bus waits for a settle (or [`Delivery::in_progress`]) before it delivers
+    /// the event again.
+    pub fn ack_wait(&self) -> std::time::Duration {
+        self.ack_wait
     }
 
     /// Marks the event done: it will not be delivered again (except after a crash that lost the

@@ -731,7 +731,8 @@ impl PullState {
             };
             match item {
                 Some(Ok(message)) => {
-                    if let Some(delivery) = decode(message, &self.own).await {
+                    let ack_wait = self.setup.opts.ack_wait;
+                    if let Some(delivery) = decode(message, &self.own, ack_wait).await {
                         return Some(delivery);
                     }
                 }
@@ -757,7 +758,11 @@ impl PullState {
 /// to park (keep in the audit journal) and ack, so it is neither lost nor redelivered forever.
 /// An event this process published, delivered as the bytes it went out as, is not decoded
 /// again ([`OwnEvents`]).
-async fn decode(message: jetstream::Message, own: &OwnEvents) -> Option<Delivery> {
+async fn decode(
+    message: jetstream::Message,
+    own: &OwnEvents,
+    ack_wait: Duration,
+) -> Option<Delivery> {
     let (attempt, published) = match message.info() {
         Ok(info) => (
             u32::try_from(info.delivered).unwrap_or(u32::MAX),
@@ -797,7 +802,13 @@ async fn decode(message: jetstream::Message, own: &OwnEvents) -> Option<Delivery
         }
     });
     match parsed {
-        Ok(event) => Some(Delivery::new(event, attempt, published, Box::new(ack))),
+        Ok(event) => Some(Delivery::new(
+            event,
+            attempt,
+            published,
+            ack_wait,
+            Box::new(ack),
+        )),
         Err(e) => {
             error!(subject = %message.subject, error = %e, "a message that is not an event of its subject; handing it on to be parked");
             let event =
@@ -806,6 +817,7 @@ async fn decode(message: jetstream::Message, own: &OwnEvents) -> Option<Delivery
                 Arc::new(event),
                 attempt,
                 published,
+                ack_wait,
                 Box::new(ack),
             ))
         }

@@ -301,8 +301,13 @@ pub fn delivery(
         }
     }
     let settled = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let delivery =
-        crate::Delivery::new(event, attempt, published, Box::new(Probe(settled.clone())));
+    let delivery = crate::Delivery::new(
+        event,
+        attempt,
+        published,
+        Duration::from_secs(60),
+        Box::new(Probe(settled.clone())),
+    );
     (delivery, settled)
 }
 

@@ -247,11 +247,14 @@ impl Dispatcher {
         if delivery.attempt > 1 {
             metrics::counter!("firebreak_bus_redeliveries_total").increment(1);
         }
-        let done = if event.source == SOURCE_FIREBREAK && event.kind == KIND_UNPROCESSABLE {
-            self.park(&event).await
-        } else {
-            self.dispatch(&event, delivery.published).await
+        let work = async {
+            if event.source == SOURCE_FIREBREAK && event.kind == KIND_UNPROCESSABLE {
+                self.park(&event).await
+            } else {
+                self.dispatch(&event, delivery.published).await
+            }
         };
+        let done = in_progress_while(&delivery, work).await;
         let settled = if done {
             delivery.ack().await
         } else {
@@ -1074,6 +1077,26 @@ const RESUME_AT_ONCE: usize = 256;
 
 /// How long a start waits for such a run to get going or to release its lock.
 const HOLDER_WAIT: Duration = Duration::from_secs(10);
+
+/// Runs `work`, telling the bus every third of its ack wait that `delivery` is still being
+/// worked on: a run may wait for a slot (`max_concurrent_runs`) longer than the ack wait, and
+/// each redelivery then waited beside the first delivery, one more task per event and ack wait
+/// for as long as a backlog lasted.
+async fn in_progress_while<T>(delivery: &Delivery, work: impl Future<Output = T>) -> T {
+    tokio::pin!(work);
+    let every = delivery.ack_wait() / 3;
+    loop {
+        tokio::select! {
+            biased;
+            done = &mut work => return done,
+            () = tokio::time::sleep(every) => {
+                if let Err(e) = delivery.in_progress().await {
+                    warn!(event_id = %delivery.event.id, error = %e, "could not tell the bus a delivery is still being handled; it may be delivered again");
+                }
+            }
+        }
+    }
+}
 
 /// Waits until `token` (a run's start, or its release) is done; `Busy` after [`HOLDER_WAIT`].
 async fn wait_for_holder(token: &CancellationToken, key: &str) -> Result<(), StartError> {

@@ -505,7 +505,14 @@ impl Consumer {
                     };
                     let published = jiff::Timestamp::from_millisecond(at_ms)
                         .unwrap_or_else(|_| jiff::Timestamp::now());
-                    return Some(Delivery::new(event, attempt, published, Box::new(handle)));
+                    let ack_wait = self.shared.ack_wait;
+                    return Some(Delivery::new(
+                        event,
+                        attempt,
+                        published,
+                        ack_wait,
+                        Box::new(handle),
+                    ));
                 }
                 queue.timers.peek().map(|Reverse((due, _))| *due)
             };

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use firebreak_audit::RecordBody;
+use firebreak_bus::EmbeddedOptions;
 use firebreak_bus::testutil::Settled;
 use serde_json::json;
 
@@ -577,4 +578,59 @@ async fn a_run_that_waited_for_a_slot_has_its_lock_extended_when_it_starts() {
             .any(|(k, ..)| k == "hold/incident:00000000000000b1"),
         "{refreshed:?}"
     );
+}
+
+/// A delivery that waits for a run slot (`max_concurrent_runs`) longer than the bus's ack wait
+/// is kept in progress, not delivered again. Each redelivery waited beside the first, one more
+/// task per event and ack wait while a backlog lasted (55,144 redeliveries of 27,836 alerts in
+/// 77 s behind four slots), and one that ran on at shutdown journaled a skip for its own run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_waiting_for_a_slot_past_the_ack_wait_is_not_delivered_again() {
+    use futures::StreamExt;
+    let bus = EmbeddedOptions {
+        ack_wait: Duration::from_millis(600),
+        ..EmbeddedOptions::default()
+    };
+    // One slot, and runs that hold it for 1.9 s (a sleep of 2 s or more parks, freeing it).
+    let h = H::embedded_with(
+        &[
+            (
+                "hold.yaml",
+                "name: hold\nteam: sre\ndescription: d\nnamespaces: [shop]\n\
+                 triggers:\n  - source: alertmanager\n    match: ['alertname=\"Slow\"']\n",
+            ),
+            ("hold.rhai", "sleep(1900);\n"),
+        ],
+        bus,
+        1,
+    )
+    .await;
+    // The dispatcher's consumer loop, noting each delivery's attempt.
+    let attempts = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut deliveries = h.consume().await;
+    let consumer = tokio::spawn({
+        let (dispatcher, attempts) = (h.dispatcher.clone(), attempts.clone());
+        async move {
+            while let Some(Ok(delivery)) = deliveries.next().await {
+                let id = delivery.event.id.clone();
+                attempts.lock().unwrap().push((id, delivery.attempt));
+                tokio::spawn(dispatcher.clone().handle(delivery));
+            }
+        }
+    });
+    let events = [
+        alert("ev-1", "firing", "00000000000000c1", json!({})),
+        alert("ev-2", "firing", "00000000000000c2", json!({})),
+    ];
+    h.publish(&events).await;
+    let records = h
+        .wait("both runs to finish", |r| finished(r, "hold") == 2)
+        .await;
+    assert_eq!(started(&records, "hold").len(), 2, "{}", summary(&records));
+    assert_eq!(
+        *attempts.lock().unwrap(),
+        [("ev-1".to_string(), 1), ("ev-2".to_string(), 1)]
+    );
+    h.stop().await;
+    consumer.await.unwrap();
 }

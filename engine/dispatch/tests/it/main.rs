@@ -13,7 +13,7 @@ use std::time::Duration;
 use firebreak_audit::{Journal, Record, RecordBody};
 use firebreak_bus::testutil::{NatsServer, Settled, delivery};
 use firebreak_bus::{
-    Bus, EmbeddedBus, FileStateStore, NatsBus, NatsOptions, RunLeases, StateStore,
+    Bus, EmbeddedBus, EmbeddedOptions, FileStateStore, NatsBus, NatsOptions, RunLeases, StateStore,
 };
 use firebreak_connector::Registry;
 use firebreak_dispatch::{Dispatcher, Runbooks};
@@ -76,14 +76,30 @@ impl H {
             gated = Some(g.clone());
             g as Arc<dyn StateStore>
         };
-        let h = H::open_with(dir, None, wrap, None, slots).await;
+        let h = H::open_with(dir, None, wrap, None, slots, EmbeddedOptions::default()).await;
         (h, gated.expect("the store was wrapped"))
     }
 
     /// The engine on `dir` (a restart: the journal and state as left; in-memory locks gone).
     pub async fn open(dir: TempDir, nats: Option<Arc<NatsServer>>) -> H {
         let slots = RunnerConfig::default().max_concurrent_runs;
-        H::open_with(dir, nats, |state| state, None, slots).await
+        H::open_with(
+            dir,
+            nats,
+            |state| state,
+            None,
+            slots,
+            EmbeddedOptions::default(),
+        )
+        .await
+    }
+
+    /// An embedded engine with `files` as its runbooks on a bus opened with `bus`, running at
+    /// most `slots` runs at once.
+    pub async fn embedded_with(files: &[(&str, &str)], bus: EmbeddedOptions, slots: usize) -> H {
+        let dir = tempfile::tempdir().unwrap();
+        runbooks(dir.path(), files);
+        H::open_with(dir, None, |state| state, None, slots, bus).await
     }
 
     /// An embedded engine with `files` as its runbooks whose runs hold leases in `leases`,
@@ -91,7 +107,15 @@ impl H {
     pub async fn leased(files: &[(&str, &str)], leases: Arc<dyn RunLeases>, slots: usize) -> H {
         let dir = tempfile::tempdir().unwrap();
         runbooks(dir.path(), files);
-        H::open_with(dir, None, |state| state, Some(leases), slots).await
+        H::open_with(
+            dir,
+            None,
+            |state| state,
+            Some(leases),
+            slots,
+            EmbeddedOptions::default(),
+        )
+        .await
     }
 
     async fn open_with(
@@ -100,6 +124,7 @@ impl H {
         wrap: impl FnOnce(Arc<dyn StateStore>) -> Arc<dyn StateStore>,
         leases: Option<Arc<dyn RunLeases>>,
         slots: usize,
+        bus_options: EmbeddedOptions,
     ) -> H {
         let journal = Arc::new(Journal::open(dir.path().join("audit.jsonl")).unwrap());
         let (bus, state): (Arc<dyn Bus>, Arc<dyn StateStore>) = match &nats {
@@ -111,7 +136,7 @@ impl H {
                 (Arc::new(bus), Arc::new(state))
             }
             None => (
-                Arc::new(EmbeddedBus::open(dir.path().join("bus")).unwrap()),
+                Arc::new(EmbeddedBus::open_with(dir.path().join("bus"), bus_options).unwrap()),
                 Arc::new(FileStateStore::open(dir.path().join("state")).unwrap()),
             ),
         };
@@ -159,6 +184,20 @@ impl H {
         self.bus.close().await;
         let H { dir, _nats, .. } = self;
         (dir, _nats)
+    }
+
+    /// Publishes `events` on the bus (for a test that runs the dispatcher's consumer).
+    pub async fn publish(&self, events: &[Arc<Event>]) {
+        let events = events.iter().map(|e| Event::clone(e)).collect();
+        self.bus.publish(events).await.expect("published");
+    }
+
+    /// The bus's deliveries (for a test that plays the dispatcher's consumer loop).
+    pub async fn consume(
+        &self,
+    ) -> futures::stream::BoxStream<'static, Result<firebreak_bus::Delivery, firebreak_bus::BusError>>
+    {
+        self.bus.consume().await.expect("consuming")
     }
 
     /// Handles one delivery of `event` published at `published`; how it was settled.

@@ -588,7 +588,7 @@ async fn a_run_that_waited_for_a_slot_has_its_lock_extended_when_it_starts() {
 async fn a_delivery_waiting_for_a_slot_past_the_ack_wait_is_not_delivered_again() {
     use futures::StreamExt;
     let bus = EmbeddedOptions {
-        ack_wait: Duration::from_millis(600),
+        ack_wait: Duration::from_millis(1200),
         ..EmbeddedOptions::default()
     };
     // One slot, and runs that hold it for 1.9 s (a sleep of 2 s or more parks, freeing it).

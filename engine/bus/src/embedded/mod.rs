@@ -44,6 +44,10 @@ pub struct EmbeddedOptions {
     pub duplicate_window: Duration,
     /// Log size that triggers a compaction. Default 64 MiB.
     pub compact_at_bytes: u64,
+    /// Most deliveries handed out and not yet settled; the rest wait, in order, for one to
+    /// settle (JetStream's `max_ack_pending`). Default 20,000, as the engine's JetStream
+    /// consumer.
+    pub max_in_flight: usize,
 }
 
 impl Default for EmbeddedOptions {
@@ -52,6 +56,7 @@ impl Default for EmbeddedOptions {
             ack_wait: Duration::from_secs(60),
             duplicate_window: Duration::from_secs(120),
             compact_at_bytes: 64 << 20,
+            max_in_flight: 20_000,
         }
     }
 }
@@ -131,6 +136,9 @@ struct Queue {
     hashers: (RandomState, RandomState),
     next_seq: u64,
     next_token: u64,
+    /// Entries in flight; none is handed out while `max_in_flight` are.
+    in_flight: usize,
+    max_in_flight: Option<usize>,
     closed: bool,
 }
 
@@ -190,6 +198,14 @@ impl Queue {
         }
     }
 
+    /// One fewer delivery in flight; whether that is the first below the bound (the consumer
+    /// may wait for it).
+    fn settled(&mut self) -> bool {
+        let was_full = self.max_in_flight == Some(self.in_flight);
+        self.in_flight -= 1;
+        was_full
+    }
+
     /// Moves every in-flight or delayed entry whose time has come back to ready.
     fn fire_timers(&mut self, now: Instant) {
         while let Some(Reverse((due, _))) = self.timers.peek() {
@@ -202,11 +218,16 @@ impl Queue {
                 && entry.stage != Stage::Ready
                 && entry.due == Some(due)
             {
+                let settled = entry.stage == Stage::InFlight;
                 entry.stage = Stage::Ready;
                 entry.due = None;
                 entry.token = token;
                 self.next_token = token;
                 self.ready.push_back((id, token));
+                if settled {
+                    // Its ack wait ran out: no longer in flight (the consumer is the caller).
+                    self.in_flight -= 1;
+                }
             }
         }
     }
@@ -234,6 +255,9 @@ impl Queue {
         now: Instant,
         ack_wait: Duration,
     ) -> Option<(Arc<Event>, u32, i64, String, u64)> {
+        if self.max_in_flight.is_some_and(|max| self.in_flight >= max) {
+            return None;
+        }
         while let Some((id, token)) = self.ready.pop_front() {
             let Some(entry) = self.entries.get_mut(&id) else {
                 continue; // acked meanwhile
@@ -243,6 +267,7 @@ impl Queue {
             }
             let due = now + ack_wait;
             entry.stage = Stage::InFlight;
+            self.in_flight += 1;
             entry.attempts += 1;
             entry.due = Some(due);
             let event = entry.event.clone();
@@ -322,7 +347,10 @@ impl EmbeddedBus {
         })?;
         let lock = lock_dir(&dir, "events.lock")?;
         let path = dir.join("events.log");
-        let mut queue = Queue::default();
+        let mut queue = Queue {
+            max_in_flight: Some(opts.max_in_flight.max(1)),
+            ..Queue::default()
+        };
         let cutoff = now_ms() - opts.duplicate_window.as_millis() as i64;
         for record in read_records::<Record>(&path)? {
             match record {
@@ -552,6 +580,9 @@ impl EmbeddedAck {
         entry.stage = stage;
         entry.due = Some(due);
         queue.push_timer(due, self.id.clone());
+        if stage != Stage::InFlight && queue.settled() {
+            self.shared.notify.notify_waiters();
+        }
         Ok(true)
     }
 }
@@ -568,8 +599,11 @@ impl AckHandle for EmbeddedAck {
                 if queue.closed {
                     return Err(BusError::Closed);
                 }
-                if queue.entries.remove(&self.id).is_none() {
+                let Some(entry) = queue.entries.remove(&self.id) else {
                     return Ok(()); // acked already through another delivery
+                };
+                if entry.stage == Stage::InFlight && queue.settled() {
+                    self.shared.notify.notify_waiters();
                 }
                 let record = Record::Ack {
                     id: self.id.clone(),

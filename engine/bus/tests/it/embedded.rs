@@ -7,7 +7,7 @@ use std::time::Duration;
 use firebreak_bus::{Bus, BusError, EmbeddedBus, EmbeddedOptions, FileStateStore, StateStore};
 use tempfile::TempDir;
 
-use crate::suite::{self, Harness, event, next};
+use crate::suite::{self, Harness, assert_quiet, event, next};
 
 struct Embedded {
     dir: TempDir,
@@ -276,4 +276,43 @@ async fn compaction_under_concurrent_publish_and_ack_keeps_exactly_the_unacked()
         again.insert(next(&mut stream).await.event.id.clone());
     }
     assert_eq!(again, unacked);
+}
+
+/// At most `max_in_flight` deliveries are out at once (JetStream's `max_ack_pending`): the
+/// others wait, in order, until one is acked, nak'd or its ack wait runs out. Without the bound
+/// a backlog became one waiting task per event in the dispatcher.
+#[tokio::test]
+async fn no_more_than_max_in_flight_deliveries_are_out_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = EmbeddedOptions {
+        max_in_flight: 2,
+        ack_wait: Duration::from_secs(2),
+        ..EmbeddedOptions::default()
+    };
+    let bus = EmbeddedBus::open_with(dir.path(), opts).unwrap();
+    let mut stream = bus.consume().await.unwrap();
+    let events: Vec<_> = (1..=5).map(|i| event(&format!("e{i}"))).collect();
+    bus.publish(events).await.unwrap();
+    let first = next(&mut stream).await;
+    let second = next(&mut stream).await;
+    assert_eq!((&*first.event.id, &*second.event.id), ("e1", "e2"));
+    // Two out: the third waits.
+    assert_quiet(&mut stream).await;
+    // An ack lets the next one out.
+    first.ack().await.unwrap();
+    let third = next(&mut stream).await;
+    assert_eq!(third.event.id, "e3");
+    // So does a nak (e2 comes back after its delay).
+    second.nak(Duration::from_millis(100)).await.unwrap();
+    let fourth = next(&mut stream).await;
+    assert_eq!(fourth.event.id, "e4");
+    assert_quiet(&mut stream).await;
+    // And an ack wait running out: e3 and e4 left unsettled are out until then; after it
+    // e5 and e2 (back from its nak) go out.
+    drop((third, fourth));
+    let mut again = std::collections::BTreeSet::new();
+    for _ in 0..2 {
+        again.insert(next(&mut stream).await.event.id.clone());
+    }
+    assert_eq!(again, ["e2".to_string(), "e5".to_string()].into());
 }

@@ -50,8 +50,9 @@ use crate::BusError;
 pub(crate) type After = Box<dyn FnOnce() + Send>;
 /// Captures the live state for a compaction, on the writer thread between two commits: it
 /// should take only what it needs (`Arc` clones) and leave the encoding to the [`Encode`] it
-/// returns, which runs on the compaction's own thread while commits go on.
-pub(crate) type Snapshot = Box<dyn Fn() -> Encode + Send>;
+/// returns, which runs on the compaction's own thread while commits go on. `None`: the state
+/// is gone (its store is being dropped), and the log must stay as it is.
+pub(crate) type Snapshot = Box<dyn Fn() -> Option<Encode> + Send>;
 /// Encodes a captured state as log records.
 pub(crate) type Encode = Box<dyn FnOnce() -> Vec<u8> + Send>;
 
@@ -510,7 +511,9 @@ impl Writer {
     /// Captures the state as the file holds it now and writes it to `*.tmp` on a thread of
     /// its own, followed by the records committed meanwhile.
     fn start_compaction(&mut self) {
-        let encode = (self.snapshot)();
+        let Some(encode) = (self.snapshot)() else {
+            return;
+        };
         let from = self.size;
         let tmp = self.path.with_extension("tmp");
         let source = File::open(&self.path);
@@ -691,7 +694,7 @@ mod tests {
         let log = GroupLog::open(
             &path,
             b"{\"a\":0}\n".to_vec(),
-            Box::new(|| Box::new(Vec::new)),
+            Box::new(|| Some(Box::new(Vec::new))),
             u64::MAX,
         )
         .unwrap();
@@ -738,7 +741,7 @@ mod tests {
     async fn appends_are_durable_and_compaction_keeps_the_snapshot() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.log");
-        let snapshot: Snapshot = Box::new(|| Box::new(|| b"{\"snap\":true}\n".to_vec()));
+        let snapshot: Snapshot = Box::new(|| Some(Box::new(|| b"{\"snap\":true}\n".to_vec())));
         let log = GroupLog::open(&path, b"{\"a\":0}\n".to_vec(), snapshot, 64).unwrap();
         log.append_durable(b"{\"a\":1}\n".to_vec()).await.unwrap();
         let records: Vec<Value> = read_records(&path).unwrap();
@@ -767,13 +770,13 @@ mod tests {
         let gate = Mutex::new(Some(gate));
         let snapshot: Snapshot = Box::new(move || {
             let gate = gate.lock().unwrap().take();
-            Box::new(move || {
+            Some(Box::new(move || {
                 // Held until the test has committed behind the compaction's back.
                 if let Some(gate) = gate {
                     let _ = gate.recv();
                 }
                 b"{\"snap\":true}\n".to_vec()
-            })
+            }))
         });
         let log = GroupLog::open(&path, Vec::new(), snapshot, 64).unwrap();
         // Past 64 bytes: the compaction starts after this commit and waits at the gate.
@@ -813,7 +816,7 @@ mod tests {
     async fn a_failed_compaction_keeps_the_log_as_it_was() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.log");
-        let snapshot: Snapshot = Box::new(|| Box::new(|| panic!("encoding failed")));
+        let snapshot: Snapshot = Box::new(|| Some(Box::new(|| panic!("encoding failed"))));
         let log = GroupLog::open(&path, b"{\"a\":0}\n".to_vec(), snapshot, 64).unwrap();
         let mut expected = vec![json!({"a": 0})];
         for a in 1..20 {
@@ -827,6 +830,22 @@ mod tests {
         assert!(!path.with_extension("tmp").exists());
     }
 
+    /// A store being dropped has no state to snapshot: its log is not compacted (an empty
+    /// snapshot would have replaced every record).
+    #[tokio::test]
+    async fn without_a_state_the_log_is_not_compacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.log");
+        let log = GroupLog::open(&path, b"{\"a\":0}\n".to_vec(), Box::new(|| None), 16).unwrap();
+        for a in 1..5 {
+            let line = format!("{{\"a\":{a}}}\n").into_bytes();
+            log.append_durable(line).await.unwrap();
+        }
+        log.close().await;
+        let expected: Vec<Value> = (0..5).map(|a| json!({"a": a})).collect();
+        assert_eq!(lines_of(&path), expected);
+    }
+
     fn lines_of(path: &Path) -> Vec<Value> {
         read_records(path).unwrap()
     }
@@ -835,8 +854,13 @@ mod tests {
     async fn lazy_records_ride_with_the_next_commit_or_reach_the_file_on_their_own() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.log");
-        let log =
-            GroupLog::open(&path, Vec::new(), Box::new(|| Box::new(Vec::new)), u64::MAX).unwrap();
+        let log = GroupLog::open(
+            &path,
+            Vec::new(),
+            Box::new(|| Some(Box::new(Vec::new))),
+            u64::MAX,
+        )
+        .unwrap();
 
         // With a commit: the lazy line is in the file once the commit is durable.
         log.append_lazy(b"{\"lazy\":1}\n").unwrap();

@@ -371,9 +371,10 @@ impl EmbeddedBus {
         // that dropping the bus ends the thread.
         let queue = Arc::new(Mutex::new(queue));
         let for_snapshot = Arc::downgrade(&queue);
-        let snapshot: Snapshot = Box::new(move || match for_snapshot.upgrade() {
-            Some(queue) => queue.lock().unwrap_or_else(|p| p.into_inner()).snapshot(),
-            None => Box::new(Vec::new),
+        let snapshot: Snapshot = Box::new(move || {
+            let queue = for_snapshot.upgrade()?;
+            let encode = queue.lock().unwrap_or_else(|p| p.into_inner()).snapshot();
+            Some(encode)
         });
         let log = GroupLog::open(&path, initial, snapshot, opts.compact_at_bytes)?;
         let shared = Arc::new(Shared {

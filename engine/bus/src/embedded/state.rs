@@ -165,11 +165,9 @@ impl FileStateStore {
         let weak = Arc::downgrade(&state);
         // The state is small: encoded under its lock, written on the compaction's thread.
         let snapshot: Snapshot = Box::new(move || {
-            let bytes = weak
-                .upgrade()
-                .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).snapshot())
-                .unwrap_or_default();
-            Box::new(move || bytes)
+            let state = weak.upgrade()?;
+            let bytes = state.lock().unwrap_or_else(|p| p.into_inner()).snapshot();
+            Some(Box::new(move || bytes))
         });
         let log = GroupLog::open(&path, initial, snapshot, compact_at)?;
         Ok(FileStateStore {

@@ -175,7 +175,7 @@ pub(crate) fn read_records<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, B
 
 /// Writes `bytes` to `path` atomically and durably: tmp file, fsync, rename, fsync directory.
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
+    let tmp = tmp_path(path);
     let mut file = File::create(&tmp)?;
     file.write_all(bytes)?;
     file.sync_all()?;
@@ -184,6 +184,12 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         File::open(dir)?.sync_all()?;
     }
     Ok(())
+}
+
+/// Where a new log file is written before it is renamed over `path` (at open and by a
+/// compaction).
+fn tmp_path(path: &Path) -> PathBuf {
+    path.with_extension("tmp")
 }
 
 /// Opens the file just written by [`write_atomically`] for positioned writes (records go where
@@ -434,7 +440,7 @@ impl Writer {
     /// Waits for a compaction's thread and throws its snapshot away.
     fn abandon(&self, compaction: Compaction) {
         let _ = compaction.thread.join();
-        let _ = std::fs::remove_file(self.path.with_extension("tmp"));
+        let _ = std::fs::remove_file(tmp_path(&self.path));
     }
 
     fn lazy(&self) -> std::sync::MutexGuard<'_, Lazy> {
@@ -491,21 +497,19 @@ impl Writer {
         if self.poisoned {
             return;
         }
-        match &self.compaction {
-            None if self.size > self.compact_at => self.start_compaction(),
-            None => {}
-            Some(compaction) => match compaction.written.try_recv() {
-                Err(mpsc::TryRecvError::Empty) => {}
-                Ok(written) => {
-                    let compaction = self.compaction.take().expect("matched above");
-                    self.finish_compaction(compaction, Ok(written));
-                }
-                Err(mpsc::TryRecvError::Disconnected) => {
-                    let compaction = self.compaction.take().expect("matched above");
-                    self.finish_compaction(compaction, Err(mpsc::RecvError));
-                }
-            },
-        }
+        let Some(compaction) = &self.compaction else {
+            if self.size > self.compact_at {
+                self.start_compaction();
+            }
+            return;
+        };
+        let written = match compaction.written.try_recv() {
+            Err(mpsc::TryRecvError::Empty) => return,
+            Ok(written) => Ok(written),
+            Err(mpsc::TryRecvError::Disconnected) => Err(mpsc::RecvError),
+        };
+        let compaction = self.compaction.take().expect("matched above");
+        self.finish_compaction(compaction, written);
     }
 
     /// Captures the state as the file holds it now and writes it to `*.tmp` on a thread of
@@ -515,7 +519,7 @@ impl Writer {
             return;
         };
         let from = self.size;
-        let tmp = self.path.with_extension("tmp");
+        let tmp = tmp_path(&self.path);
         let source = File::open(&self.path);
         let committed = self.committed.clone();
         let (done, written) = mpsc::channel();
@@ -541,7 +545,7 @@ impl Writer {
         written: Result<std::io::Result<Written>, mpsc::RecvError>,
     ) {
         let _ = compaction.thread.join();
-        let tmp = self.path.with_extension("tmp");
+        let tmp = tmp_path(&self.path);
         let copied = match written {
             Ok(Ok(Written { file, len, upto })) => {
                 let left = self.size - upto;

@@ -225,8 +225,8 @@ impl Queue {
                 self.next_token = token;
                 self.ready.push_back((id, token));
                 if settled {
-                    // Its ack wait ran out: no longer in flight (the consumer is the caller).
-                    self.in_flight -= 1;
+                    // Its ack wait ran out. The consumer is the caller: nobody to wake.
+                    self.settled();
                 }
             }
         }

@@ -511,6 +511,9 @@ pub struct LimitsConfig {
     pub max_body_bytes: usize,
     /// Scripts running at once; more wait for a slot.
     pub max_concurrent_runs: usize,
+    /// Scripts computing at once (a script waiting in a step does not count); the others wait
+    /// their turn instead of crowding the webhook off the cores. Absent: as many as the cores.
+    pub max_computing_scripts: Option<usize>,
     /// Per run: bytes the script's variables may hold. The engine's script memory stays under
     /// about `max_concurrent_runs × (max_script_bytes + 1 MiB)`.
     pub max_script_bytes: u64,
@@ -528,6 +531,7 @@ impl Default for LimitsConfig {
         Self {
             max_body_bytes: 1 << 20,
             max_concurrent_runs: 64,
+            max_computing_scripts: None,
             max_script_bytes: budget.max_script_bytes,
             max_run_records: budget.max_records,
             max_run_journal_bytes: budget.max_journal_bytes,

@@ -133,6 +133,10 @@ fn describe_metrics() {
         "firebreak_runs_waiting",
         "Runs waiting in a step now (sleep, wait_resolved)."
     );
+    describe_gauge!(
+        "firebreak_scripts_waiting_for_cpu",
+        "Scripts waiting for a share of the CPU (limits.max_computing_scripts) now."
+    );
     describe_counter!(
         "firebreak_runbook_reload_failures_total",
         "Runbook reloads refused (the last good set stays in force)."
@@ -202,6 +206,7 @@ fn describe_metrics() {
     for gauge in [
         "firebreak_runs_in_progress",
         "firebreak_runs_waiting",
+        "firebreak_scripts_waiting_for_cpu",
         "firebreak_approvals_pending",
     ] {
         metrics::gauge!(gauge).set(0.0);
@@ -282,6 +287,10 @@ impl Engine {
             journal.clone(),
             RunnerConfig {
                 max_concurrent_runs: cfg.limits.max_concurrent_runs,
+                max_computing_scripts: cfg
+                    .limits
+                    .max_computing_scripts
+                    .unwrap_or_else(firebreak_runtime::default_computing_scripts),
                 budget: cfg.limits.budget(),
                 ..RunnerConfig::default()
             },

@@ -316,7 +316,7 @@ impl RunContext {
             let left =
                 std::time::Duration::try_from(expires_at.duration_since(jiff::Timestamp::now()))
                     .unwrap_or_default();
-            let waited = self.handle.block_on(self.until_stopped(async {
+            let waited = self.block_on(self.until_stopped(async {
                 tokio::select! {
                     () = &mut changed => {}
                     () = tokio::time::sleep(left) => {}

@@ -392,10 +392,7 @@ pub(crate) fn sleep(ms: rhai::INT) -> Result<Dynamic, ScriptError> {
             return cx.park(step, "sleep", wait);
         }
         let _waiting = step::Waiting::begin();
-        match cx
-            .handle
-            .block_on(cx.until_stopped(tokio::time::sleep(wait)))
-        {
+        match cx.block_on(cx.until_stopped(tokio::time::sleep(wait))) {
             Ok(()) => LeafResult::ok(Value::Null),
             Err(stop) => LeafResult::stopped(stop),
         }
@@ -496,7 +493,7 @@ fn once(ctx: &NativeCallContext, name: &str, body: &FnPtr) -> Result<Dynamic, Sc
             if cx.inline() {
                 return Err(step::needs_thread());
             }
-            match cx.handle.block_on(cx.until_stopped(memory.recall(key))) {
+            match cx.block_on(cx.until_stopped(memory.recall(key))) {
                 // This run's own decision (a resume): its step replays below.
                 Ok(Ok(found)) => found.filter(|(run_id, _)| *run_id != cx.meta.run_id),
                 Ok(Err(message)) => {
@@ -547,7 +544,6 @@ fn share_decision(
     let value: Value = rhai::serde::from_dynamic(value)
         .map_err(|e| step::script_error(format!("once: the value cannot be kept: {e}")))?;
     let stored = cx
-        .handle
         .block_on(cx.until_stopped(memory.remember(key, &cx.meta.run_id, value)))
         .map_err(|stop| step::script_error(format!("once: run {}", stop.token())))?
         .map_err(|message| {
@@ -667,7 +663,7 @@ fn wait_resolved(timeout: Dynamic) -> Result<Dynamic, ScriptError> {
                 return cx.park(step, "wait_resolved", wait);
             }
             let _waiting = step::Waiting::begin();
-            match cx.handle.block_on(cx.until_stopped(cx.wait_resolved(wait))) {
+            match cx.block_on(cx.until_stopped(cx.wait_resolved(wait))) {
                 Ok(resolved) => LeafResult::ok(Value::Bool(resolved)),
                 Err(stop) => LeafResult::stopped(stop),
             }

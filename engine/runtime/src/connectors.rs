@@ -345,7 +345,7 @@ impl Action {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<Value, ActionError>>,
     {
-        cx.handle.block_on(async {
+        cx.block_on(async {
             let mut attempt = 1;
             loop {
                 let bound = cx.remaining(limit);

@@ -21,6 +21,7 @@
 pub mod approval;
 mod builtins;
 mod canary;
+mod compute;
 mod connectors;
 pub mod guard;
 pub mod memory;
@@ -33,6 +34,7 @@ mod step;
 pub mod trace;
 
 pub use approval::{Decision, DecisionError, Pending, Standing};
+pub use compute::default_shares as default_computing_scripts;
 pub use guard::{Guard, MutationQuery};
 pub use memory::IncidentMemory;
 pub use policy::RetryPolicy;

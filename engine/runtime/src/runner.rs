@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::approval::{Decision, DecisionError, Pending, Standing};
+use crate::compute::Compute;
 use crate::policy::RetryPolicy;
 use crate::reference::{self, CtxKey, LimitDoc};
 use crate::sandbox::{Limits, build_engine};
@@ -37,6 +38,9 @@ pub struct RunnerConfig {
     pub limits: Limits,
     /// Scripts running at once; further `start`s wait for a slot.
     pub max_concurrent_runs: usize,
+    /// Scripts computing at once (see [`crate::compute`]); a script waiting in a step does
+    /// not count. Default: as many as the cores.
+    pub max_computing_scripts: usize,
     /// Longest single attempt of a connector call; an action that waits by design
     /// ([`firebreak_connector::ActionSpec::waits`]) gets its wait plus a margin
     /// (`connectors::WAIT_MARGIN`) instead when that is longer. The run's deadline bounds
@@ -117,6 +121,7 @@ impl Default for RunnerConfig {
             // Measured on 2 cores: 64-128 blocking script threads give the most runs/s; more
             // threads only add context switches.
             max_concurrent_runs: 128,
+            max_computing_scripts: crate::compute::default_shares(),
             action_timeout: Duration::from_secs(120),
             retry: RetryPolicy::default(),
             budget: Budget::default(),
@@ -303,6 +308,8 @@ pub struct Runner {
     engine: Arc<Engine>,
     journal: Arc<Journal>,
     slots: Arc<Semaphore>,
+    /// Shares of the CPU for scripts on blocking threads.
+    compute: Arc<Compute>,
     handle: Handle,
     config: RunnerConfig,
     /// Cancelled by [`Runner::suspend`].
@@ -320,6 +327,7 @@ impl Runner {
             engine: Arc::new(build_engine(&config.limits, registry)),
             journal,
             slots: Arc::new(Semaphore::new(config.max_concurrent_runs)),
+            compute: Arc::new(Compute::new(config.max_computing_scripts)),
             handle: Handle::current(),
             config,
             suspend: CancellationToken::new(),
@@ -638,6 +646,7 @@ impl Runner {
         // The script holds a blocking thread; its end is journaled from a task, so the thread
         // is free as soon as the script is done.
         let slots = self.slots.clone();
+        let compute = self.compute.clone();
         let task = tokio::spawn(async move {
             let mut permit = Some(permit);
             // Fast path: short scripts of local steps finish right here, on the worker.
@@ -666,10 +675,16 @@ impl Runner {
                         return end(&cx, status, error, permit.take()).await;
                     }
                 }
-                let (script_cx, engine, ast, ctx) =
-                    (cx.clone(), engine.clone(), ast.clone(), ctx.clone());
-                let script =
-                    tokio::task::spawn_blocking(move || execute(&engine, &ast, &script_cx, ctx));
+                let (script_cx, engine, ast, ctx, compute) = (
+                    cx.clone(),
+                    engine.clone(),
+                    ast.clone(),
+                    ctx.clone(),
+                    compute.clone(),
+                );
+                let script = tokio::task::spawn_blocking(move || {
+                    execute(&engine, &ast, &script_cx, ctx, &compute)
+                });
                 tokio::pin!(script);
                 let result = if std::mem::take(&mut first) {
                     tokio::select! {
@@ -932,13 +947,16 @@ async fn park(cx: &RunContext) -> Result<(), Stop> {
     Ok(())
 }
 
-/// Runs the script on this (blocking) thread; returns how it ended.
+/// Runs the script on this (blocking) thread, computing under `compute`'s bound; returns how
+/// it ended.
 fn execute(
     engine: &Engine,
     ast: &AST,
     cx: &Arc<RunContext>,
     ctx: Dynamic,
+    compute: &Arc<Compute>,
 ) -> (RunStatus, Option<String>) {
+    let _share = crate::compute::hold(compute);
     let _entered = step::enter(cx.clone());
     let mut scope = Scope::new();
     scope.push_constant("ctx", ctx);

@@ -698,7 +698,7 @@ impl RunContext {
                 .expect("an inline attempt never flushes")
                 .extend(bodies);
         } else {
-            self.pending.blocking_lock().extend(bodies);
+            crate::compute::off_cpu(|| self.pending.blocking_lock()).extend(bodies);
         }
     }
 
@@ -774,6 +774,12 @@ impl RunContext {
         }
     }
 
+    /// Waits for `future` on the script's (blocking) thread, its share of the CPU given to
+    /// other scripts meanwhile (see [`crate::compute`]).
+    pub(crate) fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        crate::compute::off_cpu(|| self.handle.block_on(future))
+    }
+
     pub(crate) fn draft(&self, body: RecordBody) -> RecordDraft {
         RecordDraft::new(self.meta.clone(), body)
     }
@@ -781,7 +787,7 @@ impl RunContext {
     /// Appends the pending records and `bodies` durably from the script's (blocking) thread;
     /// a failure fails the step.
     pub(crate) fn journal(&self, bodies: Vec<RecordBody>) -> Result<(), ScriptError> {
-        self.handle.block_on(self.flush(bodies)).map_err(|message| {
+        self.block_on(self.flush(bodies)).map_err(|message| {
             script_error(format!(
                 "audit journal write failed, step aborted: {message}"
             ))
@@ -842,6 +848,7 @@ pub(crate) fn on_progress(operations: u64) -> Option<Dynamic> {
     if cx.inline() && operations > INLINE_MAX_OPERATIONS {
         return Some(NEEDS_THREAD.into());
     }
+    crate::compute::tick();
     cx.check_stop().map(|stop| stop.token().into())
 }
 

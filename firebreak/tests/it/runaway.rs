@@ -237,3 +237,87 @@ async fn scripts_that_fill_memory_or_the_journal_end_at_their_budget() {
     names.sort();
     assert_eq!(names, vec!["flood", "hog"], "{failed}");
 }
+
+/// Threads of process `pid` that are running or ready to run now (state `R` in
+/// `/proc/PID/task/TID/stat`).
+fn runnable_threads(pid: u32) -> usize {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+        // `TID (COMM) STATE ...`: the name may hold spaces and parentheses.
+        .filter(|stat| {
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('R'))
+        })
+        .count()
+}
+
+/// Six scripts spinning at once on their threads compute one at a time under
+/// `max_computing_scripts: 1` (the others wait their turn, not in the kernel's run queue, where
+/// they would take the webhook's core), and each still gets its turns until its timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn spinning_scripts_compute_within_their_shares() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("runbooks");
+    write_runbooks(
+        &dir,
+        &[
+            (
+                "spin.yaml",
+                "name: spin\nteam: sre\ndescription: started by hand\nnamespaces: [shop]\n\
+                 timeout: 6s\nparams:\n  n: { type: string, required: true }\n\
+                 concurrency: \"{{params.n}}\"\n",
+            ),
+            // Each search reads 100 KB: the spin reaches its 6 s timeout long before its
+            // 10 million operations.
+            (
+                "spin.rhai",
+                "let s = \"\";\nfor i in 0..1000 { s += \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"; }\n\
+                 log(\"spinning\");\nloop { s.contains(\"b\"); }\n",
+            ),
+        ],
+    );
+    let serve = Serve::start(
+        &dir,
+        ServeOpts {
+            config: Some("limits: { max_computing_scripts: 1 }\n".into()),
+            ..ServeOpts::default()
+        },
+    )
+    .await;
+    for n in 0..6 {
+        let body = json!({"runbook": "spin", "params": {"n": n.to_string()}, "actor": "tester"});
+        let (status, answer) = serve.post("/v1/trigger", None, body.to_string()).await;
+        assert_eq!(status, 202, "trigger {n}: {answer}");
+    }
+    serve
+        .wait_journal("six spins started", Duration::from_secs(20), |j| {
+            j.runs_of("spin").len() == 6
+        })
+        .await;
+
+    // Forty looks over two seconds; the median is what the spinning leaves runnable. Without
+    // the bound all six are (and more than the cores: they queue in the kernel).
+    let mut seen = Vec::new();
+    for _ in 0..40 {
+        seen.push(runnable_threads(serve.pid()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    seen.sort_unstable();
+    let median = seen[seen.len() / 2];
+    assert!(
+        median <= 2,
+        "runnable threads of the engine while six scripts spin: {seen:?}"
+    );
+
+    let journal = serve
+        .wait_journal("the six spins to end", Duration::from_secs(30), |j| {
+            j.finished("spin").len() == 6
+        })
+        .await;
+    for run in journal.finished("spin") {
+        assert_eq!(run.status(), Some("timed_out"), "{}", journal.summary());
+    }
+}

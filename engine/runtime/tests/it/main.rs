@@ -2,6 +2,7 @@
 //! bridge (a fake connector), cancellation, timeouts and resume.
 
 mod budget;
+mod compute;
 mod connectors;
 mod fake;
 mod park;

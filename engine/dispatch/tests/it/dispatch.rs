@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use firebreak_audit::RecordBody;
-use firebreak_bus::EmbeddedOptions;
 use firebreak_bus::testutil::Settled;
 use serde_json::json;
 
@@ -584,15 +583,22 @@ async fn a_run_that_waited_for_a_slot_has_its_lock_extended_when_it_starts() {
 /// is kept in progress, not delivered again. Each redelivery waited beside the first, one more
 /// task per event and ack wait while a backlog lasted (55,144 redeliveries of 27,836 alerts in
 /// 77 s behind four slots), and one that ran on at shutdown journaled a skip for its own run.
+/// On JetStream the mark is an AckProgress, which restarts the server's ack-wait timer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_waiting_for_a_slot_past_the_ack_wait_is_not_delivered_again() {
+    waiting_for_a_slot_past_the_ack_wait(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_waiting_for_a_slot_past_the_ack_wait_is_not_delivered_again_on_jetstream() {
+    waiting_for_a_slot_past_the_ack_wait(Backend::Nats).await;
+}
+
+async fn waiting_for_a_slot_past_the_ack_wait(backend: Backend) {
     use futures::StreamExt;
-    let bus = EmbeddedOptions {
-        ack_wait: Duration::from_millis(1200),
-        ..EmbeddedOptions::default()
-    };
     // One slot, and runs that hold it for 1.9 s (a sleep of 2 s or more parks, freeing it).
-    let h = H::embedded_with(
+    let h = H::with_ack_wait(
+        backend,
         &[
             (
                 "hold.yaml",
@@ -601,7 +607,7 @@ async fn a_delivery_waiting_for_a_slot_past_the_ack_wait_is_not_delivered_again(
             ),
             ("hold.rhai", "sleep(1900);\n"),
         ],
-        bus,
+        Duration::from_millis(1200),
         1,
     )
     .await;

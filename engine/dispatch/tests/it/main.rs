@@ -76,30 +76,31 @@ impl H {
             gated = Some(g.clone());
             g as Arc<dyn StateStore>
         };
-        let h = H::open_with(dir, None, wrap, None, slots, EmbeddedOptions::default()).await;
+        let h = H::open_with(dir, None, wrap, None, slots, None).await;
         (h, gated.expect("the store was wrapped"))
     }
 
     /// The engine on `dir` (a restart: the journal and state as left; in-memory locks gone).
     pub async fn open(dir: TempDir, nats: Option<Arc<NatsServer>>) -> H {
         let slots = RunnerConfig::default().max_concurrent_runs;
-        H::open_with(
-            dir,
-            nats,
-            |state| state,
-            None,
-            slots,
-            EmbeddedOptions::default(),
-        )
-        .await
+        H::open_with(dir, nats, |state| state, None, slots, None).await
     }
 
-    /// An embedded engine with `files` as its runbooks on a bus opened with `bus`, running at
-    /// most `slots` runs at once.
-    pub async fn embedded_with(files: &[(&str, &str)], bus: EmbeddedOptions, slots: usize) -> H {
+    /// A fresh engine with `files` as its runbooks on a bus whose deliveries are redelivered
+    /// after `ack_wait`, running at most `slots` runs at once.
+    pub async fn with_ack_wait(
+        backend: Backend,
+        files: &[(&str, &str)],
+        ack_wait: Duration,
+        slots: usize,
+    ) -> H {
         let dir = tempfile::tempdir().unwrap();
         runbooks(dir.path(), files);
-        H::open_with(dir, None, |state| state, None, slots, bus).await
+        let nats = match backend {
+            Backend::Nats => Some(Arc::new(NatsServer::start().expect("nats-server -js"))),
+            Backend::Embedded => None,
+        };
+        H::open_with(dir, nats, |state| state, None, slots, Some(ack_wait)).await
     }
 
     /// An embedded engine with `files` as its runbooks whose runs hold leases in `leases`,
@@ -107,15 +108,7 @@ impl H {
     pub async fn leased(files: &[(&str, &str)], leases: Arc<dyn RunLeases>, slots: usize) -> H {
         let dir = tempfile::tempdir().unwrap();
         runbooks(dir.path(), files);
-        H::open_with(
-            dir,
-            None,
-            |state| state,
-            Some(leases),
-            slots,
-            EmbeddedOptions::default(),
-        )
-        .await
+        H::open_with(dir, None, |state| state, Some(leases), slots, None).await
     }
 
     async fn open_with(
@@ -124,19 +117,30 @@ impl H {
         wrap: impl FnOnce(Arc<dyn StateStore>) -> Arc<dyn StateStore>,
         leases: Option<Arc<dyn RunLeases>>,
         slots: usize,
-        bus_options: EmbeddedOptions,
+        ack_wait: Option<Duration>,
     ) -> H {
         let journal = Arc::new(Journal::open(dir.path().join("audit.jsonl")).unwrap());
         let (bus, state): (Arc<dyn Bus>, Arc<dyn StateStore>) = match &nats {
             Some(server) => {
-                let bus = NatsBus::connect(&server.url(), NatsOptions::default())
+                let mut options = NatsOptions::default();
+                options.ack_wait = ack_wait.unwrap_or(options.ack_wait);
+                let bus = NatsBus::connect(&server.url(), options)
                     .await
                     .expect("connect");
                 let state = bus.state_store().await.expect("state store");
                 (Arc::new(bus), Arc::new(state))
             }
             None => (
-                Arc::new(EmbeddedBus::open_with(dir.path().join("bus"), bus_options).unwrap()),
+                Arc::new(
+                    EmbeddedBus::open_with(
+                        dir.path().join("bus"),
+                        EmbeddedOptions {
+                            ack_wait: ack_wait.unwrap_or(EmbeddedOptions::default().ack_wait),
+                            ..EmbeddedOptions::default()
+                        },
+                    )
+                    .unwrap(),
+                ),
                 Arc::new(FileStateStore::open(dir.path().join("state")).unwrap()),
             ),
         };

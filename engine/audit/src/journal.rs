@@ -166,7 +166,9 @@ pub struct RunSummary {
 /// `keep_closed` closed ones (finished runs and notices). Older ones are forgotten, oldest
 /// first, and looked up on disk when asked for ([`JournalReader::run`]).
 struct Index {
-    runs: HashMap<String, RunEntry>,
+    /// Shared with the carried index being written (a sealing copies pointers, not runs,
+    /// while it holds the index); a run changed meanwhile is copied on its first change.
+    runs: HashMap<String, Arc<RunEntry>>,
     /// Run ids in order of first appearance; may still hold forgotten ones (skipped, and
     /// dropped once they are half of it).
     order: Vec<String>,
@@ -229,7 +231,7 @@ impl Index {
             return;
         }
         let entry = match self.runs.get_mut(record.run_id) {
-            Some(entry) => entry,
+            Some(entry) => Arc::make_mut(entry),
             None => {
                 let kind = match record.body {
                     Kind::Refused => EntryKind::Refused,
@@ -249,24 +251,28 @@ impl Index {
                 if kind != EntryKind::Run {
                     self.closed.push_back(record.run_id.to_owned());
                 }
-                self.runs
+                let entry = self
+                    .runs
                     .entry(record.run_id.to_owned())
-                    .or_insert(RunEntry {
-                        summary: RunSummary {
-                            run_id: record.run_id.to_owned(),
-                            kind,
-                            runbook: record.runbook.to_owned(),
-                            team: record.team.to_owned(),
-                            actor: record.actor.to_owned(),
-                            event_id: record.event_id.to_owned(),
-                            started: record.time,
-                            finished: None,
-                            status: None,
-                            records: 0,
-                        },
-                        lines: Vec::new(),
-                        partial,
-                    })
+                    .or_insert_with(|| {
+                        Arc::new(RunEntry {
+                            summary: RunSummary {
+                                run_id: record.run_id.to_owned(),
+                                kind,
+                                runbook: record.runbook.to_owned(),
+                                team: record.team.to_owned(),
+                                actor: record.actor.to_owned(),
+                                event_id: record.event_id.to_owned(),
+                                started: record.time,
+                                finished: None,
+                                status: None,
+                                records: 0,
+                            },
+                            lines: Vec::new(),
+                            partial,
+                        })
+                    });
+                Arc::make_mut(entry)
             }
         };
         if entry.summary.kind == EntryKind::Run && entry.summary.status.is_none() && !entry.partial
@@ -334,7 +340,7 @@ impl Index {
 
     /// The runs a carried index holds when segment `sealed` is sealed: the open ones and
     /// those with records in it, oldest first. Starts the next segment's list.
-    fn carried_runs(&mut self, sealed: u32) -> Vec<RunEntry> {
+    fn carried_runs(&mut self, sealed: u32) -> Vec<Arc<RunEntry>> {
         let mut ids = std::mem::take(&mut self.in_last_segment);
         // Only records of the active segment are indexed between two sealings.
         ids.retain(|id| {
@@ -343,18 +349,18 @@ impl Index {
                 .is_some_and(|e| e.lines.iter().any(|l| l.0 == sealed))
         });
         let mut seen: HashSet<&String> = HashSet::with_capacity(ids.len());
-        let mut runs: Vec<RunEntry> = Vec::with_capacity(ids.len() + self.open.len());
+        let mut runs = Vec::with_capacity(ids.len() + self.open.len());
         for id in ids.iter().chain(self.open.iter()) {
             if seen.insert(id) {
                 runs.push(self.runs[id].clone());
             }
         }
-        runs.sort_by_key(|e| e.summary.started);
+        // Sorted by the carried index's thread, without the index held.
         runs
     }
 
     /// Adds a run known whole (from the carried index).
-    fn insert(&mut self, entry: RunEntry) {
+    fn insert(&mut self, entry: Arc<RunEntry>) {
         let id = entry.summary.run_id.clone();
         if entry.summary.kind == EntryKind::Run {
             self.by_event
@@ -407,7 +413,8 @@ impl Index {
                 }
                 // Late records indexed before the run's start: one entry, from its start.
                 Some(late) if late.partial => {
-                    let mut entry = older_entry;
+                    let late = Arc::make_mut(late);
+                    let mut entry = Arc::unwrap_or_clone(older_entry);
                     entry.lines.append(&mut late.lines);
                     entry.summary.records += late.summary.records;
                     if late.summary.status.is_some() {
@@ -592,7 +599,34 @@ struct Carried {
     /// First seq of each sealed segment, oldest first, when this was written; segment
     /// numbers in `runs` index this list (the active segment is the one after it).
     sealed: Vec<u64>,
-    runs: Vec<RunEntry>,
+    #[serde(with = "shared_entries")]
+    runs: Vec<Arc<RunEntry>>,
+}
+
+/// The carried index's runs, shared with the index while they are written (see
+/// [`Index::runs`]), as a plain list of runs on disk.
+mod shared_entries {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::RunEntry;
+
+    pub(super) fn serialize<S: Serializer>(
+        runs: &[Arc<RunEntry>],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(runs.iter().map(|run| &**run))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<Arc<RunEntry>>, D::Error> {
+        Ok(Vec::<RunEntry>::deserialize(deserializer)?
+            .into_iter()
+            .map(Arc::new)
+            .collect())
+    }
 }
 
 /// Where the chain ends.
@@ -1023,7 +1057,7 @@ impl JournalReader {
         {
             let index = self.shared.index.lock().expect("audit index lock poisoned");
             if let Some(entry) = index.runs.get(run_id) {
-                return Ok(Some(entry.clone()));
+                return Ok(Some(RunEntry::clone(entry)));
             }
             if index.forgotten == 0 {
                 return Ok(None);
@@ -1111,7 +1145,7 @@ impl JournalReader {
                 offset += n as u64;
             }
         }
-        Ok(found.runs.remove(run_id))
+        Ok(found.runs.remove(run_id).map(Arc::unwrap_or_clone))
     }
 
     /// The runs the event `event_id` started (by their `run_started` records), oldest first.
@@ -2149,6 +2183,7 @@ fn carry_loop(rx: &std::sync::mpsc::Receiver<Carried>, path: &Path) {
         if let Some(newer) = rx.try_iter().last() {
             carried = newer;
         }
+        carried.runs.sort_by_key(|e| e.summary.started);
         let written = serde_json::to_vec(&carried)
             .map_err(io::Error::other)
             .and_then(|bytes| write_atomic(path, &bytes));
@@ -2719,11 +2754,10 @@ mod tests {
                 }
             }
             let expected = carried_by_a_full_pass(&index, segment);
-            let carried: Vec<String> = index
-                .carried_runs(segment)
-                .into_iter()
-                .map(|e| e.summary.run_id)
-                .collect();
+            // In order of start, as the carried index's thread writes them.
+            let mut carried = index.carried_runs(segment);
+            carried.sort_by_key(|e| e.summary.started);
+            let carried: Vec<String> = carried.iter().map(|e| e.summary.run_id.clone()).collect();
             assert_eq!(carried, expected, "sealing segment {segment}");
         }
     }

@@ -339,22 +339,28 @@ impl Index {
     }
 
     /// The runs a carried index holds when segment `sealed` is sealed: the open ones and
-    /// those with records in it, oldest first. Starts the next segment's list.
+    /// those with records in it (the carried index's thread puts them oldest first). Starts
+    /// the next segment's list.
     fn carried_runs(&mut self, sealed: u32) -> Vec<Arc<RunEntry>> {
-        let mut ids = std::mem::take(&mut self.in_last_segment);
-        // Only records of the active segment are indexed between two sealings.
-        ids.retain(|id| {
-            self.runs
-                .get(id)
-                .is_some_and(|e| e.lines.iter().any(|l| l.0 == sealed))
-        });
-        let mut seen: HashSet<&String> = HashSet::with_capacity(ids.len());
+        let in_sealed = |e: &RunEntry| e.lines.iter().any(|l| l.0 == sealed);
+        // Each run once: those with records in the sealed segment (all of them are in
+        // `in_last_segment`, only records of the active segment being indexed between two
+        // sealings), then the open runs without any there.
+        let ids = std::mem::take(&mut self.in_last_segment);
         let mut runs = Vec::with_capacity(ids.len() + self.open.len());
-        for id in ids.iter().chain(self.open.iter()) {
-            if seen.insert(id) {
-                runs.push(self.runs[id].clone());
-            }
-        }
+        runs.extend(
+            ids.iter()
+                .filter_map(|id| self.runs.get(id))
+                .filter(|e| in_sealed(e))
+                .cloned(),
+        );
+        runs.extend(
+            self.open
+                .iter()
+                .map(|id| &self.runs[id])
+                .filter(|e| !in_sealed(e))
+                .cloned(),
+        );
         // Sorted by the carried index's thread, without the index held.
         runs
     }

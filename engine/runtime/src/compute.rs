@@ -112,14 +112,19 @@ pub(crate) struct Share(());
 /// Waits for a share of `compute`, and holds it until the returned [`Share`] is dropped;
 /// [`off_cpu`] and [`tick`] give it up for a while.
 pub(crate) fn hold(compute: &Arc<Compute>) -> Share {
+    take_held(compute.clone());
+    Share(())
+}
+
+/// Waits for a share of `compute` and notes it as this thread's.
+fn take_held(compute: Arc<Compute>) {
     compute.take();
     HELD.with(|h| {
         *h.borrow_mut() = Some(Held {
-            compute: compute.clone(),
+            compute,
             since: Instant::now(),
         })
     });
-    Share(())
 }
 
 impl Drop for Share {
@@ -137,13 +142,7 @@ pub(crate) fn off_cpu<T>(wait: impl FnOnce() -> T) -> T {
     impl Drop for Again {
         fn drop(&mut self) {
             if let Some(compute) = self.0.take() {
-                compute.take();
-                HELD.with(|h| {
-                    *h.borrow_mut() = Some(Held {
-                        compute,
-                        since: Instant::now(),
-                    })
-                });
+                take_held(compute);
             }
         }
     }

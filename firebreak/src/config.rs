@@ -541,6 +541,21 @@ impl Default for LimitsConfig {
 }
 
 impl LimitsConfig {
+    /// Refuses limits no engine can run under: no run slot, or no script ever computing.
+    pub fn check(&self) -> Result<()> {
+        if self.max_concurrent_runs == 0 {
+            anyhow::bail!(
+                "limits.max_concurrent_runs is 0: it must be at least 1 (no run could ever start)"
+            );
+        }
+        if self.max_computing_scripts == Some(0) {
+            anyhow::bail!(
+                "limits.max_computing_scripts is 0: it must be at least 1, or absent for one per core"
+            );
+        }
+        Ok(())
+    }
+
     /// The per-run budget these limits set.
     pub fn budget(&self) -> firebreak_runtime::Budget {
         firebreak_runtime::Budget {
@@ -622,6 +637,7 @@ impl Config {
             None => Config::default(),
         };
         cfg.apply_env(|k| std::env::var(k).ok())?;
+        cfg.limits.check()?;
         if let Some(nats) = &cfg.nats {
             nats.check()?;
         }
@@ -752,6 +768,29 @@ mod tests {
             "an empty FIREBREAK_NATS_URL selects the embedded bus"
         );
         assert_eq!(cfg.listen.port(), 9999);
+    }
+
+    #[test]
+    fn limits_of_zero_runs_or_zero_computing_scripts_are_refused() {
+        for (yaml, named) in [
+            (
+                "limits: { max_concurrent_runs: 0 }",
+                "limits.max_concurrent_runs",
+            ),
+            (
+                "limits: { max_computing_scripts: 0 }",
+                "limits.max_computing_scripts",
+            ),
+        ] {
+            let cfg = Config::from_yaml(yaml).unwrap();
+            let error = cfg.limits.check().unwrap_err().to_string();
+            assert!(
+                error.contains(named) && error.contains("at least 1"),
+                "{yaml}: {error}"
+            );
+        }
+        let cfg = Config::from_yaml("limits: { max_computing_scripts: 1 }").unwrap();
+        cfg.limits.check().unwrap();
     }
 
     #[test]

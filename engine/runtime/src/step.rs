@@ -698,7 +698,8 @@ impl RunContext {
                 .expect("an inline attempt never flushes")
                 .extend(bodies);
         } else {
-            crate::compute::off_cpu(|| self.pending.blocking_lock()).extend(bodies);
+            // The share is taken back after the lock is released.
+            crate::compute::off_cpu(|| self.pending.blocking_lock().extend(bodies));
         }
     }
 

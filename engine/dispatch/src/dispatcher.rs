@@ -254,7 +254,9 @@ impl Dispatcher {
                 self.dispatch(&event, delivery.published).await
             }
         };
-        let done = in_progress_while(&delivery, work).await;
+        // Boxed: passed by value, the work was kept twice in this future (5,032 bytes for each
+        // delivery in flight; 376 with the work, 2,304, on the heap once).
+        let done = in_progress_while(&delivery, Box::pin(work)).await;
         let settled = if done {
             delivery.ack().await
         } else {

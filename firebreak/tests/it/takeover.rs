@@ -480,10 +480,11 @@ async fn runs_ending_during_a_lease_renewal_are_not_reported_as_lost() {
         },
     )
     .await;
-    // 20 webhooks of 40 alerts each, one every 150 ms: about 270 runs a second, each 40 ms
-    // long, so every renewal (every 333 ms) finds a dozen runs in flight, several of which end
-    // before their turn.
-    let (webhooks, per_webhook) = (20, 40);
+    // 100 webhooks of 8 alerts each, one every 30 ms: about 250 runs a second, each 40 ms
+    // long, so runs are in flight at every moment and every renewal (every 333 ms) finds about
+    // ten, several of which end before their turn. (Bursts of 40 every 150 ms left gaps of
+    // 100 ms with nothing in flight, and once every renewal fell into one.)
+    let (webhooks, per_webhook) = (100, 8);
     for w in 0..webhooks {
         let alerts: Vec<Value> = (0..per_webhook)
             .map(|a| {
@@ -501,7 +502,7 @@ async fn runs_ending_during_a_lease_renewal_are_not_reported_as_lost() {
         });
         let (status, answer) = serve.post("/v1/alertmanager", None, body.to_string()).await;
         assert_eq!(status, 202, "{answer}");
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
     }
     let journal = serve
         .wait_journal("every run finished", Duration::from_secs(60), |j| {

@@ -516,10 +516,13 @@ fn start_latencies(journals: &[&Path], sent: &[(usize, SystemTime)]) -> Result<V
             let firebreak_audit::RecordBody::RunStarted { event, .. } = &record.body else {
                 continue;
             };
-            let Some(seq) = event["data"]["labels"]["seq"].as_str() else {
+            let Some(seq) = event.value()["data"]["labels"]["seq"]
+                .as_str()
+                .map(str::to_owned)
+            else {
                 continue;
             };
-            let Some(at) = sent.get(seq) else { continue };
+            let Some(at) = sent.get(&seq) else { continue };
             let started = SystemTime::from(record.time);
             let latency = started.duration_since(*at).unwrap_or_default();
             out.push(ms(latency));

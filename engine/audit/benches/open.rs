@@ -41,7 +41,8 @@ fn run(run: u64, finished: bool) -> Vec<RecordDraft> {
             m.clone(),
             RecordBody::RunStarted {
                 event: json!({"id": format!("ev-{run}"), "source": "alertmanager", "type": "firing",
-                    "labels": {"alertname": "ModelLatencyHigh", "namespace": "ml-serving", "deployment": "recommender"}}),
+                    "labels": {"alertname": "ModelLatencyHigh", "namespace": "ml-serving", "deployment": "recommender"}})
+                .into(),
                 params: json!({"namespace": "ml-serving", "deployment": "recommender"}),
                 dry_run: false,
                 namespaces: vec!["ml-serving".into()],

@@ -23,9 +23,9 @@ pub use journal::{
     PROBE_EVERY, RecordIter, RunSummary,
 };
 pub use record::{
-    ApprovalPolicy, GENESIS_HASH, REDACTED, Record, RecordBody, RecordDraft, RunMeta, RunStatus,
-    StepError, StepStatus, canonical_json, chain_hash, is_secret_key, redact, redact_text,
-    redact_value,
+    ApprovalPolicy, CanonicalJson, GENESIS_HASH, REDACTED, Record, RecordBody, RecordDraft,
+    RunMeta, RunStatus, SecretScan, StepError, StepStatus, canonical_json, chain_hash,
+    is_secret_key, redact, redact_text, redact_value,
 };
 pub use stream::{Chain, StreamReport, verify_stream};
 pub use timeline::render_timeline;

@@ -45,8 +45,8 @@ pub struct Record {
 pub enum RecordBody {
     /// A run began. Holds everything needed to re-run it (see the runtime's `resume`).
     RunStarted {
-        /// The triggering event, as JSON.
-        event: Value,
+        /// The triggering event, as JSON (its redacted canonical text).
+        event: CanonicalJson,
         /// The runbook's parameters for this run.
         params: Value,
         dry_run: bool,
@@ -466,6 +466,12 @@ impl<'a> CanonicalObject<'a> {
         self
     }
 
+    /// Text that is canonical JSON already.
+    fn raw(&mut self, key: &str, canonical: &str) -> &mut Self {
+        self.key(key).extend_from_slice(canonical.as_bytes());
+        self
+    }
+
     fn json_opt(&mut self, key: &str, value: Option<&Value>) -> &mut Self {
         if let Some(value) = value {
             self.json(key, value);
@@ -503,7 +509,7 @@ fn write_canonical_body(body: &RecordBody, out: &mut Vec<u8>) {
             .plain_opt("cluster_actions", cluster_actions.as_ref())
             .plain_opt("cooldown_ms", cooldown_ms.as_ref())
             .plain("dry_run", dry_run)
-            .json("event", event)
+            .raw("event", event.as_str())
             .plain_opt("interactive", interactive.then_some(&true))
             .plain_opt("lock_key", lock_key.as_ref())
             .plain("namespaces", namespaces)
@@ -648,6 +654,144 @@ pub fn canonical_json(value: &Value) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     write_canonical(value, &mut out);
     out
+}
+
+/// A JSON value journaled as its canonical text ([`canonical_json`]), redacted: the
+/// triggering event of a `run_started` record. A run renders it once from its event
+/// ([`CanonicalJson::of_sorted`]) instead of building a tree of it that is redacted, written
+/// and dropped; readers parse it ([`CanonicalJson::value`]). Two are equal when their texts
+/// are, which for canonical texts is when their values are.
+#[derive(Clone)]
+pub struct CanonicalJson {
+    text: String,
+    /// Nothing is left for [`redact`] to do: made from a value (redacted then) or from a
+    /// checked serialization. Not so when read back (it is what was journaled; appended
+    /// again, it is redacted again).
+    redacted: bool,
+}
+
+impl CanonicalJson {
+    /// `value`, redacted ([`redact_value`]), as canonical text.
+    pub fn from_value(mut value: Value) -> Self {
+        redact_value(&mut value);
+        CanonicalJson {
+            text: canonical_text(&value),
+            redacted: true,
+        }
+    }
+
+    /// `value` as serde_json writes it, which must be its canonical form: every struct's
+    /// fields declared in the byte order of their names, every map sorted (serde_json's
+    /// `Map` is, without `preserve_order`). `scan` shows [`SecretScan`] every string and
+    /// every nested value `value` holds under keys that name no secret; when it finds
+    /// something to redact, the value takes [`CanonicalJson::from_value`]'s way. Debug builds
+    /// (the tests) check both promises against that way for every value.
+    pub fn of_sorted<T: Serialize>(value: &T, scan: impl FnOnce(&mut SecretScan)) -> Self {
+        let mut secrets = SecretScan::default();
+        scan(&mut secrets);
+        if secrets.found() {
+            return Self::from_value(serde_json::to_value(value).expect("a value serializes"));
+        }
+        // Room for an alert's event (about 1.3 KB) at once, not by doubling.
+        let mut text = Vec::with_capacity(2048);
+        serde_json::to_writer(&mut text, value).expect("a value serializes");
+        let text = String::from_utf8(text).expect("serde_json writes UTF-8");
+        let made = CanonicalJson {
+            text,
+            redacted: true,
+        };
+        #[cfg(debug_assertions)]
+        {
+            let slow = Self::from_value(serde_json::to_value(value).expect("a value serializes"));
+            assert_eq!(
+                made.text, slow.text,
+                "of_sorted: not canonical, or the scan missed a secret"
+            );
+        }
+        made
+    }
+
+    /// The canonical text.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The value, parsed from the text.
+    pub fn value(&self) -> Value {
+        serde_json::from_str(&self.text).expect("canonical JSON parses")
+    }
+
+    /// Redacts a value read back from a journal (see the `redacted` field).
+    fn redact(&mut self) {
+        if !self.redacted {
+            *self = Self::from_value(self.value());
+        }
+    }
+}
+
+impl From<Value> for CanonicalJson {
+    fn from(value: Value) -> Self {
+        Self::from_value(value)
+    }
+}
+
+impl PartialEq for CanonicalJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl std::fmt::Debug for CanonicalJson {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl Serialize for CanonicalJson {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.value().serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for CanonicalJson {
+    /// As journaled: made canonical, not redacted again (a journal's hashes cover what it
+    /// holds, and redaction's rules may have grown since it was written).
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = Value::deserialize(deserializer)?;
+        Ok(CanonicalJson {
+            text: canonical_text(&value),
+            redacted: false,
+        })
+    }
+}
+
+fn canonical_text(value: &Value) -> String {
+    String::from_utf8(canonical_json(value)).expect("serde_json writes UTF-8")
+}
+
+/// What [`redact_value`] looks for, gathered piece by piece from something that is not a
+/// [`Value`] (see [`CanonicalJson::of_sorted`]).
+#[derive(Default)]
+pub struct SecretScan {
+    strings: String,
+    secret_key: bool,
+}
+
+impl SecretScan {
+    /// A string the value holds.
+    pub fn text(&mut self, text: &str) {
+        self.strings.push_str(text);
+        self.strings.push('\n');
+    }
+
+    /// A value the value holds under a key that names no secret.
+    pub fn value(&mut self, value: &Value) {
+        self.secret_key = self.secret_key || has_secret_key(value, &mut self.strings);
+    }
+
+    fn found(&self) -> bool {
+        self.secret_key || SECRET_SHAPES.is_match(&self.strings)
+    }
 }
 
 fn write_canonical(value: &Value, out: &mut Vec<u8>) {
@@ -882,7 +1026,7 @@ fn redact_each(value: &mut Value) {
 pub fn redact(body: &mut RecordBody) {
     match body {
         RecordBody::RunStarted { event, params, .. } => {
-            redact_value(event);
+            event.redact();
             redact_value(params);
         }
         RecordBody::StepStarted { inputs, intent, .. } => {
@@ -939,7 +1083,7 @@ pub fn redact(body: &mut RecordBody) {
 #[cfg(test)]
 pub(crate) fn bare_run_started() -> RecordBody {
     RecordBody::RunStarted {
-        event: serde_json::json!({}),
+        event: serde_json::json!({}).into(),
         params: Value::Null,
         dry_run: false,
         namespaces: vec![],
@@ -1017,7 +1161,7 @@ mod tests {
         };
         let bodies = vec![
             RecordBody::RunStarted {
-                event: v.clone(),
+                event: v.clone().into(),
                 params: json!({"replicas": 3}),
                 dry_run: true,
                 namespaces: vec!["shop".into(), "b\u{f6}rse".into()],
@@ -1291,6 +1435,33 @@ mod tests {
 
     /// Each of the secret shapes, alone in a string, is redacted; an event's ordinary text
     /// is not.
+    /// An event read back from a journal is what was journaled; appended again, it is
+    /// redacted again (a value made here is redacted as it is made).
+    #[test]
+    fn a_journaled_event_read_back_is_kept_as_written_and_redacted_when_appended_again() {
+        let secret = json!({"data": {"labels": {"api_token": "abcdefghij"}}, "id": "e"});
+        let made = CanonicalJson::from_value(secret.clone());
+        assert_eq!(
+            made.value(),
+            json!({"data": {"labels": {"api_token": REDACTED}}, "id": "e"})
+        );
+        let read: CanonicalJson = serde_json::from_value(secret.clone()).unwrap();
+        assert_eq!(read.value(), secret);
+        assert_eq!(
+            read.as_str(),
+            String::from_utf8(canonical_json(&secret)).unwrap()
+        );
+        let mut body = bare_run_started();
+        if let RecordBody::RunStarted { event, .. } = &mut body {
+            *event = read;
+        }
+        redact(&mut body);
+        let RecordBody::RunStarted { event, .. } = body else {
+            unreachable!()
+        };
+        assert_eq!(event, made);
+    }
+
     #[test]
     fn every_secret_shape_is_redacted() {
         let shapes = [

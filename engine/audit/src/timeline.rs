@@ -72,6 +72,7 @@ pub fn render_timeline(records: &[Record]) -> String {
                     let _ = write!(line, " · key {key}");
                 }
                 let _ = writeln!(out, "{line}");
+                let event = event.value();
                 let kind = event.get("type").and_then(Value::as_str).unwrap_or("?");
                 let source = event.get("source").and_then(Value::as_str).unwrap_or("?");
                 let subject = event.get("subject").and_then(Value::as_str).unwrap_or("?");

@@ -13,30 +13,35 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// One event on the bus. Field names follow CloudEvents 1.0 (`specversion` is implied "1.0").
+///
+/// The fields are declared in the byte order of their JSON names, and serde writes them in
+/// that order: the event's JSON (`serde_json::to_vec`) is its canonical form (sorted keys at
+/// every depth, as the audit journal hashes it), so a run's `run_started` record takes it as
+/// written instead of building, sorting and writing a tree of it again. A test holds this.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
+    /// Source-specific payload: for alerts `{labels, annotations, startsAt, endsAt, ...}`.
+    pub data: Value,
+    /// Stable identity of the incident (Alertmanager's alert fingerprint), where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
     /// Unique per event; also the NATS `Nats-Msg-Id`, so a re-publish is deduplicated.
     pub id: String,
+    /// The Kubernetes namespace, where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     /// Which producer: `alertmanager`, `k8s`, `manual`, `chat`.
     pub source: String,
-    /// What happened: `firing`, `resolved`, `warning`, `trigger`, ...
-    #[serde(rename = "type")]
-    pub kind: String,
     /// What it is about, e.g. the alert name or `deployment/fraud-model`.
     pub subject: String,
     /// When it happened (RFC 3339).
     pub time: jiff::Timestamp,
-    /// The Kubernetes namespace, where known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    /// Stable identity of the incident (Alertmanager's alert fingerprint), where known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fingerprint: Option<String>,
     /// The W3C `traceparent` the event arrived with, if any: its run's trace links to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
-    /// Source-specific payload: for alerts `{labels, annotations, startsAt, endsAt, ...}`.
-    pub data: Value,
+    /// What happened: `firing`, `resolved`, `warning`, `trigger`, ...
+    #[serde(rename = "type")]
+    pub kind: String,
 }
 
 /// `source` of events decoded from Alertmanager webhooks.
@@ -190,6 +195,33 @@ mod tests {
         };
         for e in [bare, full, odd] {
             assert_eq!(e.to_json(), serde_json::to_value(&e).unwrap());
+        }
+    }
+
+    /// The audit journal takes an event's JSON as its canonical form (see [`Event`]): keys
+    /// sorted at every depth, which is how serde_json writes a `Value`'s maps.
+    #[test]
+    fn the_events_json_is_its_canonical_form() {
+        let bare = event(
+            "alertmanager",
+            json!({"labels": {"b": "2", "a": "1", "A": "0"}, "n": [1, 2.5, {"z": null, "y": -1}]}),
+        );
+        let full = Event {
+            namespace: Some("team-a".into()),
+            fingerprint: Some("14ec0898ad0f9755".into()),
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            time: "2026-11-26T22:01:43.277123456Z".parse().unwrap(),
+            ..bare.clone()
+        };
+        let odd = Event {
+            data: Value::Null,
+            subject: "quote \" é \n".into(),
+            ..bare.clone()
+        };
+        for e in [bare, full, odd] {
+            let written = serde_json::to_string(&e).unwrap();
+            let sorted = serde_json::to_value(&e).unwrap().to_string();
+            assert_eq!(written, sorted);
         }
     }
 

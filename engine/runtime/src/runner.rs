@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use firebreak_audit::{
-    ApprovalPolicy, AuditError, Journal, Record, RecordBody, RecordDraft, RunMeta, RunStatus,
-    StepStatus,
+    ApprovalPolicy, AuditError, CanonicalJson, Journal, Record, RecordBody, RecordDraft, RunMeta,
+    RunStatus, StepStatus,
 };
 use firebreak_connector::{ProgressSink, Registry};
 use firebreak_event::Event;
@@ -385,12 +385,17 @@ impl Runner {
         // a start that fails to be journaled is logged as such after it.
         info!(run_id = %meta.run_id, runbook = %meta.runbook, key = plan.lock_key.as_deref(), event_id = %meta.event_id, dry_run = plan.dry_run, "run started");
         let (span, trace_id) = crate::trace::run_span(&meta, plan.event.traceparent.as_deref());
-        let event = plan.event.to_json();
         let params = Value::Object(plan.params);
-        // Built before the values move into the journal record: no copy of the event is kept.
-        let ctx = script_ctx(&meta, &event, &params, plan.dry_run, plan.ast.reads());
+        let ctx = script_ctx(
+            &meta,
+            &|| plan.event.to_json(),
+            Some(&plan.event.data),
+            &params,
+            plan.dry_run,
+            plan.ast.reads(),
+        );
         let started = RecordBody::RunStarted {
-            event,
+            event: journaled_event(&plan.event),
             params,
             dry_run: plan.dry_run,
             namespaces: plan.namespaces.clone(),
@@ -485,7 +490,7 @@ impl Runner {
                 actor: first.actor.clone(),
                 event_id: first.event_id.clone(),
             }),
-            event: event.clone(),
+            event: event.value(),
             params: params.clone(),
             dry_run: *dry_run,
             scope: RunScope {
@@ -533,7 +538,8 @@ impl Runner {
         info!(run_id = %run_id, runbook = %plan.meta.runbook, replayable_steps = replayable, pending_intents = plan.earlier.intents.len(), "run resumed");
         let ctx = script_ctx(
             &plan.meta,
-            &plan.event,
+            &|| plan.event.clone(),
+            plan.event.get("data"),
             &plan.params,
             plan.dry_run,
             ast.reads(),
@@ -1156,9 +1162,39 @@ pub(crate) const CTX_KEYS: &[CtxKey] = &[
 
 /// The `ctx` map a script sees: of the keys built from the event and the parameters, those
 /// the script can read ([`CtxReads`]); the others always.
+/// The event as its `run_started` record journals it: rendered once, as the event's own
+/// JSON (its canonical form, see [`Event`]), unless something in it needs redacting.
+fn journaled_event(event: &Event) -> CanonicalJson {
+    // Every field, so that a new one cannot be missed; `time` is digits and punctuation,
+    // no secret's shape.
+    let Event {
+        data,
+        fingerprint,
+        id,
+        namespace,
+        source,
+        subject,
+        time: _,
+        traceparent,
+        kind,
+    } = event;
+    CanonicalJson::of_sorted(event, |scan| {
+        for text in [id, source, subject, kind] {
+            scan.text(text);
+        }
+        for text in [fingerprint, namespace, traceparent].into_iter().flatten() {
+            scan.text(text);
+        }
+        scan.value(data);
+    })
+}
+
+/// A run's `ctx`: `event` gives the event as JSON, built only for a script that reads
+/// `ctx.event`; `data` is the event's `data` (labels and annotations come from it).
 fn script_ctx(
     meta: &RunMeta,
-    event: &Value,
+    event: &dyn Fn() -> Value,
+    data: Option<&Value>,
     params: &Value,
     dry_run: bool,
     reads: &CtxReads,
@@ -1166,7 +1202,7 @@ fn script_ctx(
     let empty = || Dynamic::from_map(rhai::Map::new());
     let mut map = rhai::Map::new();
     if reads.wants("event") {
-        let event = to_dynamic(event);
+        let event = to_dynamic(&event());
         // `labels` and `annotations` are copies of the event's own: a clone shares their
         // strings instead of converting them from JSON a second time.
         for key in ["labels", "annotations"] {
@@ -1179,7 +1215,7 @@ fn script_ctx(
     } else {
         for key in ["labels", "annotations"] {
             if reads.wants(key) {
-                let of_event = event.get("data").and_then(|data| data.get(key));
+                let of_event = data.and_then(|data| data.get(key));
                 map.insert(key.into(), of_event.map_or_else(empty, to_dynamic));
             }
         }
@@ -1209,10 +1245,28 @@ mod tests {
         }
     }
 
+    /// [`script_ctx`] of an event given as JSON, as a resumed run's.
+    fn ctx_of_json(
+        meta: &RunMeta,
+        event: &Value,
+        params: &Value,
+        dry_run: bool,
+        reads: &CtxReads,
+    ) -> Dynamic {
+        script_ctx(
+            meta,
+            &|| event.clone(),
+            event.get("data"),
+            params,
+            dry_run,
+            reads,
+        )
+    }
+
     #[test]
     fn the_ctx_table_names_every_key_a_script_gets() {
         let meta = meta();
-        let ctx = script_ctx(
+        let ctx = ctx_of_json(
             &meta,
             &serde_json::json!({"data": {}}),
             &Value::Null,
@@ -1227,11 +1281,61 @@ mod tests {
         assert_eq!(given, documented);
     }
 
+    /// A run's `run_started` journals its event as the redacted canonical form of the
+    /// event as JSON, whether rendered as written (nothing to redact) or redacted as a tree.
+    /// (Debug builds also check each one as it is made, see `CanonicalJson::of_sorted`.)
+    #[test]
+    fn the_journaled_event_is_the_redacted_canonical_form_of_the_event() {
+        let clean = Event {
+            data: serde_json::json!({
+                "labels": {"alertname": "ModelLatencyHigh", "namespace": "team-a", "Zone": "b"},
+                "annotations": {"summary": "p99 \"412 ms\"\n"},
+                "env": [{"name": "MODEL", "value": "v2"}],
+                "n": [1, 2.5, null],
+            }),
+            fingerprint: Some("14ec0898ad0f9755".into()),
+            id: "am-1".into(),
+            namespace: Some("team-a".into()),
+            source: "alertmanager".into(),
+            subject: "ModelLatencyHigh".into(),
+            time: "2026-11-26T22:01:43.277Z".parse().unwrap(),
+            traceparent: None,
+            kind: "firing".into(),
+        };
+        let token = "abcdefghijklmnop";
+        let with = |f: &dyn Fn(&mut Event)| {
+            let mut e = clean.clone();
+            f(&mut e);
+            e
+        };
+        let secret = [
+            with(&|e| e.data["labels"]["api_token"] = token.into()),
+            with(&|e| e.data["annotations"]["summary"] = format!("Bearer {token}").into()),
+            with(&|e| e.data["env"][0]["name"] = "DB_PASSWORD".into()),
+            with(&|e| e.subject = format!("see https://ann:{token}@example.invalid/")),
+            with(&|e| e.id = format!("Token {token}")),
+            with(&|e| e.kind = format!("Basic {token}")),
+            with(&|e| e.source = format!("Bearer {token}")),
+            with(&|e| e.namespace = Some(format!("Bearer {token}"))),
+            with(&|e| e.fingerprint = Some(format!("Bearer {token}"))),
+            with(&|e| e.traceparent = Some(format!("Bearer {token}"))),
+        ];
+        let journaled = journaled_event(&clean);
+        assert_eq!(journaled, CanonicalJson::from_value(clean.to_json()));
+        assert_eq!(journaled.value(), clean.to_json());
+        for event in &secret {
+            let journaled = journaled_event(event);
+            assert_eq!(journaled, CanonicalJson::from_value(event.to_json()));
+            assert!(journaled.as_str().contains("[redacted]"), "{journaled:?}");
+            assert!(!journaled.as_str().contains(token), "{journaled:?}");
+        }
+    }
+
     #[test]
     fn labels_and_annotations_are_the_events_own_or_empty_maps() {
         let meta = meta();
         let ctx_of = |event: Value| {
-            let ctx = script_ctx(&meta, &event, &Value::Null, false, &CtxReads::Whole)
+            let ctx = ctx_of_json(&meta, &event, &Value::Null, false, &CtxReads::Whole)
                 .cast::<rhai::Map>();
             let json = |key: &str| crate::step::to_json(&ctx[key]);
             (json("labels"), json("annotations"), json("event"))
@@ -1279,13 +1383,13 @@ mod tests {
         let costly = ["event", "labels", "annotations", "params"];
         for event in &events {
             let whole =
-                script_ctx(&meta, event, &params, true, &CtxReads::Whole).cast::<rhai::Map>();
+                ctx_of_json(&meta, event, &params, true, &CtxReads::Whole).cast::<rhai::Map>();
             for subset in 0..(1 << costly.len()) {
                 let named: Vec<String> = (0..costly.len())
                     .filter(|i| subset & (1 << i) != 0)
                     .map(|i| costly[i].to_owned())
                     .collect();
-                let part = script_ctx(&meta, event, &params, true, &CtxReads::Keys(named.clone()))
+                let part = ctx_of_json(&meta, event, &params, true, &CtxReads::Keys(named.clone()))
                     .cast::<rhai::Map>();
                 for (key, value) in &whole {
                     let cheap = !costly.contains(&key.as_str());

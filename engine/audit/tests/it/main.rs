@@ -29,7 +29,7 @@ pub fn run_drafts(run: &str) -> Vec<RecordDraft> {
         RecordDraft::new(
             m.clone(),
             RecordBody::RunStarted {
-                event: json!({"id": "e1", "source": "alertmanager", "type": "firing", "subject": "HighLatency"}),
+                event: json!({"id": "e1", "source": "alertmanager", "type": "firing", "subject": "HighLatency"}).into(),
                 params: json!({"namespace": "shop", "replicas": 3}),
                 dry_run: false,
                 namespaces: vec!["shop".into()],

@@ -21,7 +21,8 @@ async fn journaled(bodies: Vec<RecordBody>) -> Vec<Record> {
 async fn the_timeline_shows_steps_outcomes_evidence_refusals_and_the_final_status() {
     let records = journaled(vec![
         RecordBody::RunStarted {
-            event: json!({"source": "alertmanager", "type": "firing", "subject": "HighLatency"}),
+            event: json!({"source": "alertmanager", "type": "firing", "subject": "HighLatency"})
+                .into(),
             params: json!({"namespace": "shop"}),
             dry_run: true,
             namespaces: vec!["shop".into()],

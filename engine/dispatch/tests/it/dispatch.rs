@@ -292,7 +292,8 @@ async fn an_interactive_run_left_unfinished_is_abandoned_not_resumed() {
             meta,
             RecordBody::RunStarted {
                 event: json!({"id": "manual-1", "source": "manual", "type": "trigger", "subject": "waits",
-                              "time": "2026-12-01T00:00:00Z", "data": {}}),
+                              "time": "2026-12-01T00:00:00Z", "data": {}})
+                .into(),
                 params: json!({"target": "api"}),
                 dry_run: false,
                 namespaces: vec!["shop".into()],

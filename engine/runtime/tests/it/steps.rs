@@ -104,7 +104,7 @@ async fn builtins_and_closure_steps_are_journaled_with_inputs_outputs_and_status
             namespaces,
             ..
         } => {
-            assert_eq!(event["subject"], "HighLatency");
+            assert_eq!(event.value()["subject"], "HighLatency");
             assert_eq!(params, &json!({"replicas": 3}));
             assert_eq!(namespaces, &vec!["shop".to_owned()]);
         }

@@ -114,6 +114,7 @@ impl Candidate {
             fingerprint: Some(self.fingerprint),
             traceparent: None,
             data: self.data,
+            written: Default::default(),
         }
     }
 }

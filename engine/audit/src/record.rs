@@ -682,19 +682,25 @@ impl CanonicalJson {
 
     /// `value` as serde_json writes it, which must be its canonical form: every struct's
     /// fields declared in the byte order of their names, every map sorted (serde_json's
-    /// `Map` is, without `preserve_order`). `scan` shows [`SecretScan`] every string and
-    /// every nested value `value` holds under keys that name no secret; when it finds
-    /// something to redact, the value takes [`CanonicalJson::from_value`]'s way. Debug builds
-    /// (the tests) check both promises against that way for every value.
-    pub fn of_sorted<T: Serialize>(value: &T, scan: impl FnOnce(&mut SecretScan)) -> Self {
+    /// `Map` is, without `preserve_order`); `written`: that JSON, if it was written already.
+    /// `scan` shows [`SecretScan`] every string and every nested value `value` holds under
+    /// keys that name no secret; when it finds something to redact, the value takes
+    /// [`CanonicalJson::from_value`]'s way. Debug builds (the tests) check these promises
+    /// against that way for every value.
+    pub fn of_sorted<T: Serialize>(
+        value: &T,
+        written: Option<&[u8]>,
+        scan: impl FnOnce(&mut SecretScan),
+    ) -> Self {
         let mut secrets = SecretScan::default();
         scan(&mut secrets);
         if secrets.found() {
             return Self::from_value(serde_json::to_value(value).expect("a value serializes"));
         }
-        // Room for an alert's event (about 1.3 KB) at once, not by doubling.
-        let mut text = Vec::with_capacity(2048);
-        serde_json::to_writer(&mut text, value).expect("a value serializes");
+        let text = match written {
+            Some(json) => json.to_vec(),
+            None => serde_json::to_vec(value).expect("a value serializes"),
+        };
         let text = String::from_utf8(text).expect("serde_json writes UTF-8");
         let made = CanonicalJson {
             text,

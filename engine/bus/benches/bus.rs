@@ -30,6 +30,7 @@ fn event(i: usize) -> Event {
                             "description": "More than 5% of requests to team-a/fraud-model failed."},
             "startsAt": "2026-11-26T22:03:25.277Z", "endsAt": "0001-01-01T00:00:00Z",
         }),
+        written: Default::default(),
     }
 }
 

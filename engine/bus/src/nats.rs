@@ -558,7 +558,7 @@ impl NatsBus {
         let max = self.client.server_info().max_payload;
         let mut payloads = Vec::with_capacity(events.len());
         for event in events {
-            let payload = serde_json::to_vec(&**event).map_err(|source| BusError::Codec {
+            let payload = event.keep_json().map_err(|source| BusError::Codec {
                 what: format!("event {}", event.id),
                 source,
             })?;
@@ -570,7 +570,7 @@ impl NatsBus {
                     max,
                 });
             }
-            payloads.push(bytes::Bytes::from(payload));
+            payloads.push(payload);
         }
         // Kept before they are sent: the delivery may come back before the publish's ack.
         for (event, payload) in events.iter().zip(&payloads) {
@@ -2243,6 +2243,7 @@ mod tests {
             fingerprint: None,
             traceparent: None,
             data: serde_json::Value::Null,
+            written: Default::default(),
         };
         assert_eq!(
             event_subject(&event),

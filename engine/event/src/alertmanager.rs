@@ -284,6 +284,7 @@ fn to_event(group: Group, alert: Alert) -> Result<Event, String> {
         fingerprint: Some(fingerprint),
         traceparent: None,
         data: Value::Object(data.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()),
+        written: Default::default(),
     })
 }
 

@@ -8,6 +8,9 @@ pub mod alertmanager;
 pub mod manual;
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use bytes::Bytes;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -42,6 +45,44 @@ pub struct Event {
     /// What happened: `firing`, `resolved`, `warning`, `trigger`, ...
     #[serde(rename = "type")]
     pub kind: String,
+    /// The event's JSON as the bus that carries it wrote it ([`Event::keep_json`]), so the
+    /// audit journal need not write it again. Not part of the event: neither serialized,
+    /// compared nor cloned (a clone may be changed).
+    #[serde(skip)]
+    pub written: WrittenJson,
+}
+
+/// See [`Event::written`].
+#[derive(Default)]
+pub struct WrittenJson(OnceLock<Bytes>);
+
+impl WrittenJson {
+    /// The JSON kept, if any.
+    pub fn get(&self) -> Option<&Bytes> {
+        self.0.get()
+    }
+}
+
+impl Clone for WrittenJson {
+    fn clone(&self) -> Self {
+        WrittenJson::default()
+    }
+}
+
+impl PartialEq for WrittenJson {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for WrittenJson {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "kept"
+        } else {
+            "none"
+        })
+    }
 }
 
 /// `source` of events decoded from Alertmanager webhooks.
@@ -77,6 +118,7 @@ pub fn unprocessable(origin: &str, reason: &str, payload: &[u8]) -> Event {
         fingerprint: None,
         traceparent: None,
         data: serde_json::json!({ "origin": origin, "reason": reason, "payload": text }),
+        written: Default::default(),
     }
 }
 
@@ -148,6 +190,19 @@ impl Event {
         }
         map.insert("data".into(), self.data.clone());
         Value::Object(map)
+    }
+
+    /// The event's JSON (`serde_json::to_vec`), written at the first call and kept in
+    /// [`Event::written`]. For an event that no longer changes: a bus calls it as it takes
+    /// the event.
+    pub fn keep_json(&self) -> Result<Bytes, serde_json::Error> {
+        if let Some(json) = self.written.get() {
+            return Ok(json.clone());
+        }
+        // Room for an alert's event (about 1.3 KB) at once, not by doubling.
+        let mut json = Vec::with_capacity(2048);
+        serde_json::to_writer(&mut json, self)?;
+        Ok(self.written.0.get_or_init(|| Bytes::from(json)).clone())
     }
 
     /// The status used by trigger `status` filters: `data.status` when it is a string
@@ -236,6 +291,7 @@ mod tests {
             fingerprint: None,
             traceparent: None,
             data,
+            written: Default::default(),
         }
     }
 

@@ -48,6 +48,7 @@ pub fn trigger(runbook: &str, params: Map<String, Value>, actor: &str, dry_run: 
         fingerprint: None,
         traceparent: None,
         data: json!({ "runbook": runbook, "params": params, "actor": actor, "dry_run": dry_run }),
+        written: Default::default(),
     }
 }
 

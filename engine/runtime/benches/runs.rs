@@ -48,6 +48,7 @@ fn main() {
         traceparent: None,
         data: json!({"labels": {"alertname": "HighLatency", "namespace": "shop", "severity": "page"},
                      "annotations": {"summary": "p99 latency above 2s"}}),
+        written: Default::default(),
     };
     let journal = Arc::new(Journal::open(&path).expect("open journal"));
     let (elapsed, failed) = rt.block_on(async {

@@ -1162,8 +1162,9 @@ pub(crate) const CTX_KEYS: &[CtxKey] = &[
 
 /// The `ctx` map a script sees: of the keys built from the event and the parameters, those
 /// the script can read ([`CtxReads`]); the others always.
-/// The event as its `run_started` record journals it: rendered once, as the event's own
-/// JSON (its canonical form, see [`Event`]), unless something in it needs redacting.
+/// The event as its `run_started` record journals it: the event's own JSON (its canonical
+/// form, see [`Event`]) as the bus wrote it, or written now if the bus did not keep it,
+/// unless something in it needs redacting.
 fn journaled_event(event: &Event) -> CanonicalJson {
     // Every field, so that a new one cannot be missed; `time` is digits and punctuation,
     // no secret's shape.
@@ -1177,8 +1178,10 @@ fn journaled_event(event: &Event) -> CanonicalJson {
         time: _,
         traceparent,
         kind,
+        written,
     } = event;
-    CanonicalJson::of_sorted(event, |scan| {
+    let written = written.get().map(|json| &json[..]);
+    CanonicalJson::of_sorted(event, written, |scan| {
         for text in [id, source, subject, kind] {
             scan.text(text);
         }
@@ -1301,6 +1304,7 @@ mod tests {
             time: "2026-11-26T22:01:43.277Z".parse().unwrap(),
             traceparent: None,
             kind: "firing".into(),
+            written: Default::default(),
         };
         let token = "abcdefghijklmnop";
         let with = |f: &dyn Fn(&mut Event)| {

@@ -66,7 +66,7 @@ impl Default for EmbeddedOptions {
 #[serde(tag = "op", rename_all = "snake_case")]
 enum Record {
     /// An event was accepted at `at_ms` (unix ms).
-    Publish { at_ms: i64, event: Event },
+    Publish { at_ms: i64, event: Box<Event> },
     /// The event with this id is done.
     Ack { id: String },
 }
@@ -77,6 +77,18 @@ enum Record {
 struct PublishRef<'a> {
     at_ms: i64,
     event: &'a Event,
+}
+
+/// A [`PublishRef`] line (newline-terminated) around the event's JSON as written once
+/// ([`Event::keep_json`]), which the audit journal takes too.
+fn publish_line(at_ms: i64, event_json: &[u8]) -> Vec<u8> {
+    let mut line = Vec::with_capacity(event_json.len() + 48);
+    line.extend_from_slice(br#"{"op":"publish","at_ms":"#);
+    line.extend_from_slice(at_ms.to_string().as_bytes());
+    line.extend_from_slice(br#","event":"#);
+    line.extend_from_slice(event_json);
+    line.extend_from_slice(b"}\n");
+    line
 }
 
 /// The in-process bus. Cheap to share behind an `Arc`; see the module docs.
@@ -358,7 +370,7 @@ impl EmbeddedBus {
                     if at_ms >= cutoff {
                         queue.remember(&event.id, at_ms);
                     }
-                    queue.insert(event, at_ms);
+                    queue.insert(*event, at_ms);
                 }
                 Record::Ack { id } => {
                     queue.entries.remove(&id);
@@ -423,13 +435,11 @@ impl Bus for EmbeddedBus {
             let at_ms = now_ms();
             let mut lines = Vec::with_capacity(events.len());
             for event in &events {
-                let record = PublishRef { at_ms, event };
-                let mut line = serde_json::to_vec(&record).map_err(|source| BusError::Codec {
+                let json = event.keep_json().map_err(|source| BusError::Codec {
                     what: format!("event {}", event.id),
                     source,
                 })?;
-                line.push(b'\n');
-                lines.push(line);
+                lines.push(publish_line(at_ms, &json));
             }
             let done = {
                 let mut queue = self.shared.queue();
@@ -653,6 +663,7 @@ mod tests {
             fingerprint: None,
             traceparent: None,
             data: serde_json::Value::Null,
+            written: Default::default(),
         }
     }
 
@@ -666,12 +677,24 @@ mod tests {
         .unwrap();
         let owned = serde_json::to_vec(&Record::Publish {
             at_ms: 7,
-            event: e.clone(),
+            event: Box::new(e.clone()),
         })
         .unwrap();
         assert_eq!(line, owned);
+        let mut written = publish_line(7, &e.keep_json().unwrap());
+        assert_eq!(written.pop(), Some(b'\n'));
+        assert_eq!(written, line);
+        let negative = serde_json::to_vec(&PublishRef {
+            at_ms: -1,
+            event: &e,
+        })
+        .unwrap();
+        assert_eq!(
+            publish_line(-1, &e.keep_json().unwrap()),
+            [&negative[..], b"\n"].concat()
+        );
         match serde_json::from_slice::<Record>(&line).unwrap() {
-            Record::Publish { at_ms, event } => assert_eq!((at_ms, event), (7, e)),
+            Record::Publish { at_ms, event } => assert_eq!((at_ms, *event), (7, e)),
             other => panic!("{other:?}"),
         }
     }

@@ -41,6 +41,7 @@ pub fn event(id: &str) -> Event {
         fingerprint: Some(format!("fp-{id}")),
         traceparent: None,
         data: json!({"labels": {"alertname": "ModelErrorRateHigh", "n": id}}),
+        written: Default::default(),
     }
 }
 
@@ -86,6 +87,9 @@ pub async fn publish_consume_ack(h: &mut impl Harness) {
             "published {} not within the publish call [{before}, {after}]",
             d.published
         );
+        // The event's JSON as this bus wrote it comes with it, for the audit journal.
+        let json = serde_json::to_vec(&*d.event).unwrap();
+        assert_eq!(d.event.written.get().map(|j| &j[..]), Some(&json[..]));
         got.push((*d.event).clone());
         d.ack().await.expect("ack");
     }

@@ -271,6 +271,7 @@ pub fn alert(id: &str, status: &str, fingerprint: &str, labels: Value) -> Arc<Ev
         fingerprint: Some(fingerprint.into()),
         traceparent: None,
         data: json!({"status": status, "labels": labels, "annotations": {}}),
+        written: Default::default(),
     })
 }
 

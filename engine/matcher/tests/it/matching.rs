@@ -186,6 +186,7 @@ fn k8s_events_match_on_data_fields_and_labels() {
         fingerprint: None,
         traceparent: None,
         data: json!({"reason": "BackOff", "pod": "fraud-1", "labels": {"app": "fraud"}}),
+        written: Default::default(),
     };
     let m = set.matches(&event).remove(0).unwrap();
     assert_eq!(m.concurrency_key, "ml-serving/fraud-1");

@@ -63,6 +63,7 @@ pub fn event() -> Event {
         traceparent: None,
         data: json!({"labels": {"alertname": "HighLatency", "namespace": "shop"},
                      "annotations": {"summary": "p99 above 2s"}}),
+        written: Default::default(),
     }
 }
 

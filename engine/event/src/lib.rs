@@ -52,6 +52,11 @@ pub struct Event {
     pub written: WrittenJson,
 }
 
+thread_local! {
+    /// Where [`Event::keep_json`] writes.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// See [`Event::written`].
 #[derive(Default)]
 pub struct WrittenJson(OnceLock<Bytes>);
@@ -199,10 +204,13 @@ impl Event {
         if let Some(json) = self.written.get() {
             return Ok(json.clone());
         }
-        // Room for an alert's event (about 1.3 KB) at once, not by doubling.
-        let mut json = Vec::with_capacity(2048);
-        serde_json::to_writer(&mut json, self)?;
-        Ok(self.written.0.get_or_init(|| Bytes::from(json)).clone())
+        // Written where there is room already, then kept in an allocation of its own size:
+        // the event may wait in a bus's backlog for a while.
+        let json = SCRATCH.with_borrow_mut(|scratch| {
+            scratch.clear();
+            serde_json::to_writer(&mut *scratch, self).map(|()| Bytes::copy_from_slice(scratch))
+        })?;
+        Ok(self.written.0.get_or_init(|| json).clone())
     }
 
     /// The status used by trigger `status` filters: `data.status` when it is a string

@@ -1439,8 +1439,6 @@ mod tests {
         );
     }
 
-    /// Each of the secret shapes, alone in a string, is redacted; an event's ordinary text
-    /// is not.
     /// An event read back from a journal is what was journaled; appended again, it is
     /// redacted again (a value made here is redacted as it is made).
     #[test]
@@ -1468,6 +1466,8 @@ mod tests {
         assert_eq!(event, made);
     }
 
+    /// Each of the secret shapes, alone in a string, is redacted; an event's ordinary text
+    /// is not.
     #[test]
     fn every_secret_shape_is_redacted() {
         let shapes = [

@@ -52,6 +52,9 @@ pub struct Event {
     pub written: WrittenJson,
 }
 
+/// The most [`SCRATCH`] keeps between events.
+const SCRATCH_KEPT: usize = 64 << 10;
+
 thread_local! {
     /// Where [`Event::keep_json`] writes.
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -208,7 +211,13 @@ impl Event {
         // the event may wait in a bus's backlog for a while.
         let json = SCRATCH.with_borrow_mut(|scratch| {
             scratch.clear();
-            serde_json::to_writer(&mut *scratch, self).map(|()| Bytes::copy_from_slice(scratch))
+            let json = serde_json::to_writer(&mut *scratch, self)
+                .map(|()| Bytes::copy_from_slice(scratch));
+            // An outsized event does not leave its buffer behind in the thread.
+            if scratch.capacity() > SCRATCH_KEPT {
+                *scratch = Vec::new();
+            }
+            json
         })?;
         Ok(self.written.0.get_or_init(|| json).clone())
     }

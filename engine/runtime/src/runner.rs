@@ -1160,8 +1160,6 @@ pub(crate) const CTX_KEYS: &[CtxKey] = &[
     },
 ];
 
-/// The `ctx` map a script sees: of the keys built from the event and the parameters, those
-/// the script can read ([`CtxReads`]); the others always.
 /// The event as its `run_started` record journals it: the event's own JSON (its canonical
 /// form, see [`Event`]) as the bus wrote it, or written now if the bus did not keep it,
 /// unless something in it needs redacting.
@@ -1192,8 +1190,10 @@ fn journaled_event(event: &Event) -> CanonicalJson {
     })
 }
 
-/// A run's `ctx`: `event` gives the event as JSON, built only for a script that reads
-/// `ctx.event`; `data` is the event's `data` (labels and annotations come from it).
+/// The `ctx` map a script sees: of the keys built from the event and the parameters, those
+/// the script can read ([`CtxReads`]); the others always. `event` gives the event as JSON,
+/// built only for a script that reads `ctx.event`; `data` is the event's `data` (labels and
+/// annotations come from it).
 fn script_ctx(
     meta: &RunMeta,
     event: &dyn Fn() -> Value,

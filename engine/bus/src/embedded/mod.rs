@@ -71,24 +71,14 @@ enum Record {
     Ack { id: String },
 }
 
-/// A `Record::Publish` line written from a borrowed event (the same JSON, no copy).
-#[derive(Serialize)]
-#[serde(tag = "op", rename = "publish")]
-struct PublishRef<'a> {
-    at_ms: i64,
-    event: &'a Event,
-}
-
-/// A [`PublishRef`] line (newline-terminated) around the event's JSON as written once
-/// ([`Event::keep_json`]), which the audit journal takes too.
-fn publish_line(at_ms: i64, event_json: &[u8]) -> Vec<u8> {
-    let mut line = Vec::with_capacity(event_json.len() + 48);
-    line.extend_from_slice(br#"{"op":"publish","at_ms":"#);
-    line.extend_from_slice(at_ms.to_string().as_bytes());
-    line.extend_from_slice(br#","event":"#);
-    line.extend_from_slice(event_json);
-    line.extend_from_slice(b"}\n");
-    line
+/// Appends a `Record::Publish` line (newline-terminated) around an event's JSON: as the bus
+/// wrote it once ([`Event::keep_json`], which the audit journal takes too), or written now.
+fn push_publish_line(out: &mut Vec<u8>, at_ms: i64, event_json: &[u8]) {
+    out.extend_from_slice(br#"{"op":"publish","at_ms":"#);
+    out.extend_from_slice(at_ms.to_string().as_bytes());
+    out.extend_from_slice(br#","event":"#);
+    out.extend_from_slice(event_json);
+    out.extend_from_slice(b"}\n");
 }
 
 /// The in-process bus. Cheap to share behind an `Arc`; see the module docs.
@@ -302,13 +292,18 @@ impl Queue {
             entries.sort_unstable_by_key(|(seq, ..)| *seq);
             let mut out = Vec::new();
             for (_, at_ms, event) in &entries {
-                let record = PublishRef {
-                    at_ms: *at_ms,
-                    event,
+                // Events read back from the log were not kept as written; this writes them
+                // without keeping them (they were encoded once already, so it cannot fail).
+                let written;
+                let json = match event.written.get() {
+                    Some(json) => &json[..],
+                    None => {
+                        written = serde_json::to_vec(&**event).unwrap_or_default();
+                        &written[..]
+                    }
                 };
-                // These events were encoded once already when published, so this cannot fail.
-                if serde_json::to_writer(&mut out, &record).is_ok() {
-                    out.push(b'\n');
+                if !json.is_empty() {
+                    push_publish_line(&mut out, *at_ms, json);
                 }
             }
             out
@@ -439,7 +434,9 @@ impl Bus for EmbeddedBus {
                     what: format!("event {}", event.id),
                     source,
                 })?;
-                lines.push(publish_line(at_ms, &json));
+                let mut line = Vec::with_capacity(json.len() + 48);
+                push_publish_line(&mut line, at_ms, &json);
+                lines.push(line);
             }
             let done = {
                 let mut queue = self.shared.queue();
@@ -668,34 +665,23 @@ mod tests {
     }
 
     #[test]
-    fn a_publish_line_written_from_a_borrowed_event_reads_back_as_a_publish_record() {
+    fn a_publish_line_around_an_events_json_reads_back_as_a_publish_record() {
         let e = event("e1");
-        let line = serde_json::to_vec(&PublishRef {
-            at_ms: 7,
-            event: &e,
-        })
-        .unwrap();
-        let owned = serde_json::to_vec(&Record::Publish {
-            at_ms: 7,
-            event: Box::new(e.clone()),
-        })
-        .unwrap();
-        assert_eq!(line, owned);
-        let mut written = publish_line(7, &e.keep_json().unwrap());
-        assert_eq!(written.pop(), Some(b'\n'));
-        assert_eq!(written, line);
-        let negative = serde_json::to_vec(&PublishRef {
-            at_ms: -1,
-            event: &e,
-        })
-        .unwrap();
-        assert_eq!(
-            publish_line(-1, &e.keep_json().unwrap()),
-            [&negative[..], b"\n"].concat()
-        );
-        match serde_json::from_slice::<Record>(&line).unwrap() {
-            Record::Publish { at_ms, event } => assert_eq!((at_ms, *event), (7, e)),
-            other => panic!("{other:?}"),
+        for at_ms in [7, -1] {
+            let mut line = Vec::new();
+            push_publish_line(&mut line, at_ms, &e.keep_json().unwrap());
+            let owned = serde_json::to_vec(&Record::Publish {
+                at_ms,
+                event: Box::new(e.clone()),
+            })
+            .unwrap();
+            assert_eq!(line, [&owned[..], b"\n"].concat());
+            match serde_json::from_slice::<Record>(&line).unwrap() {
+                Record::Publish { at_ms: read, event } => {
+                    assert_eq!((read, *event), (at_ms, e.clone()))
+                }
+                other => panic!("{other:?}"),
+            }
         }
     }
 

@@ -201,10 +201,27 @@ async fn the_log_is_compacted_and_keeps_only_unacked_events() {
         size < 8192,
         "log compacted, but holds {size} bytes of records"
     );
+    let bus = EmbeddedBus::open_with(dir.path(), opts.clone()).unwrap();
+    assert_eq!(bus.pending(), 1);
+    let mut stream = bus.consume().await.unwrap();
+    let keep = next(&mut stream).await;
+    assert_eq!(*keep.event, event("keep"));
+    // Compacted again, the event read back from the log (its JSON not kept as the bus
+    // wrote it) is written whole.
+    for i in 0..100 {
+        bus.publish(vec![event(&format!("d{i}"))]).await.unwrap();
+        next(&mut stream).await.ack().await.unwrap();
+    }
+    drop((keep, stream));
+    bus.close().await;
+    let size = std::fs::metadata(dir.path().join("events.log"))
+        .unwrap()
+        .len();
+    assert!(size < 8192, "log compacted again, but holds {size} bytes");
     let bus = EmbeddedBus::open_with(dir.path(), opts).unwrap();
     assert_eq!(bus.pending(), 1);
     let mut stream = bus.consume().await.unwrap();
-    assert_eq!(next(&mut stream).await.event.id, "keep");
+    assert_eq!(*next(&mut stream).await.event, event("keep"));
 }
 
 #[tokio::test]

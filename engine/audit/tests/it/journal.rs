@@ -1,5 +1,6 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use firebreak_audit::{
     AuditError, AuditMirror, GENESIS_HASH, Journal, JournalOptions, JournalReader, REDACTED,
@@ -325,13 +326,13 @@ async fn the_mirror_gets_every_record_with_its_journal_line_and_its_failure_fail
 struct GatedMirror {
     gate: tokio::sync::Semaphore,
     /// Each publish first waits this long (the first call only), to let a later one overtake.
-    slow_first: std::time::Duration,
+    slow_first: Duration,
     calls: std::sync::atomic::AtomicU32,
     seen: Mutex<Vec<u64>>,
 }
 
 impl GatedMirror {
-    fn new(open: bool, slow_first: std::time::Duration) -> Arc<GatedMirror> {
+    fn new(open: bool, slow_first: Duration) -> Arc<GatedMirror> {
         Arc::new(GatedMirror {
             gate: tokio::sync::Semaphore::new(if open {
                 tokio::sync::Semaphore::MAX_PERMITS
@@ -349,7 +350,7 @@ impl GatedMirror {
             if self.seen.lock().unwrap().len() >= seqs.len() {
                 break;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         self.seen.lock().unwrap().clone()
     }
@@ -732,4 +733,41 @@ fn mirrored(
         .with_mirror(mirror);
     let follower = journal.subscribe();
     (journal, follower, run_drafts("r1"))
+}
+
+/// The head file is written beside the journal, not on the way of its appends: while it
+/// cannot be written (a FIFO no one reads stands where its temp file goes, so creating it
+/// blocks), a checkpoint and the appends after it are answered; the head line is written
+/// once it can be.
+#[tokio::test]
+async fn appends_are_answered_while_the_head_file_cannot_be_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let key = SigningKey::load_or_create(&dir.path().join("audit.key"))
+        .unwrap()
+        .0;
+    let options = JournalOptions {
+        signing_key: Some(Arc::new(key)),
+        ..JournalOptions::default()
+    };
+    let journal = Journal::open_with(&path, options).unwrap();
+    let fifo = dir.path().join("audit.head.tmp");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    assert!(made.unwrap().success(), "mkfifo");
+    journal.append_all(run_drafts("r1")).await.unwrap();
+    let answered = tokio::time::timeout(Duration::from_secs(10), async {
+        let checkpoint = journal.checkpoint(false).await.unwrap();
+        journal.append_all(run_drafts("r2")).await.unwrap();
+        checkpoint.expect("records came since the last checkpoint")
+    })
+    .await;
+    // Whatever happened, the head's writer is let go: it writes the line into the FIFO.
+    let written = tokio::task::spawn_blocking(move || std::fs::read(&fifo))
+        .await
+        .unwrap()
+        .unwrap();
+    let checkpoint = answered.expect("the checkpoint and the next append were answered");
+    let head: Record = serde_json::from_slice(&written).unwrap();
+    assert_eq!(head, checkpoint, "the head line is the checkpoint's");
+    drop(journal);
 }

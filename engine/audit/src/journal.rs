@@ -19,7 +19,8 @@
 //! from new work; the rest of the history is indexed on a background thread.
 //!
 //! Tamper evidence: with a [`SigningKey`], the writer signs checkpoints (see
-//! [`crate::checkpoint`]). `open` checks the tail against the head file and recomputes the
+//! [`crate::checkpoint`]); the newest durable one is also the head file, written by the
+//! carried index's thread. `open` checks the tail against the head file and recomputes the
 //! chain from the last checkpoint; a tail that does not verify is refused, or with
 //! [`JournalOptions::relink_broken`] set aside and journaled (`relinked`).
 

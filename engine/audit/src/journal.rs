@@ -463,8 +463,8 @@ impl Index {
 /// Ids, oldest first, from which those no longer wanted are swept out a few at a time: once
 /// more than half of the list is unwanted, each [`IdList::tidy`] looks at [`SWEEP_STEP`] ids.
 /// The index is held while the journal answers each commit, and filtering a list of 21,000
-/// ids at once held it (and so every commit's answer) 2–3 ms: the start latency's p99 at
-/// 1,000 alerts/s jumped there every 11,000 runs.
+/// ids at once held it (and so every commit's answer) 2–3 ms: at 1,000 alerts/s the runs
+/// starting then were 3–6 ms late, every ~11,000 runs.
 #[derive(Default)]
 struct IdList {
     ids: Vec<String>,

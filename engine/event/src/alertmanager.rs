@@ -101,7 +101,14 @@ struct Alert {
 /// commonLabels}` with the timestamps as Alertmanager sent them. The `id` is derived from
 /// (fingerprint, status, startsAt), so a repeated notification yields the same id.
 pub fn decode(body: &[u8]) -> Result<Vec<Event>, DecodeError> {
-    let mut hook: Webhook = match serde_json::from_slice(body) {
+    // Checked as UTF-8 in one pass, the body is parsed as text: serde_json then takes each of
+    // its strings as it is instead of checking each again (a webhook has dozens). A body that
+    // is not UTF-8 takes the bytes' way, whose error says where the bad byte is.
+    let parsed = match std::str::from_utf8(body) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(body),
+    };
+    let mut hook: Webhook = match parsed {
         Ok(hook) => hook,
         Err(e) => return Err(classify(body, e)),
     };
@@ -537,6 +544,24 @@ mod tests {
             decode(b"").unwrap_err(),
             DecodeError::Malformed { .. }
         ));
+    }
+
+    #[test]
+    fn a_body_that_is_not_utf8_is_malformed_where_the_bad_byte_is() {
+        let mut body =
+            b"{\"version\": \"4\",\n  \"receiver\": \"am\xff\", \"alerts\": []}".to_vec();
+        let err = decode(&body).unwrap_err();
+        match &err {
+            DecodeError::Malformed { line, column, .. } => assert_eq!((*line, *column), (2, 18)),
+            other => panic!("expected Malformed, got {other:?}"),
+        }
+        assert_eq!(err.http_status(), 400);
+        // The same body in UTF-8 gets as far as its empty `alerts`.
+        body[34] = b'x';
+        assert_eq!(
+            decode(&body).unwrap_err(),
+            DecodeError::Invalid("`alerts` is empty".into())
+        );
     }
 
     #[test]

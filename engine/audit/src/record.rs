@@ -5,8 +5,10 @@
 //! previous record's hash. [`redact`] runs before sealing, so secrets never reach the hash or
 //! the disk. [`canonical_json`] and [`chain_hash`] define the chain; `verify` recomputes them.
 
+use std::io::Write as _;
 use std::sync::Arc;
 
+use firebreak_event::json;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -399,28 +401,25 @@ impl RecordDraft {
 /// `canonical_json(&to_value(record) minus "hash")`, written directly (this runs once per
 /// record on the journal's writer thread).
 fn write_canonical_record(record: &Record, out: &mut Vec<u8>) {
-    fn field(out: &mut Vec<u8>, first: bool, key: &str, value: &impl Serialize) {
-        if !first {
-            out.push(b',');
-        }
-        out.push(b'"');
+    fn text(out: &mut Vec<u8>, key: &str, value: &str) {
+        out.extend_from_slice(b",\"");
         out.extend_from_slice(key.as_bytes());
         out.extend_from_slice(b"\":");
-        serde_json::to_writer(&mut *out, value).expect("writing to a Vec cannot fail");
+        json::write_str(out, value);
     }
-    out.push(b'{');
     // Keys in sorted order.
-    field(out, true, "actor", &record.actor);
+    out.extend_from_slice(b"{\"actor\":");
+    json::write_str(out, &record.actor);
     out.extend_from_slice(b",\"body\":");
     write_canonical_body(&record.body, out);
-    field(out, false, "event_id", &record.event_id);
-    field(out, false, "prev_hash", &record.prev_hash);
-    field(out, false, "run_id", &record.run_id);
-    field(out, false, "runbook", &record.runbook);
-    field(out, false, "seq", &record.seq);
-    field(out, false, "team", &record.team);
-    field(out, false, "time", &record.time);
-    out.push(b'}');
+    text(out, "event_id", &record.event_id);
+    text(out, "prev_hash", &record.prev_hash);
+    text(out, "run_id", &record.run_id);
+    text(out, "runbook", &record.runbook);
+    // A number, then RFC 3339 (digits and punctuation: nothing to escape), as serde writes them.
+    write!(out, ",\"seq\":{}", record.seq).expect("writing to a Vec cannot fail");
+    text(out, "team", &record.team);
+    write!(out, ",\"time\":\"{}\"}}", record.time).expect("writing to a Vec cannot fail");
 }
 
 /// An object written key by key; the caller gives the keys in sorted order.
@@ -810,7 +809,7 @@ fn write_canonical(value: &Value, out: &mut Vec<u8>) {
                 if i > 0 {
                     out.push(b',');
                 }
-                serde_json::to_writer(&mut *out, key).expect("writing to a Vec cannot fail");
+                json::write_str(out, key);
                 out.push(b':');
                 write_canonical(item, out);
             }
@@ -826,6 +825,7 @@ fn write_canonical(value: &Value, out: &mut Vec<u8>) {
             }
             out.push(b']');
         }
+        Value::String(text) => json::write_str(out, text),
         scalar => serde_json::to_writer(&mut *out, scalar).expect("writing to a Vec cannot fail"),
     }
 }

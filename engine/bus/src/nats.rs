@@ -558,10 +558,7 @@ impl NatsBus {
         let max = self.client.server_info().max_payload;
         let mut payloads = Vec::with_capacity(events.len());
         for event in events {
-            let payload = event.keep_json().map_err(|source| BusError::Codec {
-                what: format!("event {}", event.id),
-                source,
-            })?;
+            let payload = event.keep_json();
             // Headers (Nats-Msg-Id) need room too.
             if max > 0 && payload.len() + 256 > max {
                 return Err(BusError::EventTooLarge {

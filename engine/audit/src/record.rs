@@ -774,11 +774,19 @@ fn canonical_text(value: &Value) -> String {
     String::from_utf8(canonical_json(value)).expect("serde_json writes UTF-8")
 }
 
-/// What [`redact_value`] looks for, gathered piece by piece from something that is not a
-/// [`Value`] (see [`CanonicalJson::of_sorted`]).
+/// What [`redact_value`] looks for, gathered piece by piece (also from something that is not
+/// a [`Value`], see [`CanonicalJson::of_sorted`]): whether a key names a secret, and the
+/// strings to search for [`SECRET_SHAPES`], one per line. One search of them all stands for
+/// one per string (an event holds about forty): a shape found in a string is found in the
+/// lines too, as a line break is neither a word character (`\b` holds at each end) nor one
+/// any shape's own characters include, and the private key's "up to the end" reaches the
+/// last line's. A match across lines only costs the search string by string. Conversely,
+/// when the lines hold no shape, none of them does: each is then known clean ([`Clean`]).
 #[derive(Default)]
 pub struct SecretScan {
     strings: String,
+    /// Where in `strings` the values' strings not known clean are.
+    fresh: Vec<std::ops::Range<usize>>,
     secret_key: bool,
 }
 
@@ -791,11 +799,94 @@ impl SecretScan {
 
     /// A value the value holds under a key that names no secret.
     pub fn value(&mut self, value: &Value) {
-        self.secret_key = self.secret_key || has_secret_key(value, &mut self.strings);
+        if !self.secret_key {
+            self.secret_key = CLEAN.with_borrow_mut(|clean| self.walk(value, clean));
+        }
+    }
+
+    /// Whether `value` has a key [`redact_each`] would redact the value of; meanwhile
+    /// gathers its strings that are not known clean.
+    fn walk(&mut self, value: &Value, clean: &mut Clean) -> bool {
+        match value {
+            Value::Object(map) => {
+                let named_secret = map
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .is_some_and(|name| clean.is_secret_key(name));
+                (named_secret && map.contains_key("value"))
+                    || map
+                        .iter()
+                        .any(|(key, item)| clean.is_secret_key(key) || self.walk(item, clean))
+            }
+            Value::Array(items) => items.iter().any(|item| self.walk(item, clean)),
+            Value::String(text) if !clean.texts.contains(text.as_str()) => {
+                let start = self.strings.len();
+                self.strings.push_str(text);
+                self.fresh.push(start..self.strings.len());
+                self.strings.push('\n');
+                false
+            }
+            _ => false,
+        }
     }
 
     fn found(&self) -> bool {
-        self.secret_key || SECRET_SHAPES.is_match(&self.strings)
+        if self.secret_key || SECRET_SHAPES.is_match(&self.strings) {
+            return true;
+        }
+        CLEAN.with_borrow_mut(|clean| {
+            for range in &self.fresh {
+                clean.keep_text(&self.strings[range.clone()]);
+            }
+        });
+        false
+    }
+}
+
+/// Most keys and most strings [`Clean`] keeps; past that it forgets them all at once.
+const CLEAN_KEPT: usize = 4096;
+
+/// Longest key or string [`Clean`] keeps.
+const CLEAN_LONGEST: usize = 512;
+
+thread_local! {
+    static CLEAN: std::cell::RefCell<Clean> = std::cell::RefCell::default();
+}
+
+/// Keys known to name no secret and strings known to hold no secret's shape, met before on
+/// this thread. An event's keys and most of its strings (label values, annotations, URLs)
+/// come again with every alert; checking each again was a tenth of an alert's instructions
+/// (callgrind, `docs/BENCHMARKS.md`). A string is kept only after a search found no shape
+/// in it ([`SecretScan::found`]), a key only after [`is_secret_key`] said no.
+#[derive(Default)]
+struct Clean {
+    keys: foldhash::HashSet<Box<str>>,
+    texts: foldhash::HashSet<Box<str>>,
+}
+
+impl Clean {
+    fn is_secret_key(&mut self, key: &str) -> bool {
+        if self.keys.contains(key) {
+            return false;
+        }
+        let secret = is_secret_key(key);
+        if !secret {
+            keep(&mut self.keys, key);
+        }
+        secret
+    }
+
+    fn keep_text(&mut self, text: &str) {
+        keep(&mut self.texts, text);
+    }
+}
+
+fn keep(set: &mut foldhash::HashSet<Box<str>>, text: &str) {
+    if text.len() <= CLEAN_LONGEST {
+        if set.len() >= CLEAN_KEPT {
+            *set = foldhash::HashSet::default();
+        }
+        set.insert(text.into());
     }
 }
 
@@ -970,34 +1061,10 @@ fn redact_string(text: &mut String) {
 /// `value` of a `{name, value}` entry whose name looks secret (a container's `env`, a list of
 /// headers), and every secret-shaped part of a string ([`redact_text`]).
 pub fn redact_value(value: &mut Value) {
-    let mut strings = String::new();
-    if has_secret_key(value, &mut strings) || SECRET_SHAPES.is_match(&strings) {
+    let mut scan = SecretScan::default();
+    scan.value(value);
+    if scan.found() {
         redact_each(value);
-    }
-}
-
-/// Whether `value` has a key [`redact_each`] would redact the value of; meanwhile collects its
-/// strings into `strings`, one per line. One search of them all for [`SECRET_SHAPES`] then
-/// stands for one per string (an event holds about forty): a shape found in a string is found
-/// in the lines too, as a line break is neither a word character (`\b` holds at each end) nor
-/// one any shape's own characters include, and the private key's "up to the end" reaches
-/// the last line's. A match across lines only costs the search string by string.
-fn has_secret_key(value: &Value, strings: &mut String) -> bool {
-    match value {
-        Value::Object(map) => {
-            let named_secret = names_a_secret(map);
-            (named_secret && map.contains_key("value"))
-                || map
-                    .iter()
-                    .any(|(key, item)| is_secret_key(key) || has_secret_key(item, strings))
-        }
-        Value::Array(items) => items.iter().any(|item| has_secret_key(item, strings)),
-        Value::String(text) => {
-            strings.push_str(text);
-            strings.push('\n');
-            false
-        }
-        _ => false,
     }
 }
 
@@ -1498,6 +1565,55 @@ mod tests {
         ] {
             assert_eq!(redact_text(text), None, "{text}");
         }
+    }
+
+    /// Strings and keys met before are not checked again, and knowing them never hides a
+    /// secret: a shape or a secret key beside known strings is found, a string is known clean
+    /// only after a search that found nothing, and what is kept stays bounded.
+    #[test]
+    fn strings_known_clean_are_not_searched_again_and_hide_no_secret() {
+        let clean = json!({"labels": {"alertname": "ModelLatencyHigh", "namespace": "team-a"},
+                           "summary": "p99 latency of fraud-model v2 is 412ms"});
+        let mut value = clean.clone();
+        redact_value(&mut value);
+        assert_eq!(value, clean);
+        CLEAN.with_borrow(|known| {
+            assert!(
+                known
+                    .texts
+                    .contains("p99 latency of fraud-model v2 is 412ms")
+            );
+            assert!(known.keys.contains("alertname"));
+        });
+        // The same strings beside a secret's shape, and under a secret key.
+        let token = "ghp_0123456789abcdefghijklmnopqrstuvwxyz";
+        let mut value =
+            json!({"labels": clean["labels"], "summary": clean["summary"], "note": token});
+        redact_value(&mut value);
+        assert_eq!(value["note"], REDACTED);
+        assert_eq!(value["labels"], clean["labels"]);
+        let mut value = json!({"labels": clean["labels"], "password": "ModelLatencyHigh"});
+        redact_value(&mut value);
+        assert_eq!(value["password"], REDACTED);
+        // A value with a secret teaches nothing: its clean strings are not kept either.
+        let mut value = json!({"note": token, "other": "fresh words"});
+        redact_value(&mut value);
+        CLEAN.with_borrow(|known| {
+            assert!(!known.texts.contains(token));
+            assert!(!known.texts.contains("fresh words"));
+        });
+        let mut value = json!({"only": token});
+        redact_value(&mut value);
+        assert_eq!(value["only"], REDACTED);
+        // Bounded: many distinct strings and keys later, at most CLEAN_KEPT of each.
+        for i in 0..CLEAN_KEPT + 10 {
+            let mut value = json!({ format!("key{i}"): format!("text {i}") });
+            redact_value(&mut value);
+        }
+        CLEAN.with_borrow(|known| {
+            assert!(known.texts.len() <= CLEAN_KEPT && known.keys.len() <= CLEAN_KEPT);
+            assert!(known.texts.contains(&*format!("text {}", CLEAN_KEPT + 9)));
+        });
     }
 
     /// The one search over all of a value's strings decides as the search string by string

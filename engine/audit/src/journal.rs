@@ -169,14 +169,14 @@ pub struct RunSummary {
 struct Index {
     /// Shared with the carried index being written (a sealing copies pointers, not runs,
     /// while it holds the index); a run changed meanwhile is copied on its first change.
-    runs: HashMap<String, Arc<RunEntry>>,
+    runs: foldhash::HashMap<String, Arc<RunEntry>>,
     /// Run ids in order of first appearance; may still hold forgotten ones (skipped, and
     /// swept out once they are half of it).
     order: IdList,
     /// Trigger event id → ids of the runs it started.
-    by_event: HashMap<String, Vec<String>>,
+    by_event: foldhash::HashMap<String, Vec<String>>,
     /// Runs (kind `Run`) without a `RunFinished` record yet.
-    open: HashSet<String>,
+    open: foldhash::HashSet<String>,
     /// Runs with records in the newest segment indexed, each once: with `open`, what the
     /// carried index holds when that segment is sealed, found without a pass over every run.
     in_last_segment: IdList,
@@ -212,10 +212,10 @@ impl Index {
     /// An empty index that keeps `keep_closed` closed runs.
     fn keeping(keep_closed: usize) -> Index {
         Index {
-            runs: HashMap::new(),
+            runs: foldhash::HashMap::default(),
             order: IdList::default(),
-            by_event: HashMap::new(),
-            open: HashSet::new(),
+            by_event: foldhash::HashMap::default(),
+            open: foldhash::HashSet::default(),
             in_last_segment: IdList::default(),
             closed: VecDeque::new(),
             keep_closed,

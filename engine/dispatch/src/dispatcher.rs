@@ -25,7 +25,7 @@
 //! closed as abandoned instead. Dry runs take a lock of their own (`dry-run:` keys), set no
 //! cooldown and spend no budget: a rehearsal never blocks the real remediation.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -169,9 +169,9 @@ pub struct Dispatcher {
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
     /// Runs in progress here, by run id. A run stays until its lock is released.
-    pub(crate) active: Arc<Mutex<HashMap<String, ActiveRun>>>,
+    pub(crate) active: Arc<Mutex<foldhash::HashMap<String, ActiveRun>>>,
     /// Runs being started here (from before their lock to their tracking), by run id.
-    pub(crate) starting: Mutex<HashMap<String, Starting>>,
+    pub(crate) starting: Mutex<foldhash::HashMap<String, Starting>>,
     /// Run leases, when replicas share the state store (see [`crate::takeover`]).
     pub(crate) leases: Option<Arc<dyn RunLeases>>,
     /// Failed trigger authentications since the last summary, by runbook.
@@ -1121,12 +1121,12 @@ pub(crate) struct Starting {
 
 /// A run id in [`Dispatcher`]'s `starting` map while its start lasts.
 struct StartingGuard<'a> {
-    starting: &'a Mutex<HashMap<String, Starting>>,
+    starting: &'a Mutex<foldhash::HashMap<String, Starting>>,
     run_id: String,
 }
 
 impl<'a> StartingGuard<'a> {
-    fn new(starting: &'a Mutex<HashMap<String, Starting>>, run_id: &str) -> Self {
+    fn new(starting: &'a Mutex<foldhash::HashMap<String, Starting>>, run_id: &str) -> Self {
         starting
             .lock()
             .expect("starting runs lock")
@@ -1144,7 +1144,11 @@ impl<'a> StartingGuard<'a> {
 }
 
 /// Records that starting run `run_id` holds lock `key` (renewed as its lease), or no lock.
-fn set_starting_key(starting: &Mutex<HashMap<String, Starting>>, run_id: &str, key: Option<&str>) {
+fn set_starting_key(
+    starting: &Mutex<foldhash::HashMap<String, Starting>>,
+    run_id: &str,
+    key: Option<&str>,
+) {
     if let Some(start) = starting.lock().expect("starting runs lock").get_mut(run_id) {
         start.key = key.map(str::to_owned);
     }
@@ -1166,7 +1170,7 @@ impl Drop for StartingGuard<'_> {
 /// Forgets an ended run when dropped (after its lock's fate is settled) and tells whoever
 /// waits on it.
 struct Forget {
-    active: Arc<Mutex<HashMap<String, ActiveRun>>>,
+    active: Arc<Mutex<foldhash::HashMap<String, ActiveRun>>>,
     run_id: String,
     released: CancellationToken,
 }

@@ -13,7 +13,7 @@
 //! the matching state store.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::fs::File;
 use std::hash::{BuildHasher, RandomState};
 use std::path::{Path, PathBuf};
@@ -126,14 +126,14 @@ struct Entry {
 /// Unacked events and their delivery state, plus recently published ids for dedupe.
 #[derive(Default)]
 struct Queue {
-    entries: HashMap<String, Entry>,
+    entries: foldhash::HashMap<String, Entry>,
     ready: VecDeque<(String, u64)>,
     /// When in-flight or delayed entries come due. Entries acked before then leave stale
     /// timers behind; the heap is rebuilt when those outnumber the live ones.
     timers: BinaryHeap<Reverse<(Instant, String)>>,
     /// Ids published within the duplicate window, as 128-bit keyed hashes (a third of the
     /// memory of the strings at 10,000 events/s; a collision is a 2^-128 event).
-    seen: HashMap<u128, i64>,
+    seen: foldhash::HashMap<u128, i64>,
     seen_order: VecDeque<(i64, u128)>,
     hashers: (RandomState, RandomState),
     next_seq: u64,

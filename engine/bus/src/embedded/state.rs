@@ -7,7 +7,7 @@
 //! and every lock is free anyway. Lock expiry uses tokio's clock. Finished runs are kept up to
 //! [`FINISHED_RUNS_KEPT`], oldest forgotten first.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fs::File;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -48,10 +48,10 @@ enum Record {
 
 #[derive(Default)]
 struct State {
-    locks: HashMap<String, (String, Instant)>,
-    cooldowns: HashMap<String, Timestamp>,
-    runs_at: HashMap<String, Vec<Timestamp>>,
-    runs: HashMap<String, RunRecord>,
+    locks: foldhash::HashMap<String, (String, Instant)>,
+    cooldowns: foldhash::HashMap<String, Timestamp>,
+    runs_at: foldhash::HashMap<String, Vec<Timestamp>>,
+    runs: foldhash::HashMap<String, RunRecord>,
     finished_order: VecDeque<String>,
 }
 

@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use firebreak_audit::{Journal, RecordBody, RecordDraft, RunMeta};
+use firebreak_audit::{Journal, RecordBody, RecordDraft, RunMeta, RunStatus};
 use firebreak_bus::{Bus, Delivery, RunLeases, StateStore};
 use firebreak_event::{Event, KIND_UNPROCESSABLE, SOURCE_FIREBREAK};
 use firebreak_matcher::{Match, MatchError};
@@ -115,32 +115,106 @@ pub(crate) struct ActiveRun {
 /// and outcome with its duration when it ends (a run suspended for a shutdown only leaves
 /// the in-progress gauge).
 struct RunEnded {
-    runbook: String,
-    team: String,
+    handles: Arc<RunbookMetrics>,
+    in_progress: metrics::Gauge,
     started: std::time::Instant,
 }
 
 impl RunEnded {
-    fn begin(run: &ActiveRun) -> RunEnded {
-        metrics::gauge!("firebreak_runs_in_progress").increment(1.0);
+    fn begin(run: &ActiveRun, metrics: &RunMetrics) -> RunEnded {
+        let in_progress = metrics
+            .in_progress
+            .get_or_init(|| metrics::gauge!("firebreak_runs_in_progress"))
+            .clone();
+        in_progress.increment(1.0);
         RunEnded {
-            runbook: run.runbook.clone(),
-            team: run.team.clone(),
+            handles: metrics.of(&run.runbook, &run.team),
+            in_progress,
             started: std::time::Instant::now(),
         }
     }
 
     fn record(self, outcome: &firebreak_runtime::RunOutcome) {
-        metrics::gauge!("firebreak_runs_in_progress").decrement(1.0);
+        self.in_progress.decrement(1.0);
         if outcome.suspended {
             return;
         }
-        let status = outcome.status.to_string();
-        metrics::counter!("firebreak_runs_finished_total", "status" => status.clone()).increment(1);
-        metrics::counter!("firebreak_runs_total", "runbook" => self.runbook.clone(), "team" => self.team.clone(), "outcome" => status)
-            .increment(1);
-        metrics::histogram!("firebreak_run_duration_seconds", "runbook" => self.runbook)
+        let handles = &self.handles;
+        let (finished, total) = {
+            let mut outcomes = handles.outcomes.lock().expect("run metrics lock");
+            match outcomes
+                .iter()
+                .find(|(status, ..)| *status == outcome.status)
+            {
+                Some((_, finished, total)) => (finished.clone(), total.clone()),
+                None => {
+                    let status = outcome.status.to_string();
+                    let finished = metrics::counter!("firebreak_runs_finished_total", "status" => status.clone());
+                    let total = metrics::counter!("firebreak_runs_total", "runbook" => handles.runbook.clone(), "team" => handles.team.clone(), "outcome" => status);
+                    outcomes.push((outcome.status, finished.clone(), total.clone()));
+                    (finished, total)
+                }
+            }
+        };
+        finished.increment(1);
+        total.increment(1);
+        handles
+            .duration
             .record(self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// The handles of the metrics every run moves, each registered once: a `counter!` with
+/// labels builds its key, clones its labels and looks it up in the registry at every call
+/// (about 6,000 instructions a run for the ones a run moves). Kept by the dispatcher, so a
+/// handle is made only once the engine's recorder is installed.
+#[derive(Default)]
+pub(crate) struct RunMetrics {
+    in_progress: std::sync::OnceLock<metrics::Gauge>,
+    started: std::sync::OnceLock<metrics::Counter>,
+    lag: std::sync::OnceLock<metrics::Histogram>,
+    /// `firebreak_events_consumed_total` by source.
+    consumed: Mutex<foldhash::HashMap<String, metrics::Counter>>,
+    /// By runbook, then team.
+    runbooks: Mutex<foldhash::HashMap<String, foldhash::HashMap<String, Arc<RunbookMetrics>>>>,
+}
+
+/// One runbook's (and team's) run metrics; its outcomes' counters are made as they happen.
+struct RunbookMetrics {
+    runbook: String,
+    team: String,
+    duration: metrics::Histogram,
+    outcomes: Mutex<Vec<(RunStatus, metrics::Counter, metrics::Counter)>>,
+}
+
+impl RunMetrics {
+    fn of(&self, runbook: &str, team: &str) -> Arc<RunbookMetrics> {
+        let mut runbooks = self.runbooks.lock().expect("run metrics lock");
+        if let Some(handles) = runbooks.get(runbook).and_then(|teams| teams.get(team)) {
+            return handles.clone();
+        }
+        let handles = Arc::new(RunbookMetrics {
+            runbook: runbook.to_owned(),
+            team: team.to_owned(),
+            duration: metrics::histogram!("firebreak_run_duration_seconds", "runbook" => runbook.to_owned()),
+            outcomes: Mutex::default(),
+        });
+        runbooks
+            .entry(runbook.to_owned())
+            .or_default()
+            .insert(team.to_owned(), handles.clone());
+        handles
+    }
+
+    fn consumed(&self, source: &str) -> metrics::Counter {
+        let mut consumed = self.consumed.lock().expect("run metrics lock");
+        if let Some(counter) = consumed.get(source) {
+            return counter.clone();
+        }
+        let counter =
+            metrics::counter!("firebreak_events_consumed_total", "source" => source.to_owned());
+        consumed.insert(source.to_owned(), counter.clone());
+        counter
     }
 }
 
@@ -176,6 +250,8 @@ pub struct Dispatcher {
     pub(crate) leases: Option<Arc<dyn RunLeases>>,
     /// Failed trigger authentications since the last summary, by runbook.
     unauthenticated: Mutex<BTreeMap<String, u64>>,
+    /// The handles of the metrics every delivery and run moves.
+    metrics: RunMetrics,
 }
 
 impl Dispatcher {
@@ -202,6 +278,7 @@ impl Dispatcher {
             starting: Mutex::default(),
             leases: None,
             unauthenticated: Mutex::default(),
+            metrics: RunMetrics::default(),
         }
     }
 
@@ -240,10 +317,12 @@ impl Dispatcher {
     /// joined is journaled, naks otherwise.
     pub async fn handle(self: Arc<Self>, delivery: Delivery) {
         let event = delivery.event.clone();
-        metrics::counter!("firebreak_events_consumed_total", "source" => event.source.clone())
-            .increment(1);
+        self.metrics.consumed(&event.source).increment(1);
         let lag = jiff::Timestamp::now().duration_since(delivery.published);
-        metrics::histogram!("firebreak_bus_lag_seconds").record(lag.as_secs_f64().max(0.0));
+        self.metrics
+            .lag
+            .get_or_init(|| metrics::histogram!("firebreak_bus_lag_seconds"))
+            .record(lag.as_secs_f64().max(0.0));
         if delivery.attempt > 1 {
             metrics::counter!("firebreak_bus_redeliveries_total").increment(1);
         }
@@ -574,7 +653,10 @@ impl Dispatcher {
             interactive: false,
         };
         let handle = self.runner.start(plan).await?;
-        metrics::counter!("firebreak_runs_started_total").increment(1);
+        self.metrics
+            .started
+            .get_or_init(|| metrics::counter!("firebreak_runs_started_total"))
+            .increment(1);
         if !dry_run && manifest.budget.is_some() {
             self.state.record_run(key, jiff::Timestamp::now()).await?;
         }
@@ -602,7 +684,7 @@ impl Dispatcher {
         cooldown: Duration,
     ) {
         let run_id = handle.run_id().to_owned();
-        let ended = RunEnded::begin(&run);
+        let ended = RunEnded::begin(&run, &self.metrics);
         let released = run.released.clone();
         let script_ended = run.ended.clone();
         self.active
@@ -993,7 +1075,7 @@ impl Dispatcher {
     /// [`Dispatcher::track`] for a run journaled before runs recorded their lock key.
     fn track_unkeyed(&self, handle: firebreak_runtime::RunHandle, run: ActiveRun) {
         let run_id = handle.run_id().to_owned();
-        let ended = RunEnded::begin(&run);
+        let ended = RunEnded::begin(&run, &self.metrics);
         let released = run.released.clone();
         let script_ended = run.ended.clone();
         self.active
@@ -1215,4 +1297,71 @@ fn actor_of(event: &Event) -> String {
         .manual_request()
         .map(|(_, _, actor)| actor.to_string())
         .unwrap_or_else(|| event.source.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(status: RunStatus, suspended: bool) -> firebreak_runtime::RunOutcome {
+        firebreak_runtime::RunOutcome {
+            run_id: "r".into(),
+            status,
+            error: None,
+            steps: 1,
+            suspended,
+        }
+    }
+
+    fn ended(metrics: &RunMetrics, runbook: &str, team: &str) -> RunEnded {
+        let in_progress = metrics
+            .in_progress
+            .get_or_init(|| metrics::gauge!("firebreak_runs_in_progress"))
+            .clone();
+        in_progress.increment(1.0);
+        RunEnded {
+            handles: metrics.of(runbook, team),
+            in_progress,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Runs are counted by runbook, team and outcome through handles made once per runbook
+    /// and team (and outcome), as the labelled macros counted them at every run.
+    #[test]
+    fn run_metrics_are_counted_by_runbook_team_and_outcome_with_handles_made_once() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let metrics = RunMetrics::default();
+            assert!(Arc::ptr_eq(&metrics.of("a", "x"), &metrics.of("a", "x")));
+            assert!(!Arc::ptr_eq(&metrics.of("a", "x"), &metrics.of("a", "y")));
+            for status in [
+                RunStatus::Succeeded,
+                RunStatus::Succeeded,
+                RunStatus::Failed,
+            ] {
+                ended(&metrics, "a", "x").record(&outcome(status, false));
+            }
+            ended(&metrics, "b", "x").record(&outcome(RunStatus::Succeeded, false));
+            ended(&metrics, "b", "x").record(&outcome(RunStatus::Succeeded, true));
+            let _running = ended(&metrics, "b", "x");
+            assert_eq!(metrics.of("a", "x").outcomes.lock().unwrap().len(), 2);
+            metrics.consumed("alertmanager").increment(2);
+            metrics.consumed("alertmanager").increment(1);
+        });
+        let text = handle.render();
+        for line in [
+            r#"firebreak_runs_total{runbook="a",team="x",outcome="succeeded"} 2"#,
+            r#"firebreak_runs_total{runbook="a",team="x",outcome="failed"} 1"#,
+            r#"firebreak_runs_total{runbook="b",team="x",outcome="succeeded"} 1"#,
+            r#"firebreak_runs_finished_total{status="succeeded"} 3"#,
+            r#"firebreak_runs_finished_total{status="failed"} 1"#,
+            r#"firebreak_run_duration_seconds_count{runbook="a"} 3"#,
+            "firebreak_runs_in_progress 1",
+            r#"firebreak_events_consumed_total{source="alertmanager"} 3"#,
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
+    }
 }

@@ -127,7 +127,12 @@ impl Fields<'_, '_> {
         let name = name.strip_prefix("r#").unwrap_or(name);
         self.pad();
         if self.result.is_ok() {
-            self.result = write!(self.out, "{name}={value:?}");
+            // The name as it is, then only the value through the formatting machinery.
+            self.result = self
+                .out
+                .write_str(name)
+                .and_then(|()| self.out.write_char('='))
+                .and_then(|()| write!(self.out, "{value:?}"));
         }
     }
 

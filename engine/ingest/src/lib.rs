@@ -126,5 +126,28 @@ pub fn router(state: IngestState) -> Router {
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
-        .with_state(state)
+        .with_state(Routes {
+            ingest: state,
+            meters: Arc::default(),
+        })
+}
+
+/// The routes' state: what the binary gave, and the handles of the metrics each request
+/// moves.
+#[derive(Clone)]
+struct Routes {
+    ingest: IngestState,
+    meters: Arc<handlers::Meters>,
+}
+
+impl axum::extract::FromRef<Routes> for IngestState {
+    fn from_ref(routes: &Routes) -> IngestState {
+        routes.ingest.clone()
+    }
+}
+
+impl axum::extract::FromRef<Routes> for Arc<handlers::Meters> {
+    fn from_ref(routes: &Routes) -> Arc<handlers::Meters> {
+        routes.meters.clone()
+    }
 }

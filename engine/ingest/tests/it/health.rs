@@ -59,6 +59,40 @@ async fn metrics_count_alerts_and_errors_in_prometheus_text() {
     ] {
         assert!(text.contains(metric), "{metric} missing from:\n{text}");
     }
+    // The counters move with every notification (their handles are registered once, at the
+    // first request of a router): other tests share the recorder, so at least by as much.
+    let before = (
+        sample(&text, "firebreak_ingest_alerts_received_total"),
+        sample(
+            &text,
+            "firebreak_ingest_events_published_total{source=\"alertmanager\"}",
+        ),
+    );
+    for _ in 0..3 {
+        let body = fixture("webhook-grouped-firing.json");
+        assert_eq!(server.post("/v1/alertmanager", None, body).await.0, 202);
+    }
+    let text = server.get("/metrics").await.text().await.unwrap();
+    let alerts =
+        serde_json::from_slice::<Value>(&fixture("webhook-grouped-firing.json")).unwrap()["alerts"]
+            .as_array()
+            .unwrap()
+            .len() as f64;
+    assert!(sample(&text, "firebreak_ingest_alerts_received_total") >= before.0 + 3.0 * alerts);
+    assert!(
+        sample(
+            &text,
+            "firebreak_ingest_events_published_total{source=\"alertmanager\"}"
+        ) >= before.1 + 3.0 * alerts
+    );
+}
+
+/// The value of the sample named `name` (with its labels) in Prometheus text.
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
 }
 
 #[tokio::test]

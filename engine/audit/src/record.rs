@@ -846,6 +846,10 @@ impl SecretScan {
 /// Most keys and most strings [`Clean`] keeps; past that it forgets them all at once.
 const CLEAN_KEPT: usize = 4096;
 
+/// Most bytes of keys and strings together [`Clean`] keeps (each thread that journals has
+/// one); past that it forgets them all at once.
+const CLEAN_BYTES: usize = 128 << 10;
+
 /// Longest key or string [`Clean`] keeps.
 const CLEAN_LONGEST: usize = 512;
 
@@ -862,6 +866,8 @@ thread_local! {
 struct Clean {
     keys: foldhash::HashSet<Box<str>>,
     texts: foldhash::HashSet<Box<str>>,
+    /// The bytes of both sets' entries.
+    bytes: usize,
 }
 
 impl Clean {
@@ -870,23 +876,32 @@ impl Clean {
             return false;
         }
         let secret = is_secret_key(key);
-        if !secret {
-            keep(&mut self.keys, key);
+        if !secret && self.room_for(key) {
+            self.keys.insert(key.into());
         }
         secret
     }
 
     fn keep_text(&mut self, text: &str) {
-        keep(&mut self.texts, text);
-    }
-}
-
-fn keep(set: &mut foldhash::HashSet<Box<str>>, text: &str) {
-    if text.len() <= CLEAN_LONGEST {
-        if set.len() >= CLEAN_KEPT {
-            *set = foldhash::HashSet::default();
+        if !self.texts.contains(text) && self.room_for(text) {
+            self.texts.insert(text.into());
         }
-        set.insert(text.into());
+    }
+
+    /// Whether `entry` may be kept: not too long; when either set or the bytes are full,
+    /// everything is forgotten first.
+    fn room_for(&mut self, entry: &str) -> bool {
+        if entry.len() > CLEAN_LONGEST {
+            return false;
+        }
+        if self.keys.len() >= CLEAN_KEPT
+            || self.texts.len() >= CLEAN_KEPT
+            || self.bytes + entry.len() > CLEAN_BYTES
+        {
+            *self = Clean::default();
+        }
+        self.bytes += entry.len();
+        true
     }
 }
 
@@ -1614,6 +1629,16 @@ mod tests {
             assert!(known.texts.len() <= CLEAN_KEPT && known.keys.len() <= CLEAN_KEPT);
             assert!(known.texts.contains(&*format!("text {}", CLEAN_KEPT + 9)));
         });
+        // And in bytes: long strings fill the budget before the count.
+        for i in 0..1_000 {
+            let mut value = json!({ "k": format!("{i:0>500}") });
+            redact_value(&mut value);
+            CLEAN.with_borrow(|known| {
+                let held: usize = known.keys.iter().chain(&known.texts).map(|e| e.len()).sum();
+                assert!(held == known.bytes && held <= CLEAN_BYTES, "{held} bytes");
+            });
+        }
+        CLEAN.with_borrow(|known| assert!(known.texts.contains(&*format!("{:0>500}", 999))));
     }
 
     /// The one search over all of a value's strings decides as the search string by string

@@ -122,13 +122,17 @@ struct RunEnded {
 
 impl RunEnded {
     fn begin(run: &ActiveRun, metrics: &RunMetrics) -> RunEnded {
+        RunEnded::of(&run.runbook, &run.team, metrics)
+    }
+
+    fn of(runbook: &str, team: &str, metrics: &RunMetrics) -> RunEnded {
         let in_progress = metrics
             .in_progress
             .get_or_init(|| metrics::gauge!("firebreak_runs_in_progress"))
             .clone();
         in_progress.increment(1.0);
         RunEnded {
-            handles: metrics.of(&run.runbook, &run.team),
+            handles: metrics.of(runbook, team),
             in_progress,
             started: std::time::Instant::now(),
         }
@@ -1313,19 +1317,6 @@ mod tests {
         }
     }
 
-    fn ended(metrics: &RunMetrics, runbook: &str, team: &str) -> RunEnded {
-        let in_progress = metrics
-            .in_progress
-            .get_or_init(|| metrics::gauge!("firebreak_runs_in_progress"))
-            .clone();
-        in_progress.increment(1.0);
-        RunEnded {
-            handles: metrics.of(runbook, team),
-            in_progress,
-            started: std::time::Instant::now(),
-        }
-    }
-
     /// Runs are counted by runbook, team and outcome through handles made once per runbook
     /// and team (and outcome), as the labelled macros counted them at every run.
     #[test]
@@ -1341,11 +1332,11 @@ mod tests {
                 RunStatus::Succeeded,
                 RunStatus::Failed,
             ] {
-                ended(&metrics, "a", "x").record(&outcome(status, false));
+                RunEnded::of("a", "x", &metrics).record(&outcome(status, false));
             }
-            ended(&metrics, "b", "x").record(&outcome(RunStatus::Succeeded, false));
-            ended(&metrics, "b", "x").record(&outcome(RunStatus::Succeeded, true));
-            let _running = ended(&metrics, "b", "x");
+            RunEnded::of("b", "x", &metrics).record(&outcome(RunStatus::Succeeded, false));
+            RunEnded::of("b", "x", &metrics).record(&outcome(RunStatus::Succeeded, true));
+            let _running = RunEnded::of("b", "x", &metrics);
             assert_eq!(metrics.of("a", "x").outcomes.lock().unwrap().len(), 2);
             metrics.consumed("alertmanager").increment(2);
             metrics.consumed("alertmanager").increment(1);

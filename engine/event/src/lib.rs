@@ -227,30 +227,43 @@ impl Event {
     /// the fields in the order [`Event`] declares them, each string through [`json::write_str`].
     fn write_json(&self, out: &mut Vec<u8>) {
         use std::io::Write as _;
+        // Every field, so that a new one cannot be missed.
+        let Event {
+            data,
+            fingerprint,
+            id,
+            namespace,
+            source,
+            subject,
+            time,
+            traceparent,
+            kind,
+            written: _,
+        } = self;
         out.extend_from_slice(b"{\"data\":");
-        json::write_value(out, &self.data);
-        if let Some(fingerprint) = &self.fingerprint {
+        json::write_value(out, data);
+        if let Some(fingerprint) = fingerprint {
             out.extend_from_slice(b",\"fingerprint\":");
             json::write_str(out, fingerprint);
         }
         out.extend_from_slice(b",\"id\":");
-        json::write_str(out, &self.id);
-        if let Some(namespace) = &self.namespace {
+        json::write_str(out, id);
+        if let Some(namespace) = namespace {
             out.extend_from_slice(b",\"namespace\":");
             json::write_str(out, namespace);
         }
         out.extend_from_slice(b",\"source\":");
-        json::write_str(out, &self.source);
+        json::write_str(out, source);
         out.extend_from_slice(b",\"subject\":");
-        json::write_str(out, &self.subject);
+        json::write_str(out, subject);
         // RFC 3339 in digits and punctuation: nothing to escape.
-        write!(out, ",\"time\":\"{}\"", self.time).expect("writing to a Vec cannot fail");
-        if let Some(traceparent) = &self.traceparent {
+        write!(out, ",\"time\":\"{time}\"").expect("writing to a Vec cannot fail");
+        if let Some(traceparent) = traceparent {
             out.extend_from_slice(b",\"traceparent\":");
             json::write_str(out, traceparent);
         }
         out.extend_from_slice(b",\"type\":");
-        json::write_str(out, &self.kind);
+        json::write_str(out, kind);
         out.push(b'}');
     }
 

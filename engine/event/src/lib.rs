@@ -240,30 +240,28 @@ impl Event {
             kind,
             written: _,
         } = self;
+        // `,"key":` and the string.
+        let text = |out: &mut Vec<u8>, key: &str, value: &str| {
+            out.extend_from_slice(key.as_bytes());
+            json::write_str(out, value);
+        };
         out.extend_from_slice(b"{\"data\":");
         json::write_value(out, data);
         if let Some(fingerprint) = fingerprint {
-            out.extend_from_slice(b",\"fingerprint\":");
-            json::write_str(out, fingerprint);
+            text(out, ",\"fingerprint\":", fingerprint);
         }
-        out.extend_from_slice(b",\"id\":");
-        json::write_str(out, id);
+        text(out, ",\"id\":", id);
         if let Some(namespace) = namespace {
-            out.extend_from_slice(b",\"namespace\":");
-            json::write_str(out, namespace);
+            text(out, ",\"namespace\":", namespace);
         }
-        out.extend_from_slice(b",\"source\":");
-        json::write_str(out, source);
-        out.extend_from_slice(b",\"subject\":");
-        json::write_str(out, subject);
+        text(out, ",\"source\":", source);
+        text(out, ",\"subject\":", subject);
         // RFC 3339 in digits and punctuation: nothing to escape.
         write!(out, ",\"time\":\"{time}\"").expect("writing to a Vec cannot fail");
         if let Some(traceparent) = traceparent {
-            out.extend_from_slice(b",\"traceparent\":");
-            json::write_str(out, traceparent);
+            text(out, ",\"traceparent\":", traceparent);
         }
-        out.extend_from_slice(b",\"type\":");
-        json::write_str(out, kind);
+        text(out, ",\"type\":", kind);
         out.push(b'}');
     }
 

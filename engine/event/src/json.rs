@@ -81,6 +81,17 @@ fn escape_each(out: &mut Vec<u8>, bytes: &[u8], copied: &mut usize, from: usize,
 /// Writes `value` as `serde_json::to_writer` does (maps in their iteration order: sorted, as
 /// serde_json's `Map` is without `preserve_order`).
 pub fn write_value(out: &mut Vec<u8>, value: &Value) {
+    write(out, value, false);
+}
+
+/// Writes `value` as [`write_value`] does, with every object's keys sorted bytewise whatever
+/// order its map keeps (serde_json's `preserve_order` may be on in another crate's build): the
+/// audit trail's canonical form.
+pub fn write_sorted(out: &mut Vec<u8>, value: &Value) {
+    write(out, value, true);
+}
+
+fn write(out: &mut Vec<u8>, value: &Value, sorted: bool) {
     match value {
         Value::Null => out.extend_from_slice(b"null"),
         Value::Bool(true) => out.extend_from_slice(b"true"),
@@ -95,23 +106,34 @@ pub fn write_value(out: &mut Vec<u8>, value: &Value) {
                 if i > 0 {
                     out.push(b',');
                 }
-                write_value(out, item);
+                write(out, item, sorted);
             }
             out.push(b']');
         }
-        Value::Object(map) => {
-            out.push(b'{');
-            for (i, (key, item)) in map.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_str(out, key);
-                out.push(b':');
-                write_value(out, item);
-            }
-            out.push(b'}');
+        Value::Object(map) if sorted => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            write_object(out, entries, sorted);
         }
+        Value::Object(map) => write_object(out, map, sorted),
     }
+}
+
+fn write_object<'a>(
+    out: &mut Vec<u8>,
+    entries: impl IntoIterator<Item = (&'a String, &'a Value)>,
+    sorted: bool,
+) {
+    out.push(b'{');
+    for (i, (key, item)) in entries.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_str(out, key);
+        out.push(b':');
+        write(out, item, sorted);
+    }
+    out.push(b'}');
 }
 
 #[cfg(test)]

@@ -1046,53 +1046,44 @@ async fn kv_put_json<T: Serialize>(
 pub const LOCK_GRACE: Duration = Duration::from_secs(3600);
 
 /// Purges every key of `store` whose last entry is a tombstone or whose value `live` says is
-/// dead, up to that entry.
+/// dead, up to that entry: one purge per key removed, from one listing of the keys' last
+/// entries (a key read again before its purge would double the requests, and the lock bucket
+/// holds a delete marker per run until this sweep).
 async fn sweep_bucket(store: &kv::Store, live: impl Fn(&[u8]) -> bool) -> Result<u64, BusError> {
-    use futures::TryStreamExt as _;
-    let unavailable = |what: &str, e: Cause| {
-        BusError::nats(
-            format!("sweep {}: {what}", store.name),
-            BusErrorKind::Unavailable,
-            e,
-        )
-    };
-    let mut subjects = store
-        .stream
-        .info_with_subjects(format!("{}>", store.prefix))
+    let what = format!("sweep {}", store.name);
+    // Purged as listed, so that the keys are not held: a key written again since its entry
+    // was listed keeps the newer entry (the purge stops at the listed one).
+    last_entries(store, &what)
+        .await?
+        .try_filter(|entry| {
+            std::future::ready(entry.operation != Operation::Put || !live(&entry.value))
+        })
+        .map_ok(|entry| {
+            let what = &what;
+            async move {
+                store
+                    .stream
+                    .purge()
+                    .filter(format!("{}{}", store.prefix, entry.key))
+                    .sequence(entry.revision + 1)
+                    .await
+                    .map_err(|e| {
+                        BusError::nats(
+                            format!("{what}: purge"),
+                            BusErrorKind::Unavailable,
+                            Box::new(e),
+                        )
+                    })
+            }
+        })
+        // Several in flight: one after the other, each waits a round trip.
+        .try_buffer_unordered(PURGES_IN_FLIGHT)
+        .try_fold(0, |purged, _| std::future::ready(Ok(purged + 1)))
         .await
-        .map_err(|e| unavailable("stream info", Box::new(e)))?;
-    let mut names = Vec::new();
-    while let Some((subject, _)) = subjects
-        .try_next()
-        .await
-        .map_err(|e| unavailable("subjects", Box::new(e)))?
-    {
-        names.push(subject);
-    }
-    let mut purged = 0;
-    for subject in names {
-        let Ok(last) = store
-            .stream
-            .direct_get_last_for_subject(subject.clone())
-            .await
-        else {
-            continue;
-        };
-        let tombstone = last.headers.get("KV-Operation").is_some();
-        if !tombstone && live(&last.payload) {
-            continue;
-        }
-        store
-            .stream
-            .purge()
-            .filter(subject)
-            .sequence(last.sequence + 1)
-            .await
-            .map_err(|e| unavailable("purge", Box::new(e)))?;
-        purged += 1;
-    }
-    Ok(purged)
 }
+
+/// Purges the sweep keeps in flight.
+const PURGES_IN_FLIGHT: usize = 64;
 
 impl NatsStateStore {
     /// Opens the five buckets, creating them if needed.
@@ -1863,7 +1854,7 @@ async fn read_subject(
     }
 }
 
-/// Bound on listing a bucket ([`list_bucket`]).
+/// How long a bucket's listing ([`last_entries`]) waits for its next entry.
 const LIST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Every live key of `store`: (key, revision, value), its newest entry a put. `what` names
@@ -1872,46 +1863,64 @@ async fn list_bucket(
     store: &kv::Store,
     what: &str,
 ) -> Result<Vec<(String, u64, bytes::Bytes)>, BusError> {
-    // Fresh stream info (a bound bucket's status is its info when bound): a watch of an empty
-    // bucket would wait for its first entry.
-    let info = store.stream.get_info().await.map_err(|e| kv_err(what, e))?;
-    if info.state.messages == 0 {
-        return Ok(Vec::new());
-    }
-    // The newest entry of every key, then stop once caught up (`delta` 0).
-    let mut watch = store
-        .watch_with_history(">")
-        .await
-        .map_err(|e| kv_err(what, e))?;
-    let mut live = std::collections::HashMap::new();
-    let listing = async {
-        while let Some(entry) = watch.next().await {
-            let entry = entry.map_err(|e| kv_err(what, e))?;
-            if entry.operation == Operation::Put {
-                live.insert(entry.key, (entry.revision, entry.value));
-            } else {
-                live.remove(&entry.key);
-            }
-            if entry.delta == 0 {
-                break;
-            }
-        }
-        Ok::<_, BusError>(())
-    };
-    match tokio::time::timeout(LIST_TIMEOUT, listing).await {
-        Ok(listed) => listed?,
-        Err(_) => {
-            return Err(BusError::nats(
-                what.to_owned(),
-                BusErrorKind::Unavailable,
-                "timed out",
-            ));
-        }
-    }
+    let live = last_entries(store, what)
+        .await?
+        .try_fold(
+            std::collections::HashMap::new(),
+            |mut live, entry| async move {
+                // A key written during the listing comes again, newer.
+                if entry.operation == Operation::Put {
+                    live.insert(entry.key, (entry.revision, entry.value));
+                } else {
+                    live.remove(&entry.key);
+                }
+                Ok(live)
+            },
+        )
+        .await?;
     Ok(live
         .into_iter()
         .map(|(key, (revision, value))| (key, revision, value))
         .collect())
+}
+
+/// The last entry of every key of `store`, delete markers included, as they come; `what` names
+/// the listing in errors. The wait for each entry is bounded, not the whole listing: a bucket
+/// of two million delete markers takes longer than [`LIST_TIMEOUT`] to list, and is listed
+/// all the same.
+async fn last_entries<'a>(
+    store: &'a kv::Store,
+    what: &'a str,
+) -> Result<BoxStream<'a, Result<kv::Entry, BusError>>, BusError> {
+    // Fresh stream info (a bound bucket's status is its info when bound): a watch of an empty
+    // bucket would wait for its first entry.
+    let info = store.stream.get_info().await.map_err(|e| kv_err(what, e))?;
+    if info.state.messages == 0 {
+        return Ok(futures::stream::empty().boxed());
+    }
+    // The newest entry of every key, then stop once caught up (`delta` 0).
+    let watch = store
+        .watch_with_history(">")
+        .await
+        .map_err(|e| kv_err(what, e))?;
+    Ok(
+        futures::stream::unfold(Some(watch), move |watch| async move {
+            let mut watch = watch?;
+            let entry = match tokio::time::timeout(LIST_TIMEOUT, watch.next()).await {
+                Err(_) => Err(BusError::nats(
+                    what.to_owned(),
+                    BusErrorKind::Unavailable,
+                    "timed out",
+                )),
+                Ok(None) => return None,
+                Ok(Some(entry)) => entry.map_err(|e| kv_err(what, e)),
+            };
+            // After an error or the last entry, nothing more.
+            let more = matches!(&entry, Ok(e) if e.delta > 0);
+            Some((entry, more.then_some(watch)))
+        })
+        .boxed(),
+    )
 }
 
 impl RunLeases for NatsStateStore {

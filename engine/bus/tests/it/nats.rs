@@ -517,6 +517,58 @@ async fn the_sweep_removes_released_locks_and_ended_cooldowns_and_keeps_the_rest
     assert_eq!(state.sweep(now).await.unwrap(), 0, "nothing left to sweep");
 }
 
+/// `in_msgs` of nats-server's `/varz` on monitoring port `port`: the messages its clients sent.
+fn messages_in(port: u16) -> u64 {
+    use std::io::{Read as _, Write as _};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("monitoring port");
+    conn.write_all(b"GET /varz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .expect("request /varz");
+    let mut response = String::new();
+    conn.read_to_string(&mut response).expect("read /varz");
+    let body = response.split_once("\r\n\r\n").expect("an HTTP response").1;
+    let varz: serde_json::Value = serde_json::from_str(body).expect("/varz is JSON");
+    varz["in_msgs"].as_u64().expect("in_msgs")
+}
+
+/// The sweep asks nats-server once per key it removes (a purge up to the entry it listed), not
+/// once to read the key's last entry and again to purge it: at 7,000 alerts/s a five-minute
+/// sweep meets two million released locks' delete markers.
+#[tokio::test]
+async fn the_sweep_sends_one_request_per_key_it_removes() {
+    let monitoring = firebreak_bus::port::free_loopback_port().expect("a port");
+    let server = NatsServer::start_with_config(&format!("http: \"127.0.0.1:{monitoring}\"\n"), &[])
+        .expect("nats-server");
+    let mut nats = Nats::on(server, NatsOptions::default());
+    let bus = nats.connect().await;
+    let state = bus.state_store().await.expect("state store");
+    let minute = Duration::from_secs(60);
+    const RELEASED: u64 = 300;
+    for i in 0..RELEASED {
+        let key = format!("rb/released-{i}");
+        assert!(state.try_lock(&key, "run", minute).await.unwrap());
+        assert!(state.unlock(&key, "run").await.unwrap());
+    }
+    assert!(state.try_lock("rb/held", "run", minute).await.unwrap());
+
+    let before = messages_in(monitoring);
+    assert_eq!(state.sweep(jiff::Timestamp::now()).await.unwrap(), RELEASED);
+    let sent = messages_in(monitoring) - before;
+    // The listings of the two buckets and their flow control: a handful of messages more.
+    assert!(
+        sent <= RELEASED + 20,
+        "the sweep sent {sent} messages to remove {RELEASED} keys"
+    );
+    assert_eq!(
+        keys_stored(&nats.server.url(), "firebreak_locks").await,
+        1,
+        "the held lock stays"
+    );
+    assert_eq!(
+        state.lock_holder("rb/held").await.unwrap().as_deref(),
+        Some("run")
+    );
+}
+
 /// A state store on `server` for replica `name` with run leases of `lease`.
 async fn replica_store(
     server: &NatsServer,

@@ -67,6 +67,10 @@ pub enum StartError {
         "the lock {key} is held by a run of this engine that is starting or ending; the event is retried"
     )]
     Busy { key: String },
+    #[error(
+        "the lock {key} is held by run {run_id} on another engine replica, which has not started it (yet); the event is retried"
+    )]
+    NotStartedElsewhere { key: String, run_id: String },
     #[error("the event could not be joined to run {run_id}: {source}")]
     Join {
         run_id: String,
@@ -387,6 +391,10 @@ impl Dispatcher {
             match result {
                 Ok(Started::Joined(run)) => joined.push(run),
                 Ok(_) => {}
+                Err(e @ StartError::NotStartedElsewhere { .. }) => {
+                    info!(event_id = %event.id, reason = %e, "event not handled yet; it will be redelivered");
+                    done = false;
+                }
                 Err(e) => {
                     error!(event_id = %event.id, error = %e, cause = ?std::error::Error::source(&e), "event not handled; it will be redelivered");
                     done = false;
@@ -501,6 +509,21 @@ impl Dispatcher {
             if let Some(starting) = starting {
                 wait_for_holder(&starting, &key).await?;
                 continue;
+            }
+            // On another replica, the run may be between its lock and its start, and never
+            // get further if that replica died there: the takeover then only frees the lock,
+            // for this event's redelivery to start the run. Skipped only for a run the audit
+            // stream shows started; else the event comes back later.
+            if let Some(leases) = &self.leases
+                && leases
+                    .run_lines(&holder, Some(&manifest.team))
+                    .await?
+                    .is_empty()
+            {
+                return Err(StartError::NotStartedElsewhere {
+                    key,
+                    run_id: holder,
+                });
             }
             let reason =
                 format!("a run for {key} is active (run {holder}, on another engine replica)");

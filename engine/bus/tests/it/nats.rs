@@ -1434,3 +1434,49 @@ async fn a_takeover_without_confirmation_gives_the_lease_up() {
     );
     assert!(y.take_over(&orphans[0], minute).await.unwrap());
 }
+
+/// The shared consumer's ack wait is the one the engine is configured with, also when an
+/// older engine created the consumer with another: a delivery a dead replica pulled comes
+/// to another replica after that long (with the run lease's, `serve` sets it to).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_consumer_takes_the_configured_ack_wait() {
+    let mut nats = Nats::new(Duration::from_secs(60));
+    let older = nats.connect().await;
+    drop(older.consume().await.expect("consume"));
+    let js = async_nats::jetstream::new(
+        async_nats::connect(nats.server.url())
+            .await
+            .expect("connect"),
+    );
+    let ack_wait = || async {
+        let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+            .get_stream("FIREBREAK_EVENTS")
+            .await
+            .expect("events stream")
+            .get_consumer("firebreak-engine")
+            .await
+            .expect("the shared consumer");
+        consumer
+            .info()
+            .await
+            .expect("consumer info")
+            .config
+            .ack_wait
+    };
+    assert_eq!(ack_wait().await, Duration::from_secs(60));
+
+    drop(older);
+    nats.opts.ack_wait = Duration::from_secs(3);
+    let bus = nats.connect().await;
+    let mut stream = bus.consume().await.expect("consume");
+    assert_eq!(ack_wait().await, Duration::from_secs(3));
+
+    // A delivery left unacked comes again after the new ack wait.
+    bus.publish(vec![event("pulled")]).await.unwrap();
+    let first = next(&mut stream).await;
+    let pulled = std::time::Instant::now();
+    let again = next(&mut stream).await;
+    assert_eq!((first.event.id.as_str(), again.attempt), ("pulled", 2));
+    assert!(pulled.elapsed() < Duration::from_secs(10));
+    again.ack().await.expect("ack");
+}

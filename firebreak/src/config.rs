@@ -115,9 +115,8 @@ pub struct NatsConfig {
     #[serde(default)]
     pub replica: Option<String>,
     /// How long a run lease lasts unless its replica renews it (every third of it): when a
-    /// replica dies, another takes its runs over this long after its last renewal, and gets the
-    /// events it had pulled and not yet started as long after it pulled them (the shared
-    /// consumer's ack wait). Default `15s`. `FIREBREAK_NATS_RUN_LEASE`.
+    /// replica dies, another takes its runs over this long after its last renewal. Default
+    /// `15s`. `FIREBREAK_NATS_RUN_LEASE`.
     #[serde(default)]
     pub run_lease: Option<String>,
 }
@@ -278,18 +277,6 @@ impl NatsConfig {
                 i64::try_from(m.saturating_mul(1 << 20)).unwrap_or(i64::MAX)
             })
         };
-        let run_lease = match &self.run_lease {
-            Some(text) => {
-                let lease = firebreak_matcher::parse_duration(text)
-                    .map_err(|e| anyhow::anyhow!("nats.run_lease: {e}"))?;
-                anyhow::ensure!(
-                    lease >= std::time::Duration::from_secs(1),
-                    "nats.run_lease is {text}: at least 1s (it is renewed every third of it)"
-                );
-                lease
-            }
-            None => firebreak_bus::NatsOptions::default().run_lease,
-        };
         Ok(firebreak_bus::NatsOptions {
             security: self.security()?,
             replicas: storage.replicas,
@@ -301,10 +288,18 @@ impl NatsConfig {
             },
             run_retention: duration("run_retention", &storage.run_retention)?,
             duplicate_window: duration("duplicate_window", &storage.duplicate_window)?,
-            run_lease,
-            // What a dead replica had pulled and not yet started goes to another replica as
-            // soon as its runs do.
-            ack_wait: run_lease,
+            run_lease: match &self.run_lease {
+                Some(text) => {
+                    let lease = firebreak_matcher::parse_duration(text)
+                        .map_err(|e| anyhow::anyhow!("nats.run_lease: {e}"))?;
+                    anyhow::ensure!(
+                        lease >= std::time::Duration::from_secs(1),
+                        "nats.run_lease is {text}: at least 1s (it is renewed every third of it)"
+                    );
+                    lease
+                }
+                None => firebreak_bus::NatsOptions::default().run_lease,
+            },
             replica: self.replica.clone(),
             ..firebreak_bus::NatsOptions::default()
         })
@@ -853,8 +848,6 @@ mod tests {
             (opts.run_lease.as_secs(), opts.replica.as_deref()),
             (30, Some("engine-0"))
         );
-        // The shared consumer's ack wait follows the lease.
-        assert_eq!(opts.ack_wait.as_secs(), 30);
         for (lease, says) in [
             ("500ms", "nats.run_lease is 500ms: at least 1s"),
             ("soon", "nats.run_lease:"),

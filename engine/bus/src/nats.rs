@@ -57,9 +57,7 @@ pub struct NatsOptions {
     pub audit_stream: String,
     /// The durable consumer every replica shares. Default `firebreak-engine`.
     pub consumer: String,
-    /// How long a delivery may stay unacked before redelivery: what a dead replica had pulled
-    /// comes to another after this long (a replica handling a delivery marks it in progress
-    /// every third of it). Default 15 s; `serve` sets it to the run lease.
+    /// How long a delivery may stay unacked before redelivery. Default 60 s.
     pub ack_wait: Duration,
     /// Deliveries before the server gives up on an event (-1: never). Default 20.
     pub max_deliver: i64,
@@ -99,7 +97,7 @@ impl Default for NatsOptions {
             events_stream: "FIREBREAK_EVENTS".into(),
             audit_stream: "FIREBREAK_AUDIT".into(),
             consumer: "firebreak-engine".into(),
-            ack_wait: Duration::from_secs(15),
+            ack_wait: Duration::from_secs(60),
             // Unlimited: an accepted event stays until it is acked. One that can never be
             // processed is parked in the audit journal and acked, not dropped by a counter.
             max_deliver: -1,
@@ -495,36 +493,27 @@ impl Setup {
     async fn events_consumer(&self) -> Result<consumer::Consumer<pull::Config>, BusError> {
         let stream = self.events_stream().await?;
         let name = &self.opts.consumer;
-        let config = pull::Config {
-            durable_name: Some(name.clone()),
-            description: Some("shared by every firebreak engine replica".into()),
-            ack_policy: AckPolicy::Explicit,
-            ack_wait: self.opts.ack_wait,
-            max_deliver: self.opts.max_deliver,
-            max_ack_pending: 20_000,
-            ..Default::default()
-        };
-        let failed = |e| {
-            BusError::nats(
-                format!("create consumer {name}"),
-                BusErrorKind::Unavailable,
-                e,
+        stream
+            .get_or_create_consumer(
+                name,
+                pull::Config {
+                    durable_name: Some(name.clone()),
+                    description: Some("shared by every firebreak engine replica".into()),
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait: self.opts.ack_wait,
+                    max_deliver: self.opts.max_deliver,
+                    max_ack_pending: 20_000,
+                    ..Default::default()
+                },
             )
-        };
-        let mut consumer = stream
-            .get_or_create_consumer(name, config.clone())
             .await
-            .map_err(|e| failed(Box::new(e)))?;
-        // One an engine with another ack wait created (an older default was 60 s): brought to
-        // this one's, so that what a dead replica pulled comes again when this engine expects.
-        if consumer.cached_info().config.ack_wait != self.opts.ack_wait {
-            info!(consumer = %name, from = ?consumer.cached_info().config.ack_wait, to = ?self.opts.ack_wait, "updating the shared consumer's ack wait");
-            consumer = stream
-                .create_consumer(config)
-                .await
-                .map_err(|e| failed(Box::new(e)))?;
-        }
-        Ok(consumer)
+            .map_err(|e| {
+                BusError::nats(
+                    format!("create consumer {name}"),
+                    BusErrorKind::Unavailable,
+                    e,
+                )
+            })
     }
 }
 

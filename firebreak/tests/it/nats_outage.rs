@@ -675,9 +675,8 @@ async fn a_replica_killed_under_load_loses_no_alert_and_runs_none_twice() {
         }
         n_of
     };
-    // Events the killed replica had pulled come again after the consumer's ack wait, which
-    // follows the run lease (2 s; with an ack wait of 60 s, one run in five waited that long).
-    let within = Duration::from_secs(30);
+    // Events the killed replica had pulled come again after the consumer's ack wait.
+    let within = firebreak_bus::NatsOptions::default().ack_wait + Duration::from_secs(30);
     let deadline = Instant::now() + within;
     let records = loop {
         let records = records().await;

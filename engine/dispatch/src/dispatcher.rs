@@ -79,6 +79,14 @@ pub enum StartError {
     },
 }
 
+/// What became of a delivery: acked, or sent back to come again (after the attempts' backoff,
+/// or no sooner than a given wait).
+enum Handled {
+    Done,
+    Retry,
+    RetryAfter(Duration),
+}
+
 /// A manifest's approval policy as a run journals it.
 pub fn approval_policy(
     manifest: &firebreak_matcher::Manifest,
@@ -336,20 +344,24 @@ impl Dispatcher {
         }
         let work = async {
             if event.source == SOURCE_FIREBREAK && event.kind == KIND_UNPROCESSABLE {
-                self.park(&event).await
+                if self.park(&event).await {
+                    Handled::Done
+                } else {
+                    Handled::Retry
+                }
             } else {
                 self.dispatch(&event, delivery.published).await
             }
         };
         // Boxed: passed by value, the work was kept twice in this future (5,032 bytes for each
         // delivery in flight; 376 with the work, 2,304, on the heap once).
-        let done = in_progress_while(&delivery, Box::pin(work)).await;
-        let settled = if done {
-            delivery.ack().await
-        } else {
-            // Backs off with the attempts, so a long outage (a full disk) is not hammered.
-            let delay = Duration::from_secs(u64::from(delivery.attempt.clamp(1, 30)));
-            delivery.nak(delay).await
+        let handled = in_progress_while(&delivery, Box::pin(work)).await;
+        // Backs off with the attempts, so a long outage (a full disk) is not hammered.
+        let backoff = Duration::from_secs(u64::from(delivery.attempt.clamp(1, 30)));
+        let settled = match handled {
+            Handled::Done => delivery.ack().await,
+            Handled::Retry => delivery.nak(backoff).await,
+            Handled::RetryAfter(wait) => delivery.nak(backoff.max(wait)).await,
         };
         if let Err(e) = settled {
             warn!(error = %e, "could not settle a delivery; it will be redelivered");
@@ -357,8 +369,9 @@ impl Dispatcher {
     }
 
     /// Joins and starts what the event asks for; whether all of it is journaled.
-    async fn dispatch(&self, event: &Arc<Event>, published: jiff::Timestamp) -> bool {
+    async fn dispatch(&self, event: &Arc<Event>, published: jiff::Timestamp) -> Handled {
         let mut done = true;
+        let mut retry_after = None;
         let mut joined: Vec<String> = Vec::new();
         if event.status() == "resolved"
             && let Some(fingerprint) = event.fingerprint.as_deref()
@@ -391,9 +404,14 @@ impl Dispatcher {
             match result {
                 Ok(Started::Joined(run)) => joined.push(run),
                 Ok(_) => {}
+                // Its holder starts the run, or its lock is freed once its lease ran out (its
+                // replica died): looking again sooner only adds load, and there is a storm of
+                // these when replicas are overloaded (redeliveries of events still waiting for
+                // a run slot where they are).
                 Err(e @ StartError::NotStartedElsewhere { .. }) => {
                     info!(event_id = %event.id, reason = %e, "event not handled yet; it will be redelivered");
                     done = false;
+                    retry_after = self.leases.as_ref().map(|l| l.lease());
                 }
                 Err(e) => {
                     error!(event_id = %event.id, error = %e, cause = ?std::error::Error::source(&e), "event not handled; it will be redelivered");
@@ -401,7 +419,11 @@ impl Dispatcher {
                 }
             }
         }
-        done
+        match (done, retry_after) {
+            (true, _) => Handled::Done,
+            (false, None) => Handled::Retry,
+            (false, Some(wait)) => Handled::RetryAfter(wait),
+        }
     }
 
     /// The runs here whose incident is `fingerprint`.

@@ -791,7 +791,7 @@ async fn a_replica_killed_under_load_loses_no_alert_and_runs_none_twice() {
 /// An alert whose incident's lock is held by a run another replica took the lock for but never
 /// started (it died in between: nothing of the run on the audit stream) is not skipped as
 /// "active elsewhere", which would lose it (the takeover only frees such a lock): it comes
-/// back, and runs once the lock is free.
+/// back, a lease later each time, and runs once the lock is free.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_alert_is_not_skipped_for_a_run_another_replica_never_started() {
     let nats = NatsServer::start().expect("nats-server -js");
@@ -801,7 +801,7 @@ async fn an_alert_is_not_skipped_for_a_run_another_replica_never_started() {
         ServeOpts {
             env: vec![
                 ("FIREBREAK_NATS_URL", nats.url()),
-                ("FIREBREAK_NATS_RUN_LEASE", "2s".into()),
+                ("FIREBREAK_NATS_RUN_LEASE", "4s".into()),
             ],
             ..ServeOpts::default()
         },
@@ -847,6 +847,18 @@ async fn an_alert_is_not_skipped_for_a_run_another_replica_never_started() {
         },
     )
     .await;
+    // It comes again no sooner than a lease later (the holder starts its run, or the takeover
+    // frees the lock, within about that): two looks in 6 s, not one per second of backoff.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let looks = serve
+        .log_lines()
+        .iter()
+        .filter(|l| l["fields"]["message"] == "event not handled yet; it will be redelivered")
+        .count();
+    assert!(
+        looks <= 2,
+        "{looks} looks at a lock held by a run not started"
+    );
     let journal = serve.journal();
     assert!(journal.runs_of("tick").is_empty(), "{}", journal.summary());
     let skipped: Vec<_> = journal

@@ -56,6 +56,11 @@ fn alert(n: u32) -> String {
 
 /// The `tick` runbook: one run per alert, keyed by its `n` label.
 fn tick_runbook(tmp: &tempfile::TempDir) -> std::path::PathBuf {
+    tick_runbook_with(tmp, "log(`tick ${ctx.params.n}`);\n")
+}
+
+/// The `tick` runbook with `script`.
+fn tick_runbook_with(tmp: &tempfile::TempDir, script: &str) -> std::path::PathBuf {
     let dir = tmp.path().join("runbooks");
     write_runbooks(
         &dir,
@@ -67,7 +72,7 @@ fn tick_runbook(tmp: &tempfile::TempDir) -> std::path::PathBuf {
                  params:\n  n: { from: label, key: n, type: string, required: true }\n\
                  concurrency: \"{{params.n}}\"\ntimeout: 30s\n",
             ),
-            ("tick.rhai", "log(`tick ${ctx.params.n}`);\n"),
+            ("tick.rhai", script),
         ],
     );
     dir
@@ -589,6 +594,23 @@ async fn audit_verify_waits_for_a_cluster_that_is_electing() {
     );
 }
 
+/// A replica on `nats` with the runbooks in `dir` and run leases of `lease`, connected.
+async fn replica_with_lease(dir: &std::path::Path, nats: &NatsServer, lease: &str) -> Serve {
+    let serve = Serve::start(
+        dir,
+        ServeOpts {
+            env: vec![
+                ("FIREBREAK_NATS_URL", nats.url()),
+                ("FIREBREAK_NATS_RUN_LEASE", lease.into()),
+            ],
+            ..ServeOpts::default()
+        },
+    )
+    .await;
+    connected(&serve).await;
+    serve
+}
+
 /// Replicas killed under load: three `serve` replicas on one nats-server share a bounded load
 /// (the posters spread over them) of alerts whose runs take half a second each. One replica is
 /// killed (SIGKILL) with runs in flight and events pulled but not yet handled; the load goes on
@@ -599,35 +621,10 @@ async fn audit_verify_waits_for_a_cluster_that_is_electing() {
 async fn a_replica_killed_under_load_loses_no_alert_and_runs_none_twice() {
     let nats = NatsServer::start().expect("nats-server -js");
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("runbooks");
-    write_runbooks(
-        &dir,
-        &[
-            (
-                "tick.yaml",
-                "name: tick\nteam: sre\ndescription: half a second per tick\nnamespaces: [shop]\n\
-                 triggers:\n  - source: alertmanager\n    status: firing\n    match: ['alertname=\"Tick\"']\n\
-                 params:\n  n: { from: label, key: n, type: string, required: true }\n\
-                 concurrency: \"{{params.n}}\"\ntimeout: 60s\n",
-            ),
-            ("tick.rhai", "sleep(500);\nlog(`tick ${ctx.params.n}`);\n"),
-        ],
-    );
+    let dir = tick_runbook_with(&tmp, "sleep(500);\nlog(`tick ${ctx.params.n}`);\n");
     let mut replicas = Vec::new();
     for _ in 0..3 {
-        let serve = Serve::start(
-            &dir,
-            ServeOpts {
-                env: vec![
-                    ("FIREBREAK_NATS_URL", nats.url()),
-                    ("FIREBREAK_NATS_RUN_LEASE", "2s".into()),
-                ],
-                ..ServeOpts::default()
-            },
-        )
-        .await;
-        connected(&serve).await;
-        replicas.push(serve);
+        replicas.push(replica_with_lease(&dir, &nats, "2s").await);
     }
     let load = Load::start_on(&replicas.iter().collect::<Vec<_>>());
     // The replica to kill has runs in flight (started, not finished) among many it ran.
@@ -796,18 +793,7 @@ async fn a_replica_killed_under_load_loses_no_alert_and_runs_none_twice() {
 async fn an_alert_is_not_skipped_for_a_run_another_replica_never_started() {
     let nats = NatsServer::start().expect("nats-server -js");
     let tmp = tempfile::tempdir().unwrap();
-    let serve = Serve::start(
-        &tick_runbook(&tmp),
-        ServeOpts {
-            env: vec![
-                ("FIREBREAK_NATS_URL", nats.url()),
-                ("FIREBREAK_NATS_RUN_LEASE", "4s".into()),
-            ],
-            ..ServeOpts::default()
-        },
-    )
-    .await;
-    connected(&serve).await;
+    let serve = replica_with_lease(&tick_runbook(&tmp), &nats, "4s").await;
     // A replica that took the incident's lock and died before it journaled the start.
     let ghost = firebreak_bus::NatsBus::connect(
         &nats.url(),

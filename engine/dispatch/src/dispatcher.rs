@@ -8,7 +8,9 @@
 //!    [`Dispatcher::start`] with key `<runbook>/<concurrency key>`:
 //!    - take the key's lock. Held: the incident has a run already. A redelivery of that run's
 //!      own message is dropped; another event is *joined* to the run (journaled in its trail)
-//!      or, when the run is elsewhere, journaled as skipped naming it;
+//!      or, when the run is elsewhere and the audit stream shows it started, journaled as
+//!      skipped naming it (one not started there yet sends the event back for later: its
+//!      replica may have died between the lock and the start);
 //!    - holding the lock, look in the journal: a run of this runbook for this very message
 //!      (started after the bus accepted it) means a redelivery after a lost ack; skip. Taking
 //!      the lock first makes "this message started this runbook" one decision: a second
@@ -368,7 +370,8 @@ impl Dispatcher {
         }
     }
 
-    /// Joins and starts what the event asks for; whether all of it is journaled.
+    /// Joins and starts what the event asks for: `Done` once all of it is journaled, else when
+    /// to look again.
     async fn dispatch(&self, event: &Arc<Event>, published: jiff::Timestamp) -> Handled {
         let mut done = true;
         let mut retry_after = None;

@@ -286,4 +286,12 @@ impl RunLeases for DeferredNats {
     ) -> BoxFuture<'_, Result<Vec<bytes::Bytes>, BusError>> {
         forward!(self.state().run_lines(run_id, team))
     }
+
+    fn has_run_records(
+        &self,
+        run_id: &str,
+        team: Option<&str>,
+    ) -> BoxFuture<'_, Result<bool, BusError>> {
+        forward!(self.state().has_run_records(run_id, team))
+    }
 }

@@ -1854,6 +1854,31 @@ async fn read_subject(
     }
 }
 
+/// Whether `stream` holds a message on `subject` (a literal subject or a wildcard), from the
+/// stream's index of subjects: no message is read.
+async fn holds_subject(js: &Context, stream: &str, subject: &str) -> Result<bool, BusError> {
+    let unavailable = |e: Cause| {
+        BusError::nats(
+            format!("look up {subject} in stream {stream}"),
+            BusErrorKind::Unavailable,
+            e,
+        )
+    };
+    let stream = js
+        .get_stream_no_info(stream)
+        .await
+        .map_err(|e| unavailable(Box::new(e)))?;
+    let mut subjects = stream
+        .info_with_subjects(subject)
+        .await
+        .map_err(|e| unavailable(Box::new(e)))?;
+    Ok(subjects
+        .try_next()
+        .await
+        .map_err(|e| unavailable(Box::new(e)))?
+        .is_some())
+}
+
 /// How long a bucket's listing ([`last_entries`]) waits for its next entry.
 const LIST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -2093,13 +2118,31 @@ impl RunLeases for NatsStateStore {
         let own = team.map(|team| audit_run_subject(team, run_id));
         let any = format!("firebreak.audit.*.{}", audit_token(run_id));
         Box::pin(async move {
-            if let Some(own) = own {
-                let lines = read_subject(&self.js, &self.audit_stream, &own).await?;
-                if !lines.is_empty() {
-                    return Ok(lines);
+            // A subject the stream does not hold is read through every block of it (nats-server
+            // 2.9 loads each block's subjects to look): its index says so first.
+            for subject in own.iter().chain([&any]) {
+                if holds_subject(&self.js, &self.audit_stream, subject).await? {
+                    return read_subject(&self.js, &self.audit_stream, subject).await;
                 }
             }
-            read_subject(&self.js, &self.audit_stream, &any).await
+            Ok(Vec::new())
+        })
+    }
+
+    fn has_run_records(
+        &self,
+        run_id: &str,
+        team: Option<&str>,
+    ) -> BoxFuture<'_, Result<bool, BusError>> {
+        let own = team.map(|team| audit_run_subject(team, run_id));
+        let any = format!("firebreak.audit.*.{}", audit_token(run_id));
+        Box::pin(async move {
+            for subject in own.iter().chain([&any]) {
+                if holds_subject(&self.js, &self.audit_stream, subject).await? {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
         })
     }
 

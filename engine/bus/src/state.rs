@@ -158,6 +158,20 @@ pub trait RunLeases: Send + Sync {
         team: Option<&str>,
     ) -> BoxFuture<'_, Result<Vec<bytes::Bytes>, BusError>>;
 
+    /// Whether the audit stream holds anything of run `run_id` (looked up as [`run_lines`]
+    /// does, `team` first): whether the run started. Reads no line where the store can tell
+    /// from its index.
+    ///
+    /// [`run_lines`]: RunLeases::run_lines
+    fn has_run_records(
+        &self,
+        run_id: &str,
+        team: Option<&str>,
+    ) -> BoxFuture<'_, Result<bool, BusError>> {
+        let lines = self.run_lines(run_id, team);
+        Box::pin(async move { Ok(!lines.await?.is_empty()) })
+    }
+
     /// The decision stored under `key`, if one is (see [`Decision`]).
     fn decision(&self, key: &str) -> BoxFuture<'_, Result<Option<Decision>, BusError>>;
 

@@ -540,10 +540,9 @@ impl Dispatcher {
             // for this event's redelivery to start the run. Skipped only for a run the audit
             // stream shows started; else the event comes back later.
             if let Some(leases) = &self.leases
-                && leases
-                    .run_lines(&holder, Some(&manifest.team))
+                && !leases
+                    .has_run_records(&holder, Some(&manifest.team))
                     .await?
-                    .is_empty()
             {
                 return Err(StartError::NotStartedElsewhere {
                     key,

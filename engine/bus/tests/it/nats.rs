@@ -1047,7 +1047,7 @@ async fn a_replica_whose_heartbeat_ended_beats_again_before_it_takes_a_lock() {
 }
 
 /// A run's journal lines come back from the audit stream in the order they were published,
-/// and only that run's.
+/// and only that run's; whether it has any is told without reading them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runs_journal_lines_are_read_back_from_the_audit_stream() {
     use firebreak_bus::{AuditMessage, RunLeases};
@@ -1100,6 +1100,21 @@ async fn a_runs_journal_lines_are_read_back_from_the_audit_stream() {
         lines,
         [bytes::Bytes::from_static(b"{\"run\":\"r-10\",\"n\":1}\n")]
     );
+    // Whether a run has records: from the stream's index of subjects, under any team.
+    for (run, team, has) in [
+        ("r-1", Some("team-a"), true),
+        ("r-1", Some("team-z"), true),
+        ("r-1", None, true),
+        ("r-10", Some("team.b"), true),
+        ("r-3", Some("team-a"), false),
+        ("r-3", None, false),
+    ] {
+        assert_eq!(
+            store.has_run_records(run, team).await.unwrap(),
+            has,
+            "{run} {team:?}"
+        );
+    }
 }
 
 /// A run's `once` decision is shared: the first replica to decide wins, every replica reads

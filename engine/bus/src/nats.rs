@@ -1948,6 +1948,28 @@ async fn last_entries<'a>(
     )
 }
 
+impl NatsStateStore {
+    /// The audit stream's subject holding run `run_id`'s lines: its team's with `team`, else
+    /// (or when that one holds nothing: the runbook changed teams since) the one under any
+    /// team, found through the stream's index of subjects. `None`: nothing of the run there.
+    async fn run_subject(
+        &self,
+        run_id: &str,
+        team: Option<&str>,
+    ) -> Result<Option<String>, BusError> {
+        let own = team.map(|team| audit_run_subject(team, run_id));
+        let any = format!("firebreak.audit.*.{}", audit_token(run_id));
+        // A subject the stream does not hold is read through every block of it (nats-server
+        // 2.9 loads each block's subjects to look): its index says so first.
+        for subject in own.into_iter().chain([any]) {
+            if holds_subject(&self.js, &self.audit_stream, &subject).await? {
+                return Ok(Some(subject));
+            }
+        }
+        Ok(None)
+    }
+}
+
 impl RunLeases for NatsStateStore {
     fn replica(&self) -> &str {
         self.replica.as_ref().map_or("", |(name, _)| name.as_str())
@@ -2115,17 +2137,12 @@ impl RunLeases for NatsStateStore {
         // nats-server match every subject it holds, for every message read (two replicas took
         // 11 runs over in 30 s on a stream of 30,000 runs that way; README, "Replicas take over
         // each other's runs").
-        let own = team.map(|team| audit_run_subject(team, run_id));
-        let any = format!("firebreak.audit.*.{}", audit_token(run_id));
+        let (run_id, team) = (run_id.to_owned(), team.map(str::to_owned));
         Box::pin(async move {
-            // A subject the stream does not hold is read through every block of it (nats-server
-            // 2.9 loads each block's subjects to look): its index says so first.
-            for subject in own.iter().chain([&any]) {
-                if holds_subject(&self.js, &self.audit_stream, subject).await? {
-                    return read_subject(&self.js, &self.audit_stream, subject).await;
-                }
+            match self.run_subject(&run_id, team.as_deref()).await? {
+                Some(subject) => read_subject(&self.js, &self.audit_stream, &subject).await,
+                None => Ok(Vec::new()),
             }
-            Ok(Vec::new())
         })
     }
 
@@ -2134,16 +2151,8 @@ impl RunLeases for NatsStateStore {
         run_id: &str,
         team: Option<&str>,
     ) -> BoxFuture<'_, Result<bool, BusError>> {
-        let own = team.map(|team| audit_run_subject(team, run_id));
-        let any = format!("firebreak.audit.*.{}", audit_token(run_id));
-        Box::pin(async move {
-            for subject in own.iter().chain([&any]) {
-                if holds_subject(&self.js, &self.audit_stream, subject).await? {
-                    return Ok(true);
-                }
-            }
-            Ok(false)
-        })
+        let (run_id, team) = (run_id.to_owned(), team.map(str::to_owned));
+        Box::pin(async move { Ok(self.run_subject(&run_id, team.as_deref()).await?.is_some()) })
     }
 
     fn decision(&self, key: &str) -> BoxFuture<'_, Result<Option<Decision>, BusError>> {

@@ -12,7 +12,9 @@
 //!
 //! `publish` sends every event first and then awaits every PubAck (pipelined). While the client
 //! is not connected it fails at once with [`BusError::NotConnected`], so ingest answers 503 and
-//! the sender retries. The client reconnects by itself; the consumer stream rides through it.
+//! the sender retries. So do a delivery's acks and naks (the server delivers it again after
+//! the ack wait) and a stopping replica's last heartbeat (it runs out on its own): queued in
+//! the client until it reconnects, they held a stop with NATS down past its grace period. The client reconnects by itself; the consumer stream rides through it.
 //!
 //! Start at [`NatsBus::connect`].
 
@@ -125,6 +127,29 @@ pub struct NatsBus {
     closed: CancellationToken,
     /// What this process published, until its own consumer is handed it (not decoded again).
     own: Arc<OwnEvents>,
+    disconnects: Disconnects,
+}
+
+/// How many times the client lost its connection: a wait for an answer the lost connection
+/// was to carry (a PubAck) ends with it, not at its timeout. The server sends an answer on the
+/// connection the request came on; with that one gone, the publish is retried (its message id
+/// keeps the stream from storing it twice).
+#[derive(Clone)]
+struct Disconnects(tokio::sync::watch::Receiver<u64>);
+
+impl Disconnects {
+    fn seen(&self) -> u64 {
+        *self.0.borrow()
+    }
+
+    /// Resolves once the connection is lost after `seen` (at once if it already was).
+    async fn since(&self, seen: u64) {
+        let mut changes = self.0.clone();
+        if changes.wait_for(|n| *n != seen).await.is_err() {
+            // The client is gone; its own errors end the wait.
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// Creates (or finds) the streams and the shared consumer. Kept apart from [`NatsBus`] so a
@@ -265,6 +290,8 @@ impl NatsBus {
     /// refuses the credentials; once connected, the client reconnects by itself forever.
     pub async fn connect(url: &str, opts: NatsOptions) -> Result<NatsBus, BusError> {
         let method = opts.security.auth.method();
+        let (lost, disconnects) = tokio::sync::watch::channel(0u64);
+        let lost = Arc::new(lost);
         let client = opts
             .security
             .apply(async_nats::ConnectOptions::new())
@@ -279,16 +306,24 @@ impl NatsBus {
             .reconnect_delay_callback(|attempts| {
                 Duration::from_millis((attempts as u64 * 100).min(1000))
             })
-            .event_callback(|event| async move {
-                match event {
-                    async_nats::Event::Connected => info!("nats connected"),
-                    async_nats::Event::Disconnected => warn!("nats disconnected"),
-                    // A permissions violation (a subject the user may not use) or a refused
-                    // reconnect: the server says what it refused; the request waiting for an
-                    // answer only times out.
-                    async_nats::Event::ServerError(e) => error!(error = %e, "nats server error"),
-                    async_nats::Event::ClientError(e) => warn!(error = %e, "nats client error"),
-                    other => debug!(event = %other, "nats event"),
+            .event_callback(move |event| {
+                let lost = lost.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => info!("nats connected"),
+                        async_nats::Event::Disconnected => {
+                            lost.send_modify(|n| *n += 1);
+                            warn!("nats disconnected");
+                        }
+                        // A permissions violation (a subject the user may not use) or a refused
+                        // reconnect: the server says what it refused; the request waiting for an
+                        // answer only times out.
+                        async_nats::Event::ServerError(e) => {
+                            error!(error = %e, "nats server error")
+                        }
+                        async_nats::Event::ClientError(e) => warn!(error = %e, "nats client error"),
+                        other => debug!(event = %other, "nats event"),
+                    }
                 }
             })
             // A cluster's servers, comma-separated; the client also learns the others from
@@ -323,6 +358,7 @@ impl NatsBus {
             setup,
             closed: CancellationToken::new(),
             own: Arc::default(),
+            disconnects: Disconnects(disconnects),
         };
         Ok(bus)
     }
@@ -573,6 +609,7 @@ impl NatsBus {
         for (event, payload) in events.iter().zip(&payloads) {
             self.own.keep(event.clone(), payload.clone());
         }
+        let seen = self.disconnects.seen();
         let sent = async {
             let mut acks = Vec::with_capacity(events.len());
             for (event, payload) in events.iter().zip(payloads) {
@@ -596,8 +633,14 @@ impl NatsBus {
                 })?;
             }
             Ok(())
-        }
-        .await;
+        };
+        let sent = tokio::select! {
+            biased;
+            sent = sent => sent,
+            () = self.disconnects.since(seen) => Err(BusError::NotConnected {
+                url: self.url.clone(),
+            }),
+        };
         if sent.is_err() {
             self.own.forget(events.iter().map(|e| e.id.as_str()));
         }
@@ -636,6 +679,7 @@ impl Bus for NatsBus {
     ) -> BoxFuture<'_, Result<crate::AuditStored, BusError>> {
         Box::pin(async move {
             self.check_connected()?;
+            let seen = self.disconnects.seen();
             let mut acks = Vec::with_capacity(records.len());
             for record in records {
                 let ack = self
@@ -650,13 +694,21 @@ impl Bus for NatsBus {
                     .map_err(|e| BusError::nats("publish audit", publish_kind(e.kind()), e))?;
                 acks.push(ack);
             }
+            let (disconnects, url) = (self.disconnects.clone(), self.url.clone());
             Ok(Box::pin(async move {
-                for ack in acks {
-                    ack.await.map_err(|e| {
-                        BusError::nats("publish audit ack", publish_kind(e.kind()), e)
-                    })?;
+                let acked = async {
+                    for ack in acks {
+                        ack.await.map_err(|e| {
+                            BusError::nats("publish audit ack", publish_kind(e.kind()), e)
+                        })?;
+                    }
+                    Ok(())
+                };
+                tokio::select! {
+                    biased;
+                    acked = acked => acked,
+                    () = disconnects.since(seen) => Err(BusError::NotConnected { url }),
                 }
-                Ok(())
             }) as crate::AuditStored)
         })
     }
@@ -670,7 +722,12 @@ impl Bus for NatsBus {
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             self.closed.cancel();
-            // Bounded: with the server gone a flush would wait for the reconnect.
+            if self.client.connection_state() != State::Connected {
+                // A flush would wait for a reconnect; the process is on its way out.
+                warn!("nats is not connected at close; acks not yet sent mean redeliveries");
+                return;
+            }
+            // Bounded: with the server gone (not noticed yet) a flush waits for the reconnect.
             let timeout = self.setup.opts.request_timeout;
             match tokio::time::timeout(timeout, self.client.flush()).await {
                 Ok(Ok(())) => {}
@@ -840,9 +897,26 @@ impl NatsAck {
         })
     }
 
+    /// Fails at once while the client is not connected. It would queue the ack until it
+    /// reconnects, and once its queue is full, hold the caller there: a stop with NATS down
+    /// waited on the naks of its suspended runs until killed. An ack that cannot reach the
+    /// server now is not needed: the server delivers the message again after its ack wait.
+    fn connected(&self, op: &'static str) -> Result<async_nats::Subject, BusError> {
+        let reply = self.reply(op)?;
+        if self.client.connection_state() == State::Connected {
+            Ok(reply)
+        } else {
+            Err(BusError::nats(
+                op,
+                BusErrorKind::Transient,
+                "nats is not connected",
+            ))
+        }
+    }
+
     async fn send(&self, op: &'static str, kind: AckKind) -> Result<(), BusError> {
         self.client
-            .publish(self.reply(op)?, kind.into())
+            .publish(self.connected(op)?, kind.into())
             .await
             .map_err(|e| BusError::nats(op, BusErrorKind::Transient, e))
     }
@@ -853,7 +927,7 @@ impl AckHandle for NatsAck {
         // Double ack: Ok only once the server confirmed, so an acked run is not redelivered.
         Box::pin(async move {
             self.client
-                .request(self.reply("ack")?, AckKind::Ack.into())
+                .request(self.connected("ack")?, AckKind::Ack.into())
                 .await
                 .map(drop)
                 .map_err(|e| BusError::nats("ack", BusErrorKind::Transient, e))
@@ -2093,7 +2167,18 @@ impl RunLeases for NatsStateStore {
     }
 
     fn leave(&self) -> BoxFuture<'_, Result<(), BusError>> {
-        Box::pin(async move { self.write_beat(Some(0)).await })
+        Box::pin(async move {
+            // A stopping replica with NATS down: the write would only wait out its timeout
+            // while the stop's grace period runs; the heartbeat runs out on its own.
+            if self.js.client().connection_state() != State::Connected {
+                return Err(BusError::nats(
+                    "leave",
+                    BusErrorKind::Transient,
+                    "nats is not connected",
+                ));
+            }
+            self.write_beat(Some(0)).await
+        })
     }
 
     fn take_over(&self, orphan: &Orphan, ttl: Duration) -> BoxFuture<'_, Result<bool, BusError>> {

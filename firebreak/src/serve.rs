@@ -8,7 +8,7 @@
 //! Shutdown ([`Engine::stop`]): the ingest stops taking requests, the dispatcher stops taking
 //! deliveries, running scripts finish the step in flight and stop before the next one without
 //! journaling an end, so the next start resumes them; then the bus is closed. Nothing acked
-//! is left unjournaled.
+//! is left unjournaled. A stop takes at most [`STOP_WITHIN`], NATS down or not.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -34,6 +34,11 @@ use crate::config::Config;
 
 /// How long a graceful stop waits for steps in flight (Kubernetes' default grace is 30 s).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+/// How long a whole stop may take, the wait for steps included: inside Kubernetes' 30 s
+/// grace, with room for the runtime's own shutdown. What is not done by then is left as a
+/// crash leaves it (the journal is durable; the next start or another replica resumes).
+const STOP_WITHIN: Duration = Duration::from_secs(25);
 
 /// How often the runbook folder is checked for changes.
 const RELOAD_EVERY: Duration = Duration::from_secs(1);
@@ -267,6 +272,7 @@ impl Engine {
             journal = journal.with_mirror(Arc::new(BusMirror {
                 bus: bus.clone(),
                 replica: nats.replica().to_owned(),
+                stopping: shutdown.clone(),
             }));
         }
         let journal = Arc::new(journal);
@@ -426,9 +432,22 @@ impl Engine {
         self.shutdown.clone()
     }
 
-    /// Graceful stop; see the module docs for the order.
+    /// Graceful stop; see the module docs for the order. Bounded by [`STOP_WITHIN`].
     pub async fn stop(self) -> Result<()> {
         self.shutdown.cancel();
+        if tokio::time::timeout(STOP_WITHIN, self.stop_in_order())
+            .await
+            .is_err()
+        {
+            warn!(
+                within_secs = STOP_WITHIN.as_secs(),
+                "the stop did not finish in time; what is left is resumed as after a crash"
+            );
+        }
+        Ok(())
+    }
+
+    async fn stop_in_order(self) {
         // 1. no new requests or deliveries
         let _ = self.http.await;
         let _ = self.consumer.await;
@@ -458,7 +477,6 @@ impl Engine {
         }
         // 5. flush the bus's pending acks and release its files
         self.dispatcher.bus.close().await;
-        Ok(())
     }
 
     /// Runs `fut` on the engine's background tracker (stopped by [`Engine::stop`]).
@@ -705,6 +723,9 @@ struct BusMirror {
     bus: Arc<dyn Bus>,
     /// This replica's name: its journal's own records go on a subject of its own.
     replica: String,
+    /// Cancelled when the engine stops: from then on a publish NATS refuses is not retried
+    /// (see [`Retry::after`]).
+    stopping: CancellationToken,
 }
 
 /// Most bytes of journal lines in one audit message (NATS' default max payload is 1 MiB).
@@ -784,7 +805,7 @@ impl AuditMirror for BusMirror {
             // later ones may already be on their way (only then can the stream's order differ
             // from the journal's).
             let deadline = tokio::time::Instant::now() + MIRROR_RETRY_FOR;
-            let mut retry = Retry::new(deadline, first_seq);
+            let mut retry = Retry::new(deadline, first_seq, self.stopping.clone());
             let stored = loop {
                 match self.bus.publish_audit(batch.clone()).await {
                     Ok(stored) => break stored,
@@ -809,32 +830,43 @@ impl AuditMirror for BusMirror {
     }
 }
 
-/// The mirror's retries of one batch: a growing delay, up to a deadline.
+/// The mirror's retries of one batch: a growing delay, up to a deadline, and none once the
+/// engine stops.
 struct Retry {
     deadline: tokio::time::Instant,
     delay: Duration,
     first_seq: u64,
+    stopping: CancellationToken,
 }
 
 impl Retry {
-    fn new(deadline: tokio::time::Instant, first_seq: u64) -> Retry {
+    fn new(deadline: tokio::time::Instant, first_seq: u64, stopping: CancellationToken) -> Retry {
         Retry {
             deadline,
             delay: Duration::from_millis(50),
             first_seq,
+            stopping,
         }
     }
 
-    /// Waits before the next try after `e`, or gives up (a permanent error, or past the
-    /// deadline) with what the journal reports.
+    /// Waits before the next try after `e`, or gives up with what the journal reports: on a
+    /// permanent error, past the deadline, or once the engine stops. A stopping engine has a
+    /// grace period to keep (Kubernetes' 30 s), and the journal's batches wait for the mirror
+    /// one after another: retried for [`MIRROR_RETRY_FOR`] each, a stop with NATS down took
+    /// minutes. The records are durable in the journal whether or not the stream took them;
+    /// their runs are suspended and resume from the journal at the next start.
     async fn after(&mut self, e: firebreak_bus::BusError) -> Result<(), (u64, String)> {
         if e.kind() == firebreak_bus::BusErrorKind::Permanent
+            || self.stopping.is_cancelled()
             || tokio::time::Instant::now() + self.delay >= self.deadline
         {
             return Err((self.first_seq, e.to_string()));
         }
         warn!(error = %e, seq = self.first_seq, "audit mirror unavailable; retrying");
-        tokio::time::sleep(self.delay).await;
+        tokio::select! {
+            () = tokio::time::sleep(self.delay) => {}
+            () = self.stopping.cancelled() => return Err((self.first_seq, e.to_string())),
+        }
         self.delay = (self.delay * 2).min(Duration::from_secs(1));
         Ok(())
     }

@@ -864,3 +864,47 @@ async fn an_alert_is_not_skipped_for_a_run_another_replica_never_started() {
     assert_eq!(journal.finished("tick")[0].status(), Some("succeeded"));
     assert_eq!(journal.runs_of("tick").len(), 1);
 }
+
+/// A replica told to stop (SIGTERM) the moment nats-server dies, with runs whose records wait
+/// for the audit stream and starts in flight: it exits well within Kubernetes' 30 s grace,
+/// not after the audit mirror's retries (30 s for each batch, one batch after another: a
+/// minute and more). The records it could not mirror are in its journal: once nats-server and
+/// the replica are back, every alert answered 2xx has run, none twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_stopped_while_nats_is_down_exits_within_the_grace_period() {
+    let mut nats = NatsServer::start().expect("nats-server -js");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tick_runbook_with(&tmp, "sleep(300);\nlog(`tick ${ctx.params.n}`);\n");
+    let mut serve = replica_with_lease(&dir, &nats, "15s").await;
+    let load = Load::start(&serve);
+    serve
+        .wait_journal("runs before the outage", Duration::from_secs(30), |j| {
+            j.finished("tick").len() >= 40
+        })
+        .await;
+    load.stop.store(true, Ordering::SeqCst);
+    nats.kill();
+    // The runs in their sleep wake up to journal their step; the mirror cannot take it.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let stopping = Instant::now();
+    let code = serve.terminate().await;
+    let took = stopping.elapsed();
+    eprintln!(
+        "stopped {:.2} s after SIGTERM with nats-server down",
+        took.as_secs_f64()
+    );
+    assert_eq!(code, Some(0), "{}", serve.log_tail());
+    // About 5 s: requests in flight as the connection went wait out their timeout.
+    assert!(
+        took < Duration::from_secs(15),
+        "a stop with NATS down took {took:?}\n{}",
+        serve.log_tail()
+    );
+
+    let posts = load.finish().await;
+    nats.restart()
+        .expect("nats-server restarts on the same port and store");
+    serve.restart().await;
+    connected(&serve).await;
+    every_accepted_alert_ran_once(&serve, &posts, "stopped with NATS down").await;
+}

@@ -269,10 +269,16 @@ impl Engine {
 
         let mut journal = crate::audit_cmd::open_journal(cfg)?;
         if let Some(nats) = &deferred {
+            let catch_up = CatchUp {
+                nats: nats.clone(),
+                reader: journal.reader(),
+                upto: journal.opened_at(),
+            };
             journal = journal.with_mirror(Arc::new(BusMirror {
                 bus: bus.clone(),
                 replica: nats.replica().to_owned(),
                 stopping: shutdown.clone(),
+                catch_up: tokio::sync::Mutex::new(Some(catch_up)),
             }));
         }
         let journal = Arc::new(journal);
@@ -351,6 +357,17 @@ impl Engine {
         background.spawn(checkpoint_journal(journal.clone(), shutdown.clone()));
         if let Some(nats) = nats {
             background.spawn(sweep_buckets(nats.clone(), shutdown.clone()));
+            {
+                // The opening checkpoint to the stream once NATS is there, and with it what
+                // an earlier engine's mirror gave up on (see `CatchUp`), appends or not.
+                let (nats, journal) = (nats.clone(), journal.clone());
+                background.spawn(async move {
+                    nats.connected().await;
+                    if let Err(e) = journal.settled().await {
+                        warn!(error = %e, "the journal's opening did not reach the audit stream; the next append takes it");
+                    }
+                });
+            }
             let dispatcher = dispatcher.clone();
             let shutdown = shutdown.clone();
             // Leases are kept once NATS is there (the resume above takes them first).
@@ -726,6 +743,9 @@ struct BusMirror {
     /// Cancelled when the engine stops: from then on a publish NATS refuses is not retried
     /// (see [`Retry::after`]).
     stopping: CancellationToken,
+    /// What an earlier engine's mirror gave up on, sent before anything else ([`CatchUp`]);
+    /// `None` once done.
+    catch_up: tokio::sync::Mutex<Option<CatchUp>>,
 }
 
 /// Most bytes of journal lines in one audit message (NATS' default max payload is 1 MiB).
@@ -806,6 +826,18 @@ impl AuditMirror for BusMirror {
             // from the journal's).
             let deadline = tokio::time::Instant::now() + MIRROR_RETRY_FOR;
             let mut retry = Retry::new(deadline, first_seq, self.stopping.clone());
+            {
+                let mut catch_up = self.catch_up.lock().await;
+                if let Some(pending) = catch_up.as_ref() {
+                    loop {
+                        match pending.run(self).await {
+                            Ok(()) => break,
+                            Err(e) => retry.after(e).await?,
+                        }
+                    }
+                    *catch_up = None;
+                }
+            }
             let stored = loop {
                 match self.bus.publish_audit(batch.clone()).await {
                     Ok(stored) => break stored,
@@ -827,6 +859,122 @@ impl AuditMirror for BusMirror {
                 }
             }) as firebreak_audit::MirrorStored)
         })
+    }
+}
+
+/// Most records the catch-up reads and sends at a time.
+const CATCH_UP_CHUNK: usize = 1024;
+
+/// The records of this replica's journal the audit stream never took, sent by the mirror
+/// before its first batch (so a run's records reach the stream in journal order, and a
+/// takeover reading them back finds its last step last): those after the newest checkpoint of
+/// this journal the stream holds, up to where this engine opened the journal.
+///
+/// The mirror gives a batch up when NATS stays away (a stop while NATS is down: at once; a
+/// running engine: after [`MIRROR_RETRY_FOR`]). The records are in the journal; without
+/// this they were missing from the stream for good (`audit verify --stream` showed the
+/// journal as two chains). Records after that checkpoint the stream did take are sent again:
+/// the stream may keep both copies (past its duplicate window), and whoever reads it counts
+/// a record once. A journal the stream holds no checkpoint of was never mirrored (NATS
+/// configured from this start on): nothing is sent.
+struct CatchUp {
+    nats: Arc<DeferredNats>,
+    reader: firebreak_audit::JournalReader,
+    /// The journal's first record of this engine: the catch-up ends before it.
+    upto: u64,
+}
+
+impl CatchUp {
+    /// Sends what the stream lacks; an error only when NATS did not answer (retried).
+    async fn run(&self, mirror: &BusMirror) -> Result<(), firebreak_bus::BusError> {
+        let subject = firebreak_bus::nats::checkpoint_subject(&mirror.replica);
+        let Some(newest) = self.nats.last_audit_message(&subject).await? else {
+            return Ok(());
+        };
+        // The message holds the checkpoint's line (and any journal record after it in its
+        // batch).
+        let Some(held) = newest
+            .split(|b| *b == b'\n')
+            .filter_map(|line| serde_json::from_slice::<Record>(line).ok())
+            .map(|r| r.seq)
+            .max()
+        else {
+            warn!(
+                subject,
+                "this journal's newest checkpoint on the audit stream does not parse; not catching the stream up"
+            );
+            return Ok(());
+        };
+        let upto = self.upto;
+        if held + 1 >= upto {
+            return Ok(());
+        }
+        let mut records = match self.reader.iter_from(held + 1) {
+            Ok(records) => records,
+            Err(e) => {
+                warn!(error = %e, "cannot read the journal to catch the audit stream up");
+                return Ok(());
+            }
+        };
+        let mut sent = 0;
+        loop {
+            // Off the runtime: a chunk of lines from the journal's files.
+            let read = tokio::task::spawn_blocking(move || {
+                let mut chunk: Vec<Record> = Vec::new();
+                let mut lines = Vec::new();
+                while chunk.len() < CATCH_UP_CHUNK {
+                    match records.next_with_line() {
+                        None => break,
+                        Some(Err(e)) => return (records, Err(e)),
+                        Some(Ok((record, _))) if record.seq <= held => {}
+                        Some(Ok((record, _))) if record.seq >= upto => break,
+                        Some(Ok((record, line))) => {
+                            chunk.push(record);
+                            lines.extend_from_slice(&line);
+                        }
+                    }
+                }
+                (records, Ok((chunk, lines)))
+            })
+            .await;
+            let (rest, chunk) = match read {
+                Ok(read) => read,
+                Err(e) => {
+                    warn!(error = %e, "the audit catch-up's read of the journal failed");
+                    return Ok(());
+                }
+            };
+            records = rest;
+            let (chunk, lines) = match chunk {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    warn!(error = %e, "cannot read the journal to catch the audit stream up");
+                    return Ok(());
+                }
+            };
+            let Some(last) = chunk.last().map(|r| r.seq) else {
+                break;
+            };
+            let lines = bytes::Bytes::from(lines);
+            let batch: Vec<AuditMessage> = BusMirror::messages(&mirror.replica, &chunk, &lines)
+                .into_iter()
+                .map(|(_, m)| m)
+                .collect();
+            mirror.bus.publish_audit(batch).await?.await?;
+            sent += chunk.len();
+            if last + 1 >= upto {
+                break;
+            }
+        }
+        if sent > 0 {
+            info!(
+                sent,
+                from = held + 1,
+                to = upto - 1,
+                "caught the audit stream up: it now holds the records an earlier engine's mirror gave up on"
+            );
+        }
+        Ok(())
     }
 }
 

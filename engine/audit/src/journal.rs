@@ -998,8 +998,13 @@ impl Shared {
     /// A reader of each segment's committed bytes (all of a sealed one, the synced records of
     /// the active one), oldest first.
     fn committed(&self) -> Result<Vec<(PathBuf, io::Take<ReadAt>)>, AuditError> {
+        self.committed_from(0)
+    }
+
+    /// [`Self::committed`] without the sealed segments that end before `seq`.
+    fn committed_from(&self, seq: u64) -> Result<Vec<(PathBuf, io::Take<ReadAt>)>, AuditError> {
         let mut out = Vec::new();
-        for (path, file, limit) in self.snapshot() {
+        for (path, file, limit) in self.snapshot_from(seq) {
             let len = match limit {
                 Some(limit) => limit,
                 None => match file.metadata() {
@@ -1013,14 +1018,20 @@ impl Shared {
     }
 
     /// Every segment's read handle with the bytes to read of it (the active one: committed
-    /// bytes only), oldest first.
-    fn snapshot(&self) -> Vec<(PathBuf, Arc<File>, Option<u64>)> {
+    /// bytes only), oldest first, from the segment that holds `seq` on (0: all of them).
+    fn snapshot_from(&self, seq: u64) -> Vec<(PathBuf, Arc<File>, Option<u64>)> {
         let segments = self.segments.read().expect("segments lock poisoned");
         let last = segments.files.len() - 1;
         segments
             .files
             .iter()
             .enumerate()
+            .filter(|(i, _)| {
+                segments
+                    .files
+                    .get(i + 1)
+                    .is_none_or(|next| next.first_seq > seq)
+            })
             .map(|(i, s)| {
                 let limit = (i == last).then_some(segments.committed);
                 (s.path.clone(), s.file.clone(), limit)
@@ -1259,6 +1270,17 @@ impl JournalReader {
         })
     }
 
+    /// Committed records from the segment that holds `seq` on (records before `seq` in that
+    /// segment included: skip them by their seq), without reading the sealed segments before.
+    pub fn iter_from(&self, seq: u64) -> Result<RecordIter, AuditError> {
+        Ok(RecordIter {
+            files: self.shared.committed_from(seq)?.into(),
+            reader: None,
+            line: 0,
+            buf: Vec::new(),
+        })
+    }
+
     /// Writes every committed record of every segment as JSONL, byte for byte as journaled,
     /// so the export verifies like the journal itself.
     pub fn export(&self, mut writer: impl Write) -> Result<u64, AuditError> {
@@ -1293,10 +1315,16 @@ pub struct RecordIter {
     buf: Vec<u8>,
 }
 
-impl Iterator for RecordIter {
-    type Item = Result<Record, AuditError>;
+impl RecordIter {
+    /// The next record with its line as journaled (the newline included): the bytes its hash
+    /// covers, as a mirror publishes them.
+    pub fn next_with_line(&mut self) -> Option<Result<(Record, Vec<u8>), AuditError>> {
+        self.advance()
+            .map(|record| record.map(|record| (record, self.buf.clone())))
+    }
 
-    fn next(&mut self) -> Option<Self::Item> {
+    /// Reads and parses the next line, leaving it in `buf`.
+    fn advance(&mut self) -> Option<Result<Record, AuditError>> {
         loop {
             if self.reader.is_none() {
                 let (path, file) = self.files.pop_front()?;
@@ -1325,6 +1353,14 @@ impl Iterator for RecordIter {
                 }
             }
         }
+    }
+}
+
+impl Iterator for RecordIter {
+    type Item = Result<Record, AuditError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.advance()
     }
 }
 
@@ -1431,6 +1467,9 @@ pub struct Journal {
     /// Records `open` wrote itself (the opening checkpoint, a relink notice) and their lines,
     /// for a mirror to publish before anything else.
     opening: Option<(Vec<Record>, Vec<u8>)>,
+    /// The seq of the first record this opening wrote or writes: before it, the journal as
+    /// earlier engines left it.
+    opened_at: u64,
     /// Held for the journal's life: one writer per journal.
     _lock: File,
 }
@@ -1552,6 +1591,7 @@ impl Journal {
         // The opening checkpoint (and the relink notice): before any other append, so a
         // record after a stop's checkpoint is always this engine's.
         let mut opening = None;
+        let opened_at = tail.next_seq;
         if let Some(signer) = &options.signing_key {
             let mut buf = Vec::new();
             let mut records = vec![seal_checkpoint(signer, false, &mut tail, &mut buf)];
@@ -1603,6 +1643,7 @@ impl Journal {
             writer: Some(writer),
             mirrored: false,
             opening,
+            opened_at,
             _lock: lock,
         })
     }
@@ -1622,6 +1663,12 @@ impl Journal {
         *self.reader.shared.mirror.lock().expect("mirror lock") = Some(tx);
         self.mirrored = true;
         self
+    }
+
+    /// The seq of the first record this engine's opening of the journal wrote (or writes):
+    /// every record before it was there when it opened.
+    pub fn opened_at(&self) -> u64 {
+        self.opened_at
     }
 
     /// Appends one record and returns it sealed, once it is durable (and mirrored).

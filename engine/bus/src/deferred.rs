@@ -112,6 +112,15 @@ impl DeferredNats {
         }
     }
 
+    /// The newest message the audit stream holds on `subject` (see
+    /// [`NatsBus::last_audit_message`]).
+    pub async fn last_audit_message(
+        &self,
+        subject: &str,
+    ) -> Result<Option<bytes::Bytes>, BusError> {
+        self.bus()?.last_audit_message(subject).await
+    }
+
     fn bus(&self) -> Result<&NatsBus, BusError> {
         self.inner
             .get()

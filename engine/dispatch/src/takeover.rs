@@ -301,6 +301,9 @@ impl Dispatcher {
             .await
             .map_err(|e| e.to_string())?;
         let mut records = Vec::new();
+        // A record the stream holds twice (a batch the mirror sent again, or the catch-up of
+        // records an earlier engine's mirror gave up on) counts once.
+        let mut seen = std::collections::HashSet::new();
         for message in &messages {
             for line in message.split_inclusive(|b| *b == b'\n') {
                 let line = line.strip_suffix(b"\n").unwrap_or(line);
@@ -309,7 +312,7 @@ impl Dispatcher {
                 }
                 let record = firebreak_audit::read_line(line)
                     .map_err(|p| format!("a record of run {run_id} on the audit stream: {p}"))?;
-                if record.run_id == run_id {
+                if record.run_id == run_id && seen.insert(record.hash.clone()) {
                     records.push(record);
                 }
             }

@@ -907,4 +907,37 @@ async fn a_replica_stopped_while_nats_is_down_exits_within_the_grace_period() {
     serve.restart().await;
     connected(&serve).await;
     every_accepted_alert_ran_once(&serve, &posts, "stopped with NATS down").await;
+    // What the mirror gave up on at the stop reached the audit stream after the restart: the
+    // stream holds the replica's journal as one chain from its first record, not two with the
+    // stop's records missing between them.
+    let last_seq = serve.journal().records.last().unwrap()["seq"]
+        .as_u64()
+        .unwrap();
+    let mut central = None;
+    for _ in 0..40 {
+        let verified = serve
+            .cli(&["audit", "verify", "--stream"])
+            .await
+            .ok("audit verify --stream");
+        let chain = verified
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("journal: seq 1–"))
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|last| last.parse::<u64>().ok());
+        let whole = verified.stdout.starts_with("ok: ")
+            && verified.stdout.contains("from 1 journal(s)")
+            && chain.is_some_and(|last| last >= last_seq);
+        central = Some((whole, verified));
+        if whole {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (whole, central) = central.unwrap();
+    assert!(
+        whole,
+        "the journal ends at seq {last_seq}; the stream should hold it as one chain from seq 1 \
+         to there: {central}"
+    );
 }

@@ -320,3 +320,57 @@ async fn the_index_keeps_open_and_recent_runs_and_finds_older_ones_on_disk() {
     // A reader of the files (`firebreak audit list`) still lists the whole history.
     assert_eq!(JournalReader::open(&path).unwrap().runs().len(), 201);
 }
+
+/// A read from a seq on opens only the segment that holds it and those after (the mirror's
+/// catch-up reads a journal's tail), and gives each record with its line byte for byte as
+/// journaled; a reopened journal says where its own records begin.
+#[tokio::test]
+async fn a_read_from_a_seq_skips_the_segments_before_and_gives_the_lines_as_journaled() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let journal = Journal::open_with(&path, options(dir.path())).unwrap();
+    assert_eq!(
+        journal.opened_at(),
+        1,
+        "a new journal's opening checkpoint is its first"
+    );
+    for i in 0..60 {
+        journal
+            .append_all(run_drafts(&format!("r{i}")))
+            .await
+            .unwrap();
+    }
+    let mut export = Vec::new();
+    journal.export(&mut export).unwrap();
+    let lines: Vec<&[u8]> = export.split_inclusive(|b| *b == b'\n').collect();
+    let last = lines.len() as u64;
+    assert!(last > 200, "{last} records");
+
+    let from = last - 30;
+    let mut read = journal.reader().iter_from(from).unwrap();
+    let mut got = Vec::new();
+    while let Some(next) = read.next_with_line() {
+        got.push(next.unwrap());
+    }
+    // Only the tail's segments: the records before `from` in them, not the whole journal.
+    let first = got[0].0.seq;
+    assert!(first <= from && first > 1, "read from seq {first}");
+    assert!(
+        got.len() < 200,
+        "read {} records for the last 31",
+        got.len()
+    );
+    for (record, line) in &got {
+        assert_eq!(
+            line.as_slice(),
+            lines[record.seq as usize - 1],
+            "seq {}",
+            record.seq
+        );
+    }
+    assert_eq!(got.last().unwrap().0.seq, last);
+    drop(journal);
+
+    let journal = Journal::open_with(&path, options(dir.path())).unwrap();
+    assert_eq!(journal.opened_at(), last + 1);
+}

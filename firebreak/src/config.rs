@@ -71,6 +71,7 @@ pub struct AuditConfig {
 /// `FIREBREAK_NATS_NKEY` (the seed), `FIREBREAK_NATS_NKEY_FILE`, `FIREBREAK_NATS_CREDS`,
 /// `FIREBREAK_NATS_TLS_CA`, `FIREBREAK_NATS_TLS_CERT`, `FIREBREAK_NATS_TLS_KEY`,
 /// `FIREBREAK_NATS_TLS_REQUIRED`, `FIREBREAK_NATS_RUN_LEASE`, `FIREBREAK_NATS_DUPLICATE_WINDOW`,
+/// `FIREBREAK_NATS_AUDIT_MIRROR_RETRY`,
 /// `FIREBREAK_REPLICA`. An empty variable unsets its key.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -119,6 +120,12 @@ pub struct NatsConfig {
     /// `15s`. `FIREBREAK_NATS_RUN_LEASE`.
     #[serde(default)]
     pub run_lease: Option<String>,
+    /// How long a journal append waits for the audit stream while NATS is unreachable before
+    /// it fails (and with it the step): the runs wait rather than fail through a short outage.
+    /// The records are in the journal either way and reach the stream once NATS is back.
+    /// Default `30s`. `FIREBREAK_NATS_AUDIT_MIRROR_RETRY`.
+    #[serde(default)]
+    pub audit_mirror_retry: Option<String>,
 }
 
 /// What firebreak asks JetStream to keep (it creates the streams and buckets with these, and
@@ -305,6 +312,18 @@ impl NatsConfig {
         })
     }
 
+    /// How long the audit mirror retries a batch while NATS is unreachable, if set
+    /// (`audit_mirror_retry`).
+    pub fn audit_mirror_retry(&self) -> Result<Option<std::time::Duration>> {
+        self.audit_mirror_retry
+            .as_deref()
+            .map(|text| {
+                firebreak_matcher::parse_duration(text)
+                    .map_err(|e| anyhow::anyhow!("nats.audit_mirror_retry: {e}"))
+            })
+            .transpose()
+    }
+
     /// The bus's security settings: [`NatsConfig::check`], then each secret read from its file.
     pub fn security(&self) -> Result<NatsSecurity> {
         self.check()?;
@@ -383,6 +402,9 @@ impl NatsConfig {
         }
         if let Some(v) = get("FIREBREAK_NATS_RUN_LEASE") {
             self.run_lease = text(v);
+        }
+        if let Some(v) = get("FIREBREAK_NATS_AUDIT_MIRROR_RETRY") {
+            self.audit_mirror_retry = text(v);
         }
         if let Some(v) = get("FIREBREAK_REPLICA") {
             self.replica = text(v);
@@ -863,6 +885,22 @@ mod tests {
                 .to_string();
             assert!(err.contains(says), "{lease}: {err}");
         }
+        let nats = cfg.nats.as_mut().unwrap();
+        assert_eq!(nats.audit_mirror_retry().unwrap(), None);
+        cfg.apply_env(|k| (k == "FIREBREAK_NATS_AUDIT_MIRROR_RETRY").then(|| "5s".into()))
+            .unwrap();
+        let nats = cfg.nats.as_ref().unwrap();
+        assert_eq!(
+            nats.audit_mirror_retry().unwrap(),
+            Some(std::time::Duration::from_secs(5))
+        );
+        cfg.apply_env(|k| (k == "FIREBREAK_NATS_AUDIT_MIRROR_RETRY").then(|| "later".into()))
+            .unwrap();
+        let err = cfg.nats.as_ref().unwrap().audit_mirror_retry().unwrap_err();
+        assert!(
+            err.to_string().contains("nats.audit_mirror_retry:"),
+            "{err}"
+        );
     }
 
     #[test]

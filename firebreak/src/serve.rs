@@ -272,13 +272,19 @@ impl Engine {
             let catch_up = CatchUp {
                 nats: nats.clone(),
                 reader: journal.reader(),
-                upto: journal.opened_at(),
+                opening: tokio::sync::Mutex::new(Some(journal.opened_at())),
+                gap: Arc::default(),
             };
             journal = journal.with_mirror(Arc::new(BusMirror {
                 bus: bus.clone(),
                 replica: nats.replica().to_owned(),
                 stopping: shutdown.clone(),
-                catch_up: tokio::sync::Mutex::new(Some(catch_up)),
+                retry_for: match &cfg.nats {
+                    Some(nats) => nats.audit_mirror_retry()?,
+                    None => None,
+                }
+                .unwrap_or(MIRROR_RETRY_FOR),
+                catch_up,
             }));
         }
         let journal = Arc::new(journal);
@@ -743,9 +749,10 @@ struct BusMirror {
     /// Cancelled when the engine stops: from then on a publish NATS refuses is not retried
     /// (see [`Retry::after`]).
     stopping: CancellationToken,
-    /// What an earlier engine's mirror gave up on, sent before anything else ([`CatchUp`]);
-    /// `None` once done.
-    catch_up: tokio::sync::Mutex<Option<CatchUp>>,
+    /// How long a batch is retried while NATS is unreachable (`nats.audit_mirror_retry`).
+    retry_for: Duration,
+    /// What this mirror or an earlier engine's gave up on, sent before the next batch.
+    catch_up: CatchUp,
 }
 
 /// Most bytes of journal lines in one audit message (NATS' default max payload is 1 MiB).
@@ -819,38 +826,40 @@ impl AuditMirror for BusMirror {
             let batch: Vec<AuditMessage> = messages.into_iter().map(|(_, m)| m).collect();
             // The records are already durable in the journal file. While NATS is briefly
             // unreachable, retry (delaying the runs) rather than fail the steps; give up after
-            // MIRROR_RETRY_FOR so a lasting outage still fails loudly. A retry re-sends the
+            // `retry_for` so a lasting outage still fails loudly. A retry re-sends the
             // whole batch: message ids keep the stream from storing anything twice. Sending is
             // retried here, in journal order; a batch sent but not stored is sent again while
             // later ones may already be on their way (only then can the stream's order differ
             // from the journal's).
-            let deadline = tokio::time::Instant::now() + MIRROR_RETRY_FOR;
+            let deadline = tokio::time::Instant::now() + self.retry_for;
             let mut retry = Retry::new(deadline, first_seq, self.stopping.clone());
-            {
-                let mut catch_up = self.catch_up.lock().await;
-                if let Some(pending) = catch_up.as_ref() {
-                    loop {
-                        match pending.run(self).await {
-                            Ok(()) => break,
-                            Err(e) => retry.after(e).await?,
-                        }
-                    }
-                    *catch_up = None;
-                }
-            }
+            let given_up = |failed| {
+                self.catch_up.gave_up(first_seq);
+                failed
+            };
+            self.catch_up
+                .before(self, first_seq, &mut retry)
+                .await
+                .map_err(given_up)?;
             let stored = loop {
                 match self.bus.publish_audit(batch.clone()).await {
                     Ok(stored) => break stored,
-                    Err(e) => retry.after(e).await?,
+                    Err(e) => retry.after(e).await.map_err(given_up)?,
                 }
             };
             let bus = self.bus.clone();
+            let gap = self.catch_up.gap.clone();
             Ok(Box::pin(async move {
                 let mut stored = stored;
                 loop {
                     match stored.await {
                         Ok(()) => return Ok(()),
-                        Err(e) => retry.after(e).await?,
+                        Err(e) => {
+                            if let Err(failed) = retry.after(e).await {
+                                note_gap(&gap, first_seq);
+                                return Err(failed);
+                            }
+                        }
                     }
                     stored = match bus.publish_audit(batch.clone()).await {
                         Ok(stored) => stored,
@@ -866,27 +875,90 @@ impl AuditMirror for BusMirror {
 const CATCH_UP_CHUNK: usize = 1024;
 
 /// The records of this replica's journal the audit stream never took, sent by the mirror
-/// before its first batch (so a run's records reach the stream in journal order, and a
-/// takeover reading them back finds its last step last): those after the newest checkpoint of
-/// this journal the stream holds, up to where this engine opened the journal.
+/// before its next batch (so a run's records reach the stream in journal order, and a takeover
+/// reading them back finds its last step last).
 ///
-/// The mirror gives a batch up when NATS stays away (a stop while NATS is down: at once; a
-/// running engine: after [`MIRROR_RETRY_FOR`]). The records are in the journal; without
-/// this they were missing from the stream for good (`audit verify --stream` showed the
-/// journal as two chains). Records after that checkpoint the stream did take are sent again:
-/// the stream may keep both copies (past its duplicate window), and whoever reads it counts
-/// a record once. A journal the stream holds no checkpoint of was never mirrored (NATS
-/// configured from this start on): nothing is sent.
+/// The mirror gives a batch up when NATS stays away (after `nats.audit_mirror_retry`; at once once
+/// the engine stops). The records are in the journal; without this they were missing from the
+/// stream for good (`audit verify --stream` showed the journal as two chains). Two cases:
+/// - this mirror gave a batch up: before its next batch it sends the journal's records from
+///   the first one it gave up on;
+/// - an earlier engine's did (it stopped or died with NATS away): before the first batch, the
+///   records after the newest checkpoint of this journal the stream holds, up to where this
+///   engine opened the journal. A journal the stream holds no checkpoint of was never
+///   mirrored (NATS configured from this start on): nothing is sent.
+///
+/// Records in between that the stream did take are sent again: the stream may keep both
+/// copies (past its duplicate window); whoever reads it counts a record once (by hash).
 struct CatchUp {
     nats: Arc<DeferredNats>,
     reader: firebreak_audit::JournalReader,
-    /// The journal's first record of this engine: the catch-up ends before it.
-    upto: u64,
+    /// Until the first batch went: this engine's first record (the start's catch-up ends
+    /// before it). Also keeps catch-ups one at a time.
+    opening: tokio::sync::Mutex<Option<u64>>,
+    /// The first record of a batch given up on since the last catch-up.
+    gap: Arc<std::sync::Mutex<Option<u64>>>,
+}
+
+/// Keeps the earliest record of a batch the mirror gave up on.
+fn note_gap(gap: &std::sync::Mutex<Option<u64>>, seq: u64) {
+    let mut gap = gap.lock().unwrap_or_else(|p| p.into_inner());
+    *gap = Some(gap.map_or(seq, |from| from.min(seq)));
 }
 
 impl CatchUp {
-    /// Sends what the stream lacks; an error only when NATS did not answer (retried).
-    async fn run(&self, mirror: &BusMirror) -> Result<(), firebreak_bus::BusError> {
+    fn gave_up(&self, seq: u64) {
+        note_gap(&self.gap, seq);
+    }
+
+    /// Before the batch from `next`: what the stream lacks, retried like the batch.
+    async fn before(
+        &self,
+        mirror: &BusMirror,
+        next: u64,
+        retry: &mut Retry,
+    ) -> Result<(), (u64, String)> {
+        let mut opening = self.opening.lock().await;
+        if let Some(upto) = *opening {
+            loop {
+                match self.since_checkpoint(mirror, upto).await {
+                    Ok(()) => break,
+                    Err(e) => retry.after(e).await?,
+                }
+            }
+            *opening = None;
+        }
+        let gap = *self.gap.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(from) = gap.filter(|from| *from < next) {
+            loop {
+                match self.send(mirror, from, next).await {
+                    Ok(sent) => {
+                        info!(
+                            sent,
+                            from,
+                            to = next - 1,
+                            "caught the audit stream up: it now holds the records the mirror gave up on while NATS was away"
+                        );
+                        break;
+                    }
+                    Err(e) => retry.after(e).await?,
+                }
+            }
+            let mut gap = self.gap.lock().unwrap_or_else(|p| p.into_inner());
+            // Given up on again meanwhile (a batch in flight): from there next time.
+            if *gap == Some(from) {
+                *gap = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// What an earlier engine's mirror gave up on; an error only when NATS did not answer.
+    async fn since_checkpoint(
+        &self,
+        mirror: &BusMirror,
+        upto: u64,
+    ) -> Result<(), firebreak_bus::BusError> {
         let subject = firebreak_bus::nats::checkpoint_subject(&mirror.replica);
         let Some(newest) = self.nats.last_audit_message(&subject).await? else {
             return Ok(());
@@ -905,15 +977,35 @@ impl CatchUp {
             );
             return Ok(());
         };
-        let upto = self.upto;
-        if held + 1 >= upto {
-            return Ok(());
+        let sent = self.send(mirror, held + 1, upto).await?;
+        if sent > 0 {
+            info!(
+                sent,
+                from = held + 1,
+                to = upto - 1,
+                "caught the audit stream up: it now holds the records an earlier engine's mirror gave up on"
+            );
         }
-        let mut records = match self.reader.iter_from(held + 1) {
+        Ok(())
+    }
+
+    /// Sends the journal's records from `from` up to (not including) `upto`; how many. A
+    /// journal that cannot be read is logged and skipped (nothing to retry); an error only
+    /// when NATS did not take them.
+    async fn send(
+        &self,
+        mirror: &BusMirror,
+        from: u64,
+        upto: u64,
+    ) -> Result<usize, firebreak_bus::BusError> {
+        if from >= upto {
+            return Ok(0);
+        }
+        let mut records = match self.reader.iter_from(from) {
             Ok(records) => records,
             Err(e) => {
                 warn!(error = %e, "cannot read the journal to catch the audit stream up");
-                return Ok(());
+                return Ok(0);
             }
         };
         let mut sent = 0;
@@ -926,7 +1018,7 @@ impl CatchUp {
                     match records.next_with_line() {
                         None => break,
                         Some(Err(e)) => return (records, Err(e)),
-                        Some(Ok((record, _))) if record.seq <= held => {}
+                        Some(Ok((record, _))) if record.seq < from => {}
                         Some(Ok((record, _))) if record.seq >= upto => break,
                         Some(Ok((record, line))) => {
                             chunk.push(record);
@@ -941,7 +1033,7 @@ impl CatchUp {
                 Ok(read) => read,
                 Err(e) => {
                     warn!(error = %e, "the audit catch-up's read of the journal failed");
-                    return Ok(());
+                    return Ok(sent);
                 }
             };
             records = rest;
@@ -949,11 +1041,11 @@ impl CatchUp {
                 Ok(chunk) => chunk,
                 Err(e) => {
                     warn!(error = %e, "cannot read the journal to catch the audit stream up");
-                    return Ok(());
+                    return Ok(sent);
                 }
             };
             let Some(last) = chunk.last().map(|r| r.seq) else {
-                break;
+                return Ok(sent);
             };
             let lines = bytes::Bytes::from(lines);
             let batch: Vec<AuditMessage> = BusMirror::messages(&mirror.replica, &chunk, &lines)
@@ -963,18 +1055,9 @@ impl CatchUp {
             mirror.bus.publish_audit(batch).await?.await?;
             sent += chunk.len();
             if last + 1 >= upto {
-                break;
+                return Ok(sent);
             }
         }
-        if sent > 0 {
-            info!(
-                sent,
-                from = held + 1,
-                to = upto - 1,
-                "caught the audit stream up: it now holds the records an earlier engine's mirror gave up on"
-            );
-        }
-        Ok(())
     }
 }
 
@@ -1020,7 +1103,7 @@ impl Retry {
     }
 }
 
-/// How long one append's mirror publish is retried while NATS is unreachable.
+/// How long one append's mirror publish is retried while NATS is unreachable, by default.
 const MIRROR_RETRY_FOR: Duration = Duration::from_secs(30);
 
 /// The connectors the configuration asks for (see [`plugins`]). Without a reachable cluster

@@ -910,6 +910,80 @@ async fn a_replica_stopped_while_nats_is_down_exits_within_the_grace_period() {
     // What the mirror gave up on at the stop reached the audit stream after the restart: the
     // stream holds the replica's journal as one chain from its first record, not two with the
     // stop's records missing between them.
+    the_stream_holds_the_journal_as_one_chain(&serve).await;
+}
+
+/// NATS away for longer than the audit mirror retries (1 s here, 30 s by default) while runs
+/// journal their steps: those appends fail, their records stay in the journal only. Once NATS
+/// is back the mirror's next batch brings the stream what it gave up on first: `audit verify
+/// --stream` holds the replica's journal as one chain to its end (before: two chains, the
+/// outage's records missing between them, for good).
+#[tokio::test(flavor = "multi_thread")]
+async fn what_the_mirror_gave_up_on_in_an_outage_reaches_the_stream_once_nats_is_back() {
+    let mut nats = NatsServer::start().expect("nats-server -js");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tick_runbook_with(&tmp, "sleep(300);\nlog(`tick ${ctx.params.n}`);\n");
+    let serve = Serve::start(
+        &dir,
+        ServeOpts {
+            env: vec![
+                ("FIREBREAK_NATS_URL", nats.url()),
+                ("FIREBREAK_NATS_AUDIT_MIRROR_RETRY", "1s".into()),
+            ],
+            ..ServeOpts::default()
+        },
+    )
+    .await;
+    connected(&serve).await;
+    for n in 0..10 {
+        let (status, answer) = serve.post("/v1/alertmanager", None, alert(n)).await;
+        assert_eq!(status, 202, "{answer}");
+    }
+    serve
+        .wait_journal("the runs to start", Duration::from_secs(20), |j| {
+            j.runs_of("tick").len() == 10
+        })
+        .await;
+    // Killed while the runs sleep: their steps' appends wait for the stream, then fail.
+    nats.kill();
+    wait_for(
+        "the mirror to give a batch up",
+        Duration::from_secs(20),
+        || serve.log_tail(),
+        || {
+            std::future::ready(
+                serve
+                    .log_lines()
+                    .iter()
+                    .any(|l| {
+                        l["fields"]["error"]
+                            .as_str()
+                            .is_some_and(|e| e.contains("audit mirror did not take record"))
+                    })
+                    .then_some(()),
+            )
+        },
+    )
+    .await;
+    nats.restart()
+        .expect("nats-server restarts on the same port and store");
+    connected(&serve).await;
+    // The next batch (a new alert's run) goes after what the mirror gave up on.
+    let (status, answer) = serve.post("/v1/alertmanager", None, alert(77)).await;
+    assert_eq!(status, 202, "{answer}");
+    serve
+        .wait_journal("the new alert's run", Duration::from_secs(30), |j| {
+            j.runs_of("tick")
+                .iter()
+                .any(|r| r.started().unwrap()["body"]["params"]["n"] == "77")
+        })
+        .await;
+    the_stream_holds_the_journal_as_one_chain(&serve).await;
+}
+
+/// Waits (20 s at most) until `audit verify --stream` says the stream holds `serve`'s journal as
+/// one chain from seq 1 to where the journal ended when called.
+async fn the_stream_holds_the_journal_as_one_chain(serve: &Serve) {
     let last_seq = serve.journal().records.last().unwrap()["seq"]
         .as_u64()
         .unwrap();
@@ -919,15 +993,7 @@ async fn a_replica_stopped_while_nats_is_down_exits_within_the_grace_period() {
             .cli(&["audit", "verify", "--stream"])
             .await
             .ok("audit verify --stream");
-        let chain = verified
-            .stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("journal: seq 1–"))
-            .and_then(|rest| rest.split(' ').next())
-            .and_then(|last| last.parse::<u64>().ok());
-        let whole = verified.stdout.starts_with("ok: ")
-            && verified.stdout.contains("from 1 journal(s)")
-            && chain.is_some_and(|last| last >= last_seq);
+        let whole = one_chain_to(&verified.stdout, last_seq);
         central = Some((whole, verified));
         if whole {
             break;
@@ -940,4 +1006,17 @@ async fn a_replica_stopped_while_nats_is_down_exits_within_the_grace_period() {
         "the journal ends at seq {last_seq}; the stream should hold it as one chain from seq 1 \
          to there: {central}"
     );
+}
+
+/// Whether `audit verify --stream` said the stream holds one journal, as one chain from seq 1
+/// to `last_seq` or past it.
+fn one_chain_to(stdout: &str, last_seq: u64) -> bool {
+    let chain = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("journal: seq 1–"))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|last| last.parse::<u64>().ok());
+    stdout.starts_with("ok: ")
+        && stdout.contains("from 1 journal(s)")
+        && chain.is_some_and(|last| last >= last_seq)
 }

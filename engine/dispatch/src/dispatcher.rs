@@ -416,6 +416,12 @@ impl Dispatcher {
                     done = false;
                     retry_after = self.leases.as_ref().map(|l| l.lease());
                 }
+                // The engine is stopping: the event comes back, here after the restart or to
+                // another replica. Not an error (a stop under load sends back thousands).
+                Err(StartError::Runtime(firebreak_runtime::RuntimeError::ShuttingDown)) => {
+                    debug!(event_id = %event.id, "not started: the engine is stopping; the event will be redelivered");
+                    done = false;
+                }
                 Err(e) => {
                     error!(event_id = %event.id, error = %e, cause = ?std::error::Error::source(&e), "event not handled; it will be redelivered");
                     done = false;

@@ -598,12 +598,21 @@ impl Runner {
         self.slots.close();
     }
 
+    /// A run slot, unless the runner is suspended (the engine stops) first: a start that waits
+    /// for a slot then gives up, journaling nothing (its delivery comes back). It took the slot
+    /// each suspended run freed, journaled its start and suspended in turn, so a replica
+    /// stopping with thousands of deliveries waiting spent its grace period on them.
     async fn slot(&self) -> Result<OwnedSemaphorePermit, RuntimeError> {
-        self.slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| RuntimeError::ShuttingDown)
+        if self.suspend.is_cancelled() {
+            return Err(RuntimeError::ShuttingDown);
+        }
+        tokio::select! {
+            biased;
+            () = self.suspend.cancelled() => Err(RuntimeError::ShuttingDown),
+            permit = self.slots.clone().acquire_owned() => {
+                permit.map_err(|_| RuntimeError::ShuttingDown)
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -580,6 +580,53 @@ async fn a_run_that_waited_for_a_slot_has_its_lock_extended_when_it_starts() {
     );
 }
 
+/// A start waiting for a run slot when the engine is told to stop does not start: its delivery
+/// is sent back, nothing of it journaled. It took the slot each suspended run freed, journaled
+/// its start and suspended in turn: a replica stopping with thousands of deliveries waiting
+/// for slots spent its whole grace period starting runs only to suspend them (1,400 in 5 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_waiting_for_a_slot_when_the_engine_stops_is_sent_back_not_started() {
+    let (h, _gated) = H::gated_slots(
+        &[
+            (
+                "hold.yaml",
+                "name: hold\nteam: sre\ndescription: d\nnamespaces: [shop]\n\
+                 triggers:\n  - source: alertmanager\n    match: ['alertname=\"Slow\"']\n",
+            ),
+            ("hold.rhai", "sleep(1500);\nlog(\"slept\");\n"),
+        ],
+        1,
+    )
+    .await;
+    let h = Arc::new(h);
+    let first = alert("ev-1", "firing", "00000000000000c1", json!({}));
+    let second = alert("ev-2", "firing", "00000000000000c2", json!({}));
+    h.deliver(&first, jiff::Timestamp::now()).await;
+    let waiting = tokio::spawn({
+        let h = h.clone();
+        async move { h.deliver(&second, jiff::Timestamp::now()).await }
+    });
+    // The second start waits for the slot the first run holds.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished());
+    h.runner.suspend();
+    let settled = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the waiting delivery is settled at once")
+        .unwrap();
+    assert_eq!(settled, vec![Settled::Nak]);
+    let records = all_records(&h.journal);
+    let runs = started(&records, "hold");
+    assert_eq!(runs.len(), 1, "{}", summary(&records));
+    assert!(
+        records
+            .iter()
+            .all(|r| r.run_id.is_empty() || r.run_id == runs[0]),
+        "only the first run journaled: {}",
+        summary(&records)
+    );
+}
+
 /// A delivery that waits for a run slot (`max_concurrent_runs`) longer than the bus's ack wait
 /// is kept in progress, not delivered again. Each redelivery waited beside the first, one more
 /// task per event and ack wait while a backlog lasted (55,144 redeliveries of 27,836 alerts in

@@ -3,7 +3,8 @@
 //! and takes work once it connects. Start at [`DeferredNats::connect`].
 //!
 //! Until connected, every call answers [`BusError::NotConnected`], except
-//! [`Bus::consume`], which waits for the connection. A refused login or a failed TLS handshake
+//! [`Bus::consume`], which waits for the connection; so does every state store call while
+//! the client is not connected later (NATS gone, the client reconnecting). A refused login or a failed TLS handshake
 //! is not retried: the engine's start fails with it, as before.
 
 use std::sync::{Arc, OnceLock};
@@ -128,11 +129,15 @@ impl DeferredNats {
             .ok_or_else(|| self.not_connected())
     }
 
+    /// The state store, while the client is connected: a request made while it is not would
+    /// wait in the client's queue for its timeout (5 s), and a stop with NATS down waited on
+    /// its runs' lock releases, one timeout after another, past its grace period. Callers
+    /// retry a failed call, as after a timeout.
     fn state(&self) -> Result<&NatsStateStore, BusError> {
-        self.inner
-            .get()
-            .map(|(_, s)| s)
-            .ok_or_else(|| self.not_connected())
+        match self.inner.get() {
+            Some((bus, state)) if bus.ready() => Ok(state),
+            _ => Err(self.not_connected()),
+        }
     }
 
     fn not_connected(&self) -> BusError {

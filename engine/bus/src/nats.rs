@@ -13,8 +13,9 @@
 //! `publish` sends every event first and then awaits every PubAck (pipelined). While the client
 //! is not connected it fails at once with [`BusError::NotConnected`], so ingest answers 503 and
 //! the sender retries. So do a delivery's acks and naks (the server delivers it again after
-//! the ack wait) and a stopping replica's last heartbeat (it runs out on its own): queued in
-//! the client until it reconnects, they held a stop with NATS down past its grace period. The client reconnects by itself; the consumer stream rides through it.
+//! the ack wait), and, through [`crate::DeferredNats`] (as `serve` uses it), state store
+//! calls: queued in the client until it reconnects, they held a stop with NATS down past its
+//! grace period. The client reconnects by itself; the consumer stream rides through it.
 //!
 //! Start at [`NatsBus::connect`].
 
@@ -2167,18 +2168,7 @@ impl RunLeases for NatsStateStore {
     }
 
     fn leave(&self) -> BoxFuture<'_, Result<(), BusError>> {
-        Box::pin(async move {
-            // A stopping replica with NATS down: the write would only wait out its timeout
-            // while the stop's grace period runs; the heartbeat runs out on its own.
-            if self.js.client().connection_state() != State::Connected {
-                return Err(BusError::nats(
-                    "leave",
-                    BusErrorKind::Transient,
-                    "nats is not connected",
-                ));
-            }
-            self.write_beat(Some(0)).await
-        })
+        Box::pin(async move { self.write_beat(Some(0)).await })
     }
 
     fn take_over(&self, orphan: &Orphan, ttl: Duration) -> BoxFuture<'_, Result<bool, BusError>> {

@@ -352,7 +352,8 @@ impl Dispatcher {
                     Handled::Retry
                 }
             } else {
-                self.dispatch(&event, delivery.published).await
+                self.dispatch(&event, delivery.published, delivery.attempt)
+                    .await
             }
         };
         // Boxed: passed by value, the work was kept twice in this future (5,032 bytes for each
@@ -372,7 +373,12 @@ impl Dispatcher {
 
     /// Joins and starts what the event asks for: `Done` once all of it is journaled, else when
     /// to look again.
-    async fn dispatch(&self, event: &Arc<Event>, published: jiff::Timestamp) -> Handled {
+    async fn dispatch(
+        &self,
+        event: &Arc<Event>,
+        published: jiff::Timestamp,
+        attempt: u32,
+    ) -> Handled {
         let mut done = true;
         let mut retry_after = None;
         let mut joined: Vec<String> = Vec::new();
@@ -398,7 +404,10 @@ impl Dispatcher {
         let loaded = self.runbooks.current();
         for m in loaded.set.matches(event) {
             let result = match m {
-                Ok(m) => self.start(&loaded, event, published, m, &joined).await,
+                Ok(m) => {
+                    self.start(&loaded, event, published, attempt, m, &joined)
+                        .await
+                }
                 Err(e) => self
                     .refuse_unstartable(event, &e)
                     .await
@@ -465,12 +474,14 @@ impl Dispatcher {
     }
 
     /// Starts `m` for `event` once per incident; see the module docs for the order.
-    /// `joined`: runs this event was already handed to (not joined twice).
+    /// `attempt`: which delivery of the event this is. `joined`: runs this event was already
+    /// handed to (not joined twice).
     pub async fn start(
         &self,
         loaded: &Loaded,
         event: &Arc<Event>,
         published: jiff::Timestamp,
+        attempt: u32,
         m: Match,
         joined: &[String],
     ) -> Result<Started, StartError> {
@@ -483,10 +494,38 @@ impl Dispatcher {
             format!("{name}/{}", m.concurrency_key)
         };
         let actor = actor_of(event);
-        let run_id = uuid::Uuid::now_v7().to_string();
+        let run_id = run_id_for(&event.id, &name, published);
         // Registered before the lock is tried: whoever finds the lock held by this run knows
-        // it is starting here, not running on another replica.
-        let start_guard = StartingGuard::new(&self.starting, &run_id);
+        // it is starting here, not running on another replica. Already there, or running
+        // here: the same message delivered twice at once.
+        let already_here = self
+            .active
+            .lock()
+            .expect("active runs lock")
+            .contains_key(&run_id);
+        let Some(start_guard) = (!already_here)
+            .then(|| StartingGuard::new(&self.starting, &run_id))
+            .flatten()
+        else {
+            info!(runbook = %name, run_id = %run_id, event_id = %event.id, "skipped: this delivery's run was started before");
+            metrics::counter!("firebreak_runs_skipped_total", "reason" => "redelivered")
+                .increment(1);
+            return Ok(Started::Redelivery);
+        };
+        // A delivery that came again may have started its run on another replica, which
+        // then lost its ack (it died, or the ack came too late) and may have ended it since:
+        // the run's id is the same, and the audit stream has it.
+        if attempt > 1
+            && let Some(leases) = &self.leases
+            && leases
+                .has_run_records(&run_id, Some(&manifest.team))
+                .await?
+        {
+            info!(runbook = %name, run_id = %run_id, event_id = %event.id, attempt, "skipped: this delivery's run was started before, on another engine replica");
+            metrics::counter!("firebreak_runs_skipped_total", "reason" => "redelivered")
+                .increment(1);
+            return Ok(Started::Redelivery);
+        }
         let mut locked = false;
         // The lock's holder may be a run of this engine that is starting or ending: wait for
         // that, then look again; a few times at most, then the delivery comes back later.
@@ -1201,6 +1240,29 @@ impl Dispatcher {
     }
 }
 
+/// The id of the run `runbook` starts for event `event_id` published at `published`: a UUIDv7
+/// of that time whose other bits come from a hash of the three. Every delivery of one publish
+/// gives the same id, so a delivery that comes again after its run started (on a replica that
+/// then died, or whose ack came too late) finds that run, here or on the audit stream, instead
+/// of starting a second one. A later publish of the same event (repeated past the bus'
+/// duplicate window) is new work, with an id of its own.
+pub fn run_id_for(event_id: &str, runbook: &str, published: jiff::Timestamp) -> String {
+    use sha2::Digest as _;
+    let mut hash = sha2::Sha256::new();
+    hash.update(event_id.as_bytes());
+    hash.update([0]);
+    hash.update(runbook.as_bytes());
+    hash.update([0]);
+    hash.update(published.as_nanosecond().to_be_bytes());
+    let digest = hash.finalize();
+    let mut bits = [0u8; 10];
+    bits.copy_from_slice(&digest[..10]);
+    let millis = u64::try_from(published.as_millisecond()).unwrap_or(0);
+    uuid::Builder::from_unix_timestamp_millis(millis, &bits)
+        .into_uuid()
+        .to_string()
+}
+
 /// The replica that last took a run over, from its records.
 pub(crate) fn last_replica(records: &[firebreak_audit::Record]) -> Option<String> {
     records.iter().rev().find_map(|r| match &r.body {
@@ -1265,15 +1327,22 @@ struct StartingGuard<'a> {
 }
 
 impl<'a> StartingGuard<'a> {
-    fn new(starting: &'a Mutex<foldhash::HashMap<String, Starting>>, run_id: &str) -> Self {
-        starting
+    /// Registers run `run_id` as starting; `None` if it already is.
+    fn new(starting: &'a Mutex<foldhash::HashMap<String, Starting>>, run_id: &str) -> Option<Self> {
+        match starting
             .lock()
             .expect("starting runs lock")
-            .insert(run_id.to_owned(), Starting::default());
-        StartingGuard {
+            .entry(run_id.to_owned())
+        {
+            std::collections::hash_map::Entry::Occupied(_) => return None,
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(Starting::default());
+            }
+        }
+        Some(StartingGuard {
             starting,
             run_id: run_id.to_owned(),
-        }
+        })
     }
 
     /// The start holds lock `key` (its lease is renewed) or, with `None`, is letting it go.

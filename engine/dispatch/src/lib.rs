@@ -14,7 +14,9 @@ mod runbooks;
 mod takeover;
 
 mod guards;
-pub use dispatcher::{Dispatcher, REFUSAL_SUMMARY_EVERY, StartError, Started, approval_policy};
+pub use dispatcher::{
+    Dispatcher, REFUSAL_SUMMARY_EVERY, StartError, Started, approval_policy, run_id_for,
+};
 pub use guards::engine_guard;
 pub use memory::SharedMemory;
 pub use runbooks::{ConnectorSpecs, Loaded, Runbooks};

@@ -720,3 +720,22 @@ async fn the_future_of_a_delivery_in_flight_stays_small() {
         .await;
     assert_eq!(started(&records, "note").len(), 1, "{}", summary(&records));
 }
+
+/// A run's id is the same for every delivery of one publish of an event (so a redelivery finds
+/// the run its first delivery started), differs for another runbook or a later publish, and is
+/// a UUIDv7 of the publish time (run ids still sort by time).
+#[test]
+fn a_runs_id_comes_from_the_event_its_runbook_and_the_publish_time() {
+    let at: jiff::Timestamp = "2026-12-06T21:00:00.123456789Z".parse().unwrap();
+    let id = firebreak_dispatch::run_id_for("ev-1", "note", at);
+    assert_eq!(id, firebreak_dispatch::run_id_for("ev-1", "note", at));
+    assert_ne!(id, firebreak_dispatch::run_id_for("ev-1", "other", at));
+    assert_ne!(id, firebreak_dispatch::run_id_for("ev-2", "note", at));
+    let later = at + jiff::SignedDuration::from_millis(1);
+    let next = firebreak_dispatch::run_id_for("ev-1", "note", later);
+    assert!(next > id, "{next} sorts after {id}");
+    let uuid = uuid::Uuid::parse_str(&id).unwrap();
+    assert_eq!(uuid.get_version_num(), 7);
+    let (secs, nanos) = uuid.get_timestamp().unwrap().to_unix();
+    assert_eq!((secs as i64, nanos / 1_000_000), (at.as_second(), 123));
+}

@@ -253,3 +253,76 @@ async fn the_heartbeat_stops_while_a_lease_cannot_be_renewed() {
     shutdown.cancel();
     keeping.abort();
 }
+
+/// A delivery that comes again (attempt 2) after its run started on another replica, which
+/// then lost its ack (it died, or the ack came too late) and ended the run since: the lock is
+/// free, and this replica's journal knows nothing of the run. The run's id is the same for
+/// every delivery of one publish, and the audit stream holds that run: the delivery is acked,
+/// no second run. One whose run the stream does not hold starts. (Seen as 7 alerts run twice
+/// in a kill-bench overload: the killed replica's pulled events came again after the ack wait
+/// to replicas whose takeovers had finished their runs.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_that_comes_again_after_its_run_started_on_another_replica_does_not_run_again() {
+    use firebreak_bus::Bus as _;
+    let nats = firebreak_bus::testutil::NatsServer::start().expect("nats-server -js");
+    let bus = firebreak_bus::NatsBus::connect(
+        &nats.url(),
+        firebreak_bus::NatsOptions {
+            replica: Some("here".into()),
+            ..firebreak_bus::NatsOptions::default()
+        },
+    )
+    .await
+    .expect("connect");
+    let leases = Arc::new(bus.state_store().await.expect("state store"));
+    let note: &[(&str, &str)] = &[
+        (
+            "note.yaml",
+            "name: note\nteam: sre\ndescription: notes the alert\nnamespaces: [shop]\n\
+             triggers:\n  - source: alertmanager\n    match: ['alertname=\"Slow\"']\n",
+        ),
+        ("note.rhai", "log(\"noted\");\n"),
+    ];
+    let h = H::leased(note, leases, 4).await;
+    let published = jiff::Timestamp::now();
+    let ran_elsewhere = alert("ev-elsewhere", "firing", "00000000000000d1", json!({}));
+    let never_ran = alert("ev-never", "firing", "00000000000000d2", json!({}));
+    // What the other replica's mirror put on the stream for the run it started.
+    let run_id = firebreak_dispatch::run_id_for(&ran_elsewhere.id, "note", published);
+    bus.publish_audit(vec![firebreak_bus::AuditMessage {
+        subject: firebreak_bus::nats::audit_run_subject("sre", &run_id),
+        id: run_id.clone(),
+        payload: bytes::Bytes::from_static(b"{}\n"),
+    }])
+    .await
+    .expect("published")
+    .await
+    .expect("stored");
+
+    let (again, settled) = firebreak_bus::testutil::delivery(ran_elsewhere, 2, published);
+    h.dispatcher.clone().handle(again).await;
+    assert_eq!(
+        *settled.lock().unwrap(),
+        vec![firebreak_bus::testutil::Settled::Ack]
+    );
+    let (again, settled) = firebreak_bus::testutil::delivery(never_ran, 2, published);
+    h.dispatcher.clone().handle(again).await;
+    assert_eq!(
+        *settled.lock().unwrap(),
+        vec![firebreak_bus::testutil::Settled::Ack]
+    );
+    let records = h
+        .wait("the run of the one that never ran", |r| {
+            !started(r, "note").is_empty()
+        })
+        .await;
+    let runs = started(&records, "note");
+    assert_eq!(
+        runs,
+        vec![firebreak_dispatch::run_id_for(
+            "ev-never", "note", published
+        )],
+        "{}",
+        crate::summary(&records)
+    );
+}

@@ -12,10 +12,10 @@
 //!
 //! `publish` sends every event first and then awaits every PubAck (pipelined). While the client
 //! is not connected it fails at once with [`BusError::NotConnected`], so ingest answers 503 and
-//! the sender retries. So do a delivery's acks and naks (the server delivers it again after
-//! the ack wait), and, through [`crate::DeferredNats`] (as `serve` uses it), state store
-//! calls: queued in the client until it reconnects, they held a stop with NATS down past its
-//! grace period. The client reconnects by itself; the consumer stream rides through it.
+//! the sender retries. So do, through [`crate::DeferredNats`] (as `serve` uses it), state
+//! store calls (their callers retry). A delivery's acks and naks are queued in the client
+//! while it reconnects (a nak then brings the message back soon, not after the ack wait), for
+//! a bounded time: a full queue held a stop with NATS down past its grace period.
 //!
 //! Start at [`NatsBus::connect`].
 
@@ -681,20 +681,30 @@ impl Bus for NatsBus {
         Box::pin(async move {
             self.check_connected()?;
             let seen = self.disconnects.seen();
-            let mut acks = Vec::with_capacity(records.len());
-            for record in records {
-                let ack = self
-                    .js
-                    .send_publish(
-                        record.subject,
-                        PublishMessage::build()
-                            .payload(record.payload)
-                            .message_id(record.id),
-                    )
-                    .await
-                    .map_err(|e| BusError::nats("publish audit", publish_kind(e.kind()), e))?;
-                acks.push(ack);
-            }
+            let sending = async {
+                let mut acks = Vec::with_capacity(records.len());
+                for record in records {
+                    let ack = self
+                        .js
+                        .send_publish(
+                            record.subject,
+                            PublishMessage::build()
+                                .payload(record.payload)
+                                .message_id(record.id),
+                        )
+                        .await
+                        .map_err(|e| BusError::nats("publish audit", publish_kind(e.kind()), e))?;
+                    acks.push(ack);
+                }
+                Ok::<_, BusError>(acks)
+            };
+            // Bounded: with the connection just lost the client queues what is sent, and a
+            // full queue holds the sender (the journal's appends wait for this one).
+            let acks = tokio::time::timeout(self.setup.opts.request_timeout, sending)
+                .await
+                .map_err(|_| BusError::NotConnected {
+                    url: self.url.clone(),
+                })??;
             let (disconnects, url) = (self.disconnects.clone(), self.url.clone());
             Ok(Box::pin(async move {
                 let acked = async {
@@ -786,8 +796,10 @@ impl PullState {
             };
             match item {
                 Some(Ok(message)) => {
-                    let ack_wait = self.setup.opts.ack_wait;
-                    if let Some(delivery) = decode(message, &self.own, ack_wait).await {
+                    let opts = &self.setup.opts;
+                    if let Some(delivery) =
+                        decode(message, &self.own, opts.ack_wait, opts.request_timeout).await
+                    {
                         return Some(delivery);
                     }
                 }
@@ -817,6 +829,7 @@ async fn decode(
     message: jetstream::Message,
     own: &OwnEvents,
     ack_wait: Duration,
+    timeout: Duration,
 ) -> Option<Delivery> {
     let (attempt, published) = match message.info() {
         Ok(info) => (
@@ -829,6 +842,7 @@ async fn decode(
     let ack = NatsAck {
         client: message.context.client(),
         reply: message.reply.clone(),
+        timeout,
     };
     let message = message.message;
     let kept = message
@@ -885,6 +899,8 @@ async fn decode(
 struct NatsAck {
     client: async_nats::Client,
     reply: Option<async_nats::Subject>,
+    /// The most an ack waits (see [`NatsAck::send`]).
+    timeout: Duration,
 }
 
 impl NatsAck {
@@ -898,28 +914,20 @@ impl NatsAck {
         })
     }
 
-    /// Fails at once while the client is not connected. It would queue the ack until it
-    /// reconnects, and once its queue is full, hold the caller there: a stop with NATS down
-    /// waited on the naks of its suspended runs until killed. An ack that cannot reach the
-    /// server now is not needed: the server delivers the message again after its ack wait.
-    fn connected(&self, op: &'static str) -> Result<async_nats::Subject, BusError> {
+    /// Bounded by `timeout`. While the client reconnects it queues the ack and sends it once
+    /// connected (a nak then still brings the message back soon, not after the ack wait), but
+    /// a full queue holds the caller until then: a stop with NATS down waited on the naks of
+    /// its suspended runs until it was killed.
+    async fn send(&self, op: &'static str, kind: AckKind) -> Result<(), BusError> {
         let reply = self.reply(op)?;
-        if self.client.connection_state() == State::Connected {
-            Ok(reply)
-        } else {
-            Err(BusError::nats(
+        match tokio::time::timeout(self.timeout, self.client.publish(reply, kind.into())).await {
+            Ok(sent) => sent.map_err(|e| BusError::nats(op, BusErrorKind::Transient, e)),
+            Err(_) => Err(BusError::nats(
                 op,
                 BusErrorKind::Transient,
-                "nats is not connected",
-            ))
+                "the nats client's queue stayed full (not connected)",
+            )),
         }
-    }
-
-    async fn send(&self, op: &'static str, kind: AckKind) -> Result<(), BusError> {
-        self.client
-            .publish(self.connected(op)?, kind.into())
-            .await
-            .map_err(|e| BusError::nats(op, BusErrorKind::Transient, e))
     }
 }
 
@@ -927,11 +935,17 @@ impl AckHandle for NatsAck {
     fn ack(&self) -> BoxFuture<'_, Result<(), BusError>> {
         // Double ack: Ok only once the server confirmed, so an acked run is not redelivered.
         Box::pin(async move {
-            self.client
-                .request(self.connected("ack")?, AckKind::Ack.into())
-                .await
-                .map(drop)
-                .map_err(|e| BusError::nats("ack", BusErrorKind::Transient, e))
+            let request = self.client.request(self.reply("ack")?, AckKind::Ack.into());
+            match tokio::time::timeout(self.timeout, request).await {
+                Ok(answered) => answered
+                    .map(drop)
+                    .map_err(|e| BusError::nats("ack", BusErrorKind::Transient, e)),
+                Err(_) => Err(BusError::nats(
+                    "ack",
+                    BusErrorKind::Transient,
+                    "no confirmation in time",
+                )),
+            }
         })
     }
 

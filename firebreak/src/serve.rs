@@ -485,6 +485,9 @@ impl Engine {
         {
             warn!(
                 grace_secs = SHUTDOWN_GRACE.as_secs(),
+                deliveries = self.dispatcher.tasks.len(),
+                running = self.dispatcher.active_runs().len(),
+                starting = self.dispatcher.starting_runs(),
                 "runs still inside a step at shutdown; they resume after the next start"
             );
         }

@@ -5,7 +5,11 @@
 //! 2. a resolved alert is handed to every running run of its incident (its fingerprint), which
 //!    journals it and sees it through `resolved()` / `wait_resolved()`;
 //! 3. each runbook it matches (or the one a manual trigger names) goes through
-//!    [`Dispatcher::start`] with key `<runbook>/<concurrency key>`:
+//!    [`Dispatcher::start`] with key `<runbook>/<concurrency key>` and a run id that every
+//!    delivery of the message shares ([`run_id_for`]):
+//!    - a delivery that came again (with replicas): the audit stream holding that run means
+//!      it started on another replica (which died or lost its ack, and may have ended it
+//!      since); skip;
 //!    - take the key's lock. Held: the incident has a run already. A redelivery of that run's
 //!      own message is dropped; another event is *joined* to the run (journaled in its trail)
 //!      or, when the run is elsewhere and the audit stream shows it started, journaled as
@@ -564,7 +568,7 @@ impl Dispatcher {
                         source: JoinError::Finished,
                         ..
                     }) => {
-                        wait_for_holder(&run.released, &key).await?;
+                        wait_for_holder(&run.released, &key, &self.shutdown).await?;
                         continue;
                     }
                     Err(e) => return Err(e),
@@ -577,7 +581,7 @@ impl Dispatcher {
                 .get(&holder)
                 .map(|s| s.done.clone());
             if let Some(starting) = starting {
-                wait_for_holder(&starting, &key).await?;
+                wait_for_holder(&starting, &key, &self.shutdown).await?;
                 continue;
             }
             // On another replica, the run may be between its lock and its start, and never
@@ -1226,6 +1230,12 @@ impl Dispatcher {
         pending
     }
 
+    /// How many runs are being started here (their locks taken or being tried, waiting for a
+    /// run slot or journaling their start).
+    pub fn starting_runs(&self) -> usize {
+        self.starting.lock().expect("starting runs lock").len()
+    }
+
     /// Runs in progress in this engine, with their runbooks (for status pages and tests).
     pub fn active_runs(&self) -> Vec<(String, String)> {
         let mut runs: Vec<(String, String)> = self
@@ -1301,13 +1311,24 @@ async fn in_progress_while<T>(delivery: &Delivery, work: impl Future<Output = T>
     }
 }
 
-/// Waits until `token` (a run's start, or its release) is done; `Busy` after [`HOLDER_WAIT`].
-async fn wait_for_holder(token: &CancellationToken, key: &str) -> Result<(), StartError> {
-    tokio::time::timeout(HOLDER_WAIT, token.cancelled())
-        .await
-        .map_err(|_| StartError::Busy {
-            key: key.to_owned(),
-        })
+/// Waits until `token` (a run's start, or its release) is done; `Busy` after [`HOLDER_WAIT`],
+/// and at once once the engine stops: a run suspended by the stop keeps its lock, so a start
+/// waiting for it held the stop up for three waits (30 s).
+async fn wait_for_holder(
+    token: &CancellationToken,
+    key: &str,
+    shutdown: &CancellationToken,
+) -> Result<(), StartError> {
+    tokio::select! {
+        waited = tokio::time::timeout(HOLDER_WAIT, token.cancelled()) => {
+            waited.map_err(|_| StartError::Busy {
+                key: key.to_owned(),
+            })
+        }
+        () = shutdown.cancelled() => {
+            Err(StartError::Runtime(firebreak_runtime::RuntimeError::ShuttingDown))
+        }
+    }
 }
 
 /// A run being started.

@@ -816,22 +816,9 @@ async fn an_alert_is_not_skipped_for_a_run_another_replica_never_started() {
     let (status, answer) = serve.post("/v1/alertmanager", None, alert(7)).await;
     assert_eq!(status, 202, "{answer}");
     // Handled and sent back while the lock is held: no run, no skip.
-    wait_for(
-        "the event to be sent back",
-        Duration::from_secs(20),
-        || serve.log_tail(),
-        || {
-            std::future::ready(
-                serve
-                    .log_lines()
-                    .iter()
-                    .any(|l| {
-                        l["fields"]["message"] == "event not handled yet; it will be redelivered"
-                    })
-                    .then_some(()),
-            )
-        },
-    )
+    wait_for_log(&serve, "the event to be sent back", |l| {
+        l["fields"]["message"] == "event not handled yet; it will be redelivered"
+    })
     .await;
     // It comes again no sooner than a lease later (the holder starts its run, or the takeover
     // frees the lock, within about that): two looks in 6 s, not one per second of backoff.
@@ -894,9 +881,10 @@ async fn a_replica_stopped_while_nats_is_down_exits_within_the_grace_period() {
         took.as_secs_f64()
     );
     assert_eq!(code, Some(0), "{}", serve.log_tail());
-    // About 5 s: requests in flight as the connection went wait out their timeout.
+    // 0.1 to 10 s here: requests in flight as the connection went wait out their timeout.
+    // Within the stop's own bound (25 s), inside Kubernetes' 30 s grace.
     assert!(
-        took < Duration::from_secs(15),
+        took < Duration::from_secs(25),
         "a stop with NATS down took {took:?}\n{}",
         serve.log_tail()
     );
@@ -946,24 +934,11 @@ async fn what_the_mirror_gave_up_on_in_an_outage_reaches_the_stream_once_nats_is
         .await;
     // Killed while the runs sleep: their steps' appends wait for the stream, then fail.
     nats.kill();
-    wait_for(
-        "the mirror to give a batch up",
-        Duration::from_secs(20),
-        || serve.log_tail(),
-        || {
-            std::future::ready(
-                serve
-                    .log_lines()
-                    .iter()
-                    .any(|l| {
-                        l["fields"]["error"]
-                            .as_str()
-                            .is_some_and(|e| e.contains("audit mirror did not take record"))
-                    })
-                    .then_some(()),
-            )
-        },
-    )
+    wait_for_log(&serve, "the mirror to give a batch up", |l| {
+        l["fields"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("audit mirror did not take record"))
+    })
     .await;
     nats.restart()
         .expect("nats-server restarts on the same port and store");
@@ -1006,6 +981,17 @@ async fn the_stream_holds_the_journal_as_one_chain(serve: &Serve) {
         "the journal ends at seq {last_seq}; the stream should hold it as one chain from seq 1 \
          to there: {central}"
     );
+}
+
+/// Waits (20 s at most) until `serve` logs a line for which `pred` holds.
+async fn wait_for_log(serve: &Serve, what: &str, pred: impl Fn(&serde_json::Value) -> bool) {
+    wait_for(
+        what,
+        Duration::from_secs(20),
+        || serve.log_tail(),
+        || std::future::ready(serve.log_lines().iter().any(&pred).then_some(())),
+    )
+    .await;
 }
 
 /// Whether `audit verify --stream` said the stream holds one journal, as one chain from seq 1

@@ -4,8 +4,8 @@
 //!
 //! Until connected, every call answers [`BusError::NotConnected`], except
 //! [`Bus::consume`], which waits for the connection; so does every state store call while
-//! the client is not connected later (NATS gone, the client reconnecting). A refused login or a failed TLS handshake
-//! is not retried: the engine's start fails with it, as before.
+//! the client is not connected later (NATS gone, the client reconnecting). A refused login or
+//! a failed TLS handshake is not retried: the engine's start fails with it, as before.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;

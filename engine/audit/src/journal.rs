@@ -1081,6 +1081,8 @@ impl JournalReader {
         };
         let file = File::open(&path).map_err(open_err)?;
         let mut files = open_sealed(&layout, &path)?;
+        // The active segment's first seq: a read from a seq skips the segments before it.
+        let (first_seq, _) = chain_start(&files)?;
         let mut index = Index::default();
         scan_sealed(&files, &mut index)?;
         let active = scan(
@@ -1093,7 +1095,7 @@ impl JournalReader {
         )?;
         files.push(SegmentFile {
             path: path.clone(),
-            first_seq: 0,
+            first_seq,
             file: Arc::new(file),
         });
         Ok(JournalReader {
@@ -1859,6 +1861,22 @@ struct History {
 /// Opens the active file and the sealed segments and builds the index: from the carried
 /// index when it matches the sealed segments (the rest in the background), else from every
 /// segment.
+/// Where the active segment's chain begins: the seq after the last sealed segment's last
+/// record, and that record's hash (the genesis for a journal that never sealed one).
+fn chain_start(sealed: &[SegmentFile]) -> Result<(u64, String), AuditError> {
+    let Some(last) = sealed.last() else {
+        return Ok((1, GENESIS_HASH.to_owned()));
+    };
+    match last_record(&last.path, &last.file)? {
+        Some((seq, hash)) => Ok((seq + 1, hash)),
+        None => Err(AuditError::Corrupt {
+            path: last.path.clone(),
+            line: 0,
+            reason: "the sealed segment's last record does not parse".into(),
+        }),
+    }
+}
+
 fn load(layout: &Layout, path: &Path, keep: usize) -> Result<Opened, AuditError> {
     let open_err = |source| AuditError::Open {
         path: path.to_owned(),
@@ -1871,19 +1889,7 @@ fn load(layout: &Layout, path: &Path, keep: usize) -> Result<Opened, AuditError>
         .open(path)
         .map_err(open_err)?;
     let mut files = open_sealed(layout, path)?;
-    let chain_start = match files.last() {
-        None => (1, GENESIS_HASH.to_owned()),
-        Some(sealed) => match last_record(&sealed.path, &sealed.file)? {
-            Some((seq, hash)) => (seq + 1, hash),
-            None => {
-                return Err(AuditError::Corrupt {
-                    path: sealed.path.clone(),
-                    line: 0,
-                    reason: "the sealed segment's last record does not parse".into(),
-                });
-            }
-        },
-    };
+    let chain_start = chain_start(&files)?;
     let mut index = Index::keeping(keep);
     let first_seqs: Vec<u64> = files.iter().map(|s| s.first_seq).collect();
     let carried = std::fs::read(layout.carried())

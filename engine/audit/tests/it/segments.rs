@@ -374,3 +374,36 @@ async fn a_read_from_a_seq_skips_the_segments_before_and_gives_the_lines_as_jour
     let journal = Journal::open_with(&path, options(dir.path())).unwrap();
     assert_eq!(journal.opened_at(), last + 1);
 }
+
+/// `firebreak audit` and `firebreak bench` read a journal a server writes through a reader
+/// opened on its path: every segment's records, the last sealed one's too.
+#[tokio::test]
+async fn a_reader_opened_on_the_path_reads_every_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let journal = Journal::open_with(&path, options(dir.path())).unwrap();
+    for i in 0..60 {
+        journal
+            .append_all(run_drafts(&format!("r{i}")))
+            .await
+            .unwrap();
+    }
+    let mut export = Vec::new();
+    journal.export(&mut export).unwrap();
+    let journaled = export.iter().filter(|b| **b == b'\n').count() as u64;
+
+    let reader = JournalReader::open(&path).unwrap();
+    let seqs: Vec<u64> = reader.iter_all().unwrap().map(|r| r.unwrap().seq).collect();
+    assert_eq!(seqs, (1..=journaled).collect::<Vec<_>>());
+    let mut reread = Vec::new();
+    reader.export(&mut reread).unwrap();
+    assert_eq!(reread, export, "the reader's export is the writer's");
+    let from = journaled - 30;
+    let tail: Vec<u64> = reader
+        .iter_from(from)
+        .unwrap()
+        .map(|r| r.unwrap().seq)
+        .filter(|seq| *seq >= from)
+        .collect();
+    assert_eq!(tail, (from..=journaled).collect::<Vec<_>>());
+}

@@ -318,6 +318,12 @@ impl Engine {
         // where all of them read.
         if let Some(nats) = &deferred {
             runner = runner.with_memory(Arc::new(firebreak_dispatch::SharedMemory(nats.clone())));
+            // And a run acts only while this replica's lease on it holds: cut off from NATS
+            // for most of it, another replica may have taken the run over.
+            let leases = nats.clone();
+            runner = runner.with_fence(Arc::new(move |key: &str, run_id: &str| {
+                firebreak_bus::RunLeases::holds(&*leases, key, run_id)
+            }));
         }
         let runner = Arc::new(runner);
         info!(runbooks = runbooks.current().set.len(), dir = %cfg.runbooks.display(), "runbooks loaded");

@@ -261,6 +261,13 @@ impl RunLeases for DeferredNats {
         self.lease
     }
 
+    fn holds(&self, key: &str, owner: &str) -> bool {
+        // What was written stays known while the connection is down.
+        self.inner
+            .get()
+            .is_some_and(|(_, state)| state.holds(key, owner))
+    }
+
     fn renew(&self, key: &str, owner: &str) -> BoxFuture<'_, Result<bool, BusError>> {
         forward!(self.state().renew(key, owner))
     }

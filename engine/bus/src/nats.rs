@@ -1001,10 +1001,11 @@ pub struct NatsStateStore {
     cooldowns: kv::Store,
     budgets: kv::Store,
     runs: kv::Store,
-    /// The locks this process took: kv key → (owner, revision), so that releasing one is a
-    /// single conditional delete instead of a read and a delete. Only a hint: the revision
-    /// check on the server decides.
-    held: std::sync::Mutex<std::collections::HashMap<String, (String, u64)>>,
+    /// The locks this process took: kv key → what it last wrote there, so that releasing one
+    /// is a single conditional delete instead of a read and a delete (only a hint: the
+    /// revision check on the server decides), and so that a run knows until when its lease
+    /// holds ([`RunLeases::holds`]).
+    held: std::sync::Mutex<std::collections::HashMap<String, Held>>,
     /// This replica's name and lease length, written into every lock it takes.
     replica: Option<(String, Duration)>,
     /// For reading a run's journal lines back ([`RunLeases::run_lines`]).
@@ -1033,6 +1034,14 @@ pub struct NatsStateStore {
     confirm_takes: bool,
     /// Writes to one lock from this process go one at a time ([`Self::one_at_a_time`]).
     writing: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// This process's last write of a lock (see `NatsStateStore::held`).
+struct Held {
+    owner: String,
+    revision: u64,
+    /// The lease that write gave this replica (unix ms; `i64::MAX` without leases).
+    lease_ms: i64,
 }
 
 /// A replica's heartbeat in the `firebreak_replicas` bucket, under `<replica>/<incarnation>`.
@@ -1373,8 +1382,25 @@ impl NatsStateStore {
         Ok(())
     }
 
-    fn held(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (String, u64)>> {
+    fn held(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Held>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Notes this process's write of `owner`'s lock at `key` (a kv key), answered with
+    /// `revision`, made with the clock at `now`.
+    fn wrote(&self, key: &str, owner: &str, revision: u64, now: i64) {
+        let lease_ms = self
+            .replica
+            .as_ref()
+            .map_or(i64::MAX, |(_, lease)| now + lease.as_millis() as i64);
+        self.held().insert(
+            key.to_owned(),
+            Held {
+                owner: owner.to_owned(),
+                revision,
+                lease_ms,
+            },
+        );
     }
 
     /// Writes `value` at `key` if the key is absent (`revision` None) or still at `revision`.
@@ -1492,8 +1518,7 @@ impl NatsStateStore {
                 }
                 let value = make(&current, now)?;
                 if let Some(revision) = Self::cas(&self.locks, key, value, revision).await? {
-                    self.held()
-                        .insert(key.to_owned(), (current.owner.clone(), revision));
+                    self.wrote(key, &current.owner, revision, now);
                     return Ok(Some(revision));
                 }
             }
@@ -1579,13 +1604,11 @@ impl NatsStateStore {
             let lock = |now: i64| self.lock_value(owner, now + ttl.as_millis() as i64, now);
             if take {
                 // The common case, a free key: one create, no read first.
-                if let Some(revision) =
-                    Self::cas(&self.locks, &key, lock(crate::now_ms())?, None).await?
-                {
+                let now = crate::now_ms();
+                if let Some(revision) = Self::cas(&self.locks, &key, lock(now)?, None).await? {
                     // A create is checked where it is applied, on every server: no one else's
                     // passed beside it.
-                    self.held()
-                        .insert(key.clone(), (owner.to_owned(), revision));
+                    self.wrote(&key, owner, revision, now);
                     return Ok(true);
                 }
             }
@@ -1598,8 +1621,7 @@ impl NatsStateStore {
                     return Ok(false);
                 }
                 if let Some(revision) = Self::cas(&self.locks, &key, lock(now)?, revision).await? {
-                    self.held()
-                        .insert(key.clone(), (owner.to_owned(), revision));
+                    self.wrote(&key, owner, revision, now);
                     if ours {
                         return Ok(true);
                     }
@@ -1641,7 +1663,7 @@ impl NatsStateStore {
         let key = kv_key(key);
         self.one_at_a_time(&key, async {
             let known = match self.held().remove(&key) {
-                Some((holder, revision)) if holder == owner => Some(revision),
+                Some(held) if held.owner == owner => Some(held.revision),
                 _ => None,
             };
             // Our own last write: one conditional delete.
@@ -2068,6 +2090,16 @@ impl RunLeases for NatsStateStore {
         self.replica
             .as_ref()
             .map_or(Duration::ZERO, |(_, lease)| *lease)
+    }
+
+    fn holds(&self, key: &str, owner: &str) -> bool {
+        // A third of the lease to spare: for the other replicas' clocks, which judge when it
+        // ran out, and for the write the caller is about to make.
+        let spare = (self.lease() / 3).as_millis() as i64;
+        let now = crate::now_ms();
+        self.held()
+            .get(&kv_key(key))
+            .is_some_and(|held| held.owner == owner && held.lease_ms.saturating_sub(spare) > now)
     }
 
     fn renew(&self, key: &str, owner: &str) -> BoxFuture<'_, Result<bool, BusError>> {

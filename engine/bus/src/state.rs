@@ -120,6 +120,11 @@ pub trait RunLeases: Send + Sync {
     /// How long a lease lasts without renewal.
     fn lease(&self) -> Duration;
 
+    /// Whether this replica's lease on run `owner`'s lock `key` holds for a while yet, as
+    /// this replica last wrote it (no request): a run acts only while it does (a replica
+    /// cut off from NATS must leave the run to the one that takes it over).
+    fn holds(&self, key: &str, owner: &str) -> bool;
+
     /// Renews this replica's lease on run `owner`'s lock `key`. `false`: the lease is not ours
     /// any more (another replica took the run over, or the run's lock is gone).
     fn renew(&self, key: &str, owner: &str) -> BoxFuture<'_, Result<bool, BusError>>;

@@ -29,7 +29,30 @@ pub struct MutationQuery<'a> {
 /// `Err(reason)` refuses the mutation.
 pub type Guard = Arc<dyn Fn(&MutationQuery<'_>) -> Result<(), String> + Send + Sync>;
 
+/// Whether this engine replica still holds the lease on a run's lock (`fence(key, run_id)`),
+/// asked right before a mutation is applied (see [`Runner::with_fence`](crate::Runner::with_fence)).
+/// Replicas sharing a NATS cluster take over a run whose lease ran out; a replica cut off
+/// from NATS for longer than that must not act for the run any more, even if the mutation's
+/// write-ahead record got through once NATS came back: the replica that took the run over
+/// acts for it now. `false` suspends the run before the write; the journaled intent is
+/// applied by whoever resumes it.
+pub type Fence = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
+
+/// A run's lock and the fence that says whether its lease still holds.
+#[derive(Clone)]
+pub(crate) struct Lease {
+    pub fence: Fence,
+    pub key: String,
+}
+
 impl RunContext {
+    /// Whether the run may still act: no lease to keep, or the lease on its lock holds.
+    pub(crate) fn lease_holds(&self) -> bool {
+        self.lease
+            .as_ref()
+            .is_none_or(|lease| (lease.fence)(&lease.key, &self.meta.run_id))
+    }
+
     /// Why the guard refuses `action` in `namespace` now, if it does (never in a dry run).
     pub(crate) fn guard_refusal(
         &self,

@@ -35,7 +35,7 @@ pub mod trace;
 
 pub use approval::{Decision, DecisionError, Pending, Standing};
 pub use compute::default_shares as default_computing_scripts;
-pub use guard::{Guard, MutationQuery};
+pub use guard::{Fence, Guard, MutationQuery};
 pub use memory::IncidentMemory;
 pub use policy::RetryPolicy;
 pub use runner::{

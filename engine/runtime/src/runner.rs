@@ -315,6 +315,8 @@ pub struct Runner {
     /// Cancelled by [`Runner::suspend`].
     suspend: CancellationToken,
     guard: Option<crate::Guard>,
+    /// Asked before each mutation of a run holding a lock (see [`crate::guard::Fence`]).
+    fence: Option<crate::Fence>,
     /// Where `once` decisions are shared with other replicas (see [`crate::memory`]).
     memory: Option<Arc<dyn crate::IncidentMemory>>,
 }
@@ -332,6 +334,7 @@ impl Runner {
             config,
             suspend: CancellationToken::new(),
             guard: None,
+            fence: None,
             memory: None,
         }
     }
@@ -340,6 +343,22 @@ impl Runner {
     pub fn with_guard(mut self, guard: crate::Guard) -> Runner {
         self.guard = Some(guard);
         self
+    }
+
+    /// Asks `fence` right before each mutation of a run that holds a lock whether this
+    /// replica's lease on that lock still holds; a run whose lease is not known to hold
+    /// suspends before the write (see [`crate::guard::Fence`]).
+    pub fn with_fence(mut self, fence: crate::Fence) -> Runner {
+        self.fence = Some(fence);
+        self
+    }
+
+    /// The lease a run holding lock `key` keeps, when this runner fences runs.
+    fn lease(&self, key: Option<&str>) -> Option<crate::guard::Lease> {
+        Some(crate::guard::Lease {
+            fence: self.fence.clone()?,
+            key: key?.to_owned(),
+        })
     }
 
     /// Shares `once` decisions through `memory` instead of finding them in the local journal
@@ -394,6 +413,7 @@ impl Runner {
             plan.dry_run,
             plan.ast.reads(),
         );
+        let lease = self.lease(plan.lock_key.as_deref());
         let started = RecordBody::RunStarted {
             event: journaled_event(&plan.event),
             params,
@@ -420,6 +440,7 @@ impl Runner {
             plan.progress,
             span,
             Earlier::default(),
+            lease,
         );
         let (signal, journaled) = oneshot::channel();
         cx.pend_start(started, signal);
@@ -546,6 +567,7 @@ impl Runner {
         );
         let traceparent = plan.event.get("traceparent").and_then(Value::as_str);
         let (span, _) = crate::trace::run_span(&plan.meta, traceparent);
+        let lease = self.lease(plan.lock_key.as_deref());
         let cx = self.context(
             plan.meta,
             plan.scope,
@@ -555,6 +577,7 @@ impl Runner {
             None,
             span,
             plan.earlier,
+            lease,
         );
         Ok(self.launch(cx, ast, ctx, permit))
     }
@@ -626,6 +649,7 @@ impl Runner {
         progress: Option<ProgressSink>,
         span: tracing::Span,
         earlier: Earlier,
+        lease: Option<crate::guard::Lease>,
     ) -> Arc<RunContext> {
         Arc::new(RunContext::new(
             meta,
@@ -641,6 +665,7 @@ impl Runner {
             progress,
             &self.config,
             self.guard.clone(),
+            lease,
             self.memory.clone(),
             span,
             earlier,

@@ -197,6 +197,8 @@ pub(crate) struct RunContext {
     pub cluster_actions: Option<Vec<String>>,
     /// The engine's guard rails on mutations (freeze windows, blast radius).
     pub guard: Option<crate::Guard>,
+    /// The lease on the run's lock, with replicas sharing NATS (see [`crate::guard::Fence`]).
+    pub(crate) lease: Option<crate::guard::Lease>,
     /// Where `once` decisions are shared with other replicas, if they are.
     pub memory: Option<std::sync::Arc<dyn crate::IncidentMemory>>,
     /// The run's trace span (see [`crate::trace`]).
@@ -277,6 +279,7 @@ impl RunContext {
         progress: Option<ProgressSink>,
         settings: &crate::runner::RunnerConfig,
         settings_guard: Option<crate::Guard>,
+        lease: Option<crate::guard::Lease>,
         memory: Option<std::sync::Arc<dyn crate::IncidentMemory>>,
         span: tracing::Span,
         earlier: Earlier,
@@ -287,6 +290,7 @@ impl RunContext {
             cluster_actions: scope.cluster_actions,
             approval: scope.approval,
             guard: settings_guard,
+            lease,
             memory,
             span,
             open_spans: std::sync::Mutex::new(Vec::new()),
@@ -1242,6 +1246,13 @@ pub(crate) fn run_mutation(
         let mut result = LeafResult::ok(dry_answer(&intent));
         result.status = StepStatus::Skipped;
         result
+    } else if !cx.lease_holds() {
+        // Journaling the intent may have waited out the lease (NATS away from this replica):
+        // another replica may have the run now. Suspended, the write is left to whoever
+        // resumes it, which applies this very intent.
+        warn!(run_id = %cx.meta.run_id, action = %name, "the run's lease is not known to hold (NATS unreachable for most of it): suspending the run before its write");
+        cx.set_stop(Stop::Suspended);
+        LeafResult::stopped(Stop::Suspended)
     } else {
         apply(&cx, step, &intent)
     };

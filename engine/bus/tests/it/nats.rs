@@ -706,6 +706,49 @@ async fn a_run_lease_that_runs_out_is_taken_over_by_exactly_one_replica() {
     assert_eq!(a.lock_holder("other/key").await.unwrap(), None);
 }
 
+/// A replica knows, without asking NATS, whether its lease on a run's lock holds for a while
+/// yet (a third of it to spare): a run acts only while it does, so a replica cut off from
+/// NATS stops acting before another replica may take the run over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_knows_its_lease_holds_only_while_it_renews_it() {
+    use firebreak_bus::RunLeases;
+    let server = NatsServer::start().expect("nats-server");
+    let lease = Duration::from_millis(1500);
+    let (_a_bus, a) = replica_store(&server, "a", lease).await;
+    let (_b_bus, b) = replica_store(&server, "b", lease).await;
+    let key = "model-latency-rollback/ml.serving fraud";
+    assert!(!a.holds(key, "run-1"), "nothing taken yet");
+    assert!(
+        a.try_lock(key, "run-1", Duration::from_secs(600))
+            .await
+            .unwrap()
+    );
+    assert!(a.holds(key, "run-1"));
+    assert!(!a.holds(key, "run-2"), "another run's");
+    assert!(!b.holds(key, "run-1"), "another replica's");
+
+    // Not renewed for two thirds of the lease: no longer known to hold.
+    tokio::time::sleep(lease * 2 / 3 + Duration::from_millis(100)).await;
+    assert!(!a.holds(key, "run-1"));
+    assert!(a.renew(key, "run-1").await.unwrap());
+    assert!(a.holds(key, "run-1"), "renewed");
+
+    // Run out and taken over: b's now, not a's.
+    tokio::time::sleep(lease + Duration::from_millis(100)).await;
+    let orphans = b.orphans().await.unwrap();
+    assert_eq!(orphans.len(), 1, "{orphans:?}");
+    assert!(
+        b.take_over(&orphans[0], Duration::from_secs(600))
+            .await
+            .unwrap()
+    );
+    assert!(b.holds(key, "run-1"));
+    assert!(!a.renew(key, "run-1").await.unwrap());
+    assert!(!a.holds(key, "run-1"));
+    assert!(b.unlock(key, "run-1").await.unwrap());
+    assert!(!b.holds(key, "run-1"), "released");
+}
+
 /// Replicas do not follow each other's lock writes: while every replica's heartbeat is live
 /// and none gave a lease up, a lease scan reads the small replica bucket, not the locks. A
 /// watch of the lock bucket per replica cost nats-server a delivery of every lock write to

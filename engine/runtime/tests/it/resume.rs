@@ -286,3 +286,67 @@ async fn a_mutation_interrupted_after_its_write_is_not_repeated_on_resume() {
     drop(journal);
     firebreak_audit::verify(&path).unwrap();
 }
+
+/// A replica cut off from NATS for most of a run's lease may find the mutation's write-ahead
+/// record journaled only once NATS is back, when another replica may have taken the run over:
+/// it must not write then. The run suspends with the intent journaled and no write; whoever
+/// resumes it applies that very intent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mutation_whose_lease_is_not_known_to_hold_is_not_applied_and_the_run_suspends() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const SCRIPT: &str = r#"fake::scale("shop", "api", 3); log("scaled")"#;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let fake = Arc::new(Fake::default());
+    let mut registry = Registry::new();
+    registry.register(fake.clone());
+    let holds = Arc::new(AtomicBool::new(false));
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let fence: firebreak_runtime::Fence = {
+        let (holds, asked) = (holds.clone(), asked.clone());
+        Arc::new(move |key: &str, run_id: &str| {
+            asked.lock().unwrap().push(format!("{key} {run_id}"));
+            holds.load(Ordering::SeqCst)
+        })
+    };
+
+    let journal = Arc::new(Journal::open(&path).unwrap());
+    let runner = Runner::new(&registry, journal.clone(), config()).with_fence(fence.clone());
+    let mut first = plan("m1", SCRIPT);
+    first.lock_key = Some("test-runbook/api".into());
+    let outcome = runner.start(first).await.unwrap().join().await;
+    assert!(outcome.suspended, "{outcome:?}");
+    assert_eq!(fake.writes(), 0, "no write without the lease");
+    assert_eq!(fake.count("plan:scale"), 1);
+    assert_eq!(*asked.lock().unwrap(), vec!["test-runbook/api m1"]);
+    let records = journal.records_for_run("m1").unwrap();
+    assert_eq!(
+        kinds(&records),
+        vec!["run_started", "started 1 fake::scale"]
+    );
+    match &records[1].body {
+        RecordBody::StepStarted { intent, .. } => assert!(intent.is_some(), "{intent:?}"),
+        other => panic!("{other:?}"),
+    }
+
+    // A run without a lock has no lease to lose; one resumed with its lease applies the
+    // journaled intent.
+    let other = r#"fake::scale("shop", "web", 3); log("scaled")"#;
+    let unlocked = runner.start(plan("m2", other)).await.unwrap().join().await;
+    assert_eq!(unlocked.status, RunStatus::Succeeded, "{unlocked:?}");
+    assert_eq!(fake.writes(), 1);
+    holds.store(true, Ordering::SeqCst);
+    let ast = compile(std::path::Path::new("m.rhai"), SCRIPT).unwrap();
+    let outcome = resume(&runner, "m1", ast).await.unwrap().join().await;
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
+    assert_eq!(fake.writes(), 2, "m1's write, once");
+    assert_eq!(fake.count("scale"), 2, "m2's and m1's, each applied once");
+    assert_eq!(
+        fake.count("plan:scale"),
+        2,
+        "m1's intent was not decided again"
+    );
+    drop(runner);
+    drop(journal);
+    firebreak_audit::verify(&path).unwrap();
+}

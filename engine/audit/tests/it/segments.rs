@@ -328,20 +328,7 @@ async fn the_index_keeps_open_and_recent_runs_and_finds_older_ones_on_disk() {
 async fn a_read_from_a_seq_skips_the_segments_before_and_gives_the_lines_as_journaled() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");
-    let journal = Journal::open_with(&path, options(dir.path())).unwrap();
-    assert_eq!(
-        journal.opened_at(),
-        1,
-        "a new journal's opening checkpoint is its first"
-    );
-    for i in 0..60 {
-        journal
-            .append_all(run_drafts(&format!("r{i}")))
-            .await
-            .unwrap();
-    }
-    let mut export = Vec::new();
-    journal.export(&mut export).unwrap();
+    let (journal, export) = sixty_runs(&path).await;
     let lines: Vec<&[u8]> = export.split_inclusive(|b| *b == b'\n').collect();
     let last = lines.len() as u64;
     assert!(last > 200, "{last} records");
@@ -375,13 +362,14 @@ async fn a_read_from_a_seq_skips_the_segments_before_and_gives_the_lines_as_jour
     assert_eq!(journal.opened_at(), last + 1);
 }
 
-/// `firebreak audit` and `firebreak bench` read a journal a server writes through a reader
-/// opened on its path: every segment's records, the last sealed one's too.
-#[tokio::test]
-async fn a_reader_opened_on_the_path_reads_every_segment() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("audit.jsonl");
-    let journal = Journal::open_with(&path, options(dir.path())).unwrap();
+/// A new journal at `path` in segments of [`options`], with 60 runs in it, and its export.
+async fn sixty_runs(path: &std::path::Path) -> (Journal, Vec<u8>) {
+    let journal = Journal::open_with(path, options(path.parent().unwrap())).unwrap();
+    assert_eq!(
+        journal.opened_at(),
+        1,
+        "a new journal's opening checkpoint is its first"
+    );
     for i in 0..60 {
         journal
             .append_all(run_drafts(&format!("r{i}")))
@@ -390,6 +378,16 @@ async fn a_reader_opened_on_the_path_reads_every_segment() {
     }
     let mut export = Vec::new();
     journal.export(&mut export).unwrap();
+    (journal, export)
+}
+
+/// `firebreak audit` and `firebreak bench` read a journal a server writes through a reader
+/// opened on its path: every segment's records, the last sealed one's too.
+#[tokio::test]
+async fn a_reader_opened_on_the_path_reads_every_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let (_journal, export) = sixty_runs(&path).await;
     let journaled = export.iter().filter(|b| **b == b'\n').count() as u64;
 
     let reader = JournalReader::open(&path).unwrap();

@@ -1033,6 +1033,10 @@ impl Dispatcher {
                 return false;
             }
             let key = plan.lock_key().map(str::to_owned);
+            // Another run of the incident holds its lock now (this run's ran out while it was
+            // stopped): with replicas, a run acts only while it holds its lock (see
+            // `Runner::with_fence`), so it is closed, not resumed to wait for ever.
+            let mut lock_of = None;
             if let Some(key) = &key {
                 match self
                     .state
@@ -1046,7 +1050,11 @@ impl Dispatcher {
                             info!(run_id = %run.run_id, key = %key, "another replica took this run over; leaving it to it");
                             return false;
                         }
-                        warn!(run_id = %run.run_id, key = %key, holder = ?holder, "resuming a run whose key another run holds");
+                        if self.leases.is_some() {
+                            lock_of = Some(holder.unwrap_or_else(|| "another run".into()));
+                        } else {
+                            warn!(run_id = %run.run_id, key = %key, holder = ?holder, "resuming a run whose key another run holds");
+                        }
                     }
                     Err(e) => {
                         error!(run_id = %run.run_id, key = %key, error = %e, "cannot take a resumed run's lock; it resumes at the next start");
@@ -1058,12 +1066,24 @@ impl Dispatcher {
                 match self.settle_with_stream(&*leases, plan).await {
                     Some(settled) => plan = settled,
                     None => {
-                        if let Some(key) = &key {
+                        if let Some(key) = &key
+                            && lock_of.is_none()
+                        {
                             let _ = self.state.unlock(key, &run.run_id).await;
                         }
                         return false;
                     }
                 }
+            }
+            if let Some(holder) = lock_of {
+                let reason = format!(
+                    "not resumed: run {holder} holds its incident's lock now (this run's lock ran out while it was stopped)"
+                );
+                warn!(run_id = %run.run_id, key = ?key, "{reason}");
+                if let Err(e) = self.runner.abandon(&plan, &reason).await {
+                    error!(run_id = %run.run_id, error = %e, "cannot close a run whose lock another run holds");
+                }
+                return false;
             }
             match self.resume_plan(plan, key.clone()).await {
                 Ok(()) => true,

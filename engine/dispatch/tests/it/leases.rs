@@ -8,6 +8,8 @@ use firebreak_bus::{BusError, Decision, Orphan, RunLeases};
 use futures::future::BoxFuture;
 use serde_json::json;
 
+use firebreak_audit::{Record, RecordBody};
+
 use crate::{H, alert, started};
 
 /// Leases that renew at once, and a left run whose trail takes `read` to read back (an audit
@@ -328,5 +330,62 @@ async fn a_delivery_that_comes_again_after_its_run_started_on_another_replica_do
         )],
         "{}",
         crate::summary(&records)
+    );
+}
+
+/// A replica restarted on its data dir finds a run of its own unfinished whose incident's lock
+/// another run holds now (its own ran out while it was stopped). With replicas a run acts only
+/// while it holds its lock (`Runner::with_fence`): resumed, it would act beside the run holding
+/// the lock, or, fenced, stay unfinished for ever. It is closed, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_lock_another_run_holds_after_a_restart_is_closed_not_resumed() {
+    let lease = Duration::from_secs(5);
+    let leases = Arc::new(SlowStream::new(lease, Duration::ZERO, false));
+    let h = H::leased(HOLD, leases.clone(), 4).await;
+    let event = alert("ev-1", "firing", "00000000000000f1", json!({}));
+    h.deliver(&event, jiff::Timestamp::now()).await;
+    let records = h
+        .wait("the run to start", |r| !started(r, "hold").is_empty())
+        .await;
+    let run_id = started(&records, "hold")[0].clone();
+    let key = records
+        .iter()
+        .find_map(|r| match &r.body {
+            RecordBody::RunStarted { lock_key, .. } => lock_key.clone(),
+            _ => None,
+        })
+        .expect("the run's lock");
+    let (dir, _) = h.stop().await;
+
+    let h = H::reopen_leased(dir, leases, 4).await;
+    assert!(
+        h.state
+            .try_lock(&key, "newer-run", Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    assert_eq!(h.dispatcher.resume_unfinished().await, 0, "nothing resumed");
+    let records: Vec<Record> = crate::all_records(&h.journal)
+        .into_iter()
+        .filter(|r| r.run_id == run_id)
+        .collect();
+    match &records.last().unwrap().body {
+        RecordBody::RunFinished { status, error } => {
+            assert_eq!(*status, firebreak_runtime::RunStatus::Cancelled);
+            let error = error.as_deref().unwrap_or_default();
+            assert!(error.contains("newer-run"), "{error}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        !records
+            .iter()
+            .any(|r| matches!(r.body, RecordBody::RunResumed { .. })),
+        "{records:?}"
+    );
+    assert_eq!(
+        h.state.lock_holder(&key).await.unwrap().as_deref(),
+        Some("newer-run"),
+        "the other run's lock is left alone"
     );
 }

@@ -111,6 +111,12 @@ impl H {
         H::open_with(dir, None, |state| state, Some(leases), slots, None).await
     }
 
+    /// [`H::open`] on `dir` again, with leases in `leases`, as a replica restarted on its data
+    /// dir.
+    pub async fn reopen_leased(dir: TempDir, leases: Arc<dyn RunLeases>, slots: usize) -> H {
+        H::open_with(dir, None, |state| state, Some(leases), slots, None).await
+    }
+
     async fn open_with(
         dir: TempDir,
         nats: Option<Arc<NatsServer>>,

@@ -394,6 +394,11 @@ impl Serve {
             .collect()
     }
 
+    /// Where this start of the process logs.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
     /// The last 40 log lines, for failure messages.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();

@@ -545,3 +545,244 @@ async fn runs_ending_during_a_lease_renewal_are_not_reported_as_lost() {
         &lost[..lost.len().min(5)]
     );
 }
+
+/// A TCP proxy to nats-server that can be paused: while paused it forwards nothing either way
+/// (what was sent waits), as a network partition between one replica and NATS does, with
+/// both ends alive.
+struct Partition {
+    url: String,
+    paused: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Partition {
+    async fn to(nats: &NatsServer) -> Partition {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let upstream = nats.url().trim_start_matches("nats://").to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("nats://{}", listener.local_addr().unwrap());
+        let paused = std::sync::Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn({
+            let paused = paused.clone();
+            async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        continue;
+                    };
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    for (mut from, mut to) in
+                        [(client_read, server_write), (server_read, client_write)].map(|(r, w)| {
+                            (
+                                Box::new(r) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+                                w,
+                            )
+                        })
+                    {
+                        let paused = paused.clone();
+                        tokio::spawn(async move {
+                            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+                            let mut buf = vec![0; 64 << 10];
+                            loop {
+                                let n = match from.read(&mut buf).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => n,
+                                };
+                                while paused.load(Ordering::SeqCst) {
+                                    tokio::time::sleep(Duration::from_millis(10)).await;
+                                }
+                                if to.write_all(&buf[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        });
+                    }
+                }
+            }
+        });
+        Partition { url, paused, task }
+    }
+
+    fn cut(&self, cut: bool) {
+        self.paused.store(cut, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A replica cut off from NATS (alive, its connection hanging) just before its run's rollback:
+/// the run's lease runs out, another replica takes the run over and rolls back. When the
+/// partition heals, the first replica's write-ahead record of the rollback gets through at
+/// last, and the replica must not roll back again (a rollback without a precondition flips the
+/// Deployment back): the run stops before the write. One rollback in `kubectl rollout history`.
+/// Here the lease renewal's answer usually comes first and stops the run (the build before the
+/// fence passed 3 of 3 tries too); the fence holds the other order, which
+/// `a_mutation_whose_lease_is_not_known_to_hold_is_not_applied_and_the_run_suspends` and
+/// `a_replica_knows_its_lease_holds_only_while_it_renews_it` pin down.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_cut_off_from_nats_past_its_lease_does_not_write_once_it_is_back() {
+    let nats = NatsServer::start().expect("nats-server -js");
+    let cluster = Cluster::start(kubesim::ControllerConfig::default()).await;
+    fraud_model_at_v2(&cluster).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let runbooks = tmp.path().join("runbooks");
+    std::fs::create_dir_all(&runbooks).unwrap();
+    std::fs::write(
+        runbooks.join("undo.yaml"),
+        "name: undo\nteam: ml-platform\ndescription: rolls back after a pause\n\
+         namespaces: [ml-serving]\ntriggers:\n  - source: alertmanager\n    status: firing\n    \
+         match: ['alertname=\"ModelLatencyHigh\"']\nparams:\n  namespace: { from: label, key: namespace, type: string, required: true }\n  \
+         deployment: { from: label, key: deployment, type: string, required: true }\n\
+         concurrency: \"{{params.namespace}}/{{params.deployment}}\"\n",
+    )
+    .unwrap();
+    // No precondition: a second rollback would roll the first one back.
+    std::fs::write(
+        runbooks.join("undo.rhai"),
+        "sleep(3000);\nlog(\"computing\");\nlet x = 0;\nfor i in 0..2000000 { x += i; }\n\
+         let undo = k8s::rollback(ctx.params.namespace, ctx.params.deployment, 0, \"\");\n\
+         log(`rolled back: ${undo.rolled_back}`);\n",
+    )
+    .unwrap();
+    let partition = Partition::to(&nats).await;
+    let replica_on = |url: String| {
+        Serve::start(
+            &runbooks,
+            ServeOpts {
+                env: vec![
+                    ("FIREBREAK_NATS_URL", url),
+                    ("FIREBREAK_NATS_RUN_LEASE", format!("{}s", LEASE.as_secs())),
+                    (
+                        "FIREBREAK_KUBECONFIG",
+                        cluster.kubeconfig.display().to_string(),
+                    ),
+                ],
+                kubernetes: true,
+                ..ServeOpts::default()
+            },
+        )
+    };
+    let cut_off = replica_on(partition.url.clone()).await;
+    let (status, body) = cut_off
+        .post("/v1/alertmanager", None, latency_alert())
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let run_id = wait_for(
+        "the run to sleep",
+        Duration::from_secs(30),
+        || cut_off.log_tail(),
+        || {
+            let found = cut_off.journal().records.iter().find_map(|r| {
+                (r["body"]["type"] == "step_started" && r["body"]["name"] == "sleep")
+                    .then(|| r["run_id"].as_str().unwrap().to_owned())
+            });
+            std::future::ready(found)
+        },
+    )
+    .await;
+    // Cut while the script computes after its sleep: the rollback's write-ahead record is the
+    // first record that meets the partition.
+    let cut_at = std::time::Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(cut_off.log_path())
+        .unwrap_or_default()
+        .contains("computing")
+    {
+        assert!(std::time::Instant::now() < cut_at, "{}", cut_off.log_tail());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    partition.cut(true);
+
+    let other = replica_on(nats.url()).await;
+    wait_for(
+        "the other replica to take the run over and finish it",
+        LEASE * 4 + Duration::from_secs(20),
+        || other.log_tail(),
+        || {
+            let done = records_of(&other, &run_id)
+                .iter()
+                .any(|r| r["body"]["type"] == "run_finished");
+            std::future::ready(done.then_some(()))
+        },
+    )
+    .await;
+    let taken = records_of(&other, &run_id);
+    assert!(
+        taken.iter().any(|r| r["body"]["type"] == "run_taken_over"),
+        "{taken:?}"
+    );
+    assert_eq!(cluster.fraud_model_revisions().await, vec![2, 3]);
+
+    // Meanwhile the cut-off replica's sleep ended too: its rollback's write-ahead record is in
+    // its journal, waiting for the stream.
+    wait_for(
+        "the cut-off replica to journal the rollback's intent",
+        Duration::from_secs(30),
+        || {
+            let records: Vec<String> = cut_off
+                .journal()
+                .records
+                .iter()
+                .map(|r| format!("{} {} {}", r["seq"], r["body"]["type"], r["body"]["name"]))
+                .collect();
+            format!("{records:?}\n{}", cut_off.log_tail())
+        },
+        || {
+            let journaled = records_of(&cut_off, &run_id).iter().any(|r| {
+                r["body"]["type"] == "step_started" && r["body"]["name"] == "k8s::rollback"
+            });
+            std::future::ready(journaled.then_some(()))
+        },
+    )
+    .await;
+    // The partition heals: that record reaches the stream now.
+    partition.cut(false);
+    // Whichever NATS answers first once it is back stops the run before the write: the
+    // mirror's (then the run's lease is not known to hold: the fence) or the lease renewal's
+    // (another replica took the run over). Before the fence, the first order rolled back again.
+    let fenced = "suspending the run before its write";
+    let lost = "run lease lost";
+    wait_for(
+        "the cut-off replica's run to stop or to roll back",
+        Duration::from_secs(30),
+        || cut_off.log_tail(),
+        || {
+            let log = std::fs::read_to_string(cut_off.log_path()).unwrap_or_default();
+            let wrote = records_of(&cut_off, &run_id).iter().any(|r| {
+                r["body"]["type"] == "step_finished" && r["body"]["name"] == "k8s::rollback"
+            });
+            std::future::ready(
+                (wrote || log.contains("run suspended") || log.contains(fenced)).then_some(()),
+            )
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        cluster.fraud_model_revisions().await,
+        vec![2, 3],
+        "one rollback: the cut-off replica did not write"
+    );
+    let log = std::fs::read_to_string(cut_off.log_path()).unwrap_or_default();
+    assert!(
+        log.contains(fenced) || log.contains(lost),
+        "{}",
+        cut_off.log_tail()
+    );
+    let mine = records_of(&cut_off, &run_id);
+    assert!(
+        mine.iter().any(|r| r["body"]["type"] == "step_started"
+            && r["body"]["name"] == "k8s::rollback"
+            && !r["body"]["intent"].is_null()),
+        "{mine:?}"
+    );
+    assert!(
+        !mine
+            .iter()
+            .any(|r| r["body"]["type"] == "step_finished" && r["body"]["name"] == "k8s::rollback"),
+        "{mine:?}"
+    );
+}

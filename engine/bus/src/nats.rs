@@ -1389,10 +1389,7 @@ impl NatsStateStore {
     /// Notes this process's write of `owner`'s lock at `key` (a kv key), answered with
     /// `revision`, made with the clock at `now`.
     fn wrote(&self, key: &str, owner: &str, revision: u64, now: i64) {
-        let lease_ms = self
-            .replica
-            .as_ref()
-            .map_or(i64::MAX, |(_, lease)| now + lease.as_millis() as i64);
+        let lease_ms = self.lease_until(now).unwrap_or(i64::MAX);
         self.held().insert(
             key.to_owned(),
             Held {
@@ -1446,16 +1443,21 @@ impl NatsStateStore {
         result
     }
 
+    /// Until when (unix ms) a lock written with the clock at `now` gives this replica its
+    /// lease; `None` without leases.
+    fn lease_until(&self, now: i64) -> Option<i64> {
+        self.replica
+            .as_ref()
+            .map(|(_, lease)| now + lease.as_millis() as i64)
+    }
+
     /// A lock's stored form: `owner` until `expires_ms`, with this replica's lease from `now`.
     fn lock_value(&self, owner: &str, expires_ms: i64, now: i64) -> Result<Vec<u8>, BusError> {
         let value = LockValue {
             owner: owner.to_owned(),
             expires_ms,
             replica: self.replica.as_ref().map(|(name, _)| name.clone()),
-            lease_ms: self
-                .replica
-                .as_ref()
-                .map(|(_, lease)| now + lease.as_millis() as i64),
+            lease_ms: self.lease_until(now),
             incarnation: self.replica.as_ref().map(|_| self.incarnation.clone()),
         };
         serde_json::to_vec(&value).map_err(|e| codec("lock", e))

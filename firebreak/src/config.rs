@@ -120,6 +120,14 @@ pub struct NatsConfig {
     /// `15s`. `FIREBREAK_NATS_RUN_LEASE`.
     #[serde(default)]
     pub run_lease: Option<String>,
+    /// How long a delivery of the shared consumer may stay unacked before JetStream delivers
+    /// it again: what a replica that died had pulled and not yet started reaches another
+    /// replica this long after it was pulled. A replica alive marks each delivery it holds
+    /// in progress every third of it, one message each, so a short one costs messages while
+    /// deliveries wait for run slots (at most 20,000 held). The replica started last sets it
+    /// on the consumer. Default `60s`. `FIREBREAK_NATS_ACK_WAIT`.
+    #[serde(default)]
+    pub ack_wait: Option<String>,
     /// How long a journal append waits for the audit stream while NATS is unreachable before
     /// it fails (and with it the step): the runs wait rather than fail through a short outage.
     /// The records are in the journal either way and reach the stream once NATS is back.
@@ -307,6 +315,18 @@ impl NatsConfig {
                 }
                 None => firebreak_bus::NatsOptions::default().run_lease,
             },
+            ack_wait: match &self.ack_wait {
+                Some(text) => {
+                    let wait = firebreak_matcher::parse_duration(text)
+                        .map_err(|e| anyhow::anyhow!("nats.ack_wait: {e}"))?;
+                    anyhow::ensure!(
+                        wait >= std::time::Duration::from_secs(1),
+                        "nats.ack_wait is {text}: at least 1s (deliveries are marked in progress every third of it)"
+                    );
+                    wait
+                }
+                None => firebreak_bus::NatsOptions::default().ack_wait,
+            },
             replica: self.replica.clone(),
             ..firebreak_bus::NatsOptions::default()
         })
@@ -402,6 +422,9 @@ impl NatsConfig {
         }
         if let Some(v) = get("FIREBREAK_NATS_RUN_LEASE") {
             self.run_lease = text(v);
+        }
+        if let Some(v) = get("FIREBREAK_NATS_ACK_WAIT") {
+            self.ack_wait = text(v);
         }
         if let Some(v) = get("FIREBREAK_NATS_AUDIT_MIRROR_RETRY") {
             self.audit_mirror_retry = text(v);
@@ -884,6 +907,29 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(says), "{lease}: {err}");
+        }
+        // The shared consumer's ack wait: 60 s unless set, at least a second.
+        assert_eq!(opts.ack_wait.as_secs(), 60);
+        let acked = Config::from_yaml("nats: { url: nats://nats:4222, ack_wait: 45s }\n").unwrap();
+        assert_eq!(
+            acked.nats.unwrap().options().unwrap().ack_wait.as_secs(),
+            45
+        );
+        for (wait, says) in [
+            ("4s", Ok(4)),
+            ("200ms", Err("nats.ack_wait is 200ms: at least 1s")),
+            ("later", Err("nats.ack_wait:")),
+        ] {
+            let mut cfg = Config::from_yaml("nats: { url: nats://nats:4222 }\n").unwrap();
+            cfg.apply_env(|k| (k == "FIREBREAK_NATS_ACK_WAIT").then(|| wait.into()))
+                .unwrap();
+            match (cfg.nats.unwrap().options(), says) {
+                (Ok(opts), Ok(secs)) => assert_eq!(opts.ack_wait.as_secs(), secs),
+                (Err(err), Err(says)) => {
+                    assert!(err.to_string().contains(says), "{wait}: {err}")
+                }
+                (got, want) => panic!("{wait}: {:?} against {want:?}", got.map(|o| o.ack_wait)),
+            }
         }
         let nats = cfg.nats.as_mut().unwrap();
         assert_eq!(nats.audit_mirror_retry().unwrap(), None);

@@ -60,7 +60,11 @@ pub struct NatsOptions {
     pub audit_stream: String,
     /// The durable consumer every replica shares. Default `firebreak-engine`.
     pub consumer: String,
-    /// How long a delivery may stay unacked before redelivery. Default 60 s.
+    /// How long a delivery may stay unacked before redelivery: what a replica that died had
+    /// pulled and not started comes to another one this long after it was pulled. A replica
+    /// alive marks each delivery it holds in progress every third of it, one message each:
+    /// with thousands waiting for run slots a short one floods the server (15 s, tried under
+    /// an overload, made the replicas thrash). Default 60 s.
     pub ack_wait: Duration,
     /// Deliveries before the server gives up on an event (-1: never). Default 20.
     pub max_deliver: i64,
@@ -159,6 +163,10 @@ impl Disconnects {
 struct Setup {
     js: Context,
     opts: NatsOptions,
+    /// The shared consumer's ack wait as the server has it, in milliseconds: the configured
+    /// one once this replica set it, else what the consumer kept. Deliveries are marked in
+    /// progress every third of it.
+    ack_wait_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Maps a publish failure to a kind: no server answer means the bus is unavailable.
@@ -343,6 +351,7 @@ impl NatsBus {
             .build(client.clone());
         let setup = Setup {
             js: js.clone(),
+            ack_wait_ms: Arc::new(std::sync::atomic::AtomicU64::new(millis(opts.ack_wait))),
             opts,
         };
         setup.events_consumer().await?;
@@ -530,28 +539,55 @@ impl Setup {
     async fn events_consumer(&self) -> Result<consumer::Consumer<pull::Config>, BusError> {
         let stream = self.events_stream().await?;
         let name = &self.opts.consumer;
-        stream
-            .get_or_create_consumer(
-                name,
-                pull::Config {
-                    durable_name: Some(name.clone()),
-                    description: Some("shared by every firebreak engine replica".into()),
-                    ack_policy: AckPolicy::Explicit,
-                    ack_wait: self.opts.ack_wait,
-                    max_deliver: self.opts.max_deliver,
-                    max_ack_pending: 20_000,
-                    ..Default::default()
-                },
+        let config = pull::Config {
+            durable_name: Some(name.clone()),
+            description: Some("shared by every firebreak engine replica".into()),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: self.opts.ack_wait,
+            max_deliver: self.opts.max_deliver,
+            max_ack_pending: 20_000,
+            ..Default::default()
+        };
+        let unavailable = |what: &str, e| {
+            BusError::nats(
+                format!("{what} consumer {name}"),
+                BusErrorKind::Unavailable,
+                e,
             )
+        };
+        let mut consumer = stream
+            .get_or_create_consumer(name, config.clone())
             .await
-            .map_err(|e| {
-                BusError::nats(
-                    format!("create consumer {name}"),
-                    BusErrorKind::Unavailable,
-                    e,
-                )
-            })
+            .map_err(|e| unavailable("create", e))?;
+        // A consumer keeps the ack wait it was made with (an earlier version's 60 s, another
+        // setting): what a dead replica had pulled would come back only after that.
+        let kept = consumer.cached_info().config.ack_wait;
+        if kept != self.opts.ack_wait {
+            match stream.update_consumer(config).await {
+                Ok(updated) => {
+                    info!(consumer = %name, from = ?kept, to = ?self.opts.ack_wait, "set the shared consumer's ack wait (nats.ack_wait)");
+                    consumer = updated;
+                }
+                Err(e) => {
+                    warn!(consumer = %name, kept = ?kept, wanted = ?self.opts.ack_wait, error = %e, "cannot change the shared consumer's ack wait; keeping its own");
+                }
+            }
+        }
+        let effective = consumer.cached_info().config.ack_wait;
+        self.ack_wait_ms
+            .store(millis(effective), std::sync::atomic::Ordering::Relaxed);
+        Ok(consumer)
     }
+
+    /// The shared consumer's ack wait as last read from the server.
+    fn ack_wait(&self) -> Duration {
+        Duration::from_millis(self.ack_wait_ms.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+/// `d` in whole milliseconds (at least 1).
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 /// The `op` of a publish that found no stream for its subject.
@@ -797,8 +833,13 @@ impl PullState {
             match item {
                 Some(Ok(message)) => {
                     let opts = &self.setup.opts;
-                    if let Some(delivery) =
-                        decode(message, &self.own, opts.ack_wait, opts.request_timeout).await
+                    if let Some(delivery) = decode(
+                        message,
+                        &self.own,
+                        self.setup.ack_wait(),
+                        opts.request_timeout,
+                    )
+                    .await
                     {
                         return Some(delivery);
                     }

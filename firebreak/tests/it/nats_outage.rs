@@ -596,19 +596,39 @@ async fn audit_verify_waits_for_a_cluster_that_is_electing() {
 
 /// A replica on `nats` with the runbooks in `dir` and run leases of `lease`, connected.
 async fn replica_with_lease(dir: &std::path::Path, nats: &NatsServer, lease: &str) -> Serve {
+    replica_on(dir, nats, &[("FIREBREAK_NATS_RUN_LEASE", lease)]).await
+}
+
+/// A replica on `nats` with the runbooks in `dir` and `env`, connected.
+async fn replica_on(
+    dir: &std::path::Path,
+    nats: &NatsServer,
+    env: &[(&'static str, &str)],
+) -> Serve {
+    let mut all = vec![("FIREBREAK_NATS_URL", nats.url())];
+    all.extend(env.iter().map(|(k, v)| (*k, (*v).to_owned())));
     let serve = Serve::start(
         dir,
         ServeOpts {
-            env: vec![
-                ("FIREBREAK_NATS_URL", nats.url()),
-                ("FIREBREAK_NATS_RUN_LEASE", lease.into()),
-            ],
+            env: all,
             ..ServeOpts::default()
         },
     )
     .await;
     connected(&serve).await;
     serve
+}
+
+/// The ack wait of the shared consumer in the kill tests (whole seconds).
+const ACK_WAIT: &str = "6s";
+
+fn ack_wait() -> Duration {
+    Duration::from_secs(
+        ACK_WAIT
+            .trim_end_matches('s')
+            .parse()
+            .expect("whole seconds"),
+    )
 }
 
 /// Replicas killed under load: three `serve` replicas on one nats-server share a bounded load
@@ -623,8 +643,20 @@ async fn a_replica_killed_under_load_loses_no_alert_and_runs_none_twice() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tick_runbook_with(&tmp, "sleep(500);\nlog(`tick ${ctx.params.n}`);\n");
     let mut replicas = Vec::new();
+    // A short ack wait: the killed replica's pulled events come back within seconds, and
+    // redeliveries (the harsher case for running an alert twice) are many.
     for _ in 0..3 {
-        replicas.push(replica_with_lease(&dir, &nats, "2s").await);
+        replicas.push(
+            replica_on(
+                &dir,
+                &nats,
+                &[
+                    ("FIREBREAK_NATS_RUN_LEASE", "2s"),
+                    ("FIREBREAK_NATS_ACK_WAIT", ACK_WAIT),
+                ],
+            )
+            .await,
+        );
     }
     let load = Load::start_on(&replicas.iter().collect::<Vec<_>>());
     // The replica to kill has runs in flight (started, not finished) among many it ran.
@@ -673,7 +705,7 @@ async fn a_replica_killed_under_load_loses_no_alert_and_runs_none_twice() {
         n_of
     };
     // Events the killed replica had pulled come again after the consumer's ack wait.
-    let within = firebreak_bus::NatsOptions::default().ack_wait + Duration::from_secs(30);
+    let within = ack_wait() + Duration::from_secs(30);
     let deadline = Instant::now() + within;
     let records = loop {
         let records = records().await;
@@ -782,6 +814,94 @@ async fn a_replica_killed_under_load_loses_no_alert_and_runs_none_twice() {
         accepted.len(),
         n_of.len(),
         killed.elapsed().as_secs_f64()
+    );
+}
+
+/// A replica killed with an event it pulled and had not started (waiting for its one run
+/// slot): another replica runs that event once the shared consumer's ack wait is over
+/// (`nats.ack_wait`, here 6 s), beside the run it takes over when the lease runs out. Before,
+/// the consumer kept the 60 s it was made with and such an event waited a minute.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_a_killed_replica_pulled_and_never_started_runs_after_the_ack_wait() {
+    let nats = NatsServer::start().expect("nats-server -js");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tick_runbook_with(
+        &tmp,
+        // Sleeps shorter than a park (2 s) hold the run's slot.
+        "if ctx.params.n == \"1\" { for i in 0..14 { sleep(1500); } }\nlog(`tick ${ctx.params.n}`);\n",
+    );
+    let env = |slots| {
+        [
+            ("FIREBREAK_NATS_RUN_LEASE", "2s"),
+            ("FIREBREAK_NATS_ACK_WAIT", ACK_WAIT),
+            ("FIREBREAK_MAX_CONCURRENT_RUNS", slots),
+        ]
+    };
+    let mut a = replica_on(&dir, &nats, &env("1")).await;
+    assert_eq!(a.post("/v1/alertmanager", None, alert(1)).await.0, 202);
+    wait_for(
+        "the first run to start on the replica to kill",
+        Duration::from_secs(30),
+        || a.log_tail(),
+        || std::future::ready((!a.journal().runs_of("tick").is_empty()).then_some(())),
+    )
+    .await;
+    assert_eq!(a.post("/v1/alertmanager", None, alert(2)).await.0, 202);
+    // The second event is in the replica's hands (pulled, unacked), waiting for the slot.
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let in_hand = || async {
+        let mut stream = js.get_stream("FIREBREAK_EVENTS").await.ok()?;
+        let consumer: async_nats::jetstream::consumer::PullConsumer =
+            stream.get_consumer("firebreak-engine").await.ok()?;
+        let info = consumer.cached_info().clone();
+        let _ = &mut stream;
+        (info.num_ack_pending == 1 && info.num_pending == 0).then_some(info)
+    };
+    let info = wait_for(
+        "the second event pulled and not acked",
+        Duration::from_secs(30),
+        || a.log_tail(),
+        in_hand,
+    )
+    .await;
+    assert_eq!(info.config.ack_wait, ack_wait(), "{info:?}");
+    assert_eq!(
+        a.journal().runs_of("tick").len(),
+        1,
+        "the second event started"
+    );
+    let b = replica_on(&dir, &nats, &env("8")).await;
+    // Held past an ack wait: the replica marks what it holds in progress.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(
+        b.journal().runs_of("tick").is_empty(),
+        "the other replica ran an event the first still held: {:?}",
+        b.journal().records
+    );
+    a.kill();
+    let killed = Instant::now();
+    let ran = wait_for(
+        "the pulled event to run on the other replica",
+        Duration::from_secs(90),
+        || b.log_tail(),
+        || {
+            let journal = b.journal();
+            let ran = journal
+                .runs_of("tick")
+                .iter()
+                .any(|r| {
+                    r.status() == Some("succeeded")
+                        && r.started().and_then(|s| s["body"]["params"]["n"].as_str()) == Some("2")
+                })
+                .then(|| killed.elapsed());
+            std::future::ready(ran)
+        },
+    )
+    .await;
+    eprintln!("the killed replica's pulled event ran {ran:?} after the kill (ack wait {ACK_WAIT})");
+    assert!(
+        ran < ack_wait() + Duration::from_secs(5),
+        "ran {ran:?} after the kill"
     );
 }
 

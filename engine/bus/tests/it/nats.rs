@@ -1492,3 +1492,47 @@ async fn a_takeover_without_confirmation_gives_the_lease_up() {
     );
     assert!(y.take_over(&orphans[0], minute).await.unwrap());
 }
+
+/// The consumer every replica shares keeps the ack wait it was created with; a replica started
+/// with another one (`nats.ack_wait`, or an earlier version's default of 60 s) changes it, so
+/// what a dead replica had pulled comes back after the ack wait the engines are configured
+/// with, and each delivery is marked in progress often enough for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_made_with_another_ack_wait_takes_the_configured_one() {
+    let mut old = Nats::new(Duration::from_secs(60));
+    let first = old.connect().await;
+    let mut stream = first.consume().await.expect("consume");
+    first.close().await;
+    drop(stream);
+
+    let mut h = Nats::on(
+        old.server,
+        NatsOptions {
+            ack_wait: Duration::from_secs(2),
+            fetch_batch: 10,
+            ..NatsOptions::default()
+        },
+    );
+    let bus = h.connect().await;
+    stream = bus.consume().await.expect("consume");
+    bus.publish(vec![event("aw1")]).await.unwrap();
+    let d = next(&mut stream).await;
+    assert_eq!(d.attempt, 1);
+    assert_eq!(
+        d.ack_wait(),
+        Duration::from_secs(2),
+        "the delivery's ack wait"
+    );
+    let pulled = std::time::Instant::now();
+    drop(d); // as a replica killed with it in hand: back after the ack wait, not 60 s
+    let again = tokio::time::timeout(Duration::from_secs(10), next(&mut stream))
+        .await
+        .expect("redelivered within the configured ack wait");
+    assert_eq!((again.event.id.as_str(), again.attempt), ("aw1", 2));
+    assert!(
+        pulled.elapsed() >= Duration::from_millis(1500),
+        "redelivered before the ack wait: {:?}",
+        pulled.elapsed()
+    );
+    again.ack().await.unwrap();
+}

@@ -201,6 +201,26 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// `nats.KEY` as a duration (`default` unset), at least a second: something is done every
+/// third of it (`why`).
+fn period(
+    key: &str,
+    text: Option<&str>,
+    default: std::time::Duration,
+    why: &str,
+) -> Result<std::time::Duration> {
+    let Some(text) = text else {
+        return Ok(default);
+    };
+    let period =
+        firebreak_matcher::parse_duration(text).map_err(|e| anyhow::anyhow!("nats.{key}: {e}"))?;
+    anyhow::ensure!(
+        period >= std::time::Duration::from_secs(1),
+        "nats.{key} is {text}: at least 1s ({why})"
+    );
+    Ok(period)
+}
+
 impl NatsConfig {
     /// Refuses settings that cannot mean what the operator wants: a user without a password
     /// (or the reverse), a secret given twice, two authentication methods at once, a client
@@ -303,30 +323,18 @@ impl NatsConfig {
             },
             run_retention: duration("run_retention", &storage.run_retention)?,
             duplicate_window: duration("duplicate_window", &storage.duplicate_window)?,
-            run_lease: match &self.run_lease {
-                Some(text) => {
-                    let lease = firebreak_matcher::parse_duration(text)
-                        .map_err(|e| anyhow::anyhow!("nats.run_lease: {e}"))?;
-                    anyhow::ensure!(
-                        lease >= std::time::Duration::from_secs(1),
-                        "nats.run_lease is {text}: at least 1s (it is renewed every third of it)"
-                    );
-                    lease
-                }
-                None => firebreak_bus::NatsOptions::default().run_lease,
-            },
-            ack_wait: match &self.ack_wait {
-                Some(text) => {
-                    let wait = firebreak_matcher::parse_duration(text)
-                        .map_err(|e| anyhow::anyhow!("nats.ack_wait: {e}"))?;
-                    anyhow::ensure!(
-                        wait >= std::time::Duration::from_secs(1),
-                        "nats.ack_wait is {text}: at least 1s (deliveries are marked in progress every third of it)"
-                    );
-                    wait
-                }
-                None => firebreak_bus::NatsOptions::default().ack_wait,
-            },
+            run_lease: period(
+                "run_lease",
+                self.run_lease.as_deref(),
+                firebreak_bus::NatsOptions::default().run_lease,
+                "it is renewed every third of it",
+            )?,
+            ack_wait: period(
+                "ack_wait",
+                self.ack_wait.as_deref(),
+                firebreak_bus::NatsOptions::default().ack_wait,
+                "deliveries are marked in progress every third of it",
+            )?,
             replica: self.replica.clone(),
             ..firebreak_bus::NatsOptions::default()
         })

@@ -850,11 +850,10 @@ async fn an_event_a_killed_replica_pulled_and_never_started_runs_after_the_ack_w
     // The second event is in the replica's hands (pulled, unacked), waiting for the slot.
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     let in_hand = || async {
-        let mut stream = js.get_stream("FIREBREAK_EVENTS").await.ok()?;
+        let stream = js.get_stream("FIREBREAK_EVENTS").await.ok()?;
         let consumer: async_nats::jetstream::consumer::PullConsumer =
             stream.get_consumer("firebreak-engine").await.ok()?;
         let info = consumer.cached_info().clone();
-        let _ = &mut stream;
         (info.num_ack_pending == 1 && info.num_pending == 0).then_some(info)
     };
     let info = wait_for(

@@ -149,12 +149,20 @@ impl Load {
     }
 }
 
+/// How long the tests on the default ack wait give the alerts answered 2xx to run: a delivery
+/// that went down with a node (pulled but never received, or its ack lost) is redelivered once
+/// the consumer's ack wait has passed: not lost, but up to that late.
+fn redelivered_within() -> Duration {
+    firebreak_bus::NatsOptions::default().ack_wait + Duration::from_secs(30)
+}
+
 /// Waits until every alert answered 2xx has a run (none lost), checks none ran twice, and
 /// reports the counts; returns the journal.
 async fn every_accepted_alert_ran_once(
     serve: &Serve,
     posts: &[Post],
     what: &str,
+    redelivered_within: Duration,
 ) -> crate::harness::Journal {
     let accepted: Vec<u32> = posts
         .iter()
@@ -167,20 +175,48 @@ async fn every_accepted_alert_ran_once(
             .unwrap_or("")
             .to_owned()
     };
-    // A delivery that went down with a node (pulled but never received, or its ack lost) is
-    // redelivered once the consumer's ack wait has passed: not lost, but up to that late.
-    let redelivered_within =
-        firebreak_bus::NatsOptions::default().ack_wait + Duration::from_secs(30);
-    let journal = serve
-        .wait_journal(
-            "a run for every alert answered 2xx",
-            redelivered_within,
-            |j| {
-                let ran: std::collections::HashSet<String> = j.runs().iter().map(n_of).collect();
-                accepted.iter().all(|n| ran.contains(&n.to_string()))
-            },
+    let missing = |j: &crate::harness::Journal| -> Vec<String> {
+        let ran: std::collections::HashSet<String> = j.runs().iter().map(n_of).collect();
+        accepted
+            .iter()
+            .map(u32::to_string)
+            .filter(|n| !ran.contains(n))
+            .collect()
+    };
+    // On a timeout: which alerts, and every log line that names one of them (its fingerprint
+    // is its number in hex).
+    let about_missing = || {
+        let missing = missing(&serve.journal());
+        let fingerprints: Vec<String> = missing
+            .iter()
+            .filter_map(|n| n.parse::<u32>().ok())
+            .map(|n| format!("{n:016x}"))
+            .collect();
+        let lines: Vec<String> = serve
+            .log_lines()
+            .iter()
+            .map(|l| l.to_string())
+            .filter(|l| {
+                missing.iter().any(|n| l.contains(&format!("tick/{n}\"")))
+                    || fingerprints.iter().any(|f| l.contains(f.as_str()))
+            })
+            .collect();
+        format!(
+            "alerts answered 2xx without a run: {missing:?}\nlog lines naming them:\n{}\n{}",
+            lines.join("\n"),
+            serve.log_tail()
         )
-        .await;
+    };
+    let journal = crate::harness::wait_for(
+        "a run for every alert answered 2xx",
+        redelivered_within,
+        about_missing,
+        || {
+            let j = serve.journal();
+            std::future::ready(missing(&j).is_empty().then_some(j))
+        },
+    )
+    .await;
     let mut per_alert: std::collections::HashMap<String, usize> = Default::default();
     for run in journal.runs_of("tick") {
         *per_alert.entry(n_of(&run)).or_default() += 1;
@@ -277,7 +313,8 @@ async fn alerts_answered_2xx_survive_a_nats_outage() {
         );
     }
 
-    let journal = every_accepted_alert_ran_once(&serve, &posts, "nats outage").await;
+    let journal =
+        every_accepted_alert_ran_once(&serve, &posts, "nats outage", redelivered_within()).await;
     for run in journal.finished("tick") {
         let end = run
             .records
@@ -399,6 +436,10 @@ async fn connected(serve: &Serve) {
 }
 
 /// `serve` with the tick runbook on the cluster at `urls`, everything at three replicas.
+/// The shared consumer's ack wait in the cluster test: what went down with a node comes back
+/// this long after it was delivered.
+const CLUSTER_ACK_WAIT: Duration = Duration::from_secs(10);
+
 async fn serve_on_cluster(tmp: &tempfile::TempDir, urls: &[String]) -> Serve {
     Serve::start(
         &tick_runbook(tmp),
@@ -406,6 +447,10 @@ async fn serve_on_cluster(tmp: &tempfile::TempDir, urls: &[String]) -> Serve {
             env: vec![
                 ("FIREBREAK_NATS_URL", urls.join(",")),
                 ("FIREBREAK_NATS_REPLICAS", "3".into()),
+                (
+                    "FIREBREAK_NATS_ACK_WAIT",
+                    format!("{}s", CLUSTER_ACK_WAIT.as_secs()),
+                ),
             ],
             ..ServeOpts::default()
         },
@@ -529,7 +574,16 @@ async fn a_three_node_cluster_loses_no_alert_when_a_node_or_the_leader_fails() {
             );
         }
     }
-    every_accepted_alert_ran_once(&serve, &posts, "three-node cluster, two node failures").await;
+    // A delivery that went down with the leader comes back after the ack wait, and may be
+    // sent back more than once around a failover (in a CI run that failed on one 60 s ack
+    // wait, one event ran at its fourth delivery): three ack waits.
+    every_accepted_alert_ran_once(
+        &serve,
+        &posts,
+        "three-node cluster, two node failures",
+        CLUSTER_ACK_WAIT * 3 + Duration::from_secs(30),
+    )
+    .await;
     let verify = serve.cli(&["audit", "verify"]).await.ok("audit verify");
     assert!(verify.stdout.starts_with("ok: "), "{verify}");
 }
@@ -1013,7 +1067,13 @@ async fn a_replica_stopped_while_nats_is_down_exits_within_the_grace_period() {
         .expect("nats-server restarts on the same port and store");
     serve.restart().await;
     connected(&serve).await;
-    every_accepted_alert_ran_once(&serve, &posts, "stopped with NATS down").await;
+    every_accepted_alert_ran_once(
+        &serve,
+        &posts,
+        "stopped with NATS down",
+        redelivered_within(),
+    )
+    .await;
     // What the mirror gave up on at the stop reached the audit stream after the restart: the
     // stream holds the replica's journal as one chain from its first record, not two with the
     // stop's records missing between them.

@@ -1858,9 +1858,6 @@ struct History {
     keep: usize,
 }
 
-/// Opens the active file and the sealed segments and builds the index: from the carried
-/// index when it matches the sealed segments (the rest in the background), else from every
-/// segment.
 /// Where the active segment's chain begins: the seq after the last sealed segment's last
 /// record, and that record's hash (the genesis for a journal that never sealed one).
 fn chain_start(sealed: &[SegmentFile]) -> Result<(u64, String), AuditError> {
@@ -1877,6 +1874,9 @@ fn chain_start(sealed: &[SegmentFile]) -> Result<(u64, String), AuditError> {
     }
 }
 
+/// Opens the active file and the sealed segments and builds the index: from the carried
+/// index when it matches the sealed segments (the rest in the background), else from every
+/// segment.
 fn load(layout: &Layout, path: &Path, keep: usize) -> Result<Opened, AuditError> {
     let open_err = |source| AuditError::Open {
         path: path.to_owned(),

@@ -130,6 +130,18 @@ const HOLD: &[(&str, &str)] = &[
     ("hold.rhai", "sleep(1900);\n"),
 ];
 
+/// Delivers one firing alert for the `hold` runbook and waits for its run to start: the
+/// journal's records then, and the run's id.
+async fn start_hold(h: &H) -> (Vec<firebreak_audit::Record>, String) {
+    let event = alert("ev-1", "firing", "00000000000000f1", json!({}));
+    h.deliver(&event, jiff::Timestamp::now()).await;
+    let records = h
+        .wait("the run to start", |r| !started(r, "hold").is_empty())
+        .await;
+    let run_id = started(&records, "hold")[0].clone();
+    (records, run_id)
+}
+
 /// Taking over another replica's runs (reading each one's trail back from the audit stream)
 /// can take long when the stream is large or busy. Meanwhile this replica's own runs must keep
 /// their leases: a renewal that waited for the takeovers would let them run out, and other
@@ -139,12 +151,7 @@ async fn own_leases_are_renewed_while_a_takeover_waits_on_the_stream() {
     let lease = Duration::from_millis(600);
     let leases = Arc::new(SlowStream::new(lease, Duration::from_secs(5), true));
     let h = H::leased(HOLD, leases.clone(), 4).await;
-    let event = alert("ev-1", "firing", "00000000000000f1", json!({}));
-    h.deliver(&event, jiff::Timestamp::now()).await;
-    let records = h
-        .wait("the run to start", |r| !started(r, "hold").is_empty())
-        .await;
-    let run_id = started(&records, "hold")[0].clone();
+    let (records, run_id) = start_hold(&h).await;
     let shutdown = firebreak_runtime::CancellationToken::new();
     let keeping = tokio::spawn(h.dispatcher.clone().keep_leases(shutdown.clone()));
     // Six renewal periods (a third of the lease each); the first takeover's read lasts all
@@ -223,10 +230,7 @@ async fn the_heartbeat_stops_while_a_lease_cannot_be_renewed() {
     // Longer than the test: the run's lease is renewed (or not) throughout.
     let long: &[(&str, &str)] = &[(HOLD[0].0, HOLD[0].1), ("hold.rhai", "sleep(8000);\n")];
     let h = H::leased(long, leases.clone(), 4).await;
-    let event = alert("ev-1", "firing", "00000000000000f1", json!({}));
-    h.deliver(&event, jiff::Timestamp::now()).await;
-    h.wait("the run to start", |r| !started(r, "hold").is_empty())
-        .await;
+    start_hold(&h).await;
     let shutdown = firebreak_runtime::CancellationToken::new();
     let keeping = tokio::spawn(h.dispatcher.clone().keep_leases(shutdown.clone()));
     let beats = || leases.beats.lock().unwrap().len();
@@ -342,12 +346,7 @@ async fn a_run_whose_lock_another_run_holds_after_a_restart_is_closed_not_resume
     let lease = Duration::from_secs(5);
     let leases = Arc::new(SlowStream::new(lease, Duration::ZERO, false));
     let h = H::leased(HOLD, leases.clone(), 4).await;
-    let event = alert("ev-1", "firing", "00000000000000f1", json!({}));
-    h.deliver(&event, jiff::Timestamp::now()).await;
-    let records = h
-        .wait("the run to start", |r| !started(r, "hold").is_empty())
-        .await;
-    let run_id = started(&records, "hold")[0].clone();
+    let (records, run_id) = start_hold(&h).await;
     let key = records
         .iter()
         .find_map(|r| match &r.body {

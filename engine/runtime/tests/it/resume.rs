@@ -19,13 +19,19 @@ const SCRIPT: &str = r#"
     c.n
 "#;
 
+/// The fake connector, and a registry holding it.
+fn fake_registry() -> (Arc<Fake>, Registry) {
+    let fake = Arc::new(Fake::default());
+    let mut registry = Registry::new();
+    registry.register(fake.clone());
+    (fake, registry)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resumed_run_replays_finished_steps_and_calls_each_action_once_overall() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");
-    let fake = Arc::new(Fake::default());
-    let mut registry = Registry::new();
-    registry.register(fake.clone());
+    let (fake, registry) = fake_registry();
 
     // First attempt: the engine stops right after `two` (steps 1-3 finished).
     let journal = Arc::new(Journal::open(&path).unwrap());
@@ -118,9 +124,7 @@ async fn a_resumed_run_replays_finished_steps_and_calls_each_action_once_overall
 async fn a_changed_script_that_diverges_from_the_journal_fails_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");
-    let fake = Arc::new(Fake::default());
-    let mut registry = Registry::new();
-    registry.register(fake.clone());
+    let (fake, registry) = fake_registry();
     let journal = Arc::new(Journal::open(&path).unwrap());
     let runner = Runner::new(&registry, journal.clone(), config());
     let p = plan("r1", SCRIPT);
@@ -162,9 +166,7 @@ async fn a_suspended_run_stops_inside_its_wait_and_resumes_with_the_time_left() 
     "#;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");
-    let fake = Arc::new(Fake::default());
-    let mut registry = Registry::new();
-    registry.register(fake.clone());
+    let (fake, registry) = fake_registry();
 
     let journal = Arc::new(Journal::open(&path).unwrap());
     let runner = Runner::new(&registry, journal.clone(), config());
@@ -230,9 +232,7 @@ async fn a_mutation_interrupted_after_its_write_is_not_repeated_on_resume() {
     const SCRIPT: &str = r#"fake::scale("shop", "api", 3); log("scaled")"#;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");
-    let fake = Arc::new(Fake::default());
-    let mut registry = Registry::new();
-    registry.register(fake.clone());
+    let (fake, registry) = fake_registry();
 
     let journal = Arc::new(Journal::open(&path).unwrap());
     let runner = Runner::new(&registry, journal.clone(), config());
@@ -297,9 +297,7 @@ async fn a_mutation_whose_lease_is_not_known_to_hold_is_not_applied_and_the_run_
     const SCRIPT: &str = r#"fake::scale("shop", "api", 3); log("scaled")"#;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");
-    let fake = Arc::new(Fake::default());
-    let mut registry = Registry::new();
-    registry.register(fake.clone());
+    let (fake, registry) = fake_registry();
     let holds = Arc::new(AtomicBool::new(false));
     let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
     let fence: firebreak_runtime::Fence = {

@@ -151,7 +151,7 @@ async fn own_leases_are_renewed_while_a_takeover_waits_on_the_stream() {
     let lease = Duration::from_millis(600);
     let leases = Arc::new(SlowStream::new(lease, Duration::from_secs(5), true));
     let h = H::leased(HOLD, leases.clone(), 4).await;
-    let (records, run_id) = start_hold(&h).await;
+    let (_, run_id) = start_hold(&h).await;
     let shutdown = firebreak_runtime::CancellationToken::new();
     let keeping = tokio::spawn(h.dispatcher.clone().keep_leases(shutdown.clone()));
     // Six renewal periods (a third of the lease each); the first takeover's read lasts all

@@ -38,7 +38,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
@@ -58,10 +58,6 @@ pub(crate) type Encode = Box<dyn FnOnce() -> Vec<u8> + Send>;
 
 /// Most records the writer takes in one group commit.
 const MAX_BATCH: usize = 8192;
-
-/// How long a commit under load waits for more callers to share its fsync (group commit
-/// delay, like PostgreSQL's `commit_delay`).
-pub(crate) const LINGER: Duration = Duration::from_micros(250);
 
 /// Zeros written ahead of the records, so that most commits do not change the file's size.
 pub(crate) const PREALLOCATE: u64 = 256 << 10;
@@ -344,7 +340,6 @@ impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Cmd>) {
         let mut buf = Vec::new();
         let mut waiters = Vec::new();
-        let mut last_batch = 0;
         loop {
             let first = match self.next_wait() {
                 None => rx.recv().map_err(|_| ()),
@@ -358,9 +353,10 @@ impl Writer {
             let mut close = None;
             buf.clear();
             let mut next = Some(first);
-            // Under load (the last commit served several callers) wait a moment for as many
-            // as last time, so one fsync serves them all; a lone caller is committed at once.
-            let linger_until = (last_batch > 1).then(|| Instant::now() + LINGER);
+            // Whatever queued while the last commit ran shares this one; nothing waits for
+            // company. (A 250 µs linger for as many callers as the last commit served cost
+            // more than it saved: each caller arriving during it woke this thread, and the
+            // callers came spread out behind the runs. `docs/BENCHMARKS.md`, 12-07.)
             while let Some(cmd) = next.take() {
                 match cmd {
                     Cmd::Append { bytes, after, done } => {
@@ -374,17 +370,9 @@ impl Writer {
                     }
                 }
                 if waiters.len() < MAX_BATCH {
-                    next = match rx.try_recv() {
-                        Ok(cmd) => Some(cmd),
-                        Err(_) if waiters.len() >= last_batch => None,
-                        Err(_) => linger_until.and_then(|until| {
-                            rx.recv_timeout(until.saturating_duration_since(Instant::now()))
-                                .ok()
-                        }),
-                    };
+                    next = rx.try_recv().ok();
                 }
             }
-            last_batch = waiters.len();
             // Lazy records were queued before the commands taken after them; none of them
             // depends on the others' order.
             let lazy = std::mem::take(&mut self.lazy().bytes);

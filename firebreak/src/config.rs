@@ -567,6 +567,9 @@ pub struct LimitsConfig {
     /// Scripts computing at once (a script waiting in a step does not count); the others wait
     /// their turn instead of crowding the webhook off the cores. Absent: as many as the cores.
     pub max_computing_scripts: Option<usize>,
+    /// The async runtime's worker threads (the webhook, the dispatcher, the runs' steps between
+    /// waits). Absent: one fewer than the cores, at least one (see [`LimitsConfig::workers`]).
+    pub worker_threads: Option<usize>,
     /// Per run: bytes the script's variables may hold. The engine's script memory stays under
     /// about `max_concurrent_runs × (max_script_bytes + 1 MiB)`.
     pub max_script_bytes: u64,
@@ -585,6 +588,7 @@ impl Default for LimitsConfig {
             max_body_bytes: 1 << 20,
             max_concurrent_runs: 64,
             max_computing_scripts: None,
+            worker_threads: None,
             max_script_bytes: budget.max_script_bytes,
             max_run_records: budget.max_records,
             max_run_journal_bytes: budget.max_journal_bytes,
@@ -606,7 +610,23 @@ impl LimitsConfig {
                 "limits.max_computing_scripts is 0: it must be at least 1, or absent for one per core"
             );
         }
+        if self.worker_threads == Some(0) {
+            anyhow::bail!(
+                "limits.worker_threads is 0: it must be at least 1, or absent for one fewer than the cores"
+            );
+        }
         Ok(())
+    }
+
+    /// The async runtime's worker threads: `worker_threads`, else one fewer than `cores`, at
+    /// least one. The engine's own threads (the bus log's and the journal's group commits, the
+    /// log writer) take about a core under load; a worker per core beside them woke and stole
+    /// from the others for nothing: on two cores, one worker took 10 % less CPU per alert at the
+    /// same rate (`docs/BENCHMARKS.md`, 12-07).
+    pub fn workers(&self, cores: usize) -> usize {
+        self.worker_threads
+            .unwrap_or_else(|| cores.saturating_sub(1))
+            .max(1)
     }
 
     /// The per-run budget these limits set.
@@ -786,6 +806,12 @@ impl Config {
                 .parse()
                 .with_context(|| format!("FIREBREAK_MAX_CONCURRENT_RUNS={v} is not a number"))?;
         }
+        if let Some(v) = get("FIREBREAK_WORKER_THREADS") {
+            self.limits.worker_threads = Some(
+                v.parse()
+                    .with_context(|| format!("FIREBREAK_WORKER_THREADS={v} is not a number"))?,
+            );
+        }
         Ok(())
     }
 }
@@ -824,7 +850,7 @@ mod tests {
     }
 
     #[test]
-    fn limits_of_zero_runs_or_zero_computing_scripts_are_refused() {
+    fn limits_of_zero_runs_computing_scripts_or_workers_are_refused() {
         for (yaml, named) in [
             (
                 "limits: { max_concurrent_runs: 0 }",
@@ -834,6 +860,7 @@ mod tests {
                 "limits: { max_computing_scripts: 0 }",
                 "limits.max_computing_scripts",
             ),
+            ("limits: { worker_threads: 0 }", "limits.worker_threads"),
         ] {
             let cfg = Config::from_yaml(yaml).unwrap();
             let error = cfg.limits.check().unwrap_err().to_string();
@@ -844,6 +871,27 @@ mod tests {
         }
         let cfg = Config::from_yaml("limits: { max_computing_scripts: 1 }").unwrap();
         cfg.limits.check().unwrap();
+    }
+
+    #[test]
+    fn workers_are_one_fewer_than_the_cores_unless_set() {
+        let cfg = Config::from_yaml("").unwrap();
+        assert_eq!(
+            [1, 2, 4, 16].map(|cores| cfg.limits.workers(cores)),
+            [1, 1, 3, 15]
+        );
+        let mut cfg = Config::from_yaml("limits: { worker_threads: 3 }").unwrap();
+        assert_eq!(cfg.limits.workers(2), 3);
+        cfg.apply_env(|k| (k == "FIREBREAK_WORKER_THREADS").then(|| "2".to_owned()))
+            .unwrap();
+        assert_eq!(cfg.limits.workers(8), 2);
+        let error = cfg
+            .apply_env(|k| (k == "FIREBREAK_WORKER_THREADS").then(|| "two".to_owned()))
+            .unwrap_err();
+        assert!(
+            format!("{error:#}").contains("FIREBREAK_WORKER_THREADS=two is not a number"),
+            "{error:#}"
+        );
     }
 
     #[test]

@@ -129,7 +129,10 @@ fn main() -> Result<()> {
         _ => tokio::runtime::Builder::new_multi_thread(),
     };
     if let Some(cfg) = &serve_config {
-        builder.max_blocking_threads(cfg.limits.max_concurrent_runs + BLOCKING_SPARE);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        builder
+            .worker_threads(cfg.limits.workers(cores))
+            .max_blocking_threads(cfg.limits.max_concurrent_runs + BLOCKING_SPARE);
     }
     let runtime = builder.enable_all().build()?;
     let result = runtime.block_on(async move {

@@ -139,6 +139,10 @@ fn describe_metrics() {
         "Runs waiting in a step now (sleep, wait_resolved)."
     );
     describe_gauge!(
+        "firebreak_worker_threads",
+        "The async runtime's worker threads (limits.worker_threads; absent: one fewer than the cores)."
+    );
+    describe_gauge!(
         "firebreak_scripts_waiting_for_cpu",
         "Scripts waiting for a share of the CPU (limits.max_computing_scripts) now."
     );
@@ -242,6 +246,8 @@ impl Engine {
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
         let metrics = metrics_handle();
+        metrics::gauge!("firebreak_worker_threads")
+            .set(tokio::runtime::Handle::current().metrics().num_workers() as f64);
 
         let shutdown = CancellationToken::new();
         // With NATS unreachable the engine still starts: not ready (503) until it connects.

@@ -321,3 +321,37 @@ async fn spinning_scripts_compute_within_their_shares() {
         assert_eq!(run.status(), Some("timed_out"), "{}", journal.summary());
     }
 }
+
+/// The async runtime runs one worker fewer than the cores (at least one), beside the engine's
+/// own commit and log threads; `limits.worker_threads` sets another count. Read from the
+/// engine's `/metrics`, which reports what its runtime has.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_runtime_has_one_worker_fewer_than_the_cores_unless_configured() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("runbooks");
+    crate::harness::write_note_runbook(&dir);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for (config, expected) in [
+        (None, cores.saturating_sub(1).max(1)),
+        (Some("limits: { worker_threads: 3 }\n".to_owned()), 3),
+    ] {
+        let serve = Serve::start(
+            &dir,
+            ServeOpts {
+                config: config.clone(),
+                ..ServeOpts::default()
+            },
+        )
+        .await;
+        let metrics = crate::harness::scrape_checked(&serve).await;
+        let workers = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("firebreak_worker_threads "))
+            .unwrap_or_else(|| panic!("no firebreak_worker_threads in:\n{metrics}"));
+        assert_eq!(
+            workers.trim().parse::<f64>().ok(),
+            Some(expected as f64),
+            "config {config:?} on {cores} cores"
+        );
+    }
+}

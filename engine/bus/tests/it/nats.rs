@@ -1160,6 +1160,54 @@ async fn a_runs_journal_lines_are_read_back_from_the_audit_stream() {
     }
 }
 
+/// A run whose team is known is read straight from its team's subject, without looking the
+/// subject up first (a stream info filtered by the subject, which walks the audit stream's
+/// blocks in nats-server 2.9: it doubled nats-server's CPU per run taken over). The requests
+/// are seen by a subscriber on the JetStream API's subjects, as nats-server receives them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_of_a_known_team_is_read_without_a_subject_lookup() {
+    use firebreak_bus::{AuditMessage, RunLeases};
+    use futures::StreamExt;
+    let server = NatsServer::start().expect("nats-server");
+    let (bus, store) = replica_store(&server, "a", Duration::from_secs(5)).await;
+    bus.publish_audit(vec![AuditMessage {
+        subject: firebreak_bus::nats::audit_run_subject("team-a", "r-1"),
+        id: "r-1-1".to_owned(),
+        payload: bytes::Bytes::from_static(b"{\"run\":\"r-1\"}\n"),
+    }])
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let watcher = async_nats::connect(server.url()).await.unwrap();
+    let mut infos = watcher.subscribe("$JS.API.STREAM.INFO.>").await.unwrap();
+    watcher.flush().await.unwrap();
+    let lines = store.run_lines("r-1", Some("team-a")).await.unwrap();
+    assert_eq!(lines, [bytes::Bytes::from_static(b"{\"run\":\"r-1\"}\n")]);
+    // Under another team it is looked up (one request), and still found.
+    assert_eq!(store.run_lines("r-1", Some("team-z")).await.unwrap(), lines);
+    watcher.flush().await.unwrap();
+    let mut seen = Vec::new();
+    while let Ok(Some(request)) =
+        tokio::time::timeout(Duration::from_millis(300), infos.next()).await
+    {
+        seen.push((request.subject.to_string(), request.payload.clone()));
+    }
+    let lookups: Vec<_> = seen
+        .iter()
+        .filter(|(_, payload)| String::from_utf8_lossy(payload).contains("subjects_filter"))
+        .collect();
+    assert_eq!(
+        lookups.len(),
+        1,
+        "stream info requests with a subject filter (only the other team's read looks up): {seen:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&lookups[0].1).contains("firebreak.audit.*."),
+        "{seen:?}"
+    );
+}
+
 /// A run's `once` decision is shared: the first replica to decide wins, every replica reads
 /// that one, and decisions never show up as runs to resume.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,6 +16,10 @@
 //!   a second while the server is idle. A start is several such wake-ups (client, HTTP, the
 //!   bus log's fsync, the run, the journal), so on a host whose sleeps overshoot by
 //!   milliseconds no engine's start latency is below that;
+//! - **the host**: beside the wake-up noise, the disk's `fdatasync` p99 (200 appends of 180
+//!   bytes, each made durable, in the bench's own directory before the servers start: every
+//!   alert waits for one, in the bus log) and the CPU the hypervisor took from this machine
+//!   over both phases (`steal` in `/proc/stat`), so a slow run on a busy host reads as such;
 //! - **peak RSS**: the server's high-water mark at the end.
 //!
 //! It prints exactly one summary line on stdout (progress goes to stderr).
@@ -100,6 +104,8 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
     let dir = tempfile::tempdir().context("creating a temp dir")?;
     let runbooks = dir.path().join("runbooks");
     write_runbooks(&runbooks)?;
+    let fsync_p99 =
+        fdatasync_p99(dir.path()).context("timing fdatasync in the bench's directory")?;
     let (nats_url, _nats, bus) = bus_for(&args, dir.path()).await?;
 
     let http = reqwest::Client::builder()
@@ -144,6 +150,7 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
     let engines_cpu = |pids: &[u32]| -> Result<f64> { pids.iter().map(|p| cpu_seconds(*p)).sum() };
     let cpu_before = (engines_cpu(&pids)?, nats_pid.map(cpu_seconds).transpose()?);
     let addrs: Vec<std::net::SocketAddr> = servers.iter().map(|s| s.addr).collect();
+    let cpu_times_before = HostCpu::read()?;
     let t0 = Instant::now();
     post_all(&addrs, 0, args.alerts, args.clients).await?;
     let posted = t0.elapsed();
@@ -179,6 +186,7 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
     .await?;
     let journals: Vec<&Path> = servers.iter().map(|s| s.journal.as_path()).collect();
     let latencies = start_latencies(&journals, &sent)?;
+    let steal = HostCpu::read()?.steal_percent_since(&cpu_times_before);
     let peak_rss = status_field(pids[0], "VmHWM:")?;
     for server in &mut servers {
         let _ = server.child.kill().await;
@@ -197,7 +205,7 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
         "bench[{label}]: {throughput:.0} alerts/s end to end ({} alerts, {} clients, {RUNBOOKS} runbooks), \
          server CPU {engine_cpu:.0} µs/alert{nats_cpu}, \
          start latency p50 {p50:.2} ms p99 {p99:.2} ms at {} alerts/s \
-         (a 1 ms sleep on this host ends p99 {wakeup_p99:.2} ms late), idle RSS {:.1} MiB ({:.1} anonymous), peak RSS {:.1} MiB, ready in {:.0} ms",
+         (a 1 ms sleep on this host ends p99 {wakeup_p99:.2} ms late, an fdatasync p99 {fsync_p99:.2} ms, CPU steal {steal:.1} %), idle RSS {:.1} MiB ({:.1} anonymous), peak RSS {:.1} MiB, ready in {:.0} ms",
         args.alerts,
         args.clients,
         args.rate,
@@ -551,6 +559,65 @@ fn sleep_overshoot_p99(window: Duration) -> f64 {
     percentiles(late).1
 }
 
+/// The disk's `fdatasync` latency where the servers keep their data, in ms, p99 over 200
+/// appends of 180 bytes (about one alert's line), each made durable before the next.
+fn fdatasync_p99(dir: &Path) -> Result<f64> {
+    use std::io::Write as _;
+    let path = dir.join("fdatasync-probe");
+    let mut file = std::fs::File::create(&path)?;
+    let line = [b'x'; 180];
+    let mut took = Vec::with_capacity(200);
+    for _ in 0..200 {
+        let t = Instant::now();
+        file.write_all(&line)?;
+        file.sync_data()?;
+        took.push(ms(t.elapsed()));
+    }
+    drop(file);
+    std::fs::remove_file(&path)?;
+    Ok(percentiles(took).1)
+}
+
+/// The machine's CPU time by kind, from the first line of `/proc/stat` (USER_HZ ticks).
+struct HostCpu {
+    /// Every kind up to and including steal (guest time is counted in user time already).
+    total: u64,
+    /// Time a hypervisor ran something else while this machine's CPUs had work.
+    steal: u64,
+}
+
+impl HostCpu {
+    fn read() -> Result<HostCpu> {
+        let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+        HostCpu::parse(&stat).context("no `cpu` line with a steal field in /proc/stat")
+    }
+
+    /// `cpu  user nice system idle iowait irq softirq steal [guest guest_nice]`.
+    fn parse(stat: &str) -> Option<HostCpu> {
+        let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+        let ticks: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .ok()?;
+        (ticks.len() == 8).then(|| HostCpu {
+            total: ticks.iter().sum(),
+            steal: ticks[7],
+        })
+    }
+
+    /// The share of the machine's CPU time since `before` that was stolen, in percent.
+    fn steal_percent_since(&self, before: &HostCpu) -> f64 {
+        let total = self.total.saturating_sub(before.total);
+        if total == 0 {
+            return 0.0;
+        }
+        self.steal.saturating_sub(before.steal) as f64 * 100.0 / total as f64
+    }
+}
+
 pub(crate) fn percentiles(mut v: Vec<f64>) -> (f64, f64) {
     v.sort_by(f64::total_cmp);
     let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
@@ -629,6 +696,34 @@ impl NatsChild {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn steal_is_the_stolen_share_of_the_machines_cpu_time() {
+        // Two CPUs' worth, as the kernel writes it (the per-CPU lines follow and are ignored).
+        let before = HostCpu::parse(
+            "cpu  100 0 50 800 10 0 5 35 0 0\ncpu0 50 0 25 400 5 0 2 18 0 0\nintr 1 2 3\n",
+        )
+        .unwrap();
+        let after = HostCpu::parse("cpu  160 0 80 900 10 0 5 45 0 0\n").unwrap();
+        // 200 ticks went by, 10 of them stolen.
+        assert_eq!(after.steal_percent_since(&before), 5.0);
+        assert_eq!(after.steal_percent_since(&after), 0.0);
+        // A kernel without the steal field, or a line that is not numbers, is not read.
+        assert!(HostCpu::parse("cpu  1 2 3 4 5 6 7\n").is_none());
+        assert!(HostCpu::parse("cpu  1 2 3 x 5 6 7 8\n").is_none());
+        assert!(HostCpu::parse("intr 1 2 3\n").is_none());
+        // This machine's own.
+        let now = HostCpu::read().unwrap();
+        assert!(now.total > 0 && now.steal <= now.total);
+    }
+
+    #[test]
+    fn an_fdatasync_takes_a_measured_time_and_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let p99 = fdatasync_p99(dir.path()).unwrap();
+        assert!(p99 > 0.0 && p99 < 10_000.0, "{p99}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
 
     #[test]
     fn cpu_time_is_read_from_proc_and_grows_with_work() {

@@ -216,7 +216,8 @@ async fn bench_prints_one_summary_line() {
         "p50 ",
         "p99 ",
         "alerts/s (a 1 ms sleep on this host ends p99 ",
-        " ms late), idle RSS ",
+        " ms late, an fdatasync p99 ",
+        " %), idle RSS ",
         " anonymous), peak RSS ",
         "ready in ",
     ] {
@@ -230,6 +231,18 @@ async fn bench_prints_one_summary_line() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no overshoot figure: {line}"));
     assert!((0.0..1000.0).contains(&overshoot), "{line}");
+    // So are the disk's and the hypervisor's: an fdatasync takes time, steal is a share.
+    let figure = |after: &str| -> f64 {
+        line.split(after)
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no figure after {after:?}: {line}"))
+    };
+    let fsync = figure("an fdatasync p99 ");
+    assert!(fsync > 0.0 && fsync < 10_000.0, "{line}");
+    let steal = figure("CPU steal ");
+    assert!((0.0..=100.0).contains(&steal), "{line}");
 }
 
 /// A count of zero for any of `bench`'s sizes is refused up front with the flag's name: it

@@ -699,7 +699,7 @@ mod tests {
 
     #[test]
     fn steal_is_the_stolen_share_of_the_machines_cpu_time() {
-        // Two CPUs' worth, as the kernel writes it (the per-CPU lines follow and are ignored).
+        // The machine's line as the kernel writes it (the per-CPU lines follow, not read).
         let before = HostCpu::parse(
             "cpu  100 0 50 800 10 0 5 35 0 0\ncpu0 50 0 25 400 5 0 2 18 0 0\nintr 1 2 3\n",
         )

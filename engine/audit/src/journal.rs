@@ -2359,7 +2359,10 @@ enum SideFile {
 /// next: at 1,000 alerts/s a checkpoint comes every ~200 runs, so the slowest starts waited
 /// for it. It is written after the records it signs are durable, as before; a crash before it
 /// is written leaves the previous head, an anchor a few records older, never a false one.
+///
+/// Nothing waits for this thread, so it runs at the lowest priority ([`yield_to_the_rest`]).
 fn side_file_loop(rx: &std::sync::mpsc::Receiver<SideFile>, layout: &Layout) {
+    yield_to_the_rest();
     while let Ok(first) = rx.recv() {
         let (mut newest_carried, mut newest_head) = (None, None);
         for side in std::iter::once(first).chain(rx.try_iter()) {
@@ -2376,6 +2379,20 @@ fn side_file_loop(rx: &std::sync::mpsc::Receiver<SideFile>, layout: &Layout) {
         if let Some(carried) = newest_carried {
             write_carried(carried, &layout.carried());
         }
+    }
+}
+
+/// Lowers the calling thread to the lowest priority (nice 19; on Linux the nice value is the
+/// thread's own). For a thread no caller waits on and that holds no lock another thread
+/// takes: the side files' thread serializes and writes about 380 bytes of carried index per
+/// run of each sealed segment, 2.3 MB every 0.4 s at 15,000 runs/s, in bursts of about 10 ms.
+/// At the default priority each burst took one of two cores from the webhooks and the
+/// appends; `docs/BENCHMARKS.md` (12-07, 11:40) has the p99 it cost. Where the call fails the
+/// thread keeps its priority, which is only slower.
+fn yield_to_the_rest() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19) {
+        debug!(error = %e, "cannot lower the audit index thread's priority");
     }
 }
 

@@ -1208,6 +1208,65 @@ async fn a_run_of_a_known_team_is_read_without_a_subject_lookup() {
     );
 }
 
+/// A run's lines are read up to its subject's last message, asked for first, and no further:
+/// in nats-server 2.9 the request for the message after a subject's last one searches the rest
+/// of the stream (on a stream of 302,000 runs: 1.4–1.9 ms on average, up to 78–320 ms), while
+/// the subject's last message comes from its index (0.34 ms on average). Each read of a run's
+/// next message must find one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runs_lines_are_read_without_a_search_past_its_last_message() {
+    use firebreak_bus::{AuditMessage, RunLeases};
+    use futures::StreamExt;
+    let server = NatsServer::start().expect("nats-server");
+    let (bus, store) = replica_store(&server, "a", Duration::from_secs(5)).await;
+    let subject = |run: &str| firebreak_bus::nats::audit_run_subject("team-a", run);
+    // r-1's last message has others after it.
+    for (run, n) in [("r-1", 1), ("r-2", 1), ("r-1", 2), ("r-2", 2), ("r-2", 3)] {
+        bus.publish_audit(vec![AuditMessage {
+            subject: subject(run),
+            id: format!("{run}-{n}"),
+            payload: bytes::Bytes::from(format!("{{\"run\":\"{run}\",\"n\":{n}}}\n")),
+        }])
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    let watcher = async_nats::connect(server.url()).await.unwrap();
+    let mut gets = watcher.subscribe("$JS.API.STREAM.MSG.GET.>").await.unwrap();
+    watcher.flush().await.unwrap();
+    let lines = store.run_lines("r-1", Some("team-a")).await.unwrap();
+    assert_eq!(
+        lines,
+        [
+            bytes::Bytes::from_static(b"{\"run\":\"r-1\",\"n\":1}\n"),
+            bytes::Bytes::from_static(b"{\"run\":\"r-1\",\"n\":2}\n"),
+        ]
+    );
+    // A run with no lines is answered by the one request for its last message.
+    assert!(
+        store
+            .run_lines("r-3", Some("team-a"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    watcher.flush().await.unwrap();
+    let mut seen = Vec::new();
+    while let Ok(Some(request)) =
+        tokio::time::timeout(Duration::from_millis(300), gets.next()).await
+    {
+        seen.push(String::from_utf8_lossy(&request.payload).into_owned());
+    }
+    let next_reads = |run: &str| {
+        seen.iter()
+            .filter(|p| p.contains("next_by_subj") && p.contains(&format!("\"{}\"", subject(run))))
+            .count()
+    };
+    assert_eq!(next_reads("r-1"), 2, "one read per line: {seen:?}");
+    assert_eq!(next_reads("r-3"), 0, "{seen:?}");
+}
+
 /// A run's `once` decision is shared: the first replica to decide wins, every replica reads
 /// that one, and decisions never show up as runs to resume.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -568,7 +568,7 @@ pub struct LimitsConfig {
     /// their turn instead of crowding the webhook off the cores. Absent: as many as the cores.
     pub max_computing_scripts: Option<usize>,
     /// The async runtime's worker threads (the webhook, the dispatcher, the runs' steps between
-    /// waits). Absent: one fewer than the cores, at least one (see [`LimitsConfig::workers`]).
+    /// waits). Absent: one per core (see [`LimitsConfig::workers`]).
     pub worker_threads: Option<usize>,
     /// Per run: bytes the script's variables may hold. The engine's script memory stays under
     /// about `max_concurrent_runs × (max_script_bytes + 1 MiB)`.
@@ -612,21 +612,20 @@ impl LimitsConfig {
         }
         if self.worker_threads == Some(0) {
             anyhow::bail!(
-                "limits.worker_threads is 0: it must be at least 1, or absent for one fewer than the cores"
+                "limits.worker_threads is 0: it must be at least 1, or absent for one per core"
             );
         }
         Ok(())
     }
 
-    /// The async runtime's worker threads: `worker_threads`, else one fewer than `cores`, at
-    /// least one. The engine's own threads (the bus log's and the journal's group commits, the
-    /// log writer) take about a core under load; a worker per core beside them woke and stole
-    /// from the others for nothing: on two cores, one worker took 10 % less CPU per alert at the
-    /// same rate (`docs/BENCHMARKS.md`, 12-07).
+    /// The async runtime's worker threads: `worker_threads`, else one per core (at least one).
+    /// Measured on two cores, against one fewer than the cores: on the machine of 12-07 03:43
+    /// one worker took 10 % less CPU per alert at the same rate; on the faster one of 12-07
+    /// 08:17 – 12:30 two workers took 9 % more alerts/s at the same CPU, with a p99 14 % lower
+    /// (`docs/BENCHMARKS.md`). The second is the machine measured since; set it where another
+    /// measures otherwise.
     pub fn workers(&self, cores: usize) -> usize {
-        self.worker_threads
-            .unwrap_or_else(|| cores.saturating_sub(1))
-            .max(1)
+        self.worker_threads.unwrap_or(cores).max(1)
     }
 
     /// The per-run budget these limits set.
@@ -874,11 +873,11 @@ mod tests {
     }
 
     #[test]
-    fn workers_are_one_fewer_than_the_cores_unless_set() {
+    fn workers_are_one_per_core_unless_set() {
         let cfg = Config::from_yaml("").unwrap();
         assert_eq!(
-            [1, 2, 4, 16].map(|cores| cfg.limits.workers(cores)),
-            [1, 1, 3, 15]
+            [0, 1, 2, 4, 16].map(|cores| cfg.limits.workers(cores)),
+            [1, 1, 2, 4, 16]
         );
         let mut cfg = Config::from_yaml("limits: { worker_threads: 3 }").unwrap();
         assert_eq!(cfg.limits.workers(2), 3);

@@ -140,7 +140,7 @@ fn describe_metrics() {
     );
     describe_gauge!(
         "firebreak_worker_threads",
-        "The async runtime's worker threads (limits.worker_threads; absent: one fewer than the cores)."
+        "The async runtime's worker threads (limits.worker_threads; absent: one per core)."
     );
     describe_gauge!(
         "firebreak_scripts_waiting_for_cpu",

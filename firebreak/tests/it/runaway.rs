@@ -322,17 +322,16 @@ async fn spinning_scripts_compute_within_their_shares() {
     }
 }
 
-/// The async runtime runs one worker fewer than the cores (at least one), beside the engine's
-/// own commit and log threads; `limits.worker_threads` sets another count. Read from the
-/// engine's `/metrics`, which reports what its runtime has.
+/// The async runtime runs one worker per core; `limits.worker_threads` sets another count. Read
+/// from the engine's `/metrics`, which reports what its runtime has.
 #[tokio::test(flavor = "multi_thread")]
-async fn the_runtime_has_one_worker_fewer_than_the_cores_unless_configured() {
+async fn the_runtime_has_one_worker_per_core_unless_configured() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("runbooks");
     crate::harness::write_note_runbook(&dir);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     for (config, expected) in [
-        (None, cores.saturating_sub(1).max(1)),
+        (None, cores.max(1)),
         (Some("limits: { worker_threads: 3 }\n".to_owned()), 3),
     ] {
         let serve = Serve::start(

@@ -2387,7 +2387,8 @@ fn side_file_loop(rx: &std::sync::mpsc::Receiver<SideFile>, layout: &Layout) {
 /// takes: the side files' thread serializes and writes about 380 bytes of carried index per
 /// run of each sealed segment, 2.3 MB every 0.4 s at 15,000 runs/s, in bursts of about 10 ms.
 /// At the default priority each burst took one of two cores from the webhooks and the
-/// appends; `docs/BENCHMARKS.md` (12-07, 11:40) has the p99 it cost. Where the call fails the
+/// appends; `docs/BENCHMARKS.md` ("The side files at the lowest priority") has the p99 it
+/// cost. Where the call fails the
 /// thread keeps its priority, which is only slower.
 fn yield_to_the_rest() {
     #[cfg(target_os = "linux")]

@@ -2388,8 +2388,7 @@ fn side_file_loop(rx: &std::sync::mpsc::Receiver<SideFile>, layout: &Layout) {
 /// run of each sealed segment, 2.3 MB every 0.4 s at 15,000 runs/s, in bursts of about 10 ms.
 /// At the default priority each burst took one of two cores from the webhooks and the
 /// appends; `docs/BENCHMARKS.md` ("The side files at the lowest priority") has the p99 it
-/// cost. Where the call fails the
-/// thread keeps its priority, which is only slower.
+/// cost. Where the call fails the thread keeps its priority, which is only slower.
 fn yield_to_the_rest() {
     #[cfg(target_os = "linux")]
     if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19) {

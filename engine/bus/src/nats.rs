@@ -1976,8 +1976,9 @@ fn kv_key_decode(key: &str) -> String {
 /// stops there: asking nats-server 2.9 for the next message after a subject's last one makes
 /// it search the rest of the stream. On a stream of 302,000 runs that search took 1.4–1.9 ms
 /// on average and up to 78–320 ms, the last message 0.34 ms (`docs/BENCHMARKS.md`, "Reading
-/// a run back from the audit stream"); a takeover reads every run it takes over this way. Reading from sequence 1 is the
-/// fast start: from a sequence inside the stream the first read took longer (1.6–7.9 ms).
+/// a run back from the audit stream"); a takeover reads every run it takes over this way.
+/// Reading from sequence 1 is the fast start: from a sequence inside the stream the first
+/// read took longer (1.6–7.9 ms).
 async fn read_subject(
     js: &Context,
     stream: &str,

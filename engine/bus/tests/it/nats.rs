@@ -1160,6 +1160,28 @@ async fn a_runs_journal_lines_are_read_back_from_the_audit_stream() {
     }
 }
 
+/// The requests nats-server received on `subjects` (the JetStream API's, say) while `work`
+/// ran, (subject, payload), as a subscriber beside them saw them.
+async fn api_requests_during(
+    server: &NatsServer,
+    subjects: &str,
+    work: impl std::future::Future<Output = ()>,
+) -> Vec<(String, bytes::Bytes)> {
+    use futures::StreamExt;
+    let watcher = async_nats::connect(server.url()).await.unwrap();
+    let mut requests = watcher.subscribe(subjects.to_owned()).await.unwrap();
+    watcher.flush().await.unwrap();
+    work.await;
+    watcher.flush().await.unwrap();
+    let mut seen = Vec::new();
+    while let Ok(Some(request)) =
+        tokio::time::timeout(Duration::from_millis(300), requests.next()).await
+    {
+        seen.push((request.subject.to_string(), request.payload.clone()));
+    }
+    seen
+}
+
 /// A run whose team is known is read straight from its team's subject, without looking the
 /// subject up first (a stream info filtered by the subject, which walks the audit stream's
 /// blocks in nats-server 2.9: it doubled nats-server's CPU per run taken over). The requests
@@ -1167,7 +1189,6 @@ async fn a_runs_journal_lines_are_read_back_from_the_audit_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_of_a_known_team_is_read_without_a_subject_lookup() {
     use firebreak_bus::{AuditMessage, RunLeases};
-    use futures::StreamExt;
     let server = NatsServer::start().expect("nats-server");
     let (bus, store) = replica_store(&server, "a", Duration::from_secs(5)).await;
     bus.publish_audit(vec![AuditMessage {
@@ -1179,20 +1200,13 @@ async fn a_run_of_a_known_team_is_read_without_a_subject_lookup() {
     .unwrap()
     .await
     .unwrap();
-    let watcher = async_nats::connect(server.url()).await.unwrap();
-    let mut infos = watcher.subscribe("$JS.API.STREAM.INFO.>").await.unwrap();
-    watcher.flush().await.unwrap();
-    let lines = store.run_lines("r-1", Some("team-a")).await.unwrap();
-    assert_eq!(lines, [bytes::Bytes::from_static(b"{\"run\":\"r-1\"}\n")]);
-    // Under another team it is looked up (one request), and still found.
-    assert_eq!(store.run_lines("r-1", Some("team-z")).await.unwrap(), lines);
-    watcher.flush().await.unwrap();
-    let mut seen = Vec::new();
-    while let Ok(Some(request)) =
-        tokio::time::timeout(Duration::from_millis(300), infos.next()).await
-    {
-        seen.push((request.subject.to_string(), request.payload.clone()));
-    }
+    let seen = api_requests_during(&server, "$JS.API.STREAM.INFO.>", async {
+        let lines = store.run_lines("r-1", Some("team-a")).await.unwrap();
+        assert_eq!(lines, [bytes::Bytes::from_static(b"{\"run\":\"r-1\"}\n")]);
+        // Under another team it is looked up (one request), and still found.
+        assert_eq!(store.run_lines("r-1", Some("team-z")).await.unwrap(), lines);
+    })
+    .await;
     let lookups: Vec<_> = seen
         .iter()
         .filter(|(_, payload)| String::from_utf8_lossy(payload).contains("subjects_filter"))
@@ -1216,7 +1230,6 @@ async fn a_run_of_a_known_team_is_read_without_a_subject_lookup() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runs_lines_are_read_without_a_search_past_its_last_message() {
     use firebreak_bus::{AuditMessage, RunLeases};
-    use futures::StreamExt;
     let server = NatsServer::start().expect("nats-server");
     let (bus, store) = replica_store(&server, "a", Duration::from_secs(5)).await;
     let subject = |run: &str| firebreak_bus::nats::audit_run_subject("team-a", run);
@@ -1232,34 +1245,28 @@ async fn a_runs_lines_are_read_without_a_search_past_its_last_message() {
         .await
         .unwrap();
     }
-    let watcher = async_nats::connect(server.url()).await.unwrap();
-    let mut gets = watcher.subscribe("$JS.API.STREAM.MSG.GET.>").await.unwrap();
-    watcher.flush().await.unwrap();
-    let lines = store.run_lines("r-1", Some("team-a")).await.unwrap();
-    assert_eq!(
-        lines,
-        [
-            bytes::Bytes::from_static(b"{\"run\":\"r-1\",\"n\":1}\n"),
-            bytes::Bytes::from_static(b"{\"run\":\"r-1\",\"n\":2}\n"),
-        ]
-    );
-    // A run with no lines is answered by the one request for its last message.
-    assert!(
-        store
-            .run_lines("r-3", Some("team-a"))
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    watcher.flush().await.unwrap();
-    let mut seen = Vec::new();
-    while let Ok(Some(request)) =
-        tokio::time::timeout(Duration::from_millis(300), gets.next()).await
-    {
-        seen.push(String::from_utf8_lossy(&request.payload).into_owned());
-    }
+    let seen = api_requests_during(&server, "$JS.API.STREAM.MSG.GET.>", async {
+        let lines = store.run_lines("r-1", Some("team-a")).await.unwrap();
+        assert_eq!(
+            lines,
+            [
+                bytes::Bytes::from_static(b"{\"run\":\"r-1\",\"n\":1}\n"),
+                bytes::Bytes::from_static(b"{\"run\":\"r-1\",\"n\":2}\n"),
+            ]
+        );
+        // A run with no lines is answered by the one request for its last message.
+        assert!(
+            store
+                .run_lines("r-3", Some("team-a"))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    })
+    .await;
     let next_reads = |run: &str| {
         seen.iter()
+            .map(|(_, payload)| String::from_utf8_lossy(payload))
             .filter(|p| p.contains("next_by_subj") && p.contains(&format!("\"{}\"", subject(run))))
             .count()
     };

@@ -2009,7 +2009,7 @@ async fn read_subject(
     };
     let mut messages = Vec::new();
     let mut next = 1;
-    while next <= last {
+    loop {
         match stream
             .raw_message_builder()
             .next_by_subject(subject.to_owned())
@@ -2017,18 +2017,22 @@ async fn read_subject(
             .send()
             .await
         {
-            Ok(message) => {
+            Ok(message) if message.sequence <= last => {
                 next = message.sequence + 1;
-                if message.sequence <= last {
-                    messages.push(message.payload);
+                messages.push(message.payload);
+                if message.sequence == last {
+                    return Ok(messages);
                 }
             }
-            // Removed meanwhile (the stream's limits).
-            Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => break,
+            // Past the last one, or none left: the last was removed meanwhile (the stream's
+            // limits).
+            Ok(_) => return Ok(messages),
+            Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => {
+                return Ok(messages);
+            }
             Err(e) => return Err(unavailable("message", Box::new(e))),
         }
     }
-    Ok(messages)
 }
 
 /// Whether `stream` holds a message on `subject` (a literal subject or a wildcard), from the

@@ -7,6 +7,9 @@
 //! 3. each runbook it matches (or the one a manual trigger names) goes through
 //!    [`Dispatcher::start`] with key `<runbook>/<concurrency key>` and a run id that every
 //!    delivery of the message shares ([`run_id_for`]):
+//!    - that run running here: a delivery that came again; skip. Starting here for another
+//!      delivery of the message: wait for that start to end and look again (it may fail, and
+//!      this delivery is then the one that starts the run);
 //!    - a delivery that came again (with replicas): the audit stream holding that run means
 //!      it started on another replica (which died or lost its ack, and may have ended it
 //!      since); skip;
@@ -500,21 +503,29 @@ impl Dispatcher {
         let actor = actor_of(event);
         let run_id = run_id_for(&event.id, &name, published);
         // Registered before the lock is tried: whoever finds the lock held by this run knows
-        // it is starting here, not running on another replica. Already there, or running
-        // here: the same message delivered twice at once.
-        let already_here = self
-            .active
-            .lock()
-            .expect("active runs lock")
-            .contains_key(&run_id);
-        let Some(start_guard) = (!already_here)
-            .then(|| StartingGuard::new(&self.starting, &run_id))
-            .flatten()
-        else {
-            info!(runbook = %name, run_id = %run_id, event_id = %event.id, "skipped: this delivery's run was started before");
-            metrics::counter!("firebreak_runs_skipped_total", "reason" => "redelivered")
-                .increment(1);
-            return Ok(Started::Redelivery);
+        // it is starting here, not running on another replica. Running here: the same message
+        // delivered twice. Starting here: whether that start succeeds decides whether this
+        // delivery has a run (it may fail: NATS went away while it asked for the lock, and
+        // came back with this delivery), so wait for it and look again.
+        let start_guard = loop {
+            let already_here = self
+                .active
+                .lock()
+                .expect("active runs lock")
+                .contains_key(&run_id);
+            if already_here {
+                info!(runbook = %name, run_id = %run_id, event_id = %event.id, "skipped: this delivery's run was started before");
+                metrics::counter!("firebreak_runs_skipped_total", "reason" => "redelivered")
+                    .increment(1);
+                return Ok(Started::Redelivery);
+            }
+            match StartingGuard::new(&self.starting, &run_id) {
+                Ok(guard) => break guard,
+                Err(other_start) => {
+                    debug!(runbook = %name, run_id = %run_id, event_id = %event.id, "this delivery's run is starting for another delivery; waiting for that start");
+                    wait_for_holder(&other_start, &key, &self.shutdown).await?;
+                }
+            }
         };
         // A delivery that came again may have started its run on another replica, which
         // then lost its ack (it died, or the ack came too late) and may have ended it since:
@@ -1368,19 +1379,25 @@ struct StartingGuard<'a> {
 }
 
 impl<'a> StartingGuard<'a> {
-    /// Registers run `run_id` as starting; `None` if it already is.
-    fn new(starting: &'a Mutex<foldhash::HashMap<String, Starting>>, run_id: &str) -> Option<Self> {
+    /// Registers run `run_id` as starting; if it already is, `Err` with what tells when that
+    /// start is over.
+    fn new(
+        starting: &'a Mutex<foldhash::HashMap<String, Starting>>,
+        run_id: &str,
+    ) -> Result<Self, CancellationToken> {
         match starting
             .lock()
             .expect("starting runs lock")
             .entry(run_id.to_owned())
         {
-            std::collections::hash_map::Entry::Occupied(_) => return None,
+            std::collections::hash_map::Entry::Occupied(other) => {
+                return Err(other.get().done.clone());
+            }
             std::collections::hash_map::Entry::Vacant(slot) => {
                 slot.insert(Starting::default());
             }
         }
-        Some(StartingGuard {
+        Ok(StartingGuard {
             starting,
             run_id: run_id.to_owned(),
         })

@@ -438,6 +438,38 @@ async fn an_alert_while_the_last_run_releases_its_lock_starts_its_own_run() {
     );
 }
 
+/// The same message delivered again while its first delivery's start still waits for the
+/// state store (NATS was killed and came back: the server handed the message out again while
+/// the first delivery's lock request was still waiting for its answer), and that first start
+/// then fails. The second delivery may be acked only once the run has started: it waits for
+/// the first start to end, then starts the run itself. It used to be acked at once as "started
+/// before" while the first start failed: the event was gone from the bus and never ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivery_while_the_first_start_fails_starts_the_run() {
+    let (h, gated) = H::gated(QUICK).await;
+    let h = Arc::new(h);
+    gated.try_lock.arm();
+    let event = alert("ev", "firing", "00000000000000e1", json!({"target": "a"}));
+    let published = jiff::Timestamp::now();
+    let first = {
+        let (h, event) = (h.clone(), event.clone());
+        tokio::spawn(async move { h.deliver(&event, published).await })
+    };
+    gated.try_lock.reached().await;
+    let again = {
+        let (h, event) = (h.clone(), event.clone());
+        tokio::spawn(async move { h.deliver(&event, published).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gated.try_lock.fail();
+    assert_eq!(first.await.unwrap(), vec![Settled::Nak], "the failed start");
+    assert_eq!(again.await.unwrap(), vec![Settled::Ack], "the redelivery");
+    let records = h
+        .wait("the event's run to finish", |r| finished(r, "quick") == 1)
+        .await;
+    assert_eq!(started(&records, "quick").len(), 1, "{}", summary(&records));
+}
+
 const WAITING: &[(&str, &str)] = &[
     (
         "waiting.yaml",

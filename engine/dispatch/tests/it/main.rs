@@ -281,11 +281,13 @@ pub fn alert(id: &str, status: &str, fingerprint: &str, labels: Value) -> Arc<Ev
     })
 }
 
-/// A point in a state-store call the test holds: the call waits there until released.
+/// A point in a state-store call the test holds: the call waits there until released, and
+/// then goes on or fails as an unreachable store's would.
 pub struct Gate {
     entered: tokio::sync::Semaphore,
     release: tokio::sync::Semaphore,
     armed: std::sync::atomic::AtomicBool,
+    failing: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Gate {
@@ -294,6 +296,7 @@ impl Default for Gate {
             entered: tokio::sync::Semaphore::new(0),
             release: tokio::sync::Semaphore::new(0),
             armed: std::sync::atomic::AtomicBool::new(false),
+            failing: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -318,18 +321,37 @@ impl Gate {
         self.release.add_permits(1);
     }
 
-    async fn pass(&self) {
+    /// Lets the held call go on to fail, as one to a store that went away does (NATS killed
+    /// while the call waited for its answer).
+    pub fn fail(&self) {
+        self.failing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.release.add_permits(1);
+    }
+
+    /// Holds the call if the gate is armed; `Err` if it was let go to fail.
+    async fn pass(&self) -> Result<(), firebreak_bus::BusError> {
         if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
             self.entered.add_permits(1);
             self.release.acquire().await.unwrap().forget();
+            if self
+                .failing
+                .swap(false, std::sync::atomic::Ordering::SeqCst)
+            {
+                return Err(firebreak_bus::BusError::NotConnected {
+                    url: "nats://gone.invalid".into(),
+                });
+            }
         }
+        Ok(())
     }
 }
 
-/// A state store whose `unlock` and `cooldown` calls can be held at a [`Gate`], to play the
-/// interleavings around a run's start and end deterministically.
+/// A state store whose `try_lock`, `unlock` and `cooldown` calls can be held at a [`Gate`], to
+/// play the interleavings around a run's start and end deterministically.
 pub struct Gated {
     pub inner: Arc<dyn StateStore>,
+    pub try_lock: Gate,
     pub unlock: Gate,
     pub cooldown: Gate,
     /// `(key, ttl)` of every lock taken.
@@ -342,6 +364,7 @@ impl Gated {
     pub fn new(inner: Arc<dyn StateStore>) -> Arc<Gated> {
         Arc::new(Gated {
             inner,
+            try_lock: Gate::default(),
             unlock: Gate::default(),
             cooldown: Gate::default(),
             locked: std::sync::Mutex::default(),
@@ -355,7 +378,11 @@ type Fut<'a, T> = futures::future::BoxFuture<'a, Result<T, firebreak_bus::BusErr
 impl StateStore for Gated {
     fn try_lock(&self, key: &str, owner: &str, ttl: Duration) -> Fut<'_, bool> {
         self.locked.lock().unwrap().push((key.to_owned(), ttl));
-        self.inner.try_lock(key, owner, ttl)
+        let (key, owner) = (key.to_owned(), owner.to_owned());
+        Box::pin(async move {
+            self.try_lock.pass().await?;
+            self.inner.try_lock(&key, &owner, ttl).await
+        })
     }
     fn refresh_lock(&self, key: &str, owner: &str, ttl: Duration) -> Fut<'_, bool> {
         let now = std::time::Instant::now();
@@ -368,7 +395,7 @@ impl StateStore for Gated {
     fn unlock(&self, key: &str, owner: &str) -> Fut<'_, bool> {
         let (key, owner) = (key.to_owned(), owner.to_owned());
         Box::pin(async move {
-            self.unlock.pass().await;
+            self.unlock.pass().await?;
             self.inner.unlock(&key, &owner).await
         })
     }
@@ -381,7 +408,7 @@ impl StateStore for Gated {
     fn cooldown(&self, key: &str) -> Fut<'_, Option<jiff::Timestamp>> {
         let key = key.to_owned();
         Box::pin(async move {
-            self.cooldown.pass().await;
+            self.cooldown.pass().await?;
             self.inner.cooldown(&key).await
         })
     }

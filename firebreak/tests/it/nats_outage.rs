@@ -41,6 +41,9 @@ struct Post {
     status: u16,
 }
 
+/// When every test alert started (part of its event id).
+const ALERT_STARTS_AT: &str = "2026-11-27T03:00:00Z";
+
 fn alert(n: u32) -> String {
     json!({
         "version": "4", "status": "firing", "receiver": "firebreak", "groupKey": "{}:{alertname=\"Tick\"}",
@@ -48,7 +51,7 @@ fn alert(n: u32) -> String {
         "externalURL": "http://am.invalid", "truncatedAlerts": 0,
         "alerts": [{"status": "firing",
             "labels": {"alertname": "Tick", "namespace": "shop", "n": n.to_string()},
-            "annotations": {}, "startsAt": "2026-11-27T03:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
+            "annotations": {}, "startsAt": ALERT_STARTS_AT, "endsAt": "0001-01-01T00:00:00Z",
             "generatorURL": "", "fingerprint": format!("{n:016x}")}],
     })
     .to_string()
@@ -184,13 +187,17 @@ async fn every_accepted_alert_ran_once(
             .collect()
     };
     // On a timeout: which alerts, and every log line that names one of them (its fingerprint
-    // is its number in hex).
+    // is its number in hex; its event id, the hash of that fingerprint).
     let about_missing = || {
         let missing = missing(&serve.journal());
         let fingerprints: Vec<String> = missing
             .iter()
             .filter_map(|n| n.parse::<u32>().ok())
             .map(|n| format!("{n:016x}"))
+            .collect();
+        let event_ids: Vec<String> = fingerprints
+            .iter()
+            .map(|f| firebreak_event::alertmanager::event_id(f, "firing", ALERT_STARTS_AT))
             .collect();
         let lines: Vec<String> = serve
             .log_lines()
@@ -199,6 +206,7 @@ async fn every_accepted_alert_ran_once(
             .filter(|l| {
                 missing.iter().any(|n| l.contains(&format!("tick/{n}\"")))
                     || fingerprints.iter().any(|f| l.contains(f.as_str()))
+                    || event_ids.iter().any(|id| l.contains(id.as_str()))
             })
             .collect();
         format!(

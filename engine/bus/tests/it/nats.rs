@@ -1160,6 +1160,19 @@ async fn a_runs_journal_lines_are_read_back_from_the_audit_stream() {
     }
 }
 
+/// Publishes one audit line on `subject` and waits until the stream has it.
+async fn publish_audit_line(bus: &NatsBus, subject: String, id: String, payload: bytes::Bytes) {
+    bus.publish_audit(vec![firebreak_bus::AuditMessage {
+        subject,
+        id,
+        payload,
+    }])
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+}
+
 /// The requests nats-server received on `subjects` (the JetStream API's, say) while `work`
 /// ran, (subject, payload), as a subscriber beside them saw them.
 async fn api_requests_during(
@@ -1188,18 +1201,16 @@ async fn api_requests_during(
 /// are seen by a subscriber on the JetStream API's subjects, as nats-server receives them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_of_a_known_team_is_read_without_a_subject_lookup() {
-    use firebreak_bus::{AuditMessage, RunLeases};
+    use firebreak_bus::RunLeases;
     let server = NatsServer::start().expect("nats-server");
     let (bus, store) = replica_store(&server, "a", Duration::from_secs(5)).await;
-    bus.publish_audit(vec![AuditMessage {
-        subject: firebreak_bus::nats::audit_run_subject("team-a", "r-1"),
-        id: "r-1-1".to_owned(),
-        payload: bytes::Bytes::from_static(b"{\"run\":\"r-1\"}\n"),
-    }])
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+    publish_audit_line(
+        &bus,
+        firebreak_bus::nats::audit_run_subject("team-a", "r-1"),
+        "r-1-1".to_owned(),
+        bytes::Bytes::from_static(b"{\"run\":\"r-1\"}\n"),
+    )
+    .await;
     let seen = api_requests_during(&server, "$JS.API.STREAM.INFO.>", async {
         let lines = store.run_lines("r-1", Some("team-a")).await.unwrap();
         assert_eq!(lines, [bytes::Bytes::from_static(b"{\"run\":\"r-1\"}\n")]);
@@ -1229,21 +1240,19 @@ async fn a_run_of_a_known_team_is_read_without_a_subject_lookup() {
 /// next message must find one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runs_lines_are_read_without_a_search_past_its_last_message() {
-    use firebreak_bus::{AuditMessage, RunLeases};
+    use firebreak_bus::RunLeases;
     let server = NatsServer::start().expect("nats-server");
     let (bus, store) = replica_store(&server, "a", Duration::from_secs(5)).await;
     let subject = |run: &str| firebreak_bus::nats::audit_run_subject("team-a", run);
     // r-1's last message has others after it.
     for (run, n) in [("r-1", 1), ("r-2", 1), ("r-1", 2), ("r-2", 2), ("r-2", 3)] {
-        bus.publish_audit(vec![AuditMessage {
-            subject: subject(run),
-            id: format!("{run}-{n}"),
-            payload: bytes::Bytes::from(format!("{{\"run\":\"{run}\",\"n\":{n}}}\n")),
-        }])
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+        publish_audit_line(
+            &bus,
+            subject(run),
+            format!("{run}-{n}"),
+            bytes::Bytes::from(format!("{{\"run\":\"{run}\",\"n\":{n}}}\n")),
+        )
+        .await;
     }
     let seen = api_requests_during(&server, "$JS.API.STREAM.MSG.GET.>", async {
         let lines = store.run_lines("r-1", Some("team-a")).await.unwrap();

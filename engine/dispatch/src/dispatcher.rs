@@ -14,7 +14,10 @@
 //!      it started on another replica (which died or lost its ack, and may have ended it
 //!      since); skip;
 //!    - take the key's lock. Held: the incident has a run already. A redelivery of that run's
-//!      own message is dropped; another event is *joined* to the run (journaled in its trail)
+//!      own message is dropped (held under another replica by this very run, it is dropped
+//!      once the audit stream shows the run started, else sent back for after a lease: that
+//!      replica starts it, or died and the takeover frees the lock); another event is
+//!      *joined* to the run (journaled in its trail)
 //!      or, when the run is elsewhere and the audit stream shows it started, journaled as
 //!      skipped naming it (one not started there yet sends the event back for later: its
 //!      replica may have died between the lock and the start);
@@ -584,6 +587,27 @@ impl Dispatcher {
                     }
                     Err(e) => return Err(e),
                 }
+            }
+            // This delivery's own run holds the lock under another replica (the start this
+            // delivery registered here is not it): that replica started the run, or took the
+            // lock and has not started it yet (a run slot), or died there. Started: it is this
+            // delivery's run. Else the delivery comes back after a lease, by when the run
+            // started there or the takeover freed the lock.
+            if holder == run_id {
+                if let Some(leases) = &self.leases
+                    && leases
+                        .has_run_records(&run_id, Some(&manifest.team))
+                        .await?
+                {
+                    info!(runbook = %name, run_id = %run_id, event_id = %event.id, attempt, "skipped: this delivery's run was started before, on another engine replica");
+                    metrics::counter!("firebreak_runs_skipped_total", "reason" => "redelivered")
+                        .increment(1);
+                    return Ok(Started::Redelivery);
+                }
+                return Err(StartError::NotStartedElsewhere {
+                    key,
+                    run_id: holder,
+                });
             }
             let starting = self
                 .starting

@@ -273,41 +273,15 @@ async fn the_heartbeat_stops_while_a_lease_cannot_be_renewed() {
 /// to replicas whose takeovers had finished their runs.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_that_comes_again_after_its_run_started_on_another_replica_does_not_run_again() {
-    use firebreak_bus::Bus as _;
     let nats = firebreak_bus::testutil::NatsServer::start().expect("nats-server -js");
-    let bus = firebreak_bus::NatsBus::connect(
-        &nats.url(),
-        firebreak_bus::NatsOptions {
-            replica: Some("here".into()),
-            ..firebreak_bus::NatsOptions::default()
-        },
-    )
-    .await
-    .expect("connect");
-    let leases = Arc::new(bus.state_store().await.expect("state store"));
-    let note: &[(&str, &str)] = &[
-        (
-            "note.yaml",
-            "name: note\nteam: sre\ndescription: notes the alert\nnamespaces: [shop]\n\
-             triggers:\n  - source: alertmanager\n    match: ['alertname=\"Slow\"']\n",
-        ),
-        ("note.rhai", "log(\"noted\");\n"),
-    ];
-    let h = H::leased(note, leases, 4).await;
+    let leases = Arc::new(crate::nats_store(&nats, "here").await);
+    let h = H::leased(NOTE, leases, 4).await;
     let published = jiff::Timestamp::now();
     let ran_elsewhere = alert("ev-elsewhere", "firing", "00000000000000d1", json!({}));
     let never_ran = alert("ev-never", "firing", "00000000000000d2", json!({}));
     // What the other replica's mirror put on the stream for the run it started.
     let run_id = firebreak_dispatch::run_id_for(&ran_elsewhere.id, "note", published);
-    bus.publish_audit(vec![firebreak_bus::AuditMessage {
-        subject: firebreak_bus::nats::audit_run_subject("sre", &run_id),
-        id: run_id.clone(),
-        payload: bytes::Bytes::from_static(b"{}\n"),
-    }])
-    .await
-    .expect("published")
-    .await
-    .expect("stored");
+    crate::publish_run_line(&nats, "sre", &run_id).await;
 
     let (again, settled) = firebreak_bus::testutil::delivery(ran_elsewhere, 2, published);
     h.dispatcher.clone().handle(again).await;
@@ -386,5 +360,73 @@ async fn a_run_whose_lock_another_run_holds_after_a_restart_is_closed_not_resume
         h.state.lock_holder(&key).await.unwrap().as_deref(),
         Some("newer-run"),
         "the other run's lock is left alone"
+    );
+}
+
+const NOTE: &[(&str, &str)] = &[
+    (
+        "note.yaml",
+        "name: note\nteam: sre\ndescription: notes the alert\nnamespaces: [shop]\n\
+         triggers:\n  - source: alertmanager\n    match: ['alertname=\"Slow\"']\n",
+    ),
+    ("note.rhai", "log(\"noted\");\n"),
+];
+
+/// Delivers `event` (delivery `attempt` of its publish at `published`) by hand: how it was
+/// settled, and how long that took.
+async fn deliver_timed(
+    h: &H,
+    event: &Arc<firebreak_event::Event>,
+    attempt: u32,
+    published: jiff::Timestamp,
+) -> (Vec<firebreak_bus::testutil::Settled>, Duration) {
+    let (delivery, settled) = firebreak_bus::testutil::delivery(event.clone(), attempt, published);
+    let began = Instant::now();
+    h.dispatcher.clone().handle(delivery).await;
+    let took = began.elapsed();
+    (settled.lock().unwrap().clone(), took)
+}
+
+/// A delivery whose incident's lock is held by its very run, under another replica: that
+/// replica pulled the event before and took the lock, and has not started the run (it waits
+/// for a run slot, or it died there and its lease runs out). The delivery goes back at once,
+/// to come again after a lease: by then the holder started the run (the delivery is then
+/// acked, whichever attempt it is), or the takeover freed the lock of the run its dead replica
+/// never started. It used to wait three times 10 s on a start here, the one it registered
+/// itself, and then came back at once: in a kill-bench overload thousands of deliveries of a
+/// killed replica's events went round so for minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_whose_run_holds_its_lock_on_another_replica_goes_back_at_once() {
+    use firebreak_bus::{StateStore as _, testutil::Settled};
+    let nats = firebreak_bus::testutil::NatsServer::start().expect("nats-server -js");
+    let there = crate::nats_store(&nats, "there").await;
+    let h = H::replica(NOTE, &nats, "here").await;
+    let published = jiff::Timestamp::now();
+    let event = alert("ev-held", "firing", "00000000000000d3", json!({}));
+    let run_id = firebreak_dispatch::run_id_for(&event.id, "note", published);
+    let key = "note/incident:00000000000000d3";
+    assert!(
+        there
+            .try_lock(key, &run_id, Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    for attempt in [1, 2] {
+        let (settled, took) = deliver_timed(&h, &event, attempt, published).await;
+        assert_eq!(settled, vec![Settled::Nak], "attempt {attempt}");
+        assert!(
+            took < Duration::from_secs(5),
+            "attempt {attempt} went back after {took:?}"
+        );
+    }
+    // The holder starts the run: its mirror puts the start on the audit stream.
+    crate::publish_run_line(&nats, "sre", &run_id).await;
+    let (settled, _) = deliver_timed(&h, &event, 1, published).await;
+    assert_eq!(settled, vec![Settled::Ack], "once the run started there");
+    let records = crate::all_records(&h.journal);
+    assert!(
+        started(&records, "note").is_empty(),
+        "{}",
+        crate::summary(&records)
     );
 }

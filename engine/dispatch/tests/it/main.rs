@@ -40,6 +40,37 @@ pub struct H {
     _nats: Option<Arc<NatsServer>>,
 }
 
+/// The state store of replica `replica` of `nats`, with the default lease.
+pub async fn nats_store(nats: &NatsServer, replica: &str) -> firebreak_bus::NatsStateStore {
+    let bus = NatsBus::connect(
+        &nats.url(),
+        NatsOptions {
+            replica: Some(replica.into()),
+            ..NatsOptions::default()
+        },
+    )
+    .await
+    .expect("connect");
+    bus.state_store().await.expect("state store")
+}
+
+/// Puts a line of run `run_id` of team `team` on `nats`' audit stream, as the mirror of the
+/// replica running it does.
+pub async fn publish_run_line(nats: &NatsServer, team: &str, run_id: &str) {
+    let bus = NatsBus::connect(&nats.url(), NatsOptions::default())
+        .await
+        .expect("connect");
+    bus.publish_audit(vec![firebreak_bus::AuditMessage {
+        subject: firebreak_bus::nats::audit_run_subject(team, run_id),
+        id: run_id.to_owned(),
+        payload: bytes::Bytes::from_static(b"{}\n"),
+    }])
+    .await
+    .expect("published")
+    .await
+    .expect("stored");
+}
+
 /// Writes runbooks `(file, text)` into `dir/runbooks`.
 pub fn runbooks(dir: &Path, files: &[(&str, &str)]) {
     let rb = dir.join("runbooks");
@@ -109,6 +140,16 @@ impl H {
         let dir = tempfile::tempdir().unwrap();
         runbooks(dir.path(), files);
         H::open_with(dir, None, |state| state, Some(leases), slots, None).await
+    }
+
+    /// An embedded engine with `files` as its runbooks, as replica `replica` of `nats`: its
+    /// locks and leases in that server's KV store (the bus stays embedded: the test delivers).
+    pub async fn replica(files: &[(&str, &str)], nats: &NatsServer, replica: &str) -> H {
+        let store = Arc::new(nats_store(nats, replica).await);
+        let dir = tempfile::tempdir().unwrap();
+        runbooks(dir.path(), files);
+        let state: Arc<dyn StateStore> = store.clone();
+        H::open_with(dir, None, |_| state, Some(store), 4, None).await
     }
 
     /// [`H::open`] on `dir` again, with leases in `leases`, as a replica restarted on its data

@@ -303,16 +303,16 @@ impl RunLeases for DeferredNats {
     fn run_lines(
         &self,
         run_id: &str,
-        team: Option<&str>,
+        teams: &[String],
     ) -> BoxFuture<'_, Result<Vec<bytes::Bytes>, BusError>> {
-        forward!(self.state().run_lines(run_id, team))
+        forward!(self.state().run_lines(run_id, teams))
     }
 
     fn has_run_records(
         &self,
         run_id: &str,
-        team: Option<&str>,
+        teams: &[String],
     ) -> BoxFuture<'_, Result<bool, BusError>> {
-        forward!(self.state().has_run_records(run_id, team))
+        forward!(self.state().has_run_records(run_id, teams))
     }
 }

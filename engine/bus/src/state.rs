@@ -153,27 +153,29 @@ pub trait RunLeases: Send + Sync {
     fn take_over(&self, orphan: &Orphan, ttl: Duration) -> BoxFuture<'_, Result<bool, BusError>>;
 
     /// The journal lines of run `run_id` on the audit stream, in the order they were
-    /// published (each message one or more newline-terminated lines). With the run's `team`
-    /// they are read from the run's own subject; without it, or when that subject holds
-    /// nothing (the runbook changed teams since), they are searched for under every team,
-    /// which costs the stream a scan of all its subjects.
+    /// published (each message one or more newline-terminated lines), read from the subject of
+    /// the first of `teams` that holds any: the teams the run may be under, the likeliest
+    /// first (its runbook's team, then the others this engine knows: the runbook may have
+    /// changed teams since the run started). With no team given they are searched for under
+    /// every team, which costs the stream a match of each subject it holds (see
+    /// `docs/SCALING.md`).
     fn run_lines(
         &self,
         run_id: &str,
-        team: Option<&str>,
+        teams: &[String],
     ) -> BoxFuture<'_, Result<Vec<bytes::Bytes>, BusError>>;
 
-    /// Whether the audit stream holds anything of run `run_id` (looked up as [`run_lines`]
-    /// does, `team` first): whether the run started. Reads no line where the store can tell
+    /// Whether the audit stream holds anything of run `run_id` under one of `teams` (as
+    /// [`run_lines`] looks): whether the run started. Reads no line where the store can tell
     /// from its index.
     ///
     /// [`run_lines`]: RunLeases::run_lines
     fn has_run_records(
         &self,
         run_id: &str,
-        team: Option<&str>,
+        teams: &[String],
     ) -> BoxFuture<'_, Result<bool, BusError>> {
-        let lines = self.run_lines(run_id, team);
+        let lines = self.run_lines(run_id, teams);
         Box::pin(async move { Ok(!lines.await?.is_empty()) })
     }
 

@@ -273,6 +273,28 @@ pub enum Settled {
     Nak,
 }
 
+/// The requests nats-server received on `subjects` (the JetStream API's, say) while `work`
+/// ran, (subject, payload), as a subscriber beside them saw them.
+pub async fn api_requests_during(
+    url: &str,
+    subjects: &str,
+    work: impl std::future::Future<Output = ()>,
+) -> Vec<(String, bytes::Bytes)> {
+    use futures::StreamExt;
+    let watcher = async_nats::connect(url).await.unwrap();
+    let mut requests = watcher.subscribe(subjects.to_owned()).await.unwrap();
+    watcher.flush().await.unwrap();
+    work.await;
+    watcher.flush().await.unwrap();
+    let mut seen = Vec::new();
+    while let Ok(Some(request)) =
+        tokio::time::timeout(Duration::from_millis(300), requests.next()).await
+    {
+        seen.push((request.subject.to_string(), request.payload.clone()));
+    }
+    seen
+}
+
 /// A delivery made by hand, for consumers' tests (the same message delivered twice at once,
 /// say): how it is settled lands in the returned list.
 pub fn delivery(

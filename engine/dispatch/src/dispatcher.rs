@@ -536,7 +536,7 @@ impl Dispatcher {
         if attempt > 1
             && let Some(leases) = &self.leases
             && leases
-                .has_run_records(&run_id, Some(&manifest.team))
+                .has_run_records(&run_id, &loaded.teams_for(Some(&manifest.team)))
                 .await?
         {
             info!(runbook = %name, run_id = %run_id, event_id = %event.id, attempt, "skipped: this delivery's run was started before, on another engine replica");
@@ -596,7 +596,7 @@ impl Dispatcher {
             if holder == run_id {
                 if let Some(leases) = &self.leases
                     && leases
-                        .has_run_records(&run_id, Some(&manifest.team))
+                        .has_run_records(&run_id, &loaded.teams_for(Some(&manifest.team)))
                         .await?
                 {
                     info!(runbook = %name, run_id = %run_id, event_id = %event.id, attempt, "skipped: this delivery's run was started before, on another engine replica");
@@ -625,7 +625,7 @@ impl Dispatcher {
             // stream shows started; else the event comes back later.
             if let Some(leases) = &self.leases
                 && !leases
-                    .has_run_records(&holder, Some(&manifest.team))
+                    .has_run_records(&holder, &loaded.teams_for(Some(&manifest.team)))
                     .await?
             {
                 return Err(StartError::NotStartedElsewhere {
@@ -1144,7 +1144,8 @@ impl Dispatcher {
     ) -> Option<firebreak_runtime::ResumePlan> {
         let run_id = plan.run_id().to_owned();
         let team = plan.meta().team.clone();
-        match self.read_stream(leases, &run_id, Some(&team)).await {
+        let teams = self.runbooks.current().teams_for(Some(&team));
+        match self.read_stream(leases, &run_id, &teams).await {
             Ok(crate::takeover::Stream::Nothing) => Some(plan),
             Ok(crate::takeover::Stream::Finished { status, by }) => {
                 let replica = last_replica(&by).unwrap_or_else(|| "another replica".into());

@@ -22,6 +22,8 @@ pub struct Loaded {
     pub asts: HashMap<String, Arc<Script>>,
     /// Things that load but deserve a look (see [`RunbookSet::warnings`]).
     pub warnings: Vec<String>,
+    /// Every team this engine knows, sorted: the runbooks' and the teams file's.
+    teams: Vec<String>,
 }
 
 impl Loaded {
@@ -55,10 +57,17 @@ impl Loaded {
         }
         if problems.is_empty() {
             let warnings = set.warnings();
+            let mut teams: Vec<String> = set.iter().map(|rb| rb.manifest.team.clone()).collect();
+            if let Some(file) = set.teams() {
+                teams.extend(file.iter().map(|team| team.name.clone()));
+            }
+            teams.sort();
+            teams.dedup();
             Ok(Loaded {
                 set,
                 asts,
                 warnings,
+                teams,
             })
         } else {
             Err(problems)
@@ -71,7 +80,26 @@ impl Loaded {
             set: RunbookSet::default(),
             asts: HashMap::new(),
             warnings: Vec::new(),
+            teams: Vec::new(),
         }
+    }
+
+    /// The teams whose audit subjects may hold a run of a runbook of `team`, the likeliest
+    /// first: `team`, then every other team known here (the runbook may have changed teams
+    /// since the run started), for [`firebreak_bus::RunLeases::run_lines`]. A run of a team
+    /// this engine no longer knows at all (its runbooks and its teams file entry gone) is not
+    /// looked for: searching every team costs the audit stream a match of each subject it
+    /// holds, per lookup.
+    pub fn teams_for(&self, team: Option<&str>) -> Vec<String> {
+        let mut teams = Vec::with_capacity(self.teams.len() + 1);
+        teams.extend(team.map(str::to_owned));
+        teams.extend(
+            self.teams
+                .iter()
+                .filter(|t| Some(t.as_str()) != team)
+                .cloned(),
+        );
+        teams
     }
 }
 

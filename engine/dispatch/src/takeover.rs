@@ -176,14 +176,20 @@ impl Dispatcher {
     /// Takes `orphan` over if this replica wins it and can run it.
     async fn take_over(&self, leases: &dyn RunLeases, orphan: Orphan) {
         let run_id = orphan.run_id.clone();
-        // Its records are on its team's subject: the team of the runbook its lock names.
-        let team = orphan.key.split_once('/').and_then(|(runbook, _)| {
+        // Its records are on its team's subject: the team of the runbook its lock names, or
+        // (it changed teams since) another.
+        let teams = {
             let runbooks = self.runbooks.current();
-            runbooks.set.get(runbook).map(|r| r.manifest.team.clone())
-        });
+            let team = orphan
+                .key
+                .split_once('/')
+                .and_then(|(runbook, _)| runbooks.set.get(runbook))
+                .map(|r| r.manifest.team.as_str());
+            runbooks.teams_for(team)
+        };
         // Read first (nothing is taken yet), so a run this replica cannot resume is left to one
         // that can.
-        let stream = match self.read_stream(leases, &run_id, team.as_deref()).await {
+        let stream = match self.read_stream(leases, &run_id, &teams).await {
             Ok(stream) => stream,
             Err(e) => {
                 warn!(run_id = %run_id, error = %e, "cannot read a left run back from the audit stream");
@@ -211,11 +217,13 @@ impl Dispatcher {
         info!(run_id = %run_id, from = %orphan.replica, key = %orphan.key, lease_ended = %orphan.lease_ended, "run lease ran out: taking the run over");
         metrics::counter!("firebreak_runs_taken_over_total").increment(1);
         // Read again now that it is ours: a replica that was only slow may have written more.
-        let team = match &stream {
-            Stream::Unfinished { plan, .. } => Some(plan.meta().team.clone()),
-            _ => team,
+        let teams = match &stream {
+            Stream::Unfinished { plan, .. } => {
+                self.runbooks.current().teams_for(Some(&plan.meta().team))
+            }
+            _ => teams,
         };
-        let stream = match self.read_stream(leases, &run_id, team.as_deref()).await {
+        let stream = match self.read_stream(leases, &run_id, &teams).await {
             Ok(stream) => stream,
             Err(e) => {
                 error!(run_id = %run_id, error = %e, "cannot read a taken-over run back; giving the lease up");
@@ -289,15 +297,16 @@ impl Dispatcher {
             .await
     }
 
-    /// What the audit stream holds of run `run_id`, each line's hash checked.
+    /// What the audit stream holds of run `run_id` under one of `teams` (see
+    /// [`Loaded::teams_for`](crate::Loaded::teams_for)), each line's hash checked.
     pub(crate) async fn read_stream(
         &self,
         leases: &dyn RunLeases,
         run_id: &str,
-        team: Option<&str>,
+        teams: &[String],
     ) -> Result<Stream, String> {
         let messages = leases
-            .run_lines(run_id, team)
+            .run_lines(run_id, teams)
             .await
             .map_err(|e| e.to_string())?;
         let mut records = Vec::new();

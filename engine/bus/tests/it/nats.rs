@@ -1096,10 +1096,11 @@ async fn a_runs_journal_lines_are_read_back_from_the_audit_stream() {
     use firebreak_bus::{AuditMessage, RunLeases};
     let server = NatsServer::start().expect("nats-server");
     let (bus, store) = replica_store(&server, "a", Duration::from_secs(5)).await;
-    assert!(store.run_lines("r-1", None).await.unwrap().is_empty());
+    let teams = |teams: &[&str]| teams.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+    assert!(store.run_lines("r-1", &[]).await.unwrap().is_empty());
     assert!(
         store
-            .run_lines("r-1", Some("team-a"))
+            .run_lines("r-1", &teams(&["team-a"]))
             .await
             .unwrap()
             .is_empty()
@@ -1120,10 +1121,10 @@ async fn a_runs_journal_lines_are_read_back_from_the_audit_stream() {
     .unwrap()
     .await
     .unwrap();
-    // Searched for under every team, read from its team's subject, and searched for when
-    // the team given is not the one its records were published under.
-    for team in [None, Some("team-a"), Some("team-z")] {
-        let lines = store.run_lines("r-1", team).await.unwrap();
+    // Searched for under every team (none given), read from its team's subject, and from the
+    // next team's when the first given holds nothing (the runbook changed teams since).
+    for team in [&[][..], &["team-a"], &["team-z", "team-a"]] {
+        let lines = store.run_lines("r-1", &teams(team)).await.unwrap();
         let lines: Vec<&str> = lines
             .iter()
             .map(|b| std::str::from_utf8(b).unwrap().trim())
@@ -1138,22 +1139,32 @@ async fn a_runs_journal_lines_are_read_back_from_the_audit_stream() {
             "team {team:?}"
         );
     }
-    let lines = store.run_lines("r-10", Some("team.b")).await.unwrap();
+    assert!(
+        store
+            .run_lines("r-1", &teams(&["team-z"]))
+            .await
+            .unwrap()
+            .is_empty(),
+        "not under a team not given"
+    );
+    let lines = store.run_lines("r-10", &teams(&["team.b"])).await.unwrap();
     assert_eq!(
         lines,
         [bytes::Bytes::from_static(b"{\"run\":\"r-10\",\"n\":1}\n")]
     );
-    // Whether a run has records: from the stream's index of subjects, under any team.
+    // Whether a run has records: from the stream's index of subjects, under the teams given,
+    // or any.
     for (run, team, has) in [
-        ("r-1", Some("team-a"), true),
-        ("r-1", Some("team-z"), true),
-        ("r-1", None, true),
-        ("r-10", Some("team.b"), true),
-        ("r-3", Some("team-a"), false),
-        ("r-3", None, false),
+        ("r-1", &["team-a"][..], true),
+        ("r-1", &["team-z", "team-a"], true),
+        ("r-1", &["team-z"], false),
+        ("r-1", &[], true),
+        ("r-10", &["team.b"], true),
+        ("r-3", &["team-a"], false),
+        ("r-3", &[], false),
     ] {
         assert_eq!(
-            store.has_run_records(run, team).await.unwrap(),
+            store.has_run_records(run, &teams(team)).await.unwrap(),
             has,
             "{run} {team:?}"
         );
@@ -1173,35 +1184,16 @@ async fn publish_audit_line(bus: &NatsBus, subject: String, id: String, payload:
     .unwrap();
 }
 
-/// The requests nats-server received on `subjects` (the JetStream API's, say) while `work`
-/// ran, (subject, payload), as a subscriber beside them saw them.
-async fn api_requests_during(
-    server: &NatsServer,
-    subjects: &str,
-    work: impl std::future::Future<Output = ()>,
-) -> Vec<(String, bytes::Bytes)> {
-    use futures::StreamExt;
-    let watcher = async_nats::connect(server.url()).await.unwrap();
-    let mut requests = watcher.subscribe(subjects.to_owned()).await.unwrap();
-    watcher.flush().await.unwrap();
-    work.await;
-    watcher.flush().await.unwrap();
-    let mut seen = Vec::new();
-    while let Ok(Some(request)) =
-        tokio::time::timeout(Duration::from_millis(300), requests.next()).await
-    {
-        seen.push((request.subject.to_string(), request.payload.clone()));
-    }
-    seen
-}
-
-/// A run whose team is known is read straight from its team's subject, without looking the
-/// subject up first (a stream info filtered by the subject, which walks the audit stream's
-/// blocks in nats-server 2.9: it doubled nats-server's CPU per run taken over). The requests
-/// are seen by a subscriber on the JetStream API's subjects, as nats-server receives them.
+/// A run is read and looked up by its teams' literal subjects: read straight from its team's
+/// subject without looking the subject up first (a stream info filtered by the subject, which
+/// walks the audit stream's subjects in nats-server 2.9: it doubled nats-server's CPU per run
+/// taken over), and looked up by each subject's last message. No wildcard lookup (a match of
+/// every subject the stream holds) but with no team given. The requests are seen by a
+/// subscriber on the JetStream API's subjects, as nats-server receives them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_of_a_known_team_is_read_without_a_subject_lookup() {
     use firebreak_bus::RunLeases;
+    use firebreak_bus::testutil::api_requests_during;
     let server = NatsServer::start().expect("nats-server");
     let (bus, store) = replica_store(&server, "a", Duration::from_secs(5)).await;
     publish_audit_line(
@@ -1211,26 +1203,31 @@ async fn a_run_of_a_known_team_is_read_without_a_subject_lookup() {
         bytes::Bytes::from_static(b"{\"run\":\"r-1\"}\n"),
     )
     .await;
-    let seen = api_requests_during(&server, "$JS.API.STREAM.INFO.>", async {
-        let lines = store.run_lines("r-1", Some("team-a")).await.unwrap();
+    let teams = |teams: &[&str]| teams.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+    let seen = api_requests_during(&server.url(), "$JS.API.STREAM.>", async {
+        let lines = store.run_lines("r-1", &teams(&["team-a"])).await.unwrap();
         assert_eq!(lines, [bytes::Bytes::from_static(b"{\"run\":\"r-1\"}\n")]);
-        // Under another team it is looked up (one request), and still found.
-        assert_eq!(store.run_lines("r-1", Some("team-z")).await.unwrap(), lines);
+        // Under another team first: read from the next team's subject.
+        let again = teams(&["team-z", "team-a"]);
+        assert_eq!(store.run_lines("r-1", &again).await.unwrap(), lines);
+        assert!(store.has_run_records("r-1", &again).await.unwrap());
+        assert!(!store.has_run_records("r-2", &again).await.unwrap());
     })
     .await;
-    let lookups: Vec<_> = seen
-        .iter()
-        .filter(|(_, payload)| String::from_utf8_lossy(payload).contains("subjects_filter"))
-        .collect();
-    assert_eq!(
-        lookups.len(),
-        1,
-        "stream info requests with a subject filter (only the other team's read looks up): {seen:?}"
-    );
-    assert!(
-        String::from_utf8_lossy(&lookups[0].1).contains("firebreak.audit.*."),
-        "{seen:?}"
-    );
+    let lookups = |seen: &[(String, bytes::Bytes)]| -> Vec<String> {
+        seen.iter()
+            .map(|(_, payload)| String::from_utf8_lossy(payload).into_owned())
+            .filter(|payload| payload.contains("subjects_filter") || payload.contains('*'))
+            .collect()
+    };
+    assert!(lookups(&seen).is_empty(), "{seen:?}");
+    let seen = api_requests_during(&server.url(), "$JS.API.STREAM.>", async {
+        assert!(store.has_run_records("r-1", &[]).await.unwrap());
+    })
+    .await;
+    let lookups = lookups(&seen);
+    assert_eq!(lookups.len(), 1, "{seen:?}");
+    assert!(lookups[0].contains("firebreak.audit.*."), "{seen:?}");
 }
 
 /// A run's lines are read up to its subject's last message, asked for first, and no further:
@@ -1254,24 +1251,28 @@ async fn a_runs_lines_are_read_without_a_search_past_its_last_message() {
         )
         .await;
     }
-    let seen = api_requests_during(&server, "$JS.API.STREAM.MSG.GET.>", async {
-        let lines = store.run_lines("r-1", Some("team-a")).await.unwrap();
-        assert_eq!(
-            lines,
-            [
-                bytes::Bytes::from_static(b"{\"run\":\"r-1\",\"n\":1}\n"),
-                bytes::Bytes::from_static(b"{\"run\":\"r-1\",\"n\":2}\n"),
-            ]
-        );
-        // A run with no lines is answered by the one request for its last message.
-        assert!(
-            store
-                .run_lines("r-3", Some("team-a"))
-                .await
-                .unwrap()
-                .is_empty()
-        );
-    })
+    let seen = firebreak_bus::testutil::api_requests_during(
+        &server.url(),
+        "$JS.API.STREAM.MSG.GET.>",
+        async {
+            let lines = store.run_lines("r-1", &["team-a".into()]).await.unwrap();
+            assert_eq!(
+                lines,
+                [
+                    bytes::Bytes::from_static(b"{\"run\":\"r-1\",\"n\":1}\n"),
+                    bytes::Bytes::from_static(b"{\"run\":\"r-1\",\"n\":2}\n"),
+                ]
+            );
+            // A run with no lines is answered by the one request for its last message.
+            assert!(
+                store
+                    .run_lines("r-3", &["team-a".into()])
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+        },
+    )
     .await;
     let next_reads = |run: &str| {
         seen.iter()

@@ -142,7 +142,7 @@ async fn engine_permissions_suffice_for_run_takeover() {
             .unwrap()
     );
     let lines = b
-        .run_lines("run-9", None)
+        .run_lines("run-9", &[])
         .await
         .expect("reading the audit stream");
     assert_eq!(lines, vec![bytes::Bytes::from_static(b"{\"line\":1}\n")]);

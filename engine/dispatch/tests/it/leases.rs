@@ -104,7 +104,7 @@ impl RunLeases for SlowStream {
     fn run_lines(
         &self,
         _run_id: &str,
-        _team: Option<&str>,
+        _teams: &[String],
     ) -> BoxFuture<'_, Result<Vec<bytes::Bytes>, BusError>> {
         Box::pin(async {
             tokio::time::sleep(self.read).await;
@@ -429,4 +429,37 @@ async fn a_delivery_whose_run_holds_its_lock_on_another_replica_goes_back_at_onc
         "{}",
         crate::summary(&records)
     );
+}
+
+/// A delivery that comes again looks its run up on the audit stream under the teams this
+/// engine knows, each by its literal subject, never by a wildcard: nats-server matches a
+/// wildcard against every subject the stream holds (a run's each), 6 ms of its time per
+/// lookup at 50,000 runs. After a replica died under load, thousands of redeliveries of its
+/// events looked up so, and nats-server's read loop stalled for seconds at a time
+/// (`scripts/kill-bench`, `docs/BENCHMARKS.md`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_that_comes_again_is_looked_up_without_a_wildcard() {
+    use firebreak_bus::testutil::{Settled, api_requests_during};
+    let nats = firebreak_bus::testutil::NatsServer::start().expect("nats-server -js");
+    let h = H::replica(NOTE, &nats, "here").await;
+    let published = jiff::Timestamp::now();
+    let event = alert("ev-again", "firing", "00000000000000d4", json!({}));
+    let seen = api_requests_during(&nats.url(), "$JS.API.STREAM.>", async {
+        let (settled, _) = deliver_timed(&h, &event, 2, published).await;
+        assert_eq!(settled, vec![Settled::Ack]);
+    })
+    .await;
+    let wildcards: Vec<_> = seen
+        .iter()
+        .map(|(_, payload)| String::from_utf8_lossy(payload))
+        .filter(|payload| payload.contains('*'))
+        .collect();
+    assert!(wildcards.is_empty(), "{wildcards:?}");
+    let looked_up = seen.iter().any(|(_, payload)| {
+        let run_id = firebreak_dispatch::run_id_for(&event.id, "note", published);
+        String::from_utf8_lossy(payload)
+            .contains(&firebreak_bus::nats::audit_run_subject("sre", &run_id))
+    });
+    assert!(looked_up, "the run's own subject was looked up: {seen:?}");
+    h.wait("the run", |r| started(r, "note").len() == 1).await;
 }

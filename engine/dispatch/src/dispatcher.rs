@@ -534,15 +534,11 @@ impl Dispatcher {
         // then lost its ack (it died, or the ack came too late) and may have ended it since:
         // the run's id is the same, and the audit stream has it.
         if attempt > 1
-            && let Some(leases) = &self.leases
-            && leases
-                .has_run_records(&run_id, &loaded.teams_for(Some(&manifest.team)))
+            && self
+                .started_elsewhere(loaded, &manifest.team, &run_id)
                 .await?
         {
-            info!(runbook = %name, run_id = %run_id, event_id = %event.id, attempt, "skipped: this delivery's run was started before, on another engine replica");
-            metrics::counter!("firebreak_runs_skipped_total", "reason" => "redelivered")
-                .increment(1);
-            return Ok(Started::Redelivery);
+            return Ok(redelivered_elsewhere(&name, &run_id, &event.id, attempt));
         }
         let mut locked = false;
         // The lock's holder may be a run of this engine that is starting or ending: wait for
@@ -594,15 +590,11 @@ impl Dispatcher {
             // delivery's run. Else the delivery comes back after a lease, by when the run
             // started there or the takeover freed the lock.
             if holder == run_id {
-                if let Some(leases) = &self.leases
-                    && leases
-                        .has_run_records(&run_id, &loaded.teams_for(Some(&manifest.team)))
-                        .await?
+                if self
+                    .started_elsewhere(loaded, &manifest.team, &run_id)
+                    .await?
                 {
-                    info!(runbook = %name, run_id = %run_id, event_id = %event.id, attempt, "skipped: this delivery's run was started before, on another engine replica");
-                    metrics::counter!("firebreak_runs_skipped_total", "reason" => "redelivered")
-                        .increment(1);
-                    return Ok(Started::Redelivery);
+                    return Ok(redelivered_elsewhere(&name, &run_id, &event.id, attempt));
                 }
                 return Err(StartError::NotStartedElsewhere {
                     key,
@@ -623,9 +615,9 @@ impl Dispatcher {
             // get further if that replica died there: the takeover then only frees the lock,
             // for this event's redelivery to start the run. Skipped only for a run the audit
             // stream shows started; else the event comes back later.
-            if let Some(leases) = &self.leases
-                && !leases
-                    .has_run_records(&holder, &loaded.teams_for(Some(&manifest.team)))
+            if self.leases.is_some()
+                && !self
+                    .started_elsewhere(loaded, &manifest.team, &holder)
                     .await?
             {
                 return Err(StartError::NotStartedElsewhere {
@@ -676,6 +668,22 @@ impl Dispatcher {
             }
         }
         outcome
+    }
+
+    /// Whether the audit stream shows run `run_id` of a runbook of `team` started (on another
+    /// replica); `false` without replicas.
+    async fn started_elsewhere(
+        &self,
+        loaded: &Loaded,
+        team: &str,
+        run_id: &str,
+    ) -> Result<bool, StartError> {
+        match &self.leases {
+            Some(leases) => Ok(leases
+                .has_run_records(run_id, &loaded.teams_for(Some(team)))
+                .await?),
+            None => Ok(false),
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1385,6 +1393,13 @@ async fn wait_for_holder(
             Err(StartError::Runtime(firebreak_runtime::RuntimeError::ShuttingDown))
         }
     }
+}
+
+/// A delivery skipped because its run started on another replica (the audit stream has it).
+fn redelivered_elsewhere(runbook: &str, run_id: &str, event_id: &str, attempt: u32) -> Started {
+    info!(runbook = %runbook, run_id = %run_id, event_id = %event_id, attempt, "skipped: this delivery's run was started before, on another engine replica");
+    metrics::counter!("firebreak_runs_skipped_total", "reason" => "redelivered").increment(1);
+    Started::Redelivery
 }
 
 /// A run being started.

@@ -22,7 +22,8 @@ pub struct Loaded {
     pub asts: HashMap<String, Arc<Script>>,
     /// Things that load but deserve a look (see [`RunbookSet::warnings`]).
     pub warnings: Vec<String>,
-    /// Every team this engine knows, sorted: the runbooks' and the teams file's.
+    /// Every team this engine knows, sorted: the runbooks' and the teams file's, and those
+    /// of every set loaded before this one since the engine started.
     teams: Vec<String>,
 }
 
@@ -87,9 +88,9 @@ impl Loaded {
     /// The teams whose audit subjects may hold a run of a runbook of `team`, the likeliest
     /// first: `team`, then every other team known here (the runbook may have changed teams
     /// since the run started), for [`firebreak_bus::RunLeases::run_lines`]. A run of a team
-    /// this engine no longer knows at all (its runbooks and its teams file entry gone) is not
-    /// looked for: searching every team costs the audit stream a match of each subject it
-    /// holds, per lookup.
+    /// this engine has not known since it started (its runbooks moved to other teams before
+    /// that, and the teams file does not name it) is not looked for: searching every team
+    /// costs the audit stream a match of each subject it holds, per lookup.
     pub fn teams_for(&self, team: Option<&str>) -> Vec<String> {
         let mut teams = Vec::with_capacity(self.teams.len() + 1);
         teams.extend(team.map(str::to_owned));
@@ -162,7 +163,11 @@ impl Runbooks {
         if self.fingerprint.swap(now, Ordering::SeqCst) == now {
             return Ok(false);
         }
-        let loaded = Loaded::load(&self.dir, self.teams.as_deref(), &self.connectors)?;
+        let mut loaded = Loaded::load(&self.dir, self.teams.as_deref(), &self.connectors)?;
+        // Runs started before the reload keep their records under the team they had then.
+        loaded.teams.extend(self.current().teams.iter().cloned());
+        loaded.teams.sort();
+        loaded.teams.dedup();
         info!(runbooks = loaded.set.len(), "runbooks reloaded");
         *self.current.write().expect("runbook lock poisoned") = Arc::new(loaded);
         Ok(true)
@@ -250,6 +255,31 @@ mod tests {
         let problems = runbooks.reload_if_changed().unwrap_err();
         assert!(problems[0].contains("hello.rhai:1:"), "{problems:?}");
         assert!(runbooks.current().set.get("hello").is_some());
+    }
+
+    /// A run's records are on its team's audit subject as the team was when it started: a
+    /// runbook moved to another team leaves its runs of before under the old team, which is
+    /// still looked under after the reload (the teams file does not name it, no runbook has it
+    /// any more), after the new one.
+    #[test]
+    fn a_team_a_runbook_left_is_still_known_after_the_reload() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let write = |team: &str| {
+            std::fs::write(
+                dir.join("hello.yaml"),
+                format!("name: hello\nteam: {team}\ndescription: d\nnamespaces: [shop]\n"),
+            )
+            .unwrap()
+        };
+        write("ml-a");
+        std::fs::write(dir.join("hello.rhai"), "log(\"hi\");\n").unwrap();
+        let runbooks = Runbooks::load(dir, None, Vec::new()).unwrap();
+        assert_eq!(runbooks.current().teams_for(Some("ml-a")), ["ml-a"]);
+        write("ml-b");
+        assert!(runbooks.reload_if_changed().unwrap());
+        assert_eq!(runbooks.current().teams_for(Some("ml-b")), ["ml-b", "ml-a"]);
+        assert_eq!(runbooks.current().teams_for(None), ["ml-a", "ml-b"]);
     }
 
     #[test]

@@ -283,9 +283,19 @@ pub async fn api_requests_during(
     use futures::StreamExt;
     let watcher = async_nats::connect(url).await.unwrap();
     let mut requests = watcher.subscribe(subjects.to_owned()).await.unwrap();
-    watcher.flush().await.unwrap();
+    // A flush only writes the subscription out; nats-server handles a connection's commands
+    // in order, so once a message published after it comes back, the subscription is in place
+    // (without this, a request made at once was missed once in 6 to 11 runs).
+    let probe = watcher.new_inbox();
+    let mut probes = watcher.subscribe(probe.clone()).await.unwrap();
+    watcher
+        .publish(probe.clone(), "in place".into())
+        .await
+        .unwrap();
+    probes.next().await.unwrap();
     work.await;
-    watcher.flush().await.unwrap();
+    watcher.publish(probe, "done".into()).await.unwrap();
+    probes.next().await.unwrap();
     let mut seen = Vec::new();
     while let Ok(Some(request)) =
         tokio::time::timeout(Duration::from_millis(300), requests.next()).await

@@ -273,6 +273,28 @@ pub enum Settled {
     Nak,
 }
 
+/// Publishes one audit line on `subject` with message id `id` and waits until the stream has
+/// it (as a replica's audit mirror does).
+pub async fn publish_audit_line(
+    bus: &crate::NatsBus,
+    subject: String,
+    id: String,
+    payload: bytes::Bytes,
+) {
+    crate::Bus::publish_audit(
+        bus,
+        vec![crate::AuditMessage {
+            subject,
+            id,
+            payload,
+        }],
+    )
+    .await
+    .expect("published")
+    .await
+    .expect("stored");
+}
+
 /// The requests nats-server received on `subjects` (the JetStream API's, say) while `work`
 /// ran, (subject, payload), as a subscriber beside them saw them.
 pub async fn api_requests_during(

@@ -1171,19 +1171,6 @@ async fn a_runs_journal_lines_are_read_back_from_the_audit_stream() {
     }
 }
 
-/// Publishes one audit line on `subject` and waits until the stream has it.
-async fn publish_audit_line(bus: &NatsBus, subject: String, id: String, payload: bytes::Bytes) {
-    bus.publish_audit(vec![firebreak_bus::AuditMessage {
-        subject,
-        id,
-        payload,
-    }])
-    .await
-    .unwrap()
-    .await
-    .unwrap();
-}
-
 /// A run is read and looked up by its teams' literal subjects: read straight from its team's
 /// subject without looking the subject up first (a stream info filtered by the subject, which
 /// walks the audit stream's subjects in nats-server 2.9: it doubled nats-server's CPU per run
@@ -1196,7 +1183,7 @@ async fn a_run_of_a_known_team_is_read_without_a_subject_lookup() {
     use firebreak_bus::testutil::api_requests_during;
     let server = NatsServer::start().expect("nats-server");
     let (bus, store) = replica_store(&server, "a", Duration::from_secs(5)).await;
-    publish_audit_line(
+    firebreak_bus::testutil::publish_audit_line(
         &bus,
         firebreak_bus::nats::audit_run_subject("team-a", "r-1"),
         "r-1-1".to_owned(),
@@ -1243,7 +1230,7 @@ async fn a_runs_lines_are_read_without_a_search_past_its_last_message() {
     let subject = |run: &str| firebreak_bus::nats::audit_run_subject("team-a", run);
     // r-1's last message has others after it.
     for (run, n) in [("r-1", 1), ("r-2", 1), ("r-1", 2), ("r-2", 2), ("r-2", 3)] {
-        publish_audit_line(
+        firebreak_bus::testutil::publish_audit_line(
             &bus,
             subject(run),
             format!("{run}-{n}"),

@@ -60,15 +60,13 @@ pub async fn publish_run_line(nats: &NatsServer, team: &str, run_id: &str) {
     let bus = NatsBus::connect(&nats.url(), NatsOptions::default())
         .await
         .expect("connect");
-    bus.publish_audit(vec![firebreak_bus::AuditMessage {
-        subject: firebreak_bus::nats::audit_run_subject(team, run_id),
-        id: run_id.to_owned(),
-        payload: bytes::Bytes::from_static(b"{}\n"),
-    }])
-    .await
-    .expect("published")
-    .await
-    .expect("stored");
+    firebreak_bus::testutil::publish_audit_line(
+        &bus,
+        firebreak_bus::nats::audit_run_subject(team, run_id),
+        run_id.to_owned(),
+        bytes::Bytes::from_static(b"{}\n"),
+    )
+    .await;
 }
 
 /// Writes runbooks `(file, text)` into `dir/runbooks`.

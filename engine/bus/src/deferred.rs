@@ -206,6 +206,16 @@ impl StateStore for DeferredNats {
         forward!(self.state().try_lock(key, owner, ttl))
     }
 
+    fn try_lock_run(
+        &self,
+        key: &str,
+        run_id: &str,
+        team: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<bool, BusError>> {
+        forward!(self.state().try_lock_run(key, run_id, team, ttl))
+    }
+
     fn refresh_lock(
         &self,
         key: &str,

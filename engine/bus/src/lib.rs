@@ -179,4 +179,8 @@ pub(crate) struct LockValue {
     /// The replica's incarnation that wrote the lease (see `nats::Beat`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incarnation: Option<String>,
+    /// The team of the lock's run when it started: the audit stream holds its records under
+    /// that team, whatever team its runbook has since (see [`StateStore::try_lock_run`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
 }

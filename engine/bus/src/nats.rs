@@ -1493,13 +1493,20 @@ impl NatsStateStore {
     }
 
     /// A lock's stored form: `owner` until `expires_ms`, with this replica's lease from `now`.
-    fn lock_value(&self, owner: &str, expires_ms: i64, now: i64) -> Result<Vec<u8>, BusError> {
+    fn lock_value(
+        &self,
+        owner: &str,
+        team: Option<&str>,
+        expires_ms: i64,
+        now: i64,
+    ) -> Result<Vec<u8>, BusError> {
         let value = LockValue {
             owner: owner.to_owned(),
             expires_ms,
             replica: self.replica.as_ref().map(|(name, _)| name.clone()),
             lease_ms: self.lease_until(now),
             incarnation: self.replica.as_ref().map(|_| self.incarnation.clone()),
+            team: team.map(str::to_owned),
         };
         serde_json::to_vec(&value).map_err(|e| codec("lock", e))
     }
@@ -1637,6 +1644,7 @@ impl NatsStateStore {
         &self,
         key: &str,
         owner: &str,
+        team: Option<&str>,
         ttl: Duration,
         take: bool,
     ) -> Result<bool, BusError> {
@@ -1644,11 +1652,14 @@ impl NatsStateStore {
         self.revive_beat().await?;
         let key = kv_key(key);
         self.one_at_a_time(&key, async {
-            let lock = |now: i64| self.lock_value(owner, now + ttl.as_millis() as i64, now);
+            let lock = |team: Option<&str>, now: i64| {
+                self.lock_value(owner, team, now + ttl.as_millis() as i64, now)
+            };
             if take {
                 // The common case, a free key: one create, no read first.
                 let now = crate::now_ms();
-                if let Some(revision) = Self::cas(&self.locks, &key, lock(now)?, None).await? {
+                if let Some(revision) = Self::cas(&self.locks, &key, lock(team, now)?, None).await?
+                {
                     // A create is checked where it is applied, on every server: no one else's
                     // passed beside it.
                     self.wrote(&key, owner, revision, now);
@@ -1663,7 +1674,14 @@ impl NatsStateStore {
                 if !(ours || (take && free)) {
                     return Ok(false);
                 }
-                if let Some(revision) = Self::cas(&self.locks, &key, lock(now)?, revision).await? {
+                // A refresh, or a take of our own lock, keeps the team the lock names.
+                let team = team.or(current
+                    .as_ref()
+                    .filter(|_| ours)
+                    .and_then(|l| l.team.as_deref()));
+                if let Some(revision) =
+                    Self::cas(&self.locks, &key, lock(team, now)?, revision).await?
+                {
                     self.wrote(&key, owner, revision, now);
                     if ours {
                         return Ok(true);
@@ -1793,7 +1811,18 @@ impl StateStore for NatsStateStore {
         ttl: Duration,
     ) -> BoxFuture<'_, Result<bool, BusError>> {
         let (key, owner) = (key.to_owned(), owner.to_owned());
-        Box::pin(async move { self.set_lock(&key, &owner, ttl, true).await })
+        Box::pin(async move { self.set_lock(&key, &owner, None, ttl, true).await })
+    }
+
+    fn try_lock_run(
+        &self,
+        key: &str,
+        run_id: &str,
+        team: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<bool, BusError>> {
+        let (key, run_id, team) = (key.to_owned(), run_id.to_owned(), team.to_owned());
+        Box::pin(async move { self.set_lock(&key, &run_id, Some(&team), ttl, true).await })
     }
 
     fn refresh_lock(
@@ -1803,7 +1832,7 @@ impl StateStore for NatsStateStore {
         ttl: Duration,
     ) -> BoxFuture<'_, Result<bool, BusError>> {
         let (key, owner) = (key.to_owned(), owner.to_owned());
-        Box::pin(async move { self.set_lock(&key, &owner, ttl, false).await })
+        Box::pin(async move { self.set_lock(&key, &owner, None, ttl, false).await })
     }
 
     fn lock_holder(&self, key: &str) -> BoxFuture<'_, Result<Option<String>, BusError>> {
@@ -2205,7 +2234,7 @@ impl RunLeases for NatsStateStore {
             self.update_lock(
                 &key,
                 |lock, _| self.ours(lock, &owner),
-                |lock, now| self.lock_value(&owner, lock.expires_ms, now),
+                |lock, now| self.lock_value(&owner, lock.team.as_deref(), lock.expires_ms, now),
             )
             .await
             .map(|revision| revision.is_some())
@@ -2279,6 +2308,7 @@ impl RunLeases for NatsStateStore {
                         replica: replica.clone(),
                         lease_ended: Timestamp::from_millisecond(lease_ms)
                             .unwrap_or(Timestamp::UNIX_EPOCH),
+                        team: lock.team.clone(),
                     }),
                     _ => None,
                 })
@@ -2329,7 +2359,7 @@ impl RunLeases for NatsStateStore {
                     },
                     |lock, now| {
                         let expires = lock.expires_ms.max(now + ttl.as_millis() as i64);
-                        self.lock_value(&orphan.run_id, expires, now)
+                        self.lock_value(&orphan.run_id, lock.team.as_deref(), expires, now)
                     },
                 )
                 .await?

@@ -39,6 +39,21 @@ pub trait StateStore: Send + Sync {
         ttl: Duration,
     ) -> BoxFuture<'_, Result<bool, BusError>>;
 
+    /// [`StateStore::try_lock`] for run `run_id`'s concurrency lock, the run being under team
+    /// `team`. A store other replicas share keeps the team in the lock: a replica taking the
+    /// run over reads the run's records on the audit stream under it (see [`Orphan::team`]),
+    /// whatever team the runbook has moved to since, and whatever teams that replica knows.
+    fn try_lock_run(
+        &self,
+        key: &str,
+        run_id: &str,
+        team: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<bool, BusError>> {
+        let _ = team;
+        self.try_lock(key, run_id, ttl)
+    }
+
     /// Extends the lock `key` held by `owner` to `ttl` from now. `false` if `owner` lost it.
     fn refresh_lock(
         &self,
@@ -103,6 +118,9 @@ pub struct Orphan {
     pub replica: String,
     /// When the lease ran out.
     pub lease_ended: Timestamp,
+    /// The run's team when it started, as its lock names it (see [`StateStore::try_lock_run`]);
+    /// `None` for a lock written by an engine that did not name it.
+    pub team: Option<String>,
 }
 
 /// Run leases, on a state store several replicas share (JetStream KV).

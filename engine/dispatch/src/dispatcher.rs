@@ -546,7 +546,12 @@ impl Dispatcher {
         for _ in 0..START_TRIES {
             if self
                 .state
-                .try_lock(&key, &run_id, run_timeout(manifest) + LOCK_SLACK)
+                .try_lock_run(
+                    &key,
+                    &run_id,
+                    &manifest.team,
+                    run_timeout(manifest) + LOCK_SLACK,
+                )
                 .await?
             {
                 locked = true;
@@ -1083,7 +1088,12 @@ impl Dispatcher {
             if let Some(key) = &key {
                 match self
                     .state
-                    .try_lock(key, &run.run_id, plan.timeout() + LOCK_SLACK)
+                    .try_lock_run(
+                        key,
+                        &run.run_id,
+                        &plan.meta().team,
+                        plan.timeout() + LOCK_SLACK,
+                    )
                     .await
                 {
                     Ok(true) => {}

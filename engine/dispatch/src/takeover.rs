@@ -176,15 +176,18 @@ impl Dispatcher {
     /// Takes `orphan` over if this replica wins it and can run it.
     async fn take_over(&self, leases: &dyn RunLeases, orphan: Orphan) {
         let run_id = orphan.run_id.clone();
-        // Its records are on its team's subject: the team of the runbook its lock names, or
-        // (it changed teams since) another.
+        // Its records are on its team's subject: the team its lock names (its team when it
+        // started), else (a lock written without it) the team of the runbook its lock names
+        // or, the runbook having changed teams since, another.
         let teams = {
             let runbooks = self.runbooks.current();
-            let team = orphan
-                .key
-                .split_once('/')
-                .and_then(|(runbook, _)| runbooks.set.get(runbook))
-                .map(|r| r.manifest.team.as_str());
+            let team = orphan.team.as_deref().or_else(|| {
+                orphan
+                    .key
+                    .split_once('/')
+                    .and_then(|(runbook, _)| runbooks.set.get(runbook))
+                    .map(|r| r.manifest.team.as_str())
+            });
             runbooks.teams_for(team)
         };
         // Read first (nothing is taken yet), so a run this replica cannot resume is left to one

@@ -786,3 +786,122 @@ async fn a_replica_cut_off_from_nats_past_its_lease_does_not_write_once_it_is_ba
         "{mine:?}"
     );
 }
+
+/// A run's records are on the audit stream under the team its runbook had when it started. A
+/// replica started after the runbook moved to another team (it never loaded the runbook under
+/// its old team, and no teams file names that team) takes the run over from a replica that
+/// died: it finds the records by the team the run's lock carries and finishes the run. It used
+/// to look under the teams it knew, find nothing, and release the lock as a lock whose run
+/// never started: the run was left unfinished for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_is_taken_over_by_a_replica_that_only_knows_its_runbooks_new_team() {
+    use firebreak_bus::{NatsBus, NatsOptions, RunLeases};
+
+    let nats = NatsServer::start().expect("nats-server -js");
+    let tmp = tempfile::tempdir().unwrap();
+    let runbooks = |team: &str| {
+        let dir = tmp.path().join(team);
+        let manifest = format!(
+            "name: hold\nteam: {team}\ndescription: holds its incident for a while\n\
+             namespaces: [shop]\ntriggers:\n  - source: alertmanager\n    status: firing\n    \
+             match: ['alertname=\"Hold\"']\nparams:\n  fp: {{ from: event, key: fingerprint, \
+             type: string, required: true }}\nconcurrency: \"{{{{params.fp}}}}\"\n"
+        );
+        crate::harness::write_runbooks(
+            &dir,
+            &[
+                ("hold.yaml", manifest.as_str()),
+                ("hold.rhai", "sleep(4000);\nlog(\"held to the end\");\n"),
+            ],
+        );
+        dir
+    };
+    let (before, after) = (runbooks("data-science"), runbooks("ml-platform"));
+    let start = |dir: std::path::PathBuf| {
+        let url = nats.url();
+        async move {
+            Serve::start(
+                &dir,
+                ServeOpts {
+                    env: vec![
+                        ("FIREBREAK_NATS_URL", url),
+                        ("FIREBREAK_NATS_RUN_LEASE", "2s".into()),
+                    ],
+                    ..ServeOpts::default()
+                },
+            )
+            .await
+        }
+    };
+
+    let mut first = start(before).await;
+    let alert = serde_json::json!({
+        "version": "4", "status": "firing", "receiver": "firebreak", "groupKey": "g",
+        "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {}, "externalURL": "",
+        "alerts": [{"status": "firing",
+            "labels": {"alertname": "Hold", "namespace": "shop"},
+            "annotations": {}, "startsAt": "2026-12-07T03:00:00Z",
+            "endsAt": "0001-01-01T00:00:00Z", "generatorURL": "",
+            "fingerprint": "00000000000000e1"}],
+    });
+    let (status, body) = first
+        .post("/v1/alertmanager", None, alert.to_string())
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let journal = first
+        .wait_journal("the run to start", Duration::from_secs(30), |j| {
+            j.runs_of("hold").iter().any(|r| r.started().is_some())
+        })
+        .await;
+    let run_id = journal.runs_of("hold")[0].run_id.clone();
+    // Its start is on the audit stream, under its team then.
+    let reader = NatsBus::connect(&nats.url(), NatsOptions::default())
+        .await
+        .expect("connect")
+        .state_store()
+        .await
+        .expect("state store");
+    let (reader, id) = (&reader, &run_id);
+    wait_for(
+        "the run's start on the audit stream",
+        Duration::from_secs(10),
+        || first.log_tail(),
+        move || async move {
+            let lines = reader
+                .run_lines(id, &["data-science".to_owned()])
+                .await
+                .ok()?;
+            (!lines.is_empty()).then_some(())
+        },
+    )
+    .await;
+    first.kill();
+
+    let second = start(after).await;
+    let finished = |r: &Value| r["body"]["type"] == "run_finished";
+    second
+        .wait_journal(
+            "the other replica to finish the run",
+            Duration::from_secs(30),
+            |j| {
+                j.records
+                    .iter()
+                    .any(|r| r["run_id"] == run_id && finished(r))
+            },
+        )
+        .await;
+    let records = records_of(&second, &run_id);
+    let trail: Vec<String> = records.iter().map(crate::harness::trail_line).collect();
+    assert_eq!(
+        records.iter().find(|r| finished(r)).unwrap()["body"]["status"],
+        "succeeded",
+        "{trail:#?}"
+    );
+    assert_eq!(records[0]["body"]["type"], "run_taken_over", "{trail:#?}");
+    assert!(
+        records
+            .iter()
+            .any(|r| r.to_string().contains("held to the end")),
+        "{trail:#?}"
+    );
+}

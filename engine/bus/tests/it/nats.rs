@@ -706,6 +706,60 @@ async fn a_run_lease_that_runs_out_is_taken_over_by_exactly_one_replica() {
     assert_eq!(a.lock_holder("other/key").await.unwrap(), None);
 }
 
+/// A run's lock names the run's team (its records are on the audit stream under it) through
+/// the run's refreshes and lease renewals, a takeover and a release: the replica that takes
+/// the run over reads them there, whatever team the runbook has moved to since. A lock taken
+/// without a team names none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_lock_keeps_naming_its_runs_team_until_it_is_released() {
+    use firebreak_bus::RunLeases;
+    let server = NatsServer::start().expect("nats-server");
+    let (_a_bus, a) = replica_store(&server, "a", DYING_LEASE).await;
+    let (_b_bus, b) = replica_store(&server, "b", Duration::from_secs(60)).await;
+    let ttl = Duration::from_secs(600);
+    assert!(
+        a.try_lock_run("hold/fp-1", "run-1", "data-science", ttl)
+            .await
+            .unwrap()
+    );
+    assert!(a.try_lock("hold/fp-2", "run-2", ttl).await.unwrap());
+    // Taken again by its own run (a resume), refreshed, renewed: still named.
+    assert!(a.try_lock("hold/fp-1", "run-1", ttl).await.unwrap());
+    assert!(a.refresh_lock("hold/fp-1", "run-1", ttl).await.unwrap());
+    assert!(a.renew("hold/fp-1", "run-1").await.unwrap());
+    tokio::time::sleep(DYING_LEASE + Duration::from_millis(200)).await;
+
+    let teams_of = |orphans: Vec<firebreak_bus::Orphan>| {
+        let mut teams: Vec<(String, Option<String>)> =
+            orphans.into_iter().map(|o| (o.run_id, o.team)).collect();
+        teams.sort();
+        teams
+    };
+    let orphans = b.orphans().await.unwrap();
+    let first = orphans.iter().find(|o| o.run_id == "run-1").cloned();
+    assert_eq!(
+        teams_of(orphans),
+        vec![
+            ("run-1".to_owned(), Some("data-science".to_owned())),
+            ("run-2".to_owned(), None)
+        ]
+    );
+    assert!(b.take_over(&first.unwrap(), ttl).await.unwrap());
+    assert!(b.renew("hold/fp-1", "run-1").await.unwrap());
+    assert!(b.release("hold/fp-1", "run-1").await.unwrap());
+    let orphans: Vec<_> = a
+        .orphans()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|o| o.replica == "b")
+        .collect();
+    assert_eq!(
+        teams_of(orphans),
+        vec![("run-1".to_owned(), Some("data-science".to_owned()))]
+    );
+}
+
 /// A replica knows, without asking NATS, whether its lease on a run's lock holds for a while
 /// yet (a third of it to spare): a run acts only while it does, so a replica cut off from
 /// NATS stops acting before another replica may take the run over.

@@ -90,6 +90,7 @@ impl RunLeases for SlowStream {
                 run_id: "left-run".into(),
                 replica: "gone".into(),
                 lease_ended: jiff::Timestamp::now(),
+                team: Some("sre".into()),
             }]
         } else {
             Vec::new()

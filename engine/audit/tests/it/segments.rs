@@ -189,6 +189,7 @@ async fn appends_go_on_while_the_carried_index_is_written() {
         !dir.path().join("audit.index.json").exists(),
         "nothing could be written yet"
     );
+    let sealed = sealed_count();
 
     // Unblock the index thread: open the FIFO for reading (the thread's open returns) and
     // unlink it at once, so later writes make a regular file; read the first index from it.
@@ -199,7 +200,12 @@ async fn appends_go_on_while_the_carried_index_is_written() {
         .next()
         .unwrap()
         .unwrap();
-    assert_eq!(first["sealed"].as_array().unwrap().len(), 1, "{first}");
+    // The thread writes the newest index it was handed, at the lowest priority: the first
+    // sealing's if it took that before the others came (it then held it in the FIFO's open
+    // while they did), or a later one's (it got the CPU only after them; seen once in a busy
+    // test run, naming all three). Either way it names what was sealed, and no more.
+    let named = first["sealed"].as_array().unwrap().len();
+    assert!((1..=sealed).contains(&named), "{sealed} sealed: {first}");
     // Those writes fail (a FIFO cannot be synced; the newest may have reached it before the
     // unlink). One more sealing: its index is written whole and renamed into place before
     // the journal closes.

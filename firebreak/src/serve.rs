@@ -204,6 +204,7 @@ fn describe_metrics() {
         "firebreak_bus_redeliveries_total",
         "firebreak_runbook_reload_failures_total",
         "firebreak_triggers_unauthenticated_total",
+        "firebreak_run_lease_renewals_total",
         "firebreak_run_leases_lost_total",
         "firebreak_runs_taken_over_total",
     ] {

@@ -210,3 +210,28 @@ fn metric_names_are_found_in_promql() {
         ])
     );
 }
+
+/// The counters an alert rule or a `rate()` is written against are exported at zero from the
+/// start, as the README says, so a rule sees them before they first move: the ingest and
+/// redelivery counters, and the three of run leases between replicas.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_counters_rules_watch_are_exported_at_zero_from_the_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("runbooks");
+    crate::harness::write_note_runbook(&dir);
+    let serve = Serve::start(&dir, ServeOpts::default()).await;
+    let scraped = scrape_checked(&serve).await;
+    for counter in [
+        "firebreak_ingest_alerts_received_total",
+        "firebreak_bus_redeliveries_total",
+        "firebreak_events_parked_total",
+        "firebreak_run_lease_renewals_total",
+        "firebreak_run_leases_lost_total",
+        "firebreak_runs_taken_over_total",
+    ] {
+        assert!(
+            scraped.lines().any(|l| l == format!("{counter} 0")),
+            "{counter} is not exported at zero:\n{scraped}"
+        );
+    }
+}

@@ -20,7 +20,7 @@ use tracing::{info, warn};
 
 use crate::{
     AuditMessage, Bus, BusError, Decision, Delivery, NatsBus, NatsOptions, NatsStateStore, Orphan,
-    RunLeases, RunRecord, StateStore,
+    RunLeases, StateStore,
 };
 
 /// How long between connection attempts.
@@ -247,18 +247,6 @@ impl StateStore for DeferredNats {
 
     fn runs_since(&self, key: &str, since: Timestamp) -> BoxFuture<'_, Result<u32, BusError>> {
         forward!(self.state().runs_since(key, since))
-    }
-
-    fn put_run(&self, run_id: &str, record: RunRecord) -> BoxFuture<'_, Result<(), BusError>> {
-        forward!(self.state().put_run(run_id, record))
-    }
-
-    fn get_run(&self, run_id: &str) -> BoxFuture<'_, Result<Option<RunRecord>, BusError>> {
-        forward!(self.state().get_run(run_id))
-    }
-
-    fn list_runs_unfinished(&self) -> BoxFuture<'_, Result<Vec<(String, RunRecord)>, BusError>> {
-        forward!(self.state().list_runs_unfinished())
     }
 }
 

@@ -3,8 +3,8 @@
 //! One trait, [`Bus`], with two implementations that pass the same test suite:
 //! - [`NatsBus`] (module [`nats`]): NATS JetStream. Events go to the `FIREBREAK_EVENTS` stream on
 //!   `firebreak.events.<source>.<type>` with `Nats-Msg-Id` = event id; one durable pull consumer
-//!   is shared by every engine replica, so replicas split the work. Run state, locks and cooldowns
-//!   live in JetStream KV buckets ([`NatsStateStore`]).
+//!   is shared by every engine replica, so replicas split the work. Locks, cooldowns, budgets,
+//!   run leases and `once` decisions live in JetStream KV buckets ([`NatsStateStore`]).
 //! - [`EmbeddedBus`] (module [`embedded`]): in-process, backed by an append-only log file with
 //!   group commit, for the one-machine default. Its [`FileStateStore`] keeps state the same way.
 //!
@@ -41,7 +41,7 @@ pub use security::{NatsAuth, NatsSecurity, NatsTls};
 /// Resolves once the audit stream stored what [`Bus::publish_audit`] sent.
 pub type AuditStored = BoxFuture<'static, Result<(), BusError>>;
 
-pub use state::{BUDGET_RETENTION, Decision, Orphan, RunLeases, RunRecord, StateStore};
+pub use state::{BUDGET_RETENTION, Decision, Orphan, RunLeases, StateStore};
 
 /// Where events are published and consumed. Dyn-compatible: the binary holds an `Arc<dyn Bus>`.
 pub trait Bus: Send + Sync {

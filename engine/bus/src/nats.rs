@@ -8,7 +8,8 @@
 //! - Audit: stream `FIREBREAK_AUDIT` on `firebreak.audit.>`, limits retention, kept forever by
 //!   default.
 //! - State: KV buckets `firebreak_locks`, `firebreak_cooldowns`, `firebreak_budgets`,
-//!   `firebreak_runs` (run records and the runs' `once` decisions) ([`NatsStateStore`]).
+//!   `firebreak_runs` (the runs' `once` decisions) and `firebreak_replicas` (each replica's
+//!   heartbeat) ([`NatsStateStore`]).
 //!
 //! `publish` sends every event first and then awaits every PubAck (pipelined). While the client
 //! is not connected it fails at once with [`BusError::NotConnected`], so ingest answers 503 and
@@ -44,7 +45,7 @@ use crate::security::NatsSecurity;
 use crate::state::{BUDGET_RETENTION, check_key};
 use crate::{
     AckHandle, AuditMessage, Bus, BusError, BusErrorKind, Decision, Delivery, LockValue, Orphan,
-    RunLeases, RunRecord, StateStore,
+    RunLeases, StateStore,
 };
 
 /// The inbox prefix of firebreak's NATS client: the engine's permissions subscribe to
@@ -66,7 +67,7 @@ pub struct NatsOptions {
     /// with thousands waiting for run slots a short one floods the server (15 s, tried under
     /// an overload, made the replicas thrash). Default 60 s.
     pub ack_wait: Duration,
-    /// Deliveries before the server gives up on an event (-1: never). Default 20.
+    /// Deliveries before the server gives up on an event (-1: never). Default -1.
     pub max_deliver: i64,
     /// Window in which a re-published id is dropped by the server. Default 2 min.
     pub duplicate_window: Duration,
@@ -76,7 +77,7 @@ pub struct NatsOptions {
     pub request_timeout: Duration,
     /// Age after which audit records are dropped (zero: never). Default zero.
     pub audit_max_age: Duration,
-    /// Age after which a run record that was not updated is dropped. Default 7 days.
+    /// Age after which a run's `once` decision is dropped. Default 7 days.
     pub run_retention: Duration,
     /// Copies of every stream and bucket kept by a NATS cluster (1, 3 or 5). Default 1; use 3
     /// on a three-node cluster so a node can fail without losing or stopping anything.
@@ -1027,14 +1028,6 @@ pub fn serializes_compare_and_set(version: &str) -> bool {
 /// How many times a compare-and-set loop re-reads after losing a race before it gives up.
 const CAS_ATTEMPTS: usize = 16;
 
-/// A stored run record, with its id so listing needs no key decoding.
-#[derive(Serialize, Deserialize)]
-struct StoredRun {
-    run_id: String,
-    #[serde(flatten)]
-    record: RunRecord,
-}
-
 /// [`StateStore`] on JetStream KV; see the module docs. Locks use revision-checked create and
 /// update, so two replicas never both hold one.
 pub struct NatsStateStore {
@@ -1271,7 +1264,7 @@ impl NatsStateStore {
                 BUDGET_RETENTION,
             )
             .await?,
-            runs: bucket("firebreak_runs", "run state", opts.run_retention).await?,
+            runs: bucket("firebreak_runs", "once decisions", opts.run_retention).await?,
             replicas: bucket("firebreak_replicas", "replica heartbeats", BEAT_RETENTION).await?,
             held: Default::default(),
             replica: opts.replica.clone().map(|r| (r, opts.run_lease)),
@@ -1919,59 +1912,6 @@ impl StateStore for NatsStateStore {
             Ok(times.iter().filter(|t| **t >= since).count() as u32)
         })
     }
-
-    fn put_run(&self, run_id: &str, record: RunRecord) -> BoxFuture<'_, Result<(), BusError>> {
-        let run_id = run_id.to_owned();
-        Box::pin(async move {
-            check_key(&run_id)?;
-            let key = kv_key(&run_id);
-            kv_put_json(&self.runs, key, &StoredRun { run_id, record }, "run record").await
-        })
-    }
-
-    fn get_run(&self, run_id: &str) -> BoxFuture<'_, Result<Option<RunRecord>, BusError>> {
-        let run_id = run_id.to_owned();
-        Box::pin(async move {
-            check_key(&run_id)?;
-            let stored: Option<StoredRun> =
-                kv_get_json(&self.runs, kv_key(&run_id), "run record").await?;
-            Ok(stored.map(|s| s.record))
-        })
-    }
-
-    fn list_runs_unfinished(&self) -> BoxFuture<'_, Result<Vec<(String, RunRecord)>, BusError>> {
-        Box::pin(async move {
-            let keys: Vec<String> = match self.runs.keys().await {
-                Ok(keys) => keys
-                    .try_filter(|key| std::future::ready(!key.starts_with(DECISION_PREFIX)))
-                    .try_collect()
-                    .await
-                    .map_err(|e| kv_err("kv list runs", e))?,
-                Err(e) => return Err(kv_err("kv list runs", e)),
-            };
-            let runs = &self.runs;
-            let mut out: Vec<(String, RunRecord)> = futures::stream::iter(keys)
-                .map(|key| async move {
-                    let bytes = runs.get(key).await.map_err(|e| kv_err("kv get run", e))?;
-                    match bytes {
-                        Some(b) => serde_json::from_slice::<StoredRun>(&b)
-                            .map(Some)
-                            .map_err(|e| codec("run record", e)),
-                        None => Ok(None),
-                    }
-                })
-                .buffer_unordered(16)
-                .try_filter_map(|run| async move {
-                    Ok(run
-                        .filter(|r| !r.record.finished)
-                        .map(|r| (r.run_id, r.record)))
-                })
-                .try_collect()
-                .await?;
-            out.sort_by(|a, b| a.0.cmp(&b.0));
-            Ok(out)
-        })
-    }
 }
 
 /// Decodes [`kv_key`].
@@ -2449,8 +2389,8 @@ impl RunLeases for NatsStateStore {
     }
 }
 
-/// Where decision `key` lives in the runs bucket: run records' keys have no `.` (see
-/// [`kv_key`]), so the prefix keeps the two apart.
+/// Where decision `key` lives in the runs bucket (the bucket once held run records too, under
+/// keys with no `.`, see [`kv_key`]: the prefix kept the two apart).
 fn decision_key(key: &str) -> String {
     format!("{DECISION_PREFIX}{}", kv_key(key))
 }

@@ -14,17 +14,7 @@ use crate::BusError;
 /// shorter than this.
 pub const BUDGET_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// The stored state of one run. `state` is the dispatcher's own JSON; the store only looks at
-/// `finished`, to answer [`StateStore::list_runs_unfinished`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RunRecord {
-    /// Whether the run is over (succeeded, failed, cancelled, refused...).
-    pub finished: bool,
-    /// Whatever the dispatcher needs to resume or show the run.
-    pub state: serde_json::Value,
-}
-
-/// Locks, cooldowns, budgets and run state shared by every engine replica.
+/// Locks, cooldowns and budgets shared by every engine replica.
 ///
 /// Keys are free-form strings (a concurrency key like `team-a/fraud-model`, a run id); each
 /// implementation encodes them as it needs. Timestamps are wall-clock.
@@ -79,15 +69,6 @@ pub trait StateStore: Send + Sync {
 
     /// How many runs were recorded for `key` at or after `since`.
     fn runs_since(&self, key: &str, since: Timestamp) -> BoxFuture<'_, Result<u32, BusError>>;
-
-    /// Stores the state of run `run_id`, replacing what was there. Durable on `Ok`.
-    fn put_run(&self, run_id: &str, record: RunRecord) -> BoxFuture<'_, Result<(), BusError>>;
-
-    /// The state of run `run_id`, if known.
-    fn get_run(&self, run_id: &str) -> BoxFuture<'_, Result<Option<RunRecord>, BusError>>;
-
-    /// Every run whose record says it is not finished, as `(run_id, record)`.
-    fn list_runs_unfinished(&self) -> BoxFuture<'_, Result<Vec<(String, RunRecord)>, BusError>>;
 }
 
 /// Rejects empty keys, which neither store can hold.

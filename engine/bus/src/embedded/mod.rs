@@ -33,7 +33,7 @@ use crate::{AckHandle, Bus, BusError, Delivery, now_ms};
 
 mod state;
 
-pub use state::{FINISHED_RUNS_KEPT, FileStateStore};
+pub use state::FileStateStore;
 
 /// Settings of the embedded bus. `Default` gives production values.
 #[derive(Debug, Clone)]

@@ -1,13 +1,11 @@
 //! [`FileStateStore`]: the embedded [`StateStore`], in memory with a group-committed log file
 //! (`<dir>/state.log`) behind it.
 //!
-//! Cooldowns, budget timestamps and run records are written to the log and a call returns once
-//! its record is durable (and applied in memory); on open the log is replayed and compacted. Locks stay in memory only:
-//! in embedded mode every lock owner lives in this process, so after a restart no owner is left
-//! and every lock is free anyway. Lock expiry uses tokio's clock. Finished runs are kept up to
-//! [`FINISHED_RUNS_KEPT`], oldest forgotten first.
+//! Cooldowns and budget timestamps are written to the log and a call returns once its record
+//! is durable (and applied in memory); on open the log is replayed and compacted. Locks stay in
+//! memory only: in embedded mode every lock owner lives in this process, so after a restart no
+//! owner is left and every lock is free anyway. Lock expiry uses tokio's clock.
 
-use std::collections::VecDeque;
 use std::fs::File;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -22,28 +20,14 @@ use tracing::info;
 use super::lock_dir;
 use crate::log::{GroupLog, Snapshot, read_records};
 use crate::state::{BUDGET_RETENTION, check_key};
-use crate::{BusError, RunRecord, StateStore};
-
-/// How many finished runs the file store remembers.
-pub const FINISHED_RUNS_KEPT: usize = 10_000;
+use crate::{BusError, StateStore};
 
 /// One line of `state.log`.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 enum Record {
-    Cooldown {
-        key: String,
-        until: Timestamp,
-    },
-    RunAt {
-        key: String,
-        at: Timestamp,
-    },
-    Run {
-        run_id: String,
-        #[serde(flatten)]
-        record: RunRecord,
-    },
+    Cooldown { key: String, until: Timestamp },
+    RunAt { key: String, at: Timestamp },
 }
 
 #[derive(Default)]
@@ -51,8 +35,6 @@ struct State {
     locks: foldhash::HashMap<String, (String, Instant)>,
     cooldowns: foldhash::HashMap<String, Timestamp>,
     runs_at: foldhash::HashMap<String, Vec<Timestamp>>,
-    runs: foldhash::HashMap<String, RunRecord>,
-    finished_order: VecDeque<String>,
 }
 
 impl State {
@@ -66,19 +48,6 @@ impl State {
                 let times = self.runs_at.entry(key).or_default();
                 times.retain(|t| *t >= cutoff);
                 times.push(at);
-            }
-            Record::Run { run_id, record } => {
-                let was_finished = self.runs.get(&run_id).is_some_and(|r| r.finished);
-                if record.finished && !was_finished {
-                    self.finished_order.push_back(run_id.clone());
-                    while self.finished_order.len() > FINISHED_RUNS_KEPT {
-                        let old = self.finished_order.pop_front().expect("non-empty");
-                        if self.runs.get(&old).is_some_and(|r| r.finished) {
-                            self.runs.remove(&old);
-                        }
-                    }
-                }
-                self.runs.insert(run_id, record);
             }
         }
     }
@@ -106,21 +75,6 @@ impl State {
                 write(&Record::RunAt {
                     key: key.clone(),
                     at: *at,
-                });
-            }
-        }
-        // Unfinished first, then finished in the order they finished, so replay keeps the order.
-        for (run_id, record) in self.runs.iter().filter(|(_, r)| !r.finished) {
-            write(&Record::Run {
-                run_id: run_id.clone(),
-                record: record.clone(),
-            });
-        }
-        for run_id in &self.finished_order {
-            if let Some(record) = self.runs.get(run_id).filter(|r| r.finished) {
-                write(&Record::Run {
-                    run_id: run_id.clone(),
-                    record: record.clone(),
                 });
             }
         }
@@ -160,7 +114,7 @@ impl FileStateStore {
             state.apply(record);
         }
         let initial = state.snapshot();
-        info!(dir = %dir.display(), runs = state.runs.len(), "state store open");
+        info!(dir = %dir.display(), cooldowns = state.cooldowns.len(), "state store open");
         let state = Arc::new(Mutex::new(state));
         let weak = Arc::downgrade(&state);
         // The state is small: encoded under its lock, written on the compaction's thread.
@@ -326,33 +280,6 @@ impl StateStore for FileStateStore {
         });
         Box::pin(async move { result })
     }
-
-    fn put_run(&self, run_id: &str, record: RunRecord) -> BoxFuture<'_, Result<(), BusError>> {
-        if let Err(e) = check_key(run_id) {
-            return Box::pin(async move { Err(e) });
-        }
-        self.write(Record::Run {
-            run_id: run_id.to_owned(),
-            record,
-        })
-    }
-
-    fn get_run(&self, run_id: &str) -> BoxFuture<'_, Result<Option<RunRecord>, BusError>> {
-        let result = check_key(run_id).map(|()| self.state().runs.get(run_id).cloned());
-        Box::pin(async move { result })
-    }
-
-    fn list_runs_unfinished(&self) -> BoxFuture<'_, Result<Vec<(String, RunRecord)>, BusError>> {
-        let mut runs: Vec<(String, RunRecord)> = self
-            .state()
-            .runs
-            .iter()
-            .filter(|(_, r)| !r.finished)
-            .map(|(id, r)| (id.clone(), r.clone()))
-            .collect();
-        runs.sort_by(|a, b| a.0.cmp(&b.0));
-        Box::pin(async move { Ok(runs) })
-    }
 }
 
 #[cfg(test)]
@@ -360,23 +287,24 @@ mod tests {
     use super::*;
 
     /// Many concurrent writers while the log compacts every few records: after a reopen every
-    /// recorded run is counted exactly once.
+    /// recorded run is counted exactly once, and each key's last cooldown is the one kept.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn compaction_under_concurrent_writes_neither_loses_nor_doubles_records() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(FileStateStore::open_compacting_at(dir.path(), 512).unwrap());
         let since = Timestamp::now() - jiff::SignedDuration::from_hours(1);
+        let far = Timestamp::now() + jiff::SignedDuration::from_hours(1);
         let mut tasks = Vec::new();
         for t in 0..8 {
             let store = Arc::clone(&store);
             tasks.push(tokio::spawn(async move {
                 for i in 0..50 {
                     store.record_run("ns/dep", Timestamp::now()).await.unwrap();
-                    let run = RunRecord {
-                        finished: i % 2 == 1,
-                        state: serde_json::json!({"t": t, "i": i}),
-                    };
-                    store.put_run(&format!("run-{t}"), run).await.unwrap();
+                    let until = far + jiff::SignedDuration::from_secs(i);
+                    store
+                        .set_cooldown(&format!("key-{t}"), until)
+                        .await
+                        .unwrap();
                 }
             }));
         }
@@ -388,8 +316,11 @@ mod tests {
         drop(store);
         let store = FileStateStore::open(dir.path()).unwrap();
         assert_eq!(store.runs_since("ns/dep", since).await.unwrap(), 400);
-        let last = store.get_run("run-3").await.unwrap().unwrap();
-        assert_eq!(last.state, serde_json::json!({"t": 3, "i": 49}));
-        assert!(store.list_runs_unfinished().await.unwrap().is_empty());
+        for t in 0..8 {
+            assert_eq!(
+                store.cooldown(&format!("key-{t}")).await.unwrap(),
+                Some(far + jiff::SignedDuration::from_secs(49))
+            );
+        }
     }
 }

@@ -103,8 +103,8 @@ async fn locks() {
 }
 
 #[tokio::test]
-async fn cooldowns_budgets_runs_survive_restart() {
-    suite::cooldowns_budgets_runs_survive_restart(&mut Embedded::new(ACK_WAIT)).await;
+async fn cooldowns_and_budgets_survive_restart() {
+    suite::cooldowns_and_budgets_survive_restart(&mut Embedded::new(ACK_WAIT)).await;
 }
 
 #[tokio::test]

@@ -97,8 +97,7 @@ async fn engine_permissions_suffice_for_audit_and_state() {
     let mut h = engine(ACK_WAIT);
     suite::audit_publish_is_accepted(&mut h).await;
     suite::locks(&mut h).await;
-    // Includes listing the unfinished runs (an ordered consumer on the runs bucket).
-    suite::cooldowns_budgets_runs_survive_restart(&mut h).await;
+    suite::cooldowns_and_budgets_survive_restart(&mut h).await;
 }
 
 /// Run takeover with only the engine's permissions: listing the lock bucket for leases that

@@ -457,13 +457,4 @@ impl StateStore for Gated {
     fn runs_since(&self, key: &str, since: jiff::Timestamp) -> Fut<'_, u32> {
         self.inner.runs_since(key, since)
     }
-    fn put_run(&self, run_id: &str, record: firebreak_bus::RunRecord) -> Fut<'_, ()> {
-        self.inner.put_run(run_id, record)
-    }
-    fn get_run(&self, run_id: &str) -> Fut<'_, Option<firebreak_bus::RunRecord>> {
-        self.inner.get_run(run_id)
-    }
-    fn list_runs_unfinished(&self) -> Fut<'_, Vec<(String, firebreak_bus::RunRecord)>> {
-        self.inner.list_runs_unfinished()
-    }
 }

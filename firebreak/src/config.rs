@@ -70,9 +70,9 @@ pub struct AuditConfig {
 /// `FIREBREAK_NATS_PASSWORD_FILE`, `FIREBREAK_NATS_TOKEN`, `FIREBREAK_NATS_TOKEN_FILE`,
 /// `FIREBREAK_NATS_NKEY` (the seed), `FIREBREAK_NATS_NKEY_FILE`, `FIREBREAK_NATS_CREDS`,
 /// `FIREBREAK_NATS_TLS_CA`, `FIREBREAK_NATS_TLS_CERT`, `FIREBREAK_NATS_TLS_KEY`,
-/// `FIREBREAK_NATS_TLS_REQUIRED`, `FIREBREAK_NATS_RUN_LEASE`, `FIREBREAK_NATS_DUPLICATE_WINDOW`,
-/// `FIREBREAK_NATS_AUDIT_MIRROR_RETRY`,
-/// `FIREBREAK_REPLICA`. An empty variable unsets its key.
+/// `FIREBREAK_NATS_TLS_REQUIRED`, `FIREBREAK_NATS_RUN_LEASE`, `FIREBREAK_NATS_ACK_WAIT`,
+/// `FIREBREAK_NATS_DUPLICATE_WINDOW`, `FIREBREAK_NATS_AUDIT_MIRROR_RETRY`,
+/// `FIREBREAK_NATS_REPLICAS`, `FIREBREAK_REPLICA`. An empty variable unsets its key.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsConfig {
@@ -153,7 +153,8 @@ pub struct NatsStorageConfig {
     pub audit_max_age: Option<String>,
     /// MiB the audit stream keeps, the oldest records going first; unset: unlimited.
     pub audit_max_mib: Option<u64>,
-    /// How long a finished run's state stays in the `firebreak_runs` bucket. Default `7d`.
+    /// How long an incident's `once` decisions stay in the `firebreak_runs` bucket (a later
+    /// run of the incident, on any replica, gets the first run's value). Default `7d`.
     pub run_retention: String,
     /// How long the events stream recognizes a resent event (the same alert: fingerprint,
     /// status and start) as a duplicate and keeps it out. Default `2m`.

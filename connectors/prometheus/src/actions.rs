@@ -143,10 +143,12 @@ pub async fn check(api: &Api, args: CheckArgs) -> Result<Value, Error> {
     let samples_what =
         samples_query.map(|q| format!("prom::check min_samples_query {}", quoted(q)));
     let main = api.query(&main_what, promql, Some(now));
+    // Asked together; when both fail, the main query's error is the one reported, whichever
+    // answer came first (the same failure reads the same in every run and trail).
     let (main, samples) = match (samples_query, &samples_what) {
         (Some(q), Some(w)) => {
-            let (main, samples) = futures::try_join!(main, api.query(w, q, Some(now)))?;
-            (main, Some(samples))
+            let (main, samples) = futures::join!(main, api.query(w, q, Some(now)));
+            (main?, Some(samples?))
         }
         _ => (main.await?, None),
     };

@@ -192,3 +192,47 @@ async fn checks_refuse_what_they_cannot_compare() -> Result<()> {
     }
     Ok(())
 }
+
+/// When both of a check's queries fail, the error is the main query's, whichever answer comes
+/// first: the two go out together, and the first error used to win, so the same failure read
+/// one way or the other from run to run (a `firebreak test` golden trail, which records the
+/// error, flaked on it). A stand-in for the query API answers the main query late and the
+/// traffic query at once, both with Prometheus's `bad_data` error.
+#[tokio::test]
+async fn a_check_whose_two_queries_fail_names_the_main_querys_error() -> Result<()> {
+    use std::collections::HashMap;
+    const TRAFFIC: &str = "sum(model_requests_total{model=\"fraud\"})";
+    let app = axum::Router::new().route(
+        "/api/v1/query",
+        axum::routing::get(
+            |axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>| async move {
+                let query = q.get("query").cloned().unwrap_or_default();
+                if query == DEPTH {
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                }
+                let error = json!({"status": "error", "errorType": "bad_data",
+                    "error": format!("no answer for {query}")});
+                (axum::http::StatusCode::BAD_REQUEST, axum::Json(error))
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let prom = firebreak_prometheus::PrometheusConnector::new(&url, crate::harness::http())?;
+    let e = call(
+        &prom,
+        "check",
+        json!({"promql": DEPTH, "op": "<", "threshold": 10, "min_samples_query": TRAFFIC}),
+    )
+    .await
+    .unwrap_err();
+    server.abort();
+    assert_eq!(e.kind, ErrorKind::Permanent, "{e:?}");
+    assert!(
+        e.message.contains(&format!("no answer for {DEPTH}")),
+        "{}",
+        e.message
+    );
+    Ok(())
+}

@@ -1667,11 +1667,13 @@ impl NatsStateStore {
                 if !(ours || (take && free)) {
                     return Ok(false);
                 }
-                // A refresh, or a take of our own lock, keeps the team the lock names.
-                let team = team.or(current
+                // A refresh, or a take of our own lock, keeps the team the lock names: the
+                // run's team when it started, where its records are.
+                let team = current
                     .as_ref()
                     .filter(|_| ours)
-                    .and_then(|l| l.team.as_deref()));
+                    .and_then(|l| l.team.as_deref())
+                    .or(team);
                 if let Some(revision) =
                     Self::cas(&self.locks, &key, lock(team, now)?, revision).await?
                 {

@@ -30,19 +30,18 @@ pub trait StateStore: Send + Sync {
     ) -> BoxFuture<'_, Result<bool, BusError>>;
 
     /// [`StateStore::try_lock`] for run `run_id`'s concurrency lock, the run being under team
-    /// `team`. A store other replicas share keeps the team in the lock: a replica taking the
-    /// run over reads the run's records on the audit stream under it (see [`Orphan::team`]),
-    /// whatever team the runbook has moved to since, and whatever teams that replica knows.
+    /// `team`. A store other replicas share keeps the team in the lock (a lock the run holds
+    /// already keeps the one it names): a replica taking the run over reads the run's records
+    /// on the audit stream under it (see [`Orphan::team`]), whatever team the runbook has
+    /// moved to since, and whatever teams that replica knows. A store no other replica reads
+    /// may take it as [`StateStore::try_lock`]; a store wrapping another must pass it on.
     fn try_lock_run(
         &self,
         key: &str,
         run_id: &str,
         team: &str,
         ttl: Duration,
-    ) -> BoxFuture<'_, Result<bool, BusError>> {
-        let _ = team;
-        self.try_lock(key, run_id, ttl)
-    }
+    ) -> BoxFuture<'_, Result<bool, BusError>>;
 
     /// Extends the lock `key` held by `owner` to `ttl` from now. `false` if `owner` lost it.
     fn refresh_lock(

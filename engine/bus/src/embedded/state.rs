@@ -194,6 +194,17 @@ impl StateStore for FileStateStore {
         Box::pin(async move { result })
     }
 
+    /// Its locks are this process's alone: no replica takes a run over from it.
+    fn try_lock_run(
+        &self,
+        key: &str,
+        run_id: &str,
+        _team: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<bool, BusError>> {
+        self.try_lock(key, run_id, ttl)
+    }
+
     fn refresh_lock(
         &self,
         key: &str,

@@ -723,7 +723,13 @@ async fn a_run_lock_keeps_naming_its_runs_team_until_it_is_released() {
             .unwrap()
     );
     assert!(a.try_lock("hold/fp-2", "run-2", ttl).await.unwrap());
-    // Taken again by its own run (a resume), refreshed, renewed: still named.
+    // Taken again by its own run (a resume, whose runbook may have moved teams since),
+    // refreshed, renewed: still named as when the run started.
+    assert!(
+        a.try_lock_run("hold/fp-1", "run-1", "ml-platform", ttl)
+            .await
+            .unwrap()
+    );
     assert!(a.try_lock("hold/fp-1", "run-1", ttl).await.unwrap());
     assert!(a.refresh_lock("hold/fp-1", "run-1", ttl).await.unwrap());
     assert!(a.renew("hold/fp-1", "run-1").await.unwrap());

@@ -104,7 +104,7 @@ async fn engine_permissions_suffice_for_audit_and_state() {
 /// ran out, taking one over, and reading the run's lines back from the audit stream.
 #[tokio::test]
 async fn engine_permissions_suffice_for_run_takeover() {
-    use firebreak_bus::{AuditMessage, RunLeases};
+    use firebreak_bus::{AuditMessage, Decision, RunLeases};
     let mut h = engine(ACK_WAIT);
     h.opts.run_lease = Duration::from_secs(1);
     h.opts.replica = Some("a".into());
@@ -118,10 +118,27 @@ async fn engine_permissions_suffice_for_run_takeover() {
         .await
         .expect("b's state store");
     assert!(
-        a.try_lock("rb/key", "run-9", Duration::from_secs(600))
+        a.try_lock_run("rb/key", "run-9", "team-a", Duration::from_secs(600))
             .await
             .unwrap()
     );
+    // The run's `once` decisions: the first stands, the second replica reads it back.
+    let (first, second) = (
+        Decision {
+            run_id: "run-9".into(),
+            value: serde_json::json!("v1"),
+        },
+        Decision {
+            run_id: "run-8".into(),
+            value: serde_json::json!("v2"),
+        },
+    );
+    assert_eq!(
+        a.decide("rb/key/blamed", first.clone()).await.unwrap(),
+        first
+    );
+    assert_eq!(b.decide("rb/key/blamed", second).await.unwrap(), first);
+    assert_eq!(b.decision("rb/key/blamed").await.unwrap(), Some(first));
     a_bus
         .publish_audit(vec![AuditMessage {
             subject: firebreak_bus::nats::audit_run_subject("team-a", "run-9"),
@@ -140,11 +157,17 @@ async fn engine_permissions_suffice_for_run_takeover() {
             .await
             .unwrap()
     );
-    let lines = b
-        .run_lines("run-9", &[])
-        .await
-        .expect("reading the audit stream");
-    assert_eq!(lines, vec![bytes::Bytes::from_static(b"{\"line\":1}\n")]);
+    let team = orphans[0]
+        .team
+        .clone()
+        .expect("the lock names the run's team");
+    for teams in [vec![team], Vec::new()] {
+        let lines = b
+            .run_lines("run-9", &teams)
+            .await
+            .expect("reading the audit stream");
+        assert_eq!(lines, vec![bytes::Bytes::from_static(b"{\"line\":1}\n")]);
+    }
     assert!(b.unlock("rb/key", "run-9").await.unwrap());
 }
 

@@ -423,6 +423,14 @@ impl StateStore for Gated {
             self.inner.try_lock(&key, &owner, ttl).await
         })
     }
+    fn try_lock_run(&self, key: &str, run_id: &str, team: &str, ttl: Duration) -> Fut<'_, bool> {
+        self.locked.lock().unwrap().push((key.to_owned(), ttl));
+        let (key, run_id, team) = (key.to_owned(), run_id.to_owned(), team.to_owned());
+        Box::pin(async move {
+            self.try_lock.pass().await?;
+            self.inner.try_lock_run(&key, &run_id, &team, ttl).await
+        })
+    }
     fn refresh_lock(&self, key: &str, owner: &str, ttl: Duration) -> Fut<'_, bool> {
         let now = std::time::Instant::now();
         self.refreshed

@@ -62,14 +62,14 @@ impl Loaded {
             if let Some(file) = set.teams() {
                 teams.extend(file.iter().map(|team| team.name.clone()));
             }
-            teams.sort();
-            teams.dedup();
-            Ok(Loaded {
+            let mut loaded = Loaded {
                 set,
                 asts,
                 warnings,
-                teams,
-            })
+                teams: Vec::new(),
+            };
+            loaded.know_teams(teams);
+            Ok(loaded)
         } else {
             Err(problems)
         }
@@ -83,6 +83,13 @@ impl Loaded {
             warnings: Vec::new(),
             teams: Vec::new(),
         }
+    }
+
+    /// Adds `teams` to the teams known here (kept sorted, each once).
+    fn know_teams(&mut self, teams: impl IntoIterator<Item = String>) {
+        self.teams.extend(teams);
+        self.teams.sort();
+        self.teams.dedup();
     }
 
     /// The teams whose audit subjects may hold a run of a runbook of `team`, the likeliest
@@ -165,9 +172,7 @@ impl Runbooks {
         }
         let mut loaded = Loaded::load(&self.dir, self.teams.as_deref(), &self.connectors)?;
         // Runs started before the reload keep their records under the team they had then.
-        loaded.teams.extend(self.current().teams.iter().cloned());
-        loaded.teams.sort();
-        loaded.teams.dedup();
+        loaded.know_teams(self.current().teams.clone());
         info!(runbooks = loaded.set.len(), "runbooks reloaded");
         *self.current.write().expect("runbook lock poisoned") = Arc::new(loaded);
         Ok(true)

@@ -280,6 +280,8 @@ pub struct Dispatcher {
     unauthenticated: Mutex<BTreeMap<String, u64>>,
     /// The handles of the metrics every delivery and run moves.
     metrics: RunMetrics,
+    /// Deliveries waiting for a run of this engine holding their key to start or to let go.
+    waiting_for_holder: std::sync::atomic::AtomicUsize,
 }
 
 impl Dispatcher {
@@ -307,6 +309,7 @@ impl Dispatcher {
             leases: None,
             unauthenticated: Mutex::default(),
             metrics: RunMetrics::default(),
+            waiting_for_holder: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -526,7 +529,7 @@ impl Dispatcher {
                 Ok(guard) => break guard,
                 Err(other_start) => {
                     debug!(runbook = %name, run_id = %run_id, event_id = %event.id, "this delivery's run is starting for another delivery; waiting for that start");
-                    wait_for_holder(&other_start, &key, &self.shutdown).await?;
+                    self.wait_for_holder(&other_start, &key).await?;
                 }
             }
         };
@@ -561,6 +564,18 @@ impl Dispatcher {
                 // Released meanwhile: try again.
                 continue;
             };
+            // `starting` before `active`: a run is put in `active` before it leaves
+            // `starting`, so a run of this engine that is starting or running is seen by one
+            // of the two. (Not this delivery's own start: its run holding the lock is not.)
+            let starting = if holder == run_id {
+                None
+            } else {
+                self.starting
+                    .lock()
+                    .expect("starting runs lock")
+                    .get(&holder)
+                    .map(|s| s.done.clone())
+            };
             let local = self
                 .active
                 .lock()
@@ -583,11 +598,21 @@ impl Dispatcher {
                         source: JoinError::Finished,
                         ..
                     }) => {
-                        wait_for_holder(&run.released, &key, &self.shutdown).await?;
+                        self.wait_for_holder(&run.released, &key).await?;
                         continue;
                     }
                     Err(e) => return Err(e),
                 }
+            }
+            if let Some(starting) = starting {
+                self.wait_for_holder(&starting, &key).await?;
+                continue;
+            }
+            // Neither starting nor running here. A run of this engine that ended since
+            // `lock_holder` answered has let its lock go (it is forgotten only after its
+            // release): look again before taking the holder for a run elsewhere.
+            if self.state.lock_holder(&key).await?.as_deref() != Some(holder.as_str()) {
+                continue;
             }
             // This delivery's own run holds the lock under another replica (the start this
             // delivery registered here is not it): that replica started the run, or took the
@@ -605,16 +630,6 @@ impl Dispatcher {
                     key,
                     run_id: holder,
                 });
-            }
-            let starting = self
-                .starting
-                .lock()
-                .expect("starting runs lock")
-                .get(&holder)
-                .map(|s| s.done.clone());
-            if let Some(starting) = starting {
-                wait_for_holder(&starting, &key, &self.shutdown).await?;
-                continue;
             }
             // On another replica, the run may be between its lock and its start, and never
             // get further if that replica died there: the takeover then only frees the lock,
@@ -1310,6 +1325,42 @@ impl Dispatcher {
         self.starting.lock().expect("starting runs lock").len()
     }
 
+    /// How many deliveries wait for a run of this engine that holds their key (or their run
+    /// id) to start or to let its lock go (for tests that play those interleavings).
+    pub fn deliveries_waiting_for_a_holder(&self) -> usize {
+        self.waiting_for_holder
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until `token` (a run's start, or its release) is done; `Busy` after
+    /// [`HOLDER_WAIT`], and at once once the engine stops: a run suspended by the stop keeps
+    /// its lock, so a start waiting for it held the stop up for three waits (30 s).
+    async fn wait_for_holder(
+        &self,
+        token: &CancellationToken,
+        key: &str,
+    ) -> Result<(), StartError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, SeqCst);
+            }
+        }
+        self.waiting_for_holder.fetch_add(1, SeqCst);
+        let _waiting = Waiting(&self.waiting_for_holder);
+        tokio::select! {
+            waited = tokio::time::timeout(HOLDER_WAIT, token.cancelled()) => {
+                waited.map_err(|_| StartError::Busy {
+                    key: key.to_owned(),
+                })
+            }
+            () = self.shutdown.cancelled() => {
+                Err(StartError::Runtime(firebreak_runtime::RuntimeError::ShuttingDown))
+            }
+        }
+    }
+
     /// Runs in progress in this engine, with their runbooks (for status pages and tests).
     pub fn active_runs(&self) -> Vec<(String, String)> {
         let mut runs: Vec<(String, String)> = self
@@ -1381,26 +1432,6 @@ async fn in_progress_while<T>(delivery: &Delivery, work: impl Future<Output = T>
                     warn!(event_id = %delivery.event.id, error = %e, "could not tell the bus a delivery is still being handled; it may be delivered again");
                 }
             }
-        }
-    }
-}
-
-/// Waits until `token` (a run's start, or its release) is done; `Busy` after [`HOLDER_WAIT`],
-/// and at once once the engine stops: a run suspended by the stop keeps its lock, so a start
-/// waiting for it held the stop up for three waits (30 s).
-async fn wait_for_holder(
-    token: &CancellationToken,
-    key: &str,
-    shutdown: &CancellationToken,
-) -> Result<(), StartError> {
-    tokio::select! {
-        waited = tokio::time::timeout(HOLDER_WAIT, token.cancelled()) => {
-            waited.map_err(|_| StartError::Busy {
-                key: key.to_owned(),
-            })
-        }
-        () = shutdown.cancelled() => {
-            Err(StartError::Runtime(firebreak_runtime::RuntimeError::ShuttingDown))
         }
     }
 }

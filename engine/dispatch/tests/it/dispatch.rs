@@ -348,10 +348,10 @@ async fn a_bad_bus_message_is_parked_in_the_journal() {
     assert!(h.journal.unfinished_runs().is_empty());
 }
 
-/// A dry run takes a lock of its own and sets no cooldown: it never blocks the real
+/// A dry run takes a lock of its own: a dry run still waiting never blocks the real
 /// remediation of the same incident.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dry_run_neither_blocks_nor_cools_down_the_real_run() {
+async fn a_dry_run_does_not_block_the_real_run() {
     use std::sync::Arc;
     let h = H::new(Backend::Embedded, WAITS).await;
     let mut params = serde_json::Map::new();
@@ -386,6 +386,86 @@ async fn a_dry_run_neither_blocks_nor_cools_down_the_real_run() {
     assert_eq!(dry_runs, vec![true, false]);
 }
 
+/// A dry run that ended sets no cooldown, neither on its own lock's key nor on the real
+/// one's: the real remediation of the same incident starts right after it. The real run's
+/// end does set its cooldown (what this test looks for can be seen).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_sets_no_cooldown() {
+    const COOLS: &[(&str, &str)] = &[
+        (
+            "cools.yaml",
+            "name: cools\nteam: sre\ndescription: d\nnamespaces: [shop]\n\
+             triggers:\n  - source: alertmanager\n    status: firing\n    match: ['alertname=\"Slow\"']\n\
+             params:\n  target: { from: label, key: target, type: string, required: true }\n\
+             concurrency: \"{{params.target}}\"\ncooldown: 10m\ntimeout: 30s\n",
+        ),
+        ("cools.rhai", "log(`handled ${ctx.params.target}`);\n"),
+    ];
+    let h = H::new(Backend::Embedded, COOLS).await;
+    // The cooldown is set before the lock is released: once the lock is free, it is there
+    // if it ever will be.
+    let released = |key: &'static str| {
+        let state = h.state.clone();
+        async move {
+            for _ in 0..500 {
+                if state.lock_holder(key).await.unwrap().is_none() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("{key} was never released");
+        }
+    };
+    let mut params = serde_json::Map::new();
+    params.insert("target".into(), json!("api"));
+    let dry = Arc::new(firebreak_event::manual::trigger(
+        "cools", params, "ann", true,
+    ));
+    assert_eq!(
+        h.deliver(&dry, jiff::Timestamp::now()).await,
+        vec![Settled::Ack]
+    );
+    h.wait("the dry run to end", |r| finished(r, "cools") == 1)
+        .await;
+    released("dry-run:cools/api").await;
+    assert_eq!(h.state.cooldown("dry-run:cools/api").await.unwrap(), None);
+    assert_eq!(h.state.cooldown("cools/api").await.unwrap(), None);
+
+    let real = alert(
+        "ev-9",
+        "firing",
+        "00000000000000f9",
+        json!({"target": "api"}),
+    );
+    assert_eq!(
+        h.deliver(&real, jiff::Timestamp::now()).await,
+        vec![Settled::Ack]
+    );
+    let records = h
+        .wait("the real run to end", |r| finished(r, "cools") == 2)
+        .await;
+    let dry_runs: Vec<bool> = records
+        .iter()
+        .filter_map(|r| match &r.body {
+            RecordBody::RunStarted { dry_run, .. } => Some(*dry_run),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dry_runs, vec![true, false], "{}", summary(&records));
+    assert!(
+        !records
+            .iter()
+            .any(|r| matches!(r.body, RecordBody::Skipped { .. })),
+        "{}",
+        summary(&records)
+    );
+    released("cools/api").await;
+    assert!(
+        h.state.cooldown("cools/api").await.unwrap().is_some(),
+        "the real run's end sets its cooldown"
+    );
+}
+
 /// A second alert for a key whose run has just ended, while the run's lock is being released
 /// (the state store is slow to answer), waits for the release and starts its own run. It used
 /// to be skipped as "active on another engine replica": the run was forgotten before its lock
@@ -417,8 +497,89 @@ async fn an_alert_while_the_last_run_releases_its_lock_starts_its_own_run() {
         let h = h.clone();
         tokio::spawn(async move { h.deliver(&second, jiff::Timestamp::now()).await })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The second found the ended run still holding the key, and waits for its release.
+    waiting_for_a_holder(&h, 1).await;
     gated.unlock.open();
+    assert_eq!(delivering.await.unwrap(), vec![Settled::Ack]);
+    let records = h
+        .wait("two runs to finish", |r| finished(r, "quick") == 2)
+        .await;
+    let starters: Vec<&str> = records
+        .iter()
+        .filter(|r| matches!(r.body, RecordBody::RunStarted { .. }))
+        .map(|r| r.event_id.as_str())
+        .collect();
+    assert_eq!(starters, ["first", "second"], "{}", summary(&records));
+    assert!(
+        !records
+            .iter()
+            .any(|r| matches!(r.body, RecordBody::Skipped { .. })),
+        "nothing skipped:\n{}",
+        summary(&records)
+    );
+}
+
+/// Waits until `n` deliveries wait for a run of the engine that holds their key (or their
+/// run id) to start or to let go.
+async fn waiting_for_a_holder(h: &crate::H, n: usize) {
+    for _ in 0..1000 {
+        if h.dispatcher.deliveries_waiting_for_a_holder() == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "{} deliveries wait for a holder, not {n}",
+        h.dispatcher.deliveries_waiting_for_a_holder()
+    );
+}
+
+/// A second alert for a key whose run ends between the store naming that run as the key's
+/// holder and the engine looking for the run among its own: the run released the lock and
+/// was forgotten meanwhile. The alert starts its own run; it used to be skipped as "active on
+/// another engine replica", a replica that does not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_whose_keys_run_ends_while_the_holder_is_looked_up_starts_its_own_run() {
+    let (h, gated) = H::gated(QUICK).await;
+    gated.unlock.arm();
+    let first = alert(
+        "first",
+        "firing",
+        "00000000000000f1",
+        json!({"target": "a"}),
+    );
+    assert_eq!(
+        h.deliver(&first, jiff::Timestamp::now()).await,
+        vec![Settled::Ack]
+    );
+    // The run ended; its unlock is held.
+    gated.unlock.reached().await;
+    gated.lock_holder.arm();
+    let second = alert(
+        "second",
+        "firing",
+        "00000000000000f2",
+        json!({"target": "a"}),
+    );
+    let h = Arc::new(h);
+    let delivering = {
+        let h = h.clone();
+        tokio::spawn(async move { h.deliver(&second, jiff::Timestamp::now()).await })
+    };
+    // The store named the first run as the holder; the answer is held.
+    gated.lock_holder.reached().await;
+    gated.unlock.open();
+    for _ in 0..1000 {
+        if h.dispatcher.active_runs().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        h.dispatcher.active_runs().is_empty(),
+        "the first run is forgotten once its lock is released"
+    );
+    gated.lock_holder.open();
     assert_eq!(delivering.await.unwrap(), vec![Settled::Ack]);
     let records = h
         .wait("two runs to finish", |r| finished(r, "quick") == 2)
@@ -460,7 +621,8 @@ async fn a_redelivery_while_the_first_start_fails_starts_the_run() {
         let (h, event) = (h.clone(), event.clone());
         tokio::spawn(async move { h.deliver(&event, published).await })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The redelivery waits for the first delivery's start of the same run.
+    waiting_for_a_holder(&h, 1).await;
     gated.try_lock.fail();
     assert_eq!(first.await.unwrap(), vec![Settled::Nak], "the failed start");
     assert_eq!(again.await.unwrap(), vec![Settled::Ack], "the redelivery");
@@ -511,7 +673,8 @@ async fn an_alert_while_its_keys_run_starts_joins_that_run() {
         let h = h.clone();
         tokio::spawn(async move { h.deliver(&second, jiff::Timestamp::now()).await })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The second found the key held by the run still starting, and waits for that start.
+    waiting_for_a_holder(&h, 1).await;
     gated.cooldown.open();
     assert_eq!(starting.await.unwrap(), vec![Settled::Ack]);
     assert_eq!(joining.await.unwrap(), vec![Settled::Ack]);

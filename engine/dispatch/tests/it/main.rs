@@ -386,13 +386,15 @@ impl Gate {
     }
 }
 
-/// A state store whose `try_lock`, `unlock` and `cooldown` calls can be held at a [`Gate`], to
-/// play the interleavings around a run's start and end deterministically.
+/// A state store whose `try_lock`, `unlock`, `cooldown` and `lock_holder` calls can be held at
+/// a [`Gate`], to play the interleavings around a run's start and end deterministically.
 pub struct Gated {
     pub inner: Arc<dyn StateStore>,
     pub try_lock: Gate,
     pub unlock: Gate,
     pub cooldown: Gate,
+    /// Holds a `lock_holder` call after the store answered it (the answer is kept).
+    pub lock_holder: Gate,
     /// `(key, ttl)` of every lock taken.
     pub locked: std::sync::Mutex<Vec<(String, Duration)>>,
     /// `(key, when, ttl)` of every lock refreshed.
@@ -406,6 +408,7 @@ impl Gated {
             try_lock: Gate::default(),
             unlock: Gate::default(),
             cooldown: Gate::default(),
+            lock_holder: Gate::default(),
             locked: std::sync::Mutex::default(),
             refreshed: std::sync::Mutex::default(),
         })
@@ -447,7 +450,12 @@ impl StateStore for Gated {
         })
     }
     fn lock_holder(&self, key: &str) -> Fut<'_, Option<String>> {
-        self.inner.lock_holder(key)
+        let key = key.to_owned();
+        Box::pin(async move {
+            let holder = self.inner.lock_holder(&key).await?;
+            self.lock_holder.pass().await?;
+            Ok(holder)
+        })
     }
     fn set_cooldown(&self, key: &str, until: jiff::Timestamp) -> Fut<'_, ()> {
         self.inner.set_cooldown(key, until)

@@ -533,6 +533,36 @@ impl Run<'_> {
     }
 }
 
+/// What an audit trail shows done more than once, one line each: a run id with more than one
+/// `run_started` (a delivery that started its run again under the same id: the id comes from
+/// the event, so a second start does not make a second run id), and a run's step with more
+/// than one `step_finished` other than `replayed` (a resumed run journals the steps it replays
+/// as `replayed`: not a second execution). Empty when nothing ran twice.
+pub fn done_twice<'a>(records: impl IntoIterator<Item = &'a Value>) -> Vec<String> {
+    let mut starts: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut steps: BTreeMap<(&str, u64), usize> = BTreeMap::new();
+    for r in records {
+        let run_id = r["run_id"].as_str().unwrap_or("");
+        match r["body"]["type"].as_str() {
+            Some("run_started") => *starts.entry(run_id).or_default() += 1,
+            Some("step_finished") if r["body"]["status"] != "replayed" => {
+                let step = r["body"]["step"].as_u64().unwrap_or(u64::MAX);
+                *steps.entry((run_id, step)).or_default() += 1;
+            }
+            _ => {}
+        }
+    }
+    let started = starts
+        .into_iter()
+        .filter(|(_, n)| *n > 1)
+        .map(|(id, n)| format!("run {id} started {n} times"));
+    let stepped = steps
+        .into_iter()
+        .filter(|(_, n)| *n > 1)
+        .map(|((id, step), n)| format!("step {step} of run {id} finished {n} times"));
+    started.chain(stepped).collect()
+}
+
 /// One record as a line of the golden trail: type, step name, status; no time or hash.
 pub fn trail_line(r: &Value) -> String {
     let body = &r["body"];
@@ -1052,4 +1082,50 @@ pub async fn scrape_checked(serve: &Serve) -> String {
         String::from_utf8_lossy(&checked.stderr)
     );
     metrics
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(run_id: &str, body: Value) -> Value {
+        serde_json::json!({ "run_id": run_id, "body": body })
+    }
+
+    #[test]
+    fn done_twice_names_a_second_start_under_one_run_id_and_a_step_run_again() {
+        let once = [
+            record("r1", serde_json::json!({"type": "run_started"})),
+            record(
+                "r1",
+                serde_json::json!({"type": "step_finished", "step": 1, "status": "ok"}),
+            ),
+            // A resumed run replays its finished step: not done twice.
+            record("r1", serde_json::json!({"type": "run_resumed"})),
+            record(
+                "r1",
+                serde_json::json!({"type": "step_finished", "step": 1, "status": "replayed"}),
+            ),
+            record(
+                "r1",
+                serde_json::json!({"type": "run_finished", "status": "succeeded"}),
+            ),
+            record("r2", serde_json::json!({"type": "run_started"})),
+        ];
+        assert_eq!(done_twice(&once), Vec::<String>::new());
+
+        let mut twice = once.to_vec();
+        twice.push(record("r2", serde_json::json!({"type": "run_started"})));
+        twice.push(record(
+            "r1",
+            serde_json::json!({"type": "step_finished", "step": 1, "status": "failed"}),
+        ));
+        assert_eq!(
+            done_twice(&twice),
+            [
+                "run r2 started 2 times",
+                "step 1 of run r1 finished 2 times"
+            ]
+        );
+    }
 }

@@ -159,10 +159,36 @@ fn redelivered_within() -> Duration {
     firebreak_bus::NatsOptions::default().ack_wait + Duration::from_secs(30)
 }
 
-/// Waits until every alert answered 2xx has a run (none lost), checks none ran twice, and
-/// reports the counts; returns the journal.
+/// Waits until the shared consumer on the NATS at `urls` holds nothing (no event waiting,
+/// none delivered and not acked): no delivery can come again after that, so a second run of
+/// an alert, if there is one, has started by then.
+async fn consumer_settled(urls: &[String], within: Duration, context: impl Fn() -> String) {
+    let client = async_nats::ConnectOptions::new()
+        .connect(urls.to_vec())
+        .await
+        .expect("a client of the NATS the replicas use");
+    let js = async_nats::jetstream::new(client);
+    wait_for(
+        "the shared consumer to hold no event (none waiting, none unacked)",
+        within,
+        context,
+        || async {
+            let stream = js.get_stream("FIREBREAK_EVENTS").await.ok()?;
+            let consumer: async_nats::jetstream::consumer::PullConsumer =
+                stream.get_consumer("firebreak-engine").await.ok()?;
+            let info = consumer.cached_info();
+            (info.num_ack_pending == 0 && info.num_pending == 0).then_some(())
+        },
+    )
+    .await;
+}
+
+/// Waits until every alert answered 2xx has a run (none lost) and the shared consumer on the
+/// NATS at `urls` has nothing left to deliver, checks none ran twice (two runs of one alert,
+/// one run started twice, a step done twice), and reports the counts; returns the journal.
 async fn every_accepted_alert_ran_once(
     serve: &Serve,
+    urls: &[String],
     posts: &[Post],
     what: &str,
     redelivered_within: Duration,
@@ -215,22 +241,24 @@ async fn every_accepted_alert_ran_once(
             serve.log_tail()
         )
     };
-    let journal = crate::harness::wait_for(
+    crate::harness::wait_for(
         "a run for every alert answered 2xx",
         redelivered_within,
         about_missing,
-        || {
-            let j = serve.journal();
-            std::future::ready(missing(&j).is_empty().then_some(j))
-        },
+        || std::future::ready(missing(&serve.journal()).is_empty().then_some(())),
     )
     .await;
+    // A delivery whose ack was lost comes again one ack wait later: counted after it.
+    consumer_settled(urls, redelivered_within, || serve.log_tail()).await;
+    let journal = serve.journal();
     let mut per_alert: std::collections::HashMap<String, usize> = Default::default();
     for run in journal.runs_of("tick") {
         *per_alert.entry(n_of(&run)).or_default() += 1;
     }
     let twice: Vec<_> = per_alert.iter().filter(|(_, c)| **c > 1).collect();
     assert!(twice.is_empty(), "alerts that ran twice: {twice:?}");
+    let again = crate::harness::done_twice(&journal.records);
+    assert!(again.is_empty(), "done twice: {again:#?}");
     let refused = posts
         .iter()
         .filter(|p| !(200..300).contains(&p.status))
@@ -321,8 +349,14 @@ async fn alerts_answered_2xx_survive_a_nats_outage() {
         );
     }
 
-    let journal =
-        every_accepted_alert_ran_once(&serve, &posts, "nats outage", redelivered_within()).await;
+    let journal = every_accepted_alert_ran_once(
+        &serve,
+        &[nats.url()],
+        &posts,
+        "nats outage",
+        redelivered_within(),
+    )
+    .await;
     for run in journal.finished("tick") {
         let end = run
             .records
@@ -587,6 +621,7 @@ async fn a_three_node_cluster_loses_no_alert_when_a_node_or_the_leader_fails() {
     // wait, one event ran at its fourth delivery): three ack waits.
     every_accepted_alert_ran_once(
         &serve,
+        &urls,
         &posts,
         "three-node cluster, two node failures",
         CLUSTER_ACK_WAIT * 3 + Duration::from_secs(30),
@@ -769,7 +804,7 @@ async fn a_replica_killed_under_load_loses_no_alert_and_runs_none_twice() {
     // Events the killed replica had pulled come again after the consumer's ack wait.
     let within = ack_wait() + Duration::from_secs(30);
     let deadline = Instant::now() + within;
-    let records = loop {
+    loop {
         let records = records().await;
         let n_of = n_of_run(&records);
         let finished: std::collections::HashSet<&String> = records
@@ -779,7 +814,7 @@ async fn a_replica_killed_under_load_loses_no_alert_and_runs_none_twice() {
             .collect();
         let missing: Vec<&String> = accepted.iter().filter(|n| !finished.contains(n)).collect();
         if missing.is_empty() {
-            break records;
+            break;
         }
         if Instant::now() > deadline {
             // What the stream and each replica's journal hold of the alerts without a run.
@@ -813,7 +848,10 @@ async fn a_replica_killed_under_load_loses_no_alert_and_runs_none_twice() {
             );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    }
+    // A delivery whose ack was lost comes again one ack wait later: counted after it.
+    consumer_settled(&[nats.url()], within, || replicas[1].log_tail()).await;
+    let records = records().await;
     let n_of = n_of_run(&records);
     let mut runs_of_n: std::collections::HashMap<&String, usize> = Default::default();
     for n in n_of.values() {
@@ -821,24 +859,11 @@ async fn a_replica_killed_under_load_loses_no_alert_and_runs_none_twice() {
     }
     let twice: Vec<_> = runs_of_n.iter().filter(|(_, c)| **c > 1).collect();
     assert!(twice.is_empty(), "alerts run twice: {twice:?}");
-    let mut steps: std::collections::HashMap<(String, u64), usize> = Default::default();
-    // A resumed run journals the steps it replays from their earlier records (`replayed`):
-    // not a second execution.
-    for r in records
-        .iter()
-        .filter(|r| r["body"]["type"] == "step_finished" && r["body"]["status"] != "replayed")
-    {
-        let key = (
-            r["run_id"].as_str().unwrap().to_owned(),
-            r["body"]["step"].as_u64().unwrap(),
-        );
-        *steps.entry(key).or_default() += 1;
-    }
-    let repeated: Vec<_> = steps.iter().filter(|(_, c)| **c > 1).collect();
-    let runs_of = |run_id: &str| -> Vec<String> {
+    let again = crate::harness::done_twice(&records);
+    let runs_of = |line: &String| -> Vec<String> {
         records
             .iter()
-            .filter(|r| r["run_id"] == run_id)
+            .filter(|r| r["run_id"].as_str().is_some_and(|id| line.contains(id)))
             .map(|r| {
                 let mut body = r["body"].clone();
                 body.as_object_mut().map(|b| b.remove("event"));
@@ -847,12 +872,9 @@ async fn a_replica_killed_under_load_loses_no_alert_and_runs_none_twice() {
             .collect()
     };
     assert!(
-        repeated.is_empty(),
-        "steps finished twice: {repeated:?}\n{:#?}",
-        repeated
-            .iter()
-            .map(|((run_id, _), _)| runs_of(run_id))
-            .collect::<Vec<_>>()
+        again.is_empty(),
+        "done twice: {again:?}\n{:#?}",
+        again.iter().map(runs_of).collect::<Vec<_>>()
     );
     let failed: Vec<&serde_json::Value> = records
         .iter()
@@ -1077,6 +1099,7 @@ async fn a_replica_stopped_while_nats_is_down_exits_within_the_grace_period() {
     connected(&serve).await;
     every_accepted_alert_ran_once(
         &serve,
+        &[nats.url()],
         &posts,
         "stopped with NATS down",
         redelivered_within(),

@@ -575,8 +575,25 @@ mod tests {
 
     #[test]
     fn every_kind_is_listed_once() {
-        let listed: std::collections::BTreeSet<_> =
+        // A kind added to the enum needs an arm here (the match must be exhaustive), with the
+        // next number, and then a place in `ALL` for this test to pass.
+        fn number(kind: ErrorKind) -> usize {
+            match kind {
+                ErrorKind::Transient => 0,
+                ErrorKind::Permanent => 1,
+                ErrorKind::NotFound => 2,
+                ErrorKind::Conflict => 3,
+                ErrorKind::Denied => 4,
+                ErrorKind::Timeout => 5,
+            }
+        }
+        const KINDS: usize = 6;
+        let numbers: std::collections::BTreeSet<usize> =
+            ErrorKind::ALL.iter().map(|k| number(*k)).collect();
+        assert_eq!(numbers, (0..KINDS).collect());
+        assert_eq!(ErrorKind::ALL.len(), KINDS);
+        let names: std::collections::BTreeSet<_> =
             ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
-        assert_eq!(listed.len(), ErrorKind::ALL.len());
+        assert_eq!(names.len(), KINDS, "each kind has a name of its own");
     }
 }

@@ -239,10 +239,20 @@ mod tests {
             })
         };
         in_wait.1.recv().unwrap();
-        // The only share is free while the other thread waits: this takes it at once.
-        let share = hold(&compute);
-        drop(share);
+        // The only share is free while the other thread waits: this takes it at once (on a
+        // thread of its own, so that a share kept through the wait fails the test, not hangs it).
+        let (took, taken) = mpsc::channel::<()>();
+        let taker = {
+            let compute = compute.clone();
+            std::thread::spawn(move || {
+                drop(hold(&compute));
+                let _ = took.send(());
+            })
+        };
+        let got = taken.recv_timeout(Duration::from_secs(10));
         release.0.send(()).unwrap();
+        assert!(got.is_ok(), "the share was held through the wait");
+        taker.join().unwrap();
         waiter.join().unwrap();
         assert_eq!(compute.lock().free, 1);
     }
@@ -265,15 +275,19 @@ mod tests {
         while compute.lock().free > 0 {
             std::thread::yield_now();
         }
+        let (done, finished) = mpsc::channel::<()>();
         let short = {
             let compute = compute.clone();
             std::thread::spawn(move || {
                 let _share = hold(&compute);
                 spin(Duration::from_millis(1));
+                let _ = done.send(());
             })
         };
-        short.join().unwrap();
+        let got = finished.recv_timeout(Duration::from_secs(10));
         stop.store(true, Ordering::SeqCst);
+        assert!(got.is_ok(), "the short computation never got a share");
+        short.join().unwrap();
         long.join().unwrap();
         assert_eq!(compute.lock().free, 1);
     }

@@ -175,12 +175,23 @@ async fn slack_commands_are_verified_mapped_to_members_and_start_runs() {
         let (status, answer) = post(&serve, ts, &signature, body).await;
         assert_eq!(status, 401, "{what}: {answer}");
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        serve.journal().finished("note-a").len(),
-        1,
-        "nothing else ran"
-    );
+    // A signed command after them: once its run has ended, whatever they had put on the bus
+    // (before it) would have started too.
+    let after = signed(&serve, "U0ALICE", "run note-a n=8").await;
+    assert!(after.contains("accepted for alice"), "{after}");
+    let journal = serve
+        .wait_journal(
+            "the run after the refused requests",
+            Duration::from_secs(30),
+            |j| j.finished("note-a").len() == 2,
+        )
+        .await;
+    let ns: Vec<&serde_json::Value> = journal
+        .runs_of("note-a")
+        .iter()
+        .map(|r| &r.records[0]["body"]["params"]["n"])
+        .collect();
+    assert_eq!(ns, [&7, &8], "nothing else ran: {}", journal.summary());
 }
 
 /// Mattermost slash commands: the command's token (form field or `Authorization: Token`)

@@ -288,6 +288,8 @@ async fn cross_site_and_non_json_posts_are_refused() {
             assert_eq!(code(&body), "cross_site", "{body}");
         }
     }
+    // Nothing refused reached the bus.
+    assert_bus_quiet(&server.bus).await;
     // application/json with a charset, and a same-origin request, are fine.
     let response = server
         .http

@@ -30,13 +30,21 @@ fn fingerprint_changes_with_content_names_and_mtime() {
     assert!(fingerprint_dir(&dir.path().join("missing")).is_err());
 }
 
+/// A broken edit fails to load, with a diagnostic naming the file and the line; the caller
+/// keeps serving the set it had (checked where the reload is: `firebreak_dispatch::runbooks`
+/// and `firebreak/tests/it/runbooks.rs`). Mended, the folder loads again.
 #[test]
-fn a_broken_edit_fails_to_load_so_the_previous_set_stays() {
+fn a_broken_edit_fails_to_load_with_a_diagnostic_naming_its_place() {
     let dir = folder(&[("a.yaml", GOOD), ("a.rhai", "1")]);
-    let current = RunbookSet::load_dir(dir.path()).unwrap();
+    RunbookSet::load_dir(dir.path()).unwrap();
     std::fs::write(dir.path().join("a.yaml"), "name: a\nteam: t\n  oops: [\n").unwrap();
     let diags = RunbookSet::load_dir(dir.path()).unwrap_err();
-    assert!(!diags.is_empty());
-    // The caller keeps `current`; it still serves.
-    assert!(current.get("a").is_some());
+    assert_eq!(diags.len(), 1, "{diags:?}");
+    assert!(diags[0].file.ends_with("a.yaml"), "{diags:?}");
+    // The third line is where the mapping breaks (or the end of the text after it).
+    assert!((3..=4).contains(&diags[0].line), "{diags:?}");
+    assert!(!diags[0].message.is_empty(), "{diags:?}");
+    std::fs::write(dir.path().join("a.yaml"), GOOD).unwrap();
+    let mended = RunbookSet::load_dir(dir.path()).unwrap();
+    assert!(mended.get("a").is_some());
 }

@@ -177,13 +177,17 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
         .context("measuring sleep overshoot")?;
     let paced = (args.rate * args.paced_seconds) as usize;
     let sent = post_paced(&addrs, args.alerts, paced, args.rate, args.clients).await?;
-    wait_metric(
+    let runs = wait_metric(
         &http,
         &mut servers,
         RUNS_FINISHED,
         (args.alerts + paced) as u64,
     )
     .await?;
+    if replicas > 1 {
+        let each: Vec<String> = runs.iter().map(u64::to_string).collect();
+        eprintln!("bench: runs per replica: {}", each.join(" / "));
+    }
     let journals: Vec<&Path> = servers.iter().map(|s| s.journal.as_path()).collect();
     let latencies = start_latencies(&journals, &sent)?;
     let steal = HostCpu::read()?.steal_percent_since(&cpu_times_before);
@@ -468,16 +472,16 @@ async fn post_paced(
 }
 
 /// Polls every server's `/metrics` until `metric` (summed over its label sets and the
-/// servers) reaches `n`.
+/// servers) reaches `n`; returns each server's count.
 pub(crate) async fn wait_metric(
     http: &reqwest::Client,
     servers: &mut [Replica],
     metric: &str,
     n: u64,
-) -> Result<()> {
+) -> Result<Vec<u64>> {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let mut total = 0;
+        let mut each = Vec::with_capacity(servers.len());
         for server in servers.iter_mut() {
             if let Some(status) = server.child.try_wait()? {
                 bail!("`firebreak serve` exited under load: {status}");
@@ -488,17 +492,19 @@ pub(crate) async fn wait_metric(
                 .await?
                 .text()
                 .await?;
-            total += text
-                .lines()
-                .filter(|l| {
-                    l.strip_prefix(metric)
-                        .is_some_and(|rest| rest.starts_with([' ', '{']))
-                })
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum::<f64>() as u64;
+            each.push(
+                text.lines()
+                    .filter(|l| {
+                        l.strip_prefix(metric)
+                            .is_some_and(|rest| rest.starts_with([' ', '{']))
+                    })
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum::<f64>() as u64,
+            );
         }
+        let total: u64 = each.iter().sum();
         if total >= n {
-            return Ok(());
+            return Ok(each);
         }
         if Instant::now() > deadline {
             bail!("{metric} reached only {total} of {n} within 300s");

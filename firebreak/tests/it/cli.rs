@@ -319,6 +319,18 @@ async fn bench_with_two_replicas_counts_both() {
         "{}",
         lines[0]
     );
+    // Both replicas ran a share, and their runs add up to every alert (200, and 50 paced).
+    let shares: Vec<u64> = out
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("bench: runs per replica: "))
+        .unwrap_or_else(|| panic!("no runs per replica: {out}"))
+        .split(" / ")
+        .map(|n| n.parse().expect("a count"))
+        .collect();
+    assert_eq!(shares.len(), 2, "{out}");
+    assert!(shares.iter().all(|n| *n > 0), "{shares:?}");
+    assert_eq!(shares.iter().sum::<u64>(), 250, "{shares:?}");
 }
 
 /// `firebreak bench --remedy`, small: alert → remedy written for both scenarios' shipped

@@ -1141,20 +1141,30 @@ fn codec(what: &str, source: serde_json::Error) -> BusError {
     }
 }
 
-/// Reads `key` (already a KV key) from `store` as JSON; `what` names it in errors.
+/// Reads `key` (already a KV key) from `store` as JSON, from the bucket's leader; `what` names
+/// it in errors. A direct get may be answered by a follower that has not applied the newest
+/// write yet: a cooldown set as a run ended read as none by the next alert's start on another
+/// replica, which then runs inside it (see also `NatsStateStore::lock_entry`).
 async fn kv_get_json<T: serde::de::DeserializeOwned>(
     store: &kv::Store,
     key: String,
     what: &str,
 ) -> Result<Option<T>, BusError> {
-    let Some(bytes) = store
-        .get(key)
-        .await
-        .map_err(|e| kv_err(&format!("kv get {what}"), e))?
-    else {
-        return Ok(None);
+    let subject = format!("{}{key}", store.prefix);
+    let message = match store.stream.get_last_raw_message_by_subject(&subject).await {
+        Ok(message) => message,
+        Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => return Ok(None),
+        Err(e) => return Err(kv_err(&format!("kv get {what}"), e)),
     };
-    serde_json::from_slice(&bytes)
+    let put = message
+        .headers
+        .get("KV-Operation")
+        .is_none_or(|op| op.as_str() == "PUT");
+    if !put {
+        // Deleted or purged.
+        return Ok(None);
+    }
+    serde_json::from_slice(&message.payload)
         .map(Some)
         .map_err(|e| codec(what, e))
 }

@@ -1475,6 +1475,43 @@ async fn a_run_that_ends_during_its_renewal_leaves_no_lock_on_a_cluster() {
     );
 }
 
+/// A cooldown set as a run ends on one replica is seen at once by the next alert's start on
+/// another (each replica on its own node of a three-node cluster): cooldowns and budgets are
+/// read from the bucket's leader. A direct get may be answered by a follower that has not
+/// applied the write yet, and the next alert then ran inside the cooldown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cooldown_set_on_one_replica_is_seen_at_once_by_the_others_on_a_cluster() {
+    const RUNS: usize = 1500;
+    let nodes = NatsServer::start_cluster(3).expect("three nats-server nodes");
+    let minute = Duration::from_secs(60);
+    let [(_zb, z), (_xb, x), (_yb, y)] = z_x_and_y(&nodes, minute, |_| Default::default()).await;
+    let until = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(600);
+    let mut missed = Vec::new();
+    for i in 0..RUNS {
+        let key = format!("rb/incident-{i}");
+        z.set_cooldown(&key, until).await.unwrap();
+        z.record_run(&key, jiff::Timestamp::now()).await.unwrap();
+        let since = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(60);
+        let (cx, cy, bx, by) = tokio::join!(
+            x.cooldown(&key),
+            y.cooldown(&key),
+            x.runs_since(&key, since),
+            y.runs_since(&key, since)
+        );
+        if cx.unwrap().is_none() || cy.unwrap().is_none() {
+            missed.push(format!("{key}: cooldown"));
+        }
+        if bx.unwrap() != 1 || by.unwrap() != 1 {
+            missed.push(format!("{key}: budget"));
+        }
+    }
+    assert!(
+        missed.is_empty(),
+        "{} of {RUNS} writes not seen at once: {missed:?}",
+        missed.len()
+    );
+}
+
 /// Two replicas taking the same orphan over at once on a three-node cluster: exactly one gets
 /// it. nats-server 2.9.10 (Debian's) checks a write's expected revision outside its raft log
 /// (nats-server#4320), and both compare-and-sets passed in 65 of 300 races; the takeover now

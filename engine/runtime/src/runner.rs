@@ -299,6 +299,10 @@ pub enum RuntimeError {
     Interactive { run_id: String },
     #[error("run {run_id} ended before its start was journaled")]
     Lost { run_id: String },
+    #[error(
+        "run {run_id} lost its lock's lease before it started (this replica was cut off from NATS for longer than a lease); not started here"
+    )]
+    LeaseLost { run_id: String },
     #[error("the runner is shutting down")]
     ShuttingDown,
 }
@@ -393,6 +397,17 @@ impl Runner {
     /// [`START_FLUSH_AFTER`]: crate::step::START_FLUSH_AFTER
     pub async fn start(&self, plan: RunPlan) -> Result<RunHandle, RuntimeError> {
         let permit = self.slot().await?;
+        // A start that waited for its slot may have lost its lease meanwhile (this replica cut
+        // off from NATS for longer than a lease: another replica took the lock over, found
+        // nothing started, and let it go). Started now, the run would act without its lock
+        // and stop at its first renewal, with no lock left for anyone to resume it by.
+        if let Some(lease) = self.lease(plan.lock_key.as_deref())
+            && !(lease.fence)(&lease.key, &plan.run_id)
+        {
+            return Err(RuntimeError::LeaseLost {
+                run_id: plan.run_id,
+            });
+        }
         let meta = Arc::new(RunMeta {
             run_id: plan.run_id,
             runbook: plan.runbook,

@@ -300,11 +300,14 @@ async fn a_mutation_whose_lease_is_not_known_to_hold_is_not_applied_and_the_run_
     let (fake, registry) = fake_registry();
     let holds = Arc::new(AtomicBool::new(false));
     let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    // The lease holds when the run starts (it is asked then), and is no longer known to hold
+    // by the mutation.
     let fence: firebreak_runtime::Fence = {
         let (holds, asked) = (holds.clone(), asked.clone());
         Arc::new(move |key: &str, run_id: &str| {
-            asked.lock().unwrap().push(format!("{key} {run_id}"));
-            holds.load(Ordering::SeqCst)
+            let mut asked = asked.lock().unwrap();
+            asked.push(format!("{key} {run_id}"));
+            asked.len() == 1 || holds.load(Ordering::SeqCst)
         })
     };
 
@@ -316,7 +319,11 @@ async fn a_mutation_whose_lease_is_not_known_to_hold_is_not_applied_and_the_run_
     assert!(outcome.suspended, "{outcome:?}");
     assert_eq!(fake.writes(), 0, "no write without the lease");
     assert_eq!(fake.count("plan:scale"), 1);
-    assert_eq!(*asked.lock().unwrap(), vec!["test-runbook/api m1"]);
+    assert_eq!(
+        *asked.lock().unwrap(),
+        vec!["test-runbook/api m1", "test-runbook/api m1"],
+        "at the start, and before the mutation"
+    );
     let records = journal.records_for_run("m1").unwrap();
     assert_eq!(
         kinds(&records),
@@ -347,4 +354,42 @@ async fn a_mutation_whose_lease_is_not_known_to_hold_is_not_applied_and_the_run_
     drop(runner);
     drop(journal);
     firebreak_audit::verify(&path).unwrap();
+}
+
+/// A start that waited for its run slot may have lost its lease meanwhile (the replica was cut
+/// off from NATS longer than a lease; another took the lock over and, finding nothing started,
+/// let it go). It is not started: started, it would act without its lock and be stopped at its
+/// first renewal with no lock left to resume it by. Its slot is given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_whose_lease_no_longer_holds_is_refused_and_journals_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let (_fake, registry) = fake_registry();
+    let fence: firebreak_runtime::Fence = Arc::new(|_: &str, _: &str| false);
+    let journal = Arc::new(Journal::open(&path).unwrap());
+    let mut config = config();
+    config.max_concurrent_runs = 1;
+    let runner = Runner::new(&registry, journal.clone(), config).with_fence(fence);
+    let mut locked = plan("l1", r#"log("ran")"#);
+    locked.lock_key = Some("test-runbook/api".into());
+    match runner.start(locked).await {
+        Err(RuntimeError::LeaseLost { run_id }) => assert_eq!(run_id, "l1"),
+        Ok(_) => panic!("a run started without its lease"),
+        Err(other) => panic!("{other}"),
+    }
+    assert!(
+        !journal
+            .records_for_run("l1")
+            .is_ok_and(|records| !records.is_empty()),
+        "nothing journaled for it"
+    );
+    assert!(journal.unfinished_runs().is_empty());
+    // The one slot is free again: a run without a lock starts and ends.
+    let outcome = runner
+        .start(plan("u1", r#"log("ran")"#))
+        .await
+        .unwrap()
+        .join()
+        .await;
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
 }

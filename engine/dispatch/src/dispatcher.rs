@@ -1096,6 +1096,16 @@ impl Dispatcher {
                 return false;
             }
             let key = plan.lock_key().map(str::to_owned);
+            // Starting here from before its lock is taken until it is tracked (or given up): a
+            // delivery of its message meanwhile (the consumer starts beside the resumes) waits
+            // for this, instead of finding the lock its own (it names this run and replica),
+            // taking the run for one started before, and releasing the lock under it.
+            let start_guard = loop {
+                match StartingGuard::new(&self.starting, &run.run_id) {
+                    Ok(guard) => break guard,
+                    Err(other) => other.cancelled().await,
+                }
+            };
             // Another run of the incident holds its lock now (this run's ran out while it was
             // stopped): with replicas, a run acts only while it holds its lock (see
             // `Runner::with_fence`), so it is closed, not resumed to wait for ever.
@@ -1111,7 +1121,7 @@ impl Dispatcher {
                     )
                     .await
                 {
-                    Ok(true) => {}
+                    Ok(true) => start_guard.holds(Some(key)),
                     Ok(false) => {
                         let holder = self.state.lock_holder(key).await.ok().flatten();
                         if self.leases.is_some() && holder.as_deref() == Some(run.run_id.as_str()) {
@@ -1453,8 +1463,9 @@ pub(crate) struct Starting {
     pub(crate) key: Option<String>,
 }
 
-/// A run id in [`Dispatcher`]'s `starting` map while its start lasts.
-struct StartingGuard<'a> {
+/// A run id in [`Dispatcher`]'s `starting` map while its start lasts (a delivery's, a resume's
+/// or a takeover's): one at a time per run id here.
+pub(crate) struct StartingGuard<'a> {
     starting: &'a Mutex<foldhash::HashMap<String, Starting>>,
     run_id: String,
 }
@@ -1462,7 +1473,7 @@ struct StartingGuard<'a> {
 impl<'a> StartingGuard<'a> {
     /// Registers run `run_id` as starting; if it already is, `Err` with what tells when that
     /// start is over.
-    fn new(
+    pub(crate) fn new(
         starting: &'a Mutex<foldhash::HashMap<String, Starting>>,
         run_id: &str,
     ) -> Result<Self, CancellationToken> {
@@ -1485,7 +1496,7 @@ impl<'a> StartingGuard<'a> {
     }
 
     /// The start holds lock `key` (its lease is renewed) or, with `None`, is letting it go.
-    fn holds(&self, key: Option<&str>) {
+    pub(crate) fn holds(&self, key: Option<&str>) {
         set_starting_key(self.starting, &self.run_id, key);
     }
 }

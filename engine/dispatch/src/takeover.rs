@@ -24,7 +24,7 @@ use firebreak_runtime::{ResumePlan, Runner};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::dispatcher::{ActiveRun, Dispatcher, LOCK_SLACK};
+use crate::dispatcher::{ActiveRun, Dispatcher, LOCK_SLACK, StartingGuard};
 
 /// Takeovers in flight at once: each waits mostly on NATS (two reads of the run's trail, a
 /// lock write, a journal write).
@@ -209,8 +209,16 @@ impl Dispatcher {
             warn!(run_id = %run_id, runbook = %plan.runbook(), "a left run's runbook is not loaded here; leaving it to another replica");
             return;
         }
+        // Starting here from before the lock is written until the run is tracked (or the lock
+        // released): a delivery of the run's message here meanwhile waits for this, instead of
+        // taking the lock as its own (it names this run and this replica) and starting the
+        // run, only to have the takeover, finding nothing started, release the lock under it.
+        let Ok(start_guard) = StartingGuard::new(&self.starting, &run_id) else {
+            // A delivery here is starting this very run: the run is its.
+            return;
+        };
         match leases.take_over(&orphan, ttl).await {
-            Ok(true) => {}
+            Ok(true) => start_guard.holds(Some(&orphan.key)),
             Ok(false) => return,
             Err(e) => {
                 warn!(run_id = %run_id, error = %e, "cannot take a left run over");

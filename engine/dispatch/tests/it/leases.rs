@@ -464,3 +464,315 @@ async fn a_delivery_that_comes_again_is_looked_up_without_a_wildcard() {
     assert!(looked_up, "the run's own subject was looked up: {seen:?}");
     h.wait("the run", |r| started(r, "note").len() == 1).await;
 }
+
+/// The rest of a cluster as a test plays it: one left run (`orphan`, listed once) whose lock
+/// a takeover writes into this engine's own state store; an audit stream that holds the left
+/// run's records once `on_stream` is set, and whose `held_read`-th read (0-based) waits at
+/// `read`.
+struct Cluster {
+    orphan: Option<Orphan>,
+    state: std::sync::OnceLock<Arc<dyn firebreak_bus::StateStore>>,
+    listed: std::sync::atomic::AtomicBool,
+    reads: std::sync::atomic::AtomicUsize,
+    held_read: usize,
+    read: crate::Gate,
+    on_stream: std::sync::atomic::AtomicBool,
+}
+
+impl Cluster {
+    fn new(orphan: Option<Orphan>, held_read: usize) -> Cluster {
+        Cluster {
+            orphan,
+            state: std::sync::OnceLock::new(),
+            listed: Default::default(),
+            reads: Default::default(),
+            held_read,
+            read: crate::Gate::default(),
+            on_stream: Default::default(),
+        }
+    }
+}
+
+impl RunLeases for Cluster {
+    fn replica(&self) -> &str {
+        "here"
+    }
+
+    fn lease(&self) -> Duration {
+        Duration::from_millis(600)
+    }
+
+    fn holds(&self, _key: &str, _owner: &str) -> bool {
+        true
+    }
+
+    fn renew(&self, _key: &str, _owner: &str) -> BoxFuture<'_, Result<bool, BusError>> {
+        Box::pin(async { Ok(true) })
+    }
+
+    fn beat(&self) -> BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn leave(&self) -> BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn release(&self, _key: &str, _owner: &str) -> BoxFuture<'_, Result<bool, BusError>> {
+        Box::pin(async { Ok(true) })
+    }
+
+    fn orphans(&self) -> BoxFuture<'_, Result<Vec<Orphan>, BusError>> {
+        let first = !self.listed.swap(true, std::sync::atomic::Ordering::SeqCst);
+        let orphans = self.orphan.clone().filter(|_| first).into_iter().collect();
+        Box::pin(async { Ok(orphans) })
+    }
+
+    fn take_over(&self, orphan: &Orphan, ttl: Duration) -> BoxFuture<'_, Result<bool, BusError>> {
+        let orphan = orphan.clone();
+        Box::pin(async move {
+            let state = self.state.get().expect("the engine's state store");
+            // This replica's lock now, as the NATS store writes it (same run id, this
+            // replica): a take of it by this replica for the same run succeeds.
+            state
+                .try_lock_run(&orphan.key, &orphan.run_id, "sre", ttl)
+                .await
+        })
+    }
+
+    fn run_lines(
+        &self,
+        _run_id: &str,
+        _teams: &[String],
+    ) -> BoxFuture<'_, Result<Vec<bytes::Bytes>, BusError>> {
+        let n = self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async move {
+            if n == self.held_read {
+                self.read.pass().await?;
+            }
+            if self.on_stream.load(std::sync::atomic::Ordering::SeqCst) {
+                Ok(vec![bytes::Bytes::from_static(b"{}\n")])
+            } else {
+                Ok(Vec::new())
+            }
+        })
+    }
+
+    fn decision(&self, _key: &str) -> BoxFuture<'_, Result<Option<Decision>, BusError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    fn decide(&self, _key: &str, decision: Decision) -> BoxFuture<'_, Result<Decision, BusError>> {
+        Box::pin(async { Ok(decision) })
+    }
+}
+
+const SLOW: &[(&str, &str)] = &[
+    (
+        "slow.yaml",
+        "name: slow\nteam: sre\ndescription: d\nnamespaces: [shop]\n\
+         triggers:\n  - source: alertmanager\n    match: ['alertname=\"Slow\"']\n\
+         params:\n  target: { from: label, key: target, type: string, required: true }\n\
+         concurrency: \"{{params.target}}\"\n",
+    ),
+    ("slow.rhai", "sleep(1500);\nlog(\"done\");\n"),
+];
+
+/// A replica died between taking a run's lock and starting the run. This replica takes the
+/// lock over and reads the run back from the audit stream; meanwhile the run's message comes
+/// again, here. The delivery waits for the takeover (which, finding nothing started, releases
+/// the lock) and then starts the run under a lock of its own. It used to find the lock its own
+/// (it names the run and this replica), start the run, and have the takeover release the lock
+/// under it: a run acting without its lock, stopped at its first renewal, resumed by no one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_during_the_takeover_of_its_never_started_run_waits_for_it() {
+    let published = jiff::Timestamp::now();
+    let event = alert(
+        "ev-left",
+        "firing",
+        "00000000000000b1",
+        json!({"target": "api"}),
+    );
+    let run_id = firebreak_dispatch::run_id_for(&event.id, "slow", published);
+    let cluster = Arc::new(Cluster::new(
+        Some(Orphan {
+            key: "slow/api".into(),
+            run_id: run_id.clone(),
+            replica: "gone".into(),
+            lease_ended: published,
+            team: Some("sre".into()),
+        }),
+        // The takeover's second read, once it holds the lock.
+        1,
+    ));
+    let (h, gated) = gated_replica(cluster.clone()).await;
+    assert!(cluster.state.set(h.state.clone()).is_ok());
+    cluster.read.arm();
+    let stop = firebreak_runtime::CancellationToken::new();
+    tokio::spawn(h.dispatcher.clone().keep_leases(stop.clone()));
+    cluster.read.reached().await;
+    assert_eq!(
+        h.state.lock_holder("slow/api").await.unwrap().as_deref(),
+        Some(run_id.as_str()),
+        "the takeover holds the lock"
+    );
+
+    // The takeover's release of the lock, once it found nothing started, is held.
+    gated.unlock.arm();
+    let (again, settled) = firebreak_bus::testutil::delivery(event, 2, published);
+    let delivering = tokio::spawn({
+        let dispatcher = h.dispatcher.clone();
+        async move { dispatcher.handle(again).await }
+    });
+    // Settled at once (taking the lock as its own), or waiting for the takeover.
+    for _ in 0..500 {
+        if !settled.lock().unwrap().is_empty()
+            || h.dispatcher.deliveries_waiting_for_a_holder() == 1
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cluster.read.open();
+    gated.unlock.reached().await;
+    gated.unlock.open();
+    for _ in 0..500 {
+        if gated.unlocked.load(std::sync::atomic::Ordering::SeqCst) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        gated.unlocked.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the takeover released the lock"
+    );
+    delivering.await.unwrap();
+    assert_eq!(
+        *settled.lock().unwrap(),
+        vec![firebreak_bus::testutil::Settled::Ack]
+    );
+    let records = h
+        .wait("the run to start", |r| !started(r, "slow").is_empty())
+        .await;
+    assert_eq!(started(&records, "slow"), vec![run_id.clone()]);
+    // In its sleep: it holds its lock.
+    assert_eq!(
+        h.state.lock_holder("slow/api").await.unwrap().as_deref(),
+        Some(run_id.as_str()),
+        "{}",
+        crate::summary(&records)
+    );
+    stop.cancel();
+}
+
+/// An engine with the `slow` runbook whose leases are `cluster`'s, on an embedded state store
+/// behind a [`crate::Gated`].
+async fn gated_replica(cluster: Arc<Cluster>) -> (H, Arc<crate::Gated>) {
+    let dir = tempfile::tempdir().unwrap();
+    crate::runbooks(dir.path(), SLOW);
+    let gated = std::sync::OnceLock::new();
+    let h = H::open_with(
+        dir,
+        None,
+        |state| {
+            let g = crate::Gated::new(state);
+            let _ = gated.set(g.clone());
+            g as Arc<dyn firebreak_bus::StateStore>
+        },
+        Some(cluster),
+        4,
+        None,
+    )
+    .await;
+    let gated = gated.get().expect("the store is wrapped").clone();
+    (h, gated)
+}
+
+/// A replica restarted on its data dir resumes its unfinished runs while its consumer already
+/// delivers (on NATS both start once it connects). A delivery of a run's message that comes
+/// while the run is being resumed waits for the resume, and leaves the resumed run its lock.
+/// It used to find the lock its own (the resume had just taken it: same run, same replica),
+/// take the run for one started before, and release the lock under the resumed run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_while_its_run_is_resumed_leaves_the_resumed_run_its_lock() {
+    const LONG: &[(&str, &str)] = &[
+        (
+            "long.yaml",
+            "name: long\nteam: sre\ndescription: d\nnamespaces: [shop]\n\
+             triggers:\n  - source: alertmanager\n    match: ['alertname=\"Slow\"']\n\
+             params:\n  target: { from: label, key: target, type: string, required: true }\n\
+             concurrency: \"{{params.target}}\"\n",
+        ),
+        ("long.rhai", "sleep(8000);\nlog(\"done\");\n"),
+    ];
+    let published = jiff::Timestamp::now();
+    let event = alert(
+        "ev-resumed",
+        "firing",
+        "00000000000000b3",
+        json!({"target": "api"}),
+    );
+    let h = H::leased(LONG, Arc::new(Cluster::new(None, usize::MAX)), 4).await;
+    assert_eq!(
+        h.deliver(&event, published).await,
+        vec![firebreak_bus::testutil::Settled::Ack]
+    );
+    let records = h
+        .wait("the run to start", |r| !started(r, "long").is_empty())
+        .await;
+    let run_id = started(&records, "long")[0].clone();
+    let (dir, _) = h.stop().await;
+
+    // Restarted: the resume's look at the audit stream is held, its lock taken.
+    let cluster = Arc::new(Cluster::new(None, 0));
+    cluster.read.arm();
+    let h = H::reopen_leased(dir, cluster.clone(), 4).await;
+    let resuming = tokio::spawn({
+        let dispatcher = h.dispatcher.clone();
+        async move { dispatcher.resume_unfinished().await }
+    });
+    cluster.read.reached().await;
+    assert_eq!(
+        h.state.lock_holder("long/api").await.unwrap().as_deref(),
+        Some(run_id.as_str()),
+        "the resume holds the run's lock"
+    );
+    let (again, settled) = firebreak_bus::testutil::delivery(event, 2, published);
+    let delivering = tokio::spawn({
+        let dispatcher = h.dispatcher.clone();
+        async move { dispatcher.handle(again).await }
+    });
+    // Settled at once (the run taken for one started before), or waiting for the resume.
+    for _ in 0..500 {
+        if !settled.lock().unwrap().is_empty()
+            || h.dispatcher.deliveries_waiting_for_a_holder() == 1
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cluster.read.open();
+    assert_eq!(resuming.await.unwrap(), 1, "the run is resumed");
+    delivering.await.unwrap();
+    assert_eq!(
+        *settled.lock().unwrap(),
+        vec![firebreak_bus::testutil::Settled::Ack]
+    );
+    assert_eq!(
+        h.dispatcher
+            .active_runs()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect::<Vec<_>>(),
+        vec![run_id.clone()]
+    );
+    assert_eq!(
+        h.state.lock_holder("long/api").await.unwrap().as_deref(),
+        Some(run_id.as_str()),
+        "the resumed run holds its lock"
+    );
+    let records = crate::all_records(&h.journal);
+    assert_eq!(started(&records, "long"), vec![run_id], "started once");
+    let (_dir, _) = h.stop().await;
+}

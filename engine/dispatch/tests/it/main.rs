@@ -395,6 +395,8 @@ pub struct Gated {
     pub cooldown: Gate,
     /// Holds a `lock_holder` call after the store answered it (the answer is kept).
     pub lock_holder: Gate,
+    /// `unlock` calls answered so far.
+    pub unlocked: std::sync::atomic::AtomicUsize,
     /// `(key, ttl)` of every lock taken.
     pub locked: std::sync::Mutex<Vec<(String, Duration)>>,
     /// `(key, when, ttl)` of every lock refreshed.
@@ -409,6 +411,7 @@ impl Gated {
             unlock: Gate::default(),
             cooldown: Gate::default(),
             lock_holder: Gate::default(),
+            unlocked: Default::default(),
             locked: std::sync::Mutex::default(),
             refreshed: std::sync::Mutex::default(),
         })
@@ -446,7 +449,10 @@ impl StateStore for Gated {
         let (key, owner) = (key.to_owned(), owner.to_owned());
         Box::pin(async move {
             self.unlock.pass().await?;
-            self.inner.unlock(&key, &owner).await
+            let unlocked = self.inner.unlock(&key, &owner).await;
+            self.unlocked
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            unlocked
         })
     }
     fn lock_holder(&self, key: &str) -> Fut<'_, Option<String>> {

@@ -668,9 +668,24 @@ impl Dispatcher {
         // run slot); every way out but a start releases it.
         start_guard.holds(Some(&key));
         let locked_at = std::time::Instant::now();
-        let outcome = self
-            .start_locked(loaded, event, published, &m, &key, &run_id, &actor, dry_run)
-            .await;
+        // A delivery that came again looked for its run on the audit stream before the lock;
+        // the run may have started on another replica, ended and let the lock go since. Its
+        // records reached the stream before its lock was released: a look with the lock held
+        // sees them.
+        let elsewhere = if attempt > 1 {
+            self.started_elsewhere(loaded, &manifest.team, &run_id)
+                .await
+        } else {
+            Ok(false)
+        };
+        let outcome = match elsewhere {
+            Ok(true) => Ok(redelivered_elsewhere(&name, &run_id, &event.id, attempt)),
+            Ok(false) => {
+                self.start_locked(loaded, event, published, &m, &key, &run_id, &actor, dry_run)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         match &outcome {
             // The run's timeout counts from its start: a start that waited (for a run slot)
             // extends the lock to the run's whole time from now. A start that did not costs no

@@ -689,6 +689,48 @@ async fn gated_replica(cluster: Arc<Cluster>) -> (H, Arc<crate::Gated>) {
     (h, gated)
 }
 
+/// A delivery that came again looks for its run on the audit stream, finds nothing, and goes
+/// for the lock; meanwhile the run, started on another replica, ends there (its records reach
+/// the stream, then its lock is released). With the lock now taken, the delivery looks again,
+/// finds the run, and does not run it a second time. It used to look only before the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_whose_run_ends_elsewhere_while_it_takes_the_lock_does_not_run_it_again() {
+    let cluster = Arc::new(Cluster::new(None, usize::MAX));
+    let (h, gated) = gated_replica(cluster.clone()).await;
+    gated.try_lock.arm();
+    let published = jiff::Timestamp::now();
+    let event = alert(
+        "ev-twice",
+        "firing",
+        "00000000000000b2",
+        json!({"target": "api"}),
+    );
+    let (again, settled) = firebreak_bus::testutil::delivery(event, 2, published);
+    let delivering = tokio::spawn({
+        let dispatcher = h.dispatcher.clone();
+        async move { dispatcher.handle(again).await }
+    });
+    // It looked (nothing on the stream) and waits for the lock.
+    gated.try_lock.reached().await;
+    cluster
+        .on_stream
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    gated.try_lock.open();
+    delivering.await.unwrap();
+    assert_eq!(
+        *settled.lock().unwrap(),
+        vec![firebreak_bus::testutil::Settled::Ack]
+    );
+    // A run started here would hold the lock through its sleep.
+    assert_eq!(h.state.lock_holder("slow/api").await.unwrap(), None);
+    let records = crate::all_records(&h.journal);
+    assert!(
+        started(&records, "slow").is_empty(),
+        "ran a second time:\n{}",
+        crate::summary(&records)
+    );
+}
+
 /// A replica restarted on its data dir resumes its unfinished runs while its consumer already
 /// delivers (on NATS both start once it connects). A delivery of a run's message that comes
 /// while the run is being resumed waits for the resume, and leaves the resumed run its lock.

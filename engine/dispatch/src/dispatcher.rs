@@ -835,8 +835,13 @@ impl Dispatcher {
             .started
             .get_or_init(|| metrics::counter!("firebreak_runs_started_total"))
             .increment(1);
-        if !dry_run && manifest.budget.is_some() {
-            self.state.record_run(key, jiff::Timestamp::now()).await?;
+        // The run has started: a budget that cannot count it is logged, not the start undone
+        // (failing here left the run going untracked, its lock released under it).
+        if !dry_run
+            && manifest.budget.is_some()
+            && let Err(e) = self.state.record_run(key, jiff::Timestamp::now()).await
+        {
+            warn!(run_id = %run_id, key = %key, error = %e, "cannot count the run in its remediation budget; the budget may allow one run more");
         }
         let run = ActiveRun {
             link: handle.link(),

@@ -697,6 +697,54 @@ async fn an_alert_while_its_keys_run_starts_joins_that_run() {
     assert_eq!(started(&records, "waiting").len(), 1);
 }
 
+/// A run that started and then could not be counted in its runbook's remediation budget (the
+/// state store failed that write) goes on as a tracked run holding its lock; the delivery is
+/// acked. The failure used to undo the start as far as the dispatcher knew: the delivery was
+/// sent back and the lock released, while the run went on untracked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_started_run_the_budget_cannot_count_goes_on_tracked_under_its_lock() {
+    let (h, gated) = H::gated(&[
+        (
+            "counted.yaml",
+            "name: counted\nteam: sre\ndescription: d\nnamespaces: [shop]\n\
+             triggers:\n  - source: alertmanager\n    match: ['alertname=\"Slow\"']\n\
+             params:\n  target: { from: label, key: target, type: string, required: true }\n\
+             concurrency: \"{{params.target}}\"\nbudget: { max_runs: 5, per: 1h }\n",
+        ),
+        ("counted.rhai", "sleep(1500);\nlog(\"done\");\n"),
+    ])
+    .await;
+    let h = Arc::new(h);
+    gated.record_run.arm();
+    let event = alert("ev", "firing", "00000000000000c1", json!({"target": "api"}));
+    let delivering = {
+        let h = h.clone();
+        tokio::spawn(async move { h.deliver(&event, jiff::Timestamp::now()).await })
+    };
+    gated.record_run.reached().await;
+    gated.record_run.fail();
+    assert_eq!(delivering.await.unwrap(), vec![Settled::Ack]);
+    let records = all_records(&h.journal);
+    let runs = started(&records, "counted");
+    assert_eq!(runs.len(), 1, "{}", summary(&records));
+    assert_eq!(
+        h.dispatcher
+            .active_runs()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect::<Vec<_>>(),
+        runs,
+        "tracked"
+    );
+    assert_eq!(
+        h.state.lock_holder("counted/api").await.unwrap(),
+        Some(runs[0].clone()),
+        "holding its lock"
+    );
+    h.wait("the run to end", |r| finished(r, "counted") == 1)
+        .await;
+}
+
 /// A run that asks for approval may wait for it as long as the approval's `expires`, on top of
 /// its own `timeout`: its lock must last that long too, or a repeat of the alert while people
 /// decide starts a second run (and a second approval request) for the same incident.

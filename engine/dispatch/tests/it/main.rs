@@ -386,8 +386,9 @@ impl Gate {
     }
 }
 
-/// A state store whose `try_lock`, `unlock`, `cooldown` and `lock_holder` calls can be held at
-/// a [`Gate`], to play the interleavings around a run's start and end deterministically.
+/// A state store whose `try_lock`, `unlock`, `cooldown`, `lock_holder` and `record_run` calls
+/// can be held at a [`Gate`], to play the interleavings around a run's start and end
+/// deterministically.
 pub struct Gated {
     pub inner: Arc<dyn StateStore>,
     pub try_lock: Gate,
@@ -395,6 +396,7 @@ pub struct Gated {
     pub cooldown: Gate,
     /// Holds a `lock_holder` call after the store answered it (the answer is kept).
     pub lock_holder: Gate,
+    pub record_run: Gate,
     /// `unlock` calls answered so far.
     pub unlocked: std::sync::atomic::AtomicUsize,
     /// `(key, ttl)` of every lock taken.
@@ -411,6 +413,7 @@ impl Gated {
             unlock: Gate::default(),
             cooldown: Gate::default(),
             lock_holder: Gate::default(),
+            record_run: Gate::default(),
             unlocked: Default::default(),
             locked: std::sync::Mutex::default(),
             refreshed: std::sync::Mutex::default(),
@@ -474,7 +477,11 @@ impl StateStore for Gated {
         })
     }
     fn record_run(&self, key: &str, at: jiff::Timestamp) -> Fut<'_, ()> {
-        self.inner.record_run(key, at)
+        let key = key.to_owned();
+        Box::pin(async move {
+            self.record_run.pass().await?;
+            self.inner.record_run(&key, at).await
+        })
     }
     fn runs_since(&self, key: &str, since: jiff::Timestamp) -> Fut<'_, u32> {
         self.inner.runs_since(key, since)

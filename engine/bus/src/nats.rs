@@ -1150,6 +1150,18 @@ async fn kv_get_json<T: serde::de::DeserializeOwned>(
     key: String,
     what: &str,
 ) -> Result<Option<T>, BusError> {
+    Ok(kv_entry_json(store, &key, what)
+        .await?
+        .map(|(value, _)| value))
+}
+
+/// [`kv_get_json`], with the entry's revision (for a compare-and-set); `None` when the key
+/// holds nothing, or a delete.
+async fn kv_entry_json<T: serde::de::DeserializeOwned>(
+    store: &kv::Store,
+    key: &str,
+    what: &str,
+) -> Result<Option<(T, u64)>, BusError> {
     let subject = format!("{}{key}", store.prefix);
     let message = match store.stream.get_last_raw_message_by_subject(&subject).await {
         Ok(message) => message,
@@ -1165,7 +1177,7 @@ async fn kv_get_json<T: serde::de::DeserializeOwned>(
         return Ok(None);
     }
     serde_json::from_slice(&message.payload)
-        .map(Some)
+        .map(|value| Some((value, message.sequence)))
         .map_err(|e| codec(what, e))
 }
 
@@ -1885,20 +1897,17 @@ impl StateStore for NatsStateStore {
             let key = kv_key(&key);
             let cutoff = crate::now_ms() - BUDGET_RETENTION.as_millis() as i64;
             for _ in 0..CAS_ATTEMPTS {
-                let entry = self
-                    .budgets
-                    .entry(&key)
-                    .await
-                    .map_err(|e| kv_err("kv get budget", e))?
-                    .filter(|e| e.operation == Operation::Put);
-                let mut times: Vec<i64> = match &entry {
-                    Some(e) => serde_json::from_slice(&e.value).map_err(|e| codec("budget", e))?,
-                    None => Vec::new(),
+                // From the leader: a follower's older answer only makes the write fail.
+                let entry: Option<(Vec<i64>, u64)> =
+                    kv_entry_json(&self.budgets, &key, "budget").await?;
+                let (mut times, revision) = match entry {
+                    Some((times, revision)) => (times, Some(revision)),
+                    None => (Vec::new(), None),
                 };
                 times.retain(|t| *t >= cutoff);
                 times.push(at.as_millisecond());
                 let bytes = serde_json::to_vec(&times).map_err(|e| codec("budget", e))?;
-                if Self::cas(&self.budgets, &key, bytes, entry.map(|e| e.revision))
+                if Self::cas(&self.budgets, &key, bytes, revision)
                     .await?
                     .is_some()
                 {

@@ -391,16 +391,11 @@ async fn a_dry_run_does_not_block_the_real_run() {
 /// end does set its cooldown (what this test looks for can be seen).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dry_run_sets_no_cooldown() {
-    const COOLS: &[(&str, &str)] = &[
-        (
-            "cools.yaml",
-            "name: cools\nteam: sre\ndescription: d\nnamespaces: [shop]\n\
-             triggers:\n  - source: alertmanager\n    status: firing\n    match: ['alertname=\"Slow\"']\n\
-             params:\n  target: { from: label, key: target, type: string, required: true }\n\
-             concurrency: \"{{params.target}}\"\ncooldown: 10m\ntimeout: 30s\n",
-        ),
-        ("cools.rhai", "log(`handled ${ctx.params.target}`);\n"),
-    ];
+    const COOLS: &[(&str, &str)] = keyed_runbook!(
+        "cools",
+        "cooldown: 10m\n",
+        "log(`handled ${ctx.params.target}`);\n"
+    );
     let h = H::new(Backend::Embedded, COOLS).await;
     // The cooldown is set before the lock is released: once the lock is free, it is there
     // if it ever will be.
@@ -501,6 +496,12 @@ async fn an_alert_while_the_last_run_releases_its_lock_starts_its_own_run() {
     waiting_for_a_holder(&h, 1).await;
     gated.unlock.open();
     assert_eq!(delivering.await.unwrap(), vec![Settled::Ack]);
+    first_and_second_each_ran_once(&h).await;
+}
+
+/// Waits for the `quick` runs of alerts `first` and `second` to finish: each started its own
+/// run, in that order, and nothing was skipped.
+async fn first_and_second_each_ran_once(h: &crate::H) {
     let records = h
         .wait("two runs to finish", |r| finished(r, "quick") == 2)
         .await;
@@ -581,22 +582,7 @@ async fn an_alert_whose_keys_run_ends_while_the_holder_is_looked_up_starts_its_o
     );
     gated.lock_holder.open();
     assert_eq!(delivering.await.unwrap(), vec![Settled::Ack]);
-    let records = h
-        .wait("two runs to finish", |r| finished(r, "quick") == 2)
-        .await;
-    let starters: Vec<&str> = records
-        .iter()
-        .filter(|r| matches!(r.body, RecordBody::RunStarted { .. }))
-        .map(|r| r.event_id.as_str())
-        .collect();
-    assert_eq!(starters, ["first", "second"], "{}", summary(&records));
-    assert!(
-        !records
-            .iter()
-            .any(|r| matches!(r.body, RecordBody::Skipped { .. })),
-        "nothing skipped:\n{}",
-        summary(&records)
-    );
+    first_and_second_each_ran_once(&h).await;
 }
 
 /// The same message delivered again while its first delivery's start still waits for the
@@ -703,16 +689,11 @@ async fn an_alert_while_its_keys_run_starts_joins_that_run() {
 /// sent back and the lock released, while the run went on untracked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_started_run_the_budget_cannot_count_goes_on_tracked_under_its_lock() {
-    let (h, gated) = H::gated(&[
-        (
-            "counted.yaml",
-            "name: counted\nteam: sre\ndescription: d\nnamespaces: [shop]\n\
-             triggers:\n  - source: alertmanager\n    match: ['alertname=\"Slow\"']\n\
-             params:\n  target: { from: label, key: target, type: string, required: true }\n\
-             concurrency: \"{{params.target}}\"\nbudget: { max_runs: 5, per: 1h }\n",
-        ),
-        ("counted.rhai", "sleep(1500);\nlog(\"done\");\n"),
-    ])
+    let (h, gated) = H::gated(keyed_runbook!(
+        "counted",
+        "budget: { max_runs: 5, per: 1h }\n",
+        "sleep(1500);\nlog(\"done\");\n"
+    ))
     .await;
     let h = Arc::new(h);
     gated.record_run.arm();
@@ -727,15 +708,7 @@ async fn a_started_run_the_budget_cannot_count_goes_on_tracked_under_its_lock() 
     let records = all_records(&h.journal);
     let runs = started(&records, "counted");
     assert_eq!(runs.len(), 1, "{}", summary(&records));
-    assert_eq!(
-        h.dispatcher
-            .active_runs()
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect::<Vec<_>>(),
-        runs,
-        "tracked"
-    );
+    assert_eq!(h.active_run_ids(), runs, "tracked");
     assert_eq!(
         h.state.lock_holder("counted/api").await.unwrap(),
         Some(runs[0].clone()),

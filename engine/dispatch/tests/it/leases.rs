@@ -567,16 +567,7 @@ impl RunLeases for Cluster {
     }
 }
 
-const SLOW: &[(&str, &str)] = &[
-    (
-        "slow.yaml",
-        "name: slow\nteam: sre\ndescription: d\nnamespaces: [shop]\n\
-         triggers:\n  - source: alertmanager\n    match: ['alertname=\"Slow\"']\n\
-         params:\n  target: { from: label, key: target, type: string, required: true }\n\
-         concurrency: \"{{params.target}}\"\n",
-    ),
-    ("slow.rhai", "sleep(1500);\nlog(\"done\");\n"),
-];
+const SLOW: &[(&str, &str)] = keyed_runbook!("slow", "", "sleep(1500);\nlog(\"done\");\n");
 
 /// A replica died between taking a run's lock and starting the run. This replica takes the
 /// lock over and reads the run back from the audit stream; meanwhile the run's message comes
@@ -619,20 +610,8 @@ async fn a_delivery_during_the_takeover_of_its_never_started_run_waits_for_it() 
 
     // The takeover's release of the lock, once it found nothing started, is held.
     gated.unlock.arm();
-    let (again, settled) = firebreak_bus::testutil::delivery(event, 2, published);
-    let delivering = tokio::spawn({
-        let dispatcher = h.dispatcher.clone();
-        async move { dispatcher.handle(again).await }
-    });
     // Settled at once (taking the lock as its own), or waiting for the takeover.
-    for _ in 0..500 {
-        if !settled.lock().unwrap().is_empty()
-            || h.dispatcher.deliveries_waiting_for_a_holder() == 1
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (delivering, settled) = deliver_again(&h, event, published).await;
     cluster.read.open();
     gated.unlock.reached().await;
     gated.unlock.open();
@@ -664,6 +643,33 @@ async fn a_delivery_during_the_takeover_of_its_never_started_run_waits_for_it() 
         crate::summary(&records)
     );
     stop.cancel();
+}
+
+/// Delivers `event` again (its second delivery of its publish at `published`) on a task, and
+/// returns once that delivery was settled or waits for a start or release of its run or key
+/// here: the task, and how the delivery was settled.
+async fn deliver_again(
+    h: &H,
+    event: Arc<firebreak_event::Event>,
+    published: jiff::Timestamp,
+) -> (
+    tokio::task::JoinHandle<()>,
+    Arc<Mutex<Vec<firebreak_bus::testutil::Settled>>>,
+) {
+    let (again, settled) = firebreak_bus::testutil::delivery(event, 2, published);
+    let delivering = tokio::spawn({
+        let dispatcher = h.dispatcher.clone();
+        async move { dispatcher.handle(again).await }
+    });
+    for _ in 0..500 {
+        if !settled.lock().unwrap().is_empty()
+            || h.dispatcher.deliveries_waiting_for_a_holder() == 1
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (delivering, settled)
 }
 
 /// An engine with the `slow` runbook whose leases are `cluster`'s, on an embedded state store
@@ -738,16 +744,7 @@ async fn a_delivery_whose_run_ends_elsewhere_while_it_takes_the_lock_does_not_ru
 /// take the run for one started before, and release the lock under the resumed run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_while_its_run_is_resumed_leaves_the_resumed_run_its_lock() {
-    const LONG: &[(&str, &str)] = &[
-        (
-            "long.yaml",
-            "name: long\nteam: sre\ndescription: d\nnamespaces: [shop]\n\
-             triggers:\n  - source: alertmanager\n    match: ['alertname=\"Slow\"']\n\
-             params:\n  target: { from: label, key: target, type: string, required: true }\n\
-             concurrency: \"{{params.target}}\"\n",
-        ),
-        ("long.rhai", "sleep(8000);\nlog(\"done\");\n"),
-    ];
+    const LONG: &[(&str, &str)] = keyed_runbook!("long", "", "sleep(8000);\nlog(\"done\");\n");
     let published = jiff::Timestamp::now();
     let event = alert(
         "ev-resumed",
@@ -780,20 +777,8 @@ async fn a_delivery_while_its_run_is_resumed_leaves_the_resumed_run_its_lock() {
         Some(run_id.as_str()),
         "the resume holds the run's lock"
     );
-    let (again, settled) = firebreak_bus::testutil::delivery(event, 2, published);
-    let delivering = tokio::spawn({
-        let dispatcher = h.dispatcher.clone();
-        async move { dispatcher.handle(again).await }
-    });
     // Settled at once (the run taken for one started before), or waiting for the resume.
-    for _ in 0..500 {
-        if !settled.lock().unwrap().is_empty()
-            || h.dispatcher.deliveries_waiting_for_a_holder() == 1
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (delivering, settled) = deliver_again(&h, event, published).await;
     cluster.read.open();
     assert_eq!(resuming.await.unwrap(), 1, "the run is resumed");
     delivering.await.unwrap();
@@ -801,14 +786,7 @@ async fn a_delivery_while_its_run_is_resumed_leaves_the_resumed_run_its_lock() {
         *settled.lock().unwrap(),
         vec![firebreak_bus::testutil::Settled::Ack]
     );
-    assert_eq!(
-        h.dispatcher
-            .active_runs()
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect::<Vec<_>>(),
-        vec![run_id.clone()]
-    );
+    assert_eq!(h.active_run_ids(), vec![run_id.clone()]);
     assert_eq!(
         h.state.lock_holder("long/api").await.unwrap().as_deref(),
         Some(run_id.as_str()),

@@ -3,6 +3,28 @@
 //! Deliveries are made by hand (`firebreak_bus::testutil::delivery`), so the interleavings
 //! that matter are played deterministically.
 
+/// Runbook `name` (team `sre`, on `Slow` alerts, its concurrency key the `target` label) with
+/// manifest lines `extra` and `script`, as `(file, text)` pairs for [`runbooks`].
+macro_rules! keyed_runbook {
+    ($name:literal, $extra:literal, $script:literal) => {
+        &[
+            (
+                concat!($name, ".yaml"),
+                concat!(
+                    "name: ",
+                    $name,
+                    "\nteam: sre\ndescription: d\nnamespaces: [shop]\n",
+                    "triggers:\n  - source: alertmanager\n    match: ['alertname=\"Slow\"']\n",
+                    "params:\n  target: { from: label, key: target, type: string, required: true }\n",
+                    "concurrency: \"{{params.target}}\"\n",
+                    $extra
+                ),
+            ),
+            (concat!($name, ".rhai"), $script),
+        ]
+    };
+}
+
 mod dispatch;
 mod leases;
 
@@ -247,6 +269,15 @@ impl H {
     ) -> futures::stream::BoxStream<'static, Result<firebreak_bus::Delivery, firebreak_bus::BusError>>
     {
         self.bus.consume().await.expect("consuming")
+    }
+
+    /// The ids of the runs the dispatcher tracks now.
+    pub fn active_run_ids(&self) -> Vec<String> {
+        self.dispatcher
+            .active_runs()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect()
     }
 
     /// Handles one delivery of `event` published at `published`; how it was settled.

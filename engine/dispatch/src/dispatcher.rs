@@ -1091,6 +1091,32 @@ impl Dispatcher {
     /// Resumes (or closes) one unfinished run; whether it runs again here.
     async fn resume_one(&self, run: firebreak_audit::RunSummary) -> bool {
         {
+            // Starting here from before the plan is read and the lock taken until the run is
+            // tracked (or given up): a delivery of its message meanwhile (the consumer starts
+            // beside the resumes) waits for this, instead of finding the lock its own (it names
+            // this run and replica), taking the run for one started before, and releasing the
+            // lock under it. A takeover of this very run here (its stream said it went on
+            // elsewhere, and that replica died) may hold the run first: then it runs it.
+            let start_guard = loop {
+                match StartingGuard::new(&self.starting, &run.run_id) {
+                    Ok(guard) => break guard,
+                    Err(other) => {
+                        let waited = self.counted_wait(async {
+                            tokio::select! {
+                                () = other.cancelled() => true,
+                                () = self.shutdown.cancelled() => false,
+                            }
+                        });
+                        if !waited.await {
+                            return false;
+                        }
+                    }
+                }
+            };
+            if self.is_active(&run.run_id) {
+                info!(run_id = %run.run_id, "taken over here while it waited to be resumed; not resumed again");
+                return false;
+            }
             let mut plan = match self.runner.prepare_resume(&run.run_id) {
                 Ok(plan) => plan,
                 Err(e) => {
@@ -1116,16 +1142,6 @@ impl Dispatcher {
                 return false;
             }
             let key = plan.lock_key().map(str::to_owned);
-            // Starting here from before its lock is taken until it is tracked (or given up): a
-            // delivery of its message meanwhile (the consumer starts beside the resumes) waits
-            // for this, instead of finding the lock its own (it names this run and replica),
-            // taking the run for one started before, and releasing the lock under it.
-            let start_guard = loop {
-                match StartingGuard::new(&self.starting, &run.run_id) {
-                    Ok(guard) => break guard,
-                    Err(other) => other.cancelled().await,
-                }
-            };
             // Another run of the incident holds its lock now (this run's ran out while it was
             // stopped): with replicas, a run acts only while it holds its lock (see
             // `Runner::with_fence`), so it is closed, not resumed to wait for ever.
@@ -1355,8 +1371,8 @@ impl Dispatcher {
         self.starting.lock().expect("starting runs lock").len()
     }
 
-    /// How many deliveries wait for a run of this engine that holds their key (or their run
-    /// id) to start or to let its lock go (for tests that play those interleavings).
+    /// How many deliveries (and resumes) wait for a run of this engine that holds their key (or
+    /// their run id) to start or to let its lock go (for tests that play those interleavings).
     pub fn deliveries_waiting_for_a_holder(&self) -> usize {
         self.waiting_for_holder
             .load(std::sync::atomic::Ordering::SeqCst)
@@ -1370,6 +1386,23 @@ impl Dispatcher {
         token: &CancellationToken,
         key: &str,
     ) -> Result<(), StartError> {
+        self.counted_wait(async {
+            tokio::select! {
+                waited = tokio::time::timeout(HOLDER_WAIT, token.cancelled()) => {
+                    waited.map_err(|_| StartError::Busy {
+                        key: key.to_owned(),
+                    })
+                }
+                () = self.shutdown.cancelled() => {
+                    Err(StartError::Runtime(firebreak_runtime::RuntimeError::ShuttingDown))
+                }
+            }
+        })
+        .await
+    }
+
+    /// `wait`, counted in [`Dispatcher::deliveries_waiting_for_a_holder`] while it lasts.
+    async fn counted_wait<T>(&self, wait: impl std::future::Future<Output = T>) -> T {
         use std::sync::atomic::Ordering::SeqCst;
         struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
         impl Drop for Waiting<'_> {
@@ -1379,16 +1412,7 @@ impl Dispatcher {
         }
         self.waiting_for_holder.fetch_add(1, SeqCst);
         let _waiting = Waiting(&self.waiting_for_holder);
-        tokio::select! {
-            waited = tokio::time::timeout(HOLDER_WAIT, token.cancelled()) => {
-                waited.map_err(|_| StartError::Busy {
-                    key: key.to_owned(),
-                })
-            }
-            () = self.shutdown.cancelled() => {
-                Err(StartError::Runtime(firebreak_runtime::RuntimeError::ShuttingDown))
-            }
-        }
+        wait.await
     }
 
     /// Runs in progress in this engine, with their runbooks (for status pages and tests).

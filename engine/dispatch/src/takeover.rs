@@ -358,7 +358,7 @@ impl Dispatcher {
         })
     }
 
-    fn is_active(&self, run_id: &str) -> bool {
+    pub(crate) fn is_active(&self, run_id: &str) -> bool {
         self.active
             .lock()
             .expect("active runs lock")

@@ -466,9 +466,8 @@ async fn a_delivery_that_comes_again_is_looked_up_without_a_wildcard() {
 }
 
 /// The rest of a cluster as a test plays it: one left run (`orphan`, listed once) whose lock
-/// a takeover writes into this engine's own state store; an audit stream that holds the left
-/// run's records once `on_stream` is set, and whose `held_read`-th read (0-based) waits at
-/// `read`.
+/// a takeover writes into this engine's own state store; an audit stream whose every read
+/// answers `stream`'s messages, its `held_read`-th read (0-based) once `read` lets it.
 struct Cluster {
     orphan: Option<Orphan>,
     state: std::sync::OnceLock<Arc<dyn firebreak_bus::StateStore>>,
@@ -476,7 +475,7 @@ struct Cluster {
     reads: std::sync::atomic::AtomicUsize,
     held_read: usize,
     read: crate::Gate,
-    on_stream: std::sync::atomic::AtomicBool,
+    stream: Mutex<Vec<bytes::Bytes>>,
 }
 
 impl Cluster {
@@ -488,7 +487,7 @@ impl Cluster {
             reads: Default::default(),
             held_read,
             read: crate::Gate::default(),
-            on_stream: Default::default(),
+            stream: Mutex::default(),
         }
     }
 }
@@ -550,11 +549,7 @@ impl RunLeases for Cluster {
             if n == self.held_read {
                 self.read.pass().await?;
             }
-            if self.on_stream.load(std::sync::atomic::Ordering::SeqCst) {
-                Ok(vec![bytes::Bytes::from_static(b"{}\n")])
-            } else {
-                Ok(Vec::new())
-            }
+            Ok(self.stream.lock().unwrap().clone())
         })
     }
 
@@ -567,7 +562,7 @@ impl RunLeases for Cluster {
     }
 }
 
-const SLOW: &[(&str, &str)] = keyed_runbook!("slow", "", "sleep(1500);\nlog(\"done\");\n");
+const SLOW: &[(&str, &str)] = keyed_runbook!("slow", "", "sleep(8000);\nlog(\"done\");\n");
 
 /// A replica died between taking a run's lock and starting the run. This replica takes the
 /// lock over and reads the run back from the audit stream; meanwhile the run's message comes
@@ -718,9 +713,8 @@ async fn a_delivery_whose_run_ends_elsewhere_while_it_takes_the_lock_does_not_ru
     });
     // It looked (nothing on the stream) and waits for the lock.
     gated.try_lock.reached().await;
-    cluster
-        .on_stream
-        .store(true, std::sync::atomic::Ordering::SeqCst);
+    // (Whether a run has records is all a redelivery asks.)
+    *cluster.stream.lock().unwrap() = vec![bytes::Bytes::from_static(b"{}\n")];
     gated.try_lock.open();
     delivering.await.unwrap();
     assert_eq!(
@@ -794,5 +788,87 @@ async fn a_delivery_while_its_run_is_resumed_leaves_the_resumed_run_its_lock() {
     );
     let records = crate::all_records(&h.journal);
     assert_eq!(started(&records, "long"), vec![run_id], "started once");
+    let (_dir, _) = h.stop().await;
+}
+
+/// A replica restarted on its data dir finds a run of its own unfinished, and, before it
+/// resumes it, takes the same run over (another replica went on with it after this one
+/// stopped, then died). The resume waits for the takeover, finds the run running here, and
+/// leaves it: one copy of the run. It used to go on once the takeover let go of the run,
+/// find the lock its own, and resume a second copy beside the taken-over one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_that_waits_for_a_takeover_of_its_run_does_not_run_it_again() {
+    const LONG: &[(&str, &str)] = keyed_runbook!("long", "", "sleep(8000);\nlog(\"done\");\n");
+    let published = jiff::Timestamp::now();
+    let event = alert(
+        "ev-both",
+        "firing",
+        "00000000000000b4",
+        json!({"target": "api"}),
+    );
+    let h = H::leased(LONG, Arc::new(Cluster::new(None, usize::MAX)), 4).await;
+    assert_eq!(
+        h.deliver(&event, published).await,
+        vec![firebreak_bus::testutil::Settled::Ack]
+    );
+    let records = h
+        .wait("the run to start", |r| !started(r, "long").is_empty())
+        .await;
+    let run_id = started(&records, "long")[0].clone();
+    let (dir, _) = h.stop().await;
+    // What the audit stream holds of the run: this replica's lines of it.
+    let journal = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+    let lines: String = journal
+        .lines()
+        .filter(|l| l.contains(&format!("\"run_id\":\"{run_id}\"")))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(!lines.is_empty());
+
+    let cluster = Arc::new(Cluster::new(
+        Some(Orphan {
+            key: "long/api".into(),
+            run_id: run_id.clone(),
+            replica: "gone".into(),
+            lease_ended: published,
+            team: Some("sre".into()),
+        }),
+        // The takeover's second read, once it holds the lock.
+        1,
+    ));
+    *cluster.stream.lock().unwrap() = vec![bytes::Bytes::from(lines)];
+    cluster.read.arm();
+    let h = H::reopen_leased(dir, cluster.clone(), 4).await;
+    assert!(cluster.state.set(h.state.clone()).is_ok());
+    let stop = firebreak_runtime::CancellationToken::new();
+    tokio::spawn(h.dispatcher.clone().keep_leases(stop.clone()));
+    cluster.read.reached().await;
+    let resuming = tokio::spawn({
+        let dispatcher = h.dispatcher.clone();
+        async move { dispatcher.resume_unfinished().await }
+    });
+    // The resume waits for the takeover, or (before) went on beside it.
+    for _ in 0..500 {
+        if resuming.is_finished() || h.dispatcher.deliveries_waiting_for_a_holder() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cluster.read.open();
+    let resumed = resuming.await.unwrap();
+    let records = h
+        .wait("the run taken over", |r| {
+            r.iter()
+                .any(|r| r.run_id == run_id && matches!(r.body, RecordBody::RunTakenOver { .. }))
+        })
+        .await;
+    assert_eq!(resumed, 0, "{}", crate::summary(&records));
+    let resumes = records
+        .iter()
+        .filter(|r| r.run_id == run_id && matches!(r.body, RecordBody::RunResumed { .. }))
+        .count();
+    assert_eq!(resumes, 1, "{}", crate::summary(&records));
+    assert_eq!(h.active_run_ids(), vec![run_id]);
+    stop.cancel();
     let (_dir, _) = h.stop().await;
 }

@@ -611,7 +611,11 @@ impl Dispatcher {
             // Neither starting nor running here. A run of this engine that ended since
             // `lock_holder` answered has let its lock go (it is forgotten only after its
             // release): look again before taking the holder for a run elsewhere.
-            if self.state.lock_holder(&key).await?.as_deref() != Some(holder.as_str()) {
+            // (This delivery's own run id cannot be such a run: its start is this delivery's, and
+            // `active` was looked at before it.)
+            if holder != run_id
+                && self.state.lock_holder(&key).await?.as_deref() != Some(holder.as_str())
+            {
                 continue;
             }
             // This delivery's own run holds the lock under another replica (the start this

@@ -300,7 +300,7 @@ pub enum RuntimeError {
     #[error("run {run_id} ended before its start was journaled")]
     Lost { run_id: String },
     #[error(
-        "run {run_id} lost its lock's lease before it started (this replica was cut off from NATS for longer than a lease); not started here"
+        "run {run_id} lost its lock's lease before it started or resumed (this replica was cut off from NATS for longer than a lease); not run here"
     )]
     LeaseLost { run_id: String },
     #[error("the runner is shutting down")]
@@ -558,6 +558,12 @@ impl Runner {
             return Err(RuntimeError::Interactive { run_id });
         }
         let permit = self.slot().await?;
+        // As at a start: a resume that waited for its slot may have lost its lease meanwhile.
+        if let Some(lease) = self.lease(plan.lock_key.as_deref())
+            && !(lease.fence)(&lease.key, &run_id)
+        {
+            return Err(RuntimeError::LeaseLost { run_id });
+        }
         let replayable = plan.earlier.finished.len();
         self.journal
             .append(RecordDraft::new(

@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::sync::Arc;
+use std::time::Duration;
 
 use firebreak_audit::{Journal, RecordBody, RunStatus};
 use firebreak_connector::Registry;
@@ -385,11 +386,58 @@ async fn a_start_whose_lease_no_longer_holds_is_refused_and_journals_nothing() {
     );
     assert!(journal.unfinished_runs().is_empty());
     // The one slot is free again: a run without a lock starts and ends.
-    let outcome = runner
-        .start(plan("u1", r#"log("ran")"#))
-        .await
-        .unwrap()
-        .join()
-        .await;
+    let outcome = tokio::time::timeout(Duration::from_secs(10), async {
+        runner
+            .start(plan("u1", r#"log("ran")"#))
+            .await
+            .unwrap()
+            .join()
+            .await
+    })
+    .await
+    .expect("the refused start gave its slot back");
     assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
+}
+
+/// The same for a resume (after a restart, or a takeover) that waited for its run slot: its
+/// lease no longer holding, it is not resumed, and journals nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_whose_lease_no_longer_holds_is_refused_and_journals_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let (_fake, registry) = fake_registry();
+    const WAITS: &str = r#"sleep(5000); log("ran")"#;
+    // A run stopped in its sleep, with its lock.
+    let journal = Arc::new(Journal::open(&path).unwrap());
+    let holds: firebreak_runtime::Fence = Arc::new(|_: &str, _: &str| true);
+    let runner = Runner::new(&registry, journal.clone(), config()).with_fence(holds);
+    let mut locked = plan("w1", WAITS);
+    locked.lock_key = Some("test-runbook/api".into());
+    let handle = runner.start(locked).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !kinds(&journal.records_for_run("w1").unwrap()).contains(&"started 1 sleep".to_owned()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never reached its sleep"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    runner.suspend();
+    assert!(handle.join().await.suspended);
+    drop(runner);
+    let before = journal.records_for_run("w1").unwrap().len();
+
+    let lost: firebreak_runtime::Fence = Arc::new(|_: &str, _: &str| false);
+    let runner = Runner::new(&registry, journal.clone(), config()).with_fence(lost);
+    let ast = compile(std::path::Path::new("w.rhai"), WAITS).unwrap();
+    match resume(&runner, "w1", ast).await {
+        Err(RuntimeError::LeaseLost { run_id }) => assert_eq!(run_id, "w1"),
+        Ok(_) => panic!("a run resumed without its lease"),
+        Err(other) => panic!("{other}"),
+    }
+    assert_eq!(
+        journal.records_for_run("w1").unwrap().len(),
+        before,
+        "nothing journaled"
+    );
 }

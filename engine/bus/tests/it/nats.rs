@@ -1481,7 +1481,7 @@ async fn a_run_that_ends_during_its_renewal_leaves_no_lock_on_a_cluster() {
 /// applied the write yet, and the next alert then ran inside the cooldown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cooldown_set_on_one_replica_is_seen_at_once_by_the_others_on_a_cluster() {
-    const RUNS: usize = 1500;
+    const RUNS: usize = 1000;
     let nodes = NatsServer::start_cluster(3).expect("three nats-server nodes");
     let minute = Duration::from_secs(60);
     let [(_zb, z), (_xb, x), (_yb, y)] = z_x_and_y(&nodes, minute, |_| Default::default()).await;

@@ -738,7 +738,6 @@ async fn a_delivery_whose_run_ends_elsewhere_while_it_takes_the_lock_does_not_ru
 /// take the run for one started before, and release the lock under the resumed run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_while_its_run_is_resumed_leaves_the_resumed_run_its_lock() {
-    const LONG: &[(&str, &str)] = keyed_runbook!("long", "", "sleep(8000);\nlog(\"done\");\n");
     let published = jiff::Timestamp::now();
     let event = alert(
         "ev-resumed",
@@ -746,16 +745,7 @@ async fn a_delivery_while_its_run_is_resumed_leaves_the_resumed_run_its_lock() {
         "00000000000000b3",
         json!({"target": "api"}),
     );
-    let h = H::leased(LONG, Arc::new(Cluster::new(None, usize::MAX)), 4).await;
-    assert_eq!(
-        h.deliver(&event, published).await,
-        vec![firebreak_bus::testutil::Settled::Ack]
-    );
-    let records = h
-        .wait("the run to start", |r| !started(r, "long").is_empty())
-        .await;
-    let run_id = started(&records, "long")[0].clone();
-    let (dir, _) = h.stop().await;
+    let (dir, run_id) = stopped_in_its_sleep(&event, published).await;
 
     // Restarted: the resume's look at the audit stream is held, its lock taken.
     let cluster = Arc::new(Cluster::new(None, 0));
@@ -798,7 +788,6 @@ async fn a_delivery_while_its_run_is_resumed_leaves_the_resumed_run_its_lock() {
 /// find the lock its own, and resume a second copy beside the taken-over one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_that_waits_for_a_takeover_of_its_run_does_not_run_it_again() {
-    const LONG: &[(&str, &str)] = keyed_runbook!("long", "", "sleep(8000);\nlog(\"done\");\n");
     let published = jiff::Timestamp::now();
     let event = alert(
         "ev-both",
@@ -806,16 +795,7 @@ async fn a_resume_that_waits_for_a_takeover_of_its_run_does_not_run_it_again() {
         "00000000000000b4",
         json!({"target": "api"}),
     );
-    let h = H::leased(LONG, Arc::new(Cluster::new(None, usize::MAX)), 4).await;
-    assert_eq!(
-        h.deliver(&event, published).await,
-        vec![firebreak_bus::testutil::Settled::Ack]
-    );
-    let records = h
-        .wait("the run to start", |r| !started(r, "long").is_empty())
-        .await;
-    let run_id = started(&records, "long")[0].clone();
-    let (dir, _) = h.stop().await;
+    let (dir, run_id) = stopped_in_its_sleep(&event, published).await;
     // What the audit stream holds of the run: this replica's lines of it.
     let journal = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
     let lines: String = journal
@@ -871,4 +851,26 @@ async fn a_resume_that_waits_for_a_takeover_of_its_run_does_not_run_it_again() {
     assert_eq!(h.active_run_ids(), vec![run_id]);
     stop.cancel();
     let (_dir, _) = h.stop().await;
+}
+
+/// Runbook `long` (an 8 s sleep), for the runs a restart resumes.
+const LONG: &[(&str, &str)] = keyed_runbook!("long", "", "sleep(8000);\nlog(\"done\");\n");
+
+/// A run of `long` for `event` (published at `published`), stopped in its sleep as a SIGTERM
+/// stops it: the engine's data dir, and the run's id.
+async fn stopped_in_its_sleep(
+    event: &Arc<firebreak_event::Event>,
+    published: jiff::Timestamp,
+) -> (tempfile::TempDir, String) {
+    let h = H::leased(LONG, Arc::new(Cluster::new(None, usize::MAX)), 4).await;
+    assert_eq!(
+        h.deliver(event, published).await,
+        vec![firebreak_bus::testutil::Settled::Ack]
+    );
+    let records = h
+        .wait("the run to start", |r| !started(r, "long").is_empty())
+        .await;
+    let run_id = started(&records, "long")[0].clone();
+    let (dir, _) = h.stop().await;
+    (dir, run_id)
 }

@@ -173,9 +173,15 @@ struct Setup {
 /// Maps a publish failure to a kind: no server answer means the bus is unavailable.
 fn publish_kind(kind: PublishErrorKind) -> BusErrorKind {
     match kind {
-        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => BusErrorKind::Unavailable,
-        PublishErrorKind::StreamNotFound
-        | PublishErrorKind::MaxPayloadExceeded
+        // "No stream for the subject" is what async-nats makes of a publish nothing answered
+        // ("no responders"), and a stream whose leader's node failed has nothing listening on
+        // its subjects until the cluster elects another (nats-server's raft waits 4 to 9 s):
+        // worth waiting for, like a timeout. A stream really gone is recreated (events) or
+        // given up on after the retries (the audit mirror, `nats.audit_mirror_retry`).
+        PublishErrorKind::TimedOut
+        | PublishErrorKind::BrokenPipe
+        | PublishErrorKind::StreamNotFound => BusErrorKind::Unavailable,
+        PublishErrorKind::MaxPayloadExceeded
         | PublishErrorKind::WrongLastMessageId
         | PublishErrorKind::WrongLastSequence => BusErrorKind::Permanent,
         _ => BusErrorKind::Transient,
@@ -433,6 +439,20 @@ pub const ELECTION_PATIENCE: Duration = Duration::from_secs(30);
 /// nothing answered on ([`BusError::Connect`]) and refused credentials fail at once.
 pub async fn wait_out_elections<T, Fut>(
     patience: Duration,
+    waiting: impl FnMut(&BusError),
+    attempt: impl FnMut() -> Fut,
+) -> Result<T, BusError>
+where
+    Fut: std::future::Future<Output = Result<T, BusError>>,
+{
+    wait_out_elections_until(patience, std::future::pending(), waiting, attempt).await
+}
+
+/// [`wait_out_elections`] that also stops waiting once `until` is ready (the engine stopping):
+/// the attempt under way ends as it ends, and a failure after `until` is the answer.
+pub async fn wait_out_elections_until<T, Fut>(
+    patience: Duration,
+    until: impl std::future::Future<Output = ()>,
     mut waiting: impl FnMut(&BusError),
     mut attempt: impl FnMut() -> Fut,
 ) -> Result<T, BusError>
@@ -440,6 +460,7 @@ where
     Fut: std::future::Future<Output = Result<T, BusError>>,
 {
     let deadline = tokio::time::Instant::now() + patience;
+    let mut until = std::pin::pin!(futures::FutureExt::fuse(until));
     loop {
         match attempt().await {
             Err(e)
@@ -448,7 +469,10 @@ where
                     && tokio::time::Instant::now() < deadline =>
             {
                 waiting(&e);
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    () = &mut until => return Err(e),
+                }
             }
             done => return done,
         }
@@ -605,12 +629,9 @@ impl NatsBus {
         self.check_connected()?;
         let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
         match self.publish_all(&events).await {
-            // The stream is gone (a wiped server): recreate it and try once more.
-            Err(BusError::Nats {
-                kind: BusErrorKind::Permanent,
-                ref op,
-                ..
-            }) if op == STREAM_MISSING => {
+            // The stream is gone (a wiped server): recreate it and try once more. (While its
+            // leader is elected the set-up finds it, and the second try answers unavailable.)
+            Err(BusError::Nats { ref op, .. }) if op == STREAM_MISSING => {
                 warn!(stream = %self.setup.opts.events_stream, "events stream missing; recreating it");
                 // Inline, the stream and consumer set-up would make every publish's future
                 // kilobytes larger.
@@ -2493,6 +2514,47 @@ mod tests {
             assert!(got.is_err());
             assert_eq!((waited, started.elapsed()), (0, Duration::ZERO));
         }
+    }
+
+    /// A stop ends the wait (the engine stopping does not sit out an election), not the first
+    /// try: what is asked while stopping is still asked once.
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_ends_the_wait_for_an_election_but_not_the_first_try() {
+        let electing = || BusError::nats("kv update", BusErrorKind::Unavailable, "no responders");
+        let stop = tokio_util::sync::CancellationToken::new();
+        let stopper = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1800)).await;
+            stopper.cancel();
+        });
+        let started = tokio::time::Instant::now();
+        let mut tries = 0;
+        let got: Result<(), _> = wait_out_elections_until(
+            ELECTION_PATIENCE,
+            stop.cancelled(),
+            |_| {},
+            || {
+                tries += 1;
+                async { Err(electing()) }
+            },
+        )
+        .await;
+        assert_eq!(got.unwrap_err().kind(), BusErrorKind::Unavailable);
+        assert_eq!(started.elapsed(), Duration::from_millis(1800));
+        assert_eq!(tries, 4, "a try every 500 ms until the stop");
+
+        let mut tries = 0;
+        let got = wait_out_elections_until(
+            ELECTION_PATIENCE,
+            stop.cancelled(),
+            |_| {},
+            || {
+                tries += 1;
+                async { Ok::<_, BusError>(7) }
+            },
+        )
+        .await;
+        assert_eq!((got.unwrap(), tries), (7, 1));
     }
 
     #[test]

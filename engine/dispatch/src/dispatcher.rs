@@ -42,7 +42,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use firebreak_audit::{Journal, RecordBody, RecordDraft, RunMeta, RunStatus};
-use firebreak_bus::{Bus, Delivery, RunLeases, StateStore};
+use firebreak_bus::nats::{ELECTION_PATIENCE, wait_out_elections_until};
+use firebreak_bus::{Bus, BusError, Delivery, RunLeases, StateStore};
 use firebreak_event::{Event, KIND_UNPROCESSABLE, SOURCE_FIREBREAK};
 use firebreak_matcher::{Match, MatchError};
 use firebreak_runtime::{
@@ -884,6 +885,7 @@ impl Dispatcher {
         let state = self.state.clone();
         let leases = self.leases.clone();
         let active = self.active.clone();
+        let stopping = self.shutdown.clone();
         self.tasks.spawn(async move {
             let outcome = handle.join().await;
             script_ended.cancel();
@@ -907,7 +909,7 @@ impl Dispatcher {
                 }
                 return;
             }
-            finish(&*state, &key, &outcome.run_id, cooldown).await;
+            finish(&*state, &key, &outcome.run_id, cooldown, &stopping).await;
             // The runtime logged the end; this is the key's release after it.
             debug!(run_id = %outcome.run_id, key = %key, "run's key released");
         });
@@ -1591,16 +1593,39 @@ impl Drop for Forget {
     }
 }
 
-/// After a run: cooldown first, then unlock, so no second run slips in between.
-async fn finish(state: &dyn StateStore, key: &str, run_id: &str, cooldown: Duration) {
+/// After a run: cooldown first, then unlock, so no second run slips in between. Each waits out
+/// a store that cannot answer for now (a NATS cluster electing a bucket's leader after a node
+/// failed, 4 to 9 s), up to [`ELECTION_PATIENCE`] or until the engine stops: a cooldown lost
+/// that way let the alert's next firing run again at once, and a lock left behind held the
+/// key until it expired (the run's timeout and more).
+async fn finish(
+    state: &dyn StateStore,
+    key: &str,
+    run_id: &str,
+    cooldown: Duration,
+    stopping: &CancellationToken,
+) {
+    let patiently = |what: &'static str| move |e: &BusError| debug!(key = %key, error = %e, "{what}: the state store cannot answer; waiting for it");
     if !cooldown.is_zero() {
         let until = jiff::Timestamp::now()
             + jiff::SignedDuration::try_from(cooldown).unwrap_or(jiff::SignedDuration::MAX);
-        if let Err(e) = state.set_cooldown(key, until).await {
+        let set = wait_out_elections_until(
+            ELECTION_PATIENCE,
+            stopping.cancelled(),
+            patiently("setting the cooldown"),
+            || state.set_cooldown(key, until),
+        );
+        if let Err(e) = set.await {
             warn!(key = %key, error = %e, "could not set cooldown");
         }
     }
-    if let Err(e) = state.unlock(key, run_id).await {
+    let unlocked = wait_out_elections_until(
+        ELECTION_PATIENCE,
+        stopping.cancelled(),
+        patiently("releasing the lock"),
+        || state.unlock(key, run_id),
+    );
+    if let Err(e) = unlocked.await {
         warn!(key = %key, error = %e, "could not release concurrency lock; it expires on its own");
     }
 }

@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use firebreak_bus::StateStore as _;
 use firebreak_bus::testutil::NatsServer;
+use futures::StreamExt as _;
 use serde_json::json;
 
-use crate::harness::{Serve, ServeOpts, wait_for, write_runbooks};
+use crate::harness::{self, Serve, ServeOpts, wait_for, write_runbooks};
 
 /// How long nats-server stays down.
 const OUTAGE: Duration = Duration::from_secs(5);
@@ -64,17 +65,22 @@ fn tick_runbook(tmp: &tempfile::TempDir) -> std::path::PathBuf {
 
 /// The `tick` runbook with `script`.
 fn tick_runbook_with(tmp: &tempfile::TempDir, script: &str) -> std::path::PathBuf {
+    tick_runbook_more(tmp, "", script)
+}
+
+/// The `tick` runbook's manifest: a run per alert, keyed by its `n` label.
+const TICK_MANIFEST: &str = "name: tick\nteam: sre\ndescription: one run per tick\nnamespaces: [shop]\n\
+    triggers:\n  - source: alertmanager\n    status: firing\n    match: ['alertname=\"Tick\"']\n\
+    params:\n  n: { from: label, key: n, type: string, required: true }\n\
+    concurrency: \"{{params.n}}\"\ntimeout: 30s\n";
+
+/// The `tick` runbook with `script` and the manifest lines `more`.
+fn tick_runbook_more(tmp: &tempfile::TempDir, more: &str, script: &str) -> std::path::PathBuf {
     let dir = tmp.path().join("runbooks");
     write_runbooks(
         &dir,
         &[
-            (
-                "tick.yaml",
-                "name: tick\nteam: sre\ndescription: one run per tick\nnamespaces: [shop]\n\
-                 triggers:\n  - source: alertmanager\n    status: firing\n    match: ['alertname=\"Tick\"']\n\
-                 params:\n  n: { from: label, key: n, type: string, required: true }\n\
-                 concurrency: \"{{params.n}}\"\ntimeout: 30s\n",
-            ),
+            ("tick.yaml", &format!("{TICK_MANIFEST}{more}")),
             ("tick.rhai", script),
         ],
     );
@@ -483,8 +489,13 @@ async fn connected(serve: &Serve) {
 const CLUSTER_ACK_WAIT: Duration = Duration::from_secs(10);
 
 async fn serve_on_cluster(tmp: &tempfile::TempDir, urls: &[String]) -> Serve {
+    serve_on_cluster_with(&tick_runbook(tmp), urls).await
+}
+
+/// `serve` on the cluster at `urls`, at three replicas, with the runbooks in `runbooks`.
+async fn serve_on_cluster_with(runbooks: &std::path::Path, urls: &[String]) -> Serve {
     Serve::start(
-        &tick_runbook(tmp),
+        runbooks,
         ServeOpts {
             env: vec![
                 ("FIREBREAK_NATS_URL", urls.join(",")),
@@ -629,6 +640,219 @@ async fn a_three_node_cluster_loses_no_alert_when_a_node_or_the_leader_fails() {
     .await;
     let verify = serve.cli(&["audit", "verify"]).await.ok("audit verify");
     assert!(verify.stdout.starts_with("ok: "), "{verify}");
+}
+
+/// A `once` decision is read from (and written to) the runs bucket's leader. When the node
+/// leading it fails in the middle of a run, the bucket has no leader until the others elect
+/// one (nats-server's raft waits 4 to 9 s): the run's `once` waits the election out and the
+/// run goes on, instead of failing its step as "unavailable" in the middle of an incident.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_once_decision_taken_while_its_bucket_elects_a_leader_waits_for_it() {
+    a_run_through_an_election(false).await;
+}
+
+/// The same with the failed node leading the audit stream too: the run's records, published
+/// while the stream has no leader, were refused as "no stream for the subject" (what
+/// async-nats makes of a publish nothing answered) and failed the run's step at once; the
+/// mirror now waits the election out as it waits out a lost connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runs_records_published_while_the_audit_stream_elects_a_leader_wait_for_it() {
+    a_run_through_an_election(true).await;
+}
+
+/// A run that decides a `once` value one second in, while the node leading the runs bucket
+/// (and the audit stream, or not, as `audit_there` says) is killed: it succeeds.
+async fn a_run_through_an_election(audit_there: bool) {
+    let tmp = tempfile::tempdir().unwrap();
+    // The sleep lets the test kill the leader before the run reaches `once`, well inside the
+    // election that follows (at least 4 s).
+    let runbooks = tick_runbook_with(
+        &tmp,
+        "sleep(1000);\nlet v = once(\"blamed\", || `v${ctx.params.n}`);\nlog(`decided ${v}`);\n",
+    );
+    let (mut nodes, serve, js) = cluster_serving(&runbooks).await;
+    let victim = leader_of(&js, "KV_firebreak_runs").await;
+    // Were the audit stream led from the victim when `audit_there` is false, the run's `sleep`
+    // record would wait for its election and `once` would come after it.
+    lead_where(&js, "FIREBREAK_AUDIT", |n| (n == victim) == audit_there).await;
+
+    let killed = start_a_run_and_kill(&serve, &mut nodes, victim).await;
+    let journal = first_run_finished(&serve).await;
+    let runs = journal.runs();
+    let steps: Vec<String> = runs[0]
+        .records
+        .iter()
+        .map(|r| harness::trail_line(r))
+        .collect();
+    assert_eq!(
+        runs[0].status(),
+        Some("succeeded"),
+        "{steps:?}\n{}\n{}",
+        journal.summary(),
+        serve.log_tail()
+    );
+    assert!(
+        steps.iter().any(|s| s == "step_finished once:blamed ok"),
+        "{steps:?}"
+    );
+    eprintln!(
+        "the run finished {:?} after its runs bucket's leader was killed",
+        killed.elapsed()
+    );
+    nodes[victim].restart().expect("the node restarts");
+    let verify = serve.cli(&["audit", "verify"]).await.ok("audit verify");
+    assert!(verify.stdout.starts_with("ok: "), "{verify}");
+}
+
+/// A run's end puts its key in cooldown, then releases its lock. When the node leading the
+/// cooldowns and locks buckets fails just before, both wait for the election: the lock is
+/// released, and the alert firing again is skipped for the cooldown. (Both were given up with
+/// a warning: the next firing could run again at once, and the lock held the key until it
+/// expired, the run's timeout and more.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runs_cooldown_and_unlock_wait_for_their_buckets_to_elect_a_leader() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runbooks = tick_runbook_more(&tmp, "cooldown: 10m\n", "sleep(1000);\nlog(\"done\");\n");
+    let (mut nodes, serve, js) = cluster_serving(&runbooks).await;
+    let victim = leader_of(&js, "KV_firebreak_cooldowns").await;
+    lead_where(&js, "KV_firebreak_locks", |n| n == victim).await;
+    // The run's records must not wait for an election of their own: its end would come after
+    // the buckets'.
+    lead_where(&js, "FIREBREAK_AUDIT", |n| n != victim).await;
+    let locks = js.get_key_value("firebreak_locks").await.unwrap();
+
+    let killed = start_a_run_and_kill(&serve, &mut nodes, victim).await;
+    let journal = first_run_finished(&serve).await;
+    assert_eq!(
+        journal.runs()[0].status(),
+        Some("succeeded"),
+        "{}",
+        journal.summary()
+    );
+    // The election is over within 9 s of the kill, and the lock released at the next try.
+    wait_for(
+        "the run's lock to be released",
+        Duration::from_secs(25).saturating_sub(killed.elapsed()),
+        || serve.log_tail(),
+        || async {
+            let keys: Vec<String> = match locks.keys().await {
+                Ok(keys) => keys.filter_map(|k| async { k.ok() }).collect().await,
+                Err(_) => return None,
+            };
+            keys.is_empty().then_some(())
+        },
+    )
+    .await;
+
+    // The alert fires again (another notification, the same key): skipped, in cooldown.
+    let mut again: serde_json::Value = serde_json::from_str(&alert(1)).unwrap();
+    again["alerts"][0]["fingerprint"] = json!("00000000000000ff");
+    wait_for(
+        "the alert firing again to be accepted",
+        Duration::from_secs(30),
+        || serve.log_tail(),
+        || async {
+            (serve
+                .post("/v1/alertmanager", None, again.to_string())
+                .await
+                .0
+                == 202)
+                .then_some(())
+        },
+    )
+    .await;
+    wait_for(
+        "the alert firing again to be skipped",
+        Duration::from_secs(30),
+        || format!("{}{}", serve.journal().summary(), serve.log_tail()),
+        || {
+            let journal = serve.journal();
+            let skipped = journal.records.iter().any(|r| {
+                r["body"]["type"] == "skipped"
+                    && r["body"]["reason"]
+                        .as_str()
+                        .is_some_and(|why| why.contains("in cooldown"))
+            });
+            std::future::ready(skipped.then_some(()))
+        },
+    )
+    .await;
+    assert_eq!(
+        serve.journal().runs().len(),
+        1,
+        "{}",
+        serve.journal().summary()
+    );
+    nodes[victim].restart().expect("the node restarts");
+}
+
+/// A three-node cluster and `serve` on it (at three replicas, connected) with `runbooks`, and
+/// a JetStream context of the test's own.
+async fn cluster_serving(
+    runbooks: &std::path::Path,
+) -> (Vec<NatsServer>, Serve, async_nats::jetstream::Context) {
+    let nodes = NatsServer::start_cluster(3).expect("three nats-server nodes");
+    let urls: Vec<String> = nodes.iter().map(NatsServer::url).collect();
+    let serve = serve_on_cluster_with(runbooks, &urls).await;
+    connected(&serve).await;
+    let client = async_nats::ConnectOptions::new()
+        .connect(urls)
+        .await
+        .unwrap();
+    (nodes, serve, async_nats::jetstream::new(client))
+}
+
+/// Posts alert 1, waits for its run to start and kills node `victim`; when it was killed.
+async fn start_a_run_and_kill(serve: &Serve, nodes: &mut [NatsServer], victim: usize) -> Instant {
+    let (status, body) = serve.post("/v1/alertmanager", None, alert(1)).await;
+    assert_eq!(status, 202, "{body}");
+    wait_for(
+        "the run to start",
+        Duration::from_secs(30),
+        || serve.log_tail(),
+        || std::future::ready((!serve.journal().runs().is_empty()).then_some(())),
+    )
+    .await;
+    nodes[victim].kill();
+    Instant::now()
+}
+
+/// The journal once the first run has ended, with that run alone in it.
+async fn first_run_finished(serve: &Serve) -> harness::Journal {
+    wait_for(
+        "the run to finish",
+        Duration::from_secs(60),
+        || format!("{}{}", serve.journal().summary(), serve.log_tail()),
+        || {
+            let journal = serve.journal();
+            let done = journal.runs().first().is_some_and(|r| r.status().is_some());
+            std::future::ready(done.then_some(()))
+        },
+    )
+    .await;
+    let journal = serve.journal();
+    assert_eq!(journal.runs().len(), 1, "{}", journal.summary());
+    journal
+}
+
+/// Steps `stream`'s leader down until a node `wanted` leads it (each step-down elects
+/// another leader in milliseconds).
+async fn lead_where(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    wanted: impl Fn(usize) -> bool,
+) {
+    for _ in 0..30 {
+        if wanted(leader_of(js, stream).await) {
+            return;
+        }
+        let _: serde_json::Value = js
+            .request(format!("STREAM.LEADER.STEPDOWN.{stream}"), &json!({}))
+            .await
+            .unwrap_or_else(|e| panic!("step {stream}'s leader down: {e}"));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    panic!("no wanted node came to lead {stream}");
 }
 
 /// `audit verify` reads the replica's published checkpoints from the audit stream. While the

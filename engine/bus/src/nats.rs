@@ -764,12 +764,33 @@ impl Bus for NatsBus {
                     url: self.url.clone(),
                 })??;
             let (disconnects, url) = (self.disconnects.clone(), self.url.clone());
+            let setup = self.setup.clone();
             Ok(Box::pin(async move {
                 let acked = async {
                     for ack in acks {
-                        ack.await.map_err(|e| {
-                            BusError::nats("publish audit ack", publish_kind(e.kind()), e)
-                        })?;
+                        match ack.await {
+                            Ok(_) => {}
+                            // No stream took it: one electing a leader, or one gone (a wiped
+                            // or replaced server). Make sure it exists (while it elects, the
+                            // stream is found, or the request fails) for the caller's next try.
+                            Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
+                                if let Err(ensure) = setup.audit_stream().await {
+                                    debug!(error = %ensure, "audit stream not found and not made again (yet)");
+                                }
+                                return Err(BusError::nats(
+                                    "publish audit ack (no stream for the subject)",
+                                    BusErrorKind::Unavailable,
+                                    e,
+                                ));
+                            }
+                            Err(e) => {
+                                return Err(BusError::nats(
+                                    "publish audit ack",
+                                    publish_kind(e.kind()),
+                                    e,
+                                ));
+                            }
+                        }
                     }
                     Ok(())
                 };
@@ -1261,6 +1282,15 @@ async fn sweep_bucket(store: &kv::Store, live: impl Fn(&[u8]) -> bool) -> Result
 const PURGES_IN_FLIGHT: usize = 64;
 
 impl NatsStateStore {
+    /// How many failed unlocks and lease releases wait for the next heartbeat to be retried.
+    #[cfg(feature = "test-util")]
+    pub fn releases_to_retry(&self) -> usize {
+        self.dangling
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
     /// Opens the five buckets, creating them if needed.
     pub async fn open(js: Context, opts: &NatsOptions) -> Result<NatsStateStore, BusError> {
         let server = js.client().server_info().version;
@@ -1508,15 +1538,22 @@ impl NatsStateStore {
         unlock: bool,
         result: Result<T, BusError>,
     ) -> Result<T, BusError> {
-        if self.replica.is_some()
-            && let Err(e) = &result
-            && e.kind() != BusErrorKind::Permanent
-        {
-            self.dangling
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push((key.to_owned(), owner.to_owned(), unlock));
+        if self.replica.is_none() {
+            return result;
         }
+        let mut dangling = self.dangling.lock().unwrap_or_else(|p| p.into_inner());
+        let is = |(k, o, u): &(String, String, bool)| k == key && o == owner && *u == unlock;
+        match &result {
+            // Kept once: a release retried through an election fails many times over, and the
+            // heartbeat retries each kept one before it beats.
+            Err(e) if e.kind() != BusErrorKind::Permanent && !dangling.iter().any(is) => {
+                dangling.push((key.to_owned(), owner.to_owned(), unlock));
+            }
+            // Done (a retry went through): nothing left for the heartbeat.
+            Ok(_) if !dangling.is_empty() => dangling.retain(|d| !is(d)),
+            _ => {}
+        }
+        drop(dangling);
         result
     }
 

@@ -1593,11 +1593,11 @@ impl Drop for Forget {
     }
 }
 
-/// After a run: cooldown first, then unlock, so no second run slips in between. Each waits out
-/// a store that cannot answer for now (a NATS cluster electing a bucket's leader after a node
-/// failed, 4 to 9 s), up to [`ELECTION_PATIENCE`] or until the engine stops: a cooldown lost
-/// that way let the alert's next firing run again at once, and a lock left behind held the
-/// key until it expired (the run's timeout and more).
+/// After a run: cooldown first, then unlock, so no second run slips in between. Both wait out a
+/// store that cannot answer for now (a NATS cluster electing a bucket's leader after a node
+/// failed, 4 to 9 s), together up to [`ELECTION_PATIENCE`] or until the engine stops: a
+/// cooldown lost that way let the alert's next firing run again at once, and a lock left
+/// behind held the key until it expired (the run's timeout and more).
 async fn finish(
     state: &dyn StateStore,
     key: &str,
@@ -1605,26 +1605,29 @@ async fn finish(
     cooldown: Duration,
     stopping: &CancellationToken,
 ) {
-    let patiently = |what: &'static str| move |e: &BusError| debug!(key = %key, error = %e, "{what}: the state store cannot answer; waiting for it");
+    let deadline = tokio::time::Instant::now() + ELECTION_PATIENCE;
+    let patiently = |what: &'static str| {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let waiting = move |e: &BusError| {
+            debug!(key = %key, error = %e, "{what}: the state store cannot answer; waiting for it");
+        };
+        (left, waiting)
+    };
     if !cooldown.is_zero() {
         let until = jiff::Timestamp::now()
             + jiff::SignedDuration::try_from(cooldown).unwrap_or(jiff::SignedDuration::MAX);
-        let set = wait_out_elections_until(
-            ELECTION_PATIENCE,
-            stopping.cancelled(),
-            patiently("setting the cooldown"),
-            || state.set_cooldown(key, until),
-        );
+        let (left, waiting) = patiently("setting the cooldown");
+        let set = wait_out_elections_until(left, stopping.cancelled(), waiting, || {
+            state.set_cooldown(key, until)
+        });
         if let Err(e) = set.await {
             warn!(key = %key, error = %e, "could not set cooldown");
         }
     }
-    let unlocked = wait_out_elections_until(
-        ELECTION_PATIENCE,
-        stopping.cancelled(),
-        patiently("releasing the lock"),
-        || state.unlock(key, run_id),
-    );
+    let (left, waiting) = patiently("releasing the lock");
+    let unlocked = wait_out_elections_until(left, stopping.cancelled(), waiting, || {
+        state.unlock(key, run_id)
+    });
     if let Err(e) = unlocked.await {
         warn!(key = %key, error = %e, "could not release concurrency lock; it expires on its own");
     }
@@ -1660,6 +1663,38 @@ mod tests {
             steps: 1,
             suspended,
         }
+    }
+
+    /// A run's end waits for a state store that cannot answer (NATS unreachable here; a
+    /// cluster electing a bucket's leader) for the cooldown and the unlock together at most
+    /// [`ELECTION_PATIENCE`], and not at all once the engine stops.
+    #[tokio::test(start_paused = true)]
+    async fn a_runs_end_waits_for_the_store_at_most_the_election_patience_in_all() {
+        let no_retries = CancellationToken::new();
+        no_retries.cancel();
+        let store = firebreak_bus::deferred::DeferredNats::connect(
+            "nats://127.0.0.1:1",
+            firebreak_bus::NatsOptions::default(),
+            no_retries,
+        )
+        .await
+        .expect("a store that answers once NATS does");
+        let end = |stopping: CancellationToken| {
+            let store = store.clone();
+            async move {
+                let started = tokio::time::Instant::now();
+                finish(&*store, "rb/k", "r", Duration::from_secs(60), &stopping).await;
+                started.elapsed()
+            }
+        };
+        let waited = end(CancellationToken::new()).await;
+        assert!(
+            waited >= ELECTION_PATIENCE - Duration::from_secs(1) && waited <= ELECTION_PATIENCE,
+            "{waited:?}"
+        );
+        let stopped = CancellationToken::new();
+        stopped.cancel();
+        assert_eq!(end(stopped).await, Duration::ZERO);
     }
 
     /// Runs are counted by runbook, team and outcome through handles made once per runbook

@@ -321,6 +321,39 @@ async fn a_deleted_stream_is_recreated_by_publish_and_consume() {
     d.ack().await.unwrap();
 }
 
+/// Someone deletes the audit stream (or nats-server comes back without its store): a publish
+/// that finds no stream is refused as unavailable (the audit mirror tries again; the same
+/// answer comes while a cluster elects the stream's leader) and makes the stream again, so
+/// the next try is stored.
+#[tokio::test]
+async fn a_deleted_audit_stream_is_made_again_for_the_next_try() {
+    let mut h = Nats::new(ACK_WAIT);
+    let bus = h.connect().await;
+    let admin = async_nats::jetstream::new(async_nats::connect(h.server.url()).await.unwrap());
+    admin
+        .delete_stream("FIREBREAK_AUDIT")
+        .await
+        .expect("delete stream");
+    let batch = vec![firebreak_bus::AuditMessage {
+        subject: "firebreak.audit.ml-platform.r-1".into(),
+        id: "hash-1".into(),
+        payload: br#"{"seq":1,"run_id":"r-1"}"#.to_vec().into(),
+    }];
+    let first = match bus.publish_audit(batch.clone()).await {
+        Ok(stored) => stored.await,
+        Err(e) => Err(e),
+    };
+    let err = first.expect_err("no stream to store the record");
+    assert_eq!(err.kind(), BusErrorKind::Unavailable, "{err}");
+    bus.publish_audit(batch)
+        .await
+        .expect("sent")
+        .await
+        .expect("stored in the stream made again");
+    let mut stream = admin.get_stream("FIREBREAK_AUDIT").await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 1);
+}
+
 /// Audit records land in the `FIREBREAK_AUDIT` stream under their subjects, byte for byte, in
 /// order; publishing the same batch again (a retry) stores nothing twice.
 #[tokio::test]
@@ -590,6 +623,46 @@ async fn replica_store(
     );
     let store = bus.state_store().await.expect("state store");
     (bus, store)
+}
+
+/// An unlock NATS fails is kept once for the heartbeat to retry, however often it is tried
+/// again meanwhile (a run's end tries it again through an election), and dropped once a try
+/// goes through: the heartbeat, which retries each kept one before it beats, has none to
+/// redo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_unlock_tried_again_is_kept_once_and_dropped_once_done() {
+    let mut server = NatsServer::start().expect("nats-server");
+    let opts = NatsOptions {
+        replica: Some("a".into()),
+        request_timeout: Duration::from_secs(1),
+        ..NatsOptions::default()
+    };
+    let bus = NatsBus::connect(&server.url(), opts)
+        .await
+        .expect("connect");
+    let store = bus.state_store().await.expect("state store");
+    assert!(
+        store
+            .try_lock("rb/k", "run", Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    server.kill();
+    for _ in 0..3 {
+        assert!(store.unlock("rb/k", "run").await.is_err());
+    }
+    assert_eq!(store.releases_to_retry(), 1);
+    server.restart().expect("restart nats-server");
+    let deadline = tokio::time::Instant::now() + EXPECT_WITHIN;
+    while store.unlock("rb/k", "run").await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "unlock never went through"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(store.releases_to_retry(), 0);
+    assert_eq!(store.lock_holder("rb/k").await.unwrap(), None);
 }
 
 /// How long replica a's heartbeat and leases last in [`a_dying_and_b_alive`].
